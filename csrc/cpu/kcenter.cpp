@@ -1,0 +1,139 @@
+// k-center greedy on the CPU (Sener & Savarese, Alg. 1): one fused pass per pick updates every
+// point's distance to its nearest centre and finds the farthest point, with optional exact
+// triangle-inequality pruning of rows that the new centre cannot improve.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/kernels.h"
+
+namespace fastal::cpu {
+
+namespace {
+
+constexpr int64_t kSerialWork = int64_t{1} << 16;  // below this many elements, one thread is faster
+constexpr int64_t kChunkRows = 2048;               // dynamic chunks: pruning makes rows uneven
+
+// The farthest non-centre point; ties to the lowest index. value = -inf when every point is a centre.
+template <typename A>
+struct Farthest {
+  A value = -std::numeric_limits<A>::infinity();
+  int64_t index = -1;
+  void offer(A v, int64_t i) {
+    if (index < 0 || v > value || (v == value && i < index)) {
+      value = v;
+      index = i;
+    }
+  }
+  void merge(const Farthest& o) {
+    if (o.index >= 0) offer(o.value, o.index);
+  }
+};
+
+// Pruning compares d(c, a)^2 >= 4 (1 + slack)^2 mind^2. The slack covers rounding in the computed
+// distances (relative error below (d + 4) u for a sum of d squares), so a pruned row is one whose
+// computed distance could not have been strictly smaller than its current mind: the picks stay
+// identical to the unpruned kernel.
+template <typename A>
+A prune_factor(int64_t d) {
+  const double u = std::numeric_limits<A>::epsilon() / 2;
+  const double slack = 3.0 * (static_cast<double>(d) + 4.0) * u;
+  return static_cast<A>(4.0 * (1.0 + slack) * (1.0 + slack));
+}
+
+template <typename T>
+void finish_step(KCenterState<T>& s, int64_t t, const Farthest<Acc<T>>& far) {
+  s.radius2[t] = far.index >= 0 ? std::max(far.value, Acc<T>(0)) : Acc<T>(0);
+  if (t + 1 < s.budget) s.picks[t + 1] = far.index;
+}
+
+}  // namespace
+
+template <typename T>
+Acc<T> kcenter_init_labeled(KCenterState<T>& s, const T* labeled_rows) {
+  using A = Acc<T>;
+  min_sqdist_to_set(s.X, s.n, labeled_rows, s.n_labeled, s.d, s.mind, s.near);
+  for (int64_t j = 0; j < s.n_labeled; ++j) s.mind[s.centres[j]] = -std::numeric_limits<A>::infinity();
+  Farthest<A> far;
+  for (int64_t i = 0; i < s.n; ++i)
+    if (s.mind[i] != -std::numeric_limits<A>::infinity()) far.offer(s.mind[i], i);
+  if (s.budget > 0) s.picks[0] = far.index;
+  return far.index >= 0 ? std::max(far.value, A(0)) : A(0);
+}
+
+template <typename T>
+void kcenter_init_first(KCenterState<T>& s, int64_t first) {
+  std::fill(s.mind, s.mind + s.n, std::numeric_limits<Acc<T>>::infinity());
+  std::fill(s.near, s.near + s.n, int64_t{-1});
+  if (s.budget > 0) s.picks[0] = first;
+}
+
+template <typename T>
+void kcenter_steps(KCenterState<T>& s, int64_t t_begin, int64_t t_end) {
+  using A = Acc<T>;
+  const int64_t n = s.n, d = s.d;
+  const bool parallel = n * d > kSerialWork;
+  const A factor = prune_factor<A>(d);
+  std::vector<A> centre(static_cast<size_t>(d));
+  std::vector<A> centre_dist2;  // d(new centre, centre j)^2 for the pruning test
+  if (s.prune) centre_dist2.resize(static_cast<size_t>(s.n_labeled + s.budget));
+
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const int64_t c = s.picks[t];
+    const int64_t pos = s.n_labeled + t;  // this centre's position in s.centres
+    s.centres[pos] = c;
+    row_to_acc(s.X + c * d, centre.data(), d);
+    if (s.prune) {
+#pragma omp parallel for schedule(static) if (parallel && pos * d > kSerialWork)
+      for (int64_t j = 0; j < pos; ++j) centre_dist2[j] = sqdist(s.X + s.centres[j] * d, centre.data(), d);
+    }
+    s.mind[c] = -std::numeric_limits<A>::infinity();
+    s.near[c] = pos;
+
+    Farthest<A> far;
+    uint64_t reads = 0;
+#pragma omp parallel if (parallel)
+    {
+      Farthest<A> local;
+      uint64_t local_reads = 0;
+#pragma omp for schedule(dynamic, kChunkRows) nowait
+      for (int64_t i = 0; i < n; ++i) {
+        A m = s.mind[i];
+        if (m == -std::numeric_limits<A>::infinity()) continue;  // a centre
+        const int64_t a = s.near[i];
+        if (!(s.prune && a >= 0 && centre_dist2[a] >= factor * m)) {
+          const A dd = sqdist(s.X + i * d, centre.data(), d);
+          ++local_reads;
+          if (dd < m) {
+            m = dd;
+            s.mind[i] = dd;
+            s.near[i] = pos;
+          }
+        }
+        local.offer(m, i);
+      }
+#pragma omp critical
+      {
+        far.merge(local);
+        reads += local_reads;
+      }
+    }
+    s.rows_read += reads;
+    finish_step(s, t, far);
+  }
+}
+
+#define FASTAL_INSTANTIATE(T)                                                            \
+  template Acc<T> kcenter_init_labeled<T>(KCenterState<T>&, const T*);                  \
+  template void kcenter_init_first<T>(KCenterState<T>&, int64_t);                       \
+  template void kcenter_steps<T>(KCenterState<T>&, int64_t, int64_t);
+FASTAL_INSTANTIATE(float)
+FASTAL_INSTANTIATE(double)
+FASTAL_INSTANTIATE(Half)
+FASTAL_INSTANTIATE(BFloat16)
+#undef FASTAL_INSTANTIATE
+
+}  // namespace fastal::cpu

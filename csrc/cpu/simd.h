@@ -1,0 +1,126 @@
+// Storage types and the squared-distance inner loops of the CPU kernels.
+//
+// Rows are stored as float32, float64, float16 or bfloat16 and accumulated in float32 (float64 for
+// float64). The summation order of one distance depends only on d, never on where the row sits, so
+// identical rows give identical distances and the pruned and unpruned k-center kernels agree bit for
+// bit. AVX2+FMA(+F16C) paths when the compiler targets them; a portable scalar path otherwise.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FASTAL_AVX2 1
+#endif
+
+namespace fastal::cpu {
+
+struct Half { uint16_t bits; };      // IEEE binary16
+struct BFloat16 { uint16_t bits; };  // upper half of a binary32
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> using Acc = typename AccOf<T>::type;
+
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
+  if (exp == 0x1fu) {
+    bits = sign | 0x7f800000u | (mant << 13);  // inf / nan
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    exp = 113u;
+    while (!(mant & 0x400u)) { mant <<= 1; --exp; }
+    bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline float to_float(float v) { return v; }
+inline double to_float(double v) { return v; }
+inline float to_float(Half v) { return half_to_float(v.bits); }
+inline float to_float(BFloat16 v) {
+  const uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Convert one row to the accumulation type (centres are converted once per step).
+template <typename T>
+inline void row_to_acc(const T* src, Acc<T>* dst, int64_t d) {
+  for (int64_t k = 0; k < d; ++k) dst[k] = to_float(src[k]);
+}
+
+#ifdef FASTAL_AVX2
+// 8 float lanes (4 double lanes) loaded from storage and widened.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const BFloat16* p) {
+  __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+#ifdef __F16C__
+inline __m256 load8(const Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#else
+inline __m256 load8(const Half* p) {
+  alignas(32) float tmp[8];
+  for (int k = 0; k < 8; ++k) tmp[k] = half_to_float(p[k].bits);
+  return _mm256_load_ps(tmp);
+}
+#endif
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline double hsum(__m256d v) {
+  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+#endif
+
+// Squared distance between a stored row x and an accumulation-type row c, 16 lanes per iteration
+// in two accumulators (8 for float64), then a scalar tail.
+template <typename T>
+inline Acc<T> sqdist(const T* x, const Acc<T>* c, int64_t d) {
+  int64_t k = 0;
+  Acc<T> total = 0;
+#ifdef FASTAL_AVX2
+  if constexpr (std::is_same_v<T, double>) {
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+    for (; k + 8 <= d; k += 8) {
+      __m256d t0 = _mm256_sub_pd(_mm256_loadu_pd(x + k), _mm256_loadu_pd(c + k));
+      __m256d t1 = _mm256_sub_pd(_mm256_loadu_pd(x + k + 4), _mm256_loadu_pd(c + k + 4));
+      a0 = _mm256_fmadd_pd(t0, t0, a0);
+      a1 = _mm256_fmadd_pd(t1, t1, a1);
+    }
+    total = hsum(_mm256_add_pd(a0, a1));
+  } else {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (; k + 16 <= d; k += 16) {
+      __m256 t0 = _mm256_sub_ps(load8(x + k), _mm256_loadu_ps(c + k));
+      __m256 t1 = _mm256_sub_ps(load8(x + k + 8), _mm256_loadu_ps(c + k + 8));
+      a0 = _mm256_fmadd_ps(t0, t0, a0);
+      a1 = _mm256_fmadd_ps(t1, t1, a1);
+    }
+    total = hsum(_mm256_add_ps(a0, a1));
+  }
+#endif
+  for (; k < d; ++k) {
+    const Acc<T> t = to_float(x[k]) - c[k];
+    total += t * t;
+  }
+  return total;
+}
+
+}  // namespace fastal::cpu

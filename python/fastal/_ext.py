@@ -1,0 +1,27 @@
+"""The compiled modules: ``_cpu`` always, ``_cuda`` when fastal was built with CUDA."""
+
+from __future__ import annotations
+
+from . import _cpu as cpu
+
+try:
+    from . import _cuda as cuda
+except ImportError:  # built without a CUDA compiler, or the CUDA runtime cannot load
+    cuda = None
+
+REBUILD_HINT = (
+    "fastal was built without its CUDA module. Rebuild it where nvcc is on PATH, forcing CUDA: "
+    "FASTAL_CUDA=ON pip install --no-build-isolation --force-reinstall ."
+)
+
+
+def cuda_available() -> bool:
+    """True when the CUDA module was built and at least one CUDA device is visible."""
+    return cuda is not None and cuda.device_count() > 0
+
+
+def require_cuda(name: str):
+    """The CUDA module, or a clear error for a CUDA input ``name``."""
+    if cuda is None:
+        raise RuntimeError(f"{name} is on a CUDA device. {REBUILD_HINT}")
+    return cuda

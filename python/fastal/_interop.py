@@ -1,0 +1,162 @@
+"""numpy / torch / cupy arrays <-> what the compiled kernels take.
+
+CPU arrays cross into ``fastal._cpu`` through the buffer protocol as C-contiguous numpy arrays of the
+exact storage dtype (float16 and bfloat16 as ``uint16`` views, since numpy has no bfloat16).
+CUDA arrays cross into ``fastal._cuda`` as raw device pointers plus the framework's current stream.
+Non-contiguous or non-native-byte-order inputs are copied here, on purpose, never reinterpreted.
+Outputs are created in the input's framework and on its device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Storage dtypes the distance kernels accept.
+FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
+#: Storage dtypes accepted on CUDA devices (float64 is CPU-only).
+CUDA_FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """Where an array lives and what it holds."""
+
+    framework: str  # "numpy" | "torch" | "cupy"
+    device: str  # "cpu" | "cuda"
+    device_index: int | None
+    dtype: str  # canonical numpy-style name, e.g. "float32", "bfloat16", "int64"
+    shape: tuple[int, ...]
+
+    @property
+    def where(self) -> str:
+        if self.device == "cpu":
+            return f"{self.framework} (cpu)"
+        return f"{self.framework} (cuda:{self.device_index})"
+
+
+def _is_torch(x: Any) -> bool:
+    if not type(x).__module__.startswith("torch"):
+        return False
+    import torch
+
+    return isinstance(x, torch.Tensor)
+
+
+def _is_cupy(x: Any) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+def describe(x: Any, name: str) -> ArrayInfo:
+    """Classify ``x`` or raise ``TypeError`` naming ``name``."""
+    if isinstance(x, np.ndarray):
+        return ArrayInfo("numpy", "cpu", None, x.dtype.name, tuple(x.shape))
+    if _is_torch(x):
+        dtype = str(x.dtype).removeprefix("torch.")
+        if x.device.type == "cpu":
+            return ArrayInfo("torch", "cpu", None, dtype, tuple(x.shape))
+        if x.device.type == "cuda":
+            return ArrayInfo("torch", "cuda", x.device.index, dtype, tuple(x.shape))
+        raise TypeError(f"{name} is a torch tensor on device {x.device}; fastal supports cpu and cuda")
+    if _is_cupy(x):
+        return ArrayInfo("cupy", "cuda", x.device.id, x.dtype.name, tuple(x.shape))
+    raise TypeError(
+        f"{name} must be a numpy array, a torch tensor or a cupy array, got {type(x).__name__}"
+    )
+
+
+def host_storage(x: Any, info: ArrayInfo) -> np.ndarray:
+    """A C-contiguous numpy view (or deliberate copy) of a CPU array, as the kernels store it."""
+    if info.framework == "torch":
+        t = x.detach()
+        if not t.is_contiguous():
+            t = t.contiguous()
+        if info.dtype == "bfloat16":
+            import torch
+
+            return t.view(torch.int16).numpy().view(np.uint16)
+        arr = t.numpy()
+    else:
+        arr = x
+        if not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        arr = np.ascontiguousarray(arr)
+    if info.dtype in ("float16", "bfloat16"):
+        return arr.view(np.uint16)
+    return arr
+
+
+def cuda_pointer(x: Any, info: ArrayInfo) -> tuple[Any, int]:
+    """(contiguous array kept alive by the caller, its device pointer)."""
+    if info.framework == "torch":
+        t = x.detach()
+        if not t.is_contiguous():
+            t = t.contiguous()
+        return t, int(t.data_ptr())
+    import cupy
+
+    a = cupy.ascontiguousarray(x)
+    return a, int(a.data.ptr)
+
+
+def cuda_stream(info: ArrayInfo) -> int:
+    """The framework's current stream on the array's device, as a raw handle."""
+    if info.framework == "torch":
+        import torch
+
+        return int(torch.cuda.current_stream(info.device_index).cuda_stream)
+    import cupy
+
+    with cupy.cuda.Device(info.device_index):
+        return int(cupy.cuda.get_current_stream().ptr)
+
+
+def host_numpy(x: Any) -> np.ndarray:
+    """Any array-like (list, numpy, torch on any device, cupy) as a numpy array on the host."""
+    if isinstance(x, np.ndarray):
+        return x
+    if _is_torch(x):
+        return x.detach().cpu().numpy()
+    if _is_cupy(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def wrap_host(arr: np.ndarray, like: ArrayInfo) -> Any:
+    """A numpy result as the caller's CPU framework."""
+    if like.framework == "torch":
+        import torch
+
+        return torch.from_numpy(arr)
+    return arr
+
+
+def empty(like: ArrayInfo, shape: tuple[int, ...], dtype: str) -> Any:
+    """An uninitialised array in the caller's framework and device."""
+    if like.framework == "numpy":
+        return np.empty(shape, dtype=dtype)
+    if like.framework == "torch":
+        import torch
+
+        device = "cpu" if like.device == "cpu" else f"cuda:{like.device_index}"
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+    import cupy
+
+    with cupy.cuda.Device(like.device_index):
+        return cupy.empty(shape, dtype=dtype)
+
+
+def to_framework(arr: np.ndarray, like: ArrayInfo) -> Any:
+    """A small host numpy array moved to the caller's framework and device."""
+    if like.device == "cpu":
+        return wrap_host(arr, like)
+    if like.framework == "torch":
+        import torch
+
+        return torch.from_numpy(arr).to(f"cuda:{like.device_index}")
+    import cupy
+
+    with cupy.cuda.Device(like.device_index):
+        return cupy.asarray(arr)

@@ -1,0 +1,87 @@
+"""Argument checks shared by the public functions; every message names the argument."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from . import _interop
+from ._interop import ArrayInfo
+
+
+def check_matrix(X: Any, name: str = "X", *, dtypes: tuple[str, ...] = _interop.FLOAT_DTYPES) -> ArrayInfo:
+    """A non-empty 2-D floating array of a supported framework, dtype and device."""
+    info = _interop.describe(X, name)
+    if len(info.shape) != 2:
+        raise ValueError(f"{name} must be 2-D (n, d), got shape {info.shape}")
+    if info.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has shape {info.shape}, need at least one row")
+    if info.shape[1] == 0:
+        raise ValueError(f"{name} has no columns: shape {info.shape}, need d >= 1")
+    allowed = _interop.CUDA_FLOAT_DTYPES if info.device == "cuda" else dtypes
+    if info.dtype not in allowed:
+        hint = " (float64 is supported on the CPU only)" if info.dtype == "float64" else ""
+        raise TypeError(
+            f"{name} must have dtype {', '.join(allowed)} on {info.device}{hint}; got {info.dtype}. "
+            f"Cast it on purpose, e.g. {name}.astype(np.float32) or {name}.float()"
+        )
+    return info
+
+
+def check_same_place(info: ArrayInfo, name: str, ref: ArrayInfo, ref_name: str) -> None:
+    if (info.framework, info.device, info.device_index) != (
+        ref.framework,
+        ref.device,
+        ref.device_index,
+    ):
+        raise ValueError(f"{name} is a {info.where} array but {ref_name} is {ref.where}; pass both alike")
+
+
+def check_budget(budget: Any, available: int, name: str = "budget") -> int:
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(budget).__name__}")
+    budget = int(budget)
+    if budget < 0:
+        raise ValueError(f"{name} must be >= 0, got {budget}")
+    if budget > available:
+        raise ValueError(
+            f"{name} = {budget} is larger than the unlabeled pool ({available} points)"
+        )
+    return budget
+
+
+def check_indices(indices: Any, n: int, name: str, *, like: ArrayInfo | None = None) -> np.ndarray:
+    """Unique in-range integer indices as int64 numpy (host). ``None`` means none."""
+    if indices is None:
+        return np.empty(0, dtype=np.int64)
+    if like is not None and not isinstance(indices, (list, tuple, range)):
+        try:
+            info = _interop.describe(indices, name)
+        except TypeError:
+            info = None
+        if info is not None and info.device != like.device:
+            raise ValueError(f"{name} is on {info.where} but the data is on {like.where}")
+    arr = _interop.host_numpy(indices) if not isinstance(indices, range) else np.asarray(indices)
+    if arr.dtype == np.bool_:
+        raise TypeError(
+            f"{name} must hold integer indices, got a boolean mask; use np.flatnonzero(mask)"
+        )
+    if arr.size == 0:
+        arr = arr.astype(np.int64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer indices, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size:
+        bad = (arr < 0) | (arr >= n)
+        if bad.any():
+            raise ValueError(
+                f"{name} has indices out of range [0, {n}): e.g. {int(arr[np.argmax(bad)])}"
+            )
+        uniq, counts = np.unique(arr, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"{name} has duplicate indices: e.g. {int(uniq[np.argmax(counts > 1)])}")
+    return arr

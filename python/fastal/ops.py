@@ -1,0 +1,289 @@
+"""Validated, typed wrappers of the compiled kernels, with CPU / CUDA dispatch.
+
+Every function takes numpy arrays, torch tensors (CPU or CUDA) or cupy arrays and returns results in
+the same framework and on the same device. Distances are Euclidean; storage may be float32, float16,
+bfloat16 (and float64 on the CPU); arithmetic accumulates in float32 (float64 for float64 input).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import _ext, _interop
+from ._interop import ArrayInfo
+from ._validate import check_budget, check_indices, check_matrix, check_same_place
+
+_ACC = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
+
+
+def _check_finite_cpu(arr: np.ndarray, info: ArrayInfo, name: str) -> None:
+    count, first = getattr(_ext.cpu, f"count_nonfinite_rows_{info.dtype}")(arr)
+    if count:
+        raise ValueError(f"{name} contains NaN or Inf in {count} row(s), first at row {first}")
+
+
+def _check_finite_cuda(ptr: int, info: ArrayInfo, name: str) -> None:
+    n, d = info.shape
+    count, first = _ext.cuda.count_nonfinite_rows(
+        info.dtype, ptr, n, d, info.device_index, _interop.cuda_stream(info)
+    )
+    if count:
+        raise ValueError(f"{name} contains NaN or Inf in {count} row(s), first at row {first}")
+
+
+# ---------------------------------------------------------------------------------------------
+# min distance to a set
+
+
+def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
+    """Distance from every row of ``X`` to its nearest row of ``Y``, and that row's index.
+
+    Computed in tiles: no ``(n, m)`` matrix is ever held in memory.
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        numpy, torch (CPU/CUDA) or cupy; float32, float16, bfloat16, or float64 on the CPU.
+    Y : array of shape (m, d), m >= 1
+        Same framework, device and dtype as ``X``.
+
+    Returns
+    -------
+    distances : array of shape (n,)
+        Euclidean distances, float32 (float64 for float64 input), in the input's framework/device.
+    index : array of shape (n,), int64
+        Row of ``Y`` nearest to each row of ``X``; ties go to the lowest index.
+
+    Examples
+    --------
+    >>> import numpy as np, fastal
+    >>> dist, idx = fastal.min_distance(np.array([[0.0], [3.0]]), np.array([[1.0], [4.0]]))
+    >>> dist.tolist(), idx.tolist()
+    ([1.0, 1.0], [0, 1])
+    """
+    info = check_matrix(X, "X")
+    yinfo = check_matrix(Y, "Y")
+    check_same_place(yinfo, "Y", info, "X")
+    if yinfo.dtype != info.dtype:
+        raise TypeError(f"Y has dtype {yinfo.dtype} but X has {info.dtype}; cast one on purpose")
+    if yinfo.shape[1] != info.shape[1]:
+        raise ValueError(f"Y must have {info.shape[1]} columns like X, got shape {yinfo.shape}")
+    n = info.shape[0]
+    if info.device == "cpu":
+        x = _interop.host_storage(X, info)
+        y = _interop.host_storage(Y, yinfo)
+        _check_finite_cpu(x, info, "X")
+        _check_finite_cpu(y, yinfo, "Y")
+        dist2, index = getattr(_ext.cpu, f"min_sqdist_to_set_{info.dtype}")(x, y)
+        return _interop.wrap_host(np.sqrt(dist2), info), _interop.wrap_host(index, info)
+    cuda = _ext.require_cuda("X")
+    xkeep, xptr = _interop.cuda_pointer(X, info)
+    ykeep, yptr = _interop.cuda_pointer(Y, yinfo)
+    _check_finite_cuda(xptr, info, "X")
+    _check_finite_cuda(yptr, yinfo, "Y")
+    dist = _interop.empty(info, (n,), _ACC[info.dtype])
+    index = _interop.empty(info, (n,), "int64")
+    cuda.min_dist_to_set(
+        info.dtype, xptr, n, yptr, yinfo.shape[0], info.shape[1],
+        _ptr(dist), _ptr(index), info.device_index, _interop.cuda_stream(info),
+    )  # fmt: skip
+    del xkeep, ykeep
+    return dist, index
+
+
+def _ptr(a: Any) -> int:
+    return int(a.data_ptr()) if hasattr(a, "data_ptr") else int(a.data.ptr)
+
+
+# ---------------------------------------------------------------------------------------------
+# k-center greedy
+
+
+@dataclass
+class KCenterResult:
+    """Everything a k-center run knows; :func:`kcenter_greedy` returns the first fields."""
+
+    indices: Any  #: (budget,) int64, pick order, input's framework/device
+    radius: Any  #: (budget,) covering radius of labeled + picks after each pick
+    initial_radius: float  #: radius of the labeled set alone (inf without one)
+    rows_read: int  #: rows whose distance to a new centre was computed
+    rows_unpruned: int  #: rows the same run reads without pruning
+    seconds: float
+    diagnostics: dict = field(default_factory=dict)
+
+
+def kcenter_greedy(
+    X: Any,
+    budget: int,
+    *,
+    labeled: Any = None,
+    seed: int | np.random.Generator | None = None,
+    prune: bool = True,
+    progress: bool = False,
+    return_radius: bool = False,
+) -> Any:
+    """k-center greedy selection (Sener & Savarese 2018, Alg. 1).
+
+    Repeatedly picks the point farthest from its nearest centre, ``argmax_i min_j ||x_i - c_j||``,
+    starting from the labeled points as centres. Each pick is one fused pass over ``X``: distances
+    to the new centre, ``mind = min(mind, d)`` and the arg-max (ties to the lowest index).
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        Pool embeddings: numpy, torch (CPU/CUDA) or cupy; float32, float16, bfloat16, or float64 on
+        the CPU. Accumulation is float32 (float64 for float64).
+    budget : int
+        Number of new centres, ``0 <= budget <= n - len(labeled)``.
+    labeled : 1-D integer indices, optional
+        Already-labeled rows: the initial centres, never picked.
+    seed : int or numpy.random.Generator, optional
+        Draws the first centre when there is no labeled point (uniform over the pool).
+    prune : bool, default True
+        Exact triangle-inequality pruning: a row whose nearest centre ``a`` has
+        ``d(c_new, a) >= 2 mind`` is not read. The picks are identical either way.
+    progress : bool, default False
+        Show a tqdm progress bar over the picks.
+    return_radius : bool, default False
+        Also return the covering radius ``max_i min_j ||x_i - c_j||`` after each pick.
+
+    Returns
+    -------
+    indices : (budget,) int64 array in pick order, same framework and device as ``X``
+    radius : (budget,) float array, only with ``return_radius=True``
+
+    Examples
+    --------
+    >>> import numpy as np, fastal
+    >>> X = np.array([[0.0], [1.0], [2.0], [10.0]])
+    >>> fastal.kcenter_greedy(X, 2, labeled=[0]).tolist()
+    [3, 2]
+    """
+    res = kcenter(X, budget, labeled=labeled, seed=seed, prune=prune, progress=progress)
+    return (res.indices, res.radius) if return_radius else res.indices
+
+
+def kcenter(
+    X: Any,
+    budget: int,
+    *,
+    labeled: Any = None,
+    seed: int | np.random.Generator | None = None,
+    prune: bool = True,
+    progress: bool = False,
+) -> KCenterResult:
+    """:func:`kcenter_greedy` returning a :class:`KCenterResult` with diagnostics."""
+    info = check_matrix(X, "X")
+    n = info.shape[0]
+    lab = check_indices(labeled, n, "labeled", like=info)
+    budget = check_budget(budget, n - lab.size)
+    if not isinstance(prune, (bool, np.bool_)):
+        raise TypeError(f"prune must be a bool, got {type(prune).__name__}")
+    first = None
+    if lab.size == 0 and budget > 0:
+        first = int(np.random.default_rng(seed).integers(n))
+    start = time.perf_counter()
+    run = _kcenter_cpu if info.device == "cpu" else _kcenter_cuda
+    indices, radius, r0, rows_read = run(X, info, lab, budget, first, bool(prune), progress)
+    seconds = time.perf_counter() - start
+    # without pruning, step t reads every row that is not yet a centre
+    n_centres = lab.size + np.arange(1, budget + 1)
+    rows_unpruned = int(np.sum(n - n_centres))
+    return KCenterResult(
+        indices=indices,
+        radius=radius,
+        initial_radius=r0,
+        rows_read=int(rows_read),
+        rows_unpruned=rows_unpruned,
+        seconds=seconds,
+        diagnostics={
+            "initial_radius": r0,
+            "final_radius": float(radius[-1]) if budget else r0,
+            "rows_read": int(rows_read),
+            "rows_unpruned": rows_unpruned,
+            "rows_read_fraction": rows_read / rows_unpruned if rows_unpruned else 0.0,
+            "pruned": bool(prune),
+            "seconds": seconds,
+        },
+    )
+
+
+def _chunks(budget: int, progress: bool):
+    """Step ranges; small ones only when a progress bar needs updates."""
+    step = max(1, budget // 100) if progress else max(1, budget)
+    bar = tqdm(total=budget, disable=not progress, desc="k-center", unit="pick")
+    with bar:
+        for t0 in range(0, budget, step):
+            t1 = min(budget, t0 + step)
+            yield t0, t1
+            bar.update(t1 - t0)
+
+
+def _kcenter_cpu(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune: bool, progress: bool):
+    x = _interop.host_storage(X, info)
+    _check_finite_cpu(x, info, "X")
+    n, acc, kern = info.shape[0], _ACC[info.dtype], info.dtype
+    mind = np.empty(n, dtype=acc)
+    near = np.empty(n, dtype=np.int64)
+    centres = np.empty(lab.size + budget, dtype=np.int64)
+    picks = np.empty(budget, dtype=np.int64)
+    radius2 = np.empty(budget, dtype=acc)
+    if lab.size:
+        centres[: lab.size] = lab
+        r0 = float(np.sqrt(getattr(_ext.cpu, f"kcenter_init_labeled_{kern}")(
+            x, x[lab], mind, near, centres, lab.size, picks, radius2
+        )))  # fmt: skip
+    else:
+        r0 = float("inf")
+        if budget:
+            getattr(_ext.cpu, f"kcenter_init_first_{kern}")(x, first, mind, near, centres, picks, radius2)
+    steps = getattr(_ext.cpu, f"kcenter_steps_{kern}")
+    rows_read = 0
+    for t0, t1 in _chunks(budget, progress):
+        rows_read += steps(x, mind, near, centres, lab.size, picks, radius2, prune, t0, t1)
+    radius = np.sqrt(radius2)
+    return _interop.wrap_host(picks, info), _interop.wrap_host(radius, info), r0, rows_read
+
+
+def _kcenter_cuda(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune: bool, progress: bool):
+    cuda = _ext.require_cuda("X")
+    keep, xptr = _interop.cuda_pointer(X, info)
+    _check_finite_cuda(xptr, info, "X")
+    n, d = info.shape
+    dev, stream, acc = info.device_index, _interop.cuda_stream(info), _ACC[info.dtype]
+    mind = _interop.empty(info, (n,), acc)
+    near = _interop.empty(info, (n,), "int64")
+    centres = _interop.to_framework(np.concatenate([lab, np.zeros(budget, np.int64)]), info)
+    keys = _interop.to_framework(np.zeros(budget + 1, np.int64), info)  # uint64 keys, zeroed
+    centre_dist2 = _interop.empty(info, (max(1, lab.size + budget),), "float32")
+    centre_row = _interop.empty(info, (d,), "float32")
+    counter = _interop.to_framework(np.zeros(1, np.int64), info)
+    rows = keep[_interop.to_framework(lab, info)] if lab.size else None
+    if rows is not None:
+        cuda.kcenter_init_labeled(
+            info.dtype, xptr, n, d, _ptr(rows), lab.size, _ptr(centres),
+            _ptr(mind), _ptr(near), _ptr(keys), dev, stream,
+        )  # fmt: skip
+    elif budget:
+        cuda.kcenter_init_first(info.dtype, first, n, _ptr(mind), _ptr(near), _ptr(keys), dev, stream)
+    for t0, t1 in _chunks(budget, progress):
+        cuda.kcenter_steps(
+            info.dtype, xptr, n, d, _ptr(mind), _ptr(near), _ptr(centres), lab.size, budget,
+            _ptr(keys), _ptr(centre_dist2), _ptr(centre_row), _ptr(counter), prune, t0, t1,
+            dev, stream,
+        )  # fmt: skip
+        if progress:
+            cuda.synchronize(dev, stream)
+    picks = _interop.empty(info, (budget,), "int64")
+    radius = _interop.empty(info, (budget,), "float32")
+    cuda.kcenter_decode(_ptr(keys), budget, _ptr(picks), _ptr(radius), dev, stream)
+    host_keys = _interop.host_numpy(keys[:1]).view(np.uint64)
+    r0 = float(np.sqrt(max(0.0, cuda.key_value(int(host_keys[0]))))) if lab.size else float("inf")
+    rows_read = int(_interop.host_numpy(counter)[0])
+    del keep, rows
+    return picks, radius, r0, rows_read
