@@ -27,7 +27,7 @@ void min_sqdist_to_set(const T* X, int64_t n, const T* Y, int64_t m, int64_t d, 
     Ya = Y;
   } else {
     y_acc.resize(static_cast<size_t>(m * d));
-    for (int64_t j = 0; j < m; ++j) row_to_acc(Y + j * d, y_acc.data() + j * d, d);
+    for (int64_t j = 0; j < m; ++j) prepare_centre(Y + j * d, y_acc.data() + j * d, d);
     Ya = y_acc.data();
   }
   const int64_t tile = std::max<int64_t>(1, kTileBytes / std::max<int64_t>(1, d * int64_t(sizeof(A))));

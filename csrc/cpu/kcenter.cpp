@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/prune.h"
 #include "cpu/kernels.h"
 
 namespace fastal::cpu {
@@ -15,7 +16,6 @@ namespace fastal::cpu {
 namespace {
 
 constexpr int64_t kSerialWork = int64_t{1} << 16;  // below this many elements, one thread is faster
-constexpr int64_t kChunkRows = 2048;               // dynamic chunks: pruning makes rows uneven
 
 // The farthest non-centre point; ties to the lowest index. value = -inf when every point is a centre.
 template <typename A>
@@ -32,17 +32,6 @@ struct Farthest {
     if (o.index >= 0) offer(o.value, o.index);
   }
 };
-
-// Pruning compares d(c, a)^2 >= 4 (1 + slack)^2 mind^2. The slack covers rounding in the computed
-// distances (relative error below (d + 4) u for a sum of d squares), so a pruned row is one whose
-// computed distance could not have been strictly smaller than its current mind: the picks stay
-// identical to the unpruned kernel.
-template <typename A>
-A prune_factor(int64_t d) {
-  const double u = std::numeric_limits<A>::epsilon() / 2;
-  const double slack = 3.0 * (static_cast<double>(d) + 4.0) * u;
-  return static_cast<A>(4.0 * (1.0 + slack) * (1.0 + slack));
-}
 
 template <typename T>
 void finish_step(KCenterState<T>& s, int64_t t, const Farthest<Acc<T>>& far) {
@@ -76,7 +65,10 @@ void kcenter_steps(KCenterState<T>& s, int64_t t_begin, int64_t t_end) {
   using A = Acc<T>;
   const int64_t n = s.n, d = s.d;
   const bool parallel = n * d > kSerialWork;
-  const A factor = prune_factor<A>(d);
+  // dynamic chunks (pruning makes rows uneven), a few per thread and at least ~64 KiB of rows each
+  const int64_t chunk = std::clamp<int64_t>(n / (8 * omp_get_max_threads()),
+                                            std::min<int64_t>(4096, 16384 / d + 1), 4096);
+  const A factor = prune_factor<A>(d, std::numeric_limits<A>::epsilon() / 2);
   std::vector<A> centre(static_cast<size_t>(d));
   std::vector<A> centre_dist2;  // d(new centre, centre j)^2 for the pruning test
   if (s.prune) centre_dist2.resize(static_cast<size_t>(s.n_labeled + s.budget));
@@ -85,7 +77,7 @@ void kcenter_steps(KCenterState<T>& s, int64_t t_begin, int64_t t_end) {
     const int64_t c = s.picks[t];
     const int64_t pos = s.n_labeled + t;  // this centre's position in s.centres
     s.centres[pos] = c;
-    row_to_acc(s.X + c * d, centre.data(), d);
+    prepare_centre(s.X + c * d, centre.data(), d);
     if (s.prune) {
 #pragma omp parallel for schedule(static) if (parallel && pos * d > kSerialWork)
       for (int64_t j = 0; j < pos; ++j) centre_dist2[j] = sqdist(s.X + s.centres[j] * d, centre.data(), d);
@@ -99,7 +91,7 @@ void kcenter_steps(KCenterState<T>& s, int64_t t_begin, int64_t t_end) {
     {
       Farthest<A> local;
       uint64_t local_reads = 0;
-#pragma omp for schedule(dynamic, kChunkRows) nowait
+#pragma omp for schedule(dynamic, chunk) nowait
       for (int64_t i = 0; i < n; ++i) {
         A m = s.mind[i];
         if (m == -std::numeric_limits<A>::infinity()) continue;  // a centre
