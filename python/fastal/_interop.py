@@ -49,6 +49,11 @@ def _is_cupy(x: Any) -> bool:
     return type(x).__module__.startswith("cupy")
 
 
+def is_array(x: Any) -> bool:
+    """True for numpy arrays, torch tensors and cupy arrays (whatever their device)."""
+    return isinstance(x, np.ndarray) or _is_torch(x) or _is_cupy(x)
+
+
 def describe(x: Any, name: str) -> ArrayInfo:
     """Classify ``x`` or raise ``TypeError`` naming ``name``."""
     if isinstance(x, np.ndarray):

@@ -56,12 +56,9 @@ def check_indices(indices: Any, n: int, name: str, *, like: ArrayInfo | None = N
     """Unique in-range integer indices as int64 numpy (host). ``None`` means none."""
     if indices is None:
         return np.empty(0, dtype=np.int64)
-    if like is not None and not isinstance(indices, (list, tuple, range)):
-        try:
-            info = _interop.describe(indices, name)
-        except TypeError:
-            info = None
-        if info is not None and info.device != like.device:
+    if _interop.is_array(indices):
+        info = _interop.describe(indices, name)  # refuses devices fastal cannot read
+        if like is not None and info.device != like.device:
             raise ValueError(f"{name} is on {info.where} but the data is on {like.where}")
     arr = _interop.host_numpy(indices) if not isinstance(indices, range) else np.asarray(indices)
     if arr.dtype == np.bool_:
@@ -85,3 +82,15 @@ def check_indices(indices: Any, n: int, name: str, *, like: ArrayInfo | None = N
         if (counts > 1).any():
             raise ValueError(f"{name} has duplicate indices: e.g. {int(uniq[np.argmax(counts > 1)])}")
     return arr
+
+
+def make_rng(seed: Any, name: str = "seed") -> np.random.Generator:
+    """``numpy.random.default_rng(seed)`` with errors that name the argument."""
+    if isinstance(seed, bool):
+        raise TypeError(f"{name} must be None, a non-negative int or a numpy Generator, got bool")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as err:
+        raise type(err)(
+            f"{name} must be None, a non-negative int or a numpy Generator, got {seed!r}"
+        ) from None

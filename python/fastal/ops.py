@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from . import _ext, _interop
 from ._interop import ArrayInfo
-from ._validate import check_budget, check_indices, check_matrix, check_same_place
+from ._validate import check_budget, check_indices, check_matrix, check_same_place, make_rng
 
 _ACC = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
 
@@ -184,13 +184,18 @@ def kcenter(
     budget = check_budget(budget, n - lab.size)
     if not isinstance(prune, (bool, np.bool_)):
         raise TypeError(f"prune must be a bool, got {type(prune).__name__}")
-    first = None
-    if lab.size == 0 and budget > 0:
-        first = int(np.random.default_rng(seed).integers(n))
+    rng = make_rng(seed)
+    first = int(rng.integers(n)) if lab.size == 0 and budget > 0 else None
     start = time.perf_counter()
     run = _kcenter_cpu if info.device == "cpu" else _kcenter_cuda
     indices, radius, r0, rows_read = run(X, info, lab, budget, first, bool(prune), progress)
     seconds = time.perf_counter() - start
+    # finite input with at least one centre has finite distances, unless float32 overflowed
+    overflow = (lab.size > 0 and np.isinf(r0)) or (budget > 0 and not np.isfinite(float(radius.max())))
+    if overflow:
+        raise ValueError(
+            f"distances between rows of X overflow {_ACC[info.dtype]}: scale X down or pass float64"
+        )
     # without pruning, step t reads every row that is not yet a centre
     n_centres = lab.size + np.arange(1, budget + 1)
     rows_unpruned = int(np.sum(n - n_centres))

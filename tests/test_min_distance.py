@@ -1,0 +1,168 @@
+"""min_distance(X, Y): distances and arg-min against the float64 reference, every backend/dtype.
+
+The CPU kernel keeps 16 rows of X hot while tiles of Y (256 KiB in the accumulation type, i.e.
+65536 // d rows for float32, 32768 // d for float64) stream by, and goes parallel above
+n * m * d = 2**15: the shapes below straddle all of these boundaries.
+"""
+
+from __future__ import annotations
+
+import fastal
+import numpy as np
+import pytest
+from conftest import (
+    ATOL,
+    RTOL,
+    assert_argmin_valid,
+    assert_indices_like,
+    backend_dtype_params,
+    backend_of,
+    dtype_of,
+    indices_to_backend,
+    to_backend,
+    to_numpy,
+    upcast,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+from reference import min_distance_ref
+
+PARAMS = backend_dtype_params()
+
+
+def tile_rows(d: int, dtype: str) -> int:
+    return max(1, (256 * 1024) // (d * (8 if dtype == "float64" else 4)))
+
+
+def call(X, Y):
+    dist, index = fastal.min_distance(X, Y)
+    assert backend_of(dist) == backend_of(X)
+    assert_indices_like(index, X, X.shape[0])
+    assert dtype_of(dist) == ("float64" if dtype_of(X) == "float64" else "float32")
+    assert tuple(dist.shape) == (X.shape[0],)
+    return to_numpy(dist), to_numpy(index)
+
+
+SHAPES = [  # (n, m, d)
+    (1, 1, 1),
+    (1, 7, 3),
+    (9, 1, 5),
+    (5, 4, 1),
+    (15, 16, 7),
+    (16, 17, 8),
+    (17, 15, 9),
+    (31, 33, 15),
+    (32, 32, 16),
+    (33, 31, 17),
+    (48, 5, 33),
+    (100, 100, 64),
+    (200, 50, 300),
+]
+
+
+@pytest.mark.parametrize(("backend", "dtype"), PARAMS)
+@pytest.mark.parametrize(("n", "m", "d"), SHAPES, ids=[f"n{n}-m{m}-d{d}" for n, m, d in SHAPES])
+def test_random_data_matches_reference(n, m, d, backend, dtype):
+    rng = np.random.default_rng(n * 1000 + m * 10 + d)
+    X = to_backend(rng.normal(size=(n, d)), backend, dtype)
+    Y = to_backend(rng.normal(size=(m, d)) * 1.5, backend, dtype)
+    dist, index = call(X, Y)
+    X64, Y64 = upcast(X), upcast(Y)
+    if dtype == "float64":  # generic float64 data has no near-ties: exact indices
+        ref_dist, ref_index = min_distance_ref(X64, Y64)
+        assert_array_equal(index, ref_index)
+        assert_allclose(dist, ref_dist, rtol=RTOL[dtype], atol=ATOL[dtype])
+    else:
+        assert_argmin_valid(X64, Y64, dist, index, RTOL[dtype], ATOL[dtype])
+
+
+@pytest.mark.parametrize(("backend", "dtype"), PARAMS)
+@pytest.mark.parametrize("d", [1, 64, 256, 300])
+def test_tile_boundaries(d, backend, dtype):
+    """m one below, at and one above one and two Y tiles; n around blocks of 16 rows. Integer
+    data, exact in every dtype, with duplicated Y rows so the tie rule is exercised too."""
+    tile = tile_rows(d, dtype)
+    # d = 1: tiles of tens of thousands of rows; test m around 16 instead
+    ms = [15, 16, 17] if tile > 5000 else [tile - 1, tile, tile + 1, 2 * tile + 1]
+    rng = np.random.default_rng(d)
+    for m in ms:
+        n = 33 if m > 100 else 47
+        Y = rng.integers(-2, 3, size=(m, d)).astype(np.float64)
+        Y[m - 1] = Y[0]  # a tie across tiles: index 0 must win
+        X = rng.integers(-2, 3, size=(n, d)).astype(np.float64)
+        X[0] = Y[m - 1]
+        dist, index = call(to_backend(X, backend, dtype), to_backend(Y, backend, dtype))
+        ref_dist, ref_index = min_distance_ref(X, Y)
+        assert index[0] == 0
+        assert dist[0] == 0
+        assert_array_equal(index, ref_index, err_msg=f"m={m} (tile {tile})")
+        assert_allclose(dist, ref_dist, rtol=RTOL[dtype], atol=ATOL[dtype])
+
+
+@pytest.mark.parametrize(("backend", "dtype"), PARAMS)
+def test_ties_go_to_the_lowest_index(backend, dtype):
+    # X row 0 = (0, 0): Y rows 1 and 2 both at distance 1, row 3 a copy of row 1: index 1.
+    # X row 1 = (2, 0): Y rows 0 = (2, 0) and 4 = (2, 0) are exact copies: index 0, distance 0.
+    # X row 2 = (5, 5): nearest is row 5 = (4, 4); row 6 = (6, 6) ties at sqrt 2 with row 5: 5.
+    Y = np.array([[2, 0], [1, 0], [0, 1], [1, 0], [2, 0], [4, 4], [6, 6]], dtype=np.float64)
+    X = np.array([[0, 0], [2, 0], [5, 5]], dtype=np.float64)
+    dist, index = call(to_backend(X, backend, dtype), to_backend(Y, backend, dtype))
+    assert_array_equal(index, [1, 0, 5])
+    assert_allclose(dist, [1.0, 0.0, np.sqrt(2)], rtol=RTOL[dtype])
+
+
+@pytest.mark.parametrize(("backend", "dtype"), PARAMS)
+def test_docstring_example(backend, dtype):
+    X = to_backend(np.array([[0.0], [3.0]]), backend, dtype)
+    Y = to_backend(np.array([[1.0], [4.0]]), backend, dtype)
+    dist, index = call(X, Y)
+    assert dist.tolist() == [1.0, 1.0]
+    assert index.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(("backend", "dtype"), PARAMS)
+def test_x_rows_in_y_are_at_distance_zero(backend, dtype):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 12))
+    rows = np.array([7, 3, 7, 39])  # Y holds a repeated row: the first copy (index 0) wins
+    Xb = to_backend(X, backend, dtype)
+    Yb = Xb[indices_to_backend(rows, backend)]
+    dist, index = call(Xb, Yb)
+    assert_array_equal(dist[rows], 0)
+    assert_array_equal(index[rows], [0, 1, 0, 3])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch-cpu"])
+def test_float16_subnormals_and_extremes(backend):
+    """float16 storage at its limits: subnormals (down to 2**-24) and the largest finite value
+    are widened exactly, and float32 accumulation neither underflows nor overflows here."""
+    tiny = 2.0**-24
+    X = np.array([[tiny, 0.0], [3 * tiny, -tiny], [65504.0, -65504.0], [1e-5, 2e-5]])
+    Y = np.array([[0.0, 0.0], [65504.0, 0.0], [4 * tiny, 0.0]])
+    Xb, Yb = to_backend(X, backend, "float16"), to_backend(Y, backend, "float16")
+    dist, index = call(Xb, Yb)
+    ref_dist, ref_index = min_distance_ref(upcast(Xb), upcast(Yb))
+    assert_array_equal(index, ref_index)
+    assert_allclose(dist, ref_dist, rtol=RTOL["float16"], atol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    m=st.integers(1, 40),
+    d=st.integers(1, 20),
+    data=st.data(),
+)
+def test_property_float64_exact(n, m, d, data):
+    """Exactly representable data (multiples of 1/4): distances and indices match exactly."""
+
+    def matrix(rows):
+        cells = data.draw(st.lists(st.integers(-40, 40), min_size=rows * d, max_size=rows * d))
+        return np.array(cells, dtype=np.float64).reshape(rows, d) / 4
+
+    X, Y = matrix(n), matrix(m)
+    dist, index = fastal.min_distance(X, Y)
+    ref_dist, ref_index = min_distance_ref(X, Y)
+    assert_array_equal(index, ref_index)
+    assert_array_equal(dist, ref_dist)

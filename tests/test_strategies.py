@@ -1,0 +1,93 @@
+"""fastal.strategies: the CoreSet strategy over embeddings and the registry."""
+
+from __future__ import annotations
+
+import fastal
+import numpy as np
+import pytest
+from conftest import CPU_BACKENDS, assert_indices_like, indices_to_backend, to_backend, to_numpy
+from fastal import strategies
+from fastal.strategies import CoreSet, Selection, Strategy
+from numpy.testing import assert_allclose, assert_array_equal
+
+
+def embeddings(n=300, d=8, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+@pytest.mark.parametrize("prune", [True, False])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("labeled", [None, [0, 7, 42]])
+def test_coreset_equals_kcenter_greedy(backend, labeled, prune):
+    X = to_backend(embeddings(), backend, "float32")
+    lab = None if labeled is None else indices_to_backend(labeled, backend)
+    sel = CoreSet(prune=prune).select(X, 25, lab, seed=3)
+    assert isinstance(sel, Selection)
+    assert_indices_like(sel.indices, X, 25)
+    picks, radius = fastal.kcenter_greedy(X, 25, labeled=lab, seed=3, return_radius=True)
+    assert_array_equal(to_numpy(sel.indices), to_numpy(picks))
+
+    diag = sel.diagnostics
+    for key in ("initial_radius", "final_radius", "rows_read", "rows_read_fraction"):
+        assert key in diag, key
+    assert_allclose(diag["final_radius"], to_numpy(radius)[-1])
+    assert_array_equal(to_numpy(diag["radius"]), to_numpy(radius))
+    if labeled is None:
+        assert diag["initial_radius"] == np.inf
+    else:
+        assert diag["initial_radius"] > diag["final_radius"]
+    assert isinstance(diag["rows_read"], int)
+    assert 0 < diag["rows_read_fraction"] <= 1
+    if not prune:
+        assert diag["rows_read_fraction"] == 1.0
+
+
+def test_coreset_seed_controls_the_first_centre():
+    X = embeddings()
+    a = CoreSet().select(X, 5, seed=11).indices
+    b = CoreSet().select(X, 5, seed=11).indices
+    assert_array_equal(a, b)
+    assert a[0] == np.random.default_rng(11).integers(len(X))
+
+
+def test_coreset_validates_like_kcenter():
+    with pytest.raises(ValueError, match=r"^budget = 301"):
+        CoreSet().select(embeddings(), 301)
+    with pytest.raises(ValueError, match=r"^labeled has duplicate"):
+        CoreSet().select(embeddings(), 3, [1, 1])
+
+
+def test_coreset_budget_zero():
+    sel = CoreSet().select(embeddings(), 0, [4])
+    assert to_numpy(sel.indices).shape == (0,)
+    assert sel.diagnostics["final_radius"] == sel.diagnostics["initial_radius"]
+
+
+def test_registry():
+    assert strategies.get("coreset") is CoreSet
+    assert "coreset" in strategies.available()
+    assert strategies.available() == sorted(strategies.available())
+    assert issubclass(CoreSet, Strategy)
+    assert CoreSet.name == "coreset"
+    assert "features" in CoreSet.requires
+    assert repr(CoreSet()) == "CoreSet(prune=True, progress=False)"
+
+
+def test_unknown_strategy_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown strategy 'no-such-thing'; available: .*coreset"):
+        strategies.get("no-such-thing")
+
+
+def test_register_rejects_nameless_and_clashing_classes():
+    class Nameless(Strategy):
+        pass
+
+    with pytest.raises(ValueError, match="needs a non-empty `name`"):
+        strategies.register(Nameless)
+
+    class Clash(Strategy):
+        name = "coreset"
+
+    with pytest.raises(ValueError, match="already registered"):
+        strategies.register(Clash)
+    assert strategies.get("coreset") is CoreSet
