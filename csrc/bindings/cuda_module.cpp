@@ -1,0 +1,138 @@
+// fastal._cuda: pybind11 wrappers of the CUDA kernels (csrc/cuda/kernels.h). Device arrays cross as
+// raw pointers (Python ints) that the Python layer takes from torch / cupy, with the framework's
+// current stream as an int handle (0: the default stream) and the storage dtype as a string. The
+// GIL is released around every call that touches the device.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/key.h"
+#include "cuda/cuda_check.h"
+#include "cuda/kernels.h"
+
+namespace py = pybind11;
+namespace fc = fastal::cuda;
+
+namespace {
+
+template <typename P>
+P* ptr(uintptr_t p) {
+  return reinterpret_cast<P*>(p);
+}
+cudaStream_t stream_of(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "fastal CUDA kernels (pointers, sizes and streams in; see csrc/cuda/kernels.h)";
+
+  m.def("device_count", &fc::device_count,
+        "Number of visible CUDA devices; 0 without a driver or device (never raises).");
+
+  m.def("synchronize",
+        [](int device, uintptr_t stream) {
+          py::gil_scoped_release nogil;
+          fc::synchronize(device, stream_of(stream));
+        },
+        py::arg("device"), py::arg("stream"));
+
+  m.def("key_value", [](uint64_t key) { return fastal::key_value(key); }, py::arg("key"),
+        "The float value packed in a 64-bit (value, index) key.");
+
+  m.def("count_nonfinite_rows",
+        [](const std::string& dtype, uintptr_t x, int64_t n, int64_t d, int device,
+           uintptr_t stream) {
+          const fc::DType dt = fc::parse_dtype(dtype);
+          int64_t first = -1, count = 0;
+          {
+            py::gil_scoped_release nogil;
+            count = fc::count_nonfinite_rows(dt, ptr<const void>(x), n, d, &first, device,
+                                             stream_of(stream));
+          }
+          return py::make_tuple(count, first);
+        },
+        py::arg("dtype"), py::arg("x_ptr"), py::arg("n"), py::arg("d"), py::arg("device"),
+        py::arg("stream"));
+
+  m.def("min_dist_to_set",
+        [](const std::string& dtype, uintptr_t x, int64_t n, uintptr_t y, int64_t m_rows,
+           int64_t d, uintptr_t dist, uintptr_t index, int device, uintptr_t stream) {
+          const fc::DType dt = fc::parse_dtype(dtype);
+          py::gil_scoped_release nogil;
+          fc::min_dist_to_set(dt, ptr<const void>(x), n, ptr<const void>(y), m_rows, d,
+                              ptr<float>(dist), ptr<int64_t>(index), device, stream_of(stream));
+        },
+        py::arg("dtype"), py::arg("x_ptr"), py::arg("n"), py::arg("y_ptr"), py::arg("m"),
+        py::arg("d"), py::arg("dist_ptr"), py::arg("index_ptr"), py::arg("device"),
+        py::arg("stream"));
+
+  m.def("kcenter_init_labeled",
+        [](const std::string& dtype, uintptr_t x, int64_t n, int64_t d, uintptr_t rows,
+           int64_t n_labeled, uintptr_t centres, uintptr_t mind, uintptr_t near, uintptr_t keys,
+           int device, uintptr_t stream) {
+          const fc::DType dt = fc::parse_dtype(dtype);
+          py::gil_scoped_release nogil;
+          fc::kcenter_init_labeled(dt, ptr<const void>(x), n, d, ptr<const void>(rows), n_labeled,
+                                   ptr<const int64_t>(centres), ptr<float>(mind),
+                                   ptr<int64_t>(near), ptr<uint64_t>(keys), device,
+                                   stream_of(stream));
+        },
+        py::arg("dtype"), py::arg("x_ptr"), py::arg("n"), py::arg("d"), py::arg("rows_ptr"),
+        py::arg("n_labeled"), py::arg("centres_ptr"), py::arg("mind_ptr"), py::arg("near_ptr"),
+        py::arg("keys_ptr"), py::arg("device"), py::arg("stream"));
+
+  m.def("kcenter_init_first",
+        [](const std::string& dtype, int64_t first, int64_t n, uintptr_t mind, uintptr_t near,
+           uintptr_t keys, int device, uintptr_t stream) {
+          const fc::DType dt = fc::parse_dtype(dtype);
+          py::gil_scoped_release nogil;
+          fc::kcenter_init_first(dt, first, n, ptr<float>(mind), ptr<int64_t>(near),
+                                 ptr<uint64_t>(keys), device, stream_of(stream));
+        },
+        py::arg("dtype"), py::arg("first"), py::arg("n"), py::arg("mind_ptr"),
+        py::arg("near_ptr"), py::arg("keys_ptr"), py::arg("device"), py::arg("stream"));
+
+  m.def("kcenter_steps",
+        [](const std::string& dtype, uintptr_t x, int64_t n, int64_t d, uintptr_t mind,
+           uintptr_t near, uintptr_t centres, int64_t n_labeled, int64_t budget, uintptr_t keys,
+           uintptr_t centre_dist2, uintptr_t centre_row, uintptr_t counter, bool prune,
+           int64_t t_begin, int64_t t_end, int device, uintptr_t stream) {
+          fc::KCenterSteps s{};
+          s.dtype = fc::parse_dtype(dtype);
+          s.X = ptr<const void>(x);
+          s.n = n;
+          s.d = d;
+          s.mind = ptr<float>(mind);
+          s.near = ptr<int64_t>(near);
+          s.centres = ptr<int64_t>(centres);
+          s.n_labeled = n_labeled;
+          s.budget = budget;
+          s.keys = ptr<uint64_t>(keys);
+          s.centre_dist2 = ptr<float>(centre_dist2);
+          s.centre_row = ptr<float>(centre_row);
+          s.counter = ptr<uint64_t>(counter);
+          s.prune = prune;
+          s.t_begin = t_begin;
+          s.t_end = t_end;
+          s.device = device;
+          s.stream = stream_of(stream);
+          py::gil_scoped_release nogil;
+          fc::kcenter_steps(s);
+        },
+        py::arg("dtype"), py::arg("x_ptr"), py::arg("n"), py::arg("d"), py::arg("mind_ptr"),
+        py::arg("near_ptr"), py::arg("centres_ptr"), py::arg("n_labeled"), py::arg("budget"),
+        py::arg("keys_ptr"), py::arg("centre_dist2_ptr"), py::arg("centre_row_ptr"),
+        py::arg("counter_ptr"), py::arg("prune"), py::arg("t_begin"), py::arg("t_end"),
+        py::arg("device"), py::arg("stream"));
+
+  m.def("kcenter_decode",
+        [](uintptr_t keys, int64_t budget, uintptr_t picks, uintptr_t radius, int device,
+           uintptr_t stream) {
+          py::gil_scoped_release nogil;
+          fc::kcenter_decode(ptr<const uint64_t>(keys), budget, ptr<int64_t>(picks),
+                             ptr<float>(radius), device, stream_of(stream));
+        },
+        py::arg("keys_ptr"), py::arg("budget"), py::arg("picks_ptr"), py::arg("radius_ptr"),
+        py::arg("device"), py::arg("stream"));
+}
