@@ -4,6 +4,9 @@
 #include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
 
 #include <string>
 
@@ -39,23 +42,69 @@ V* vec_of(Buf<V>& a, const char* name, int64_t length) {
   return a.mutable_data();
 }
 
+// An element of a pool tuple that must already be a C-contiguous array of exactly type V.
+template <typename V>
+Buf<V> exact(const py::tuple& pool, size_t k, const char* name) {
+  const py::handle h = pool[k];
+  FASTAL_REQUIRE(Buf<V>::check_(h) && py::array(py::reinterpret_borrow<py::object>(h)).flags() &
+                                          py::array::c_style,
+                 name, " must be a C-contiguous array of the kernel's exact dtype");
+  return py::reinterpret_borrow<Buf<V>>(h);
+}
+
+// A pool crosses as a tuple: (X,) for a dense matrix, (A, H, sqnorm) for a factored embedding.
+// The arrays stay referenced by the tuple for the whole call.
 template <typename T>
-KCenterState<T> make_state(const In<T>& X, Buf<Acc<T>>& mind, Buf<int64_t>& near,
-                           Buf<int64_t>& centres, int64_t n_labeled, Buf<int64_t>& picks,
-                           Buf<Acc<T>>& radius2, bool prune) {
-  KCenterState<T> s{};
-  s.X = rows_of<T>(X, "X", &s.n, &s.d);
+DenseRows<T> dense_rows(const py::tuple& pool) {
+  const auto X = exact<typename Wire<T>::type>(pool, 0, "X");
+  DenseRows<T> r{};
+  r.X = rows_of<T>(X, "X", &r.n, &r.d);
+  return r;
+}
+
+template <typename T>
+FactoredRows<T> factored_rows(const py::tuple& pool) {
+  const auto A = exact<typename Wire<T>::type>(pool, 0, "A");
+  const auto H = exact<typename Wire<T>::type>(pool, 1, "H");
+  auto sq = exact<Acc<T>>(pool, 2, "sqnorm");
+  FactoredRows<T> r{};
+  int64_t nh;
+  r.Am = rows_of<T>(A, "A", &r.n, &r.C);
+  r.H = rows_of<T>(H, "H", &nh, &r.dh);
+  FASTAL_REQUIRE(nh == r.n, "A and H must have the same number of rows, got ", r.n, " and ", nh);
+  r.sqnorm = vec_of(sq, "sqnorm", r.n);
+  return r;
+}
+
+// Calls f with the Rows object of the pool: dense for a 1-tuple, factored for a 3-tuple.
+template <typename T, typename F>
+auto with_rows(const py::tuple& pool, F&& f) {
+  FASTAL_REQUIRE(pool.size() == 1 || pool.size() == 3,
+                 "pool must be (X,) or (A, H, sqnorm), got a tuple of ", pool.size());
+  if (pool.size() == 1) return f(dense_rows<T>(pool));
+  return f(factored_rows<T>(pool));
+}
+
+template <typename Rows>
+KCenterState<Rows> make_state(const Rows& rows, Buf<AccOfRows<Rows>>& mind, Buf<int64_t>& near,
+                              Buf<int64_t>& centres, int64_t n_labeled, Buf<int64_t>& picks,
+                              Buf<AccOfRows<Rows>>& radius2, bool prune) {
+  KCenterState<Rows> s{};
+  s.rows = rows;
   s.budget = picks.ndim() == 1 ? picks.shape(0) : -1;
   FASTAL_REQUIRE(s.budget >= 0, "picks must be 1-D");
-  FASTAL_REQUIRE(n_labeled >= 0 && n_labeled + s.budget <= s.n, "n_labeled + budget (", n_labeled,
-                 " + ", s.budget, ") exceeds the number of rows of X (", s.n, ")");
-  s.mind = vec_of(mind, "mind", s.n);
-  s.near = vec_of(near, "near", s.n);
+  FASTAL_REQUIRE(n_labeled >= 0 && n_labeled + s.budget <= rows.n, "n_labeled + budget (",
+                 n_labeled, " + ", s.budget, ") exceeds the number of rows (", rows.n, ")");
+  s.mind = vec_of(mind, "mind", rows.n);
+  s.near = vec_of(near, "near", rows.n);
   s.centres = vec_of(centres, "centres", n_labeled + s.budget);
   s.picks = picks.mutable_data();
   s.radius2 = vec_of(radius2, "radius2", s.budget);
   s.n_labeled = n_labeled;
   s.prune = prune;
+  for (int64_t j = 0; j < n_labeled; ++j)
+    FASTAL_REQUIRE(s.centres[j] >= 0 && s.centres[j] < rows.n, "centres[", j, "] = ",
+                   s.centres[j], " is out of range for ", rows.n, " rows");
   return s;
 }
 
@@ -64,23 +113,34 @@ void register_dtype(py::module_& m, const std::string& tag) {
   using A = Acc<T>;
 
   m.def(("min_sqdist_to_set_" + tag).c_str(),
-        [](const In<T>& X, const In<T>& Y) {
-          int64_t n, d, m_rows, dy;
-          const T* x = rows_of<T>(X, "X", &n, &d);
-          const T* y = rows_of<T>(Y, "Y", &m_rows, &dy);
-          FASTAL_REQUIRE(dy == d, "Y must have as many columns as X (", d, "), got ", dy);
-          FASTAL_REQUIRE(m_rows >= 1, "Y must have at least one row");
-          Buf<A> dist2(n);
-          Buf<int64_t> index(n);
-          A* pd = dist2.mutable_data();
-          int64_t* pi = index.mutable_data();
-          {
-            py::gil_scoped_release nogil;
-            min_sqdist_to_set(x, n, y, m_rows, d, pd, pi);
-          }
-          return py::make_tuple(dist2, index);
+        [](const py::tuple& pool, const py::tuple& set) {
+          return with_rows<T>(pool, [&](auto rows) {
+            using R = decltype(rows);
+            R y;
+            if constexpr (std::is_same_v<R, DenseRows<T>>) {
+              y = dense_rows<T>(set);
+              FASTAL_REQUIRE(y.d == rows.d, "Y must have as many columns as X (", rows.d, "), got ", y.d);
+            } else {
+              FASTAL_REQUIRE(set.size() == 3, "Y must be factored like X");
+              y = factored_rows<T>(set);
+              FASTAL_REQUIRE(y.C == rows.C && y.dh == rows.dh, "Y must have the factor shapes of X");
+            }
+            FASTAL_REQUIRE(y.n >= 1, "Y must have at least one row");
+            Buf<A> dist2(rows.n);
+            Buf<int64_t> index(rows.n);
+            A* pd = dist2.mutable_data();
+            int64_t* pi = index.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              std::vector<int64_t> all(static_cast<size_t>(y.n));
+              for (int64_t j = 0; j < y.n; ++j) all[j] = j;
+              const auto centres = prepare_centres(y, all.data(), y.n);
+              min_sqdist_to_centres(rows, centres.data(), y.n, pd, pi);
+            }
+            return py::make_tuple(dist2, index);
+          });
         },
-        py::arg("X").noconvert(), py::arg("Y").noconvert());
+        py::arg("pool"), py::arg("set"));
 
   m.def(("count_nonfinite_rows_" + tag).c_str(),
         [](const In<T>& X) {
@@ -94,56 +154,241 @@ void register_dtype(py::module_& m, const std::string& tag) {
         },
         py::arg("X").noconvert());
 
-  m.def(("kcenter_init_labeled_" + tag).c_str(),
-        [](const In<T>& X, const In<T>& labeled_rows, Buf<A>& mind, Buf<int64_t>& near,
-           Buf<int64_t>& centres, int64_t n_labeled, Buf<int64_t>& picks, Buf<A>& radius2) {
-          auto s = make_state<T>(X, mind, near, centres, n_labeled, picks, radius2, false);
-          int64_t m_rows, dy;
-          const T* rows = rows_of<T>(labeled_rows, "labeled_rows", &m_rows, &dy);
-          FASTAL_REQUIRE(n_labeled >= 1 && m_rows == n_labeled && dy == s.d,
-                         "labeled_rows must have shape (", n_labeled, ", ", s.d, ")");
-          for (int64_t j = 0; j < n_labeled; ++j)
-            FASTAL_REQUIRE(s.centres[j] >= 0 && s.centres[j] < s.n, "centres[", j, "] = ",
-                           s.centres[j], " is out of range for ", s.n, " rows");
-          py::gil_scoped_release nogil;
-          return kcenter_init_labeled(s, rows);
+  m.def(("segment_sum_" + tag).c_str(),
+        [](const In<T>& X, const Buf<int64_t>& labels, int64_t k) {
+          int64_t n, d;
+          const T* x = rows_of<T>(X, "X", &n, &d);
+          FASTAL_REQUIRE(labels.ndim() == 1 && labels.shape(0) == n, "labels must have shape (", n, ",)");
+          FASTAL_REQUIRE(k >= 1, "k must be >= 1, got ", k);
+          const int64_t* lab = labels.data();
+          for (int64_t i = 0; i < n; ++i)
+            FASTAL_REQUIRE(lab[i] >= 0 && lab[i] < k, "labels[", i, "] = ", lab[i], " is not in [0, ", k, ")");
+          Buf<double> sums({k, d});
+          Buf<int64_t> counts(k);
+          double* ps = sums.mutable_data();
+          int64_t* pc = counts.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            segment_sum(x, n, d, lab, k, ps, pc);
+          }
+          return py::make_tuple(sums, counts);
         },
-        py::arg("X").noconvert(), py::arg("labeled_rows").noconvert(), py::arg("mind").noconvert(),
-        py::arg("near").noconvert(), py::arg("centres").noconvert(), py::arg("n_labeled"),
-        py::arg("picks").noconvert(), py::arg("radius2").noconvert());
+        py::arg("X").noconvert(), py::arg("labels").noconvert(), py::arg("k"));
+
+  m.def(("kcenter_init_labeled_" + tag).c_str(),
+        [](const py::tuple& pool, Buf<A>& mind, Buf<int64_t>& near, Buf<int64_t>& centres,
+           int64_t n_labeled, Buf<int64_t>& picks, Buf<A>& radius2) {
+          return with_rows<T>(pool, [&](auto rows) {
+            auto s = make_state(rows, mind, near, centres, n_labeled, picks, radius2, false);
+            FASTAL_REQUIRE(n_labeled >= 1, "n_labeled must be >= 1");
+            py::gil_scoped_release nogil;
+            return kcenter_init_labeled(s);
+          });
+        },
+        py::arg("pool"), py::arg("mind").noconvert(), py::arg("near").noconvert(),
+        py::arg("centres").noconvert(), py::arg("n_labeled"), py::arg("picks").noconvert(),
+        py::arg("radius2").noconvert());
 
   m.def(("kcenter_init_first_" + tag).c_str(),
-        [](const In<T>& X, int64_t first, Buf<A>& mind, Buf<int64_t>& near, Buf<int64_t>& centres,
-           Buf<int64_t>& picks, Buf<A>& radius2) {
-          auto s = make_state<T>(X, mind, near, centres, 0, picks, radius2, false);
-          FASTAL_REQUIRE(first >= 0 && first < s.n, "first must be in [0, ", s.n, "), got ", first);
-          py::gil_scoped_release nogil;
-          kcenter_init_first(s, first);
+        [](const py::tuple& pool, int64_t first, Buf<A>& mind, Buf<int64_t>& near,
+           Buf<int64_t>& centres, Buf<int64_t>& picks, Buf<A>& radius2) {
+          with_rows<T>(pool, [&](auto rows) {
+            auto s = make_state(rows, mind, near, centres, 0, picks, radius2, false);
+            FASTAL_REQUIRE(first >= 0 && first < rows.n, "first must be in [0, ", rows.n, "), got ", first);
+            py::gil_scoped_release nogil;
+            kcenter_init_first(s, first);
+          });
         },
-        py::arg("X").noconvert(), py::arg("first"), py::arg("mind").noconvert(),
+        py::arg("pool"), py::arg("first"), py::arg("mind").noconvert(),
         py::arg("near").noconvert(), py::arg("centres").noconvert(), py::arg("picks").noconvert(),
         py::arg("radius2").noconvert());
 
   m.def(("kcenter_steps_" + tag).c_str(),
-        [](const In<T>& X, Buf<A>& mind, Buf<int64_t>& near, Buf<int64_t>& centres,
+        [](const py::tuple& pool, Buf<A>& mind, Buf<int64_t>& near, Buf<int64_t>& centres,
            int64_t n_labeled, Buf<int64_t>& picks, Buf<A>& radius2, bool prune, int64_t t_begin,
            int64_t t_end) {
-          auto s = make_state<T>(X, mind, near, centres, n_labeled, picks, radius2, prune);
-          FASTAL_REQUIRE(0 <= t_begin && t_begin <= t_end && t_end <= s.budget,
-                         "steps [", t_begin, ", ", t_end, ") out of range for budget ", s.budget);
-          if (t_begin < t_end)
-            FASTAL_REQUIRE(s.picks[t_begin] >= 0 && s.picks[t_begin] < s.n, "picks[", t_begin,
-                           "] = ", s.picks[t_begin], " is out of range");
-          py::gil_scoped_release nogil;
-          kcenter_steps(s, t_begin, t_end);
-          return s.rows_read;
+          return with_rows<T>(pool, [&](auto rows) {
+            auto s = make_state(rows, mind, near, centres, n_labeled, picks, radius2, prune);
+            FASTAL_REQUIRE(0 <= t_begin && t_begin <= t_end && t_end <= s.budget, "steps [",
+                           t_begin, ", ", t_end, ") out of range for budget ", s.budget);
+            if (t_begin < t_end)
+              FASTAL_REQUIRE(s.picks[t_begin] >= 0 && s.picks[t_begin] < rows.n, "picks[",
+                             t_begin, "] = ", s.picks[t_begin], " is out of range");
+            py::gil_scoped_release nogil;
+            kcenter_steps(s, t_begin, t_end);
+            return s.rows_read;
+          });
         },
-        py::arg("X").noconvert(), py::arg("mind").noconvert(), py::arg("near").noconvert(),
+        py::arg("pool"), py::arg("mind").noconvert(), py::arg("near").noconvert(),
         py::arg("centres").noconvert(), py::arg("n_labeled"), py::arg("picks").noconvert(),
         py::arg("radius2").noconvert(), py::arg("prune"), py::arg("t_begin"), py::arg("t_end"));
+
+  // k-means++: labeled (int64, may be empty) or first >= 0 starts it; block_sums persists between
+  // calls of the steps.
+  m.def(("kmeanspp_init_" + tag).c_str(),
+        [](const py::tuple& pool, Buf<int64_t>& labeled, int64_t first, Buf<A>& mind,
+           Buf<int64_t>& picks, Buf<double>& block_sums) {
+          with_rows<T>(pool, [&](auto rows) {
+            using R = decltype(rows);
+            KMeansPPState<R> s{};
+            s.rows = rows;
+            s.mind = vec_of(mind, "mind", rows.n);
+            s.k = picks.ndim() == 1 ? picks.shape(0) : 0;
+            s.picks = picks.mutable_data();
+            s.block_sums = vec_of(block_sums, "block_sums", (rows.n + kKMeansPPBlock - 1) / kKMeansPPBlock);
+            const int64_t n_labeled = labeled.ndim() == 1 ? labeled.shape(0) : -1;
+            FASTAL_REQUIRE(n_labeled >= 0, "labeled must be 1-D");
+            const int64_t* lab = labeled.data();
+            for (int64_t j = 0; j < n_labeled; ++j)
+              FASTAL_REQUIRE(lab[j] >= 0 && lab[j] < rows.n, "labeled[", j, "] = ", lab[j],
+                             " is out of range for ", rows.n, " rows");
+            if (n_labeled == 0 && s.k > 0)
+              FASTAL_REQUIRE(first >= 0 && first < rows.n, "first must be in [0, ", rows.n, "), got ", first);
+            py::gil_scoped_release nogil;
+            if (n_labeled > 0)
+              kmeanspp_init_labeled(s, lab, n_labeled);
+            else
+              kmeanspp_init_first(s, first);
+          });
+        },
+        py::arg("pool"), py::arg("labeled").noconvert(), py::arg("first"),
+        py::arg("mind").noconvert(), py::arg("picks").noconvert(),
+        py::arg("block_sums").noconvert());
+
+  m.def(("kmeanspp_steps_" + tag).c_str(),
+        [](const py::tuple& pool, Buf<A>& mind, Buf<int64_t>& picks, const Buf<double>& uniform,
+           Buf<double>& block_sums, bool has_first, int64_t t_begin, int64_t t_end) {
+          with_rows<T>(pool, [&](auto rows) {
+            using R = decltype(rows);
+            KMeansPPState<R> s{};
+            s.rows = rows;
+            s.mind = vec_of(mind, "mind", rows.n);
+            s.k = picks.ndim() == 1 ? picks.shape(0) : -1;
+            FASTAL_REQUIRE(s.k >= 0 && s.k <= rows.n, "picks must be 1-D with at most n entries");
+            s.picks = picks.mutable_data();
+            FASTAL_REQUIRE(uniform.ndim() == 1 && uniform.shape(0) == s.k, "uniform must have shape (", s.k, ",)");
+            s.uniform = uniform.data();
+            s.block_sums = vec_of(block_sums, "block_sums", (rows.n + kKMeansPPBlock - 1) / kKMeansPPBlock);
+            s.has_first = has_first;
+            FASTAL_REQUIRE(0 <= t_begin && t_begin <= t_end && t_end <= s.k, "steps [", t_begin,
+                           ", ", t_end, ") out of range for k ", s.k);
+            if (has_first && t_begin == 0 && t_end > 0)
+              FASTAL_REQUIRE(s.picks[0] >= 0 && s.picks[0] < rows.n, "picks[0] is out of range");
+            py::gil_scoped_release nogil;
+            kmeanspp_steps(s, t_begin, t_end);
+          });
+        },
+        py::arg("pool"), py::arg("mind").noconvert(), py::arg("picks").noconvert(),
+        py::arg("uniform").noconvert(), py::arg("block_sums").noconvert(), py::arg("has_first"),
+        py::arg("t_begin"), py::arg("t_end"));
 }
 
 }  // namespace
+
+template <typename T>
+void register_topb(py::module_& m, const std::string& tag) {
+  m.def(("iht_threshold_" + tag).c_str(),
+        [](const Buf<T>& s, const Buf<T>& sigma, int64_t b, double alpha) {
+          FASTAL_REQUIRE(s.ndim() == 1, "s must be 1-D, got ", s.ndim(), " dimensions");
+          const int64_t n = s.shape(0);
+          FASTAL_REQUIRE(sigma.ndim() == 1 && sigma.shape(0) == n, "sigma must have shape (", n, ",)");
+          FASTAL_REQUIRE(b >= 0 && b <= n, "b must be in [0, ", n, "], got ", b);
+          Buf<int64_t> support(b);
+          Buf<T> w(n);
+          const T* ps = s.data();
+          const T* pg = sigma.data();
+          int64_t* out = support.mutable_data();
+          T* pw = w.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            iht_threshold(ps, pg, n, b, alpha, out, pw);
+          }
+          return py::make_tuple(support, w);
+        },
+        py::arg("s").noconvert(), py::arg("sigma").noconvert(), py::arg("b"), py::arg("alpha"));
+}
+
+// The factored products of the Sparse Approximation solvers (see kernels.h).
+template <typename T>
+void register_factored_products(py::module_& m, const std::string& tag) {
+  struct Factors {
+    const T* A;
+    const T* H;
+    int64_t n, C, dh;
+  };
+  auto factors = [](const Buf<T>& A, const Buf<T>& H) {
+    FASTAL_REQUIRE(A.ndim() == 2 && H.ndim() == 2 && A.shape(0) == H.shape(0),
+                   "A (n, C) and H (n, dh) must be 2-D with the same number of rows");
+    return Factors{A.data(), H.data(), A.shape(0), A.shape(1), H.shape(1)};
+  };
+  auto matrix = [](const Buf<double>& R, const Factors& f, const char* name) {
+    FASTAL_REQUIRE(R.ndim() == 2 && R.shape(0) == f.C && R.shape(1) == f.dh, name,
+                   " must have shape (", f.C, ", ", f.dh, ")");
+    return R.data();
+  };
+  auto vector = [](const Buf<double>& v, int64_t n, const char* name) {
+    FASTAL_REQUIRE(v.ndim() == 1 && v.shape(0) == n, name, " must have shape (", n, ",)");
+    return v.data();
+  };
+
+  m.def(("factored_adjoint_" + tag).c_str(),
+        [=](const Buf<T>& A, const Buf<T>& H, const Buf<double>& R, double scale,
+            std::optional<Buf<int64_t>> rows) {
+          const Factors f = factors(A, H);
+          const double* r = matrix(R, f, "R");
+          const int64_t* idx = nullptr;
+          int64_t count = f.n;
+          if (rows) {
+            FASTAL_REQUIRE(rows->ndim() == 1, "rows must be 1-D");
+            idx = rows->data();
+            count = rows->shape(0);
+            for (int64_t k = 0; k < count; ++k)
+              FASTAL_REQUIRE(idx[k] >= 0 && idx[k] < f.n, "rows[", k, "] = ", idx[k], " is out of range");
+          }
+          Buf<double> out(count);
+          double* po = out.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            factored_adjoint(f.A, f.H, f.C, f.dh, r, scale, idx, count, po);
+          }
+          return out;
+        },
+        py::arg("A").noconvert(), py::arg("H").noconvert(), py::arg("R").noconvert(),
+        py::arg("scale"), py::arg("rows") = py::none());
+
+  m.def(("factored_apply_" + tag).c_str(),
+        [=](const Buf<T>& A, const Buf<T>& H, const Buf<double>& u, double scale) {
+          const Factors f = factors(A, H);
+          const double* pu = vector(u, f.n, "u");
+          Buf<double> M({f.C, f.dh});
+          double* pm = M.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            factored_apply(f.A, f.H, f.n, f.C, f.dh, pu, scale, pm);
+          }
+          return M;
+        },
+        py::arg("A").noconvert(), py::arg("H").noconvert(), py::arg("u").noconvert(), py::arg("scale"));
+
+  m.def(("factored_grad_apply_" + tag).c_str(),
+        [=](const Buf<T>& A, const Buf<T>& H, const Buf<double>& R, double scale,
+            const Buf<double>& z, double beta) {
+          const Factors f = factors(A, H);
+          const double* r = matrix(R, f, "R");
+          const double* pz = vector(z, f.n, "z");
+          Buf<double> g(f.n);
+          Buf<double> M({f.C, f.dh});
+          double* pg = g.mutable_data();
+          double* pm = M.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            factored_grad_apply(f.A, f.H, f.n, f.C, f.dh, r, scale, pz, beta, pg, pm);
+          }
+          return py::make_tuple(g, M);
+        },
+        py::arg("A").noconvert(), py::arg("H").noconvert(), py::arg("R").noconvert(),
+        py::arg("scale"), py::arg("z").noconvert(), py::arg("beta"));
+}
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "fastal CPU kernels (C++17, OpenMP)";
@@ -151,6 +396,10 @@ PYBIND11_MODULE(_cpu, m) {
   register_dtype<double>(m, "float64");
   register_dtype<Half>(m, "float16");
   register_dtype<BFloat16>(m, "bfloat16");
+  register_topb<float>(m, "float32");
+  register_topb<double>(m, "float64");
+  register_factored_products<float>(m, "float32");
+  register_factored_products<double>(m, "float64");
   m.def("parallel_sum", [](const Buf<float>& x) {
     const float* p = x.data();
     const int64_t n = x.size();
@@ -158,4 +407,5 @@ PYBIND11_MODULE(_cpu, m) {
     return parallel_sum(p, n);
   }, py::arg("x").noconvert());
   m.def("num_threads", [] { return omp_get_max_threads(); });
+  m.attr("kmeanspp_block") = kKMeansPPBlock;
 }

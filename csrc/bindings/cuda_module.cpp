@@ -22,6 +22,32 @@ P* ptr(uintptr_t p) {
 }
 cudaStream_t stream_of(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
+fc::Factored factored(uintptr_t a, uintptr_t h, uintptr_t sqnorm, int64_t n, int64_t C,
+                      int64_t dh) {
+  return fc::Factored{ptr<const void>(a), ptr<const void>(h), ptr<const float>(sqnorm), n, C, dh};
+}
+
+fc::KMeansPPState kmeanspp_state(uintptr_t mind, uintptr_t picks, int64_t k, uintptr_t uniforms,
+                                 uintptr_t tile_sum, uintptr_t tile_count, uintptr_t totals,
+                                 uintptr_t centre_row, bool first_given, int64_t t_begin,
+                                 int64_t t_end, int device, uintptr_t stream) {
+  fc::KMeansPPState s{};
+  s.mind = ptr<float>(mind);
+  s.picks = ptr<int64_t>(picks);
+  s.k = k;
+  s.uniforms = ptr<const double>(uniforms);
+  s.tile_sum = ptr<double>(tile_sum);
+  s.tile_count = ptr<int32_t>(tile_count);
+  s.totals = ptr<double>(totals);
+  s.centre_row = ptr<float>(centre_row);
+  s.first_given = first_given;
+  s.t_begin = t_begin;
+  s.t_end = t_end;
+  s.device = device;
+  s.stream = stream_of(stream);
+  return s;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -135,4 +161,159 @@ PYBIND11_MODULE(_cuda, m) {
         },
         py::arg("keys_ptr"), py::arg("budget"), py::arg("picks_ptr"), py::arg("radius_ptr"),
         py::arg("device"), py::arg("stream"));
+
+  // ---- factored pools (A: n x C, H: n x dh, sqnorm: n float32) --------------------------------
+
+  m.def("factored_centre_floats", &fc::factored_centre_floats, py::arg("C"), py::arg("dh"),
+        "Floats of the centre buffer of a factored step (A_c, padding to a multiple of 4, H_c).");
+
+  m.def("min_dist_to_set_factored",
+        [](const std::string& dtype, uintptr_t xa, uintptr_t xh, uintptr_t xsq, int64_t n,
+           uintptr_t ya, uintptr_t yh, uintptr_t ysq, int64_t m_rows, int64_t C, int64_t dh,
+           uintptr_t dist, uintptr_t index, int device, uintptr_t stream) {
+          const fc::DType dt = fc::parse_dtype(dtype);
+          py::gil_scoped_release nogil;
+          fc::min_dist_to_set_factored(dt, factored(xa, xh, xsq, n, C, dh),
+                                       factored(ya, yh, ysq, m_rows, C, dh), ptr<float>(dist),
+                                       ptr<int64_t>(index), device, stream_of(stream));
+        },
+        py::arg("dtype"), py::arg("x_a_ptr"), py::arg("x_h_ptr"), py::arg("x_sqnorm_ptr"),
+        py::arg("n"), py::arg("y_a_ptr"), py::arg("y_h_ptr"), py::arg("y_sqnorm_ptr"),
+        py::arg("m"), py::arg("C"), py::arg("dh"), py::arg("dist_ptr"), py::arg("index_ptr"),
+        py::arg("device"), py::arg("stream"));
+
+  m.def("kcenter_init_labeled_factored",
+        [](const std::string& dtype, uintptr_t a, uintptr_t h, uintptr_t sq, int64_t n, int64_t C,
+           int64_t dh, uintptr_t rows_a, uintptr_t rows_h, uintptr_t rows_sq, int64_t n_labeled,
+           uintptr_t centres, uintptr_t mind, uintptr_t near, uintptr_t keys, int device,
+           uintptr_t stream) {
+          const fc::DType dt = fc::parse_dtype(dtype);
+          py::gil_scoped_release nogil;
+          fc::kcenter_init_labeled_factored(
+              dt, factored(a, h, sq, n, C, dh), factored(rows_a, rows_h, rows_sq, n_labeled, C, dh),
+              ptr<const int64_t>(centres), ptr<float>(mind), ptr<int64_t>(near),
+              ptr<uint64_t>(keys), device, stream_of(stream));
+        },
+        py::arg("dtype"), py::arg("a_ptr"), py::arg("h_ptr"), py::arg("sqnorm_ptr"), py::arg("n"),
+        py::arg("C"), py::arg("dh"), py::arg("rows_a_ptr"), py::arg("rows_h_ptr"),
+        py::arg("rows_sqnorm_ptr"), py::arg("n_labeled"), py::arg("centres_ptr"),
+        py::arg("mind_ptr"), py::arg("near_ptr"), py::arg("keys_ptr"), py::arg("device"),
+        py::arg("stream"));
+
+  m.def("kcenter_steps_factored",
+        [](const std::string& dtype, uintptr_t a, uintptr_t h, uintptr_t sq, int64_t n, int64_t C,
+           int64_t dh, uintptr_t mind, uintptr_t near, uintptr_t centres, int64_t n_labeled,
+           int64_t budget, uintptr_t keys, uintptr_t centre_bound, uintptr_t centre_row,
+           uintptr_t counter, bool prune, int64_t t_begin, int64_t t_end, int device,
+           uintptr_t stream) {
+          fc::KCenterStepsFactored s{};
+          s.dtype = fc::parse_dtype(dtype);
+          s.X = factored(a, h, sq, n, C, dh);
+          s.mind = ptr<float>(mind);
+          s.near = ptr<int64_t>(near);
+          s.centres = ptr<int64_t>(centres);
+          s.n_labeled = n_labeled;
+          s.budget = budget;
+          s.keys = ptr<uint64_t>(keys);
+          s.centre_bound = ptr<float>(centre_bound);
+          s.centre_row = ptr<float>(centre_row);
+          s.counter = ptr<uint64_t>(counter);
+          s.prune = prune;
+          s.t_begin = t_begin;
+          s.t_end = t_end;
+          s.device = device;
+          s.stream = stream_of(stream);
+          py::gil_scoped_release nogil;
+          fc::kcenter_steps_factored(s);
+        },
+        py::arg("dtype"), py::arg("a_ptr"), py::arg("h_ptr"), py::arg("sqnorm_ptr"), py::arg("n"),
+        py::arg("C"), py::arg("dh"), py::arg("mind_ptr"), py::arg("near_ptr"),
+        py::arg("centres_ptr"), py::arg("n_labeled"), py::arg("budget"), py::arg("keys_ptr"),
+        py::arg("centre_bound_ptr"), py::arg("centre_row_ptr"), py::arg("counter_ptr"),
+        py::arg("prune"), py::arg("t_begin"), py::arg("t_end"), py::arg("device"),
+        py::arg("stream"));
+
+  // ---- k-means++ seeding ------------------------------------------------------------------------
+
+  m.def("kmeanspp_tiles", &fc::kmeanspp_tiles, py::arg("n"),
+        "Length of the tile_sum / tile_count buffers of k-means++ over n rows.");
+
+  m.def("kmeanspp_init_labeled",
+        [](const std::string& dtype, uintptr_t x, int64_t n, int64_t d, uintptr_t rows,
+           int64_t n_labeled, uintptr_t labeled, uintptr_t mind, uintptr_t tile_sum,
+           uintptr_t tile_count, int device, uintptr_t stream) {
+          const fc::DType dt = fc::parse_dtype(dtype);
+          py::gil_scoped_release nogil;
+          fc::kmeanspp_init_labeled(dt, ptr<const void>(x), n, d, ptr<const void>(rows), n_labeled,
+                                    ptr<const int64_t>(labeled), ptr<float>(mind),
+                                    ptr<double>(tile_sum), ptr<int32_t>(tile_count), device,
+                                    stream_of(stream));
+        },
+        py::arg("dtype"), py::arg("x_ptr"), py::arg("n"), py::arg("d"), py::arg("rows_ptr"),
+        py::arg("n_labeled"), py::arg("labeled_ptr"), py::arg("mind_ptr"), py::arg("tile_sum_ptr"),
+        py::arg("tile_count_ptr"), py::arg("device"), py::arg("stream"));
+
+  m.def("kmeanspp_init_labeled_factored",
+        [](const std::string& dtype, uintptr_t a, uintptr_t h, uintptr_t sq, int64_t n, int64_t C,
+           int64_t dh, uintptr_t rows_a, uintptr_t rows_h, uintptr_t rows_sq, int64_t n_labeled,
+           uintptr_t labeled, uintptr_t mind, uintptr_t tile_sum, uintptr_t tile_count, int device,
+           uintptr_t stream) {
+          const fc::DType dt = fc::parse_dtype(dtype);
+          py::gil_scoped_release nogil;
+          fc::kmeanspp_init_labeled_factored(
+              dt, factored(a, h, sq, n, C, dh), factored(rows_a, rows_h, rows_sq, n_labeled, C, dh),
+              ptr<const int64_t>(labeled), ptr<float>(mind), ptr<double>(tile_sum),
+              ptr<int32_t>(tile_count), device, stream_of(stream));
+        },
+        py::arg("dtype"), py::arg("a_ptr"), py::arg("h_ptr"), py::arg("sqnorm_ptr"), py::arg("n"),
+        py::arg("C"), py::arg("dh"), py::arg("rows_a_ptr"), py::arg("rows_h_ptr"),
+        py::arg("rows_sqnorm_ptr"), py::arg("n_labeled"), py::arg("labeled_ptr"),
+        py::arg("mind_ptr"), py::arg("tile_sum_ptr"), py::arg("tile_count_ptr"),
+        py::arg("device"), py::arg("stream"));
+
+  m.def("kmeanspp_init_first",
+        [](int64_t first, int64_t n, uintptr_t mind, uintptr_t picks, int device,
+           uintptr_t stream) {
+          py::gil_scoped_release nogil;
+          fc::kmeanspp_init_first(first, n, ptr<float>(mind), ptr<int64_t>(picks), device,
+                                  stream_of(stream));
+        },
+        py::arg("first"), py::arg("n"), py::arg("mind_ptr"), py::arg("picks_ptr"),
+        py::arg("device"), py::arg("stream"));
+
+  m.def("kmeanspp_steps",
+        [](const std::string& dtype, uintptr_t x, int64_t n, int64_t d, uintptr_t mind,
+           uintptr_t picks, int64_t k, uintptr_t uniforms, uintptr_t tile_sum,
+           uintptr_t tile_count, uintptr_t totals, uintptr_t centre_row, bool first_given,
+           int64_t t_begin, int64_t t_end, int device, uintptr_t stream) {
+          const fc::DType dt = fc::parse_dtype(dtype);
+          const fc::KMeansPPState s =
+              kmeanspp_state(mind, picks, k, uniforms, tile_sum, tile_count, totals, centre_row,
+                             first_given, t_begin, t_end, device, stream);
+          py::gil_scoped_release nogil;
+          fc::kmeanspp_steps(dt, ptr<const void>(x), n, d, s);
+        },
+        py::arg("dtype"), py::arg("x_ptr"), py::arg("n"), py::arg("d"), py::arg("mind_ptr"),
+        py::arg("picks_ptr"), py::arg("k"), py::arg("uniforms_ptr"), py::arg("tile_sum_ptr"),
+        py::arg("tile_count_ptr"), py::arg("totals_ptr"), py::arg("centre_row_ptr"),
+        py::arg("first_given"), py::arg("t_begin"), py::arg("t_end"), py::arg("device"),
+        py::arg("stream"));
+
+  m.def("kmeanspp_steps_factored",
+        [](const std::string& dtype, uintptr_t a, uintptr_t h, uintptr_t sq, int64_t n, int64_t C,
+           int64_t dh, uintptr_t mind, uintptr_t picks, int64_t k, uintptr_t uniforms,
+           uintptr_t tile_sum, uintptr_t tile_count, uintptr_t totals, uintptr_t centre_row,
+           bool first_given, int64_t t_begin, int64_t t_end, int device, uintptr_t stream) {
+          const fc::DType dt = fc::parse_dtype(dtype);
+          const fc::KMeansPPState s =
+              kmeanspp_state(mind, picks, k, uniforms, tile_sum, tile_count, totals, centre_row,
+                             first_given, t_begin, t_end, device, stream);
+          py::gil_scoped_release nogil;
+          fc::kmeanspp_steps_factored(dt, factored(a, h, sq, n, C, dh), s);
+        },
+        py::arg("dtype"), py::arg("a_ptr"), py::arg("h_ptr"), py::arg("sqnorm_ptr"), py::arg("n"),
+        py::arg("C"), py::arg("dh"), py::arg("mind_ptr"), py::arg("picks_ptr"), py::arg("k"),
+        py::arg("uniforms_ptr"), py::arg("tile_sum_ptr"), py::arg("tile_count_ptr"),
+        py::arg("totals_ptr"), py::arg("centre_row_ptr"), py::arg("first_given"),
+        py::arg("t_begin"), py::arg("t_end"), py::arg("device"), py::arg("stream"));
 }

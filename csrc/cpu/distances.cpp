@@ -16,24 +16,23 @@ constexpr int64_t kTileBytes = 256 * 1024;      // a Y tile, in the accumulation
 constexpr int64_t kSerialWork = int64_t{1} << 15;  // below this many elements, one thread is faster
 }  // namespace
 
-template <typename T>
-void min_sqdist_to_set(const T* X, int64_t n, const T* Y, int64_t m, int64_t d, Acc<T>* out_dist2,
-                       int64_t* out_index) {
-  using A = Acc<T>;
-  // Y once in the accumulation type (a copy only for float16/bfloat16 storage).
-  std::vector<A> y_acc;
-  const A* Ya;
-  if constexpr (std::is_same_v<T, A>) {
-    Ya = Y;
-  } else {
-    y_acc.resize(static_cast<size_t>(m * d));
-    for (int64_t j = 0; j < m; ++j) prepare_centre(Y + j * d, y_acc.data() + j * d, d);
-    Ya = y_acc.data();
-  }
-  const int64_t tile = std::max<int64_t>(1, kTileBytes / std::max<int64_t>(1, d * int64_t(sizeof(A))));
+template <typename Rows>
+std::vector<AccOfRows<Rows>> prepare_centres(const Rows& set, const int64_t* index, int64_t m) {
+  const int64_t cs = set.centre_size();
+  std::vector<AccOfRows<Rows>> out(static_cast<size_t>(m * cs));
+  for (int64_t j = 0; j < m; ++j) set.prepare(index[j], out.data() + j * cs);
+  return out;
+}
+
+template <typename Rows>
+void min_sqdist_to_centres(const Rows& rows, const AccOfRows<Rows>* centres, int64_t m,
+                           AccOfRows<Rows>* out_dist2, int64_t* out_index) {
+  using A = AccOfRows<Rows>;
+  const int64_t n = rows.n, cs = rows.centre_size();
+  const int64_t tile = std::max<int64_t>(1, kTileBytes / (cs * int64_t(sizeof(A))));
   const int64_t n_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
 
-#pragma omp parallel for schedule(dynamic, 1) if (n * m * d > kSerialWork)
+#pragma omp parallel for schedule(dynamic, 1) if (n * m * rows.row_work() > kSerialWork)
   for (int64_t b = 0; b < n_blocks; ++b) {
     const int64_t i0 = b * kRowsPerBlock, i1 = std::min(n, i0 + kRowsPerBlock);
     A best[kRowsPerBlock];
@@ -43,11 +42,10 @@ void min_sqdist_to_set(const T* X, int64_t n, const T* Y, int64_t m, int64_t d, 
     for (int64_t j0 = 0; j0 < m; j0 += tile) {
       const int64_t j1 = std::min(m, j0 + tile);
       for (int64_t i = i0; i < i1; ++i) {
-        const T* x = X + i * d;
         A& bi = best[i - i0];
         int64_t& ai = arg[i - i0];
         for (int64_t j = j0; j < j1; ++j) {
-          const A dd = sqdist(x, Ya + j * d, d);
+          const A dd = rows.dist2(i, centres + j * cs);
           if (dd < bi || ai < 0) {  // strict: ties keep the lowest j; NaN still gets an index
             bi = dd;
             ai = j;
@@ -58,6 +56,54 @@ void min_sqdist_to_set(const T* X, int64_t n, const T* Y, int64_t m, int64_t d, 
     for (int64_t i = i0; i < i1; ++i) {
       out_dist2[i] = best[i - i0];
       out_index[i] = arg[i - i0];
+    }
+  }
+}
+
+template <typename T>
+void segment_sum(const T* X, int64_t n, int64_t d, const int64_t* labels, int64_t k, double* sums,
+                 int64_t* counts) {
+  std::fill(sums, sums + k * d, 0.0);
+  std::fill(counts, counts + k, int64_t{0});
+  for (int64_t i = 0; i < n; ++i) ++counts[labels[i]];
+  const int threads = omp_get_max_threads();
+  const bool private_sums = k * d * threads <= (int64_t{1} << 25);  // <= 256 MiB of buffers
+  if (n * d <= kSerialWork || threads == 1) {
+    for (int64_t i = 0; i < n; ++i) {
+      double* s = sums + labels[i] * d;
+      const T* x = X + i * d;
+      for (int64_t j = 0; j < d; ++j) s[j] += to_float(x[j]);
+    }
+  } else if (private_sums) {
+    // each thread sums its rows into its own k x d buffer; buffers are added in thread order
+    std::vector<double> partial(static_cast<size_t>(threads * k * d), 0.0);
+#pragma omp parallel
+    {
+      double* mine = partial.data() + static_cast<int64_t>(omp_get_thread_num()) * k * d;
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < n; ++i) {
+        double* s = mine + labels[i] * d;
+        const T* x = X + i * d;
+        for (int64_t j = 0; j < d; ++j) s[j] += to_float(x[j]);
+      }
+#pragma omp for schedule(static)
+      for (int64_t e = 0; e < k * d; ++e) {
+        double total = 0;
+        for (int t = 0; t < threads; ++t) total += partial[static_cast<size_t>(t * k * d + e)];
+        sums[e] = total;
+      }
+    }
+  } else {
+    // many clusters: each thread owns a band of columns and reads those of every row
+    const int64_t band = std::max<int64_t>(16, (d + threads - 1) / threads);
+#pragma omp parallel for schedule(static)
+    for (int64_t j0 = 0; j0 < d; j0 += band) {
+      const int64_t j1 = std::min(d, j0 + band);
+      for (int64_t i = 0; i < n; ++i) {
+        double* s = sums + labels[i] * d;
+        const T* x = X + i * d;
+        for (int64_t j = j0; j < j1; ++j) s[j] += to_float(x[j]);
+      }
     }
   }
 }
@@ -107,14 +153,20 @@ double parallel_sum(const float* x, int64_t n) {
   return total;
 }
 
-#define FASTAL_INSTANTIATE(T)                                                                 \
-  template void min_sqdist_to_set<T>(const T*, int64_t, const T*, int64_t, int64_t, Acc<T>*, \
-                                     int64_t*);                                             \
-  template int64_t count_nonfinite_rows<T>(const T*, int64_t, int64_t, int64_t*);
+#define FASTAL_INSTANTIATE_ROWS(R)                                                            \
+  template std::vector<AccOfRows<R>> prepare_centres<R>(const R&, const int64_t*, int64_t);     \
+  template void min_sqdist_to_centres<R>(const R&, const AccOfRows<R>*, int64_t, AccOfRows<R>*, \
+                                         int64_t*);
+#define FASTAL_INSTANTIATE(T)                                                  \
+  FASTAL_INSTANTIATE_ROWS(DenseRows<T>)                                        \
+  FASTAL_INSTANTIATE_ROWS(FactoredRows<T>)                                     \
+  template int64_t count_nonfinite_rows<T>(const T*, int64_t, int64_t, int64_t*);  \
+  template void segment_sum<T>(const T*, int64_t, int64_t, const int64_t*, int64_t, double*, int64_t*);
 FASTAL_INSTANTIATE(float)
 FASTAL_INSTANTIATE(double)
 FASTAL_INSTANTIATE(Half)
 FASTAL_INSTANTIATE(BFloat16)
 #undef FASTAL_INSTANTIATE
+#undef FASTAL_INSTANTIATE_ROWS
 
 }  // namespace fastal::cpu

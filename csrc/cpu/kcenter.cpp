@@ -33,55 +33,64 @@ struct Farthest {
   }
 };
 
-template <typename T>
-void finish_step(KCenterState<T>& s, int64_t t, const Farthest<Acc<T>>& far) {
-  s.radius2[t] = far.index >= 0 ? std::max(far.value, Acc<T>(0)) : Acc<T>(0);
+template <typename Rows>
+void finish_step(KCenterState<Rows>& s, int64_t t, const Farthest<AccOfRows<Rows>>& far) {
+  using A = AccOfRows<Rows>;
+  s.radius2[t] = far.index >= 0 ? std::max(far.value, A(0)) : A(0);
   if (t + 1 < s.budget) s.picks[t + 1] = far.index;
 }
 
 }  // namespace
 
-template <typename T>
-Acc<T> kcenter_init_labeled(KCenterState<T>& s, const T* labeled_rows) {
-  using A = Acc<T>;
-  min_sqdist_to_set(s.X, s.n, labeled_rows, s.n_labeled, s.d, s.mind, s.near);
+template <typename Rows>
+AccOfRows<Rows> kcenter_init_labeled(KCenterState<Rows>& s) {
+  using A = AccOfRows<Rows>;
+  const auto centres = prepare_centres(s.rows, s.centres, s.n_labeled);
+  min_sqdist_to_centres(s.rows, centres.data(), s.n_labeled, s.mind, s.near);
   for (int64_t j = 0; j < s.n_labeled; ++j) s.mind[s.centres[j]] = -std::numeric_limits<A>::infinity();
   Farthest<A> far;
-  for (int64_t i = 0; i < s.n; ++i)
+  for (int64_t i = 0; i < s.rows.n; ++i)
     if (s.mind[i] != -std::numeric_limits<A>::infinity()) far.offer(s.mind[i], i);
   if (s.budget > 0) s.picks[0] = far.index;
   return far.index >= 0 ? std::max(far.value, A(0)) : A(0);
 }
 
-template <typename T>
-void kcenter_init_first(KCenterState<T>& s, int64_t first) {
-  std::fill(s.mind, s.mind + s.n, std::numeric_limits<Acc<T>>::infinity());
-  std::fill(s.near, s.near + s.n, int64_t{-1});
+template <typename Rows>
+void kcenter_init_first(KCenterState<Rows>& s, int64_t first) {
+  std::fill(s.mind, s.mind + s.rows.n, std::numeric_limits<AccOfRows<Rows>>::infinity());
+  std::fill(s.near, s.near + s.rows.n, int64_t{-1});
   if (s.budget > 0) s.picks[0] = first;
 }
 
-template <typename T>
-void kcenter_steps(KCenterState<T>& s, int64_t t_begin, int64_t t_end) {
-  using A = Acc<T>;
-  const int64_t n = s.n, d = s.d;
-  const bool parallel = n * d > kSerialWork;
+template <typename Rows>
+void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
+  using A = AccOfRows<Rows>;
+  const Rows& rows = s.rows;
+  const int64_t n = rows.n, work = rows.row_work();
+  const bool parallel = n * work > kSerialWork;
   // dynamic chunks (pruning makes rows uneven), a few per thread and at least ~64 KiB of rows each
   const int64_t chunk = std::clamp<int64_t>(n / (8 * omp_get_max_threads()),
-                                            std::min<int64_t>(4096, 16384 / d + 1), 4096);
-  const A factor = prune_factor<A>(d, std::numeric_limits<A>::epsilon() / 2);
-  std::vector<A> centre(static_cast<size_t>(d));
-  std::vector<A> centre_dist2;  // d(new centre, centre j)^2 for the pruning test
-  if (s.prune) centre_dist2.resize(static_cast<size_t>(s.n_labeled + s.budget));
+                                            std::min<int64_t>(4096, 16384 / work + 1), 4096);
+  const auto pruner = rows.pruner();
+  std::vector<A> centre(static_cast<size_t>(rows.centre_size()));
+  std::vector<A> centre_dist2, centre_weight;  // per earlier centre, for the pruning test
+  if (s.prune) {
+    centre_dist2.resize(static_cast<size_t>(s.n_labeled + s.budget));
+    centre_weight.resize(static_cast<size_t>(s.n_labeled + s.budget));
+    for (int64_t j = 0; j < s.n_labeled + t_begin; ++j) centre_weight[j] = rows.row_weight(s.centres[j]);
+  }
 
   for (int64_t t = t_begin; t < t_end; ++t) {
     const int64_t c = s.picks[t];
     const int64_t pos = s.n_labeled + t;  // this centre's position in s.centres
     s.centres[pos] = c;
-    prepare_centre(s.X + c * d, centre.data(), d);
+    rows.prepare(c, centre.data());
     if (s.prune) {
-#pragma omp parallel for schedule(static) if (parallel && pos * d > kSerialWork)
-      for (int64_t j = 0; j < pos; ++j) centre_dist2[j] = sqdist(s.X + s.centres[j] * d, centre.data(), d);
+      centre_weight[pos] = rows.row_weight(c);
+#pragma omp parallel for schedule(static) if (parallel && pos * work > kSerialWork)
+      for (int64_t j = 0; j < pos; ++j) centre_dist2[j] = rows.dist2(s.centres[j], centre.data());
     }
+    const A weight_c = s.prune ? centre_weight[pos] : A(0);
     s.mind[c] = -std::numeric_limits<A>::infinity();
     s.near[c] = pos;
 
@@ -96,8 +105,10 @@ void kcenter_steps(KCenterState<T>& s, int64_t t_begin, int64_t t_end) {
         A m = s.mind[i];
         if (m == -std::numeric_limits<A>::infinity()) continue;  // a centre
         const int64_t a = s.near[i];
-        if (!(s.prune && a >= 0 && centre_dist2[a] >= factor * m)) {
-          const A dd = sqdist(s.X + i * d, centre.data(), d);
+        const bool skip = s.prune && a >= 0 &&
+                          pruner.prunable(centre_dist2[a], m, rows.row_weight(i), centre_weight[a], weight_c);
+        if (!skip) {
+          const A dd = rows.dist2(i, centre.data());
           ++local_reads;
           if (dd < m) {
             m = dd;
@@ -118,14 +129,18 @@ void kcenter_steps(KCenterState<T>& s, int64_t t_begin, int64_t t_end) {
   }
 }
 
-#define FASTAL_INSTANTIATE(T)                                                            \
-  template Acc<T> kcenter_init_labeled<T>(KCenterState<T>&, const T*);                  \
-  template void kcenter_init_first<T>(KCenterState<T>&, int64_t);                       \
-  template void kcenter_steps<T>(KCenterState<T>&, int64_t, int64_t);
+#define FASTAL_INSTANTIATE_ROWS(R)                                             \
+  template AccOfRows<R> kcenter_init_labeled<R>(KCenterState<R>&);             \
+  template void kcenter_init_first<R>(KCenterState<R>&, int64_t);              \
+  template void kcenter_steps<R>(KCenterState<R>&, int64_t, int64_t);
+#define FASTAL_INSTANTIATE(T)              \
+  FASTAL_INSTANTIATE_ROWS(DenseRows<T>)    \
+  FASTAL_INSTANTIATE_ROWS(FactoredRows<T>)
 FASTAL_INSTANTIATE(float)
 FASTAL_INSTANTIATE(double)
 FASTAL_INSTANTIATE(Half)
 FASTAL_INSTANTIATE(BFloat16)
 #undef FASTAL_INSTANTIATE
+#undef FASTAL_INSTANTIATE_ROWS
 
 }  // namespace fastal::cpu

@@ -1,54 +1,123 @@
-// CPU kernels: plain pointers and sizes in, results out; no Python here. Storage type T is one of
-// float, double, Half, BFloat16 (see simd.h); distances are squared and accumulated in Acc<T>.
+// CPU kernels: plain pointers and sizes in, results out; no Python here. A pool is a Rows type
+// (cpu/rows.h): DenseRows<T> or FactoredRows<T> with T one of float, double, Half, BFloat16;
+// distances are squared and accumulated in Acc<T>.
 #pragma once
 #include <cstdint>
+#include <vector>
 
-#include "cpu/simd.h"
+#include "cpu/rows.h"
 
 namespace fastal::cpu {
 
-// For every row of X (n x d), the squared distance to the nearest row of Y (m x d) and that row's
-// index (ties: lowest index). X is read in blocks and Y in cache-sized tiles: no n x m matrix.
-template <typename T>
-void min_sqdist_to_set(const T* X, int64_t n, const T* Y, int64_t m, int64_t d, Acc<T>* out_dist2,
-                       int64_t* out_index);
+template <typename Rows>
+using AccOfRows = typename Rows::A;
+
+// For every row of `rows`, the squared distance to the nearest of the m centres in `centres`
+// (m x rows.centre_size(), laid out by rows.prepare) and that centre's index (ties: lowest).
+// Rows are read in blocks and centres in cache-sized tiles: no n x m matrix.
+template <typename Rows>
+void min_sqdist_to_centres(const Rows& rows, const AccOfRows<Rows>* centres, int64_t m,
+                           AccOfRows<Rows>* out_dist2, int64_t* out_index);
+
+// The centres buffer of min_sqdist_to_centres for the given rows of `set` (m of them).
+template <typename Rows>
+std::vector<AccOfRows<Rows>> prepare_centres(const Rows& set, const int64_t* index, int64_t m);
 
 // Rows of X (n x d) holding a NaN or an infinity: returns their count, and the first one in *first.
 template <typename T>
 int64_t count_nonfinite_rows(const T* X, int64_t n, int64_t d, int64_t* first);
+
+// Per-cluster float64 sums of the rows of X (n x d) with labels in [0, k) (checked by the caller)
+// and the cluster sizes: the update step of k-means. Independent of the thread count up to the
+// order of float64 additions across threads.
+template <typename T>
+void segment_sum(const T* X, int64_t n, int64_t d, const int64_t* labels, int64_t k, double* sums,
+                 int64_t* counts);
+
+// IHT top-b (Shen et al., Appendix E): support[0, b) = the b indices with the smallest
+// 1/2 [-s_j]_+^2 - alpha sigma_j^2, ordered by (score, index); w = [s]_+ on them, 0 elsewhere.
+// Exact; O(n) expected (sampled threshold, one streaming pass, selection on the survivors).
+// Scores are computed in float64 (see topb.cpp).
+template <typename T>
+void iht_threshold(const T* s, const T* sigma, int64_t n, int64_t b, double alpha, int64_t* support,
+                   T* w);
+
+// Products with a factored Φ (column j = scale * a_j (x) h_j; A n x C, H n x dh row-major,
+// T = float or double; R, M are C x dh float64):
+//   factored_adjoint:    out[k] = scale * a_jᵀ R h_j for j = rows[k] (rows == nullptr: j = k < m)
+//   factored_apply:      M = scale * Σ_j u_j a_j h_jᵀ (rows with u_j = 0 skipped)
+//   factored_grad_apply: g_j = 2 scale a_jᵀ R h_j + 2 beta (z_j - 1) and M = scale * Σ_j g_j a_j h_jᵀ,
+//                        in one pass (the IHT gradient step and its line search).
+template <typename T>
+void factored_adjoint(const T* A, const T* H, int64_t C, int64_t dh, const double* R, double scale,
+                      const int64_t* rows, int64_t m, double* out);
+template <typename T>
+void factored_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, const double* u,
+                    double scale, double* M);
+template <typename T>
+void factored_grad_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, const double* R,
+                         double scale, const double* z, double beta, double* g, double* M);
 
 // Sum of a float array with all threads: the read-bandwidth probe of the benchmarks.
 double parallel_sum(const float* x, int64_t n);
 
 // k-center greedy state. mind[i] is the squared distance of row i to its nearest centre, -inf for
 // a centre, +inf before any centre exists; near[i] is that centre's position in `centres`.
-template <typename T>
+template <typename Rows>
 struct KCenterState {
-  const T* X;
-  int64_t n, d;
-  Acc<T>* mind;
+  using A = AccOfRows<Rows>;
+  Rows rows;
+  A* mind;
   int64_t* near;
   int64_t* centres;    // capacity n_labeled + budget: the labeled points, then the picks
   int64_t n_labeled;
   int64_t budget;
   int64_t* picks;      // budget; picks[0] is set before the first step
-  Acc<T>* radius2;     // budget; largest mind after each pick (0 once every point is a centre)
+  A* radius2;          // budget; largest mind after each pick (0 once every point is a centre)
   bool prune;
   uint64_t rows_read;  // rows whose distance to a new centre was computed
 };
 
-// Initialises mind/near from the labeled rows and sets picks[0] to the farthest point; returns the
-// squared covering radius of the labeled set. Requires n_labeled >= 1.
-template <typename T>
-Acc<T> kcenter_init_labeled(KCenterState<T>& s, const T* labeled_rows);
+// Initialises mind/near from the labeled rows (centres[0, n_labeled)) and sets picks[0] to the
+// farthest point; returns the squared covering radius of the labeled set. Requires n_labeled >= 1.
+template <typename Rows>
+AccOfRows<Rows> kcenter_init_labeled(KCenterState<Rows>& s);
 
 // Initialises mind = +inf, near = -1 and picks[0] = first (no labeled set).
-template <typename T>
-void kcenter_init_first(KCenterState<T>& s, int64_t first);
+template <typename Rows>
+void kcenter_init_first(KCenterState<Rows>& s, int64_t first);
 
 // Runs greedy steps [t_begin, t_end): each adds picks[t] as a centre, updates mind in one fused
 // pass with the arg-max, and writes radius2[t] and picks[t + 1].
-template <typename T>
-void kcenter_steps(KCenterState<T>& s, int64_t t_begin, int64_t t_end);
+template <typename Rows>
+void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end);
+
+// k-means++ (D^2 sampling) state. mind[i]: squared distance to the nearest centre, -inf for a
+// centre. block_sums[b]: float64 sum of max(mind, 0) over non-centres of rows [b * kBlock, ...).
+constexpr int64_t kKMeansPPBlock = 2048;
+template <typename Rows>
+struct KMeansPPState {
+  using A = AccOfRows<Rows>;
+  Rows rows;
+  A* mind;
+  int64_t* picks;         // k; picks[0] preset when has_first
+  const double* uniform;  // k draws in [0, 1): pick t uses uniform[t] when it is sampled
+  int64_t k;
+  bool has_first;
+  double* block_sums;     // ceil(n / kKMeansPPBlock), kept between calls of kmeanspp_steps
+};
+
+// mind from the labeled rows (labeled[0, n_labeled)), which become centres.
+template <typename Rows>
+void kmeanspp_init_labeled(KMeansPPState<Rows>& s, const int64_t* labeled, int64_t n_labeled);
+
+// No labeled rows: mind = +inf, picks[0] is the given first pick.
+template <typename Rows>
+void kmeanspp_init_first(KMeansPPState<Rows>& s, int64_t first);
+
+// Picks t in [t_begin, t_end): sample (or take the first), then one fused pass updating mind and
+// the block sums. Deterministic: independent of the thread count.
+template <typename Rows>
+void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end);
 
 }  // namespace fastal::cpu

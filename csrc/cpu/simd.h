@@ -103,26 +103,43 @@ inline double hsum(__m256d v) {
 }
 #endif
 
-// Squared distance between a stored row x and a centre c laid out by prepare_centre: 32 lanes per iteration
-// in four independent accumulators (16 for float64) to hide the FMA latency, then a scalar tail.
-template <typename T>
-inline Acc<T> sqdist(const T* x, const Acc<T>* c, int64_t d) {
+// The two reductions of a stored row x against a centre c laid out by prepare_centre:
+// SQ = true gives the squared distance sum (x - c)^2, SQ = false the inner product sum x c.
+// 32 lanes per iteration in four independent accumulators (16 for float64) hide the FMA latency,
+// then a scalar tail.
+#ifdef FASTAL_AVX2
+template <bool SQ>
+inline __m256 fma_term(__m256 x, __m256 c, __m256 acc) {
+  if constexpr (SQ) {
+    const __m256 t = _mm256_sub_ps(x, c);
+    return _mm256_fmadd_ps(t, t, acc);
+  } else {
+    return _mm256_fmadd_ps(x, c, acc);
+  }
+}
+template <bool SQ>
+inline __m256d fma_term(__m256d x, __m256d c, __m256d acc) {
+  if constexpr (SQ) {
+    const __m256d t = _mm256_sub_pd(x, c);
+    return _mm256_fmadd_pd(t, t, acc);
+  } else {
+    return _mm256_fmadd_pd(x, c, acc);
+  }
+}
+#endif
+
+template <bool SQ, typename T>
+inline Acc<T> reduce_row(const T* x, const Acc<T>* c, int64_t d) {
   int64_t k = 0;
   Acc<T> total = 0;
 #ifdef FASTAL_AVX2
   if constexpr (std::is_same_v<T, double>) {
     __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
                     _mm256_setzero_pd()};
-    for (; k + 16 <= d; k += 16) {
-      for (int u = 0; u < 4; ++u) {
-        const __m256d t = _mm256_sub_pd(_mm256_loadu_pd(x + k + 4 * u), _mm256_loadu_pd(c + k + 4 * u));
-        a[u] = _mm256_fmadd_pd(t, t, a[u]);
-      }
-    }
-    for (; k + 4 <= d; k += 4) {
-      const __m256d t = _mm256_sub_pd(_mm256_loadu_pd(x + k), _mm256_loadu_pd(c + k));
-      a[0] = _mm256_fmadd_pd(t, t, a[0]);
-    }
+    for (; k + 16 <= d; k += 16)
+      for (int u = 0; u < 4; ++u)
+        a[u] = fma_term<SQ>(_mm256_loadu_pd(x + k + 4 * u), _mm256_loadu_pd(c + k + 4 * u), a[u]);
+    for (; k + 4 <= d; k += 4) a[0] = fma_term<SQ>(_mm256_loadu_pd(x + k), _mm256_loadu_pd(c + k), a[0]);
     total = hsum(_mm256_add_pd(_mm256_add_pd(a[0], a[1]), _mm256_add_pd(a[2], a[3])));
   } else if constexpr (std::is_same_v<T, BFloat16>) {
     const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
@@ -131,33 +148,40 @@ inline Acc<T> sqdist(const T* x, const Acc<T>* c, int64_t d) {
     for (; k + 16 <= d; k += 16) {  // even elements into a[0], a[2]; odd into a[1], a[3]
       const int u = static_cast<int>((k >> 4) & 1) * 2;
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
-      const __m256 te = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_loadu_ps(c + k));
-      const __m256 to = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_and_si256(v, high)), _mm256_loadu_ps(c + k + 8));
-      a[u] = _mm256_fmadd_ps(te, te, a[u]);
-      a[u + 1] = _mm256_fmadd_ps(to, to, a[u + 1]);
+      a[u] = fma_term<SQ>(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_loadu_ps(c + k), a[u]);
+      a[u + 1] = fma_term<SQ>(_mm256_castsi256_ps(_mm256_and_si256(v, high)),
+                              _mm256_loadu_ps(c + k + 8), a[u + 1]);
     }
     total = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
   } else {
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                    _mm256_setzero_ps()};
-    for (; k + 32 <= d; k += 32) {
-      for (int u = 0; u < 4; ++u) {
-        const __m256 t = _mm256_sub_ps(load8(x + k + 8 * u), _mm256_loadu_ps(c + k + 8 * u));
-        a[u] = _mm256_fmadd_ps(t, t, a[u]);
-      }
-    }
-    for (; k + 8 <= d; k += 8) {
-      const __m256 t = _mm256_sub_ps(load8(x + k), _mm256_loadu_ps(c + k));
-      a[0] = _mm256_fmadd_ps(t, t, a[0]);
-    }
+    for (; k + 32 <= d; k += 32)
+      for (int u = 0; u < 4; ++u)
+        a[u] = fma_term<SQ>(load8(x + k + 8 * u), _mm256_loadu_ps(c + k + 8 * u), a[u]);
+    for (; k + 8 <= d; k += 8) a[0] = fma_term<SQ>(load8(x + k), _mm256_loadu_ps(c + k), a[0]);
     total = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
   }
 #endif
   for (; k < d; ++k) {
-    const Acc<T> t = to_float(x[k]) - c[k];
-    total += t * t;
+    if constexpr (SQ) {
+      const Acc<T> t = to_float(x[k]) - c[k];
+      total += t * t;
+    } else {
+      total += to_float(x[k]) * c[k];
+    }
   }
   return total;
+}
+
+template <typename T>
+inline Acc<T> sqdist(const T* x, const Acc<T>* c, int64_t d) {
+  return reduce_row<true>(x, c, d);
+}
+
+template <typename T>
+inline Acc<T> dot(const T* x, const Acc<T>* c, int64_t d) {
+  return reduce_row<false>(x, c, d);
 }
 
 }  // namespace fastal::cpu

@@ -254,6 +254,12 @@ inline int grid_for(K kernel, int64_t work_blocks, int device, size_t smem = 0) 
   return static_cast<int>(work_blocks < 1 ? 1 : (work_blocks < full ? work_blocks : full));
 }
 
+// Blocks of kThreads for a grid-stride loop over `items`: at least 1, at most `cap`.
+inline unsigned blocks_for(int64_t items, int64_t cap = 4096) {
+  const int64_t b = (items + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(b < 1 ? 1 : (b < cap ? b : cap));
+}
+
 // Argument checks of the entry points: `p` must be a non-null, `align`-byte aligned pointer that CUDA
 // knows (device, managed or registered host memory), on `device` when it is device memory.
 inline void require_device_ptr(const void* p, const char* name, int device, size_t align) {
@@ -267,6 +273,8 @@ inline void require_device_ptr(const void* p, const char* name, int device, size
   FASTAL_REQUIRE(attr.type != cudaMemoryTypeDevice || attr.device == device, name,
                  " lives on cuda:", attr.device, " but the call is for cuda:", device);
 }
+
+inline size_t dtype_size(DType dtype) { return dtype == DType::Float32 ? 4 : 2; }
 
 constexpr int64_t kMaxRows = (int64_t{1} << 32) - 1;  // row indices must fit the 32-bit key half
 constexpr int64_t kMaxCols = int64_t{1} << 30;  // int column offsets, with room for loop overshoot

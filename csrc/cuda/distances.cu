@@ -14,7 +14,7 @@
 // block totals meet in one atomicAdd (count) and one atomicMin (first row).
 #include <climits>
 
-#include "cuda/device.cuh"
+#include "cuda/min_dist.cuh"
 
 namespace fastal::cuda {
 
@@ -132,22 +132,6 @@ int64_t count_nonfinite_impl(const T* X, int64_t n, int64_t d, int64_t* first, i
 
 // ---- min distance to a set ------------------------------------------------------------------
 
-constexpr int kTile = 64;   // rows of X (and of Y) per block tile
-constexpr int kChunk = 32;  // columns per shared-memory stage
-constexpr int kPitch = 72;  // row pitch of a staged chunk: 16-byte aligned, bank-conflict-free stores
-
-template <typename T>
-__device__ __forceinline__ float load_elem(const T* p) {
-  return bits_to_float<T>(__ldg(reinterpret_cast<const typename Storage<T>::Bits*>(p)));
-}
-
-// Is (d1, j1) a better minimum than (d2, j2)? Smaller distance, then lower index; j < 0 is empty.
-__device__ __forceinline__ bool better(float d1, int64_t j1, float d2, int64_t j2) {
-  if (j1 < 0) return false;
-  if (j2 < 0) return true;
-  return d1 < d2 || (d1 == d2 && j1 < j2);
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     min_dist_kernel(const T* X, int64_t n, const T* Y, int64_t m, int d, int64_t tiles,
@@ -238,17 +222,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__global__ void min_dist_finish_kernel(const unsigned long long* keys, int64_t n, bool sqrt_out,
-                                       float* dist, int64_t* index) {
-  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const unsigned long long key = keys[i];
-    const float d2 = key ? -key_value(key) : NAN;
-    dist[i] = sqrt_out ? sqrtf(d2) : d2;
-    index[i] = key ? key_index(key) : -1;
-  }
-}
-
 }  // namespace
 
 namespace detail {
@@ -257,14 +230,7 @@ void min_dist_to_set_launch(DType dtype, const void* X, int64_t n, const void* Y
                             int64_t d, float* dist, int64_t* index, bool sqrt_out, int device,
                             cudaStream_t stream) {
   const int64_t row_blocks = (n + kTile - 1) / kTile, tiles = (m + kTile - 1) / kTile;
-  // Few rows of X: split Y's tiles over blockIdx.y so that about two waves of blocks run.
-  const int64_t target = int64_t{sm_count(device)} * 8;
-  int64_t split = 1;
-  if (row_blocks < target && tiles > 1 && has_memory_pools(device)) {
-    split = (target + row_blocks - 1) / row_blocks;
-    split = split < tiles ? split : tiles;
-    split = split < 65535 ? split : 65535;
-  }
+  const int64_t split = min_dist_split(row_blocks, tiles, device);
   dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* x = static_cast<const T*>(X);
@@ -282,16 +248,11 @@ void min_dist_to_set_launch(DType dtype, const void* X, int64_t n, const void* Y
     min_dist_kernel<T><<<grid, kThreads, 0, stream>>>(x, n, y, m, static_cast<int>(d), tiles,
                                                        sqrt_out, dist, index, k);
     CUDA_CHECK_LAUNCH("min_dist_kernel");
-    const int64_t blocks = (n + kThreads - 1) / kThreads;
-    min_dist_finish_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), kThreads, 0,
-                             stream>>>(k, n, sqrt_out, dist, index);
-    CUDA_CHECK_LAUNCH("min_dist_finish_kernel");
+    min_dist_finish(k, n, sqrt_out, dist, index, stream);
   });
 }
 
 }  // namespace detail
-
-static size_t dtype_size(DType dtype) { return dtype == DType::Float32 ? 4 : 2; }
 
 int64_t count_nonfinite_rows(DType dtype, const void* X, int64_t n, int64_t d, int64_t* first,
                              int device, cudaStream_t stream) {

@@ -20,28 +20,11 @@
 #include <cmath>
 
 #include "common/prune.h"
-#include "cuda/device.cuh"
+#include "cuda/greedy.cuh"
 
 namespace fastal::cuda {
 
 namespace {
-
-__device__ __forceinline__ bool valid_pick(unsigned long long key, int64_t n) {
-  return key != 0 && key_index(key) < n;
-}
-
-// Block-wide maximum of one key per thread, then one atomicMax from thread 0 (skipped for 0).
-__device__ __forceinline__ void block_max_to(unsigned long long v, unsigned long long* target) {
-  __shared__ unsigned long long s_max[kWarps];
-  v = warp_max(v);
-  if ((threadIdx.x & 31) == 0) s_max[threadIdx.x >> 5] = v;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned long long m = 0;
-    for (int w = 0; w < kWarps; ++w) m = s_max[w] > m ? s_max[w] : m;
-    if (m) atomicMax(target, m);
-  }
-}
 
 // ---- initialisation ---------------------------------------------------------------------------
 
@@ -53,28 +36,6 @@ __global__ void init_first_kernel(int64_t n, int64_t first, float* mind, int64_t
     near[i] = -1;
   }
   if (blockIdx.x == 0 && threadIdx.x == 0) keys[0] = pack_key(INFINITY, first);
-}
-
-__global__ void mark_centres_kernel(const int64_t* centres, int64_t count, int64_t n, float* mind) {
-  for (int64_t j = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; j < count;
-       j += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t c = centres[j];
-    if (c >= 0 && c < n) mind[c] = -INFINITY;
-  }
-}
-
-__global__ void __launch_bounds__(kThreads)
-    farthest_kernel(const float* mind, int64_t n, unsigned long long* key) {
-  unsigned long long best = 0;
-  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const float m = mind[i];
-    if (m != -INFINITY) {
-      const unsigned long long k = pack_key(m, i);
-      best = k > best ? k : best;
-    }
-  }
-  block_max_to(best, key);
 }
 
 // ---- one greedy step --------------------------------------------------------------------------
@@ -211,13 +172,6 @@ __global__ void decode_kernel(const unsigned long long* keys, int64_t budget, in
 
 // ---- host side ----------------------------------------------------------------------------------
 
-unsigned blocks_for(int64_t items, int64_t cap = 4096) {
-  const int64_t b = (items + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b < cap ? b : cap));
-}
-
-size_t dtype_size(DType dtype) { return dtype == DType::Float32 ? 4 : 2; }
-
 template <typename T, int G, bool VEC, bool SMEM>
 void run_steps(const KCenterSteps& s) {
   const T* X = static_cast<const T*>(s.X);
@@ -275,13 +229,6 @@ void steps_for_type(const KCenterSteps& s) {
   });
 }
 
-void require_kcenter_sizes(int64_t n, int64_t n_labeled, int64_t budget) {
-  FASTAL_REQUIRE(n_labeled >= 0, "n_labeled must be >= 0, got ", n_labeled);
-  FASTAL_REQUIRE(budget >= 0, "budget must be >= 0, got ", budget);
-  FASTAL_REQUIRE(n_labeled + budget <= n, "n_labeled + budget (", n_labeled, " + ", budget,
-                 ") exceeds the number of rows n = ", n);
-}
-
 }  // namespace
 
 void kcenter_init_labeled(DType dtype, const void* X, int64_t n, int64_t d, const void* rows,
@@ -297,14 +244,8 @@ void kcenter_init_labeled(DType dtype, const void* X, int64_t n, int64_t d, cons
   require_device_ptr(mind, "mind_ptr", device, alignof(float));
   require_device_ptr(near, "near_ptr", device, alignof(int64_t));
   require_device_ptr(keys, "keys_ptr", device, alignof(uint64_t));
-  auto* key0 = reinterpret_cast<unsigned long long*>(keys);
   detail::min_dist_to_set_launch(dtype, X, n, rows, n_labeled, d, mind, near, false, device, stream);
-  mark_centres_kernel<<<blocks_for(n_labeled), kThreads, 0, stream>>>(centres, n_labeled, n, mind);
-  CUDA_CHECK_LAUNCH("mark_centres_kernel");
-  CUDA_CHECK(cudaMemsetAsync(key0, 0, sizeof(unsigned long long), stream));
-  const int grid = grid_for(farthest_kernel, (n + kThreads - 1) / kThreads, device);
-  farthest_kernel<<<grid, kThreads, 0, stream>>>(mind, n, key0);
-  CUDA_CHECK_LAUNCH("farthest_kernel");
+  finish_labeled_init(n, n_labeled, centres, mind, keys, device, stream);
 }
 
 void kcenter_init_first(DType dtype, int64_t first, int64_t n, float* mind, int64_t* near,

@@ -70,12 +70,109 @@ void kcenter_steps(const KCenterSteps& s);
 void kcenter_decode(const uint64_t* keys, int64_t budget, int64_t* picks, float* radius,
                     int device, cudaStream_t stream);
 
+// ---- factored pools (gradient embeddings, see factored.cuh) ------------------------------------
+
+// Row i is the flattened outer product A_i (x) H_i: A (n x C) and H (n x dh) hold storage values of
+// one dtype, row-major and contiguous; sqnorm (n, float32) = |A_i|^2 |H_i|^2. The squared distance
+// of rows i and j is max(0, sqnorm_i + sqnorm_j - 2 (A_i . A_j)(H_i . H_j)), dots in float32.
+struct Factored {
+  const void* A;
+  const void* H;
+  const float* sqnorm;
+  int64_t n, C, dh;
+};
+
+// Floats of the centre buffer of a factored step: A_c, padding to a multiple of 4, H_c.
+int64_t factored_centre_floats(int64_t C, int64_t dh);
+
+// min_dist_to_set for factored X and Y (same C and dh).
+void min_dist_to_set_factored(DType dtype, const Factored& X, const Factored& Y, float* dist,
+                              int64_t* index, int device, cudaStream_t stream);
+
+// kcenter_init_labeled for a factored pool; rows holds the labeled rows gathered (rows.n of them,
+// in the order of centres[0, rows.n)). kcenter_init_first and kcenter_decode serve both kinds.
+void kcenter_init_labeled_factored(DType dtype, const Factored& X, const Factored& rows,
+                                   const int64_t* centres, float* mind, int64_t* near,
+                                   uint64_t* keys, int device, cudaStream_t stream);
+
+struct KCenterStepsFactored {
+  DType dtype;
+  Factored X;
+  float* mind;
+  int64_t* near;
+  int64_t* centres;      // n_labeled + budget
+  int64_t n_labeled, budget;
+  uint64_t* keys;        // budget + 1
+  float* centre_bound;   // 2 (n_labeled + budget): per earlier centre (d^2 to the new one, sqnorm)
+  float* centre_row;     // factored_centre_floats(C, dh), 16-byte aligned
+  uint64_t* counter;     // rows read, accumulated
+  bool prune;
+  int64_t t_begin, t_end;
+  int device;
+  cudaStream_t stream;
+};
+
+// Greedy steps t in [t_begin, t_end) on a factored pool (see kcenter_factored.cu).
+void kcenter_steps_factored(const KCenterStepsFactored& s);
+
+// ---- k-means++ seeding (D^2 sampling, see kmeanspp.cu) ------------------------------------------
+
+// Rows per partial sum: the sums are per fixed tile of rows, whatever the grid.
+constexpr int64_t kKMeansPPTile = 256;
+int64_t kmeanspp_tiles(int64_t n);
+
+// State: mind (n, float32) squared distance to the nearest centre (-inf: a centre); tile_sum /
+// tile_count (kmeanspp_tiles(n)): float64 sum of max(mind, 0) and number of non-centres per tile,
+// as left by the last pass; picks (k); uniforms (k, float64 in [0, 1)) on the device.
+struct KMeansPPState {
+  float* mind;
+  int64_t* picks;
+  int64_t k;
+  const double* uniforms;
+  double* tile_sum;
+  int32_t* tile_count;
+  double* totals;      // k: the total weight pick t was drawn from (not written for a given first)
+  float* centre_row;   // d (dense) or factored_centre_floats(C, dh) floats, 16-byte aligned
+  bool first_given;    // picks[0] was set by kmeanspp_init_first: step 0 does not sample
+  int64_t t_begin, t_end;
+  int device;
+  cudaStream_t stream;
+};
+
+// mind = squared distance to the nearest labeled row (rows: the labeled rows gathered, in the
+// order of labeled[0, n_labeled)), labeled rows -inf, tile sums. Dense and factored.
+void kmeanspp_init_labeled(DType dtype, const void* X, int64_t n, int64_t d, const void* rows,
+                           int64_t n_labeled, const int64_t* labeled, float* mind,
+                           double* tile_sum, int32_t* tile_count, int device,
+                           cudaStream_t stream);
+void kmeanspp_init_labeled_factored(DType dtype, const Factored& X, const Factored& rows,
+                                    const int64_t* labeled, float* mind, double* tile_sum,
+                                    int32_t* tile_count, int device, cudaStream_t stream);
+
+// No labeled rows: mind = +inf, picks[0] = first (then steps run with first_given = true).
+void kmeanspp_init_first(int64_t first, int64_t n, float* mind, int64_t* picks, int device,
+                         cudaStream_t stream);
+
+// Picks t in [t_begin, t_end) entirely on the device: sample (unless t == 0 and first_given), make
+// the pick a centre, one fused pass (skipped after the last pick, t == k - 1).
+void kmeanspp_steps(DType dtype, const void* X, int64_t n, int64_t d, const KMeansPPState& s);
+void kmeanspp_steps_factored(DType dtype, const Factored& X, const KMeansPPState& s);
+
 namespace detail {
 // min_dist_to_set without the device guard and checks, squared (sqrt=false) or not: the labeled
 // initialisation of k-center calls it with mind / near as outputs.
 void min_dist_to_set_launch(DType dtype, const void* X, int64_t n, const void* Y, int64_t m,
                             int64_t d, float* dist, int64_t* index, bool sqrt_out, int device,
                             cudaStream_t stream);
+// The same for factored X and Y (C, dh and dtype shared).
+void min_dist_to_set_factored_launch(DType dtype, const Factored& X, const Factored& Y,
+                                     float* dist, int64_t* index, bool sqrt_out, int device,
+                                     cudaStream_t stream);
+// One k-means++ draw on the device (kmeanspp_sample.cu): picks[t] (-1 if every row is a centre or
+// picks[t - 1] is invalid) and totals[t], from mind, the tile sums and uniforms[t].
+void kmeanspp_sample_launch(const float* mind, int64_t n, const double* tile_sum,
+                            const int32_t* tile_count, const double* uniforms, int64_t t,
+                            int64_t* picks, double* totals, cudaStream_t stream);
 }  // namespace detail
 
 }  // namespace fastal::cuda

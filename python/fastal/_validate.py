@@ -52,8 +52,13 @@ def check_budget(budget: Any, available: int, name: str = "budget") -> int:
     return budget
 
 
-def check_indices(indices: Any, n: int, name: str, *, like: ArrayInfo | None = None) -> np.ndarray:
-    """Unique in-range integer indices as int64 numpy (host). ``None`` means none."""
+def check_indices(
+    indices: Any, n: int, name: str, *, like: ArrayInfo | None = None, unique: bool = True
+) -> np.ndarray:
+    """In-range (and, unless ``unique=False``, unique) integer indices as int64 numpy (host).
+
+    ``None`` means none.
+    """
     if indices is None:
         return np.empty(0, dtype=np.int64)
     if _interop.is_array(indices):
@@ -79,7 +84,7 @@ def check_indices(indices: Any, n: int, name: str, *, like: ArrayInfo | None = N
                 f"{name} has indices out of range [0, {n}): e.g. {int(arr[np.argmax(bad)])}"
             )
         uniq, counts = np.unique(arr, return_counts=True)
-        if (counts > 1).any():
+        if unique and (counts > 1).any():
             raise ValueError(f"{name} has duplicate indices: e.g. {int(uniq[np.argmax(counts > 1)])}")
     return arr
 
@@ -94,3 +99,17 @@ def make_rng(seed: Any, name: str = "seed") -> np.random.Generator:
         raise type(err)(
             f"{name} must be None, a non-negative int or a numpy Generator, got {seed!r}"
         ) from None
+
+
+def _number(value: Any, name: str, *, minimum: float | None = None, positive: bool = False) -> float:
+    """A finite real number (not a bool), optionally >= minimum or > 0, as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+    return v

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from . import _ext, _interop
 from ._interop import ArrayInfo
 from ._validate import check_budget, check_indices, check_matrix, check_same_place, make_rng
+from .gradients import GradientEmbedding
 
 _ACC = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
 
@@ -36,6 +37,32 @@ def _check_finite_cuda(ptr: int, info: ArrayInfo, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf in {count} row(s), first at row {first}")
 
 
+def pool_info(X: Any, name: str = "X") -> ArrayInfo:
+    """ArrayInfo of a dense matrix or of a GradientEmbedding (shape: the materialised one)."""
+    if isinstance(X, GradientEmbedding):
+        i = X.info
+        return ArrayInfo(i.framework, i.device, i.device_index, i.dtype, X.shape)
+    return check_matrix(X, name)
+
+
+def _torch_cpu_info(t: Any) -> ArrayInfo:
+    return ArrayInfo("torch", "cpu", None, str(t.dtype).removeprefix("torch."), tuple(t.shape))
+
+
+def cpu_pool(X: Any, info: ArrayInfo, name: str = "X") -> tuple:
+    """What the CPU kernels take: ``(X,)`` checked finite, or ``(A, H, sqnorm)`` of an embedding."""
+    if isinstance(X, GradientEmbedding):
+        a, h = X._a, X._h  # finite by construction
+        return (
+            _interop.host_storage(a, _torch_cpu_info(a)),
+            _interop.host_storage(h, _torch_cpu_info(h)),
+            X._sqnorm.numpy(),
+        )
+    x = _interop.host_storage(X, info)
+    _check_finite_cpu(x, info, name)
+    return (x,)
+
+
 # ---------------------------------------------------------------------------------------------
 # min distance to a set
 
@@ -47,10 +74,11 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
 
     Parameters
     ----------
-    X : array of shape (n, d)
-        numpy, torch (CPU/CUDA) or cupy; float32, float16, bfloat16, or float64 on the CPU.
-    Y : array of shape (m, d), m >= 1
-        Same framework, device and dtype as ``X``.
+    X : array of shape (n, d), or GradientEmbedding
+        numpy, torch (CPU/CUDA) or cupy; float32, float16, bfloat16, or float64 on the CPU. A
+        :class:`~fastal.GradientEmbedding` is compared in O(C + dh) per pair, never materialised.
+    Y : array of shape (m, d), m >= 1, or GradientEmbedding
+        Same kind, framework, device and dtype as ``X`` (and the same factor shapes).
 
     Returns
     -------
@@ -66,21 +94,30 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
     >>> dist.tolist(), idx.tolist()
     ([1.0, 1.0], [0, 1])
     """
-    info = check_matrix(X, "X")
-    yinfo = check_matrix(Y, "Y")
+    info = pool_info(X, "X")
+    yinfo = pool_info(Y, "Y")
+    factored = isinstance(X, GradientEmbedding)
+    if factored != isinstance(Y, GradientEmbedding):
+        raise TypeError("X and Y must both be dense arrays or both be GradientEmbedding")
     check_same_place(yinfo, "Y", info, "X")
     if yinfo.dtype != info.dtype:
         raise TypeError(f"Y has dtype {yinfo.dtype} but X has {info.dtype}; cast one on purpose")
+    if factored and (Y.n_classes, Y.dh) != (X.n_classes, X.dh):
+        raise ValueError(
+            f"Y must have the factor shapes of X (C={X.n_classes}, dh={X.dh}), "
+            f"got C={Y.n_classes}, dh={Y.dh}"
+        )
     if yinfo.shape[1] != info.shape[1]:
         raise ValueError(f"Y must have {info.shape[1]} columns like X, got shape {yinfo.shape}")
     n = info.shape[0]
     if info.device == "cpu":
-        x = _interop.host_storage(X, info)
-        y = _interop.host_storage(Y, yinfo)
-        _check_finite_cpu(x, info, "X")
-        _check_finite_cpu(y, yinfo, "Y")
-        dist2, index = getattr(_ext.cpu, f"min_sqdist_to_set_{info.dtype}")(x, y)
+        pool, ypool = cpu_pool(X, info, "X"), cpu_pool(Y, yinfo, "Y")
+        dist2, index = getattr(_ext.cpu, f"min_sqdist_to_set_{info.dtype}")(pool, ypool)
         return _interop.wrap_host(np.sqrt(dist2), info), _interop.wrap_host(index, info)
+    if factored:
+        from . import _factored_cuda
+
+        return _factored_cuda.min_distance_cuda_factored(X, Y)
     cuda = _ext.require_cuda("X")
     xkeep, xptr = _interop.cuda_pointer(X, info)
     ykeep, yptr = _interop.cuda_pointer(Y, yinfo)
@@ -135,9 +172,11 @@ def kcenter_greedy(
 
     Parameters
     ----------
-    X : array of shape (n, d)
+    X : array of shape (n, d), or GradientEmbedding
         Pool embeddings: numpy, torch (CPU/CUDA) or cupy; float32, float16, bfloat16, or float64 on
-        the CPU. Accumulation is float32 (float64 for float64).
+        the CPU. Accumulation is float32 (float64 for float64). A :class:`~fastal.GradientEmbedding`
+        gives k-center over per-sample gradients at O(C + dh) per distance; its pruning test adds
+        the absolute rounding margin of the factored distance, so picks stay exact.
     budget : int
         Number of new centres, ``0 <= budget <= n - len(labeled)``.
     labeled : 1-D integer indices, optional
@@ -178,7 +217,7 @@ def kcenter(
     progress: bool = False,
 ) -> KCenterResult:
     """:func:`kcenter_greedy` returning a :class:`KCenterResult` with diagnostics."""
-    info = check_matrix(X, "X")
+    info = pool_info(X, "X")
     n = info.shape[0]
     lab = check_indices(labeled, n, "labeled", like=info)
     budget = check_budget(budget, n - lab.size)
@@ -187,7 +226,12 @@ def kcenter(
     rng = make_rng(seed)
     first = int(rng.integers(n)) if lab.size == 0 and budget > 0 else None
     start = time.perf_counter()
-    run = _kcenter_cpu if info.device == "cpu" else _kcenter_cuda
+    if info.device == "cpu":
+        run = _kcenter_cpu
+    elif isinstance(X, GradientEmbedding):
+        from ._factored_cuda import kcenter_cuda_factored as run
+    else:
+        run = _kcenter_cuda
     indices, radius, r0, rows_read = run(X, info, lab, budget, first, bool(prune), progress)
     seconds = time.perf_counter() - start
     # finite input with at least one centre has finite distances, unless float32 overflowed
@@ -218,10 +262,10 @@ def kcenter(
     )
 
 
-def _chunks(budget: int, progress: bool):
+def _chunks(budget: int, progress: bool, desc: str = "k-center"):
     """Step ranges; small ones only when a progress bar needs updates."""
     step = max(1, budget // 100) if progress else max(1, budget)
-    bar = tqdm(total=budget, disable=not progress, desc="k-center", unit="pick")
+    bar = tqdm(total=budget, disable=not progress, desc=desc, unit="pick")
     with bar:
         for t0 in range(0, budget, step):
             t1 = min(budget, t0 + step)
@@ -230,8 +274,7 @@ def _chunks(budget: int, progress: bool):
 
 
 def _kcenter_cpu(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune: bool, progress: bool):
-    x = _interop.host_storage(X, info)
-    _check_finite_cpu(x, info, "X")
+    pool = cpu_pool(X, info)
     n, acc, kern = info.shape[0], _ACC[info.dtype], info.dtype
     mind = np.empty(n, dtype=acc)
     near = np.empty(n, dtype=np.int64)
@@ -241,16 +284,16 @@ def _kcenter_cpu(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune:
     if lab.size:
         centres[: lab.size] = lab
         r0 = float(np.sqrt(getattr(_ext.cpu, f"kcenter_init_labeled_{kern}")(
-            x, x[lab], mind, near, centres, lab.size, picks, radius2
+            pool, mind, near, centres, lab.size, picks, radius2
         )))  # fmt: skip
     else:
         r0 = float("inf")
         if budget:
-            getattr(_ext.cpu, f"kcenter_init_first_{kern}")(x, first, mind, near, centres, picks, radius2)
+            getattr(_ext.cpu, f"kcenter_init_first_{kern}")(pool, first, mind, near, centres, picks, radius2)
     steps = getattr(_ext.cpu, f"kcenter_steps_{kern}")
     rows_read = 0
     for t0, t1 in _chunks(budget, progress):
-        rows_read += steps(x, mind, near, centres, lab.size, picks, radius2, prune, t0, t1)
+        rows_read += steps(pool, mind, near, centres, lab.size, picks, radius2, prune, t0, t1)
     radius = np.sqrt(radius2)
     return _interop.wrap_host(picks, info), _interop.wrap_host(radius, info), r0, rows_read
 

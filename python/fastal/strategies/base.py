@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 
@@ -28,6 +29,52 @@ class Strategy:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({params})"
+
+
+def pool_field(pool: Any, *keys: str) -> Any:
+    """The first of ``keys`` present in a mapping pool; a bare array counts as ``"features"``."""
+    if isinstance(pool, Mapping):
+        for key in keys:
+            if key in pool:
+                return pool[key]
+        raise ValueError(f"pool needs one of {', '.join(map(repr, keys))}; it has {', '.join(map(repr, pool))}")
+    if "features" in keys:
+        return pool
+    raise TypeError(
+        f"pool must be a mapping with {' or '.join(map(repr, keys))}, got {type(pool).__name__}"
+    )
+
+
+def gradient_pool(pool: Any, *, bias: bool = False) -> Any:
+    """A GradientEmbedding: the pool itself, or built from a mapping with probs/logits and features.
+
+    Labels are hypothetical (argmax of the probabilities).
+    """
+    from ..gradients import GradientEmbedding, gradient_embedding
+
+    if isinstance(pool, GradientEmbedding):
+        return pool
+    if not isinstance(pool, Mapping):
+        raise TypeError(
+            "pool must be a GradientEmbedding or a mapping with 'probs' (or 'logits') and "
+            f"'features', got {type(pool).__name__}"
+        )
+    features = pool_field(pool, "features")
+    if "probs" in pool:
+        return gradient_embedding(pool["probs"], features, bias=bias, kind="probs")
+    return gradient_embedding(pool_field(pool, "logits"), features, bias=bias, kind="logits")
+
+
+def unlabeled_rows(n: int, labeled: Any, like: Any = None) -> tuple[Any, Any]:
+    """(labeled indices, the other rows in ascending order), both int64 numpy."""
+    import numpy as np
+
+    from .._validate import check_indices
+
+    lab = check_indices(labeled, n, "labeled", like=like)
+    mask = np.ones(n, dtype=bool)
+    mask[lab] = False
+    return lab, np.flatnonzero(mask)
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import ops
-from .base import Selection, Strategy, register
+from .base import Selection, Strategy, pool_field, register
 
 
 @register
@@ -40,9 +40,13 @@ class CoreSet(Strategy):
         self.progress = progress
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
-        """Select from ``pool``: an (n, d) embedding array (numpy, torch or cupy)."""
+        """Select from ``pool``: an (n, d) embedding array (numpy, torch or cupy), a mapping with
+        ``"features"``, or a :class:`~fastal.GradientEmbedding` (k-center over gradients)."""
+        from ..gradients import GradientEmbedding
+
+        X = pool if isinstance(pool, GradientEmbedding) else pool_field(pool, "features")
         res = ops.kcenter(
-            pool, budget, labeled=labeled, seed=seed, prune=self.prune, progress=self.progress
+            X, budget, labeled=labeled, seed=seed, prune=self.prune, progress=self.progress
         )
         diagnostics = dict(res.diagnostics, radius=res.radius)
         return Selection(res.indices, diagnostics)

@@ -1,0 +1,198 @@
+"""Sparse Approximation (issue 4): IHT selection and the top-b kernel against what users would write.
+
+``iht``         ``SparseApprox(solver="iht")`` end to end from (logits, features): factored Φ, the
+                fused row-wise kernels and ``fastal.iht_threshold``.
+``torch_dense`` the same algorithm (Alg. 2 with line search and de-bias) written plainly in torch:
+                Φ materialised as a (C·dh, n) float32 matrix, ``Φw`` and ``Φᵀr`` as mat-vecs, the
+                proximal step by ``torch.topk``. Skipped where Φ would exceed ``FASTAL_BENCH_MEM_GB``
+                (default 8).
+``topb``        ``fastal.iht_threshold`` against ``np.argpartition`` (+ the sort of the b winners)
+                and ``torch.topk`` on the same scores, CPU; on a GPU ``torch.topk`` on the device.
+
+Sizes by ``FASTAL_BENCH``: tiny (CI smoke), medium (n = 50k; top-b n = 10⁶), full (n ∈ {50k, 1M},
+C ∈ {10, 100}, b ∈ {1000, 10000}; top-b n = 10⁷, b = 10⁵). ``extra_info`` carries the sizes and, for
+fastal cases, ``speedup_vs_<peer>`` measured earlier in the same session.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import fastal
+from fastal.strategies import SparseApprox
+
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
+
+PRESET = os.environ.get("FASTAL_BENCH", "tiny").strip().lower() or "tiny"
+SELECT = {
+    "tiny": [(2000, 10, 32, 100)],
+    "medium": [(50_000, 10, 512, 1000), (50_000, 10, 512, 3000)],
+    "full": [(n, C, 512, b) for n in (50_000, 1_000_000) for C in (10, 100) for b in (1000, 10_000)]
+    + [(50_000, 10, 512, 3000)],
+}[PRESET]
+TOPB = {"tiny": [(100_000, 1000)], "medium": [(1_000_000, 10_000)], "full": [(10_000_000, 100_000)]}[PRESET]
+ITERS = 5 if PRESET == "tiny" else 50  # SparseApprox's default T (5 for the CI smoke run)
+MEM_GB = float(os.environ.get("FASTAL_BENCH_MEM_GB", "8"))
+_TIMES: dict = {}
+
+
+def _pool(n: int, C: int, d: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    H = rng.normal(size=(n, d)).astype(np.float32)
+    W = rng.normal(size=(d, C)).astype(np.float32) * (3 / np.sqrt(d))
+    return {"logits": H @ W, "features": H}
+
+
+def _timed(benchmark, fn, rounds: int = 1):
+    return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+def torch_dense_iht(logits, H, b: int, T: float, alpha: float, beta: float, iters: int):
+    """Alg. 2 on a materialised Φ: what a straightforward torch port looks like."""
+    import torch
+
+    z = torch.from_numpy(logits).double()
+    h = torch.from_numpy(H)
+    n = h.shape[0]
+    p, P = torch.softmax(z, 1), torch.softmax(z / T, 1)
+    A = (p - P).float()
+    Phi = (A[:, :, None] * h[:, None, :]).reshape(n, -1).T.contiguous() / b  # (C·dh, n)
+    v = Phi.sum(1).double() * (b / n)
+    dist = ((P * P).sum(1, keepdim=True) - 2 * P + 1).clamp_min(0).sqrt()
+    sigma = h.double().norm(dim=1) * (P * dist).sum(1) / n
+
+    def resid(w):
+        return (Phi @ w.float()).double() - v
+
+    def grad(w, r):
+        return 2 * (Phi.T @ r.float()).double() + 2 * beta * (w - 1)
+
+    def ls(u, w, r):
+        pu = (Phi @ u.float()).double()
+        den = float((pu * pu).sum() + beta * (u * u).sum())
+        return float((r * pu).sum() + beta * ((w - 1) * u).sum()) / den if den > 0 else 0.0
+
+    w = torch.zeros(n, dtype=torch.float64)
+    zz = w.clone()
+    S = None
+    for _ in range(iters):
+        w_prev = w
+        r = resid(zz)
+        g = grad(zz, r)
+        s = zz - ls(g, zz, r) * g
+        score = 0.5 * (-s).clamp_min(0) ** 2 - alpha * sigma**2
+        S = torch.topk(-score, b).indices
+        w = torch.zeros_like(s)
+        w[S] = s[S].clamp_min(0)
+        r = resid(w)
+        u = torch.zeros_like(w)
+        u[S] = grad(w, r)[S]
+        w = (w - ls(u, w, r) * u).clamp_min(0)
+        d = w - w_prev
+        zz = w - ls(d, w, resid(w)) * d
+    return S
+
+
+@pytest.mark.parametrize("impl", ["torch_dense", "iht"])
+@pytest.mark.parametrize("n,C,d,b", SELECT, ids=[f"n{n}-C{C}-d{d}-b{b}" for n, C, d, b in SELECT])
+def test_sparse_select(benchmark, impl, n, C, d, b):
+    benchmark.group = f"sparse/cpu/n={n}/C={C}/d={d}/b={b}"
+    pool = _pool(n, C, d)
+    T = 1.5
+    key = (n, C, d, b)
+    if impl == "torch_dense":
+        gb = n * C * d * 4 / 2**30
+        if gb > MEM_GB:
+            pytest.skip(f"materialised Φ needs {gb:.1f} GB > FASTAL_BENCH_MEM_GB={MEM_GB}")
+        _timed(benchmark, lambda: torch_dense_iht(pool["logits"], pool["features"], b, T, 1e-8, 1e-4, ITERS))
+    else:
+        strategy = SparseApprox(solver="iht", temperature=T, iters=ITERS)
+        sel = _timed(benchmark, lambda: strategy.select(pool, b))
+        assert len(set(sel.indices.tolist())) == b
+    seconds = benchmark.stats.stats.min
+    _TIMES[(key, impl)] = seconds
+    benchmark.extra_info.update(n=n, C=C, d=d, b=b, iters=ITERS, seconds=seconds, impl=impl)
+    if impl == "iht" and (key, "torch_dense") in _TIMES:
+        benchmark.extra_info["speedup_vs_torch_dense"] = _TIMES[(key, "torch_dense")] / seconds
+
+
+@pytest.mark.parametrize("impl", ["argpartition", "torch_topk", "fastal"])
+@pytest.mark.parametrize("n,b", TOPB, ids=[f"n{n}-b{b}" for n, b in TOPB])
+def test_topb_cpu(benchmark, impl, n, b):
+    import torch
+
+    benchmark.group = f"topb/cpu/n={n}/b={b}"
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=n).astype(np.float32)
+    sigma = rng.random(n).astype(np.float32)
+    alpha = 0.5
+
+    def scores():
+        s64, g64 = s.astype(np.float64), sigma.astype(np.float64)
+        neg = np.maximum(-s64, 0)
+        return 0.5 * (neg * neg) - alpha * (g64 * g64)
+
+    if impl == "argpartition":  # scores, partition, order the winners: what numpy users write
+
+        def run():
+            sc = scores()
+            part = np.argpartition(sc, b - 1)[:b]
+            return part[np.lexsort((part, sc[part]))]
+    elif impl == "torch_topk":
+        st, gt = torch.from_numpy(s), torch.from_numpy(sigma)
+
+        def run():
+            s64, g64 = st.double(), gt.double()
+            neg = (-s64).clamp_min(0)
+            return torch.topk(-(0.5 * neg * neg - alpha * g64 * g64), b).indices
+    else:
+
+        def run():
+            return fastal.iht_threshold(s, sigma, b, alpha)[0]
+
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    seconds = benchmark.stats.stats.min
+    _TIMES[(("topb", n, b), impl)] = seconds
+    benchmark.extra_info.update(n=n, b=b, seconds=seconds, impl=impl)
+    if impl == "fastal":
+        for peer in ("argpartition", "torch_topk"):
+            if (("topb", n, b), peer) in _TIMES:
+                benchmark.extra_info[f"speedup_vs_{peer}"] = _TIMES[(("topb", n, b), peer)] / seconds
+
+
+@pytest.mark.parametrize("impl", ["torch_topk", "fastal"])
+@pytest.mark.parametrize("n,b", TOPB, ids=[f"n{n}-b{b}" for n, b in TOPB])
+def test_topb_cuda(benchmark, impl, n, b):
+    import torch
+
+    if not torch.cuda.is_available() or not fastal.cuda_available():
+        pytest.skip("needs a CUDA GPU and fastal built with its CUDA module")
+    benchmark.group = f"topb/cuda/n={n}/b={b}"
+    g = torch.Generator(device="cuda").manual_seed(0)
+    s = torch.randn(n, device="cuda", generator=g)
+    sigma = torch.rand(n, device="cuda", generator=g)
+    alpha = 0.5
+
+    if impl == "torch_topk":
+
+        def run():
+            neg = (-s).clamp_min(0)
+            out = torch.topk(-(0.5 * neg * neg - alpha * sigma * sigma), b).indices
+            torch.cuda.synchronize()
+            return out
+    else:
+
+        def run():
+            out = fastal.iht_threshold(s, sigma, b, alpha)[0]
+            torch.cuda.synchronize()
+            return out
+
+    benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=2)
+    seconds = benchmark.stats.stats.min
+    _TIMES[(("topb-cuda", n, b), impl)] = seconds
+    benchmark.extra_info.update(n=n, b=b, seconds=seconds, impl=impl, device=torch.cuda.get_device_name())
+    if impl == "fastal" and (("topb-cuda", n, b), "torch_topk") in _TIMES:
+        benchmark.extra_info["speedup_vs_torch_topk"] = _TIMES[(("topb-cuda", n, b), "torch_topk")] / seconds

@@ -1,0 +1,141 @@
+// k-means++ seeding (Arthur & Vassilvitskii 2007; BADGE, Ash et al. 2020) on the CPU: D^2 sampling
+// with one fused pass per pick.
+//
+// Each pick is sampled from the float64 sums of max(mind, 0) over fixed blocks of kKMeansPPBlock
+// rows, kept up to date by the pass that adds the previous centre: the sampler scans the block sums
+// to find the block holding u * total, then that block's rows. Blocks are fixed (not per thread) and
+// summed in row order, so the picks depend only on the data and the uniforms, not on the number of
+// threads. The rule matches the float64 reference: the first row with cumsum(w) > u * total.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cpu/kernels.h"
+
+namespace fastal::cpu {
+
+namespace {
+
+constexpr int64_t kSerialWork = int64_t{1} << 16;
+
+inline int64_t n_blocks(int64_t n) { return (n + kKMeansPPBlock - 1) / kKMeansPPBlock; }
+
+template <typename A>
+inline double weight(A m) {
+  return m > A(0) ? static_cast<double>(m) : 0.0;  // -inf (a centre) and 0 weigh nothing
+}
+
+template <typename Rows>
+void sum_block(KMeansPPState<Rows>& s, int64_t b) {
+  const int64_t i0 = b * kKMeansPPBlock, i1 = std::min(s.rows.n, i0 + kKMeansPPBlock);
+  double total = 0;
+  for (int64_t i = i0; i < i1; ++i) total += weight(s.mind[i]);
+  s.block_sums[b] = total;
+}
+
+template <typename Rows>
+void sum_all_blocks(KMeansPPState<Rows>& s) {
+  const int64_t blocks = n_blocks(s.rows.n);
+#pragma omp parallel for schedule(static) if (s.rows.n > kSerialWork)
+  for (int64_t b = 0; b < blocks; ++b) sum_block(s, b);
+}
+
+// The row D^2 sampling draws for uniform u; -1 when every row is a centre.
+template <typename Rows>
+int64_t sample(const KMeansPPState<Rows>& s, double u) {
+  using A = AccOfRows<Rows>;
+  const int64_t n = s.rows.n, blocks = n_blocks(s.rows.n);
+  double total = 0;
+  for (int64_t b = 0; b < blocks; ++b) total += s.block_sums[b];
+  if (total > 0) {
+    const double target = u * total;
+    double before = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      if (before + s.block_sums[b] > target) {
+        double acc = before;
+        const int64_t i1 = std::min(n, (b + 1) * kKMeansPPBlock);
+        for (int64_t i = b * kKMeansPPBlock; i < i1; ++i) {
+          acc += weight(s.mind[i]);
+          if (acc > target) return i;
+        }
+      }
+      before += s.block_sums[b];
+    }
+    for (int64_t i = n - 1; i >= 0; --i)  // rounding left u * total at the very end
+      if (weight(s.mind[i]) > 0) return i;
+  }
+  // Every remaining row coincides with a centre: take the floor(u r)-th non-centre, r of them.
+  int64_t r = 0;
+  for (int64_t i = 0; i < n; ++i) r += s.mind[i] != -std::numeric_limits<A>::infinity();
+  if (r == 0) return -1;
+  int64_t want = std::min(r - 1, static_cast<int64_t>(std::floor(u * static_cast<double>(r))));
+  for (int64_t i = 0; i < n; ++i)
+    if (s.mind[i] != -std::numeric_limits<A>::infinity() && want-- == 0) return i;
+  return -1;
+}
+
+}  // namespace
+
+template <typename Rows>
+void kmeanspp_init_labeled(KMeansPPState<Rows>& s, const int64_t* labeled, int64_t n_labeled) {
+  using A = AccOfRows<Rows>;
+  std::vector<int64_t> nearest(static_cast<size_t>(s.rows.n));
+  const auto centres = prepare_centres(s.rows, labeled, n_labeled);
+  min_sqdist_to_centres(s.rows, centres.data(), n_labeled, s.mind, nearest.data());
+  for (int64_t j = 0; j < n_labeled; ++j) s.mind[labeled[j]] = -std::numeric_limits<A>::infinity();
+  sum_all_blocks(s);
+}
+
+template <typename Rows>
+void kmeanspp_init_first(KMeansPPState<Rows>& s, int64_t first) {
+  std::fill(s.mind, s.mind + s.rows.n, std::numeric_limits<AccOfRows<Rows>>::infinity());
+  std::fill(s.block_sums, s.block_sums + n_blocks(s.rows.n), 0.0);
+  if (s.k > 0) s.picks[0] = first;
+}
+
+template <typename Rows>
+void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end) {
+  using A = AccOfRows<Rows>;
+  const Rows& rows = s.rows;
+  const int64_t n = rows.n, blocks = n_blocks(s.rows.n);
+  const bool parallel = n * rows.row_work() > kSerialWork;
+  std::vector<A> centre(static_cast<size_t>(rows.centre_size()));
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const int64_t c = (t == 0 && s.has_first) ? s.picks[0] : sample(s, s.uniform[t]);
+    s.picks[t] = c;
+    if (c < 0) continue;  // cannot happen for k <= n - n_labeled; the caller checks
+    s.mind[c] = -std::numeric_limits<A>::infinity();
+    rows.prepare(c, centre.data());
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t i0 = b * kKMeansPPBlock, i1 = std::min(n, i0 + kKMeansPPBlock);
+      double total = 0;
+      for (int64_t i = i0; i < i1; ++i) {
+        A m = s.mind[i];
+        if (m == -std::numeric_limits<A>::infinity()) continue;
+        const A dd = rows.dist2(i, centre.data());
+        if (dd < m) s.mind[i] = m = dd;
+        total += weight(m);
+      }
+      s.block_sums[b] = total;
+    }
+  }
+}
+
+#define FASTAL_INSTANTIATE_ROWS(R)                                                    \
+  template void kmeanspp_init_labeled<R>(KMeansPPState<R>&, const int64_t*, int64_t); \
+  template void kmeanspp_init_first<R>(KMeansPPState<R>&, int64_t);                   \
+  template void kmeanspp_steps<R>(KMeansPPState<R>&, int64_t, int64_t);
+#define FASTAL_INSTANTIATE(T)           \
+  FASTAL_INSTANTIATE_ROWS(DenseRows<T>) \
+  FASTAL_INSTANTIATE_ROWS(FactoredRows<T>)
+FASTAL_INSTANTIATE(float)
+FASTAL_INSTANTIATE(double)
+FASTAL_INSTANTIATE(Half)
+FASTAL_INSTANTIATE(BFloat16)
+#undef FASTAL_INSTANTIATE
+#undef FASTAL_INSTANTIATE_ROWS
+
+}  // namespace fastal::cpu

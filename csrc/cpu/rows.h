@@ -1,0 +1,82 @@
+// The two kinds of pool the distance kernels read: a dense matrix X (n x d) and a factored
+// gradient embedding g_i = A_i (x) H_i (A: n x C, H: n x dh, sqnorm_i = |A_i|^2 |H_i|^2). Both give
+// a "centre" buffer in the accumulation type (prepare) and the squared distance of a row to it
+// (dist2), so k-center, min-distance and k-means++ are written once for both.
+//
+// Factored distance: |g_i - g_c|^2 = sqnorm_i + sqnorm_c - 2 (A_i . A_c)(H_i . H_c), O(C + dh).
+// Its rounding error is absolute, about (C + dh) u (sqnorm_i + sqnorm_c), not relative to the
+// distance, so the exact pruning test (prunable) adds that margin; see common/prune.h for the
+// dense rule.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "common/prune.h"
+#include "cpu/simd.h"
+
+namespace fastal::cpu {
+
+template <typename T>
+struct DenseRows {
+  using Storage = T;
+  using A = Acc<T>;
+  const T* X;
+  int64_t n, d;
+
+  int64_t centre_size() const { return d; }
+  int64_t row_work() const { return d; }  // elements read per distance
+  void prepare(int64_t c, A* out) const { prepare_centre(X + c * d, out, d); }
+  A dist2(int64_t i, const A* centre) const { return sqdist(X + i * d, centre, d); }
+
+  // True when the row cannot get strictly closer to the new centre (see common/prune.h).
+  struct Pruner {
+    A factor;
+    bool prunable(A centre_dist2, A mind, A, A, A) const { return centre_dist2 >= factor * mind; }
+  };
+  Pruner pruner() const { return {prune_factor<A>(d, std::numeric_limits<A>::epsilon() / 2)}; }
+  A row_weight(int64_t) const { return 0; }
+};
+
+template <typename T>
+struct FactoredRows {
+  using Storage = T;
+  using A = Acc<T>;
+  const T* Am;      // n x C
+  const T* H;       // n x dh
+  const A* sqnorm;  // n
+  int64_t n, C, dh;
+
+  // centre layout: A_c (C values), H_c (dh values), sqnorm_c
+  int64_t centre_size() const { return C + dh + 1; }
+  int64_t row_work() const { return C + dh; }
+  void prepare(int64_t c, A* out) const {
+    prepare_centre(Am + c * C, out, C);
+    prepare_centre(H + c * dh, out + C, dh);
+    out[C + dh] = sqnorm[c];
+  }
+  A dist2(int64_t i, const A* centre) const {
+    const A da = dot(Am + i * C, centre, C);
+    const A dh_ = dot(H + i * dh, centre + C, dh);
+    const A r = sqnorm[i] + centre[C + dh] - 2 * da * dh_;
+    return r > 0 ? r : A(0);
+  }
+  A row_weight(int64_t i) const { return sqnorm[i]; }
+
+  // With |D - delta| <= E for the three computed distances involved (E = e (s_i + s_a + s_c)),
+  // D(c, a) >= 4 mind + 5E implies delta(i, c) >= mind + E, hence D(i, c) >= mind: exact.
+  // e = 4 (C + dh + 8) u covers the two dot products, their product, the sums and the rounding of
+  // the stored sqnorm (a sum of C and of dh squares, computed outside this kernel), with room.
+  struct Pruner {
+    A factor, e5;
+    bool prunable(A centre_dist2, A mind, A s_i, A s_a, A s_c) const {
+      return centre_dist2 >= factor * mind + e5 * (s_i + s_a + s_c);
+    }
+  };
+  Pruner pruner() const {
+    const double u = std::numeric_limits<A>::epsilon() / 2;
+    return {prune_factor<A>(C + dh, u), static_cast<A>(5.0 * 4.0 * double(C + dh + 8) * u)};
+  }
+};
+
+}  // namespace fastal::cpu

@@ -1,0 +1,372 @@
+"""Per-sample last-layer gradient embeddings, kept factored (BADGE, EGL, Sparse Approximation, ...).
+
+For softmax cross-entropy with a last linear layer ``z = W h (+ b)``, the gradient of the loss of one
+sample with respect to ``W`` is rank one: ``g = a ⊗ h`` with ``a = p - e_y`` (C values) and ``h`` the
+penultimate features (d values; a bias column extends ``h`` by a 1). So norms, inner products and
+distances cost O(C + d) per pair instead of O(C·d):
+
+    |g_i|² = |a_i|² |h_i|²,   <g_i, g_j> = (a_i·a_j)(h_i·h_j),
+    |g_i - g_j|² = |g_i|² + |g_j|² - 2 (a_i·a_j)(h_i·h_j).
+
+:class:`GradientEmbedding` holds the two factors; every distance kernel of fastal accepts it where it
+accepts a dense matrix. ``dense()`` materialises the ``n × C·d`` matrix only when asked.
+
+The arithmetic runs in torch (numpy and cupy inputs cross zero-copy), in row chunks so that the
+temporaries of a million-row pool stay small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import _interop
+from ._interop import ArrayInfo
+from ._validate import check_matrix, check_same_place
+
+#: rows per chunk of the elementwise passes (bounds temporaries to ~ chunk * C floats)
+_CHUNK = 1 << 15
+_SUM_TOL = 1e-3
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def as_torch(x: Any, info: ArrayInfo):
+    """A torch view of a numpy / torch / cupy array (zero-copy where the framework allows)."""
+    torch = _torch()
+    if info.framework == "torch":
+        return x.detach()
+    if info.framework == "numpy":
+        arr = x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    return torch.from_dlpack(x)
+
+
+def from_torch(t: Any, like: ArrayInfo) -> Any:
+    """A torch result back in the framework of ``like`` (same device)."""
+    if like.framework == "torch":
+        return t
+    if like.framework == "numpy":
+        return t.numpy()
+    import cupy
+
+    return cupy.from_dlpack(t)
+
+
+def _acc_dtype(dtype: str):
+    torch = _torch()
+    return torch.float64 if dtype == "float64" else torch.float32
+
+
+class GradientEmbedding:
+    """Per-sample gradients ``g_i = A_i ⊗ H_i``, stored as the factors ``A`` (n, C) and ``H`` (n, dh).
+
+    Row ``i`` of the materialised matrix is ``g[i, c * dh + k] = A[i, c] * H[i, k]``.
+
+    Parameters
+    ----------
+    A : array of shape (n, C)
+        Left factors (for cross-entropy, ``p - e_y`` or ``p - P`` per row).
+    H : array of shape (n, dh)
+        Right factors (penultimate features, with a trailing 1 column for the bias gradient).
+        Same framework, device and dtype as ``A``: float32, float16, bfloat16, or float64 on the CPU.
+
+    Attributes
+    ----------
+    sqnorm : array of shape (n,)
+        ``|A_i|² |H_i|²``, float32 (float64 for float64 factors), computed from the stored factors.
+
+    Examples
+    --------
+    >>> import numpy as np, fastal
+    >>> emb = fastal.GradientEmbedding(np.array([[1.0, -1.0]]), np.array([[2.0, 0.0, 1.0]]))
+    >>> emb.dense().tolist(), emb.sqnorm.tolist()
+    ([[2.0, 0.0, 1.0, -2.0, -0.0, -1.0]], [10.0])
+    """
+
+    def __init__(self, A: Any, H: Any) -> None:
+        ainfo = check_matrix(A, "A")
+        hinfo = check_matrix(H, "H")
+        check_same_place(hinfo, "H", ainfo, "A")
+        if hinfo.dtype != ainfo.dtype:
+            raise TypeError(f"H has dtype {hinfo.dtype} but A has {ainfo.dtype}; cast one on purpose")
+        if hinfo.shape[0] != ainfo.shape[0]:
+            raise ValueError(f"A and H must have the same number of rows, got {ainfo.shape} and {hinfo.shape}")
+        at, ht = as_torch(A, ainfo).contiguous(), as_torch(H, hinfo).contiguous()
+        for t, name in ((at, "A"), (ht, "H")):
+            bad = ~torch_isfinite_rows(t)
+            if bool(bad.any()):
+                first = int(bad.nonzero()[0, 0])
+                raise ValueError(f"{name} contains NaN or Inf in {int(bad.sum())} row(s), first at row {first}")
+        self._init(at, ht, ainfo)
+
+    @classmethod
+    def _from_torch(cls, at: Any, ht: Any, info: ArrayInfo) -> GradientEmbedding:
+        self = cls.__new__(cls)
+        self._init(at.contiguous(), ht.contiguous(), info)
+        return self
+
+    def _init(self, at: Any, ht: Any, info: ArrayInfo) -> None:
+        self._info = ArrayInfo(info.framework, info.device, info.device_index, info.dtype, tuple(at.shape))
+        self._a, self._h = at, ht
+        acc = _acc_dtype(info.dtype)
+        sq = at.new_empty(at.shape[0], dtype=acc)
+        for s in range(0, at.shape[0], _CHUNK):
+            a, h = at[s : s + _CHUNK].to(acc), ht[s : s + _CHUNK].to(acc)
+            sq[s : s + _CHUNK] = (a * a).sum(1) * (h * h).sum(1)
+        self._sqnorm = sq
+
+    # -- factors and sizes ------------------------------------------------------------------
+
+    @property
+    def A(self) -> Any:
+        return from_torch(self._a, self._info)
+
+    @property
+    def H(self) -> Any:
+        return from_torch(self._h, self._info)
+
+    @property
+    def sqnorm(self) -> Any:
+        return from_torch(self._sqnorm, self._info)
+
+    @property
+    def info(self) -> ArrayInfo:
+        """Framework, device and storage dtype of the factors (shape is that of ``A``)."""
+        return self._info
+
+    @property
+    def n(self) -> int:
+        return int(self._a.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self._a.shape[1])
+
+    @property
+    def dh(self) -> int:
+        return int(self._h.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return self.n_classes * self.dh
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.dim)
+
+    @property
+    def dtype(self) -> str:
+        return self._info.dtype
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __repr__(self) -> str:
+        return (
+            f"GradientEmbedding(n={self.n}, C={self.n_classes}, dh={self.dh}, dtype={self.dtype}, "
+            f"on {self._info.where})"
+        )
+
+    # -- export and subsets -----------------------------------------------------------------
+
+    def _rows(self, rows: Any) -> Any:
+        from ._validate import check_indices
+
+        torch = _torch()
+        idx = check_indices(rows, self.n, "rows", like=self._info, unique=False)
+        return torch.from_numpy(idx).to(self._a.device)
+
+    def subset(self, rows: Any) -> GradientEmbedding:
+        """The embedding of ``rows`` (1-D integer indices, in that order)."""
+        idx = self._rows(rows)
+        return GradientEmbedding._from_torch(self._a[idx], self._h[idx], self._info)
+
+    def dense(self, rows: Any = None) -> Any:
+        """The materialised ``(n, C·dh)`` gradient matrix (or its ``rows``): an explicit export.
+
+        At n = 1M, C = 1000, d = 512 that is 2 TB in float32; use :meth:`iter_dense` to stream it.
+        """
+        a, h = (self._a, self._h) if rows is None else (self._a[self._rows(rows)], self._h[self._rows(rows)])
+        return from_torch((a[:, :, None] * h[:, None, :]).reshape(a.shape[0], -1), self._info)
+
+    def iter_dense(self, chunk_rows: int = 4096) -> Iterator[tuple[int, Any]]:
+        """Yield ``(start, block)`` with ``block`` the dense rows ``start : start + chunk_rows``."""
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        for s in range(0, self.n, int(chunk_rows)):
+            a, h = self._a[s : s + chunk_rows], self._h[s : s + chunk_rows]
+            yield s, from_torch((a[:, :, None] * h[:, None, :]).reshape(a.shape[0], -1), self._info)
+
+
+def torch_isfinite_rows(t: Any) -> Any:
+    """Boolean (n,) tensor: row holds only finite values (chunked)."""
+    torch = _torch()
+    out = torch.empty(t.shape[0], dtype=torch.bool, device=t.device)
+    for s in range(0, t.shape[0], _CHUNK):
+        out[s : s + _CHUNK] = torch.isfinite(t[s : s + _CHUNK]).all(1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# construction from model outputs
+
+
+def gradient_embedding(
+    probs_or_logits: Any,
+    features: Any,
+    *,
+    labels: Any = None,
+    bias: bool = False,
+    kind: str = "auto",
+) -> GradientEmbedding:
+    """Last-layer cross-entropy gradient embeddings of a pool, kept factored.
+
+    ``g_i = (p_i - t_i) ⊗ h_i`` where ``p_i`` are the predicted class probabilities, ``h_i`` the
+    penultimate features (extended by a 1 with ``bias=True``) and ``t_i`` the target: the one-hot
+    hypothetical label ``argmax p_i`` (BADGE, Ash et al. 2020, §3), a given label, or a label
+    distribution ``P_i`` (then ``g_i`` is the expected gradient ``E_{y~P_i}[g_i(y)]``, as in the
+    Sparse Approximation of Shen et al., eq. 14).
+
+    Parameters
+    ----------
+    probs_or_logits : array of shape (n, C)
+        Probabilities or logits (see ``kind``); numpy, torch (CPU/CUDA) or cupy.
+    features : array of shape (n, d)
+        Penultimate features, same framework and device. Its dtype (float32, float16, bfloat16,
+        float64 on the CPU) is the storage dtype of both factors.
+    labels : None, int array (n,), or float array (n, C)
+        ``None``: hypothetical labels ``argmax p`` (ties to the lowest class). Integer labels in
+        ``[0, C)``. A row-stochastic label distribution.
+    bias : bool, default False
+        Include the gradient of the bias (``h`` gets a trailing 1).
+    kind : {"auto", "probs", "logits"}
+        ``"probs"`` requires values in [0, 1] with rows summing to 1 (within 1e-3); ``"logits"``
+        applies a softmax; ``"auto"`` takes probabilities when they look like them and logits when
+        any value is outside [0, 1].
+
+    Returns
+    -------
+    GradientEmbedding
+
+    Examples
+    --------
+    >>> import numpy as np, fastal
+    >>> p = np.array([[0.7, 0.2, 0.1]], dtype=np.float32)
+    >>> h = np.array([[1.0, 2.0]], dtype=np.float32)
+    >>> emb = fastal.gradient_embedding(p, h)
+    >>> emb.A.astype(float).round(3).tolist(), emb.dense().shape
+    ([[-0.3, 0.2, 0.1]], (1, 6))
+    """
+    torch = _torch()
+    pinfo = check_matrix(probs_or_logits, "probs_or_logits")
+    finfo = check_matrix(features, "features")
+    check_same_place(finfo, "features", pinfo, "probs_or_logits")
+    n, C = pinfo.shape
+    if finfo.shape[0] != n:
+        raise ValueError(
+            f"features must have one row per row of probs_or_logits ({n}), got shape {finfo.shape}"
+        )
+    if kind not in ("auto", "probs", "logits"):
+        raise ValueError(f"kind must be 'auto', 'probs' or 'logits', got {kind!r}")
+    if not isinstance(bias, (bool, np.bool_)):
+        raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+    p_in = as_torch(probs_or_logits, pinfo)
+    h_in = as_torch(features, finfo)
+    acc = _acc_dtype("float64" if pinfo.dtype == "float64" and finfo.dtype == "float64" else "float32")
+    if not bool(torch_isfinite_rows(p_in).all()):
+        raise ValueError("probs_or_logits contains NaN or Inf")
+    if not bool(torch_isfinite_rows(h_in).all()):
+        raise ValueError("features contains NaN or Inf")
+    is_probs = _probabilities(p_in, kind, acc, "probs_or_logits")
+    target = _target(labels, n, C, pinfo, acc)
+
+    store = h_in.dtype
+    dh = finfo.shape[1] + int(bool(bias))
+    A = torch.empty((n, C), dtype=store, device=p_in.device)
+    H = torch.empty((n, dh), dtype=store, device=p_in.device)
+    for s in range(0, n, _CHUNK):
+        p = p_in[s : s + _CHUNK].to(acc)
+        if not is_probs:
+            p = torch.softmax(p, dim=1)
+        if target is None:  # hypothetical label: argmax p, first maximum on ties
+            a = p.clone()
+            rows = torch.arange(p.shape[0], device=p.device)
+            a[rows, p.argmax(1)] -= 1
+        elif target.dtype == torch.int64:
+            a = p.clone()
+            rows = torch.arange(p.shape[0], device=p.device)
+            a[rows, target[s : s + _CHUNK]] -= 1
+        else:
+            a = p - target[s : s + _CHUNK].to(acc)
+        A[s : s + _CHUNK] = a.to(store)
+        H[s : s + _CHUNK, : finfo.shape[1]] = h_in[s : s + _CHUNK]
+    if bias:
+        H[:, -1] = 1
+    return GradientEmbedding._from_torch(A, H, finfo)
+
+
+def _probabilities(p: Any, kind: str, acc: Any, name: str) -> bool:
+    """Whether ``p`` holds probabilities (validated) rather than logits."""
+    if kind == "logits":
+        return False
+    in_range, sums_ok = True, True
+    for s in range(0, p.shape[0], _CHUNK):
+        c = p[s : s + _CHUNK].to(acc)
+        in_range &= bool(((c >= 0) & (c <= 1)).all())
+        sums_ok &= bool(((c.sum(1) - 1).abs() <= _SUM_TOL).all())
+    if kind == "probs":
+        if not in_range:
+            raise ValueError(f"{name} must hold probabilities in [0, 1] (kind='probs'); pass kind='logits' for logits")
+        if not sums_ok:
+            raise ValueError(f"{name} rows must sum to 1 (within {_SUM_TOL}) when kind='probs'")
+        return True
+    if in_range and not sums_ok:
+        raise ValueError(
+            f"{name} has all values in [0, 1] but rows that do not sum to 1: normalise the "
+            "probabilities, or pass kind='logits' if these are logits"
+        )
+    return in_range
+
+
+def _target(labels: Any, n: int, C: int, pinfo: ArrayInfo, acc: Any) -> Any:
+    """None (hypothetical labels), an int64 tensor (n,) or a float tensor (n, C) on p's device."""
+    torch = _torch()
+    if labels is None:
+        return None
+    device = "cpu" if pinfo.device == "cpu" else f"cuda:{pinfo.device_index}"
+    if _interop.is_array(labels):
+        linfo = _interop.describe(labels, "labels")
+        if linfo.device != pinfo.device:
+            raise ValueError(f"labels is on {linfo.where} but probs_or_logits is on {pinfo.where}")
+        lt = as_torch(labels, linfo).to(device)
+    else:
+        lt = torch.as_tensor(np.asarray(labels), device=device)
+    if lt.dtype == torch.bool:
+        raise TypeError("labels must be integer classes or a float label distribution, got booleans")
+    if lt.ndim == 1:
+        if lt.is_floating_point() or lt.is_complex():
+            raise TypeError(f"1-D labels must be integer classes, got dtype {lt.dtype}")
+        if lt.shape[0] != n:
+            raise ValueError(f"labels must have {n} entries (one per row), got {lt.shape[0]}")
+        if n and (int(lt.min()) < 0 or int(lt.max()) >= C):
+            raise ValueError(f"labels must be classes in [0, {C}), got values in [{int(lt.min())}, {int(lt.max())}]")
+        return lt.to(torch.int64)
+    if lt.ndim == 2:
+        if not lt.is_floating_point():
+            raise TypeError(f"2-D labels must be a float label distribution, got dtype {lt.dtype}")
+        if tuple(lt.shape) != (n, C):
+            raise ValueError(f"labels as a distribution must have shape ({n}, {C}), got {tuple(lt.shape)}")
+        la = lt.to(acc)
+        if not bool(torch.isfinite(la).all()) or bool(((la < 0) | (la > 1)).any()):
+            raise ValueError("labels as a distribution must hold finite values in [0, 1]")
+        if bool(((la.sum(1) - 1).abs() > _SUM_TOL).any()):
+            raise ValueError(f"labels as a distribution must have rows summing to 1 (within {_SUM_TOL})")
+        return la
+    raise ValueError(f"labels must be 1-D classes (n,) or a 2-D distribution (n, C), got {lt.ndim}-D")

@@ -1,0 +1,380 @@
+"""k-means++ seeding (D² sampling) and k-means (Lloyd, mini-batch) over dense or factored pools.
+
+``kmeans_pp`` runs in the compiled kernels (one fused pass per pick, on CPU or CUDA) over a dense
+matrix or a :class:`~fastal.GradientEmbedding`. ``kmeans`` (dense only: the mean of rank-one
+gradients is not rank one) assigns rows with fastal's min-distance kernel, or for larger ``k`` with
+GEMM tiles from torch (BLAS / cuBLAS: ``|x|² - 2 x·c + |c|²``, then arg-min), and updates centres by
+a float64 segmented sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _ext, _interop
+from ._validate import check_budget, check_indices, check_matrix, make_rng
+from .gradients import GradientEmbedding, as_torch, from_torch
+from .ops import _ACC, _chunks, _torch_cpu_info, cpu_pool, pool_info
+
+#: rows per GEMM tile of the assignment step
+_TILE = 8192
+#: from this many centres on, float32/float64 assignment uses GEMM tiles instead of the kernel
+_GEMM_MIN_K = 32
+#: mini-batch k-means stops after this many batches without a better weighted inertia
+_NO_IMPROVEMENT = 10
+
+
+def _first_by_norm(X: Any, info) -> int:
+    """Row with the largest squared norm, ties to the lowest index."""
+    if isinstance(X, GradientEmbedding):
+        return int(X._sqnorm.argmax())
+    t = as_torch(X, info)
+    acc = _torch_acc(info.dtype)
+    sq = t.new_empty(t.shape[0], dtype=acc)
+    for s in range(0, t.shape[0], _TILE):
+        c = t[s : s + _TILE].to(acc)
+        sq[s : s + _TILE] = (c * c).sum(1)
+    return int(sq.argmax())  # torch.argmax returns the first maximum
+
+
+def _torch_acc(dtype: str):
+    import torch
+
+    return torch.float64 if dtype == "float64" else torch.float32
+
+
+def kmeans_pp(
+    X: Any,
+    k: int,
+    *,
+    seed: int | np.random.Generator | None = None,
+    first: str = "random",
+    labeled: Any = None,
+    progress: bool = False,
+) -> Any:
+    """k-means++ seeding: ``k`` rows drawn by D² sampling (Arthur & Vassilvitskii 2007).
+
+    Each pick is drawn with probability proportional to the squared distance to the nearest centre
+    chosen so far (labeled rows count as centres). One fused pass per pick updates those distances
+    and the sums the next draw needs: O(n d) per pick, or O(n (C + dh)) for a factored embedding.
+
+    Parameters
+    ----------
+    X : array of shape (n, d) or GradientEmbedding
+        numpy, torch (CPU/CUDA) or cupy; float32, float16, bfloat16, or float64 on the CPU.
+    k : int
+        Number of picks, ``0 <= k <= n - len(labeled)``.
+    seed : int or numpy.random.Generator, optional
+        The random stream: the first pick (``first="random"``) is ``rng.integers(n)``, then
+        ``u = rng.random(k)`` and pick ``t`` is the first row whose running sum of weights exceeds
+        ``u[t]`` times their total. The same seed gives the same picks on a given backend.
+    first : {"random", "norm"}
+        First pick without labeled rows: uniform (k-means++), or the row of largest norm (BADGE,
+        Ash et al. 2020).
+    labeled : 1-D integer indices, optional
+        Rows already chosen: they are centres from the start and never picked.
+    progress : bool
+        tqdm progress bar over the picks.
+
+    Returns
+    -------
+    (k,) int64 array of row indices in pick order, in the input's framework and device.
+
+    Examples
+    --------
+    >>> import numpy as np, fastal
+    >>> X = np.array([[0.0], [0.1], [10.0], [10.1]])
+    >>> sorted(fastal.kmeans_pp(X, 2, seed=0, first="norm").tolist())
+    [0, 3]
+    """
+    info = pool_info(X, "X")
+    n = info.shape[0]
+    lab = check_indices(labeled, n, "labeled", like=info)
+    k = check_budget(k, n - lab.size, "k")
+    if first not in ("random", "norm"):
+        raise ValueError(f"first must be 'random' or 'norm', got {first!r}")
+    rng = make_rng(seed)
+    first_pick = None
+    if lab.size == 0 and k > 0:
+        first_pick = _first_by_norm(X, info) if first == "norm" else int(rng.integers(n))
+    uniform = rng.random(k)
+    if k == 0:
+        return _interop.to_framework(np.empty(0, dtype=np.int64), info)
+    if info.device != "cpu":
+        from ._factored_cuda import kmeans_pp_cuda
+
+        return kmeans_pp_cuda(X, k, lab, first_pick, uniform, progress)
+    pool = cpu_pool(X, info)
+    mind = np.empty(n, dtype=_ACC[info.dtype])
+    picks = np.empty(k, dtype=np.int64)
+    blocks = np.empty(-(-n // _ext.cpu.kmeanspp_block), dtype=np.float64)
+    getattr(_ext.cpu, f"kmeanspp_init_{info.dtype}")(
+        pool, lab, -1 if first_pick is None else first_pick, mind, picks, blocks
+    )
+    steps = getattr(_ext.cpu, f"kmeanspp_steps_{info.dtype}")
+    for t0, t1 in _chunks(k, progress, "k-means++"):
+        steps(pool, mind, picks, uniform, blocks, first_pick is not None, t0, t1)
+    return _interop.wrap_host(picks, info)
+
+
+# ---------------------------------------------------------------------------------------------
+# k-means
+
+
+@dataclass
+class KMeansResult:
+    """Outcome of :func:`kmeans`."""
+
+    centres: Any  #: (k, d), float32 (float64 for float64 X), X's framework and device
+    labels: Any  #: (n,) int64 index of each row's centre
+    inertia: float  #: sum of squared distances of the rows to their centres
+    n_iter: int  #: Lloyd iterations (mini-batch: epochs) run
+    converged: bool
+
+
+def _assign(xt: Any, centres: Any, info) -> tuple[Any, Any]:
+    """(labels int64, squared distances) of every row of ``xt`` to its nearest centre (torch)."""
+    import torch
+
+    k = centres.shape[0]
+    if info.dtype in ("float32", "float64") and k >= _GEMM_MIN_K:
+        labels = torch.empty(xt.shape[0], dtype=torch.int64, device=xt.device)
+        dist2 = torch.empty(xt.shape[0], dtype=centres.dtype, device=xt.device)
+        csq = (centres * centres).sum(1)
+        for s in range(0, xt.shape[0], _TILE):
+            x = xt[s : s + _TILE].to(centres.dtype)
+            d2 = torch.addmm(csq[None, :], x, centres.T, alpha=-2)
+            d2 += (x * x).sum(1, keepdim=True)
+            best, arg = d2.min(1)  # first minimum on ties
+            labels[s : s + _TILE] = arg
+            dist2[s : s + _TILE] = best.clamp_min_(0)
+        return labels, dist2
+    # the min-distance kernel, with the centres stored like X
+    c_store = centres.to(xt.dtype).contiguous()
+    if info.device == "cpu":
+        x = _interop.host_storage(xt, _torch_cpu_info(xt))
+        c = _interop.host_storage(c_store, _torch_cpu_info(c_store))
+        dist2, labels = getattr(_ext.cpu, f"min_sqdist_to_set_{info.dtype}")((x,), (c,))
+        return torch.from_numpy(labels), torch.from_numpy(dist2).to(centres.dtype)
+    from .ops import min_distance
+
+    dist, labels = min_distance(xt.contiguous(), c_store)  # torch in, torch out
+    return labels, dist.to(centres.dtype) ** 2
+
+
+def _segment_means(xt: Any, labels: Any, k: int) -> tuple[Any, Any]:
+    """(float64 sums per centre, counts): the update step (the segmented-sum kernel on the CPU;
+    torch ``index_add_`` on CUDA, chunked to bound the float64 copy)."""
+    import torch
+
+    if xt.device.type == "cpu":
+        x = _interop.host_storage(xt, _torch_cpu_info(xt))
+        sums, counts = getattr(_ext.cpu, f"segment_sum_{_torch_cpu_info(xt).dtype}")(
+            x, labels.contiguous().numpy(), k
+        )
+        return torch.from_numpy(sums), torch.from_numpy(counts)
+    sums = torch.zeros((k, xt.shape[1]), dtype=torch.float64, device=xt.device)
+    for s in range(0, xt.shape[0], _TILE):
+        sums.index_add_(0, labels[s : s + _TILE], xt[s : s + _TILE].to(torch.float64))
+    counts = torch.bincount(labels, minlength=k)
+    return sums, counts
+
+
+def _tol_abs(xt: Any, tol: float) -> float:
+    """scikit-learn's tolerance: ``tol * mean(var(X, axis=0))``, in float64."""
+    import torch
+
+    total = torch.zeros(xt.shape[1], dtype=torch.float64, device=xt.device)
+    for s in range(0, xt.shape[0], _TILE):
+        total += xt[s : s + _TILE].to(torch.float64).sum(0)
+    mean = total / xt.shape[0]
+    var = torch.zeros_like(mean)
+    for s in range(0, xt.shape[0], _TILE):
+        var += ((xt[s : s + _TILE].to(torch.float64) - mean) ** 2).sum(0)
+    return float(tol * (var / xt.shape[0]).mean())
+
+
+def kmeans(
+    X: Any,
+    k: int,
+    *,
+    seed: int | np.random.Generator | None = None,
+    init: Any = "k-means++",
+    max_iter: int | None = None,
+    tol: float = 1e-4,
+    minibatch: int | None = None,
+    progress: bool = False,
+) -> KMeansResult:
+    """k-means clustering: Lloyd iterations, or Sculley's mini-batch k-means for large pools.
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        Dense rows: numpy, torch (CPU/CUDA) or cupy; float32, float16, bfloat16, float64 (CPU).
+    k : int
+        Number of clusters, ``1 <= k <= n``.
+    seed : int or numpy.random.Generator, optional
+        Seeds the initialisation and the mini-batches.
+    init : {"k-means++", "random"} or array of shape (k, d)
+        ``"k-means++"``: :func:`kmeans_pp` with ``first="random"``; ``"random"``: ``k`` distinct
+        rows by ``rng.choice(n, k, replace=False)``; an array: those centres.
+    max_iter : int, optional
+        Lloyd iterations (default 300); with ``minibatch``, epochs (default 100).
+    tol : float, default 1e-4
+        Stop when the squared centre shift of an iteration (epoch) is at most
+        ``tol * mean(var(X, axis=0))`` (scikit-learn's definition), or when no label changes.
+    minibatch : int, optional
+        Batch size of mini-batch k-means (Sculley 2010): each epoch walks a random permutation of
+        the rows in batches; each batch is assigned and moves every centre to the running mean of
+        the rows it has seen, ``c <- (v c + sum of its batch rows) / (v + m)``. Stops early like
+        scikit-learn's ``MiniBatchKMeans``: 10 batches without a better smoothed batch inertia.
+    progress : bool
+        tqdm progress bar over the iterations.
+
+    Returns
+    -------
+    KMeansResult
+        Labels and inertia are those of the final centres over the whole of ``X``. An empty cluster
+        takes the row farthest from its centre (the j-th empty one the j-th farthest row).
+
+    Examples
+    --------
+    >>> import numpy as np, fastal
+    >>> X = np.array([[0.0], [0.2], [10.0], [10.2]])
+    >>> res = fastal.kmeans(X, 2, seed=0)
+    >>> sorted(res.centres.ravel().round(3).tolist()), round(res.inertia, 6)
+    ([0.1, 10.1], 0.04)
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    info = check_matrix(X, "X")
+    n, d = info.shape
+    k = check_budget(k, n, "k")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if max_iter is None:
+        max_iter = 300 if minibatch is None else 100
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not tol >= 0:
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    if minibatch is not None and (
+        isinstance(minibatch, bool) or not isinstance(minibatch, (int, np.integer)) or minibatch < 1
+    ):
+        raise ValueError(f"minibatch must be None or a positive integer, got {minibatch!r}")
+    rng = make_rng(seed)
+    xt = as_torch(X, info)
+    if info.device == "cpu":
+        cpu_pool(X, info)  # finiteness, with the row named
+    elif not bool(torch.isfinite(xt).all()):
+        raise ValueError("X contains NaN or Inf")
+    acc = _torch_acc(info.dtype)
+    centres = _initial_centres(X, xt, info, k, init, rng, acc)
+    tol_abs = _tol_abs(xt, float(tol))
+
+    converged, it = False, 0
+    with tqdm(total=int(max_iter), disable=not progress, desc="k-means", unit="iter") as bar:
+        if minibatch is None:
+            prev = None
+            for it in range(1, int(max_iter) + 1):
+                labels, dist2 = _assign(xt, centres, info)
+                sums, counts = _segment_means(xt, labels, k)
+                new = _relocate_empty(sums, counts, xt, dist2, acc)
+                shift = float(((new - centres) ** 2).sum())
+                centres = new
+                bar.update()
+                if prev is not None and bool(torch.equal(labels, prev)):
+                    converged = True
+                    break
+                if shift <= tol_abs:
+                    converged = True
+                    break
+                prev = labels
+        else:
+            centres, it, converged = _minibatch(xt, centres, info, int(minibatch), int(max_iter), tol_abs, rng, bar)
+    labels, dist2 = _assign(xt, centres, info)
+    return KMeansResult(
+        centres=from_torch(centres.to(acc), info),
+        labels=from_torch(labels, info),
+        inertia=float(dist2.to(torch.float64).sum()),
+        n_iter=it,
+        converged=converged,
+    )
+
+
+def _initial_centres(X, xt, info, k, init, rng, acc):
+    import torch
+
+    if isinstance(init, str):
+        if init == "k-means++":
+            rows = _interop.host_numpy(kmeans_pp(X, k, seed=rng, first="random"))
+        elif init == "random":
+            rows = rng.choice(info.shape[0], k, replace=False)
+        else:
+            raise ValueError(f"init must be 'k-means++', 'random' or a (k, d) array, got {init!r}")
+        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(xt.device)
+        return xt[idx].to(acc)
+    cinfo = check_matrix(init, "init")
+    if cinfo.shape != (k, info.shape[1]):
+        raise ValueError(f"init must have shape ({k}, {info.shape[1]}), got {cinfo.shape}")
+    if cinfo.device != info.device:
+        raise ValueError(f"init is on {cinfo.where} but X is on {info.where}")
+    c = as_torch(init, cinfo).to(device=xt.device, dtype=acc)
+    if not bool(torch.isfinite(c).all()):
+        raise ValueError("init contains NaN or Inf")
+    return c.clone()
+
+
+def _relocate_empty(sums, counts, xt, dist2, acc):
+    """Means from the sums; an empty cluster takes the j-th farthest row from its centre."""
+    import torch
+
+    means = (sums / counts.clamp_min(1)[:, None].to(torch.float64)).to(acc)
+    empty = torch.nonzero(counts == 0).flatten()
+    if empty.numel():
+        # stable sort of -dist: equal distances keep the lowest index first
+        order = torch.sort(-dist2.to(torch.float64), stable=True).indices[: empty.numel()]
+        means[empty] = xt[order].to(acc)
+    return means
+
+
+def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar):
+    """Sculley (2010) mini-batch k-means; returns (centres, epochs run, converged).
+
+    Every epoch draws a permutation of the rows and walks it in batches. It stops early when an
+    epoch moves the centres by at most ``tol_abs`` (squared), or when the exponentially weighted
+    batch inertia has not improved for ``_NO_IMPROVEMENT`` batches (scikit-learn's rule).
+    """
+    import torch
+
+    n, k = xt.shape[0], centres.shape[0]
+    batch = min(batch, n)
+    seen = torch.zeros(k, dtype=torch.float64, device=xt.device)
+    alpha = min(1.0, 2.0 * batch / (n + 1))
+    ewa, best, stale = None, float("inf"), 0
+    for epoch in range(1, epochs + 1):
+        start = centres.clone()
+        order = torch.from_numpy(rng.permutation(n)).to(xt.device)
+        for s in range(0, n, batch):
+            xb = xt[order[s : s + batch]]
+            labels, dist2 = _assign(xb, centres, info)
+            sums, counts = _segment_means(xb, labels, k)
+            hit = counts > 0
+            v = seen[hit]
+            c64 = centres[hit].to(torch.float64)
+            centres[hit] = ((v[:, None] * c64 + sums[hit]) / (v + counts[hit])[:, None]).to(centres.dtype)
+            seen += counts
+            mean_inertia = float(dist2.to(torch.float64).mean())
+            ewa = mean_inertia if ewa is None else (1 - alpha) * ewa + alpha * mean_inertia
+            if ewa < best:
+                best, stale = ewa, 0
+            else:
+                stale += 1
+        bar.update()
+        if float(((centres - start) ** 2).sum()) <= tol_abs or stale >= _NO_IMPROVEMENT:
+            return centres, epoch, True
+    return centres, epochs, False

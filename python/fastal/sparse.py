@@ -1,0 +1,370 @@
+"""Sparse Approximation for batch active learning (Shen et al.): the top-b kernel, the problem
+(eq. 15) in factored and Bayesian form, and the Greedy (Alg. 1) and proximal IHT (Alg. 2) solvers.
+
+Problem 2 (eq. 15): minimise ``f(w) = |v - Φw|² - α Σ_{j∈S} σ_j² + β |w - 1|²`` over ``w ≥ 0`` with a
+selected set ``S`` of exactly ``b`` indices (``w`` is zero outside ``S``).
+
+Interpretation (documented departure): the paper selects ``{j : w_j > 0}``; a weight can be clamped
+to 0 (Alg. 1 line 7, Alg. 2 line 8), which would leave fewer than ``b`` points. fastal tracks ``S``
+explicitly: a selected index keeps its place even at weight 0, De-bias (Alg. 5) runs over ``S``, and
+the selection is always exactly ``b`` points. The objective trace counts ``f2`` over ``S``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _ext, _interop
+from ._validate import check_budget
+
+# ---------------------------------------------------------------------------------------------
+# the top-b kernel
+
+
+def iht_threshold(s: Any, sigma: Any, b: int, alpha: float) -> tuple[Any, Any]:
+    """Proximal step of IHT (Shen et al., Alg. 2 line 6, Appendix E), fused and O(n).
+
+    Selects the ``b`` indices with the smallest ``score_j = ½[-s_j]₊² - α σ_j²`` (computed in float64;
+    ties to the lowest index) and sets ``w = [s]₊`` on them, 0 elsewhere. This is the exact minimiser
+    of ``½|w - s|² - α Σ_{w_j>0} σ_j²`` over ``w ≥ 0`` with at most ``b`` non-zeros.
+
+    Parameters
+    ----------
+    s, sigma : 1-D arrays of length n
+        Same framework and device: numpy / torch-CPU float32 or float64, torch-CUDA / cupy float32.
+    b : int, 0 <= b <= n
+    alpha : float >= 0
+
+    Returns
+    -------
+    support : (b,) int64, ordered by (score, index)
+    w : (n,) like ``s``
+
+    Examples
+    --------
+    >>> import numpy as np, fastal
+    >>> support, w = fastal.iht_threshold(np.array([3.0, -1.0, 0.5, 2.0]), np.zeros(4), 2, 0.0)
+    >>> support.tolist(), w.tolist()
+    ([0, 2], [3.0, 0.0, 0.5, 0.0])
+    """
+    from ._validate import _number
+
+    sinfo = _interop.describe(s, "s")
+    ginfo = _interop.describe(sigma, "sigma")
+    if len(sinfo.shape) != 1:
+        raise ValueError(f"s must be 1-D, got shape {sinfo.shape}")
+    if ginfo.shape != sinfo.shape:
+        raise ValueError(f"sigma must have the shape of s {sinfo.shape}, got {ginfo.shape}")
+    if (ginfo.framework, ginfo.device, ginfo.device_index) != (sinfo.framework, sinfo.device, sinfo.device_index):
+        raise ValueError(f"sigma is a {ginfo.where} array but s is {sinfo.where}; pass both alike")
+    allowed = ("float32",) if sinfo.device == "cuda" else ("float32", "float64")
+    for info, name in ((sinfo, "s"), (ginfo, "sigma")):
+        if info.dtype not in allowed:
+            raise TypeError(f"{name} must have dtype {' or '.join(allowed)} on {info.device}, got {info.dtype}")
+    if ginfo.dtype != sinfo.dtype:
+        raise TypeError(f"sigma has dtype {ginfo.dtype} but s has {sinfo.dtype}; cast one on purpose")
+    n = sinfo.shape[0]
+    b = check_budget(b, n, "b")
+    alpha = _number(alpha, "alpha", minimum=0.0)
+    if sinfo.device == "cuda":
+        from ._sparse_cuda import iht_threshold_cuda
+
+        return iht_threshold_cuda(s, sigma, b, alpha, sinfo)
+    sh = _interop.host_storage(s, sinfo)
+    gh = _interop.host_storage(sigma, ginfo)
+    for arr, name in ((sh, "s"), (gh, "sigma")):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise ValueError(f"{name} contains NaN or Inf at {int(bad.sum())} position(s), first at {int(np.argmax(bad))}")
+    support, w = getattr(_ext.cpu, f"iht_threshold_{sinfo.dtype}")(sh, gh, b, alpha)
+    return _interop.wrap_host(support, sinfo), _interop.wrap_host(w, sinfo)
+
+
+# ---------------------------------------------------------------------------------------------
+# temperature scaling
+
+
+def fit_temperature(logits: Any, targets: Any) -> float:
+    """Temperature ``T`` minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017).
+
+    Golden-section search on ``log T`` over ``[1e-2, 1e2]`` in float64 (the NLL is convex in
+    ``1/T``, so unimodal in ``log T``).
+
+    Examples
+    --------
+    >>> import numpy as np, fastal
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(size=(20000, 5)) * 3
+    >>> p = np.exp(z / 2) / np.exp(z / 2).sum(1, keepdims=True)
+    >>> y = (p.cumsum(1) > rng.random((20000, 1))).argmax(1)
+    >>> round(fastal.fit_temperature(z, y), 1)
+    2.0
+    """
+    import torch
+
+    from ._validate import check_matrix
+    from .gradients import as_torch
+
+    info = check_matrix(logits, "logits")
+    z = as_torch(logits, info).to(torch.float64)
+    n, C = info.shape
+    y = torch.as_tensor(_interop.host_numpy(targets)).to(z.device)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"targets must have shape ({n},), got {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"targets must be integer classes, got dtype {y.dtype}")
+    y = y.to(torch.int64)
+    if n and (int(y.min()) < 0 or int(y.max()) >= C):
+        raise ValueError(f"targets must be classes in [0, {C})")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError("logits contains NaN or Inf")
+    picked = z.gather(1, y[:, None])[:, 0]
+
+    def nll(log_t: float) -> float:
+        t = float(np.exp(log_t))
+        return float((torch.logsumexp(z / t, 1) - picked / t).mean())
+
+    lo, hi = np.log(1e-2), np.log(1e2)
+    g = (np.sqrt(5) - 1) / 2
+    a, bb = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(a), nll(bb)
+    for _ in range(80):
+        if fa <= fb:
+            hi, bb, fb = bb, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, bb, fb
+            bb = lo + g * (hi - lo)
+            fb = nll(bb)
+    return float(np.exp((lo + hi) / 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# the problem: Φ kept factored (eq. 14) or dense (eq. 13)
+
+
+class FactoredPhi:
+    """Φ with columns ``φ_j = (1/b) a_j ⊗ h_j`` (never materialised); vectors over j are torch.
+
+    ``apply(u)`` is ``Φu = (1/b) Aᵀ diag(u) H`` (a C × dh matrix, over the non-zeros of ``u`` only
+    when they are few); ``adjoint(R)`` is ``(Φᵀ R)_j = (1/b) a_jᵀ R h_j`` for all j (or the given
+    rows), computed in row tiles as ``rowsum(A ⊙ (H Rᵀ))``: no n × C·dh or n × dh intermediate.
+    ``grad_apply`` fuses the gradient of ``f1`` with ``Φ`` applied to it in one pass over the tiles.
+    """
+
+    _TILE = 1 << 14
+
+    def __init__(self, A: Any, H: Any, b: int) -> None:
+        self.A, self.H, self.scale = A.contiguous(), H.contiguous(), 1.0 / b
+        self.n = A.shape[0]
+        # on the CPU the row-wise products run in the C++ kernels (one pass, no temporaries)
+        self._kernel = None
+        if A.device.type == "cpu" and A.dtype == H.dtype and str(A.dtype) in ("torch.float32", "torch.float64"):
+            tag = str(A.dtype).removeprefix("torch.")
+            self._kernel = {op: getattr(_ext.cpu, f"factored_{op}_{tag}") for op in ("adjoint", "apply", "grad_apply")}
+            self._an, self._hn = self.A.numpy(), self.H.numpy()
+
+    def apply(self, u: Any) -> Any:
+        import torch
+
+        if self._kernel is not None:  # skips the zero entries of u itself
+            return torch.from_numpy(self._kernel["apply"](self._an, self._hn, u.contiguous().numpy(), self.scale))
+        nz = torch.nonzero(u).flatten()
+        if nz.numel() * 4 < self.n:  # sparse: only the selected columns
+            a, h, uu = self.A[nz], self.H[nz], u[nz]
+            return self.scale * ((a.to(torch.float64) * uu[:, None]).T @ h.to(torch.float64))
+        out = torch.zeros((self.A.shape[1], self.H.shape[1]), dtype=torch.float64, device=u.device)
+        for s in range(0, self.n, self._TILE):
+            a, h = self.A[s : s + self._TILE], self.H[s : s + self._TILE]
+            uu = u[s : s + self._TILE].to(h.dtype)
+            out += ((a * uu[:, None]).T @ h).to(torch.float64)  # scale the narrow factor, not H
+        return self.scale * out
+
+    def adjoint(self, R: Any, rows: Any = None) -> Any:
+        import torch
+
+        if self._kernel is not None:
+            rows_np = None if rows is None else rows.to(torch.int64).contiguous().numpy()
+            return torch.from_numpy(self._kernel["adjoint"](self._an, self._hn, R.contiguous().numpy(), self.scale, rows_np))
+        Rc = R.to(self.H.dtype)
+        if rows is not None:
+            a, h = self.A[rows], self.H[rows]
+            return self.scale * (a * (h @ Rc.T)).sum(1).to(torch.float64)
+        out = torch.empty(self.n, dtype=torch.float64, device=R.device)
+        for s in range(0, self.n, self._TILE):
+            a, h = self.A[s : s + self._TILE], self.H[s : s + self._TILE]
+            out[s : s + self._TILE] = (a * (h @ Rc.T)).sum(1).to(torch.float64)
+        return self.scale * out
+
+    def grad_apply(self, R: Any, z: Any, beta: float) -> tuple[Any, Any]:
+        """``g = 2 Φᵀ R + 2β (z - 1)`` and ``Φ g``, reading every tile of A and H once."""
+        import torch
+
+        if self._kernel is not None:
+            g, M = self._kernel["grad_apply"](
+                self._an, self._hn, R.contiguous().numpy(), self.scale, z.contiguous().numpy(), beta
+            )
+            return torch.from_numpy(g), torch.from_numpy(M)
+        g = torch.empty(self.n, dtype=torch.float64, device=R.device)
+        out = torch.zeros((self.A.shape[1], self.H.shape[1]), dtype=torch.float64, device=R.device)
+        Rc = R.to(self.H.dtype)
+        for s in range(0, self.n, self._TILE):
+            a, h = self.A[s : s + self._TILE], self.H[s : s + self._TILE]
+            gt = 2 * self.scale * (a * (h @ Rc.T)).sum(1).to(torch.float64) + 2 * beta * (z[s : s + self._TILE] - 1)
+            g[s : s + self._TILE] = gt
+            out += ((a * gt.to(a.dtype)[:, None]).T @ h).to(torch.float64)
+        return g, self.scale * out
+
+
+class DensePhi:
+    """Φ as an explicit (m, n) matrix (the Bayesian form, eq. 13: m is small)."""
+
+    def __init__(self, G: Any, b: int) -> None:
+        self.G, self.scale, self.n = G, 1.0 / b, G.shape[1]
+
+    def apply(self, u: Any) -> Any:
+        return self.scale * (self.G @ u)
+
+    def adjoint(self, R: Any, rows: Any = None) -> Any:
+        G = self.G if rows is None else self.G[:, rows]
+        return self.scale * (G.T @ R)
+
+    def grad_apply(self, R: Any, z: Any, beta: float) -> tuple[Any, Any]:
+        g = 2 * self.adjoint(R) + 2 * beta * (z - 1)
+        return g, self.apply(g)
+
+
+@dataclass
+class SparseProblem:
+    """``f(w) = |v - Φw|² - α Σ_{j∈S} σ_j² + β |w - 1|²`` over n candidates, budget b.
+
+    Residuals ``r = Φw - v`` are passed around so that no product is computed twice.
+    """
+
+    phi: Any  # FactoredPhi | DensePhi
+    v: Any  # torch float64, shape of phi.apply's output
+    sigma: Any  # torch float64 (n,)
+    b: int
+    alpha: float
+    beta: float
+
+    def residual(self, w: Any) -> Any:
+        return self.phi.apply(w) - self.v
+
+    def grad_f1(self, w: Any, r: Any = None, rows: Any = None) -> Any:
+        """``∇f1(w)`` (only at ``rows`` when given)."""
+        r = self.residual(w) if r is None else r
+        if rows is None:
+            return 2 * self.phi.adjoint(r) + 2 * self.beta * (w - 1)
+        return 2 * self.phi.adjoint(r, rows) + 2 * self.beta * (w[rows] - 1)
+
+    def f1(self, w: Any, r: Any = None) -> float:
+        r = self.residual(w) if r is None else r
+        return float((r * r).sum() + self.beta * ((w - 1) ** 2).sum())
+
+    def objective(self, w: Any, S: Any, r: Any = None) -> float:
+        return self.f1(w, r) - self.alpha * float((self.sigma[S] ** 2).sum())
+
+    def line_search(self, u: Any, w: Any, r: Any = None, phi_u: Any = None) -> float:
+        """Alg. 4: the exact minimiser of ``f1(w - μ u)`` over μ (0 for a zero direction)."""
+        r = self.residual(w) if r is None else r
+        pu = self.phi.apply(u) if phi_u is None else phi_u
+        num = float((r * pu).sum() + self.beta * ((w - 1) * u).sum())
+        den = float((pu * pu).sum() + self.beta * (u * u).sum())
+        return num / den if den > 0 else 0.0
+
+    def debias(self, w: Any, S: Any, r: Any = None) -> tuple[Any, Any]:
+        """Alg. 5 over the selected set ``S``; returns the new ``w`` and its residual."""
+        import torch
+
+        r = self.residual(w) if r is None else r
+        u = torch.zeros_like(w)
+        u[S] = self.grad_f1(w, r, rows=S)
+        pu = self.phi.apply(u)
+        mu = self.line_search(u, w, r, pu)
+        return w - mu * u, r - mu * pu
+
+
+@dataclass
+class SolverResult:
+    selected: np.ndarray  # (b,) int64 candidate indices
+    weights: np.ndarray  # (n,) float64
+    objective: list = field(default_factory=list)
+
+
+def solve_greedy(p: SparseProblem, tau: float, progress: bool = False) -> SolverResult:
+    """Alg. 1: add ``argmin_{j∉S} τ ∇f1(w)_j - α σ_j²``, line search along ``e_j``, De-bias, clamp."""
+    import torch
+    from tqdm.auto import tqdm
+
+    w = torch.zeros(p.phi.n, dtype=torch.float64, device=p.sigma.device)
+    r = -p.v.clone()  # residual of w = 0
+    taken = torch.zeros(p.phi.n, dtype=torch.bool, device=w.device)
+    order, trace = [], []
+    var_term = p.alpha * p.sigma**2
+    for _ in tqdm(range(p.b), disable=not progress, desc="sparse greedy", unit="pick"):
+        score = tau * p.grad_f1(w, r) - var_term
+        score[taken] = float("inf")
+        j = int(torch.argmin(score))  # first minimum: ties to the lowest index
+        taken[j] = True
+        order.append(j)
+        e = torch.zeros_like(w)
+        e[j] = 1
+        pe = p.phi.apply(e)
+        mu = p.line_search(e, w, r, pe)
+        w, r = w - mu * e, r - mu * pe
+        S = torch.tensor(order, device=w.device)
+        w, r = p.debias(w, S, r)
+        if bool((w < 0).any()):
+            w = w.clamp_min(0)
+            r = p.residual(w)
+        trace.append(p.objective(w, S, r))
+    return SolverResult(np.asarray(order, dtype=np.int64), _interop.host_numpy(w), trace)
+
+
+def solve_iht(p: SparseProblem, iters: int, progress: bool = False) -> SolverResult:
+    """Alg. 2: gradient step with exact line search, the top-b proximal step (:func:`iht_threshold`),
+    De-bias, clamp, and momentum with a line-searched step."""
+    import torch
+    from tqdm.auto import tqdm
+
+    n = p.phi.n
+    w = torch.zeros(n, dtype=torch.float64, device=p.sigma.device)
+    z, r_w, r_z = w.clone(), -p.v.clone(), -p.v.clone()
+    sigma_arg = p.sigma if p.sigma.device.type == "cpu" else p.sigma.to(torch.float32)
+    trace, S = [], None
+    for _ in tqdm(range(iters), disable=not progress, desc="sparse IHT", unit="iter"):
+        w_prev, r_prev = w, r_w
+        g, phi_g = p.phi.grad_apply(r_z, z, p.beta)
+        s = z - p.line_search(g, z, r_z, phi_g) * g
+        s_arg = s if s.device.type == "cpu" else s.to(torch.float32)
+        S, w_new = _iht_torch(s_arg, sigma_arg, p.b, p.alpha)
+        w = w_new.to(torch.float64)
+        w, r_w = p.debias(w, S)
+        if bool((w < 0).any()):
+            w = w.clamp_min(0)
+            r_w = p.residual(w)
+        d = w - w_prev
+        # Φd directly (d lives on the old and new selection only): r_w - r_w' would cancel
+        phi_d = p.phi.apply(d)
+        tau = p.line_search(d, w, r_w, phi_d)
+        z, r_z = w - tau * d, r_w - tau * phi_d
+        trace.append(p.objective(w, S, r_w))
+    selected = _interop.host_numpy(S) if S is not None else np.empty(0, np.int64)
+    return SolverResult(selected.astype(np.int64), _interop.host_numpy(w), trace)
+
+
+def _iht_torch(s: Any, sigma: Any, b: int, alpha: float) -> tuple[Any, Any]:
+    """iht_threshold on torch tensors (CPU: the C++ kernel on zero-copy numpy views)."""
+    import torch
+
+    if s.device.type == "cpu":
+        support, w = getattr(_ext.cpu, f"iht_threshold_{str(s.dtype).removeprefix('torch.')}")(
+            s.contiguous().numpy(), sigma.contiguous().numpy(), b, alpha
+        )
+        return torch.from_numpy(support), torch.from_numpy(w)
+    return iht_threshold(s.contiguous(), sigma.contiguous(), b, alpha)

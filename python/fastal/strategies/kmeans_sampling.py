@@ -1,0 +1,93 @@
+"""k-means sampling: the unlabeled points nearest the centres of a k-means with k = budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _interop
+from .._validate import check_budget
+from ..gradients import as_torch
+from ..kmeans import kmeans
+from ..ops import pool_info
+from .base import Selection, Strategy, pool_field, register, unlabeled_rows
+
+
+@register
+class KMeansSampling(Strategy):
+    """Cluster the unlabeled embeddings into ``budget`` clusters and label the point nearest each
+    centre among the points of its cluster (the k-means baseline of DeepAL and of Ash et al. 2020).
+
+    Parameters
+    ----------
+    max_iter : int, default 100
+        Lloyd iterations (mini-batch: epochs).
+    minibatch : int, optional
+        Batch size for mini-batch k-means on large pools.
+    progress : bool, default False
+
+    The pool is an ``(n, d)`` array or a mapping with ``"features"``. A cluster that ends empty
+    takes the not yet chosen point farthest from its own centre. Indices come in centre order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.strategies import KMeansSampling
+    >>> X = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [9.0]])
+    >>> sorted(KMeansSampling().select(X, 3, seed=0).indices.tolist())
+    [1, 3, 5]
+    """
+
+    name = "kmeans"
+    requires = ("features",)
+
+    def __init__(self, *, max_iter: int = 100, minibatch: int | None = None, progress: bool = False) -> None:
+        self.max_iter = max_iter
+        self.minibatch = minibatch
+        self.progress = progress
+
+    def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
+        import torch
+
+        X = pool_field(pool, "features")
+        info = pool_info(X, "features")
+        lab, rest = unlabeled_rows(info.shape[0], labeled, like=info)
+        budget = check_budget(budget, rest.size)
+        if budget == 0:
+            return Selection(_interop.to_framework(np.empty(0, np.int64), info), {"inertia": 0.0})
+        xt = as_torch(X, info)
+        sub = xt if lab.size == 0 else xt[torch.from_numpy(rest).to(xt.device)]
+        from ..gradients import from_torch
+
+        res = kmeans(
+            from_torch(sub.contiguous(), info), budget, seed=seed, max_iter=self.max_iter,
+            minibatch=self.minibatch, progress=self.progress,
+        )  # fmt: skip
+        labels = _interop.host_numpy(res.labels)
+        centres = as_torch(res.centres, _interop.describe(res.centres, "centres")).to(torch.float64)
+        diff = sub.to(torch.float64) - centres[torch.from_numpy(labels).to(sub.device)]
+        dist2 = _interop.host_numpy((diff * diff).sum(1))
+        chosen = _nearest_per_cluster(labels, dist2, budget)
+        return Selection(
+            _interop.to_framework(rest[chosen], info),
+            {"inertia": res.inertia, "n_iter": res.n_iter, "converged": res.converged},
+        )
+
+
+def _nearest_per_cluster(labels: np.ndarray, dist2: np.ndarray, k: int) -> np.ndarray:
+    """Per cluster the row of least ``dist2`` (ties lowest row); empty clusters take the farthest
+    rows not yet chosen (largest ``dist2``, ties lowest row), in cluster order."""
+    rows = np.arange(labels.size)
+    order = np.lexsort((rows, dist2, labels))  # by cluster, then distance, then row
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = labels[order][1:] != labels[order][:-1]
+    chosen = np.full(k, -1, dtype=np.int64)
+    chosen[labels[order][first]] = order[first]
+    empty = np.flatnonzero(chosen < 0)
+    if empty.size:
+        taken = np.zeros(labels.size, dtype=bool)
+        taken[chosen[chosen >= 0]] = True
+        far = np.lexsort((rows, -dist2))
+        chosen[empty] = far[~taken[far]][: empty.size]
+    return chosen

@@ -1,0 +1,28 @@
+"""The examples in the public docstrings run and print what they say (on the installed package)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "fastal.ops",
+    "fastal.gradients",
+    "fastal.kmeans",
+    "fastal.strategies.coreset",
+    "fastal.strategies.badge",
+    "fastal.strategies.egl",
+    "fastal.strategies.kmeans_sampling",
+    "fastal.sparse",
+    "fastal.strategies.sparse_approx",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0

@@ -1,0 +1,1012 @@
+"""Sparse Approximation (Shen et al.): the top-b kernel, temperature scaling and the SparseApprox
+strategy against the float64 references of :mod:`reference`.
+
+- ``fastal.iht_threshold``: exact against :func:`reference.iht_threshold_ref` (ties to the lowest
+  index), for every backend and dtype; errors name the argument.
+- The problem (eq. 15): the factored ``Φ`` (eq. 14) and the Bayesian ``Φ`` (eq. 13) against the
+  materialised references, through the internal problem builders and through end results: the
+  selection, weights and objective trace of ``SparseApprox`` equal :func:`reference.greedy_ref` /
+  :func:`reference.iht_ref` on the reference ``Φ, v, sigma``.
+- Tiny problems: the gap to :func:`reference.exhaustive_ref` is printed (``pytest -s``).
+- ``fastal.fit_temperature`` recovers a planted temperature and agrees with
+  :func:`reference.fit_temperature_ref`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    CPU_BACKENDS,
+    assert_indices_like,
+    backend_dtype_params,
+    backend_of,
+    dtype_of,
+    to_backend,
+    to_numpy,
+    upcast,
+)
+from numpy.testing import assert_allclose, assert_array_equal
+from reference import (
+    debias_ref,
+    exhaustive_ref,
+    f1_ref,
+    fit_temperature_ref,
+    greedy_ref,
+    iht_ref,
+    iht_threshold_ref,
+    line_search_ref,
+    mc_losses_ref,
+    objective_ref,
+    optimal_weights_ref,
+    softmax_ref,
+    sparse_problem_bayesian_ref,
+    sparse_problem_factored_ref,
+    support_objective_ref,
+    temperature_nll_ref,
+    top_scores_ref,
+    unlabeled_rows,
+)
+
+import fastal
+import fastal.strategies
+
+SparseApprox = fastal.strategies.get("sparse_approx")
+
+THRESHOLD_PARAMS = backend_dtype_params(dtypes=("float64", "float32"))
+
+#: (form, solver) -> (alpha, beta): the spec's defaults (paper Tables 4-5)
+DEFAULTS = {
+    ("factored", "iht"): (1e-8, 1e-4),
+    ("factored", "greedy"): (1e-2, 1e-1),
+    ("bayesian", "iht"): (1.0, 1e-3),
+    ("bayesian", "greedy"): (2.0, 0.5),
+}
+
+#: float64 end-to-end comparisons: same algorithm, different summation order
+W_RTOL, W_ATOL = 1e-8, 1e-11
+F_RTOL = 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def logits_pool(n: int, C: int, d: int, seed: int, scale: float = 2.0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"logits": rng.normal(size=(n, C)) * scale, "features": rng.normal(size=(n, d))}
+
+
+def mc_probs(m: int, n: int, C: int, seed: int) -> np.ndarray:
+    """MC-dropout-like samples: a per-row mean logit plus per-sample noise, softmaxed."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(1, n, C)) * 2
+    z = base + rng.normal(size=(m, n, C)) * 1.5
+    return softmax_ref(z.reshape(m * n, C)).reshape(m, n, C)
+
+
+def losses_pool(m: int, n: int, C: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "losses": rng.gamma(2.0, 1.0, size=(m, n, C)),
+        "probs": softmax_ref(rng.normal(size=(n, C))),
+    }
+
+
+def factored_reference(pool: dict, rows, b: int, T: float, bias: bool = False):
+    """(Phi, v, sigma) of the unlabeled ``rows`` of a logits pool with label temperature ``T``."""
+    z = np.asarray(pool["logits"], dtype=np.float64)[rows]
+    H = np.asarray(pool["features"], dtype=np.float64)[rows]
+    return sparse_problem_factored_ref(softmax_ref(z), softmax_ref(z / T), H, b, bias=bias)
+
+
+def bayesian_reference(pool: dict, rows, b: int):
+    if "mc_probs" in pool:
+        L, P = mc_losses_ref(pool["mc_probs"])
+    else:
+        L, P = np.asarray(pool["losses"], np.float64), np.asarray(pool["probs"], np.float64)
+    return sparse_problem_bayesian_ref(L[:, rows], P[rows], b)
+
+
+def solve_ref(Phi, v, sigma, b, solver, alpha, beta, iters=50, tau=1.0):
+    if solver == "greedy":
+        return greedy_ref(Phi, v, sigma, b, alpha, beta, tau)
+    return iht_ref(Phi, v, sigma, b, alpha, beta, iters)
+
+
+def assert_valid_selection(sel, n: int, b: int, labeled, solver: str, iters: int = 50) -> None:
+    """b distinct pool indices, none labeled; weights over the unlabeled rows, >= 0, zero off the
+    selection; the objective trace one float per step / iteration; every diagnostics key."""
+    idx = to_numpy(sel.indices)
+    assert idx.dtype == np.int64
+    assert idx.shape == (b,)
+    assert np.unique(idx).size == b, f"indices not distinct: {idx}"
+    assert ((idx >= 0) & (idx < n)).all()
+    if labeled is not None:
+        assert not np.isin(idx, labeled).any(), "a labeled row was selected"
+    diag = sel.diagnostics
+    for key in ("weights", "objective", "temperature", "form", "alpha", "beta", "solver"):
+        assert key in diag, key
+    assert diag["solver"] == solver
+    rows = unlabeled_rows(n, labeled)
+    w = diag["weights"]
+    assert isinstance(w, np.ndarray)
+    assert w.dtype == np.float64
+    assert w.shape == (rows.size,)
+    assert (w >= 0).all()
+    off = ~np.isin(rows, idx)
+    assert (w[off] == 0).all(), "a weight outside the selection is non-zero"
+    assert isinstance(diag["objective"], list)
+    assert all(isinstance(f, float) for f in diag["objective"])
+    assert len(diag["objective"]) == (b if solver == "greedy" else iters)
+
+
+def assert_same_solution(sel, rows, expected, Phi, v, sigma, alpha, beta) -> None:
+    """The selection (pool indices, in order), weights and objective trace of ``sel`` equal the
+    reference solver's on ``(Phi, v, sigma)``, and the trace ends at f(weights; S)."""
+    S, w, trace = expected
+    idx = to_numpy(sel.indices)
+    assert_array_equal(idx, rows[S])
+    got_w = sel.diagnostics["weights"]
+    assert_allclose(got_w, w, rtol=W_RTOL, atol=W_ATOL * max(1.0, np.abs(w).max()))
+    got_f = np.asarray(sel.diagnostics["objective"])
+    assert_allclose(got_f, trace, rtol=F_RTOL, atol=1e-13)
+    S_got = np.searchsorted(rows, idx)
+    f_last = objective_ref(Phi, v, sigma, alpha, beta, got_w, S_got)
+    assert_allclose(got_f[-1], f_last, rtol=F_RTOL, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------------------------
+# iht_threshold: the top-b kernel
+
+
+def threshold(s, sigma, b, alpha):
+    support, w = fastal.iht_threshold(s, sigma, b, alpha)
+    return support, w
+
+
+def test_iht_threshold_hand_worked():
+    # score = ½[-s]₊² - alpha sigma²; with alpha = 0: (0, ½, 0, 0) -> ties among 0, 2, 3 go to
+    # the lowest index
+    s = np.array([3.0, -1.0, 0.5, 2.0])
+    support, w = threshold(s, np.zeros(4), 2, 0.0)
+    assert_array_equal(support, [0, 2])
+    assert_array_equal(w, [3.0, 0.0, 0.5, 0.0])
+    # alpha = 1, sigma = (0, 2, 1, 0): scores (0, ½ - 4, -1, 0) = (0, -3.5, -1, 0) -> 1, 2, 0
+    support, w = threshold(s, np.array([0.0, 2.0, 1.0, 0.0]), 3, 1.0)
+    assert_array_equal(support, [1, 2, 0])
+    assert_array_equal(w, [3.0, 0.0, 0.5, 0.0])  # the selected negative entry gets [s]₊ = 0
+
+
+THRESHOLD_SIZES = [
+    (1, 0),
+    (1, 1),
+    (2, 1),
+    (7, 0),
+    (7, 3),
+    (7, 7),
+    (50, 10),
+    (333, 1),
+    (1000, 999),
+    (4096, 100),
+]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 10.0])
+@pytest.mark.parametrize(("backend", "dtype"), THRESHOLD_PARAMS)
+@pytest.mark.parametrize(
+    ("n", "b"), THRESHOLD_SIZES, ids=[f"n{n}-b{b}" for n, b in THRESHOLD_SIZES]
+)
+def test_iht_threshold_matches_reference(n, b, backend, dtype, alpha):
+    """Random s of both signs: exact in float64; in float32 the reference sees the stored values
+    and the selection may part from it only at a float32 near-tie of the scores."""
+    rng = np.random.default_rng(n * 7 + b)
+    s = to_backend(rng.normal(size=n), backend, dtype)
+    sigma = to_backend(np.abs(rng.normal(size=n)) * 0.5, backend, dtype)
+    support, w = threshold(s, sigma, b, alpha)
+    assert_indices_like(support, s, b)
+    assert backend_of(w) == backend_of(s)
+    assert dtype_of(w) == dtype
+    assert tuple(w.shape) == (n,)
+    s64, g64 = upcast(s), upcast(sigma)
+    ref_support, ref_w = iht_threshold_ref(s64, g64, b, alpha)
+    got = to_numpy(support)
+    if dtype == "float64":
+        assert_array_equal(got, ref_support)
+    else:
+        assert_topb_valid(got, s64, g64, b, alpha, rtol=1e-6)
+    assert_array_equal(upcast(w), _w_of(got, s64))
+    if dtype == "float64":
+        assert_array_equal(upcast(w), ref_w)
+
+
+def _score(s, sigma, alpha):
+    neg = np.maximum(-s, 0.0)
+    return 0.5 * neg * neg - alpha * sigma * sigma
+
+
+def _w_of(support, s64):
+    w = np.zeros_like(s64)
+    w[support] = np.maximum(s64[support], 0.0)
+    return w
+
+
+def assert_topb_valid(support, s64, g64, b, alpha, rtol):
+    """``support`` is b distinct indices holding the b smallest scores, in ascending score order,
+    up to ``rtol`` of the score scale; where the float64 boundary is clear it is the reference's."""
+    score = _score(s64, g64, alpha)
+    scale = max(1.0, float(np.abs(score).max()))
+    assert np.unique(support).size == b
+    if b == 0:
+        return
+    chosen = score[support]
+    assert (np.diff(chosen) >= -rtol * scale).all(), "support not in ascending score order"
+    rest = np.delete(score, support)
+    if rest.size:
+        assert chosen.max() <= rest.min() + rtol * scale
+    ref, _ = iht_threshold_ref(s64, g64, b, alpha)
+    srt = np.sort(score)
+    if b < srt.size and srt[b] - srt[b - 1] > 2 * rtol * scale:
+        assert set(support.tolist()) == set(ref.tolist())
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize(("backend", "dtype"), THRESHOLD_PARAMS)
+def test_iht_threshold_ties_to_the_lowest_index(backend, dtype, alpha):
+    """Small integers: scores exact in every dtype, with many real ties (repeated s and sigma);
+    the order is (score, index) for every b, in float32 as in float64."""
+    rng = np.random.default_rng(int(alpha * 10))
+    n = 64
+    s = rng.integers(-3, 4, size=n).astype(np.float64)
+    sigma = rng.integers(0, 3, size=n).astype(np.float64)
+    sb, gb = to_backend(s, backend, dtype), to_backend(sigma, backend, dtype)
+    for b in (0, 1, 5, 17, 40, 63, 64):
+        support, w = threshold(sb, gb, b, alpha)
+        ref_support, ref_w = iht_threshold_ref(s, sigma, b, alpha)
+        assert_array_equal(to_numpy(support), ref_support)
+        assert_array_equal(upcast(w), ref_w)
+
+
+def test_iht_threshold_all_equal_scores_take_the_first_b():
+    s = np.full(10, 2.0)  # every score -alpha sigma² = -1
+    support, w = threshold(s, np.ones(10), 4, 1.0)
+    assert_array_equal(support, [0, 1, 2, 3])
+    assert_array_equal(w, [2.0] * 4 + [0.0] * 6)
+
+
+def test_iht_threshold_torch_inputs_give_torch_outputs():
+    rng = np.random.default_rng(3)
+    s, sigma = rng.normal(size=30), rng.random(30)
+    support, w = threshold(torch.from_numpy(s), torch.from_numpy(sigma), 6, 0.2)
+    assert isinstance(support, torch.Tensor)
+    assert isinstance(w, torch.Tensor)
+    assert support.dtype == torch.int64
+    assert w.dtype == torch.float64
+    ref_support, ref_w = iht_threshold_ref(s, sigma, 6, 0.2)
+    assert_array_equal(support.numpy(), ref_support)
+    assert_array_equal(w.numpy(), ref_w)
+    # numpy and torch agree bit for bit
+    np_support, np_w = threshold(s, sigma, 6, 0.2)
+    assert_array_equal(np_support, support.numpy())
+    assert_array_equal(np_w, w.numpy())
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_iht_threshold_rejects_non_finite(backend, bad):
+    s, sigma = np.linspace(-1, 1, 8), np.ones(8)
+    s_bad, sigma_bad = s.copy(), sigma.copy()
+    s_bad[3] = bad
+    sigma_bad[5] = bad
+    with pytest.raises(ValueError, match=r"^s\b"):
+        fastal.iht_threshold(to_backend(s_bad, backend), to_backend(sigma, backend), 2, 0.1)
+    with pytest.raises(ValueError, match=r"^sigma\b"):
+        fastal.iht_threshold(to_backend(s, backend), to_backend(sigma_bad, backend), 2, 0.1)
+
+
+def test_iht_threshold_rejects_bad_arguments():
+    s, sigma = np.linspace(-1, 1, 8), np.ones(8)
+    for b in (-1, 9):
+        with pytest.raises(ValueError, match=r"\bb\b"):
+            fastal.iht_threshold(s, sigma, b, 0.1)
+    for b in (2.5, "3", None, True):
+        with pytest.raises(TypeError, match=r"\bb\b"):
+            fastal.iht_threshold(s, sigma, b, 0.1)
+    for alpha in (-1.0, np.nan, np.inf):
+        with pytest.raises(ValueError, match="alpha"):
+            fastal.iht_threshold(s, sigma, 2, alpha)
+    with pytest.raises(ValueError, match="sigma"):  # shape mismatch
+        fastal.iht_threshold(s, np.ones(7), 2, 0.1)
+    with pytest.raises(ValueError, match=r"\bs\b"):  # not 1-D
+        fastal.iht_threshold(s.reshape(2, 4), sigma.reshape(2, 4), 2, 0.1)
+    with pytest.raises(TypeError, match=r"^s\b"):  # integer dtype
+        fastal.iht_threshold(np.arange(8), sigma, 2, 0.1)
+    with pytest.raises(TypeError, match=r"^s\b"):  # float16 is not a supported dtype here
+        fastal.iht_threshold(s.astype(np.float16), sigma.astype(np.float16), 2, 0.1)
+    with pytest.raises(TypeError, match="sigma"):  # dtypes differ
+        fastal.iht_threshold(s.astype(np.float32), sigma, 2, 0.1)
+    with pytest.raises(ValueError, match="sigma"):  # frameworks differ
+        fastal.iht_threshold(s, torch.from_numpy(sigma), 2, 0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the references themselves: LineSearch, De-bias, optimal weights
+
+
+def _random_problem(seed: int, m: int = 7, n: int = 9):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(m, n)), rng.normal(size=m), np.abs(rng.normal(size=n))
+
+
+@pytest.mark.parametrize("beta", [0.0, 1e-3, 0.5])
+@pytest.mark.parametrize("seed", range(4))
+def test_line_search_is_the_exact_minimiser(seed, beta):
+    """f1(w - μu) <= f1(w - μ'u) on a fine grid of μ' around the LineSearch μ (Alg. 4), and the
+    implementation's LineSearch (SparseProblem.line_search) gives the same μ."""
+    from fastal.sparse import DensePhi, SparseProblem
+
+    Phi, v, sigma = _random_problem(seed)
+    rng = np.random.default_rng(seed + 100)
+    b = 3
+    problem = SparseProblem(
+        DensePhi(torch.from_numpy(Phi * b), b),
+        torch.from_numpy(v),
+        torch.from_numpy(sigma),
+        b,
+        0.0,
+        beta,
+    )
+    for _ in range(5):
+        w, u = np.abs(rng.normal(size=9)), rng.normal(size=9)
+        mu = line_search_ref(Phi, v, beta, u, w)
+        f_mu = f1_ref(Phi, v, beta, w - mu * u)
+        span = max(1.0, abs(mu))
+        for mu2 in mu + span * np.linspace(-1, 1, 2001):
+            assert f_mu <= f1_ref(Phi, v, beta, w - mu2 * u) + 1e-12 * abs(f_mu)
+        got = problem.line_search(torch.from_numpy(u), torch.from_numpy(w))
+        assert_allclose(got, mu, rtol=1e-12, atol=1e-14)
+    # a zero direction: the denominator is 0 -> 0
+    assert line_search_ref(Phi, v, beta, np.zeros(9), np.ones(9)) == 0.0
+    assert (
+        problem.line_search(torch.zeros(9, dtype=torch.float64), torch.ones(9, dtype=torch.float64))
+        == 0.0
+    )
+
+
+def test_debias_moves_only_the_selected_set_and_never_increases_f1():
+    from fastal.sparse import DensePhi, SparseProblem
+
+    Phi, v, sigma = _random_problem(7)
+    problem = SparseProblem(
+        DensePhi(torch.from_numpy(Phi * 2), 2),
+        torch.from_numpy(v),
+        torch.from_numpy(sigma),
+        2,
+        0.3,
+        0.1,
+    )
+    w = np.zeros(9)
+    w[[2, 5, 6]] = [0.5, 1.5, 0.0]  # index 6 selected at weight 0
+    S = np.array([2, 5, 6])
+    out = debias_ref(Phi, v, 0.1, w, S)
+    assert (out[np.setdiff1d(np.arange(9), S)] == 0).all()
+    assert f1_ref(Phi, v, 0.1, out) <= f1_ref(Phi, v, 0.1, w)
+    got = problem.debias(torch.from_numpy(w), torch.from_numpy(S))
+    got = (got[0] if isinstance(got, tuple) else got).numpy()  # (w, residual) or w
+    assert_allclose(got, out, rtol=1e-12, atol=1e-14)
+    assert_allclose(
+        problem.objective(torch.from_numpy(out), torch.from_numpy(S)),
+        objective_ref(Phi, v, sigma, 0.3, 0.1, out, S),
+        rtol=1e-12,
+    )
+
+
+def test_nnls_fallback_matches_scipy():
+    """The reference's own Lawson-Hanson (used without scipy) agrees with scipy's NNLS."""
+    pytest.importorskip("scipy")
+    from reference import _lawson_hanson, nnls_ref
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        A, y = rng.normal(size=(9, 4)), rng.normal(size=9)
+        assert_allclose(_lawson_hanson(A, y), nnls_ref(A, y), rtol=1e-9, atol=1e-12)
+
+
+def test_optimal_weights_reference_is_optimal():
+    """The NNLS weights are feasible and no random non-negative w on the same support is better."""
+    Phi, v, _ = _random_problem(11)
+    S = np.array([0, 4, 7])
+    w = optimal_weights_ref(Phi, v, 0.05, S)
+    assert (w >= 0).all()
+    assert (np.delete(w, S) == 0).all()
+    f = f1_ref(Phi, v, 0.05, w)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        w2 = np.zeros(9)
+        w2[S] = np.maximum(w[S] + rng.normal(size=3) * 0.1, 0)
+        assert f <= f1_ref(Phi, v, 0.05, w2) + 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# the factored problem (eq. 14) against the materialised reference
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("labeled", [None, [1, 4, 22]])
+def test_factored_problem_matches_the_materialised_reference(labeled, bias):
+    """Φu, Φᵀ R, v and sigma of the implementation's factored problem equal the reference's dense
+    Φ = (1/b) [a_j ⊗ h_j]_j (both the sparse-u and the dense-u path of Φu)."""
+    n, C, d, b, T = 40, 4, 3, 5, 2.5
+    pool = logits_pool(n, C, d, seed=1)
+    rows = unlabeled_rows(n, labeled)
+    strat = SparseApprox(temperature=T, bias=bias)
+    phi, v, sigma, T_got = strat._factored_problem(pool, torch.from_numpy(rows), b)
+    assert T_got == T
+    Phi, v_ref, sigma_ref = factored_reference(pool, rows, b, T, bias=bias)
+    dh = d + bias
+    assert_allclose(to_numpy(v).ravel(), v_ref, rtol=1e-12, atol=1e-15)
+    assert_allclose(to_numpy(sigma), sigma_ref, rtol=1e-12, atol=0)
+    rng = np.random.default_rng(2)
+    for nnz in (2, rows.size):  # few non-zeros (column subset) and dense
+        u = np.zeros(rows.size)
+        u[rng.choice(rows.size, nnz, replace=False)] = rng.normal(size=nnz)
+        got = to_numpy(phi.apply(torch.from_numpy(u)))
+        assert got.shape == (C, dh)
+        assert_allclose(got.ravel(), Phi @ u, rtol=1e-12, atol=1e-15)
+    R = rng.normal(size=(C, dh))
+    assert_allclose(
+        to_numpy(phi.adjoint(torch.from_numpy(R))), Phi.T @ R.ravel(), rtol=1e-12, atol=1e-15
+    )
+
+
+def test_factored_sigma_on_confident_rows():
+    """sigma_j = (1/n_u)|h_j| Σ_y P_jy |P_j - e_y| where P_j is close to a one-hot: |P_j - e_y| of
+    the likely class is tiny, and must be computed from the differences (error ~ ulp(1) on the scale
+    |h|/n_u), not as sqrt(|P|² - 2 P_y + 1), which cancels (error ~ sqrt(ulp(1)) of the scale,
+    up to 46 % of sigma_j on these rows)."""
+    n = 6
+    z = np.array([[30.0, 0, 0], [0, 25.0, 0], [18.0, 0, -3], [1, 2, 3], [40, 39, 0], [0, 0, 12.0]])
+    H = np.ones((n, 2))
+    pool = {"logits": z, "features": H}
+    rows = np.arange(n)
+    _, _, sigma, _ = SparseApprox(temperature=1.0)._factored_problem(
+        pool, torch.from_numpy(rows), 2
+    )
+    _, _, sigma_ref = factored_reference(pool, rows, 2, 1.0)
+    scale = np.sqrt(2.0) / n  # |h| / n_u: the size of sigma for an uncertain row
+    assert_allclose(to_numpy(sigma), sigma_ref, rtol=1e-6, atol=1e-15 * scale)
+
+
+@pytest.mark.parametrize("labeled", [None, [0, 3]])
+@pytest.mark.parametrize("source", ["mc_probs", "losses"])
+def test_bayesian_problem_matches_reference(source, labeled):
+    from fastal.strategies.sparse_approx import _bayesian_problem
+
+    m, n, C, b = 5, 12, 3, 4
+    pool = (
+        {"mc_probs": mc_probs(m, n, C, seed=4)} if source == "mc_probs" else losses_pool(m, n, C, 4)
+    )
+    rows = unlabeled_rows(n, labeled)
+    phi, v, sigma = _bayesian_problem(pool, torch.from_numpy(rows), b)
+    Phi, v_ref, sigma_ref = bayesian_reference(pool, rows, b)
+    assert_allclose(to_numpy(v), v_ref, rtol=1e-12, atol=1e-15)
+    assert_allclose(to_numpy(sigma), sigma_ref, rtol=1e-12, atol=0)
+    u = np.random.default_rng(0).normal(size=rows.size)
+    assert_allclose(to_numpy(phi.apply(torch.from_numpy(u))), Phi @ u, rtol=1e-12, atol=1e-15)
+    r = np.random.default_rng(1).normal(size=m)
+    assert_allclose(to_numpy(phi.adjoint(torch.from_numpy(r))), Phi.T @ r, rtol=1e-12, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# SparseApprox end to end against the reference solvers
+
+
+AB = [(None, None), (1.0, 1e-3), (1e-2, 1e-1), (0.0, 1e-2)]
+AB_IDS = ["defaults", "a1-b1e-3", "a1e-2-b1e-1", "a0-b1e-2"]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("labeled", [None, [2, 5, 6, 30]])
+@pytest.mark.parametrize(("alpha", "beta"), AB, ids=AB_IDS)
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_factored_selection_matches_reference(solver, alpha, beta, labeled, bias):
+    n, C, d, b, T = 36, 4, 3, 6, 2.0
+    pool = logits_pool(n, C, d, seed=5)
+    iters = 30
+    sel = SparseApprox(
+        solver=solver, alpha=alpha, beta=beta, temperature=T, bias=bias, iters=iters
+    ).select(pool, b, labeled)
+    assert_valid_selection(sel, n, b, labeled, solver, iters)
+    diag = sel.diagnostics
+    a, be = DEFAULTS[("factored", solver)] if alpha is None else (alpha, beta)
+    assert diag["form"] == "factored"
+    assert (diag["alpha"], diag["beta"]) == (a, be)
+    assert diag["temperature"] == T
+    rows = unlabeled_rows(n, labeled)
+    Phi, v, sigma = factored_reference(pool, rows, b, T, bias=bias)
+    expected = solve_ref(Phi, v, sigma, b, solver, a, be, iters=iters)
+    assert_same_solution(sel, rows, expected, Phi, v, sigma, a, be)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_factored_selection_matches_reference_random(solver, seed):
+    """More shapes: pools of 20-80 rows, 2-6 classes, budgets 1 to n_u, temperatures < and > 1."""
+    rng = np.random.default_rng(seed)
+    n, C, d = int(rng.integers(20, 80)), int(rng.integers(2, 7)), int(rng.integers(1, 6))
+    T = float(rng.choice([0.5, 3.0]))
+    pool = logits_pool(n, C, d, seed=seed + 50)
+    labeled = np.sort(rng.choice(n, size=int(rng.integers(0, 5)), replace=False))
+    rows = unlabeled_rows(n, labeled)
+    for b in (1, int(rng.integers(2, rows.size)), rows.size):
+        alpha, beta = 0.5, 1e-3
+        sel = SparseApprox(solver=solver, alpha=alpha, beta=beta, temperature=T, iters=20).select(
+            pool, b, labeled
+        )
+        assert_valid_selection(sel, n, b, labeled, solver, 20)
+        Phi, v, sigma = factored_reference(pool, rows, b, T)
+        expected = solve_ref(Phi, v, sigma, b, solver, alpha, beta, iters=20)
+        assert_same_solution(sel, rows, expected, Phi, v, sigma, alpha, beta)
+
+
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_probs_with_label_probs_equals_logits_with_temperature(solver):
+    n, b, T = 30, 5, 1.7
+    pool = logits_pool(n, 3, 4, seed=8)
+    a = SparseApprox(solver=solver, temperature=T).select(pool, b, [0, 1])
+    probs_pool = {
+        "probs": softmax_ref(pool["logits"]),
+        "label_probs": softmax_ref(pool["logits"] / T),
+        "features": pool["features"],
+    }
+    c = SparseApprox(solver=solver).select(probs_pool, b, [0, 1])
+    assert_array_equal(to_numpy(c.indices), to_numpy(a.indices))
+    assert_allclose(c.diagnostics["weights"], a.diagnostics["weights"], rtol=1e-9, atol=1e-12)
+    assert c.diagnostics["temperature"] is None
+
+
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_temperature_one_is_top_sigma_with_unit_weights(solver):
+    """Hand-worked: with T = 1 (or probs without label_probs) P = p, so a_j = 0, Φ = 0, v = 0 and
+    f1 = β|w - 1|². Greedy: every candidate has τ ∇f1 = -2βτ, the pick is the largest sigma (ties
+    lowest), the line search along e_j lands on w_j = 1 and De-bias has a zero gradient. IHT: the
+    gradient step gives s = 1 everywhere, the threshold keeps the b largest sigma. Both: top-b sigma
+    in descending sigma order, w = 1 on it, f = β (n_u - b) - alpha Σ_S sigma²."""
+    n, b, alpha, beta = 25, 4, 0.7, 0.01
+    pool = logits_pool(n, 3, 2, seed=9)
+    labeled = [3, 11]
+    rows = unlabeled_rows(n, labeled)
+    _, _, sigma = factored_reference(pool, rows, b, 1.0)
+    top = top_scores_ref(sigma, b)
+    expected_f = beta * (rows.size - b) - alpha * float(np.sum(sigma[top] ** 2))
+    for strat_pool, T_diag in (
+        (pool, 1.0),
+        ({"probs": softmax_ref(pool["logits"]), "features": pool["features"]}, None),
+    ):
+        # temperature "auto" without labeled logits means T = 1
+        sel = SparseApprox(solver=solver, alpha=alpha, beta=beta).select(strat_pool, b, labeled)
+        assert_array_equal(to_numpy(sel.indices), rows[top])
+        w = np.zeros(rows.size)
+        w[top] = 1.0
+        assert_allclose(sel.diagnostics["weights"], w, rtol=1e-12, atol=1e-12)
+        assert_allclose(sel.diagnostics["objective"][-1], expected_f, rtol=1e-12)
+        assert sel.diagnostics["temperature"] == T_diag
+
+
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_zero_denominators_keep_zero_weight_indices_selected(solver):
+    """T = 1 and β = 0: Φ = 0 and every LineSearch denominator is 0 -> μ = 0, w stays 0. The
+    selection is still b indices (top sigma), each at weight 0 (a selected index whose weight is 0
+    stays selected), and f = -alpha Σ_S sigma²."""
+    n, b, alpha = 20, 3, 2.0
+    pool = logits_pool(n, 3, 2, seed=10)
+    rows = np.arange(n)
+    _, _, sigma = factored_reference(pool, rows, b, 1.0)
+    sel = SparseApprox(solver=solver, alpha=alpha, beta=0.0, temperature=1.0).select(pool, b)
+    top = top_scores_ref(sigma, b)
+    assert_array_equal(to_numpy(sel.indices), top)
+    assert_array_equal(sel.diagnostics["weights"], np.zeros(n))
+    assert np.isfinite(sel.diagnostics["objective"]).all()
+    assert_allclose(sel.diagnostics["objective"][-1], -alpha * np.sum(sigma[top] ** 2), rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_alpha_zero_ties_go_to_the_lowest_index(solver):
+    """T = 1, alpha = 0: every candidate scores the same (greedy: -2βτ; IHT: ½[-1]₊² = 0), so the
+    selection is the first b unlabeled rows in index order."""
+    n, b = 15, 5
+    pool = logits_pool(n, 3, 2, seed=12)
+    labeled = [0, 2]
+    sel = SparseApprox(solver=solver, alpha=0.0, beta=0.1, temperature=1.0).select(pool, b, labeled)
+    assert_array_equal(to_numpy(sel.indices), unlabeled_rows(n, labeled)[:b])
+
+
+def test_auto_temperature_fits_on_the_labeled_logits():
+    n, C, b = 40, 4, 5
+    pool = logits_pool(n, C, 3, seed=13)
+    rng = np.random.default_rng(14)
+    lz = rng.normal(size=(300, C)) * 3
+    P = softmax_ref(lz / 2.0)
+    pool["labeled_logits"] = lz
+    pool["labeled_targets"] = (P.cumsum(1) < rng.random((300, 1))).sum(1)
+    T = fastal.fit_temperature(lz, pool["labeled_targets"])
+    for solver in ("greedy", "iht"):
+        sel = SparseApprox(solver=solver).select(pool, b)
+        assert sel.diagnostics["temperature"] == T
+        a, be = DEFAULTS[("factored", solver)]
+        rows = np.arange(n)
+        Phi, v, sigma = factored_reference(pool, rows, b, T)
+        expected = solve_ref(Phi, v, sigma, b, solver, a, be)
+        assert_same_solution(sel, rows, expected, Phi, v, sigma, a, be)
+    # a float temperature wins over the labeled logits
+    assert SparseApprox(temperature=3.0).select(pool, b).diagnostics["temperature"] == 3.0
+
+
+@pytest.mark.parametrize("labeled", [None, [1, 7]])
+@pytest.mark.parametrize(("alpha", "beta"), [(None, None), (0.3, 1e-2)], ids=["defaults", "a03"])
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+@pytest.mark.parametrize("source", ["mc_probs", "losses"])
+def test_bayesian_selection_matches_reference(source, solver, alpha, beta, labeled):
+    m, n, C, b = 8, 30, 4, 5
+    pool = (
+        {"mc_probs": mc_probs(m, n, C, seed=15)}
+        if source == "mc_probs"
+        else losses_pool(m, n, C, 15)
+    )
+    sel = SparseApprox(solver=solver, alpha=alpha, beta=beta).select(pool, b, labeled)
+    assert_valid_selection(sel, n, b, labeled, solver)
+    diag = sel.diagnostics
+    a, be = DEFAULTS[("bayesian", solver)] if alpha is None else (alpha, beta)
+    assert diag["form"] == "bayesian"
+    assert (diag["alpha"], diag["beta"]) == (a, be)
+    assert diag["temperature"] is None
+    rows = unlabeled_rows(n, labeled)
+    Phi, v, sigma = bayesian_reference(pool, rows, b)
+    expected = solve_ref(Phi, v, sigma, b, solver, a, be)
+    assert_same_solution(sel, rows, expected, Phi, v, sigma, a, be)
+
+
+def test_bayesian_mc_probs_equals_losses_form():
+    M = mc_probs(6, 25, 3, seed=16)
+    L, P = mc_losses_ref(M)
+    for solver in ("greedy", "iht"):
+        a = SparseApprox(solver=solver).select({"mc_probs": M}, 4, [5])
+        c = SparseApprox(solver=solver).select({"losses": L, "probs": P}, 4, [5])
+        assert_array_equal(to_numpy(a.indices), to_numpy(c.indices))
+        assert_allclose(a.diagnostics["weights"], c.diagnostics["weights"], rtol=1e-9, atol=1e-12)
+
+
+def test_mc_probs_zeros_are_clipped():
+    """A probability of exactly 0 gives the loss -log(1e-12), not inf."""
+    M = mc_probs(4, 10, 3, seed=17)
+    M[:, 2, 1] = 0.0
+    M[:, 2] /= M[:, 2].sum(-1, keepdims=True)
+    sel = SparseApprox(solver="greedy").select({"mc_probs": M}, 3)
+    Phi, v, sigma = bayesian_reference({"mc_probs": M}, np.arange(10), 3)
+    a, be = DEFAULTS[("bayesian", "greedy")]
+    assert_same_solution(
+        sel, np.arange(10), greedy_ref(Phi, v, sigma, 3, a, be), Phi, v, sigma, a, be
+    )
+
+
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_defaults_and_registry(solver):
+    assert fastal.strategies.get("sparse_approx") is SparseApprox
+    assert "sparse_approx" in fastal.strategies.available()
+    assert SparseApprox.name == "sparse_approx"
+    strat = SparseApprox(solver=solver)
+    assert strat.alpha is None
+    assert strat.beta is None
+    assert strat.iters == 50
+    assert strat.tau == 1.0
+    assert strat.temperature == "auto"
+    sel = strat.select(logits_pool(20, 3, 2, seed=0), 3)
+    assert (sel.diagnostics["alpha"], sel.diagnostics["beta"]) == DEFAULTS[("factored", solver)]
+    sel = strat.select({"mc_probs": mc_probs(4, 20, 3, seed=0)}, 3)
+    assert (sel.diagnostics["alpha"], sel.diagnostics["beta"]) == DEFAULTS[("bayesian", solver)]
+    # alpha given, beta left to the default (and vice versa)
+    sel = SparseApprox(solver=solver, alpha=0.25).select(logits_pool(20, 3, 2, seed=0), 3)
+    assert (sel.diagnostics["alpha"], sel.diagnostics["beta"]) == (
+        0.25,
+        DEFAULTS[("factored", solver)][1],
+    )
+
+
+def test_iht_default_iterations_and_greedy_trace_length():
+    pool = logits_pool(30, 3, 2, seed=1)
+    assert (
+        len(SparseApprox(solver="iht", temperature=2.0).select(pool, 4).diagnostics["objective"])
+        == 50
+    )
+    assert (
+        len(
+            SparseApprox(solver="iht", iters=1, temperature=2.0)
+            .select(pool, 4)
+            .diagnostics["objective"]
+        )
+        == 1
+    )
+    assert (
+        len(SparseApprox(solver="greedy", temperature=2.0).select(pool, 4).diagnostics["objective"])
+        == 4
+    )
+
+
+def test_greedy_tau_is_used():
+    """τ scales the gradient against alpha sigma²: each τ gives the reference's selection."""
+    n, b, T = 30, 5, 2.0
+    pool = logits_pool(n, 3, 3, seed=18)
+    rows = np.arange(n)
+    Phi, v, sigma = factored_reference(pool, rows, b, T)
+    for tau in (1e-3, 1.0, 50.0):
+        sel = SparseApprox(solver="greedy", alpha=1.0, beta=1e-3, tau=tau, temperature=T).select(
+            pool, b
+        )
+        expected = greedy_ref(Phi, v, sigma, b, 1.0, 1e-3, tau)
+        assert_same_solution(sel, rows, expected, Phi, v, sigma, 1.0, 1e-3)
+
+
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_torch_pool_and_determinism(solver, capsys):
+    pool = logits_pool(40, 4, 3, seed=19)
+    strat = SparseApprox(solver=solver, temperature=2.0)
+    a = strat.select(pool, 6, [0, 9])
+    again = strat.select(pool, 6, [0, 9], seed=123)  # no randomness: the seed changes nothing
+    assert_array_equal(to_numpy(again.indices), to_numpy(a.indices))
+    assert_array_equal(again.diagnostics["weights"], a.diagnostics["weights"])
+    tpool = {k: torch.from_numpy(v) for k, v in pool.items()}
+    t = strat.select(tpool, 6, torch.tensor([0, 9]))
+    assert_array_equal(to_numpy(t.indices), to_numpy(a.indices))
+    assert_allclose(t.diagnostics["weights"], a.diagnostics["weights"], rtol=1e-12, atol=1e-15)
+    p = SparseApprox(solver=solver, temperature=2.0, progress=True).select(pool, 6, [0, 9])
+    capsys.readouterr()
+    assert_array_equal(to_numpy(p.indices), to_numpy(a.indices))
+
+
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_float32_pool_gives_a_valid_selection(solver):
+    pool = {k: v.astype(np.float32) for k, v in logits_pool(60, 5, 4, seed=20).items()}
+    sel = SparseApprox(solver=solver, temperature=2.0, iters=10).select(pool, 7, [3])
+    assert_valid_selection(sel, 60, 7, [3], solver, 10)
+    assert np.isfinite(sel.diagnostics["objective"]).all()
+
+
+def test_budget_equal_to_the_unlabeled_pool_and_zero():
+    pool = logits_pool(12, 3, 2, seed=21)
+    labeled = [4, 5]
+    for solver in ("greedy", "iht"):
+        sel = SparseApprox(solver=solver, temperature=2.0, iters=5).select(pool, 10, labeled)
+        assert_valid_selection(sel, 12, 10, labeled, solver, 5)
+        assert set(to_numpy(sel.indices).tolist()) == set(unlabeled_rows(12, labeled).tolist())
+        empty = SparseApprox(solver=solver, temperature=2.0).select(pool, 0, labeled)
+        assert to_numpy(empty.indices).shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny problems: the gap to the exhaustive optimum
+
+
+TINY = [(8, 1), (10, 2), (9, 3), (12, 4)]
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(0.0, 1e-3), (1e-2, 1e-1), (1.0, 1e-3), (2.0, 0.5)])
+@pytest.mark.parametrize("form", ["factored", "bayesian"])
+def test_tiny_problems_gap_to_exhaustive(form, alpha, beta):
+    """For n <= 12, b <= 4: f(greedy), f(IHT) against the best set of b with its optimal
+    non-negative weights (NNLS per set). Printed per case (run with -s).
+
+    Asserted: the exhaustive value is a lower bound of both (their w is >= 0 and supported on S);
+    the implementation's objective is the reference algorithm's; and over the seeds the better of
+    the two solvers is on average no worse than the top-b sigma set with its optimal weights. Per
+    instance that baseline is NOT always beaten (the solvers' weights are one De-bias step from
+    optimal and IHT keeps the top sigma whenever more than b entries of s are positive), so no
+    per-instance assertion against it is made."""
+    gaps = {"greedy": [], "iht": [], "top_sigma": []}
+    for seed in range(3):
+        for n, b in TINY:
+            if form == "factored":
+                pool = logits_pool(n, 3, 2, seed=100 + seed)
+                rows = np.arange(n)
+                Phi, v, sigma = factored_reference(pool, rows, b, 2.0)
+                pool_args = {"temperature": 2.0}
+            else:
+                pool = {"mc_probs": mc_probs(6, n, 3, seed=100 + seed)}
+                Phi, v, sigma = bayesian_reference(pool, np.arange(n), b)
+                pool_args = {}
+            _, _, f_opt = exhaustive_ref(Phi, v, sigma, b, alpha, beta)
+            top = top_scores_ref(sigma, b)
+            f_top = support_objective_ref(Phi, v, sigma, alpha, beta, top)
+            scale = max(1.0, abs(f_opt))
+            line = [f"{form} seed={seed} n={n} b={b} a={alpha:g} b={beta:g} f*={f_opt:.6g}"]
+            for solver in ("greedy", "iht"):
+                sel = SparseApprox(solver=solver, alpha=alpha, beta=beta, **pool_args).select(
+                    pool, b
+                )
+                w = sel.diagnostics["weights"]
+                S = to_numpy(sel.indices)
+                f = objective_ref(Phi, v, sigma, alpha, beta, w, S)
+                assert_allclose(sel.diagnostics["objective"][-1], f, rtol=F_RTOL, atol=1e-13)
+                ref = solve_ref(Phi, v, sigma, b, solver, alpha, beta)
+                assert_array_equal(S, ref[0])
+                assert f >= f_opt - 1e-12 * scale, f"{solver} below the exhaustive optimum"
+                gaps[solver].append(f - f_opt)
+                line.append(f"{solver} gap={f - f_opt:.3e}")
+            gaps["top_sigma"].append(f_top - f_opt)
+            line.append(f"top-sigma gap={f_top - f_opt:.3e}")
+            print("  ".join(line))
+    best = np.minimum(gaps["greedy"], gaps["iht"])
+    print(
+        f"{form} a={alpha:g} b={beta:g} mean gaps: greedy {np.mean(gaps['greedy']):.3e} "
+        f"iht {np.mean(gaps['iht']):.3e} top-sigma {np.mean(gaps['top_sigma']):.3e}"
+    )
+    assert np.mean(best) <= np.mean(gaps["top_sigma"]) + 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# temperature scaling
+
+
+def planted(n: int, C: int, T0: float, seed: int):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, C)) * 3
+    P = softmax_ref(z / T0)
+    targets = (P.cumsum(1) < rng.random((n, 1))).sum(1)  # inverse-CDF draw from P
+    return z, np.minimum(targets, C - 1).astype(np.int64)
+
+
+@pytest.mark.parametrize("T0", [0.5, 2.0])
+def test_fit_temperature_recovers_a_planted_temperature(T0):
+    z, t = planted(20000, 5, T0, seed=int(T0 * 10))
+    T = fastal.fit_temperature(z, t)
+    assert isinstance(T, float)
+    assert abs(T - T0) <= 0.05 * T0, (T, T0)
+    T_ref = fit_temperature_ref(z, t)
+    assert_allclose(T, T_ref, rtol=1e-3)
+    # and it is (numerically) the minimiser: no worse than the reference's
+    assert temperature_nll_ref(z, t, T) <= temperature_nll_ref(z, t, T_ref) + 1e-9
+
+
+def test_fit_temperature_backends_agree():
+    z, t = planted(2000, 4, 1.3, seed=3)
+    T = fastal.fit_temperature(z, t)
+    assert fastal.fit_temperature(torch.from_numpy(z), torch.from_numpy(t)) == pytest.approx(
+        T, rel=1e-12
+    )
+    T32 = fastal.fit_temperature(z.astype(np.float32), t.astype(np.int32))
+    assert pytest.approx(fit_temperature_ref(z.astype(np.float32), t), rel=1e-3) == T32
+
+
+def test_fit_temperature_stays_in_its_bounds():
+    """Targets always the arg-max: the NLL falls as T -> 0, so T is the lower bound 1e-2.
+    Targets always the arg-min: it falls as T -> inf, so T is the upper bound 1e2."""
+    z = np.random.default_rng(4).normal(size=(500, 4))
+    T = fastal.fit_temperature(z, z.argmax(1))
+    assert pytest.approx(1e-2, rel=1e-2) == T
+    T = fastal.fit_temperature(z, z.argmin(1))
+    assert pytest.approx(1e2, rel=1e-2) == T
+    assert fit_temperature_ref(z, z.argmin(1)) == pytest.approx(1e2, rel=1e-6)
+
+
+def test_fit_temperature_rejects_bad_input():
+    z, t = planted(50, 3, 1.0, seed=5)
+    with pytest.raises(ValueError, match="targets"):
+        fastal.fit_temperature(z, t[:-1])
+    with pytest.raises(ValueError, match="targets"):
+        fastal.fit_temperature(z, np.full(50, 3))
+    with pytest.raises(ValueError, match="targets"):
+        fastal.fit_temperature(z, np.full(50, -1))
+    with pytest.raises(TypeError, match="targets"):
+        fastal.fit_temperature(z, t.astype(np.float64))
+    with pytest.raises(ValueError, match="logits"):
+        fastal.fit_temperature(z[:, 0], t)
+    bad = z.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="logits"):
+        fastal.fit_temperature(bad, t)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input to the strategy
+
+
+def test_strategy_rejects_bad_parameters():
+    pool = logits_pool(20, 3, 2, seed=0)
+    for kwargs, exc, match in (
+        ({"solver": "lasso"}, ValueError, "solver"),
+        ({"alpha": -1.0}, ValueError, "alpha"),
+        ({"beta": -1e-3}, ValueError, "beta"),
+        ({"alpha": np.nan}, ValueError, "alpha"),
+        ({"iters": 0}, ValueError, "iters"),
+        ({"iters": -3}, ValueError, "iters"),
+        ({"temperature": 0.0}, ValueError, "temperature"),
+        ({"temperature": -2.0}, ValueError, "temperature"),
+    ):
+        with pytest.raises(exc, match=match):
+            SparseApprox(**kwargs).select(pool, 3)
+
+
+_N = 20
+_POOL = logits_pool(_N, 3, 2, seed=0)
+_LZ = {"labeled_targets": np.zeros(10, dtype=np.int64)}
+
+#: (id, pool, budget, labeled, exception, message pattern)
+BAD_POOLS = [
+    ("budget-over-pool", _POOL, _N + 1, None, ValueError, "budget"),
+    ("budget-over-unlabeled", _POOL, _N - 1, [0, 1], ValueError, "budget"),
+    (
+        "features-rows-differ",
+        {"logits": _POOL["logits"], "features": _POOL["features"][:-1]},
+        3,
+        None,
+        ValueError,
+        "features",
+    ),
+    ("features-missing", {"logits": _POOL["logits"]}, 3, None, ValueError, "features"),
+    ("logits-missing", {"features": _POOL["features"]}, 3, None, ValueError, "logits"),
+    (
+        "label-probs-shape",
+        {
+            "probs": softmax_ref(_POOL["logits"]),
+            "features": _POOL["features"],
+            "label_probs": np.ones((_N, 4)) / 4,
+        },
+        3,
+        None,
+        ValueError,
+        "label_probs",
+    ),
+    (
+        "labeled-logits-C-differs",
+        dict(_POOL, labeled_logits=np.zeros((10, 4)), **_LZ),
+        3,
+        None,
+        ValueError,
+        "labeled_logits",
+    ),
+    ("losses-without-probs", {"losses": np.ones((3, _N, 3))}, 3, None, ValueError, "probs"),
+    (
+        "losses-probs-C-differs",
+        {"losses": np.ones((3, _N, 3)), "probs": np.ones((_N, 4)) / 4},
+        3,
+        None,
+        ValueError,
+        "probs",
+    ),
+    ("mc-probs-not-3d", {"mc_probs": np.ones((_N, 3)) / 3}, 3, None, ValueError, "mc_probs"),
+    ("labeled-duplicates", _POOL, 3, [1, 1], ValueError, "labeled"),
+    ("bare-array", _POOL["features"], 3, None, TypeError, "pool"),
+]
+
+
+@pytest.mark.parametrize(
+    ("pool", "budget", "labeled", "exc", "match"),
+    [pytest.param(*case[1:], id=case[0]) for case in BAD_POOLS],
+)
+def test_strategy_rejects_bad_pools(pool, budget, labeled, exc, match):
+    with pytest.raises(exc, match=match):
+        SparseApprox().select(pool, budget, labeled)
+
+
+@pytest.mark.parametrize("key", ["logits", "features"])
+def test_strategy_rejects_non_finite_inputs(key):
+    pool = logits_pool(20, 3, 2, seed=0)
+    pool[key] = pool[key].copy()
+    pool[key][4, 1] = np.nan
+    with pytest.raises(ValueError, match=key):
+        SparseApprox(temperature=2.0).select(pool, 3)
+
+
+def test_math_sanity_of_the_factored_reference():
+    """The reference's Φ column is (1/b) a ⊗ h, v the column mean times b, sigma the formula."""
+    p = np.array([[0.7, 0.2, 0.1]])
+    P = np.array([[0.5, 0.3, 0.2]])
+    H = np.array([[2.0, -1.0]])
+    Phi, v, sigma = sparse_problem_factored_ref(p, P, H, b=2)
+    a = p[0] - P[0]
+    assert_allclose(Phi[:, 0], np.outer(a, H[0]).ravel() / 2)
+    assert_allclose(v, np.outer(a, H[0]).ravel())
+    expected = math.sqrt(5) * sum(P[0, y] * np.linalg.norm(P[0] - np.eye(3)[y]) for y in range(3))
+    assert_allclose(sigma, [expected])
