@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -100,9 +101,129 @@ void factored_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, co
   for (int64_t e = 0; e < C * dh; ++e) M[e] *= scale;
 }
 
+#ifdef FASTAL_AVX2
+// float32 blocks of rows, register-blocked so that each FMA needs well under one load:
+//   t[j][c] = R_c . h_j       4 rows x 2 classes per pass over the row (8 accumulators);
+//   M_c += Σ_j coef[j][c] h_j  16 columns x 4 classes per pass over the block (8 accumulators).
+constexpr int64_t kBlockRows = 32;  // 32 rows of h (64 KiB at dh = 512) stay in L2 between passes
+
+inline void block_r_times_h(const float* R, int64_t C, int64_t dh, const float* H, int64_t rows,
+                            float* t /* rows x C */) {
+  int64_t j = 0;
+  for (; j + 4 <= rows; j += 4) {
+    const float* h0 = H + j * dh;
+    int64_t c = 0;
+    for (; c + 2 <= C; c += 2) {
+      __m256 acc[4][2];
+      for (auto& r : acc) r[0] = r[1] = _mm256_setzero_ps();
+      int64_t k = 0;
+      for (; k + 8 <= dh; k += 8) {
+        const __m256 r0 = _mm256_loadu_ps(R + c * dh + k), r1 = _mm256_loadu_ps(R + (c + 1) * dh + k);
+        for (int q = 0; q < 4; ++q) {
+          const __m256 hv = _mm256_loadu_ps(h0 + q * dh + k);
+          acc[q][0] = _mm256_fmadd_ps(hv, r0, acc[q][0]);
+          acc[q][1] = _mm256_fmadd_ps(hv, r1, acc[q][1]);
+        }
+      }
+      for (int q = 0; q < 4; ++q) {
+        float s0 = hsum(acc[q][0]), s1 = hsum(acc[q][1]);
+        for (int64_t kk = k; kk < dh; ++kk) {
+          s0 += h0[q * dh + kk] * R[c * dh + kk];
+          s1 += h0[q * dh + kk] * R[(c + 1) * dh + kk];
+        }
+        t[(j + q) * C + c] = s0;
+        t[(j + q) * C + c + 1] = s1;
+      }
+    }
+    for (; c < C; ++c)
+      for (int q = 0; q < 4; ++q) t[(j + q) * C + c] = dot(h0 + q * dh, R + c * dh, dh);
+  }
+  for (; j < rows; ++j)
+    for (int64_t c = 0; c < C; ++c) t[j * C + c] = dot(H + j * dh, R + c * dh, dh);
+}
+
+inline void block_rank_update(float* M, int64_t C, int64_t dh, const float* H, int64_t rows,
+                              const float* coef /* rows x C */) {
+  int64_t k = 0;
+  for (; k + 16 <= dh; k += 16) {
+    int64_t c = 0;
+    for (; c + 4 <= C; c += 4) {
+      __m256 acc[4][2];
+      for (int q = 0; q < 4; ++q) {
+        acc[q][0] = _mm256_loadu_ps(M + (c + q) * dh + k);
+        acc[q][1] = _mm256_loadu_ps(M + (c + q) * dh + k + 8);
+      }
+      for (int64_t j = 0; j < rows; ++j) {
+        const __m256 h0 = _mm256_loadu_ps(H + j * dh + k), h1 = _mm256_loadu_ps(H + j * dh + k + 8);
+        for (int q = 0; q < 4; ++q) {
+          const __m256 f = _mm256_broadcast_ss(coef + j * C + c + q);
+          acc[q][0] = _mm256_fmadd_ps(f, h0, acc[q][0]);
+          acc[q][1] = _mm256_fmadd_ps(f, h1, acc[q][1]);
+        }
+      }
+      for (int q = 0; q < 4; ++q) {
+        _mm256_storeu_ps(M + (c + q) * dh + k, acc[q][0]);
+        _mm256_storeu_ps(M + (c + q) * dh + k + 8, acc[q][1]);
+      }
+    }
+    for (; c < C; ++c)
+      for (int64_t j = 0; j < rows; ++j)
+        for (int64_t kk = k; kk < k + 16; ++kk) M[c * dh + kk] += coef[j * C + c] * H[j * dh + kk];
+  }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t j = 0; j < rows; ++j)
+      for (int64_t kk = k; kk < dh; ++kk) M[c * dh + kk] += coef[j * C + c] * H[j * dh + kk];
+}
+
+void grad_apply_float(const float* A, const float* H, int64_t n, int64_t C, int64_t dh,
+                      const double* R, double scale, const double* z, double beta, double* g,
+                      double* M) {
+  const std::vector<float> Rf(R, R + C * dh);
+  const int64_t size = C * dh;
+  const int threads = n * size > (int64_t{1} << 16) ? omp_get_max_threads() : 1;
+  std::vector<double> totals(static_cast<size_t>(threads * size), 0.0);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> local(static_cast<size_t>(size), 0.f), t(kBlockRows * C), coef(kBlockRows * C);
+    double* total = totals.data() + static_cast<int64_t>(omp_get_thread_num()) * size;
+    const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
+    int64_t since_flush = 0;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t i0 = b * kBlockRows, rows = std::min(n, i0 + kBlockRows) - i0;
+      block_r_times_h(Rf.data(), C, dh, H + i0 * dh, rows, t.data());
+      for (int64_t q = 0; q < rows; ++q) {
+        const float* a = A + (i0 + q) * C;
+        float adj = 0;
+        for (int64_t c = 0; c < C; ++c) adj += a[c] * t[q * C + c];
+        const double gi = 2 * scale * adj + 2 * beta * (z[i0 + q] - 1);
+        g[i0 + q] = gi;
+        for (int64_t c = 0; c < C; ++c) coef[q * C + c] = static_cast<float>(gi) * a[c];
+      }
+      block_rank_update(local.data(), C, dh, H + i0 * dh, rows, coef.data());
+      if ((since_flush += rows) >= 256) {  // float32 partial sums over at most 256 rows
+        for (int64_t e = 0; e < size; ++e) total[e] += local[e], local[e] = 0.f;
+        since_flush = 0;
+      }
+    }
+    for (int64_t e = 0; e < size; ++e) total[e] += local[e];
+  }
+  std::fill(M, M + size, 0.0);
+  for (int t = 0; t < threads; ++t)
+    for (int64_t e = 0; e < size; ++e) M[e] += totals[static_cast<size_t>(t * size + e)];
+  for (int64_t e = 0; e < size; ++e) M[e] *= scale;
+}
+#endif
+
 template <typename T>
 void factored_grad_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, const double* R,
                          double scale, const double* z, double beta, double* g, double* M) {
+#ifdef FASTAL_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    grad_apply_float(A, H, n, C, dh, R, scale, z, beta, g, M);
+    return;
+  }
+#endif
   const auto Ra = to_acc<T>(R, C * dh);
   const int threads = omp_get_max_threads();
   std::vector<std::vector<Acc<T>>> scratch(static_cast<size_t>(threads), std::vector<Acc<T>>(C));
