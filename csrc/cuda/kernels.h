@@ -158,6 +158,15 @@ void kmeanspp_init_first(int64_t first, int64_t n, float* mind, int64_t* picks, 
 void kmeanspp_steps(DType dtype, const void* X, int64_t n, int64_t d, const KMeansPPState& s);
 void kmeanspp_steps_factored(DType dtype, const Factored& X, const KMeansPPState& s);
 
+// ---- IHT top-b thresholding (see topb.cu) -------------------------------------------------------
+
+// s, sigma (n, float32): support (b, int64) = the b indices with the smallest
+// score_j = 1/2 [-s_j]_+^2 - alpha sigma_j^2 (float64, rounded as cpu/topb.cpp rounds it), ordered
+// by (score, index); w (n, float32) = max(s, 0) on the support, 0 elsewhere. 0 <= b <= n < 2^32,
+// alpha finite >= 0; finiteness of s and sigma is the caller's check.
+void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, double alpha,
+                   int64_t* support, float* w, int device, cudaStream_t stream);
+
 namespace detail {
 // min_dist_to_set without the device guard and checks, squared (sqrt=false) or not: the labeled
 // initialisation of k-center calls it with mind / near as outputs.

@@ -216,3 +216,16 @@ def kmeanspp_steps_factored(
     device: int,
     stream: int,
 ) -> None: ...
+
+# IHT top-b thresholding: s, sigma (n,) float32 -> support (b,) int64, w (n,) float32
+def iht_threshold(
+    s_ptr: int,
+    sigma_ptr: int,
+    n: int,
+    b: int,
+    alpha: float,
+    support_ptr: int,
+    w_ptr: int,
+    device: int,
+    stream: int,
+) -> None: ...

@@ -1,18 +1,56 @@
-"""The IHT top-b step for CUDA arrays (torch or cupy), in torch on the array's device.
+"""The IHT top-b step for CUDA arrays (torch or cupy).
 
-Scores are formed in float64 exactly as on the CPU (``0.5 * (neg * neg) - alpha * (sigma * sigma)``
-with float32 inputs widened first), then a stable sort orders them by (score, index).
+With the CUDA module, ``fastal._cuda.iht_threshold`` (csrc/cuda/topb.cu: a radix select on the
+device, no host round trip) runs on the framework's current stream and writes outputs allocated in
+the caller's framework. A build without that kernel falls back to torch on the array's device.
+Either way the scores are formed in float64 exactly as on the CPU (``0.5 * (neg * neg) - alpha *
+(sigma * sigma)`` with float32 inputs widened first, no fused multiply-adds) and the support is
+ordered by (score, index), so every backend selects the same indices in the same order.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from . import _ext, _interop
 from ._interop import ArrayInfo
 from .gradients import as_torch, from_torch
 
 
-def iht_threshold_cuda(s: Any, sigma: Any, b: int, alpha: float, info: ArrayInfo) -> tuple[Any, Any]:
+def _nonfinite_error(name: str, count: int, first: int) -> ValueError:
+    return ValueError(f"{name} contains NaN or Inf at {count} position(s), first at {first}")
+
+
+def _ptr(a: Any) -> int:
+    return int(a.data_ptr()) if hasattr(a, "data_ptr") else int(a.data.ptr)
+
+
+def iht_threshold_cuda(
+    s: Any, sigma: Any, b: int, alpha: float, info: ArrayInfo
+) -> tuple[Any, Any]:
+    cuda = _ext.cuda
+    if cuda is None or not hasattr(cuda, "iht_threshold"):
+        return _iht_threshold_torch(s, sigma, b, alpha, info)
+    n = info.shape[0]
+    skeep, sptr = _interop.cuda_pointer(s, info)
+    gkeep, gptr = _interop.cuda_pointer(sigma, info)
+    device, stream = int(info.device_index), _interop.cuda_stream(info)
+    if n:
+        for ptr, name in ((sptr, "s"), (gptr, "sigma")):
+            count, first = cuda.count_nonfinite_rows("float32", ptr, n, 1, device, stream)
+            if count:
+                raise _nonfinite_error(name, count, first)
+    support = _interop.empty(info, (b,), "int64")
+    w = _interop.empty(info, (n,), "float32")
+    cuda.iht_threshold(sptr, gptr, n, b, float(alpha), _ptr(support), _ptr(w), device, stream)
+    del skeep, gkeep
+    return support, w
+
+
+def _iht_threshold_torch(
+    s: Any, sigma: Any, b: int, alpha: float, info: ArrayInfo
+) -> tuple[Any, Any]:
+    """Fallback for a build without the kernel: float64 scores and a stable sort, in torch."""
     import torch
 
     st = as_torch(s, info)
@@ -20,7 +58,7 @@ def iht_threshold_cuda(s: Any, sigma: Any, b: int, alpha: float, info: ArrayInfo
     for t, name in ((st, "s"), (gt, "sigma")):
         bad = ~torch.isfinite(t)
         if bool(bad.any()):
-            raise ValueError(f"{name} contains NaN or Inf at {int(bad.sum())} position(s), first at {int(bad.nonzero()[0, 0])}")
+            raise _nonfinite_error(name, int(bad.sum()), int(bad.nonzero()[0, 0]))
     s64, g64 = st.to(torch.float64), gt.to(torch.float64)
     neg = (-s64).clamp_min(0)
     score = 0.5 * (neg * neg) - alpha * (g64 * g64)

@@ -1,0 +1,342 @@
+// IHT top-b thresholding on the GPU (Shen et al., Alg. 2 line 6, Appendix E; DESIGN.md family 5).
+//
+// score_j = 1/2 [-s_j]_+^2 - alpha sigma_j^2 in float64, rounded exactly as the CPU kernel rounds
+// it (cpu/topb.cpp: float32 inputs widened first, no fused multiply-adds: the __dmul_rn / __dsub_rn
+// intrinsics are never contracted). The support is the b smallest scores ordered by (score, index),
+// ties to the lowest index; w = [s]_+ on it, 0 elsewhere. CUB 3.0 (CUDA 13.0) has no DeviceTopK,
+// so this is a radix select of its own, with no host round trip:
+//   1. each score maps to an order-preserving uint64 key (-0.0 and +0.0 to one key). Six histogram
+//      passes over the rows, 11 bits of the key per pass from the top: a pass counts the digits of
+//      the keys that match the prefix found so far (shared-memory histogram, warp-aggregated, one
+//      global atomicAdd per non-empty bin and block); the last block to finish picks the bin that
+//      holds the b-th smallest key and extends the prefix. After the last pass the state holds the
+//      threshold key T and the quota q of keys equal to T to take (all of them when an earlier pass
+//      found that the whole bin is needed: later passes then return at once);
+//   2. count: per tile of 4096 rows, the keys < T and == T, packed into one uint64; the last block
+//      turns the tile counts into exclusive prefix sums;
+//   3. write: per tile, a block scan of the same flags gives every row its global (less, equal)
+//      rank, so the survivors (key < T, or key == T among the first q) land in index order at
+//      less + min(equal, q); w is written for every row in the same pass;
+//   4. cub::DeviceRadixSort::SortPairs of the b survivors' keys with their indices: stable, and the
+//      survivors are in index order, so the support comes out ordered by (score, index).
+// Launches: one memset, 6 passes, count, write, and CUB's sort of b pairs, all on the caller's
+// stream; scratch from one stream-ordered StreamBuffer. Every pass reads s and sigma again (8 bytes
+// a row) instead of storing keys (8 bytes written + 8 read a row).
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_radix_sort.cuh>
+
+#include <cmath>
+#include <cstdint>
+
+#include "cuda/device.cuh"
+
+namespace fastal::cuda {
+
+namespace {
+
+using u64 = unsigned long long;
+
+constexpr int kDigitBits = 11;
+constexpr int kBins = 1 << kDigitBits;
+constexpr int kPasses = (64 + kDigitBits - 1) / kDigitBits;  // 6: 11 bits x 5, then 9
+constexpr int kUnroll = 4;                                   // rows in flight per thread in a pass
+constexpr int kItems = 16;                                   // rows per thread in count / write
+constexpr int64_t kTile = int64_t{kThreads} * kItems;        // rows per block in count / write
+constexpr unsigned kNoBin = 0xffffffffu;
+constexpr u64 kLessOne = u64{1} << 32;  // packed counts: (key < T) in the high half, (== T) low
+constexpr u64 kLow = 0xffffffffull;
+static_assert(kBins % kThreads == 0, "each thread scans whole bins");
+
+// Selection state on the device, zeroed before the first pass.
+struct SelectState {
+  u64 prefix;     // the bits of the threshold key found so far ...
+  u64 mask;       // ... and which bits those are
+  u64 below;      // keys below the prefix's bin: all selected
+  u64 threshold;  // when done: T
+  u64 quota;      // when done: keys equal to T to take, lowest index first
+  unsigned done;
+  unsigned arrive;        // blocks of the current pass that have finished
+  unsigned arrive_tiles;  // blocks of the count kernel that have finished
+};
+
+// Order-preserving key of the float64 score: a < b iff key(a) < key(b); -0.0 == +0.0.
+__device__ __forceinline__ u64 score_key(float s, float sigma, double alpha) {
+  const double neg = s < 0.f ? -static_cast<double>(s) : 0.0;
+  const double sg = static_cast<double>(sigma);
+  const double score =
+      __dsub_rn(__dmul_rn(0.5, __dmul_rn(neg, neg)), __dmul_rn(alpha, __dmul_rn(sg, sg)));
+  if (score == 0.0) return u64{1} << 63;
+  const u64 bits = static_cast<u64>(__double_as_longlong(score));
+  return (bits >> 63) ? ~bits : (bits | (u64{1} << 63));
+}
+
+// Pass p looks at key bits [shift, shift + width).
+__host__ __device__ constexpr int pass_shift(int p) {
+  return 64 - kDigitBits * (p + 1) > 0 ? 64 - kDigitBits * (p + 1) : 0;
+}
+__host__ __device__ constexpr int pass_width(int p) { return 64 - kDigitBits * p - pass_shift(p); }
+
+// The last block of a pass: the bin of `hist` that holds the need-th smallest matching key, where
+// need = b - below >= 1. Exactly one thread finds it (the running counts rise through need).
+__device__ void choose_bin(const unsigned* hist, int64_t b, int shift, int width,
+                           SelectState* st) {
+  using Scan = cub::BlockScan<u64, kThreads>;
+  __shared__ typename Scan::TempStorage tmp;
+  constexpr int kPer = kBins / kThreads;
+  unsigned c[kPer];
+  u64 sum = 0;
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    c[k] = __ldcg(hist + threadIdx.x * kPer + k);  // other blocks' atomics: read through L2
+    sum += c[k];
+  }
+  u64 before = 0;
+  Scan(tmp).ExclusiveSum(sum, before);
+  const u64 below = st->below;
+  const u64 need = static_cast<u64>(b) - below;
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    if (before < need && need <= before + c[k]) {
+      const u64 digit = static_cast<u64>(threadIdx.x * kPer + k);
+      const u64 width_mask = (u64{1} << width) - 1;
+      const u64 prefix = st->prefix | (digit << shift);
+      const u64 mask = st->mask | (width_mask << shift);
+      const u64 rank = need - before;  // 1-based rank of the b-th key inside the bin
+      st->prefix = prefix;
+      st->mask = mask;
+      st->below = below + before;
+      if (rank == c[k] || shift == 0) {  // the whole bin is needed, or the key is complete
+        st->threshold = prefix | ~mask;
+        st->quota = rank == c[k] ? ~u64{0} : rank;
+        st->done = 1;
+      }
+    }
+    before += c[k];
+  }
+  if (threadIdx.x == 0) st->arrive = 0;  // for the next pass (a later launch)
+}
+
+__global__ void __launch_bounds__(kThreads)
+    digit_pass_kernel(const float* s, const float* sigma, int64_t n, double alpha, int64_t b,
+                      int shift, int width, unsigned* hist, SelectState* st) {
+  if (st->done) return;  // the same for every block: set by an earlier launch
+  __shared__ unsigned h[kBins];
+  __shared__ bool last;
+  const u64 prefix = st->prefix, mask = st->mask;
+  const unsigned digit_mask = (1u << width) - 1u;
+  const int lane = threadIdx.x & 31;
+  for (int i = threadIdx.x; i < kBins; i += kThreads) h[i] = 0;
+  __syncthreads();
+  const int64_t stride = int64_t{gridDim.x} * kThreads * kUnroll;
+  // `base` is the same for the whole block, so every lane takes part in __match_any_sync
+  for (int64_t base = int64_t{blockIdx.x} * kThreads * kUnroll; base < n; base += stride) {
+    float sv[kUnroll], gv[kUnroll];
+#pragma unroll
+    for (int q = 0; q < kUnroll; ++q) {
+      const int64_t i = base + q * kThreads + threadIdx.x;
+      sv[q] = i < n ? __ldg(s + i) : 0.f;
+      gv[q] = i < n ? __ldg(sigma + i) : 0.f;
+    }
+#pragma unroll
+    for (int q = 0; q < kUnroll; ++q) {
+      const int64_t i = base + q * kThreads + threadIdx.x;
+      const u64 key = score_key(sv[q], gv[q], alpha);
+      const bool match = i < n && (key & mask) == prefix;
+      const unsigned digit = match ? static_cast<unsigned>(key >> shift) & digit_mask : kNoBin;
+      // lanes with the same digit add once: many equal scores must not serialise on one bin
+      const unsigned peers = __match_any_sync(kFullMask, digit);
+      if (match && lane == __ffs(peers) - 1) atomicAdd(h + digit, __popc(peers));
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kBins; i += kThreads)
+    if (h[i]) atomicAdd(hist + i, h[i]);
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&st->arrive, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  choose_bin(hist, b, shift, width, st);
+}
+
+__device__ __forceinline__ u64 rank_flag(u64 key, u64 threshold) {
+  return key < threshold ? kLessOne : (key == threshold ? u64{1} : u64{0});
+}
+
+// Per tile (one block): packed counts of keys < T and == T; then the last block rewrites the
+// `tiles` counts as exclusive prefix sums (neither half carries: both totals are <= n < 2^32).
+__global__ void __launch_bounds__(kThreads)
+    count_kernel(const float* s, const float* sigma, int64_t n, double alpha, SelectState* st,
+                 u64* tile_counts, int64_t tiles) {
+  using Reduce = cub::BlockReduce<u64, kThreads>;
+  using Scan = cub::BlockScan<u64, kThreads>;
+  __shared__ typename Reduce::TempStorage reduce_tmp;
+  __shared__ typename Scan::TempStorage scan_tmp;
+  __shared__ bool last;
+  const u64 threshold = st->threshold;
+  const int64_t base = int64_t{blockIdx.x} * kTile;
+  float sv[kItems], gv[kItems];
+#pragma unroll
+  for (int q = 0; q < kItems; ++q) {
+    const int64_t i = base + q * kThreads + threadIdx.x;
+    sv[q] = i < n ? __ldg(s + i) : 0.f;
+    gv[q] = i < n ? __ldg(sigma + i) : 0.f;
+  }
+  u64 packed = 0;
+#pragma unroll
+  for (int q = 0; q < kItems; ++q) {
+    const int64_t i = base + q * kThreads + threadIdx.x;
+    if (i < n) packed += rank_flag(score_key(sv[q], gv[q], alpha), threshold);
+  }
+  const u64 total = Reduce(reduce_tmp).Sum(packed);
+  if (threadIdx.x == 0) tile_counts[blockIdx.x] = total;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&st->arrive_tiles, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  // thread t scans the consecutive tiles [t * per, (t + 1) * per)
+  const int64_t per = (tiles + kThreads - 1) / kThreads;
+  const int64_t t0 = min(tiles, threadIdx.x * per), t1 = min(tiles, t0 + per);
+  u64 sum = 0;
+  for (int64_t t = t0; t < t1; ++t) sum += __ldcg(tile_counts + t);
+  u64 run = 0;
+  Scan(scan_tmp).ExclusiveSum(sum, run);
+  for (int64_t t = t0; t < t1; ++t) {
+    const u64 c = __ldcg(tile_counts + t);
+    tile_counts[t] = run;
+    run += c;
+  }
+}
+
+// Per tile (one block, the tiles of count_kernel): every row's global (less, equal) rank from the
+// tile's prefix and a block scan per round of kThreads consecutive rows (index order), then the
+// survivors' keys and indices at less + min(equal, q), and w for every row.
+__global__ void __launch_bounds__(kThreads)
+    write_kernel(const float* s, const float* sigma, int64_t n, double alpha,
+                 int64_t b, const SelectState* st, const u64* tile_before, u64* cand_keys,
+                 int64_t* cand_index, float* w) {
+  using Scan = cub::BlockScan<u64, kThreads>;
+  __shared__ typename Scan::TempStorage tmp;
+  const u64 threshold = st->threshold, quota = st->quota;
+  const u64 start = tile_before[blockIdx.x];
+  u64 less = start >> 32, equal = start & kLow;  // rows before this round
+  const int64_t base = int64_t{blockIdx.x} * kTile;
+  float sv[kItems], gv[kItems];
+#pragma unroll
+  for (int q = 0; q < kItems; ++q) {
+    const int64_t i = base + q * kThreads + threadIdx.x;
+    sv[q] = i < n ? __ldg(s + i) : 0.f;
+    gv[q] = i < n ? __ldg(sigma + i) : 0.f;
+  }
+#pragma unroll
+  for (int q = 0; q < kItems; ++q) {
+    const int64_t i = base + q * kThreads + threadIdx.x;
+    const bool valid = i < n;
+    const u64 key = score_key(sv[q], gv[q], alpha);
+    const u64 flag = valid ? rank_flag(key, threshold) : 0;
+    u64 excl = 0, round = 0;
+    Scan(tmp).ExclusiveSum(flag, excl, round);
+    const u64 my_less = less + (excl >> 32), my_equal = equal + (excl & kLow);
+    const bool take = key < threshold || (key == threshold && my_equal < quota);
+    if (valid) {
+      if (take) {
+        const u64 pos = my_less + (my_equal < quota ? my_equal : quota);
+        if (pos < static_cast<u64>(b)) {  // always, by the counts; a guard against a bad state
+          cand_keys[pos] = key;
+          cand_index[pos] = i;
+        }
+      }
+      w[i] = take && sv[q] > 0.f ? sv[q] : 0.f;
+    }
+    less += round >> 32;
+    equal += round & kLow;
+    __syncthreads();  // tmp is reused by the next round's scan
+  }
+}
+
+// Scratch layout: 256-byte aligned pieces of one allocation.
+struct Scratch {
+  size_t state, hist, tiles, cand_keys, cand_index, sorted_keys, sort_tmp, total;
+};
+
+size_t align_up(size_t v) { return (v + 255) / 256 * 256; }
+
+Scratch plan_scratch(int64_t tiles, int64_t b, size_t sort_bytes) {
+  Scratch p{};
+  size_t at = 0;
+  auto take = [&](size_t bytes) {
+    const size_t here = at;
+    at += align_up(bytes);
+    return here;
+  };
+  p.state = take(sizeof(SelectState));
+  p.hist = take(sizeof(unsigned) * kBins * kPasses);
+  p.tiles = take(sizeof(u64) * static_cast<size_t>(tiles));
+  p.cand_keys = take(sizeof(u64) * static_cast<size_t>(b));
+  p.cand_index = take(sizeof(int64_t) * static_cast<size_t>(b));
+  p.sorted_keys = take(sizeof(u64) * static_cast<size_t>(b));
+  p.sort_tmp = take(sort_bytes);
+  p.total = at;
+  return p;
+}
+
+}  // namespace
+
+void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, double alpha,
+                   int64_t* support, float* w, int device, cudaStream_t stream) {
+  FASTAL_REQUIRE(n >= 0, "n must be >= 0, got ", n);
+  FASTAL_REQUIRE(n <= kMaxRows, "n must be < 2^32, got ", n);
+  FASTAL_REQUIRE(b >= 0 && b <= n, "b must be in [0, n = ", n, "], got ", b);
+  FASTAL_REQUIRE(std::isfinite(alpha) && alpha >= 0.0, "alpha must be finite and >= 0, got ",
+                 alpha);
+  DeviceGuard guard(device);
+  if (n == 0) return;
+  require_device_ptr(s, "s_ptr", device, alignof(float));
+  require_device_ptr(sigma, "sigma_ptr", device, alignof(float));
+  require_device_ptr(w, "w_ptr", device, alignof(float));
+  if (b == 0) {
+    CUDA_CHECK(cudaMemsetAsync(w, 0, static_cast<size_t>(n) * sizeof(float), stream));
+    return;
+  }
+  require_device_ptr(support, "support_ptr", device, alignof(int64_t));
+
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  size_t sort_bytes = 0;
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const u64*>(nullptr),
+                                             static_cast<u64*>(nullptr),
+                                             static_cast<const int64_t*>(nullptr),
+                                             static_cast<int64_t*>(nullptr), b, 0, 64, stream));
+  const Scratch plan = plan_scratch(tiles, b, sort_bytes);
+  StreamBuffer buf(plan.total, device, stream);
+  char* base = buf.as<char>();
+  auto* st = reinterpret_cast<SelectState*>(base + plan.state);
+  auto* hist = reinterpret_cast<unsigned*>(base + plan.hist);
+  auto* tile_counts = reinterpret_cast<u64*>(base + plan.tiles);
+  auto* cand_keys = reinterpret_cast<u64*>(base + plan.cand_keys);
+  auto* cand_index = reinterpret_cast<int64_t*>(base + plan.cand_index);
+  auto* sorted_keys = reinterpret_cast<u64*>(base + plan.sorted_keys);
+  CUDA_CHECK(cudaMemsetAsync(base, 0, plan.tiles, stream));  // state and every pass's histogram
+
+  const int64_t pass_rows = int64_t{kThreads} * kUnroll;
+  const int pass_grid = grid_for(digit_pass_kernel, (n + pass_rows - 1) / pass_rows, device);
+  for (int p = 0; p < kPasses; ++p) {
+    digit_pass_kernel<<<pass_grid, kThreads, 0, stream>>>(s, sigma, n, alpha, b, pass_shift(p),
+                                                          pass_width(p), hist + p * kBins, st);
+    CUDA_CHECK_LAUNCH("digit_pass_kernel");
+  }
+  count_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(s, sigma, n, alpha, st,
+                                                                       tile_counts, tiles);
+  CUDA_CHECK_LAUNCH("count_kernel");
+  write_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(
+      s, sigma, n, alpha, b, st, tile_counts, cand_keys, cand_index, w);
+  CUDA_CHECK_LAUNCH("write_kernel");
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(base + plan.sort_tmp, sort_bytes, cand_keys,
+                                             sorted_keys, cand_index, support, b, 0, 64, stream));
+  CUDA_CHECK_LAUNCH("cub::DeviceRadixSort::SortPairs");
+}
+
+}  // namespace fastal::cuda
