@@ -604,3 +604,39 @@ def fit_temperature_ref(logits, targets, lo: float = 1e-2, hi: float = 1e2) -> f
     x = 0.5 * (left + right)
     best = min((nll(x), x), (vals[i], grid[i]))[1]  # a boundary optimum stays on the boundary
     return float(np.exp(best))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched Gram eigenvalues (CRC, Kong et al. eq. 9)
+
+
+def gram_spectrum_ref(Z, S, side: str = "auto") -> np.ndarray:
+    """Ascending eigenvalues (float64, ``np.linalg.eigvalsh``) of the Gram matrix of the rows ``S``
+    of ``Z``: ``Z_S Z_Sᵀ`` (side ``"S"``), ``Z_Sᵀ Z_S`` (side ``"D"``) or the smaller of the two
+    (``"auto"``, ``|S| <= D`` taking the ``|S|`` side). Both sides share their non-zero eigenvalues."""
+    ZS = np.asarray(Z, dtype=np.float64)[np.asarray(S, dtype=np.int64)]
+    if side == "auto":
+        side = "S" if ZS.shape[0] <= ZS.shape[1] else "D"
+    K = ZS @ ZS.T if side == "S" else ZS.T @ ZS
+    return np.linalg.eigvalsh(K)
+
+
+def gram_min_eig_ref(Z, labeled, groups, rtol=None, side: str = "auto"):
+    """For every row ``g`` of ``groups``: the smallest eigenvalue above ``rtol * λ_max`` of the Gram
+    matrix of ``S = labeled ∪ g`` (0.0 when there is none), and the spectrum (ascending).
+
+    ``rtol`` defaults to ``max(|S|, D) * eps(float64)``. Returns ``(lambda_min (n_groups,),
+    spectra (n_groups, m))`` with ``m`` the size of the chosen side.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    lab = np.asarray([] if labeled is None else labeled, dtype=np.int64).ravel()
+    groups = np.asarray(groups, dtype=np.int64)
+    mins, spectra = [], []
+    for g in groups:
+        S = np.concatenate([lab, g])
+        tol = max(S.size, Z.shape[1]) * np.finfo(np.float64).eps if rtol is None else rtol
+        ev = gram_spectrum_ref(Z, S, side)
+        pos = ev[ev > tol * ev[-1]] if ev[-1] > 0 else ev[:0]
+        mins.append(float(pos[0]) if pos.size else 0.0)
+        spectra.append(ev)
+    return np.array(mins), np.array(spectra)

@@ -17,6 +17,9 @@ MODULES = [
     "fastal.strategies.kmeans_sampling",
     "fastal.sparse",
     "fastal.strategies.sparse_approx",
+    "fastal.strategies.uncertainty",
+    "fastal.torch.adapter",
+    "fastal.loop",
 ]
 
 

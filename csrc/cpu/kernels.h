@@ -120,4 +120,16 @@ void kmeanspp_init_first(KMeansPPState<Rows>& s, int64_t first);
 template <typename Rows>
 void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end);
 
+// Batched Gram eigenvalues (CRC, Kong et al. eq. 9; gram_eig.cpp). For every row g of groups
+// (n_groups x G) the Gram matrix of S = labeled ∪ g, K = Z_S Z_Sᵀ with Z n x D (T = float or
+// double), is formed on its smaller side (size = min(n_labeled + G, D); the labeled part once per
+// call), reduced to tridiagonal form and solved in float64: min_eig[g] = the smallest eigenvalue
+// above rtol * λ_max (0 when there is none), spectra (n_groups x size, ascending, negatives clamped
+// to 0) when not null. Throws std::invalid_argument for indices out of range, duplicates in
+// labeled or within a group, and groups overlapping labeled.
+template <typename T>
+void gram_min_eig(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t n_labeled,
+                  const int64_t* groups, int64_t n_groups, int64_t G, double rtol, double* min_eig,
+                  double* spectra);
+
 }  // namespace fastal::cpu

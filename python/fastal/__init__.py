@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from ._ext import cuda_available
 from .gradients import GradientEmbedding, gradient_embedding
+from .gram import gram_min_eig
 from .kmeans import KMeansResult, kmeans, kmeans_pp
+from .ntk import ntk_features, ntk_features_jacobian
 from .ops import KCenterResult, kcenter, kcenter_greedy, min_distance
 from .sparse import fit_temperature, iht_threshold
 
@@ -22,10 +24,23 @@ __all__ = [
     "cuda_available",
     "fit_temperature",
     "gradient_embedding",
+    "gram_min_eig",
     "iht_threshold",
     "kcenter",
     "kcenter_greedy",
     "kmeans",
     "kmeans_pp",
     "min_distance",
+    "ntk_features",
+    "ntk_features_jacobian",
 ]
+
+
+def __getattr__(name: str):
+    """``fastal.torch`` (model adapter), ``fastal.loop`` and ``fastal.demo`` load on first use:
+    they import torch, which ``import fastal`` does not."""
+    if name in ("torch", "loop", "demo"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,17 +1,23 @@
-"""The ``fastal`` command line: ``fastal select`` (the default) picks points to label."""
+"""The ``fastal`` command line.
+
+``fastal demo`` runs an active-learning experiment (the main job); ``fastal select`` (also what a
+bare ``fastal`` runs) picks points to label from pool arrays in ``.npy`` files.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
+import inspect
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import ops, strategies
+from ._io import save_npy_atomic
+
+__all__ = ["build_parser", "main", "save_npy_atomic"]
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -23,21 +29,6 @@ def _load_npy(path: str, what: str) -> np.ndarray:
         raise SystemExit(f"fastal: {what} file not found: {path}") from None
     except (ValueError, EOFError, OSError) as err:  # pickled object arrays, empty/corrupt files
         raise SystemExit(f"fastal: cannot read {what} from {path}: {err}") from None
-
-
-def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` through a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _digits_pool(seed: int, n_labeled: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,18 +56,70 @@ def _covering_radius(X, centres: np.ndarray) -> float:
     return float(np.max(np.asarray(dist, dtype=np.float64)))
 
 
+#: pool arrays `fastal select` reads: (key, option, what the array holds)
+_POOL_ARRAYS = (
+    ("features", "--embeddings", "(n, d) embeddings / penultimate features"),
+    ("probs", "--probs", "(n, C) class probabilities"),
+    ("logits", "--logits", "(n, C) logits"),
+    ("mc_probs", "--mc-probs", "(T, n, C) Monte-Carlo dropout probabilities"),
+)
+#: what can stand in for a required array (strategies accept probs or logits alike)
+_ALTERNATIVES = {"features": ("features",), "probs": ("probs", "logits"), "logits": ("logits", "probs"),
+                 "mc_probs": ("mc_probs",)}  # fmt: skip
+
+
+def _missing(name: str, requires: tuple[str, ...], given: set[str]) -> list[str]:
+    """Required arrays not given (Sparse Approximation's Bayesian form needs only mc_probs)."""
+    if name == "sparse_approx" and "mc_probs" in given:
+        return []
+    return [r for r in requires if not any(a in given for a in _ALTERNATIVES.get(r, (r,)))]
+
+
+def _strategy_kwargs(cls: type, args: argparse.Namespace) -> dict:
+    params = inspect.signature(cls).parameters
+    kwargs = {}
+    if "prune" in params:
+        kwargs["prune"] = not args.no_prune
+    if "progress" in params:
+        kwargs["progress"] = args.progress
+    return kwargs
+
+
 def cmd_select(args: argparse.Namespace) -> int:
+    cls = strategies.get(args.strategy)
     targets = None
-    if args.embeddings is None:
+    arrays: dict[str, np.ndarray] = {}
+    for key, option, _ in _POOL_ARRAYS:
+        path = getattr(args, key)
+        if path is not None:
+            arrays[key] = _load_npy(path, option.lstrip("-"))
+    if not arrays:
         X, targets, labeled = _digits_pool(args.seed, args.n_labeled)
+        arrays["features"] = X
         source = "scikit-learn digits (bundled)"
     else:
-        X = _load_npy(args.embeddings, "embeddings")
         labeled = _load_npy(args.labeled, "labeled") if args.labeled else np.empty(0, np.int64)
-        source = args.embeddings
-    budget = args.budget if args.budget is not None else min(100, len(X) - len(labeled))
-    pool = _as_input(X, args.dtype, args.device)
-    strategy = strategies.get(args.strategy)(prune=not args.no_prune, progress=args.progress)
+        source = ", ".join(f"{k}={getattr(args, k)}" for k in arrays)
+    missing = _missing(args.strategy, cls.requires, set(arrays))
+    if missing:
+        options = " / ".join(
+            " or ".join(opt for k, opt, _ in _POOL_ARRAYS if k in _ALTERNATIVES.get(m, (m,)))
+            for m in missing
+        )
+        raise SystemExit(
+            f"fastal: strategy {args.strategy!r} needs {', '.join(missing)}: pass {options} (.npy files with "
+            "one row per pool point); to compute them from a torch model use fastal.torch.select, "
+            "or see `fastal demo`"
+        )
+    n = _rows(arrays)
+    budget = args.budget if args.budget is not None else min(100, n - len(labeled))
+    pool_arrays = {k: _as_input(v, args.dtype, args.device) if np.issubdtype(v.dtype, np.floating) else v
+                   for k, v in arrays.items()}  # fmt: skip
+    # features alone go in as a bare array (what every features-only strategy takes)
+    pool = pool_arrays["features"] if set(arrays) == {"features"} else dict(pool_arrays)
+    if not cls.requires:
+        pool = {"n": n}
+    strategy = cls(**_strategy_kwargs(cls, args))
     start = time.perf_counter()
     try:
         sel = strategy.select(pool, budget, labeled if len(labeled) else None, seed=args.seed)
@@ -86,20 +129,24 @@ def cmd_select(args: argparse.Namespace) -> int:
     picks = np.asarray(sel.indices.cpu() if hasattr(sel.indices, "cpu") else sel.indices)
     diag = sel.diagnostics
 
-    dtype = args.dtype or X.dtype.name
     print(f"fastal select: {args.strategy} on {source}")
-    print(f"  pool {X.shape[0]} x {X.shape[1]} ({dtype}, {args.device}), {len(labeled)} labeled, "
-          f"budget {budget}")  # fmt: skip
-    print(f"  covering radius: {diag['initial_radius']:.4f} -> {diag['final_radius']:.4f} "
-          "(labeled only -> labeled + picks)")  # fmt: skip
-    if budget and len(X) > 1:
-        rng = np.random.default_rng(args.seed)
-        unlabeled = np.setdiff1d(np.arange(len(X)), labeled)
-        rand = rng.choice(unlabeled, size=budget, replace=False)
-        print(f"  same budget picked at random: radius "
-              f"{_covering_radius(X.astype(np.float32), np.concatenate([labeled, rand])):.4f}")  # fmt: skip
-    print(f"  rows read: {100 * diag['rows_read_fraction']:.1f}% of an unpruned run "
-          f"(pruning {'on' if diag['pruned'] else 'off'})")  # fmt: skip
+    shapes = ", ".join(
+        f"{k} {'x'.join(map(str, v.shape))} ({args.dtype or v.dtype.name})"
+        for k, v in arrays.items()
+    )
+    print(f"  pool of {n}: {shapes} on {args.device}; {len(labeled)} labeled, budget {budget}")
+    if "initial_radius" in diag:
+        X = arrays["features"]
+        print(f"  covering radius: {diag['initial_radius']:.4f} -> {diag['final_radius']:.4f} "
+              "(labeled only -> labeled + picks)")  # fmt: skip
+        if budget and len(X) > 1:
+            rng = np.random.default_rng(args.seed)
+            unlabeled = np.setdiff1d(np.arange(len(X)), labeled)
+            rand = rng.choice(unlabeled, size=budget, replace=False)
+            print(f"  same budget picked at random: radius "
+                  f"{_covering_radius(X.astype(np.float32), np.concatenate([labeled, rand])):.4f}")  # fmt: skip
+        print(f"  rows read: {100 * diag['rows_read_fraction']:.1f}% of an unpruned run "
+              f"(pruning {'on' if diag['pruned'] else 'off'})")  # fmt: skip
     if targets is not None and budget:
         covered = len(np.unique(targets[picks]))
         print(f"  classes among the picks: {covered} of {len(np.unique(targets))}")
@@ -112,23 +159,119 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rows(arrays: dict[str, np.ndarray]) -> int:
+    """The pool size all arrays agree on (mc_probs along axis 1)."""
+    sizes = {}
+    for key, a in arrays.items():
+        axis = 1 if key == "mc_probs" else 0
+        if a.ndim <= axis:
+            raise SystemExit(f"fastal: {key} has shape {a.shape}: no row axis")
+        sizes[key] = a.shape[axis]
+    if len(set(sizes.values())) > 1:
+        raise SystemExit(f"fastal: the pool arrays disagree on the number of rows: {sizes}")
+    return next(iter(sizes.values()))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import demo
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        seeds, rounds, steps = 1, 2, 60
+    else:
+        seeds, rounds, steps = 3, 5, 300
+    seeds = args.seeds if args.seeds is not None else seeds
+    rounds = args.rounds if args.rounds is not None else rounds
+    steps = args.steps if args.steps is not None else steps
+    names = (
+        [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"fastal demo: {args.dataset}, {seeds} seed{'s' * (seeds > 1)}, {args.initial} initial labels + "
+          f"{rounds} rounds of {args.budget}, MLP trained from scratch each round (<= {steps} Adam steps), "
+          f"device {args.device}")  # fmt: skip
+    res = demo.run_demo(
+        args.dataset, names, seeds=seeds, rounds=rounds, budget=args.budget, initial=args.initial,
+        max_steps=steps, device=args.device, log=print,
+    )  # fmt: skip
+    for name, note in res.skipped.items():
+        print(f"  note: {name} {note}")
+    d = res.data
+    print()
+    what = (
+        "accuracy" if d.task == "classification" else "MSE (standardised target; lower is better)"
+    )
+    print(f"{d.name}: test {what} vs labels, mean ± std over {seeds} seed{'s' * (seeds > 1)} "
+          f"(pool {d.pool[0].shape[0]}, test {d.test[0].shape[0]})")  # fmt: skip
+    print(res.table())
+    if d.task == "classification":
+        print(f"(chance: {d.chance:.3f}; AUC: trapezoid over the label counts / label range)")
+    else:
+        print("(AUC: trapezoid over the label counts / label range)")
+    res.to_csv(out / "results.csv")
+    res.plot(out / "learning_curves.png")
+    print(f"wrote {out / 'results.csv'} and {out / 'learning_curves.png'} ({res.seconds:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .demo import DATASETS
+
     parser = argparse.ArgumentParser(
         prog="fastal",
-        description="Fast batch active-learning selection. With no command, runs `fastal select` "
-        "on the digits pool that ships with scikit-learn.",
+        description="Fast batch active-learning selection. `fastal demo` runs an active-learning "
+        "experiment with several strategies; `fastal select` (also what `fastal` with no command "
+        "runs) picks points to label from pool arrays, by default on the scikit-learn digits.",
     )
     sub = parser.add_subparsers(dest="command")
-    sel = sub.add_parser("select", help="pick points to label from a pool of embeddings")
+    dem = sub.add_parser(
+        "demo", help="run an active-learning experiment: accuracy vs labels per strategy"
+    )
+    dem.add_argument("--dataset", default="digits", choices=DATASETS)
+    dem.add_argument("--strategies", help="comma-separated names (default: random,entropy,coreset,badge,"
+                     "sparse_approx,crc; diabetes: random,coreset)")  # fmt: skip
+    dem.add_argument("--rounds", type=int, help="selection rounds (default 5; --quick 2)")
+    dem.add_argument("--seeds", type=int, help="seeds per strategy (default 3; --quick 1)")
+    dem.add_argument("--budget", type=int, default=30, help="labels per round (default 30)")
+    dem.add_argument("--initial", type=int, default=20, help="initial random labels (default 20)")
+    dem.add_argument(
+        "--steps", type=int, help="max training steps per round (default 300; --quick 60)"
+    )
+    dem.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    dem.add_argument("--threads", type=int, default=1,
+                     help="torch CPU threads (default 1: fastest for the tiny model; 0 keeps torch's)")  # fmt: skip
+    dem.add_argument(
+        "--out", default="fastal-demo", help="folder for results.csv and learning_curves.png"
+    )
+    dem.add_argument(
+        "--quick", action="store_true", help="reduced setting for CI: 1 seed, 2 rounds, 60 steps"
+    )
+    dem.set_defaults(func=cmd_demo)
+
+    sel = sub.add_parser("select", help="pick points to label from pool arrays (.npy)")
     sel.add_argument("--strategy", default="coreset", choices=strategies.available())
-    sel.add_argument("--embeddings", help="pool embeddings, an (n, d) .npy file (default: digits)")
+    sel.add_argument("--embeddings", "--features", dest="features",
+                     help="pool embeddings / features, an (n, d) .npy file (default: digits pixels)")  # fmt: skip
+    sel.add_argument("--probs", help="class probabilities, an (n, C) .npy file")
+    sel.add_argument("--logits", help="logits, an (n, C) .npy file")
+    sel.add_argument(
+        "--mc-probs", dest="mc_probs", help="MC-dropout probabilities, a (T, n, C) .npy file"
+    )
     sel.add_argument("--labeled", help="indices already labeled, a 1-D integer .npy file")
     sel.add_argument("--budget", type=int, help="points to pick (default: 100)")
     sel.add_argument("--out", help="write the picked indices here (.npy, int64, atomically)")
     sel.add_argument("--seed", type=int, default=0, help="seed (first centre, digits labeled set)")
-    sel.add_argument("--n-labeled", type=int, default=20, help="digits only: size of the labeled set")
-    sel.add_argument("--dtype", choices=_DTYPES, help="cast the embeddings to this storage dtype")
-    sel.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (CUDA goes through torch)")
+    sel.add_argument(
+        "--n-labeled", type=int, default=20, help="digits only: size of the labeled set"
+    )
+    sel.add_argument("--dtype", choices=_DTYPES, help="cast the float arrays to this storage dtype")
+    sel.add_argument(
+        "--device", default="cpu", help="cpu, cuda or cuda:N (CUDA goes through torch)"
+    )
     sel.add_argument("--no-prune", action="store_true", help="disable triangle-inequality pruning")
     sel.add_argument("--progress", action="store_true", help="show a progress bar")
     sel.set_defaults(func=cmd_select)
@@ -138,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["select", *argv]
     args = parser.parse_args(argv)
     return args.func(args)

@@ -5,15 +5,23 @@ from __future__ import annotations
 from .badge import BADGE
 from .base import Selection, Strategy, available, get, register
 from .coreset import CoreSet
+from .crc import CRC
 from .egl import EGL
 from .kmeans_sampling import KMeansSampling
 from .sparse_approx import SparseApprox
+from .uncertainty import BALD, Entropy, LeastConfidence, Margin, Random
 
 __all__ = [
     "BADGE",
+    "BALD",
+    "CRC",
     "EGL",
     "CoreSet",
+    "Entropy",
     "KMeansSampling",
+    "LeastConfidence",
+    "Margin",
+    "Random",
     "Selection",
     "SparseApprox",
     "Strategy",

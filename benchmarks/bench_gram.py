@@ -1,0 +1,193 @@
+"""Batched Gram eigenvalues (issue 5, the CRC score): ``fastal.gram_min_eig`` against what users
+would otherwise write, in the same run.
+
+``fastal``         ``fastal.gram_min_eig(Z, labeled, groups)``: λ⁺_min per group (formation of the
+                   Gram matrices included, the labeled part once per call).
+``torch_eigvalsh`` the efficient torch version: the shared part once (``Z_L Z_Lᵀ`` or
+                   ``Z_Lᵀ Z_L``), the per-group blocks by batched ``matmul``, the batch of Gram
+                   matrices assembled and solved by batched ``torch.linalg.eigvalsh``, then the
+                   threshold. In Z's dtype (float32) and, as ``torch_eigvalsh_f64``, in float64 (the
+                   precision fastal computes in). Batches are chunked to ``FASTAL_BENCH_MEM_GB``
+                   (default 4) of matrices.
+``numpy_loop``     a loop over the groups: form the Gram matrix with numpy, ``np.linalg.eigvalsh``
+                   (LAPACK), threshold. Timed on at most ``NUMPY_GROUPS`` groups and scaled to the
+                   whole batch (``extra_info["timed_groups"]``).
+
+Cases ``(size, side, n_groups)``: ``size`` is the order of the Gram matrix actually solved,
+``min(|S|, D)``. Side ``D`` (the CRC situation once ``|L| > D``): ``D = size``, ``|L| = 2 size``,
+``G = 20``; side ``S``: ``|S| = size``, ``G = min(20, size / 2)``, ``D = 2 size``. Z is float32
+Gaussian. Plus ``crc``: the CRC-shaped call of the issue, a pool of 50,000 points plus
+``|L| = 500`` labeled, ``G = 20``, ``D = 129`` (the ``D × D`` side), 2,500 groups.
+
+Sizes by ``FASTAL_BENCH``: tiny (one small case, seconds; what CI runs), medium (sizes 16–256 and
+the CRC case; minutes), full (sizes {16, 64, 128, 256, 512, 1024}, both sides, 10²–10⁴ groups).
+``extra_info`` carries the case, ``seconds`` (min over the rounds) and, for fastal,
+``speedup_vs_<peer>`` against the peers measured earlier in the session.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import fastal
+
+PRESET = os.environ.get("FASTAL_BENCH", "tiny").strip().lower() or "tiny"
+_GROUPS = {16: 10_000, 32: 5000, 64: 5000, 128: 1000, 256: 1000, 512: 100, 1024: 100}
+CASES = {
+    "tiny": [(32, "D", 200)],
+    "medium": [(16, "D", 10_000), (32, "D", 5000), (64, "D", 2000), (128, "D", 1000), (256, "D", 300),
+               (64, "S", 2000), (256, "S", 300), ("crc", "D", 2500)],
+    "full": [(s, side, _GROUPS[s]) for s in (16, 64, 128, 256, 512, 1024) for side in ("D", "S")]
+    + [("crc", "D", 2500)],
+}[PRESET]  # fmt: skip
+ROUNDS = 1 if PRESET == "tiny" else 3
+NUMPY_GROUPS = {"tiny": 50, "medium": 200, "full": 200}[PRESET]
+MEM_GB = float(os.environ.get("FASTAL_BENCH_MEM_GB", "4"))
+G_CRC, L_CRC, D_CRC, POOL_CRC = 20, 500, 129, 50_000
+_TIMES: dict = {}
+_DATA: dict = {}
+PEERS = ("torch_eigvalsh", "torch_eigvalsh_f64", "numpy_loop")
+
+
+def case_shape(size, side: str, n_groups: int) -> dict:
+    if size == "crc":
+        return {"D": D_CRC, "m_lab": L_CRC, "G": G_CRC, "n": POOL_CRC + L_CRC}
+    if side == "D":
+        D, m_lab, G = size, 2 * size, 20
+    else:
+        G = min(20, size // 2)
+        D, m_lab = 2 * size, size - G
+    return {"D": D, "m_lab": m_lab, "G": G, "n": m_lab + n_groups * G}
+
+
+def case_data(size, side: str, n_groups: int):
+    """Z (float32), labeled, groups (disjoint, random) for the case; cached across impls."""
+    key = (size, side, n_groups)
+    if key not in _DATA:
+        _DATA.clear()
+        s = case_shape(size, side, n_groups)
+        rng = np.random.default_rng(0)
+        Z = rng.standard_normal((s["n"], s["D"]), dtype=np.float32)
+        perm = rng.permutation(s["n"])
+        lab = np.sort(perm[: s["m_lab"]])
+        groups = perm[s["m_lab"] : s["m_lab"] + n_groups * s["G"]].reshape(n_groups, s["G"])
+        _DATA[key] = (Z, lab.astype(np.int64), np.ascontiguousarray(groups, dtype=np.int64))
+    return _DATA[key]
+
+
+def default_rtol(m_lab: int, G: int, D: int) -> float:
+    return max(m_lab + G, D) * float(np.finfo(np.float64).eps)
+
+
+def torch_min_eig(Z, lab, groups, dtype, rtol: float):
+    """λ⁺_min per group with torch: shared block once, batched matmul + batched eigvalsh."""
+    import torch
+
+    Zt = torch.from_numpy(Z).to(dtype)
+    ZL = Zt[torch.from_numpy(lab)]
+    gi = torch.from_numpy(groups)
+    n_groups, G = groups.shape
+    D, m_lab = Z.shape[1], lab.size
+    s_side = m_lab + G <= D
+    size = m_lab + G if s_side else D
+    shared = ZL @ ZL.T if s_side else ZL.T @ ZL
+    itemsize = torch.finfo(dtype).bits // 8
+    chunk = max(1, int(MEM_GB * 2**30 / (4 * size * size * itemsize)))  # batch + temporaries
+    out = []
+    for c in range(0, n_groups, chunk):
+        Zg = Zt[gi[c : c + chunk]]  # (b, G, D)
+        b = Zg.shape[0]
+        if s_side:
+            KgL = Zg @ ZL.T  # (b, G, |L|)
+            K = torch.empty((b, size, size), dtype=dtype)
+            K[:, :m_lab, :m_lab] = shared
+            K[:, m_lab:, :m_lab] = KgL
+            K[:, :m_lab, m_lab:] = KgL.transpose(1, 2)
+            K[:, m_lab:, m_lab:] = Zg @ Zg.transpose(1, 2)
+        else:
+            K = torch.baddbmm(shared.expand(b, D, D), Zg.transpose(1, 2), Zg)
+        ev = torch.linalg.eigvalsh(K)  # ascending
+        thr = rtol * ev[:, -1:]
+        pos = torch.where(ev > thr, ev, torch.full_like(ev, float("inf"))).min(1).values
+        out.append(torch.where(torch.isinf(pos), torch.zeros_like(pos), pos))
+    return torch.cat(out)
+
+
+def numpy_min_eig(Z, lab, groups, rtol: float):
+    """The plain loop: per group, form the Gram matrix with numpy and call LAPACK's eigvalsh."""
+    ZL = Z[lab]
+    D, m_lab = Z.shape[1], lab.size
+    s_side = m_lab + groups.shape[1] <= D
+    shared = ZL @ ZL.T if s_side else ZL.T @ ZL
+    out = np.empty(groups.shape[0])
+    for k, g in enumerate(groups):
+        Zg = Z[g]
+        if s_side:
+            KgL = Zg @ ZL.T
+            K = np.block([[shared, KgL.T], [KgL, Zg @ Zg.T]])
+        else:
+            K = shared + Zg.T @ Zg
+        ev = np.linalg.eigvalsh(K)
+        pos = ev[ev > rtol * ev[-1]]
+        out[k] = pos[0] if pos.size else 0.0
+    return out
+
+
+def _id(c) -> str:
+    size, side, ng = c
+    return f"crc-n{POOL_CRC}-L{L_CRC}-G{G_CRC}-D{D_CRC}" if size == "crc" else f"size{size}-{side}-groups{ng}"
+
+
+@pytest.mark.parametrize("impl", [*PEERS, "fastal"])
+@pytest.mark.parametrize("size,side,n_groups", CASES, ids=[_id(c) for c in CASES])
+def test_gram_min_eig(benchmark, impl, size, side, n_groups):
+    import torch
+
+    key = (size, side, n_groups)
+    shape = case_shape(size, side, n_groups)
+    order = min(shape["m_lab"] + shape["G"], shape["D"])
+    benchmark.group = f"gram/cpu/{_id(key)}"
+    Z, lab, groups = case_data(size, side, n_groups)
+    rtol = default_rtol(shape["m_lab"], shape["G"], shape["D"])
+    timed_groups = n_groups
+    if impl == "fastal":
+
+        def run():
+            return fastal.gram_min_eig(Z, lab, groups)
+    elif impl.startswith("torch"):
+        dtype = torch.float64 if impl.endswith("f64") else torch.float32
+
+        def run():
+            return torch_min_eig(Z, lab, groups, dtype, rtol)
+    else:
+        timed_groups = min(n_groups, NUMPY_GROUPS)
+        sub = groups[:timed_groups]
+
+        def run():
+            return numpy_min_eig(Z, lab, sub, rtol)
+
+    result = benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    seconds = benchmark.stats.stats.min * n_groups / timed_groups  # the whole batch
+    _TIMES[(key, impl)] = seconds
+    benchmark.extra_info.update(
+        size=order, side="S" if shape["m_lab"] + shape["G"] <= shape["D"] else "D",
+        n_groups=n_groups, timed_groups=timed_groups, G=shape["G"], m_lab=shape["m_lab"],
+        D=shape["D"], dtype="float32", impl=impl, seconds=seconds,
+        us_per_group=1e6 * seconds / n_groups, threads=fastal._ext.cpu.num_threads(),
+        loadavg=os.getloadavg()[0],
+    )  # fmt: skip
+    if impl == "fastal":
+        lam = np.asarray(result)
+        assert lam.shape == (n_groups,) and (lam > 0).all()
+        # the fastal scores agree with the float64 torch ones measured above (same rule)
+        ref = _DATA.get(("ref", key))
+        if ref is not None:
+            np.testing.assert_allclose(lam, ref, rtol=1e-6)
+        for peer in PEERS:
+            if (key, peer) in _TIMES:
+                benchmark.extra_info[f"speedup_vs_{peer}"] = _TIMES[(key, peer)] / seconds
+    elif impl == "torch_eigvalsh_f64":
+        _DATA[("ref", key)] = result.numpy()

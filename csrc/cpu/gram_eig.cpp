@@ -1,0 +1,716 @@
+// Batched Gram eigenvalues (CRC, Kong et al. eq. 9 and Alg. 1) on the CPU.
+//
+// For every group g the Gram matrix of S = L ∪ g, K = Z_S Z_Sᵀ, is formed on its smaller side:
+//   |S| <= D: the |S| x |S| matrix [[K_LL, K_Lg], [K_gL, K_gg]], K_LL = Z_L Z_Lᵀ computed once per call;
+//   |S| >  D: the D x D matrix Z_Lᵀ Z_L + Z_gᵀ Z_g, Z_Lᵀ Z_L computed once per call.
+// Both have the same non-zero eigenvalues. The matrix is reduced to a symmetric tridiagonal T by
+// Householder reflections, and λ_max and λ⁺_min (the smallest eigenvalue above rtol * λ_max) are
+// found by Sturm-count (LDLᵀ inertia) multisection on T, O(n) per count; the whole spectrum, when
+// asked, by implicit QL on T. One matrix per thread, parallel over the groups.
+//
+// Everything is computed in float64, whatever the storage type of Z: the products of float32 values
+// are exact in float64, so a float32 Z gets eigenvalues as accurate as a float64 one.
+//
+// Tridiagonalisation (the O(n³) part, ~2/3 n³ multiply-adds): the lower triangle of the matrix is
+// kept row-major; step k's rank-2 update of the trailing block is fused with the symmetric
+// matrix-vector product that step k + 1 needs, so each step streams the trailing triangle once, two
+// rows at a time (the vector operands are loaded once for both rows).
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <atomic>
+#include <exception>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "common/check.h"
+#include "cpu/kernels.h"
+
+namespace fastal::cpu {
+
+namespace {
+
+constexpr double kEps = std::numeric_limits<double>::epsilon();  // 2^-52
+constexpr int kShifts = 8;  // Sturm counts evaluated side by side (the divisions pipeline)
+
+inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+// ---------------------------------------------------------------------------------------------
+// formation
+
+// Rows idx[0, m) of Z (n x D, storage T) as float64, m x D.
+template <typename T>
+void gather_rows(const T* Z, int64_t D, const int64_t* idx, int64_t m, double* out) {
+  for (int64_t r = 0; r < m; ++r) {
+    const T* z = Z + idx[r] * D;
+    double* o = out + r * D;
+    for (int64_t c = 0; c < D; ++c) o[c] = static_cast<double>(z[c]);
+  }
+}
+
+inline double dot64(const double* x, const double* y, int64_t len) {
+  int64_t c = 0;
+  double s = 0;
+#ifdef FASTAL_AVX2
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  for (; c + 8 <= len; c += 8) {
+    a0 = _mm256_fmadd_pd(_mm256_loadu_pd(x + c), _mm256_loadu_pd(y + c), a0);
+    a1 = _mm256_fmadd_pd(_mm256_loadu_pd(x + c + 4), _mm256_loadu_pd(y + c + 4), a1);
+  }
+  s = hsum(_mm256_add_pd(a0, a1));
+#endif
+  for (; c < len; ++c) s += x[c] * y[c];
+  return s;
+}
+
+// out[i * ldo + j] = x_i . y_j for 4 rows of X and 2 rows of Y (length len): 8 dot products with
+// 6 loads per 8 multiply-adds.
+inline void dots_4x2(const double* const x[4], const double* y0, const double* y1, int64_t len,
+                     double* out, int64_t ldo) {
+  int64_t c = 0;
+  double s[4][2] = {};
+#ifdef FASTAL_AVX2
+  __m256d acc[4][2];
+  for (auto& r : acc) r[0] = r[1] = _mm256_setzero_pd();
+  for (; c + 4 <= len; c += 4) {
+    const __m256d a = _mm256_loadu_pd(y0 + c), b = _mm256_loadu_pd(y1 + c);
+    for (int r = 0; r < 4; ++r) {
+      const __m256d xr = _mm256_loadu_pd(x[r] + c);
+      acc[r][0] = _mm256_fmadd_pd(xr, a, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_pd(xr, b, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < 4; ++r) s[r][0] = hsum(acc[r][0]), s[r][1] = hsum(acc[r][1]);
+#endif
+  for (; c < len; ++c)
+    for (int r = 0; r < 4; ++r) s[r][0] += x[r][c] * y0[c], s[r][1] += x[r][c] * y1[c];
+  for (int r = 0; r < 4; ++r) out[r * ldo] = s[r][0], out[r * ldo + 1] = s[r][1];
+}
+
+// out[i * ldo + j] = X_i . Y_j for i in [0, p), j in [0, q) (rows of length len, strides ldx, ldy).
+void cross_products(const double* X, int64_t ldx, int64_t p, const double* Y, int64_t ldy, int64_t q,
+                    int64_t len, double* out, int64_t ldo) {
+  int64_t i = 0;
+  for (; i + 4 <= p; i += 4) {
+    const double* x = X + i * ldx;
+    const double* rows[4] = {x, x + ldx, x + 2 * ldx, x + 3 * ldx};
+    int64_t j = 0;
+    for (; j + 2 <= q; j += 2)
+      dots_4x2(rows, Y + j * ldy, Y + (j + 1) * ldy, len, out + i * ldo + j, ldo);
+    for (; j < q; ++j)
+      for (int64_t r = 0; r < 4; ++r) out[(i + r) * ldo + j] = dot64(x + r * ldx, Y + j * ldy, len);
+  }
+  for (; i < p; ++i)
+    for (int64_t j = 0; j < q; ++j) out[i * ldo + j] = dot64(X + i * ldx, Y + j * ldy, len);
+}
+
+// Lower triangle of X Xᵀ (X: m rows of length len, stride ldx) into out (leading dimension ldo),
+// rows in parallel.
+void gram_lower_parallel(const double* X, int64_t ldx, int64_t m, int64_t len, double* out,
+                         int64_t ldo) {
+  const int64_t blocks = (m + 3) / 4;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t i0 = b * 4, i1 = std::min(m, i0 + 4);
+    // the rectangle left of the 4-row block, then the small triangle
+    cross_products(X + i0 * ldx, ldx, i1 - i0, X, ldx, i0, len, out + i0 * ldo, ldo);
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = i0; j <= i; ++j) out[i * ldo + j] = dot64(X + i * ldx, X + j * ldx, len);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Householder tridiagonalisation
+
+// The reflector H = I - beta v vᵀ with H x = alpha e_0 for x of length m >= 1 (v[0, m) written).
+// Returns alpha; beta = 0 (H = I) when x[1, m) is already zero.
+inline double householder(const double* x, int64_t m, double* v, double* beta) {
+  double scale = 0;
+  for (int64_t j = 1; j < m; ++j) scale = std::max(scale, std::abs(x[j]));
+  if (scale == 0) {
+    std::fill(v, v + m, 0.0);
+    *beta = 0;
+    return x[0];
+  }
+  scale = std::max(scale, std::abs(x[0]));
+  const double inv = 1 / scale;
+  double ss = 0;
+  for (int64_t j = 0; j < m; ++j) ss += (x[j] * inv) * (x[j] * inv);
+  const double norm = scale * std::sqrt(ss);
+  const double alpha = x[0] > 0 ? -norm : norm;
+  for (int64_t j = 1; j < m; ++j) v[j] = x[j];
+  v[0] = x[0] - alpha;
+  *beta = 1 / (alpha * (alpha - x[0]));  // 2 / vᵀv
+  return alpha;
+}
+
+// Per-thread buffers of the reduction of an n x n matrix.
+struct Workspace {
+  std::vector<double> a;                     // n x ld, lower triangle
+  std::vector<double> v, w, vn, pn, col, next;  // reflector vectors, columns
+  std::vector<double> d, e, e2, ql;          // tridiagonal, squares, QL scratch
+  int64_t ld = 0;
+  // rows 32 bytes aligned, and consecutive rows half a cache line apart from a power-of-two
+  // stride, so that the rows of the trailing block do not pile up in the same cache sets
+  explicit Workspace(int64_t n) : ld(round_up(std::max<int64_t>(n, 1), 8) + 4) {
+    a.assign(static_cast<size_t>(n * ld), 0.0);
+    for (auto* x : {&v, &w, &vn, &pn, &col, &next, &d, &e, &e2, &ql})
+      x->assign(static_cast<size_t>(n + 1), 0.0);
+  }
+};
+
+// Row i of the fused pass below for columns [j0, j1) and two rows r0, r1 (the second may be the
+// same row, then counted once by the caller): a -= v_i w + w_i v; s += a u; p += a u_i.
+template <bool kUpdate, int kRows>
+inline void pass_rows(double* const r[kRows], const double vi[kRows], const double wi[kRows],
+                      const double ui[kRows], const double* v, const double* w, const double* us,
+                      double* ps, int64_t j0, int64_t j1, double sum[kRows]) {
+  int64_t j = j0;
+#ifdef FASTAL_AVX2
+  __m256d acc[kRows], bv[kRows], bw[kRows], bu[kRows];
+  for (int k = 0; k < kRows; ++k) {
+    acc[k] = _mm256_setzero_pd();
+    bv[k] = _mm256_set1_pd(vi[k]);
+    bw[k] = _mm256_set1_pd(wi[k]);
+    bu[k] = _mm256_set1_pd(ui[k]);
+  }
+  for (; j + 4 <= j1; j += 4) {
+    const __m256d uj = _mm256_loadu_pd(us + j);
+    __m256d pj = _mm256_loadu_pd(ps + j);
+    __m256d wj, vj;
+    if constexpr (kUpdate) wj = _mm256_loadu_pd(w + j), vj = _mm256_loadu_pd(v + j);
+    for (int k = 0; k < kRows; ++k) {
+      __m256d a = _mm256_loadu_pd(r[k] + j);
+      if constexpr (kUpdate) {
+        a = _mm256_fnmadd_pd(bv[k], wj, a);
+        a = _mm256_fnmadd_pd(bw[k], vj, a);
+        _mm256_storeu_pd(r[k] + j, a);
+      }
+      acc[k] = _mm256_fmadd_pd(a, uj, acc[k]);
+      pj = _mm256_fmadd_pd(a, bu[k], pj);
+    }
+    _mm256_storeu_pd(ps + j, pj);
+  }
+  for (int k = 0; k < kRows; ++k) sum[k] += hsum(acc[k]);
+#endif
+  for (; j < j1; ++j) {
+    double pj = ps[j];
+    for (int k = 0; k < kRows; ++k) {
+      double a = r[k][j];
+      if constexpr (kUpdate) {
+        a -= vi[k] * w[j] + wi[k] * v[j];
+        r[k][j] = a;
+      }
+      sum[k] += a * us[j];
+      pj += a * ui[k];
+    }
+    ps[j] = pj;
+  }
+}
+
+// One pass over rows [1, m) of the trailing block B (leading dimension ld): B -= v wᵀ + w vᵀ on the
+// lower triangle without its first column (B' = B[1:, 1:] after the update), and p = B' u, where
+// u = vn has length m - 1; next[0, m - 1) receives the first column of B' on the way, so the next
+// step needs no strided read. Rows are taken two at a time so the vectors are loaded once for both.
+template <bool kUpdate>
+void update_and_symv(double* B, int64_t ld, int64_t m, const double* v, const double* w,
+                     const double* vn, double* pn, double* next) {
+  // shifted views: us[j] = u[j - 1], ps[j] = p[j - 1] for j in [1, m)
+  const double* us = vn - 1;
+  double* ps = pn - 1;
+  std::fill(pn, pn + (m - 1), 0.0);
+  int64_t i = 1;
+  for (; i + 3 < m; i += 4) {  // four rows: the square part, then the 4 x 4 corner triangle
+    double* r[4] = {B + i * ld, B + (i + 1) * ld, B + (i + 2) * ld, B + (i + 3) * ld};
+    double vi[4], wi[4], ui[4], sum[4] = {0, 0, 0, 0};
+    for (int k = 0; k < 4; ++k) vi[k] = v[i + k], wi[k] = w[i + k], ui[k] = us[i + k];
+    pass_rows<kUpdate, 4>(r, vi, wi, ui, v, w, us, ps, 1, i, sum);
+    for (int k = 0; k < 4; ++k) {
+      for (int c = 0; c < k; ++c) {  // below the diagonal of the corner: (i + k, i + c)
+        double a = r[k][i + c];
+        if constexpr (kUpdate) {
+          a -= vi[k] * wi[c] + wi[k] * vi[c];
+          r[k][i + c] = a;
+        }
+        sum[k] += a * ui[c];
+        ps[i + c] += a * ui[k];
+      }
+      double a = r[k][i + k];
+      if constexpr (kUpdate) {
+        a -= 2 * vi[k] * wi[k];
+        r[k][i + k] = a;
+      }
+      ps[i + k] += sum[k] + a * ui[k];
+      next[i + k - 1] = r[k][1];
+    }
+  }
+  for (; i + 1 < m; i += 2) {  if (i < m) {  // the last row when m - 1 is odd
+    double* r[1] = {B + i * ld};
+    const double vi[1] = {v[i]}, wi[1] = {w[i]}, ui[1] = {us[i]};
+    double sum[1] = {0};
+    pass_rows<kUpdate, 1>(r, vi, wi, ui, v, w, us, ps, 1, i, sum);
+    double a00 = r[0][i];
+    if constexpr (kUpdate) {
+      a00 -= 2 * vi[0] * wi[0];
+      r[0][i] = a00;
+    }
+    ps[i] += sum[0] + a00 * ui[0];
+    next[i - 1] = r[0][1];
+  }
+}
+
+// Reduces the symmetric n x n matrix whose lower triangle is in ws.a to T = Qᵀ A Q (Q not kept):
+// diagonal ws.d[0, n), off-diagonal ws.e[0, n - 1). ws.a is overwritten.
+void tridiagonalize(Workspace& ws, int64_t n) {
+  const int64_t ld = ws.ld;
+  double* d = ws.d.data();
+  double* e = ws.e.data();
+  double* v = ws.v.data();
+  double* w = ws.w.data();
+  double* vn = ws.vn.data();
+  double* pn = ws.pn.data();
+  double* col = ws.col.data();
+  double* next = ws.next.data();
+  // Trailing block B = A[k:, k:] of size m = n - k with a pending update B -= v wᵀ + w vᵀ
+  // (v = w = 0 at the start).
+  std::fill(v, v + n, 0.0);
+  std::fill(w, w + n, 0.0);
+  bool pending = false;
+  for (int64_t k = 0;; ++k) {
+    const int64_t m = n - k;
+    double* B = ws.a.data() + k * ld + k;
+    if (m <= 2) {
+      const double b00 = B[0] - 2 * v[0] * w[0];
+      d[k] = b00;
+      if (m == 2) {
+        e[k] = B[ld] - (v[1] * w[0] + w[1] * v[0]);
+        d[k + 1] = B[ld + 1] - 2 * v[1] * w[1];
+      }
+      return;
+    }
+    // the first column of the updated B (from memory at the first step, then from the previous
+    // pass), then the reflector that annihilates col[2, m)
+    if (k == 0)
+      for (int64_t i = 0; i < m; ++i) col[i] = B[i * ld];
+    else
+      for (int64_t i = 0; i < m; ++i) col[i] = next[i] - (v[i] * w[0] + w[i] * v[0]);
+    d[k] = col[0];
+    double beta;
+    e[k] = householder(col + 1, m - 1, vn, &beta);
+    // update B (rows and columns >= 1) and p = B[1:, 1:] vn in one pass
+    if (pending)
+      update_and_symv<true>(B, ld, m, v, w, vn, pn, next);
+    else
+      update_and_symv<false>(B, ld, m, v, w, vn, pn, next);
+    // w = beta p - (beta² / 2) (pᵀ vn) vn, so that H B' H = B' - vn wᵀ - w vnᵀ
+    const int64_t mn = m - 1;
+    const double half = 0.5 * beta * beta * dot64(pn, vn, mn);
+    for (int64_t j = 0; j < mn; ++j) {
+      v[j] = vn[j];
+      w[j] = beta * pn[j] - half * vn[j];
+    }
+    pending = beta != 0;
+    if (!pending) std::fill(w, w + mn, 0.0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// eigenvalues of the tridiagonal (d, e), scaled so that max |entry| is in [0.5, 1)
+
+// cnt[s] = number of eigenvalues below x[s], by the LDLᵀ pivots of T - x[s] I (Sturm sequence);
+// a zero pivot is replaced by -pivmin. The kShifts recurrences run side by side.
+inline void count_below(const double* d, const double* e2, int64_t n, const double* x,
+                        double pivmin, double* cnt) {
+#ifdef FASTAL_AVX2
+  static_assert(kShifts == 8, "two AVX2 vectors of shifts");
+  const __m256d x0 = _mm256_loadu_pd(x), x1 = _mm256_loadu_pd(x + 4);
+  const __m256d pm = _mm256_set1_pd(pivmin), npm = _mm256_set1_pd(-pivmin);
+  const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL));
+  const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
+  __m256d q0 = _mm256_setzero_pd(), q1 = _mm256_setzero_pd();
+  __m256d c0 = zero, c1 = zero;
+  for (int64_t i = 0; i < n; ++i) {
+    const __m256d di = _mm256_set1_pd(d[i]);
+    __m256d t0 = _mm256_sub_pd(di, x0), t1 = _mm256_sub_pd(di, x1);
+    if (i > 0) {
+      const __m256d ei = _mm256_set1_pd(e2[i - 1]);
+      t0 = _mm256_sub_pd(t0, _mm256_div_pd(ei, q0));
+      t1 = _mm256_sub_pd(t1, _mm256_div_pd(ei, q1));
+    }
+    // |t| < pivmin -> -pivmin
+    t0 = _mm256_blendv_pd(t0, npm, _mm256_cmp_pd(_mm256_and_pd(t0, absmask), pm, _CMP_LT_OQ));
+    t1 = _mm256_blendv_pd(t1, npm, _mm256_cmp_pd(_mm256_and_pd(t1, absmask), pm, _CMP_LT_OQ));
+    q0 = t0;
+    q1 = t1;
+    c0 = _mm256_add_pd(c0, _mm256_and_pd(_mm256_cmp_pd(t0, zero, _CMP_LT_OQ), one));
+    c1 = _mm256_add_pd(c1, _mm256_and_pd(_mm256_cmp_pd(t1, zero, _CMP_LT_OQ), one));
+  }
+  _mm256_storeu_pd(cnt, c0);
+  _mm256_storeu_pd(cnt + 4, c1);
+#else
+  double q[kShifts];
+  for (int s = 0; s < kShifts; ++s) cnt[s] = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int s = 0; s < kShifts; ++s) {
+      double t = d[i] - x[s];
+      if (i > 0) t -= e2[i - 1] / q[s];
+      t = std::abs(t) < pivmin ? -pivmin : t;
+      q[s] = t;
+      cnt[s] += t < 0 ? 1.0 : 0.0;
+    }
+  }
+#endif
+}
+
+// The k-th smallest eigenvalue (0-based) given count(lo) <= k < count(hi), by multisection until
+// the bracket is narrower than max(abstol, 2 eps |hi|); *lo and *hi return the final bracket.
+double kth_eigenvalue(const double* d, const double* e2, int64_t n, int64_t k, double* lo,
+                      double* hi, double abstol, double pivmin) {
+  double x[kShifts], cnt[kShifts];
+  const double kk = static_cast<double>(k);
+  for (int iter = 0; iter < 64; ++iter) {
+    const double width = *hi - *lo;
+    if (!(width > std::max(abstol, 2 * kEps * std::max(std::abs(*lo), std::abs(*hi))))) break;
+    for (int s = 0; s < kShifts; ++s) x[s] = *lo + width * (s + 1) / (kShifts + 1);
+    count_below(d, e2, n, x, pivmin, cnt);
+    int s = 0;
+    while (s < kShifts && cnt[s] <= kk) ++s;
+    if (s > 0) *lo = x[s - 1];
+    if (s < kShifts) *hi = x[s];
+  }
+  return 0.5 * (*lo + *hi);
+}
+
+// One LDLᵀ pass over T - x I: the number of negative pivots (eigenvalues below x) and the first
+// two derivatives of log|det(T - x I)|, G = Σ_j 1 / (x - λ_j) and H = Σ_j 1 / (x - λ_j)², from the
+// recurrences of the pivots q_i and their derivatives (r_i = q_i' / q_i, h_i = q_i'' / q_i).
+struct Pivots {
+  int64_t count;
+  double G, H;
+};
+inline Pivots ldl_pass(const double* d, const double* e2, int64_t n, double x, double pivmin) {
+  double q = d[0] - x;
+  q = std::abs(q) < pivmin ? -pivmin : q;
+  double inv = 1 / q, r = -inv, h = 0;  // q_0' = -1, q_0'' = 0
+  double G = r, H = r * r;
+  int64_t count = q < 0;
+  for (int64_t i = 1; i < n; ++i) {
+    const double g = e2[i - 1] * inv;  // e²_{i-1} / q_{i-1}
+    q = (d[i] - x) - g;
+    q = std::abs(q) < pivmin ? -pivmin : q;
+    const double inv_i = 1 / q;
+    const double r_i = (g * r - 1) * inv_i;
+    const double h_i = g * inv_i * (h - 2 * r * r);
+    inv = inv_i, r = r_i, h = h_i;
+    G += r;
+    H += r * r - h;
+    count += q < 0;
+  }
+  return {count, G, H};
+}
+
+// Laguerre's step for a polynomial of degree m with real roots, from x towards the nearest root on
+// the right (right = true) or the left: a positive distance, or NaN / inf when it breaks down.
+// Written so that nothing cancels: (sq - G) = m ((m - 1) H - G²) / (sq + G) when G > 0, etc.
+inline double laguerre_step(double m, double G, double H, bool right) {
+  const double disc = std::max((m - 1) * (m * H - G * G), 0.0);
+  const double sq = std::sqrt(disc);
+  const double g = right ? G : -G;  // moving left is moving right on the mirrored polynomial
+  if (g > 0) return (sq + g) / ((m - 1) * H - G * G);
+  return m / (sq - g);
+}
+
+// The k-th smallest eigenvalue (0-based) from the bracket count(lo) <= k < count(hi) by Laguerre's
+// iteration, which converges monotonically (cubically near a simple root) towards the nearest root
+// on its side for a polynomial with real roots: from lo moving right (from_left) or from hi moving
+// left. `deflate` roots known to sit near 0 (below lo) are divided out of G, H and the degree.
+// Each iterate is checked by its Sturm count; any breakdown finishes by multisection. first, when
+// given, is the pass at the starting point.
+double laguerre_eigenvalue(const double* d, const double* e2, int64_t n, int64_t k, double lo,
+                           double hi, bool from_left, int64_t deflate, double abstol, double pivmin,
+                           const Pivots* first = nullptr) {
+  double x = from_left ? lo : hi;
+  for (int iter = 0; iter < 40; ++iter) {
+    const Pivots p = iter == 0 && first ? *first : ldl_pass(d, e2, n, x, pivmin);
+    if (p.count <= k)
+      lo = std::max(lo, x);
+    else
+      hi = std::min(hi, x);
+    if (from_left ? p.count > k : p.count <= k) break;  // rounding carried x past the root
+    const double tol = 2 * kEps * std::abs(x) + abstol;
+    if (hi - lo <= tol) return 0.5 * (lo + hi);
+    double G = p.G, H = p.H;
+    if (deflate > 0) {
+      G -= deflate / x;
+      H -= deflate / (x * x);
+    }
+    const double step = laguerre_step(static_cast<double>(n - deflate), G, H, from_left);
+    if (!(step > 0) || !std::isfinite(step)) break;
+    if (step <= tol) return from_left ? x + step : x - step;
+    const double next = from_left ? x + step : x - step;
+    if (!(next > lo && next < hi)) break;
+    x = next;
+  }
+  return kth_eigenvalue(d, e2, n, k, &lo, &hi, abstol, pivmin);
+}
+
+// All eigenvalues of (d, e) by implicit QL with Wilkinson shifts (e is destroyed; e[n - 1] is
+// scratch), ascending in d.
+void ql_eigenvalues(double* d, double* e, int64_t n) {
+  if (n == 0) return;
+  const double tiny = std::numeric_limits<double>::min();
+  e[n - 1] = 0;
+  for (int64_t l = 0; l < n; ++l) {
+    for (int iter = 0; iter < 64; ++iter) {
+      int64_t m = l;  // the first negligible e[m] at or after l closes the block [l, m]
+      for (; m < n - 1; ++m)
+        if (std::abs(e[m]) <= kEps * (std::abs(d[m]) + std::abs(d[m + 1])) + tiny) break;
+      if (m == l) break;  // d[l] has converged
+      // Wilkinson-type shift from the leading 2 x 2 of the block, applied as the implicit shift
+      double g = (d[l + 1] - d[l]) / (2 * e[l]);
+      double r = std::sqrt(g * g + 1);
+      g = d[m] - d[l] + e[l] / (g + (g >= 0 ? r : -r));
+      double s = 1, c = 1, p = 0;
+      int64_t i = m - 1;
+      bool deflated = false;
+      for (; i >= l; --i) {  // chase the bulge from the bottom of the block up with rotations
+        const double f = s * e[i], b = c * e[i];
+        r = std::sqrt(f * f + g * g);
+        e[i + 1] = r;
+        if (r == 0) {  // underflow: the block splits at i + 1
+          d[i + 1] -= p;
+          e[m] = 0;
+          deflated = true;
+          break;
+        }
+        s = f / r;
+        c = g / r;
+        g = d[i + 1] - p;
+        r = (d[i] - g) * s + 2 * c * b;
+        p = s * r;
+        d[i + 1] = g + p;
+        g = c * r - b;
+      }
+      if (deflated) continue;
+      d[l] -= p;
+      e[l] = g;
+      e[m] = 0;
+    }
+  }
+  std::sort(d, d + n);
+}
+
+// λ⁺_min of the tridiagonal in ws (size n), and the spectrum (ascending) into spectrum if given.
+double solve_tridiagonal(Workspace& ws, int64_t n, double rtol, double* spectrum) {
+  double* d = ws.d.data();
+  double* e = ws.e.data();
+  double* e2 = ws.e2.data();
+  double big = 0;
+  for (int64_t i = 0; i < n; ++i) big = std::max(big, std::abs(d[i]));
+  for (int64_t i = 0; i + 1 < n; ++i) big = std::max(big, std::abs(e[i]));
+  if (!(big > 0)) {  // the zero matrix: no positive eigenvalue
+    if (spectrum) std::fill(spectrum, spectrum + n, 0.0);
+    return 0.0;
+  }
+  // scale by a power of two (exact) so that the squares below can neither overflow nor underflow
+  int exponent;
+  std::frexp(big, &exponent);
+  const double scale = std::ldexp(1.0, -exponent), unscale = std::ldexp(1.0, exponent);
+  double glo = std::numeric_limits<double>::infinity(), ghi = -glo;  // Gershgorin interval
+  for (int64_t i = 0; i < n; ++i) {
+    d[i] *= scale;
+    if (i + 1 < n) {
+      e[i] *= scale;
+      e2[i] = e[i] * e[i];
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const double radius = (i > 0 ? std::abs(e[i - 1]) : 0.0) + (i + 1 < n ? std::abs(e[i]) : 0.0);
+    glo = std::min(glo, d[i] - radius);
+    ghi = std::max(ghi, d[i] + radius);
+  }
+  const double pivmin = std::numeric_limits<double>::min();
+  const double pad = 4 * kEps * std::max(std::abs(glo), std::abs(ghi)) + 4 * pivmin * n;
+  glo -= pad;
+  ghi += pad;
+
+  if (spectrum) {
+    std::copy(d, d + n, spectrum);
+    std::copy(e, e + n - 1, ws.ql.data());
+    ql_eigenvalues(spectrum, ws.ql.data(), n);
+    for (int64_t i = 0; i < n; ++i) spectrum[i] = std::max(spectrum[i], 0.0) * unscale;
+  }
+
+  // λ_max by Laguerre from the Gershgorin bound (above every eigenvalue, so it moves left
+  // monotonically), to full relative precision
+  const double lmax = laguerre_eigenvalue(d, e2, n, n - 1, glo, ghi, false, 0, 0.0, pivmin);
+  if (!(lmax > 0)) return 0.0;
+  // the zero threshold and the number of eigenvalues below it
+  const double thr = rtol * lmax;
+  const Pivots at_thr = ldl_pass(d, e2, n, thr, pivmin);
+  const int64_t zeros = at_thr.count;
+  if (zeros >= n) return 0.0;
+  const double abstol = 0.5 * kEps * lmax;  // the accuracy of the tridiagonal itself
+  double lo = thr, hi = ghi;
+  double lmin;
+  if (zeros == 0) {
+    // every eigenvalue is to the right of thr: Laguerre converges from there directly
+    lmin = laguerre_eigenvalue(d, e2, n, 0, lo, hi, true, 0, abstol, pivmin, &at_thr);
+  } else {
+    // a cluster of (numerically) zero eigenvalues just left of thr slows Laguerre down: first
+    // move lo off thr by multisection, then divide the cluster out (as roots at 0)
+    double x[kShifts], cnt[kShifts];
+    const double kk = static_cast<double>(zeros);
+    while (lo <= thr && hi - lo > abstol + 2 * kEps * hi) {
+      for (int s = 0; s < kShifts; ++s) x[s] = lo + (hi - lo) * (s + 1) / (kShifts + 1);
+      count_below(d, e2, n, x, pivmin, cnt);
+      int s = 0;
+      while (s < kShifts && cnt[s] <= kk) ++s;
+      if (s > 0) lo = x[s - 1];
+      if (s < kShifts) hi = x[s];
+    }
+    lmin = laguerre_eigenvalue(d, e2, n, zeros, lo, hi, true, lo > 0 ? zeros : 0, abstol, pivmin);
+  }
+  return lmin * unscale;
+}
+
+// The lower triangle of group g's matrix into ws.a: on the S side [[K_LL, .], [K_gL, K_gg]] with
+// K_LL copied from `shared` (leading dimension size), else Z_Lᵀ Z_L (shared) + Z_gᵀ Z_g.
+template <typename T>
+void form_matrix(const T* Z, int64_t D, const int64_t* group, int64_t G, int64_t mL, bool s_side,
+                 const double* ZL, const double* shared, int64_t size, double* Zg, Workspace& ws) {
+  gather_rows(Z, D, group, G, Zg);
+  double* A = ws.a.data();
+  const int64_t ld = ws.ld;
+  if (s_side) {
+    for (int64_t i = 0; i < mL; ++i)
+      std::memcpy(A + i * ld, shared + i * size, sizeof(double) * static_cast<size_t>(i + 1));
+    // rows mL + a: against L, then the group's own triangle
+    cross_products(Zg, D, G, ZL, D, mL, D, A + mL * ld, ld);
+    for (int64_t a = 0; a < G; ++a)
+      for (int64_t b = 0; b <= a; ++b) A[(mL + a) * ld + mL + b] = dot64(Zg + a * D, Zg + b * D, D);
+    return;
+  }
+  // row i: (Z_Lᵀ Z_L)[i, :i] + Σ_a Zg[a, i] Zg[a, :i], four group rows at a time
+  for (int64_t i = 0; i < D; ++i) {
+    double* row = A + i * ld;
+    std::memcpy(row, shared + i * D, sizeof(double) * static_cast<size_t>(i + 1));
+    int64_t a = 0;
+    for (; a + 4 <= G; a += 4) {
+      const double* z0 = Zg + a * D;
+      const double *z1 = z0 + D, *z2 = z1 + D, *z3 = z2 + D;
+      const double c0 = z0[i], c1 = z1[i], c2 = z2[i], c3 = z3[i];
+#pragma omp simd
+      for (int64_t j = 0; j <= i; ++j) row[j] += c0 * z0[j] + c1 * z1[j] + c2 * z2[j] + c3 * z3[j];
+    }
+    for (; a < G; ++a) {
+      const double* z0 = Zg + a * D;
+      const double c0 = z0[i];
+#pragma omp simd
+      for (int64_t j = 0; j <= i; ++j) row[j] += c0 * z0[j];
+    }
+  }
+}
+
+void check_gram_indices(int64_t n, const int64_t* labeled, int64_t n_labeled, const int64_t* groups,
+                        int64_t n_groups, int64_t G) {
+  std::vector<char> in_labeled(static_cast<size_t>(n), 0);
+  for (int64_t j = 0; j < n_labeled; ++j) {
+    const int64_t r = labeled[j];
+    FASTAL_REQUIRE(r >= 0 && r < n, "labeled[", j, "] = ", r, " is out of range for Z with ", n,
+                   " rows");
+    FASTAL_REQUIRE(!in_labeled[r], "labeled has duplicate indices: ", r, " appears twice");
+    in_labeled[r] = 1;
+  }
+  std::vector<int64_t> sorted(static_cast<size_t>(G));
+  for (int64_t g = 0; g < n_groups; ++g) {
+    const int64_t* row = groups + g * G;
+    for (int64_t a = 0; a < G; ++a) {
+      const int64_t r = row[a];
+      FASTAL_REQUIRE(r >= 0 && r < n, "groups[", g, ", ", a, "] = ", r,
+                     " is out of range for Z with ", n, " rows");
+      FASTAL_REQUIRE(!in_labeled[r], "groups[", g, ", ", a, "] = ", r,
+                     " is in labeled: a group must not overlap the labeled set");
+    }
+    std::copy(row, row + G, sorted.begin());
+    std::sort(sorted.begin(), sorted.end());
+    for (int64_t a = 1; a < G; ++a)
+      FASTAL_REQUIRE(sorted[a] != sorted[a - 1], "groups[", g, "] holds index ", sorted[a],
+                     " twice: indices within a group must be distinct");
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+void gram_min_eig(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t n_labeled,
+                  const int64_t* groups, int64_t n_groups, int64_t G, double rtol, double* min_eig,
+                  double* spectra) {
+  check_gram_indices(n, labeled, n_labeled, groups, n_groups, G);
+  if (n_groups == 0) return;
+  const int64_t mL = n_labeled;
+  const bool s_side = mL + G <= D;  // form Z_S Z_Sᵀ (|S| x |S|), else Z_Sᵀ Z_S (D x D)
+  const int64_t size = s_side ? mL + G : D;
+
+  // the shared part, once: K_LL (mL x mL) or Z_Lᵀ Z_L (D x D), lower triangle, leading dim `size`
+  std::vector<double> ZL(static_cast<size_t>(mL * D));
+  gather_rows(Z, D, labeled, mL, ZL.data());
+  std::vector<double> shared;
+  if (s_side) {
+    shared.assign(static_cast<size_t>(mL * size), 0.0);
+    gram_lower_parallel(ZL.data(), D, mL, D, shared.data(), size);
+  } else {
+    shared.assign(static_cast<size_t>(D * D), 0.0);
+    if (mL > 0) {
+      std::vector<double> ZLt(static_cast<size_t>(D * mL));
+      for (int64_t r = 0; r < mL; ++r)
+        for (int64_t c = 0; c < D; ++c) ZLt[c * mL + r] = ZL[r * D + c];
+      gram_lower_parallel(ZLt.data(), mL, D, mL, shared.data(), D);
+    }
+  }
+
+  // one matrix per thread; an exception (bad_alloc) is carried back to the caller
+  std::exception_ptr error = nullptr;
+  std::atomic<bool> failed{false};
+  auto record = [&] {
+#pragma omp critical(fastal_gram_error)
+    if (!error) error = std::current_exception();
+    failed = true;
+  };
+#pragma omp parallel
+  {
+    std::unique_ptr<Workspace> ws;
+    std::vector<double> Zg;
+    try {
+      ws = std::make_unique<Workspace>(size);
+      Zg.resize(static_cast<size_t>(G * D));
+    } catch (...) {
+      record();
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t g = 0; g < n_groups; ++g) {
+      if (failed) continue;
+      try {
+        form_matrix(Z, D, groups + g * G, G, mL, s_side, ZL.data(), shared.data(), size, Zg.data(),
+                    *ws);
+        tridiagonalize(*ws, size);
+        min_eig[g] = solve_tridiagonal(*ws, size, rtol, spectra ? spectra + g * size : nullptr);
+      } catch (...) {
+        record();
+      }
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+template void gram_min_eig<float>(const float*, int64_t, int64_t, const int64_t*, int64_t,
+                                  const int64_t*, int64_t, int64_t, double, double*, double*);
+template void gram_min_eig<double>(const double*, int64_t, int64_t, const int64_t*, int64_t,
+                                   const int64_t*, int64_t, int64_t, double, double*, double*);
+
+}  // namespace fastal::cpu

@@ -1,0 +1,42 @@
+"""Atomic file writes: a temporary file in the target's folder, fsync, then ``os.replace``.
+
+A reader (or a run resumed after a crash) sees either the old file or the new one, never a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(f)`` on a temporary binary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    # like tempfile.mkstemp, but with the permissions an ordinary open() gives (0o666 & ~umask)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` (.npy, no pickles) atomically."""
+    write_atomic(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` to ``path`` (.npz, no pickles) atomically."""
+    write_atomic(path, lambda f: np.savez(f, **arrays))

@@ -1,0 +1,579 @@
+"""The active-learning loop: train → evaluate → select → label, round after round, resumable.
+
+:func:`run` holds the pool's labels as a hidden oracle and reveals a label only when its row is
+selected. Each round trains a fresh model (from ``model_fn``) on the labeled rows, evaluates it on
+the test set, asks the strategy for the next batch through :func:`fastal.torch.select`, and labels
+it. The labeled set (and the table so far) is saved atomically after every round, so ``resume=``
+continues a stopped run with the same labels it would have chosen without the stop.
+
+Randomness is derived from the run seed only: the initial labeled set from ``SeedSequence([seed])``,
+and in round ``r`` the model initialisation, the training and the strategy from
+``SeedSequence([seed, r])``. Rerunning a round therefore repeats it exactly (on the same machine
+and device: torch kernels may differ across them).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import numbers
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._io import save_npz_atomic, write_atomic
+
+_STATE_VERSION = 1
+
+
+def auc(n_labeled: Sequence[float], values: Sequence[float]) -> float:
+    """Area under a learning curve, normalised by the label range.
+
+    ``AUC = 1 / (n_K - n_0) · Σ_k (n_{k+1} - n_k) (v_k + v_{k+1}) / 2``: the trapezoid rule over the
+    label counts divided by their range, i.e. the mean metric over the labeling budget (an
+    accuracy AUC lies in [0, 1]), the "AUC ± std" of learning curves that Shen et al. report in
+    accuracy units (Sparse Approximation, Tables 1–2). A single point gives its value.
+
+    Examples
+    --------
+    >>> from fastal.loop import auc
+    >>> auc([10, 20, 40], [0.5, 0.7, 0.8])   # (10 * 0.6 + 20 * 0.75) / 30
+    0.7
+    """
+    x = np.asarray(n_labeled, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+        raise ValueError(
+            f"n_labeled and values must be 1-D of the same non-zero length, got {x.shape} and {y.shape}"
+        )
+    if x.size == 1:
+        return float(y[0])
+    if np.any(np.diff(x) < 0) or x[-1] == x[0]:
+        raise ValueError("n_labeled must be non-decreasing and span a non-empty range")
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
+
+
+@dataclass
+class RunResult:
+    """The learning curve of one run.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One per evaluation: ``round``, ``n_labeled``, the metric (``accuracy`` or ``mse``),
+        ``train_seconds``, ``select_seconds`` (the selection that followed, 0 after the last).
+    metric : str
+        ``"accuracy"`` (classification) or ``"mse"`` (regression), on the test set.
+    labeled : ndarray
+        Every labeled pool index, in labeling order (the initial set first).
+    strategy : str
+    seed : int
+    """
+
+    rows: list[dict]
+    metric: str
+    labeled: np.ndarray
+    strategy: str = ""
+    seed: int = 0
+    added: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+    @property
+    def n_labeled(self) -> np.ndarray:
+        return np.array([r["n_labeled"] for r in self.rows], dtype=np.int64)
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.array([r[self.metric] for r in self.rows], dtype=np.float64)
+
+    @property
+    def auc(self) -> float:
+        """:func:`auc` of the metric over the label counts."""
+        return auc(self.n_labeled, self.values)
+
+    def to_csv(self, path: str | os.PathLike | None = None) -> str:
+        """The rows as CSV text (``strategy, seed, round, n_labeled, <metric>, train_seconds,
+        select_seconds``); written atomically to ``path`` when given."""
+        buf = io.StringIO()
+        cols = ["round", "n_labeled", self.metric, "train_seconds", "select_seconds"]
+        buf.write(",".join(["strategy", "seed", *cols]) + "\n")
+        for r in self.rows:
+            buf.write(",".join([self.strategy, str(self.seed), *(_fmt(r[c]) for c in cols)]) + "\n")
+        text = buf.getvalue()
+        if path is not None:
+            write_atomic(path, lambda f: f.write(text.encode()))
+        return text
+
+
+def _fmt(v: Any) -> str:
+    return str(int(v)) if isinstance(v, (numbers.Integral, np.integer)) else repr(float(v))
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+class _Data:
+    """A pool or test set with its labels: ``(X, y)`` arrays/tensors or a Dataset of ``(x, y)``."""
+
+    def __init__(self, data: Any, name: str, task: str) -> None:
+        import torch
+        from torch.utils.data import Dataset
+
+        self.task = task
+        if isinstance(data, (tuple, list)) and len(data) == 2:
+            X, y = data
+            self.X = _as_tensor(X, f"{name}[0]", floating=True)
+            self.y = _as_tensor(y, f"{name}[1]", floating=task == "regression")
+            if self.X.shape[0] != self.y.shape[0]:
+                raise ValueError(
+                    f"{name} inputs have {self.X.shape[0]} rows but labels {self.y.shape[0]}"
+                )
+            if task == "classification" and self.y.ndim != 1:
+                raise ValueError(
+                    f"{name} labels must be 1-D class indices, got shape {tuple(self.y.shape)}"
+                )
+            if task == "classification":
+                self.y = self.y.to(torch.int64)
+            self.dataset = None
+            self.n = int(self.X.shape[0])
+        elif isinstance(data, Dataset) and hasattr(data, "__len__"):
+            self.dataset, self.X, self.y = data, None, None
+            self.n = len(data)
+        else:
+            raise TypeError(
+                f"{name} must be an (inputs, labels) pair or a map-style Dataset of (x, y), got {type(data).__name__}"
+            )
+        if self.n == 0:
+            raise ValueError(f"{name} is empty")
+
+    @property
+    def inputs(self) -> Any:
+        """What the adapter runs the model over."""
+        return self.X if self.dataset is None else self.dataset
+
+    def labels(self, idx: np.ndarray) -> Any:
+        """The oracle: labels of the rows ``idx`` (a torch tensor)."""
+        import torch
+
+        if self.dataset is None:
+            return self.y[torch.from_numpy(idx)]
+        ys = [torch.as_tensor(self.dataset[int(i)][1]) for i in idx]
+        y = torch.stack(ys) if ys else torch.empty(0)
+        return (
+            y.to(torch.int64) if self.task == "classification" else y.to(torch.get_default_dtype())
+        )
+
+    def subset(self, idx: np.ndarray) -> Any:
+        """The rows ``idx`` with their labels, as a Dataset of ``(x, y)``."""
+        import torch
+        from torch.utils.data import Subset, TensorDataset
+
+        if self.dataset is None:
+            t = torch.from_numpy(idx)
+            return TensorDataset(self.X[t], self.y[t])
+        return Subset(self.dataset, idx.tolist())
+
+
+def _as_tensor(a: Any, name: str, *, floating: bool) -> Any:
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+    elif isinstance(a, np.ndarray):
+        arr = np.ascontiguousarray(a)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    else:
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(a).__name__}")
+    numpy_double = t.dtype == torch.float64 and isinstance(a, np.ndarray)
+    if floating and (not t.is_floating_point() or numpy_double):
+        t = t.to(torch.get_default_dtype())
+    if t.ndim == 0:
+        raise ValueError(f"{name} must have a row dimension")
+    return t
+
+
+def _tensors(dataset: Any) -> tuple[Any, Any]:
+    """A Dataset of (x, y) stacked into two tensors (labeled sets are small)."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        return dataset.tensors
+    xs, ys = [], []
+    for x, y in DataLoader(dataset, batch_size=256, shuffle=False):
+        xs.append(x)
+        ys.append(torch.as_tensor(y))
+    return torch.cat(xs), torch.cat(ys)
+
+
+# ---------------------------------------------------------------------------------------------
+# training and evaluation
+
+
+def fit(
+    model: Any,
+    dataset: Any,
+    *,
+    task: str = "classification",
+    seed: int = 0,
+    device: Any = "cpu",
+    max_steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    val_fraction: float = 0.2,
+    min_val: int = 10,
+    eval_every: int = 10,
+    patience: int = 10,
+) -> Any:
+    """The default training function: Adam on cross-entropy (or MSE), early stopping.
+
+    ``val_fraction`` of the labeled rows (when there are at least ``min_val / val_fraction`` of
+    them, so that the held-out part has ``min_val`` rows) is held out; every ``eval_every`` steps
+    the held-out loss is measured, the best weights are kept, and training stops after ``patience``
+    evaluations without improvement or ``max_steps`` steps, then the best weights are restored.
+    Minibatches of ``batch_size`` are drawn in epochs of a seeded permutation. The model is left
+    in eval mode. Tune with ``functools.partial(fit, max_steps=..., lr=...)``.
+
+    Parameters
+    ----------
+    model : nn.Module
+    dataset : Dataset of (x, y)
+        The labeled rows (stacked into tensors: active-learning labeled sets are small).
+    task : {"classification", "regression"}
+    seed : int
+        Seeds the split, the batches and dropout (the global torch RNG is restored afterwards).
+    device : default "cpu"
+
+    Returns
+    -------
+    The trained model.
+    """
+    import copy
+
+    import torch
+
+    X, y = _tensors(dataset)
+    n = X.shape[0]
+    if n == 0:
+        raise ValueError("cannot train on an empty labeled set")
+    model.to(device)
+    dev = torch.device(device)
+    devices = (
+        [dev.index if dev.index is not None else torch.cuda.current_device()]
+        if dev.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(n, generator=g)
+        n_val = round(val_fraction * n) if val_fraction > 0 and val_fraction * n >= min_val else 0
+        val, train = perm[:n_val], perm[n_val:]
+        Xt, yt = X[train].to(dev), y[train].to(dev)
+        Xv, yv = X[val].to(dev), y[val].to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        best, best_state, bad = float("inf"), None, 0
+        order, pos = torch.randperm(len(train), generator=g), 0
+        bs = min(batch_size, len(train))
+        for step in range(max_steps):
+            if pos + bs > len(train):
+                order, pos = torch.randperm(len(train), generator=g), 0
+            idx = order[pos : pos + bs].to(dev)
+            pos += bs
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            loss = _loss(model(Xt[idx]), yt[idx], task)
+            loss.backward()
+            opt.step()
+            if n_val and ((step + 1) % eval_every == 0 or step + 1 == max_steps):
+                model.eval()
+                with torch.no_grad():
+                    v = float(_loss(model(Xv), yv, task))
+                if v < best:
+                    best, bad = v, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    bad += 1
+                    if bad >= patience:
+                        break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+    model.eval()
+    return model
+
+
+def _loss(out: Any, y: Any, task: str) -> Any:
+    import torch.nn.functional as F
+
+    if task == "classification":
+        return F.cross_entropy(out, y)
+    out = _match(out, y)
+    return F.mse_loss(out, y.to(out.dtype))
+
+
+def _match(out: Any, y: Any) -> Any:
+    """Scalar regression: outputs (B, 1) against targets (B,)."""
+    if out.ndim == 2 and out.shape[1] == 1 and y.ndim == 1:
+        return out[:, 0]
+    return out
+
+
+def evaluate(model: Any, data: _Data, task: str, *, device: Any, batch_size: int) -> float:
+    """Test accuracy (classification) or mean squared error (regression)."""
+    import torch
+
+    from .torch import pool_outputs
+
+    key = "logits" if task == "classification" else "outputs"
+    out = pool_outputs(
+        model, data.inputs, (key,), task=task, device=device, batch_size=batch_size, progress=False
+    )[key]
+    y = data.labels(np.arange(data.n)) if data.dataset is not None else data.y
+    if task == "classification":
+        return float((out.argmax(1) == y.to(out.device)).to(torch.float64).mean())
+    out = _match(out, y)
+    return float(((out.to(torch.float64) - y.to(out.device, torch.float64)) ** 2).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def run(
+    pool: Any,
+    test: Any,
+    *,
+    model_fn: Callable[[], Any],
+    strategy: Any,
+    initial: int | Sequence[int],
+    budget: int | Sequence[int],
+    rounds: int | None = None,
+    train_fn: Callable[..., Any] | None = None,
+    task: str = "classification",
+    seed: int = 0,
+    device: Any = "cpu",
+    batch_size: int = 256,
+    checkpoint: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    select_options: dict | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run an active-learning experiment and return its learning curve.
+
+    Round ``r = 0, 1, ..., rounds``: train a fresh model on the labeled rows, evaluate it on
+    ``test`` (a row of the table), then, except after the last evaluation, select ``budget[r]``
+    pool rows with ``strategy`` (through :func:`fastal.torch.select`) and reveal their labels.
+
+    Parameters
+    ----------
+    pool, test : (inputs, labels) or Dataset
+        ``(X, y)`` numpy arrays or torch tensors (floating numpy inputs become the default torch
+        dtype; classification labels are class indices), or a map-style Dataset of ``(x, y)``.
+        The pool's labels are the oracle: only labeled rows are shown to training.
+    model_fn : callable
+        ``model_fn() -> nn.Module``, called at the start of every round under the round's seed.
+    strategy : Strategy, class or name
+        e.g. ``"badge"`` or ``fastal.strategies.CRC(group_size=10)``.
+    initial : int or sequence of int
+        Size of the initial labeled set (drawn uniformly with the run seed) or the indices.
+    budget : int or sequence of int
+        Points labeled per round: one int for every round, or one per round.
+    rounds : int, optional
+        Selection rounds (default: ``len(budget)``; required with an int budget).
+    train_fn : callable, optional
+        ``train_fn(model, dataset, *, task, seed, device) -> model`` with ``dataset`` a Dataset of
+        the labeled ``(x, y)``; default :func:`fit`.
+    task : {"classification", "regression"}
+        Metric: test accuracy, or test MSE (mean over rows and outputs).
+    seed : int
+        The run seed (see the module docstring for how rounds derive theirs).
+    device : default "cpu"
+        Where training, evaluation and the pool pass run.
+    batch_size : int, default 256
+        Rows per forward pass in evaluation and selection.
+    checkpoint : path, optional
+        Where the state (labeled set in labeling order, table so far, run settings) is written
+        atomically (.npz through a temporary file and ``os.replace``) before the first round and
+        after every round.
+    resume : path, optional
+        Continue the run saved there (it must exist and match ``seed``, ``strategy``, the pool
+        size, ``task``, ``initial`` and the budgets); the state keeps being saved there unless
+        ``checkpoint`` says otherwise. Labels already chosen are neither lost nor chosen again.
+    select_options : dict, optional
+        More options for :func:`fastal.torch.pool_outputs` (``mc_samples``, ``amp``, ...).
+    log : callable, optional
+        Called with one line per round.
+
+    Returns
+    -------
+    RunResult
+        ``.rows``, ``.auc``, ``.labeled``, ``.to_csv()``.
+    """
+    import torch
+
+    from .strategies import Strategy, get
+    from .torch import select as torch_select
+
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    if isinstance(strategy, str):
+        strategy = get(strategy)()
+    elif isinstance(strategy, type) and issubclass(strategy, Strategy):
+        strategy = strategy()
+    strategy_name = getattr(strategy, "name", "") or type(strategy).__name__
+    data = _Data(pool, "pool", task)
+    testset = _Data(test, "test", task)
+    budgets = _budgets(budget, rounds)
+    train_fn = fit if train_fn is None else train_fn
+    metric = "accuracy" if task == "classification" else "mse"
+    meta = {
+        "version": _STATE_VERSION, "seed": int(seed), "strategy": strategy_name, "n": data.n,
+        "task": task, "budgets": budgets,
+        "initial": int(initial) if isinstance(initial, numbers.Integral) else [int(i) for i in initial],
+    }  # fmt: skip
+    save_to = checkpoint if checkpoint is not None else resume
+
+    if resume is not None:
+        labeled, added, rows = _load_state(resume, meta)
+    else:
+        labeled = _initial(initial, data.n, seed)
+        added, rows = np.zeros(labeled.size, np.int64), []
+    if labeled.size + sum(budgets) > data.n:
+        raise ValueError(
+            f"initial + budgets = {labeled.size + sum(budgets)} is more than the pool ({data.n} rows)"
+        )
+
+    def save() -> None:
+        if save_to is not None:
+            _save_state(save_to, meta, labeled, added, rows)
+
+    save()
+    for r in range(len(rows), len(budgets) + 1):
+        model_seed, train_seed, select_seed = (
+            int(s) for s in np.random.SeedSequence([int(seed), r]).generate_state(3)
+        )
+        with torch.random.fork_rng(devices=_rng_devices(device)):
+            torch.manual_seed(model_seed)
+            model = model_fn()
+        start = time.perf_counter()
+        trained = train_fn(model, data.subset(labeled), task=task, seed=train_seed, device=device)
+        model = trained if trained is not None else model
+        train_seconds = time.perf_counter() - start
+        value = evaluate(model, testset, task, device=device, batch_size=batch_size)
+        row = {"round": r, "n_labeled": int(labeled.size), metric: value,
+               "train_seconds": train_seconds, "select_seconds": 0.0}  # fmt: skip
+        if r < len(budgets):
+            start = time.perf_counter()
+            labels = data.labels(labeled) if task == "classification" else None
+            sel = torch_select(
+                strategy, model, data.inputs, budgets[r], labeled, seed=select_seed, labels=labels,
+                task=task, device=device, batch_size=batch_size, progress=False, **(select_options or {}),
+            )  # fmt: skip
+            picks = np.asarray(
+                sel.indices.cpu() if hasattr(sel.indices, "cpu") else sel.indices, dtype=np.int64
+            )
+            _check_picks(picks, labeled, budgets[r], data.n, strategy_name)
+            row["select_seconds"] = time.perf_counter() - start
+            labeled = np.concatenate([labeled, picks])
+            added = np.concatenate([added, np.full(picks.size, r + 1, np.int64)])
+        rows.append(row)
+        save()
+        if log is not None:
+            log(
+                f"{strategy_name} seed {seed} round {r}: {row['n_labeled']} labels, {metric} {value:.4f}"
+            )
+    return RunResult(rows, metric, labeled, strategy_name, int(seed), added)
+
+
+def _rng_devices(device: Any) -> list[int]:
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return []
+    return [dev.index if dev.index is not None else torch.cuda.current_device()]
+
+
+def _budgets(budget: Any, rounds: int | None) -> list[int]:
+    if isinstance(budget, numbers.Integral) and not isinstance(budget, bool):
+        if rounds is None:
+            raise ValueError("rounds is needed with a single int budget")
+        budgets = [int(budget)] * _count(rounds, "rounds")
+    else:
+        budgets = [int(b) for b in budget]
+        if rounds is not None and _count(rounds, "rounds") != len(budgets):
+            raise ValueError(f"budget has {len(budgets)} entries but rounds = {rounds}")
+    if any(b < 1 for b in budgets):
+        raise ValueError(f"every budget must be >= 1, got {budgets}")
+    return budgets
+
+
+def _count(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+    return int(v)
+
+
+def _initial(initial: Any, n: int, seed: int) -> np.ndarray:
+    from ._validate import check_indices
+
+    if isinstance(initial, numbers.Integral) and not isinstance(initial, bool):
+        k = int(initial)
+        if not 1 <= k <= n:
+            raise ValueError(f"initial must be between 1 and the pool size {n}, got {k}")
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed)]))
+        return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
+    lab = check_indices(np.asarray(initial), n, "initial")
+    if lab.size == 0:
+        raise ValueError("initial must name at least one row")
+    return lab
+
+
+def _check_picks(picks: np.ndarray, labeled: np.ndarray, budget: int, n: int, name: str) -> None:
+    if picks.shape != (budget,):
+        raise RuntimeError(
+            f"strategy {name} returned {picks.shape} indices for a budget of {budget}"
+        )
+    if picks.size and (picks.min() < 0 or picks.max() >= n):
+        raise RuntimeError(f"strategy {name} returned indices outside the pool [0, {n})")
+    if np.unique(picks).size != picks.size or np.isin(picks, labeled).any():
+        raise RuntimeError(f"strategy {name} returned a duplicate or already labeled index")
+
+
+def _save_state(
+    path: Any, meta: dict, labeled: np.ndarray, added: np.ndarray, rows: list[dict]
+) -> None:
+    metric = "accuracy" if meta["task"] == "classification" else "mse"
+    cols = {c: np.array([r[c] for r in rows], dtype=np.float64) for c in
+            ("n_labeled", metric, "train_seconds", "select_seconds")}  # fmt: skip
+    save_npz_atomic(
+        path, meta=np.array(json.dumps(meta)), labeled=labeled.astype(np.int64), added=added.astype(np.int64),
+        **{f"row_{k}": v for k, v in cols.items()},
+    )  # fmt: skip
+
+
+def _load_state(path: Any, meta: dict) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"resume: no saved run at {path}")
+    with np.load(path, allow_pickle=False) as z:
+        saved = json.loads(str(z["meta"]))
+        for key in ("version", "seed", "strategy", "n", "task", "initial", "budgets"):
+            if saved.get(key) != meta[key]:
+                raise ValueError(
+                    f"resume: the run saved at {path} has {key} = {saved.get(key)!r}, this one {meta[key]!r}"
+                )
+        metric = "accuracy" if meta["task"] == "classification" else "mse"
+        labeled, added = z["labeled"].astype(np.int64), z["added"].astype(np.int64)
+        n_rows = z["row_n_labeled"].size
+        rows = [
+            {"round": i, "n_labeled": int(z["row_n_labeled"][i]), metric: float(z[f"row_{metric}"][i]),
+             "train_seconds": float(z["row_train_seconds"][i]), "select_seconds": float(z["row_select_seconds"][i])}
+            for i in range(n_rows)
+        ]  # fmt: skip
+    return labeled, added, rows

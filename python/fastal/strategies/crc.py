@@ -1,0 +1,157 @@
+"""CRC, convergence-rate control (Kong et al.): groups that best condition the NTK Gram matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _interop
+from .._validate import check_budget, make_rng
+from .base import Selection, Strategy, register, unlabeled_rows
+
+
+@register
+class CRC(Strategy):
+    """Convergence Rate Control (Kong et al., Alg. 1): pick the groups of unlabeled points whose
+    addition to the labeled set gives the largest smallest positive eigenvalue ``λ⁺_min`` of the
+    (trace-over-classes) empirical NTK Gram matrix, eq. 9.
+
+    The unlabeled pool is split at random (seeded, without replacement) into groups of ``G``; each
+    group is scored by ``λ⁺_min(K(L ∪ group))`` with :func:`fastal.gram_min_eig`, and the ``Q / G``
+    best groups are returned (ties to the earlier group). ``Q`` (the budget) must be a multiple of
+    ``G``.
+
+    Interpretations, documented: Alg. 1 forms ``⌈|U| / G⌉`` random groups; fastal forms ``⌊|U| / G⌋``
+    full groups (a short last group would be scored on fewer points) and, with ``max_groups``, scores
+    only that many of them. With ``balanced=True`` (the paper's pseudo-AL setting, §4.3.1) every group
+    holds ``G / C`` points of each pseudo-class (``argmax`` of the pool's probabilities); ``G`` must
+    then be a multiple of C and the number of groups is limited by the smallest pseudo-class.
+
+    Parameters
+    ----------
+    group_size : int
+        G. The paper uses G = Q or G = 20 (Tables 1, 4–6).
+    max_groups : int, optional
+        Score at most this many random groups (all full groups by default).
+    balanced : bool, default False
+        Class-balanced groups from pseudo-labels (needs ``"probs"`` or ``"logits"`` in the pool).
+    rtol : float, optional
+        Relative zero threshold of the eigenvalues (see :func:`fastal.gram_min_eig`).
+
+    The pool is an ``(n, D)`` array of trace-NTK features (see :func:`fastal.ntk_features`), or a
+    mapping with ``"ntk_features"``, or with ``"features"`` and ``"probs"``/``"logits"`` (then the
+    last-layer features ``√C [h, 1]`` are used).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.strategies import CRC
+    >>> Z = np.random.default_rng(0).normal(size=(60, 5))
+    >>> sel = CRC(group_size=2).select(Z, 4, labeled=[0, 1, 2], seed=0)
+    >>> len(set(sel.indices.tolist())), sel.diagnostics["n_groups"]
+    (4, 28)
+    """
+
+    name = "crc"
+    requires = ("features", "probs")
+
+    def __init__(
+        self,
+        *,
+        group_size: int = 20,
+        max_groups: int | None = None,
+        balanced: bool = False,
+        rtol: float | None = None,
+    ) -> None:
+        for name, v in (("group_size", group_size), ("max_groups", max_groups)):
+            if v is None and name == "max_groups":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.group_size = int(group_size)
+        self.max_groups = None if max_groups is None else int(max_groups)
+        self.balanced = bool(balanced)
+        self.rtol = rtol
+
+    def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
+        from ..gram import gram_min_eig
+
+        Z, pseudo, n_classes = _ntk_pool(pool, need_labels=self.balanced)
+        info = _interop.describe(Z, "features")
+        n = info.shape[0]
+        lab, rest = unlabeled_rows(n, labeled, like=info)
+        Q = check_budget(budget, rest.size)
+        G = self.group_size
+        if Q % G:
+            raise ValueError(f"budget (Q = {Q}) must be a multiple of group_size (G = {G}): Alg. 1 takes Q/G groups")
+        if Q == 0:
+            return Selection(_interop.to_framework(np.empty(0, np.int64), info), {"n_groups": 0, "scores": np.empty(0)})
+        rng = make_rng(seed)
+        groups = _balanced_groups(rest, pseudo, n_classes, G, rng) if self.balanced else _random_groups(rest, G, rng)
+        if self.max_groups is not None and groups.shape[0] > self.max_groups:
+            groups = groups[: self.max_groups]  # the order is already random
+        if groups.shape[0] < Q // G:
+            raise ValueError(
+                f"only {groups.shape[0]} full groups of {G} can be formed from {rest.size} unlabeled points; "
+                f"budget {Q} needs {Q // G}"
+            )
+        scores = _interop.host_numpy(gram_min_eig(Z, lab, groups, rtol=self.rtol)).astype(np.float64)
+        best = np.lexsort((np.arange(scores.size), -scores))[: Q // G]  # highest, ties to the earlier group
+        indices = groups[best].reshape(-1)
+        return Selection(
+            _interop.to_framework(indices, info),
+            {"n_groups": int(groups.shape[0]), "scores": scores, "chosen_groups": best, "groups": groups},
+        )
+
+
+def _ntk_pool(pool: Any, need_labels: bool) -> tuple[Any, Any, int]:
+    """(trace-NTK features, pseudo-labels or None, number of classes or 0) from the pool."""
+    from ..gradients import as_torch
+    from ..ntk import ntk_features
+
+    probs = None
+    if hasattr(pool, "keys"):
+        if "probs" in pool or "logits" in pool:
+            key = "probs" if "probs" in pool else "logits"
+            probs = pool[key]
+        if "ntk_features" in pool:
+            Z = pool["ntk_features"]
+        elif "features" in pool and probs is not None:
+            C = _interop.describe(probs, key).shape[1]
+            Z = ntk_features(pool["features"], C, bias=True)
+        else:
+            raise ValueError("pool needs 'ntk_features', or 'features' with 'probs' or 'logits'")
+    else:
+        Z = pool
+    pseudo, n_classes = None, 0
+    if probs is not None:
+        n_classes = _interop.describe(probs, "probs").shape[1]
+    if need_labels:
+        if probs is None:
+            raise ValueError("balanced=True needs 'probs' or 'logits' in the pool for pseudo-labels")
+        pt = as_torch(probs, _interop.describe(probs, "probs"))
+        pseudo = _interop.host_numpy(pt.argmax(1)).astype(np.int64)
+    return Z, pseudo, n_classes
+
+
+def _random_groups(rest: np.ndarray, G: int, rng: np.random.Generator) -> np.ndarray:
+    """A random partition of ``rest`` into ⌊|rest| / G⌋ groups of G (the remainder is left out)."""
+    perm = rng.permutation(rest)
+    k = perm.size // G
+    return perm[: k * G].reshape(k, G)
+
+
+def _balanced_groups(
+    rest: np.ndarray, pseudo: np.ndarray, C: int, G: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Groups with G / C members of every pseudo-class (C = columns of the probabilities)."""
+    if G % C:
+        raise ValueError(f"balanced groups need group_size (G = {G}) to be a multiple of the classes ({C})")
+    per = G // C
+    by_class = [rng.permutation(rest[pseudo[rest] == c]) for c in range(C)]
+    k = min(c.size // per for c in by_class)
+    if k == 0:
+        return np.empty((0, G), dtype=np.int64)
+    parts = [c[: k * per].reshape(k, per) for c in by_class]
+    return np.concatenate(parts, axis=1)

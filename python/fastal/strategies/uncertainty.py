@@ -1,0 +1,266 @@
+"""Baselines: random sampling and the uncertainty scores entropy, margin, least confidence, BALD.
+
+Every score strategy computes one score per pool row in float64 and selects the ``budget``
+unlabeled rows with the highest score, ties to the lowest index (a stable sort of ``-score`` over
+the unlabeled rows in ascending order). ``diagnostics["scores"]`` holds the scores of every row
+(float64, in the pool's framework and device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import _interop
+from .._validate import check_budget, check_matrix, make_rng
+from .base import Selection, Strategy, register, unlabeled_rows
+
+
+def _probs(pool: Any) -> tuple[Any, Any]:
+    """(float64 torch probabilities (n, C), ArrayInfo) from ``pool["probs"]`` or ``pool["logits"]``."""
+    import torch
+
+    from ..gradients import _probabilities, as_torch
+
+    if not isinstance(pool, Mapping):
+        raise TypeError(
+            f"pool must be a mapping with 'probs' or 'logits', got {type(pool).__name__}"
+        )
+    if "probs" in pool:
+        key = "probs"
+    elif "logits" in pool:
+        key = "logits"
+    else:
+        raise ValueError(
+            f"pool needs 'probs' or 'logits'; it has {', '.join(map(repr, pool)) or 'nothing'}"
+        )
+    info = check_matrix(pool[key], key)
+    p = as_torch(pool[key], info).to(torch.float64)
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError(f"{key} contains NaN or Inf")
+    if key == "logits":
+        p = torch.softmax(p, dim=1)
+    else:
+        _probabilities(p, "probs", torch.float64, "probs")
+    return p, info
+
+
+def _entropy(p: Any) -> Any:
+    """``-Σ_c p_c log p_c`` per row (``0 log 0 = 0``)."""
+    import torch
+
+    return -torch.xlogy(p, p).sum(-1)
+
+
+def _top(scores: Any, labeled: Any, budget: int, info: Any) -> tuple[Any, Any]:
+    """The ``budget`` unlabeled rows of highest score, ties to the lowest index; scores back."""
+    import torch
+
+    from ..gradients import from_torch
+
+    n = scores.shape[0]
+    _, rest = unlabeled_rows(n, labeled, like=info)
+    budget = check_budget(budget, rest.size)
+    cand = torch.from_numpy(rest).to(scores.device)
+    order = torch.sort(-scores[cand], stable=True).indices[:budget]
+    indices = _interop.host_numpy(cand[order]).astype(np.int64)
+    return _interop.to_framework(indices, info), from_torch(scores, info)
+
+
+class _ScoreStrategy(Strategy):
+    """Select the highest scores; subclasses define ``scores(pool) -> (float64 tensor (n,), info)``."""
+
+    def scores(self, pool: Any) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
+        scores, info = self.scores(pool)
+        indices, all_scores = _top(scores, labeled, budget, info)
+        return Selection(indices, {"scores": all_scores})
+
+
+@register
+class Random(Strategy):
+    """Uniform random sampling of the unlabeled rows (the baseline every paper reports).
+
+    The picks are ``numpy.random.default_rng(seed).choice(unlabeled, budget, replace=False)`` with
+    ``unlabeled`` the unlabeled rows in ascending order. The pool is an int (its size), an array
+    (rows), or a mapping with ``"n"`` or any of ``"features"``, ``"probs"``, ``"logits"``,
+    ``"outputs"`` (rows) or ``"mc_probs"`` (axis 1). Indices come back in the framework of the
+    array they were counted from (numpy for an int).
+
+    Examples
+    --------
+    >>> from fastal.strategies import Random
+    >>> Random().select(10, 3, labeled=[0, 1], seed=0).indices.tolist()
+    [6, 9, 7]
+    >>> len(Random().select({"n": 100}, 5, seed=1).indices)
+    5
+    """
+
+    name = "random"
+    requires = ()
+
+    def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
+        n, info = _pool_rows(pool)
+        _, rest = unlabeled_rows(n, labeled, like=info)
+        budget = check_budget(budget, rest.size)
+        picks = make_rng(seed).choice(rest, size=budget, replace=False).astype(np.int64)
+        out = picks if info is None else _interop.to_framework(picks, info)
+        return Selection(out, {"n_candidates": int(rest.size)})
+
+
+def _pool_rows(pool: Any) -> tuple[int, Any]:
+    """(number of rows, ArrayInfo of the array they were counted from or None)."""
+    if isinstance(pool, bool):
+        raise TypeError("pool must be a pool size, an array or a mapping, got bool")
+    if isinstance(pool, (int, np.integer)):
+        if pool < 0:
+            raise ValueError(f"pool size must be >= 0, got {pool}")
+        return int(pool), None
+    if _interop.is_array(pool):
+        info = _interop.describe(pool, "pool")
+        return info.shape[0], info
+    if isinstance(pool, Mapping):
+        if "n" in pool:
+            return _pool_rows(int(pool["n"]))
+        for key, axis in (
+            ("features", 0),
+            ("probs", 0),
+            ("logits", 0),
+            ("outputs", 0),
+            ("mc_probs", 1),
+        ):
+            if key in pool:
+                info = _interop.describe(pool[key], key)
+                if len(info.shape) <= axis:
+                    raise ValueError(f"{key} has shape {info.shape}: no row axis")
+                return info.shape[axis], info
+        raise ValueError(
+            "pool needs 'n' or an array ('features', 'probs', 'logits', 'outputs', 'mc_probs')"
+        )
+    raise TypeError(f"pool must be a pool size, an array or a mapping, got {type(pool).__name__}")
+
+
+@register
+class Entropy(_ScoreStrategy):
+    """Maximum entropy of the predictive distribution, ``H[p] = -Σ_c p_c log p_c``.
+
+    The classic uncertainty-sampling score (Settles 2009, §3.1; Shannon entropy as in Wang & Shang
+    2014). The pool is a mapping with ``"probs"`` (n, C) or ``"logits"`` (softmax taken in float64).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.strategies import Entropy
+    >>> probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4]])
+    >>> Entropy().select({"probs": probs}, 2).indices.tolist()
+    [1, 2]
+    """
+
+    name = "entropy"
+    requires = ("probs",)
+
+    def scores(self, pool: Any) -> tuple[Any, Any]:
+        p, info = _probs(pool)
+        return _entropy(p), info
+
+
+@register
+class Margin(_ScoreStrategy):
+    """Smallest margin between the two most probable classes, score ``-(p_(1) - p_(2))``
+    (Scheffer, Decomain & Wrobel 2001). Needs at least two classes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.strategies import Margin
+    >>> probs = np.array([[0.5, 0.3, 0.2], [0.4, 0.35, 0.25], [0.8, 0.1, 0.1]])
+    >>> Margin().select({"probs": probs}, 1).indices.tolist()
+    [1]
+    """
+
+    name = "margin"
+    requires = ("probs",)
+
+    def scores(self, pool: Any) -> tuple[Any, Any]:
+        import torch
+
+        p, info = _probs(pool)
+        if p.shape[1] < 2:
+            raise ValueError(
+                f"margin needs at least 2 classes, got probabilities of shape {tuple(p.shape)}"
+            )
+        top2 = torch.topk(p, 2, dim=1).values
+        return -(top2[:, 0] - top2[:, 1]), info
+
+
+@register
+class LeastConfidence(_ScoreStrategy):
+    """Least confidence: smallest probability of the predicted class, score ``1 - max_c p_c``
+    (Lewis & Gale 1994).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.strategies import LeastConfidence
+    >>> probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4]])
+    >>> LeastConfidence().select({"probs": probs}, 2).indices.tolist()
+    [1, 2]
+    """
+
+    name = "least_confidence"
+    requires = ("probs",)
+
+    def scores(self, pool: Any) -> tuple[Any, Any]:
+        p, info = _probs(pool)
+        return 1 - p.max(dim=1).values, info
+
+
+@register
+class BALD(_ScoreStrategy):
+    """BALD: mutual information between the label and the model parameters (Houlsby et al. 2011),
+    estimated from ``T`` Monte-Carlo dropout passes (Gal, Islam & Ghahramani 2017):
+    ``H[mean_t p_t] - mean_t H[p_t]``.
+
+    The pool is a mapping with ``"mc_probs"`` of shape (T, n, C) (see
+    :func:`fastal.torch.pool_outputs`). Top-``budget`` scores, not the joint BatchBALD.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.strategies import BALD
+    >>> mc = np.array([[[0.5, 0.5], [1.0, 0.0]], [[0.5, 0.5], [0.0, 1.0]]])  # T=2, n=2, C=2
+    >>> BALD().select({"mc_probs": mc}, 1).indices.tolist()   # row 1: the passes disagree
+    [1]
+    """
+
+    name = "bald"
+    requires = ("mc_probs",)
+
+    def scores(self, pool: Any) -> tuple[Any, Any]:
+        import torch
+
+        from ..gradients import as_torch
+
+        if not isinstance(pool, Mapping) or "mc_probs" not in pool:
+            raise ValueError("bald needs a pool mapping with 'mc_probs' of shape (T, n, C)")
+        info = _interop.describe(pool["mc_probs"], "mc_probs")
+        if len(info.shape) != 3 or 0 in info.shape:
+            raise ValueError(
+                f"mc_probs must be 3-D (T samples, n, C) and non-empty, got shape {info.shape}"
+            )
+        if info.dtype not in _interop.FLOAT_DTYPES:
+            raise TypeError(f"mc_probs must have a floating dtype, got {info.dtype}")
+        mc = as_torch(pool["mc_probs"], info).to(torch.float64)
+        if not bool(torch.isfinite(mc).all()) or bool(((mc < 0) | (mc > 1)).any()):
+            raise ValueError("mc_probs must hold finite probabilities in [0, 1]")
+        if not bool(((mc.sum(-1) - 1).abs() <= 1e-3).all()):
+            raise ValueError("mc_probs rows must sum to 1 (within 1e-3) over the classes")
+        scores = _entropy(mc.mean(0)) - _entropy(mc).mean(0)
+        row_info = _interop.ArrayInfo(
+            info.framework, info.device, info.device_index, info.dtype, info.shape[1:]
+        )
+        return scores, row_info

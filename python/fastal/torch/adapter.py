@@ -1,0 +1,601 @@
+"""Run a PyTorch model over a pool and return what the strategies read.
+
+``pool_outputs`` makes one pass over the pool (plus ``T`` Monte-Carlo dropout passes per batch when
+``"mc_probs"`` is asked) in eval mode without autograd, and fills preallocated output tensors batch
+by batch, so a pool of millions of rows never holds more than one batch of activations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
+
+#: What ``pool_outputs`` can compute, per task.
+NEEDS = {
+    "classification": ("features", "logits", "probs", "mc_probs"),
+    "regression": ("features", "outputs", "mc_outputs"),
+}
+
+
+class _StopForward(Exception):
+    """Raised by the feature hook when nothing after the hooked layer is needed."""
+
+
+def needs_of(strategy: Any) -> tuple[str, ...]:
+    """What ``strategy`` reads from a pool: its ``requires`` (an instance, a class or a name).
+
+    Examples
+    --------
+    >>> import fastal.torch
+    >>> fastal.torch.needs_of("badge")
+    ('probs', 'features')
+    """
+    if isinstance(strategy, str):
+        from ..strategies import get
+
+        strategy = get(strategy)
+    requires = getattr(strategy, "requires", None)
+    if requires is None:
+        raise TypeError(
+            f"strategy must be a Strategy, a Strategy class or a name, got {type(strategy).__name__}"
+        )
+    return tuple(requires)
+
+
+def pool_size(data: Any) -> int:
+    """Number of rows of a pool given as a tensor, an array, a map-style Dataset or a DataLoader."""
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        if data.ndim == 0:
+            raise ValueError("data must have a leading row dimension, got a 0-d array")
+        return int(data.shape[0])
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if isinstance(data, IterableDataset) or not hasattr(data, "__len__"):
+        raise TypeError(f"the size of {type(data).__name__} is unknown: it has no __len__")
+    return len(data)
+
+
+def pool_outputs(
+    model: nn.Module,
+    data: Any,
+    needs: Sequence[str] | str = ("features", "probs"),
+    *,
+    task: str = "classification",
+    batch_size: int = 256,
+    device: Any = None,
+    output_device: Any = "cpu",
+    dtype: torch.dtype = torch.float32,
+    amp: bool | torch.dtype = False,
+    mc_samples: int = 20,
+    seed: int | None = None,
+    embed_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    feature_layer: nn.Module | str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None,
+    num_workers: int = 0,
+    inference_mode: bool = True,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Run ``model`` over the pool ``data`` and return only the outputs named in ``needs``.
+
+    The model runs in eval mode (its modules' train/eval flags are restored afterwards) under
+    ``torch.inference_mode()`` (``torch.no_grad()`` with ``inference_mode=False``), on ``device``,
+    batch by batch, with a tqdm bar. Outputs are written into tensors preallocated on
+    ``output_device`` once the first batch shows their shape (an ``IterableDataset`` of unknown
+    length is collected and concatenated instead).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Moved to ``device`` when one is given (``model.to(device)``, in place, as ``nn.Module.to``).
+    data : Tensor, ndarray, Dataset or DataLoader
+        The pool, in a fixed order: row ``i`` of every output is row ``i`` of ``data``. Tensors
+        and arrays are sliced into batches (floating numpy arrays are cast to the model's parameter
+        dtype; tensors are passed as they are); a Dataset is read through a ``DataLoader`` without
+        shuffling (``num_workers`` workers); a DataLoader must not shuffle or drop rows. A batch
+        that is a tuple or list (``(x, y)`` pairs) gives its first element to the model; use
+        ``batch_fn`` for anything else (its result is moved to ``device``; a tuple is unpacked into
+        the call, a mapping passed as keyword arguments).
+    needs : sequence of str
+        Classification: ``"features"`` (n, d), ``"logits"`` (n, C), ``"probs"`` (n, C, softmax of
+        the logits), ``"mc_probs"`` (T, n, C): ``T = mc_samples`` passes with every dropout module
+        in train mode and everything else in eval (MC dropout, Gal & Ghahramani 2016).
+        Regression: ``"features"``, ``"outputs"`` ((n,) or (n, k), as the model returns),
+        ``"mc_outputs"`` (T, n, ...).
+    task : {"classification", "regression"}
+    batch_size : int, default 256
+        Rows per forward pass (tensors, arrays and Datasets; a DataLoader keeps its own).
+    device : str or torch.device, optional
+        Where the model runs; default: where its parameters are (the CPU without parameters).
+    output_device : default "cpu"
+        Where the outputs are allocated.
+    dtype : torch.dtype, default float32
+        Output dtype (probabilities are computed from float32 logits whatever the dtype).
+    amp : bool or torch.dtype, default False
+        Autocast on CUDA (``True`` means float16; pass ``torch.bfloat16`` for bfloat16). Ignored on
+        other devices.
+    mc_samples : int, default 20
+        ``T`` for ``"mc_probs"`` / ``"mc_outputs"``.
+    seed : int, optional
+        Seeds the dropout masks of the MC passes (the global RNG state is restored afterwards).
+    embed_fn : callable, optional
+        ``embed_fn(model, x) -> (B, d)`` features; by default a forward pre-hook records the
+        input of ``feature_layer``.
+    feature_layer : nn.Module or str, optional
+        The layer whose input are the features (a module or a name for ``model.get_submodule``).
+        Default: the last ``nn.Linear`` in ``model.modules()`` order. When only features are asked,
+        the forward pass stops at that layer.
+    batch_fn : callable, optional
+        Turns one batch of ``data`` into the model's input.
+    num_workers : int, default 0
+        DataLoader workers when ``data`` is a Dataset.
+    inference_mode : bool, default True
+    progress : bool, default True
+
+    Returns
+    -------
+    dict
+        Exactly the keys of ``needs``, torch tensors on ``output_device``.
+
+    Examples
+    --------
+    >>> import torch, fastal.torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> out = fastal.torch.pool_outputs(model, torch.randn(100, 4), ("features", "probs"), progress=False)
+    >>> out["features"].shape, out["probs"].shape
+    (torch.Size([100, 8]), torch.Size([100, 3]))
+    """
+    needs = _check_needs(needs, task)
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    mc = "mc_probs" in needs or "mc_outputs" in needs
+    if mc and (
+        isinstance(mc_samples, bool)
+        or not isinstance(mc_samples, numbers.Integral)
+        or mc_samples < 1
+    ):
+        raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if device is not None:
+        model.to(device)
+    run_device = torch.device(device) if device is not None else _model_device(model)
+    out_device = torch.device(output_device)
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    if mc and not dropouts:
+        raise ValueError(
+            "mc_probs / mc_outputs need dropout modules (nn.Dropout, ...) in the model: without one "
+            "every Monte-Carlo pass is the same"
+        )
+    hook_layer = None
+    if "features" in needs and embed_fn is None:
+        hook_layer = _feature_layer(model, feature_layer)
+    head = tuple(k for k in needs if k in ("logits", "probs", "outputs"))
+    only_features = "features" in needs and not head
+
+    n = _known_size(data)
+    if n == 0:
+        raise ValueError("data is empty: the pool needs at least one row")
+    batches = _batches(data, batch_size, num_workers, run_device, batch_fn, _model_dtype(model))
+    writer = _Writer(n, out_device, dtype)
+    amp_ctx = _autocast(amp, run_device)
+    grad_ctx = torch.inference_mode if inference_mode else torch.no_grad
+    captured: list[torch.Tensor] = []
+
+    def record(_module: nn.Module, args: tuple) -> None:
+        if captured:
+            raise RuntimeError(
+                "the feature layer ran more than once in one forward pass; pass feature_layer= "
+                "or embed_fn= to say which features to use"
+            )
+        captured.append(args[0])
+        if only_features:
+            raise _StopForward
+
+    states = [(m, m.training) for m in model.modules()]
+    handle = hook_layer.register_forward_pre_hook(record) if hook_layer is not None else None
+    rng = _forked_rng(seed, run_device) if mc else contextlib.nullcontext()
+    bar = _progress(n, progress)
+    try:
+        model.eval()
+        with rng, grad_ctx():
+            for x in batches:
+                rows = _rows(x)
+                result: dict[str, torch.Tensor] = {}
+                if "features" in needs or head:
+                    captured.clear()
+                    with amp_ctx():
+                        if embed_fn is not None:
+                            result["features"] = embed_fn(model, x)
+                        z = None
+                        if head or hook_layer is not None:
+                            try:
+                                z = _call(model, x)
+                            except _StopForward:
+                                z = None
+                    if hook_layer is not None:
+                        if not captured:
+                            raise RuntimeError(
+                                f"the feature layer {type(hook_layer).__name__} did not run in the forward pass"
+                            )
+                        result["features"] = captured[0]
+                    if head:
+                        z = _check_output(z, task, rows)
+                        for key in head:
+                            result[key] = torch.softmax(z.float(), dim=1) if key == "probs" else z
+                    captured.clear()
+                if mc:
+                    passes = []
+                    for m in dropouts:
+                        m.train()
+                    try:
+                        for _ in range(mc_samples):
+                            with amp_ctx():
+                                z = _check_output(_call(model, x), task, rows)
+                            passes.append(
+                                torch.softmax(z.float(), dim=1) if task == "classification" else z
+                            )
+                    finally:
+                        for m in dropouts:
+                            m.eval()
+                    result["mc_probs" if task == "classification" else "mc_outputs"] = torch.stack(
+                        passes
+                    )
+                writer.write(result, rows)
+                bar.update(rows)
+    finally:
+        bar.close()
+        if handle is not None:
+            handle.remove()
+        for m, training in states:
+            m.train(training)
+    return writer.result(needs)
+
+
+def select(
+    strategy: Any,
+    model: nn.Module,
+    data: Any,
+    budget: int,
+    labeled: Any = None,
+    *,
+    seed: Any = None,
+    labels: Any = None,
+    needs: Sequence[str] | None = None,
+    **options: Any,
+):
+    """Compute what ``strategy`` requires with :func:`pool_outputs` and call its ``select``.
+
+    Parameters
+    ----------
+    strategy : Strategy, Strategy class or name
+        A name or class is instantiated with its defaults.
+    model, data
+        As in :func:`pool_outputs` (``options`` are passed to it: ``batch_size``, ``device``, ...).
+    budget, labeled, seed
+        Passed to ``strategy.select``. An int ``seed`` also seeds the MC dropout masks (pass
+        ``mc_seed=`` to seed them differently).
+    labels : array, optional
+        The known labels of the ``labeled`` rows, in the same order. With ``"logits"`` in the pool
+        they are added as ``"labeled_logits"`` / ``"labeled_targets"`` (Sparse Approximation fits
+        its temperature on them).
+    needs : sequence of str, optional
+        Override ``strategy.requires`` (e.g. ``("mc_probs",)`` for the Bayesian Sparse Approximation).
+
+    Returns
+    -------
+    Selection
+        The strategy's ``(indices, diagnostics)``; diagnostics gain ``"pool_seconds"``, the time
+        spent computing the pool outputs.
+
+    Examples
+    --------
+    >>> import torch, fastal.torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> sel = fastal.torch.select("entropy", model, torch.randn(50, 4), 5, labeled=[0, 1], progress=False)
+    >>> len(sel.indices)
+    5
+    """
+    from ..strategies import Strategy, get
+
+    if isinstance(strategy, str):
+        strategy = get(strategy)()
+    elif isinstance(strategy, type) and issubclass(strategy, Strategy):
+        strategy = strategy()
+    needs = (
+        needs_of(strategy)
+        if needs is None
+        else _check_needs(needs, options.get("task", "classification"))
+    )
+    mc_seed = options.pop("mc_seed", seed if isinstance(seed, numbers.Integral) else None)
+    start = time.perf_counter()
+    if needs:
+        pool: dict[str, Any] = pool_outputs(model, data, needs, seed=mc_seed, **options)
+    else:
+        pool = {"n": pool_size(data)}
+    seconds = time.perf_counter() - start
+    out_device = torch.device(options.get("output_device", "cpu"))
+    if isinstance(labeled, np.ndarray) and out_device.type != "cpu":
+        labeled = torch.as_tensor(labeled, device=out_device)
+    if labels is not None and labeled is not None and "logits" in pool:
+        idx = torch.as_tensor(
+            np.asarray(_host(labeled), dtype=np.int64), device=pool["logits"].device
+        )
+        targets = torch.as_tensor(np.asarray(_host(labels)), device=pool["logits"].device)
+        if targets.shape[0] != idx.shape[0]:
+            raise ValueError(
+                f"labels must have one entry per labeled row ({idx.shape[0]}), got {targets.shape[0]}"
+            )
+        if idx.numel():
+            pool["labeled_logits"] = pool["logits"][idx]
+            pool["labeled_targets"] = targets
+    sel = strategy.select(pool, budget, labeled, seed=seed)
+    sel.diagnostics["pool_seconds"] = seconds
+    return sel
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _host(x: Any) -> Any:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+
+def _check_needs(needs: Sequence[str] | str, task: str) -> tuple[str, ...]:
+    if task not in NEEDS:
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    if isinstance(needs, str):
+        needs = (needs,)
+    needs = tuple(dict.fromkeys(needs))
+    bad = [k for k in needs if k not in NEEDS[task]]
+    if bad:
+        raise ValueError(
+            f"needs has {', '.join(map(repr, bad))}, which a {task} model cannot give; "
+            f"choose from {', '.join(map(repr, NEEDS[task]))}"
+        )
+    return needs
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()
+
+
+def _feature_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
+    if isinstance(layer, str):
+        return model.get_submodule(layer)
+    if isinstance(layer, nn.Module):
+        return layer
+    if layer is not None:
+        raise TypeError(
+            f"feature_layer must be an nn.Module or a submodule name, got {type(layer).__name__}"
+        )
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(
+            "the model has no nn.Linear whose input could be the features: pass feature_layer= or embed_fn="
+        )
+    return linears[-1]
+
+
+def _known_size(data: Any) -> int | None:
+    if isinstance(data, DataLoader):
+        if data.drop_last:
+            raise ValueError(
+                "data is a DataLoader with drop_last=True: the last rows would get no outputs"
+            )
+        sampler = data.batch_sampler.sampler if data.batch_sampler is not None else data.sampler
+        if not isinstance(data.dataset, IterableDataset) and not isinstance(
+            sampler, SequentialSampler
+        ):
+            raise ValueError(
+                f"data is a DataLoader with a {type(sampler).__name__}: rows would come out of order; "
+                "pass a DataLoader with shuffle=False (or the Dataset itself)"
+            )
+    try:
+        return pool_size(data)
+    except TypeError:
+        if isinstance(data, (Dataset, DataLoader)):
+            return None
+        raise TypeError(
+            f"data must be a torch Tensor, a numpy array, a Dataset or a DataLoader, got {type(data).__name__}"
+        ) from None
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(v, device) for v in x)
+    if isinstance(x, Mapping):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+def _default_input(batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch[0]
+    raise TypeError(
+        f"cannot tell the model input in a batch of type {type(batch).__name__}: pass batch_fn= "
+        "(e.g. batch_fn=lambda b: b['pixel_values'])"
+    )
+
+
+def _batches(
+    data: Any,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    batch_fn: Any,
+    model_dtype: torch.dtype,
+) -> Iterator[Any]:
+    if isinstance(data, np.ndarray):
+        cast = model_dtype if np.issubdtype(data.dtype, np.floating) else None
+        for s in range(0, data.shape[0], batch_size):
+            chunk = np.ascontiguousarray(data[s : s + batch_size])
+            t = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy())
+            yield t.to(device=device, dtype=cast or t.dtype)
+        return
+    if isinstance(data, torch.Tensor):
+        for s in range(0, data.shape[0], batch_size):
+            yield _to(data[s : s + batch_size], device)
+        return
+    if not isinstance(data, DataLoader):
+        data = DataLoader(
+            data,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+        )
+    fn = batch_fn or _default_input
+    for batch in data:
+        yield _to(fn(batch), device)
+
+
+def _call(model: nn.Module, x: Any) -> Any:
+    if isinstance(x, tuple):
+        return model(*x)
+    if isinstance(x, Mapping):
+        return model(**x)
+    return model(x)
+
+
+def _rows(x: Any) -> int:
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0])
+    values: Iterable = (
+        x.values() if isinstance(x, Mapping) else x if isinstance(x, (tuple, list)) else ()
+    )
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return int(v.shape[0])
+    raise TypeError(f"cannot tell the number of rows of a model input of type {type(x).__name__}")
+
+
+def _check_output(z: Any, task: str, rows: int) -> torch.Tensor:
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"the model must return a tensor, got {type(z).__name__}")
+    if z.shape[:1] != (rows,):
+        raise ValueError(f"the model returned shape {tuple(z.shape)} for a batch of {rows} rows")
+    if task == "classification" and z.ndim != 2:
+        raise ValueError(
+            f"a classifier must return logits of shape (batch, C), got {tuple(z.shape)}"
+        )
+    return z
+
+
+def _autocast(amp: bool | torch.dtype, device: torch.device) -> Callable[[], Any]:
+    if not amp or device.type != "cuda":
+        return contextlib.nullcontext
+    dtype = torch.float16 if amp is True else amp
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"amp must be a bool, torch.float16 or torch.bfloat16, got {amp!r}")
+    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _forked_rng(seed: int | None, device: torch.device) -> Any:
+    if seed is None:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def forked() -> Iterator[None]:
+        devices = (
+            [device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda"
+            else []
+        )
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(seed))
+            yield
+
+    return forked()
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(n: int | None, progress: bool) -> Any:
+    if not progress:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=n, unit="rows", desc="fastal pool pass")
+
+
+class _Writer:
+    """Copies each batch's outputs into tensors preallocated at the first batch (size known), or
+    collects them when the pool size is unknown."""
+
+    def __init__(self, n: int | None, device: torch.device, dtype: torch.dtype) -> None:
+        self.n, self.device, self.dtype = n, device, dtype
+        self.out: dict[str, torch.Tensor] = {}
+        self.parts: dict[str, list[torch.Tensor]] = {}
+        self.pos = 0
+
+    def write(self, result: dict[str, torch.Tensor], rows: int) -> None:
+        for key, t in result.items():
+            if key == "features":
+                t = t.reshape(rows, -1)
+            axis = 1 if key.startswith("mc_") else 0
+            if t.shape[axis] != rows:
+                raise ValueError(f"{key} has {t.shape[axis]} rows for a batch of {rows}")
+            if self.n is None:
+                self.parts.setdefault(key, []).append(t.to(self.device, self.dtype))
+                continue
+            if key not in self.out:
+                shape = list(t.shape)
+                shape[axis] = self.n
+                self.out[key] = torch.empty(shape, dtype=self.dtype, device=self.device)
+            dst = (
+                self.out[key][:, self.pos : self.pos + rows]
+                if axis
+                else self.out[key][self.pos : self.pos + rows]
+            )
+            if dst.shape != t.shape:
+                raise ValueError(
+                    f"{key} has shape {tuple(t.shape)} in this batch, {tuple(dst.shape)} expected"
+                )
+            dst.copy_(t)
+        self.pos += rows
+        if self.n is not None and self.pos > self.n:
+            raise ValueError(f"data gave more than its {self.n} rows")
+
+    def result(self, needs: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        if self.n is None:
+            return {
+                k: torch.cat(self.parts[k], dim=1 if k.startswith("mc_") else 0)
+                for k in needs
+                if k in self.parts
+            }
+        if self.pos != self.n:
+            raise ValueError(f"data gave {self.pos} rows but has length {self.n}")
+        return {k: self.out[k] for k in needs if k in self.out}

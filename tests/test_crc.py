@@ -1,0 +1,137 @@
+"""CRC (Kong et al., Alg. 1) and the trace-NTK features, against float64 numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fastal
+from fastal.strategies import CRC, get
+
+RTOL = 1e-10
+
+
+def lambda_min_pos_ref(Z: np.ndarray, S: np.ndarray, rtol: float) -> float:
+    """Smallest eigenvalue above rtol * largest of Z_S Z_Sᵀ (via the smaller side), float64."""
+    ZS = Z[S].astype(np.float64)
+    K = ZS @ ZS.T if ZS.shape[0] <= ZS.shape[1] else ZS.T @ ZS
+    ev = np.linalg.eigvalsh(K)
+    pos = ev[ev > rtol * ev[-1]]
+    return float(pos[0]) if pos.size else 0.0
+
+
+def crc_ref(Z, labeled, Q, G, seed, rtol=RTOL, max_groups=None):
+    """Alg. 1 literally: a seeded random partition of the unlabeled rows into groups of G (the
+    remainder left out), score λ⁺_min(L ∪ group), the Q/G best groups (ties to the earlier one)."""
+    n = Z.shape[0]
+    lab = np.asarray(labeled, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(n), lab)
+    perm = np.random.default_rng(seed).permutation(rest)
+    k = perm.size // G
+    groups = perm[: k * G].reshape(k, G)
+    if max_groups is not None:
+        groups = groups[:max_groups]
+    scores = np.array([lambda_min_pos_ref(Z, np.concatenate([lab, g]), rtol) for g in groups])
+    best = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: Q // G]
+    return groups[best].reshape(-1), scores
+
+
+@pytest.mark.parametrize("n,D,n_lab,Q,G,seed", [
+    (40, 6, 3, 4, 2, 0),     # |S| = 5 < D: the |S| x |S| side
+    (60, 4, 5, 6, 3, 1),     # |S| = 8 > D: the D x D side
+    (80, 10, 0, 5, 5, 2),    # no labeled set
+    (50, 7, 4, 3, 1, 3),     # G = 1
+])  # fmt: skip
+def test_crc_matches_reference(n, D, n_lab, Q, G, seed):
+    rng = np.random.default_rng(seed)
+    Z = rng.normal(size=(n, D))
+    labeled = rng.choice(n, n_lab, replace=False)
+    sel = CRC(group_size=G, rtol=RTOL).select(Z, Q, labeled=labeled, seed=seed)
+    want, scores = crc_ref(Z, labeled, Q, G, seed)
+    np.testing.assert_array_equal(sel.indices, want)
+    np.testing.assert_allclose(sel.diagnostics["scores"], scores, rtol=1e-7, atol=1e-12)
+    assert len(set(sel.indices.tolist())) == Q
+    assert not set(sel.indices.tolist()) & set(labeled.tolist())
+
+
+def test_crc_max_groups_and_torch_input():
+    rng = np.random.default_rng(5)
+    Z = rng.normal(size=(70, 5))
+    sel = CRC(group_size=2, max_groups=7, rtol=RTOL).select(torch.from_numpy(Z), 4, labeled=[0, 1], seed=9)
+    want, _ = crc_ref(Z, [0, 1], 4, 2, 9, max_groups=7)
+    assert isinstance(sel.indices, torch.Tensor)
+    np.testing.assert_array_equal(sel.indices.numpy(), want)
+    assert sel.diagnostics["n_groups"] == 7
+
+
+def test_duplicates_score_zero_at_full_rank():
+    """Proposition 2: a group repeating a labeled point adds a zero eigenvalue; when L already has
+    full rank D, λ⁺_min skips it, but a group of two identical new rows cannot beat a distinct pair."""
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(30, 3))
+    Z[20] = Z[21]  # an identical pair in the pool
+    lab = np.arange(5)
+    same = fastal.gram_min_eig(Z, lab, np.array([[20, 21]]), rtol=RTOL)
+    ref = lambda_min_pos_ref(Z, np.r_[lab, 20, 21], RTOL)
+    np.testing.assert_allclose(same, [ref], rtol=1e-8)
+
+
+def test_ntk_features_gram_is_trace_ntk():
+    rng = np.random.default_rng(1)
+    h = rng.normal(size=(6, 4))
+    Z = fastal.ntk_features(h, 5)
+    np.testing.assert_allclose(Z @ Z.T, 5 * (h @ h.T + 1), rtol=1e-12)
+    Zb = fastal.ntk_features(h, 5, bias=False)
+    np.testing.assert_allclose(Zb @ Zb.T, 5 * (h @ h.T), rtol=1e-12)
+
+
+def test_ntk_jacobian_equals_last_layer_features_for_a_linear_model():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).double()
+    x = torch.randn(7, 4, dtype=torch.float64)
+    J = fastal.ntk_features_jacobian(model, x)
+    Z = fastal.ntk_features(x, 3)
+    torch.testing.assert_close(J @ J.T, Z @ Z.T)
+    Jw = fastal.ntk_features_jacobian(model, x, params=["weight"], chunk=3)
+    torch.testing.assert_close(Jw @ Jw.T, 3 * (x @ x.T))
+
+
+def test_crc_from_features_and_probs_uses_last_layer_ntk():
+    rng = np.random.default_rng(2)
+    h = rng.normal(size=(50, 4))
+    p = rng.dirichlet(np.ones(3), 50)
+    sel = CRC(group_size=2, rtol=RTOL).select({"features": h, "probs": p}, 4, labeled=[0, 1], seed=4)
+    want, _ = crc_ref(np.sqrt(3) * np.c_[h, np.ones(50)], [0, 1], 4, 2, 4)
+    np.testing.assert_array_equal(sel.indices, want)
+
+
+def test_balanced_groups_hold_each_pseudo_class():
+    rng = np.random.default_rng(3)
+    h = rng.normal(size=(90, 4))
+    p = rng.dirichlet(np.ones(3), 90)
+    pseudo = p.argmax(1)
+    sel = CRC(group_size=6, balanced=True).select({"features": h, "probs": p}, 12, seed=0)
+    for g in sel.diagnostics["groups"]:
+        assert np.bincount(pseudo[g], minlength=3).tolist() == [2, 2, 2]
+    with pytest.raises(ValueError, match="group_size"):
+        CRC(group_size=4, balanced=True).select({"features": h, "probs": p}, 4, seed=0)
+    with pytest.raises(ValueError, match="probs"):
+        CRC(group_size=3, balanced=True).select(h, 3, seed=0)
+
+
+def test_bad_input():
+    Z = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        CRC(group_size=3).select(Z, 4)
+    with pytest.raises(ValueError, match="budget"):
+        CRC(group_size=1).select(Z, 21)
+    with pytest.raises(ValueError, match="group_size"):
+        CRC(group_size=0)
+    with pytest.raises(ValueError, match="full groups"):
+        CRC(group_size=4, max_groups=1).select(Z, 8)
+    bad = Z.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="Z|NaN"):
+        CRC(group_size=2).select(bad, 2)
+    assert get("crc") is CRC

@@ -1,0 +1,145 @@
+"""`fastal demo` in its reduced CI setting, and `fastal select` for every strategy."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_array_equal
+
+from fastal import cli, demo, strategies
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_demo_quick_digits(tmp_path, capsys):
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = read_csv(tmp_path / "results.csv")
+    png = tmp_path / "learning_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    expected = list(demo.DEFAULT_STRATEGIES["classification"])
+    if not demo.crc_available():
+        expected.remove("crc")
+        assert "crc skipped" in out
+    by_strategy = {s: [r for r in rows if r["strategy"] == s] for s in expected}
+    assert sorted({r["strategy"] for r in rows}) == sorted(expected)
+    data = demo.load("digits")
+    for s, rs in by_strategy.items():
+        assert [int(r["round"]) for r in rs] == [0, 1, 2]  # --quick: 1 seed, 2 rounds
+        assert [int(r["n_labeled"]) for r in rs] == [20, 50, 80]
+        assert {r["metric"] for r in rs} == {"accuracy"}
+        final = float(rs[-1]["value"])
+        assert final > max(0.1, data.chance), (s, final)  # never below chance (10 classes)
+    # the printed table: a header, one line per label count, the AUC line
+    table = out[out.index("  labels") :].splitlines()
+    assert table[0].split() == ["labels", *expected]
+    assert [line.split()[0] for line in table[1:5]] == ["20", "50", "80", "AUC"]
+
+
+def test_demo_quick_regression(tmp_path, capsys):
+    assert cli.main(["demo", "--quick", "--dataset", "diabetes", "--out", str(tmp_path)]) == 0
+    rows = read_csv(tmp_path / "results.csv")
+    assert {r["strategy"] for r in rows} == {"random", "coreset"}
+    assert {r["metric"] for r in rows} == {"mse"}
+    assert all(np.isfinite(float(r["value"])) for r in rows)
+    assert (tmp_path / "learning_curves.png").exists()
+    assert "lower is better" in capsys.readouterr().out
+
+
+def test_demo_refusals(tmp_path):
+    with pytest.raises(SystemExit, match="regression model does not give"):
+        cli.main(
+            [
+                "demo",
+                "--quick",
+                "--dataset",
+                "diabetes",
+                "--strategies",
+                "entropy",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    with pytest.raises(SystemExit, match="unknown strategy"):
+        cli.main(["demo", "--quick", "--strategies", "nope", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="more than the pool"):
+        cli.main(["demo", "--quick", "--budget", "600", "--out", str(tmp_path)])
+    if importlib.util.find_spec("mnist1d") is None:
+        with pytest.raises(SystemExit, match="pip install mnist1d"):
+            cli.main(["demo", "--quick", "--dataset", "mnist1d", "--out", str(tmp_path)])
+
+
+# ---------------------------------------------------------------------------------------------
+# fastal select --strategy NAME with pool arrays from .npy files
+
+
+def pool_files(tmp_path, n=120, C=4, d=6):
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(n, C)).astype(np.float32)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    mc = rng.dirichlet(np.ones(C), size=(5, n)).astype(np.float32)
+    arrays = {"features": rng.normal(size=(n, d)).astype(np.float32), "probs": p.astype(np.float32),
+              "logits": z, "mc_probs": mc}  # fmt: skip
+    for k, a in arrays.items():
+        np.save(tmp_path / f"{k}.npy", a)
+    np.save(tmp_path / "labeled.npy", np.array([0, 5, 9], dtype=np.int64))
+    return arrays
+
+
+OPTION = {
+    "features": "--features",
+    "probs": "--probs",
+    "logits": "--logits",
+    "mc_probs": "--mc-probs",
+}
+
+
+@pytest.mark.parametrize(
+    "name", ["random", "entropy", "margin", "least_confidence", "bald", "egl", "badge", "kmeans"]
+)
+def test_select_every_strategy_from_npy(tmp_path, name):
+    arrays = pool_files(tmp_path)
+    cls = strategies.get(name)
+    argv = ["select", "--strategy", name, "--labeled", str(tmp_path / "labeled.npy"), "--budget", "7",
+            "--out", str(tmp_path / "picks.npy"), "--seed", "2"]  # fmt: skip
+    given = list(cls.requires) or ["features"]
+    for key in given:
+        argv += [OPTION[key], str(tmp_path / f"{key}.npy")]
+    assert cli.main(argv) == 0
+    picks = np.load(tmp_path / "picks.npy")
+    pool = {k: arrays[k] for k in given}
+    if not cls.requires:
+        pool = {"n": 120}
+    elif given == ["features"]:
+        pool = arrays["features"]
+    expected = cls().select(pool, 7, np.array([0, 5, 9]), seed=2).indices
+    assert_array_equal(picks, expected)
+
+
+def test_select_names_the_missing_array(tmp_path):
+    pool_files(tmp_path)
+    with pytest.raises(SystemExit, match=r"needs probs: pass --probs or --logits"):
+        cli.main(["select", "--strategy", "badge", "--features", str(tmp_path / "features.npy")])
+    with pytest.raises(SystemExit, match=r"needs mc_probs: pass --mc-probs"):
+        cli.main(["select", "--strategy", "bald", "--probs", str(tmp_path / "probs.npy")])
+    with pytest.raises(SystemExit, match="needs probs"):
+        cli.main(["select", "--strategy", "entropy"])  # the digits pool has no probabilities
+    np.save(tmp_path / "short.npy", np.ones((5, 4), np.float32) / 4)
+    with pytest.raises(SystemExit, match="disagree on the number of rows"):
+        cli.main(["select", "--strategy", "egl", "--features", str(tmp_path / "features.npy"),
+                  "--probs", str(tmp_path / "short.npy")])  # fmt: skip

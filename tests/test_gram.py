@@ -1,0 +1,383 @@
+"""Batched Gram eigenvalues (``fastal.gram_min_eig``, the CRC score) against the float64 numpy
+reference :func:`reference.gram_min_eig_ref` (``np.linalg.eigvalsh`` on the explicit Gram matrix).
+
+- λ⁺_min and the spectra for sizes |S| from 1 to ~300 (1024 in the slow cases), on both sides of
+  the Gram matrix (|S| <= D: ``Z_S Z_Sᵀ``; |S| > D: ``Z_Lᵀ Z_L + Z_gᵀ Z_g``), float32 and float64
+  storage, numpy and torch-CPU.
+- Both sides give the same λ⁺_min on the same Gram matrix (zero columns appended to Z move it from
+  the D side to the |S| side without changing ``Z_S Z_Sᵀ``).
+- Rank deficiency (|S| > rank), duplicated rows (Proposition 2: a zero eigenvalue, skipped by
+  λ⁺_min), nearly singular sets, all-zero rows, empty L, G = 1, exact power-of-two rescaling.
+- Invariants: spectra non-negative and ascending; a group's score does not depend on the batch.
+- Errors name the argument.
+
+Tolerances: the kernel computes in float64 from the stored values for both dtypes, so float32 input
+is held to the float64 tolerance against the reference on the stored (upcast) values. Eigenvalues
+of a backward-stable method carry an absolute error ~ eps · λ_max, hence the ``atol`` term.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    AVAILABLE_CUDA_BACKENDS,
+    CPU_BACKENDS,
+    backend_dtype_params,
+    backend_of,
+    indices_to_backend,
+    to_backend,
+    to_numpy,
+    upcast,
+)
+from numpy.testing import assert_allclose, assert_array_equal
+from reference import gram_min_eig_ref, gram_spectrum_ref
+
+import fastal
+
+PARAMS = backend_dtype_params(dtypes=("float64", "float32"), backends=CPU_BACKENDS)
+EPS = np.finfo(np.float64).eps
+RTOL = 1e-8  # relative, for well-conditioned λ⁺_min (both dtypes: float64 compute)
+ATOL = 64 * EPS  # times the largest eigenvalue (per group)
+
+
+def make_case(n: int, D: int, m_lab: int, n_groups: int, G: int, seed: int, rank: int | None = None):
+    """Gaussian Z (n, D), or with a rank: the product of two small-integer factors (exact in
+    float32, so the stored matrix has exactly that rank); a random labeled set and groups disjoint
+    from it."""
+    rng = np.random.default_rng(seed)
+    if rank is None:
+        Z = rng.normal(size=(n, D))
+    else:
+        Z = rng.integers(-3, 4, size=(n, rank)) @ rng.integers(-3, 4, size=(rank, D))
+        Z = Z.astype(np.float64)
+    perm = rng.permutation(n)
+    lab = np.sort(perm[:m_lab])
+    rest = perm[m_lab:]
+    groups = np.stack([rng.choice(rest, size=G, replace=False) for _ in range(n_groups)])
+    return Z, lab, groups
+
+
+def assert_eigs_close(got, want, lmax, rtol=RTOL, atol=ATOL) -> None:
+    """|got - want| <= rtol |want| + atol λ_max, elementwise (λ_max per group, broadcast)."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    lmax = np.asarray(lmax, dtype=np.float64).reshape(-1, *([1] * (want.ndim - 1)))
+    err = np.abs(got - want)
+    bound = rtol * np.abs(want) + atol * lmax
+    assert (err <= bound).all(), f"max excess {np.max(err - bound):.3e}; got {got}, want {want}"
+
+
+def run(Z, lab, groups, backend="numpy", dtype="float64", **kw):
+    Zb = to_backend(Z, backend, dtype)
+    return fastal.gram_min_eig(Zb, lab, groups, **kw), upcast(Zb)
+
+
+# ---------------------------------------------------------------------------------------------
+# against the reference
+
+# (n, D, |L|, G): |S| = |L| + G from 1 to ~300; the side is min(|S|, D)
+SIZES = [
+    (10, 4, 0, 1),  # |S| = 1: a 1 x 1 matrix
+    (10, 4, 1, 1),  # |S| = 2
+    (20, 3, 0, 2),  # |S| = 2 < D... = 3: S side
+    (30, 5, 2, 3),  # |S| = 5 = D: S side (ties go to |S|)
+    (40, 6, 4, 3),  # |S| = 7 > D = 6: D side
+    (60, 16, 10, 2),
+    (80, 50, 30, 1),  # G = 1
+    (200, 64, 40, 20),  # D side, 64 x 64
+    (300, 130, 100, 20),  # S side, 120 x 120
+    (300, 100, 150, 20),  # D side, 100 x 100
+    (500, 300, 180, 20),  # S side, 200 x 200
+    (700, 64, 300, 5),  # D side with a big labeled set
+    (900, 400, 280, 20),  # S side, 300 x 300
+]
+
+
+@pytest.mark.parametrize(("backend", "dtype"), PARAMS)
+@pytest.mark.parametrize(("n", "D", "m_lab", "G"), SIZES, ids=[f"n{n}-D{D}-L{m}-G{g}" for n, D, m, g in SIZES])
+def test_matches_reference(n, D, m_lab, G, backend, dtype):
+    Z, lab, groups = make_case(n, D, m_lab, 6, G, seed=n + D + m_lab + G)
+    (lam, spectra), Zs = run(Z, lab, groups, backend, dtype, return_all=True)
+    want, want_spectra = gram_min_eig_ref(Zs, lab, groups)
+    assert backend_of(lam) == backend and backend_of(spectra) == backend
+    lam, spectra = to_numpy(lam), to_numpy(spectra)
+    assert lam.dtype == np.float64 and lam.shape == (groups.shape[0],)
+    assert spectra.dtype == np.float64 and spectra.shape == (groups.shape[0], min(m_lab + G, D))
+    lmax = want_spectra[:, -1]
+    assert_eigs_close(lam, want, lmax)
+    assert_eigs_close(spectra, np.maximum(want_spectra, 0), lmax, rtol=1e-9)
+    assert (spectra >= 0).all()
+    assert (np.diff(spectra, axis=1) >= 0).all()
+    # return_all does not change the scores
+    assert_array_equal(to_numpy(fastal.gram_min_eig(to_backend(Z, backend, dtype), lab, groups)), lam)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("D", "m_lab", "G"), [(1100, 1004, 20), (1024, 1500, 20)], ids=["S-side-1024", "D-side-1024"])
+def test_matches_reference_1024(D, m_lab, G):
+    Z, lab, groups = make_case(m_lab + 2 * G, D, m_lab, 2, G, seed=D)
+    lam, spectra = fastal.gram_min_eig(Z, lab, groups, return_all=True)
+    want, want_spectra = gram_min_eig_ref(Z, lab, groups)
+    assert spectra.shape == (2, 1024)
+    assert_eigs_close(lam, want, want_spectra[:, -1])
+    assert_eigs_close(spectra, np.maximum(want_spectra, 0), want_spectra[:, -1], rtol=1e-9)
+
+
+def test_hand_worked():
+    Z = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [3.0, 0.0]])
+    lam, spectra = fastal.gram_min_eig(Z, [0], [[1], [3], [2]], return_all=True)
+    # {0, 1}: diag(1, 4); {0, 3}: rows parallel, eigenvalues 0 and 10; {0, 2}: [[1, 1], [1, 2]]
+    golden = (3 - np.sqrt(5)) / 2, (3 + np.sqrt(5)) / 2
+    assert_allclose(spectra, [[1, 4], [0, 10], golden], rtol=1e-14, atol=1e-14)
+    assert_allclose(lam, [1, 10, golden[0]], rtol=1e-14)
+    # |S| = 3 > D = 2: the D side, Z_Sᵀ Z_S = [[2, 1], [1, 5]] for {0, 1, 2}
+    lam = fastal.gram_min_eig(Z, [0], [[1, 2]])
+    assert_allclose(lam, [(7 - np.sqrt(13)) / 2], rtol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------
+# both sides
+
+
+@pytest.mark.parametrize(("D", "m_lab", "G", "pad"), [(5, 8, 2, 10), (20, 30, 5, 20), (64, 100, 20, 60), (7, 0, 12, 6)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_both_sides_give_the_same_eigenvalues(D, m_lab, G, pad, dtype):
+    """Zero columns leave ``Z_S Z_Sᵀ`` unchanged but move |S| = |L| + G from > D to <= D."""
+    Z, lab, groups = make_case(m_lab + 8 * G, D, m_lab, 8, G, seed=D + G)
+    Z = to_backend(Z, "numpy", dtype)
+    Zpad = np.concatenate([Z, np.zeros((Z.shape[0], pad), dtype=Z.dtype)], axis=1)
+    size = m_lab + G
+    assert D < size <= D + pad
+    rtol = 1e-12
+    lam_d, spec_d = fastal.gram_min_eig(Z, lab, groups, rtol=rtol, return_all=True)
+    lam_s, spec_s = fastal.gram_min_eig(Zpad, lab, groups, rtol=rtol, return_all=True)
+    assert spec_d.shape == (8, D) and spec_s.shape == (8, size)
+    lmax = spec_d[:, -1]
+    assert_eigs_close(lam_s, lam_d, lmax)
+    # the |S| side has size - D extra zeros at the bottom of its spectrum
+    assert_eigs_close(spec_s[:, size - D :], spec_d, lmax, rtol=1e-9)
+    assert (spec_s[:, : size - D] <= ATOL * lmax[:, None]).all()
+    # and both agree with the reference computed on either side
+    for side in ("S", "D"):
+        want, _ = gram_min_eig_ref(upcast(Z), lab, groups, rtol=rtol, side=side)
+        assert_eigs_close(lam_d, want, lmax)
+
+
+# ---------------------------------------------------------------------------------------------
+# rank deficiency, duplicates, near singularity
+
+
+@pytest.mark.parametrize(("n", "D", "m_lab", "G", "rank"), [
+    (60, 10, 12, 4, 6),     # D side, rank 6 < D = 10 < |S| = 16
+    (60, 30, 8, 4, 5),      # S side, rank 5 < |S| = 12 <= D
+    (300, 80, 150, 20, 40), # D side, big
+    (200, 150, 60, 20, 50), # S side, big
+    (50, 8, 3, 2, 1),       # rank 1: a single positive eigenvalue
+])  # fmt: skip
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_rank_deficient(n, D, m_lab, G, rank, dtype):
+    Z, lab, groups = make_case(n, D, m_lab, 5, G, seed=rank, rank=rank)
+    (lam, spectra), Zs = run(Z, lab, groups, "numpy", dtype, return_all=True)
+    want, want_spectra = gram_min_eig_ref(Zs, lab, groups)
+    lmax = want_spectra[:, -1]
+    assert_eigs_close(lam, want, lmax, rtol=1e-7)
+    size = min(m_lab + G, D)
+    assert (spectra[:, : size - rank] <= ATOL * lmax[:, None]).all()  # the zeros
+    assert (lam >= spectra[:, size - rank] * (1 - 1e-7)).all()  # λ⁺_min is past them
+    assert (lam > 1e-6 * lmax).all()
+
+
+@pytest.mark.parametrize(("D", "m_lab"), [(12, 5), (12, 30)], ids=["full-rank-S-side", "D-side"])
+def test_duplicates_proposition_2(D, m_lab):
+    """A group repeating a labeled row (or two identical new rows) has an exact zero eigenvalue at
+    full rank (Proposition 2: λ_min = 0); λ⁺_min skips it and scores the rest of the spectrum."""
+    rng = np.random.default_rng(D + m_lab)
+    n = m_lab + 20
+    Z = rng.normal(size=(n, D))
+    lab = np.arange(m_lab)
+    Z[m_lab] = Z[0]  # a copy of a labeled row
+    Z[m_lab + 2] = Z[m_lab + 1]  # an identical pair in the pool
+    groups = np.array([[m_lab, m_lab + 5], [m_lab + 1, m_lab + 2], [m_lab + 3, m_lab + 4]])
+    lam, spectra = fastal.gram_min_eig(Z, lab, groups, return_all=True)
+    want, want_spectra = gram_min_eig_ref(Z, lab, groups)
+    lmax = want_spectra[:, -1]
+    assert_eigs_close(lam, want, lmax)
+    if m_lab + 2 <= D:  # the |S| side at full rank: duplicates make the plain λ_min zero
+        assert (spectra[:2, 0] <= ATOL * lmax[:2]).all()
+        assert spectra[2, 0] > 1e-3 * lmax[2]
+        assert (lam[:2] >= spectra[:2, 1] * (1 - 1e-9)).all()
+
+
+@pytest.mark.parametrize("delta", [1e-3, 1e-5, 1e-7])
+def test_nearly_singular(delta):
+    """A group row that is a labeled row plus a perturbation of size delta: λ_min ~ delta²."""
+    rng = np.random.default_rng(7)
+    D, m_lab = 40, 10
+    Z = rng.normal(size=(30, D))
+    lab = np.arange(m_lab)
+    Z[m_lab] = Z[0] + delta * rng.normal(size=D)
+    Z[m_lab + 1] = Z[1] + delta * rng.normal(size=D)
+    groups = np.array([[m_lab, m_lab + 2], [m_lab + 1, m_lab + 3], [m_lab + 4, m_lab + 5]])
+    lam = fastal.gram_min_eig(Z, lab, groups, rtol=1e-15)
+    want, spectra = gram_min_eig_ref(Z, lab, groups, rtol=1e-15)
+    assert want[0] < 10 * delta**2 * D
+    # absolute accuracy eps · λ_max: the relative accuracy of λ_min degrades as delta² / λ_max
+    assert_eigs_close(lam, want, spectra[:, -1], rtol=1e-6)
+
+
+def test_zero_rows_and_all_zero_matrices():
+    Z = np.zeros((6, 3))
+    Z[1] = [1.0, 2.0, 2.0]
+    lam, spectra = fastal.gram_min_eig(Z, [0], [[2], [1], [3]], return_all=True)
+    assert_array_equal(lam, [0.0, 9.0, 0.0])  # no positive eigenvalue: 0.0
+    assert_array_equal(spectra[0], [0.0, 0.0])
+    assert_allclose(spectra[1], [0.0, 9.0], atol=1e-15)
+    lam = fastal.gram_min_eig(Z, None, [[0, 2, 3, 4]])  # D side, all zero
+    assert_array_equal(lam, [0.0])
+
+
+def test_rtol_sets_the_zero_threshold():
+    Z = np.diag([1.0, 1e-2, 1e-5, 2.0])  # the Gram of all four rows: diag(1, 1e-4, 1e-10, 4)
+    lab, grp = [0, 3], [[1, 2]]
+    for rtol, want in [(None, 1e-10), (0.0, 1e-10), (1e-12, 1e-10), (1e-8, 1e-4), (0.2, 1.0), (0.3, 4.0)]:
+        got = fastal.gram_min_eig(Z, lab, grp, rtol=rtol)
+        # absolute accuracy ~ eps · λ_max = 4 eps
+        assert_allclose(got, [want], rtol=1e-12, atol=16 * EPS, err_msg=f"rtol={rtol}")
+    # λ_max itself is always above rtol · λ_max (rtol < 1): only a zero matrix scores 0
+    assert_allclose(fastal.gram_min_eig(Z, lab, grp, rtol=0.999), [4.0], rtol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes, frameworks, invariants
+
+
+@pytest.mark.parametrize(("backend", "dtype"), PARAMS)
+def test_empty_labeled_and_single_member_groups(backend, dtype):
+    Z, _, groups = make_case(50, 6, 0, 10, 1, seed=3)
+    for labeled in (None, [], np.empty(0, np.int64)):
+        (lam, spectra), Zs = run(Z, labeled, groups, backend, dtype, return_all=True)
+        assert to_numpy(spectra).shape == (10, 1)
+        assert_allclose(to_numpy(lam), (Zs[groups[:, 0]] ** 2).sum(1), rtol=1e-14)
+    Z, _, groups = make_case(50, 6, 0, 10, 4, seed=4)
+    (lam, _), Zs = run(Z, None, groups, backend, dtype, return_all=True)
+    want, spectra = gram_min_eig_ref(Zs, None, groups)
+    assert_eigs_close(to_numpy(lam), want, spectra[:, -1])
+
+
+def test_index_inputs_of_any_integer_kind():
+    Z, lab, groups = make_case(40, 5, 4, 3, 2, seed=5)
+    want = fastal.gram_min_eig(Z, lab, groups)
+    for lab_in, grp_in in [
+        (lab.tolist(), groups.tolist()),
+        (lab.astype(np.int32), groups.astype(np.int32)),
+        (torch.from_numpy(lab), torch.from_numpy(groups)),
+        (lab, np.asfortranarray(groups)),
+    ]:
+        assert_array_equal(fastal.gram_min_eig(Z, lab_in, grp_in), want)
+
+
+def test_scores_do_not_depend_on_the_batch():
+    """Each group is solved by one thread alone: same bits whatever the batch or its order."""
+    Z, lab, groups = make_case(400, 30, 20, 64, 5, seed=11)
+    lam = fastal.gram_min_eig(Z, lab, groups)
+    order = np.random.default_rng(0).permutation(64)
+    assert_array_equal(fastal.gram_min_eig(Z, lab, groups[order]), lam[order])
+    assert_array_equal(fastal.gram_min_eig(Z, lab, groups[5:6]), lam[5:6])
+    # groups may share indices
+    shared = np.repeat(groups[:1], 3, axis=0)
+    assert_array_equal(fastal.gram_min_eig(Z, lab, shared), np.repeat(lam[:1], 3))
+
+
+def test_power_of_two_scaling_is_exact():
+    Z, lab, groups = make_case(60, 8, 10, 4, 3, seed=12)
+    lam, spectra = fastal.gram_min_eig(Z, lab, groups, return_all=True)
+    for k in (250, -250, 20):  # 250: rescaled inside (entries > 2^240); 20: as is
+        lam_k, spec_k = fastal.gram_min_eig(Z * 2.0**k, lab, groups, return_all=True)
+        assert_allclose(lam_k, lam * 2.0 ** (2 * k), rtol=1e-14)
+        assert_allclose(spec_k, spectra * 2.0 ** (2 * k), rtol=1e-13, atol=1e-13 * 2.0 ** (2 * k))
+
+
+def test_non_contiguous_and_torch_views():
+    Z, lab, groups = make_case(40, 12, 5, 3, 3, seed=13)
+    want = fastal.gram_min_eig(np.ascontiguousarray(Z[:, ::2]), lab, groups)
+    assert_array_equal(fastal.gram_min_eig(Z[:, ::2], lab, groups), want)
+    got = fastal.gram_min_eig(torch.from_numpy(Z)[:, ::2], lab, groups)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
+    assert_array_equal(got.numpy(), want)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def test_rejects_bad_input():
+    Z, lab, groups = make_case(30, 4, 3, 2, 2, seed=0)
+    a, b, c = np.setdiff1d(np.arange(30), lab)[:3].tolist()
+    cases = [
+        (dict(Z=Z[:, 0]), ValueError, "Z must be 2-D"),
+        (dict(Z=Z.astype(np.float16)), TypeError, "Z must have dtype"),
+        (dict(Z=Z.astype(np.int64)), TypeError, "Z must have dtype"),
+        (dict(Z=[[1.0, 2.0]]), TypeError, "Z must be a numpy array"),
+        (dict(labeled=[0, 0]), ValueError, "labeled has duplicate"),
+        (dict(labeled=[30]), ValueError, "labeled has indices out of range"),
+        (dict(labeled=[[0]]), ValueError, "labeled must be 1-D"),
+        (dict(labeled=np.array([0.5])), TypeError, "labeled must hold integer"),
+        (dict(groups=None), ValueError, "groups must be a 2-D"),
+        (dict(groups=groups[0]), ValueError, "groups must be 2-D"),
+        (dict(groups=np.empty((0, 2), np.int64)), ValueError, "groups is empty"),
+        (dict(groups=np.empty((3, 0), np.int64)), ValueError, "groups is empty"),
+        (dict(groups=groups.astype(np.float64)), TypeError, "groups must hold integer"),
+        (dict(groups=groups > 0), TypeError, "groups must hold integer"),
+        (dict(groups=[[a, 30]]), ValueError, r"groups has indices out of range \[0, 30\): groups\[0, 1\] = 30"),
+        (dict(groups=[[a, -1]]), ValueError, "groups has indices out of range"),
+        (dict(groups=[[a, int(lab[1])]]), ValueError, r"groups overlaps labeled: groups\[0, 1\]"),
+        (dict(groups=[[a, b], [c, c]]), ValueError, rf"groups\[1\] holds index {c} twice"),
+        (dict(rtol=-1e-3), ValueError, r"rtol must be in \[0, 1\)"),
+        (dict(rtol=1.0), ValueError, r"rtol must be in \[0, 1\)"),
+        (dict(rtol=float("nan")), ValueError, r"rtol must be in \[0, 1\)"),
+        (dict(rtol="1e-3"), TypeError, "rtol must be a real number"),
+        (dict(rtol=True), TypeError, "rtol must be a real number"),
+        (dict(return_all="yes"), TypeError, "return_all must be a bool"),
+    ]
+    for change, exc, match in cases:
+        kw = {"Z": Z, "labeled": lab, "groups": groups, **change}
+        with pytest.raises(exc, match=match):
+            fastal.gram_min_eig(kw.pop("Z"), kw.pop("labeled"), kw.pop("groups"), **kw)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_rejects_non_finite(bad, backend):
+    Z, lab, groups = make_case(30, 4, 3, 2, 2, seed=1)
+    Z[17, 2] = bad
+    with pytest.raises(ValueError, match="Z contains NaN or Inf in 1 row.*first in row 17"):
+        fastal.gram_min_eig(to_backend(Z, backend), lab, groups)
+
+
+def test_kernel_validates_on_its_own():
+    """The compiled entry point checks indices too (it can be called without the Python layer)."""
+    Z, lab, groups = make_case(30, 4, 3, 2, 2, seed=2)
+    a = int(np.setdiff1d(np.arange(30), lab)[0])
+    k = fastal._ext.cpu.gram_min_eig_float64
+    with pytest.raises(ValueError, match=r"groups\[0, 1\] = .* is in labeled"):
+        k(Z, lab, np.array([[a, lab[0]]]), 1e-12)
+    with pytest.raises(ValueError, match=rf"groups\[0\] holds index {a} twice"):
+        k(Z, lab, np.array([[a, a]]), 1e-12)
+    with pytest.raises(ValueError, match=r"groups\[0, 0\] = 99 is out of range"):
+        k(Z, lab, np.array([[99, a]]), 1e-12)
+    with pytest.raises(ValueError, match="labeled has duplicate indices"):
+        k(Z, np.array([1, 1]), groups, 1e-12)
+    with pytest.raises(ValueError, match="rtol must be in"):
+        k(Z, lab, groups, -1.0)
+    with pytest.raises(TypeError):
+        k(Z.astype(np.float32), lab, groups, 1e-12)  # no silent casts
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.cuda) for b in AVAILABLE_CUDA_BACKENDS] or [
+    pytest.param("torch-cuda", marks=pytest.mark.cuda)
+])
+def test_cuda_input_says_not_implemented(backend):
+    Z, lab, groups = make_case(30, 4, 3, 2, 2, seed=3)
+    with pytest.raises(NotImplementedError, match="Z is a .*cuda.* not built yet"):
+        fastal.gram_min_eig(to_backend(Z, backend, "float32"), lab, indices_to_backend(groups, backend))

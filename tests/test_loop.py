@@ -1,0 +1,178 @@
+"""fastal.loop: bookkeeping of the active-learning loop, resume after an interruption, AUC."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from fastal import loop
+from fastal.strategies import CoreSet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread (and the CI machine is small)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def blobs(n: int, seed: int, C: int = 3, d: int = 4):
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(C, d)) * 3
+    y = rng.integers(C, size=n)
+    return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+POOL, TEST = blobs(120, 0), blobs(60, 1)
+
+
+def model_fn():
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+
+
+train = functools.partial(loop.fit, max_steps=25, eval_every=5)
+
+
+class Recorder:
+    """A train function that checks what it is shown and can fail at a chosen round."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.sizes: list[int] = []
+        self.fail_at = fail_at
+
+    def __call__(self, model, dataset, *, task, seed, device):
+        X, y = dataset.tensors
+        # every row shown to training carries its oracle label
+        rows = [int(np.flatnonzero((POOL[0] == x.numpy()).all(1))[0]) for x in X]
+        assert_array_equal(y.numpy(), POOL[1][rows])
+        assert len(set(rows)) == len(rows)
+        if self.fail_at is not None and len(self.sizes) == self.fail_at:
+            raise KeyboardInterrupt(f"stopped at round {self.fail_at}")
+        self.sizes.append(len(rows))
+        return train(model, dataset, task=task, seed=seed, device=device)
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "coreset", "bald", "random"])
+def test_bookkeeping(strategy):
+    rec = Recorder()
+    budgets = [5, 10, 7]
+    res = loop.run(POOL, TEST, model_fn=model_fn, strategy=strategy, initial=8, budget=budgets,
+                   train_fn=rec, seed=3, select_options={"mc_samples": 4})  # fmt: skip
+    n = len(POOL[1])
+    assert res.metric == "accuracy"
+    assert [r["round"] for r in res.rows] == [0, 1, 2, 3]
+    assert res.n_labeled.tolist() == [8, 13, 23, 30] == rec.sizes
+    assert res.labeled.size == 30
+    assert np.unique(res.labeled).size == res.labeled.size  # no index labeled twice
+    unlabeled = np.setdiff1d(np.arange(n), res.labeled)
+    assert_array_equal(
+        np.sort(np.concatenate([res.labeled, unlabeled])), np.arange(n)
+    )  # labeled + rest = all
+    assert res.added.tolist() == [0] * 8 + [1] * 5 + [2] * 10 + [3] * 7
+    assert all(0 <= v <= 1 for v in res.values)
+    assert res.rows[-1]["select_seconds"] == 0.0
+    assert res.auc == pytest.approx(loop.auc(res.n_labeled, res.values))
+
+
+def test_resume_after_an_interruption_gives_the_same_labels(tmp_path):
+    kwargs = dict(model_fn=model_fn, strategy="entropy", initial=6, budget=8, rounds=4, seed=11)
+    full = loop.run(POOL, TEST, train_fn=train, checkpoint=tmp_path / "full.npz", **kwargs)
+
+    state = tmp_path / "run.npz"
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(POOL, TEST, train_fn=Recorder(fail_at=2), checkpoint=state, **kwargs)
+    with np.load(state) as z:  # saved after round 1: the initial set + two batches
+        assert z["labeled"].size == 6 + 2 * 8
+        assert_array_equal(z["labeled"], full.labeled[: 6 + 2 * 8])
+        assert z["row_n_labeled"].tolist() == [6, 14]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+    rec = Recorder()
+    resumed = loop.run(POOL, TEST, train_fn=rec, resume=state, **kwargs)
+    assert rec.sizes == [22, 30, 38]  # rounds 2, 3, 4 only
+    assert_array_equal(resumed.labeled, full.labeled)
+    assert_array_equal(resumed.added, full.added)
+    assert_allclose(resumed.values, full.values)
+    assert resumed.auc == full.auc
+
+    again = loop.run(POOL, TEST, train_fn=rec, resume=state, **kwargs)  # finished: nothing to redo
+    assert rec.sizes == [22, 30, 38]
+    assert_array_equal(again.labeled, full.labeled)
+
+    with pytest.raises(ValueError, match="seed"):
+        loop.run(POOL, TEST, train_fn=train, resume=state, **dict(kwargs, seed=12))
+    with pytest.raises(FileNotFoundError):
+        loop.run(POOL, TEST, train_fn=train, resume=tmp_path / "missing.npz", **kwargs)
+
+
+def test_same_seed_same_run_different_seed_different_start():
+    kwargs = dict(
+        model_fn=model_fn, strategy="margin", initial=5, budget=5, rounds=1, train_fn=train
+    )
+    a = loop.run(POOL, TEST, seed=0, **kwargs)
+    b = loop.run(POOL, TEST, seed=0, **kwargs)
+    c = loop.run(POOL, TEST, seed=1, **kwargs)
+    assert_array_equal(a.labeled, b.labeled)
+    assert a.values.tolist() == b.values.tolist()
+    assert not np.array_equal(a.labeled[:5], c.labeled[:5])
+
+
+def test_auc_on_a_hand_made_table():
+    assert loop.auc([10, 20, 40], [0.5, 0.7, 0.8]) == pytest.approx((10 * 0.6 + 20 * 0.75) / 30)
+    assert loop.auc([10, 20], [0.4, 0.4]) == pytest.approx(0.4)
+    assert loop.auc([50], [0.9]) == 0.9
+    res = loop.RunResult(
+        rows=[{"round": i, "n_labeled": n, "accuracy": v, "train_seconds": 0.5, "select_seconds": 0.25}
+              for i, (n, v) in enumerate([(10, 0.5), (20, 0.7), (40, 0.8)])],
+        metric="accuracy", labeled=np.arange(40), strategy="x", seed=2,
+    )  # fmt: skip
+    assert res.auc == pytest.approx(0.7)
+    lines = res.to_csv().splitlines()
+    assert lines[0] == "strategy,seed,round,n_labeled,accuracy,train_seconds,select_seconds"
+    assert lines[1] == "x,2,0,10,0.5,0.5,0.25"
+    with pytest.raises(ValueError, match="non-decreasing"):
+        loop.auc([20, 10], [0.1, 0.2])
+
+
+def test_regression_dataset_pool_and_strategy_object(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3)).astype(np.float32)
+    y = (X @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=80)).astype(np.float32)
+    pool = TensorDataset(torch.from_numpy(X[:60]), torch.from_numpy(y[:60]))  # a Dataset of (x, y)
+
+    def reg_model():
+        return nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    res = loop.run(pool, (X[60:], y[60:]), model_fn=reg_model, strategy=CoreSet(), initial=10, budget=10,
+                   rounds=2, task="regression", train_fn=train, seed=0)  # fmt: skip
+    assert res.metric == "mse"
+    assert res.n_labeled.tolist() == [10, 20, 30]
+    assert np.isfinite(res.values).all()
+    assert (res.values >= 0).all()
+    res.to_csv(tmp_path / "r.csv")
+    assert (tmp_path / "r.csv").read_text().startswith("strategy,seed,round,n_labeled,mse")
+    with pytest.raises(ValueError, match="regression model cannot give"):
+        loop.run(pool, (X[60:], y[60:]), model_fn=reg_model, strategy="entropy", initial=10, budget=10,
+                 rounds=1, task="regression", train_fn=train)  # fmt: skip
+
+
+def test_argument_checks():
+    kwargs = dict(model_fn=model_fn, strategy="random", train_fn=train)
+    with pytest.raises(ValueError, match="rounds is needed"):
+        loop.run(POOL, TEST, initial=5, budget=5, **kwargs)
+    with pytest.raises(ValueError, match="more than the pool"):
+        loop.run(POOL, TEST, initial=100, budget=30, rounds=1, **kwargs)
+    with pytest.raises(ValueError, match="rounds = 3"):
+        loop.run(POOL, TEST, initial=5, budget=[5, 5], rounds=3, **kwargs)
+    with pytest.raises(ValueError, match="duplicate"):
+        loop.run(POOL, TEST, initial=[1, 1], budget=5, rounds=1, **kwargs)
+    res = loop.run(POOL, TEST, initial=[3, 1, 2], budget=2, rounds=1, **kwargs)
+    assert res.labeled[:3].tolist() == [3, 1, 2]

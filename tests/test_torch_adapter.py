@@ -1,0 +1,344 @@
+"""fastal.torch: the model adapter against hand-computed outputs of a tiny model."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+import fastal.torch as ft
+from fastal import strategies
+from fastal.strategies import Selection, Strategy
+
+N, D_IN, D_H, C = 10, 3, 4, 3
+
+
+def weights():
+    rng = np.random.default_rng(0)
+    return {
+        "W1": rng.normal(size=(D_H, D_IN)), "b1": rng.normal(size=D_H),
+        "W2": rng.normal(size=(C, D_H)), "b2": rng.normal(size=C),
+    }  # fmt: skip
+
+
+class Tiny(nn.Module):
+    """x -> relu(W1 x + b1) -> [dropout] -> W2 h + b2, counting forward calls of each part."""
+
+    def __init__(self, dropout: float = 0.0, out: int = C) -> None:
+        super().__init__()
+        w = weights()
+        self.body = nn.Linear(D_IN, D_H)
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.head = nn.Linear(D_H, out)
+        with torch.no_grad():
+            self.body.weight.copy_(torch.from_numpy(w["W1"]))
+            self.body.bias.copy_(torch.from_numpy(w["b1"]))
+            self.head.weight.copy_(torch.from_numpy(w["W2"][:out]))
+            self.head.bias.copy_(torch.from_numpy(w["b2"][:out]))
+        self.calls = {"model": 0, "head": 0}
+        self.head.register_forward_hook(lambda *a: self._count("head"))
+
+    def _count(self, key: str) -> None:
+        self.calls[key] += 1
+
+    def forward(self, x):
+        self.calls["model"] += 1
+        return self.head(self.drop(torch.relu(self.body(x))))
+
+
+def inputs() -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(N, D_IN)).astype(np.float32)
+
+
+def reference(x: np.ndarray) -> dict[str, np.ndarray]:
+    w = weights()
+    h = np.maximum(x.astype(np.float64) @ w["W1"].T + w["b1"], 0)
+    z = h @ w["W2"].T + w["b2"]
+    p = np.exp(z - z.max(1, keepdims=True))
+    return {"features": h, "logits": z, "probs": p / p.sum(1, keepdims=True)}
+
+
+class XOnly(Dataset):
+    def __init__(self, x):
+        self.x = torch.from_numpy(x)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i]
+
+
+class Stream(IterableDataset):
+    def __init__(self, x):
+        self.x = torch.from_numpy(x)
+
+    def __iter__(self):
+        return iter(self.x)
+
+
+def as_data(kind: str, x: np.ndarray):
+    y = torch.zeros(len(x), dtype=torch.int64)
+    if kind == "tensor":
+        return torch.from_numpy(x)
+    if kind == "numpy":
+        return x.astype(np.float64)  # cast to the model's float32 on the way in
+    if kind == "dataset":
+        return TensorDataset(torch.from_numpy(x), y)
+    if kind == "x-dataset":
+        return XOnly(x)
+    if kind == "dataloader":
+        return DataLoader(TensorDataset(torch.from_numpy(x), y), batch_size=3, shuffle=False)
+    if kind == "iterable":
+        return Stream(x)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind", ["tensor", "numpy", "dataset", "x-dataset", "dataloader", "iterable"]
+)
+def test_features_logits_probs_match_hand_computation(kind):
+    x = inputs()
+    out = ft.pool_outputs(
+        Tiny(), as_data(kind, x), ("features", "logits", "probs"), batch_size=4, progress=False
+    )
+    assert list(out) == ["features", "logits", "probs"]
+    ref = reference(x)
+    for key in out:
+        assert out[key].dtype == torch.float32
+        assert out[key].device.type == "cpu"
+        assert_allclose(out[key].numpy(), ref[key], rtol=1e-5, atol=1e-6)
+
+
+def test_only_what_was_asked_is_computed():
+    x = torch.from_numpy(inputs())
+    batches = 3  # 10 rows in batches of 4
+
+    model = Tiny()
+    out = ft.pool_outputs(model, x, ("features",), batch_size=4, progress=False)
+    assert list(out) == ["features"]
+    assert model.calls == {"model": batches, "head": 0}  # the pass stops at the hooked layer
+    assert len(model.head._forward_pre_hooks) == 0  # hook removed
+
+    model = Tiny()
+    out = ft.pool_outputs(model, x, ("probs",), batch_size=4, progress=False)
+    assert list(out) == ["probs"]
+    assert model.calls == {"model": batches, "head": batches}
+
+    model = Tiny()
+    ft.pool_outputs(model, x, ("features", "logits", "probs"), batch_size=4, progress=False)
+    assert model.calls == {"model": batches, "head": batches}  # one pass gives all three
+
+    model = Tiny(dropout=0.5)
+    out = ft.pool_outputs(model, x, ("mc_probs",), batch_size=4, mc_samples=5, progress=False)
+    assert list(out) == ["mc_probs"]
+    assert model.calls["model"] == 5 * batches
+
+    model = Tiny(dropout=0.5)
+    ft.pool_outputs(model, x, ("probs", "mc_probs"), batch_size=4, mc_samples=5, progress=False)
+    assert model.calls["model"] == 6 * batches
+
+
+def test_feature_hook_fires_once_per_batch_and_only_when_asked(monkeypatch):
+    fired = []
+    real = nn.Module.register_forward_pre_hook
+
+    def spy(self, hook, *args, **kwargs):
+        def counted(module, inp):
+            fired.append(module)
+            return hook(module, inp)
+
+        return real(self, counted, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "register_forward_pre_hook", spy)
+    model = Tiny()
+    x = torch.from_numpy(inputs())
+    ft.pool_outputs(model, x, ("logits",), batch_size=4, progress=False)
+    assert fired == []
+    ft.pool_outputs(model, x, ("features", "logits"), batch_size=4, progress=False)
+    assert fired == [model.head] * 3
+
+
+def test_embed_fn_and_feature_layer():
+    x = torch.from_numpy(inputs())
+    ref = reference(inputs())["features"]
+    model = Tiny()
+    out = ft.pool_outputs(
+        model, x, ("features",), embed_fn=lambda m, b: torch.relu(m.body(b)), progress=False
+    )
+    assert_allclose(out["features"].numpy(), ref, rtol=1e-5, atol=1e-6)
+    assert model.calls["model"] == 0  # embed_fn alone: the model's forward never runs
+    out = ft.pool_outputs(Tiny(), x, ("features",), feature_layer="body", progress=False)
+    assert_allclose(out["features"].numpy(), inputs(), rtol=1e-6)
+
+
+def test_mc_dropout_passes_differ_and_their_mean_converges():
+    x = torch.from_numpy(inputs()[:3])
+    model = Tiny(dropout=0.5)
+    with torch.no_grad():
+        model.body.bias += 4.0  # every hidden unit active: each dropout mask changes the output
+    model.train()  # the caller's mode must come back
+    T = 4000
+    out = ft.pool_outputs(model, x, ("probs", "mc_probs"), mc_samples=T, seed=0, progress=False)
+    mc = out["mc_probs"].numpy().astype(np.float64)
+    assert mc.shape == (T, 3, C)
+    assert all(m.training for m in model.modules())
+    assert_allclose(mc.sum(-1), 1, rtol=1e-5)
+    assert (np.ptp(mc, axis=0).max(-1) > 0.05).all()  # the passes differ, on every row
+
+    w = weights()
+    h = np.maximum(inputs()[:3].astype(np.float64) @ w["W1"].T + w["b1"] + 4.0, 0)
+    assert (h > 0).all()
+
+    def softmax(z):
+        p = np.exp(z - z.max(1, keepdims=True))
+        return p / p.sum(1, keepdims=True)
+
+    # deterministic probs: dropout off even though the model was in train mode
+    assert_allclose(out["probs"].numpy(), softmax(h @ w["W2"].T + w["b2"]), rtol=1e-5)
+    # exact expectation over the 2^4 dropout masks (keep probability 1/2, kept units scaled by 2)
+    exact = np.zeros((3, C))
+    for mask in itertools.product([0.0, 2.0], repeat=D_H):
+        exact += softmax((h * np.array(mask)) @ w["W2"].T + w["b2"]) / 2**D_H
+    stderr = mc.std(0) / np.sqrt(T)
+    assert (np.abs(mc.mean(0) - exact) < 5 * stderr + 1e-6).all()
+    assert not np.allclose(
+        out["probs"].numpy(), exact, atol=1e-3
+    )  # the MC mean is not the eval pass
+
+    again = ft.pool_outputs(model, x, ("mc_probs",), mc_samples=50, seed=0, progress=False)[
+        "mc_probs"
+    ]
+    assert_array_equal(again.numpy(), out["mc_probs"][:50].numpy())  # seeded
+    other = ft.pool_outputs(model, x, ("mc_probs",), mc_samples=50, seed=1, progress=False)[
+        "mc_probs"
+    ]
+    assert not torch.equal(other, again)
+
+
+def test_regression_outputs():
+    x = torch.from_numpy(inputs())
+    ref = reference(inputs())
+    out = ft.pool_outputs(
+        Tiny(out=1), x, ("features", "outputs"), task="regression", batch_size=3, progress=False
+    )
+    assert out["outputs"].shape == (N, 1)
+    assert_allclose(out["outputs"].numpy()[:, 0], ref["logits"][:, 0], rtol=1e-5, atol=1e-6)
+    assert_allclose(out["features"].numpy(), ref["features"], rtol=1e-5, atol=1e-6)
+
+    class Scalar(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = Tiny(out=1, dropout=0.5)
+
+        def forward(self, x):
+            return self.net(x)[:, 0]
+
+    out = ft.pool_outputs(
+        Scalar(), x, ("outputs", "mc_outputs"), task="regression", mc_samples=4, progress=False
+    )
+    assert out["outputs"].shape == (N,)
+    assert out["mc_outputs"].shape == (4, N)
+    with pytest.raises(ValueError, match="regression model cannot give"):
+        ft.pool_outputs(Tiny(out=1), x, ("probs",), task="regression")
+
+
+def test_progress_bar_and_output_options(capsys):
+    x = torch.from_numpy(inputs())
+    out = ft.pool_outputs(Tiny(), x, ("logits",), dtype=torch.float64, progress=True)
+    assert out["logits"].dtype == torch.float64
+    assert "fastal pool pass" in capsys.readouterr().err
+
+
+def test_refusals():
+    x = torch.from_numpy(inputs())
+    with pytest.raises(ValueError, match="dropout"):
+        ft.pool_outputs(Tiny(), x, ("mc_probs",))
+    with pytest.raises(ValueError, match="shuffle=False"):
+        ft.pool_outputs(
+            Tiny(), DataLoader(TensorDataset(x), batch_size=2, shuffle=True), ("probs",)
+        )
+    with pytest.raises(ValueError, match="drop_last"):
+        ft.pool_outputs(
+            Tiny(), DataLoader(TensorDataset(x), batch_size=3, drop_last=True), ("probs",)
+        )
+    with pytest.raises(ValueError, match=r"no nn\.Linear"):
+        ft.pool_outputs(nn.Sequential(nn.ReLU()), x, ("features",))
+    with pytest.raises(ValueError, match="cannot give"):
+        ft.pool_outputs(Tiny(), x, ("embeddings",))
+    with pytest.raises(ValueError, match="empty"):
+        ft.pool_outputs(Tiny(), x[:0], ("probs",))
+    with pytest.raises(TypeError, match="data must be"):
+        ft.pool_outputs(Tiny(), object(), ("probs",))
+
+
+def test_needs_of_follows_requires():
+    expected = {
+        "random": (), "entropy": ("probs",), "margin": ("probs",), "least_confidence": ("probs",),
+        "bald": ("mc_probs",), "coreset": ("features",), "kmeans": ("features",),
+        "badge": ("probs", "features"), "egl": ("probs", "features"),
+        "sparse_approx": ("logits", "features"), "crc": ("features", "probs"),
+    }  # fmt: skip
+    for name in strategies.available():
+        assert ft.needs_of(name) == strategies.get(name).requires
+        assert ft.needs_of(strategies.get(name)) == ft.needs_of(name)
+        if name in expected:
+            assert set(ft.needs_of(name)) == set(expected[name]), name
+        assert set(ft.needs_of(name)) <= set(ft.NEEDS["classification"]), name
+
+
+class Spy(Strategy):
+    name = ""
+    requires = ("logits", "features")
+
+    def select(self, pool, budget, labeled=None, *, seed=None):
+        self.pool = pool
+        return Selection(np.arange(budget), {})
+
+
+def test_select_computes_what_the_strategy_requires():
+    x = torch.from_numpy(inputs())
+    spy = Spy()
+    ft.select(spy, Tiny(), x, 2, labeled=np.array([4, 7]), labels=np.array([1, 2]), progress=False)
+    assert set(spy.pool) == {"logits", "features", "labeled_logits", "labeled_targets"}
+    assert_allclose(
+        spy.pool["labeled_logits"].numpy(), reference(inputs())["logits"][[4, 7]], rtol=1e-5
+    )
+    assert spy.pool["labeled_targets"].tolist() == [1, 2]
+
+    model = Tiny()
+    sel = ft.select("random", model, x, 3, labeled=[0, 1], seed=0)
+    assert model.calls["model"] == 0  # random needs nothing from the model
+    assert (
+        sel.indices.tolist()
+        == np.random.default_rng(0).choice(np.arange(2, N), 3, replace=False).tolist()
+    )
+
+    model = Tiny()
+    sel = ft.select("entropy", model, x, 3, labeled=[0], progress=False)
+    p = reference(inputs())["probs"]
+    h = -(p * np.log(p)).sum(1)
+    h[0] = -np.inf
+    assert sel.indices.tolist() == np.argsort(-h, kind="stable")[:3].tolist()
+    assert "pool_seconds" in sel.diagnostics
+
+
+def test_fastal_torch_does_not_shadow_torch():
+    import importlib
+
+    import fastal
+    import fastal.ntk
+
+    assert torch.__name__ == "torch"
+    assert torch.__file__ != ft.__file__
+    assert importlib.import_module("torch") is torch
+    assert fastal.torch is ft  # also reachable as an attribute
+    out = fastal.ntk.ntk_features(
+        torch.ones(2, 3), 4
+    )  # a fastal module doing `import torch` inside
+    assert isinstance(out, torch.Tensor)

@@ -1,0 +1,188 @@
+"""Baselines random, entropy, margin, least_confidence, bald against float64 numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import (
+    CPU_BACKENDS,
+    assert_indices_like,
+    indices_to_backend,
+    to_backend,
+    to_numpy,
+    upcast,
+)
+from numpy.testing import assert_allclose, assert_array_equal
+
+from fastal import strategies
+from fastal.strategies import BALD, Entropy, LeastConfidence, Margin, Random
+
+# ------------------------------------------------------------------------------------------
+# references
+
+
+def entropy_ref(p: np.ndarray) -> np.ndarray:
+    logp = np.log(np.where(p > 0, p, 1.0))
+    return -(p * logp).sum(-1)
+
+
+def margin_ref(p: np.ndarray) -> np.ndarray:
+    s = np.sort(p, axis=1)
+    return -(s[:, -1] - s[:, -2])
+
+
+def least_confidence_ref(p: np.ndarray) -> np.ndarray:
+    return 1 - p.max(1)
+
+
+def bald_ref(mc: np.ndarray) -> np.ndarray:
+    return entropy_ref(mc.mean(0)) - entropy_ref(mc).mean(0)
+
+
+def top_ref(scores: np.ndarray, labeled, budget: int) -> np.ndarray:
+    """Highest scores among the unlabeled rows, ties to the lowest index."""
+    rows = np.setdiff1d(np.arange(scores.size), [] if labeled is None else labeled)
+    order = np.lexsort((rows, -scores[rows]))
+    return rows[order][:budget]
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def probs(n=200, C=5, seed=0, sharp=3.0) -> np.ndarray:
+    return softmax(np.random.default_rng(seed).normal(size=(n, C)) * sharp)
+
+
+SCORES = {"entropy": entropy_ref, "margin": margin_ref, "least_confidence": least_confidence_ref}
+
+
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("name", list(SCORES))
+@pytest.mark.parametrize("labeled", [None, [0, 3, 17, 42]])
+def test_scores_and_picks_match_numpy(name, backend, dtype, labeled):
+    P = to_backend(probs(), backend, dtype)
+    lab = None if labeled is None else indices_to_backend(labeled, backend)
+    sel = strategies.get(name)().select({"probs": P}, 20, lab)
+    assert_indices_like(sel.indices, P, 20)
+    ref_scores = SCORES[name](upcast(P))
+    assert_allclose(to_numpy(sel.diagnostics["scores"]), ref_scores, rtol=1e-12, atol=1e-15)
+    assert_array_equal(to_numpy(sel.indices), top_ref(ref_scores, labeled, 20))
+
+
+@pytest.mark.parametrize("name", list(SCORES))
+def test_logits_are_softmaxed(name):
+    z = np.random.default_rng(3).normal(size=(100, 4)) * 2
+    sel = strategies.get(name)().select({"logits": z}, 10, [1, 2])
+    ref = SCORES[name](softmax(z))
+    assert_allclose(sel.diagnostics["scores"], ref, rtol=1e-10, atol=1e-14)
+    assert_array_equal(sel.indices, top_ref(ref, [1, 2], 10))
+
+
+@pytest.mark.parametrize("name", list(SCORES))
+def test_ties_go_to_the_lowest_index(name):
+    a = [0.4, 0.4, 0.2]  # the most uncertain row, repeated
+    b = [0.8, 0.1, 0.1]
+    P = np.array([b, a, b, a, a, b, a])
+    sel = strategies.get(name)().select({"probs": P}, 4, labeled=[3])
+    assert sel.indices.tolist() == [1, 4, 6, 0]
+
+
+def test_known_values():
+    P = np.array([[1.0, 0.0], [0.5, 0.5], [0.7, 0.3]])
+    assert_allclose(
+        Entropy().select({"probs": P}, 1).diagnostics["scores"],
+        [0, np.log(2), entropy_ref(P[2:])[0]],
+    )
+    assert_allclose(Margin().select({"probs": P}, 1).diagnostics["scores"], [-1.0, 0.0, -0.4])
+    assert_allclose(
+        LeastConfidence().select({"probs": P}, 1).diagnostics["scores"], [0.0, 0.5, 0.3]
+    )
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("labeled", [None, [5, 6]])
+def test_bald_matches_numpy(backend, labeled):
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(1, 80, 6))
+    mc = softmax(base + rng.normal(size=(30, 80, 6)) * rng.uniform(0, 2, size=(1, 80, 1)))
+    MC = to_backend(mc, backend, "float64")
+    sel = BALD().select(
+        {"mc_probs": MC}, 15, None if labeled is None else indices_to_backend(labeled, backend)
+    )
+    assert_indices_like(sel.indices, MC, 15)
+    ref = bald_ref(mc)
+    assert_allclose(to_numpy(sel.diagnostics["scores"]), ref, rtol=1e-10, atol=1e-14)
+    assert_array_equal(to_numpy(sel.indices), top_ref(ref, labeled, 15))
+    assert (ref > -1e-12).all()  # mutual information is non-negative
+
+
+def test_bald_agreeing_passes_score_zero():
+    p = np.tile(
+        [[0.5, 0.25, 0.25], [0.75, 0.125, 0.125]], (5, 1)
+    )  # dyadic: the mean over passes is exact
+    sel = BALD().select({"mc_probs": np.stack([p, p, p, p])}, 3)
+    assert_allclose(sel.diagnostics["scores"], 0, atol=1e-12)
+    assert sel.indices.tolist() == [0, 1, 2]  # all tied: lowest indices
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_random_is_a_seeded_uniform_choice(backend):
+    X = to_backend(np.zeros((50, 2)), backend, "float32")
+    labeled = [1, 2, 3]
+    sel = Random().select({"features": X}, 10, indices_to_backend(labeled, backend), seed=7)
+    assert_indices_like(sel.indices, X, 10)
+    rest = np.setdiff1d(np.arange(50), labeled)
+    assert_array_equal(
+        to_numpy(sel.indices), np.random.default_rng(7).choice(rest, 10, replace=False)
+    )
+    assert_array_equal(Random().select(50, 10, labeled, seed=7).indices, to_numpy(sel.indices))
+    assert_array_equal(
+        Random().select({"n": 50}, 10, labeled, seed=7).indices, to_numpy(sel.indices)
+    )
+    assert (
+        Random().select({"mc_probs": np.zeros((4, 50, 3))}, 50 - 3, labeled, seed=0).indices.size
+        == 47
+    )
+    picks = [tuple(Random().select(50, 5, seed=s).indices) for s in range(5)]
+    assert len(set(picks)) == 5
+
+
+def test_registry_and_requires():
+    for name, cls, req in [
+        ("random", Random, ()), ("entropy", Entropy, ("probs",)), ("margin", Margin, ("probs",)),
+        ("least_confidence", LeastConfidence, ("probs",)), ("bald", BALD, ("mc_probs",)),
+    ]:  # fmt: skip
+        assert strategies.get(name) is cls
+        assert cls.requires == req
+
+
+def test_validation():
+    P = probs(20, 3)
+    with pytest.raises(ValueError, match="budget = 21"):
+        Entropy().select({"probs": P}, 21)
+    with pytest.raises(ValueError, match="sum to 1"):
+        Entropy().select({"probs": P * 0.5}, 2)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        Margin().select({"probs": P * 2}, 2)
+    with pytest.raises(ValueError, match="NaN"):
+        LeastConfidence().select({"logits": np.full((3, 2), np.nan)}, 1)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        Margin().select({"probs": np.ones((4, 1))}, 1)
+    with pytest.raises(ValueError, match="needs 'probs' or 'logits'"):
+        Entropy().select({"features": P}, 1)
+    with pytest.raises(TypeError, match="mapping"):
+        Entropy().select(P, 1)
+    with pytest.raises(ValueError, match="3-D"):
+        BALD().select({"mc_probs": P}, 1)
+    with pytest.raises(ValueError, match="sum to 1"):
+        BALD().select({"mc_probs": np.full((2, 3, 2), 0.2)}, 1)
+    with pytest.raises(ValueError, match="duplicate"):
+        Random().select(10, 2, [1, 1])
+    with pytest.raises(ValueError, match="budget = 9"):
+        Random().select(10, 9, [0, 1])
