@@ -61,6 +61,17 @@ def test_demo_quick_regression(tmp_path, capsys):
     assert "lower is better" in capsys.readouterr().out
 
 
+def test_demo_quick_mnist1d(tmp_path):
+    """mnist1d is generated locally by its package (no download): random and Core-Set only."""
+    pytest.importorskip("mnist1d")
+    args = ["demo", "--quick", "--dataset", "mnist1d", "--strategies", "random,coreset"]
+    assert cli.main([*args, "--out", str(tmp_path)]) == 0
+    rows = read_csv(tmp_path / "results.csv")
+    assert {r["strategy"] for r in rows} == {"random", "coreset"}
+    assert {r["metric"] for r in rows} == {"accuracy"}
+    assert all(0.0 <= float(r["value"]) <= 1.0 for r in rows)
+
+
 def test_demo_refusals(tmp_path):
     with pytest.raises(SystemExit, match="regression model does not give"):
         cli.main(
