@@ -613,7 +613,8 @@ def fit_temperature_ref(logits, targets, lo: float = 1e-2, hi: float = 1e2) -> f
 def gram_spectrum_ref(Z, S, side: str = "auto") -> np.ndarray:
     """Ascending eigenvalues (float64, ``np.linalg.eigvalsh``) of the Gram matrix of the rows ``S``
     of ``Z``: ``Z_S Z_Sᵀ`` (side ``"S"``), ``Z_Sᵀ Z_S`` (side ``"D"``) or the smaller of the two
-    (``"auto"``, ``|S| <= D`` taking the ``|S|`` side). Both sides share their non-zero eigenvalues."""
+    (``"auto"``, ``|S| <= D`` taking the ``|S|`` side). Both sides share their non-zero
+    eigenvalues."""
     ZS = np.asarray(Z, dtype=np.float64)[np.asarray(S, dtype=np.int64)]
     if side == "auto":
         side = "S" if ZS.shape[0] <= ZS.shape[1] else "D"
@@ -623,7 +624,7 @@ def gram_spectrum_ref(Z, S, side: str = "auto") -> np.ndarray:
 
 def gram_min_eig_ref(Z, labeled, groups, rtol=None, side: str = "auto"):
     """For every row ``g`` of ``groups``: the smallest eigenvalue above ``rtol * λ_max`` of the Gram
-    matrix of ``S = labeled ∪ g`` (0.0 when there is none), and the spectrum (ascending).
+    matrix of ``S = labeled + g`` (0.0 when there is none), and the spectrum (ascending).
 
     ``rtol`` defaults to ``max(|S|, D) * eps(float64)``. Returns ``(lambda_min (n_groups,),
     spectra (n_groups, m))`` with ``m`` the size of the chosen side.

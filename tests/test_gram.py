@@ -32,7 +32,7 @@ from conftest import (
     upcast,
 )
 from numpy.testing import assert_allclose, assert_array_equal
-from reference import gram_min_eig_ref, gram_spectrum_ref
+from reference import gram_min_eig_ref
 
 import fastal
 
@@ -42,7 +42,9 @@ RTOL = 1e-8  # relative, for well-conditioned λ⁺_min (both dtypes: float64 co
 ATOL = 64 * EPS  # times the largest eigenvalue (per group)
 
 
-def make_case(n: int, D: int, m_lab: int, n_groups: int, G: int, seed: int, rank: int | None = None):
+def make_case(
+    n: int, D: int, m_lab: int, n_groups: int, G: int, seed: int, rank: int | None = None
+):
     """Gaussian Z (n, D), or with a rank: the product of two small-integer factors (exact in
     float32, so the stored matrix has exactly that rank); a random labeled set and groups disjoint
     from it."""
@@ -95,31 +97,40 @@ SIZES = [
 
 
 @pytest.mark.parametrize(("backend", "dtype"), PARAMS)
-@pytest.mark.parametrize(("n", "D", "m_lab", "G"), SIZES, ids=[f"n{n}-D{D}-L{m}-G{g}" for n, D, m, g in SIZES])
+@pytest.mark.parametrize(
+    ("n", "D", "m_lab", "G"), SIZES, ids=[f"n{n}-D{D}-L{m}-G{g}" for n, D, m, g in SIZES]
+)
 def test_matches_reference(n, D, m_lab, G, backend, dtype):
     Z, lab, groups = make_case(n, D, m_lab, 6, G, seed=n + D + m_lab + G)
     (lam, spectra), Zs = run(Z, lab, groups, backend, dtype, return_all=True)
     want, want_spectra = gram_min_eig_ref(Zs, lab, groups)
-    assert backend_of(lam) == backend and backend_of(spectra) == backend
+    assert backend_of(lam) == backend
+    assert backend_of(spectra) == backend
     lam, spectra = to_numpy(lam), to_numpy(spectra)
-    assert lam.dtype == np.float64 and lam.shape == (groups.shape[0],)
-    assert spectra.dtype == np.float64 and spectra.shape == (groups.shape[0], min(m_lab + G, D))
+    assert lam.dtype == np.float64
+    assert lam.shape == (groups.shape[0],)
+    assert spectra.dtype == np.float64
+    assert spectra.shape == (groups.shape[0], min(m_lab + G, D))
     lmax = want_spectra[:, -1]
     assert_eigs_close(lam, want, lmax)
     assert_eigs_close(spectra, np.maximum(want_spectra, 0), lmax, rtol=1e-9)
     assert (spectra >= 0).all()
     assert (np.diff(spectra, axis=1) >= 0).all()
     # return_all does not change the scores
-    assert_array_equal(to_numpy(fastal.gram_min_eig(to_backend(Z, backend, dtype), lab, groups)), lam)
+    assert_array_equal(
+        to_numpy(fastal.gram_min_eig(to_backend(Z, backend, dtype), lab, groups)), lam
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("D", "m_lab", "G"), [(1100, 1004, 20), (1024, 1500, 20)], ids=["S-side-1024", "D-side-1024"])
+@pytest.mark.parametrize(
+    ("D", "m_lab", "G"), [(1100, 1004, 20), (1024, 1500, 20)], ids=["S-side-1024", "D-side-1024"]
+)
 def test_matches_reference_1024(D, m_lab, G):
-    Z, lab, groups = make_case(m_lab + 2 * G, D, m_lab, 2, G, seed=D)
+    Z, lab, groups = make_case(m_lab + 2 * G, D, m_lab, 1, G, seed=D)
     lam, spectra = fastal.gram_min_eig(Z, lab, groups, return_all=True)
     want, want_spectra = gram_min_eig_ref(Z, lab, groups)
-    assert spectra.shape == (2, 1024)
+    assert spectra.shape == (1, 1024)
     assert_eigs_close(lam, want, want_spectra[:, -1])
     assert_eigs_close(spectra, np.maximum(want_spectra, 0), want_spectra[:, -1], rtol=1e-9)
 
@@ -140,7 +151,9 @@ def test_hand_worked():
 # both sides
 
 
-@pytest.mark.parametrize(("D", "m_lab", "G", "pad"), [(5, 8, 2, 10), (20, 30, 5, 20), (64, 100, 20, 60), (7, 0, 12, 6)])
+@pytest.mark.parametrize(
+    ("D", "m_lab", "G", "pad"), [(5, 8, 2, 10), (20, 30, 5, 20), (64, 100, 20, 60), (7, 0, 12, 6)]
+)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_both_sides_give_the_same_eigenvalues(D, m_lab, G, pad, dtype):
     """Zero columns leave ``Z_S Z_Sᵀ`` unchanged but move |S| = |L| + G from > D to <= D."""
@@ -152,7 +165,8 @@ def test_both_sides_give_the_same_eigenvalues(D, m_lab, G, pad, dtype):
     rtol = 1e-12
     lam_d, spec_d = fastal.gram_min_eig(Z, lab, groups, rtol=rtol, return_all=True)
     lam_s, spec_s = fastal.gram_min_eig(Zpad, lab, groups, rtol=rtol, return_all=True)
-    assert spec_d.shape == (8, D) and spec_s.shape == (8, size)
+    assert spec_d.shape == (8, D)
+    assert spec_s.shape == (8, size)
     lmax = spec_d[:, -1]
     assert_eigs_close(lam_s, lam_d, lmax)
     # the |S| side has size - D extra zeros at the bottom of its spectrum
@@ -240,7 +254,14 @@ def test_zero_rows_and_all_zero_matrices():
 def test_rtol_sets_the_zero_threshold():
     Z = np.diag([1.0, 1e-2, 1e-5, 2.0])  # the Gram of all four rows: diag(1, 1e-4, 1e-10, 4)
     lab, grp = [0, 3], [[1, 2]]
-    for rtol, want in [(None, 1e-10), (0.0, 1e-10), (1e-12, 1e-10), (1e-8, 1e-4), (0.2, 1.0), (0.3, 4.0)]:
+    for rtol, want in [
+        (None, 1e-10),
+        (0.0, 1e-10),
+        (1e-12, 1e-10),
+        (1e-8, 1e-4),
+        (0.2, 1.0),
+        (0.3, 4.0),
+    ]:
         got = fastal.gram_min_eig(Z, lab, grp, rtol=rtol)
         # absolute accuracy ~ eps · λ_max = 4 eps
         assert_allclose(got, [want], rtol=1e-12, atol=16 * EPS, err_msg=f"rtol={rtol}")
@@ -303,7 +324,8 @@ def test_non_contiguous_and_torch_views():
     want = fastal.gram_min_eig(np.ascontiguousarray(Z[:, ::2]), lab, groups)
     assert_array_equal(fastal.gram_min_eig(Z[:, ::2], lab, groups), want)
     got = fastal.gram_min_eig(torch.from_numpy(Z)[:, ::2], lab, groups)
-    assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
+    assert isinstance(got, torch.Tensor)
+    assert got.dtype == torch.float64
     assert_array_equal(got.numpy(), want)
 
 
@@ -329,7 +351,11 @@ def test_rejects_bad_input():
         (dict(groups=np.empty((3, 0), np.int64)), ValueError, "groups is empty"),
         (dict(groups=groups.astype(np.float64)), TypeError, "groups must hold integer"),
         (dict(groups=groups > 0), TypeError, "groups must hold integer"),
-        (dict(groups=[[a, 30]]), ValueError, r"groups has indices out of range \[0, 30\): groups\[0, 1\] = 30"),
+        (
+            dict(groups=[[a, 30]]),
+            ValueError,
+            r"groups has indices out of range \[0, 30\): groups\[0, 1\] = 30",
+        ),
         (dict(groups=[[a, -1]]), ValueError, "groups has indices out of range"),
         (dict(groups=[[a, int(lab[1])]]), ValueError, r"groups overlaps labeled: groups\[0, 1\]"),
         (dict(groups=[[a, b], [c, c]]), ValueError, rf"groups\[1\] holds index {c} twice"),
@@ -351,7 +377,7 @@ def test_rejects_bad_input():
 def test_rejects_non_finite(bad, backend):
     Z, lab, groups = make_case(30, 4, 3, 2, 2, seed=1)
     Z[17, 2] = bad
-    with pytest.raises(ValueError, match="Z contains NaN or Inf in 1 row.*first in row 17"):
+    with pytest.raises(ValueError, match=r"Z contains NaN or Inf in 1 row.*first in row 17"):
         fastal.gram_min_eig(to_backend(Z, backend), lab, groups)
 
 
@@ -374,10 +400,26 @@ def test_kernel_validates_on_its_own():
         k(Z.astype(np.float32), lab, groups, 1e-12)  # no silent casts
 
 
-@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.cuda) for b in AVAILABLE_CUDA_BACKENDS] or [
-    pytest.param("torch-cuda", marks=pytest.mark.cuda)
-])
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param(b, marks=pytest.mark.cuda) for b in AVAILABLE_CUDA_BACKENDS]
+    or [pytest.param("torch-cuda", marks=pytest.mark.cuda)],
+)
 def test_cuda_input_says_not_implemented(backend):
     Z, lab, groups = make_case(30, 4, 3, 2, 2, seed=3)
-    with pytest.raises(NotImplementedError, match="Z is a .*cuda.* not built yet"):
-        fastal.gram_min_eig(to_backend(Z, backend, "float32"), lab, indices_to_backend(groups, backend))
+    with pytest.raises(NotImplementedError, match=r"Z is a .*cuda.* not built yet"):
+        fastal.gram_min_eig(
+            to_backend(Z, backend, "float32"), lab, indices_to_backend(groups, backend)
+        )
+
+
+def test_docstring_example():
+    import doctest
+
+    import fastal.gram
+
+    result = doctest.testmod(
+        fastal.gram, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    )
+    assert result.attempted > 0
+    assert result.failed == 0

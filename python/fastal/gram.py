@@ -26,20 +26,24 @@ def gram_min_eig(
     rtol: float | None = None,
     return_all: bool = False,
 ) -> Any:
-    """Smallest positive eigenvalue of the Gram matrix of ``labeled ∪ group``, for many groups.
+    """Smallest positive eigenvalue of the Gram matrix of ``labeled + group``, for many groups.
 
-    For every row ``g`` of ``groups`` the Gram matrix ``K = Z_S Z_Sᵀ`` of ``S = labeled ∪ g`` is
-    formed on its smaller side — the ``|S| × |S|`` matrix ``Z_S Z_Sᵀ`` when ``|S| <= D``, else the
-    ``D × D`` matrix ``Z_Lᵀ Z_L + Z_gᵀ Z_g``; their non-zero eigenvalues are the same — with the
+    For every row ``g`` of ``groups`` the Gram matrix ``K = Z_S Z_Sᵀ`` of ``S = labeled + g`` is
+    formed on its smaller side — the ``|S| x |S|`` matrix ``Z_S Z_Sᵀ`` when ``|S| <= D``, else the
+    ``D x D`` matrix ``Z_Lᵀ Z_L + Z_gᵀ Z_g``; their non-zero eigenvalues are the same — with the
     labeled part (``Z_L Z_Lᵀ`` or ``Z_Lᵀ Z_L``) computed once per call. Each matrix is reduced to
-    tridiagonal form by Householder reflections and its eigenvalues are located by Sturm-sequence
-    (LDLᵀ inertia) bisection: ``λ_max``, then ``λ⁺_min``, the smallest eigenvalue above
-    ``rtol · λ_max``. This is the CRC score ``s(X_u) = λ⁺_min(X_L ∪ X_u)`` of Alg. 1 (Kong et al.,
-    eq. 9, "considering only the positive eigenvalues"); with ``Z`` the trace-NTK features of
-    :func:`fastal.ntk_features`, ``K`` is the trace-over-classes empirical NTK of §3.1.
+    tridiagonal form by Householder reflections and only the two wanted eigenvalues are located on
+    the tridiagonal, O(size) per evaluation: ``λ_max``, then ``λ⁺_min``, the smallest eigenvalue
+    above ``rtol · λ_max``, each bracketed by Sturm-sequence (LDLᵀ inertia) counts and converged
+    by Laguerre's iteration (monotone for real-rooted polynomials), with bisection as the fallback
+    whenever an iterate leaves its bracket. This is the CRC score ``s(X_u) = λ⁺_min(X_L + X_u)``
+    of Alg. 1 (Kong et al., eq. 9, "considering only the positive eigenvalues"); with ``Z`` the
+    trace-NTK features of :func:`fastal.ntk_features`, ``K`` is the trace-over-classes empirical
+    NTK of §3.1.
 
     Everything is computed in float64 whatever the dtype of ``Z`` (products of float32 values are
-    exact in float64), one matrix per thread (OpenMP), the GIL released.
+    exact in float64), one matrix per thread (OpenMP), the GIL released. Memory: one
+    ``size x size`` float64 matrix per thread plus the shared part, ``size = min(|S|, D)``.
 
     Parameters
     ----------
@@ -71,7 +75,7 @@ def gram_min_eig(
 
     Notes
     -----
-    Interpretation: the paper takes λ⁺_min of the trace-NTK Gram over ``X_L ∪ X_u`` without a
+    Interpretation: the paper takes λ⁺_min of the trace-NTK Gram over ``X_L + X_u`` without a
     numerical zero rule; fastal uses the relative threshold above. Duplicated rows of ``Z``
     (Proposition 2) give an exact zero eigenvalue, which ``λ⁺_min`` skips once ``Z_S`` has
     more rows than its rank. Cost per group ``O(m³)`` with ``m = min(|S|, D)``, plus the
@@ -171,6 +175,7 @@ def _check_groups(groups: Any, n: int, labeled: np.ndarray, info: Any) -> np.nda
         if dup.any():
             g, a = np.unravel_index(int(np.argmax(dup)), dup.shape)
             raise ValueError(
-                f"groups[{g}] holds index {int(srt[g, a])} twice: indices within a group must be distinct"
+                f"groups[{g}] holds index {int(srt[g, a])} twice: "
+                "indices within a group must be distinct"
             )
     return arr
