@@ -112,7 +112,7 @@ def test_sparse_select(benchmark, impl, n, C, d, b):
         strategy = SparseApprox(solver="iht", temperature=T, iters=ITERS)
         sel = _timed(benchmark, lambda: strategy.select(pool, b))
         assert len(set(sel.indices.tolist())) == b
-    seconds = benchmark.stats.stats.min
+    seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")  # None with --benchmark-disable
     _TIMES[(key, impl)] = seconds
     benchmark.extra_info.update(n=n, C=C, d=d, b=b, iters=ITERS, seconds=seconds, impl=impl)
     if impl == "iht" and (key, "torch_dense") in _TIMES:
@@ -154,7 +154,7 @@ def test_topb_cpu(benchmark, impl, n, b):
             return fastal.iht_threshold(s, sigma, b, alpha)[0]
 
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
-    seconds = benchmark.stats.stats.min
+    seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")  # None with --benchmark-disable
     _TIMES[(("topb", n, b), impl)] = seconds
     benchmark.extra_info.update(n=n, b=b, seconds=seconds, impl=impl)
     if impl == "fastal":
@@ -191,7 +191,7 @@ def test_topb_cuda(benchmark, impl, n, b):
             return out
 
     benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=2)
-    seconds = benchmark.stats.stats.min
+    seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")  # None with --benchmark-disable
     _TIMES[(("topb-cuda", n, b), impl)] = seconds
     benchmark.extra_info.update(n=n, b=b, seconds=seconds, impl=impl, device=torch.cuda.get_device_name())
     if impl == "fastal" and (("topb-cuda", n, b), "torch_topk") in _TIMES:

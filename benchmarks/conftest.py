@@ -15,6 +15,13 @@ Size presets come from the environment variable ``FASTAL_BENCH``:
 replace one axis of the chosen preset; ``FASTAL_BENCH_PEER_ELEMS`` sets how many ``steps * n * d``
 elements a slow peer may process in one timed run (see :meth:`Sizes.peer_steps`).
 
+``bench_kmeans.py`` uses n and d as they are and the budgets as k (``FASTAL_BENCH_K``);
+``bench_badge.py`` uses n and the budgets, and its own axes C (10 / 10, 100 / 10, 100, 1000) and
+d (32 / 512 / 512) for tiny / medium / full (``FASTAL_BENCH_C``, ``FASTAL_BENCH_BADGE_D``), with a
+per-case memory budget ``FASTAL_BENCH_MEM_GB`` (default 8) for the peers that materialise.
+Deliberate skips (a peer not installed, a case over the memory budget) are appended to
+:data:`SKIPPED` through the ``skip_log`` fixture and written into the JSON as ``fastal.skipped``.
+
 Benchmark modules are named ``bench_*.py``; :func:`pytest_collect_file` collects them when the
 pytest configuration's ``python_files`` does not already match them, so ``pytest benchmarks/`` works
 either way. A module that defines ``generate_cases(metafunc, sizes, cuda)`` gets the chosen
@@ -219,6 +226,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "fastal_threads": fastal._ext.cpu.num_threads(),
         "cuda": cuda_ready(),
         "build": BUILD_INFO,
+        "skipped": SKIPPED,
     }
 
 
@@ -430,3 +438,17 @@ def cuda_sync():
 def results() -> dict:
     """Per-session registry of measured cases, so that later cases report ratios to earlier ones."""
     return {}
+
+
+#: cases a module skipped on purpose (a peer not installed, over the memory budget): the report
+#: needs the reasons, and pytest-benchmark's JSON keeps only the cases that ran
+SKIPPED: list[dict] = []
+
+
+@pytest.fixture(scope="session")
+def skip_log() -> list[dict]:
+    """Session list of deliberate skips, written into the JSON as ``fastal.skipped``.
+
+    Append ``{"group": ..., "impl": ..., "reason": ..., **case fields}`` before ``pytest.skip``.
+    """
+    return SKIPPED

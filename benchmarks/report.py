@@ -1,4 +1,4 @@
-"""Turn a pytest-benchmark JSON file of ``bench_kcenter.py`` into the markdown of ``RESULTS.md``.
+"""Turn pytest-benchmark JSON files of ``bench_*.py`` into the markdown of ``RESULTS.md``.
 
 Usage::
 
@@ -6,7 +6,11 @@ Usage::
     python benchmarks/report.py benchmarks/results-full.json --update benchmarks/RESULTS.md
 
 ``--update`` rewrites only the part of RESULTS.md between the ``report.py`` markers, so the written
-notes around the tables survive a re-run.
+notes around the tables survive a re-run. This module writes the k-center tables; BADGE and k-means
+entries (``extra_info["family"]``) go to ``report_badge.py``, which writes its own section between
+its own markers. Each section is rewritten only when the given files hold entries for it, so a run
+of one family leaves the other's tables as they were. With several files, the k-center tables come
+from the first file that has k-center entries.
 
 Every number comes from the ``extra_info`` that ``bench_kcenter.py`` records: ``per_step_s`` is the
 best (minimum over rounds) time of one run divided by the picks it made, so fastal (whole budget)
@@ -47,7 +51,7 @@ def load(path: str) -> tuple[dict, list[dict]]:
     rows = []
     for b in doc.get("benchmarks", []):
         e = dict(b.get("extra_info", {}))
-        if "per_step_s" not in e:
+        if "per_step_s" not in e or e.get("family", "kcenter") != "kcenter":
             continue
         e["name"] = b.get("name", "")
         rows.append(e)
@@ -379,22 +383,37 @@ def update(path: str, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("json", help="a file written by pytest --benchmark-json")
+    ap.add_argument("json", nargs="+", help="files written by pytest --benchmark-json")
     ap.add_argument("--title", default=None, help="a level-1 heading to start with")
     ap.add_argument(
         "--update", metavar="MD", default=None,
         help="write the tables into MD between the report.py markers instead of printing them",
     )  # fmt: skip
     args = ap.parse_args(argv)
-    doc, rows = load(args.json)
-    if not rows:
-        print(f"{args.json}: no k-center benchmark entries with extra_info", file=sys.stderr)
+    try:
+        import report_badge
+    except ImportError:  # imported as benchmarks.report
+        from . import report_badge
+    texts = []
+    for path in args.json:
+        doc, rows = load(path)
+        if rows:
+            text = render(doc, rows, args.title)
+            texts.append(text)
+            if args.update:
+                update(args.update, text)
+            break
+    docs, rows, skips = report_badge.load(args.json)
+    if rows:
+        text = report_badge.render(docs, rows, skips)
+        texts.append(text)
+        if args.update:
+            report_badge.update(args.update, text)
+    if not texts:
+        print(f"{', '.join(args.json)}: no benchmark entries with extra_info", file=sys.stderr)
         return 1
-    text = render(doc, rows, args.title)
-    if args.update:
-        update(args.update, text)
-    else:
-        print(text)
+    if not args.update:
+        print("\n\n".join(texts))
     return 0
 
 
