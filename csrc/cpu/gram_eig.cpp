@@ -152,21 +152,22 @@ inline double householder(const double* x, int64_t m, double* v, double* beta) {
 
 // Per-thread buffers of the reduction of an n x n matrix.
 struct Workspace {
-  std::vector<double> a;                     // n x ld, lower triangle
+  std::vector<double> a;                        // n x ld, lower triangle
   std::vector<double> v, w, vn, pn, col, next;  // reflector vectors, columns
-  std::vector<double> d, e, e2, ql;          // tridiagonal, squares, QL scratch
+  std::vector<double> d, e, e2, ql;             // tridiagonal, squares, QL scratch
   int64_t ld = 0;
   // rows 32 bytes aligned, and consecutive rows half a cache line apart from a power-of-two
   // stride, so that the rows of the trailing block do not pile up in the same cache sets
   explicit Workspace(int64_t n) : ld(round_up(std::max<int64_t>(n, 1), 8) + 4) {
     a.assign(static_cast<size_t>(n * ld), 0.0);
     for (auto* x : {&v, &w, &vn, &pn, &col, &next, &d, &e, &e2, &ql})
-      x->assign(static_cast<size_t>(n + 1), 0.0);
+      x->assign(static_cast<size_t>(n + 2), 0.0);  // vn, pn are used from index 1 (see below)
   }
 };
 
-// Row i of the fused pass below for columns [j0, j1) and two rows r0, r1 (the second may be the
-// same row, then counted once by the caller): a -= v_i w + w_i v; s += a u; p += a u_i.
+// kRows rows r[k] (row index i_k) of the fused pass below, over the columns [j0, j1):
+// a = r[k][j] - (v_{i_k} w_j + w_{i_k} v_j) stored back (kUpdate), sum[k] += a u_j,
+// p_j += a u_{i_k}.
 template <bool kUpdate, int kRows>
 inline void pass_rows(double* const r[kRows], const double vi[kRows], const double wi[kRows],
                       const double ui[kRows], const double* v, const double* w, const double* us,
@@ -274,8 +275,8 @@ void tridiagonalize(Workspace& ws, int64_t n) {
   double* e = ws.e.data();
   double* v = ws.v.data();
   double* w = ws.w.data();
-  double* vn = ws.vn.data();
-  double* pn = ws.pn.data();
+  double* vn = ws.vn.data() + 1;  // update_and_symv forms vn - 1 and pn - 1: keep them in range
+  double* pn = ws.pn.data() + 1;
   double* col = ws.col.data();
   double* next = ws.next.data();
   // Trailing block B = A[k:, k:] of size m = n - k with a pending update B -= v wᵀ + w vᵀ
