@@ -54,7 +54,7 @@ def test_demo_quick_digits(tmp_path, capsys):
 def test_demo_quick_regression(tmp_path, capsys):
     assert cli.main(["demo", "--quick", "--dataset", "diabetes", "--out", str(tmp_path)]) == 0
     rows = read_csv(tmp_path / "results.csv")
-    assert {r["strategy"] for r in rows} == {"random", "coreset"}
+    assert {r["strategy"] for r in rows} == {"random", "coreset", "ally"}
     assert {r["metric"] for r in rows} == {"mse"}
     assert all(np.isfinite(float(r["value"])) for r in rows)
     assert (tmp_path / "learning_curves.png").exists()

@@ -23,6 +23,9 @@ MODULES = [
     "fastal.strategies.uncertainty",
     "fastal.torch.adapter",
     "fastal.loop",
+    "fastal.pdcl",
+    "fastal.ally",
+    "fastal.strategies.ally",
 ]
 
 

@@ -62,10 +62,14 @@ _POOL_ARRAYS = (
     ("probs", "--probs", "(n, C) class probabilities"),
     ("logits", "--logits", "(n, C) logits"),
     ("mc_probs", "--mc-probs", "(T, n, C) Monte-Carlo dropout probabilities"),
+    ("duals", "--duals", "(m,) dual variables of the labeled rows, in --labeled order (ALLY)"),
+    ("dual_predictions", "--dual-predictions", "(n,) predicted dual variables (ALLY)"),
 )
+#: arrays with one row per labeled point, not per pool point
+_LABELED_ARRAYS = ("duals",)
 #: what can stand in for a required array (strategies accept probs or logits alike)
 _ALTERNATIVES = {"features": ("features",), "probs": ("probs", "logits"), "logits": ("logits", "probs"),
-                 "mc_probs": ("mc_probs",)}  # fmt: skip
+                 "mc_probs": ("mc_probs",), "duals": ("duals", "dual_predictions")}  # fmt: skip
 
 
 def _missing(name: str, requires: tuple[str, ...], given: set[str]) -> list[str]:
@@ -163,6 +167,8 @@ def _rows(arrays: dict[str, np.ndarray]) -> int:
     """The pool size all arrays agree on (mc_probs along axis 1)."""
     sizes = {}
     for key, a in arrays.items():
+        if key in _LABELED_ARRAYS:
+            continue
         axis = 1 if key == "mc_probs" else 0
         if a.ndim <= axis:
             raise SystemExit(f"fastal: {key} has shape {a.shape}: no row axis")
@@ -233,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dem.add_argument("--dataset", default="digits", choices=DATASETS)
     dem.add_argument("--strategies", help="comma-separated names (default: random,entropy,coreset,badge,"
-                     "sparse_approx,crc; diabetes: random,coreset)")  # fmt: skip
+                     "sparse_approx,crc; diabetes: random,coreset,ally)")  # fmt: skip
     dem.add_argument("--rounds", type=int, help="selection rounds (default 5; --quick 2)")
     dem.add_argument("--seeds", type=int, help="seeds per strategy (default 3; --quick 1)")
     dem.add_argument("--budget", type=int, default=30, help="labels per round (default 30)")
@@ -261,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--mc-probs", dest="mc_probs", help="MC-dropout probabilities, a (T, n, C) .npy file"
     )
+    sel.add_argument("--duals", help="ALLY: dual variables of the labeled rows, an (m,) .npy file")
+    sel.add_argument("--dual-predictions", dest="dual_predictions",
+                     help="ALLY: predicted dual variables of every pool row, an (n,) .npy file")  # fmt: skip
     sel.add_argument("--labeled", help="indices already labeled, a 1-D integer .npy file")
     sel.add_argument("--budget", type=int, help="points to pick (default: 100)")
     sel.add_argument("--out", help="write the picked indices here (.npy, int64, atomically)")

@@ -25,7 +25,7 @@ import numpy as np
 DATASETS = ("digits", "mnist1d", "diabetes")
 DEFAULT_STRATEGIES = {
     "classification": ("random", "entropy", "coreset", "badge", "sparse_approx", "crc"),
-    "regression": ("random", "coreset"),
+    "regression": ("random", "coreset", "ally"),
 }
 
 
@@ -116,12 +116,19 @@ def crc_available() -> bool:
 
 def make_strategy(name: str, budget: int) -> Any:
     """The strategy ``name`` with its defaults; CRC with the largest group size <= 20 that divides
-    the budget (Alg. 1 takes budget / G whole groups)."""
+    the budget (Alg. 1 takes budget / G whole groups); ALLY trained with ε = "auto" for 40 dual
+    steps."""
     from . import strategies
 
     cls = strategies.get(name)
     if name == "crc":
         return cls(group_size=max(g for g in range(1, 21) if budget % g == 0))
+    if name == "ally":
+        from .pdcl import PrimalDualTrainer
+
+        # §5.4's ε: a multiple of the unconstrained training loss; 40 dual steps (one per epoch)
+        # keep the unregularised primal-dual fit from overfitting the small labeled sets
+        return cls(trainer=PrimalDualTrainer(eps="auto", iterations=40))
     return cls()
 
 
@@ -226,7 +233,7 @@ def run_demo(
             get(name)
         except ValueError as err:
             raise SystemExit(f"fastal demo: {err}") from None
-        missing = [k for k in needs_of(name) if k not in NEEDS[data.task]]
+        missing = [k for k in needs_of(name) if k not in (*NEEDS[data.task], "duals")]
         if missing:
             raise SystemExit(
                 f"fastal demo: {name} needs {', '.join(missing)}, which a {data.task} model does not give "
@@ -255,9 +262,12 @@ def run_demo(
         results[name] = []
         for seed in range(seeds):
             t0 = time.perf_counter()
+            strategy = make_strategy(name, budget)
+            # ALLY trains by primal-dual constrained learning: its own train_fn
+            train_fn = getattr(strategy, "train_fn", None) or train
             res = loop.run(
-                data.pool, data.test, model_fn=model_fn, strategy=make_strategy(name, budget), initial=initial,
-                budget=budget, rounds=rounds, train_fn=train, task=data.task, seed=seed, device=device,
+                data.pool, data.test, model_fn=model_fn, strategy=strategy, initial=initial,
+                budget=budget, rounds=rounds, train_fn=train_fn, task=data.task, seed=seed, device=device,
                 select_options={"mc_samples": 10},
             )  # fmt: skip
             results[name].append(res)

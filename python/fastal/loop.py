@@ -388,7 +388,8 @@ def run(
         Selection rounds (default: ``len(budget)``; required with an int budget).
     train_fn : callable, optional
         ``train_fn(model, dataset, *, task, seed, device) -> model`` with ``dataset`` a Dataset of
-        the labeled ``(x, y)``; default :func:`fit`.
+        the labeled ``(x, y)``; default the strategy's ``train_fn`` when it has one (ALLY: its
+        primal-dual trainer), else :func:`fit`.
     task : {"classification", "regression"}
         Metric: test accuracy, or test MSE (mean over rows and outputs).
     seed : int
@@ -430,7 +431,8 @@ def run(
     data = _Data(pool, "pool", task)
     testset = _Data(test, "test", task)
     budgets = _budgets(budget, rounds)
-    train_fn = fit if train_fn is None else train_fn
+    if train_fn is None:  # a strategy that needs its own training (ALLY) brings its trainer
+        train_fn = getattr(strategy, "train_fn", None) or fit
     metric = "accuracy" if task == "classification" else "mse"
     meta = {
         "version": _STATE_VERSION, "seed": int(seed), "strategy": strategy_name, "n": data.n,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .ally import ALLY
 from .badge import BADGE
 from .base import Selection, Strategy, available, get, register
 from .coreset import CoreSet
@@ -12,6 +13,7 @@ from .sparse_approx import SparseApprox
 from .uncertainty import BALD, Entropy, LeastConfidence, Margin, Random
 
 __all__ = [
+    "ALLY",
     "BADGE",
     "BALD",
     "CRC",

@@ -292,6 +292,10 @@ def select(
         its temperature on them).
     needs : sequence of str, optional
         Override ``strategy.requires`` (e.g. ``("mc_probs",)`` for the Bayesian Sparse Approximation).
+    duals : array, optional (keyword, in ``options``)
+        For strategies that require ``"duals"`` (ALLY): λ of the labeled rows in the order of
+        ``labeled``; default the ``fastal_duals`` a :class:`fastal.pdcl.PrimalDualTrainer` left on
+        ``model``.
 
     Returns
     -------
@@ -313,17 +317,20 @@ def select(
         strategy = get(strategy)()
     elif isinstance(strategy, type) and issubclass(strategy, Strategy):
         strategy = strategy()
-    needs = (
-        needs_of(strategy)
-        if needs is None
-        else _check_needs(needs, options.get("task", "classification"))
-    )
+    task = options.get("task", "classification")
+    needs = needs_of(strategy) if needs is None else _check_needs(needs, task, extra=("duals",))
+    duals = options.pop("duals", None)
+    if "duals" in needs:
+        duals = _labeled_duals(model, duals, labeled)
+    model_needs = tuple(k for k in needs if k != "duals")
     mc_seed = options.pop("mc_seed", seed if isinstance(seed, numbers.Integral) else None)
     start = time.perf_counter()
-    if needs:
-        pool: dict[str, Any] = pool_outputs(model, data, needs, seed=mc_seed, **options)
+    if model_needs:
+        pool: dict[str, Any] = pool_outputs(model, data, model_needs, seed=mc_seed, **options)
     else:
         pool = {"n": pool_size(data)}
+    if "duals" in needs:
+        pool["duals"] = duals
     seconds = time.perf_counter() - start
     out_device = torch.device(options.get("output_device", "cpu"))
     if isinstance(labeled, np.ndarray) and out_device.type != "cpu":
@@ -352,19 +359,42 @@ def _host(x: Any) -> Any:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
 
 
-def _check_needs(needs: Sequence[str] | str, task: str) -> tuple[str, ...]:
+def _check_needs(
+    needs: Sequence[str] | str, task: str, extra: tuple[str, ...] = ()
+) -> tuple[str, ...]:
     if task not in NEEDS:
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
     if isinstance(needs, str):
         needs = (needs,)
     needs = tuple(dict.fromkeys(needs))
-    bad = [k for k in needs if k not in NEEDS[task]]
+    bad = [k for k in needs if k not in NEEDS[task] + extra]
     if bad:
         raise ValueError(
             f"needs has {', '.join(map(repr, bad))}, which a {task} model cannot give; "
-            f"choose from {', '.join(map(repr, NEEDS[task]))}"
+            f"choose from {', '.join(map(repr, NEEDS[task] + extra))}"
         )
     return needs
+
+
+def _labeled_duals(model: nn.Module, duals: Any, labeled: Any) -> Any:
+    """λ of the labeled rows: ``duals=`` when given, else what PrimalDualTrainer left on the model."""
+    from ..pdcl import model_duals
+
+    if duals is None:
+        duals = model_duals(model)
+    if duals is None:
+        raise ValueError(
+            "this strategy needs the dual variables of the labeled rows: train the model with "
+            "fastal.pdcl.PrimalDualTrainer (e.g. ALLY().train_fn), which leaves them on the model, "
+            "or pass duals="
+        )
+    m = 0 if labeled is None else len(_host(labeled))
+    if len(duals) != m:
+        raise ValueError(
+            f"the model's dual variables are for {len(duals)} labeled rows but labeled has {m}: "
+            "train on exactly the labeled rows, in their order"
+        )
+    return duals
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -1,0 +1,347 @@
+"""ALLY's pieces (Elenter et al., NeurIPS 2022, §4.2, §4.4, §5.1): the dual regression head, the
+per-cluster pick, and the generative mode.
+
+After primal-dual training (:mod:`fastal.pdcl`) every labeled sample has a dual variable λ*_i.
+A *dual regression head* ``f_ω: R^d → R₊`` learns λ* from the frozen embeddings of the labeled
+samples (Alg. 2, line 3: MSE), predicts it on the pool, and ALLY takes the pool points with the
+highest predicted λ from each k-means cluster of the pool's embeddings (§5.1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+@contextlib.contextmanager
+def _small_cpu_work(device: Any) -> Iterator[None]:
+    """One torch thread on the CPU: a 128-wide head on 64-row batches gains nothing from more, and
+    on a busy machine torch's thread pool makes such small ops many times slower."""
+    torch = _torch()
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def dual_head(in_dim: int, *, hidden: int = 128, layers: int = 5) -> Any:
+    """The dual regression head of §5.1: an MLP with ``layers`` hidden layers of ``hidden`` units,
+    each ``Linear → BatchNorm1d → ReLU``, then ``Linear → Softplus`` (a non-negative output)."""
+    from torch import nn
+
+    mods: list[nn.Module] = []
+    width = in_dim
+    for _ in range(layers):
+        mods += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
+        width = hidden
+    mods += [nn.Linear(width, 1), nn.Softplus()]
+    return nn.Sequential(*mods)
+
+
+class DualRegressor:
+    """A fitted dual regression head: ``predict(features) -> λ̂ >= 0``.
+
+    Inputs are standardised with the labeled features' mean and standard deviation and targets are
+    divided by ``max λ`` for training (a positive rescaling, so the ranking of the predictions is
+    unchanged); :meth:`predict` undoes both. When every λ is zero (a very loose ε, §5.4) no network
+    is trained and the prediction is zero everywhere.
+
+    Attributes
+    ----------
+    net : nn.Module or None
+        ``x ↦ λ̂ / scale`` on standardised inputs (None when every λ is zero).
+    mean, std : tensor (d,)
+    scale : float
+    train_loss : float
+        Final MSE on the labeled set, in units of λ².
+    """
+
+    def __init__(self, net: Any, mean: Any, std: Any, scale: float, train_loss: float) -> None:
+        self.net, self.mean, self.std = net, mean, std
+        self.scale, self.train_loss = float(scale), float(train_loss)
+
+    def forward(self, features: Any) -> Any:
+        """Differentiable λ̂ for a (B, d) torch tensor (the head in eval mode)."""
+        torch = _torch()
+        if self.net is None:
+            return torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
+        self.net.eval()
+        z = (features.to(self.mean.dtype) - self.mean.to(features.device)) / self.std.to(
+            features.device
+        )
+        return self.net(z)[:, 0] * self.scale
+
+    def predict(self, features: Any, batch_size: int = 8192) -> np.ndarray:
+        """λ̂ for every row of ``features`` (a torch tensor or numpy array), float64 numpy."""
+        torch = _torch()
+        t = torch.as_tensor(features)
+        out = np.empty(t.shape[0], dtype=np.float64)
+        dev = self.mean.device
+        with torch.inference_mode():
+            for s in range(0, t.shape[0], batch_size):
+                out[s : s + batch_size] = (
+                    self.forward(t[s : s + batch_size].to(dev)).double().cpu().numpy()
+                )
+        return out
+
+
+def fit_dual_head(
+    features: Any,
+    duals: Any,
+    *,
+    hidden: int = 128,
+    layers: int = 5,
+    steps: int = 500,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> DualRegressor:
+    """Train the dual regression head on the labeled embeddings (Alg. 2, line 3).
+
+    ``min_ω 1/|L| Σ_i (f_ω(h_i) - λ*_i)²`` by Adam on minibatches (epochs of a seeded permutation).
+
+    Parameters
+    ----------
+    features : tensor or array (m, d)
+        Frozen embeddings of the labeled samples (the backbone's output), m >= 2 (batch norm).
+    duals : tensor or array (m,)
+        Their dual variables λ* >= 0.
+    hidden, layers : int
+        Width and number of hidden layers (§5.1: 5 hidden layers; the width is not given there).
+    steps, lr, batch_size, weight_decay
+        Adam schedule.
+    seed : int
+        Seeds the initialisation and the batches (the global torch RNG is restored afterwards).
+    """
+    torch = _torch()
+    H = torch.as_tensor(features).detach()
+    lam = torch.as_tensor(duals).detach()
+    if H.ndim != 2:
+        raise ValueError(f"features must be 2-D (m, d), got shape {tuple(H.shape)}")
+    if lam.shape != (H.shape[0],):
+        raise ValueError(
+            f"duals must have one value per labeled row ({H.shape[0]}), got shape {tuple(lam.shape)}"
+        )
+    if not bool(torch.isfinite(lam).all()) or bool((lam < 0).any()):
+        raise ValueError("duals must be finite and non-negative (λ >= 0)")
+    if not bool(torch.isfinite(H).all()):
+        raise ValueError("features contain NaN or Inf")
+    for v, name in (
+        (hidden, "hidden"),
+        (layers, "layers"),
+        (steps, "steps"),
+        (batch_size, "batch_size"),
+    ):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    dtype = torch.float64 if H.dtype == torch.float64 else torch.float32
+    H, lam = H.to(dtype), lam.to(H.device, dtype)
+    mean = H.mean(0)
+    std = H.std(0, unbiased=False).clamp_min(1e-6) if H.shape[0] > 1 else torch.ones_like(mean)
+    scale = float(lam.max())
+    if scale == 0.0:
+        return DualRegressor(None, mean, std, 0.0, 0.0)
+    m = H.shape[0]
+    if m < 2:
+        raise ValueError("the dual regression head needs at least 2 labeled rows (batch norm)")
+    Z, target = (H - mean) / std, lam / scale
+    devices = [H.device.index or 0] if H.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.enable_grad(), _small_cpu_work(H.device):
+        torch.manual_seed(seed)
+        net = dual_head(H.shape[1], hidden=hidden, layers=layers).to(H.device, dtype)
+        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+        g = torch.Generator().manual_seed(int(seed))
+        bs = min(batch_size, m)
+        order, pos = torch.randperm(m, generator=g), 0
+        net.train()
+        for _ in range(steps):
+            if pos + bs > m:  # whole batches only: batch norm needs >= 2 rows
+                order, pos = torch.randperm(m, generator=g), 0
+            idx = order[pos : pos + bs].to(H.device)
+            pos += bs
+            loss = torch.nn.functional.mse_loss(net(Z[idx])[:, 0], target[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        final = float(torch.nn.functional.mse_loss(net(Z)[:, 0], target)) * scale**2
+    return DualRegressor(net, mean, std, scale, final)
+
+
+def pick_per_cluster(clusters: Any, scores: Any, budget: int) -> np.ndarray:
+    """Highest scores per cluster with equal shares: positions into ``scores``, in pick order.
+
+    Round ``j`` offers the j-th best row of every cluster that has one; all are taken while the
+    budget lasts, and the last round takes its best offers. Cluster sizes therefore differ by at
+    most one unless a cluster runs out of rows (§5.1: "maintaining equity among the number of
+    samples per cluster"). With ``k = budget`` clusters that is the argmax of each. Ties go to the
+    lowest position, within a cluster and across a round.
+
+    Examples
+    --------
+    >>> from fastal.ally import pick_per_cluster
+    >>> pick_per_cluster([0, 0, 1, 1, 1], [0.3, 0.9, 0.5, 0.1, 0.8], 3).tolist()
+    [1, 4, 2]
+    """
+    labels = np.asarray(clusters).astype(np.int64, copy=False)
+    s = np.asarray(scores, dtype=np.float64)
+    if labels.ndim != 1 or s.shape != labels.shape:
+        raise ValueError(
+            f"clusters and scores must be 1-D of one length, got {labels.shape} and {s.shape}"
+        )
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    if (
+        isinstance(budget, bool)
+        or not isinstance(budget, numbers.Integral)
+        or not 0 <= budget <= s.size
+    ):
+        raise ValueError(f"budget must be an integer in [0, {s.size}], got {budget!r}")
+    # Rank within each cluster: sort by (cluster, -score, position).
+    order = np.lexsort((np.arange(s.size), -s, labels))
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    sizes = np.diff(np.r_[starts, s.size])
+    rank = np.arange(s.size) - np.repeat(starts, sizes)
+    # Pick order: by round (rank), then by score, then by position.
+    by_round = order[np.lexsort((order, -s[order], rank))]
+    return by_round[:budget].astype(np.int64)
+
+
+def backbone(model: Any, feature_layer: Any = None) -> Callable[[Any], Any]:
+    """A differentiable ``x ↦ features`` of a torch model: the input of ``feature_layer`` (default:
+    the last ``nn.Linear``, as :func:`fastal.torch.pool_outputs`), computed by a forward pass in eval
+    mode that stops there (the modules' train/eval flags are restored afterwards)."""
+    from .torch.adapter import _feature_layer
+
+    layer = _feature_layer(model, feature_layer)
+
+    class _Stop(Exception):
+        pass
+
+    def embed(x: Any) -> Any:
+        captured: list[Any] = []
+
+        def hook(_m: Any, args: tuple) -> None:
+            captured.append(args[0])
+            raise _Stop
+
+        states = [(m, m.training) for m in model.modules()]
+        handle = layer.register_forward_pre_hook(hook)
+        try:
+            model.eval()
+            model(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+            for m, training in states:
+                m.train(training)
+        if not captured:
+            raise RuntimeError(
+                f"the feature layer {type(layer).__name__} did not run in the forward pass"
+            )
+        return captured[0]
+
+    return embed
+
+
+def maximize_dual(
+    embed: Callable[[Any], Any],
+    head: DualRegressor,
+    x: Any,
+    *,
+    steps: int = 100,
+    lr: float = 0.05,
+    bounds: tuple[float, float] | None = None,
+) -> tuple[Any, np.ndarray]:
+    """The generative mode of §4.4: gradient ascent on inputs to raise their predicted λ.
+
+    Starting from ``x`` (e.g. inputs the head scores as uninformative), Adam steps on
+    ``-Σ λ̂(embed(x))`` with the backbone and the head frozen (both in eval mode); ``bounds``
+    clamps the inputs after each step (e.g. ``(0, 1)`` for images).
+
+    Parameters
+    ----------
+    embed : callable
+        Differentiable ``x ↦ features``, e.g. :func:`backbone` of the trained model.
+    head : DualRegressor
+        E.g. ``ALLY.head_`` after a selection, or :func:`fit_dual_head`.
+    x : tensor (B, ...)
+        Starting inputs (not modified).
+    steps, lr : Adam schedule.
+
+    Returns
+    -------
+    (tensor, ndarray)
+        The optimised inputs and the mean predicted λ before each step and after the last
+        (``steps + 1`` values).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.ally import backbone, fit_dual_head, maximize_dual
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    >>> X = torch.randn(64, 2)
+    >>> embed = backbone(model)
+    >>> with torch.no_grad():
+    ...     head = fit_dual_head(embed(X), X[:, 0].abs(), steps=200)  # λ grows with |x_0|
+    >>> x_new, trace = maximize_dual(embed, head, torch.zeros(4, 2), steps=50)
+    >>> bool(trace[-1] > trace[0])
+    True
+    """
+    torch = _torch()
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    z = torch.as_tensor(x).detach().clone()
+    if not z.is_floating_point():
+        z = z.to(torch.get_default_dtype())
+    z.requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    trace = []
+    with torch.enable_grad():
+        trace += _ascend(embed, head, z, opt, steps, bounds)
+    with torch.no_grad():
+        trace.append(float(head.forward(embed(z)).mean()))
+    return z.detach(), np.array(trace)
+
+
+def _ascend(
+    embed: Callable[[Any], Any],
+    head: DualRegressor,
+    z: Any,
+    opt: Any,
+    steps: int,
+    bounds: tuple[float, float] | None,
+) -> list[float]:
+    torch = _torch()
+    trace = []
+    for _ in range(steps):
+        lam = head.forward(embed(z))
+        trace.append(float(lam.detach().mean()))
+        # autograd.grad, not backward: the model's and head's parameters get no .grad
+        (z.grad,) = torch.autograd.grad(-lam.sum(), z)
+        opt.step()
+        if bounds is not None:
+            with torch.no_grad():
+                z.clamp_(*bounds)
+    return trace

@@ -1,0 +1,365 @@
+"""Primal-dual constrained learning (Elenter et al., ALLY, NeurIPS 2022, §4.1, Alg. 1).
+
+Training minimises the mean loss subject to one constraint per labeled sample,
+``ℓ'(f(x_i), y_i) <= ε_i``, through the empirical Lagrangian
+
+    L(θ, λ) = 1/|L| Σ_i [ ℓ(f_θ(x_i), y_i) + λ_i (ℓ'(f_θ(x_i), y_i) - ε_i) ],   λ >= 0,
+
+alternating ``T_p`` primal steps on θ (minibatches of the Lagrangian) with one projected dual
+ascent step ``λ_i ← [λ_i + η_d (ℓ'_i - ε_i)]₊`` on every labeled sample. The dual variables
+accumulate each sample's constraint slack over training; at a solution ``-λ*_i`` is the sensitivity
+of the optimal loss to ε_i (Theorem 3.2), which ALLY uses as the sample's informativeness.
+
+:class:`DualVariables` is the piece to put in your own training loop; :class:`PrimalDualTrainer`
+is a complete trainer with the ``train_fn`` signature of :func:`fastal.loop.run`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: The paper's constant constraint levels (§5.2: cross-entropy 0.2; §5.3: MSE 0.1).
+PAPER_EPS = {"classification": 0.2, "regression": 0.1}
+
+#: Attribute under which :class:`PrimalDualTrainer` leaves λ on the model it trained.
+DUALS_ATTR = "fastal_duals"
+
+
+class DualVariables:
+    """One dual variable ``λ_i >= 0`` per labeled sample, with the Lagrangian and the dual step.
+
+    Parameters
+    ----------
+    n : int
+        Number of labeled samples (constraints).
+    eps : float or array (n,)
+        Constraint levels ε_i (one for all or one per sample).
+    lr_dual : float
+        η_d, the dual step size.
+    device, dtype
+        Where λ lives (torch); float32 by default.
+
+    Examples
+    --------
+    In a training loop of your own (``idx`` indexes the labeled set):
+
+    >>> import torch
+    >>> from fastal.pdcl import DualVariables
+    >>> duals = DualVariables(4, eps=0.5, lr_dual=1.0)
+    >>> losses = torch.tensor([0.1, 0.9, 0.2, 2.0])
+    >>> round(float(duals.lagrangian(losses, torch.arange(4))), 6)  # λ = 0: the mean loss
+    0.8
+    >>> duals.step(losses)  # λ ← [λ + η_d (ℓ - ε)]₊
+    >>> [round(v, 6) for v in duals.value.tolist()]
+    [0.0, 0.4, 0.0, 1.5]
+    """
+
+    def __init__(
+        self, n: int, eps: Any, lr_dual: float, *, device: Any = "cpu", dtype: Any = None
+    ) -> None:
+        import torch
+
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        self.lr_dual = _positive(lr_dual, "lr_dual")
+        dtype = torch.float32 if dtype is None else dtype
+        eps_t = torch.as_tensor(eps, dtype=dtype, device=device).detach().clone()
+        if eps_t.ndim == 0:
+            eps_t = eps_t.expand(int(n)).clone()
+        if eps_t.shape != (int(n),):
+            raise ValueError(f"eps must be a scalar or have shape ({n},), got {tuple(eps_t.shape)}")
+        if not bool(torch.isfinite(eps_t).all()):
+            raise ValueError("eps must be finite")
+        self.eps = eps_t
+        self.value = torch.zeros(int(n), dtype=dtype, device=device)
+
+    @property
+    def n(self) -> int:
+        return int(self.value.shape[0])
+
+    def lagrangian(self, losses: Any, idx: Any, secondary: Any = None) -> Any:
+        """``mean_i [ℓ_i + λ_i (ℓ'_i - ε_i)]`` over a minibatch; differentiable in the losses.
+
+        Parameters
+        ----------
+        losses : tensor (B,)
+            Per-sample objective losses ℓ_i of the minibatch.
+        idx : tensor (B,)
+            Positions of the minibatch rows in the labeled set.
+        secondary : tensor (B,), optional
+            Per-sample constraint losses ℓ'_i; default ``losses`` (ℓ' = ℓ).
+        """
+        secondary = losses if secondary is None else secondary
+        if losses.ndim != 1 or secondary.shape != losses.shape:
+            raise ValueError(
+                f"losses and secondary must be 1-D of one shape, got {tuple(losses.shape)} and "
+                f"{tuple(secondary.shape)}"
+            )
+        idx = idx.to(self.value.device)
+        lam = self.value[idx].to(losses.dtype)
+        eps = self.eps[idx].to(losses.dtype)
+        return (losses + lam.to(losses.device) * (secondary - eps.to(losses.device))).mean()
+
+    def slacks(self, secondary: Any) -> Any:
+        """``ℓ'_i - ε_i`` for every labeled sample (positive: the constraint is violated)."""
+        secondary = secondary.detach().to(self.value.device, self.value.dtype)
+        if secondary.shape != self.value.shape:
+            raise ValueError(
+                f"secondary must hold one loss per labeled sample ({self.n}), got {tuple(secondary.shape)}"
+            )
+        return secondary - self.eps
+
+    def step(self, secondary: Any) -> None:
+        """The projected dual ascent step ``λ ← [λ + η_d (ℓ' - ε)]₊`` (Alg. 1, lines 5–6)."""
+        self.value = (self.value + self.lr_dual * self.slacks(secondary)).clamp_min_(0)
+
+
+def per_sample_loss(out: Any, y: Any, task: str) -> Any:
+    """Cross-entropy (classification) or squared error averaged over outputs (regression), per row."""
+    import torch.nn.functional as F
+
+    if task == "classification":
+        return F.cross_entropy(out, y, reduction="none")
+    if out.ndim == 2 and out.shape[1] == 1 and y.ndim == 1:
+        out = out[:, 0]
+    err = (out - y.to(out.dtype)) ** 2
+    return err.reshape(err.shape[0], -1).mean(1)
+
+
+@dataclass
+class PDCLHistory:
+    """Per dual step: mean constraint loss ℓ', mean and max slack ``ℓ' - ε``, share of violated
+    constraints, mean and max λ (all over the labeled set, the model in eval mode)."""
+
+    loss: list[float] = field(default_factory=list)
+    mean_slack: list[float] = field(default_factory=list)
+    max_slack: list[float] = field(default_factory=list)
+    violated: list[float] = field(default_factory=list)
+    mean_dual: list[float] = field(default_factory=list)
+    max_dual: list[float] = field(default_factory=list)
+
+
+class PrimalDualTrainer:
+    """Train a model by primal-dual constrained learning (Alg. 1) and keep its dual variables.
+
+    Called as ``trainer(model, dataset, *, task, seed, device) -> model`` (the ``train_fn`` of
+    :func:`fastal.loop.run`): ``iterations`` (T) rounds of ``primal_steps`` (T_p) minibatch steps
+    on the Lagrangian followed by one dual step over the whole labeled set. Afterwards the model
+    carries ``model.fastal_duals`` (λ, one per row of ``dataset``, in its order, float32 on the
+    CPU), which :func:`fastal.torch.select` hands to :class:`~fastal.strategies.ALLY`; the trainer
+    keeps ``duals_``, ``eps_`` and ``history_`` of its last call.
+
+    Parameters
+    ----------
+    eps : float, array, "auto" or None
+        Constraint levels ε. ``None`` (default): the paper's constants, 0.2 for cross-entropy and
+        0.1 for MSE (§5.2–5.3). ``"auto"``: ``eps_factor`` times the mean training loss of an
+        unconstrained fit of a copy of the model with the same schedule (§5.4 finds
+        ``[1.05, 1.25]`` times that loss works well); this doubles the training time.
+    eps_factor : float, default 1.15
+        The multiple for ``eps="auto"``.
+    lr_primal : float, default 1e-3
+        η_p.
+    lr_dual : float, default 0.1
+        η_d.
+    iterations : int, default 100
+        T, the number of dual steps.
+    primal_steps : int, optional
+        T_p, primal steps per dual step; default one epoch (``ceil(n / batch_size)``).
+    batch_size : int, default 64
+    optimizer : {"adam", "sgd"}, default "adam"
+        Alg. 1 writes plain SGD steps (``"sgd"``: exactly that, with ``momentum``); Adam is the
+        default because it works with one ``lr_primal`` across datasets, as :func:`fastal.loop.fit`.
+    momentum : float, default 0.0
+        For ``"sgd"``.
+    weight_decay : float, default 0.0
+    secondary_loss : callable, optional
+        ``ℓ'(outputs, targets) -> (B,)`` per-sample constraint loss; default ℓ' = ℓ (cross-entropy or
+        squared error, as the task).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> from fastal.pdcl import PrimalDualTrainer
+    >>> X = torch.randn(40, 3); y = (X[:, 0] > 0).long()
+    >>> trainer = PrimalDualTrainer(iterations=20)
+    >>> model = trainer(torch.nn.Linear(3, 2), TensorDataset(X, y), task="classification", seed=0)
+    >>> model.fastal_duals.shape, bool((model.fastal_duals >= 0).all())
+    (torch.Size([40]), True)
+    """
+
+    def __init__(
+        self,
+        *,
+        eps: Any = None,
+        eps_factor: float = 1.15,
+        lr_primal: float = 1e-3,
+        lr_dual: float = 0.1,
+        iterations: int = 100,
+        primal_steps: int | None = None,
+        batch_size: int = 64,
+        optimizer: str = "adam",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        secondary_loss: Callable[[Any, Any], Any] | None = None,
+    ) -> None:
+        if isinstance(eps, str) and eps != "auto":
+            raise ValueError(f"eps must be a number, an array, 'auto' or None, got {eps!r}")
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        self.eps = eps
+        self.eps_factor = _positive(eps_factor, "eps_factor")
+        self.lr_primal = _positive(lr_primal, "lr_primal")
+        self.lr_dual = _positive(lr_dual, "lr_dual")
+        self.iterations = _count(iterations, "iterations")
+        self.primal_steps = None if primal_steps is None else _count(primal_steps, "primal_steps")
+        self.batch_size = _count(batch_size, "batch_size")
+        self.optimizer = optimizer
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.secondary_loss = secondary_loss
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
+        return f"PrimalDualTrainer({params})"
+
+    def __call__(
+        self,
+        model: Any,
+        dataset: Any,
+        *,
+        task: str = "classification",
+        seed: int = 0,
+        device: Any = "cpu",
+    ) -> Any:
+        import torch
+
+        from .loop import _tensors
+
+        if task not in PAPER_EPS:
+            raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+        X, y = _tensors(dataset)
+        n = int(X.shape[0])
+        if n == 0:
+            raise ValueError("cannot train on an empty labeled set")
+        dev = torch.device(device)
+        model.to(dev)
+        X, y = X.to(dev), y.to(dev)
+        if task == "classification":
+            y = y.to(torch.int64)
+        devices = (
+            [dev.index if dev.index is not None else torch.cuda.current_device()]
+            if dev.type == "cuda"
+            else []
+        )
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            if self.eps == "auto":
+                shadow = copy.deepcopy(model)
+                self._train(shadow, X, y, task, seed, None)
+                p_u = float(self._secondary(shadow, X, y, task).mean())
+                eps: Any = self.eps_factor * p_u
+            else:
+                eps = PAPER_EPS[task] if self.eps is None else self.eps
+            duals = DualVariables(n, eps, self.lr_dual, device=dev)
+            history = self._train(model, X, y, task, seed, duals)
+        model.eval()
+        lam = duals.value.detach().to("cpu", torch.float32)
+        setattr(model, DUALS_ATTR, lam)
+        self.duals_, self.eps_, self.history_ = lam, duals.eps.detach().cpu(), history
+        return model
+
+    # -----------------------------------------------------------------------------------------
+
+    def _secondary(self, model: Any, X: Any, y: Any, task: str) -> Any:
+        """ℓ' of every labeled row, the model in eval mode, in batches."""
+        import torch
+
+        model.eval()
+        parts = []
+        with torch.no_grad():
+            for s in range(0, X.shape[0], 1024):
+                out = model(X[s : s + 1024])
+                yb = y[s : s + 1024]
+                parts.append(
+                    per_sample_loss(out, yb, task)
+                    if self.secondary_loss is None
+                    else self.secondary_loss(out, yb)
+                )
+        return torch.cat(parts).to(torch.float32)
+
+    def _train(self, model: Any, X: Any, y: Any, task: str, seed: int, duals: Any) -> PDCLHistory:
+        """T rounds of T_p primal steps and (with ``duals``) one dual step; λ = 0 without."""
+        import torch
+
+        n = X.shape[0]
+        bs = min(self.batch_size, n)
+        steps = self.primal_steps or math.ceil(n / bs)
+        params = list(model.parameters())
+        if self.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=self.lr_primal, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.SGD(
+                params, lr=self.lr_primal, momentum=self.momentum, weight_decay=self.weight_decay
+            )
+        g = torch.Generator().manual_seed(int(seed))
+        order, pos = torch.randperm(n, generator=g), 0
+        history = PDCLHistory()
+        for _ in range(self.iterations):
+            model.train()
+            for _ in range(steps):
+                if pos + bs > n:
+                    order, pos = torch.randperm(n, generator=g), 0
+                idx = order[pos : pos + bs]
+                pos += bs
+                idx_dev = idx.to(X.device)
+                out = model(X[idx_dev])
+                losses = per_sample_loss(out, y[idx_dev], task)
+                if duals is None:
+                    objective = losses.mean()
+                else:
+                    secondary = (
+                        None
+                        if self.secondary_loss is None
+                        else self.secondary_loss(out, y[idx_dev])
+                    )
+                    objective = duals.lagrangian(losses, idx, secondary)
+                opt.zero_grad(set_to_none=True)
+                objective.backward()
+                opt.step()
+            if duals is not None:
+                sec = self._secondary(model, X, y, task)
+                slack = duals.slacks(sec)
+                duals.step(sec)
+                history.loss.append(float(sec.mean()))
+                history.mean_slack.append(float(slack.mean()))
+                history.max_slack.append(float(slack.max()))
+                history.violated.append(float((slack > 0).to(torch.float32).mean()))
+                history.mean_dual.append(float(duals.value.mean()))
+                history.max_dual.append(float(duals.value.max()))
+        return history
+
+
+def model_duals(model: Any) -> Any:
+    """The λ a :class:`PrimalDualTrainer` left on ``model``, or None."""
+    return getattr(model, DUALS_ATTR, None)
+
+
+def _positive(v: Any, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    return float(v)
+
+
+def _count(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)

@@ -1,0 +1,171 @@
+"""ALLY (Elenter et al., NeurIPS 2022): active learning via Lagrangian duality."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import _interop
+from .._validate import check_budget, make_rng
+from .base import Selection, Strategy, pool_field, register, unlabeled_rows
+
+
+@register
+class ALLY(Strategy):
+    """Active Learning via Lagrangian dualitY (``ally-lagrangian-duality.txt``, Alg. 2, §4.2, §5.1).
+
+    The model is trained by primal-dual constrained learning (:class:`fastal.pdcl.PrimalDualTrainer`,
+    Alg. 1): one constraint ``ℓ(f(x_i), y_i) <= ε`` per labeled sample, whose dual variable λ*_i
+    measures how much the optimal loss would move if that constraint were loosened. A dual
+    regression head learns λ* from the labeled samples' embeddings and predicts it on the pool;
+    the pool's embeddings are clustered by k-means (fastal's :func:`~fastal.kmeans`, ``k = budget``
+    by default, as in all the paper's experiments) and the points with the highest predicted λ are
+    taken from each cluster, an equal number per cluster (:func:`fastal.ally.pick_per_cluster`).
+    Works for classification (cross-entropy) and regression (MSE).
+
+    The pool is a mapping with ``"features"`` (n, d) — the embeddings of every pool row, labeled
+    ones included — and one of
+
+    - ``"duals"`` (m,): λ* of the labeled rows, in the order of ``labeled`` (the head is trained);
+    - ``"dual_predictions"`` (n,): λ̂ for every row, head already applied (used as they are).
+
+    With a torch model, :func:`fastal.torch.select` fills ``"duals"`` from the model a
+    :class:`~fastal.pdcl.PrimalDualTrainer` trained, and :func:`fastal.loop.run` trains with
+    :attr:`train_fn` (this strategy's trainer) unless given another ``train_fn``.
+
+    Parameters
+    ----------
+    n_clusters : int, optional
+        k, at most the budget; default the budget (one pick per cluster). With ``k < budget``
+        each cluster gives ``budget // k`` or one more.
+    trainer : PrimalDualTrainer, optional
+        The primal-dual trainer :func:`fastal.loop.run` uses; default ``PrimalDualTrainer()`` (the
+        paper's ε: 0.2 for cross-entropy, 0.1 for MSE).
+    head_hidden, head_layers, head_steps, head_lr
+        The dual regression head (§5.1: 5 hidden layers, ReLU, batch norm; non-negative output).
+    kmeans_iter : int, default 100
+        Lloyd iterations.
+    kmeans_minibatch : int, optional
+        Mini-batch k-means with this batch size (for million-point pools).
+
+    Diagnostics include ``clusters``: the k-means cluster of every unlabeled row (ascending pool
+    index order), and the predicted λ's mean and max.
+
+    Attributes
+    ----------
+    head_ : DualRegressor or None
+        The head of the last selection (for :func:`fastal.ally.maximize_dual`).
+
+    Examples
+    --------
+    From arrays (embeddings and the labeled rows' dual variables):
+
+    >>> import numpy as np
+    >>> from fastal.strategies import ALLY
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 8)).astype(np.float32)
+    >>> labeled = np.arange(40)
+    >>> duals = np.abs(X[labeled, 0])  # pretend λ* grows with |x_0|
+    >>> sel = ALLY(head_steps=100).select({"features": X, "duals": duals}, 10, labeled, seed=0)
+    >>> len(set(sel.indices.tolist())), bool(np.isin(sel.indices, labeled).any())
+    (10, False)
+    """
+
+    name = "ally"
+    requires = ("features", "duals")
+
+    def __init__(
+        self,
+        *,
+        n_clusters: int | None = None,
+        trainer: Any = None,
+        head_hidden: int = 128,
+        head_layers: int = 5,
+        head_steps: int = 500,
+        head_lr: float = 1e-3,
+        kmeans_iter: int = 100,
+        kmeans_minibatch: int | None = None,
+    ) -> None:
+        from ..pdcl import PrimalDualTrainer
+
+        if n_clusters is not None and (isinstance(n_clusters, bool) or int(n_clusters) < 1):
+            raise ValueError(f"n_clusters must be a positive integer or None, got {n_clusters!r}")
+        self.n_clusters = None if n_clusters is None else int(n_clusters)
+        self.trainer = PrimalDualTrainer() if trainer is None else trainer
+        self.head_hidden = head_hidden
+        self.head_layers = head_layers
+        self.head_steps = head_steps
+        self.head_lr = head_lr
+        self.kmeans_iter = kmeans_iter
+        self.kmeans_minibatch = kmeans_minibatch
+
+    @property
+    def train_fn(self) -> Any:
+        """The primal-dual trainer (``train_fn(model, dataset, *, task, seed, device)``)."""
+        return self.trainer
+
+    def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
+        from .._validate import check_matrix
+        from ..ally import fit_dual_head, pick_per_cluster
+        from ..gradients import as_torch
+        from ..kmeans import kmeans
+
+        X = pool_field(pool, "features")
+        info = check_matrix(X, "features")
+        n = info.shape[0]
+        lab, rest = unlabeled_rows(n, labeled, like=info)
+        budget = check_budget(budget, rest.size)
+        rng = make_rng(seed)
+        head_seed, km_seed = (int(s) for s in rng.integers(0, 2**31 - 1, size=2))
+        diagnostics: dict[str, Any] = {"n_candidates": int(rest.size)}
+        if budget == 0:
+            return Selection(_interop.to_framework(np.empty(0, np.int64), info), diagnostics)
+
+        import torch
+
+        Xt = as_torch(X, info)  # zero-copy for numpy and torch, dlpack for cupy
+        lab_t, rest_t = (torch.from_numpy(a).to(Xt.device) for a in (lab, rest))
+        if isinstance(pool, Mapping) and "dual_predictions" in pool:
+            scores = _host_vector(pool["dual_predictions"], n, "dual_predictions")[rest]
+            self.head_ = None
+        else:
+            if not isinstance(pool, Mapping) or "duals" not in pool:
+                raise ValueError(
+                    "ALLY needs the labeled rows' dual variables: pool['duals'] (train the model "
+                    "with fastal.pdcl.PrimalDualTrainer, e.g. ALLY().train_fn) or pool['dual_predictions']"
+                )
+            duals = _host_vector(pool["duals"], lab.size, "duals", what="labeled row")
+            if lab.size == 0:
+                raise ValueError("ALLY trains its dual head on the labeled rows: labeled is empty")
+            head = fit_dual_head(
+                Xt[lab_t], duals, hidden=self.head_hidden, layers=self.head_layers,
+                steps=self.head_steps, lr=self.head_lr, seed=head_seed,
+            )  # fmt: skip
+            scores = head.predict(Xt[rest_t])
+            self.head_ = head
+            diagnostics.update(head_train_mse=head.train_loss, all_duals_zero=head.net is None,
+                               mean_dual=float(duals.mean()), max_dual=float(duals.max()))  # fmt: skip
+
+        k = budget if self.n_clusters is None else min(self.n_clusters, budget)
+        km = kmeans(
+            Xt[rest_t], k, seed=km_seed, max_iter=self.kmeans_iter, minibatch=self.kmeans_minibatch
+        )
+        clusters = _interop.host_numpy(km.labels)
+        picks = rest[pick_per_cluster(clusters, scores, budget)]
+        diagnostics.update(
+            n_clusters=k, clusters=clusters, kmeans_inertia=km.inertia, kmeans_iter=km.n_iter,
+            predicted_dual_mean=float(scores.mean()), predicted_dual_max=float(scores.max()),
+        )  # fmt: skip
+        return Selection(_interop.to_framework(picks, info), diagnostics)
+
+
+def _host_vector(v: Any, size: int, name: str, what: str = "pool row") -> np.ndarray:
+    """A finite float64 host vector of one value per ``what``."""
+    arr = np.asarray(_interop.host_numpy(v) if _interop.is_array(v) else v, dtype=np.float64)
+    if arr.shape != (size,):
+        raise ValueError(f"{name} must hold one value per {what} ({size}), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return arr

@@ -1,0 +1,250 @@
+"""ALLY: the per-cluster pick against a brute-force reference, the dual regression head, the
+strategy from arrays and from a torch model, the loop (classification and regression), the
+generative mode, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_array_equal
+
+import fastal
+from fastal import strategies
+from fastal.ally import backbone, fit_dual_head, maximize_dual, pick_per_cluster
+from fastal.pdcl import PrimalDualTrainer
+from fastal.strategies import ALLY
+
+
+def pick_per_cluster_ref(clusters, scores, budget):
+    """Round by round: every cluster offers its best row not yet taken (score desc, index asc);
+    a round is taken whole while the budget lasts, else its best offers (score desc, index asc)."""
+    clusters, scores = list(clusters), list(scores)
+    taken: list[int] = []
+    members = {c: sorted((i for i in range(len(scores)) if clusters[i] == c),
+                         key=lambda i: (-scores[i], i)) for c in set(clusters)}  # fmt: skip
+    rnd = 0
+    while len(taken) < budget:
+        offers = sorted((m[rnd] for m in members.values() if len(m) > rnd),
+                        key=lambda i: (-scores[i], i))  # fmt: skip
+        taken += offers[: budget - len(taken)]
+        rnd += 1
+    return taken
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_pick_per_cluster_matches_the_reference(case):
+    rng = np.random.default_rng(case)
+    n = int(rng.integers(1, 40))
+    k = int(rng.integers(1, n + 1))
+    clusters = rng.integers(0, k, n)
+    scores = rng.integers(0, 5, n).astype(float) if case % 2 else rng.normal(size=n)  # ties
+    budget = int(rng.integers(0, n + 1))
+    got = pick_per_cluster(clusters, scores, budget)
+    assert got.tolist() == pick_per_cluster_ref(clusters, scores, budget)
+    counts = np.bincount(clusters[got], minlength=k)
+    sizes = np.bincount(clusters, minlength=k)
+    # equity: clusters that did not run out differ by at most one
+    full = counts[counts < sizes]
+    if full.size:
+        assert (
+            counts.max(initial=0) - full.min() <= 1 or (counts[counts == sizes] > full.min()).any()
+        )
+
+
+def test_pick_per_cluster_argument_checks():
+    with pytest.raises(ValueError, match="1-D of one length"):
+        pick_per_cluster([0, 1], [0.5], 1)
+    with pytest.raises(ValueError, match="budget"):
+        pick_per_cluster([0, 1], [0.5, 0.1], 3)
+    with pytest.raises(ValueError, match="NaN"):
+        pick_per_cluster([0, 1], [np.nan, 0.1], 1)
+
+
+def _pool(n=300, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=4, size=(5, d))
+    X = (centres[rng.integers(0, 5, n)] + rng.normal(size=(n, d))).astype(np.float32)
+    return X
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch-cpu"])
+def test_one_pick_per_cluster_the_argmax_of_the_predictions(backend):
+    X = _pool()
+    labeled = np.arange(0, 300, 7)
+    pred = np.random.default_rng(1).gamma(1.0, size=300)
+    pool = {"features": X if backend == "numpy" else torch.from_numpy(X), "dual_predictions": pred}
+    sel = ALLY().select(pool, 12, labeled, seed=3)
+    picks = sel.indices if backend == "numpy" else sel.indices.numpy()
+    assert isinstance(sel.indices, np.ndarray if backend == "numpy" else torch.Tensor)
+    rest = np.setdiff1d(np.arange(300), labeled)
+    clusters = sel.diagnostics["clusters"]
+    assert clusters.shape == rest.shape and np.unique(clusters).size == 12
+    assert picks.size == 12 and np.unique(picks).size == 12 and not np.isin(picks, labeled).any()
+    for c in range(12):
+        members = rest[clusters == c]
+        best = members[np.argmax(pred[members])]  # first maximum: lowest index on ties
+        assert np.isin(best, picks) and np.isin(picks, members).sum() == 1
+    # The clusters are the k-means partition: every candidate is nearest its own cluster's mean.
+    means = np.stack([X[rest][clusters == c].mean(0) for c in range(12)]).astype(np.float64)
+    d2 = ((X[rest][:, None, :].astype(np.float64) - means[None]) ** 2).sum(-1)
+    assert (d2[np.arange(rest.size), clusters] <= d2.min(1) + 1e-3).all()
+
+
+def test_fewer_clusters_than_budget_share_the_budget_equally():
+    X = _pool()
+    pred = np.random.default_rng(2).random(300)
+    sel = ALLY(n_clusters=4).select({"features": X, "dual_predictions": pred}, 10, None, seed=0)
+    counts = np.bincount(sel.diagnostics["clusters"][sel.indices], minlength=4)
+    assert sorted(counts.tolist()) == [2, 2, 3, 3]
+    assert sel.diagnostics["n_clusters"] == 4
+
+
+def test_dual_head_learns_the_duals():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 5)).astype(np.float32)
+    lam = np.maximum(X[:, 0] + 0.5 * X[:, 1], 0) * 3
+    head = fit_dual_head(X[:300], lam[:300], steps=400, seed=0)
+    pred = head.predict(X[300:])
+    assert (pred >= 0).all()
+    assert np.corrcoef(pred, lam[300:])[0, 1] > 0.8
+    again = fit_dual_head(X[:300], lam[:300], steps=400, seed=0).predict(X[300:])
+    assert_array_equal(pred, again)  # seeded
+
+
+def test_all_zero_duals_train_no_head_and_still_select():
+    X = _pool()
+    labeled = np.arange(30)
+    sel = ALLY().select({"features": X, "duals": np.zeros(30)}, 5, labeled, seed=0)
+    assert sel.diagnostics["all_duals_zero"] is True
+    rest = np.arange(30, 300)
+    clusters = sel.diagnostics["clusters"]
+    first = [rest[clusters == c].min() for c in range(5)]  # constant scores: the lowest index
+    assert sorted(sel.indices.tolist()) == sorted(first)
+
+
+def test_duals_given_picks_high_dual_regions():
+    # λ* is large for one blob of the labeled points; the picks should lean towards it.
+    X = _pool(n=600, seed=4)
+    labeled = np.arange(0, 600, 3)
+    lam = np.where(X[labeled, 0] > np.median(X[:, 0]), 2.0, 0.0)
+    sel = ALLY(n_clusters=5, head_steps=300).select(
+        {"features": X, "duals": lam}, 20, labeled, seed=0
+    )
+    assert sel.diagnostics["max_dual"] == 2.0
+    assert (X[sel.indices, 0] > np.median(X[:, 0])).mean() > 0.7
+
+
+def _mlp(d_in=6, out=3):
+    return torch.nn.Sequential(torch.nn.Linear(d_in, 16), torch.nn.ReLU(), torch.nn.Linear(16, out))
+
+
+def test_through_the_torch_adapter_with_a_primal_dual_trained_model():
+    X = torch.from_numpy(_pool())
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()
+    labeled = np.arange(0, 300, 5)
+    ally = ALLY(trainer=PrimalDualTrainer(iterations=20), head_steps=100)
+    torch.manual_seed(0)
+    model = ally.train_fn(
+        _mlp(),
+        torch.utils.data.TensorDataset(X[labeled], y[labeled]),
+        task="classification",
+        seed=0,
+    )
+    sel = fastal.torch.select(ally, model, X, 8, labeled, seed=1, progress=False)
+    picks = sel.indices.numpy()
+    assert np.unique(picks).size == 8 and not np.isin(picks, labeled).any()
+    assert ally.head_ is not None and "pool_seconds" in sel.diagnostics
+    # explicit duals= override the model's
+    sel2 = fastal.torch.select(ally, _mlp(), X, 8, labeled, seed=1, progress=False,
+                               duals=model.fastal_duals.numpy())  # fmt: skip
+    assert sel2.indices.shape == (8,)
+    with pytest.raises(ValueError, match="PrimalDualTrainer"):
+        fastal.torch.select(ally, _mlp(), X, 8, labeled, progress=False)
+    with pytest.raises(ValueError, match="for 60 labeled rows but labeled has 59"):
+        fastal.torch.select(ally, model, X, 8, labeled[:-1], progress=False)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_loop_trains_with_the_primal_dual_trainer(task, tmp_path):
+    X = _pool(n=200)
+    if task == "classification":
+        y = (X[:, 0] > X[:, 1]).astype(np.int64)
+        out = 2
+    else:
+        y = (X[:, 0] - 0.5 * X[:, 2]).astype(np.float32)
+        out = 1
+    ally = ALLY(trainer=PrimalDualTrainer(iterations=15), head_steps=50)
+    res = fastal.loop.run(
+        (X[:150], y[:150]), (X[150:], y[150:]), model_fn=lambda: _mlp(out=out), strategy=ally,
+        initial=20, budget=10, rounds=2, task=task, seed=0, checkpoint=tmp_path / "state.npz",
+    )  # fmt: skip
+    assert res.strategy == "ally" and len(res.rows) == 3
+    assert res.labeled.size == 40 and np.unique(res.labeled).size == 40
+    assert np.isfinite(res.values).all()
+    assert ally.trainer.duals_.shape == (40,)  # the last training saw every label
+
+
+def test_registered_and_requires_duals():
+    assert strategies.get("ally") is ALLY
+    assert fastal.torch.needs_of("ally") == ("features", "duals")
+
+
+def test_generative_mode_raises_the_predicted_dual():
+    torch.manual_seed(0)
+    model = _mlp(d_in=2)
+    X = torch.randn(128, 2)
+    embed = backbone(model)
+    with torch.no_grad():
+        feats = embed(X)
+    head = fit_dual_head(feats, X[:, 0].abs() + X[:, 1].clamp_min(0), steps=300)
+    x0 = torch.zeros(8, 2)
+    x, trace = maximize_dual(embed, head, x0, steps=60, lr=0.05, bounds=(-1.5, 1.5))
+    assert trace.shape == (61,) and trace[-1] > trace[0]
+    assert (x.abs() <= 1.5).all() and (x0 == 0).all()
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training  # flags restored
+
+
+@pytest.mark.parametrize(
+    ("pool", "labeled", "budget", "match"),
+    [
+        ({"features": "X"}, [0, 1], 3, "dual variables"),
+        ({"features": "X", "duals": np.ones(3)}, [0, 1], 3, r"one value per labeled row \(2\)"),
+        ({"features": "X", "duals": np.array([1.0, np.nan])}, [0, 1], 3, "NaN"),
+        ({"features": "X", "duals": np.array([1.0, -1.0])}, [0, 1], 3, "non-negative"),
+        ({"features": "X", "dual_predictions": np.ones(5)}, [0, 1], 3, r"one value per pool row"),
+        ({"features": "X", "duals": np.ones(2)}, [0, 1], 99, "larger than the unlabeled pool"),
+        ({"features": "X", "duals": np.ones(2)}, [0, 0], 3, "labeled"),
+        ({"duals": np.ones(2)}, [0, 1], 3, "features"),
+    ],
+)
+def test_bad_input(pool, labeled, budget, match):
+    X = _pool(n=40)
+    pool = {k: (X if isinstance(v, str) else v) for k, v in pool.items()}
+    with pytest.raises(ValueError, match=match):
+        ALLY(head_steps=5).select(pool, budget, labeled, seed=0)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="n_clusters"):
+        ALLY(n_clusters=0)
+    with pytest.raises(ValueError, match="steps"):
+        fit_dual_head(np.ones((4, 2)), np.ones(4), steps=0)
+
+
+def test_select_from_the_shell(tmp_path, capsys):
+    from fastal import cli
+
+    X = _pool(n=120)
+    np.save(tmp_path / "emb.npy", X)
+    np.save(tmp_path / "lab.npy", np.arange(20))
+    np.save(tmp_path / "lam.npy", np.abs(X[:20, 0]))
+    args = ["select", "--strategy", "ally", "--embeddings", str(tmp_path / "emb.npy"),
+            "--labeled", str(tmp_path / "lab.npy"), "--budget", "6"]  # fmt: skip
+    out = str(tmp_path / "picks.npy")
+    assert cli.main([*args, "--duals", str(tmp_path / "lam.npy"), "--out", out]) == 0
+    picks = np.load(out)
+    assert picks.shape == (6,) and np.unique(picks).size == 6 and picks.min() >= 20
+    with pytest.raises(SystemExit, match="--duals or --dual-predictions"):
+        cli.main(args)

@@ -1,0 +1,174 @@
+"""Primal-dual constrained learning (ALLY, Alg. 1): the Lagrangian and dual step against float64
+formulas, and the behaviour of the trainer on a convex problem.
+
+The convex case is least squares with three shifted targets and ε = 0.3 (per-sample squared error):
+the unconstrained fit violates those constraints, a feasible fit exists, and at the constrained
+optimum only (some of) the shifted points' constraints are active, so complementary slackness says
+λ > 0 only there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose
+from torch.utils.data import TensorDataset
+
+from fastal.pdcl import DUALS_ATTR, PAPER_EPS, DualVariables, PrimalDualTrainer, per_sample_loss
+
+SHIFTED = [3, 11, 27]
+
+
+def _regression_problem(n: int = 40) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, 2, generator=g)
+    y = X @ torch.tensor([1.0, -2.0]) + 0.1 * torch.randn(n, generator=g)
+    y[SHIFTED] += 0.8
+    return TensorDataset(X, y)
+
+
+def _full_batch(eps, **kw) -> PrimalDualTrainer:
+    opts = dict(
+        eps=eps, lr_primal=0.05, lr_dual=0.5, iterations=300, batch_size=40, optimizer="sgd"
+    )
+    return PrimalDualTrainer(**{**opts, **kw})
+
+
+def test_lagrangian_and_dual_step_match_the_formulas():
+    rng = np.random.default_rng(1)
+    n = 7
+    eps = rng.uniform(0.1, 1.0, n)
+    duals = DualVariables(n, eps, lr_dual=0.3, dtype=torch.float64)
+    lam = np.zeros(n)
+    for _ in range(4):
+        ell = rng.uniform(0, 2, n)
+        ell2 = rng.uniform(0, 2, n)
+        idx = rng.choice(n, 4, replace=False)
+        got = duals.lagrangian(torch.tensor(ell[idx]), torch.tensor(idx), torch.tensor(ell2[idx]))
+        assert_allclose(
+            float(got), np.mean(ell[idx] + lam[idx] * (ell2[idx] - eps[idx])), rtol=1e-12
+        )
+        duals.step(torch.tensor(ell2))
+        lam = np.maximum(lam + 0.3 * (ell2 - eps), 0)
+        assert_allclose(duals.value.numpy(), lam, rtol=1e-12, atol=1e-15)
+        assert (duals.value >= 0).all()
+
+
+def test_lagrangian_is_differentiable_in_the_losses():
+    duals = DualVariables(3, 0.5, lr_dual=1.0)
+    duals.value = torch.tensor([0.0, 1.0, 3.0])
+    losses = torch.tensor([0.2, 0.4, 0.6], requires_grad=True)
+    duals.lagrangian(losses, torch.arange(3)).backward()
+    # d/dℓ_i mean(ℓ + λ(ℓ - ε)) = (1 + λ_i) / B
+    assert_allclose(losses.grad.numpy(), np.array([1.0, 2.0, 4.0]) / 3, rtol=1e-6)
+
+
+def test_constraint_violations_shrink_and_duals_sit_on_active_constraints():
+    ds = _regression_problem()
+    X, y = ds.tensors
+    A = torch.cat([X, torch.ones(len(X), 1)], 1).double()
+    w = torch.linalg.lstsq(A, y[:, None].double()).solution
+    unconstrained = ((A @ w)[:, 0] - y.double()) ** 2
+    assert unconstrained.max() > 0.3  # the unconstrained optimum violates ε
+
+    trainer = _full_batch(0.3)
+    model = trainer(torch.nn.Linear(2, 1), ds, task="regression", seed=0)
+    lam = trainer.duals_.numpy()
+    with torch.no_grad():
+        slack = (per_sample_loss(model(X), y, "regression") - 0.3).numpy()
+    hist = trainer.history_
+    assert hist.max_slack[-1] < 0.01 < hist.max_slack[0]  # (almost) feasible at the end
+    assert hist.violated[-1] <= hist.violated[0]
+    assert (lam >= 0).all() and min(hist.mean_dual) >= 0
+    support = np.flatnonzero(lam > 0)
+    assert support.size > 0
+    assert set(support) <= set(SHIFTED)  # λ concentrates on the shifted points ...
+    assert (slack[support] > -0.02).all()  # ... whose constraints are active
+    assert (slack[lam == 0] < 0.01).all()
+    assert_allclose(getattr(model, DUALS_ATTR).numpy(), lam)
+
+
+def test_a_very_loose_epsilon_leaves_every_dual_at_zero():
+    trainer = _full_batch(100.0, iterations=20)
+    model = trainer(torch.nn.Linear(2, 1), _regression_problem(), task="regression", seed=0)
+    assert (model.fastal_duals == 0).all()
+    assert max(trainer.history_.max_dual) == 0
+
+
+def test_auto_epsilon_is_the_factor_times_the_unconstrained_training_loss():
+    ds = _regression_problem()
+    free = _full_batch(1e9, iterations=30)  # λ stays 0: the Lagrangian is the plain mean loss
+    torch.manual_seed(5)
+    free(torch.nn.Linear(2, 1), ds, task="regression", seed=3)
+    auto = _full_batch("auto", iterations=30, eps_factor=1.2)
+    torch.manual_seed(5)
+    auto(torch.nn.Linear(2, 1), ds, task="regression", seed=3)
+    assert_allclose(auto.eps_.numpy(), np.full(40, 1.2 * free.history_.loss[-1]), rtol=1e-5)
+
+
+def test_paper_defaults_and_classification():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 3, generator=g)
+    y = (X[:, 0] + 0.5 * torch.randn(60, generator=g) > 0).long()
+    trainer = PrimalDualTrainer(iterations=15)
+    model = trainer(torch.nn.Linear(3, 2), TensorDataset(X, y), task="classification", seed=0)
+    assert_allclose(trainer.eps_.numpy(), PAPER_EPS["classification"])
+    assert model.fastal_duals.shape == (60,) and (model.fastal_duals >= 0).all()
+    assert not model.training
+    # Hard (misclassified) points carry the largest duals.
+    with torch.no_grad():
+        loss = per_sample_loss(model(X), y, "classification")
+    top = torch.argsort(model.fastal_duals, descending=True)[:5]
+    assert loss[top].mean() > loss.mean()
+
+
+def test_per_sample_epsilon_and_custom_secondary_loss():
+    ds = _regression_problem()
+    eps = torch.full((40,), 100.0)
+    eps[5] = 0.0  # only row 5 is constrained, to an impossible zero error
+    calls = []
+
+    def absolute_error(out, yb):
+        calls.append(len(yb))
+        return (out[:, 0] - yb).abs()
+
+    trainer = _full_batch(eps, iterations=10, secondary_loss=absolute_error)
+    model = trainer(torch.nn.Linear(2, 1), ds, task="regression", seed=0)
+    assert calls
+    assert np.flatnonzero(model.fastal_duals.numpy() > 0).tolist() == [5]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"eps": "tight"}, "eps must be"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"lr_dual": 0}, "lr_dual"),
+        ({"lr_primal": float("nan")}, "lr_primal"),
+        ({"iterations": 0}, "iterations"),
+        ({"primal_steps": -1}, "primal_steps"),
+        ({"eps_factor": -1.1}, "eps_factor"),
+    ],
+)
+def test_bad_trainer_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PrimalDualTrainer(**kwargs)
+
+
+def test_bad_dual_variable_arguments():
+    with pytest.raises(ValueError, match="eps must be a scalar or have shape"):
+        DualVariables(3, [0.1, 0.2], 0.1)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        DualVariables(2, float("inf"), 0.1)
+    with pytest.raises(ValueError, match="n must be"):
+        DualVariables(0, 0.1, 0.1)
+    duals = DualVariables(3, 0.1, 0.1)
+    with pytest.raises(ValueError, match="one loss per labeled sample"):
+        duals.step(torch.zeros(2))
+    with pytest.raises(ValueError, match="1-D of one shape"):
+        duals.lagrangian(torch.zeros(2), torch.arange(2), torch.zeros(3))
+    with pytest.raises(ValueError, match="task"):
+        PrimalDualTrainer(iterations=1)(
+            torch.nn.Linear(2, 1), _regression_problem(), task="ranking"
+        )
