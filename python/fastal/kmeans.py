@@ -135,22 +135,39 @@ class KMeansResult:
     converged: bool
 
 
-def _assign(xt: Any, centres: Any, info) -> tuple[Any, Any]:
-    """(labels int64, squared distances) of every row of ``xt`` to its nearest centre (torch)."""
+def _row_sqnorms(xt: Any, dtype: Any) -> Any:
+    """``|x|²`` of every row in ``dtype`` (once per fit: it does not change between iterations)."""
+    import torch
+
+    out = torch.empty(xt.shape[0], dtype=dtype, device=xt.device)
+    for s in range(0, xt.shape[0], _TILE):
+        x = xt[s : s + _TILE].to(dtype)
+        out[s : s + _TILE] = (x * x).sum(1)
+    return out
+
+
+def _assign(xt: Any, centres: Any, info, xsq: Any = None) -> tuple[Any, Any]:
+    """(labels int64, squared distances) of every row of ``xt`` to its nearest centre (torch).
+
+    ``xsq``: the rows' squared norms when already known (GEMM path)."""
     import torch
 
     k = centres.shape[0]
     if info.dtype in ("float32", "float64") and k >= _GEMM_MIN_K:
         labels = torch.empty(xt.shape[0], dtype=torch.int64, device=xt.device)
         dist2 = torch.empty(xt.shape[0], dtype=centres.dtype, device=xt.device)
+        if xsq is None:
+            xsq = _row_sqnorms(xt, centres.dtype)
         csq = (centres * centres).sum(1)
-        for s in range(0, xt.shape[0], _TILE):
-            x = xt[s : s + _TILE].to(centres.dtype)
-            d2 = torch.addmm(csq[None, :], x, centres.T, alpha=-2)
-            d2 += (x * x).sum(1, keepdim=True)
+        ct = centres.T.contiguous()
+        rows = _TILE
+        for s in range(0, xt.shape[0], rows):
+            x = xt[s : s + rows].to(centres.dtype)
+            # |c|² - 2 x·c: |x|² is the same for every centre, so it is added to the minimum only
+            d2 = torch.addmm(csq[None, :], x, ct, alpha=-2)
             best, arg = d2.min(1)  # first minimum on ties
-            labels[s : s + _TILE] = arg
-            dist2[s : s + _TILE] = best.clamp_min_(0)
+            labels[s : s + rows] = arg
+            dist2[s : s + rows] = (best + xsq[s : s + rows]).clamp_min_(0)
         return labels, dist2
     # the min-distance kernel, with the centres stored like X
     c_store = centres.to(xt.dtype).contiguous()
@@ -184,17 +201,31 @@ def _segment_means(xt: Any, labels: Any, k: int) -> tuple[Any, Any]:
 
 
 def _tol_abs(xt: Any, tol: float) -> float:
-    """scikit-learn's tolerance: ``tol * mean(var(X, axis=0))``, in float64."""
+    """scikit-learn's tolerance: ``tol * mean(var(X, axis=0))``.
+
+    Per-tile column means and centred sums of squares in float32 (float64 for float64 X), merged
+    across tiles in float64 by Chan et al.'s pairwise update: one pass, no float64 copy of X."""
     import torch
 
-    total = torch.zeros(xt.shape[1], dtype=torch.float64, device=xt.device)
+    if tol == 0:
+        return 0.0
+    work = torch.float64 if xt.dtype == torch.float64 else torch.float32
+    count, mean, m2 = 0, None, None
     for s in range(0, xt.shape[0], _TILE):
-        total += xt[s : s + _TILE].to(torch.float64).sum(0)
-    mean = total / xt.shape[0]
-    var = torch.zeros_like(mean)
-    for s in range(0, xt.shape[0], _TILE):
-        var += ((xt[s : s + _TILE].to(torch.float64) - mean) ** 2).sum(0)
-    return float(tol * (var / xt.shape[0]).mean())
+        x = xt[s : s + _TILE].to(work)
+        nb = x.shape[0]
+        mb = x.mean(0)
+        m2b = ((x - mb) ** 2).sum(0).to(torch.float64)
+        mb = mb.to(torch.float64)
+        if mean is None:
+            count, mean, m2 = nb, mb, m2b
+            continue
+        delta = mb - mean
+        total = count + nb
+        mean = mean + delta * (nb / total)
+        m2 = m2 + m2b + delta**2 * (count * nb / total)
+        count = total
+    return float(tol * (m2 / count).mean())
 
 
 def kmeans(
@@ -277,11 +308,12 @@ def kmeans(
     tol_abs = _tol_abs(xt, float(tol))
 
     converged, it = False, 0
+    xsq = _row_sqnorms(xt, acc) if info.dtype in ("float32", "float64") and k >= _GEMM_MIN_K else None
     with tqdm(total=int(max_iter), disable=not progress, desc="k-means", unit="iter") as bar:
         if minibatch is None:
             prev = None
             for it in range(1, int(max_iter) + 1):
-                labels, dist2 = _assign(xt, centres, info)
+                labels, dist2 = _assign(xt, centres, info, xsq)
                 sums, counts = _segment_means(xt, labels, k)
                 new = _relocate_empty(sums, counts, xt, dist2, acc)
                 shift = float(((new - centres) ** 2).sum())
@@ -296,7 +328,7 @@ def kmeans(
                 prev = labels
         else:
             centres, it, converged = _minibatch(xt, centres, info, int(minibatch), int(max_iter), tol_abs, rng, bar)
-    labels, dist2 = _assign(xt, centres, info)
+    labels, dist2 = _assign(xt, centres, info, xsq)
     return KMeansResult(
         centres=from_torch(centres.to(acc), info),
         labels=from_torch(labels, info),
