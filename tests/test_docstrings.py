@@ -26,6 +26,8 @@ MODULES = [
     "fastal.pdcl",
     "fastal.ally",
     "fastal.strategies.ally",
+    "fastal.bilevel",
+    "fastal.strategies.bilevel",
 ]
 
 

@@ -283,7 +283,7 @@ def test_needs_of_follows_requires():
         "bald": ("mc_probs",), "coreset": ("features",), "kmeans": ("features",),
         "badge": ("probs", "features"), "egl": ("probs", "features"),
         "sparse_approx": ("logits", "features"), "crc": ("features", "probs"),
-        "ally": ("features", "duals"),
+        "ally": ("features", "duals"), "bilevel": ("logits", "features"),
     }  # fmt: skip
     # "duals" comes from training (fastal.pdcl), not from a pass over the pool
     from_training = {"duals"}

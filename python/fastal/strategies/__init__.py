@@ -5,6 +5,7 @@ from __future__ import annotations
 from .ally import ALLY
 from .badge import BADGE
 from .base import Selection, Strategy, available, get, register
+from .bilevel import BilevelCoreset
 from .coreset import CoreSet
 from .crc import CRC
 from .egl import EGL
@@ -16,6 +17,7 @@ __all__ = [
     "ALLY",
     "BADGE",
     "BALD",
+    "BilevelCoreset",
     "CRC",
     "EGL",
     "CoreSet",

@@ -1,0 +1,596 @@
+# ruff: noqa: RUF002  (math notation in docstrings is deliberate)
+"""Bilevel coreset (Borsos et al. 2021): kernels, Nyström features, the inner solver, CG, the
+greedy scores and the strategy, against float64 numpy references."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import math
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+
+import fastal.torch
+from fastal import bilevel as bl
+from fastal.strategies import get
+from fastal.strategies.bilevel import BilevelCoreset
+
+# ---------------------------------------------------------------------------------------------
+# float64 numpy references
+
+
+def softmax_ref(L: np.ndarray) -> np.ndarray:
+    L = L - L.max(1, keepdims=True)
+    E = np.exp(L)
+    return E / E.sum(1, keepdims=True)
+
+
+def hessian_ref(Z, W, reg, w=None) -> np.ndarray:
+    """The explicit (C·m, C·m) Hessian of the inner objective, coordinate c·m + k = W[c, k]."""
+    s, m = Z.shape
+    C = W.shape[0]
+    w = np.ones(s) if w is None else w
+    P = softmax_ref(Z @ W.T)
+    H = 2 * reg * np.eye(C * m)
+    for i in range(s):
+        D = np.diag(P[i]) - np.outer(P[i], P[i])
+        H += w[i] * np.kron(D, np.outer(Z[i], Z[i]))
+    return H
+
+
+def grad_ref(Z, T, W, reg, w=None) -> np.ndarray:
+    w = np.ones(Z.shape[0]) if w is None else w
+    P = softmax_ref(Z @ W.T)
+    return (w[:, None] * (P - T)).T @ Z + 2 * reg * W
+
+
+def loss_ref(Z, T, W, reg) -> float:
+    P = softmax_ref(Z @ W.T)
+    return float(-(T * np.log(P)).sum() + reg * (W * W).sum())
+
+
+def solve_inner_ref(Z, T, reg, C) -> np.ndarray:
+    """Dense damped Newton to machine precision (tiny problems only)."""
+    m = Z.shape[1]
+    W = np.zeros((C, m))
+    for _ in range(200):
+        g = grad_ref(Z, T, W, reg)
+        if np.linalg.norm(g) < 1e-13:
+            break
+        d = -np.linalg.solve(hessian_ref(Z, W, reg), g.ravel()).reshape(C, m)
+        t, f0 = 1.0, loss_ref(Z, T, W, reg)
+        while loss_ref(Z, T, W + t * d, reg) > f0 + 1e-4 * t * (g * d).sum() and t > 1e-12:
+            t /= 2
+        W = W + t * d
+    return W
+
+
+def per_sample_gradients_ref(Z, T, W) -> np.ndarray:
+    """Every per-sample gradient materialised: row x is (p_x - t_x) ⊗ z_x, (n, C·m)."""
+    A = softmax_ref(Z @ W.T) - T
+    return np.einsum("nc,nk->nck", A, Z).reshape(Z.shape[0], -1)
+
+
+def greedy_ref(Z, T, labeled, budget, reg):
+    """Alg. 1 with exact inner solves and exact H⁻¹∇G; returns picks and the first scores."""
+    n, m = Z.shape
+    C = T.shape[1]
+    S = list(labeled)
+    picks, first = [], None
+    for _ in range(budget):
+        W = solve_inner_ref(Z[S], T[S], reg, C) if S else np.zeros((C, m))
+        grad_G = per_sample_gradients_ref(Z, T, W).sum(0)
+        H = hessian_ref(Z[S], W, reg) if S else 2 * reg * np.eye(C * m)
+        v = np.linalg.solve(H, grad_G)
+        scores = per_sample_gradients_ref(Z, T, W) @ v
+        cand = np.setdiff1d(np.arange(n), S)
+        if first is None:
+            first = np.full(n, np.nan)
+            first[cand] = scores[cand]
+        best = cand[np.argmax(scores[cand])]  # argmax: first maximum, the lowest index
+        picks.append(int(best))
+        S.append(int(best))
+    return np.array(picks), first
+
+
+def relu_ntk_ref(X, Y, depth, bias=0.0) -> np.ndarray:
+    """The arc-cosine recursion, entry by entry with the math module."""
+    d = X.shape[1]
+    out = np.empty((X.shape[0], Y.shape[0]))
+    for i, x in enumerate(X):
+        for j, y in enumerate(Y):
+            sxy = 2 * float(x @ y) / d + bias
+            sxx = 2 * float(x @ x) / d + bias
+            syy = 2 * float(y @ y) / d + bias
+            theta = sxy
+            for _ in range(depth):
+                c = max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+                a = math.acos(c)
+                sdot = (math.pi - a) / math.pi
+                sxy = math.sqrt(sxx * syy) / math.pi * (math.sin(a) + (math.pi - a) * c) + bias
+                theta = theta * sdot + sxy
+                sxx += bias
+                syy += bias
+            out[i, j] = theta
+    return out
+
+
+def problem(n=40, m=6, C=3, n_lab=4, seed=0):
+    rng = np.random.default_rng(seed)
+    Z = rng.normal(size=(n, m))
+    soft = rng.dirichlet(np.ones(C), n)
+    labeled = rng.choice(n, n_lab, replace=False)
+    y = rng.integers(C, size=n_lab)
+    return Z, soft, labeled, y
+
+
+def targets(soft, labeled, y):
+    T = soft.copy()
+    if len(labeled):
+        T[labeled] = np.eye(soft.shape[1])[y]
+    return T
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) Hessian-vector products, CG and the inner solver
+
+
+@pytest.mark.parametrize(("s", "m"), [(5, 4), (3, 6), (8, 3)])
+def test_inverse_hvp_matches_dense_solve(s, m):
+    rng = np.random.default_rng(s * 10 + m)
+    C, reg = 3, 1e-2
+    Z = rng.normal(size=(s, m))
+    W = rng.normal(size=(C, m)) * 0.5
+    G = rng.normal(size=(C, m))
+    w = rng.uniform(0.5, 2.0, s)
+    H = hessian_ref(Z, W, reg, w)
+    want = np.linalg.solve(H, G.ravel()).reshape(C, m)
+    # the HVP is the explicit Hessian times the vector
+    assert_allclose(
+        bl.inner_hvp(Z, W, G, reg=reg, sample_weight=w),
+        (H @ G.ravel()).reshape(C, m),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    # CG on the span of Z (C·rank(Z) <= 30 unknowns: 30 steps are exact) ...
+    for precondition in (True, False):
+        V, info = bl.inverse_hvp(
+            Z, W, G, reg=reg, sample_weight=w, cg_steps=30, precondition=precondition
+        )
+        assert_allclose(V, want, rtol=1e-8, atol=1e-8 * np.abs(want).max())
+        assert info["residual"] < 1e-8
+    # ... and plain CG on the full space with the HVP operator agree with the dense solve
+    Zt, Wt, wt = (torch.from_numpy(a) for a in (Z, W, w))
+    x, _res, _ = bl.conjugate_gradient(
+        lambda D: bl.inner_hvp(Zt, Wt, D, reg=reg, sample_weight=wt),
+        torch.from_numpy(G),
+        steps=200,
+        tol=1e-13,
+    )
+    assert_allclose(x.numpy(), want, rtol=1e-7, atol=1e-8 * np.abs(want).max())
+
+
+def test_cg_stops_after_steps_and_reports_the_residual():
+    rng = np.random.default_rng(1)
+    M = rng.normal(size=(40, 40))
+    A = torch.from_numpy(M @ M.T + 1e-3 * np.eye(40))
+    b = torch.from_numpy(rng.normal(size=40))
+    x, res, it = bl.conjugate_gradient(lambda v: A @ v, b, steps=5)
+    assert it == 5
+    assert_allclose(res, float((b - A @ x).norm() / b.norm()), rtol=1e-6)
+    x0, res0, it0 = bl.conjugate_gradient(lambda v: A @ v, torch.zeros(40, dtype=torch.float64))
+    assert (it0, res0) == (0, 0.0)
+    assert not bool(x0.any())
+
+
+def test_solve_inner_reaches_the_optimum():
+    Z, soft, labeled, y = problem(n=12, m=5, C=3)
+    T = targets(soft, labeled, y)
+    W, info = bl.solve_inner(Z, T, reg=1e-3, tol=1e-12)
+    assert_allclose(W, solve_inner_ref(Z, T, 1e-3, 3), rtol=1e-6, atol=1e-8)
+    assert np.abs(grad_ref(Z, T, W, 1e-3)).max() < 1e-9
+    assert_allclose(info["loss"], loss_ref(Z, T, W, 1e-3), rtol=1e-12)
+    assert_allclose(bl.inner_objective(Z, T, W, reg=1e-3), info["loss"], rtol=1e-12)
+    # warm start at the optimum: no Newton step needed
+    _, again = bl.solve_inner(Z, T, reg=1e-3, tol=1e-8, W0=W)
+    assert again["iters"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) Nyström features
+
+
+@pytest.mark.parametrize("kernel", ["relu_ntk", "ntk_last_layer"])
+def test_nystrom_reproduces_the_kernel_on_the_landmarks(kernel):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(60, 5))
+    U = X[rng.choice(60, 15, replace=False)]
+    Z = bl.nystrom_features(X, U, kernel)
+    k = bl.make_kernel(kernel)
+    K_UU = k(torch.from_numpy(U), torch.from_numpy(U)).numpy()
+    ZU = bl.nystrom_features(U, U, kernel)
+    assert_allclose(ZU @ ZU.T, K_UU, rtol=1e-9, atol=1e-9 * np.abs(K_UU).max())
+    if kernel == "ntk_last_layer":
+        assert Z.shape[1] == 6  # rank of [x, 1]·[x', 1] is d + 1
+    # Nyström approximation K_XU K_UU^† K_UX everywhere
+    K_XU = k(torch.from_numpy(X), torch.from_numpy(U)).numpy()
+    assert_allclose(
+        Z @ Z.T, K_XU @ np.linalg.pinv(K_UU, rcond=1e-12) @ K_XU.T, rtol=1e-6, atol=1e-6
+    )
+
+
+def test_nystrom_with_all_points_as_landmarks_is_exact():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 4))
+    K = relu_ntk_ref(X, X, 2)
+    Z = bl.nystrom_features(X, X, partial_relu(2), chunk=7)
+    # θ ≈ 0 on the diagonal: arccos near 1 amplifies rounding to ~1e-8 (reference and ours alike)
+    assert_allclose(Z @ Z.T, K, rtol=1e-7, atol=1e-9 * K.max())
+    # float32 and torch: same map within float32 rounding, returned as torch
+    Zt = bl.nystrom_features(torch.from_numpy(X).float(), torch.from_numpy(X).float(), "relu_ntk")
+    assert isinstance(Zt, torch.Tensor)
+    assert Zt.dtype == torch.float32
+    K1 = relu_ntk_ref(X, X, 1)
+    assert_allclose((Zt @ Zt.T).double().numpy(), K1, rtol=2e-3, atol=2e-3 * K1.max())
+
+
+def partial_relu(depth):
+    return lambda A, B: bl.relu_ntk(A, B, depth=depth)
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) the infinite-width ReLU NTK
+
+
+@pytest.mark.parametrize(("depth", "bias"), [(0, 0.0), (1, 0.0), (2, 0.0), (3, 0.5)])
+def test_relu_ntk_matches_the_recursion(depth, bias):
+    rng = np.random.default_rng(depth)
+    X, Y = rng.normal(size=(7, 4)), rng.normal(size=(5, 4))
+    X[0] = 0.0  # a zero row
+    Y[1] = X[2] * 3  # parallel rows: θ = 0
+    got = bl.relu_ntk(X, Y, depth=depth, bias=bias)
+    want = relu_ntk_ref(X[1:], Y, depth, bias)
+    assert_allclose(got[1:], want, rtol=1e-7, atol=1e-10)
+    assert np.isfinite(got).all()
+    K = bl.relu_ntk(X[1:], depth=depth, bias=bias)
+    ev = np.linalg.eigvalsh(K)
+    assert ev.min() >= -1e-10 * ev.max()  # positive semi-definite
+
+
+def test_relu_ntk_depth_one_closed_form():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(6, 3))
+    d = X.shape[1]
+    nx = np.linalg.norm(X, axis=1)
+    cos = np.clip(X @ X.T / np.outer(nx, nx), -1, 1)
+    th = np.arccos(cos)
+    want = (2 * X @ X.T / d) * (np.pi - th) / np.pi + 2 * np.outer(nx, nx) / (d * np.pi) * (
+        np.sin(th) + (np.pi - th) * cos
+    )
+    assert_allclose(bl.relu_ntk(X, depth=1), want, rtol=1e-7)
+
+
+def test_relu_ntk_matches_a_wide_network():
+    """Empirical NTK of wide random networks in the NTK parameterisation (σ_w² = 2)."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(5, 3))
+    d = X.shape[1]
+    # depth 1, width 200 000, per-sample gradients in closed form
+    N = 200_000
+    W1, w2 = rng.normal(size=(N, d)), rng.normal(size=N)
+    pre = X @ W1.T * np.sqrt(2 / d)
+    act = np.maximum(pre, 0)
+    g_w2 = act * np.sqrt(2 / N)
+    gate = (pre > 0) * w2 * np.sqrt(2 / N)  # ∂f/∂pre
+    K_emp = g_w2 @ g_w2.T + (gate @ gate.T) * (2 / d) * (X @ X.T)
+    K = bl.relu_ntk(X, depth=1)
+    assert np.abs(K_emp - K).max() < 0.03 * np.abs(K).max()
+    # depth 2 through autograd (width 1024: a loose check)
+    torch.manual_seed(0)
+    width = 1024
+    Ws = [
+        torch.randn(width, d, dtype=torch.float64),
+        torch.randn(width, width, dtype=torch.float64),
+        torch.randn(1, width, dtype=torch.float64),
+    ]
+    for W in Ws:
+        W.requires_grad_(True)
+
+    def f(x):
+        h = x
+        for W in Ws[:-1]:
+            h = torch.relu(np.sqrt(2 / h.shape[0]) * W @ h)
+        return (np.sqrt(2 / width) * Ws[-1] @ h)[0]
+
+    J = []
+    for x in torch.from_numpy(X):
+        grads = torch.autograd.grad(f(x), Ws)
+        J.append(torch.cat([g.reshape(-1) for g in grads]))
+    J = torch.stack(J).numpy()
+    K2 = bl.relu_ntk(X, depth=2)
+    assert np.linalg.norm(J @ J.T - K2) < 0.15 * np.linalg.norm(K2)
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) scores and the greedy picks against materialised per-sample gradients
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_candidate_scores_match_materialised_gradients(dtype):
+    rng = np.random.default_rng(6)
+    n, m, C = 50, 7, 4
+    Z = rng.normal(size=(n, m))
+    T = rng.dirichlet(np.ones(C), n)
+    W = rng.normal(size=(C, m))
+    V = rng.normal(size=(C, m))
+    A = softmax_ref(Z @ W.T) - T
+    want = per_sample_gradients_ref(Z, T, W) @ V.ravel()
+    got = bl.candidate_scores(Z.astype(dtype), A.astype(dtype), V)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    got_t = bl.candidate_scores(torch.from_numpy(Z), torch.from_numpy(A), torch.from_numpy(V))
+    assert isinstance(got_t, torch.Tensor)
+    assert_allclose(got_t.numpy(), want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize(("n_lab", "with_labels"), [(4, True), (4, False), (0, False)])
+def test_greedy_matches_the_dense_reference(n_lab, with_labels):
+    Z, soft, labeled, y = problem(n=30, m=5, C=3, n_lab=n_lab, seed=7 + n_lab)
+    T = targets(soft, labeled, y) if with_labels else soft
+    reg = 1e-3
+    want, first = greedy_ref(Z, T, labeled, 4, reg)
+    res = bl.bilevel_select(
+        Z, y if with_labels else None, soft, labeled, 4, reg=reg, random_fraction=0.0, seed=0,
+        inner_tol=1e-13,
+    )  # fmt: skip
+    got_first = res.diagnostics["first_scores"]
+    assert_array_equal(np.isnan(got_first), np.isnan(first))
+    ok = ~np.isnan(first)
+    assert_allclose(got_first[ok], first[ok], rtol=1e-6, atol=1e-9 * np.abs(first[ok]).max())
+    assert res.indices[0] == np.flatnonzero(ok)[np.argmax(first[ok])]
+    assert_array_equal(res.indices, want)
+    assert max(res.diagnostics["cg_residual"]) < 1e-8  # C·r <= 3·8: 30 steps are exact here
+
+
+def test_first_pick_ties_go_to_the_lowest_index():
+    Z, soft, labeled, y = problem(n=20, m=4, C=3, seed=8)
+    Z[15], soft[15] = Z[9], soft[9]  # two identical candidates
+    Z[3], soft[3] = Z[9], soft[9]
+    first = bl.bilevel_select(Z, y, soft, labeled, 1, random_fraction=0, seed=0).diagnostics[
+        "first_scores"
+    ]
+    top = np.nanmax(first)
+    best = int(np.flatnonzero(first == top)[0])
+    got = bl.bilevel_select(Z, y, soft, labeled, 1, random_fraction=0, seed=0).indices[0]
+    assert got == best
+    if best in (3, 9, 15):
+        assert got == min(i for i in (3, 9, 15) if i not in labeled)
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) invariants of the strategy
+
+
+def make_pool(n=150, d=6, C=4, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(C, d)) * 2
+    cls = rng.integers(C, size=n)
+    h = centres[cls] + rng.normal(size=(n, d))
+    logits = h @ centres.T / 3 + rng.normal(size=(n, C))
+    return {"features": h.astype(dtype), "logits": logits.astype(dtype)}, cls
+
+
+@pytest.mark.parametrize(
+    ("budget", "random_fraction", "per_step"),
+    [(10, 0.1, 1), (12, 0.25, 3), (7, 0.0, 2), (5, 1.0, 1), (9, 0.1, 20)],
+)
+def test_invariants(budget, random_fraction, per_step):
+    pool, cls = make_pool()
+    labeled = np.arange(0, 40, 4)
+    strat = BilevelCoreset(landmarks=40, random_fraction=random_fraction, per_step=per_step)
+    sel = strat.select(dict(pool, labeled_targets=cls[labeled]), budget, labeled=labeled, seed=3)
+    idx = sel.indices
+    assert idx.dtype == np.int64
+    assert idx.shape == (budget,)
+    assert len(set(idx.tolist())) == budget
+    assert not set(idx.tolist()) & set(labeled.tolist())
+    n_random = math.floor(random_fraction * budget + 1e-9)
+    dg = sel.diagnostics
+    assert len(dg["random"]) == n_random
+    assert_array_equal(idx[:n_random], dg["random"])
+    assert_array_equal(idx[n_random:], dg["greedy"])
+    assert dg["n_steps"] == math.ceil((budget - n_random) / per_step)
+    again = strat.select(dict(pool, labeled_targets=cls[labeled]), budget, labeled=labeled, seed=3)
+    assert_array_equal(again.indices, idx)  # reproducible from the seed
+
+
+def test_random_fill_is_uniform_and_seeded():
+    pool, _ = make_pool(n=60)
+    strat = BilevelCoreset(landmarks=20, random_fraction=1.0)
+    picks = [
+        tuple(strat.select(pool, 3, labeled=[0, 1], seed=s).indices.tolist()) for s in range(40)
+    ]
+    assert len(set(picks)) > 30  # different seeds, different random points
+    counts = np.bincount(np.concatenate(picks), minlength=60)
+    assert counts[:2].sum() == 0
+    assert (counts[2:] > 0).sum() > 40
+
+
+def test_budget_zero_and_everything():
+    pool, _ = make_pool(n=20)
+    sel = BilevelCoreset(landmarks=10).select(pool, 0, labeled=[1, 2])
+    assert sel.indices.shape == (0,)
+    sel = BilevelCoreset(landmarks=10, random_fraction=0.0).select(pool, 18, labeled=[1, 2], seed=0)
+    assert sorted(sel.indices.tolist()) == [i for i in range(20) if i not in (1, 2)]
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) input frameworks and kernels
+
+
+def test_numpy_and_torch_inputs_give_the_same_picks():
+    pool, cls = make_pool(n=120)
+    labeled = np.array([3, 17, 40, 77])
+    strat = BilevelCoreset(landmarks=50)
+    a = strat.select(dict(pool, labeled_targets=cls[labeled]), 8, labeled=labeled, seed=1)
+    tpool = {k: torch.from_numpy(v) for k, v in pool.items()}
+    tpool["labeled_targets"] = torch.from_numpy(cls[labeled])
+    b = strat.select(tpool, 8, labeled=torch.from_numpy(labeled), seed=1)
+    assert isinstance(b.indices, torch.Tensor)
+    assert b.indices.dtype == torch.int64
+    assert_array_equal(b.indices.numpy(), a.indices)
+    # float32 storage: float32 pool passes, same invariants
+    p32, _ = make_pool(n=120, dtype=np.float32)
+    c = strat.select(p32, 8, labeled=labeled, seed=1)
+    assert len(set(c.indices.tolist()) - set(labeled.tolist())) == 8
+
+
+def test_probs_relu_kernel_on_inputs_and_callable_kernel():
+    pool, _ = make_pool(n=80)
+    rng = np.random.default_rng(0)
+    probs = softmax_ref(pool["logits"])
+    inputs = rng.normal(size=(80, 2, 3))
+    sel = BilevelCoreset(kernel="relu_ntk", depth=2, kernel_input="inputs", landmarks=30).select(
+        {"probs": probs, "features": pool["features"], "inputs": inputs}, 6, labeled=[0, 1], seed=0
+    )
+    assert sel.diagnostics["rank"] == 30
+    assert sel.diagnostics["kernel"] == "relu_ntk"
+    assert len(set(sel.indices.tolist()) - {0, 1}) == 6
+
+    def rbf(A, B):
+        return torch.exp(-(torch.cdist(A, B) ** 2) / 10)
+
+    sel = BilevelCoreset(kernel=rbf, landmarks=25).select(pool, 6, labeled=[0, 1], seed=0)
+    assert sel.diagnostics["kernel"] == "rbf"
+    assert len(set(sel.indices.tolist()) - {0, 1}) == 6
+
+
+def test_augmentation_is_called_and_selection_is_valid():
+    pool, cls = make_pool(n=100)
+    calls = []
+
+    def jitter(rows, rng):
+        calls.append(rows.shape[0])
+        return rows + torch.from_numpy(rng.normal(scale=0.1, size=tuple(rows.shape))).to(rows.dtype)
+
+    labeled = np.arange(5)
+    strat = BilevelCoreset(
+        landmarks=30, augment=jitter, inner_iters=15, batch_size=8, random_fraction=0.2
+    )
+    sel = strat.select(dict(pool, labeled_targets=cls[labeled]), 5, labeled=labeled, seed=0)
+    dg = sel.diagnostics
+    assert dg["solver"] == "adam"
+    assert len(calls) == 15 * dg["n_steps"]
+    assert set(calls) == {8}
+    assert len(set(sel.indices.tolist())) == 5
+    assert not set(sel.indices.tolist()) & set(labeled.tolist())
+    # Adam without augmentation reaches about the Newton optimum of the inner problem
+    Z, soft, lab, y = problem(n=25, m=4, C=3, n_lab=6, seed=9)
+    newton = bl.bilevel_select(Z, y, soft, lab, 1, random_fraction=0, reg=1e-2, seed=0)
+    adam = bl.bilevel_select(
+        Z,
+        y,
+        soft,
+        lab,
+        1,
+        random_fraction=0,
+        reg=1e-2,
+        solver="adam",
+        inner_iters=500,
+        lr=0.1,
+        seed=0,
+    )
+    assert adam.diagnostics["inner_loss"][0] <= newton.diagnostics["inner_loss"][0] * 1.01 + 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# (g) bad inputs
+
+
+def test_bad_inputs():
+    pool, cls = make_pool(n=30)
+    s = BilevelCoreset(landmarks=10)
+    with pytest.raises(ValueError, match="logits"):
+        s.select({"features": pool["features"]}, 2)
+    with pytest.raises(ValueError, match="features"):
+        s.select({"logits": pool["logits"]}, 2)
+    with pytest.raises(TypeError, match="mapping"):
+        s.select(pool["features"], 2)
+    with pytest.raises(ValueError, match="one row per row"):
+        s.select({"logits": pool["logits"], "features": pool["features"][:20]}, 2)
+    bad = pool["features"].copy()
+    bad[4, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        s.select({"logits": pool["logits"], "features": bad}, 2)
+    bad = pool["logits"].copy()
+    bad[1, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN"):
+        s.select({"logits": bad, "features": pool["features"]}, 2)
+    with pytest.raises(ValueError, match="larger than the unlabeled pool"):
+        s.select(pool, 29, labeled=[0, 1])
+    with pytest.raises(ValueError, match="one entry per labeled row"):
+        s.select(dict(pool, labeled_targets=cls[:3]), 2, labeled=[0, 1])
+    with pytest.raises(ValueError, match=r"classes in \[0, 4\)"):
+        s.select(dict(pool, labeled_targets=np.array([0, 7])), 2, labeled=[0, 1])
+    with pytest.raises(ValueError, match="duplicate"):
+        s.select(pool, 2, labeled=[0, 0])
+    with pytest.raises(ValueError, match="per_step"):
+        BilevelCoreset(per_step=0)
+    with pytest.raises(ValueError, match="random_fraction"):
+        BilevelCoreset(random_fraction=1.5)
+    with pytest.raises(ValueError, match="kernel"):
+        BilevelCoreset(kernel="rbf")
+    with pytest.raises(ValueError, match="reg"):
+        BilevelCoreset(reg=0.0)
+    with pytest.raises(ValueError, match="solver"):
+        BilevelCoreset(solver="sgd")
+    with pytest.raises(ValueError, match="augment"):
+        BilevelCoreset(solver="newton", augment=lambda r, g: r)
+    with pytest.raises(ValueError, match="depth"):
+        BilevelCoreset(kernel="relu_ntk", depth=-1)
+    with pytest.raises(ValueError, match="soft_pool"):
+        bl.bilevel_select(np.ones((5, 2)), None, np.full((5, 2), 0.7), None, 1)
+    with pytest.raises(ValueError, match="augment needs raw"):
+        bl.bilevel_select(
+            np.ones((5, 2)), None, np.full((5, 2), 0.5), None, 1, augment=lambda r, g: r
+        )
+    with pytest.raises(ValueError, match="kernel must return"):
+        bl.nystrom_features(np.ones((4, 2)), np.ones((2, 2)), lambda A, B: torch.ones(3, 3))
+    assert get("bilevel") is BilevelCoreset
+
+
+# ---------------------------------------------------------------------------------------------
+# (h) through a torch model
+
+
+def test_through_fastal_torch_select():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    X = torch.randn(200, 5)
+    labeled = torch.arange(10)
+    y = torch.randint(0, 3, (10,))
+    strat = BilevelCoreset(landmarks=64)
+    sel = fastal.torch.select(strat, model, X, 6, labeled, seed=0, labels=y, progress=False)
+    idx = sel.indices
+    assert isinstance(idx, torch.Tensor)
+    assert idx.shape == (6,)
+    assert len(set(idx.tolist())) == 6
+    assert not set(idx.tolist()) & set(range(10))
+    assert sel.diagnostics["rank"] <= 17  # features of the last Linear's input: 16 + 1
+    # the same as calling the strategy on the pool with the labels
+    pool = fastal.torch.pool_outputs(model, X, ("logits", "features"), progress=False)
+    direct = strat.select(dict(pool, labeled_targets=y), 6, labeled, seed=0)
+    assert_array_equal(direct.indices.numpy(), idx.numpy())
+    unlabelled = strat.select(pool, 3, labeled, seed=0)  # pseudo-labels for the labeled rows
+    assert len(set(unlabelled.indices.tolist()) - set(range(10))) == 3
+
+
+@pytest.mark.parametrize("name", ["fastal.bilevel", "fastal.strategies.bilevel"])
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
