@@ -9,34 +9,19 @@ highest predicted λ from each k-means cluster of the pool's embeddings (§5.1).
 
 from __future__ import annotations
 
-import contextlib
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from ._threads import one_thread_if_small
 
 
 def _torch():
     import torch
 
     return torch
-
-
-@contextlib.contextmanager
-def _small_cpu_work(device: Any) -> Iterator[None]:
-    """One torch thread on the CPU: a 128-wide head on 64-row batches gains nothing from more, and
-    on a busy machine torch's thread pool makes such small ops many times slower."""
-    torch = _torch()
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def dual_head(in_dim: int, *, hidden: int = 128, layers: int = 5) -> Any:
@@ -162,7 +147,7 @@ def fit_dual_head(
         raise ValueError("the dual regression head needs at least 2 labeled rows (batch norm)")
     Z, target = (H - mean) / std, lam / scale
     devices = [H.device.index or 0] if H.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.enable_grad(), _small_cpu_work(H.device):
+    with torch.random.fork_rng(devices=devices), torch.enable_grad(), one_thread_if_small(H.device):
         torch.manual_seed(seed)
         net = dual_head(H.shape[1], hidden=hidden, layers=layers).to(H.device, dtype)
         opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)

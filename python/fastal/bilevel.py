@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _interop
+from ._threads import one_thread_if_small
 from ._validate import _number, check_budget, check_indices, make_rng
 from .gradients import as_torch, from_torch
 
@@ -70,26 +70,6 @@ def _tensor(x: Any, name: str) -> tuple[Any, _interop.ArrayInfo]:
 
 def _rows_per_chunk(width: int) -> int:
     return max(64, _CHUNK_ELEMS // max(int(width), 1))
-
-
-@contextmanager
-def _few_threads(work: float, device: Any) -> Iterator[None]:
-    """One intra-op thread for small CPU problems (the inner solve and CG on ``labeled ∪ B``).
-
-    Their matrices are tiny; waking a second BLAS/OpenMP thread for each of the thousands of small
-    products costs more than the product (measured on a shared 2-core machine: a 10 × 20 × 4
-    product took 5 ms with 2 threads, 8 µs with 1). The previous setting is restored.
-    """
-    torch = _torch()
-    if getattr(device, "type", "cpu") != "cpu" or work >= _SMALL_WORK:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +251,7 @@ class Nystrom:
         K = _call_kernel(kernel, self.landmarks.to(torch.float64), self.landmarks.to(torch.float64))
         if not bool(torch.isfinite(K).all()):
             raise ValueError("the kernel returned NaN or Inf on the landmarks")
-        with _few_threads(m**3, ut.device):
+        with one_thread_if_small(ut.device, m**3, _SMALL_WORK):
             evals, evecs = torch.linalg.eigh((K + K.T) / 2)
         top = float(evals[-1]) if m else 0.0
         if top <= 0:
@@ -295,7 +275,7 @@ class Nystrom:
         out = torch.empty((n, self.rank), dtype=self.dtype, device=X.device)
         step = chunk or _rows_per_chunk(U.shape[0])
         width = int(np.prod(X.shape[1:])) if X.ndim > 1 else 1
-        with _few_threads(min(n, step) * U.shape[0] * width, X.device):
+        with one_thread_if_small(X.device, min(n, step) * U.shape[0] * width, _SMALL_WORK):
             for s in range(0, n, step):
                 out[s : s + step] = (
                     _call_kernel(self.kernel, X[s : s + step].to(self.dtype), U) @ proj
@@ -649,7 +629,7 @@ def solve_inner(
         U0 = _tensor(W0, "W0")[0].to(zt.device, torch.float64)
         if tuple(U0.shape) != (C, zt.shape[1]):
             raise ValueError(f"W0 must have shape {(C, zt.shape[1])}, got {tuple(U0.shape)}")
-    with _few_threads(zt.shape[0] * zt.shape[1] * C, zt.device):
+    with one_thread_if_small(zt.device, zt.shape[0] * zt.shape[1] * C, _SMALL_WORK):
         U, out = _newton(
             zt, tt, wt, reg, U0, tol=tol, max_iter=max_iter, cg_max=max(250, 2 * C * zt.shape[1])
         )
@@ -804,7 +784,7 @@ def inverse_hvp(
     span = _Span(zt.shape[1], zt.device)
     span.add(zt)
     P = torch.softmax(zt @ Wt.T, dim=1)
-    with _few_threads(zt.shape[0] * zt.shape[1] * Gt.shape[0], zt.device):
+    with one_thread_if_small(zt.device, zt.shape[0] * zt.shape[1] * Gt.shape[0], _SMALL_WORK):
         V, res, it = _inverse_hvp_reduced(span, P, wt, Gt, reg, cg_steps, tol, precondition)
     return from_torch(V, info), {"residual": res, "iters": it}
 
@@ -1144,7 +1124,7 @@ def bilevel_select(
             w_S = torch.ones(S.size, dtype=torch.float64, device=dev)
             if use_adam:
                 if S.size:
-                    with _few_threads(batch_size * m * max(C, m), dev):
+                    with one_thread_if_small(dev, batch_size * m * max(C, m), _SMALL_WORK):
                         W_full = _adam(
                             W_full, lambda r, S_t=S_t: inner_batch(r, S_t), S.size, reg,
                             iters=inner_iters, lr=lr, rng=rng,
@@ -1156,7 +1136,7 @@ def bilevel_select(
                 W = W_full
                 Minv_S = None
             else:
-                with _few_threads(S.size * span.Q.shape[1] * C, dev):
+                with one_thread_if_small(dev, S.size * span.Q.shape[1] * C, _SMALL_WORK):
                     U, info = _newton(
                         span.X, T_S, w_S, reg, U, tol=inner_tol, max_iter=100, cg_max=250
                     )
@@ -1167,18 +1147,18 @@ def bilevel_select(
                 W = U @ span.Q.T
             t1 = time.perf_counter()
             # upper gradient over labeled ∪ pool, one pass
-            with _few_threads(n * m * C, dev):
+            with one_thread_if_small(dev, n * m * C, _SMALL_WORK):
                 A, G, upper = _upper_pass(zt, W, T)
             diag["upper_loss"].append(upper)
             t2 = time.perf_counter()
-            with _few_threads(S.size * span.Q.shape[1] * C, dev):
+            with one_thread_if_small(dev, S.size * span.Q.shape[1] * C, _SMALL_WORK):
                 V, res, it = _inverse_hvp_reduced(
                     span, P_S, w_S, G, reg, int(cg_steps), cg_tol, precondition, Minv_S
                 )
             diag["cg_residual"].append(res)
             diag["cg_iters"].append(it)
             t3 = time.perf_counter()
-            with _few_threads(n * m * C, dev):
+            with one_thread_if_small(dev, n * m * C, _SMALL_WORK):
                 scores = candidate_scores(zt, A, V)
             scores_np = _interop.host_numpy(scores).astype(np.float64)
             cand = np.flatnonzero(available)
