@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dem.add_argument("--dataset", default="digits", choices=DATASETS)
     dem.add_argument("--strategies", help="comma-separated names (default: random,entropy,coreset,badge,"
-                     "sparse_approx,crc; diabetes: random,coreset,ally)")  # fmt: skip
+                     "sparse_approx,crc,bilevel; diabetes: random,coreset,ally)")  # fmt: skip
     dem.add_argument("--rounds", type=int, help="selection rounds (default 5; --quick 2)")
     dem.add_argument("--seeds", type=int, help="seeds per strategy (default 3; --quick 1)")
     dem.add_argument("--budget", type=int, default=30, help="labels per round (default 30)")

@@ -24,7 +24,7 @@ import numpy as np
 
 DATASETS = ("digits", "mnist1d", "diabetes")
 DEFAULT_STRATEGIES = {
-    "classification": ("random", "entropy", "coreset", "badge", "sparse_approx", "crc"),
+    "classification": ("random", "entropy", "coreset", "badge", "sparse_approx", "crc", "bilevel"),
     "regression": ("random", "coreset", "ally"),
 }
 
