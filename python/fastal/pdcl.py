@@ -337,6 +337,11 @@ class PrimalDualTrainer:
                 opt.step()
             if duals is not None:
                 sec = self._secondary(model, X, y, task)
+                if not bool(torch.isfinite(sec).all()):
+                    raise RuntimeError(
+                        f"primal-dual training diverged at dual step {len(history.loss) + 1} "
+                        "(non-finite losses): lower lr_primal or lr_dual"
+                    )
                 slack = duals.slacks(sec)
                 duals.step(sec)
                 history.loss.append(float(sec.mean()))
