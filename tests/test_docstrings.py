@@ -28,6 +28,8 @@ MODULES = [
     "fastal.strategies.ally",
     "fastal.bilevel",
     "fastal.strategies.bilevel",
+    "fastal.robust_kcenter",
+    "fastal.strategies.robust_kcenter",
 ]
 
 

@@ -284,6 +284,7 @@ def test_needs_of_follows_requires():
         "badge": ("probs", "features"), "egl": ("probs", "features"),
         "sparse_approx": ("logits", "features"), "crc": ("features", "probs"),
         "ally": ("features", "duals"), "bilevel": ("logits", "features"),
+        "robust_coreset": ("features",),
     }  # fmt: skip
     # "duals" comes from training (fastal.pdcl), not from a pass over the pool
     from_training = {"duals"}

@@ -12,6 +12,7 @@ from .gram import gram_min_eig
 from .kmeans import KMeansResult, kmeans, kmeans_pp
 from .ntk import ntk_features, ntk_features_jacobian
 from .ops import KCenterResult, kcenter, kcenter_greedy, min_distance
+from .robust_kcenter import RobustKCenterResult, robust_kcenter
 from .sparse import fit_temperature, iht_threshold
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ __all__ = [
     "GradientEmbedding",
     "KCenterResult",
     "KMeansResult",
+    "RobustKCenterResult",
     "__version__",
     "cuda_available",
     "fit_temperature",
@@ -33,6 +35,7 @@ __all__ = [
     "min_distance",
     "ntk_features",
     "ntk_features_jacobian",
+    "robust_kcenter",
 ]
 
 

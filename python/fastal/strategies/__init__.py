@@ -10,6 +10,7 @@ from .coreset import CoreSet
 from .crc import CRC
 from .egl import EGL
 from .kmeans_sampling import KMeansSampling
+from .robust_kcenter import RobustKCenter
 from .sparse_approx import SparseApprox
 from .uncertainty import BALD, Entropy, LeastConfidence, Margin, Random
 
@@ -26,6 +27,7 @@ __all__ = [
     "LeastConfidence",
     "Margin",
     "Random",
+    "RobustKCenter",
     "Selection",
     "SparseApprox",
     "Strategy",
