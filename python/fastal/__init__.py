@@ -40,9 +40,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """``fastal.torch`` (model adapter), ``fastal.loop`` and ``fastal.demo`` load on first use:
-    they import torch, which ``import fastal`` does not."""
-    if name in ("torch", "loop", "demo"):
+    """``fastal.torch`` (model adapter), ``fastal.loop``, ``fastal.demo``, ``fastal.pdcl``,
+    ``fastal.ally`` and ``fastal.bilevel`` load on first use: they use torch, which
+    ``import fastal`` does not import."""
+    if name in ("torch", "loop", "demo", "pdcl", "ally", "bilevel"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
