@@ -101,6 +101,13 @@ def make_rng(seed: Any, name: str = "seed") -> np.random.Generator:
         ) from None
 
 
+def check_positive_int(value: Any, name: str) -> int:
+    """An integer >= 1 (not a bool), as an int; the message names the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def _number(value: Any, name: str, *, minimum: float | None = None, positive: bool = False) -> float:
     """A finite real number (not a bool), optionally >= minimum or > 0, as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

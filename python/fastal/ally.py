@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._threads import one_thread_if_small
+from ._validate import check_positive_int
 
 
 def _torch():
@@ -133,8 +134,7 @@ def fit_dual_head(
         (steps, "steps"),
         (batch_size, "batch_size"),
     ):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_positive_int(v, name)
     dtype = torch.float64 if H.dtype == torch.float64 else torch.float32
     H, lam = H.to(dtype), lam.to(H.device, dtype)
     mean = H.mean(0)
@@ -146,8 +146,13 @@ def fit_dual_head(
     if m < 2:
         raise ValueError("the dual regression head needs at least 2 labeled rows (batch norm)")
     Z, target = (H - mean) / std, lam / scale
-    devices = [H.device.index or 0] if H.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.enable_grad(), one_thread_if_small(H.device):
+    from .loop import _rng_devices
+
+    with (
+        torch.random.fork_rng(devices=_rng_devices(H.device)),
+        torch.enable_grad(),
+        one_thread_if_small(H.device),
+    ):
         torch.manual_seed(seed)
         net = dual_head(H.shape[1], hidden=hidden, layers=layers).to(H.device, dtype)
         opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -295,8 +300,7 @@ def maximize_dual(
     True
     """
     torch = _torch()
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_positive_int(steps, "steps")
     z = torch.as_tensor(x).detach().clone()
     if not z.is_floating_point():
         z = z.to(torch.get_default_dtype())

@@ -43,7 +43,7 @@ import numpy as np
 
 from . import _interop
 from ._threads import one_thread_if_small
-from ._validate import _number, check_budget, check_indices, make_rng
+from ._validate import _number, check_budget, check_indices, check_positive_int, make_rng
 from .gradients import as_torch, from_torch
 
 Kernel = Callable[[Any, Any], Any]
@@ -1049,8 +1049,7 @@ def bilevel_select(
         ("inner_iters", inner_iters),
         ("batch_size", batch_size),
     ):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_positive_int(v, name)
     if solver not in ("auto", "newton", "adam"):
         raise ValueError(f"solver must be 'auto', 'newton' or 'adam', got {solver!r}")
     if augment is not None:

@@ -264,12 +264,7 @@ def fit(
         raise ValueError("cannot train on an empty labeled set")
     model.to(device)
     dev = torch.device(device)
-    devices = (
-        [dev.index if dev.index is not None else torch.cuda.current_device()]
-        if dev.type == "cuda"
-        else []
-    )
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=_rng_devices(dev)):
         torch.manual_seed(seed)
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(n, generator=g)

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from ._validate import _number, check_positive_int
 
 #: The paper's constant constraint levels (§5.2: cross-entropy 0.2; §5.3: MSE 0.1).
 PAPER_EPS = {"classification": 0.2, "regression": 0.1}
@@ -66,9 +65,8 @@ class DualVariables:
     ) -> None:
         import torch
 
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        self.lr_dual = _positive(lr_dual, "lr_dual")
+        n = check_positive_int(n, "n")
+        self.lr_dual = _number(lr_dual, "lr_dual", positive=True)
         dtype = torch.float32 if dtype is None else dtype
         eps_t = torch.as_tensor(eps, dtype=dtype, device=device).detach().clone()
         if eps_t.ndim == 0:
@@ -216,12 +214,14 @@ class PrimalDualTrainer:
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         self.eps = eps
-        self.eps_factor = _positive(eps_factor, "eps_factor")
-        self.lr_primal = _positive(lr_primal, "lr_primal")
-        self.lr_dual = _positive(lr_dual, "lr_dual")
-        self.iterations = _count(iterations, "iterations")
-        self.primal_steps = None if primal_steps is None else _count(primal_steps, "primal_steps")
-        self.batch_size = _count(batch_size, "batch_size")
+        self.eps_factor = _number(eps_factor, "eps_factor", positive=True)
+        self.lr_primal = _number(lr_primal, "lr_primal", positive=True)
+        self.lr_dual = _number(lr_dual, "lr_dual", positive=True)
+        self.iterations = check_positive_int(iterations, "iterations")
+        self.primal_steps = (
+            None if primal_steps is None else check_positive_int(primal_steps, "primal_steps")
+        )
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.optimizer = optimizer
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
@@ -242,7 +242,7 @@ class PrimalDualTrainer:
     ) -> Any:
         import torch
 
-        from .loop import _tensors
+        from .loop import _rng_devices, _tensors
 
         if task not in PAPER_EPS:
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -255,12 +255,7 @@ class PrimalDualTrainer:
         X, y = X.to(dev), y.to(dev)
         if task == "classification":
             y = y.to(torch.int64)
-        devices = (
-            [dev.index if dev.index is not None else torch.cuda.current_device()]
-            if dev.type == "cuda"
-            else []
-        )
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=_rng_devices(dev)):
             torch.manual_seed(seed)
             if self.eps == "auto":
                 shadow = copy.deepcopy(model)
@@ -356,15 +351,3 @@ class PrimalDualTrainer:
 def model_duals(model: Any) -> Any:
     """The λ a :class:`PrimalDualTrainer` left on ``model``, or None."""
     return getattr(model, DUALS_ATTR, None)
-
-
-def _positive(v: Any, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-    return float(v)
-
-
-def _count(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)

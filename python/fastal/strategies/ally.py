@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import check_budget, make_rng
+from .._validate import check_budget, check_positive_int, make_rng
 from .base import Selection, Strategy, pool_field, register, unlabeled_rows
 
 
@@ -90,9 +90,9 @@ class ALLY(Strategy):
     ) -> None:
         from ..pdcl import PrimalDualTrainer
 
-        if n_clusters is not None and (isinstance(n_clusters, bool) or int(n_clusters) < 1):
-            raise ValueError(f"n_clusters must be a positive integer or None, got {n_clusters!r}")
-        self.n_clusters = None if n_clusters is None else int(n_clusters)
+        self.n_clusters = (
+            None if n_clusters is None else check_positive_int(n_clusters, "n_clusters")
+        )
         self.trainer = PrimalDualTrainer() if trainer is None else trainer
         self.head_hidden = head_hidden
         self.head_layers = head_layers

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import _number, check_budget, check_matrix, make_rng
+from .._validate import _number, check_budget, check_matrix, check_positive_int, make_rng
 from ..gradients import as_torch
 from .base import Selection, Strategy, register, unlabeled_rows
 
@@ -127,8 +127,7 @@ class BilevelCoreset(Strategy):
             ("inner_iters", inner_iters),
             ("batch_size", batch_size),
         ):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            check_positive_int(v, name)
         if solver not in ("auto", "newton", "adam"):
             raise ValueError(f"solver must be 'auto', 'newton' or 'adam', got {solver!r}")
         if augment is not None and not callable(augment):
