@@ -422,6 +422,33 @@ void register_gram(py::module_& m, const std::string& tag) {
         },
         py::arg("Z").noconvert(), py::arg("labeled").noconvert(), py::arg("groups").noconvert(),
         py::arg("rtol"), py::arg("return_all") = false);
+  m.def(("gram_min_eig_lowrank_" + tag).c_str(),
+        [](const Buf<T>& Z, const Buf<int64_t>& groups, const Buf<double>& basis,
+           const Buf<double>& lam, bool s_side, double rtol) {
+          FASTAL_REQUIRE(Z.ndim() == 2, "Z must be 2-D (n, D), got ", Z.ndim(), " dimensions");
+          FASTAL_REQUIRE(groups.ndim() == 2 && groups.shape(1) >= 1,
+                         "groups must be 2-D (n_groups, G) with G >= 1");
+          FASTAL_REQUIRE(rtol >= 0 && rtol < 1, "rtol must be in [0, 1), got ", rtol);
+          const int64_t n = Z.shape(0), D = Z.shape(1), m = lam.shape(0);
+          const int64_t n_groups = groups.shape(0), G = groups.shape(1);
+          FASTAL_REQUIRE(lam.ndim() == 1, "lam must be 1-D");
+          FASTAL_REQUIRE(basis.ndim() == 2 && basis.shape(0) == m && basis.shape(1) == D,
+                         "basis must be (", m, ", ", D, "), got (", basis.shape(0), ", ",
+                         basis.ndim() == 2 ? basis.shape(1) : 0, ")");
+          FASTAL_REQUIRE(s_side || m == D, "the D side needs m = D, got m = ", m);
+          Buf<double> mins(n_groups);
+          const T* pz = Z.data();
+          const int64_t* pg = groups.data();
+          const double *pb = basis.data(), *pl = lam.data();
+          double* pm = mins.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            gram_min_eig_lowrank(pz, n, D, pg, n_groups, G, pb, pl, m, s_side, rtol, pm);
+          }
+          return mins;
+        },
+        py::arg("Z").noconvert(), py::arg("groups").noconvert(), py::arg("basis").noconvert(),
+        py::arg("lam").noconvert(), py::arg("s_side"), py::arg("rtol"));
 }
 
 PYBIND11_MODULE(_cpu, m) {

@@ -23,92 +23,26 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <atomic>
-#include <exception>
 #include <limits>
 #include <memory>
 #include <vector>
 
 #include "common/check.h"
+#include "cpu/dots.h"
+#include "cpu/eig_search.h"
 #include "cpu/kernels.h"
+#include "cpu/parallel_groups.h"
 
 namespace fastal::cpu {
 
 namespace {
 
 constexpr double kEps = std::numeric_limits<double>::epsilon();  // 2^-52
-constexpr int kShifts = 8;  // Sturm counts evaluated side by side (the divisions pipeline)
 
 inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
 // ---------------------------------------------------------------------------------------------
 // formation
-
-// Rows idx[0, m) of Z (n x D, storage T) as float64, m x D.
-template <typename T>
-void gather_rows(const T* Z, int64_t D, const int64_t* idx, int64_t m, double* out) {
-  for (int64_t r = 0; r < m; ++r) {
-    const T* z = Z + idx[r] * D;
-    double* o = out + r * D;
-    for (int64_t c = 0; c < D; ++c) o[c] = static_cast<double>(z[c]);
-  }
-}
-
-inline double dot64(const double* x, const double* y, int64_t len) {
-  int64_t c = 0;
-  double s = 0;
-#ifdef FASTAL_AVX2
-  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
-  for (; c + 8 <= len; c += 8) {
-    a0 = _mm256_fmadd_pd(_mm256_loadu_pd(x + c), _mm256_loadu_pd(y + c), a0);
-    a1 = _mm256_fmadd_pd(_mm256_loadu_pd(x + c + 4), _mm256_loadu_pd(y + c + 4), a1);
-  }
-  s = hsum(_mm256_add_pd(a0, a1));
-#endif
-  for (; c < len; ++c) s += x[c] * y[c];
-  return s;
-}
-
-// out[i * ldo + j] = x_i . y_j for 4 rows of X and 2 rows of Y (length len): 8 dot products with
-// 6 loads per 8 multiply-adds.
-inline void dots_4x2(const double* const x[4], const double* y0, const double* y1, int64_t len,
-                     double* out, int64_t ldo) {
-  int64_t c = 0;
-  double s[4][2] = {};
-#ifdef FASTAL_AVX2
-  __m256d acc[4][2];
-  for (auto& r : acc) r[0] = r[1] = _mm256_setzero_pd();
-  for (; c + 4 <= len; c += 4) {
-    const __m256d a = _mm256_loadu_pd(y0 + c), b = _mm256_loadu_pd(y1 + c);
-    for (int r = 0; r < 4; ++r) {
-      const __m256d xr = _mm256_loadu_pd(x[r] + c);
-      acc[r][0] = _mm256_fmadd_pd(xr, a, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_pd(xr, b, acc[r][1]);
-    }
-  }
-  for (int r = 0; r < 4; ++r) s[r][0] = hsum(acc[r][0]), s[r][1] = hsum(acc[r][1]);
-#endif
-  for (; c < len; ++c)
-    for (int r = 0; r < 4; ++r) s[r][0] += x[r][c] * y0[c], s[r][1] += x[r][c] * y1[c];
-  for (int r = 0; r < 4; ++r) out[r * ldo] = s[r][0], out[r * ldo + 1] = s[r][1];
-}
-
-// out[i * ldo + j] = X_i . Y_j for i in [0, p), j in [0, q) (rows of length len, strides ldx, ldy).
-void cross_products(const double* X, int64_t ldx, int64_t p, const double* Y, int64_t ldy,
-                    int64_t q, int64_t len, double* out, int64_t ldo) {
-  int64_t i = 0;
-  for (; i + 4 <= p; i += 4) {
-    const double* x = X + i * ldx;
-    const double* rows[4] = {x, x + ldx, x + 2 * ldx, x + 3 * ldx};
-    int64_t j = 0;
-    for (; j + 2 <= q; j += 2)
-      dots_4x2(rows, Y + j * ldy, Y + (j + 1) * ldy, len, out + i * ldo + j, ldo);
-    for (; j < q; ++j)
-      for (int64_t r = 0; r < 4; ++r) out[(i + r) * ldo + j] = dot64(x + r * ldx, Y + j * ldy, len);
-  }
-  for (; i < p; ++i)
-    for (int64_t j = 0; j < q; ++j) out[i * ldo + j] = dot64(X + i * ldx, Y + j * ldy, len);
-}
 
 // Lower triangle of X Xᵀ (X: m rows of length len, stride ldx) into out (leading dimension ldo),
 // rows in parallel.
@@ -370,32 +304,9 @@ inline void count_below(const double* d, const double* e2, int64_t n, const doub
 #endif
 }
 
-// The k-th smallest eigenvalue (0-based) given count(lo) <= k < count(hi), by multisection until
-// the bracket is narrower than max(abstol, 2 eps |hi|); *lo and *hi return the final bracket.
-double kth_eigenvalue(const double* d, const double* e2, int64_t n, int64_t k, double* lo,
-                      double* hi, double abstol, double pivmin) {
-  double x[kShifts], cnt[kShifts];
-  const double kk = static_cast<double>(k);
-  for (int iter = 0; iter < 64; ++iter) {
-    const double width = *hi - *lo;
-    if (!(width > std::max(abstol, 2 * kEps * std::max(std::abs(*lo), std::abs(*hi))))) break;
-    for (int s = 0; s < kShifts; ++s) x[s] = *lo + width * (s + 1) / (kShifts + 1);
-    count_below(d, e2, n, x, pivmin, cnt);
-    int s = 0;
-    while (s < kShifts && cnt[s] <= kk) ++s;
-    if (s > 0) *lo = x[s - 1];
-    if (s < kShifts) *hi = x[s];
-  }
-  return 0.5 * (*lo + *hi);
-}
-
 // One LDLᵀ pass over T - x I: the number of negative pivots (eigenvalues below x) and the first
 // two derivatives of log|det(T - x I)|, G = Σ_j 1 / (x - λ_j) and H = Σ_j 1 / (x - λ_j)², from the
 // recurrences of the pivots q_i and their derivatives (r_i = q_i' / q_i, h_i = q_i'' / q_i).
-struct Pivots {
-  int64_t count;
-  double G, H;
-};
 inline Pivots ldl_pass(const double* d, const double* e2, int64_t n, double x, double pivmin) {
   double q = d[0] - x;
   q = std::abs(q) < pivmin ? -pivmin : q;
@@ -417,50 +328,16 @@ inline Pivots ldl_pass(const double* d, const double* e2, int64_t n, double x, d
   return {count, G, H};
 }
 
-// Laguerre's step for a polynomial of degree m with real roots, from x towards the nearest root on
-// the right (right = true) or the left: a positive distance, or NaN / inf when it breaks down.
-// Written so that nothing cancels: (sq - G) = m ((m - 1) H - G²) / (sq + G) when G > 0, etc.
-inline double laguerre_step(double m, double G, double H, bool right) {
-  const double disc = std::max((m - 1) * (m * H - G * G), 0.0);
-  const double sq = std::sqrt(disc);
-  const double g = right ? G : -G;  // moving left is moving right on the mirrored polynomial
-  if (g > 0) return (sq + g) / ((m - 1) * H - G * G);
-  return m / (sq - g);
-}
-
-// The k-th smallest eigenvalue (0-based) from the bracket count(lo) <= k < count(hi) by Laguerre's
-// iteration, which converges monotonically (cubically near a simple root) towards the nearest root
-// on its side for a polynomial with real roots: from lo moving right (from_left) or from hi moving
-// left. `deflate` roots known to sit near 0 (below lo) are divided out of G, H and the degree.
-// Each iterate is checked by its Sturm count; any breakdown finishes by multisection. first, when
-// given, is the pass at the starting point.
-double laguerre_eigenvalue(const double* d, const double* e2, int64_t n, int64_t k, double lo,
-                           double hi, bool from_left, int64_t deflate, double abstol, double pivmin,
-                           const Pivots* first = nullptr) {
-  double x = from_left ? lo : hi;
-  for (int iter = 0; iter < 40; ++iter) {
-    const Pivots p = iter == 0 && first ? *first : ldl_pass(d, e2, n, x, pivmin);
-    if (p.count <= k)
-      lo = std::max(lo, x);
-    else
-      hi = std::min(hi, x);
-    if (from_left ? p.count > k : p.count <= k) break;  // rounding carried x past the root
-    const double tol = 2 * kEps * std::abs(x) + abstol;
-    if (hi - lo <= tol) return 0.5 * (lo + hi);
-    double G = p.G, H = p.H;
-    if (deflate > 0) {
-      G -= deflate / x;
-      H -= deflate / (x * x);
-    }
-    const double step = laguerre_step(static_cast<double>(n - deflate), G, H, from_left);
-    if (!(step > 0) || !std::isfinite(step)) break;
-    if (step <= tol) return from_left ? x + step : x - step;
-    const double next = from_left ? x + step : x - step;
-    if (!(next > lo && next < hi)) break;
-    x = next;
-  }
-  return kth_eigenvalue(d, e2, n, k, &lo, &hi, abstol, pivmin);
-}
+// The eig_search evaluator of the tridiagonal (d, e²).
+struct TridiagonalCounts {
+  const double* d;
+  const double* e2;
+  int64_t n;
+  double pivmin;
+  Pivots pivots(double x) const { return ldl_pass(d, e2, n, x, pivmin); }
+  int64_t count(double x) const { return ldl_pass(d, e2, n, x, pivmin).count; }
+  void counts(const double* x, double* cnt) const { count_below(d, e2, n, x, pivmin, cnt); }
+};
 
 // All eigenvalues of (d, e) by implicit QL with Wilkinson shifts (e is destroyed; e[n - 1] is
 // scratch), ascending in d.
@@ -551,35 +428,11 @@ double solve_tridiagonal(Workspace& ws, int64_t n, double rtol, double* spectrum
 
   // λ_max by Laguerre from the Gershgorin bound (above every eigenvalue, so it moves left
   // monotonically), to full relative precision
-  const double lmax = laguerre_eigenvalue(d, e2, n, n - 1, glo, ghi, false, 0, 0.0, pivmin);
+  TridiagonalCounts ev{d, e2, n, pivmin};
+  const double lmax = eig_search::laguerre_eigenvalue(ev, n, n - 1, glo, ghi, false, 0, 0.0);
   if (!(lmax > 0)) return 0.0;
-  // the zero threshold and the number of eigenvalues below it
-  const double thr = rtol * lmax;
-  const Pivots at_thr = ldl_pass(d, e2, n, thr, pivmin);
-  const int64_t zeros = at_thr.count;
-  if (zeros >= n) return 0.0;
-  const double abstol = 0.5 * kEps * lmax;  // the accuracy of the tridiagonal itself
-  double lo = thr, hi = ghi;
-  double lmin;
-  if (zeros == 0) {
-    // every eigenvalue is to the right of thr: Laguerre converges from there directly
-    lmin = laguerre_eigenvalue(d, e2, n, 0, lo, hi, true, 0, abstol, pivmin, &at_thr);
-  } else {
-    // a cluster of (numerically) zero eigenvalues just left of thr slows Laguerre down: first
-    // move lo off thr by multisection, then divide the cluster out (as roots at 0)
-    double x[kShifts], cnt[kShifts];
-    const double kk = static_cast<double>(zeros);
-    while (lo <= thr && hi - lo > abstol + 2 * kEps * hi) {
-      for (int s = 0; s < kShifts; ++s) x[s] = lo + (hi - lo) * (s + 1) / (kShifts + 1);
-      count_below(d, e2, n, x, pivmin, cnt);
-      int s = 0;
-      while (s < kShifts && cnt[s] <= kk) ++s;
-      if (s > 0) lo = x[s - 1];
-      if (s < kShifts) hi = x[s];
-    }
-    lmin = laguerre_eigenvalue(d, e2, n, zeros, lo, hi, true, lo > 0 ? zeros : 0, abstol, pivmin);
-  }
-  return lmin * unscale;
+  const auto no_guess = [](int64_t) { return 0.0; };
+  return eig_search::min_positive_eigenvalue(ev, n, lmax, ghi, rtol, no_guess) * unscale;
 }
 
 // The lower triangle of group g's matrix into ws.a: on the S side [[K_LL, .], [K_gL, K_gg]] with
@@ -679,38 +532,24 @@ void gram_min_eig(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int6
     }
   }
 
-  // one matrix per thread; an exception (bad_alloc) is carried back to the caller
-  std::exception_ptr error = nullptr;
-  std::atomic<bool> failed{false};
-  auto record = [&] {
-#pragma omp critical(fastal_gram_error)
-    if (!error) error = std::current_exception();
-    failed = true;
-  };
-#pragma omp parallel
-  {
-    std::unique_ptr<Workspace> ws;
+  // one matrix (and its workspace) per thread
+  struct Buffers {
+    Workspace ws;
     std::vector<double> Zg;
-    try {
-      ws = std::make_unique<Workspace>(size);
-      Zg.resize(static_cast<size_t>(G * D));
-    } catch (...) {
-      record();
-    }
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t g = 0; g < n_groups; ++g) {
-      if (failed) continue;
-      try {
-        form_matrix(Z, D, groups + g * G, G, mL, s_side, ZL.data(), shared.data(), size, Zg.data(),
-                    *ws);
-        tridiagonalize(*ws, size);
-        min_eig[g] = solve_tridiagonal(*ws, size, rtol, spectra ? spectra + g * size : nullptr);
-      } catch (...) {
-        record();
-      }
-    }
-  }
-  if (error) std::rethrow_exception(error);
+  };
+  parallel_over_groups(
+      n_groups,
+      [&] {
+        auto b = std::make_unique<Buffers>(Buffers{Workspace(size), {}});
+        b->Zg.resize(static_cast<size_t>(G * D));
+        return b;
+      },
+      [&](Buffers& b, int64_t g) {
+        form_matrix(Z, D, groups + g * G, G, mL, s_side, ZL.data(), shared.data(), size,
+                    b.Zg.data(), b.ws);
+        tridiagonalize(b.ws, size);
+        min_eig[g] = solve_tridiagonal(b.ws, size, rtol, spectra ? spectra + g * size : nullptr);
+      });
 }
 
 template void gram_min_eig<float>(const float*, int64_t, int64_t, const int64_t*, int64_t,

@@ -132,4 +132,14 @@ void gram_min_eig(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int6
                   const int64_t* groups, int64_t n_groups, int64_t G, double rtol, double* min_eig,
                   double* spectra);
 
+// The same λ⁺_min from one shared eigendecomposition (gram_lowrank.cpp): lam (m, ascending) and
+// basis (m x D, row-major float64) diagonalise the labeled part — D side (s_side false): lam, Q of
+// Z_Lᵀ Z_L, basis = Qᵀ, m = D; S side: lam, Q of Z_L Z_Lᵀ, basis = Qᵀ Z_L, m = |L| — and each
+// group costs O(m G D + m G²) per evaluation instead of a Householder reduction. Index overlap and
+// duplicates are the caller's to check (gram.py); out-of-range indices throw.
+template <typename T>
+void gram_min_eig_lowrank(const T* Z, int64_t n, int64_t D, const int64_t* groups,
+                          int64_t n_groups, int64_t G, const double* basis, const double* lam,
+                          int64_t m, bool s_side, double rtol, double* min_eig);
+
 }  // namespace fastal::cpu

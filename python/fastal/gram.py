@@ -16,6 +16,7 @@ EPS = float(np.finfo(np.float64).eps)
 # Entries of Z are rescaled by a power of two (exactly) when their magnitude could make the Gram
 # entries or their squares overflow or underflow float64; the eigenvalues are scaled back.
 _BIG, _SMALL = 2.0**240, 2.0**-240
+_METHODS = ("auto", "tridiagonal", "lowrank")
 
 
 def gram_min_eig(
@@ -25,6 +26,7 @@ def gram_min_eig(
     *,
     rtol: float | None = None,
     return_all: bool = False,
+    method: str = "auto",
 ) -> Any:
     """Smallest positive eigenvalue of the Gram matrix of ``labeled + group``, for many groups.
 
@@ -32,8 +34,10 @@ def gram_min_eig(
     formed on its smaller side — the ``|S| x |S|`` matrix ``Z_S Z_Sᵀ`` when ``|S| <= D``, else the
     ``D x D`` matrix ``Z_Lᵀ Z_L + Z_gᵀ Z_g``; their non-zero eigenvalues are the same — with the
     labeled part (``Z_L Z_Lᵀ`` or ``Z_Lᵀ Z_L``) computed once per call. Each matrix is reduced to
-    tridiagonal form by Householder reflections and only the two wanted eigenvalues are located on
-    the tridiagonal, O(size) per evaluation: ``λ_max``, then ``λ⁺_min``, the smallest eigenvalue
+    tridiagonal form by Householder reflections (or, for large matrices, the labeled part is
+    diagonalised once and each group handled as a low-rank change of it: ``method``) and only the
+    two wanted eigenvalues are located, O(size) per evaluation on the tridiagonal: ``λ_max``, then
+    ``λ⁺_min``, the smallest eigenvalue
     above ``rtol · λ_max``, each bracketed by Sturm-sequence (LDLᵀ inertia) counts and converged
     by Laguerre's iteration (monotone for real-rooted polynomials), with bisection as the fallback
     whenever an iterate leaves its bracket. This is the CRC score ``s(X_u) = λ⁺_min(X_L + X_u)``
@@ -60,6 +64,18 @@ def gram_min_eig(
         (``numpy.linalg.matrix_rank``'s rule; the computation is float64 for every dtype).
     return_all : bool, default False
         Also return every group's whole spectrum (implicit QL on the same tridiagonal matrix).
+    method : {"auto", "tridiagonal", "lowrank"}, default "auto"
+        CPU only. ``"tridiagonal"``: each group's matrix is formed and reduced as above, O(m³) per
+        group. ``"lowrank"``: the labeled part is diagonalised once per call (float64
+        ``torch.linalg.eigh``: ``Z_Lᵀ Z_L = Q Λ Qᵀ`` on the D side, ``Z_L Z_Lᵀ`` on the ``|S|``
+        side), after which a group adds a rank-G term (D side) or G bordering rows (|S| side) to
+        the diagonal ``Λ``; the inertia of ``K - xI`` then comes from a ``G x G`` matrix
+        (Haynsworth), ``O(m G²)`` per evaluation after ``O(m G D)`` per group, with the same
+        Laguerre search. Much faster for large matrices and small groups (at ``D = 1024``,
+        ``G = 20``: ~20x per group). λ_max, which only sets the zero threshold, is found to 1e-6
+        of the spectrum's scale rather than to rounding. Not with ``return_all``. ``"auto"``
+        picks the cheaper by an operation count (``"tridiagonal"`` for ``return_all`` and on
+        CUDA).
 
     Returns
     -------
@@ -78,8 +94,10 @@ def gram_min_eig(
     Interpretation: the paper takes λ⁺_min of the trace-NTK Gram over ``X_L + X_u`` without a
     numerical zero rule; fastal uses the relative threshold above. Duplicated rows of ``Z``
     (Proposition 2) give an exact zero eigenvalue, which ``λ⁺_min`` skips once ``Z_S`` has
-    more rows than its rank. Cost per group ``O(m³)`` with ``m = min(|S|, D)``, plus the
-    formation, ``O(m G D)`` on the ``|S|`` side or ``O(D² G)`` on the ``D`` side.
+    more rows than its rank. Cost per group, tridiagonal method: ``O(m³)`` with ``m = min(|S|,
+    D)``, plus the formation, ``O(m G D)`` on the ``|S|`` side or ``O(D² G)`` on the ``D`` side;
+    low-rank method: ``O(m G D)`` plus ``O(m G² + G³)`` per evaluation (about a dozen), after
+    ``O(m³)`` once per call.
 
     Examples
     --------
@@ -113,6 +131,14 @@ def gram_min_eig(
         if not (0.0 <= rtol < 1.0):
             raise ValueError(f"rtol must be in [0, 1), got {rtol}")
 
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, _METHODS))}, got {method!r}")
+    if method == "lowrank" and return_all:
+        raise ValueError(
+            "return_all=True needs method='tridiagonal' (or 'auto'): 'lowrank' "
+            "computes λ_max and λ⁺_min only"
+        )
+
     Zh = _interop.host_storage(Z, info)
     peak = float(np.max(np.abs(Zh))) if Zh.size else 0.0
     if not np.isfinite(peak):
@@ -125,7 +151,14 @@ def gram_min_eig(
     if peak > _BIG or 0.0 < peak < _SMALL:
         scale = float(2.0 ** -np.frexp(peak)[1])
         Zh = Zh * Zh.dtype.type(scale)
-    out = getattr(_ext.cpu, f"gram_min_eig_{info.dtype}")(Zh, lab, grp, rtol, bool(return_all))
+    if method == "auto":
+        method = _cheaper_method(lab.size, G, D, grp.shape[0], bool(return_all))
+    if method == "lowrank":
+        lam, basis, s_side = _shared_eigenbasis(Zh, lab, G)
+        kernel = getattr(_ext.cpu, f"gram_min_eig_lowrank_{info.dtype}")
+        out = kernel(Zh, grp, basis, lam, s_side, rtol)
+    else:
+        out = getattr(_ext.cpu, f"gram_min_eig_{info.dtype}")(Zh, lab, grp, rtol, bool(return_all))
     mins, spectra = out if return_all else (out, None)
     if scale != 1.0:
         mins = mins / (scale * scale)
@@ -133,6 +166,45 @@ def gram_min_eig(
     if return_all:
         return _interop.wrap_host(mins, info), _interop.wrap_host(spectra, info)
     return _interop.wrap_host(mins, info)
+
+
+def _cheaper_method(m_lab: int, G: int, D: int, n_groups: int, return_all: bool) -> str:
+    """'tridiagonal' or 'lowrank' for these sizes, by a rough count of floating-point work.
+
+    Per group, the Householder reduction is ~(2/3) s³ multiply-adds (s = min(|S|, D)); the
+    low-rank method forms V (m G D) and evaluates ~12 shifts at ~(1.5 G² m + 4 G³) each, and
+    diagonalises the labeled part once per call (~2 m³, m = D or |L|). The two run at similar
+    rates on the machines measured (benchmarks/RESULTS.md), so the counts are compared directly.
+    """
+    if return_all or m_lab == 0:
+        return "tridiagonal"
+    s_side = m_lab + G <= D
+    size = m_lab + G if s_side else D
+    m = m_lab if s_side else D
+    tridiagonal = n_groups * (2 / 3) * size**3
+    lowrank = n_groups * (m * G * D + 12 * (1.5 * G * G * m + 4 * G**3)) + 2 * m**3
+    return "lowrank" if lowrank < tridiagonal else "tridiagonal"
+
+
+def _shared_eigenbasis(Zh: np.ndarray, lab: np.ndarray, G: int) -> tuple:
+    """Λ (ascending), the basis P (m x D) and the side, for the low-rank kernel.
+
+    D side: ``Z_Lᵀ Z_L = Q Λ Qᵀ``, ``P = Qᵀ``; |S| side: ``Z_L Z_Lᵀ = Q Λ Qᵀ``, ``P = Qᵀ Z_L``,
+    so that a group's ``V = P Z_gᵀ``. float64, with torch (its LAPACK runs in torch's thread pool;
+    numpy's OpenBLAS threads, still spinning after the call, slowed the OpenMP kernel by ~50 %).
+    """
+    import torch
+
+    D = Zh.shape[1]
+    s_side = lab.size + G <= D
+    ZL = torch.from_numpy(np.ascontiguousarray(Zh[lab], dtype=np.float64))
+    if s_side:
+        lam, Q = torch.linalg.eigh(ZL @ ZL.T)
+        basis = Q.T @ ZL
+    else:
+        lam, Q = torch.linalg.eigh(ZL.T @ ZL)
+        basis = Q.T
+    return lam.contiguous().numpy(), basis.contiguous().numpy(), s_side
 
 
 def _check_groups(groups: Any, n: int, labeled: np.ndarray, info: Any) -> np.ndarray:
