@@ -22,11 +22,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
-    AVAILABLE_CUDA_BACKENDS,
     CPU_BACKENDS,
     backend_dtype_params,
     backend_of,
-    indices_to_backend,
     to_backend,
     to_numpy,
     upcast,
@@ -399,19 +397,6 @@ def test_kernel_validates_on_its_own():
         k(Z, lab, groups, -1.0)
     with pytest.raises(TypeError):
         k(Z.astype(np.float32), lab, groups, 1e-12)  # no silent casts
-
-
-@pytest.mark.parametrize(
-    "backend",
-    [pytest.param(b, marks=pytest.mark.cuda) for b in AVAILABLE_CUDA_BACKENDS]
-    or [pytest.param("torch-cuda", marks=pytest.mark.cuda)],
-)
-def test_cuda_input_says_not_implemented(backend):
-    Z, lab, groups = make_case(30, 4, 3, 2, 2, seed=3)
-    with pytest.raises(NotImplementedError, match=r"Z is a .*cuda.* not built yet"):
-        fastal.gram_min_eig(
-            to_backend(Z, backend, "float32"), lab, indices_to_backend(groups, backend)
-        )
 
 
 def test_docstring_example():

@@ -317,6 +317,44 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("totals_ptr"), py::arg("centre_row_ptr"), py::arg("first_given"),
         py::arg("t_begin"), py::arg("t_end"), py::arg("device"), py::arg("stream"));
 
+  // ---- batched Gram eigenvalues -----------------------------------------------------------------
+
+  m.def("gram_scan",
+        [](const std::string& dtype, uintptr_t z, int64_t n, int64_t d, int device,
+           uintptr_t stream) {
+          const fc::GramDType dt = fc::parse_gram_dtype(dtype);
+          double peak = 0;
+          int64_t first = -1, count = 0;
+          {
+            py::gil_scoped_release nogil;
+            count = fc::gram_scan(dt, ptr<const void>(z), n, d, &peak, &first, device,
+                                  stream_of(stream));
+          }
+          return py::make_tuple(peak, count, first);
+        },
+        py::arg("dtype"), py::arg("z_ptr"), py::arg("n"), py::arg("d"), py::arg("device"),
+        py::arg("stream"),
+        "(peak, count, first): max |z| over the finite entries of Z (n, d), float32 or float64, and "
+        "the rows holding NaN or Inf (count, first row or -1). Synchronises the stream.");
+
+  m.def("gram_min_eig",
+        [](const std::string& dtype, uintptr_t z, int64_t n, int64_t d, uintptr_t labeled,
+           int64_t n_labeled, uintptr_t groups, int64_t n_groups, int64_t G, double rtol,
+           uintptr_t min_eig, uintptr_t spectra, int device, uintptr_t stream,
+           int64_t smem_limit) {
+          const fc::GramDType dt = fc::parse_gram_dtype(dtype);
+          py::gil_scoped_release nogil;
+          fc::gram_min_eig(dt, ptr<const void>(z), n, d, ptr<const int64_t>(labeled), n_labeled,
+                           ptr<const int64_t>(groups), n_groups, G, rtol, ptr<double>(min_eig),
+                           ptr<double>(spectra), smem_limit, device, stream_of(stream));
+        },
+        py::arg("dtype"), py::arg("z_ptr"), py::arg("n"), py::arg("d"), py::arg("labeled_ptr"),
+        py::arg("n_labeled"), py::arg("groups_ptr"), py::arg("n_groups"), py::arg("G"),
+        py::arg("rtol"), py::arg("min_eig_ptr"), py::arg("spectra_ptr"), py::arg("device"),
+        py::arg("stream"), py::arg("smem_limit") = -1,
+        "min_eig (n_groups, float64) = λ⁺_min of the Gram matrix of labeled ∪ each group, and the "
+        "ascending spectra (n_groups, min(|S|, d)) when spectra_ptr is not 0 (see gram_eig.cu).");
+
   // ---- IHT top-b thresholding -------------------------------------------------------------------
 
   m.def("iht_threshold",

@@ -1,8 +1,9 @@
 // CUDA kernels of fastal: host entry points. Raw device pointers, sizes, a device index and the
 // caller's stream in; no Python here. Each entry point validates its sizes (std::invalid_argument
 // naming the argument), selects the device for the call, launches on `stream` and checks every
-// launch (std::runtime_error). Storage types: float32, float16, bfloat16; arithmetic in float32.
-// Only count_nonfinite_rows and synchronize wait for the stream; everything else is asynchronous.
+// launch (std::runtime_error). Storage types: float32, float16, bfloat16; arithmetic in float32 —
+// except gram_min_eig (float32 or float64 storage, float64 arithmetic). Only count_nonfinite_rows,
+// gram_scan and synchronize wait for the stream; everything else is asynchronous.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -166,6 +167,34 @@ void kmeanspp_steps_factored(DType dtype, const Factored& X, const KMeansPPState
 // alpha finite >= 0; finiteness of s and sigma is the caller's check.
 void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, double alpha,
                    int64_t* support, float* w, int device, cudaStream_t stream);
+
+// ---- batched Gram eigenvalues (see gram_eig.cu) ------------------------------------------------
+
+// Storage of Z for gram_min_eig: float32 or float64 (the arithmetic is float64 for both).
+enum class GramDType { Float32, Float64 };
+
+// "float32" | "float64"; anything else is std::invalid_argument naming `dtype`.
+GramDType parse_gram_dtype(const std::string& name);
+
+// One pass over Z (n x D, row-major): the rows holding a NaN or an infinity (their count, and the
+// first in *first, -1 if none) and the largest |entry| over the finite entries in *peak (0 for an
+// all-zero Z). Synchronises the stream to return.
+int64_t gram_scan(GramDType dtype, const void* Z, int64_t n, int64_t D, double* peak,
+                  int64_t* first, int device, cudaStream_t stream);
+
+// For every group g (row g of groups, n_groups x G int64) the Gram matrix of S = labeled ∪ g on its
+// smaller side (|S| <= D: Z_S Z_Sᵀ, else Z_Lᵀ Z_L + Z_gᵀ Z_g, the labeled part once per call), in
+// float64: min_eig[g] = its smallest eigenvalue above rtol · λ_max (0.0 when none) and, when spectra
+// is not null, spectra[g, :] = all its eigenvalues ascending, negatives clamped to 0
+// (n_groups x min(|S|, D)). Z must be finite (gram_scan checks it); index overlap and duplicates are
+// the caller's to check (gram.py); an index out of [0, n) makes the results of its group (every
+// group, for labeled) NaN without reading out of bounds. smem_limit caps the shared memory used for
+// the matrix and work vectors (bytes; negative: the device's opt-in limit), so that tests can force
+// the global-memory paths. Asynchronous; scratch is stream-ordered.
+void gram_min_eig(GramDType dtype, const void* Z, int64_t n, int64_t D, const int64_t* labeled,
+                  int64_t n_labeled, const int64_t* groups, int64_t n_groups, int64_t G,
+                  double rtol, double* min_eig, double* spectra, int64_t smem_limit, int device,
+                  cudaStream_t stream);
 
 namespace detail {
 // min_dist_to_set without the device guard and checks, squared (sqrt=false) or not: the labeled

@@ -2,9 +2,10 @@
 
 Device arrays cross as raw pointers (``*_ptr``: Python ints from ``tensor.data_ptr()`` or
 ``cupy_array.data.ptr``), streams as raw handles (0: the default stream), storage dtypes as
-``"float32" | "float16" | "bfloat16"``. Invalid sizes or pointers raise ``ValueError`` naming the
-argument; CUDA failures raise ``RuntimeError``. Everything but ``count_nonfinite_rows`` and
-``synchronize`` is asynchronous on ``stream``.
+``"float32" | "float16" | "bfloat16"`` (``"float32" | "float64"`` for the Gram kernels). Invalid
+sizes or pointers raise ``ValueError`` naming the argument; CUDA failures raise ``RuntimeError``.
+Everything but ``count_nonfinite_rows``, ``gram_scan`` and ``synchronize`` is asynchronous on
+``stream``.
 """
 
 def device_count() -> int: ...
@@ -215,6 +216,31 @@ def kmeanspp_steps_factored(
     t_end: int,
     device: int,
     stream: int,
+) -> None: ...
+
+# batched Gram eigenvalues: Z (n, d) float32 or float64 (dtype "float32" | "float64"), indices
+# int64; min_eig (n_groups,) and spectra (n_groups, min(n_labeled + G, d)) float64 (spectra_ptr 0:
+# none). gram_scan -> (peak |z| over finite entries, rows with NaN / Inf, first such row or -1);
+# it synchronises the stream.
+def gram_scan(
+    dtype: str, z_ptr: int, n: int, d: int, device: int, stream: int
+) -> tuple[float, int, int]: ...
+def gram_min_eig(
+    dtype: str,
+    z_ptr: int,
+    n: int,
+    d: int,
+    labeled_ptr: int,
+    n_labeled: int,
+    groups_ptr: int,
+    n_groups: int,
+    G: int,
+    rtol: float,
+    min_eig_ptr: int,
+    spectra_ptr: int,
+    device: int,
+    stream: int,
+    smem_limit: int = -1,
 ) -> None: ...
 
 # IHT top-b thresholding: s, sigma (n,) float32 -> support (b,) int64, w (n,) float32

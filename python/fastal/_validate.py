@@ -11,8 +11,17 @@ from . import _interop
 from ._interop import ArrayInfo
 
 
-def check_matrix(X: Any, name: str = "X", *, dtypes: tuple[str, ...] = _interop.FLOAT_DTYPES) -> ArrayInfo:
-    """A non-empty 2-D floating array of a supported framework, dtype and device."""
+def check_matrix(
+    X: Any,
+    name: str = "X",
+    *,
+    dtypes: tuple[str, ...] = _interop.FLOAT_DTYPES,
+    cuda_dtypes: tuple[str, ...] = _interop.CUDA_FLOAT_DTYPES,
+) -> ArrayInfo:
+    """A non-empty 2-D floating array of a supported framework, dtype and device.
+
+    ``dtypes`` are accepted on the CPU, ``cuda_dtypes`` on a CUDA device.
+    """
     info = _interop.describe(X, name)
     if len(info.shape) != 2:
         raise ValueError(f"{name} must be 2-D (n, d), got shape {info.shape}")
@@ -20,9 +29,10 @@ def check_matrix(X: Any, name: str = "X", *, dtypes: tuple[str, ...] = _interop.
         raise ValueError(f"{name} is empty: it has shape {info.shape}, need at least one row")
     if info.shape[1] == 0:
         raise ValueError(f"{name} has no columns: shape {info.shape}, need d >= 1")
-    allowed = _interop.CUDA_FLOAT_DTYPES if info.device == "cuda" else dtypes
+    allowed = cuda_dtypes if info.device == "cuda" else dtypes
     if info.dtype not in allowed:
-        hint = " (float64 is supported on the CPU only)" if info.dtype == "float64" else ""
+        cpu_only = info.dtype == "float64" and info.device == "cuda"
+        hint = " (float64 is supported on the CPU only)" if cpu_only else ""
         raise TypeError(
             f"{name} must have dtype {', '.join(allowed)} on {info.device}{hint}; got {info.dtype}. "
             f"Cast it on purpose, e.g. {name}.astype(np.float32) or {name}.float()"

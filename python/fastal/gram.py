@@ -48,12 +48,14 @@ def gram_min_eig(
     Everything is computed in float64 whatever the dtype of ``Z`` (products of float32 values are
     exact in float64), one matrix per thread (OpenMP), the GIL released. Memory: one
     ``size x size`` float64 matrix per thread plus the shared part, ``size = min(|S|, D)``.
+    CUDA input runs on its device (see Notes): same definition and threshold rule, results equal
+    to the CPU ones to rounding.
 
     Parameters
     ----------
     Z : (n, D) array
-        numpy or torch-CPU, float32 or float64, finite. CUDA input raises ``NotImplementedError``
-        (the CUDA kernel is not built yet).
+        numpy, torch (CPU or CUDA) or cupy, float32 or float64, finite. With CUDA ``Z``,
+        ``labeled`` and ``groups`` are Python lists or CUDA arrays (numpy arrays are refused).
     labeled : 1-D int array-like or None
         The shared set ``L`` (distinct row indices of ``Z``; may be empty).
     groups : (n_groups, G) int array-like
@@ -63,7 +65,8 @@ def gram_min_eig(
         Eigenvalues ``<= rtol · λ_max`` count as zero. Default ``max(|S|, D) · eps(float64)``
         (``numpy.linalg.matrix_rank``'s rule; the computation is float64 for every dtype).
     return_all : bool, default False
-        Also return every group's whole spectrum (implicit QL on the same tridiagonal matrix).
+        Also return every group's whole spectrum (implicit QL on the same tridiagonal matrix; on
+        CUDA, bisection of every eigenvalue).
     method : {"auto", "tridiagonal", "lowrank"}, default "auto"
         CPU only. ``"tridiagonal"``: each group's matrix is formed and reduced as above, O(m³) per
         group. ``"lowrank"``: the labeled part is diagonalised once per call (float64
@@ -79,7 +82,7 @@ def gram_min_eig(
 
     Returns
     -------
-    lambda_min : (n_groups,) float64, in ``Z``'s framework (numpy or torch)
+    lambda_min : (n_groups,) float64, in ``Z``'s framework (numpy, torch or cupy) and on its device
         ``λ⁺_min`` of each group, ``0.0`` when the matrix has no eigenvalue above the threshold
         (e.g. all rows of ``Z_S`` zero). float64 even for float32 ``Z``: the scores of
         near-singular sets differ by less than float32 resolution, and rounding them would create
@@ -99,6 +102,16 @@ def gram_min_eig(
     low-rank method: ``O(m G D)`` plus ``O(m G² + G³)`` per evaluation (about a dozen), after
     ``O(m³)`` once per call.
 
+    CUDA (``fastal._cuda``, csrc/cuda/gram_eig.cu): the shared part once per call, then one thread
+    block per group forms the matrix, reduces it by Householder reflections (the rank-2 update
+    fused with the next matrix-vector product, as on the CPU) and finds ``λ_max`` and ``λ⁺_min``
+    by multisection on Sturm counts, one shift per thread; ``return_all`` bisects every eigenvalue
+    (one thread per index) instead of running QL. Float64 throughout. The matrix lives in shared
+    memory when it fits (order up to 166 on an H100), else in a global workspace of at most
+    1 GiB. NaN / Inf and the peak magnitude are found on the device (one pass over ``Z``, one
+    synchronisation); only the indices cross from the host. A CUDA module built before this kernel
+    raises ``RuntimeError`` (rebuild); there is no fallback.
+
     Examples
     --------
     >>> import numpy as np, fastal
@@ -109,12 +122,7 @@ def gram_min_eig(
     >>> lam.round(6).tolist()  # the zero eigenvalue of the rank-deficient set is skipped
     [1.0, 10.0]
     """
-    info = check_matrix(Z, "Z", dtypes=("float32", "float64"))
-    if info.device == "cuda":
-        raise NotImplementedError(
-            f"Z is a {info.where} array, but the CUDA kernel of gram_min_eig is not built yet; "
-            "pass a CPU array (e.g. Z.cpu()) or use the CPU build"
-        )
+    info = check_matrix(Z, "Z", dtypes=("float32", "float64"), cuda_dtypes=("float32", "float64"))
     n, D = info.shape
     lab = check_indices(labeled, n, "labeled", like=info)
     grp = _check_groups(groups, n, lab, info)
@@ -138,6 +146,12 @@ def gram_min_eig(
             "return_all=True needs method='tridiagonal' (or 'auto'): 'lowrank' "
             "computes λ_max and λ⁺_min only"
         )
+    if info.device == "cuda" and method == "lowrank":
+        raise ValueError(f"method='lowrank' runs on the CPU only; Z is a {info.where} array")
+    if info.device == "cuda":  # Z stays on its device (finite check and rescaling there too)
+        from ._gram_cuda import gram_min_eig_cuda
+
+        return gram_min_eig_cuda(Z, info, lab, grp, rtol, bool(return_all))
 
     Zh = _interop.host_storage(Z, info)
     peak = float(np.max(np.abs(Zh))) if Zh.size else 0.0

@@ -1,0 +1,746 @@
+// Batched Gram eigenvalues (CRC, Kong et al. eq. 9 and Alg. 1) on the GPU: the CUDA port of
+// cpu/gram_eig.cpp, same definition, same threshold rule, float64 arithmetic for every storage type.
+//
+// For every group g the Gram matrix of S = L ∪ g is formed on its smaller side:
+//   |S| <= D: the |S| x |S| matrix [[K_LL, K_Lg], [K_gL, K_gg]], K_LL = Z_L Z_Lᵀ once per call;
+//   |S| >  D: the D x D matrix Z_Lᵀ Z_L + Z_gᵀ Z_g, Z_Lᵀ Z_L once per call.
+// The shared part is one tiled kernel (shared_gram_kernel); then one thread block per matrix
+// (gram_eig_kernel, a grid-stride loop over the groups) forms its matrix, reduces it to tridiagonal
+// form and locates the wanted eigenvalues:
+//
+//   formation  |S| side: K_LL copied, each entry of K_gL and K_gg a warp-wide dot product over D;
+//              D side: each entry of Z_Lᵀ Z_L + Σ_a z_a z_aᵀ by one thread. Every entry is computed
+//              once (or by the same operations in both triangles), so the matrix is exactly symmetric.
+//   Householder the matrix is stored whole (both triangles). Step k's rank-2 update of the trailing
+//              block is left pending and fused with the next symmetric matrix-vector product, as on
+//              the CPU: one pass per step reads and writes each trailing element once. In that pass a
+//              warp owns 32 consecutive columns (coalesced rows) and a slice of the rows; the partial
+//              products of the slices are summed by warp 0, which also forms the reflector (O(size)
+//              per step). Two barriers per step.
+//   eigenvalues on the tridiagonal (d, e), scaled by a power of two so that max |entry| is in
+//              [0.5, 1): Sturm counts (LDLᵀ inertia, O(size) each, pivmin = DBL_MIN as on the CPU).
+//              λ_max and then λ⁺_min (the smallest eigenvalue above rtol · λ_max) by multisection:
+//              each thread of the block evaluates one shift per round, so a round shrinks the
+//              bracket by blockDim + 1 (~8 bits with 256 threads); the bracket invariant
+//              count(lo) <= k < count(hi) is kept with the first shift whose count exceeds k (as the
+//              CPU's kth_eigenvalue). Converged to the CPU's tolerances: width <= 2 eps |λ| for λ_max,
+//              width <= max(eps λ_max / 2, 2 eps |λ|) for λ⁺_min. With return_all, every eigenvalue by
+//              its own bisection (one thread per index), ascending (the brackets of two indices are
+//              either equal or ordered; an insertion sort guards the order regardless).
+//
+// Accuracy: Householder reduction is backward stable (the tridiagonal is similar to K + δK with
+// ‖δK‖ = O(size · eps · ‖K‖)), and each Sturm count is exact for a matrix within a few ulps of the
+// tridiagonal, so every returned eigenvalue carries an absolute error of a small multiple of
+// size · eps · λ_max: the same bound as the CPU kernel, whose results these match to rounding.
+//
+// Memory: the matrix and the work vectors live in shared memory when they fit the opt-in limit
+// (float64 up to 166 x 166 on an H100, 227 KiB); else the matrix (and, past ~3,600, the vectors
+// too) lives in a per-block slot of one global workspace, with no more blocks than fit both the GPU
+// and kMaxWorkspaceBytes. All results for a group are computed by the same operations wherever the
+// group falls in the batch and whichever memory path runs it: scores do not depend on the batch.
+#include <math_constants.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "cuda/device.cuh"
+
+namespace fastal::cuda {
+
+GramDType parse_gram_dtype(const std::string& name) {
+  if (name == "float32") return GramDType::Float32;
+  if (name == "float64") return GramDType::Float64;
+  fail_argument("dtype must be 'float32' or 'float64', got '", name, "'");
+}
+
+namespace {
+
+constexpr double kEps = DBL_EPSILON;  // 2^-52
+constexpr double kPivmin = DBL_MIN;
+constexpr int kMaxThreads = 256;
+constexpr int kScalars = 16;  // doubles at the start of the dynamic shared memory (scalars, fb)
+constexpr int kVectors = 7;   // work vectors of length size, besides the partial sums
+constexpr int kIters = 64;    // multisection rounds (each gains >= 6 bits)
+constexpr int kBisect = 128;  // bisection steps per eigenvalue with return_all
+constexpr size_t kMaxWorkspaceBytes = size_t{1} << 30;  // per-block slots of the global path
+constexpr int kTile = 32;     // shared_gram_kernel: 32 x 32 outputs per block, 32 x 8 threads
+constexpr int64_t kMaxSize = int64_t{1} << 20;  // order of the matrices (grid.y of the shared part)
+
+// Threads per matrix: enough for the pass over the trailing block, few enough to keep the
+// per-step barriers cheap for small matrices.
+int gram_threads(int64_t size) { return size <= 32 ? 64 : (size <= 64 ? 128 : kMaxThreads); }
+
+// ---- small device helpers --------------------------------------------------------------------
+
+// a b + c d with both products rounded and no fused multiply-add, so that (i, j) and (j, i) of a
+// symmetric rank-2 update round identically.
+__device__ __forceinline__ double sym2(double a, double b, double c, double d) {
+  return __dadd_rn(__dmul_rn(a, b), __dmul_rn(c, d));
+}
+
+// Butterfly reductions: lanes a and b combine the same two values, so every lane ends equal.
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+}
+__device__ __forceinline__ double warp_max_d(double v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_xor_sync(kFullMask, v, off));
+  return v;
+}
+__device__ __forceinline__ double warp_min_d(double v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmin(v, __shfl_xor_sync(kFullMask, v, off));
+  return v;
+}
+// max that keeps a NaN once seen (fmax would drop it)
+__device__ __forceinline__ double nan_max(double m, double v) { return (v > m || v != v) ? v : m; }
+__device__ __forceinline__ double warp_nan_max(double v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = nan_max(v, __shfl_xor_sync(kFullMask, v, off));
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ double load64(const T* p) {
+  return static_cast<double>(__ldg(p));
+}
+
+// x . y over D values (storage T), by the 32 lanes of a warp; every lane returns the sum.
+template <typename T>
+__device__ __forceinline__ double warp_dot(const T* x, const T* y, int64_t D, int lane) {
+  double s = 0;
+#pragma unroll 4
+  for (int64_t c = lane; c < D; c += 32) s = fma(load64(x + c), load64(y + c), s);
+  return warp_sum_d(s);
+}
+
+// ---- finiteness and peak -----------------------------------------------------------------------
+
+// out[0] += rows with a NaN / Inf, out[1] = min of those rows, out[2] = max bits of |z| over the
+// finite entries (non-negative doubles order like their bit patterns). One warp per row.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    scan_kernel(const T* Z, int64_t n, int64_t D, unsigned long long* out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t{gridDim.x} * kWarps;
+  double peak = 0;
+  for (int64_t row = int64_t{blockIdx.x} * kWarps + (threadIdx.x >> 5); row < n; row += warps) {
+    const T* z = Z + row * D;
+    bool bad = false;
+    for (int64_t c = lane; c < D; c += 32) {
+      const double v = fabs(load64(z + c));
+      if (v <= DBL_MAX)
+        peak = fmax(peak, v);
+      else
+        bad = true;  // inf or NaN
+    }
+    if (__any_sync(kFullMask, bad) && lane == 0) {
+      atomicAdd(out, 1ull);
+      atomicMin(out + 1, static_cast<unsigned long long>(row));
+    }
+  }
+  peak = warp_max_d(peak);
+  if (lane == 0 && peak > 0)
+    atomicMax(out + 2, static_cast<unsigned long long>(__double_as_longlong(peak)));
+}
+
+// ---- the shared part -------------------------------------------------------------------------
+
+// out (P x P, float64) = F Fᵀ with F(p, k) = Z[lab[p], k] (S side: P = mL, k < D) or
+// F(p, k) = Z[lab[k], p] (D side: P = D, k < mL). 32 x 32 outputs per block, both operand tiles in
+// shared memory (loads coalesced along Z's rows either way), 4 outputs per thread. Both triangles are
+// computed, by the same products in the same order: the result is exactly symmetric. A labeled index
+// out of range reads zeros here (the main kernel reports the whole call as NaN).
+template <typename T, bool kSSide>
+__global__ void __launch_bounds__(kTile * 8)
+    shared_gram_kernel(const T* Z, int64_t n, int64_t D, const int64_t* lab, int64_t mL,
+                       double* out) {
+  __shared__ double fp[kTile][kTile + 1], fq[kTile][kTile + 1];  // [p or q][k]
+  const int64_t P = kSSide ? mL : D, K = kSSide ? D : mL;
+  const int tx = threadIdx.x & (kTile - 1), ty = threadIdx.x / kTile;  // 32 x 8
+  const int64_t p0 = int64_t{blockIdx.y} * kTile, q0 = int64_t{blockIdx.x} * kTile;
+  auto value = [&](int64_t row_pos, int64_t col) -> double {  // Z[lab[row_pos], col], guarded
+    if (row_pos >= mL || col >= D) return 0.0;
+    const int64_t r = __ldg(lab + row_pos);
+    return (r >= 0 && r < n) ? load64(Z + r * D + col) : 0.0;
+  };
+  double acc[4] = {0, 0, 0, 0};
+  for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+    for (int r = ty; r < kTile; r += 8) {
+      if constexpr (kSSide) {  // p = p0 + r, k = k0 + tx: consecutive threads, consecutive columns
+        fp[r][tx] = value(p0 + r, k0 + tx);
+        fq[r][tx] = value(q0 + r, k0 + tx);
+      } else {  // k = k0 + r, p = p0 + tx
+        fp[tx][r] = k0 + r < mL ? value(k0 + r, p0 + tx) : 0.0;
+        fq[tx][r] = k0 + r < mL ? value(k0 + r, q0 + tx) : 0.0;
+      }
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int kk = 0; kk < kTile; ++kk) {
+      const double b = fq[tx][kk];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] = fma(fp[ty + 8 * i][kk], b, acc[i]);
+    }
+    __syncthreads();
+  }
+  for (int i = 0; i < 4; ++i) {
+    const int64_t pr = p0 + ty + 8 * i, qc = q0 + tx;
+    if (pr < P && qc < P) out[pr * P + qc] = acc[i];
+  }
+}
+
+// ---- the per-group kernel --------------------------------------------------------------------
+
+struct GramArgs {
+  const void* Z;
+  int64_t n, D;
+  const int64_t* labeled;
+  int64_t mL;
+  const int64_t* groups;
+  int64_t n_groups, G;
+  const double* shared;  // S side: mL x mL; D side: D x D
+  int64_t size;          // order of each matrix
+  double rtol;
+  double* min_eig;
+  double* spectra;  // null without return_all
+  double* work;     // global slots, `slot` doubles per block (null when nothing is global)
+  int64_t slot;
+  int64_t vec_len;  // doubles of the work vectors: kVectors * size + max(threads, size)
+  bool a_in_smem, vec_in_smem;
+};
+
+// Row slices of the fused pass over `cols` columns with W warps: when there are fewer column tiles
+// of 32 than warps, the rows are split so that every warp has work.
+__device__ __forceinline__ int pass_slices(int cols, int W) {
+  const int tiles = (cols + 31) / 32;
+  return W >= tiles ? W / tiles : 1;
+}
+
+// The matrix of group `grp` into A (N x N, leading dimension N).
+template <typename T>
+__device__ void form_matrix(const GramArgs& p, const int64_t* grp, double* A, int N) {
+  const T* Z = static_cast<const T*>(p.Z);
+  const int64_t D = p.D, mL = p.mL, G = p.G;
+  const int tid = threadIdx.x, T_ = blockDim.x, lane = tid & 31, warp = tid >> 5, W = T_ >> 5;
+  if (mL + G <= D) {
+    for (int64_t idx = tid; idx < mL * mL; idx += T_) {
+      const int64_t i = idx / mL;
+      A[i * N + (idx - i * mL)] = __ldg(p.shared + idx);
+    }
+    // rows mL + a, columns j <= mL + a (against L, then the group's own triangle): a warp per entry,
+    // written to both triangles
+    int64_t a = 0, j = warp;
+    auto normalize = [&] {
+      while (a < G && j > mL + a) {
+        j -= mL + a + 1;
+        ++a;
+      }
+    };
+    for (normalize(); a < G; j += W, normalize()) {
+      const T* za = Z + __ldg(grp + a) * D;
+      const T* zj = Z + (j < mL ? __ldg(p.labeled + j) : __ldg(grp + (j - mL))) * D;
+      const double s = warp_dot(za, zj, D, lane);
+      if (lane == 0) {
+        A[(mL + a) * N + j] = s;
+        A[j * N + (mL + a)] = s;
+      }
+    }
+  } else {
+    // N = D: entry (i, j) = (Z_Lᵀ Z_L)_ij + Σ_a z_a[i] z_a[j]; (j, i) rounds the same products alike
+    const int64_t NN = int64_t{N} * N;
+    for (int64_t idx = tid; idx < NN; idx += T_) {
+      const int64_t i = idx / N, j = idx - i * N;
+      double acc = __ldg(p.shared + idx);
+      for (int64_t b = 0; b < G; ++b) {
+        const T* z = Z + __ldg(grp + b) * D;
+        acc = fma(load64(z + i), load64(z + j), acc);
+      }
+      A[idx] = acc;
+    }
+  }
+}
+
+// H x = alpha e_0 for x of length len >= 2, by warp 0: the reflector v into u[0, len), alpha into
+// *alpha; returns beta = 2 / vᵀv (0, H = I, when x[1, len) is already zero). As cpu/gram_eig.cpp.
+__device__ double householder_warp(const double* x, int len, double* u, double* alpha, int lane) {
+  double mx = 0;
+  for (int j = 1 + lane; j < len; j += 32) mx = fmax(mx, fabs(x[j]));
+  mx = warp_max_d(mx);
+  const double x0 = x[0];
+  if (mx == 0) {
+    for (int j = lane; j < len; j += 32) u[j] = 0;
+    *alpha = x0;
+    return 0;
+  }
+  const double scale = fmax(mx, fabs(x0)), inv = 1 / scale;
+  double ss = 0;
+  for (int j = lane; j < len; j += 32) {
+    const double t = x[j] * inv;
+    ss = fma(t, t, ss);
+  }
+  ss = warp_sum_d(ss);
+  const double norm = scale * sqrt(ss);
+  const double a = x0 > 0 ? -norm : norm;
+  for (int j = 1 + lane; j < len; j += 32) u[j] = x[j];
+  if (lane == 0) u[0] = x0 - a;
+  *alpha = a;
+  return 1 / (a * (a - x0));
+}
+
+// One fused pass over the trailing block B[1:, 1:] (B = A[k:, k:], m x m, leading dimension ld):
+// B -= P wᵀ + w Pᵀ (the pending update, when `update`), part[slice][j - 1] = Σ_(rows of the slice)
+// B[i][j] U[i - 1], and nxt[j - 1] = B[1][j] (= B[j][1], the next step's first column). A warp owns
+// column tiles of 32 and a slice of rows; it walks up to kCols of its tiles side by side, so that
+// each thread keeps kCols independent loads in flight per row (the global-memory path is bound by
+// memory latency) and the row's P, w, U values are read once for all of them. Each column's sum
+// runs over the rows in order, whatever the grouping.
+constexpr int kCols = 4;
+__device__ void fused_pass(double* B, int ld, int m, const double* P, const double* w,
+                           const double* U, double* part, double* nxt, bool update) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
+  const int cols = m - 1, tiles = (cols + 31) / 32, R = pass_slices(cols, W);
+  int tile0, tstep, slice;
+  if (W >= tiles) {
+    tile0 = warp % tiles;
+    slice = warp / tiles;
+    tstep = tiles;
+    if (slice >= R) return;
+  } else {
+    tile0 = warp;
+    slice = 0;
+    tstep = W;
+  }
+  const int len = (cols + R - 1) / R;
+  const int i0 = 1 + slice * len, i1 = min(m, i0 + len);
+  for (int t = tile0; t < tiles; t += kCols * tstep) {
+    int j[kCols];
+    bool on[kCols];
+    double pj[kCols], wj[kCols], acc[kCols];
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      j[c] = 1 + (t + c * tstep) * 32 + lane;
+      on[c] = t + c * tstep < tiles && j[c] < m;
+      pj[c] = on[c] ? P[j[c]] : 0.0;
+      wj[c] = on[c] ? w[j[c]] : 0.0;
+      acc[c] = 0;
+    }
+    if (!on[0]) continue;  // the first tile is the widest: nothing for this lane at all
+    for (int i = i0; i < i1; ++i) {
+      double* row = B + int64_t{i} * ld;
+      double a[kCols];
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) a[c] = on[c] ? row[j[c]] : 0.0;  // all loads first
+      const double pi = P[i], wi = w[i], ui = U[i - 1];
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) {
+        if (!on[c]) continue;
+        if (update) {
+          a[c] -= sym2(pi, wj[c], wi, pj[c]);
+          row[j[c]] = a[c];
+        }
+        acc[c] = fma(a[c], ui, acc[c]);
+        if (i == 1) nxt[j[c] - 1] = a[c];
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < kCols; ++c)
+      if (on[c]) part[slice * cols + (j[c] - 1)] = acc[c];
+  }
+}
+
+// Reduces the symmetric N x N matrix A (both triangles, leading dimension N; overwritten) to the
+// tridiagonal (d[0, N), e[0, N - 1)). All threads call it; it starts and ends with a barrier.
+__device__ void tridiagonalize(double* A, int N, double* part, double* buf0, double* buf1,
+                               double* w, double* nc, double* d, double* e) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, W = blockDim.x >> 5;
+  for (int i = tid; i < N; i += blockDim.x) buf0[i] = w[i] = 0;  // no pending update
+  __syncthreads();
+  double beta = 0;  // warp 0: the last reflector's beta
+  // Step k works on B = A[k:, k:] (m = N - k) whose true value is B - (P wᵀ + w Pᵀ) (pending):
+  // P = the last reflector (indexed by B's rows), U receives the new one (indexed by B[1:]'s rows).
+  for (int k = 0;; ++k) {
+    const int m = N - k;
+    double* P = (k & 1) ? buf1 : buf0;
+    double* U = (k & 1) ? buf0 : buf1;
+    double* B = A + int64_t{k} * N + k;
+    if (warp == 0) {
+      if (k == 0) {
+        for (int i = lane; i < m; i += 32) nc[i] = B[i];  // row 0 = column 0
+      } else {
+        // finish step k - 1: p = Σ slices, w = beta p - (beta² / 2)(pᵀ P) P (P: its reflector)
+        const int R = pass_slices(m, W);
+        double dot = 0;
+        for (int j = lane; j < m; j += 32) {
+          double s = part[j];
+          for (int r = 1; r < R; ++r) s += part[r * m + j];
+          part[j] = s;
+          dot = fma(s, P[j], dot);
+        }
+        const double half = 0.5 * beta * beta * warp_sum_d(dot);
+        for (int j = lane; j < m; j += 32) w[j] = beta * part[j] - half * P[j];
+        __syncwarp();
+        const double w0 = w[0], p0 = P[0];
+        for (int i = lane; i < m; i += 32) nc[i] -= sym2(P[i], w0, w[i], p0);  // true column 0
+      }
+      __syncwarp();
+      if (m <= 2) {
+        if (lane == 0) {
+          d[k] = nc[0];
+          if (m == 2) {
+            e[k] = nc[1];
+            d[k + 1] = B[N + 1] - sym2(P[1], w[1], w[1], P[1]);
+          }
+        }
+      } else {
+        double alpha;
+        beta = householder_warp(nc + 1, m - 1, U, &alpha, lane);
+        if (lane == 0) {
+          d[k] = nc[0];
+          e[k] = alpha;
+        }
+      }
+    }
+    if (m <= 2) break;
+    __syncthreads();
+    fused_pass(B, N, m, P, w, U, part, nc, k > 0);
+    __syncthreads();
+  }
+  __syncthreads();
+}
+
+// Eigenvalues of the tridiagonal below x: negative pivots of LDLᵀ of T - x I (a pivot smaller than
+// pivmin in magnitude counts as -pivmin), as cpu/gram_eig.cpp's count_below.
+__device__ int sturm_count(const double* d, const double* e2, int N, double x) {
+  double q = d[0] - x;
+  if (fabs(q) < kPivmin) q = -kPivmin;
+  int c = q < 0;
+  for (int i = 1; i < N; ++i) {
+    q = (d[i] - x) - e2[i - 1] / q;
+    if (fabs(q) < kPivmin) q = -kPivmin;
+    c += q < 0;
+  }
+  return c;
+}
+
+// The k-th smallest eigenvalue (0-based) given count(lo) <= k < count(hi): each of the blockDim
+// threads counts at one of blockDim equispaced shifts per round; the new bracket is around the
+// first shift whose count exceeds k. Until width <= max(abstol, 2 eps max(|lo|, |hi|)). All threads
+// call it with the same arguments and get the same value. fb: three flags used in rotation (fb[base]
+// holds blockDim on entry and again on exit), so that one barrier per round suffices.
+__device__ double multisect(const double* d, const double* e2, int N, int k, double lo, double hi,
+                            double abstol, int* fb, int& base) {
+  const int T_ = blockDim.x, s = threadIdx.x;
+  const double parts = T_ + 1;
+  for (int it = 0; it < kIters; ++it) {
+    const double width = hi - lo;
+    if (!(width > fmax(abstol, 2 * kEps * fmax(fabs(lo), fabs(hi))))) break;
+    int* cur = fb + base;
+    if (s == 0) fb[(base + 1) % 3] = T_;  // last read two rounds ago; next written after a barrier
+    if (sturm_count(d, e2, N, lo + width * (s + 1) / parts) > k) atomicMin(cur, s);
+    __syncthreads();
+    const int f = *cur;
+    const double nlo = f > 0 ? lo + width * f / parts : lo;  // the shifts f - 1 and f
+    const double nhi = f < T_ ? lo + width * (f + 1) / parts : hi;
+    lo = nlo;
+    hi = nhi;
+    base = (base + 1) % 3;
+  }
+  return 0.5 * (lo + hi);
+}
+
+// λ⁺_min (and the spectrum) of the tridiagonal (d, e) into out[0] (and spectrum[0, N)). All threads
+// call it. d, e are scaled in place; e2 and tmp (N doubles each) are scratch.
+__device__ void solve_tridiagonal(double* d, double* e, double* e2, double* tmp, int N, double rtol,
+                                  double* out, double* spectrum, double* scal, int* fb, int& base) {
+  const int tid = threadIdx.x, lane = tid & 31;
+  if (tid < 32) {
+    double big = 0;
+    for (int i = lane; i < N; i += 32) {
+      big = nan_max(big, fabs(d[i]));
+      if (i + 1 < N) big = nan_max(big, fabs(e[i]));
+    }
+    big = warp_nan_max(big);
+    if (big > 0 && big <= DBL_MAX) {
+      // a power of two (exact) so that the squares can neither overflow nor underflow
+      int exponent;
+      frexp(big, &exponent);
+      const double scale = ldexp(1.0, -exponent);
+      for (int i = lane; i < N; i += 32) {
+        d[i] *= scale;
+        if (i + 1 < N) {
+          e[i] *= scale;
+          e2[i] = e[i] * e[i];
+        }
+      }
+      __syncwarp();
+      double glo = CUDART_INF, ghi = -CUDART_INF;  // Gershgorin interval
+      for (int i = lane; i < N; i += 32) {
+        const double r = (i > 0 ? fabs(e[i - 1]) : 0.0) + (i + 1 < N ? fabs(e[i]) : 0.0);
+        glo = fmin(glo, d[i] - r);
+        ghi = fmax(ghi, d[i] + r);
+      }
+      glo = warp_min_d(glo);
+      ghi = warp_max_d(ghi);
+      const double pad = 4 * kEps * fmax(fabs(glo), fabs(ghi)) + 4 * kPivmin * N;
+      if (lane == 0) {
+        scal[0] = glo - pad;
+        scal[1] = ghi + pad;
+        scal[2] = ldexp(1.0, exponent);
+        scal[3] = 1;  // solve
+      }
+    } else if (lane == 0) {
+      scal[3] = big == 0 ? 0 : -1;  // the zero matrix; NaN or inf
+    }
+  }
+  __syncthreads();
+  const double status = scal[3];
+  if (status != 1) {  // no positive eigenvalue (the zero matrix), or a non-finite matrix
+    const double v = status == 0 ? 0.0 : CUDART_NAN;
+    if (tid == 0) *out = v;
+    if (spectrum)
+      for (int i = tid; i < N; i += blockDim.x) spectrum[i] = v;
+    return;
+  }
+  const double glo = scal[0], ghi = scal[1], unscale = scal[2];
+  const double lmax = multisect(d, e2, N, N - 1, glo, ghi, 0.0, fb, base);
+  double lmin = 0;
+  if (lmax > 0) {
+    const double thr = rtol * lmax;
+    const int zeros = sturm_count(d, e2, N, thr);  // the same in every thread
+    if (zeros < N)
+      lmin = multisect(d, e2, N, zeros, thr, ghi, 0.5 * kEps * lmax, fb, base) * unscale;
+  }
+  if (tid == 0) *out = lmin;
+  if (!spectrum) return;
+  // every eigenvalue by bisection, one thread per index, to the accuracy of λ⁺_min
+  const double abstol = 0.5 * kEps * (lmax > 0 ? lmax : fmax(fabs(glo), fabs(ghi)));
+  for (int idx = tid; idx < N; idx += blockDim.x) {
+    double lo = glo, hi = ghi;
+    for (int it = 0; it < kBisect; ++it) {
+      const double width = hi - lo;
+      if (!(width > fmax(abstol, 2 * kEps * fmax(fabs(lo), fabs(hi))))) break;
+      const double mid = lo + 0.5 * width;
+      if (sturm_count(d, e2, N, mid) > idx)
+        hi = mid;
+      else
+        lo = mid;
+    }
+    tmp[idx] = 0.5 * (lo + hi);
+  }
+  __syncthreads();
+  if (tid == 0)  // already ascending when the counts are monotone: one pass then
+    for (int i = 1; i < N; ++i) {
+      const double v = tmp[i];
+      int j = i;
+      for (; j > 0 && tmp[j - 1] > v; --j) tmp[j] = tmp[j - 1];
+      tmp[j] = v;
+    }
+  __syncthreads();
+  for (int i = tid; i < N; i += blockDim.x) spectrum[i] = fmax(tmp[i], 0.0) * unscale;
+}
+
+// One block per matrix, a grid-stride loop over the groups. Dynamic shared memory: kScalars
+// doubles, then the work vectors (when vec_in_smem), then the matrix (when a_in_smem).
+template <typename T>
+__global__ void __launch_bounds__(kMaxThreads) gram_eig_kernel(const GramArgs p) {
+  extern __shared__ double smem[];
+  const int tid = threadIdx.x, T_ = blockDim.x;
+  const int N = static_cast<int>(p.size);
+  double* scal = smem;
+  int* fb = reinterpret_cast<int*>(smem + 8);
+  double* slot = p.work + int64_t{blockIdx.x} * p.slot;
+  double* vec = p.vec_in_smem ? smem + kScalars : slot + (p.a_in_smem ? 0 : int64_t{N} * N);
+  double* A = p.a_in_smem ? smem + kScalars + p.vec_len : slot;
+  double* part = vec;  // max(T_, N): the pass's partial sums
+  double* buf0 = part + max(T_, N);
+  double* buf1 = buf0 + N;
+  double* w = buf1 + N;
+  double* nc = w + N;
+  double* d = nc + N;
+  double* e = d + N;
+  double* e2 = e + N;
+
+  if (tid == 0) fb[0] = fb[1] = fb[2] = T_;
+  bool bad_labeled = false;
+  for (int64_t i = tid; i < p.mL; i += T_) {
+    const int64_t r = p.labeled[i];
+    bad_labeled |= r < 0 || r >= p.n;
+  }
+  bad_labeled = __syncthreads_or(bad_labeled);
+  int base = 0;  // multisection flag rotation, the same in every thread
+  for (int64_t g = blockIdx.x; g < p.n_groups; g += gridDim.x) {
+    const int64_t* grp = p.groups + g * p.G;
+    bool bad = bad_labeled;
+    for (int64_t a = tid; a < p.G; a += T_) {
+      const int64_t r = grp[a];
+      bad |= r < 0 || r >= p.n;
+    }
+    // also the barrier between the previous group's last reads and this group's writes
+    if (__syncthreads_or(bad)) {  // out-of-range indices (gram.py checks them): NaN, nothing read
+      if (tid == 0) p.min_eig[g] = CUDART_NAN;
+      if (p.spectra)
+        for (int i = tid; i < N; i += T_) p.spectra[g * N + i] = CUDART_NAN;
+      continue;
+    }
+    form_matrix<T>(p, grp, A, N);
+    __syncthreads();
+    tridiagonalize(A, N, part, buf0, buf1, w, nc, d, e);
+    solve_tridiagonal(d, e, e2, nc, N, p.rtol, p.min_eig + g,
+                      p.spectra ? p.spectra + g * N : nullptr, scal, fb, base);
+  }
+}
+
+size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+template <typename T>
+void scan_impl(const T* Z, int64_t n, int64_t D, unsigned long long host[3], int device,
+               cudaStream_t stream) {
+  StreamBuffer buf(3 * sizeof(unsigned long long), device, stream);
+  auto* out = buf.as<unsigned long long>();
+  CUDA_CHECK(cudaMemsetAsync(out, 0, 3 * sizeof(unsigned long long), stream));
+  CUDA_CHECK(cudaMemsetAsync(out + 1, 0xff, sizeof(unsigned long long), stream));
+  const int grid = grid_for(scan_kernel<T>, (n + kWarps - 1) / kWarps, device);
+  scan_kernel<T><<<grid, kThreads, 0, stream>>>(Z, n, D, out);
+  CUDA_CHECK_LAUNCH("scan_kernel");
+  CUDA_CHECK(cudaMemcpyAsync(host, out, 3 * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
+                             stream));
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+template <typename T>
+void gram_min_eig_impl(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t mL,
+                       const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
+                       double* min_eig, double* spectra, int64_t smem_limit, int device,
+                       cudaStream_t stream) {
+  const bool s_side = mL + G <= D;
+  const int64_t size = s_side ? mL + G : D;
+  const int64_t P = s_side ? mL : D;  // the shared part is P x P
+  const int threads = gram_threads(size);
+  auto kernel = gram_eig_kernel<T>;
+
+  // shared memory: the scalars always; the vectors, then the matrix, while they fit
+  cudaFuncAttributes attr{};
+  CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  int optin = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int64_t scalar_bytes = kScalars * sizeof(double);
+  int64_t budget = int64_t{optin} - static_cast<int64_t>(attr.sharedSizeBytes) - scalar_bytes;
+  if (smem_limit >= 0 && smem_limit < budget) budget = smem_limit;
+  const int64_t vec_len = kVectors * size + (threads > size ? threads : size);
+  const int64_t vec_bytes = vec_len * static_cast<int64_t>(sizeof(double));
+  const int64_t mat_bytes = size * size * static_cast<int64_t>(sizeof(double));
+  const bool vec_in_smem = vec_bytes <= budget;
+  const bool a_in_smem = vec_in_smem && vec_bytes + mat_bytes <= budget;
+  const size_t smem = static_cast<size_t>(scalar_bytes + (vec_in_smem ? vec_bytes : 0) +
+                                          (a_in_smem ? mat_bytes : 0));
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem)));
+
+  // global slots: one per block, no more blocks than fit the GPU and the workspace bound
+  int64_t slot = (a_in_smem ? 0 : size * size) + (vec_in_smem ? 0 : vec_len);
+  slot = (slot + 31) / 32 * 32;
+  int64_t grid = n_groups < INT_MAX ? n_groups : INT_MAX;
+  if (slot > 0) {
+    int per_sm = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+    const int64_t resident = int64_t{sm_count(device)} * (per_sm > 0 ? per_sm : 1);
+    const int64_t fit = static_cast<int64_t>(kMaxWorkspaceBytes / (sizeof(double) * slot));
+    grid = std::min({grid, resident, fit > 0 ? fit : int64_t{1}});
+  }
+
+  const size_t shared_bytes = align_up(sizeof(double) * static_cast<size_t>(P * P));
+  StreamBuffer buf(shared_bytes + sizeof(double) * static_cast<size_t>(grid * slot) + 256, device,
+                   stream);
+  auto* shared = buf.as<double>();
+  if (P > 0) {
+    if (mL == 0) {  // D side without labeled rows: Z_Lᵀ Z_L = 0
+      CUDA_CHECK(cudaMemsetAsync(shared, 0, sizeof(double) * static_cast<size_t>(P * P), stream));
+    } else {
+      const int64_t tiles = (P + kTile - 1) / kTile;  // <= 2^15 (P <= kMaxSize)
+      const dim3 tgrid(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles));
+      if (s_side)
+        shared_gram_kernel<T, true><<<tgrid, kTile * 8, 0, stream>>>(Z, n, D, labeled, mL, shared);
+      else
+        shared_gram_kernel<T, false><<<tgrid, kTile * 8, 0, stream>>>(Z, n, D, labeled, mL, shared);
+      CUDA_CHECK_LAUNCH("shared_gram_kernel");
+    }
+  }
+  GramArgs args{};
+  args.Z = Z;
+  args.n = n;
+  args.D = D;
+  args.labeled = labeled;
+  args.mL = mL;
+  args.groups = groups;
+  args.n_groups = n_groups;
+  args.G = G;
+  args.shared = shared;
+  args.size = size;
+  args.rtol = rtol;
+  args.min_eig = min_eig;
+  args.spectra = spectra;
+  args.work = slot > 0 ? reinterpret_cast<double*>(buf.as<char>() + shared_bytes) : nullptr;
+  args.slot = slot;
+  args.vec_len = vec_len;
+  args.a_in_smem = a_in_smem;
+  args.vec_in_smem = vec_in_smem;
+  kernel<<<static_cast<unsigned>(grid), threads, smem, stream>>>(args);
+  CUDA_CHECK_LAUNCH("gram_eig_kernel");
+}
+
+}  // namespace
+
+int64_t gram_scan(GramDType dtype, const void* Z, int64_t n, int64_t D, double* peak,
+                  int64_t* first, int device, cudaStream_t stream) {
+  require_shape(n, D, "n", "D");
+  DeviceGuard guard(device);
+  const size_t elem = dtype == GramDType::Float64 ? sizeof(double) : sizeof(float);
+  require_device_ptr(Z, "z_ptr", device, elem);
+  unsigned long long host[3] = {0, 0, 0};
+  if (dtype == GramDType::Float64)
+    scan_impl(static_cast<const double*>(Z), n, D, host, device, stream);
+  else
+    scan_impl(static_cast<const float*>(Z), n, D, host, device, stream);
+  *first = host[0] ? static_cast<int64_t>(host[1]) : -1;
+  std::memcpy(peak, &host[2], sizeof(double));
+  return static_cast<int64_t>(host[0]);
+}
+
+void gram_min_eig(GramDType dtype, const void* Z, int64_t n, int64_t D, const int64_t* labeled,
+                  int64_t n_labeled, const int64_t* groups, int64_t n_groups, int64_t G,
+                  double rtol, double* min_eig, double* spectra, int64_t smem_limit, int device,
+                  cudaStream_t stream) {
+  require_shape(n, D, "n", "D");
+  FASTAL_REQUIRE(n_labeled >= 0 && n_labeled <= n, "n_labeled must be in [0, n = ", n, "], got ",
+                 n_labeled);
+  FASTAL_REQUIRE(G >= 1, "G must be >= 1, got ", G);
+  FASTAL_REQUIRE(n_groups >= 0, "n_groups must be >= 0, got ", n_groups);
+  FASTAL_REQUIRE(rtol >= 0.0 && rtol < 1.0, "rtol must be in [0, 1), got ", rtol);
+  const int64_t size = n_labeled + G <= D ? n_labeled + G : D;
+  FASTAL_REQUIRE(size <= kMaxSize, "the Gram matrices would have order ", size,
+                 " (min(n_labeled + G, D)); at most 2^20 is supported");
+  DeviceGuard guard(device);
+  if (n_groups == 0) return;
+  const size_t elem = dtype == GramDType::Float64 ? sizeof(double) : sizeof(float);
+  require_device_ptr(Z, "z_ptr", device, elem);
+  if (n_labeled > 0) require_device_ptr(labeled, "labeled_ptr", device, alignof(int64_t));
+  require_device_ptr(groups, "groups_ptr", device, alignof(int64_t));
+  require_device_ptr(min_eig, "min_eig_ptr", device, alignof(double));
+  if (spectra) require_device_ptr(spectra, "spectra_ptr", device, alignof(double));
+  if (dtype == GramDType::Float64)
+    gram_min_eig_impl(static_cast<const double*>(Z), n, D, labeled, n_labeled, groups, n_groups, G,
+                      rtol, min_eig, spectra, smem_limit, device, stream);
+  else
+    gram_min_eig_impl(static_cast<const float*>(Z), n, D, labeled, n_labeled, groups, n_groups, G,
+                      rtol, min_eig, spectra, smem_limit, device, stream);
+}
+
+}  // namespace fastal::cuda

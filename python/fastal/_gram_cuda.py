@@ -1,0 +1,96 @@
+"""``gram_min_eig`` for CUDA arrays (torch or cupy), float32 or float64.
+
+The kernel is ``fastal._cuda.gram_min_eig`` (csrc/cuda/gram_eig.cu): the shared part of the Gram
+matrices once per call, then one thread block per group forms its matrix, reduces it to tridiagonal
+form (Householder) and locates λ_max and λ⁺_min by Sturm-count multisection — float64 throughout,
+the same definition and threshold rule as the CPU kernel. It runs on the framework's current stream;
+the outputs are allocated in the caller's framework on Z's device.
+
+Z stays on the device: one pass there (``fastal._cuda.gram_scan``) finds NaN / Inf rows (the same
+``ValueError`` as the CPU path) and the peak magnitude for the exact power-of-two rescaling of
+extreme inputs (gram.py's rule, applied on the device). Only the indices, validated on the host by
+gram.py, are copied to the device. A ``fastal._cuda`` without the kernel (a build older than it)
+raises ``RuntimeError`` saying how to rebuild: there is no slower fallback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _ext, _interop
+from ._interop import ArrayInfo
+from .gram import _BIG, _SMALL
+
+
+def _ptr(a: Any) -> int:
+    return int(a.data_ptr()) if hasattr(a, "data_ptr") else int(a.data.ptr)
+
+
+def gram_min_eig_cuda(
+    Z: Any,
+    info: ArrayInfo,
+    labeled: np.ndarray,
+    groups: np.ndarray,
+    rtol: float,
+    return_all: bool,
+    *,
+    smem_limit: int = -1,
+) -> Any:
+    """The CUDA branch of :func:`fastal.gram_min_eig` after its validation.
+
+    ``labeled`` (int64, 1-D) and ``groups`` (int64, (n_groups, G)) are the host arrays gram.py has
+    checked; ``rtol`` is resolved. ``smem_limit`` (bytes, tests only) caps the shared memory the
+    kernel may use for each matrix, forcing its global-memory paths; -1 is the device's limit.
+    """
+    cuda = _ext.require_cuda("Z")
+    if not hasattr(cuda, "gram_min_eig"):
+        raise RuntimeError(
+            "Z is on a CUDA device, but this build of fastal._cuda predates the gram_min_eig "
+            "kernel. " + _ext.REBUILD_HINT
+        )
+    n, D = info.shape
+    n_groups, G = groups.shape
+    size = min(labeled.size + G, D)
+    zkeep, zptr = _interop.cuda_pointer(Z, info)
+    device, stream = int(info.device_index), _interop.cuda_stream(info)
+    peak, count, first = cuda.gram_scan(info.dtype, zptr, n, D, device, stream)
+    if count:
+        raise ValueError(f"Z contains NaN or Inf in {count} row(s), first in row {first}")
+    # exact power-of-two rescaling for extreme magnitudes (λ scales by the square), as on the CPU
+    scale = 1.0
+    if peak > _BIG or 0.0 < peak < _SMALL:
+        scale = float(2.0 ** -np.frexp(peak)[1])
+        # a new device array in Z's dtype, exact (float64 only: no float32 has such a peak)
+        zkeep = zkeep * scale
+        zptr = _ptr(zkeep)
+    lab_dev = _interop.to_framework(labeled, info) if labeled.size else None
+    grp_dev = _interop.to_framework(np.ascontiguousarray(groups, dtype=np.int64), info)
+    mins = _interop.empty(info, (n_groups,), "float64")
+    spectra = _interop.empty(info, (n_groups, size), "float64") if return_all else None
+    cuda.gram_min_eig(
+        info.dtype,
+        zptr,
+        n,
+        D,
+        0 if lab_dev is None else _ptr(lab_dev),
+        int(labeled.size),
+        _ptr(grp_dev),
+        n_groups,
+        G,
+        float(rtol),
+        _ptr(mins),
+        0 if spectra is None else _ptr(spectra),
+        device,
+        stream,
+        int(smem_limit),
+    )
+    # the inputs' memory returns to the framework's stream-ordered pool: safe after the launch
+    del zkeep, lab_dev, grp_dev
+    if scale != 1.0:
+        mins = mins / (scale * scale)
+        spectra = None if spectra is None else spectra / (scale * scale)
+    if return_all:
+        return mins, spectra
+    return mins
