@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import AVAILABLE_CUDA_BACKENDS, indices_to_backend, to_backend, to_numpy
 
 import fastal
 from fastal.strategies import CRC, get
@@ -63,6 +64,23 @@ def test_crc_max_groups_and_torch_input():
     assert isinstance(sel.indices, torch.Tensor)
     np.testing.assert_array_equal(sel.indices.numpy(), want)
     assert sel.diagnostics["n_groups"] == 7
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", list(AVAILABLE_CUDA_BACKENDS) or ["torch-cuda"])
+def test_crc_on_cuda_matches_cpu(backend):
+    """Z on a GPU: the labeled and group indices go to the device with it; the CPU's picks."""
+    if backend not in AVAILABLE_CUDA_BACKENDS:
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(3)
+    Z = rng.normal(size=(300, 40)).astype(np.float32)
+    labeled = rng.choice(300, 50, replace=False)
+    cpu = CRC(group_size=5, rtol=RTOL).select(Z, 20, labeled=labeled, seed=1)
+    Zg = to_backend(Z, backend, "float32")
+    lab_g = indices_to_backend(labeled, backend)  # indices live with the data
+    gpu = CRC(group_size=5, rtol=RTOL).select(Zg, 20, labeled=lab_g, seed=1)
+    np.testing.assert_array_equal(to_numpy(gpu.indices), cpu.indices)
+    np.testing.assert_allclose(gpu.diagnostics["scores"], cpu.diagnostics["scores"], rtol=1e-9)
 
 
 def test_duplicates_score_zero_at_full_rank():

@@ -96,7 +96,10 @@ class CRC(Strategy):
                 f"only {groups.shape[0]} full groups of {G} can be formed from {rest.size} unlabeled points; "
                 f"budget {Q} needs {Q // G}"
             )
-        scores = _interop.host_numpy(gram_min_eig(Z, lab, groups, rtol=self.rtol)).astype(np.float64)
+        # indices travel with Z (gram_min_eig wants them on Z's device)
+        lab_z, groups_z = (_interop.to_framework(a, info) for a in (lab, groups))
+        scores = gram_min_eig(Z, lab_z, groups_z, rtol=self.rtol)
+        scores = _interop.host_numpy(scores).astype(np.float64)
         best = np.lexsort((np.arange(scores.size), -scores))[: Q // G]  # highest, ties to the earlier group
         indices = groups[best].reshape(-1)
         return Selection(
