@@ -427,9 +427,9 @@ double solve_tridiagonal(Workspace& ws, int64_t n, double rtol, double* spectrum
   }
 
   // λ_max by Laguerre from the Gershgorin bound (above every eigenvalue, so it moves left
-  // monotonically), to full relative precision
+  // monotonically). It only sets the zero threshold rtol λ_max: 1e-6 of the scale is enough.
   TridiagonalCounts ev{d, e2, n, pivmin};
-  const double lmax = eig_search::laguerre_eigenvalue(ev, n, n - 1, glo, ghi, false, 0, 0.0);
+  const double lmax = eig_search::laguerre_eigenvalue(ev, n, n - 1, glo, ghi, false, 0, 1e-6 * ghi);
   if (!(lmax > 0)) return 0.0;
   const auto no_guess = [](int64_t) { return 0.0; };
   return eig_search::min_positive_eigenvalue(ev, n, lmax, ghi, rtol, no_guess) * unscale;

@@ -75,8 +75,7 @@ def gram_min_eig(
         the diagonal ``Λ``; the inertia of ``K - xI`` then comes from a ``G x G`` matrix
         (Haynsworth), ``O(m G²)`` per evaluation after ``O(m G D)`` per group, with the same
         Laguerre search. Much faster for large matrices and small groups (at ``D = 1024``,
-        ``G = 20``: ~20x per group). λ_max, which only sets the zero threshold, is found to 1e-6
-        of the spectrum's scale rather than to rounding. Not with ``return_all``. ``"auto"``
+        ``G = 20``: ~20x per group). Not with ``return_all``. ``"auto"``
         picks the cheaper by an operation count (``"tridiagonal"`` for ``return_all`` and on
         CUDA).
 
@@ -95,7 +94,8 @@ def gram_min_eig(
     Notes
     -----
     Interpretation: the paper takes λ⁺_min of the trace-NTK Gram over ``X_L + X_u`` without a
-    numerical zero rule; fastal uses the relative threshold above. Duplicated rows of ``Z``
+    numerical zero rule; fastal uses the relative threshold above. On the CPU ``λ_max``, which
+    only sets that threshold, is located to 1e-6 of the spectrum's scale (λ⁺_min to rounding). Duplicated rows of ``Z``
     (Proposition 2) give an exact zero eigenvalue, which ``λ⁺_min`` skips once ``Z_S`` has
     more rows than its rank. Cost per group, tridiagonal method: ``O(m³)`` with ``m = min(|S|,
     D)``, plus the formation, ``O(m G D)`` on the ``|S|`` side or ``O(D² G)`` on the ``D`` side;
