@@ -391,6 +391,40 @@ void register_factored_products(py::module_& m, const std::string& tag) {
         py::arg("scale"), py::arg("z").noconvert(), py::arg("beta"));
 }
 
+// One fused Lloyd iteration (float32 / float64): labels, squared distances, float64 sums and
+// counts per centre; the GEMM is the BLAS function at gemm_address (MKL's or scipy's sgemm / dgemm),
+// single-threaded per call through MKL's mkl_set_num_threads_local_ (when given) or the caller.
+template <typename T>
+void register_lloyd(py::module_& m, const std::string& tag) {
+  m.def(("kmeans_lloyd_step_" + tag).c_str(),
+        [](const Buf<T>& X, const Buf<T>& xsq, const Buf<T>& centres, uintptr_t gemm_address,
+           uintptr_t threads_local_address) {
+          FASTAL_REQUIRE(X.ndim() == 2, "X must be 2-D (n, d), got ", X.ndim(), " dimensions");
+          const int64_t n = X.shape(0), d = X.shape(1);
+          FASTAL_REQUIRE(xsq.ndim() == 1 && xsq.shape(0) == n, "xsq must have shape (", n, ",)");
+          FASTAL_REQUIRE(centres.ndim() == 2 && centres.shape(1) == d && centres.shape(0) >= 1,
+                         "centres must have shape (k, ", d, ") with k >= 1");
+          FASTAL_REQUIRE(gemm_address != 0, "gemm_address must be a BLAS gemm function");
+          const int64_t k = centres.shape(0);
+          Buf<int64_t> labels(n);
+          Buf<T> dist2(n);
+          Buf<double> sums({k, d});
+          Buf<int64_t> counts(k);
+          const T *px = X.data(), *pq = xsq.data(), *pc = centres.data();
+          int64_t* pl = labels.mutable_data();
+          T* pd = dist2.mutable_data();
+          double* ps = sums.mutable_data();
+          int64_t* pk = counts.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            lloyd_step(px, n, d, pq, pc, k, gemm_address, threads_local_address, pl, pd, ps, pk);
+          }
+          return py::make_tuple(labels, dist2, sums, counts);
+        },
+        py::arg("X").noconvert(), py::arg("xsq").noconvert(), py::arg("centres").noconvert(),
+        py::arg("gemm_address"), py::arg("threads_local_address") = 0);
+}
+
 // Batched Gram eigenvalues (CRC): λ⁺_min per group, and the spectra (n_groups x size) when asked.
 template <typename T>
 void register_gram(py::module_& m, const std::string& tag) {
@@ -461,6 +495,8 @@ PYBIND11_MODULE(_cpu, m) {
   register_topb<double>(m, "float64");
   register_factored_products<float>(m, "float32");
   register_factored_products<double>(m, "float64");
+  register_lloyd<float>(m, "float32");
+  register_lloyd<double>(m, "float64");
   register_gram<float>(m, "float32");
   register_gram<double>(m, "float64");
   m.def("parallel_sum", [](const Buf<float>& x) {

@@ -120,6 +120,16 @@ void kmeanspp_init_first(KMeansPPState<Rows>& s, int64_t first);
 template <typename Rows>
 void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end);
 
+// One Lloyd iteration of k-means (kmeans_lloyd.cpp): labels[i] = the nearest centre (first on
+// ties) by |c|² - 2 x·c from the BLAS gemm at gemm_address (Fortran sgemm / dgemm signature,
+// called from every OpenMP thread, single-threaded: by MKL's Fortran mkl_set_num_threads_local_ at
+// threads_local_address, or, when that is 0, by the caller's limits), dist2[i] = |x_i|² + that
+// minimum (clamped at 0), sums (k x d, float64) and counts of the rows per centre. One pass over X.
+template <typename T>
+void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres, int64_t k,
+                uintptr_t gemm_address, uintptr_t threads_local_address, int64_t* labels,
+                T* dist2, double* sums, int64_t* counts);
+
 // Batched Gram eigenvalues (CRC, Kong et al. eq. 9; gram_eig.cpp). For every row g of groups
 // (n_groups x G) the Gram matrix of S = labeled ∪ g, K = Z_S Z_Sᵀ with Z n x D (T = float or
 // double), is formed on its smaller side (size = min(n_labeled + G, D); the labeled part once per

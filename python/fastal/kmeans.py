@@ -2,13 +2,20 @@
 
 ``kmeans_pp`` runs in the compiled kernels (one fused pass per pick, on CPU or CUDA) over a dense
 matrix or a :class:`~fastal.GradientEmbedding`. ``kmeans`` (dense only: the mean of rank-one
-gradients is not rank one) assigns rows with fastal's min-distance kernel, or for larger ``k`` with
-GEMM tiles from torch (BLAS / cuBLAS: ``|x|² - 2 x·c + |c|²``, then arg-min), and updates centres by
-a float64 segmented sum.
+gradients is not rank one) assigns rows with fastal's min-distance kernel, or for larger ``k`` by
+GEMM (``|x|² - 2 x·c + |c|²``, then arg-min) and updates centres by a float64 segmented sum. On the
+CPU (float32 / float64) one compiled pass per Lloyd iteration does all three: scipy's BLAS GEMM per
+chunk of rows, called from fastal's OpenMP threads with BLAS limited to one thread (one thread
+pool, as scikit-learn's Lloyd); elsewhere GEMM tiles from torch (cuBLAS on CUDA).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
+import glob
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +32,90 @@ _TILE = 8192
 _GEMM_MIN_K = 32
 #: mini-batch k-means stops after this many batches without a better weighted inertia
 _NO_IMPROVEMENT = 10
+#: the fused CPU Lloyd step keeps k x d float64 sums per thread: at most this many in all
+_FUSED_MAX_SUMS = 1 << 25
+
+
+@functools.cache
+def _gemm_backend(dtype: str) -> tuple[int, int]:
+    """(address of a Fortran LP64 ``sgemm`` / ``dgemm``, address of MKL's Fortran
+    ``mkl_set_num_threads_local_`` or 0): :func:`_mkl_gemm`, else :func:`_openblas_gemm`."""
+    mkl = _mkl_gemm(dtype)
+    return mkl if mkl[0] else (_openblas_gemm(dtype), 0)
+
+
+def _mkl_gemm(dtype: str) -> tuple[int, int]:
+    """The MKL that torch links, when its CPU library exports the Fortran GEMM and
+    ``mkl_set_num_threads_local_`` (x86-64 wheels; a small product checks the GEMM): each of
+    fastal's threads sets its own MKL thread count to 1 around its calls. (0, 0) otherwise."""
+    import torch
+
+    name = "sgemm_" if dtype == "float32" else "dgemm_"
+    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for path in sorted(glob.glob(os.path.join(libdir, "*torch_cpu*"))):
+        try:
+            lib = ctypes.CDLL(path)  # already loaded by torch: the same handle
+        except OSError:  # pragma: no cover
+            continue
+        gemm = getattr(lib, name, None)
+        local = getattr(lib, "mkl_set_num_threads_local_", None)
+        if gemm is not None and local is not None and _gemm_works(gemm, dtype):
+            address = ctypes.cast(gemm, ctypes.c_void_p).value
+            return int(address), int(ctypes.cast(local, ctypes.c_void_p).value)
+    return 0, 0
+
+
+def _openblas_gemm(dtype: str) -> int:
+    """scipy's BLAS GEMM through ``scipy.linalg.cython_blas`` (a public C API), or 0. The caller
+    limits its threads to one with threadpoolctl."""
+    try:
+        from scipy.linalg import cython_blas
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return 0
+    capsule = cython_blas.__pyx_capi__.get("sgemm" if dtype == "float32" else "dgemm")
+    if capsule is None:  # pragma: no cover
+        return 0
+    api = ctypes.pythonapi
+    api.PyCapsule_GetName.restype = ctypes.c_char_p
+    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
+    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return int(api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule)) or 0)
+
+
+def _gemm_works(fn: Any, dtype: str) -> bool:
+    """A column-major 2 x 2 = (2 x 3)(3 x 2) product through ``fn`` equals numpy's."""
+    scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
+    rng = np.random.default_rng(0)
+    a = np.asfortranarray(rng.integers(-3, 4, (2, 3)).astype(dtype))
+    b = np.asfortranarray(rng.integers(-3, 4, (3, 2)).astype(dtype))
+    c = np.zeros((2, 2), dtype=dtype, order="F")
+    two, three = ctypes.c_int(2), ctypes.c_int(3)
+    ptr, ref = ctypes.c_void_p, ctypes.byref
+    fn(b"N", b"N", ref(two), ref(two), ref(three), ref(scalar(1)), ptr(a.ctypes.data), ref(two),
+       ptr(b.ctypes.data), ref(three), ref(scalar(0)), ptr(c.ctypes.data), ref(two))  # fmt: skip
+    return bool(np.array_equal(c, a @ b))
+
+
+def _fused_lloyd(info, k: int) -> Any:
+    """The fused CPU Lloyd step for this input, or None (CUDA, other dtypes, small k, no BLAS)."""
+    if info.device != "cpu" or info.dtype not in ("float32", "float64") or k < _GEMM_MIN_K:
+        return None
+    gemm, threads_local = _gemm_backend(info.dtype)
+    if k * info.shape[1] * _ext.cpu.num_threads() > _FUSED_MAX_SUMS or not gemm:
+        return None
+    kernel = getattr(_ext.cpu, f"kmeans_lloyd_step_{info.dtype}")
+
+    def step(xt: Any, xsq: Any, centres: Any) -> tuple:
+        import torch
+
+        x = _interop.host_storage(xt, _torch_cpu_info(xt))
+        c = np.ascontiguousarray(centres.numpy())
+        labels, dist2, sums, counts = kernel(x, xsq.numpy(), c, gemm, threads_local)
+        return (torch.from_numpy(a) for a in (labels, dist2, sums, counts))
+
+    step.limit_blas = not threads_local  # scipy's OpenBLAS: limit its threads around the loop
+    return step
 
 
 def _first_by_norm(X: Any, info) -> int:
@@ -309,12 +400,23 @@ def kmeans(
 
     converged, it = False, 0
     xsq = _row_sqnorms(xt, acc) if info.dtype in ("float32", "float64") and k >= _GEMM_MIN_K else None
-    with tqdm(total=int(max_iter), disable=not progress, desc="k-means", unit="iter") as bar:
+    fused = _fused_lloyd(info, k) if minibatch is None else None
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(
+            tqdm(total=int(max_iter), disable=not progress, desc="k-means", unit="iter")
+        )
+        if fused is not None and fused.limit_blas:  # OpenBLAS runs inside fastal's threads
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
         if minibatch is None:
             prev = None
             for it in range(1, int(max_iter) + 1):
-                labels, dist2 = _assign(xt, centres, info, xsq)
-                sums, counts = _segment_means(xt, labels, k)
+                if fused is not None:
+                    labels, dist2, sums, counts = fused(xt, xsq, centres)
+                else:
+                    labels, dist2 = _assign(xt, centres, info, xsq)
+                    sums, counts = _segment_means(xt, labels, k)
                 new = _relocate_empty(sums, counts, xt, dist2, acc)
                 shift = float(((new - centres) ** 2).sum())
                 centres = new
@@ -328,7 +430,10 @@ def kmeans(
                 prev = labels
         else:
             centres, it, converged = _minibatch(xt, centres, info, int(minibatch), int(max_iter), tol_abs, rng, bar)
-    labels, dist2 = _assign(xt, centres, info, xsq)
+        if fused is not None:
+            labels, dist2, _, _ = fused(xt, xsq, centres)
+        else:
+            labels, dist2 = _assign(xt, centres, info, xsq)
     return KMeansResult(
         centres=from_torch(centres.to(acc), info),
         labels=from_torch(labels, info),

@@ -1,0 +1,127 @@
+"""The fused CPU Lloyd step of ``fastal.kmeans`` (csrc/cpu/kmeans_lloyd.cpp): GEMM per chunk of
+rows from torch's MKL or scipy's OpenBLAS inside fastal's threads, arg-min and float64 sums in the
+same pass. It runs for float32 / float64 CPU input with ``k >= 32``; the tests in test_kmeans.py
+use smaller ``k`` (the min-distance kernel), these use larger ones, against the float64 Lloyd
+reference, with either BLAS.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+from reference import kmeans_pp_ref, lloyd_ref
+from test_kmeans import blobs
+
+import fastal
+from fastal import _ext
+
+kmeans_module = importlib.import_module("fastal.kmeans")
+
+
+def use_blas(monkeypatch, blas: str) -> None:
+    """Force the MKL (skip if torch has none) or the OpenBLAS backend of the fused step."""
+    if blas == "mkl":
+        if not kmeans_module._mkl_gemm("float64")[0]:
+            pytest.skip("torch exposes no MKL GEMM on this platform")
+        backend = kmeans_module._mkl_gemm
+    else:
+
+        def backend(dtype):
+            return kmeans_module._openblas_gemm(dtype), 0
+
+    monkeypatch.setattr(kmeans_module, "_gemm_backend", backend)
+
+
+def integer_pool(n: int, d: int, k: int, seed: int) -> np.ndarray:
+    """Small-integer rows: every product and sum in the GEMM is exact, so any BLAS and the
+    reference agree bit for bit, ties included."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(-20, 21, size=(k, d))
+    return (centres[rng.integers(0, k, n)] + rng.integers(-2, 3, size=(n, d))).astype(np.float64)
+
+
+@pytest.mark.parametrize("blas", ["mkl", "openblas"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("tol", [1e-4, 0.0])
+def test_matches_lloyd_reference(monkeypatch, blas, dtype, tol):
+    use_blas(monkeypatch, blas)
+    X = integer_pool(3000, 12, 40, seed=1)
+    init = X[kmeans_pp_ref(X, 40, 0)]
+    res = fastal.kmeans(X.astype(dtype), 40, init=init.astype(dtype), tol=tol)
+    ref = lloyd_ref(X, init, 300, tol)
+    assert_array_equal(res.labels, ref["labels"])
+    assert_allclose(res.centres, ref["centres"], rtol=1e-6 if dtype == "float32" else 1e-12)
+    assert_allclose(res.inertia, ref["inertia"], rtol=1e-6 if dtype == "float32" else 1e-12)
+    assert res.n_iter == ref["n_iter"]
+    assert res.converged == ref["converged"]
+
+
+@pytest.mark.parametrize("blas", ["mkl", "openblas"])
+def test_gaussian_blobs_float32(monkeypatch, blas):
+    use_blas(monkeypatch, blas)
+    X = blobs(5000, 32, 50, seed=2).astype(np.float32)
+    init = X[kmeans_pp_ref(X.astype(np.float64), 50, 1)]
+    res = fastal.kmeans(X, 50, init=init, tol=0.0, max_iter=20)
+    ref = lloyd_ref(X.astype(np.float64), init.astype(np.float64), 20, 0.0)
+    assert (np.asarray(res.labels) == ref["labels"]).mean() > 0.999
+    assert_allclose(res.inertia, ref["inertia"], rtol=1e-4)
+
+
+def test_fused_step_equals_the_separate_passes():
+    """One fused step against the torch GEMM assignment and the segmented-sum kernel."""
+    X = integer_pool(2000, 20, 64, seed=3).astype(np.float32)
+    info = fastal._validate.check_matrix(X, "X")
+    xt = torch.from_numpy(X)
+    centres = xt[:64].clone()
+    xsq = kmeans_module._row_sqnorms(xt, torch.float32)
+    step = kmeans_module._fused_lloyd(info, 64)
+    assert step is not None
+    labels, dist2, sums, counts = step(xt, xsq, centres)
+    want_labels, want_dist2 = kmeans_module._assign(xt, centres, info, xsq)
+    want_sums, want_counts = kmeans_module._segment_means(xt, want_labels, 64)
+    assert_array_equal(labels.numpy(), want_labels.numpy())
+    assert_allclose(dist2.numpy(), want_dist2.numpy(), rtol=1e-6, atol=1e-3)
+    assert_array_equal(sums.numpy(), want_sums.numpy())
+    assert_array_equal(counts.numpy(), want_counts.numpy())
+    assert counts.sum() == 2000
+
+
+def test_when_the_fused_step_runs(monkeypatch):
+    X = np.zeros((100, 8), dtype=np.float32)
+    info = fastal._validate.check_matrix(X, "X")
+    assert kmeans_module._fused_lloyd(info, 32) is not None
+    assert kmeans_module._fused_lloyd(info, 31) is None  # small k: the min-distance kernel
+    half = fastal._validate.check_matrix(X.astype(np.float16), "X")
+    assert kmeans_module._fused_lloyd(half, 64) is None
+    # the per-thread float64 sums are capped: beyond the cap, the torch path
+    monkeypatch.setattr(kmeans_module, "_FUSED_MAX_SUMS", 32 * 8 * _ext.cpu.num_threads() - 1)
+    assert kmeans_module._fused_lloyd(info, 32) is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gemm_backends_compute_products(dtype):
+    import ctypes
+
+    fn_type = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
+    openblas = kmeans_module._openblas_gemm(dtype)
+    assert openblas
+    assert kmeans_module._gemm_works(fn_type(openblas), dtype)
+    mkl, local = kmeans_module._mkl_gemm(dtype)
+    assert (mkl == 0) == (local == 0)
+    assert kmeans_module._gemm_backend(dtype)[0] in (mkl or openblas, openblas)
+
+
+def test_kernel_rejects_bad_shapes():
+    kernel = _ext.cpu.kmeans_lloyd_step_float64
+    X = np.zeros((10, 4))
+    gemm = kmeans_module._openblas_gemm("float64")
+    with pytest.raises(ValueError, match="xsq must have shape"):
+        kernel(X, np.zeros(9), np.zeros((3, 4)), gemm, 0)
+    with pytest.raises(ValueError, match="centres must have shape"):
+        kernel(X, np.zeros(10), np.zeros((3, 5)), gemm, 0)
+    with pytest.raises(ValueError, match="gemm_address"):
+        kernel(X, np.zeros(10), np.zeros((3, 4)), 0, 0)
