@@ -27,6 +27,7 @@ import pytest
 from conftest import CUDA_BACKENDS, backend_of, dtype_of, to_numpy
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import gram_min_eig_ref
+from test_gram import THRESHOLD_CASES, THRESHOLD_GROUPS, THRESHOLD_LAB, THRESHOLD_Z
 
 import fastal
 
@@ -244,17 +245,8 @@ def test_zero_rows_and_all_zero_matrices(backend):
 
 
 def test_rtol_sets_the_zero_threshold():
-    Z = np.diag([1.0, 1e-2, 1e-5, 2.0])  # the Gram of all four rows: diag(1, 1e-4, 1e-10, 4)
-    lab, grp = [0, 3], [[1, 2]]
-    for rtol, want in [
-        (None, 1e-10),
-        (0.0, 1e-10),
-        (1e-12, 1e-10),
-        (1e-8, 1e-4),
-        (0.2, 1.0),
-        (0.3, 4.0),
-        (0.999, 4.0),
-    ]:
+    Z, lab, grp = THRESHOLD_Z, THRESHOLD_LAB, THRESHOLD_GROUPS
+    for rtol, want in THRESHOLD_CASES:
         got = to_numpy(gpu(Z, lab, grp, rtol=rtol))
         assert_allclose(got, [want], rtol=1e-12, atol=16 * EPS, err_msg=f"rtol={rtol}")
         assert_eigs_close(got, cpu(Z, lab, grp, rtol=rtol), [4.0])

@@ -222,9 +222,8 @@ def test_duplicates_proposition_2(D, m_lab):
         assert (lam[:2] >= spectra[:2, 1] * (1 - 1e-9)).all()
 
 
-@pytest.mark.parametrize("delta", [1e-3, 1e-5, 1e-7])
-def test_nearly_singular(delta):
-    """A group row that is a labeled row plus a perturbation of size delta: λ_min ~ delta²."""
+def nearly_singular_case(delta: float):
+    """Group rows that are labeled rows plus a perturbation of size delta: λ_min ~ delta²."""
     rng = np.random.default_rng(7)
     D, m_lab = 40, 10
     Z = rng.normal(size=(30, D))
@@ -232,9 +231,15 @@ def test_nearly_singular(delta):
     Z[m_lab] = Z[0] + delta * rng.normal(size=D)
     Z[m_lab + 1] = Z[1] + delta * rng.normal(size=D)
     groups = np.array([[m_lab, m_lab + 2], [m_lab + 1, m_lab + 3], [m_lab + 4, m_lab + 5]])
+    return Z, lab, groups
+
+
+@pytest.mark.parametrize("delta", [1e-3, 1e-5, 1e-7])
+def test_nearly_singular(delta):
+    Z, lab, groups = nearly_singular_case(delta)
     lam = fastal.gram_min_eig(Z, lab, groups, rtol=1e-15)
     want, spectra = gram_min_eig_ref(Z, lab, groups, rtol=1e-15)
-    assert want[0] < 10 * delta**2 * D
+    assert want[0] < 10 * delta**2 * Z.shape[1]
     # absolute accuracy eps · λ_max: the relative accuracy of λ_min degrades as delta² / λ_max
     assert_eigs_close(lam, want, spectra[:, -1], rtol=1e-6)
 
@@ -250,22 +255,26 @@ def test_zero_rows_and_all_zero_matrices():
     assert_array_equal(lam, [0.0])
 
 
+# Z whose Gram over all four rows is diag(1, 1e-4, 1e-10, 4); L = rows 0 and 3, one group {1, 2};
+# (rtol, λ⁺_min) pairs. λ_max itself is always above rtol · λ_max (rtol < 1).
+THRESHOLD_Z = np.diag([1.0, 1e-2, 1e-5, 2.0])
+THRESHOLD_LAB, THRESHOLD_GROUPS = [0, 3], [[1, 2]]
+THRESHOLD_CASES = [
+    (None, 1e-10),
+    (0.0, 1e-10),
+    (1e-12, 1e-10),
+    (1e-8, 1e-4),
+    (0.2, 1.0),
+    (0.3, 4.0),
+    (0.999, 4.0),
+]
+
+
 def test_rtol_sets_the_zero_threshold():
-    Z = np.diag([1.0, 1e-2, 1e-5, 2.0])  # the Gram of all four rows: diag(1, 1e-4, 1e-10, 4)
-    lab, grp = [0, 3], [[1, 2]]
-    for rtol, want in [
-        (None, 1e-10),
-        (0.0, 1e-10),
-        (1e-12, 1e-10),
-        (1e-8, 1e-4),
-        (0.2, 1.0),
-        (0.3, 4.0),
-    ]:
-        got = fastal.gram_min_eig(Z, lab, grp, rtol=rtol)
+    for rtol, want in THRESHOLD_CASES:
+        got = fastal.gram_min_eig(THRESHOLD_Z, THRESHOLD_LAB, THRESHOLD_GROUPS, rtol=rtol)
         # absolute accuracy ~ eps · λ_max = 4 eps
         assert_allclose(got, [want], rtol=1e-12, atol=16 * EPS, err_msg=f"rtol={rtol}")
-    # λ_max itself is always above rtol · λ_max (rtol < 1): only a zero matrix scores 0
-    assert_allclose(fastal.gram_min_eig(Z, lab, grp, rtol=0.999), [4.0], rtol=1e-14)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,16 @@ import torch
 from conftest import CPU_BACKENDS, backend_dtype_params, backend_of, to_backend, to_numpy, upcast
 from numpy.testing import assert_allclose
 from reference import gram_min_eig_ref
-from test_gram import SIZES, assert_eigs_close, make_case
+from test_gram import (
+    SIZES,
+    THRESHOLD_CASES,
+    THRESHOLD_GROUPS,
+    THRESHOLD_LAB,
+    THRESHOLD_Z,
+    assert_eigs_close,
+    make_case,
+    nearly_singular_case,
+)
 
 import fastal
 from fastal import gram as gram_module
@@ -117,16 +126,10 @@ def test_duplicated_labeled_rows():
 
 @pytest.mark.parametrize("delta", [1e-3, 1e-5, 1e-7])
 def test_nearly_singular(delta):
-    rng = np.random.default_rng(7)
-    D, m_lab = 40, 10
-    Z = rng.normal(size=(30, D))
-    lab = np.arange(m_lab)
-    Z[m_lab] = Z[0] + delta * rng.normal(size=D)
-    Z[m_lab + 1] = Z[1] + delta * rng.normal(size=D)
-    groups = np.array([[m_lab, m_lab + 2], [m_lab + 1, m_lab + 3], [m_lab + 4, m_lab + 5]])
+    Z, lab, groups = nearly_singular_case(delta)
     got = lowrank(Z, lab, groups, rtol=1e-15)
     want, spectra = gram_min_eig_ref(Z, lab, groups, rtol=1e-15)
-    assert want[0] < 10 * delta**2 * D
+    assert want[0] < 10 * delta**2 * Z.shape[1]
     assert_eigs_close(got, want, spectra[:, -1], rtol=1e-6)
 
 
@@ -134,9 +137,8 @@ def test_zero_rows_and_thresholds():
     Z = np.zeros((6, 3))
     Z[1] = [1.0, 2.0, 2.0]
     assert_allclose(lowrank(Z, [0], [[2], [1], [3]]), [0.0, 9.0, 0.0], atol=1e-14)
-    Z = np.diag([1.0, 1e-2, 1e-5, 2.0])  # the Gram of all four rows: diag(1, 1e-4, 1e-10, 4)
-    for rtol, want in [(None, 1e-10), (1e-8, 1e-4), (0.2, 1.0), (0.3, 4.0), (0.999, 4.0)]:
-        got = lowrank(Z, [0, 3], [[1, 2]], rtol=rtol)
+    for rtol, want in THRESHOLD_CASES:
+        got = lowrank(THRESHOLD_Z, THRESHOLD_LAB, THRESHOLD_GROUPS, rtol=rtol)
         assert_allclose(got, [want], rtol=1e-12, atol=16 * np.finfo(float).eps, err_msg=str(rtol))
 
 
