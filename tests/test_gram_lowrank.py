@@ -196,3 +196,21 @@ def test_kernel_validates_on_its_own():
         kernel(Z, np.array([[0, 1]]), np.eye(3), lam, False, 1e-12)
     with pytest.raises(ValueError, match="the D side needs m = D"):
         kernel(Z, np.array([[0, 1]]), np.eye(3, 4), np.ones(3), False, 1e-12)
+
+
+@pytest.mark.parametrize("seed", range(48))
+def test_random_configurations(seed):
+    """Many shapes at once: both sides, G from 1 to 12, full rank or a low integer rank (exact
+    zero eigenvalues in Λ and in K), and groups repeating labeled rows."""
+    rng = np.random.default_rng(1000 + seed)
+    D = int(rng.integers(2, 40))
+    m_lab = int(rng.integers(1, 60))
+    G = int(rng.integers(1, 13))
+    n = m_lab + 4 * G + 8
+    rank = None if seed % 3 else int(rng.integers(1, D + 1))
+    Z, lab, groups = make_case(n, D, m_lab, 4, G, seed=seed, rank=rank)
+    if seed % 4 == 1:  # a group row that copies a labeled row (Proposition 2)
+        Z[groups[0, 0]] = Z[lab[0]]
+    got = to_numpy(lowrank(Z, lab, groups))
+    want, spectra = gram_min_eig_ref(Z, lab, groups)
+    assert_eigs_close(got, want, spectra[:, -1], rtol=1e-7)
