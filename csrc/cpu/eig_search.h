@@ -139,15 +139,10 @@ double min_positive_eigenvalue(E& ev, int64_t n, double lmax, double hi, double 
     return laguerre_eigenvalue(ev, n, 0, lo, hi, true, 0, abstol);
   // a cluster of (numerically) zero eigenvalues just left of thr slows Laguerre down: first move lo
   // off thr by multisection, then divide the cluster out (as roots at 0)
-  double x[kShifts], cnt[kShifts];
-  const double kk = static_cast<double>(zeros);
-  while (lo <= thr && hi - lo > abstol + 2 * kEps * hi) {
-    for (int s = 0; s < kShifts; ++s) x[s] = lo + (hi - lo) * (s + 1) / (kShifts + 1);
-    ev.counts(x, cnt);
-    int s = 0;
-    while (s < kShifts && cnt[s] <= kk) ++s;
-    if (s > 0) lo = x[s - 1];
-    if (s < kShifts) hi = x[s];
+  while (lo <= thr) {
+    const double lo0 = lo, hi0 = hi;
+    kth_eigenvalue_rounds(ev, zeros, &lo, &hi, 1, abstol);
+    if (lo == lo0 && hi == hi0) break;  // the bracket is as narrow as it gets
   }
   return laguerre_eigenvalue(ev, n, zeros, lo, hi, true, lo > 0 ? zeros : 0, abstol);
 }
