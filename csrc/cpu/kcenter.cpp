@@ -71,6 +71,7 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
   // dynamic chunks (pruning makes rows uneven), a few per thread and at least ~64 KiB of rows each
   const int64_t chunk = std::clamp<int64_t>(n / (8 * omp_get_max_threads()),
                                             std::min<int64_t>(4096, 16384 / work + 1), 4096);
+  const int64_t n_chunks = (n + chunk - 1) / chunk, ahead = prefetch_rows_ahead(rows.row_bytes());
   const auto pruner = rows.pruner();
   std::vector<A> centre(static_cast<size_t>(rows.centre_size()));
   std::vector<A> centre_dist2, centre_weight;  // per earlier centre, for the pruning test
@@ -94,29 +95,38 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
     s.mind[c] = -std::numeric_limits<A>::infinity();
     s.near[c] = pos;
 
+    // Whether row i must be read for this centre (not a centre, not pruned), given m = mind[i].
+    auto must_read = [&](int64_t i, A m) {
+      if (m == -std::numeric_limits<A>::infinity()) return false;
+      const int64_t a = s.near[i];
+      return !(s.prune && a >= 0 &&
+               pruner.prunable(centre_dist2[a], m, rows.row_weight(i), centre_weight[a], weight_c));
+    };
     Farthest<A> far;
     uint64_t reads = 0;
 #pragma omp parallel if (parallel)
     {
       Farthest<A> local;
       uint64_t local_reads = 0;
-#pragma omp for schedule(dynamic, chunk) nowait
-      for (int64_t i = 0; i < n; ++i) {
-        A m = s.mind[i];
-        if (m == -std::numeric_limits<A>::infinity()) continue;  // a centre
-        const int64_t a = s.near[i];
-        const bool skip = s.prune && a >= 0 &&
-                          pruner.prunable(centre_dist2[a], m, rows.row_weight(i), centre_weight[a], weight_c);
-        if (!skip) {
-          const A dd = rows.dist2(i, centre.data());
-          ++local_reads;
-          if (dd < m) {
-            m = dd;
-            s.mind[i] = dd;
-            s.near[i] = pos;
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int64_t b = 0; b < n_chunks; ++b) {
+        const int64_t i0 = b * chunk, i1 = std::min(n, i0 + chunk);
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t j = i + ahead;  // stays in this chunk: other threads write mind/near beyond it
+          if (j < i1 && must_read(j, s.mind[j])) rows.prefetch_row(j);
+          A m = s.mind[i];
+          if (m == -std::numeric_limits<A>::infinity()) continue;  // a centre
+          if (must_read(i, m)) {
+            const A dd = rows.dist2(i, centre.data());
+            ++local_reads;
+            if (dd < m) {
+              m = dd;
+              s.mind[i] = dd;
+              s.near[i] = pos;
+            }
           }
+          local.offer(m, i);
         }
-        local.offer(m, i);
       }
 #pragma omp critical
       {

@@ -17,6 +17,28 @@
 
 namespace fastal::cpu {
 
+// Streaming kernels (one new centre against every row) prefetch the row they will read about
+// kPrefetchAhead bytes later, within their own chunk of rows and only if that row will be read. The
+// hardware prefetcher alone leaves this 2-core VM well short of its bandwidth once each row also
+// costs a conversion (float16, bfloat16): 1.3-1.6x over float32 instead of 2x.
+constexpr int64_t kPrefetchAhead = 2048;
+
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* b = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(b + o, 0, 3);
+  if (bytes > 0) __builtin_prefetch(b + bytes - 1, 0, 3);  // the last line when p is unaligned
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+// How many rows ahead a kernel reading rows in order should prefetch.
+inline int64_t prefetch_rows_ahead(int64_t row_bytes) {
+  return std::max<int64_t>(1, (kPrefetchAhead + row_bytes - 1) / std::max<int64_t>(1, row_bytes));
+}
+
 template <typename T>
 struct DenseRows {
   using Storage = T;
@@ -28,6 +50,8 @@ struct DenseRows {
   int64_t row_work() const { return d; }  // elements read per distance
   void prepare(int64_t c, A* out) const { prepare_centre(X + c * d, out, d); }
   A dist2(int64_t i, const A* centre) const { return sqdist(X + i * d, centre, d); }
+  int64_t row_bytes() const { return d * int64_t(sizeof(T)); }
+  void prefetch_row(int64_t i) const { prefetch_bytes(X + i * d, row_bytes()); }
 
   // True when the row cannot get strictly closer to the new centre (see common/prune.h).
   struct Pruner {
@@ -60,6 +84,11 @@ struct FactoredRows {
     const A dh_ = dot(H + i * dh, centre + C, dh);
     const A r = sqnorm[i] + centre[C + dh] - 2 * da * dh_;
     return r > 0 ? r : A(0);
+  }
+  int64_t row_bytes() const { return (C + dh) * int64_t(sizeof(T)); }
+  void prefetch_row(int64_t i) const {
+    prefetch_bytes(Am + i * C, C * int64_t(sizeof(T)));
+    prefetch_bytes(H + i * dh, dh * int64_t(sizeof(T)));
   }
   A row_weight(int64_t i) const { return sqnorm[i]; }
 
