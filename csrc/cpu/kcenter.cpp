@@ -71,7 +71,7 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
   // dynamic chunks (pruning makes rows uneven), a few per thread and at least ~64 KiB of rows each
   const int64_t chunk = std::clamp<int64_t>(n / (8 * omp_get_max_threads()),
                                             std::min<int64_t>(4096, 16384 / work + 1), 4096);
-  const int64_t n_chunks = (n + chunk - 1) / chunk, ahead = prefetch_rows_ahead(rows.row_bytes());
+  const int64_t n_chunks = (n + chunk - 1) / chunk, ahead = prefetch_rows_ahead(rows);
   const auto pruner = rows.pruner();
   std::vector<A> centre(static_cast<size_t>(rows.centre_size()));
   std::vector<A> centre_dist2, centre_weight;  // per earlier centre, for the pruning test
@@ -112,8 +112,9 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
       for (int64_t b = 0; b < n_chunks; ++b) {
         const int64_t i0 = b * chunk, i1 = std::min(n, i0 + chunk);
         for (int64_t i = i0; i < i1; ++i) {
-          const int64_t j = i + ahead;  // stays in this chunk: other threads write mind/near beyond it
-          if (j < i1 && must_read(j, s.mind[j])) rows.prefetch_row(j);
+          // row j stays in this chunk: other threads write mind/near beyond it
+          const int64_t j = i + ahead;
+          if (ahead > 0 && j < i1 && must_read(j, s.mind[j])) rows.prefetch_row(j);
           A m = s.mind[i];
           if (m == -std::numeric_limits<A>::infinity()) continue;  // a centre
           if (must_read(i, m)) {

@@ -101,7 +101,7 @@ void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end) {
   const Rows& rows = s.rows;
   const int64_t n = rows.n, blocks = n_blocks(s.rows.n);
   const bool parallel = n * rows.row_work() > kSerialWork;
-  const int64_t ahead = prefetch_rows_ahead(rows.row_bytes());
+  const int64_t ahead = prefetch_rows_ahead(rows);
   std::vector<A> centre(static_cast<size_t>(rows.centre_size()));
   for (int64_t t = t_begin; t < t_end; ++t) {
     const int64_t c = (t == 0 && s.has_first) ? s.picks[0] : sample(s, s.uniform[t]);
@@ -115,7 +115,8 @@ void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end) {
       double total = 0;
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t j = i + ahead;  // within this block: other threads write mind beyond it
-        if (j < i1 && s.mind[j] != -std::numeric_limits<A>::infinity()) rows.prefetch_row(j);
+        if (ahead > 0 && j < i1 && s.mind[j] != -std::numeric_limits<A>::infinity())
+          rows.prefetch_row(j);
         A m = s.mind[i];
         if (m == -std::numeric_limits<A>::infinity()) continue;
         const A dd = rows.dist2(i, centre.data());
