@@ -102,6 +102,35 @@ def test_when_the_fused_step_runs(monkeypatch):
     assert kmeans_module._fused_lloyd(info, 32) is None
 
 
+@pytest.mark.parametrize("blas", ["mkl", "openblas"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [16, 23, 256, 256 * 3 + 13])
+def test_step_ties_go_to_the_lowest_centre(monkeypatch, blas, dtype, n):
+    """Every centre appears twice (and the last pair three times): each row is equally close to
+    the copies, so the arg-min must give the first; n covers whole and partial SIMD groups of
+    rows and a partial last chunk. Exact against a float64 numpy reference."""
+    use_blas(monkeypatch, blas)
+    rng = np.random.default_rng(n)
+    base = rng.integers(-4, 5, size=(20, 6)).astype(np.float64)
+    centres = np.repeat(base, 2, axis=0)
+    centres = np.vstack([centres, base[-1:]])  # 41 centres: 38, 39 and 40 are copies
+    X = rng.integers(-6, 7, size=(n, 6)).astype(np.float64)
+    d2 = ((X[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+    info = fastal._validate.check_matrix(X.astype(dtype), "X")
+    xt = torch.from_numpy(X.astype(dtype))
+    step = kmeans_module._fused_lloyd(info, centres.shape[0])
+    assert step is not None
+    xsq = kmeans_module._row_sqnorms(xt, xt.dtype)
+    labels, dist2, sums, counts = step(xt, xsq, torch.from_numpy(centres.astype(dtype)))
+    assert_array_equal(labels.numpy(), d2.argmin(1))  # numpy: the first minimum
+    assert np.all(labels.numpy() % 2 == 0)
+    assert_allclose(dist2.numpy(), d2.min(1), rtol=0, atol=1e-9)
+    want_sums = np.zeros_like(centres)
+    np.add.at(want_sums, d2.argmin(1), X)
+    assert_array_equal(sums.numpy(), want_sums)
+    assert_array_equal(counts.numpy(), np.bincount(d2.argmin(1), minlength=centres.shape[0]))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_gemm_backends_compute_products(dtype):
     import ctypes

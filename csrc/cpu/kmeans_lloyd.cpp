@@ -4,11 +4,11 @@
 // caller passes (the MKL torch links, made single-threaded in each of our threads by its
 // mkl_set_num_threads_local_, or scipy's OpenBLAS, which the caller limits to one thread: the only
 // thread pool is ours) for -2 X_c Cᵀ, adds |c|², takes the arg-min per row (the first minimum on
-// ties), and adds the row to its own float64 sums of the next update. The squared distance is
-// |x|² + min_j (|c_j|² - 2 x·c_j), clamped at 0. Thread-private sums are added in thread order:
-// the result does not depend on scheduling. Scikit-learn's Lloyd iteration is organised the same
-// way (chunked GEMM + arg-min + sums inside one parallel loop); before this kernel fastal ran the
-// GEMM in torch, the arg-min in torch and the sums in a second pass over X.
+// ties; SIMD across rows) and adds the row to its own float64 sums of the next update. The squared
+// distance is |x|² + min_j (|c_j|² - 2 x·c_j), clamped at 0. Thread-private sums are added in
+// thread order: the result does not depend on scheduling. Scikit-learn's Lloyd iteration is
+// organised the same way (chunked GEMM + arg-min + sums inside one parallel loop); before this
+// kernel fastal ran the GEMM in torch, the arg-min in torch and the sums in a second pass over X.
 #include <omp.h>
 
 #include <algorithm>
@@ -18,6 +18,7 @@
 
 #include "common/check.h"
 #include "cpu/kernels.h"
+#include "cpu/simd.h"
 
 namespace fastal::cpu {
 
@@ -31,6 +32,75 @@ using Gemm = void (*)(const char*, const char*, const int*, const int*, const in
 // MKL's Fortran mkl_set_num_threads_local_: this thread's MKL thread count (0: the global one);
 // returns the previous value
 using SetThreadsLocal = int (*)(const int*);
+
+// For each of the rows r < m of a column-major tile (tile[j * ld + r], k >= 1 columns): the first j
+// minimising tile[j * ld + r] + add[j] into arg[r] and that minimum into best[r]. Each value is the
+// one rounded sum a scalar loop forms and j runs upwards with a strict comparison, so SIMD lanes (8
+// rows at a time) give exactly the scalar answer, ties to the lowest j.
+template <typename T>
+void first_argmin_columns(const T* tile, int64_t ld, int64_t m, int64_t k, const T* add, T* best,
+                          int32_t* arg) {
+  int64_t r = 0;
+#ifdef FASTAL_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    for (; r + 16 <= m; r += 16) {  // two vectors: each tile line read once
+      __m256 b0 = _mm256_add_ps(_mm256_loadu_ps(tile + r), _mm256_set1_ps(add[0]));
+      __m256 b1 = _mm256_add_ps(_mm256_loadu_ps(tile + r + 8), _mm256_set1_ps(add[0]));
+      __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+      for (int64_t j = 1; j < k; ++j) {
+        const __m256 c = _mm256_set1_ps(add[j]);
+        const __m256i jj = _mm256_set1_epi32(static_cast<int32_t>(j));
+        const __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(tile + j * ld + r), c);
+        const __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(tile + j * ld + r + 8), c);
+        const __m256 lt0 = _mm256_cmp_ps(v0, b0, _CMP_LT_OQ);
+        const __m256 lt1 = _mm256_cmp_ps(v1, b1, _CMP_LT_OQ);
+        b0 = _mm256_blendv_ps(b0, v0, lt0);
+        b1 = _mm256_blendv_ps(b1, v1, lt1);
+        const __m256 jf = _mm256_castsi256_ps(jj);
+        a0 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(a0), jf, lt0));
+        a1 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(a1), jf, lt1));
+      }
+      _mm256_storeu_ps(best + r, b0);
+      _mm256_storeu_ps(best + r + 8, b1);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + r), a0);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + r + 8), a1);
+    }
+  } else if constexpr (std::is_same_v<T, double>) {
+    for (; r + 8 <= m; r += 8) {  // two vectors of 4; indices kept as doubles (exact below 2^53)
+      __m256d b0 = _mm256_add_pd(_mm256_loadu_pd(tile + r), _mm256_set1_pd(add[0]));
+      __m256d b1 = _mm256_add_pd(_mm256_loadu_pd(tile + r + 4), _mm256_set1_pd(add[0]));
+      __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+      for (int64_t j = 1; j < k; ++j) {
+        const __m256d c = _mm256_set1_pd(add[j]), jj = _mm256_set1_pd(static_cast<double>(j));
+        const __m256d v0 = _mm256_add_pd(_mm256_loadu_pd(tile + j * ld + r), c);
+        const __m256d v1 = _mm256_add_pd(_mm256_loadu_pd(tile + j * ld + r + 4), c);
+        const __m256d lt0 = _mm256_cmp_pd(v0, b0, _CMP_LT_OQ);
+        const __m256d lt1 = _mm256_cmp_pd(v1, b1, _CMP_LT_OQ);
+        b0 = _mm256_blendv_pd(b0, v0, lt0);
+        b1 = _mm256_blendv_pd(b1, v1, lt1);
+        a0 = _mm256_blendv_pd(a0, jj, lt0);
+        a1 = _mm256_blendv_pd(a1, jj, lt1);
+      }
+      _mm256_storeu_pd(best + r, b0);
+      _mm256_storeu_pd(best + r + 4, b1);
+      alignas(32) double idx[8];
+      _mm256_store_pd(idx, a0);
+      _mm256_store_pd(idx + 4, a1);
+      for (int u = 0; u < 8; ++u) arg[r + u] = static_cast<int32_t>(idx[u]);
+    }
+  }
+#endif
+  for (; r < m; ++r) {
+    T b = tile[r] + add[0];
+    int32_t a = 0;
+    for (int64_t j = 1; j < k; ++j) {
+      const T v = tile[j * ld + r] + add[j];
+      if (v < b) b = v, a = static_cast<int32_t>(j);
+    }
+    best[r] = b;
+    arg[r] = a;
+  }
+}
 
 }  // namespace
 
@@ -58,7 +128,8 @@ void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres
     // MKL runs on another OpenMP runtime: it would start threads inside every call from ours
     const int one = 1;
     const int saved = threads_local ? threads_local(&one) : 0;
-    std::vector<T> tile(static_cast<size_t>(kChunk * k));
+    std::vector<T> tile(static_cast<size_t>(kChunk * k)), best(static_cast<size_t>(kChunk));
+    std::vector<int32_t> arg(static_cast<size_t>(kChunk));
     double* my_sums = partial.data() + static_cast<int64_t>(t) * k * d;
     int64_t* my_counts = partial_counts.data() + static_cast<int64_t>(t) * k;
     const char trans = 'T', notrans = 'N';
@@ -69,23 +140,18 @@ void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres
       const int64_t r0 = b * kChunk, rows = std::min(kChunk, n - r0);
       const int ir = static_cast<int>(rows);
       const T* xc = X + r0 * d;
-      // column-major view: tile (k x rows) = Cᵀ' (k x d) · X_cᵀ' (d x rows), i.e. row-major
-      // tile[r][j] = -2 x_r · c_j
-      gemm(&trans, &notrans, &ik, &ir, &id, &alpha, centres, &id, xc, &id, &beta, tile.data(),
-           &ik);
+      // column-major tile (rows x k) = X_c (rows x d) · Cᵀ: tile[j * rows + r] = -2 x_r · c_j. In
+      // this orientation MKL's single-threaded sgemm measured ~5% faster, and the arg-min runs
+      // along contiguous rows
+      gemm(&trans, &notrans, &ir, &ik, &id, &alpha, xc, &id, centres, &id, &beta, tile.data(),
+           &ir);
+      first_argmin_columns(tile.data(), rows, rows, k, csq.data(), best.data(), arg.data());
       for (int64_t r = 0; r < rows; ++r) {
-        const T* row = tile.data() + r * k;
-        T best = row[0] + csq[0];
-        int64_t arg = 0;
-        for (int64_t j = 1; j < k; ++j) {
-          const T v = row[j] + csq[j];
-          if (v < best) best = v, arg = j;
-        }
-        const int64_t i = r0 + r;
-        labels[i] = arg;
-        dist2[i] = std::max<T>(best + xsq[i], 0);
-        ++my_counts[arg];
-        double* s = my_sums + arg * d;
+        const int64_t i = r0 + r, a = arg[r];
+        labels[i] = a;
+        dist2[i] = std::max<T>(best[r] + xsq[i], 0);
+        ++my_counts[a];
+        double* s = my_sums + a * d;
         const T* x = xc + r * d;
         for (int64_t c = 0; c < d; ++c) s[c] += static_cast<double>(x[c]);
       }
