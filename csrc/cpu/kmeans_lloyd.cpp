@@ -33,60 +33,64 @@ using Gemm = void (*)(const char*, const char*, const int*, const int*, const in
 // returns the previous value
 using SetThreadsLocal = int (*)(const int*);
 
+#ifdef FASTAL_AVX2
+// One AVX2 register of T and the operations the arg-min below needs.
+template <typename T> struct Lanes;
+template <> struct Lanes<float> {
+  using V = __m256;
+  static constexpr int n = 8;
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V less(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static V blend(V a, V b, V mask) { return _mm256_blendv_ps(a, b, mask); }
+};
+template <> struct Lanes<double> {
+  using V = __m256d;
+  static constexpr int n = 4;
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static V set1(double x) { return _mm256_set1_pd(x); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V less(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }
+  static V blend(V a, V b, V mask) { return _mm256_blendv_pd(a, b, mask); }
+};
+#endif
+
 // For each of the rows r < m of a column-major tile (tile[j * ld + r], k >= 1 columns): the first j
 // minimising tile[j * ld + r] + add[j] into arg[r] and that minimum into best[r]. Each value is the
-// one rounded sum a scalar loop forms and j runs upwards with a strict comparison, so SIMD lanes (8
-// rows at a time) give exactly the scalar answer, ties to the lowest j.
+// one rounded sum a scalar loop forms and j runs upwards with a strict comparison, so SIMD lanes
+// (two registers of rows at a time) give exactly the scalar answer, ties to the lowest j. GCC does
+// not vectorise the scalar loop. SIMD lanes carry j as a T, exact while k <= 2^24.
 template <typename T>
 void first_argmin_columns(const T* tile, int64_t ld, int64_t m, int64_t k, const T* add, T* best,
                           int32_t* arg) {
   int64_t r = 0;
 #ifdef FASTAL_AVX2
-  if constexpr (std::is_same_v<T, float>) {
-    for (; r + 16 <= m; r += 16) {  // two vectors: each tile line read once
-      __m256 b0 = _mm256_add_ps(_mm256_loadu_ps(tile + r), _mm256_set1_ps(add[0]));
-      __m256 b1 = _mm256_add_ps(_mm256_loadu_ps(tile + r + 8), _mm256_set1_ps(add[0]));
-      __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+  using L = Lanes<T>;
+  constexpr int w = 2 * L::n;  // two registers: each tile line is read once
+  if (k <= (int64_t{1} << 24)) {
+    for (; r + w <= m; r += w) {
+      typename L::V b0 = L::add(L::load(tile + r), L::set1(add[0]));
+      typename L::V b1 = L::add(L::load(tile + r + L::n), L::set1(add[0]));
+      typename L::V a0 = L::set1(0), a1 = L::set1(0);
       for (int64_t j = 1; j < k; ++j) {
-        const __m256 c = _mm256_set1_ps(add[j]);
-        const __m256i jj = _mm256_set1_epi32(static_cast<int32_t>(j));
-        const __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(tile + j * ld + r), c);
-        const __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(tile + j * ld + r + 8), c);
-        const __m256 lt0 = _mm256_cmp_ps(v0, b0, _CMP_LT_OQ);
-        const __m256 lt1 = _mm256_cmp_ps(v1, b1, _CMP_LT_OQ);
-        b0 = _mm256_blendv_ps(b0, v0, lt0);
-        b1 = _mm256_blendv_ps(b1, v1, lt1);
-        const __m256 jf = _mm256_castsi256_ps(jj);
-        a0 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(a0), jf, lt0));
-        a1 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(a1), jf, lt1));
+        const typename L::V c = L::set1(add[j]), jj = L::set1(static_cast<T>(j));
+        const typename L::V v0 = L::add(L::load(tile + j * ld + r), c);
+        const typename L::V v1 = L::add(L::load(tile + j * ld + r + L::n), c);
+        const typename L::V lt0 = L::less(v0, b0), lt1 = L::less(v1, b1);
+        b0 = L::blend(b0, v0, lt0);
+        b1 = L::blend(b1, v1, lt1);
+        a0 = L::blend(a0, jj, lt0);
+        a1 = L::blend(a1, jj, lt1);
       }
-      _mm256_storeu_ps(best + r, b0);
-      _mm256_storeu_ps(best + r + 8, b1);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + r), a0);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + r + 8), a1);
-    }
-  } else if constexpr (std::is_same_v<T, double>) {
-    for (; r + 8 <= m; r += 8) {  // two vectors of 4; indices kept as doubles (exact below 2^53)
-      __m256d b0 = _mm256_add_pd(_mm256_loadu_pd(tile + r), _mm256_set1_pd(add[0]));
-      __m256d b1 = _mm256_add_pd(_mm256_loadu_pd(tile + r + 4), _mm256_set1_pd(add[0]));
-      __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
-      for (int64_t j = 1; j < k; ++j) {
-        const __m256d c = _mm256_set1_pd(add[j]), jj = _mm256_set1_pd(static_cast<double>(j));
-        const __m256d v0 = _mm256_add_pd(_mm256_loadu_pd(tile + j * ld + r), c);
-        const __m256d v1 = _mm256_add_pd(_mm256_loadu_pd(tile + j * ld + r + 4), c);
-        const __m256d lt0 = _mm256_cmp_pd(v0, b0, _CMP_LT_OQ);
-        const __m256d lt1 = _mm256_cmp_pd(v1, b1, _CMP_LT_OQ);
-        b0 = _mm256_blendv_pd(b0, v0, lt0);
-        b1 = _mm256_blendv_pd(b1, v1, lt1);
-        a0 = _mm256_blendv_pd(a0, jj, lt0);
-        a1 = _mm256_blendv_pd(a1, jj, lt1);
-      }
-      _mm256_storeu_pd(best + r, b0);
-      _mm256_storeu_pd(best + r + 4, b1);
-      alignas(32) double idx[8];
-      _mm256_store_pd(idx, a0);
-      _mm256_store_pd(idx + 4, a1);
-      for (int u = 0; u < 8; ++u) arg[r + u] = static_cast<int32_t>(idx[u]);
+      T idx[w];
+      L::store(best + r, b0);
+      L::store(best + r + L::n, b1);
+      L::store(idx, a0);
+      L::store(idx + L::n, a1);
+      for (int u = 0; u < w; ++u) arg[r + u] = static_cast<int32_t>(idx[u]);
     }
   }
 #endif
