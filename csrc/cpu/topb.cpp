@@ -73,14 +73,15 @@ void iht_threshold(const T* s, const T* sigma, int64_t n, int64_t b, double alph
     const int64_t j = static_cast<int64_t>((static_cast<double>(k) + 0.5) * n / m);
     sample[k] = iht_score(s[j], sigma[j], alpha);
   }
-  std::sort(sample.begin(), sample.end());
   std::vector<Keyed> keep;
   double frac = 1.5 * static_cast<double>(b) / n + 4.0 * std::sqrt(static_cast<double>(b)) / n;
   for (int attempt = 0; attempt < 3 && static_cast<int64_t>(keep.size()) < b; ++attempt, frac *= 4) {
     const int64_t rank = static_cast<int64_t>(std::ceil(frac * m));
-    const double threshold = (b == n || rank >= m || attempt == 2)
-                                 ? std::numeric_limits<double>::infinity()
-                                 : sample[static_cast<size_t>(rank)];
+    double threshold = std::numeric_limits<double>::infinity();
+    if (b < n && rank < m && attempt < 2) {  // the rank-th sample score: O(m), not a sort of the sample
+      std::nth_element(sample.begin(), sample.begin() + rank, sample.end());
+      threshold = sample[static_cast<size_t>(rank)];
+    }
     keep = survivors(s, sigma, n, alpha, threshold);
   }
   std::nth_element(keep.begin(), keep.begin() + (b - 1), keep.end());
