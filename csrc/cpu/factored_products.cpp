@@ -42,8 +42,10 @@ inline void rank_one(Acc<T>* M, const T* a, const T* h, int64_t C, int64_t dh, A
   }
 }
 
-// Runs body(i, local_M) over the rows [0, n) in parallel; local_M accumulates in Acc<T> for at most
-// kRowBlock rows before it is added to a per-thread float64 total; totals are summed into M_out.
+// Runs body(i, local_M) over the rows [0, n) in parallel; body returns whether it added to
+// local_M. local_M accumulates in Acc<T> over at most kRowBlock added rows before it is flushed to a
+// per-thread float64 total (so a sparse u costs a flush per kRowBlock non-zeros, not per block of
+// rows); the totals are summed into M_out.
 template <typename T, typename Body>
 void accumulate_rows(int64_t n, int64_t C, int64_t dh, double* M_out, Body&& body) {
   const int64_t size = C * dh;
@@ -53,16 +55,18 @@ void accumulate_rows(int64_t n, int64_t C, int64_t dh, double* M_out, Body&& bod
   {
     std::vector<Acc<T>> local(static_cast<size_t>(size), Acc<T>(0));
     double* total = totals.data() + static_cast<int64_t>(omp_get_thread_num()) * size;
-    const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t i1 = std::min(n, (b + 1) * kRowBlock);
-      for (int64_t i = b * kRowBlock; i < i1; ++i) body(i, local.data());
+    int64_t pending = 0;  // rows in local since the last flush
+    const auto flush = [&] {
       for (int64_t e = 0; e < size; ++e) {
         total[e] += local[e];
         local[e] = 0;
       }
-    }
+      pending = 0;
+    };
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i)
+      if (body(i, local.data()) && ++pending == kRowBlock) flush();
+    if (pending) flush();
   }
   std::fill(M_out, M_out + size, 0.0);
   for (int t = 0; t < threads; ++t)
@@ -96,37 +100,69 @@ template <typename T>
 void factored_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, const double* u,
                     double scale, double* M) {
   accumulate_rows<T>(n, C, dh, M, [&](int64_t i, Acc<T>* local) {
-    if (u[i] != 0) rank_one(local, A + i * C, H + i * dh, C, dh, static_cast<Acc<T>>(u[i]));
+    if (u[i] == 0) return false;
+    rank_one(local, A + i * C, H + i * dh, C, dh, static_cast<Acc<T>>(u[i]));
+    return true;
   });
   for (int64_t e = 0; e < C * dh; ++e) M[e] *= scale;
 }
 
 #ifdef FASTAL_AVX2
+// float32 lanes for the blocked kernels below: 8 (AVX2) or, where the compiler targets AVX-512F,
+// 16 (the blocked loops are the same; only the register width changes).
+struct Lanes8 {
+  using V = __m256;
+  static constexpr int64_t n = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static float sum(V v) { return hsum(v); }
+};
+#ifdef __AVX512F__
+struct Lanes16 {
+  using V = __m512;
+  static constexpr int64_t n = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static float sum(V v) { return _mm512_reduce_add_ps(v); }
+};
+using BlockLanes = Lanes16;
+#else
+using BlockLanes = Lanes8;
+#endif
+
 // float32 blocks of rows, register-blocked so that each FMA needs well under one load:
 //   t[j][c] = R_c . h_j       4 rows x 2 classes per pass over the row (8 accumulators);
-//   M_c += Σ_j coef[j][c] h_j  16 columns x 4 classes per pass over the block (8 accumulators).
+//   M_c += Σ_j coef[j][c] h_j  2 registers of columns x 4 classes per pass over the block.
 constexpr int64_t kBlockRows = 32;  // 32 rows of h (64 KiB at dh = 512) stay in L2 between passes
 
-inline void block_r_times_h(const float* R, int64_t C, int64_t dh, const float* H, int64_t rows,
-                            float* t /* rows x C */) {
+template <typename L>
+void block_r_times_h(const float* R, int64_t C, int64_t dh, const float* H, int64_t rows,
+                     float* t /* rows x C */) {
+  using V = typename L::V;
   int64_t j = 0;
   for (; j + 4 <= rows; j += 4) {
     const float* h0 = H + j * dh;
     int64_t c = 0;
     for (; c + 2 <= C; c += 2) {
-      __m256 acc[4][2];
-      for (auto& r : acc) r[0] = r[1] = _mm256_setzero_ps();
+      V acc[4][2];
+      for (auto& r : acc) r[0] = r[1] = L::zero();
       int64_t k = 0;
-      for (; k + 8 <= dh; k += 8) {
-        const __m256 r0 = _mm256_loadu_ps(R + c * dh + k), r1 = _mm256_loadu_ps(R + (c + 1) * dh + k);
+      for (; k + L::n <= dh; k += L::n) {
+        const V r0 = L::load(R + c * dh + k), r1 = L::load(R + (c + 1) * dh + k);
         for (int q = 0; q < 4; ++q) {
-          const __m256 hv = _mm256_loadu_ps(h0 + q * dh + k);
-          acc[q][0] = _mm256_fmadd_ps(hv, r0, acc[q][0]);
-          acc[q][1] = _mm256_fmadd_ps(hv, r1, acc[q][1]);
+          const V hv = L::load(h0 + q * dh + k);
+          acc[q][0] = L::fma(hv, r0, acc[q][0]);
+          acc[q][1] = L::fma(hv, r1, acc[q][1]);
         }
       }
       for (int q = 0; q < 4; ++q) {
-        float s0 = hsum(acc[q][0]), s1 = hsum(acc[q][1]);
+        float s0 = L::sum(acc[q][0]), s1 = L::sum(acc[q][1]);
         for (int64_t kk = k; kk < dh; ++kk) {
           s0 += h0[q * dh + kk] * R[c * dh + kk];
           s1 += h0[q * dh + kk] * R[(c + 1) * dh + kk];
@@ -142,33 +178,36 @@ inline void block_r_times_h(const float* R, int64_t C, int64_t dh, const float* 
     for (int64_t c = 0; c < C; ++c) t[j * C + c] = dot(H + j * dh, R + c * dh, dh);
 }
 
-inline void block_rank_update(float* M, int64_t C, int64_t dh, const float* H, int64_t rows,
-                              const float* coef /* rows x C */) {
+template <typename L>
+void block_rank_update(float* M, int64_t C, int64_t dh, const float* H, int64_t rows,
+                       const float* coef /* rows x C */) {
+  using V = typename L::V;
+  constexpr int64_t w = 2 * L::n;
   int64_t k = 0;
-  for (; k + 16 <= dh; k += 16) {
+  for (; k + w <= dh; k += w) {
     int64_t c = 0;
     for (; c + 4 <= C; c += 4) {
-      __m256 acc[4][2];
+      V acc[4][2];
       for (int q = 0; q < 4; ++q) {
-        acc[q][0] = _mm256_loadu_ps(M + (c + q) * dh + k);
-        acc[q][1] = _mm256_loadu_ps(M + (c + q) * dh + k + 8);
+        acc[q][0] = L::load(M + (c + q) * dh + k);
+        acc[q][1] = L::load(M + (c + q) * dh + k + L::n);
       }
       for (int64_t j = 0; j < rows; ++j) {
-        const __m256 h0 = _mm256_loadu_ps(H + j * dh + k), h1 = _mm256_loadu_ps(H + j * dh + k + 8);
+        const V h0 = L::load(H + j * dh + k), h1 = L::load(H + j * dh + k + L::n);
         for (int q = 0; q < 4; ++q) {
-          const __m256 f = _mm256_broadcast_ss(coef + j * C + c + q);
-          acc[q][0] = _mm256_fmadd_ps(f, h0, acc[q][0]);
-          acc[q][1] = _mm256_fmadd_ps(f, h1, acc[q][1]);
+          const V f = L::bcast(coef + j * C + c + q);
+          acc[q][0] = L::fma(f, h0, acc[q][0]);
+          acc[q][1] = L::fma(f, h1, acc[q][1]);
         }
       }
       for (int q = 0; q < 4; ++q) {
-        _mm256_storeu_ps(M + (c + q) * dh + k, acc[q][0]);
-        _mm256_storeu_ps(M + (c + q) * dh + k + 8, acc[q][1]);
+        L::store(M + (c + q) * dh + k, acc[q][0]);
+        L::store(M + (c + q) * dh + k + L::n, acc[q][1]);
       }
     }
     for (; c < C; ++c)
       for (int64_t j = 0; j < rows; ++j)
-        for (int64_t kk = k; kk < k + 16; ++kk) M[c * dh + kk] += coef[j * C + c] * H[j * dh + kk];
+        for (int64_t kk = k; kk < k + w; ++kk) M[c * dh + kk] += coef[j * C + c] * H[j * dh + kk];
   }
   for (int64_t c = 0; c < C; ++c)
     for (int64_t j = 0; j < rows; ++j)
@@ -191,7 +230,7 @@ void grad_apply_float(const float* A, const float* H, int64_t n, int64_t C, int6
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t i0 = b * kBlockRows, rows = std::min(n, i0 + kBlockRows) - i0;
-      block_r_times_h(Rf.data(), C, dh, H + i0 * dh, rows, t.data());
+      block_r_times_h<BlockLanes>(Rf.data(), C, dh, H + i0 * dh, rows, t.data());
       for (int64_t q = 0; q < rows; ++q) {
         const float* a = A + (i0 + q) * C;
         float adj = 0;
@@ -200,7 +239,7 @@ void grad_apply_float(const float* A, const float* H, int64_t n, int64_t C, int6
         g[i0 + q] = gi;
         for (int64_t c = 0; c < C; ++c) coef[q * C + c] = static_cast<float>(gi) * a[c];
       }
-      block_rank_update(local.data(), C, dh, H + i0 * dh, rows, coef.data());
+      block_rank_update<BlockLanes>(local.data(), C, dh, H + i0 * dh, rows, coef.data());
       if ((since_flush += rows) >= 256) {  // float32 partial sums over at most 256 rows
         for (int64_t e = 0; e < size; ++e) total[e] += local[e], local[e] = 0.f;
         since_flush = 0;
@@ -235,6 +274,7 @@ void factored_grad_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t d
     const double gi = 2 * scale * static_cast<double>(a_dot(a, t, C)) + 2 * beta * (z[i] - 1);
     g[i] = gi;
     rank_one(local, a, h, C, dh, static_cast<Acc<T>>(gi));
+    return true;
   });
   for (int64_t e = 0; e < C * dh; ++e) M[e] *= scale;
 }
