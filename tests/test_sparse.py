@@ -990,13 +990,31 @@ def test_strategy_rejects_bad_pools(pool, budget, labeled, exc, match):
         SparseApprox().select(pool, budget, labeled)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("key", ["logits", "features"])
-def test_strategy_rejects_non_finite_inputs(key):
-    pool = logits_pool(20, 3, 2, seed=0)
-    pool[key] = pool[key].copy()
-    pool[key][4, 1] = np.nan
+def test_strategy_rejects_non_finite_inputs(key, dtype, bad):
+    pool = {k: v.astype(dtype) for k, v in logits_pool(20, 3, 2, seed=0).items()}
+    pool[key][4, 1] = bad
     with pytest.raises(ValueError, match=key):
         SparseApprox(temperature=2.0).select(pool, 3)
+
+
+@pytest.mark.parametrize("labeled", [None, [1]])
+def test_factored_sigma_of_huge_float32_features(labeled):
+    """Finite float32 features whose row norm overflows float32 (|h| ~ 1e22) are accepted, and their
+    sigma comes from a float64 norm, not from an overflowed float32 one."""
+    pool = logits_pool(6, 3, 2, seed=1)
+    pool["features"] = pool["features"].astype(np.float32)
+    pool["features"][2] = [3e21, -4e21]
+    rows = np.setdiff1d(np.arange(6), labeled or [])
+    _, _, sigma, _ = SparseApprox(temperature=2.0, bias=False)._factored_problem(
+        pool, torch.from_numpy(rows), 2
+    )
+    ref_pool = {k: v.astype(np.float64) for k, v in pool.items()}
+    _, _, sigma_ref = factored_reference(ref_pool, rows, 2, 2.0, bias=False)
+    assert np.isfinite(to_numpy(sigma)).all()
+    assert_allclose(to_numpy(sigma), sigma_ref, rtol=1e-5)
 
 
 def test_math_sanity_of_the_factored_reference():

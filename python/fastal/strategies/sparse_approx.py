@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _interop
 from .._validate import _number, check_budget, check_matrix
-from ..gradients import as_torch
+from ..gradients import as_torch, torch_isfinite_rows, torch_row_norms_if_finite
 from ..sparse import (
     DensePhi,
     FactoredPhi,
@@ -165,9 +165,12 @@ class SparseApprox(Strategy):
         acc = torch.float64 if zinfo.dtype == finfo.dtype == "float64" else torch.float32
         z = as_torch(pool[key], zinfo)
         dev = z.device
-        z = z[idx.to(dev)].to(torch.float64)
-        h = as_torch(pool["features"], finfo)[idx.to(dev)].to(acc)
-        if not bool(torch.isfinite(z).all()) or not bool(torch.isfinite(h).all()):
+        h = as_torch(pool["features"], finfo)
+        if idx.numel() < zinfo.shape[0]:  # with no labeled rows, H is used in place (never written)
+            z, h = z[idx.to(dev)], h[idx.to(dev)]
+        z, h = z.to(torch.float64), h.to(acc)
+        h_norms = torch_row_norms_if_finite(h)
+        if h_norms is None or not bool(torch_isfinite_rows(z).all()):
             raise ValueError(f"{key} and features must be finite")
         T = None
         if key == "logits":
@@ -184,9 +187,10 @@ class SparseApprox(Strategy):
                 P = as_torch(pool["label_probs"], linfo).to(dev)[idx.to(dev)].to(torch.float64)
         if self.bias:
             h = torch.cat([h, torch.ones((h.shape[0], 1), dtype=h.dtype, device=dev)], 1)
+            h_norms = torch.sqrt(h_norms * h_norms + 1)
         n_u = h.shape[0]
         A = (p - P).to(acc)
-        sigma = h.to(torch.float64).norm(dim=1) * expected_distance(P) / n_u
+        sigma = h_norms * expected_distance(P) / n_u
         phi = FactoredPhi(A, h, b)
         v = phi.apply(torch.ones(n_u, dtype=torch.float64, device=dev)) * (b / n_u)
         return phi, v, sigma, T
