@@ -12,6 +12,9 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define FASTAL_AVX2 1
+#if defined(__AVX512F__) && defined(__F16C__) && !defined(FASTAL_NO_AVX512)
+#define FASTAL_AVX512 1  // 16 float lanes for the row reductions below
+#endif
 #endif
 
 namespace fastal::cpu {
@@ -52,23 +55,31 @@ inline float to_float(BFloat16 v) {
   return f;
 }
 
+// bfloat16 values per vector load in the row reductions: 16 (AVX2) or 32 (AVX-512).
+#if defined(FASTAL_AVX512)
+constexpr int64_t kBf16Block = 32;
+#elif defined(FASTAL_AVX2)
+constexpr int64_t kBf16Block = 16;
+#else
+constexpr int64_t kBf16Block = 0;
+#endif
+
 // The centre (a row of the accumulation type that sqdist compares against) in the layout sqdist
-// reads. For bfloat16 under AVX2 each block of 16 holds the 8 even elements, then the 8 odd ones:
-// one 256-bit load of 16 bfloat16 values splits into those two float vectors with a shift and a
-// mask, with no widening shuffles. Other types keep the natural order.
+// reads. For bfloat16 under AVX2 / AVX-512 each block of kBf16Block holds the even elements, then
+// the odd ones: one vector load of bfloat16 values splits into those two float vectors with a shift
+// and a mask, with no widening shuffles. Other types keep the natural order.
 template <typename T>
 inline void prepare_centre(const T* src, Acc<T>* dst, int64_t d) {
   int64_t k = 0;
-#ifdef FASTAL_AVX2
-  if constexpr (std::is_same_v<T, BFloat16>) {
-    for (; k + 16 <= d; k += 16) {
-      for (int j = 0; j < 8; ++j) {
+  if constexpr (std::is_same_v<T, BFloat16> && kBf16Block > 0) {
+    constexpr int64_t half = kBf16Block / 2;
+    for (; k + kBf16Block <= d; k += kBf16Block) {
+      for (int64_t j = 0; j < half; ++j) {
         dst[k + j] = to_float(src[k + 2 * j]);
-        dst[k + 8 + j] = to_float(src[k + 2 * j + 1]);
+        dst[k + half + j] = to_float(src[k + 2 * j + 1]);
       }
     }
   }
-#endif
   for (; k < d; ++k) dst[k] = to_float(src[k]);
 }
 
@@ -105,8 +116,8 @@ inline double hsum(__m256d v) {
 
 // The two reductions of a stored row x against a centre c laid out by prepare_centre:
 // SQ = true gives the squared distance sum (x - c)^2, SQ = false the inner product sum x c.
-// 32 lanes per iteration in four independent accumulators (16 for float64) hide the FMA latency,
-// then a scalar tail.
+// 32 lanes (AVX-512: 64) per iteration in four independent accumulators (half that for float64)
+// hide the FMA latency, then a scalar tail.
 #ifdef FASTAL_AVX2
 template <bool SQ>
 inline __m256 fma_term(__m256 x, __m256 c, __m256 acc) {
@@ -128,11 +139,66 @@ inline __m256d fma_term(__m256d x, __m256d c, __m256d acc) {
 }
 #endif
 
+#ifdef FASTAL_AVX512
+// AVX-512 is used for 16-bit storage only: there the widening is the bottleneck and 16 lanes per
+// instruction halve it (a float16 / bfloat16 step ran up to 1.6x faster on a Zen 5 core). For
+// float32 rows out of cache the 512-bit loop ran ~1.8x slower than the AVX2 one on the same core
+// (measured at n = 100k, d = 128), so float32 / float64 keep AVX2.
+inline __m512 load16(const Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+template <bool SQ>
+inline __m512 fma_term(__m512 x, __m512 c, __m512 acc) {
+  if constexpr (SQ) {
+    const __m512 t = _mm512_sub_ps(x, c);
+    return _mm512_fmadd_ps(t, t, acc);
+  } else {
+    return _mm512_fmadd_ps(x, c, acc);
+  }
+}
+// One block of 32 bfloat16 values: even elements into `even`, odd ones into `odd`.
+template <bool SQ>
+inline void bf16_block(const BFloat16* x, const float* c, __m512& even, __m512& odd) {
+  const __m512i v = _mm512_loadu_si512(x);
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  even = fma_term<SQ>(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_loadu_ps(c), even);
+  odd = fma_term<SQ>(_mm512_castsi512_ps(_mm512_and_si512(v, high)), _mm512_loadu_ps(c + 16), odd);
+}
+
+// The AVX-512 body of reduce_row for 16-bit rows: 64 lanes per iteration in four accumulators,
+// then single vectors; returns the sum and advances k past what it consumed.
+template <bool SQ, typename T>
+inline float reduce_row_16bit_avx512(const T* x, const float* c, int64_t d, int64_t& k) {
+  __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  if constexpr (std::is_same_v<T, BFloat16>) {
+    for (; k + 64 <= d; k += 64) {
+      bf16_block<SQ>(x + k, c + k, a[0], a[1]);
+      bf16_block<SQ>(x + k + 32, c + k + 32, a[2], a[3]);
+    }
+    if (k + 32 <= d) {
+      bf16_block<SQ>(x + k, c + k, a[0], a[1]);
+      k += 32;
+    }
+  } else {
+    for (; k + 64 <= d; k += 64)
+      for (int u = 0; u < 4; ++u)
+        a[u] = fma_term<SQ>(load16(x + k + 16 * u), _mm512_loadu_ps(c + k + 16 * u), a[u]);
+    for (; k + 16 <= d; k += 16) a[0] = fma_term<SQ>(load16(x + k), _mm512_loadu_ps(c + k), a[0]);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+}
+#endif
+
 template <bool SQ, typename T>
 inline Acc<T> reduce_row(const T* x, const Acc<T>* c, int64_t d) {
   int64_t k = 0;
   Acc<T> total = 0;
 #ifdef FASTAL_AVX2
+#ifdef FASTAL_AVX512
+  if constexpr (sizeof(T) == 2) {
+    total = reduce_row_16bit_avx512<SQ>(x, c, d, k);
+  } else  // NOLINT(readability-misleading-indentation): the AVX2 chain below continues this one
+#endif
   if constexpr (std::is_same_v<T, double>) {
     __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
                     _mm256_setzero_pd()};
@@ -145,12 +211,20 @@ inline Acc<T> reduce_row(const T* x, const Acc<T>* c, int64_t d) {
     const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                    _mm256_setzero_ps()};
-    for (; k + 16 <= d; k += 16) {  // even elements into a[0], a[2]; odd into a[1], a[3]
-      const int u = static_cast<int>((k >> 4) & 1) * 2;
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
-      a[u] = fma_term<SQ>(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_loadu_ps(c + k), a[u]);
-      a[u + 1] = fma_term<SQ>(_mm256_castsi256_ps(_mm256_and_si256(v, high)),
-                              _mm256_loadu_ps(c + k + 8), a[u + 1]);
+    // Blocks of 16 alternate between (a[0], a[1]) and (a[2], a[3]) (even elements, odd ones),
+    // with constant indices: a run-time index would keep a[] in memory.
+    const auto block = [&](int64_t o, __m256& even, __m256& odd) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + o));
+      even = fma_term<SQ>(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_loadu_ps(c + o), even);
+      odd = fma_term<SQ>(_mm256_castsi256_ps(_mm256_and_si256(v, high)), _mm256_loadu_ps(c + o + 8), odd);
+    };
+    for (; k + 32 <= d; k += 32) {
+      block(k, a[0], a[1]);
+      block(k + 16, a[2], a[3]);
+    }
+    if (k + 16 <= d) {
+      block(k, a[0], a[1]);
+      k += 16;
     }
     total = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
   } else {
