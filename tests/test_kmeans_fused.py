@@ -144,6 +144,39 @@ def test_gemm_backends_compute_products(dtype):
     assert kmeans_module._gemm_backend(dtype)[0] in (mkl or openblas, openblas)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gemm_backend_choice_and_override(monkeypatch, dtype):
+    """Without FASTAL_GEMM the backend is MKL or OpenBLAS (whichever timed faster); with it, the
+    one asked for (OpenBLAS always exists; MKL only where torch links it); a bad value is named."""
+    choose = kmeans_module._gemm_backend.__wrapped__  # not the per-process cached answer
+    openblas = kmeans_module._openblas_gemm(dtype)
+    mkl = kmeans_module._mkl_gemm(dtype)
+    monkeypatch.delenv("FASTAL_GEMM", raising=False)
+    assert choose(dtype) in ({mkl, (openblas, 0)} if mkl[0] else {(openblas, 0)})
+    monkeypatch.setenv("FASTAL_GEMM", "openblas")
+    assert choose(dtype) == (openblas, 0)
+    monkeypatch.setenv("FASTAL_GEMM", " MKL ")
+    assert choose(dtype) == (mkl if mkl[0] else (0, 0))
+    monkeypatch.setenv("FASTAL_GEMM", "atlas")
+    with pytest.raises(ValueError, match="FASTAL_GEMM"):
+        choose(dtype)
+
+
+def test_mkl_timing_restores_its_thread_setting():
+    """The timing sets MKL's thread-local count to 1 and back to 0 (the global count), so later
+    MKL calls of this thread (torch's) are not left single-threaded."""
+    mkl = kmeans_module._mkl_gemm("float64")
+    if not mkl[0]:
+        pytest.skip("torch exposes no MKL GEMM on this platform")
+    import ctypes
+
+    set_local = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(mkl[1])
+    openblas = kmeans_module._openblas_gemm("float64")
+    assert isinstance(kmeans_module._mkl_is_faster(mkl, openblas, "float64"), bool)
+    probe = ctypes.c_int(0)
+    assert set_local(ctypes.byref(probe)) == 0  # the previous local setting: the global one
+
+
 def test_kernel_rejects_bad_shapes():
     kernel = _ext.cpu.kmeans_lloyd_step_float64
     X = np.zeros((10, 4))
