@@ -108,8 +108,8 @@ void factored_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, co
 }
 
 #ifdef FASTAL_AVX2
-// float32 lanes for the blocked kernels below: 8 (AVX2) or, where the compiler targets AVX-512F,
-// 16 (the blocked loops are the same; only the register width changes).
+// float32 lanes for the blocked kernels below: 8 (AVX2) or 16 (AVX-512; the blocked loops are the
+// same, only the register width changes).
 struct Lanes8 {
   using V = __m256;
   static constexpr int64_t n = 8;
@@ -120,7 +120,7 @@ struct Lanes8 {
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static float sum(V v) { return hsum(v); }
 };
-#ifdef __AVX512F__
+#ifdef FASTAL_AVX512
 struct Lanes16 {
   using V = __m512;
   static constexpr int64_t n = 16;

@@ -12,8 +12,10 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define FASTAL_AVX2 1
+// AVX-512 kernels where the compiler targets them; -DFASTAL_NO_AVX512 keeps such a build on the
+// AVX2 ones (for A/B runs on one machine).
 #if defined(__AVX512F__) && defined(__F16C__) && !defined(FASTAL_NO_AVX512)
-#define FASTAL_AVX512 1  // 16 float lanes for the row reductions below
+#define FASTAL_AVX512 1
 #endif
 #endif
 
@@ -116,8 +118,8 @@ inline double hsum(__m256d v) {
 
 // The two reductions of a stored row x against a centre c laid out by prepare_centre:
 // SQ = true gives the squared distance sum (x - c)^2, SQ = false the inner product sum x c.
-// 32 lanes (AVX-512: 64) per iteration in four independent accumulators (half that for float64)
-// hide the FMA latency, then a scalar tail.
+// 32 lanes per iteration (64 for 16-bit rows under AVX-512; 16 for float64) in four independent
+// accumulators hide the FMA latency, then a scalar tail.
 #ifdef FASTAL_AVX2
 template <bool SQ>
 inline __m256 fma_term(__m256 x, __m256 c, __m256 acc) {
