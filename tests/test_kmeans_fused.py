@@ -144,37 +144,48 @@ def test_gemm_backends_compute_products(dtype):
     assert kmeans_module._gemm_backend(dtype)[0] in (mkl or openblas, openblas)
 
 
+@pytest.mark.parametrize("amd_avx512", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_gemm_backend_choice_and_override(monkeypatch, dtype):
-    """Without FASTAL_GEMM the backend is MKL or OpenBLAS (whichever timed faster); with it, the
-    one asked for (OpenBLAS always exists; MKL only where torch links it); a bad value is named."""
+def test_gemm_backend_rule_and_override(monkeypatch, dtype, amd_avx512):
+    """MKL where torch links it, OpenBLAS on AMD CPUs with AVX-512 or without MKL; FASTAL_GEMM
+    forces one (MKL only where torch links it); a bad value is named."""
     choose = kmeans_module._gemm_backend.__wrapped__  # not the per-process cached answer
-    openblas = kmeans_module._openblas_gemm(dtype)
+    monkeypatch.setattr(kmeans_module, "_amd_with_avx512", lambda: amd_avx512)
+    openblas = (kmeans_module._openblas_gemm(dtype), 0)
     mkl = kmeans_module._mkl_gemm(dtype)
     monkeypatch.delenv("FASTAL_GEMM", raising=False)
-    assert choose(dtype) in ({mkl, (openblas, 0)} if mkl[0] else {(openblas, 0)})
+    assert choose(dtype) == (mkl if mkl[0] and not amd_avx512 else openblas)
     monkeypatch.setenv("FASTAL_GEMM", "openblas")
-    assert choose(dtype) == (openblas, 0)
+    assert choose(dtype) == openblas
     monkeypatch.setenv("FASTAL_GEMM", " MKL ")
-    assert choose(dtype) == (mkl if mkl[0] else (0, 0))
+    assert choose(dtype) == mkl
     monkeypatch.setenv("FASTAL_GEMM", "atlas")
     with pytest.raises(ValueError, match="FASTAL_GEMM"):
         choose(dtype)
 
 
-def test_mkl_timing_restores_its_thread_setting():
-    """The timing sets MKL's thread-local count to 1 and back to 0 (the global count), so later
-    MKL calls of this thread (torch's) are not left single-threaded."""
-    mkl = kmeans_module._mkl_gemm("float64")
-    if not mkl[0]:
-        pytest.skip("torch exposes no MKL GEMM on this platform")
-    import ctypes
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [
+        ("vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512bw\n\nvendor_id\t: x", True),
+        ("vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512_bf16\n", False),
+        ("vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f\n", False),
+        ("", False),
+    ],
+)
+def test_amd_with_avx512_reads_the_first_cpu(monkeypatch, cpuinfo, expected):
+    import builtins
+    import io
 
-    set_local = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(mkl[1])
-    openblas = kmeans_module._openblas_gemm("float64")
-    assert isinstance(kmeans_module._mkl_is_faster(mkl, openblas, "float64"), bool)
-    probe = ctypes.c_int(0)
-    assert set_local(ctypes.byref(probe)) == 0  # the previous local setting: the global one
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/cpuinfo":
+            return io.StringIO(cpuinfo)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert kmeans_module._amd_with_avx512() is expected
 
 
 def test_kernel_rejects_bad_shapes():

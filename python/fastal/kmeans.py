@@ -5,7 +5,7 @@ matrix or a :class:`~fastal.GradientEmbedding`. ``kmeans`` (dense only: the mean
 gradients is not rank one) assigns rows with fastal's min-distance kernel, or for larger ``k`` by
 GEMM (``|x|² - 2 x·c + |c|²``, then arg-min) and updates centres by a float64 segmented sum. On the
 CPU (float32 / float64) one compiled pass per Lloyd iteration does all three: a BLAS GEMM per chunk
-of rows (the MKL that torch links or scipy's OpenBLAS, whichever is faster on this CPU), called from
+of rows (the MKL that torch links or scipy's OpenBLAS; see ``_gemm_backend``), called from
 fastal's OpenMP threads with BLAS limited to one thread (one thread pool, as scikit-learn's Lloyd);
 elsewhere GEMM tiles from torch (cuBLAS on CUDA).
 """
@@ -17,7 +17,6 @@ import ctypes
 import functools
 import glob
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,59 +42,35 @@ def _gemm_backend(dtype: str) -> tuple[int, int]:
     """(address of a Fortran LP64 ``sgemm`` / ``dgemm``, address of MKL's Fortran
     ``mkl_set_num_threads_local_`` or 0) for the fused Lloyd step.
 
-    With both :func:`_mkl_gemm` and :func:`_openblas_gemm` at hand, the one whose single-threaded
-    GEMM runs a product of the step's shape faster here, timed once per process (a few ms): MKL
-    led on a Zen 1 core, while on a Zen 5 core, where MKL does not use AVX-512, OpenBLAS made a
-    k-means iteration at d = 512 1.1-1.3x faster. ``FASTAL_GEMM=mkl|openblas`` forces one.
+    :func:`_mkl_gemm` where torch links MKL, except on AMD CPUs with AVX-512, where MKL runs its
+    AVX2 code and scipy's OpenBLAS (:func:`_openblas_gemm`) does not: on a Zen 5 core OpenBLAS made
+    the step 3-12 % faster and a k-means iteration at d = 512 up to 1.3x faster, while on a Zen 1
+    core MKL led. A fixed rule rather than a timing, so that the choice, and with it k-means'
+    rounding, is the same in every run on one machine. ``FASTAL_GEMM=mkl|openblas`` forces one.
     """
     forced = os.environ.get("FASTAL_GEMM", "").strip().lower()
     if forced not in ("", "mkl", "openblas"):
         raise ValueError(f"FASTAL_GEMM must be 'mkl', 'openblas' or unset, got {forced!r}")
-    mkl = _mkl_gemm(dtype) if forced != "openblas" else (0, 0)
-    openblas = _openblas_gemm(dtype) if forced != "mkl" else 0
-    if mkl[0] and openblas:
-        return mkl if _mkl_is_faster(mkl, openblas, dtype) else (openblas, 0)
-    return mkl if mkl[0] else (openblas, 0)
+    if forced == "mkl" or (not forced and not _amd_with_avx512()):
+        mkl = _mkl_gemm(dtype)
+        if mkl[0] or forced == "mkl":
+            return mkl
+    return _openblas_gemm(dtype), 0
 
 
-def _mkl_is_faster(mkl: tuple[int, int], openblas: int, dtype: str) -> bool:
-    """Whether MKL's single-threaded GEMM beats OpenBLAS's on a 256 x 256 by 256 x 128 product
-    (a chunk of rows against the centres), best of 5 interleaved calls each."""
-    from threadpoolctl import threadpool_limits
-
-    fn_type = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
-    set_local = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(mkl[1])
-    m, n, kk = 256, 128, 256
-    rng = np.random.default_rng(0)
-    a = np.asfortranarray(rng.standard_normal((m, kk)).astype(dtype))
-    b = np.asfortranarray(rng.standard_normal((kk, n)).astype(dtype))
-    c = np.zeros((m, n), dtype=dtype, order="F")
-    scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
-    ints = [ctypes.c_int(v) for v in (m, n, kk)]
-    one, zero = scalar(1), scalar(0)
-    ref, ptr = ctypes.byref, ctypes.c_void_p
-
-    def timed(address: int) -> float:
-        fn = fn_type(address)
-        start = time.perf_counter()
-        fn(b"N", b"N", ref(ints[0]), ref(ints[1]), ref(ints[2]), ref(one), ptr(a.ctypes.data),
-           ref(ints[0]), ptr(b.ctypes.data), ref(ints[2]), ref(zero), ptr(c.ctypes.data),
-           ref(ints[0]))  # fmt: skip
-        return time.perf_counter() - start
-
-    single, default = ctypes.c_int(1), ctypes.c_int(0)
-    best = {"mkl": float("inf"), "openblas": float("inf")}
-    with threadpool_limits(limits=1, user_api="blas"):
-        set_local(ref(single))
-        try:
-            for rnd in range(6):  # round 0 warms both up and is not counted
-                t_mkl, t_open = timed(mkl[0]), timed(openblas)
-                if rnd:
-                    best["mkl"] = min(best["mkl"], t_mkl)
-                    best["openblas"] = min(best["openblas"], t_open)
-        finally:
-            set_local(ref(default))
-    return best["mkl"] <= best["openblas"]
+def _amd_with_avx512() -> bool:
+    """Whether /proc/cpuinfo (Linux) names an AMD CPU with AVX-512F; False where it cannot tell."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            first_cpu = f.read(1 << 16).split("\n\n", 1)[0]
+    except OSError:
+        return False
+    fields = {}
+    for line in first_cpu.splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = fields.get("flags", "").split()
+    return fields.get("vendor_id") == "AuthenticAMD" and "avx512f" in flags
 
 
 def _mkl_gemm(dtype: str) -> tuple[int, int]:
