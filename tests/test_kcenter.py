@@ -196,7 +196,11 @@ def test_first_centre_comes_from_the_seed(seed):
 @pytest.mark.parametrize("prune", [True, False])
 @pytest.mark.parametrize(("backend", "dtype"), CPU_PARAMS)
 @pytest.mark.parametrize(
-    ("n", "d", "n_labeled"), [(40, 2, 0), (40, 2, 3), (300, 5, 0), (300, 40, 7), (1500, 3, 20)]
+    ("n", "d", "n_labeled"),
+    # d = 64, 100, 131: every SIMD loop of the row reductions (64-lane AVX-512 and its 16-lane and
+    # bfloat16 32-block remainders, 32-lane AVX2) and the scalar tail
+    [(40, 2, 0), (40, 2, 3), (300, 5, 0), (300, 40, 7), (1500, 3, 20), (200, 64, 0),
+     (200, 100, 5), (150, 131, 0)],  # fmt: skip
 )
 def test_integer_data_exact_in_every_dtype(n, d, n_labeled, backend, dtype, prune):
     """Small-integer coordinates: every dtype computes exactly, so ties are genuine and the
