@@ -110,30 +110,10 @@ void factored_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, co
 #ifdef FASTAL_AVX2
 // float32 lanes for the blocked kernels below: 8 (AVX2) or 16 (AVX-512; the blocked loops are the
 // same, only the register width changes).
-struct Lanes8 {
-  using V = __m256;
-  static constexpr int64_t n = 8;
-  static V zero() { return _mm256_setzero_ps(); }
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static float sum(V v) { return hsum(v); }
-};
 #ifdef FASTAL_AVX512
-struct Lanes16 {
-  using V = __m512;
-  static constexpr int64_t n = 16;
-  static V zero() { return _mm512_setzero_ps(); }
-  static V load(const float* p) { return _mm512_loadu_ps(p); }
-  static V bcast(const float* p) { return _mm512_set1_ps(*p); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  static float sum(V v) { return _mm512_reduce_add_ps(v); }
-};
-using BlockLanes = Lanes16;
+using BlockLanes = Lanes<float, 512>;
 #else
-using BlockLanes = Lanes8;
+using BlockLanes = Lanes<float>;
 #endif
 
 // float32 blocks of rows, register-blocked so that each FMA needs well under one load:
@@ -151,7 +131,7 @@ void block_r_times_h(const float* R, int64_t C, int64_t dh, const float* H, int6
     int64_t c = 0;
     for (; c + 2 <= C; c += 2) {
       V acc[4][2];
-      for (auto& r : acc) r[0] = r[1] = L::zero();
+      for (auto& r : acc) r[0] = r[1] = L::set1(0.f);
       int64_t k = 0;
       for (; k + L::n <= dh; k += L::n) {
         const V r0 = L::load(R + c * dh + k), r1 = L::load(R + (c + 1) * dh + k);
@@ -195,7 +175,7 @@ void block_rank_update(float* M, int64_t C, int64_t dh, const float* H, int64_t 
       for (int64_t j = 0; j < rows; ++j) {
         const V h0 = L::load(H + j * dh + k), h1 = L::load(H + j * dh + k + L::n);
         for (int q = 0; q < 4; ++q) {
-          const V f = L::bcast(coef + j * C + c + q);
+          const V f = L::set1(coef[j * C + c + q]);
           acc[q][0] = L::fma(f, h0, acc[q][0]);
           acc[q][1] = L::fma(f, h1, acc[q][1]);
         }

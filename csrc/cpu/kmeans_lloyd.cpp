@@ -33,31 +33,6 @@ using Gemm = void (*)(const char*, const char*, const int*, const int*, const in
 // returns the previous value
 using SetThreadsLocal = int (*)(const int*);
 
-#ifdef FASTAL_AVX2
-// One AVX2 register of T and the operations the arg-min below needs.
-template <typename T> struct Lanes;
-template <> struct Lanes<float> {
-  using V = __m256;
-  static constexpr int n = 8;
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static V set1(float x) { return _mm256_set1_ps(x); }
-  static V add(V a, V b) { return _mm256_add_ps(a, b); }
-  static V less(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
-  static V blend(V a, V b, V mask) { return _mm256_blendv_ps(a, b, mask); }
-};
-template <> struct Lanes<double> {
-  using V = __m256d;
-  static constexpr int n = 4;
-  static V load(const double* p) { return _mm256_loadu_pd(p); }
-  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
-  static V set1(double x) { return _mm256_set1_pd(x); }
-  static V add(V a, V b) { return _mm256_add_pd(a, b); }
-  static V less(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }
-  static V blend(V a, V b, V mask) { return _mm256_blendv_pd(a, b, mask); }
-};
-#endif
-
 // For each of the rows r < m of a column-major tile (tile[j * ld + r], k >= 1 columns): the first j
 // minimising tile[j * ld + r] + add[j] into arg[r] and that minimum into best[r]. Each value is the
 // one rounded sum a scalar loop forms and j runs upwards with a strict comparison, so SIMD lanes

@@ -114,6 +114,34 @@ inline double hsum(__m256d v) {
   __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
   return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
+
+// One SIMD register of T and the operations the blocked kernels need (k-means arg-min, factored
+// products): Lanes<T> is an AVX2 register, Lanes<float, 512> an AVX-512 one.
+template <typename T, int Bits = 256> struct Lanes;
+template <> struct Lanes<float> {
+  using V = __m256;
+  static constexpr int n = 8;
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V less(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static V blend(V a, V b, V mask) { return _mm256_blendv_ps(a, b, mask); }
+  static float sum(V v) { return hsum(v); }
+};
+template <> struct Lanes<double> {
+  using V = __m256d;
+  static constexpr int n = 4;
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static V set1(double x) { return _mm256_set1_pd(x); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V less(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }
+  static V blend(V a, V b, V mask) { return _mm256_blendv_pd(a, b, mask); }
+  static double sum(V v) { return hsum(v); }
+};
 #endif
 
 // The two reductions of a stored row x against a centre c laid out by prepare_centre:
@@ -142,6 +170,17 @@ inline __m256d fma_term(__m256d x, __m256d c, __m256d acc) {
 #endif
 
 #ifdef FASTAL_AVX512
+template <> struct Lanes<float, 512> {
+  using V = __m512;
+  static constexpr int n = 16;
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(V v) { return _mm512_reduce_add_ps(v); }
+};
+
 // AVX-512 is used for 16-bit storage only: there the widening is the bottleneck and 16 lanes per
 // instruction halve it (a float16 / bfloat16 step ran up to 1.6x faster on a Zen 5 core). For
 // float32 rows out of cache the 512-bit loop ran ~1.8x slower than the AVX2 one on the same core
