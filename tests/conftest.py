@@ -302,6 +302,22 @@ def assert_same_until_near_tie(X64, picks, expected, labeled, rtol: float) -> No
     )
 
 
+def assert_pp_same_until_near_tie(picks, expected, margins, rtol: float) -> None:
+    """``picks == expected``, except that from the first step where they part the runs may differ
+    if the reference's draw there was within ``rtol`` (relative to the total D^2 mass) of another
+    row's cumulative boundary (or a "norm" first pick within ``rtol`` of the runner-up)."""
+    picks, expected = np.asarray(picks), np.asarray(expected)
+    assert picks.shape == expected.shape
+    diff = np.flatnonzero(picks != expected)
+    if diff.size == 0:
+        return
+    t = int(diff[0])
+    assert margins[t] <= rtol, (
+        f"picks differ at step {t} ({picks[t]} vs {expected[t]}) although the reference's draw "
+        f"there is {margins[t]:.3g} of the total away from any boundary: not a near-tie"
+    )
+
+
 def assert_argmin_valid(X64, Y64, dist, index, rtol: float, atol: float) -> None:
     """Each index is a nearest row within tolerance; where the nearest row is clear (the second
     nearest is farther than the tolerance) it must be exactly the reference's."""

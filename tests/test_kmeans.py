@@ -21,6 +21,7 @@ import pytest
 import torch
 from conftest import (
     CPU_BACKENDS,
+    assert_pp_same_until_near_tie,
     backend_dtype_params,
     backend_of,
     dtype_of,
@@ -40,22 +41,6 @@ CPU_PARAMS = backend_dtype_params(backends=CPU_BACKENDS)
 
 def pp(X, k, **kw) -> np.ndarray:
     return to_numpy(fastal.kmeans_pp(X, k, **kw))
-
-
-def assert_pp_same_until_near_tie(picks, expected, margins, rtol: float) -> None:
-    """``picks == expected``, except that from the first step where they part the runs may differ
-    if the reference's draw there was within ``rtol`` (relative to the total D^2 mass) of another
-    row's cumulative boundary (or a "norm" first pick within ``rtol`` of the runner-up)."""
-    picks, expected = np.asarray(picks), np.asarray(expected)
-    assert picks.shape == expected.shape
-    diff = np.flatnonzero(picks != expected)
-    if diff.size == 0:
-        return
-    t = int(diff[0])
-    assert margins[t] <= rtol, (
-        f"picks differ at step {t} ({picks[t]} vs {expected[t]}) although the reference's draw "
-        f"there is {margins[t]:.3g} of the total away from any boundary: not a near-tie"
-    )
 
 
 def assert_valid_picks(picks, n: int, k: int, labeled) -> None:
@@ -100,6 +85,33 @@ def test_all_zero_distances_pick_by_rank():
         expected.append(free.pop(int(np.floor(u[t] * len(free)))))
     assert_array_equal(pp(X, 4, seed=seed), expected)
     assert_array_equal(kmeans_pp_ref(X, 4, seed), expected)
+
+
+class _FixedUniforms(np.random.Generator):
+    """A Generator whose ``random(k)`` returns given values (to place a draw on a boundary)."""
+
+    def __init__(self, values):
+        super().__init__(np.random.PCG64(0))
+        self.values = np.asarray(values, dtype=np.float64)
+
+    def random(self, size=None, dtype=np.float64, out=None):
+        return self.values[:size].copy()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_draw_at_a_block_boundary_never_takes_a_zero_weight_row(backend):
+    # Weights: row 0 is 1, rows 2048..2051 (the second block of 2048) 2^-54 each, the labeled rows
+    # 1 and 4096 weigh nothing. u * total rounds to exactly 1.0: the second block's sum crosses it,
+    # but walking that block from 1.0 adds 2^-54 four times and each addition rounds away. The draw
+    # is then the block's last positive row, never row 4096 of the next block (a labeled row).
+    assert fastal._ext.cpu.kmeanspp_block == 2048
+    X = np.zeros((4097, 1))
+    X[0] = 1.0
+    X[2048:2052] = 2.0**-27
+    labeled = [1, 4096]
+    rng = _FixedUniforms([1 - 2.0**-52])
+    got = pp(to_backend(X, backend), 1, labeled=labeled, seed=rng)
+    assert_array_equal(got, [2051])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,13 +53,21 @@ int64_t sample(const KMeansPPState<Rows>& s, double u) {
     const double target = u * total;
     double before = 0;
     for (int64_t b = 0; b < blocks; ++b) {
-      if (before + s.block_sums[b] > target) {
+      if (s.block_sums[b] > 0 && before + s.block_sums[b] > target) {
+        // The walk adds onto `before` while the block sum started from 0: the two round
+        // differently, so the walk can fall short. Then the last positive row of this block is the
+        // draw (as on the GPU); a later block must not be entered, its first row may weigh 0.
         double acc = before;
+        int64_t last = -1;
         const int64_t i1 = std::min(n, (b + 1) * kKMeansPPBlock);
         for (int64_t i = b * kKMeansPPBlock; i < i1; ++i) {
-          acc += weight(s.mind[i]);
+          const double w = weight(s.mind[i]);
+          if (w == 0) continue;
+          last = i;
+          acc += w;
           if (acc > target) return i;
         }
+        if (last >= 0) return last;
       }
       before += s.block_sums[b];
     }
