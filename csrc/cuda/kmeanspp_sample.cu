@@ -168,7 +168,13 @@ __global__ void __launch_bounds__(kScanThreads)
     if (lane == 0) lbegin = 0.0;
     const unsigned pos = __ballot_sync(kFullMask, lw > 0.0);
     const unsigned hit = __ballot_sync(kFullMask, lw > 0.0 && wstart + lend > target);
+    // pos == 0 (no positive row in the tile) cannot follow from consistent tile sums; then
+    // chosen = -1 and lane 0 writes "no pick" rather than leaving picks[t] unwritten.
     const int chosen = hit ? __ffs(static_cast<int>(hit)) - 1 : 31 - __clz(static_cast<int>(pos));
+    if (chosen < 0 && lane == 0) {
+      picks[t] = -1;
+      totals[t] = total;
+    }
     if (lane == chosen) {
       double acc = wstart + lbegin;
       int64_t pick = -1;
@@ -188,6 +194,10 @@ __global__ void __launch_bounds__(kScanThreads)
     const long long want = q - cstart;  // in [0, tile_count[tile])
     const unsigned hit = __ballot_sync(kFullMask, lc > 0 && lcend > want);
     const int chosen = __ffs(static_cast<int>(hit)) - 1;
+    if (chosen < 0 && lane == 0) {  // as above: not reachable with consistent tile counts
+      picks[t] = -1;
+      totals[t] = total;
+    }
     if (lane == chosen) {
       long long k = want - (lcend - lc);
       int64_t pick = -1;
