@@ -158,7 +158,7 @@ def kcenter_cuda_factored(
     radius = _interop.empty(tinfo, (budget,), "float32")
     cuda.kcenter_decode(_ptr(keys), budget, _ptr(picks), _ptr(radius), dev, stream)
     host_keys = _interop.host_numpy(keys[:1]).view(np.uint64)
-    r0 = float(np.sqrt(max(0.0, cuda.key_value(int(host_keys[0]))))) if lab.size else float("inf")
+    r0 = _interop.key_radius(cuda, int(host_keys[0])) if lab.size else float("inf")
     rows_read = int(_interop.host_numpy(counter)[0])
     del rows
     return from_torch(picks, emb.info), from_torch(radius, emb.info), r0, rows_read

@@ -9,6 +9,7 @@ Outputs are created in the input's framework and on its device.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,35 @@ def cuda_pointer(x: Any, info: ArrayInfo) -> tuple[Any, int]:
 
     a = cupy.ascontiguousarray(x)
     return a, int(a.data.ptr)
+
+
+def device_scope(info: ArrayInfo, name: str) -> Any:
+    """A context that makes the array's GPU the framework's current device (a no-op on the CPU);
+    for a CUDA array it first checks that fastal has its CUDA module (the error names ``name``).
+
+    CuPy runs its own operations (copies, gathers, ``.get()``) on the current device, not the
+    operand's: without this, an array on ``cuda:1`` while ``cuda:0`` is current would fail or run
+    on the wrong stream."""
+    if info.device != "cuda":
+        return contextlib.nullcontext()
+    from . import _ext
+
+    _ext.require_cuda(name)
+    if info.framework == "torch":
+        import torch
+
+        return torch.cuda.device(info.device_index)
+    import cupy
+
+    return cupy.cuda.Device(info.device_index)
+
+
+def key_radius(cuda: Any, key: int) -> float:
+    """The distance packed (squared) in a k-center key; 0 for key 0, which no row wrote (every
+    row of the pool is labeled)."""
+    if key == 0:
+        return 0.0
+    return float(np.sqrt(max(0.0, cuda.key_value(key))))
 
 
 def cuda_stream(info: ArrayInfo) -> int:

@@ -151,7 +151,8 @@ def gram_min_eig(
     if info.device == "cuda":  # Z stays on its device (finite check and rescaling there too)
         from ._gram_cuda import gram_min_eig_cuda
 
-        return gram_min_eig_cuda(Z, info, lab, grp, rtol, bool(return_all))
+        with _interop.device_scope(info, "Z"):
+            return gram_min_eig_cuda(Z, info, lab, grp, rtol, bool(return_all))
 
     Zh = _interop.host_storage(Z, info)
     peak = float(np.max(np.abs(Zh))) if Zh.size else 0.0

@@ -226,7 +226,8 @@ def kmeans_pp(
     if info.device != "cpu":
         from ._factored_cuda import kmeans_pp_cuda
 
-        return kmeans_pp_cuda(X, k, lab, first_pick, uniform, progress)
+        with _interop.device_scope(info, "X"):
+            return kmeans_pp_cuda(X, k, lab, first_pick, uniform, progress)
     pool = cpu_pool(X, info)
     mind = np.empty(n, dtype=_ACC[info.dtype])
     picks = np.empty(k, dtype=np.int64)

@@ -109,15 +109,20 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
         )
     if yinfo.shape[1] != info.shape[1]:
         raise ValueError(f"Y must have {info.shape[1]} columns like X, got shape {yinfo.shape}")
-    n = info.shape[0]
     if info.device == "cpu":
         pool, ypool = cpu_pool(X, info, "X"), cpu_pool(Y, yinfo, "Y")
         dist2, index = getattr(_ext.cpu, f"min_sqdist_to_set_{info.dtype}")(pool, ypool)
         return _interop.wrap_host(np.sqrt(dist2), info), _interop.wrap_host(index, info)
+    with _interop.device_scope(info, "X"):
+        return _min_distance_cuda(X, info, Y, yinfo, factored)
+
+
+def _min_distance_cuda(X: Any, info: ArrayInfo, Y: Any, yinfo: ArrayInfo, factored: bool):
     if factored:
         from . import _factored_cuda
 
         return _factored_cuda.min_distance_cuda_factored(X, Y)
+    n = info.shape[0]
     cuda = _ext.require_cuda("X")
     xkeep, xptr = _interop.cuda_pointer(X, info)
     ykeep, yptr = _interop.cuda_pointer(Y, yinfo)
@@ -232,7 +237,8 @@ def kcenter(
         from ._factored_cuda import kcenter_cuda_factored as run
     else:
         run = _kcenter_cuda
-    indices, radius, r0, rows_read = run(X, info, lab, budget, first, bool(prune), progress)
+    with _interop.device_scope(info, "X"):
+        indices, radius, r0, rows_read = run(X, info, lab, budget, first, bool(prune), progress)
     seconds = time.perf_counter() - start
     # finite input with at least one centre has finite distances, unless float32 overflowed
     overflow = (lab.size > 0 and np.isinf(r0)) or (budget > 0 and not np.isfinite(float(radius.max())))
@@ -331,7 +337,7 @@ def _kcenter_cuda(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune
     radius = _interop.empty(info, (budget,), "float32")
     cuda.kcenter_decode(_ptr(keys), budget, _ptr(picks), _ptr(radius), dev, stream)
     host_keys = _interop.host_numpy(keys[:1]).view(np.uint64)
-    r0 = float(np.sqrt(max(0.0, cuda.key_value(int(host_keys[0]))))) if lab.size else float("inf")
+    r0 = _interop.key_radius(cuda, int(host_keys[0])) if lab.size else float("inf")
     rows_read = int(_interop.host_numpy(counter)[0])
     del keep, rows
     return picks, radius, r0, rows_read

@@ -72,7 +72,8 @@ def iht_threshold(s: Any, sigma: Any, b: int, alpha: float) -> tuple[Any, Any]:
     if sinfo.device == "cuda":
         from ._sparse_cuda import iht_threshold_cuda
 
-        return iht_threshold_cuda(s, sigma, b, alpha, sinfo)
+        with _interop.device_scope(sinfo, "s"):
+            return iht_threshold_cuda(s, sigma, b, alpha, sinfo)
     sh = _interop.host_storage(s, sinfo)
     gh = _interop.host_storage(sigma, ginfo)
     for arr, name in ((sh, "s"), (gh, "sigma")):
