@@ -36,8 +36,9 @@
 // Memory: the matrix and the work vectors live in shared memory when they fit the opt-in limit
 // (float64 up to 166 x 166 on an H100, 227 KiB); else the matrix (and, past ~3,600, the vectors
 // too) lives in a per-block slot of one global workspace, with no more blocks than fit both the GPU
-// and kMaxWorkspaceBytes. All results for a group are computed by the same operations wherever the
-// group falls in the batch and whichever memory path runs it: scores do not depend on the batch.
+// and kMaxWorkspaceBytes (but at least one: past order ~11,585 one slot alone is larger). All
+// results for a group are computed by the same operations wherever the group falls in the batch and
+// whichever memory path runs it: scores do not depend on the batch.
 #include <math_constants.h>
 
 #include <algorithm>
@@ -641,8 +642,11 @@ void gram_min_eig_impl(const T* Z, int64_t n, int64_t D, const int64_t* labeled,
   const bool a_in_smem = vec_in_smem && vec_bytes + mat_bytes <= budget;
   const size_t smem = static_cast<size_t>(scalar_bytes + (vec_in_smem ? vec_bytes : 0) +
                                           (a_in_smem ? mat_bytes : 0));
+  // The cap is a property of the kernel for the whole process: set it to the device's maximum, not
+  // to this call's size, so that a concurrent call (the GIL is released) with a larger size cannot
+  // have its cap lowered between its set and its launch.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(smem)));
+                                  optin - static_cast<int>(attr.sharedSizeBytes)));
 
   // global slots: one per block, no more blocks than fit the GPU and the workspace bound
   int64_t slot = (a_in_smem ? 0 : size * size) + (vec_in_smem ? 0 : vec_len);

@@ -84,6 +84,9 @@ __device__ void choose_bin(const unsigned* hist, int64_t b, int shift, int width
   using Scan = cub::BlockScan<u64, kThreads>;
   __shared__ typename Scan::TempStorage tmp;
   constexpr int kPer = kBins / kThreads;
+  // The state is read before the scan: its barrier orders every thread's read before the finder's
+  // writes below (read after it, a late warp could see the new `below` and "find" a second bin).
+  const u64 below = st->below, prefix0 = st->prefix, mask0 = st->mask;
   unsigned c[kPer];
   u64 sum = 0;
 #pragma unroll
@@ -93,15 +96,14 @@ __device__ void choose_bin(const unsigned* hist, int64_t b, int shift, int width
   }
   u64 before = 0;
   Scan(tmp).ExclusiveSum(sum, before);
-  const u64 below = st->below;
   const u64 need = static_cast<u64>(b) - below;
 #pragma unroll
   for (int k = 0; k < kPer; ++k) {
     if (before < need && need <= before + c[k]) {
       const u64 digit = static_cast<u64>(threadIdx.x * kPer + k);
       const u64 width_mask = (u64{1} << width) - 1;
-      const u64 prefix = st->prefix | (digit << shift);
-      const u64 mask = st->mask | (width_mask << shift);
+      const u64 prefix = prefix0 | (digit << shift);
+      const u64 mask = mask0 | (width_mask << shift);
       const u64 rank = need - before;  // 1-based rank of the b-th key inside the bin
       st->prefix = prefix;
       st->mask = mask;

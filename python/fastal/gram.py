@@ -108,7 +108,7 @@ def gram_min_eig(
     by multisection on Sturm counts, one shift per thread; ``return_all`` bisects every eigenvalue
     (one thread per index) instead of running QL. Float64 throughout. The matrix lives in shared
     memory when it fits (order up to 166 on an H100), else in a global workspace of at most
-    1 GiB. NaN / Inf and the peak magnitude are found on the device (one pass over ``Z``, one
+    1 GiB (or one matrix's 8 · order² bytes, when that alone is larger: order > 11,585). NaN / Inf and the peak magnitude are found on the device (one pass over ``Z``, one
     synchronisation); only the indices cross from the host. A CUDA module built before this kernel
     raises ``RuntimeError`` (rebuild); there is no fallback.
 
