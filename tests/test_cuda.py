@@ -145,6 +145,36 @@ def test_min_distance_equals_cpu(n, m, d, backend, dtype):
     )
 
 
+#: wide rows: lane groups of 8 to 32 threads per row (d = 256, 512, 1000: 1000 is not a whole
+#: number of 16-byte vectors, so the scalar loads), d not a multiple of anything, and d past the
+#: shared-memory centre (10,240 floats) so that the centre is read from global memory
+WIDE_D = [256, 512, 1000, 2051, 10_300]
+
+
+@pytest.mark.parametrize("d", WIDE_D)
+@pytest.mark.parametrize(("backend", "dtype"), GPU_PARAMS)
+def test_wide_rows_equal_cpu_exactly(backend, dtype, d):
+    n, budget = 600, 40
+    X = small_integers(n, d, seed=d)
+    labeled = labeled_subset(n, 3, seed=d)
+    Xg = to_backend(X, backend, dtype)
+    lab = indices_to_backend(labeled, backend)
+    cpu_picks, cpu_radius = run(on_cpu(Xg, dtype), budget, labeled=labeled, seed=3)
+    for prune in (True, False):
+        picks, radius = run(Xg, budget, labeled=lab, seed=3, prune=prune)
+        assert_array_equal(picks, cpu_picks)
+        assert_allclose(radius, cpu_radius, rtol=RTOL[dtype])
+    dist, index = fastal.min_distance(Xg[:500], Xg[500:])
+    cpu_dist, cpu_index = fastal.min_distance(on_cpu(Xg[:500], dtype), on_cpu(Xg[500:], dtype))
+    assert_array_equal(to_numpy(index), to_numpy(cpu_index))
+    assert_allclose(to_numpy(dist), to_numpy(cpu_dist), rtol=RTOL[dtype])
+    assert_array_equal(pp_picks(Xg, lab), pp_picks(on_cpu(Xg, dtype), labeled))
+
+
+def pp_picks(X, labeled) -> np.ndarray:
+    return to_numpy(fastal.kmeans_pp(X, 30, seed=4, labeled=labeled))
+
+
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_cuda_validation(backend):
     X = gaussian(20, 3, seed=0)

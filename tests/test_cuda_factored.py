@@ -147,6 +147,41 @@ def test_kcenter_integer_factors_equal_cpu_and_reference(backend, dtype, n_label
         assert res.rows_read == res.rows_unpruned
 
 
+#: (C, dh): lane groups of 16 and 32 threads per row (C = 1000, dh = 512, the design's shape),
+#: factors that are not whole 16-byte vectors (1001, 515), and a centre too large for shared
+#: memory (C + dh > 10,240 floats), read from global memory
+WIDE_FACTORS = [(1000, 512), (1001, 515), (4, 10_300)]
+
+
+@pytest.mark.parametrize(("C", "dh"), WIDE_FACTORS)
+@pytest.mark.parametrize(("backend", "dtype"), GPU_PARAMS)
+def test_wide_factors_equal_cpu_exactly(backend, dtype, C, dh):
+    n, budget = 400, 30
+    A, H = integer_factors(n, C, dh, seed=C + dh, high=1)
+    emb = embedding(A, H, backend, dtype)
+    cpu_emb = on_cpu(emb, dtype)
+    labeled = labeled_subset(n, 3, seed=C)
+    lab = lab_arg(labeled, backend)
+    cpu = fastal.kcenter(cpu_emb, budget, labeled=labeled, seed=5)
+    for prune in (True, False):
+        res = fastal.kcenter(emb, budget, labeled=lab, seed=5, prune=prune)
+        assert_array_equal(to_numpy(res.indices), to_numpy(cpu.indices))
+        assert_allclose(to_numpy(res.radius), to_numpy(cpu.radius), rtol=1e-6)
+    assert_array_equal(
+        pp(emb, 20, seed=6, labeled=lab), pp(cpu_emb, 20, seed=6, labeled=labeled)
+    )
+    rows, rest = np.arange(300), np.arange(300, n)
+    dist, index = fastal.min_distance(
+        emb.subset(indices_to_backend(rows, backend)), emb.subset(indices_to_backend(rest, backend))
+    )
+    cpu_dist, cpu_index = fastal.min_distance(
+        cpu_emb.subset(indices_to_backend(rows, "torch-cpu")),
+        cpu_emb.subset(indices_to_backend(rest, "torch-cpu")),
+    )
+    assert_array_equal(to_numpy(index), to_numpy(cpu_index))
+    assert_allclose(to_numpy(dist), to_numpy(cpu_dist), rtol=1e-6)
+
+
 @pytest.mark.parametrize("n_labeled", [0, 5])
 @pytest.mark.parametrize(("backend", "dtype"), GPU_PARAMS)
 def test_kcenter_well_separated_equals_cpu(backend, dtype, n_labeled):
