@@ -345,14 +345,23 @@ def kmeans_sampling_ref(X, budget: int, labeled=None, seed=None, max_iter=100, t
 # selected). Every arg-min breaks ties to the lowest index.
 
 
-def iht_threshold_ref(s, sigma, b: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Appendix E top-b step: the ``b`` indices of smallest
-    ``score_j = ½[-s_j]_+² - alpha sigma_j²``,
-    ordered by (score, index) ascending, and ``w`` with ``w[support] = max(s, 0)``, 0 elsewhere."""
+def iht_score_ref(s, sigma, alpha: float, rule: str = "paper") -> np.ndarray:
+    """The top-b step's score: Appendix E's ``½[-s_j]_+² - alpha sigma_j²`` ("paper"), or the
+    exact proximal one ``-½[s_j]_+² - alpha sigma_j² [s_j > 0]`` ("exact")."""
     s = np.asarray(s, dtype=np.float64)
     sigma = np.asarray(sigma, dtype=np.float64)
+    if rule == "exact":
+        pos = np.maximum(s, 0.0)
+        return np.where(s > 0, -(0.5 * (pos * pos)) - alpha * (sigma * sigma), 0.0)
     neg = np.maximum(-s, 0.0)
-    score = 0.5 * neg * neg - alpha * (sigma * sigma)
+    return 0.5 * (neg * neg) - alpha * (sigma * sigma)
+
+
+def iht_threshold_ref(s, sigma, b: int, alpha: float, rule: str = "paper") -> tuple[np.ndarray, np.ndarray]:
+    """Appendix E top-b step: the ``b`` indices of smallest score (:func:`iht_score_ref`), ordered
+    by (score, index) ascending, and ``w`` with ``w[support] = max(s, 0)``, 0 elsewhere."""
+    s = np.asarray(s, dtype=np.float64)
+    score = iht_score_ref(s, sigma, alpha, rule)
     order = np.lexsort((np.arange(s.size), score))  # by score, then by index
     support = order[:b].astype(np.int64)
     w = np.zeros_like(s)
@@ -473,7 +482,7 @@ def greedy_ref(Phi, v, sigma, b: int, alpha: float, beta: float, tau: float = 1.
     return np.array(S, dtype=np.int64), w, np.array(trace)
 
 
-def iht_ref(Phi, v, sigma, b: int, alpha: float, beta: float, iters: int = 50):
+def iht_ref(Phi, v, sigma, b: int, alpha: float, beta: float, iters: int = 50, rule: str = "paper"):
     """Alg. 2 as in the spec. Returns ``(S (b,) int64 in the last thresholding's score order,
     w (n,), trace (iters,))`` with ``trace[t] = f(w; S)`` after iteration ``t``."""
     Phi = np.asarray(Phi, dtype=np.float64)
@@ -488,7 +497,7 @@ def iht_ref(Phi, v, sigma, b: int, alpha: float, beta: float, iters: int = 50):
         w_prev = w
         g = grad_f1_ref(Phi, v, beta, z)
         s = z - line_search_ref(Phi, v, beta, g, z) * g
-        S, w = iht_threshold_ref(s, sigma, b, alpha)
+        S, w = iht_threshold_ref(s, sigma, b, alpha, rule)
         w = debias_ref(Phi, v, beta, w, S)
         w = np.maximum(w, 0.0)
         d = w - w_prev

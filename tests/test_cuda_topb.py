@@ -1,7 +1,7 @@
 """The CUDA IHT top-b kernel (csrc/cuda/topb.cu) against the CPU kernel, bit for bit.
 
-Both compute the float64 score ``0.5 [-s]_+^2 - alpha sigma^2`` from the same float32 values with
-the same roundings and order the support by (score, index), so on float32 input the support (order
+Both compute the float64 score (the paper's ``0.5 [-s]_+^2 - alpha sigma^2`` or the exact rule's
+``-0.5 [s]_+^2 - alpha sigma^2 [s > 0]``) from the same float32 values with the same roundings and order the support by (score, index), so on float32 input the support (order
 included) and ``w`` must be identical, ties and signed zeros included. Every test is marked
 ``cuda`` and is skipped without a GPU or without ``fastal._cuda``.
 """
@@ -20,12 +20,12 @@ import fastal
 pytestmark = pytest.mark.cuda
 
 
-def cpu_kernel(s32: np.ndarray, g32: np.ndarray, b: int, alpha: float):
-    return fastal._ext.cpu.iht_threshold_float32(s32, g32, b, alpha)
+def cpu_kernel(s32: np.ndarray, g32: np.ndarray, b: int, alpha: float, rule: str = "paper"):
+    return fastal._ext.cpu.iht_threshold_float32(s32, g32, b, alpha, exact=rule == "exact")
 
 
-def assert_same_as_cpu(support, w, s32, g32, b, alpha) -> None:
-    ref_support, ref_w = cpu_kernel(s32, g32, b, alpha)
+def assert_same_as_cpu(support, w, s32, g32, b, alpha, rule="paper") -> None:
+    ref_support, ref_w = cpu_kernel(s32, g32, b, alpha, rule)
     got_support, got_w = to_numpy(support), to_numpy(w)
     assert got_support.dtype == np.int64
     assert got_w.dtype == np.float32
@@ -37,8 +37,10 @@ def on_device(a32: np.ndarray, backend: str):
     return to_backend(a32, backend, "float32")
 
 
-def gpu(s32, g32, b, alpha, backend):
-    return fastal.iht_threshold(on_device(s32, backend), on_device(g32, backend), b, alpha)
+def gpu(s32, g32, b, alpha, backend, rule="paper"):
+    return fastal.iht_threshold(
+        on_device(s32, backend), on_device(g32, backend), b, alpha, rule=rule
+    )
 
 
 @functools.cache
@@ -69,24 +71,26 @@ def test_kernel_is_built():
 SIZES = [1, 2, 7, 255, 256, 1023, 1024, 4095, 4096, 4097, 12289, 100_003, 1_000_000]
 
 
+@pytest.mark.parametrize("rule", ["paper", "exact"])
 @pytest.mark.parametrize("alpha", [0.0, 1e-8, 0.3, 10.0])
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 @pytest.mark.parametrize("n", SIZES)
-def test_random_scores_match_cpu(n, backend, alpha):
+def test_random_scores_match_cpu(n, backend, alpha, rule):
     s32, g32 = normal_case(n)
     for b in budgets(n):
-        support, w = gpu(s32, g32, b, alpha, backend)
-        assert_same_as_cpu(support, w, s32, g32, b, alpha)
+        support, w = gpu(s32, g32, b, alpha, backend, rule)
+        assert_same_as_cpu(support, w, s32, g32, b, alpha, rule)
 
 
+@pytest.mark.parametrize("rule", ["paper", "exact"])
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 2.0])
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 @pytest.mark.parametrize("n", [64, 5000, 300_001])
-def test_heavy_ties_match_cpu(n, backend, alpha):
+def test_heavy_ties_match_cpu(n, backend, alpha, rule):
     s32, g32 = tied_case(n)
     for b in (*budgets(n), n // 7, n // 5 + 3):
-        support, w = gpu(s32, g32, b, alpha, backend)
-        assert_same_as_cpu(support, w, s32, g32, b, alpha)
+        support, w = gpu(s32, g32, b, alpha, backend, rule)
+        assert_same_as_cpu(support, w, s32, g32, b, alpha, rule)
 
 
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
@@ -116,8 +120,9 @@ def test_special_values_match_cpu(backend):
     g32 = vals[rng.integers(vals.size, size=n)]
     for alpha in (0.0, 1e-300, 1.0, 1e300):
         for b in (0, 1, 37, 5000, n - 1, n):
-            support, w = gpu(s32, g32, b, alpha, backend)
-            assert_same_as_cpu(support, w, s32, g32, b, alpha)
+            for rule in ("paper", "exact"):
+                support, w = gpu(s32, g32, b, alpha, backend, rule)
+                assert_same_as_cpu(support, w, s32, g32, b, alpha, rule)
 
 
 def test_more_than_2_24_rows():

@@ -14,6 +14,7 @@ strategy against the float64 references of :mod:`reference`.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -37,6 +38,7 @@ from reference import (
     fit_temperature_ref,
     greedy_ref,
     iht_ref,
+    iht_score_ref,
     iht_threshold_ref,
     line_search_ref,
     mc_losses_ref,
@@ -111,10 +113,10 @@ def bayesian_reference(pool: dict, rows, b: int):
     return sparse_problem_bayesian_ref(L[:, rows], P[rows], b)
 
 
-def solve_ref(Phi, v, sigma, b, solver, alpha, beta, iters=50, tau=1.0):
+def solve_ref(Phi, v, sigma, b, solver, alpha, beta, iters=50, tau=1.0, prox="paper"):
     if solver == "greedy":
         return greedy_ref(Phi, v, sigma, b, alpha, beta, tau)
-    return iht_ref(Phi, v, sigma, b, alpha, beta, iters)
+    return iht_ref(Phi, v, sigma, b, alpha, beta, iters, prox)
 
 
 def assert_valid_selection(sel, n: int, b: int, labeled, solver: str, iters: int = 50) -> None:
@@ -163,8 +165,8 @@ def assert_same_solution(sel, rows, expected, Phi, v, sigma, alpha, beta) -> Non
 # iht_threshold: the top-b kernel
 
 
-def threshold(s, sigma, b, alpha):
-    support, w = fastal.iht_threshold(s, sigma, b, alpha)
+def threshold(s, sigma, b, alpha, rule="paper"):
+    support, w = fastal.iht_threshold(s, sigma, b, alpha, rule=rule)
     return support, w
 
 
@@ -181,6 +183,67 @@ def test_iht_threshold_hand_worked():
     assert_array_equal(w, [3.0, 0.0, 0.5, 0.0])  # the selected negative entry gets [s]₊ = 0
 
 
+def test_iht_threshold_exact_rule_hand_worked():
+    # exact scores -½[s]₊²: (-4.5, 0, -0.125, -2) -> 0, 3; ½|w - s|² = ½ (1 + 0.25) = 0.625, where
+    # the paper's pick {0, 2} leaves ½ (1 + 4) = 2.5
+    s = np.array([3.0, -1.0, 0.5, 2.0])
+    support, w = threshold(s, np.zeros(4), 2, 0.0, "exact")
+    assert_array_equal(support, [0, 3])
+    assert_array_equal(w, [3.0, 0.0, 0.0, 2.0])
+    # sigma counts only where w_j > 0: row 1 (s < 0) scores 0 whatever its sigma
+    support, _ = threshold(s, np.array([0.0, 5.0, 2.0, 0.0]), 2, 1.0, "exact")
+    assert_array_equal(support, [0, 2])  # scores (-4.5, 0, -0.125 - 4, -2)
+
+
+def prox_objective(w, s, sigma, alpha):
+    """½|w - s|² - α Σ_{w_j > 0} σ_j²: what the proximal step minimises."""
+    return 0.5 * float(((w - s) ** 2).sum()) - alpha * float((sigma[w > 0] ** 2).sum())
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_iht_threshold_exact_rule_is_the_proximal_minimiser(seed):
+    """Against every support of size b with w = [s]₊ on it (the best w for that support): the
+    exact rule reaches the minimum; the paper's rule is never below it."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 9))
+    b = int(rng.integers(1, n + 1))
+    s = rng.normal(size=n) * rng.choice([0.1, 1.0, 3.0])
+    sigma = np.abs(rng.normal(size=n))
+    alpha = float(rng.choice([0.0, 0.05, 0.5, 2.0]))
+    best = min(
+        prox_objective(_w_of(list(S), s), s, sigma, alpha)
+        for S in itertools.combinations(range(n), b)
+    )
+    _, w = threshold(s, sigma, b, alpha, "exact")
+    assert prox_objective(w, s, sigma, alpha) == pytest.approx(best, rel=1e-12, abs=1e-12)
+    _, w_paper = threshold(s, sigma, b, alpha, "paper")
+    assert prox_objective(w_paper, s, sigma, alpha) >= best - 1e-12
+
+
+def test_iht_threshold_paper_rule_can_miss_the_minimiser():
+    """Why the exact rule exists: with every s_j > 0 the paper's scores all equal -α σ_j²."""
+    s, sigma = np.array([0.1, 0.2, 5.0]), np.zeros(3)
+    support, w = threshold(s, sigma, 1, 0.0)
+    assert_array_equal(support, [0])
+    _, w_exact = threshold(s, sigma, 1, 0.0, "exact")
+    assert prox_objective(w, s, sigma, 0.0) > prox_objective(w_exact, s, sigma, 0.0)
+
+
+def test_iht_threshold_nan_scores_are_an_error_not_a_crash():
+    """Finite float64 inputs whose paper score is inf - inf: a ValueError, and the kernel called
+    directly (as the solvers do) rejects NaN inputs rather than reading out of bounds."""
+    with pytest.raises(ValueError, match="NaN at index 0"):
+        fastal.iht_threshold(np.full(4, -1e200), np.full(4, 1e200), 2, 1.0)
+    s, sigma = np.linspace(-1, 1, 100_001), np.ones(100_001)
+    s[70_000] = np.nan
+    for exact in (False, True):
+        with pytest.raises(ValueError, match="NaN at index 70000"):
+            fastal._ext.cpu.iht_threshold_float64(s, sigma, 5, 0.5, exact=exact)
+    # the exact rule subtracts both terms: no inf - inf
+    support, _ = fastal.iht_threshold(np.full(4, 1e200), np.full(4, 1e200), 2, 1.0, rule="exact")
+    assert_array_equal(support, [0, 1])
+
+
 THRESHOLD_SIZES = [
     (1, 0),
     (1, 1),
@@ -195,37 +258,37 @@ THRESHOLD_SIZES = [
 ]
 
 
+@pytest.mark.parametrize("rule", ["paper", "exact"])
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 10.0])
 @pytest.mark.parametrize(("backend", "dtype"), THRESHOLD_PARAMS)
 @pytest.mark.parametrize(
     ("n", "b"), THRESHOLD_SIZES, ids=[f"n{n}-b{b}" for n, b in THRESHOLD_SIZES]
 )
-def test_iht_threshold_matches_reference(n, b, backend, dtype, alpha):
+def test_iht_threshold_matches_reference(n, b, backend, dtype, alpha, rule):
     """Random s of both signs: exact in float64; in float32 the reference sees the stored values
     and the selection may part from it only at a float32 near-tie of the scores."""
     rng = np.random.default_rng(n * 7 + b)
     s = to_backend(rng.normal(size=n), backend, dtype)
     sigma = to_backend(np.abs(rng.normal(size=n)) * 0.5, backend, dtype)
-    support, w = threshold(s, sigma, b, alpha)
+    support, w = threshold(s, sigma, b, alpha, rule)
     assert_indices_like(support, s, b)
     assert backend_of(w) == backend_of(s)
     assert dtype_of(w) == dtype
     assert tuple(w.shape) == (n,)
     s64, g64 = upcast(s), upcast(sigma)
-    ref_support, ref_w = iht_threshold_ref(s64, g64, b, alpha)
+    ref_support, ref_w = iht_threshold_ref(s64, g64, b, alpha, rule)
     got = to_numpy(support)
     if dtype == "float64":
         assert_array_equal(got, ref_support)
     else:
-        assert_topb_valid(got, s64, g64, b, alpha, rtol=1e-6)
+        assert_topb_valid(got, s64, g64, b, alpha, rtol=1e-6, rule=rule)
     assert_array_equal(upcast(w), _w_of(got, s64))
     if dtype == "float64":
         assert_array_equal(upcast(w), ref_w)
 
 
-def _score(s, sigma, alpha):
-    neg = np.maximum(-s, 0.0)
-    return 0.5 * neg * neg - alpha * sigma * sigma
+def _score(s, sigma, alpha, rule="paper"):
+    return iht_score_ref(s, sigma, alpha, rule)
 
 
 def _w_of(support, s64):
@@ -234,10 +297,10 @@ def _w_of(support, s64):
     return w
 
 
-def assert_topb_valid(support, s64, g64, b, alpha, rtol):
+def assert_topb_valid(support, s64, g64, b, alpha, rtol, rule="paper"):
     """``support`` is b distinct indices holding the b smallest scores, in ascending score order,
     up to ``rtol`` of the score scale; where the float64 boundary is clear it is the reference's."""
-    score = _score(s64, g64, alpha)
+    score = _score(s64, g64, alpha, rule)
     scale = max(1.0, float(np.abs(score).max()))
     assert np.unique(support).size == b
     if b == 0:
@@ -247,7 +310,7 @@ def assert_topb_valid(support, s64, g64, b, alpha, rtol):
     rest = np.delete(score, support)
     if rest.size:
         assert chosen.max() <= rest.min() + rtol * scale
-    ref, _ = iht_threshold_ref(s64, g64, b, alpha)
+    ref, _ = iht_threshold_ref(s64, g64, b, alpha, rule)
     srt = np.sort(score)
     if b < srt.size and srt[b] - srt[b - 1] > 2 * rtol * scale:
         assert set(support.tolist()) == set(ref.tolist())
@@ -294,6 +357,34 @@ def test_iht_threshold_torch_inputs_give_torch_outputs():
     assert_array_equal(np_w, w.numpy())
 
 
+@pytest.mark.parametrize("rule", ["paper", "exact"])
+def test_torch_fallback_of_the_cuda_step_equals_the_kernel(rule):
+    """``_sparse_cuda._iht_threshold_torch`` (a CUDA build without the kernel) forms the same float64
+    scores with the same roundings: run on CPU tensors, it matches the C++ kernel bit for bit."""
+    from fastal import _interop
+    from fastal._sparse_cuda import _iht_threshold_torch
+
+    s, sigma = tied_or_normal_float32(5000)
+    info = _interop.describe(torch.from_numpy(s), "s")
+    for b in (0, 1, 700, 5000):
+        support, w = _iht_threshold_torch(
+            torch.from_numpy(s), torch.from_numpy(sigma), b, 0.5, info, exact=rule == "exact"
+        )
+        ref_support, ref_w = fastal._ext.cpu.iht_threshold_float32(
+            s, sigma, b, 0.5, exact=rule == "exact"
+        )
+        assert_array_equal(to_numpy(support), ref_support)
+        assert_array_equal(to_numpy(w).view(np.uint32), ref_w.view(np.uint32))
+
+
+def tied_or_normal_float32(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Half the rows from a few values (ties), half Gaussian; float32."""
+    rng = np.random.default_rng(n)
+    s = np.where(rng.random(n) < 0.5, rng.integers(-4, 5, n) * 0.25, rng.normal(size=n))
+    sigma = np.where(rng.random(n) < 0.5, rng.integers(0, 3, n) * 0.5, np.abs(rng.normal(size=n)))
+    return s.astype(np.float32), sigma.astype(np.float32)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_iht_threshold_rejects_non_finite(backend, bad):
@@ -309,6 +400,8 @@ def test_iht_threshold_rejects_non_finite(backend, bad):
 
 def test_iht_threshold_rejects_bad_arguments():
     s, sigma = np.linspace(-1, 1, 8), np.ones(8)
+    with pytest.raises(ValueError, match="rule"):
+        fastal.iht_threshold(s, sigma, 2, 0.1, rule="Exact")
     for b in (-1, 9):
         with pytest.raises(ValueError, match=r"\bb\b"):
             fastal.iht_threshold(s, sigma, b, 0.1)
@@ -804,7 +897,7 @@ def test_tiny_problems_gap_to_exhaustive(form, alpha, beta):
     instance that baseline is NOT always beaten (the solvers' weights are one De-bias step from
     optimal and IHT keeps the top sigma whenever more than b entries of s are positive), so no
     per-instance assertion against it is made."""
-    gaps = {"greedy": [], "iht": [], "top_sigma": []}
+    gaps = {"greedy": [], "iht": [], "iht-exact": [], "top_sigma": []}
     for seed in range(3):
         for n, b in TINY:
             if form == "factored":
@@ -821,26 +914,28 @@ def test_tiny_problems_gap_to_exhaustive(form, alpha, beta):
             f_top = support_objective_ref(Phi, v, sigma, alpha, beta, top)
             scale = max(1.0, abs(f_opt))
             line = [f"{form} seed={seed} n={n} b={b} a={alpha:g} b={beta:g} f*={f_opt:.6g}"]
-            for solver in ("greedy", "iht"):
-                sel = SparseApprox(solver=solver, alpha=alpha, beta=beta, **pool_args).select(
-                    pool, b
-                )
+            for name in ("greedy", "iht", "iht-exact"):
+                solver, _, prox = name.partition("-")
+                sel = SparseApprox(
+                    solver=solver, alpha=alpha, beta=beta, prox=prox or "paper", **pool_args
+                ).select(pool, b)
                 w = sel.diagnostics["weights"]
                 S = to_numpy(sel.indices)
                 f = objective_ref(Phi, v, sigma, alpha, beta, w, S)
                 assert_allclose(sel.diagnostics["objective"][-1], f, rtol=F_RTOL, atol=1e-13)
-                ref = solve_ref(Phi, v, sigma, b, solver, alpha, beta)
+                ref = solve_ref(Phi, v, sigma, b, solver, alpha, beta, prox=prox or "paper")
                 assert_array_equal(S, ref[0])
-                assert f >= f_opt - 1e-12 * scale, f"{solver} below the exhaustive optimum"
-                gaps[solver].append(f - f_opt)
-                line.append(f"{solver} gap={f - f_opt:.3e}")
+                assert f >= f_opt - 1e-12 * scale, f"{name} below the exhaustive optimum"
+                gaps[name].append(f - f_opt)
+                line.append(f"{name} gap={f - f_opt:.3e}")
             gaps["top_sigma"].append(f_top - f_opt)
             line.append(f"top-sigma gap={f_top - f_opt:.3e}")
             print("  ".join(line))
     best = np.minimum(gaps["greedy"], gaps["iht"])
     print(
         f"{form} a={alpha:g} b={beta:g} mean gaps: greedy {np.mean(gaps['greedy']):.3e} "
-        f"iht {np.mean(gaps['iht']):.3e} top-sigma {np.mean(gaps['top_sigma']):.3e}"
+        f"iht {np.mean(gaps['iht']):.3e} iht-exact {np.mean(gaps['iht-exact']):.3e} "
+        f"top-sigma {np.mean(gaps['top_sigma']):.3e}"
     )
     assert np.mean(best) <= np.mean(gaps["top_sigma"]) + 1e-12
 
@@ -923,6 +1018,9 @@ def test_strategy_rejects_bad_parameters():
         ({"iters": -3}, ValueError, "iters"),
         ({"temperature": 0.0}, ValueError, "temperature"),
         ({"temperature": -2.0}, ValueError, "temperature"),
+        ({"tau": -1.0}, ValueError, "tau"),
+        ({"tau": 0.0}, ValueError, "tau"),
+        ({"prox": "Exact"}, ValueError, "prox"),
     ):
         with pytest.raises(exc, match=match):
             SparseApprox(**kwargs).select(pool, 3)
@@ -931,6 +1029,7 @@ def test_strategy_rejects_bad_parameters():
 _N = 20
 _POOL = logits_pool(_N, 3, 2, seed=0)
 _LZ = {"labeled_targets": np.zeros(10, dtype=np.int64)}
+_P = softmax_ref(_POOL["logits"])
 
 #: (id, pool, budget, labeled, exception, message pattern)
 BAD_POOLS = [
@@ -976,6 +1075,28 @@ BAD_POOLS = [
         "probs",
     ),
     ("mc-probs-not-3d", {"mc_probs": np.ones((_N, 3)) / 3}, 3, None, ValueError, "mc_probs"),
+    ("mc-probs-sum-3", {"mc_probs": np.ones((4, _N, 3))}, 3, None, ValueError, "mc_probs"),
+    ("mc-probs-int", {"mc_probs": np.zeros((4, _N, 3), np.int64)}, 3, None, TypeError, "mc_probs"),
+    ("losses-int", {"losses": np.ones((3, _N, 3), np.int64), "probs": _P}, 3, None, TypeError, "losses"),
+    ("losses-probs-nan", {"losses": np.ones((3, _N, 3)), "probs": _P * np.nan}, 3, None, ValueError, "probs"),
+    ("losses-probs-sum", {"losses": np.ones((3, _N, 3)), "probs": _P * 2}, 3, None, ValueError, "probs"),
+    ("probs-not-probs", {"probs": _POOL["logits"], "features": _POOL["features"]}, 3, None, ValueError, "probs"),
+    (
+        "label-probs-nan",
+        {"probs": _P, "features": _POOL["features"], "label_probs": _P * np.nan},
+        3,
+        None,
+        ValueError,
+        "label_probs",
+    ),
+    (
+        "label-probs-huge",  # finite, and once a segfault in the top-b step
+        {"probs": _P, "features": _POOL["features"], "label_probs": np.full((_N, 3), -1e200)},
+        3,
+        None,
+        ValueError,
+        "label_probs",
+    ),
     ("labeled-duplicates", _POOL, 3, [1, 1], ValueError, "labeled"),
     ("bare-array", _POOL["features"], 3, None, TypeError, "pool"),
 ]
@@ -988,6 +1109,21 @@ BAD_POOLS = [
 def test_strategy_rejects_bad_pools(pool, budget, labeled, exc, match):
     with pytest.raises(exc, match=match):
         SparseApprox().select(pool, budget, labeled)
+
+
+@pytest.mark.parametrize("solver", ["iht", "greedy"])
+def test_16_bit_probabilities_are_accepted(solver):
+    """Softmax outputs stored in bfloat16 / float16 sum to 1 only within their rounding."""
+    pool = logits_pool(60, 5, 4, seed=3)
+    probs = torch.from_numpy(softmax_ref(pool["logits"]))
+    label_probs = torch.from_numpy(softmax_ref(pool["logits"] / 2.0))
+    for dtype in (torch.bfloat16, torch.float16):
+        sel = SparseApprox(solver=solver).select(
+            {"probs": probs.to(dtype), "label_probs": label_probs.to(dtype),
+             "features": torch.from_numpy(pool["features"]).to(dtype)},
+            5,
+        )  # fmt: skip
+        assert np.unique(to_numpy(sel.indices)).size == 5
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -289,7 +289,7 @@ void register_dtype(py::module_& m, const std::string& tag) {
 template <typename T>
 void register_topb(py::module_& m, const std::string& tag) {
   m.def(("iht_threshold_" + tag).c_str(),
-        [](const Buf<T>& s, const Buf<T>& sigma, int64_t b, double alpha) {
+        [](const Buf<T>& s, const Buf<T>& sigma, int64_t b, double alpha, bool exact) {
           FASTAL_REQUIRE(s.ndim() == 1, "s must be 1-D, got ", s.ndim(), " dimensions");
           const int64_t n = s.shape(0);
           FASTAL_REQUIRE(sigma.ndim() == 1 && sigma.shape(0) == n, "sigma must have shape (", n, ",)");
@@ -302,11 +302,12 @@ void register_topb(py::module_& m, const std::string& tag) {
           T* pw = w.mutable_data();
           {
             py::gil_scoped_release nogil;
-            iht_threshold(ps, pg, n, b, alpha, out, pw);
+            iht_threshold(ps, pg, n, b, alpha, exact ? IhtRule::Exact : IhtRule::Paper, out, pw);
           }
           return py::make_tuple(support, w);
         },
-        py::arg("s").noconvert(), py::arg("sigma").noconvert(), py::arg("b"), py::arg("alpha"));
+        py::arg("s").noconvert(), py::arg("sigma").noconvert(), py::arg("b"), py::arg("alpha"),
+        py::arg("exact") = false);
 }
 
 // The factored products of the Sparse Approximation solvers (see kernels.h).

@@ -359,12 +359,13 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def("iht_threshold",
         [](uintptr_t s, uintptr_t sigma, int64_t n, int64_t b, double alpha, uintptr_t support,
-           uintptr_t w, int device, uintptr_t stream) {
+           uintptr_t w, int device, uintptr_t stream, bool exact) {
           py::gil_scoped_release nogil;
-          fc::iht_threshold(ptr<const float>(s), ptr<const float>(sigma), n, b, alpha,
+          fc::iht_threshold(ptr<const float>(s), ptr<const float>(sigma), n, b, alpha, exact,
                             ptr<int64_t>(support), ptr<float>(w), device, stream_of(stream));
         },
         py::arg("s_ptr"), py::arg("sigma_ptr"), py::arg("n"), py::arg("b"), py::arg("alpha"),
         py::arg("support_ptr"), py::arg("w_ptr"), py::arg("device"), py::arg("stream"),
+        py::arg("exact") = false,
         "support (b, int64) and w (n, float32) of the IHT top-b step for float32 s and sigma (n).");
 }

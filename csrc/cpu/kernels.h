@@ -34,13 +34,17 @@ template <typename T>
 void segment_sum(const T* X, int64_t n, int64_t d, const int64_t* labels, int64_t k, double* sums,
                  int64_t* counts);
 
-// IHT top-b (Shen et al., Appendix E): support[0, b) = the b indices with the smallest
-// 1/2 [-s_j]_+^2 - alpha sigma_j^2, ordered by (score, index); w = [s]_+ on them, 0 elsewhere.
-// Exact; O(n) expected (sampled threshold, one streaming pass, selection on the survivors).
-// Scores are computed in float64 (see topb.cpp).
+// IHT top-b (Shen et al., Appendix E): support[0, b) = the b indices with the smallest score,
+// ordered by (score, index); w = [s]_+ on them, 0 elsewhere. Paper: the score of Appendix E,
+// 1/2 [-s_j]_+^2 - alpha sigma_j^2. Exact: -1/2 [s_j]_+^2 - alpha sigma_j^2 [s_j > 0], whose b
+// smallest give the exact minimiser of 1/2 |w - s|^2 - alpha sum_{w_j > 0} sigma_j^2 over w >= 0
+// with at most b non-zeros (Appendix E leaves out the 1/2 s_j^2 of the rows not selected).
+// Exact selection; O(n) expected (sampled threshold, one streaming pass, selection on the
+// survivors). Scores are computed in float64 (see topb.cpp).
+enum class IhtRule { Paper, Exact };
 template <typename T>
-void iht_threshold(const T* s, const T* sigma, int64_t n, int64_t b, double alpha, int64_t* support,
-                   T* w);
+void iht_threshold(const T* s, const T* sigma, int64_t n, int64_t b, double alpha, IhtRule rule,
+                   int64_t* support, T* w);
 
 // Products with a factored Φ (column j = scale * a_j (x) h_j; A n x C, H n x dh row-major,
 // T = float or double; R, M are C x dh float64):

@@ -1,7 +1,8 @@
 // IHT top-b thresholding (Shen et al., Alg. 2 line 6 and Appendix E) on the CPU.
 //
-// score_j = 1/2 [-s_j]_+^2 - alpha sigma_j^2; the b smallest scores (ties to the lowest index) form
-// the support, and w = [s]_+ on it. A full nth_element over n = 10^7 pairs costs ~10x one streaming
+// The b smallest scores (ties to the lowest index) form the support, and w = [s]_+ on it. Scores
+// (kernels.h, IhtRule): the paper's 1/2 [-s_j]_+^2 - alpha sigma_j^2, or the exact proximal one
+// -1/2 [s_j]_+^2 - alpha sigma_j^2 [s_j > 0]. A full nth_element over n = 10^7 pairs costs ~10x one streaming
 // pass, so: estimate a threshold from a strided sample of the scores, keep the rows at or below it
 // in one parallel pass, and finish with nth_element + sort on the few survivors. If the sample
 // underestimated (fewer than b survivors), the pass is repeated with a higher sample rank, and in
@@ -14,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/check.h"
 #include "cpu/kernels.h"
 
 namespace fastal::cpu {
@@ -23,9 +25,14 @@ namespace {
 // In float64 whatever the storage type, without FMA contraction (this file is compiled with
 // -ffp-contract=off), so that a float64 numpy reference computes bit-identical scores.
 template <typename T>
-inline double iht_score(T s, T sigma, double alpha) {
-  const double neg = s < T(0) ? -static_cast<double>(s) : 0.0;
+inline double iht_score(T s, T sigma, double alpha, IhtRule rule) {
   const double sg = static_cast<double>(sigma);
+  if (rule == IhtRule::Exact) {
+    if (!(s > T(0))) return 0.0;
+    const double pos = static_cast<double>(s);
+    return -(0.5 * (pos * pos)) - alpha * (sg * sg);
+  }
+  const double neg = s < T(0) ? -static_cast<double>(s) : 0.0;
   return 0.5 * (neg * neg) - alpha * (sg * sg);
 }
 
@@ -38,19 +45,30 @@ struct Keyed {
 };
 
 // All rows with score <= threshold (every row when threshold is +inf), in ascending index order.
+// A NaN input or score (the paper's rule on float64 input: inf - inf when both terms overflow) is an
+// error: the row could be neither ranked nor dropped (the solvers call this without a Python check).
 template <typename T>
-std::vector<Keyed> survivors(const T* s, const T* sigma, int64_t n, double alpha, double threshold) {
+std::vector<Keyed> survivors(const T* s, const T* sigma, int64_t n, double alpha, IhtRule rule,
+                             double threshold) {
   const int threads = n > (int64_t{1} << 16) ? omp_get_max_threads() : 1;
   std::vector<std::vector<Keyed>> parts(static_cast<size_t>(threads));
-#pragma omp parallel num_threads(threads)
+  int64_t first_nan = n;
+#pragma omp parallel num_threads(threads) reduction(min : first_nan)
   {
     auto& mine = parts[static_cast<size_t>(omp_get_thread_num())];
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < n; ++j) {
-      const double sc = iht_score(s[j], sigma[j], alpha);
-      if (sc <= threshold) mine.push_back({sc, j});
+      const double sc = iht_score(s[j], sigma[j], alpha, rule);
+      if (sc != sc || s[j] != s[j] || sigma[j] != sigma[j]) {
+        first_nan = std::min(first_nan, j);
+      } else if (sc <= threshold) {
+        mine.push_back({sc, j});
+      }
     }
   }
+  FASTAL_REQUIRE(first_nan == n, "the IHT score is NaN at index ", first_nan, " (s = ",
+                 static_cast<double>(s[first_nan]), ", sigma = ", static_cast<double>(sigma[first_nan]),
+                 "): a NaN input, or both terms of 1/2 [-s]_+^2 - alpha sigma^2 overflow float64");
   std::vector<Keyed> all;
   size_t total = 0;
   for (const auto& p : parts) total += p.size();
@@ -62,8 +80,8 @@ std::vector<Keyed> survivors(const T* s, const T* sigma, int64_t n, double alpha
 }  // namespace
 
 template <typename T>
-void iht_threshold(const T* s, const T* sigma, int64_t n, int64_t b, double alpha, int64_t* support,
-                   T* w) {
+void iht_threshold(const T* s, const T* sigma, int64_t n, int64_t b, double alpha, IhtRule rule,
+                   int64_t* support, T* w) {
   std::fill(w, w + n, T(0));
   if (b == 0) return;
   // a strided sample of the scores; rank it where about 1.5 b / n + 4 sqrt(b) / n of it lies
@@ -71,7 +89,8 @@ void iht_threshold(const T* s, const T* sigma, int64_t n, int64_t b, double alph
   std::vector<double> sample(static_cast<size_t>(m));
   for (int64_t k = 0; k < m; ++k) {
     const int64_t j = static_cast<int64_t>((static_cast<double>(k) + 0.5) * n / m);
-    sample[k] = iht_score(s[j], sigma[j], alpha);
+    const double sc = iht_score(s[j], sigma[j], alpha, rule);
+    sample[k] = sc == sc ? sc : std::numeric_limits<double>::infinity();  // NaN: survivors() rejects it
   }
   std::vector<Keyed> keep;
   double frac = 1.5 * static_cast<double>(b) / n + 4.0 * std::sqrt(static_cast<double>(b)) / n;
@@ -82,8 +101,11 @@ void iht_threshold(const T* s, const T* sigma, int64_t n, int64_t b, double alph
       std::nth_element(sample.begin(), sample.begin() + rank, sample.end());
       threshold = sample[static_cast<size_t>(rank)];
     }
-    keep = survivors(s, sigma, n, alpha, threshold);
+    keep = survivors(s, sigma, n, alpha, rule, threshold);
   }
+  // with no threshold every row survives unless it was NaN, which survivors() rejected
+  FASTAL_REQUIRE(static_cast<int64_t>(keep.size()) >= b, "internal: ", keep.size(),
+                 " rows survived the top-b selection, fewer than b = ", b);
   std::nth_element(keep.begin(), keep.begin() + (b - 1), keep.end());
   std::sort(keep.begin(), keep.begin() + b);
   for (int64_t k = 0; k < b; ++k) {
@@ -93,9 +115,9 @@ void iht_threshold(const T* s, const T* sigma, int64_t n, int64_t b, double alph
   }
 }
 
-template void iht_threshold<float>(const float*, const float*, int64_t, int64_t, double, int64_t*,
-                                   float*);
-template void iht_threshold<double>(const double*, const double*, int64_t, int64_t, double, int64_t*,
-                                    double*);
+template void iht_threshold<float>(const float*, const float*, int64_t, int64_t, double, IhtRule,
+                                   int64_t*, float*);
+template void iht_threshold<double>(const double*, const double*, int64_t, int64_t, double, IhtRule,
+                                    int64_t*, double*);
 
 }  // namespace fastal::cpu

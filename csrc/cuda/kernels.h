@@ -162,11 +162,12 @@ void kmeanspp_steps_factored(DType dtype, const Factored& X, const KMeansPPState
 // ---- IHT top-b thresholding (see topb.cu) -------------------------------------------------------
 
 // s, sigma (n, float32): support (b, int64) = the b indices with the smallest
-// score_j = 1/2 [-s_j]_+^2 - alpha sigma_j^2 (float64, rounded as cpu/topb.cpp rounds it), ordered
-// by (score, index); w (n, float32) = max(s, 0) on the support, 0 elsewhere. 0 <= b <= n < 2^32,
-// alpha finite >= 0; finiteness of s and sigma is the caller's check.
+// score_j = 1/2 [-s_j]_+^2 - alpha sigma_j^2 (exact: -1/2 [s_j]_+^2 - alpha sigma_j^2 [s_j > 0];
+// see cpu/kernels.h), in float64 rounded as cpu/topb.cpp rounds it, ordered by (score, index);
+// w (n, float32) = max(s, 0) on the support, 0 elsewhere. 0 <= b <= n < 2^32, alpha finite >= 0;
+// finiteness of s and sigma is the caller's check.
 void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, double alpha,
-                   int64_t* support, float* w, int device, cudaStream_t stream);
+                   bool exact, int64_t* support, float* w, int device, cudaStream_t stream);
 
 // ---- batched Gram eigenvalues (see gram_eig.cu) ------------------------------------------------
 

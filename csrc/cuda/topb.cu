@@ -1,8 +1,9 @@
 // IHT top-b thresholding on the GPU (Shen et al., Alg. 2 line 6, Appendix E; DESIGN.md family 5).
 //
-// score_j = 1/2 [-s_j]_+^2 - alpha sigma_j^2 in float64, rounded exactly as the CPU kernel rounds
-// it (cpu/topb.cpp: float32 inputs widened first, no fused multiply-adds: the __dmul_rn / __dsub_rn
-// intrinsics are never contracted). The support is the b smallest scores ordered by (score, index),
+// score_j = 1/2 [-s_j]_+^2 - alpha sigma_j^2 (the paper's rule) or -1/2 [s_j]_+^2 - alpha sigma_j^2
+// [s_j > 0] (the exact proximal step; see cpu/kernels.h) in float64, rounded exactly as the CPU
+// kernel rounds it (cpu/topb.cpp: float32 inputs widened first, no fused multiply-adds: the
+// __dmul_rn / __dsub_rn intrinsics are never contracted). Neither can be NaN for float32 inputs. The support is the b smallest scores ordered by (score, index),
 // ties to the lowest index; w = [s]_+ on it, 0 elsewhere. CUB 3.0 (CUDA 13.0) has no DeviceTopK,
 // so this is a radix select of its own, with no host round trip:
 //   1. each score maps to an order-preserving uint64 key (-0.0 and +0.0 to one key). Six histogram
@@ -60,12 +61,24 @@ struct SelectState {
   unsigned arrive_tiles;  // blocks of the count kernel that have finished
 };
 
+// The score's parameters, passed by value to every kernel.
+struct Rule {
+  double alpha;
+  bool exact;
+};
+
 // Order-preserving key of the float64 score: a < b iff key(a) < key(b); -0.0 == +0.0.
-__device__ __forceinline__ u64 score_key(float s, float sigma, double alpha) {
-  const double neg = s < 0.f ? -static_cast<double>(s) : 0.0;
+__device__ __forceinline__ u64 score_key(float s, float sigma, Rule rule) {
   const double sg = static_cast<double>(sigma);
-  const double score =
-      __dsub_rn(__dmul_rn(0.5, __dmul_rn(neg, neg)), __dmul_rn(alpha, __dmul_rn(sg, sg)));
+  const double bonus = __dmul_rn(rule.alpha, __dmul_rn(sg, sg));
+  double score;
+  if (rule.exact) {
+    const double pos = s > 0.f ? static_cast<double>(s) : 0.0;
+    score = s > 0.f ? __dsub_rn(-__dmul_rn(0.5, __dmul_rn(pos, pos)), bonus) : 0.0;
+  } else {
+    const double neg = s < 0.f ? -static_cast<double>(s) : 0.0;
+    score = __dsub_rn(__dmul_rn(0.5, __dmul_rn(neg, neg)), bonus);
+  }
   if (score == 0.0) return u64{1} << 63;
   const u64 bits = static_cast<u64>(__double_as_longlong(score));
   return (bits >> 63) ? ~bits : (bits | (u64{1} << 63));
@@ -120,7 +133,7 @@ __device__ void choose_bin(const unsigned* hist, int64_t b, int shift, int width
 }
 
 __global__ void __launch_bounds__(kThreads)
-    digit_pass_kernel(const float* s, const float* sigma, int64_t n, double alpha, int64_t b,
+    digit_pass_kernel(const float* s, const float* sigma, int64_t n, Rule rule, int64_t b,
                       int shift, int width, unsigned* hist, SelectState* st) {
   if (st->done) return;  // the same for every block: set by an earlier launch
   __shared__ unsigned h[kBins];
@@ -143,7 +156,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int q = 0; q < kUnroll; ++q) {
       const int64_t i = base + q * kThreads + threadIdx.x;
-      const u64 key = score_key(sv[q], gv[q], alpha);
+      const u64 key = score_key(sv[q], gv[q], rule);
       const bool match = i < n && (key & mask) == prefix;
       const unsigned digit = match ? static_cast<unsigned>(key >> shift) & digit_mask : kNoBin;
       // lanes with the same digit add once: many equal scores must not serialise on one bin
@@ -170,7 +183,7 @@ __device__ __forceinline__ u64 rank_flag(u64 key, u64 threshold) {
 // Per tile (one block): packed counts of keys < T and == T; then the last block rewrites the
 // `tiles` counts as exclusive prefix sums (neither half carries: both totals are <= n < 2^32).
 __global__ void __launch_bounds__(kThreads)
-    count_kernel(const float* s, const float* sigma, int64_t n, double alpha, SelectState* st,
+    count_kernel(const float* s, const float* sigma, int64_t n, Rule rule, SelectState* st,
                  u64* tile_counts, int64_t tiles) {
   using Reduce = cub::BlockReduce<u64, kThreads>;
   using Scan = cub::BlockScan<u64, kThreads>;
@@ -190,7 +203,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int q = 0; q < kItems; ++q) {
     const int64_t i = base + q * kThreads + threadIdx.x;
-    if (i < n) packed += rank_flag(score_key(sv[q], gv[q], alpha), threshold);
+    if (i < n) packed += rank_flag(score_key(sv[q], gv[q], rule), threshold);
   }
   const u64 total = Reduce(reduce_tmp).Sum(packed);
   if (threadIdx.x == 0) tile_counts[blockIdx.x] = total;
@@ -218,7 +231,7 @@ __global__ void __launch_bounds__(kThreads)
 // tile's prefix and a block scan per round of kThreads consecutive rows (index order), then the
 // survivors' keys and indices at less + min(equal, q), and w for every row.
 __global__ void __launch_bounds__(kThreads)
-    write_kernel(const float* s, const float* sigma, int64_t n, double alpha,
+    write_kernel(const float* s, const float* sigma, int64_t n, Rule rule,
                  int64_t b, const SelectState* st, const u64* tile_before, u64* cand_keys,
                  int64_t* cand_index, float* w) {
   using Scan = cub::BlockScan<u64, kThreads>;
@@ -238,7 +251,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int q = 0; q < kItems; ++q) {
     const int64_t i = base + q * kThreads + threadIdx.x;
     const bool valid = i < n;
-    const u64 key = score_key(sv[q], gv[q], alpha);
+    const u64 key = score_key(sv[q], gv[q], rule);
     const u64 flag = valid ? rank_flag(key, threshold) : 0;
     u64 excl = 0, round = 0;
     Scan(tmp).ExclusiveSum(flag, excl, round);
@@ -289,12 +302,13 @@ Scratch plan_scratch(int64_t tiles, int64_t b, size_t sort_bytes) {
 }  // namespace
 
 void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, double alpha,
-                   int64_t* support, float* w, int device, cudaStream_t stream) {
+                   bool exact, int64_t* support, float* w, int device, cudaStream_t stream) {
   FASTAL_REQUIRE(n >= 0, "n must be >= 0, got ", n);
   FASTAL_REQUIRE(n <= kMaxRows, "n must be < 2^32, got ", n);
   FASTAL_REQUIRE(b >= 0 && b <= n, "b must be in [0, n = ", n, "], got ", b);
   FASTAL_REQUIRE(std::isfinite(alpha) && alpha >= 0.0, "alpha must be finite and >= 0, got ",
                  alpha);
+  const Rule rule{alpha, exact};
   DeviceGuard guard(device);
   if (n == 0) return;
   require_device_ptr(s, "s_ptr", device, alignof(float));
@@ -326,15 +340,15 @@ void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, dou
   const int64_t pass_rows = int64_t{kThreads} * kUnroll;
   const int pass_grid = grid_for(digit_pass_kernel, (n + pass_rows - 1) / pass_rows, device);
   for (int p = 0; p < kPasses; ++p) {
-    digit_pass_kernel<<<pass_grid, kThreads, 0, stream>>>(s, sigma, n, alpha, b, pass_shift(p),
+    digit_pass_kernel<<<pass_grid, kThreads, 0, stream>>>(s, sigma, n, rule, b, pass_shift(p),
                                                           pass_width(p), hist + p * kBins, st);
     CUDA_CHECK_LAUNCH("digit_pass_kernel");
   }
-  count_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(s, sigma, n, alpha, st,
+  count_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(s, sigma, n, rule, st,
                                                                        tile_counts, tiles);
   CUDA_CHECK_LAUNCH("count_kernel");
   write_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(
-      s, sigma, n, alpha, b, st, tile_counts, cand_keys, cand_index, w);
+      s, sigma, n, rule, b, st, tile_counts, cand_keys, cand_index, w);
   CUDA_CHECK_LAUNCH("write_kernel");
   CUDA_CHECK(cub::DeviceRadixSort::SortPairs(base + plan.sort_tmp, sort_bytes, cand_keys,
                                              sorted_keys, cand_index, support, b, 0, 64, stream));

@@ -3,8 +3,9 @@
 With the CUDA module, ``fastal._cuda.iht_threshold`` (csrc/cuda/topb.cu: a radix select on the
 device, no host round trip) runs on the framework's current stream and writes outputs allocated in
 the caller's framework. A build without that kernel falls back to torch on the array's device.
-Either way the scores are formed in float64 exactly as on the CPU (``0.5 * (neg * neg) - alpha *
-(sigma * sigma)`` with float32 inputs widened first, no fused multiply-adds) and the support is
+Either way the scores are formed in float64 exactly as on the CPU (the paper's ``0.5 * (neg * neg)
+- alpha * (sigma * sigma)`` or the exact rule's ``-(0.5 * (pos * pos)) - alpha * (sigma * sigma)``,
+with float32 inputs widened first, no fused multiply-adds) and the support is
 ordered by (score, index), so every backend selects the same indices in the same order.
 """
 
@@ -26,11 +27,11 @@ def _ptr(a: Any) -> int:
 
 
 def iht_threshold_cuda(
-    s: Any, sigma: Any, b: int, alpha: float, info: ArrayInfo
+    s: Any, sigma: Any, b: int, alpha: float, info: ArrayInfo, exact: bool = False
 ) -> tuple[Any, Any]:
     cuda = _ext.cuda
     if cuda is None or not hasattr(cuda, "iht_threshold"):
-        return _iht_threshold_torch(s, sigma, b, alpha, info)
+        return _iht_threshold_torch(s, sigma, b, alpha, info, exact)
     n = info.shape[0]
     skeep, sptr = _interop.cuda_pointer(s, info)
     gkeep, gptr = _interop.cuda_pointer(sigma, info)
@@ -42,13 +43,15 @@ def iht_threshold_cuda(
                 raise _nonfinite_error(name, count, first)
     support = _interop.empty(info, (b,), "int64")
     w = _interop.empty(info, (n,), "float32")
-    cuda.iht_threshold(sptr, gptr, n, b, float(alpha), _ptr(support), _ptr(w), device, stream)
+    cuda.iht_threshold(
+        sptr, gptr, n, b, float(alpha), _ptr(support), _ptr(w), device, stream, exact=exact
+    )
     del skeep, gkeep
     return support, w
 
 
 def _iht_threshold_torch(
-    s: Any, sigma: Any, b: int, alpha: float, info: ArrayInfo
+    s: Any, sigma: Any, b: int, alpha: float, info: ArrayInfo, exact: bool = False
 ) -> tuple[Any, Any]:
     """Fallback for a build without the kernel: float64 scores and a stable sort, in torch."""
     import torch
@@ -60,8 +63,12 @@ def _iht_threshold_torch(
         if bool(bad.any()):
             raise _nonfinite_error(name, int(bad.sum()), int(bad.nonzero()[0, 0]))
     s64, g64 = st.to(torch.float64), gt.to(torch.float64)
-    neg = (-s64).clamp_min(0)
-    score = 0.5 * (neg * neg) - alpha * (g64 * g64)
+    if exact:
+        pos = s64.clamp_min(0)
+        score = torch.where(s64 > 0, -(0.5 * (pos * pos)) - alpha * (g64 * g64), 0.0)
+    else:
+        neg = (-s64).clamp_min(0)
+        score = 0.5 * (neg * neg) - alpha * (g64 * g64)
     support = torch.sort(score, stable=True).indices[:b]
     w = torch.zeros_like(st)
     w[support] = st[support].clamp_min(0)

@@ -24,12 +24,26 @@ from ._validate import check_budget
 # the top-b kernel
 
 
-def iht_threshold(s: Any, sigma: Any, b: int, alpha: float) -> tuple[Any, Any]:
+#: scores of the top-b step: the b smallest form the support
+IHT_RULES = {
+    "paper": "½[-s_j]₊² - α σ_j²  (Shen et al., Appendix E)",
+    "exact": "-½[s_j]₊² - α σ_j² [s_j > 0]  (the exact proximal minimiser)",
+}
+
+
+def iht_threshold(s: Any, sigma: Any, b: int, alpha: float, *, rule: str = "paper") -> tuple[Any, Any]:
     """Proximal step of IHT (Shen et al., Alg. 2 line 6, Appendix E), fused and O(n).
 
-    Selects the ``b`` indices with the smallest ``score_j = ½[-s_j]₊² - α σ_j²`` (computed in float64;
-    ties to the lowest index) and sets ``w = [s]₊`` on them, 0 elsewhere. This is the exact minimiser
-    of ``½|w - s|² - α Σ_{w_j>0} σ_j²`` over ``w ≥ 0`` with at most ``b`` non-zeros.
+    Selects the ``b`` indices with the smallest score (computed in float64; ties to the lowest
+    index) and sets ``w = [s]₊`` on them, 0 elsewhere. Two scores:
+
+    - ``rule="paper"`` (default): ``½[-s_j]₊² - α σ_j²``, as Appendix E derives it. That derivation
+      sums the proximal objective over the selected rows only and leaves out the ``½ s_j²`` that
+      every row *not* selected contributes (its ``w_j = 0``), so it is not the minimiser: all rows
+      with ``s_j > 0`` score ``-α σ_j²`` whatever the size of ``s_j``.
+    - ``rule="exact"``: ``-½[s_j]₊² - α σ_j² [s_j > 0]``, whose ``b`` smallest give the exact
+      minimiser of ``½|w - s|² - α Σ_{w_j>0} σ_j²`` over ``w ≥ 0`` with at most ``b`` non-zeros
+      (selecting row j changes that objective by exactly its score).
 
     Parameters
     ----------
@@ -37,20 +51,31 @@ def iht_threshold(s: Any, sigma: Any, b: int, alpha: float) -> tuple[Any, Any]:
         Same framework and device: numpy / torch-CPU float32 or float64, torch-CUDA / cupy float32.
     b : int, 0 <= b <= n
     alpha : float >= 0
+    rule : {"paper", "exact"}
 
     Returns
     -------
     support : (b,) int64, ordered by (score, index)
     w : (n,) like ``s``
 
+    Raises ``ValueError`` for NaN / Inf in ``s`` or ``sigma``, and for float64 inputs so large that
+    the paper's score is ``inf - inf``.
+
     Examples
     --------
     >>> import numpy as np, fastal
-    >>> support, w = fastal.iht_threshold(np.array([3.0, -1.0, 0.5, 2.0]), np.zeros(4), 2, 0.0)
-    >>> support.tolist(), w.tolist()
+    >>> s = np.array([3.0, -1.0, 0.5, 2.0])
+    >>> support, w = fastal.iht_threshold(s, np.zeros(4), 2, 0.0)
+    >>> support.tolist(), w.tolist()  # every s_j > 0 scores 0: ties to the lowest index
     ([0, 2], [3.0, 0.0, 0.5, 0.0])
+    >>> support, w = fastal.iht_threshold(s, np.zeros(4), 2, 0.0, rule="exact")
+    >>> support.tolist(), w.tolist()  # ½|w - s|² = 0.625, against 2.5 for the paper's pick
+    ([0, 3], [3.0, 0.0, 0.0, 2.0])
     """
     from ._validate import _number
+
+    if rule not in IHT_RULES:
+        raise ValueError(f"rule must be one of {', '.join(map(repr, IHT_RULES))}, got {rule!r}")
 
     sinfo = _interop.describe(s, "s")
     ginfo = _interop.describe(sigma, "sigma")
@@ -73,14 +98,16 @@ def iht_threshold(s: Any, sigma: Any, b: int, alpha: float) -> tuple[Any, Any]:
         from ._sparse_cuda import iht_threshold_cuda
 
         with _interop.device_scope(sinfo, "s"):
-            return iht_threshold_cuda(s, sigma, b, alpha, sinfo)
+            return iht_threshold_cuda(s, sigma, b, alpha, sinfo, exact=rule == "exact")
     sh = _interop.host_storage(s, sinfo)
     gh = _interop.host_storage(sigma, ginfo)
     for arr, name in ((sh, "s"), (gh, "sigma")):
         bad = ~np.isfinite(arr)
         if bad.any():
             raise ValueError(f"{name} contains NaN or Inf at {int(bad.sum())} position(s), first at {int(np.argmax(bad))}")
-    support, w = getattr(_ext.cpu, f"iht_threshold_{sinfo.dtype}")(sh, gh, b, alpha)
+    support, w = getattr(_ext.cpu, f"iht_threshold_{sinfo.dtype}")(
+        sh, gh, b, alpha, exact=rule == "exact"
+    )
     return _interop.wrap_host(support, sinfo), _interop.wrap_host(w, sinfo)
 
 
@@ -327,9 +354,11 @@ def solve_greedy(p: SparseProblem, tau: float, progress: bool = False) -> Solver
     return SolverResult(np.asarray(order, dtype=np.int64), _interop.host_numpy(w), trace)
 
 
-def solve_iht(p: SparseProblem, iters: int, progress: bool = False) -> SolverResult:
-    """Alg. 2: gradient step with exact line search, the top-b proximal step (:func:`iht_threshold`),
-    De-bias, clamp, and momentum with a line-searched step."""
+def solve_iht(
+    p: SparseProblem, iters: int, progress: bool = False, prox: str = "paper"
+) -> SolverResult:
+    """Alg. 2: gradient step with exact line search, the top-b proximal step (:func:`iht_threshold`
+    with ``rule=prox``), De-bias, clamp, and momentum with a line-searched step."""
     import torch
     from tqdm.auto import tqdm
 
@@ -343,7 +372,7 @@ def solve_iht(p: SparseProblem, iters: int, progress: bool = False) -> SolverRes
         g, phi_g = p.phi.grad_apply(r_z, z, p.beta)
         s = z - p.line_search(g, z, r_z, phi_g) * g
         s_arg = s if s.device.type == "cpu" else s.to(torch.float32)
-        S, w_new = _iht_torch(s_arg, sigma_arg, p.b, p.alpha)
+        S, w_new = _iht_torch(s_arg, sigma_arg, p.b, p.alpha, prox)
         w = w_new.to(torch.float64)
         w, r_w = p.debias(w, S)
         if bool((w < 0).any()):
@@ -359,13 +388,14 @@ def solve_iht(p: SparseProblem, iters: int, progress: bool = False) -> SolverRes
     return SolverResult(selected.astype(np.int64), _interop.host_numpy(w), trace)
 
 
-def _iht_torch(s: Any, sigma: Any, b: int, alpha: float) -> tuple[Any, Any]:
-    """iht_threshold on torch tensors (CPU: the C++ kernel on zero-copy numpy views)."""
+def _iht_torch(s: Any, sigma: Any, b: int, alpha: float, rule: str) -> tuple[Any, Any]:
+    """iht_threshold on torch tensors (CPU: the C++ kernel on zero-copy numpy views; it rejects
+    NaN itself)."""
     import torch
 
     if s.device.type == "cpu":
         support, w = getattr(_ext.cpu, f"iht_threshold_{str(s.dtype).removeprefix('torch.')}")(
-            s.contiguous().numpy(), sigma.contiguous().numpy(), b, alpha
+            s.contiguous().numpy(), sigma.contiguous().numpy(), b, alpha, exact=rule == "exact"
         )
         return torch.from_numpy(support), torch.from_numpy(w)
-    return iht_threshold(s.contiguous(), sigma.contiguous(), b, alpha)
+    return iht_threshold(s.contiguous(), sigma.contiguous(), b, alpha, rule=rule)

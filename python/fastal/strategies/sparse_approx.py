@@ -53,7 +53,14 @@ class SparseApprox(Strategy):
         α = 1e-2, β = 0.1 (Table 5); Bayesian IHT α = 1, β = 1e-3 and greedy α = 2, β = 0.5 (Table 4).
     iters : int, default 50
         IHT iterations T (not given in the paper).
-    tau : float, default 1.0
+    prox : {"paper", "exact"}, default "paper"
+        The score of IHT's top-b step (:func:`fastal.iht_threshold`): Appendix E's
+        ``½[-s_j]₊² - α σ_j²``, or the exact proximal minimiser's ``-½[s_j]₊² - α σ_j² [s_j > 0]``.
+        Appendix E drops the ``½ s_j²`` of the rows it does not select, so with ``"paper"`` every row
+        with a positive gradient-step value ``s_j`` scores ``-α σ_j²``, however large ``s_j``. On
+        tiny problems solved exhaustively neither rule wins everywhere (``"exact"`` is closer to
+        the optimum at α = 0, ``"paper"`` at α ≥ 0.01).
+    tau : float > 0, default 1.0
         Greedy step size τ (not given in the paper).
     bias : bool, default False
         Include the bias gradient in the non-Bayesian embedding.
@@ -90,6 +97,7 @@ class SparseApprox(Strategy):
         alpha: float | None = None,
         beta: float | None = None,
         iters: int = 50,
+        prox: str = "paper",
         tau: float = 1.0,
         bias: bool = False,
         temperature: Any = "auto",
@@ -103,7 +111,10 @@ class SparseApprox(Strategy):
         self.alpha = None if alpha is None else _number(alpha, "alpha", minimum=0.0)
         self.beta = None if beta is None else _number(beta, "beta", minimum=0.0)
         self.iters = int(iters)
-        self.tau = _number(tau, "tau")
+        if prox not in ("paper", "exact"):
+            raise ValueError(f"prox must be 'paper' or 'exact', got {prox!r}")
+        self.prox = prox
+        self.tau = _number(tau, "tau", positive=True)
         self.bias = bool(bias)
         if not (temperature is None or temperature == "auto"):
             temperature = _number(temperature, "temperature", positive=True)
@@ -136,6 +147,8 @@ class SparseApprox(Strategy):
         alpha = self.alpha if self.alpha is not None else alpha
         beta = self.beta if self.beta is not None else beta
         diagnostics = {"form": form, "solver": self.solver, "alpha": alpha, "beta": beta, "temperature": None}
+        if self.solver == "iht":
+            diagnostics["prox"] = self.prox
         if b == 0:
             empty = np.empty(0, np.int64)
             return Selection(_interop.to_framework(empty, info), dict(diagnostics, weights=np.zeros(rest.size), objective=[]))
@@ -149,7 +162,7 @@ class SparseApprox(Strategy):
         if self.solver == "greedy":
             res = solve_greedy(problem, self.tau, self.progress)
         else:
-            res = solve_iht(problem, self.iters, self.progress)
+            res = solve_iht(problem, self.iters, self.progress, self.prox)
         indices = rest[res.selected]
         diagnostics.update(weights=res.weights, objective=res.objective)
         return Selection(_interop.to_framework(indices, info), diagnostics)
@@ -178,13 +191,14 @@ class SparseApprox(Strategy):
             p = torch.softmax(z, 1)
             P = torch.softmax(z / T, 1)
         else:
-            p = z
+            p = _distributions(z, "probs", zinfo.dtype)
             P = p
             if "label_probs" in pool:
                 linfo = check_matrix(pool["label_probs"], "label_probs")
                 if linfo.shape != zinfo.shape:
                     raise ValueError(f"label_probs must have shape {zinfo.shape} like probs, got {linfo.shape}")
                 P = as_torch(pool["label_probs"], linfo).to(dev)[idx.to(dev)].to(torch.float64)
+                P = _distributions(P, "label_probs", linfo.dtype)
         if self.bias:
             h = torch.cat([h, torch.ones((h.shape[0], 1), dtype=h.dtype, device=dev)], 1)
             h_norms = torch.sqrt(h_norms * h_norms + 1)
@@ -227,20 +241,35 @@ def expected_distance(P: Any) -> Any:
     return (P * (one_minus**2 + rest_sq.clamp_min(0)).sqrt()).sum(1)
 
 
+def _distributions(t: Any, name: str, dtype: str) -> Any:
+    """``t`` (float64, classes last) checked to hold probability rows: finite, in [0, 1], summing to
+    1 within the rounding of its storage ``dtype`` (at least 1e-3)."""
+    import torch
+
+    if not bool(torch.isfinite(t).all()) or bool(((t < 0) | (t > 1)).any()):
+        raise ValueError(f"{name} must hold finite probabilities in [0, 1]")
+    tol = max(1e-3, 2.0 * float(torch.finfo(getattr(torch, dtype)).eps))
+    if t.numel() and float((t.sum(-1) - 1).abs().max()) > tol:
+        raise ValueError(f"{name} rows must sum to 1 over the classes (within {tol:.3g} for {dtype})")
+    return t
+
+
 def _bayesian_problem(pool, idx, b):
     """Φ (m, n_u), v, σ of eq. 13 from posterior losses or MC probabilities."""
     import torch
 
     if "mc_probs" in pool:
         info = _interop.describe(pool["mc_probs"], "mc_probs")
+        if info.dtype not in _interop.FLOAT_DTYPES:
+            raise TypeError(f"mc_probs must have a floating dtype, got {info.dtype}")
         probs = as_torch(pool["mc_probs"], info).to(torch.float64)
-        probs = probs[:, idx.to(probs.device)]
-        if not bool(torch.isfinite(probs).all()) or bool(((probs < 0) | (probs > 1)).any()):
-            raise ValueError("mc_probs must hold finite probabilities in [0, 1]")
+        probs = _distributions(probs[:, idx.to(probs.device)], "mc_probs", info.dtype)
         losses = -torch.log(probs.clamp_min(1e-12))
         P = probs.mean(0)
     else:
         info = _interop.describe(pool["losses"], "losses")
+        if info.dtype not in _interop.FLOAT_DTYPES:
+            raise TypeError(f"losses must have a floating dtype, got {info.dtype}")
         losses = as_torch(pool["losses"], info).to(torch.float64)
         losses = losses[:, idx.to(losses.device)]
         if "probs" not in pool:
@@ -249,6 +278,7 @@ def _bayesian_problem(pool, idx, b):
         P = as_torch(pool["probs"], pinfo).to(torch.float64)[idx.to(losses.device)]
         if tuple(P.shape) != tuple(losses.shape[1:]):
             raise ValueError(f"probs must have shape {tuple(losses.shape[1:])} like losses[0], got {tuple(P.shape)}")
+        P = _distributions(P, "probs", pinfo.dtype)
         if not bool(torch.isfinite(losses).all()):
             raise ValueError("losses contains NaN or Inf")
     g = losses - losses.mean(0, keepdim=True)  # g_j(y) in R^m: centred over the samples
