@@ -176,3 +176,46 @@ def test_argument_checks():
         loop.run(POOL, TEST, initial=[1, 1], budget=5, rounds=1, **kwargs)
     res = loop.run(POOL, TEST, initial=[3, 1, 2], budget=2, rounds=1, **kwargs)
     assert res.labeled[:3].tolist() == [3, 1, 2]
+
+
+def test_class_labels_are_checked_at_run():
+    # audit §10: float labels were truncated (0.5 -> class 0) and out-of-range labels surfaced as
+    # torch's "IndexError: Target 6 is out of bounds" from inside training
+    X, y = POOL
+
+    def never(model, dataset, *, task, seed, device):
+        raise AssertionError("training must not start")
+
+    kwargs = dict(model_fn=model_fn, strategy="entropy", initial=5, budget=5, rounds=1)
+    bad = y.copy()
+    bad[70] = 6  # any row, labeled or not: the oracle reveals it sooner or later
+    outside = r"pool\[1\] has class labels outside \[0, 3\) \(the model returns 3 logits\): e.g. 6"
+    cases = [
+        ((X, y + 0.5), TEST, r"pool\[1\] must hold integer class indices, got torch.float64"),
+        ((X, np.where(np.arange(y.size) == 3, np.nan, y)), TEST, r"pool\[1\] must hold integer"),
+        ((X, bad), TEST, outside),
+        ((X, torch.from_numpy(bad)), TEST, r"pool\[1\] has class labels outside \[0, 3\)"),
+        ((X, y - 1), TEST, r"pool\[1\] has negative class labels: e.g. -1"),
+        (POOL, (TEST[0], TEST[1] + 3), r"test\[1\] has class labels outside \[0, 3\)"),
+        (TensorDataset(torch.from_numpy(X), torch.from_numpy(y + 3)), TEST,
+         r"pool \(a Dataset\) has class labels outside \[0, 3\)"),
+        (TensorDataset(torch.from_numpy(X), torch.from_numpy(y + 0.5)), TEST,
+         r"pool \(a Dataset\) must hold integer class indices"),
+    ]  # fmt: skip
+    for pool, test, message in cases:
+        with pytest.raises(ValueError, match=message):
+            loop.run(pool, test, train_fn=never, **kwargs)
+    # a Dataset test set is read at evaluation, after the first training
+    test = TensorDataset(torch.from_numpy(TEST[0]), torch.from_numpy(TEST[1] + 3))
+    with pytest.raises(ValueError, match=r"test \(a Dataset\) has class labels outside \[0, 3\)"):
+        loop.run(POOL, test, train_fn=train, **kwargs)
+
+    # whole-number float labels are class indices: the same run as with integer labels
+    ints = loop.run(POOL, TEST, train_fn=train, seed=4, **kwargs)
+    floats = loop.run((X, y.astype(np.float64)), (TEST[0], TEST[1].astype(np.float32)),
+                      train_fn=train, seed=4, **kwargs)  # fmt: skip
+    assert_array_equal(floats.labeled, ints.labeled)
+    assert floats.values.tolist() == ints.values.tolist()
+    pool = TensorDataset(torch.from_numpy(X), torch.from_numpy(y.astype(np.float32)))
+    from_dataset = loop.run(pool, TEST, train_fn=train, seed=4, **kwargs)
+    assert_array_equal(from_dataset.labeled, ints.labeled)

@@ -164,6 +164,83 @@ def test_feature_hook_fires_once_per_batch_and_only_when_asked(monkeypatch):
     assert fired == [model.head] * 3
 
 
+def subsets(keys):
+    return [c for r in range(1, len(keys) + 1) for c in itertools.combinations(keys, r)]
+
+
+@pytest.mark.parametrize(
+    ("task", "needs"),
+    [("classification", c) for c in subsets(ft.NEEDS["classification"])]
+    + [("regression", c) for c in subsets(ft.NEEDS["regression"])],
+)
+def test_every_combination_of_needs_equals_the_separate_calls(task, needs):
+    # audit §3: "features" with "mc_probs" leaked _StopForward, and with "probs" too the feature
+    # hook tripped on the Monte-Carlo passes ("the feature layer ran more than once")
+    x = torch.from_numpy(inputs())
+    batches, T = 3, 5  # 10 rows in batches of 4
+    opts = dict(task=task, batch_size=4, mc_samples=T, seed=0, progress=False)
+    model = Tiny(dropout=0.5, out=C if task == "classification" else 1)
+    model.drop.eval()  # a mix of flags, to see them restored
+    out = ft.pool_outputs(model, x, needs, **opts)
+    assert list(out) == list(needs)
+    assert len(model.head._forward_pre_hooks) == 0  # hook removed
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+    mc = any(k.startswith("mc_") for k in needs)
+    head = any(k in ("logits", "probs", "outputs") for k in needs)
+    deterministic = head or "features" in needs
+    # one deterministic pass (it stops at the head when only features are asked), T MC passes
+    assert model.calls == {
+        "model": batches * (deterministic + T * mc),
+        "head": batches * (head + T * mc),
+    }
+    for key in needs:
+        alone = ft.pool_outputs(Tiny(dropout=0.5, out=model.head.out_features), x, (key,), **opts)
+        assert_array_equal(out[key].numpy(), alone[key].numpy(), err_msg=key)  # seeded: same masks
+    ref = reference(inputs())
+    if "features" in out:
+        assert_allclose(out["features"].numpy(), ref["features"], rtol=1e-5, atol=1e-6)
+    for key in ("mc_probs", "mc_outputs"):
+        if key in out:
+            assert out[key].shape[:2] == (T, N)
+            assert (np.ptp(out[key].numpy(), axis=0) > 0).any()  # dropout was on
+    if "mc_probs" in out:
+        p = out["mc_probs"].numpy()
+        assert p.shape == (T, N, C)
+        assert (p >= 0).all()
+        assert (p <= 1).all()
+        assert_allclose(p.sum(-1), 1, rtol=1e-5)
+
+
+def test_feature_hook_is_off_during_the_mc_passes(monkeypatch):
+    fired = []
+    real = nn.Module.register_forward_pre_hook
+
+    def spy(self, hook, *args, **kwargs):
+        def counted(module, inp):
+            fired.append(module)
+            return hook(module, inp)
+
+        return real(self, counted, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "register_forward_pre_hook", spy)
+    x = torch.from_numpy(inputs())
+    for needs in (("features", "mc_probs"), ("features", "probs", "mc_probs")):
+        fired.clear()
+        model = Tiny(dropout=0.5)
+        ft.pool_outputs(model, x, needs, batch_size=4, mc_samples=5, progress=False)
+        assert fired == [model.head] * 3  # once per batch: the deterministic pass only
+        assert len(model.head._forward_pre_hooks) == 0
+
+
+def test_select_with_features_and_mc_probs():
+    x = torch.from_numpy(inputs())
+    sel = ft.select("bald", Tiny(dropout=0.5), x, 3, labeled=[0], seed=0, mc_samples=5,
+                    needs=("features", "probs", "mc_probs"), progress=False)  # fmt: skip
+    alone = ft.select("bald", Tiny(dropout=0.5), x, 3, labeled=[0], seed=0, mc_samples=5,
+                      progress=False)  # fmt: skip
+    assert sel.indices.tolist() == alone.indices.tolist()
+
+
 def test_embed_fn_and_feature_layer():
     x = torch.from_numpy(inputs())
     ref = reference(inputs())["features"]
@@ -330,6 +407,47 @@ def test_select_computes_what_the_strategy_requires():
     h[0] = -np.inf
     assert sel.indices.tolist() == np.argsort(-h, kind="stable")[:3].tolist()
     assert "pool_seconds" in sel.diagnostics
+
+
+def test_select_checks_labeled_and_labels_before_indexing():
+    # audit §7: an out-of-range index raised torch's IndexError, and a boolean mask was read
+    # as 0/1 indices ("labels must have one entry per labeled row (60)")
+    x = torch.from_numpy(inputs())
+    for strategy in (Spy(), "sparse_approx"):
+        model = Tiny()
+        with pytest.raises(
+            ValueError, match=r"labeled has indices out of range \[0, 10\): e.g. 100"
+        ):
+            ft.select(strategy, model, x, 2, labeled=[0, 1, 100], labels=[0, 1, 2], progress=False)
+        assert model.calls["model"] == 0  # refused before the pool pass
+        mask = np.zeros(N, dtype=bool)
+        mask[[0, 1, 2]] = True
+        for labeled in (mask, torch.from_numpy(mask)):
+            with pytest.raises(
+                TypeError, match="labeled must hold integer indices, got a boolean mask"
+            ):
+                ft.select(strategy, model, x, 2, labeled=labeled, labels=[0, 1, 2], progress=False)
+        with pytest.raises(ValueError, match=r"labels must have one entry per labeled row \(3\)"):
+            ft.select(strategy, model, x, 2, labeled=[0, 1, 2], labels=[0, 1], progress=False)
+        with pytest.raises(ValueError, match=r"labels must have one entry per labeled row \(3\)"):
+            ft.select(strategy, model, x, 2, labeled=[0, 1, 2], labels=[[0, 1, 2]], progress=False)
+        with pytest.raises(ValueError, match="labeled has duplicate indices"):
+            ft.select(strategy, model, x, 2, labeled=[0, 0], labels=[0, 1], progress=False)
+        assert model.calls["model"] == 0
+    # the mask as indices works, and gives what the indices give
+    spy = Spy()
+    ft.select(spy, Tiny(), x, 2, labeled=np.flatnonzero(mask), labels=[0, 1, 2], progress=False)
+    assert_allclose(
+        spy.pool["labeled_logits"].numpy(), reference(inputs())["logits"][:3], rtol=1e-5
+    )
+    # a pool of unknown size (an IterableDataset) is checked right after its pass
+    with pytest.raises(ValueError, match=r"labeled has indices out of range \[0, 10\)"):
+        ft.select(
+            Spy(), Tiny(), Stream(inputs()), 2, labeled=[0, 100], labels=[0, 1], progress=False
+        )
+    spy = Spy()
+    ft.select(spy, Tiny(), Stream(inputs()), 2, labeled=[4, 7], labels=[1, 2], progress=False)
+    assert spy.pool["labeled_targets"].tolist() == [1, 2]
 
 
 def test_fastal_torch_does_not_shadow_torch():

@@ -121,14 +121,14 @@ class _Data:
     """A pool or test set with its labels: ``(X, y)`` arrays/tensors or a Dataset of ``(x, y)``."""
 
     def __init__(self, data: Any, name: str, task: str) -> None:
-        import torch
         from torch.utils.data import Dataset
 
         self.task = task
         if isinstance(data, (tuple, list)) and len(data) == 2:
             X, y = data
+            self.label_name = f"{name}[1]"
             self.X = _as_tensor(X, f"{name}[0]", floating=True)
-            self.y = _as_tensor(y, f"{name}[1]", floating=task == "regression")
+            self.y = _as_tensor(y, self.label_name, floating=task == "regression")
             if self.X.shape[0] != self.y.shape[0]:
                 raise ValueError(
                     f"{name} inputs have {self.X.shape[0]} rows but labels {self.y.shape[0]}"
@@ -138,10 +138,11 @@ class _Data:
                     f"{name} labels must be 1-D class indices, got shape {tuple(self.y.shape)}"
                 )
             if task == "classification":
-                self.y = self.y.to(torch.int64)
+                self.y = _class_labels(self.y, self.label_name)
             self.dataset = None
             self.n = int(self.X.shape[0])
         elif isinstance(data, Dataset) and hasattr(data, "__len__"):
+            self.label_name = f"{name} (a Dataset)"
             self.dataset, self.X, self.y = data, None, None
             self.n = len(data)
         else:
@@ -163,10 +164,10 @@ class _Data:
         if self.dataset is None:
             return self.y[torch.from_numpy(idx)]
         ys = [torch.as_tensor(self.dataset[int(i)][1]) for i in idx]
-        y = torch.stack(ys) if ys else torch.empty(0)
-        return (
-            y.to(torch.int64) if self.task == "classification" else y.to(torch.get_default_dtype())
-        )
+        y = torch.stack(ys) if ys else torch.empty(0, dtype=torch.int64)
+        if self.task == "classification":
+            return _class_labels(y, self.label_name)
+        return y.to(torch.get_default_dtype())
 
     def subset(self, idx: np.ndarray) -> Any:
         """The rows ``idx`` with their labels, as a Dataset of ``(x, y)``."""
@@ -176,7 +177,25 @@ class _Data:
         if self.dataset is None:
             t = torch.from_numpy(idx)
             return TensorDataset(self.X[t], self.y[t])
+        if self.task == "classification":  # labels as int64 class indices, checked as read
+            return Subset(_ClassLabels(self.dataset, self.label_name), idx.tolist())
         return Subset(self.dataset, idx.tolist())
+
+
+class _ClassLabels:
+    """A Dataset of ``(x, y)`` whose labels come out as int64 class indices (``_class_labels``)."""
+
+    def __init__(self, dataset: Any, name: str) -> None:
+        self.dataset, self.name = dataset, name
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        import torch
+
+        x, y = self.dataset[i]
+        return x, _class_labels(torch.as_tensor(y), self.name)
 
 
 def _as_tensor(a: Any, name: str, *, floating: bool) -> Any:
@@ -195,6 +214,54 @@ def _as_tensor(a: Any, name: str, *, floating: bool) -> Any:
     if t.ndim == 0:
         raise ValueError(f"{name} must have a row dimension")
     return t
+
+
+def _class_labels(y: Any, name: str) -> Any:
+    """Class labels as int64: integer (or bool) tensors, or floating ones holding whole numbers;
+    anything else, and negative labels, raise an error that names ``name``."""
+    import torch
+
+    if y.is_complex():
+        raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+    if y.is_floating_point():
+        # whole numbers only (exact in float64 below 2**53): never truncate 0.5 to class 0
+        bad = ~torch.isfinite(y) | (y != torch.round(y)) | (y.abs() >= 2**53)
+        if bad.any():
+            raise ValueError(
+                f"{name} must hold integer class indices, got {y.dtype} labels such as "
+                f"{float(y[bad][0])!r}; pass integer labels (floats only if they are whole numbers)"
+            )
+    y = y.to(torch.int64)
+    if y.numel() and bool((y < 0).any()):
+        raise ValueError(f"{name} has negative class labels: e.g. {int(y[y < 0][0])}")
+    return y
+
+
+def _check_classes(y: Any, n_classes: int, name: str) -> None:
+    """Class labels ``y`` (int64) must lie in [0, n_classes): the model's number of logits."""
+    if y.numel() and int(y.max()) >= n_classes:
+        raise ValueError(
+            f"{name} has class labels outside [0, {n_classes}) (the model returns {n_classes} "
+            f"logits): e.g. {int(y.max())}"
+        )
+
+
+def _n_classes(model: Any, data: _Data, idx: np.ndarray) -> int:
+    """The number of logits ``model`` returns, from one pool row (the RNG state is kept)."""
+    import torch
+
+    from .torch import pool_outputs
+
+    rows = data.X[torch.from_numpy(idx[:1])] if data.dataset is None else data.subset(idx[:1])
+    with torch.random.fork_rng(devices=_rng_devices(_param_device(model))):
+        logits = pool_outputs(model, rows, ("logits",), inference_mode=False, progress=False)
+    return int(logits["logits"].shape[1])
+
+
+def _param_device(model: Any) -> Any:
+    for t in model.parameters():
+        return t.device
+    return "cpu"
 
 
 def _tensors(dataset: Any) -> tuple[Any, Any]:
@@ -331,6 +398,7 @@ def evaluate(model: Any, data: _Data, task: str, *, device: Any, batch_size: int
     )[key]
     y = data.labels(np.arange(data.n)) if data.dataset is not None else data.y
     if task == "classification":
+        _check_classes(y, out.shape[1], data.label_name)
         return float((out.argmax(1) == y.to(out.device)).to(torch.float64).mean())
     out = _match(out, y)
     return float(((out.to(torch.float64) - y.to(out.device, torch.float64)) ** 2).mean())
@@ -369,7 +437,12 @@ def run(
     ----------
     pool, test : (inputs, labels) or Dataset
         ``(X, y)`` numpy arrays or torch tensors (floating numpy inputs become the default torch
-        dtype; classification labels are class indices), or a map-style Dataset of ``(x, y)``.
+        dtype), or a map-style Dataset of ``(x, y)``. Classification labels are class indices in
+        ``[0, C)``, ``C`` the number of logits the model returns: integer (or bool) labels, or
+        floating ones only when every value is a whole number (``1.0``, never ``0.5``: those
+        raise rather than being truncated). They are checked (``ValueError`` naming ``pool[1]``
+        or ``test[1]``) before the first training; a Dataset's labels as they are read (the
+        labeled rows before each training, the test set at each evaluation).
         The pool's labels are the oracle: only labeled rows are shown to training.
     model_fn : callable
         ``model_fn() -> nn.Module``, called at the start of every round under the round's seed.
@@ -451,6 +524,7 @@ def run(
             _save_state(save_to, meta, labeled, added, rows)
 
     save()
+    n_classes = None
     for r in range(len(rows), len(budgets) + 1):
         model_seed, train_seed, select_seed = (
             int(s) for s in np.random.SeedSequence([int(seed), r]).generate_state(3)
@@ -458,6 +532,15 @@ def run(
         with torch.random.fork_rng(devices=_rng_devices(device)):
             torch.manual_seed(model_seed)
             model = model_fn()
+        labels = None
+        if task == "classification":
+            if n_classes is None:  # labels must index the model's logits: check before training
+                n_classes = _n_classes(model, data, labeled)
+                for d in (data, testset):
+                    if d.dataset is None:
+                        _check_classes(d.y, n_classes, d.label_name)
+            labels = data.labels(labeled)  # revealed so far (a Dataset's are checked as read)
+            _check_classes(labels, n_classes, data.label_name)
         start = time.perf_counter()
         trained = train_fn(model, data.subset(labeled), task=task, seed=train_seed, device=device)
         model = trained if trained is not None else model
@@ -467,7 +550,6 @@ def run(
                "train_seconds": train_seconds, "select_seconds": 0.0}  # fmt: skip
         if r < len(budgets):
             start = time.perf_counter()
-            labels = data.labels(labeled) if task == "classification" else None
             sel = torch_select(
                 strategy, model, data.inputs, budgets[r], labeled, seed=select_seed, labels=labels,
                 task=task, device=device, batch_size=batch_size, progress=False, **(select_options or {}),

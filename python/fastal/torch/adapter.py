@@ -130,8 +130,10 @@ def pool_outputs(
         input of ``feature_layer``.
     feature_layer : nn.Module or str, optional
         The layer whose input are the features (a module or a name for ``model.get_submodule``).
-        Default: the last ``nn.Linear`` in ``model.modules()`` order. When only features are asked,
-        the forward pass stops at that layer.
+        Default: the last ``nn.Linear`` in ``model.modules()`` order. The hook is on during the
+        deterministic (eval) pass only; when that pass needs nothing after the layer (no
+        ``"logits"``, ``"probs"`` or ``"outputs"``) it stops there. The Monte-Carlo passes run
+        the whole model without the hook, so any combination of ``needs`` works.
     batch_fn : callable, optional
         Turns one batch of ``data`` into the model's input.
     num_workers : int, default 0
@@ -203,8 +205,17 @@ def pool_outputs(
         if only_features:
             raise _StopForward
 
+    @contextlib.contextmanager
+    def feature_hook() -> Iterator[None]:
+        # On for the deterministic pass only: the Monte-Carlo passes neither need nor trip it.
+        handle = hook_layer.register_forward_pre_hook(record) if hook_layer is not None else None
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
+
     states = [(m, m.training) for m in model.modules()]
-    handle = hook_layer.register_forward_pre_hook(record) if hook_layer is not None else None
     rng = _forked_rng(seed, run_device) if mc else contextlib.nullcontext()
     bar = _progress(n, progress)
     try:
@@ -221,7 +232,8 @@ def pool_outputs(
                         z = None
                         if head or hook_layer is not None:
                             try:
-                                z = _call(model, x)
+                                with feature_hook():
+                                    z = _call(model, x)
                             except _StopForward:
                                 z = None
                     if hook_layer is not None:
@@ -256,8 +268,6 @@ def pool_outputs(
                 bar.update(rows)
     finally:
         bar.close()
-        if handle is not None:
-            handle.remove()
         for m, training in states:
             m.train(training)
     return writer.result(needs)
@@ -284,12 +294,16 @@ def select(
     model, data
         As in :func:`pool_outputs` (``options`` are passed to it: ``batch_size``, ``device``, ...).
     budget, labeled, seed
-        Passed to ``strategy.select``. An int ``seed`` also seeds the MC dropout masks (pass
-        ``mc_seed=`` to seed them differently).
+        Passed to ``strategy.select``. ``labeled`` holds unique row indices in ``[0, n)``; it is
+        checked before the pool pass (right after it when the pool's size is unknown, an
+        ``IterableDataset``): an index out of range or repeated raises ``ValueError`` naming
+        ``labeled``, and a boolean mask ``TypeError`` (pass ``np.flatnonzero(mask)``). An int
+        ``seed`` also seeds the MC dropout masks (pass ``mc_seed=`` to seed them differently).
     labels : array, optional
-        The known labels of the ``labeled`` rows, in the same order. With ``"logits"`` in the pool
-        they are added as ``"labeled_logits"`` / ``"labeled_targets"`` (Sparse Approximation fits
-        its temperature on them).
+        The known labels of the ``labeled`` rows, 1-D, one per row of ``labeled`` in the same
+        order (checked with ``labeled``). With ``"logits"`` in the pool they are added as
+        ``"labeled_logits"`` / ``"labeled_targets"`` (Sparse Approximation fits its temperature
+        on them).
     needs : sequence of str, optional
         Override ``strategy.requires`` (e.g. ``("mc_probs",)`` for the Bayesian Sparse Approximation).
     duals : array, optional (keyword, in ``options``)
@@ -320,33 +334,35 @@ def select(
     task = options.get("task", "classification")
     needs = needs_of(strategy) if needs is None else _check_needs(needs, task, extra=("duals",))
     duals = options.pop("duals", None)
-    if "duals" in needs:
-        duals = _labeled_duals(model, duals, labeled)
     model_needs = tuple(k for k in needs if k != "duals")
     mc_seed = options.pop("mc_seed", seed if isinstance(seed, numbers.Integral) else None)
+
+    def labeled_rows(n: int) -> tuple[np.ndarray, Any, Any]:
+        # labeled, labels and duals are checked against the pool before anything indexes them
+        idx = _check_labeled(labeled, n)
+        targets = _check_labels(labels, idx)
+        return idx, targets, _labeled_duals(model, duals, idx.size) if "duals" in needs else None
+
+    n = _size_or_none(data)
+    if n is not None:  # known size: check before the pool pass rather than after it
+        idx, targets, duals = labeled_rows(n)
     start = time.perf_counter()
     if model_needs:
         pool: dict[str, Any] = pool_outputs(model, data, model_needs, seed=mc_seed, **options)
     else:
         pool = {"n": pool_size(data)}
+    if n is None:  # an IterableDataset: its size is known now
+        idx, targets, duals = labeled_rows(_outputs_rows(pool))
     if "duals" in needs:
         pool["duals"] = duals
     seconds = time.perf_counter() - start
     out_device = torch.device(options.get("output_device", "cpu"))
     if isinstance(labeled, np.ndarray) and out_device.type != "cpu":
         labeled = torch.as_tensor(labeled, device=out_device)
-    if labels is not None and labeled is not None and "logits" in pool:
-        idx = torch.as_tensor(
-            np.asarray(_host(labeled), dtype=np.int64), device=pool["logits"].device
-        )
-        targets = torch.as_tensor(np.asarray(_host(labels)), device=pool["logits"].device)
-        if targets.shape[0] != idx.shape[0]:
-            raise ValueError(
-                f"labels must have one entry per labeled row ({idx.shape[0]}), got {targets.shape[0]}"
-            )
-        if idx.numel():
-            pool["labeled_logits"] = pool["logits"][idx]
-            pool["labeled_targets"] = targets
+    if targets is not None and idx.size and "logits" in pool:
+        device = pool["logits"].device
+        pool["labeled_logits"] = pool["logits"][torch.as_tensor(idx, device=device)]
+        pool["labeled_targets"] = targets.to(device)
     sel = strategy.select(pool, budget, labeled, seed=seed)
     sel.diagnostics["pool_seconds"] = seconds
     return sel
@@ -376,8 +392,42 @@ def _check_needs(
     return needs
 
 
-def _labeled_duals(model: nn.Module, duals: Any, labeled: Any) -> Any:
-    """λ of the labeled rows: ``duals=`` when given, else what PrimalDualTrainer left on the model."""
+def _size_or_none(data: Any) -> int | None:
+    """Rows of the pool, or None when only a pass over it can tell (an IterableDataset)."""
+    try:
+        return pool_size(data)
+    except TypeError:
+        return None
+
+
+def _outputs_rows(pool: Mapping[str, torch.Tensor]) -> int:
+    key, t = next(iter(pool.items()))
+    return int(t.shape[1] if key.startswith("mc_") else t.shape[0])
+
+
+def _check_labeled(labeled: Any, n: int) -> np.ndarray:
+    """``labeled`` as in-range, unique int64 row indices (host); a boolean mask is refused."""
+    from .._validate import check_indices
+
+    return check_indices(labeled, n, "labeled")
+
+
+def _check_labels(labels: Any, idx: np.ndarray) -> torch.Tensor | None:
+    """``labels`` as a 1-D CPU tensor with one entry per labeled row (None when not given)."""
+    if labels is None:
+        return None
+    targets = torch.as_tensor(np.asarray(_host(labels)))
+    if targets.ndim != 1 or targets.shape[0] != idx.size:
+        raise ValueError(
+            f"labels must have one entry per labeled row ({idx.size}), "
+            f"got shape {tuple(targets.shape)}"
+        )
+    return targets
+
+
+def _labeled_duals(model: nn.Module, duals: Any, m: int) -> Any:
+    """λ of the ``m`` labeled rows: ``duals=`` when given, else what PrimalDualTrainer left on
+    the model."""
     from ..pdcl import model_duals
 
     if duals is None:
@@ -388,7 +438,6 @@ def _labeled_duals(model: nn.Module, duals: Any, labeled: Any) -> Any:
             "fastal.pdcl.PrimalDualTrainer (e.g. ALLY().train_fn), which leaves them on the model, "
             "or pass duals="
         )
-    m = 0 if labeled is None else len(_host(labeled))
     if len(duals) != m:
         raise ValueError(
             f"the model's dual variables are for {len(duals)} labeled rows but labeled has {m}: "
