@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import fastal
 from fastal import cli
@@ -48,7 +51,7 @@ def test_select_dtype_cast(tmp_path, dtype):
 
 def test_object_arrays_are_refused(tmp_path):
     np.save(tmp_path / "pool.npy", np.array([object()], dtype=object), allow_pickle=True)
-    with pytest.raises(SystemExit, match="cannot read embeddings"):
+    with pytest.raises(SystemExit, match="cannot read --embeddings"):
         cli.main(["select", "--embeddings", str(tmp_path / "pool.npy")])
 
 
@@ -80,3 +83,127 @@ def test_console_script_module_entry():
                          check=False)  # fmt: skip
     assert res.returncode == 0
     assert "select" in res.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals: a one-line `fastal: ...` naming the argument on stderr, exit status 1, no traceback,
+# and (the arguments are checked first) nothing run before it
+
+HAS_PROC = Path("/proc/self").is_dir()  # /proc refuses new files even to root
+NO_CUDA = not torch.cuda.is_available()
+
+
+@pytest.fixture
+def cli_files(tmp_path):
+    np.save(tmp_path / "pool.npy", np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32))
+    np.save(tmp_path / "lab0d.npy", np.array(3))
+    np.savez(tmp_path / "arch.npz", features=np.zeros((50, 4), np.float32))
+    (tmp_path / "text.npy").write_text("0.5, 1.5\n2.5, 3.5\n")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "afile").write_text("not a folder")
+    return tmp_path
+
+
+POOL = "select --embeddings {d}/pool.npy --budget 3"
+DEMO = "demo --quick"
+PROC = pytest.mark.skipif(not HAS_PROC, reason="no /proc")
+#: (id, command line, words the message must hold, marks)
+REFUSED = [
+    ("out-no-folder", f"{POOL} --out {{d}}/missing/o.npy", ["--out", "does not exist"], ()),
+    ("out-under-file", f"{POOL} --out {{d}}/afile/o.npy", ["--out", "not a folder"], ()),
+    ("out-folder", f"{POOL} --out {{d}}", ["--out", "is a folder"], ()),
+    ("out-slash", f"{POOL} --out {{d}}/new/", ["--out", "is a folder"], ()),
+    ("out-empty", f"{POOL} --out ''", ["--out", "must name a file"], ()),
+    ("out-proc", f"{POOL} --out /proc/o.npy", ["--out", "cannot create a file"], PROC),
+    ("device-bogus", f"{POOL} --device bogus", ["--device", "cpu, cuda or cuda:N"], ()),
+    ("device-meta", f"{POOL} --device meta", ["--device", "'meta'"], ()),
+    ("device-cuda", f"{POOL} --device cuda", ["--device", "no CUDA device"],
+     pytest.mark.skipif(not NO_CUDA, reason="CUDA is available")),
+    ("device-index", f"{POOL} --device cuda:64", ["--device cuda:64"], ()),
+    ("npz", "select --embeddings {d}/arch.npz", ["--embeddings", ".npz archive"], ()),
+    ("text", "select --embeddings {d}/text.npy", ["--embeddings", "not a .npy file"], ()),
+    ("empty", "select --embeddings {d}/empty.npy", ["--embeddings", "empty"], ()),
+    ("npz-probs", "select --probs {d}/arch.npz", ["--probs", ".npz archive"], ()),
+    ("lab-0d", f"{POOL} --labeled {{d}}/lab0d.npy", ["--labeled", "1-D", "shape ()"], ()),
+    ("lab-0d-digits", "select --labeled {d}/lab0d.npy", ["--labeled", "1-D"], ()),
+    ("lab-npz", f"{POOL} --labeled {{d}}/arch.npz", ["--labeled", ".npz archive"], ()),
+    ("n-labeled-big", "select --n-labeled 2000", ["--n-labeled", "1797", "2000"], ()),
+    ("n-labeled-neg", "select --n-labeled -1", ["--n-labeled", "-1"], ()),
+    ("n-labeled-arrays", f"{POOL} --n-labeled 5", ["--n-labeled", "--labeled"], ()),
+    ("both-labeled", "select --labeled {d}/lab0d.npy --n-labeled 5", ["--labeled and --n-labeled"],
+     ()),
+    ("seed-neg", "select --seed -1", ["--seed", ">= 0", "-1"], ()),
+    ("demo-seeds", f"{DEMO} --seeds 0", ["--seeds", ">= 1"], ()),
+    ("demo-budget", f"{DEMO} --budget 0", ["--budget", ">= 1"], ()),
+    ("demo-initial", f"{DEMO} --initial 0", ["--initial", ">= 1"], ()),
+    ("demo-rounds", f"{DEMO} --rounds -1", ["--rounds", ">= 0"], ()),
+    ("demo-steps", f"{DEMO} --steps 0", ["--steps", ">= 1"], ()),
+    ("demo-threads", f"{DEMO} --threads -1", ["--threads", ">= 0"], ()),
+    ("demo-device", f"{DEMO} --device bogus", ["--device"], ()),
+    ("demo-out-empty", f"{DEMO} --out ''", ["--out", "must name a folder"], ()),
+    ("demo-out-file", f"{DEMO} --out {{d}}/afile", ["--out", "is a file"], ()),
+    ("demo-out-under-file", f"{DEMO} --out {{d}}/afile/sub", ["--out", "cannot create the folder"],
+     ()),
+    ("demo-out-proc", f"{DEMO} --out /proc/fastal-demo", ["--out", "cannot create"], PROC),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("command", "words"), [pytest.param(c, w, id=i, marks=m) for i, c, w, m in REFUSED]
+)
+def test_refusals_are_one_fastal_line(cli_files, command, words):
+    argv = shlex.split(command.replace("{d}", shlex.quote(str(cli_files))))
+    res = subprocess.run([sys.executable, "-m", "fastal", *argv], capture_output=True, text=True,
+                         cwd=cli_files, check=False)  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("fastal: "), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert res.stdout == ""  # refused before any loading, selection or training ran
+
+
+def test_out_refused_before_the_selection_runs(cli_files, monkeypatch):
+    def no_select(*args, **kwargs):
+        raise AssertionError("the selection ran")
+
+    monkeypatch.setattr(fastal.strategies.get("coreset"), "select", no_select)
+    argv = ["select", "--embeddings", str(cli_files / "pool.npy"), "--budget", "3"]
+    with pytest.raises(SystemExit, match=r"^fastal: --out .* does not exist"):
+        cli.main([*argv, "--out", str(cli_files / "missing" / "o.npy")])
+
+
+def test_out_write_failure_after_the_selection(cli_files, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "save_npy_atomic", full_disk)
+    argv = ["select", "--embeddings", str(cli_files / "pool.npy"), "--budget", "3",
+            "--out", str(cli_files / "o.npy")]  # fmt: skip
+    with pytest.raises(SystemExit, match=r"^fastal: --out .*: cannot write: .*No space left"):
+        cli.main(argv)
+    assert not (cli_files / "o.npy").exists()
+
+
+def test_labeled_file_is_used_with_the_digits_pool(tmp_path, capsys):
+    X = cli._digits_pool(0, 0)[0]
+    picks = {}
+    for name, labeled in {"a": np.arange(5), "b": np.arange(0, 1797, 9)}.items():
+        np.save(tmp_path / f"{name}.npy", labeled)
+        out = tmp_path / f"picks_{name}.npy"
+        argv = ["select", "--labeled", str(tmp_path / f"{name}.npy"), "--budget", "6",
+                "--out", str(out)]  # fmt: skip
+        assert cli.main(argv) == 0
+        assert f"{len(labeled)} labeled, budget 6" in capsys.readouterr().out
+        picks[name] = np.load(out)
+        np.testing.assert_array_equal(picks[name], fastal.kcenter_greedy(X, 6, labeled=labeled))
+    assert not np.array_equal(picks["a"], picks["b"])
+
+
+def test_n_labeled_on_the_digits(capsys):
+    assert cli.main(["select", "--n-labeled", "0", "--budget", "3"]) == 0
+    assert "0 labeled, budget 3" in capsys.readouterr().out
+    assert cli.main(["select", "--budget", "3"]) == 0  # the default: 20 random labels
+    assert "20 labeled, budget 3" in capsys.readouterr().out

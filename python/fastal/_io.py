@@ -32,6 +32,18 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         raise
 
 
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """Raise ``OSError`` unless :func:`write_atomic` can create its temporary file in ``folder``.
+
+    Tries it: creates and removes an empty temporary file (``os.access`` says yes to root on
+    read-only and pseudo file systems such as ``/proc``).
+    """
+    tmp = Path(folder) / f".fastal-write-check.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    os.close(fd)
+    tmp.unlink()
+
+
 def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` to ``path`` (.npy, no pickles) atomically."""
     write_atomic(path, lambda f: np.save(f, array, allow_pickle=False))

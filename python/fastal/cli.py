@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,20 +16,41 @@ from pathlib import Path
 import numpy as np
 
 from . import ops, strategies
-from ._io import save_npy_atomic
+from ._io import check_writable_folder, save_npy_atomic
 
 __all__ = ["build_parser", "main", "save_npy_atomic"]
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
-def _load_npy(path: str, what: str) -> np.ndarray:
+_NPY_MAGIC = b"\x93NUMPY"
+#: rows of scikit-learn's bundled digits, the default pool of `fastal select`
+_DIGITS_ROWS = 1797
+#: the labeled set drawn at random from the digits when neither --labeled nor --n-labeled is given
+_DIGITS_N_LABELED = 20
+
+
+def _load_npy(path: str, option: str) -> np.ndarray:
+    """The array in the .npy file ``path`` (no pickles), or a ``fastal:`` exit naming ``option``."""
     try:
-        return np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            magic = f.read(len(_NPY_MAGIC))
+            if magic != _NPY_MAGIC:
+                if magic.startswith(b"PK"):  # np.savez / np.savez_compressed: a zip of .npy files
+                    raise SystemExit(
+                        f"fastal: {option} {path} is an .npz archive; {option} takes a .npy file "
+                        f"holding one array: np.save('x.npy', np.load('{path}')['<name>'])"
+                    )
+                what = "it is empty" if not magic else "it does not start with the .npy header"
+                raise SystemExit(
+                    f"fastal: {option} {path} is not a .npy file ({what}); write it with np.save"
+                )
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
     except FileNotFoundError:
-        raise SystemExit(f"fastal: {what} file not found: {path}") from None
-    except (ValueError, EOFError, OSError) as err:  # pickled object arrays, empty/corrupt files
-        raise SystemExit(f"fastal: cannot read {what} from {path}: {err}") from None
+        raise SystemExit(f"fastal: {option} file not found: {path}") from None
+    except (ValueError, EOFError, OSError) as err:  # object arrays, truncated files, folders
+        raise SystemExit(f"fastal: cannot read {option} from {path}: {err}") from None
 
 
 def _digits_pool(seed: int, n_labeled: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -39,6 +61,83 @@ def _digits_pool(seed: int, n_labeled: int) -> tuple[np.ndarray, np.ndarray, np.
     X = (digits.data / 16.0).astype(np.float32)
     labeled = np.random.default_rng(seed).choice(len(X), size=n_labeled, replace=False)
     return X, digits.target, np.sort(labeled)
+
+
+def _check_out_file(out: str) -> None:
+    """Refuse an ``--out`` file that cannot be written, before any selection runs."""
+    if not out:
+        raise SystemExit("fastal: --out must name a file, got ''")
+    path = Path(out)
+    if path.is_dir() or out.endswith(("/", os.sep)):
+        raise SystemExit(
+            f"fastal: --out {out} is a folder; name a file in it, e.g. {path / 'picks.npy'}"
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise SystemExit(f"fastal: --out {out}: {folder} {what}")
+    try:
+        check_writable_folder(folder)
+    except OSError as err:
+        raise SystemExit(
+            f"fastal: --out {out}: cannot create a file in {folder}: {err.strerror or err}"
+        ) from None
+
+
+def _check_out_folder(out: str, names: tuple[str, ...]) -> Path:
+    """The ``--out`` folder of ``fastal demo``, created and checked writable before the run."""
+    if not out:
+        raise SystemExit("fastal: --out must name a folder, got ''")
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SystemExit(f"fastal: --out {out} is a file, not a folder") from None
+    except OSError as err:
+        raise SystemExit(
+            f"fastal: --out {out}: cannot create the folder: {err.strerror or err}"
+        ) from None
+    try:
+        check_writable_folder(folder)
+    except OSError as err:
+        raise SystemExit(
+            f"fastal: --out {out}: cannot create a file in the folder: {err.strerror or err}"
+        ) from None
+    for name in names:
+        if (folder / name).is_dir():
+            raise SystemExit(f"fastal: --out {out}: {folder / name} is a folder, where a file goes")
+    return folder
+
+
+def _check_device(device: str) -> None:
+    """Refuse a ``--device`` torch cannot parse or with no CUDA behind it, before any work."""
+    if device == "cpu":
+        return
+    import torch
+
+    from . import _ext
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise SystemExit(f"fastal: --device must be cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cpu":
+        return
+    if not torch.cuda.is_available():
+        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else " built without CUDA")
+        raise SystemExit(
+            f"fastal: --device {device}: torch sees no CUDA device ({build}); use --device cpu"
+        )
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise SystemExit(
+            f"fastal: --device {device}: {count} CUDA device{'s' * (count > 1)} visible "
+            f"(cuda:0 to cuda:{count - 1})"
+        )
+    if _ext.cuda is None:
+        raise SystemExit(f"fastal: --device {device}: {_ext.REBUILD_HINT}")
 
 
 def _as_input(X: np.ndarray, dtype: str | None, device: str):
@@ -91,19 +190,50 @@ def _strategy_kwargs(cls: type, args: argparse.Namespace) -> dict:
 
 def cmd_select(args: argparse.Namespace) -> int:
     cls = strategies.get(args.strategy)
+    # the arguments first: a bad --out or --device must not cost a long selection
+    digits = all(getattr(args, key) is None for key, _, _ in _POOL_ARRAYS)
+    if args.seed < 0:
+        raise SystemExit(f"fastal: --seed must be >= 0, got {args.seed}")
+    if args.n_labeled is not None:
+        if not digits:
+            raise SystemExit(
+                "fastal: --n-labeled draws a labeled set of the default digits pool; with pool "
+                "arrays pass the labeled indices as --labeled"
+            )
+        if args.labeled is not None:
+            raise SystemExit(
+                "fastal: --labeled and --n-labeled both give the labeled set; pass one of them"
+            )
+        if not 0 <= args.n_labeled <= _DIGITS_ROWS:
+            raise SystemExit(
+                f"fastal: --n-labeled must be between 0 and {_DIGITS_ROWS} (the digits pool), "
+                f"got {args.n_labeled}"
+            )
+    if args.out is not None:
+        _check_out_file(args.out)
+    _check_device(args.device)
+
     targets = None
     arrays: dict[str, np.ndarray] = {}
     for key, option, _ in _POOL_ARRAYS:
         path = getattr(args, key)
         if path is not None:
-            arrays[key] = _load_npy(path, option.lstrip("-"))
-    if not arrays:
-        X, targets, labeled = _digits_pool(args.seed, args.n_labeled)
+            arrays[key] = _load_npy(path, option)
+    if digits:
+        n_labeled = _DIGITS_N_LABELED if args.n_labeled is None else args.n_labeled
+        X, targets, labeled = _digits_pool(args.seed, n_labeled)
         arrays["features"] = X
         source = "scikit-learn digits (bundled)"
     else:
-        labeled = _load_npy(args.labeled, "labeled") if args.labeled else np.empty(0, np.int64)
         source = ", ".join(f"{k}={getattr(args, k)}" for k in arrays)
+    if args.labeled is not None:  # the digits too: indices into its rows, in place of --n-labeled
+        labeled = _load_npy(args.labeled, "--labeled")
+        if labeled.ndim != 1:
+            raise SystemExit(
+                f"fastal: --labeled must be 1-D (m,) integer indices, got shape {labeled.shape}"
+            )
+    elif not digits:
+        labeled = np.empty(0, np.int64)
     missing = _missing(args.strategy, cls.requires, set(arrays))
     if missing:
         options = " / ".join(
@@ -157,8 +287,11 @@ def cmd_select(args: argparse.Namespace) -> int:
     print(f"  time: {1e3 * seconds:.1f} ms")
     shown = ", ".join(str(i) for i in picks[:10]) + (", ..." if budget > 10 else "")
     print(f"  picks: [{shown}]")
-    if args.out:
-        save_npy_atomic(args.out, picks.astype(np.int64))
+    if args.out is not None:
+        try:
+            save_npy_atomic(args.out, picks.astype(np.int64))
+        except OSError as err:  # checked before the selection; the disk can still fill up
+            raise SystemExit(f"fastal: --out {args.out}: cannot write: {err}") from None
         print(f"  wrote {budget} indices to {args.out}")
     return 0
 
@@ -178,7 +311,20 @@ def _rows(arrays: dict[str, np.ndarray]) -> int:
     return next(iter(sizes.values()))
 
 
+#: files `fastal demo` writes in its --out folder
+_DEMO_FILES = ("results.csv", "learning_curves.png")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    # the arguments first: a bad one must not cost a whole experiment
+    least = {"seeds": 1, "rounds": 0, "budget": 1, "initial": 1, "steps": 1, "threads": 0}
+    for name, low in least.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise SystemExit(f"fastal: --{name} must be >= {low}, got {value}")
+    _check_device(args.device)
+    out = _check_out_folder(args.out, _DEMO_FILES)
+
     import torch
 
     from . import demo
@@ -195,8 +341,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     names = (
         [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     print(f"fastal demo: {args.dataset}, {seeds} seed{'s' * (seeds > 1)}, {args.initial} initial labels + "
           f"{rounds} rounds of {args.budget}, MLP trained from scratch each round (<= {steps} Adam steps), "
           f"device {args.device}")  # fmt: skip
@@ -218,9 +362,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"(chance: {d.chance:.3f}; AUC: trapezoid over the label counts / label range)")
     else:
         print("(AUC: trapezoid over the label counts / label range)")
-    res.to_csv(out / "results.csv")
-    res.plot(out / "learning_curves.png")
-    print(f"wrote {out / 'results.csv'} and {out / 'learning_curves.png'} ({res.seconds:.1f} s)")
+    csv, png = (out / name for name in _DEMO_FILES)
+    try:
+        res.to_csv(csv)
+        res.plot(png)
+    except OSError as err:  # checked before the run; the disk can still fill up
+        raise SystemExit(f"fastal: --out {args.out}: cannot write: {err}") from None
+    print(f"wrote {csv} and {png} ({res.seconds:.1f} s)")
     return 0
 
 
@@ -240,19 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
     dem.add_argument("--dataset", default="digits", choices=DATASETS)
     dem.add_argument("--strategies", help="comma-separated names (default: random,entropy,coreset,badge,"
                      "sparse_approx,crc,bilevel; diabetes: random,coreset,ally)")  # fmt: skip
-    dem.add_argument("--rounds", type=int, help="selection rounds (default 5; --quick 2)")
-    dem.add_argument("--seeds", type=int, help="seeds per strategy (default 3; --quick 1)")
-    dem.add_argument("--budget", type=int, default=30, help="labels per round (default 30)")
-    dem.add_argument("--initial", type=int, default=20, help="initial random labels (default 20)")
+    dem.add_argument("--rounds", type=int, help="selection rounds, >= 0 (default 5; --quick 2)")
+    dem.add_argument("--seeds", type=int, help="seeds per strategy, >= 1 (default 3; --quick 1)")
+    dem.add_argument("--budget", type=int, default=30, help="labels per round, >= 1 (default 30)")
     dem.add_argument(
-        "--steps", type=int, help="max training steps per round (default 300; --quick 60)"
+        "--initial", type=int, default=20, help="initial random labels, >= 1 (default 20)"
+    )
+    dem.add_argument(
+        "--steps", type=int, help="max training steps per round, >= 1 (default 300; --quick 60)"
     )
     dem.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     dem.add_argument("--threads", type=int, default=1,
                      help="torch CPU threads (default 1: fastest for the tiny model; 0 keeps torch's)")  # fmt: skip
-    dem.add_argument(
-        "--out", default="fastal-demo", help="folder for results.csv and learning_curves.png"
-    )
+    dem.add_argument("--out", default="fastal-demo",
+                     help="folder for results.csv and learning_curves.png (default fastal-demo; "
+                     "created, and checked writable, before the run)")  # fmt: skip
     dem.add_argument(
         "--quick", action="store_true", help="reduced setting for CI: 1 seed, 2 rounds, 60 steps"
     )
@@ -270,12 +420,32 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--duals", help="ALLY: dual variables of the labeled rows, an (m,) .npy file")
     sel.add_argument("--dual-predictions", dest="dual_predictions",
                      help="ALLY: predicted dual variables of every pool row, an (n,) .npy file")  # fmt: skip
-    sel.add_argument("--labeled", help="indices already labeled, a 1-D integer .npy file")
-    sel.add_argument("--budget", type=int, help="points to pick (default: 100)")
-    sel.add_argument("--out", help="write the picked indices here (.npy, int64, atomically)")
-    sel.add_argument("--seed", type=int, default=0, help="seed (first centre, digits labeled set)")
     sel.add_argument(
-        "--n-labeled", type=int, default=20, help="digits only: size of the labeled set"
+        "--labeled",
+        help="indices already labeled, a 1-D integer .npy file; with the default digits pool, "
+        f"indices into its {_DIGITS_ROWS} rows, used in place of the random --n-labeled set",
+    )
+    sel.add_argument(
+        "--budget",
+        type=int,
+        help="points to pick (default: 100, or every unlabeled point if fewer)",
+    )
+    sel.add_argument(
+        "--out",
+        help="write the picked indices to this file (.npy, int64, atomically; its folder must "
+        "exist, checked before the selection runs)",
+    )
+    sel.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed, >= 0 (first centre, digits labeled set; default 0)",
+    )
+    sel.add_argument(
+        "--n-labeled",
+        type=int,
+        help=f"default digits pool only: size of a random labeled set, 0 to {_DIGITS_ROWS} "
+        f"(default {_DIGITS_N_LABELED}); not with --labeled",
     )
     sel.add_argument("--dtype", choices=_DTYPES, help="cast the float arrays to this storage dtype")
     sel.add_argument(
