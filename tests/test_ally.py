@@ -233,6 +233,37 @@ def test_bad_constructor_arguments():
         fit_dual_head(np.ones((4, 2)), np.ones(4), steps=0)
 
 
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"head_steps": 0}, "^head_steps must be a positive integer, got 0"),
+        ({"head_layers": -1}, "^head_layers must be a positive integer, got -1"),
+        ({"head_hidden": 0}, "^head_hidden must be a positive integer"),
+        ({"head_lr": -1.0}, r"^head_lr must be > 0, got -1.0"),
+        ({"head_lr": float("nan")}, "^head_lr must be finite"),
+        ({"kmeans_iter": 0}, "^kmeans_iter must be a positive integer"),
+        ({"kmeans_minibatch": -3}, "^kmeans_minibatch must be a positive integer"),
+    ],
+)
+def test_head_and_kmeans_arguments_are_checked_at_construction(kw, match):
+    """Checked by the constructor (not at select), named as the constructor names them."""
+    with pytest.raises(ValueError, match=match):
+        ALLY(**kw)
+
+
+def test_dual_head_learning_rate_is_checked():
+    with pytest.raises(ValueError, match=r"^lr must be > 0"):
+        fit_dual_head(np.ones((4, 2)), np.ones(4), lr=-1.0)
+    with pytest.raises(ValueError, match=r"^weight_decay must be >= 0"):
+        fit_dual_head(np.ones((4, 2)), np.ones(4), weight_decay=-0.1)
+
+
+def test_overflowing_features_name_features():
+    X = _pool(n=60) * np.float32(1e20)
+    with pytest.raises(ValueError, match="distances between rows of features overflow float32"):
+        ALLY(head_steps=5).select({"features": X, "dual_predictions": np.ones(60)}, 3, seed=0)
+
+
 def test_select_from_the_shell(tmp_path, capsys):
     from fastal import cli
 

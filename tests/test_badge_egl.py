@@ -477,3 +477,94 @@ def test_kmeans_sampling_clusters_that_end_empty(budget, labeled, seed):
     assert_array_equal(idx, kmeans_sampling_ref(X, budget, labeled, seed))
     # one row of every distinct value comes first (the non-empty clusters)
     assert np.unique(X[idx[:5]], axis=0).shape[0] == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# low-precision probabilities (audit §4), overflow (§5) and argument checks (§9)
+
+
+def _softmax_torch(n: int, C: int, dtype: str, seed: int):
+    import torch
+
+    z = torch.randn(n, C, generator=torch.Generator().manual_seed(seed)) * 2
+    return torch.softmax(z, 1).to(getattr(torch, dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_badge_and_egl_accept_low_precision_probs(dtype):
+    """Softmax outputs cast to float16 / bfloat16 sum to 1 only to that dtype's rounding. They
+    are accepted: BADGE picks as on the embedding built by hand from the same stored values, EGL
+    scores them by its closed form |h|²(1 - |p|²) (which takes the rows as they are stored)."""
+    import torch
+
+    n, labeled = 120, [0, 5]
+    p = _softmax_torch(n, 4, dtype, seed=1)
+    h = torch.randn(n, 6, generator=torch.Generator().manual_seed(2)).to(p.dtype)
+    for features in (h, h.float()):
+        pool = {"probs": p, "features": features}
+        A = p.float()
+        A[torch.arange(n), A.argmax(1)] -= 1  # hypothetical labels, as gradient_embedding
+        emb = fastal.GradientEmbedding(A.to(features.dtype), features)
+        a, b = BADGE().select(pool, 6, labeled, seed=0), BADGE().select(emb, 6, labeled, seed=0)
+        assert_array_equal(to_numpy(a.indices), to_numpy(b.indices))
+        sel = EGL().select(pool, 6, labeled)
+        got = upcast(sel.diagnostics["scores"])
+        p64, h64 = upcast(p), upcast(features)
+        closed_form = (h64 * h64).sum(1) * (1 - (p64 * p64).sum(1))
+        assert_allclose(got, closed_form, rtol=1e-5, atol=1e-6)
+        assert_array_equal(to_numpy(sel.indices), top_scores_ref(got, 6, labeled))
+    bad = (p.double() * 0.97).to(p.dtype)  # rows summing to ~0.97: wrong in any dtype
+    with pytest.raises(ValueError, match="sum to 1"):
+        BADGE().select({"probs": bad, "features": h}, 3)
+    with pytest.raises(ValueError, match="sum to 1"):
+        EGL().select({"probs": bad, "features": h}, 3)
+
+
+def test_egl_large_float32_features_rank_as_in_float64():
+    """|h|² of float32 rows of norm ~1e20 overflows float32; the scores are float64 and exact."""
+    rng = np.random.default_rng(0)
+    n = 40
+    probs = rng.dirichlet(np.ones(3), n)
+    feats = rng.normal(size=(n, 4)) * 10.0 ** rng.uniform(17, 21, size=(n, 1))
+    pool = {"probs": probs.astype(np.float32), "features": feats.astype(np.float32)}
+    sel = EGL().select(pool, 10, [1])
+    ref = egl_ref(upcast(pool["probs"]), upcast(pool["features"]))
+    got = upcast(sel.diagnostics["scores"])
+    assert np.isfinite(got).all()
+    assert_allclose(got, ref, rtol=1e-5)
+    assert_array_equal(to_numpy(sel.indices), top_scores_ref(got, 10, [1]))
+    assert_array_equal(to_numpy(sel.indices), top_scores_ref(ref, 10, [1]))
+    with pytest.raises(ValueError, match=r"features .*overflows float64"):
+        EGL().select({"probs": probs, "features": feats * 1e140}, 2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_badge_and_kmeans_sampling_refuse_overflowing_features(dtype):
+    rng = np.random.default_rng(0)
+    scale = 1e20 if dtype == "float32" else 1e160
+    feats = (rng.normal(size=(60, 3)) * scale).astype(dtype)
+    probs = rng.dirichlet(np.ones(3), 60).astype(dtype)
+    with pytest.raises(ValueError, match=f"rows of features overflow {dtype}"):
+        BADGE().select({"probs": probs, "features": feats}, 4, seed=0)
+    with pytest.raises(ValueError, match=f"rows of features overflow {dtype}"):
+        KMEANS().select({"features": feats}, 4, [0, 1], seed=0)
+    emb = fastal.gradient_embedding(probs, feats)
+    with pytest.raises(ValueError, match=f"rows of pool overflow {dtype}"):
+        BADGE().select(emb, 4, seed=0)
+
+
+def test_strategy_argument_checks():
+    import torch
+
+    rng = np.random.default_rng(0)
+    p, h = rng.dirichlet(np.ones(3), 20), rng.normal(size=(20, 4))
+    for bad in (torch.ones(3, 2), None, 5):
+        with pytest.raises(TypeError, match="pool must be a mapping with 'probs'"):
+            EGL().select(bad, 1)
+    for cls in (EGL, BADGE):
+        with pytest.raises(TypeError, match="bias must be a bool"):
+            cls(bias="no")
+    emb = fastal.gradient_embedding(p, h)
+    for pool in (emb, {"features": emb}):
+        with pytest.raises(TypeError, match="KMeansSampling needs dense features"):
+            KMEANS().select(pool, 2)

@@ -594,3 +594,49 @@ def test_docstring_examples(name):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# overflow (audit §5) and low-precision probabilities (§4)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_relu_ntk_large_float32_rows_do_not_overflow_in_between(depth):
+    """Rows of norm ~1e10: |x|² ~ 1e20 fits float32 and so do the kernel values, but the product
+    Σ(x, x) Σ(x', x') ~ 1e40 does not; the angle must come out right all the same."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 3)) * 1e10
+    X32 = X.astype(np.float32)
+    got = bl.relu_ntk(X32, depth=depth)
+    assert got.dtype == np.float32
+    assert np.isfinite(got).all()
+    assert_allclose(got, relu_ntk_ref(X32.astype(float), X32.astype(float), depth), rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", ["relu_ntk", "linear_ntk"])
+def test_ntk_kernels_refuse_overflowing_values(kernel):
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(5, 2)) * 1e20).astype(np.float32)
+    fn = getattr(bl, kernel)
+    with pytest.raises(ValueError, match=f"{kernel}: the kernel values of X overflow float32"):
+        fn(X)
+    with pytest.raises(ValueError, match="overflow float32"):
+        fn(X[:2] * 1e10, X[2:])
+    assert np.isfinite(fn(X.astype(np.float64))).all()  # float64 holds them
+    bad = X.astype(np.float64)
+    bad[1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"^Y contains NaN"):
+        fn(X.astype(np.float64), bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_soft_pool_is_accepted(dtype):
+    Z, _, labeled, y = problem(n=30, m=5, C=3, seed=3)
+    soft_low = torch.softmax(torch.randn(30, 3, generator=torch.Generator().manual_seed(1)), 1)
+    soft_low = soft_low.to(dtype)
+    res = bl.bilevel_select(Z, y, soft_low, labeled, 3, random_fraction=0.0, seed=0)
+    want = bl.bilevel_select(Z, y, soft_low.double() / soft_low.double().sum(1, keepdim=True),
+                             labeled, 3, random_fraction=0.0, seed=0)  # fmt: skip
+    assert_array_equal(res.indices, want.indices)
+    with pytest.raises(ValueError, match="soft_pool rows must sum to 1"):
+        bl.bilevel_select(Z, y, (soft_low.double() * 0.97).to(dtype), labeled, 3, seed=0)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import AVAILABLE_CUDA_BACKENDS, indices_to_backend, to_backend, to_numpy
+from numpy.testing import assert_array_equal
 
 import fastal
 from fastal.strategies import CRC, get
@@ -153,3 +154,54 @@ def test_bad_input():
     with pytest.raises(ValueError, match="Z|NaN"):
         CRC(group_size=2).select(bad, 2)
     assert get("crc") is CRC
+
+
+# ---------------------------------------------------------------------------------------------
+# low-precision inputs (audit §4) and row-count mismatches (§7); no message names the internal Z
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_low_precision_features_and_probs(dtype, balanced):
+    """float16 / bfloat16 features are widened to float32 on purpose (the Gram is float64): the
+    picks are those of the same stored values given as float32."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(90, 3, generator=g), 1).to(getattr(torch, dtype))
+    h = torch.randn(90, 5, generator=g).to(p.dtype)
+    crc = CRC(group_size=3, balanced=balanced)
+    sel = crc.select({"probs": p, "features": h}, 6, [0, 1], seed=0)
+    ref = crc.select({"probs": p.float() / p.float().sum(1, keepdim=True), "features": h.float()},
+                     6, [0, 1], seed=0)  # fmt: skip
+    assert_array_equal(to_numpy(sel.indices), to_numpy(ref.indices))
+    assert isinstance(sel.indices, torch.Tensor)
+    for pool in ({"ntk_features": h}, h):  # given NTK features: widened the same way
+        got = CRC(group_size=3).select(pool, 6, [0, 1], seed=0)
+        want = CRC(group_size=3).select(h.float(), 6, [0, 1], seed=0)
+        assert_array_equal(to_numpy(got.indices), to_numpy(want.indices))
+
+
+def test_errors_name_what_the_user_passed():
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(20, 3))
+    for pool, name in (({"ntk_features": Z.astype(np.int64)}, "ntk_features"),
+                       (Z.astype(np.int64), "pool"),
+                       ({"features": Z.astype(np.int64), "probs": rng.dirichlet(np.ones(3), 20)},
+                        "features")):  # fmt: skip
+        with pytest.raises(TypeError, match=f"^{name} must have dtype") as err:
+            CRC(group_size=2).select(pool, 2)
+        assert "Z" not in str(err.value)
+    bad = Z.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"^ntk_features contains NaN or Inf in 1 row"):
+        CRC(group_size=2).select({"ntk_features": bad}, 2)
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+@pytest.mark.parametrize(("n_probs", "n_features"), [(30, 40), (40, 30)])
+def test_probs_and_features_row_counts_must_agree(balanced, n_probs, n_features):
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), n_probs)
+    for key in ("features", "ntk_features"):
+        pool = {key: rng.normal(size=(n_features, 4)), "probs": probs}
+        with pytest.raises(ValueError, match=f"probs and {key} must have one row per pool point"):
+            CRC(group_size=3, balanced=balanced).select(pool, 6)

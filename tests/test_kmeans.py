@@ -28,6 +28,7 @@ from conftest import (
     gaussian,
     indices_to_backend,
     labeled_subset,
+    mixture,
     small_integers,
     to_backend,
     to_numpy,
@@ -558,3 +559,68 @@ def test_kmeans_rejects_gradient_embedding():
     emb = fastal.GradientEmbedding(np.ones((5, 2)), np.ones((5, 3)))
     with pytest.raises((TypeError, ValueError), match="X"):
         fastal.kmeans(emb, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# overflow (audit §5): finite rows whose squared distances overflow the accumulation dtype raise
+# instead of returning NaN / inf inertia or D² draws on infinite weights
+
+HUGE = {"float32": 1e20, "float64": 1e160}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kmeans_pp_refuses_overflowing_distances(dtype):
+    X = (gaussian(100, 2, seed=0) * HUGE[dtype]).astype(dtype)
+    for kw in ({}, {"labeled": [0]}, {"first": "norm"}):
+        with pytest.raises(ValueError, match=f"distances between rows of X overflow {dtype}"):
+            fastal.kmeans_pp(X, 3, seed=0, **kw)
+    # one pick and no labeled row draws nothing, but the first pass sees the overflow all the same
+    with pytest.raises(ValueError, match="overflow"):
+        fastal.kmeans_pp(X, 1, seed=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"k": 3},
+        {"k": 40},
+        {"k": 3, "init": "random"},
+        {"k": 40, "init": "random"},
+        {"k": 3, "init": "random", "minibatch": 10},
+    ],
+)
+def test_kmeans_refuses_overflowing_distances(dtype, kw):
+    X = (gaussian(100, 2, seed=0) * HUGE[dtype]).astype(dtype)
+    with pytest.raises(ValueError, match=f"distances between rows of X overflow {dtype}"):
+        fastal.kmeans(X, seed=0, **kw)
+
+
+def test_kmeans_pp_refuses_overflowing_gradient_embedding():
+    """Factored distances s_i + s_j - 2 (A_i.A_j)(H_i.H_j) are clamped at 0: an overflow
+    (inf - inf) would read as distance 0, so the factor norms are bounded up front."""
+    rng = np.random.default_rng(0)
+    A = (rng.normal(size=(50, 3)) * 1e-15).astype(np.float32)
+    H = (rng.normal(size=(50, 4)) * 1e24).astype(np.float32)  # |H|² overflows, |g|² does not
+    emb = fastal.GradientEmbedding(A, H)
+    with pytest.raises(ValueError, match="distances between rows of X overflow float32"):
+        fastal.kmeans_pp(emb, 3, seed=0)
+    with pytest.raises(ValueError, match="overflow float32"):
+        fastal.kcenter_greedy(emb, 3, labeled=[0])
+    # float64 factors hold the same values without overflow
+    picks = fastal.kmeans_pp(fastal.GradientEmbedding(A.astype(float), H.astype(float)), 3, seed=0)
+    assert len(set(picks.tolist())) == 3
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_large_but_representable_distances_still_work(dtype):
+    """Rows up to ~2e18 apart (float32: squared distances up to ~4e36 < 3.4e38) are no overflow."""
+    scale = 1e17 if dtype == "float32" else 1e150
+    X = mixture(200, 3, 4, seed=1) * scale
+    Xs = X.astype(dtype)
+    picks = fastal.kmeans_pp(Xs, 4, seed=0)
+    assert_array_equal(picks, fastal.kmeans_pp(X / scale, 4, seed=0))
+    res = fastal.kmeans(Xs, 4, seed=0)
+    ref = fastal.kmeans(X / scale, 4, seed=0)
+    assert np.isfinite(res.inertia)
+    assert_allclose(res.inertia / scale**2, ref.inertia, rtol=1e-4)

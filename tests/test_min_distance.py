@@ -166,3 +166,37 @@ def test_property_float64_exact(n, m, d, data):
     ref_dist, ref_index = min_distance_ref(X, Y)
     assert_array_equal(index, ref_index)
     assert_array_equal(dist, ref_dist)
+
+
+# ---------------------------------------------------------------------------------------------
+# overflow (audit §5)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale"), [("float32", 1e30), ("float32", 1e20), ("float64", 1e200)]
+)
+def test_overflowing_nearest_distance_raises(dtype, scale):
+    rng = np.random.default_rng(0)
+    Y = (rng.normal(size=(100, 2)) * scale).astype(dtype)
+    with pytest.raises(ValueError, match=f"distances between rows of X and Y overflow {dtype}"):
+        fastal.min_distance(Y, Y[:3])
+
+
+def test_overflow_of_a_farther_row_is_harmless():
+    """Only a nearest distance that overflowed makes the result wrong: a far row of Y whose
+    distance overflows does not change the minimum, and is not an error."""
+    X = np.array([[1.0, 0.0], [0.0, 2.0], [-3.0, 1.0]], dtype=np.float32)
+    Y = np.array([[3e19, -3e19], [0.0, 0.0], [1.0, 1.0]], dtype=np.float32)
+    dist, index = fastal.min_distance(X, Y)
+    ref_dist, ref_index = min_distance_ref(X.astype(float), Y.astype(float))
+    assert_array_equal(index, ref_index)
+    assert_allclose(dist, ref_dist, rtol=1e-6)
+
+
+def test_overflowing_gradient_embedding_raises():
+    rng = np.random.default_rng(0)
+    A = (rng.normal(size=(30, 3)) * 1e-15).astype(np.float32)
+    H = (rng.normal(size=(30, 4)) * 1e24).astype(np.float32)
+    emb = fastal.GradientEmbedding(A, H)
+    with pytest.raises(ValueError, match="overflow float32"):
+        fastal.min_distance(emb, emb.subset([0, 1]))

@@ -182,3 +182,23 @@ def test_bad_dual_variable_arguments():
         PrimalDualTrainer(iterations=1)(
             torch.nn.Linear(2, 1), _regression_problem(), task="ranking"
         )
+
+
+@pytest.mark.parametrize("eps", [-0.1, [0.2, -0.5, 0.1], np.array([0.1, -1e-9, 0.2])])
+def test_negative_epsilon_is_refused(eps):
+    """ε is the level of a constraint on a non-negative loss: a negative one is infeasible."""
+    with pytest.raises(ValueError, match=r"^eps must be >= 0"):
+        PrimalDualTrainer(eps=eps)
+    with pytest.raises(ValueError, match=r"^eps must be >= 0"):
+        DualVariables(3, eps, lr_dual=0.1)
+
+
+def test_epsilon_forms_checked_at_construction():
+    with pytest.raises(ValueError, match=r"^eps must be finite"):
+        PrimalDualTrainer(eps=float("nan"))
+    with pytest.raises(ValueError, match=r"^eps must be a scalar or 1-D"):
+        PrimalDualTrainer(eps=np.zeros((2, 2)))
+    with pytest.raises(TypeError, match=r"^eps must be a number, an array"):
+        PrimalDualTrainer(eps=object())
+    assert PrimalDualTrainer(eps=0.0).eps == 0.0
+    assert PrimalDualTrainer(eps=torch.tensor([0.1, 0.2])).eps is not None

@@ -186,3 +186,65 @@ def test_validation():
         Random().select(10, 2, [1, 1])
     with pytest.raises(ValueError, match="budget = 9"):
         Random().select(10, 9, [0, 1])
+
+
+# ------------------------------------------------------------------------------------------
+# probabilities stored in float16 / bfloat16 (audit §4): the row-sum tolerance follows the dtype
+
+LOW = ("float16", "bfloat16")
+
+
+def low_precision_softmax(shape, dtype: str, seed: int):
+    """torch softmax outputs (float32) cast to ``dtype``: rows sum to 1 only to its rounding."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(*shape, generator=g) * 2
+    return torch.softmax(z, -1).to(getattr(torch, dtype))
+
+
+@pytest.mark.parametrize("C", [3, 10, 1000])
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize(
+    ("cls", "ref"),
+    [(Entropy, entropy_ref), (Margin, margin_ref), (LeastConfidence, least_confidence_ref)],
+)
+def test_low_precision_probs_are_accepted(cls, ref, dtype, C):
+    p = low_precision_softmax((200, C), dtype, seed=C)
+    sel = cls().select({"probs": p}, 7, [0, 1])
+    stored = upcast(p)
+    assert_allclose(upcast(sel.diagnostics["scores"]), ref(stored), rtol=1e-12, atol=1e-15)
+    assert_array_equal(to_numpy(sel.indices), top_ref(ref(stored), [0, 1], 7))
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_low_precision_mc_probs_are_accepted(dtype):
+    mc = low_precision_softmax((5, 120, 4), dtype, seed=3)
+    sel = BALD().select({"mc_probs": mc}, 6)
+    assert_allclose(upcast(sel.diagnostics["scores"]), bald_ref(upcast(mc)), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "factor"),
+    # a row sum off by more than max(1e-3, 2 eps(dtype)) is refused in every dtype
+    [("float64", 0.998), ("float32", 0.998), ("float16", 0.995), ("bfloat16", 0.97)],
+)
+def test_unnormalised_rows_are_still_refused(dtype, factor):
+    import torch
+
+    p = low_precision_softmax((50, 4), "float32", seed=1).double() * factor
+    p = p.to(getattr(torch, dtype))
+    with pytest.raises(ValueError, match=f"probs rows must sum to 1 .*{dtype}"):
+        Entropy().select({"probs": p}, 2)
+    with pytest.raises(ValueError, match=f"mc_probs rows must sum to 1 .*{dtype}"):
+        BALD().select({"mc_probs": p[None].expand(3, -1, -1)}, 2)
+
+
+def test_prob_sum_tolerance_rule():
+    import torch
+
+    from fastal._validate import prob_sum_tol
+
+    assert prob_sum_tol("float64") == prob_sum_tol(np.float32) == 1e-3
+    assert prob_sum_tol(torch.float16) == 2.0**-9
+    assert prob_sum_tol("bfloat16") == 2.0**-6

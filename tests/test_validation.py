@@ -414,3 +414,33 @@ def test_float32_overflow_is_reported_not_returned_as_inf():
         fastal.kcenter_greedy(X, 1, labeled=[1])
     # float64 holds the same points fine
     assert fastal.kcenter_greedy(X.astype(np.float64), 1, labeled=[1]).tolist() == [0]
+
+
+# ---------------------------------------------------------------------------------------------
+# audit §9: sparse tensors and non-bool flags
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_sparse_torch_tensor_is_refused_by_name(layout):
+    def to_sparse(t):
+        return t.to_sparse() if layout == "coo" else t.to_sparse_csr()
+
+    X = torch.randn(40, 8)
+    sparse = to_sparse(X)
+    with pytest.raises(TypeError, match=r"^X is a torch tensor with layout torch\.sparse_.*dense"):
+        fastal.kcenter_greedy(sparse, 3)
+    with pytest.raises(TypeError, match=r"^Y is a torch tensor with layout"):
+        fastal.min_distance(X, to_sparse(X[:4]))
+    with pytest.raises(TypeError, match=r"^X is a torch tensor with layout"):
+        fastal.kmeans(sparse, 2)
+
+
+@pytest.mark.parametrize("flag", [1, 0, "no", None])
+def test_bool_flags_must_be_bools(flag):
+    X = pool()
+    with pytest.raises(TypeError, match=r"^return_radius must be a bool"):
+        fastal.kcenter_greedy(X, 2, return_radius=flag)
+    with pytest.raises(TypeError, match=r"^bias must be a bool"):
+        fastal.ntk_features(X, 4, bias=flag)
+    assert fastal.ntk_features(X, 4, bias=np.bool_(False)).shape == (10, 3)

@@ -23,6 +23,12 @@ def check_matrix(
     ``dtypes`` are accepted on the CPU, ``cuda_dtypes`` on a CUDA device.
     """
     info = _interop.describe(X, name)
+    layout = getattr(X, "layout", None) if info.framework == "torch" else None
+    if layout is not None and str(layout) != "torch.strided":
+        raise TypeError(
+            f"{name} is a torch tensor with layout {layout}; fastal needs a dense (strided) one, "
+            f"e.g. {name}.to_dense()"
+        )
     if len(info.shape) != 2:
         raise ValueError(f"{name} must be 2-D (n, d), got shape {info.shape}")
     if info.shape[0] == 0:
@@ -109,6 +115,36 @@ def make_rng(seed: Any, name: str = "seed") -> np.random.Generator:
         raise type(err)(
             f"{name} must be None, a non-negative int or a numpy Generator, got {seed!r}"
         ) from None
+
+
+#: Smallest tolerance on the row sums of probabilities (float32 and float64 storage).
+PROB_SUM_TOL = 1e-3
+
+#: Machine epsilon of the floating storage dtypes, by name.
+_EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
+
+
+def prob_sum_tol(dtype: Any) -> float:
+    """Tolerance on ``|Σ_c p_c - 1|`` for probability rows stored in ``dtype``.
+
+    ``max(1e-3, 2 eps(dtype))``: 1e-3 for float32 and float64, 2⁻⁹ ≈ 0.00195 for float16 and
+    2⁻⁶ ≈ 0.0156 for bfloat16. ``dtype`` is a name (``"bfloat16"``), a numpy dtype or a torch dtype.
+
+    Rounding non-negative entries that sum to 1 to a dtype of unit roundoff ``u = eps / 2`` moves
+    the row sum by at most ``u``, whatever the number of classes; a softmax evaluated in that
+    dtype (exponentials, normaliser and quotients rounded) measured below ``0.75 eps`` for
+    C = 2 … 10⁴. So softmax outputs cast to float16 / bfloat16 pass with room, while rows that
+    are not normalised (logits, unnormalised scores, sums off by more than 2 eps) are refused.
+    """
+    name = str(dtype).removeprefix("torch.")
+    return max(PROB_SUM_TOL, 2.0 * _EPS.get(name, 0.0))
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A real bool (``True``, ``False`` or a numpy bool) as a bool; the message names ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+    return bool(value)
 
 
 def check_positive_int(value: Any, name: str) -> int:

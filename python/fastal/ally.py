@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._threads import one_thread_if_small
-from ._validate import check_positive_int
+from ._validate import _number, check_positive_int
 
 
 def _torch():
@@ -135,6 +135,8 @@ def fit_dual_head(
         (batch_size, "batch_size"),
     ):
         check_positive_int(v, name)
+    lr = _number(lr, "lr", positive=True)
+    weight_decay = _number(weight_decay, "weight_decay", minimum=0.0)
     dtype = torch.float64 if H.dtype == torch.float64 else torch.float32
     H, lam = H.to(dtype), lam.to(H.device, dtype)
     mean = H.mean(0)

@@ -43,7 +43,14 @@ import numpy as np
 
 from . import _interop
 from ._threads import one_thread_if_small
-from ._validate import _number, check_budget, check_indices, check_positive_int, make_rng
+from ._validate import (
+    _number,
+    check_budget,
+    check_indices,
+    check_positive_int,
+    make_rng,
+    prob_sum_tol,
+)
 from .gradients import as_torch, from_torch
 
 Kernel = Callable[[Any, Any], Any]
@@ -52,7 +59,6 @@ Kernel = Callable[[Any, Any], Any]
 _CHUNK_ELEMS = 1 << 22
 #: Multiply-adds per Hessian-vector product below which the inner problem runs on one thread.
 _SMALL_WORK = 1 << 22
-_PROB_TOL = 1e-3
 #: Newton's CG iterations above which its preconditioner is rebuilt at the current W.
 _STALE_CG = 8
 
@@ -92,7 +98,8 @@ def linear_ntk(X: Any, Y: Any = None) -> Any:
 
     Returns
     -------
-    array (n, k) in the framework, device and dtype of ``X``.
+    array (n, k) in the framework, device and dtype of ``X``. A ``ValueError`` is raised when the
+    input holds NaN / Inf or a kernel value overflows that dtype (float32 rows of norm ≳ 1e19).
 
     Examples
     --------
@@ -103,7 +110,23 @@ def linear_ntk(X: Any, Y: Any = None) -> Any:
     """
     xt, info = _tensor(X, "X")
     yt = xt if Y is None else _tensor(Y, "Y")[0].to(xt.dtype)
-    return from_torch(xt @ yt.T + 1, info)
+    return from_torch(_finite_kernel(xt @ yt.T + 1, xt, yt, Y is None, "linear_ntk"), info)
+
+
+def _finite_kernel(K: Any, xt: Any, yt: Any, y_is_x: bool, kernel: str) -> Any:
+    """``K`` if it is finite; else a ValueError: NaN / Inf in the input, or the kernel values
+    overflow the dtype they are computed in (finite input of magnitude ≳ 1e19 in float32)."""
+    torch = _torch()
+    if bool(torch.isfinite(K).all()):
+        return K
+    for t, name in ((xt, "X"),) if y_is_x else ((xt, "X"), (yt, "Y")):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or Inf")
+    dtype = str(K.dtype).removeprefix("torch.")
+    raise ValueError(
+        f"{kernel}: the kernel values of X{'' if y_is_x else ' and Y'} overflow {dtype} "
+        "(inner products beyond its range): scale the rows down or pass float64"
+    )
 
 
 def relu_ntk(X: Any, Y: Any = None, depth: int = 1, *, bias: float = 0.0) -> Any:
@@ -135,7 +158,10 @@ def relu_ntk(X: Any, Y: Any = None, depth: int = 1, *, bias: float = 0.0) -> Any
 
     Returns
     -------
-    array (n, k), framework, device and dtype of ``X`` (computed in that precision).
+    array (n, k), framework, device and dtype of ``X`` (computed in that precision). A
+    ``ValueError`` is raised when the input holds NaN / Inf or a kernel value overflows that dtype
+    (float32 rows of norm ≳ 1e19); intermediate products are formed so that they do not overflow
+    before the kernel values themselves do.
 
     Examples
     --------
@@ -162,7 +188,8 @@ def relu_ntk(X: Any, Y: Any = None, depth: int = 1, *, bias: float = 0.0) -> Any
     theta = sxy.clone()
     tiny = torch.finfo(xt.dtype).tiny
     for _ in range(int(depth)):
-        norm = torch.sqrt(sxx[:, None] * syy[None, :])
+        # √a·√a' rather than √(a a'): the product overflows long before the kernel does
+        norm = torch.sqrt(sxx)[:, None] * torch.sqrt(syy)[None, :]
         cos = torch.where(norm > tiny, sxy / norm.clamp_min(tiny), torch.zeros_like(sxy)).clamp(
             -1, 1
         )
@@ -172,7 +199,7 @@ def relu_ntk(X: Any, Y: Any = None, depth: int = 1, *, bias: float = 0.0) -> Any
         sxy = norm / math.pi * (sin + (math.pi - ang) * cos) + bias
         theta = theta * sdot + sxy
         sxx, syy = sxx + bias, syy + bias  # 2 E[relu(u)²] = Var u: the diagonal only gains the bias
-    return from_torch(theta, info)
+    return from_torch(_finite_kernel(theta, xt, yt, Y is None, "relu_ntk"), info)
 
 
 def make_kernel(kernel: Any, *, depth: int = 1, bias: float = 0.0) -> Kernel:
@@ -871,15 +898,21 @@ def one_hot(labels: Any, n_classes: int) -> np.ndarray:
 
 
 def _check_probs(P: Any, name: str) -> Any:
-    """Finite rows in [0, 1] summing to 1 (within 1e-3), renormalised exactly, float64."""
+    """Finite rows in [0, 1] summing to 1, renormalised exactly, float64.
+
+    The sum tolerance depends on the storage dtype of ``P``: ``max(1e-3, 2 eps)`` (1e-3 for
+    float32 / float64, 2⁻⁹ for float16, 2⁻⁶ for bfloat16; :func:`fastal._validate.prob_sum_tol`).
+    """
     torch = _torch()
+    tol = prob_sum_tol(P.dtype)
+    storage = str(P.dtype).removeprefix("torch.")
     P = P.to(torch.float64)
     if not bool(torch.isfinite(P).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     if bool(((P < 0) | (P > 1)).any()):
         raise ValueError(f"{name} must hold probabilities in [0, 1]")
-    if P.shape[0] and bool(((P.sum(1) - 1).abs() > _PROB_TOL).any()):
-        raise ValueError(f"{name} rows must sum to 1 (within {_PROB_TOL})")
+    if P.shape[0] and bool(((P.sum(1) - 1).abs() > tol).any()):
+        raise ValueError(f"{name} rows must sum to 1 (within {tol:.3g} for {storage})")
     return P / P.sum(1, keepdim=True)
 
 

@@ -24,11 +24,10 @@ import numpy as np
 
 from . import _interop
 from ._interop import ArrayInfo
-from ._validate import check_matrix, check_same_place
+from ._validate import check_matrix, check_same_place, prob_sum_tol
 
 #: rows per chunk of the elementwise passes (bounds temporaries to ~ chunk * C floats)
 _CHUNK = 1 << 15
-_SUM_TOL = 1e-3
 
 
 def _torch():
@@ -113,14 +112,44 @@ class GradientEmbedding:
         return self
 
     def _init(self, at: Any, ht: Any, info: ArrayInfo) -> None:
+        torch = _torch()
         self._info = ArrayInfo(info.framework, info.device, info.device_index, info.dtype, tuple(at.shape))
         self._a, self._h = at, ht
         acc = _acc_dtype(info.dtype)
         sq = at.new_empty(at.shape[0], dtype=acc)
+        # the largest |A_i|², |H_i|² and |g_i|² (NaN when one overflowed): see _check_distances_fit
+        peaks = torch.zeros(3, dtype=acc, device=at.device)
         for s in range(0, at.shape[0], _CHUNK):
             a, h = at[s : s + _CHUNK].to(acc), ht[s : s + _CHUNK].to(acc)
-            sq[s : s + _CHUNK] = (a * a).sum(1) * (h * h).sum(1)
+            asq, hsq = (a * a).sum(1), (h * h).sum(1)
+            sq[s : s + _CHUNK] = asq * hsq
+            if asq.numel():
+                chunk_peaks = torch.stack([asq.max(), hsq.max(), sq[s : s + _CHUNK].max()])
+                peaks = torch.maximum(peaks, chunk_peaks)  # propagates NaN
         self._sqnorm = sq
+        self._peaks = peaks
+        self._fits: bool | None = None
+
+    def _check_distances_fit(self, name: str) -> None:
+        """Raise a ValueError naming ``name`` when a factored distance could overflow the
+        accumulation dtype (float32; float64 for float64 factors).
+
+        The factored distance ``s_i + s_j - 2 (A_i·A_j)(H_i·H_j)`` is clamped at 0 by the kernels,
+        so an overflow (``inf - inf``) would silently read as distance 0. With ``|A|²``, ``|H|²``
+        at most ``2^(E-4)`` and ``s = |A|²|H|²`` at most ``2^(E-3)`` (``2^E``: the dtype's range)
+        no term overflows. The peaks come from the pass that computed ``sqnorm``: O(1) here.
+        """
+        if self._fits is None:
+            top = 1024 if self._sqnorm.dtype == _torch().float64 else 128
+            a_max, h_max, s_max = (float(v) for v in self._peaks.cpu())
+            factor, total = 2.0 ** (top - 4), 2.0 ** (top - 3)
+            self._fits = bool(a_max <= factor and h_max <= factor and s_max <= total)  # NaN: False
+        if not self._fits:
+            acc = "float64" if self._sqnorm.dtype == _torch().float64 else "float32"
+            hint = "" if acc == "float64" else " or pass them as float64"
+            raise ValueError(
+                f"distances between rows of {name} overflow {acc}: scale the features down{hint}"
+            )
 
     # -- factors and sizes ------------------------------------------------------------------
 
@@ -266,9 +295,10 @@ def gradient_embedding(
     bias : bool, default False
         Include the gradient of the bias (``h`` gets a trailing 1).
     kind : {"auto", "probs", "logits"}
-        ``"probs"`` requires values in [0, 1] with rows summing to 1 (within 1e-3); ``"logits"``
-        applies a softmax; ``"auto"`` takes probabilities when they look like them and logits when
-        any value is outside [0, 1].
+        ``"probs"`` requires values in [0, 1] with rows summing to 1 within a tolerance set by
+        the storage dtype (1e-3 for float32 / float64, 2⁻⁹ for float16, 2⁻⁶ for bfloat16; see
+        :func:`_probabilities`); ``"logits"`` applies a softmax; ``"auto"`` takes probabilities
+        when they look like them and logits when any value is outside [0, 1].
 
     Returns
     -------
@@ -331,20 +361,33 @@ def gradient_embedding(
     return GradientEmbedding._from_torch(A, H, finfo)
 
 
-def _probabilities(p: Any, kind: str, acc: Any, name: str) -> bool:
-    """Whether ``p`` holds probabilities (validated) rather than logits."""
+def _probabilities(p: Any, kind: str, acc: Any, name: str, storage: Any = None) -> bool:
+    """Whether ``p`` holds probabilities (validated) rather than logits.
+
+    Probabilities are values in [0, 1] whose rows sum to 1 within a tolerance that depends on the
+    dtype they were *stored* in (``storage``, default ``p.dtype``; pass it when ``p`` is an upcast
+    copy): ``max(1e-3, 2 eps(storage))``, i.e. 1e-3 for float32 / float64, 2⁻⁹ ≈ 0.00195 for
+    float16 and 2⁻⁶ ≈ 0.0156 for bfloat16 (:func:`fastal._validate.prob_sum_tol`). Rounding a
+    normalised row to the storage dtype moves its sum by at most eps / 2, so softmax outputs cast
+    to float16 / bfloat16 pass, while unnormalised rows still fail. The sums are taken in ``acc``.
+    """
     if kind == "logits":
         return False
+    storage = p.dtype if storage is None else storage
+    tol = prob_sum_tol(storage)
     in_range, sums_ok = True, True
     for s in range(0, p.shape[0], _CHUNK):
         c = p[s : s + _CHUNK].to(acc)
         in_range &= bool(((c >= 0) & (c <= 1)).all())
-        sums_ok &= bool(((c.sum(1) - 1).abs() <= _SUM_TOL).all())
+        sums_ok &= bool(((c.sum(1) - 1).abs() <= tol).all())
     if kind == "probs":
         if not in_range:
             raise ValueError(f"{name} must hold probabilities in [0, 1] (kind='probs'); pass kind='logits' for logits")
         if not sums_ok:
-            raise ValueError(f"{name} rows must sum to 1 (within {_SUM_TOL}) when kind='probs'")
+            raise ValueError(
+                f"{name} rows must sum to 1 (within {tol:.3g} for {_dtype_name(storage)} storage) "
+                "when kind='probs'"
+            )
         return True
     if in_range and not sums_ok:
         raise ValueError(
@@ -352,6 +395,10 @@ def _probabilities(p: Any, kind: str, acc: Any, name: str) -> bool:
             "probabilities, or pass kind='logits' if these are logits"
         )
     return in_range
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _target(labels: Any, n: int, C: int, pinfo: ArrayInfo, acc: Any) -> Any:
@@ -385,7 +432,11 @@ def _target(labels: Any, n: int, C: int, pinfo: ArrayInfo, acc: Any) -> Any:
         la = lt.to(acc)
         if not bool(torch.isfinite(la).all()) or bool(((la < 0) | (la > 1)).any()):
             raise ValueError("labels as a distribution must hold finite values in [0, 1]")
-        if bool(((la.sum(1) - 1).abs() > _SUM_TOL).any()):
-            raise ValueError(f"labels as a distribution must have rows summing to 1 (within {_SUM_TOL})")
+        tol = prob_sum_tol(lt.dtype)
+        if bool(((la.sum(1) - 1).abs() > tol).any()):
+            raise ValueError(
+                f"labels as a distribution must have rows summing to 1 (within {tol:.3g} for "
+                f"{_dtype_name(lt.dtype)})"
+            )
         return la
     raise ValueError(f"labels must be 1-D classes (n,) or a 2-D distribution (n, C), got {lt.ndim}-D")

@@ -203,6 +203,13 @@ def kmeans_pp(
     -------
     (k,) int64 array of row indices in pick order, in the input's framework and device.
 
+    Raises
+    ------
+    ValueError
+        Also when a squared distance between the (finite) rows overflows the accumulation dtype
+        (float32 rows ~1e19 apart, float64 ~1e154): D² sampling on infinite weights would be
+        meaningless. Detected on the sampler's block sums, not by an extra pass over ``X``.
+
     Examples
     --------
     >>> import numpy as np, fastal
@@ -210,7 +217,28 @@ def kmeans_pp(
     >>> sorted(fastal.kmeans_pp(X, 2, seed=0, first="norm").tolist())
     [0, 3]
     """
-    info = pool_info(X, "X")
+    return _kmeans_pp(X, k, seed=seed, first=first, labeled=labeled, progress=progress, name="X")
+
+
+def _overflow(name: str, dtype: str) -> ValueError:
+    """The error for squared distances between finite rows of ``name`` that overflowed."""
+    acc = _ACC[dtype]
+    hint = "" if acc == "float64" else " or pass float64"
+    return ValueError(f"distances between rows of {name} overflow {acc}: scale {name} down{hint}")
+
+
+def _kmeans_pp(
+    X: Any,
+    k: int,
+    *,
+    seed: Any = None,
+    first: str = "random",
+    labeled: Any = None,
+    progress: bool = False,
+    name: str = "X",
+) -> Any:
+    """:func:`kmeans_pp`, its messages naming ``name``."""
+    info = pool_info(X, name)
     n = info.shape[0]
     lab = check_indices(labeled, n, "labeled", like=info)
     k = check_budget(k, n - lab.size, "k")
@@ -228,7 +256,7 @@ def kmeans_pp(
 
         with _interop.device_scope(info, "X"):
             return kmeans_pp_cuda(X, k, lab, first_pick, uniform, progress)
-    pool = cpu_pool(X, info)
+    pool = cpu_pool(X, info, name)
     mind = np.empty(n, dtype=_ACC[info.dtype])
     picks = np.empty(k, dtype=np.int64)
     blocks = np.empty(-(-n // _ext.cpu.kmeanspp_block), dtype=np.float64)
@@ -236,8 +264,23 @@ def kmeans_pp(
         pool, lab, -1 if first_pick is None else first_pick, mind, picks, blocks
     )
     steps = getattr(_ext.cpu, f"kmeanspp_steps_{info.dtype}")
+    has_first = first_pick is not None
+
+    def check_weights() -> None:
+        # Finite rows have finite squared distances unless one overflowed (an inf weight), and the
+        # weights only shrink: if their float64 total is finite once every row has a centre, the
+        # draws never see an overflow. O(n / block), on the block sums the sampler keeps anyway.
+        if not np.isfinite(blocks.sum()):
+            raise _overflow(name, info.dtype)
+
+    if not has_first:
+        check_weights()  # the labeled rows are the centres
     for t0, t1 in _chunks(k, progress, "k-means++"):
-        steps(pool, mind, picks, uniform, blocks, first_pick is not None, t0, t1)
+        if t0 == 0 and has_first:
+            steps(pool, mind, picks, uniform, blocks, True, 0, 1)  # the distances to the first pick
+            check_weights()
+            t0 = 1
+        steps(pool, mind, picks, uniform, blocks, has_first, t0, t1)
     return _interop.wrap_host(picks, info)
 
 
@@ -392,6 +435,14 @@ def kmeans(
         Labels and inertia are those of the final centres over the whole of ``X``. An empty cluster
         takes the row farthest from its centre (the j-th empty one the j-th farthest row).
 
+    Raises
+    ------
+    ValueError
+        Also when squared distances between the (finite) rows overflow the accumulation dtype
+        (float32 rows ~1e19 apart, float64 ~1e154), detected on the k-means++ weights and on the
+        inertia (each mini-batch's, and the final one) instead of returning an ``inf`` / NaN
+        inertia and arbitrary labels.
+
     Examples
     --------
     >>> import numpy as np, fastal
@@ -400,10 +451,29 @@ def kmeans(
     >>> sorted(res.centres.ravel().round(3).tolist()), round(res.inertia, 6)
     ([0.1, 10.1], 0.04)
     """
+    return _kmeans(
+        X, k, seed=seed, init=init, max_iter=max_iter, tol=tol, minibatch=minibatch,
+        progress=progress, name="X",
+    )  # fmt: skip
+
+
+def _kmeans(
+    X: Any,
+    k: int,
+    *,
+    seed: Any = None,
+    init: Any = "k-means++",
+    max_iter: int | None = None,
+    tol: float = 1e-4,
+    minibatch: int | None = None,
+    progress: bool = False,
+    name: str = "X",
+) -> KMeansResult:
+    """:func:`kmeans`, its messages naming ``name``."""
     import torch
     from tqdm.auto import tqdm
 
-    info = check_matrix(X, "X")
+    info = check_matrix(X, name)
     n, d = info.shape
     k = check_budget(k, n, "k")
     if k < 1:
@@ -421,11 +491,11 @@ def kmeans(
     rng = make_rng(seed)
     xt = as_torch(X, info)
     if info.device == "cpu":
-        cpu_pool(X, info)  # finiteness, with the row named
+        cpu_pool(X, info, name)  # finiteness, with the row named
     elif not bool(torch.isfinite(xt).all()):
-        raise ValueError("X contains NaN or Inf")
+        raise ValueError(f"{name} contains NaN or Inf")
     acc = _torch_acc(info.dtype)
-    centres = _initial_centres(X, xt, info, k, init, rng, acc)
+    centres = _initial_centres(X, xt, info, k, init, rng, acc, name)
     tol_abs = _tol_abs(xt, float(tol))
 
     converged, it = False, 0
@@ -459,26 +529,31 @@ def kmeans(
                     break
                 prev = labels
         else:
-            centres, it, converged = _minibatch(xt, centres, info, int(minibatch), int(max_iter), tol_abs, rng, bar)
+            centres, it, converged = _minibatch(
+                xt, centres, info, int(minibatch), int(max_iter), tol_abs, rng, bar, name
+            )
         if fused is not None:
             labels, dist2, _, _ = fused(xt, xsq, centres)
         else:
             labels, dist2 = _assign(xt, centres, info, xsq)
+    inertia = float(dist2.to(torch.float64).sum())
+    if not np.isfinite(inertia):  # finite rows and centres: a distance (or the sum) overflowed
+        raise _overflow(name, info.dtype)
     return KMeansResult(
         centres=from_torch(centres.to(acc), info),
         labels=from_torch(labels, info),
-        inertia=float(dist2.to(torch.float64).sum()),
+        inertia=inertia,
         n_iter=it,
         converged=converged,
     )
 
 
-def _initial_centres(X, xt, info, k, init, rng, acc):
+def _initial_centres(X, xt, info, k, init, rng, acc, name="X"):
     import torch
 
     if isinstance(init, str):
         if init == "k-means++":
-            rows = _interop.host_numpy(kmeans_pp(X, k, seed=rng, first="random"))
+            rows = _interop.host_numpy(_kmeans_pp(X, k, seed=rng, first="random", name=name))
         elif init == "random":
             rows = rng.choice(info.shape[0], k, replace=False)
         else:
@@ -509,7 +584,7 @@ def _relocate_empty(sums, counts, xt, dist2, acc):
     return means
 
 
-def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar):
+def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X"):
     """Sculley (2010) mini-batch k-means; returns (centres, epochs run, converged).
 
     Every epoch draws a permutation of the rows and walks it in batches. It stops early when an
@@ -536,6 +611,8 @@ def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar):
             centres[hit] = ((v[:, None] * c64 + sums[hit]) / (v + counts[hit])[:, None]).to(centres.dtype)
             seen += counts
             mean_inertia = float(dist2.to(torch.float64).mean())
+            if not np.isfinite(mean_inertia):  # an overflowed distance: the update is garbage
+                raise _overflow(name, info.dtype)
             ewa = mean_inertia if ewa is None else (1 - alpha) * ewa + alpha * mean_inertia
             if ewa < best:
                 best, stale = ewa, 0

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._interop import describe
-from ._validate import check_matrix
+from ._validate import check_bool, check_matrix
 from .gradients import as_torch, from_torch
 
 
@@ -47,6 +47,7 @@ def ntk_features(features: Any, n_classes: int, *, bias: bool = True) -> Any:
     info = check_matrix(features, "features")
     if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
         raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+    bias = check_bool(bias, "bias")
     h = as_torch(features, info)
     if not bool(torch.isfinite(h).all()):
         raise ValueError("features contains NaN or Inf")

@@ -52,6 +52,7 @@ def _torch_cpu_info(t: Any) -> ArrayInfo:
 def cpu_pool(X: Any, info: ArrayInfo, name: str = "X") -> tuple:
     """What the CPU kernels take: ``(X,)`` checked finite, or ``(A, H, sqnorm)`` of an embedding."""
     if isinstance(X, GradientEmbedding):
+        X._check_distances_fit(name)  # the kernels clamp an overflowed (NaN) distance to 0
         a, h = X._a, X._h  # finite by construction
         return (
             _interop.host_storage(a, _torch_cpu_info(a)),
@@ -87,6 +88,13 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
     index : array of shape (n,), int64
         Row of ``Y`` nearest to each row of ``X``; ties go to the lowest index.
 
+    Raises
+    ------
+    ValueError
+        Also when a nearest distance overflows the accumulation dtype (float32 rows ~1e19 apart,
+        float64 ~1e154), detected on the result: the distances would be ``inf`` and the indices
+        arbitrary.
+
     Examples
     --------
     >>> import numpy as np, fastal
@@ -112,9 +120,26 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
     if info.device == "cpu":
         pool, ypool = cpu_pool(X, info, "X"), cpu_pool(Y, yinfo, "Y")
         dist2, index = getattr(_ext.cpu, f"min_sqdist_to_set_{info.dtype}")(pool, ypool)
+        if not np.isfinite(dist2).all():  # finite input: an overflow made the nearest one inf
+            raise _distance_overflow(info)
         return _interop.wrap_host(np.sqrt(dist2), info), _interop.wrap_host(index, info)
     with _interop.device_scope(info, "X"):
-        return _min_distance_cuda(X, info, Y, yinfo, factored)
+        dist, index = _min_distance_cuda(X, info, Y, yinfo, factored)
+    import torch
+
+    from .gradients import as_torch
+
+    if not bool(torch.isfinite(as_torch(dist, _interop.describe(dist, "distances"))).all()):
+        raise _distance_overflow(info)
+    return dist, index
+
+
+def _distance_overflow(info: ArrayInfo) -> ValueError:
+    """The error of a distance between finite rows of X and Y that overflowed its dtype."""
+    hint = "" if _ACC[info.dtype] == "float64" else " or pass float64"
+    return ValueError(
+        f"distances between rows of X and Y overflow {_ACC[info.dtype]}: scale them down{hint}"
+    )
 
 
 def _min_distance_cuda(X: Any, info: ArrayInfo, Y: Any, yinfo: ArrayInfo, factored: bool):
@@ -208,6 +233,8 @@ def kcenter_greedy(
     >>> fastal.kcenter_greedy(X, 2, labeled=[0]).tolist()
     [3, 2]
     """
+    if not isinstance(return_radius, (bool, np.bool_)):
+        raise TypeError(f"return_radius must be a bool, got {type(return_radius).__name__}")
     res = kcenter(X, budget, labeled=labeled, seed=seed, prune=prune, progress=progress)
     return (res.indices, res.radius) if return_radius else res.indices
 

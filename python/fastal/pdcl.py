@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ._validate import _number, check_positive_int
 
@@ -31,6 +34,28 @@ PAPER_EPS = {"classification": 0.2, "regression": 0.1}
 DUALS_ATTR = "fastal_duals"
 
 
+def _check_eps(eps: Any) -> None:
+    """Constraint levels: a finite number >= 0, or a 1-D array of them (its length is checked
+    against the labeled set when training starts)."""
+    if isinstance(eps, numbers.Real) and not isinstance(eps, bool):
+        _number(eps, "eps", minimum=0.0)
+        return
+    from . import _interop
+
+    try:
+        arr = np.asarray(_interop.host_numpy(eps) if _interop.is_array(eps) else eps, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"eps must be a number, an array, 'auto' or None, got {type(eps).__name__}"
+        ) from None
+    if arr.ndim > 1:
+        raise ValueError(f"eps must be a scalar or 1-D (one level per sample), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("eps must be finite")
+    if (arr < 0).any():
+        raise ValueError(f"eps must be >= 0, got {float(arr.min())}")
+
+
 class DualVariables:
     """One dual variable ``λ_i >= 0`` per labeled sample, with the Lagrangian and the dual step.
 
@@ -39,7 +64,7 @@ class DualVariables:
     n : int
         Number of labeled samples (constraints).
     eps : float or array (n,)
-        Constraint levels ε_i (one for all or one per sample).
+        Constraint levels ε_i >= 0 (one for all or one per sample).
     lr_dual : float
         η_d, the dual step size.
     device, dtype
@@ -75,6 +100,11 @@ class DualVariables:
             raise ValueError(f"eps must be a scalar or have shape ({n},), got {tuple(eps_t.shape)}")
         if not bool(torch.isfinite(eps_t).all()):
             raise ValueError("eps must be finite")
+        if bool((eps_t < 0).any()):
+            raise ValueError(
+                f"eps must be >= 0 (constraints loss_i <= eps_i on non-negative losses), "
+                f"got {float(eps_t.min())}"
+            )
         self.eps = eps_t
         self.value = torch.zeros(int(n), dtype=dtype, device=device)
 
@@ -157,10 +187,11 @@ class PrimalDualTrainer:
     Parameters
     ----------
     eps : float, array, "auto" or None
-        Constraint levels ε. ``None`` (default): the paper's constants, 0.2 for cross-entropy and
-        0.1 for MSE (§5.2–5.3). ``"auto"``: ``eps_factor`` times the mean training loss of an
-        unconstrained fit of a copy of the model with the same schedule (§5.4 finds
-        ``[1.05, 1.25]`` times that loss works well); this doubles the training time.
+        Constraint levels ε >= 0 (checked here; an array's length when training). ``None``
+        (default): the paper's constants, 0.2 for cross-entropy and 0.1 for MSE (§5.2–5.3).
+        ``"auto"``: ``eps_factor`` times the mean training loss of an unconstrained fit of a
+        copy of the model with the same schedule (§5.4 finds ``[1.05, 1.25]`` times that loss
+        works well); this doubles the training time.
     eps_factor : float, default 1.15
         The multiple for ``eps="auto"``.
     lr_primal : float, default 1e-3
@@ -211,6 +242,8 @@ class PrimalDualTrainer:
     ) -> None:
         if isinstance(eps, str) and eps != "auto":
             raise ValueError(f"eps must be a number, an array, 'auto' or None, got {eps!r}")
+        if eps is not None and not isinstance(eps, str):
+            _check_eps(eps)
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         self.eps = eps

@@ -139,6 +139,8 @@ def fit_temperature(logits: Any, targets: Any) -> float:
     info = check_matrix(logits, "logits")
     z = as_torch(logits, info).to(torch.float64)
     n, C = info.shape
+    if _interop.is_array(targets):
+        _interop.describe(targets, "targets")  # a tensor on an unsupported device: named TypeError
     y = torch.as_tensor(_interop.host_numpy(targets)).to(z.device)
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(f"targets must have shape ({n},), got {tuple(y.shape)}")

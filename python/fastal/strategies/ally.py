@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import check_budget, check_positive_int, make_rng
+from .._validate import _number, check_budget, check_positive_int, make_rng
 from .base import Selection, Strategy, pool_field, register, unlabeled_rows
 
 
@@ -94,12 +94,16 @@ class ALLY(Strategy):
             None if n_clusters is None else check_positive_int(n_clusters, "n_clusters")
         )
         self.trainer = PrimalDualTrainer() if trainer is None else trainer
-        self.head_hidden = head_hidden
-        self.head_layers = head_layers
-        self.head_steps = head_steps
-        self.head_lr = head_lr
-        self.kmeans_iter = kmeans_iter
-        self.kmeans_minibatch = kmeans_minibatch
+        self.head_hidden = check_positive_int(head_hidden, "head_hidden")
+        self.head_layers = check_positive_int(head_layers, "head_layers")
+        self.head_steps = check_positive_int(head_steps, "head_steps")
+        self.head_lr = _number(head_lr, "head_lr", positive=True)
+        self.kmeans_iter = check_positive_int(kmeans_iter, "kmeans_iter")
+        self.kmeans_minibatch = (
+            None
+            if kmeans_minibatch is None
+            else check_positive_int(kmeans_minibatch, "kmeans_minibatch")
+        )
 
     @property
     def train_fn(self) -> Any:
@@ -110,7 +114,7 @@ class ALLY(Strategy):
         from .._validate import check_matrix
         from ..ally import fit_dual_head, pick_per_cluster
         from ..gradients import as_torch
-        from ..kmeans import kmeans
+        from ..kmeans import _kmeans
 
         X = pool_field(pool, "features")
         info = check_matrix(X, "features")
@@ -149,9 +153,10 @@ class ALLY(Strategy):
                                mean_dual=float(duals.mean()), max_dual=float(duals.max()))  # fmt: skip
 
         k = budget if self.n_clusters is None else min(self.n_clusters, budget)
-        km = kmeans(
-            Xt[rest_t], k, seed=km_seed, max_iter=self.kmeans_iter, minibatch=self.kmeans_minibatch
-        )
+        km = _kmeans(
+            Xt[rest_t], k, seed=km_seed, max_iter=self.kmeans_iter, minibatch=self.kmeans_minibatch,
+            name="features",
+        )  # fmt: skip
         clusters = _interop.host_numpy(km.labels)
         picks = rest[pick_per_cluster(clusters, scores, budget)]
         diagnostics.update(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _interop
-from .._validate import check_budget
-from ..kmeans import kmeans_pp
+from .._validate import check_bool, check_budget
+from ..gradients import GradientEmbedding
+from ..kmeans import _kmeans_pp
 from .base import Selection, Strategy, gradient_pool, register, unlabeled_rows
 
 
@@ -47,7 +48,7 @@ class BADGE(Strategy):
     requires = ("probs", "features")
 
     def __init__(self, *, bias: bool = False, progress: bool = False) -> None:
-        self.bias = bias
+        self.bias = check_bool(bias, "bias")
         self.progress = progress
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
@@ -55,9 +56,11 @@ class BADGE(Strategy):
         lab, rest = unlabeled_rows(emb.n, labeled, like=emb.info)
         budget = check_budget(budget, rest.size)
         candidates = emb if lab.size == 0 else emb.subset(rest)
-        picks = _interop.host_numpy(
-            kmeans_pp(candidates, budget, seed=seed, first="norm", progress=self.progress)
+        name = "pool" if isinstance(pool, GradientEmbedding) else "features"
+        picks = _kmeans_pp(
+            candidates, budget, seed=seed, first="norm", progress=self.progress, name=name
         )
+        picks = _interop.host_numpy(picks)
         indices = rest[picks]
         return Selection(
             _interop.to_framework(indices, emb.info),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,8 @@ class CRC(Strategy):
 
     The pool is an ``(n, D)`` array of trace-NTK features (see :func:`fastal.ntk_features`), or a
     mapping with ``"ntk_features"``, or with ``"features"`` and ``"probs"``/``"logits"`` (then the
-    last-layer features ``√C [h, 1]`` are used).
+    last-layer features ``√C [h, 1]`` are used; both must have one row per pool point). float16 /
+    bfloat16 features are widened to float32 on purpose (the eigenvalues are float64 anyway).
 
     Examples
     --------
@@ -77,8 +79,7 @@ class CRC(Strategy):
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         from ..gram import gram_min_eig
 
-        Z, pseudo, n_classes = _ntk_pool(pool, need_labels=self.balanced)
-        info = _interop.describe(Z, "features")
+        Z, info, pseudo, n_classes = _ntk_pool(pool, need_labels=self.balanced)
         n = info.shape[0]
         lab, rest = unlabeled_rows(n, labeled, like=info)
         Q = check_budget(budget, rest.size)
@@ -108,34 +109,61 @@ class CRC(Strategy):
         )
 
 
-def _ntk_pool(pool: Any, need_labels: bool) -> tuple[Any, Any, int]:
-    """(trace-NTK features, pseudo-labels or None, number of classes or 0) from the pool."""
-    from ..gradients import as_torch
+def _ntk_pool(pool: Any, need_labels: bool) -> tuple[Any, Any, Any, int]:
+    """(trace-NTK features, their ArrayInfo, pseudo-labels or None, number of classes or 0).
+
+    The features are float32 or float64: float16 / bfloat16 ones (given, or computed from float16
+    / bfloat16 ``"features"``) are cast to float32 on purpose, since the Gram eigenvalues are
+    computed in float64 anyway. Every message names the pool entry the user passed.
+    """
+    from .._validate import check_matrix
+    from ..gradients import as_torch, from_torch, torch_isfinite_rows
     from ..ntk import ntk_features
 
-    probs = None
-    if hasattr(pool, "keys"):
+    probs, key = None, None
+    if isinstance(pool, Mapping):
         if "probs" in pool or "logits" in pool:
             key = "probs" if "probs" in pool else "logits"
             probs = pool[key]
         if "ntk_features" in pool:
-            Z = pool["ntk_features"]
+            Z, zname = pool["ntk_features"], "ntk_features"
         elif "features" in pool and probs is not None:
-            C = _interop.describe(probs, key).shape[1]
-            Z = ntk_features(pool["features"], C, bias=True)
+            Z, zname = pool["features"], "features"
         else:
             raise ValueError("pool needs 'ntk_features', or 'features' with 'probs' or 'logits'")
     else:
-        Z = pool
-    pseudo, n_classes = None, 0
+        Z, zname = pool, "pool"
+    info = check_matrix(Z, zname)
+    pinfo = None
     if probs is not None:
-        n_classes = _interop.describe(probs, "probs").shape[1]
+        pinfo = check_matrix(probs, key)
+        if pinfo.shape[0] != info.shape[0]:
+            raise ValueError(
+                f"{key} and {zname} must have one row per pool point each, got {pinfo.shape[0]} "
+                f"rows in {key} and {info.shape[0]} in {zname}"
+            )
+    if info.dtype in ("float16", "bfloat16"):
+        Z = from_torch(as_torch(Z, info).float(), info)  # on purpose: the Gram is float64 anyway
+        info = _interop.describe(Z, zname)
+    if zname == "features":
+        Z = ntk_features(Z, pinfo.shape[1], bias=True)  # checks finiteness, names features
+        info = _interop.describe(Z, zname)
+    else:
+        bad = ~torch_isfinite_rows(as_torch(Z, info))
+        if bool(bad.any()):
+            raise ValueError(
+                f"{zname} contains NaN or Inf in {int(bad.sum())} row(s), "
+                f"first at row {int(bad.nonzero()[0, 0])}"
+            )
+    pseudo, n_classes = None, 0
+    if pinfo is not None:
+        n_classes = pinfo.shape[1]
     if need_labels:
         if probs is None:
             raise ValueError("balanced=True needs 'probs' or 'logits' in the pool for pseudo-labels")
-        pt = as_torch(probs, _interop.describe(probs, "probs"))
+        pt = as_torch(probs, pinfo)
         pseudo = _interop.host_numpy(pt.argmax(1)).astype(np.int64)
-    return Z, pseudo, n_classes
+    return Z, info, pseudo, n_classes
 
 
 def _random_groups(rest: np.ndarray, G: int, rng: np.random.Generator) -> np.ndarray:

@@ -7,10 +7,9 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import check_budget
+from .._validate import check_budget, check_matrix
 from ..gradients import as_torch
-from ..kmeans import kmeans
-from ..ops import pool_info
+from ..kmeans import _kmeans
 from .base import Selection, Strategy, pool_field, register, unlabeled_rows
 
 
@@ -50,8 +49,16 @@ class KMeansSampling(Strategy):
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         import torch
 
+        from ..gradients import GradientEmbedding
+
         X = pool_field(pool, "features")
-        info = pool_info(X, "features")
+        if isinstance(X, GradientEmbedding):
+            raise TypeError(
+                "KMeansSampling needs dense features, got a GradientEmbedding: k-means centres of "
+                "rank-one gradients are not rank one. Use BADGE (k-means++ seeding over the "
+                "embedding) or pass emb.dense() if it fits in memory"
+            )
+        info = check_matrix(X, "features")
         lab, rest = unlabeled_rows(info.shape[0], labeled, like=info)
         budget = check_budget(budget, rest.size)
         if budget == 0:
@@ -60,9 +67,9 @@ class KMeansSampling(Strategy):
         sub = xt if lab.size == 0 else xt[torch.from_numpy(rest).to(xt.device)]
         from ..gradients import from_torch
 
-        res = kmeans(
+        res = _kmeans(
             from_torch(sub.contiguous(), info), budget, seed=seed, max_iter=self.max_iter,
-            minibatch=self.minibatch, progress=self.progress,
+            minibatch=self.minibatch, progress=self.progress, name="features",
         )  # fmt: skip
         labels = _interop.host_numpy(res.labels)
         centres = as_torch(res.centres, _interop.describe(res.centres, "centres")).to(torch.float64)

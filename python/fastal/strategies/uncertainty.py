@@ -3,7 +3,10 @@
 Every score strategy computes one score per pool row in float64 and selects the ``budget``
 unlabeled rows with the highest score, ties to the lowest index (a stable sort of ``-score`` over
 the unlabeled rows in ascending order). ``diagnostics["scores"]`` holds the scores of every row
-(float64, in the pool's framework and device).
+(float64, in the pool's framework and device). Probabilities (``"probs"``, ``"mc_probs"``) must
+lie in [0, 1] with rows summing to 1 within ``max(1e-3, 2 eps)`` of their storage dtype (1e-3 for
+float32 / float64, about 0.002 for float16 and 0.016 for bfloat16), so softmax outputs stored in
+low precision are accepted.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import check_budget, check_matrix, make_rng
+from .._validate import check_budget, check_matrix, make_rng, prob_sum_tol
 from .base import Selection, Strategy, register, unlabeled_rows
 
 
@@ -43,7 +46,7 @@ def _probs(pool: Any) -> tuple[Any, Any]:
     if key == "logits":
         p = torch.softmax(p, dim=1)
     else:
-        _probabilities(p, "probs", torch.float64, "probs")
+        _probabilities(p, "probs", torch.float64, "probs", storage=info.dtype)
     return p, info
 
 
@@ -257,8 +260,11 @@ class BALD(_ScoreStrategy):
         mc = as_torch(pool["mc_probs"], info).to(torch.float64)
         if not bool(torch.isfinite(mc).all()) or bool(((mc < 0) | (mc > 1)).any()):
             raise ValueError("mc_probs must hold finite probabilities in [0, 1]")
-        if not bool(((mc.sum(-1) - 1).abs() <= 1e-3).all()):
-            raise ValueError("mc_probs rows must sum to 1 (within 1e-3) over the classes")
+        tol = prob_sum_tol(info.dtype)  # 1e-3, wider for float16 / bfloat16 storage
+        if not bool(((mc.sum(-1) - 1).abs() <= tol).all()):
+            raise ValueError(
+                f"mc_probs rows must sum to 1 over the classes (within {tol:.3g} for {info.dtype})"
+            )
         scores = _entropy(mc.mean(0)) - _entropy(mc).mean(0)
         row_info = _interop.ArrayInfo(
             info.framework, info.device, info.device_index, info.dtype, info.shape[1:]
