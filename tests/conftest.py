@@ -285,15 +285,20 @@ def assert_valid_greedy(X64, picks, labeled, rtol: float) -> None:
         assert mine >= best - rtol * best, f"pick {t}: distance {mine} < max {best} - tol"
 
 
-def assert_same_until_near_tie(X64, picks, expected, labeled, rtol: float) -> None:
-    """``picks == expected`` except that, from the first step where the two runs part, they may
-    differ if that step was a near-tie (top two float64 distances within ``rtol``)."""
+def first_parting(picks, expected) -> int | None:
+    """The first step where two pick sequences of one shape differ; None when they are equal."""
     picks, expected = np.asarray(picks), np.asarray(expected)
     assert picks.shape == expected.shape
     diff = np.flatnonzero(picks != expected)
-    if diff.size == 0:
+    return int(diff[0]) if diff.size else None
+
+
+def assert_same_until_near_tie(X64, picks, expected, labeled, rtol: float) -> None:
+    """``picks == expected`` except that, from the first step where the two runs part, they may
+    differ if that step was a near-tie (top two float64 distances within ``rtol``)."""
+    t = first_parting(picks, expected)
+    if t is None:
         return
-    t = int(diff[0])
     assert t > 0 or labeled is not None, f"first centres differ: {picks[0]} vs {expected[0]}"
     _, best, second = greedy_gaps(X64, expected[: t + 1], labeled)[-1]
     assert best - second <= rtol * best, (
@@ -306,12 +311,9 @@ def assert_pp_same_until_near_tie(picks, expected, margins, rtol: float) -> None
     """``picks == expected``, except that from the first step where they part the runs may differ
     if the reference's draw there was within ``rtol`` (relative to the total D^2 mass) of another
     row's cumulative boundary (or a "norm" first pick within ``rtol`` of the runner-up)."""
-    picks, expected = np.asarray(picks), np.asarray(expected)
-    assert picks.shape == expected.shape
-    diff = np.flatnonzero(picks != expected)
-    if diff.size == 0:
+    t = first_parting(picks, expected)
+    if t is None:
         return
-    t = int(diff[0])
     assert margins[t] <= rtol, (
         f"picks differ at step {t} ({picks[t]} vs {expected[t]}) although the reference's draw "
         f"there is {margins[t]:.3g} of the total away from any boundary: not a near-tie"

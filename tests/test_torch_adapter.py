@@ -144,7 +144,9 @@ def test_only_what_was_asked_is_computed():
     assert model.calls["model"] == 6 * batches
 
 
-def test_feature_hook_fires_once_per_batch_and_only_when_asked(monkeypatch):
+@pytest.fixture
+def hook_calls(monkeypatch) -> list:
+    """The modules whose forward pre-hooks (the feature hook) fire, in order."""
     fired = []
     real = nn.Module.register_forward_pre_hook
 
@@ -156,6 +158,11 @@ def test_feature_hook_fires_once_per_batch_and_only_when_asked(monkeypatch):
         return real(self, counted, *args, **kwargs)
 
     monkeypatch.setattr(nn.Module, "register_forward_pre_hook", spy)
+    return fired
+
+
+def test_feature_hook_fires_once_per_batch_and_only_when_asked(hook_calls):
+    fired = hook_calls
     model = Tiny()
     x = torch.from_numpy(inputs())
     ft.pool_outputs(model, x, ("logits",), batch_size=4, progress=False)
@@ -211,18 +218,8 @@ def test_every_combination_of_needs_equals_the_separate_calls(task, needs):
         assert_allclose(p.sum(-1), 1, rtol=1e-5)
 
 
-def test_feature_hook_is_off_during_the_mc_passes(monkeypatch):
-    fired = []
-    real = nn.Module.register_forward_pre_hook
-
-    def spy(self, hook, *args, **kwargs):
-        def counted(module, inp):
-            fired.append(module)
-            return hook(module, inp)
-
-        return real(self, counted, *args, **kwargs)
-
-    monkeypatch.setattr(nn.Module, "register_forward_pre_hook", spy)
+def test_feature_hook_is_off_during_the_mc_passes(hook_calls):
+    fired = hook_calls
     x = torch.from_numpy(inputs())
     for needs in (("features", "mc_probs"), ("features", "probs", "mc_probs")):
         fired.clear()
