@@ -14,18 +14,34 @@ from fastal.strategies import CRC, get
 RTOL = 1e-10
 
 
-def lambda_min_pos_ref(Z: np.ndarray, S: np.ndarray, rtol: float) -> float:
-    """Smallest eigenvalue above rtol * largest of Z_S Z_Sᵀ (via the smaller side), float64."""
+def lambda_min_pos_ref(Z: np.ndarray, S: np.ndarray, rtol, forced: int | None = None) -> float:
+    """Smallest eigenvalue above rtol * largest of Z_S Z_Sᵀ (via the smaller side), float64;
+    ``rtol=None``: max(|S|, D) eps, the kernel's default. With ``forced`` (the zeros every set of
+    this size has), 0.0 when the matrix has more zeros than that (Proposition 2: duplicates score
+    zero)."""
     ZS = Z[S].astype(np.float64)
     K = ZS @ ZS.T if ZS.shape[0] <= ZS.shape[1] else ZS.T @ ZS
     ev = np.linalg.eigvalsh(K)
+    rtol = max(ZS.shape) * np.finfo(np.float64).eps if rtol is None else rtol
     pos = ev[ev > rtol * ev[-1]]
+    if forced is not None and ev.size - pos.size > forced:
+        return 0.0
     return float(pos[0]) if pos.size else 0.0
 
 
-def crc_ref(Z, labeled, Q, G, seed, rtol=RTOL, max_groups=None):
+def forced_zeros_ref(Z: np.ndarray, size: int, rtol) -> int:
+    """max(0, m - r): m = min(size, D), r = rank of all of Z (eigenvalues of ZᵀZ above rtol * max;
+    ``rtol=None``: max(n, D) eps)."""
+    ev = np.linalg.eigvalsh(Z.T.astype(np.float64) @ Z.astype(np.float64))
+    rtol = max(Z.shape) * np.finfo(np.float64).eps if rtol is None else rtol
+    rank = int((ev > rtol * ev[-1]).sum()) if ev[-1] > 0 else 0
+    return max(0, min(size, Z.shape[1]) - rank)
+
+
+def crc_ref(Z, labeled, Q, G, seed, rtol=RTOL, max_groups=None, zeros="structural"):
     """Alg. 1 literally: a seeded random partition of the unlabeled rows into groups of G (the
-    remainder left out), score λ⁺_min(L ∪ group), the Q/G best groups (ties to the earlier one)."""
+    remainder left out), score λ⁺_min(L ∪ group), the Q/G best groups (ties to the earlier one).
+    ``zeros="structural"``: a group with more zero eigenvalues than its size forces scores 0."""
     n = Z.shape[0]
     lab = np.asarray(labeled, dtype=np.int64)
     rest = np.setdiff1d(np.arange(n), lab)
@@ -34,7 +50,8 @@ def crc_ref(Z, labeled, Q, G, seed, rtol=RTOL, max_groups=None):
     groups = perm[: k * G].reshape(k, G)
     if max_groups is not None:
         groups = groups[:max_groups]
-    scores = np.array([lambda_min_pos_ref(Z, np.concatenate([lab, g]), rtol) for g in groups])
+    forced = forced_zeros_ref(Z, lab.size + G, rtol) if zeros == "structural" else None
+    scores = np.array([lambda_min_pos_ref(Z, np.concatenate([lab, g]), rtol, forced) for g in groups])
     best = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: Q // G]
     return groups[best].reshape(-1), scores
 
@@ -84,9 +101,8 @@ def test_crc_on_cuda_matches_cpu(backend):
     np.testing.assert_allclose(gpu.diagnostics["scores"], cpu.diagnostics["scores"], rtol=1e-9)
 
 
-def test_duplicates_score_zero_at_full_rank():
-    """Proposition 2: a group repeating a labeled point adds a zero eigenvalue; when L already has
-    full rank D, λ⁺_min skips it, but a group of two identical new rows cannot beat a distinct pair."""
+def test_gram_min_eig_skips_the_zero_of_a_duplicate():
+    """The kernel's λ⁺_min skips every zero: an identical pair is scored on one row fewer."""
     rng = np.random.default_rng(0)
     Z = rng.normal(size=(30, 3))
     Z[20] = Z[21]  # an identical pair in the pool
@@ -94,6 +110,56 @@ def test_duplicates_score_zero_at_full_rank():
     same = fastal.gram_min_eig(Z, lab, np.array([[20, 21]]), rtol=RTOL)
     ref = lambda_min_pos_ref(Z, np.r_[lab, 20, 21], RTOL)
     np.testing.assert_allclose(same, [ref], rtol=1e-8)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_duplicates_score_zero_at_full_rank(seed):
+    """Proposition 2: with |S| <= D, a group holding a copy of a labeled point (or two identical
+    points) has a singular Gram matrix and scores 0, so CRC picks no copy while distinct groups
+    remain. Skipping every zero ("skip", plain λ⁺_min) scores such a group on a row fewer, which
+    tends to win: that rule picks copies here."""
+    rng = np.random.default_rng(seed)
+    D, n_lab, G = 30, 10, 2
+    Z = rng.normal(size=(41, D))
+    labeled = np.arange(n_lab)
+    copies = np.arange(n_lab, 2 * n_lab)
+    Z[copies] = Z[labeled]  # ten copies of the labeled rows
+    Z[40] = Z[39]  # and an identical pair
+    sel = CRC(group_size=G).select(Z, 4, labeled=labeled, seed=seed)
+    want, _ = crc_ref(Z, labeled, 4, G, seed, rtol=None)
+    np.testing.assert_array_equal(sel.indices, want)
+    picks = set(sel.indices.tolist())
+    assert not picks & set(copies.tolist())
+    assert not {39, 40} <= picks
+    groups = sel.diagnostics["groups"]
+    for g in sel.diagnostics["degenerate_groups"]:
+        assert set(groups[g]) & set(copies.tolist()) or {39, 40} <= set(groups[g])
+        assert sel.diagnostics["scores"][g] == 0
+    skip = CRC(group_size=G, zeros="skip").select(Z, 4, labeled=labeled, seed=seed)
+    assert skip.diagnostics["degenerate_groups"].size == 0
+    np.testing.assert_array_equal(skip.indices, crc_ref(Z, labeled, 4, G, seed, None, zeros="skip")[0])
+    assert set(skip.indices.tolist()) & (set(copies.tolist()) | {39, 40})
+
+
+def test_structural_rule_picks_like_the_reference():
+    """Copies of labeled rows and a rank-deficient pool (two dead feature columns: every set
+    larger than the rank has forced zeros, which are skipped), against the float64 reference."""
+    rng = np.random.default_rng(4)
+    D = 12
+    Z = rng.normal(size=(90, D))
+    Z[:, [3, 7]] = 0  # rank 10: sets of 11 or more have forced zeros
+    labeled = np.arange(6)
+    Z[6:12] = Z[labeled]
+    for G, Q in ((2, 6), (4, 8), (8, 16)):  # |S| = 8 (no forced zero), 10 (none), 14 (2 forced)
+        sel = CRC(group_size=G, rtol=RTOL).select(Z, Q, labeled=labeled, seed=G)
+        want, scores = crc_ref(Z, labeled, Q, G, G)
+        np.testing.assert_array_equal(sel.indices, want)
+        mine = sel.diagnostics["scores"]
+        checked = sel.diagnostics["degenerate_groups"]
+        np.testing.assert_array_equal(mine[checked], 0.0)
+        np.testing.assert_array_equal(scores[checked], 0.0)
+        if G == 8:  # forced zeros only: nothing is degenerate
+            assert checked.size == 0 and (scores > 0).all()
 
 
 def test_ntk_features_gram_is_trace_ntk():
@@ -147,6 +213,8 @@ def test_bad_input():
         CRC(group_size=1).select(Z, 21)
     with pytest.raises(ValueError, match="group_size"):
         CRC(group_size=0)
+    with pytest.raises(ValueError, match="zeros"):
+        CRC(zeros="all")
     with pytest.raises(ValueError, match="full groups"):
         CRC(group_size=4, max_groups=1).select(Z, 8)
     bad = Z.copy()

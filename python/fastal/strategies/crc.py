@@ -23,6 +23,17 @@ class CRC(Strategy):
     best groups are returned (ties to the earlier group). ``Q`` (the budget) must be a multiple of
     ``G``.
 
+    Zero eigenvalues (``zeros``): ``λ⁺_min`` skips the eigenvalues that count as zero, as the paper
+    defines it, so that the ``|S| - D`` zeros of a set larger than the feature width do not zero
+    every score. Skipping *every* zero would contradict Proposition 2 ("duplicates score zero at
+    full rank"): a group repeating a labeled point, or two identical points, adds a zero that would
+    be skipped, and the group would be scored on one point fewer, usually higher, so CRC would
+    prefer duplicates. With ``zeros="structural"`` (default) a group scores 0 when its Gram matrix
+    has more zero eigenvalues than every set of its size must have: ``max(0, m - r)``, with ``m =
+    min(|S|, D)`` and ``r`` the rank of the features of the whole pool (the same relative
+    threshold). Only the candidates for the ``Q / G`` best places are checked, each with its full
+    spectrum, so the cost is that of a few extra groups. ``zeros="skip"`` is plain ``λ⁺_min``.
+
     Interpretations, documented: Alg. 1 forms ``⌈|U| / G⌉`` random groups; fastal forms ``⌊|U| / G⌋``
     full groups (a short last group would be scored on fewer points) and, with ``max_groups``, scores
     only that many of them. With ``balanced=True`` (the paper's pseudo-AL setting, §4.3.1) every group
@@ -39,6 +50,8 @@ class CRC(Strategy):
         Class-balanced groups from pseudo-labels (needs ``"probs"`` or ``"logits"`` in the pool).
     rtol : float, optional
         Relative zero threshold of the eigenvalues (see :func:`fastal.gram_min_eig`).
+    zeros : {"structural", "skip"}, default "structural"
+        Which zero eigenvalues ``λ⁺_min`` may skip (see above).
 
     The pool is an ``(n, D)`` array of trace-NTK features (see :func:`fastal.ntk_features`), or a
     mapping with ``"ntk_features"``, or with ``"features"`` and ``"probs"``/``"logits"`` (then the
@@ -65,6 +78,7 @@ class CRC(Strategy):
         max_groups: int | None = None,
         balanced: bool = False,
         rtol: float | None = None,
+        zeros: str = "structural",
     ) -> None:
         for name, v in (("group_size", group_size), ("max_groups", max_groups)):
             if v is None and name == "max_groups":
@@ -75,6 +89,9 @@ class CRC(Strategy):
         self.max_groups = None if max_groups is None else int(max_groups)
         self.balanced = bool(balanced)
         self.rtol = rtol
+        if zeros not in ("structural", "skip"):
+            raise ValueError(f"zeros must be 'structural' or 'skip', got {zeros!r}")
+        self.zeros = zeros
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         from ..gram import gram_min_eig
@@ -101,12 +118,64 @@ class CRC(Strategy):
         lab_z, groups_z = (_interop.to_framework(a, info) for a in (lab, groups))
         scores = gram_min_eig(Z, lab_z, groups_z, rtol=self.rtol)
         scores = _interop.host_numpy(scores).astype(np.float64)
+        degenerate = np.empty(0, np.int64)
+        if self.zeros == "structural":
+            degenerate = _zero_degenerate(Z, info, lab_z, groups_z, scores, Q // G, self.rtol)
         best = np.lexsort((np.arange(scores.size), -scores))[: Q // G]  # highest, ties to the earlier group
         indices = groups[best].reshape(-1)
         return Selection(
             _interop.to_framework(indices, info),
-            {"n_groups": int(groups.shape[0]), "scores": scores, "chosen_groups": best, "groups": groups},
-        )
+            {"n_groups": int(groups.shape[0]), "scores": scores, "chosen_groups": best, "groups": groups,
+             "degenerate_groups": degenerate},
+        )  # fmt: skip
+
+
+def _zero_degenerate(Z, info, lab_z, groups_z, scores: np.ndarray, want: int, rtol) -> np.ndarray:
+    """Set to 0 (in place) the score of every group, among the candidates for the ``want`` best
+    places, whose Gram matrix has more zero eigenvalues than its size forces (Proposition 2), and
+    return their indices. Candidates are taken in score order, in batches, until ``want`` of them
+    are not degenerate; the zeros counted are the eigenvalues at or below ``rtol`` times the
+    largest (the threshold of :func:`fastal.gram_min_eig`, default ``max(|S|, D) eps``)."""
+    from ..gram import gram_min_eig
+
+    order = np.lexsort((np.arange(scores.size), -scores))
+    n_lab, G = int(lab_z.shape[0]), int(groups_z.shape[1])
+    m = min(n_lab + G, info.shape[1])
+    tol = max(n_lab + G, info.shape[1]) * float(np.finfo(np.float64).eps) if rtol is None else rtol
+    forced = None  # zeros every set of this size has: max(0, m - rank of the pool's features)
+    degenerate: list[int] = []
+    kept, start, batch = 0, 0, max(want, 16)
+    while kept < want and start < order.size:
+        cand = order[start : start + batch]
+        start += cand.size
+        picked = _interop.to_framework(cand, info)
+        _, spectra = gram_min_eig(Z, lab_z, groups_z[picked], rtol=rtol, return_all=True)
+        for g, ev in zip(cand, _interop.host_numpy(spectra)):
+            zeros = int((ev <= tol * ev[-1]).sum()) if ev[-1] > 0 else m
+            if zeros and forced is None:
+                forced = max(0, m - _feature_rank(Z, info, rtol))
+            if zeros and zeros > forced:
+                scores[g] = 0.0
+                degenerate.append(int(g))
+                continue
+            kept += 1
+            if kept == want:
+                break
+    return np.array(sorted(degenerate), dtype=np.int64)
+
+
+def _feature_rank(Z, info, rtol) -> int:
+    """Rank of the features of the whole pool: eigenvalues of ``ZᵀZ`` (float64) above ``rtol``
+    (default ``max(n, D) eps``) times the largest."""
+    import torch
+
+    from ..gradients import as_torch
+
+    z = as_torch(Z, info).to(torch.float64)
+    ev = torch.linalg.eigvalsh(z.T @ z)
+    tol = max(z.shape) * float(np.finfo(np.float64).eps) if rtol is None else float(rtol)
+    top = float(ev[-1]) if ev.numel() else 0.0
+    return int((ev > tol * top).sum()) if top > 0 else 0
 
 
 def _ntk_pool(pool: Any, need_labels: bool) -> tuple[Any, Any, Any, int]:
