@@ -2,26 +2,30 @@
 
 For a network ``z = f(x; θ)`` with C outputs, the empirical NTK block is
 ``K(x, x')_{cc'} = <∂z_c/∂θ(x), ∂z_c'/∂θ(x')>``; CRC replaces it by its trace over the classes,
-``Σ_c K(x, x')_{cc}``. ``ntk_features`` returns rows ``φ(x)`` with ``<φ(x), φ(x')>`` equal to that trace,
-so the Gram matrix of a set is ``Z_S Z_Sᵀ``, the input of :func:`fastal.gram_min_eig`.
+``Σ_c K(x, x')_{cc}``. ``ntk_features`` returns rows ``φ(x)`` with ``<φ(x), φ(x')>`` equal to that
+trace, so the Gram matrix of a set is ``Z_S Z_Sᵀ``, the input of :func:`fastal.gram_min_eig`.
+``ntk_features_jacobian`` does the same from per-sample Jacobians, over the last k layers or any
+chosen parameters.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
 
 from ._interop import describe
-from ._validate import check_bool, check_matrix
+from ._validate import check_bool, check_matrix, check_positive_int
 from .gradients import as_torch, from_torch
 
 
 def ntk_features(features: Any, n_classes: int, *, bias: bool = True) -> Any:
     """Last-layer trace-NTK features ``√C · [h, 1]`` for a linear last layer ``z = W h + b``.
 
-    ``∂z_c/∂W = e_c ⊗ h`` and ``∂z_c/∂b = e_c``, so ``K_cc(x, x') = h·h' + 1`` for every class and the
-    trace is ``C (h·h' + 1)``. The paper found the last layer best (Table 2).
+    ``∂z_c/∂W = e_c ⊗ h`` and ``∂z_c/∂b = e_c``, so ``K_cc(x, x') = h·h' + 1`` for every class and
+    the trace is ``C (h·h' + 1)``. The paper found the last layer best (Table 2). For the last k
+    layers of a network see :func:`ntk_features_jacobian` (``last_k=1`` gives the same Gram).
 
     Parameters
     ----------
@@ -56,37 +60,109 @@ def ntk_features(features: Any, n_classes: int, *, bias: bool = True) -> Any:
     return from_torch((h * float(np.sqrt(n_classes))).contiguous(), info)
 
 
-def ntk_features_jacobian(model: Any, inputs: Any, *, params: Any = None, chunk: int = 64) -> Any:
+def ntk_features_jacobian(
+    model: Any, inputs: Any, *, params: Any = None, last_k: int | None = None, chunk: int = 64
+) -> Any:
     """Trace-NTK features from per-sample Jacobians over chosen parameters (small models only).
 
-    ``φ(x) = [∂z_1/∂θ(x), ..., ∂z_C/∂θ(x)]`` over the parameters ``params`` (default: all of the
-    model's parameters; pass e.g. those of the last k layers), so ``<φ(x), φ(x')> = Σ_c K_cc(x, x')``.
-    Uses ``torch.func.jacrev`` vmapped over a chunk of samples; the result has ``C · P`` columns for
-    ``P`` parameters, so keep ``P`` small.
+    ``φ(x) = [∂z_1/∂θ(x), ..., ∂z_C/∂θ(x)]`` (class-major, each block flattened over the chosen
+    parameters θ), so ``<φ(x), φ(x')> = Σ_c <∂z_c/∂θ(x), ∂z_c/∂θ(x')> = Σ_c K_cc(x, x')``: the trace
+    over the classes of the empirical NTK, the kernel CRC uses (Kong et al., §3.1, eq. 9; Alg. 1
+    computes it "over final layers", and §3.3 / Table 2 found the last layer best). The Gram matrix
+    ``J Jᵀ`` is that trace itself, with no extra factor: for a last layer ``z = W h + b``,
+    ``last_k=1`` gives exactly the Gram of :func:`ntk_features` ``(h, C)`` (``C (h·h' + 1)``),
+    although the columns differ (``C · (C d + C)`` here, mostly zeros, against ``d + 1`` there).
+    Prefer :func:`ntk_features` for the last linear layer; use this function for deeper or
+    non-linear last layers.
+
+    Which parameters (θ):
+
+    - ``params``: names from ``model.named_parameters()``; the others are held fixed.
+    - ``last_k``: the parameters of the last ``k`` *parameterised modules*. A parameterised module
+      is a module of ``model.modules()`` that holds trainable parameters itself (``requires_grad``,
+      registered directly on it, not on a submodule): an ``nn.Linear``, ``nn.Conv2d``,
+      ``nn.BatchNorm*`` or ``nn.LayerNorm`` with affine parameters each count as one layer, with all
+      their trainable parameters (a bias belongs with its weight); parameter-free modules
+      (``nn.ReLU``, ``nn.Dropout``, containers) do not count. "Last" is in registration order (the
+      depth-first order of ``model.modules()``, which for ``nn.Sequential`` is the order of
+      execution; for a custom module it is the order of the assignments in ``__init__``, which need
+      not be the order of ``forward``). Parameters registered on ``model`` itself count as one
+      module, the first. Frozen parameters (``requires_grad=False``) are never selected.
+    - neither: every parameter of the model (``model.named_parameters()``), the full NTK.
+
+    Mode: the NTK is taken at the current parameters with the model in **eval mode**
+    (``model.eval()``: BatchNorm uses its running statistics, Dropout is off), which is also what
+    makes a per-sample Jacobian well defined; the ``training`` flag of every submodule is restored
+    afterwards, also on error. Buffers (running statistics) are not changed.
+
+    Uses ``torch.func.jacrev`` vmapped over chunks of samples; the result has ``C · P`` columns for
+    ``P`` selected parameter values, so keep ``P`` small (or use ``last_k``).
 
     Parameters
     ----------
     model : torch.nn.Module
-        Evaluated in its current mode; outputs of shape (batch, C).
+        Outputs of shape (batch, C) (logits).
     inputs : torch.Tensor (n, ...)
-    params : iterable of parameter names, optional
-        Names from ``model.named_parameters()`` to differentiate; the others are held fixed.
-    chunk : int
-        Samples per vmapped Jacobian call.
+        On the model's device; n >= 1.
+    params : iterable of str, optional
+        Names from ``model.named_parameters()`` to differentiate. Not with ``last_k``.
+    last_k : int, optional
+        Differentiate the parameters of the last ``last_k`` parameterised modules (see above);
+        1 <= last_k <= their number. Not with ``params``.
+    chunk : int, default 64
+        Samples per vmapped Jacobian call (memory only; the result does not depend on it).
 
     Returns
     -------
-    torch.Tensor (n, C · P), float32 (float64 for float64 models), on the inputs' device.
+    torch.Tensor (n, C · P), in the dtype the model computes in (float32, float64 for a float64
+    model), on the inputs' device.
+
+    Examples
+    --------
+    >>> import torch, fastal
+    >>> _ = torch.manual_seed(0)
+    >>> nn = torch.nn
+    >>> mlp = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    >>> x = torch.randn(5, 3, dtype=torch.float64)
+    >>> J = fastal.ntk_features_jacobian(mlp, x, last_k=1)  # the last Linear: weight and bias
+    >>> J.shape
+    torch.Size([5, 20])
+    >>> Z = fastal.ntk_features(mlp[:2](x), 2)  # √C [h, 1] from the penultimate features
+    >>> torch.allclose(J @ J.T, Z @ Z.T)
+    True
     """
     import torch
     from torch.func import functional_call, jacrev, vmap
 
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor (n, ...), got {type(inputs).__name__}")
     describe(inputs, "inputs")
+    if inputs.ndim < 1 or inputs.shape[0] < 1:
+        shape = tuple(inputs.shape)
+        raise ValueError(f"inputs must hold at least one sample (n, ...), got shape {shape}")
+    chunk = check_positive_int(chunk, "chunk")
+    if params is not None and last_k is not None:
+        raise ValueError(
+            "params and last_k are mutually exclusive: pass one of them (neither: all parameters)"
+        )
     named = dict(model.named_parameters())
-    names = list(named) if params is None else list(params)
-    missing = [p for p in names if p not in named]
-    if missing:
-        raise ValueError(f"params names unknown to the model: {missing}")
+    if last_k is not None:
+        names = _last_k_names(model, last_k)
+    elif params is None:
+        names = list(named)
+    else:
+        if isinstance(params, str):
+            raise ValueError(f"params must be an iterable of parameter names, got {params!r}")
+        names = list(params)
+        missing = [p for p in names if p not in named]
+        if missing:
+            raise ValueError(f"params names unknown to the model: {missing}")
+        if not names:
+            raise ValueError("params must name at least one parameter, got an empty list")
+    if not names:
+        raise ValueError("model has no parameters to differentiate")
     wrt = {k: named[k].detach() for k in names}
     fixed = {k: v.detach() for k, v in named.items() if k not in wrt}
     buffers = dict(model.named_buffers())
@@ -94,9 +170,42 @@ def ntk_features_jacobian(model: Any, inputs: Any, *, params: Any = None, chunk:
     def out(p, x):
         return functional_call(model, {**fixed, **p, **buffers}, (x[None],))[0]
 
-    rows = []
-    for s in range(0, inputs.shape[0], chunk):
-        jac = vmap(jacrev(out), in_dims=(None, 0))(wrt, inputs[s : s + chunk])  # {name: (b, C, *shape)}
-        flat = torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2)
-        rows.append(flat.reshape(flat.shape[0], -1))  # class-major: [∂z_1/∂θ, ..., ∂z_C/∂θ]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            probe = model(inputs[:1])
+        if not isinstance(probe, torch.Tensor) or probe.ndim != 2:
+            shape = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+            raise ValueError(f"model must return logits of shape (batch, C), got {shape}")
+        rows = []
+        for s in range(0, inputs.shape[0], chunk):
+            # {name: (b, C, *shape)}
+            jac = vmap(jacrev(out), in_dims=(None, 0))(wrt, inputs[s : s + chunk])
+            flat = torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2)
+            rows.append(flat.reshape(flat.shape[0], -1))  # class-major: [∂z_1/∂θ, ..., ∂z_C/∂θ]
+    finally:
+        for m, training in modes:
+            m.training = training  # per module, not recursive: mixed modes come back as they were
     return torch.cat(rows, 0)
+
+
+def _last_k_names(model: Any, last_k: Any) -> list[str]:
+    """Names (as in ``model.named_parameters()``) of the trainable parameters of the last ``last_k``
+    modules that hold trainable parameters themselves, in ``model.named_modules()`` order."""
+    if isinstance(last_k, bool) or not isinstance(last_k, numbers.Integral) or last_k < 1:
+        raise ValueError(f"last_k must be a positive integer, got {last_k!r}")
+    layers = []  # (module name, [parameter objects])
+    for mname, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if own:
+            layers.append((mname or "<model>", own))
+    if last_k > len(layers):
+        listed = ", ".join(repr(n) for n, _ in layers)
+        raise ValueError(
+            f"last_k must be at most the number of parameterised modules of the model "
+            f"({len(layers)}: {listed}), got {last_k}"
+        )
+    chosen = {id(p) for _, own in layers[-last_k:] for p in own}
+    # named_parameters() lists a shared (tied) parameter once, under its first name
+    return [name for name, p in model.named_parameters() if id(p) in chosen]
