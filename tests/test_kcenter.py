@@ -245,6 +245,38 @@ def test_pruning_reads_3x_fewer_rows_on_clustered_data(dtype):
     assert res.diagnostics["rows_read_fraction"] == pytest.approx(res.rows_read / res.rows_unpruned)
 
 
+def test_rows_read_counts_the_centre_to_centre_distances():
+    """A pruned step reads the pos earlier centres (labeled ones included) for d(c_new, a): those
+    rows count. 50 tight, far-apart clusters of 20 with one labeled row each: a pass reads about
+    the new centre's cluster only, so the count is dominated by sum(pos) = 9950 over 100 steps."""
+    rng = np.random.default_rng(2)
+    X = np.repeat(rng.normal(size=(50, 8)) * 100, 20, axis=0) + rng.normal(size=(1000, 8)) * 0.01
+    labeled = np.arange(0, 1000, 20)
+    res = fastal.kcenter(X, 100, labeled=labeled, seed=0)
+    centre_rows = sum(50 + t for t in range(100))
+    assert centre_rows <= res.rows_read < centre_rows + 100 * 40, res.rows_read
+    full = fastal.kcenter(X, 100, labeled=labeled, seed=0, prune=False)
+    assert_array_equal(res.indices, full.indices)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pruning_steps_aside_when_the_centres_are_many(dtype):
+    """With more earlier centres than a fifth of the pool, the centre-to-centre distances would
+    cost more than pruning saves (19,000 labeled rows, 1,000 unlabeled: 18x slower per step
+    before): those steps read every row, as unpruned ones do, and the picks are the same."""
+    X = to_backend(mixture(3000, 8, 30, seed=5), "torch-cpu", dtype)
+    labeled = np.arange(2500)
+    res = fastal.kcenter(X, 100, labeled=labeled, seed=0)
+    full = fastal.kcenter(X, 100, labeled=labeled, seed=0, prune=False)
+    assert_array_equal(res.indices, full.indices)
+    assert res.rows_read == full.rows_read == res.rows_unpruned
+    # a labeled set small enough: the early steps prune (5 pos <= n), the later ones do not
+    mid = fastal.kcenter(X, 400, labeled=np.arange(300), seed=0)
+    mid_full = fastal.kcenter(X, 400, labeled=np.arange(300), seed=0, prune=False)
+    assert_array_equal(mid.indices, mid_full.indices)
+    assert mid.rows_read != mid_full.rows_read
+
+
 def test_pruned_matches_unpruned_with_progress_chunks(capsys):
     """progress=True runs the steps in chunks; the picks must not change."""
     X = mixture(2000, 8, 20, seed=8)

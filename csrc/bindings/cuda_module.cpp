@@ -144,7 +144,7 @@ PYBIND11_MODULE(_cuda, m) {
           s.device = device;
           s.stream = stream_of(stream);
           py::gil_scoped_release nogil;
-          fc::kcenter_steps(s);
+          return fc::kcenter_steps(s);  // the centre-to-centre rows the pruned steps read
         },
         py::arg("dtype"), py::arg("x_ptr"), py::arg("n"), py::arg("d"), py::arg("mind_ptr"),
         py::arg("near_ptr"), py::arg("centres_ptr"), py::arg("n_labeled"), py::arg("budget"),
@@ -224,7 +224,7 @@ PYBIND11_MODULE(_cuda, m) {
           s.device = device;
           s.stream = stream_of(stream);
           py::gil_scoped_release nogil;
-          fc::kcenter_steps_factored(s);
+          return fc::kcenter_steps_factored(s);  // the centre-to-centre rows the pruned steps read
         },
         py::arg("dtype"), py::arg("a_ptr"), py::arg("h_ptr"), py::arg("sqnorm_ptr"), py::arg("n"),
         py::arg("C"), py::arg("dh"), py::arg("mind_ptr"), py::arg("near_ptr"),

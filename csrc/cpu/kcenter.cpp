@@ -84,12 +84,14 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
   for (int64_t t = t_begin; t < t_end; ++t) {
     const int64_t c = s.picks[t];
     const int64_t pos = s.n_labeled + t;  // this centre's position in s.centres
+    const bool prune = prune_step(s.prune, pos, n);
     s.centres[pos] = c;
     rows.prepare(c, centre.data());
-    if (s.prune) {
-      centre_weight[pos] = rows.row_weight(c);
+    if (s.prune) centre_weight[pos] = rows.row_weight(c);
+    if (prune) {
 #pragma omp parallel for schedule(static) if (parallel && pos * work > kSerialWork)
       for (int64_t j = 0; j < pos; ++j) centre_dist2[j] = rows.dist2(s.centres[j], centre.data());
+      s.rows_read += static_cast<uint64_t>(pos);
     }
     const A weight_c = s.prune ? centre_weight[pos] : A(0);
     s.mind[c] = -std::numeric_limits<A>::infinity();
@@ -99,7 +101,7 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
     auto must_read = [&](int64_t i, A m) {
       if (m == -std::numeric_limits<A>::infinity()) return false;
       const int64_t a = s.near[i];
-      return !(s.prune && a >= 0 &&
+      return !(prune && a >= 0 &&
                pruner.prunable(centre_dist2[a], m, rows.row_weight(i), centre_weight[a], weight_c));
     };
     Farthest<A> far;

@@ -79,7 +79,7 @@ struct KCenterState {
   int64_t* picks;      // budget; picks[0] is set before the first step
   A* radius2;          // budget; largest mind after each pick (0 once every point is a centre)
   bool prune;
-  uint64_t rows_read;  // rows whose distance to a new centre was computed
+  uint64_t rows_read;  // rows whose distance to a new centre was computed (earlier centres too)
 };
 
 // Initialises mind/near from the labeled rows (centres[0, n_labeled)) and sets picks[0] to the

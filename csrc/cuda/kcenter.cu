@@ -195,14 +195,13 @@ void run_steps(const KCenterSteps& s) {
   a.keys = reinterpret_cast<unsigned long long*>(s.keys);
   a.counter = reinterpret_cast<unsigned long long*>(s.counter);
   a.factor = prune_factor<float>(s.d, std::ldexp(1.0, -24));  // float32 unit roundoff
-  a.prune = s.prune;
-
   for (int64_t t = s.t_begin; t < s.t_end; ++t) {
     const int64_t pos = s.n_labeled + t;
+    a.prune = prune_step(s.prune, pos, s.n);  // common/prune.h: counted by centre_rows_read
     prepare_kernel<T, VEC><<<prep_grid, kThreads, 0, s.stream>>>(
         X, s.n, d, t, pos, a.keys, s.centres, s.mind, s.near, s.centre_row);
     CUDA_CHECK_LAUNCH("prepare_kernel");
-    if (s.prune && pos > 0) {
+    if (a.prune && pos > 0) {
       const int64_t want = ((pos + R - 1) / R + kWarps - 1) / kWarps;
       const int grid = static_cast<int>(want < cdist_max ? want : cdist_max);
       cdist<<<grid, kThreads, smem, s.stream>>>(X, s.n, d, s.centres, pos, s.centre_row,
@@ -262,7 +261,7 @@ void kcenter_init_first(DType dtype, int64_t first, int64_t n, float* mind, int6
   CUDA_CHECK_LAUNCH("init_first_kernel");
 }
 
-void kcenter_steps(const KCenterSteps& s) {
+int64_t kcenter_steps(const KCenterSteps& s) {
   require_shape(s.n, s.d, "n", "d");
   require_kcenter_sizes(s.n, s.n_labeled, s.budget);
   FASTAL_REQUIRE(0 <= s.t_begin && s.t_begin <= s.t_end && s.t_end <= s.budget, "steps [t_begin, t_end) = [",
@@ -277,8 +276,9 @@ void kcenter_steps(const KCenterSteps& s) {
   require_device_ptr(s.centre_row, "centre_row_ptr", s.device, 16);  // float4 reads
   require_device_ptr(s.counter, "counter_ptr", s.device, alignof(uint64_t));
   if (s.prune) require_device_ptr(s.centre_dist2, "centre_dist2_ptr", s.device, alignof(float));
-  if (s.t_begin == s.t_end) return;
+  if (s.t_begin == s.t_end) return 0;
   dispatch_dtype(s.dtype, [&](auto tag) { steps_for_type<typename decltype(tag)::type>(s); });
+  return centre_rows_read(s.prune, s.n_labeled, s.t_begin, s.t_end, s.n);
 }
 
 void kcenter_decode(const uint64_t* keys, int64_t budget, int64_t* picks, float* radius,

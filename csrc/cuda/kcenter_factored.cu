@@ -182,14 +182,13 @@ void run_steps(const KCenterStepsFactored& s, const FactoredView& v, bool prune)
   a.counter = reinterpret_cast<unsigned long long*>(s.counter);
   a.factor = prune_factor<float>(L, u);
   a.e5 = static_cast<float>(5.0 * 4.0 * static_cast<double>(L + 8) * u);
-  a.prune = prune;
-
   for (int64_t t = s.t_begin; t < s.t_end; ++t) {
     const int64_t pos = s.n_labeled + t;
+    a.prune = prune_step(prune, pos, n);  // common/prune.h: counted by centre_rows_read
     prepare_factored_kernel<T><<<prep_grid, kThreads, 0, s.stream>>>(
         v, n, t, pos, a.keys, s.centres, s.mind, s.near, s.centre_row);
     CUDA_CHECK_LAUNCH("prepare_factored_kernel");
-    if (prune && pos > 0) {
+    if (a.prune && pos > 0) {
       const int64_t want = ((pos + R - 1) / R + kWarps - 1) / kWarps;
       const int grid = static_cast<int>(want < cbound_max ? want : cbound_max);
       cbound<<<grid, kThreads, smem, s.stream>>>(v, n, s.centres, pos, s.centre_row,
@@ -204,11 +203,16 @@ void run_steps(const KCenterStepsFactored& s, const FactoredView& v, bool prune)
   }
 }
 
+// Pruning needs the error bound of prune.h to stay meaningful in float32.
+bool factored_prunes(const KCenterStepsFactored& s) {
+  return s.prune && s.X.C + s.X.dh + 8 <= (int64_t{1} << 18);
+}
+
 template <typename T>
 void steps_for_type(const KCenterStepsFactored& s) {
   const FactoredView v = factored_view<T>(s.X);
   const bool smem = factored_centre_size(v) <= kMaxSmemCentre;
-  const bool prune = s.prune && s.X.C + s.X.dh + 8 <= (int64_t{1} << 18);
+  const bool prune = factored_prunes(s);
   dispatch_group(factored_group<T>(v), [&](auto g) {
     dispatch_bool(smem, [&](auto sm) {
       run_steps<T, decltype(g)::value, decltype(sm)::value>(s, v, prune);
@@ -237,7 +241,7 @@ void kcenter_init_labeled_factored(DType dtype, const Factored& X, const Factore
   finish_labeled_init(X.n, rows.n, centres, mind, keys, device, stream);
 }
 
-void kcenter_steps_factored(const KCenterStepsFactored& s) {
+int64_t kcenter_steps_factored(const KCenterStepsFactored& s) {
   require_factored_shape(s.X, "n");
   require_kcenter_sizes(s.X.n, s.n_labeled, s.budget);
   FASTAL_REQUIRE(0 <= s.t_begin && s.t_begin <= s.t_end && s.t_end <= s.budget,
@@ -252,8 +256,9 @@ void kcenter_steps_factored(const KCenterStepsFactored& s) {
   require_device_ptr(s.centre_row, "centre_row_ptr", s.device, 16);  // float4 reads
   require_device_ptr(s.counter, "counter_ptr", s.device, alignof(uint64_t));
   if (s.prune) require_device_ptr(s.centre_bound, "centre_bound_ptr", s.device, 8);  // float2
-  if (s.t_begin == s.t_end) return;
+  if (s.t_begin == s.t_end) return 0;
   dispatch_dtype(s.dtype, [&](auto tag) { steps_for_type<typename decltype(tag)::type>(s); });
+  return centre_rows_read(factored_prunes(s), s.n_labeled, s.t_begin, s.t_end, s.X.n);
 }
 
 }  // namespace fastal::cuda

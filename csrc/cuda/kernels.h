@@ -63,8 +63,10 @@ struct KCenterSteps {
   cudaStream_t stream;
 };
 
-// Greedy steps t in [t_begin, t_end), entirely on the device: no host round trip.
-void kcenter_steps(const KCenterSteps& s);
+// Greedy steps t in [t_begin, t_end), entirely on the device: no host round trip. Returns the
+// centre-to-centre rows the pruned steps read (common/prune.h); the passes count theirs on the
+// device, in counter.
+int64_t kcenter_steps(const KCenterSteps& s);
 
 // picks[t] = index of keys[t] (-1 for an empty key), radius[t] = sqrt(max(0, value of keys[t+1]))
 // (0 for an empty key), for t < budget.
@@ -113,8 +115,9 @@ struct KCenterStepsFactored {
   cudaStream_t stream;
 };
 
-// Greedy steps t in [t_begin, t_end) on a factored pool (see kcenter_factored.cu).
-void kcenter_steps_factored(const KCenterStepsFactored& s);
+// Greedy steps t in [t_begin, t_end) on a factored pool (see kcenter_factored.cu); returns as
+// kcenter_steps does.
+int64_t kcenter_steps_factored(const KCenterStepsFactored& s);
 
 // ---- k-means++ seeding (D^2 sampling, see kmeanspp.cu) ------------------------------------------
 

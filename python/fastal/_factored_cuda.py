@@ -146,8 +146,9 @@ def kcenter_cuda_factored(
         cuda.kcenter_init_first(
             pool.dtype, first, n, _ptr(mind), _ptr(near), _ptr(keys), dev, stream
         )
+    centre_reads = 0  # rows the pruned steps read for the centre-to-centre bounds
     for t0, t1 in _chunks(budget, progress, "k-center"):
-        cuda.kcenter_steps_factored(
+        centre_reads += cuda.kcenter_steps_factored(
             pool.dtype, *pool.pointers(), n, C, dh, _ptr(mind), _ptr(near), _ptr(centres),
             lab.size, budget, _ptr(keys), _ptr(bound), _ptr(centre_row), _ptr(counter), prune,
             t0, t1, dev, stream,
@@ -159,7 +160,7 @@ def kcenter_cuda_factored(
     cuda.kcenter_decode(_ptr(keys), budget, _ptr(picks), _ptr(radius), dev, stream)
     host_keys = _interop.host_numpy(keys[:1]).view(np.uint64)
     r0 = _interop.key_radius(cuda, int(host_keys[0])) if lab.size else float("inf")
-    rows_read = int(_interop.host_numpy(counter)[0])
+    rows_read = int(_interop.host_numpy(counter)[0]) + centre_reads
     del rows
     return from_torch(picks, emb.info), from_torch(radius, emb.info), r0, rows_read
 

@@ -178,7 +178,7 @@ class KCenterResult:
     indices: Any  #: (budget,) int64, pick order, input's framework/device
     radius: Any  #: (budget,) covering radius of labeled + picks after each pick
     initial_radius: float  #: radius of the labeled set alone (inf without one)
-    rows_read: int  #: rows whose distance to a new centre was computed
+    rows_read: int  #: rows whose distance to a new centre was computed (earlier centres included)
     rows_unpruned: int  #: rows the same run reads without pruning
     seconds: float
     diagnostics: dict = field(default_factory=dict)
@@ -352,8 +352,9 @@ def _kcenter_cuda(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune
         )  # fmt: skip
     elif budget:
         cuda.kcenter_init_first(info.dtype, first, n, _ptr(mind), _ptr(near), _ptr(keys), dev, stream)
+    centre_reads = 0  # rows the pruned steps read for the centre-to-centre distances
     for t0, t1 in _chunks(budget, progress):
-        cuda.kcenter_steps(
+        centre_reads += cuda.kcenter_steps(
             info.dtype, xptr, n, d, _ptr(mind), _ptr(near), _ptr(centres), lab.size, budget,
             _ptr(keys), _ptr(centre_dist2), _ptr(centre_row), _ptr(counter), prune, t0, t1,
             dev, stream,
@@ -365,6 +366,6 @@ def _kcenter_cuda(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune
     cuda.kcenter_decode(_ptr(keys), budget, _ptr(picks), _ptr(radius), dev, stream)
     host_keys = _interop.host_numpy(keys[:1]).view(np.uint64)
     r0 = _interop.key_radius(cuda, int(host_keys[0])) if lab.size else float("inf")
-    rows_read = int(_interop.host_numpy(counter)[0])
+    rows_read = int(_interop.host_numpy(counter)[0]) + centre_reads
     del keep, rows
     return picks, radius, r0, rows_read
