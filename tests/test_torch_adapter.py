@@ -461,3 +461,107 @@ def test_fastal_torch_does_not_shadow_torch():
         torch.ones(2, 3), 4
     )  # a fastal module doing `import torch` inside
     assert isinstance(out, torch.Tensor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse Approximation end to end from a model: both solvers, both forms, and an ensemble
+
+SA_N, SA_D, SA_H, SA_C, SA_BUDGET = 150, 5, 16, 4, 8
+
+
+class DropoutMLP(nn.Module):
+    """x -> relu(Linear) -> Dropout(0.3) -> Linear: MC dropout samples, last-layer features."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        with torch.random.fork_rng():  # the weights from `seed`, the global RNG left alone
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(
+                nn.Linear(SA_D, SA_H), nn.ReLU(), nn.Dropout(0.3), nn.Linear(SA_H, SA_C)
+            )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def sa_pool() -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Pool inputs, the labeled rows and their labels."""
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.normal(size=(SA_N, SA_D)).astype(np.float32))
+    labeled = np.arange(0, SA_N, 10)
+    return x, labeled, rng.integers(0, SA_C, labeled.size)
+
+
+def assert_same_selection(sel, expected) -> None:
+    assert_array_equal(np.asarray(sel.indices), np.asarray(expected.indices))
+    assert_array_equal(sel.diagnostics["weights"], expected.diagnostics["weights"])
+    assert sel.diagnostics["objective"] == expected.diagnostics["objective"]
+    for key in ("form", "solver", "alpha", "beta", "temperature"):
+        assert sel.diagnostics[key] == expected.diagnostics[key], key
+
+
+@pytest.mark.parametrize("form", ["factored", "bayesian"])
+@pytest.mark.parametrize("solver", ["iht", "greedy"])
+def test_sparse_approx_from_a_model_equals_the_array_call(solver, form):
+    """``fastal.torch.select`` with ``SparseApprox`` on a dropout MLP picks exactly what the
+    array-level strategy picks from the same outputs (``pool_outputs``, same MC seed):
+
+    - factored (eq. 14): logits and features, with the labeled rows' logits and labels, on which
+      the temperature is fitted (``"auto"``);
+    - Bayesian (eq. 13): ``needs=("mc_probs",)``, 8 MC-dropout passes seeded by ``seed``.
+    """
+    from fastal import fit_temperature
+    from fastal.strategies import SparseApprox
+
+    x, labeled, labels = sa_pool()
+    model = DropoutMLP()
+    if form == "factored":
+        sel = ft.select(SparseApprox(solver=solver), model, x, SA_BUDGET, labeled=labeled,
+                        labels=labels, progress=False)  # fmt: skip
+        pool = ft.pool_outputs(model, x, ("logits", "features"), progress=False)
+        pool["labeled_logits"] = pool["logits"][torch.from_numpy(labeled)]
+        pool["labeled_targets"] = torch.from_numpy(labels)
+        T = fit_temperature(pool["labeled_logits"], pool["labeled_targets"])
+        assert sel.diagnostics["temperature"] == T != 1.0  # fitted on the labels passed
+    else:
+        sel = ft.select(SparseApprox(solver=solver), model, x, SA_BUDGET, labeled=labeled,
+                        needs=("mc_probs",), mc_samples=8, seed=0, progress=False)  # fmt: skip
+        pool = ft.pool_outputs(model, x, ("mc_probs",), mc_samples=8, seed=0, progress=False)
+        assert pool["mc_probs"].shape == (8, SA_N, SA_C)
+        assert (np.ptp(pool["mc_probs"].numpy(), axis=0) > 0).any()  # dropout was on
+    expected = SparseApprox(solver=solver).select(pool, SA_BUDGET, labeled)
+    assert_same_selection(sel, expected)
+    idx = np.asarray(sel.indices)
+    assert sel.diagnostics["form"] == form
+    assert np.unique(idx).size == SA_BUDGET
+    assert not np.isin(idx, labeled).any()
+    assert model.training  # the caller's mode is back
+
+
+@pytest.mark.parametrize("solver", ["iht", "greedy"])
+def test_sparse_approx_bayesian_form_from_an_ensemble(solver):
+    """An ensemble as the posterior samples of the Bayesian form: the members' softmax outputs
+    (eval mode, dropout off) stacked on a new first axis, ``(members, n, C)``, passed as
+    ``"mc_probs"``. The same stack from ``pool_outputs(member, x, ("probs",))`` (torch) and from
+    plain ``torch.softmax`` (numpy) give the same selection."""
+    from fastal.strategies import SparseApprox
+
+    x, labeled, _ = sa_pool()
+    models = [DropoutMLP(seed=k).eval() for k in range(5)]
+    with torch.no_grad():
+        by_hand = np.stack([torch.softmax(m(x), 1).numpy() for m in models])
+    sel = SparseApprox(solver=solver).select({"mc_probs": by_hand}, SA_BUDGET, labeled)
+    assert sel.diagnostics["form"] == "bayesian"
+    idx = np.asarray(sel.indices)
+    assert np.unique(idx).size == SA_BUDGET
+    assert not np.isin(idx, labeled).any()
+
+    members = [ft.pool_outputs(m, x, ("probs",), progress=False)["probs"] for m in models]
+    stacked = torch.stack(members)
+    assert_allclose(stacked.numpy(), by_hand, rtol=1e-6, atol=1e-7)
+    from_pool = SparseApprox(solver=solver).select({"mc_probs": stacked}, SA_BUDGET, labeled)
+    assert isinstance(from_pool.indices, torch.Tensor)
+    assert_array_equal(from_pool.indices.numpy(), idx)
+    assert_allclose(
+        from_pool.diagnostics["weights"], sel.diagnostics["weights"], rtol=1e-9, atol=1e-12
+    )

@@ -33,6 +33,12 @@ class BADGE(Strategy):
     ``"probs"`` (or ``"logits"``) and ``"features"`` arrays. Labeled rows are left out of the
     seeding, as in the paper (it runs over the unlabeled pool only).
 
+    Against scikit-activeml's ``Badge`` (1.0): the same embedding and the same first pick (the
+    largest norm), but its D² after the first step keeps the squared norms as a running minimum,
+    i.e. the distance to the nearest of {origin} + picks, where fastal (like Ash et al.'s code)
+    uses the picks only; its random stream differs too, so only the first pick agrees pick for
+    pick (tests/test_badge_egl.py pins both laws down).
+
     Examples
     --------
     >>> import numpy as np
