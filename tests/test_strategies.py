@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import CPU_BACKENDS, assert_indices_like, indices_to_backend, to_backend, to_numpy
 from fastal import strategies
-from fastal.strategies import CoreSet, Selection, Strategy
+from fastal.strategies import CoreSet, CoreSetGradients, Selection, Strategy
 from numpy.testing import assert_allclose, assert_array_equal
 
 
@@ -70,7 +70,9 @@ def test_registry():
     assert issubclass(CoreSet, Strategy)
     assert CoreSet.name == "coreset"
     assert "features" in CoreSet.requires
-    assert repr(CoreSet()) == "CoreSet(prune=True, progress=False)"
+    assert repr(CoreSet()) == "CoreSet(embedding='features', bias=False, prune=True, progress=False)"
+    assert strategies.get("coreset_gradients") is CoreSetGradients
+    assert CoreSetGradients.requires == ("probs", "features")
 
 
 def test_unknown_strategy_names_the_choices():
@@ -91,3 +93,39 @@ def test_register_rejects_nameless_and_clashing_classes():
     with pytest.raises(ValueError, match="already registered"):
         strategies.register(Clash)
     assert strategies.get("coreset") is CoreSet
+
+
+def test_coreset_over_gradient_embeddings():
+    """embedding="gradients" (and the registered "coreset_gradients") is k-center over BADGE's
+    factored last-layer gradients: the picks of fastal.kcenter_greedy on that embedding, from a
+    mapping pool, and through fastal.torch.select by name."""
+    import torch
+
+    import fastal
+    import fastal.torch as ft
+
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.ones(4), 300)
+    feats = rng.normal(size=(300, 6))
+    labeled = [0, 5, 9]
+    emb = fastal.gradient_embedding(probs, feats)
+    want = fastal.kcenter_greedy(emb, 12, labeled=labeled, seed=1)
+    pool = {"probs": probs, "features": feats}
+    for strategy in (CoreSet(embedding="gradients"), CoreSetGradients(), strategies.get("coreset_gradients")()):
+        np.testing.assert_array_equal(strategy.select(pool, 12, labeled, seed=1).indices, want)
+    with_bias = CoreSetGradients(bias=True).select(pool, 12, labeled, seed=1).indices
+    want_bias = fastal.kcenter_greedy(fastal.gradient_embedding(probs, feats, bias=True), 12, labeled=labeled, seed=1)
+    np.testing.assert_array_equal(with_bias, want_bias)
+    with pytest.raises(ValueError, match="embedding"):
+        CoreSet(embedding="grads")
+    with pytest.raises(ValueError, match="probs|logits"):
+        CoreSetGradients().select({"features": feats}, 3)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x = torch.randn(200, 5)
+    sel = ft.select("coreset_gradients", model, x, 7, labeled=[1, 2], seed=3, progress=False)
+    out = ft.pool_outputs(model, x, ("probs", "features"), progress=False)
+    np.testing.assert_array_equal(
+        np.asarray(sel.indices), CoreSetGradients().select(out, 7, [1, 2], seed=3).indices
+    )

@@ -6,7 +6,7 @@ from .ally import ALLY
 from .badge import BADGE
 from .base import Selection, Strategy, available, get, register
 from .bilevel import BilevelCoreset
-from .coreset import CoreSet
+from .coreset import CoreSet, CoreSetGradients
 from .crc import CRC
 from .egl import EGL
 from .kmeans_sampling import KMeansSampling
@@ -22,6 +22,7 @@ __all__ = [
     "CRC",
     "EGL",
     "CoreSet",
+    "CoreSetGradients",
     "Entropy",
     "KMeansSampling",
     "LeastConfidence",
