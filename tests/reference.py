@@ -506,6 +506,38 @@ def iht_ref(Phi, v, sigma, b: int, alpha: float, beta: float, iters: int = 50, r
     return S, w, np.array(trace)
 
 
+def top_sigma_candidate_ref(Phi, v, sigma, b: int, alpha: float, beta: float):
+    """The safeguard's candidate (an addition required by issue 4, not in the paper): the ``b``
+    largest sigma (:func:`top_scores_ref`: descending, ties to the lowest index) weighted as the
+    solvers weight a fixed support, De-bias from ``w = 1`` on it, then clamped at 0.
+    Returns ``(S, w, f)``."""
+    Phi = np.asarray(Phi, dtype=np.float64)
+    S = top_scores_ref(sigma, b)
+    w = np.zeros(Phi.shape[1])
+    w[S] = 1.0
+    w = np.maximum(debias_ref(Phi, v, beta, w, S), 0.0)
+    return S, w, objective_ref(Phi, v, sigma, alpha, beta, w, S)
+
+
+def safeguard_ref(Phi, v, sigma, b: int, alpha: float, beta: float, result, rtol: float = 1e-10):
+    """``SparseApprox(safeguard=True)`` after a solver's ``result = (S, w, trace)``: the top-b
+    sigma candidate (:func:`top_sigma_candidate_ref`) replaces it when its f is lower by more than
+    ``rtol`` times the larger size ``f1 + alpha Σ_S sigma²`` of the two; the trace gets the f of
+    what is returned. Returns ``(S, w, trace, fallback, f_top)``."""
+    S, w, trace = result
+    S_t, w_t, f_t = top_sigma_candidate_ref(Phi, v, sigma, b, alpha, beta)
+    sigma = np.asarray(sigma, dtype=np.float64)
+
+    def size(w_, S_):
+        S_ = np.asarray(S_, dtype=np.int64)
+        return f1_ref(Phi, v, beta, w_) + alpha * float(np.sum(sigma[S_] ** 2))
+
+    f_s = objective_ref(Phi, v, sigma, alpha, beta, w, S)
+    if f_t < f_s - rtol * max(size(w_t, S_t), size(w, S)):
+        return S_t, w_t, np.append(trace, f_t), True, f_t
+    return S, w, np.append(trace, f_s), False, f_t
+
+
 def nnls_ref(A, y) -> np.ndarray:
     """``argmin_{x >= 0} |A x - y|²``: scipy's Lawson-Hanson when available, else ours."""
     A = np.asarray(A, dtype=np.float64)

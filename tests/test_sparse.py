@@ -7,7 +7,11 @@ strategy against the float64 references of :mod:`reference`.
   materialised references, through the internal problem builders and through end results: the
   selection, weights and objective trace of ``SparseApprox`` equal :func:`reference.greedy_ref` /
   :func:`reference.iht_ref` on the reference ``Φ, v, sigma``.
-- Tiny problems: the gap to :func:`reference.exhaustive_ref` is printed (``pytest -s``).
+- The safeguard (on by default; an addition required by issue 4): the top-b sigma set with its
+  De-bias weights replaces a worse solver result, mirrored by :func:`reference.safeguard_ref`.
+- Tiny problems: the gap to :func:`reference.exhaustive_ref` is printed (``pytest -s``); per
+  instance and per solver, f is no worse than the top-b sigma set with the same weight rule.
+- The probs form: a temperature applies as softmax(log p / T); P = p warns.
 - ``fastal.fit_temperature`` recovers a planted temperature and agrees with
   :func:`reference.fit_temperature_ref`.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -44,12 +49,14 @@ from reference import (
     mc_losses_ref,
     objective_ref,
     optimal_weights_ref,
+    safeguard_ref,
     softmax_ref,
     sparse_problem_bayesian_ref,
     sparse_problem_factored_ref,
     support_objective_ref,
     temperature_nll_ref,
     top_scores_ref,
+    top_sigma_candidate_ref,
     unlabeled_rows,
 )
 
@@ -67,6 +74,9 @@ DEFAULTS = {
     ("bayesian", "iht"): (1.0, 1e-3),
     ("bayesian", "greedy"): (2.0, 0.5),
 }
+
+#: the UserWarning of a label distribution P equal to the predictions p (Φ = 0: top-b sigma)
+P_IS_P = "label distribution P equals the predictions p"
 
 #: float64 end-to-end comparisons: same algorithm, different summation order
 W_RTOL, W_ATOL = 1e-8, 1e-11
@@ -113,15 +123,27 @@ def bayesian_reference(pool: dict, rows, b: int):
     return sparse_problem_bayesian_ref(L[:, rows], P[rows], b)
 
 
-def solve_ref(Phi, v, sigma, b, solver, alpha, beta, iters=50, tau=1.0, prox="paper"):
+def solve_ref(
+    Phi, v, sigma, b, solver, alpha, beta, iters=50, tau=1.0, prox="paper", safeguard=True
+):
+    """The reference solver's ``(S, w, trace)``; with ``safeguard`` (SparseApprox's default) the
+    top-b sigma candidate replaces it when better and the trace gets the returned f
+    (:func:`reference.safeguard_ref`)."""
     if solver == "greedy":
-        return greedy_ref(Phi, v, sigma, b, alpha, beta, tau)
-    return iht_ref(Phi, v, sigma, b, alpha, beta, iters, prox)
+        raw = greedy_ref(Phi, v, sigma, b, alpha, beta, tau)
+    else:
+        raw = iht_ref(Phi, v, sigma, b, alpha, beta, iters, prox)
+    if not safeguard:
+        return raw
+    return safeguard_ref(Phi, v, sigma, b, alpha, beta, raw)[:3]
 
 
-def assert_valid_selection(sel, n: int, b: int, labeled, solver: str, iters: int = 50) -> None:
+def assert_valid_selection(
+    sel, n: int, b: int, labeled, solver: str, iters: int = 50, safeguard: bool = True
+) -> None:
     """b distinct pool indices, none labeled; weights over the unlabeled rows, >= 0, zero off the
-    selection; the objective trace one float per step / iteration; every diagnostics key."""
+    selection, and the selected ones aligned with the indices; the objective trace one float per
+    step / iteration (plus the safeguard's entry); every diagnostics key."""
     idx = to_numpy(sel.indices)
     assert idx.dtype == np.int64
     assert idx.shape == (b,)
@@ -130,8 +152,13 @@ def assert_valid_selection(sel, n: int, b: int, labeled, solver: str, iters: int
     if labeled is not None:
         assert not np.isin(idx, labeled).any(), "a labeled row was selected"
     diag = sel.diagnostics
-    for key in ("weights", "objective", "temperature", "form", "alpha", "beta", "solver"):
+    keys = ("weights", "selected_weights", "objective", "temperature", "form", "alpha", "beta",
+            "solver", "safeguard", "fallback", "top_sigma_objective")  # fmt: skip
+    for key in keys:
         assert key in diag, key
+    assert diag["safeguard"] is safeguard
+    assert isinstance(diag["fallback"], bool)
+    assert diag["fallback"] is False or safeguard
     assert diag["solver"] == solver
     rows = unlabeled_rows(n, labeled)
     w = diag["weights"]
@@ -141,9 +168,21 @@ def assert_valid_selection(sel, n: int, b: int, labeled, solver: str, iters: int
     assert (w >= 0).all()
     off = ~np.isin(rows, idx)
     assert (w[off] == 0).all(), "a weight outside the selection is non-zero"
+    sw = diag["selected_weights"]
+    assert isinstance(sw, np.ndarray)
+    assert sw.dtype == np.float64
+    assert_array_equal(sw, w[np.searchsorted(rows, idx)])
     assert isinstance(diag["objective"], list)
     assert all(isinstance(f, float) for f in diag["objective"])
-    assert len(diag["objective"]) == (b if solver == "greedy" else iters)
+    steps = b if solver == "greedy" else iters
+    assert len(diag["objective"]) == steps + safeguard
+    if safeguard:
+        assert isinstance(diag["top_sigma_objective"], float)
+        f, f_top = diag["objective"][-1], diag["top_sigma_objective"]
+        tol = 1e-9 * (abs(f) + abs(f_top)) + 1e-15  # the safeguard's margin is 1e-10 relative
+        assert f <= f_top + tol, "worse than the top-b sigma candidate"
+    else:
+        assert diag["top_sigma_objective"] is None
 
 
 def assert_same_solution(sel, rows, expected, Phi, v, sigma, alpha, beta) -> None:
@@ -565,9 +604,10 @@ def test_factored_sigma_on_confident_rows():
     H = np.ones((n, 2))
     pool = {"logits": z, "features": H}
     rows = np.arange(n)
-    _, _, sigma, _ = SparseApprox(temperature=1.0)._factored_problem(
-        pool, torch.from_numpy(rows), 2
-    )
+    with pytest.warns(UserWarning, match=P_IS_P):
+        _, _, sigma, _ = SparseApprox(temperature=1.0)._factored_problem(
+            pool, torch.from_numpy(rows), 2
+        )
     _, _, sigma_ref = factored_reference(pool, rows, 2, 1.0)
     scale = np.sqrt(2.0) / n  # |h| / n_u: the size of sigma for an uncertain row
     assert_allclose(to_numpy(sigma), sigma_ref, rtol=1e-6, atol=1e-15 * scale)
@@ -661,13 +701,128 @@ def test_probs_with_label_probs_equals_logits_with_temperature(solver):
     assert c.diagnostics["temperature"] is None
 
 
+def tempered_ref(p, T: float) -> np.ndarray:
+    """``softmax(log p / T)`` in float64, ``p = 0`` giving 0 (log 0 = -inf)."""
+    with np.errstate(divide="ignore"):
+        return softmax_ref(np.log(np.asarray(p, dtype=np.float64)) / T)
+
+
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+@pytest.mark.parametrize("T", [0.5, 1.7, 3.0])
+def test_probs_pool_applies_a_float_temperature(solver, T):
+    """A probs pool with a float temperature uses P = softmax(log p / T), the P of the logits pool
+    with the same T (it was once silently P = p): same selection, weights and T."""
+    n, b = 30, 5
+    pool = logits_pool(n, 3, 4, seed=8)
+    probs_pool = {"probs": softmax_ref(pool["logits"]), "features": pool["features"]}
+    a = SparseApprox(solver=solver, temperature=T).select(pool, b, [0, 1])
+    c = SparseApprox(solver=solver, temperature=T).select(probs_pool, b, [0, 1])
+    assert c.diagnostics["temperature"] == T
+    assert_array_equal(to_numpy(c.indices), to_numpy(a.indices))
+    assert_allclose(c.diagnostics["weights"], a.diagnostics["weights"], rtol=1e-9, atol=1e-12)
+    # and the reference problem with P = softmax(log p / T)
+    rows = unlabeled_rows(n, [0, 1])
+    p = probs_pool["probs"][rows]
+    Phi, v, sigma = sparse_problem_factored_ref(p, tempered_ref(p, T), pool["features"][rows], b)
+    a_, be = DEFAULTS[("factored", solver)]
+    expected = solve_ref(Phi, v, sigma, b, solver, a_, be)
+    assert_same_solution(c, rows, expected, Phi, v, sigma, a_, be)
+
+
+@pytest.mark.parametrize("T", [0.05, 0.5, 4.0])
+def test_probs_temperature_with_zero_probabilities(T):
+    """Exact zeros in p stay zeros in P (no NaN from log 0), the rest is softmax(log p / T), and
+    confident rows (p_max = 1 - 1e-15) or tiny subnormal p do not overflow."""
+    rng = np.random.default_rng(1)
+    n, C = 12, 4
+    p = softmax_ref(rng.normal(size=(n, C)) * 2)
+    p[0] = [0.0, 0.25, 0.0, 0.75]
+    p[1] = [1.0, 0.0, 0.0, 0.0]
+    p[2] = [1 - 1e-15, 1e-15, 0.0, 0.0]
+    p[3] = [1.0 - 5e-324, 5e-324, 0.0, 0.0]
+    H = rng.normal(size=(n, 3))
+    rows = np.arange(n)
+    phi, v, sigma, T_got = SparseApprox(temperature=T)._factored_problem(
+        {"probs": p, "features": H}, torch.from_numpy(rows), 3
+    )
+    assert T_got == T
+    P = tempered_ref(p, T)
+    assert (P[p == 0] == 0).all()
+    A = to_numpy(phi.A)
+    assert np.isfinite(A).all()
+    assert (A[p == 0] == 0).all()
+    assert_allclose(A, p - P, rtol=1e-12, atol=1e-15)
+    _, v_ref, sigma_ref = sparse_problem_factored_ref(p, P, H, 3)
+    assert_allclose(to_numpy(v).ravel(), v_ref, rtol=1e-12, atol=1e-15)
+    assert_allclose(to_numpy(sigma), sigma_ref, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_probs_pool_auto_temperature_fits_on_labeled_logits(solver):
+    """temperature="auto" with a probs pool and labeled logits/targets: T fitted on the labeled
+    logits (Guo et al.), applied as softmax(log p / T); the result of the logits pool."""
+    n, C, b = 40, 4, 5
+    pool = logits_pool(n, C, 3, seed=13)
+    rng = np.random.default_rng(14)
+    lz = rng.normal(size=(300, C)) * 3
+    pool["labeled_logits"] = lz
+    pool["labeled_targets"] = (softmax_ref(lz / 2.0).cumsum(1) < rng.random((300, 1))).sum(1)
+    T = fastal.fit_temperature(lz, pool["labeled_targets"])
+    probs_pool = {k: val for k, val in pool.items() if k != "logits"}
+    probs_pool["probs"] = softmax_ref(pool["logits"])
+    a = SparseApprox(solver=solver).select(pool, b)
+    c = SparseApprox(solver=solver).select(probs_pool, b)
+    assert a.diagnostics["temperature"] == c.diagnostics["temperature"] == T
+    assert_array_equal(to_numpy(c.indices), to_numpy(a.indices))
+    assert_allclose(c.diagnostics["weights"], a.diagnostics["weights"], rtol=1e-9, atol=1e-12)
+    p = probs_pool["probs"]
+    Phi, v, sigma = sparse_problem_factored_ref(p, tempered_ref(p, T), pool["features"], b)
+    a_, be = DEFAULTS[("factored", solver)]
+    expected = solve_ref(Phi, v, sigma, b, solver, a_, be)
+    assert_same_solution(c, np.arange(n), expected, Phi, v, sigma, a_, be)
+
+
+def test_probs_pool_float_temperature_and_label_probs_is_an_error():
+    pool = logits_pool(20, 3, 2, seed=8)
+    probs = softmax_ref(pool["logits"])
+    probs_pool = {"probs": probs, "label_probs": probs, "features": pool["features"]}
+    with pytest.raises(ValueError, match=r"temperature=2\.0 and pool\['label_probs'\].*pass one"):
+        SparseApprox(temperature=2.0).select(probs_pool, 3)
+    # "auto" and None leave P to label_probs (here equal to p: the P = p warning)
+    for temperature in ("auto", None):
+        with pytest.warns(UserWarning, match=P_IS_P):
+            sel = SparseApprox(temperature=temperature).select(probs_pool, 3)
+        assert sel.diagnostics["temperature"] is None
+
+
+@pytest.mark.parametrize(
+    ("case", "temperature"),
+    [("logits", 1.0), ("logits", "auto"), ("logits", None), ("probs", "auto"), ("probs", 1.0),
+     ("probs", None)],
+)  # fmt: skip
+def test_label_distribution_equal_to_predictions_warns(case, temperature):
+    """P = p (T = 1, no label_probs): every expected gradient is 0, Φ = 0 and the selection is the
+    top-b sigma; a UserWarning says so. Any other temperature gives no warning."""
+    pool = logits_pool(20, 3, 2, seed=8)
+    if case == "probs":
+        pool = {"probs": softmax_ref(pool["logits"]), "features": pool["features"]}
+    with pytest.warns(UserWarning, match=P_IS_P) as record:
+        SparseApprox(temperature=temperature).select(pool, 3)
+    assert record[0].filename == __file__  # points at the caller of select
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SparseApprox(temperature=1.5).select(pool, 3)
+
+
 @pytest.mark.parametrize("solver", ["greedy", "iht"])
 def test_temperature_one_is_top_sigma_with_unit_weights(solver):
     """Hand-worked: with T = 1 (or probs without label_probs) P = p, so a_j = 0, Φ = 0, v = 0 and
     f1 = β|w - 1|². Greedy: every candidate has τ ∇f1 = -2βτ, the pick is the largest sigma (ties
     lowest), the line search along e_j lands on w_j = 1 and De-bias has a zero gradient. IHT: the
     gradient step gives s = 1 everywhere, the threshold keeps the b largest sigma. Both: top-b sigma
-    in descending sigma order, w = 1 on it, f = β (n_u - b) - alpha Σ_S sigma²."""
+    in descending sigma order, w = 1 on it, f = β (n_u - b) - alpha Σ_S sigma². That is also the
+    safeguard's candidate, at the same f: the solver's result stays (no fallback). Each warns that
+    P = p."""
     n, b, alpha, beta = 25, 4, 0.7, 0.01
     pool = logits_pool(n, 3, 2, seed=9)
     labeled = [3, 11]
@@ -675,17 +830,23 @@ def test_temperature_one_is_top_sigma_with_unit_weights(solver):
     _, _, sigma = factored_reference(pool, rows, b, 1.0)
     top = top_scores_ref(sigma, b)
     expected_f = beta * (rows.size - b) - alpha * float(np.sum(sigma[top] ** 2))
-    for strat_pool, T_diag in (
-        (pool, 1.0),
-        ({"probs": softmax_ref(pool["logits"]), "features": pool["features"]}, None),
+    probs = softmax_ref(pool["logits"])
+    for strat_pool in (
+        pool,
+        {"probs": probs, "features": pool["features"]},
+        {"probs": probs, "label_probs": probs, "features": pool["features"]},
     ):
         # temperature "auto" without labeled logits means T = 1
-        sel = SparseApprox(solver=solver, alpha=alpha, beta=beta).select(strat_pool, b, labeled)
+        with pytest.warns(UserWarning, match=P_IS_P):
+            sel = SparseApprox(solver=solver, alpha=alpha, beta=beta).select(strat_pool, b, labeled)
         assert_array_equal(to_numpy(sel.indices), rows[top])
         w = np.zeros(rows.size)
         w[top] = 1.0
         assert_allclose(sel.diagnostics["weights"], w, rtol=1e-12, atol=1e-12)
-        assert_allclose(sel.diagnostics["objective"][-1], expected_f, rtol=1e-12)
+        assert_allclose(sel.diagnostics["selected_weights"], np.ones(b), rtol=1e-12)
+        assert_allclose(sel.diagnostics["objective"][-2:], expected_f, rtol=1e-12)
+        assert sel.diagnostics["fallback"] is False
+        T_diag = None if "label_probs" in strat_pool else 1.0
         assert sel.diagnostics["temperature"] == T_diag
 
 
@@ -698,7 +859,8 @@ def test_zero_denominators_keep_zero_weight_indices_selected(solver):
     pool = logits_pool(n, 3, 2, seed=10)
     rows = np.arange(n)
     _, _, sigma = factored_reference(pool, rows, b, 1.0)
-    sel = SparseApprox(solver=solver, alpha=alpha, beta=0.0, temperature=1.0).select(pool, b)
+    with pytest.warns(UserWarning, match=P_IS_P):
+        sel = SparseApprox(solver=solver, alpha=alpha, beta=0.0, temperature=1.0).select(pool, b)
     top = top_scores_ref(sigma, b)
     assert_array_equal(to_numpy(sel.indices), top)
     assert_array_equal(sel.diagnostics["weights"], np.zeros(n))
@@ -713,7 +875,9 @@ def test_alpha_zero_ties_go_to_the_lowest_index(solver):
     n, b = 15, 5
     pool = logits_pool(n, 3, 2, seed=12)
     labeled = [0, 2]
-    sel = SparseApprox(solver=solver, alpha=0.0, beta=0.1, temperature=1.0).select(pool, b, labeled)
+    strat = SparseApprox(solver=solver, alpha=0.0, beta=0.1, temperature=1.0)
+    with pytest.warns(UserWarning, match=P_IS_P):
+        sel = strat.select(pool, b, labeled)
     assert_array_equal(to_numpy(sel.indices), unlabeled_rows(n, labeled)[:b])
 
 
@@ -781,7 +945,7 @@ def test_mc_probs_zeros_are_clipped():
     Phi, v, sigma = bayesian_reference({"mc_probs": M}, np.arange(10), 3)
     a, be = DEFAULTS[("bayesian", "greedy")]
     assert_same_solution(
-        sel, np.arange(10), greedy_ref(Phi, v, sigma, 3, a, be), Phi, v, sigma, a, be
+        sel, np.arange(10), solve_ref(Phi, v, sigma, 3, "greedy", a, be), Phi, v, sigma, a, be
     )
 
 
@@ -796,12 +960,16 @@ def test_defaults_and_registry(solver):
     assert strat.iters == 50
     assert strat.tau == 1.0
     assert strat.temperature == "auto"
-    sel = strat.select(logits_pool(20, 3, 2, seed=0), 3)
+    assert strat.safeguard is True
+    with pytest.warns(UserWarning, match=P_IS_P):  # "auto" without labeled logits: T = 1
+        sel = strat.select(logits_pool(20, 3, 2, seed=0), 3)
     assert (sel.diagnostics["alpha"], sel.diagnostics["beta"]) == DEFAULTS[("factored", solver)]
     sel = strat.select({"mc_probs": mc_probs(4, 20, 3, seed=0)}, 3)
     assert (sel.diagnostics["alpha"], sel.diagnostics["beta"]) == DEFAULTS[("bayesian", solver)]
     # alpha given, beta left to the default (and vice versa)
-    sel = SparseApprox(solver=solver, alpha=0.25).select(logits_pool(20, 3, 2, seed=0), 3)
+    sel = SparseApprox(solver=solver, alpha=0.25, temperature=2.0).select(
+        logits_pool(20, 3, 2, seed=0), 3
+    )
     assert (sel.diagnostics["alpha"], sel.diagnostics["beta"]) == (
         0.25,
         DEFAULTS[("factored", solver)][1],
@@ -809,23 +977,17 @@ def test_defaults_and_registry(solver):
 
 
 def test_iht_default_iterations_and_greedy_trace_length():
+    """One entry per IHT iteration / greedy pick, plus the safeguard's (the f returned)."""
     pool = logits_pool(30, 3, 2, seed=1)
-    assert (
-        len(SparseApprox(solver="iht", temperature=2.0).select(pool, 4).diagnostics["objective"])
-        == 50
-    )
-    assert (
-        len(
-            SparseApprox(solver="iht", iters=1, temperature=2.0)
-            .select(pool, 4)
-            .diagnostics["objective"]
-        )
-        == 1
-    )
-    assert (
-        len(SparseApprox(solver="greedy", temperature=2.0).select(pool, 4).diagnostics["objective"])
-        == 4
-    )
+    for kwargs, steps in (
+        ({"solver": "iht"}, 50),
+        ({"solver": "iht", "iters": 1}, 1),
+        ({"solver": "greedy"}, 4),
+    ):
+        for safeguard in (True, False):
+            strat = SparseApprox(temperature=2.0, safeguard=safeguard, **kwargs)
+            trace = strat.select(pool, 4).diagnostics["objective"]
+            assert len(trace) == steps + safeguard, (kwargs, safeguard)
 
 
 def test_greedy_tau_is_used():
@@ -838,7 +1000,7 @@ def test_greedy_tau_is_used():
         sel = SparseApprox(solver="greedy", alpha=1.0, beta=1e-3, tau=tau, temperature=T).select(
             pool, b
         )
-        expected = greedy_ref(Phi, v, sigma, b, 1.0, 1e-3, tau)
+        expected = solve_ref(Phi, v, sigma, b, "greedy", 1.0, 1e-3, tau=tau)
         assert_same_solution(sel, rows, expected, Phi, v, sigma, 1.0, 1e-3)
 
 
@@ -867,6 +1029,29 @@ def test_float32_pool_gives_a_valid_selection(solver):
     assert np.isfinite(sel.diagnostics["objective"]).all()
 
 
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_weights_index_the_unlabeled_rows_and_selected_weights_the_indices(solver):
+    """diagnostics["weights"][k] belongs to the k-th unlabeled row in ascending pool order;
+    diagnostics["selected_weights"][i] to indices[i] (labeled rows spread through the pool)."""
+    n, b = 30, 6
+    labeled = [0, 4, 5, 17, 29]
+    pool = logits_pool(n, 3, 3, seed=22)
+    strat = SparseApprox(solver=solver, temperature=2.0, alpha=0.5, beta=1e-3)
+    sel = strat.select(pool, b, labeled)
+    rows = unlabeled_rows(n, labeled)
+    w, sw = sel.diagnostics["weights"], sel.diagnostics["selected_weights"]
+    idx = to_numpy(sel.indices)
+    assert w.shape == (n - len(labeled),)
+    assert sw.shape == (b,)
+    by_pool_row = dict(zip(rows.tolist(), w.tolist(), strict=True))
+    assert sw.tolist() == [by_pool_row[i] for i in idx.tolist()]
+    assert (sw > 0).any()
+    assert sum(by_pool_row[i] for i in set(rows.tolist()) - set(idx.tolist())) == 0
+    empty = SparseApprox(solver=solver, temperature=2.0).select(pool, 0, labeled)
+    assert empty.diagnostics["selected_weights"].shape == (0,)
+    assert empty.diagnostics["weights"].shape == (rows.size,)
+
+
 def test_budget_equal_to_the_unlabeled_pool_and_zero():
     pool = logits_pool(12, 3, 2, seed=21)
     labeled = [4, 5]
@@ -885,36 +1070,47 @@ def test_budget_equal_to_the_unlabeled_pool_and_zero():
 TINY = [(8, 1), (10, 2), (9, 3), (12, 4)]
 
 
+def tiny_problem(form: str, n: int, b: int, seed: int):
+    """(pool, strategy kwargs, Phi, v, sigma) of a tiny factored (T = 2) or Bayesian problem."""
+    if form == "factored":
+        pool = logits_pool(n, 3, 2, seed=100 + seed)
+        return (pool, {"temperature": 2.0}, *factored_reference(pool, np.arange(n), b, 2.0))
+    pool = {"mc_probs": mc_probs(6, n, 3, seed=100 + seed)}
+    return (pool, {}, *bayesian_reference(pool, np.arange(n), b))
+
+
+TINY_SOLVERS = ("greedy", "iht", "iht-exact")  # "iht-exact": IHT with prox="exact"
+
+
 @pytest.mark.parametrize(("alpha", "beta"), [(0.0, 1e-3), (1e-2, 1e-1), (1.0, 1e-3), (2.0, 0.5)])
 @pytest.mark.parametrize("form", ["factored", "bayesian"])
 def test_tiny_problems_gap_to_exhaustive(form, alpha, beta):
-    """For n <= 12, b <= 4: f(greedy), f(IHT) against the best set of b with its optimal
-    non-negative weights (NNLS per set). Printed per case (run with -s).
+    """For n <= 12, b <= 4: f(greedy), f(IHT) (prox "paper" and "exact") against the best set of b
+    with its optimal non-negative weights (NNLS per set). Printed per case (run with -s).
 
-    Asserted: the exhaustive value is a lower bound of both (their w is >= 0 and supported on S);
-    the implementation's objective is the reference algorithm's; and over the seeds the better of
-    the two solvers is on average no worse than the top-b sigma set with its optimal weights. Per
-    instance that baseline is NOT always beaten (the solvers' weights are one De-bias step from
-    optimal and IHT keeps the top sigma whenever more than b entries of s are positive), so no
-    per-instance assertion against it is made."""
-    gaps = {"greedy": [], "iht": [], "iht-exact": [], "top_sigma": []}
-    for seed in range(3):
+    Asserted per instance and per solver:
+
+    - the exhaustive value is a lower bound (the solvers' w is >= 0 and supported on S);
+    - the implementation's selection and objective are the reference algorithm's (with the
+      safeguard, as SparseApprox runs by default);
+    - the issue's "not worse than selecting the top-b sigma": f(solver) <= f of the top-b sigma set
+      with the same weight rule (De-bias from w = 1, clamped at 0), up to the safeguard's 1e-10
+      margin. Without the safeguard this fails per instance (measured on these shapes, 10 seeds:
+      greedy up to 15/40, IHT "paper" up to 17/40 at alpha = 0, IHT "exact" up to 27/40).
+
+    Also printed, not asserted: the gap of the top-b sigma set with its *optimal* (NNLS) weights,
+    which the solvers do not always reach."""
+    gaps = {name: [] for name in (*TINY_SOLVERS, "top_sigma", "top_sigma_nnls")}
+    fallbacks = dict.fromkeys(TINY_SOLVERS, 0)
+    for seed in range(5):
         for n, b in TINY:
-            if form == "factored":
-                pool = logits_pool(n, 3, 2, seed=100 + seed)
-                rows = np.arange(n)
-                Phi, v, sigma = factored_reference(pool, rows, b, 2.0)
-                pool_args = {"temperature": 2.0}
-            else:
-                pool = {"mc_probs": mc_probs(6, n, 3, seed=100 + seed)}
-                Phi, v, sigma = bayesian_reference(pool, np.arange(n), b)
-                pool_args = {}
+            pool, pool_args, Phi, v, sigma = tiny_problem(form, n, b, seed)
             _, _, f_opt = exhaustive_ref(Phi, v, sigma, b, alpha, beta)
-            top = top_scores_ref(sigma, b)
-            f_top = support_objective_ref(Phi, v, sigma, alpha, beta, top)
+            _, _, f_top = top_sigma_candidate_ref(Phi, v, sigma, b, alpha, beta)
+            f_top_nnls = support_objective_ref(Phi, v, sigma, alpha, beta, top_scores_ref(sigma, b))
             scale = max(1.0, abs(f_opt))
             line = [f"{form} seed={seed} n={n} b={b} a={alpha:g} b={beta:g} f*={f_opt:.6g}"]
-            for name in ("greedy", "iht", "iht-exact"):
+            for name in TINY_SOLVERS:
                 solver, _, prox = name.partition("-")
                 sel = SparseApprox(
                     solver=solver, alpha=alpha, beta=beta, prox=prox or "paper", **pool_args
@@ -923,21 +1119,83 @@ def test_tiny_problems_gap_to_exhaustive(form, alpha, beta):
                 S = to_numpy(sel.indices)
                 f = objective_ref(Phi, v, sigma, alpha, beta, w, S)
                 assert_allclose(sel.diagnostics["objective"][-1], f, rtol=F_RTOL, atol=1e-13)
+                assert_allclose(sel.diagnostics["top_sigma_objective"], f_top, rtol=F_RTOL)
                 ref = solve_ref(Phi, v, sigma, b, solver, alpha, beta, prox=prox or "paper")
                 assert_array_equal(S, ref[0])
                 assert f >= f_opt - 1e-12 * scale, f"{name} below the exhaustive optimum"
+                tol = 1e-9 * (abs(f) + abs(f_top)) + 1e-15
+                assert f <= f_top + tol, f"{name} worse than the top-b sigma set (seed {seed})"
+                fallbacks[name] += sel.diagnostics["fallback"]
                 gaps[name].append(f - f_opt)
-                line.append(f"{name} gap={f - f_opt:.3e}")
+                mark = " (top-sigma)" if sel.diagnostics["fallback"] else ""
+                line.append(f"{name} gap={f - f_opt:.3e}{mark}")
             gaps["top_sigma"].append(f_top - f_opt)
-            line.append(f"top-sigma gap={f_top - f_opt:.3e}")
+            gaps["top_sigma_nnls"].append(f_top_nnls - f_opt)
+            line.append(f"top-sigma gap={f_top - f_opt:.3e} (NNLS {f_top_nnls - f_opt:.3e})")
             print("  ".join(line))
-    best = np.minimum(gaps["greedy"], gaps["iht"])
+    count = len(gaps["top_sigma"])
     print(
-        f"{form} a={alpha:g} b={beta:g} mean gaps: greedy {np.mean(gaps['greedy']):.3e} "
-        f"iht {np.mean(gaps['iht']):.3e} iht-exact {np.mean(gaps['iht-exact']):.3e} "
-        f"top-sigma {np.mean(gaps['top_sigma']):.3e}"
+        f"{form} a={alpha:g} b={beta:g} mean gaps over {count}: "
+        + " ".join(f"{k} {np.mean(g):.3e}" for k, g in gaps.items())
+        + "; safeguard fell back: "
+        + " ".join(f"{k} {c}/{count}" for k, c in fallbacks.items())
     )
-    assert np.mean(best) <= np.mean(gaps["top_sigma"]) + 1e-12
+
+
+@pytest.mark.parametrize("solver", TINY_SOLVERS)
+def test_safeguard_replaces_a_solver_worse_than_top_sigma(solver):
+    """A tiny instance where the solver alone ends above the top-b sigma set: safeguard=False
+    returns the raw solver (the reference algorithm, its trace, no fallback); the default returns
+    the top-b sigma set in descending sigma order with its De-bias weights, flags the fallback and
+    ends the trace at the lower f."""
+    solver, _, prox = solver.partition("-")
+    prox = prox or "paper"
+    # (form, seed, n, b, alpha, beta) found by scanning the tiny problems for a raw solver worse
+    # than the top-b sigma candidate by a wide margin (28 %, 31 % and 1.4 %), on another set
+    form, seed, n, b, alpha, beta = {
+        "greedy": ("factored", 2, 10, 2, 0.0, 1e-3),
+        "paper": ("factored", 2, 10, 2, 0.0, 1e-3),
+        "exact": ("factored", 2, 12, 4, 1e-2, 1e-1),
+    }[prox if solver == "iht" else solver]
+    pool, pool_args, Phi, v, sigma = tiny_problem(form, n, b, seed)
+    kwargs = dict(solver=solver, alpha=alpha, beta=beta, prox=prox, **pool_args)
+    raw = solve_ref(Phi, v, sigma, b, solver, alpha, beta, prox=prox, safeguard=False)
+    S_top, w_top, f_top = top_sigma_candidate_ref(Phi, v, sigma, b, alpha, beta)
+    assert raw[2][-1] > f_top + 1e-3 * abs(f_top), "not a case where the solver alone is worse"
+
+    off = SparseApprox(safeguard=False, **kwargs).select(pool, b)
+    assert_valid_selection(off, n, b, None, solver, safeguard=False)
+    assert_same_solution(off, np.arange(n), raw, Phi, v, sigma, alpha, beta)
+    assert off.diagnostics["fallback"] is False
+    assert off.diagnostics["top_sigma_objective"] is None
+
+    on = SparseApprox(**kwargs).select(pool, b)
+    assert_valid_selection(on, n, b, None, solver)
+    assert on.diagnostics["fallback"] is True
+    assert_array_equal(to_numpy(on.indices), S_top)
+    assert not np.array_equal(np.sort(to_numpy(off.indices)), np.sort(S_top))
+    expected = (S_top, w_top, np.append(raw[2], f_top))
+    assert_same_solution(on, np.arange(n), expected, Phi, v, sigma, alpha, beta)
+    assert_allclose(on.diagnostics["top_sigma_objective"], f_top, rtol=F_RTOL)
+    assert_allclose(on.diagnostics["selected_weights"], w_top[S_top], rtol=W_RTOL, atol=W_ATOL)
+    assert on.diagnostics["objective"][-1] < off.diagnostics["objective"][-1]
+
+
+def test_top_b_sigma_ties_go_to_the_lowest_index():
+    """The safeguard's set: the b largest sigma in descending order, ties to the lowest index, as
+    :func:`reference.top_scores_ref`, also with many ties at the boundary."""
+    from fastal.sparse import top_b_sigma
+
+    rng = np.random.default_rng(0)
+    for sigma in (
+        rng.random(50),
+        rng.integers(0, 4, 50).astype(np.float64),
+        np.zeros(7),
+        np.array([1.0, 2.0, 2.0, 0.5, 2.0, 1.0]),
+    ):
+        for b in range(sigma.size + 1):
+            got = top_b_sigma(torch.from_numpy(sigma), b).numpy()
+            assert_array_equal(got, top_scores_ref(sigma, b))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1021,6 +1279,8 @@ def test_strategy_rejects_bad_parameters():
         ({"tau": -1.0}, ValueError, "tau"),
         ({"tau": 0.0}, ValueError, "tau"),
         ({"prox": "Exact"}, ValueError, "prox"),
+        ({"safeguard": 1}, TypeError, "safeguard"),
+        ({"safeguard": "yes"}, TypeError, "safeguard"),
     ):
         with pytest.raises(exc, match=match):
             SparseApprox(**kwargs).select(pool, 3)
@@ -1064,6 +1324,14 @@ BAD_POOLS = [
         None,
         ValueError,
         "labeled_logits",
+    ),
+    (
+        "labeled-logits-C-differs-probs",
+        {"probs": _P, "features": _POOL["features"], "labeled_logits": np.zeros((10, 4)), **_LZ},
+        3,
+        None,
+        ValueError,
+        "labeled_logits must have 3 classes like probs",
     ),
     ("losses-without-probs", {"losses": np.ones((3, _N, 3))}, 3, None, ValueError, "probs"),
     (

@@ -8,6 +8,17 @@ Interpretation (documented departure): the paper selects ``{j : w_j > 0}``; a we
 to 0 (Alg. 1 line 7, Alg. 2 line 8), which would leave fewer than ``b`` points. fastal tracks ``S``
 explicitly: a selected index keeps its place even at weight 0, De-bias (Alg. 5) runs over ``S``, and
 the selection is always exactly ``b`` points. The objective trace counts ``f2`` over ``S``.
+
+Addition required by issue 4 (not in the paper): :func:`safeguard_top_sigma` compares a solver's
+result with the top-b σ set (weighted by one De-bias from ``w = 1``, then clamped at 0) and keeps
+whichever has the lower ``f``, so that neither solver returns a selection worse than top-b σ.
+
+Interpretation (Bayesian form): ``Φ`` follows eq. 19 (Problem 2), the centred losses
+``g_j = [ℓ(θ_i) - ℓ̄]_i`` *without* the ``1/√m`` of eq. 13. That factor would scale
+``|v - Φw|²`` and ``σ²`` by ``1/m`` against ``β |w - 1|²``: eq. 13 with ``(α, β)`` is eq. 19 with
+``(α, mβ)`` for the objective and greedy, and with ``(α/m, mβ)`` in IHT's top-b step (whose
+``½|w - s|²`` does not scale), so the Table 4 α, β carry over only under the scaling they were
+tuned for, and fastal applies them to eq. 19.
 """
 
 from __future__ import annotations
@@ -324,6 +335,66 @@ class SolverResult:
     selected: np.ndarray  # (b,) int64 candidate indices
     weights: np.ndarray  # (n,) float64
     objective: list = field(default_factory=list)
+    fallback: bool = False  # the top-b σ set replaced the solver's result (safeguard_top_sigma)
+    top_sigma_objective: float | None = None  # f of the top-b σ candidate, when evaluated
+
+
+#: the top-b σ set replaces a solver's result only when its f is lower by more than this, relative
+#: to the size of the terms of f (rounding must not decide between two equal values)
+SAFEGUARD_RTOL = 1e-10
+
+
+def top_b_sigma(sigma: Any, b: int) -> Any:
+    """The ``b`` largest ``sigma`` (torch, finite), ordered by (-σ, index): ties to the lowest
+    index. O(n + b log b): ``topk`` finds the b-th largest value, ties at it go in index order."""
+    import torch
+
+    if b == 0:
+        return torch.empty(0, dtype=torch.int64, device=sigma.device)
+    kth = torch.topk(sigma, b, sorted=False).values.min()
+    above = torch.nonzero(sigma > kth).flatten()
+    ties = torch.nonzero(sigma == kth).flatten()[: b - above.numel()]
+    S = torch.cat([above, ties]).sort().values  # ascending index, so the stable sort breaks ties
+    return S[torch.sort(-sigma[S], stable=True).indices]
+
+
+def _terms(p: SparseProblem, w: Any, S: Any, r: Any) -> tuple[float, float]:
+    """``(f, f1 + α Σ_S σ²)``: the objective and the size of its terms (a relative tolerance)."""
+    f1 = p.f1(w, r)
+    f2 = p.alpha * float((p.sigma[S] ** 2).sum())
+    return f1 - f2, f1 + f2
+
+
+def safeguard_top_sigma(p: SparseProblem, res: SolverResult) -> SolverResult:
+    """Keep ``res`` or the top-b σ set, whichever has the lower ``f`` (an addition required by
+    issue 4, "greedy and IHT must not be worse than selecting the top-b σ"; not in the paper).
+
+    The candidate is :func:`top_b_sigma` weighted as the solvers weight a fixed support: De-bias
+    (Alg. 5) from ``w = 1`` on it, then clamped at 0. It replaces ``res`` only when its ``f`` is
+    lower by more than :data:`SAFEGUARD_RTOL` times the size of the terms of ``f`` (so an equal
+    value keeps the solver's result). Both values are computed afresh from ``w``. The returned
+    trace is ``res.objective`` followed by one entry, the ``f`` of what is returned; ``fallback``
+    says which one that is.
+    """
+    import torch
+
+    dev = p.sigma.device
+    S_top = top_b_sigma(p.sigma, p.b)
+    w0 = torch.zeros(p.phi.n, dtype=torch.float64, device=dev)
+    w0[S_top] = 1.0
+    w_top, r_top = p.debias(w0, S_top)
+    if bool((w_top < 0).any()):
+        w_top = w_top.clamp_min(0)
+        r_top = p.residual(w_top)
+    f_top, size_top = _terms(p, w_top, S_top, r_top)
+    S_res = torch.from_numpy(res.selected).to(dev)
+    w_res = torch.from_numpy(res.weights).to(dev)
+    f_res, size_res = _terms(p, w_res, S_res, p.residual(w_res))
+    fallback = f_top < f_res - SAFEGUARD_RTOL * max(size_top, size_res)
+    if not fallback:
+        return SolverResult(res.selected, res.weights, [*res.objective, f_res], False, f_top)
+    selected = _interop.host_numpy(S_top).astype(np.int64)
+    return SolverResult(selected, _interop.host_numpy(w_top), [*res.objective, f_top], True, f_top)
 
 
 def solve_greedy(p: SparseProblem, tau: float, progress: bool = False) -> SolverResult:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 
 from .. import _interop
-from .._validate import _number, check_budget, check_matrix
+from .._validate import _number, check_bool, check_budget, check_matrix
 from ..gradients import as_torch, torch_isfinite_rows, torch_row_norms_if_finite
 from ..sparse import (
     DensePhi,
     FactoredPhi,
     SparseProblem,
     fit_temperature,
+    safeguard_top_sigma,
     solve_greedy,
     solve_iht,
 )
@@ -57,24 +59,58 @@ class SparseApprox(Strategy):
         The score of IHT's top-b step (:func:`fastal.iht_threshold`): Appendix E's
         ``½[-s_j]₊² - α σ_j²``, or the exact proximal minimiser's ``-½[s_j]₊² - α σ_j² [s_j > 0]``.
         Appendix E drops the ``½ s_j²`` of the rows it does not select, so with ``"paper"`` every row
-        with a positive gradient-step value ``s_j`` scores ``-α σ_j²``, however large ``s_j``. On
-        tiny problems solved exhaustively neither rule wins everywhere (``"exact"`` is closer to
-        the optimum at α = 0, ``"paper"`` at α ≥ 0.01).
+        with a positive gradient-step value ``s_j`` scores ``-α σ_j²``, however large ``s_j``.
+        Neither rule wins everywhere on the tiny problems the tests solve exhaustively: without
+        the safeguard, ``"exact"`` is closer to the optimum on average at α = 0 and ``"paper"`` at
+        α ≥ 0.01 (where it mostly returns the top-σ set); with it (the default), ``"exact"``
+        (which then often falls back to the top-σ set) is closer on average in most settings
+        tested, ``"paper"`` at α = 1, β = 1e-3.
     tau : float > 0, default 1.0
         Greedy step size τ (not given in the paper).
     bias : bool, default False
         Include the bias gradient in the non-Bayesian embedding.
     temperature : "auto", float or None
-        Non-Bayesian label distribution ``P = softmax(logits / T)``. ``"auto"`` fits ``T`` by NLL on
-        ``pool["labeled_logits"]`` and ``pool["labeled_targets"]`` when present (Guo et al. 2017),
-        else ``T = 1``. With ``T = 1`` (or probabilities without ``"label_probs"``), ``P = p`` and
-        every expected gradient is zero: the selection is then driven by ``σ`` alone.
+        Non-Bayesian label distribution ``P = softmax(logits / T)``, or ``P = softmax(log p / T)``
+        for a ``"probs"`` pool (the same distribution for any logits of ``p``; ``p_jy = 0`` gives
+        ``P_jy = 0``). ``"auto"`` fits ``T`` by NLL on ``pool["labeled_logits"]`` and
+        ``pool["labeled_targets"]`` when both are present (Guo et al. 2017; for a probs pool the
+        fitted ``T`` is applied to ``log p`` as above), else ``T = 1``; ``None`` means ``T = 1``.
+        ``pool["label_probs"]`` gives ``P`` directly and wins over ``"auto"`` / ``None``; with a
+        float temperature as well it is a ``ValueError`` (pass one). When ``P = p`` (``T = 1``
+        without ``"label_probs"``, or ``"label_probs"`` equal to ``"probs"``) every expected
+        gradient ``p_j - P_j`` is zero, so ``Φ = 0`` and the selection is driven by ``σ`` alone
+        (the top-b σ): a ``UserWarning`` says so.
+        ``diagnostics["temperature"]`` is the ``T`` used, ``None`` with ``"label_probs"``.
+    safeguard : bool, default True
+        An addition required by issue 4 ("greedy and IHT must not be worse than selecting the
+        top-b σ"), not in the paper: after the solver, the ``b`` largest ``σ`` (ties to the lowest
+        index), weighted by one De-bias from ``w = 1`` and clamped at 0 as the solvers do, replace
+        the solver's result when their ``f`` is lower (by more than ``1e-10`` of the size of the
+        terms of ``f``, so that rounding does not decide a tie;
+        :func:`fastal.sparse.safeguard_top_sigma`). ``diagnostics["fallback"]`` says whether
+        they did, ``diagnostics["top_sigma_objective"]`` holds their ``f``, and the objective
+        trace gets one last entry: the ``f`` of the returned selection. ``False`` returns the
+        solver's result and trace as they are (``fallback`` False, ``top_sigma_objective``
+        None). The extra cost is one De-bias, O(n).
     progress : bool, default False
 
     The pool is a mapping: ``"logits"`` (or ``"probs"``, optionally ``"label_probs"``) and
     ``"features"`` for the non-Bayesian form; ``"mc_probs"`` (m, n, C), or ``"losses"`` (m, n, C)
     with ``"probs"`` as ``P``, for the Bayesian form. Selected indices are exactly ``budget`` pool
-    indices (see :mod:`fastal.sparse` for how a weight clamped to 0 is handled).
+    indices (see :mod:`fastal.sparse` for how a weight clamped to 0 is handled). The Bayesian
+    ``Φ`` follows eq. 19 (centred losses without the ``1/√m`` of eq. 13), which sets the balance
+    of α and β against the ridge (see :mod:`fastal.sparse`).
+
+    Returns a :class:`Selection` whose ``diagnostics`` hold, besides the settings used:
+
+    - ``"weights"``: ``(n_u,)`` float64, the weights ``w`` over the *unlabeled* rows in ascending
+      pool order (row ``k`` is the ``k``-th pool index not in ``labeled``), 0 off the selection;
+    - ``"selected_weights"``: ``(budget,)`` float64, the weights aligned with ``indices``;
+    - ``"objective"``: the list of ``f`` after each greedy pick / IHT iteration (plus the
+      safeguard's entry, see ``safeguard``);
+    - ``"fallback"``: True when the top-b σ set was returned instead of the solver's result;
+    - ``"form"`` (``"factored"`` or ``"bayesian"``), ``"solver"``, ``"alpha"``, ``"beta"``,
+      ``"temperature"``, ``"safeguard"``, ``"top_sigma_objective"`` and, for IHT, ``"prox"``.
 
     Examples
     --------
@@ -85,6 +121,9 @@ class SparseApprox(Strategy):
     >>> sel = SparseApprox(temperature=2.0).select(pool, 10, labeled=[0, 1])
     >>> len(set(sel.indices.tolist())), sel.diagnostics["form"]
     (10, 'factored')
+    >>> w = sel.diagnostics["weights"]  # over the 198 unlabeled rows 2, 3, ..., 199
+    >>> bool((sel.diagnostics["selected_weights"] == w[sel.indices - 2]).all())
+    True
     """
 
     name = "sparse_approx"
@@ -101,6 +140,7 @@ class SparseApprox(Strategy):
         tau: float = 1.0,
         bias: bool = False,
         temperature: Any = "auto",
+        safeguard: bool = True,
         progress: bool = False,
     ) -> None:
         if solver not in ("iht", "greedy"):
@@ -119,6 +159,7 @@ class SparseApprox(Strategy):
         if not (temperature is None or temperature == "auto"):
             temperature = _number(temperature, "temperature", positive=True)
         self.temperature = temperature
+        self.safeguard = check_bool(safeguard, "safeguard")
         self.progress = progress
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
@@ -146,12 +187,18 @@ class SparseApprox(Strategy):
         alpha, beta = DEFAULTS[(form, self.solver)]
         alpha = self.alpha if self.alpha is not None else alpha
         beta = self.beta if self.beta is not None else beta
-        diagnostics = {"form": form, "solver": self.solver, "alpha": alpha, "beta": beta, "temperature": None}
+        diagnostics = {
+            "form": form, "solver": self.solver, "alpha": alpha, "beta": beta, "temperature": None,
+            "safeguard": self.safeguard, "fallback": False, "top_sigma_objective": None,
+        }  # fmt: skip
         if self.solver == "iht":
             diagnostics["prox"] = self.prox
         if b == 0:
             empty = np.empty(0, np.int64)
-            return Selection(_interop.to_framework(empty, info), dict(diagnostics, weights=np.zeros(rest.size), objective=[]))
+            diagnostics.update(
+                weights=np.zeros(rest.size), selected_weights=np.zeros(0), objective=[]
+            )
+            return Selection(_interop.to_framework(empty, info), diagnostics)
         idx = torch.from_numpy(rest)
         if bayesian:
             phi, v, sigma = _bayesian_problem(pool, idx, b)
@@ -163,8 +210,16 @@ class SparseApprox(Strategy):
             res = solve_greedy(problem, self.tau, self.progress)
         else:
             res = solve_iht(problem, self.iters, self.progress, self.prox)
+        if self.safeguard:
+            res = safeguard_top_sigma(problem, res)
         indices = rest[res.selected]
-        diagnostics.update(weights=res.weights, objective=res.objective)
+        diagnostics.update(
+            weights=res.weights,
+            selected_weights=res.weights[res.selected],
+            objective=res.objective,
+            fallback=res.fallback,
+            top_sigma_objective=res.top_sigma_objective,
+        )
         return Selection(_interop.to_framework(indices, info), diagnostics)
 
     def _factored_problem(self, pool, idx, b):
@@ -187,18 +242,35 @@ class SparseApprox(Strategy):
             raise ValueError(f"{key} and features must be finite")
         T = None
         if key == "logits":
-            T = self._temperature(pool)
+            T = self._temperature(pool, key)
             p = torch.softmax(z, 1)
             P = torch.softmax(z / T, 1)
+        elif "label_probs" in pool:
+            if isinstance(self.temperature, float):
+                raise ValueError(
+                    f"temperature={self.temperature!r} and pool['label_probs'] both give the label "
+                    "distribution P; pass one (temperature=None or 'auto' to use label_probs)"
+                )
+            p = _distributions(z, "probs", zinfo.dtype)
+            linfo = check_matrix(pool["label_probs"], "label_probs")
+            if linfo.shape != zinfo.shape:
+                raise ValueError(f"label_probs must have shape {zinfo.shape} like probs, got {linfo.shape}")
+            P = as_torch(pool["label_probs"], linfo).to(dev)[idx.to(dev)].to(torch.float64)
+            P = _distributions(P, "label_probs", linfo.dtype)
         else:
             p = _distributions(z, "probs", zinfo.dtype)
-            P = p
-            if "label_probs" in pool:
-                linfo = check_matrix(pool["label_probs"], "label_probs")
-                if linfo.shape != zinfo.shape:
-                    raise ValueError(f"label_probs must have shape {zinfo.shape} like probs, got {linfo.shape}")
-                P = as_torch(pool["label_probs"], linfo).to(dev)[idx.to(dev)].to(torch.float64)
-                P = _distributions(P, "label_probs", linfo.dtype)
+            T = self._temperature(pool, key)
+            # softmax(log p / T) = softmax(logits / T) for any logits of p; log 0 = -inf gives P = 0
+            P = p if T == 1.0 else torch.softmax(torch.log(p) / T, 1)
+        if not bool((p != P).any()):
+            warnings.warn(
+                "SparseApprox: the label distribution P equals the predictions p (temperature 1, "
+                "or label_probs equal to probs), so every expected gradient p - P is 0 and the "
+                "selection reduces to the top-b sigma; pass a temperature other than 1, "
+                "labeled_logits and labeled_targets for temperature='auto', or label_probs",
+                UserWarning,
+                stacklevel=3,
+            )
         if self.bias:
             h = torch.cat([h, torch.ones((h.shape[0], 1), dtype=h.dtype, device=dev)], 1)
             h_norms = torch.sqrt(h_norms * h_norms + 1)
@@ -209,13 +281,15 @@ class SparseApprox(Strategy):
         v = phi.apply(torch.ones(n_u, dtype=torch.float64, device=dev)) * (b / n_u)
         return phi, v, sigma, T
 
-    def _temperature(self, pool) -> float:
+    def _temperature(self, pool, key: str) -> float:
         if self.temperature == "auto":
             if "labeled_logits" in pool and "labeled_targets" in pool:
                 linfo = check_matrix(pool["labeled_logits"], "labeled_logits")
-                C = check_matrix(pool["logits"], "logits").shape[1]
+                C = check_matrix(pool[key], key).shape[1]
                 if linfo.shape[1] != C:
-                    raise ValueError(f"labeled_logits must have {C} classes like logits, got shape {linfo.shape}")
+                    raise ValueError(
+                        f"labeled_logits must have {C} classes like {key}, got shape {linfo.shape}"
+                    )
                 return fit_temperature(pool["labeled_logits"], pool["labeled_targets"])
             return 1.0
         return 1.0 if self.temperature is None else float(self.temperature)
