@@ -26,7 +26,7 @@ from conftest import (
     upcast,
 )
 from numpy.testing import assert_allclose, assert_array_equal
-from reference import gradient_embedding_ref, kcenter_greedy_ref, softmax_ref
+from reference import gradient_embedding_ref, kcenter_greedy_ref, min_distance_ref, softmax_ref
 
 ALL_PARAMS = backend_dtype_params()
 CPU_PARAMS = backend_dtype_params(backends=CPU_BACKENDS)
@@ -273,6 +273,42 @@ def _exact_dense(emb) -> np.ndarray:
     return (A[:, :, None] * H[:, None, :]).reshape(A.shape[0], -1)
 
 
+def integer_embedding(n, C, dh, seed, backend="numpy", dtype="float64", high=2):
+    """A GradientEmbedding of integer factors in [-high, high] stored as ``dtype``: exact in every
+    storage dtype, and every factored distance |g_i|^2 + |g_j|^2 - 2 (a_i.a_j)(h_i.h_j) is a sum
+    of integers far below 2^24, exact in the float32 accumulation of the 16-bit kernels (float64
+    for float64). So the kernels must match the references on the materialised float64 matrix
+    exactly, ties included (integers tie often)."""
+    rng = np.random.default_rng(seed)
+    A = rng.integers(-high, high + 1, size=(n, C)).astype(np.float64)
+    H = rng.integers(-high, high + 1, size=(n, dh)).astype(np.float64)
+    return fastal.GradientEmbedding(to_backend(A, backend, dtype), to_backend(H, backend, dtype))
+
+
+#: a float32 square root of an exact squared distance rounds once
+SQRT_RTOL = {"float64": 1e-15, "float32": 1e-7, "float16": 1e-7, "bfloat16": 1e-7}
+
+
+@pytest.mark.parametrize(("backend", "dtype"), CPU_PARAMS)
+def test_factored_min_distance_integer_factors_every_dtype(backend, dtype):
+    """float16 / bfloat16 factored pools (FactoredRows<Half>, <BFloat16>) on the CPU, with
+    float32 / float64 alongside, against the materialised float64 reference."""
+    n, m = 500, 70
+    emb = integer_embedding(n + m, 4, 6, seed=13, backend=backend, dtype=dtype)
+    X = emb.subset(indices_to_backend(np.arange(n), backend))
+    Y = emb.subset(indices_to_backend(np.arange(n, n + m), backend))
+    dist, index = fastal.min_distance(X, Y)
+    assert backend_of(dist) == backend
+    assert dtype_of(dist) == ("float64" if dtype == "float64" else "float32")
+    assert dtype_of(index) == "int64"
+    ref_dist, ref_index = min_distance_ref(_exact_dense(X), _exact_dense(Y))
+    assert_array_equal(to_numpy(index), ref_index)
+    assert_allclose(upcast(dist), ref_dist, rtol=SQRT_RTOL[dtype], atol=0)
+    # ties are in play: many rows have two nearest rows of Y at the same distance
+    d2 = np.stack([np.sum((_exact_dense(Y) - g) ** 2, axis=1) for g in _exact_dense(X)])
+    assert (np.sort(d2, axis=1)[:, 1] == d2.min(axis=1)).sum() > 10
+
+
 def test_factored_min_distance_rejects_mixed_inputs():
     emb = factored_pool(20, 3, 4, seed=5, dtype="float64")
     other = factored_pool(20, 4, 4, seed=5, dtype="float64")  # C = 4, same dh
@@ -300,6 +336,28 @@ def test_kcenter_on_embedding_matches_dense_and_reference(backend, n_labeled, pr
     assert_allclose(to_numpy(res.radius), ref_radius, rtol=1e-8)
     picks = fastal.kcenter_greedy(emb, budget, labeled=lab, seed=7, prune=prune)
     assert_array_equal(to_numpy(picks), ref_picks)
+
+
+@pytest.mark.parametrize("prune", [True, False])
+@pytest.mark.parametrize("n_labeled", [0, 4])
+@pytest.mark.parametrize(("backend", "dtype"), CPU_PARAMS)
+def test_kcenter_on_integer_embedding_every_dtype(backend, dtype, n_labeled, prune):
+    """float16 / bfloat16 (and float32 / float64) factored k-center on the CPU: the picks of the
+    float64 reference on the materialised matrix, and of fastal on that matrix, exactly."""
+    n, budget = 400, 60
+    emb = integer_embedding(n, 3, 5, seed=14, backend=backend, dtype=dtype)
+    G = _exact_dense(emb)
+    labeled = labeled_subset(n, n_labeled, seed=14)
+    lab = None if labeled is None else indices_to_backend(labeled, backend)
+    res = fastal.kcenter(emb, budget, labeled=lab, seed=3, prune=prune)
+    assert backend_of(res.indices) == backend
+    first = int(np.random.default_rng(3).integers(n)) if labeled is None else None
+    ref_picks, ref_radius = kcenter_greedy_ref(G, budget, labeled, first)
+    assert_array_equal(to_numpy(res.indices), ref_picks)
+    assert_allclose(upcast(res.radius), ref_radius, rtol=SQRT_RTOL[dtype], atol=0)
+    dense = fastal.kcenter(G, budget, labeled=labeled, seed=3, prune=prune)
+    assert_array_equal(to_numpy(res.indices), dense.indices)
+    assert ref_radius[-1] > 0  # the picks did not run out of distinct rows
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -61,7 +61,8 @@ class BADGE(Strategy):
         emb = gradient_pool(pool, bias=self.bias)
         lab, rest = unlabeled_rows(emb.n, labeled, like=emb.info)
         budget = check_budget(budget, rest.size)
-        candidates = emb if lab.size == 0 else emb.subset(rest)
+        # the row indices go where the embedding lives (a host array is refused for device data)
+        candidates = emb if lab.size == 0 else emb.subset(_interop.to_framework(rest, emb.info))
         name = "pool" if isinstance(pool, GradientEmbedding) else "features"
         picks = _kmeans_pp(
             candidates, budget, seed=seed, first="norm", progress=self.progress, name=name
