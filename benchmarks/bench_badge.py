@@ -46,6 +46,27 @@ minus the resident size before it (inputs and imported code). A peer's memory ru
 the ``fastal`` case, so that CI runs this path without paying an interpreter start per case) or
 ``none``; timings always come from this process.
 
+GPU cases (marked ``cuda``, ids starting ``cuda-``, so ``-k cuda`` selects them; skipped without
+a CUDA device or without fastal's CUDA module): the pools are generated on the device with a
+``torch.Generator`` (chunked; never a host copy, never the n x C·d matrix) from the same
+distributions as the CPU pools (not the same numbers), and the selection runs there:
+
+``fastal_emb``   ``BADGE().select(GradientEmbedding(A, H), budget)`` with A and H torch-CUDA tensors
+                 stored as float32 or float16 (the embedding built outside the timing).
+``torch_dense``  the dense ``n x C·d`` float32 gradients on the device, then a D² loop that stays
+                 on the device (no host round trip per pick) and draws from fastal's random stream
+                 (``numpy.random.default_rng(seed).random(budget)``), so its picks can be compared.
+
+Sizes per preset in :data:`GPU_GRID` (the issue-3 target, n = 1M, C = 1000, d = 512, budget 1000,
+at ``full`` only, this module's first GPU case, so that a time limit on the module cannot cut it;
+select it alone with ``-k "cuda and n1000000-C1000"``); every GPU case runs the whole budget.
+A case whose estimated device memory (:func:`estimate_device_bytes`) exceeds
+``FASTAL_BENCH_GPU_MEM_GB`` (default 85% of the device's memory) is skipped with the estimate in its
+reason. Timings synchronize the device inside the timed function; ``peak_device_bytes`` is
+``torch.cuda.max_memory_allocated()`` over the timed runs after ``reset_peak_memory_stats()``
+(inputs included), ``peak_device_extra_bytes`` that minus what was allocated just before.
+Groups are ``badge/cuda/n=../C=../d=../b=..``.
+
 Axes: ``n`` and ``budget`` from the preset (``FASTAL_BENCH_N``, ``FASTAL_BENCH_BUDGET``), ``C``
 from :data:`GRID` or ``FASTAL_BENCH_C``, ``d`` from :data:`GRID` or ``FASTAL_BENCH_BADGE_D``.
 Groups are ``badge/cpu/n=../C=../d=../b=..``; ``report_badge.py`` writes the tables.
@@ -87,6 +108,17 @@ GRID = {
     "medium": {"C": (10, 100), "d": (512,)},
     "full": {"C": (10, 100, 1000), "d": (512,)},
 }
+#: GPU cases (n, C, d, budget) per preset: issue 3's target (n = 1M, C = 1000, budget 1000) first;
+#: at n = 1M, C = 10 the dense peer (20 GB of gradients) fits on a large GPU and runs beside it
+GPU_GRID = {
+    "tiny": ((3000, 10, 32, 20),),
+    "medium": ((100_000, 10, 512, 1000),),
+    "full": ((1_000_000, 1000, 512, 1000), (1_000_000, 10, 512, 1000)),
+}
+#: GPU implementations and storage dtypes, peer first (fastal's entries report ratios to it)
+GPU_IMPLS = (("torch_dense", "float32"), ("fastal_emb", "float32"), ("fastal_emb", "float16"))
+ITEMSIZE = {"float32": 4, "float16": 2}
+NO_GPU = "needs a CUDA GPU and fastal built with its CUDA module"
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -103,18 +135,23 @@ class Case:
     C: int
     d: int
     budget: int
+    dtype: str = "float32"  # storage of the factors (GPU cases: float32 or float16)
+    device: str = "cpu"  # "cpu" or "cuda"
 
     @property
     def group(self) -> str:
-        return f"badge/cpu/n={self.n}/C={self.C}/d={self.d}/b={self.budget}"
+        return f"badge/{self.device}/n={self.n}/C={self.C}/d={self.d}/b={self.budget}"
 
     @property
     def id(self) -> str:
-        return f"n{self.n}-C{self.C}-d{self.d}-b{self.budget}-{self.impl}"
+        size = f"n{self.n}-C{self.C}-d{self.d}-b{self.budget}"
+        if self.device == "cpu":
+            return f"{size}-{self.impl}"
+        return f"{self.device}-{size}-{self.dtype}-{self.impl}"
 
     @property
     def key(self) -> tuple:
-        return (self.n, self.C, self.d, self.budget, self.impl)
+        return (self.device, self.n, self.C, self.d, self.budget, self.dtype, self.impl)
 
     @property
     def dense_elems(self) -> int:
@@ -127,7 +164,7 @@ class Case:
         timed run, each weighted by its relative cost (:data:`PEER_COST`), and makes at least the
         floor of picks (20 for cheap picks, 5 for picks that take seconds at medium size).
         """
-        if self.impl in FASTAL:
+        if self.impl in FASTAL or self.device != "cpu":
             return self.budget
         weight, floor = PEER_COST[self.impl]
         cap = sizes.peer_elems // (self.dense_elems * weight)
@@ -156,7 +193,15 @@ def generate_cases(metafunc, sizes, cuda: bool) -> None:
         return
     ns, cs, ds, bs = grid(sizes)
     cases = [Case(i, n, c, d, b) for n in ns for c in cs for d in ds for b in bs for i in IMPLS]
-    metafunc.parametrize("case", [pytest.param(c, id=c.id) for c in cases])
+    gpu = [
+        Case(i, n, c, d, b, t, "cuda")
+        for n, c, d, b in GPU_GRID[sizes.preset]
+        for i, t in GPU_IMPLS
+    ]
+    no_gpu = pytest.mark.skipif(not cuda, reason=NO_GPU)
+    params = [pytest.param(c, id=c.id) for c in cases]
+    params += [pytest.param(c, id=c.id, marks=[pytest.mark.cuda, no_gpu]) for c in gpu]
+    metafunc.parametrize("case", params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,6 +536,312 @@ def warm_up(case: Case) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# GPU cases: data generated on the device, device-resident peer, device memory
+
+
+def estimate_device_bytes(impl: str, n: int, C: int, d: int, dtype: str) -> int:
+    """Peak device bytes of a GPU case: its inputs plus the implementation's own arrays.
+
+    - fastal_emb: A and H in ``dtype`` and O(n) vectors (squared norms, distances, tile sums).
+    - torch_dense: P and H in float32, A = P - onehot (float32, n·C) while the float32 gradients
+      (N = n·C·d elements) are formed, then O(n) vectors (norms, distances, a float64 cumsum).
+    """
+    small = 64 * n
+    if impl == "fastal_emb":
+        return ITEMSIZE[dtype] * n * (C + d) + small
+    if impl == "torch_dense":
+        return 4 * n * (C + d) + 4 * n * C * d + 4 * n * C + small
+    raise ValueError(impl)
+
+
+def gpu_mem_budget_bytes(device: str = "cuda") -> float:
+    """``FASTAL_BENCH_GPU_MEM_GB``, else 85% of the device's memory (no limit off a GPU)."""
+    raw = os.environ.get("FASTAL_BENCH_GPU_MEM_GB", "").strip()
+    if raw:
+        return float(raw) * 1e9
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return float("inf")
+    return 0.85 * torch.cuda.get_device_properties(torch.device(device)).total_memory
+
+
+def _generator(device, seed: int):
+    import torch
+
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def device_features(n: int, d: int, dtype: str, device) -> object:
+    """N(0, I) features (n, d) in ``dtype``, drawn on ``device`` in chunks of float32."""
+    import torch
+
+    gen = _generator(device, SEED * 1000 + 1)
+    H = torch.empty((n, d), dtype=getattr(torch, dtype), device=device)
+    chunk = max(1, (1 << 24) // d)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        H[s:e] = torch.randn((e - s, d), generator=gen, device=device, dtype=torch.float32)
+    return H
+
+
+def device_probs_or_factor(n: int, C: int, factor: bool, dtype: str, device) -> object:
+    """As :func:`_probs_or_factor`, drawn on ``device``: softmax of ``LOGIT_SCALE * N(0, 1)``
+    logits, with ``factor`` minus the one-hot of the argmax, stored as ``dtype``.
+
+    The probabilities and the factor come from the same stream, so ``A = P - onehot`` exactly (in
+    float32): the dense peer and fastal see the same embedding.
+    """
+    import torch
+
+    gen = _generator(device, SEED * 1000 + 2)
+    out = torch.empty((n, C), dtype=getattr(torch, dtype), device=device)
+    chunk = max(1, (1 << 24) // C)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        z = torch.randn((e - s, C), generator=gen, device=device, dtype=torch.float32)
+        z = torch.softmax(z.mul_(LOGIT_SCALE), dim=1)
+        if factor:
+            rows = torch.arange(e - s, device=device)
+            z[rows, z.argmax(1)] -= 1
+        out[s:e] = z
+    return out
+
+
+#: one GPU pool at a time: {"key": ..., "value": ...}
+_DEVICE_DATA: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_device_pool():
+    """Free this module's GPU pool when its cases are done (the next module's peaks start clean)."""
+    yield
+    _DEVICE_DATA.clear()
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def prepare_device(case: Case, cache: dict | None = None):
+    """The pool of a GPU case on ``case.device``: a ``GradientEmbedding`` of A and H in
+    ``case.dtype`` for fastal, the float32 (P, H) for the dense peer. With ``cache``, the arrays
+    are kept for the next case of the same size (one size at a time: the previous one is freed)."""
+    import torch
+
+    kind = "A" if case.impl == "fastal_emb" else "P"
+    dtype = case.dtype if case.impl == "fastal_emb" else "float32"
+    key = (case.device, case.n, case.C, case.d, dtype, kind)
+    if cache is not None and cache.get("key") == key:
+        first, H = cache["value"]
+    else:
+        if cache is not None:
+            cache.clear()
+            gc.collect()
+            if torch.device(case.device).type == "cuda":
+                torch.cuda.empty_cache()
+        first = device_probs_or_factor(case.n, case.C, kind == "A", dtype, case.device)
+        H = device_features(case.n, case.d, dtype, case.device)
+        if cache is not None:
+            cache.update(key=key, value=(first, H))
+    if case.impl == "fastal_emb":
+        import fastal
+
+        return fastal.GradientEmbedding(first, H)
+    return first, H
+
+
+def run_fastal_device(pool, steps: int, budget: int):
+    """fastal's BADGE on a device ``GradientEmbedding``; the picks stay on the device."""
+    from fastal.strategies import BADGE
+
+    return BADGE().select(pool, steps, seed=SEED).indices
+
+
+def run_torch_dense_device(pool, steps: int, budget: int):
+    """Materialised BADGE in torch on the pool's device, as a careful GPU user would write it.
+
+    The dense gradients ``G`` (n x C·d, float32), their squared norms, the first pick the largest
+    norm; per pick an ``addmv`` distance pass, ``minimum``, and a float64 ``cumsum`` +
+    ``searchsorted`` D² draw. Picks stay device tensors (``index_select``, never ``.item()``): no
+    host round trip per pick. The uniforms are fastal's stream (``default_rng(SEED).random``).
+    """
+    import torch
+
+    P, H = pool
+    n, C = P.shape
+    dev = P.device
+    A = P.clone()
+    A[torch.arange(n, device=dev), P.argmax(1)] -= 1
+    G = (A[:, :, None] * H[:, None, :]).reshape(n, C * H.shape[1])  # the n x C*d gradients
+    del A
+    sq = torch.linalg.vector_norm(G, dim=1).square_()
+    u = torch.from_numpy(np.random.default_rng(SEED).random(steps)).to(dev)
+    picks = torch.empty(steps, dtype=torch.int64, device=dev)
+    i = torch.argmax(sq).view(1)
+    picks[0:1] = i
+
+    def sqdist(i):  # i: (1,) int64 on the device
+        g = G.index_select(0, i).squeeze(0)
+        return torch.addmv(sq + sq.index_select(0, i), G, g, alpha=-2).clamp_min_(0)
+
+    if steps == 1:
+        return picks
+    mind = sqdist(i)
+    mind.index_fill_(0, i, 0)
+    for t in range(1, steps):
+        cum = torch.cumsum(mind, 0, dtype=torch.float64)
+        i = torch.searchsorted(cum, (u[t] * cum[-1]).view(1), right=True).clamp_(max=n - 1)
+        picks[t : t + 1] = i
+        if t + 1 < steps:
+            torch.minimum(mind, sqdist(i), out=mind)
+        mind.index_fill_(0, i, 0)
+    return picks
+
+
+DEVICE_RUNNERS = {"fastal_emb": run_fastal_device, "torch_dense": run_torch_dense_device}
+
+
+def sync_device(device) -> None:
+    """Wait for ``device`` when it is a GPU (inside timed functions, after the work)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rough_device_seconds(case: Case) -> float:
+    """A pessimistic guess (1 TB/s, 50 µs a pick) of one GPU run, to choose the rounds."""
+    if case.impl == "torch_dense":
+        per_pick = 4 * case.dense_elems
+        return (case.budget + 3) * per_pick / 1e12 + 5e-5 * case.budget
+    per_pick = ITEMSIZE[case.dtype] * case.n * (case.C + case.d)
+    return case.budget * per_pick / 1e12 + 5e-5 * case.budget
+
+
+def bench_device(benchmark, case: Case, sizes, results, skip_log) -> None:
+    """A GPU case (``case.device``): timing with a device synchronize, peak device memory.
+
+    Every ``torch.cuda`` call is guarded by the device's type, so the same code runs on
+    ``device="cpu"`` (how it is checked without a GPU).
+    """
+    import torch
+
+    import fastal
+
+    dev = torch.device(case.device)
+    on_gpu = dev.type == "cuda"
+    steps = case.budget  # every GPU case runs the whole budget
+    est = estimate_device_bytes(case.impl, case.n, case.C, case.d, case.dtype)
+    limit = gpu_mem_budget_bytes(case.device)
+    info = {"family": "badge", **asdict(case), "preset": sizes.preset, "steps": steps}
+
+    def skip(reason: str):
+        skip_log.append(
+            {**info, "group": case.group, "reason": reason, "estimate_device_bytes": est}
+        )
+        pytest.skip(reason)
+
+    if est > limit:
+        skip(
+            f"estimated {est / 1e9:.1f} GB of device memory > device memory budget "
+            f"{limit / 1e9:.0f} GB (FASTAL_BENCH_GPU_MEM_GB; default 85% of the device's memory)"
+        )
+    if on_gpu and not fastal.cuda_available():
+        skip(NO_GPU)
+
+    run = DEVICE_RUNNERS[case.impl]
+    # warm-up on the device: kernels loaded, cuBLAS handle, the caching allocator
+    small = replace(case, n=min(case.n, 512), d=min(case.d, 16))
+    run(prepare_device(small), 3, 3)
+    sync_device(dev)
+
+    t0 = time.perf_counter()
+    pool = prepare_device(case, _DEVICE_DATA)
+    sync_device(dev)
+    prepare_s = time.perf_counter() - t0
+
+    rounds, warmup = plan_rounds(rough_device_seconds(case), sizes.target_seconds)
+    times: list[float] = []
+    outputs: list = []
+
+    def target():
+        t0 = time.perf_counter()
+        out = run(pool, steps, case.budget)
+        sync_device(dev)  # the timing covers the kernels, not only their launches
+        times.append(time.perf_counter() - t0)
+        outputs.append(out)
+        return out
+
+    baseline = None
+    if on_gpu:
+        gc.collect()
+        torch.cuda.synchronize(dev)
+        baseline = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    benchmark.group = case.group
+    benchmark.pedantic(target, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    memory: dict = {}
+    if on_gpu:
+        peak = torch.cuda.max_memory_allocated(dev)
+        memory = {
+            "peak_device_bytes": peak,
+            "peak_device_extra_bytes": peak - baseline,
+            "baseline_device_bytes": baseline,
+            "peak_device_reserved_bytes": torch.cuda.max_memory_reserved(dev),
+            "device_name": torch.cuda.get_device_name(dev),
+            "device_memory_bytes": torch.cuda.get_device_properties(dev).total_memory,
+        }
+    measured = times[warmup:] or times
+    picks = outputs[-1].cpu().numpy().astype(np.int64)
+    outputs.clear()
+    assert picks.shape == (steps,)
+    assert len(np.unique(picks)) == steps
+    assert picks.min() >= 0
+    assert picks.max() < case.n
+
+    seconds = min(measured)
+    extra = benchmark.extra_info
+    extra.update(
+        info,
+        per_pick_s=seconds / steps,
+        budget_s=seconds,
+        extrapolation_suspect=False,
+        rounds=len(measured),
+        seconds_min=seconds,
+        seconds_median=statistics.median(measured),
+        per_step_s=seconds / steps,
+        setup_s=None,
+        budget_s_estimated=False,
+        prepare_s=prepare_s,
+        first_pick=int(picks[0]),
+        estimate_device_bytes=est,
+        dense_bytes_float32=4 * case.dense_elems,
+        inputs_bytes=ITEMSIZE[case.dtype] * case.n * (case.C + case.d),
+        device_memory_budget_bytes=limit if limit != float("inf") else None,
+        **memory,
+    )
+    if case.impl in FASTAL:
+        other = results.get(replace(case, impl="torch_dense", dtype="float32").key)
+        if other is not None:
+            extra["speedup_vs_torch_dense"] = other["budget_s"] / seconds
+            extra["first_pick_agrees_torch_dense"] = other["first_pick"] == int(picks[0])
+            m = min(len(picks), len(other["picks"]))
+            diff = np.flatnonzero(picks[:m] != other["picks"][:m])
+            extra["agree_prefix_torch_dense"] = int(diff[0]) if diff.size else m
+        if case.dtype != "float32":
+            other = results.get(replace(case, dtype="float32").key)
+            if other is not None:
+                extra["speedup_vs_float32"] = other["budget_s"] / seconds
+        for impl in FASTAL if case.device != "cpu" else ():  # the CPU run, when this session had it
+            other = results.get(replace(case, impl=impl, dtype="float32", device="cpu").key)
+            if other is not None:
+                extra[f"speedup_vs_cpu_{impl}"] = other["budget_s"] / seconds
+    results[case.key] = {"budget_s": seconds, "first_pick": int(picks[0]), "picks": picks}
+
+
+# ---------------------------------------------------------------------------------------------
 # the peak-memory child
 
 
@@ -603,6 +954,9 @@ def rough_seconds(case: Case, steps: int) -> float:
 
 
 def test_badge(benchmark, case: Case, sizes, results, skip_log):
+    if case.device != "cpu":
+        bench_device(benchmark, case, sizes, results, skip_log)
+        return
     steps = case.steps(sizes)
     est = estimate_bytes(case.impl, case.n, case.C, case.d, steps, case.budget)
     info = {"family": "badge", **asdict(case), "preset": sizes.preset, "steps": steps}

@@ -9,14 +9,21 @@ Usage::
 only the part of RESULTS.md between the ``report_badge.py`` markers. Several files merge (a later
 file's entry for the same case wins), so a separate full-size run of one case can join a medium run.
 
-Targets (issue 3), evaluated on the CPU:
+Targets (issue 3); the first three are evaluated on the CPU:
 
 1. BADGE >= 10x faster than scikit-activeml's ``Badge`` at n = 100k, C = 10 (time for the whole
    budget; a peer timed over fewer picks is extrapolated from its set-up and per-pick time);
 2. a k-means (Lloyd) iteration at least as fast as scikit-learn's (marginal per-iteration time,
    ``(fit - one iteration) / (n_iter - 1)``, from the same initial centres);
 3. BADGE at n = 1M, C = 1000, d = 512 runs (where peers that materialise the n x C·d gradients
-   cannot: their skip reasons are listed).
+   cannot: their skip reasons are listed);
+4. on a GPU, BADGE at n = 1M, C = 1000, d = 512, budget 1000 "in seconds": the measured time of
+   each storage dtype (``bench_badge.py``'s ``cuda`` cases, run at ``FASTAL_BENCH=full``), met when
+   under a minute; ``unrun: no CUDA device in this run`` when no run had a GPU.
+
+The GPU cases (``device == "cuda"`` in ``extra_info``; older files without the field are CPU runs)
+get tables of their own: BADGE with peak device memory, k-means++ and one Lloyd iteration against
+the torch peers of ``bench_kmeans.py``.
 """
 
 # ruff: noqa: RUF001  (the markdown it writes uses the multiplication sign on purpose)
@@ -56,10 +63,18 @@ def load(paths: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
     return docs, list(rows.values()), list(skips.values())
 
 
+#: issue 3's GPU target: (n, C, d, budget), and "in seconds" read as under this many
+GPU_TARGET = (1_000_000, 1000, 512, 1000)
+GPU_TARGET_S = 60.0
+
+
 def _key(e: dict) -> tuple:
+    """An entry's case; files written before the GPU cases have no device / dtype (CPU, float32)."""
+    dev = e.get("device", "cpu")
     if e.get("family") == "badge":
-        return ("badge", e["n"], e["C"], e["d"], e["budget"], e["impl"])
-    return ("kmeans", e["kind"], e["n"], e["d"], e["k"], e["impl"])
+        dtype = e.get("dtype", "float32")
+        return ("badge", dev, e["n"], e["C"], e["d"], e["budget"], dtype, e["impl"])
+    return ("kmeans", dev, e["kind"], e["n"], e["d"], e["k"], e["impl"])
 
 
 def size(n: int) -> str:
@@ -101,20 +116,30 @@ class Data:
         self.by_key = {_key(r): r for r in rows}
         self.skip_by_key = {_key(s): s for s in skips}
 
-    def badge(self, n, C, d, b, impl) -> dict | None:
-        return self.by_key.get(("badge", n, C, d, b, impl))
+    def badge(self, n, C, d, b, impl, device="cpu", dtype="float32") -> dict | None:
+        return self.by_key.get(("badge", device, n, C, d, b, dtype, impl))
 
-    def badge_skip(self, n, C, d, b, impl) -> dict | None:
-        return self.skip_by_key.get(("badge", n, C, d, b, impl))
+    def badge_skip(self, n, C, d, b, impl, device="cpu", dtype="float32") -> dict | None:
+        return self.skip_by_key.get(("badge", device, n, C, d, b, dtype, impl))
 
-    def km(self, kind, n, d, k, impl) -> dict | None:
-        return self.by_key.get(("kmeans", kind, n, d, k, impl))
+    def km(self, kind, n, d, k, impl, device="cpu") -> dict | None:
+        return self.by_key.get(("kmeans", device, kind, n, d, k, impl))
 
-    def configs(self, family: str, fields: tuple[str, ...]) -> list[tuple]:
-        keys = {tuple(r[f] for f in fields) for r in self.rows if r["family"] == family}
+    def configs(self, family: str, fields: tuple[str, ...], device: str = "cpu") -> list[tuple]:
+        def mine(e: dict) -> bool:
+            return e["family"] == family and e.get("device", "cpu") == device
+
+        keys = {tuple(r[f] for f in fields) for r in self.rows if mine(r)}
         if family == "badge":
-            keys |= {tuple(s[f] for f in fields) for s in self.skips if s["family"] == "badge"}
+            keys |= {tuple(s[f] for f in fields) for s in self.skips if mine(s)}
         return sorted(keys)
+
+    def cuda_run(self) -> bool:
+        """Whether any of the runs had a usable GPU (conftest's ``fastal.cuda``)."""
+        return any(doc.get("fastal", {}).get("cuda") for doc in self.docs)
+
+    def gpu_names(self) -> list[str]:
+        return sorted({r["device_name"] for r in self.rows if r.get("device_name")})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,10 +413,44 @@ def targets(data: Data) -> list[str]:
             items.append((f"b={b}", f"unrun: {sk['reason'] if sk else 'no entry'}" + note, False))
     name = "3. BADGE runs at n=1M, C=1000, d=512 (peers that materialise cannot)"
     rows.append(_target(name, items))
+    rows.append(gpu_target(data))
     out = ["## Targets (issue 3)", "", "| target | met | values |", "|:---|:---:|:---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     out.append("")
     return out
+
+
+def gpu_target(data: Data) -> tuple[str, str, str]:
+    """Target 4: BADGE at n = 1M, C = 1000, d = 512, budget 1000 on a GPU, in seconds."""
+    n, C, d, b = GPU_TARGET
+    name = f"4. GPU: BADGE n=1M C={C} b={b} in seconds (d={d}; < {GPU_TARGET_S:.0f} s)"
+    items: list[tuple[str, str, bool | None]] = []
+    for dtype in ("float32", "float16"):
+        r = data.badge(n, C, d, b, "fastal_emb", "cuda", dtype)
+        if r is not None:
+            txt = f"{secs(r['budget_s'])} s"
+            if r.get("peak_device_bytes") is not None:
+                txt += f", peak {gb(r['peak_device_bytes'])} GB on the device"
+            if r.get("device_name"):
+                txt += f" ({r['device_name']})"
+            items.append((dtype, txt, r["budget_s"] < GPU_TARGET_S))
+            continue
+        sk = data.badge_skip(n, C, d, b, "fastal_emb", "cuda", dtype)
+        if sk is not None:
+            items.append((dtype, f"unrun: {sk['reason']}", None))
+    if not items:
+        why = "no CUDA device in this run"
+        if data.cuda_run():
+            why = "not in these runs (the cuda cases of bench_badge.py at FASTAL_BENCH=full)"
+        return name, "unrun", f"unrun: {why}"
+    dense = data.badge(n, C, d, b, "torch_dense", "cuda")
+    sk = data.badge_skip(n, C, d, b, "torch_dense", "cuda")
+    if dense is not None:
+        items.append(("torch dense", f"{secs(dense['budget_s'])} s", None))
+    elif sk is not None and "memory budget" in sk["reason"]:
+        est = sk.get("estimate_device_bytes", 0) / 1e9
+        items.append(("torch dense", f"needs ~{est:.0f} GB of device memory", None))
+    return _target(name, items)
 
 
 def _target(name: str, items: list[tuple[str, str, bool | None]]) -> tuple[str, str, str]:
@@ -403,9 +462,115 @@ def _target(name: str, items: list[tuple[str, str, bool | None]]) -> tuple[str, 
     return name, met, vals
 
 
+def _gpu_badge_cell(data: Data, cfg: tuple, impl: str, dtype: str, base: float | None) -> str:
+    r = data.badge(*cfg, impl, "cuda", dtype)
+    if r is None:
+        s = data.badge_skip(*cfg, impl, "cuda", dtype)
+        if s is None:
+            return "–"
+        if "memory budget" in s["reason"]:
+            return f"skip (est. {s.get('estimate_device_bytes', 0) / 1e9:.0f} GB)"
+        return "skip"
+    t = r["budget_s"]
+    return secs(t) if base is None else f"{secs(t)} ({ratio(div(t, base))})"
+
+
+def gpu_badge_table(data: Data) -> list[str]:
+    configs = data.configs("badge", ("n", "C", "d", "budget"), "cuda")
+    if not configs:
+        return []
+    names = data.gpu_names()
+    impls = (("fastal_emb", "float32"), ("fastal_emb", "float16"), ("torch_dense", "float32"))
+    out = [
+        "## BADGE selection, GPU" + (f" ({', '.join(names)})" if names else ""),
+        "",
+        "Seconds for the whole budget, the device synchronized inside the timing. *fastal emb* is "
+        "`BADGE().select(GradientEmbedding(A, H))` with A and H torch-CUDA tensors in the given "
+        "storage (built outside the timing); *torch dense* materialises the n × C·d float32 "
+        "gradients on the device and runs a device-resident D² loop, in parentheses how many "
+        "times longer than fastal emb float32 it takes. Pools are drawn on the device (same "
+        "distributions as the CPU pools, not the same numbers). Peak device memory: "
+        "`torch.cuda.max_memory_allocated()` over the timed runs (inputs included), in "
+        "parentheses the growth over what was allocated before them. *skip (est. N GB)*: the "
+        "case's estimated device memory exceeds the run's budget.",
+        "",
+        "| n | C | d | budget | fastal emb float32 s | fastal emb float16 s | torch dense s | "
+        "peak GB float32 | peak GB float16 | peak GB torch dense |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for cfg in configs:
+        f = data.badge(*cfg, "fastal_emb", "cuda", "float32")
+        base = f["budget_s"] if f else None
+        cells = [size(cfg[0]), str(cfg[1]), str(cfg[2]), str(cfg[3])]
+        cells.append(_gpu_badge_cell(data, cfg, "fastal_emb", "float32", None))
+        cells.append(_gpu_badge_cell(data, cfg, "fastal_emb", "float16", None))
+        cells.append(_gpu_badge_cell(data, cfg, "torch_dense", "float32", base))
+        for impl, dtype in impls:
+            r = data.badge(*cfg, impl, "cuda", dtype)
+            if r is None or r.get("peak_device_bytes") is None:
+                cells.append("–")
+            else:
+                cells.append(
+                    f"{gb(r['peak_device_bytes'])} ({gb(r.get('peak_device_extra_bytes'))})"
+                )
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
+def gpu_kmeans_table(data: Data) -> list[str]:
+    configs = data.configs("kmeans", ("n", "d", "k"), "cuda")
+    if not configs:
+        return []
+    names = data.gpu_names()
+    out = [
+        "## k-means++ seeding and one Lloyd iteration, GPU"
+        + (f" ({', '.join(names)})" if names else ""),
+        "",
+        "Seconds, the device synchronized inside the timing; the CPU cases' Gaussian pool "
+        "(float32) moved to the device. *torch*: device-resident loops written in "
+        "`bench_kmeans.py` (k-means++ from fastal's random stream; Lloyd by chunked `addmm` "
+        "arg-min and `index_add_`); in parentheses how many times longer than fastal they take. "
+        "*agree*: leading picks identical to fastal's. *1 iter*: one whole `max_iter = 1` call "
+        "(set-up and the final assignment included); Δ: fastal's inertia relative to torch's.",
+        "",
+        "| n | d | k | k-means++ fastal s | k-means++ torch s | agree | 1 iter fastal s | "
+        "1 iter torch s | inertia Δ | peak GB (fastal k-means++ / 1 iter) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, d, k in configs:
+        pf, pt = data.km("pp", n, d, k, "fastal", "cuda"), data.km("pp", n, d, k, "torch", "cuda")
+        lf = data.km("iter1", n, d, k, "fastal", "cuda")
+        lt = data.km("iter1", n, d, k, "torch", "cuda")
+
+        def t(r, base, key):
+            if r is None:
+                return "–"
+            v = r[key]
+            return secs(v) if base is None else f"{secs(v)} ({ratio(div(v, base[key]))})"
+
+        def agree(r, k):
+            v = (r or {}).get("agree_prefix_torch")
+            return "–" if v is None else f"{v}/{k}"
+
+        rel = (lf or {}).get("inertia_rel_to_torch")
+        peaks = " / ".join(gb(r.get("peak_device_bytes")) if r else "–" for r in (pf, lf))
+        out.append(
+            "| " + " | ".join([
+                size(n), str(d), str(k), t(pf, None, "total_s"), t(pt, pf, "total_s"),
+                agree(pf, k),
+                t(lf, None, "seconds_min"), t(lt, lf, "seconds_min"),
+                "–" if rel is None else f"{rel:+.1e}", peaks,
+            ]) + " |"
+        )  # fmt: skip
+    out.append("")
+    return out
+
+
 def render(docs: list[dict], rows: list[dict], skips: list[dict]) -> str:
     data = Data(docs, rows, skips)
     out = header(data) + targets(data) + badge_tables(data) + kmeans_tables(data)
+    out += gpu_badge_table(data) + gpu_kmeans_table(data)
     return "\n".join(out)
 
 
