@@ -90,6 +90,8 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pytest
 
+from ._torch_peers import d2_sampling_torch
+
 LOGIT_SCALE = 2.0
 SEED = 0
 PEERS = ("skactiveml", "small_text", "distil", "torch_dense")
@@ -678,26 +680,7 @@ def run_torch_dense_device(pool, steps: int, budget: int):
     del A
     sq = torch.linalg.vector_norm(G, dim=1).square_()
     u = torch.from_numpy(np.random.default_rng(SEED).random(steps)).to(dev)
-    picks = torch.empty(steps, dtype=torch.int64, device=dev)
-    i = torch.argmax(sq).view(1)
-    picks[0:1] = i
-
-    def sqdist(i):  # i: (1,) int64 on the device
-        g = G.index_select(0, i).squeeze(0)
-        return torch.addmv(sq + sq.index_select(0, i), G, g, alpha=-2).clamp_min_(0)
-
-    if steps == 1:
-        return picks
-    mind = sqdist(i)
-    mind.index_fill_(0, i, 0)
-    for t in range(1, steps):
-        cum = torch.cumsum(mind, 0, dtype=torch.float64)
-        i = torch.searchsorted(cum, (u[t] * cum[-1]).view(1), right=True).clamp_(max=n - 1)
-        picks[t : t + 1] = i
-        if t + 1 < steps:
-            torch.minimum(mind, sqdist(i), out=mind)
-        mind.index_fill_(0, i, 0)
-    return picks
+    return d2_sampling_torch(G, sq, torch.argmax(sq).view(1), u, steps)
 
 
 DEVICE_RUNNERS = {"fastal_emb": run_fastal_device, "torch_dense": run_torch_dense_device}

@@ -60,6 +60,8 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pytest
 
+from ._torch_peers import d2_sampling_torch
+
 SEED = 0
 LLOYD = ("sklearn", "faiss", "fastal")
 PP = ("sklearn_t1", "sklearn_greedy", "fastal")
@@ -220,26 +222,7 @@ def pp_torch(X, k: int, k_full: int):
     first = int(rng.integers(n))
     u = torch.from_numpy(rng.random(k)).to(X.device)
     sq = (X * X).sum(1)
-    picks = torch.empty(k, dtype=torch.int64, device=X.device)
-    i = torch.tensor([first], device=X.device)
-    picks[0:1] = i
-
-    def sqdist(i):  # i: (1,) int64 on the device
-        x = X.index_select(0, i).squeeze(0)
-        return torch.addmv(sq + sq.index_select(0, i), X, x, alpha=-2).clamp_min_(0)
-
-    if k == 1:
-        return picks
-    mind = sqdist(i)
-    mind.index_fill_(0, i, 0)
-    for t in range(1, k):
-        cum = torch.cumsum(mind, 0, dtype=torch.float64)
-        i = torch.searchsorted(cum, (u[t] * cum[-1]).view(1), right=True).clamp_(max=n - 1)
-        picks[t : t + 1] = i
-        if t + 1 < k:
-            torch.minimum(mind, sqdist(i), out=mind)
-        mind.index_fill_(0, i, 0)
-    return picks
+    return d2_sampling_torch(X, sq, torch.tensor([first], device=X.device), u, k)
 
 
 def _assign_torch(X, xsq, centres, chunk: int = 1 << 16):
