@@ -61,6 +61,12 @@ def supports(backend: str, dtype: str) -> bool:
     return True
 
 
+#: (backend, dtype) pairs of the CUDA tests: every GPU backend with every storage dtype it holds
+GPU_PARAMS = [
+    (b, t) for b in CUDA_BACKENDS for t in ("float32", "float16", "bfloat16") if supports(b, t)
+]
+
+
 def _param(*values, backend: str):
     marks = [pytest.mark.cuda] if backend in CUDA_BACKENDS else []
     return pytest.param(*values, marks=marks, id="-".join(str(v) for v in values))

@@ -13,6 +13,7 @@ import fastal
 import numpy as np
 import pytest
 from conftest import (
+    GPU_PARAMS,
     ATOL,
     AVAILABLE_CUDA_BACKENDS,
     CUDA_BACKENDS,
@@ -29,7 +30,6 @@ from conftest import (
     reference,
     run,
     small_integers,
-    supports,
     to_backend,
     to_numpy,
     upcast,
@@ -38,8 +38,6 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 pytestmark = pytest.mark.cuda
 
-GPU_DTYPES = ("float32", "float16", "bfloat16")
-GPU_PARAMS = [(b, t) for b in CUDA_BACKENDS for t in GPU_DTYPES if supports(b, t)]
 
 
 @functools.cache

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import (
+    GPU_PARAMS,
     AVAILABLE_CUDA_BACKENDS,
     CUDA_BACKENDS,
     assert_indices_like,
@@ -27,7 +28,6 @@ from conftest import (
     labeled_subset,
     mixture,
     small_integers,
-    supports,
     to_backend,
     to_numpy,
     upcast,
@@ -39,8 +39,6 @@ import fastal
 
 pytestmark = pytest.mark.cuda
 
-GPU_DTYPES = ("float32", "float16", "bfloat16")
-GPU_PARAMS = [(b, t) for b in CUDA_BACKENDS for t in GPU_DTYPES if supports(b, t)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,13 +34,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import (
-    CUDA_BACKENDS,
+    GPU_PARAMS,
     assert_indices_like,
     backend_of,
     dtype_of,
     indices_to_backend,
     labeled_subset,
-    supports,
     to_backend,
     to_numpy,
     upcast,
@@ -60,8 +59,6 @@ from fastal import strategies
 
 pytestmark = pytest.mark.cuda
 
-GPU_DTYPES = ("float32", "float16", "bfloat16")
-GPU_PARAMS = [(b, t) for b in CUDA_BACKENDS for t in GPU_DTYPES if supports(b, t)]
 #: the k-means paths: k < 32 assigns with the min-distance kernel, k >= 32 (float32) by GEMM
 KS = (8, 40)
 
