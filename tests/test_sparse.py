@@ -976,6 +976,72 @@ def test_defaults_and_registry(solver):
     )
 
 
+#: (form, solver, dataset) -> (alpha, beta), read off the paper's Tables 4 (Bayesian) and 5
+PAPER_TABLES = {
+    ("bayesian", "iht", "fashion_mnist"): (1.0, 1e-3),
+    ("bayesian", "greedy", "fashion_mnist"): (2.0, 0.5),
+    ("bayesian", "iht", "cifar10"): (1.0, 1e-6),
+    ("bayesian", "greedy", "cifar10"): (2.0, 1.0),
+    ("bayesian", "iht", "cifar100"): (1.0, 1e-6),
+    ("bayesian", "greedy", "cifar100"): (1.0, 0.5),
+    ("factored", "iht", "mnist"): (1e-8, 1e-4),
+    ("factored", "greedy", "mnist"): (1e-8, 1e-1),
+    ("factored", "iht", "svhn"): (1e-8, 1e-4),
+    ("factored", "greedy", "svhn"): (1e-1, 1e-1),
+    ("factored", "iht", "cifar10"): (1e-8, 1e-6),
+    ("factored", "greedy", "cifar10"): (1e-2, 1e-1),
+}
+
+
+def test_paper_settings_hold_every_table_row_and_the_defaults_are_rows():
+    """All twelve rows by name, with the schedules of Appendix G; the defaults are four of them."""
+    from fastal.strategies import PAPER_SETTINGS
+    from fastal.strategies.sparse_settings import DEFAULT_SETTING
+
+    assert {k: (r.alpha, r.beta) for k, r in PAPER_SETTINGS.items()} == PAPER_TABLES
+    for (form, solver), dataset in DEFAULT_SETTING.items():
+        assert PAPER_TABLES[(form, solver, dataset)] == DEFAULTS[(form, solver)]
+    fmnist = PAPER_SETTINGS[("bayesian", "iht", "fashion_mnist")]
+    assert (fmnist.seed_size, fmnist.query_size, fmnist.rounds, fmnist.optimizer) == (
+        1000, 1000, 9, "adam",
+    )  # fmt: skip
+    mnist = PAPER_SETTINGS[("factored", "greedy", "mnist")]
+    assert (mnist.seed_size, mnist.query_size, mnist.rounds, mnist.momentum) == (40, 40, 15, 0.9)
+
+
+@pytest.mark.parametrize("solver", ["iht", "greedy"])
+def test_setting_selects_like_its_alpha_and_beta_given_by_hand(solver):
+    """setting= is only a name for (alpha, beta): the same picks, weights and trace; explicit
+    alpha / beta still win over it."""
+    pool = logits_pool(60, 4, 5, seed=3)
+    for dataset in ("mnist", "svhn", "cifar10"):
+        a, be = PAPER_TABLES[("factored", solver, dataset)]
+        named = SparseApprox(solver=solver, setting=dataset, temperature=2.0).select(pool, 6)
+        by_hand = SparseApprox(solver=solver, alpha=a, beta=be, temperature=2.0).select(pool, 6)
+        np.testing.assert_array_equal(named.indices, by_hand.indices)
+        np.testing.assert_array_equal(named.diagnostics["weights"], by_hand.diagnostics["weights"])
+        assert named.diagnostics["objective"] == by_hand.diagnostics["objective"]
+        assert named.diagnostics["setting"] == dataset
+        assert (named.diagnostics["alpha"], named.diagnostics["beta"]) == (a, be)
+    mc = {"mc_probs": mc_probs(4, 30, 3, seed=2)}
+    sel = SparseApprox(solver=solver, setting="cifar100", beta=0.25).select(mc, 3)
+    assert (sel.diagnostics["alpha"], sel.diagnostics["beta"]) == (
+        PAPER_TABLES[("bayesian", solver, "cifar100")][0], 0.25,
+    )  # fmt: skip
+
+
+def test_setting_errors_name_the_argument_and_the_table():
+    with pytest.raises(ValueError, match="setting must be None or one of"):
+        SparseApprox(setting="imagenet")
+    with pytest.raises(ValueError, match="setting must be None or one of"):
+        SparseApprox(setting=3)
+    # cifar100 is a Table 4 (Bayesian) row only; svhn a Table 5 row only
+    with pytest.raises(ValueError, match=r"setting='cifar100'.*Table 5"):
+        SparseApprox(setting="cifar100", temperature=2.0).select(logits_pool(20, 3, 2, seed=0), 3)
+    with pytest.raises(ValueError, match=r"setting='svhn'.*Table 4"):
+        SparseApprox(setting="svhn").select({"mc_probs": mc_probs(4, 20, 3, seed=0)}, 3)
+
+
 def test_iht_default_iterations_and_greedy_trace_length():
     """One entry per IHT iteration / greedy pick, plus the safeguard's (the f returned)."""
     pool = logits_pool(30, 3, 2, seed=1)

@@ -12,6 +12,7 @@ from .egl import EGL
 from .kmeans_sampling import KMeansSampling
 from .robust_kcenter import RobustKCenter
 from .sparse_approx import SparseApprox
+from .sparse_settings import PAPER_SETTINGS, PaperSetting
 from .uncertainty import BALD, Entropy, LeastConfidence, Margin, Random
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "Entropy",
     "KMeansSampling",
     "LeastConfidence",
+    "PAPER_SETTINGS",
+    "PaperSetting",
     "Margin",
     "Random",
     "RobustKCenter",

@@ -20,15 +20,7 @@ from ..sparse import (
     solve_iht,
 )
 from .base import Selection, Strategy, register, unlabeled_rows
-
-#: (form, solver) -> (alpha, beta): the paper's Tables 4 (Bayesian) and 5 (non-Bayesian)
-DEFAULTS = {
-    ("factored", "iht"): (1e-8, 1e-4),  # Table 5, MNIST / SVHN
-    ("factored", "greedy"): (1e-2, 1e-1),  # Table 5, CIFAR-10
-    ("bayesian", "iht"): (1.0, 1e-3),  # Table 4, Fashion-MNIST
-    ("bayesian", "greedy"): (2.0, 0.5),  # Table 4, Fashion-MNIST
-}
-
+from .sparse_settings import DATASETS, setting_for
 
 @register
 class SparseApprox(Strategy):
@@ -51,8 +43,16 @@ class SparseApprox(Strategy):
     ----------
     solver : {"iht", "greedy"}
     alpha, beta : float, optional
-        Default from the paper per form and solver: non-Bayesian IHT α = 1e-8, β = 1e-4 and greedy
-        α = 1e-2, β = 0.1 (Table 5); Bayesian IHT α = 1, β = 1e-3 and greedy α = 2, β = 0.5 (Table 4).
+        Override the ``setting``'s values. By default, a row of the paper's tables per form and
+        solver: non-Bayesian IHT α = 1e-8, β = 1e-4 (Table 5, MNIST) and greedy α = 1e-2, β = 0.1
+        (CIFAR-10); Bayesian IHT α = 1, β = 1e-3 and greedy α = 2, β = 0.5 (Table 4,
+        Fashion-MNIST). Why these rows: :data:`fastal.strategies.sparse_settings.DEFAULT_SETTING`.
+    setting : str, optional
+        Take α, β from the paper's row for this dataset and the pool's form and solver
+        (:data:`fastal.strategies.sparse_settings.PAPER_SETTINGS`, which also holds each
+        experiment's training and query schedule): ``"mnist"``, ``"svhn"``, ``"cifar10"`` for the
+        non-Bayesian form (Table 5); ``"fashion_mnist"``, ``"cifar10"``, ``"cifar100"`` for the
+        Bayesian form (Table 4). A dataset the form's table lacks is a ``ValueError`` at selection.
     iters : int, default 50
         IHT iterations T (not given in the paper).
     prox : {"paper", "exact"}, default "paper"
@@ -109,7 +109,8 @@ class SparseApprox(Strategy):
     - ``"objective"``: the list of ``f`` after each greedy pick / IHT iteration (plus the
       safeguard's entry, see ``safeguard``);
     - ``"fallback"``: True when the top-b σ set was returned instead of the solver's result;
-    - ``"form"`` (``"factored"`` or ``"bayesian"``), ``"solver"``, ``"alpha"``, ``"beta"``,
+    - ``"form"`` (``"factored"`` or ``"bayesian"``), ``"solver"``, ``"setting"`` (the paper row's
+      dataset, also when ``alpha`` and ``beta`` override it), ``"alpha"``, ``"beta"``,
       ``"temperature"``, ``"safeguard"``, ``"top_sigma_objective"`` and, for IHT, ``"prox"``.
 
     Examples
@@ -135,6 +136,7 @@ class SparseApprox(Strategy):
         solver: str = "iht",
         alpha: float | None = None,
         beta: float | None = None,
+        setting: str | None = None,
         iters: int = 50,
         prox: str = "paper",
         tau: float = 1.0,
@@ -150,6 +152,10 @@ class SparseApprox(Strategy):
         self.solver = solver
         self.alpha = None if alpha is None else _number(alpha, "alpha", minimum=0.0)
         self.beta = None if beta is None else _number(beta, "beta", minimum=0.0)
+        known = sorted(set(DATASETS["factored"]) | set(DATASETS["bayesian"]))
+        if setting is not None and setting not in known:
+            raise ValueError(f"setting must be None or one of {known}, got {setting!r}")
+        self.setting = setting
         self.iters = int(iters)
         if prox not in ("paper", "exact"):
             raise ValueError(f"prox must be 'paper' or 'exact', got {prox!r}")
@@ -184,11 +190,12 @@ class SparseApprox(Strategy):
             n = info.shape[0]
         lab, rest = unlabeled_rows(n, labeled, like=info)
         b = check_budget(budget, rest.size)
-        alpha, beta = DEFAULTS[(form, self.solver)]
-        alpha = self.alpha if self.alpha is not None else alpha
-        beta = self.beta if self.beta is not None else beta
+        row = setting_for(form, self.solver, self.setting)
+        alpha = self.alpha if self.alpha is not None else row.alpha
+        beta = self.beta if self.beta is not None else row.beta
         diagnostics = {
-            "form": form, "solver": self.solver, "alpha": alpha, "beta": beta, "temperature": None,
+            "form": form, "solver": self.solver, "setting": row.dataset, "alpha": alpha, "beta": beta,
+            "temperature": None,
             "safeguard": self.safeguard, "fallback": False, "top_sigma_objective": None,
         }  # fmt: skip
         if self.solver == "iht":
