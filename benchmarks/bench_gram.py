@@ -19,7 +19,9 @@ Cases ``(size, side, n_groups)``: ``size`` is the order of the Gram matrix actua
 ``min(|S|, D)``. Side ``D`` (the CRC situation once ``|L| > D``): ``D = size``, ``|L| = 2 size``,
 ``G = 20``; side ``S``: ``|S| = size``, ``G = min(20, size / 2)``, ``D = 2 size``. Z is float32
 Gaussian. Plus ``crc``: the CRC-shaped call of the issue, a pool of 50,000 points plus
-``|L| = 500`` labeled, ``G = 20``, ``D = 129`` (the ``D x D`` side), 2,500 groups.
+``|L| = 500`` labeled, ``G = 20``, ``D = 129`` (the ``D x D`` side), 2,500 groups; and
+``crc_select``: the whole ``CRC.select`` at that size (5,000 points in the tiny preset), fastal
+only.
 
 Sizes by ``FASTAL_BENCH``: tiny (one small case, seconds; what CI runs), medium (sizes 16-256 and
 the CRC case; minutes), full (sizes {16, 64, 128, 256, 512, 1024}, both sides, 10²-10⁴ groups).
@@ -226,6 +228,41 @@ def test_gram_min_eig(benchmark, impl, size, side, n_groups):
                 benchmark.extra_info[f"speedup_vs_{peer}"] = _TIMES[(key, peer)] / seconds
     elif impl == "torch_eigvalsh_f64":
         _DATA[("ref", key)] = result.numpy()
+
+
+#: CRC.select end to end (NTK features, random partition, scores, top groups): pool, features d
+CRC_SELECT = {"tiny": [(5000, 128)], "medium": [(POOL_CRC, 128)], "full": [(POOL_CRC, 128)]}[PRESET]
+
+
+@pytest.mark.parametrize(
+    ("pool_n", "d"), CRC_SELECT, ids=[f"n{n}-L{L_CRC}-d{d}" for n, d in CRC_SELECT]
+)
+def test_crc_select(benchmark, pool_n, d):
+    """Issue 5's "CRC acquisition for a 50k pool, |L| = 500, G = 20, D = 129 in seconds": the whole
+    ``CRC.select`` from (features, probs), D = d + 1 with the bias column of the NTK features.
+    The scoring step alone is compared with its peers in the ``crc`` case above."""
+    from fastal.strategies import CRC
+
+    benchmark.group = f"crc_select/cpu/n{pool_n}"
+    rng = np.random.default_rng(0)
+    n = pool_n + L_CRC
+    feats = rng.standard_normal((n, d), dtype=np.float32)
+    probs = rng.dirichlet(np.ones(10), n).astype(np.float32)
+    strat = CRC(group_size=G_CRC)
+    budget = 5 * G_CRC
+
+    pool = {"features": feats, "probs": probs}
+
+    def run():
+        return strat.select(pool, budget, labeled=np.arange(L_CRC), seed=0)
+
+    sel = benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    assert np.unique(sel.indices).size == budget
+    assert (sel.indices >= L_CRC).all()
+    benchmark.extra_info.update(
+        n=n, m_lab=L_CRC, G=G_CRC, D=d + 1, budget=budget, n_groups=sel.diagnostics["n_groups"],
+        threads=fastal._ext.cpu.num_threads(), loadavg=os.getloadavg()[0],
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
