@@ -50,6 +50,13 @@ def crc_ref(Z, labeled, Q, G, seed, rtol=RTOL, max_groups=None, zeros="structura
     groups = perm[: k * G].reshape(k, G)
     if max_groups is not None:
         groups = groups[:max_groups]
+    return best_groups_ref(Z, lab, groups, Q, rtol, zeros)
+
+
+def best_groups_ref(Z, lab, groups, Q, rtol=RTOL, zeros="structural"):
+    """Score every group by λ⁺_min(L ∪ group) and take the Q/G best (ties to the earlier one);
+    ``zeros="structural"``: a group with more zero eigenvalues than its size forces scores 0."""
+    G = groups.shape[1]
     forced = forced_zeros_ref(Z, lab.size + G, rtol) if zeros == "structural" else None
     scores = np.array([lambda_min_pos_ref(Z, np.concatenate([lab, g]), rtol, forced) for g in groups])
     best = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: Q // G]
@@ -203,6 +210,197 @@ def test_balanced_groups_hold_each_pseudo_class():
         CRC(group_size=4, balanced=True).select({"features": h, "probs": p}, 4, seed=0)
     with pytest.raises(ValueError, match="probs"):
         CRC(group_size=3, balanced=True).select(h, 3, seed=0)
+
+
+def balanced_groups_ref(probs, labeled, G, seed):
+    """The balanced partition as crc.py draws it (the draw order is the code's; the docstring says
+    only "G / C of each pseudo-class"): pseudo-class = the first column of a row's largest
+    probability; one generator from the seed permutes the unlabeled rows (ascending) of class 0,
+    then of class 1, ...; group i is the i-th run of G / C rows of every class, classes in order,
+    while every class still fills a run; the rows left over in any class are left out."""
+    n, C = probs.shape
+    pseudo = [int(np.flatnonzero(row == row.max())[0]) for row in probs]
+    taken = {int(i) for i in np.asarray(labeled, dtype=np.int64)}
+    unlabeled = [i for i in range(n) if i not in taken]
+    rng = np.random.default_rng(seed)
+    members = [np.array([i for i in unlabeled if pseudo[i] == c], dtype=np.int64) for c in range(C)]
+    queues = [list(rng.permutation(m)) for m in members]  # class 0 first
+    per, groups = G // C, []
+    while all(len(q) >= per for q in queues):
+        groups.append([q.pop(0) for q in queues for _ in range(per)])
+    return np.array(groups, dtype=np.int64).reshape(-1, G)
+
+
+def balanced_crc_ref(Z, probs, labeled, Q, G, seed, rtol=RTOL, zeros="structural"):
+    """CRC on the balanced partition: (picks, scores, groups)."""
+    groups = balanced_groups_ref(probs, labeled, G, seed)
+    picks, scores = best_groups_ref(Z, np.asarray(labeled, dtype=np.int64), groups, Q, rtol, zeros)
+    return picks, scores, groups
+
+
+def probs_with_labels(rng, labels, C):
+    """Random probability rows whose argmax is ``labels`` (the largest entry swapped into place)."""
+    p = rng.dirichlet(np.ones(C), labels.size)
+    top = p.argmax(1)
+    rows = np.arange(labels.size)
+    p[rows, top], p[rows, labels] = p[rows, labels], p[rows, top]
+    return p
+
+
+def check_balanced(sel, Z, probs, labeled, Q, G, seed, rtol=RTOL, zeros="structural"):
+    """Picks and groups exactly, scores to rounding, against the float64 reference; with
+    ``"structural"`` the scores are compared where the code has decided degeneracy (the groups it
+    checked, and those the reference finds non-degenerate; the others keep their plain λ⁺_min)."""
+    want, scores, groups = balanced_crc_ref(Z, probs, labeled, Q, G, seed, rtol, zeros)
+    assert_array_equal(sel.diagnostics["groups"], groups)
+    assert sel.diagnostics["n_groups"] == groups.shape[0]
+    assert_array_equal(sel.indices, want)
+    mine = sel.diagnostics["scores"]
+    same = np.ones(scores.size, bool)
+    if zeros == "structural":
+        same = scores > 0
+        same[sel.diagnostics["degenerate_groups"]] = True
+    np.testing.assert_allclose(mine[same], scores[same], rtol=1e-7, atol=1e-12)
+    assert not set(sel.indices.tolist()) & set(np.asarray(labeled).tolist())
+    return want, scores
+
+
+@pytest.mark.parametrize("n,d,C,G,Q,n_lab,seed", [
+    (90, 4, 3, 6, 12, 0, 0),     # no labeled set; |S| = 6 > D = 5: the D side, forced zeros
+    (90, 4, 3, 6, 12, 7, 1),     # labeled rows leave every class
+    (120, 8, 4, 4, 12, 5, 2),    # G / C = 1
+    (100, 12, 2, 4, 8, 3, 3),    # |S| = 7 < D = 13: the |S| side
+    (100, 12, 2, 4, 8, 3, 4),
+    (75, 3, 3, 9, 9, 2, 5),      # Q = G: the best single group
+])  # fmt: skip
+def test_balanced_crc_matches_reference(n, d, C, G, Q, n_lab, seed):
+    """balanced=True from "features" + "probs": the groups, picks and scores of a plain numpy
+    reference that rebuilds the pseudo-class partition from the seed and the ntk features."""
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=(n, d))
+    p = rng.dirichlet(np.ones(C), n)
+    labeled = rng.choice(n, n_lab, replace=False)
+    pool = {"features": h, "probs": p}
+    sel = CRC(group_size=G, balanced=True, rtol=RTOL).select(pool, Q, labeled, seed=seed)
+    Z = np.sqrt(C) * np.c_[h, np.ones(n)]
+    check_balanced(sel, Z, p, labeled, Q, G, seed)
+    for g in sel.diagnostics["groups"]:
+        assert np.bincount(p[g].argmax(1), minlength=C).tolist() == [G // C] * C
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_balanced_small_pseudo_class_limits_the_groups(seed):
+    """A pseudo-class with 7 rows, 2 of them labeled: ⌊5 / (G / C)⌋ groups, the rest of every
+    class (the small one's last row included) left out; a budget past them, or a class with no
+    unlabeled row, is refused."""
+    rng = np.random.default_rng(seed)
+    n, C = 60, 3
+    labels = np.r_[np.zeros(27, int), np.ones(26, int), np.full(7, 2)]
+    rng.shuffle(labels)
+    p = probs_with_labels(rng, labels, C)
+    h = rng.normal(size=(n, 5))
+    Z = np.sqrt(C) * np.c_[h, np.ones(n)]
+    small = np.flatnonzero(labels == 2)
+    labeled = np.r_[small[:2], np.flatnonzero(labels == 0)[:3]]
+    pool = {"features": h, "probs": p}
+    for G, Q, k in ((6, 12, 2), (3, 9, 5)):
+        sel = CRC(group_size=G, balanced=True, rtol=RTOL).select(pool, Q, labeled, seed=seed)
+        check_balanced(sel, Z, p, labeled, Q, G, seed)
+        assert sel.diagnostics["n_groups"] == k
+        with pytest.raises(ValueError, match=f"only {k} full groups"):
+            CRC(group_size=G, balanced=True).select(pool, (k + 1) * G, labeled, seed=seed)
+    with pytest.raises(ValueError, match=r"only 0 full groups.*pseudo-class 2 has 0 unlabeled"):
+        CRC(group_size=3, balanced=True).select(pool, 3, np.union1d(labeled, small), seed=seed)
+
+
+def test_balanced_needs_valid_probabilities_and_says_what_limits_the_groups():
+    """The pseudo-labels come from argmax, which would file a NaN row under the NaN's column and
+    accept unnormalised rows: both are refused, as for every probs input. A class too small for
+    the budget is named in the error."""
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(30, 4))
+    p = rng.dirichlet(np.ones(3), 30)
+    for bad, match in ((np.nan, r"^probs contains NaN or Inf in 1 row\(s\), first at row 4"),
+                       (7.0, "probs")):  # fmt: skip
+        q = p.copy()
+        q[4, 1] = bad
+        with pytest.raises(ValueError, match=match):
+            CRC(group_size=3, balanced=True).select({"features": h, "probs": q}, 3)
+    z = np.log(p)
+    z[5, 0] = np.inf
+    with pytest.raises(ValueError, match=r"^logits contains NaN or Inf in 1 row\(s\), first at"):
+        CRC(group_size=3, balanced=True).select({"features": h, "logits": z}, 3)
+    sel = CRC(group_size=3).select({"features": h, "probs": p}, 3, seed=0)  # unbalanced: C only
+    assert sel.indices.size == 3
+    labels = np.r_[np.zeros(14, int), np.ones(14, int), np.full(2, 2)]
+    q = probs_with_labels(rng, labels, 3)
+    with pytest.raises(ValueError, match=r"each group takes 1 rows of every pseudo-class, and "
+                                         r"pseudo-class 2 has 2 unlabeled rows"):  # fmt: skip
+        CRC(group_size=3, balanced=True).select({"features": h, "probs": q}, 9, seed=0)
+    with pytest.raises(ValueError, match=r"\(max_groups = 2\)"):
+        CRC(group_size=3, max_groups=2).select({"features": h, "probs": p}, 9, seed=0)
+
+
+@pytest.mark.parametrize("key", ["probs", "logits"])
+def test_balanced_ties_go_first(key):
+    """Rows with tied top probabilities take the first tied class (numpy's argmax), and groups
+    with tied scores go to the earlier one: orthonormal features score every group exactly 1, so
+    the picks are the first Q / G groups of the partition ("ntk_features" with "probs" or
+    "logits", whose argmax is the same)."""
+    n, C = 45, 3
+    rng = np.random.default_rng(7)
+    p = rng.dirichlet(np.ones(C), n)
+    p[::4] = [0.4, 0.4, 0.2]  # class 0
+    p[1::4] = [0.2, 0.4, 0.4]  # class 1
+    p[2::9] = 1 / 3  # class 0
+    Z = np.eye(n)
+    labeled = [3, 7, 10]
+    pool = {"ntk_features": Z, key: np.log(p) if key == "logits" else p}
+    sel = CRC(group_size=3, balanced=True, rtol=RTOL).select(pool, 9, labeled, seed=11)
+    check_balanced(sel, Z, p, labeled, 9, 3, 11)
+    assert_array_equal(sel.diagnostics["chosen_groups"], [0, 1, 2])
+    assert (sel.diagnostics["scores"] == 1.0).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_balanced_zeros_modes_match_reference(seed):
+    """Copies of labeled rows (same features, hence the same pseudo-class) at |S| <= D: the
+    structural rule scores their groups 0 and picks none, "skip" scores them on a row fewer; both
+    as the reference does on the balanced partition."""
+    rng = np.random.default_rng(seed)
+    n, C, d, n_lab = 60, 3, 29, 10
+    h = rng.normal(size=(n, d))
+    p = rng.dirichlet(np.ones(C), n)
+    labeled = np.arange(n_lab)
+    copies = np.arange(n_lab, 2 * n_lab)
+    h[copies], p[copies] = h[labeled], p[labeled]
+    Z = np.sqrt(C) * np.c_[h, np.ones(n)]
+    pool = {"features": h, "probs": p}
+    sel = CRC(group_size=3, balanced=True).select(pool, 6, labeled, seed=seed)
+    check_balanced(sel, Z, p, labeled, 6, 3, seed, rtol=None)
+    groups = sel.diagnostics["groups"]
+    assert not set(sel.indices.tolist()) & set(copies.tolist())
+    for g in sel.diagnostics["degenerate_groups"]:
+        assert set(groups[g]) & set(copies.tolist())
+    skip = CRC(group_size=3, balanced=True, zeros="skip").select(pool, 6, labeled, seed=seed)
+    check_balanced(skip, Z, p, labeled, 6, 3, seed, rtol=None, zeros="skip")
+    assert skip.diagnostics["degenerate_groups"].size == 0
+    assert set(skip.indices.tolist()) & set(copies.tolist())
+
+
+def test_balanced_one_class_is_the_plain_partition():
+    """With one column of probabilities every row is one pseudo-class: the balanced partition is
+    the plain seeded one (the same single permutation), max_groups included."""
+    rng = np.random.default_rng(8)
+    h = rng.normal(size=(50, 4))
+    Z = np.c_[h, np.ones(50)]
+    pool = {"features": h, "probs": np.ones((50, 1))}
+    for max_groups in (None, 6):
+        crc = CRC(group_size=2, balanced=True, max_groups=max_groups, rtol=RTOL)
+        sel = crc.select(pool, 4, [0, 5], seed=2)
+        want, scores = crc_ref(Z, [0, 5], 4, 2, 2, max_groups=max_groups)
+        assert_array_equal(sel.indices, want)
+        np.testing.assert_allclose(sel.diagnostics["scores"], scores, rtol=1e-7, atol=1e-12)
 
 
 def test_bad_input():

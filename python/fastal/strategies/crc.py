@@ -36,9 +36,14 @@ class CRC(Strategy):
 
     Interpretations, documented: Alg. 1 forms ``⌈|U| / G⌉`` random groups; fastal forms ``⌊|U| / G⌋``
     full groups (a short last group would be scored on fewer points) and, with ``max_groups``, scores
-    only that many of them. With ``balanced=True`` (the paper's pseudo-AL setting, §4.3.1) every group
-    holds ``G / C`` points of each pseudo-class (``argmax`` of the pool's probabilities); ``G`` must
-    then be a multiple of C and the number of groups is limited by the smallest pseudo-class.
+    only that many of them. With ``balanced=True`` every group holds ``G / C`` points of each
+    pseudo-class (``argmax`` of the pool's probabilities or logits, a tie to the first column);
+    ``G`` must then be a multiple of C and the number of groups is limited by the smallest
+    pseudo-class.
+    The paper's pseudo-AL setting (§4.3.1) balances groups by the *true* classes: pass one-hot
+    labels as ``"probs"`` to reproduce it. The draw: one ``seed`` stream shuffles the unlabeled rows
+    of class 0, then of class 1, ...; group ``i`` takes the ``i``-th ``G / C`` rows of each class,
+    in class order; rows left over in the larger classes are not scored.
 
     Parameters
     ----------
@@ -110,10 +115,7 @@ class CRC(Strategy):
         if self.max_groups is not None and groups.shape[0] > self.max_groups:
             groups = groups[: self.max_groups]  # the order is already random
         if groups.shape[0] < Q // G:
-            raise ValueError(
-                f"only {groups.shape[0]} full groups of {G} can be formed from {rest.size} unlabeled points; "
-                f"budget {Q} needs {Q // G}"
-            )
+            raise ValueError(_too_few_groups(groups.shape[0], Q, G, rest, self, pseudo, n_classes))
         # indices travel with Z (gram_min_eig wants them on Z's device)
         lab_z, groups_z = (_interop.to_framework(a, info) for a in (lab, groups))
         scores = gram_min_eig(Z, lab_z, groups_z, rtol=self.rtol)
@@ -178,6 +180,24 @@ def _feature_rank(Z, info, rtol) -> int:
     return int((ev > tol * top).sum()) if top > 0 else 0
 
 
+def _too_few_groups(k: int, Q: int, G: int, rest, strategy, pseudo, n_classes: int) -> str:
+    """The error for a budget that needs more groups than there are, naming what limits them."""
+    msg = (
+        f"only {k} full groups of {G} can be formed from {rest.size} unlabeled points; "
+        f"budget {Q} needs {Q // G}"
+    )
+    if strategy.max_groups is not None and strategy.max_groups < Q // G:
+        return msg + f" (max_groups = {strategy.max_groups})"
+    if strategy.balanced:
+        counts = np.bincount(pseudo[rest], minlength=n_classes)
+        c = int(counts.argmin())
+        msg += (
+            f" (balanced=True: each group takes {G // n_classes} rows of every pseudo-class, and "
+            f"pseudo-class {c} has {int(counts[c])} unlabeled rows)"
+        )
+    return msg
+
+
 def _ntk_pool(pool: Any, need_labels: bool) -> tuple[Any, Any, Any, int]:
     """(trace-NTK features, their ArrayInfo, pseudo-labels or None, number of classes or 0).
 
@@ -185,8 +205,10 @@ def _ntk_pool(pool: Any, need_labels: bool) -> tuple[Any, Any, Any, int]:
     / bfloat16 ``"features"``) are cast to float32 on purpose, since the Gram eigenvalues are
     computed in float64 anyway. Every message names the pool entry the user passed.
     """
+    import torch
+
     from .._validate import check_matrix
-    from ..gradients import as_torch, from_torch, torch_isfinite_rows
+    from ..gradients import _probabilities, as_torch, from_torch, torch_isfinite_rows
     from ..ntk import ntk_features
 
     probs, key = None, None
@@ -231,6 +253,14 @@ def _ntk_pool(pool: Any, need_labels: bool) -> tuple[Any, Any, Any, int]:
         if probs is None:
             raise ValueError("balanced=True needs 'probs' or 'logits' in the pool for pseudo-labels")
         pt = as_torch(probs, pinfo)
+        bad = ~torch_isfinite_rows(pt)
+        if bool(bad.any()):  # argmax would put a NaN row in the NaN's column
+            raise ValueError(
+                f"{key} contains NaN or Inf in {int(bad.sum())} row(s), "
+                f"first at row {int(bad.nonzero()[0, 0])}"
+            )
+        if key == "probs":  # [0, 1] and rows summing to 1, as every probs input
+            _probabilities(pt, "probs", torch.float64, key)
         pseudo = _interop.host_numpy(pt.argmax(1)).astype(np.int64)
     return Z, info, pseudo, n_classes
 
