@@ -21,6 +21,7 @@ def test_default_run_on_bundled_digits(capsys):
     assert "digits" in out
     assert "covering radius" in out
     assert "classes among the picks" in out
+    assert "time:" in out  # the issue asks for radius before / after and the time
 
 
 def test_select_writes_the_same_picks_as_the_api(tmp_path, capsys):
