@@ -105,8 +105,15 @@ def assert_close_to(got, expected, bound, tol: float, what: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_factored_products_torch_tiles_equal_the_kernels(dtype):
-    n, C, dh, b = 2 * FactoredPhi._TILE + 1234, 5, 12, 37  # three row tiles, the last partial
+@pytest.mark.parametrize(
+    ("n", "C", "dh"),
+    [
+        (2 * FactoredPhi._TILE + 1234, 5, 12),  # three row tiles, the last partial
+        (5000, 6, 40),  # float32 blocked grad_apply: a column block plus a tail, 4 + 2 classes
+    ],
+)
+def test_factored_products_torch_tiles_equal_the_kernels(dtype, n, C, dh):
+    b = 37
     A, H = factors(n, C, dh, dtype)
     kern = FactoredPhi(A, H, b)
     assert kern._kernel is not None
@@ -119,10 +126,15 @@ def test_factored_products_torch_tiles_equal_the_kernels(dtype):
     dense = torch.from_numpy(rng.normal(size=n) * (rng.random(n) < 0.7))  # 30% zeros
     sparse_u = torch.zeros(n, dtype=torch.float64)  # few non-zeros: the torch path's sparse branch
     sparse_u[rng.choice(n, size=50, replace=False)] = torch.from_numpy(rng.normal(size=50))
+    run_u = torch.zeros(n, dtype=torch.float64)  # 70 consecutive rows (blocks read in place) + 5
+    run_u[100:170] = 1.5
+    run_u[rng.choice(n, size=5, replace=False)] = -0.5
     for name, u in (
         ("dense", dense),
         ("sparse", sparse_u),
         ("zero", torch.zeros(n, dtype=torch.float64)),
+        ("ones", torch.ones(n, dtype=torch.float64)),
+        ("a run", run_u),
     ):
         got, expected = tiles.apply(u), kern.apply(u)
         assert got.dtype == expected.dtype == torch.float64
