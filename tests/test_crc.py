@@ -213,8 +213,7 @@ def test_balanced_groups_hold_each_pseudo_class():
 
 
 def balanced_groups_ref(probs, labeled, G, seed):
-    """The balanced partition as crc.py draws it (the draw order is the code's; the docstring says
-    only "G / C of each pseudo-class"): pseudo-class = the first column of a row's largest
+    """The balanced partition as the CRC docstring states the draw: pseudo-class = the first column of a row's largest
     probability; one generator from the seed permutes the unlabeled rows (ascending) of class 0,
     then of class 1, ...; group i is the i-th run of G / C rows of every class, classes in order,
     while every class still fills a run; the rows left over in any class are left out."""
@@ -315,29 +314,35 @@ def test_balanced_small_pseudo_class_limits_the_groups(seed):
 
 def test_balanced_needs_valid_probabilities_and_says_what_limits_the_groups():
     """The pseudo-labels come from argmax, which would file a NaN row under the NaN's column and
-    accept unnormalised rows: both are refused, as for every probs input. A class too small for
-    the budget is named in the error."""
+    accept values outside [0, 1] or unnormalised rows: all are refused, as for every probs input
+    (float16 softmax rows, within 2 eps of 1, pass). Without balanced=True only the number of
+    columns is used. A class too small for the budget, or max_groups, is named in the error."""
     rng = np.random.default_rng(0)
     h = rng.normal(size=(30, 4))
     p = rng.dirichlet(np.ones(3), 30)
-    for bad, match in ((np.nan, r"^probs contains NaN or Inf in 1 row\(s\), first at row 4"),
-                       (7.0, "probs")):  # fmt: skip
-        q = p.copy()
-        q[4, 1] = bad
+    nan, big, half = p.copy(), p.copy(), p.copy()
+    nan[4, 1], big[4, 1] = np.nan, 7.0
+    half[4] *= 0.5  # in [0, 1], sums to 0.5
+    not_probs = r"^probs must hold probabilities in \[0, 1\] with rows summing to 1 \(within 0.001"
+    for q, match in ((nan, r"^probs contains NaN or Inf in 1 row\(s\), first at row 4"),
+                     (big, not_probs), (half, not_probs)):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             CRC(group_size=3, balanced=True).select({"features": h, "probs": q}, 3)
+        sel = CRC(group_size=3).select({"features": h, "probs": q}, 3, seed=0)  # only C is used
+        assert sel.indices.size == 3
     z = np.log(p)
     z[5, 0] = np.inf
     with pytest.raises(ValueError, match=r"^logits contains NaN or Inf in 1 row\(s\), first at"):
         CRC(group_size=3, balanced=True).select({"features": h, "logits": z}, 3)
-    sel = CRC(group_size=3).select({"features": h, "probs": p}, 3, seed=0)  # unbalanced: C only
-    assert sel.indices.size == 3
+    p16 = torch.softmax(torch.from_numpy(z[:, ::-1].copy()).clamp(max=5), 1).half()
+    assert (p16.double().sum(1) - 1).abs().max() > 1e-4  # rounded, yet within 2 eps of 1
+    CRC(group_size=3, balanced=True).select({"features": h, "probs": p16}, 3, seed=0)
     labels = np.r_[np.zeros(14, int), np.ones(14, int), np.full(2, 2)]
     q = probs_with_labels(rng, labels, 3)
-    with pytest.raises(ValueError, match=r"each group takes 1 rows of every pseudo-class, and "
+    with pytest.raises(ValueError, match=r"each group takes 1 of every pseudo-class's rows, and "
                                          r"pseudo-class 2 has 2 unlabeled rows"):  # fmt: skip
         CRC(group_size=3, balanced=True).select({"features": h, "probs": q}, 9, seed=0)
-    with pytest.raises(ValueError, match=r"\(max_groups = 2\)"):
+    with pytest.raises(ValueError, match=r"^max_groups = 2 caps the groups below the 3 that budget"):
         CRC(group_size=3, max_groups=2).select({"features": h, "probs": p}, 9, seed=0)
 
 
@@ -413,7 +418,7 @@ def test_bad_input():
         CRC(group_size=0)
     with pytest.raises(ValueError, match="zeros"):
         CRC(zeros="all")
-    with pytest.raises(ValueError, match="full groups"):
+    with pytest.raises(ValueError, match="^max_groups = 1 caps"):
         CRC(group_size=4, max_groups=1).select(Z, 8)
     bad = Z.copy()
     bad[3, 1] = np.nan

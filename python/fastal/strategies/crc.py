@@ -43,7 +43,7 @@ class CRC(Strategy):
     The paper's pseudo-AL setting (§4.3.1) balances groups by the *true* classes: pass one-hot
     labels as ``"probs"`` to reproduce it. The draw: one ``seed`` stream shuffles the unlabeled rows
     of class 0, then of class 1, ...; group ``i`` takes the ``i``-th ``G / C`` rows of each class,
-    in class order; rows left over in the larger classes are not scored.
+    in class order; the rows left over in any class are not scored.
 
     Parameters
     ----------
@@ -182,17 +182,17 @@ def _feature_rank(Z, info, rtol) -> int:
 
 def _too_few_groups(k: int, Q: int, G: int, rest, strategy, pseudo, n_classes: int) -> str:
     """The error for a budget that needs more groups than there are, naming what limits them."""
+    if strategy.max_groups is not None and strategy.max_groups < Q // G:
+        return f"max_groups = {strategy.max_groups} caps the groups below the {Q // G} that budget {Q} needs"
     msg = (
         f"only {k} full groups of {G} can be formed from {rest.size} unlabeled points; "
         f"budget {Q} needs {Q // G}"
     )
-    if strategy.max_groups is not None and strategy.max_groups < Q // G:
-        return msg + f" (max_groups = {strategy.max_groups})"
     if strategy.balanced:
         counts = np.bincount(pseudo[rest], minlength=n_classes)
         c = int(counts.argmin())
         msg += (
-            f" (balanced=True: each group takes {G // n_classes} rows of every pseudo-class, and "
+            f" (balanced=True: each group takes {G // n_classes} of every pseudo-class's rows, and "
             f"pseudo-class {c} has {int(counts[c])} unlabeled rows)"
         )
     return msg
@@ -207,8 +207,8 @@ def _ntk_pool(pool: Any, need_labels: bool) -> tuple[Any, Any, Any, int]:
     """
     import torch
 
-    from .._validate import check_matrix
-    from ..gradients import _probabilities, as_torch, from_torch, torch_isfinite_rows
+    from .._validate import check_matrix, prob_sum_tol
+    from ..gradients import as_torch, from_torch, torch_isfinite_rows
     from ..ntk import ntk_features
 
     probs, key = None, None
@@ -260,7 +260,12 @@ def _ntk_pool(pool: Any, need_labels: bool) -> tuple[Any, Any, Any, int]:
                 f"first at row {int(bad.nonzero()[0, 0])}"
             )
         if key == "probs":  # [0, 1] and rows summing to 1, as every probs input
-            _probabilities(pt, "probs", torch.float64, key)
+            p64, tol = pt.to(torch.float64), prob_sum_tol(pinfo.dtype)
+            if bool(((p64 < 0) | (p64 > 1)).any()) or bool(((p64.sum(1) - 1).abs() > tol).any()):
+                raise ValueError(
+                    f"probs must hold probabilities in [0, 1] with rows summing to 1 (within "
+                    f"{tol:.3g} for {pinfo.dtype}); put logits under 'logits' in the pool"
+                )
         pseudo = _interop.host_numpy(pt.argmax(1)).astype(np.int64)
     return Z, info, pseudo, n_classes
 
