@@ -1001,12 +1001,21 @@ def test_paper_settings_hold_every_table_row_and_the_defaults_are_rows():
     assert {k: (r.alpha, r.beta) for k, r in PAPER_SETTINGS.items()} == PAPER_TABLES
     for (form, solver), dataset in DEFAULT_SETTING.items():
         assert PAPER_TABLES[(form, solver, dataset)] == DEFAULTS[(form, solver)]
-    fmnist = PAPER_SETTINGS[("bayesian", "iht", "fashion_mnist")]
-    assert (fmnist.seed_size, fmnist.query_size, fmnist.rounds, fmnist.optimizer) == (
-        1000, 1000, 9, "adam",
-    )  # fmt: skip
-    mnist = PAPER_SETTINGS[("factored", "greedy", "mnist")]
-    assert (mnist.seed_size, mnist.query_size, mnist.rounds, mnist.momentum) == (40, 40, 15, 0.9)
+    # Appendix G: epochs, batch size, lr, weight decay, optimizer, momentum; seed, query size,
+    # rounds, random projections (G.1 only); the same for both solvers of a dataset
+    schedules = {
+        ("bayesian", "fashion_mnist"): (200, 256, 1e-3, 5e-4, "adam", None, 1000, 1000, 9, 100),
+        ("bayesian", "cifar10"): (200, 256, 1e-3, 5e-4, "adam", None, 3000, 5000, 4, 2000),
+        ("bayesian", "cifar100"): (200, 256, 1e-3, 5e-4, "adam", None, 10000, 5000, 4, 2000),
+        ("factored", "mnist"): (150, 32, 1e-2, 5e-4, "sgd", 0.9, 40, 40, 15, None),
+        ("factored", "svhn"): (150, 128, 1e-2, 5e-4, "sgd", 0.9, 1000, 1000, 5, None),
+        ("factored", "cifar10"): (100, 128, 1e-3, 5e-4, "sgd", 0.9, 3000, 3000, 5, None),
+    }
+    for (form, solver, dataset), r in PAPER_SETTINGS.items():
+        assert (r.form, r.solver, r.dataset) == (form, solver, dataset)
+        got = (r.epochs, r.batch_size, r.lr, r.weight_decay, r.optimizer, r.momentum,
+               r.seed_size, r.query_size, r.rounds, r.projections)  # fmt: skip
+        assert got == schedules[(form, dataset)], (form, solver, dataset)
 
 
 @pytest.mark.parametrize("solver", ["iht", "greedy"])
@@ -1025,9 +1034,16 @@ def test_setting_selects_like_its_alpha_and_beta_given_by_hand(solver):
         assert (named.diagnostics["alpha"], named.diagnostics["beta"]) == (a, be)
     mc = {"mc_probs": mc_probs(4, 30, 3, seed=2)}
     sel = SparseApprox(solver=solver, setting="cifar100", beta=0.25).select(mc, 3)
+    assert sel.diagnostics["setting"] == "cifar100"
     assert (sel.diagnostics["alpha"], sel.diagnostics["beta"]) == (
         PAPER_TABLES[("bayesian", solver, "cifar100")][0], 0.25,
     )  # fmt: skip
+    a, be = PAPER_TABLES[("bayesian", solver, "cifar10")]  # β = 1e-6 / 1: not the defaults
+    named = SparseApprox(solver=solver, setting="cifar10").select(mc, 3)
+    by_hand = SparseApprox(solver=solver, alpha=a, beta=be).select(mc, 3)
+    np.testing.assert_array_equal(named.indices, by_hand.indices)
+    assert named.diagnostics["objective"] == by_hand.diagnostics["objective"]
+    assert (named.diagnostics["alpha"], named.diagnostics["beta"]) == (a, be)
 
 
 def test_setting_errors_name_the_argument_and_the_table():

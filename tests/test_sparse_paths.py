@@ -126,8 +126,8 @@ def test_factored_products_torch_tiles_equal_the_kernels(dtype, n, C, dh):
     dense = torch.from_numpy(rng.normal(size=n) * (rng.random(n) < 0.7))  # 30% zeros
     sparse_u = torch.zeros(n, dtype=torch.float64)  # few non-zeros: the torch path's sparse branch
     sparse_u[rng.choice(n, size=50, replace=False)] = torch.from_numpy(rng.normal(size=50))
-    run_u = torch.zeros(n, dtype=torch.float64)  # 70 consecutive rows (blocks read in place) + 5
-    run_u[100:170] = 1.5
+    run_u = torch.zeros(n, dtype=torch.float64)  # a third of the rows in one run, 5 scattered:
+    run_u[100 : 100 + n // 3] = 1.5  # the torch path's tiles, a row tile with a zero tail
     run_u[rng.choice(n, size=5, replace=False)] = -0.5
     for name, u in (
         ("dense", dense),

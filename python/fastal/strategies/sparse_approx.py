@@ -20,7 +20,10 @@ from ..sparse import (
     solve_iht,
 )
 from .base import Selection, Strategy, register, unlabeled_rows
-from .sparse_settings import DATASETS, setting_for
+from .sparse_settings import DATASETS, DEFAULTS, setting_for
+
+__all__ = ["DEFAULTS", "SparseApprox"]  # DEFAULTS: (form, solver) -> (alpha, beta), kept here too
+
 
 @register
 class SparseApprox(Strategy):
@@ -194,9 +197,8 @@ class SparseApprox(Strategy):
         alpha = self.alpha if self.alpha is not None else row.alpha
         beta = self.beta if self.beta is not None else row.beta
         diagnostics = {
-            "form": form, "solver": self.solver, "setting": row.dataset, "alpha": alpha, "beta": beta,
-            "temperature": None,
-            "safeguard": self.safeguard, "fallback": False, "top_sigma_objective": None,
+            "form": form, "solver": self.solver, "setting": row.dataset, "alpha": alpha,
+            "beta": beta, "temperature": None, "safeguard": self.safeguard, "fallback": False, "top_sigma_objective": None,
         }  # fmt: skip
         if self.solver == "iht":
             diagnostics["prox"] = self.prox
