@@ -20,8 +20,8 @@ Cases ``(size, side, n_groups)``: ``size`` is the order of the Gram matrix actua
 ``G = 20``; side ``S``: ``|S| = size``, ``G = min(20, size / 2)``, ``D = 2 size``. Z is float32
 Gaussian. Plus ``crc``: the CRC-shaped call of the issue, a pool of 50,000 points plus
 ``|L| = 500`` labeled, ``G = 20``, ``D = 129`` (the ``D x D`` side), 2,500 groups; and
-``crc_select``: the whole ``CRC.select`` at that size (5,000 points in the tiny preset), fastal
-only.
+``crc_select``: the whole ``CRC.select`` at that size (5,000 points in the tiny preset) against
+the same acquisition written with torch (NTK features, partition, batched ``eigvalsh``, top groups).
 
 Sizes by ``FASTAL_BENCH``: tiny (one small case, seconds; what CI runs), medium (sizes 16-256 and
 the CRC case; minutes), full (sizes {16, 64, 128, 256, 512, 1024}, both sides, 10²-10⁴ groups).
@@ -234,13 +234,30 @@ def test_gram_min_eig(benchmark, impl, size, side, n_groups):
 CRC_SELECT = {"tiny": [(5000, 128)], "medium": [(POOL_CRC, 128)], "full": [(POOL_CRC, 128)]}[PRESET]
 
 
+def torch_crc_select(feats, probs, budget: int, lab: np.ndarray, seed: int):
+    """CRC as a user would write it with torch: NTK features √C [h, 1], a seeded random partition
+    of the unlabeled rows into groups of G, λ⁺_min per group by batched eigvalsh (float32, the
+    shared block once: :func:`torch_min_eig`), the Q / G best groups."""
+    import torch
+
+    n, C = probs.shape
+    Z = (np.sqrt(C) * np.c_[feats, np.ones(n, np.float32)]).astype(np.float32)
+    rest = np.setdiff1d(np.arange(n), lab)
+    perm = np.random.default_rng(seed).permutation(rest)
+    groups = perm[: perm.size // G_CRC * G_CRC].reshape(-1, G_CRC)
+    scores = torch_min_eig(Z, lab, groups, torch.float32, default_rtol(lab.size, G_CRC, Z.shape[1]))
+    best = torch.argsort(-scores, stable=True)[: budget // G_CRC].numpy()
+    return groups[best].reshape(-1)
+
+
+@pytest.mark.parametrize("impl", ["torch_eigvalsh", "fastal"])
 @pytest.mark.parametrize(
     ("pool_n", "d"), CRC_SELECT, ids=[f"n{n}-L{L_CRC}-d{d}" for n, d in CRC_SELECT]
 )
-def test_crc_select(benchmark, pool_n, d):
+def test_crc_select(benchmark, impl, pool_n, d):
     """Issue 5's "CRC acquisition for a 50k pool, |L| = 500, G = 20, D = 129 in seconds": the whole
-    ``CRC.select`` from (features, probs), D = d + 1 with the bias column of the NTK features.
-    The scoring step alone is compared with its peers in the ``crc`` case above."""
+    ``CRC.select`` from (features, probs), D = d + 1 with the bias column of the NTK features,
+    against the same acquisition written with torch (:func:`torch_crc_select`)."""
     from fastal.strategies import CRC
 
     benchmark.group = f"crc_select/cpu/n{pool_n}"
@@ -248,21 +265,51 @@ def test_crc_select(benchmark, pool_n, d):
     n = pool_n + L_CRC
     feats = rng.standard_normal((n, d), dtype=np.float32)
     probs = rng.dirichlet(np.ones(10), n).astype(np.float32)
-    strat = CRC(group_size=G_CRC)
+    lab = np.arange(L_CRC)
     budget = 5 * G_CRC
+    if impl == "fastal":
+        strat, pool = CRC(group_size=G_CRC), {"features": feats, "probs": probs}
 
-    pool = {"features": feats, "probs": probs}
+        def run():
+            return strat.select(pool, budget, labeled=lab, seed=0).indices
+    else:
 
-    def run():
-        return strat.select(pool, budget, labeled=np.arange(L_CRC), seed=0)
+        def run():
+            return torch_crc_select(feats, probs, budget, lab, seed=0)
 
-    sel = benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=0)
-    assert np.unique(sel.indices).size == budget
-    assert (sel.indices >= L_CRC).all()
+    times: list[float] = []
+
+    def timed():  # own timing too, for --benchmark-disable (no stats then)
+        t0 = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - t0)
+        return out
+
+    picks = benchmark.pedantic(timed, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    assert np.unique(picks).size == budget
+    assert (picks >= L_CRC).all()
+    seconds = benchmark.stats.stats.min if benchmark.stats is not None else min(times)
+    key = ("crc_select", pool_n, d)
+    _TIMES[(key, impl)] = seconds
     benchmark.extra_info.update(
-        n=n, m_lab=L_CRC, G=G_CRC, D=d + 1, budget=budget, n_groups=sel.diagnostics["n_groups"],
-        threads=fastal._ext.cpu.num_threads(), loadavg=os.getloadavg()[0],
+        n=n, m_lab=L_CRC, G=G_CRC, D=d + 1, budget=budget, impl=impl, seconds=seconds,
+        threads=fastal._ext.cpu.num_threads(), torch_threads=torch_threads(),
+        loadavg=os.getloadavg()[0],
     )  # fmt: skip
+    if impl == "torch_eigvalsh":
+        _DATA[("picks", key)] = np.asarray(picks)
+    elif ("picks", key) in _DATA:  # the same groups: equal picks up to float32 near-ties
+        shared = np.intersect1d(_DATA[("picks", key)], np.asarray(picks)).size
+        benchmark.extra_info["picks_shared_with_torch"] = shared / budget
+    if impl == "fastal" and (key, "torch_eigvalsh") in _TIMES:
+        ratio = _TIMES[(key, "torch_eigvalsh")] / seconds
+        benchmark.extra_info["speedup_vs_torch_eigvalsh"] = ratio
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 # ---------------------------------------------------------------------------------------------
