@@ -155,6 +155,19 @@ def numpy_min_eig(Z, lab, groups, rtol: float):
     return out
 
 
+def timing(run, times: list):
+    """``run`` that also appends its own wall time to ``times`` (for --benchmark-disable, where
+    pytest-benchmark keeps no stats)."""
+
+    def timed():
+        t0 = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - t0)
+        return out
+
+    return timed
+
+
 def _id(c) -> str:
     size, side, ng = c
     return (
@@ -193,12 +206,7 @@ def test_gram_min_eig(benchmark, impl, size, side, n_groups):
             return numpy_min_eig(Z, lab, sub, rtol)
 
     times: list[float] = []
-
-    def timed():  # own timing too, for --benchmark-disable (no stats then)
-        t0 = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - t0)
-        return out
+    timed = timing(run, times)
 
     rounds = 1 if order >= 512 else ROUNDS  # minutes per round for the peers at 1024
     result = benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)
@@ -278,12 +286,7 @@ def test_crc_select(benchmark, impl, pool_n, d):
             return torch_crc_select(feats, probs, budget, lab, seed=0)
 
     times: list[float] = []
-
-    def timed():  # own timing too, for --benchmark-disable (no stats then)
-        t0 = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - t0)
-        return out
+    timed = timing(run, times)
 
     picks = benchmark.pedantic(timed, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     assert np.unique(picks).size == budget
