@@ -138,6 +138,14 @@ def dyadic_pool(n: int, C: int, d: int, seed: int, high: int = 2):
     return probs, feats
 
 
+def on_device(probs, feats, backend: str, dtype: str) -> dict:
+    """The ``{"probs", "features"}`` pool stored in ``dtype`` on the GPU backend."""
+    return {
+        "probs": to_backend(probs, backend, dtype),
+        "features": to_backend(feats, backend, dtype),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # fastal.kmeans: Lloyd
 
@@ -251,10 +259,7 @@ def test_minibatch_reproducible_from_seed(backend, dtype, k):
 def test_badge_mapping_pool_equals_cpu_and_reference(backend, dtype, n_labeled, bias):
     n, budget = 3000, 60
     probs, feats = dyadic_pool(n, 5, 6, seed=1)
-    pool = {
-        "probs": to_backend(probs, backend, dtype),
-        "features": to_backend(feats, backend, dtype),
-    }
+    pool = on_device(probs, feats, backend, dtype)
     labeled = labeled_subset(n, n_labeled, seed=2)
     sel = BADGE(bias=bias).select(pool, budget, lab_arg(labeled, backend), seed=4)
     assert_indices_like(sel.indices, pool["features"], budget)
@@ -297,10 +302,7 @@ def test_egl_equals_cpu_and_reference(backend, dtype, n_labeled, bias):
     """Exact scores with many exact ties: the device's stable sort must keep the lowest index."""
     n, budget = 5000, 300
     probs, feats = dyadic_pool(n, 4, 5, seed=9)
-    pool = {
-        "probs": to_backend(probs, backend, dtype),
-        "features": to_backend(feats, backend, dtype),
-    }
+    pool = on_device(probs, feats, backend, dtype)
     labeled = labeled_subset(n, n_labeled, seed=10)
     sel = EGL(bias=bias).select(pool, budget, lab_arg(labeled, backend))
     assert_indices_like(sel.indices, pool["features"], budget)
