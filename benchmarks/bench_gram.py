@@ -373,13 +373,7 @@ def test_gram_min_eig_cuda(benchmark, impl, size, side, n_groups):
     run(grp_d[:2] if impl == "fastal" else groups[:2])  # warm-up: kernels, cuSOLVER handles
 
     times: list[float] = []
-
-    def timed():
-        t0 = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - t0)
-        return out
-
+    timed = timing(run, times)
     rounds = 1 if order >= 512 else ROUNDS
     result = benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)
     seconds = benchmark.stats.stats.min if benchmark.stats is not None else min(times)

@@ -198,7 +198,8 @@ class SparseApprox(Strategy):
         beta = self.beta if self.beta is not None else row.beta
         diagnostics = {
             "form": form, "solver": self.solver, "setting": row.dataset, "alpha": alpha,
-            "beta": beta, "temperature": None, "safeguard": self.safeguard, "fallback": False, "top_sigma_objective": None,
+            "beta": beta, "temperature": None, "safeguard": self.safeguard, "fallback": False,
+            "top_sigma_objective": None,
         }  # fmt: skip
         if self.solver == "iht":
             diagnostics["prox"] = self.prox
