@@ -5,6 +5,8 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 
@@ -85,16 +87,49 @@ inline bool has_memory_pools(int device) {
   return v != 0;
 }
 
+// Memory fastal's scratch pools keep across synchronisations, per device. The device's default
+// pool keeps nothing (release threshold 0): every synchronisation unmapped the scratch, and each
+// later call paid to map it again.
+constexpr uint64_t kPoolKeepBytes = uint64_t{256} << 20;
+constexpr int kMaxPoolDevices = 64;
+
+// fastal's own stream-ordered pool on `device` (created on first use, kept for the process), or
+// nullptr for a device index past kMaxPoolDevices (the default pool then serves it). Its own, so
+// that the threshold does not change how the default pool, which other libraries share, behaves.
+inline cudaMemPool_t scratch_pool(int device) {
+  static std::mutex mutex;
+  static cudaMemPool_t pools[kMaxPoolDevices] = {};
+  if (device < 0 || device >= kMaxPoolDevices) return nullptr;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!pools[device]) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    cudaMemPool_t pool = nullptr;
+    CUDA_CHECK(cudaMemPoolCreate(&pool, &props));
+    uint64_t keep = kPoolKeepBytes;
+    CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    pools[device] = pool;
+  }
+  return pools[device];
+}
+
 // Scratch device memory, freed on scope exit. Stream-ordered (no device-wide synchronisation)
-// where the device has memory pools, plain cudaMalloc/cudaFree otherwise.
+// from scratch_pool where the device has memory pools, plain cudaMalloc/cudaFree otherwise.
 class StreamBuffer {
  public:
   StreamBuffer(size_t bytes, int device, cudaStream_t stream)
       : stream_(stream), pooled_(has_memory_pools(device)) {
-    if (pooled_)
-      CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
-    else
+    if (!pooled_) {
       CUDA_CHECK(cudaMalloc(&ptr_, bytes));
+      return;
+    }
+    cudaMemPool_t pool = scratch_pool(device);
+    if (pool)
+      CUDA_CHECK(cudaMallocFromPoolAsync(&ptr_, bytes, pool, stream));
+    else
+      CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
   }
   ~StreamBuffer() {
     if (!ptr_) return;
