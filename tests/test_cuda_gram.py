@@ -442,6 +442,33 @@ def test_rejects_bad_dtypes_and_host_indices():
         fastal.gram_min_eig(Zd, lab.tolist(), [[int(lab[0])] * groups.shape[1]])
 
 
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_device_groups_are_checked_in_place(backend):
+    """int64 device groups are checked on the device and used without a copy; bad ones raise the
+    host check's messages; other index kinds still take the host path."""
+    Z, lab, groups = make_case(17, "S", 3)
+    n = Z.shape[0]
+    Zd = on_device(Z, backend, "float64")
+    info = fastal._interop.describe(Zd, "Z")
+    g = on_device(groups, backend)
+    assert fastal.gram._check_groups(g, n, lab, info) is g
+    g32 = on_device(groups.astype(np.int32), backend)
+    assert isinstance(fastal.gram._check_groups(g32, n, lab, info), np.ndarray)
+    labd = on_device(lab, backend)
+    for value, match in [
+        (n, r"^groups has indices out of range"),
+        (-1, r"^groups has indices out of range"),
+        (int(lab[0]), r"^groups overlaps labeled"),
+        (int(groups[1, 1]), r"^groups\[1\] holds index .* twice"),
+    ]:
+        bad = groups.copy()
+        bad[1, 0] = value
+        with pytest.raises(ValueError, match=match):
+            fastal.gram_min_eig(Zd, labd, on_device(bad, backend))
+    want, spectra = cpu(Z, lab, groups, return_all=True)
+    assert_eigs_close(fastal.gram_min_eig(Zd, labd, g), want, spectra[:, -1])
+
+
 def test_methods_on_cuda():
     """The CUDA kernel is the tridiagonal method; 'lowrank' is CPU-only and says so."""
     Z, lab, groups = make_case(64, "D", 6)

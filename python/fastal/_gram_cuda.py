@@ -8,8 +8,8 @@ the outputs are allocated in the caller's framework on Z's device.
 
 Z stays on the device: one pass there (``fastal._cuda.gram_scan``) finds NaN / Inf rows (the same
 ``ValueError`` as the CPU path) and the peak magnitude for the exact power-of-two rescaling of
-extreme inputs (gram.py's rule, applied on the device). Only the indices, validated on the host by
-gram.py, are copied to the device. A ``fastal._cuda`` without the kernel (a build older than it)
+extreme inputs (gram.py's rule, applied on the device). The indices are validated by gram.py: int64
+device groups on the device (one synchronisation), others on the host and then copied over. A ``fastal._cuda`` without the kernel (a build older than it)
 raises ``RuntimeError`` saying how to rebuild: there is no slower fallback.
 """
 
@@ -40,8 +40,9 @@ def gram_min_eig_cuda(
 ) -> Any:
     """The CUDA branch of :func:`fastal.gram_min_eig` after its validation.
 
-    ``labeled`` (int64, 1-D) and ``groups`` (int64, (n_groups, G)) are the host arrays gram.py has
-    checked; ``rtol`` is resolved. ``smem_limit`` (bytes, tests only) caps the shared memory the
+    ``labeled`` (int64, 1-D) is the host array gram.py has checked, ``groups`` (int64,
+    (n_groups, G)) a checked host array or the caller's device array that gram.py checked there;
+    ``rtol`` is resolved. ``smem_limit`` (bytes, tests only) caps the shared memory the
     kernel may use for each matrix, forcing its global-memory paths; -1 is the device's limit.
     """
     cuda = _ext.require_cuda("Z")
@@ -66,7 +67,10 @@ def gram_min_eig_cuda(
         zkeep = zkeep * scale
         zptr = _ptr(zkeep)
     lab_dev = _interop.to_framework(labeled, info) if labeled.size else None
-    grp_dev = _interop.to_framework(np.ascontiguousarray(groups, dtype=np.int64), info)
+    if isinstance(groups, np.ndarray):
+        grp_dev = _interop.to_framework(np.ascontiguousarray(groups, dtype=np.int64), info)
+    else:  # already int64, C-contiguous, on Z's device and in its framework (gram.py)
+        grp_dev = groups
     mins = _interop.empty(info, (n_groups,), "float64")
     spectra = _interop.empty(info, (n_groups, size), "float64") if return_all else None
     cuda.gram_min_eig(

@@ -108,9 +108,12 @@ def gram_min_eig(
     by multisection on Sturm counts, one shift per thread; ``return_all`` bisects every eigenvalue
     (one thread per index) instead of running QL. Float64 throughout. The matrix lives in shared
     memory when it fits (order up to 166 on an H100), else in a global workspace of at most
-    1 GiB (or one matrix's 8 · order² bytes, when that alone is larger: order > 11,585). NaN / Inf and the peak magnitude are found on the device (one pass over ``Z``, one
-    synchronisation); only the indices cross from the host. A CUDA module built before this kernel
-    raises ``RuntimeError`` (rebuild); there is no fallback.
+    1 GiB (or one matrix's 8 · order² bytes, when that alone is larger: order > 11,585). NaN / Inf
+    and the peak magnitude are found on the device (one pass over ``Z``, one synchronisation).
+    ``groups`` given as an int64 C-contiguous CUDA array in ``Z``'s framework are checked on the
+    device (one more synchronisation) and used in place; other index inputs are checked on the
+    host and copied over. A CUDA module built before this kernel raises ``RuntimeError``
+    (rebuild); there is no fallback.
 
     Examples
     --------
@@ -222,14 +225,31 @@ def _shared_eigenbasis(Zh: np.ndarray, lab: np.ndarray, G: int) -> tuple:
     return lam.contiguous().numpy(), basis.contiguous().numpy(), s_side
 
 
-def _check_groups(groups: Any, n: int, labeled: np.ndarray, info: Any) -> np.ndarray:
-    """(n_groups, G) int64 host array: in range, distinct within a row, disjoint from labeled."""
+def _check_groups(groups: Any, n: int, labeled: np.ndarray, info: Any) -> Any:
+    """(n_groups, G) int64 indices: in range, distinct within a row, disjoint from labeled.
+
+    A host array, except that int64 C-contiguous CUDA groups in Z's framework and on its device
+    are checked there (:func:`_groups_valid_on_device`) and returned as they are: copying them to
+    the host and back cost more than the kernel for small matrices. Groups that fail are checked
+    again on the host, for the message.
+    """
     if groups is None:
         raise ValueError("groups must be a 2-D (n_groups, G) integer array, got None")
     if _interop.is_array(groups):
         ginfo = _interop.describe(groups, "groups")
         if ginfo.device != info.device:
             raise ValueError(f"groups is on {ginfo.where} but Z is on {info.where}")
+        if (
+            ginfo.device == "cuda"
+            and (ginfo.framework, ginfo.device_index) == (info.framework, info.device_index)
+            and ginfo.dtype == "int64"
+            and len(ginfo.shape) == 2
+            and min(ginfo.shape) > 0
+            and _is_c_contiguous(groups)
+        ):
+            with _interop.device_scope(info, "Z"):
+                if _groups_valid_on_device(groups, n, labeled):
+                    return groups
     arr = _interop.host_numpy(groups)
     if arr.dtype == np.bool_:
         raise TypeError("groups must hold integer indices, got a boolean array")
@@ -266,3 +286,29 @@ def _check_groups(groups: Any, n: int, labeled: np.ndarray, info: Any) -> np.nda
                 "indices within a group must be distinct"
             )
     return arr
+
+
+def _is_c_contiguous(a: Any) -> bool:
+    return bool(a.is_contiguous()) if hasattr(a, "is_contiguous") else bool(a.flags.c_contiguous)
+
+
+def _groups_valid_on_device(groups: Any, n: int, labeled: np.ndarray) -> bool:
+    """True when the int64 (n_groups, G) torch or cupy ``groups`` pass every check of
+    :func:`_check_groups` (range, overlap with the host-checked ``labeled``, duplicates within a
+    row), all on the array's device with one synchronisation. CPU torch works too (tests)."""
+    if hasattr(groups, "data_ptr"):  # torch
+        import torch
+
+        mask = torch.zeros(n, dtype=torch.bool, device=groups.device)
+        mask[torch.from_numpy(labeled).to(groups.device)] = True
+        rows = torch.sort(groups, dim=1).values
+    else:  # cupy, on its current device (Z's: _check_groups runs this in device_scope)
+        import cupy
+
+        mask = cupy.zeros(n, dtype=bool)
+        mask[cupy.asarray(labeled)] = True
+        rows = cupy.sort(groups, axis=1)
+    bad = ((groups < 0) | (groups >= n)).any()
+    bad = bad | mask[groups.clip(0, n - 1)].any()
+    bad = bad | (rows[:, 1:] == rows[:, :-1]).any()
+    return not bool(bad)
