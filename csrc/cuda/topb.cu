@@ -6,27 +6,35 @@
 // __dmul_rn / __dsub_rn intrinsics are never contracted). Neither can be NaN for float32 inputs. The support is the b smallest scores ordered by (score, index),
 // ties to the lowest index; w = [s]_+ on it, 0 elsewhere. CUB 3.0 (CUDA 13.0) has no DeviceTopK,
 // so this is a radix select of its own, with no host round trip:
-//   1. each score maps to an order-preserving uint64 key (-0.0 and +0.0 to one key). Six histogram
-//      passes over the rows, 11 bits of the key per pass from the top: a pass counts the digits of
-//      the keys that match the prefix found so far (shared-memory histogram, warp-aggregated, one
-//      global atomicAdd per non-empty bin and block); the last block to finish picks the bin that
-//      holds the b-th smallest key and extends the prefix. After the last pass the state holds the
-//      threshold key T and the quota q of keys equal to T to take (all of them when an earlier pass
-//      found that the whole bin is needed: later passes then return at once);
-//   2. count: per tile of 4096 rows, the keys < T and == T, packed into one uint64; the last block
-//      turns the tile counts into exclusive prefix sums;
+//   1. each score maps to an order-preserving uint64 key (-0.0 and +0.0 to one key). Up to six
+//      histogram passes over the rows, 11 bits of the key per pass from the top: a pass counts the
+//      digits of the keys that match the prefix found so far (shared-memory histogram,
+//      warp-aggregated, one global atomicAdd per non-empty bin and block); the last block to
+//      finish picks the bin that holds the b-th smallest key and extends the prefix. The passes
+//      stop (later launches return at once) with a key range [lo, hi] and a quota q:
+//      - the whole bin is needed, or the key is complete: lo = hi = T, the largest key of the bin
+//        (or the b-th key), q = all keys equal to T, or the number of them to take;
+//      - the bin holds at most kBinCandidates keys: lo and hi bound the bin, q = all of it. Every
+//        key of the bin becomes a candidate, and the sort of step 4 ranks them. With spread scores
+//        this ends after two passes instead of six.
+//   2. count: per tile of 4096 rows, the keys < lo and in [lo, hi], packed into one uint64; the
+//      last block turns the tile counts into exclusive prefix sums;
 //   3. write: per tile, a block scan of the same flags gives every row its global (less, equal)
-//      rank, so the survivors (key < T, or key == T among the first q) land in index order at
-//      less + min(equal, q); w is written for every row in the same pass;
-//   4. cub::DeviceRadixSort::SortPairs of the b survivors' keys with their indices: stable, and the
-//      survivors are in index order, so the support comes out ordered by (score, index).
-// Launches: one memset, 6 passes, count, write, and CUB's sort of b pairs, all on the caller's
-// stream; scratch from one stream-ordered StreamBuffer. Every pass reads s and sigma again (8 bytes
-// a row) instead of storing keys (8 bytes written + 8 read a row).
+//      rank, so the candidates (key < lo, or in [lo, hi] among the first q) land in index order at
+//      less + min(equal, q); w is written for every row in the same pass (0 for a bin's keys when
+//      the bin is ranked by the sort);
+//   4. cub::DeviceRadixSort::SortPairs of the candidates' keys with their indices, padded to
+//      b + kBinCandidates with keys above every score: stable, and the candidates are in index
+//      order, so the first b come out ordered by (score, index): the support. Then w = [s]_+ for
+//      the support's keys from a ranked bin.
+// Launches: two memsets, up to 6 passes, count, write, CUB's sort, a copy and the w fix-up, all on
+// the caller's stream; scratch from one stream-ordered StreamBuffer. Every pass reads s and sigma
+// again (8 bytes a row) instead of storing keys (8 bytes written + 8 read a row).
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -47,6 +55,7 @@ constexpr int64_t kTile = int64_t{kThreads} * kItems;        // rows per block i
 constexpr unsigned kNoBin = 0xffffffffu;
 constexpr u64 kLessOne = u64{1} << 32;  // packed counts: (key < T) in the high half, (== T) low
 constexpr u64 kLow = 0xffffffffull;
+constexpr u64 kBinCandidates = 8192;  // a bin this small is ranked by the final sort
 static_assert(kBins % kThreads == 0, "each thread scans whole bins");
 
 // Selection state on the device, zeroed before the first pass.
@@ -54,8 +63,8 @@ struct SelectState {
   u64 prefix;     // the bits of the threshold key found so far ...
   u64 mask;       // ... and which bits those are
   u64 below;      // keys below the prefix's bin: all selected
-  u64 threshold;  // when done: T
-  u64 quota;      // when done: keys equal to T to take, lowest index first
+  u64 lo, hi;     // when done: the candidate key range [lo, hi] (lo == hi: the threshold key T)
+  u64 quota;      // when done: keys in [lo, hi] to take, lowest index first (~0: all)
   unsigned done;
   unsigned arrive;        // blocks of the current pass that have finished
   unsigned arrive_tiles;  // blocks of the count kernel that have finished
@@ -122,8 +131,13 @@ __device__ void choose_bin(const unsigned* hist, int64_t b, int shift, int width
       st->mask = mask;
       st->below = below + before;
       if (rank == c[k] || shift == 0) {  // the whole bin is needed, or the key is complete
-        st->threshold = prefix | ~mask;
+        st->lo = st->hi = prefix | ~mask;
         st->quota = rank == c[k] ? ~u64{0} : rank;
+        st->done = 1;
+      } else if (c[k] <= kBinCandidates) {  // a small bin: all of it to the sort, which ranks it
+        st->lo = prefix;                     // the bin's keys are prefix | (any lower bits)
+        st->hi = prefix | ~mask;
+        st->quota = ~u64{0};
         st->done = 1;
       }
     }
@@ -176,11 +190,11 @@ __global__ void __launch_bounds__(kThreads)
   choose_bin(hist, b, shift, width, st);
 }
 
-__device__ __forceinline__ u64 rank_flag(u64 key, u64 threshold) {
-  return key < threshold ? kLessOne : (key == threshold ? u64{1} : u64{0});
+__device__ __forceinline__ u64 rank_flag(u64 key, u64 lo, u64 hi) {
+  return key < lo ? kLessOne : (key <= hi ? u64{1} : u64{0});
 }
 
-// Per tile (one block): packed counts of keys < T and == T; then the last block rewrites the
+// Per tile (one block): packed counts of keys < lo and in [lo, hi]; then the last block rewrites the
 // `tiles` counts as exclusive prefix sums (neither half carries: both totals are <= n < 2^32).
 __global__ void __launch_bounds__(kThreads)
     count_kernel(const float* s, const float* sigma, int64_t n, Rule rule, SelectState* st,
@@ -190,7 +204,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ typename Reduce::TempStorage reduce_tmp;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ bool last;
-  const u64 threshold = st->threshold;
+  const u64 lo = st->lo, hi = st->hi;
   const int64_t base = int64_t{blockIdx.x} * kTile;
   float sv[kItems], gv[kItems];
 #pragma unroll
@@ -203,7 +217,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int q = 0; q < kItems; ++q) {
     const int64_t i = base + q * kThreads + threadIdx.x;
-    if (i < n) packed += rank_flag(score_key(sv[q], gv[q], rule), threshold);
+    if (i < n) packed += rank_flag(score_key(sv[q], gv[q], rule), lo, hi);
   }
   const u64 total = Reduce(reduce_tmp).Sum(packed);
   if (threadIdx.x == 0) tile_counts[blockIdx.x] = total;
@@ -232,11 +246,12 @@ __global__ void __launch_bounds__(kThreads)
 // survivors' keys and indices at less + min(equal, q), and w for every row.
 __global__ void __launch_bounds__(kThreads)
     write_kernel(const float* s, const float* sigma, int64_t n, Rule rule,
-                 int64_t b, const SelectState* st, const u64* tile_before, u64* cand_keys,
+                 int64_t cap, const SelectState* st, const u64* tile_before, u64* cand_keys,
                  int64_t* cand_index, float* w) {
   using Scan = cub::BlockScan<u64, kThreads>;
   __shared__ typename Scan::TempStorage tmp;
-  const u64 threshold = st->threshold, quota = st->quota;
+  const u64 lo = st->lo, hi = st->hi, quota = st->quota;
+  const bool ranked_bin = lo != hi;  // the bin's keys are candidates; their w comes after the sort
   const u64 start = tile_before[blockIdx.x];
   u64 less = start >> 32, equal = start & kLow;  // rows before this round
   const int64_t base = int64_t{blockIdx.x} * kTile;
@@ -252,20 +267,21 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t i = base + q * kThreads + threadIdx.x;
     const bool valid = i < n;
     const u64 key = score_key(sv[q], gv[q], rule);
-    const u64 flag = valid ? rank_flag(key, threshold) : 0;
+    const u64 flag = valid ? rank_flag(key, lo, hi) : 0;
     u64 excl = 0, round = 0;
     Scan(tmp).ExclusiveSum(flag, excl, round);
     const u64 my_less = less + (excl >> 32), my_equal = equal + (excl & kLow);
-    const bool take = key < threshold || (key == threshold && my_equal < quota);
+    const bool in_range = lo <= key && key <= hi;
+    const bool take = key < lo || (in_range && my_equal < quota);
     if (valid) {
       if (take) {
         const u64 pos = my_less + (my_equal < quota ? my_equal : quota);
-        if (pos < static_cast<u64>(b)) {  // always, by the counts; a guard against a bad state
+        if (pos < static_cast<u64>(cap)) {  // always, by the counts; a guard against a bad state
           cand_keys[pos] = key;
           cand_index[pos] = i;
         }
       }
-      w[i] = take && sv[q] > 0.f ? sv[q] : 0.f;
+      w[i] = take && !(ranked_bin && in_range) && sv[q] > 0.f ? sv[q] : 0.f;
     }
     less += round >> 32;
     equal += round & kLow;
@@ -273,14 +289,31 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// After the sort, for a ranked bin only: w = [s]_+ for the support's keys from the bin (the write
+// pass left them 0, not knowing which of the bin would be taken).
+__global__ void __launch_bounds__(kThreads)
+    bin_weights_kernel(const float* s, const SelectState* st, const u64* sorted_keys,
+                       const int64_t* support, int64_t b, float* w) {
+  const u64 lo = st->lo, hi = st->hi;
+  if (lo == hi) return;
+  for (int64_t j = int64_t{blockIdx.x} * kThreads + threadIdx.x; j < b;
+       j += int64_t{gridDim.x} * kThreads) {
+    if (sorted_keys[j] >= lo) {
+      const int64_t i = support[j];
+      const float v = s[i];
+      w[i] = v > 0.f ? v : 0.f;
+    }
+  }
+}
+
 // Scratch layout: 256-byte aligned pieces of one allocation.
 struct Scratch {
-  size_t state, hist, tiles, cand_keys, cand_index, sorted_keys, sort_tmp, total;
+  size_t state, hist, tiles, cand_keys, cand_index, sorted_keys, sorted_index, sort_tmp, total;
 };
 
 size_t align_up(size_t v) { return (v + 255) / 256 * 256; }
 
-Scratch plan_scratch(int64_t tiles, int64_t b, size_t sort_bytes) {
+Scratch plan_scratch(int64_t tiles, int64_t cap, size_t sort_bytes) {
   Scratch p{};
   size_t at = 0;
   auto take = [&](size_t bytes) {
@@ -291,9 +324,10 @@ Scratch plan_scratch(int64_t tiles, int64_t b, size_t sort_bytes) {
   p.state = take(sizeof(SelectState));
   p.hist = take(sizeof(unsigned) * kBins * kPasses);
   p.tiles = take(sizeof(u64) * static_cast<size_t>(tiles));
-  p.cand_keys = take(sizeof(u64) * static_cast<size_t>(b));
-  p.cand_index = take(sizeof(int64_t) * static_cast<size_t>(b));
-  p.sorted_keys = take(sizeof(u64) * static_cast<size_t>(b));
+  p.cand_keys = take(sizeof(u64) * static_cast<size_t>(cap));
+  p.cand_index = take(sizeof(int64_t) * static_cast<size_t>(cap));
+  p.sorted_keys = take(sizeof(u64) * static_cast<size_t>(cap));
+  p.sorted_index = take(sizeof(int64_t) * static_cast<size_t>(cap));
   p.sort_tmp = take(sort_bytes);
   p.total = at;
   return p;
@@ -321,12 +355,14 @@ void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, dou
   require_device_ptr(support, "support_ptr", device, alignof(int64_t));
 
   const int64_t tiles = (n + kTile - 1) / kTile;
+  // candidates: b, plus the keys of a ranked bin past its quota (at most kBinCandidates - 1)
+  const int64_t cap = std::min<int64_t>(n, b + static_cast<int64_t>(kBinCandidates));
   size_t sort_bytes = 0;
   CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const u64*>(nullptr),
                                              static_cast<u64*>(nullptr),
                                              static_cast<const int64_t*>(nullptr),
-                                             static_cast<int64_t*>(nullptr), b, 0, 64, stream));
-  const Scratch plan = plan_scratch(tiles, b, sort_bytes);
+                                             static_cast<int64_t*>(nullptr), cap, 0, 64, stream));
+  const Scratch plan = plan_scratch(tiles, cap, sort_bytes);
   StreamBuffer buf(plan.total, device, stream);
   char* base = buf.as<char>();
   auto* st = reinterpret_cast<SelectState*>(base + plan.state);
@@ -335,7 +371,12 @@ void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, dou
   auto* cand_keys = reinterpret_cast<u64*>(base + plan.cand_keys);
   auto* cand_index = reinterpret_cast<int64_t*>(base + plan.cand_index);
   auto* sorted_keys = reinterpret_cast<u64*>(base + plan.sorted_keys);
+  auto* sorted_index = reinterpret_cast<int64_t*>(base + plan.sorted_index);
   CUDA_CHECK(cudaMemsetAsync(base, 0, plan.tiles, stream));  // state and every pass's histogram
+  // unused candidate slots: key ~0 is above every score's key (a finite double's key is at most
+  // 0xffef...), so the stable sort leaves them after the real candidates; index -1
+  CUDA_CHECK(cudaMemsetAsync(base + plan.cand_keys, 0xff, plan.sorted_keys - plan.cand_keys,
+                             stream));
 
   const int64_t pass_rows = int64_t{kThreads} * kUnroll;
   const int pass_grid = grid_for(digit_pass_kernel, (n + pass_rows - 1) / pass_rows, device);
@@ -348,11 +389,16 @@ void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, dou
                                                                        tile_counts, tiles);
   CUDA_CHECK_LAUNCH("count_kernel");
   write_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(
-      s, sigma, n, rule, b, st, tile_counts, cand_keys, cand_index, w);
+      s, sigma, n, rule, cap, st, tile_counts, cand_keys, cand_index, w);
   CUDA_CHECK_LAUNCH("write_kernel");
   CUDA_CHECK(cub::DeviceRadixSort::SortPairs(base + plan.sort_tmp, sort_bytes, cand_keys,
-                                             sorted_keys, cand_index, support, b, 0, 64, stream));
+                                             sorted_keys, cand_index, sorted_index, cap, 0, 64,
+                                             stream));
   CUDA_CHECK_LAUNCH("cub::DeviceRadixSort::SortPairs");
+  CUDA_CHECK(cudaMemcpyAsync(support, sorted_index, sizeof(int64_t) * static_cast<size_t>(b),
+                             cudaMemcpyDeviceToDevice, stream));
+  bin_weights_kernel<<<blocks_for(b), kThreads, 0, stream>>>(s, st, sorted_keys, support, b, w);
+  CUDA_CHECK_LAUNCH("bin_weights_kernel");
 }
 
 }  // namespace fastal::cuda
