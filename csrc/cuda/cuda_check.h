@@ -7,18 +7,17 @@
 
 #include <cstdint>
 #include <mutex>
-#include <sstream>
 #include <stdexcept>
+
+#include "common/check.h"
 
 namespace fastal::cuda {
 
 [[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* what, const char* file,
                                           int line) {
   cudaGetLastError();  // clear a non-sticky error so that the next check does not report it again
-  std::ostringstream msg;
-  msg << "CUDA error at " << file << ":" << line << " in " << what << ": " << cudaGetErrorName(err)
-      << " (" << cudaGetErrorString(err) << ")";
-  throw std::runtime_error(msg.str());
+  throw std::runtime_error(concat("CUDA error at ", file, ":", line, " in ", what, ": ",
+                                  cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
 }
 
 }  // namespace fastal::cuda
@@ -57,9 +56,8 @@ class DeviceGuard {
   explicit DeviceGuard(int device) : device_(device) {
     const int count = device_count();
     if (device < 0 || device >= count) {
-      std::ostringstream msg;
-      msg << "device must be a CUDA device index in [0, " << count << "), got " << device;
-      throw std::invalid_argument(msg.str());
+      throw std::invalid_argument(
+          concat("device must be a CUDA device index in [0, ", count, "), got ", device));
     }
     CUDA_CHECK(cudaGetDevice(&previous_));
     CUDA_CHECK(cudaSetDevice(device));
