@@ -158,6 +158,17 @@ def test_factored_products_torch_tiles_equal_the_kernels(dtype, n, C, dh):
         assert_close_to(
             M, M_k, bound.apply(g_k.abs() + tol * g_bound), tol, f"grad_apply M, beta={beta}"
         )
+        # De-bias's form: g on a row subset (any order) and Φ of g scattered there
+        for name, r in (("rows", rows), ("unsorted rows", rows.flip(0))):
+            (g_r, M_r), (gk_r, Mk_r) = tiles.grad_apply(R, z, beta, r), kern.grad_apply(R, z, beta, r)
+            assert g_r.shape == gk_r.shape == (r.numel(),)
+            assert_close_to(g_r, gk_r, g_bound[r], tol, f"grad_apply g, {name}, beta={beta}")
+            assert_close_to(g_r, g_k[r], g_bound[r], tol, f"grad_apply g, {name} vs all rows")
+            u = torch.zeros(n, dtype=torch.float64)
+            u[r] = gk_r
+            bound_u = bound.apply(u.abs() + tol * g_bound * (u != 0))
+            assert_close_to(M_r, Mk_r, bound_u, tol, f"grad_apply M, {name}, beta={beta}")
+            assert_close_to(Mk_r, kern.apply(u), bound_u, tol, f"grad_apply M, {name} vs apply")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,3 +325,21 @@ def test_sparse_approx_on_cuda_arrays_equals_the_cpu(backend, solver, form):
     w, w_k = to_numpy(got.diagnostics["weights"]), expected.diagnostics["weights"]
     assert_allclose(w, w_k, rtol=0, atol=W_RTOL["float32"] * np.abs(w_k).max())
     assert_allclose(got.diagnostics["objective"], expected.diagnostics["objective"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_factored_kernels_reject_rows_out_of_range(dtype):
+    """The compiled products check their row subsets themselves (a bad index must not read
+    outside A and H)."""
+    n, C, dh = 50, 3, 8
+    A, H = factors(n, C, dh, dtype)
+    R = np.zeros((C, dh))
+    z = np.zeros(n)
+    adjoint = getattr(fastal._ext.cpu, f"factored_adjoint_{dtype}")
+    grad_apply = getattr(fastal._ext.cpu, f"factored_grad_apply_{dtype}")
+    for bad in (n, -1):
+        rows = np.array([0, bad], dtype=np.int64)
+        with pytest.raises(ValueError, match=rf"^rows\[1\] = {bad} is out of range"):
+            adjoint(A.numpy(), H.numpy(), R, 1.0, rows)
+        with pytest.raises(ValueError, match=rf"^rows\[1\] = {bad} is out of range"):
+            grad_apply(A.numpy(), H.numpy(), R, 1.0, z, 0.0, rows)

@@ -374,22 +374,31 @@ void register_factored_products(py::module_& m, const std::string& tag) {
 
   m.def(("factored_grad_apply_" + tag).c_str(),
         [=](const Buf<T>& A, const Buf<T>& H, const Buf<double>& R, double scale,
-            const Buf<double>& z, double beta) {
+            const Buf<double>& z, double beta, std::optional<Buf<int64_t>> rows) {
           const Factors f = factors(A, H);
           const double* r = matrix(R, f, "R");
           const double* pz = vector(z, f.n, "z");
-          Buf<double> g(f.n);
+          const int64_t* idx = nullptr;
+          int64_t count = f.n;
+          if (rows) {
+            FASTAL_REQUIRE(rows->ndim() == 1, "rows must be 1-D");
+            idx = rows->data();
+            count = rows->shape(0);
+            for (int64_t k = 0; k < count; ++k)
+              FASTAL_REQUIRE(idx[k] >= 0 && idx[k] < f.n, "rows[", k, "] = ", idx[k], " is out of range");
+          }
+          Buf<double> g(count);
           Buf<double> M({f.C, f.dh});
           double* pg = g.mutable_data();
           double* pm = M.mutable_data();
           {
             py::gil_scoped_release nogil;
-            factored_grad_apply(f.A, f.H, f.n, f.C, f.dh, r, scale, pz, beta, pg, pm);
+            factored_grad_apply(f.A, f.H, f.n, f.C, f.dh, r, scale, pz, beta, idx, count, pg, pm);
           }
           return py::make_tuple(g, M);
         },
         py::arg("A").noconvert(), py::arg("H").noconvert(), py::arg("R").noconvert(),
-        py::arg("scale"), py::arg("z").noconvert(), py::arg("beta"));
+        py::arg("scale"), py::arg("z").noconvert(), py::arg("beta"), py::arg("rows") = py::none());
 }
 
 // One fused Lloyd iteration (float32 / float64): labels, squared distances, float64 sums and

@@ -194,32 +194,47 @@ void block_rank_update(float* M, int64_t C, int64_t dh, const float* H, int64_t 
       for (int64_t kk = k; kk < dh; ++kk) M[c * dh + kk] += coef[j * C + c] * H[j * dh + kk];
 }
 
-void grad_apply_float(const float* A, const float* H, int64_t n, int64_t C, int64_t dh,
-                      const double* R, double scale, const double* z, double beta, double* g,
-                      double* M) {
+// rows == nullptr: every row (m = n); else the m rows rows[k], gathered a block at a time into
+// thread-local copies (in cache) so that the blocked loops see contiguous rows.
+void grad_apply_float(const float* A, const float* H, int64_t C, int64_t dh, const double* R,
+                      double scale, const double* z, double beta, const int64_t* rows_at,
+                      int64_t m, double* g, double* M) {
   const std::vector<float> Rf(R, R + C * dh);
   const int64_t size = C * dh;
-  const int threads = n * size > (int64_t{1} << 16) ? omp_get_max_threads() : 1;
+  const int threads = m * size > (int64_t{1} << 16) ? omp_get_max_threads() : 1;
   std::vector<double> totals(static_cast<size_t>(threads * size), 0.0);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<float> local(static_cast<size_t>(size), 0.f), t(kBlockRows * C), coef(kBlockRows * C);
+    std::vector<float> hb(rows_at ? kBlockRows * dh : 0), ab(rows_at ? kBlockRows * C : 0);
     double* total = totals.data() + static_cast<int64_t>(omp_get_thread_num()) * size;
-    const int64_t blocks = (n + kBlockRows - 1) / kBlockRows;
+    const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
     int64_t since_flush = 0;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t i0 = b * kBlockRows, rows = std::min(n, i0 + kBlockRows) - i0;
-      block_r_times_h<BlockLanes>(Rf.data(), C, dh, H + i0 * dh, rows, t.data());
+      const int64_t k0 = b * kBlockRows, rows = std::min(m, k0 + kBlockRows) - k0;
+      const float* Hb = H + k0 * dh;
+      const float* Ab = A + k0 * C;
+      if (rows_at) {
+        for (int64_t q = 0; q < rows; ++q) {
+          const int64_t i = rows_at[k0 + q];
+          std::copy(H + i * dh, H + (i + 1) * dh, hb.begin() + q * dh);
+          std::copy(A + i * C, A + (i + 1) * C, ab.begin() + q * C);
+        }
+        Hb = hb.data();
+        Ab = ab.data();
+      }
+      block_r_times_h<BlockLanes>(Rf.data(), C, dh, Hb, rows, t.data());
       for (int64_t q = 0; q < rows; ++q) {
-        const float* a = A + (i0 + q) * C;
+        const float* a = Ab + q * C;
         float adj = 0;
         for (int64_t c = 0; c < C; ++c) adj += a[c] * t[q * C + c];
-        const double gi = 2 * scale * adj + 2 * beta * (z[i0 + q] - 1);
-        g[i0 + q] = gi;
+        const int64_t i = rows_at ? rows_at[k0 + q] : k0 + q;
+        const double gi = 2 * scale * adj + 2 * beta * (z[i] - 1);
+        g[k0 + q] = gi;
         for (int64_t c = 0; c < C; ++c) coef[q * C + c] = static_cast<float>(gi) * a[c];
       }
-      block_rank_update<BlockLanes>(local.data(), C, dh, H + i0 * dh, rows, coef.data());
+      block_rank_update<BlockLanes>(local.data(), C, dh, Hb, rows, coef.data());
       if ((since_flush += rows) >= 256) {  // float32 partial sums over at most 256 rows
         for (int64_t e = 0; e < size; ++e) total[e] += local[e], local[e] = 0.f;
         since_flush = 0;
@@ -236,23 +251,26 @@ void grad_apply_float(const float* A, const float* H, int64_t n, int64_t C, int6
 
 template <typename T>
 void factored_grad_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, const double* R,
-                         double scale, const double* z, double beta, double* g, double* M) {
+                         double scale, const double* z, double beta, const int64_t* rows,
+                         int64_t m, double* g, double* M) {
+  if (!rows) m = n;
 #ifdef FASTAL_AVX2
   if constexpr (std::is_same_v<T, float>) {
-    grad_apply_float(A, H, n, C, dh, R, scale, z, beta, g, M);
+    grad_apply_float(A, H, C, dh, R, scale, z, beta, rows, m, g, M);
     return;
   }
 #endif
   const auto Ra = to_acc<T>(R, C * dh);
   const int threads = omp_get_max_threads();
   std::vector<std::vector<Acc<T>>> scratch(static_cast<size_t>(threads), std::vector<Acc<T>>(C));
-  accumulate_rows<T>(n, C, dh, M, [&](int64_t i, Acc<T>* local) {
+  accumulate_rows<T>(m, C, dh, M, [&](int64_t k, Acc<T>* local) {
     Acc<T>* t = scratch[static_cast<size_t>(omp_get_thread_num())].data();
+    const int64_t i = rows ? rows[k] : k;
     const T* a = A + i * C;
     const T* h = H + i * dh;
     r_times_h(Ra.data(), C, dh, h, t);
     const double gi = 2 * scale * static_cast<double>(a_dot(a, t, C)) + 2 * beta * (z[i] - 1);
-    g[i] = gi;
+    g[k] = gi;
     rank_one(local, a, h, C, dh, static_cast<Acc<T>>(gi));
     return true;
   });
@@ -265,8 +283,8 @@ void factored_grad_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t d
   template void factored_apply<T>(const T*, const T*, int64_t, int64_t, int64_t, const double*,   \
                                   double, double*);                                              \
   template void factored_grad_apply<T>(const T*, const T*, int64_t, int64_t, int64_t,             \
-                                       const double*, double, const double*, double, double*,    \
-                                       double*);
+                                       const double*, double, const double*, double,             \
+                                       const int64_t*, int64_t, double*, double*);
 FASTAL_INSTANTIATE(float)
 FASTAL_INSTANTIATE(double)
 #undef FASTAL_INSTANTIATE

@@ -241,15 +241,24 @@ class FactoredPhi:
             out[s : s + self._TILE] = (a * (h @ Rc.T)).sum(1).to(torch.float64)
         return self.scale * out
 
-    def grad_apply(self, R: Any, z: Any, beta: float) -> tuple[Any, Any]:
-        """``g = 2 Φᵀ R + 2β (z - 1)`` and ``Φ g``, reading every tile of A and H once."""
+    def grad_apply(self, R: Any, z: Any, beta: float, rows: Any = None) -> tuple[Any, Any]:
+        """``g = 2 Φᵀ R + 2β (z - 1)`` and ``Φ g``, reading every tile of A and H once; with
+        ``rows``, ``g`` on those rows only and ``Φ`` of ``g`` scattered there (De-bias's step)."""
         import torch
 
         if self._kernel is not None:
+            rows_np = None if rows is None else rows.to(torch.int64).contiguous().numpy()
             g, M = self._kernel["grad_apply"](
-                self._an, self._hn, R.contiguous().numpy(), self.scale, z.contiguous().numpy(), beta
-            )
+                self._an, self._hn, R.contiguous().numpy(), self.scale, z.contiguous().numpy(),
+                beta, rows_np,
+            )  # fmt: skip
             return torch.from_numpy(g), torch.from_numpy(M)
+        if rows is not None:
+            a, h = self.A[rows], self.H[rows]
+            Rc = R.to(h.dtype)
+            g = 2 * self.scale * (a * (h @ Rc.T)).sum(1).to(torch.float64) + 2 * beta * (z[rows] - 1)
+            M = (a.to(torch.float64) * g[:, None]).T @ h.to(torch.float64)
+            return g, self.scale * M
         g = torch.empty(self.n, dtype=torch.float64, device=R.device)
         out = torch.zeros((self.A.shape[1], self.H.shape[1]), dtype=torch.float64, device=R.device)
         Rc = R.to(self.H.dtype)
@@ -274,9 +283,12 @@ class DensePhi:
         G = self.G if rows is None else self.G[:, rows]
         return self.scale * (G.T @ R)
 
-    def grad_apply(self, R: Any, z: Any, beta: float) -> tuple[Any, Any]:
-        g = 2 * self.adjoint(R) + 2 * beta * (z - 1)
-        return g, self.apply(g)
+    def grad_apply(self, R: Any, z: Any, beta: float, rows: Any = None) -> tuple[Any, Any]:
+        if rows is None:
+            g = 2 * self.adjoint(R) + 2 * beta * (z - 1)
+            return g, self.apply(g)
+        g = 2 * self.adjoint(R, rows) + 2 * beta * (z[rows] - 1)
+        return g, self.scale * (self.G[:, rows] @ g)
 
 
 @dataclass
@@ -324,8 +336,8 @@ class SparseProblem:
 
         r = self.residual(w) if r is None else r
         u = torch.zeros_like(w)
-        u[S] = self.grad_f1(w, r, rows=S)
-        pu = self.phi.apply(u)
+        # ∇f1 on S and Φ of it in one pass over S's rows (not an adjoint and then an apply)
+        u[S], pu = self.phi.grad_apply(r, w, self.beta, rows=S)
         mu = self.line_search(u, w, r, pu)
         return w - mu * u, r - mu * pu
 
