@@ -1,0 +1,111 @@
+"""Where the GPU time goes, for the two GPU targets not met yet (RESULTS.md, GPU section):
+
+- top-b at n = 10^7, b = 10^5: fastal.iht_threshold, its binding alone (no Python checks), one
+  non-finite scan, the torch peer and torch.topk alone, a 40 MB copy for scale;
+- the Gram eigenvalues at order 16 (20,000 groups, both sides) and 64: gram_min_eig with int64
+  device groups (checked on the device) and int32 ones (checked on the host), the binding alone,
+  the NaN scan of Z, and eigvalsh on matrices already built.
+
+    python benchmarks/gpu_breakdown.py      # needs a CUDA GPU and fastal's CUDA module
+
+Median of 15 timed runs after 3 warm-ups, each synchronised; milliseconds.
+"""
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import fastal
+
+
+def ms(fn, reps: int = 15, warm: int = 3) -> float:
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        out.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(out)
+
+
+def top_b(rows: dict, n: int = 10_000_000, b: int = 100_000, alpha: float = 0.5) -> None:
+    cuda, stream = fastal._ext.cuda, torch.cuda.current_stream().cuda_stream
+    g = torch.Generator(device="cuda").manual_seed(0)
+    s = torch.randn(n, device="cuda", generator=g)
+    sigma = torch.rand(n, device="cuda", generator=g)
+    support = torch.empty(b, dtype=torch.int64, device="cuda")
+    w = torch.empty(n, device="cuda")
+
+    def peer():
+        neg = (-s).clamp_min(0)
+        return torch.topk(-(0.5 * neg * neg - alpha * sigma * sigma), b).indices
+
+    rows["topb fastal.iht_threshold"] = ms(lambda: fastal.iht_threshold(s, sigma, b, alpha))
+    rows["topb binding only"] = ms(lambda: cuda.iht_threshold(
+        s.data_ptr(), sigma.data_ptr(), n, b, alpha, support.data_ptr(), w.data_ptr(), 0, stream
+    ))  # fmt: skip
+    rows["topb count_nonfinite_rows x1"] = ms(
+        lambda: cuda.count_nonfinite_rows("float32", s.data_ptr(), n, 1, 0, stream)
+    )
+    rows["topb torch peer (score + topk)"] = ms(peer)
+    score = -(0.5 * (-s).clamp_min(0) ** 2 - alpha * sigma * sigma)
+    rows["topb torch.topk alone"] = ms(lambda: torch.topk(score, b))
+    rows["copy 40 MB (d2d)"] = ms(lambda: w.copy_(s))
+    mine = fastal.iht_threshold(s, sigma, b, alpha)[0]
+    same = torch.equal(torch.sort(mine).values, torch.sort(peer()).values)
+    rows["topb same set as peer (1 = yes)"] = float(same)
+
+
+def gram(rows: dict, size: int, side: str, n_groups: int) -> None:
+    """bench_gram.py's shapes: D side |L| = 2 size, G = 20; S side D = 2 size."""
+    cuda, stream = fastal._ext.cuda, torch.cuda.current_stream().cuda_stream
+    if side == "D":
+        D, m_lab, G = size, 2 * size, 20
+    else:
+        G = min(20, size // 2)
+        D, m_lab = 2 * size, size - G
+    N = m_lab + n_groups * G
+    rng = np.random.default_rng(0)
+    Z = torch.from_numpy(rng.standard_normal((N, D), dtype=np.float32)).cuda()
+    perm = rng.permutation(N)
+    lab = torch.from_numpy(np.sort(perm[:m_lab])).cuda()
+    grp = torch.from_numpy(perm[m_lab : m_lab + n_groups * G].reshape(n_groups, G).copy()).cuda()
+    mins = torch.empty(n_groups, dtype=torch.float64, device="cuda")
+    rtol = max(m_lab + G, D) * float(np.finfo(np.float64).eps)
+    key = f"gram {size}{side} x{n_groups}"
+    rows[f"{key} fastal (device groups)"] = ms(lambda: fastal.gram_min_eig(Z, lab, grp))
+    rows[f"{key} fastal (int32 groups: host check)"] = ms(
+        lambda: fastal.gram_min_eig(Z, lab, grp.int())
+    )
+    rows[f"{key} binding only"] = ms(lambda: cuda.gram_min_eig(
+        "float32", Z.data_ptr(), N, D, lab.data_ptr(), m_lab, grp.data_ptr(), n_groups, G, rtol,
+        mins.data_ptr(), 0, 0, stream,
+    ))  # fmt: skip
+    rows[f"{key} gram_scan"] = ms(lambda: cuda.gram_scan("float32", Z.data_ptr(), N, D, 0, stream))
+    if size <= 32:  # eigvalsh of 10,000 order-64 matrices takes seconds
+        order = min(m_lab + G, D)
+        K = torch.randn(n_groups, order, order, device="cuda")
+        K = K @ K.transpose(1, 2)
+        rows[f"{key} torch eigvalsh on built K"] = ms(
+            lambda: torch.linalg.eigvalsh(K), reps=3, warm=1
+        )
+
+
+def main() -> None:
+    if not (torch.cuda.is_available() and fastal.cuda_available()):
+        raise SystemExit("needs a CUDA GPU and fastal built with its CUDA module")
+    rows: dict = {}
+    top_b(rows)
+    for case in ((16, "D", 20_000), (16, "S", 20_000), (64, "D", 10_000)):
+        gram(rows, *case)
+    print(torch.cuda.get_device_name(), "(ms)")
+    for name, value in rows.items():
+        print(f"{name:55s} {value:10.3f}")
+
+
+if __name__ == "__main__":
+    main()
