@@ -96,9 +96,20 @@ void factored_adjoint(const T* A, const T* H, int64_t C, int64_t dh, const doubl
   }
 }
 
+#ifdef FASTAL_AVX2
+void apply_float(const float* A, const float* H, int64_t n, int64_t C, int64_t dh, const double* u,
+                 double scale, double* M);
+#endif
+
 template <typename T>
 void factored_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, const double* u,
                     double scale, double* M) {
+#ifdef FASTAL_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    apply_float(A, H, n, C, dh, u, scale, M);
+    return;
+  }
+#endif
   accumulate_rows<T>(n, C, dh, M, [&](int64_t i, Acc<T>* local) {
     if (u[i] == 0) return false;
     rank_one(local, A + i * C, H + i * dh, C, dh, static_cast<Acc<T>>(u[i]));
@@ -194,18 +205,22 @@ void block_rank_update(float* M, int64_t C, int64_t dh, const float* H, int64_t 
       for (int64_t kk = k; kk < dh; ++kk) M[c * dh + kk] += coef[j * C + c] * H[j * dh + kk];
 }
 
-// rows == nullptr: every row (m = n); else the m rows rows[k], gathered a block at a time into
-// thread-local copies (in cache) so that the blocked loops see contiguous rows.
-void grad_apply_float(const float* A, const float* H, int64_t C, int64_t dh, const double* R,
-                      double scale, const double* z, double beta, const int64_t* rows_at,
-                      int64_t m, double* g, double* M) {
-  const std::vector<float> Rf(R, R + C * dh);
+// M = scale * Σ_k Σ_c coef[k][c] h_j a_j-weighted rows, blocked: the m rows j = rows_at[k] (all
+// rows, j = k, when rows_at == nullptr) in blocks of kBlockRows, each gathered into thread-local
+// copies (in cache) when rows_at is given so that the blocked loops see contiguous rows.
+// fill(k0, rows, Ab, Hb, coef, scratch) writes the block's coefficients coef (rows x C); scratch
+// holds kBlockRows x C floats of its own. Per-thread float32 sums are flushed to float64 every
+// 256 rows.
+template <typename Fill>
+void blocked_rank_updates(const float* A, const float* H, int64_t C, int64_t dh,
+                          const int64_t* rows_at, int64_t m, double scale, double* M, Fill&& fill) {
   const int64_t size = C * dh;
   const int threads = m * size > (int64_t{1} << 16) ? omp_get_max_threads() : 1;
   std::vector<double> totals(static_cast<size_t>(threads * size), 0.0);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> local(static_cast<size_t>(size), 0.f), t(kBlockRows * C), coef(kBlockRows * C);
+    std::vector<float> local(static_cast<size_t>(size), 0.f), scratch(kBlockRows * C),
+        coef(kBlockRows * C);
     std::vector<float> hb(rows_at ? kBlockRows * dh : 0), ab(rows_at ? kBlockRows * C : 0);
     double* total = totals.data() + static_cast<int64_t>(omp_get_thread_num()) * size;
     const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
@@ -224,16 +239,7 @@ void grad_apply_float(const float* A, const float* H, int64_t C, int64_t dh, con
         Hb = hb.data();
         Ab = ab.data();
       }
-      block_r_times_h<BlockLanes>(Rf.data(), C, dh, Hb, rows, t.data());
-      for (int64_t q = 0; q < rows; ++q) {
-        const float* a = Ab + q * C;
-        float adj = 0;
-        for (int64_t c = 0; c < C; ++c) adj += a[c] * t[q * C + c];
-        const int64_t i = rows_at ? rows_at[k0 + q] : k0 + q;
-        const double gi = 2 * scale * adj + 2 * beta * (z[i] - 1);
-        g[k0 + q] = gi;
-        for (int64_t c = 0; c < C; ++c) coef[q * C + c] = static_cast<float>(gi) * a[c];
-      }
+      fill(k0, rows, Ab, Hb, coef.data(), scratch.data());
       block_rank_update<BlockLanes>(local.data(), C, dh, Hb, rows, coef.data());
       if ((since_flush += rows) >= 256) {  // float32 partial sums over at most 256 rows
         for (int64_t e = 0; e < size; ++e) total[e] += local[e], local[e] = 0.f;
@@ -246,6 +252,45 @@ void grad_apply_float(const float* A, const float* H, int64_t C, int64_t dh, con
   for (int t = 0; t < threads; ++t)
     for (int64_t e = 0; e < size; ++e) M[e] += totals[static_cast<size_t>(t * size + e)];
   for (int64_t e = 0; e < size; ++e) M[e] *= scale;
+}
+
+// factored_grad_apply for float32: g on the rows (all, or rows_at), and M from those g.
+void grad_apply_float(const float* A, const float* H, int64_t C, int64_t dh, const double* R,
+                      double scale, const double* z, double beta, const int64_t* rows_at,
+                      int64_t m, double* g, double* M) {
+  const std::vector<float> Rf(R, R + C * dh);
+  blocked_rank_updates(A, H, C, dh, rows_at, m, scale, M,
+                       [&](int64_t k0, int64_t rows, const float* Ab, const float* Hb,
+                           float* coef, float* t) {
+                         block_r_times_h<BlockLanes>(Rf.data(), C, dh, Hb, rows, t);
+                         for (int64_t q = 0; q < rows; ++q) {
+                           const float* a = Ab + q * C;
+                           float adj = 0;
+                           for (int64_t c = 0; c < C; ++c) adj += a[c] * t[q * C + c];
+                           const int64_t i = rows_at ? rows_at[k0 + q] : k0 + q;
+                           const double gi = 2 * scale * adj + 2 * beta * (z[i] - 1);
+                           g[k0 + q] = gi;
+                           for (int64_t c = 0; c < C; ++c)
+                             coef[q * C + c] = static_cast<float>(gi) * a[c];
+                         }
+                       });
+}
+
+// factored_apply for float32: the rows with u_j != 0, gathered into blocks.
+void apply_float(const float* A, const float* H, int64_t n, int64_t C, int64_t dh, const double* u,
+                 double scale, double* M) {
+  std::vector<int64_t> nonzero;
+  for (int64_t i = 0; i < n; ++i)
+    if (u[i] != 0) nonzero.push_back(i);
+  const int64_t* at = nonzero.data();
+  blocked_rank_updates(A, H, C, dh, at, static_cast<int64_t>(nonzero.size()), scale, M,
+                       [&](int64_t k0, int64_t rows, const float* Ab, const float*, float* coef,
+                           float*) {
+                         for (int64_t q = 0; q < rows; ++q) {
+                           const float f = static_cast<float>(u[at[k0 + q]]);
+                           for (int64_t c = 0; c < C; ++c) coef[q * C + c] = f * Ab[q * C + c];
+                         }
+                       });
 }
 #endif
 
