@@ -332,21 +332,23 @@ void register_factored_products(py::module_& m, const std::string& tag) {
     FASTAL_REQUIRE(v.ndim() == 1 && v.shape(0) == n, name, " must have shape (", n, ",)");
     return v.data();
   };
+  // (rows, count): the checked subset, or (nullptr, n) for every row
+  auto row_subset = [](const std::optional<Buf<int64_t>>& rows, int64_t n) {
+    if (!rows) return std::pair<const int64_t*, int64_t>{nullptr, n};
+    FASTAL_REQUIRE(rows->ndim() == 1, "rows must be 1-D");
+    const int64_t* idx = rows->data();
+    const int64_t count = rows->shape(0);
+    for (int64_t k = 0; k < count; ++k)
+      FASTAL_REQUIRE(idx[k] >= 0 && idx[k] < n, "rows[", k, "] = ", idx[k], " is out of range");
+    return std::pair<const int64_t*, int64_t>{idx, count};
+  };
 
   m.def(("factored_adjoint_" + tag).c_str(),
         [=](const Buf<T>& A, const Buf<T>& H, const Buf<double>& R, double scale,
             std::optional<Buf<int64_t>> rows) {
           const Factors f = factors(A, H);
           const double* r = matrix(R, f, "R");
-          const int64_t* idx = nullptr;
-          int64_t count = f.n;
-          if (rows) {
-            FASTAL_REQUIRE(rows->ndim() == 1, "rows must be 1-D");
-            idx = rows->data();
-            count = rows->shape(0);
-            for (int64_t k = 0; k < count; ++k)
-              FASTAL_REQUIRE(idx[k] >= 0 && idx[k] < f.n, "rows[", k, "] = ", idx[k], " is out of range");
-          }
+          const auto [idx, count] = row_subset(rows, f.n);
           Buf<double> out(count);
           double* po = out.mutable_data();
           {
@@ -378,15 +380,7 @@ void register_factored_products(py::module_& m, const std::string& tag) {
           const Factors f = factors(A, H);
           const double* r = matrix(R, f, "R");
           const double* pz = vector(z, f.n, "z");
-          const int64_t* idx = nullptr;
-          int64_t count = f.n;
-          if (rows) {
-            FASTAL_REQUIRE(rows->ndim() == 1, "rows must be 1-D");
-            idx = rows->data();
-            count = rows->shape(0);
-            for (int64_t k = 0; k < count; ++k)
-              FASTAL_REQUIRE(idx[k] >= 0 && idx[k] < f.n, "rows[", k, "] = ", idx[k], " is out of range");
-          }
+          const auto [idx, count] = row_subset(rows, f.n);
           Buf<double> g(count);
           Buf<double> M({f.C, f.dh});
           double* pg = g.mutable_data();
