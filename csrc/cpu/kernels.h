@@ -51,8 +51,9 @@ void iht_threshold(const T* s, const T* sigma, int64_t n, int64_t b, double alph
 //   factored_adjoint:    out[k] = scale * a_jᵀ R h_j for j = rows[k] (rows == nullptr: j = k < m)
 //   factored_apply:      M = scale * Σ_j u_j a_j h_jᵀ (rows with u_j = 0 skipped)
 //   factored_grad_apply: g_j = 2 scale a_jᵀ R h_j + 2 beta (z_j - 1) and M = scale * Σ_j g_j a_j h_jᵀ,
-//                        in one pass (the IHT gradient step and its line search); over every row
-//                        (rows == nullptr, g of length n) or over j = rows[k], k < m (g[k]; De-bias).
+//                        in one pass (the IHT gradient step and its line search); over every
+//                        row (rows == nullptr, g of length n) or over j = rows[k], k < m (g[k];
+//                        De-bias).
 template <typename T>
 void factored_adjoint(const T* A, const T* H, int64_t C, int64_t dh, const double* R, double scale,
                       const int64_t* rows, int64_t m, double* out);

@@ -194,8 +194,8 @@ __device__ __forceinline__ u64 rank_flag(u64 key, u64 lo, u64 hi) {
   return key < lo ? kLessOne : (key <= hi ? u64{1} : u64{0});
 }
 
-// Per tile (one block): packed counts of keys < lo and in [lo, hi]; then the last block rewrites the
-// `tiles` counts as exclusive prefix sums (neither half carries: both totals are <= n < 2^32).
+// Per tile (one block): packed counts of keys < lo and in [lo, hi]; then the last block rewrites
+// the `tiles` counts as exclusive prefix sums (neither half carries: both totals are <= n < 2^32).
 __global__ void __launch_bounds__(kThreads)
     count_kernel(const float* s, const float* sigma, int64_t n, Rule rule, SelectState* st,
                  u64* tile_counts, int64_t tiles) {

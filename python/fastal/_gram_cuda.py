@@ -9,8 +9,9 @@ the outputs are allocated in the caller's framework on Z's device.
 Z stays on the device: one pass there (``fastal._cuda.gram_scan``) finds NaN / Inf rows (the same
 ``ValueError`` as the CPU path) and the peak magnitude for the exact power-of-two rescaling of
 extreme inputs (gram.py's rule, applied on the device). The indices are validated by gram.py: int64
-device groups on the device (one synchronisation), others on the host and then copied over. A ``fastal._cuda`` without the kernel (a build older than it)
-raises ``RuntimeError`` saying how to rebuild: there is no slower fallback.
+device groups on the device (one synchronisation), others on the host and then copied over. A
+``fastal._cuda`` without the kernel (a build older than it) raises ``RuntimeError`` saying how to
+rebuild: there is no slower fallback.
 """
 
 from __future__ import annotations

@@ -256,7 +256,8 @@ class FactoredPhi:
         if rows is not None:
             a, h = self.A[rows], self.H[rows]
             Rc = R.to(h.dtype)
-            g = 2 * self.scale * (a * (h @ Rc.T)).sum(1).to(torch.float64) + 2 * beta * (z[rows] - 1)
+            adj = (a * (h @ Rc.T)).sum(1).to(torch.float64)
+            g = 2 * self.scale * adj + 2 * beta * (z[rows] - 1)
             M = (a.to(torch.float64) * g[:, None]).T @ h.to(torch.float64)
             return g, self.scale * M
         g = torch.empty(self.n, dtype=torch.float64, device=R.device)
