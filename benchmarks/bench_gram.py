@@ -323,7 +323,7 @@ CUDA_CASES = {
     "tiny": [(32, "D", 200)],
     "medium": [(16, "D", 20_000), (64, "D", 10_000), (128, "D", 5000), (256, "D", 2000),
                (64, "S", 10_000), (256, "S", 2000), ("crc", "D", 2500)],
-    "full": [(s, side, _GROUPS_CUDA[s]) for s in (16, 64, 128, 256, 512, 1024)
+    "full": [(s, side, _GROUPS_CUDA[s]) for s in (16, 32, 64, 128, 256, 512, 1024)
              for side in ("D", "S")] + [("crc", "D", 2500)],
 }[PRESET]  # fmt: skip
 CUDA_PEERS = ("torch_eigvalsh", "torch_eigvalsh_f64")
