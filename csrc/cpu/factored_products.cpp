@@ -205,9 +205,9 @@ void block_rank_update(float* M, int64_t C, int64_t dh, const float* H, int64_t 
       for (int64_t kk = k; kk < dh; ++kk) M[c * dh + kk] += coef[j * C + c] * H[j * dh + kk];
 }
 
-// M = scale * Σ_k Σ_c coef[k][c] h_j a_j-weighted rows, blocked: the m rows j = rows_at[k] (all
-// rows, j = k, when rows_at == nullptr) in blocks of kBlockRows, each gathered into thread-local
-// copies (in cache) when rows_at is given so that the blocked loops see contiguous rows.
+// M_c = scale * Σ_k coef[k][c] h_{j_k} over the m rows j_k = rows_at[k] (j_k = k when rows_at is
+// nullptr), in blocks of kBlockRows; with rows_at, each block is gathered into thread-local copies
+// (in cache) so that the blocked loops see contiguous rows.
 // fill(k0, rows, Ab, Hb, coef, scratch) writes the block's coefficients coef (rows x C); scratch
 // holds kBlockRows x C floats of its own. Per-thread float32 sums are flushed to float64 every
 // 256 rows.

@@ -309,12 +309,10 @@ class SparseProblem:
     def residual(self, w: Any) -> Any:
         return self.phi.apply(w) - self.v
 
-    def grad_f1(self, w: Any, r: Any = None, rows: Any = None) -> Any:
-        """``∇f1(w)`` (only at ``rows`` when given)."""
+    def grad_f1(self, w: Any, r: Any = None) -> Any:
+        """``∇f1(w)`` (De-bias's gradient on S comes from ``phi.grad_apply(..., rows=S)``)."""
         r = self.residual(w) if r is None else r
-        if rows is None:
-            return 2 * self.phi.adjoint(r) + 2 * self.beta * (w - 1)
-        return 2 * self.phi.adjoint(r, rows) + 2 * self.beta * (w[rows] - 1)
+        return 2 * self.phi.adjoint(r) + 2 * self.beta * (w - 1)
 
     def f1(self, w: Any, r: Any = None) -> float:
         r = self.residual(w) if r is None else r
