@@ -5,11 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define FASTAL_HD __host__ __device__ __forceinline__
-#else
-#define FASTAL_HD inline
-#endif
+#include "common/hd.h"
 
 namespace fastal {
 

@@ -29,15 +29,14 @@
 
 #include "common/check.h"
 #include "cpu/dots.h"
-#include "cpu/eig_search.h"
+#include "common/eig_search.h"
+#include "common/tridiagonal.h"
 #include "cpu/kernels.h"
 #include "cpu/parallel_groups.h"
 
 namespace fastal::cpu {
 
 namespace {
-
-constexpr double kEps = std::numeric_limits<double>::epsilon();  // 2^-52
 
 inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
@@ -61,28 +60,6 @@ void gram_lower_parallel(const double* X, int64_t ldx, int64_t m, int64_t len, d
 
 // ---------------------------------------------------------------------------------------------
 // Householder tridiagonalisation
-
-// The reflector H = I - beta v vᵀ with H x = alpha e_0 for x of length m >= 1 (v[0, m) written).
-// Returns alpha; beta = 0 (H = I) when x[1, m) is already zero.
-inline double householder(const double* x, int64_t m, double* v, double* beta) {
-  double scale = 0;
-  for (int64_t j = 1; j < m; ++j) scale = std::max(scale, std::abs(x[j]));
-  if (scale == 0) {
-    std::fill(v, v + m, 0.0);
-    *beta = 0;
-    return x[0];
-  }
-  scale = std::max(scale, std::abs(x[0]));
-  const double inv = 1 / scale;
-  double ss = 0;
-  for (int64_t j = 0; j < m; ++j) ss += (x[j] * inv) * (x[j] * inv);
-  const double norm = scale * std::sqrt(ss);
-  const double alpha = x[0] > 0 ? -norm : norm;
-  for (int64_t j = 1; j < m; ++j) v[j] = x[j];
-  v[0] = x[0] - alpha;
-  *beta = 1 / (alpha * (alpha - x[0]));  // 2 / vᵀv
-  return alpha;
-}
 
 // Per-thread buffers of the reduction of an n x n matrix.
 struct Workspace {
@@ -238,7 +215,7 @@ void tridiagonalize(Workspace& ws, int64_t n) {
       for (int64_t i = 0; i < m; ++i) col[i] = next[i] - (v[i] * w[0] + w[i] * v[0]);
     d[k] = col[0];
     double beta;
-    e[k] = householder(col + 1, m - 1, vn, &beta);
+    e[k] = tridiagonal::householder(col + 1, m - 1, vn, &beta);
     // update B (rows and columns >= 1) and p = B[1:, 1:] vn in one pass
     if (pending)
       update_and_symv<true>(B, ld, m, v, w, vn, pn, next);
@@ -290,149 +267,25 @@ inline void count_below(const double* d, const double* e2, int64_t n, const doub
   _mm256_storeu_pd(cnt, c0);
   _mm256_storeu_pd(cnt + 4, c1);
 #else
-  double q[kShifts];
-  for (int s = 0; s < kShifts; ++s) cnt[s] = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    for (int s = 0; s < kShifts; ++s) {
-      double t = d[i] - x[s];
-      if (i > 0) t -= e2[i - 1] / q[s];
-      t = std::abs(t) < pivmin ? -pivmin : t;
-      q[s] = t;
-      cnt[s] += t < 0 ? 1.0 : 0.0;
-    }
-  }
+  tridiagonal::count_below_scalar(d, e2, n, x, pivmin, cnt);
 #endif
 }
 
-// One LDLᵀ pass over T - x I: the number of negative pivots (eigenvalues below x) and the first
-// two derivatives of log|det(T - x I)|, G = Σ_j 1 / (x - λ_j) and H = Σ_j 1 / (x - λ_j)², from the
-// recurrences of the pivots q_i and their derivatives (r_i = q_i' / q_i, h_i = q_i'' / q_i).
-inline Pivots ldl_pass(const double* d, const double* e2, int64_t n, double x, double pivmin) {
-  double q = d[0] - x;
-  q = std::abs(q) < pivmin ? -pivmin : q;
-  double inv = 1 / q, r = -inv, h = 0;  // q_0' = -1, q_0'' = 0
-  double G = r, H = r * r;
-  int64_t count = q < 0;
-  for (int64_t i = 1; i < n; ++i) {
-    const double g = e2[i - 1] * inv;  // e²_{i-1} / q_{i-1}
-    q = (d[i] - x) - g;
-    q = std::abs(q) < pivmin ? -pivmin : q;
-    const double inv_i = 1 / q;
-    const double r_i = (g * r - 1) * inv_i;
-    const double h_i = g * inv_i * (h - 2 * r * r);
-    inv = inv_i, r = r_i, h = h_i;
-    G += r;
-    H += r * r - h;
-    count += q < 0;
-  }
-  return {count, G, H};
-}
-
-// The eig_search evaluator of the tridiagonal (d, e²).
+// The eig_search evaluator of the tridiagonal (d, e²): tridiagonal::ScalarCounts with AVX2 counts.
+template <class V>
 struct TridiagonalCounts {
-  const double* d;
-  const double* e2;
+  V d, e2;
   int64_t n;
   double pivmin;
-  Pivots pivots(double x) const { return ldl_pass(d, e2, n, x, pivmin); }
-  int64_t count(double x) const { return ldl_pass(d, e2, n, x, pivmin).count; }
+  Pivots pivots(double x) const { return tridiagonal::ldl_pass(d, e2, n, x, pivmin); }
+  int64_t count(double x) const { return tridiagonal::ldl_pass(d, e2, n, x, pivmin).count; }
   void counts(const double* x, double* cnt) const { count_below(d, e2, n, x, pivmin, cnt); }
 };
 
-// All eigenvalues of (d, e) by implicit QL with Wilkinson shifts (e is destroyed; e[n - 1] is
-// scratch), ascending in d.
-void ql_eigenvalues(double* d, double* e, int64_t n) {
-  if (n == 0) return;
-  const double tiny = std::numeric_limits<double>::min();
-  e[n - 1] = 0;
-  for (int64_t l = 0; l < n; ++l) {
-    for (int iter = 0; iter < 64; ++iter) {
-      int64_t m = l;  // the first negligible e[m] at or after l closes the block [l, m]
-      for (; m < n - 1; ++m)
-        if (std::abs(e[m]) <= kEps * (std::abs(d[m]) + std::abs(d[m + 1])) + tiny) break;
-      if (m == l) break;  // d[l] has converged
-      // Wilkinson-type shift from the leading 2 x 2 of the block, applied as the implicit shift
-      double g = (d[l + 1] - d[l]) / (2 * e[l]);
-      double r = std::sqrt(g * g + 1);
-      g = d[m] - d[l] + e[l] / (g + (g >= 0 ? r : -r));
-      double s = 1, c = 1, p = 0;
-      int64_t i = m - 1;
-      bool deflated = false;
-      for (; i >= l; --i) {  // chase the bulge from the bottom of the block up with rotations
-        const double f = s * e[i], b = c * e[i];
-        r = std::sqrt(f * f + g * g);
-        e[i + 1] = r;
-        if (r == 0) {  // underflow: the block splits at i + 1
-          d[i + 1] -= p;
-          e[m] = 0;
-          deflated = true;
-          break;
-        }
-        s = f / r;
-        c = g / r;
-        g = d[i + 1] - p;
-        r = (d[i] - g) * s + 2 * c * b;
-        p = s * r;
-        d[i + 1] = g + p;
-        g = c * r - b;
-      }
-      if (deflated) continue;
-      d[l] -= p;
-      e[l] = g;
-      e[m] = 0;
-    }
-  }
-  std::sort(d, d + n);
-}
-
 // λ⁺_min of the tridiagonal in ws (size n), and the spectrum (ascending) into spectrum if given.
 double solve_tridiagonal(Workspace& ws, int64_t n, double rtol, double* spectrum) {
-  double* d = ws.d.data();
-  double* e = ws.e.data();
-  double* e2 = ws.e2.data();
-  double big = 0;
-  for (int64_t i = 0; i < n; ++i) big = std::max(big, std::abs(d[i]));
-  for (int64_t i = 0; i + 1 < n; ++i) big = std::max(big, std::abs(e[i]));
-  if (!(big > 0)) {  // the zero matrix: no positive eigenvalue
-    if (spectrum) std::fill(spectrum, spectrum + n, 0.0);
-    return 0.0;
-  }
-  // scale by a power of two (exact) so that the squares below can neither overflow nor underflow
-  int exponent;
-  std::frexp(big, &exponent);
-  const double scale = std::ldexp(1.0, -exponent), unscale = std::ldexp(1.0, exponent);
-  double glo = std::numeric_limits<double>::infinity(), ghi = -glo;  // Gershgorin interval
-  for (int64_t i = 0; i < n; ++i) {
-    d[i] *= scale;
-    if (i + 1 < n) {
-      e[i] *= scale;
-      e2[i] = e[i] * e[i];
-    }
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const double radius = (i > 0 ? std::abs(e[i - 1]) : 0.0) + (i + 1 < n ? std::abs(e[i]) : 0.0);
-    glo = std::min(glo, d[i] - radius);
-    ghi = std::max(ghi, d[i] + radius);
-  }
-  const double pivmin = std::numeric_limits<double>::min();
-  const double pad = 4 * kEps * std::max(std::abs(glo), std::abs(ghi)) + 4 * pivmin * n;
-  glo -= pad;
-  ghi += pad;
-
-  if (spectrum) {
-    std::copy(d, d + n, spectrum);
-    std::copy(e, e + n - 1, ws.ql.data());
-    ql_eigenvalues(spectrum, ws.ql.data(), n);
-    for (int64_t i = 0; i < n; ++i) spectrum[i] = std::max(spectrum[i], 0.0) * unscale;
-  }
-
-  // λ_max by Laguerre from the Gershgorin bound (above every eigenvalue, so it moves left
-  // monotonically). It only sets the zero threshold rtol λ_max: 1e-6 of the scale is enough.
-  TridiagonalCounts ev{d, e2, n, pivmin};
-  const double lmax = eig_search::laguerre_eigenvalue(ev, n, n - 1, glo, ghi, false, 0, 1e-6 * ghi);
-  if (!(lmax > 0)) return 0.0;
-  const auto no_guess = [](int64_t) { return 0.0; };
-  return eig_search::min_positive_eigenvalue(ev, n, lmax, ghi, rtol, no_guess) * unscale;
+  return tridiagonal::min_positive<TridiagonalCounts>(ws.d.data(), ws.e.data(), ws.e2.data(),
+                                                      ws.ql.data(), n, rtol, spectrum);
 }
 
 // The lower triangle of group g's matrix into ws.a: on the S side [[K_LL, .], [K_gL, K_gg]] with

@@ -25,7 +25,7 @@
 
 #include "common/check.h"
 #include "cpu/dots.h"
-#include "cpu/eig_search.h"
+#include "common/eig_search.h"
 #include "cpu/kernels.h"
 #include "cpu/parallel_groups.h"
 

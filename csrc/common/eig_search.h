@@ -1,6 +1,7 @@
-// Locating single eigenvalues of a symmetric matrix K from its inertia, shared by the two CPU paths
-// of gram_min_eig: the tridiagonal one (gram_eig.cpp) and the shared-eigendecomposition one
-// (gram_lowrank.cpp). An evaluator E answers, for a shift x,
+// Locating single eigenvalues of a symmetric matrix K from its inertia, shared by the paths of
+// gram_min_eig: the CPU's tridiagonal one (cpu/gram_eig.cpp), its shared-eigendecomposition one
+// (cpu/gram_lowrank.cpp) and the per-thread one of small matrices (common/gram_small.h, host and
+// device). An evaluator E answers, for a shift x,
 //   Pivots E::pivots(double x)                            the number of eigenvalues below x and the
 //                                                         first two derivatives of log|det(K - xI)|
 //   int64_t E::count(double x)                            the count alone
@@ -13,7 +14,9 @@
 #include <cstdint>
 #include <limits>
 
-namespace fastal::cpu {
+#include "common/hd.h"
+
+namespace fastal {
 
 constexpr int kShifts = 8;  // counts evaluated side by side (the tridiagonal divisions pipeline)
 
@@ -31,7 +34,7 @@ constexpr double kEps = std::numeric_limits<double>::epsilon();
 // `rounds` rounds of kShifts counts) until the bracket is narrower than max(abstol, 2 eps |hi|);
 // *lo and *hi return the final bracket.
 template <class E>
-void kth_eigenvalue_rounds(E& ev, int64_t k, double* lo, double* hi, int rounds,
+FASTAL_HOST_DEVICE void kth_eigenvalue_rounds(E& ev, int64_t k, double* lo, double* hi, int rounds,
                            double abstol = 0) {
   double x[kShifts], cnt[kShifts];
   const double kk = static_cast<double>(k);
@@ -48,7 +51,7 @@ void kth_eigenvalue_rounds(E& ev, int64_t k, double* lo, double* hi, int rounds,
 }
 
 template <class E>
-double kth_eigenvalue(E& ev, int64_t k, double* lo, double* hi, double abstol) {
+FASTAL_HOST_DEVICE double kth_eigenvalue(E& ev, int64_t k, double* lo, double* hi, double abstol) {
   kth_eigenvalue_rounds(ev, k, lo, hi, 64, abstol);
   return 0.5 * (*lo + *hi);
 }
@@ -56,7 +59,7 @@ double kth_eigenvalue(E& ev, int64_t k, double* lo, double* hi, double abstol) {
 // Laguerre's step for a polynomial of degree m with real roots, from x towards the nearest root on
 // the right (right = true) or the left: a positive distance, or NaN / inf when it breaks down.
 // Written so that nothing cancels: (sq - G) = m ((m - 1) H - G²) / (sq + G) when G > 0, etc.
-inline double laguerre_step(double m, double G, double H, bool right) {
+FASTAL_HD double laguerre_step(double m, double G, double H, bool right) {
   const double disc = std::max((m - 1) * (m * H - G * G), 0.0);
   const double sq = std::sqrt(disc);
   const double g = right ? G : -G;  // moving left is moving right on the mirrored polynomial
@@ -72,8 +75,9 @@ inline double laguerre_step(double m, double G, double H, bool right) {
 // multisection round, after which Laguerre resumes from the new end of the bracket (a few times,
 // then multisection finishes). first, when given, is the evaluation at the starting point.
 template <class E>
-double laguerre_eigenvalue(E& ev, int64_t n, int64_t k, double lo, double hi, bool from_left,
-                           int64_t deflate, double abstol, const Pivots* first = nullptr) {
+FASTAL_HOST_DEVICE double laguerre_eigenvalue(E& ev, int64_t n, int64_t k, double lo, double hi,
+                                              bool from_left, int64_t deflate, double abstol,
+                                              const Pivots* first = nullptr) {
   constexpr int kRestarts = 4;
   double x = from_left ? lo : hi;
   int restarts = 0;
@@ -120,7 +124,8 @@ double laguerre_eigenvalue(E& ev, int64_t n, int64_t k, double lo, double hi, bo
 // number in (thr, hi), is a point near the z-th eigenvalue (0-based) where Laguerre may start:
 // rightwards when its count is z, leftwards when it is z + 1; otherwise it still bounds the search.
 template <class E, class Guess>
-double min_positive_eigenvalue(E& ev, int64_t n, double lmax, double hi, double rtol, Guess guess) {
+FASTAL_HOST_DEVICE double min_positive_eigenvalue(E& ev, int64_t n, double lmax, double hi,
+                                                  double rtol, Guess guess) {
   const double thr = rtol * lmax;
   const int64_t zeros = ev.count(thr);
   if (zeros >= n) return 0.0;
@@ -148,4 +153,4 @@ double min_positive_eigenvalue(E& ev, int64_t n, double lmax, double hi, double 
 }
 
 }  // namespace eig_search
-}  // namespace fastal::cpu
+}  // namespace fastal
