@@ -2,9 +2,10 @@
 
 - top-b at n = 10^7, b = 10^5: fastal.iht_threshold, its binding alone (no Python checks), one
   non-finite scan, the torch peer and torch.topk alone, a 40 MB copy for scale;
-- the Gram eigenvalues at order 16 (20,000 groups, both sides) and 64: gram_min_eig with int64
-  device groups (checked on the device) and int32 ones (checked on the host), the binding alone,
-  the NaN scan of Z, and eigvalsh on matrices already built.
+- the Gram eigenvalues at orders 16 (20,000 groups), 32 (10,000; both sides) and 64: gram_min_eig
+  with int64 device groups (checked on the device) and int32 ones (checked on the host), the
+  binding alone, for orders <= 32 both of its paths (one thread per matrix, the default, and one
+  block per matrix: small_max = 0), the NaN scan of Z, and eigvalsh on matrices already built.
 
     python benchmarks/gpu_breakdown.py      # needs a CUDA GPU and fastal's CUDA module
 
@@ -81,10 +82,15 @@ def gram(rows: dict, size: int, side: str, n_groups: int) -> None:
     rows[f"{key} fastal (int32 groups: host check)"] = ms(
         lambda: fastal.gram_min_eig(Z, lab, grp.int())
     )
-    rows[f"{key} binding only"] = ms(lambda: cuda.gram_min_eig(
-        "float32", Z.data_ptr(), N, D, lab.data_ptr(), m_lab, grp.data_ptr(), n_groups, G, rtol,
-        mins.data_ptr(), 0, 0, stream,
-    ))  # fmt: skip
+    def binding(small_max: int = -1):
+        cuda.gram_min_eig(
+            "float32", Z.data_ptr(), N, D, lab.data_ptr(), m_lab, grp.data_ptr(), n_groups, G,
+            rtol, mins.data_ptr(), 0, 0, stream, small_max=small_max,
+        )  # fmt: skip
+
+    rows[f"{key} binding only"] = ms(binding)
+    if min(m_lab + G, D) <= 32:
+        rows[f"{key} binding only, block path"] = ms(lambda: binding(0))
     rows[f"{key} gram_scan"] = ms(lambda: cuda.gram_scan("float32", Z.data_ptr(), N, D, 0, stream))
     if size <= 32:  # eigvalsh of 10,000 order-64 matrices takes seconds
         order = min(m_lab + G, D)
@@ -100,7 +106,8 @@ def main() -> None:
         raise SystemExit("needs a CUDA GPU and fastal built with its CUDA module")
     rows: dict = {}
     top_b(rows)
-    for case in ((16, "D", 20_000), (16, "S", 20_000), (64, "D", 10_000)):
+    for case in ((16, "D", 20_000), (16, "S", 20_000), (32, "D", 10_000), (32, "S", 10_000),
+                 (64, "D", 10_000)):
         gram(rows, *case)
     print(torch.cuda.get_device_name(), "(ms)")
     for name, value in rows.items():

@@ -4,9 +4,12 @@ float64 numpy reference :func:`reference.gram_min_eig_ref`.
 - λ⁺_min and the spectra on torch-CUDA (and cupy when installed), float32 and float64 ``Z``, both
   sides (|S| <= D: ``Z_S Z_Sᵀ``; |S| > D: ``Z_Lᵀ Z_L + Z_gᵀ Z_g``), orders 2 to 513 across the
   shared-memory path (up to 166 on an H100) and the global-memory path; 1024 in a slow case.
-- The three memory paths (matrix in shared memory; matrix in global memory; matrix and vectors in
-  global memory, forced through the private ``smem_limit``) give the same bits, and a group's
-  score does not depend on the batch (more groups than resident blocks included).
+- The one-thread-per-matrix path of orders <= 32 agrees with the block path (forced through the
+  private ``small_max``) and the CPU, more groups than slots included; its host build is checked
+  on every machine by ``test_gram_small.py``.
+- The block path's three memory paths (matrix in shared memory; matrix in global memory; matrix
+  and vectors in global memory, forced through the private ``smem_limit``) give the same bits, and
+  a group's score does not depend on the batch (more groups than resident blocks included).
 - Rank deficiency and duplicated rows (λ⁺_min skips the zeros), zero matrices, empty L, G = 1,
   the rtol rule, exact power-of-two rescaling, outputs in the input's framework and device,
   non-default streams, NaN / Inf and the binding's own checks.
@@ -277,8 +280,9 @@ def test_empty_labeled_and_single_member_groups(backend, dtype):
 # memory paths, batches, determinism
 
 
-def run_path(Z, lab, groups, smem_limit: int, return_all: bool = True):
-    """The CUDA branch directly, with the shared memory for the matrix capped at smem_limit."""
+def run_path(Z, lab, groups, smem_limit: int, return_all: bool = True, small_max: int = 0):
+    """The CUDA branch directly, with the shared memory for the matrix capped at smem_limit;
+    small_max = 0 (the default here) sends every order to the block path, -1 is the default."""
     from fastal import _interop
     from fastal._gram_cuda import gram_min_eig_cuda
 
@@ -288,7 +292,9 @@ def run_path(Z, lab, groups, smem_limit: int, return_all: bool = True):
     lab = np.asarray(lab, dtype=np.int64)
     groups = np.ascontiguousarray(groups, dtype=np.int64)
     rtol = max(lab.size + groups.shape[1], Z.shape[1]) * EPS
-    out = gram_min_eig_cuda(Zd, info, lab, groups, rtol, return_all, smem_limit=smem_limit)
+    out = gram_min_eig_cuda(
+        Zd, info, lab, groups, rtol, return_all, smem_limit=smem_limit, small_max=small_max
+    )
     return tuple(to_numpy(o) for o in out) if return_all else to_numpy(out)
 
 
@@ -305,6 +311,49 @@ def test_memory_paths_give_the_same_bits(size, side):
         assert_array_equal(got[1], auto[1])
     want, want_spectra = reference_of(size, side, 24, "float64")
     assert_eigs_close(auto[0], want, want_spectra[:, -1])
+
+
+@pytest.mark.parametrize("side", ["S", "D"])
+@pytest.mark.parametrize("size", [1, 2, 5, 9, 16, 17, 24, 31, 32])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_path_matches_block_path_and_cpu(dtype, size, side):
+    """Orders <= 32 run one matrix per thread by default: the same eigenvalues as the block path
+    and the CPU kernel, to rounding (the two GPU paths reduce in different orders)."""
+    Z, lab, groups = make_case(size, side, 40)
+    want, want_spectra = reference_of(size, side, 40, dtype)
+    lmax = want_spectra[:, -1]
+    Zs = Z.astype(dtype)
+    small = run_path(Zs, lab, groups, -1, small_max=-1)
+    block = run_path(Zs, lab, groups, -1, small_max=0)
+    cpu_lam, cpu_spectra = cpu(
+        Z,
+        lab,
+        groups,
+        dtype,
+        return_all=True,
+        rtol=max(len(lab) + groups.shape[1], Z.shape[1]) * EPS,
+    )
+    for lam, spectra in (small, block):
+        assert_eigs_close(lam, cpu_lam, lmax)
+        assert_eigs_close(lam, want, lmax)
+        assert_eigs_close(spectra, cpu_spectra, lmax)
+        assert (np.diff(spectra, axis=1) >= 0).all() and (spectra >= 0).all()
+    assert_array_equal(run_path(Zs, lab, groups, -1, return_all=False, small_max=-1), small[0])
+    assert_array_equal(run_path(Zs, lab, groups, -1, small_max=size)[0], small[0])
+    assert_array_equal(run_path(Zs, lab, groups, -1, small_max=size - 1)[0], block[0])
+
+
+def test_small_path_loops_over_more_groups_than_slots():
+    """The per-thread path bounds its slots (threads resident at once, 1 GiB of workspace) and
+    loops over the groups: 150,000 groups of order 3 agree with the CPU kernel."""
+    rng = np.random.default_rng(4)
+    Z = rng.normal(size=(5000, 3))
+    groups = np.stack([rng.permutation(5000)[:4] for _ in range(8)])  # distinct within a row
+    groups = np.concatenate([groups, rng.integers(0, 5000, size=(150_000, 1)).repeat(4, 1)])
+    groups[8:, 1:] = (groups[8:, 1:] + np.arange(1, 4)) % 5000
+    lam = run_path(Z, None, groups, -1, return_all=False, small_max=-1)
+    want = cpu(Z, None, groups, rtol=4 * EPS)
+    assert_allclose(lam, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
 
 
 def test_more_groups_than_resident_blocks():
@@ -548,7 +597,15 @@ def test_binding_out_of_range_indices_give_nan():
     assert_allclose(got[[0, 2]], want[[0, 2]], rtol=1e-9)
     bad_lab = lab.copy()
     bad_lab[0] = -1
-    args = binding_args(Zd, torch.from_numpy(bad_lab).cuda(), torch.from_numpy(groups).cuda(), lam)
-    fastal._ext.cuda.gram_min_eig(**args)
-    assert np.isnan(to_numpy(lam)).all()
+    for small_max in (-1, 0):  # order 17: the per-thread path, then the block path
+        args = binding_args(Zd, torch.from_numpy(lab).cuda(), torch.from_numpy(bad_groups).cuda(),
+                            lam, small_max=small_max)  # fmt: skip
+        fastal._ext.cuda.gram_min_eig(**args)
+        got = to_numpy(lam)
+        assert np.isnan(got[1])
+        assert_allclose(got[[0, 2]], want[[0, 2]], rtol=1e-9)
+        args = binding_args(Zd, torch.from_numpy(bad_lab).cuda(), torch.from_numpy(groups).cuda(),
+                            lam, small_max=small_max)  # fmt: skip
+        fastal._ext.cuda.gram_min_eig(**args)
+        assert np.isnan(to_numpy(lam)).all()
     assert_allclose(to_numpy(gpu(Z, lab, groups, rtol=1e-12)), want, rtol=1e-9)  # still fine

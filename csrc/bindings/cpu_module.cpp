@@ -460,6 +460,35 @@ void register_gram(py::module_& m, const std::string& tag) {
         },
         py::arg("Z").noconvert(), py::arg("labeled").noconvert(), py::arg("groups").noconvert(),
         py::arg("rtol"), py::arg("return_all") = false);
+  m.def(("gram_min_eig_small_" + tag).c_str(),
+        [](const Buf<T>& Z, const Buf<int64_t>& labeled, const Buf<int64_t>& groups, double rtol,
+           bool return_all, int64_t slots) -> py::object {
+          FASTAL_REQUIRE(Z.ndim() == 2, "Z must be 2-D (n, D), got ", Z.ndim(), " dimensions");
+          FASTAL_REQUIRE(labeled.ndim() == 1, "labeled must be 1-D, got ", labeled.ndim(), " dimensions");
+          FASTAL_REQUIRE(groups.ndim() == 2 && groups.shape(1) >= 1,
+                         "groups must be 2-D (n_groups, G) with G >= 1");
+          FASTAL_REQUIRE(rtol >= 0 && rtol < 1, "rtol must be in [0, 1), got ", rtol);
+          const int64_t n = Z.shape(0), D = Z.shape(1), mL = labeled.shape(0);
+          const int64_t n_groups = groups.shape(0), G = groups.shape(1);
+          FASTAL_REQUIRE(D >= 1, "Z must have at least one column");
+          const int64_t size = std::min(mL + G, D);
+          Buf<double> mins(n_groups);
+          Buf<double> spectra(std::vector<py::ssize_t>{return_all ? n_groups : 0, size});
+          const T* pz = Z.data();
+          const int64_t* pl = labeled.data();
+          const int64_t* pg = groups.data();
+          double* pm = mins.mutable_data();
+          double* ps = return_all ? spectra.mutable_data() : nullptr;
+          {
+            py::gil_scoped_release nogil;
+            gram_min_eig_small(pz, n, D, pl, mL, pg, n_groups, G, rtol, slots, pm, ps);
+          }
+          if (return_all) return py::make_tuple(mins, spectra);
+          return std::move(mins);
+        },
+        "The CUDA kernel's per-thread path for orders <= 32 built for the host (tests only).",
+        py::arg("Z").noconvert(), py::arg("labeled").noconvert(), py::arg("groups").noconvert(),
+        py::arg("rtol"), py::arg("return_all") = false, py::arg("slots") = 64);
   m.def(("gram_min_eig_lowrank_" + tag).c_str(),
         [](const Buf<T>& Z, const Buf<int64_t>& groups, const Buf<double>& basis,
            const Buf<double>& lam, bool s_side, double rtol) {

@@ -149,6 +149,15 @@ void gram_min_eig(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int6
                   const int64_t* groups, int64_t n_groups, int64_t G, double rtol, double* min_eig,
                   double* spectra);
 
+// The CUDA kernel's path for orders up to 32, one matrix per thread (common/gram_small.h), built for
+// the host so that tests check it (gram_small_host.cpp): the same results as gram_min_eig (to
+// rounding) over `slots` interleaved workspace slots. Indices are not checked: a group with one
+// out of range (or any labeled index out of range) gets NaN, as on the GPU.
+template <typename T>
+void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t mL,
+                        const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
+                        int64_t slots, double* min_eig, double* spectra);
+
 // The same λ⁺_min from one shared eigendecomposition (gram_lowrank.cpp): lam (m, ascending) and
 // basis (m x D, row-major float64) diagonalise the labeled part — D side (s_side false): lam, Q of
 // Z_Lᵀ Z_L, basis = Qᵀ, m = D; S side: lam, Q of Z_L Z_Lᵀ, basis = Qᵀ Z_L, m = |L| — and each

@@ -33,6 +33,12 @@
 // tridiagonal, so every returned eigenvalue carries an absolute error of a small multiple of
 // size · eps · λ_max: the same bound as the CPU kernel, whose results these match to rounding.
 //
+// Small matrices (order <= gram_small::kMaxOrder by default) take another path: one thread per
+// matrix (gram_small_kernel, common/gram_small.h), the serial reduction and Laguerre search of the
+// CPU kernel, with the per-thread workspace interleaved in global memory. A block spends most of its
+// time on barriers for such orders; thousands of groups give thousands of independent threads. The
+// same source is built for the host (cpu/gram_small_host.cpp), where the CPU tests check it.
+//
 // Memory: the matrix and the work vectors live in shared memory when they fit the opt-in limit
 // (float64 up to 166 x 166 on an H100, 227 KiB); else the matrix (and, past ~3,600, the vectors
 // too) lives in a per-block slot of one global workspace, with no more blocks than fit both the GPU
@@ -49,6 +55,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/gram_small.h"
 #include "cuda/device.cuh"
 
 namespace fastal::cuda {
@@ -601,6 +608,15 @@ __global__ void __launch_bounds__(kMaxThreads) gram_eig_kernel(const GramArgs p)
 
 size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
+// One thread per group (slot s = the thread's global index; slots = the grid's threads).
+constexpr int kSmallThreads = 64;
+template <typename T>
+__global__ void __launch_bounds__(kSmallThreads) gram_small_kernel(const gram_small::Args p) {
+  const int64_t s = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  for (int64_t g = s; g < p.n_groups; g += p.slots) gram_small::group_eig<T>(p, g, s);
+}
+
+
 template <typename T>
 void scan_impl(const T* Z, int64_t n, int64_t D, unsigned long long host[3], int device,
                cudaStream_t stream) {
@@ -616,14 +632,72 @@ void scan_impl(const T* Z, int64_t n, int64_t D, unsigned long long host[3], int
   CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
+// The shared part into `shared` (P x P, both triangles): K_LL = Z_L Z_Lᵀ (S side, P = mL) or
+// Z_Lᵀ Z_L (D side, P = D).
+template <typename T>
+void launch_shared_part(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t mL,
+                        bool s_side, double* shared, cudaStream_t stream) {
+  const int64_t P = s_side ? mL : D;
+  if (P == 0) return;
+  if (mL == 0) {  // D side without labeled rows: Z_Lᵀ Z_L = 0
+    CUDA_CHECK(cudaMemsetAsync(shared, 0, sizeof(double) * static_cast<size_t>(P * P), stream));
+    return;
+  }
+  const int64_t tiles = (P + kTile - 1) / kTile;  // <= 2^15 (P <= kMaxSize)
+  const dim3 tgrid(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles));
+  if (s_side)
+    shared_gram_kernel<T, true><<<tgrid, kTile * 8, 0, stream>>>(Z, n, D, labeled, mL, shared);
+  else
+    shared_gram_kernel<T, false><<<tgrid, kTile * 8, 0, stream>>>(Z, n, D, labeled, mL, shared);
+  CUDA_CHECK_LAUNCH("shared_gram_kernel");
+}
+
+// The per-thread path (gram_small_kernel): as many slots as threads that fit the GPU at once, the
+// workspace bound and the groups, in whole blocks.
+template <typename T>
+void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t mL,
+                        const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
+                        double* min_eig, double* spectra, int device, cudaStream_t stream) {
+  const bool s_side = mL + G <= D;
+  const int64_t size = s_side ? mL + G : D;
+  const int64_t P = s_side ? mL : D;
+  const int64_t slot = gram_small::slot_doubles(size);
+  int per_sm = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gram_small_kernel<T>,
+                                                           kSmallThreads, 0));
+  const int64_t resident = int64_t{sm_count(device)} * (per_sm > 0 ? per_sm : 1);
+  const int64_t fit = static_cast<int64_t>(kMaxWorkspaceBytes / (sizeof(double) * slot)) /
+                      kSmallThreads;
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min({(n_groups + kSmallThreads - 1) / kSmallThreads, resident, fit}));
+  const int64_t slots = blocks * kSmallThreads;
+
+  const size_t shared_bytes = align_up(sizeof(double) * static_cast<size_t>(P * P));
+  StreamBuffer buf(shared_bytes + sizeof(double) * static_cast<size_t>(slots * slot), device,
+                   stream);
+  auto* shared = buf.as<double>();
+  launch_shared_part(Z, n, D, labeled, mL, s_side, shared, stream);
+  const gram_small::Args args{Z,       n,       D,       labeled, mL,     groups,
+                              n_groups, G,      shared,  size,    rtol,   min_eig,
+                              spectra, reinterpret_cast<double*>(buf.as<char>() + shared_bytes),
+                              slots};
+  gram_small_kernel<T><<<static_cast<unsigned>(blocks), kSmallThreads, 0, stream>>>(args);
+  CUDA_CHECK_LAUNCH("gram_small_kernel");
+}
+
 template <typename T>
 void gram_min_eig_impl(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t mL,
                        const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
-                       double* min_eig, double* spectra, int64_t smem_limit, int device,
-                       cudaStream_t stream) {
+                       double* min_eig, double* spectra, int64_t smem_limit, int64_t small_max,
+                       int device, cudaStream_t stream) {
   const bool s_side = mL + G <= D;
   const int64_t size = s_side ? mL + G : D;
   const int64_t P = s_side ? mL : D;  // the shared part is P x P
+  if (size <= std::min(small_max < 0 ? gram_small::kMaxOrder : small_max, gram_small::kMaxOrder)) {
+    gram_min_eig_small(Z, n, D, labeled, mL, groups, n_groups, G, rtol, min_eig, spectra, device,
+                       stream);
+    return;
+  }
   const int threads = gram_threads(size);
   auto kernel = gram_eig_kernel<T>;
 
@@ -664,19 +738,7 @@ void gram_min_eig_impl(const T* Z, int64_t n, int64_t D, const int64_t* labeled,
   StreamBuffer buf(shared_bytes + sizeof(double) * static_cast<size_t>(grid * slot) + 256, device,
                    stream);
   auto* shared = buf.as<double>();
-  if (P > 0) {
-    if (mL == 0) {  // D side without labeled rows: Z_Lᵀ Z_L = 0
-      CUDA_CHECK(cudaMemsetAsync(shared, 0, sizeof(double) * static_cast<size_t>(P * P), stream));
-    } else {
-      const int64_t tiles = (P + kTile - 1) / kTile;  // <= 2^15 (P <= kMaxSize)
-      const dim3 tgrid(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles));
-      if (s_side)
-        shared_gram_kernel<T, true><<<tgrid, kTile * 8, 0, stream>>>(Z, n, D, labeled, mL, shared);
-      else
-        shared_gram_kernel<T, false><<<tgrid, kTile * 8, 0, stream>>>(Z, n, D, labeled, mL, shared);
-      CUDA_CHECK_LAUNCH("shared_gram_kernel");
-    }
-  }
+  launch_shared_part(Z, n, D, labeled, mL, s_side, shared, stream);
   GramArgs args{};
   args.Z = Z;
   args.n = n;
@@ -720,8 +782,8 @@ int64_t gram_scan(GramDType dtype, const void* Z, int64_t n, int64_t D, double* 
 
 void gram_min_eig(GramDType dtype, const void* Z, int64_t n, int64_t D, const int64_t* labeled,
                   int64_t n_labeled, const int64_t* groups, int64_t n_groups, int64_t G,
-                  double rtol, double* min_eig, double* spectra, int64_t smem_limit, int device,
-                  cudaStream_t stream) {
+                  double rtol, double* min_eig, double* spectra, int64_t smem_limit,
+                  int64_t small_max, int device, cudaStream_t stream) {
   require_shape(n, D, "n", "D");
   FASTAL_REQUIRE(n_labeled >= 0 && n_labeled <= n, "n_labeled must be in [0, n = ", n, "], got ",
                  n_labeled);
@@ -741,10 +803,10 @@ void gram_min_eig(GramDType dtype, const void* Z, int64_t n, int64_t D, const in
   if (spectra) require_device_ptr(spectra, "spectra_ptr", device, alignof(double));
   if (dtype == GramDType::Float64)
     gram_min_eig_impl(static_cast<const double*>(Z), n, D, labeled, n_labeled, groups, n_groups, G,
-                      rtol, min_eig, spectra, smem_limit, device, stream);
+                      rtol, min_eig, spectra, smem_limit, small_max, device, stream);
   else
     gram_min_eig_impl(static_cast<const float*>(Z), n, D, labeled, n_labeled, groups, n_groups, G,
-                      rtol, min_eig, spectra, smem_limit, device, stream);
+                      rtol, min_eig, spectra, smem_limit, small_max, device, stream);
 }
 
 }  // namespace fastal::cuda

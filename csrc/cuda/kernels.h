@@ -192,13 +192,15 @@ int64_t gram_scan(GramDType dtype, const void* Z, int64_t n, int64_t D, double* 
 // is not null, spectra[g, :] = all its eigenvalues ascending, negatives clamped to 0
 // (n_groups x min(|S|, D)). Z must be finite (gram_scan checks it); index overlap and duplicates are
 // the caller's to check (gram.py); an index out of [0, n) makes the results of its group (every
-// group, for labeled) NaN without reading out of bounds. smem_limit caps the shared memory used for
-// the matrix and work vectors (bytes; negative: the device's opt-in limit), so that tests can force
-// the global-memory paths. Asynchronous; scratch is stream-ordered.
+// group, for labeled) NaN without reading out of bounds. Orders up to small_max (negative: the
+// default, 32; at most 32) run one matrix per thread, larger ones one per block; smem_limit caps the
+// shared memory the block path uses for the matrix and work vectors (bytes; negative: the device's
+// opt-in limit). Both exist so that tests and benchmarks can force each path. Asynchronous; scratch
+// is stream-ordered.
 void gram_min_eig(GramDType dtype, const void* Z, int64_t n, int64_t D, const int64_t* labeled,
                   int64_t n_labeled, const int64_t* groups, int64_t n_groups, int64_t G,
-                  double rtol, double* min_eig, double* spectra, int64_t smem_limit, int device,
-                  cudaStream_t stream);
+                  double rtol, double* min_eig, double* spectra, int64_t smem_limit,
+                  int64_t small_max, int device, cudaStream_t stream);
 
 namespace detail {
 // min_dist_to_set without the device guard and checks, squared (sqrt=false) or not: the labeled

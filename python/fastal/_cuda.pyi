@@ -241,6 +241,7 @@ def gram_min_eig(
     device: int,
     stream: int,
     smem_limit: int = -1,
+    small_max: int = -1,
 ) -> None: ...
 
 # IHT top-b thresholding: s, sigma (n,) float32 -> support (b,) int64, w (n,) float32

@@ -1,9 +1,11 @@
 """``gram_min_eig`` for CUDA arrays (torch or cupy), float32 or float64.
 
 The kernel is ``fastal._cuda.gram_min_eig`` (csrc/cuda/gram_eig.cu): the shared part of the Gram
-matrices once per call, then one thread block per group forms its matrix, reduces it to tridiagonal
-form (Householder) and locates λ_max and λ⁺_min by Sturm-count multisection — float64 throughout,
-the same definition and threshold rule as the CPU kernel. It runs on the framework's current stream;
+matrices once per call, then, for matrices of order up to 32, one thread per group forms its
+matrix, reduces it to tridiagonal form (Householder) and locates λ_max and λ⁺_min as the CPU kernel
+does (Laguerre's iteration checked by Sturm counts; csrc/common/gram_small.h); larger matrices get
+one thread block each and Sturm-count multisection. Float64 throughout, the same definition and
+threshold rule as the CPU kernel. It runs on the framework's current stream;
 the outputs are allocated in the caller's framework on Z's device.
 
 Z stays on the device: one pass there (``fastal._cuda.gram_scan``) finds NaN / Inf rows (the same
@@ -38,13 +40,16 @@ def gram_min_eig_cuda(
     return_all: bool,
     *,
     smem_limit: int = -1,
+    small_max: int = -1,
 ) -> Any:
     """The CUDA branch of :func:`fastal.gram_min_eig` after its validation.
 
     ``labeled`` (int64, 1-D) is the host array gram.py has checked, ``groups`` (int64,
     (n_groups, G)) a checked host array or the caller's device array that gram.py checked there;
-    ``rtol`` is resolved. ``smem_limit`` (bytes, tests only) caps the shared memory the
-    kernel may use for each matrix, forcing its global-memory paths; -1 is the device's limit.
+    ``rtol`` is resolved. ``smem_limit`` (bytes, tests only) caps the shared memory the block
+    path may use for each matrix, forcing its global-memory paths; -1 is the device's limit.
+    ``small_max`` (tests and benchmarks) is the largest order given one thread per matrix: -1 is
+    the default (32), 0 sends every order to the block path.
     """
     cuda = _ext.require_cuda("Z")
     if not hasattr(cuda, "gram_min_eig"):
@@ -90,6 +95,7 @@ def gram_min_eig_cuda(
         device,
         stream,
         int(smem_limit),
+        int(small_max),
     )
     # the inputs' memory returns to the framework's stream-ordered pool: safe after the launch
     del zkeep, lab_dev, grp_dev

@@ -102,12 +102,15 @@ def gram_min_eig(
     low-rank method: ``O(m G D)`` plus ``O(m G² + G³)`` per evaluation (about a dozen), after
     ``O(m³)`` once per call.
 
-    CUDA (``fastal._cuda``, csrc/cuda/gram_eig.cu): the shared part once per call, then one thread
-    block per group forms the matrix, reduces it by Householder reflections (the rank-2 update
-    fused with the next matrix-vector product, as on the CPU) and finds ``λ_max`` and ``λ⁺_min``
-    by multisection on Sturm counts, one shift per thread; ``return_all`` bisects every eigenvalue
-    (one thread per index) instead of running QL. Float64 throughout. The matrix lives in shared
-    memory when it fits (order up to 166 on an H100), else in a global workspace of at most
+    CUDA (``fastal._cuda``, csrc/cuda/gram_eig.cu): the shared part once per call. Matrices of
+    order up to 32 then get one thread each, which runs the CPU's serial algorithm (Householder,
+    then Laguerre checked by Sturm counts, QL for ``return_all``; csrc/common/gram_small.h) on a
+    workspace of at most 1 GiB. Larger ones get one thread block each, which forms the matrix,
+    reduces it by Householder reflections (the rank-2 update fused with the next matrix-vector
+    product, as on the CPU) and finds ``λ_max`` and ``λ⁺_min`` by multisection on Sturm counts,
+    one shift per thread; ``return_all`` bisects every eigenvalue (one thread per index) instead
+    of running QL. Float64 throughout. The matrix lives in shared memory when it fits (order up
+    to 166 on an H100), else in a global workspace of at most
     1 GiB (or one matrix's 8 · order² bytes, when that alone is larger: order > 11,585). NaN / Inf
     and the peak magnitude are found on the device (one pass over ``Z``, one synchronisation).
     ``groups`` given as an int64 C-contiguous CUDA array in ``Z``'s framework are checked on the

@@ -1,0 +1,71 @@
+// The host build of the CUDA kernel's per-thread path for small Gram matrices (common/gram_small.h):
+// the same source, the same interleaved workspace and the same grid-stride assignment of groups to
+// slots, with OpenMP threads standing in for the GPU's. fastal's CPU kernel (gram_eig.cpp) does not
+// use it: this build exists so that the CPU test suite checks the code the GPU runs.
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/check.h"
+#include "common/gram_small.h"
+#include "cpu/kernels.h"
+
+namespace fastal::cpu {
+
+namespace {
+
+// Row r of Z as float64, or zeros for an index out of range (the device's shared part does the
+// same; every group then scores NaN).
+template <typename T>
+void row64(const T* Z, int64_t n, int64_t D, int64_t r, double* out) {
+  for (int64_t k = 0; k < D; ++k) out[k] = r >= 0 && r < n ? static_cast<double>(Z[r * D + k]) : 0.0;
+}
+
+}  // namespace
+
+template <typename T>
+void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t mL,
+                        const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
+                        int64_t slots, double* min_eig, double* spectra) {
+  const bool s_side = mL + G <= D;
+  const int64_t size = s_side ? mL + G : D;
+  FASTAL_REQUIRE(size <= gram_small::kMaxOrder, "the small path takes orders up to ",
+                 gram_small::kMaxOrder, ", got ", size);
+  FASTAL_REQUIRE(slots >= 1, "slots must be >= 1, got ", slots);
+  if (n_groups == 0) return;
+  slots = std::min(slots, n_groups);
+
+  // the shared part, both triangles: K_LL (S side) or Z_Lᵀ Z_L (D side)
+  std::vector<double> ZL(static_cast<size_t>(mL * D));
+  for (int64_t j = 0; j < mL; ++j) row64(Z, n, D, labeled[j], ZL.data() + j * D);
+  const int64_t P = s_side ? mL : D;
+  std::vector<double> shared(static_cast<size_t>(P * P), 0.0);
+  for (int64_t i = 0; i < P; ++i)
+    for (int64_t j = 0; j < P; ++j) {
+      double acc = 0;
+      if (s_side)
+        for (int64_t k = 0; k < D; ++k) acc += ZL[i * D + k] * ZL[j * D + k];
+      else
+        for (int64_t r = 0; r < mL; ++r) acc += ZL[r * D + i] * ZL[r * D + j];
+      shared[i * P + j] = acc;
+    }
+
+  std::vector<double> work(static_cast<size_t>(slots * gram_small::slot_doubles(size)));
+  gram_small::Args args{Z,      n,         D,       labeled, mL,     groups,      n_groups,
+                        G,      shared.data(), size, rtol,   min_eig, spectra, work.data(),
+                        slots};
+  // static: each thread takes a run of neighbouring slots, which share cache lines
+#pragma omp parallel for schedule(static)
+  for (int64_t s = 0; s < slots; ++s)
+    for (int64_t g = s; g < n_groups; g += slots) gram_small::group_eig<T>(args, g, s);
+}
+
+template void gram_min_eig_small<float>(const float*, int64_t, int64_t, const int64_t*, int64_t,
+                                        const int64_t*, int64_t, int64_t, double, int64_t,
+                                        double*, double*);
+template void gram_min_eig_small<double>(const double*, int64_t, int64_t, const int64_t*, int64_t,
+                                         const int64_t*, int64_t, int64_t, double, int64_t,
+                                         double*, double*);
+
+}  // namespace fastal::cpu
