@@ -11,6 +11,7 @@
 
 Median of 15 timed runs after 3 warm-ups, each synchronised; milliseconds.
 """
+
 import statistics
 import time
 
@@ -82,6 +83,7 @@ def gram(rows: dict, size: int, side: str, n_groups: int) -> None:
     rows[f"{key} fastal (int32 groups: host check)"] = ms(
         lambda: fastal.gram_min_eig(Z, lab, grp.int())
     )
+
     def binding(small_max: int = -1):
         cuda.gram_min_eig(
             "float32", Z.data_ptr(), N, D, lab.data_ptr(), m_lab, grp.data_ptr(), n_groups, G,
@@ -92,6 +94,11 @@ def gram(rows: dict, size: int, side: str, n_groups: int) -> None:
     if min(m_lab + G, D) <= 32:
         rows[f"{key} binding only, block path"] = ms(lambda: binding(0))
     rows[f"{key} gram_scan"] = ms(lambda: cuda.gram_scan("float32", Z.data_ptr(), N, D, 0, stream))
+    lab_sorted = torch.sort(lab).values
+    rows[f"{key} gram_scan + group check"] = ms(lambda: cuda.gram_scan(
+        "float32", Z.data_ptr(), N, D, 0, stream, grp.data_ptr(), n_groups, G,
+        lab_sorted.data_ptr(), m_lab,
+    ))  # fmt: skip
     if size <= 32:  # eigvalsh of 10,000 order-64 matrices takes seconds
         order = min(m_lab + G, D)
         K = torch.randn(n_groups, order, order, device="cuda")
@@ -106,8 +113,13 @@ def main() -> None:
         raise SystemExit("needs a CUDA GPU and fastal built with its CUDA module")
     rows: dict = {}
     top_b(rows)
-    for case in ((16, "D", 20_000), (16, "S", 20_000), (32, "D", 10_000), (32, "S", 10_000),
-                 (64, "D", 10_000)):
+    for case in (
+        (16, "D", 20_000),
+        (16, "S", 20_000),
+        (32, "D", 10_000),
+        (32, "S", 10_000),
+        (64, "D", 10_000),
+    ):
         gram(rows, *case)
     print(torch.cuda.get_device_name(), "(ms)")
     for name, value in rows.items():

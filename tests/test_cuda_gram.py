@@ -491,6 +491,36 @@ def test_rejects_bad_dtypes_and_host_indices():
         fastal.gram_min_eig(Zd, lab.tolist(), [[int(lab[0])] * groups.shape[1]])
 
 
+def test_scan_checks_groups_like_the_host_build():
+    """gram_scan's device check of groups flags the rows its host build flags (range, overlap
+    with the sorted labeled set, duplicates), counted with the first such row, in the same
+    synchronisation as the NaN scan of Z."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    n, G = 500, 6
+    lab = np.sort(rng.choice(n, 40, replace=False))
+    free = np.setdiff1d(np.arange(n), lab)
+    groups = np.stack([rng.choice(free, G, replace=False) for _ in range(3000)])
+    for row, col, value in [(7, 0, n), (100, 5, -3), (2999, 2, int(lab[4])), (1500, 3, None)]:
+        groups[row, col] = groups[row, 0] if value is None else value
+    want = fastal._ext.cpu.gram_groups_valid(groups, n, lab)
+    assert (~want).sum() == 4
+    Z = torch.zeros((n, 3), dtype=torch.float64, device="cuda")
+    Z[11, 1] = float("nan")
+    grpd, labd = torch.from_numpy(groups).cuda(), torch.from_numpy(lab).cuda()
+    stream = torch.cuda.current_stream().cuda_stream
+    peak, count, first, bad, first_bad = fastal._ext.cuda.gram_scan(
+        "float64", Z.data_ptr(), n, 3, 0, stream, grpd.data_ptr(), 3000, G, labd.data_ptr(), 40
+    )
+    assert (count, first, bad, first_bad) == (1, 11, 4, 7)
+    ok = torch.from_numpy(groups[want]).cuda()
+    out = fastal._ext.cuda.gram_scan(
+        "float64", Z.data_ptr(), n, 3, 0, stream, ok.data_ptr(), int(want.sum()), G,
+        labd.data_ptr(), 40,
+    )  # fmt: skip
+    assert out[3:] == (0, -1)
+
+
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_device_groups_are_checked_in_place(backend):
     """int64 device groups are checked on the device and used without a copy; bad ones raise the
@@ -500,9 +530,11 @@ def test_device_groups_are_checked_in_place(backend):
     Zd = on_device(Z, backend, "float64")
     info = fastal._interop.describe(Zd, "Z")
     g = on_device(groups, backend)
-    assert fastal.gram._check_groups(g, n, lab, info) is g
+    got, checked = fastal.gram._check_groups(g, n, lab, info)
+    assert got is g and not checked  # left for the device scan
     g32 = on_device(groups.astype(np.int32), backend)
-    assert isinstance(fastal.gram._check_groups(g32, n, lab, info), np.ndarray)
+    got, checked = fastal.gram._check_groups(g32, n, lab, info)
+    assert isinstance(got, np.ndarray) and checked
     labd = on_device(lab, backend)
     for value, match in [
         (n, r"^groups has indices out of range"),
@@ -575,8 +607,15 @@ def test_binding_rejects_bad_arguments():
     ]:
         with pytest.raises(ValueError, match=match):
             call(**binding_args(Zd, labd, grpd, lam, **change))
+    scan = fastal._ext.cuda.gram_scan
     with pytest.raises(ValueError, match=r"^dtype must be 'float32' or 'float64'"):
-        fastal._ext.cuda.gram_scan("bfloat16", Zd.data_ptr(), 5, 5, Zd.device.index, 0)
+        scan("bfloat16", Zd.data_ptr(), 5, 5, Zd.device.index, 0)
+    with pytest.raises(ValueError, match=r"^n_groups must be >= 0, got -1"):
+        scan("float64", Zd.data_ptr(), 5, 5, Zd.device.index, 0, grpd.data_ptr(), -1, 2)
+    with pytest.raises(ValueError, match=r"^G must be >= 1, got 0"):
+        scan("float64", Zd.data_ptr(), 5, 5, Zd.device.index, 0, grpd.data_ptr(), 3, 0)
+    with pytest.raises(ValueError, match=r"^groups_ptr is a null pointer"):
+        scan("float64", Zd.data_ptr(), 5, 5, Zd.device.index, 0, 0, 3, 2)
 
 
 def test_binding_out_of_range_indices_give_nan():

@@ -408,35 +408,33 @@ def test_kernel_validates_on_its_own():
         k(Z.astype(np.float32), lab, groups, 1e-12)  # no silent casts
 
 
-@pytest.mark.parametrize("G", [1, 2, 5])
+@pytest.mark.parametrize("G", [1, 2, 5, 40])
 def test_device_group_check_agrees_with_the_host_check(G):
-    """gram.py checks int64 CUDA groups where they are (torch or cupy); the same function on CPU
-    torch must accept exactly what the host check accepts: range, overlap, duplicates."""
-    from fastal.gram import _check_groups, _groups_valid_on_device
+    """int64 CUDA groups are checked on the device (csrc/common/group_check.h, one row per
+    thread); its host build must flag exactly the rows the host check rejects: range, overlap,
+    duplicates."""
+    from fastal.gram import _check_groups_host
 
+    check = fastal._ext.cpu.gram_groups_valid
     rng = np.random.default_rng(G)
-    n, lab = 40, np.array([2, 9, 30], dtype=np.int64)
+    n, lab = 90, np.array([2, 9, 30, 31, 77], dtype=np.int64)
     free = np.setdiff1d(np.arange(n), lab)
     good = np.stack([rng.choice(free, G, replace=False) for _ in range(6)])
-    info = fastal._interop.describe(np.zeros((n, 3)), "Z")
-    cases = [good]
-    for value in (n, -1, int(lab[1]), *([int(good[3, 0])] if G > 1 else [])):
-        bad = good.copy()
-        bad[3, G - 1] = value
-        cases.append(bad)
-    for g in cases:
-        try:
-            _check_groups(g, n, lab, info)
-            host_ok = True
-        except ValueError:
-            host_ok = False
-        for labeled in (lab, lab[:0]):
-            if labeled.size == 0 and g is not good:
-                continue  # without labeled, the overlap case is valid: compared below
-            assert _groups_valid_on_device(torch.from_numpy(g), n, labeled) == host_ok
-    overlap = good.copy()
-    overlap[0, 0] = lab[0]
-    assert _groups_valid_on_device(torch.from_numpy(overlap), n, lab[:0])
+    assert check(good, n, lab).all()
+    _check_groups_host(good, n, lab)
+    values = [n, n + 7, -1, *map(int, lab), *([int(good[3, 0])] if G > 1 else [])]
+    for value in values:
+        for col in sorted({0, G - 1}):
+            bad = good.copy()
+            bad[3, col] = value
+            if col == 0 and G > 1 and value == int(good[3, 0]):
+                continue  # not a change
+            with pytest.raises(ValueError):
+                _check_groups_host(bad, n, lab)
+            assert_array_equal(check(bad, n, lab), np.arange(6) != 3)
+            if value in lab:  # without labeled, an overlap is no error
+                assert check(bad, n, lab[:0]).all()
+    assert check(good, n, np.array([], dtype=np.int64)).all()
 
 
 def test_docstring_example():

@@ -530,6 +530,19 @@ PYBIND11_MODULE(_cpu, m) {
   register_factored_products<double>(m, "float64");
   register_lloyd<float>(m, "float32");
   register_lloyd<double>(m, "float64");
+  m.def(
+      "gram_groups_valid",
+      [](const Buf<int64_t>& groups, int64_t n, const Buf<int64_t>& labeled_sorted) {
+        FASTAL_REQUIRE(groups.ndim() == 2, "groups must be 2-D (n_groups, G)");
+        FASTAL_REQUIRE(labeled_sorted.ndim() == 1, "labeled_sorted must be 1-D");
+        const int64_t n_groups = groups.shape(0), G = groups.shape(1);
+        py::array_t<bool> valid(n_groups);
+        gram_groups_valid(groups.data(), n_groups, G, n, labeled_sorted.data(),
+                          labeled_sorted.shape(0), valid.mutable_data());
+        return valid;
+      },
+      "The CUDA kernel's check of device groups built for the host (tests only): one bool per row.",
+      py::arg("groups").noconvert(), py::arg("n"), py::arg("labeled_sorted").noconvert());
   register_gram<float>(m, "float32");
   register_gram<double>(m, "float64");
   m.def("parallel_sum", [](const Buf<float>& x) {

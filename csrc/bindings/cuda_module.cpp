@@ -321,21 +321,31 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def("gram_scan",
         [](const std::string& dtype, uintptr_t z, int64_t n, int64_t d, int device,
-           uintptr_t stream) {
+           uintptr_t stream, uintptr_t groups, int64_t n_groups, int64_t G,
+           uintptr_t labeled_sorted, int64_t n_labeled) {
           const fc::GramDType dt = fc::parse_gram_dtype(dtype);
-          double peak = 0;
-          int64_t first = -1, count = 0;
+          fc::GroupCheck check;
+          check.groups = ptr<const int64_t>(groups);
+          check.n_groups = n_groups;
+          check.G = G;
+          check.lab_sorted = ptr<const int64_t>(labeled_sorted);
+          check.n_labeled = n_labeled;
+          fc::GramScan r;
           {
             py::gil_scoped_release nogil;
-            count = fc::gram_scan(dt, ptr<const void>(z), n, d, &peak, &first, device,
-                                  stream_of(stream));
+            r = fc::gram_scan(dt, ptr<const void>(z), n, d, check, device, stream_of(stream));
           }
-          return py::make_tuple(peak, count, first);
+          return py::make_tuple(r.peak, r.nonfinite_rows, r.first_row, r.bad_groups,
+                                r.first_group);
         },
         py::arg("dtype"), py::arg("z_ptr"), py::arg("n"), py::arg("d"), py::arg("device"),
-        py::arg("stream"),
-        "(peak, count, first): max |z| over the finite entries of Z (n, d), float32 or float64, and "
-        "the rows holding NaN or Inf (count, first row or -1). Synchronises the stream.");
+        py::arg("stream"), py::arg("groups_ptr") = 0, py::arg("n_groups") = 0, py::arg("G") = 0,
+        py::arg("labeled_sorted_ptr") = 0, py::arg("n_labeled") = 0,
+        "(peak, count, first, bad_groups, first_group): max |z| over the finite entries of Z (n, d), "
+        "float32 or float64, and the rows holding NaN or Inf (count, first row or -1); with "
+        "n_groups > 0, also the groups (n_groups, G) int64 with an index out of range, in the "
+        "ascending labeled_sorted (n_labeled) or twice (count, first group or -1). Synchronises the "
+        "stream.");
 
   m.def("gram_min_eig",
         [](const std::string& dtype, uintptr_t z, int64_t n, int64_t d, uintptr_t labeled,

@@ -1,7 +1,9 @@
-// The host build of the CUDA kernel's per-thread path for small Gram matrices (common/gram_small.h):
-// the same source, the same interleaved workspace and the same grid-stride assignment of groups to
-// slots, with OpenMP threads standing in for the GPU's. fastal's CPU kernel (gram_eig.cpp) does not
-// use it: this build exists so that the CPU test suite checks the code the GPU runs.
+// Host builds of device code of the CUDA Gram kernel, so that the CPU test suite checks the code the
+// GPU runs (fastal's CPU kernel, gram_eig.cpp, uses neither):
+// - the per-thread path for small matrices (common/gram_small.h): the same source, the same
+//   interleaved workspace and the same grid-stride assignment of groups to slots, with OpenMP
+//   threads standing in for the GPU's;
+// - the check of device groups (common/group_check.h), row by row.
 #include <omp.h>
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 
 #include "common/check.h"
 #include "common/gram_small.h"
+#include "common/group_check.h"
 #include "cpu/kernels.h"
 
 namespace fastal::cpu {
@@ -59,6 +62,12 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
 #pragma omp parallel for schedule(static)
   for (int64_t s = 0; s < slots; ++s)
     for (int64_t g = s; g < n_groups; g += slots) gram_small::group_eig<T>(args, g, s);
+}
+
+void gram_groups_valid(const int64_t* groups, int64_t n_groups, int64_t G, int64_t n,
+                       const int64_t* lab_sorted, int64_t n_labeled, bool* valid) {
+  for (int64_t g = 0; g < n_groups; ++g)
+    valid[g] = group_row_valid(groups + g * G, G, n, lab_sorted, n_labeled);
 }
 
 template void gram_min_eig_small<float>(const float*, int64_t, int64_t, const int64_t*, int64_t,

@@ -158,6 +158,11 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
                         const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
                         int64_t slots, double* min_eig, double* spectra);
 
+// valid[g] = whether row g of groups passes the CUDA kernel's device check (common/group_check.h:
+// indices in [0, n), none in lab_sorted, which is ascending, none twice); host build, tests only.
+void gram_groups_valid(const int64_t* groups, int64_t n_groups, int64_t G, int64_t n,
+                       const int64_t* lab_sorted, int64_t n_labeled, bool* valid);
+
 // The same λ⁺_min from one shared eigendecomposition (gram_lowrank.cpp): lam (m, ascending) and
 // basis (m x D, row-major float64) diagonalise the labeled part — D side (s_side false): lam, Q of
 // Z_Lᵀ Z_L, basis = Qᵀ, m = D; S side: lam, Q of Z_L Z_Lᵀ, basis = Qᵀ Z_L, m = |L| — and each

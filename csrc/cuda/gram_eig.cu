@@ -56,6 +56,7 @@
 #include <string>
 
 #include "common/gram_small.h"
+#include "common/group_check.h"
 #include "cuda/device.cuh"
 
 namespace fastal::cuda {
@@ -131,8 +132,13 @@ __device__ __forceinline__ double warp_dot(const T* x, const T* y, int64_t D, in
 
 // ---- finiteness and peak -----------------------------------------------------------------------
 
-// out[0] += rows with a NaN / Inf, out[1] = min of those rows, out[2] = max bits of |z| over the
-// finite entries (non-negative doubles order like their bit patterns). One warp per row.
+// The scan's results (see gram_scan): out[kNonfinite] += rows with a NaN / Inf, out[kFirstRow] =
+// min of those rows, out[kPeak] = max bits of |z| over the finite entries (non-negative doubles
+// order like their bit patterns); out[kBadGroups], out[kFirstGroup] likewise for invalid groups.
+// The zero-initialised counters come first, the min-initialised ones last.
+enum ScanSlot { kNonfinite, kPeak, kBadGroups, kFirstRow, kFirstGroup, kScanSlots };
+
+// Rows of Z with a NaN / Inf and the peak magnitude into out (ScanSlot). One warp per row.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     scan_kernel(const T* Z, int64_t n, int64_t D, unsigned long long* out) {
@@ -150,13 +156,26 @@ __global__ void __launch_bounds__(kThreads)
         bad = true;  // inf or NaN
     }
     if (__any_sync(kFullMask, bad) && lane == 0) {
-      atomicAdd(out, 1ull);
-      atomicMin(out + 1, static_cast<unsigned long long>(row));
+      atomicAdd(out + kNonfinite, 1ull);
+      atomicMin(out + kFirstRow, static_cast<unsigned long long>(row));
     }
   }
   peak = warp_max_d(peak);
   if (lane == 0 && peak > 0)
-    atomicMax(out + 2, static_cast<unsigned long long>(__double_as_longlong(peak)));
+    atomicMax(out + kPeak, static_cast<unsigned long long>(__double_as_longlong(peak)));
+}
+
+// Groups failing group_row_valid into out (ScanSlot). One thread per group.
+__global__ void __launch_bounds__(kThreads)
+    check_groups_kernel(const int64_t* groups, int64_t n_groups, int64_t G, int64_t n,
+                        const int64_t* lab_sorted, int64_t mL, unsigned long long* out) {
+  const int64_t stride = int64_t{gridDim.x} * kThreads;
+  for (int64_t g = int64_t{blockIdx.x} * kThreads + threadIdx.x; g < n_groups; g += stride) {
+    if (!group_row_valid(groups + g * G, G, n, lab_sorted, mL)) {
+      atomicAdd(out + kBadGroups, 1ull);
+      atomicMin(out + kFirstGroup, static_cast<unsigned long long>(g));
+    }
+  }
 }
 
 // ---- the shared part -------------------------------------------------------------------------
@@ -618,17 +637,23 @@ __global__ void __launch_bounds__(kSmallThreads) gram_small_kernel(const gram_sm
 
 
 template <typename T>
-void scan_impl(const T* Z, int64_t n, int64_t D, unsigned long long host[3], int device,
-               cudaStream_t stream) {
-  StreamBuffer buf(3 * sizeof(unsigned long long), device, stream);
-  auto* out = buf.as<unsigned long long>();
-  CUDA_CHECK(cudaMemsetAsync(out, 0, 3 * sizeof(unsigned long long), stream));
-  CUDA_CHECK(cudaMemsetAsync(out + 1, 0xff, sizeof(unsigned long long), stream));
+void scan_impl(const T* Z, int64_t n, int64_t D, const GroupCheck& check,
+               unsigned long long host[kScanSlots], int device, cudaStream_t stream) {
+  using u64 = unsigned long long;
+  StreamBuffer buf(kScanSlots * sizeof(u64), device, stream);
+  auto* out = buf.as<u64>();
+  CUDA_CHECK(cudaMemsetAsync(out, 0, kFirstRow * sizeof(u64), stream));
+  CUDA_CHECK(
+      cudaMemsetAsync(out + kFirstRow, 0xff, (kScanSlots - kFirstRow) * sizeof(u64), stream));
   const int grid = grid_for(scan_kernel<T>, (n + kWarps - 1) / kWarps, device);
   scan_kernel<T><<<grid, kThreads, 0, stream>>>(Z, n, D, out);
   CUDA_CHECK_LAUNCH("scan_kernel");
-  CUDA_CHECK(cudaMemcpyAsync(host, out, 3 * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
-                             stream));
+  if (check.n_groups > 0) {
+    check_groups_kernel<<<blocks_for(check.n_groups), kThreads, 0, stream>>>(
+        check.groups, check.n_groups, check.G, n, check.lab_sorted, check.n_labeled, out);
+    CUDA_CHECK_LAUNCH("check_groups_kernel");
+  }
+  CUDA_CHECK(cudaMemcpyAsync(host, out, kScanSlots * sizeof(u64), cudaMemcpyDeviceToHost, stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
@@ -764,20 +789,32 @@ void gram_min_eig_impl(const T* Z, int64_t n, int64_t D, const int64_t* labeled,
 
 }  // namespace
 
-int64_t gram_scan(GramDType dtype, const void* Z, int64_t n, int64_t D, double* peak,
-                  int64_t* first, int device, cudaStream_t stream) {
+GramScan gram_scan(GramDType dtype, const void* Z, int64_t n, int64_t D, const GroupCheck& check,
+                   int device, cudaStream_t stream) {
   require_shape(n, D, "n", "D");
+  FASTAL_REQUIRE(check.n_groups >= 0, "n_groups must be >= 0, got ", check.n_groups);
+  FASTAL_REQUIRE(check.n_labeled >= 0, "n_labeled must be >= 0, got ", check.n_labeled);
   DeviceGuard guard(device);
   const size_t elem = dtype == GramDType::Float64 ? sizeof(double) : sizeof(float);
   require_device_ptr(Z, "z_ptr", device, elem);
-  unsigned long long host[3] = {0, 0, 0};
+  if (check.n_groups > 0) {
+    FASTAL_REQUIRE(check.G >= 1, "G must be >= 1, got ", check.G);
+    require_device_ptr(check.groups, "groups_ptr", device, alignof(int64_t));
+    if (check.n_labeled > 0)
+      require_device_ptr(check.lab_sorted, "labeled_sorted_ptr", device, alignof(int64_t));
+  }
+  unsigned long long host[kScanSlots] = {};
   if (dtype == GramDType::Float64)
-    scan_impl(static_cast<const double*>(Z), n, D, host, device, stream);
+    scan_impl(static_cast<const double*>(Z), n, D, check, host, device, stream);
   else
-    scan_impl(static_cast<const float*>(Z), n, D, host, device, stream);
-  *first = host[0] ? static_cast<int64_t>(host[1]) : -1;
-  std::memcpy(peak, &host[2], sizeof(double));
-  return static_cast<int64_t>(host[0]);
+    scan_impl(static_cast<const float*>(Z), n, D, check, host, device, stream);
+  GramScan r;
+  r.nonfinite_rows = static_cast<int64_t>(host[kNonfinite]);
+  r.first_row = r.nonfinite_rows ? static_cast<int64_t>(host[kFirstRow]) : -1;
+  std::memcpy(&r.peak, &host[kPeak], sizeof(double));
+  r.bad_groups = static_cast<int64_t>(host[kBadGroups]);
+  r.first_group = r.bad_groups ? static_cast<int64_t>(host[kFirstGroup]) : -1;
+  return r;
 }
 
 void gram_min_eig(GramDType dtype, const void* Z, int64_t n, int64_t D, const int64_t* labeled,

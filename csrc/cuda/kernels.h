@@ -180,18 +180,33 @@ enum class GramDType { Float32, Float64 };
 // "float32" | "float64"; anything else is std::invalid_argument naming `dtype`.
 GramDType parse_gram_dtype(const std::string& name);
 
-// One pass over Z (n x D, row-major): the rows holding a NaN or an infinity (their count, and the
-// first in *first, -1 if none) and the largest |entry| over the finite entries in *peak (0 for an
-// all-zero Z). Synchronises the stream to return.
-int64_t gram_scan(GramDType dtype, const void* Z, int64_t n, int64_t D, double* peak,
-                  int64_t* first, int device, cudaStream_t stream);
+// Groups (n_groups x G int64, on the device) for gram_scan to check, against the labeled indices
+// sorted ascending (n_labeled, on the device). n_groups = 0: none.
+struct GroupCheck {
+  const int64_t* groups = nullptr;
+  int64_t n_groups = 0, G = 0;
+  const int64_t* lab_sorted = nullptr;
+  int64_t n_labeled = 0;
+};
+
+struct GramScan {
+  int64_t nonfinite_rows = 0, first_row = -1;  // rows of Z holding a NaN or an infinity
+  double peak = 0;                             // the largest |entry| over the finite entries
+  int64_t bad_groups = 0, first_group = -1;    // groups failing common/group_check.h
+};
+
+// One pass over Z (n x D, row-major): the rows holding a NaN or an infinity and the largest |entry|
+// over the finite entries (0 for an all-zero Z); in the same synchronisation, the groups of `check`
+// with an index out of [0, n), in the labeled set or twice. Synchronises the stream to return.
+GramScan gram_scan(GramDType dtype, const void* Z, int64_t n, int64_t D, const GroupCheck& check,
+                   int device, cudaStream_t stream);
 
 // For every group g (row g of groups, n_groups x G int64) the Gram matrix of S = labeled ∪ g on its
 // smaller side (|S| <= D: Z_S Z_Sᵀ, else Z_Lᵀ Z_L + Z_gᵀ Z_g, the labeled part once per call), in
 // float64: min_eig[g] = its smallest eigenvalue above rtol · λ_max (0.0 when none) and, when spectra
 // is not null, spectra[g, :] = all its eigenvalues ascending, negatives clamped to 0
-// (n_groups x min(|S|, D)). Z must be finite (gram_scan checks it); index overlap and duplicates are
-// the caller's to check (gram.py); an index out of [0, n) makes the results of its group (every
+// (n_groups x min(|S|, D)). Z must be finite and the indices valid (gram_scan checks both); an
+// index out of [0, n) makes the results of its group (every
 // group, for labeled) NaN without reading out of bounds. Orders up to small_max (negative: the
 // default, 32; at most 32) run one matrix per thread, larger ones one per block; smem_limit caps the
 // shared memory the block path uses for the matrix and work vectors (bytes; negative: the device's

@@ -220,11 +220,22 @@ def kmeanspp_steps_factored(
 
 # batched Gram eigenvalues: Z (n, d) float32 or float64 (dtype "float32" | "float64"), indices
 # int64; min_eig (n_groups,) and spectra (n_groups, min(n_labeled + G, d)) float64 (spectra_ptr 0:
-# none). gram_scan -> (peak |z| over finite entries, rows with NaN / Inf, first such row or -1);
-# it synchronises the stream.
+# none). gram_scan -> (peak |z| over finite entries, rows with NaN / Inf, first such row or -1,
+# groups failing the device check when n_groups > 0, first such group or -1); it synchronises the
+# stream.
 def gram_scan(
-    dtype: str, z_ptr: int, n: int, d: int, device: int, stream: int
-) -> tuple[float, int, int]: ...
+    dtype: str,
+    z_ptr: int,
+    n: int,
+    d: int,
+    device: int,
+    stream: int,
+    groups_ptr: int = 0,
+    n_groups: int = 0,
+    G: int = 0,
+    labeled_sorted_ptr: int = 0,
+    n_labeled: int = 0,
+) -> tuple[float, int, int, int, int]: ...
 def gram_min_eig(
     dtype: str,
     z_ptr: int,

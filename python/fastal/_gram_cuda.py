@@ -10,10 +10,11 @@ the outputs are allocated in the caller's framework on Z's device.
 
 Z stays on the device: one pass there (``fastal._cuda.gram_scan``) finds NaN / Inf rows (the same
 ``ValueError`` as the CPU path) and the peak magnitude for the exact power-of-two rescaling of
-extreme inputs (gram.py's rule, applied on the device). The indices are validated by gram.py: int64
-device groups on the device (one synchronisation), others on the host and then copied over. A
-``fastal._cuda`` without the kernel (a build older than it) raises ``RuntimeError`` saying how to
-rebuild: there is no slower fallback.
+extreme inputs (gram.py's rule, applied on the device), and checks int64 device groups that gram.py
+left unchecked (range, overlap with ``labeled``, duplicates: csrc/common/group_check.h), all in one
+synchronisation; groups that fail are checked again on the host for gram.py's message. Other
+indices come checked from gram.py and are copied over. A ``fastal._cuda`` without the kernel (a
+build older than it) raises ``RuntimeError`` saying how to rebuild: there is no slower fallback.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from . import _ext, _interop
 from ._interop import ArrayInfo
-from .gram import _BIG, _SMALL
+from .gram import _BIG, _SMALL, _check_groups_host
 
 
 def _ptr(a: Any) -> int:
@@ -41,12 +42,13 @@ def gram_min_eig_cuda(
     *,
     smem_limit: int = -1,
     small_max: int = -1,
+    checked: bool = True,
 ) -> Any:
     """The CUDA branch of :func:`fastal.gram_min_eig` after its validation.
 
     ``labeled`` (int64, 1-D) is the host array gram.py has checked, ``groups`` (int64,
-    (n_groups, G)) a checked host array or the caller's device array that gram.py checked there;
-    ``rtol`` is resolved. ``smem_limit`` (bytes, tests only) caps the shared memory the block
+    (n_groups, G)) a checked host array or the caller's device array, which ``checked=False``
+    says to check here; ``rtol`` is resolved. ``smem_limit`` (bytes, tests only) caps the shared memory the block
     path may use for each matrix, forcing its global-memory paths; -1 is the device's limit.
     ``small_max`` (tests and benchmarks) is the largest order given one thread per matrix: -1 is
     the default (32), 0 sends every order to the block path.
@@ -62,7 +64,24 @@ def gram_min_eig_cuda(
     size = min(labeled.size + G, D)
     zkeep, zptr = _interop.cuda_pointer(Z, info)
     device, stream = int(info.device_index), _interop.cuda_stream(info)
-    peak, count, first = cuda.gram_scan(info.dtype, zptr, n, D, device, stream)
+    mL = int(labeled.size)
+    # labeled for the kernel, then sorted for the group check: one copy to the device
+    lab_dev = (
+        _interop.to_framework(np.concatenate([labeled, np.sort(labeled)]), info) if mL else None
+    )
+    lab_ptr = 0 if lab_dev is None else _ptr(lab_dev)
+    if isinstance(groups, np.ndarray):
+        grp_dev = _interop.to_framework(np.ascontiguousarray(groups, dtype=np.int64), info)
+    else:  # int64, C-contiguous, on Z's device and in its framework (gram.py)
+        grp_dev = groups
+    check = 0 if checked else n_groups
+    peak, count, first, bad_groups, _ = cuda.gram_scan(
+        info.dtype, zptr, n, D, device, stream, _ptr(grp_dev), check, G,
+        lab_ptr + 8 * mL if mL else 0, mL,
+    )  # fmt: skip
+    if bad_groups:  # gram.py's message, from a host copy
+        _check_groups_host(_interop.host_numpy(groups), n, labeled)
+        raise RuntimeError("the device check of groups failed where the host check passes")
     if count:
         raise ValueError(f"Z contains NaN or Inf in {count} row(s), first in row {first}")
     # exact power-of-two rescaling for extreme magnitudes (λ scales by the square), as on the CPU
@@ -72,11 +91,6 @@ def gram_min_eig_cuda(
         # a new device array in Z's dtype, exact (float64 only: no float32 has such a peak)
         zkeep = zkeep * scale
         zptr = _ptr(zkeep)
-    lab_dev = _interop.to_framework(labeled, info) if labeled.size else None
-    if isinstance(groups, np.ndarray):
-        grp_dev = _interop.to_framework(np.ascontiguousarray(groups, dtype=np.int64), info)
-    else:  # already int64, C-contiguous, on Z's device and in its framework (gram.py)
-        grp_dev = groups
     mins = _interop.empty(info, (n_groups,), "float64")
     spectra = _interop.empty(info, (n_groups, size), "float64") if return_all else None
     cuda.gram_min_eig(
@@ -84,8 +98,8 @@ def gram_min_eig_cuda(
         zptr,
         n,
         D,
-        0 if lab_dev is None else _ptr(lab_dev),
-        int(labeled.size),
+        lab_ptr,
+        mL,
         _ptr(grp_dev),
         n_groups,
         G,

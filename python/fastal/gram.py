@@ -110,13 +110,14 @@ def gram_min_eig(
     product, as on the CPU) and finds ``λ_max`` and ``λ⁺_min`` by multisection on Sturm counts,
     one shift per thread; ``return_all`` bisects every eigenvalue (one thread per index) instead
     of running QL. Float64 throughout. The matrix lives in shared memory when it fits (order up
-    to 166 on an H100), else in a global workspace of at most
-    1 GiB (or one matrix's 8 · order² bytes, when that alone is larger: order > 11,585). NaN / Inf
-    and the peak magnitude are found on the device (one pass over ``Z``, one synchronisation).
-    ``groups`` given as an int64 C-contiguous CUDA array in ``Z``'s framework are checked on the
-    device (one more synchronisation) and used in place; other index inputs are checked on the
-    host and copied over. A CUDA module built before this kernel raises ``RuntimeError``
-    (rebuild); there is no fallback.
+    to 166 on an H100), else in a global workspace of at most 1 GiB (or one matrix's
+    8 · order² bytes, when that alone is larger: order > 11,585). NaN / Inf and the peak
+    magnitude are found on the device (one pass over ``Z``, one synchronisation); ``groups``
+    given as an int64 C-contiguous CUDA array in ``Z``'s framework are checked there too, in the
+    same synchronisation, and used in place (a failing array is checked again on the host, for
+    the message). Other index inputs, and ``labeled`` always, are checked on the host and copied
+    over. A CUDA module built before this kernel raises ``RuntimeError`` (rebuild); there is no
+    fallback.
 
     Examples
     --------
@@ -131,7 +132,7 @@ def gram_min_eig(
     info = check_matrix(Z, "Z", dtypes=("float32", "float64"), cuda_dtypes=("float32", "float64"))
     n, D = info.shape
     lab = check_indices(labeled, n, "labeled", like=info)
-    grp = _check_groups(groups, n, lab, info)
+    grp, checked = _check_groups(groups, n, lab, info)
     G = grp.shape[1]
     if not isinstance(return_all, (bool, np.bool_)):
         raise TypeError(f"return_all must be a bool, got {type(return_all).__name__}")
@@ -158,7 +159,7 @@ def gram_min_eig(
         from ._gram_cuda import gram_min_eig_cuda
 
         with _interop.device_scope(info, "Z"):
-            return gram_min_eig_cuda(Z, info, lab, grp, rtol, bool(return_all))
+            return gram_min_eig_cuda(Z, info, lab, grp, rtol, bool(return_all), checked=checked)
 
     Zh = _interop.host_storage(Z, info)
     peak = float(np.max(np.abs(Zh))) if Zh.size else 0.0
@@ -228,13 +229,15 @@ def _shared_eigenbasis(Zh: np.ndarray, lab: np.ndarray, G: int) -> tuple:
     return lam.contiguous().numpy(), basis.contiguous().numpy(), s_side
 
 
-def _check_groups(groups: Any, n: int, labeled: np.ndarray, info: Any) -> Any:
-    """(n_groups, G) int64 indices: in range, distinct within a row, disjoint from labeled.
+def _check_groups(groups: Any, n: int, labeled: np.ndarray, info: Any) -> tuple[Any, bool]:
+    """(groups, checked): (n_groups, G) int64 indices, in range, distinct within a row and
+    disjoint from labeled once checked.
 
-    A host array, except that int64 C-contiguous CUDA groups in Z's framework and on its device
-    are checked there (:func:`_groups_valid_on_device`) and returned as they are: copying them to
-    the host and back cost more than the kernel for small matrices. Groups that fail are checked
-    again on the host, for the message.
+    A checked host array, except that int64 C-contiguous CUDA groups in Z's framework and on its
+    device are returned as they are, unchecked (``checked`` False): copying them to the host and
+    back cost more than the kernel for small matrices, so the CUDA branch checks them on the
+    device in the synchronisation it needs anyway for the NaN scan of Z, and calls
+    :func:`_check_groups_host` on a host copy for the message when they fail.
     """
     if groups is None:
         raise ValueError("groups must be a 2-D (n_groups, G) integer array, got None")
@@ -250,10 +253,12 @@ def _check_groups(groups: Any, n: int, labeled: np.ndarray, info: Any) -> Any:
             and min(ginfo.shape) > 0
             and _is_c_contiguous(groups)
         ):
-            with _interop.device_scope(info, "Z"):
-                if _groups_valid_on_device(groups, n, labeled):
-                    return groups
-    arr = _interop.host_numpy(groups)
+            return groups, False
+    return _check_groups_host(_interop.host_numpy(groups), n, labeled), True
+
+
+def _check_groups_host(arr: np.ndarray, n: int, labeled: np.ndarray) -> np.ndarray:
+    """The host check of :func:`_check_groups` on a numpy array: int64, C-contiguous."""
     if arr.dtype == np.bool_:
         raise TypeError("groups must hold integer indices, got a boolean array")
     if arr.ndim != 2:
@@ -293,25 +298,3 @@ def _check_groups(groups: Any, n: int, labeled: np.ndarray, info: Any) -> Any:
 
 def _is_c_contiguous(a: Any) -> bool:
     return bool(a.is_contiguous()) if hasattr(a, "is_contiguous") else bool(a.flags.c_contiguous)
-
-
-def _groups_valid_on_device(groups: Any, n: int, labeled: np.ndarray) -> bool:
-    """True when the int64 (n_groups, G) torch or cupy ``groups`` pass every check of
-    :func:`_check_groups` (range, overlap with the host-checked ``labeled``, duplicates within a
-    row), all on the array's device with one synchronisation. CPU torch works too (tests)."""
-    if hasattr(groups, "data_ptr"):  # torch
-        import torch
-
-        mask = torch.zeros(n, dtype=torch.bool, device=groups.device)
-        mask[torch.from_numpy(labeled).to(groups.device)] = True
-        rows = torch.sort(groups, dim=1).values
-    else:  # cupy, on its current device (Z's: _check_groups runs this in device_scope)
-        import cupy
-
-        mask = cupy.zeros(n, dtype=bool)
-        mask[cupy.asarray(labeled)] = True
-        rows = cupy.sort(groups, axis=1)
-    bad = ((groups < 0) | (groups >= n)).any()
-    bad = bad | mask[groups.clip(0, n - 1)].any()
-    bad = bad | (rows[:, 1:] == rows[:, :-1]).any()
-    return not bool(bad)
