@@ -1,7 +1,8 @@
 """Where the GPU time goes, for the two GPU targets not met yet (RESULTS.md, GPU section):
 
 - top-b at n = 10^7, b = 10^5: fastal.iht_threshold, its binding alone (no Python checks), one
-  non-finite scan, the torch peer and torch.topk alone, a 40 MB copy for scale;
+  separate non-finite scan (fastal's first pass does that check now), the torch peer and
+  torch.topk alone, a 40 MB copy for scale;
 - the Gram eigenvalues at orders 16 (20,000 groups), 32 (10,000; both sides) and 64: gram_min_eig
   with int64 device groups (checked on the device) and int32 ones (checked on the host), the
   binding alone, for orders <= 32 both of its paths (one thread per matrix, the default, and one

@@ -210,10 +210,11 @@ def test_binding_writes_every_output():
     for b in (0, 1, 4096, 50_000):
         support = torch.full((b,), -7, dtype=torch.int64, device="cuda")
         w = torch.full((50_000,), float("nan"), dtype=torch.float32, device="cuda")
-        fastal._ext.cuda.iht_threshold(
+        counts = fastal._ext.cuda.iht_threshold(
             s.data_ptr(), g.data_ptr(), 50_000, b, 0.3, support.data_ptr(), w.data_ptr(),
             s.device.index, torch.cuda.current_stream().cuda_stream,
         )  # fmt: skip
+        assert counts == (0, -1, 0, -1)
         torch.cuda.synchronize()
         assert_same_as_cpu(support, w, s32, g32, b, 0.3)
 
@@ -243,9 +244,37 @@ def test_rejects_non_finite(backend, bad):
     s_bad, g_bad = s32.copy(), g32.copy()
     s_bad[3], s_bad[4000] = bad, bad
     g_bad[4999] = bad
-    with pytest.raises(ValueError, match=r"^s contains NaN or Inf at 2 position\(s\), first at 3"):
-        gpu(s_bad, g32, 2, 0.1, backend)
-    with pytest.raises(
-        ValueError, match=r"^sigma contains NaN or Inf at 1 position\(s\), first at 4999"
-    ):
-        gpu(s32, g_bad, 2, 0.1, backend)
+    for b in (0, 2, 4990):  # b = 0 selects nothing but still checks
+        with pytest.raises(
+            ValueError, match=r"^s contains NaN or Inf at 2 position\(s\), first at 3"
+        ):
+            gpu(s_bad, g32, b, 0.1, backend)
+        with pytest.raises(
+            ValueError, match=r"^sigma contains NaN or Inf at 1 position\(s\), first at 4999"
+        ):
+            gpu(s32, g_bad, b, 0.1, backend)
+        with pytest.raises(ValueError, match=r"^s contains NaN or Inf at 2 position"):
+            gpu(s_bad, g_bad, b, 0.1, backend)  # s is reported first
+    support, _ = gpu(s32, g32, 2, 0.1, backend)  # the context stays usable
+    assert tuple(support.shape) == (2,)
+
+
+def test_binding_counts_non_finite_entries():
+    """The first digit pass counts NaN / Inf in s and sigma (warp ballots, the first index as a
+    maximum of n - i) and the binding returns them after its synchronisation."""
+    torch = pytest.importorskip("torch")
+    n = 1_000_003
+    s32, g32 = normal_case(n, seed=8)
+    bad_s = [5, 77_777, n - 1]
+    bad_g = [999_000, 999_001]
+    s32[bad_s] = [np.nan, np.inf, -np.inf]
+    g32[bad_g] = np.nan
+    s, g = torch.from_numpy(s32).cuda(), torch.from_numpy(g32).cuda()
+    stream = torch.cuda.current_stream().cuda_stream
+    for b in (0, 1, 100_000):
+        support = torch.empty(b, dtype=torch.int64, device="cuda")
+        w = torch.empty(n, dtype=torch.float32, device="cuda")
+        got = fastal._ext.cuda.iht_threshold(
+            s.data_ptr(), g.data_ptr(), n, b, 0.3, support.data_ptr(), w.data_ptr(), 0, stream
+        )
+        assert got == (3, 5, 2, 999_000)

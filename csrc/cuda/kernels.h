@@ -3,7 +3,7 @@
 // naming the argument), selects the device for the call, launches on `stream` and checks every
 // launch (std::runtime_error). Storage types: float32, float16, bfloat16; arithmetic in float32 —
 // except gram_min_eig (float32 or float64 storage, float64 arithmetic). Only count_nonfinite_rows,
-// gram_scan and synchronize wait for the stream; everything else is asynchronous.
+// gram_scan, iht_threshold and synchronize wait for the stream; everything else is asynchronous.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -167,10 +167,15 @@ void kmeanspp_steps_factored(DType dtype, const Factored& X, const KMeansPPState
 // s, sigma (n, float32): support (b, int64) = the b indices with the smallest
 // score_j = 1/2 [-s_j]_+^2 - alpha sigma_j^2 (exact: -1/2 [s_j]_+^2 - alpha sigma_j^2 [s_j > 0];
 // see cpu/kernels.h), in float64 rounded as cpu/topb.cpp rounds it, ordered by (score, index);
-// w (n, float32) = max(s, 0) on the support, 0 elsewhere. 0 <= b <= n < 2^32, alpha finite >= 0;
-// finiteness of s and sigma is the caller's check.
-void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, double alpha,
-                   bool exact, int64_t* support, float* w, int device, cudaStream_t stream);
+// w (n, float32) = max(s, 0) on the support, 0 elsewhere. 0 <= b <= n < 2^32, alpha finite >= 0.
+// Returns the NaN / Inf entries of s and sigma (counted on the way; the outputs mean nothing when
+// there are any, and the caller raises). Synchronises the stream to return.
+struct NonfiniteCounts {
+  int64_t s = 0, first_s = -1, sigma = 0, first_sigma = -1;
+};
+NonfiniteCounts iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b,
+                              double alpha, bool exact, int64_t* support, float* w, int device,
+                              cudaStream_t stream);
 
 // ---- batched Gram eigenvalues (see gram_eig.cu) ------------------------------------------------
 

@@ -5,7 +5,7 @@
 // kernel rounds it (cpu/topb.cpp: float32 inputs widened first, no fused multiply-adds: the
 // __dmul_rn / __dsub_rn intrinsics are never contracted). Neither can be NaN for float32 inputs. The support is the b smallest scores ordered by (score, index),
 // ties to the lowest index; w = [s]_+ on it, 0 elsewhere. CUB 3.0 (CUDA 13.0) has no DeviceTopK,
-// so this is a radix select of its own, with no host round trip:
+// so this is a radix select of its own, with one host round trip, at the end:
 //   1. each score maps to an order-preserving uint64 key (-0.0 and +0.0 to one key). Up to six
 //      histogram passes over the rows, 11 bits of the key per pass from the top: a pass counts the
 //      digits of the keys that match the prefix found so far (shared-memory histogram,
@@ -27,6 +27,9 @@
 //      b + kBinCandidates with keys above every score: stable, and the candidates are in index
 //      order, so the first b come out ordered by (score, index): the support. Then w = [s]_+ for
 //      the support's keys from a ranked bin.
+// The first pass also counts the NaN / Inf entries of s and sigma (and the first of each); the host
+// reads them after the last launch, one synchronisation, and the caller raises for them. The
+// selection is memory-safe for any keys, so non-finite rows only make the outputs meaningless.
 // Launches: two memsets, up to 6 passes, count, write, CUB's sort, a copy and the w fix-up, all on
 // the caller's stream; scratch from one stream-ordered StreamBuffer. Every pass reads s and sigma
 // again (8 bytes a row) instead of storing keys (8 bytes written + 8 read a row).
@@ -36,6 +39,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include "cuda/device.cuh"
@@ -68,6 +72,10 @@ struct SelectState {
   unsigned done;
   unsigned arrive;        // blocks of the current pass that have finished
   unsigned arrive_tiles;  // blocks of the count kernel that have finished
+  // the first pass's finiteness check, [0] for s, [1] for sigma: entries that are NaN or Inf, and
+  // n - (the first of them) as a maximum, so that zero (the memset) means none
+  u64 nonfinite[2];
+  u64 first_from_end[2];
 };
 
 // The score's parameters, passed by value to every kernel.
@@ -146,9 +154,22 @@ __device__ void choose_bin(const unsigned* hist, int64_t b, int shift, int width
   if (threadIdx.x == 0) st->arrive = 0;  // for the next pass (a later launch)
 }
 
+// The lanes of the warp whose value is NaN or Inf, counted into st->nonfinite[which] and the first
+// (lowest index: lanes and q rise with it) into st->first_from_end[which]. All lanes call it.
+__device__ __forceinline__ void note_nonfinite(bool bad, int64_t i, int64_t n, int which,
+                                               SelectState* st) {
+  const unsigned lanes = __ballot_sync(kFullMask, bad);
+  if (!lanes) return;
+  const int64_t first = __shfl_sync(kFullMask, i, __ffs(lanes) - 1);
+  if ((threadIdx.x & 31) == 0) {
+    atomicAdd(&st->nonfinite[which], static_cast<u64>(__popc(lanes)));
+    atomicMax(&st->first_from_end[which], static_cast<u64>(n - first));
+  }
+}
+
 __global__ void __launch_bounds__(kThreads)
     digit_pass_kernel(const float* s, const float* sigma, int64_t n, Rule rule, int64_t b,
-                      int shift, int width, unsigned* hist, SelectState* st) {
+                      int shift, int width, bool check, unsigned* hist, SelectState* st) {
   if (st->done) return;  // the same for every block: set by an earlier launch
   __shared__ unsigned h[kBins];
   __shared__ bool last;
@@ -170,6 +191,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int q = 0; q < kUnroll; ++q) {
       const int64_t i = base + q * kThreads + threadIdx.x;
+      if (check) {  // the same for the whole launch
+        note_nonfinite(!isfinite(sv[q]), i, n, 0, st);
+        note_nonfinite(!isfinite(gv[q]), i, n, 1, st);
+      }
       const u64 key = score_key(sv[q], gv[q], rule);
       const bool match = i < n && (key & mask) == prefix;
       const unsigned digit = match ? static_cast<unsigned>(key >> shift) & digit_mask : kNoBin;
@@ -335,8 +360,9 @@ Scratch plan_scratch(int64_t tiles, int64_t cap, size_t sort_bytes) {
 
 }  // namespace
 
-void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, double alpha,
-                   bool exact, int64_t* support, float* w, int device, cudaStream_t stream) {
+NonfiniteCounts iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b,
+                              double alpha, bool exact, int64_t* support, float* w, int device,
+                              cudaStream_t stream) {
   FASTAL_REQUIRE(n >= 0, "n must be >= 0, got ", n);
   FASTAL_REQUIRE(n <= kMaxRows, "n must be < 2^32, got ", n);
   FASTAL_REQUIRE(b >= 0 && b <= n, "b must be in [0, n = ", n, "], got ", b);
@@ -344,13 +370,16 @@ void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, dou
                  alpha);
   const Rule rule{alpha, exact};
   DeviceGuard guard(device);
-  if (n == 0) return;
+  NonfiniteCounts bad;
+  if (n == 0) return bad;
   require_device_ptr(s, "s_ptr", device, alignof(float));
   require_device_ptr(sigma, "sigma_ptr", device, alignof(float));
   require_device_ptr(w, "w_ptr", device, alignof(float));
-  if (b == 0) {
+  if (b == 0) {  // nothing to select: the finiteness check alone
     CUDA_CHECK(cudaMemsetAsync(w, 0, static_cast<size_t>(n) * sizeof(float), stream));
-    return;
+    bad.s = count_nonfinite_rows(DType::Float32, s, n, 1, &bad.first_s, device, stream);
+    bad.sigma = count_nonfinite_rows(DType::Float32, sigma, n, 1, &bad.first_sigma, device, stream);
+    return bad;
   }
   require_device_ptr(support, "support_ptr", device, alignof(int64_t));
 
@@ -381,8 +410,8 @@ void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, dou
   const int64_t pass_rows = int64_t{kThreads} * kUnroll;
   const int pass_grid = grid_for(digit_pass_kernel, (n + pass_rows - 1) / pass_rows, device);
   for (int p = 0; p < kPasses; ++p) {
-    digit_pass_kernel<<<pass_grid, kThreads, 0, stream>>>(s, sigma, n, rule, b, pass_shift(p),
-                                                          pass_width(p), hist + p * kBins, st);
+    digit_pass_kernel<<<pass_grid, kThreads, 0, stream>>>(
+        s, sigma, n, rule, b, pass_shift(p), pass_width(p), p == 0, hist + p * kBins, st);
     CUDA_CHECK_LAUNCH("digit_pass_kernel");
   }
   count_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(s, sigma, n, rule, st,
@@ -399,6 +428,16 @@ void iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b, dou
                              cudaMemcpyDeviceToDevice, stream));
   bin_weights_kernel<<<blocks_for(b), kThreads, 0, stream>>>(s, st, sorted_keys, support, b, w);
   CUDA_CHECK_LAUNCH("bin_weights_kernel");
+  u64 host[4];  // st->nonfinite, st->first_from_end: consecutive
+  static_assert(offsetof(SelectState, first_from_end) == offsetof(SelectState, nonfinite) + 16,
+                "nonfinite and first_from_end are read back in one copy");
+  CUDA_CHECK(cudaMemcpyAsync(host, st->nonfinite, sizeof(host), cudaMemcpyDeviceToHost, stream));
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  bad.s = static_cast<int64_t>(host[0]);
+  bad.sigma = static_cast<int64_t>(host[1]);
+  bad.first_s = bad.s ? n - static_cast<int64_t>(host[2]) : -1;
+  bad.first_sigma = bad.sigma ? n - static_cast<int64_t>(host[3]) : -1;
+  return bad;
 }
 
 }  // namespace fastal::cuda

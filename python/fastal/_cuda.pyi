@@ -255,7 +255,8 @@ def gram_min_eig(
     small_max: int = -1,
 ) -> None: ...
 
-# IHT top-b thresholding: s, sigma (n,) float32 -> support (b,) int64, w (n,) float32
+# IHT top-b thresholding: s, sigma (n,) float32 -> support (b,) int64, w (n,) float32; returns
+# (NaN / Inf entries of s, first, of sigma, first); it synchronises the stream.
 def iht_threshold(
     s_ptr: int,
     sigma_ptr: int,
@@ -266,4 +267,5 @@ def iht_threshold(
     w_ptr: int,
     device: int,
     stream: int,
-) -> None: ...
+    exact: bool = False,
+) -> tuple[int, int, int, int]: ...

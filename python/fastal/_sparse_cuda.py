@@ -1,8 +1,8 @@
 """The IHT top-b step for CUDA arrays (torch or cupy).
 
 With the CUDA module, ``fastal._cuda.iht_threshold`` (csrc/cuda/topb.cu: a radix select on the
-device, no host round trip) runs on the framework's current stream and writes outputs allocated in
-the caller's framework. A build without that kernel falls back to torch on the array's device.
+device that also counts NaN / Inf in its first pass, one synchronisation at the end) runs on the
+framework's current stream and writes outputs allocated in the caller's framework. A build without that kernel falls back to torch on the array's device.
 Either way the scores are formed in float64 exactly as on the CPU (the paper's ``0.5 * (neg * neg)
 - alpha * (sigma * sigma)`` or the exact rule's ``-(0.5 * (pos * pos)) - alpha * (sigma * sigma)``,
 with float32 inputs widened first, no fused multiply-adds) and the support is
@@ -36,17 +36,17 @@ def iht_threshold_cuda(
     skeep, sptr = _interop.cuda_pointer(s, info)
     gkeep, gptr = _interop.cuda_pointer(sigma, info)
     device, stream = int(info.device_index), _interop.cuda_stream(info)
-    if n:
-        for ptr, name in ((sptr, "s"), (gptr, "sigma")):
-            count, first = cuda.count_nonfinite_rows("float32", ptr, n, 1, device, stream)
-            if count:
-                raise _nonfinite_error(name, count, first)
     support = _interop.empty(info, (b,), "int64")
     w = _interop.empty(info, (n,), "float32")
-    cuda.iht_threshold(
+    # the kernel counts NaN / Inf on its first pass and returns them after its one synchronisation
+    bad_s, first_s, bad_sigma, first_sigma = cuda.iht_threshold(
         sptr, gptr, n, b, float(alpha), _ptr(support), _ptr(w), device, stream, exact=exact
     )
     del skeep, gkeep
+    if bad_s:
+        raise _nonfinite_error("s", bad_s, first_s)
+    if bad_sigma:
+        raise _nonfinite_error("sigma", bad_sigma, first_sigma)
     return support, w
 
 
