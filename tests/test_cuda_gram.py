@@ -551,12 +551,41 @@ def test_device_groups_are_checked_in_place(backend):
 
 
 def test_methods_on_cuda():
-    """The CUDA kernel is the tridiagonal method; 'lowrank' is CPU-only and says so."""
+    """Below order 512 "auto" is the CUDA kernel (the tridiagonal method)."""
     Z, lab, groups = make_case(64, "D", 6)
     lam = to_numpy(gpu(Z, lab, groups))
     assert_array_equal(to_numpy(gpu(Z, lab, groups, method="tridiagonal")), lam)
-    with pytest.raises(ValueError, match=r"method='lowrank' runs on the CPU only"):
-        gpu(Z, lab, groups, method="lowrank")
+
+
+@pytest.mark.parametrize("side", ["S", "D"])
+@pytest.mark.parametrize("size", [12, 64, 300])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_lowrank_on_cuda_matches_cpu(backend, dtype, size, side):
+    """method="lowrank" on CUDA (batched torch on the device) against the CPU's low-rank kernel,
+    the CUDA kernel and the reference; in the input's framework, float64."""
+    Z, lab, groups = make_case(size, side, 24, seed=3)
+    want, want_spectra = reference_of(size, side, 24, dtype, seed=3)
+    lmax = want_spectra[:, -1]
+    got = gpu(Z, lab, groups, backend, dtype, method="lowrank")
+    assert backend_of(got) == backend and dtype_of(got) == "float64"
+    assert_eigs_close(got, want, lmax)
+    assert_eigs_close(got, cpu(Z, lab, groups, dtype, method="lowrank"), lmax)
+    assert_eigs_close(got, gpu(Z, lab, groups, backend, dtype, method="tridiagonal"), lmax)
+
+
+def test_auto_takes_lowrank_from_order_512():
+    """From fastal.gram.CUDA_LOWRANK_MIN_ORDER on, "auto" takes the low-rank route when its
+    operation count is lower (return_all still needs the kernel); rescaled inputs too."""
+    Z, lab, groups = make_case(600, "D", 6, seed=2)
+    auto = to_numpy(gpu(Z, lab, groups))
+    assert_array_equal(auto, to_numpy(gpu(Z, lab, groups, method="lowrank")))
+    lam, spectra = gpu(Z, lab, groups, return_all=True)
+    assert_eigs_close(auto, lam, to_numpy(spectra)[:, -1])
+    big = to_numpy(gpu(Z * 2.0**300, lab, groups, method="lowrank"))
+    assert_allclose(big, auto * 2.0**600, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"groups overlaps labeled"):
+        gpu(Z, lab, np.concatenate([groups[:, :-1], lab[:6, None]], 1), method="lowrank")
 
 
 def binding_args(Z, lab, groups, lam, spectra=None, **change):

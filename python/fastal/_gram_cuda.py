@@ -19,6 +19,7 @@ build older than it) raises ``RuntimeError`` saying how to rebuild: there is no 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -43,13 +44,16 @@ def gram_min_eig_cuda(
     smem_limit: int = -1,
     small_max: int = -1,
     checked: bool = True,
+    method: str = "tridiagonal",
 ) -> Any:
     """The CUDA branch of :func:`fastal.gram_min_eig` after its validation.
 
     ``labeled`` (int64, 1-D) is the host array gram.py has checked, ``groups`` (int64,
     (n_groups, G)) a checked host array or the caller's device array, which ``checked=False``
-    says to check here; ``rtol`` is resolved. ``smem_limit`` (bytes, tests only) caps the shared memory the block
-    path may use for each matrix, forcing its global-memory paths; -1 is the device's limit.
+    says to check here; ``rtol`` is resolved. ``method`` is ``"tridiagonal"`` (the CUDA kernel)
+    or ``"lowrank"`` (_gram_lowrank_torch.py, on the same device, after the same checks).
+    ``smem_limit`` (bytes, tests only) caps the shared memory the block path may use for each
+    matrix, forcing its global-memory paths; -1 is the device's limit.
     ``small_max`` (tests and benchmarks) is the largest order given one thread per matrix: -1 is
     the default (32), 0 sends every order to the block path.
     """
@@ -91,6 +95,25 @@ def gram_min_eig_cuda(
         # a new device array in Z's dtype, exact (float64 only: no float32 has such a peak)
         zkeep = zkeep * scale
         zptr = _ptr(zkeep)
+    if method == "lowrank":
+        import torch
+
+        from ._gram_lowrank_torch import gram_min_eig_lowrank_torch
+        from .gradients import as_torch, from_torch
+
+        # torch works on the caller's stream: its current one, or cupy's current one
+        on_stream = (
+            torch.cuda.stream(torch.cuda.ExternalStream(stream, device=device))
+            if info.framework == "cupy"
+            else contextlib.nullcontext()
+        )
+        with on_stream:
+            mins = gram_min_eig_lowrank_torch(
+                as_torch(zkeep, info), labeled, as_torch(grp_dev, info), rtol
+            )
+            mins = mins / (scale * scale)
+        del zkeep, lab_dev, grp_dev
+        return from_torch(mins, info)
     mins = _interop.empty(info, (n_groups,), "float64")
     spectra = _interop.empty(info, (n_groups, size), "float64") if return_all else None
     cuda.gram_min_eig(

@@ -17,6 +17,10 @@ EPS = float(np.finfo(np.float64).eps)
 # entries or their squares overflow or underflow float64; the eigenvalues are scaled back.
 _BIG, _SMALL = 2.0**240, 2.0**-240
 _METHODS = ("auto", "tridiagonal", "lowrank")
+#: On CUDA, "auto" takes "lowrank" (when its operation count is lower) from this order on. Not yet
+#: timed on a GPU against the tridiagonal kernel: orders 64-512 ran 23-600x batched eigvalsh with
+#: that kernel on an H200, order 1024 only 1.6x.
+CUDA_LOWRANK_MIN_ORDER = 512
 
 
 def gram_min_eig(
@@ -68,16 +72,18 @@ def gram_min_eig(
         Also return every group's whole spectrum (implicit QL on the same tridiagonal matrix; on
         CUDA, bisection of every eigenvalue).
     method : {"auto", "tridiagonal", "lowrank"}, default "auto"
-        CPU only. ``"tridiagonal"``: each group's matrix is formed and reduced as above, O(m³) per
+        ``"tridiagonal"``: each group's matrix is formed and reduced as above, O(m³) per
         group. ``"lowrank"``: the labeled part is diagonalised once per call (float64
         ``torch.linalg.eigh``: ``Z_Lᵀ Z_L = Q Λ Qᵀ`` on the D side, ``Z_L Z_Lᵀ`` on the ``|S|``
         side), after which a group adds a rank-G term (D side) or G bordering rows (|S| side) to
         the diagonal ``Λ``; the inertia of ``K - xI`` then comes from a ``G x G`` matrix
         (Haynsworth), ``O(m G²)`` per evaluation after ``O(m G D)`` per group, with the same
         Laguerre search. Much faster for large matrices and small groups (at ``D = 1024``,
-        ``G = 20``: ~20x per group). Not with ``return_all``. ``"auto"``
-        picks the cheaper by an operation count (``"tridiagonal"`` for ``return_all`` and on
-        CUDA).
+        ``G = 20``: ~20x per group). Not with ``return_all``. On CUDA it runs in batched torch
+        on the device (every group at once, multisection on the same counts: see Notes).
+        ``"auto"`` picks the cheaper by an operation count (``"tridiagonal"`` for
+        ``return_all``; on CUDA ``"lowrank"`` only from order 512 on, where the tridiagonal
+        kernel's one thread block per matrix is slowest).
 
     Returns
     -------
@@ -119,6 +125,13 @@ def gram_min_eig(
     over. A CUDA module built before this kernel raises ``RuntimeError`` (rebuild); there is no
     fallback.
 
+    CUDA ``method="lowrank"`` (after the same checks): the shared eigendecomposition by
+    ``torch.linalg.eigh`` on the device, each group's ``V`` and ``Z_g Z_gᵀ`` by batched matrix
+    products, then every group's bracket is narrowed at once, 15 shifts per round, the count at
+    each shift from a batched ``eigvalsh`` of the ``G x G`` matrices (their inertia), to the
+    CPU's tolerances (fastal/_gram_lowrank_torch.py). Memory: ``16 · 15 · G · m`` bytes per
+    group in chunks of at most 256 MiB.
+
     Examples
     --------
     >>> import numpy as np, fastal
@@ -153,13 +166,17 @@ def gram_min_eig(
             "return_all=True needs method='tridiagonal' (or 'auto'): 'lowrank' "
             "computes λ_max and λ⁺_min only"
         )
-    if info.device == "cuda" and method == "lowrank":
-        raise ValueError(f"method='lowrank' runs on the CPU only; Z is a {info.where} array")
+    if method == "auto":
+        method = _cheaper_method(lab.size, G, D, grp.shape[0], bool(return_all))
+        if info.device == "cuda" and min(size_s, D) < CUDA_LOWRANK_MIN_ORDER:
+            method = "tridiagonal"
     if info.device == "cuda":  # Z stays on its device (finite check and rescaling there too)
         from ._gram_cuda import gram_min_eig_cuda
 
         with _interop.device_scope(info, "Z"):
-            return gram_min_eig_cuda(Z, info, lab, grp, rtol, bool(return_all), checked=checked)
+            return gram_min_eig_cuda(
+                Z, info, lab, grp, rtol, bool(return_all), checked=checked, method=method
+            )
 
     Zh = _interop.host_storage(Z, info)
     peak = float(np.max(np.abs(Zh))) if Zh.size else 0.0
@@ -173,8 +190,6 @@ def gram_min_eig(
     if peak > _BIG or 0.0 < peak < _SMALL:
         scale = float(2.0 ** -np.frexp(peak)[1])
         Zh = Zh * Zh.dtype.type(scale)
-    if method == "auto":
-        method = _cheaper_method(lab.size, G, D, grp.shape[0], bool(return_all))
     if method == "lowrank":
         lam, basis, s_side = _shared_eigenbasis(Zh, lab, G)
         kernel = getattr(_ext.cpu, f"gram_min_eig_lowrank_{info.dtype}")
