@@ -10,7 +10,8 @@
 
     python benchmarks/gpu_breakdown.py      # needs a CUDA GPU and fastal's CUDA module
 
-Median of 15 timed runs after 3 warm-ups, each synchronised; milliseconds.
+Median of 15 timed runs after 3 warm-ups, each synchronised; milliseconds. Then per-kernel device
+times (torch.profiler) of top-b, the order-16 Gram case and the order-1024 low-rank route.
 """
 
 import statistics
@@ -109,6 +110,42 @@ def gram(rows: dict, size: int, side: str, n_groups: int) -> None:
         )
 
 
+def kernel_table(label: str, fn, reps: int = 5, top: int = 12) -> None:
+    """Per-kernel device time of fn (torch.profiler: CUPTI sees fastal's kernels too), averaged
+    over reps calls after a warm-up: which launch of a fused pipeline costs what."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    print(f"\n{label}: device time per call by kernel (ms; {reps} calls)")
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: -e.device_time_total)
+    for e in events[:top]:
+        name = e.key if len(e.key) <= 70 else e.key[:67] + "..."
+        print(f"  {name:70s} {e.device_time_total / reps / 1e3:9.4f}  x{e.count // reps}")
+
+
+def profiles() -> None:
+    """Kernel tables of the two unmet GPU targets and of the new Gram routes."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    s = torch.randn(10_000_000, device="cuda", generator=g)
+    sigma = torch.rand(10_000_000, device="cuda", generator=g)
+    kernel_table("top-b n = 10^7, b = 10^5", lambda: fastal.iht_threshold(s, sigma, 100_000, 0.5))
+    rng = np.random.default_rng(0)
+    for label, (n, D, m_lab, G, n_groups) in {
+        "Gram order 16, D side, 20,000 groups": (20_000 * 20 + 32, 16, 32, 20, 20_000),
+        "Gram order 1024, D side, 200 groups (auto: low-rank)": (2048 + 4000, 1024, 2048, 20, 200),
+    }.items():
+        Z = torch.from_numpy(rng.standard_normal((n, D), dtype=np.float32)).cuda()
+        lab = torch.arange(m_lab, device="cuda")
+        grp = torch.arange(m_lab, m_lab + n_groups * G, device="cuda").reshape(n_groups, G)
+        kernel_table(label, lambda Z=Z, lab=lab, grp=grp: fastal.gram_min_eig(Z, lab, grp), reps=2)
+
+
 def main() -> None:
     if not (torch.cuda.is_available() and fastal.cuda_available()):
         raise SystemExit("needs a CUDA GPU and fastal built with its CUDA module")
@@ -125,6 +162,7 @@ def main() -> None:
     print(torch.cuda.get_device_name(), "(ms)")
     for name, value in rows.items():
         print(f"{name:55s} {value:10.3f}")
+    profiles()
 
 
 if __name__ == "__main__":
