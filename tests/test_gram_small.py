@@ -141,6 +141,10 @@ def test_indices_out_of_range_give_nan():
     assert_allclose(lam[[0, 2]], want, rtol=1e-8)
     lam = small(Z, [0, -1], groups, return_all=False)
     assert np.isnan(lam).all()
+    Z, lab, groups = make_case(40, 4, 6, 3, 3, seed=1)  # D side: labeled only in the shared part
+    assert not np.isnan(small(Z, lab, groups, return_all=False)).any()
+    lab[2] = 40
+    assert np.isnan(small(Z, lab, groups, return_all=False)).all()
 
 
 def test_rejects_orders_above_32():

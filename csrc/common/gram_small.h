@@ -136,15 +136,20 @@ FASTAL_HOST_DEVICE inline void tridiagonalize(Strided A, int64_t N, Strided v, S
   d[N - 1] = A[tri(N - 1, N - 1)];
 }
 
-// Group g in slot s: min_eig[g] (and spectra[g]).
+// Whether every labeled index is in [0, n); the caller checks once for all its groups.
+FASTAL_HD bool labeled_in_range(const Args& p, int64_t j) {
+  return p.labeled[j] >= 0 && p.labeled[j] < p.n;
+}
+
+// Group g in slot s: min_eig[g] (and spectra[g]); NaN when labeled_ok is false (see
+// labeled_in_range) or an index of the group is out of range.
 template <typename T>
-FASTAL_HOST_DEVICE void group_eig(const Args& p, int64_t g, int64_t s) {
+FASTAL_HOST_DEVICE void group_eig(const Args& p, int64_t g, int64_t s, bool labeled_ok) {
   const int64_t N = p.size;
   const int64_t* grp = p.groups + g * p.G;
   double* spectrum = p.spectra ? p.spectra + g * N : nullptr;
-  bool bad = false;
+  bool bad = !labeled_ok;
   for (int64_t a = 0; a < p.G; ++a) bad |= grp[a] < 0 || grp[a] >= p.n;
-  for (int64_t j = 0; j < p.mL; ++j) bad |= p.labeled[j] < 0 || p.labeled[j] >= p.n;
   if (bad) {
     const double nan = std::numeric_limits<double>::quiet_NaN();
     p.min_eig[g] = nan;

@@ -59,9 +59,11 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
                         G,      shared.data(), size, rtol,   min_eig, spectra, work.data(),
                         slots};
   // static: each thread takes a run of neighbouring slots, which share cache lines
+  bool labeled_ok = true;
+  for (int64_t j = 0; j < mL; ++j) labeled_ok &= gram_small::labeled_in_range(args, j);
 #pragma omp parallel for schedule(static)
   for (int64_t s = 0; s < slots; ++s)
-    for (int64_t g = s; g < n_groups; g += slots) gram_small::group_eig<T>(args, g, s);
+    for (int64_t g = s; g < n_groups; g += slots) gram_small::group_eig<T>(args, g, s, labeled_ok);
 }
 
 void gram_groups_valid(const int64_t* groups, int64_t n_groups, int64_t G, int64_t n,

@@ -627,14 +627,18 @@ __global__ void __launch_bounds__(kMaxThreads) gram_eig_kernel(const GramArgs p)
 
 size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-// One thread per group (slot s = the thread's global index; slots = the grid's threads).
+// One thread per group (slot s = the thread's global index; slots = the grid's threads). Each
+// block checks the labeled indices once, together.
 constexpr int kSmallThreads = 64;
 template <typename T>
 __global__ void __launch_bounds__(kSmallThreads) gram_small_kernel(const gram_small::Args p) {
+  bool bad_labeled = false;
+  for (int64_t j = threadIdx.x; j < p.mL; j += blockDim.x)
+    bad_labeled |= !gram_small::labeled_in_range(p, j);
+  const bool labeled_ok = !__syncthreads_or(bad_labeled);
   const int64_t s = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  for (int64_t g = s; g < p.n_groups; g += p.slots) gram_small::group_eig<T>(p, g, s);
+  for (int64_t g = s; g < p.n_groups; g += p.slots) gram_small::group_eig<T>(p, g, s, labeled_ok);
 }
-
 
 template <typename T>
 void scan_impl(const T* Z, int64_t n, int64_t D, const GroupCheck& check,
