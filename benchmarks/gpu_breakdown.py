@@ -5,8 +5,9 @@
   torch.topk alone, a 40 MB copy for scale;
 - the Gram eigenvalues at orders 16 (20,000 groups), 32 (10,000; both sides) and 64: gram_min_eig
   with int64 device groups (checked on the device) and int32 ones (checked on the host), the
-  binding alone, for orders <= 32 both of its paths (one thread per matrix, the default, and one
-  block per matrix: small_max = 0), the NaN scan of Z, and eigvalsh on matrices already built.
+  binding alone (its default choice, and for orders <= 32 each of its paths forced: one thread
+  per matrix, small_max = 32, or one block per matrix, small_max = 0), the NaN scan of Z, and
+  eigvalsh on matrices already built.
 
     python benchmarks/gpu_breakdown.py      # needs a CUDA GPU and fastal's CUDA module
 
@@ -94,7 +95,8 @@ def gram(rows: dict, size: int, side: str, n_groups: int) -> None:
 
     rows[f"{key} binding only"] = ms(binding)
     if min(m_lab + G, D) <= 32:
-        rows[f"{key} binding only, block path"] = ms(lambda: binding(0))
+        rows[f"{key} binding only, one thread per matrix"] = ms(lambda: binding(32))
+        rows[f"{key} binding only, one block per matrix"] = ms(lambda: binding(0))
     rows[f"{key} gram_scan"] = ms(lambda: cuda.gram_scan("float32", Z.data_ptr(), N, D, 0, stream))
     lab_sorted = torch.sort(lab).values
     rows[f"{key} gram_scan + group check"] = ms(lambda: cuda.gram_scan(

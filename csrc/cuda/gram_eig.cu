@@ -714,6 +714,19 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
   CUDA_CHECK_LAUNCH("gram_small_kernel");
 }
 
+// Whether the one-thread-per-matrix path takes these matrices. small_max >= 0 decides alone
+// (orders up to min(small_max, kMaxOrder); 0: never). By default (negative) a model decides,
+// until GPU measurements replace it: a block of the other path takes ~0.1 ms per matrix at
+// order 16 with ~8 blocks resident per SM (the H200's order-16 time, 1.75 ms for 20,000), while
+// one thread takes its serial time, ~0.1 ms · (order / 16)³ by the CPU build's cost, for all the
+// groups that fit at once; so the per-thread path pays from 8 · SMs · (order / 16)³ groups on.
+bool use_small_path(int64_t size, int64_t n_groups, int64_t small_max, int device) {
+  if (small_max >= 0) return size <= std::min(small_max, gram_small::kMaxOrder);
+  if (size > gram_small::kMaxOrder) return false;
+  const double scale = static_cast<double>(size) / 16.0;
+  return static_cast<double>(n_groups) >= 8.0 * sm_count(device) * scale * scale * scale;
+}
+
 template <typename T>
 void gram_min_eig_impl(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t mL,
                        const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
@@ -722,7 +735,7 @@ void gram_min_eig_impl(const T* Z, int64_t n, int64_t D, const int64_t* labeled,
   const bool s_side = mL + G <= D;
   const int64_t size = s_side ? mL + G : D;
   const int64_t P = s_side ? mL : D;  // the shared part is P x P
-  if (size <= std::min(small_max < 0 ? gram_small::kMaxOrder : small_max, gram_small::kMaxOrder)) {
+  if (use_small_path(size, n_groups, small_max, device)) {
     gram_min_eig_small(Z, n, D, labeled, mL, groups, n_groups, G, rtol, min_eig, spectra, device,
                        stream);
     return;

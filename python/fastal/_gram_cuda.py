@@ -54,8 +54,9 @@ def gram_min_eig_cuda(
     or ``"lowrank"`` (_gram_lowrank_torch.py, on the same device, after the same checks).
     ``smem_limit`` (bytes, tests only) caps the shared memory the block path may use for each
     matrix, forcing its global-memory paths; -1 is the device's limit.
-    ``small_max`` (tests and benchmarks) is the largest order given one thread per matrix: -1 is
-    the default (32), 0 sends every order to the block path.
+    ``small_max`` (tests and benchmarks) is the largest order given one thread per matrix
+    whatever the number of groups (at most 32; 0 sends every order to the block path); -1 lets
+    the kernel choose by order and number of groups.
     """
     cuda = _ext.require_cuda("Z")
     if not hasattr(cuda, "gram_min_eig"):
