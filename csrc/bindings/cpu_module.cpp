@@ -429,62 +429,59 @@ void register_lloyd(py::module_& m, const std::string& tag) {
         py::arg("gemm_address"), py::arg("threads_local_address") = 0);
 }
 
-// Batched Gram eigenvalues (CRC): λ⁺_min per group, and the spectra (n_groups x size) when asked.
+// Batched Gram eigenvalues (CRC): λ⁺_min per group, and the spectra (n_groups x size) when asked,
+// by `kernel` (gram_min_eig or the host build of the CUDA small path), called as
+// kernel(Z, n, D, labeled, mL, groups, n_groups, G, rtol, min_eig, spectra).
+template <typename T>
+void require_gram_inputs(const Buf<T>& Z, const Buf<int64_t>& groups, double rtol) {
+  FASTAL_REQUIRE(Z.ndim() == 2, "Z must be 2-D (n, D), got ", Z.ndim(), " dimensions");
+  FASTAL_REQUIRE(groups.ndim() == 2 && groups.shape(1) >= 1,
+                 "groups must be 2-D (n_groups, G) with G >= 1");
+  FASTAL_REQUIRE(rtol >= 0 && rtol < 1, "rtol must be in [0, 1), got ", rtol);
+}
+
+template <typename T, typename Kernel>
+py::object run_gram(const Buf<T>& Z, const Buf<int64_t>& labeled, const Buf<int64_t>& groups,
+                    double rtol, bool return_all, Kernel kernel) {
+  require_gram_inputs(Z, groups, rtol);
+  FASTAL_REQUIRE(labeled.ndim() == 1, "labeled must be 1-D, got ", labeled.ndim(), " dimensions");
+  const int64_t n = Z.shape(0), D = Z.shape(1), mL = labeled.shape(0);
+  const int64_t n_groups = groups.shape(0), G = groups.shape(1);
+  FASTAL_REQUIRE(D >= 1, "Z must have at least one column");
+  const int64_t size = std::min(mL + G, D);
+  Buf<double> mins(n_groups);
+  Buf<double> spectra(std::vector<py::ssize_t>{return_all ? n_groups : 0, size});
+  const T* pz = Z.data();
+  const int64_t* pl = labeled.data();
+  const int64_t* pg = groups.data();
+  double* pm = mins.mutable_data();
+  double* ps = return_all ? spectra.mutable_data() : nullptr;
+  {
+    py::gil_scoped_release nogil;
+    kernel(pz, n, D, pl, mL, pg, n_groups, G, rtol, pm, ps);
+  }
+  if (return_all) return py::make_tuple(mins, spectra);
+  return std::move(mins);
+}
+
 template <typename T>
 void register_gram(py::module_& m, const std::string& tag) {
   m.def(("gram_min_eig_" + tag).c_str(),
         [](const Buf<T>& Z, const Buf<int64_t>& labeled, const Buf<int64_t>& groups, double rtol,
-           bool return_all) -> py::object {
-          FASTAL_REQUIRE(Z.ndim() == 2, "Z must be 2-D (n, D), got ", Z.ndim(), " dimensions");
-          FASTAL_REQUIRE(labeled.ndim() == 1, "labeled must be 1-D, got ", labeled.ndim(), " dimensions");
-          FASTAL_REQUIRE(groups.ndim() == 2 && groups.shape(1) >= 1,
-                         "groups must be 2-D (n_groups, G) with G >= 1");
-          FASTAL_REQUIRE(rtol >= 0 && rtol < 1, "rtol must be in [0, 1), got ", rtol);
-          const int64_t n = Z.shape(0), D = Z.shape(1), mL = labeled.shape(0);
-          const int64_t n_groups = groups.shape(0), G = groups.shape(1);
-          FASTAL_REQUIRE(D >= 1, "Z must have at least one column");
-          const int64_t size = std::min(mL + G, D);
-          Buf<double> mins(n_groups);
-          Buf<double> spectra(std::vector<py::ssize_t>{return_all ? n_groups : 0, size});
-          const T* pz = Z.data();
-          const int64_t* pl = labeled.data();
-          const int64_t* pg = groups.data();
-          double* pm = mins.mutable_data();
-          double* ps = return_all ? spectra.mutable_data() : nullptr;
-          {
-            py::gil_scoped_release nogil;
-            gram_min_eig(pz, n, D, pl, mL, pg, n_groups, G, rtol, pm, ps);
-          }
-          if (return_all) return py::make_tuple(mins, spectra);
-          return std::move(mins);
+           bool return_all) {
+          return run_gram(Z, labeled, groups, rtol, return_all, gram_min_eig<T>);
         },
         py::arg("Z").noconvert(), py::arg("labeled").noconvert(), py::arg("groups").noconvert(),
         py::arg("rtol"), py::arg("return_all") = false);
   m.def(("gram_min_eig_small_" + tag).c_str(),
         [](const Buf<T>& Z, const Buf<int64_t>& labeled, const Buf<int64_t>& groups, double rtol,
-           bool return_all, int64_t slots) -> py::object {
-          FASTAL_REQUIRE(Z.ndim() == 2, "Z must be 2-D (n, D), got ", Z.ndim(), " dimensions");
-          FASTAL_REQUIRE(labeled.ndim() == 1, "labeled must be 1-D, got ", labeled.ndim(), " dimensions");
-          FASTAL_REQUIRE(groups.ndim() == 2 && groups.shape(1) >= 1,
-                         "groups must be 2-D (n_groups, G) with G >= 1");
-          FASTAL_REQUIRE(rtol >= 0 && rtol < 1, "rtol must be in [0, 1), got ", rtol);
-          const int64_t n = Z.shape(0), D = Z.shape(1), mL = labeled.shape(0);
-          const int64_t n_groups = groups.shape(0), G = groups.shape(1);
-          FASTAL_REQUIRE(D >= 1, "Z must have at least one column");
-          const int64_t size = std::min(mL + G, D);
-          Buf<double> mins(n_groups);
-          Buf<double> spectra(std::vector<py::ssize_t>{return_all ? n_groups : 0, size});
-          const T* pz = Z.data();
-          const int64_t* pl = labeled.data();
-          const int64_t* pg = groups.data();
-          double* pm = mins.mutable_data();
-          double* ps = return_all ? spectra.mutable_data() : nullptr;
-          {
-            py::gil_scoped_release nogil;
-            gram_min_eig_small(pz, n, D, pl, mL, pg, n_groups, G, rtol, slots, pm, ps);
-          }
-          if (return_all) return py::make_tuple(mins, spectra);
-          return std::move(mins);
+           bool return_all, int64_t slots) {
+          return run_gram(Z, labeled, groups, rtol, return_all,
+                          [slots](const T* z, int64_t n, int64_t D, const int64_t* l, int64_t mL,
+                                  const int64_t* g, int64_t ng, int64_t G, double r, double* pm,
+                                  double* ps) {
+                            gram_min_eig_small(z, n, D, l, mL, g, ng, G, r, slots, pm, ps);
+                          });
         },
         "The CUDA kernel's per-thread path for orders <= 32 built for the host (tests only).",
         py::arg("Z").noconvert(), py::arg("labeled").noconvert(), py::arg("groups").noconvert(),
@@ -492,10 +489,7 @@ void register_gram(py::module_& m, const std::string& tag) {
   m.def(("gram_min_eig_lowrank_" + tag).c_str(),
         [](const Buf<T>& Z, const Buf<int64_t>& groups, const Buf<double>& basis,
            const Buf<double>& lam, bool s_side, double rtol) {
-          FASTAL_REQUIRE(Z.ndim() == 2, "Z must be 2-D (n, D), got ", Z.ndim(), " dimensions");
-          FASTAL_REQUIRE(groups.ndim() == 2 && groups.shape(1) >= 1,
-                         "groups must be 2-D (n_groups, G) with G >= 1");
-          FASTAL_REQUIRE(rtol >= 0 && rtol < 1, "rtol must be in [0, 1), got ", rtol);
+          require_gram_inputs(Z, groups, rtol);
           const int64_t n = Z.shape(0), D = Z.shape(1), m = lam.shape(0);
           const int64_t n_groups = groups.shape(0), G = groups.shape(1);
           FASTAL_REQUIRE(lam.ndim() == 1, "lam must be 1-D");
