@@ -45,6 +45,7 @@ Threads: fastal runs one group per OpenMP thread, torch / numpy use their own th
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -405,3 +406,26 @@ def test_gram_min_eig_cuda(benchmark, impl, size, side, n_groups):
                 benchmark.extra_info[f"speedup_vs_{peer}"] = _TIMES[(key, peer)] / seconds
     elif impl == "torch_eigvalsh_f64":
         _DATA[("cuda_ref", case)] = result.cpu().numpy()
+
+
+def test_report_gram_renders(tmp_path):
+    """report_gram.py reads bench_gram entries (and nothing else) into one row per case."""
+    try:
+        import report_gram
+    except ImportError:  # imported as benchmarks.bench_gram
+        from . import report_gram
+
+    def entry(group, impl, secs):
+        e = dict(size=1024, side="D", n_groups=200, D=1024, impl=impl, seconds=secs)
+        return {"group": group, "extra_info": e}
+
+    doc = {"benchmarks": [
+        entry("gram/cuda/1024-D-200", "fastal", 0.1), entry("gram/cuda/1024-D-200", "torch_eigvalsh", 1.9),
+        entry("gram/cuda/1024-D-200", "fastal_tridiagonal", 1.2), entry("kcenter/x", "fastal", 1.0),
+    ]}  # fmt: skip
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(doc))
+    lines = report_gram.render(report_gram.load([str(path)])).splitlines()
+    assert len(lines) == 3
+    assert lines[2].split(" | ")[1:6] == ["1024, D", "200", "0.1", "1.2", "1.9"]
+    assert lines[2].rstrip(" |").endswith("19.0×")

@@ -1,0 +1,78 @@
+"""A markdown table of ``bench_gram.py`` runs (batched Gram eigenvalues, issue 5) from
+pytest-benchmark JSON files: one row per case and device, fastal's time (and the tridiagonal
+kernel's, where the GPU default took the low-rank route), each peer's, and fastal's speed-up over
+each peer measured in the same run.
+
+    python benchmarks/report_gram.py run.json [more.json ...]
+
+Issue 5's targets: >= 3x batched ``torch.linalg.eigvalsh`` on the CPU at orders 32-256, >= 5x on a
+GPU (``torch_eigvalsh``: float32, the peer the targets name).
+"""
+
+# ruff: noqa: RUF001  (the markdown it writes uses the multiplication sign on purpose)
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+PEERS = ("torch_eigvalsh", "torch_eigvalsh_f64", "numpy_loop")
+
+
+def load(paths: list[str]) -> dict:
+    """(device, order, side, n_groups, D) -> {impl: extra_info} over all files (later wins)."""
+    cases: dict = defaultdict(dict)
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        for b in doc.get("benchmarks", []):
+            e = b.get("extra_info", {})
+            group = b.get("group") or ""
+            if not group.startswith("gram/") or "seconds" not in e:
+                continue
+            device = "cuda" if group.startswith("gram/cuda/") else "cpu"
+            key = (device, e["size"], e["side"], e["n_groups"], e["D"])
+            cases[key][e["impl"]] = e
+    return cases
+
+
+def seconds(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3g}"
+
+
+def render(cases: dict) -> str:
+    peers = [p for p in PEERS if any(p in impls for impls in cases.values())]
+    head = ["device", "order, side", "groups", "fastal s", "tridiagonal s"]
+    head += [f"{p} s" for p in peers] + [f"vs {p}" for p in peers]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in sorted(cases):
+        device, order, side, n_groups, D = key
+        impls = cases[key]
+        mine = impls.get("fastal", {}).get("seconds")
+        tri = impls.get("fastal_tridiagonal", {}).get("seconds")
+        row = [device, f"{order}, {side}", f"{n_groups:,}", seconds(mine), seconds(tri)]
+        row += [seconds(impls.get(p, {}).get("seconds")) for p in peers]
+        for p in peers:
+            theirs = impls.get(p, {}).get("seconds")
+            row.append(f"{theirs / mine:.1f}×" if theirs and mine else "–")
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print(__doc__, file=sys.stderr)
+        return 2
+    cases = load(paths)
+    if not cases:
+        print(f"{', '.join(paths)}: no bench_gram.py entries", file=sys.stderr)
+        return 1
+    print(render(cases))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
