@@ -590,6 +590,14 @@ def test_auto_takes_lowrank_from_order_512():
     assert_allclose(big, auto * 2.0**600, rtol=1e-12)
     with pytest.raises(ValueError, match=r"groups overlaps labeled"):
         gpu(Z, lab, np.concatenate([groups[:, :-1], lab[:6, None]], 1), method="lowrank")
+    # groups of more than 32 rows stay with the kernel (one eigvalsh call per matrix there)
+    free = np.setdiff1d(np.arange(Z.shape[0]), lab)
+    rng = np.random.default_rng(0)
+    wide = np.stack([rng.choice(free, 40, replace=False) for _ in range(6)])
+    assert fastal.gram._cheaper_method(len(lab), 40, Z.shape[1], 6, False) == "lowrank"
+    assert_array_equal(
+        to_numpy(gpu(Z, lab, wide)), to_numpy(gpu(Z, lab, wide, method="tridiagonal"))
+    )
 
 
 def binding_args(Z, lab, groups, lam, spectra=None, **change):

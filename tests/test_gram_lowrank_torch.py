@@ -68,7 +68,9 @@ def test_chunks_give_the_same_scores(monkeypatch):
 
 
 def test_cuda_auto_threshold():
-    """On CUDA, "auto" takes the low-rank route only from CUDA_LOWRANK_MIN_ORDER on."""
+    """On CUDA, "auto" takes the low-rank route only from CUDA_LOWRANK_MIN_ORDER on, with groups
+    of at most CUDA_LOWRANK_MAX_G rows (test_cuda_gram.py checks the choice on a GPU)."""
     assert fastal.gram.CUDA_LOWRANK_MIN_ORDER == 512
+    assert fastal.gram.CUDA_LOWRANK_MAX_G == 32
     assert fastal.gram._cheaper_method(2048, 20, 1024, 200, False) == "lowrank"
     assert fastal.gram._cheaper_method(512, 20, 256, 300, False) == "lowrank"  # CPU only

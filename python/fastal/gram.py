@@ -17,10 +17,12 @@ EPS = float(np.finfo(np.float64).eps)
 # entries or their squares overflow or underflow float64; the eigenvalues are scaled back.
 _BIG, _SMALL = 2.0**240, 2.0**-240
 _METHODS = ("auto", "tridiagonal", "lowrank")
-#: On CUDA, "auto" takes "lowrank" (when its operation count is lower) from this order on. Not yet
-#: timed on a GPU against the tridiagonal kernel: orders 64-512 ran 23-600x batched eigvalsh with
-#: that kernel on an H200, order 1024 only 1.6x.
+#: On CUDA, "auto" takes "lowrank" (when its operation count is lower) from this order on, and for
+#: groups of at most CUDA_LOWRANK_MAX_G rows (torch's batched eigvalsh is a batched Jacobi solver
+#: up to order 32, one call per matrix above). Not yet timed on a GPU against the tridiagonal
+#: kernel: orders 64-512 ran 23-600x batched eigvalsh with that kernel on an H200, 1024 only 1.6x.
 CUDA_LOWRANK_MIN_ORDER = 512
+CUDA_LOWRANK_MAX_G = 32
 
 
 def gram_min_eig(
@@ -83,7 +85,7 @@ def gram_min_eig(
         on the device (every group at once, multisection on the same counts: see Notes).
         ``"auto"`` picks the cheaper by an operation count (``"tridiagonal"`` for
         ``return_all``; on CUDA ``"lowrank"`` only from order 512 on, where the tridiagonal
-        kernel's one thread block per matrix is slowest).
+        kernel's one thread block per matrix is slowest, and for ``G <= 32``).
 
     Returns
     -------
@@ -168,7 +170,9 @@ def gram_min_eig(
         )
     if method == "auto":
         method = _cheaper_method(lab.size, G, D, grp.shape[0], bool(return_all))
-        if info.device == "cuda" and min(size_s, D) < CUDA_LOWRANK_MIN_ORDER:
+        if info.device == "cuda" and (
+            min(size_s, D) < CUDA_LOWRANK_MIN_ORDER or G > CUDA_LOWRANK_MAX_G
+        ):
             method = "tridiagonal"
     if info.device == "cuda":  # Z stays on its device (finite check and rescaling there too)
         from ._gram_cuda import gram_min_eig_cuda
