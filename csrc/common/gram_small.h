@@ -19,7 +19,8 @@
 //              w = p - (β/2)(pᵀv) v and A₂₂ -= v wᵀ + w vᵀ on the lower triangle.
 //   eigenvalues common/tridiagonal.h's min_positive: Laguerre's iteration checked by Sturm counts,
 //              as on the CPU; with return_all, implicit QL.
-// A group with an index out of [0, n) (gram.py rejects them first) gets NaN, and nothing is read.
+// A group with an index out of [0, n), or every group when a labeled index is (the caller checks
+// those once: labeled_ok), gets NaN without a read out of bounds; gram.py rejects such input first.
 #pragma once
 #include <cmath>
 #include <cstdint>
