@@ -33,11 +33,11 @@
 // tridiagonal, so every returned eigenvalue carries an absolute error of a small multiple of
 // size · eps · λ_max: the same bound as the CPU kernel, whose results these match to rounding.
 //
-// Small matrices (order <= gram_small::kMaxOrder by default) take another path: one thread per
-// matrix (gram_small_kernel, common/gram_small.h), the serial reduction and Laguerre search of the
-// CPU kernel, with the per-thread workspace interleaved in global memory. A block spends most of its
-// time on barriers for such orders; thousands of groups give thousands of independent threads. The
-// same source is built for the host (cpu/gram_small_host.cpp), where the CPU tests check it.
+// Small matrices (by default order <= 18 with enough groups; see use_small_path) take another
+// path: one thread per matrix (gram_small_kernel, common/gram_small.h), the serial reduction and
+// Laguerre search of the CPU kernel, with the per-thread workspace interleaved in global memory. A
+// block spends much of its time on barriers for such orders. The same source is built for the host
+// (cpu/gram_small_host.cpp), where the CPU tests check it.
 //
 // Memory: the matrix and the work vectors live in shared memory when they fit the opt-in limit
 // (float64 up to 166 x 166 on an H100, 227 KiB); else the matrix (and, past ~3,600, the vectors
@@ -715,14 +715,17 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
 }
 
 // Whether the one-thread-per-matrix path takes these matrices. small_max >= 0 decides alone
-// (orders up to min(small_max, kMaxOrder); 0: never). By default (negative) a model decides,
-// until GPU measurements replace it: a block of the other path takes ~0.1 ms per matrix at
-// order 16 with ~8 blocks resident per SM (the H200's order-16 time, 1.75 ms for 20,000), while
-// one thread takes its serial time, ~0.1 ms · (order / 16)³ by the CPU build's cost, for all the
-// groups that fit at once; so the per-thread path pays from 8 · SMs · (order / 16)³ groups on.
+// (orders up to min(small_max, kMaxOrder); 0: never). By default: orders up to kDefaultSmallMax
+// with enough groups. Measured on an H200 (binding alone): order 16, 20,000 groups: 1.39 ms per
+// thread against 1.80 ms per block (D side), 1.25 against 2.07 (S side); order 32, 10,000
+// groups: 4.6 against 2.0 and 5.5 against 2.8. The per-thread time grows about as order^2.7 and
+// the block time as order^1.2, so they cross near order 19. The group rule: one thread's serial
+// time is paid once for all the groups that fit at once, while the block path's grows with its
+// waves (~8 blocks per SM), so the per-thread path needs about 8 · SMs · (order / 16)³ groups.
+constexpr int64_t kDefaultSmallMax = 18;
 bool use_small_path(int64_t size, int64_t n_groups, int64_t small_max, int device) {
   if (small_max >= 0) return size <= std::min(small_max, gram_small::kMaxOrder);
-  if (size > gram_small::kMaxOrder) return false;
+  if (size > kDefaultSmallMax) return false;
   const double scale = static_cast<double>(size) / 16.0;
   return static_cast<double>(n_groups) >= 8.0 * sm_count(device) * scale * scale * scale;
 }

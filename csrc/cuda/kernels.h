@@ -212,7 +212,7 @@ GramScan gram_scan(GramDType dtype, const void* Z, int64_t n, int64_t D, const G
 // is not null, spectra[g, :] = all its eigenvalues ascending, negatives clamped to 0
 // (n_groups x min(|S|, D)). Z must be finite and the indices valid (gram_scan checks both); an
 // index out of [0, n) makes the results of its group (every
-// group, for labeled) NaN without reading out of bounds. Matrices of order up to 32 run one per
+// group, for labeled) NaN without reading out of bounds. Matrices of order up to 18 run one per
 // thread when there are enough groups to fill the GPU that way (see use_small_path), others one
 // per thread block; small_max >= 0 overrides that choice (orders up to min(small_max, 32) per
 // thread; 0: never), and smem_limit caps the shared memory the block path uses for the matrix and

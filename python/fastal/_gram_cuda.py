@@ -1,8 +1,8 @@
 """``gram_min_eig`` for CUDA arrays (torch or cupy), float32 or float64.
 
 The kernel is ``fastal._cuda.gram_min_eig`` (csrc/cuda/gram_eig.cu): the shared part of the Gram
-matrices once per call, then, for matrices of order up to 32, one thread per group forms its
-matrix, reduces it to tridiagonal form (Householder) and locates λ_max and λ⁺_min as the CPU kernel
+matrices once per call, then, for matrices of order up to 18 and thousands of groups, one thread
+per group forms its matrix, reduces it to tridiagonal form (Householder) and locates λ_max and λ⁺_min as the CPU kernel
 does (Laguerre's iteration checked by Sturm counts; csrc/common/gram_small.h); larger matrices get
 one thread block each and Sturm-count multisection. Float64 throughout, the same definition and
 threshold rule as the CPU kernel. It runs on the framework's current stream;

@@ -111,7 +111,7 @@ def gram_min_eig(
     ``O(m³)`` once per call.
 
     CUDA (``fastal._cuda``, csrc/cuda/gram_eig.cu): the shared part once per call. Matrices of
-    order up to 32 then get one thread each, which runs the CPU's serial algorithm (Householder,
+    order up to 18, when there are thousands of groups, then get one thread each, which runs the CPU's serial algorithm (Householder,
     then Laguerre checked by Sturm counts, QL for ``return_all``; csrc/common/gram_small.h) on a
     workspace of at most 1 GiB. Larger ones get one thread block each, which forms the matrix,
     reduces it by Householder reflections (the rank-2 update fused with the next matrix-vector
