@@ -19,8 +19,8 @@ _BIG, _SMALL = 2.0**240, 2.0**-240
 _METHODS = ("auto", "tridiagonal", "lowrank")
 #: On CUDA, "auto" takes "lowrank" (when its operation count is lower) from this order on, and for
 #: groups of at most CUDA_LOWRANK_MAX_G rows (torch's batched eigvalsh is a batched Jacobi solver
-#: up to order 32, one call per matrix above). Not yet timed on a GPU against the tridiagonal
-#: kernel: orders 64-512 ran 23-600x batched eigvalsh with that kernel on an H200, 1024 only 1.6x.
+#: up to order 32, one call per matrix above). On an H200: 0.16 s against the kernel's 1.15 s at
+#: order 1024 (200 groups), 0.25-0.26 s against 0.27 at order 512 (500 groups).
 CUDA_LOWRANK_MIN_ORDER = 512
 CUDA_LOWRANK_MAX_G = 32
 
