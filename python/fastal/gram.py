@@ -72,7 +72,7 @@ def gram_min_eig(
         (``numpy.linalg.matrix_rank``'s rule; the computation is float64 for every dtype).
     return_all : bool, default False
         Also return every group's whole spectrum (implicit QL on the same tridiagonal matrix; on
-        CUDA, bisection of every eigenvalue).
+        CUDA's one-block-per-matrix path, bisection of every eigenvalue).
     method : {"auto", "tridiagonal", "lowrank"}, default "auto"
         ``"tridiagonal"``: each group's matrix is formed and reduced as above, O(m³) per
         group. ``"lowrank"``: the labeled part is diagonalised once per call (float64
@@ -236,15 +236,11 @@ def _shared_eigenbasis(Zh: np.ndarray, lab: np.ndarray, G: int) -> tuple:
     """
     import torch
 
-    D = Zh.shape[1]
-    s_side = lab.size + G <= D
+    from ._gram_lowrank_torch import shared_eigenbasis
+
+    s_side = lab.size + G <= Zh.shape[1]
     ZL = torch.from_numpy(np.ascontiguousarray(Zh[lab], dtype=np.float64))
-    if s_side:
-        lam, Q = torch.linalg.eigh(ZL @ ZL.T)
-        basis = Q.T @ ZL
-    else:
-        lam, Q = torch.linalg.eigh(ZL.T @ ZL)
-        basis = Q.T
+    lam, basis = shared_eigenbasis(ZL, s_side)
     return lam.contiguous().numpy(), basis.contiguous().numpy(), s_side
 
 
