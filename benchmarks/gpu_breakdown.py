@@ -6,7 +6,8 @@
 - the Gram eigenvalues at orders 16 (20,000 groups), 32 (10,000; both sides) and 64: gram_min_eig
   with int64 device groups (checked on the device) and int32 ones (checked on the host), the
   binding alone (its default choice, and for orders <= 32 each of its paths forced: one thread
-  per matrix, small_max = 32, or one block per matrix, small_max = 0), the NaN scan of Z, and
+  per matrix, small_max = 32, one warp per matrix, warp_max = 32, or one block per matrix,
+  small_max = 0), the NaN scan of Z, and
   eigvalsh on matrices already built.
 
     python benchmarks/gpu_breakdown.py      # needs a CUDA GPU and fastal's CUDA module
@@ -87,15 +88,16 @@ def gram(rows: dict, size: int, side: str, n_groups: int) -> None:
         lambda: fastal.gram_min_eig(Z, lab, grp.int())
     )
 
-    def binding(small_max: int = -1):
+    def binding(small_max: int = -1, warp_max: int = -1):
         cuda.gram_min_eig(
             "float32", Z.data_ptr(), N, D, lab.data_ptr(), m_lab, grp.data_ptr(), n_groups, G,
-            rtol, mins.data_ptr(), 0, 0, stream, small_max=small_max,
+            rtol, mins.data_ptr(), 0, 0, stream, small_max=small_max, warp_max=warp_max,
         )  # fmt: skip
 
     rows[f"{key} binding only"] = ms(binding)
     if min(m_lab + G, D) <= 32:
         rows[f"{key} binding only, one thread per matrix"] = ms(lambda: binding(32))
+        rows[f"{key} binding only, one warp per matrix"] = ms(lambda: binding(0, 32))
         rows[f"{key} binding only, one block per matrix"] = ms(lambda: binding(0))
     rows[f"{key} gram_scan"] = ms(lambda: cuda.gram_scan("float32", Z.data_ptr(), N, D, 0, stream))
     lab_sorted = torch.sort(lab).values

@@ -282,10 +282,14 @@ def test_empty_labeled_and_single_member_groups(backend, dtype):
 # memory paths, batches, determinism
 
 
-def run_path(Z, lab, groups, smem_limit: int, return_all: bool = True, small_max: int = 0):
+def run_path(
+    Z, lab, groups, smem_limit: int, return_all: bool = True, small_max: int = 0,
+    warp_max: int = -1,
+):  # fmt: skip
     """The CUDA branch directly, with the shared memory for the matrix capped at smem_limit;
     small_max = 0 (the default here) sends every order to the block path, 32 every order up to 32
-    to the per-thread path, -1 lets the kernel choose."""
+    to the per-thread path, -1 lets the kernel choose; warp_max = 32 (with small_max = 0) sends
+    every order up to 32 to the one-warp path."""
     from fastal import _interop
     from fastal._gram_cuda import gram_min_eig_cuda
 
@@ -296,8 +300,9 @@ def run_path(Z, lab, groups, smem_limit: int, return_all: bool = True, small_max
     groups = np.ascontiguousarray(groups, dtype=np.int64)
     rtol = max(lab.size + groups.shape[1], Z.shape[1]) * EPS
     out = gram_min_eig_cuda(
-        Zd, info, lab, groups, rtol, return_all, smem_limit=smem_limit, small_max=small_max
-    )
+        Zd, info, lab, groups, rtol, return_all, smem_limit=smem_limit, small_max=small_max,
+        warp_max=warp_max,
+    )  # fmt: skip
     return tuple(to_numpy(o) for o in out) if return_all else to_numpy(out)
 
 
@@ -347,6 +352,65 @@ def test_small_path_matches_block_path_and_cpu(dtype, size, side):
     assert (default == small[0]).all() or (default == block[0]).all()
     assert_array_equal(run_path(Zs, lab, groups, -1, small_max=size)[0], small[0])
     assert_array_equal(run_path(Zs, lab, groups, -1, small_max=size - 1)[0], block[0])
+
+
+@pytest.mark.parametrize("side", ["S", "D"])
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 9, 16, 17, 24, 31, 32])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_warp_path_matches_cpu_and_the_other_paths(dtype, size, side):
+    """One warp per matrix (orders <= 32, each kCols instantiation: 8, 16, 32): the eigenvalues
+    and spectra of the CPU kernel and of the float64 reference to rounding, the same bits with and
+    without return_all, and the forced choice by order."""
+    Z, lab, groups = make_case(size, side, 40)
+    want, want_spectra = reference_of(size, side, 40, dtype)
+    lmax = want_spectra[:, -1]
+    Zs = Z.astype(dtype)
+    warp = run_path(Zs, lab, groups, -1, small_max=0, warp_max=32)
+    rtol = max(len(lab) + groups.shape[1], Z.shape[1]) * EPS
+    cpu_lam, cpu_spectra = cpu(Z, lab, groups, dtype, return_all=True, rtol=rtol)
+    assert_eigs_close(warp[0], cpu_lam, lmax)
+    assert_eigs_close(warp[0], want, lmax)
+    assert_eigs_close(warp[1], cpu_spectra, lmax)
+    assert (np.diff(warp[1], axis=1) >= 0).all() and (warp[1] >= 0).all()
+    lam_only = run_path(Zs, lab, groups, -1, return_all=False, small_max=0, warp_max=32)
+    assert_array_equal(lam_only, warp[0])
+    assert_array_equal(run_path(Zs, lab, groups, -1, small_max=0, warp_max=size)[0], warp[0])
+    block = run_path(Zs, lab, groups, -1, small_max=0, warp_max=size - 1)[0]
+    assert_array_equal(block, run_path(Zs, lab, groups, -1, small_max=0)[0])
+
+
+def test_warp_path_loops_over_more_groups_than_warps():
+    """The one-warp path launches the resident blocks only and loops: 150,000 groups of order 3
+    (D side) and 20,000 of order 16 (S side) agree with the CPU kernel."""
+    rng = np.random.default_rng(4)
+    Z = rng.normal(size=(5000, 3))
+    groups = np.stack([rng.permutation(5000)[:4] for _ in range(8)])  # distinct within a row
+    groups = np.concatenate([groups, rng.integers(0, 5000, size=(150_000, 1)).repeat(4, 1)])
+    groups[8:, 1:] = (groups[8:, 1:] + np.arange(1, 4)) % 5000
+    lam = run_path(Z, None, groups, -1, return_all=False, small_max=0, warp_max=32)
+    want = cpu(Z, None, groups, rtol=4 * EPS)
+    assert_allclose(lam, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    Z = rng.normal(size=(8 + 20_000 * 8, 32)).astype(np.float32)
+    lab = np.arange(8)
+    groups = (8 + rng.permutation(20_000 * 8)).reshape(20_000, 8)
+    lam = run_path(Z, lab, groups, -1, return_all=False, small_max=0, warp_max=32)
+    want = cpu(Z, lab, groups, "float32", rtol=32 * EPS)
+    assert_allclose(lam, want, rtol=1e-7)
+
+
+@pytest.mark.parametrize(("D", "G"), [(16, 20), (5, 37), (32, 9), (1, 3)])
+def test_warp_path_d_side_with_many_group_rows(D, G):
+    """The D side stages the group's rows 8 at a time: G past one stage, and not a multiple of it."""
+    rng = np.random.default_rng(D * 100 + G)
+    n_groups, m_lab = 300, D + 2
+    Z = rng.normal(size=(m_lab + n_groups * G, D))
+    lab = np.arange(m_lab)
+    groups = (m_lab + rng.permutation(n_groups * G)).reshape(n_groups, G)
+    lam, spectra = run_path(Z, lab, groups, -1, small_max=0, warp_max=32)
+    want, want_spectra = cpu(Z, lab, groups, return_all=True, rtol=(m_lab + G) * EPS)
+    lmax = want_spectra[:, -1]
+    assert_eigs_close(lam, want, lmax)
+    assert_eigs_close(spectra, want_spectra, lmax)
 
 
 def test_small_path_loops_over_more_groups_than_slots():
@@ -680,15 +744,16 @@ def test_binding_out_of_range_indices_give_nan():
     assert_allclose(got[[0, 2]], want[[0, 2]], rtol=1e-9)
     bad_lab = lab.copy()
     bad_lab[0] = -1
-    for small_max in (32, 0):  # order 17: the per-thread path, then the block path
+    # order 17: the per-thread path, the one-warp path, then the block path
+    for small_max, warp_max in ((32, -1), (0, 32), (0, -1)):
         args = binding_args(Zd, torch.from_numpy(lab).cuda(), torch.from_numpy(bad_groups).cuda(),
-                            lam, small_max=small_max)  # fmt: skip
+                            lam, small_max=small_max, warp_max=warp_max)  # fmt: skip
         fastal._ext.cuda.gram_min_eig(**args)
         got = to_numpy(lam)
         assert np.isnan(got[1])
         assert_allclose(got[[0, 2]], want[[0, 2]], rtol=1e-9)
         args = binding_args(Zd, torch.from_numpy(bad_lab).cuda(), torch.from_numpy(groups).cuda(),
-                            lam, small_max=small_max)  # fmt: skip
+                            lam, small_max=small_max, warp_max=warp_max)  # fmt: skip
         fastal._ext.cuda.gram_min_eig(**args)
         assert np.isnan(to_numpy(lam)).all()
     assert_allclose(to_numpy(gpu(Z, lab, groups, rtol=1e-12)), want, rtol=1e-9)  # still fine

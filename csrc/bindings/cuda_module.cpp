@@ -351,18 +351,19 @@ PYBIND11_MODULE(_cuda, m) {
         [](const std::string& dtype, uintptr_t z, int64_t n, int64_t d, uintptr_t labeled,
            int64_t n_labeled, uintptr_t groups, int64_t n_groups, int64_t G, double rtol,
            uintptr_t min_eig, uintptr_t spectra, int device, uintptr_t stream,
-           int64_t smem_limit, int64_t small_max) {
+           int64_t smem_limit, int64_t small_max, int64_t warp_max) {
           const fc::GramDType dt = fc::parse_gram_dtype(dtype);
           py::gil_scoped_release nogil;
           fc::gram_min_eig(dt, ptr<const void>(z), n, d, ptr<const int64_t>(labeled), n_labeled,
                            ptr<const int64_t>(groups), n_groups, G, rtol, ptr<double>(min_eig),
-                           ptr<double>(spectra), smem_limit, small_max, device,
+                           ptr<double>(spectra), smem_limit, small_max, warp_max, device,
                            stream_of(stream));
         },
         py::arg("dtype"), py::arg("z_ptr"), py::arg("n"), py::arg("d"), py::arg("labeled_ptr"),
         py::arg("n_labeled"), py::arg("groups_ptr"), py::arg("n_groups"), py::arg("G"),
         py::arg("rtol"), py::arg("min_eig_ptr"), py::arg("spectra_ptr"), py::arg("device"),
         py::arg("stream"), py::arg("smem_limit") = -1, py::arg("small_max") = -1,
+        py::arg("warp_max") = -1,
         "min_eig (n_groups, float64) = λ⁺_min of the Gram matrix of labeled ∪ each group, and the "
         "ascending spectra (n_groups, min(|S|, d)) when spectra_ptr is not 0 (see gram_eig.cu).");
 

@@ -33,7 +33,7 @@
 // tridiagonal, so every returned eigenvalue carries an absolute error of a small multiple of
 // size · eps · λ_max: the same bound as the CPU kernel, whose results these match to rounding.
 //
-// Small matrices (by default order <= 18 with enough groups; see use_small_path) take another
+// Small matrices (by default order <= 18 with enough groups; see choose_path) take another
 // path: one thread per matrix (gram_small_kernel, common/gram_small.h), the serial reduction and
 // Laguerre search of the CPU kernel, with the per-thread workspace interleaved in global memory. A
 // block spends much of its time on barriers for such orders. The same source is built for the host
@@ -58,6 +58,8 @@
 #include "common/gram_small.h"
 #include "common/group_check.h"
 #include "cuda/device.cuh"
+#include "cuda/gram_warp.cuh"
+#include "cuda/warp_reduce.cuh"
 
 namespace fastal::cuda {
 
@@ -85,36 +87,6 @@ constexpr int64_t kMaxSize = int64_t{1} << 20;  // order of the matrices (grid.y
 int gram_threads(int64_t size) { return size <= 32 ? 64 : (size <= 64 ? 128 : kMaxThreads); }
 
 // ---- small device helpers --------------------------------------------------------------------
-
-// a b + c d with both products rounded and no fused multiply-add, so that (i, j) and (j, i) of a
-// symmetric rank-2 update round identically.
-__device__ __forceinline__ double sym2(double a, double b, double c, double d) {
-  return __dadd_rn(__dmul_rn(a, b), __dmul_rn(c, d));
-}
-
-// Butterfly reductions: lanes a and b combine the same two values, so every lane ends equal.
-__device__ __forceinline__ double warp_sum_d(double v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
-  return v;
-}
-__device__ __forceinline__ double warp_max_d(double v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_xor_sync(kFullMask, v, off));
-  return v;
-}
-__device__ __forceinline__ double warp_min_d(double v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v = fmin(v, __shfl_xor_sync(kFullMask, v, off));
-  return v;
-}
-// max that keeps a NaN once seen (fmax would drop it)
-__device__ __forceinline__ double nan_max(double m, double v) { return (v > m || v != v) ? v : m; }
-__device__ __forceinline__ double warp_nan_max(double v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v = nan_max(v, __shfl_xor_sync(kFullMask, v, off));
-  return v;
-}
 
 template <typename T>
 __device__ __forceinline__ double load64(const T* p) {
@@ -681,25 +653,30 @@ void launch_shared_part(const T* Z, int64_t n, int64_t D, const int64_t* labeled
   CUDA_CHECK_LAUNCH("shared_gram_kernel");
 }
 
-// The per-thread path (gram_small_kernel): as many slots as threads that fit the GPU at once, the
-// workspace bound and the groups, in whole blocks.
+// The paths for small matrices: one thread per matrix (gram_small_kernel: as many slots as threads
+// that fit the GPU at once, the workspace bound and the groups, in whole blocks) or one warp per
+// matrix (gram_warp.cu; no workspace).
 template <typename T>
 void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t mL,
                         const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
-                        double* min_eig, double* spectra, int device, cudaStream_t stream) {
+                        double* min_eig, double* spectra, bool one_warp, int device,
+                        cudaStream_t stream) {
   const bool s_side = mL + G <= D;
   const int64_t size = s_side ? mL + G : D;
   const int64_t P = s_side ? mL : D;
-  const int64_t slot = gram_small::slot_doubles(size);
-  int per_sm = 0;
-  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gram_small_kernel<T>,
-                                                           kSmallThreads, 0));
-  const int64_t resident = int64_t{sm_count(device)} * (per_sm > 0 ? per_sm : 1);
-  const int64_t fit = static_cast<int64_t>(kMaxWorkspaceBytes / (sizeof(double) * slot)) /
-                      kSmallThreads;
-  const int64_t blocks = std::max<int64_t>(
-      1, std::min({(n_groups + kSmallThreads - 1) / kSmallThreads, resident, fit}));
-  const int64_t slots = blocks * kSmallThreads;
+  int64_t blocks = 1, slots = 0;
+  const int64_t slot = one_warp ? 0 : gram_small::slot_doubles(size);
+  if (!one_warp) {
+    int per_sm = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gram_small_kernel<T>,
+                                                             kSmallThreads, 0));
+    const int64_t resident = int64_t{sm_count(device)} * (per_sm > 0 ? per_sm : 1);
+    const int64_t fit = static_cast<int64_t>(kMaxWorkspaceBytes / (sizeof(double) * slot)) /
+                        kSmallThreads;
+    blocks = std::max<int64_t>(
+        1, std::min({(n_groups + kSmallThreads - 1) / kSmallThreads, resident, fit}));
+    slots = blocks * kSmallThreads;
+  }
 
   const size_t shared_bytes = align_up(sizeof(double) * static_cast<size_t>(P * P));
   StreamBuffer buf(shared_bytes + sizeof(double) * static_cast<size_t>(slots * slot), device,
@@ -710,37 +687,55 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
                               n_groups, G,      shared,  size,    rtol,   min_eig,
                               spectra, reinterpret_cast<double*>(buf.as<char>() + shared_bytes),
                               slots};
+  if (one_warp) {
+    launch_gram_warp<T>(args, device, stream);
+    return;
+  }
   gram_small_kernel<T><<<static_cast<unsigned>(blocks), kSmallThreads, 0, stream>>>(args);
   CUDA_CHECK_LAUNCH("gram_small_kernel");
 }
 
-// Whether the one-thread-per-matrix path takes these matrices. small_max >= 0 decides alone
-// (orders up to min(small_max, kMaxOrder); 0: never). By default: orders up to kDefaultSmallMax
-// with enough groups. Measured on an H200 (binding alone): order 16, 20,000 groups: 1.39 ms per
+// Which path takes matrices of this order. Forced (tests and benchmarks) when small_max >= 0 or
+// warp_max >= 0: one thread per matrix up to min(small_max, 32), else one warp up to
+// min(warp_max, 32), else one block. By default: one warp up to order kDefaultWarpMax, else the
+// one-thread rule below, else one block.
+//
+// The one-thread rule, measured on an H200 (binding alone): order 16, 20,000 groups: 1.39 ms per
 // thread against 1.80 ms per block (D side), 1.25 against 2.07 (S side); order 32, 10,000
 // groups: 4.6 against 2.0 and 5.5 against 2.8. The per-thread time grows about as order^2.7 and
 // the block time as order^1.2, so they cross near order 19. The group rule: one thread's serial
 // time is paid once for all the groups that fit at once, while the block path's grows with its
 // waves (~8 blocks per SM), so the per-thread path needs about 8 · SMs · (order / 16)³ groups.
+enum class SmallPath { Thread, Warp, Block };
 constexpr int64_t kDefaultSmallMax = 18;
-bool use_small_path(int64_t size, int64_t n_groups, int64_t small_max, int device) {
-  if (small_max >= 0) return size <= std::min(small_max, gram_small::kMaxOrder);
-  if (size > kDefaultSmallMax) return false;
+constexpr int64_t kDefaultWarpMax = 0;  // not yet measured on a GPU: off by default
+SmallPath choose_path(int64_t size, int64_t n_groups, int64_t small_max, int64_t warp_max,
+                      int device) {
+  if (small_max >= 0 || warp_max >= 0) {
+    if (size <= std::min(small_max, gram_small::kMaxOrder)) return SmallPath::Thread;
+    if (size <= std::min(warp_max, kWarpMaxOrder)) return SmallPath::Warp;
+    return SmallPath::Block;
+  }
+  if (size <= kDefaultWarpMax) return SmallPath::Warp;
+  if (size > kDefaultSmallMax) return SmallPath::Block;
   const double scale = static_cast<double>(size) / 16.0;
-  return static_cast<double>(n_groups) >= 8.0 * sm_count(device) * scale * scale * scale;
+  return static_cast<double>(n_groups) >= 8.0 * sm_count(device) * scale * scale * scale
+             ? SmallPath::Thread
+             : SmallPath::Block;
 }
 
 template <typename T>
 void gram_min_eig_impl(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t mL,
                        const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
                        double* min_eig, double* spectra, int64_t smem_limit, int64_t small_max,
-                       int device, cudaStream_t stream) {
+                       int64_t warp_max, int device, cudaStream_t stream) {
   const bool s_side = mL + G <= D;
   const int64_t size = s_side ? mL + G : D;
   const int64_t P = s_side ? mL : D;  // the shared part is P x P
-  if (use_small_path(size, n_groups, small_max, device)) {
-    gram_min_eig_small(Z, n, D, labeled, mL, groups, n_groups, G, rtol, min_eig, spectra, device,
-                       stream);
+  const SmallPath path = choose_path(size, n_groups, small_max, warp_max, device);
+  if (path != SmallPath::Block) {
+    gram_min_eig_small(Z, n, D, labeled, mL, groups, n_groups, G, rtol, min_eig, spectra,
+                       path == SmallPath::Warp, device, stream);
     return;
   }
   const int threads = gram_threads(size);
@@ -840,7 +835,7 @@ GramScan gram_scan(GramDType dtype, const void* Z, int64_t n, int64_t D, const G
 void gram_min_eig(GramDType dtype, const void* Z, int64_t n, int64_t D, const int64_t* labeled,
                   int64_t n_labeled, const int64_t* groups, int64_t n_groups, int64_t G,
                   double rtol, double* min_eig, double* spectra, int64_t smem_limit,
-                  int64_t small_max, int device, cudaStream_t stream) {
+                  int64_t small_max, int64_t warp_max, int device, cudaStream_t stream) {
   require_shape(n, D, "n", "D");
   FASTAL_REQUIRE(n_labeled >= 0 && n_labeled <= n, "n_labeled must be in [0, n = ", n, "], got ",
                  n_labeled);
@@ -860,10 +855,10 @@ void gram_min_eig(GramDType dtype, const void* Z, int64_t n, int64_t D, const in
   if (spectra) require_device_ptr(spectra, "spectra_ptr", device, alignof(double));
   if (dtype == GramDType::Float64)
     gram_min_eig_impl(static_cast<const double*>(Z), n, D, labeled, n_labeled, groups, n_groups, G,
-                      rtol, min_eig, spectra, smem_limit, small_max, device, stream);
+                      rtol, min_eig, spectra, smem_limit, small_max, warp_max, device, stream);
   else
     gram_min_eig_impl(static_cast<const float*>(Z), n, D, labeled, n_labeled, groups, n_groups, G,
-                      rtol, min_eig, spectra, smem_limit, small_max, device, stream);
+                      rtol, min_eig, spectra, smem_limit, small_max, warp_max, device, stream);
 }
 
 }  // namespace fastal::cuda

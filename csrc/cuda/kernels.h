@@ -213,15 +213,16 @@ GramScan gram_scan(GramDType dtype, const void* Z, int64_t n, int64_t D, const G
 // (n_groups x min(|S|, D)). Z must be finite and the indices valid (gram_scan checks both); an
 // index out of [0, n) makes the results of its group (every
 // group, for labeled) NaN without reading out of bounds. Matrices of order up to 18 run one per
-// thread when there are enough groups to fill the GPU that way (see use_small_path), others one
-// per thread block; small_max >= 0 overrides that choice (orders up to min(small_max, 32) per
-// thread; 0: never), and smem_limit caps the shared memory the block path uses for the matrix and
+// thread when there are enough groups to fill the GPU that way (see choose_path), others one
+// per thread block; small_max >= 0 or warp_max >= 0 overrides that choice (orders up to
+// min(small_max, 32) one per thread, then up to min(warp_max, 32) one per warp, the rest one per
+// block), and smem_limit caps the shared memory the block path uses for the matrix and
 // work vectors (bytes; negative: the device's opt-in limit). Both exist so that tests and
 // benchmarks can force each path. Asynchronous; scratch is stream-ordered.
 void gram_min_eig(GramDType dtype, const void* Z, int64_t n, int64_t D, const int64_t* labeled,
                   int64_t n_labeled, const int64_t* groups, int64_t n_groups, int64_t G,
                   double rtol, double* min_eig, double* spectra, int64_t smem_limit,
-                  int64_t small_max, int device, cudaStream_t stream);
+                  int64_t small_max, int64_t warp_max, int device, cudaStream_t stream);
 
 namespace detail {
 // min_dist_to_set without the device guard and checks, squared (sqrt=false) or not: the labeled

@@ -43,6 +43,7 @@ def gram_min_eig_cuda(
     *,
     smem_limit: int = -1,
     small_max: int = -1,
+    warp_max: int = -1,
     checked: bool = True,
     method: str = "tridiagonal",
 ) -> Any:
@@ -56,7 +57,9 @@ def gram_min_eig_cuda(
     matrix, forcing its global-memory paths; -1 is the device's limit.
     ``small_max`` (tests and benchmarks) is the largest order given one thread per matrix
     whatever the number of groups (at most 32; 0 sends every order to the block path); -1 lets
-    the kernel choose by order and number of groups.
+    the kernel choose by order and number of groups. ``warp_max`` (likewise) is the largest order
+    given one warp per matrix (csrc/cuda/gram_warp.cu) among those ``small_max`` leaves; either
+    one >= 0 makes the choice forced.
     """
     cuda = _ext.require_cuda("Z")
     if not hasattr(cuda, "gram_min_eig"):
@@ -134,6 +137,7 @@ def gram_min_eig_cuda(
         stream,
         int(smem_limit),
         int(small_max),
+        int(warp_max),
     )
     # the inputs' memory returns to the framework's stream-ordered pool: safe after the launch
     del zkeep, lab_dev, grp_dev
