@@ -371,7 +371,8 @@ def test_warp_path_matches_cpu_and_the_other_paths(dtype, size, side):
     assert_eigs_close(warp[0], cpu_lam, lmax)
     assert_eigs_close(warp[0], want, lmax)
     assert_eigs_close(warp[1], cpu_spectra, lmax)
-    assert (np.diff(warp[1], axis=1) >= 0).all() and (warp[1] >= 0).all()
+    assert (np.diff(warp[1], axis=1) >= 0).all()
+    assert (warp[1] >= 0).all()
     lam_only = run_path(Zs, lab, groups, -1, return_all=False, small_max=0, warp_max=32)
     assert_array_equal(lam_only, warp[0])
     assert_array_equal(run_path(Zs, lab, groups, -1, small_max=0, warp_max=size)[0], warp[0])
@@ -400,7 +401,7 @@ def test_warp_path_loops_over_more_groups_than_warps():
 
 @pytest.mark.parametrize(("D", "G"), [(16, 20), (5, 37), (32, 9), (1, 3)])
 def test_warp_path_d_side_with_many_group_rows(D, G):
-    """The D side stages the group's rows 8 at a time: G past one stage, and not a multiple of it."""
+    """The D side stages the group's rows 8 at a time: G past one stage, and not a multiple."""
     rng = np.random.default_rng(D * 100 + G)
     n_groups, m_lab = 300, D + 2
     Z = rng.normal(size=(m_lab + n_groups * G, D))
