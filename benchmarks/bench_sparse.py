@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import fastal
+import fastal._sparse_cuda as sparse_cuda
 from fastal.strategies import SparseApprox
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -33,7 +34,11 @@ SELECT = {
     "full": [(n, C, 512, b) for n in (50_000, 1_000_000) for C in (10, 100) for b in (1000, 10_000)]
     + [(50_000, 10, 512, 3000)],
 }[PRESET]
-TOPB = {"tiny": [(100_000, 1000)], "medium": [(1_000_000, 10_000)], "full": [(10_000_000, 100_000)]}[PRESET]
+TOPB = {
+    "tiny": [(100_000, 1000)],
+    "medium": [(1_000_000, 10_000)],
+    "full": [(10_000_000, 100_000)],
+}[PRESET]
 ITERS = 5 if PRESET == "tiny" else 50  # SparseApprox's default T (5 for the CI smoke run)
 MEM_GB = float(os.environ.get("FASTAL_BENCH_MEM_GB", "8"))
 _TIMES: dict = {}
@@ -107,13 +112,17 @@ def test_sparse_select(benchmark, impl, n, C, d, b):
         gb = n * C * d * 4 / 2**30
         if gb > MEM_GB:
             pytest.skip(f"materialised Φ needs {gb:.1f} GB > FASTAL_BENCH_MEM_GB={MEM_GB}")
-        _timed(benchmark, lambda: torch_dense_iht(pool["logits"], pool["features"], b, T, 1e-8, 1e-4, ITERS))
+        _timed(
+            benchmark,
+            lambda: torch_dense_iht(pool["logits"], pool["features"], b, T, 1e-8, 1e-4, ITERS),
+        )
     else:
         strategy = SparseApprox(solver="iht", temperature=T, iters=ITERS)
         # best of 3 where a round is short (a cold first call pays page faults); torch_dense runs once
         sel = _timed(benchmark, lambda: strategy.select(pool, b), rounds=3 if n * C < 10**7 else 1)
         assert len(set(sel.indices.tolist())) == b
-    seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")  # None with --benchmark-disable
+    # benchmark.stats is None with --benchmark-disable
+    seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")
     _TIMES[(key, impl)] = seconds
     benchmark.extra_info.update(n=n, C=C, d=d, b=b, iters=ITERS, seconds=seconds, impl=impl)
     if impl == "iht" and (key, "torch_dense") in _TIMES:
@@ -155,18 +164,26 @@ def test_topb_cpu(benchmark, impl, n, b):
             return fastal.iht_threshold(s, sigma, b, alpha)[0]
 
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
-    seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")  # None with --benchmark-disable
+    # benchmark.stats is None with --benchmark-disable
+    seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")
     _TIMES[(("topb", n, b), impl)] = seconds
     benchmark.extra_info.update(n=n, b=b, seconds=seconds, impl=impl)
     if impl == "fastal":
         for peer in ("argpartition", "torch_topk"):
             if (("topb", n, b), peer) in _TIMES:
-                benchmark.extra_info[f"speedup_vs_{peer}"] = _TIMES[(("topb", n, b), peer)] / seconds
+                benchmark.extra_info[f"speedup_vs_{peer}"] = (
+                    _TIMES[(("topb", n, b), peer)] / seconds
+                )
 
 
-@pytest.mark.parametrize("impl", ["torch_topk", "fastal"])
+# fastal: the default implementation; fastal_launches / fastal_fused: each one forced (the launch
+# sequence of csrc/cuda/topb.cu, the cooperative kernel of topb_fused.cu)
+_TOPB_IMPLS = {"fastal": -1, "fastal_launches": 0, "fastal_fused": 1}
+
+
+@pytest.mark.parametrize("impl", ["torch_topk", *_TOPB_IMPLS])
 @pytest.mark.parametrize("n,b", TOPB, ids=[f"n{n}-b{b}" for n, b in TOPB])
-def test_topb_cuda(benchmark, impl, n, b):
+def test_topb_cuda(benchmark, monkeypatch, impl, n, b):
     import torch
 
     if not torch.cuda.is_available() or not fastal.cuda_available():
@@ -185,6 +202,7 @@ def test_topb_cuda(benchmark, impl, n, b):
             torch.cuda.synchronize()
             return out
     else:
+        monkeypatch.setattr(sparse_cuda, "TOPB_IMPL", _TOPB_IMPLS[impl])
 
         def run():
             out = fastal.iht_threshold(s, sigma, b, alpha)[0]
@@ -192,8 +210,13 @@ def test_topb_cuda(benchmark, impl, n, b):
             return out
 
     benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=2)
-    seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")  # None with --benchmark-disable
+    # benchmark.stats is None with --benchmark-disable
+    seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")
     _TIMES[(("topb-cuda", n, b), impl)] = seconds
-    benchmark.extra_info.update(n=n, b=b, seconds=seconds, impl=impl, device=torch.cuda.get_device_name())
-    if impl == "fastal" and (("topb-cuda", n, b), "torch_topk") in _TIMES:
-        benchmark.extra_info["speedup_vs_torch_topk"] = _TIMES[(("topb-cuda", n, b), "torch_topk")] / seconds
+    benchmark.extra_info.update(
+        n=n, b=b, seconds=seconds, impl=impl, device=torch.cuda.get_device_name()
+    )
+    if impl.startswith("fastal") and (("topb-cuda", n, b), "torch_topk") in _TIMES:
+        benchmark.extra_info["speedup_vs_torch_topk"] = (
+            _TIMES[(("topb-cuda", n, b), "torch_topk")] / seconds
+        )

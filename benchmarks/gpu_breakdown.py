@@ -1,6 +1,7 @@
 """Where the GPU time goes, for the two GPU targets not met yet (RESULTS.md, GPU section):
 
-- top-b at n = 10^7, b = 10^5: fastal.iht_threshold, its binding alone (no Python checks), one
+- top-b at n = 10^7, b = 10^5: fastal.iht_threshold, its binding alone (no Python checks; the
+  default, and each implementation forced: the launch sequence and the fused kernel), one
   separate non-finite scan (fastal's first pass does that check now), the torch peer and
   torch.topk alone, a 40 MB copy for scale;
 - the Gram eigenvalues at orders 16 (20,000 groups), 32 (10,000; both sides) and 64: gram_min_eig
@@ -51,9 +52,11 @@ def top_b(rows: dict, n: int = 10_000_000, b: int = 100_000, alpha: float = 0.5)
         return torch.topk(-(0.5 * neg * neg - alpha * sigma * sigma), b).indices
 
     rows["topb fastal.iht_threshold"] = ms(lambda: fastal.iht_threshold(s, sigma, b, alpha))
-    rows["topb binding only"] = ms(lambda: cuda.iht_threshold(
-        s.data_ptr(), sigma.data_ptr(), n, b, alpha, support.data_ptr(), w.data_ptr(), 0, stream
-    ))  # fmt: skip
+    for impl, name in ((-1, ""), (0, ", launches"), (1, ", fused")):
+        rows[f"topb binding only{name}"] = ms(lambda impl=impl: cuda.iht_threshold(
+            s.data_ptr(), sigma.data_ptr(), n, b, alpha, support.data_ptr(), w.data_ptr(), 0,
+            stream, impl=impl,
+        ))  # fmt: skip
     rows["topb count_nonfinite_rows x1"] = ms(
         lambda: cuda.count_nonfinite_rows("float32", s.data_ptr(), n, 1, 0, stream)
     )
@@ -139,6 +142,12 @@ def profiles() -> None:
     s = torch.randn(10_000_000, device="cuda", generator=g)
     sigma = torch.rand(10_000_000, device="cuda", generator=g)
     kernel_table("top-b n = 10^7, b = 10^5", lambda: fastal.iht_threshold(s, sigma, 100_000, 0.5))
+    support = torch.empty(100_000, dtype=torch.int64, device="cuda")
+    w = torch.empty_like(s)
+    kernel_table("top-b n = 10^7, b = 10^5, fused", lambda: fastal._ext.cuda.iht_threshold(
+        s.data_ptr(), sigma.data_ptr(), s.numel(), 100_000, 0.5, support.data_ptr(), w.data_ptr(),
+        0, torch.cuda.current_stream().cuda_stream, impl=1,
+    ))  # fmt: skip
     rng = np.random.default_rng(0)
     for label, (n, D, m_lab, G, n_groups) in {
         "Gram order 16, D side, 20,000 groups": (20_000 * 20 + 32, 16, 32, 20, 20_000),

@@ -50,3 +50,6 @@ def test_top_b_messages_format_numbers(cuda):
     with pytest.raises(ValueError) as err:
         cuda.iht_threshold(4096, 4096, 10, 2, -0.5, 8192, 4096, 0, 0)
     assert str(err.value) == "alpha must be finite and >= 0, got -0.5"
+    with pytest.raises(ValueError) as err:
+        cuda.iht_threshold(4096, 4096, 10, 2, 0.5, 8192, 4096, 0, 0, impl=2)
+    assert str(err.value) == "impl must be -1 (default), 0 (launches) or 1 (fused), got 2"

@@ -1,5 +1,8 @@
 """The CUDA IHT top-b kernel (csrc/cuda/topb.cu) against the CPU kernel, bit for bit.
 
+Every test runs both implementations (``impl``): the launch sequence of topb.cu and the fused
+cooperative kernel of topb_fused.cu, selected through ``fastal._sparse_cuda.TOPB_IMPL``.
+
 Both compute the float64 score (the paper's ``0.5 [-s]_+^2 - alpha sigma^2`` or the exact rule's
 ``-0.5 [s]_+^2 - alpha sigma^2 [s > 0]``) from the same float32 values with the same roundings and order the support by (score, index), so on float32 input the support (order
 included) and ``w`` must be identical, ties and signed zeros included. Every test is marked
@@ -16,8 +19,16 @@ from conftest import CUDA_BACKENDS, backend_of, dtype_of, to_backend, to_numpy
 from numpy.testing import assert_array_equal
 
 import fastal
+import fastal._sparse_cuda as sparse_cuda
 
 pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture(autouse=True, params=[0, 1], ids=["launches", "fused"])
+def impl(request, monkeypatch):
+    """The implementation fastal.iht_threshold uses in this test (the binding's ``impl``)."""
+    monkeypatch.setattr(sparse_cuda, "TOPB_IMPL", request.param)
+    return request.param
 
 
 def cpu_kernel(s32: np.ndarray, g32: np.ndarray, b: int, alpha: float, rule: str = "paper"):
@@ -189,6 +200,20 @@ def test_non_default_cupy_stream():
     assert_same_as_cpu(support, w, s32, g32, 5000, 0.3)
 
 
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+@pytest.mark.parametrize("n", [1000, 600_011])
+def test_scores_over_many_binades_match_cpu(n, backend):
+    """Scores from 1e-30 to 1e30 in magnitude, both signs: the candidates' keys span more than
+    32 bits, so the fused kernel keeps them whole (its 'wide' sort) instead of as offsets."""
+    rng = np.random.default_rng(n)
+    s32 = (rng.choice([-1.0, 1.0], n) * 10.0 ** rng.uniform(-30, 30, n)).astype(np.float32)
+    g32 = (10.0 ** rng.uniform(-15, 15, n)).astype(np.float32)
+    for rule in ("paper", "exact"):
+        for b in (1, n // 10, n // 2, n - 1):
+            support, w = gpu(s32, g32, b, 0.5, backend, rule)
+            assert_same_as_cpu(support, w, s32, g32, b, 0.5, rule)
+
+
 def test_repeated_runs_agree():
     """A race between the passes' blocks would show as runs that differ."""
     torch = pytest.importorskip("torch")
@@ -202,7 +227,7 @@ def test_repeated_runs_agree():
     assert_same_as_cpu(first_support, first_w, s32, g32, 77_777, 1.0)
 
 
-def test_binding_writes_every_output():
+def test_binding_writes_every_output(impl):
     """Called directly on poisoned outputs: every support slot and every w entry is written."""
     torch = pytest.importorskip("torch")
     s32, g32 = normal_case(50_000, seed=9)
@@ -212,7 +237,7 @@ def test_binding_writes_every_output():
         w = torch.full((50_000,), float("nan"), dtype=torch.float32, device="cuda")
         counts = fastal._ext.cuda.iht_threshold(
             s.data_ptr(), g.data_ptr(), 50_000, b, 0.3, support.data_ptr(), w.data_ptr(),
-            s.device.index, torch.cuda.current_stream().cuda_stream,
+            s.device.index, torch.cuda.current_stream().cuda_stream, impl=impl,
         )  # fmt: skip
         assert counts == (0, -1, 0, -1)
         torch.cuda.synchronize()
@@ -259,7 +284,7 @@ def test_rejects_non_finite(backend, bad):
     assert tuple(support.shape) == (2,)
 
 
-def test_binding_counts_non_finite_entries():
+def test_binding_counts_non_finite_entries(impl):
     """The first digit pass counts NaN / Inf in s and sigma (warp ballots, the first index as a
     maximum of n - i) and the binding returns them after its synchronisation."""
     torch = pytest.importorskip("torch")
@@ -275,6 +300,7 @@ def test_binding_counts_non_finite_entries():
         support = torch.empty(b, dtype=torch.int64, device="cuda")
         w = torch.empty(n, dtype=torch.float32, device="cuda")
         got = fastal._ext.cuda.iht_threshold(
-            s.data_ptr(), g.data_ptr(), n, b, 0.3, support.data_ptr(), w.data_ptr(), 0, stream
-        )
+            s.data_ptr(), g.data_ptr(), n, b, 0.3, support.data_ptr(), w.data_ptr(), 0, stream,
+            impl=impl,
+        )  # fmt: skip
         assert got == (3, 5, 2, 999_000)

@@ -371,20 +371,21 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def("iht_threshold",
         [](uintptr_t s, uintptr_t sigma, int64_t n, int64_t b, double alpha, uintptr_t support,
-           uintptr_t w, int device, uintptr_t stream, bool exact) {
+           uintptr_t w, int device, uintptr_t stream, bool exact, int impl) {
           fc::NonfiniteCounts bad;
           {
             py::gil_scoped_release nogil;
             bad = fc::iht_threshold(ptr<const float>(s), ptr<const float>(sigma), n, b, alpha,
                                     exact, ptr<int64_t>(support), ptr<float>(w), device,
-                                    stream_of(stream));
+                                    stream_of(stream), impl);
           }
           return py::make_tuple(bad.s, bad.first_s, bad.sigma, bad.first_sigma);
         },
         py::arg("s_ptr"), py::arg("sigma_ptr"), py::arg("n"), py::arg("b"), py::arg("alpha"),
         py::arg("support_ptr"), py::arg("w_ptr"), py::arg("device"), py::arg("stream"),
-        py::arg("exact") = false,
+        py::arg("exact") = false, py::arg("impl") = -1,
         "support (b, int64) and w (n, float32) of the IHT top-b step for float32 s and sigma (n); "
         "returns (NaN / Inf in s, first, in sigma, first), after which the outputs mean nothing. "
+        "impl: 0 the launch sequence, 1 the fused cooperative kernel, -1 the default. "
         "Synchronises the stream.");
 }

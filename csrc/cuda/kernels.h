@@ -173,9 +173,11 @@ void kmeanspp_steps_factored(DType dtype, const Factored& X, const KMeansPPState
 struct NonfiniteCounts {
   int64_t s = 0, first_s = -1, sigma = 0, first_sigma = -1;
 };
+// impl chooses the implementation: 0 the launch sequence (topb.cu), 1 one cooperative kernel and a
+// sort (topb_fused.cu), -1 the default; both give the same bits.
 NonfiniteCounts iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b,
                               double alpha, bool exact, int64_t* support, float* w, int device,
-                              cudaStream_t stream);
+                              cudaStream_t stream, int impl = -1);
 
 // ---- batched Gram eigenvalues (see gram_eig.cu) ------------------------------------------------
 

@@ -18,6 +18,11 @@ from ._interop import ArrayInfo
 from .gradients import as_torch, from_torch
 
 
+# The kernel's implementation (tests and benchmarks): 0 the launch sequence (csrc/cuda/topb.cu),
+# 1 one cooperative kernel and a sort (topb_fused.cu), -1 the kernel's default.
+TOPB_IMPL = -1
+
+
 def _nonfinite_error(name: str, count: int, first: int) -> ValueError:
     return ValueError(f"{name} contains NaN or Inf at {count} position(s), first at {first}")
 
@@ -40,8 +45,9 @@ def iht_threshold_cuda(
     w = _interop.empty(info, (n,), "float32")
     # the kernel counts NaN / Inf on its first pass and returns them after its one synchronisation
     bad_s, first_s, bad_sigma, first_sigma = cuda.iht_threshold(
-        sptr, gptr, n, b, float(alpha), _ptr(support), _ptr(w), device, stream, exact=exact
-    )
+        sptr, gptr, n, b, float(alpha), _ptr(support), _ptr(w), device, stream, exact=exact,
+        impl=TOPB_IMPL,
+    )  # fmt: skip
     del skeep, gkeep
     if bad_s:
         raise _nonfinite_error("s", bad_s, first_s)

@@ -1,0 +1,67 @@
+// The pieces of the IHT top-b selection shared by its two GPU implementations: the launch sequence
+// (topb.cu) and the fused cooperative kernel (topb_fused.cu). See topb.cu for the method.
+#pragma once
+#include <cstdint>
+
+#include "cuda/device.cuh"
+
+namespace fastal::cuda::topb {
+
+using u64 = unsigned long long;
+
+constexpr int kDigitBits = 11;
+constexpr int kBins = 1 << kDigitBits;
+constexpr int kPasses = (64 + kDigitBits - 1) / kDigitBits;  // 6: 11 bits x 5, then 9
+constexpr u64 kBinCandidates = 8192;  // a bin this small is ranked by the final sort
+
+// The score's parameters, passed by value to every kernel.
+struct Rule {
+  double alpha;
+  bool exact;
+};
+
+// Order-preserving key of the float64 score: a < b iff key(a) < key(b); -0.0 == +0.0.
+__device__ __forceinline__ u64 score_key(float s, float sigma, Rule rule) {
+  const double sg = static_cast<double>(sigma);
+  const double bonus = __dmul_rn(rule.alpha, __dmul_rn(sg, sg));
+  double score;
+  if (rule.exact) {
+    const double pos = s > 0.f ? static_cast<double>(s) : 0.0;
+    score = s > 0.f ? __dsub_rn(-__dmul_rn(0.5, __dmul_rn(pos, pos)), bonus) : 0.0;
+  } else {
+    const double neg = s < 0.f ? -static_cast<double>(s) : 0.0;
+    score = __dsub_rn(__dmul_rn(0.5, __dmul_rn(neg, neg)), bonus);
+  }
+  if (score == 0.0) return u64{1} << 63;
+  const u64 bits = static_cast<u64>(__double_as_longlong(score));
+  return (bits >> 63) ? ~bits : (bits | (u64{1} << 63));
+}
+
+// Pass p looks at key bits [shift, shift + width).
+__host__ __device__ constexpr int pass_shift(int p) {
+  return 64 - kDigitBits * (p + 1) > 0 ? 64 - kDigitBits * (p + 1) : 0;
+}
+__host__ __device__ constexpr int pass_width(int p) { return 64 - kDigitBits * p - pass_shift(p); }
+
+// The lanes of the warp whose value is NaN or Inf, counted into *count and the first (lowest index:
+// lanes rise with it) as n - index into *first_from_end, a maximum, so that zero (the memset) means
+// none. All lanes call it.
+__device__ __forceinline__ void note_nonfinite(bool bad, int64_t i, int64_t n, u64* count,
+                                               u64* first_from_end) {
+  const unsigned lanes = __ballot_sync(kFullMask, bad);
+  if (!lanes) return;
+  const int64_t first = __shfl_sync(kFullMask, i, __ffs(lanes) - 1);
+  if ((threadIdx.x & 31) == 0) {
+    atomicAdd(count, static_cast<u64>(__popc(lanes)));
+    atomicMax(first_from_end, static_cast<u64>(n - first));
+  }
+}
+
+// The fused implementation (topb_fused.cu): whether the device can run it (cooperative launch),
+// and the selection itself for 1 <= b <= n, the arguments checked by iht_threshold.
+bool fused_supported(int device);
+NonfiniteCounts iht_threshold_fused(const float* s, const float* sigma, int64_t n, int64_t b,
+                                    Rule rule, int64_t* support, float* w, int device,
+                                    cudaStream_t stream);
+
+}  // namespace fastal::cuda::topb
