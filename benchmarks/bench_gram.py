@@ -344,9 +344,9 @@ def device_data(key, Z, lab, groups):
     return _DEVICE[key]
 
 
-@pytest.mark.parametrize("impl", [*CUDA_PEERS, "fastal", "fastal_tridiagonal"])
+@pytest.mark.parametrize("impl", [*CUDA_PEERS, "fastal", "fastal_tridiagonal", "fastal_warp"])
 @pytest.mark.parametrize(("size", "side", "n_groups"), CUDA_CASES, ids=[_id(c) for c in CUDA_CASES])
-def test_gram_min_eig_cuda(benchmark, impl, size, side, n_groups):
+def test_gram_min_eig_cuda(benchmark, monkeypatch, impl, size, side, n_groups):
     import torch
 
     if not torch.cuda.is_available() or not fastal.cuda_available():
@@ -364,6 +364,12 @@ def test_gram_min_eig_cuda(benchmark, impl, size, side, n_groups):
         # "fastal_tridiagonal" the CUDA kernel there, for comparison
         if impl == "fastal_tridiagonal" and order < fastal.gram.CUDA_LOWRANK_MIN_ORDER:
             pytest.skip("below CUDA_LOWRANK_MIN_ORDER 'auto' is the tridiagonal kernel")
+        if impl == "fastal_warp":  # one warp per matrix forced (orders <= 32)
+            if order > 32:
+                pytest.skip("the one-warp path takes orders up to 32")
+            import fastal._gram_cuda
+
+            monkeypatch.setattr(fastal._gram_cuda, "WARP_MAX", 32)
         method = "tridiagonal" if impl == "fastal_tridiagonal" else "auto"
 
         def run(g=grp_d):
@@ -422,10 +428,11 @@ def test_report_gram_renders(tmp_path):
     doc = {"benchmarks": [
         entry("gram/cuda/1024-D-200", "fastal", 0.1), entry("gram/cuda/1024-D-200", "torch_eigvalsh", 1.9),
         entry("gram/cuda/1024-D-200", "fastal_tridiagonal", 1.2), entry("kcenter/x", "fastal", 1.0),
+        entry("gram/cuda/1024-D-200", "fastal_warp", 0.095),
     ]}  # fmt: skip
     path = tmp_path / "run.json"
     path.write_text(json.dumps(doc))
     lines = report_gram.render(report_gram.load([str(path)])).splitlines()
     assert len(lines) == 3
-    assert lines[2].split(" | ")[1:6] == ["1024, D", "200", "0.1", "1.2", "1.9"]
-    assert lines[2].rstrip(" |").endswith("19.0×")
+    assert lines[2].split(" | ")[1:7] == ["1024, D", "200", "0.1", "1.2", "0.095", "1.9"]
+    assert lines[2].rstrip(" |").endswith("19.0× | 20.0×")

@@ -1,7 +1,8 @@
 """A markdown table of ``bench_gram.py`` runs (batched Gram eigenvalues, issue 5) from
 pytest-benchmark JSON files: one row per case and device, fastal's time (and the tridiagonal
-kernel's, where the GPU default took the low-rank route), each peer's, and fastal's speed-up over
-each peer measured in the same run.
+kernel's, where the GPU default took the low-rank route, and the one-warp path's, forced, at orders
+up to 32), each peer's, and fastal's speed-up over each peer measured in the same run (the last
+column: the one-warp path's over float32 eigvalsh).
 
     python benchmarks/report_gram.py run.json [more.json ...]
 
@@ -44,19 +45,22 @@ def seconds(x: float | None) -> str:
 
 def render(cases: dict) -> str:
     peers = [p for p in PEERS if any(p in impls for impls in cases.values())]
-    head = ["device", "order, side", "groups", "fastal s", "tridiagonal s"]
-    head += [f"{p} s" for p in peers] + [f"vs {p}" for p in peers]
+    head = ["device", "order, side", "groups", "fastal s", "tridiagonal s", "one warp s"]
+    head += [f"{p} s" for p in peers] + [f"vs {p}" for p in peers] + ["one warp vs torch_eigvalsh"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in sorted(cases):
         device, order, side, n_groups, D = key
         impls = cases[key]
         mine = impls.get("fastal", {}).get("seconds")
         tri = impls.get("fastal_tridiagonal", {}).get("seconds")
+        warp = impls.get("fastal_warp", {}).get("seconds")
         row = [device, f"{order}, {side}", f"{n_groups:,}", seconds(mine), seconds(tri)]
-        row += [seconds(impls.get(p, {}).get("seconds")) for p in peers]
+        row += [seconds(warp)] + [seconds(impls.get(p, {}).get("seconds")) for p in peers]
         for p in peers:
             theirs = impls.get(p, {}).get("seconds")
             row.append(f"{theirs / mine:.1f}×" if theirs and mine else "–")
+        eig = impls.get("torch_eigvalsh", {}).get("seconds")
+        row.append(f"{eig / warp:.1f}×" if eig and warp else "–")
         out.append("| " + " | ".join(row) + " |")
     return "\n".join(out)
 

@@ -29,6 +29,11 @@ from ._interop import ArrayInfo
 from .gram import _BIG, _SMALL, _check_groups_host
 
 
+# The default of gram_min_eig_cuda's warp_max (benchmarks set it to time the one-warp path through
+# fastal.gram_min_eig): -1 leaves the choice of path to the kernel.
+WARP_MAX = -1
+
+
 def _ptr(a: Any) -> int:
     return int(a.data_ptr()) if hasattr(a, "data_ptr") else int(a.data.ptr)
 
@@ -43,7 +48,7 @@ def gram_min_eig_cuda(
     *,
     smem_limit: int = -1,
     small_max: int = -1,
-    warp_max: int = -1,
+    warp_max: int | None = None,
     checked: bool = True,
     method: str = "tridiagonal",
 ) -> Any:
@@ -57,9 +62,9 @@ def gram_min_eig_cuda(
     matrix, forcing its global-memory paths; -1 is the device's limit.
     ``small_max`` (tests and benchmarks) is the largest order given one thread per matrix
     whatever the number of groups (at most 32; 0 sends every order to the block path); -1 lets
-    the kernel choose by order and number of groups. ``warp_max`` (likewise) is the largest order
-    given one warp per matrix (csrc/cuda/gram_warp.cu) among those ``small_max`` leaves; either
-    one >= 0 makes the choice forced.
+    the kernel choose by order and number of groups. ``warp_max`` (likewise; None: the module's
+    ``WARP_MAX``) is the largest order given one warp per matrix (csrc/cuda/gram_warp.cu) among
+    those ``small_max`` leaves; either one >= 0 makes the choice forced.
     """
     cuda = _ext.require_cuda("Z")
     if not hasattr(cuda, "gram_min_eig"):
@@ -137,7 +142,7 @@ def gram_min_eig_cuda(
         stream,
         int(smem_limit),
         int(small_max),
-        int(warp_max),
+        int(WARP_MAX if warp_max is None else warp_max),
     )
     # the inputs' memory returns to the framework's stream-ordered pool: safe after the launch
     del zkeep, lab_dev, grp_dev
