@@ -2,10 +2,12 @@
 
 The kernel is ``fastal._cuda.gram_min_eig`` (csrc/cuda/gram_eig.cu): the shared part of the Gram
 matrices once per call, then, for matrices of order up to 18 and thousands of groups, one thread
-per group forms its matrix, reduces it to tridiagonal form (Householder) and locates λ_max and λ⁺_min as the CPU kernel
-does (Laguerre's iteration checked by Sturm counts; csrc/common/gram_small.h); larger matrices get
-one thread block each and Sturm-count multisection. Float64 throughout, the same definition and
-threshold rule as the CPU kernel. It runs on the framework's current stream;
+per group forms its matrix, reduces it to tridiagonal form (Householder) and locates λ_max and
+λ⁺_min as the CPU kernel does (Laguerre's iteration checked by Sturm counts;
+csrc/common/gram_small.h); larger matrices get one thread block each and Sturm-count
+multisection. A third path, one warp per matrix for orders up to 32 (csrc/cuda/gram_warp.cu), is
+taken only when forced (``warp_max``) until it has been timed on a GPU. Float64 throughout, the
+same definition and threshold rule as the CPU kernel. It runs on the framework's current stream;
 the outputs are allocated in the caller's framework on Z's device.
 
 Z stays on the device: one pass there (``fastal._cuda.gram_scan``) finds NaN / Inf rows (the same
@@ -27,7 +29,6 @@ import numpy as np
 from . import _ext, _interop
 from ._interop import ArrayInfo
 from .gram import _BIG, _SMALL, _check_groups_host
-
 
 # The default of gram_min_eig_cuda's warp_max (benchmarks set it to time the one-warp path through
 # fastal.gram_min_eig): -1 leaves the choice of path to the kernel.
