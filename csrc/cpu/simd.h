@@ -226,6 +226,24 @@ inline float reduce_row_16bit_avx512(const T* x, const float* c, int64_t d, int6
         a[u] = fma_term<SQ>(load16(x + k + 16 * u), _mm512_loadu_ps(c + k + 16 * u), a[u]);
     for (; k + 16 <= d; k += 16) a[0] = fma_term<SQ>(load16(x + k), _mm512_loadu_ps(c + k), a[0]);
   }
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+  // The rest (under 16 float16 / 32 bfloat16 values, in the centre's natural order) by masked
+  // loads, 16 at a time: zeros in the masked lanes add nothing. A scalar tail converting one value
+  // at a time made a d = 8 float16 step ~3x slower than float32, and factored rows with ~10
+  // classes paid the same.
+  while (k < d) {
+    const int64_t r = d - k < 16 ? d - k : 16;
+    const auto m = static_cast<__mmask16>((1u << r) - 1u);
+    const __m256i raw = _mm256_maskz_loadu_epi16(m, x + k);
+    __m512 v;
+    if constexpr (std::is_same_v<T, BFloat16>)
+      v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+    else
+      v = _mm512_cvtph_ps(raw);
+    a[1] = fma_term<SQ>(v, _mm512_maskz_loadu_ps(m, c + k), a[1]);
+    k += r;
+  }
+#endif
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
 }
 #endif
