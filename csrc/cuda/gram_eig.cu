@@ -137,13 +137,18 @@ __global__ void __launch_bounds__(kThreads)
     atomicMax(out + kPeak, static_cast<unsigned long long>(__double_as_longlong(peak)));
 }
 
-// Groups failing group_row_valid into out (ScanSlot). One thread per group.
+// Groups failing group_row_valid into out (ScanSlot). One warp per group (a grid-stride loop).
 __global__ void __launch_bounds__(kThreads)
     check_groups_kernel(const int64_t* groups, int64_t n_groups, int64_t G, int64_t n,
                         const int64_t* lab_sorted, int64_t mL, unsigned long long* out) {
-  const int64_t stride = int64_t{gridDim.x} * kThreads;
-  for (int64_t g = int64_t{blockIdx.x} * kThreads + threadIdx.x; g < n_groups; g += stride) {
-    if (!group_row_valid(groups + g * G, G, n, lab_sorted, mL)) {
+  // a lane per element: one thread per group waited on G² dependent loads
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t{gridDim.x} * kWarps;
+  for (int64_t g = int64_t{blockIdx.x} * kWarps + threadIdx.x / 32; g < n_groups; g += warps) {
+    const int64_t* row = groups + g * G;
+    bool bad = false;
+    for (int64_t a = lane; a < G; a += 32) bad |= !group_element_valid(row, a, n, lab_sorted, mL);
+    if (__any_sync(kFullMask, bad) && lane == 0) {
       atomicAdd(out + kBadGroups, 1ull);
       atomicMin(out + kFirstGroup, static_cast<unsigned long long>(g));
     }
@@ -625,7 +630,7 @@ void scan_impl(const T* Z, int64_t n, int64_t D, const GroupCheck& check,
   scan_kernel<T><<<grid, kThreads, 0, stream>>>(Z, n, D, out);
   CUDA_CHECK_LAUNCH("scan_kernel");
   if (check.n_groups > 0) {
-    check_groups_kernel<<<blocks_for(check.n_groups), kThreads, 0, stream>>>(
+    check_groups_kernel<<<blocks_for(check.n_groups * 32), kThreads, 0, stream>>>(
         check.groups, check.n_groups, check.G, n, check.lab_sorted, check.n_labeled, out);
     CUDA_CHECK_LAUNCH("check_groups_kernel");
   }
