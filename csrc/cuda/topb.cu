@@ -59,7 +59,6 @@ constexpr int64_t kTile = int64_t{kThreads} * kItems;        // rows per block i
 constexpr unsigned kNoBin = 0xffffffffu;
 constexpr u64 kLessOne = u64{1} << 32;  // packed counts: (key < T) in the high half, (== T) low
 constexpr u64 kLow = 0xffffffffull;
-static_assert(kBins % kThreads == 0, "each thread scans whole bins");
 // The fused implementation (topb_fused.cu) has not been timed on a GPU yet: the launch sequence
 // stays the default until it has.
 constexpr bool kFusedByDefault = false;
@@ -84,45 +83,27 @@ struct SelectState {
 // need = b - below >= 1. Exactly one thread finds it (the running counts rise through need).
 __device__ void choose_bin(const unsigned* hist, int64_t b, int shift, int width,
                            SelectState* st) {
-  using Scan = cub::BlockScan<u64, kThreads>;
-  __shared__ typename Scan::TempStorage tmp;
-  constexpr int kPer = kBins / kThreads;
+  __shared__ typename cub::BlockScan<u64, kThreads>::TempStorage tmp;
   // The state is read before the scan: its barrier orders every thread's read before the finder's
   // writes below (read after it, a late warp could see the new `below` and "find" a second bin).
   const u64 below = st->below, prefix0 = st->prefix, mask0 = st->mask;
-  unsigned c[kPer];
-  u64 sum = 0;
-#pragma unroll
-  for (int k = 0; k < kPer; ++k) {
-    c[k] = __ldcg(hist + threadIdx.x * kPer + k);  // other blocks' atomics: read through L2
-    sum += c[k];
-  }
-  u64 before = 0;
-  Scan(tmp).ExclusiveSum(sum, before);
-  const u64 need = static_cast<u64>(b) - below;
-#pragma unroll
-  for (int k = 0; k < kPer; ++k) {
-    if (before < need && need <= before + c[k]) {
-      const u64 digit = static_cast<u64>(threadIdx.x * kPer + k);
-      const u64 width_mask = (u64{1} << width) - 1;
-      const u64 prefix = prefix0 | (digit << shift);
-      const u64 mask = mask0 | (width_mask << shift);
-      const u64 rank = need - before;  // 1-based rank of the b-th key inside the bin
-      st->prefix = prefix;
-      st->mask = mask;
-      st->below = below + before;
-      if (rank == c[k] || shift == 0) {  // the whole bin is needed, or the key is complete
-        st->lo = st->hi = prefix | ~mask;
-        st->quota = rank == c[k] ? ~u64{0} : rank;
-        st->done = 1;
-      } else if (c[k] <= kBinCandidates) {  // a small bin: all of it to the sort, which ranks it
-        st->lo = prefix;                     // the bin's keys are prefix | (any lower bits)
-        st->hi = prefix | ~mask;
-        st->quota = ~u64{0};
-        st->done = 1;
-      }
+  BinChoice bin;
+  if (find_bin(hist, static_cast<u64>(b) - below, tmp, &bin)) {
+    const u64 prefix = prefix0 | (u64{bin.digit} << shift);
+    const u64 mask = mask0 | (((u64{1} << width) - 1) << shift);
+    st->prefix = prefix;
+    st->mask = mask;
+    st->below = below + bin.before;
+    if (bin.rank == bin.count || shift == 0) {  // the whole bin is needed, or the key is complete
+      st->lo = st->hi = prefix | ~mask;
+      st->quota = bin.rank == bin.count ? ~u64{0} : bin.rank;
+      st->done = 1;
+    } else if (bin.count <= kBinCandidates) {  // a small bin: all of it to the sort, which ranks it
+      st->lo = prefix;                          // the bin's keys are prefix | (any lower bits)
+      st->hi = prefix | ~mask;
+      st->quota = ~u64{0};
+      st->done = 1;
     }
-    before += c[k];
   }
   if (threadIdx.x == 0) st->arrive = 0;  // for the next pass (a later launch)
 }
@@ -142,12 +123,7 @@ __global__ void __launch_bounds__(kThreads)
   // `base` is the same for the whole block, so every lane takes part in __match_any_sync
   for (int64_t base = int64_t{blockIdx.x} * kThreads * kUnroll; base < n; base += stride) {
     float sv[kUnroll], gv[kUnroll];
-#pragma unroll
-    for (int q = 0; q < kUnroll; ++q) {
-      const int64_t i = base + q * kThreads + threadIdx.x;
-      sv[q] = i < n ? __ldg(s + i) : 0.f;
-      gv[q] = i < n ? __ldg(sigma + i) : 0.f;
-    }
+    load_rows(s, sigma, base, n, sv, gv);
 #pragma unroll
     for (int q = 0; q < kUnroll; ++q) {
       const int64_t i = base + q * kThreads + threadIdx.x;
@@ -192,12 +168,7 @@ __global__ void __launch_bounds__(kThreads)
   const u64 lo = st->lo, hi = st->hi;
   const int64_t base = int64_t{blockIdx.x} * kTile;
   float sv[kItems], gv[kItems];
-#pragma unroll
-  for (int q = 0; q < kItems; ++q) {
-    const int64_t i = base + q * kThreads + threadIdx.x;
-    sv[q] = i < n ? __ldg(s + i) : 0.f;
-    gv[q] = i < n ? __ldg(sigma + i) : 0.f;
-  }
+  load_rows(s, sigma, base, n, sv, gv);
   u64 packed = 0;
 #pragma unroll
   for (int q = 0; q < kItems; ++q) {
@@ -241,12 +212,7 @@ __global__ void __launch_bounds__(kThreads)
   u64 less = start >> 32, equal = start & kLow;  // rows before this round
   const int64_t base = int64_t{blockIdx.x} * kTile;
   float sv[kItems], gv[kItems];
-#pragma unroll
-  for (int q = 0; q < kItems; ++q) {
-    const int64_t i = base + q * kThreads + threadIdx.x;
-    sv[q] = i < n ? __ldg(s + i) : 0.f;
-    gv[q] = i < n ? __ldg(sigma + i) : 0.f;
-  }
+  load_rows(s, sigma, base, n, sv, gv);
 #pragma unroll
   for (int q = 0; q < kItems; ++q) {
     const int64_t i = base + q * kThreads + threadIdx.x;

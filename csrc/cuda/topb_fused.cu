@@ -41,8 +41,6 @@ constexpr int kRound = kThreads * kItems;  // rows per round
 constexpr unsigned kNoBin = 0xffffffffu;
 constexpr u64 kLow = 0xffffffffull;
 constexpr int kMinBlocks = 4;  // resident blocks per SM: loads enough in flight to stream
-constexpr int kPer = kBins / kThreads;  // bins per thread when a block scans a histogram
-static_assert(kBins % kThreads == 0, "each thread scans whole bins");
 static_assert(kItems * kWarps == 64, "the round scan gives each lane of a warp two entries");
 
 struct MinOp {
@@ -66,43 +64,27 @@ struct Selection {
 };
 
 // Every block, after pass `shift`'s barrier: the bin of the global histogram `hist` holding the
-// need-th smallest matching key (need = b - below), as topb.cu's choose_bin, into sel.
-template <class Scan>
+// need-th smallest matching key (need = b - below), into sel. As topb.cu's choose_bin, except that
+// [lo, hi] is always the bin.
 __device__ void choose_bin(const unsigned* hist, int64_t b, int shift, int width, Selection& sel,
-                           typename Scan::TempStorage& tmp) {
+                           typename cub::BlockScan<u64, kThreads>::TempStorage& tmp) {
   const u64 below = sel.below, prefix0 = sel.prefix, mask0 = sel.mask;  // read before the scan
-  unsigned c[kPer];
-  u64 sum = 0;
-#pragma unroll
-  for (int k = 0; k < kPer; ++k) {
-    c[k] = __ldcg(hist + threadIdx.x * kPer + k);  // other blocks' atomics: read through L2
-    sum += c[k];
-  }
-  u64 before = 0;
-  Scan(tmp).ExclusiveSum(sum, before);
-  const u64 need = static_cast<u64>(b) - below;
-#pragma unroll
-  for (int k = 0; k < kPer; ++k) {
-    if (before < need && need <= before + c[k]) {  // exactly one thread
-      const unsigned digit = threadIdx.x * kPer + k;
-      const u64 prefix = prefix0 | (u64{digit} << shift);
-      const u64 mask = mask0 | (((u64{1} << width) - 1) << shift);
-      const u64 rank = need - before;  // 1-based rank of the b-th key inside the bin
-      sel.prefix = prefix;
-      sel.mask = mask;
-      sel.below = below + before;
-      sel.digit = digit;
-      sel.lo = prefix;
-      sel.hi = prefix | ~mask;
-      if (rank == c[k]) {  // the whole bin is needed
-        sel.done = true, sel.quota = ~u64{0}, sel.ranked = false;
-      } else if (shift == 0) {  // the key is complete: the first `rank` of its rows
-        sel.done = true, sel.quota = rank, sel.ranked = false;
-      } else if (c[k] <= kBinCandidates) {  // a small bin: all of it to the sort, which ranks it
-        sel.done = true, sel.quota = ~u64{0}, sel.ranked = true;
-      }
-    }
-    before += c[k];
+  BinChoice bin;
+  if (!find_bin(hist, static_cast<u64>(b) - below, tmp, &bin)) return;
+  const u64 prefix = prefix0 | (u64{bin.digit} << shift);
+  const u64 mask = mask0 | (((u64{1} << width) - 1) << shift);
+  sel.prefix = prefix;
+  sel.mask = mask;
+  sel.below = below + bin.before;
+  sel.digit = bin.digit;
+  sel.lo = prefix;
+  sel.hi = prefix | ~mask;
+  if (bin.rank == bin.count) {  // the whole bin is needed
+    sel.done = true, sel.quota = ~u64{0}, sel.ranked = false;
+  } else if (shift == 0) {  // the key is complete: the first `rank` of its rows
+    sel.done = true, sel.quota = bin.rank, sel.ranked = false;
+  } else if (bin.count <= kBinCandidates) {  // a small bin: all of it to the sort, which ranks it
+    sel.done = true, sel.quota = ~u64{0}, sel.ranked = true;
   }
 }
 
@@ -142,12 +124,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     const unsigned digit_mask = (1u << width) - 1u;
     for (int64_t base = begin; base < end; base += int64_t{kThreads} * kUnroll) {
       float sv[kUnroll], gv[kUnroll];
-#pragma unroll
-      for (int q = 0; q < kUnroll; ++q) {
-        const int64_t i = base + q * kThreads + tid;
-        sv[q] = i < end ? __ldg(s + i) : 0.f;
-        gv[q] = i < end ? __ldg(sigma + i) : 0.f;
-      }
+      load_rows(s, sigma, base, end, sv, gv);
 #pragma unroll
       for (int q = 0; q < kUnroll; ++q) {
         const int64_t i = base + q * kThreads + tid;
@@ -173,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     for (int i = tid; i < kBins; i += kThreads)
       if (h[i]) atomicAdd(hist + p * kBins + i, h[i]);
     grid.sync();
-    choose_bin<Scan>(hist + p * kBins, b, shift, width, sel, tmp.scan);
+    choose_bin(hist + p * kBins, b, shift, width, sel, tmp.scan);
     __syncthreads();
     // this block's keys below the chosen bin (within the prefix's bin) and in it
     const unsigned digit = sel.digit;
@@ -223,12 +200,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const unsigned below_lane = (1u << lane) - 1u;
   for (int64_t base = begin; base < end; base += kRound) {
     float sv[kItems], gv[kItems];
-#pragma unroll
-    for (int q = 0; q < kItems; ++q) {
-      const int64_t i = base + q * kThreads + tid;
-      sv[q] = i < end ? __ldg(s + i) : 0.f;
-      gv[q] = i < end ? __ldg(sigma + i) : 0.f;
-    }
+    load_rows(s, sigma, base, end, sv, gv);
     u64 keys[kItems];
     unsigned less_lanes[kItems], in_lanes[kItems];
 #pragma unroll
