@@ -327,7 +327,7 @@ def test_memory_paths_give_the_same_bits(size, side):
 def test_small_path_matches_block_path_and_cpu(dtype, size, side):
     """Orders <= 32 may run one matrix per thread: the same eigenvalues as the block path and the
     CPU kernel, to rounding (the two GPU paths reduce in different orders); the default choice
-    (by order and number of groups) is one of the three small-matrix paths."""
+    (by order and number of groups) is one of the three."""
     Z, lab, groups = make_case(size, side, 40)
     want, want_spectra = reference_of(size, side, 40, dtype)
     lmax = want_spectra[:, -1]
