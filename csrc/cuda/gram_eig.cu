@@ -684,8 +684,10 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
   }
 
   const size_t shared_bytes = align_up(sizeof(double) * static_cast<size_t>(P * P));
-  StreamBuffer buf(shared_bytes + sizeof(double) * static_cast<size_t>(slots * slot), device,
-                   stream);
+  // never 0 bytes (the one-warp path with no labeled part on the |S| side needs none at all)
+  StreamBuffer buf(std::max<size_t>(256, shared_bytes + sizeof(double) * static_cast<size_t>(
+                                                            slots * slot)),
+                   device, stream);
   auto* shared = buf.as<double>();
   launch_shared_part(Z, n, D, labeled, mL, s_side, shared, stream);
   const gram_small::Args args{Z,       n,       D,       labeled, mL,     groups,
