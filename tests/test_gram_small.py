@@ -1,10 +1,15 @@
-"""The CUDA kernel's one-thread-per-matrix path for Gram matrices of order <= 32
-(csrc/common/gram_small.h), built for the host (``fastal._cpu.gram_min_eig_small_*``), against the
-float64 numpy reference :func:`reference.gram_min_eig_ref` and the CPU kernel.
+"""The CUDA kernel's two paths for Gram matrices of order <= 32, built for the host, against the
+float64 numpy reference :func:`reference.gram_min_eig_ref` and the CPU kernel (``path``):
 
-The GPU runs this same source over the same interleaved workspace, so these CPU tests check its
-formation, reduction and search on every machine; ``test_cuda_gram.py`` checks the device build
-against the CPU where there is a GPU. Tolerances as in ``test_gram.py``.
+- ``thread``: one matrix per thread (csrc/common/gram_small.h;
+  ``fastal._cpu.gram_min_eig_small_*``), over the same interleaved workspace as on the GPU;
+- ``warp``: one matrix per warp, lane i owning row i (csrc/common/gram_warp.h;
+  ``fastal._cpu.gram_min_eig_warp_*``), on a warp emulated by 32 coroutines that switch at every
+  shuffle, vote and __syncwarp (csrc/cpu/warp_emulation.h).
+
+The GPU runs these same sources, so these CPU tests check their formation, reduction and search on
+every machine; ``test_cuda_gram.py`` checks the device builds against the CPU where there is a GPU.
+Tolerances as in ``test_gram.py``.
 """
 
 from __future__ import annotations
@@ -29,13 +34,25 @@ import fastal
 EPS = np.finfo(np.float64).eps
 
 
-def small(Z, lab, groups, rtol=None, return_all=True, slots=64, dtype="float64"):
-    """The host build of the small path; rtol as gram.py resolves it."""
+PATHS = ["thread", "warp"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request) -> str:
+    return request.param
+
+
+def small(Z, lab, groups, rtol=None, return_all=True, slots=64, dtype="float64", path="thread"):
+    """The host build of a small-matrix path; rtol as gram.py resolves it."""
     Z = np.ascontiguousarray(Z, dtype=dtype)
     lab = np.asarray([] if lab is None else lab, dtype=np.int64)
     groups = np.ascontiguousarray(groups, dtype=np.int64)
     if rtol is None:
         rtol = max(lab.size + groups.shape[1], Z.shape[1]) * EPS
+    if path == "warp":
+        return getattr(fastal._ext.cpu, f"gram_min_eig_warp_{dtype}")(
+            Z, lab, groups, rtol, return_all
+        )
     kernel = getattr(fastal._ext.cpu, f"gram_min_eig_small_{dtype}")
     return kernel(Z, lab, groups, rtol, return_all, slots)
 
@@ -51,10 +68,10 @@ SIZES += [(120, 64, m, 32 - m) for m in (0, 11)]  # S side, order 32
 @pytest.mark.parametrize(
     ("n", "D", "m_lab", "G"), SIZES, ids=[f"n{n}-D{D}-L{m}-G{g}" for n, D, m, g in SIZES]
 )
-def test_matches_reference_and_cpu_kernel(n, D, m_lab, G, dtype):
+def test_matches_reference_and_cpu_kernel(n, D, m_lab, G, dtype, path):
     Z, lab, groups = make_case(n, D, m_lab, 9, G, seed=n + D + m_lab + G)
     Zs = Z.astype(dtype).astype(np.float64)  # the stored values
-    lam, spectra = small(Z, lab, groups, dtype=dtype)
+    lam, spectra = small(Z, lab, groups, dtype=dtype, path=path)
     want, want_spectra = gram_min_eig_ref(Zs, lab, groups)
     lmax = want_spectra[:, -1]
     assert lam.dtype == np.float64 and lam.shape == (9,)
@@ -66,7 +83,24 @@ def test_matches_reference_and_cpu_kernel(n, D, m_lab, G, dtype):
                                            return_all=True)  # fmt: skip
     assert_allclose(lam, cpu, rtol=1e-10, atol=ATOL * lmax.max())
     # return_all does not change the scores
-    assert_array_equal(small(Z, lab, groups, return_all=False, dtype=dtype), lam)
+    assert_array_equal(small(Z, lab, groups, return_all=False, dtype=dtype, path=path), lam)
+
+
+@pytest.mark.parametrize(("D", "G"), [(16, 20), (5, 37), (32, 9), (1, 3), (24, 64)])
+def test_warp_path_stages_many_group_rows(D, G):
+    """The one-warp path's D side stages the group's rows 8 at a time and checks them 32 at a
+    time: G past one stage or one warp, and not a multiple of either."""
+    Z, lab, groups = make_case(D + 2 + 6 * G, D, D + 2, 6, G, seed=D * 100 + G)
+    lam, spectra = small(Z, lab, groups, path="warp")
+    want, want_spectra = gram_min_eig_ref(Z, lab, groups)
+    lmax = want_spectra[:, -1]
+    assert_eigs_close(lam, want, lmax)
+    assert_eigs_close(spectra, np.maximum(want_spectra, 0), lmax, rtol=1e-9)
+    bad = groups.copy()
+    bad[3, G - 1] = Z.shape[0]  # the last element, past the first 32 when G > 32
+    lam = small(Z, lab, bad, return_all=False, path="warp")
+    assert np.isnan(lam[3])
+    assert not np.isnan(np.delete(lam, 3)).any()
 
 
 @pytest.mark.parametrize("slots", [1, 2, 5, 64, 1000])
@@ -84,9 +118,9 @@ def test_any_number_of_slots(slots):
     ("n", "D", "m_lab", "G", "rank"),
     [(60, 10, 12, 4, 6), (60, 30, 8, 4, 5), (50, 8, 3, 2, 1), (80, 32, 20, 12, 7)],
 )
-def test_rank_deficient(n, D, m_lab, G, rank):
+def test_rank_deficient(n, D, m_lab, G, rank, path):
     Z, lab, groups = make_case(n, D, m_lab, 5, G, seed=rank, rank=rank)
-    lam, spectra = small(Z, lab, groups)
+    lam, spectra = small(Z, lab, groups, path=path)
     want, want_spectra = gram_min_eig_ref(Z, lab, groups)
     lmax = want_spectra[:, -1]
     assert_eigs_close(lam, want, lmax, rtol=1e-7)
@@ -95,7 +129,7 @@ def test_rank_deficient(n, D, m_lab, G, rank):
     assert (lam >= spectra[:, size - rank] * (1 - 1e-7)).all()  # λ⁺_min is past them
 
 
-def test_duplicates_score_past_their_zero():
+def test_duplicates_score_past_their_zero(path):
     """Proposition 2: a group repeating a labeled row has an exact zero eigenvalue; λ⁺_min skips it."""
     rng = np.random.default_rng(1)
     Z = rng.normal(size=(25, 12))
@@ -103,53 +137,56 @@ def test_duplicates_score_past_their_zero():
     Z[5] = Z[0]
     Z[7] = Z[6]
     groups = np.array([[5, 10], [6, 7], [8, 9]])
-    lam, spectra = small(Z, lab, groups)
+    lam, spectra = small(Z, lab, groups, path=path)
     want, want_spectra = gram_min_eig_ref(Z, lab, groups)
     assert_eigs_close(lam, want, want_spectra[:, -1])
     assert (spectra[:2, 0] <= ATOL * want_spectra[:2, -1]).all()
 
 
 @pytest.mark.parametrize("delta", [1e-3, 1e-5, 1e-7])
-def test_nearly_singular(delta):
+def test_nearly_singular(delta, path):
     Z, lab, groups = nearly_singular_case(delta)
-    lam, _ = small(Z, lab, groups, rtol=1e-15)
+    lam, _ = small(Z, lab, groups, rtol=1e-15, path=path)
     want, spectra = gram_min_eig_ref(Z, lab, groups, rtol=1e-15)
     assert_eigs_close(lam, want, spectra[:, -1], rtol=1e-6)
 
 
-def test_zero_matrices_and_the_rtol_rule():
+def test_zero_matrices_and_the_rtol_rule(path):
     Z = np.zeros((6, 3))
     Z[1] = [1.0, 2.0, 2.0]
-    lam, spectra = small(Z, [0], [[2], [1], [3]])
+    lam, spectra = small(Z, [0], [[2], [1], [3]], path=path)
     assert_array_equal(lam, [0.0, 9.0, 0.0])
     assert_array_equal(spectra[0], [0.0, 0.0])
-    assert_array_equal(small(Z, None, [[0, 2, 3, 4]], return_all=False), [0.0])  # D side
+    assert_array_equal(small(Z, None, [[0, 2, 3, 4]], return_all=False, path=path), [0.0])  # D side
     for rtol, want in THRESHOLD_CASES:
-        got = small(THRESHOLD_Z, THRESHOLD_LAB, THRESHOLD_GROUPS, rtol=rtol, return_all=False)
+        got = small(
+            THRESHOLD_Z, THRESHOLD_LAB, THRESHOLD_GROUPS, rtol=rtol, return_all=False, path=path
+        )
         assert_allclose(got, [want], rtol=1e-9)
 
 
-def test_indices_out_of_range_give_nan():
+def test_indices_out_of_range_give_nan(path):
     """No reads out of bounds: the group with a bad index (or every group, for a bad labeled
     index) scores NaN, as on the GPU; gram.py rejects such input before any kernel runs."""
     Z, lab, groups = make_case(40, 10, 2, 3, 3, seed=0)
     bad = groups.copy()
     bad[1, 2] = 40
-    lam, spectra = small(Z, lab, bad)
+    lam, spectra = small(Z, lab, bad, path=path)
     assert np.isnan(lam[1]) and np.isnan(spectra[1]).all()
     want, _ = gram_min_eig_ref(Z, lab, groups[[0, 2]])
     assert_allclose(lam[[0, 2]], want, rtol=1e-8)
-    lam = small(Z, [0, -1], groups, return_all=False)
+    lam = small(Z, [0, -1], groups, return_all=False, path=path)
     assert np.isnan(lam).all()
     Z, lab, groups = make_case(40, 4, 6, 3, 3, seed=1)  # D side: labeled only in the shared part
-    assert not np.isnan(small(Z, lab, groups, return_all=False)).any()
+    assert not np.isnan(small(Z, lab, groups, return_all=False, path=path)).any()
     lab[2] = 40
-    assert np.isnan(small(Z, lab, groups, return_all=False)).all()
+    assert np.isnan(small(Z, lab, groups, return_all=False, path=path)).all()
 
 
 def test_rejects_orders_above_32():
     Z, lab, groups = make_case(80, 40, 20, 2, 13, seed=0)  # order 33
-    with pytest.raises(ValueError, match="orders up to 32, got 33"):
-        small(Z, lab, groups)
+    for path in PATHS:
+        with pytest.raises(ValueError, match="orders up to 32, got 33"):
+            small(Z, lab, groups, path=path)
     with pytest.raises(ValueError, match="slots must be >= 1"):
         small(Z, lab, groups[:, :12], slots=0)

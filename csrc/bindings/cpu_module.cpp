@@ -486,6 +486,14 @@ void register_gram(py::module_& m, const std::string& tag) {
         "The CUDA kernel's per-thread path for orders <= 32 built for the host (tests only).",
         py::arg("Z").noconvert(), py::arg("labeled").noconvert(), py::arg("groups").noconvert(),
         py::arg("rtol"), py::arg("return_all") = false, py::arg("slots") = 64);
+  m.def(("gram_min_eig_warp_" + tag).c_str(),
+        [](const Buf<T>& Z, const Buf<int64_t>& labeled, const Buf<int64_t>& groups, double rtol,
+           bool return_all) {
+          return run_gram(Z, labeled, groups, rtol, return_all, gram_min_eig_warp<T>);
+        },
+        "The CUDA kernel's one-warp path for orders <= 32 on an emulated warp (tests only).",
+        py::arg("Z").noconvert(), py::arg("labeled").noconvert(), py::arg("groups").noconvert(),
+        py::arg("rtol"), py::arg("return_all") = false);
   m.def(("gram_min_eig_lowrank_" + tag).c_str(),
         [](const Buf<T>& Z, const Buf<int64_t>& groups, const Buf<double>& basis,
            const Buf<double>& lam, bool s_side, double rtol) {

@@ -1,9 +1,12 @@
 // Host builds of device code of the CUDA Gram kernel, so that the CPU test suite checks the code the
-// GPU runs (fastal's CPU kernel, gram_eig.cpp, uses neither):
+// GPU runs (fastal's CPU kernel, gram_eig.cpp, uses none of it):
 // - the per-thread path for small matrices (common/gram_small.h): the same source, the same
 //   interleaved workspace and the same grid-stride assignment of groups to slots, with OpenMP
 //   threads standing in for the GPU's;
+// - the per-warp path (common/gram_warp.h): the same source on an emulated warp
+//   (cpu/warp_emulation.h), one group at a time;
 // - the check of device groups (common/group_check.h), row by row.
+// Compiled without floating-point contraction, as the device's explicitly rounded operations are.
 #include <omp.h>
 
 #include <algorithm>
@@ -11,8 +14,10 @@
 
 #include "common/check.h"
 #include "common/gram_small.h"
+#include "common/gram_warp.h"
 #include "common/group_check.h"
 #include "cpu/kernels.h"
+#include "cpu/warp_emulation.h"
 
 namespace fastal::cpu {
 
@@ -23,6 +28,36 @@ namespace {
 template <typename T>
 void row64(const T* Z, int64_t n, int64_t D, int64_t r, double* out) {
   for (int64_t k = 0; k < D; ++k) out[k] = r >= 0 && r < n ? static_cast<double>(Z[r * D + k]) : 0.0;
+}
+
+// The shared part, both triangles: K_LL (S side, P = mL) or Z_Lᵀ Z_L (D side, P = D).
+template <typename T>
+std::vector<double> shared_part(const T* Z, int64_t n, int64_t D, const int64_t* labeled,
+                                int64_t mL, bool s_side) {
+  std::vector<double> ZL(static_cast<size_t>(mL * D));
+  for (int64_t j = 0; j < mL; ++j) row64(Z, n, D, labeled[j], ZL.data() + j * D);
+  const int64_t P = s_side ? mL : D;
+  std::vector<double> shared(static_cast<size_t>(P * P), 0.0);
+  for (int64_t i = 0; i < P; ++i)
+    for (int64_t j = 0; j < P; ++j) {
+      double acc = 0;
+      if (s_side)
+        for (int64_t k = 0; k < D; ++k) acc += ZL[i * D + k] * ZL[j * D + k];
+      else
+        for (int64_t r = 0; r < mL; ++r) acc += ZL[r * D + i] * ZL[r * D + j];
+      shared[i * P + j] = acc;
+    }
+  return shared;
+}
+
+template <typename T, int kCols>
+void run_warp_groups(const gram_small::Args& args, bool labeled_ok) {
+  std::vector<double> slot(static_cast<size_t>(gram_warp::slot_doubles(static_cast<int>(args.size))));
+  WarpEmulator warp;
+  for (int64_t g = 0; g < args.n_groups; ++g)
+    warp.run([&](int lane) {
+      gram_warp::group_eig<HostWarp, T, kCols>(args, g, slot.data(), lane, labeled_ok);
+    });
 }
 
 }  // namespace
@@ -38,22 +73,7 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
   FASTAL_REQUIRE(slots >= 1, "slots must be >= 1, got ", slots);
   if (n_groups == 0) return;
   slots = std::min(slots, n_groups);
-
-  // the shared part, both triangles: K_LL (S side) or Z_Lᵀ Z_L (D side)
-  std::vector<double> ZL(static_cast<size_t>(mL * D));
-  for (int64_t j = 0; j < mL; ++j) row64(Z, n, D, labeled[j], ZL.data() + j * D);
-  const int64_t P = s_side ? mL : D;
-  std::vector<double> shared(static_cast<size_t>(P * P), 0.0);
-  for (int64_t i = 0; i < P; ++i)
-    for (int64_t j = 0; j < P; ++j) {
-      double acc = 0;
-      if (s_side)
-        for (int64_t k = 0; k < D; ++k) acc += ZL[i * D + k] * ZL[j * D + k];
-      else
-        for (int64_t r = 0; r < mL; ++r) acc += ZL[r * D + i] * ZL[r * D + j];
-      shared[i * P + j] = acc;
-    }
-
+  const std::vector<double> shared = shared_part(Z, n, D, labeled, mL, s_side);
   std::vector<double> work(static_cast<size_t>(slots * gram_small::slot_doubles(size)));
   gram_small::Args args{Z,      n,         D,       labeled, mL,     groups,      n_groups,
                         G,      shared.data(), size, rtol,   min_eig, spectra, work.data(),
@@ -64,6 +84,29 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
 #pragma omp parallel for schedule(static)
   for (int64_t s = 0; s < slots; ++s)
     for (int64_t g = s; g < n_groups; g += slots) gram_small::group_eig<T>(args, g, s, labeled_ok);
+}
+
+template <typename T>
+void gram_min_eig_warp(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t mL,
+                       const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
+                       double* min_eig, double* spectra) {
+  const bool s_side = mL + G <= D;
+  const int64_t size = s_side ? mL + G : D;
+  FASTAL_REQUIRE(size <= gram_warp::kMaxOrder, "the one-warp path takes orders up to ",
+                 gram_warp::kMaxOrder, ", got ", size);
+  if (n_groups == 0) return;
+  const std::vector<double> shared = shared_part(Z, n, D, labeled, mL, s_side);
+  const gram_small::Args args{Z,      n,     D,    labeled, mL,      groups,  n_groups, G,
+                              shared.data(), size, rtol, min_eig, spectra, nullptr, 0};
+  bool labeled_ok = true;
+  for (int64_t j = 0; j < mL; ++j) labeled_ok &= gram_small::labeled_in_range(args, j);
+  // the device's instantiations (cuda/gram_warp.cu)
+  if (size <= 8)
+    run_warp_groups<T, 8>(args, labeled_ok);
+  else if (size <= 16)
+    run_warp_groups<T, 16>(args, labeled_ok);
+  else
+    run_warp_groups<T, 32>(args, labeled_ok);
 }
 
 void gram_groups_valid(const int64_t* groups, int64_t n_groups, int64_t G, int64_t n,
@@ -78,5 +121,9 @@ template void gram_min_eig_small<float>(const float*, int64_t, int64_t, const in
 template void gram_min_eig_small<double>(const double*, int64_t, int64_t, const int64_t*, int64_t,
                                          const int64_t*, int64_t, int64_t, double, int64_t,
                                          double*, double*);
+template void gram_min_eig_warp<float>(const float*, int64_t, int64_t, const int64_t*, int64_t,
+                                       const int64_t*, int64_t, int64_t, double, double*, double*);
+template void gram_min_eig_warp<double>(const double*, int64_t, int64_t, const int64_t*, int64_t,
+                                        const int64_t*, int64_t, int64_t, double, double*, double*);
 
 }  // namespace fastal::cpu

@@ -158,6 +158,14 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
                         const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
                         int64_t slots, double* min_eig, double* spectra);
 
+// The CUDA kernel's one-warp path for orders up to 32 (common/gram_warp.h) built for the host on an
+// emulated warp (cpu/warp_emulation.h), one group at a time (gram_small_host.cpp; tests only):
+// the same results as gram_min_eig to rounding; out-of-range indices give NaN, as on the GPU.
+template <typename T>
+void gram_min_eig_warp(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t mL,
+                       const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
+                       double* min_eig, double* spectra);
+
 // valid[g] = whether row g of groups passes the CUDA kernel's device check (common/group_check.h:
 // indices in [0, n), none in lab_sorted, which is ascending, none twice); host build, tests only.
 void gram_groups_valid(const int64_t* groups, int64_t n_groups, int64_t G, int64_t n,

@@ -4,11 +4,11 @@
 
 #include <cstdint>
 
-#include "common/gram_small.h"
+#include "common/gram_warp.h"
 
 namespace fastal::cuda {
 
-constexpr int64_t kWarpMaxOrder = 32;  // one lane per row of the matrix
+constexpr int64_t kWarpMaxOrder = gram_warp::kMaxOrder;  // one lane per row of the matrix
 
 // λ⁺_min (and the spectra) of every group, one warp per matrix. args as for gram_small_kernel,
 // but work and slots unused; args.shared must already hold the shared part (launch_shared_part).
