@@ -253,6 +253,7 @@ def gram_min_eig(
     stream: int,
     smem_limit: int = -1,
     small_max: int = -1,
+    warp_max: int = -1,
 ) -> None: ...
 
 # IHT top-b thresholding: s, sigma (n,) float32 -> support (b,) int64, w (n,) float32; returns
@@ -268,4 +269,5 @@ def iht_threshold(
     device: int,
     stream: int,
     exact: bool = False,
+    impl: int = -1,
 ) -> tuple[int, int, int, int]: ...
