@@ -50,6 +50,7 @@ std::vector<double> shared_part(const T* Z, int64_t n, int64_t D, const int64_t*
   return shared;
 }
 
+#ifdef FASTAL_WARP_EMULATION
 template <typename T, int kCols>
 void run_warp_groups(const gram_small::Args& args, bool labeled_ok) {
   std::vector<double> slot(static_cast<size_t>(gram_warp::slot_doubles(static_cast<int>(args.size))));
@@ -59,6 +60,12 @@ void run_warp_groups(const gram_small::Args& args, bool labeled_ok) {
       gram_warp::group_eig<HostWarp, T, kCols>(args, g, slot.data(), lane, labeled_ok);
     });
 }
+#else
+template <typename T, int kCols>
+void run_warp_groups(const gram_small::Args&, bool) {
+  FASTAL_REQUIRE(false, "the warp emulation needs POSIX ucontext, which this platform lacks");
+}
+#endif
 
 }  // namespace
 
