@@ -38,7 +38,7 @@ PATHS = ["thread", "warp"]
 
 
 def _warp_emulation_available() -> bool:
-    """The warp emulation needs POSIX ucontext; without it the warp hook raises saying so."""
+    """The warp emulation needs glibc's ucontext; without it the warp hook raises saying so."""
     try:
         fastal._ext.cpu.gram_min_eig_warp_float64(np.ones((2, 1)), np.zeros(0, np.int64),
                                                   np.array([[0]]), 0.0)  # fmt: skip
@@ -55,7 +55,7 @@ WARP_EMULATION = _warp_emulation_available()
 @pytest.fixture(params=PATHS)
 def path(request) -> str:
     if request.param == "warp" and not WARP_EMULATION:
-        pytest.skip("the warp emulation needs POSIX ucontext")
+        pytest.skip("the warp emulation needs glibc's ucontext")
     return request.param
 
 
@@ -108,7 +108,7 @@ def test_warp_path_stages_many_group_rows(D, G):
     """The one-warp path's D side stages the group's rows 8 at a time and checks them 32 at a
     time: G past one stage or one warp, and not a multiple of either."""
     if not WARP_EMULATION:
-        pytest.skip("the warp emulation needs POSIX ucontext")
+        pytest.skip("the warp emulation needs glibc's ucontext")
     Z, lab, groups = make_case(D + 2 + 6 * G, D, D + 2, 6, G, seed=D * 100 + G)
     lam, spectra = small(Z, lab, groups, path="warp")
     want, want_spectra = gram_min_eig_ref(Z, lab, groups)

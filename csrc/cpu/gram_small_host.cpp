@@ -63,7 +63,7 @@ void run_warp_groups(const gram_small::Args& args, bool labeled_ok) {
 #else
 template <typename T, int kCols>
 void run_warp_groups(const gram_small::Args&, bool) {
-  FASTAL_REQUIRE(false, "the warp emulation needs POSIX ucontext, which this platform lacks");
+  FASTAL_REQUIRE(false, "the warp emulation needs glibc's ucontext, which this build lacks");
 }
 #endif
 

@@ -7,19 +7,18 @@
 // operation cannot see those of the next (the next-but-one cannot start before every lane has
 // passed the next barrier). Lanes must call the operations in the same order, as on the device
 // where __syncwarp with a full mask requires it; a lane that returns while others wait at a barrier
-// is reported as an error. Only where POSIX ucontext exists (FASTAL_WARP_EMULATION); elsewhere
-// the host builds that need it report that they are unavailable.
+// is reported as an error. Built with glibc only (FASTAL_WARP_EMULATION), whose ucontext routines
+// are complete (musl has none; macOS wants _XOPEN_SOURCE and deprecates them); elsewhere the host
+// builds that need it report that they are unavailable.
 #pragma once
-#if defined(__has_include)
-#if __has_include(<ucontext.h>)
+#include <cstdint>  // defines __GLIBC__ where glibc is the C library
+#if defined(__GLIBC__)
 #define FASTAL_WARP_EMULATION 1
-#endif
 #endif
 
 #ifdef FASTAL_WARP_EMULATION
 #include <ucontext.h>
 
-#include <cstdint>
 #include <functional>
 #include <stdexcept>
 #include <vector>
