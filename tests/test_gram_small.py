@@ -5,7 +5,7 @@ float64 numpy reference :func:`reference.gram_min_eig_ref` and the CPU kernel (`
   ``fastal._cpu.gram_min_eig_small_*``), over the same interleaved workspace as on the GPU;
 - ``warp``: one matrix per warp, lane i owning row i (csrc/common/gram_warp.h;
   ``fastal._cpu.gram_min_eig_warp_*``), on a warp emulated by 32 coroutines that switch at every
-  shuffle, vote and __syncwarp (csrc/cpu/warp_emulation.h).
+  shuffle, vote and __syncwarp (csrc/cpu/simt_emulation.h).
 
 The GPU runs these same sources, so these CPU tests check their formation, reduction and search on
 every machine; ``test_cuda_gram.py`` checks the device builds against the CPU where there is a GPU.

@@ -1,6 +1,6 @@
 // Batched Gram eigenvalues of matrices of order up to 32, one warp per matrix, lane i owning row i:
 // the CUDA kernel's one-warp path (cuda/gram_warp.cu), and its host build (cpu/gram_warp_host.cpp),
-// where a warp emulator (cpu/warp_emulation.h) runs this same source so that CPU tests check it.
+// where a warp emulator (cpu/simt_emulation.h) runs this same source so that CPU tests check it.
 //
 // The warp operations come from a policy W with static members
 //   double shfl(double v, int src)      lane src's v
@@ -31,6 +31,7 @@
 
 #include "common/gram_small.h"
 #include "common/hd.h"
+#include "common/rounding.h"
 #include "common/tridiagonal.h"
 
 namespace fastal::gram_warp {
@@ -44,29 +45,6 @@ FASTAL_HD constexpr int slot_doubles(int N) {
   return (N * (N + 1) > kChunk * kLanes ? N * (N + 1) : kChunk * kLanes) + 6 * N;
 }
 
-// Rounded products and sums that the device compiler may not fuse into multiply-adds (the host
-// build compiles without contraction).
-FASTAL_HD double mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-FASTAL_HD double add_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-FASTAL_HD double sub_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
 // a b + c d, both products rounded: (i, j) and (j, i) of a symmetric rank-2 update round alike
 FASTAL_HD double sym2(double a, double b, double c, double d) {
   return add_rn(mul_rn(a, b), mul_rn(c, d));

@@ -4,7 +4,7 @@
 //   interleaved workspace and the same grid-stride assignment of groups to slots, with OpenMP
 //   threads standing in for the GPU's;
 // - the per-warp path (common/gram_warp.h): the same source on an emulated warp
-//   (cpu/warp_emulation.h), one group at a time;
+//   (cpu/simt_emulation.h), one group at a time;
 // - the check of device groups (common/group_check.h), row by row.
 // Compiled without floating-point contraction, as the device's explicitly rounded operations are.
 #include <omp.h>
@@ -17,7 +17,7 @@
 #include "common/gram_warp.h"
 #include "common/group_check.h"
 #include "cpu/kernels.h"
-#include "cpu/warp_emulation.h"
+#include "cpu/simt_emulation.h"
 
 namespace fastal::cpu {
 
@@ -50,13 +50,13 @@ std::vector<double> shared_part(const T* Z, int64_t n, int64_t D, const int64_t*
   return shared;
 }
 
-#ifdef FASTAL_WARP_EMULATION
+#ifdef FASTAL_SIMT_EMULATION
 template <typename T, int kCols>
 void run_warp_groups(const gram_small::Args& args, bool labeled_ok) {
   std::vector<double> slot(static_cast<size_t>(gram_warp::slot_doubles(static_cast<int>(args.size))));
-  WarpEmulator warp;
+  SimtEmulator warp(1, SimtEmulator::kLanes);
   for (int64_t g = 0; g < args.n_groups; ++g)
-    warp.run([&](int lane) {
+    warp.run([&](int, int lane) {
       gram_warp::group_eig<HostWarp, T, kCols>(args, g, slot.data(), lane, labeled_ok);
     });
 }

@@ -159,7 +159,7 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
                         int64_t slots, double* min_eig, double* spectra);
 
 // The CUDA kernel's one-warp path for orders up to 32 (common/gram_warp.h) built for the host on an
-// emulated warp (cpu/warp_emulation.h), one group at a time (gram_small_host.cpp; tests only):
+// emulated warp (cpu/simt_emulation.h), one group at a time (gram_small_host.cpp; tests only):
 // the same results as gram_min_eig to rounding; out-of-range indices give NaN, as on the GPU.
 template <typename T>
 void gram_min_eig_warp(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int64_t mL,

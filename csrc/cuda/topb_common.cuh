@@ -5,45 +5,12 @@
 
 #include <cstdint>
 
+#include "common/topb_key.h"
 #include "cuda/device.cuh"
 
 namespace fastal::cuda::topb {
 
-using u64 = unsigned long long;
-
-constexpr int kDigitBits = 11;
-constexpr int kBins = 1 << kDigitBits;
-constexpr int kPasses = (64 + kDigitBits - 1) / kDigitBits;  // 6: 11 bits x 5, then 9
-constexpr u64 kBinCandidates = 8192;  // a bin this small is ranked by the final sort
-
-// The score's parameters, passed by value to every kernel.
-struct Rule {
-  double alpha;
-  bool exact;
-};
-
-// Order-preserving key of the float64 score: a < b iff key(a) < key(b); -0.0 == +0.0.
-__device__ __forceinline__ u64 score_key(float s, float sigma, Rule rule) {
-  const double sg = static_cast<double>(sigma);
-  const double bonus = __dmul_rn(rule.alpha, __dmul_rn(sg, sg));
-  double score;
-  if (rule.exact) {
-    const double pos = s > 0.f ? static_cast<double>(s) : 0.0;
-    score = s > 0.f ? __dsub_rn(-__dmul_rn(0.5, __dmul_rn(pos, pos)), bonus) : 0.0;
-  } else {
-    const double neg = s < 0.f ? -static_cast<double>(s) : 0.0;
-    score = __dsub_rn(__dmul_rn(0.5, __dmul_rn(neg, neg)), bonus);
-  }
-  if (score == 0.0) return u64{1} << 63;
-  const u64 bits = static_cast<u64>(__double_as_longlong(score));
-  return (bits >> 63) ? ~bits : (bits | (u64{1} << 63));
-}
-
-// Pass p looks at key bits [shift, shift + width).
-__host__ __device__ constexpr int pass_shift(int p) {
-  return 64 - kDigitBits * (p + 1) > 0 ? 64 - kDigitBits * (p + 1) : 0;
-}
-__host__ __device__ constexpr int pass_width(int p) { return 64 - kDigitBits * p - pass_shift(p); }
+using namespace ::fastal::topb;  // NOLINT: the keys and constants (common/topb_key.h)
 
 // The lanes of the warp whose value is NaN or Inf, counted into *count and the first (lowest index:
 // lanes rise with it) as n - index into *first_from_end, a maximum, so that zero (the memset) means
