@@ -533,6 +533,31 @@ PYBIND11_MODULE(_cpu, m) {
   register_lloyd<float>(m, "float32");
   register_lloyd<double>(m, "float64");
   m.def(
+      "iht_threshold_fused_float32",
+      [](const Buf<float>& s, const Buf<float>& sigma, int64_t b, double alpha, bool exact,
+         int grid) {
+        FASTAL_REQUIRE(s.ndim() == 1, "s must be 1-D, got ", s.ndim(), " dimensions");
+        const int64_t n = s.shape(0);
+        FASTAL_REQUIRE(sigma.ndim() == 1 && sigma.shape(0) == n, "sigma must have shape (", n,
+                       ",)");
+        Buf<int64_t> support(b >= 0 ? b : 0);
+        Buf<float> w(n);
+        int64_t bad[4] = {0, -1, 0, -1};
+        const float* ps = s.data();
+        const float* pg = sigma.data();
+        int64_t* out = support.mutable_data();
+        float* pw = w.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          iht_threshold_fused_host(ps, pg, n, b, alpha, exact, grid, out, pw, bad);
+        }
+        return py::make_tuple(support, w, py::make_tuple(bad[0], bad[1], bad[2], bad[3]));
+      },
+      "The CUDA fused top-b kernel on `grid` emulated blocks (tests only): (support, w, (NaN / Inf "
+      "in s, first, in sigma, first)).",
+      py::arg("s").noconvert(), py::arg("sigma").noconvert(), py::arg("b"), py::arg("alpha"),
+      py::arg("exact") = false, py::arg("grid") = 1);
+  m.def(
       "gram_groups_valid",
       [](const Buf<int64_t>& groups, int64_t n, const Buf<int64_t>& labeled_sorted) {
         FASTAL_REQUIRE(groups.ndim() == 2, "groups must be 2-D (n_groups, G)");

@@ -166,6 +166,13 @@ void gram_min_eig_warp(const T* Z, int64_t n, int64_t D, const int64_t* labeled,
                        const int64_t* groups, int64_t n_groups, int64_t G, double rtol,
                        double* min_eig, double* spectra);
 
+// The fused GPU top-b kernel (common/topb_fused.h) on `grid` emulated blocks, then its host steps
+// (topb_fused_host.cpp; tests only): support (b) and w (n) as iht_threshold's, and nonfinite =
+// (NaN / Inf in s, first, in sigma, first), after which the outputs mean nothing. 1 <= b <= n.
+void iht_threshold_fused_host(const float* s, const float* sigma, int64_t n, int64_t b,
+                              double alpha, bool exact, int grid, int64_t* support, float* w,
+                              int64_t nonfinite[4]);
+
 // valid[g] = whether row g of groups passes the CUDA kernel's device check (common/group_check.h:
 // indices in [0, n), none in lab_sorted, which is ascending, none twice); host build, tests only.
 void gram_groups_valid(const int64_t* groups, int64_t n_groups, int64_t G, int64_t n,

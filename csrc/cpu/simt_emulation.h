@@ -24,6 +24,7 @@
 
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
@@ -38,7 +39,8 @@ class SimtEmulator {
     if (blocks < 1 || threads < kLanes || threads % kLanes != 0)
       throw std::invalid_argument("SimtEmulator: blocks >= 1 and whole warps of threads");
     const size_t warps = static_cast<size_t>(total_ / kLanes);
-    stacks_.resize(static_cast<size_t>(total_) * kStackBytes);
+    // not value-initialised: only the pages a coroutine touches are committed
+    stacks_.reset(new char[static_cast<size_t>(total_) * kStackBytes]);
     ctx_.resize(static_cast<size_t>(total_));
     done_.resize(static_cast<size_t>(total_));
     warp_bar_.resize(warps);
@@ -58,7 +60,7 @@ class SimtEmulator {
     for (int i = 0; i < total_; ++i) {
       done_[i] = 0;
       getcontext(&ctx_[i]);
-      ctx_[i].uc_stack.ss_sp = stacks_.data() + static_cast<size_t>(i) * kStackBytes;
+      ctx_[i].uc_stack.ss_sp = stacks_.get() + static_cast<size_t>(i) * kStackBytes;
       ctx_[i].uc_stack.ss_size = kStackBytes;
       ctx_[i].uc_link = &main_;
       makecontext(&ctx_[i], &SimtEmulator::entry, 0);
@@ -122,7 +124,7 @@ class SimtEmulator {
 
   static inline thread_local SimtEmulator* current_ = nullptr;
   int blocks_, threads_, total_;
-  std::vector<char> stacks_;
+  std::unique_ptr<char[]> stacks_;
   std::vector<ucontext_t> ctx_;
   std::vector<char> done_;
   std::vector<Barrier> warp_bar_, block_bar_;

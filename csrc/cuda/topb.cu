@@ -46,6 +46,7 @@
 
 #include "cuda/device.cuh"
 #include "cuda/topb_common.cuh"
+#include "cuda/topb_fused.cuh"
 
 namespace fastal::cuda {
 

@@ -1,5 +1,5 @@
-// The pieces of the IHT top-b selection shared by its two GPU implementations: the launch sequence
-// (topb.cu) and the fused cooperative kernel (topb_fused.cu). See topb.cu for the method.
+// Device pieces of the launch-sequence IHT top-b selection (topb.cu); the keys and digit passes,
+// shared with the fused implementation, are in common/topb_key.h. See topb.cu for the method.
 #pragma once
 #include <cub/block/block_scan.cuh>
 
@@ -72,12 +72,5 @@ __device__ __forceinline__ bool find_bin(const unsigned* hist, u64 need,
   }
   return found;
 }
-
-// The fused implementation (topb_fused.cu): whether the device can run it (cooperative launch),
-// and the selection itself for 1 <= b <= n, the arguments checked by iht_threshold.
-bool fused_supported(int device);
-NonfiniteCounts iht_threshold_fused(const float* s, const float* sigma, int64_t n, int64_t b,
-                                    Rule rule, int64_t* support, float* w, int device,
-                                    cudaStream_t stream);
 
 }  // namespace fastal::cuda::topb
