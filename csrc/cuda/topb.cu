@@ -315,7 +315,12 @@ NonfiniteCounts iht_threshold(const float* s, const float* sigma, int64_t n, int
   if (impl == 1)
     FASTAL_REQUIRE(topb::fused_supported(device), "impl=1: the fused top-b kernel needs "
                    "cooperative launches, which this device does not support");
-  if (fused) return topb::iht_threshold_fused(s, sigma, n, b, rule, support, w, device, stream);
+  if (fused) {
+    if (topb::iht_threshold_fused(s, sigma, n, b, rule, support, w, device, stream, &bad))
+      return bad;
+    FASTAL_REQUIRE(impl != 1, "impl=1: the device refused the fused top-b kernel's cooperative "
+                   "launch (fewer multiprocessors available than it reports)");
+  }  // else the launch sequence below
 
   const int64_t tiles = (n + kTile - 1) / kTile;
   // candidates: b, plus the keys of a ranked bin past its quota (at most kBinCandidates - 1)

@@ -96,9 +96,9 @@ bool fused_supported(int device) {
   return coop != 0;
 }
 
-NonfiniteCounts iht_threshold_fused(const float* s, const float* sigma, int64_t n, int64_t b,
-                                    Rule rule, int64_t* support, float* w, int device,
-                                    cudaStream_t stream) {
+bool iht_threshold_fused(const float* s, const float* sigma, int64_t n, int64_t b, Rule rule,
+                         int64_t* support, float* w, int device, cudaStream_t stream,
+                         NonfiniteCounts* bad_out) {
   int per_sm = 0;
   CUDA_CHECK(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_select_kernel, kThreads, 0));
@@ -142,8 +142,14 @@ NonfiniteCounts iht_threshold_fused(const float* s, const float* sigma, int64_t 
 
   FusedParams params{s, sigma, n, b, rule, hist, block_counts, res, keys, index, cap, w};
   void* args[] = {&params};
-  CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fused_select_kernel),
-                                         dim3(grid), dim3(kThreads), args, 0, stream));
+  const cudaError_t launched = cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(fused_select_kernel), dim3(grid), dim3(kThreads), args, 0,
+      stream);
+  if (launched == cudaErrorCooperativeLaunchTooLarge) {  // fewer SMs than the device reports
+    (void)cudaGetLastError();                             // (MPS, a partitioned GPU): refused
+    return false;
+  }
+  CUDA_CHECK(launched);
   CUDA_CHECK_LAUNCH("fused_select_kernel");
   FusedResult host{};
   CUDA_CHECK(cudaMemcpyAsync(&host, res, sizeof(host), cudaMemcpyDeviceToHost, stream));
@@ -153,7 +159,8 @@ NonfiniteCounts iht_threshold_fused(const float* s, const float* sigma, int64_t 
   bad.sigma = static_cast<int64_t>(host.nonfinite[1]);
   bad.first_s = bad.s ? n - static_cast<int64_t>(host.first_from_end[0]) : -1;
   bad.first_sigma = bad.sigma ? n - static_cast<int64_t>(host.first_from_end[1]) : -1;
-  if (bad.s || bad.sigma) return bad;  // the caller raises; the outputs mean nothing
+  *bad_out = bad;
+  if (bad.s || bad.sigma) return true;  // the caller raises; the outputs mean nothing
   const auto m = static_cast<int64_t>(host.count);
   FASTAL_REQUIRE(m >= b && m <= cap, "internal error: the fused top-b selection found ", m,
                  " candidates for b = ", b, " (at most ", cap, ")");
@@ -181,7 +188,7 @@ NonfiniteCounts iht_threshold_fused(const float* s, const float* sigma, int64_t 
                                                         smallest, host.lo, host.ranked != 0, b,
                                                         support, w);
   CUDA_CHECK_LAUNCH("finish_kernel");
-  return bad;
+  return true;
 }
 
 }  // namespace fastal::cuda::topb

@@ -12,9 +12,11 @@ namespace fastal::cuda::topb {
 // Whether the device can run it (cooperative launches).
 bool fused_supported(int device);
 
-// The selection for 1 <= b <= n, the arguments checked by iht_threshold.
-NonfiniteCounts iht_threshold_fused(const float* s, const float* sigma, int64_t n, int64_t b,
-                                    ::fastal::topb::Rule rule, int64_t* support, float* w,
-                                    int device, cudaStream_t stream);
+// The selection for 1 <= b <= n, the arguments checked by iht_threshold, with the NaN / Inf counts
+// into *bad. False, with nothing computed, when the device refuses the cooperative launch (fewer
+// SMs available than it reports, under MPS or on a partitioned GPU).
+bool iht_threshold_fused(const float* s, const float* sigma, int64_t n, int64_t b,
+                         ::fastal::topb::Rule rule, int64_t* support, float* w, int device,
+                         cudaStream_t stream, NonfiniteCounts* bad);
 
 }  // namespace fastal::cuda::topb
