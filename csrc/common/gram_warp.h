@@ -1,6 +1,7 @@
 // Batched Gram eigenvalues of matrices of order up to 32, one warp per matrix, lane i owning row i:
-// the CUDA kernel's one-warp path (cuda/gram_warp.cu), and its host build (cpu/gram_small_host.cpp),
-// where a warp emulator (cpu/simt_emulation.h) runs this same source so that CPU tests check it.
+// the CUDA kernel's one-warp path (cuda/gram_warp.cu), and its host build
+// (cpu/gram_small_host.cpp), where a warp emulator (cpu/simt_emulation.h) runs this same source so
+// that CPU tests check it.
 //
 // The warp operations come from a policy W with static members
 //   double shfl(double v, int src)      lane src's v

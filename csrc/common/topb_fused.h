@@ -122,7 +122,8 @@ FASTAL_HOST_DEVICE u64 block_reduce(u64 v, bool take_min, FusedShared& sh) {
   if ((t & 31) == 0) sh.red[t >> 5] = v;
   P::sync_block();
   u64 r = sh.red[0];
-  for (int w = 1; w < kBlockWarps; ++w) r = take_min ? (sh.red[w] < r ? sh.red[w] : r) : r + sh.red[w];
+  for (int w = 1; w < kBlockWarps; ++w)
+    r = take_min ? (sh.red[w] < r ? sh.red[w] : r) : r + sh.red[w];
   P::sync_block();  // red is rewritten by the next reduction
   return r;
 }
@@ -261,7 +262,8 @@ FASTAL_HOST_DEVICE void digit_passes(const FusedParams& p, int64_t begin, int64_
     // this block's keys below the chosen bin (within the prefix's bin) and in it
     const unsigned digit = sh.sel.digit;
     u64 part = 0;
-    for (int i = tid; i < kBins; i += kBlockThreads) part += i < static_cast<int>(digit) ? sh.h[i] : 0u;
+    for (int i = tid; i < kBins; i += kBlockThreads)
+      part += i < static_cast<int>(digit) ? sh.h[i] : 0u;
     const u64 less = block_reduce<P>(part, false, sh);
     if (tid == 0) {
       sh.counts[0] += less;

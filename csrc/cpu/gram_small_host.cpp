@@ -53,7 +53,8 @@ std::vector<double> shared_part(const T* Z, int64_t n, int64_t D, const int64_t*
 #ifdef FASTAL_SIMT_EMULATION
 template <typename T, int kCols>
 void run_warp_groups(const gram_small::Args& args, bool labeled_ok) {
-  std::vector<double> slot(static_cast<size_t>(gram_warp::slot_doubles(static_cast<int>(args.size))));
+  const int order = static_cast<int>(args.size);
+  std::vector<double> slot(static_cast<size_t>(gram_warp::slot_doubles(order)));
   SimtEmulator warp(1, SimtEmulator::kLanes);
   for (int64_t g = 0; g < args.n_groups; ++g)
     warp.run([&](int, int lane) {

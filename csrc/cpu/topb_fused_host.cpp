@@ -83,7 +83,9 @@ void iht_threshold_fused_host(const float* s, const float* sigma, int64_t n, int
                             block_counts.data(), &res, keys.data(), index.data(), cap, w};
   std::vector<topb::FusedShared> shared(static_cast<size_t>(grid));
   SimtEmulator emu(grid, topb::kBlockThreads);
-  emu.run([&](int blk, int) { topb::fused_select<HostBlock>(p, shared[static_cast<size_t>(blk)]); });
+  emu.run([&](int blk, int) {
+    topb::fused_select<HostBlock>(p, shared[static_cast<size_t>(blk)]);
+  });
   nonfinite[0] = static_cast<int64_t>(res.nonfinite[0]);
   nonfinite[1] = nonfinite[0] ? n - static_cast<int64_t>(res.first_from_end[0]) : -1;
   nonfinite[2] = static_cast<int64_t>(res.nonfinite[1]);
