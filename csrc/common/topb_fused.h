@@ -65,7 +65,7 @@ struct FusedShared {
   unsigned h[kBins];  // this block's histogram of the current pass
   Selection sel;
   u64 counts[2];        // this block's keys below the bin, and in it
-  u64 before_total[2];  // the blocks before this one (packed), and all blocks
+  u64 before;           // the counts of the blocks before this one (packed)
   u64 round_counts[kItems * kBlockWarps];  // write pass: (less << 32 | in) per (q, warp)
   u64 round_total;
   u64 red[kBlockWarps];  // block reductions
@@ -281,7 +281,7 @@ FASTAL_HOST_DEVICE void write_rows(const FusedParams& p, int64_t begin, int64_t 
   const int tid = P::tid(), lane = tid & 31, warp = tid >> 5;
   const u64 lo = sh.sel.lo, hi = sh.sel.hi, quota = sh.sel.quota;
   const bool ranked = sh.sel.ranked;
-  u64 run_less = sh.before_total[0] >> 32, run_in = sh.before_total[0] & kLow;
+  u64 run_less = sh.before >> 32, run_in = sh.before & kLow;
   const unsigned below_lane = (1u << lane) - 1u;
   for (int64_t base = begin; base < end; base += kRound) {
     float sv[kItems], gv[kItems];
@@ -366,8 +366,7 @@ FASTAL_HOST_DEVICE void fused_select(const FusedParams& p, FusedShared& sh) {
   const u64 smallest = ~P::load_l2(&p.res->min_not);
   const bool narrow = sh.sel.hi - smallest <= kLow;
   if (tid == 0) {
-    sh.before_total[0] = before;
-    sh.before_total[1] = total;
+    sh.before = before;
     if (blk == 0) {
       const u64 quota = sh.sel.quota;
       p.res->lo = sh.sel.lo;
