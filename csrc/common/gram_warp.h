@@ -46,11 +46,6 @@ FASTAL_HD constexpr int slot_doubles(int N) {
   return (N * (N + 1) > kChunk * kLanes ? N * (N + 1) : kChunk * kLanes) + 6 * N;
 }
 
-// a b + c d, both products rounded: (i, j) and (j, i) of a symmetric rank-2 update round alike
-FASTAL_HD double sym2(double a, double b, double c, double d) {
-  return add_rn(mul_rn(a, b), mul_rn(c, d));
-}
-
 // Butterfly reductions: lanes a and b combine the same two values, so every lane ends equal.
 template <class W>
 FASTAL_HD double lane_sum(double v) {

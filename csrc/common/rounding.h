@@ -31,6 +31,11 @@ FASTAL_HD double sub_rn(double a, double b) {
 #endif
 }
 
+// a b + c d, both products rounded: (i, j) and (j, i) of a symmetric rank-2 update round alike.
+FASTAL_HD double sym2(double a, double b, double c, double d) {
+  return add_rn(mul_rn(a, b), mul_rn(c, d));
+}
+
 // The bits of a double.
 FASTAL_HD uint64_t double_bits(double x) {
 #if defined(__CUDA_ARCH__)

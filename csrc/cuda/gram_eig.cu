@@ -57,6 +57,7 @@
 
 #include "common/gram_small.h"
 #include "common/group_check.h"
+#include "common/rounding.h"
 #include "cuda/device.cuh"
 #include "cuda/gram_warp.cuh"
 
@@ -86,12 +87,6 @@ constexpr int64_t kMaxSize = int64_t{1} << 20;  // order of the matrices (grid.y
 int gram_threads(int64_t size) { return size <= 32 ? 64 : (size <= 64 ? 128 : kMaxThreads); }
 
 // ---- small device helpers --------------------------------------------------------------------
-
-// a b + c d with both products rounded and no fused multiply-add, so that (i, j) and (j, i) of a
-// symmetric rank-2 update round identically.
-__device__ __forceinline__ double sym2(double a, double b, double c, double d) {
-  return __dadd_rn(__dmul_rn(a, b), __dmul_rn(c, d));
-}
 
 // Butterfly reductions: lanes a and b combine the same two values, so every lane ends equal.
 __device__ __forceinline__ double warp_sum_d(double v) {
