@@ -522,6 +522,7 @@ void register_gram(py::module_& m, const std::string& tag) {
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "fastal CPU kernels (C++17, OpenMP)";
+  install_fork_guard();
   register_dtype<float>(m, "float32");
   register_dtype<double>(m, "float64");
   register_dtype<Half>(m, "float16");
@@ -579,5 +580,8 @@ PYBIND11_MODULE(_cpu, m) {
     return parallel_sum(p, n);
   }, py::arg("x").noconvert());
   m.def("num_threads", [] { return omp_get_max_threads(); });
+  m.def("in_forked_child", &in_forked_child,
+        "True in a process forked after fastal._cpu was imported: its kernels run on one thread "
+        "there (GNU OpenMP's threads do not survive fork)");
   m.attr("kmeanspp_block") = kKMeansPPBlock;
 }
