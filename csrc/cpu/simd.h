@@ -49,7 +49,11 @@ inline float half_to_float(uint16_t h) {
 
 inline float to_float(float v) { return v; }
 inline double to_float(double v) { return v; }
+#if defined(FASTAL_AVX2) && defined(__F16C__)
+inline float to_float(Half v) { return _cvtsh_ss(v.bits); }  // exact, as half_to_float
+#else
 inline float to_float(Half v) { return half_to_float(v.bits); }
+#endif
 inline float to_float(BFloat16 v) {
   const uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
   float f;
@@ -229,8 +233,8 @@ inline float reduce_row_16bit_avx512(const T* x, const float* c, int64_t d, int6
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
   // The rest (under 16 float16 / 32 bfloat16 values, in the centre's natural order) by masked
   // loads, 16 at a time: zeros in the masked lanes add nothing. A scalar tail converting one value
-  // at a time made a d = 8 float16 step ~3x slower than float32, and factored rows with ~10
-  // classes paid the same.
+  // at a time (in software, then) made a d = 8 float16 step ~3x slower than float32, and factored
+  // rows with ~10 classes paid the same. Rows under 8 values do not come here (kVectorRowBytes).
   while (k < d) {
     const int64_t r = d - k < 16 ? d - k : 16;
     const auto m = static_cast<__mmask16>((1u << r) - 1u);
@@ -248,11 +252,25 @@ inline float reduce_row_16bit_avx512(const T* x, const float* c, int64_t d, int6
 }
 #endif
 
+// Elements k..d-1 of the reduction, one at a time, added to total.
 template <bool SQ, typename T>
-inline Acc<T> reduce_row(const T* x, const Acc<T>* c, int64_t d) {
-  int64_t k = 0;
-  Acc<T> total = 0;
+inline Acc<T> reduce_scalar(const T* x, const Acc<T>* c, int64_t k, int64_t d, Acc<T> total) {
+  for (; k < d; ++k) {
+    if constexpr (SQ) {
+      const Acc<T> t = to_float(x[k]) - c[k];
+      total += t * t;
+    } else {
+      total += to_float(x[k]) * c[k];
+    }
+  }
+  return total;
+}
+
 #ifdef FASTAL_AVX2
+// The vector part of reduce_row: returns its sum and advances k past the elements it consumed.
+template <bool SQ, typename T>
+inline Acc<T> reduce_row_simd(const T* x, const Acc<T>* c, int64_t d, int64_t& k) {
+  Acc<T> total = 0;
 #ifdef FASTAL_AVX512
   if constexpr (sizeof(T) == 2) {
     total = reduce_row_16bit_avx512<SQ>(x, c, d, k);
@@ -295,16 +313,25 @@ inline Acc<T> reduce_row(const T* x, const Acc<T>* c, int64_t d) {
     for (; k + 8 <= d; k += 8) a[0] = fma_term<SQ>(load8(x + k), _mm256_loadu_ps(c + k), a[0]);
     total = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
   }
-#endif
-  for (; k < d; ++k) {
-    if constexpr (SQ) {
-      const Acc<T> t = to_float(x[k]) - c[k];
-      total += t * t;
-    } else {
-      total += to_float(x[k]) * c[k];
-    }
-  }
   return total;
+}
+#endif
+
+// Rows shorter than this many bytes skip the vector part: one AVX2 vector of float32 / float64,
+// 8 values of float16 / bfloat16. Otherwise it would only sum four zero accumulators (or one
+// masked 512-bit lane) before the scalar loop: 1.25-1.35x the time of a k-center step of n = 1M
+// rows with d = 2-6 (float32, float16, bfloat16) on the development CPU (RESULTS.md).
+template <typename T>
+constexpr int64_t kVectorRowBytes = sizeof(T) == 2 ? 16 : 32;
+
+template <bool SQ, typename T>
+inline Acc<T> reduce_row(const T* x, const Acc<T>* c, int64_t d) {
+  int64_t k = 0;
+  Acc<T> total = 0;
+#ifdef FASTAL_AVX2
+  if (d * int64_t(sizeof(T)) >= kVectorRowBytes<T>) total = reduce_row_simd<SQ>(x, c, d, k);
+#endif
+  return reduce_scalar<SQ>(x, c, k, d, total);
 }
 
 template <typename T>
