@@ -10,6 +10,7 @@
 
 #include "common/prune.h"
 #include "cpu/kernels.h"
+#include "cpu/step_update.h"
 
 namespace fastal::cpu {
 
@@ -110,9 +111,30 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
     {
       Farthest<A> local;
       uint64_t local_reads = 0;
+#ifdef FASTAL_AVX512
+      std::vector<A> dd;  // the chunk's new distances, +inf where a row is not read
+      if constexpr (std::is_same_v<A, float>) dd.resize(static_cast<size_t>(chunk));
+#endif
 #pragma omp for schedule(dynamic, 1) nowait
       for (int64_t b = 0; b < n_chunks; ++b) {
         const int64_t i0 = b * chunk, i1 = std::min(n, i0 + chunk);
+#ifdef FASTAL_AVX512
+        if constexpr (std::is_same_v<A, float>) {  // distances first, then vector bookkeeping
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t j = i + ahead;
+            if (ahead > 0 && j < i1 && must_read(j, s.mind[j])) rows.prefetch_row(j);
+            A v = std::numeric_limits<A>::infinity();
+            if (must_read(i, s.mind[i])) {
+              v = rows.dist2(i, centre.data());
+              ++local_reads;
+            }
+            dd[i - i0] = v;
+          }
+          const ChunkFarthest f = update_chunk(s.mind + i0, s.near + i0, dd.data(), i1 - i0, pos);
+          if (f.index >= 0) local.offer(f.value, i0 + f.index);
+          continue;
+        }
+#endif
         for (int64_t i = i0; i < i1; ++i) {
           // row j stays in this chunk: other threads write mind/near beyond it
           const int64_t j = i + ahead;
