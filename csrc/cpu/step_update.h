@@ -1,4 +1,5 @@
-// The bookkeeping half of a k-center step over one chunk of rows, 16 rows per AVX-512 instruction:
+// The bookkeeping half of a k-center step over one chunk of float32-accumulated rows, 16 rows per
+// AVX-512 instruction:
 // given the new distances dd (+inf where a row was not read), mind = min(mind, dd) with
 // near = pos where it fell, and the farthest remaining point of the chunk. Split from the
 // distances because, for short rows, the per-row branches and index tracking cost more than the
@@ -12,8 +13,6 @@
 namespace fastal::cpu {
 
 #ifdef FASTAL_AVX512
-constexpr bool kVectorStepUpdate = true;
-
 // Rows [0, len) of the chunk: mind, near and dd point at its first row. Returns the largest
 // mind among rows that are not centres (mind = -inf) and its index in the chunk, the lowest on
 // ties; index -1 when every row is a centre.
@@ -58,8 +57,6 @@ inline ChunkFarthest update_chunk(float* mind, int64_t* near, const float* dd, i
   }
   return far;
 }
-#else
-constexpr bool kVectorStepUpdate = false;
 #endif
 
 }  // namespace fastal::cpu
