@@ -1,9 +1,9 @@
 // The bookkeeping half of a k-center step over one chunk of float32-accumulated rows, 16 rows per
 // AVX-512 instruction: given the new distances dd (+inf where a row was not read),
 // mind = min(mind, dd) with near = pos where it fell, and the farthest remaining point of the
-// chunk. Split from the
-// distances because, for short rows, the per-row branches and index tracking cost more than the
-// distance itself (a step at n = 1M, d = 2 spent ~3 ns per row and thread on them).
+// chunk. Split from the distances because, for short rows, the per-row branches and index
+// tracking cost more than the distance itself (a step at n = 1M, d = 2 spent ~3 ns per row and
+// thread on them).
 #pragma once
 #include <cstdint>
 #include <limits>
