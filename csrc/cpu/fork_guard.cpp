@@ -26,7 +26,7 @@ void on_fork_child() {
 
 void install_fork_guard() {
 #if defined(__unix__) || defined(__APPLE__)
-  static const bool installed = [] { return pthread_atfork(nullptr, nullptr, on_fork_child) == 0; }();
+  static const int installed = pthread_atfork(nullptr, nullptr, on_fork_child);  // once
   (void)installed;
 #endif
 }
