@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import _ext, _interop
 from ._interop import ArrayInfo
 from .gradients import GradientEmbedding, from_torch
+from .ops import _chunks
 
 #: rows per chunk of the overflow check (bounds its float32 temporaries)
 _CHUNK = 1 << 15
@@ -29,16 +29,6 @@ _MAX_FACTOR_SQNORM = 2.0**124
 
 def _ptr(a: Any) -> int:
     return int(a.data_ptr()) if hasattr(a, "data_ptr") else int(a.data.ptr)
-
-
-def _chunks(total: int, progress: bool, desc: str):
-    """Step ranges; small ones only when a progress bar needs updates."""
-    step = max(1, total // 100) if progress else max(1, total)
-    with tqdm(total=total, disable=not progress, desc=desc, unit="pick") as bar:
-        for t0 in range(0, total, step):
-            t1 = min(total, t0 + step)
-            yield t0, t1
-            bar.update(t1 - t0)
 
 
 def _check_finite(

@@ -25,7 +25,7 @@ import numpy as np
 from . import _ext, _interop
 from ._validate import check_budget, check_indices, check_matrix, make_rng
 from .gradients import GradientEmbedding, as_torch, from_torch
-from .ops import _ACC, _chunks, _torch_cpu_info, cpu_pool, pool_info
+from .ops import _ACC, _chunks, _torch_cpu_info, cpu_pool, pool_info, pool_work
 
 #: rows per GEMM tile of the assignment step
 _TILE = 8192
@@ -275,7 +275,7 @@ def _kmeans_pp(
 
     if not has_first:
         check_weights()  # the labeled rows are the centres
-    for t0, t1 in _chunks(k, progress, "k-means++"):
+    for t0, t1 in _chunks(k, progress, "k-means++", work=pool_work(pool)):
         if t0 == 0 and has_first:
             steps(pool, mind, picks, uniform, blocks, True, 0, 1)  # the distances to the first pick
             check_weights()

@@ -295,9 +295,23 @@ def kcenter(
     )
 
 
-def _chunks(budget: int, progress: bool, desc: str = "k-center"):
-    """Step ranges; small ones only when a progress bar needs updates."""
+# The CPU kernels run without the GIL, so Ctrl-C is only seen between calls: their steps run in
+# calls of at most about this many elements read (~0.1 s at this machine's bandwidth), not in one
+# call that could take minutes (n = 1M, d = 512, budget 10,000).
+_INTERRUPT_WORK = 1 << 30
+
+
+def pool_work(pool: tuple) -> int:
+    """Elements of a CPU pool (cpu_pool's tuple) that one step reads."""
+    return sum(int(a.size) for a in pool if a.ndim == 2)
+
+
+def _chunks(budget: int, progress: bool, desc: str = "k-center", work: int = 0):
+    """Step ranges: a hundredth of the budget for a progress bar, and no more than
+    ``_INTERRUPT_WORK`` elements per call for steps that each read ``work`` (0: one call)."""
     step = max(1, budget // 100) if progress else max(1, budget)
+    if work > 0:
+        step = min(step, max(1, _INTERRUPT_WORK // work))
     bar = tqdm(total=budget, disable=not progress, desc=desc, unit="pick")
     with bar:
         for t0 in range(0, budget, step):
@@ -325,7 +339,7 @@ def _kcenter_cpu(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune:
             getattr(_ext.cpu, f"kcenter_init_first_{kern}")(pool, first, mind, near, centres, picks, radius2)
     steps = getattr(_ext.cpu, f"kcenter_steps_{kern}")
     rows_read = 0
-    for t0, t1 in _chunks(budget, progress):
+    for t0, t1 in _chunks(budget, progress, work=pool_work(pool)):
         rows_read += steps(pool, mind, near, centres, lab.size, picks, radius2, prune, t0, t1)
     radius = np.sqrt(radius2)
     return _interop.wrap_host(picks, info), _interop.wrap_host(radius, info), r0, rows_read

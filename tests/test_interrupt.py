@@ -1,0 +1,80 @@
+"""Long CPU selections stay interruptible: the kernels run without the GIL, so their steps are
+split into calls of bounded work (ops._INTERRUPT_WORK) and Ctrl-C is seen between calls."""
+
+import signal
+import threading
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+import fastal
+from fastal import _ext, ops
+
+
+class _CountingKernel:
+    """Wraps a steps kernel: counts its calls and the steps they were given (t0, t1: its last
+    two arguments), before each call, so an interrupt raised as a call returns cannot hide it."""
+
+    def __init__(self, kernel, on_first_call=None):
+        self.kernel, self.on_first_call = kernel, on_first_call
+        self.calls = self.steps = 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        self.steps += args[-1] - args[-2]
+        if self.calls == 1 and self.on_first_call is not None:
+            self.on_first_call()
+        return self.kernel(*args)
+
+
+def _pool(n=3000, d=16):
+    return np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+
+
+@pytest.mark.parametrize("labeled", [None, np.arange(4)])
+def test_kcenter_steps_run_in_bounded_calls_with_the_same_picks(monkeypatch, labeled):
+    X = _pool()
+    whole = fastal.kcenter(X, 60, labeled=labeled, seed=1)
+    counter = _CountingKernel(_ext.cpu.kcenter_steps_float32)
+    monkeypatch.setattr(_ext.cpu, "kcenter_steps_float32", counter)
+    monkeypatch.setattr(ops, "_INTERRUPT_WORK", 7 * X.size)  # 7 steps per call
+    split = fastal.kcenter(X, 60, labeled=labeled, seed=1)
+    assert counter.calls == 9  # ceil(60 / 7)
+    assert counter.steps == 60
+    assert_array_equal(split.indices, whole.indices)
+    assert_array_equal(split.radius, whole.radius)
+    assert split.rows_read == whole.rows_read
+
+
+def test_kmeans_pp_steps_run_in_bounded_calls_with_the_same_picks(monkeypatch):
+    X = _pool()
+    whole = fastal.kmeans_pp(X, 40, seed=3)
+    counter = _CountingKernel(_ext.cpu.kmeanspp_steps_float32)
+    monkeypatch.setattr(_ext.cpu, "kmeanspp_steps_float32", counter)
+    monkeypatch.setattr(ops, "_INTERRUPT_WORK", 10 * X.size)
+    split = fastal.kmeans_pp(X, 40, seed=3)
+    assert counter.calls >= 4
+    assert_array_equal(split, whole)
+
+
+def test_ctrl_c_stops_a_long_kcenter_between_calls(monkeypatch):
+    """SIGINT from another thread as the first call starts (joined, so it is never left pending
+    outside this test): KeyboardInterrupt long before the budget is done."""
+    X = _pool(20_000, 32)
+    main = threading.main_thread().ident
+    if threading.get_ident() != main:
+        pytest.skip("signals reach the main thread only")
+
+    def interrupt_soon():
+        sender = threading.Thread(target=signal.pthread_kill, args=(main, signal.SIGINT))
+        sender.start()
+        sender.join()
+
+    counter = _CountingKernel(_ext.cpu.kcenter_steps_float32, on_first_call=interrupt_soon)
+    monkeypatch.setattr(_ext.cpu, "kcenter_steps_float32", counter)
+    monkeypatch.setattr(ops, "_INTERRUPT_WORK", X.size)  # one step per call
+    budget = 2000
+    with pytest.raises(KeyboardInterrupt):
+        fastal.kcenter(X, budget, seed=0)
+    assert counter.steps < budget
