@@ -78,3 +78,42 @@ def test_ctrl_c_stops_a_long_kcenter_between_calls(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         fastal.kcenter(X, budget, seed=0)
     assert counter.steps < budget
+
+
+class _CountingGroups:
+    """Wraps a Gram kernel: counts its calls and the groups (its 2-D int64 argument) given."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls, self.groups = kernel, 0, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        self.groups += next(
+            a for a in args if getattr(a, "ndim", 0) == 2 and a.dtype == np.int64
+        ).shape[0]
+        return self.kernel(*args)
+
+
+@pytest.mark.parametrize(
+    ("method", "return_all"), [("tridiagonal", False), ("tridiagonal", True), ("lowrank", False)]
+)
+def test_gram_groups_run_in_bounded_calls_with_the_same_values(monkeypatch, method, return_all):
+    from fastal import gram
+
+    rng = np.random.default_rng(5)
+    Z = rng.standard_normal((400, 24))
+    labeled = np.arange(10)
+    groups = 10 + rng.permutation(390)[:300].reshape(-1, 5)  # 60 groups of 5: |S| = 15 < D
+    whole = fastal.gram_min_eig(Z, labeled, groups, method=method, return_all=return_all)
+    name = "gram_min_eig_lowrank_float64" if method == "lowrank" else "gram_min_eig_float64"
+    counter = _CountingGroups(getattr(_ext.cpu, name))
+    monkeypatch.setattr(_ext.cpu, name, counter)
+    monkeypatch.setattr(gram, "_INTERRUPT_WORK", 1.0)  # as few groups per call as allowed
+    split = fastal.gram_min_eig(Z, labeled, groups, method=method, return_all=return_all)
+    assert counter.calls > 1
+    assert counter.groups == len(groups)
+    if return_all:
+        assert_array_equal(split[0], whole[0])
+        assert_array_equal(split[1], whole[1])
+    else:
+        assert_array_equal(split, whole)

@@ -52,7 +52,9 @@ def gram_min_eig(
     NTK of §3.1.
 
     Everything is computed in float64 whatever the dtype of ``Z`` (products of float32 values are
-    exact in float64), one matrix per thread (OpenMP), the GIL released. Memory: one
+    exact in float64), one matrix per thread (OpenMP), the GIL released; on the CPU the groups go
+    in calls of bounded work (about 2³¹ multiply-adds, and at least eight times the labeled part's
+    cost, which each call forms again) so that Ctrl-C is seen between them. Memory: one
     ``size x size`` float64 matrix per thread plus the shared part, ``size = min(|S|, D)``.
     CUDA input runs on its device (see Notes): same definition and threshold rule, results equal
     to the CPU ones to rounding.
@@ -197,16 +199,43 @@ def gram_min_eig(
     if method == "lowrank":
         lam, basis, s_side = _shared_eigenbasis(Zh, lab, G)
         kernel = getattr(_ext.cpu, f"gram_min_eig_lowrank_{info.dtype}")
-        out = kernel(Zh, grp, basis, lam, s_side, rtol)
+        parts = [kernel(Zh, g, basis, lam, s_side, rtol) for g in _group_chunks(grp, lab, D, True)]
     else:
-        out = getattr(_ext.cpu, f"gram_min_eig_{info.dtype}")(Zh, lab, grp, rtol, bool(return_all))
-    mins, spectra = out if return_all else (out, None)
+        kernel = getattr(_ext.cpu, f"gram_min_eig_{info.dtype}")
+        parts = [
+            kernel(Zh, lab, g, rtol, bool(return_all)) for g in _group_chunks(grp, lab, D, False)
+        ]
+    if return_all:
+        mins = np.concatenate([p[0] for p in parts])
+        spectra = np.concatenate([p[1] for p in parts])
+    else:
+        mins, spectra = np.concatenate(parts), None
     if scale != 1.0:
         mins = mins / (scale * scale)
         spectra = None if spectra is None else spectra / (scale * scale)
     if return_all:
         return _interop.wrap_host(mins, info), _interop.wrap_host(spectra, info)
     return _interop.wrap_host(mins, info)
+
+
+# The CPU kernels run without the GIL, so Ctrl-C is only seen between calls: the groups go in
+# calls of about this many multiply-adds (~0.1-0.5 s on the 2-core development machine), and at
+# least eight times the work a call repeats for the labeled part.
+_INTERRUPT_WORK = 2.0**31
+
+
+def _group_chunks(grp: np.ndarray, lab: np.ndarray, D: int, lowrank: bool):
+    """Row blocks of ``grp`` for one CPU call each, by _cheaper_method's work counts."""
+    m_lab, (n_groups, G) = lab.size, grp.shape
+    s_side = m_lab + G <= D
+    size, m = (m_lab + G, m_lab) if s_side else (D, D)
+    if lowrank:
+        per_group, shared = m * G * D + 12 * (1.5 * G * G * m + 4 * G**3), 0.0  # basis: host
+    else:
+        per_group, shared = (2 / 3) * size**3, float(m_lab) * m_lab * D if s_side else D * D * m_lab
+    step = max(1, int(max(_INTERRUPT_WORK, 8 * shared) // max(per_group, 1.0)))
+    for g0 in range(0, max(n_groups, 1), step):
+        yield grp[g0 : g0 + step]
 
 
 def _cheaper_method(m_lab: int, G: int, D: int, n_groups: int, return_all: bool) -> str:
