@@ -198,6 +198,18 @@ def assert_indices_like(idx, X, length: int) -> None:
         assert idx.device.id == X.device.id
 
 
+#: the CPU's default: k-center pruning steps aside for rows shorter than this many bytes
+DEFAULT_PRUNE_MIN_ROW_BYTES = fastal.ops._PRUNE_MIN_ROW_BYTES
+
+
+@pytest.fixture(autouse=True)
+def prune_rows_of_every_width(monkeypatch):
+    """Runs the pruned k-center kernel at every row width. By default the CPU reads rows under
+    DEFAULT_PRUNE_MIN_ROW_BYTES unpruned, which would leave most small test pools unpruned and the
+    pruned kernel untested on them; test_kcenter restores the default where it checks that rule."""
+    monkeypatch.setattr(fastal.ops, "_PRUNE_MIN_ROW_BYTES", 0)
+
+
 #: assert_allclose tolerances for distances computed from storage of each dtype, compared with the
 #: float64 reference on the *stored* values: the kernels accumulate float64 input in float64 and
 #: everything else in float32, so only the accumulation rounds (relative error ~ d * eps).

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import (
     CPU_BACKENDS,
+    DEFAULT_PRUNE_MIN_ROW_BYTES,
     DTYPES,
     RTOL,
     assert_indices_like,
@@ -219,6 +220,21 @@ def test_integer_data_exact_in_every_dtype(n, d, n_labeled, backend, dtype, prun
 # pruning
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("prune", [True, False])
+def test_16bit_pools_out_of_cache_exact(dtype, prune):
+    """16-bit pools of 8 MiB or more take the prefetching loops (cpu/rows.h); small-integer data
+    keeps every dtype exact, so the picks must equal the float64 reference's."""
+    n, d = 70_000, 64  # 8.5 MiB of float16
+    X = small_integers(n, d, seed=11)
+    X[n // 2 :] = X[: n - n // 2]  # duplicates: ties that only the lowest-index rule resolves
+    labeled = np.arange(0, n, 9_000)
+    ref_picks, ref_radius = reference(X, 25, labeled, 0)
+    picks, radius = run(to_backend(X, "torch-cpu", dtype), 25, labeled=labeled, seed=0, prune=prune)
+    assert_array_equal(picks, ref_picks)
+    assert_allclose(radius, ref_radius, rtol=RTOL[dtype])
+
+
 @pytest.mark.parametrize(("backend", "dtype"), CPU_PARAMS)
 @pytest.mark.parametrize("n_labeled", [0, 5])
 def test_pruned_picks_identical_to_unpruned(backend, dtype, n_labeled):
@@ -275,6 +291,27 @@ def test_pruning_steps_aside_when_the_centres_are_many(dtype):
     mid_full = fastal.kcenter(X, 400, labeled=np.arange(300), seed=0, prune=False)
     assert_array_equal(mid.indices, mid_full.indices)
     assert mid.rows_read != mid_full.rows_read
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pruning_steps_aside_for_short_rows_on_the_cpu(dtype, monkeypatch):
+    """By default the CPU prunes only rows of at least DEFAULT_PRUNE_MIN_ROW_BYTES: shorter rows
+    cost less to read than the test that skips them. They are read as unpruned ones are, with the
+    same picks, and the diagnostics say so; a row of exactly that many bytes prunes."""
+    monkeypatch.setattr(fastal.ops, "_PRUNE_MIN_ROW_BYTES", DEFAULT_PRUNE_MIN_ROW_BYTES)
+    itemsize = 8 if dtype == "float64" else 4 if dtype == "float32" else 2
+    wide = DEFAULT_PRUNE_MIN_ROW_BYTES // itemsize
+    for d, prunes in ((wide - 1, False), (wide, True)):
+        X = to_backend(mixture(3000, d, 30, seed=7), "torch-cpu", dtype)
+        res = fastal.kcenter(X, 100, seed=0)
+        full = fastal.kcenter(X, 100, seed=0, prune=False)
+        assert_array_equal(to_numpy(res.indices), to_numpy(full.indices))
+        assert res.diagnostics["pruned"] is prunes
+        assert full.diagnostics["pruned"] is False
+        if prunes:
+            assert res.rows_read < res.rows_unpruned
+        else:
+            assert res.rows_read == full.rows_read == res.rows_unpruned
 
 
 def test_pruned_matches_unpruned_with_progress_chunks(capsys):

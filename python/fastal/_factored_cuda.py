@@ -152,7 +152,7 @@ def kcenter_cuda_factored(
     r0 = _interop.key_radius(cuda, int(host_keys[0])) if lab.size else float("inf")
     rows_read = int(_interop.host_numpy(counter)[0]) + centre_reads
     del rows
-    return from_torch(picks, emb.info), from_torch(radius, emb.info), r0, rows_read
+    return from_torch(picks, emb.info), from_torch(radius, emb.info), r0, rows_read, prune
 
 
 def min_distance_cuda_factored(

@@ -215,7 +215,8 @@ def kcenter_greedy(
         Draws the first centre when there is no labeled point (uniform over the pool).
     prune : bool, default True
         Exact triangle-inequality pruning: a row whose nearest centre ``a`` has
-        ``d(c_new, a) >= 2 mind`` is not read. The picks are identical either way.
+        ``d(c_new, a) >= 2 mind`` is not read. The picks are identical either way. On the CPU,
+        rows shorter than 256 bytes are read unpruned: they cost less than the test.
     progress : bool, default False
         Show a tqdm progress bar over the picks.
     return_radius : bool, default False
@@ -265,7 +266,9 @@ def kcenter(
     else:
         run = _kcenter_cuda
     with _interop.device_scope(info, "X"):
-        indices, radius, r0, rows_read = run(X, info, lab, budget, first, bool(prune), progress)
+        indices, radius, r0, rows_read, pruned = run(
+            X, info, lab, budget, first, bool(prune), progress
+        )
     seconds = time.perf_counter() - start
     # finite input with at least one centre has finite distances, unless float32 overflowed
     overflow = (lab.size > 0 and np.isinf(r0)) or (budget > 0 and not np.isfinite(float(radius.max())))
@@ -289,7 +292,7 @@ def kcenter(
             "rows_read": int(rows_read),
             "rows_unpruned": rows_unpruned,
             "rows_read_fraction": rows_read / rows_unpruned if rows_unpruned else 0.0,
-            "pruned": bool(prune),
+            "pruned": pruned,  # False where pruning stepped aside for short rows
             "seconds": seconds,
         },
     )
@@ -320,8 +323,20 @@ def _chunks(budget: int, progress: bool, desc: str = "k-center", work: int = 0):
             bar.update(t1 - t0)
 
 
+# Pruning's test reads a row's nearest centre and its mind (12-16 bytes), and the rows it leaves
+# break the sequential stream; on the 2-core development VM it paid only for rows of 256 bytes or
+# more (benchmarks/RESULTS.md). Shorter rows are read, as unpruned, with the same picks.
+_PRUNE_MIN_ROW_BYTES = 256
+
+
+def cpu_row_bytes(pool: tuple) -> int:
+    """Bytes of one row of a CPU pool (cpu_pool's tuple) that a distance reads."""
+    return sum(a.shape[1] * a.itemsize for a in pool if a.ndim == 2)
+
+
 def _kcenter_cpu(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune: bool, progress: bool):
     pool = cpu_pool(X, info)
+    prune = prune and cpu_row_bytes(pool) >= _PRUNE_MIN_ROW_BYTES
     n, acc, kern = info.shape[0], _ACC[info.dtype], info.dtype
     mind = np.empty(n, dtype=acc)
     near = np.empty(n, dtype=np.int64)
@@ -342,7 +357,7 @@ def _kcenter_cpu(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune:
     for t0, t1 in _chunks(budget, progress, work=pool_work(pool)):
         rows_read += steps(pool, mind, near, centres, lab.size, picks, radius2, prune, t0, t1)
     radius = np.sqrt(radius2)
-    return _interop.wrap_host(picks, info), _interop.wrap_host(radius, info), r0, rows_read
+    return _interop.wrap_host(picks, info), _interop.wrap_host(radius, info), r0, rows_read, prune
 
 
 def _kcenter_cuda(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune: bool, progress: bool):
@@ -382,4 +397,4 @@ def _kcenter_cuda(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune
     r0 = _interop.key_radius(cuda, int(host_keys[0])) if lab.size else float("inf")
     rows_read = int(_interop.host_numpy(counter)[0]) + centre_reads
     del keep, rows
-    return picks, radius, r0, rows_read
+    return picks, radius, r0, rows_read, prune
