@@ -1,8 +1,10 @@
 """min_distance(X, Y): distances and arg-min against the float64 reference, every backend/dtype.
 
-The CPU kernel keeps 16 rows of X hot while tiles of Y (256 KiB in the accumulation type, i.e.
+The CPU kernel keeps rows of X hot while tiles of Y (256 KiB in the accumulation type, i.e.
 65536 // d rows for float32, 32768 // d for float64) stream by, and goes parallel above
-n * m * d = 2**15: the shapes below straddle all of these boundaries.
+n * m * d = 2**15. With AVX-512 and m >= 8 it works in register blocks of 6 rows x 4 centres,
+96 rows per task, whole vectors of 16 (float64: 8) lanes then a masked tail; otherwise in blocks
+of 16 rows, one pair at a time. The shapes below straddle all of these boundaries.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ SHAPES = [  # (n, m, d)
     (48, 5, 33),
     (100, 100, 64),
     (200, 50, 300),
+    (6, 10, 16),  # one register block of rows; centres 8 + 2
+    (7, 12, 15),
+    (95, 8, 9),  # the fewest centres that take register blocks
+    (96, 11, 17),  # one task of rows exactly
+    (97, 7, 31),  # one centre too few for register blocks
+    (101, 9, 8),
 ]
 
 

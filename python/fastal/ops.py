@@ -71,7 +71,10 @@ def cpu_pool(X: Any, info: ArrayInfo, name: str = "X") -> tuple:
 def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
     """Distance from every row of ``X`` to its nearest row of ``Y``, and that row's index.
 
-    Computed in tiles: no ``(n, m)`` matrix is ever held in memory.
+    Computed in tiles: no ``(n, m)`` matrix is ever held in memory. The distances are sums of
+    squared differences, not ``|x|² + |y|² - 2 x·y``, so near-ties resolve exactly (to the
+    lowest index); on a CPU with AVX-512 dense inputs with ``m >= 8`` run in register blocks of
+    6 rows x 4 centres.
 
     Parameters
     ----------
