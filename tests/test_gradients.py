@@ -309,6 +309,24 @@ def test_factored_min_distance_integer_factors_every_dtype(backend, dtype):
     assert (np.sort(d2, axis=1)[:, 1] == d2.min(axis=1)).sum() > 10
 
 
+@pytest.mark.parametrize(("backend", "dtype"), CPU_PARAMS)
+@pytest.mark.parametrize(
+    ("n", "m", "C", "dh"),
+    # the CPU's register blocks (6 rows x 4 centres, m >= 8) zero-pad A and H to whole vectors of
+    # 16 (float64: 8) lanes: widths around those, rows and centres not multiples of the block;
+    # m = 7 takes the one-pair loop
+    [(101, 9, 17, 33), (97, 30, 10, 64), (50, 7, 3, 130), (13, 8, 8, 8)],
+)
+def test_factored_min_distance_blocks_exact(n, m, C, dh, backend, dtype):
+    emb = integer_embedding(n + m, C, dh, seed=n + C, backend=backend, dtype=dtype)
+    X = emb.subset(indices_to_backend(np.arange(n), backend))
+    Y = emb.subset(indices_to_backend(np.arange(n, n + m), backend))
+    dist, index = fastal.min_distance(X, Y)
+    ref_dist, ref_index = min_distance_ref(_exact_dense(X), _exact_dense(Y))
+    assert_array_equal(to_numpy(index), ref_index)
+    assert_allclose(upcast(dist), ref_dist, rtol=SQRT_RTOL[dtype], atol=0)
+
+
 def test_factored_min_distance_rejects_mixed_inputs():
     emb = factored_pool(20, 3, 4, seed=5, dtype="float64")
     other = factored_pool(20, 4, 4, seed=5, dtype="float64")  # C = 4, same dh

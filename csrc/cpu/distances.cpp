@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -27,10 +28,11 @@ inline void offer(A dd, int64_t j, A& best, int64_t& arg) {
 }
 
 #ifdef FASTAL_AVX512
-// Register blocks of the dense kernel: kBlockRows rows x kBlockCentres centres, one accumulator
-// each (24 of the 32 AVX-512 registers). Every row vector loaded serves 4 centres and every centre
-// vector 6 rows: one Zen 5 core ran ~76 G squared differences per second at d = 512 (float32),
-// against ~20 for one row-centre pair at a time, which loads both vectors for each product.
+// Register blocks of the min-distance kernel: kBlockRows rows x kBlockCentres centres, one
+// accumulator each (24 of the 32 AVX-512 registers). Every row vector loaded serves 4 centres and
+// every centre vector 6 rows: one Zen 5 core ran ~76 G squared differences per second at d = 512
+// (float32), against ~20 for one row-centre pair at a time, which loads both vectors for each
+// product.
 constexpr int kBlockRows = 6, kBlockCentres = 4;  // Wide::sum4 reduces 4 centres
 constexpr int64_t kTaskRows = 16 * kBlockRows;  // rows per OpenMP task, widened once
 constexpr int64_t kMinBlockedCentres = 8;
@@ -43,6 +45,7 @@ template <> struct Wide<float> {
   static V zero() { return _mm512_setzero_ps(); }
   static V load(const float* p, Mask in) { return _mm512_maskz_loadu_ps(in, p); }
   static V loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static V fma(V x, V c, V acc) { return _mm512_fmadd_ps(x, c, acc); }
   static V sq_add(V x, V c, V acc) {
     const V t = _mm512_sub_ps(x, c);
     return _mm512_fmadd_ps(t, t, acc);
@@ -68,6 +71,7 @@ template <> struct Wide<double> {
   static V zero() { return _mm512_setzero_pd(); }
   static V load(const double* p, Mask in) { return _mm512_maskz_loadu_pd(in, p); }
   static V loadu(const double* p) { return _mm512_loadu_pd(p); }
+  static V fma(V x, V c, V acc) { return _mm512_fmadd_pd(x, c, acc); }
   static V sq_add(V x, V c, V acc) {
     const V t = _mm512_sub_pd(x, c);
     return _mm512_fmadd_pd(t, t, acc);
@@ -85,62 +89,143 @@ template <> struct Wide<double> {
   }
 };
 
-// out[r][c] = sum_k (x[r][k] - c[c][k])^2 over k < d; lanes past d load as 0 on both sides.
-template <typename A>
-void sqdist_block(const A* const (&x)[kBlockRows], const A* const (&c)[kBlockCentres], int64_t d,
-                  A (&out)[kBlockRows][kBlockCentres]) {
+// out[r][q] = sum_k (x[r][k] - c[q][k])^2 (SQ) or sum_k x[r][k] c[q][k] over off <= k < off + len;
+// lanes past the end load as 0 on both sides.
+template <bool SQ, typename A>
+void reduce_block(const A* const (&x)[kBlockRows], const A* const (&c)[kBlockCentres], int64_t off,
+                  int64_t len, A (&out)[kBlockRows][kBlockCentres]) {
   using W = Wide<A>;
-  typename W::V acc[kBlockRows][kBlockCentres];
+  using V = typename W::V;
+  auto term = [](V xv, V cv, V acc) { return SQ ? W::sq_add(xv, cv, acc) : W::fma(xv, cv, acc); };
+  V acc[kBlockRows][kBlockCentres];
   for (auto& row : acc)
     for (auto& a : row) a = W::zero();
   // whole vectors without masks: with a mask in this loop GCC kept the accumulators in memory
   // too, which halved the speed
-  const int64_t full = d / W::n * W::n;
-  for (int64_t k = 0; k < full; k += W::n) {
-    typename W::V xv[kBlockRows];
+  const int64_t full = off + len / W::n * W::n, end = off + len;
+  for (int64_t k = off; k < full; k += W::n) {
+    V xv[kBlockRows];
     for (int r = 0; r < kBlockRows; ++r) xv[r] = W::loadu(x[r] + k);
     for (int q = 0; q < kBlockCentres; ++q) {
-      const typename W::V cv = W::loadu(c[q] + k);
-      for (int r = 0; r < kBlockRows; ++r) acc[r][q] = W::sq_add(xv[r], cv, acc[r][q]);
+      const V cv = W::loadu(c[q] + k);
+      for (int r = 0; r < kBlockRows; ++r) acc[r][q] = term(xv[r], cv, acc[r][q]);
     }
   }
-  if (full < d) {  // lanes past d load as 0 on both sides
-    const auto in = static_cast<typename W::Mask>((1u << (d - full)) - 1u);
-    typename W::V xv[kBlockRows];
+  if (full < end) {
+    const auto in = static_cast<typename W::Mask>((1u << (end - full)) - 1u);
+    V xv[kBlockRows];
     for (int r = 0; r < kBlockRows; ++r) xv[r] = W::load(x[r] + full, in);
     for (int q = 0; q < kBlockCentres; ++q) {
-      const typename W::V cv = W::load(c[q] + full, in);
-      for (int r = 0; r < kBlockRows; ++r) acc[r][q] = W::sq_add(xv[r], cv, acc[r][q]);
+      const V cv = W::load(c[q] + full, in);
+      for (int r = 0; r < kBlockRows; ++r) acc[r][q] = term(xv[r], cv, acc[r][q]);
     }
   }
   for (int r = 0; r < kBlockRows; ++r) W::sum4(acc[r], out[r]);
 }
 
-// min_sqdist_to_centres for dense rows, in register blocks. The block's rows are widened once
-// into the centres' layout (prepare_centre; float32 and float64 rows are read in place), so the
-// inner loop is loads, subtractions and FMAs only. A different summation order from sqdist, with
-// the same error bound.
+// Where the blocked kernel keeps a task's rows and the centres: the prepared values (prepare_centre
+// layout), at a fixed stride. Dense rows use the centres' own layout and stride d; factored rows
+// start A_i and H_i each on a 64-byte boundary, zero-padded to whole vectors, then |g_i|^2: at the
+// prepared stride C + dh + 1 most vector loads straddled two cache lines, which cost ~2x.
+template <typename A>
+constexpr int64_t padded(int64_t len) {
+  return (len + Wide<A>::n - 1) / Wide<A>::n * Wide<A>::n;
+}
 template <typename T>
-void min_sqdist_blocked(const DenseRows<T>& rows, const Acc<T>* centres, int64_t m,
-                        Acc<T>* out_dist2, int64_t* out_index) {
+int64_t block_stride(const DenseRows<T>& rows) { return rows.d; }
+template <typename T>
+int64_t block_stride(const FactoredRows<T>& rows) {
   using A = Acc<T>;
-  const int64_t n = rows.n, d = rows.d;
-  const int64_t tile = std::max<int64_t>(kBlockCentres, kTileBytes / (d * int64_t(sizeof(A))));
-  const int64_t n_blocks = (n + kTaskRows - 1) / kTaskRows;
-  constexpr bool in_place = std::is_same_v<T, A>;
+  return padded<A>(rows.C) + padded<A>(rows.dh) + Wide<A>::n;
+}
+// Row i in the block layout (out: block_stride values, zeroed beyond the data).
+template <typename T>
+void block_row(const DenseRows<T>& rows, int64_t i, Acc<T>* out) { rows.prepare(i, out); }
+template <typename T>
+void block_row(const FactoredRows<T>& rows, int64_t i, Acc<T>* out) {
+  const int64_t ca = padded<Acc<T>>(rows.C), ch = padded<Acc<T>>(rows.dh);
+  std::fill(out, out + block_stride(rows), Acc<T>(0));
+  prepare_centre(rows.Am + i * rows.C, out, rows.C);
+  prepare_centre(rows.H + i * rows.dh, out + ca, rows.dh);
+  out[ca + ch] = rows.sqnorm[i];
+}
+// A centre (rows.prepare's layout) in the block layout.
+template <typename T>
+void block_centre(const FactoredRows<T>& rows, const Acc<T>* prepared, Acc<T>* out) {
+  const int64_t ca = padded<Acc<T>>(rows.C), ch = padded<Acc<T>>(rows.dh);
+  std::fill(out, out + block_stride(rows), Acc<T>(0));
+  std::copy(prepared, prepared + rows.C, out);
+  std::copy(prepared + rows.C, prepared + rows.C + rows.dh, out + ca);
+  out[ca + ch] = prepared[rows.C + rows.dh];
+}
 
-#pragma omp parallel if (n * m * d > kSerialWork)
+// A block's squared distances: x[r] and c[q] in the block layout.
+template <typename T>
+void block_dist2(const DenseRows<T>& rows, const Acc<T>* const (&x)[kBlockRows],
+                 const Acc<T>* const (&c)[kBlockCentres],
+                 Acc<T> (&out)[kBlockRows][kBlockCentres]) {
+  reduce_block<true>(x, c, 0, rows.d, out);
+}
+// Factored rows: FactoredRows::dist2's |g_i|^2 + |g_c|^2 - 2 (a_i . a_c)(h_i . h_c), clamped at 0,
+// with the two dot products in blocks (the zero padding adds nothing).
+template <typename T>
+void block_dist2(const FactoredRows<T>& rows, const Acc<T>* const (&x)[kBlockRows],
+                 const Acc<T>* const (&c)[kBlockCentres],
+                 Acc<T> (&out)[kBlockRows][kBlockCentres]) {
+  using A = Acc<T>;
+  const int64_t ca = padded<A>(rows.C), ch = padded<A>(rows.dh);
+  A da[kBlockRows][kBlockCentres], dh[kBlockRows][kBlockCentres];
+  reduce_block<false>(x, c, 0, ca, da);
+  reduce_block<false>(x, c, ca, ch, dh);
+  for (int r = 0; r < kBlockRows; ++r)
+    for (int q = 0; q < kBlockCentres; ++q) {
+      const A v = x[r][ca + ch] + c[q][ca + ch] - 2 * da[r][q] * dh[r][q];
+      out[r][q] = v > 0 ? v : A(0);
+    }
+}
+
+// 64-byte aligned scratch of `count` values (vector's own storage is only 16-byte aligned).
+template <typename A>
+struct AlignedBuffer {
+  std::vector<A> storage;
+  A* data = nullptr;
+  explicit AlignedBuffer(int64_t count) : storage(static_cast<size_t>(count + 64 / sizeof(A))) {
+    void* p = storage.data();
+    size_t space = storage.size() * sizeof(A);
+    data = static_cast<A*>(std::align(64, count * sizeof(A), p, space));
+  }
+};
+
+// min_sqdist_to_centres in register blocks. Each task's rows are widened once into the block
+// layout (dense float32 / float64 rows are read in place), so the inner loop is loads and FMAs
+// only. A different summation order from dist2, with the same error bound (the pruning margins of
+// cpu/rows.h hold for either).
+template <typename Rows>
+void min_sqdist_blocked(const Rows& rows, const AccOfRows<Rows>* centres, int64_t m,
+                        AccOfRows<Rows>* out_dist2, int64_t* out_index) {
+  using A = AccOfRows<Rows>;
+  constexpr bool dense = std::is_same_v<Rows, DenseRows<typename Rows::Storage>>;
+  constexpr bool in_place = std::is_same_v<Rows, DenseRows<A>>;
+  const int64_t n = rows.n, cs = rows.centre_size(), stride = block_stride(rows);
+  const int64_t tile = std::max<int64_t>(kBlockCentres, kTileBytes / (stride * int64_t(sizeof(A))));
+  const int64_t n_blocks = (n + kTaskRows - 1) / kTaskRows;
+  AlignedBuffer<A> relaid(dense ? 0 : m * stride);  // the centres in the block layout
+  if constexpr (!dense)
+    for (int64_t j = 0; j < m; ++j) block_centre(rows, centres + j * cs, relaid.data + j * stride);
+  const A* cents = dense ? centres : relaid.data;
+
+#pragma omp parallel if (n * m * rows.row_work() > kSerialWork)
   {
-    std::vector<A> widened(in_place ? 0 : static_cast<size_t>(kTaskRows * d));
+    AlignedBuffer<A> widened(in_place ? 0 : kTaskRows * stride);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t i0 = b * kTaskRows, i1 = std::min(n, i0 + kTaskRows);
-      const A* xs = nullptr;  // rows i0..i1 in the centres' layout
+      const A* xs = nullptr;  // rows i0..i1 in the block layout
       if constexpr (in_place) {
-        xs = rows.X + i0 * d;
+        xs = rows.X + i0 * stride;
       } else {
-        for (int64_t i = i0; i < i1; ++i) prepare_centre(rows.X + i * d, &widened[(i - i0) * d], d);
-        xs = widened.data();
+        for (int64_t i = i0; i < i1; ++i) block_row(rows, i, widened.data + (i - i0) * stride);
+        xs = widened.data;
       }
       A best[kTaskRows];
       int64_t arg[kTaskRows];
@@ -151,14 +236,15 @@ void min_sqdist_blocked(const DenseRows<T>& rows, const Acc<T>* centres, int64_t
         for (int64_t r0 = 0; r0 < i1 - i0; r0 += kBlockRows) {
           const int64_t nr = std::min<int64_t>(kBlockRows, i1 - i0 - r0);
           const A* x[kBlockRows];  // past the last row: repeat it, its results unused
-          for (int r = 0; r < kBlockRows; ++r) x[r] = xs + (r0 + std::min<int64_t>(r, nr - 1)) * d;
+          for (int r = 0; r < kBlockRows; ++r)
+            x[r] = xs + (r0 + std::min<int64_t>(r, nr - 1)) * stride;
           for (int64_t j = j0; j < j1; j += kBlockCentres) {
             const int64_t nc = std::min<int64_t>(kBlockCentres, j1 - j);
             const A* c[kBlockCentres];
             for (int q = 0; q < kBlockCentres; ++q)
-              c[q] = centres + (j + std::min<int64_t>(q, nc - 1)) * d;
+              c[q] = cents + (j + std::min<int64_t>(q, nc - 1)) * stride;
             A out[kBlockRows][kBlockCentres];
-            sqdist_block(x, c, d, out);
+            block_dist2(rows, x, c, out);
             for (int64_t r = 0; r < nr; ++r)
               for (int64_t q = 0; q < nc; ++q) offer(out[r][q], j + q, best[r0 + r], arg[r0 + r]);
           }
@@ -188,9 +274,7 @@ void min_sqdist_to_centres(const Rows& rows, const AccOfRows<Rows>* centres, int
   using A = AccOfRows<Rows>;
 #ifdef FASTAL_AVX512
   // blocks pay once a row meets several centres; one labeled point keeps the streaming loop
-  if constexpr (std::is_same_v<Rows, DenseRows<typename Rows::Storage>>) {
-    if (m >= kMinBlockedCentres) return min_sqdist_blocked(rows, centres, m, out_dist2, out_index);
-  }
+  if (m >= kMinBlockedCentres) return min_sqdist_blocked(rows, centres, m, out_dist2, out_index);
 #endif
   const int64_t n = rows.n, cs = rows.centre_size();
   const int64_t tile = std::max<int64_t>(1, kTileBytes / (cs * int64_t(sizeof(A))));

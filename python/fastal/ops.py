@@ -73,8 +73,8 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
 
     Computed in tiles: no ``(n, m)`` matrix is ever held in memory. The distances are sums of
     squared differences, not ``|x|² + |y|² - 2 x·y``, so near-ties resolve exactly (to the
-    lowest index); on a CPU with AVX-512 dense inputs with ``m >= 8`` run in register blocks of
-    6 rows x 4 centres.
+    lowest index); on a CPU with AVX-512, ``m >= 8`` runs in register blocks of 6 rows x 4
+    centres (a :class:`~fastal.GradientEmbedding` too, with its two dot products in blocks).
 
     Parameters
     ----------
