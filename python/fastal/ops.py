@@ -71,10 +71,12 @@ def cpu_pool(X: Any, info: ArrayInfo, name: str = "X") -> tuple:
 def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
     """Distance from every row of ``X`` to its nearest row of ``Y``, and that row's index.
 
-    Computed in tiles: no ``(n, m)`` matrix is ever held in memory. The distances are sums of
-    squared differences, not ``|x|² + |y|² - 2 x·y``, so near-ties resolve exactly (to the
-    lowest index); on a CPU with AVX-512, ``m >= 8`` runs in register blocks of 6 rows x 4
-    centres (a :class:`~fastal.GradientEmbedding` too, with its two dot products in blocks).
+    Computed in tiles: no ``(n, m)`` matrix is ever held in memory. For dense arrays the
+    distances are sums of squared differences, not ``|x|² + |y|² - 2 x·y``, so they carry no
+    cancellation error and near-ties go to the lowest index (a
+    :class:`~fastal.GradientEmbedding`'s are ``|g_i|² + |g_j|² - 2 (a_i·a_j)(h_i·h_j)``). On a
+    CPU with AVX-512, ``m >= 8`` runs in register blocks of 6 rows x 4 centres (a gradient
+    embedding's two dot products too).
 
     Parameters
     ----------
