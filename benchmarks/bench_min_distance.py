@@ -5,7 +5,7 @@ Pools are the conftest's Gaussian pools (N(0, I), float32); ``Y`` is ``m`` rows 
 N(0, 1.5² I) drawn apart from the pool. Implementations, timed in the same run (groups
 ``min_distance/n=../m=../d=..``):
 
-``fastal``       ``fastal.min_distance(X, Y)``: exact (sum of squared differences), float32.
+``fastal``       ``fastal.min_distance(X, Y)``: sums of squared differences, float32.
 ``fastal_f16``   the same on float16 storage of the same values (float32 accumulation).
 ``torch_cdist``  ``torch.cdist(X[s], Y).min(1)`` over chunks of 8192 rows (its matrix-product
                  path: not exact near ties).
