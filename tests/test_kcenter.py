@@ -220,11 +220,12 @@ def test_integer_data_exact_in_every_dtype(n, d, n_labeled, backend, dtype, prun
 # pruning
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 @pytest.mark.parametrize("prune", [True, False])
-def test_16bit_pools_out_of_cache_exact(dtype, prune):
-    """16-bit pools of 8 MiB or more take the prefetching loops (cpu/rows.h); small-integer data
-    keeps every dtype exact, so the picks must equal the float64 reference's."""
+def test_pools_out_of_cache_exact(dtype, prune):
+    """Pools of 8 MiB or more take the prefetching loops (cpu/rows.h: 16-bit rows in every step,
+    every dtype in pruned steps); small-integer data keeps every dtype exact, so the picks must
+    equal the float64 reference's."""
     n, d = 70_000, 64  # 8.5 MiB of float16
     X = small_integers(n, d, seed=11)
     X[n // 2 :] = X[: n - n // 2]  # duplicates: ties that only the lowest-index rule resolves

@@ -86,6 +86,7 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
   const int64_t chunk = std::clamp<int64_t>(n / (8 * omp_get_max_threads()),
                                             std::min<int64_t>(4096, 16384 / work + 1), 4096);
   const int64_t n_chunks = (n + chunk - 1) / chunk, ahead = prefetch_rows_ahead(rows);
+  const int64_t ahead_pruned = pruned_prefetch_rows_ahead(rows);
   const auto pruner = rows.pruner();
   std::vector<A> centre(static_cast<size_t>(rows.centre_size()));
   std::vector<A> centre_dist2, centre_weight;  // per earlier centre, for the pruning test
@@ -136,9 +137,9 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
       std::fill(dd, dd + (i1 - i0), std::numeric_limits<A>::infinity());
       for (int64_t w = 0; w * 64 < i1 - i0; ++w) {
         for (uint64_t bits = words[w]; bits != 0; bits &= bits - 1) {
-          const int64_t r = w * 64 + __builtin_ctzll(bits), ra = r + ahead;
+          const int64_t r = w * 64 + __builtin_ctzll(bits), ra = r + ahead_pruned;
           // prefetch row ra if this chunk reads it
-          if (ahead > 0 && i0 + ra < i1 && ((words[ra / 64] >> (ra % 64)) & 1))
+          if (ahead_pruned > 0 && i0 + ra < i1 && ((words[ra / 64] >> (ra % 64)) & 1))
             rows.prefetch_row(i0 + ra);
           dd[r] = rows.dist2(i0 + r, centre.data());
         }
