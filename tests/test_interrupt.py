@@ -1,5 +1,6 @@
 """Long CPU selections stay interruptible: the kernels run without the GIL, so their steps are
-split into calls of bounded work (ops._INTERRUPT_WORK) and Ctrl-C is seen between calls."""
+split into calls of bounded work (ops._INTERRUPT_WORK; ops._INTERRUPT_PAIRS for min-distance) and
+Ctrl-C is seen between calls."""
 
 import signal
 import threading
@@ -44,6 +45,56 @@ def test_kcenter_steps_run_in_bounded_calls_with_the_same_picks(monkeypatch, lab
     assert counter.steps == 60
     assert_array_equal(split.indices, whole.indices)
     assert_array_equal(split.radius, whole.radius)
+    assert split.rows_read == whole.rows_read
+
+
+class _CountingCalls:
+    """Wraps a kernel: counts its calls and the rows of X (its first argument's first array)."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls, self.rows = kernel, 0, []
+
+    def __call__(self, pool, *args):
+        self.calls += 1
+        self.rows.append(pool[0].shape[0])
+        return self.kernel(pool, *args)
+
+
+@pytest.mark.parametrize("factored", [False, True])
+def test_min_distance_runs_in_bounded_calls_with_the_same_result(monkeypatch, factored):
+    X = _pool(5000, 24)
+    Y = X[::97] * 1.5
+    if factored:
+        X = fastal.GradientEmbedding(X[:, :4], X[:, 4:])
+        Y = fastal.GradientEmbedding(Y[:, :4], Y[:, 4:])
+    dtype = "float32"
+    whole = fastal.min_distance(X, Y)
+    counter = _CountingCalls(getattr(_ext.cpu, f"min_sqdist_to_set_{dtype}"))
+    monkeypatch.setattr(_ext.cpu, f"min_sqdist_to_set_{dtype}", counter)
+    monkeypatch.setattr(ops, "_INTERRUPT_PAIRS", 1)  # the floor: 1024 rows per call
+    split = fastal.min_distance(X, Y)
+    assert counter.rows == [1024] * 4 + [904]
+    assert_array_equal(split[0], whole[0])
+    assert_array_equal(split[1], whole[1])
+
+
+@pytest.mark.parametrize("factored", [False, True])
+def test_kcenter_start_from_a_labeled_set_runs_in_bounded_calls(monkeypatch, factored):
+    """The distances to the labeled set come from the same bounded min-distance calls; the
+    picks, radii, initial radius and rows read do not change."""
+    X = _pool(5000, 24)
+    if factored:
+        X = fastal.GradientEmbedding(X[:, :4], X[:, 4:])
+    labeled = np.arange(0, 5000, 50)
+    whole = fastal.kcenter(X, 30, labeled=labeled)
+    counter = _CountingCalls(_ext.cpu.min_sqdist_to_set_float32)
+    monkeypatch.setattr(_ext.cpu, "min_sqdist_to_set_float32", counter)
+    monkeypatch.setattr(ops, "_INTERRUPT_PAIRS", 1)
+    split = fastal.kcenter(X, 30, labeled=labeled)
+    assert counter.calls == 5
+    assert_array_equal(split.indices, whole.indices)
+    assert_array_equal(split.radius, whole.radius)
+    assert split.initial_radius == whole.initial_radius
     assert split.rows_read == whole.rows_read
 
 

@@ -176,20 +176,6 @@ void register_dtype(py::module_& m, const std::string& tag) {
         },
         py::arg("X").noconvert(), py::arg("labels").noconvert(), py::arg("k"));
 
-  m.def(("kcenter_init_labeled_" + tag).c_str(),
-        [](const py::tuple& pool, Buf<A>& mind, Buf<int64_t>& near, Buf<int64_t>& centres,
-           int64_t n_labeled, Buf<int64_t>& picks, Buf<A>& radius2) {
-          return with_rows<T>(pool, [&](auto rows) {
-            auto s = make_state(rows, mind, near, centres, n_labeled, picks, radius2, false);
-            FASTAL_REQUIRE(n_labeled >= 1, "n_labeled must be >= 1");
-            py::gil_scoped_release nogil;
-            return kcenter_init_labeled(s);
-          });
-        },
-        py::arg("pool"), py::arg("mind").noconvert(), py::arg("near").noconvert(),
-        py::arg("centres").noconvert(), py::arg("n_labeled"), py::arg("picks").noconvert(),
-        py::arg("radius2").noconvert());
-
   m.def(("kcenter_init_first_" + tag).c_str(),
         [](const py::tuple& pool, int64_t first, Buf<A>& mind, Buf<int64_t>& near,
            Buf<int64_t>& centres, Buf<int64_t>& picks, Buf<A>& radius2) {

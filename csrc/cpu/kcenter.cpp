@@ -57,19 +57,6 @@ void finish_step(KCenterState<Rows>& s, int64_t t, const Farthest<AccOfRows<Rows
 }  // namespace
 
 template <typename Rows>
-AccOfRows<Rows> kcenter_init_labeled(KCenterState<Rows>& s) {
-  using A = AccOfRows<Rows>;
-  const auto centres = prepare_centres(s.rows, s.centres, s.n_labeled);
-  min_sqdist_to_centres(s.rows, centres.data(), s.n_labeled, s.mind, s.near);
-  for (int64_t j = 0; j < s.n_labeled; ++j) s.mind[s.centres[j]] = -std::numeric_limits<A>::infinity();
-  Farthest<A> far;
-  for (int64_t i = 0; i < s.rows.n; ++i)
-    if (s.mind[i] != -std::numeric_limits<A>::infinity()) far.offer(s.mind[i], i);
-  if (s.budget > 0) s.picks[0] = far.index;
-  return far.index >= 0 ? std::max(far.value, A(0)) : A(0);
-}
-
-template <typename Rows>
 void kcenter_init_first(KCenterState<Rows>& s, int64_t first) {
   std::fill(s.mind, s.mind + s.rows.n, std::numeric_limits<AccOfRows<Rows>>::infinity());
   std::fill(s.near, s.near + s.rows.n, int64_t{-1});
@@ -234,7 +221,6 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
 }
 
 #define FASTAL_INSTANTIATE_ROWS(R)                                             \
-  template AccOfRows<R> kcenter_init_labeled<R>(KCenterState<R>&);             \
   template void kcenter_init_first<R>(KCenterState<R>&, int64_t);              \
   template void kcenter_steps<R>(KCenterState<R>&, int64_t, int64_t);
 #define FASTAL_INSTANTIATE(T)              \

@@ -85,11 +85,6 @@ struct KCenterState {
   uint64_t rows_read;  // rows whose distance to a new centre was computed (earlier centres too)
 };
 
-// Initialises mind/near from the labeled rows (centres[0, n_labeled)) and sets picks[0] to the
-// farthest point; returns the squared covering radius of the labeled set. Requires n_labeled >= 1.
-template <typename Rows>
-AccOfRows<Rows> kcenter_init_labeled(KCenterState<Rows>& s);
-
 // Initialises mind = +inf, near = -1 and picks[0] = first (no labeled set).
 template <typename Rows>
 void kcenter_init_first(KCenterState<Rows>& s, int64_t first);

@@ -124,7 +124,7 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
         raise ValueError(f"Y must have {info.shape[1]} columns like X, got shape {yinfo.shape}")
     if info.device == "cpu":
         pool, ypool = cpu_pool(X, info, "X"), cpu_pool(Y, yinfo, "Y")
-        dist2, index = getattr(_ext.cpu, f"min_sqdist_to_set_{info.dtype}")(pool, ypool)
+        dist2, index = min_sqdist_cpu(pool, ypool, info.dtype)
         if not np.isfinite(dist2).all():  # finite input: an overflow made the nearest one inf
             raise _distance_overflow(info)
         return _interop.wrap_host(np.sqrt(dist2), info), _interop.wrap_host(index, info)
@@ -307,6 +307,21 @@ def kcenter(
 # calls of at most about this many elements read (~0.1 s at this machine's bandwidth), not in one
 # call that could take minutes (n = 1M, d = 512, budget 10,000).
 _INTERRUPT_WORK = 1 << 30
+# The min-distance kernel is bound by arithmetic: its calls hold at most about this many squared
+# differences (~0.1 s at the ~170 G a second of the 2-core development VM), and 1024 rows.
+_INTERRUPT_PAIRS = 1 << 34
+
+
+def min_sqdist_cpu(pool: tuple, ypool: tuple, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distance of every row of a CPU pool (cpu_pool's tuple) to its nearest row of
+    ``ypool`` and that row's index, in calls over row ranges of bounded work."""
+    n, m = pool[0].shape[0], ypool[0].shape[0]
+    rows = max(1024, _INTERRUPT_PAIRS // max(1, m * (pool_work(pool) // max(n, 1))))
+    kernel = getattr(_ext.cpu, f"min_sqdist_to_set_{dtype}")
+    if rows >= n:
+        return kernel(pool, ypool)
+    parts = [kernel(tuple(a[s : s + rows] for a in pool), ypool) for s in range(0, n, rows)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def pool_work(pool: tuple) -> int:
@@ -348,11 +363,14 @@ def _kcenter_cpu(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune:
     centres = np.empty(lab.size + budget, dtype=np.int64)
     picks = np.empty(budget, dtype=np.int64)
     radius2 = np.empty(budget, dtype=acc)
-    if lab.size:
+    if lab.size:  # the labeled rows are the first centres; the farthest other row is picks[0]
         centres[: lab.size] = lab
-        r0 = float(np.sqrt(getattr(_ext.cpu, f"kcenter_init_labeled_{kern}")(
-            pool, mind, near, centres, lab.size, picks, radius2
-        )))  # fmt: skip
+        mind[:], near[:] = min_sqdist_cpu(pool, tuple(a[lab] for a in pool), kern)
+        mind[lab] = -np.inf
+        far = int(np.argmax(mind))  # the lowest index on ties
+        r0 = float(np.sqrt(max(mind[far], 0)))
+        if budget:
+            picks[0] = far
     else:
         r0 = float("inf")
         if budget:
