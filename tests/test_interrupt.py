@@ -98,6 +98,18 @@ def test_kcenter_start_from_a_labeled_set_runs_in_bounded_calls(monkeypatch, fac
     assert split.rows_read == whole.rows_read
 
 
+def test_kmeans_pp_start_from_a_labeled_set_runs_in_bounded_calls(monkeypatch):
+    X = _pool(5000, 24)
+    labeled = np.arange(0, 5000, 50)
+    whole = fastal.kmeans_pp(X, 30, labeled=labeled, seed=2)
+    counter = _CountingCalls(_ext.cpu.min_sqdist_to_set_float32)
+    monkeypatch.setattr(_ext.cpu, "min_sqdist_to_set_float32", counter)
+    monkeypatch.setattr(ops, "_INTERRUPT_PAIRS", 1)
+    split = fastal.kmeans_pp(X, 30, labeled=labeled, seed=2)
+    assert counter.calls == 5
+    assert_array_equal(split, whole)
+
+
 def test_kmeans_pp_steps_run_in_bounded_calls_with_the_same_picks(monkeypatch):
     X = _pool()
     whole = fastal.kmeans_pp(X, 40, seed=3)

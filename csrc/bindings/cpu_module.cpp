@@ -212,6 +212,8 @@ void register_dtype(py::module_& m, const std::string& tag) {
 
   // k-means++: labeled (int64, may be empty) or first >= 0 starts it; block_sums persists between
   // calls of the steps.
+  // with labeled rows, mind must already hold every row's squared distance to the nearest one
+  // (fastal.ops.min_sqdist_cpu, in interruptible calls)
   m.def(("kmeanspp_init_" + tag).c_str(),
         [](const py::tuple& pool, Buf<int64_t>& labeled, int64_t first, Buf<A>& mind,
            Buf<int64_t>& picks, Buf<double>& block_sums) {

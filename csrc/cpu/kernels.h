@@ -109,7 +109,9 @@ struct KMeansPPState {
   double* block_sums;     // ceil(n / kKMeansPPBlock), kept between calls of kmeanspp_steps
 };
 
-// mind from the labeled rows (labeled[0, n_labeled)), which become centres.
+// The labeled rows (labeled[0, n_labeled)) become centres. On entry mind holds every row's squared
+// distance to its nearest labeled row (min_sqdist_to_centres, which the caller runs in calls of
+// bounded work); the labeled rows' become -inf, and the block sums are formed.
 template <typename Rows>
 void kmeanspp_init_labeled(KMeansPPState<Rows>& s, const int64_t* labeled, int64_t n_labeled);
 

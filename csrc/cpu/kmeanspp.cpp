@@ -89,9 +89,6 @@ int64_t sample(const KMeansPPState<Rows>& s, double u) {
 template <typename Rows>
 void kmeanspp_init_labeled(KMeansPPState<Rows>& s, const int64_t* labeled, int64_t n_labeled) {
   using A = AccOfRows<Rows>;
-  std::vector<int64_t> nearest(static_cast<size_t>(s.rows.n));
-  const auto centres = prepare_centres(s.rows, labeled, n_labeled);
-  min_sqdist_to_centres(s.rows, centres.data(), n_labeled, s.mind, nearest.data());
   for (int64_t j = 0; j < n_labeled; ++j) s.mind[labeled[j]] = -std::numeric_limits<A>::infinity();
   sum_all_blocks(s);
 }
