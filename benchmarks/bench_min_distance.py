@@ -24,14 +24,13 @@ nearly tied). ``m`` comes from the preset's budgets (``FASTAL_BENCH_M`` override
 from __future__ import annotations
 
 import functools
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pytest
 
-from .conftest import gauss_pool
+from .conftest import _int_list, gauss_pool
 
 IMPLS = ("torch_cdist", "torch_mm", "sklearn", "faiss", "fastal_f16", "fastal")
 CHUNK = 8192
@@ -58,20 +57,10 @@ class Case:
         return (self.n, self.m, self.d, self.impl)
 
 
-def _ints(name: str) -> tuple[int, ...] | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return tuple(int(v) for v in raw.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise pytest.UsageError(f"{name} must be comma-separated integers, got {raw!r}") from None
-
-
 def generate_cases(metafunc, sizes, cuda: bool) -> None:
     if "case" not in metafunc.fixturenames:
         return
-    ms = _ints("FASTAL_BENCH_M") or sizes.budgets
+    ms = _int_list("FASTAL_BENCH_M") or sizes.budgets
     cases = [Case(i, n, m, d) for n in sizes.ns for m in ms for d in sizes.ds for i in IMPLS]
     cases = [c for c in cases if c.m <= c.n]
     metafunc.parametrize("case", [pytest.param(c, id=f"{c.group}-{c.impl}") for c in cases])
