@@ -155,8 +155,7 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
 #ifdef FASTAL_AVX512
       const ChunkFarthest<A> f = update_chunk(s.mind + i0, s.near + i0, dd, i1 - i0, pos);
       if (f.index >= 0) local.offer(f.value, i0 + f.index);
-      return;
-#endif
+#else
       for (int64_t i = i0; i < i1; ++i) {
         A m = s.mind[i];
         if (m == kCentre) continue;
@@ -167,6 +166,7 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
         }
         local.offer(m, i);
       }
+#endif
     };
     // Unpruned steps without vector bookkeeping (float64): distance and bookkeeping fused.
     auto fused_step = [&](int64_t i0, int64_t i1, Farthest<A>& local) {
