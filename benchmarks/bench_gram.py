@@ -367,9 +367,11 @@ def test_gram_min_eig_cuda(benchmark, monkeypatch, impl, size, side, n_groups):
         if impl == "fastal_warp":  # one warp per matrix forced (orders <= 32)
             if order > 32:
                 pytest.skip("the one-warp path takes orders up to 32")
-            import fastal._gram_cuda
+            # bound as its own name: `import fastal._gram_cuda` would make `fastal` local to this
+            # function and every earlier use of it an UnboundLocalError
+            from fastal import _gram_cuda
 
-            monkeypatch.setattr(fastal._gram_cuda, "WARP_MAX", 32)
+            monkeypatch.setattr(_gram_cuda, "WARP_MAX", 32)
         method = "tridiagonal" if impl == "fastal_tridiagonal" else "auto"
 
         def run(g=grp_d):
