@@ -452,7 +452,7 @@ def solve_iht(
     sigma_arg = p.sigma if p.sigma.device.type == "cpu" else p.sigma.to(torch.float32)
     trace, S = [], None
     for _ in tqdm(range(iters), disable=not progress, desc="sparse IHT", unit="iter"):
-        w_prev, r_prev = w, r_w
+        w_prev = w
         g, phi_g = p.phi.grad_apply(r_z, z, p.beta)
         s = z - p.line_search(g, z, r_z, phi_g) * g
         s_arg = s if s.device.type == "cpu" else s.to(torch.float32)
