@@ -25,7 +25,7 @@ import numpy as np
 from . import _ext, _interop
 from ._validate import check_budget, check_indices, check_matrix, make_rng
 from .gradients import GradientEmbedding, as_torch, from_torch
-from .ops import _ACC, _chunks, _torch_cpu_info, cpu_pool, min_sqdist_cpu, pool_info, pool_work
+from .ops import _ACC, _chunks, _torch_cpu_info, cpu_pool, min_sqdist_cpu, pool_info, pool_rows, pool_work
 
 #: rows per GEMM tile of the assignment step
 _TILE = 8192
@@ -261,7 +261,7 @@ def _kmeans_pp(
     picks = np.empty(k, dtype=np.int64)
     blocks = np.empty(-(-n // _ext.cpu.kmeanspp_block), dtype=np.float64)
     if lab.size:  # the distances to the labeled rows, in calls of bounded work (Ctrl-C)
-        mind[:] = min_sqdist_cpu(pool, tuple(a[lab] for a in pool), info.dtype)[0]
+        mind[:] = min_sqdist_cpu(pool, pool_rows(pool, lab), info.dtype)[0]
     getattr(_ext.cpu, f"kmeanspp_init_{info.dtype}")(
         pool, lab, -1 if first_pick is None else first_pick, mind, picks, blocks
     )

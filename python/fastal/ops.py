@@ -320,8 +320,13 @@ def min_sqdist_cpu(pool: tuple, ypool: tuple, dtype: str) -> tuple[np.ndarray, n
     kernel = getattr(_ext.cpu, f"min_sqdist_to_set_{dtype}")
     if rows >= n:
         return kernel(pool, ypool)
-    parts = [kernel(tuple(a[s : s + rows] for a in pool), ypool) for s in range(0, n, rows)]
+    parts = [kernel(pool_rows(pool, slice(s, s + rows)), ypool) for s in range(0, n, rows)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def pool_rows(pool: tuple, rows) -> tuple:
+    """Rows ``rows`` (an index array or a slice) of a CPU pool (cpu_pool's tuple), as a pool."""
+    return tuple(a[rows] for a in pool)
 
 
 def pool_work(pool: tuple) -> int:
@@ -365,7 +370,7 @@ def _kcenter_cpu(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune:
     radius2 = np.empty(budget, dtype=acc)
     if lab.size:  # the labeled rows are the first centres; the farthest other row is picks[0]
         centres[: lab.size] = lab
-        mind[:], near[:] = min_sqdist_cpu(pool, tuple(a[lab] for a in pool), kern)
+        mind[:], near[:] = min_sqdist_cpu(pool, pool_rows(pool, lab), kern)
         mind[lab] = -np.inf
         far = int(np.argmax(mind))  # the lowest index on ties
         r0 = float(np.sqrt(max(mind[far], 0)))
