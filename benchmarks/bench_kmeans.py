@@ -393,14 +393,14 @@ class DeviceMemory:
 
     def __exit__(self, *exc) -> None:
         if self.on_gpu:
-            cuda = self.torch.cuda
-            peak = cuda.max_memory_allocated(self.dev)
+            torch_cuda = self.torch.cuda
+            peak = torch_cuda.max_memory_allocated(self.dev)
             self.info = {
                 "peak_device_bytes": peak,
                 "peak_device_extra_bytes": peak - self.baseline,
                 "baseline_device_bytes": self.baseline,
-                "peak_device_reserved_bytes": cuda.max_memory_reserved(self.dev),
-                "device_name": cuda.get_device_name(self.dev),
+                "peak_device_reserved_bytes": torch_cuda.max_memory_reserved(self.dev),
+                "device_name": torch_cuda.get_device_name(self.dev),
             }
 
 
