@@ -25,7 +25,16 @@ import numpy as np
 from . import _ext, _interop
 from ._validate import check_budget, check_indices, check_matrix, make_rng
 from .gradients import GradientEmbedding, as_torch, from_torch
-from .ops import _ACC, _chunks, _torch_cpu_info, cpu_pool, min_sqdist_cpu, pool_info, pool_rows, pool_work
+from .ops import (
+    _ACC,
+    _chunks,
+    _torch_cpu_info,
+    cpu_pool,
+    min_sqdist_cpu,
+    pool_info,
+    pool_rows,
+    pool_work,
+)
 
 #: rows per GEMM tile of the assignment step
 _TILE = 8192
