@@ -97,10 +97,9 @@ def _compiled_module(module: str):
 def test_stubs_declare_the_compiled_signatures(module):
     mod = _compiled_module(module)
     stubs = stub_signatures(module)
+    compiled = {name: compiled_signature(getattr(mod, name)) for name in stubs}
     mismatched = {
-        name: (compiled_signature(getattr(mod, name)), params)
-        for name, params in stubs.items()
-        if compiled_signature(getattr(mod, name)) != params
+        name: (compiled[name], params) for name, params in stubs.items() if compiled[name] != params
     }
     assert not mismatched, "compiled vs stub:\n" + "\n".join(
         f"{k}: {[p.name for p in c]} vs {[p.name for p in s]}" for k, (c, s) in mismatched.items()
