@@ -444,3 +444,30 @@ def test_bool_flags_must_be_bools(flag):
     with pytest.raises(TypeError, match=r"^bias must be a bool"):
         fastal.ntk_features(X, 4, bias=flag)
     assert fastal.ntk_features(X, 4, bias=np.bool_(False)).shape == (10, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled module itself: a row of no values is refused (k-center sizes its chunks by d)
+
+
+@pytest.mark.parametrize(
+    "call", ["kcenter_init", "kcenter_steps", "min_sqdist", "nonfinite", "segment_sum"]
+)
+def test_cpu_kernels_reject_zero_columns(call):
+    X = np.zeros((4, 0), dtype=np.float32)
+    cpu = _ext.cpu
+    with pytest.raises(ValueError, match=r"X must have at least one column"):
+        if call == "kcenter_init":
+            f32, i64 = np.zeros(4, np.float32), np.zeros(4, np.int64)
+            cpu.kcenter_init_first_float32((X,), 0, f32, i64.copy(), np.zeros(1, np.int64),
+                                           np.zeros(1, np.int64), np.zeros(1, np.float32))
+        elif call == "kcenter_steps":  # divided by d before this check (SIGFPE)
+            cpu.kcenter_steps_float32((X,), np.zeros(4, np.float32), np.zeros(4, np.int64),
+                                      np.zeros(2, np.int64), 1, np.zeros(1, np.int64),
+                                      np.zeros(1, np.float32), False, 0, 1)
+        elif call == "min_sqdist":
+            cpu.min_sqdist_to_set_float32((X,), (X,))
+        elif call == "nonfinite":
+            cpu.count_nonfinite_rows_float32(X)
+        else:
+            cpu.segment_sum_float32(X, np.zeros(4, np.int64), 1)

@@ -33,6 +33,8 @@ const T* rows_of(const In<T>& a, const char* name, int64_t* n, int64_t* d) {
   FASTAL_REQUIRE(a.ndim() == 2, name, " must be 2-D (n, d), got ", a.ndim(), " dimensions");
   *n = a.shape(0);
   *d = a.shape(1);
+  // Kernels size their row chunks by d (k-center divides by it): a row of no values is refused here.
+  FASTAL_REQUIRE(*d >= 1, name, " must have at least one column, got shape (", *n, ", 0)");
   return reinterpret_cast<const T*>(a.data());
 }
 
