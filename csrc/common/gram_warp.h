@@ -46,7 +46,9 @@ FASTAL_HD constexpr int slot_doubles(int N) {
   return (N * (N + 1) > kChunk * kLanes ? N * (N + 1) : kChunk * kLanes) + 6 * N;
 }
 
-// Butterfly reductions: lanes a and b combine the same two values, so every lane ends equal.
+// Butterfly reductions: lanes a and b combine the same two values, so every lane ends equal. A sum's
+// argument must be a rounded value (mul_rn, not a bare product): the device may otherwise fuse each
+// lane's own product into the first add, and lanes a and b would round differently.
 template <class W>
 FASTAL_HD double lane_sum(double v) {
   for (int off = kLanes / 2; off > 0; off >>= 1) v += W::shfl_xor(v, off);
@@ -129,7 +131,7 @@ FASTAL_HOST_DEVICE void tridiagonalize_rows(double* A, int ld, int N, double* v,
       continue;
     }
     const double scale = std::fmax(tail, std::fabs(x0)), inv = 1 / scale;
-    const double norm = scale * std::sqrt(lane_sum<W>(mine ? (x * inv) * (x * inv) : 0.0));
+    const double norm = scale * std::sqrt(lane_sum<W>(mine ? mul_rn(x * inv, x * inv) : 0.0));
     const double alpha = x0 > 0 ? -norm : norm;
     const double beta = 1 / (alpha * (alpha - x0));  // 2 / vᵀv
     const double vi = !mine ? 0.0 : (lane == o ? x0 - alpha : x);
@@ -142,8 +144,8 @@ FASTAL_HOST_DEVICE void tridiagonalize_rows(double* A, int ld, int N, double* v,
       for (int j = o; j < N; ++j) pi = std::fma(Ai[j], v[j], pi);
     }
     pi *= beta;
-    const double half = 0.5 * beta * lane_sum<W>(pi * vi);
-    const double wi = pi - half * vi;
+    const double half = 0.5 * beta * lane_sum<W>(mul_rn(pi, vi));
+    const double wi = sub_rn(pi, mul_rn(half, vi));
     if (row) w[lane] = wi;
     W::sync();
     if (mine) {  // A₂₂ -= v wᵀ + w vᵀ

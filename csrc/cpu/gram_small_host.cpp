@@ -6,7 +6,10 @@
 // - the per-warp path (common/gram_warp.h): the same source on an emulated warp
 //   (cpu/simt_emulation.h), one group at a time;
 // - the check of device groups (common/group_check.h), row by row.
-// Compiled without floating-point contraction, as the device's explicitly rounded operations are.
+// Compiled without floating-point contraction, as the device's explicitly rounded operations
+// (common/rounding.h) are. Elsewhere nvcc may fuse a multiply and an add (its default), e.g. in the
+// tridiagonal eigenvalue search, so device eigenvalues can differ from these in the last bits; the
+// operations that must round alike on every lane or in both triangles are the explicit ones.
 #include <omp.h>
 
 #include <algorithm>
