@@ -13,6 +13,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "common/check.h"
@@ -57,7 +58,9 @@ std::vector<double> shared_part(const T* Z, int64_t n, int64_t D, const int64_t*
 template <typename T, int kCols>
 void run_warp_groups(const gram_small::Args& args, bool labeled_ok) {
   const int order = static_cast<int>(args.size);
-  std::vector<double> slot(static_cast<size_t>(gram_warp::slot_doubles(order)));
+  // NaN-filled, as uninitialised shared memory may be: a read before a write shows in the results
+  std::vector<double> slot(static_cast<size_t>(gram_warp::slot_doubles(order)),
+                           std::numeric_limits<double>::quiet_NaN());
   SimtEmulator warp(1, SimtEmulator::kLanes);
   for (int64_t g = 0; g < args.n_groups; ++g)
     warp.run([&](int, int lane) {
@@ -85,7 +88,8 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
   if (n_groups == 0) return;
   slots = std::min(slots, n_groups);
   const std::vector<double> shared = shared_part(Z, n, D, labeled, mL, s_side);
-  std::vector<double> work(static_cast<size_t>(slots * gram_small::slot_doubles(size)));
+  std::vector<double> work(static_cast<size_t>(slots * gram_small::slot_doubles(size)),
+                           std::numeric_limits<double>::quiet_NaN());  // as slot above
   gram_small::Args args{Z,      n,         D,       labeled, mL,     groups,      n_groups,
                         G,      shared.data(), size, rtol,   min_eig, spectra, work.data(),
                         slots};
