@@ -4,6 +4,7 @@
 // CPU tests check the code the GPU runs. Tests only: slow (every warp operation switches
 // coroutines). Compiled without floating-point contraction, as the device rounds the scores.
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -18,6 +19,7 @@ namespace fastal::cpu {
 namespace {
 
 using topb::u64;
+constexpr u64 kGarbage64 = 0xA5A5A5A5A5A5A5A5ull;  // stands in for memory nobody wrote
 
 // The thread, warp, block and grid operations of common/topb_fused.h on the emulator. Threads run
 // one at a time between operations, so plain read-modify-writes are atomic.
@@ -74,14 +76,17 @@ void iht_threshold_fused_host(const float* s, const float* sigma, int64_t n, int
   FASTAL_REQUIRE(b >= 1 && b <= n, "b must be in [1, n = ", n, "], got ", b);
   FASTAL_REQUIRE(grid >= 1 && grid <= 64, "grid must be in [1, 64], got ", grid);
   const int64_t cap = std::min<int64_t>(n, b + static_cast<int64_t>(topb::kBinCandidates));
+  // as on the device: the result and the histograms zeroed, the rest left as it was (a pattern
+  // here, so that a read before a write shows)
   topb::FusedResult res{};
   std::vector<unsigned> hist(static_cast<size_t>(topb::kPasses * topb::kBins), 0);
-  std::vector<u64> block_counts(static_cast<size_t>(grid), 0);
-  std::vector<u64> keys(static_cast<size_t>(cap), 0);
-  std::vector<unsigned> index(static_cast<size_t>(cap), 0);
+  std::vector<u64> block_counts(static_cast<size_t>(grid), kGarbage64);
+  std::vector<u64> keys(static_cast<size_t>(cap), kGarbage64);
+  std::vector<unsigned> index(static_cast<size_t>(cap), static_cast<unsigned>(kGarbage64));
   const topb::FusedParams p{s,       sigma, n, b, topb::Rule{alpha, exact}, hist.data(),
                             block_counts.data(), &res, keys.data(), index.data(), cap, w};
   std::vector<topb::FusedShared> shared(static_cast<size_t>(grid));
+  std::memset(static_cast<void*>(shared.data()), 0xA5, sizeof(topb::FusedShared) * shared.size());
   SimtEmulator emu(grid, topb::kBlockThreads);
   emu.run([&](int blk, int) {
     topb::fused_select<HostBlock>(p, shared[static_cast<size_t>(blk)]);
