@@ -3,8 +3,8 @@
 // - the per-thread path for small matrices (common/gram_small.h): the same source, the same
 //   interleaved workspace and the same grid-stride assignment of groups to slots, with OpenMP
 //   threads standing in for the GPU's;
-// - the per-warp path (common/gram_warp.h): the same source on an emulated warp
-//   (cpu/simt_emulation.h), one group at a time;
+// - the per-warp path (common/gram_warp.h): the same source on emulated warps
+//   (cpu/simt_emulation.h), with the device kernel's assignment of groups to warps;
 // - the check of device groups (common/group_check.h), row by row.
 // Compiled without floating-point contraction, as the device's explicitly rounded operations
 // (common/rounding.h) are. Elsewhere nvcc may fuse a multiply and an add (its default), e.g. in the
@@ -57,15 +57,20 @@ std::vector<double> shared_part(const T* Z, int64_t n, int64_t D, const int64_t*
 #ifdef FASTAL_SIMT_EMULATION
 template <typename T, int kCols>
 void run_warp_groups(const gram_small::Args& args, bool labeled_ok) {
-  const int order = static_cast<int>(args.size);
+  // as the device kernel (cuda/gram_warp.cu): blocks of 4 warps, each warp with its own slot and a
+  // grid-stride loop over the groups, so a slot is reused from one group to the next
+  constexpr int kBlocks = 2, kWarpsPerBlock = 4, kWarps = kBlocks * kWarpsPerBlock;
+  const int64_t per_slot = gram_warp::slot_doubles(static_cast<int>(args.size));
   // NaN-filled, as uninitialised shared memory may be: a read before a write shows in the results
-  std::vector<double> slot(static_cast<size_t>(gram_warp::slot_doubles(order)),
-                           std::numeric_limits<double>::quiet_NaN());
-  SimtEmulator warp(1, SimtEmulator::kLanes);
-  for (int64_t g = 0; g < args.n_groups; ++g)
-    warp.run([&](int, int lane) {
-      gram_warp::group_eig<HostWarp, T, kCols>(args, g, slot.data(), lane, labeled_ok);
-    });
+  std::vector<double> slots(static_cast<size_t>(kWarps * per_slot),
+                            std::numeric_limits<double>::quiet_NaN());
+  SimtEmulator emu(kBlocks, kWarpsPerBlock * SimtEmulator::kLanes);
+  emu.run([&](int block, int thread) {
+    const int warp = thread / SimtEmulator::kLanes, lane = thread % SimtEmulator::kLanes;
+    double* slot = slots.data() + (block * kWarpsPerBlock + warp) * per_slot;
+    for (int64_t g = block * kWarpsPerBlock + warp; g < args.n_groups; g += kWarps)
+      gram_warp::group_eig<HostWarp, T, kCols>(args, g, slot, lane, labeled_ok);
+  });
 }
 #else
 template <typename T, int kCols>
@@ -89,7 +94,7 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
   slots = std::min(slots, n_groups);
   const std::vector<double> shared = shared_part(Z, n, D, labeled, mL, s_side);
   std::vector<double> work(static_cast<size_t>(slots * gram_small::slot_doubles(size)),
-                           std::numeric_limits<double>::quiet_NaN());  // as slot above
+                           std::numeric_limits<double>::quiet_NaN());  // as the warp slots
   gram_small::Args args{Z,      n,         D,       labeled, mL,     groups,      n_groups,
                         G,      shared.data(), size, rtol,   min_eig, spectra, work.data(),
                         slots};

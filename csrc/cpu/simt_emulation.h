@@ -2,7 +2,10 @@
 // warp and block operations (common/gram_warp.h, common/topb_fused.h): every thread of a grid is a
 // coroutine (glibc ucontext), and the coroutines switch only at warp, block and grid operations.
 //
-// run(body) starts body(block, thread) for every thread of the grid and schedules them round robin.
+// run(body) starts body(block, thread) for every thread of the grid and schedules them in rounds,
+// each in a new order (a fixed-seed shuffle, so runs repeat): a read that a missing barrier leaves
+// unordered after another thread's write then sees the old value in some rounds and the new one in
+// others, whichever thread comes first in the code.
 // Each operation is a barrier of its group (the 32 lanes of a warp, the threads of a block, or the
 // grid): a thread that reaches it yields until the whole group has; the last to arrive opens it.
 // Values exchanged within a warp sit in two alternating buffers per warp, so a lane reading those
@@ -26,6 +29,7 @@
 #include <functional>
 #include <memory>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 namespace fastal::cpu {
@@ -65,10 +69,17 @@ class SimtEmulator {
       ctx_[i].uc_link = &main_;
       makecontext(&ctx_[i], &SimtEmulator::entry, 0);
     }
+    std::vector<int> order(static_cast<size_t>(total_));
+    for (int i = 0; i < total_; ++i) order[static_cast<size_t>(i)] = i;
+    uint64_t rng = 0x9E3779B97F4A7C15ull;
     bool stuck = false;
     while (finished_ < total_ && !stuck) {
       const int64_t opened = opened_, finished = finished_;
-      for (int i = 0; i < total_; ++i) {
+      for (int k = total_ - 1; k > 0; --k) {  // Fisher-Yates with xorshift64
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        std::swap(order[static_cast<size_t>(k)], order[static_cast<size_t>(rng % (k + 1))]);
+      }
+      for (const int i : order) {
         if (done_[i]) continue;
         index_ = i;
         swapcontext(&main_, &ctx_[i]);
@@ -147,7 +158,7 @@ inline double double_of(uint64_t b) {
   return v;
 }
 
-// The warp policy of common/gram_warp.h on the emulator (one block of one warp).
+// The warp policy of common/gram_warp.h on the emulator (warps of any block).
 struct HostWarp {
   static double shfl(double v, int src) {
     return double_of(SimtEmulator::current().warp_gather(bits_of(v))[src]);
