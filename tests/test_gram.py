@@ -429,8 +429,9 @@ def test_device_group_check_agrees_with_the_host_check(G):
             bad[3, col] = value
             if col == 0 and G > 1 and value == int(good[3, 0]):
                 continue  # not a change
-            with pytest.raises(ValueError):
+            with pytest.raises(ValueError, match=r"^groups\b") as err:
                 _check_groups_host(bad, n, lab)
+            assert "groups[3" in str(err.value)  # the row changed
             assert_array_equal(check(bad, n, lab), np.arange(6) != 3)
             if value in lab:  # without labeled, an overlap is no error
                 assert check(bad, n, lab[:0]).all()

@@ -99,6 +99,7 @@ def test_matches_reference_and_cpu_kernel(n, D, m_lab, G, dtype, path):
     cpu, cpu_spectra = fastal.gram_min_eig(Z.astype(dtype), lab, groups, method="tridiagonal",
                                            return_all=True)  # fmt: skip
     assert_allclose(lam, cpu, rtol=1e-10, atol=ATOL * lmax.max())
+    assert_allclose(spectra, cpu_spectra, rtol=1e-9, atol=ATOL * lmax.max())
     # return_all does not change the scores
     assert_array_equal(small(Z, lab, groups, return_all=False, dtype=dtype, path=path), lam)
 

@@ -152,7 +152,7 @@ def _zero_degenerate(Z, info, lab_z, groups_z, scores: np.ndarray, want: int, rt
         start += cand.size
         picked = _interop.to_framework(cand, info)
         _, spectra = gram_min_eig(Z, lab_z, groups_z[picked], rtol=rtol, return_all=True)
-        for g, ev in zip(cand, _interop.host_numpy(spectra)):
+        for g, ev in zip(cand, _interop.host_numpy(spectra), strict=True):
             zeros = int((ev <= tol * ev[-1]).sum()) if ev[-1] > 0 else m
             if zeros and forced is None:
                 forced = max(0, m - _feature_rank(Z, info, rtol))
