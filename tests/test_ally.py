@@ -111,6 +111,22 @@ def test_dual_head_learns_the_duals():
     assert_array_equal(pred, again)  # seeded
 
 
+def test_a_unit_no_labeled_row_activates_does_not_pin_the_pool_to_zero():
+    """ReLU embeddings: unit 3 is 0 on every labeled row and 0.05 on a tenth of the pool. With
+    per-column standard deviations (floored at 1e-6) those rows reached the head at ~5e4 and were
+    all predicted 0; one scale for every column keeps them in the range of the others."""
+    rng = np.random.default_rng(0)
+    n, m = 500, 30
+    H = np.maximum(rng.normal(size=(n, 16)), 0).astype(np.float32)
+    H[:m, 3] = 0.0
+    H[m:, 3] = np.where(rng.random(n - m) < 0.1, 0.05, 0.0)
+    head = fit_dual_head(H[:m], 2 * H[:m, 0], steps=500, seed=0)
+    pred, active = head.predict(H[m:]), H[m:, 3] > 0
+    assert np.median(pred[active]) > 0.5 * np.median(pred[~active]) > 0
+    assert np.unique(head.std.numpy()).size == 1  # one scale for every column
+    assert np.corrcoef(pred, H[m:, 0])[0, 1] > 0.3  # still the dual's own signal (30 rows)
+
+
 def test_all_zero_duals_train_no_head_and_still_select():
     X = _pool()
     labeled = np.arange(30)

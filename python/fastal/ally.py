@@ -9,6 +9,7 @@ highest predicted λ from each k-means cluster of the pool's embeddings (§5.1).
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -42,16 +43,22 @@ def dual_head(in_dim: int, *, hidden: int = 128, layers: int = 5) -> Any:
 class DualRegressor:
     """A fitted dual regression head: ``predict(features) -> λ̂ >= 0``.
 
-    Inputs are standardised with the labeled features' mean and standard deviation and targets are
-    divided by ``max λ`` for training (a positive rescaling, so the ranking of the predictions is
-    unchanged); :meth:`predict` undoes both. When every λ is zero (a very loose ε, §5.4) no network
+    Inputs are centred on the labeled features' mean and divided by one scale shared by every column
+    (the root mean square of the labeled columns' standard deviations), so the embedding's geometry
+    is the paper's up to a shift and a scale; targets are divided by ``max λ`` for training (a
+    positive rescaling, so the ranking of the predictions is unchanged); :meth:`predict` undoes
+    both. Per-column scales are not used: a unit that no labeled row activates has a standard
+    deviation near zero there, and dividing by it blew up the pool rows that do activate it until
+    their λ̂ saturated at 0. When every λ is zero (a very loose ε, §5.4) no network
     is trained and the prediction is zero everywhere.
 
     Attributes
     ----------
     net : nn.Module or None
-        ``x ↦ λ̂ / scale`` on standardised inputs (None when every λ is zero).
-    mean, std : tensor (d,)
+        ``x ↦ λ̂ / scale`` on the centred, scaled inputs (None when every λ is zero).
+    mean : tensor (d,)
+    std : tensor (d,)
+        The input scale, the same value in every column.
     scale : float
     train_loss : float
         Final MSE on the labeled set, in units of λ².
@@ -140,7 +147,8 @@ def fit_dual_head(
     dtype = torch.float64 if H.dtype == torch.float64 else torch.float32
     H, lam = H.to(dtype), lam.to(H.device, dtype)
     mean = H.mean(0)
-    std = H.std(0, unbiased=False).clamp_min(1e-6) if H.shape[0] > 1 else torch.ones_like(mean)
+    rms = float(H.var(0, unbiased=False).mean().sqrt()) if H.shape[0] > 1 else 0.0
+    std = torch.full_like(mean, rms if rms > 0 and math.isfinite(rms) else 1.0)
     scale = float(lam.max())
     if scale == 0.0:
         return DualRegressor(None, mean, std, 0.0, 0.0)

@@ -38,8 +38,9 @@ class ALLY(Strategy):
     Parameters
     ----------
     n_clusters : int, optional
-        k, at most the budget; default the budget (one pick per cluster). With ``k < budget``
-        each cluster gives ``budget // k`` or one more.
+        k; default the budget (one pick per cluster). With ``k < budget`` each cluster gives
+        ``budget // k`` or one more; a k above the budget is lowered to it (one pick per cluster;
+        ``diagnostics["n_clusters"]`` says which k ran).
     trainer : PrimalDualTrainer, optional
         The primal-dual trainer :func:`fastal.loop.run` uses; default ``PrimalDualTrainer()`` (the
         paper's ε: 0.2 for cross-entropy, 0.1 for MSE).
