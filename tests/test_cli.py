@@ -40,6 +40,34 @@ def test_select_writes_the_same_picks_as_the_api(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_bilevel_takes_the_labeled_rows_classes(tmp_path):
+    """--labels gives the labeled rows their true classes (eq. 1, 3), as labeled_targets does in
+    the API; without it they get the model's pseudo-labels like the pool."""
+    from fastal.strategies import BilevelCoreset
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(120, 5)).astype(np.float32)
+    logits = rng.normal(size=(120, 3)).astype(np.float32)
+    labeled = np.arange(0, 40, 2)
+    classes = (np.argmax(logits[labeled], 1) + 1) % 3  # every one disagrees with the model
+    for name, arr in [("f", feats), ("z", logits), ("lab", labeled), ("y", classes)]:
+        np.save(tmp_path / f"{name}.npy", arr)
+    base = ["select", "--strategy", "bilevel", "--embeddings", str(tmp_path / "f.npy"), "--logits",
+            str(tmp_path / "z.npy"), "--labeled", str(tmp_path / "lab.npy"), "--budget", "10"]  # fmt: skip
+    picks = {}
+    for with_labels in (False, True):
+        out = tmp_path / f"picks{with_labels}.npy"
+        extra = ["--labels", str(tmp_path / "y.npy")] if with_labels else []
+        assert cli.main([*base, *extra, "--out", str(out)]) == 0
+        picks[with_labels] = np.load(out)
+        pool = {"logits": logits, "features": feats}
+        if with_labels:
+            pool["labeled_targets"] = classes
+        api = BilevelCoreset().select(pool, 10, labeled, seed=0).indices
+        np.testing.assert_array_equal(picks[with_labels], api)
+    assert not np.array_equal(picks[False], picks[True])
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_select_dtype_cast(tmp_path, dtype):
     X = np.random.default_rng(1).normal(size=(200, 8))
@@ -98,6 +126,7 @@ NO_CUDA = not torch.cuda.is_available()
 def cli_files(tmp_path):
     np.save(tmp_path / "pool.npy", np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32))
     np.save(tmp_path / "lab0d.npy", np.array(3))
+    np.save(tmp_path / "lab1d.npy", np.array([3, 4]))
     np.savez(tmp_path / "arch.npz", features=np.zeros((50, 4), np.float32))
     (tmp_path / "text.npy").write_text("0.5, 1.5\n2.5, 3.5\n")
     (tmp_path / "empty.npy").write_bytes(b"")
@@ -128,6 +157,10 @@ REFUSED = [
     ("lab-0d", f"{POOL} --labeled {{d}}/lab0d.npy", ["--labeled", "1-D", "shape ()"], ()),
     ("lab-0d-digits", "select --labeled {d}/lab0d.npy", ["--labeled", "1-D"], ()),
     ("lab-npz", f"{POOL} --labeled {{d}}/arch.npz", ["--labeled", ".npz archive"], ()),
+    ("labels-alone", "select --strategy random --labels {d}/lab1d.npy",
+     ["--labels", "per labeled row", "pass the pool"], ()),
+    ("duals-alone", "select --strategy random --duals {d}/lab1d.npy", ["--duals", "pass the pool"],
+     ()),
     ("n-labeled-big", "select --n-labeled 2000", ["--n-labeled", "1797", "2000"], ()),
     ("n-labeled-neg", "select --n-labeled -1", ["--n-labeled", "-1"], ()),
     ("n-labeled-arrays", f"{POOL} --n-labeled 5", ["--n-labeled", "--labeled"], ()),

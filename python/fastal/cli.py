@@ -163,9 +163,10 @@ _POOL_ARRAYS = (
     ("mc_probs", "--mc-probs", "(T, n, C) Monte-Carlo dropout probabilities"),
     ("duals", "--duals", "(m,) dual variables of the labeled rows, in --labeled order (ALLY)"),
     ("dual_predictions", "--dual-predictions", "(n,) predicted dual variables (ALLY)"),
+    ("labeled_targets", "--labels", "(m,) classes of the labeled rows, in --labeled order"),
 )
 #: arrays with one row per labeled point, not per pool point
-_LABELED_ARRAYS = ("duals",)
+_LABELED_ARRAYS = ("duals", "labeled_targets")
 #: what can stand in for a required array (strategies accept probs or logits alike)
 _ALTERNATIVES = {"features": ("features",), "probs": ("probs", "logits"), "logits": ("logits", "probs"),
                  "mc_probs": ("mc_probs",), "duals": ("duals", "dual_predictions")}  # fmt: skip
@@ -306,6 +307,12 @@ def _rows(arrays: dict[str, np.ndarray]) -> int:
         if a.ndim <= axis:
             raise SystemExit(f"fastal: {key} has shape {a.shape}: no row axis")
         sizes[key] = a.shape[axis]
+    if not sizes:
+        given = " and ".join(opt for k, opt, _ in _POOL_ARRAYS if k in arrays)
+        raise SystemExit(
+            f"fastal: {given} give one value per labeled row, not the pool: pass the pool too "
+            "(--embeddings, --probs, --logits, ...)"
+        )
     if len(set(sizes.values())) > 1:
         raise SystemExit(f"fastal: the pool arrays disagree on the number of rows: {sizes}")
     return next(iter(sizes.values()))
@@ -420,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--duals", help="ALLY: dual variables of the labeled rows, an (m,) .npy file")
     sel.add_argument("--dual-predictions", dest="dual_predictions",
                      help="ALLY: predicted dual variables of every pool row, an (n,) .npy file")  # fmt: skip
+    sel.add_argument("--labels", dest="labeled_targets",
+                     help="bilevel: the classes of the labeled rows, an (m,) integer .npy file in "
+                     "--labeled order (without it they get pseudo-labels like the pool)")  # fmt: skip
     sel.add_argument(
         "--labeled",
         help="indices already labeled, a 1-D integer .npy file; with the default digits pool, "
