@@ -340,6 +340,12 @@ def test_strategy_on_a_gradient_embedding():
     assert_array_equal(sel.indices, ref.indices)
     with pytest.raises(ValueError, match="GradientEmbedding"):
         RobustKCenter(max_points=10).select(emb, 3, [0])
+    # the size check counts the candidates robust_kcenter uses: 5 unlabeled of these 10 rows
+    # (35 x 5 <= 14², while 35 x 10 is not)
+    labeled, cand = np.arange(5), np.arange(10)
+    sel = RobustKCenter(candidates=cand, max_points=14).select(emb, 2, labeled)
+    ref = robust_kcenter(emb.dense(), 2, labeled, candidates=cand, max_points=14)
+    assert_array_equal(sel.indices, ref.indices)
 
 
 def test_strategy_through_the_torch_adapter():

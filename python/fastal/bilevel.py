@@ -986,7 +986,9 @@ def bilevel_select(
     solver : {"auto", "newton", "adam"}
         Inner solver. ``"auto"``: Newton-CG (:func:`solve_inner`) without ``augment``, Adam with it.
         ``"adam"`` is the paper's: ``inner_iters`` steps (paper: 10³) of batch ``batch_size``
-        (paper: 64) at learning rate ``lr`` (not given in the paper), warm-started.
+        (paper: 64) at learning rate ``lr`` (not given in the paper), warm-started; the first
+        solve starts from zero weights where Alg. 1 draws them at random (seeded runs then do not
+        depend on an initialisation draw; the problem is strictly convex).
     inner_tol : float, default 1e-6
         Newton stopping tolerance, ``|∇F| ≤ inner_tol · |∇F(0)|`` (1e-6 gave the picks of 1e-10 in
         every case tried, with two Newton steps fewer per pick).

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from .._interop import host_numpy
 from ..robust_kcenter import MAX_POINTS, check_size, robust_kcenter
 from .base import Selection, Strategy, pool_field, register
 
@@ -97,7 +100,10 @@ class RobustKCenter(Strategy):
 
         n, dim = emb.shape
         _, unl = unlabeled_rows(n, labeled)
-        eligible = unl.size if self.candidates is None else len(self.candidates)
+        if self.candidates is None:
+            eligible = unl.size
+        else:  # as robust_kcenter counts them: the distinct candidates outside the labeled set
+            eligible = np.intersect1d(host_numpy(self.candidates).ravel(), unl).size
         try:
             check_size(unl.size, eligible, self.max_points, self.candidates is not None)
         except ValueError as err:
