@@ -14,34 +14,28 @@ from fastal.strategies import CRC, get
 RTOL = 1e-10
 
 
-def lambda_min_pos_ref(Z: np.ndarray, S: np.ndarray, rtol, forced: int | None = None) -> float:
+def lambda_min_pos_ref(Z: np.ndarray, S: np.ndarray, rtol) -> float:
     """Smallest eigenvalue above rtol * largest of Z_S Z_Sᵀ (via the smaller side), float64;
-    ``rtol=None``: max(|S|, D) eps, the kernel's default. With ``forced`` (the zeros every set of
-    this size has), 0.0 when the matrix has more zeros than that (Proposition 2: duplicates score
-    zero)."""
+    ``rtol=None``: max(|S|, D) eps, the kernel's default."""
     ZS = Z[S].astype(np.float64)
     K = ZS @ ZS.T if ZS.shape[0] <= ZS.shape[1] else ZS.T @ ZS
     ev = np.linalg.eigvalsh(K)
     rtol = max(ZS.shape) * np.finfo(np.float64).eps if rtol is None else rtol
     pos = ev[ev > rtol * ev[-1]]
-    if forced is not None and ev.size - pos.size > forced:
-        return 0.0
     return float(pos[0]) if pos.size else 0.0
 
 
-def forced_zeros_ref(Z: np.ndarray, size: int, rtol) -> int:
-    """max(0, m - r): m = min(size, D), r = rank of all of Z (eigenvalues of ZᵀZ above rtol * max;
-    ``rtol=None``: max(n, D) eps)."""
-    ev = np.linalg.eigvalsh(Z.T.astype(np.float64) @ Z.astype(np.float64))
-    rtol = max(Z.shape) * np.finfo(np.float64).eps if rtol is None else rtol
-    rank = int((ev > rtol * ev[-1]).sum()) if ev[-1] > 0 else 0
-    return max(0, min(size, Z.shape[1]) - rank)
+def holds_duplicate_ref(Z: np.ndarray, lab: np.ndarray, group: np.ndarray) -> bool:
+    """Proposition 2's degenerate multiset: a row of the group with the features of a labeled row
+    or of another row of the group."""
+    rows = [tuple(Z[i]) for i in group]
+    return len(set(rows)) < len(rows) or any(r == tuple(Z[j]) for r in rows for j in lab)
 
 
-def crc_ref(Z, labeled, Q, G, seed, rtol=RTOL, max_groups=None, zeros="structural"):
+def crc_ref(Z, labeled, Q, G, seed, rtol=RTOL, max_groups=None, zeros="duplicates"):
     """Alg. 1 literally: a seeded random partition of the unlabeled rows into groups of G (the
     remainder left out), score λ⁺_min(L ∪ group), the Q/G best groups (ties to the earlier one).
-    ``zeros="structural"``: a group with more zero eigenvalues than its size forces scores 0."""
+    ``zeros="duplicates"``: a group holding a duplicate scores 0."""
     n = Z.shape[0]
     lab = np.asarray(labeled, dtype=np.int64)
     rest = np.setdiff1d(np.arange(n), lab)
@@ -53,12 +47,15 @@ def crc_ref(Z, labeled, Q, G, seed, rtol=RTOL, max_groups=None, zeros="structura
     return best_groups_ref(Z, lab, groups, Q, rtol, zeros)
 
 
-def best_groups_ref(Z, lab, groups, Q, rtol=RTOL, zeros="structural"):
+def best_groups_ref(Z, lab, groups, Q, rtol=RTOL, zeros="duplicates"):
     """Score every group by λ⁺_min(L ∪ group) and take the Q/G best (ties to the earlier one);
-    ``zeros="structural"``: a group with more zero eigenvalues than its size forces scores 0."""
+    ``zeros="duplicates"``: a group holding a duplicate scores 0."""
     G = groups.shape[1]
-    forced = forced_zeros_ref(Z, lab.size + G, rtol) if zeros == "structural" else None
-    scores = np.array([lambda_min_pos_ref(Z, np.concatenate([lab, g]), rtol, forced) for g in groups])
+    scores = np.array([
+        0.0 if zeros == "duplicates" and holds_duplicate_ref(Z, lab, g)
+        else lambda_min_pos_ref(Z, np.concatenate([lab, g]), rtol)
+        for g in groups
+    ])  # fmt: skip
     best = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: Q // G]
     return groups[best].reshape(-1), scores
 
@@ -148,25 +145,30 @@ def test_duplicates_score_zero_at_full_rank(seed):
     assert set(skip.indices.tolist()) & (set(copies.tolist()) | {39, 40})
 
 
-def test_structural_rule_picks_like_the_reference():
-    """Copies of labeled rows and a rank-deficient pool (two dead feature columns: every set
-    larger than the rank has forced zeros, which are skipped), against the float64 reference."""
+@pytest.mark.parametrize("G", [2, 4, 8, 16])
+def test_duplicate_rule_on_relu_like_features_past_the_rank(G):
+    """A unit silent on the labeled rows and most of the pool (a ReLU feature) and a dead one: the
+    pool's rank is 11 of D = 12, every group of 4 or more adds a zero eigenvalue (|S| > 10), yet
+    only the groups holding a copy of a labeled row score 0. The rule this replaced counted
+    zeros against the pool's rank and scored every group 0 here at G = 8 and 16."""
     rng = np.random.default_rng(4)
     D = 12
-    Z = rng.normal(size=(90, D))
-    Z[:, [3, 7]] = 0  # rank 10: sets of 11 or more have forced zeros
+    Z = rng.normal(size=(120, D))
+    Z[:, 7] = 0  # dead
+    Z[:, 3] = np.where(rng.random(120) < 0.2, np.abs(Z[:, 3]), 0.0)  # rarely active
     labeled = np.arange(6)
-    Z[6:12] = Z[labeled]
-    for G, Q in ((2, 6), (4, 8), (8, 16)):  # |S| = 8 (no forced zero), 10 (none), 14 (2 forced)
-        sel = CRC(group_size=G, rtol=RTOL).select(Z, Q, labeled=labeled, seed=G)
-        want, scores = crc_ref(Z, labeled, Q, G, G)
-        np.testing.assert_array_equal(sel.indices, want)
-        mine = sel.diagnostics["scores"]
-        checked = sel.diagnostics["degenerate_groups"]
-        np.testing.assert_array_equal(mine[checked], 0.0)
-        np.testing.assert_array_equal(scores[checked], 0.0)
-        if G == 8:  # forced zeros only: nothing is degenerate
-            assert checked.size == 0 and (scores > 0).all()
+    Z[labeled, 3] = 0
+    Z[6:12] = Z[labeled]  # copies of the labeled rows
+    Q = 2 * G
+    sel = CRC(group_size=G, rtol=RTOL).select(Z, Q, labeled=labeled, seed=G)
+    want, scores = crc_ref(Z, labeled, Q, G, G)
+    np.testing.assert_array_equal(sel.indices, want)
+    groups, mine = sel.diagnostics["groups"], sel.diagnostics["scores"]
+    for g in sel.diagnostics["degenerate_groups"]:
+        assert set(groups[g]) & set(range(6, 12)) and mine[g] == 0
+    clean = [g for g in range(len(groups)) if not set(groups[g]) & set(range(6, 12))]
+    assert (scores[clean] > 0).all()  # no group without a copy scores 0
+    assert not set(sel.indices.tolist()) & set(range(6, 12))
 
 
 def test_ntk_features_gram_is_trace_ntk():
@@ -230,7 +232,7 @@ def balanced_groups_ref(probs, labeled, G, seed):
     return np.array(groups, dtype=np.int64).reshape(-1, G)
 
 
-def balanced_crc_ref(Z, probs, labeled, Q, G, seed, rtol=RTOL, zeros="structural"):
+def balanced_crc_ref(Z, probs, labeled, Q, G, seed, rtol=RTOL, zeros="duplicates"):
     """CRC on the balanced partition: (picks, scores, groups)."""
     groups = balanced_groups_ref(probs, labeled, G, seed)
     picks, scores = best_groups_ref(Z, np.asarray(labeled, dtype=np.int64), groups, Q, rtol, zeros)
@@ -246,9 +248,9 @@ def probs_with_labels(rng, labels, C):
     return p
 
 
-def check_balanced(sel, Z, probs, labeled, Q, G, seed, rtol=RTOL, zeros="structural"):
+def check_balanced(sel, Z, probs, labeled, Q, G, seed, rtol=RTOL, zeros="duplicates"):
     """Picks and groups exactly, scores to rounding, against the float64 reference; with
-    ``"structural"`` the scores are compared where the code has decided degeneracy (the groups it
+    ``"duplicates"`` the scores are compared where the code has decided degeneracy (the groups it
     checked, and those the reference finds non-degenerate; the others keep their plain λ⁺_min)."""
     want, scores, groups = balanced_crc_ref(Z, probs, labeled, Q, G, seed, rtol, zeros)
     assert_array_equal(sel.diagnostics["groups"], groups)
@@ -256,7 +258,7 @@ def check_balanced(sel, Z, probs, labeled, Q, G, seed, rtol=RTOL, zeros="structu
     assert_array_equal(sel.indices, want)
     mine = sel.diagnostics["scores"]
     same = np.ones(scores.size, bool)
-    if zeros == "structural":
+    if zeros == "duplicates":
         same = scores > 0
         same[sel.diagnostics["degenerate_groups"]] = True
     np.testing.assert_allclose(mine[same], scores[same], rtol=1e-7, atol=1e-12)
@@ -370,7 +372,7 @@ def test_balanced_ties_go_first(key):
 @pytest.mark.parametrize("seed", range(4))
 def test_balanced_zeros_modes_match_reference(seed):
     """Copies of labeled rows (same features, hence the same pseudo-class) at |S| <= D: the
-    structural rule scores their groups 0 and picks none, "skip" scores them on a row fewer; both
+    duplicate rule scores their groups 0 and picks none, "skip" scores them on a row fewer; both
     as the reference does on the balanced partition."""
     rng = np.random.default_rng(seed)
     n, C, d, n_lab = 60, 3, 29, 10
@@ -476,3 +478,18 @@ def test_probs_and_features_row_counts_must_agree(balanced, n_probs, n_features)
         pool = {key: rng.normal(size=(n_features, 4)), "probs": probs}
         with pytest.raises(ValueError, match=f"probs and {key} must have one row per pool point"):
             CRC(group_size=3, balanced=balanced).select(pool, 6)
+
+
+def test_bias_false_uses_the_features_without_the_constant_column():
+    """A last layer without a bias: the trace NTK is C h·h', ntk_features(bias=False)."""
+    rng = np.random.default_rng(2)
+    h, p = rng.normal(size=(80, 6)), rng.dirichlet(np.ones(3), 80)
+    sel = CRC(group_size=2, bias=False).select({"features": h, "probs": p}, 6, [0, 1, 2], seed=1)
+    Z = fastal.ntk_features(h, 3, bias=False)
+    want = CRC(group_size=2).select({"ntk_features": Z}, 6, [0, 1, 2], seed=1)
+    np.testing.assert_array_equal(sel.indices, want.indices)
+    np.testing.assert_allclose(sel.diagnostics["scores"], want.diagnostics["scores"], rtol=1e-12)
+    with_bias = CRC(group_size=2).select({"features": h, "probs": p}, 6, [0, 1, 2], seed=1)
+    assert not np.allclose(with_bias.diagnostics["scores"], want.diagnostics["scores"])
+    with pytest.raises(TypeError, match="bias must be a bool"):
+        CRC(bias="no")

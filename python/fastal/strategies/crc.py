@@ -23,16 +23,19 @@ class CRC(Strategy):
     best groups are returned (ties to the earlier group). ``Q`` (the budget) must be a multiple of
     ``G``.
 
-    Zero eigenvalues (``zeros``): ``λ⁺_min`` skips the eigenvalues that count as zero, as the paper
+    Duplicates (``zeros``): ``λ⁺_min`` skips the eigenvalues that count as zero, as the paper
     defines it, so that the ``|S| - D`` zeros of a set larger than the feature width do not zero
-    every score. Skipping *every* zero would contradict Proposition 2 ("duplicates score zero at
-    full rank"): a group repeating a labeled point, or two identical points, adds a zero that would
-    be skipped, and the group would be scored on one point fewer, usually higher, so CRC would
-    prefer duplicates. With ``zeros="structural"`` (default) a group scores 0 when its Gram matrix
-    has more zero eigenvalues than every set of its size must have: ``max(0, m - r)``, with ``m =
-    min(|S|, D)`` and ``r`` the rank of the features of the whole pool (the same relative
-    threshold). Only the candidates for the ``Q / G`` best places are checked, each with its full
-    spectrum, so the cost is that of a few extra groups. ``zeros="skip"`` is plain ``λ⁺_min``.
+    every score. Skipping *every* zero would contradict Proposition 2 (a degenerate set, one with
+    duplicate instances, has a singular Gram matrix and scores 0, so "CRC never queries identical
+    samples or those already in the labeled set"): a group repeating a labeled point, or two
+    identical points, would be scored on one point fewer, usually higher, and CRC would prefer
+    duplicates. With ``zeros="duplicates"`` (default) a group scores 0 when one of its rows has the
+    features of a labeled row or of another row of the group (identical kernel rows: the
+    proposition's degenerate multiset); only the candidates for the ``Q / G`` best places are
+    checked. ``zeros="skip"`` is plain ``λ⁺_min``. (An earlier default counted a group's zero
+    eigenvalues against the rank of the whole pool's features; on ReLU features a unit that is
+    silent on the labeled rows and the group but active elsewhere in the pool adds a zero, so once
+    ``|S|`` passed that rank every group scored 0 and CRC took the first random groups.)
 
     Interpretations, documented: Alg. 1 forms ``⌈|U| / G⌉`` random groups; fastal forms ``⌊|U| / G⌋``
     full groups (a short last group would be scored on fewer points) and, with ``max_groups``, scores
@@ -55,12 +58,16 @@ class CRC(Strategy):
         Class-balanced groups from pseudo-labels (needs ``"probs"`` or ``"logits"`` in the pool).
     rtol : float, optional
         Relative zero threshold of the eigenvalues (see :func:`fastal.gram_min_eig`).
-    zeros : {"structural", "skip"}, default "structural"
-        Which zero eigenvalues ``λ⁺_min`` may skip (see above).
+    zeros : {"duplicates", "skip"}, default "duplicates"
+        Whether groups holding a duplicate score 0 (see above).
+    bias : bool, default True
+        Whether the model's last layer has a bias, for a pool of ``"features"`` with
+        ``"probs"``/``"logits"``: the trace-NTK features are ``√C [h, 1]`` with it, ``√C h``
+        without (:func:`fastal.ntk_features`).
 
     The pool is an ``(n, D)`` array of trace-NTK features (see :func:`fastal.ntk_features`), or a
     mapping with ``"ntk_features"``, or with ``"features"`` and ``"probs"``/``"logits"`` (then the
-    last-layer features ``√C [h, 1]`` are used; both must have one row per pool point). float16 /
+    last-layer features ``√C [h, 1]`` are used, ``√C h`` with ``bias=False``; both must have one row per pool point). float16 /
     bfloat16 features are widened to float32 on purpose (the eigenvalues are float64 anyway).
 
     Examples
@@ -83,7 +90,8 @@ class CRC(Strategy):
         max_groups: int | None = None,
         balanced: bool = False,
         rtol: float | None = None,
-        zeros: str = "structural",
+        zeros: str = "duplicates",
+        bias: bool = True,
     ) -> None:
         for name, v in (("group_size", group_size), ("max_groups", max_groups)):
             if v is None and name == "max_groups":
@@ -94,14 +102,17 @@ class CRC(Strategy):
         self.max_groups = None if max_groups is None else int(max_groups)
         self.balanced = bool(balanced)
         self.rtol = rtol
-        if zeros not in ("structural", "skip"):
-            raise ValueError(f"zeros must be 'structural' or 'skip', got {zeros!r}")
+        if zeros not in ("duplicates", "skip"):
+            raise ValueError(f"zeros must be 'duplicates' or 'skip', got {zeros!r}")
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
         self.zeros = zeros
+        self.bias = bool(bias)
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         from ..gram import gram_min_eig
 
-        Z, info, pseudo, n_classes = _ntk_pool(pool, need_labels=self.balanced)
+        Z, info, pseudo, n_classes = _ntk_pool(pool, need_labels=self.balanced, bias=self.bias)
         n = info.shape[0]
         lab, rest = unlabeled_rows(n, labeled, like=info)
         Q = check_budget(budget, rest.size)
@@ -121,8 +132,8 @@ class CRC(Strategy):
         scores = gram_min_eig(Z, lab_z, groups_z, rtol=self.rtol)
         scores = _interop.host_numpy(scores).astype(np.float64)
         degenerate = np.empty(0, np.int64)
-        if self.zeros == "structural":
-            degenerate = _zero_degenerate(Z, info, lab_z, groups_z, scores, Q // G, self.rtol)
+        if self.zeros == "duplicates":
+            degenerate = _zero_duplicates(Z, info, lab, groups, scores, Q // G)
         best = np.lexsort((np.arange(scores.size), -scores))[: Q // G]  # highest, ties to the earlier group
         indices = groups[best].reshape(-1)
         return Selection(
@@ -132,31 +143,34 @@ class CRC(Strategy):
         )  # fmt: skip
 
 
-def _zero_degenerate(Z, info, lab_z, groups_z, scores: np.ndarray, want: int, rtol) -> np.ndarray:
+def _zero_duplicates(Z, info, lab: np.ndarray, groups: np.ndarray, scores: np.ndarray,
+                     want: int) -> np.ndarray:
     """Set to 0 (in place) the score of every group, among the candidates for the ``want`` best
-    places, whose Gram matrix has more zero eigenvalues than its size forces (Proposition 2), and
-    return their indices. Candidates are taken in score order, in batches, until ``want`` of them
-    are not degenerate; the zeros counted are the eigenvalues at or below ``rtol`` times the
-    largest (the threshold of :func:`fastal.gram_min_eig`, default ``max(|S|, D) eps``)."""
-    from ..gram import gram_min_eig
+    places, that holds a duplicate (Proposition 2): a row whose features equal those of a labeled
+    row or of another row of the group. Candidates are taken in score order, in batches, until
+    ``want`` of them hold none; returns the indices of the groups set to 0."""
+    import torch
 
+    from ..gradients import as_torch
+
+    z = as_torch(Z, info)
+
+    def host_rows(rows: np.ndarray) -> np.ndarray:  # float64, -0.0 as 0.0: equal values, equal bytes
+        idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(z.device)
+        return z[idx].to(torch.float64).cpu().numpy() + 0.0
+
+    labeled_rows = {row.tobytes() for row in host_rows(lab)}
     order = np.lexsort((np.arange(scores.size), -scores))
-    n_lab, G = int(lab_z.shape[0]), int(groups_z.shape[1])
-    m = min(n_lab + G, info.shape[1])
-    tol = max(n_lab + G, info.shape[1]) * float(np.finfo(np.float64).eps) if rtol is None else rtol
-    forced = None  # zeros every set of this size has: max(0, m - rank of the pool's features)
+    G = groups.shape[1]
     degenerate: list[int] = []
     kept, start, batch = 0, 0, max(want, 16)
     while kept < want and start < order.size:
         cand = order[start : start + batch]
         start += cand.size
-        picked = _interop.to_framework(cand, info)
-        _, spectra = gram_min_eig(Z, lab_z, groups_z[picked], rtol=rtol, return_all=True)
-        for g, ev in zip(cand, _interop.host_numpy(spectra), strict=True):
-            zeros = int((ev <= tol * ev[-1]).sum()) if ev[-1] > 0 else m
-            if zeros and forced is None:
-                forced = max(0, m - _feature_rank(Z, info, rtol))
-            if zeros and zeros > forced:
+        rows = host_rows(groups[cand].reshape(-1)).reshape(cand.size, G, -1)
+        for g, block in zip(cand, rows, strict=True):
+            keys = [row.tobytes() for row in block]
+            if len(set(keys)) < G or any(k in labeled_rows for k in keys):
                 scores[g] = 0.0
                 degenerate.append(int(g))
                 continue
@@ -164,20 +178,6 @@ def _zero_degenerate(Z, info, lab_z, groups_z, scores: np.ndarray, want: int, rt
             if kept == want:
                 break
     return np.array(sorted(degenerate), dtype=np.int64)
-
-
-def _feature_rank(Z, info, rtol) -> int:
-    """Rank of the features of the whole pool: eigenvalues of ``ZᵀZ`` (float64) above ``rtol``
-    (default ``max(n, D) eps``) times the largest."""
-    import torch
-
-    from ..gradients import as_torch
-
-    z = as_torch(Z, info).to(torch.float64)
-    ev = torch.linalg.eigvalsh(z.T @ z)
-    tol = max(z.shape) * float(np.finfo(np.float64).eps) if rtol is None else float(rtol)
-    top = float(ev[-1]) if ev.numel() else 0.0
-    return int((ev > tol * top).sum()) if top > 0 else 0
 
 
 def _too_few_groups(k: int, Q: int, G: int, rest, strategy, pseudo, n_classes: int) -> str:
@@ -198,7 +198,7 @@ def _too_few_groups(k: int, Q: int, G: int, rest, strategy, pseudo, n_classes: i
     return msg
 
 
-def _ntk_pool(pool: Any, need_labels: bool) -> tuple[Any, Any, Any, int]:
+def _ntk_pool(pool: Any, need_labels: bool, bias: bool = True) -> tuple[Any, Any, Any, int]:
     """(trace-NTK features, their ArrayInfo, pseudo-labels or None, number of classes or 0).
 
     The features are float32 or float64: float16 / bfloat16 ones (given, or computed from float16
@@ -237,7 +237,7 @@ def _ntk_pool(pool: Any, need_labels: bool) -> tuple[Any, Any, Any, int]:
         Z = from_torch(as_torch(Z, info).float(), info)  # on purpose: the Gram is float64 anyway
         info = _interop.describe(Z, zname)
     if zname == "features":
-        Z = ntk_features(Z, pinfo.shape[1], bias=True)  # checks finiteness, names features
+        Z = ntk_features(Z, pinfo.shape[1], bias=bias)  # checks finiteness, names features
         info = _interop.describe(Z, zname)
     else:
         bad = ~torch_isfinite_rows(as_torch(Z, info))
