@@ -68,6 +68,32 @@ def test_bilevel_takes_the_labeled_rows_classes(tmp_path):
     assert not np.array_equal(picks[False], picks[True])
 
 
+def test_sparse_approx_fits_its_temperature_on_the_labeled_rows(tmp_path, capsys):
+    """--labels with --logits: temperature="auto" fits T on the labeled rows' logits, as the API
+    does with labeled_logits and labeled_targets (without them T = 1 and only sigma counts)."""
+    from fastal.strategies import SparseApprox
+
+    rng = np.random.default_rng(1)
+    n, C = 200, 4
+    z = 3 * rng.normal(size=(n, C))
+    p2 = np.exp(z / 2) / np.exp(z / 2).sum(1, keepdims=True)
+    y = (p2.cumsum(1) > rng.random((n, 1))).argmax(1)  # labels drawn at T = 2
+    feats = rng.normal(size=(n, 8)).astype(np.float32)
+    labeled = np.arange(60)
+    for name, arr in [("f", feats), ("z", z.astype(np.float32)), ("lab", labeled), ("y", y[labeled])]:
+        np.save(tmp_path / f"{name}.npy", arr)
+    out = tmp_path / "picks.npy"
+    argv = ["select", "--strategy", "sparse_approx", "--embeddings", str(tmp_path / "f.npy"),
+            "--logits", str(tmp_path / "z.npy"), "--labeled", str(tmp_path / "lab.npy"),
+            "--labels", str(tmp_path / "y.npy"), "--budget", "10", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    pool = {"logits": z.astype(np.float32), "features": feats,
+            "labeled_logits": z[labeled].astype(np.float32), "labeled_targets": y[labeled]}  # fmt: skip
+    api = SparseApprox().select(pool, 10, labeled, seed=0)
+    assert api.diagnostics["temperature"] != 1.0
+    np.testing.assert_array_equal(np.load(out), api.indices)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_select_dtype_cast(tmp_path, dtype):
     X = np.random.default_rng(1).normal(size=(200, 8))

@@ -699,6 +699,14 @@ def test_probs_with_label_probs_equals_logits_with_temperature(solver):
     assert_array_equal(to_numpy(c.indices), to_numpy(a.indices))
     assert_allclose(c.diagnostics["weights"], a.diagnostics["weights"], rtol=1e-9, atol=1e-12)
     assert c.diagnostics["temperature"] is None
+    # label_probs beside logits too (it was ignored there: P came from T = 1)
+    logits_pool_P = {**pool, "label_probs": probs_pool["label_probs"]}
+    d = SparseApprox(solver=solver).select(logits_pool_P, b, [0, 1])
+    assert_array_equal(to_numpy(d.indices), to_numpy(a.indices))
+    assert_allclose(d.diagnostics["weights"], a.diagnostics["weights"], rtol=1e-9, atol=1e-12)
+    assert d.diagnostics["temperature"] is None
+    with pytest.raises(ValueError, match=r"temperature=1\.7 and pool\['label_probs'\]"):
+        SparseApprox(solver=solver, temperature=T).select(logits_pool_P, b, [0, 1])
 
 
 def tempered_ref(p, T: float) -> np.ndarray:

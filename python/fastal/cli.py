@@ -166,7 +166,7 @@ _POOL_ARRAYS = (
     ("labeled_targets", "--labels", "(m,) classes of the labeled rows, in --labeled order"),
 )
 #: arrays with one row per labeled point, not per pool point
-_LABELED_ARRAYS = ("duals", "labeled_targets")
+_LABELED_ARRAYS = ("duals", "labeled_targets", "labeled_logits")
 #: what can stand in for a required array (strategies accept probs or logits alike)
 _ALTERNATIVES = {"features": ("features",), "probs": ("probs", "logits"), "logits": ("logits", "probs"),
                  "mc_probs": ("mc_probs",), "duals": ("duals", "dual_predictions")}  # fmt: skip
@@ -248,6 +248,11 @@ def cmd_select(args: argparse.Namespace) -> int:
         )
     n = _rows(arrays)
     budget = args.budget if args.budget is not None else min(100, n - len(labeled))
+    if "labeled_targets" in arrays and "logits" in arrays and len(labeled):
+        lab = np.asarray(labeled)
+        if np.issubdtype(lab.dtype, np.integer) and ((lab >= 0) & (lab < n)).all():
+            # Sparse Approximation's temperature="auto" fits T on the labeled rows' logits
+            arrays["labeled_logits"] = arrays["logits"][lab]
     pool_arrays = {k: _as_input(v, args.dtype, args.device) if np.issubdtype(v.dtype, np.floating) else v
                    for k, v in arrays.items()}  # fmt: skip
     # features alone go in as a bare array (what every features-only strategy takes)
@@ -428,8 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--dual-predictions", dest="dual_predictions",
                      help="ALLY: predicted dual variables of every pool row, an (n,) .npy file")  # fmt: skip
     sel.add_argument("--labels", dest="labeled_targets",
-                     help="bilevel: the classes of the labeled rows, an (m,) integer .npy file in "
-                     "--labeled order (without it they get pseudo-labels like the pool)")  # fmt: skip
+                     help="the classes of the labeled rows, an (m,) integer .npy file in --labeled "
+                     "order: bilevel's labeled targets (pseudo-labels without it); with --logits, "
+                     "sparse_approx fits its temperature on them")  # fmt: skip
     sel.add_argument(
         "--labeled",
         help="indices already labeled, a 1-D integer .npy file; with the default digits pool, "

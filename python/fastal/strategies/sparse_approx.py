@@ -83,7 +83,11 @@ class SparseApprox(Strategy):
         without ``"label_probs"``, or ``"label_probs"`` equal to ``"probs"``) every expected
         gradient ``p_j - P_j`` is zero, so ``Φ = 0`` and the selection is driven by ``σ`` alone
         (the top-b σ): a ``UserWarning`` says so.
-        ``diagnostics["temperature"]`` is the ``T`` used, ``None`` with ``"label_probs"``.
+        ``diagnostics["temperature"]`` is the ``T`` used, ``None`` with ``"label_probs"``. When the
+        labeled logits are those of the model's own training set and it fits them perfectly, the
+        NLL keeps falling as ``T → 0`` and the fit stops at its bound, ``T = 0.01``: ``P`` is then
+        nearly one-hot and ``σ`` nearly 0 (:func:`fastal.fit_temperature`); logits of held-out
+        labeled rows calibrate ``T`` as Guo et al. do.
     safeguard : bool, default True
         An addition required by issue 4 ("greedy and IHT must not be worse than selecting the
         top-b σ"), not in the paper: after the solver, the ``b`` largest ``σ`` (ties to the lowest
@@ -251,22 +255,22 @@ class SparseApprox(Strategy):
         if h_norms is None or not bool(torch_isfinite_rows(z).all()):
             raise ValueError(f"{key} and features must be finite")
         T = None
-        if key == "logits":
-            T = self._temperature(pool, key)
-            p = torch.softmax(z, 1)
-            P = torch.softmax(z / T, 1)
-        elif "label_probs" in pool:
+        if "label_probs" in pool:  # with logits or probs alike
             if isinstance(self.temperature, float):
                 raise ValueError(
                     f"temperature={self.temperature!r} and pool['label_probs'] both give the label "
                     "distribution P; pass one (temperature=None or 'auto' to use label_probs)"
                 )
-            p = _distributions(z, "probs", zinfo.dtype)
+            p = torch.softmax(z, 1) if key == "logits" else _distributions(z, "probs", zinfo.dtype)
             linfo = check_matrix(pool["label_probs"], "label_probs")
             if linfo.shape != zinfo.shape:
-                raise ValueError(f"label_probs must have shape {zinfo.shape} like probs, got {linfo.shape}")
+                raise ValueError(f"label_probs must have shape {zinfo.shape} like {key}, got {linfo.shape}")
             P = as_torch(pool["label_probs"], linfo).to(dev)[idx.to(dev)].to(torch.float64)
             P = _distributions(P, "label_probs", linfo.dtype)
+        elif key == "logits":
+            T = self._temperature(pool, key)
+            p = torch.softmax(z, 1)
+            P = torch.softmax(z / T, 1)
         else:
             p = _distributions(z, "probs", zinfo.dtype)
             T = self._temperature(pool, key)
