@@ -67,8 +67,8 @@ class CRC(Strategy):
 
     The pool is an ``(n, D)`` array of trace-NTK features (see :func:`fastal.ntk_features`), or a
     mapping with ``"ntk_features"``, or with ``"features"`` and ``"probs"``/``"logits"`` (then the
-    last-layer features ``√C [h, 1]`` are used, ``√C h`` with ``bias=False``; both must have one row per pool point). float16 /
-    bfloat16 features are widened to float32 on purpose (the eigenvalues are float64 anyway).
+    last-layer features ``√C [h, 1]`` are used, ``√C h`` with ``bias=False``; both must have one
+    row per pool point). float16 / bfloat16 features are widened to float32 on purpose (the eigenvalues are float64 anyway).
 
     Examples
     --------
