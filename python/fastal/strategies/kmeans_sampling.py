@@ -26,8 +26,11 @@ class KMeansSampling(Strategy):
         Batch size for mini-batch k-means on large pools.
     progress : bool, default False
 
-    The pool is an ``(n, d)`` array or a mapping with ``"features"``. A cluster that ends empty
-    takes the not yet chosen point farthest from its own centre. Indices come in centre order.
+    The pool is an ``(n, d)`` array or a mapping with ``"features"``. The clustering is one run of
+    :func:`fastal.kmeans` from one k-means++ seeding drawn with ``seed`` (scikit-learn's ``KMeans``
+    keeps the best of ``n_init`` runs; call ``select`` with several seeds and compare
+    ``diagnostics["inertia"]`` for that). A cluster that ends empty takes the not yet chosen point
+    farthest from its own centre. Indices come in centre order.
 
     Examples
     --------
