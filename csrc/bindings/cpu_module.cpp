@@ -203,6 +203,15 @@ void register_dtype(py::module_& m, const std::string& tag) {
             if (t_begin < t_end)
               FASTAL_REQUIRE(s.picks[t_begin] >= 0 && s.picks[t_begin] < rows.n, "picks[",
                              t_begin, "] = ", s.picks[t_begin], " is out of range");
+            // the state of earlier calls is read back as indices: O(n), against O(n d) a step
+            const int64_t placed = n_labeled + t_begin;
+            for (int64_t j = n_labeled; j < placed; ++j)
+              FASTAL_REQUIRE(s.centres[j] >= 0 && s.centres[j] < rows.n, "centres[", j, "] = ",
+                             s.centres[j], " is out of range for ", rows.n, " rows");
+            if (prune)
+              for (int64_t i = 0; i < rows.n; ++i)
+                FASTAL_REQUIRE(s.near[i] >= -1 && s.near[i] < placed, "near[", i, "] = ", s.near[i],
+                               " is not -1 or a centre position in [0, ", placed, ")");
             py::gil_scoped_release nogil;
             kcenter_steps(s, t_begin, t_end);
             return s.rows_read;
