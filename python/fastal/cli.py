@@ -150,6 +150,30 @@ def _as_input(X: np.ndarray, dtype: str | None, device: str):
     return t.to(device=device, dtype=getattr(torch, dtype) if dtype else t.dtype)
 
 
+def _report_dtype(X: np.ndarray) -> np.ndarray:
+    """X for the report's distances: float64 kept (float32 could overflow where it did not), the
+    16-bit dtypes widened to float32."""
+    return X if X.dtype == np.float64 else X.astype(np.float32)
+
+
+def _option_hint(message: str, arrays: dict) -> str:
+    """`` (X: --embeddings)`` when a library message names an array by its API name."""
+    first = message.split(" ", 1)[0].strip("'\",:")
+    if first in ("X", "pool", "features") and "features" in arrays:
+        return f" ({first} is the --embeddings array)"
+    options = {key: option for key, option, _ in _POOL_ARRAYS}
+    if first in options and first in arrays and options[first] != f"--{first}":
+        return f" ({first} is the {options[first]} array)"
+    return ""
+
+
+def _check_out_not_an_input(out: str, inputs: list[str]) -> None:
+    """Refuse an ``--out`` that would replace one of the input files."""
+    for path in inputs:
+        if os.path.realpath(out) == os.path.realpath(path):
+            raise SystemExit(f"fastal: --out {out} is also an input file; name another file")
+
+
 def _covering_radius(X, centres: np.ndarray) -> float:
     dist, _ = ops.min_distance(X, X[centres])
     return float(np.max(np.asarray(dist, dtype=np.float64)))
@@ -212,6 +236,8 @@ def cmd_select(args: argparse.Namespace) -> int:
             )
     if args.out is not None:
         _check_out_file(args.out)
+        inputs = [getattr(args, key) for key, _, _ in _POOL_ARRAYS] + [args.labeled]
+        _check_out_not_an_input(args.out, [p for p in inputs if p is not None])
     _check_device(args.device)
 
     targets = None
@@ -247,6 +273,11 @@ def cmd_select(args: argparse.Namespace) -> int:
             "or see `fastal demo`"
         )
     n = _rows(arrays)
+    if "labeled_targets" in arrays and not len(labeled):
+        raise SystemExit(
+            "fastal: --labels gives the classes of the labeled rows, in --labeled order, but no "
+            "labeled set was given: pass --labeled too"
+        )
     budget = args.budget if args.budget is not None else min(100, n - len(labeled))
     if "labeled_targets" in arrays and "logits" in arrays and len(labeled):
         lab = np.asarray(labeled)
@@ -264,10 +295,15 @@ def cmd_select(args: argparse.Namespace) -> int:
     try:
         sel = strategy.select(pool, budget, labeled if len(labeled) else None, seed=args.seed)
     except (ValueError, TypeError) as err:
-        raise SystemExit(f"fastal: {err}") from None
+        raise SystemExit(f"fastal: {err}{_option_hint(str(err), arrays)}") from None
     seconds = time.perf_counter() - start
     picks = np.asarray(sel.indices.cpu() if hasattr(sel.indices, "cpu") else sel.indices)
     diag = sel.diagnostics
+    if args.out is not None:  # before the report: nothing in it may cost the picks
+        try:
+            save_npy_atomic(args.out, picks.astype(np.int64))
+        except OSError as err:  # checked before the selection; the disk can still fill up
+            raise SystemExit(f"fastal: --out {args.out}: cannot write: {err}") from None
 
     print(f"fastal select: {args.strategy} on {source}")
     shapes = ", ".join(
@@ -283,8 +319,8 @@ def cmd_select(args: argparse.Namespace) -> int:
             rng = np.random.default_rng(args.seed)
             unlabeled = np.setdiff1d(np.arange(len(X)), labeled)
             rand = rng.choice(unlabeled, size=budget, replace=False)
-            print(f"  same budget picked at random: radius "
-                  f"{_covering_radius(X.astype(np.float32), np.concatenate([labeled, rand])):.4f}")  # fmt: skip
+            radius = _covering_radius(_report_dtype(X), np.concatenate([labeled, rand]))
+            print(f"  same budget picked at random: radius {radius:.4f}")
         print(f"  rows read: {100 * diag['rows_read_fraction']:.1f}% of an unpruned run "
               f"(pruning {'on' if diag['pruned'] else 'off'})")  # fmt: skip
     if targets is not None and budget:
@@ -294,10 +330,6 @@ def cmd_select(args: argparse.Namespace) -> int:
     shown = ", ".join(str(i) for i in picks[:10]) + (", ..." if budget > 10 else "")
     print(f"  picks: [{shown}]")
     if args.out is not None:
-        try:
-            save_npy_atomic(args.out, picks.astype(np.int64))
-        except OSError as err:  # checked before the selection; the disk can still fill up
-            raise SystemExit(f"fastal: --out {args.out}: cannot write: {err}") from None
         print(f"  wrote {budget} indices to {args.out}")
     return 0
 
@@ -479,7 +511,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["select", *argv]
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `fastal ... | head`: the reader left; the picks file is written
+        # Python would report the pipe again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
