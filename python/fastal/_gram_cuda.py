@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _ext, _interop
 from ._interop import ArrayInfo
-from .gram import _BIG, _SMALL, _check_groups_host
+from .gram import _BIG, _SMALL, _check_groups_host, _unscale
 
 # The default of gram_min_eig_cuda's warp_max (benchmarks set it to time the one-warp path through
 # fastal.gram_min_eig): -1 leaves the choice of path to the kernel.
@@ -121,7 +121,8 @@ def gram_min_eig_cuda(
             mins = gram_min_eig_lowrank_torch(
                 as_torch(zkeep, info), labeled, as_torch(grp_dev, info), rtol
             )
-            mins = mins / (scale * scale)
+            if scale != 1.0:
+                mins = _unscale(mins, scale, peak)
         del zkeep, lab_dev, grp_dev
         return from_torch(mins, info)
     mins = _interop.empty(info, (n_groups,), "float64")
@@ -148,8 +149,8 @@ def gram_min_eig_cuda(
     # the inputs' memory returns to the framework's stream-ordered pool: safe after the launch
     del zkeep, lab_dev, grp_dev
     if scale != 1.0:
-        mins = mins / (scale * scale)
-        spectra = None if spectra is None else spectra / (scale * scale)
+        mins = _unscale(mins, scale, peak)
+        spectra = None if spectra is None else _unscale(spectra, scale, peak, spectra=True)
     if return_all:
         return mins, spectra
     return mins

@@ -55,17 +55,36 @@ def check_same_place(info: ArrayInfo, name: str, ref: ArrayInfo, ref_name: str) 
         raise ValueError(f"{name} is a {info.where} array but {ref_name} is {ref.where}; pass both alike")
 
 
-def check_budget(budget: Any, available: int, name: str = "budget") -> int:
+def check_budget(
+    budget: Any, available: int, name: str = "budget", pool: str = "the unlabeled pool"
+) -> int:
+    """An integer in ``[0, available]``; ``pool`` says in messages what ``available`` counts."""
     if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(budget).__name__}")
     budget = int(budget)
     if budget < 0:
         raise ValueError(f"{name} must be >= 0, got {budget}")
     if budget > available:
-        raise ValueError(
-            f"{name} = {budget} is larger than the unlabeled pool ({available} points)"
-        )
+        raise ValueError(f"{name} = {budget} is larger than {pool} ({available} points)")
     return budget
+
+
+def host_values(values: Any, name: str, what: str = "numbers") -> np.ndarray:
+    """An array-like of numbers as host numpy; ragged lists, sets, generators and strings are a
+    ``TypeError`` naming ``name`` (numpy would make them object or string arrays)."""
+    try:
+        arr = _interop.host_numpy(values) if not isinstance(values, range) else np.asarray(values)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must hold {what} (an array, tensor, list or range): {err}") from None
+    if arr.dtype.kind not in "biuf":
+        if arr.dtype.kind != "O":
+            got = f"dtype {arr.dtype}"
+        elif arr.ndim and arr.size:
+            got = f"entries of type {type(arr.flat[0]).__name__}"
+        else:
+            got = type(values).__name__
+        raise TypeError(f"{name} must hold {what} (an array, tensor, list or range), got {got}")
+    return arr
 
 
 def check_indices(
@@ -81,7 +100,7 @@ def check_indices(
         info = _interop.describe(indices, name)  # refuses devices fastal cannot read
         if like is not None and info.device != like.device:
             raise ValueError(f"{name} is on {info.where} but the data is on {like.where}")
-    arr = _interop.host_numpy(indices) if not isinstance(indices, range) else np.asarray(indices)
+    arr = host_values(indices, name, "integer indices")
     if arr.dtype == np.bool_:
         raise TypeError(
             f"{name} must hold integer indices, got a boolean mask; use np.flatnonzero(mask)"
@@ -92,6 +111,8 @@ def check_indices(
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must hold integer indices, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= n:  # before int64 could wrap it
+        raise ValueError(f"{name} has indices out of range [0, {n}): e.g. {int(arr.max())}")
     arr = arr.astype(np.int64, copy=False)
     if arr.size:
         bad = (arr < 0) | (arr >= n)

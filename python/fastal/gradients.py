@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _interop
 from ._interop import ArrayInfo
-from ._validate import check_matrix, check_same_place, prob_sum_tol
+from ._validate import check_matrix, check_same_place, host_values, prob_sum_tol
 
 #: rows per chunk of the elementwise passes (bounds temporaries to ~ chunk * C floats)
 _CHUNK = 1 << 15
@@ -401,6 +401,13 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _wide_unsigned(arr: np.ndarray, C: int) -> np.ndarray:
+    """Unsigned class labels as int64, refusing those that int64 would wrap."""
+    if arr.size and int(arr.max()) >= C:
+        raise ValueError(f"labels must be classes in [0, {C}), got values up to {int(arr.max())}")
+    return arr.astype(np.int64)
+
+
 def _target(labels: Any, n: int, C: int, pinfo: ArrayInfo, acc: Any) -> Any:
     """None (hypothetical labels), an int64 tensor (n,) or a float tensor (n, C) on p's device."""
     torch = _torch()
@@ -412,8 +419,13 @@ def _target(labels: Any, n: int, C: int, pinfo: ArrayInfo, acc: Any) -> Any:
         if linfo.device != pinfo.device:
             raise ValueError(f"labels is on {linfo.where} but probs_or_logits is on {pinfo.where}")
         lt = as_torch(labels, linfo).to(device)
+        if linfo.dtype in ("uint16", "uint32", "uint64") and len(linfo.shape) == 1:  # no torch min
+            lt = torch.as_tensor(_wide_unsigned(_interop.host_numpy(labels), C), device=device)
     else:
-        lt = torch.as_tensor(np.asarray(labels), device=device)
+        arr = host_values(labels, "labels", "class indices or a label distribution")
+        if arr.dtype.kind == "u" and arr.ndim == 1:
+            arr = _wide_unsigned(arr, C)
+        lt = torch.as_tensor(arr, device=device)
     if lt.dtype == torch.bool:
         raise TypeError("labels must be integer classes or a float label distribution, got booleans")
     if lt.ndim == 1:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import _ext, _interop
-from ._validate import check_indices, check_matrix
+from ._validate import check_indices, check_matrix, host_values
 
 #: float64 machine epsilon: the eigenvalues are computed in float64 for every storage dtype
 EPS = float(np.finfo(np.float64).eps)
@@ -211,11 +211,30 @@ def gram_min_eig(
     else:
         mins, spectra = np.concatenate(parts), None
     if scale != 1.0:
-        mins = mins / (scale * scale)
-        spectra = None if spectra is None else spectra / (scale * scale)
+        mins = _unscale(mins, scale, peak)
+        spectra = None if spectra is None else _unscale(spectra, scale, peak, spectra=True)
     if return_all:
         return _interop.wrap_host(mins, info), _interop.wrap_host(spectra, info)
     return _interop.wrap_host(mins, info)
+
+
+def _unscale(values: Any, scale: float, peak: float, *, spectra: bool = False) -> Any:
+    """Eigenvalues of the rescaled ``scale · Z`` back to those of ``Z`` (numpy, torch or cupy).
+
+    Dividing by ``scale`` twice keeps ``scale²`` from under- or overflowing on its own; a value that
+    does not fit float64 once unscaled is refused rather than returned as inf or as a false 0 (in
+    spectra only inf: entries below the tolerance may flush to 0, they count as zero anyway)."""
+    with np.errstate(over="ignore", under="ignore"):  # numpy's warning; the check below raises
+        out = values / scale / scale
+    lost = abs(out) == float("inf")
+    if not spectra:
+        lost = lost | ((out == 0) & (values != 0))
+    if bool(lost.any()):
+        raise ValueError(
+            f"the eigenvalues of Z Zᵀ do not fit float64: |Z| reaches {peak:.3g} and they scale "
+            "as its square; rescale Z (λ⁺_min scales by the square of the factor)"
+        )
+    return out
 
 
 # The CPU kernels run without the GIL, so Ctrl-C is only seen between calls: the groups go in
@@ -298,7 +317,7 @@ def _check_groups(groups: Any, n: int, labeled: np.ndarray, info: Any) -> tuple[
             and _is_c_contiguous(groups)
         ):
             return groups, False
-    return _check_groups_host(_interop.host_numpy(groups), n, labeled), True
+    return _check_groups_host(host_values(groups, "groups", "integer indices"), n, labeled), True
 
 
 def _check_groups_host(arr: np.ndarray, n: int, labeled: np.ndarray) -> np.ndarray:
@@ -311,6 +330,9 @@ def _check_groups_host(arr: np.ndarray, n: int, labeled: np.ndarray) -> np.ndarr
         raise ValueError(f"groups is empty: shape {arr.shape}, need n_groups >= 1 and G >= 1")
     if not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"groups must hold integer indices, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and int(arr.max()) >= n:  # before int64 could wrap it
+        g, a = np.unravel_index(int(np.argmax(arr)), arr.shape)
+        raise ValueError(f"groups has indices out of range [0, {n}): groups[{g}, {a}] = {int(arr[g, a])}")
     arr = np.ascontiguousarray(arr, dtype=np.int64)
     bad = (arr < 0) | (arr >= n)
     if bad.any():

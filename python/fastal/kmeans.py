@@ -486,7 +486,7 @@ def _kmeans(
 
     info = check_matrix(X, name)
     n, d = info.shape
-    k = check_budget(k, n, "k")
+    k = check_budget(k, n, "k", f"the rows of {name}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if max_iter is None:

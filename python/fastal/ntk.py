@@ -10,6 +10,7 @@ chosen parameters.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -57,7 +58,15 @@ def ntk_features(features: Any, n_classes: int, *, bias: bool = True) -> Any:
         raise ValueError("features contains NaN or Inf")
     if bias:
         h = torch.cat([h, torch.ones((h.shape[0], 1), dtype=h.dtype, device=h.device)], 1)
-    return from_torch((h * float(np.sqrt(n_classes))).contiguous(), info)
+    root_c = math.sqrt(n_classes)
+    out = (h * root_c).contiguous()
+    if not bool(torch.isfinite(out).all()):
+        peak = float(h.abs().max())
+        raise ValueError(
+            f"features times √n_classes overflows {info.dtype}: |features| reaches {peak:.3g} and "
+            f"√C = {root_c:.3g}; rescale them, or pass a wider dtype"
+        )
+    return from_torch(out, info)
 
 
 def ntk_features_jacobian(

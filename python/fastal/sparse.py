@@ -103,7 +103,7 @@ def iht_threshold(s: Any, sigma: Any, b: int, alpha: float, *, rule: str = "pape
     if ginfo.dtype != sinfo.dtype:
         raise TypeError(f"sigma has dtype {ginfo.dtype} but s has {sinfo.dtype}; cast one on purpose")
     n = sinfo.shape[0]
-    b = check_budget(b, n, "b")
+    b = check_budget(b, n, "b", "the length of s")
     alpha = _number(alpha, "alpha", minimum=0.0)
     if sinfo.device == "cuda":
         from ._sparse_cuda import iht_threshold_cuda
@@ -144,26 +144,32 @@ def fit_temperature(logits: Any, targets: Any) -> float:
     >>> round(fastal.fit_temperature(z, y), 1)
     2.0
     """
+    return _fit_temperature(logits, targets)
+
+
+def _fit_temperature(logits: Any, targets: Any, names: tuple[str, str] = ("logits", "targets")) -> float:
+    """:func:`fit_temperature` with the arguments' names for messages (the caller's names)."""
     import torch
 
-    from ._validate import check_matrix
+    from ._validate import check_matrix, host_values
     from .gradients import as_torch
 
-    info = check_matrix(logits, "logits")
+    lname, tname = names
+    info = check_matrix(logits, lname)
     z = as_torch(logits, info).to(torch.float64)
     n, C = info.shape
     if _interop.is_array(targets):
-        _interop.describe(targets, "targets")  # a tensor on an unsupported device: named TypeError
-    y = torch.as_tensor(_interop.host_numpy(targets)).to(z.device)
+        _interop.describe(targets, tname)  # a tensor on an unsupported device: named TypeError
+    y = host_values(targets, tname, "integer classes")
     if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"targets must have shape ({n},), got {tuple(y.shape)}")
-    if y.is_floating_point() or y.dtype == torch.bool:
-        raise TypeError(f"targets must be integer classes, got dtype {y.dtype}")
-    y = y.to(torch.int64)
+        raise ValueError(f"{tname} must have shape ({n},), got {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{tname} must be integer classes, got dtype {y.dtype}")
     if n and (int(y.min()) < 0 or int(y.max()) >= C):
-        raise ValueError(f"targets must be classes in [0, {C})")
+        raise ValueError(f"{tname} must be classes in [0, {C}), got values in [{int(y.min())}, {int(y.max())}]")
+    y = torch.as_tensor(y.astype(np.int64)).to(z.device)
     if not bool(torch.isfinite(z).all()):
-        raise ValueError("logits contains NaN or Inf")
+        raise ValueError(f"{lname} contains NaN or Inf")
     picked = z.gather(1, y[:, None])[:, 0]
 
     def nll(log_t: float) -> float:

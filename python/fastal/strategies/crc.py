@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import check_budget, make_rng
+from .._validate import check_bool, check_budget, make_rng
 from .base import Selection, Strategy, register, unlabeled_rows
 
 
@@ -68,7 +68,8 @@ class CRC(Strategy):
     The pool is an ``(n, D)`` array of trace-NTK features (see :func:`fastal.ntk_features`), or a
     mapping with ``"ntk_features"``, or with ``"features"`` and ``"probs"``/``"logits"`` (then the
     last-layer features ``√C [h, 1]`` are used, ``√C h`` with ``bias=False``; both must have one
-    row per pool point). float16 / bfloat16 features are widened to float32 on purpose (the eigenvalues are float64 anyway).
+    row per pool point, and the probabilities or logits are checked like every such input even
+    when only their number of columns, C, is used). float16 / bfloat16 features are widened to float32 on purpose (the eigenvalues are float64 anyway).
 
     Examples
     --------
@@ -100,14 +101,12 @@ class CRC(Strategy):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         self.group_size = int(group_size)
         self.max_groups = None if max_groups is None else int(max_groups)
-        self.balanced = bool(balanced)
+        self.balanced = check_bool(balanced, "balanced")
         self.rtol = rtol
         if zeros not in ("duplicates", "skip"):
             raise ValueError(f"zeros must be 'duplicates' or 'skip', got {zeros!r}")
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
         self.zeros = zeros
-        self.bias = bool(bias)
+        self.bias = check_bool(bias, "bias")
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         from ..gram import gram_min_eig
@@ -129,7 +128,12 @@ class CRC(Strategy):
             raise ValueError(_too_few_groups(groups.shape[0], Q, G, rest, self, pseudo, n_classes))
         # indices travel with Z (gram_min_eig wants them on Z's device)
         lab_z, groups_z = (_interop.to_framework(a, info) for a in (lab, groups))
-        scores = gram_min_eig(Z, lab_z, groups_z, rtol=self.rtol)
+        try:
+            scores = gram_min_eig(Z, lab_z, groups_z, rtol=self.rtol)
+        except ValueError as err:
+            if "do not fit float64" not in str(err):
+                raise
+            raise ValueError(f"{_z_name(pool)}: {err}") from None
         scores = _interop.host_numpy(scores).astype(np.float64)
         degenerate = np.empty(0, np.int64)
         if self.zeros == "duplicates":
@@ -247,11 +251,10 @@ def _ntk_pool(pool: Any, need_labels: bool, bias: bool = True) -> tuple[Any, Any
                 f"first at row {int(bad.nonzero()[0, 0])}"
             )
     pseudo, n_classes = None, 0
-    if pinfo is not None:
+    if need_labels and probs is None:
+        raise ValueError("balanced=True needs 'probs' or 'logits' in the pool for pseudo-labels")
+    if probs is not None:  # checked even when only C is read from them: they came for a reason
         n_classes = pinfo.shape[1]
-    if need_labels:
-        if probs is None:
-            raise ValueError("balanced=True needs 'probs' or 'logits' in the pool for pseudo-labels")
         pt = as_torch(probs, pinfo)
         bad = ~torch_isfinite_rows(pt)
         if bool(bad.any()):  # argmax would put a NaN row in the NaN's column
@@ -266,8 +269,16 @@ def _ntk_pool(pool: Any, need_labels: bool, bias: bool = True) -> tuple[Any, Any
                     f"probs must hold probabilities in [0, 1] with rows summing to 1 (within "
                     f"{tol:.3g} for {pinfo.dtype}); put logits under 'logits' in the pool"
                 )
-        pseudo = _interop.host_numpy(pt.argmax(1)).astype(np.int64)
+        if need_labels:
+            pseudo = _interop.host_numpy(pt.argmax(1)).astype(np.int64)
     return Z, info, pseudo, n_classes
+
+
+def _z_name(pool: Any) -> str:
+    """The pool entry the Gram's Z came from, for messages."""
+    if not isinstance(pool, Mapping):
+        return "pool"
+    return "pool['ntk_features']" if "ntk_features" in pool else "pool['features'] (times √C)"
 
 
 def _random_groups(rest: np.ndarray, G: int, rng: np.random.Generator) -> np.ndarray:

@@ -14,7 +14,7 @@ from ..sparse import (
     DensePhi,
     FactoredPhi,
     SparseProblem,
-    fit_temperature,
+    _fit_temperature,
     safeguard_top_sigma,
     solve_greedy,
     solve_iht,
@@ -103,7 +103,8 @@ class SparseApprox(Strategy):
 
     The pool is a mapping: ``"logits"`` (or ``"probs"``, optionally ``"label_probs"``) and
     ``"features"`` for the non-Bayesian form; ``"mc_probs"`` (m, n, C), or ``"losses"`` (m, n, C)
-    with ``"probs"`` as ``P``, for the Bayesian form. Selected indices are exactly ``budget`` pool
+    with ``"probs"`` as ``P``, for the Bayesian form (m >= 2 samples: the losses are centred over
+    them). Selected indices are exactly ``budget`` pool
     indices (see :mod:`fastal.sparse` for how a weight clamped to 0 is handled). The Bayesian
     ``Φ`` follows eq. 19 (centred losses without the ``1/√m`` of eq. 13), which sets the balance
     of α and β against the ridge (see :mod:`fastal.sparse`).
@@ -168,7 +169,7 @@ class SparseApprox(Strategy):
             raise ValueError(f"prox must be 'paper' or 'exact', got {prox!r}")
         self.prox = prox
         self.tau = _number(tau, "tau", positive=True)
-        self.bias = bool(bias)
+        self.bias = check_bool(bias, "bias")
         if not (temperature is None or temperature == "auto"):
             temperature = _number(temperature, "temperature", positive=True)
         self.temperature = temperature
@@ -185,9 +186,16 @@ class SparseApprox(Strategy):
         first = pool["mc_probs"] if "mc_probs" in pool else pool["losses"] if bayesian else None
         if bayesian:
             info = _interop.describe(first, "mc_probs" if "mc_probs" in pool else "losses")
+            name = "mc_probs" if "mc_probs" in pool else "losses"
             if len(info.shape) != 3:
-                name = "mc_probs" if "mc_probs" in pool else "losses"
                 raise ValueError(f"{name} must be 3-D (m samples, n, C), got shape {info.shape}")
+            if info.shape[0] < 2:  # g_j(y) is centred over the samples
+                raise ValueError(
+                    f"{name} must hold m >= 2 posterior samples (shape (m, n, C)), got shape "
+                    f"{info.shape}: with one sample every centred loss is 0"
+                )
+            if info.shape[2] < 1:
+                raise ValueError(f"{name} must hold C >= 1 classes (shape (m, n, C)), got shape {info.shape}")
             n = info.shape[1]
         else:
             key = "logits" if "logits" in pool else "probs"
@@ -220,12 +228,19 @@ class SparseApprox(Strategy):
             phi, v, sigma, T = self._factored_problem(pool, idx, b)
             diagnostics["temperature"] = T
         problem = SparseProblem(phi, v, sigma, b, alpha, beta)
-        if self.solver == "greedy":
-            res = solve_greedy(problem, self.tau, self.progress)
-        else:
-            res = solve_iht(problem, self.iters, self.progress, self.prox)
-        if self.safeguard:
-            res = safeguard_top_sigma(problem, res)
+        try:
+            if self.solver == "greedy":
+                res = solve_greedy(problem, self.tau, self.progress)
+            else:
+                res = solve_iht(problem, self.iters, self.progress, self.prox)
+            if self.safeguard:
+                res = safeguard_top_sigma(problem, res)
+        except ValueError as err:  # the top-b kernel's NaN score: an overflow upstream
+            if "IHT score is NaN" not in str(err):
+                raise
+            raise ValueError(_overflow_message(pool, alpha, beta)) from None
+        if not (np.isfinite(res.objective).all() and np.isfinite(res.weights).all()):
+            raise ValueError(_overflow_message(pool, alpha, beta))
         indices = rest[res.selected]
         diagnostics.update(
             weights=res.weights,
@@ -304,9 +319,23 @@ class SparseApprox(Strategy):
                     raise ValueError(
                         f"labeled_logits must have {C} classes like {key}, got shape {linfo.shape}"
                     )
-                return fit_temperature(pool["labeled_logits"], pool["labeled_targets"])
+                return _fit_temperature(
+                    pool["labeled_logits"], pool["labeled_targets"], ("labeled_logits", "labeled_targets")
+                )
             return 1.0
         return 1.0 if self.temperature is None else float(self.temperature)
+
+
+def _overflow_message(pool: Any, alpha: float, beta: float) -> str:
+    """Why the objective stopped being finite, naming the inputs the user can change."""
+    source = (
+        "mc_probs" if "mc_probs" in pool else "losses" if "losses" in pool else "features"
+    )
+    return (
+        f"the Sparse Approximation objective is not finite (NaN or Inf): its terms are squares of "
+        f"the scale of {source} (|v - Φw|², α σ²) and of alpha = {alpha:.3g}, beta = {beta:.3g}, "
+        f"and they overflowed; rescale {source} or lower alpha / beta"
+    )
 
 
 def expected_distance(P: Any) -> Any:
@@ -359,13 +388,13 @@ def _bayesian_problem(pool, idx, b):
         if info.dtype not in _interop.FLOAT_DTYPES:
             raise TypeError(f"losses must have a floating dtype, got {info.dtype}")
         losses = as_torch(pool["losses"], info).to(torch.float64)
-        losses = losses[:, idx.to(losses.device)]
         if "probs" not in pool:
             raise ValueError("pool with 'losses' needs 'probs' (n, C): the label distribution P")
         pinfo = check_matrix(pool["probs"], "probs")
+        if tuple(pinfo.shape) != tuple(info.shape[1:]):
+            raise ValueError(f"probs must have shape {tuple(info.shape[1:])} like losses[0], got {tuple(pinfo.shape)}")
+        losses = losses[:, idx.to(losses.device)]
         P = as_torch(pool["probs"], pinfo).to(torch.float64)[idx.to(losses.device)]
-        if tuple(P.shape) != tuple(losses.shape[1:]):
-            raise ValueError(f"probs must have shape {tuple(losses.shape[1:])} like losses[0], got {tuple(P.shape)}")
         P = _distributions(P, "probs", pinfo.dtype)
         if not bool(torch.isfinite(losses).all()):
             raise ValueError("losses contains NaN or Inf")

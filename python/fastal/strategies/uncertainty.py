@@ -11,6 +11,7 @@ low precision are accepted.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -125,10 +126,15 @@ def _pool_rows(pool: Any) -> tuple[int, Any]:
         return int(pool), None
     if _interop.is_array(pool):
         info = _interop.describe(pool, "pool")
+        if not info.shape:
+            raise ValueError("pool must be a pool size, or an array with a row axis, got a 0-d array")
         return info.shape[0], info
     if isinstance(pool, Mapping):
         if "n" in pool:
-            return _pool_rows(int(pool["n"]))
+            n = pool["n"]
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+                raise TypeError(f"pool['n'] must be an integer pool size, got {n!r}")
+            return _pool_rows(int(n))
         for key, axis in (
             ("features", 0),
             ("probs", 0),
