@@ -72,7 +72,7 @@ def pool_outputs(
     batch_size: int = 256,
     device: Any = None,
     output_device: Any = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     amp: bool | torch.dtype = False,
     mc_samples: int = 20,
     seed: int | None = None,
@@ -95,14 +95,16 @@ def pool_outputs(
     ----------
     model : nn.Module
         Moved to ``device`` when one is given (``model.to(device)``, in place, as ``nn.Module.to``).
-    data : Tensor, ndarray, Dataset or DataLoader
+    data : Tensor, ndarray, list of numbers, Dataset or DataLoader
         The pool, in a fixed order: row ``i`` of every output is row ``i`` of ``data``. Tensors
-        and arrays are sliced into batches (floating numpy arrays are cast to the model's parameter
-        dtype; tensors are passed as they are); a Dataset is read through a ``DataLoader`` without
-        shuffling (``num_workers`` workers); a DataLoader must not shuffle or drop rows. A batch
-        that is a tuple or list (``(x, y)`` pairs) gives its first element to the model; use
-        ``batch_fn`` for anything else (its result is moved to ``device``; a tuple is unpacked into
-        the call, a mapping passed as keyword arguments).
+        and arrays are sliced into batches (a (nested) list of plain numbers is read as an array);
+        a Dataset is read through a ``DataLoader`` without shuffling (``num_workers`` workers); a
+        DataLoader must not shuffle or drop rows. A batch that is a tuple or list (``(x, y)``
+        pairs) gives its first element to the model; use ``batch_fn`` for anything else (its
+        result is moved to ``device``; a tuple is unpacked into the call, a mapping passed as
+        keyword arguments). Floating inputs of every kind (arrays, tensors, and the floating
+        tensors of a Dataset's or DataLoader's batches, after ``batch_fn``) are cast to the model's
+        parameter dtype; other dtypes (e.g. integer token ids) are passed as they are.
     needs : sequence of str
         Classification: ``"features"`` (n, d), ``"logits"`` (n, C), ``"probs"`` (n, C, softmax of
         the logits), ``"mc_probs"`` (T, n, C): ``T = mc_samples`` passes with every dropout module
@@ -114,20 +116,25 @@ def pool_outputs(
         Rows per forward pass (tensors, arrays and Datasets; a DataLoader keeps its own).
     device : str or torch.device, optional
         Where the model runs; default: where its parameters are (the CPU without parameters).
-    output_device : default "cpu"
-        Where the outputs are allocated.
-    dtype : torch.dtype, default float32
-        Output dtype (probabilities are computed from float32 logits whatever the dtype).
+        ``"meta"`` is refused (moving the model there would drop its weights).
+    output_device : str or torch.device, default "cpu"
+        Where the outputs are allocated: a CPU or CUDA device.
+    dtype : torch.dtype or str, default float32
+        Output dtype: ``torch.float32``, ``torch.float64``, ``torch.float16`` or ``torch.bfloat16``,
+        or its name (``"float32"``, ...). Probabilities are computed from float32 logits whatever
+        the dtype.
     amp : bool or torch.dtype, default False
-        Autocast on CUDA (``True`` means float16; pass ``torch.bfloat16`` for bfloat16). Ignored on
-        other devices.
+        Autocast on CUDA (``True`` means float16; pass ``torch.bfloat16`` for bfloat16). Checked on
+        every device, ignored on devices other than CUDA.
     mc_samples : int, default 20
         ``T`` for ``"mc_probs"`` / ``"mc_outputs"``.
     seed : int, optional
-        Seeds the dropout masks of the MC passes (the global RNG state is restored afterwards).
+        Seeds the dropout masks of the MC passes (the global RNG state is restored afterwards);
+        a non-negative int below 2**64.
     embed_fn : callable, optional
-        ``embed_fn(model, x) -> (B, d)`` features; by default a forward pre-hook records the
-        input of ``feature_layer``.
+        ``embed_fn(model, x) -> (B, ...)`` features, a tensor with one row per input row (rows are
+        flattened to ``(B, d)``); by default a forward pre-hook records the input of
+        ``feature_layer``.
     feature_layer : nn.Module or str, optional
         The layer whose input are the features (a module or a name for ``model.get_submodule``).
         Default: the last ``nn.Linear`` in ``model.modules()`` order. The hook is on during the
@@ -170,10 +177,18 @@ def pool_outputs(
         raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if device is not None:
-        model.to(device)
-    run_device = torch.device(device) if device is not None else _model_device(model)
-    out_device = torch.device(output_device)
+    run = _check_device(device, "device", cpu_or_cuda=False) if device is not None else None
+    out_device = _check_device(output_device, "output_device", cpu_or_cuda=True)
+    dtype = _check_dtype(dtype)
+    amp_dtype = _check_amp(amp)
+    seed = _check_seed(seed, "seed")
+    for fn, fn_name in ((embed_fn, "embed_fn"), (batch_fn, "batch_fn")):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{fn_name} must be callable, got {type(fn).__name__}")
+    data = _plain_numbers(data)
+    if run is not None:
+        model.to(run)
+    run_device = run if run is not None else _model_device(model)
     dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
     if mc and not dropouts:
         raise ValueError(
@@ -191,7 +206,7 @@ def pool_outputs(
         raise ValueError("data is empty: the pool needs at least one row")
     batches = _batches(data, batch_size, num_workers, run_device, batch_fn, _model_dtype(model))
     writer = _Writer(n, out_device, dtype)
-    amp_ctx = _autocast(amp, run_device)
+    amp_ctx = _autocast(amp_dtype, run_device)
     grad_ctx = torch.inference_mode if inference_mode else torch.no_grad
     captured: list[torch.Tensor] = []
 
@@ -228,7 +243,7 @@ def pool_outputs(
                     captured.clear()
                     with amp_ctx():
                         if embed_fn is not None:
-                            result["features"] = embed_fn(model, x)
+                            result["features"] = _check_embedding(embed_fn(model, x), rows)
                         z = None
                         if head or hook_layer is not None:
                             try:
@@ -297,13 +312,16 @@ def select(
         Passed to ``strategy.select``. ``labeled`` holds unique row indices in ``[0, n)``; it is
         checked before the pool pass (right after it when the pool's size is unknown, an
         ``IterableDataset``): an index out of range or repeated raises ``ValueError`` naming
-        ``labeled``, and a boolean mask ``TypeError`` (pass ``np.flatnonzero(mask)``). An int
-        ``seed`` also seeds the MC dropout masks (pass ``mc_seed=`` to seed them differently).
+        ``labeled``, and a boolean mask ``TypeError`` (pass ``np.flatnonzero(mask)``). ``seed`` is
+        None, a non-negative int or a numpy Generator, for every strategy. An int ``seed`` also
+        seeds the MC dropout masks (pass ``mc_seed=``, None or a non-negative int, to seed them
+        differently).
     labels : array, optional
         The known labels of the ``labeled`` rows, 1-D, one per row of ``labeled`` in the same
-        order (checked with ``labeled``). With ``"logits"`` in the pool they are added as
-        ``"labeled_logits"`` / ``"labeled_targets"`` (Sparse Approximation fits its temperature
-        on them).
+        order (checked with ``labeled``): integer class indices in ``[0, C)`` for a classifier of
+        ``C`` outputs (real numbers for ``task="regression"``). With ``"logits"`` in the pool
+        they are added as ``"labeled_logits"`` / ``"labeled_targets"`` (Sparse Approximation fits
+        its temperature on them).
     needs : sequence of str, optional
         Override ``strategy.requires`` (e.g. ``("mc_probs",)`` for the Bayesian Sparse Approximation).
     duals : array, optional (keyword, in ``options``)
@@ -331,16 +349,22 @@ def select(
         strategy = get(strategy)()
     elif isinstance(strategy, type) and issubclass(strategy, Strategy):
         strategy = strategy()
+    from .._validate import make_rng
+
     task = options.get("task", "classification")
     needs = needs_of(strategy) if needs is None else _check_needs(needs, task, extra=("duals",))
     duals = options.pop("duals", None)
     model_needs = tuple(k for k in needs if k != "duals")
-    mc_seed = options.pop("mc_seed", seed if isinstance(seed, numbers.Integral) else None)
+    make_rng(seed, "seed")  # the rule of every strategy, whether or not this one draws
+    if "mc_seed" in options:
+        mc_seed = _check_seed(options.pop("mc_seed"), "mc_seed")
+    else:
+        mc_seed = _check_seed(seed, "seed") if isinstance(seed, numbers.Integral) else None
 
     def labeled_rows(n: int) -> tuple[np.ndarray, Any, Any]:
         # labeled, labels and duals are checked against the pool before anything indexes them
         idx = _check_labeled(labeled, n)
-        targets = _check_labels(labels, idx)
+        targets = _check_labels(labels, idx, task)
         return idx, targets, _labeled_duals(model, duals, idx.size) if "duals" in needs else None
 
     n = _size_or_none(data)
@@ -356,11 +380,14 @@ def select(
     if "duals" in needs:
         pool["duals"] = duals
     seconds = time.perf_counter() - start
-    out_device = torch.device(options.get("output_device", "cpu"))
+    out_device = _check_device(
+        options.get("output_device", "cpu"), "output_device", cpu_or_cuda=True
+    )
     if isinstance(labeled, np.ndarray) and out_device.type != "cpu":
         labeled = torch.as_tensor(labeled, device=out_device)
     if targets is not None and idx.size and "logits" in pool:
         device = pool["logits"].device
+        _check_label_range(targets, int(pool["logits"].shape[1]))
         pool["labeled_logits"] = pool["logits"][torch.as_tensor(idx, device=device)]
         pool["labeled_targets"] = targets.to(device)
     sel = strategy.select(pool, budget, labeled, seed=seed)
@@ -392,6 +419,89 @@ def _check_needs(
     return needs
 
 
+#: Output dtypes of ``pool_outputs`` (the floating dtypes the strategies read).
+_OUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_device(value: Any, name: str, *, cpu_or_cuda: bool) -> torch.device:
+    """``value`` as a torch.device that exists here; ``meta`` is refused, and with
+    ``cpu_or_cuda`` every device other than the CPU and CUDA (where fastal reads outputs)."""
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a torch.device or a device string such as 'cpu' or 'cuda:0', "
+            f"got {value!r}"
+        ) from None
+    if dev.type == "meta" or (cpu_or_cuda and dev.type not in ("cpu", "cuda")):
+        where = "the CPU or a CUDA device" if cpu_or_cuda else "a device that holds data"
+        raise ValueError(f"{name} must be {where}, got {dev}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} is {dev} but CUDA is not available to torch here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name} is {dev} but torch sees {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return dev
+
+
+def _check_dtype(dtype: Any) -> torch.dtype:
+    """A floating output dtype, given as a torch.dtype or its name (``"float32"``)."""
+    found = dtype
+    if isinstance(dtype, str):
+        found = getattr(torch, dtype.removeprefix("torch."), None)
+    if isinstance(found, torch.dtype) and found in _OUT_DTYPES:
+        return found
+    raise TypeError(
+        "dtype must be torch.float32, torch.float64, torch.float16 or torch.bfloat16 (or its "
+        f"name, e.g. 'float32'), got {dtype!r}"
+    )
+
+
+def _check_seed(seed: Any, name: str) -> int | None:
+    """None or a non-negative int that ``torch.manual_seed`` takes (below 2**64): the rule of
+    ``make_rng`` for ints, with torch's upper bound."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be None or a non-negative int, got {seed!r}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"{name} must be None or an int in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
+def _plain_numbers(data: Any) -> Any:
+    """A (nested) list or tuple of plain numbers as a numpy array (the DataLoader would collate
+    its rows into columns); anything else as it is."""
+    if not isinstance(data, (list, tuple)) or not data:
+        return data
+    first = data[0]
+    while isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    if isinstance(first, (torch.Tensor, np.ndarray)) or not isinstance(first, numbers.Number):
+        return data
+    try:
+        arr = np.asarray(data)
+    except (TypeError, ValueError):
+        return data  # ragged, e.g. (x, y) pairs: read as a Dataset
+    return arr if arr.dtype.kind in "biuf" and arr.ndim >= 1 else data
+
+
+def _check_embedding(h: Any, rows: int) -> torch.Tensor:
+    """What ``embed_fn`` returned: a tensor with one row per input row."""
+    if not isinstance(h, torch.Tensor):
+        raise TypeError(
+            f"embed_fn must return a torch tensor of shape ({rows}, d), got {type(h).__name__}"
+        )
+    if h.ndim < 1 or h.shape[0] != rows:
+        raise ValueError(
+            f"embed_fn must return one row per input row: shape ({rows}, d) for this batch, "
+            f"got {tuple(h.shape)}"
+        )
+    return h
+
+
 def _size_or_none(data: Any) -> int | None:
     """Rows of the pool, or None when only a pass over it can tell (an IterableDataset)."""
     try:
@@ -412,17 +522,35 @@ def _check_labeled(labeled: Any, n: int) -> np.ndarray:
     return check_indices(labeled, n, "labeled")
 
 
-def _check_labels(labels: Any, idx: np.ndarray) -> torch.Tensor | None:
-    """``labels`` as a 1-D CPU tensor with one entry per labeled row (None when not given)."""
+def _check_labels(labels: Any, idx: np.ndarray, task: str) -> torch.Tensor | None:
+    """``labels`` as a 1-D CPU tensor with one entry per labeled row (None when not given):
+    integer class indices for a classifier, real numbers for a regression model."""
     if labels is None:
         return None
-    targets = torch.as_tensor(np.asarray(_host(labels)))
-    if targets.ndim != 1 or targets.shape[0] != idx.size:
+    what = "integer class indices" if task == "classification" else "real numbers"
+    try:
+        arr = np.asarray(_host(labels))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"labels must hold {what}: {err}") from None
+    if arr.ndim != 1 or arr.shape[0] != idx.size:
         raise ValueError(
-            f"labels must have one entry per labeled row ({idx.size}), "
-            f"got shape {tuple(targets.shape)}"
+            f"labels must have one entry per labeled row ({idx.size}), got shape {arr.shape}"
         )
-    return targets
+    if arr.dtype.kind not in ("iu" if task == "classification" else "iuf"):
+        got = f"dtype {arr.dtype}"
+        if arr.dtype.kind == "O" and arr.size:
+            got = f"entries of type {type(arr.flat[0]).__name__}"
+        raise TypeError(f"labels must hold {what}, got {got}")
+    return torch.as_tensor(arr)
+
+
+def _check_label_range(targets: torch.Tensor, n_classes: int) -> None:
+    """Class indices in ``[0, C)`` for a model with ``C`` outputs; the message names labels."""
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
+        raise ValueError(
+            f"labels must be class indices in [0, {n_classes}) for a model of {n_classes} outputs, "
+            f"got values in [{int(targets.min())}, {int(targets.max())}]"
+        )
 
 
 def _labeled_duals(model: nn.Module, duals: Any, m: int) -> Any:
@@ -463,7 +591,15 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
 
 def _feature_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
     if isinstance(layer, str):
-        return model.get_submodule(layer)
+        try:
+            return model.get_submodule(layer)
+        except AttributeError:
+            names = [name for name, _ in model.named_modules() if name]
+            listed = ", ".join(map(repr, names[:20])) + (", ..." if len(names) > 20 else "")
+            raise ValueError(
+                f"feature_layer {layer!r} is not a submodule of the model; "
+                f"its submodules are: {listed or 'none'}"
+            ) from None
     if isinstance(layer, nn.Module):
         return layer
     if layer is not None:
@@ -502,13 +638,16 @@ def _known_size(data: Any) -> int | None:
         ) from None
 
 
-def _to(x: Any, device: torch.device) -> Any:
+def _to(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """``x`` (a tensor, or tensors in tuples, lists and mappings) on ``device``; floating tensors
+    also cast to ``dtype`` when one is given (the rule of the numpy path)."""
     if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
+        cast = dtype if dtype is not None and x.is_floating_point() else x.dtype
+        return x.to(device, dtype=cast, non_blocking=True)
     if isinstance(x, (tuple, list)):
-        return type(x)(_to(v, device) for v in x)
+        return type(x)(_to(v, device, dtype) for v in x)
     if isinstance(x, Mapping):
-        return {k: _to(v, device) for k, v in x.items()}
+        return {k: _to(v, device, dtype) for k, v in x.items()}
     return x
 
 
@@ -540,7 +679,7 @@ def _batches(
         return
     if isinstance(data, torch.Tensor):
         for s in range(0, data.shape[0], batch_size):
-            yield _to(data[s : s + batch_size], device)
+            yield _to(data[s : s + batch_size], device, model_dtype)
         return
     if not isinstance(data, DataLoader):
         data = DataLoader(
@@ -552,7 +691,7 @@ def _batches(
         )
     fn = batch_fn or _default_input
     for batch in data:
-        yield _to(fn(batch), device)
+        yield _to(fn(batch), device, model_dtype)
 
 
 def _call(model: nn.Module, x: Any) -> Any:
@@ -587,12 +726,18 @@ def _check_output(z: Any, task: str, rows: int) -> torch.Tensor:
     return z
 
 
-def _autocast(amp: bool | torch.dtype, device: torch.device) -> Callable[[], Any]:
-    if not amp or device.type != "cuda":
+def _check_amp(amp: Any) -> torch.dtype | None:
+    """The autocast dtype ``amp`` asks for (None: off), checked whatever the device."""
+    if isinstance(amp, (bool, np.bool_)):
+        return torch.float16 if amp else None
+    if isinstance(amp, torch.dtype) and amp in (torch.float16, torch.bfloat16):
+        return amp
+    raise ValueError(f"amp must be a bool, torch.float16 or torch.bfloat16, got {amp!r}")
+
+
+def _autocast(dtype: torch.dtype | None, device: torch.device) -> Callable[[], Any]:
+    if dtype is None or device.type != "cuda":
         return contextlib.nullcontext
-    dtype = torch.float16 if amp is True else amp
-    if dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"amp must be a bool, torch.float16 or torch.bfloat16, got {amp!r}")
     return lambda: torch.autocast(device_type="cuda", dtype=dtype)
 
 

@@ -1,0 +1,320 @@
+"""Bad input to the torch layer, the bilevel coreset, ALLY and ``ntk_features_jacobian`` (fuzz
+audit): a ``ValueError`` / ``TypeError`` naming the argument, never a raw error from inside torch
+or numpy, and floating inputs of every kind cast to the model's dtype alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import fastal
+import fastal.torch as ft
+from fastal.bilevel import Nystrom, linear_ntk
+from fastal.strategies import ALLY, BilevelCoreset
+
+N, D_IN, C = 12, 4, 3
+
+
+def mlp(dropout: float = 0.0) -> nn.Sequential:
+    """Float32 Linear-ReLU-[Dropout]-Linear with seeded weights."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        layers = [nn.Linear(D_IN, 8), nn.ReLU()]
+        layers += [nn.Dropout(dropout)] if dropout else []
+        return nn.Sequential(*layers, nn.Linear(8, C))
+
+
+def x32() -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(1).normal(size=(N, D_IN)).astype(np.float32))
+
+
+def pool_pass(data=None, needs=("features", "probs"), model=None, **kw):
+    model = mlp() if model is None else model
+    return ft.pool_outputs(model, x32() if data is None else data, needs, progress=False, **kw)
+
+
+# --- fastal.torch --------------------------------------------------------------------------------
+
+
+def test_feature_layer_unknown_name_lists_the_submodules():
+    with pytest.raises(ValueError, match=r"feature_layer 'nope' is not a submodule.*'0', '1', '2'"):
+        pool_pass(feature_layer="nope")
+    out = pool_pass(feature_layer="2")  # a valid name still works
+    assert out["features"].shape == (N, 8)
+
+
+@pytest.mark.parametrize(("arg", "value"), [("device", "foo"), ("output_device", "gpu9")])
+def test_bad_device_strings_name_the_argument(arg, value):
+    with pytest.raises(ValueError, match=rf"{arg} must be a torch.device or a device string.*"):
+        pool_pass(**{arg: value})
+
+
+def test_meta_devices_are_refused_before_the_model_moves():
+    model = mlp()
+    before = model[0].weight.detach().clone()
+    with pytest.raises(
+        ValueError, match="output_device must be the CPU or a CUDA device, got meta"
+    ):
+        pool_pass(model=model, output_device="meta")
+    with pytest.raises(ValueError, match="device must be a device that holds data, got meta"):
+        pool_pass(model=model, device="meta")
+    assert model[0].weight.device.type == "cpu"
+    assert torch.equal(model[0].weight, before)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cuda_output_device_without_cuda_names_the_argument():
+    with pytest.raises(ValueError, match="output_device is cuda but CUDA is not available"):
+        pool_pass(output_device="cuda")
+
+
+def test_dtype_names_are_accepted_and_other_dtypes_refused():
+    for name, want in (("float32", torch.float32), ("float64", torch.float64),
+                       ("torch.bfloat16", torch.bfloat16)):  # fmt: skip
+        assert pool_pass(dtype=name)["probs"].dtype == want
+    for bad in (torch.int64, "int64", "nope", 5, np.float32):
+        with pytest.raises(TypeError, match=r"dtype must be torch\.float32, torch\.float64"):
+            pool_pass(dtype=bad)
+    with pytest.raises(TypeError, match="dtype must be"):
+        ft.select("entropy", mlp(), x32(), 2, dtype=torch.int64, progress=False)
+
+
+def test_seeds_follow_one_rule():
+    model, x = mlp(dropout=0.5), x32()
+    with pytest.raises(TypeError, match="mc_seed must be None or a non-negative int, got 'x'"):
+        ft.select("bald", model, x, 2, mc_seed="x", mc_samples=3, progress=False)
+    with pytest.raises(ValueError, match=r"mc_seed must be None or an int in \[0, 2\*\*64\)"):
+        ft.select("bald", model, x, 2, mc_seed=-1, mc_samples=3, progress=False)
+    for strategy in ("bald", "random", "entropy"):  # the same rule whether or not it draws
+        with pytest.raises(ValueError, match="seed must be None, a non-negative int"):
+            ft.select(strategy, model, x, 2, seed=-1, mc_samples=3, progress=False)
+        with pytest.raises(TypeError, match="seed must be None, a non-negative int"):
+            ft.select(strategy, model, x, 2, seed="x", mc_samples=3, progress=False)
+    with pytest.raises(ValueError, match=r"seed must be None or an int in \[0, 2\*\*64\)"):
+        ft.select("bald", model, x, 2, seed=2**64, mc_samples=3, progress=False)
+    with pytest.raises(TypeError, match="seed must be None or a non-negative int"):
+        pool_pass(model=model, needs=("mc_probs",), seed="x", mc_samples=3)
+    ft.select("bald", model, x, 2, seed=np.random.default_rng(0), mc_samples=3, progress=False)
+
+
+def test_embed_fn_result_is_checked():
+    with pytest.raises(TypeError, match=r"embed_fn must return a torch tensor of shape \(12, d\)"):
+        pool_pass(embed_fn=lambda m, x: x.numpy())
+    with pytest.raises(ValueError, match=r"embed_fn must return one row per input row.*\(1, 4\)"):
+        pool_pass(embed_fn=lambda m, x: x[:1])
+    with pytest.raises(TypeError, match="embed_fn must be callable"):
+        pool_pass(embed_fn="body")
+
+
+def _kinds():
+    x = x32().numpy().astype(np.float64)
+    y = torch.zeros(N, dtype=torch.int64)
+    return {
+        "numpy float64": x,
+        "tensor float64": torch.from_numpy(x),
+        "tensor float16": torch.from_numpy(x).half(),
+        "TensorDataset float64": TensorDataset(torch.from_numpy(x), y),
+        "DataLoader float64": DataLoader(TensorDataset(torch.from_numpy(x), y), batch_size=5),
+        "list of rows": x.tolist(),
+        "tuple of rows": tuple(map(tuple, x.tolist())),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_kinds()))
+def test_floating_inputs_of_every_kind_are_cast_to_the_model_dtype(kind):
+    data = _kinds()[kind]
+    want = pool_pass(batch_size=5)
+    got = pool_pass(data, batch_size=5)
+    tol = 2e-3 if "float16" in kind else 1e-6
+    for key in want:
+        assert got[key].dtype == torch.float32
+        assert_allclose(got[key].numpy(), want[key].numpy(), rtol=tol, atol=tol, err_msg=key)
+
+
+def test_integer_inputs_are_passed_as_they_are():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 5), nn.Flatten(), nn.Linear(10, C))
+    ids = torch.randint(0, 10, (N, 2))
+    for data in (ids, ids.numpy(), TensorDataset(ids)):
+        assert pool_pass(data, ("probs",), model=model)["probs"].shape == (N, C)
+
+
+def test_amp_is_checked_on_the_cpu_too():
+    for bad in ("yes", 1, torch.float32):
+        with pytest.raises(
+            ValueError, match=r"amp must be a bool, torch\.float16 or torch\.bfloat16"
+        ):
+            pool_pass(amp=bad)
+    pool_pass(amp=True)  # valid, ignored on the CPU
+
+
+@pytest.mark.parametrize("labels", [["a", "b"], [None, None], [0.0, 1.0], [[0], [1, 2]]])
+def test_labels_must_be_integer_class_indices(labels):
+    with pytest.raises(TypeError, match="labels must hold integer class indices"):
+        ft.select("sparse_approx", mlp(), x32(), 2, labeled=[0, 1], labels=labels, progress=False)
+
+
+def test_labels_out_of_range_name_labels():
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\).*\[0, 9\]"):
+        ft.select("sparse_approx", mlp(), x32(), 2, labeled=[0, 1], labels=[0, 9], progress=False)
+    sel = ft.select("sparse_approx", mlp(), x32(), 2, labeled=[0, 1], labels=[0, 2], progress=False)
+    assert len(sel.indices) == 2
+
+
+# --- BilevelCoreset ------------------------------------------------------------------------------
+
+
+def bilevel_pool(n: int = 40):
+    rng = np.random.default_rng(0)
+    return {"logits": rng.normal(size=(n, C)), "features": rng.normal(size=(n, 5))}
+
+
+def test_bilevel_precondition_must_be_a_bool():
+    with pytest.raises(TypeError, match="precondition must be a bool"):
+        BilevelCoreset(precondition="no")
+    assert BilevelCoreset(precondition=np.bool_(False)).precondition is False
+
+
+@pytest.mark.parametrize("depth", [1.5, -1, "x", True])
+@pytest.mark.parametrize("kernel", ["ntk_last_layer", "relu_ntk"])
+def test_bilevel_depth_is_a_non_negative_integer(depth, kernel):
+    with pytest.raises(ValueError, match="depth must be a non-negative integer"):
+        BilevelCoreset(kernel=kernel, depth=depth)
+
+
+def test_bilevel_depth_zero_is_the_linear_kernel():
+    assert BilevelCoreset(kernel="relu_ntk", depth=0).depth == 0
+
+
+def test_bilevel_messages_name_the_pool_keys():
+    pool = bilevel_pool()
+    probs = np.random.default_rng(2).dirichlet(np.ones(C), 40)
+    s = BilevelCoreset(landmarks=20)
+    with pytest.raises(ValueError, match="probs rows must sum to 1"):
+        s.select({"probs": probs * 0.5, "features": pool["features"]}, 3, [0, 1], seed=0)
+    for bad in (np.full((2, C), 0.5), np.full((2, C), np.nan), -np.ones((2, C))):
+        with pytest.raises(ValueError, match="labeled_targets"):
+            s.select(dict(pool, labeled_targets=bad), 3, [0, 1], seed=0)
+    with pytest.raises(TypeError, match="labeled_targets must be integer classes"):
+        s.select(dict(pool, labeled_targets=["a", "b"]), 3, [0, 1], seed=0)
+    sel = s.select(dict(pool, labeled_targets=np.eye(C)[[0, 2]]), 3, [0, 1], seed=0)
+    assert len(sel.indices) == 3
+
+
+def test_bilevel_rcond_range():
+    for rcond in (1.0, 1e10):
+        with pytest.raises(ValueError, match=r"rcond must be in \[0, 1\).*every eigenvalue"):
+            BilevelCoreset(rcond=rcond)
+        with pytest.raises(ValueError, match=r"rcond must be in \[0, 1\)"):
+            Nystrom(np.eye(3), linear_ntk, rcond=rcond)
+    with pytest.raises(ValueError, match="rcond must be >= 0"):
+        BilevelCoreset(rcond=-0.1)
+    sel = BilevelCoreset(landmarks=20, rcond=0.5).select(bilevel_pool(), 3, [0, 1], seed=0)
+    assert len(sel.indices) == 3
+
+
+def test_bilevel_refuses_features_without_columns():
+    pool = dict(bilevel_pool(), features=np.zeros((40, 0)))
+    with pytest.raises(ValueError, match=r"features has no columns: shape \(40, 0\)"):
+        BilevelCoreset(landmarks=20).select(pool, 3, [0, 1], seed=0)
+
+
+def test_bilevel_labeled_targets_without_labeled_rows():
+    pool = bilevel_pool()
+    s = BilevelCoreset(landmarks=20)
+    for labeled in (None, []):
+        with pytest.raises(
+            ValueError, match=r"labeled_targets must have one entry per labeled row \(0\), got 2"
+        ):
+            s.select(dict(pool, labeled_targets=np.array([0, 1])), 3, labeled, seed=0)
+    empty = s.select(dict(pool, labeled_targets=np.empty(0, np.int64)), 3, None, seed=0)
+    assert len(empty.indices) == 3
+
+
+# --- ALLY ---------------------------------------------------------------------------------------
+
+
+def ally_features():
+    return np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("dual_predictions", np.ones(40) * (1 + 1j), "dtype complex128"),
+        ("dual_predictions", torch.ones(40, dtype=torch.complex64), "dtype complex64"),
+        ("dual_predictions", ["a"] * 40, "dtype <U1"),
+        ("dual_predictions", [None] * 40, "entries of type NoneType"),
+        ("duals", "ab", "dtype <U2"),
+        ("duals", [1.0, "x"], "dtype <U"),
+        ("duals", [True, False], "dtype bool"),
+    ],
+)
+def test_ally_values_must_be_real_numbers(key, value, match):
+    with pytest.raises(TypeError, match=rf"{key} must hold real numbers, got {match}"):
+        ALLY(head_steps=5).select({"features": ally_features(), key: value}, 3, [0, 1], seed=0)
+
+
+def test_ally_duals_beyond_the_head_precision():
+    for features in (ally_features(), ally_features().astype(np.float64)):
+        pool = {"features": features, "duals": [1e300, 0.0, 1.0]}
+        with pytest.raises(ValueError, match=r"duals reach 1e\+300, beyond what the dual head"):
+            ALLY(head_steps=5).select(pool, 3, [0, 1, 2], seed=0)
+    with pytest.raises(ValueError, match=r"duals reach 1e\+100, beyond .* in float32"):
+        ALLY(head_steps=5).select({"features": ally_features(), "duals": [1e100, 0, 1]}, 3,
+                                  [0, 1, 2], seed=0)  # fmt: skip
+    pool = {"features": ally_features().astype(np.float64), "duals": [1e100, 0.0, 1.0]}
+    sel = ALLY(head_steps=5).select(pool, 3, [0, 1, 2], seed=0)  # float64 holds them
+    assert np.isfinite(sel.diagnostics["predicted_dual_max"])
+
+
+# --- ntk_features_jacobian -----------------------------------------------------------------------
+
+
+def test_jacobian_refuses_non_finite_inputs():
+    x = x32()[:5].clone()
+    x[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="inputs contains NaN or Inf"):
+        fastal.ntk_features_jacobian(mlp(), x, last_k=1)
+    with pytest.raises(ValueError, match=r"inputs overflow the model's dtype torch\.float32"):
+        fastal.ntk_features_jacobian(mlp(), torch.full((2, D_IN), 1e300, dtype=torch.float64))
+
+
+def test_jacobian_refuses_non_finite_results():
+    model = mlp()
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("inf")  # the last layer's input, its Jacobian
+    with pytest.raises(ValueError, match="Jacobian features contain NaN or Inf"):
+        fastal.ntk_features_jacobian(model, x32()[:3], last_k=1)
+
+
+def test_jacobian_params_must_be_names():
+    with pytest.raises(TypeError, match="params must be an iterable of parameter names"):
+        fastal.ntk_features_jacobian(mlp(), x32()[:3], params=3)
+    with pytest.raises(TypeError, match="params must hold parameter names"):
+        fastal.ntk_features_jacobian(mlp(), x32()[:3], params=[3])
+
+
+def test_jacobian_casts_floating_inputs_like_the_pool_pass():
+    x = x32()[:5]
+    want = fastal.ntk_features_jacobian(mlp(), x, last_k=1)
+    for cast in (torch.float64, torch.float16):
+        got = fastal.ntk_features_jacobian(mlp(), x.to(cast), last_k=1)
+        assert got.dtype == torch.float32
+        tol = 5e-3 if cast == torch.float16 else 1e-6
+        assert_allclose(got.numpy(), want.numpy(), rtol=tol, atol=tol)
+
+
+def test_jacobian_integer_inputs():
+    with pytest.raises(
+        TypeError, match=r"inputs has dtype torch\.int64, which the model cannot take"
+    ):
+        fastal.ntk_features_jacobian(mlp(), torch.ones(3, D_IN, dtype=torch.int64), last_k=1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 5), nn.Flatten(), nn.Linear(10, C))
+    J = fastal.ntk_features_jacobian(model, torch.randint(0, 10, (4, 2)), last_k=1)
+    assert J.shape == (4, C * (C * 10 + C))
