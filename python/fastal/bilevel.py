@@ -249,7 +249,7 @@ class Nystrom:
     landmarks : array (m, d)
     kernel : callable
         ``k(X, Y)`` on torch tensors (see :func:`make_kernel`).
-    rcond : float, optional
+    rcond : float in [0, 1), optional
         Relative eigenvalue cutoff; default ``m · eps`` of the compute dtype (numpy's ``pinv``
         convention), which keeps the rounding of the kernel rows from being amplified by
         ``λ^{-1/2}`` of the dropped directions.
@@ -275,6 +275,11 @@ class Nystrom:
         m = int(ut.shape[0])
         eps = float(torch.finfo(self.dtype).eps)
         self.rcond = m * eps if rcond is None else _number(rcond, "rcond", minimum=0.0)
+        if rcond is not None and self.rcond >= 1:
+            raise ValueError(
+                f"rcond must be in [0, 1), got {rcond}: eigenvalues at or below rcond · λ_max "
+                "are dropped, so it would drop every eigenvalue of the kernel"
+            )
         K = _call_kernel(kernel, self.landmarks.to(torch.float64), self.landmarks.to(torch.float64))
         if not bool(torch.isfinite(K).all()):
             raise ValueError("the kernel returned NaN or Inf on the landmarks")
@@ -284,6 +289,11 @@ class Nystrom:
         if top <= 0:
             raise ValueError("the kernel matrix of the landmarks has no positive eigenvalue")
         keep = torch.flip(torch.nonzero(evals > self.rcond * top).flatten(), [0])  # descending
+        if keep.numel() == 0:  # rcond < 1 keeps λ_max; this guards the default m · eps
+            raise ValueError(
+                f"rcond = {self.rcond:.3g} dropped every eigenvalue of the landmarks' kernel "
+                f"matrix (λ_max = {top:.3g}); pass a smaller rcond"
+            )
         self.eigenvalues = evals[keep]
         #: (m, m') projection: kernel rows times it are the features
         self.projection = (evecs[:, keep] / torch.sqrt(evals[keep])).to(self.dtype)

@@ -112,7 +112,9 @@ def ntk_features_jacobian(
     model : torch.nn.Module
         Outputs of shape (batch, C) (logits).
     inputs : torch.Tensor (n, ...)
-        On the model's device; n >= 1.
+        On the model's device; n >= 1. Floating inputs must be finite and are cast to the dtype of
+        the model's parameters (as :func:`fastal.torch.pool_outputs` does); other dtypes (e.g.
+        integer token ids) are passed as they are.
     params : iterable of str, optional
         Names from ``model.named_parameters()`` to differentiate. Not with ``last_k``.
     last_k : int, optional
@@ -164,7 +166,15 @@ def ntk_features_jacobian(
     else:
         if isinstance(params, str):
             raise ValueError(f"params must be an iterable of parameter names, got {params!r}")
-        names = list(params)
+        try:
+            names = list(params)
+        except TypeError:
+            raise TypeError(
+                f"params must be an iterable of parameter names (str), got {type(params).__name__}"
+            ) from None
+        not_str = [p for p in names if not isinstance(p, str)]
+        if not_str:
+            raise TypeError(f"params must hold parameter names (str), got {not_str[0]!r}")
         missing = [p for p in names if p not in named]
         if missing:
             raise ValueError(f"params names unknown to the model: {missing}")
@@ -172,6 +182,7 @@ def ntk_features_jacobian(
             raise ValueError("params must name at least one parameter, got an empty list")
     if not names:
         raise ValueError("model has no parameters to differentiate")
+    inputs = _jacobian_inputs(model, inputs)
     wrt = {k: named[k].detach() for k in names}
     fixed = {k: v.detach() for k, v in named.items() if k not in wrt}
     buffers = dict(model.named_buffers())
@@ -183,7 +194,15 @@ def ntk_features_jacobian(
     model.eval()
     try:
         with torch.no_grad():
-            probe = model(inputs[:1])
+            try:
+                probe = model(inputs[:1])
+            except (RuntimeError, TypeError) as err:
+                if inputs.is_floating_point():
+                    raise
+                raise TypeError(
+                    f"inputs has dtype {inputs.dtype}, which the model cannot take ({err}); "
+                    "floating inputs are cast to the model's dtype, other dtypes passed as they are"
+                ) from err
         if not isinstance(probe, torch.Tensor) or probe.ndim != 2:
             shape = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
             raise ValueError(f"model must return logits of shape (batch, C), got {shape}")
@@ -196,7 +215,30 @@ def ntk_features_jacobian(
     finally:
         for m, training in modes:
             m.training = training  # per module, not recursive: mixed modes come back as they were
-    return torch.cat(rows, 0)
+    J = torch.cat(rows, 0)
+    if not bool(torch.isfinite(J).all()):
+        raise ValueError(
+            "the Jacobian features contain NaN or Inf: the model's parameters or its derivatives "
+            "are not finite at these inputs"
+        )
+    return J
+
+
+def _jacobian_inputs(model: Any, inputs: Any) -> Any:
+    """``inputs`` of :func:`ntk_features_jacobian` checked finite and, when floating, cast to the
+    dtype of the model's first floating parameter (the rule of ``fastal.torch.pool_outputs``)."""
+    if not inputs.is_floating_point():
+        return inputs
+    if not bool(inputs.isfinite().all()):
+        raise ValueError("inputs contains NaN or Inf")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), inputs.dtype)
+    cast = inputs.to(dtype)
+    if not bool(cast.isfinite().all()):
+        raise ValueError(
+            f"inputs overflow the model's dtype {dtype}: |inputs| reaches "
+            f"{float(inputs.abs().max()):.3g}; rescale them"
+        )
+    return cast
 
 
 def _last_k_names(model: Any, last_k: Any) -> list[str]:

@@ -144,11 +144,25 @@ class ALLY(Strategy):
             duals = _host_vector(pool["duals"], lab.size, "duals", what="labeled row")
             if lab.size == 0:
                 raise ValueError("ALLY trains its dual head on the labeled rows: labeled is empty")
+            # the head trains in the features' precision (float64 for float64, else float32) and
+            # reports its MSE in units of λ²; 1e3 leaves room for λ̂ above max λ*
+            head_dtype = "float64" if info.dtype == "float64" else "float32"
+            limit = min(float(np.finfo(head_dtype).max), np.sqrt(np.finfo(np.float64).max)) / 1e3
+            if duals.size and np.abs(duals).max() > limit:
+                raise ValueError(
+                    f"duals reach {np.abs(duals).max():.3g}, beyond what the dual head computes "
+                    f"in {head_dtype} (up to {limit:.3g}); rescale them"
+                )
             head = fit_dual_head(
                 Xt[lab_t], duals, hidden=self.head_hidden, layers=self.head_layers,
                 steps=self.head_steps, lr=self.head_lr, seed=head_seed,
             )  # fmt: skip
             scores = head.predict(Xt[rest_t])
+            if not np.isfinite(scores).all():
+                raise ValueError(
+                    f"the dual head's predictions overflow for duals up to {duals.max():.3g}; "
+                    "rescale duals"
+                )
             self.head_ = head
             diagnostics.update(head_train_mse=head.train_loss, all_duals_zero=head.net is None,
                                mean_dual=float(duals.mean()), max_dual=float(duals.max()))  # fmt: skip
@@ -168,10 +182,20 @@ class ALLY(Strategy):
 
 
 def _host_vector(v: Any, size: int, name: str, what: str = "pool row") -> np.ndarray:
-    """A finite float64 host vector of one value per ``what``."""
-    arr = np.asarray(_interop.host_numpy(v) if _interop.is_array(v) else v, dtype=np.float64)
+    """A finite float64 host vector of one real number per ``what``; strings, complex numbers and
+    booleans are a ``TypeError`` naming ``name``."""
+    try:
+        arr = np.asarray(_interop.host_numpy(v) if _interop.is_array(v) else v)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must hold real numbers: {err}") from None
+    if arr.dtype.kind not in "iuf":
+        got = f"dtype {arr.dtype}"
+        if arr.dtype.kind == "O" and arr.size:
+            got = f"entries of type {type(arr.flat[0]).__name__}"
+        raise TypeError(f"{name} must hold real numbers, got {got}")
     if arr.shape != (size,):
         raise ValueError(f"{name} must hold one value per {what} ({size}), got shape {arr.shape}")
+    arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or Inf")
     return arr

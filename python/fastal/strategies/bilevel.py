@@ -4,6 +4,7 @@ pool for a Nyström-NTK proxy model, chosen greedily by the implicit-function gr
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import _number, check_budget, check_matrix, check_positive_int, make_rng
+from .._validate import (
+    _number,
+    check_bool,
+    check_budget,
+    check_matrix,
+    check_positive_int,
+    make_rng,
+)
 from ..gradients import as_torch
 from .base import Selection, Strategy, register, unlabeled_rows
 
@@ -33,8 +41,8 @@ class BilevelCoreset(Strategy):
     the rest by :func:`fastal.bilevel.bilevel_select`.
 
     Labels: the labeled rows use ``pool["labeled_targets"]`` (integer classes or probability rows,
-    in the order of ``labeled``; :func:`fastal.torch.select` adds it when called with ``labels=``)
-    and otherwise their own pseudo-labels.
+    one per row of ``labeled``, in its order; :func:`fastal.torch.select` adds it when called with
+    ``labels=``) and otherwise their own pseudo-labels.
 
     Parameters
     ----------
@@ -44,8 +52,8 @@ class BilevelCoreset(Strategy):
         the infinite-width fully-connected ReLU NTK of ``depth`` hidden layers
         (:func:`fastal.bilevel.relu_ntk`; the paper used the NTK of its own architecture). A
         callable ``k(X, Y) -> (n_X, n_Y)`` receives torch tensors.
-    depth : int, default 2
-        Hidden layers of ``"relu_ntk"``.
+    depth : int >= 0, default 2
+        Hidden layers of ``"relu_ntk"`` (0: the linear kernel); checked whatever the kernel.
     kernel_bias : float, default 0
         Bias variance σ_b² of ``"relu_ntk"``.
     kernel_input : str, default "features"
@@ -73,8 +81,9 @@ class BilevelCoreset(Strategy):
         Data augmentation of the kernel-input rows (torch tensors) for the inner minibatches;
         their features are recomputed through the Nyström map for every minibatch.
     inner_iters, batch_size, lr : Adam settings (paper: 1000 steps of batch 64).
-    rcond : float, optional
-        Relative eigenvalue cutoff of the Nyström map (:class:`fastal.bilevel.Nystrom`).
+    rcond : float in [0, 1), optional
+        Relative eigenvalue cutoff of the Nyström map (:class:`fastal.bilevel.Nystrom`): the
+        eigenvalues at or below ``rcond · λ_max`` are dropped, so ``rcond >= 1`` would drop all.
     progress : bool, default False
 
     The pool is a mapping with ``"logits"`` (or ``"probs"``) and ``"features"`` (and
@@ -120,6 +129,8 @@ class BilevelCoreset(Strategy):
         from ..bilevel import make_kernel
 
         make_kernel(kernel, depth=depth, bias=kernel_bias)  # validates the name, depth and bias
+        if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 0:
+            raise ValueError(f"depth must be a non-negative integer, got {depth!r}")  # any kernel
         for name, v in (
             ("landmarks", landmarks),
             ("cg_steps", cg_steps),
@@ -145,7 +156,7 @@ class BilevelCoreset(Strategy):
         self.landmarks = int(landmarks)
         self.reg = _number(reg, "reg", positive=True)
         self.cg_steps = int(cg_steps)
-        self.precondition = bool(precondition)
+        self.precondition = check_bool(precondition, "precondition")
         self.random_fraction = _number(random_fraction, "random_fraction", minimum=0.0)
         if self.random_fraction > 1:
             raise ValueError(f"random_fraction must be in [0, 1], got {random_fraction}")
@@ -156,12 +167,17 @@ class BilevelCoreset(Strategy):
         self.batch_size = int(batch_size)
         self.lr = _number(lr, "lr", positive=True)
         self.rcond = None if rcond is None else _number(rcond, "rcond", minimum=0.0)
+        if self.rcond is not None and self.rcond >= 1:
+            raise ValueError(
+                f"rcond must be in [0, 1), got {rcond}: eigenvalues at or below rcond · λ_max "
+                "are dropped, so it would drop every eigenvalue of the kernel"
+            )
         self.progress = progress
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         import torch
 
-        from ..bilevel import Nystrom, bilevel_select, make_kernel
+        from ..bilevel import Nystrom, _check_probs, bilevel_select, make_kernel
 
         if not hasattr(pool, "keys"):
             raise TypeError(
@@ -186,6 +202,10 @@ class BilevelCoreset(Strategy):
             )
         if xinfo.dtype not in _interop.FLOAT_DTYPES:
             raise TypeError(f"{self.kernel_input} must be floating point, got {xinfo.dtype}")
+        if int(np.prod(xinfo.shape[1:])) == 0:
+            raise ValueError(
+                f"{self.kernel_input} has no columns: shape {xinfo.shape}, need d >= 1"
+            )
         if (xinfo.framework, xinfo.device, xinfo.device_index) != (
             pinfo.framework,
             pinfo.device,
@@ -197,10 +217,13 @@ class BilevelCoreset(Strategy):
         lab, rest = unlabeled_rows(n, labeled, like=pinfo)
         b = check_budget(budget, rest.size)
 
-        p = as_torch(pool[key], pinfo).to(torch.float64)
-        if not bool(torch.isfinite(p).all()):
-            raise ValueError(f"{key} contains NaN or Inf")
-        soft = p if key == "probs" else torch.softmax(p, dim=1)
+        if key == "probs":  # checked here, so that the message names the pool's key
+            soft = _check_probs(as_torch(pool[key], pinfo), key)
+        else:
+            p = as_torch(pool[key], pinfo).to(torch.float64)
+            if not bool(torch.isfinite(p).all()):
+                raise ValueError(f"{key} contains NaN or Inf")
+            soft = torch.softmax(p, dim=1)
         X = as_torch(pool[self.kernel_input], xinfo)
         X = X.reshape(n, -1)
         if not X.is_floating_point():
@@ -258,15 +281,24 @@ class BilevelCoreset(Strategy):
     @staticmethod
     def _labeled_targets(pool: Any, n_lab: int, C: int) -> Any:
         """The labeled rows' targets as a host array, or None (their pseudo-labels are used)."""
-        if "labeled_targets" not in pool or n_lab == 0:
+        if "labeled_targets" not in pool:
             return None
+        import torch
+
+        from ..bilevel import _check_probs
+
         t = pool["labeled_targets"]
-        arr = _interop.host_numpy(t)
+        try:
+            arr = _interop.host_numpy(t)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"labeled_targets must hold classes or probabilities: {err}") from None
         if arr.ndim == 0 or arr.shape[0] != n_lab:
             got = arr.shape[0] if arr.ndim else "a scalar"
             raise ValueError(
                 f"labeled_targets must have one entry per labeled row ({n_lab}), got {got}"
             )
+        if n_lab == 0:
+            return None
         if arr.ndim == 1:
             if not np.issubdtype(arr.dtype, np.integer):
                 raise TypeError(
@@ -279,7 +311,7 @@ class BilevelCoreset(Strategy):
                 )
             return arr.astype(np.int64)
         if arr.ndim == 2 and arr.shape[1] == C and np.issubdtype(arr.dtype, np.floating):
-            return arr.astype(np.float64)
+            return _check_probs(torch.tensor(arr), "labeled_targets").numpy()
         raise ValueError(
             f"labeled_targets must be ({n_lab},) classes or ({n_lab}, {C}) probabilities, "
             f"got shape {arr.shape}"
