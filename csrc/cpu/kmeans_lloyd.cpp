@@ -6,7 +6,8 @@
 // thread pool is ours) for -2 X_c Cᵀ, adds |c|², takes the arg-min per row (the first minimum on
 // ties; SIMD across rows) and adds the row to its own float64 sums of the next update. The squared
 // distance is |x|² + min_j (|c_j|² - 2 x·c_j), clamped at 0. Thread-private sums are added in
-// thread order: the result does not depend on scheduling. Scikit-learn's Lloyd iteration is
+// thread order: the result does not depend on scheduling (it does on the thread count, which
+// sets the partition: float64 rows round differently). Scikit-learn's Lloyd iteration is
 // organised the same way (chunked GEMM + arg-min + sums inside one parallel loop); before this
 // kernel fastal ran the GEMM in torch, the arg-min in torch and the sums in a second pass over X.
 #include <omp.h>

@@ -139,7 +139,8 @@ def robust_kcenter(
         The returned radius is always certified, only its optimality is then unproven.
     seed : int or numpy.random.Generator, optional
         The greedy's first centre when there is no labeled point. HiGHS is deterministic, so
-        the same input and seed give the same picks.
+        the same input and seed give the same picks, unless ``time_limit`` stops a solve: where
+        it stops depends on the machine's speed and load (``optimal`` is then False).
 
     Returns
     -------
