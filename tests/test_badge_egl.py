@@ -568,3 +568,15 @@ def test_strategy_argument_checks():
     for pool in (emb, {"features": emb}):
         with pytest.raises(TypeError, match="KMeansSampling needs dense features"):
             KMEANS().select(pool, 2)
+
+
+def test_kmeans_sampling_distances_in_row_tiles(monkeypatch):
+    """The rows' distances to their centres come in tiles (memory): tiles of 3 rows agree with the
+    reference, which forms them all at once."""
+    from fastal.strategies import kmeans_sampling
+
+    monkeypatch.setattr(kmeans_sampling, "_TILE_VALUES", 15)  # 3 rows of d = 5
+    X = gaussian(400, 5, seed=8)
+    labeled = labeled_subset(400, 12, seed=2)
+    idx = to_numpy(KMEANS().select(X, 12, labeled, seed=2).indices)
+    assert_array_equal(idx, kmeans_sampling_ref(X, 12, labeled, 2, max_iter=100))

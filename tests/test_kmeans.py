@@ -719,3 +719,22 @@ def test_large_but_representable_distances_still_work(dtype):
     ref = fastal.kmeans(X / scale, 4, seed=0)
     assert np.isfinite(res.inertia)
     assert_allclose(res.inertia / scale**2, ref.inertia, rtol=1e-4)
+
+
+def test_gemm_assignment_tiles_follow_k(monkeypatch):
+    """The GEMM assignment's tile holds about _TILE_ELEMENTS distances whatever k: 64-row tiles
+    give the labels and distances of 8192-row ones."""
+    import importlib
+
+    import torch
+
+    kmeans_module = importlib.import_module("fastal.kmeans")  # fastal.kmeans is the function
+    rng = np.random.default_rng(3)
+    X = torch.from_numpy(rng.normal(size=(1000, 8)))
+    C = torch.from_numpy(rng.normal(size=(40, 8)))
+    info = fastal._interop.describe(X, "X")
+    want = kmeans_module._assign(X, C, info)
+    monkeypatch.setattr(kmeans_module, "_TILE_ELEMENTS", 1)  # 64 rows, the floor
+    got = kmeans_module._assign(X, C, info)
+    assert_array_equal(got[0].numpy(), want[0].numpy())
+    assert_array_equal(got[1].numpy(), want[1].numpy())

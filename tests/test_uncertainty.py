@@ -248,3 +248,22 @@ def test_prob_sum_tolerance_rule():
     assert prob_sum_tol("float64") == prob_sum_tol(np.float32) == 1e-3
     assert prob_sum_tol(torch.float16) == 2.0**-9
     assert prob_sum_tol("bfloat16") == 2.0**-6
+
+
+def test_bald_scores_in_row_tiles_equal_one_tile(monkeypatch):
+    """BALD reads its (T, n, C) input in row tiles (memory); tiles of 7 rows give the same scores
+    up to torch's reduction order over the passes."""
+    from fastal.strategies import uncertainty
+
+    rng = np.random.default_rng(5)
+    mc = softmax(rng.normal(size=(1, 50, 6)) + rng.normal(size=(30, 50, 6)))
+    whole = BALD().select({"mc_probs": mc}, 10)
+    monkeypatch.setattr(uncertainty, "_TILE_VALUES", 30 * 6 * 7)
+    tiled = BALD().select({"mc_probs": mc}, 10)
+    assert_allclose(tiled.diagnostics["scores"], whole.diagnostics["scores"], rtol=1e-13)
+    assert_array_equal(tiled.indices, whole.indices)
+    assert_allclose(tiled.diagnostics["scores"], bald_ref(mc), rtol=1e-10, atol=1e-14)
+    bad = mc.copy()
+    bad[3, 45, 2] = np.nan  # in the last tile
+    with pytest.raises(ValueError, match=r"^mc_probs must hold finite probabilities in \[0, 1\]"):
+        BALD().select({"mc_probs": bad}, 10)

@@ -36,8 +36,11 @@ from .ops import (
     pool_work,
 )
 
-#: rows per GEMM tile of the assignment step
+#: most rows per GEMM tile of the assignment step
 _TILE = 8192
+#: elements of one (rows, k) distance tile of the GEMM assignment (8 MiB in float32): 8192 rows
+#: of k = 10,000 centres would be 328 MB
+_TILE_ELEMENTS = 1 << 21
 #: from this many centres on, float32/float64 assignment uses GEMM tiles instead of the kernel
 _GEMM_MIN_K = 32
 #: mini-batch k-means stops after this many batches without a better weighted inertia
@@ -335,7 +338,7 @@ def _assign(xt: Any, centres: Any, info, xsq: Any = None) -> tuple[Any, Any]:
             xsq = _row_sqnorms(xt, centres.dtype)
         csq = (centres * centres).sum(1)
         ct = centres.T.contiguous()
-        rows = _TILE
+        rows = max(64, min(_TILE, _TILE_ELEMENTS // k))  # the (rows, k) tile, not rows alone
         for s in range(0, xt.shape[0], rows):
             x = xt[s : s + rows].to(centres.dtype)
             # |c|² - 2 x·c: |x|² is the same for every centre, so it is added to the minimum only

@@ -12,6 +12,9 @@ from ..gradients import as_torch
 from ..kmeans import _kmeans
 from .base import Selection, Strategy, pool_field, register, unlabeled_rows
 
+#: float64 values per tile of the rows' distances to their centres (8 MiB)
+_TILE_VALUES = 1 << 20
+
 
 @register
 class KMeansSampling(Strategy):
@@ -76,13 +79,23 @@ class KMeansSampling(Strategy):
         )  # fmt: skip
         labels = _interop.host_numpy(res.labels)
         centres = as_torch(res.centres, _interop.describe(res.centres, "centres")).to(torch.float64)
-        diff = sub.to(torch.float64) - centres[torch.from_numpy(labels).to(sub.device)]
-        dist2 = _interop.host_numpy((diff * diff).sum(1))
+        dist2 = _dist2_to_own_centre(sub, centres, torch.from_numpy(labels).to(sub.device))
         chosen = _nearest_per_cluster(labels, dist2, budget)
         return Selection(
             _interop.to_framework(rest[chosen], info),
             {"inertia": res.inertia, "n_iter": res.n_iter, "converged": res.converged},
         )
+
+
+def _dist2_to_own_centre(rows: Any, centres: Any, labels: Any) -> np.ndarray:
+    """Float64 squared distance of each row to its centre, in row tiles of about 2²⁰ values: a
+    whole-pool float64 difference held four n × d arrays at once (8× a float32 pool)."""
+    out = np.empty(rows.shape[0], dtype=np.float64)
+    step = max(1, _TILE_VALUES // max(1, rows.shape[1]))
+    for s in range(0, rows.shape[0], step):
+        diff = rows[s : s + step].to(centres.dtype) - centres[labels[s : s + step]]
+        out[s : s + step] = _interop.host_numpy((diff * diff).sum(1))
+    return out
 
 
 def _nearest_per_cluster(labels: np.ndarray, dist2: np.ndarray, k: int) -> np.ndarray:

@@ -21,6 +21,10 @@ from .. import _interop
 from .._validate import check_budget, check_matrix, make_rng, prob_sum_tol
 from .base import Selection, Strategy, register, unlabeled_rows
 
+#: float64 values per tile of BALD's rows (8 MiB): a whole (T, n, C) float64 copy and its
+#: temporaries were 5x the float32 input
+_TILE_VALUES = 1 << 20
+
 
 def _probs(pool: Any) -> tuple[Any, Any]:
     """(float64 torch probabilities (n, C), ArrayInfo) from ``pool["probs"]`` or ``pool["logits"]``."""
@@ -263,15 +267,21 @@ class BALD(_ScoreStrategy):
             )
         if info.dtype not in _interop.FLOAT_DTYPES:
             raise TypeError(f"mc_probs must have a floating dtype, got {info.dtype}")
-        mc = as_torch(pool["mc_probs"], info).to(torch.float64)
-        if not bool(torch.isfinite(mc).all()) or bool(((mc < 0) | (mc > 1)).any()):
-            raise ValueError("mc_probs must hold finite probabilities in [0, 1]")
+        stored = as_torch(pool["mc_probs"], info)
         tol = prob_sum_tol(info.dtype)  # 1e-3, wider for float16 / bfloat16 storage
-        if not bool(((mc.sum(-1) - 1).abs() <= tol).all()):
-            raise ValueError(
-                f"mc_probs rows must sum to 1 over the classes (within {tol:.3g} for {info.dtype})"
-            )
-        scores = _entropy(mc.mean(0)) - _entropy(mc).mean(0)
+        T, n, C = info.shape
+        scores = torch.empty(n, dtype=torch.float64, device=stored.device)
+        step = max(1, _TILE_VALUES // (T * C))  # no (T, n, C) float64 copy
+        for s in range(0, n, step):
+            mc = stored[:, s : s + step].to(torch.float64)
+            if not bool(torch.isfinite(mc).all()) or bool(((mc < 0) | (mc > 1)).any()):
+                raise ValueError("mc_probs must hold finite probabilities in [0, 1]")
+            if not bool(((mc.sum(-1) - 1).abs() <= tol).all()):
+                raise ValueError(
+                    f"mc_probs rows must sum to 1 over the classes (within {tol:.3g} for "
+                    f"{info.dtype})"
+                )
+            scores[s : s + step] = _entropy(mc.mean(0)) - _entropy(mc).mean(0)
         row_info = _interop.ArrayInfo(
             info.framework, info.device, info.device_index, info.dtype, info.shape[1:]
         )
