@@ -268,3 +268,30 @@ def test_cli_output_into_a_closed_pipe(tmp_path):
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
     assert np.load(tmp_path / "p.npy").shape == (30,)
+
+
+def test_cli_refuses_labels_a_strategy_would_ignore(tmp_path):
+    np.save(tmp_path / "X.npy", RNG.normal(size=(40, 4)))
+    np.save(tmp_path / "P.npy", np.full((40, 3), 1 / 3))
+    np.save(tmp_path / "lab.npy", np.array([0, 1, 2]))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 2]))
+    for argv in (("--strategy", "coreset", "--embeddings", "X.npy"),
+                 ("--strategy", "sparse_approx", "--embeddings", "X.npy", "--probs", "P.npy")):  # fmt: skip
+        res = _fastal(tmp_path, "select", *argv, "--labeled", "lab.npy", "--labels", "y.npy",
+                      "--budget", "3")  # fmt: skip
+        assert res.returncode == 1
+        assert res.stderr.startswith("fastal: --labels is read by bilevel"), res.stderr
+        assert "would ignore it" in res.stderr
+
+
+def test_cli_ally_message_says_duals_are_per_labeled_row(tmp_path):
+    np.save(tmp_path / "X.npy", RNG.normal(size=(40, 4)))
+    res = _fastal(tmp_path, "select", "--strategy", "ally", "--embeddings", "X.npy", "--budget", "3")
+    assert res.returncode == 1
+    assert "one row per labeled row for --duals, per pool point otherwise" in res.stderr
+
+
+def test_float64_overflow_advice_does_not_ask_for_float64():
+    X = np.array([[1e200, 0.0], [-1e200, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"overflow float64: scale X down$"):
+        fastal.kcenter_greedy(X, 2, labeled=[0])

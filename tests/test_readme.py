@@ -24,11 +24,6 @@ SCALED_N = "30_000"
 
 # Preludes run before the block that contains the key line: the reader's own objects.
 BLOCK_SETUP = {
-    'SparseApprox(solver="greedy").select({"mc_probs": mc}, 100)': """
-        mc = rng.dirichlet(np.ones(10), size=(4, 2000)).astype(np.float32)
-        s = rng.normal(size=5000).astype(np.float32)
-        sigma = rng.random(5000).astype(np.float32)
-    """,
     "ally = ALLY(trainer=PrimalDualTrainer(": """
         class MyNet(torch.nn.Sequential):
             def __init__(self):
@@ -48,10 +43,6 @@ BLOCK_SETUP = {
     """,
     "x_new, trace = maximize_dual(": """
         x_start = torch.randn(5, 64)
-    """,
-    "res = fastal.robust_kcenter(X, 50": """
-        _centres = rng.normal(size=(10, 8)) * 10
-        X = (_centres[rng.integers(0, 10, 300)] + rng.normal(size=(300, 8))).astype(np.float32)
     """,
     'pool = {"logits": logits, "features": feats, "labeled_targets": y_labeled}': """
         logits, feats = logits[:1500], feats[:1500, :64]

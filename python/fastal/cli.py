@@ -267,12 +267,20 @@ def cmd_select(args: argparse.Namespace) -> int:
             " or ".join(opt for k, opt, _ in _POOL_ARRAYS if k in _ALTERNATIVES.get(m, (m,)))
             for m in missing
         )
+        rows = "one row per labeled row for --duals, per pool point otherwise" if "duals" in missing else "one row per pool point"
         raise SystemExit(
             f"fastal: strategy {args.strategy!r} needs {', '.join(missing)}: pass {options} (.npy files with "
-            "one row per pool point); to compute them from a torch model use fastal.torch.select, "
+            f"{rows}); to compute them from a torch model use fastal.torch.select, "
             "or see `fastal demo`"
         )
     n = _rows(arrays)
+    readers = ("bilevel", "sparse_approx") if "logits" in arrays else ("bilevel",)
+    if "labeled_targets" in arrays and args.strategy not in readers:
+        raise SystemExit(
+            f"fastal: --labels is read by bilevel (the labeled rows' targets) and by sparse_approx "
+            f"with --logits (its temperature fit); {args.strategy!r}"
+            f"{' with --probs' if args.strategy == 'sparse_approx' else ''} would ignore it"
+        )
     if "labeled_targets" in arrays and not len(labeled):
         raise SystemExit(
             "fastal: --labels gives the classes of the labeled rows, in --labeled order, but no "

@@ -279,7 +279,8 @@ def kcenter(
     overflow = (lab.size > 0 and np.isinf(r0)) or (budget > 0 and not np.isfinite(float(radius.max())))
     if overflow:
         raise ValueError(
-            f"distances between rows of X overflow {_ACC[info.dtype]}: scale X down or pass float64"
+            f"distances between rows of X overflow {_ACC[info.dtype]}: scale X down"
+            + ("" if _ACC[info.dtype] == "float64" else " or pass float64")
         )
     # without pruning, step t reads every row that is not yet a centre
     n_centres = lab.size + np.arange(1, budget + 1)
