@@ -295,3 +295,13 @@ def test_float64_overflow_advice_does_not_ask_for_float64():
     X = np.array([[1e200, 0.0], [-1e200, 0.0], [0.0, 1.0]])
     with pytest.raises(ValueError, match=r"overflow float64: scale X down$"):
         fastal.kcenter_greedy(X, 2, labeled=[0])
+
+
+def test_cli_prints_library_warnings_as_one_line(tmp_path):
+    np.save(tmp_path / "X.npy", RNG.normal(size=(40, 4)))
+    np.save(tmp_path / "L.npy", RNG.normal(size=(40, 3)))
+    res = _fastal(tmp_path, "select", "--strategy", "sparse_approx", "--logits", "L.npy",
+                  "--embeddings", "X.npy", "--budget", "3")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastal: warning: SparseApprox: the label"), lines

@@ -11,6 +11,7 @@ import inspect
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -513,18 +514,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings as one ``fastal: warning:`` line (not the warning's source line)."""
+    print(f"fastal: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["select", *argv]
     args = parser.parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, _warning_line
     try:
         return args.func(args)
     except BrokenPipeError:  # `fastal ... | head`: the reader left; the picks file is written
         # Python would report the pipe again when it flushes stdout at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":
