@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import warnings
 from typing import Any
 
@@ -9,7 +11,7 @@ import numpy as np
 
 from .. import _interop
 from .._validate import _number, check_bool, check_budget, check_matrix
-from ..gradients import as_torch, torch_isfinite_rows, torch_row_norms_if_finite
+from ..gradients import as_torch, torch_row_norms_if_finite
 from ..sparse import (
     DensePhi,
     FactoredPhi,
@@ -252,6 +254,11 @@ class SparseApprox(Strategy):
         return Selection(_interop.to_framework(indices, info), diagnostics)
 
     def _factored_problem(self, pool, idx, b):
+        """``Φ`` (eq. 14, factored), ``v``, ``σ`` and the ``T`` used, over the rows ``idx``.
+
+        ``p``, ``P``, ``A = p - P`` and ``σ`` are built in row chunks (:func:`_row_chunks`): the
+        float64 temporaries are a few chunks wide, whatever n; only ``A``, ``h`` and ``σ`` are kept.
+        """
         import torch
 
         key = "logits" if "logits" in pool else "probs"
@@ -262,36 +269,62 @@ class SparseApprox(Strategy):
         acc = torch.float64 if zinfo.dtype == finfo.dtype == "float64" else torch.float32
         z = as_torch(pool[key], zinfo)
         dev = z.device
+        idx = idx.to(dev)
         h = as_torch(pool["features"], finfo)
         if idx.numel() < zinfo.shape[0]:  # with no labeled rows, H is used in place (never written)
-            z, h = z[idx.to(dev)], h[idx.to(dev)]
-        z, h = z.to(torch.float64), h.to(acc)
+            h = h[idx]
+        h = h.to(acc)
         h_norms = torch_row_norms_if_finite(h)
-        if h_norms is None or not bool(torch_isfinite_rows(z).all()):
+        n_u, C = idx.numel(), zinfo.shape[1]
+        chunks = _row_chunks(n_u, C)
+        # z is gathered (in its own dtype) and cast one chunk at a time; the checks are reduced over
+        # the chunks and raised afterwards, in the order of the checks on the whole
+        finite = torch.ones((), dtype=torch.bool, device=dev)
+        probs_check = _Distributions("probs", zinfo.dtype) if key == "probs" else None
+        for s, e in chunks:
+            zc = z[idx[s:e]]
+            finite &= torch.isfinite(zc).all()
+            if probs_check is not None:
+                probs_check.add(zc.to(torch.float64))
+        if h_norms is None or not bool(finite):
             raise ValueError(f"{key} and features must be finite")
         T = None
-        if "label_probs" in pool:  # with logits or probs alike
-            if isinstance(self.temperature, float):
-                raise ValueError(
-                    f"temperature={self.temperature!r} and pool['label_probs'] both give the label "
-                    "distribution P; pass one (temperature=None or 'auto' to use label_probs)"
-                )
-            p = torch.softmax(z, 1) if key == "logits" else _distributions(z, "probs", zinfo.dtype)
+        label = "label_probs" in pool  # with logits or probs alike
+        if label and isinstance(self.temperature, float):
+            raise ValueError(
+                f"temperature={self.temperature!r} and pool['label_probs'] both give the label "
+                "distribution P; pass one (temperature=None or 'auto' to use label_probs)"
+            )
+        if probs_check is not None:
+            probs_check.raise_if_invalid()
+        if label:
             linfo = check_matrix(pool["label_probs"], "label_probs")
             if linfo.shape != zinfo.shape:
                 raise ValueError(f"label_probs must have shape {zinfo.shape} like {key}, got {linfo.shape}")
-            P = as_torch(pool["label_probs"], linfo).to(dev)[idx.to(dev)].to(torch.float64)
-            P = _distributions(P, "label_probs", linfo.dtype)
-        elif key == "logits":
-            T = self._temperature(pool, key)
-            p = torch.softmax(z, 1)
-            P = torch.softmax(z / T, 1)
+            lsrc = as_torch(pool["label_probs"], linfo)
+            lidx = idx.to(lsrc.device)
+            label_check = _Distributions("label_probs", linfo.dtype)
         else:
-            p = _distributions(z, "probs", zinfo.dtype)
             T = self._temperature(pool, key)
-            # softmax(log p / T) = softmax(logits / T) for any logits of p; log 0 = -inf gives P = 0
-            P = p if T == 1.0 else torch.softmax(torch.log(p) / T, 1)
-        if not bool((p != P).any()):
+        A = torch.empty((n_u, C), dtype=acc, device=dev)
+        dist = torch.empty(n_u, dtype=torch.float64, device=dev)
+        differs = torch.zeros((), dtype=torch.bool, device=dev)
+        for s, e in chunks:
+            zc = z[idx[s:e]].to(torch.float64)
+            p = torch.softmax(zc, 1) if key == "logits" else zc
+            if label:
+                P = label_check.add(lsrc[lidx[s:e]].to(dev).to(torch.float64))
+            elif key == "logits":
+                P = torch.softmax(zc / T, 1)
+            else:  # softmax(log p / T) = softmax(logits / T) for any logits of p; log 0 gives P = 0
+                P = p if T == 1.0 else torch.softmax(torch.log(p) / T, 1)
+            differs |= (p != P).any()
+            A[s:e] = p - P
+            dist[s:e] = expected_distance(P)
+            del zc, p, P
+        if label:
+            label_check.raise_if_invalid()
+        if not bool(differs):
             warnings.warn(
                 "SparseApprox: the label distribution P equals the predictions p (temperature 1, "
                 "or label_probs equal to probs), so every expected gradient p - P is 0 and the "
@@ -303,9 +336,7 @@ class SparseApprox(Strategy):
         if self.bias:
             h = torch.cat([h, torch.ones((h.shape[0], 1), dtype=h.dtype, device=dev)], 1)
             h_norms = torch.sqrt(h_norms * h_norms + 1)
-        n_u = h.shape[0]
-        A = (p - P).to(acc)
-        sigma = h_norms * expected_distance(P) / n_u
+        sigma = h_norms * dist / n_u
         phi = FactoredPhi(A, h, b)
         v = phi.apply(torch.ones(n_u, dtype=torch.float64, device=dev)) * (b / n_u)
         return phi, v, sigma, T
@@ -358,51 +389,123 @@ def expected_distance(P: Any) -> Any:
     return (P * (one_minus**2 + rest_sq.clamp_min(0)).sqrt()).sum(1)
 
 
-def _distributions(t: Any, name: str, dtype: str) -> Any:
-    """``t`` (float64, classes last) checked to hold probability rows: finite, in [0, 1], summing to
-    1 within the rounding of its storage ``dtype`` (at least 1e-3)."""
-    import torch
+#: Rows per chunk in the problem builders: about this many float64 values (2 MiB) per (m, rows, C)
+#: or (rows, C) block, so that their temporaries stay a few blocks whatever the pool size.
+_CHUNK_VALUES = 1 << 18
 
-    if not bool(torch.isfinite(t).all()) or bool(((t < 0) | (t > 1)).any()):
-        raise ValueError(f"{name} must hold finite probabilities in [0, 1]")
-    tol = max(1e-3, 2.0 * float(torch.finfo(getattr(torch, dtype)).eps))
-    if t.numel() and float((t.sum(-1) - 1).abs().max()) > tol:
-        raise ValueError(f"{name} rows must sum to 1 over the classes (within {tol:.3g} for {dtype})")
-    return t
+
+def _row_chunks(n: int, C: int, m: int = 1) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive row ranges covering ``range(n)`` for (m, rows, C) blocks of
+    about ``_CHUNK_VALUES`` values, computing what the same operations on all n rows compute.
+
+    Each chunk but the last starts and ends on a multiple of 64 values along the flattened
+    ``rows · C`` axis: torch's CPU sum over a leading dim (``mean(0)``) adds the samples of the
+    columns in whole vector blocks one after the other, and those of a trailing partial block in
+    another order, so chunks cut elsewhere would change the last bits of some column means. No
+    chunk has fewer than 4 rows unless n does (a reduction to one value can take another order).
+    """
+    step = 64 // math.gcd(C, 64)  # rows per 64 values
+    rows = -(-max(4, _CHUNK_VALUES // max(m * C, 1)) // step) * step
+    bounds = [*range(0, n, rows), n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 4:
+        del bounds[-2]  # a short last chunk joins the one before
+    return list(itertools.pairwise(bounds))
+
+
+class _Distributions:
+    """Checks that float64 tensors (classes last) hold probability rows: finite, in [0, 1],
+    summing to 1 within the rounding of their storage ``dtype`` (at least 1e-3).
+
+    ``add`` each row chunk (returned as is), then ``raise_if_invalid`` raises what the checks on all
+    of them at once raise; the results stay on the device until then (one synchronisation).
+    """
+
+    def __init__(self, name: str, dtype: str) -> None:
+        self.name, self.dtype, self.bad, self.worst = name, dtype, None, None
+
+    def add(self, t: Any) -> Any:
+        import torch
+
+        bad = ~torch.isfinite(t).all() | ((t < 0) | (t > 1)).any()
+        self.bad = bad if self.bad is None else self.bad | bad
+        if t.numel():
+            worst = (t.sum(-1) - 1).abs().max()
+            self.worst = worst if self.worst is None else torch.maximum(self.worst, worst)
+        return t
+
+    def raise_if_invalid(self) -> None:
+        import torch
+
+        if self.bad is not None and bool(self.bad):
+            raise ValueError(f"{self.name} must hold finite probabilities in [0, 1]")
+        tol = max(1e-3, 2.0 * float(torch.finfo(getattr(torch, self.dtype)).eps))
+        if self.worst is not None and float(self.worst) > tol:
+            raise ValueError(
+                f"{self.name} rows must sum to 1 over the classes "
+                f"(within {tol:.3g} for {self.dtype})"
+            )
 
 
 def _bayesian_problem(pool, idx, b):
-    """Φ (m, n_u), v, σ of eq. 13 from posterior losses or MC probabilities."""
+    """Φ (m, n_u), v, σ of eq. 13 from posterior losses or MC probabilities.
+
+    Built in row chunks (:func:`_row_chunks`; the losses are centred over the samples, row by row):
+    each chunk is gathered in its storage dtype, then cast to float64, so the float64 temporaries
+    are a few (m, rows, C) blocks, whatever n; only ``E`` (m, n_u) and ``σ`` are kept.
+    """
     import torch
 
     if "mc_probs" in pool:
         info = _interop.describe(pool["mc_probs"], "mc_probs")
         if info.dtype not in _interop.FLOAT_DTYPES:
             raise TypeError(f"mc_probs must have a floating dtype, got {info.dtype}")
-        probs = as_torch(pool["mc_probs"], info).to(torch.float64)
-        probs = _distributions(probs[:, idx.to(probs.device)], "mc_probs", info.dtype)
-        losses = -torch.log(probs.clamp_min(1e-12))
-        P = probs.mean(0)
+        src = as_torch(pool["mc_probs"], info)
+        check, P_src = _Distributions("mc_probs", info.dtype), None
     else:
         info = _interop.describe(pool["losses"], "losses")
         if info.dtype not in _interop.FLOAT_DTYPES:
             raise TypeError(f"losses must have a floating dtype, got {info.dtype}")
-        losses = as_torch(pool["losses"], info).to(torch.float64)
+        src = as_torch(pool["losses"], info)
         if "probs" not in pool:
             raise ValueError("pool with 'losses' needs 'probs' (n, C): the label distribution P")
         pinfo = check_matrix(pool["probs"], "probs")
         if tuple(pinfo.shape) != tuple(info.shape[1:]):
             raise ValueError(f"probs must have shape {tuple(info.shape[1:])} like losses[0], got {tuple(pinfo.shape)}")
-        losses = losses[:, idx.to(losses.device)]
-        P = as_torch(pool["probs"], pinfo).to(torch.float64)[idx.to(losses.device)]
-        P = _distributions(P, "probs", pinfo.dtype)
-        if not bool(torch.isfinite(losses).all()):
-            raise ValueError("losses contains NaN or Inf")
-    g = losses - losses.mean(0, keepdim=True)  # g_j(y) in R^m: centred over the samples
-    E = torch.einsum("mjy,jy->mj", g, P)  # E_y[g_j(y)]
-    n_u = E.shape[1]
-    spread = (g - E[:, :, None]).norm(dim=0)  # |g_j(y) - E_j| over the m samples, (n, C)
-    sigma = (P * spread).sum(1) / n_u
+        P_src = as_torch(pool["probs"], pinfo)
+        check = _Distributions("probs", pinfo.dtype)
+        finite = torch.ones((), dtype=torch.bool, device=src.device)
+    dev = src.device
+    idx = idx.to(dev)
+    m, C = info.shape[0], info.shape[2]
+    n_u = idx.numel()
+    E = None
+    sigma = torch.empty(n_u, dtype=torch.float64, device=dev)
+    for s, e in _row_chunks(n_u, C, m):
+        rows = idx[s:e]
+        if P_src is None:
+            losses = check.add(src[:, rows].to(torch.float64))  # p for now (a gathered copy)
+            P = losses.mean(0)
+            losses.clamp_min_(1e-12).log_().neg_()  # -log p, in place
+        else:
+            losses = src[:, rows].to(torch.float64)
+            P = check.add(P_src[rows].to(torch.float64))
+            finite &= torch.isfinite(losses).all()
+        g = losses.sub_(losses.mean(0, keepdim=True))  # g_j(y) in R^m: centred over the samples
+        E_rows = torch.einsum("mjy,jy->mj", g, P)  # E_y[g_j(y)]
+        if e - s == n_u:
+            E = E_rows
+        else:
+            if E is None:  # einsum's layout (transposed, but for C = 1), so that E.sum(1) and the
+                # products with E add as they would on one block
+                transposed = E_rows.stride(0) == 1 and E_rows.stride(1) != 1
+                E = E_rows.new_empty((n_u, m)).T if transposed else E_rows.new_empty((m, n_u))
+            E[:, s:e] = E_rows
+        spread = g.sub_(E_rows[:, :, None]).norm(dim=0)  # |g_j(y) - E_j| over the m samples
+        sigma[s:e] = (P * spread).sum(1) / n_u
+        del losses, g, P, spread, E_rows
+    check.raise_if_invalid()
+    if P_src is not None and not bool(finite):
+        raise ValueError("losses contains NaN or Inf")
     phi = DensePhi(E, b)
     v = E.sum(1) / n_u
     return phi, v, sigma
