@@ -62,7 +62,9 @@ def test_crc_balanced_is_a_real_bool_and_probs_are_checked_without_it():
     X = RNG.normal(size=(40, 4))
     P = np.full((40, 3), 1 / 3)
     P[3, 0] = np.nan
-    with pytest.raises(ValueError, match=r"^probs contains NaN or Inf in 1 row\(s\), first at row 3"):
+    with pytest.raises(
+        ValueError, match=r"^probs contains NaN or Inf in 1 row\(s\), first at row 3"
+    ):
         CRC(group_size=5).select({"features": X, "probs": P}, 5, seed=0)
 
 
@@ -97,7 +99,9 @@ def test_sparse_approx_refuses_an_objective_that_overflows(solver, scale, dtype)
     """The greedy solver used to return the first b rows with NaN weights; IHT raised from the
     top-b kernel about its internal score."""
     pool = _factored_pool(scale, dtype)
-    with pytest.raises(ValueError, match=r"^the Sparse Approximation objective is not finite .* features"):
+    with pytest.raises(
+        ValueError, match=r"^the Sparse Approximation objective is not finite .* features"
+    ):
         SparseApprox(solver=solver, temperature=2.0).select(pool, 5)
     SparseApprox(solver=solver, temperature=2.0).select(_factored_pool(1.0, dtype), 5)
 
@@ -121,7 +125,9 @@ def test_sparse_approx_names_the_labeled_arrays():
     pool = _factored_pool(1.0)
     with pytest.raises(TypeError, match="^bias must be a bool"):
         SparseApprox(bias="no")
-    bad_logits = dict(pool, labeled_logits=np.full((5, 3), np.nan), labeled_targets=np.zeros(5, int))
+    bad_logits = dict(
+        pool, labeled_logits=np.full((5, 3), np.nan), labeled_targets=np.zeros(5, int)
+    )
     with pytest.raises(ValueError, match="^labeled_logits contains NaN or Inf"):
         SparseApprox().select(bad_logits, 5)
     bad_targets = dict(pool, labeled_logits=pool["logits"][:5], labeled_targets=np.full(5, 7))
@@ -169,10 +175,14 @@ def test_gradient_labels_of_unsigned_and_non_numeric_dtypes():
     for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
         got = fastal.gradient_embedding(P, X, labels=y.astype(dtype)).dense()
         np.testing.assert_array_equal(got, want)
-    with pytest.raises(ValueError, match=r"^labels must be classes in \[0, 3\), got values up to 5"):
+    with pytest.raises(
+        ValueError, match=r"^labels must be classes in \[0, 3\), got values up to 5"
+    ):
         fastal.gradient_embedding(P, X, labels=np.full(30, 5, np.uint64))
     for bad in (["a"] * 30, [None] * 30):
-        with pytest.raises(TypeError, match="^labels must hold class indices or a label distribution"):
+        with pytest.raises(
+            TypeError, match="^labels must hold class indices or a label distribution"
+        ):
             fastal.gradient_embedding(P, X, labels=bad)
 
 
@@ -207,7 +217,9 @@ def test_raw_kcenter_steps_check_the_state_they_index_with():
     X = np.zeros((20, 3), np.float32)
     args = (np.zeros(3, np.int64), 0, np.zeros(3, np.int64), np.zeros(3, np.float32), True, 0, 1)
     with pytest.raises(ValueError, match=r"^near\[0\] = 1000000000 is not -1 or a centre position"):
-        _ext.cpu.kcenter_steps_float32((X,), np.zeros(20, np.float32), np.full(20, 10**9, np.int64), *args)
+        _ext.cpu.kcenter_steps_float32(
+            (X,), np.zeros(20, np.float32), np.full(20, 10**9, np.int64), *args
+        )
     centres = np.array([0, 99, 0], np.int64)
     picks = np.array([0, 1, 2], np.int64)
     with pytest.raises(ValueError, match=r"^centres\[1\] = 99 is out of range for 20 rows"):
@@ -286,7 +298,9 @@ def test_cli_refuses_labels_a_strategy_would_ignore(tmp_path):
 
 def test_cli_ally_message_says_duals_are_per_labeled_row(tmp_path):
     np.save(tmp_path / "X.npy", RNG.normal(size=(40, 4)))
-    res = _fastal(tmp_path, "select", "--strategy", "ally", "--embeddings", "X.npy", "--budget", "3")
+    res = _fastal(
+        tmp_path, "select", "--strategy", "ally", "--embeddings", "X.npy", "--budget", "3"
+    )
     assert res.returncode == 1
     assert "one row per labeled row for --duals, per pool point otherwise" in res.stderr
 
@@ -304,4 +318,6 @@ def test_cli_prints_library_warnings_as_one_line(tmp_path):
                   "--embeddings", "X.npy", "--budget", "3")  # fmt: skip
     assert res.returncode == 0, res.stderr
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastal: warning: SparseApprox: the label"), lines
+    assert len(lines) == 1 and lines[0].startswith("fastal: warning: SparseApprox: the label"), (
+        lines
+    )

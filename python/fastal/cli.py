@@ -158,7 +158,7 @@ def _report_dtype(X: np.ndarray) -> np.ndarray:
 
 
 def _option_hint(message: str, arrays: dict) -> str:
-    """`` (X: --embeddings)`` when a library message names an array by its API name."""
+    """`` (X is the --embeddings array)`` when a library message names an array by its API name."""
     first = message.split(" ", 1)[0].strip("'\",:")
     if first in ("X", "pool", "features") and "features" in arrays:
         return f" ({first} is the --embeddings array)"
@@ -268,7 +268,9 @@ def cmd_select(args: argparse.Namespace) -> int:
             " or ".join(opt for k, opt, _ in _POOL_ARRAYS if k in _ALTERNATIVES.get(m, (m,)))
             for m in missing
         )
-        rows = "one row per labeled row for --duals, per pool point otherwise" if "duals" in missing else "one row per pool point"
+        rows = "one row per pool point"
+        if "duals" in missing:
+            rows = "one row per labeled row for --duals, per pool point otherwise"
         raise SystemExit(
             f"fastal: strategy {args.strategy!r} needs {', '.join(missing)}: pass {options} (.npy files with "
             f"{rows}); to compute them from a torch model use fastal.torch.select, "
