@@ -69,21 +69,22 @@ def check_budget(
     return budget
 
 
-def host_values(values: Any, name: str, what: str = "numbers") -> np.ndarray:
-    """An array-like of numbers as host numpy; ragged lists, sets, generators and strings are a
-    ``TypeError`` naming ``name`` (numpy would make them object or string arrays)."""
+def host_values(values: Any, name: str, what: str = "numbers", kinds: str = "biuf") -> np.ndarray:
+    """An array-like of numbers as host numpy; ragged lists, sets, generators, strings and dtypes
+    of another numpy ``kind`` than ``kinds`` are a ``TypeError`` naming ``name`` (numpy would make
+    the first ones object or string arrays)."""
     try:
         arr = _interop.host_numpy(values) if not isinstance(values, range) else np.asarray(values)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must hold {what} (an array, tensor, list or range): {err}") from None
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in kinds:
         if arr.dtype.kind != "O":
             got = f"dtype {arr.dtype}"
         elif arr.ndim and arr.size:
             got = f"entries of type {type(arr.flat[0]).__name__}"
         else:
             got = type(values).__name__
-        raise TypeError(f"{name} must hold {what} (an array, tensor, list or range), got {got}")
+        raise TypeError(f"{name} must hold {what}, got {got}")
     return arr
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import _number, check_budget, check_positive_int, make_rng
+from .._validate import _number, check_budget, check_positive_int, host_values, make_rng
 from .base import Selection, Strategy, pool_field, register, unlabeled_rows
 
 
@@ -184,15 +184,7 @@ class ALLY(Strategy):
 def _host_vector(v: Any, size: int, name: str, what: str = "pool row") -> np.ndarray:
     """A finite float64 host vector of one real number per ``what``; strings, complex numbers and
     booleans are a ``TypeError`` naming ``name``."""
-    try:
-        arr = np.asarray(_interop.host_numpy(v) if _interop.is_array(v) else v)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must hold real numbers: {err}") from None
-    if arr.dtype.kind not in "iuf":
-        got = f"dtype {arr.dtype}"
-        if arr.dtype.kind == "O" and arr.size:
-            got = f"entries of type {type(arr.flat[0]).__name__}"
-        raise TypeError(f"{name} must hold real numbers, got {got}")
+    arr = host_values(v, name, "real numbers", kinds="iuf")
     if arr.shape != (size,):
         raise ValueError(f"{name} must hold one value per {what} ({size}), got shape {arr.shape}")
     arr = arr.astype(np.float64)

@@ -527,20 +527,15 @@ def _check_labels(labels: Any, idx: np.ndarray, task: str) -> torch.Tensor | Non
     integer class indices for a classifier, real numbers for a regression model."""
     if labels is None:
         return None
-    what = "integer class indices" if task == "classification" else "real numbers"
-    try:
-        arr = np.asarray(_host(labels))
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"labels must hold {what}: {err}") from None
+    from .._validate import host_values
+
+    classes = task == "classification"
+    what, kinds = ("integer class indices", "iu") if classes else ("real numbers", "iuf")
+    arr = host_values(labels, "labels", what, kinds)
     if arr.ndim != 1 or arr.shape[0] != idx.size:
         raise ValueError(
             f"labels must have one entry per labeled row ({idx.size}), got shape {arr.shape}"
         )
-    if arr.dtype.kind not in ("iu" if task == "classification" else "iuf"):
-        got = f"dtype {arr.dtype}"
-        if arr.dtype.kind == "O" and arr.size:
-            got = f"entries of type {type(arr.flat[0]).__name__}"
-        raise TypeError(f"labels must hold {what}, got {got}")
     return torch.as_tensor(arr)
 
 
