@@ -267,3 +267,17 @@ def test_n_labeled_on_the_digits(capsys):
     assert "0 labeled, budget 3" in capsys.readouterr().out
     assert cli.main(["select", "--budget", "3"]) == 0  # the default: 20 random labels
     assert "20 labeled, budget 3" in capsys.readouterr().out
+
+
+def test_robust_coreset_size_limit_names_the_command_line_way_out(tmp_path):
+    """The size error's remedies (candidates=, max_points) are Python arguments the command line
+    lacks: the CLI adds what to do from it."""
+    np.save(tmp_path / "pool.npy", np.zeros((2001, 2), np.float32))
+    argv = ["select", "--strategy", "robust_coreset", "--embeddings", str(tmp_path / "pool.npy"),
+            "--budget", "3"]  # fmt: skip
+    with pytest.raises(SystemExit) as err:
+        cli.main(argv)
+    message = str(err.value)
+    assert "too large for robust_kcenter" in message
+    assert "--strategy coreset" in message
+    assert "RobustKCenter(candidates=" in message

@@ -158,7 +158,13 @@ def _report_dtype(X: np.ndarray) -> np.ndarray:
 
 
 def _option_hint(message: str, arrays: dict) -> str:
-    """`` (X is the --embeddings array)`` when a library message names an array by its API name."""
+    """`` (X is the --embeddings array)`` when a library message names an array by its API name,
+    or the command-line way out of a limit whose remedies are Python arguments."""
+    if "too large for robust_kcenter" in message:
+        return (
+            " (the command line has no --candidates or --max-points: use --strategy coreset, or "
+            "fastal.strategies.RobustKCenter(candidates=..., max_points=...) from Python)"
+        )
     first = message.split(" ", 1)[0].strip("'\",:")
     if first in ("X", "pool", "features") and "features" in arrays:
         return f" ({first} is the --embeddings array)"
