@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._threads import one_thread_if_small
+from ._torch_state import forked_rng
 from ._validate import _number, check_positive_int
 
 
@@ -145,25 +146,24 @@ def fit_dual_head(
     lr = _number(lr, "lr", positive=True)
     weight_decay = _number(weight_decay, "weight_decay", minimum=0.0)
     dtype = torch.float64 if H.dtype == torch.float64 else torch.float32
-    H, lam = H.to(dtype), lam.to(H.device, dtype)
-    mean = H.mean(0)
-    rms = float(H.var(0, unbiased=False).mean().sqrt()) if H.shape[0] > 1 else 0.0
-    std = torch.full_like(mean, rms if rms > 0 and math.isfinite(rms) else 1.0)
+    with torch.inference_mode(False):  # plain tensors: the head trains and back-propagates on them
+        H, lam = H.to(dtype).clone(), lam.to(H.device, dtype).clone()
+        mean = H.mean(0)
+        rms = float(H.var(0, unbiased=False).mean().sqrt()) if H.shape[0] > 1 else 0.0
+        std = torch.full_like(mean, rms if rms > 0 and math.isfinite(rms) else 1.0)
     scale = float(lam.max())
     if scale == 0.0:
         return DualRegressor(None, mean, std, 0.0, 0.0)
     m = H.shape[0]
     if m < 2:
         raise ValueError("the dual regression head needs at least 2 labeled rows (batch norm)")
-    Z, target = (H - mean) / std, lam / scale
-    from .loop import _rng_devices
-
     with (
-        torch.random.fork_rng(devices=_rng_devices(H.device)),
+        forked_rng(H.device, seed),
+        torch.inference_mode(False),  # enable_grad alone does not lift an enclosing inference mode
         torch.enable_grad(),
         one_thread_if_small(H.device),
     ):
-        torch.manual_seed(seed)
+        Z, target = (H - mean) / std, lam / scale
         net = dual_head(H.shape[1], hidden=hidden, layers=layers).to(H.device, dtype)
         opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
         g = torch.Generator().manual_seed(int(seed))
@@ -311,16 +311,17 @@ def maximize_dual(
     """
     torch = _torch()
     check_positive_int(steps, "steps")
-    z = torch.as_tensor(x).detach().clone()
-    if not z.is_floating_point():
-        z = z.to(torch.get_default_dtype())
-    z.requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
-    trace = []
-    with torch.enable_grad():
-        trace += _ascend(embed, head, z, opt, steps, bounds)
-    with torch.no_grad():
-        trace.append(float(head.forward(embed(z)).mean()))
+    with torch.inference_mode(False):  # gradients on the inputs, even inside inference mode
+        z = torch.as_tensor(x).detach().clone()
+        if not z.is_floating_point():
+            z = z.to(torch.get_default_dtype())
+        z.requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        trace = []
+        with torch.enable_grad():
+            trace += _ascend(embed, head, z, opt, steps, bounds)
+        with torch.no_grad():
+            trace.append(float(head.forward(embed(z)).mean()))
     return z.detach(), np.array(trace)
 
 

@@ -17,6 +17,8 @@ import ctypes
 import functools
 import glob
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +70,35 @@ def _gemm_backend(dtype: str) -> tuple[int, int]:
         if mkl[0] or forced == "mkl":
             return mkl
     return _openblas_gemm(dtype), 0
+
+
+_BLAS_LOCK = threading.Lock()
+_blas_users = 0  # k-means calls inside _one_blas_thread, all threads
+_blas_limiter: Any = None
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """OpenBLAS limited to one thread (it runs inside fastal's OpenMP threads) from the first of
+    overlapping k-means calls to the last. threadpoolctl's limit is process-wide: were each call to
+    set and restore its own, one call's restore would hand the others' GEMMs back to OpenBLAS's
+    thread pool inside an OpenMP region, or leave numpy's BLAS at one thread for good. While a
+    call runs, numpy / scipy BLAS in other threads runs on one thread too."""
+    global _blas_users, _blas_limiter
+    from threadpoolctl import threadpool_limits
+
+    with _BLAS_LOCK:
+        if _blas_users == 0:
+            _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 
 def _amd_with_avx512() -> bool:
@@ -520,9 +551,7 @@ def _kmeans(
             tqdm(total=int(max_iter), disable=not progress, desc="k-means", unit="iter")
         )
         if fused is not None and fused.limit_blas:  # OpenBLAS runs inside fastal's threads
-            from threadpoolctl import threadpool_limits
-
-            stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
+            stack.enter_context(_one_blas_thread())
         if minibatch is None:
             prev = None
             for it in range(1, int(max_iter) + 1):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._io import save_npz_atomic, write_atomic
+from ._torch_state import forked_rng
 
 _STATE_VERSION = 1
 
@@ -253,7 +254,7 @@ def _n_classes(model: Any, data: _Data, idx: np.ndarray) -> int:
     from .torch import pool_outputs
 
     rows = data.X[torch.from_numpy(idx[:1])] if data.dataset is None else data.subset(idx[:1])
-    with torch.random.fork_rng(devices=_rng_devices(_param_device(model))):
+    with forked_rng(_param_device(model)):
         logits = pool_outputs(model, rows, ("logits",), inference_mode=False, progress=False)
     return int(logits["logits"].shape[1])
 
@@ -331,8 +332,7 @@ def fit(
         raise ValueError("cannot train on an empty labeled set")
     model.to(device)
     dev = torch.device(device)
-    with torch.random.fork_rng(devices=_rng_devices(dev)):
-        torch.manual_seed(seed)
+    with forked_rng(dev, seed):
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(n, generator=g)
         n_val = round(val_fraction * n) if val_fraction > 0 and val_fraction * n >= min_val else 0
@@ -484,8 +484,6 @@ def run(
     RunResult
         ``.rows``, ``.auc``, ``.labeled``, ``.to_csv()``.
     """
-    import torch
-
     from .strategies import Strategy, get
     from .torch import select as torch_select
 
@@ -529,8 +527,7 @@ def run(
         model_seed, train_seed, select_seed = (
             int(s) for s in np.random.SeedSequence([int(seed), r]).generate_state(3)
         )
-        with torch.random.fork_rng(devices=_rng_devices(device)):
-            torch.manual_seed(model_seed)
+        with forked_rng(device, model_seed):
             model = model_fn()
         labels = None
         if task == "classification":
@@ -568,15 +565,6 @@ def run(
                 f"{strategy_name} seed {seed} round {r}: {row['n_labeled']} labels, {metric} {value:.4f}"
             )
     return RunResult(rows, metric, labeled, strategy_name, int(seed), added)
-
-
-def _rng_devices(device: Any) -> list[int]:
-    import torch
-
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return []
-    return [dev.index if dev.index is not None else torch.cuda.current_device()]
 
 
 def _budgets(budget: Any, rounds: int | None) -> list[int]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ._torch_state import forked_rng
 from ._validate import _number, check_positive_int
 
 #: The paper's constant constraint levels (§5.2: cross-entropy 0.2; §5.3: MSE 0.1).
@@ -275,7 +276,7 @@ class PrimalDualTrainer:
     ) -> Any:
         import torch
 
-        from .loop import _rng_devices, _tensors
+        from .loop import _tensors
 
         if task not in PAPER_EPS:
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -288,8 +289,7 @@ class PrimalDualTrainer:
         X, y = X.to(dev), y.to(dev)
         if task == "classification":
             y = y.to(torch.int64)
-        with torch.random.fork_rng(devices=_rng_devices(dev)):
-            torch.manual_seed(seed)
+        with forked_rng(dev, seed):
             if self.eps == "auto":
                 shadow = copy.deepcopy(model)
                 self._train(shadow, X, y, task, seed, None)

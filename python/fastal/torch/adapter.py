@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
+from .._torch_state import LOCK, forked_rng
+
 #: What ``pool_outputs`` can compute, per task.
 NEEDS = {
     "classification": ("features", "logits", "probs", "mc_probs"),
@@ -186,106 +188,115 @@ def pool_outputs(
         if fn is not None and not callable(fn):
             raise TypeError(f"{fn_name} must be callable, got {type(fn).__name__}")
     data = _plain_numbers(data)
-    if run is not None:
-        model.to(run)
-    run_device = run if run is not None else _model_device(model)
-    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    if mc and not dropouts:
-        raise ValueError(
-            "mc_probs / mc_outputs need dropout modules (nn.Dropout, ...) in the model: without one "
-            "every Monte-Carlo pass is the same"
-        )
-    hook_layer = None
-    if "features" in needs and embed_fn is None:
-        hook_layer = _feature_layer(model, feature_layer)
-    head = tuple(k for k in needs if k in ("logits", "probs", "outputs"))
-    only_features = "features" in needs and not head
-
-    n = _known_size(data)
-    if n == 0:
-        raise ValueError("data is empty: the pool needs at least one row")
-    batches = _batches(data, batch_size, num_workers, run_device, batch_fn, _model_dtype(model))
-    writer = _Writer(n, out_device, dtype)
-    amp_ctx = _autocast(amp_dtype, run_device)
-    grad_ctx = torch.inference_mode if inference_mode else torch.no_grad
-    captured: list[torch.Tensor] = []
-
-    def record(_module: nn.Module, args: tuple) -> None:
-        if captured:
-            raise RuntimeError(
-                "the feature layer ran more than once in one forward pass; pass feature_layer= "
-                "or embed_fn= to say which features to use"
+    # The model's train / eval flags, its forward hooks and torch's generator are process-wide:
+    # one pass at a time across threads (fastal._torch_state).
+    with LOCK:
+        if run is not None:
+            model.to(run)
+        run_device = run if run is not None else _model_device(model)
+        dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+        if mc and not dropouts:
+            raise ValueError(
+                "mc_probs / mc_outputs need dropout modules (nn.Dropout, ...) in the model: without one "
+                "every Monte-Carlo pass is the same"
             )
-        captured.append(args[0])
-        if only_features:
-            raise _StopForward
+        hook_layer = None
+        if "features" in needs and embed_fn is None:
+            hook_layer = _feature_layer(model, feature_layer)
+        head = tuple(k for k in needs if k in ("logits", "probs", "outputs"))
+        only_features = "features" in needs and not head
 
-    @contextlib.contextmanager
-    def feature_hook() -> Iterator[None]:
-        # On for the deterministic pass only: the Monte-Carlo passes neither need nor trip it.
-        handle = hook_layer.register_forward_pre_hook(record) if hook_layer is not None else None
+        n = _known_size(data)
+        if n == 0:
+            raise ValueError("data is empty: the pool needs at least one row")
+        batches = _batches(data, batch_size, num_workers, run_device, batch_fn, _model_dtype(model))
+        writer = _Writer(n, out_device, dtype)
+        amp_ctx = _autocast(amp_dtype, run_device)
+        grad_ctx = torch.inference_mode if inference_mode else torch.no_grad
+        captured: list[torch.Tensor] = []
+
+        def record(_module: nn.Module, args: tuple) -> None:
+            if captured:
+                raise RuntimeError(
+                    "the feature layer ran more than once in one forward pass; pass feature_layer= "
+                    "or embed_fn= to say which features to use"
+                )
+            captured.append(args[0])
+            if only_features:
+                raise _StopForward
+
+        @contextlib.contextmanager
+        def feature_hook() -> Iterator[None]:
+            # On for the deterministic pass only: the Monte-Carlo passes neither need nor trip it.
+            handle = (
+                hook_layer.register_forward_pre_hook(record) if hook_layer is not None else None
+            )
+            try:
+                yield
+            finally:
+                if handle is not None:
+                    handle.remove()
+
+        states = [(m, m.training) for m in model.modules()]
+        rng = _forked_rng(seed, run_device) if mc else contextlib.nullcontext()
+        bar = _progress(n, progress)
         try:
-            yield
-        finally:
-            if handle is not None:
-                handle.remove()
-
-    states = [(m, m.training) for m in model.modules()]
-    rng = _forked_rng(seed, run_device) if mc else contextlib.nullcontext()
-    bar = _progress(n, progress)
-    try:
-        model.eval()
-        with rng, grad_ctx():
-            for x in batches:
-                rows = _rows(x)
-                result: dict[str, torch.Tensor] = {}
-                if "features" in needs or head:
-                    captured.clear()
-                    with amp_ctx():
-                        if embed_fn is not None:
-                            result["features"] = _check_embedding(embed_fn(model, x), rows)
-                        z = None
-                        if head or hook_layer is not None:
-                            try:
-                                with feature_hook():
-                                    z = _call(model, x)
-                            except _StopForward:
-                                z = None
-                    if hook_layer is not None:
-                        if not captured:
-                            raise RuntimeError(
-                                f"the feature layer {type(hook_layer).__name__} did not run in the forward pass"
-                            )
-                        result["features"] = captured[0]
-                    if head:
-                        z = _check_output(z, task, rows)
-                        for key in head:
-                            result[key] = torch.softmax(z.float(), dim=1) if key == "probs" else z
-                    captured.clear()
-                if mc:
-                    passes = []
-                    for m in dropouts:
-                        m.train()
-                    try:
-                        for _ in range(mc_samples):
-                            with amp_ctx():
-                                z = _check_output(_call(model, x), task, rows)
-                            passes.append(
-                                torch.softmax(z.float(), dim=1) if task == "classification" else z
-                            )
-                    finally:
+            model.eval()
+            with rng, grad_ctx():
+                for x in batches:
+                    rows = _rows(x)
+                    result: dict[str, torch.Tensor] = {}
+                    if "features" in needs or head:
+                        captured.clear()
+                        with amp_ctx():
+                            if embed_fn is not None:
+                                result["features"] = _check_embedding(embed_fn(model, x), rows)
+                            z = None
+                            if head or hook_layer is not None:
+                                try:
+                                    with feature_hook():
+                                        z = _call(model, x)
+                                except _StopForward:
+                                    z = None
+                        if hook_layer is not None:
+                            if not captured:
+                                raise RuntimeError(
+                                    f"the feature layer {type(hook_layer).__name__} did not run in the forward pass"
+                                )
+                            result["features"] = captured[0]
+                        if head:
+                            z = _check_output(z, task, rows)
+                            for key in head:
+                                result[key] = (
+                                    torch.softmax(z.float(), dim=1) if key == "probs" else z
+                                )
+                        captured.clear()
+                    if mc:
+                        passes = []
                         for m in dropouts:
-                            m.eval()
-                    result["mc_probs" if task == "classification" else "mc_outputs"] = torch.stack(
-                        passes
-                    )
-                writer.write(result, rows)
-                bar.update(rows)
-    finally:
-        bar.close()
-        for m, training in states:
-            m.train(training)
-    return writer.result(needs)
+                            m.train()
+                        try:
+                            for _ in range(mc_samples):
+                                with amp_ctx():
+                                    z = _check_output(_call(model, x), task, rows)
+                                passes.append(
+                                    torch.softmax(z.float(), dim=1)
+                                    if task == "classification"
+                                    else z
+                                )
+                        finally:
+                            for m in dropouts:
+                                m.eval()
+                        result["mc_probs" if task == "classification" else "mc_outputs"] = (
+                            torch.stack(passes)
+                        )
+                    writer.write(result, rows)
+                    bar.update(rows)
+        finally:
+            bar.close()
+            for m, training in states:
+                m.train(training)
+        return writer.result(needs)
 
 
 def select(
@@ -737,21 +748,7 @@ def _autocast(dtype: torch.dtype | None, device: torch.device) -> Callable[[], A
 
 
 def _forked_rng(seed: int | None, device: torch.device) -> Any:
-    if seed is None:
-        return contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def forked() -> Iterator[None]:
-        devices = (
-            [device.index if device.index is not None else torch.cuda.current_device()]
-            if device.type == "cuda"
-            else []
-        )
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(seed))
-            yield
-
-    return forked()
+    return contextlib.nullcontext() if seed is None else forked_rng(device, seed)
 
 
 class _NoBar:
