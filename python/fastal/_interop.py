@@ -10,6 +10,7 @@ Outputs are created in the input's framework and on its device.
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,11 +40,8 @@ class ArrayInfo:
 
 
 def _is_torch(x: Any) -> bool:
-    if not type(x).__module__.startswith("torch"):
-        return False
-    import torch
-
-    return isinstance(x, torch.Tensor)
+    torch = sys.modules.get("torch")  # not imported yet: x cannot be a tensor (subclasses included)
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _is_cupy(x: Any) -> bool:
@@ -57,6 +55,13 @@ def is_array(x: Any) -> bool:
 
 def describe(x: Any, name: str) -> ArrayInfo:
     """Classify ``x`` or raise ``TypeError`` naming ``name``."""
+    if isinstance(x, np.ma.MaskedArray) and np.ma.is_masked(x):
+        # the kernels read the data under the mask: a masked entry would be used as it stands
+        raise ValueError(
+            f"{name} is a masked array with masked entries ({int(np.ma.count_masked(x))}), which "
+            f"fastal would read as their stored values: fill them ({name}.filled(value)) or drop "
+            "those rows first"
+        )
     if isinstance(x, np.ndarray):
         return ArrayInfo("numpy", "cpu", None, x.dtype.name, tuple(x.shape))
     if _is_torch(x):

@@ -114,7 +114,7 @@ def check_indices(
         raise TypeError(f"{name} must hold integer indices, got dtype {arr.dtype}")
     if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= n:  # before int64 could wrap it
         raise ValueError(f"{name} has indices out of range [0, {n}): e.g. {int(arr.max())}")
-    arr = arr.astype(np.int64, copy=False)
+    arr = np.ascontiguousarray(arr, dtype=np.int64)  # the bindings take contiguous int64 only
     if arr.size:
         bad = (arr < 0) | (arr >= n)
         if bad.any():
