@@ -519,3 +519,19 @@ def test_user_factors_validated():
     bad[4, 0] = np.inf
     with pytest.raises(ValueError, match="H"):
         fastal.GradientEmbedding(A, bad)
+
+
+def test_features_are_not_copied_without_the_bias_column():
+    """At n = 1M, d = 512 a copy of H is 2 GB: without the bias column the embedding keeps the
+    (contiguous) features themselves; with it, or from a strided view, H is a new array."""
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), 50).astype(np.float32)
+    h = rng.normal(size=(50, 4)).astype(np.float32)
+    emb = fastal.gradient_embedding(p, h)
+    assert np.shares_memory(emb.H, h)
+    np.testing.assert_array_equal(emb.dense(), fastal.gradient_embedding(p, h.copy()).dense())
+    assert not np.shares_memory(fastal.gradient_embedding(p, h, bias=True).H, h)
+    wide = rng.normal(size=(50, 8)).astype(np.float32)
+    strided = fastal.gradient_embedding(p, wide[:, ::2])
+    assert not np.shares_memory(strided.H, wide)
+    np.testing.assert_array_equal(strided.H, wide[:, ::2])

@@ -293,7 +293,9 @@ def gradient_embedding(
         ``None``: hypothetical labels ``argmax p`` (ties to the lowest class). Integer labels in
         ``[0, C)``. A row-stochastic label distribution.
     bias : bool, default False
-        Include the gradient of the bias (``h`` gets a trailing 1).
+        Include the gradient of the bias (``h`` gets a trailing 1). Without it the embedding's
+        ``H`` is ``features`` itself where that is contiguous (no copy, as with
+        :class:`GradientEmbedding`): do not change ``features`` while the embedding is in use.
     kind : {"auto", "probs", "logits"}
         ``"probs"`` requires values in [0, 1] with rows summing to 1 within a tolerance set by
         the storage dtype (1e-3 for float32 / float64, 2⁻⁹ for float16, 2⁻⁶ for bfloat16; see
@@ -339,7 +341,8 @@ def gradient_embedding(
     store = h_in.dtype
     dh = finfo.shape[1] + int(bool(bias))
     A = torch.empty((n, C), dtype=store, device=p_in.device)
-    H = torch.empty((n, dh), dtype=store, device=p_in.device)
+    # without the bias column H is the features themselves: no copy of the largest array
+    H = torch.empty((n, dh), dtype=store, device=p_in.device) if bias else h_in.contiguous()
     for s in range(0, n, _CHUNK):
         p = p_in[s : s + _CHUNK].to(acc)
         if not is_probs:
@@ -355,7 +358,8 @@ def gradient_embedding(
         else:
             a = p - target[s : s + _CHUNK].to(acc)
         A[s : s + _CHUNK] = a.to(store)
-        H[s : s + _CHUNK, : finfo.shape[1]] = h_in[s : s + _CHUNK]
+        if bias:
+            H[s : s + _CHUNK, :-1] = h_in[s : s + _CHUNK]
     if bias:
         H[:, -1] = 1
     return GradientEmbedding._from_torch(A, H, finfo)
