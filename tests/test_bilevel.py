@@ -640,3 +640,21 @@ def test_low_precision_soft_pool_is_accepted(dtype):
     assert_array_equal(res.indices, want.indices)
     with pytest.raises(ValueError, match="soft_pool rows must sum to 1"):
         bl.bilevel_select(Z, y, (soft_low.double() * 0.97).to(dtype), labeled, 3, seed=0)
+
+
+@pytest.mark.parametrize(("m", "d"), [(40, 6), (5, 9), (30, 29)])
+def test_linear_kernel_features_skip_the_kernel_rows(m, d):
+    """For the last-layer NTK the map comes from the thin SVD of [U, 1] and is applied to [x, 1]
+    directly; the generic path (the same kernel behind another callable) forms kernel rows. Both
+    give the Nyström kernel up to rounding (the features themselves may differ by a rotation)."""
+    rng = np.random.default_rng(m + d)
+    X, U = rng.normal(size=(70, d)), rng.normal(size=(m, d))
+    fast = bl.Nystrom(U, bl.linear_ntk)
+    slow = bl.Nystrom(U, lambda a, b: bl.linear_ntk(a, b))
+    assert fast._linear is not None and slow._linear is None
+    assert fast.rank == slow.rank == min(m, d + 1)
+    np.testing.assert_allclose(fast.eigenvalues, slow.eigenvalues, rtol=1e-9)
+    zf, zs = fast.transform(X), slow.transform(X)
+    np.testing.assert_allclose(zf @ zf.T, zs @ zs.T, rtol=1e-9, atol=1e-9)
+    if m >= d + 1:  # landmarks span [x, 1]: the Nyström kernel is the kernel
+        np.testing.assert_allclose(zf @ zf.T, X @ X.T + 1, rtol=1e-9, atol=1e-9)

@@ -238,8 +238,10 @@ def _call_kernel(kernel: Kernel, X: Any, Y: Any) -> Any:
 class Nystrom:
     """The Nyström map ``z_x = (K_UU)^{†/2} [k(x, u_1), ..., k(x, u_m)]`` of fixed landmarks.
 
-    ``K_UU = E Λ Eᵀ`` is eigendecomposed in float64; eigenvalues at or below ``rcond · λ_max`` are
-    dropped and the map is ``z_x = Λ_k^{-1/2} E_kᵀ k(U, x)`` with ``m' = k ≤ m`` columns, so that
+    ``K_UU = E Λ Eᵀ`` is eigendecomposed in float64 (for :func:`linear_ntk` through the thin SVD
+    of ``[U, 1]``, whose right singular vectors then map ``[x, 1]`` to ``z_x`` directly);
+    eigenvalues at or below ``rcond · λ_max`` are dropped and the map is
+    ``z_x = Λ_k^{-1/2} E_kᵀ k(U, x)`` with ``m' = k ≤ m`` columns, so that
     ``Z_U Z_Uᵀ = E_k Λ_k E_kᵀ = K_UU`` on the kept spectrum (and ``Z Zᵀ`` is the Nyström
     approximation ``K_XU K_UU^† K_UX``). A kernel of rank r (e.g. :func:`linear_ntk` on d-dim
     features: r ≤ d + 1) gives ``m' ≤ r`` whatever ``m``.
@@ -280,12 +282,28 @@ class Nystrom:
                 f"rcond must be in [0, 1), got {rcond}: eigenvalues at or below rcond · λ_max "
                 "are dropped, so it would drop every eigenvalue of the kernel"
             )
-        K = _call_kernel(kernel, self.landmarks.to(torch.float64), self.landmarks.to(torch.float64))
-        if not bool(torch.isfinite(K).all()):
-            raise ValueError("the kernel returned NaN or Inf on the landmarks")
-        with one_thread_if_small(ut.device, m**3, _SMALL_WORK):
-            evals, evecs = torch.linalg.eigh((K + K.T) / 2)
-        top = float(evals[-1]) if m else 0.0
+        linear = kernel is linear_ntk and ut.ndim == 2
+        if linear:
+            # K_UU = Ua Uaᵀ with Ua = [U, 1] (m x (d + 1)): its eigenpairs come from the thin SVD
+            # Ua = V S Wᵀ (λ = s², E = V) in O(m d²) instead of an O(m³) eigendecomposition
+            u64 = self.landmarks.to(torch.float64)
+            ua = torch.cat([u64, torch.ones_like(u64[:, :1])], 1)
+            if not bool(torch.isfinite(ua).all()):
+                raise ValueError("the kernel returned NaN or Inf on the landmarks")
+            with one_thread_if_small(ut.device, m * ua.shape[1] ** 2, _SMALL_WORK):
+                evecs, sv, wt = torch.linalg.svd(ua, full_matrices=False)
+            if not bool(torch.isfinite(sv).all()):
+                raise ValueError("the kernel returned NaN or Inf on the landmarks")
+            evals = torch.flip(sv * sv, [0])  # ascending, as eigh gives them
+            evecs, wt = torch.flip(evecs, [1]), torch.flip(wt, [0])
+        else:
+            u64 = self.landmarks.to(torch.float64)
+            K = _call_kernel(kernel, u64, u64)
+            if not bool(torch.isfinite(K).all()):
+                raise ValueError("the kernel returned NaN or Inf on the landmarks")
+            with one_thread_if_small(ut.device, m**3, _SMALL_WORK):
+                evals, evecs = torch.linalg.eigh((K + K.T) / 2)
+        top = float(evals[-1]) if evals.numel() else 0.0
         if top <= 0:
             raise ValueError("the kernel matrix of the landmarks has no positive eigenvalue")
         keep = torch.flip(torch.nonzero(evals > self.rcond * top).flatten(), [0])  # descending
@@ -297,6 +315,11 @@ class Nystrom:
         self.eigenvalues = evals[keep]
         #: (m, m') projection: kernel rows times it are the features
         self.projection = (evecs[:, keep] / torch.sqrt(evals[keep])).to(self.dtype)
+        #: linear kernel: z = [x, 1] W_k, the features without kernel rows ((d, m') and (m',))
+        self._linear = None
+        if linear:
+            w = wt[keep].T.to(self.dtype)  # [x, 1] W_k = (x Uᵀ + 1) V_k S_k⁻¹ = z
+            self._linear = (w[:-1].contiguous(), w[-1].contiguous())
         self._info = info
 
     @property
@@ -312,11 +335,16 @@ class Nystrom:
         out = torch.empty((n, self.rank), dtype=self.dtype, device=X.device)
         step = chunk or _rows_per_chunk(U.shape[0])
         width = int(np.prod(X.shape[1:])) if X.ndim > 1 else 1
+        linear = self._linear if X.ndim == 2 and X.shape[1] == U.shape[1] else None
         with one_thread_if_small(X.device, min(n, step) * U.shape[0] * width, _SMALL_WORK):
             for s in range(0, n, step):
-                out[s : s + step] = (
-                    _call_kernel(self.kernel, X[s : s + step].to(self.dtype), U) @ proj
-                )
+                rows = X[s : s + step].to(self.dtype)
+                if linear is not None:
+                    z = torch.addmm(linear[1].to(X.device), rows, linear[0].to(X.device))
+                    if bool(torch.isfinite(z).all()):
+                        out[s : s + step] = z
+                        continue  # else the kernel rows below raise what is wrong
+                out[s : s + step] = _call_kernel(self.kernel, rows, U) @ proj
         return out
 
     def transform(self, X: Any, *, chunk: int | None = None) -> Any:
