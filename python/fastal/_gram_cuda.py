@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _ext, _interop
 from ._interop import ArrayInfo
-from .gram import _BIG, _SMALL, _check_groups_host, _unscale
+from .gram import _BIG, _SMALL, _check_groups_host, _unscale, _used_rows_peak
 
 # The default of gram_min_eig_cuda's warp_max (benchmarks set it to time the one-warp path through
 # fastal.gram_min_eig): -1 leaves the choice of path to the kernel.
@@ -98,8 +98,14 @@ def gram_min_eig_cuda(
         raise RuntimeError("the device check of groups failed where the host check passes")
     if count:
         raise ValueError(f"Z contains NaN or Inf in {count} row(s), first in row {first}")
-    # exact power-of-two rescaling for extreme magnitudes (λ scales by the square), as on the CPU
+    # exact power-of-two rescaling for extreme magnitudes (λ scales by the square), as on the CPU:
+    # the peak of the rows read sets it (a host copy of those rows, on this rare path only)
     scale = 1.0
+    if peak > _BIG or 0.0 < peak < _SMALL:
+        grp_host = _interop.host_numpy(groups) if not isinstance(groups, np.ndarray) else groups
+        rows = np.unique(np.concatenate([labeled, np.asarray(grp_host).reshape(-1)]))
+        used = _interop.host_numpy(zkeep[_interop.to_framework(rows, info)])
+        peak = _used_rows_peak(used, np.arange(rows.size), np.empty((0, 1), np.int64))
     if peak > _BIG or 0.0 < peak < _SMALL:
         scale = float(2.0 ** -np.frexp(peak)[1])
         # a new device array in Z's dtype, exact (float64 only: no float32 has such a peak)

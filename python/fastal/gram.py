@@ -17,6 +17,9 @@ EPS = float(np.finfo(np.float64).eps)
 # entries or their squares overflow or underflow float64; the eigenvalues are scaled back.
 _BIG, _SMALL = 2.0**240, 2.0**-240
 _METHODS = ("auto", "tridiagonal", "lowrank")
+# The host path scans Z for its peak and for NaN / Inf in row blocks of about this many values,
+# with no whole-pool temporary (tests make it tiny)
+_CHUNK_VALUES = 1 << 22
 #: On CUDA, "auto" takes "lowrank" (when its operation count is lower) from this order on, and for
 #: groups of at most CUDA_LOWRANK_MAX_G rows (torch's batched eigvalsh is a batched Jacobi solver
 #: up to order 32, one call per matrix above). On an H200: 0.16 s against the kernel's 1.15 s at
@@ -55,7 +58,10 @@ def gram_min_eig(
     exact in float64), one matrix per thread (OpenMP), the GIL released; on the CPU the groups go
     in calls of bounded work (about 2³¹ multiply-adds, and at least eight times the labeled part's
     cost, which each call forms again) so that Ctrl-C is seen between them. Memory: one
-    ``size x size`` float64 matrix per thread plus the shared part, ``size = min(|S|, D)``.
+    ``size x size`` float64 matrix per thread plus the shared part, ``size = min(|S|, D)``; host
+    ``Z`` is read in place (scanned for NaN / Inf and its peak in row blocks; when that needs the
+    rescaling, the peak of the rows of ``labeled`` and ``groups``, the only rows read, sets the
+    scale, and only those rows are copied).
     CUDA input runs on its device (see Notes): same definition and threshold rule, results equal
     to the CPU ones to rounding.
 
@@ -105,29 +111,28 @@ def gram_min_eig(
     -----
     Interpretation: the paper takes λ⁺_min of the trace-NTK Gram over ``X_L + X_u`` without a
     numerical zero rule; fastal uses the relative threshold above. On the CPU ``λ_max``, which
-    only sets that threshold, is located to 1e-6 of the spectrum's scale (λ⁺_min to rounding). Duplicated rows of ``Z``
-    (Proposition 2) give an exact zero eigenvalue, which ``λ⁺_min`` skips once ``Z_S`` has
-    more rows than its rank. Cost per group, tridiagonal method: ``O(m³)`` with ``m = min(|S|,
-    D)``, plus the formation, ``O(m G D)`` on the ``|S|`` side or ``O(D² G)`` on the ``D`` side;
-    low-rank method: ``O(m G D)`` plus ``O(m G² + G³)`` per evaluation (about a dozen), after
-    ``O(m³)`` once per call.
+    only sets that threshold, is located to 1e-6 of the spectrum's scale (λ⁺_min to rounding).
+    Duplicated rows of ``Z`` (Proposition 2) give an exact zero eigenvalue, which ``λ⁺_min``
+    skips once ``Z_S`` has more rows than its rank. Cost per group, tridiagonal method:
+    ``O(m³)`` with ``m = min(|S|, D)``, plus the formation, ``O(m G D)`` on the ``|S|`` side or
+    ``O(D² G)`` on the ``D`` side; low-rank method: ``O(m G D)`` plus ``O(m G² + G³)`` per
+    evaluation (about a dozen), after ``O(m³)`` once per call.
 
-    CUDA (``fastal._cuda``, csrc/cuda/gram_eig.cu): the shared part once per call. Matrices of
-    order up to 18, when there are thousands of groups, then get one thread each, which runs the CPU's serial algorithm (Householder,
-    then Laguerre checked by Sturm counts, QL for ``return_all``; csrc/common/gram_small.h) on a
-    workspace of at most 1 GiB. Larger ones get one thread block each, which forms the matrix,
-    reduces it by Householder reflections (the rank-2 update fused with the next matrix-vector
-    product, as on the CPU) and finds ``λ_max`` and ``λ⁺_min`` by multisection on Sturm counts,
-    one shift per thread; ``return_all`` bisects every eigenvalue (one thread per index) instead
-    of running QL. Float64 throughout. The matrix lives in shared memory when it fits (order up
-    to 166 on an H100), else in a global workspace of at most 1 GiB (or one matrix's
-    8 · order² bytes, when that alone is larger: order > 11,585). NaN / Inf and the peak
-    magnitude are found on the device (one pass over ``Z``, one synchronisation); ``groups``
-    given as an int64 C-contiguous CUDA array in ``Z``'s framework are checked there too, in the
-    same synchronisation, and used in place (a failing array is checked again on the host, for
-    the message). Other index inputs, and ``labeled`` always, are checked on the host and copied
-    over. A CUDA module built before this kernel raises ``RuntimeError`` (rebuild); there is no
-    fallback.
+    CUDA (``fastal._cuda``, csrc/cuda/gram_eig.cu): the shared part once per call. Matrices of order
+    up to 18, when there are thousands of groups, then get one thread each, which runs the CPU's
+    serial algorithm (Householder, then Laguerre checked by Sturm counts, QL for ``return_all``;
+    csrc/common/gram_small.h) on a workspace of at most 1 GiB. Larger ones get one thread block
+    each, which forms the matrix, reduces it by Householder reflections (the rank-2 update fused
+    with the next matrix-vector product, as on the CPU) and finds ``λ_max`` and ``λ⁺_min`` by
+    multisection on Sturm counts, one shift per thread; ``return_all`` bisects every eigenvalue (one
+    thread per index) instead of running QL. Float64 throughout. The matrix lives in shared memory
+    when it fits (order up to 166 on an H100), else in a global workspace of at most 1 GiB (or one
+    matrix's 8 · order² bytes, when that alone is larger: order > 11,585). NaN / Inf and the peak
+    magnitude are found on the device (one pass over ``Z``, one synchronisation); ``groups`` given
+    as an int64 C-contiguous CUDA array in ``Z``'s framework are checked there too, in the same
+    synchronisation, and used in place (a failing array is checked again on the host, for the
+    message). Other index inputs, and ``labeled`` always, are checked on the host and copied over. A
+    CUDA module built before this kernel raises ``RuntimeError`` (rebuild); there is no fallback.
 
     CUDA ``method="lowrank"`` (after the same checks): the shared eigendecomposition by
     ``torch.linalg.eigh`` on the device, each group's ``V`` and ``Z_g Z_gᵀ`` by batched matrix
@@ -185,17 +190,14 @@ def gram_min_eig(
             )
 
     Zh = _interop.host_storage(Z, info)
-    peak = float(np.max(np.abs(Zh))) if Zh.size else 0.0
-    if not np.isfinite(peak):
-        bad = ~np.isfinite(Zh).all(axis=1)
-        raise ValueError(
-            f"Z contains NaN or Inf in {int(bad.sum())} row(s), first in row {int(np.argmax(bad))}"
-        )
+    peak = _host_peak(Zh)  # NaN / Inf anywhere in Z is refused
     # exact power-of-two rescaling for extreme magnitudes (λ scales by the square)
     scale = 1.0
     if peak > _BIG or 0.0 < peak < _SMALL:
+        peak = _used_rows_peak(Zh, lab, grp)
+    if peak > _BIG or 0.0 < peak < _SMALL:
         scale = float(2.0 ** -np.frexp(peak)[1])
-        Zh = Zh * Zh.dtype.type(scale)
+        Zh, lab, grp = _scaled_rows(Zh, lab, grp, scale)
     if method == "lowrank":
         lam, basis, s_side = _shared_eigenbasis(Zh, lab, G)
         kernel = getattr(_ext.cpu, f"gram_min_eig_lowrank_{info.dtype}")
@@ -216,6 +218,57 @@ def gram_min_eig(
     if return_all:
         return _interop.wrap_host(mins, info), _interop.wrap_host(spectra, info)
     return _interop.wrap_host(mins, info)
+
+
+def _host_peak(Zh: np.ndarray) -> float:
+    """``max |Z|`` over the whole of ``Zh`` (0.0 when empty), read in row blocks of about
+    ``_CHUNK_VALUES`` values with no temporary (``max(|max|, |min|)``, the same value as
+    ``np.max(np.abs(Zh))``); NaN or Inf anywhere raises, naming the rows."""
+    step = max(1, _CHUNK_VALUES // max(Zh.shape[1], 1))
+    peak = 0.0
+    for s in range(0, Zh.shape[0], step):
+        block = Zh[s : s + step]
+        hi, lo = float(np.max(block)), float(np.min(block))  # NaN propagates
+        if not (np.isfinite(hi) and np.isfinite(lo)):
+            _raise_non_finite(Zh, step)
+        peak = max(peak, abs(hi), abs(lo))
+    return peak
+
+
+def _used_rows_peak(Zh: np.ndarray, lab: np.ndarray, grp: np.ndarray) -> float:
+    """``max |Z|`` over the rows of ``lab`` and ``grp``, the only rows the kernels read: it sets
+    the rescaling, so that one huge row no group reads cannot push the rows read into underflow.
+    Gathered in blocks of about ``_CHUNK_VALUES`` values."""
+    rows = np.unique(np.concatenate([lab, grp.reshape(-1)]))
+    step = max(1, _CHUNK_VALUES // max(Zh.shape[1], 1))
+    peak = 0.0
+    for s in range(0, rows.size, step):
+        block = Zh[rows[s : s + step]]
+        peak = max(peak, abs(float(np.max(block))), abs(float(np.min(block))))
+    return peak
+
+
+def _raise_non_finite(Zh: np.ndarray, step: int) -> None:
+    """The error for NaN / Inf in ``Zh``: how many rows hold one and the first of them."""
+    count, first = 0, -1
+    for s in range(0, Zh.shape[0], step):
+        bad = ~np.isfinite(Zh[s : s + step]).all(axis=1)
+        if first < 0 and bad.any():
+            first = s + int(np.argmax(bad))
+        count += int(bad.sum())
+    raise ValueError(f"Z contains NaN or Inf in {count} row(s), first in row {first}")
+
+
+def _scaled_rows(Zh: np.ndarray, lab: np.ndarray, grp: np.ndarray, scale: float) -> tuple:
+    """``scale · Z`` on the rows that ``lab`` and ``grp`` name only, with the indices renumbered
+    into it (order kept): the kernels read no other row, and the product is elementwise, so the
+    results are those of scaling the whole of Z, at the memory of the rows used."""
+    rows = np.unique(np.concatenate([lab, grp.reshape(-1)]))
+    Zs = Zh[rows]
+    Zs *= Zs.dtype.type(scale)
+    lab = np.searchsorted(rows, lab).astype(np.int64)
+    grp = np.ascontiguousarray(np.searchsorted(rows, grp), dtype=np.int64)
+    return Zs, lab, grp
 
 
 def _unscale(values: Any, scale: float, peak: float, *, spectra: bool = False) -> Any:
@@ -332,7 +385,9 @@ def _check_groups_host(arr: np.ndarray, n: int, labeled: np.ndarray) -> np.ndarr
         raise TypeError(f"groups must hold integer indices, got dtype {arr.dtype}")
     if arr.dtype.kind == "u" and int(arr.max()) >= n:  # before int64 could wrap it
         g, a = np.unravel_index(int(np.argmax(arr)), arr.shape)
-        raise ValueError(f"groups has indices out of range [0, {n}): groups[{g}, {a}] = {int(arr[g, a])}")
+        raise ValueError(
+            f"groups has indices out of range [0, {n}): groups[{g}, {a}] = {int(arr[g, a])}"
+        )
     arr = np.ascontiguousarray(arr, dtype=np.int64)
     bad = (arr < 0) | (arr >= n)
     if bad.any():

@@ -20,6 +20,10 @@ from ._interop import describe
 from ._validate import check_bool, check_matrix, check_positive_int
 from .gradients import as_torch, from_torch
 
+# ntk_features fills its output in row blocks of about this many values, so that its temporaries
+# (a block's finiteness mask) stay small next to the (n, d + 1) output (tests make it tiny)
+_CHUNK_VALUES = 1 << 22
+
 
 def ntk_features(features: Any, n_classes: int, *, bias: bool = True) -> Any:
     """Last-layer trace-NTK features ``√C · [h, 1]`` for a linear last layer ``z = W h + b``.
@@ -41,6 +45,12 @@ def ntk_features(features: Any, n_classes: int, *, bias: bool = True) -> Any:
     -------
     array (n, d + bias) in the framework, device and dtype of ``features``.
 
+    Notes
+    -----
+    Memory: the output, filled in blocks of rows (about 4M values each, with a boolean mask of
+    the block for the finiteness check), so the peak is the output plus a few MiB (and a
+    contiguous copy of non-contiguous numpy ``features``).
+
     Examples
     --------
     >>> import numpy as np, fastal
@@ -54,19 +64,36 @@ def ntk_features(features: Any, n_classes: int, *, bias: bool = True) -> Any:
         raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
     bias = check_bool(bias, "bias")
     h = as_torch(features, info)
-    if not bool(torch.isfinite(h).all()):
-        raise ValueError("features contains NaN or Inf")
-    if bias:
-        h = torch.cat([h, torch.ones((h.shape[0], 1), dtype=h.dtype, device=h.device)], 1)
+    n, d = h.shape
     root_c = math.sqrt(n_classes)
-    out = (h * root_c).contiguous()
-    if not bool(torch.isfinite(out).all()):
-        peak = float(h.abs().max())
+    # the output is the only whole-pool allocation: h goes in by row blocks, each scaled in place
+    # as the whole [h, 1] once was (the same multiply, so the same bits) and checked while warm
+    out = torch.empty((n, d + int(bias)), dtype=h.dtype, device=h.device)
+    if bias:
+        out[:, d] = 1
+    step = _chunk_rows(out.shape[1])
+    finite = torch.ones((), dtype=torch.bool, device=h.device)  # one synchronisation at the end
+    for s in range(0, n, step):
+        block = out[s : s + step]
+        block[:, :d].copy_(h[s : s + step])
+        block.mul_(root_c)
+        finite &= torch.isfinite(block).all()
+    if not bool(finite):  # NaN / Inf in h, or √C h overflows: h says which, as before
+        blocks = [h[s : s + step] for s in range(0, n, step)]
+        if not all(bool(torch.isfinite(b).all()) for b in blocks):
+            raise ValueError("features contains NaN or Inf")
+        peak = max(float(b.abs().max()) for b in blocks)
+        peak = max(peak, 1.0) if bias else peak  # the peak of [h, 1], as before
         raise ValueError(
             f"features times √n_classes overflows {info.dtype}: |features| reaches {peak:.3g} and "
             f"√C = {root_c:.3g}; rescale them, or pass a wider dtype"
         )
     return from_torch(out, info)
+
+
+def _chunk_rows(width: int) -> int:
+    """Rows per block of :func:`ntk_features`: about ``_CHUNK_VALUES`` values, at least one row."""
+    return max(1, _CHUNK_VALUES // max(width, 1))
 
 
 def ntk_features_jacobian(
