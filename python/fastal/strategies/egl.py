@@ -1,4 +1,4 @@
-"""Expected gradient length (Settles, Craven & Ray 2008) for a softmax last layer, in closed form."""
+"""Expected gradient length (Settles, Craven & Ray 2008) for a softmax last layer, closed form."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from .. import _interop
 from .._validate import check_bool, check_budget, check_matrix, check_same_place
 from ..gradients import _probabilities, as_torch, from_torch
 from .base import Selection, Strategy, pool_field, register, unlabeled_rows
+from .uncertainty import _row_tiles
+
+#: feature values per row tile (4 MiB float32): the whole-pool finiteness mask and ``h * h`` were
+#: 1.7x the float32 features
+_TILE_VALUES = 1 << 20
 
 
 @register
@@ -30,13 +35,15 @@ class EGL(Strategy):
     The pool is a mapping with ``"probs"`` (or ``"logits"``) and ``"features"``. ``diagnostics``
     holds ``"scores"`` for every row of the pool, float64: ``|h|²`` is summed in float32 (float64
     for float64 input) and, for rows where that overflows (``|h| ≳ 1.8e19``), again in float64, so
-    large features rank correctly instead of all scoring ``inf``.
+    large features rank correctly instead of all scoring ``inf``. Checks and scores run in row
+    tiles: no temporary the size of the features or probabilities.
 
     Examples
     --------
     >>> import numpy as np
     >>> from fastal.strategies import EGL
-    >>> pool = {"probs": np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4]]), "features": np.ones((3, 2))}
+    >>> probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4]])
+    >>> pool = {"probs": probs, "features": np.ones((3, 2))}
     >>> EGL().select(pool, 2).indices.tolist()
     [1, 2]
     """
@@ -62,29 +69,47 @@ class EGL(Strategy):
         hinfo = check_matrix(H, "features")
         check_same_place(hinfo, "features", pinfo, probs_key)
         if hinfo.shape[0] != pinfo.shape[0]:
-            raise ValueError(f"features must have {pinfo.shape[0]} rows like {probs_key}, got {hinfo.shape}")
+            raise ValueError(
+                f"features must have {pinfo.shape[0]} rows like {probs_key}, got {hinfo.shape}"
+            )
         n = pinfo.shape[0]
-        lab, rest = unlabeled_rows(n, labeled, like=pinfo)
+        _, rest = unlabeled_rows(n, labeled, like=pinfo)
         budget = check_budget(budget, rest.size)
         acc = torch.float64 if pinfo.dtype == hinfo.dtype == "float64" else torch.float32
-        p = as_torch(P, pinfo).to(acc)
-        h = as_torch(H, hinfo).to(torch.float64 if hinfo.dtype == "float64" else torch.float32)
-        if not bool(torch.isfinite(p).all()) or not bool(torch.isfinite(h).all()):
+        hacc = torch.float64 if hinfo.dtype == "float64" else torch.float32
+        p_in, h_in = as_torch(P, pinfo), as_torch(H, hinfo)
+        C, d = pinfo.shape[1], hinfo.shape[1]
+        # row tiles: no n x d temporary (mask, h * h) and no n x C copy
+        tiles = _row_tiles(n, _TILE_VALUES // max(C, d))
+        hsq = torch.empty(n, dtype=torch.float64, device=h_in.device)
+        finite = None  # on the device until all tiles are checked (one synchronisation)
+        for s, e in tiles:
+            h = h_in[s:e].to(hacc)
+            # p in acc: float64 values beyond float32's range count as not finite
+            ok = torch.isfinite(p_in[s:e].to(acc)).all() & torch.isfinite(h).all()
+            finite = ok if finite is None else finite & ok
+            # |h|² in float32 (float64 features: float64); overflowing rows are redone below
+            hsq[s:e] = (h * h).sum(1)
+        if not bool(finite):
             raise ValueError(f"{probs_key} and features must be finite")
         kind = "probs" if probs_key == "probs" else "logits"
-        if not _probabilities(p, kind, acc, probs_key, storage=pinfo.dtype):
-            p = torch.softmax(p, dim=1)
-        # |h|² in float32 (float64 features: float64); rows that overflow are summed in float64
-        hsq = (h * h).sum(1).to(torch.float64)
-        over = ~torch.isfinite(hsq)
-        if bool(over.any()):
-            hsq[over] = h[over].to(torch.float64).square().sum(1)
+        is_probs = _probabilities(p_in, kind, acc, probs_key, storage=pinfo.dtype)
+        over = torch.nonzero(~torch.isfinite(hsq)).flatten()
+        if over.numel():  # rows whose |h|² overflows float32: again in float64
+            for s, e in _row_tiles(over.numel(), _TILE_VALUES // d):
+                rows = over[s:e]
+                hsq[rows] = h_in[rows].to(torch.float64).square().sum(1)
             if not bool(torch.isfinite(hsq).all()):
                 raise ValueError(
                     "features has rows whose squared norm overflows float64: scale it down"
                 )
         hsq += 1.0 if self.bias else 0.0
-        scores = hsq * (1 - (p * p).sum(1)).clamp_min(0).to(torch.float64)
+        scores = hsq
+        for s, e in tiles:
+            p = p_in[s:e].to(acc)
+            if not is_probs:
+                p = torch.softmax(p, dim=1)
+            scores[s:e] *= (1 - (p * p).sum(1)).clamp_min(0).to(torch.float64)
         cand = torch.from_numpy(rest).to(scores.device)
         # stable sort of -score over ascending candidates: ties keep the lowest index first
         order = torch.sort(-scores[cand], stable=True).indices[:budget]

@@ -11,6 +11,7 @@ low precision are accepted.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -21,13 +22,33 @@ from .. import _interop
 from .._validate import check_budget, check_matrix, make_rng, prob_sum_tol
 from .base import Selection, Strategy, register, unlabeled_rows
 
-#: float64 values per tile of BALD's rows (8 MiB): a whole (T, n, C) float64 copy and its
-#: temporaries were 5x the float32 input
+#: float64 values per row tile (8 MiB) of the score strategies: whole-pool float64 copies and
+#: their temporaries were 4.5x the float32 probabilities (entropy, margin, least confidence) and
+#: 5x the float32 ``mc_probs`` (BALD)
 _TILE_VALUES = 1 << 20
 
 
-def _probs(pool: Any) -> tuple[Any, Any]:
-    """(float64 torch probabilities (n, C), ArrayInfo) from ``pool["probs"]`` or ``pool["logits"]``."""
+def _row_tiles(n: int, rows: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive row tiles covering ``range(n)``, of about ``rows`` rows
+    rounded up to a multiple of 64, so that reductions along a row give the bits they give on all
+    n rows at once.
+
+    Tiles start on multiples of 64 rows: on a column-major tensor (a transposed torch tensor)
+    torch's CPU sum over a row vectorises across rows in blocks of up to 64 from the start, and
+    sums the rows past the last whole block in another order. No tile has one row unless n is 1:
+    torch's CPU sum of a single row of >= 32768 values splits it between threads.
+    """
+    rows = -(-max(rows, 1) // 64) * 64
+    bounds = [*range(0, n, rows), n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:
+        del bounds[-2]  # a one-row last tile joins the one before
+    return list(itertools.pairwise(bounds))
+
+
+def _probs(pool: Any) -> tuple[Any, str, Any]:
+    """(torch view of ``pool["probs"]`` or ``pool["logits"]`` as stored, its key, ArrayInfo),
+    checked: finite, and for ``"probs"`` probability rows. The checks run in row tiles: no float64
+    copy of the pool (the scores are taken in tiles too, :func:`_row_scores`)."""
     import torch
 
     from ..gradients import _probabilities, as_torch
@@ -45,14 +66,33 @@ def _probs(pool: Any) -> tuple[Any, Any]:
             f"pool needs 'probs' or 'logits'; it has {', '.join(map(repr, pool)) or 'nothing'}"
         )
     info = check_matrix(pool[key], key)
-    p = as_torch(pool[key], info).to(torch.float64)
-    if not bool(torch.isfinite(p).all()):
+    stored = as_torch(pool[key], info)
+    n, C = info.shape
+    finite = None  # on the device until all tiles are checked (one synchronisation)
+    for s, e in _row_tiles(n, _TILE_VALUES // C):
+        ok = torch.isfinite(stored[s:e]).all()  # widening to float64 keeps finiteness
+        finite = ok if finite is None else finite & ok
+    if not bool(finite):
         raise ValueError(f"{key} contains NaN or Inf")
-    if key == "logits":
-        p = torch.softmax(p, dim=1)
-    else:
-        _probabilities(p, "probs", torch.float64, "probs", storage=info.dtype)
-    return p, info
+    if key == "probs":  # range and row sums, in float64 row chunks
+        _probabilities(stored, "probs", torch.float64, "probs", storage=info.dtype)
+    return stored, key, info
+
+
+def _row_scores(stored: Any, key: str, score: Any) -> Any:
+    """``score(p)`` (float64, one per row) of the float64 probabilities ``p`` of each row tile of
+    ``stored`` (softmax taken in float64 for ``"logits"``): the same bits as on all rows at once,
+    with float64 temporaries of one tile only."""
+    import torch
+
+    n, C = stored.shape
+    out = torch.empty(n, dtype=torch.float64, device=stored.device)
+    for s, e in _row_tiles(n, _TILE_VALUES // C):
+        p = stored[s:e].to(torch.float64)
+        if key == "logits":
+            p = torch.softmax(p, dim=1)
+        out[s:e] = score(p)
+    return out
 
 
 def _entropy(p: Any) -> Any:
@@ -78,7 +118,7 @@ def _top(scores: Any, labeled: Any, budget: int, info: Any) -> tuple[Any, Any]:
 
 
 class _ScoreStrategy(Strategy):
-    """Select the highest scores; subclasses define ``scores(pool) -> (float64 tensor (n,), info)``."""
+    """Select the highest scores; subclasses define ``scores(pool)``: (float64 (n,), info)."""
 
     def scores(self, pool: Any) -> tuple[Any, Any]:
         raise NotImplementedError
@@ -131,7 +171,9 @@ def _pool_rows(pool: Any) -> tuple[int, Any]:
     if _interop.is_array(pool):
         info = _interop.describe(pool, "pool")
         if not info.shape:
-            raise ValueError("pool must be a pool size, or an array with a row axis, got a 0-d array")
+            raise ValueError(
+                "pool must be a pool size, or an array with a row axis, got a 0-d array"
+            )
         return info.shape[0], info
     if isinstance(pool, Mapping):
         if "n" in pool:
@@ -177,8 +219,8 @@ class Entropy(_ScoreStrategy):
     requires = ("probs",)
 
     def scores(self, pool: Any) -> tuple[Any, Any]:
-        p, info = _probs(pool)
-        return _entropy(p), info
+        stored, key, info = _probs(pool)
+        return _row_scores(stored, key, _entropy), info
 
 
 @register
@@ -201,13 +243,17 @@ class Margin(_ScoreStrategy):
     def scores(self, pool: Any) -> tuple[Any, Any]:
         import torch
 
-        p, info = _probs(pool)
-        if p.shape[1] < 2:
+        stored, key, info = _probs(pool)
+        if info.shape[1] < 2:
             raise ValueError(
-                f"margin needs at least 2 classes, got probabilities of shape {tuple(p.shape)}"
+                f"margin needs at least 2 classes, got probabilities of shape {tuple(info.shape)}"
             )
-        top2 = torch.topk(p, 2, dim=1).values
-        return -(top2[:, 0] - top2[:, 1]), info
+
+        def margin(p: Any) -> Any:
+            top2 = torch.topk(p, 2, dim=1).values
+            return -(top2[:, 0] - top2[:, 1])
+
+        return _row_scores(stored, key, margin), info
 
 
 @register
@@ -228,8 +274,8 @@ class LeastConfidence(_ScoreStrategy):
     requires = ("probs",)
 
     def scores(self, pool: Any) -> tuple[Any, Any]:
-        p, info = _probs(pool)
-        return 1 - p.max(dim=1).values, info
+        stored, key, info = _probs(pool)
+        return _row_scores(stored, key, lambda p: 1 - p.max(dim=1).values), info
 
 
 @register
