@@ -147,12 +147,14 @@ def _openblas_gemm(dtype: str) -> int:
     capsule = cython_blas.__pyx_capi__.get("sgemm" if dtype == "float32" else "dgemm")
     if capsule is None:  # pragma: no cover
         return 0
+    # Private prototypes: setting restype on ctypes.pythonapi's shared attributes would change
+    # them for every other user of ctypes in the process.
     api = ctypes.pythonapi
-    api.PyCapsule_GetName.restype = ctypes.c_char_p
-    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
-    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    return int(api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule)) or 0)
+    get_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(("PyCapsule_GetName", api))
+    get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+        ("PyCapsule_GetPointer", api)
+    )
+    return int(get_pointer(capsule, get_name(capsule)) or 0)
 
 
 def _gemm_works(fn: Any, dtype: str) -> bool:
@@ -190,16 +192,22 @@ def _fused_lloyd(info, k: int) -> Any:
     return step
 
 
-def _first_by_norm(X: Any, info) -> int:
-    """Row with the largest squared norm, ties to the lowest index."""
+def _first_by_norm(X: Any, info, exclude: Any = None) -> int:
+    """Row with the largest squared norm (not one of ``exclude``), ties to the lowest index."""
     if isinstance(X, GradientEmbedding):
-        return int(X._sqnorm.argmax())
-    t = as_torch(X, info)
-    acc = _torch_acc(info.dtype)
-    sq = t.new_empty(t.shape[0], dtype=acc)
-    for s in range(0, t.shape[0], _TILE):
-        c = t[s : s + _TILE].to(acc)
-        sq[s : s + _TILE] = (c * c).sum(1)
+        sq = X._sqnorm
+    else:
+        t = as_torch(X, info)
+        acc = _torch_acc(info.dtype)
+        sq = t.new_empty(t.shape[0], dtype=acc)
+        for s in range(0, t.shape[0], _TILE):
+            c = t[s : s + _TILE].to(acc)
+            sq[s : s + _TILE] = (c * c).sum(1)
+    if exclude is not None and exclude.size:
+        import torch
+
+        sq = sq.clone()
+        sq[torch.from_numpy(exclude).to(sq.device)] = -float("inf")
     return int(sq.argmax())  # torch.argmax returns the first maximum
 
 
@@ -279,18 +287,32 @@ def _kmeans_pp(
     labeled: Any = None,
     progress: bool = False,
     name: str = "X",
+    exclude: np.ndarray | None = None,
 ) -> Any:
-    """:func:`kmeans_pp`, its messages naming ``name``."""
+    """:func:`kmeans_pp`, its messages naming ``name``.
+
+    ``exclude`` (unique int64 host indices, CPU only, no ``labeled``): rows that are neither
+    picked nor centres, as if the seeding ran on the other rows alone (same draws, the indices of
+    the whole ``X``) without gathering them: BADGE leaves the labeled rows out this way.
+    """
     info = pool_info(X, name)
     n = info.shape[0]
     lab = check_indices(labeled, n, "labeled", like=info)
-    k = check_budget(k, n - lab.size, "k")
+    excl = np.empty(0, dtype=np.int64) if exclude is None else exclude
+    if excl.size and (lab.size or info.device != "cpu"):
+        raise AssertionError("exclude: CPU only, without labeled rows")  # a caller's bug
+    k = check_budget(k, n - lab.size - excl.size, "k")
     if first not in ("random", "norm"):
         raise ValueError(f"first must be 'random' or 'norm', got {first!r}")
     rng = make_rng(seed)
     first_pick = None
     if lab.size == 0 and k > 0:
-        first_pick = _first_by_norm(X, info) if first == "norm" else int(rng.integers(n))
+        if first == "norm":
+            first_pick = _first_by_norm(X, info, excl)
+        else:  # the same draw as on the other rows alone
+            first_pick = int(rng.integers(n - excl.size))
+            if excl.size:
+                first_pick = int(np.delete(np.arange(n), excl)[first_pick])
     uniform = rng.random(k)
     if k == 0:
         return _interop.to_framework(np.empty(0, dtype=np.int64), info)
@@ -308,6 +330,7 @@ def _kmeans_pp(
     getattr(_ext.cpu, f"kmeanspp_init_{info.dtype}")(
         pool, lab, -1 if first_pick is None else first_pick, mind, picks, blocks
     )
+    mind[excl] = -np.inf  # what the kernels mark centres with: never read, weigh nothing
     steps = getattr(_ext.cpu, f"kmeanspp_steps_{info.dtype}")
     has_first = first_pick is not None
 

@@ -61,14 +61,21 @@ class BADGE(Strategy):
         emb = gradient_pool(pool, bias=self.bias)
         lab, rest = unlabeled_rows(emb.n, labeled, like=emb.info)
         budget = check_budget(budget, rest.size)
-        # the row indices go where the embedding lives (a host array is refused for device data)
-        candidates = emb if lab.size == 0 else emb.subset(_interop.to_framework(rest, emb.info))
         name = "pool" if isinstance(pool, GradientEmbedding) else "features"
-        picks = _kmeans_pp(
-            candidates, budget, seed=seed, first="norm", progress=self.progress, name=name
-        )
-        picks = _interop.host_numpy(picks)
-        indices = rest[picks]
+        if emb.info.device == "cpu" or lab.size == 0:
+            # the seeding skips the labeled rows in place: no copy of the unlabeled rows' factors
+            # (2 GB at n = 1M, d = 512)
+            picks = _kmeans_pp(
+                emb, budget, seed=seed, first="norm", progress=self.progress, name=name,
+                exclude=lab,
+            )  # fmt: skip
+            indices = _interop.host_numpy(picks)
+        else:  # the row indices go where the embedding lives
+            candidates = emb.subset(_interop.to_framework(rest, emb.info))
+            picks = _kmeans_pp(
+                candidates, budget, seed=seed, first="norm", progress=self.progress, name=name
+            )
+            indices = rest[_interop.host_numpy(picks)]
         return Selection(
             _interop.to_framework(indices, emb.info),
             {"n_candidates": int(rest.size), "embedding_dim": emb.dim, "bias": bool(self.bias)},
