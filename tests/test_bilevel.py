@@ -355,6 +355,24 @@ def test_greedy_matches_the_dense_reference(n_lab, with_labels):
     assert max(res.diagnostics["cg_residual"]) < 1e-8  # C·r <= 3·8: 30 steps are exact here
 
 
+def test_greedy_default_tolerance_on_near_separable_data():
+    """Well-separated classes and λ = 1e-4: |∇F(0)| is ~10⁶ times the gradient at which W is still
+    a few percent off. At the default inner_tol the picks must still be Alg. 1's (a stopping test
+    relative to |∇F(0)| skipped the re-solve after picks and diverged at the third pick here)."""
+    rng = np.random.default_rng(1)
+    n, d, C, n_lab = 400, 16, 4, 60
+    centres = rng.normal(scale=3.0, size=(C, d))
+    cls = rng.integers(C, size=n)
+    H = centres[cls] + rng.normal(size=(n, d))
+    Z = np.c_[H, np.ones(n)]
+    soft = softmax_ref(H @ centres.T / 30)
+    labeled, y = np.arange(n_lab), cls[:n_lab]
+    want, _ = greedy_ref(Z, targets(soft, labeled, y), labeled, 5, 1e-4)
+    res = bl.bilevel_select(Z, y, soft, labeled, 5, reg=1e-4, random_fraction=0.0, seed=0)
+    assert_array_equal(res.indices, want)
+    assert min(res.diagnostics["inner_iters"][1:]) >= 1  # W moved after every pick
+
+
 def test_first_pick_ties_go_to_the_lowest_index():
     Z, soft, labeled, y = problem(n=20, m=4, C=3, seed=8)
     Z[15], soft[15] = Z[9], soft[9]  # two identical candidates

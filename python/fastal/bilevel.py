@@ -61,6 +61,9 @@ _CHUNK_ELEMS = 1 << 22
 _SMALL_WORK = 1 << 22
 #: Newton's CG iterations above which its preconditioner is rebuilt at the current W.
 _STALE_CG = 8
+_EPS64 = float(np.finfo(np.float64).eps)
+#: bilevel_select's Newton also stops at |∇F| ≤ this · |∇F(0)|: rounding allows no better.
+_NEWTON_FLOOR = 1e-14
 
 
 def _torch():
@@ -254,7 +257,12 @@ class Nystrom:
     rcond : float in [0, 1), optional
         Relative eigenvalue cutoff; default ``m · eps`` of the compute dtype (numpy's ``pinv``
         convention), which keeps the rounding of the kernel rows from being amplified by
-        ``λ^{-1/2}`` of the dropped directions.
+        ``λ^{-1/2}`` of the dropped directions. For :func:`linear_ntk` the map is orthonormal
+        (``z = [x, 1] W_k``, nothing is amplified) and the default keeps every direction of
+        ``[U, 1]`` that its float64 SVD resolves (singular values above ``max(m, d + 1) · eps64 ·
+        s_max``, numpy's ``matrix_rank`` rule, i.e. ``rcond = (max(m, d + 1) · eps64)²``): with
+        float32 features the pinv rule would drop real directions whose ``s / s_max`` is below
+        ``√(m · eps32)`` (0.016 at m = 2000), and the proxy model would lose them.
 
     Attributes
     ----------
@@ -275,14 +283,20 @@ class Nystrom:
         self.landmarks = ut.to(self.dtype)
         self.kernel = kernel
         m = int(ut.shape[0])
-        eps = float(torch.finfo(self.dtype).eps)
-        self.rcond = m * eps if rcond is None else _number(rcond, "rcond", minimum=0.0)
-        if rcond is not None and self.rcond >= 1:
-            raise ValueError(
-                f"rcond must be in [0, 1), got {rcond}: eigenvalues at or below rcond · λ_max "
-                "are dropped, so it would drop every eigenvalue of the kernel"
-            )
         linear = kernel is linear_ntk and ut.ndim == 2
+        if rcond is None:
+            if linear:  # see the class docstring: the rank of [U, 1] by numpy's matrix_rank rule
+                width = int(ut.shape[1]) + 1
+                self.rcond = (max(m, width) * float(torch.finfo(torch.float64).eps)) ** 2
+            else:
+                self.rcond = m * float(torch.finfo(self.dtype).eps)
+        else:
+            self.rcond = _number(rcond, "rcond", minimum=0.0)
+            if self.rcond >= 1:
+                raise ValueError(
+                    f"rcond must be in [0, 1), got {rcond}: eigenvalues at or below rcond · λ_max "
+                    "are dropped, so it would drop every eigenvalue of the kernel"
+                )
         if linear:
             # K_UU = Ua Uaᵀ with Ua = [U, 1] (m x (d + 1)): its eigenpairs come from the thin SVD
             # Ua = V S Wᵀ (λ = s², E = V) in O(m d²) instead of an O(m³) eigendecomposition
@@ -592,9 +606,24 @@ def _solve_hessian(
 
 
 def _newton(
-    X: Any, T: Any, w: Any, reg: float, U0: Any, *, tol: float, max_iter: int, cg_max: int
+    X: Any,
+    T: Any,
+    w: Any,
+    reg: float,
+    U0: Any,
+    *,
+    tol: float,
+    max_iter: int,
+    cg_max: int,
+    w_rtol: float = 0.0,
 ) -> tuple[Any, dict]:
-    """Newton-CG with Armijo backtracking on F (float64); ``U0`` is the warm start."""
+    """Newton-CG with Armijo backtracking on F (float64); ``U0`` is the warm start.
+
+    Stops when ``|∇F| ≤ tol · |∇F(0)|`` or ``|∇F| ≤ w_rtol · 2λ |U|``: F is 2λ-strongly convex, so
+    ``|U - U*| ≤ |∇F| / 2λ`` and the second test bounds the relative error of ``U`` by ``w_rtol``
+    whatever the scale of ``∇F(0)`` (near-separable data: ``|∇F(0)|`` is 10⁶ times the gradient
+    at which ``U`` is still a few percent off).
+    """
     U = U0.clone()
     f, g, P = _loss_grad(U, X, T, w, reg)
     # scale of the stopping test: the gradient at W = 0 (uniform predictions)
@@ -603,7 +632,11 @@ def _newton(
     it = 0
     gn = float(g.norm())
     Minv = None
-    while it < max_iter and gn > tol * max(g0, 1e-300):
+
+    def converged(gn: float, U: Any) -> bool:
+        return gn <= tol * max(g0, 1e-300) or gn <= w_rtol * 2 * reg * float(U.norm())
+
+    while it < max_iter and not converged(gn, U):
         eta = min(0.5, math.sqrt(gn / max(g0, 1e-300)))  # Eisenstat–Walker forcing: superlinear
         if Minv is None:
             Minv = _class_block_preconditioner(P, X, w, reg)
@@ -613,13 +646,17 @@ def _newton(
         slope = float((g * d).sum())
         if slope >= 0:  # rounding only; fall back to steepest descent
             d, slope = -g, -gn * gn
-        t = 1.0
+        t, accepted = 1.0, False
+        d_norm, floor = float(d.norm()), 4 * _EPS64 * float(U.norm())
         for _ in range(60):
             f_new, g_new, P_new = _loss_grad(U + t * d, X, T, w, reg)
             if float(f_new) <= float(f) + 1e-4 * t * slope:
+                accepted = True
                 break
             t *= 0.5
-        else:
+            if t * d_norm <= floor:  # the step would no longer change U
+                break
+        if not accepted:
             break  # no decrease representable: converged to rounding
         U = U + t * d
         f, g, P = f_new, g_new, P_new
@@ -1028,8 +1065,10 @@ def bilevel_select(
         solve starts from zero weights where Alg. 1 draws them at random (seeded runs then do not
         depend on an initialisation draw; the problem is strictly convex).
     inner_tol : float, default 1e-6
-        Newton stopping tolerance, ``|∇F| ≤ inner_tol · |∇F(0)|`` (1e-6 gave the picks of 1e-10 in
-        every case tried, with two Newton steps fewer per pick).
+        Newton stops when ``|∇F| ≤ inner_tol · 2λ |W|``: F is 2λ-strongly convex, so W is then
+        within ``inner_tol · |W|`` of the optimum (or at the rounding floor ``|∇F| ≤ 1e-14 ·
+        |∇F(0)|``). A test relative to ``|∇F(0)|`` alone stopped with W a few percent off on
+        near-separable data and skipped the re-solve after most picks.
     augment : callable ``augment(raw_rows, rng) -> raw_rows``, optional
         Data augmentation on raw rows (torch tensors, the rows of ``raw``) for the inner minibatches
         (the paper's keyword-spotting augmentations); features are recomputed with ``featurize``
@@ -1210,8 +1249,9 @@ def bilevel_select(
             else:
                 with one_thread_if_small(dev, S.size * span.Q.shape[1] * C, _SMALL_WORK):
                     U, info = _newton(
-                        span.X, T_S, w_S, reg, U, tol=inner_tol, max_iter=100, cg_max=250
-                    )
+                        span.X, T_S, w_S, reg, U, tol=_NEWTON_FLOOR, max_iter=100, cg_max=250,
+                        w_rtol=inner_tol,
+                    )  # fmt: skip
                 P_S, Minv_S = info["P"], info["precond"]
                 diag["inner_loss"].append(info["loss"])
                 diag["inner_iters"].append(info["iters"])
