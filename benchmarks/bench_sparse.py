@@ -11,7 +11,9 @@
 
 Sizes by ``FASTAL_BENCH``: tiny (CI smoke), medium (n = 50k; top-b n = 10⁶), full (n ∈ {50k, 1M},
 C ∈ {10, 100}, b ∈ {1000, 10000}; top-b n = 10⁷, b = 10⁵). ``extra_info`` carries the sizes and, for
-fastal cases, ``speedup_vs_<peer>`` measured earlier in the same session.
+fastal cases, ``speedup_vs_<peer>`` measured earlier in the same session; ``iht`` also reports
+``overlap_with_torch_dense`` (shared picks / b: the two run the same algorithm, so a low overlap
+would make the speed ratio meaningless) and ``fallback`` (the top-σ safeguard replaced the result).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ TOPB = {
 ITERS = 5 if PRESET == "tiny" else 50  # SparseApprox's default T (5 for the CI smoke run)
 MEM_GB = float(os.environ.get("FASTAL_BENCH_MEM_GB", "8"))
 _TIMES: dict = {}
+_PICKS: dict = {}
 
 
 def _pool(n: int, C: int, d: int, seed: int = 0) -> dict:
@@ -112,21 +115,27 @@ def test_sparse_select(benchmark, impl, n, C, d, b):
         gb = n * C * d * 4 / 2**30
         if gb > MEM_GB:
             pytest.skip(f"materialised Φ needs {gb:.1f} GB > FASTAL_BENCH_MEM_GB={MEM_GB}")
-        _timed(
+        support = _timed(
             benchmark,
             lambda: torch_dense_iht(pool["logits"], pool["features"], b, T, 1e-8, 1e-4, ITERS),
         )
+        _PICKS[(key, impl)] = set(support.tolist())
     else:
         strategy = SparseApprox(solver="iht", temperature=T, iters=ITERS)
         # best of 3 where a round is short (a cold first call pays page faults); torch_dense runs once
         sel = _timed(benchmark, lambda: strategy.select(pool, b), rounds=3 if n * C < 10**7 else 1)
         assert len(set(sel.indices.tolist())) == b
+        _PICKS[(key, impl)] = set(sel.indices.tolist())
+        benchmark.extra_info["fallback"] = bool(sel.diagnostics["fallback"])
     # benchmark.stats is None with --benchmark-disable
     seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")
     _TIMES[(key, impl)] = seconds
     benchmark.extra_info.update(n=n, C=C, d=d, b=b, iters=ITERS, seconds=seconds, impl=impl)
     if impl == "iht" and (key, "torch_dense") in _TIMES:
         benchmark.extra_info["speedup_vs_torch_dense"] = _TIMES[(key, "torch_dense")] / seconds
+        # the same algorithm in float32 mat-vecs: supports agree up to rounding-level ties
+        shared = _PICKS[(key, impl)] & _PICKS[(key, "torch_dense")]
+        benchmark.extra_info["overlap_with_torch_dense"] = len(shared) / b
 
 
 @pytest.mark.parametrize("impl", ["argpartition", "torch_topk", "fastal"])
