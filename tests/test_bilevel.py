@@ -676,3 +676,25 @@ def test_linear_kernel_features_skip_the_kernel_rows(m, d):
     np.testing.assert_allclose(zf @ zf.T, zs @ zs.T, rtol=1e-9, atol=1e-9)
     if m >= d + 1:  # landmarks span [x, 1]: the Nyström kernel is the kernel
         np.testing.assert_allclose(zf @ zf.T, X @ X.T + 1, rtol=1e-9, atol=1e-9)
+
+
+def test_linear_kernel_keeps_the_small_real_directions_of_float32_features():
+    """[U, 1] of float32 features whose offset direction is weak (s / s_max ~ 0.004, far above
+    float32's resolution) keeps all d + 1 directions: the map is orthonormal, nothing is amplified,
+    and the pinv rule (m · eps32 on eigenvalues) would drop it. An exact duplicate column is a
+    true rank deficiency and is still dropped."""
+    rng = np.random.default_rng(5)
+    m, d = 2000, 16
+    U = (rng.normal(size=(m, d)) * 30 + 10).astype(np.float32)  # the ones column nearly in span
+    sv = np.linalg.svd(np.c_[U.astype(np.float64), np.ones(m)], compute_uv=False)
+    assert 1e-4 < sv[-1] / sv[0] < np.sqrt(m * np.finfo(np.float32).eps)
+    nys = bl.Nystrom(U, bl.linear_ntk)
+    assert nys.rank == d + 1
+    X = (rng.normal(size=(50, d)) * 30 + 10).astype(np.float32)
+    Z = np.asarray(nys.transform(X), dtype=np.float64)
+    X64 = X.astype(np.float64)
+    np.testing.assert_allclose(
+        Z @ Z.T, X64 @ X64.T + 1, rtol=2e-5, atol=2e-5 * np.abs(X64 @ X64.T).max()
+    )
+    U[:, 1] = U[:, 0]
+    assert bl.Nystrom(U, bl.linear_ntk).rank == d

@@ -259,10 +259,11 @@ class Nystrom:
         convention), which keeps the rounding of the kernel rows from being amplified by
         ``λ^{-1/2}`` of the dropped directions. For :func:`linear_ntk` the map is orthonormal
         (``z = [x, 1] W_k``, nothing is amplified) and the default keeps every direction of
-        ``[U, 1]`` that its float64 SVD resolves (singular values above ``max(m, d + 1) · eps64 ·
-        s_max``, numpy's ``matrix_rank`` rule, i.e. ``rcond = (max(m, d + 1) · eps64)²``): with
-        float32 features the pinv rule would drop real directions whose ``s / s_max`` is below
-        ``√(m · eps32)`` (0.016 at m = 2000), and the proxy model would lose them.
+        ``[U, 1]`` above the resolution of the compute dtype (singular values above
+        ``max(m, d + 1) · eps · s_max``, numpy's ``matrix_rank`` rule, i.e.
+        ``rcond = (max(m, d + 1) · eps)²``): the pinv rule would drop real directions whose
+        ``s / s_max`` is below ``√(m · eps)`` (0.016 at m = 2000 in float32), and the proxy model
+        would lose them.
 
     Attributes
     ----------
@@ -287,7 +288,7 @@ class Nystrom:
         if rcond is None:
             if linear:  # see the class docstring: the rank of [U, 1] by numpy's matrix_rank rule
                 width = int(ut.shape[1]) + 1
-                self.rcond = (max(m, width) * float(torch.finfo(torch.float64).eps)) ** 2
+                self.rcond = (max(m, width) * float(torch.finfo(self.dtype).eps)) ** 2
             else:
                 self.rcond = m * float(torch.finfo(self.dtype).eps)
         else:
