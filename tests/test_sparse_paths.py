@@ -110,6 +110,8 @@ def assert_close_to(got, expected, bound, tol: float, what: str) -> None:
     [
         (2 * FactoredPhi._TILE + 1234, 5, 12),  # three row tiles, the last partial
         (5000, 6, 40),  # float32 blocked grad_apply: a column block plus a tail, 4 + 2 classes
+        (3000, 7, 40),  # 4 + 2 + 1 classes in registers
+        (3000, 3, 72),  # 2 + 1 classes, two column blocks (AVX2) plus a tail
     ],
 )
 def test_factored_products_torch_tiles_equal_the_kernels(dtype, n, C, dh):

@@ -169,36 +169,42 @@ void block_r_times_h(const float* R, int64_t C, int64_t dh, const float* H, int6
     for (int64_t c = 0; c < C; ++c) t[j * C + c] = dot(H + j * dh, R + c * dh, dh);
 }
 
+// Classes c .. c + Q - 1 of M over columns k .. k + 2 L::n: 2 Q accumulators in registers.
+template <typename L, int Q>
+inline void rank_update_classes(float* M, int64_t C, int64_t dh, const float* H, int64_t rows,
+                                const float* coef, int64_t c, int64_t k) {
+  using V = typename L::V;
+  V acc[Q][2];
+  for (int q = 0; q < Q; ++q) {
+    acc[q][0] = L::load(M + (c + q) * dh + k);
+    acc[q][1] = L::load(M + (c + q) * dh + k + L::n);
+  }
+  for (int64_t j = 0; j < rows; ++j) {
+    const V h0 = L::load(H + j * dh + k), h1 = L::load(H + j * dh + k + L::n);
+    for (int q = 0; q < Q; ++q) {
+      const V f = L::set1(coef[j * C + c + q]);
+      acc[q][0] = L::fma(f, h0, acc[q][0]);
+      acc[q][1] = L::fma(f, h1, acc[q][1]);
+    }
+  }
+  for (int q = 0; q < Q; ++q) {
+    L::store(M + (c + q) * dh + k, acc[q][0]);
+    L::store(M + (c + q) * dh + k + L::n, acc[q][1]);
+  }
+}
+
 template <typename L>
 void block_rank_update(float* M, int64_t C, int64_t dh, const float* H, int64_t rows,
                        const float* coef /* rows x C */) {
-  using V = typename L::V;
   constexpr int64_t w = 2 * L::n;
   int64_t k = 0;
   for (; k + w <= dh; k += w) {
+    // classes in groups of 4, then 2, then 1 (C = 10: 4 + 4 + 2), all in registers; a scalar
+    // remainder re-read and re-wrote M once per row
     int64_t c = 0;
-    for (; c + 4 <= C; c += 4) {
-      V acc[4][2];
-      for (int q = 0; q < 4; ++q) {
-        acc[q][0] = L::load(M + (c + q) * dh + k);
-        acc[q][1] = L::load(M + (c + q) * dh + k + L::n);
-      }
-      for (int64_t j = 0; j < rows; ++j) {
-        const V h0 = L::load(H + j * dh + k), h1 = L::load(H + j * dh + k + L::n);
-        for (int q = 0; q < 4; ++q) {
-          const V f = L::set1(coef[j * C + c + q]);
-          acc[q][0] = L::fma(f, h0, acc[q][0]);
-          acc[q][1] = L::fma(f, h1, acc[q][1]);
-        }
-      }
-      for (int q = 0; q < 4; ++q) {
-        L::store(M + (c + q) * dh + k, acc[q][0]);
-        L::store(M + (c + q) * dh + k + L::n, acc[q][1]);
-      }
-    }
-    for (; c < C; ++c)
-      for (int64_t j = 0; j < rows; ++j)
-        for (int64_t kk = k; kk < k + w; ++kk) M[c * dh + kk] += coef[j * C + c] * H[j * dh + kk];
+    for (; c + 4 <= C; c += 4) rank_update_classes<L, 4>(M, C, dh, H, rows, coef, c, k);
+    for (; c + 2 <= C; c += 2) rank_update_classes<L, 2>(M, C, dh, H, rows, coef, c, k);
+    for (; c < C; ++c) rank_update_classes<L, 1>(M, C, dh, H, rows, coef, c, k);
   }
   for (int64_t c = 0; c < C; ++c)
     for (int64_t j = 0; j < rows; ++j)
