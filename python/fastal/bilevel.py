@@ -688,7 +688,8 @@ def solve_inner(
     :func:`inverse_hvp`) converges globally and quadratically near the optimum. This is the
     default of :func:`bilevel_select` without augmentation: the inner set ``labeled ∪ B`` is small
     and fixed, so a full-batch second-order method with a warm start needs a handful of Newton
-    steps per greedy pick (6–10 measured), where the paper's 10³ Adam steps of batch 64 only
+    steps per greedy pick (3–4 on average, 15 for the first solve, on bench_bilevel.py's pools),
+    where the paper's 10³ Adam steps of batch 64 only
     approach the optimum that the implicit-function gradient of eq. 2 assumes.
 
     Parameters
