@@ -432,8 +432,8 @@ def _segment_means(xt: Any, labels: Any, k: int) -> tuple[Any, Any]:
     return sums, counts
 
 
-def _tol_abs(xt: Any, tol: float) -> float:
-    """scikit-learn's tolerance: ``tol * mean(var(X, axis=0))``.
+def _tol_abs(xt: Any, tol: float, keep: Any = None) -> float:
+    """scikit-learn's tolerance: ``tol * mean(var(X, axis=0))`` (over the ``keep`` rows).
 
     Per-tile column means and centred sums of squares in float32 (float64 for float64 X), merged
     across tiles in float64 by Chan et al.'s pairwise update: one pass, no float64 copy of X."""
@@ -444,8 +444,11 @@ def _tol_abs(xt: Any, tol: float) -> float:
     work = torch.float64 if xt.dtype == torch.float64 else torch.float32
     count, mean, m2 = 0, None, None
     for s in range(0, xt.shape[0], _TILE):
-        x = xt[s : s + _TILE].to(work)
+        x = xt[s : s + _TILE] if keep is None else xt[s : s + _TILE][keep[s : s + _TILE]]
+        x = x.to(work)
         nb = x.shape[0]
+        if nb == 0:
+            continue
         mb = x.mean(0)
         m2b = ((x - mb) ** 2).sum(0).to(torch.float64)
         mb = mb.to(torch.float64)
@@ -536,14 +539,31 @@ def _kmeans(
     minibatch: int | None = None,
     progress: bool = False,
     name: str = "X",
+    exclude: np.ndarray | None = None,
 ) -> KMeansResult:
-    """:func:`kmeans`, its messages naming ``name``."""
+    """:func:`kmeans`, its messages naming ``name``.
+
+    ``exclude`` (unique int64 host indices): the k-means of the other rows, as on ``X[rest]``
+    (the same draws; labels, inertia and iterations of those rows alone), in place where it can
+    (see :class:`_Excluded`), else on the gathered ``X[rest]``.
+    """
     import torch
     from tqdm.auto import tqdm
 
     info = check_matrix(X, name)
+    skip = None
+    if exclude is not None and exclude.size:
+        if not _Excluded.applies(X, info, exclude, minibatch):
+            xt = as_torch(X, info)
+            rest = torch.from_numpy(np.delete(np.arange(info.shape[0]), exclude)).to(xt.device)
+            return _kmeans(
+                from_torch(xt[rest].contiguous(), info), k, seed=seed, init=init,
+                max_iter=max_iter, tol=tol, minibatch=minibatch, progress=progress, name=name,
+            )  # fmt: skip
+        skip = _Excluded(as_torch(X, info), exclude)
     n, d = info.shape
-    k = check_budget(k, n, "k", f"the rows of {name}")
+    n_rows = n if skip is None else n - exclude.size
+    k = check_budget(k, n_rows, "k", f"the rows of {name}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if max_iter is None:
@@ -563,8 +583,8 @@ def _kmeans(
     elif not bool(torch.isfinite(xt).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     acc = _torch_acc(info.dtype)
-    centres = _initial_centres(X, xt, info, k, init, rng, acc, name)
-    tol_abs = _tol_abs(xt, float(tol))
+    centres = _initial_centres(X, xt, info, k, init, rng, acc, name, exclude=exclude)
+    tol_abs = _tol_abs(xt, float(tol), None if skip is None else skip.keep)
 
     converged, it = False, 0
     xsq = _row_sqnorms(xt, acc) if info.dtype in ("float32", "float64") and k >= _GEMM_MIN_K else None
@@ -583,6 +603,8 @@ def _kmeans(
                 else:
                     labels, dist2 = _assign(xt, centres, info, xsq)
                     sums, counts = _segment_means(xt, labels, k)
+                if skip is not None:
+                    labels, dist2, sums, counts = skip.drop(labels, dist2, sums, counts, k)
                 new = _relocate_empty(sums, counts, xt, dist2, acc)
                 shift = float(((new - centres) ** 2).sum())
                 centres = new
@@ -602,6 +624,8 @@ def _kmeans(
             labels, dist2, _, _ = fused(xt, xsq, centres)
         else:
             labels, dist2 = _assign(xt, centres, info, xsq)
+    if skip is not None:
+        labels, dist2 = labels[skip.keep], dist2[skip.keep]
     inertia = float(dist2.to(torch.float64).sum())
     if not np.isfinite(inertia):  # finite rows and centres: a distance (or the sum) overflowed
         raise _overflow(name, info.dtype)
@@ -614,14 +638,19 @@ def _kmeans(
     )
 
 
-def _initial_centres(X, xt, info, k, init, rng, acc, name="X"):
+def _initial_centres(X, xt, info, k, init, rng, acc, name="X", exclude=None):
+    """The k starting centres; with ``exclude``, drawn from the other rows as on ``X[rest]``."""
     import torch
 
     if isinstance(init, str):
+        excl = np.empty(0, dtype=np.int64) if exclude is None else exclude
         if init == "k-means++":
-            rows = _interop.host_numpy(_kmeans_pp(X, k, seed=rng, first="random", name=name))
+            picks = _kmeans_pp(X, k, seed=rng, first="random", name=name, exclude=excl)
+            rows = _interop.host_numpy(picks)
         elif init == "random":
-            rows = rng.choice(info.shape[0], k, replace=False)
+            rows = rng.choice(info.shape[0] - excl.size, k, replace=False)
+            if excl.size:
+                rows = np.delete(np.arange(info.shape[0]), excl)[rows]
         else:
             raise ValueError(f"init must be 'k-means++', 'random' or a (k, d) array, got {init!r}")
         idx = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(xt.device)
@@ -635,6 +664,44 @@ def _initial_centres(X, xt, info, k, init, rng, acc, name="X"):
     if not bool(torch.isfinite(c).all()):
         raise ValueError("init contains NaN or Inf")
     return c.clone()
+
+
+class _Excluded:
+    """Rows that full-batch Lloyd leaves out in place (KMeansSampling's and ALLY's labeled rows).
+
+    The step still assigns them (a few percent more work when few rows are labeled); their
+    contributions are then taken out of the sums and counts, their labels set to -1 (so the
+    convergence test compares the other rows only) and their distances to -1 (never the farthest
+    row an empty cluster takes). Only their own rows are copied, not the other rows.
+    """
+
+    #: the excluded rows' copy is at most this share of X; beyond, gathering the rest is smaller
+    MAX_SHARE = 0.25
+
+    def __init__(self, xt: Any, exclude: np.ndarray) -> None:
+        import torch
+
+        self.rows = torch.from_numpy(np.ascontiguousarray(exclude)).to(xt.device)
+        self.keep = torch.ones(xt.shape[0], dtype=torch.bool, device=xt.device)
+        self.keep[self.rows] = False
+        self.x = xt[self.rows].contiguous()
+
+    @classmethod
+    def applies(cls, X: Any, info, exclude: np.ndarray, minibatch: Any) -> bool:
+        """CPU, full batch, few enough rows, and every row finite (a non-finite excluded row
+        would reach the sums; the gathered path ignores it, as the caller expects)."""
+        if info.device != "cpu" or minibatch is not None:
+            return False
+        if exclude.size > cls.MAX_SHARE * info.shape[0]:
+            return False
+        x = _interop.host_storage(X, info)
+        return int(getattr(_ext.cpu, f"count_nonfinite_rows_{info.dtype}")(x)[0]) == 0
+
+    def drop(self, labels: Any, dist2: Any, sums: Any, counts: Any, k: int) -> tuple:
+        ex_sums, ex_counts = _segment_means(self.x, labels[self.rows], k)
+        labels = labels.masked_fill(~self.keep, -1)
+        dist2 = dist2.masked_fill(~self.keep, -1)
+        return labels, dist2, sums - ex_sums, counts - ex_counts.to(counts.dtype)
 
 
 def _relocate_empty(sums, counts, xt, dist2, acc):

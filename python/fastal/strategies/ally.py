@@ -157,7 +157,13 @@ class ALLY(Strategy):
                 Xt[lab_t], duals, hidden=self.head_hidden, layers=self.head_layers,
                 steps=self.head_steps, lr=self.head_lr, seed=head_seed,
             )  # fmt: skip
-            scores = head.predict(Xt[rest_t])
+            # in the head's own batches, gathered one at a time: the same forward passes as on
+            # Xt[rest_t] without its copy of the unlabeled rows
+            batch = 8192
+            scores = np.concatenate([
+                head.predict(Xt[rest_t[s : s + batch]], batch_size=batch)
+                for s in range(0, rest.size, batch)
+            ])  # fmt: skip
             if not np.isfinite(scores).all():
                 raise ValueError(
                     f"the dual head's predictions overflow for duals up to {duals.max():.3g}; "
@@ -169,8 +175,8 @@ class ALLY(Strategy):
 
         k = budget if self.n_clusters is None else min(self.n_clusters, budget)
         km = _kmeans(
-            Xt[rest_t], k, seed=km_seed, max_iter=self.kmeans_iter, minibatch=self.kmeans_minibatch,
-            name="features",
+            X, k, seed=km_seed, max_iter=self.kmeans_iter, minibatch=self.kmeans_minibatch,
+            name="features", exclude=lab,
         )  # fmt: skip
         clusters = _interop.host_numpy(km.labels)
         picks = rest[pick_per_cluster(clusters, scores, budget)]

@@ -70,16 +70,15 @@ class KMeansSampling(Strategy):
         if budget == 0:
             return Selection(_interop.to_framework(np.empty(0, np.int64), info), {"inertia": 0.0})
         xt = as_torch(X, info)
-        sub = xt if lab.size == 0 else xt[torch.from_numpy(rest).to(xt.device)]
-        from ..gradients import from_torch
-
+        # k-means of the unlabeled rows; on the CPU without copying them (see kmeans._Excluded)
         res = _kmeans(
-            from_torch(sub.contiguous(), info), budget, seed=seed, max_iter=self.max_iter,
-            minibatch=self.minibatch, progress=self.progress, name="features",
+            X, budget, seed=seed, max_iter=self.max_iter, minibatch=self.minibatch,
+            progress=self.progress, name="features", exclude=lab,
         )  # fmt: skip
         labels = _interop.host_numpy(res.labels)
         centres = as_torch(res.centres, _interop.describe(res.centres, "centres")).to(torch.float64)
-        dist2 = _dist2_to_own_centre(sub, centres, torch.from_numpy(labels).to(sub.device))
+        rows = torch.from_numpy(rest).to(xt.device)
+        dist2 = _dist2_to_own_centre(xt, rows, centres, torch.from_numpy(labels).to(xt.device))
         chosen = _nearest_per_cluster(labels, dist2, budget)
         return Selection(
             _interop.to_framework(rest[chosen], info),
@@ -87,13 +86,14 @@ class KMeansSampling(Strategy):
         )
 
 
-def _dist2_to_own_centre(rows: Any, centres: Any, labels: Any) -> np.ndarray:
-    """Float64 squared distance of each row to its centre, in row tiles of about 2²⁰ values: a
-    whole-pool float64 difference held four n × d arrays at once (8× a float32 pool)."""
+def _dist2_to_own_centre(xt: Any, rows: Any, centres: Any, labels: Any) -> np.ndarray:
+    """Float64 squared distance of each of ``rows`` (of ``xt``) to its centre, in row tiles of
+    about 2²⁰ values: a whole-pool float64 difference held four n × d arrays at once (8× a float32
+    pool), and the rows are gathered one tile at a time."""
     out = np.empty(rows.shape[0], dtype=np.float64)
-    step = max(1, _TILE_VALUES // max(1, rows.shape[1]))
+    step = max(1, _TILE_VALUES // max(1, xt.shape[1]))
     for s in range(0, rows.shape[0], step):
-        diff = rows[s : s + step].to(centres.dtype) - centres[labels[s : s + step]]
+        diff = xt[rows[s : s + step]].to(centres.dtype) - centres[labels[s : s + step]]
         out[s : s + step] = _interop.host_numpy((diff * diff).sum(1))
     return out
 
