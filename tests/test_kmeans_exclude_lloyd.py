@@ -133,3 +133,34 @@ def test_ally_picks_as_on_the_gathered_rows(monkeypatch):
     np.testing.assert_array_equal(
         in_place.diagnostics["clusters"], gathered.diagnostics["clusters"]
     )
+
+
+@pytest.mark.parametrize("layout", ["fortran", "byteswapped", "torch_strided"])
+def test_a_pool_the_kernels_cannot_read_in_place_is_copied_once(monkeypatch, layout):
+    """Strided or byte-swapped rows are made C-contiguous once per fit, not at every Lloyd step
+    (each step hands the rows to the kernels), with the labels of the contiguous pool."""
+    import torch
+
+    import fastal._interop as interop
+
+    x = _pool(3000, 8, "float32", 8)
+    X = {
+        "fortran": np.asfortranarray(x),
+        "byteswapped": x.astype(">f4"),
+        "torch_strided": torch.from_numpy(x).T.contiguous().T,
+    }[layout]
+    buffers = []
+    storage = interop.host_storage
+
+    def recording(arr, info):
+        out = storage(arr, info)
+        if out.shape == x.shape:
+            buffers.append(out)
+        return out
+
+    monkeypatch.setattr(interop, "host_storage", recording)
+    got = km._kmeans(X, 40, seed=0, max_iter=5, tol=0)
+    assert got.n_iter == 5 and len(buffers) > 5  # every step read the rows
+    assert all(np.shares_memory(b, buffers[0]) for b in buffers)
+    want = km._kmeans(x, 40, seed=0, max_iter=5, tol=0)
+    np.testing.assert_array_equal(np.asarray(got.labels), np.asarray(want.labels))

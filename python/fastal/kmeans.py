@@ -551,6 +551,8 @@ def _kmeans(
     from tqdm.auto import tqdm
 
     info = check_matrix(X, name)
+    if info.device == "cpu":
+        X = _contiguous_once(X, info)
     skip = None
     if exclude is not None and exclude.size:
         if not _Excluded.applies(X, info, exclude, minibatch):
@@ -636,6 +638,17 @@ def _kmeans(
         n_iter=it,
         converged=converged,
     )
+
+
+def _contiguous_once(X: Any, info) -> Any:
+    """``X`` itself when the CPU kernels can read it in place, else one C-contiguous native copy
+    (in X's framework): the Lloyd steps would otherwise copy a strided or byte-swapped pool at
+    every iteration."""
+    if info.framework == "torch":
+        return X if X.is_contiguous() else X.detach().contiguous()
+    if info.framework == "numpy" and (not X.flags.c_contiguous or not X.dtype.isnative):
+        return np.ascontiguousarray(X.astype(X.dtype.newbyteorder("="), copy=False))
+    return X
 
 
 def _initial_centres(X, xt, info, k, init, rng, acc, name="X", exclude=None):
