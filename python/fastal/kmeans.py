@@ -192,6 +192,11 @@ def _fused_lloyd(info, k: int) -> Any:
     return step
 
 
+def _other_rows(n: int, exclude: np.ndarray) -> np.ndarray:
+    """The rows of ``range(n)`` not in ``exclude``, ascending (what ``X[rest]`` holds)."""
+    return np.delete(np.arange(n), exclude)
+
+
 def _first_by_norm(X: Any, info, exclude: Any = None) -> int:
     """Row with the largest squared norm (not one of ``exclude``), ties to the lowest index."""
     if isinstance(X, GradientEmbedding):
@@ -312,7 +317,7 @@ def _kmeans_pp(
         else:  # the same draw as on the other rows alone
             first_pick = int(rng.integers(n - excl.size))
             if excl.size:
-                first_pick = int(np.delete(np.arange(n), excl)[first_pick])
+                first_pick = int(_other_rows(n, excl)[first_pick])
     uniform = rng.random(k)
     if k == 0:
         return _interop.to_framework(np.empty(0, dtype=np.int64), info)
@@ -557,7 +562,7 @@ def _kmeans(
     if exclude is not None and exclude.size:
         if not _Excluded.applies(X, info, exclude, minibatch):
             xt = as_torch(X, info)
-            rest = torch.from_numpy(np.delete(np.arange(info.shape[0]), exclude)).to(xt.device)
+            rest = torch.from_numpy(_other_rows(info.shape[0], exclude)).to(xt.device)
             return _kmeans(
                 from_torch(xt[rest].contiguous(), info), k, seed=seed, init=init,
                 max_iter=max_iter, tol=tol, minibatch=minibatch, progress=progress, name=name,
@@ -581,7 +586,8 @@ def _kmeans(
     rng = make_rng(seed)
     xt = as_torch(X, info)
     if info.device == "cpu":
-        cpu_pool(X, info, name)  # finiteness, with the row named
+        if skip is None:  # (_Excluded.applies has checked every row)
+            cpu_pool(X, info, name)  # finiteness, with the row named
     elif not bool(torch.isfinite(xt).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     acc = _torch_acc(info.dtype)
@@ -663,7 +669,7 @@ def _initial_centres(X, xt, info, k, init, rng, acc, name="X", exclude=None):
         elif init == "random":
             rows = rng.choice(info.shape[0] - excl.size, k, replace=False)
             if excl.size:
-                rows = np.delete(np.arange(info.shape[0]), excl)[rows]
+                rows = _other_rows(info.shape[0], excl)[rows]
         else:
             raise ValueError(f"init must be 'k-means++', 'random' or a (k, d) array, got {init!r}")
         idx = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(xt.device)
