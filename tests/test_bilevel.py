@@ -199,6 +199,24 @@ def test_solve_inner_reaches_the_optimum():
     assert again["iters"] == 0
 
 
+def test_solve_inner_tolerance_bounds_the_error_of_w():
+    """tol bounds |W - W*| / |W*| (F is 2λ-strongly convex) on separable classes, where |∇F(0)|
+    is ~10⁵ times the gradient at which W is still 1e-7 off, from zero and from a warm start."""
+    rng = np.random.default_rng(1)
+    n, d, C, reg = 200, 8, 3, 1e-4
+    centres = rng.normal(scale=3.0, size=(C, d))
+    cls = rng.integers(C, size=n)
+    Z = np.c_[centres[cls] + rng.normal(size=(n, d)), np.ones(n)]
+    T = np.eye(C)[cls]
+    want = solve_inner_ref(Z, T, reg, C)
+    W_part, _ = bl.solve_inner(Z[:150], T[:150], reg=reg)
+    for W0 in (None, W_part):
+        W, _ = bl.solve_inner(Z, T, reg=reg, W0=W0, tol=1e-10)
+        assert np.linalg.norm(W - want) <= 1e-9 * np.linalg.norm(want)
+    with pytest.raises(ValueError, match="tol"):
+        bl.solve_inner(Z, T, tol=-1.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # (b) Nyström features
 

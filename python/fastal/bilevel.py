@@ -703,8 +703,11 @@ def solve_inner(
     W0 : array (C, m), optional
         Warm start (default 0; the paper starts from random weights, irrelevant for a strictly
         convex problem solved to tolerance).
-    tol : float
-        Stop when ``|∇F| ≤ tol · |∇F(0)|``.
+    tol : float, default 1e-10
+        Stop when ``|∇F| ≤ tol · 2λ |W|``: F is 2λ-strongly convex, so ``W`` is then within
+        ``tol · |W|`` of the optimum, however large ``|∇F(0)|`` is (well-separated classes), and
+        from any warm start. Newton also stops at the rounding floor ``|∇F| ≤ 1e-14 · |∇F(0)|``
+        and when no step decreases F any more.
     max_iter : int
         Newton iterations.
 
@@ -724,6 +727,7 @@ def solve_inner(
     """
     torch = _torch()
     reg = _number(reg, "reg", positive=True)
+    tol = _number(tol, "tol", minimum=0.0)
     zt, tt, wt, info = _float64_inputs(Z, targets, sample_weight)
     if tt is None:
         raise ValueError("targets are required")
@@ -735,8 +739,9 @@ def solve_inner(
             raise ValueError(f"W0 must have shape {(C, zt.shape[1])}, got {tuple(U0.shape)}")
     with one_thread_if_small(zt.device, zt.shape[0] * zt.shape[1] * C, _SMALL_WORK):
         U, out = _newton(
-            zt, tt, wt, reg, U0, tol=tol, max_iter=max_iter, cg_max=max(250, 2 * C * zt.shape[1])
-        )
+            zt, tt, wt, reg, U0, tol=_NEWTON_FLOOR, max_iter=max_iter,
+            cg_max=max(250, 2 * C * zt.shape[1]), w_rtol=tol,
+        )  # fmt: skip
     out.pop("P")
     out.pop("precond")
     return from_torch(U, info), out
