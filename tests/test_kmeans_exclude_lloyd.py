@@ -5,8 +5,10 @@ other rows. It must give the k-means of ``X[rest]``:
 - labels and iteration counts exactly, centres and inertia up to rounding, for float64 / float32
   rows, the GEMM-fused step (k >= 32) and the min-distance one (small k), both inits, an empty
   cluster that takes the farthest (non-excluded) row;
-- the cases it does not take (more than a quarter excluded, a non-finite excluded row, mini-batch)
-  gather ``X[rest]`` and give exactly its result, NaN rows outside ``rest`` ignored as before;
+- mini-batch draws its batches from the other rows in place: the same batches, centres, labels
+  and epochs as on ``X[rest]``;
+- the cases it does not take (more than a quarter excluded, a non-finite excluded row) gather
+  ``X[rest]`` and give exactly its result, NaN rows outside ``rest`` ignored as before;
 - KMeansSampling and ALLY go through it and pick what they picked on the gathered rows.
 """
 
@@ -33,9 +35,9 @@ def _spy(monkeypatch):
     used = []
     init = km._Excluded.__init__
 
-    def counting(self, xt, exclude):
+    def counting(self, xt, exclude, **kwargs):
         used.append(exclude.size)
-        init(self, xt, exclude)
+        init(self, xt, exclude, **kwargs)
 
     monkeypatch.setattr(km._Excluded, "__init__", counting)
     return used
@@ -79,7 +81,31 @@ def test_an_empty_cluster_takes_the_farthest_row_that_is_not_excluded(monkeypatc
     _same_fit(got, km._kmeans(x[rest], 4, init=init, max_iter=20), 1e-12)
 
 
-@pytest.mark.parametrize("case", ["share", "nan", "minibatch"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("k", [5, 40])
+@pytest.mark.parametrize("seed", range(2))
+def test_minibatch_in_place_equals_the_gathered_rows(monkeypatch, dtype, k, seed):
+    n = 2000
+    x = _pool(n, 8, dtype, seed)
+    excl = np.random.default_rng(seed).choice(n, 300, replace=False).astype(np.int64)
+    rest = np.delete(np.arange(n), np.sort(excl))
+    used = _spy(monkeypatch)
+    gathers = []
+    other_rows = km._other_rows
+
+    def recording(n_all, exclude):
+        gathers.append(n_all)
+        return other_rows(n_all, exclude)
+
+    monkeypatch.setattr(km, "_other_rows", recording)
+    got = km._kmeans(x, k, seed=seed, exclude=excl, minibatch=128, max_iter=15)
+    assert used == [300]
+    assert gathers == [n]  # k-means++'s first draw only: the batches index the pool itself
+    want = km._kmeans(np.ascontiguousarray(x[rest]), k, seed=seed, minibatch=128, max_iter=15)
+    _same_fit(got, want, 1e-12 if dtype == "float64" else 1e-5)
+
+
+@pytest.mark.parametrize("case", ["share", "nan"])
 def test_the_cases_it_leaves_to_the_gathered_rows(monkeypatch, case):
     n = 800
     x = _pool(n, 6, "float64", 1)
@@ -88,12 +114,12 @@ def test_the_cases_it_leaves_to_the_gathered_rows(monkeypatch, case):
     if case == "nan":
         x[excl[0], 2] = np.nan  # outside rest: ignored, as on x[rest]
     rest = np.delete(np.arange(n), np.sort(excl))
-    kwargs = {"minibatch": 64} if case == "minibatch" else {}
-    used = _spy(monkeypatch)
-    got = km._kmeans(x, 7, seed=2, exclude=excl, **kwargs)
-    assert used == []
-    want = km._kmeans(np.ascontiguousarray(x[rest]), 7, seed=2, **kwargs)
-    _same_fit(got, want, 0)
+    for kwargs in ({}, {"minibatch": 64}):
+        used = _spy(monkeypatch)
+        got = km._kmeans(x, 7, seed=2, exclude=excl, **kwargs)
+        assert used == []
+        want = km._kmeans(np.ascontiguousarray(x[rest]), 7, seed=2, **kwargs)
+        _same_fit(got, want, 0)
 
 
 def test_kmeans_sampling_takes_the_in_place_path(monkeypatch):

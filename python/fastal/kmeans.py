@@ -560,14 +560,14 @@ def _kmeans(
         X = _contiguous_once(X, info)
     skip = None
     if exclude is not None and exclude.size:
-        if not _Excluded.applies(X, info, exclude, minibatch):
+        if not _Excluded.applies(X, info, exclude):
             xt = as_torch(X, info)
             rest = torch.from_numpy(_other_rows(info.shape[0], exclude)).to(xt.device)
             return _kmeans(
                 from_torch(xt[rest].contiguous(), info), k, seed=seed, init=init,
                 max_iter=max_iter, tol=tol, minibatch=minibatch, progress=progress, name=name,
             )  # fmt: skip
-        skip = _Excluded(as_torch(X, info), exclude)
+        skip = _Excluded(as_torch(X, info), exclude, full_batch=minibatch is None)
     n, d = info.shape
     n_rows = n if skip is None else n - exclude.size
     k = check_budget(k, n_rows, "k", f"the rows of {name}")
@@ -625,8 +625,9 @@ def _kmeans(
                     break
                 prev = labels
         else:
+            rows = None if skip is None else torch.nonzero(skip.keep).flatten()
             centres, it, converged = _minibatch(
-                xt, centres, info, int(minibatch), int(max_iter), tol_abs, rng, bar, name
+                xt, centres, info, int(minibatch), int(max_iter), tol_abs, rng, bar, name, rows
             )
         if fused is not None:
             labels, dist2, _, _ = fused(xt, xsq, centres)
@@ -686,30 +687,32 @@ def _initial_centres(X, xt, info, k, init, rng, acc, name="X", exclude=None):
 
 
 class _Excluded:
-    """Rows that full-batch Lloyd leaves out in place (KMeansSampling's and ALLY's labeled rows).
+    """Rows that Lloyd leaves out in place (KMeansSampling's and ALLY's labeled rows).
 
-    The step still assigns them (a few percent more work when few rows are labeled); their
-    contributions are then taken out of the sums and counts, their labels set to -1 (so the
+    A full-batch step still assigns them (a few percent more work when few rows are labeled);
+    their contributions are then taken out of the sums and counts, their labels set to -1 (so the
     convergence test compares the other rows only) and their distances to -1 (never the farthest
-    row an empty cluster takes). Only their own rows are copied, not the other rows.
+    row an empty cluster takes). Only their own rows are copied, not the other rows. Mini-batch
+    draws its batches from the other rows (``keep``) and needs no copy.
     """
 
     #: the excluded rows' copy is at most this share of X; beyond, gathering the rest is smaller
     MAX_SHARE = 0.25
 
-    def __init__(self, xt: Any, exclude: np.ndarray) -> None:
+    def __init__(self, xt: Any, exclude: np.ndarray, full_batch: bool = True) -> None:
         import torch
 
         self.rows = torch.from_numpy(np.ascontiguousarray(exclude)).to(xt.device)
         self.keep = torch.ones(xt.shape[0], dtype=torch.bool, device=xt.device)
         self.keep[self.rows] = False
-        self.x = xt[self.rows].contiguous()
+        self.x = xt[self.rows].contiguous() if full_batch else None
 
     @classmethod
-    def applies(cls, X: Any, info, exclude: np.ndarray, minibatch: Any) -> bool:
-        """CPU, full batch, few enough rows, and every row finite (a non-finite excluded row
-        would reach the sums; the gathered path ignores it, as the caller expects)."""
-        if info.device != "cpu" or minibatch is not None:
+    def applies(cls, X: Any, info, exclude: np.ndarray) -> bool:
+        """CPU, few enough rows (each fit ends with a pass over all of them), and every row
+        finite (a non-finite excluded row would reach the sums; the gathered path ignores it, as
+        the caller expects)."""
+        if info.device != "cpu":
             return False
         if exclude.size > cls.MAX_SHARE * info.shape[0]:
             return False
@@ -736,16 +739,17 @@ def _relocate_empty(sums, counts, xt, dist2, acc):
     return means
 
 
-def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X"):
+def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", rows=None):
     """Sculley (2010) mini-batch k-means; returns (centres, epochs run, converged).
 
     Every epoch draws a permutation of the rows and walks it in batches. It stops early when an
     epoch moves the centres by at most ``tol_abs`` (squared), or when the exponentially weighted
     batch inertia has not improved for ``_NO_IMPROVEMENT`` batches (scikit-learn's rule).
+    ``rows`` (int64 tensor, ascending): the rows to cluster, as on ``xt[rows]`` (default all).
     """
     import torch
 
-    n, k = xt.shape[0], centres.shape[0]
+    n, k = (xt.shape[0] if rows is None else rows.numel()), centres.shape[0]
     batch = min(batch, n)
     seen = torch.zeros(k, dtype=torch.float64, device=xt.device)
     alpha = min(1.0, 2.0 * batch / (n + 1))
@@ -753,6 +757,8 @@ def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X"):
     for epoch in range(1, epochs + 1):
         start = centres.clone()
         order = torch.from_numpy(rng.permutation(n)).to(xt.device)
+        if rows is not None:
+            order = rows[order]
         for s in range(0, n, batch):
             xb = xt[order[s : s + batch]]
             labels, dist2 = _assign(xb, centres, info)
