@@ -108,10 +108,15 @@ def assert_close_to(got, expected, bound, tol: float, what: str) -> None:
 @pytest.mark.parametrize(
     ("n", "C", "dh"),
     [
-        (2 * FactoredPhi._TILE + 1234, 5, 12),  # three row tiles, the last partial
-        (5000, 6, 40),  # float32 blocked grad_apply: a column block plus a tail, 4 + 2 classes
-        (3000, 7, 40),  # 4 + 2 + 1 classes in registers
-        (3000, 3, 72),  # 2 + 1 classes, two column blocks (AVX2) plus a tail
+        # float32 blocked kernels: classes in register groups (t = R h: AVX-512 5, 2, 1, AVX2
+        # 2, 1; M += coef h: AVX-512 5, 4, 2, 1, AVX2 4, 2, 1), columns in stripes (AVX-512 64
+        # then 16, AVX2 16 then 8) and a scalar tail, rows in fours then singly (blocks of 32)
+        (2 * FactoredPhi._TILE + 1234, 5, 12),  # three row tiles, the last partial; dh < 16
+        (5001, 6, 40),  # 16-column stripes plus a tail; a last block of 9 rows
+        (3000, 7, 40),  # 5 + 2 classes (AVX2: 2 + 2 + 2 + 1 and 4 + 2 + 1)
+        (3000, 3, 72),  # 2 + 1 classes; a 64-column stripe plus a tail (AVX2: 4 x 16 + 8)
+        (2003, 10, 80),  # 5 + 5 classes; a 64- and a 16-column stripe; a last block of 19 rows
+        (1500, 9, 16),  # 5 + 2 + 2 and 5 + 4 classes; dh one AVX-512 vector
     ],
 )
 def test_factored_products_torch_tiles_equal_the_kernels(dtype, n, C, dh):
