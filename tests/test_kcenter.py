@@ -276,6 +276,27 @@ def test_rows_read_counts_the_centre_to_centre_distances():
     assert_array_equal(res.indices, full.indices)
 
 
+def test_a_chunk_that_the_test_mostly_keeps_is_read_whole():
+    """A pruned step reads a chunk of rows whole, in order, when its test keeps at least
+    kReadWholeShare (35 %) of them. Half the pool is tight clusters around far labeled rows (the
+    test prunes them at every step), half a Gaussian blob that holds the picks (always kept),
+    shuffled: each chunk keeps about half its rows, so every row is read, plus the earlier centres
+    of the test, with the unpruned picks."""
+    rng = np.random.default_rng(3)
+    far = rng.normal(size=(10, 64)) * 1000
+    X = np.r_[np.repeat(far, 150, axis=0) + rng.normal(size=(1500, 64)) * 0.01,
+              rng.normal(size=(1500, 64))].astype(np.float32)  # fmt: skip
+    order = rng.permutation(3000)
+    X = X[order]
+    labeled = np.argsort(order)[np.arange(0, 1500, 150)]  # one row of each far cluster
+    res = fastal.kcenter(X, 50, labeled=labeled, seed=0)
+    full = fastal.kcenter(X, 50, labeled=labeled, seed=0, prune=False)
+    assert res.diagnostics["pruned"] is True
+    assert_array_equal(res.indices, full.indices)
+    assert_array_equal(res.radius, full.radius)
+    assert res.rows_read == full.rows_read + sum(10 + t for t in range(50))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pruning_steps_aside_when_the_centres_are_many(dtype):
     """With more earlier centres than a fifth of the pool, the centre-to-centre distances would

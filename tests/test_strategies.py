@@ -37,7 +37,12 @@ def test_coreset_equals_kcenter_greedy(backend, labeled, prune):
     else:
         assert diag["initial_radius"] > diag["final_radius"]
     assert isinstance(diag["rows_read"], int)
-    assert 0 < diag["rows_read_fraction"] <= 1
+    # pruned: at most every row, plus the earlier centres each step reads for d(c_new, a)
+    n, n_lab = 300, 0 if labeled is None else len(labeled)
+    unpruned = sum(n - n_lab - t for t in range(1, 26))
+    centre_rows = sum(n_lab + t for t in range(25))  # the step adding centre pos reads pos rows
+    assert 0 < diag["rows_read"] <= unpruned + centre_rows
+    assert diag["rows_read_fraction"] == pytest.approx(diag["rows_read"] / unpruned)
     if not prune:
         assert diag["rows_read_fraction"] == 1.0
 

@@ -221,7 +221,9 @@ def kcenter_greedy(
     prune : bool, default True
         Exact triangle-inequality pruning: a row whose nearest centre ``a`` has
         ``d(c_new, a) >= 2 mind`` is not read. The picks are identical either way. On the CPU,
-        rows shorter than 256 bytes are read unpruned: they cost less than the test.
+        rows shorter than 256 bytes are read unpruned (they cost less than the test), and a chunk
+        of rows (up to 4096) whose test keeps at least 35 % of them is read whole, in order:
+        skipping the others saved no time there.
     progress : bool, default False
         Show a tqdm progress bar over the picks.
     return_radius : bool, default False
