@@ -255,10 +255,13 @@ void register_dtype(py::module_& m, const std::string& tag) {
         py::arg("mind").noconvert(), py::arg("picks").noconvert(),
         py::arg("block_sums").noconvert());
 
+  // near / centres (optional, together): prune as k-center does; returns the rows read.
   m.def(("kmeanspp_steps_" + tag).c_str(),
         [](const py::tuple& pool, Buf<A>& mind, Buf<int64_t>& picks, const Buf<double>& uniform,
-           Buf<double>& block_sums, bool has_first, int64_t t_begin, int64_t t_end) {
-          with_rows<T>(pool, [&](auto rows) {
+           Buf<double>& block_sums, bool has_first, int64_t t_begin, int64_t t_end,
+           std::optional<Buf<int64_t>> near, std::optional<Buf<int64_t>> centres,
+           int64_t n_labeled) {
+          return with_rows<T>(pool, [&](auto rows) {
             using R = decltype(rows);
             KMeansPPState<R> s{};
             s.rows = rows;
@@ -274,13 +277,31 @@ void register_dtype(py::module_& m, const std::string& tag) {
                            ", ", t_end, ") out of range for k ", s.k);
             if (has_first && t_begin == 0 && t_end > 0)
               FASTAL_REQUIRE(s.picks[0] >= 0 && s.picks[0] < rows.n, "picks[0] is out of range");
+            FASTAL_REQUIRE(near.has_value() == centres.has_value(),
+                           "near and centres are given together or not at all");
+            if (near) {
+              FASTAL_REQUIRE(n_labeled >= 0, "n_labeled must be >= 0");
+              s.near = vec_of(*near, "near", rows.n);
+              s.centres = vec_of(*centres, "centres", n_labeled + s.k);
+              s.n_labeled = n_labeled;
+              // the state of earlier calls is read back as indices: O(n), against O(n d) a step
+              const int64_t placed = n_labeled + t_begin;
+              for (int64_t j = 0; j < placed; ++j)
+                FASTAL_REQUIRE(s.centres[j] >= 0 && s.centres[j] < rows.n, "centres[", j, "] = ",
+                               s.centres[j], " is out of range for ", rows.n, " rows");
+              for (int64_t i = 0; i < rows.n; ++i)
+                FASTAL_REQUIRE(s.near[i] >= -1 && s.near[i] < placed, "near[", i, "] = ",
+                               s.near[i], " is not -1 or a centre position in [0, ", placed, ")");
+            }
             py::gil_scoped_release nogil;
             kmeanspp_steps(s, t_begin, t_end);
+            return s.rows_read;
           });
         },
         py::arg("pool"), py::arg("mind").noconvert(), py::arg("picks").noconvert(),
         py::arg("uniform").noconvert(), py::arg("block_sums").noconvert(), py::arg("has_first"),
-        py::arg("t_begin"), py::arg("t_end"));
+        py::arg("t_begin"), py::arg("t_end"), py::arg("near").noconvert() = py::none(),
+        py::arg("centres").noconvert() = py::none(), py::arg("n_labeled") = 0);
 }
 
 }  // namespace

@@ -107,6 +107,14 @@ struct KMeansPPState {
   int64_t k;
   bool has_first;
   double* block_sums;     // ceil(n / kKMeansPPBlock), kept between calls of kmeanspp_steps
+  // Exact triangle-inequality pruning as in k-center (common/prune.h) when near is given:
+  // near[i] is the position in centres of row i's nearest centre (-1: none yet), centres holds the
+  // n_labeled labeled rows, then the picks. A pruned row's mind cannot change, so the draws are
+  // those of the unpruned pass.
+  int64_t* near = nullptr;
+  int64_t* centres = nullptr;  // capacity n_labeled + k
+  int64_t n_labeled = 0;
+  uint64_t rows_read = 0;  // rows whose distance to a new centre was computed (earlier centres too)
 };
 
 // The labeled rows (labeled[0, n_labeled)) become centres. On entry mind holds every row's squared
@@ -120,7 +128,8 @@ template <typename Rows>
 void kmeanspp_init_first(KMeansPPState<Rows>& s, int64_t first);
 
 // Picks t in [t_begin, t_end): sample (or take the first), then one fused pass updating mind and
-// the block sums. Deterministic: independent of the thread count.
+// the block sums (with near: of the rows the pruning test keeps, and the sums of the blocks that
+// changed). Deterministic: independent of the thread count.
 template <typename Rows>
 void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end);
 

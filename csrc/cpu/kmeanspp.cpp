@@ -11,7 +11,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
+#include "common/prune.h"
 #include "cpu/kernels.h"
 
 namespace fastal::cpu {
@@ -103,33 +105,110 @@ void kmeanspp_init_first(KMeansPPState<Rows>& s, int64_t first) {
 template <typename Rows>
 void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end) {
   using A = AccOfRows<Rows>;
+  constexpr A kCentre = -std::numeric_limits<A>::infinity();  // the mind of a centre
   const Rows& rows = s.rows;
   const int64_t n = rows.n, blocks = n_blocks(s.rows.n);
   const bool parallel = n * rows.row_work() > kSerialWork;
-  const int64_t ahead = prefetch_rows_ahead(rows);
+  const int64_t ahead = prefetch_rows_ahead(rows), ahead_pruned = pruned_prefetch_rows_ahead(rows);
+  const bool can_prune = s.near != nullptr;
+  const auto pruner = rows.pruner();
   std::vector<A> centre(static_cast<size_t>(rows.centre_size()));
+  std::vector<A> centre_dist2, centre_weight;  // per earlier centre, for the pruning test
+  if (can_prune) {
+    centre_dist2.resize(static_cast<size_t>(s.n_labeled + s.k));
+    centre_weight.resize(static_cast<size_t>(s.n_labeled + s.k));
+    for (int64_t j = 0; j < s.n_labeled + t_begin; ++j) centre_weight[j] = rows.row_weight(s.centres[j]);
+  }
   for (int64_t t = t_begin; t < t_end; ++t) {
     const int64_t c = (t == 0 && s.has_first) ? s.picks[0] : sample(s, s.uniform[t]);
     s.picks[t] = c;
     if (c < 0) continue;  // cannot happen for k <= n - n_labeled; the caller checks
-    s.mind[c] = -std::numeric_limits<A>::infinity();
+    const int64_t pos = s.n_labeled + t;  // this centre's position in s.centres
+    const bool prune = prune_step(can_prune, pos, n);
     rows.prepare(c, centre.data());
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t i0 = b * kKMeansPPBlock, i1 = std::min(n, i0 + kKMeansPPBlock);
-      double total = 0;
+    if (can_prune) {
+      s.centres[pos] = c;
+      centre_weight[pos] = rows.row_weight(c);
+      s.near[c] = pos;
+    }
+    if (prune) {
+#pragma omp parallel for schedule(static) if (parallel && pos * rows.row_work() > kSerialWork)
+      for (int64_t j = 0; j < pos; ++j) centre_dist2[j] = rows.dist2(s.centres[j], centre.data());
+      s.rows_read += static_cast<uint64_t>(pos);
+    }
+    const A weight_c = can_prune ? centre_weight[pos] : A(0);
+    s.mind[c] = kCentre;
+    const int64_t block_of_c = c / kKMeansPPBlock;
+
+    // mind = min(mind, d(row, c)) for row i (not a centre); returns whether it fell.
+    auto update = [&](int64_t i) {
+      const A dd = rows.dist2(i, centre.data());
+      if (!(dd < s.mind[i])) return false;
+      s.mind[i] = dd;
+      if (can_prune) s.near[i] = pos;
+      return true;
+    };
+    // Every non-centre row of [i0, i1) in order; returns (rows read, whether a mind fell).
+    auto read_all = [&](int64_t i0, int64_t i1, uint64_t& read) {
+      bool changed = false;
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t j = i + ahead;  // within this block: other threads write mind beyond it
-        if (ahead > 0 && j < i1 && s.mind[j] != -std::numeric_limits<A>::infinity())
-          rows.prefetch_row(j);
-        A m = s.mind[i];
-        if (m == -std::numeric_limits<A>::infinity()) continue;
-        const A dd = rows.dist2(i, centre.data());
-        if (dd < m) s.mind[i] = m = dd;
-        total += weight(m);
+        if (ahead > 0 && j < i1 && s.mind[j] != kCentre) rows.prefetch_row(j);
+        if (s.mind[i] == kCentre) continue;
+        changed |= update(i);
+        ++read;
       }
-      s.block_sums[b] = total;
+      return changed;
+    };
+    uint64_t reads = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : reads) if (parallel)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t i0 = b * kKMeansPPBlock, i1 = std::min(n, i0 + kKMeansPPBlock);
+      if (!prune) {  // one fused pass: distances and the block's sum
+        double total = 0;
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t j = i + ahead;
+          if (ahead > 0 && j < i1 && s.mind[j] != kCentre) rows.prefetch_row(j);
+          if (s.mind[i] == kCentre) continue;
+          update(i);
+          ++reads;
+          total += weight(s.mind[i]);
+        }
+        s.block_sums[b] = total;
+        continue;
+      }
+      // the rows the test keeps, as bits (without branches, as in k-center)
+      uint64_t words[kKMeansPPBlock / 64];
+      uint64_t kept = 0;
+      for (int64_t w = 0; w * 64 < i1 - i0; ++w) {
+        uint64_t bits = 0;
+        for (int64_t k = 0, i = i0 + w * 64; k < 64 && i < i1; ++k, ++i) {
+          const A m = s.mind[i];
+          const int64_t a = s.near[i], a0 = a < 0 ? 0 : a;
+          const bool pruned = (a >= 0) & pruner.prunable(centre_dist2[a0], m, rows.row_weight(i),
+                                                         centre_weight[a0], weight_c);
+          bits |= static_cast<uint64_t>((m != kCentre) & !pruned) << k;
+        }
+        words[w] = bits;
+        kept += static_cast<uint64_t>(__builtin_popcountll(bits));
+      }
+      bool changed = b == block_of_c;
+      if (static_cast<double>(kept) >= kReadWholeShare * static_cast<double>(i1 - i0)) {
+        changed |= read_all(i0, i1, reads);
+      } else {
+        for (int64_t w = 0; w * 64 < i1 - i0; ++w)
+          for (uint64_t bits = words[w]; bits != 0; bits &= bits - 1) {
+            const int64_t r = w * 64 + __builtin_ctzll(bits), ra = r + ahead_pruned;
+            if (ahead_pruned > 0 && i0 + ra < i1 && ((words[ra / 64] >> (ra % 64)) & 1))
+              rows.prefetch_row(i0 + ra);
+            changed |= update(i0 + r);
+          }
+        reads += kept;
+      }
+      // an unchanged block keeps its sum: the same minds summed in the same order
+      if (changed) sum_block(s, b);
     }
+    s.rows_read += reads;
   }
 }
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _ext, _interop
+from . import _ext, _interop, ops
 from ._validate import check_budget, check_indices, check_matrix, make_rng
 from .gradients import GradientEmbedding, as_torch, from_torch
 from .ops import (
@@ -32,6 +32,7 @@ from .ops import (
     _chunks,
     _torch_cpu_info,
     cpu_pool,
+    cpu_row_bytes,
     min_sqdist_cpu,
     pool_info,
     pool_rows,
@@ -230,12 +231,15 @@ def kmeans_pp(
     first: str = "random",
     labeled: Any = None,
     progress: bool = False,
+    prune: bool = True,
 ) -> Any:
     """k-means++ seeding: ``k`` rows drawn by D² sampling (Arthur & Vassilvitskii 2007).
 
     Each pick is drawn with probability proportional to the squared distance to the nearest centre
     chosen so far (labeled rows count as centres). One fused pass per pick updates those distances
     and the sums the next draw needs: O(n d) per pick, or O(n (C + dh)) for a factored embedding.
+    On the CPU the pass skips, as k-center greedy does, the rows that the new centre provably
+    cannot bring closer (``prune``): the distances, and so the draws, are those of the full pass.
 
     Parameters
     ----------
@@ -254,6 +258,12 @@ def kmeans_pp(
         Rows already chosen: they are centres from the start and never picked.
     progress : bool
         tqdm progress bar over the picks.
+    prune : bool, default True
+        Exact triangle-inequality pruning on the CPU (see :func:`fastal.kcenter_greedy`): a row
+        whose nearest centre ``a`` has ``d(c_new, a) >= 2 d(row, a)`` is not read; a block of
+        rows whose test keeps at least 35 % of them is read whole. The picks are identical either
+        way; it pays once the centres are many and the pool is clustered. Rows shorter than 256
+        bytes are read unpruned; CUDA inputs are not pruned.
 
     Returns
     -------
@@ -273,7 +283,12 @@ def kmeans_pp(
     >>> sorted(fastal.kmeans_pp(X, 2, seed=0, first="norm").tolist())
     [0, 3]
     """
-    return _kmeans_pp(X, k, seed=seed, first=first, labeled=labeled, progress=progress, name="X")
+    if not isinstance(prune, (bool, np.bool_)):
+        raise TypeError(f"prune must be a bool, got {type(prune).__name__}")
+    return _kmeans_pp(
+        X, k, seed=seed, first=first, labeled=labeled, progress=progress, name="X",
+        prune=bool(prune),
+    )  # fmt: skip
 
 
 def _overflow(name: str, dtype: str) -> ValueError:
@@ -293,12 +308,16 @@ def _kmeans_pp(
     progress: bool = False,
     name: str = "X",
     exclude: np.ndarray | None = None,
+    prune: bool = True,
+    stats: dict | None = None,
 ) -> Any:
     """:func:`kmeans_pp`, its messages naming ``name``.
 
     ``exclude`` (unique int64 host indices, CPU only, no ``labeled``): rows that are neither
     picked nor centres, as if the seeding ran on the other rows alone (same draws, the indices of
     the whole ``X``) without gathering them: BADGE leaves the labeled rows out this way.
+    ``stats`` (CPU): receives ``rows_read`` (rows whose distance to a new centre was computed,
+    the earlier centres of the pruning test included) and ``pruned``.
     """
     info = pool_info(X, name)
     n = info.shape[0]
@@ -330,8 +349,15 @@ def _kmeans_pp(
     mind = np.empty(n, dtype=_ACC[info.dtype])
     picks = np.empty(k, dtype=np.int64)
     blocks = np.empty(-(-n // _ext.cpu.kmeanspp_block), dtype=np.float64)
+    prune = prune and cpu_row_bytes(pool) >= ops._PRUNE_MIN_ROW_BYTES
+    # pruning state: each row's nearest centre (a position in centres: the labeled rows, then the
+    # picks)
+    near = np.full(n, -1, dtype=np.int64) if prune else None
+    centres = np.concatenate([lab, np.empty(k, dtype=np.int64)]) if prune else None
     if lab.size:  # the distances to the labeled rows, in calls of bounded work (Ctrl-C)
-        mind[:] = min_sqdist_cpu(pool, pool_rows(pool, lab), info.dtype)[0]
+        mind[:], nearest = min_sqdist_cpu(pool, pool_rows(pool, lab), info.dtype)
+        if prune:
+            near[:] = nearest
     getattr(_ext.cpu, f"kmeanspp_init_{info.dtype}")(
         pool, lab, -1 if first_pick is None else first_pick, mind, picks, blocks
     )
@@ -348,12 +374,16 @@ def _kmeans_pp(
 
     if not has_first:
         check_weights()  # the labeled rows are the centres
+    state = (near, centres, lab.size)
+    rows_read = 0
     for t0, t1 in _chunks(k, progress, "k-means++", work=pool_work(pool)):
-        if t0 == 0 and has_first:
-            steps(pool, mind, picks, uniform, blocks, True, 0, 1)  # the distances to the first pick
+        if t0 == 0 and has_first:  # the distances to the first pick
+            rows_read += steps(pool, mind, picks, uniform, blocks, True, 0, 1, *state)
             check_weights()
             t0 = 1
-        steps(pool, mind, picks, uniform, blocks, has_first, t0, t1)
+        rows_read += steps(pool, mind, picks, uniform, blocks, has_first, t0, t1, *state)
+    if stats is not None:
+        stats.update(rows_read=int(rows_read), pruned=bool(prune))
     return _interop.wrap_host(picks, info)
 
 
