@@ -6,8 +6,8 @@ are those of the full pass:
 - picks equal the unpruned kernel's and the float64 reference's on clustered pools (where the
   test prunes most rows), for every storage dtype, gradient embeddings, labeled rows (their
   nearest labeled row seeds ``near``), excluded rows (BADGE), both first-pick rules;
-- the state crosses the calls that split the steps (Ctrl-C, progress), and BADGE's picks do not
-  change;
+- the state crosses the calls that split the steps (Ctrl-C, progress); BADGE's picks do not
+  change, and its diagnostics report the rows read;
 - rows read: fewer than half on the mixture, every row plus the centres of the test on a pool
   where nothing is pruned; rows shorter than 256 bytes and ``prune=False`` are not pruned;
 - bad state handed to the kernel is refused with a message.
@@ -146,12 +146,18 @@ def test_badge_picks_do_not_change_with_pruning(monkeypatch):
     probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     pool = {"probs": probs, "features": feats}
     labeled = rng.choice(n, 50, replace=False)
-    pruned = BADGE().select(pool, 200, labeled, seed=3).indices
+    pruned = BADGE().select(pool, 200, labeled, seed=3)
+    assert pruned.diagnostics["pruned"]
+    assert pruned.diagnostics["rows_read_fraction"] < 0.5
     import fastal.strategies.badge as badge_module
 
     seeding = badge_module._kmeans_pp
     monkeypatch.setattr(badge_module, "_kmeans_pp", lambda *a, **k: seeding(*a, prune=False, **k))
-    np.testing.assert_array_equal(pruned, BADGE().select(pool, 200, labeled, seed=3).indices)
+    full = BADGE().select(pool, 200, labeled, seed=3)
+    np.testing.assert_array_equal(pruned.indices, full.indices)
+    assert not full.diagnostics["pruned"]
+    assert full.diagnostics["rows_read"] == sum(n - 50 - t for t in range(1, 201))
+    assert full.diagnostics["rows_read_fraction"] == 1.0
 
 
 def test_the_kernel_refuses_bad_pruning_state():

@@ -31,7 +31,11 @@ class BADGE(Strategy):
 
     The pool is a :class:`~fastal.GradientEmbedding` of the whole pool, or a mapping with
     ``"probs"`` (or ``"logits"``) and ``"features"`` arrays. Labeled rows are left out of the
-    seeding, as in the paper (it runs over the unlabeled pool only).
+    seeding, as in the paper (it runs over the unlabeled pool only). On the CPU the seeding skips
+    the rows that a new centre provably cannot bring closer (:func:`fastal.kmeans_pp`'s
+    ``prune``; the draws do not change): ``diagnostics["rows_read_fraction"]`` is the share of a
+    full pass per pick that was read, with the centres the test reads (``pruned`` says whether
+    the test ran).
 
     Against scikit-activeml's ``Badge`` (1.0): the same embedding and the same first pick (the
     largest norm), but its D² after the first step keeps the squared norms as a running minimum,
@@ -62,12 +66,13 @@ class BADGE(Strategy):
         lab, rest = unlabeled_rows(emb.n, labeled, like=emb.info)
         budget = check_budget(budget, rest.size)
         name = "pool" if isinstance(pool, GradientEmbedding) else "features"
+        stats: dict = {}
         if emb.info.device == "cpu" or lab.size == 0:
             # the seeding skips the labeled rows in place: no copy of the unlabeled rows' factors
             # (2 GB at n = 1M, d = 512)
             picks = _kmeans_pp(
                 emb, budget, seed=seed, first="norm", progress=self.progress, name=name,
-                exclude=lab,
+                exclude=lab, stats=stats,
             )  # fmt: skip
             indices = _interop.host_numpy(picks)
         else:  # the row indices go where the embedding lives
@@ -76,7 +81,17 @@ class BADGE(Strategy):
                 candidates, budget, seed=seed, first="norm", progress=self.progress, name=name
             )
             indices = rest[_interop.host_numpy(picks)]
+        # a full pass reads every row that is not yet a centre: rest.size - t after pick t
+        unpruned = budget * rest.size - budget * (budget + 1) // 2
+        rows_read = stats.get("rows_read", unpruned)  # (CUDA: the full passes)
         return Selection(
             _interop.to_framework(indices, emb.info),
-            {"n_candidates": int(rest.size), "embedding_dim": emb.dim, "bias": bool(self.bias)},
+            {
+                "n_candidates": int(rest.size),
+                "embedding_dim": emb.dim,
+                "bias": bool(self.bias),
+                "pruned": bool(stats.get("pruned", False)),
+                "rows_read": int(rows_read),
+                "rows_read_fraction": rows_read / unpruned if unpruned else 0.0,
+            },
         )
