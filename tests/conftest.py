@@ -245,6 +245,21 @@ def mixture(n: int, d: int, k: int, seed: int, spread: float = 0.5) -> np.ndarra
     return centres[rng.integers(k, size=n)] + rng.normal(size=(n, d)) * spread
 
 
+def half_pruned_pool(per_cluster: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(X, labeled): 10 tight clusters of ``per_cluster`` rows far apart, with one labeled row each
+    (the pruning test drops them at every step), and as many rows of a Gaussian blob that holds
+    the picks (always kept), shuffled: every block of rows keeps about half of them. float32,
+    d = 64 (256-byte rows)."""
+    rng = np.random.default_rng(seed)
+    m = 10 * per_cluster
+    far = rng.normal(size=(10, 64)) * 1000
+    X = np.r_[np.repeat(far, per_cluster, axis=0) + rng.normal(size=(m, 64)) * 0.01,
+              rng.normal(size=(m, 64))].astype(np.float32)  # fmt: skip
+    order = rng.permutation(2 * m)
+    labeled = np.argsort(order)[np.arange(0, m, per_cluster)]  # one row of each far cluster
+    return X[order], labeled
+
+
 def small_integers(n: int, d: int, seed: int, high: int = 3) -> np.ndarray:
     """Integer coordinates in [-high, high]: exact in every storage dtype and in float32
     accumulation (sums of squares stay far below 2**24), so ties are real ties everywhere."""

@@ -25,6 +25,7 @@ from conftest import (
     dtype_of,
     first_centre,
     gaussian,
+    half_pruned_pool,
     indices_to_backend,
     labeled_subset,
     mixture,
@@ -282,13 +283,7 @@ def test_a_chunk_that_the_test_mostly_keeps_is_read_whole():
     test prunes them at every step), half a Gaussian blob that holds the picks (always kept),
     shuffled: each chunk keeps about half its rows, so every row is read, plus the earlier centres
     of the test, with the unpruned picks."""
-    rng = np.random.default_rng(3)
-    far = rng.normal(size=(10, 64)) * 1000
-    X = np.r_[np.repeat(far, 150, axis=0) + rng.normal(size=(1500, 64)) * 0.01,
-              rng.normal(size=(1500, 64))].astype(np.float32)  # fmt: skip
-    order = rng.permutation(3000)
-    X = X[order]
-    labeled = np.argsort(order)[np.arange(0, 1500, 150)]  # one row of each far cluster
+    X, labeled = half_pruned_pool(150)
     res = fastal.kcenter(X, 50, labeled=labeled, seed=0)
     full = fastal.kcenter(X, 50, labeled=labeled, seed=0, prune=False)
     assert res.diagnostics["pruned"] is True

@@ -20,7 +20,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from conftest import mixture, to_backend, to_numpy
+from conftest import half_pruned_pool, mixture, to_backend, to_numpy
 from reference import kmeans_pp_ref
 
 import fastal
@@ -108,13 +108,7 @@ def test_a_block_the_test_mostly_keeps_is_read_whole():
     """Half the pool is tight clusters around far labeled rows (pruned at every step), half a
     Gaussian blob (always kept), shuffled: each 2048-row block keeps about half its rows, so it
     is read whole, and every row is read, plus the earlier centres of the test."""
-    rng = np.random.default_rng(3)
-    far = rng.normal(size=(10, 64)) * 1000
-    X = np.r_[np.repeat(far, 300, axis=0) + rng.normal(size=(3000, 64)) * 0.01,
-              rng.normal(size=(3000, 64))].astype(np.float32)  # fmt: skip
-    order = rng.permutation(6000)
-    X = X[order]
-    labeled = np.argsort(order)[np.arange(0, 3000, 300)]  # one row of each far cluster
+    X, labeled = half_pruned_pool(300)
     got, stats = _seeding(X, 40, True, seed=0, labeled=labeled)
     full, full_stats = _seeding(X, 40, False, seed=0, labeled=labeled)
     np.testing.assert_array_equal(got, full)
