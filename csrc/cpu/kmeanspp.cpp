@@ -148,33 +148,27 @@ void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end) {
       if (can_prune) s.near[i] = pos;
       return true;
     };
-    // Every non-centre row of [i0, i1) in order; returns (rows read, whether a mind fell).
-    auto read_all = [&](int64_t i0, int64_t i1, uint64_t& read) {
-      bool changed = false;
+    // Every non-centre row of block b in order, with the block's sum; returns the rows read.
+    auto read_all = [&](int64_t b, int64_t i0, int64_t i1) {
+      uint64_t read = 0;
+      double total = 0;
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t j = i + ahead;  // within this block: other threads write mind beyond it
         if (ahead > 0 && j < i1 && s.mind[j] != kCentre) rows.prefetch_row(j);
         if (s.mind[i] == kCentre) continue;
-        changed |= update(i);
+        update(i);
         ++read;
+        total += weight(s.mind[i]);
       }
-      return changed;
+      s.block_sums[b] = total;
+      return read;
     };
     uint64_t reads = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(+ : reads) if (parallel)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t i0 = b * kKMeansPPBlock, i1 = std::min(n, i0 + kKMeansPPBlock);
       if (!prune) {  // one fused pass: distances and the block's sum
-        double total = 0;
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t j = i + ahead;
-          if (ahead > 0 && j < i1 && s.mind[j] != kCentre) rows.prefetch_row(j);
-          if (s.mind[i] == kCentre) continue;
-          update(i);
-          ++reads;
-          total += weight(s.mind[i]);
-        }
-        s.block_sums[b] = total;
+        reads += read_all(b, i0, i1);
         continue;
       }
       // the rows the test keeps, as bits (without branches, as in k-center)
@@ -192,19 +186,19 @@ void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end) {
         words[w] = bits;
         kept += static_cast<uint64_t>(__builtin_popcountll(bits));
       }
-      bool changed = b == block_of_c;
       if (static_cast<double>(kept) >= kReadWholeShare * static_cast<double>(i1 - i0)) {
-        changed |= read_all(i0, i1, reads);
-      } else {
-        for (int64_t w = 0; w * 64 < i1 - i0; ++w)
-          for (uint64_t bits = words[w]; bits != 0; bits &= bits - 1) {
-            const int64_t r = w * 64 + __builtin_ctzll(bits), ra = r + ahead_pruned;
-            if (ahead_pruned > 0 && i0 + ra < i1 && ((words[ra / 64] >> (ra % 64)) & 1))
-              rows.prefetch_row(i0 + ra);
-            changed |= update(i0 + r);
-          }
-        reads += kept;
+        reads += read_all(b, i0, i1);
+        continue;
       }
+      bool changed = b == block_of_c;
+      for (int64_t w = 0; w * 64 < i1 - i0; ++w)
+        for (uint64_t bits = words[w]; bits != 0; bits &= bits - 1) {
+          const int64_t r = w * 64 + __builtin_ctzll(bits), ra = r + ahead_pruned;
+          if (ahead_pruned > 0 && i0 + ra < i1 && ((words[ra / 64] >> (ra % 64)) & 1))
+            rows.prefetch_row(i0 + ra);
+          changed |= update(i0 + r);
+        }
+      reads += kept;
       // an unchanged block keeps its sum: the same minds summed in the same order
       if (changed) sum_block(s, b);
     }
