@@ -11,6 +11,7 @@
 
 #include "common/prune.h"
 #include "cpu/kernels.h"
+#include "cpu/prune_scan.h"
 #include "cpu/step_update.h"
 
 namespace fastal::cpu {
@@ -100,40 +101,11 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
     s.mind[c] = kCentre;
     s.near[c] = pos;
 
-    // Whether a pruned step reads row i (not a centre, not pruned), given m = mind[i]. Without
-    // branches: the pruning outcome, branched on one row at a time, mispredicted often
-    // enough that a pruned step at d <= 32 was slower than an unpruned one reading 4x more rows.
-    auto must_read = [&](int64_t i, A m) {
-      const int64_t a = s.near[i], a0 = a < 0 ? 0 : a;
-      const bool pruned = (a >= 0) &
-                          pruner.prunable(centre_dist2[a0], m, rows.row_weight(i),
-                                          centre_weight[a0], weight_c);
-      return (m != kCentre) & !pruned;
-    };
-    // Pruned steps: the rows of [i0, i1) to read, as bits; returns how many.
-    auto test_rows = [&](int64_t i0, int64_t i1, uint64_t* words) {
-      uint64_t read = 0;
-      for (int64_t w = 0; w * 64 < i1 - i0; ++w) {
-        uint64_t bits = 0;
-        for (int64_t k = 0, i = i0 + w * 64; k < 64 && i < i1; ++k, ++i)
-          bits |= static_cast<uint64_t>(must_read(i, s.mind[i])) << k;
-        words[w] = bits;
-        read += static_cast<uint64_t>(__builtin_popcountll(bits));
-      }
-      return read;
-    };
     // The distances of the rows whose bits are set (+inf in dd for the others).
     auto kept_distances = [&](int64_t i0, int64_t i1, const uint64_t* words, A* dd) {
       std::fill(dd, dd + (i1 - i0), std::numeric_limits<A>::infinity());
-      for (int64_t w = 0; w * 64 < i1 - i0; ++w) {
-        for (uint64_t bits = words[w]; bits != 0; bits &= bits - 1) {
-          const int64_t r = w * 64 + __builtin_ctzll(bits), ra = r + ahead_pruned;
-          // prefetch row ra if this chunk reads it
-          if (ahead_pruned > 0 && i0 + ra < i1 && ((words[ra / 64] >> (ra % 64)) & 1))
-            rows.prefetch_row(i0 + ra);
-          dd[r] = rows.dist2(i0 + r, centre.data());
-        }
-      }
+      for_each_kept(rows, ahead_pruned, i0, i1, words,
+                    [&](int64_t i) { dd[i - i0] = rows.dist2(i, centre.data()); });
     };
     // Unpruned steps: every non-centre row's distance (+inf in dd for centres).
     auto all_distances = [&](int64_t i0, int64_t i1, A* dd) {
@@ -202,8 +174,10 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
       for (int64_t b = 0; b < n_chunks; ++b) {
         const int64_t i0 = b * chunk, i1 = std::min(n, i0 + chunk);
         if (prune) {
-          const uint64_t kept = test_rows(i0, i1, words.data());
-          if (static_cast<double>(kept) >= kReadWholeShare * static_cast<double>(i1 - i0)) {
+          const uint64_t kept =
+              rows_to_read(rows, pruner, s.mind, s.near, centre_dist2.data(), centre_weight.data(),
+                           weight_c, i0, i1, words.data());
+          if (read_whole(kept, i1 - i0)) {
             local_reads += all_distances(i0, i1, dd.data());
           } else {
             kept_distances(i0, i1, words.data(), dd.data());

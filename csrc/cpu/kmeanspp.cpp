@@ -15,6 +15,7 @@
 
 #include "common/prune.h"
 #include "cpu/kernels.h"
+#include "cpu/prune_scan.h"
 
 namespace fastal::cpu {
 
@@ -171,33 +172,16 @@ void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end) {
         reads += read_all(b, i0, i1);
         continue;
       }
-      // the rows the test keeps, as bits (without branches, as in k-center)
       uint64_t words[kKMeansPPBlock / 64];
-      uint64_t kept = 0;
-      for (int64_t w = 0; w * 64 < i1 - i0; ++w) {
-        uint64_t bits = 0;
-        for (int64_t k = 0, i = i0 + w * 64; k < 64 && i < i1; ++k, ++i) {
-          const A m = s.mind[i];
-          const int64_t a = s.near[i], a0 = a < 0 ? 0 : a;
-          const bool pruned = (a >= 0) & pruner.prunable(centre_dist2[a0], m, rows.row_weight(i),
-                                                         centre_weight[a0], weight_c);
-          bits |= static_cast<uint64_t>((m != kCentre) & !pruned) << k;
-        }
-        words[w] = bits;
-        kept += static_cast<uint64_t>(__builtin_popcountll(bits));
-      }
-      if (static_cast<double>(kept) >= kReadWholeShare * static_cast<double>(i1 - i0)) {
+      const uint64_t kept =
+          rows_to_read(rows, pruner, s.mind, s.near, centre_dist2.data(), centre_weight.data(),
+                       weight_c, i0, i1, words);
+      if (read_whole(kept, i1 - i0)) {
         reads += read_all(b, i0, i1);
         continue;
       }
       bool changed = b == block_of_c;
-      for (int64_t w = 0; w * 64 < i1 - i0; ++w)
-        for (uint64_t bits = words[w]; bits != 0; bits &= bits - 1) {
-          const int64_t r = w * 64 + __builtin_ctzll(bits), ra = r + ahead_pruned;
-          if (ahead_pruned > 0 && i0 + ra < i1 && ((words[ra / 64] >> (ra % 64)) & 1))
-            rows.prefetch_row(i0 + ra);
-          changed |= update(i0 + r);
-        }
+      for_each_kept(rows, ahead_pruned, i0, i1, words, [&](int64_t i) { changed |= update(i); });
       reads += kept;
       // an unchanged block keeps its sum: the same minds summed in the same order
       if (changed) sum_block(s, b);

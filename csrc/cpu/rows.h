@@ -60,16 +60,6 @@ int64_t pruned_prefetch_rows_ahead(const Rows& rows) {
   return std::max<int64_t>(1, kPrunedPrefetchAhead / row_bytes);
 }
 
-// A pruned step (k-center, k-means++) reads a chunk whole, in order, when its test keeps at least
-// this share of the rows: skipping a few rows here and there saved no time against the sequential
-// stream and the hardware prefetcher. On the Zen 4 VM (k-center, float32, 100-component mixture,
-// budget 100, where a step keeps from all to almost none of the rows) pruned steps went from 1.15
-// to 0.77 ms at n = 100k, d = 128 (unpruned: 0.85-0.93), 4.7 to 4.2 ms at d = 512, 6.3 to 3.8 ms
-// at n = 400k; on a Gaussian pool, where the test keeps every row, from 1.22 to 0.91 ms
-// (d = 128). Shares of 0.15, 0.25, 0.5, 0.75 and 0.9 were tried; 0.25-0.5 did best. Reading a
-// pruned row changes nothing: its distance cannot fall below its mind (see common/prune.h).
-constexpr double kReadWholeShare = 0.35;
-
 template <typename T>
 struct DenseRows {
   using Storage = T;
