@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _ext, _interop, ops
+from . import _ext, _interop
 from ._validate import check_budget, check_indices, check_matrix, make_rng
 from .gradients import GradientEmbedding, as_torch, from_torch
 from .ops import (
@@ -32,7 +32,7 @@ from .ops import (
     _chunks,
     _torch_cpu_info,
     cpu_pool,
-    cpu_row_bytes,
+    cpu_prunes,
     min_sqdist_cpu,
     pool_info,
     pool_rows,
@@ -349,7 +349,7 @@ def _kmeans_pp(
     mind = np.empty(n, dtype=_ACC[info.dtype])
     picks = np.empty(k, dtype=np.int64)
     blocks = np.empty(-(-n // _ext.cpu.kmeanspp_block), dtype=np.float64)
-    prune = prune and cpu_row_bytes(pool) >= ops._PRUNE_MIN_ROW_BYTES
+    prune = cpu_prunes(pool, prune)
     # pruning state: each row's nearest centre (a position in centres: the labeled rows, then the
     # picks)
     near = np.full(n, -1, dtype=np.int64) if prune else None

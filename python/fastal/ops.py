@@ -362,9 +362,15 @@ def cpu_row_bytes(pool: tuple) -> int:
     return sum(a.shape[1] * a.itemsize for a in pool if a.ndim == 2)
 
 
+def cpu_prunes(pool: tuple, prune: bool) -> bool:
+    """Whether a CPU k-center or k-means++ pass over ``pool`` prunes: asked to, and rows of at
+    least ``_PRUNE_MIN_ROW_BYTES`` (shorter ones cost less to read than the test)."""
+    return prune and cpu_row_bytes(pool) >= _PRUNE_MIN_ROW_BYTES
+
+
 def _kcenter_cpu(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune: bool, progress: bool):
     pool = cpu_pool(X, info)
-    prune = prune and cpu_row_bytes(pool) >= _PRUNE_MIN_ROW_BYTES
+    prune = cpu_prunes(pool, prune)
     n, acc, kern = info.shape[0], _ACC[info.dtype], info.dtype
     mind = np.empty(n, dtype=acc)
     near = np.empty(n, dtype=np.int64)
