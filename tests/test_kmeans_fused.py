@@ -132,6 +132,35 @@ def test_step_ties_go_to_the_lowest_centre(monkeypatch, blas, dtype, n):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_labels_are_direct_distance_arg_mins_under_any_blas(monkeypatch, dtype):
+    """Rows near 1e3 with unit gaps: the GEMM form rounds by more than the gaps (its arg-min alone
+    put 192 of these float32 rows on a farther centre), so most labels are settled by direct
+    distances: the float64 arg-min wherever the two nearest centres are apart by more than float32
+    rounding, the same from either BLAS."""
+    if not kmeans_module._mkl_gemm("float64")[0]:
+        pytest.skip("torch exposes no MKL GEMM on this platform")
+    X = (blobs(1500, 16, 40, seed=6) + 1e3).astype(dtype)
+    centres = torch.from_numpy(X[:64].copy())
+    info = fastal._validate.check_matrix(X, "X")
+    xt = torch.from_numpy(X)
+    xsq = kmeans_module._row_sqnorms(xt, xt.dtype)
+    labels = {}
+    for blas in ("mkl", "openblas"):
+        use_blas(monkeypatch, blas)
+        with kmeans_module._one_blas_thread():
+            step = kmeans_module._fused_lloyd(info, 64)
+            labels[blas] = next(iter(step(xt, xsq, centres))).numpy()
+    assert_array_equal(labels["mkl"], labels["openblas"])
+    d2 = ((X.astype(np.float64)[:, None, :] - centres.numpy().astype(np.float64)[None]) ** 2).sum(
+        -1
+    )
+    part = np.sort(d2, axis=1)
+    clear = part[:, 1] - part[:, 0] > 1e-4 * part[:, 0]
+    assert clear.mean() > 0.9
+    assert_array_equal(labels["mkl"][clear], d2.argmin(1)[clear])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_gemm_backends_compute_products(dtype):
     import ctypes
 

@@ -132,6 +132,8 @@ template <> struct Lanes<float> {
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V less(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static V blend(V a, V b, V mask) { return _mm256_blendv_ps(a, b, mask); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static float sum(V v) { return hsum(v); }
 };
 template <> struct Lanes<double> {
@@ -144,6 +146,8 @@ template <> struct Lanes<double> {
   static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V less(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }
   static V blend(V a, V b, V mask) { return _mm256_blendv_pd(a, b, mask); }
+  static V min(V a, V b) { return _mm256_min_pd(a, b); }
+  static V max(V a, V b) { return _mm256_max_pd(a, b); }
   static double sum(V v) { return hsum(v); }
 };
 #endif
