@@ -143,6 +143,20 @@ void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres
                 uintptr_t gemm_address, uintptr_t threads_local_address, int64_t* labels,
                 T* dist2, double* sums, int64_t* counts);
 
+// lloyd_step's labels, sums and counts (bit for bit) without reading the rows whose nearest
+// centre the Yinyang bounds settle (kmeans_bounded.cpp). State carried between the calls of one
+// fit, all rewritten: labels, upper (n: each row's distance to its centre, at most), glower (n: to
+// every other centre, at least), lower (n x t: to the other centres of each group, at least, plus
+// offset[g]) and offset (t); fresh = true ignores them (the first call).
+// shift[j] >= how far centre j moved since the previous call; group[j] in [0, t). Returns the
+// distances computed (a GEMM chunk counts rows x k).
+template <typename T>
+int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres,
+                           int64_t k, const double* shift, const int32_t* group, int64_t t,
+                           bool fresh, uintptr_t gemm_address, uintptr_t threads_local_address,
+                           int64_t* labels, float* upper, float* glower, float* lower,
+                           double* offset, double* sums, int64_t* counts);
+
 // Batched Gram eigenvalues (CRC, Kong et al. eq. 9; gram_eig.cpp). For every row g of groups
 // (n_groups x G) the Gram matrix of S = labeled ∪ g, K = Z_S Z_Sᵀ with Z n x D (T = float or
 // double), is formed on its smaller side (size = min(n_labeled + G, D); the labeled part once per

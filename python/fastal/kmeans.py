@@ -193,6 +193,64 @@ def _fused_lloyd(info, k: int) -> Any:
     return step
 
 
+#: Yinyang groups: about this many centres per group, at most _MAX_GROUPS groups
+_GROUP_SIZE = 10
+_MAX_GROUPS = 64
+
+
+class _BoundedLloyd:
+    """Lloyd iterations through the Yinyang-bounded kernel: the fused step's labels, sums and
+    counts bit for bit, without reading the rows whose nearest centre the bounds settle.
+
+    The bounds take 4 (1 + t) bytes per row, t groups of about ten centres (at most 64, and at
+    most as many float32 values as a row of X holds, so they never outgrow X). The groups are a
+    5-iteration k-means of the starting centres (Ding et al. 2015), seeded apart from the fit.
+    """
+
+    def __init__(self, info, centres: Any) -> None:
+        k, d = centres.shape
+        itemsize = np.dtype(info.dtype).itemsize
+        self.t = max(1, min(k // _GROUP_SIZE, _MAX_GROUPS, d * itemsize // 4))
+        groups = _kmeans(centres.numpy(), self.t, seed=0, max_iter=5, prune=False).labels
+        self.group = np.ascontiguousarray(groups, dtype=np.int32)
+        n = info.shape[0]
+        self.labels = np.zeros(n, dtype=np.int64)
+        self.upper = np.empty(n, dtype=np.float32)
+        self.glower = np.empty(n, dtype=np.float32)
+        self.lower = np.empty((n, self.t), dtype=np.float32)
+        self.offset = np.zeros(self.t)
+        self.previous = None
+        self.computed = 0  # distances computed, over all steps
+        self.possible = 0  # rows x k per step, over all steps
+        gemm, threads_local = _gemm_backend(info.dtype)
+        kernel = getattr(_ext.cpu, f"kmeans_lloyd_bounded_step_{info.dtype}")
+        self._call = functools.partial(
+            kernel, gemm_address=gemm, threads_local_address=threads_local
+        )
+
+    def step(self, xt: Any, xsq: Any, centres: Any) -> tuple:
+        """(labels, sums, counts) of the rows for these centres, as the fused step's."""
+        import torch
+
+        c = np.ascontiguousarray(centres.numpy())
+        fresh = self.previous is None
+        if fresh:
+            shift = np.zeros(c.shape[0])
+        else:  # in numpy (one thread, k x d); pushed up past float64 rounding: bounds only loosen
+            moved = c.astype(np.float64) - self.previous.astype(np.float64)
+            shift = np.sqrt(np.einsum("ij,ij->i", moved, moved)) * (1 + 1e-9)
+        x = _interop.host_storage(xt, _torch_cpu_info(xt))
+        sums, counts, computed = self._call(
+            x, xsq.numpy(), c, shift, self.group, self.t, fresh, self.labels, self.upper,
+            self.glower, self.lower, self.offset,
+        )  # fmt: skip
+        self.previous = c
+        self.computed += computed
+        self.possible += x.shape[0] * c.shape[0]
+        labels = torch.from_numpy(self.labels.copy())
+        return labels, torch.from_numpy(sums), torch.from_numpy(counts)
+
+
 def _other_rows(n: int, exclude: np.ndarray) -> np.ndarray:
     """The rows of ``range(n)`` not in ``exclude``, ascending (what ``X[rest]`` holds)."""
     return np.delete(np.arange(n), exclude)
@@ -400,6 +458,8 @@ class KMeansResult:
     inertia: float  #: sum of squared distances of the rows to their centres
     n_iter: int  #: Lloyd iterations (mini-batch: epochs) run
     converged: bool
+    #: share of the n x k distances the Lloyd iterations computed (1.0 unpruned, None mini-batch)
+    distance_share: float | None = None
 
 
 def _row_sqnorms(xt: Any, dtype: Any) -> Any:
@@ -507,6 +567,7 @@ def kmeans(
     max_iter: int | None = None,
     tol: float = 1e-4,
     minibatch: int | None = None,
+    prune: bool = True,
     progress: bool = False,
 ) -> KMeansResult:
     """k-means clustering: Lloyd iterations, or Sculley's mini-batch k-means for large pools.
@@ -532,6 +593,14 @@ def kmeans(
         the rows in batches; each batch is assigned and moves every centre to the running mean of
         the rows it has seen, ``c <- (v c + sum of its batch rows) / (v + m)``. Stops early like
         scikit-learn's ``MiniBatchKMeans``: 10 batches without a better smoothed batch inertia.
+    prune : bool, default True
+        Lloyd iterations skip the rows whose nearest centre provably stays the same (Yinyang
+        bounds, Ding et al. 2015): a row whose bounds cannot prove it by more than the rounding
+        of the GEMM is recomputed with its chunk through the same GEMM, so labels, centres and
+        iterations equal those of ``prune=False`` bit for bit. Applies on the CPU to float32 /
+        float64 with ``k >= 32`` (the GEMM path) without ``minibatch``; the bounds take
+        ``4 (1 + t)`` bytes per row, ``t = min(k // 10, 64)`` groups of centres (at most a row's
+        size). ``distance_share`` reports the share of the distances computed.
     progress : bool
         tqdm progress bar over the iterations.
 
@@ -559,7 +628,7 @@ def kmeans(
     """
     return _kmeans(
         X, k, seed=seed, init=init, max_iter=max_iter, tol=tol, minibatch=minibatch,
-        progress=progress, name="X",
+        prune=prune, progress=progress, name="X",
     )  # fmt: skip
 
 
@@ -572,6 +641,7 @@ def _kmeans(
     max_iter: int | None = None,
     tol: float = 1e-4,
     minibatch: int | None = None,
+    prune: bool = True,
     progress: bool = False,
     name: str = "X",
     exclude: np.ndarray | None = None,
@@ -595,7 +665,8 @@ def _kmeans(
             rest = torch.from_numpy(_other_rows(info.shape[0], exclude)).to(xt.device)
             return _kmeans(
                 from_torch(xt[rest].contiguous(), info), k, seed=seed, init=init,
-                max_iter=max_iter, tol=tol, minibatch=minibatch, progress=progress, name=name,
+                max_iter=max_iter, tol=tol, minibatch=minibatch, prune=prune, progress=progress,
+                name=name,
             )  # fmt: skip
         skip = _Excluded(as_torch(X, info), exclude, full_batch=minibatch is None)
     n, d = info.shape
@@ -613,6 +684,8 @@ def _kmeans(
         isinstance(minibatch, bool) or not isinstance(minibatch, (int, np.integer)) or minibatch < 1
     ):
         raise ValueError(f"minibatch must be None or a positive integer, got {minibatch!r}")
+    if not isinstance(prune, (bool, np.bool_)):
+        raise TypeError(f"prune must be a bool, got {type(prune).__name__}")
     rng = make_rng(seed)
     xt = as_torch(X, info)
     if info.device == "cpu":
@@ -627,6 +700,7 @@ def _kmeans(
     converged, it = False, 0
     xsq = _row_sqnorms(xt, acc) if info.dtype in ("float32", "float64") and k >= _GEMM_MIN_K else None
     fused = _fused_lloyd(info, k) if minibatch is None else None
+    bounded = _BoundedLloyd(info, centres) if fused is not None and prune else None
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(
             tqdm(total=int(max_iter), disable=not progress, desc="k-means", unit="iter")
@@ -636,13 +710,15 @@ def _kmeans(
         if minibatch is None:
             prev = None
             for it in range(1, int(max_iter) + 1):
-                if fused is not None:
-                    labels, dist2, sums, counts = fused(xt, xsq, centres)
-                else:
-                    labels, dist2 = _assign(xt, centres, info, xsq)
-                    sums, counts = _segment_means(xt, labels, k)
+                labels, dist2, sums, counts = _lloyd_pass(xt, xsq, centres, info, fused, bounded)
                 if skip is not None:
                     labels, dist2, sums, counts = skip.drop(labels, dist2, sums, counts, k)
+                if dist2 is None and bool((counts == 0).any()):
+                    # an empty cluster takes the farthest rows: their distances from the plain
+                    # pass, whose labels, sums and counts are the bounded pass's
+                    labels, dist2, sums, counts = fused(xt, xsq, centres)
+                    if skip is not None:
+                        labels, dist2, sums, counts = skip.drop(labels, dist2, sums, counts, k)
                 new = _relocate_empty(sums, counts, xt, dist2, acc)
                 shift = float(((new - centres) ** 2).sum())
                 centres = new
@@ -668,13 +744,33 @@ def _kmeans(
     inertia = float(dist2.to(torch.float64).sum())
     if not np.isfinite(inertia):  # finite rows and centres: a distance (or the sum) overflowed
         raise _overflow(name, info.dtype)
+    if minibatch is not None:
+        share = None
+    elif bounded is not None and bounded.possible:
+        share = bounded.computed / bounded.possible
+    else:
+        share = 1.0
     return KMeansResult(
         centres=from_torch(centres.to(acc), info),
         labels=from_torch(labels, info),
         inertia=inertia,
         n_iter=it,
         converged=converged,
+        distance_share=share,
     )
+
+
+def _lloyd_pass(xt, xsq, centres, info, fused, bounded) -> tuple:
+    """(labels, dist2, sums, counts) of one Lloyd assignment; dist2 is None from the bounded
+    kernel, which does not compute every row's distance."""
+    k = centres.shape[0]
+    if bounded is not None:
+        labels, sums, counts = bounded.step(xt, xsq, centres)
+        return labels, None, sums, counts
+    if fused is not None:
+        return fused(xt, xsq, centres)
+    labels, dist2 = _assign(xt, centres, info, xsq)
+    return (labels, dist2, *_segment_means(xt, labels, k))
 
 
 def _contiguous_once(X: Any, info) -> Any:
@@ -752,7 +848,8 @@ class _Excluded:
     def drop(self, labels: Any, dist2: Any, sums: Any, counts: Any, k: int) -> tuple:
         ex_sums, ex_counts = _segment_means(self.x, labels[self.rows], k)
         labels = labels.masked_fill(~self.keep, -1)
-        dist2 = dist2.masked_fill(~self.keep, -1)
+        if dist2 is not None:
+            dist2 = dist2.masked_fill(~self.keep, -1)
         return labels, dist2, sums - ex_sums, counts - ex_counts.to(counts.dtype)
 
 

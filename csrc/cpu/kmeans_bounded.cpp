@@ -1,0 +1,315 @@
+// One Lloyd iteration that skips the rows whose nearest centre provably stays the same, with the
+// labels, sums and counts of lloyd_step (kmeans_lloyd.cpp) bit for bit.
+//
+// The bounds are those of Yinyang k-means (Ding et al., ICML 2015): each row keeps an upper bound
+// on its distance to its own centre and, for each of t groups of centres, a lower bound on its
+// distance to the group's other centres. When the centres move by shift[j], the bounds move by
+// shift[label] and by the group's largest shift (triangle inequality). A row whose bounds separate
+// its centre from every other keeps its label unread; otherwise its own distance is recomputed
+// and, if still needed, its distances to the centres of the groups the bounds cannot rule out.
+//
+// Why the labels equal lloyd_step's: both are the least direct squared distance (ties to the
+// lowest index; cpu/lloyd_tile.h). The bounds hold for the exact distances, every rounding of
+// this kernel's own arithmetic pushed outwards, and a row is settled only when they put its
+// centre first even after the direct distances' rounding (slack). A chunk whose open rows would
+// compute more than 1/kDirectShareDen of its distances goes through lloyd_step's own GEMM path,
+// which also refreshes its bounds. Sums are added row by row in lloyd_step's order over the same
+// chunks and threads.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "common/check.h"
+#include "cpu/kernels.h"
+#include "cpu/lloyd_tile.h"
+
+namespace fastal::cpu {
+
+namespace {
+
+using lloyd::kChunk;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr float kInfF = std::numeric_limits<float>::infinity();
+
+// A chunk whose open rows need more than this share of its rows x k distances takes the GEMM: a
+// distance computed alone costs several times its share of a GEMM
+constexpr int64_t kDirectShareDen = 8;
+
+// The float32 neighbours of a positive float32 (bit steps: std::nextafter is a libm call, and
+// these run for every row and group)
+float step_float(float f, int32_t by) {
+  int32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  bits += by;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Bounds are distances (square roots), stored in float32 rounded outwards.
+float round_up(double v) {
+  const float f = static_cast<float>(v);
+  return static_cast<double>(f) < v ? step_float(f, 1) : f;
+}
+float lower_of(double v) {
+  if (!(v > 0)) return 0;
+  const float f = static_cast<float>(v);
+  return static_cast<double>(f) > v ? step_float(f, -1) : f;
+}
+float lower_of_sq(double d2) { return lower_of(std::sqrt(std::max(d2, 0.0))); }
+float upper_of_sq(double d2) { return round_up(std::sqrt(std::max(d2, 0.0))); }
+
+// The state of a row: its label, upper (its own centre's distance, at most), glower (every other
+// centre's, at least) and, for each group g, lower[g] - offset[g] (the group's other centres', at
+// least). offset[g] adds up the group's largest shift over the calls, so a group bound moves
+// without being written; a row settled by upper and glower reads nothing else.
+template <typename T>
+struct Plan {
+  int64_t n, d, k, t;
+  const T* X;
+  const T* xsq;
+  const T* centres;
+  const int32_t* group;  // of each centre, in [0, t)
+  const double* offset;  // per group, this call's (after adding its shifts)
+  double max_shift;      // the largest shift of any centre in this call
+  std::vector<T> csq;
+  std::vector<int64_t> members, start;  // centres of group g: members[start[g], start[g + 1])
+  lloyd::Margins margins;
+
+  // Whether bounds l (on every other centre's distance) and u (on the own one's) put the own
+  // centre strictly first by direct distance: l²(1 - slack) > u²(1 + slack).
+  bool settles(double l, double u) const {
+    return l * l * (1 - margins.slack) > u * u * (1 + margins.slack);
+  }
+  // The group bound of row i now, and the stored value of a new one (rounded down both ways).
+  double group_bound(const float* stored, int64_t g) const {
+    return lower_of(static_cast<double>(stored[g]) - offset[g]);
+  }
+  float stored_bound(double bound, int64_t g) const {
+    return std::isinf(bound) ? kInfF : lower_of(bound + offset[g]);
+  }
+};
+
+// Every row of the chunk through lloyd_step's GEMM path; fresh bounds from the tile.
+template <typename T>
+void gemm_chunk(const Plan<T>& p, lloyd::Gemm<T> gemm, int64_t r0, int64_t rows, T* tile, T* best,
+                T* second, int32_t* arg, T* dist2, uint8_t* resolved, T* group_min,
+                int64_t* labels, float* upper, float* glower, float* lower) {
+  const T* xc = p.X + r0 * p.d;
+  lloyd::gemm_tile(gemm, xc, rows, p.centres, p.k, p.d, tile);
+  lloyd::first_argmin_columns(tile, rows, rows, p.k, p.csq.data(), best, second, arg);
+  lloyd::chunk_labels(p.margins, xc, p.xsq + r0, p.centres, p.d, tile, rows, p.k, p.csq.data(),
+                      best, second, arg, labels + r0, dist2, resolved);
+  for (int64_t g = 0; g < p.t; ++g) {
+    T* gm = group_min + g * kChunk;
+    std::fill(gm, gm + rows, std::numeric_limits<T>::infinity());
+    for (int64_t m = p.start[g]; m < p.start[g + 1]; ++m) {
+      const int64_t j = p.members[m];
+      const T* col = tile + j * rows;
+      const T c = p.csq[j];
+      for (int64_t r = 0; r < rows; ++r) gm[r] = std::min(gm[r], col[r] + c);
+    }
+  }
+  const double slack = p.margins.slack;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = r0 + r, a = labels[i];
+    const double x2 = static_cast<double>(p.xsq[i]), e = p.margins.gemm(x2);
+    upper[i] = resolved[r] ? upper_of_sq(static_cast<double>(dist2[r]) * (1 + 2 * slack))
+                           : upper_of_sq(static_cast<double>(best[r]) + x2 + 2 * e);
+    float* lo = lower + i * p.t;
+    double least = kInf;
+    for (int64_t g = 0; g < p.t; ++g) {
+      double v = static_cast<double>(group_min[g * kChunk + r]);
+      if (p.group[a] == g) {  // the own group: the least of its other centres
+        v = kInf;
+        for (int64_t m = p.start[g]; m < p.start[g + 1]; ++m) {
+          const int64_t j = p.members[m];
+          if (j != a) v = std::min(v, static_cast<double>(tile[j * rows + r] + p.csq[j]));
+        }
+      }
+      const double bound = std::isinf(v) ? kInf : lower_of_sq(v + x2 - 2 * e);
+      lo[g] = p.stored_bound(bound, g);
+      least = std::min(least, bound);
+    }
+    glower[i] = std::isinf(least) ? kInfF : static_cast<float>(least);  // a float already
+  }
+}
+
+// Phase 2 for one open row: its direct distances to its own centre (own, computed) and to the
+// centres of every group its bounds leave open (bound[g]: the group bounds now); returns the least
+// (ties to the lowest index) and updates its bounds. Groups left closed hold only centres farther
+// by direct distance.
+template <typename T>
+int64_t open_row(const Plan<T>& p, int64_t i, int64_t a, double own, double* bound, double* cand,
+                 uint8_t* checked, float* upper, float* glower, float* lower,
+                 int64_t* computed) {
+  const T* x = p.X + i * p.d;
+  float* lo = lower + i * p.t;
+  const double slack = p.margins.slack, u = std::sqrt(own * (1 + 2 * slack));
+  int64_t win = a;
+  double win_d = own;
+  for (int64_t g = 0; g < p.t; ++g) {
+    checked[g] = !p.settles(bound[g], u);
+    if (!checked[g]) continue;
+    for (int64_t m = p.start[g]; m < p.start[g + 1]; ++m) {
+      const int64_t j = p.members[m];
+      if (j == a) {
+        cand[j] = own;
+        continue;
+      }
+      cand[j] = static_cast<double>(sqdist(x, p.centres + j * p.d, p.d));
+      ++*computed;
+      if (cand[j] < win_d || (cand[j] == win_d && j < win)) win = j, win_d = cand[j];
+    }
+  }
+  double least = kInf;
+  for (int64_t g = 0; g < p.t; ++g) {
+    if (checked[g]) {
+      double v = kInf;
+      for (int64_t m = p.start[g]; m < p.start[g + 1]; ++m) {
+        const int64_t j = p.members[m];
+        if (j != win) v = std::min(v, cand[j]);
+      }
+      bound[g] = std::isinf(v) ? kInf : lower_of_sq(v * (1 - slack));
+      lo[g] = p.stored_bound(bound[g], g);
+    } else if (win != a && p.group[a] == g) {  // the old centre is now one of the others
+      bound[g] = std::min(bound[g], static_cast<double>(lower_of_sq(own * (1 - slack))));
+      lo[g] = std::min(lo[g], p.stored_bound(bound[g], g));
+    }
+    least = std::min(least, bound[g]);
+  }
+  glower[i] = std::isinf(least) ? kInfF : static_cast<float>(least);
+  upper[i] = upper_of_sq(win_d * (1 + 2 * slack));
+  return win;
+}
+
+}  // namespace
+
+template <typename T>
+int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres,
+                           int64_t k, const double* shift, const int32_t* group, int64_t t,
+                           bool fresh, uintptr_t gemm_address, uintptr_t threads_local_address,
+                           int64_t* labels, float* upper, float* glower, float* lower,
+                           double* offset, double* sums, int64_t* counts) {
+  FASTAL_REQUIRE(d <= std::numeric_limits<int>::max() && k <= std::numeric_limits<int>::max(),
+                 "d and k must fit a 32-bit BLAS integer");
+  const auto gemm = reinterpret_cast<lloyd::Gemm<T>>(gemm_address);
+  const auto threads_local = reinterpret_cast<lloyd::SetThreadsLocal>(threads_local_address);
+  // this call's group offsets: the old ones plus each group's largest shift (rounded up)
+  std::vector<double> group_shift(static_cast<size_t>(t), 0.0);
+  double max_shift = 0;
+  for (int64_t j = 0; j < k && !fresh; ++j) {
+    group_shift[group[j]] = std::max(group_shift[group[j]], shift[j]);
+    max_shift = std::max(max_shift, shift[j]);
+  }
+  for (int64_t g = 0; g < t; ++g)
+    offset[g] = fresh ? 0.0 : (offset[g] + group_shift[g]) * (1 + 1e-15);
+  Plan<T> p{n, d, k, t, X, xsq, centres, group, offset, max_shift * (1 + 1e-15), {}, {}, {},
+            lloyd::Margins(centres, k, d)};
+  p.csq.resize(static_cast<size_t>(k));
+  lloyd::centre_sqnorms(centres, k, d, p.csq.data());
+  p.start.assign(static_cast<size_t>(t + 1), 0);
+  for (int64_t j = 0; j < k; ++j) ++p.start[group[j] + 1];
+  for (int64_t g = 0; g < t; ++g) p.start[g + 1] += p.start[g];
+  p.members.resize(static_cast<size_t>(k));
+  {
+    std::vector<int64_t> fill(p.start.begin(), p.start.end() - 1);
+    for (int64_t j = 0; j < k; ++j) p.members[fill[group[j]]++] = j;
+  }
+
+  const int threads = omp_get_max_threads();
+  std::vector<double> partial(static_cast<size_t>(threads) * k * d, 0.0);
+  std::vector<int64_t> partial_counts(static_cast<size_t>(threads) * k, 0);
+  std::vector<int64_t> computed(static_cast<size_t>(threads), 0);
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel num_threads(threads)
+  {
+    const int th = omp_get_thread_num();
+    const int one = 1;
+    const int saved = threads_local ? threads_local(&one) : 0;
+    std::vector<T> tile(static_cast<size_t>(kChunk * k)), best(kChunk), second(kChunk);
+    std::vector<T> dist2(kChunk), group_min(static_cast<size_t>(kChunk * t));
+    std::vector<int32_t> arg(kChunk);
+    std::vector<double> own(kChunk), cand(static_cast<size_t>(k));
+    std::vector<double> bounds(static_cast<size_t>(kChunk * t));  // the open rows' group bounds
+    std::vector<uint8_t> open(kChunk), resolved(kChunk), checked(static_cast<size_t>(t));
+    double* my_sums = partial.data() + static_cast<int64_t>(th) * k * d;
+    int64_t* my_counts = partial_counts.data() + static_cast<int64_t>(th) * k;
+    int64_t my_computed = 0;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < chunks; ++b) {
+      const int64_t r0 = b * kChunk, rows = std::min(kChunk, n - r0);
+      int64_t needed = 0;  // distances the open rows would compute
+      // 1. move the bounds; settle the rows they can: by the global bound, then with the own
+      // distance, then with the group bounds
+      for (int64_t r = 0; r < rows && !fresh; ++r) {
+        const int64_t i = r0 + r, a = labels[i];
+        double l = lower_of(static_cast<double>(glower[i]) - p.max_shift);
+        double u = static_cast<double>(upper[i]) + shift[a];
+        open[r] = 0;
+        if (!p.settles(l, u)) {
+          own[r] = static_cast<double>(sqdist(X + i * d, centres + a * d, d));
+          ++my_computed;
+          u = std::sqrt(own[r] * (1 + 2 * p.margins.slack));
+          if (!p.settles(l, u)) {
+            const float* lo = lower + i * t;
+            double* bound = bounds.data() + r * t;
+            l = kInf;
+            for (int64_t g = 0; g < t; ++g) {
+              bound[g] = p.group_bound(lo, g);
+              l = std::min(l, bound[g]);
+            }
+            if (!p.settles(l, u)) {
+              open[r] = 1;
+              for (int64_t g = 0; g < t; ++g)
+                if (!p.settles(bound[g], u)) needed += p.start[g + 1] - p.start[g];
+            }
+          }
+        }
+        upper[i] = round_up(u);
+        glower[i] = std::isinf(l) ? kInfF : static_cast<float>(l);  // a float already
+      }
+      if (fresh || needed * kDirectShareDen > rows * k) {
+        gemm_chunk(p, gemm, r0, rows, tile.data(), best.data(), second.data(), arg.data(),
+                   dist2.data(), resolved.data(), group_min.data(), labels, upper, glower, lower);
+        my_computed += rows * k;
+      } else {
+        // 2. the open rows: their distances to the centres of the groups left open
+        for (int64_t r = 0; r < rows; ++r)
+          if (open[r])
+            labels[r0 + r] =
+                open_row(p, r0 + r, labels[r0 + r], own[r], bounds.data() + r * t, cand.data(),
+                         checked.data(), upper, glower, lower, &my_computed);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = r0 + r, a = labels[i];
+        ++my_counts[a];
+        double* s = my_sums + a * d;
+        const T* x = X + i * d;
+        for (int64_t c = 0; c < d; ++c) s[c] += static_cast<double>(x[c]);
+      }
+    }
+    computed[th] = my_computed;
+    if (threads_local) threads_local(&saved);
+    lloyd::add_partials(partial.data(), partial_counts.data(), threads, k, d, sums, counts);
+  }
+  int64_t total = 0;
+  for (int64_t c : computed) total += c;
+  return total;
+}
+
+template int64_t lloyd_step_bounded<float>(const float*, int64_t, int64_t, const float*,
+                                           const float*, int64_t, const double*, const int32_t*,
+                                           int64_t, bool, uintptr_t, uintptr_t, int64_t*, float*,
+                                           float*, float*, double*, double*, int64_t*);
+template int64_t lloyd_step_bounded<double>(const double*, int64_t, int64_t, const double*,
+                                            const double*, int64_t, const double*, const int32_t*,
+                                            int64_t, bool, uintptr_t, uintptr_t, int64_t*, float*,
+                                            float*, float*, double*, double*, int64_t*);
+
+}  // namespace fastal::cpu

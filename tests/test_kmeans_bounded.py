@@ -1,0 +1,175 @@
+"""Lloyd with Yinyang bounds (csrc/cpu/kmeans_bounded.cpp, ``kmeans(prune=True)``) and the label
+rule both Lloyd kernels share (csrc/cpu/lloyd_tile.h): a row's label is its least direct squared
+distance, the GEMM only filtering. The bounded steps must give the plain steps' labels, sums and
+counts bit for bit, their bounds must hold against float64 distances, and the labels must not
+depend on the BLAS.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import gaussian, mixture
+from numpy.testing import assert_array_equal
+from test_kmeans_fused import integer_pool, use_blas
+
+import fastal
+from fastal import _ext
+from fastal.strategies import KMeansSampling
+
+kmeans_module = importlib.import_module("fastal.kmeans")
+
+
+def lloyd_pair(X: np.ndarray, k: int, steps: int, seed: int = 0):
+    """Lloyd iterations from k random rows, the plain fused step and the bounded one side by side
+    on the same centres; yields (bounded, plain outputs, bounded outputs) after each step."""
+    info = fastal._validate.check_matrix(X, "X")
+    xt = torch.from_numpy(X)
+    rng = np.random.default_rng(seed)
+    centres = xt[torch.from_numpy(rng.choice(X.shape[0], k, replace=False))].clone()
+    plain = kmeans_module._fused_lloyd(info, k)
+    bounded = kmeans_module._BoundedLloyd(info, centres)
+    xsq = kmeans_module._row_sqnorms(xt, xt.dtype)
+    with kmeans_module._one_blas_thread():
+        for _ in range(steps):
+            want = tuple(plain(xt, xsq, centres))
+            got = bounded.step(xt, xsq, centres)
+            yield bounded, want, got, centres
+            sums, counts = want[2], want[3]
+            centres = kmeans_module._relocate_empty(sums, counts, xt, want[1], xt.dtype)
+
+
+POOLS = {
+    "mixture": lambda: mixture(3000, 24, 30, seed=1),
+    "gaussian": lambda: gaussian(2000, 16, seed=2),
+    "integers": lambda: integer_pool(1500, 6, 40, seed=3),  # exact ties everywhere
+    "offset": lambda: mixture(1200, 8, 20, seed=4) + 1e3,  # the GEMM's rounding dwarfs gaps
+}
+
+
+@pytest.mark.parametrize("blas", ["mkl", "openblas"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("pool", sorted(POOLS))
+def test_bounded_steps_equal_the_plain_steps(monkeypatch, blas, dtype, pool):
+    use_blas(monkeypatch, blas)
+    X = POOLS[pool]().astype(dtype)
+    for step in lloyd_pair(X, 64, steps=8):
+        bounded, want, got, _ = step
+        assert_array_equal(got[0].numpy(), want[0].numpy())
+        assert_array_equal(got[1].numpy(), want[2].numpy())  # float64 sums, bit for bit
+        assert_array_equal(got[2].numpy(), want[3].numpy())
+    if pool == "mixture":  # the bounds must have spared work, or this test proves nothing
+        assert bounded.computed < 0.5 * bounded.possible
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bounds_hold_against_float64_distances(dtype):
+    X = mixture(2000, 12, 25, seed=5).astype(dtype)
+    X64 = X.astype(np.float64)
+    for bounded, _, got, centres in lloyd_pair(X, 48, steps=6):
+        c = centres.numpy().astype(np.float64)
+        dist = np.sqrt(((X64[:, None, :] - c[None]) ** 2).sum(-1))
+        rows = np.arange(X.shape[0])
+        labels = got[0].numpy()
+        assert np.all(bounded.upper >= dist[rows, labels])
+        others = dist.copy()
+        others[rows, labels] = np.inf
+        assert np.all(bounded.glower <= others.min(1))
+        for g in range(bounded.t):
+            members = bounded.group == g
+            group_least = others[:, members].min(1)
+            assert np.all(bounded.lower[:, g].astype(np.float64) - bounded.offset[g] <= group_least)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+@pytest.mark.parametrize("tol", [1e-4, 0.0])
+def test_kmeans_prune_gives_the_unpruned_fit(dtype, framework, tol):
+    X = mixture(4000, 20, 40, seed=7).astype(dtype)
+    data = torch.from_numpy(X) if framework == "torch" else X
+    fits = [fastal.kmeans(data, 80, seed=3, tol=tol, prune=p) for p in (True, False)]
+    pruned, plain = fits
+    assert_array_equal(np.asarray(pruned.labels), np.asarray(plain.labels))
+    assert_array_equal(np.asarray(pruned.centres), np.asarray(plain.centres))
+    assert (pruned.inertia, pruned.n_iter, pruned.converged) == (
+        plain.inertia, plain.n_iter, plain.converged,
+    )  # fmt: skip
+    assert plain.distance_share == 1.0
+    assert 0 < pruned.distance_share < 0.6
+
+
+def test_empty_clusters_and_excluded_rows_keep_the_unpruned_fit():
+    """Centres given twice leave clusters empty (ties go to the first copy), so the fit takes
+    the relocation path; excluded rows (KMeansSampling's labeled ones) stay in the sums until
+    taken out."""
+    X = mixture(3000, 10, 30, seed=8).astype(np.float32)
+    init = np.repeat(X[:20], 2, axis=0)[:40]
+    exclude = np.arange(0, 3000, 7, dtype=np.int64)
+    for kw in ({}, {"exclude": exclude}):
+        fits = [
+            kmeans_module._kmeans(X, 40, init=init, tol=0.0, prune=p, **kw) for p in (True, False)
+        ]
+        assert_array_equal(np.asarray(fits[0].labels), np.asarray(fits[1].labels))
+        assert_array_equal(np.asarray(fits[0].centres), np.asarray(fits[1].centres))
+        assert fits[0].n_iter == fits[1].n_iter
+
+
+def test_kmeans_sampling_picks_are_unchanged_by_the_bounds(monkeypatch):
+    X = mixture(3000, 16, 30, seed=9).astype(np.float32)
+    labeled = np.arange(0, 3000, 10)
+    picks = KMeansSampling().select(X, 64, labeled=labeled, seed=1).indices
+    # the plain steps only
+    monkeypatch.setattr(kmeans_module, "_BoundedLloyd", lambda info, centres: None)
+    assert_array_equal(KMeansSampling().select(X, 64, labeled=labeled, seed=1).indices, picks)
+
+
+def test_distance_share_where_the_bounds_do_not_apply():
+    X = mixture(500, 4, 10, seed=10).astype(np.float32)
+    assert fastal.kmeans(X, 10, seed=0).distance_share == 1.0  # k < 32: the min-distance kernel
+    assert fastal.kmeans(X, 40, seed=0, prune=False).distance_share == 1.0
+    assert fastal.kmeans(X, 40, seed=0, minibatch=64).distance_share is None
+    assert fastal.kmeans(X.astype(np.float16), 40, seed=0).distance_share == 1.0
+
+
+def test_prune_must_be_a_bool():
+    with pytest.raises(TypeError, match="prune must be a bool"):
+        fastal.kmeans(np.zeros((40, 2)), 2, prune="yes")
+
+
+def test_kernel_rejects_bad_state():
+    kernel = _ext.cpu.kmeans_lloyd_bounded_step_float64
+    gemm = kmeans_module._openblas_gemm("float64")
+    n, d, k, t = 10, 4, 6, 2
+    X, xsq, c = np.zeros((n, d)), np.zeros(n), np.zeros((k, d))
+    group = np.array([0, 0, 0, 1, 1, 1], dtype=np.int32)
+
+    def call(**over):
+        args = dict(
+            X=X, xsq=xsq, centres=c, shift=np.zeros(k), group=group, n_groups=t, fresh=False,
+            labels=np.zeros(n, dtype=np.int64), upper=np.zeros(n, dtype=np.float32),
+            glower=np.zeros(n, dtype=np.float32), lower=np.zeros((n, t), dtype=np.float32),
+            offset=np.zeros(t), gemm_address=gemm,
+        )  # fmt: skip
+        args.update(over)
+        return kernel(**args)
+
+    call()  # the valid state runs
+    with pytest.raises(ValueError, match=r"group\[5\] = 2"):
+        call(group=np.array([0, 0, 0, 1, 1, 2], dtype=np.int32))
+    with pytest.raises(ValueError, match=r"labels\[3\] = 6"):
+        call(labels=np.array([0, 0, 0, 6, 0, 0, 0, 0, 0, 0], dtype=np.int64))
+    with pytest.raises(ValueError, match=r"shift\[1\]"):
+        call(shift=np.array([0, -1.0, 0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="lower must have shape"):
+        call(lower=np.zeros((n, t + 1), dtype=np.float32))
+    with pytest.raises(ValueError, match="n_groups"):
+        call(n_groups=k + 1)
+    with pytest.raises(ValueError, match="glower"):
+        call(glower=np.zeros(n - 1, dtype=np.float32))
+    with pytest.raises(ValueError, match="offset"):
+        call(offset=np.zeros(t + 1))
+    with pytest.raises(ValueError, match="gemm_address"):
+        call(gemm_address=0)
