@@ -52,7 +52,8 @@ class ALLY(Strategy):
         Mini-batch k-means with this batch size (for million-point pools).
 
     Diagnostics include ``clusters``: the k-means cluster of every unlabeled row (ascending pool
-    index order), and the predicted λ's mean and max.
+    index order), ``kmeans_distance_share`` (see :class:`fastal.KMeansResult`), and the predicted
+    λ's mean and max.
 
     Attributes
     ----------
@@ -182,6 +183,7 @@ class ALLY(Strategy):
         picks = rest[pick_per_cluster(clusters, scores, budget)]
         diagnostics.update(
             n_clusters=k, clusters=clusters, kmeans_inertia=km.inertia, kmeans_iter=km.n_iter,
+            kmeans_distance_share=km.distance_share,
             predicted_dual_mean=float(scores.mean()), predicted_dual_max=float(scores.max()),
         )  # fmt: skip
         return Selection(_interop.to_framework(picks, info), diagnostics)

@@ -33,7 +33,8 @@ class KMeansSampling(Strategy):
     :func:`fastal.kmeans` from one k-means++ seeding drawn with ``seed`` (scikit-learn's ``KMeans``
     keeps the best of ``n_init`` runs; call ``select`` with several seeds and compare
     ``diagnostics["inertia"]`` for that). A cluster that ends empty takes the not yet chosen point
-    farthest from its own centre. Indices come in centre order.
+    farthest from its own centre. Indices come in centre order. ``diagnostics`` also holds
+    ``n_iter``, ``converged`` and ``distance_share`` (see :class:`fastal.KMeansResult`).
 
     Examples
     --------
@@ -82,7 +83,12 @@ class KMeansSampling(Strategy):
         chosen = _nearest_per_cluster(labels, dist2, budget)
         return Selection(
             _interop.to_framework(rest[chosen], info),
-            {"inertia": res.inertia, "n_iter": res.n_iter, "converged": res.converged},
+            {
+                "inertia": res.inertia,
+                "n_iter": res.n_iter,
+                "converged": res.converged,
+                "distance_share": res.distance_share,
+            },
         )
 
 
