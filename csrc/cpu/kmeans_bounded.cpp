@@ -80,15 +80,24 @@ struct Plan {
   std::vector<T> csq;
   std::vector<int64_t> members, start;  // centres of group g: members[start[g], start[g + 1])
   lloyd::Margins margins;
+  double ratio;                  // sqrt((1 + slack) / (1 - slack)), pushed up
+  std::vector<float> offset_up;  // offset rounded up to float32
+  std::vector<int32_t> size;     // centres per group
 
-  // Whether bounds l (on every other centre's distance) and u (on the own one's) put the own
-  // centre strictly first by direct distance: l²(1 - slack) > u²(1 + slack).
-  bool settles(double l, double u) const {
-    return l * l * (1 - margins.slack) > u * u * (1 + margins.slack);
-  }
-  // The group bound of row i now, and the stored value of a new one (rounded down both ways).
-  double group_bound(const float* stored, int64_t g) const {
-    return lower_of(static_cast<double>(stored[g]) - offset[g]);
+  // The least other-centre bound that puts the own centre (distance at most u) strictly first
+  // by direct distance, l²(1 - slack) > u²(1 + slack): l > threshold(u).
+  float threshold(double u) const { return round_up(u * ratio); }
+  // The group bounds of row i now (stored - offset, rounded down: the float32 difference is
+  // within 2^-24 of its value, the scale takes it below) into out; returns their least. One
+  // vectorisable pass: rows that miss the global bound all come here.
+  float group_bounds(const float* stored, float* out) const {
+    constexpr float kDown = 1.0f - 0x1p-22f;
+    float least = kInfF;
+    for (int64_t g = 0; g < t; ++g) {
+      out[g] = std::max((stored[g] - offset_up[g]) * kDown, 0.0f);
+      least = std::min(least, out[g]);
+    }
+    return least;
   }
   float stored_bound(double bound, int64_t g) const {
     return std::isinf(bound) ? kInfF : lower_of(bound + offset[g]);
@@ -145,16 +154,17 @@ void gemm_chunk(const Plan<T>& p, lloyd::Gemm<T> gemm, int64_t r0, int64_t rows,
 // (ties to the lowest index) and updates its bounds. Groups left closed hold only centres farther
 // by direct distance.
 template <typename T>
-int64_t open_row(const Plan<T>& p, int64_t i, int64_t a, double own, double* bound, double* cand,
+int64_t open_row(const Plan<T>& p, int64_t i, int64_t a, double own, float* bound, double* cand,
                  uint8_t* checked, float* upper, float* glower, float* lower,
                  int64_t* computed) {
   const T* x = p.X + i * p.d;
   float* lo = lower + i * p.t;
-  const double slack = p.margins.slack, u = std::sqrt(own * (1 + 2 * slack));
+  const double slack = p.margins.slack;
+  const float threshold = p.threshold(std::sqrt(own * (1 + 2 * slack)));
   int64_t win = a;
   double win_d = own;
   for (int64_t g = 0; g < p.t; ++g) {
-    checked[g] = !p.settles(bound[g], u);
+    checked[g] = !(bound[g] > threshold);
     if (!checked[g]) continue;
     for (int64_t m = p.start[g]; m < p.start[g + 1]; ++m) {
       const int64_t j = p.members[m];
@@ -167,7 +177,7 @@ int64_t open_row(const Plan<T>& p, int64_t i, int64_t a, double own, double* bou
       if (cand[j] < win_d || (cand[j] == win_d && j < win)) win = j, win_d = cand[j];
     }
   }
-  double least = kInf;
+  float least = kInfF;
   for (int64_t g = 0; g < p.t; ++g) {
     if (checked[g]) {
       double v = kInf;
@@ -175,15 +185,15 @@ int64_t open_row(const Plan<T>& p, int64_t i, int64_t a, double own, double* bou
         const int64_t j = p.members[m];
         if (j != win) v = std::min(v, cand[j]);
       }
-      bound[g] = std::isinf(v) ? kInf : lower_of_sq(v * (1 - slack));
+      bound[g] = std::isinf(v) ? kInfF : lower_of_sq(v * (1 - slack));
       lo[g] = p.stored_bound(bound[g], g);
     } else if (win != a && p.group[a] == g) {  // the old centre is now one of the others
-      bound[g] = std::min(bound[g], static_cast<double>(lower_of_sq(own * (1 - slack))));
+      bound[g] = std::min(bound[g], lower_of_sq(own * (1 - slack)));
       lo[g] = std::min(lo[g], p.stored_bound(bound[g], g));
     }
     least = std::min(least, bound[g]);
   }
-  glower[i] = std::isinf(least) ? kInfF : static_cast<float>(least);
+  glower[i] = least;
   upper[i] = upper_of_sq(win_d * (1 + 2 * slack));
   return win;
 }
@@ -209,13 +219,18 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
   }
   for (int64_t g = 0; g < t; ++g)
     offset[g] = fresh ? 0.0 : (offset[g] + group_shift[g]) * (1 + 1e-15);
-  Plan<T> p{n, d, k, t, X, xsq, centres, group, offset, max_shift * (1 + 1e-15), {}, {}, {},
-            lloyd::Margins(centres, k, d)};
+  Plan<T> p{n,  d,  k,  t,  X, xsq, centres, group, offset, max_shift * (1 + 1e-15),
+            {}, {}, {}, lloyd::Margins(centres, k, d), 0.0, {}, {}};
   p.csq.resize(static_cast<size_t>(k));
   lloyd::centre_sqnorms(centres, k, d, p.csq.data());
+  p.ratio = std::sqrt((1 + p.margins.slack) / (1 - p.margins.slack)) * (1 + 1e-15);
+  p.offset_up.resize(static_cast<size_t>(t));
+  for (int64_t g = 0; g < t; ++g) p.offset_up[g] = round_up(offset[g]);
   p.start.assign(static_cast<size_t>(t + 1), 0);
   for (int64_t j = 0; j < k; ++j) ++p.start[group[j] + 1];
   for (int64_t g = 0; g < t; ++g) p.start[g + 1] += p.start[g];
+  p.size.resize(static_cast<size_t>(t));
+  for (int64_t g = 0; g < t; ++g) p.size[g] = static_cast<int32_t>(p.start[g + 1] - p.start[g]);
   p.members.resize(static_cast<size_t>(k));
   {
     std::vector<int64_t> fill(p.start.begin(), p.start.end() - 1);
@@ -236,7 +251,7 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
     std::vector<T> dist2(kChunk), group_min(static_cast<size_t>(kChunk * t));
     std::vector<int32_t> arg(kChunk);
     std::vector<double> own(kChunk), cand(static_cast<size_t>(k));
-    std::vector<double> bounds(static_cast<size_t>(kChunk * t));  // the open rows' group bounds
+    std::vector<float> bounds(static_cast<size_t>(kChunk * t));  // the open rows' group bounds
     std::vector<uint8_t> open(kChunk), resolved(kChunk), checked(static_cast<size_t>(t));
     double* my_sums = partial.data() + static_cast<int64_t>(th) * k * d;
     int64_t* my_counts = partial_counts.data() + static_cast<int64_t>(th) * k;
@@ -249,30 +264,27 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
       // distance, then with the group bounds
       for (int64_t r = 0; r < rows && !fresh; ++r) {
         const int64_t i = r0 + r, a = labels[i];
-        double l = lower_of(static_cast<double>(glower[i]) - p.max_shift);
+        float l = lower_of(static_cast<double>(glower[i]) - p.max_shift);
         double u = static_cast<double>(upper[i]) + shift[a];
         open[r] = 0;
-        if (!p.settles(l, u)) {
+        if (!(l > p.threshold(u))) {
           own[r] = static_cast<double>(sqdist(X + i * d, centres + a * d, d));
           ++my_computed;
           u = std::sqrt(own[r] * (1 + 2 * p.margins.slack));
-          if (!p.settles(l, u)) {
-            const float* lo = lower + i * t;
-            double* bound = bounds.data() + r * t;
-            l = kInf;
-            for (int64_t g = 0; g < t; ++g) {
-              bound[g] = p.group_bound(lo, g);
-              l = std::min(l, bound[g]);
-            }
-            if (!p.settles(l, u)) {
+          const float threshold = p.threshold(u);
+          if (!(l > threshold)) {
+            float* bound = bounds.data() + r * t;
+            l = p.group_bounds(lower + i * t, bound);
+            if (!(l > threshold)) {
               open[r] = 1;
-              for (int64_t g = 0; g < t; ++g)
-                if (!p.settles(bound[g], u)) needed += p.start[g + 1] - p.start[g];
+              int64_t more = 0;
+              for (int64_t g = 0; g < t; ++g) more += bound[g] > threshold ? 0 : p.size[g];
+              needed += more;
             }
           }
         }
         upper[i] = round_up(u);
-        glower[i] = std::isinf(l) ? kInfF : static_cast<float>(l);  // a float already
+        glower[i] = l;
       }
       if (fresh || needed * kDirectShareDen > rows * k) {
         gemm_chunk(p, gemm, r0, rows, tile.data(), best.data(), second.data(), arg.data(),
