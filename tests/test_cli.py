@@ -148,6 +148,29 @@ HAS_PROC = Path("/proc/self").is_dir()  # /proc refuses new files even to root
 NO_CUDA = not torch.cuda.is_available()
 
 
+def test_empty_labeled_file_of_any_dtype_means_no_labels(tmp_path, capsys):
+    """np.save of an empty list writes float64: it must act as no labeled set, report included."""
+    X = np.random.default_rng(1).normal(size=(40, 3)).astype(np.float32)
+    np.save(tmp_path / "pool.npy", X)
+    np.save(tmp_path / "lab.npy", np.array([]))
+    out = tmp_path / "picks.npy"
+    argv = ["select", "--embeddings", str(tmp_path / "pool.npy"), "--budget", "4", "--seed", "0",
+            "--labeled", str(tmp_path / "lab.npy"), "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    np.testing.assert_array_equal(np.load(out), fastal.kcenter_greedy(X, 4, seed=0))
+    assert "same budget picked at random" in capsys.readouterr().out
+
+
+def test_budget_zero_without_labels_reports_no_radius(tmp_path, capsys):
+    np.save(tmp_path / "pool.npy", np.ones((10, 2), np.float32))
+    argv = ["select", "--embeddings", str(tmp_path / "pool.npy"), "--budget", "0", "--out",
+            str(tmp_path / "p.npy")]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "covering radius: undefined" in out
+    assert "inf" not in out
+
+
 @pytest.fixture
 def cli_files(tmp_path):
     np.save(tmp_path / "pool.npy", np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32))

@@ -266,6 +266,8 @@ def cmd_select(args: argparse.Namespace) -> int:
             raise SystemExit(
                 f"fastal: --labeled must be 1-D (m,) integer indices, got shape {labeled.shape}"
             )
+        if not labeled.size:  # np.save of an empty list: float64, but nothing to index with
+            labeled = np.empty(0, np.int64)
     elif not digits:
         labeled = np.empty(0, np.int64)
     missing = _missing(args.strategy, cls.requires, set(arrays))
@@ -328,7 +330,9 @@ def cmd_select(args: argparse.Namespace) -> int:
         for k, v in arrays.items()
     )
     print(f"  pool of {n}: {shapes} on {args.device}; {len(labeled)} labeled, budget {budget}")
-    if "initial_radius" in diag:
+    if "initial_radius" in diag and not np.isfinite(diag["final_radius"]):
+        print("  covering radius: undefined (no labeled points and no picks)")
+    elif "initial_radius" in diag:
         X = arrays["features"]
         print(f"  covering radius: {diag['initial_radius']:.4f} -> {diag['final_radius']:.4f} "
               "(labeled only -> labeled + picks)")  # fmt: skip
