@@ -90,6 +90,19 @@ def test_one_pick_per_cluster_the_argmax_of_the_predictions(backend):
     assert (d2[np.arange(rest.size), clusters] <= d2.min(1) + 1e-3).all()
 
 
+def test_bfloat16_duals_and_predictions_count_as_their_float32_values():
+    X = torch.from_numpy(_pool())
+    labeled = np.arange(0, 300, 7)
+    pred = torch.from_numpy(np.random.default_rng(4).gamma(1.0, size=300)).bfloat16()
+    duals = torch.from_numpy(np.abs(_pool()[labeled, 0])).bfloat16()
+    for key, value in (("dual_predictions", pred), ("duals", duals)):
+        picks = [
+            ALLY(head_steps=20).select({"features": X, key: v}, 8, labeled, seed=0).indices
+            for v in (value, value.float())
+        ]
+        np.testing.assert_array_equal(picks[0].numpy(), picks[1].numpy())
+
+
 def test_fewer_clusters_than_budget_share_the_budget_equally():
     X = _pool()
     pred = np.random.default_rng(2).random(300)

@@ -72,7 +72,10 @@ def check_budget(
 def host_values(values: Any, name: str, what: str = "numbers", kinds: str = "biuf") -> np.ndarray:
     """An array-like of numbers as host numpy; ragged lists, sets, generators, strings and dtypes
     of another numpy ``kind`` than ``kinds`` are a ``TypeError`` naming ``name`` (numpy would make
-    the first ones object or string arrays)."""
+    the first ones object or string arrays). A bfloat16 tensor, which numpy cannot hold, arrives
+    as float32 (exactly) where floats are wanted."""
+    if "f" in kinds and str(getattr(values, "dtype", "")) == "torch.bfloat16":
+        values = values.float()
     try:
         arr = _interop.host_numpy(values) if not isinstance(values, range) else np.asarray(values)
     except (TypeError, ValueError) as err:
