@@ -158,9 +158,11 @@ def test_labels_must_be_integer_class_indices(labels):
         ft.select("sparse_approx", mlp(), x32(), 2, labeled=[0, 1], labels=labels, progress=False)
 
 
-def test_labels_out_of_range_name_labels():
-    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\).*\[0, 9\]"):
-        ft.select("sparse_approx", mlp(), x32(), 2, labeled=[0, 1], labels=[0, 9], progress=False)
+@pytest.mark.parametrize("strategy", ["sparse_approx", "entropy", "badge"])
+def test_labels_out_of_range_name_labels(strategy):
+    """Whenever the pass gives C (logits or probabilities), not only from logits."""
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\).*\[-1, 9\]"):
+        ft.select(strategy, mlp(), x32(), 2, labeled=[0, 1], labels=[-1, 9], progress=False)
     sel = ft.select("sparse_approx", mlp(), x32(), 2, labeled=[0, 1], labels=[0, 2], progress=False)
     assert len(sel.indices) == 2
 

@@ -396,9 +396,11 @@ def select(
     )
     if isinstance(labeled, np.ndarray) and out_device.type != "cpu":
         labeled = torch.as_tensor(labeled, device=out_device)
+    n_classes = _classes_of(pool) if task == "classification" else None
+    if targets is not None and n_classes is not None:
+        _check_label_range(targets, n_classes)
     if targets is not None and idx.size and "logits" in pool:
         device = pool["logits"].device
-        _check_label_range(targets, int(pool["logits"].shape[1]))
         pool["labeled_logits"] = pool["logits"][torch.as_tensor(idx, device=device)]
         pool["labeled_targets"] = targets.to(device)
     sel = strategy.select(pool, budget, labeled, seed=seed)
@@ -548,6 +550,14 @@ def _check_labels(labels: Any, idx: np.ndarray, task: str) -> torch.Tensor | Non
             f"labels must have one entry per labeled row ({idx.size}), got shape {arr.shape}"
         )
     return torch.as_tensor(arr)
+
+
+def _classes_of(pool: dict) -> int | None:
+    """C, from whichever of the model's class outputs the pass produced (None: none of them)."""
+    for key in ("logits", "probs", "mc_probs"):
+        if key in pool:
+            return int(pool[key].shape[-1])
+    return None
 
 
 def _check_label_range(targets: torch.Tensor, n_classes: int) -> None:
