@@ -174,6 +174,15 @@ def test_bad_dual_variable_arguments():
         duals.step(torch.zeros(2))
     with pytest.raises(ValueError, match="1-D of one shape"):
         duals.lagrangian(torch.zeros(2), torch.arange(2), torch.zeros(3))
+    with pytest.raises(ValueError, match="secondary contains NaN or Inf"):
+        duals.step(torch.tensor([0.1, float("nan"), 0.2]))
+    assert_allclose(duals.value.numpy(), 0.0)  # λ untouched by the refused step
+    with pytest.raises(ValueError, match=r"idx must hold positions in the labeled set \[0, 3\)"):
+        duals.lagrangian(torch.zeros(2), torch.tensor([0, 7]))
+    with pytest.raises(ValueError, match="idx must hold one integer position per loss"):
+        duals.lagrangian(torch.zeros(3), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="idx must hold one integer position per loss"):
+        duals.lagrangian(torch.zeros(2), torch.tensor([0.0, 1.0]))
     with pytest.raises(RuntimeError, match="diverged"):
         _full_batch(0.0, lr_primal=50.0, iterations=50)(
             _linear(), _regression_problem(), task="regression"

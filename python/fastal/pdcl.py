@@ -125,24 +125,43 @@ class DualVariables:
         secondary : tensor (B,), optional
             Per-sample constraint losses ℓ'_i; default ``losses`` (ℓ' = ℓ).
         """
+        import torch
+
         secondary = losses if secondary is None else secondary
         if losses.ndim != 1 or secondary.shape != losses.shape:
             raise ValueError(
                 f"losses and secondary must be 1-D of one shape, got {tuple(losses.shape)} and "
                 f"{tuple(secondary.shape)}"
             )
-        idx = idx.to(self.value.device)
+        idx = torch.as_tensor(idx).to(self.value.device)
+        if idx.shape != losses.shape or idx.dtype.is_floating_point or idx.dtype == torch.bool:
+            raise ValueError(
+                f"idx must hold one integer position per loss ({losses.shape[0]}), got dtype "
+                f"{idx.dtype} and shape {tuple(idx.shape)}"
+            )
+        if idx.numel():  # an index out of range is a device-side assert on CUDA: refuse it here
+            low, high = (int(v) for v in torch.aminmax(idx))
+            if low < 0 or high >= self.n:
+                raise ValueError(
+                    f"idx must hold positions in the labeled set [0, {self.n}), got values in "
+                    f"[{low}, {high}]"
+                )
         lam = self.value[idx].to(losses.dtype)
         eps = self.eps[idx].to(losses.dtype)
         return (losses + lam.to(losses.device) * (secondary - eps.to(losses.device))).mean()
 
     def slacks(self, secondary: Any) -> Any:
         """``ℓ'_i - ε_i`` for every labeled sample (positive: the constraint is violated)."""
+        import torch
+
         secondary = secondary.detach().to(self.value.device, self.value.dtype)
         if secondary.shape != self.value.shape:
             raise ValueError(
-                f"secondary must hold one loss per labeled sample ({self.n}), got {tuple(secondary.shape)}"
+                f"secondary must hold one loss per labeled sample ({self.n}), "
+                f"got {tuple(secondary.shape)}"
             )
+        if not bool(torch.isfinite(secondary).all()):  # it would poison λ for good
+            raise ValueError("secondary contains NaN or Inf: a loss diverged")
         return secondary - self.eps
 
     def step(self, secondary: Any) -> None:
