@@ -716,3 +716,12 @@ def test_linear_kernel_keeps_the_small_real_directions_of_float32_features():
     )
     U[:, 1] = U[:, 0]
     assert bl.Nystrom(U, bl.linear_ntk).rank == d
+
+
+@pytest.mark.parametrize("kernel", [bl.relu_ntk, bl.linear_ntk])
+def test_integer_features_are_refused_naming_them(kernel):
+    X = np.ones((3, 2), np.int64)
+    with pytest.raises(TypeError, match="X must hold floating-point features.*int64"):
+        kernel(X)
+    with pytest.raises(TypeError, match="Y must hold floating-point features"):
+        kernel(X.astype(np.float32), X)

@@ -535,3 +535,9 @@ def test_features_are_not_copied_without_the_bias_column():
     strided = fastal.gradient_embedding(p, wide[:, ::2])
     assert not np.shares_memory(strided.H, wide)
     np.testing.assert_array_equal(strided.H, wide[:, ::2])
+
+
+def test_float_1d_labels_message_names_the_numpy_dtype():
+    P = np.full((4, 3), 1 / 3, np.float32)
+    with pytest.raises(TypeError, match=r"classes, got dtype float64 \(a label distribution"):
+        fastal.gradient_embedding(P, np.ones((4, 2), np.float32), labels=np.zeros(4))

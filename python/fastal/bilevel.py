@@ -77,6 +77,17 @@ def _tensor(x: Any, name: str) -> tuple[Any, _interop.ArrayInfo]:
     return as_torch(x, info), info
 
 
+def _float_tensor(x: Any, name: str) -> tuple[Any, _interop.ArrayInfo]:
+    """``_tensor`` of features: a kernel of integer rows would be computed in integers."""
+    xt, info = _tensor(x, name)
+    if not xt.is_floating_point():
+        raise TypeError(
+            f"{name} must hold floating-point features (float16, bfloat16, float32, float64), got "
+            f"dtype {info.dtype}: cast it to float32"
+        )
+    return xt, info
+
+
 def _rows_per_chunk(width: int) -> int:
     return max(64, _CHUNK_ELEMS // max(int(width), 1))
 
@@ -111,8 +122,8 @@ def linear_ntk(X: Any, Y: Any = None) -> Any:
     >>> linear_ntk(np.array([[1.0, 2.0]]), np.array([[3.0, 0.5], [0.0, 0.0]])).tolist()
     [[5.0, 1.0]]
     """
-    xt, info = _tensor(X, "X")
-    yt = xt if Y is None else _tensor(Y, "Y")[0].to(xt.dtype)
+    xt, info = _float_tensor(X, "X")
+    yt = xt if Y is None else _float_tensor(Y, "Y")[0].to(xt.dtype)
     return from_torch(_finite_kernel(xt @ yt.T + 1, xt, yt, Y is None, "linear_ntk"), info)
 
 
@@ -178,8 +189,8 @@ def relu_ntk(X: Any, Y: Any = None, depth: int = 1, *, bias: float = 0.0) -> Any
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
         raise ValueError(f"depth must be a non-negative integer, got {depth!r}")
     bias = _number(bias, "bias", minimum=0.0)
-    xt, info = _tensor(X, "X")
-    yt = xt if Y is None else _tensor(Y, "Y")[0].to(xt.dtype)
+    xt, info = _float_tensor(X, "X")
+    yt = xt if Y is None else _float_tensor(Y, "Y")[0].to(xt.dtype)
     if xt.ndim != 2 or yt.ndim != 2 or xt.shape[1] != yt.shape[1]:
         raise ValueError(
             f"X and Y must be 2-D with equal columns, got {tuple(xt.shape)} and {tuple(yt.shape)}"

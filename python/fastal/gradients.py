@@ -434,7 +434,11 @@ def _target(labels: Any, n: int, C: int, pinfo: ArrayInfo, acc: Any) -> Any:
         raise TypeError("labels must be integer classes or a float label distribution, got booleans")
     if lt.ndim == 1:
         if lt.is_floating_point() or lt.is_complex():
-            raise TypeError(f"1-D labels must be integer classes, got dtype {lt.dtype}")
+            got = str(lt.dtype).removeprefix("torch.")
+            raise TypeError(
+                f"1-D labels must be integer classes, got dtype {got} (a label distribution is "
+                "2-D, (n, C))"
+            )
         if lt.shape[0] != n:
             raise ValueError(f"labels must have {n} entries (one per row), got {lt.shape[0]}")
         if n and (int(lt.min()) < 0 or int(lt.max()) >= C):

@@ -302,7 +302,7 @@ class BilevelCoreset(Strategy):
         if arr.ndim == 1:
             if not np.issubdtype(arr.dtype, np.integer):
                 raise TypeError(
-                    f"1-D labeled_targets must be integer classes, got dtype {arr.dtype}"
+                    f"labeled_targets must be integer classes when 1-D, got dtype {arr.dtype}"
                 )
             if arr.min() < 0 or arr.max() >= C:
                 raise ValueError(
