@@ -176,6 +176,7 @@ def cli_files(tmp_path):
     np.save(tmp_path / "pool.npy", np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32))
     np.save(tmp_path / "lab0d.npy", np.array(3))
     np.save(tmp_path / "lab1d.npy", np.array([3, 4]))
+    np.save(tmp_path / "probs.npy", np.full((50, 3), 1 / 3, np.float32))
     np.savez(tmp_path / "arch.npz", features=np.zeros((50, 4), np.float32))
     (tmp_path / "text.npy").write_text("0.5, 1.5\n2.5, 3.5\n")
     (tmp_path / "empty.npy").write_bytes(b"")
@@ -210,6 +211,9 @@ REFUSED = [
      ["--labels", "per labeled row", "pass the pool"], ()),
     ("duals-alone", "select --strategy random --duals {d}/lab1d.npy", ["--duals", "pass the pool"],
      ()),
+    ("ignored-probs", f"{POOL} --probs {{d}}/probs.npy", ["'coreset' would ignore --probs"], ()),
+    ("ignored-logits", f"{POOL} --strategy badge --probs {{d}}/probs.npy --logits {{d}}/probs.npy",
+     ["'badge' would ignore --logits"], ()),
     ("n-labeled-big", "select --n-labeled 2000", ["--n-labeled", "1797", "2000"], ()),
     ("n-labeled-neg", "select --n-labeled -1", ["--n-labeled", "-1"], ()),
     ("n-labeled-arrays", f"{POOL} --n-labeled 5", ["--n-labeled", "--labeled"], ()),

@@ -210,6 +210,18 @@ def _missing(name: str, requires: tuple[str, ...], given: set[str]) -> list[str]
     return [r for r in requires if not any(a in given for a in _ALTERNATIVES.get(r, (r,)))]
 
 
+def _ignored(name: str, requires: tuple[str, ...], given: set[str]) -> list[str]:
+    """Pool arrays given that the strategy would not read (refused like --labels: a user who
+    passes an array expects it to count). random reads none but takes its pool size from any."""
+    if not requires or (name == "sparse_approx" and "mc_probs" in given):
+        return []
+    read = {a for r in requires for a in _ALTERNATIVES.get(r, (r,))} | {"labeled_targets"}
+    ignored = [a for a in sorted(given) if a not in read]
+    if "probs" in given and "logits" in given:  # Sparse Approximation reads logits, others probs
+        ignored.append("probs" if name == "sparse_approx" else "logits")
+    return ignored
+
+
 def _strategy_kwargs(cls: type, args: argparse.Namespace) -> dict:
     params = inspect.signature(cls).parameters
     kwargs = {}
@@ -291,6 +303,13 @@ def cmd_select(args: argparse.Namespace) -> int:
             f"fastal: --labels is read by bilevel (the labeled rows' targets) and by sparse_approx "
             f"with --logits (its temperature fit); {args.strategy!r}"
             f"{' with --probs' if args.strategy == 'sparse_approx' else ''} would ignore it"
+        )
+    ignored = _ignored(args.strategy, cls.requires, set(arrays))
+    if ignored:
+        options = dict((key, option) for key, option, _ in _POOL_ARRAYS)
+        raise SystemExit(
+            f"fastal: strategy {args.strategy!r} would ignore "
+            f"{', '.join(options[a] for a in ignored)}: pass only the arrays it reads"
         )
     if "labeled_targets" in arrays and not len(labeled):
         raise SystemExit(
