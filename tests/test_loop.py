@@ -129,6 +129,7 @@ def test_auc_on_a_hand_made_table():
     assert loop.auc([10, 20, 40], [0.5, 0.7, 0.8]) == pytest.approx((10 * 0.6 + 20 * 0.75) / 30)
     assert loop.auc([10, 20], [0.4, 0.4]) == pytest.approx(0.4)
     assert loop.auc([50], [0.9]) == 0.9
+    assert loop.auc([50, 50], [0.8, 0.9]) == pytest.approx(0.85)  # one label count: the mean
     res = loop.RunResult(
         rows=[{"round": i, "n_labeled": n, "accuracy": v, "train_seconds": 0.5, "select_seconds": 0.25}
               for i, (n, v) in enumerate([(10, 0.5), (20, 0.7), (40, 0.8)])],

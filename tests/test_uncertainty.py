@@ -267,3 +267,14 @@ def test_bald_scores_in_row_tiles_equal_one_tile(monkeypatch):
     bad[3, 45, 2] = np.nan  # in the last tile
     with pytest.raises(ValueError, match=r"^mc_probs must hold finite probabilities in \[0, 1\]"):
         BALD().select({"mc_probs": bad}, 10)
+
+
+def test_one_hot_rows_score_plus_zero():
+    """Σ p log p of a one-hot row is -0.0; the reported scores say 0."""
+    from fastal.strategies import BALD, Entropy
+
+    P = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    sels = (Entropy().select({"probs": P}, 2), BALD().select({"mc_probs": np.stack([P, P])}, 2))
+    for sel in sels:
+        scores = np.asarray(sel.diagnostics["scores"])
+        assert not np.signbit(scores).any()

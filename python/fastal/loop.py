@@ -38,7 +38,8 @@ def auc(n_labeled: Sequence[float], values: Sequence[float]) -> float:
     ``AUC = 1 / (n_K - n_0) · Σ_k (n_{k+1} - n_k) (v_k + v_{k+1}) / 2``: the trapezoid rule over the
     label counts divided by their range, i.e. the mean metric over the labeling budget (an
     accuracy AUC lies in [0, 1]), the "AUC ± std" of learning curves that Shen et al. report in
-    accuracy units (Sparse Approximation, Tables 1–2). A single point gives its value.
+    accuracy units (Sparse Approximation, Tables 1–2). A single point gives its value, points that
+    all share one label count (repeated runs of one round) their mean.
 
     Examples
     --------
@@ -52,10 +53,10 @@ def auc(n_labeled: Sequence[float], values: Sequence[float]) -> float:
         raise ValueError(
             f"n_labeled and values must be 1-D of the same non-zero length, got {x.shape} and {y.shape}"
         )
-    if x.size == 1:
-        return float(y[0])
-    if np.any(np.diff(x) < 0) or x[-1] == x[0]:
-        raise ValueError("n_labeled must be non-decreasing and span a non-empty range")
+    if np.any(np.diff(x) < 0):
+        raise ValueError("n_labeled must be non-decreasing")
+    if x[-1] == x[0]:  # no range to normalise by: the curve is one point
+        return float(y.mean())
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
 
 

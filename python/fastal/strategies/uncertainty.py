@@ -114,7 +114,8 @@ def _top(scores: Any, labeled: Any, budget: int, info: Any) -> tuple[Any, Any]:
     cand = torch.from_numpy(rest).to(scores.device)
     order = torch.sort(-scores[cand], stable=True).indices[:budget]
     indices = _interop.host_numpy(cand[order]).astype(np.int64)
-    return _interop.to_framework(indices, info), from_torch(scores, info)
+    # + 0.0 turns -0.0 (Σ p log p of a one-hot row) into 0.0 in the reported scores
+    return _interop.to_framework(indices, info), from_torch(scores + 0.0, info)
 
 
 class _ScoreStrategy(Strategy):
