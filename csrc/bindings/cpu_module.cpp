@@ -10,6 +10,7 @@
 #include <optional>
 
 #include <string>
+#include <tuple>
 
 #include "common/check.h"
 #include "cpu/kernels.h"
@@ -418,18 +419,25 @@ void register_factored_products(py::module_& m, const std::string& tag) {
 // One fused Lloyd iteration (float32 / float64): labels, squared distances, float64 sums and
 // counts per centre; the GEMM is the BLAS function at gemm_address (MKL's or scipy's sgemm / dgemm),
 // single-threaded per call through MKL's mkl_set_num_threads_local_ (when given) or the caller.
+// (n, d, k) of a Lloyd step's inputs, checked: X (n, d), xsq (n,), centres (k >= 1, d), a gemm.
+template <typename T>
+std::tuple<int64_t, int64_t, int64_t> lloyd_sizes(const Buf<T>& X, const Buf<T>& xsq,
+                                                  const Buf<T>& centres, uintptr_t gemm_address) {
+  FASTAL_REQUIRE(X.ndim() == 2, "X must be 2-D (n, d), got ", X.ndim(), " dimensions");
+  const int64_t n = X.shape(0), d = X.shape(1);
+  FASTAL_REQUIRE(xsq.ndim() == 1 && xsq.shape(0) == n, "xsq must have shape (", n, ",)");
+  FASTAL_REQUIRE(centres.ndim() == 2 && centres.shape(1) == d && centres.shape(0) >= 1,
+                 "centres must have shape (k, ", d, ") with k >= 1");
+  FASTAL_REQUIRE(gemm_address != 0, "gemm_address must be a BLAS gemm function");
+  return {n, d, centres.shape(0)};
+}
+
 template <typename T>
 void register_lloyd(py::module_& m, const std::string& tag) {
   m.def(("kmeans_lloyd_step_" + tag).c_str(),
         [](const Buf<T>& X, const Buf<T>& xsq, const Buf<T>& centres, uintptr_t gemm_address,
            uintptr_t threads_local_address) {
-          FASTAL_REQUIRE(X.ndim() == 2, "X must be 2-D (n, d), got ", X.ndim(), " dimensions");
-          const int64_t n = X.shape(0), d = X.shape(1);
-          FASTAL_REQUIRE(xsq.ndim() == 1 && xsq.shape(0) == n, "xsq must have shape (", n, ",)");
-          FASTAL_REQUIRE(centres.ndim() == 2 && centres.shape(1) == d && centres.shape(0) >= 1,
-                         "centres must have shape (k, ", d, ") with k >= 1");
-          FASTAL_REQUIRE(gemm_address != 0, "gemm_address must be a BLAS gemm function");
-          const int64_t k = centres.shape(0);
+          const auto [n, d, k] = lloyd_sizes(X, xsq, centres, gemm_address);
           Buf<int64_t> labels(n);
           Buf<T> dist2(n);
           Buf<double> sums({k, d});
@@ -458,13 +466,7 @@ void register_lloyd_bounded(py::module_& m, const std::string& tag) {
            const Buf<int32_t>& group, int64_t n_groups, bool fresh, Buf<int64_t>& labels,
            Buf<float>& upper, Buf<float>& glower, Buf<float>& lower, Buf<double>& offset,
            uintptr_t gemm_address, uintptr_t threads_local_address) {
-          FASTAL_REQUIRE(X.ndim() == 2, "X must be 2-D (n, d), got ", X.ndim(), " dimensions");
-          const int64_t n = X.shape(0), d = X.shape(1);
-          FASTAL_REQUIRE(xsq.ndim() == 1 && xsq.shape(0) == n, "xsq must have shape (", n, ",)");
-          FASTAL_REQUIRE(centres.ndim() == 2 && centres.shape(1) == d && centres.shape(0) >= 1,
-                         "centres must have shape (k, ", d, ") with k >= 1");
-          FASTAL_REQUIRE(gemm_address != 0, "gemm_address must be a BLAS gemm function");
-          const int64_t k = centres.shape(0);
+          const auto [n, d, k] = lloyd_sizes(X, xsq, centres, gemm_address);
           FASTAL_REQUIRE(n_groups >= 1 && n_groups <= k, "n_groups must be in [1, ", k, "]");
           FASTAL_REQUIRE(shift.ndim() == 1 && shift.shape(0) == k, "shift must have shape (", k,
                          ",)");
