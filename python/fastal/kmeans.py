@@ -7,7 +7,9 @@ GEMM (``|x|² - 2 x·c + |c|²``, then arg-min) and updates centres by a float64
 CPU (float32 / float64) one compiled pass per Lloyd iteration does all three: a BLAS GEMM per chunk
 of rows (the MKL that torch links or scipy's OpenBLAS; see ``_gemm_backend``), called from
 fastal's OpenMP threads with BLAS limited to one thread (one thread pool, as scikit-learn's Lloyd);
-elsewhere GEMM tiles from torch (cuBLAS on CUDA).
+elsewhere GEMM tiles from torch (cuBLAS on CUDA). There, rows whose best centre leads by less than
+the GEMM's rounding are settled by direct distance, and with ``prune`` the iterations skip the rows
+that Yinyang bounds settle (``_BoundedLloyd``).
 """
 
 from __future__ import annotations
@@ -595,10 +597,11 @@ def kmeans(
         scikit-learn's ``MiniBatchKMeans``: 10 batches without a better smoothed batch inertia.
     prune : bool, default True
         Lloyd iterations skip the rows whose nearest centre provably stays the same (Yinyang
-        bounds, Ding et al. 2015): a row whose bounds cannot prove it by more than the rounding
-        of the GEMM is recomputed with its chunk through the same GEMM, so labels, centres and
-        iterations equal those of ``prune=False`` bit for bit. Applies on the CPU to float32 /
-        float64 with ``k >= 32`` (the GEMM path) without ``minibatch``; the bounds take
+        bounds, Ding et al. 2015); a row they cannot settle is measured against the centres of the
+        groups left open, a chunk with many such rows goes through the GEMM. Either way a label
+        is the centre of least direct squared distance (the GEMM only filters), so labels,
+        centres and iterations equal those of ``prune=False`` bit for bit. Applies on the CPU
+        to float32 / float64 with ``k >= 32`` (the GEMM path) without ``minibatch``; the bounds take
         ``4 (1 + t)`` bytes per row, ``t = min(k // 10, 64)`` groups of centres (at most a row's
         size). ``distance_share`` reports the share of the distances computed.
     progress : bool
