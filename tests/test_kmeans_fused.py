@@ -90,16 +90,16 @@ def test_fused_step_equals_the_separate_passes():
     assert counts.sum() == 2000
 
 
-def test_when_the_fused_step_runs(monkeypatch):
+def test_when_the_fused_step_runs():
     X = np.zeros((100, 8), dtype=np.float32)
     info = fastal._validate.check_matrix(X, "X")
     assert kmeans_module._fused_lloyd(info, 32) is not None
     assert kmeans_module._fused_lloyd(info, 31) is None  # small k: the min-distance kernel
     half = fastal._validate.check_matrix(X.astype(np.float16), "X")
     assert kmeans_module._fused_lloyd(half, 64) is None
-    # the per-thread float64 sums are capped: beyond the cap, the torch path
-    monkeypatch.setattr(kmeans_module, "_FUSED_MAX_SUMS", 32 * 8 * _ext.cpu.num_threads() - 1)
-    assert kmeans_module._fused_lloyd(info, 32) is None
+    # however large k x d: past a size the kernel adds the rows in a second pass (test_lloyd_sums)
+    wide = fastal._validate.check_matrix(np.zeros((4, 4096), dtype=np.float32), "X")
+    assert kmeans_module._fused_lloyd(wide, 20_000) is not None
 
 
 @pytest.mark.parametrize("blas", ["mkl", "openblas"])

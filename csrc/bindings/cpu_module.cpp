@@ -418,7 +418,8 @@ void register_factored_products(py::module_& m, const std::string& tag) {
 
 // One fused Lloyd iteration (float32 / float64): labels, squared distances, float64 sums and
 // counts per centre; the GEMM is the BLAS function at gemm_address (MKL's or scipy's sgemm / dgemm),
-// single-threaded per call through MKL's mkl_set_num_threads_local_ (when given) or the caller.
+// single-threaded per call through MKL's mkl_set_num_threads_local_ (when given) or the caller;
+// partial_limit: the bytes of thread-private sums allowed (-1: lloyd::RowSums' default).
 // (n, d, k) of a Lloyd step's inputs, checked: X (n, d), xsq (n,), centres (k >= 1, d), a gemm.
 template <typename T>
 std::tuple<int64_t, int64_t, int64_t> lloyd_sizes(const Buf<T>& X, const Buf<T>& xsq,
@@ -436,7 +437,7 @@ template <typename T>
 void register_lloyd(py::module_& m, const std::string& tag) {
   m.def(("kmeans_lloyd_step_" + tag).c_str(),
         [](const Buf<T>& X, const Buf<T>& xsq, const Buf<T>& centres, uintptr_t gemm_address,
-           uintptr_t threads_local_address) {
+           uintptr_t threads_local_address, int64_t partial_limit) {
           const auto [n, d, k] = lloyd_sizes(X, xsq, centres, gemm_address);
           Buf<int64_t> labels(n);
           Buf<T> dist2(n);
@@ -449,12 +450,14 @@ void register_lloyd(py::module_& m, const std::string& tag) {
           int64_t* pk = counts.mutable_data();
           {
             py::gil_scoped_release nogil;
-            lloyd_step(px, n, d, pq, pc, k, gemm_address, threads_local_address, pl, pd, ps, pk);
+            lloyd_step(px, n, d, pq, pc, k, gemm_address, threads_local_address, pl, pd, ps, pk,
+                       partial_limit);
           }
           return py::make_tuple(labels, dist2, sums, counts);
         },
         py::arg("X").noconvert(), py::arg("xsq").noconvert(), py::arg("centres").noconvert(),
-        py::arg("gemm_address"), py::arg("threads_local_address") = 0);
+        py::arg("gemm_address"), py::arg("threads_local_address") = 0,
+        py::arg("partial_limit") = -1);
 }
 
 // One bounded Lloyd iteration: labels, upper, glower, lower and offset are the fit's state, updated
@@ -465,7 +468,7 @@ void register_lloyd_bounded(py::module_& m, const std::string& tag) {
         [](const Buf<T>& X, const Buf<T>& xsq, const Buf<T>& centres, const Buf<double>& shift,
            const Buf<int32_t>& group, int64_t n_groups, bool fresh, Buf<int64_t>& labels,
            Buf<float>& upper, Buf<float>& glower, Buf<float>& lower, Buf<double>& offset,
-           uintptr_t gemm_address, uintptr_t threads_local_address) {
+           uintptr_t gemm_address, uintptr_t threads_local_address, int64_t partial_limit) {
           const auto [n, d, k] = lloyd_sizes(X, xsq, centres, gemm_address);
           FASTAL_REQUIRE(n_groups >= 1 && n_groups <= k, "n_groups must be in [1, ", k, "]");
           FASTAL_REQUIRE(shift.ndim() == 1 && shift.shape(0) == k, "shift must have shape (", k,
@@ -500,7 +503,7 @@ void register_lloyd_bounded(py::module_& m, const std::string& tag) {
             py::gil_scoped_release nogil;
             computed = lloyd_step_bounded(px, n, d, pq, pc, k, ps, pg, n_groups, fresh,
                                           gemm_address, threads_local_address, pl, pu, pgl, plo,
-                                          po, psum, pk);
+                                          po, psum, pk, partial_limit);
           }
           return py::make_tuple(sums, counts, computed);
         },
@@ -509,7 +512,7 @@ void register_lloyd_bounded(py::module_& m, const std::string& tag) {
         py::arg("fresh"), py::arg("labels").noconvert(), py::arg("upper").noconvert(),
         py::arg("glower").noconvert(), py::arg("lower").noconvert(),
         py::arg("offset").noconvert(), py::arg("gemm_address"),
-        py::arg("threads_local_address") = 0);
+        py::arg("threads_local_address") = 0, py::arg("partial_limit") = -1);
 }
 
 // Batched Gram eigenvalues (CRC): λ⁺_min per group, and the spectra (n_groups x size) when asked,

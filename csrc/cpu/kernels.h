@@ -137,11 +137,13 @@ void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end);
 // ties) by |c|² - 2 x·c from the BLAS gemm at gemm_address (Fortran sgemm / dgemm signature,
 // called from every OpenMP thread, single-threaded: by MKL's Fortran mkl_set_num_threads_local_ at
 // threads_local_address, or, when that is 0, by the caller's limits), dist2[i] = |x_i|² + that
-// minimum (clamped at 0), sums (k x d, float64) and counts of the rows per centre. One pass over X.
+// minimum (clamped at 0), sums (k x d, float64) and counts of the rows per centre. One pass over X,
+// or two where threads x k x d private float64 sums would be large (lloyd::RowSums; partial_limit
+// >= 0 sets their limit in bytes, -1 the default).
 template <typename T>
 void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres, int64_t k,
                 uintptr_t gemm_address, uintptr_t threads_local_address, int64_t* labels,
-                T* dist2, double* sums, int64_t* counts);
+                T* dist2, double* sums, int64_t* counts, int64_t partial_limit = -1);
 
 // lloyd_step's labels, sums and counts (bit for bit) without reading the rows whose nearest
 // centre the Yinyang bounds settle (kmeans_bounded.cpp). State carried between the calls of one
@@ -155,7 +157,8 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
                            int64_t k, const double* shift, const int32_t* group, int64_t t,
                            bool fresh, uintptr_t gemm_address, uintptr_t threads_local_address,
                            int64_t* labels, float* upper, float* glower, float* lower,
-                           double* offset, double* sums, int64_t* counts);
+                           double* offset, double* sums, int64_t* counts,
+                           int64_t partial_limit = -1);
 
 // Batched Gram eigenvalues (CRC, Kong et al. eq. 9; gram_eig.cpp). For every row g of groups
 // (n_groups x G) the Gram matrix of S = labeled ∪ g, K = Z_S Z_Sᵀ with Z n x D (T = float or

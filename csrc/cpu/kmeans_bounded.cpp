@@ -205,7 +205,8 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
                            int64_t k, const double* shift, const int32_t* group, int64_t t,
                            bool fresh, uintptr_t gemm_address, uintptr_t threads_local_address,
                            int64_t* labels, float* upper, float* glower, float* lower,
-                           double* offset, double* sums, int64_t* counts) {
+                           double* offset, double* sums, int64_t* counts,
+                           int64_t partial_limit) {
   FASTAL_REQUIRE(d <= std::numeric_limits<int>::max() && k <= std::numeric_limits<int>::max(),
                  "d and k must fit a 32-bit BLAS integer");
   const auto gemm = reinterpret_cast<lloyd::Gemm<T>>(gemm_address);
@@ -238,8 +239,7 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
   }
 
   const int threads = omp_get_max_threads();
-  std::vector<double> partial(static_cast<size_t>(threads) * k * d, 0.0);
-  std::vector<int64_t> partial_counts(static_cast<size_t>(threads) * k, 0);
+  lloyd::RowSums row_sums(threads, n, k, d, d * static_cast<int64_t>(sizeof(T)), partial_limit);
   std::vector<int64_t> computed(static_cast<size_t>(threads), 0);
   const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel num_threads(threads)
@@ -253,8 +253,6 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
     std::vector<double> own(kChunk), cand(static_cast<size_t>(k));
     std::vector<float> bounds(static_cast<size_t>(kChunk * t));  // the open rows' group bounds
     std::vector<uint8_t> open(kChunk), resolved(kChunk), checked(static_cast<size_t>(t));
-    double* my_sums = partial.data() + static_cast<int64_t>(th) * k * d;
-    int64_t* my_counts = partial_counts.data() + static_cast<int64_t>(th) * k;
     int64_t my_computed = 0;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < chunks; ++b) {
@@ -298,17 +296,11 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
                 open_row(p, r0 + r, labels[r0 + r], own[r], bounds.data() + r * t, cand.data(),
                          checked.data(), upper, glower, lower, &my_computed);
       }
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t i = r0 + r, a = labels[i];
-        ++my_counts[a];
-        double* s = my_sums + a * d;
-        const T* x = X + i * d;
-        for (int64_t c = 0; c < d; ++c) s[c] += static_cast<double>(x[c]);
-      }
+      for (int64_t r = 0; r < rows; ++r) row_sums.add(th, labels[r0 + r], X + (r0 + r) * d);
     }
     computed[th] = my_computed;
     if (threads_local) threads_local(&saved);
-    lloyd::add_partials(partial.data(), partial_counts.data(), threads, k, d, sums, counts);
+    row_sums.finish(X, labels, sums, counts);
   }
   int64_t total = 0;
   for (int64_t c : computed) total += c;
@@ -318,10 +310,12 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
 template int64_t lloyd_step_bounded<float>(const float*, int64_t, int64_t, const float*,
                                            const float*, int64_t, const double*, const int32_t*,
                                            int64_t, bool, uintptr_t, uintptr_t, int64_t*, float*,
-                                           float*, float*, double*, double*, int64_t*);
+                                           float*, float*, double*, double*, int64_t*,
+                                           int64_t);
 template int64_t lloyd_step_bounded<double>(const double*, int64_t, int64_t, const double*,
                                             const double*, int64_t, const double*, const int32_t*,
                                             int64_t, bool, uintptr_t, uintptr_t, int64_t*, float*,
-                                            float*, float*, double*, double*, int64_t*);
+                                            float*, float*, double*, double*, int64_t*,
+                                            int64_t);
 
 }  // namespace fastal::cpu

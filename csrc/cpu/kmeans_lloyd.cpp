@@ -4,13 +4,12 @@
 // caller passes (the MKL torch links, made single-threaded in each of our threads by its
 // mkl_set_num_threads_local_, or scipy's OpenBLAS, which the caller limits to one thread: the only
 // thread pool is ours) for -2 X_c Cᵀ, adds |c|², takes the arg-min per row (the first minimum on
-// ties; SIMD across rows) and adds the row to its own float64 sums of the next update. A row whose
-// best and runner-up are closer than the GEMM's rounding is settled by direct distances
+// ties; SIMD across rows) and adds the row to its float64 sums of the next update (or leaves the
+// sums to a second pass where private ones would be large: lloyd::RowSums). A row whose best and
+// runner-up are closer than the GEMM's rounding is settled by direct distances
 // (cpu/lloyd_tile.h), so labels do not depend on the BLAS. The squared distance is
 // |x|² + min_j (|c_j|² - 2 x·c_j), clamped at 0 (the direct one for a settled row).
-// Thread-private sums are added in thread order: the result does not depend on scheduling (it
-// does on the thread count, which sets the partition: float64 rows round differently). Scikit-learn's Lloyd iteration is
-// organised the same way (chunked GEMM + arg-min + sums inside one parallel loop); before this
+// Scikit-learn's Lloyd iteration is organised the same way (chunked GEMM + arg-min + sums inside one parallel loop); before this
 // kernel fastal ran the GEMM in torch, the arg-min in torch and the sums in a second pass over X.
 #include <omp.h>
 
@@ -32,7 +31,7 @@ using lloyd::SetThreadsLocal;
 template <typename T>
 void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres, int64_t k,
                 uintptr_t gemm_address, uintptr_t threads_local_address, int64_t* labels,
-                T* dist2, double* sums, int64_t* counts) {
+                T* dist2, double* sums, int64_t* counts, int64_t partial_limit) {
   FASTAL_REQUIRE(d <= std::numeric_limits<int>::max() && k <= std::numeric_limits<int>::max(),
                  "d and k must fit a 32-bit BLAS integer");
   const auto gemm = reinterpret_cast<Gemm<T>>(gemm_address);
@@ -41,8 +40,7 @@ void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres
   lloyd::centre_sqnorms(centres, k, d, csq.data());
   const lloyd::Margins margins(centres, k, d);
   const int threads = omp_get_max_threads();
-  std::vector<double> partial(static_cast<size_t>(threads) * k * d, 0.0);
-  std::vector<int64_t> partial_counts(static_cast<size_t>(threads) * k, 0);
+  lloyd::RowSums row_sums(threads, n, k, d, d * static_cast<int64_t>(sizeof(T)), partial_limit);
   const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel num_threads(threads)
   {
@@ -53,8 +51,6 @@ void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres
     std::vector<T> tile(static_cast<size_t>(kChunk * k)), best(kChunk), second(kChunk);
     std::vector<int32_t> arg(kChunk);
     std::vector<uint8_t> resolved(kChunk);
-    double* my_sums = partial.data() + static_cast<int64_t>(t) * k * d;
-    int64_t* my_counts = partial_counts.data() + static_cast<int64_t>(t) * k;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < chunks; ++b) {
       const int64_t r0 = b * kChunk, rows = std::min(kChunk, n - r0);
@@ -65,24 +61,18 @@ void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres
       lloyd::chunk_labels(margins, xc, xsq + r0, centres, d, tile.data(), rows, k, csq.data(),
                           best.data(), second.data(), arg.data(), labels + r0, dist2 + r0,
                           resolved.data());
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t a = labels[r0 + r];
-        ++my_counts[a];
-        double* s = my_sums + a * d;
-        const T* x = xc + r * d;
-        for (int64_t c = 0; c < d; ++c) s[c] += static_cast<double>(x[c]);
-      }
+      for (int64_t r = 0; r < rows; ++r) row_sums.add(t, labels[r0 + r], xc + r * d);
     }
     if (threads_local) threads_local(&saved);
-    lloyd::add_partials(partial.data(), partial_counts.data(), threads, k, d, sums, counts);
+    row_sums.finish(X, labels, sums, counts);
   }
 }
 
 template void lloyd_step<float>(const float*, int64_t, int64_t, const float*, const float*,
                                 int64_t, uintptr_t, uintptr_t, int64_t*, float*, double*,
-                                int64_t*);
+                                int64_t*, int64_t);
 template void lloyd_step<double>(const double*, int64_t, int64_t, const double*, const double*,
                                  int64_t, uintptr_t, uintptr_t, int64_t*, double*, double*,
-                                 int64_t*);
+                                 int64_t*, int64_t);
 
 }  // namespace fastal::cpu

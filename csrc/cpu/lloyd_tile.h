@@ -14,6 +14,9 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
+
+#include <omp.h>
 
 #include "cpu/simd.h"
 
@@ -179,22 +182,87 @@ void chunk_labels(const Margins& mg, const T* xc, const T* xsq, const T* centres
   }
 }
 
-// sums (k x d) and counts (k) = the threads' partial ones added in thread order: the totals do not
-// depend on scheduling. Called inside the kernel's parallel region (its loops are shared out).
-inline void add_partials(const double* partial, const int64_t* partial_counts, int threads,
-                         int64_t k, int64_t d, double* sums, int64_t* counts) {
-#pragma omp for schedule(static)
-  for (int64_t e = 0; e < k * d; ++e) {
-    double total = 0;
-    for (int u = 0; u < threads; ++u) total += partial[static_cast<int64_t>(u) * k * d + e];
-    sums[e] = total;
+// The float64 sums and counts per label of a Lloyd step's rows (k x d and k), in one of two ways.
+// Fused: each thread adds its rows to private sums while they are in cache, and these are added in
+// thread order at the end (the totals depend on the thread count, never on scheduling). Private
+// sums take threads * k * d doubles, GBs for k = 10^4 and d = 2048 on 64 threads, and as much
+// traffic again per step to add them up. Past a limit they are left to a second pass instead, in
+// which each thread owns a range of centres and adds their rows in row order: one more read of X,
+// no private copies, totals that depend on nothing. Both kernels decide alike from the same sizes,
+// so their sums agree bit for bit.
+class RowSums {
+ public:
+  // Fused private sums up to 4 MiB, or up to 256 MiB while three times their size (written,
+  // read, added) stays below a read of X; partial_limit >= 0 sets the limit in bytes instead.
+  RowSums(int threads, int64_t n, int64_t k, int64_t d, int64_t row_bytes, int64_t partial_limit)
+      : k_(k), d_(d), n_(n), counts_(static_cast<size_t>(threads) * k, 0) {
+    const double bytes = static_cast<double>(threads) * k * d * sizeof(double);
+    const double x_bytes = static_cast<double>(n) * row_bytes;
+    fused_ = partial_limit >= 0 ? bytes <= static_cast<double>(partial_limit)
+                                : bytes <= kSmall || (3 * bytes <= x_bytes && bytes <= kLarge);
+    if (fused_) partial_.assign(static_cast<size_t>(threads) * k * d, 0.0);
   }
-#pragma omp for schedule(static)
-  for (int64_t j = 0; j < k; ++j) {
-    int64_t total = 0;
-    for (int u = 0; u < threads; ++u) total += partial_counts[static_cast<int64_t>(u) * k + j];
-    counts[j] = total;
+
+  // Thread t's row x, labelled a (inside the chunk loop).
+  template <typename T>
+  void add(int t, int64_t a, const T* x) {
+    ++counts_[static_cast<size_t>(t) * k_ + a];
+    if (!fused_) return;
+    double* s = partial_.data() + (static_cast<int64_t>(t) * k_ + a) * d_;
+    for (int64_t c = 0; c < d_; ++c) s[c] += static_cast<double>(x[c]);
   }
-}
+
+  // sums and counts, once every row of X has its label. Called by every thread of the kernel's
+  // parallel region after its chunk loop (the loops here are shared out).
+  template <typename T>
+  void finish(const T* X, const int64_t* labels, double* sums, int64_t* counts) {
+    const int team = omp_get_num_threads();
+    const int64_t threads = static_cast<int64_t>(counts_.size()) / k_;
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < k_; ++j) {
+      int64_t total = 0;
+      for (int64_t u = 0; u < threads; ++u) total += counts_[u * k_ + j];
+      counts[j] = total;
+    }
+    if (fused_) {
+#pragma omp for schedule(static)
+      for (int64_t e = 0; e < k_ * d_; ++e) {
+        double total = 0;
+        for (int64_t u = 0; u < threads; ++u) total += partial_[u * k_ * d_ + e];
+        sums[e] = total;
+      }
+      return;
+    }
+#pragma omp single
+    {  // centre ranges of about n / team rows each
+      first_.assign(static_cast<size_t>(team) + 1, k_);
+      int64_t j = 0, seen = 0;
+      for (int u = 0; u < team; ++u) {
+        first_[u] = j;
+        const int64_t target = n_ * (u + 1) / team;
+        while (j < k_ && seen + counts[j] <= target) seen += counts[j++];
+      }
+    }
+    const int t = omp_get_thread_num();
+    const int64_t j0 = first_[t], j1 = first_[t + 1];
+    std::fill(sums + j0 * d_, sums + j1 * d_, 0.0);
+    for (int64_t i = 0; i < n_; ++i) {
+      const int64_t a = labels[i];
+      if (a < j0 || a >= j1) continue;
+      double* s = sums + a * d_;
+      const T* x = X + i * d_;
+      for (int64_t c = 0; c < d_; ++c) s[c] += static_cast<double>(x[c]);
+    }
+#pragma omp barrier
+  }
+
+ private:
+  static constexpr double kSmall = 4.0 * (1 << 20), kLarge = 256.0 * (1 << 20);
+  int64_t k_, d_, n_;
+  bool fused_ = true;
+  std::vector<int64_t> counts_;  // threads x k
+  std::vector<double> partial_;  // threads x k x d, when fused
+  std::vector<int64_t> first_;   // team + 1: thread u adds the rows of centres first_[u].. < [u + 1]
+};
 
 }  // namespace fastal::cpu::lloyd

@@ -50,8 +50,9 @@ _TILE_ELEMENTS = 1 << 21
 _GEMM_MIN_K = 32
 #: mini-batch k-means stops after this many batches without a better weighted inertia
 _NO_IMPROVEMENT = 10
-#: the fused CPU Lloyd step keeps k x d float64 sums per thread: at most this many in all
-_FUSED_MAX_SUMS = 1 << 25
+#: bytes of per-thread float64 sums the fused CPU Lloyd steps may keep before they add the rows
+#: in a second pass instead (-1: the kernel's rule, lloyd::RowSums in csrc/cpu/lloyd_tile.h)
+_PARTIAL_LIMIT = -1
 
 
 @functools.cache
@@ -179,7 +180,7 @@ def _fused_lloyd(info, k: int) -> Any:
     if info.device != "cpu" or info.dtype not in ("float32", "float64") or k < _GEMM_MIN_K:
         return None
     gemm, threads_local = _gemm_backend(info.dtype)
-    if k * info.shape[1] * _ext.cpu.num_threads() > _FUSED_MAX_SUMS or not gemm:
+    if not gemm:
         return None
     kernel = getattr(_ext.cpu, f"kmeans_lloyd_step_{info.dtype}")
 
@@ -188,7 +189,9 @@ def _fused_lloyd(info, k: int) -> Any:
 
         x = _interop.host_storage(xt, _torch_cpu_info(xt))
         c = np.ascontiguousarray(centres.numpy())
-        labels, dist2, sums, counts = kernel(x, xsq.numpy(), c, gemm, threads_local)
+        labels, dist2, sums, counts = kernel(
+            x, xsq.numpy(), c, gemm, threads_local, partial_limit=_PARTIAL_LIMIT
+        )
         return (torch.from_numpy(a) for a in (labels, dist2, sums, counts))
 
     step.limit_blas = not threads_local  # scipy's OpenBLAS: limit its threads around the loop
@@ -227,8 +230,9 @@ class _BoundedLloyd:
         gemm, threads_local = _gemm_backend(info.dtype)
         kernel = getattr(_ext.cpu, f"kmeans_lloyd_bounded_step_{info.dtype}")
         self._call = functools.partial(
-            kernel, gemm_address=gemm, threads_local_address=threads_local
-        )
+            kernel, gemm_address=gemm, threads_local_address=threads_local,
+            partial_limit=_PARTIAL_LIMIT,
+        )  # fmt: skip
 
     def step(self, xt: Any, xsq: Any, centres: Any) -> tuple:
         """(labels, sums, counts) of the rows for these centres, as the fused step's."""
