@@ -48,14 +48,25 @@ def crc_ref(Z, labeled, Q, G, seed, rtol=RTOL, max_groups=None, zeros="duplicate
 
 
 def best_groups_ref(Z, lab, groups, Q, rtol=RTOL, zeros="duplicates"):
-    """Score every group by λ⁺_min(L ∪ group) and take the Q/G best (ties to the earlier one);
-    ``zeros="duplicates"``: a group holding a duplicate scores 0."""
+    """Score every group by λ⁺_min(L ∪ group) and take the Q/G best (ties to the earlier one).
+    ``zeros="duplicates"``: going down the groups in that order, one holding a duplicate (of a
+    labeled row, of a row of its own or of a row of a group taken before it) scores 0 instead,
+    until Q/G groups are taken."""
     G = groups.shape[1]
-    scores = np.array([
-        0.0 if zeros == "duplicates" and holds_duplicate_ref(Z, lab, g)
-        else lambda_min_pos_ref(Z, np.concatenate([lab, g]), rtol)
-        for g in groups
-    ])  # fmt: skip
+    scores = np.array([lambda_min_pos_ref(Z, np.concatenate([lab, g]), rtol) for g in groups])
+    if zeros == "duplicates":
+        taken = [Z[j] for j in lab]
+        kept = 0
+        for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i)):
+            if kept == Q // G:
+                break
+            if holds_duplicate_ref(Z, lab, groups[i]) or any(
+                np.array_equal(Z[j], t) for j in groups[i] for t in taken
+            ):
+                scores[i] = 0.0
+                continue
+            taken += [Z[j] for j in groups[i]]
+            kept += 1
     best = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: Q // G]
     return groups[best].reshape(-1), scores
 
@@ -143,6 +154,31 @@ def test_duplicates_score_zero_at_full_rank(seed):
     assert skip.diagnostics["degenerate_groups"].size == 0
     np.testing.assert_array_equal(skip.indices, crc_ref(Z, labeled, 4, G, seed, None, zeros="skip")[0])
     assert set(skip.indices.tolist()) & (set(copies.tolist()) | {39, 40})
+
+
+@pytest.mark.parametrize("G,Q", [(1, 4), (2, 20), (5, 15)])
+@pytest.mark.parametrize("seed", range(4))
+def test_no_two_chosen_groups_share_a_point(G, Q, seed):
+    """Points 0..39 appear twice in the pool: with ``zeros="duplicates"`` a group repeating a row of a
+    better group already taken scores 0, so no point is picked twice. Groups of the same points score the same up to rounding, so the picks are
+    checked by what defines them rather than against crc_ref."""
+    rng = np.random.default_rng(seed)
+    point = np.concatenate([np.arange(120), np.arange(40)])  # the point each row is
+    Z = rng.normal(size=(120, 60))[point]
+    labeled = [0, 1, 2, 3]
+    sel = CRC(group_size=G).select(Z, Q, labeled=labeled, seed=seed)
+    points = point[np.asarray(sel.indices)]
+    assert np.unique(points).size == Q
+    assert not set(points.tolist()) & set(labeled)  # and no copy of a labeled row
+    d = sel.diagnostics
+    chosen, scores = d["chosen_groups"], d["scores"]
+    taken = set(labeled) | set(points.tolist())
+    for g in d["degenerate_groups"]:
+        assert scores[g] == 0
+        mine = point[d["groups"][g]]
+        assert set(mine.tolist()) & taken or np.unique(mine).size < G
+    others = np.setdiff1d(np.arange(scores.size), np.concatenate([chosen, d["degenerate_groups"]]))
+    assert scores[chosen].min() >= scores[others].max()
 
 
 @pytest.mark.parametrize("G", [2, 4, 8, 16])

@@ -31,8 +31,11 @@ class CRC(Strategy):
     identical points, would be scored on one point fewer, usually higher, and CRC would prefer
     duplicates. With ``zeros="duplicates"`` (default) a group scores 0 when one of its rows has the
     features of a labeled row or of another row of the group (identical kernel rows: the
-    proposition's degenerate multiset); only the candidates for the ``Q / G`` best places are
-    checked. ``zeros="skip"`` is plain ``λ⁺_min``. (An earlier default counted a group's zero
+    proposition's degenerate multiset), or of a row of a better group already taken: the
+    proposition covers one group (G = Q), and Alg. 1 takes the ``Q / G`` best groups each on its
+    own, which could query copies of one point in two groups (an addition of fastal's). Only the
+    candidates for the ``Q / G`` best places are checked, in score order. ``zeros="skip"`` is
+    plain ``λ⁺_min``. (An earlier default counted a group's zero
     eigenvalues against the rank of the whole pool's features; on ReLU features a unit that is
     silent on the labeled rows and the group but active elsewhere in the pool adds a zero, so once
     ``|S|`` passed that rank every group scored 0 and CRC took the first random groups.)
@@ -51,7 +54,8 @@ class CRC(Strategy):
     Parameters
     ----------
     group_size : int
-        G. The paper uses G = Q or G = 20 (Tables 1, 4–6).
+        G. The paper uses G = Q (Tables 3–4), G = 20 (SVHN) and G = Q / 10 (CIFAR; App. B.1,
+        Tables 2, 5–6); Table 1 varies G from 2 to 100.
     max_groups : int, optional
         Score at most this many random groups (all full groups by default).
     balanced : bool, default False
@@ -151,8 +155,9 @@ def _zero_duplicates(Z, info, lab: np.ndarray, groups: np.ndarray, scores: np.nd
                      want: int) -> np.ndarray:
     """Set to 0 (in place) the score of every group, among the candidates for the ``want`` best
     places, that holds a duplicate (Proposition 2): a row whose features equal those of a labeled
-    row or of another row of the group. Candidates are taken in score order, in batches, until
-    ``want`` of them hold none; returns the indices of the groups set to 0."""
+    row, of another row of the group or of a row of a group kept before it. Candidates are taken
+    in score order, in batches, until ``want`` of them hold none; returns the indices of the
+    groups set to 0."""
     import torch
 
     from ..gradients import as_torch
@@ -163,7 +168,7 @@ def _zero_duplicates(Z, info, lab: np.ndarray, groups: np.ndarray, scores: np.nd
         idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(z.device)
         return z[idx].to(torch.float64).cpu().numpy() + 0.0
 
-    labeled_rows = {row.tobytes() for row in host_rows(lab)}
+    taken = {row.tobytes() for row in host_rows(lab)}  # labeled rows, then the kept groups'
     order = np.lexsort((np.arange(scores.size), -scores))
     G = groups.shape[1]
     degenerate: list[int] = []
@@ -174,10 +179,11 @@ def _zero_duplicates(Z, info, lab: np.ndarray, groups: np.ndarray, scores: np.nd
         rows = host_rows(groups[cand].reshape(-1)).reshape(cand.size, G, -1)
         for g, block in zip(cand, rows, strict=True):
             keys = [row.tobytes() for row in block]
-            if len(set(keys)) < G or any(k in labeled_rows for k in keys):
+            if len(set(keys)) < G or any(k in taken for k in keys):
                 scores[g] = 0.0
                 degenerate.append(int(g))
                 continue
+            taken.update(keys)
             kept += 1
             if kept == want:
                 break
