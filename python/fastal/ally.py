@@ -108,7 +108,8 @@ def fit_dual_head(
 ) -> DualRegressor:
     """Train the dual regression head on the labeled embeddings (Alg. 2, line 3).
 
-    ``min_ω 1/|L| Σ_i (f_ω(h_i) - λ*_i)²`` by Adam on minibatches (epochs of a seeded permutation).
+    ``min_ω 1/|L| Σ_i (f_ω(h_i) - λ*_i)²`` by Adam on whole minibatches of seeded permutations
+    (a new permutation when the rest would not fill a batch).
 
     Parameters
     ----------

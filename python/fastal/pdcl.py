@@ -221,7 +221,9 @@ class PrimalDualTrainer:
     iterations : int, default 100
         T, the number of dual steps.
     primal_steps : int, optional
-        T_p, primal steps per dual step; default one epoch (``ceil(n / batch_size)``).
+        T_p, primal steps per dual step; default ``ceil(n / batch_size)``, about an epoch (each
+        step takes a whole batch of a seeded permutation, a new one when the rest would not fill a
+        batch, so some rows wait for the next permutation).
     batch_size : int, default 64
     optimizer : {"adam", "sgd"}, default "adam"
         Alg. 1 writes plain SGD steps (``"sgd"``: exactly that, with ``momentum``); Adam is the
