@@ -450,7 +450,8 @@ def solve_iht(
     p: SparseProblem, iters: int, progress: bool = False, prox: str = "paper"
 ) -> SolverResult:
     """Alg. 2: gradient step with exact line search, the top-b proximal step (:func:`iht_threshold`
-    with ``rule=prox``), De-bias, clamp, and momentum with a line-searched step."""
+    with ``rule=prox``), De-bias, clamp, and momentum with a line-searched step. On CUDA the top-b
+    step reads ``s`` and ``σ`` rounded to float32 (its kernel's input); the rest is float64."""
     import torch
     from tqdm.auto import tqdm
 

@@ -109,7 +109,11 @@ class SparseApprox(Strategy):
     them). Selected indices are exactly ``budget`` pool
     indices (see :mod:`fastal.sparse` for how a weight clamped to 0 is handled). The Bayesian
     ``Φ`` follows eq. 19 (centred losses without the ``1/√m`` of eq. 13), which sets the balance
-    of α and β against the ridge (see :mod:`fastal.sparse`).
+    of α and β against the ridge (see :mod:`fastal.sparse`). CUDA pools run the same float64
+    solver, except that IHT's top-b step reads ``s`` and ``σ`` rounded to float32 (the CUDA
+    kernel's input; the weights are then de-biased in float64): candidates whose scores differ by
+    less than float32's resolution tie there and go to the lower index, so the picks can differ
+    from the CPU's at such near-ties.
 
     Returns a :class:`Selection` whose ``diagnostics`` hold, besides the settings used:
 
