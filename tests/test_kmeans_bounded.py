@@ -131,7 +131,7 @@ def test_distance_share_where_the_bounds_do_not_apply():
     assert fastal.kmeans(X, 10, seed=0).distance_share == 1.0  # k < 32: the min-distance kernel
     assert fastal.kmeans(X, 40, seed=0, prune=False).distance_share == 1.0
     assert fastal.kmeans(X, 40, seed=0, minibatch=64).distance_share is None
-    assert fastal.kmeans(X.astype(np.float16), 40, seed=0).distance_share == 1.0
+    assert fastal.kmeans(X.astype(np.float16), 40, seed=0).distance_share < 1.0  # 16-bit: bounded
 
 
 def test_prune_must_be_a_bool():

@@ -96,7 +96,7 @@ def test_when_the_fused_step_runs():
     assert kmeans_module._fused_lloyd(info, 32) is not None
     assert kmeans_module._fused_lloyd(info, 31) is None  # small k: the min-distance kernel
     half = fastal._validate.check_matrix(X.astype(np.float16), "X")
-    assert kmeans_module._fused_lloyd(half, 64) is None
+    assert kmeans_module._fused_lloyd(half, 64) is not None  # widened to float32 in the kernel
     # however large k x d: past a size the kernel adds the rows in a second pass (test_lloyd_sums)
     wide = fastal._validate.check_matrix(np.zeros((4, 4096), dtype=np.float32), "X")
     assert kmeans_module._fused_lloyd(wide, 20_000) is not None

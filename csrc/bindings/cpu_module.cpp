@@ -416,13 +416,14 @@ void register_factored_products(py::module_& m, const std::string& tag) {
         py::arg("scale"), py::arg("z").noconvert(), py::arg("beta"), py::arg("rows") = py::none());
 }
 
-// One fused Lloyd iteration (float32 / float64): labels, squared distances, float64 sums and
-// counts per centre; the GEMM is the BLAS function at gemm_address (MKL's or scipy's sgemm / dgemm),
+// One fused Lloyd iteration (X float32 / float64, or float16 / bfloat16 as uint16 with float32
+// xsq and centres): labels, squared distances, float64 sums and counts per centre; the GEMM is the
+// BLAS function at gemm_address (MKL's or scipy's sgemm / dgemm; sgemm for 16-bit X),
 // single-threaded per call through MKL's mkl_set_num_threads_local_ (when given) or the caller;
 // partial_limit: the bytes of thread-private sums allowed (-1: lloyd::RowSums' default).
 // (n, d, k) of a Lloyd step's inputs, checked: X (n, d), xsq (n,), centres (k >= 1, d), a gemm.
-template <typename T>
-std::tuple<int64_t, int64_t, int64_t> lloyd_sizes(const Buf<T>& X, const Buf<T>& xsq,
+template <typename S, typename T>
+std::tuple<int64_t, int64_t, int64_t> lloyd_sizes(const In<S>& X, const Buf<T>& xsq,
                                                   const Buf<T>& centres, uintptr_t gemm_address) {
   FASTAL_REQUIRE(X.ndim() == 2, "X must be 2-D (n, d), got ", X.ndim(), " dimensions");
   const int64_t n = X.shape(0), d = X.shape(1);
@@ -433,17 +434,19 @@ std::tuple<int64_t, int64_t, int64_t> lloyd_sizes(const Buf<T>& X, const Buf<T>&
   return {n, d, centres.shape(0)};
 }
 
-template <typename T>
+template <typename S>
 void register_lloyd(py::module_& m, const std::string& tag) {
+  using T = Acc<S>;
   m.def(("kmeans_lloyd_step_" + tag).c_str(),
-        [](const Buf<T>& X, const Buf<T>& xsq, const Buf<T>& centres, uintptr_t gemm_address,
+        [](const In<S>& X, const Buf<T>& xsq, const Buf<T>& centres, uintptr_t gemm_address,
            uintptr_t threads_local_address, int64_t partial_limit) {
-          const auto [n, d, k] = lloyd_sizes(X, xsq, centres, gemm_address);
+          const auto [n, d, k] = lloyd_sizes<S>(X, xsq, centres, gemm_address);
           Buf<int64_t> labels(n);
           Buf<T> dist2(n);
           Buf<double> sums({k, d});
           Buf<int64_t> counts(k);
-          const T *px = X.data(), *pq = xsq.data(), *pc = centres.data();
+          const S* px = reinterpret_cast<const S*>(X.data());
+          const T *pq = xsq.data(), *pc = centres.data();
           int64_t* pl = labels.mutable_data();
           T* pd = dist2.mutable_data();
           double* ps = sums.mutable_data();
@@ -462,14 +465,15 @@ void register_lloyd(py::module_& m, const std::string& tag) {
 
 // One bounded Lloyd iteration: labels, upper, glower, lower and offset are the fit's state, updated
 // in place; returns (sums, counts, distances computed).
-template <typename T>
+template <typename S>
 void register_lloyd_bounded(py::module_& m, const std::string& tag) {
+  using T = Acc<S>;
   m.def(("kmeans_lloyd_bounded_step_" + tag).c_str(),
-        [](const Buf<T>& X, const Buf<T>& xsq, const Buf<T>& centres, const Buf<double>& shift,
+        [](const In<S>& X, const Buf<T>& xsq, const Buf<T>& centres, const Buf<double>& shift,
            const Buf<int32_t>& group, int64_t n_groups, bool fresh, Buf<int64_t>& labels,
            Buf<float>& upper, Buf<float>& glower, Buf<float>& lower, Buf<double>& offset,
            uintptr_t gemm_address, uintptr_t threads_local_address, int64_t partial_limit) {
-          const auto [n, d, k] = lloyd_sizes(X, xsq, centres, gemm_address);
+          const auto [n, d, k] = lloyd_sizes<S>(X, xsq, centres, gemm_address);
           FASTAL_REQUIRE(n_groups >= 1 && n_groups <= k, "n_groups must be in [1, ", k, "]");
           FASTAL_REQUIRE(shift.ndim() == 1 && shift.shape(0) == k, "shift must have shape (", k,
                          ",)");
@@ -494,7 +498,8 @@ void register_lloyd_bounded(py::module_& m, const std::string& tag) {
                              " is not in [0, ", k, ")");
           Buf<double> sums({k, d});
           Buf<int64_t> counts(k);
-          const T *px = X.data(), *pq = xsq.data(), *pc = centres.data();
+          const S* px = reinterpret_cast<const S*>(X.data());
+          const T *pq = xsq.data(), *pc = centres.data();
           float* plo = lower.mutable_data();
           double* psum = sums.mutable_data();
           int64_t* pk = counts.mutable_data();
@@ -619,8 +624,12 @@ PYBIND11_MODULE(_cpu, m) {
   register_factored_products<double>(m, "float64");
   register_lloyd<float>(m, "float32");
   register_lloyd<double>(m, "float64");
+  register_lloyd<Half>(m, "float16");
+  register_lloyd<BFloat16>(m, "bfloat16");
   register_lloyd_bounded<float>(m, "float32");
   register_lloyd_bounded<double>(m, "float64");
+  register_lloyd_bounded<Half>(m, "float16");
+  register_lloyd_bounded<BFloat16>(m, "bfloat16");
   m.def(
       "iht_threshold_fused_float32",
       [](const Buf<float>& s, const Buf<float>& sigma, int64_t b, double alpha, bool exact,

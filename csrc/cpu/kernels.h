@@ -140,10 +140,13 @@ void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end);
 // minimum (clamped at 0), sums (k x d, float64) and counts of the rows per centre. One pass over X,
 // or two where threads x k x d private float64 sums would be large (lloyd::RowSums; partial_limit
 // >= 0 sets their limit in bytes, -1 the default).
-template <typename T>
-void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres, int64_t k,
-                uintptr_t gemm_address, uintptr_t threads_local_address, int64_t* labels,
-                T* dist2, double* sums, int64_t* counts, int64_t partial_limit = -1);
+// X stored as S (float32, float64, float16, bfloat16); xsq, centres and dist2 in Acc<S>, the
+// 16-bit rows widened to float32 (so their step is that of X.astype(float32), bit for bit).
+template <typename S>
+void lloyd_step(const S* X, int64_t n, int64_t d, const Acc<S>* xsq, const Acc<S>* centres,
+                int64_t k, uintptr_t gemm_address, uintptr_t threads_local_address,
+                int64_t* labels, Acc<S>* dist2, double* sums, int64_t* counts,
+                int64_t partial_limit = -1);
 
 // lloyd_step's labels, sums and counts (bit for bit) without reading the rows whose nearest
 // centre the Yinyang bounds settle (kmeans_bounded.cpp). State carried between the calls of one
@@ -152,13 +155,13 @@ void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres
 // offset[g]) and offset (t); fresh = true ignores them (the first call).
 // shift[j] >= how far centre j moved since the previous call; group[j] in [0, t). Returns the
 // distances computed (a GEMM chunk counts rows x k).
-template <typename T>
-int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres,
-                           int64_t k, const double* shift, const int32_t* group, int64_t t,
-                           bool fresh, uintptr_t gemm_address, uintptr_t threads_local_address,
-                           int64_t* labels, float* upper, float* glower, float* lower,
-                           double* offset, double* sums, int64_t* counts,
-                           int64_t partial_limit = -1);
+template <typename S>
+int64_t lloyd_step_bounded(const S* X, int64_t n, int64_t d, const Acc<S>* xsq,
+                           const Acc<S>* centres, int64_t k, const double* shift,
+                           const int32_t* group, int64_t t, bool fresh, uintptr_t gemm_address,
+                           uintptr_t threads_local_address, int64_t* labels, float* upper,
+                           float* glower, float* lower, double* offset, double* sums,
+                           int64_t* counts, int64_t partial_limit = -1);
 
 // Batched Gram eigenvalues (CRC, Kong et al. eq. 9; gram_eig.cpp). For every row g of groups
 // (n_groups x G) the Gram matrix of S = labeled ∪ g, K = Z_S Z_Sᵀ with Z n x D (T = float or

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/check.h"
@@ -68,10 +69,11 @@ float upper_of_sq(double d2) { return round_up(std::sqrt(std::max(d2, 0.0))); }
 // centre's, at least) and, for each group g, lower[g] - offset[g] (the group's other centres', at
 // least). offset[g] adds up the group's largest shift over the calls, so a group bound moves
 // without being written; a row settled by upper and glower reads nothing else.
-template <typename T>
+template <typename S>
 struct Plan {
+  using T = Acc<S>;
   int64_t n, d, k, t;
-  const T* X;
+  const S* X;  // rows as stored; the arithmetic is in T (lloyd::widened)
   const T* xsq;
   const T* centres;
   const int32_t* group;  // of each centre, in [0, t)
@@ -104,12 +106,13 @@ struct Plan {
   }
 };
 
-// Every row of the chunk through lloyd_step's GEMM path; fresh bounds from the tile.
-template <typename T>
-void gemm_chunk(const Plan<T>& p, lloyd::Gemm<T> gemm, int64_t r0, int64_t rows, T* tile, T* best,
-                T* second, int32_t* arg, T* dist2, uint8_t* resolved, T* group_min,
+// Every row of the chunk through lloyd_step's GEMM path; fresh bounds from the tile. wide: room
+// for the chunk's rows as T when X is stored otherwise.
+template <typename S, typename T = Acc<S>>
+void gemm_chunk(const Plan<S>& p, lloyd::Gemm<T> gemm, int64_t r0, int64_t rows, T* tile, T* best,
+                T* second, int32_t* arg, T* dist2, uint8_t* resolved, T* group_min, T* wide,
                 int64_t* labels, float* upper, float* glower, float* lower) {
-  const T* xc = p.X + r0 * p.d;
+  const T* xc = lloyd::widened(p.X + r0 * p.d, rows * p.d, wide);
   lloyd::gemm_tile(gemm, xc, rows, p.centres, p.k, p.d, tile);
   lloyd::first_argmin_columns(tile, rows, rows, p.k, p.csq.data(), best, second, arg);
   lloyd::chunk_labels(p.margins, xc, p.xsq + r0, p.centres, p.d, tile, rows, p.k, p.csq.data(),
@@ -152,12 +155,12 @@ void gemm_chunk(const Plan<T>& p, lloyd::Gemm<T> gemm, int64_t r0, int64_t rows,
 // Phase 2 for one open row: its direct distances to its own centre (own, computed) and to the
 // centres of every group its bounds leave open (bound[g]: the group bounds now); returns the least
 // (ties to the lowest index) and updates its bounds. Groups left closed hold only centres farther
-// by direct distance.
-template <typename T>
-int64_t open_row(const Plan<T>& p, int64_t i, int64_t a, double own, float* bound, double* cand,
-                 uint8_t* checked, float* upper, float* glower, float* lower,
+// by direct distance. wide: room for the row as T when X is stored otherwise.
+template <typename S, typename T = Acc<S>>
+int64_t open_row(const Plan<S>& p, int64_t i, int64_t a, double own, float* bound, double* cand,
+                 uint8_t* checked, T* wide, float* upper, float* glower, float* lower,
                  int64_t* computed) {
-  const T* x = p.X + i * p.d;
+  const T* x = lloyd::widened(p.X + i * p.d, p.d, wide);
   float* lo = lower + i * p.t;
   const double slack = p.margins.slack;
   const float threshold = p.threshold(std::sqrt(own * (1 + 2 * slack)));
@@ -200,13 +203,14 @@ int64_t open_row(const Plan<T>& p, int64_t i, int64_t a, double own, float* boun
 
 }  // namespace
 
-template <typename T>
-int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres,
-                           int64_t k, const double* shift, const int32_t* group, int64_t t,
-                           bool fresh, uintptr_t gemm_address, uintptr_t threads_local_address,
-                           int64_t* labels, float* upper, float* glower, float* lower,
-                           double* offset, double* sums, int64_t* counts,
-                           int64_t partial_limit) {
+template <typename S>
+int64_t lloyd_step_bounded(const S* X, int64_t n, int64_t d, const Acc<S>* xsq,
+                           const Acc<S>* centres, int64_t k, const double* shift,
+                           const int32_t* group, int64_t t, bool fresh, uintptr_t gemm_address,
+                           uintptr_t threads_local_address, int64_t* labels, float* upper,
+                           float* glower, float* lower, double* offset, double* sums,
+                           int64_t* counts, int64_t partial_limit) {
+  using T = Acc<S>;
   FASTAL_REQUIRE(d <= std::numeric_limits<int>::max() && k <= std::numeric_limits<int>::max(),
                  "d and k must fit a 32-bit BLAS integer");
   const auto gemm = reinterpret_cast<lloyd::Gemm<T>>(gemm_address);
@@ -220,7 +224,7 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
   }
   for (int64_t g = 0; g < t; ++g)
     offset[g] = fresh ? 0.0 : (offset[g] + group_shift[g]) * (1 + 1e-15);
-  Plan<T> p{n,  d,  k,  t,  X, xsq, centres, group, offset, max_shift * (1 + 1e-15),
+  Plan<S> p{n,  d,  k,  t,  X, xsq, centres, group, offset, max_shift * (1 + 1e-15),
             {}, {}, {}, lloyd::Margins(centres, k, d), 0.0, {}, {}};
   p.csq.resize(static_cast<size_t>(k));
   lloyd::centre_sqnorms(centres, k, d, p.csq.data());
@@ -239,24 +243,26 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
   }
 
   const int threads = omp_get_max_threads();
+  // sized as rows of T, as lloyd_step does
   lloyd::RowSums row_sums(threads, n, k, d, d * static_cast<int64_t>(sizeof(T)), partial_limit);
   std::vector<int64_t> computed(static_cast<size_t>(threads), 0);
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const int64_t chunk = lloyd::chunk_rows(k), chunks = (n + chunk - 1) / chunk;
 #pragma omp parallel num_threads(threads)
   {
     const int th = omp_get_thread_num();
     const int one = 1;
     const int saved = threads_local ? threads_local(&one) : 0;
-    std::vector<T> tile(static_cast<size_t>(kChunk * k)), best(kChunk), second(kChunk);
+    std::vector<T> tile(static_cast<size_t>(chunk * k)), best(kChunk), second(kChunk);
     std::vector<T> dist2(kChunk), group_min(static_cast<size_t>(kChunk * t));
     std::vector<int32_t> arg(kChunk);
     std::vector<double> own(kChunk), cand(static_cast<size_t>(k));
     std::vector<float> bounds(static_cast<size_t>(kChunk * t));  // the open rows' group bounds
     std::vector<uint8_t> open(kChunk), resolved(kChunk), checked(static_cast<size_t>(t));
+    std::vector<T> wide(std::is_same_v<S, T> ? 0 : static_cast<size_t>(chunk * d));
     int64_t my_computed = 0;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < chunks; ++b) {
-      const int64_t r0 = b * kChunk, rows = std::min(kChunk, n - r0);
+      const int64_t r0 = b * chunk, rows = std::min(chunk, n - r0);
       int64_t needed = 0;  // distances the open rows would compute
       // 1. move the bounds; settle the rows they can: by the global bound, then with the own
       // distance, then with the group bounds
@@ -266,7 +272,8 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
         double u = static_cast<double>(upper[i]) + shift[a];
         open[r] = 0;
         if (!(l > p.threshold(u))) {
-          own[r] = static_cast<double>(sqdist(X + i * d, centres + a * d, d));
+          const T* x = lloyd::widened(X + i * d, d, wide.data());
+          own[r] = static_cast<double>(sqdist(x, centres + a * d, d));
           ++my_computed;
           u = std::sqrt(own[r] * (1 + 2 * p.margins.slack));
           const float threshold = p.threshold(u);
@@ -286,7 +293,8 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
       }
       if (fresh || needed * kDirectShareDen > rows * k) {
         gemm_chunk(p, gemm, r0, rows, tile.data(), best.data(), second.data(), arg.data(),
-                   dist2.data(), resolved.data(), group_min.data(), labels, upper, glower, lower);
+                   dist2.data(), resolved.data(), group_min.data(), wide.data(), labels, upper,
+                   glower, lower);
         my_computed += rows * k;
       } else {
         // 2. the open rows: their distances to the centres of the groups left open
@@ -294,7 +302,7 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
           if (open[r])
             labels[r0 + r] =
                 open_row(p, r0 + r, labels[r0 + r], own[r], bounds.data() + r * t, cand.data(),
-                         checked.data(), upper, glower, lower, &my_computed);
+                         checked.data(), wide.data(), upper, glower, lower, &my_computed);
       }
       for (int64_t r = 0; r < rows; ++r) row_sums.add(th, labels[r0 + r], X + (r0 + r) * d);
     }
@@ -307,15 +315,15 @@ int64_t lloyd_step_bounded(const T* X, int64_t n, int64_t d, const T* xsq, const
   return total;
 }
 
-template int64_t lloyd_step_bounded<float>(const float*, int64_t, int64_t, const float*,
-                                           const float*, int64_t, const double*, const int32_t*,
-                                           int64_t, bool, uintptr_t, uintptr_t, int64_t*, float*,
-                                           float*, float*, double*, double*, int64_t*,
-                                           int64_t);
-template int64_t lloyd_step_bounded<double>(const double*, int64_t, int64_t, const double*,
-                                            const double*, int64_t, const double*, const int32_t*,
-                                            int64_t, bool, uintptr_t, uintptr_t, int64_t*, float*,
-                                            float*, float*, double*, double*, int64_t*,
-                                            int64_t);
+#define FASTAL_INSTANTIATE(S)                                                                  \
+  template int64_t lloyd_step_bounded<S>(const S*, int64_t, int64_t, const Acc<S>*, const Acc<S>*, \
+                                         int64_t, const double*, const int32_t*, int64_t, bool,    \
+                                         uintptr_t, uintptr_t, int64_t*, float*, float*, float*,   \
+                                         double*, double*, int64_t*, int64_t);
+FASTAL_INSTANTIATE(float)
+FASTAL_INSTANTIATE(double)
+FASTAL_INSTANTIATE(Half)
+FASTAL_INSTANTIATE(BFloat16)
+#undef FASTAL_INSTANTIATE
 
 }  // namespace fastal::cpu

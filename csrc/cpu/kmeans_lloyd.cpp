@@ -1,21 +1,24 @@
-// One Lloyd iteration of k-means over dense float32 / float64 rows, in one pass over X.
+// One Lloyd iteration of k-means over dense rows (float32 / float64; float16 / bfloat16 widened to
+// float32 a chunk at a time), in one pass over X.
 //
-// Chunks of kChunk rows go to the OpenMP threads; for its chunk a thread calls the BLAS GEMM the
-// caller passes (the MKL torch links, made single-threaded in each of our threads by its
-// mkl_set_num_threads_local_, or scipy's OpenBLAS, which the caller limits to one thread: the only
-// thread pool is ours) for -2 X_c Cᵀ, adds |c|², takes the arg-min per row (the first minimum on
-// ties; SIMD across rows) and adds the row to its float64 sums of the next update (or leaves the
-// sums to a second pass where private ones would be large: lloyd::RowSums). A row whose best and
-// runner-up are closer than the GEMM's rounding is settled by direct distances
+// Chunks of rows (lloyd::chunk_rows) go to the OpenMP threads; for its chunk a thread calls the
+// BLAS GEMM the caller passes (the MKL torch links, made single-threaded in each of our threads by
+// its mkl_set_num_threads_local_, or scipy's OpenBLAS, which the caller limits to one thread: the
+// only thread pool is ours) for -2 X_c Cᵀ, adds |c|², takes the arg-min per row (the first minimum
+// on ties; SIMD across rows) and adds the row to its float64 sums of the next update (or leaves
+// the sums to a second pass where private ones would be large: lloyd::RowSums). A row whose best
+// and runner-up are closer than the GEMM's rounding is settled by direct distances
 // (cpu/lloyd_tile.h), so labels do not depend on the BLAS. The squared distance is
 // |x|² + min_j (|c_j|² - 2 x·c_j), clamped at 0 (the direct one for a settled row).
-// Scikit-learn's Lloyd iteration is organised the same way (chunked GEMM + arg-min + sums inside one parallel loop); before this
-// kernel fastal ran the GEMM in torch, the arg-min in torch and the sums in a second pass over X.
+// Scikit-learn's Lloyd iteration is organised the same way (chunked GEMM + arg-min + sums inside
+// one parallel loop); before this kernel fastal ran the GEMM in torch, the arg-min in torch and
+// the sums in a second pass over X.
 #include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/check.h"
@@ -25,13 +28,14 @@
 namespace fastal::cpu {
 
 using lloyd::Gemm;
-using lloyd::kChunk;
 using lloyd::SetThreadsLocal;
 
-template <typename T>
-void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres, int64_t k,
-                uintptr_t gemm_address, uintptr_t threads_local_address, int64_t* labels,
-                T* dist2, double* sums, int64_t* counts, int64_t partial_limit) {
+template <typename S>
+void lloyd_step(const S* X, int64_t n, int64_t d, const Acc<S>* xsq, const Acc<S>* centres,
+                int64_t k, uintptr_t gemm_address, uintptr_t threads_local_address,
+                int64_t* labels, Acc<S>* dist2, double* sums, int64_t* counts,
+                int64_t partial_limit) {
+  using T = Acc<S>;
   FASTAL_REQUIRE(d <= std::numeric_limits<int>::max() && k <= std::numeric_limits<int>::max(),
                  "d and k must fit a 32-bit BLAS integer");
   const auto gemm = reinterpret_cast<Gemm<T>>(gemm_address);
@@ -40,21 +44,23 @@ void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres
   lloyd::centre_sqnorms(centres, k, d, csq.data());
   const lloyd::Margins margins(centres, k, d);
   const int threads = omp_get_max_threads();
+  // sized as rows of T whatever the storage: a float16 pool sums as its float32 copy would
   lloyd::RowSums row_sums(threads, n, k, d, d * static_cast<int64_t>(sizeof(T)), partial_limit);
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const int64_t chunk = lloyd::chunk_rows(k), chunks = (n + chunk - 1) / chunk;
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num();
     // MKL runs on another OpenMP runtime: it would start threads inside every call from ours
     const int one = 1;
     const int saved = threads_local ? threads_local(&one) : 0;
-    std::vector<T> tile(static_cast<size_t>(kChunk * k)), best(kChunk), second(kChunk);
-    std::vector<int32_t> arg(kChunk);
-    std::vector<uint8_t> resolved(kChunk);
+    std::vector<T> tile(static_cast<size_t>(chunk * k)), best(chunk), second(chunk);
+    std::vector<T> wide(std::is_same_v<S, T> ? 0 : static_cast<size_t>(chunk * d));
+    std::vector<int32_t> arg(chunk);
+    std::vector<uint8_t> resolved(chunk);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < chunks; ++b) {
-      const int64_t r0 = b * kChunk, rows = std::min(kChunk, n - r0);
-      const T* xc = X + r0 * d;
+      const int64_t r0 = b * chunk, rows = std::min(chunk, n - r0);
+      const T* xc = lloyd::widened(X + r0 * d, rows * d, wide.data());
       lloyd::gemm_tile(gemm, xc, rows, centres, k, d, tile.data());
       lloyd::first_argmin_columns(tile.data(), rows, rows, k, csq.data(), best.data(),
                                   second.data(), arg.data());
@@ -68,11 +74,14 @@ void lloyd_step(const T* X, int64_t n, int64_t d, const T* xsq, const T* centres
   }
 }
 
-template void lloyd_step<float>(const float*, int64_t, int64_t, const float*, const float*,
-                                int64_t, uintptr_t, uintptr_t, int64_t*, float*, double*,
-                                int64_t*, int64_t);
-template void lloyd_step<double>(const double*, int64_t, int64_t, const double*, const double*,
-                                 int64_t, uintptr_t, uintptr_t, int64_t*, double*, double*,
-                                 int64_t*, int64_t);
+#define FASTAL_INSTANTIATE(S)                                                                    \
+  template void lloyd_step<S>(const S*, int64_t, int64_t, const Acc<S>*, const Acc<S>*, int64_t, \
+                              uintptr_t, uintptr_t, int64_t*, Acc<S>*, double*, int64_t*,        \
+                              int64_t);
+FASTAL_INSTANTIATE(float)
+FASTAL_INSTANTIATE(double)
+FASTAL_INSTANTIATE(Half)
+FASTAL_INSTANTIATE(BFloat16)
+#undef FASTAL_INSTANTIATE
 
 }  // namespace fastal::cpu

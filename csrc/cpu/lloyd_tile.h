@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -22,7 +23,30 @@
 
 namespace fastal::cpu::lloyd {
 
-constexpr int64_t kChunk = 256;  // rows per GEMM: a kChunk x k tile stays in L2 for k <= 1000
+constexpr int64_t kChunk = 256;  // most rows per GEMM: a kChunk x k tile stays in L2 for k <= 1000
+
+// count values of X as the accumulation type T: x itself when X is stored as T, else widened into
+// buf. Float16 and bfloat16 values are exact in float32, so the kernels then compute exactly what
+// they compute on X.astype(float32).
+template <typename T, typename S>
+const T* widened(const S* x, int64_t count, T* buf) {
+  if constexpr (std::is_same_v<S, T>) {
+    return x;
+  } else {
+    int64_t i = 0;
+#ifdef FASTAL_AVX2
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(buf + i, load8(x + i));
+#endif
+    for (; i < count; ++i) buf[i] = to_float(x[i]);
+    return buf;
+  }
+}
+
+// Rows per chunk for k centres: kChunk, and fewer (down to 32) past k = 4096 so that a thread's
+// tile stays near 4 MiB of float32 (256 rows of k = 50,000 would be 51 MB for every thread).
+inline int64_t chunk_rows(int64_t k) {
+  return std::clamp<int64_t>((int64_t{1} << 20) / k / 16 * 16, 32, kChunk);
+}
 
 template <typename T>
 using Gemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*,
@@ -209,7 +233,7 @@ class RowSums {
     ++counts_[static_cast<size_t>(t) * k_ + a];
     if (!fused_) return;
     double* s = partial_.data() + (static_cast<int64_t>(t) * k_ + a) * d_;
-    for (int64_t c = 0; c < d_; ++c) s[c] += static_cast<double>(x[c]);
+    for (int64_t c = 0; c < d_; ++c) s[c] += static_cast<double>(to_float(x[c]));
   }
 
   // sums and counts, once every row of X has its label. Called by every thread of the kernel's
@@ -251,7 +275,7 @@ class RowSums {
       if (a < j0 || a >= j1) continue;
       double* s = sums + a * d_;
       const T* x = X + i * d_;
-      for (int64_t c = 0; c < d_; ++c) s[c] += static_cast<double>(x[c]);
+      for (int64_t c = 0; c < d_; ++c) s[c] += static_cast<double>(to_float(x[c]));
     }
 #pragma omp barrier
   }
@@ -262,7 +286,7 @@ class RowSums {
   bool fused_ = true;
   std::vector<int64_t> counts_;  // threads x k
   std::vector<double> partial_;  // threads x k x d, when fused
-  std::vector<int64_t> first_;   // team + 1: thread u adds the rows of centres first_[u].. < [u + 1]
+  std::vector<int64_t> first_;   // team + 1: thread u adds centres first_[u] .. first_[u + 1] - 1
 };
 
 }  // namespace fastal::cpu::lloyd

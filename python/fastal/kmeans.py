@@ -4,8 +4,9 @@
 matrix or a :class:`~fastal.GradientEmbedding`. ``kmeans`` (dense only: the mean of rank-one
 gradients is not rank one) assigns rows with fastal's min-distance kernel, or for larger ``k`` by
 GEMM (``|x|² - 2 x·c + |c|²``, then arg-min) and updates centres by a float64 segmented sum. On the
-CPU (float32 / float64) one compiled pass per Lloyd iteration does all three: a BLAS GEMM per chunk
-of rows (the MKL that torch links or scipy's OpenBLAS; see ``_gemm_backend``), called from
+CPU one compiled pass per Lloyd iteration does all three (float16 / bfloat16 rows widened to
+float32 as they are read, so a 16-bit pool fits exactly as its float32 copy): a BLAS GEMM per
+chunk of rows (the MKL that torch links or scipy's OpenBLAS; see ``_gemm_backend``), called from
 fastal's OpenMP threads with BLAS limited to one thread (one thread pool, as scikit-learn's Lloyd);
 elsewhere GEMM tiles from torch (cuBLAS on CUDA). There, rows whose best centre leads by less than
 the GEMM's rounding are settled by direct distance, and with ``prune`` the iterations skip the rows
@@ -175,11 +176,17 @@ def _gemm_works(fn: Any, dtype: str) -> bool:
     return bool(np.array_equal(c, a @ b))
 
 
+#: storage dtypes of the fused CPU Lloyd kernels, and the dtype of their arithmetic
+_LLOYD_ACC = {"float32": "float32", "float64": "float64", "float16": "float32",
+              "bfloat16": "float32"}  # fmt: skip
+
+
 def _fused_lloyd(info, k: int) -> Any:
-    """The fused CPU Lloyd step for this input, or None (CUDA, other dtypes, small k, no BLAS)."""
-    if info.device != "cpu" or info.dtype not in ("float32", "float64") or k < _GEMM_MIN_K:
+    """The fused CPU Lloyd step for this input, or None (CUDA, small k, no BLAS). 16-bit rows are
+    widened to float32 in the kernel: the step is that of the float32 copy, bit for bit."""
+    if info.device != "cpu" or info.dtype not in _LLOYD_ACC or k < _GEMM_MIN_K:
         return None
-    gemm, threads_local = _gemm_backend(info.dtype)
+    gemm, threads_local = _gemm_backend(_LLOYD_ACC[info.dtype])
     if not gemm:
         return None
     kernel = getattr(_ext.cpu, f"kmeans_lloyd_step_{info.dtype}")
@@ -214,7 +221,7 @@ class _BoundedLloyd:
 
     def __init__(self, info, centres: Any) -> None:
         k, d = centres.shape
-        itemsize = np.dtype(info.dtype).itemsize
+        itemsize = 8 if info.dtype == "float64" else 4 if info.dtype == "float32" else 2
         self.t = max(1, min(k // _GROUP_SIZE, _MAX_GROUPS, d * itemsize // 4))
         groups = _kmeans(centres.numpy(), self.t, seed=0, max_iter=5, prune=False).labels
         self.group = np.ascontiguousarray(groups, dtype=np.int32)
@@ -227,7 +234,7 @@ class _BoundedLloyd:
         self.previous = None
         self.computed = 0  # distances computed, over all steps
         self.possible = 0  # rows x k per step, over all steps
-        gemm, threads_local = _gemm_backend(info.dtype)
+        gemm, threads_local = _gemm_backend(_LLOYD_ACC[info.dtype])
         kernel = getattr(_ext.cpu, f"kmeans_lloyd_bounded_step_{info.dtype}")
         self._call = functools.partial(
             kernel, gemm_address=gemm, threads_local_address=threads_local,
@@ -605,9 +612,10 @@ def kmeans(
         groups left open, a chunk with many such rows goes through the GEMM. Either way a label
         is the centre of least direct squared distance (the GEMM only filters), so labels,
         centres and iterations equal those of ``prune=False`` bit for bit. Applies on the CPU
-        to float32 / float64 with ``k >= 32`` (the GEMM path) without ``minibatch``; the bounds take
-        ``4 (1 + t)`` bytes per row, ``t = min(k // 10, 64)`` groups of centres (at most a row's
-        size). ``distance_share`` reports the share of the distances computed.
+        (float32, float64, float16, bfloat16) with ``k >= 32`` (the GEMM path) without
+        ``minibatch``; the bounds take ``4 (1 + t)`` bytes per row, ``t = min(k // 10, 64)``
+        groups of centres (at most a row's size). ``distance_share`` reports the share of the
+        distances computed.
     progress : bool
         tqdm progress bar over the iterations.
 
@@ -705,8 +713,9 @@ def _kmeans(
     tol_abs = _tol_abs(xt, float(tol), None if skip is None else skip.keep)
 
     converged, it = False, 0
-    xsq = _row_sqnorms(xt, acc) if info.dtype in ("float32", "float64") and k >= _GEMM_MIN_K else None
     fused = _fused_lloyd(info, k) if minibatch is None else None
+    gemm_path = info.dtype in ("float32", "float64") or fused is not None
+    xsq = _row_sqnorms(xt, acc) if gemm_path and k >= _GEMM_MIN_K else None
     bounded = _BoundedLloyd(info, centres) if fused is not None and prune else None
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(
