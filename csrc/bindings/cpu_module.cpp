@@ -146,6 +146,31 @@ void register_dtype(py::module_& m, const std::string& tag) {
         },
         py::arg("pool"), py::arg("set"));
 
+  // Dense rows against centres given in the accumulation type (float32 for 16-bit rows), so that
+  // k-means never rounds its centres to the rows' storage.
+  m.def(("min_sqdist_to_centres_" + tag).c_str(),
+        [](const In<T>& X, const Buf<A>& centres) {
+          DenseRows<T> rows{};
+          rows.X = rows_of<T>(X, "X", &rows.n, &rows.d);
+          const int64_t d = rows.d;
+          FASTAL_REQUIRE(centres.ndim() == 2 && centres.shape(1) == d && centres.shape(0) >= 1,
+                         "centres must have shape (m, ", d, ") with m >= 1");
+          const int64_t m = centres.shape(0);
+          Buf<A> dist2(rows.n);
+          Buf<int64_t> index(rows.n);
+          const A* pc = centres.data();
+          A* pd = dist2.mutable_data();
+          int64_t* pi = index.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            std::vector<A> laid(static_cast<size_t>(m * d));
+            for (int64_t j = 0; j < m; ++j) lay_out_centre<T>(pc + j * d, laid.data() + j * d, d);
+            min_sqdist_to_centres(rows, laid.data(), m, pd, pi);
+          }
+          return py::make_tuple(dist2, index);
+        },
+        py::arg("X").noconvert(), py::arg("centres").noconvert());
+
   m.def(("count_nonfinite_rows_" + tag).c_str(),
         [](const In<T>& X) {
           int64_t n, d, first = -1, count;

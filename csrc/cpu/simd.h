@@ -74,8 +74,10 @@ constexpr int64_t kBf16Block = 0;
 // reads. For bfloat16 under AVX2 / AVX-512 each block of kBf16Block holds the even elements, then
 // the odd ones: one vector load of bfloat16 values splits into those two float vectors with a shift
 // and a mask, with no widening shuffles. Other types keep the natural order.
-template <typename T>
-inline void prepare_centre(const T* src, Acc<T>* dst, int64_t d) {
+// lay_out_centre<T> takes the centre as stored (T) or already in Acc<T> (k-means' float32 centres
+// against 16-bit rows); prepare_centre is the stored case.
+template <typename T, typename Src>
+inline void lay_out_centre(const Src* src, Acc<T>* dst, int64_t d) {
   int64_t k = 0;
   if constexpr (std::is_same_v<T, BFloat16> && kBf16Block > 0) {
     constexpr int64_t half = kBf16Block / 2;
@@ -87,6 +89,11 @@ inline void prepare_centre(const T* src, Acc<T>* dst, int64_t d) {
     }
   }
   for (; k < d; ++k) dst[k] = to_float(src[k]);
+}
+
+template <typename T>
+inline void prepare_centre(const T* src, Acc<T>* dst, int64_t d) {
+  lay_out_centre<T>(src, dst, d);
 }
 
 #ifdef FASTAL_AVX2

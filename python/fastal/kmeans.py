@@ -486,14 +486,25 @@ def _row_sqnorms(xt: Any, dtype: Any) -> Any:
     return out
 
 
+def _gemm_assign(info, k: int) -> bool:
+    """Whether :func:`_assign` takes GEMM tiles: float32 / float64 rows from ``_GEMM_MIN_K``
+    centres, and 16-bit rows on CUDA (widened tile by tile; the min-distance kernel there would
+    compare them with centres rounded to their storage)."""
+    if info.dtype in ("float32", "float64"):
+        return k >= _GEMM_MIN_K
+    return info.device != "cpu"
+
+
 def _assign(xt: Any, centres: Any, info, xsq: Any = None) -> tuple[Any, Any]:
     """(labels int64, squared distances) of every row of ``xt`` to its nearest centre (torch).
+    The centres keep their accumulation dtype: 16-bit rows are never compared with centres
+    rounded to 16 bits.
 
     ``xsq``: the rows' squared norms when already known (GEMM path)."""
     import torch
 
     k = centres.shape[0]
-    if info.dtype in ("float32", "float64") and k >= _GEMM_MIN_K:
+    if _gemm_assign(info, k):
         labels = torch.empty(xt.shape[0], dtype=torch.int64, device=xt.device)
         dist2 = torch.empty(xt.shape[0], dtype=centres.dtype, device=xt.device)
         if xsq is None:
@@ -509,16 +520,15 @@ def _assign(xt: Any, centres: Any, info, xsq: Any = None) -> tuple[Any, Any]:
             labels[s : s + rows] = arg
             dist2[s : s + rows] = (best + xsq[s : s + rows]).clamp_min_(0)
         return labels, dist2
-    # the min-distance kernel, with the centres stored like X
-    c_store = centres.to(xt.dtype).contiguous()
-    if info.device == "cpu":
+    if info.device == "cpu":  # the min-distance kernel, the centres in float32 / float64
         x = _interop.host_storage(xt, _torch_cpu_info(xt))
-        c = _interop.host_storage(c_store, _torch_cpu_info(c_store))
-        dist2, labels = getattr(_ext.cpu, f"min_sqdist_to_set_{info.dtype}")((x,), (c,))
+        c = np.ascontiguousarray(centres.detach().numpy())
+        dist2, labels = getattr(_ext.cpu, f"min_sqdist_to_centres_{info.dtype}")(x, c)
         return torch.from_numpy(labels), torch.from_numpy(dist2).to(centres.dtype)
     from .ops import min_distance
 
-    dist, labels = min_distance(xt.contiguous(), c_store)  # torch in, torch out
+    # CUDA float32 / float64 rows with few centres: the centres have the rows' dtype already
+    dist, labels = min_distance(xt.contiguous(), centres.to(xt.dtype).contiguous())
     return labels, dist.to(centres.dtype) ** 2
 
 
@@ -714,8 +724,7 @@ def _kmeans(
 
     converged, it = False, 0
     fused = _fused_lloyd(info, k) if minibatch is None else None
-    gemm_path = info.dtype in ("float32", "float64") or fused is not None
-    xsq = _row_sqnorms(xt, acc) if gemm_path and k >= _GEMM_MIN_K else None
+    xsq = _row_sqnorms(xt, acc) if fused is not None or _gemm_assign(info, k) else None
     bounded = _BoundedLloyd(info, centres) if fused is not None and prune else None
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(
