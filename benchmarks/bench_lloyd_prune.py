@@ -11,6 +11,9 @@ defaults (``tol = 1e-4``, at most 300 iterations): what ``KMeansSampling`` and A
                   read; the labels, centres and iterations are the unpruned fit's (asserted).
 ``sklearn_elkan`` ``sklearn.cluster.KMeans(k, init=C0, n_init=1, algorithm="elkan")``: the
                   bounded Lloyd users have today (Elkan's k bounds per row), same tolerance.
+``pruned_f16``    ``pruned`` on the pool stored as float16 (half the memory; rows widened to
+                  float32 in the kernels, so the fit is that of the float16 pool's float32 copy,
+                  asserted on the labels).
 
 ``extra_info``: sizes, ``seconds`` (best of the rounds), ``n_iter``, ``inertia``,
 ``distance_share`` (fastal: distances computed over ``n k`` per iteration) and, for ``pruned``,
@@ -36,7 +39,7 @@ CASES = {
     "medium": [(100_000, 128, k) for k in (100, 1000)],
     "full": [(100_000, d, k) for d in (128, 512) for k in (100, 1000)] + [(1_000_000, 128, 1000)],
 }[PRESET]
-IMPLS = ("unpruned", "pruned", "sklearn_elkan")
+IMPLS = ("unpruned", "pruned", "sklearn_elkan", "pruned_f16")
 _TIMES: dict = {}
 _LABELS: dict = {}
 
@@ -61,10 +64,17 @@ def test_lloyd_prune(benchmark, impl, kind, n, d, k):
             km.fit(X)
             return km.labels_, km.n_iter_, float(km.inertia_), None
 
+    elif impl == "pruned_f16":
+        X16 = X.astype(np.float16)
+
+        def run():
+            res = fastal.kmeans(X16, k, init=C0)
+            return np.asarray(res.labels), res.n_iter, res.inertia, res.distance_share
+
     else:
 
         def run():
-            res = fastal.kmeans(X, k, init=C0, prune=impl == "pruned")
+            res = fastal.kmeans(X, k, init=C0, prune=impl != "unpruned")
             return np.asarray(res.labels), res.n_iter, res.inertia, res.distance_share
 
     rounds = 2 if n * d * k <= 2e10 else 1
@@ -73,6 +83,9 @@ def test_lloyd_prune(benchmark, impl, kind, n, d, k):
     _LABELS[(key, impl)] = labels
     if impl == "pruned" and (key, "unpruned") in _LABELS:
         np.testing.assert_array_equal(labels, _LABELS[(key, "unpruned")])
+    if impl == "pruned_f16" and n * d * k <= 1e9:  # the float32 copy's fit, checked where cheap
+        copy = fastal.kmeans(X.astype(np.float16).astype(np.float32), k, init=C0)
+        np.testing.assert_array_equal(labels, np.asarray(copy.labels))
     seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")
     _TIMES[(key, impl)] = seconds
     benchmark.extra_info.update(
