@@ -83,15 +83,17 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def("min_dist_to_set",
         [](const std::string& dtype, uintptr_t x, int64_t n, uintptr_t y, int64_t m_rows,
-           int64_t d, uintptr_t dist, uintptr_t index, int device, uintptr_t stream) {
+           int64_t d, uintptr_t dist, uintptr_t index, int device, uintptr_t stream,
+           bool squared) {
           const fc::DType dt = fc::parse_dtype(dtype);
           py::gil_scoped_release nogil;
           fc::min_dist_to_set(dt, ptr<const void>(x), n, ptr<const void>(y), m_rows, d,
-                              ptr<float>(dist), ptr<int64_t>(index), device, stream_of(stream));
+                              ptr<float>(dist), ptr<int64_t>(index), device, stream_of(stream),
+                              squared);
         },
         py::arg("dtype"), py::arg("x_ptr"), py::arg("n"), py::arg("y_ptr"), py::arg("m"),
         py::arg("d"), py::arg("dist_ptr"), py::arg("index_ptr"), py::arg("device"),
-        py::arg("stream"));
+        py::arg("stream"), py::arg("squared") = false);
 
   m.def("kcenter_init_labeled",
         [](const std::string& dtype, uintptr_t x, int64_t n, int64_t d, uintptr_t rows,

@@ -60,9 +60,20 @@ template <typename... Parts>
   throw std::invalid_argument(concat(parts...));
 }
 
+template <typename... Parts>
+[[noreturn]] void fail_internal(const Parts&... parts) {
+  throw std::runtime_error(concat("internal error: ", parts...));
+}
+
 }  // namespace fastal
 
 #define FASTAL_REQUIRE(cond, ...)                 \
   do {                                            \
     if (!(cond)) ::fastal::fail_argument(__VA_ARGS__); \
+  } while (0)
+
+// A broken invariant of fastal's own (not the caller's input): RuntimeError in Python.
+#define FASTAL_ASSERT(cond, ...)                         \
+  do {                                                   \
+    if (!(cond)) ::fastal::fail_internal(__VA_ARGS__); \
   } while (0)

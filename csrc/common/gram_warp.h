@@ -67,8 +67,8 @@ template <class W, typename T, int kCols>
 FASTAL_HOST_DEVICE void form_rows(const gram_small::Args& p, const int64_t* grp, double* A, int ld,
                                   int lane) {
   const T* Z = static_cast<const T*>(p.Z);
-  const int N = static_cast<int>(p.size), mL = static_cast<int>(p.mL);
-  const int64_t D = p.D, G = p.G;
+  const int N = static_cast<int>(p.size);
+  const int64_t mL = p.mL, D = p.D, G = p.G;  // mL in 64 bits: it may pass 2^31 on the D side
   const bool row = lane < N;
   const bool s_side = mL + G <= D;
   // S side: (i, j) = z_{s_i} . z_{s_j} over the D columns; D side (N = D): Σ_a z_a[i] z_a[j]
@@ -107,7 +107,7 @@ FASTAL_UNROLL
     if (j >= N) break;
     const int hi = lane > j ? lane : j, lo = lane > j ? j : lane;  // the shared lower triangle
     if (s_side)
-      Ai[j] = hi < mL ? p.shared[int64_t{hi} * mL + lo] : acc[j];
+      Ai[j] = hi < mL ? p.shared[hi * mL + lo] : acc[j];
     else
       Ai[j] = p.shared[int64_t{hi} * N + lo] + acc[j];
   }

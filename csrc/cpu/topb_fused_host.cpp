@@ -97,8 +97,8 @@ void iht_threshold_fused_host(const float* s, const float* sigma, int64_t n, int
   nonfinite[3] = nonfinite[2] ? n - static_cast<int64_t>(res.first_from_end[1]) : -1;
   if (nonfinite[0] || nonfinite[2]) return;
   const auto m = static_cast<int64_t>(res.count);
-  FASTAL_REQUIRE(m >= b && m <= cap, "internal error: the fused top-b selection found ", m,
-                 " candidates for b = ", b, " (at most ", cap, ")");
+  FASTAL_ASSERT(m >= b && m <= cap, "the fused top-b selection found ", m,
+                " candidates for b = ", b, " (at most ", cap, ")");
 
   // the device sorts the candidates' keys (stable, over the bits that differ); a stable sort of
   // whole keys orders them alike

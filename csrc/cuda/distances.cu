@@ -268,7 +268,7 @@ int64_t count_nonfinite_rows(DType dtype, const void* X, int64_t n, int64_t d, i
 }
 
 void min_dist_to_set(DType dtype, const void* X, int64_t n, const void* Y, int64_t m, int64_t d,
-                     float* dist, int64_t* index, int device, cudaStream_t stream) {
+                     float* dist, int64_t* index, int device, cudaStream_t stream, bool squared) {
   require_shape(n, d, "n", "d");
   require_shape(m, d, "m", "d");
   DeviceGuard guard(device);
@@ -276,7 +276,7 @@ void min_dist_to_set(DType dtype, const void* X, int64_t n, const void* Y, int64
   require_device_ptr(Y, "y_ptr", device, dtype_size(dtype));
   require_device_ptr(dist, "dist_ptr", device, alignof(float));
   require_device_ptr(index, "index_ptr", device, alignof(int64_t));
-  detail::min_dist_to_set_launch(dtype, X, n, Y, m, d, dist, index, true, device, stream);
+  detail::min_dist_to_set_launch(dtype, X, n, Y, m, d, dist, index, !squared, device, stream);
 }
 
 }  // namespace fastal::cuda

@@ -27,8 +27,10 @@ int64_t count_nonfinite_rows(DType dtype, const void* X, int64_t n, int64_t d, i
 
 // For every row of X (n x d), the Euclidean distance to the nearest row of Y (m x d), float32, and
 // that row's index (int64, ties to the lowest). Tiled; never forms an n x m matrix.
+// squared: dist holds squared distances (k-means' assignment) instead of distances.
 void min_dist_to_set(DType dtype, const void* X, int64_t n, const void* Y, int64_t m, int64_t d,
-                     float* dist, int64_t* index, int device, cudaStream_t stream);
+                     float* dist, int64_t* index, int device, cudaStream_t stream,
+                     bool squared = false);
 
 // k-center greedy state on the device (see kcenter.cu). mind: float32 squared distance of every
 // row to its nearest centre (-inf for a centre); near: int64 position of that centre in `centres`;

@@ -162,8 +162,8 @@ bool iht_threshold_fused(const float* s, const float* sigma, int64_t n, int64_t 
   *bad_out = bad;
   if (bad.s || bad.sigma) return true;  // the caller raises; the outputs mean nothing
   const auto m = static_cast<int64_t>(host.count);
-  FASTAL_REQUIRE(m >= b && m <= cap, "internal error: the fused top-b selection found ", m,
-                 " candidates for b = ", b, " (at most ", cap, ")");
+  FASTAL_ASSERT(m >= b && m <= cap, "the fused top-b selection found ", m,
+                " candidates for b = ", b, " (at most ", cap, ")");
 
   const u64 smallest = ~host.min_not;
   const bool narrow = host.narrow != 0;

@@ -27,6 +27,7 @@ def min_dist_to_set(
     index_ptr: int,
     device: int,
     stream: int,
+    squared: bool = False,
 ) -> None: ...
 def kcenter_init_labeled(
     dtype: str,

@@ -152,7 +152,9 @@ def kcenter_cuda_factored(
     r0 = _interop.key_radius(cuda, int(host_keys[0])) if lab.size else float("inf")
     rows_read = int(_interop.host_numpy(counter)[0]) + centre_reads
     del rows
-    return from_torch(picks, emb.info), from_torch(radius, emb.info), r0, rows_read, prune
+    # the kernel prunes only while its float32 error bound holds (kcenter_factored.cu)
+    pruned = prune and C + dh + 8 <= (1 << 18)
+    return from_torch(picks, emb.info), from_torch(radius, emb.info), r0, rows_read, pruned
 
 
 def min_distance_cuda_factored(

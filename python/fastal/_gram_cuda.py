@@ -108,9 +108,15 @@ def gram_min_eig_cuda(
         peak = _used_rows_peak(used, np.arange(rows.size), np.empty((0, 1), np.int64))
     if peak > _BIG or 0.0 < peak < _SMALL:
         scale = float(2.0 ** -np.frexp(peak)[1])
-        # a new device array in Z's dtype, exact (float64 only: no float32 has such a peak)
-        zkeep = zkeep * scale
-        zptr = _ptr(zkeep)
+        # only the rows read, rescaled (exact: float64 only, no float32 has such a peak) into a
+        # (rows, D) copy as on the CPU, not all of Z; the indices then point into that copy
+        zkeep = zkeep[_interop.to_framework(rows, info)] * scale
+        zptr, n = _ptr(zkeep), int(rows.size)
+        labeled = np.searchsorted(rows, labeled)
+        grp_dev = _interop.to_framework(np.searchsorted(rows, np.asarray(grp_host)), info)
+        if mL:
+            lab_dev = _interop.to_framework(np.concatenate([labeled, np.sort(labeled)]), info)
+            lab_ptr = _ptr(lab_dev)
     if method == "lowrank":
         import torch
 

@@ -525,11 +525,11 @@ def _assign(xt: Any, centres: Any, info, xsq: Any = None) -> tuple[Any, Any]:
         c = np.ascontiguousarray(centres.detach().numpy())
         dist2, labels = getattr(_ext.cpu, f"min_sqdist_to_centres_{info.dtype}")(x, c)
         return torch.from_numpy(labels), torch.from_numpy(dist2).to(centres.dtype)
-    from .ops import min_distance
+    from .ops import min_sqdist_cuda
 
-    # CUDA float32 / float64 rows with few centres: the centres have the rows' dtype already
-    dist, labels = min_distance(xt.contiguous(), centres.to(xt.dtype).contiguous())
-    return labels, dist.to(centres.dtype) ** 2
+    # CUDA float32 rows with few centres: the centres have the rows' dtype already
+    dist2, labels = min_sqdist_cuda(xt.contiguous(), centres.to(xt.dtype).contiguous())
+    return labels, dist2.to(centres.dtype)
 
 
 def _segment_means(xt: Any, labels: Any, k: int) -> tuple[Any, Any]:

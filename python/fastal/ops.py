@@ -147,7 +147,11 @@ def _distance_overflow(info: ArrayInfo) -> ValueError:
     )
 
 
-def _min_distance_cuda(X: Any, info: ArrayInfo, Y: Any, yinfo: ArrayInfo, factored: bool):
+def _min_distance_cuda(
+    X: Any, info: ArrayInfo, Y: Any, yinfo: ArrayInfo, factored: bool, squared: bool = False
+):
+    """Distances (squared: their squares, and no finiteness scans: k-means checks its rows
+    once per fit and its centres are their means) on the device."""
     if factored:
         from . import _factored_cuda
 
@@ -156,16 +160,25 @@ def _min_distance_cuda(X: Any, info: ArrayInfo, Y: Any, yinfo: ArrayInfo, factor
     cuda = _ext.require_cuda("X")
     xkeep, xptr = _interop.cuda_pointer(X, info)
     ykeep, yptr = _interop.cuda_pointer(Y, yinfo)
-    _check_finite_cuda(xptr, info, "X")
-    _check_finite_cuda(yptr, yinfo, "Y")
+    if not squared:
+        _check_finite_cuda(xptr, info, "X")
+        _check_finite_cuda(yptr, yinfo, "Y")
     dist = _interop.empty(info, (n,), _ACC[info.dtype])
     index = _interop.empty(info, (n,), "int64")
     cuda.min_dist_to_set(
         info.dtype, xptr, n, yptr, yinfo.shape[0], info.shape[1],
-        _ptr(dist), _ptr(index), info.device_index, _interop.cuda_stream(info),
+        _ptr(dist), _ptr(index), info.device_index, _interop.cuda_stream(info), squared=squared,
     )  # fmt: skip
     del xkeep, ykeep
     return dist, index
+
+
+def min_sqdist_cuda(X: Any, Y: Any) -> tuple[Any, Any]:
+    """Squared distance from every row of the CUDA array ``X`` to its nearest row of ``Y`` (same
+    framework, device and dtype; finite, unchecked) and that row's index: k-means' assignment."""
+    info, yinfo = pool_info(X, "X"), pool_info(Y, "Y")
+    with _interop.device_scope(info, "X"):
+        return _min_distance_cuda(X, info, Y, yinfo, False, squared=True)
 
 
 def _ptr(a: Any) -> int:
@@ -276,9 +289,12 @@ def kcenter(
         indices, radius, r0, rows_read, pruned = run(
             X, info, lab, budget, first, bool(prune), progress
         )
+        # read back on the pool's device (cupy reduces on the current one)
+        largest = float(radius.max()) if budget > 0 else 0.0
+        final = float(radius[-1]) if budget > 0 else r0
     seconds = time.perf_counter() - start
     # finite input with at least one centre has finite distances, unless float32 overflowed
-    overflow = (lab.size > 0 and np.isinf(r0)) or (budget > 0 and not np.isfinite(float(radius.max())))
+    overflow = (lab.size > 0 and np.isinf(r0)) or not np.isfinite(largest)
     if overflow:
         raise ValueError(
             f"distances between rows of X overflow {_ACC[info.dtype]}: scale X down"
@@ -296,7 +312,7 @@ def kcenter(
         seconds=seconds,
         diagnostics={
             "initial_radius": r0,
-            "final_radius": float(radius[-1]) if budget else r0,
+            "final_radius": final,
             "rows_read": int(rows_read),
             "rows_unpruned": rows_unpruned,
             "rows_read_fraction": rows_read / rows_unpruned if rows_unpruned else 0.0,
