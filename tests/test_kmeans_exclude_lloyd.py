@@ -4,7 +4,9 @@ other rows. It must give the k-means of ``X[rest]``:
 
 - labels and iteration counts exactly, centres and inertia up to rounding, for float64 / float32
   rows, the GEMM-fused step (k >= 32) and the min-distance one (small k), both inits, an empty
-  cluster that takes the farthest (non-excluded) row;
+  cluster that takes the farthest (non-excluded) row (exact where the float64 sums are: float32
+  rows, and the float64 rows here; other float64 rows can round the sums less the excluded rows
+  apart from the sums of the other rows, and a near-tie can then go the other way);
 - mini-batch draws its batches from the other rows in place: the same batches, centres, labels
   and epochs as on ``X[rest]``;
 - the cases it does not take (more than a quarter excluded, a non-finite excluded row) gather

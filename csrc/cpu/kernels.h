@@ -136,8 +136,9 @@ void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end);
 // One Lloyd iteration of k-means (kmeans_lloyd.cpp): labels[i] = the nearest centre (first on
 // ties) by |c|² - 2 x·c from the BLAS gemm at gemm_address (Fortran sgemm / dgemm signature,
 // called from every OpenMP thread, single-threaded: by MKL's Fortran mkl_set_num_threads_local_ at
-// threads_local_address, or, when that is 0, by the caller's limits), dist2[i] = |x_i|² + that
-// minimum (clamped at 0), sums (k x d, float64) and counts of the rows per centre. One pass over X,
+// threads_local_address, or, when that is 0, by the caller's limits; near-ties settled by direct
+// distance), dist2[i] = the direct squared distance Σ (x - c)² to that centre, sums (k x d,
+// float64) and counts of the rows per centre. One pass over X,
 // or two where threads x k x d private float64 sums would be large (lloyd::RowSums; partial_limit
 // >= 0 sets their limit in bytes, -1 the default).
 // X stored as S (float32, float64, float16, bfloat16); xsq, centres and dist2 in Acc<S>, the

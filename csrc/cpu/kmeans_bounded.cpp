@@ -131,8 +131,7 @@ void gemm_chunk(const Plan<S>& p, lloyd::Gemm<T> gemm, int64_t r0, int64_t rows,
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = r0 + r, a = labels[i];
     const double x2 = static_cast<double>(p.xsq[i]), e = p.margins.gemm(x2);
-    upper[i] = resolved[r] ? upper_of_sq(static_cast<double>(dist2[r]) * (1 + 2 * slack))
-                           : upper_of_sq(static_cast<double>(best[r]) + x2 + 2 * e);
+    upper[i] = upper_of_sq(static_cast<double>(dist2[r]) * (1 + 2 * slack));  // direct
     float* lo = lower + i * p.t;
     double least = kInf;
     for (int64_t g = 0; g < p.t; ++g) {

@@ -8,8 +8,8 @@
 // on ties; SIMD across rows) and adds the row to its float64 sums of the next update (or leaves
 // the sums to a second pass where private ones would be large: lloyd::RowSums). A row whose best
 // and runner-up are closer than the GEMM's rounding is settled by direct distances
-// (cpu/lloyd_tile.h), so labels do not depend on the BLAS. The squared distance is
-// |x|² + min_j (|c_j|² - 2 x·c_j), clamped at 0 (the direct one for a settled row).
+// (cpu/lloyd_tile.h), so labels do not depend on the BLAS. The squared distance returned is the
+// direct one to the label, Σ (x - c)², never the GEMM form.
 // Scikit-learn's Lloyd iteration is organised the same way (chunked GEMM + arg-min + sums inside
 // one parallel loop); before this kernel fastal ran the GEMM in torch, the arg-min in torch and
 // the sums in a second pass over X.

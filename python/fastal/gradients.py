@@ -17,6 +17,7 @@ temporaries of a million-row pool stay small.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,14 @@ from ._validate import check_matrix, check_same_place, host_values, prob_sum_tol
 
 #: rows per chunk of the elementwise passes (bounds temporaries to ~ chunk * C floats)
 _CHUNK = 1 << 15
+
+
+# fastal only reads through its torch views of the caller's numpy arrays, yet torch warns about
+# every read-only one (a memory-mapped pool, a frozen array); those warnings are fastal's to drop
+warnings.filterwarnings(
+    "ignore", message="The given NumPy array is not writable", category=UserWarning,
+    module=r"fastal\b",
+)  # fmt: skip
 
 
 def _torch():

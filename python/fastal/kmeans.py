@@ -176,17 +176,13 @@ def _gemm_works(fn: Any, dtype: str) -> bool:
     return bool(np.array_equal(c, a @ b))
 
 
-#: storage dtypes of the fused CPU Lloyd kernels, and the dtype of their arithmetic
-_LLOYD_ACC = {"float32": "float32", "float64": "float64", "float16": "float32",
-              "bfloat16": "float32"}  # fmt: skip
-
-
 def _fused_lloyd(info, k: int) -> Any:
     """The fused CPU Lloyd step for this input, or None (CUDA, small k, no BLAS). 16-bit rows are
-    widened to float32 in the kernel: the step is that of the float32 copy, bit for bit."""
-    if info.device != "cpu" or info.dtype not in _LLOYD_ACC or k < _GEMM_MIN_K:
+    widened to float32 (``_ACC``) in the kernel: the step is that of the float32 copy, bit for
+    bit."""
+    if info.device != "cpu" or info.dtype not in _ACC or k < _GEMM_MIN_K:
         return None
-    gemm, threads_local = _gemm_backend(_LLOYD_ACC[info.dtype])
+    gemm, threads_local = _gemm_backend(_ACC[info.dtype])
     if not gemm:
         return None
     kernel = getattr(_ext.cpu, f"kmeans_lloyd_step_{info.dtype}")
@@ -223,7 +219,10 @@ class _BoundedLloyd:
         k, d = centres.shape
         itemsize = 8 if info.dtype == "float64" else 4 if info.dtype == "float32" else 2
         self.t = max(1, min(k // _GROUP_SIZE, _MAX_GROUPS, d * itemsize // 4))
-        groups = _kmeans(centres.numpy(), self.t, seed=0, max_iter=5, prune=False).labels
+        # in float64: float32 centres far apart (an init row near 1e20) would overflow here and
+        # refuse a fit that prune=False runs
+        c64 = centres.numpy().astype(np.float64)
+        groups = _kmeans(c64, self.t, seed=0, max_iter=5, prune=False).labels
         self.group = np.ascontiguousarray(groups, dtype=np.int32)
         n = info.shape[0]
         self.labels = np.zeros(n, dtype=np.int64)
@@ -234,7 +233,7 @@ class _BoundedLloyd:
         self.previous = None
         self.computed = 0  # distances computed, over all steps
         self.possible = 0  # rows x k per step, over all steps
-        gemm, threads_local = _gemm_backend(_LLOYD_ACC[info.dtype])
+        gemm, threads_local = _gemm_backend(_ACC[info.dtype])
         kernel = getattr(_ext.cpu, f"kmeans_lloyd_bounded_step_{info.dtype}")
         self._call = functools.partial(
             kernel, gemm_address=gemm, threads_local_address=threads_local,
@@ -369,6 +368,29 @@ def _overflow(name: str, dtype: str) -> ValueError:
     return ValueError(f"distances between rows of {name} overflow {acc}: scale {name} down{hint}")
 
 
+#: log2 of the least spread of X (largest |x_ij - x_0j|) whose squared distances stay above the
+#: accumulation dtype's smallest normal number (2^-126 float32, 2^-1022 float64), with room
+_MIN_SPREAD_LOG2 = {"float32": -60, "float64": -500}
+
+
+def _check_spread(xt: Any, acc: Any, name: str, dtype: str) -> None:
+    """Refuse rows that differ, but by so little that squared distances underflow to 0: the fit
+    would put every row in one cluster and report inertia 0 (float32 rows at 1e-30)."""
+    import torch
+
+    x0 = xt[0].to(acc)
+    spread = torch.zeros((), dtype=acc, device=xt.device)
+    for s in range(0, xt.shape[0], _TILE):
+        spread = torch.maximum(spread, (xt[s : s + _TILE].to(acc) - x0).abs().amax())
+    spread = float(spread)
+    if 0.0 < spread < 2.0 ** _MIN_SPREAD_LOG2[_ACC[dtype]]:
+        hint = "" if _ACC[dtype] == "float64" else " or pass float64"
+        raise ValueError(
+            f"the rows of {name} differ by at most {spread:.3g}: their squared distances underflow "
+            f"{_ACC[dtype]}; scale {name} up{hint}"
+        )
+
+
 def _kmeans_pp(
     X: Any,
     k: int,
@@ -471,7 +493,9 @@ class KMeansResult:
     inertia: float  #: sum of squared distances of the rows to their centres
     n_iter: int  #: Lloyd iterations (mini-batch: epochs) run
     converged: bool
-    #: share of the n x k distances the Lloyd iterations computed (1.0 unpruned, None mini-batch)
+    #: distances the Lloyd iterations computed over n x k per iteration (1.0 unpruned, None
+    #: mini-batch); slightly above 1 where rows the bounds could not settle were measured alone
+    #: and then again by their chunk's GEMM
     distance_share: float | None = None
 
 
@@ -495,30 +519,38 @@ def _gemm_assign(info, k: int) -> bool:
     return info.device != "cpu"
 
 
-def _assign(xt: Any, centres: Any, info, xsq: Any = None) -> tuple[Any, Any]:
+def _assign(xt: Any, centres: Any, info, xsq: Any = None, step: Any = None) -> tuple[Any, Any]:
     """(labels int64, squared distances) of every row of ``xt`` to its nearest centre (torch).
     The centres keep their accumulation dtype: 16-bit rows are never compared with centres
-    rounded to 16 bits.
+    rounded to 16 bits. The distances are direct, ``Σ (x - c)²`` to the label.
 
-    ``xsq``: the rows' squared norms when already known (GEMM path)."""
+    ``step``: the fused CPU Lloyd step (:func:`_fused_lloyd`), whose labels do not depend on the
+    GEMM's rounding; ``xsq``: the rows' squared norms when already known (for ``step``)."""
     import torch
 
     k = centres.shape[0]
+    if step is not None:
+        if xsq is None:
+            xsq = _row_sqnorms(xt, centres.dtype)
+        labels, dist2, _, _ = step(xt, xsq, centres)
+        return labels, dist2
     if _gemm_assign(info, k):
         labels = torch.empty(xt.shape[0], dtype=torch.int64, device=xt.device)
         dist2 = torch.empty(xt.shape[0], dtype=centres.dtype, device=xt.device)
-        if xsq is None:
-            xsq = _row_sqnorms(xt, centres.dtype)
-        csq = (centres * centres).sum(1)
-        ct = centres.T.contiguous()
+        # about the centres' mean: |x|² and x·c of rows far from the origin would round away
+        # the gaps between centres (float32 rows at 1e4 lost most labels)
+        mid = centres.mean(0)
+        c0 = centres - mid
+        csq = (c0 * c0).sum(1)
+        ct = c0.T.contiguous()
         rows = max(64, min(_TILE, _TILE_ELEMENTS // k))  # the (rows, k) tile, not rows alone
         for s in range(0, xt.shape[0], rows):
-            x = xt[s : s + rows].to(centres.dtype)
-            # |c|² - 2 x·c: |x|² is the same for every centre, so it is added to the minimum only
+            x = xt[s : s + rows].to(centres.dtype) - mid
+            # |c|² - 2 x·c: |x|² is the same for every centre, so it is left out of the arg-min
             d2 = torch.addmm(csq[None, :], x, ct, alpha=-2)
-            best, arg = d2.min(1)  # first minimum on ties
+            arg = d2.argmin(1)  # first minimum on ties
             labels[s : s + rows] = arg
-            dist2[s : s + rows] = (best + xsq[s : s + rows]).clamp_min_(0)
+            dist2[s : s + rows] = ((x - c0[arg]) ** 2).sum(1)
         return labels, dist2
     if info.device == "cpu":  # the min-distance kernel, the centres in float32 / float64
         x = _interop.host_storage(xt, _torch_cpu_info(xt))
@@ -674,8 +706,9 @@ def _kmeans(
     """:func:`kmeans`, its messages naming ``name``.
 
     ``exclude`` (unique int64 host indices): the k-means of the other rows, as on ``X[rest]``
-    (the same draws; labels, inertia and iterations of those rows alone), in place where it can
-    (see :class:`_Excluded`), else on the gathered ``X[rest]``.
+    (the same draws; labels, inertia and iterations of those rows alone, up to the rounding of
+    float64 sums noted in :class:`_Excluded`), in place where it can, else on the gathered
+    ``X[rest]``.
     """
     import torch
     from tqdm.auto import tqdm
@@ -696,9 +729,9 @@ def _kmeans(
         skip = _Excluded(as_torch(X, info), exclude, full_batch=minibatch is None)
     n, d = info.shape
     n_rows = n if skip is None else n - exclude.size
+    if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")  # before check_budget's ">= 0"
     k = check_budget(k, n_rows, "k", f"the rows of {name}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
     if max_iter is None:
         max_iter = 300 if minibatch is None else 100
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
@@ -719,13 +752,16 @@ def _kmeans(
     elif not bool(torch.isfinite(xt).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     acc = _torch_acc(info.dtype)
+    _check_spread(xt, acc, name, info.dtype)
     centres = _initial_centres(X, xt, info, k, init, rng, acc, name, exclude=exclude)
     tol_abs = _tol_abs(xt, float(tol), None if skip is None else skip.keep)
 
     converged, it = False, 0
-    fused = _fused_lloyd(info, k) if minibatch is None else None
+    fused = _fused_lloyd(info, k)  # mini-batches assign through it too
     xsq = _row_sqnorms(xt, acc) if fused is not None or _gemm_assign(info, k) else None
-    bounded = _BoundedLloyd(info, centres) if fused is not None and prune else None
+    bounded = (
+        _BoundedLloyd(info, centres) if fused is not None and prune and minibatch is None else None
+    )
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(
             tqdm(total=int(max_iter), disable=not progress, desc="k-means", unit="iter")
@@ -758,8 +794,9 @@ def _kmeans(
         else:
             rows = None if skip is None else torch.nonzero(skip.keep).flatten()
             centres, it, converged = _minibatch(
-                xt, centres, info, int(minibatch), int(max_iter), tol_abs, rng, bar, name, rows
-            )
+                xt, centres, info, int(minibatch), int(max_iter), tol_abs, rng, bar, name, rows,
+                fused,
+            )  # fmt: skip
         if fused is not None:
             labels, dist2, _, _ = fused(xt, xsq, centres)
         else:
@@ -844,7 +881,10 @@ class _Excluded:
     their contributions are then taken out of the sums and counts, their labels set to -1 (so the
     convergence test compares the other rows only) and their distances to -1 (never the farthest
     row an empty cluster takes). Only their own rows are copied, not the other rows. Mini-batch
-    draws its batches from the other rows (``keep``) and needs no copy.
+    draws its batches from the other rows (``keep``) and needs no copy. The sums less the
+    excluded rows equal the other rows' sums where float64 adds them exactly (float32 and 16-bit
+    rows of moderate range); for float64 rows they can differ in the last bits, and a row at a
+    near-tie then takes the other label.
     """
 
     #: the excluded rows' copy is at most this share of X; beyond, gathering the rest is smaller
@@ -891,13 +931,16 @@ def _relocate_empty(sums, counts, xt, dist2, acc):
     return means
 
 
-def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", rows=None):
+def _minibatch(
+    xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", rows=None, step=None
+):
     """Sculley (2010) mini-batch k-means; returns (centres, epochs run, converged).
 
     Every epoch draws a permutation of the rows and walks it in batches. It stops early when an
     epoch moves the centres by at most ``tol_abs`` (squared), or when the exponentially weighted
     batch inertia has not improved for ``_NO_IMPROVEMENT`` batches (scikit-learn's rule).
     ``rows`` (int64 tensor, ascending): the rows to cluster, as on ``xt[rows]`` (default all).
+    ``step``: the fused CPU Lloyd step that assigns each batch (:func:`_assign`).
     """
     import torch
 
@@ -913,7 +956,7 @@ def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", ro
             order = rows[order]
         for s in range(0, n, batch):
             xb = xt[order[s : s + batch]]
-            labels, dist2 = _assign(xb, centres, info)
+            labels, dist2 = _assign(xb, centres, info, step=step)
             sums, counts = _segment_means(xb, labels, k)
             hit = counts > 0
             v = seen[hit]
