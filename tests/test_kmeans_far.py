@@ -121,3 +121,15 @@ def test_read_only_arrays_raise_no_torch_warning():
     )
     assert out.returncode == 0, out.stderr
     assert "not writable" not in out.stderr
+
+
+def test_the_largest_norm_first_past_float32_squares():
+    """Rows near 2e19: their float32 squares overflow (the first inf won, row 0); the distances
+    between them still fit, so nothing was refused."""
+    X = np.array([[2e19], [3e19], [2.5e19]], dtype=np.float32)
+    np.testing.assert_array_equal(fastal.kmeans_pp(X, 3, first="norm", seed=0), [1, 0, 2])
+
+
+def test_ntk_features_refuses_an_astronomical_class_count():
+    with pytest.raises(ValueError, match="n_classes is too large"):
+        fastal.ntk_features(np.ones((3, 2), np.float32), 10**400)

@@ -273,11 +273,13 @@ def _first_by_norm(X: Any, info, exclude: Any = None) -> int:
     if isinstance(X, GradientEmbedding):
         sq = X._sqnorm
     else:
+        import torch
+
         t = as_torch(X, info)
-        acc = _torch_acc(info.dtype)
-        sq = t.new_empty(t.shape[0], dtype=acc)
+        # in float64: float32 squares of rows near 2e19 overflow to inf, and the first inf won
+        sq = t.new_empty(t.shape[0], dtype=torch.float64)
         for s in range(0, t.shape[0], _TILE):
-            c = t[s : s + _TILE].to(acc)
+            c = t[s : s + _TILE].to(torch.float64)
             sq[s : s + _TILE] = (c * c).sum(1)
     if exclude is not None and exclude.size:
         import torch

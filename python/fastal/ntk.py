@@ -65,7 +65,12 @@ def ntk_features(features: Any, n_classes: int, *, bias: bool = True) -> Any:
     bias = check_bool(bias, "bias")
     h = as_torch(features, info)
     n, d = h.shape
-    root_c = math.sqrt(n_classes)
+    try:
+        root_c = math.sqrt(n_classes)
+    except OverflowError:  # an int past float64's range
+        raise ValueError(
+            f"n_classes is too large for a floating-point √C ({len(str(n_classes))} digits)"
+        ) from None
     # the output is the only whole-pool allocation: h goes in by row blocks, each scaled in place
     # as the whole [h, 1] once was (the same multiply, so the same bits) and checked while warm
     out = torch.empty((n, d + int(bias)), dtype=h.dtype, device=h.device)
