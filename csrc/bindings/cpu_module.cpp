@@ -174,12 +174,13 @@ void register_dtype(py::module_& m, const std::string& tag) {
   m.def(("count_nonfinite_rows_" + tag).c_str(),
         [](const In<T>& X) {
           int64_t n, d, first = -1, count;
+          double spread = 0;
           const T* x = rows_of<T>(X, "X", &n, &d);
           {
             py::gil_scoped_release nogil;
-            count = count_nonfinite_rows(x, n, d, &first);
+            count = count_nonfinite_rows(x, n, d, &first, &spread);
           }
-          return py::make_tuple(count, first);
+          return py::make_tuple(count, first, spread);
         },
         py::arg("X").noconvert());
 

@@ -363,24 +363,44 @@ template <> struct ExpMask<Half> { using U = uint16_t; static constexpr U value 
 template <> struct ExpMask<BFloat16> { using U = uint16_t; static constexpr U value = 0x7f80u; };
 
 template <typename T>
-int64_t count_nonfinite_rows(const T* X, int64_t n, int64_t d, int64_t* first) {
+int64_t count_nonfinite_rows(const T* X, int64_t n, int64_t d, int64_t* first, double* spread) {
   using U = typename ExpMask<T>::U;
+  using A = Acc<T>;
   constexpr U mask = ExpMask<T>::value;
   static_assert(sizeof(U) == sizeof(T));
   const U* bits = reinterpret_cast<const U*>(X);
+  std::vector<A> x0(static_cast<size_t>(n > 0 ? d : 0));
+  for (int64_t k = 0; k < static_cast<int64_t>(x0.size()); ++k) x0[k] = to_float(X[k]);
   int64_t count = 0, first_bad = n;
-#pragma omp parallel for reduction(+ : count) reduction(min : first_bad) if (n * d > kSerialWork)
-  for (int64_t i = 0; i < n; ++i) {
-    const U* x = bits + i * d;
-    int bad = 0;
+  A widest = 0;
+#pragma omp parallel if (n * d > kSerialWork)
+  {
+    std::vector<A> wide(std::is_same_v<T, A> ? 0 : static_cast<size_t>(d));
+#pragma omp for reduction(+ : count) reduction(min : first_bad) reduction(max : widest)
+    for (int64_t i = 0; i < n; ++i) {
+      const U* x = bits + i * d;
+      int bad = 0;
 #pragma omp simd reduction(| : bad)
-    for (int64_t k = 0; k < d; ++k) bad |= static_cast<int>((x[k] & mask) == mask);
-    if (bad) {
-      ++count;
-      first_bad = std::min(first_bad, i);
+      for (int64_t k = 0; k < d; ++k) bad |= static_cast<int>((x[k] & mask) == mask);
+      if (bad) {
+        ++count;
+        first_bad = std::min(first_bad, i);
+        continue;
+      }
+      const A* v = widened(X + i * d, d, wide.data());  // 16-bit rows: vector conversion
+      const A* c = x0.data();
+      A m = 0;
+#pragma omp simd reduction(max : m)
+      for (int64_t k = 0; k < d; ++k) {
+        const A diff = v[k] - c[k];
+        const A a = diff < 0 ? -diff : diff;
+        m = a > m ? a : m;
+      }
+      widest = std::max(widest, m);
     }
   }
   *first = count ? first_bad : -1;
+  *spread = static_cast<double>(widest);
   return count;
 }
 
@@ -404,7 +424,7 @@ double parallel_sum(const float* x, int64_t n) {
 #define FASTAL_INSTANTIATE(T)                                                  \
   FASTAL_INSTANTIATE_ROWS(DenseRows<T>)                                        \
   FASTAL_INSTANTIATE_ROWS(FactoredRows<T>)                                     \
-  template int64_t count_nonfinite_rows<T>(const T*, int64_t, int64_t, int64_t*);  \
+  template int64_t count_nonfinite_rows<T>(const T*, int64_t, int64_t, int64_t*, double*); \
   template void segment_sum<T>(const T*, int64_t, int64_t, const int64_t*, int64_t, double*, int64_t*);
 FASTAL_INSTANTIATE(float)
 FASTAL_INSTANTIATE(double)

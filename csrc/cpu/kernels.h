@@ -24,8 +24,10 @@ template <typename Rows>
 std::vector<AccOfRows<Rows>> prepare_centres(const Rows& set, const int64_t* index, int64_t m);
 
 // Rows of X (n x d) holding a NaN or an infinity: returns their count, and the first one in *first.
+// In the same pass *spread = max |x_ij - x_0j| in float64 (meaningful when the count is 0): rows
+// that differ by so little that their squared distances underflow are refused by the caller.
 template <typename T>
-int64_t count_nonfinite_rows(const T* X, int64_t n, int64_t d, int64_t* first);
+int64_t count_nonfinite_rows(const T* X, int64_t n, int64_t d, int64_t* first, double* spread);
 
 // Per-cluster float64 sums of the rows of X (n x d) with labels in [0, k) (checked by the caller)
 // and the cluster sizes: the update step of k-means. Independent of the thread count up to the

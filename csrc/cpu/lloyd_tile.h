@@ -25,22 +25,7 @@ namespace fastal::cpu::lloyd {
 
 constexpr int64_t kChunk = 256;  // most rows per GEMM: a kChunk x k tile stays in L2 for k <= 1000
 
-// count values of X as the accumulation type T: x itself when X is stored as T, else widened into
-// buf. Float16 and bfloat16 values are exact in float32, so the kernels then compute exactly what
-// they compute on X.astype(float32).
-template <typename T, typename S>
-const T* widened(const S* x, int64_t count, T* buf) {
-  if constexpr (std::is_same_v<S, T>) {
-    return x;
-  } else {
-    int64_t i = 0;
-#ifdef FASTAL_AVX2
-    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(buf + i, load8(x + i));
-#endif
-    for (; i < count; ++i) buf[i] = to_float(x[i]);
-    return buf;
-  }
-}
+using ::fastal::cpu::widened;  // (simd.h)
 
 // Rows per chunk for k centres: kChunk, and fewer (down to 32) past k = 4096 so that a thread's
 // tile stays near 4 MiB of float32 (256 rows of k = 50,000 would be 51 MB for every thread).

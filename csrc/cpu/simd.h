@@ -355,4 +355,21 @@ inline Acc<T> dot(const T* x, const Acc<T>* c, int64_t d) {
   return reduce_row<false>(x, c, d);
 }
 
+// count stored values as the accumulation type T: x itself when stored as T, else widened into buf
+// (vector loads). Float16 and bfloat16 values are exact in float32, so the Lloyd kernels compute
+// on them exactly what they compute on X.astype(float32).
+template <typename T, typename S>
+const T* widened(const S* x, int64_t count, T* buf) {
+  if constexpr (std::is_same_v<S, T>) {
+    return x;
+  } else {
+    int64_t i = 0;
+#ifdef FASTAL_AVX2
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(buf + i, load8(x + i));
+#endif
+    for (; i < count; ++i) buf[i] = to_float(x[i]);
+    return buf;
+  }
+}
+
 }  // namespace fastal::cpu

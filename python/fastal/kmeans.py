@@ -34,6 +34,7 @@ from .ops import (
     _ACC,
     _chunks,
     _torch_cpu_info,
+    check_spread_torch,
     cpu_pool,
     cpu_prunes,
     min_sqdist_cpu,
@@ -370,29 +371,6 @@ def _overflow(name: str, dtype: str) -> ValueError:
     return ValueError(f"distances between rows of {name} overflow {acc}: scale {name} down{hint}")
 
 
-#: log2 of the least spread of X (largest |x_ij - x_0j|) whose squared distances stay above the
-#: accumulation dtype's smallest normal number (2^-126 float32, 2^-1022 float64), with room
-_MIN_SPREAD_LOG2 = {"float32": -60, "float64": -500}
-
-
-def _check_spread(xt: Any, acc: Any, name: str, dtype: str) -> None:
-    """Refuse rows that differ, but by so little that squared distances underflow to 0: the fit
-    would put every row in one cluster and report inertia 0 (float32 rows at 1e-30)."""
-    import torch
-
-    x0 = xt[0].to(acc)
-    spread = torch.zeros((), dtype=acc, device=xt.device)
-    for s in range(0, xt.shape[0], _TILE):
-        spread = torch.maximum(spread, (xt[s : s + _TILE].to(acc) - x0).abs().amax())
-    spread = float(spread)
-    if 0.0 < spread < 2.0 ** _MIN_SPREAD_LOG2[_ACC[dtype]]:
-        hint = "" if _ACC[dtype] == "float64" else " or pass float64"
-        raise ValueError(
-            f"the rows of {name} differ by at most {spread:.3g}: their squared distances underflow "
-            f"{_ACC[dtype]}; scale {name} up{hint}"
-        )
-
-
 def _kmeans_pp(
     X: Any,
     k: int,
@@ -439,6 +417,8 @@ def _kmeans_pp(
         from ._factored_cuda import kmeans_pp_cuda
 
         with _interop.device_scope(info, "X"):
+            if not isinstance(X, GradientEmbedding):
+                check_spread_torch(as_torch(X, info), info.dtype, name)
             return kmeans_pp_cuda(X, k, lab, first_pick, uniform, progress)
     pool = cpu_pool(X, info, name)
     mind = np.empty(n, dtype=_ACC[info.dtype])
@@ -754,7 +734,8 @@ def _kmeans(
     elif not bool(torch.isfinite(xt).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     acc = _torch_acc(info.dtype)
-    _check_spread(xt, acc, name, info.dtype)
+    if info.device != "cpu" or skip is not None:  # cpu_pool above checked the others
+        check_spread_torch(xt, info.dtype, name)
     centres = _initial_centres(X, xt, info, k, init, rng, acc, name, exclude=exclude)
     tol_abs = _tol_abs(xt, float(tol), None if skip is None else skip.keep)
 

@@ -17,15 +17,52 @@ from tqdm.auto import tqdm
 from . import _ext, _interop
 from ._interop import ArrayInfo
 from ._validate import check_budget, check_indices, check_matrix, check_same_place, make_rng
-from .gradients import GradientEmbedding
+from .gradients import GradientEmbedding, as_torch
 
 _ACC = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
 
 
-def _check_finite_cpu(arr: np.ndarray, info: ArrayInfo, name: str) -> None:
-    count, first = getattr(_ext.cpu, f"count_nonfinite_rows_{info.dtype}")(arr)
+def _check_finite_cpu(arr: np.ndarray, info: ArrayInfo, name: str) -> float:
+    """Refuse NaN / Inf; returns the rows' spread max |x_ij - x_0j| (the same pass)."""
+    count, first, spread = getattr(_ext.cpu, f"count_nonfinite_rows_{info.dtype}")(arr)
     if count:
         raise ValueError(f"{name} contains NaN or Inf in {count} row(s), first at row {first}")
+    return spread
+
+
+#: log2 of the least spread of a pool (largest |x_ij - x_0j|) whose squared distances stay above
+#: the accumulation dtype's smallest normal number (2^-126 float32, 2^-1022 float64), with room
+_MIN_SPREAD_LOG2 = {"float32": -60, "float64": -500}
+
+
+def check_spread(spread: float, dtype: str, name: str) -> None:
+    """Refuse rows that differ, but by so little that their squared distances underflow to 0:
+    every distance would be 0 and the picks arbitrary (float32 rows at 1e-25)."""
+    acc = _ACC[dtype]
+    if 0.0 < spread < 2.0 ** _MIN_SPREAD_LOG2[acc]:
+        hint = "" if acc == "float64" else " or pass float64"
+        raise ValueError(
+            f"the rows of {name} differ by at most {spread:.3g}: their squared distances "
+            f"underflow {acc}; scale {name} up{hint}"
+        )
+
+
+def spread_torch(xt: Any, dtype: str) -> float:
+    """The spread max |x_ij - x_0j| of a torch tensor (CUDA pools, which the CPU scan does not
+    see), in row tiles."""
+    import torch
+
+    acc = torch.float64 if _ACC[dtype] == "float64" else torch.float32
+    x0 = xt[0].to(acc)
+    spread = torch.zeros((), dtype=acc, device=xt.device)
+    step = max(1, (1 << 21) // max(1, xt.shape[1]))
+    for s in range(0, xt.shape[0], step):
+        spread = torch.maximum(spread, (xt[s : s + step].to(acc) - x0).abs().amax())
+    return float(spread)
+
+
+def check_spread_torch(xt: Any, dtype: str, name: str) -> None:
+    check_spread(spread_torch(xt, dtype), dtype, name)
 
 
 def _check_finite_cuda(ptr: int, info: ArrayInfo, name: str) -> None:
@@ -49,8 +86,10 @@ def _torch_cpu_info(t: Any) -> ArrayInfo:
     return ArrayInfo("torch", "cpu", None, str(t.dtype).removeprefix("torch."), tuple(t.shape))
 
 
-def cpu_pool(X: Any, info: ArrayInfo, name: str = "X") -> tuple:
-    """What the CPU kernels take: ``(X,)`` checked finite, or ``(A, H, sqnorm)`` of an embedding."""
+def cpu_pool(X: Any, info: ArrayInfo, name: str = "X", spreads: list | None = None) -> tuple:
+    """What the CPU kernels take: ``(X,)`` checked finite and not too close together
+    (:func:`check_spread`), or ``(A, H, sqnorm)`` of an embedding. With ``spreads`` a dense pool's
+    spread is appended to it for the caller to judge instead (X against Y in min_distance)."""
     if isinstance(X, GradientEmbedding):
         X._check_distances_fit(name)  # the kernels clamp an overflowed (NaN) distance to 0
         a, h = X._a, X._h  # finite by construction
@@ -60,7 +99,11 @@ def cpu_pool(X: Any, info: ArrayInfo, name: str = "X") -> tuple:
             X._sqnorm.numpy(),
         )
     x = _interop.host_storage(X, info)
-    _check_finite_cpu(x, info, name)
+    spread = _check_finite_cpu(x, info, name)
+    if spreads is None:
+        check_spread(spread, info.dtype, name)
+    else:
+        spreads.append(spread)
     return (x,)
 
 
@@ -123,20 +166,37 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
     if yinfo.shape[1] != info.shape[1]:
         raise ValueError(f"Y must have {info.shape[1]} columns like X, got shape {yinfo.shape}")
     if info.device == "cpu":
-        pool, ypool = cpu_pool(X, info, "X"), cpu_pool(Y, yinfo, "Y")
+        spreads: list = []
+        pool, ypool = cpu_pool(X, info, "X", spreads), cpu_pool(Y, yinfo, "Y", spreads)
+        if not factored:  # X and Y together: their rows about X[0], within twice the spreads
+            spreads.append(float(np.abs(_first_row64(X, info) - _first_row64(Y, yinfo)).max()))
+            check_spread(max(spreads), info.dtype, "X and Y")
         dist2, index = min_sqdist_cpu(pool, ypool, info.dtype)
         if not np.isfinite(dist2).all():  # finite input: an overflow made the nearest one inf
             raise _distance_overflow(info)
         return _interop.wrap_host(np.sqrt(dist2), info), _interop.wrap_host(index, info)
-    with _interop.device_scope(info, "X"):
-        dist, index = _min_distance_cuda(X, info, Y, yinfo, factored)
     import torch
 
-    from .gradients import as_torch
+    with _interop.device_scope(info, "X"):
+        if not factored:  # as on the CPU: X and Y together
+            xt, yt = as_torch(X, info), as_torch(Y, yinfo)
+            gap = float((xt[0].to(torch.float64) - yt[0].to(torch.float64)).abs().max())
+            spread = max(spread_torch(xt, info.dtype), spread_torch(yt, info.dtype), gap)
+            check_spread(spread, info.dtype, "X and Y")
+        dist, index = _min_distance_cuda(X, info, Y, yinfo, factored)
 
     if not bool(torch.isfinite(as_torch(dist, _interop.describe(dist, "distances"))).all()):
         raise _distance_overflow(info)
     return dist, index
+
+
+def _first_row64(X: Any, info: ArrayInfo) -> np.ndarray:
+    """Row 0 of a CPU array in float64 (numpy: no torch view, which warns on read-only arrays)."""
+    if info.framework == "numpy":
+        return np.asarray(X[0], dtype=np.float64)
+    import torch
+
+    return X[0].detach().to(torch.float64).numpy()
 
 
 def _distance_overflow(info: ArrayInfo) -> ValueError:
@@ -417,6 +477,7 @@ def _kcenter_cuda(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune
     cuda = _ext.require_cuda("X")
     keep, xptr = _interop.cuda_pointer(X, info)
     _check_finite_cuda(xptr, info, "X")
+    check_spread_torch(as_torch(X, info), info.dtype, "X")
     n, d = info.shape
     dev, stream, acc = info.device_index, _interop.cuda_stream(info), _ACC[info.dtype]
     mind = _interop.empty(info, (n,), acc)

@@ -1,0 +1,65 @@
+"""Rows that differ by less than the square root of the smallest normal number (2^-60 in float32,
+2^-500 in float64) have squared distances that round to 0: every distance would be 0 and the
+picks arbitrary (k-center took rows 1, 2 of [0, 1, 2, 10] x 1e-25 where float64 takes 3, 2).
+The pools' finiteness scan measures their spread max |x_ij - x_0j| in the same pass and such pools
+are refused with a ValueError, as overflowing ones are; pools whose distances fit are not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fastal
+
+TINY = np.array([[0.0], [1.0], [2.0], [10.0]]) * 1e-25
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda X: fastal.kcenter_greedy(X, 2, labeled=[0]),
+        lambda X: fastal.kmeans_pp(X, 1, labeled=[0], seed=0),
+        lambda X: fastal.kmeans(X, 2, seed=0),
+        lambda X: fastal.min_distance(X, X[[0, 3]]),
+    ],
+    ids=["kcenter", "kmeans_pp", "kmeans", "min_distance"],
+)
+def test_rows_too_close_for_float32_are_refused(dtype, call):
+    X = torch.from_numpy(TINY).to(getattr(torch, dtype))
+    with pytest.raises(ValueError, match=r"underflow float32; scale .* up or pass float64"):
+        call(X)
+
+
+def test_float64_has_the_range_and_gives_the_reference_picks():
+    np.testing.assert_array_equal(fastal.kcenter_greedy(TINY, 2, labeled=[0]), [3, 2])
+    dist, index = fastal.min_distance(TINY, TINY[[0, 3]])
+    np.testing.assert_allclose(dist, [0, 1e-25, 2e-25, 0], rtol=1e-12)
+    np.testing.assert_array_equal(index, [0, 0, 0, 1])
+    with pytest.raises(ValueError, match=r"underflow float64; scale X up$"):
+        fastal.kcenter_greedy(TINY * 1e-160, 2, labeled=[0])
+
+
+def test_close_rows_far_from_the_set_are_fine():
+    """min_distance judges X and Y together: X's rows are 1e-25 apart, but Y is 1 away."""
+    X = TINY.astype(np.float32)
+    dist, index = fastal.min_distance(X, np.ones((1, 1), np.float32))
+    np.testing.assert_allclose(dist, 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(index, [0, 0, 0, 0])
+
+
+def test_equal_rows_are_fine():
+    """No spread at all: the distances really are 0."""
+    X = np.full((5, 3), 1e-30, np.float32)
+    assert fastal.kcenter(X, 2, labeled=[0]).radius.tolist() == [0.0, 0.0]
+    assert fastal.kmeans(X, 2, seed=0).inertia == 0.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_the_scan_reports_the_spread(dtype):
+    X = torch.from_numpy(np.array([[1.0, 2.0], [1.5, -2.0], [1.0, 2.0]])).to(getattr(torch, dtype))
+    wire = X.view(torch.int16).numpy().view(np.uint16) if X.element_size() == 2 else X.numpy()
+    count, first, spread = getattr(fastal._ext.cpu, f"count_nonfinite_rows_{dtype}")(wire)
+    assert (count, first, spread) == (0, -1, 4.0)
