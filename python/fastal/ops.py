@@ -62,6 +62,7 @@ def spread_torch(xt: Any, dtype: str) -> float:
 
 
 def check_spread_torch(xt: Any, dtype: str, name: str) -> None:
+    """:func:`check_spread` of a torch tensor's :func:`spread_torch`."""
     check_spread(spread_torch(xt, dtype), dtype, name)
 
 
