@@ -350,11 +350,12 @@ def iht_score_ref(s, sigma, alpha: float, rule: str = "paper") -> np.ndarray:
     exact proximal one ``-½[s_j]_+² - alpha sigma_j² [s_j > 0]`` ("exact")."""
     s = np.asarray(s, dtype=np.float64)
     sigma = np.asarray(sigma, dtype=np.float64)
+    bonus = alpha * (sigma * sigma) if alpha else np.zeros_like(sigma)  # alpha = 0: no sigma term
     if rule == "exact":
         pos = np.maximum(s, 0.0)
-        return np.where(s > 0, -(0.5 * (pos * pos)) - alpha * (sigma * sigma), 0.0)
+        return np.where(s > 0, -(0.5 * (pos * pos)) - bonus, 0.0)
     neg = np.maximum(-s, 0.0)
-    return 0.5 * (neg * neg) - alpha * (sigma * sigma)
+    return 0.5 * (neg * neg) - bonus
 
 
 def iht_threshold_ref(s, sigma, b: int, alpha: float, rule: str = "paper") -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from numpy.testing import assert_allclose, assert_array_equal
 
 import fastal
 from fastal import _ext
@@ -104,6 +105,25 @@ def test_sparse_approx_refuses_an_objective_that_overflows(solver, scale, dtype)
     ):
         SparseApprox(solver=solver, temperature=2.0).select(pool, 5)
     SparseApprox(solver=solver, temperature=2.0).select(_factored_pool(1.0, dtype), 5)
+
+
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_sparse_approx_is_scale_free_where_the_line_search_overflows(solver):
+    """Scaling the features by k scales Φ, v and sigma by k. The line search's |Φ∇f1|² grows like k⁶
+    and overflowed from k ~ 1e51: μ = 0 skipped every step and the selection silently changed.
+    (β |w - 1|² does not scale, so only scales where it is negligible compare.)"""
+    pool = _factored_pool(1.0, np.float64)
+
+    def select(k):
+        pool_k = dict(pool, features=pool["features"] * k)
+        sel = SparseApprox(solver=solver, temperature=2.0).select(pool_k, 5)
+        return np.asarray(sel.indices), np.asarray(sel.diagnostics["objective"]) / k**2
+
+    base_indices, base_f = select(1e30)
+    for k in (1e60, 1e90):
+        indices, f = select(k)
+        assert_array_equal(indices, base_indices)
+        assert_allclose(f, base_f, rtol=1e-9)
 
 
 def test_sparse_approx_bayesian_needs_two_samples_and_a_class():

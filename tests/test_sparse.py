@@ -283,6 +283,21 @@ def test_iht_threshold_nan_scores_are_an_error_not_a_crash():
     assert_array_equal(support, [0, 1])
 
 
+@pytest.mark.parametrize("rule", ["paper", "exact"])
+def test_iht_threshold_alpha_zero_ignores_sigma_past_float64_squares(rule):
+    """alpha = 0 drops the sigma term, so a finite sigma whose square overflows float64 changes
+    nothing (0 * inf would be NaN); a NaN sigma passed to the kernel directly is still refused."""
+    s = np.array([-1.0, 2.0, -3.0, 0.5])
+    support, w = fastal.iht_threshold(s, np.array([1e200, 0.0, 1.0, 1e300]), 2, 0.0, rule=rule)
+    ref_support, ref_w = iht_threshold_ref(s, np.array([1e200, 0.0, 1.0, 1e300]), 2, 0.0, rule)
+    assert_array_equal(support, ref_support)
+    assert_array_equal(w, ref_w)
+    sigma = np.zeros(4)
+    sigma[1] = np.nan
+    with pytest.raises(ValueError, match="NaN at index 1"):
+        fastal._ext.cpu.iht_threshold_float64(s, sigma, 2, 0.0, exact=rule == "exact")
+
+
 THRESHOLD_SIZES = [
     (1, 0),
     (1, 1),
@@ -1331,6 +1346,12 @@ def test_fit_temperature_stays_in_its_bounds():
     T = fastal.fit_temperature(z, z.argmin(1))
     assert pytest.approx(1e2, rel=1e-2) == T
     assert fit_temperature_ref(z, z.argmin(1)) == pytest.approx(1e2, rel=1e-6)
+    # finite logits so large that z / T overflows float64: the same bounds, not inf <= inf noise
+    # (0.0556 and 0.01 before the NLL was computed divided by the logits' scale)
+    for scale in (1e306, 1e308):
+        big = z / np.abs(z).max() * scale
+        assert pytest.approx(1e-2, rel=1e-2) == fastal.fit_temperature(big, z.argmax(1))
+        assert pytest.approx(1e2, rel=1e-2) == fastal.fit_temperature(big, z.argmin(1))
 
 
 def test_fit_temperature_rejects_bad_input():

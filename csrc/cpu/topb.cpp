@@ -28,13 +28,16 @@ namespace {
 template <IhtRule Rule, typename T>
 inline double iht_score(T s, T sigma, double alpha) {
   const double sg = static_cast<double>(sigma);
+  // alpha = 0 drops the sigma term: 0 * (a sigma^2 past float64) would be NaN. sg - sg keeps a
+  // NaN sigma NaN, and is +0.0 like 0 * sg^2 otherwise.
+  const double bonus = alpha == 0.0 ? sg - sg : alpha * (sg * sg);
   if constexpr (Rule == IhtRule::Exact) {
     if (s <= T(0)) return sg == sg ? 0.0 : sg;
     const double pos = static_cast<double>(s);
-    return -(0.5 * (pos * pos)) - alpha * (sg * sg);
+    return -(0.5 * (pos * pos)) - bonus;
   }
   const double neg = std::max(-static_cast<double>(s), 0.0);
-  return 0.5 * (neg * neg) - alpha * (sg * sg);
+  return 0.5 * (neg * neg) - bonus;
 }
 
 struct Keyed {

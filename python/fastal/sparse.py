@@ -23,6 +23,7 @@ tuned for, and fastal applies them to eq. 19.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,11 +171,17 @@ def _fit_temperature(logits: Any, targets: Any, names: tuple[str, str] = ("logit
     y = torch.as_tensor(y.astype(np.int64)).to(z.device)
     if not bool(torch.isfinite(z).all()):
         raise ValueError(f"{lname} contains NaN or Inf")
-    picked = z.gather(1, y[:, None])[:, 0]
+    top = z.max(1).values
+    # The NLL divided by a power of two s > |z| / 2 when logits are huge: z / T past float64 would
+    # turn the search's comparisons into inf <= inf. Dividing every NLL by s keeps their order.
+    zmax = float(z.abs().max())
+    s = math.ldexp(1.0, math.frexp(zmax)[1] - 1) if zmax > 2.0**500 else 1.0
+    margin = top / s - z.gather(1, y[:, None])[:, 0] / s  # (max - target) / s, >= 0
+    shifted = z - top[:, None]  # <= 0; -inf past float64 only where exp() would give 0 anyway
 
     def nll(log_t: float) -> float:
         t = float(np.exp(log_t))
-        return float((torch.logsumexp(z / t, 1) - picked / t).mean())
+        return float((margin / t + torch.logsumexp(shifted / t, 1) / s).mean())
 
     lo, hi = np.log(1e-2), np.log(1e2)
     g = (np.sqrt(5) - 1) / 2
@@ -333,9 +340,25 @@ class SparseProblem:
         """Alg. 4: the exact minimiser of ``f1(w - μ u)`` over μ (0 for a zero direction)."""
         r = self.residual(w) if r is None else r
         pu = self.phi.apply(u) if phi_u is None else phi_u
+        num, den = self._line_terms(u, w, r, pu)
+        if not (math.isfinite(num) and math.isfinite(den)):
+            # |Φu|² grows like the features' scale to the sixth power (u = ∇f1): past ~1e51 it
+            # overflows and μ = num / inf = 0 would silently skip the step. The minimiser along
+            # u / c is c μ; if even that overflows, NaN reaches the caller's finiteness check.
+            c = float(u.abs().max())
+            if not (0 < c < math.inf):
+                return math.nan
+            num, den = self._line_terms(u / c, w, r, pu / c)
+            if not (math.isfinite(num) and math.isfinite(den)):
+                return math.nan
+            return num / den / c if den > 0 else 0.0
+        return num / den if den > 0 else 0.0
+
+    def _line_terms(self, u: Any, w: Any, r: Any, pu: Any) -> tuple[float, float]:
+        """Alg. 4's numerator and denominator: ``f1(w - μ u)`` is smallest at ``μ = num / den``."""
         num = float((r * pu).sum() + self.beta * ((w - 1) * u).sum())
         den = float((pu * pu).sum() + self.beta * (u * u).sum())
-        return num / den if den > 0 else 0.0
+        return num, den
 
     def debias(self, w: Any, S: Any, r: Any = None) -> tuple[Any, Any]:
         """Alg. 5 over the selected set ``S``; returns the new ``w`` and its residual."""
