@@ -403,6 +403,28 @@ def test_overflow_and_non_finite_are_reported(backend):
         fastal.kmeans_pp(to_backend(X, backend, "float32"), 3, seed=0)
 
 
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_underflow_is_refused_on_gpu(backend):
+    """Factors at 1e-12 (|g|² ~ 1e-48) and dense rows 1e-25 apart: every float32 distance is 0,
+    so each entry point refuses, as on the CPU (tests/test_underflow.py)."""
+    A, H = integer_factors(40, 3, 4, seed=24)
+    tiny = embedding(A * 1e-12, H * 1e-12, backend, "float32")
+    dense = to_backend(np.array([[0.0], [1.0], [2.0], [10.0]]) * 1e-25, backend, "float32")
+    calls = [
+        lambda: fastal.kcenter_greedy(tiny, 3, seed=0),
+        lambda: fastal.kmeans_pp(tiny, 3, seed=0),
+        lambda: fastal.min_distance(tiny, tiny.subset([0, 3])),
+        lambda: fastal.kcenter_greedy(dense, 2, seed=0),
+        lambda: fastal.kmeans_pp(dense, 2, seed=0),
+        lambda: fastal.kmeans(dense, 2, seed=0),
+        lambda: fastal.min_distance(dense, dense[:2]),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="underflow float32"):
+            call()
+    fastal.kcenter_greedy(embedding(A, H, backend, "float32"), 3, seed=0)
+
+
 def test_torch_non_default_stream():
     if "torch-cuda" not in AVAILABLE_CUDA_BACKENDS:
         pytest.skip("torch cannot see a CUDA device")

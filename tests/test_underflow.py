@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import fastal
+from fastal.strategies import BADGE
 
 TINY = np.array([[0.0], [1.0], [2.0], [10.0]]) * 1e-25
 
@@ -63,3 +64,50 @@ def test_the_scan_reports_the_spread(dtype):
     wire = X.view(torch.int16).numpy().view(np.uint16) if X.element_size() == 2 else X.numpy()
     count, first, spread = getattr(fastal._ext.cpu, f"count_nonfinite_rows_{dtype}")(wire)
     assert (count, first, spread) == (0, -1, 4.0)
+
+
+# -- GradientEmbedding: |g_i|² = |A_i|²|H_i|² underflows where the factors are small ------------
+
+_RNG = np.random.default_rng(0)
+_A, _H = _RNG.normal(size=(30, 3)), _RNG.normal(size=(30, 4))
+
+
+def _embedding(scale: float, dtype=np.float32) -> fastal.GradientEmbedding:
+    return fastal.GradientEmbedding((_A * scale).astype(dtype), (_H * scale).astype(dtype))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda E: fastal.kcenter_greedy(E, 6, labeled=[0]),
+        lambda E: fastal.kmeans_pp(E, 3, first="norm", seed=0),
+        lambda E: fastal.min_distance(E, E.subset([0, 3])),
+    ],
+    ids=["kcenter", "kmeans_pp", "min_distance"],
+)
+def test_embeddings_too_small_for_float32_are_refused(call):
+    """Factors at 1e-12 give |g|² near 1e-48: every factored distance was 0 and k-center took
+    rows 1, 2, 3, ... in index order where float64 takes 4, 29, 25, ..."""
+    with pytest.raises(ValueError, match=r"underflow float32; scale .* up or pass float64"):
+        call(_embedding(1e-12))
+
+
+def test_small_embeddings_in_float64_give_the_float32_picks_of_the_unscaled_ones():
+    expected = fastal.kcenter_greedy(_embedding(1.0), 6, labeled=[0]).tolist()
+    assert fastal.kcenter_greedy(_embedding(1e-12, np.float64), 6, labeled=[0]).tolist() == expected
+    assert fastal.kcenter_greedy(_embedding(1e-6), 6, labeled=[0]).tolist() == expected
+
+
+def test_an_all_zero_embedding_is_fine():
+    """No spread at all: every distance really is 0 (the labeled row is as far as any)."""
+    E = fastal.GradientEmbedding(np.zeros((5, 3), np.float32), np.ones((5, 4), np.float32))
+    assert fastal.kcenter(E, 2, labeled=[0]).radius.tolist() == [0.0, 0.0]
+
+
+def test_badge_names_its_features_when_their_gradients_underflow():
+    probs = _RNG.dirichlet(np.ones(3), 30).astype(np.float32)
+    features = (_H * 1e-25).astype(np.float32)
+    with pytest.raises(ValueError, match=r"underflow float32"):
+        BADGE().select({"probs": probs, "features": features}, 4, seed=0)
+    picks = BADGE().select({"probs": probs, "features": _H.astype(np.float32)}, 4, seed=0)
+    assert len(set(picks.indices.tolist())) == 4

@@ -17,7 +17,7 @@ import numpy as np
 from . import _ext, _interop
 from ._interop import ArrayInfo
 from .gradients import GradientEmbedding, from_torch
-from .ops import _chunks
+from .ops import _chunks, check_spread, embedding_spread
 
 #: rows per chunk of the overflow check (bounds its float32 temporaries)
 _CHUNK = 1 << 15
@@ -117,6 +117,7 @@ def kcenter_cuda_factored(
     """
     cuda = _ext.require_cuda("X")
     pool = _Factored(emb, "X", cuda)
+    check_spread(embedding_spread(emb), pool.dtype, "X")
     n, C, dh, tinfo = pool.n, pool.C, pool.dh, pool.tinfo
     dev, stream = pool.device, pool.stream
     mind = _interop.empty(tinfo, (n,), "float32")

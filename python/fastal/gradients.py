@@ -139,6 +139,16 @@ class GradientEmbedding:
         self._peaks = peaks
         self._fits: bool | None = None
 
+    def _largest_entry(self) -> float:
+        """``max_i |g_i|_∞ = max_i |A_i|_∞ |H_i|_∞`` in float64 (no squares to underflow)."""
+        torch = _torch()
+        peak = 0.0
+        for s in range(0, self.n, _CHUNK):
+            a = self._a[s : s + _CHUNK].to(torch.float64).abs().amax(1)
+            h = self._h[s : s + _CHUNK].to(torch.float64).abs().amax(1)
+            peak = max(peak, float((a * h).max()))
+        return peak
+
     def _check_distances_fit(self, name: str) -> None:
         """Raise a ValueError naming ``name`` when a factored distance could overflow the
         accumulation dtype (float32; float64 for float64 factors).

@@ -34,9 +34,11 @@ from .ops import (
     _ACC,
     _chunks,
     _torch_cpu_info,
+    check_spread,
     check_spread_torch,
     cpu_pool,
     cpu_prunes,
+    embedding_spread,
     min_sqdist_cpu,
     pool_info,
     pool_rows,
@@ -417,7 +419,9 @@ def _kmeans_pp(
         from ._factored_cuda import kmeans_pp_cuda
 
         with _interop.device_scope(info, "X"):
-            if not isinstance(X, GradientEmbedding):
+            if isinstance(X, GradientEmbedding):
+                check_spread(embedding_spread(X), info.dtype, name)
+            else:
                 check_spread_torch(as_torch(X, info), info.dtype, name)
             return kmeans_pp_cuda(X, k, lab, first_pick, uniform, progress)
     pool = cpu_pool(X, info, name)

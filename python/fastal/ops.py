@@ -47,6 +47,15 @@ def check_spread(spread: float, dtype: str, name: str) -> None:
         )
 
 
+def embedding_spread(emb: GradientEmbedding) -> float:
+    """What :func:`check_spread` judges for a GradientEmbedding: a bound ``2 max_i |g_i|_∞`` on
+    how far its rows differ, or inf (no pass) while its largest ``|g_i|²`` is clear of underflow."""
+    acc = _ACC[emb.dtype]
+    if float(emb._peaks[2]) >= 2.0 ** (2 * _MIN_SPREAD_LOG2[acc]):
+        return float("inf")
+    return 2.0 * emb._largest_entry()
+
+
 def spread_torch(xt: Any, dtype: str) -> float:
     """The spread max |x_ij - x_0j| of a torch tensor (CUDA pools, which the CPU scan does not
     see), in row tiles."""
@@ -88,24 +97,26 @@ def _torch_cpu_info(t: Any) -> ArrayInfo:
 
 
 def cpu_pool(X: Any, info: ArrayInfo, name: str = "X", spreads: list | None = None) -> tuple:
-    """What the CPU kernels take: ``(X,)`` checked finite and not too close together
-    (:func:`check_spread`), or ``(A, H, sqnorm)`` of an embedding. With ``spreads`` a dense pool's
-    spread is appended to it for the caller to judge instead (X against Y in min_distance)."""
+    """What the CPU kernels take: ``(X,)`` checked finite, or ``(A, H, sqnorm)`` of an embedding;
+    either refused when its rows are too close together (:func:`check_spread`). With ``spreads``
+    the spread is appended to it for the caller to judge instead (X against Y in min_distance)."""
     if isinstance(X, GradientEmbedding):
         X._check_distances_fit(name)  # the kernels clamp an overflowed (NaN) distance to 0
         a, h = X._a, X._h  # finite by construction
-        return (
+        pool = (
             _interop.host_storage(a, _torch_cpu_info(a)),
             _interop.host_storage(h, _torch_cpu_info(h)),
             X._sqnorm.numpy(),
         )
-    x = _interop.host_storage(X, info)
-    spread = _check_finite_cpu(x, info, name)
+        spread = embedding_spread(X)
+    else:
+        pool = (_interop.host_storage(X, info),)
+        spread = _check_finite_cpu(pool[0], info, name)
     if spreads is None:
         check_spread(spread, info.dtype, name)
     else:
         spreads.append(spread)
-    return (x,)
+    return pool
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +182,7 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
         pool, ypool = cpu_pool(X, info, "X", spreads), cpu_pool(Y, yinfo, "Y", spreads)
         if not factored:  # X and Y together: their rows about X[0], within twice the spreads
             spreads.append(float(np.abs(_first_row64(X, info) - _first_row64(Y, yinfo)).max()))
-            check_spread(max(spreads), info.dtype, "X and Y")
+        check_spread(max(spreads), info.dtype, "X and Y")
         dist2, index = min_sqdist_cpu(pool, ypool, info.dtype)
         if not np.isfinite(dist2).all():  # finite input: an overflow made the nearest one inf
             raise _distance_overflow(info)
@@ -183,7 +194,9 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
             xt, yt = as_torch(X, info), as_torch(Y, yinfo)
             gap = float((xt[0].to(torch.float64) - yt[0].to(torch.float64)).abs().max())
             spread = max(spread_torch(xt, info.dtype), spread_torch(yt, info.dtype), gap)
-            check_spread(spread, info.dtype, "X and Y")
+        else:
+            spread = max(embedding_spread(X), embedding_spread(Y))
+        check_spread(spread, info.dtype, "X and Y")
         dist, index = _min_distance_cuda(X, info, Y, yinfo, factored)
 
     if not bool(torch.isfinite(as_torch(dist, _interop.describe(dist, "distances"))).all()):
