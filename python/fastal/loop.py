@@ -19,7 +19,7 @@ import json
 import numbers
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 
 from ._io import save_npz_atomic, write_atomic
 from ._torch_state import forked_rng
+from ._validate import _number, check_positive_int
 
 _STATE_VERSION = 1
 
@@ -166,6 +167,8 @@ class _Data:
         if self.dataset is None:
             return self.y[torch.from_numpy(idx)]
         ys = [torch.as_tensor(self.dataset[int(i)][1]) for i in idx]
+        if self.task == "classification":
+            ys = [_one_label(y, self.label_name) for y in ys]
         y = torch.stack(ys) if ys else torch.empty(0, dtype=torch.int64)
         if self.task == "classification":
             return _class_labels(y, self.label_name)
@@ -197,7 +200,7 @@ class _ClassLabels:
         import torch
 
         x, y = self.dataset[i]
-        return x, _class_labels(torch.as_tensor(y), self.name)
+        return x, _class_labels(_one_label(torch.as_tensor(y), self.name), self.name)
 
 
 def _as_tensor(a: Any, name: str, *, floating: bool) -> Any:
@@ -216,6 +219,16 @@ def _as_tensor(a: Any, name: str, *, floating: bool) -> Any:
     if t.ndim == 0:
         raise ValueError(f"{name} must have a row dimension")
     return t
+
+
+def _one_label(y: Any, name: str) -> Any:
+    """A Dataset's class label for one row as a 0-d tensor: a scalar, or one value stored with a
+    shape such as (1,) (compared with (n,) predictions, (n, 1) labels would broadcast to n x n)."""
+    if y.numel() != 1:
+        raise ValueError(
+            f"{name} must give one class label per row, got a label of shape {tuple(y.shape)}"
+        )
+    return y.reshape(())
 
 
 def _class_labels(y: Any, name: str) -> Any:
@@ -313,7 +326,8 @@ def fit(
     ----------
     model : nn.Module
     dataset : Dataset of (x, y)
-        The labeled rows (stacked into tensors: active-learning labeled sets are small).
+        The labeled rows (stacked into tensors: active-learning labeled sets are small; floating
+        inputs are cast to the model's parameter dtype, as :func:`fastal.torch.pool_outputs` does).
     task : {"classification", "regression"}
     seed : int
         Seeds the split, the batches and dropout (the global torch RNG is restored afterwards).
@@ -327,10 +341,23 @@ def fit(
 
     import torch
 
+    _check_task(task)
+    for value, name in ((max_steps, "max_steps"), (min_val, "min_val"), (seed, "seed")):
+        _count(value, name)
+    for value, name in ((batch_size, "batch_size"), (eval_every, "eval_every")):
+        check_positive_int(value, name)
+    check_positive_int(patience, "patience")
+    if not 0 <= _number(val_fraction, "val_fraction") < 1:
+        raise ValueError(
+            f"val_fraction must be in [0, 1): rows must be left to train on, got {val_fraction}"
+        )
     X, y = _tensors(dataset)
     n = X.shape[0]
     if n == 0:
         raise ValueError("cannot train on an empty labeled set")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and X.is_floating_point():
+        X = X.to(dtype)  # as the adapter does: floating inputs take the parameters' dtype
     model.to(device)
     dev = torch.device(device)
     with forked_rng(dev, seed):
@@ -376,15 +403,22 @@ def _loss(out: Any, y: Any, task: str) -> Any:
 
     if task == "classification":
         return F.cross_entropy(out, y)
-    out = _match(out, y)
+    out, y = _match(out, y, "the labeled rows' targets")
     return F.mse_loss(out, y.to(out.dtype))
 
 
-def _match(out: Any, y: Any) -> Any:
-    """Scalar regression: outputs (B, 1) against targets (B,)."""
+def _match(out: Any, y: Any, name: str) -> tuple[Any, Any]:
+    """Regression outputs and targets of one shape: a scalar target may be (B,) or (B, 1) on
+    either side; any other difference is an error (a broadcast would compare B x B pairs)."""
     if out.ndim == 2 and out.shape[1] == 1 and y.ndim == 1:
-        return out[:, 0]
-    return out
+        out = out[:, 0]
+    elif y.ndim == 2 and y.shape[1] == 1 and out.ndim == 1:
+        y = y[:, 0]
+    if out.shape != y.shape:
+        raise ValueError(
+            f"{name} have shape {tuple(y.shape)} but the model's outputs {tuple(out.shape)}"
+        )
+    return out, y
 
 
 def evaluate(model: Any, data: _Data, task: str, *, device: Any, batch_size: int) -> float:
@@ -401,7 +435,7 @@ def evaluate(model: Any, data: _Data, task: str, *, device: Any, batch_size: int
     if task == "classification":
         _check_classes(y, out.shape[1], data.label_name)
         return float((out.argmax(1) == y.to(out.device)).to(torch.float64).mean())
-    out = _match(out, y)
+    out, y = _match(out, y, data.label_name)
     return float(((out.to(torch.float64) - y.to(out.device, torch.float64)) ** 2).mean())
 
 
@@ -443,7 +477,9 @@ def run(
         floating ones only when every value is a whole number (``1.0``, never ``0.5``: those
         raise rather than being truncated). They are checked (``ValueError`` naming ``pool[1]``
         or ``test[1]``) before the first training; a Dataset's labels as they are read (the
-        labeled rows before each training, the test set at each evaluation).
+        labeled rows before each training, the test set at each evaluation), one per row (a
+        scalar, or one value stored with a shape such as ``(1,)``). Regression targets have the
+        shape of the model's outputs, a scalar target ``(n,)`` or ``(n, 1)`` on either side.
         The pool's labels are the oracle: only labeled rows are shown to training.
     model_fn : callable
         ``model_fn() -> nn.Module``, called at the start of every round under the round's seed.
@@ -461,7 +497,7 @@ def run(
         primal-dual trainer), else :func:`fit`.
     task : {"classification", "regression"}
         Metric: test accuracy, or test MSE (mean over rows and outputs).
-    seed : int
+    seed : int >= 0
         The run seed (see the module docstring for how rounds derive theirs).
     device : default "cpu"
         Where training, evaluation and the pool pass run.
@@ -485,11 +521,15 @@ def run(
     RunResult
         ``.rows``, ``.auc``, ``.labeled``, ``.to_csv()``.
     """
+    import torch
+
     from .strategies import Strategy, get
     from .torch import select as torch_select
+    from .torch.adapter import _check_device
 
-    if task not in ("classification", "regression"):
-        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    _check_task(task)
+    seed = _count(seed, "seed")
+    _check_device(device, "device", cpu_or_cuda=True)
     if isinstance(strategy, str):
         strategy = get(strategy)()
     elif isinstance(strategy, type) and issubclass(strategy, Strategy):
@@ -501,6 +541,10 @@ def run(
     if train_fn is None:  # a strategy that needs its own training (ALLY) brings its trainer
         train_fn = getattr(strategy, "train_fn", None) or fit
     metric = "accuracy" if task == "classification" else "mse"
+    is_count = isinstance(initial, numbers.Integral) and not isinstance(initial, bool)
+    sequence = isinstance(initial, Iterable) and not isinstance(initial, (str, bytes))
+    if not (is_count or sequence) or isinstance(initial, bool):
+        raise TypeError(f"initial must be an int or a sequence of row indices, got {initial!r}")
     meta = {
         "version": _STATE_VERSION, "seed": int(seed), "strategy": strategy_name, "n": data.n,
         "task": task, "budgets": budgets,
@@ -513,10 +557,10 @@ def run(
     else:
         labeled = _initial(initial, data.n, seed)
         added, rows = np.zeros(labeled.size, np.int64), []
-    if labeled.size + sum(budgets) > data.n:
-        raise ValueError(
-            f"initial + budgets = {labeled.size + sum(budgets)} is more than the pool ({data.n} rows)"
-        )
+    # resumed: labeled already holds the picks of the rounds done
+    wanted = labeled.size + sum(budgets[len(rows) :])
+    if wanted > data.n:
+        raise ValueError(f"initial + budgets = {wanted} is more than the pool ({data.n} rows)")
 
     def save() -> None:
         if save_to is not None:
@@ -530,6 +574,8 @@ def run(
         )
         with forked_rng(device, model_seed):
             model = model_fn()
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model_fn must return an nn.Module, got {type(model).__name__}")
         labels = None
         if task == "classification":
             if n_classes is None:  # labels must index the model's logits: check before training
@@ -573,13 +619,20 @@ def _budgets(budget: Any, rounds: int | None) -> list[int]:
         if rounds is None:
             raise ValueError("rounds is needed with a single int budget")
         budgets = [int(budget)] * _count(rounds, "rounds")
+    elif isinstance(budget, (str, bytes)) or not isinstance(budget, Iterable):
+        raise TypeError(f"budget must be an int or a sequence of ints, got {type(budget).__name__}")
     else:
-        budgets = [int(b) for b in budget]
+        budgets = [_count(b, "every budget") for b in budget]
         if rounds is not None and _count(rounds, "rounds") != len(budgets):
             raise ValueError(f"budget has {len(budgets)} entries but rounds = {rounds}")
     if any(b < 1 for b in budgets):
         raise ValueError(f"every budget must be >= 1, got {budgets}")
     return budgets
+
+
+def _check_task(task: Any) -> None:
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
 
 
 def _count(v: Any, name: str) -> int:
