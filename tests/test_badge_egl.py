@@ -494,7 +494,7 @@ def _softmax_torch(n: int, C: int, dtype: str, seed: int):
 def test_badge_and_egl_accept_low_precision_probs(dtype):
     """Softmax outputs cast to float16 / bfloat16 sum to 1 only to that dtype's rounding. They
     are accepted: BADGE picks as on the embedding built by hand from the same stored values, EGL
-    scores them by its closed form |h|²(1 - |p|²) (which takes the rows as they are stored)."""
+    scores them by the expectation over the row with its top entry read as 1 minus the others."""
     import torch
 
     n, labeled = 120, [0, 5]
@@ -509,9 +509,11 @@ def test_badge_and_egl_accept_low_precision_probs(dtype):
         assert_array_equal(to_numpy(a.indices), to_numpy(b.indices))
         sel = EGL().select(pool, 6, labeled)
         got = upcast(sel.diagnostics["scores"])
-        p64, h64 = upcast(p), upcast(features)
-        closed_form = (h64 * h64).sum(1) * (1 - (p64 * p64).sum(1))
-        assert_allclose(got, closed_form, rtol=1e-5, atol=1e-6)
+        p64 = upcast(p)
+        top = p64.argmax(1)
+        p64[np.arange(n), top] = 0
+        p64[np.arange(n), top] = 1 - p64.sum(1)
+        assert_allclose(got, egl_ref(p64, upcast(features)), rtol=1e-6)  # |h|² summed in float32
         assert_array_equal(to_numpy(sel.indices), top_scores_ref(got, 6, labeled))
     bad = (p.double() * 0.97).to(p.dtype)  # rows summing to ~0.97: wrong in any dtype
     with pytest.raises(ValueError, match="sum to 1"):
@@ -580,3 +582,22 @@ def test_kmeans_sampling_distances_in_row_tiles(monkeypatch):
     labeled = labeled_subset(400, 12, seed=2)
     idx = to_numpy(KMEANS().select(X, 12, labeled, seed=2).indices)
     assert_array_equal(idx, kmeans_sampling_ref(X, 12, labeled, 2, max_iter=100))
+
+
+@pytest.mark.parametrize("key", ["probs", "logits"])
+def test_egl_keeps_the_scores_of_confident_float32_rows(key):
+    """Confident rows (top-logit gap 14..20): 1 - |p|² in float32 cancelled to 0 for every row,
+    so the picks fell to the lowest indices (0, 1, 2, ... where the float64 truth ranks 8, 9, 7).
+    The float32 softmax outputs that fastal.torch hands EGL round p_max to 1.0 from a gap of ~17;
+    the scores now come from the small probabilities, as in float64."""
+    import torch
+
+    n, C = 10, 10
+    z = torch.zeros(n, C)
+    z[:, 0] = torch.linspace(14, 20, n)
+    h = torch.ones(n, 8) * torch.arange(1, n + 1)[:, None].float() ** 3
+    truth = egl_ref(softmax_ref(z.numpy().astype(np.float64)), h.numpy())
+    pool = {key: torch.softmax(z, 1) if key == "probs" else z, "features": h}
+    sel = EGL().select(pool, n)
+    assert_allclose(upcast(sel.diagnostics["scores"]), truth, rtol=1e-5)
+    assert_array_equal(to_numpy(sel.indices), top_scores_ref(truth, n))

@@ -35,7 +35,11 @@ class EGL(Strategy):
     The pool is a mapping with ``"probs"`` (or ``"logits"``) and ``"features"``. ``diagnostics``
     holds ``"scores"`` for every row of the pool, float64: ``|h|²`` is summed in float32 (float64
     for float64 input) and, for rows where that overflows (``|h| ≳ 1.8e19``), again in float64, so
-    large features rank correctly instead of all scoring ``inf``. Checks and scores run in row
+    large features rank correctly instead of all scoring ``inf``. ``1 - |p|² = Σ_y p_y (1 - p_y)``
+    is taken in float64 with the top class's probability read as 1 minus the sum of the others
+    (stored rows sum to 1 only to their dtype's rounding, which ``p_max`` carries in full while
+    the small probabilities of a confident row keep their relative precision), so confident rows
+    keep their small scores instead of cancelling to 0. Checks and scores run in row
     tiles: no temporary the size of the features or probabilities.
 
     Examples
@@ -106,10 +110,7 @@ class EGL(Strategy):
         hsq += 1.0 if self.bias else 0.0
         scores = hsq
         for s, e in tiles:
-            p = p_in[s:e].to(acc)
-            if not is_probs:
-                p = torch.softmax(p, dim=1)
-            scores[s:e] *= (1 - (p * p).sum(1)).clamp_min(0).to(torch.float64)
+            scores[s:e] *= _spread(p_in[s:e], is_probs)
         cand = torch.from_numpy(rest).to(scores.device)
         # stable sort of -score over ascending candidates: ties keep the lowest index first
         order = torch.sort(-scores[cand], stable=True).indices[:budget]
@@ -118,3 +119,19 @@ class EGL(Strategy):
             _interop.to_framework(indices, pinfo),
             {"scores": from_torch(scores, pinfo)},
         )
+
+
+def _spread(p: Any, is_probs: bool) -> Any:
+    """``1 - |p|² = Σ_y p_y (1 - p_y)`` per row in float64, with the top class's probability taken
+    as 1 minus the others' sum: the small probabilities of a confident row carry its score and
+    are stored to full relative precision, ``p_max`` only to the dtype's absolute rounding
+    (float32 probs round it to 1.0 from ~1 - 6e-8; ``1 - |p|²`` as written then cancelled to 0,
+    and float32 logits with a gap of 17 scored every row 0)."""
+    import torch
+
+    p = p.to(torch.float64)
+    if not is_probs:
+        p = torch.softmax(p, dim=1)
+    others = p.scatter(1, p.argmax(1, keepdim=True), 0.0)
+    rest = others.sum(1)
+    return ((others * (1 - others)).sum(1) + (1 - rest) * rest).clamp_min(0)
