@@ -192,3 +192,18 @@ def test_a_pool_the_kernels_cannot_read_in_place_is_copied_once(monkeypatch, lay
     assert all(np.shares_memory(b, buffers[0]) for b in buffers)
     want = km._kmeans(x, 40, seed=0, max_iter=5, tol=0)
     np.testing.assert_array_equal(np.asarray(got.labels), np.asarray(want.labels))
+
+
+@pytest.mark.parametrize("labeled", [[0, 1, 2, 3, 4], list(range(10, 40))])
+def test_a_non_finite_row_is_named_by_its_row_of_the_pool(labeled):
+    """The gathered path reported the NaN's position among the unlabeled rows (row 12 for pool
+    row 17 with rows 0..4 labeled). A NaN in a labeled row is not read, and not an error."""
+    X = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    X[50, 2] = np.nan if 50 not in labeled else 0.0
+    X[45, 0] = np.inf
+    message = r"^features contains NaN or Inf in 2 row\(s\), first at row 45$"
+    with pytest.raises(ValueError, match=message):
+        KMeansSampling().select({"features": X}, 3, labeled, seed=0)
+    X[[45, 50]] = 0.0
+    X[labeled[0], 1] = np.nan
+    assert len(KMeansSampling().select({"features": X}, 3, labeled, seed=0).indices) == 3

@@ -278,3 +278,59 @@ def test_one_hot_rows_score_plus_zero():
     for sel in sels:
         scores = np.asarray(sel.diagnostics["scores"])
         assert not np.signbit(scores).any()
+
+
+@pytest.mark.parametrize("T", [3, 7, 10])
+def test_bald_agreeing_passes_of_any_probabilities_tie(T):
+    """Equal passes of non-dyadic probabilities: their mean need not round back to them, and the
+    scores came out as ±4e-16, so rounding noise chose the picks instead of the lowest index."""
+    p = softmax(np.random.default_rng(T).normal(size=(40, 5)))
+    sel = BALD().select({"mc_probs": np.stack([p] * T)}, 5)
+    assert (to_numpy(sel.diagnostics["scores"]) == 0).all()
+    assert sel.indices.tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("name", ["entropy", "margin", "least_confidence", "bald", "egl"])
+def test_column_major_torch_inputs_pick_as_row_major(name):
+    """A float64 tile of a column-major tensor kept its strides, so each row summed in another
+    order and the picks differed from the same values stored row-major."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    p = softmax(rng.normal(size=(256, 7)) * 3)
+    h = rng.normal(size=(256, 9))
+    if name == "bald":
+        mc = softmax(rng.normal(size=(4, 256, 7)))
+        row, col = torch.from_numpy(mc), torch.from_numpy(np.asfortranarray(mc.transpose(2, 1, 0)))
+        pools = [{"mc_probs": row}, {"mc_probs": col.permute(2, 1, 0)}]
+    else:
+        col_p = torch.from_numpy(np.asfortranarray(p))
+        pools = [{"probs": torch.from_numpy(p)}, {"probs": col_p}]
+        if name == "egl":
+            pools[0]["features"] = torch.from_numpy(h)
+            pools[1]["features"] = torch.from_numpy(np.asfortranarray(h))
+    strategy = strategies.get(name)()
+    a, b = (strategy.select(pool, 20) for pool in pools)
+    assert_array_equal(to_numpy(a.diagnostics["scores"]), to_numpy(b.diagnostics["scores"]))
+    assert_array_equal(to_numpy(a.indices), to_numpy(b.indices))
+
+
+@pytest.mark.parametrize("name", ["entropy", "margin", "least_confidence", "bald", "egl"])
+def test_score_strategies_check_their_seed(name):
+    """The scores use no seed, but a bad one is refused like every other strategy's."""
+    probs = softmax(np.random.default_rng(0).normal(size=(10, 3)))
+    pool = {"probs": probs, "features": np.ones((10, 2))}
+    pool["mc_probs"] = np.stack([pool["probs"]] * 2)
+    strategy = strategies.get(name)()
+    for bad in ("abc", -5, 1.5):
+        with pytest.raises((TypeError, ValueError), match="seed must be None, a non-negative int"):
+            strategy.select(pool, 2, seed=bad)
+    strategy.select(pool, 2, seed=3)
+
+
+@pytest.mark.parametrize("name", ["entropy", "egl"])
+def test_logits_under_probs_name_the_pool_key(name):
+    """The hint said "pass kind='logits'", an argument strategies do not have."""
+    pool = {"probs": np.array([[2.0, -1.0], [0.5, 0.5]]), "features": np.ones((2, 2))}
+    with pytest.raises(ValueError, match="pass them under the pool key 'logits' for logits"):
+        strategies.get(name)().select(pool, 1)

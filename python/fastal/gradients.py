@@ -384,7 +384,13 @@ def gradient_embedding(
     return GradientEmbedding._from_torch(A, H, finfo)
 
 
-def _probabilities(p: Any, kind: str, acc: Any, name: str, storage: Any = None) -> bool:
+#: How gradient_embedding takes logits (strategies name their pool key instead).
+_KIND_HINT = "pass kind='logits'"
+
+
+def _probabilities(
+    p: Any, kind: str, acc: Any, name: str, storage: Any = None, logits_hint: str = _KIND_HINT
+) -> bool:
     """Whether ``p`` holds probabilities (validated) rather than logits.
 
     Probabilities are values in [0, 1] whose rows sum to 1 within a tolerance that depends on the
@@ -405,11 +411,11 @@ def _probabilities(p: Any, kind: str, acc: Any, name: str, storage: Any = None) 
         sums_ok &= bool(((c.sum(1) - 1).abs() <= tol).all())
     if kind == "probs":
         if not in_range:
-            raise ValueError(f"{name} must hold probabilities in [0, 1] (kind='probs'); pass kind='logits' for logits")
+            raise ValueError(f"{name} must hold probabilities in [0, 1]; {logits_hint} for logits")
         if not sums_ok:
             raise ValueError(
-                f"{name} rows must sum to 1 (within {tol:.3g} for {_dtype_name(storage)} storage) "
-                "when kind='probs'"
+                f"{name} rows must sum to 1 (within {tol:.3g} for {_dtype_name(storage)} storage); "
+                f"{logits_hint} for logits"
             )
         return True
     if in_range and not sums_ok:

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _ext, _interop
 from ._validate import check_budget, check_indices, check_matrix, make_rng
-from .gradients import GradientEmbedding, as_torch, from_torch
+from .gradients import GradientEmbedding, as_torch, from_torch, torch_isfinite_rows
 from .ops import (
     _ACC,
     _chunks,
@@ -707,11 +707,20 @@ def _kmeans(
         if not _Excluded.applies(X, info, exclude):
             xt = as_torch(X, info)
             rest = torch.from_numpy(_other_rows(info.shape[0], exclude)).to(xt.device)
-            return _kmeans(
-                from_torch(xt[rest].contiguous(), info), k, seed=seed, init=init,
-                max_iter=max_iter, tol=tol, minibatch=minibatch, prune=prune, progress=progress,
-                name=name,
-            )  # fmt: skip
+            sub = xt[rest].contiguous()
+            try:
+                return _kmeans(
+                    from_torch(sub, info), k, seed=seed, init=init, max_iter=max_iter, tol=tol,
+                    minibatch=minibatch, prune=prune, progress=progress, name=name,
+                )  # fmt: skip
+            except ValueError as err:  # name the row of X, not its position among the rest
+                if "contains NaN or Inf" not in str(err):
+                    raise
+                bad = torch.nonzero(~torch_isfinite_rows(sub)).flatten()
+                raise ValueError(
+                    f"{name} contains NaN or Inf in {bad.numel()} row(s), first at row "
+                    f"{int(rest[bad[0]])}"
+                ) from None
         skip = _Excluded(as_torch(X, info), exclude, full_batch=minibatch is None)
     n, d = info.shape
     n_rows = n if skip is None else n - exclude.size

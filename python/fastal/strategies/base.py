@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
+#: How a strategy's pool takes logits instead of probabilities (for error messages).
+LOGITS_KEY = "pass them under the pool key 'logits'"
+
 
 class Selection(NamedTuple):
     """What a strategy returns: indices to label (pick order) and a diagnostics dict."""

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import check_bool, check_budget, check_matrix, check_same_place
+from .._validate import check_bool, check_budget, check_matrix, check_same_place, make_rng
 from ..gradients import _probabilities, as_torch, from_torch
-from .base import Selection, Strategy, pool_field, register, unlabeled_rows
+from .base import LOGITS_KEY, Selection, Strategy, pool_field, register, unlabeled_rows
 from .uncertainty import _row_tiles
 
 #: feature values per row tile (4 MiB float32): the whole-pool finiteness mask and ``h * h`` were
@@ -66,6 +66,7 @@ class EGL(Strategy):
                 "pool must be a mapping with 'probs' (or 'logits') and 'features', "
                 f"got {type(pool).__name__}"
             )
+        make_rng(seed)  # deterministic scores use no seed; a bad one is still an error
         probs_key = "probs" if "probs" in pool else "logits"
         P = pool_field(pool, "probs", "logits")
         H = pool_field(pool, "features")
@@ -88,7 +89,7 @@ class EGL(Strategy):
         hsq = torch.empty(n, dtype=torch.float64, device=h_in.device)
         finite = None  # on the device until all tiles are checked (one synchronisation)
         for s, e in tiles:
-            h = h_in[s:e].to(hacc)
+            h = h_in[s:e].to(hacc).contiguous()  # one summation order whatever the strides
             # p in acc: float64 values beyond float32's range count as not finite
             ok = torch.isfinite(p_in[s:e].to(acc)).all() & torch.isfinite(h).all()
             finite = ok if finite is None else finite & ok
@@ -97,7 +98,7 @@ class EGL(Strategy):
         if not bool(finite):
             raise ValueError(f"{probs_key} and features must be finite")
         kind = "probs" if probs_key == "probs" else "logits"
-        is_probs = _probabilities(p_in, kind, acc, probs_key, storage=pinfo.dtype)
+        is_probs = _probabilities(p_in, kind, acc, probs_key, pinfo.dtype, LOGITS_KEY)
         over = torch.nonzero(~torch.isfinite(hsq)).flatten()
         if over.numel():  # rows whose |h|² overflows float32: again in float64
             for s, e in _row_tiles(over.numel(), _TILE_VALUES // d):
@@ -129,7 +130,7 @@ def _spread(p: Any, is_probs: bool) -> Any:
     and float32 logits with a gap of 17 scored every row 0)."""
     import torch
 
-    p = p.to(torch.float64)
+    p = p.to(torch.float64).contiguous()  # one summation order whatever the strides
     if not is_probs:
         p = torch.softmax(p, dim=1)
     others = p.scatter(1, p.argmax(1, keepdim=True), 0.0)

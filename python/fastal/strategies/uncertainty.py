@@ -2,8 +2,11 @@
 
 Every score strategy computes one score per pool row in float64 and selects the ``budget``
 unlabeled rows with the highest score, ties to the lowest index (a stable sort of ``-score`` over
-the unlabeled rows in ascending order). ``diagnostics["scores"]`` holds the scores of every row
-(float64, in the pool's framework and device). Probabilities (``"probs"``, ``"mc_probs"``) must
+the unlabeled rows in ascending order). Sums over classes run in class order, the same for every
+memory layout; so rows that are permutations of one another can differ in the last bit and then
+do not tie (sorting every row's terms first would cost 3-8x the entropy pass).
+``diagnostics["scores"]`` holds the scores of every row (float64, in the pool's framework and
+device). Probabilities (``"probs"``, ``"mc_probs"``) must
 lie in [0, 1] with rows summing to 1 within ``max(1e-3, 2 eps)`` of their storage dtype (1e-3 for
 float32 / float64, about 0.002 for float16 and 0.016 for bfloat16), so softmax outputs stored in
 low precision are accepted.
@@ -20,7 +23,7 @@ import numpy as np
 
 from .. import _interop
 from .._validate import check_budget, check_matrix, make_rng, prob_sum_tol
-from .base import Selection, Strategy, register, unlabeled_rows
+from .base import LOGITS_KEY, Selection, Strategy, register, unlabeled_rows
 
 #: float64 values per row tile (8 MiB) of the score strategies: whole-pool float64 copies and
 #: their temporaries were 4.5x the float32 probabilities (entropy, margin, least confidence) and
@@ -75,7 +78,7 @@ def _probs(pool: Any) -> tuple[Any, str, Any]:
     if not bool(finite):
         raise ValueError(f"{key} contains NaN or Inf")
     if key == "probs":  # range and row sums, in float64 row chunks
-        _probabilities(stored, "probs", torch.float64, "probs", storage=info.dtype)
+        _probabilities(stored, "probs", torch.float64, "probs", info.dtype, LOGITS_KEY)
     return stored, key, info
 
 
@@ -88,7 +91,9 @@ def _row_scores(stored: Any, key: str, score: Any) -> Any:
     n, C = stored.shape
     out = torch.empty(n, dtype=torch.float64, device=stored.device)
     for s, e in _row_tiles(n, _TILE_VALUES // C):
-        p = stored[s:e].to(torch.float64)
+        # row-major whatever the input's strides: each row then sums in one order (a
+        # column-major tensor picked differently from the same values row-major)
+        p = stored[s:e].to(torch.float64).contiguous()
         if key == "logits":
             p = torch.softmax(p, dim=1)
         out[s:e] = score(p)
@@ -125,6 +130,7 @@ class _ScoreStrategy(Strategy):
         raise NotImplementedError
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
+        make_rng(seed)  # deterministic scores use no seed; a bad one is still an error
         scores, info = self.scores(pool)
         indices, all_scores = _top(scores, labeled, budget, info)
         return Selection(indices, {"scores": all_scores})
@@ -320,7 +326,7 @@ class BALD(_ScoreStrategy):
         scores = torch.empty(n, dtype=torch.float64, device=stored.device)
         step = max(1, _TILE_VALUES // (T * C))  # no (T, n, C) float64 copy
         for s in range(0, n, step):
-            mc = stored[:, s : s + step].to(torch.float64)
+            mc = stored[:, s : s + step].to(torch.float64).contiguous()  # one summation order
             if not bool(torch.isfinite(mc).all()) or bool(((mc < 0) | (mc > 1)).any()):
                 raise ValueError("mc_probs must hold finite probabilities in [0, 1]")
             if not bool(((mc.sum(-1) - 1).abs() <= tol).all()):
@@ -328,7 +334,11 @@ class BALD(_ScoreStrategy):
                     f"mc_probs rows must sum to 1 over the classes (within {tol:.3g} for "
                     f"{info.dtype})"
                 )
-            scores[s : s + step] = _entropy(mc.mean(0)) - _entropy(mc).mean(0)
+            mi = _entropy(mc.mean(0)) - _entropy(mc).mean(0)
+            # >= 0, and exactly 0 where every pass agrees (the mean of T equal values need not
+            # round back to them: such rows scored ±4e-16 and outranked one another by noise)
+            agree = (mc == mc[:1]).all(-1).all(0)
+            scores[s : s + step] = mi.clamp_min(0).masked_fill(agree, 0.0)
         row_info = _interop.ArrayInfo(
             info.framework, info.device, info.device_index, info.dtype, info.shape[1:]
         )
