@@ -151,9 +151,9 @@ def hook_calls(monkeypatch) -> list:
     real = nn.Module.register_forward_pre_hook
 
     def spy(self, hook, *args, **kwargs):
-        def counted(module, inp):
+        def counted(module, *inp):  # (args) or (args, kwargs) with with_kwargs=True
             fired.append(module)
-            return hook(module, inp)
+            return hook(module, *inp)
 
         return real(self, counted, *args, **kwargs)
 
@@ -565,3 +565,87 @@ def test_sparse_approx_bayesian_form_from_an_ensemble(solver):
     assert_allclose(
         from_pool.diagnostics["weights"], sel.diagnostics["weights"], rtol=1e-9, atol=1e-12
     )
+
+
+# -- found by a review of the torch layer ------------------------------------------------------
+
+
+def test_features_are_the_layer_input_even_if_changed_in_place_later():
+    """With ReLU(inplace=True) as the feature layer the hook kept a reference to its input and
+    returned the post-ReLU values whenever logits were asked for too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(D_IN, 8), nn.ReLU(inplace=True), nn.Linear(8, C)).eval()
+    x = torch.from_numpy(inputs())
+    with torch.no_grad():
+        pre = model[0](x)
+    for needs in (("features",), ("features", "probs")):
+        out = ft.pool_outputs(model, x, needs, feature_layer="1", progress=False)
+        assert_array_equal(out["features"].numpy(), pre.numpy())
+    assert (pre < 0).any()
+
+
+@pytest.mark.parametrize("kind", ["tensor", "ndarray", "list"])
+def test_batch_fn_applies_to_tensor_and_array_pools(kind):
+    """batch_fn was silently skipped unless the pool was a Dataset or DataLoader."""
+    x = inputs()
+    data = {"tensor": torch.from_numpy(x), "ndarray": x, "list": x.tolist()}[kind]
+    model = Tiny()
+    out = ft.pool_outputs(model, data, ("logits",), batch_fn=lambda b: b * 2, batch_size=4,
+                          progress=False)  # fmt: skip
+    assert_allclose(out["logits"].numpy(), reference(2 * x)["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_outputs_are_ordinary_tensors():
+    """The buffers were allocated under inference mode: in-place edits and training on the
+    returned features raised outside it."""
+    out = ft.pool_outputs(Tiny(), torch.from_numpy(inputs()), ("features", "probs"), progress=False)
+    stream = ft.pool_outputs(Tiny(), Stream(inputs()), ("features",), batch_size=4, progress=False)
+    for t in (*out.values(), *stream.values()):
+        assert not t.is_inference()
+    out["probs"].clamp_(1e-6)
+    head = nn.Linear(D_H, C)
+    nn.functional.cross_entropy(head(out["features"]), torch.zeros(N, dtype=torch.long)).backward()
+
+
+def test_an_empty_iterable_dataset_is_an_error():
+    with pytest.raises(ValueError, match="data is empty"):
+        ft.pool_outputs(Tiny(), Stream(inputs()[:0]), ("features", "probs"), progress=False)
+
+
+def test_a_feature_layer_called_with_a_keyword_argument():
+    class KwargNet(Tiny):
+        def forward(self, x):
+            return self.head(input=torch.relu(self.body(x)))
+
+    x = inputs()
+    out = ft.pool_outputs(KwargNet(), torch.from_numpy(x), ("features", "probs"), progress=False)
+    assert_allclose(out["features"].numpy(), reference(x)["features"], rtol=1e-5, atol=1e-6)
+
+
+def test_batch_fn_may_return_a_named_tuple():
+    from typing import NamedTuple
+
+    class Inputs(NamedTuple):
+        x: torch.Tensor
+        scale: torch.Tensor
+
+    class TwoInputs(Tiny):
+        def forward(self, x, scale):
+            return super().forward(x * scale)
+
+    x = inputs()
+    out = ft.pool_outputs(TwoInputs(), XOnly(x), ("logits",), batch_size=4, progress=False,
+                          batch_fn=lambda b: Inputs(b, torch.full((len(b), 1), 2.0)))  # fmt: skip
+    assert_allclose(out["logits"].numpy(), reference(2 * x)["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_list_batch_sampler_is_checked_for_order():
+    """A DataLoader built from a list of index lists has no .sampler: AttributeError before."""
+    x = inputs()
+    ds = XOnly(x)
+    ordered = DataLoader(ds, batch_sampler=[[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    out = ft.pool_outputs(Tiny(), ordered, ("logits",), progress=False)
+    assert_allclose(out["logits"].numpy(), reference(x)["logits"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_sampler does not give rows 0, 1, 2"):
+        ft.pool_outputs(Tiny(), DataLoader(ds, batch_sampler=[[5, 6, 7, 8, 9], [0, 1, 2, 3, 4]]),
+                        ("logits",), progress=False)  # fmt: skip

@@ -144,7 +144,9 @@ def pool_outputs(
         ``"logits"``, ``"probs"`` or ``"outputs"``) it stops there. The Monte-Carlo passes run
         the whole model without the hook, so any combination of ``needs`` works.
     batch_fn : callable, optional
-        Turns one batch of ``data`` into the model's input.
+        Turns one batch of ``data`` into the model's input: a Dataset's or DataLoader's batch as
+        it is collated, a tensor's or array's slice of ``batch_size`` rows as a tensor (already
+        on ``device`` in the model's dtype).
     num_workers : int, default 0
         DataLoader workers when ``data`` is a Dataset.
     inference_mode : bool, default True
@@ -215,21 +217,37 @@ def pool_outputs(
         grad_ctx = torch.inference_mode if inference_mode else torch.no_grad
         captured: list[torch.Tensor] = []
 
-        def record(_module: nn.Module, args: tuple) -> None:
+        def record(_module: nn.Module, args: tuple, kwargs: dict) -> None:
             if captured:
                 raise RuntimeError(
                     "the feature layer ran more than once in one forward pass; pass feature_layer= "
                     "or embed_fn= to say which features to use"
                 )
-            captured.append(args[0])
+            if args:
+                x = args[0]
+            elif len(kwargs) == 1:  # called as layer(input=h)
+                x = next(iter(kwargs.values()))
+            else:
+                raise RuntimeError(
+                    f"the feature layer was called with keyword arguments {sorted(kwargs)}: pass "
+                    "embed_fn= (or a feature_layer= called with its input first)"
+                )
+            if not isinstance(x, torch.Tensor):
+                what = type(x).__name__
+                raise RuntimeError(f"the feature layer's input is a {what}, not a tensor: pass embed_fn=")
             if only_features:
+                captured.append(x)
                 raise _StopForward
+            # a copy: the rest of the forward pass may change it in place (ReLU(inplace=True))
+            captured.append(x.clone())
 
         @contextlib.contextmanager
         def feature_hook() -> Iterator[None]:
             # On for the deterministic pass only: the Monte-Carlo passes neither need nor trip it.
             handle = (
-                hook_layer.register_forward_pre_hook(record) if hook_layer is not None else None
+                hook_layer.register_forward_pre_hook(record, with_kwargs=True)
+                if hook_layer is not None
+                else None
             )
             try:
                 yield
@@ -636,14 +654,22 @@ def _known_size(data: Any) -> int | None:
             raise ValueError(
                 "data is a DataLoader with drop_last=True: the last rows would get no outputs"
             )
-        sampler = data.batch_sampler.sampler if data.batch_sampler is not None else data.sampler
+        batches = data.batch_sampler
+        sampler = getattr(batches, "sampler", None) if batches is not None else data.sampler
         if not isinstance(data.dataset, IterableDataset) and not isinstance(
             sampler, SequentialSampler
         ):
-            raise ValueError(
-                f"data is a DataLoader with a {type(sampler).__name__}: rows would come out of order; "
-                "pass a DataLoader with shuffle=False (or the Dataset itself)"
-            )
+            if sampler is None:
+                if not _in_order(batches):
+                    raise ValueError(
+                        "data is a DataLoader whose batch_sampler does not give rows 0, 1, 2, ... "
+                        "in order: rows would come out of order"
+                    )
+            else:
+                raise ValueError(
+                    f"data is a DataLoader with a {type(sampler).__name__}: rows would come out of "
+                    "order; pass a DataLoader with shuffle=False (or the Dataset itself)"
+                )
     try:
         return pool_size(data)
     except TypeError:
@@ -654,6 +680,18 @@ def _known_size(data: Any) -> int | None:
         ) from None
 
 
+def _in_order(batches: Any) -> bool:
+    """Whether a batch sampler without a ``.sampler`` (a list of index lists) yields 0, 1, 2, ...
+    (it is iterated once here; a sampler that draws at random is not in order anyway)."""
+    expected = 0
+    for batch in batches:
+        for i in batch:
+            if int(i) != expected:
+                return False
+            expected += 1
+    return True
+
+
 def _to(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
     """``x`` (a tensor, or tensors in tuples, lists and mappings) on ``device``; floating tensors
     also cast to ``dtype`` when one is given (the rule of the numpy path)."""
@@ -661,7 +699,8 @@ def _to(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
         cast = dtype if dtype is not None and x.is_floating_point() else x.dtype
         return x.to(device, dtype=cast, non_blocking=True)
     if isinstance(x, (tuple, list)):
-        return type(x)(_to(v, device, dtype) for v in x)
+        moved = [_to(v, device, dtype) for v in x]
+        return type(x)(*moved) if hasattr(x, "_fields") else type(x)(moved)  # NamedTuple
     if isinstance(x, Mapping):
         return {k: _to(v, device, dtype) for k, v in x.items()}
     return x
@@ -691,11 +730,13 @@ def _batches(
         for s in range(0, data.shape[0], batch_size):
             chunk = np.ascontiguousarray(data[s : s + batch_size])
             t = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy())
-            yield t.to(device=device, dtype=cast or t.dtype)
+            t = t.to(device=device, dtype=cast or t.dtype)
+            yield t if batch_fn is None else _to(batch_fn(t), device, model_dtype)
         return
     if isinstance(data, torch.Tensor):
         for s in range(0, data.shape[0], batch_size):
-            yield _to(data[s : s + batch_size], device, model_dtype)
+            t = _to(data[s : s + batch_size], device, model_dtype)
+            yield t if batch_fn is None else _to(batch_fn(t), device, model_dtype)
         return
     if not isinstance(data, DataLoader):
         data = DataLoader(
@@ -795,12 +836,18 @@ class _Writer:
             if t.shape[axis] != rows:
                 raise ValueError(f"{key} has {t.shape[axis]} rows for a batch of {rows}")
             if self.n is None:
-                self.parts.setdefault(key, []).append(t.to(self.device, self.dtype))
+                with torch.inference_mode(False):  # a copy that is not an inference tensor
+                    part = torch.empty(t.shape, dtype=self.dtype, device=self.device)
+                part.copy_(t)
+                self.parts.setdefault(key, []).append(part)
                 continue
             if key not in self.out:
                 shape = list(t.shape)
                 shape[axis] = self.n
-                self.out[key] = torch.empty(shape, dtype=self.dtype, device=self.device)
+                # not inference tensors (the pass runs in inference mode): users may edit the
+                # outputs in place or train on them
+                with torch.inference_mode(False):
+                    self.out[key] = torch.empty(shape, dtype=self.dtype, device=self.device)
             dst = (
                 self.out[key][:, self.pos : self.pos + rows]
                 if axis
@@ -816,6 +863,8 @@ class _Writer:
             raise ValueError(f"data gave more than its {self.n} rows")
 
     def result(self, needs: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        if self.n is None and self.pos == 0:
+            raise ValueError("data is empty: the pool needs at least one row")
         if self.n is None:
             return {
                 k: torch.cat(self.parts[k], dim=1 if k.startswith("mc_") else 0)
