@@ -198,6 +198,33 @@ def test_mode_is_restored_and_buffers_untouched(batchnorm):
     assert not any(m.training for m in model.modules())
 
 
+def test_a_module_shared_under_two_names_keeps_its_parameters():
+    """functional_call put plain tensors back into a module reachable under two attribute names
+    (self.b = self.a): an optimizer built before the call stopped training that layer."""
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(3, 3)
+            self.b = self.a
+            self.c = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+    torch.manual_seed(0)
+    model = Tied()
+    before = {name: p for name, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fastal.ntk_features_jacobian(model, torch.randn(4, 3))
+    for name, p in model.named_parameters():
+        assert p is before[name] and isinstance(p, torch.nn.Parameter)
+    start = model.a.weight.detach().clone()
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    assert not torch.equal(model.a.weight, start)
+
+
 def test_mode_is_restored_on_error():
     model = mlp(True, True)
     model.train()

@@ -134,7 +134,8 @@ def ntk_features_jacobian(
     Mode: the NTK is taken at the current parameters with the model in **eval mode**
     (``model.eval()``: BatchNorm uses its running statistics, Dropout is off), which is also what
     makes a per-sample Jacobian well defined; the ``training`` flag of every submodule is restored
-    afterwards, also on error. Buffers (running statistics) are not changed.
+    afterwards, also on error, and so are its parameters and buffers (the same objects, also for a
+    module shared under two names). Buffers (running statistics) are not changed.
 
     Uses ``torch.func.jacrev`` vmapped over chunks of samples; the result has ``C · P`` columns for
     ``P`` selected parameter values, so keep ``P`` small (or use ``last_k``).
@@ -223,6 +224,10 @@ def ntk_features_jacobian(
         return functional_call(model, {**fixed, **p, **buffers}, (x[None],))[0]
 
     modes = [(m, m.training) for m in model.modules()]
+    # functional_call swaps tensors into each module's _parameters / _buffers and puts back what
+    # it finds under one name; a module reachable under two names (self.b = self.a) kept plain
+    # tensors instead of its nn.Parameters, and an optimizer built earlier stopped training it.
+    held = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
@@ -247,6 +252,9 @@ def ntk_features_jacobian(
     finally:
         for m, training in modes:
             m.training = training  # per module, not recursive: mixed modes come back as they were
+        for m, parameters, buffers in held:
+            m._parameters.update(parameters)
+            m._buffers.update(buffers)
     J = torch.cat(rows, 0)
     if not bool(torch.isfinite(J).all()):
         raise ValueError(
