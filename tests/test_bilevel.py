@@ -725,3 +725,105 @@ def test_integer_features_are_refused_naming_them(kernel):
         kernel(X)
     with pytest.raises(TypeError, match="Y must hold floating-point features"):
         kernel(X.astype(np.float32), X)
+
+
+# -- found by a review of the bilevel code ---------------------------------------------------------
+
+
+def _tiny_problem(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(6, 3)), rng.dirichlet(np.ones(3), 6)
+
+
+def test_newton_is_scale_free_for_large_features():
+    """The class mean of ∇F is 2λ mean(W) exactly; its rounding (eps |∇F|) was solved as
+    mean / 2λ and swamped the step, so from |z| ~ 1e15 Newton made no step and returned W = 0.
+    F(W; s Z, λ) = F(s W; Z, λ / s²): the same loss, and s W the other problem's optimum."""
+    Z, T = _tiny_problem()
+    untrained = 6 * math.log(3)  # W = 0: uniform predictions
+    for s in (1e6, 1e15, 1e20):
+        W, info = bl.solve_inner(Z * s, T, reg=1e-4)
+        W_ref, info_ref = bl.solve_inner(Z, T, reg=1e-4 / s**2)
+        assert info["loss"] < untrained - 0.5
+        assert_allclose(info["loss"], info_ref["loss"], rtol=1e-12)
+        assert_allclose(W * s, W_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_scores_that_overflow_are_an_error_not_picks():
+    """float32 features near 1e18: every first-step score was inf or NaN and picks came back."""
+    rng = np.random.default_rng(1)
+    Z = (rng.normal(size=(40, 4)) * 1e18).astype(np.float32)
+    soft = rng.dirichlet(np.ones(3), 40)
+    with pytest.raises(ValueError, match=r"eq\.-2 scores of the pool are not finite"):
+        bl.bilevel_select(Z, np.array([0, 1]), soft, [0, 1], 3, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(solver="adam", lr=float("nan")), ValueError, "lr must be finite"),
+        (dict(solver="adam", lr=-1.0), ValueError, "lr must be > 0"),
+        (dict(inner_tol=float("nan")), ValueError, "inner_tol must be finite"),
+        (dict(inner_tol=-1.0), ValueError, "inner_tol must be >= 0"),
+        (dict(cg_tol="a"), TypeError, "cg_tol must be a real number"),
+        (dict(precondition="no"), TypeError, "precondition must be a bool"),
+        (dict(progress="yes"), TypeError, "progress must be a bool"),
+        (dict(augment=lambda r, g: r, raw=np.zeros((40, 4)), featurize=3), TypeError,
+         "featurize must be callable"),
+    ],
+)
+def test_bilevel_select_checks_its_hyperparameters(kwargs, error, message):
+    rng = np.random.default_rng(2)
+    Z, soft = rng.normal(size=(40, 4)), rng.dirichlet(np.ones(3), 40)
+    with pytest.raises(error, match=message):
+        bl.bilevel_select(Z, np.array([0, 1]), soft, [0, 1], 3, seed=0, **kwargs)
+
+
+def test_a_scalar_targets_labeled_is_refused():
+    rng = np.random.default_rng(3)
+    Z, soft = rng.normal(size=(10, 2)), rng.dirichlet(np.ones(3), 10)
+    for scalar in (1, np.int64(1), np.array(1)):
+        with pytest.raises(ValueError, match="got a scalar"):
+            bl.bilevel_select(Z, scalar, soft, [4], 2, seed=0)
+
+
+def test_nystrom_chunk_and_dtype():
+    """A negative chunk returned the uninitialised output; the features follow X's precision
+    class, as documented, whatever the landmarks' dtype."""
+    X = np.random.default_rng(4).normal(size=(20, 3))
+    for kernel in ("ntk_last_layer", "relu_ntk"):
+        for bad in (-1, 0, 1.5):
+            with pytest.raises(ValueError, match="chunk must be a positive integer"):
+                bl.nystrom_features(X, X[:5], kernel, chunk=bad)
+        exact = bl.nystrom_features(X, X[:5], kernel)
+        assert_allclose(bl.nystrom_features(X, X[:5], kernel, chunk=3), exact, rtol=1e-12)
+        assert bl.nystrom_features(X, X[:5].astype(np.float32), kernel).dtype == np.float64
+        assert bl.nystrom_features(X.astype(np.float32), X[:5], kernel).dtype == np.float32
+
+
+def test_linear_landmarks_that_overflow_say_so():
+    """The thin SVD's s² overflowed and the message told the user to pass a smaller rcond."""
+    X = np.random.default_rng(5).normal(size=(10, 3)) * 1e160
+    for rcond in (None, 0.0):
+        with pytest.raises(ValueError, match=r"overflow float64: scale the rows down"):
+            bl.Nystrom(X, bl.linear_ntk, rcond=rcond)
+
+
+def test_augment_sees_rows_in_their_shape_and_budget_0_has_every_key():
+    rng = np.random.default_rng(6)
+    n = 30
+    x = rng.normal(size=(n, 2, 4)).astype(np.float32)
+    probs = rng.dirichlet(np.ones(3), n).astype(np.float32)
+    shapes = set()
+
+    def shift(rows, r):
+        shapes.add(tuple(rows.shape[1:]))
+        return torch.roll(rows, 1, dims=-1)
+
+    pool = {"features": x, "probs": probs, "labeled_targets": np.array([0, 1, 2])}
+    strategy = BilevelCoreset(augment=shift, inner_iters=5, landmarks=10)
+    full = strategy.select(pool, 2, [0, 1, 2], seed=0)
+    assert shapes == {(2, 4)}
+    empty = strategy.select(pool, 0, [0, 1, 2], seed=0)
+    assert set(empty.diagnostics) == set(full.diagnostics)
+    assert empty.diagnostics["seconds"]["total"] == 0.0

@@ -45,6 +45,7 @@ from . import _interop
 from ._threads import one_thread_if_small
 from ._validate import (
     _number,
+    check_bool,
     check_budget,
     check_indices,
     check_positive_int,
@@ -124,6 +125,10 @@ def linear_ntk(X: Any, Y: Any = None) -> Any:
     """
     xt, info = _float_tensor(X, "X")
     yt = xt if Y is None else _float_tensor(Y, "Y")[0].to(xt.dtype)
+    if xt.ndim != 2 or yt.ndim != 2 or xt.shape[1] != yt.shape[1]:
+        raise ValueError(
+            f"X and Y must be 2-D with equal columns, got {tuple(xt.shape)} and {tuple(yt.shape)}"
+        )
     return from_torch(_finite_kernel(xt @ yt.T + 1, xt, yt, Y is None, "linear_ntk"), info)
 
 
@@ -175,7 +180,9 @@ def relu_ntk(X: Any, Y: Any = None, depth: int = 1, *, bias: float = 0.0) -> Any
     array (n, k), framework, device and dtype of ``X`` (computed in that precision). A
     ``ValueError`` is raised when the input holds NaN / Inf or a kernel value overflows that dtype
     (float32 rows of norm ≳ 1e19); intermediate products are formed so that they do not overflow
-    before the kernel values themselves do.
+    before the kernel values themselves do. In float32, entries of (nearly) parallel rows, the
+    diagonal among them, carry a relative error of about 1e-4 per layer (``arccos`` is
+    ill-conditioned near 1, and the cosine has float32 rounding); pass float64 rows for more.
 
     Examples
     --------
@@ -320,6 +327,11 @@ class Nystrom:
                 evecs, sv, wt = torch.linalg.svd(ua, full_matrices=False)
             if not bool(torch.isfinite(sv).all()):
                 raise ValueError("the kernel returned NaN or Inf on the landmarks")
+            if not bool(torch.isfinite(sv[:1] * sv[:1]).all()):  # λ = s²; no rcond can help
+                raise ValueError(
+                    "ntk_last_layer: the kernel values of the landmarks overflow float64: scale "
+                    "the rows down"
+                )
             evals = torch.flip(sv * sv, [0])  # ascending, as eigh gives them
             evecs, wt = torch.flip(evecs, [1]), torch.flip(wt, [0])
         else:
@@ -339,12 +351,14 @@ class Nystrom:
                 f"matrix (λ_max = {top:.3g}); pass a smaller rcond"
             )
         self.eigenvalues = evals[keep]
-        #: (m, m') projection: kernel rows times it are the features
-        self.projection = (evecs[:, keep] / torch.sqrt(evals[keep])).to(self.dtype)
+        # float64 (the eigensolver's): transform casts to X's precision class
+        self._projection64 = evecs[:, keep] / torch.sqrt(evals[keep])
+        #: (m, m') projection in the landmarks' precision: kernel rows times it are the features
+        self.projection = self._projection64.to(self.dtype)
         #: linear kernel: z = [x, 1] W_k, the features without kernel rows ((d, m') and (m',))
         self._linear = None
         if linear:
-            w = wt[keep].T.to(self.dtype)  # [x, 1] W_k = (x Uᵀ + 1) V_k S_k⁻¹ = z
+            w = wt[keep].T  # [x, 1] W_k = (x Uᵀ + 1) V_k S_k⁻¹ = z
             self._linear = (w[:-1].contiguous(), w[-1].contiguous())
         self._info = info
 
@@ -356,17 +370,20 @@ class Nystrom:
         """Features of the rows of a torch tensor ``X`` (n, d) as a torch tensor (n, m')."""
         torch = _torch()
         n = int(X.shape[0])
-        U = self.landmarks.to(X.device)
-        proj = self.projection.to(X.device)
-        out = torch.empty((n, self.rank), dtype=self.dtype, device=X.device)
-        step = chunk or _rows_per_chunk(U.shape[0])
+        dtype = torch.float64 if X.dtype == torch.float64 else torch.float32  # X's precision class
+        U = self.landmarks.to(X.device, dtype)
+        proj = self._projection64.to(X.device, dtype)
+        out = torch.empty((n, self.rank), dtype=dtype, device=X.device)
+        step = _rows_per_chunk(U.shape[0]) if chunk is None else check_positive_int(chunk, "chunk")
         width = int(np.prod(X.shape[1:])) if X.ndim > 1 else 1
-        linear = self._linear if X.ndim == 2 and X.shape[1] == U.shape[1] else None
+        linear = None
+        if self._linear is not None and X.ndim == 2 and X.shape[1] == U.shape[1]:
+            linear = tuple(w.to(X.device, dtype) for w in self._linear)
         with one_thread_if_small(X.device, min(n, step) * U.shape[0] * width, _SMALL_WORK):
             for s in range(0, n, step):
-                rows = X[s : s + step].to(self.dtype)
+                rows = X[s : s + step].to(dtype)
                 if linear is not None:
-                    z = torch.addmm(linear[1].to(X.device), rows, linear[0].to(X.device))
+                    z = torch.addmm(linear[1], rows, linear[0])
                     if bool(torch.isfinite(z).all()):
                         out[s : s + step] = z
                         continue  # else the kernel rows below raise what is wrong
@@ -453,6 +470,8 @@ def _float64_inputs(
     if zt.ndim != 2:
         raise ValueError(f"{name} must be 2-D (s, m), got shape {tuple(zt.shape)}")
     zt = zt.to(torch.float64)
+    if not bool(torch.isfinite(zt).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
     tt = None
     if T is not None:
         tt = _tensor(T, "targets")[0].to(zt.device)
@@ -475,6 +494,17 @@ def _float64_inputs(
     return zt, tt, wt, info
 
 
+def _matrix64(x: Any, name: str, shape: tuple[int, ...], device: Any) -> Any:
+    """``x`` as a finite float64 tensor of ``shape`` on ``device``; errors name ``name``."""
+    torch = _torch()
+    t = _tensor(x, name)[0].to(device, torch.float64)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return t
+
+
 def inner_objective(
     Z: Any, targets: Any, W: Any, *, reg: float = 1e-4, sample_weight: Any = None
 ) -> float:
@@ -482,8 +512,11 @@ def inner_objective(
 
     ``CE(p, t) = -Σ_c t_c log p_c``; targets are probability rows (one-hot for known labels).
     """
+    reg = _number(reg, "reg", positive=True)
     zt, tt, wt, _ = _float64_inputs(Z, targets, sample_weight)
-    Wt = _tensor(W, "W")[0].to(zt.device, _torch().float64)
+    if tt is None:
+        raise ValueError("targets are required")
+    Wt = _matrix64(W, "W", (tt.shape[1], zt.shape[1]), zt.device)
     return float(_loss_grad(Wt, zt, tt, wt, reg)[0])
 
 
@@ -507,9 +540,13 @@ def inner_hvp(Z: Any, W: Any, V: Any, *, reg: float = 1e-4, sample_weight: Any =
     (C, m) float64, in ``Z``'s framework.
     """
     torch = _torch()
+    reg = _number(reg, "reg", positive=True)
     zt, _, wt, info = _float64_inputs(Z, None, sample_weight)
-    Wt = _tensor(W, "W")[0].to(zt.device, torch.float64)
-    Vt = _tensor(V, "V")[0].to(zt.device, torch.float64)
+    Wt = _tensor(W, "W")[0]
+    if Wt.ndim != 2 or Wt.shape[1] != zt.shape[1]:
+        raise ValueError(f"W must have shape (C, {zt.shape[1]}), got {tuple(Wt.shape)}")
+    Wt = _matrix64(Wt, "W", tuple(Wt.shape), zt.device)
+    Vt = _matrix64(V, "V", tuple(Wt.shape), zt.device)
     P = torch.softmax(zt @ Wt.T, dim=1)
     return from_torch(_hvp(P, zt, wt, reg, Vt), info)
 
@@ -536,6 +573,8 @@ def conjugate_gradient(
     iterations : int
     """
     torch = _torch()
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     x = torch.zeros_like(b)
     r = b.clone()
     bnorm = float(r.norm())
@@ -589,7 +628,16 @@ def _class_block_preconditioner(P: Any, X: Any, w: Any, reg: float) -> Callable[
 
 
 def _solve_hessian(
-    P: Any, X: Any, w: Any, reg: float, B: Any, *, steps: int, tol: float, Minv: Any = None
+    P: Any,
+    X: Any,
+    w: Any,
+    reg: float,
+    B: Any,
+    *,
+    steps: int,
+    tol: float,
+    Minv: Any = None,
+    mean: Any = None,
 ) -> tuple[Any, float, int]:
     """``H⁻¹ B`` for ``H = Σ_i w_i D_i ⊗ x_i x_iᵀ + 2λ I`` (``D_i = diag p_i - p_i p_iᵀ``).
 
@@ -600,10 +648,13 @@ def _solve_hessian(
     would mix in the direction of curvature 2λ and undo the preconditioning). ``Minv`` is the
     block-Jacobi inverse (:func:`_class_block_preconditioner`, possibly built at a nearby W: any
     fixed SPD preconditioner is valid) or None for plain CG. The residual is relative to the
-    zero-mean part.
+    zero-mean part. ``mean`` is ``B``'s class mean when the caller knows it exactly (Newton:
+    ``∇F``'s is ``2λ mean(U)``); computed from ``B`` it carries rounding of ``eps |B|``, which the
+    division by 2λ blows up.
     """
-    mean = B.mean(0, keepdim=True)
-    B0 = B - mean
+    B0 = B - B.mean(0, keepdim=True)
+    if mean is None:
+        mean = B.mean(0, keepdim=True)
     M = None
     if Minv is not None:
 
@@ -637,7 +688,15 @@ def _newton(
     at which ``U`` is still a few percent off).
     """
     U = U0.clone()
+
+    def exact_mean(g: Any, U: Any) -> Any:
+        # The data part of ∇F has class-mean 0 (softmax is shift-invariant), so ∇F's class mean is
+        # 2λ mean(U). Its rounding (eps |∇F|, large for large features) would be solved as
+        # mean / 2λ in _solve_hessian and swamp the step: no Armijo step passed from |z| ~ 1e15.
+        return g - g.mean(0, keepdim=True) + (2 * reg) * U.mean(0, keepdim=True)
+
     f, g, P = _loss_grad(U, X, T, w, reg)
+    g = exact_mean(g, U)
     # scale of the stopping test: the gradient at W = 0 (uniform predictions)
     C = T.shape[1]
     g0 = float(((w[:, None] * (1.0 / C - T)).T @ X).norm()) if X.shape[0] else 0.0
@@ -652,7 +711,10 @@ def _newton(
         eta = min(0.5, math.sqrt(gn / max(g0, 1e-300)))  # Eisenstat–Walker forcing: superlinear
         if Minv is None:
             Minv = _class_block_preconditioner(P, X, w, reg)
-        d, _, cg_it = _solve_hessian(P, X, w, reg, -g, steps=cg_max, tol=eta, Minv=Minv)
+        mean = -(2 * reg) * U.mean(0, keepdim=True)  # -∇F's class mean, exactly
+        d, _, cg_it = _solve_hessian(
+            P, X, w, reg, -g, steps=cg_max, tol=eta, Minv=Minv, mean=mean
+        )
         if cg_it > _STALE_CG:  # the preconditioner was built at an older W: rebuild next time
             Minv = None
         slope = float((g * d).sum())
@@ -671,7 +733,7 @@ def _newton(
         if not accepted:
             break  # no decrease representable: converged to rounding
         U = U + t * d
-        f, g, P = f_new, g_new, P_new
+        f, g, P = f_new, exact_mean(g_new, U), P_new
         gn = float(g.norm())
         it += 1
     if Minv is None and X.shape[0]:
@@ -739,15 +801,14 @@ def solve_inner(
     torch = _torch()
     reg = _number(reg, "reg", positive=True)
     tol = _number(tol, "tol", minimum=0.0)
+    max_iter = check_positive_int(max_iter, "max_iter")
     zt, tt, wt, info = _float64_inputs(Z, targets, sample_weight)
     if tt is None:
         raise ValueError("targets are required")
     C = tt.shape[1]
     U0 = torch.zeros((C, zt.shape[1]), dtype=torch.float64, device=zt.device)
     if W0 is not None:
-        U0 = _tensor(W0, "W0")[0].to(zt.device, torch.float64)
-        if tuple(U0.shape) != (C, zt.shape[1]):
-            raise ValueError(f"W0 must have shape {(C, zt.shape[1])}, got {tuple(U0.shape)}")
+        U0 = _matrix64(W0, "W0", (C, zt.shape[1]), zt.device)
     with one_thread_if_small(zt.device, zt.shape[0] * zt.shape[1] * C, _SMALL_WORK):
         U, out = _newton(
             zt, tt, wt, reg, U0, tol=_NEWTON_FLOOR, max_iter=max_iter,
@@ -898,9 +959,15 @@ def inverse_hvp(
     """
     torch = _torch()
     reg = _number(reg, "reg", positive=True)
+    cg_steps = check_positive_int(cg_steps, "cg_steps")
+    tol = _number(tol, "tol", minimum=0.0)
+    precondition = check_bool(precondition, "precondition")
     zt, _, wt, info = _float64_inputs(Z, None, sample_weight)
-    Wt = _tensor(W, "W")[0].to(zt.device, torch.float64)
-    Gt = _tensor(G, "G")[0].to(zt.device, torch.float64)
+    Wt = _tensor(W, "W")[0]
+    if Wt.ndim != 2 or Wt.shape[1] != zt.shape[1]:
+        raise ValueError(f"W must have shape (C, {zt.shape[1]}), got {tuple(Wt.shape)}")
+    Wt = _matrix64(Wt, "W", tuple(Wt.shape), zt.device)
+    Gt = _matrix64(G, "G", tuple(Wt.shape), zt.device)
     span = _Span(zt.shape[1], zt.device)
     span.add(zt)
     P = torch.softmax(zt @ Wt.T, dim=1)
@@ -1011,6 +1078,32 @@ def _check_probs(P: Any, name: str) -> Any:
 
 def _random_count(random_fraction: float, budget: int) -> int:
     return math.floor(random_fraction * budget + 1e-9)
+
+
+def resolve_solver(solver: str, augment: Any) -> str:
+    """The inner solver ``solver`` ("auto", "newton" or "adam") names: "auto" is Adam with
+    augmentation (its batches are augmented), Newton-CG without."""
+    return "adam" if solver == "adam" or (solver == "auto" and augment is not None) else "newton"
+
+
+def empty_diagnostics(solver: str, rank: int) -> dict[str, Any]:
+    """:func:`bilevel_select`'s diagnostics before its first step (what a budget of 0 returns)."""
+    return {
+        "solver": solver,
+        "rank": rank,
+        "inner_loss": [],
+        "inner_iters": [],
+        "inner_grad_norm": [],
+        "upper_loss": [],
+        "cg_residual": [],
+        "cg_iters": [],
+        "pick_scores": [],
+        "first_scores": None,
+        "random": np.empty(0, np.int64),
+        "greedy": np.empty(0, np.int64),
+        "seconds": {"inner": 0.0, "pool_pass": 0.0, "cg": 0.0, "scores": 0.0, "total": 0.0},
+        "n_steps": 0,
+    }
 
 
 def bilevel_select(
@@ -1144,8 +1237,9 @@ def bilevel_select(
     lab = check_indices(labeled, n, "labeled", like=zinfo)
     if targets_labeled is not None:
         tl = targets_labeled if _interop.is_array(targets_labeled) else np.asarray(targets_labeled)
+        scalar = len(_interop.describe(tl, "targets_labeled").shape) == 0  # as_torch makes it (1,)
         tl_t = _tensor(tl, "targets_labeled")[0]
-        if tl_t.ndim == 0:
+        if scalar or tl_t.ndim == 0:
             raise ValueError(
                 "targets_labeled must be 1-D classes or 2-D probabilities, got a scalar"
             )
@@ -1182,6 +1276,13 @@ def bilevel_select(
         check_positive_int(v, name)
     if solver not in ("auto", "newton", "adam"):
         raise ValueError(f"solver must be 'auto', 'newton' or 'adam', got {solver!r}")
+    lr = _number(lr, "lr", positive=True)
+    inner_tol = _number(inner_tol, "inner_tol", minimum=0.0)
+    cg_tol = _number(cg_tol, "cg_tol", minimum=0.0)
+    precondition = check_bool(precondition, "precondition")
+    check_bool(progress, "progress")
+    if featurize is not None and not callable(featurize):
+        raise TypeError(f"featurize must be callable, got {type(featurize).__name__}")
     if augment is not None:
         if not callable(augment):
             raise TypeError(f"augment must be callable, got {type(augment).__name__}")
@@ -1193,7 +1294,7 @@ def bilevel_select(
             raise ValueError(
                 "solver='newton' is full-batch and cannot use augment; use 'adam' or 'auto'"
             )
-    use_adam = solver == "adam" or (solver == "auto" and augment is not None)
+    use_adam = resolve_solver(solver, augment) == "adam"
     rng = make_rng(seed)
     raw_t = None
     if augment is not None:
@@ -1201,19 +1302,8 @@ def bilevel_select(
         if raw_t.shape[0] != n:
             raise ValueError(f"raw must have n = {n} rows like Z, got shape {tuple(raw_t.shape)}")
 
-    diag: dict[str, Any] = {
-        "solver": "adam" if use_adam else "newton",
-        "rank": int(m),
-        "inner_loss": [],
-        "inner_iters": [],
-        "inner_grad_norm": [],
-        "upper_loss": [],
-        "cg_residual": [],
-        "cg_iters": [],
-        "pick_scores": [],
-        "first_scores": None,
-    }
-    seconds = {"inner": 0.0, "pool_pass": 0.0, "cg": 0.0, "scores": 0.0}
+    diag = empty_diagnostics("adam" if use_adam else "newton", int(m))
+    seconds = diag["seconds"]
     n_random = _random_count(random_fraction, b)
     random_picks = (
         rng.choice(rest, size=n_random, replace=False) if n_random else np.empty(0, np.int64)
@@ -1298,6 +1388,12 @@ def bilevel_select(
                 diag["first_scores"] = first
             k = min(int(per_step), n_greedy - len(greedy))
             sc = scores_np[cand]
+            if not np.isfinite(sc).all():  # NaN would sort last and inf first: picks by overflow
+                hint = "" if zt.dtype == torch.float64 else ", or pass float64 features"
+                raise ValueError(
+                    f"the eq.-2 scores of the pool are not finite in {zt.dtype}: the features are "
+                    f"too large (scale Z down{hint})"
+                )
             order = np.lexsort((cand, -sc))[:k]  # highest score, ties to the lowest index
             picks = cand[order]
             t4 = time.perf_counter()

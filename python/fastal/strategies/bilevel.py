@@ -78,7 +78,8 @@ class BilevelCoreset(Strategy):
         warm-started steps per pick), Adam minibatches with it (the paper's; see
         :func:`fastal.bilevel.bilevel_select` for ``inner_iters``, ``batch_size`` and ``lr``).
     augment : callable ``augment(rows, rng) -> rows``, optional
-        Data augmentation of the kernel-input rows (torch tensors) for the inner minibatches;
+        Data augmentation of the kernel-input rows (torch tensors of the pool's row shape, e.g.
+        ``(B, channels, time)``: the kernel flattens them afterwards) for the inner minibatches;
         their features are recomputed through the Nyström map for every minibatch.
     inner_iters, batch_size, lr : Adam settings (paper: 1000 steps of batch 64).
     rcond : float in [0, 1), optional
@@ -172,12 +173,19 @@ class BilevelCoreset(Strategy):
                 f"rcond must be in [0, 1), got {rcond}: eigenvalues at or below rcond · λ_max "
                 "are dropped, so it would drop every eigenvalue of the kernel"
             )
-        self.progress = progress
+        self.progress = check_bool(progress, "progress")
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         import torch
 
-        from ..bilevel import Nystrom, _check_probs, bilevel_select, make_kernel
+        from ..bilevel import (
+            Nystrom,
+            _check_probs,
+            bilevel_select,
+            empty_diagnostics,
+            make_kernel,
+            resolve_solver,
+        )
 
         if not hasattr(pool, "keys"):
             raise TypeError(
@@ -224,8 +232,8 @@ class BilevelCoreset(Strategy):
             if not bool(torch.isfinite(p).all()):
                 raise ValueError(f"{key} contains NaN or Inf")
             soft = torch.softmax(p, dim=1)
-        X = as_torch(pool[self.kernel_input], xinfo)
-        X = X.reshape(n, -1)
+        rows = as_torch(pool[self.kernel_input], xinfo)  # augment gets them in their own shape
+        X = rows.reshape(n, -1)
         if not X.is_floating_point():
             raise TypeError(f"{self.kernel_input} must be floating point, got {X.dtype}")
         if not bool(torch.isfinite(X).all()):
@@ -233,9 +241,11 @@ class BilevelCoreset(Strategy):
         targets = self._labeled_targets(pool, lab.size, C)
 
         diagnostics: dict[str, Any] = {"kernel": self._kernel_name(), "landmarks": None}
-        if b == 0:
+        if b == 0:  # the keys of every other budget, empty
             empty = _interop.to_framework(np.empty(0, np.int64), pinfo)
-            return Selection(empty, dict(diagnostics, random=np.empty(0, np.int64), rank=0))
+            diagnostics.update(empty_diagnostics(resolve_solver(self.solver, self.augment), 0))
+            diagnostics["seconds"]["features"] = 0.0
+            return Selection(empty, diagnostics)
 
         rng = make_rng(seed)
         t0 = time.perf_counter()
@@ -262,8 +272,10 @@ class BilevelCoreset(Strategy):
             batch_size=self.batch_size,
             lr=self.lr,
             augment=self.augment,
-            raw=X if self.augment is not None else None,
-            featurize=nys.transform_torch if self.augment is not None else None,
+            raw=rows if self.augment is not None else None,
+            featurize=(lambda r: nys.transform_torch(r.reshape(r.shape[0], -1)))
+            if self.augment is not None
+            else None,
             seed=rng,
             progress=self.progress,
         )
