@@ -308,3 +308,28 @@ def test_select_from_the_shell(tmp_path, capsys):
     assert picks.shape == (6,) and np.unique(picks).size == 6 and picks.min() >= 20
     with pytest.raises(SystemExit, match="--duals or --dual-predictions"):
         cli.main(args)
+
+
+def test_nan_features_are_named_not_blamed_on_the_duals():
+    X = _pool()
+    for row in (200, 3):  # unlabeled, labeled
+        bad = X.copy()
+        bad[row, 1] = np.nan
+        message = f"^features contains NaN or Inf in 1 row\\(s\\), first at row {row}$"
+        with pytest.raises(ValueError, match=message):
+            ALLY().select({"features": bad, "duals": np.ones(30)}, 5, np.arange(30), seed=0)
+
+
+def test_maximize_dual_on_a_zero_head_and_on_no_head():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    X = torch.randn(32, 4)
+    embed = backbone(model)
+    with torch.no_grad():
+        head = fit_dual_head(embed(X), torch.zeros(32))
+    assert head.net is None
+    x_new, trace = maximize_dual(embed, head, X[:4], steps=5)
+    torch.testing.assert_close(x_new, X[:4])
+    assert trace.tolist() == [0.0] * 6
+    with pytest.raises(TypeError, match="head must be a DualRegressor"):
+        maximize_dual(embed, None, X[:4], steps=5)

@@ -177,6 +177,9 @@ def cli_files(tmp_path):
     np.save(tmp_path / "lab0d.npy", np.array(3))
     np.save(tmp_path / "lab1d.npy", np.array([3, 4]))
     np.save(tmp_path / "probs.npy", np.full((50, 3), 1 / 3, np.float32))
+    np.save(tmp_path / "mc.npy", np.full((4, 50, 3), 1 / 3, np.float32))
+    np.save(tmp_path / "duals.npy", np.ones(2, np.float32))
+    np.save(tmp_path / "dpred.npy", np.ones(50, np.float32))
     np.savez(tmp_path / "arch.npz", features=np.zeros((50, 4), np.float32))
     (tmp_path / "text.npy").write_text("0.5, 1.5\n2.5, 3.5\n")
     (tmp_path / "empty.npy").write_bytes(b"")
@@ -214,6 +217,13 @@ REFUSED = [
     ("ignored-probs", f"{POOL} --probs {{d}}/probs.npy", ["'coreset' would ignore --probs"], ()),
     ("ignored-logits", f"{POOL} --strategy badge --probs {{d}}/probs.npy --logits {{d}}/probs.npy",
      ["'badge' would ignore --logits"], ()),
+    ("mc-ignores-rest", "select --strategy sparse_approx --mc-probs {d}/mc.npy --embeddings "
+     "{d}/pool.npy", ["'sparse_approx' would ignore --embeddings"], ()),
+    ("duals-and-predictions", "select --strategy ally --embeddings {d}/pool.npy --labeled "
+     "{d}/lab1d.npy --duals {d}/duals.npy --dual-predictions {d}/dpred.npy",
+     ["'ally' would ignore --duals"], ()),
+    ("no-prune-unsupported", f"{POOL} --strategy entropy --probs {{d}}/probs.npy --no-prune",
+     ["'entropy' has no pruning to turn off"], ()),
     ("n-labeled-big", "select --n-labeled 2000", ["--n-labeled", "1797", "2000"], ()),
     ("n-labeled-neg", "select --n-labeled -1", ["--n-labeled", "-1"], ()),
     ("n-labeled-arrays", f"{POOL} --n-labeled 5", ["--n-labeled", "--labeled"], ()),
@@ -308,3 +318,56 @@ def test_robust_coreset_size_limit_names_the_command_line_way_out(tmp_path):
     assert "too large for robust_kcenter" in message
     assert "--strategy coreset" in message
     assert "RobustKCenter(candidates=" in message
+
+
+def test_badge_no_prune_reaches_the_seeding(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "f.npy", rng.normal(size=(300, 4)).astype(np.float32))
+    np.save(tmp_path / "p.npy", rng.dirichlet(np.ones(3), 300).astype(np.float32))
+    files = ["--embeddings", str(tmp_path / "f.npy"), "--probs", str(tmp_path / "p.npy")]
+    out = ["--out", str(tmp_path / "o.npy")]
+    args = ["select", "--strategy", "badge", *files, "--budget", "10", *out]
+    assert cli.main(args) == 0
+    pruned = np.load(tmp_path / "o.npy")
+    assert cli.main([*args, "--no-prune"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), pruned)  # the draws do not change
+    sel = fastal.strategies.BADGE(prune=False).select(
+        {"features": np.load(tmp_path / "f.npy"), "probs": np.load(tmp_path / "p.npy")}, 10, seed=0
+    )
+    assert sel.diagnostics["pruned"] is False
+    capsys.readouterr()
+
+
+def test_coreset_gradients_random_baseline_is_in_the_gradient_space(tmp_path, capsys):
+    """The baseline radius was measured on the features while the strategy covers the gradient
+    embedding: it could exceed the labeled-only radius, which one space cannot do."""
+    rng = np.random.default_rng(2)
+    f, p = rng.normal(size=(400, 8)).astype(np.float32), rng.dirichlet(np.ones(5), 400)
+    np.save(tmp_path / "f.npy", f)
+    np.save(tmp_path / "p.npy", p.astype(np.float32))
+    np.save(tmp_path / "lab.npy", np.arange(20))
+    files = ["--embeddings", str(tmp_path / "f.npy"), "--probs", str(tmp_path / "p.npy")]
+    labeled = ["--labeled", str(tmp_path / "lab.npy")]
+    args = ["select", "--strategy", "coreset_gradients", *files, *labeled, "--budget", "20"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    initial = float(out.split("covering radius: ")[1].split(" ")[0])
+    random_radius = float(out.split("picked at random: radius ")[1].split()[0])
+    emb = fastal.gradient_embedding(p.astype(np.float32), f)
+    rand = np.random.default_rng(0).choice(np.arange(20, 400), size=20, replace=False)
+    dist, _ = fastal.min_distance(emb, emb.subset(np.concatenate([np.arange(20), rand])))
+    assert random_radius == pytest.approx(float(np.max(dist)), rel=1e-4)
+    assert random_radius <= initial
+
+
+@pytest.mark.parametrize("name", cli._TORCH_FREE)
+def test_torch_free_strategies_do_not_import_torch(name):
+    """The CLI imports torch before its timer except for these (its ~1 s import was timed)."""
+    code = (
+        "import sys, numpy as np; from fastal import strategies; "
+        "X = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32); "
+        f"cls = strategies.get({name!r}); pool = X if cls.requires else {{'n': 60}}; "
+        "cls().select(pool, 3, [0, 1], seed=0); print('torch' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"

@@ -343,3 +343,16 @@ def test_fit_refuses_arguments_that_would_train_on_nothing(change, message):
     X, y = POOL
     with pytest.raises(ValueError, match=message):
         loop.fit(model_fn(), TensorDataset(torch.from_numpy(X), torch.from_numpy(y)), **change)
+
+
+def test_a_budget_the_strategy_cannot_take_is_refused_before_training():
+    """CRC's budget must be a multiple of its group size: round 2 failed after three trainings
+    and the checkpoint could not be resumed with corrected budgets."""
+    from fastal.strategies import CRC
+
+    def never(model, dataset, *, task, seed, device):
+        raise AssertionError("training must not start")
+
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        loop.run(POOL, TEST, model_fn=model_fn, strategy=CRC(group_size=5), initial=5,
+                 budget=[5, 5, 7], train_fn=never)  # fmt: skip

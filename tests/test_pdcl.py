@@ -155,6 +155,8 @@ def test_per_sample_epsilon_and_custom_secondary_loss():
         ({"iterations": 0}, "iterations"),
         ({"primal_steps": -1}, "primal_steps"),
         ({"eps_factor": -1.1}, "eps_factor"),
+        ({"momentum": -0.5}, "momentum must be >= 0"),
+        ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
     ],
 )
 def test_bad_trainer_arguments(kwargs, match):
@@ -211,3 +213,32 @@ def test_epsilon_forms_checked_at_construction():
         PrimalDualTrainer(eps=object())
     assert PrimalDualTrainer(eps=0.0).eps == 0.0
     assert PrimalDualTrainer(eps=torch.tensor([0.1, 0.2])).eps is not None
+
+
+def test_regression_targets_of_shape_n_1_are_one_target_per_row():
+    """(B,) outputs against (B, 1) targets broadcast to B x B: PDCL trained on a wrong loss."""
+    out = torch.tensor([1.0, 2.0, 3.0])
+    assert_allclose(per_sample_loss(out, out[:, None], "regression").numpy(), 0.0)
+    with pytest.raises(ValueError, match=r"have shape \(3, 2\) but the model's outputs \(3,\)"):
+        per_sample_loss(out, torch.ones(3, 2), "regression")
+    data = _regression_problem()
+    X, y = data.tensors
+
+    class Flat(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x)[:, 0]
+
+    def trained(targets):
+        torch.manual_seed(0)
+        model = Flat(2, 1)
+        _full_batch(0.05, iterations=50)(model, TensorDataset(X, targets), task="regression")
+        return model.weight.detach().clone()
+
+    torch.testing.assert_close(trained(y[:, None]), trained(y))
+
+
+def test_the_trainer_casts_inputs_to_the_model_dtype():
+    """float64 rows reached a float32 model as torch's 'mat1 and mat2 must have the same dtype'."""
+    X, y = _regression_problem().tensors
+    for model, rows in ((_linear(), X.double()), (_linear().double(), X)):
+        _full_batch(0.05, iterations=5)(model, TensorDataset(rows, y), task="regression")

@@ -649,3 +649,39 @@ def test_a_list_batch_sampler_is_checked_for_order():
     with pytest.raises(ValueError, match="batch_sampler does not give rows 0, 1, 2"):
         ft.pool_outputs(Tiny(), DataLoader(ds, batch_sampler=[[5, 6, 7, 8, 9], [0, 1, 2, 3, 4]]),
                         ("logits",), progress=False)  # fmt: skip
+
+
+def test_a_generator_seed_also_seeds_the_mc_passes():
+    """select(seed=Generator) left the dropout masks unseeded: the same Generator state gave
+    other picks. The masks now come from a copy of it (the strategy still draws from it)."""
+    x = torch.from_numpy(inputs())
+    picks = [
+        ft.select("bald", Tiny(dropout=0.5), x, 4, seed=np.random.default_rng(7), mc_samples=5,
+                  progress=False).indices.tolist()
+        for _ in range(2)
+    ]  # fmt: skip
+    assert picks[0] == picks[1]
+
+
+class Forbidden(Dataset):
+    """A pool whose rows must not be read (the checks come before the pass)."""
+
+    def __len__(self):
+        return N
+
+    def __getitem__(self, i):
+        raise AssertionError("the pool pass ran")
+
+
+def test_impossible_budgets_are_refused_before_the_pool_pass():
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        ft.select(strategies.CRC(group_size=4), Tiny(), Forbidden(), 6, progress=False)
+    with pytest.raises(ValueError, match="budget"):
+        ft.select("badge", Tiny(), Forbidden(), N + 1, progress=False)
+
+
+def test_wrong_length_duals_are_named_as_given():
+    message = r"^duals are for 3 labeled rows but labeled has 5: pass one"
+    with pytest.raises(ValueError, match=message):
+        ft.select("ally", Tiny(), torch.from_numpy(inputs()), 2, labeled=range(5),
+                  duals=np.ones(3), progress=False)  # fmt: skip

@@ -328,7 +328,7 @@ def test_score_strategies_check_their_seed(name):
     strategy.select(pool, 2, seed=3)
 
 
-@pytest.mark.parametrize("name", ["entropy", "egl"])
+@pytest.mark.parametrize("name", ["entropy", "egl", "badge", "coreset_gradients"])
 def test_logits_under_probs_name_the_pool_key(name):
     """The hint said "pass kind='logits'", an argument strategies do not have."""
     pool = {"probs": np.array([[2.0, -1.0], [0.5, 0.5]]), "features": np.ones((2, 2))}

@@ -293,7 +293,8 @@ def maximize_dual(
     -------
     (tensor, ndarray)
         The optimised inputs and the mean predicted λ before each step and after the last
-        (``steps + 1`` values).
+        (``steps + 1`` values). A head fitted on all-zero duals predicts 0 everywhere: nothing
+        to ascend, so the inputs come back unchanged with a flat trace.
 
     Examples
     --------
@@ -312,6 +313,11 @@ def maximize_dual(
     """
     torch = _torch()
     check_positive_int(steps, "steps")
+    if not isinstance(head, DualRegressor):
+        raise TypeError(
+            f"head must be a DualRegressor (ALLY.head_ after a selection from duals, or "
+            f"fit_dual_head), got {type(head).__name__}"
+        )
     with torch.inference_mode(False):  # gradients on the inputs, even inside inference mode
         z = torch.as_tensor(x).detach().clone()
         if not z.is_floating_point():
@@ -336,6 +342,8 @@ def _ascend(
 ) -> list[float]:
     torch = _torch()
     trace = []
+    if head.net is None:  # all-zero duals: λ̂ = 0, a constant without a gradient
+        return [0.0] * steps
     for _ in range(steps):
         lam = head.forward(embed(z))
         trace.append(float(lam.detach().mean()))

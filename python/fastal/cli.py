@@ -182,7 +182,7 @@ def _check_out_not_an_input(out: str, inputs: list[str]) -> None:
 
 
 def _covering_radius(X, centres: np.ndarray) -> float:
-    dist, _ = ops.min_distance(X, X[centres])
+    dist, _ = ops.min_distance(X, X.subset(centres) if hasattr(X, "subset") else X[centres])
     return float(np.max(np.asarray(dist, dtype=np.float64)))
 
 
@@ -213,13 +213,21 @@ def _missing(name: str, requires: tuple[str, ...], given: set[str]) -> list[str]
 def _ignored(name: str, requires: tuple[str, ...], given: set[str]) -> list[str]:
     """Pool arrays given that the strategy would not read (refused like --labels: a user who
     passes an array expects it to count). random reads none but takes its pool size from any."""
-    if not requires or (name == "sparse_approx" and "mc_probs" in given):
+    if not requires:
         return []
+    if name == "sparse_approx" and "mc_probs" in given:  # the Bayesian form reads nothing else
+        return [a for a in sorted(given) if a != "mc_probs"]
     read = {a for r in requires for a in _ALTERNATIVES.get(r, (r,))} | {"labeled_targets"}
     ignored = [a for a in sorted(given) if a not in read]
+    if "duals" in given and "dual_predictions" in given:  # ALLY takes the predictions as given
+        ignored.append("duals")
     if "probs" in given and "logits" in given:  # Sparse Approximation reads logits, others probs
         ignored.append("probs" if name == "sparse_approx" else "logits")
     return ignored
+
+
+#: strategies that select from numpy pools without importing torch (tests/test_cli.py checks it)
+_TORCH_FREE = ("random", "coreset", "robust_coreset")
 
 
 def _strategy_kwargs(cls: type, args: argparse.Namespace) -> dict:
@@ -227,6 +235,8 @@ def _strategy_kwargs(cls: type, args: argparse.Namespace) -> dict:
     kwargs = {}
     if "prune" in params:
         kwargs["prune"] = not args.no_prune
+    elif args.no_prune:
+        raise SystemExit(f"fastal: strategy {cls.name!r} has no pruning to turn off (--no-prune)")
     if "progress" in params:
         kwargs["progress"] = args.progress
     return kwargs
@@ -238,6 +248,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     digits = all(getattr(args, key) is None for key, _, _ in _POOL_ARRAYS)
     if args.seed < 0:
         raise SystemExit(f"fastal: --seed must be >= 0, got {args.seed}")
+    strategy_kwargs = _strategy_kwargs(cls, args)
     if args.n_labeled is not None:
         if not digits:
             raise SystemExit(
@@ -328,7 +339,9 @@ def cmd_select(args: argparse.Namespace) -> int:
     pool = pool_arrays["features"] if set(arrays) == {"features"} else dict(pool_arrays)
     if not cls.requires:
         pool = {"n": n}
-    strategy = cls(**_strategy_kwargs(cls, args))
+    strategy = cls(**strategy_kwargs)
+    if args.strategy not in _TORCH_FREE:
+        import torch  # noqa: F401  (imported on first use otherwise: ~1 s inside the time below)
     start = time.perf_counter()
     try:
         sel = strategy.select(pool, budget, labeled if len(labeled) else None, seed=args.seed)
@@ -359,7 +372,13 @@ def cmd_select(args: argparse.Namespace) -> int:
             rng = np.random.default_rng(args.seed)
             unlabeled = np.setdiff1d(np.arange(len(X)), labeled)
             rand = rng.choice(unlabeled, size=budget, replace=False)
-            radius = _covering_radius(_report_dtype(X), np.concatenate([labeled, rand]))
+            # in the space the strategy covered: the gradient embedding for coreset_gradients
+            space = (
+                strategies.base.gradient_pool(pool, bias=strategy.bias)
+                if args.strategy == "coreset_gradients"
+                else _report_dtype(X)
+            )
+            radius = _covering_radius(space, np.concatenate([labeled, rand]))
             print(f"  same budget picked at random: radius {radius:.4f}")
         print(f"  rows read: {100 * diag['rows_read_fraction']:.1f}% of an unpruned run "
               f"(pruning {'on' if diag['pruned'] else 'off'})")  # fmt: skip

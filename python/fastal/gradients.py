@@ -285,6 +285,10 @@ def torch_isfinite_rows(t: Any) -> Any:
 # construction from model outputs
 
 
+#: How gradient_embedding takes logits (strategies name their pool key instead).
+_KIND_HINT = "pass kind='logits'"
+
+
 def gradient_embedding(
     probs_or_logits: Any,
     features: Any,
@@ -334,14 +338,29 @@ def gradient_embedding(
     >>> emb.A.astype(float).round(3).tolist(), emb.dense().shape
     ([[-0.3, 0.2, 0.1]], (1, 6))
     """
+    return _gradient_embedding(probs_or_logits, features, labels=labels, bias=bias, kind=kind)
+
+
+def _gradient_embedding(
+    probs_or_logits: Any,
+    features: Any,
+    *,
+    labels: Any = None,
+    bias: bool = False,
+    kind: str = "auto",
+    name: str = "probs_or_logits",
+    logits_hint: str = _KIND_HINT,
+) -> GradientEmbedding:
+    """:func:`gradient_embedding`, with the caller's name for the probabilities and its way to
+    take logits in the messages (a strategy's pool key)."""
     torch = _torch()
-    pinfo = check_matrix(probs_or_logits, "probs_or_logits")
+    pinfo = check_matrix(probs_or_logits, name)
     finfo = check_matrix(features, "features")
-    check_same_place(finfo, "features", pinfo, "probs_or_logits")
+    check_same_place(finfo, "features", pinfo, name)
     n, C = pinfo.shape
     if finfo.shape[0] != n:
         raise ValueError(
-            f"features must have one row per row of probs_or_logits ({n}), got shape {finfo.shape}"
+            f"features must have one row per row of {name} ({n}), got shape {finfo.shape}"
         )
     if kind not in ("auto", "probs", "logits"):
         raise ValueError(f"kind must be 'auto', 'probs' or 'logits', got {kind!r}")
@@ -351,11 +370,11 @@ def gradient_embedding(
     h_in = as_torch(features, finfo)
     acc = _acc_dtype("float64" if pinfo.dtype == "float64" and finfo.dtype == "float64" else "float32")
     if not bool(torch_isfinite_rows(p_in).all()):
-        raise ValueError("probs_or_logits contains NaN or Inf")
+        raise ValueError(f"{name} contains NaN or Inf")
     if not bool(torch_isfinite_rows(h_in).all()):
         raise ValueError("features contains NaN or Inf")
-    is_probs = _probabilities(p_in, kind, acc, "probs_or_logits")
-    target = _target(labels, n, C, pinfo, acc)
+    is_probs = _probabilities(p_in, kind, acc, name, logits_hint=logits_hint)
+    target = _target(labels, n, C, pinfo, acc, name)
 
     store = h_in.dtype
     dh = finfo.shape[1] + int(bool(bias))
@@ -382,10 +401,6 @@ def gradient_embedding(
     if bias:
         H[:, -1] = 1
     return GradientEmbedding._from_torch(A, H, finfo)
-
-
-#: How gradient_embedding takes logits (strategies name their pool key instead).
-_KIND_HINT = "pass kind='logits'"
 
 
 def _probabilities(
@@ -437,7 +452,9 @@ def _wide_unsigned(arr: np.ndarray, C: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _target(labels: Any, n: int, C: int, pinfo: ArrayInfo, acc: Any) -> Any:
+def _target(
+    labels: Any, n: int, C: int, pinfo: ArrayInfo, acc: Any, name: str = "probs_or_logits"
+) -> Any:
     """None (hypothetical labels), an int64 tensor (n,) or a float tensor (n, C) on p's device."""
     torch = _torch()
     if labels is None:
@@ -446,7 +463,7 @@ def _target(labels: Any, n: int, C: int, pinfo: ArrayInfo, acc: Any) -> Any:
     if _interop.is_array(labels):
         linfo = _interop.describe(labels, "labels")
         if linfo.device != pinfo.device:
-            raise ValueError(f"labels is on {linfo.where} but probs_or_logits is on {pinfo.where}")
+            raise ValueError(f"labels is on {linfo.where} but {name} is on {pinfo.where}")
         lt = as_torch(labels, linfo).to(device)
         if linfo.dtype in ("uint16", "uint32", "uint64") and len(linfo.shape) == 1:  # no torch min
             lt = torch.as_tensor(_wide_unsigned(_interop.host_numpy(labels), C), device=device)

@@ -279,6 +279,13 @@ def _param_device(model: Any) -> Any:
     return "cpu"
 
 
+def as_model_dtype(model: Any, X: Any) -> Any:
+    """Floating inputs in the dtype of the model's (first floating) parameters, as the adapter
+    casts them; other inputs (token ids) as they are."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return X.to(dtype) if dtype is not None and X.is_floating_point() else X
+
+
 def _tensors(dataset: Any) -> tuple[Any, Any]:
     """A Dataset of (x, y) stacked into two tensors (labeled sets are small)."""
     import torch
@@ -355,9 +362,7 @@ def fit(
     n = X.shape[0]
     if n == 0:
         raise ValueError("cannot train on an empty labeled set")
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    if dtype is not None and X.is_floating_point():
-        X = X.to(dtype)  # as the adapter does: floating inputs take the parameters' dtype
+    X = as_model_dtype(model, X)
     model.to(device)
     dev = torch.device(device)
     with forked_rng(dev, seed):
@@ -538,6 +543,9 @@ def run(
     data = _Data(pool, "pool", task)
     testset = _Data(test, "test", task)
     budgets = _budgets(budget, rounds)
+    validate = getattr(strategy, "validate_budget", None)  # e.g. CRC's multiple of G, up front
+    for b in budgets if validate is not None else ():
+        validate(b)
     if train_fn is None:  # a strategy that needs its own training (ALLY) brings its trainer
         train_fn = getattr(strategy, "train_fn", None) or fit
     metric = "accuracy" if task == "classification" else "mse"

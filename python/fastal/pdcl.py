@@ -173,10 +173,12 @@ def per_sample_loss(out: Any, y: Any, task: str) -> Any:
     """Cross-entropy (classification) or squared error averaged over outputs (regression), per row."""
     import torch.nn.functional as F
 
+    from .loop import _match
+
     if task == "classification":
         return F.cross_entropy(out, y, reduction="none")
-    if out.ndim == 2 and out.shape[1] == 1 and y.ndim == 1:
-        out = out[:, 0]
+    # (B,) against (B, 1) targets broadcast to B x B: the shapes must agree up to a scalar column
+    out, y = _match(out, y, "the labeled rows' targets")
     err = (out - y.to(out.dtype)) ** 2
     return err.reshape(err.shape[0], -1).mean(1)
 
@@ -278,8 +280,8 @@ class PrimalDualTrainer:
         )
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.optimizer = optimizer
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
+        self.momentum = _number(momentum, "momentum", minimum=0.0)
+        self.weight_decay = _number(weight_decay, "weight_decay", minimum=0.0)
         self.secondary_loss = secondary_loss
 
     def __repr__(self) -> str:
@@ -297,7 +299,7 @@ class PrimalDualTrainer:
     ) -> Any:
         import torch
 
-        from .loop import _tensors
+        from .loop import _tensors, as_model_dtype
 
         if task not in PAPER_EPS:
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -307,7 +309,7 @@ class PrimalDualTrainer:
             raise ValueError("cannot train on an empty labeled set")
         dev = torch.device(device)
         model.to(dev)
-        X, y = X.to(dev), y.to(dev)
+        X, y = as_model_dtype(model, X).to(dev), y.to(dev)
         if task == "classification":
             y = y.to(torch.int64)
         with forked_rng(dev, seed):

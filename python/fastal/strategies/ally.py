@@ -154,6 +154,7 @@ class ALLY(Strategy):
                     f"duals reach {np.abs(duals).max():.3g}, beyond what the dual head computes "
                     f"in {head_dtype} (up to {limit:.3g}); rescale them"
                 )
+            _check_rows_finite(Xt, lab)  # the head trains on them
             head = fit_dual_head(
                 Xt[lab_t], duals, hidden=self.head_hidden, layers=self.head_layers,
                 steps=self.head_steps, lr=self.head_lr, seed=head_seed,
@@ -166,6 +167,7 @@ class ALLY(Strategy):
                 for s in range(0, rest.size, batch)
             ])  # fmt: skip
             if not np.isfinite(scores).all():
+                _check_rows_finite(Xt, rest[~np.isfinite(scores)])  # a NaN row, not the duals
                 raise ValueError(
                     f"the dual head's predictions overflow for duals up to {duals.max():.3g}; "
                     "rescale duals"
@@ -199,3 +201,17 @@ def _host_vector(v: Any, size: int, name: str, what: str = "pool row") -> np.nda
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or Inf")
     return arr
+
+
+def _check_rows_finite(Xt: Any, rows: np.ndarray) -> None:
+    """Refuse NaN / Inf in ``features`` rows ``rows`` (pool indices), naming the first."""
+    import torch
+
+    from ..gradients import torch_isfinite_rows
+
+    ok = torch_isfinite_rows(Xt[torch.from_numpy(rows).to(Xt.device)]).cpu().numpy()
+    if not ok.all():
+        raise ValueError(
+            f"features contains NaN or Inf in {int((~ok).sum())} row(s), first at row "
+            f"{int(rows[~ok].min())}"
+        )

@@ -26,6 +26,8 @@ class BADGE(Strategy):
     ----------
     bias : bool, default False
         Include the bias gradient (``h`` extended by a 1). The paper uses the weights only.
+    prune : bool, default True
+        Skip the rows a new centre provably cannot bring closer (CPU; the draws do not change).
     progress : bool, default False
         tqdm progress bar over the picks.
 
@@ -57,9 +59,10 @@ class BADGE(Strategy):
     name = "badge"
     requires = ("probs", "features")
 
-    def __init__(self, *, bias: bool = False, progress: bool = False) -> None:
+    def __init__(self, *, bias: bool = False, prune: bool = True, progress: bool = False) -> None:
         self.bias = check_bool(bias, "bias")
-        self.progress = progress
+        self.prune = check_bool(prune, "prune")
+        self.progress = check_bool(progress, "progress")
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         emb = gradient_pool(pool, bias=self.bias)
@@ -72,14 +75,15 @@ class BADGE(Strategy):
             # (2 GB at n = 1M, d = 512)
             picks = _kmeans_pp(
                 emb, budget, seed=seed, first="norm", progress=self.progress, name=name,
-                exclude=lab, stats=stats,
+                exclude=lab, prune=self.prune, stats=stats,
             )  # fmt: skip
             indices = _interop.host_numpy(picks)
         else:  # the row indices go where the embedding lives
             candidates = emb.subset(_interop.to_framework(rest, emb.info))
             picks = _kmeans_pp(
-                candidates, budget, seed=seed, first="norm", progress=self.progress, name=name
-            )
+                candidates, budget, seed=seed, first="norm", progress=self.progress, name=name,
+                prune=self.prune,
+            )  # fmt: skip
             indices = rest[_interop.host_numpy(picks)]
         # a full pass reads every row that is not yet a centre: rest.size - t after pick t
         unpruned = budget * rest.size - budget * (budget + 1) // 2

@@ -29,6 +29,10 @@ class Strategy:
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         raise NotImplementedError
 
+    def validate_budget(self, budget: int) -> None:
+        """Refuse a budget this strategy can never take, whatever the pool (called before an
+        expensive pool pass or training); the range against the pool is checked by ``select``."""
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({params})"
@@ -53,7 +57,7 @@ def gradient_pool(pool: Any, *, bias: bool = False) -> Any:
 
     Labels are hypothetical (argmax of the probabilities).
     """
-    from ..gradients import GradientEmbedding, gradient_embedding
+    from ..gradients import GradientEmbedding, _gradient_embedding
 
     if isinstance(pool, GradientEmbedding):
         return pool
@@ -63,9 +67,10 @@ def gradient_pool(pool: Any, *, bias: bool = False) -> Any:
             f"'features', got {type(pool).__name__}"
         )
     features = pool_field(pool, "features")
-    if "probs" in pool:
-        return gradient_embedding(pool["probs"], features, bias=bias, kind="probs")
-    return gradient_embedding(pool_field(pool, "logits"), features, bias=bias, kind="logits")
+    key = "probs" if "probs" in pool else "logits"
+    return _gradient_embedding(
+        pool_field(pool, key), features, bias=bias, kind=key, name=key, logits_hint=LOGITS_KEY
+    )
 
 
 def unlabeled_rows(n: int, labeled: Any, like: Any = None) -> tuple[Any, Any]:

@@ -112,6 +112,14 @@ class CRC(Strategy):
         self.zeros = zeros
         self.bias = check_bool(bias, "bias")
 
+    def validate_budget(self, budget: int) -> None:
+        G = self.group_size
+        if isinstance(budget, (int, np.integer)) and budget % G:
+            raise ValueError(
+                f"budget (Q = {budget}) must be a multiple of group_size (G = {G}): Alg. 1 takes "
+                "Q/G groups"
+            )
+
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         from ..gram import gram_min_eig
 
@@ -120,8 +128,7 @@ class CRC(Strategy):
         lab, rest = unlabeled_rows(n, labeled, like=info)
         Q = check_budget(budget, rest.size)
         G = self.group_size
-        if Q % G:
-            raise ValueError(f"budget (Q = {Q}) must be a multiple of group_size (G = {G}): Alg. 1 takes Q/G groups")
+        self.validate_budget(Q)
         if Q == 0:
             return Selection(_interop.to_framework(np.empty(0, np.int64), info), {"n_groups": 0, "scores": np.empty(0)})
         rng = make_rng(seed)

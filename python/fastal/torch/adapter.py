@@ -8,6 +8,7 @@ by batch, so a pool of millions of rows never holds more than one batch of activ
 from __future__ import annotations
 
 import contextlib
+import copy
 import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -378,7 +379,7 @@ def select(
         strategy = get(strategy)()
     elif isinstance(strategy, type) and issubclass(strategy, Strategy):
         strategy = strategy()
-    from .._validate import make_rng
+    from .._validate import check_budget, make_rng
 
     task = options.get("task", "classification")
     needs = needs_of(strategy) if needs is None else _check_needs(needs, task, extra=("duals",))
@@ -387,12 +388,21 @@ def select(
     make_rng(seed, "seed")  # the rule of every strategy, whether or not this one draws
     if "mc_seed" in options:
         mc_seed = _check_seed(options.pop("mc_seed"), "mc_seed")
+    elif isinstance(seed, np.random.Generator):
+        # the masks from the Generator too (it was left unseeded: same Generator, other picks);
+        # a copy, so that the strategy draws from the Generator as given
+        mc_seed = int(copy.deepcopy(seed).integers(2**63))
     else:
         mc_seed = _check_seed(seed, "seed") if isinstance(seed, numbers.Integral) else None
 
     def labeled_rows(n: int) -> tuple[np.ndarray, Any, Any]:
-        # labeled, labels and duals are checked against the pool before anything indexes them
+        # labeled, labels, duals and the budget are checked against the pool before anything
+        # indexes them (and, where the size is known, before the pass)
         idx = _check_labeled(labeled, n)
+        checked = check_budget(budget, n - idx.size)
+        validate = getattr(strategy, "validate_budget", None)  # e.g. CRC's multiple of G
+        if validate is not None:
+            validate(checked)
         targets = _check_labels(labels, idx, task)
         return idx, targets, _labeled_duals(model, duals, idx.size) if "duals" in needs else None
 
@@ -592,8 +602,9 @@ def _labeled_duals(model: nn.Module, duals: Any, m: int) -> Any:
     the model."""
     from ..pdcl import model_duals
 
+    source = "duals"
     if duals is None:
-        duals = model_duals(model)
+        duals, source = model_duals(model), "the model's dual variables"
     if duals is None:
         raise ValueError(
             "this strategy needs the dual variables of the labeled rows: train the model with "
@@ -601,9 +612,11 @@ def _labeled_duals(model: nn.Module, duals: Any, m: int) -> Any:
             "or pass duals="
         )
     if len(duals) != m:
+        fix = "pass one per labeled row"
+        if source != "duals":
+            fix = "train on exactly the labeled rows"
         raise ValueError(
-            f"the model's dual variables are for {len(duals)} labeled rows but labeled has {m}: "
-            "train on exactly the labeled rows, in their order"
+            f"{source} are for {len(duals)} labeled rows but labeled has {m}: {fix}, in their order"
         )
     return duals
 
