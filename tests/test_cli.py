@@ -224,6 +224,8 @@ REFUSED = [
      ["'ally' would ignore --duals"], ()),
     ("no-prune-unsupported", f"{POOL} --strategy entropy --probs {{d}}/probs.npy --no-prune",
      ["'entropy' has no pruning to turn off"], ()),
+    ("labels-mc", "select --strategy sparse_approx --mc-probs {d}/mc.npy --labeled {d}/lab1d.npy "
+     "--labels {d}/lab1d.npy", ["'sparse_approx' with --mc-probs would ignore it"], ()),
     ("n-labeled-big", "select --n-labeled 2000", ["--n-labeled", "1797", "2000"], ()),
     ("n-labeled-neg", "select --n-labeled -1", ["--n-labeled", "-1"], ()),
     ("n-labeled-arrays", f"{POOL} --n-labeled 5", ["--n-labeled", "--labeled"], ()),
@@ -371,3 +373,15 @@ def test_torch_free_strategies_do_not_import_torch(name):
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["kmeans", "ally"])
+def test_no_prune_reaches_the_k_means_of_kmeans_and_ally(name):
+    """The Lloyd bounds are exact: the picks do not change, and --no-prune is honoured."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    pool = {"features": X, "dual_predictions": rng.random(200)} if name == "ally" else X
+    cls = fastal.strategies.get(name)
+    picks = [cls(prune=p).select(pool, 40, seed=1).indices.tolist() for p in (True, False)]
+    assert picks[0] == picks[1]
+    assert "prune" in cli._strategy_kwargs(cls, cli.build_parser().parse_args(["select", "--no-prune"]))

@@ -226,6 +226,13 @@ def _ignored(name: str, requires: tuple[str, ...], given: set[str]) -> list[str]
     return ignored
 
 
+def _labels_form(args: argparse.Namespace, arrays: dict) -> str:
+    """Which form of sparse_approx would ignore --labels: " with --mc-probs" or " with --probs"."""
+    if args.strategy != "sparse_approx":
+        return ""
+    return " with --mc-probs" if "mc_probs" in arrays else " with --probs"
+
+
 #: strategies that select from numpy pools without importing torch (tests/test_cli.py checks it)
 _TORCH_FREE = ("random", "coreset", "robust_coreset")
 
@@ -312,8 +319,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     if "labeled_targets" in arrays and args.strategy not in readers:
         raise SystemExit(
             f"fastal: --labels is read by bilevel (the labeled rows' targets) and by sparse_approx "
-            f"with --logits (its temperature fit); {args.strategy!r}"
-            f"{' with --probs' if args.strategy == 'sparse_approx' else ''} would ignore it"
+            f"with --logits (its temperature fit); {args.strategy!r}{_labels_form(args, arrays)} "
+            "would ignore it"
         )
     ignored = _ignored(args.strategy, cls.requires, set(arrays))
     if ignored:

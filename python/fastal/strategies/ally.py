@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import _number, check_budget, check_positive_int, host_values, make_rng
+from .._validate import _number, check_bool, check_budget, check_positive_int, host_values, make_rng
 from .base import Selection, Strategy, pool_field, register, unlabeled_rows
 
 
@@ -50,6 +50,8 @@ class ALLY(Strategy):
         Lloyd iterations.
     kmeans_minibatch : int, optional
         Mini-batch k-means with this batch size (for million-point pools).
+    prune : bool, default True
+        Lloyd with distance bounds (:func:`fastal.kmeans`'s ``prune``; the clusters do not change).
 
     Diagnostics include ``clusters``: the k-means cluster of every unlabeled row (ascending pool
     index order), ``kmeans_distance_share`` (see :class:`fastal.KMeansResult`), and the predicted
@@ -89,6 +91,7 @@ class ALLY(Strategy):
         head_lr: float = 1e-3,
         kmeans_iter: int = 100,
         kmeans_minibatch: int | None = None,
+        prune: bool = True,
     ) -> None:
         from ..pdcl import PrimalDualTrainer
 
@@ -101,6 +104,7 @@ class ALLY(Strategy):
         self.head_steps = check_positive_int(head_steps, "head_steps")
         self.head_lr = _number(head_lr, "head_lr", positive=True)
         self.kmeans_iter = check_positive_int(kmeans_iter, "kmeans_iter")
+        self.prune = check_bool(prune, "prune")
         self.kmeans_minibatch = (
             None
             if kmeans_minibatch is None
@@ -179,7 +183,7 @@ class ALLY(Strategy):
         k = budget if self.n_clusters is None else min(self.n_clusters, budget)
         km = _kmeans(
             X, k, seed=km_seed, max_iter=self.kmeans_iter, minibatch=self.kmeans_minibatch,
-            name="features", exclude=lab,
+            prune=self.prune, name="features", exclude=lab,
         )  # fmt: skip
         clusters = _interop.host_numpy(km.labels)
         picks = rest[pick_per_cluster(clusters, scores, budget)]

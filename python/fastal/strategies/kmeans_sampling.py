@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import check_budget, check_matrix
+from .._validate import check_bool, check_budget, check_matrix
 from ..gradients import as_torch
 from ..kmeans import _kmeans
 from .base import Selection, Strategy, pool_field, register, unlabeled_rows
@@ -27,6 +27,8 @@ class KMeansSampling(Strategy):
         Lloyd iterations (mini-batch: epochs).
     minibatch : int, optional
         Batch size for mini-batch k-means on large pools.
+    prune : bool, default True
+        Lloyd with distance bounds (:func:`fastal.kmeans`'s ``prune``; the fit does not change).
     progress : bool, default False
 
     The pool is an ``(n, d)`` array or a mapping with ``"features"``. The clustering is one run of
@@ -48,9 +50,17 @@ class KMeansSampling(Strategy):
     name = "kmeans"
     requires = ("features",)
 
-    def __init__(self, *, max_iter: int = 100, minibatch: int | None = None, progress: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        max_iter: int = 100,
+        minibatch: int | None = None,
+        prune: bool = True,
+        progress: bool = False,
+    ) -> None:
         self.max_iter = max_iter
         self.minibatch = minibatch
+        self.prune = check_bool(prune, "prune")
         self.progress = progress
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
@@ -74,7 +84,7 @@ class KMeansSampling(Strategy):
         # k-means of the unlabeled rows; on the CPU without copying them (see kmeans._Excluded)
         res = _kmeans(
             X, budget, seed=seed, max_iter=self.max_iter, minibatch=self.minibatch,
-            progress=self.progress, name="features", exclude=lab,
+            prune=self.prune, progress=self.progress, name="features", exclude=lab,
         )  # fmt: skip
         labels = _interop.host_numpy(res.labels)
         centres = as_torch(res.centres, _interop.describe(res.centres, "centres")).to(torch.float64)
