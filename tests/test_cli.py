@@ -384,4 +384,5 @@ def test_no_prune_reaches_the_k_means_of_kmeans_and_ally(name):
     cls = fastal.strategies.get(name)
     picks = [cls(prune=p).select(pool, 40, seed=1).indices.tolist() for p in (True, False)]
     assert picks[0] == picks[1]
-    assert "prune" in cli._strategy_kwargs(cls, cli.build_parser().parse_args(["select", "--no-prune"]))
+    args = cli.build_parser().parse_args(["select", "--no-prune"])
+    assert cli._strategy_kwargs(cls, args)["prune"] is False
