@@ -36,8 +36,8 @@ class EGL(Strategy):
     holds ``"scores"`` for every row of the pool, float64: ``|h|²`` is summed in float32 (float64
     for float64 input) and, for rows where that overflows (``|h| ≳ 1.8e19``), again in float64, so
     large features rank correctly instead of all scoring ``inf``. ``1 - |p|² = Σ_y p_y (1 - p_y)``
-    is taken in float64 with the top class's probability read as 1 minus the sum of the others
-    (stored rows sum to 1 only to their dtype's rounding, which ``p_max`` carries in full while
+    is summed from non-negative terms, the top class's probability read as 1 minus the sum of the
+    others (stored rows sum to 1 only to their dtype's rounding, which ``p_max`` carries in full while
     the small probabilities of a confident row keep their relative precision), so confident rows
     keep their small scores instead of cancelling to 0. Checks and scores run in row
     tiles: no temporary the size of the features or probabilities.
@@ -111,7 +111,7 @@ class EGL(Strategy):
         hsq += 1.0 if self.bias else 0.0
         scores = hsq
         for s, e in tiles:
-            scores[s:e] *= _spread(p_in[s:e], is_probs)
+            scores[s:e] *= _spread(p_in[s:e], is_probs, acc)
         cand = torch.from_numpy(rest).to(scores.device)
         # stable sort of -score over ascending candidates: ties keep the lowest index first
         order = torch.sort(-scores[cand], stable=True).indices[:budget]
@@ -122,17 +122,18 @@ class EGL(Strategy):
         )
 
 
-def _spread(p: Any, is_probs: bool) -> Any:
-    """``1 - |p|² = Σ_y p_y (1 - p_y)`` per row in float64, with the top class's probability taken
-    as 1 minus the others' sum: the small probabilities of a confident row carry its score and
-    are stored to full relative precision, ``p_max`` only to the dtype's absolute rounding
+def _spread(p: Any, is_probs: bool, acc: Any) -> Any:
+    """``1 - |p|² = Σ_y p_y (1 - p_y)`` per row (float64 out), with the top class's probability
+    taken as 1 minus the others' sum: the small probabilities of a confident row carry its score
+    and are stored to full relative precision, ``p_max`` only to the dtype's absolute rounding
     (float32 probs round it to 1.0 from ~1 - 6e-8; ``1 - |p|²`` as written then cancelled to 0,
-    and float32 logits with a gap of 17 scored every row 0)."""
+    and float32 logits with a gap of 17 scored every row 0). Every term is non-negative, so
+    ``acc`` (float32 unless the inputs are float64) loses nothing to cancellation."""
     import torch
 
-    p = p.to(torch.float64).contiguous()  # one summation order whatever the strides
+    p = p.to(acc).contiguous()  # one summation order whatever the strides
     if not is_probs:
         p = torch.softmax(p, dim=1)
     others = p.scatter(1, p.argmax(1, keepdim=True), 0.0)
     rest = others.sum(1)
-    return ((others * (1 - others)).sum(1) + (1 - rest) * rest).clamp_min(0)
+    return ((others * (1 - others)).sum(1) + (1 - rest) * rest).clamp_min(0).to(torch.float64)
