@@ -171,17 +171,25 @@ def _fit_temperature(logits: Any, targets: Any, names: tuple[str, str] = ("logit
     y = torch.as_tensor(y.astype(np.int64)).to(z.device)
     if not bool(torch.isfinite(z).all()):
         raise ValueError(f"{lname} contains NaN or Inf")
-    top = z.max(1).values
-    # The NLL divided by a power of two s > |z| / 2 when logits are huge: z / T past float64 would
-    # turn the search's comparisons into inf <= inf. Dividing every NLL by s keeps their order.
+    picked = z.gather(1, y[:, None])[:, 0]
     zmax = float(z.abs().max())
-    s = math.ldexp(1.0, math.frexp(zmax)[1] - 1) if zmax > 2.0**500 else 1.0
-    margin = top / s - z.gather(1, y[:, None])[:, 0] / s  # (max - target) / s, >= 0
-    shifted = z - top[:, None]  # <= 0; -inf past float64 only where exp() would give 0 anyway
+    if zmax <= 2.0**500:
 
-    def nll(log_t: float) -> float:
-        t = float(np.exp(log_t))
-        return float((margin / t + torch.logsumexp(shifted / t, 1) / s).mean())
+        def nll(log_t: float) -> float:
+            t = float(np.exp(log_t))
+            return float((torch.logsumexp(z / t, 1) - picked / t).mean())
+
+    else:
+        # Huge logits: z / T past float64 would turn the search's comparisons into inf <= inf.
+        # The NLL from each row's max, divided by a power of two s > |z| / 2 (the same order).
+        s = math.ldexp(1.0, math.frexp(zmax)[1] - 1)
+        top = z.max(1).values
+        margin = top / s - picked / s  # (max - target) / s, >= 0
+        shifted = z - top[:, None]  # <= 0; -inf past float64 only where exp() gives 0 anyway
+
+        def nll(log_t: float) -> float:
+            t = float(np.exp(log_t))
+            return float((margin / t + torch.logsumexp(shifted / t, 1) / s).mean())
 
     lo, hi = np.log(1e-2), np.log(1e2)
     g = (np.sqrt(5) - 1) / 2
