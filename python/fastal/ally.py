@@ -287,7 +287,9 @@ def maximize_dual(
         E.g. ``ALLY.head_`` after a selection, or :func:`fit_dual_head`.
     x : tensor (B, ...)
         Starting inputs (not modified).
-    steps, lr : Adam schedule.
+    steps, lr : Adam schedule (default 100 steps at 0.05).
+    bounds : (low, high), optional
+        Clamp the inputs to this range after each step.
 
     Returns
     -------

@@ -1180,6 +1180,12 @@ def bilevel_select(
         within ``inner_tol · |W|`` of the optimum (or at the rounding floor ``|∇F| ≤ 1e-14 ·
         |∇F(0)|``). A test relative to ``|∇F(0)|`` alone stopped with W a few percent off on
         near-separable data and skipped the re-solve after most picks.
+    inner_iters : int >= 1, default 1000
+        Adam steps per inner solve (``solver="adam"``).
+    batch_size : int >= 1, default 64
+        Adam's minibatch size.
+    lr : float > 0, default 1e-2
+        Adam's learning rate.
     augment : callable ``augment(raw_rows, rng) -> raw_rows``, optional
         Data augmentation on raw rows (torch tensors, the rows of ``raw``) for the inner minibatches
         (the paper's keyword-spotting augmentations); features are recomputed with ``featurize``

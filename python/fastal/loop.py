@@ -336,9 +336,21 @@ def fit(
         The labeled rows (stacked into tensors: active-learning labeled sets are small; floating
         inputs are cast to the model's parameter dtype, as :func:`fastal.torch.pool_outputs` does).
     task : {"classification", "regression"}
-    seed : int
+    seed : int >= 0
         Seeds the split, the batches and dropout (the global torch RNG is restored afterwards).
     device : default "cpu"
+    max_steps : int >= 0, default 300
+        Adam steps at most.
+    batch_size : int >= 1, default 64
+    lr, weight_decay : float, default 1e-3 and 0
+        Adam's settings.
+    val_fraction : float in [0, 1), default 0.2
+        Share of the labeled rows held out for early stopping (none below ``min_val`` rows).
+    min_val : int >= 0, default 10
+    eval_every : int >= 1, default 10
+        Steps between held-out evaluations.
+    patience : int >= 1, default 10
+        Evaluations without improvement before training stops.
 
     Returns
     -------
