@@ -201,8 +201,10 @@ def test_bilevel_messages_name_the_pool_keys():
     for bad in (np.full((2, C), 0.5), np.full((2, C), np.nan), -np.ones((2, C))):
         with pytest.raises(ValueError, match="labeled_targets"):
             s.select(dict(pool, labeled_targets=bad), 3, [0, 1], seed=0)
-    with pytest.raises(TypeError, match="labeled_targets must be integer classes"):
+    with pytest.raises(TypeError, match="labeled_targets must hold classes or probabilities"):
         s.select(dict(pool, labeled_targets=["a", "b"]), 3, [0, 1], seed=0)
+    with pytest.raises(TypeError, match="labeled_targets must be integer classes"):
+        s.select(dict(pool, labeled_targets=[0.0, 1.0]), 3, [0, 1], seed=0)
     sel = s.select(dict(pool, labeled_targets=np.eye(C)[[0, 2]]), 3, [0, 1], seed=0)
     assert len(sel.indices) == 3
 

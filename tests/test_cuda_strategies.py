@@ -353,3 +353,29 @@ def test_kmeans_sampling_equals_cpu(backend, dtype, k, form):
     assert sel.diagnostics["n_iter"] == cpu.diagnostics["n_iter"]
     if not gemm_path(dtype, k):
         assert sel.diagnostics["inertia"] == pytest.approx(cpu.diagnostics["inertia"], rel=2e-6)
+
+
+def test_flipped_cupy_pool_is_copied_not_aborted():
+    """``cp.flip`` gives negative strides, which torch 2.13's DLPack import aborts the process
+    on; fastal makes cupy arrays contiguous before handing them to torch."""
+    cupy = pytest.importorskip("cupy")
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 8)).astype(np.float32)
+    p = rng.dirichlet(np.ones(4), 300).astype(np.float32)
+    flipped, flipped_p = cupy.flip(cupy.asarray(X), 0), cupy.flip(cupy.asarray(p), 0)
+    dist, _ = fastal.min_distance(flipped, cupy.asarray(X[:5]))
+    np.testing.assert_allclose(to_numpy(dist), fastal.min_distance(X[::-1], X[:5])[0], atol=1e-4)
+    fastal.kmeans(flipped, 3, seed=0)  # reaches torch.from_dlpack on the flipped array
+    got = strategies.Entropy().select({"probs": flipped_p}, 5).indices
+    assert_array_equal(to_numpy(got), strategies.Entropy().select({"probs": p[::-1]}, 5).indices)
+
+
+def test_sparse_approx_refuses_features_on_another_device():
+    import torch
+
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(size=(50, 3)).astype(np.float32)).cuda()
+    with pytest.raises(ValueError, match=r"^features is on numpy \(cpu\) but logits is on torch"):
+        features = np.ones((50, 4), np.float32)
+        strategies.SparseApprox().select({"logits": logits, "features": features}, 3)

@@ -7,6 +7,8 @@ raises ValueError/TypeError with a message that names the argument."
 from __future__ import annotations
 
 import re
+import sys
+import types
 
 import fastal
 import numpy as np
@@ -349,14 +351,30 @@ class _Device:
 
 
 class FakeCupyArray:
-    """Just enough of a cupy array for fastal's dispatch: module, device, dtype and shape."""
-
-    __module__ = "cupy._core.core"
+    """Just enough of a cupy array for fastal's dispatch: device, dtype and shape. The
+    ``fake_cupy`` fixture makes it ``cupy.ndarray``."""
 
     def __init__(self, shape, dtype="float32"):
         self.shape = shape
         self.dtype = np.dtype(dtype)
         self.device = _Device()
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """A ``cupy`` module whose ``ndarray`` is FakeCupyArray (fastal recognises cupy arrays by
+    ``isinstance(x, cupy.ndarray)`` once cupy is imported)."""
+    module = types.ModuleType("cupy")
+    module.ndarray = FakeCupyArray
+    monkeypatch.setitem(sys.modules, "cupy", module)
+
+
+def test_only_cupy_ndarray_is_taken_for_cupy(fake_cupy):
+    """Classes of other modules named cupy-something (cupyx sparse matrices, a user's
+    ``cupy_helpers``) are not cupy arrays."""
+    Impostor = type("Impostor", (), {"__module__": "cupyx.scipy.sparse._csr", "shape": (3, 2)})
+    with pytest.raises(TypeError, match=r"^X must be a numpy array, a torch tensor or a cupy"):
+        kc(Impostor(), 1)
 
 
 @pytest.fixture
@@ -367,7 +385,7 @@ def no_cuda_module(monkeypatch):
 HINT = re.escape("FASTAL_CUDA=ON pip install")
 
 
-def test_cuda_input_without_cuda_module_says_how_to_rebuild(no_cuda_module):
+def test_cuda_input_without_cuda_module_says_how_to_rebuild(no_cuda_module, fake_cupy):
     assert not fastal.cuda_available()
     X = FakeCupyArray((10, 3))
     with pytest.raises(RuntimeError, match=rf"^X is on a CUDA device\. .*{HINT}"):
@@ -376,14 +394,14 @@ def test_cuda_input_without_cuda_module_says_how_to_rebuild(no_cuda_module):
         fastal.min_distance(X, FakeCupyArray((4, 3)))
 
 
-def test_cuda_float64_is_rejected():
+def test_cuda_float64_is_rejected(fake_cupy):
     with pytest.raises(
         TypeError, match=r"^X must have dtype float32, float16, bfloat16 on cuda .*CPU only"
     ):
         kc(FakeCupyArray((10, 3), "float64"), 2)
 
 
-def test_labeled_on_another_device():
+def test_labeled_on_another_device(fake_cupy):
     with pytest.raises(
         ValueError, match=r"^labeled is on cupy \(cuda:0\) but the data is on numpy \(cpu\)"
     ):
@@ -394,7 +412,7 @@ def test_labeled_on_another_device():
         kc(FakeCupyArray((10, 3)), 2, labeled=np.array([1, 2]))
 
 
-def test_min_distance_device_mismatch():
+def test_min_distance_device_mismatch(fake_cupy):
     with pytest.raises(ValueError, match=r"^Y is a cupy \(cuda:0\) array but X is numpy \(cpu\)"):
         fastal.min_distance(pool().astype(np.float32), FakeCupyArray((4, 3)))
     with pytest.raises(ValueError, match=r"^Y is a numpy \(cpu\) array but X is cupy \(cuda:0\)"):

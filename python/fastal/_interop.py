@@ -45,7 +45,8 @@ def _is_torch(x: Any) -> bool:
 
 
 def _is_cupy(x: Any) -> bool:
-    return type(x).__module__.startswith("cupy")
+    cupy = sys.modules.get("cupy")  # not imported yet: x cannot be a cupy array
+    return cupy is not None and isinstance(x, cupy.ndarray)
 
 
 def is_array(x: Any) -> bool:
@@ -53,18 +54,24 @@ def is_array(x: Any) -> bool:
     return isinstance(x, np.ndarray) or _is_torch(x) or _is_cupy(x)
 
 
-def describe(x: Any, name: str) -> ArrayInfo:
-    """Classify ``x`` or raise ``TypeError`` naming ``name``."""
-    if isinstance(x, np.ma.MaskedArray) and np.ma.is_masked(x):
-        # the kernels read the data under the mask: a masked entry would be used as it stands
+def _refuse_masked(x: np.ma.MaskedArray, name: str) -> None:
+    # the kernels read the data under the mask: a masked entry would be used as it stands
+    if np.ma.is_masked(x):
         raise ValueError(
             f"{name} is a masked array with masked entries ({int(np.ma.count_masked(x))}), which "
             f"fastal would read as their stored values: fill them ({name}.filled(value)) or drop "
             "those rows first"
         )
+
+
+def describe(x: Any, name: str) -> ArrayInfo:
+    """Classify ``x`` or raise ``TypeError`` naming ``name``."""
+    if isinstance(x, np.ma.MaskedArray):
+        _refuse_masked(x, name)
     if isinstance(x, np.ndarray):
         return ArrayInfo("numpy", "cpu", None, x.dtype.name, tuple(x.shape))
     if _is_torch(x):
+        _check_plain_tensor(x, name)
         dtype = str(x.dtype).removeprefix("torch.")
         if x.device.type == "cpu":
             return ArrayInfo("torch", "cpu", None, dtype, tuple(x.shape))
@@ -78,10 +85,36 @@ def describe(x: Any, name: str) -> ArrayInfo:
     )
 
 
+def _check_plain_tensor(x: Any, name: str) -> None:
+    """Refuse tensors whose memory is not their values: sparse and nested layouts, and subclasses
+    that dispatch their own operations (``MaskedTensor``: its masked entries would be read as
+    stored). Plain subclasses (``nn.Parameter``, ``nn.Buffer``, ``as_subclass``) pass."""
+    import torch
+
+    if x.is_nested:
+        raise TypeError(f"{name} is a nested torch tensor; fastal needs a dense (strided) one")
+    if x.layout != torch.strided:
+        raise TypeError(
+            f"{name} is a torch tensor with layout {x.layout}; fastal needs a dense (strided) one, "
+            f"e.g. {name}.to_dense()"
+        )
+    if type(x).__torch_dispatch__ is not torch.Tensor.__torch_dispatch__:
+        if type(x).__name__ == "MaskedTensor":
+            raise ValueError(
+                f"{name} is a torch MaskedTensor, whose masked entries fastal would read as their "
+                f"stored values: fill them ({name}.get_data().masked_fill(~{name}.get_mask(), "
+                "value)) or drop those rows first"
+            )
+        raise TypeError(
+            f"{name} is a {type(x).__name__}, a torch tensor subclass with its own dispatch; pass "
+            "a plain tensor"
+        )
+
+
 def host_storage(x: Any, info: ArrayInfo) -> np.ndarray:
     """A C-contiguous numpy view (or deliberate copy) of a CPU array, as the kernels store it."""
     if info.framework == "torch":
-        t = x.detach()
+        t = x.detach().resolve_neg().resolve_conj()  # a lazy negation is not in the memory
         if not t.is_contiguous():
             t = t.contiguous()
         if info.dtype == "bfloat16":
@@ -102,7 +135,7 @@ def host_storage(x: Any, info: ArrayInfo) -> np.ndarray:
 def cuda_pointer(x: Any, info: ArrayInfo) -> tuple[Any, int]:
     """(contiguous array kept alive by the caller, its device pointer)."""
     if info.framework == "torch":
-        t = x.detach()
+        t = x.detach().resolve_neg().resolve_conj()  # the kernels read memory, not lazy negation
         if not t.is_contiguous():
             t = t.contiguous()
         return t, int(t.data_ptr())
@@ -153,15 +186,22 @@ def cuda_stream(info: ArrayInfo) -> int:
         return int(cupy.cuda.get_current_stream().ptr)
 
 
-def host_numpy(x: Any) -> np.ndarray:
-    """Any array-like (list, numpy, torch on any device, cupy) as a numpy array on the host."""
+def host_numpy(x: Any, name: str = "the array") -> np.ndarray:
+    """Any array-like (list, numpy, torch on any device, cupy) as a plain numpy array on the host,
+    in native byte order; masked entries are refused (the message names ``name``)."""
+    if isinstance(x, np.ma.MaskedArray):
+        _refuse_masked(x, name)
+        x = np.ma.getdata(x)
     if isinstance(x, np.ndarray):
-        return x
-    if _is_torch(x):
-        return x.detach().cpu().numpy()
-    if _is_cupy(x):
-        return x.get()
-    return np.asarray(x)
+        arr = x
+    elif _is_torch(x):
+        _check_plain_tensor(x, name)
+        arr = x.detach().cpu().resolve_neg().resolve_conj().numpy()
+    elif _is_cupy(x):
+        arr = x.get()
+    else:
+        arr = np.asarray(x)
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
 
 
 def wrap_host(arr: np.ndarray, like: ArrayInfo) -> Any:

@@ -22,13 +22,7 @@ def check_matrix(
 
     ``dtypes`` are accepted on the CPU, ``cuda_dtypes`` on a CUDA device.
     """
-    info = _interop.describe(X, name)
-    layout = getattr(X, "layout", None) if info.framework == "torch" else None
-    if layout is not None and str(layout) != "torch.strided":
-        raise TypeError(
-            f"{name} is a torch tensor with layout {layout}; fastal needs a dense (strided) one, "
-            f"e.g. {name}.to_dense()"
-        )
+    info = _interop.describe(X, name)  # refuses sparse, nested and masked tensors too
     if len(info.shape) != 2:
         raise ValueError(f"{name} must be 2-D (n, d), got shape {info.shape}")
     if info.shape[0] == 0:
@@ -76,6 +70,8 @@ def host_values(values: Any, name: str, what: str = "numbers", kinds: str = "biu
     as float32 (exactly) where floats are wanted."""
     if "f" in kinds and str(getattr(values, "dtype", "")) == "torch.bfloat16":
         values = values.float()
+    if _interop.is_array(values) or isinstance(values, np.ma.MaskedArray):
+        _interop.describe(values, name)  # masked entries, sparse or nested tensors: named refusals
     try:
         arr = _interop.host_numpy(values) if not isinstance(values, range) else np.asarray(values)
     except (TypeError, ValueError) as err:
@@ -91,6 +87,24 @@ def host_values(values: Any, name: str, what: str = "numbers", kinds: str = "biu
     return arr
 
 
+def _refuse_huge_ints(indices: Any, n: int, name: str) -> None:
+    """A list of Python ints with one beyond int64 becomes a float or object array in numpy: name
+    the out-of-range entry rather than the dtype numpy picked."""
+    if not isinstance(indices, (list, tuple)) or not indices:
+        return
+    first = indices[0]
+    if not isinstance(first, numbers.Integral) or isinstance(first, bool):
+        return
+    try:
+        if np.asarray(indices).dtype.kind in "iub":
+            return
+    except (TypeError, ValueError, OverflowError):  # ragged: host_values names it
+        return
+    if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in indices):
+        bad = next(int(v) for v in indices if not 0 <= int(v) < n)
+        raise ValueError(f"{name} has indices out of range [0, {n}): e.g. {bad}")
+
+
 def check_indices(
     indices: Any, n: int, name: str, *, like: ArrayInfo | None = None, unique: bool = True
 ) -> np.ndarray:
@@ -104,6 +118,7 @@ def check_indices(
         info = _interop.describe(indices, name)  # refuses devices fastal cannot read
         if like is not None and info.device != like.device:
             raise ValueError(f"{name} is on {info.where} but the data is on {like.where}")
+    _refuse_huge_ints(indices, n, name)
     arr = host_values(indices, name, "integer indices")
     if arr.dtype == np.bool_:
         raise TypeError(

@@ -27,17 +27,31 @@ def _torch():
     return torch
 
 
-def dual_head(in_dim: int, *, hidden: int = 128, layers: int = 5) -> Any:
+def _on_cpu_unless_tensor(x: Any) -> Any:
+    """A tensor as it is; anything else as a CPU tensor (``torch.as_tensor`` alone would follow
+    a global default device)."""
+    torch = _torch()
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(x, device="cpu")
+
+
+def dual_head(
+    in_dim: int, *, hidden: int = 128, layers: int = 5, dtype: Any = None, device: Any = None
+) -> Any:
     """The dual regression head of §5.1: an MLP with ``layers`` hidden layers of ``hidden`` units,
-    each ``Linear → BatchNorm1d → ReLU``, then ``Linear → Softplus`` (a non-negative output)."""
+    each ``Linear → BatchNorm1d → ReLU``, then ``Linear → Softplus`` (a non-negative output).
+
+    ``dtype`` and ``device`` default to float32 on the CPU, not to torch's global defaults: the
+    initial weights are drawn in ``dtype``, so a global default would change the picks."""
+    import torch
     from torch import nn
 
+    kw = {"dtype": dtype or torch.float32, "device": device or "cpu"}
     mods: list[nn.Module] = []
     width = in_dim
     for _ in range(layers):
-        mods += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
+        mods += [nn.Linear(width, hidden, **kw), nn.BatchNorm1d(hidden, **kw), nn.ReLU()]
         width = hidden
-    mods += [nn.Linear(width, 1), nn.Softplus()]
+    mods += [nn.Linear(width, 1, **kw), nn.Softplus()]
     return nn.Sequential(*mods)
 
 
@@ -83,7 +97,7 @@ class DualRegressor:
     def predict(self, features: Any, batch_size: int = 8192) -> np.ndarray:
         """λ̂ for every row of ``features`` (a torch tensor or numpy array), float64 numpy."""
         torch = _torch()
-        t = torch.as_tensor(features)
+        t = _on_cpu_unless_tensor(features)
         out = np.empty(t.shape[0], dtype=np.float64)
         dev = self.mean.device
         with torch.inference_mode():
@@ -125,8 +139,7 @@ def fit_dual_head(
         Seeds the initialisation and the batches (the global torch RNG is restored afterwards).
     """
     torch = _torch()
-    H = torch.as_tensor(features).detach()
-    lam = torch.as_tensor(duals).detach()
+    H, lam = _on_cpu_unless_tensor(features).detach(), _on_cpu_unless_tensor(duals).detach()
     if H.ndim != 2:
         raise ValueError(f"features must be 2-D (m, d), got shape {tuple(H.shape)}")
     if lam.shape != (H.shape[0],):
@@ -165,15 +178,16 @@ def fit_dual_head(
         one_thread_if_small(H.device),
     ):
         Z, target = (H - mean) / std, lam / scale
-        net = dual_head(H.shape[1], hidden=hidden, layers=layers).to(H.device, dtype)
+        # drawn in float32 whatever the features' dtype (and torch's global default), then cast
+        net = dual_head(H.shape[1], hidden=hidden, layers=layers, device=H.device).to(dtype=dtype)
         opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
         g = torch.Generator().manual_seed(int(seed))
         bs = min(batch_size, m)
-        order, pos = torch.randperm(m, generator=g), 0
+        order, pos = torch.randperm(m, generator=g, device="cpu"), 0
         net.train()
         for _ in range(steps):
             if pos + bs > m:  # whole batches only: batch norm needs >= 2 rows
-                order, pos = torch.randperm(m, generator=g), 0
+                order, pos = torch.randperm(m, generator=g, device="cpu"), 0
             idx = order[pos : pos + bs].to(H.device)
             pos += bs
             loss = torch.nn.functional.mse_loss(net(Z[idx])[:, 0], target[idx])
@@ -321,7 +335,7 @@ def maximize_dual(
             f"fit_dual_head), got {type(head).__name__}"
         )
     with torch.inference_mode(False):  # gradients on the inputs, even inside inference mode
-        z = torch.as_tensor(x).detach().clone()
+        z = _on_cpu_unless_tensor(x).detach().clone()
         if not z.is_floating_point():
             z = z.to(torch.get_default_dtype())
         z.requires_grad_(True)

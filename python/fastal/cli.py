@@ -47,11 +47,13 @@ def _load_npy(path: str, option: str) -> np.ndarray:
                     f"fastal: {option} {path} is not a .npy file ({what}); write it with np.save"
                 )
             f.seek(0)
-            return np.load(f, allow_pickle=False)
+            arr = np.load(f, allow_pickle=False)
     except FileNotFoundError:
         raise SystemExit(f"fastal: {option} file not found: {path}") from None
     except (ValueError, EOFError, OSError) as err:  # object arrays, truncated files, folders
         raise SystemExit(f"fastal: cannot read {option} from {path}: {err}") from None
+    # a file written on a big-endian machine: torch (bfloat16, CUDA) takes native order only
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
 
 
 def _digits_pool(seed: int, n_labeled: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

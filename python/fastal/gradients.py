@@ -53,7 +53,11 @@ def as_torch(x: Any, info: ArrayInfo):
     if info.framework == "numpy":
         arr = x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
         return torch.from_numpy(np.ascontiguousarray(arr))
-    return torch.from_dlpack(x)
+    import cupy
+
+    with cupy.cuda.Device(info.device_index):
+        # torch aborts the process on negative DLPack strides (cp.flip, X[::-1]): copy first
+        return torch.from_dlpack(cupy.ascontiguousarray(x))
 
 
 def from_torch(t: Any, like: ArrayInfo) -> Any:
@@ -89,6 +93,9 @@ class GradientEmbedding:
     ----------
     sqnorm : array of shape (n,)
         ``|A_i|² |H_i|²``, float32 (float64 for float64 factors), computed from the stored factors.
+    A, H : arrays
+        The stored factors, in the input's framework. For numpy they are read-only views (they
+        may share memory with the arrays passed in, and ``sqnorm`` is computed from them).
 
     Examples
     --------
@@ -174,15 +181,23 @@ class GradientEmbedding:
 
     @property
     def A(self) -> Any:
-        return from_torch(self._a, self._info)
+        return self._export(self._a)
 
     @property
     def H(self) -> Any:
-        return from_torch(self._h, self._info)
+        return self._export(self._h)
 
     @property
     def sqnorm(self) -> Any:
-        return from_torch(self._sqnorm, self._info)
+        return self._export(self._sqnorm)
+
+    def _export(self, t: Any) -> Any:
+        """A stored array for reading: numpy views are read-only, since a write would reach the
+        caller's (perhaps read-only) input and leave ``sqnorm`` stale."""
+        out = from_torch(t, self._info)
+        if isinstance(out, np.ndarray):
+            out.flags.writeable = False
+        return out
 
     @property
     def info(self) -> ArrayInfo:
@@ -464,6 +479,11 @@ def _target(
         linfo = _interop.describe(labels, "labels")
         if linfo.device != pinfo.device:
             raise ValueError(f"labels is on {linfo.where} but {name} is on {pinfo.where}")
+        if not linfo.dtype.startswith(("int", "uint", "float", "bfloat", "bool")):
+            raise TypeError(
+                "labels must be integer classes or a float label distribution, "
+                f"got dtype {linfo.dtype}"
+            )
         lt = as_torch(labels, linfo).to(device)
         if linfo.dtype in ("uint16", "uint32", "uint64") and len(linfo.shape) == 1:  # no torch min
             lt = torch.as_tensor(_wide_unsigned(_interop.host_numpy(labels), C), device=device)

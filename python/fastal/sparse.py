@@ -168,7 +168,7 @@ def _fit_temperature(logits: Any, targets: Any, names: tuple[str, str] = ("logit
         raise TypeError(f"{tname} must be integer classes, got dtype {y.dtype}")
     if n and (int(y.min()) < 0 or int(y.max()) >= C):
         raise ValueError(f"{tname} must be classes in [0, {C}), got values in [{int(y.min())}, {int(y.max())}]")
-    y = torch.as_tensor(y.astype(np.int64)).to(z.device)
+    y = torch.as_tensor(y.astype(np.int64), device=z.device)
     if not bool(torch.isfinite(z).all()):
         raise ValueError(f"{lname} contains NaN or Inf")
     picked = z.gather(1, y[:, None])[:, 0]

@@ -18,6 +18,7 @@ from .._validate import (
     check_budget,
     check_matrix,
     check_positive_int,
+    host_values,
     make_rng,
 )
 from ..gradients import as_torch
@@ -299,11 +300,8 @@ class BilevelCoreset(Strategy):
 
         from ..bilevel import _check_probs
 
-        t = pool["labeled_targets"]
-        try:
-            arr = _interop.host_numpy(t)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"labeled_targets must hold classes or probabilities: {err}") from None
+        # host numpy in native byte order; bfloat16 widened (exactly) to float32, which numpy holds
+        arr = host_values(pool["labeled_targets"], "labeled_targets", "classes or probabilities")
         if arr.ndim == 0 or arr.shape[0] != n_lab:
             got = arr.shape[0] if arr.ndim else "a scalar"
             raise ValueError(

@@ -268,6 +268,10 @@ class SparseApprox(Strategy):
         key = "logits" if "logits" in pool else "probs"
         zinfo = check_matrix(pool[key], key)
         finfo = check_matrix(pool["features"], "features")
+        if (finfo.device, finfo.device_index) != (zinfo.device, zinfo.device_index):
+            raise ValueError(
+                f"features is on {finfo.where} but {key} is on {zinfo.where}; pass both alike"
+            )
         if finfo.shape[0] != zinfo.shape[0]:
             raise ValueError(f"features must have {zinfo.shape[0]} rows like {key}, got {finfo.shape}")
         acc = torch.float64 if zinfo.dtype == finfo.dtype == "float64" else torch.float32

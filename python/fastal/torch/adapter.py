@@ -56,6 +56,9 @@ def needs_of(strategy: Any) -> tuple[str, ...]:
 def pool_size(data: Any) -> int:
     """Number of rows of a pool given as a tensor, an array, a map-style Dataset or a DataLoader."""
     if isinstance(data, (torch.Tensor, np.ndarray)):
+        from .. import _interop
+
+        _interop.describe(data, "data")  # masked entries, sparse / nested tensors: named refusals
         if data.ndim == 0:
             raise ValueError("data must have a leading row dimension, got a 0-d array")
         return int(data.shape[0])
@@ -742,6 +745,8 @@ def _batches(
         cast = model_dtype if np.issubdtype(data.dtype, np.floating) else None
         for s in range(0, data.shape[0], batch_size):
             chunk = np.ascontiguousarray(data[s : s + batch_size])
+            if not chunk.dtype.isnative:  # torch takes native byte order only
+                chunk = chunk.astype(chunk.dtype.newbyteorder("="))
             t = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy())
             t = t.to(device=device, dtype=cast or t.dtype)
             yield t if batch_fn is None else _to(batch_fn(t), device, model_dtype)
