@@ -248,6 +248,60 @@ def test_time_limit_returns_a_certified_solution():
     assert "time_limit" in res.diagnostics["path"][-1]["outcome"]
 
 
+def test_time_limit_counts_the_reductions_and_starts_no_solve_past_it(monkeypatch):
+    """The deadline covers fastal's own reductions: once they have spent it, HiGHS is not called
+    (it used to get the time left as measured before them). Solves under a limit run without
+    HiGHS's presolve, which overran a 2 s limit by 20 s on dense covering MIPs."""
+    import time
+
+    import scipy.optimize
+
+    rk = importlib.import_module("fastal.robust_kcenter")
+    reduce, milp = rk._reduce, scipy.optimize.milp
+    options = []
+
+    def slow_reduce(A, *, outliers):
+        time.sleep(0.3)
+        return reduce(A, outliers=outliers)
+
+    def recording_milp(*args, **kwargs):
+        options.append(kwargs["options"])
+        return milp(*args, **kwargs)
+
+    monkeypatch.setattr(scipy.optimize, "milp", recording_milp)
+    X = np.random.default_rng(0).normal(size=(200, 4))
+    free = robust_kcenter(X, 8, outliers=0, seed=0)  # no limit: presolve on
+    assert options and all(o["presolve"] for o in options)
+    assert free.optimal
+
+    options.clear()
+    limited = robust_kcenter(X, 8, outliers=0, seed=0, time_limit=60.0)
+    assert options and all(not o["presolve"] and 0 < o["time_limit"] <= 60 for o in options)
+    assert limited.radius == free.radius
+
+    options.clear()
+    monkeypatch.setattr(rk, "_reduce", slow_reduce)
+    res = robust_kcenter(X, 8, outliers=0, seed=0, time_limit=0.2)
+    assert options == []
+    check_certificate(X, res, 8, None, 0)
+    assert not res.optimal
+    assert res.diagnostics["path"][0]["outcome"] == "undecided: time_limit spent"
+
+
+def test_budget_zero_reports_the_greedy_radius_without_outliers():
+    X = np.array([[0.0], [1.0], [2.0], [10.0]])
+    res = robust_kcenter(X, 0, labeled=[0], outliers=1)
+    assert res.radius == 2.0  # row 3 is the outlier
+    assert res.greedy_radius == 10.0  # δ₂OPT: no outliers, as for budget >= 1
+
+
+@pytest.mark.parametrize(("fraction", "count"), [(0.29, 29), (0.57, 57), (0.58, 58), (0.005, 0)])
+def test_fractional_outliers_are_not_lost_to_rounding(fraction, count):
+    X = np.arange(101, dtype=np.float64)[:, None]
+    res = robust_kcenter(X, 1, labeled=[0], outliers=fraction)  # 100 unlabeled points
+    assert res.diagnostics["outlier_budget"] == count
+
+
 # ---------------------------------------------------------------------------------------------
 # (c) frameworks and dtypes
 
