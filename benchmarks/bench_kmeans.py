@@ -3,7 +3,9 @@
 Pools are the conftest's Gaussian pools (N(0, I), float32). Every Lloyd case starts from the same
 initial centres, ``k`` distinct rows drawn with a fixed seed, and runs with ``tol = 0``:
 
-``fastal``   ``fastal.kmeans(X, k, init=C0, max_iter=m, tol=0)``.
+``fastal``   ``fastal.kmeans(X, k, init=C0, max_iter=m, tol=0)``: its default Lloyd, with
+             Yinyang bounds (``prune=True``; ``extra_info["distance_share"]`` says how many of
+             the ``n k`` distances per iteration it computed).
 ``sklearn``  ``sklearn.cluster.KMeans(k, init=C0, n_init=1, max_iter=m, tol=0, algorithm="lloyd")``.
 ``faiss``    ``faiss.Kmeans(d, k, niter=m, max_points_per_centroid=2**30,
              min_points_per_centroid=1)`` trained with ``init_centroids=C0`` (no subsampling of
@@ -157,8 +159,9 @@ def initial_centres(X, k: int):
 def lloyd_fastal(X, C0, iters: int) -> dict:
     import fastal
 
-    r = fastal.kmeans(X, C0.shape[0], init=C0, max_iter=iters, tol=0.0)
-    return {"inertia": r.inertia, "n_iter": r.n_iter, "labels": r.labels}  # labels: X's framework
+    r = fastal.kmeans(X, C0.shape[0], init=C0, max_iter=iters, tol=0.0)  # default: prune=True
+    return {"inertia": r.inertia, "n_iter": r.n_iter, "labels": r.labels,  # labels: X's framework
+            "distance_share": r.distance_share}  # fmt: skip
 
 
 def lloyd_sklearn(X, C0, iters: int) -> dict:
@@ -519,6 +522,8 @@ def test_kmeans(benchmark, case: Case, sizes, pools, results, skip_log):
         per_iter_simple_s=seconds / max(out["n_iter"], 1),
         gflops_per_iter=flops_iter / 1e9,
     )
+    if out.get("distance_share") is not None:  # fastal's bounded Lloyd: distances over n·k·iters
+        extra["distance_share"] = out["distance_share"]
     per_iter = None
     if case.kind == "fit":
         one = results.get(replace(case, kind="iter1").key)

@@ -9,6 +9,9 @@ pool N(0, I), where it skips none (what pruning costs there); ``n`` float32 rows
 ``pruned``    ``fastal.kmeans_pp(X, k, seed=0)``: rows that the new centre provably cannot bring
               closer are not read (a block the test keeps for the most part is read whole).
 
+Both are timed through ``fastal.kmeans._kmeans_pp``, the function behind ``kmeans_pp`` that also
+returns the rows read (``stats``); the public call adds only its argument checks.
+
 The draws are the same (asserted). ``extra_info`` carries the sizes, ``seconds`` (best of the
 rounds), ``rows_read_fraction`` (rows read over those of the full passes, the test's centres
 included) and, for ``pruned``, ``speedup_vs_unpruned`` measured earlier in the same session.

@@ -8,7 +8,8 @@ defaults (``tol = 1e-4``, at most 300 iterations): what ``KMeansSampling`` and A
 
 ``unpruned``      ``fastal.kmeans(X, k, init=C0, prune=False)``: one GEMM pass per iteration.
 ``pruned``        ``fastal.kmeans(X, k, init=C0)``: rows whose bounds settle their centre are not
-                  read; the labels, centres and iterations are the unpruned fit's (asserted).
+                  read; the labels are the unpruned fit's (asserted; ``n_iter`` and ``inertia``
+                  are in ``extra_info`` for both).
 ``sklearn_elkan`` ``sklearn.cluster.KMeans(k, init=C0, n_init=1, algorithm="elkan")``: the
                   bounded Lloyd users have today (Elkan's k bounds per row), same tolerance.
 ``pruned_f16``    ``pruned`` on the pool stored as float16 (half the memory; rows widened to

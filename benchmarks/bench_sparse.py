@@ -3,17 +3,22 @@
 ``iht``         ``SparseApprox(solver="iht")`` end to end from (logits, features): factored Φ, the
                 fused row-wise kernels and ``fastal.iht_threshold``.
 ``torch_dense`` the same algorithm (Alg. 2 with line search and de-bias) written plainly in torch:
-                Φ materialised as a (C·dh, n) float32 matrix, ``Φw`` and ``Φᵀr`` as mat-vecs, the
-                proximal step by ``torch.topk``. Skipped where Φ would exceed ``FASTAL_BENCH_MEM_GB``
-                (default 8).
+                Φ materialised as a (C·dh, n) float32 matrix, ``Φw`` and ``Φᵀr`` as full mat-vecs
+                (8 passes over Φ per iteration), the proximal step by ``torch.topk``. Skipped where
+                Φ would exceed ``FASTAL_BENCH_MEM_GB`` (default 8).
+``torch_dense_sparse`` the same port written with care for sparsity: Φ stored by rows (n, C·dh),
+                and the six products per iteration whose vector is supported on at most 2b rows
+                (``Φw``, ``Φ(w - w_prev)``, ``Φu`` over S, ``(Φᵀr)[S]``) computed on those rows
+                only: 2 passes over Φ per iteration (``Φᵀr`` and ``Φg`` along the dense gradient).
+                The same supports as ``torch_dense`` up to float32 rounding.
 ``topb``        ``fastal.iht_threshold`` against ``np.argpartition`` (+ the sort of the b winners)
                 and ``torch.topk`` on the same scores, CPU; on a GPU ``torch.topk`` on the device.
 
 Sizes by ``FASTAL_BENCH``: tiny (CI smoke), medium (n = 50k; top-b n = 10⁶), full (n ∈ {50k, 1M},
 C ∈ {10, 100}, b ∈ {1000, 10000}; top-b n = 10⁷, b = 10⁵). ``extra_info`` carries the sizes and, for
 fastal cases, ``speedup_vs_<peer>`` measured earlier in the same session; ``iht`` also reports
-``overlap_with_torch_dense`` (shared picks / b: the two run the same algorithm, so a low overlap
-would make the speed ratio meaningless) and ``fallback`` (the top-σ safeguard replaced the result).
+``overlap_with_<peer>`` (shared picks / b: they run the same algorithm, so a low overlap would
+make the speed ratio meaningless) and ``fallback`` (the top-σ safeguard replaced the result).
 """
 
 from __future__ import annotations
@@ -58,8 +63,11 @@ def _timed(benchmark, fn, rounds: int = 1):
     return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
 
 
-def torch_dense_iht(logits, H, b: int, T: float, alpha: float, beta: float, iters: int):
-    """Alg. 2 on a materialised Φ: what a straightforward torch port looks like."""
+def torch_dense_iht(
+    logits, H, b: int, T: float, alpha: float, beta: float, iters: int, sparse: bool = False
+):
+    """Alg. 2 on a materialised Φ: what a straightforward torch port looks like (``sparse``: the
+    careful one, see the module docstring)."""
     import torch
 
     z = torch.from_numpy(logits).double()
@@ -67,19 +75,42 @@ def torch_dense_iht(logits, H, b: int, T: float, alpha: float, beta: float, iter
     n = h.shape[0]
     p, P = torch.softmax(z, 1), torch.softmax(z / T, 1)
     A = (p - P).float()
-    Phi = (A[:, :, None] * h[:, None, :]).reshape(n, -1).T.contiguous() / b  # (C·dh, n)
-    v = Phi.sum(1).double() * (b / n)
+    C, dh = A.shape[1], h.shape[1]
+    # built a block of rows at a time: the peak is Φ itself, not two copies of it
+    rows = torch.empty((n, C * dh)) if sparse else None
+    cols = None if sparse else torch.empty((C * dh, n))
+    for s in range(0, n, 4096):
+        block = (A[s : s + 4096, :, None] * h[s : s + 4096, None, :]).reshape(-1, C * dh) / b
+        if sparse:
+            rows[s : s + 4096] = block
+        else:
+            cols[:, s : s + 4096] = block.T
+    v = (rows.sum(0) if sparse else cols.sum(1)).double() * (b / n)
     dist = ((P * P).sum(1, keepdim=True) - 2 * P + 1).clamp_min(0).sqrt()
     sigma = h.double().norm(dim=1) * (P * dist).sum(1) / n
 
-    def resid(w):
-        return (Phi @ w.float()).double() - v
+    def phi(x):  # Φx
+        if sparse:
+            nz = x.nonzero().squeeze(1)
+            if nz.numel() <= 2 * b:
+                return (x[nz].float() @ rows[nz]).double()
+            return (x.float() @ rows).double()
+        return (cols @ x.float()).double()
 
-    def grad(w, r):
-        return 2 * (Phi.T @ r.float()).double() + 2 * beta * (w - 1)
+    def phi_t(r, on=None):  # Φᵀr (on the rows ``on`` only, where the port is careful)
+        if sparse:
+            return (rows @ r.float() if on is None else rows[on] @ r.float()).double()
+        full = (cols.T @ r.float()).double()
+        return full if on is None else full[on]
+
+    def resid(w):
+        return phi(w) - v
+
+    def grad(w, r, on=None):
+        return 2 * phi_t(r, on) + 2 * beta * ((w if on is None else w[on]) - 1)
 
     def ls(u, w, r):
-        pu = (Phi @ u.float()).double()
+        pu = phi(u)
         den = float((pu * pu).sum() + beta * (u * u).sum())
         return float((r * pu).sum() + beta * ((w - 1) * u).sum()) / den if den > 0 else 0.0
 
@@ -97,27 +128,30 @@ def torch_dense_iht(logits, H, b: int, T: float, alpha: float, beta: float, iter
         w[S] = s[S].clamp_min(0)
         r = resid(w)
         u = torch.zeros_like(w)
-        u[S] = grad(w, r)[S]
+        u[S] = grad(w, r, S)
         w = (w - ls(u, w, r) * u).clamp_min(0)
         d = w - w_prev
         zz = w - ls(d, w, resid(w)) * d
     return S
 
 
-@pytest.mark.parametrize("impl", ["torch_dense", "iht"])
+@pytest.mark.parametrize("impl", ["torch_dense", "torch_dense_sparse", "iht"])
 @pytest.mark.parametrize("n,C,d,b", SELECT, ids=[f"n{n}-C{C}-d{d}-b{b}" for n, C, d, b in SELECT])
 def test_sparse_select(benchmark, impl, n, C, d, b):
     benchmark.group = f"sparse/cpu/n={n}/C={C}/d={d}/b={b}"
     pool = _pool(n, C, d)
     T = 1.5
     key = (n, C, d, b)
-    if impl == "torch_dense":
+    if impl.startswith("torch_dense"):
         gb = n * C * d * 4 / 2**30
         if gb > MEM_GB:
             pytest.skip(f"materialised Φ needs {gb:.1f} GB > FASTAL_BENCH_MEM_GB={MEM_GB}")
+        sparse = impl == "torch_dense_sparse"
         support = _timed(
             benchmark,
-            lambda: torch_dense_iht(pool["logits"], pool["features"], b, T, 1e-8, 1e-4, ITERS),
+            lambda: torch_dense_iht(
+                pool["logits"], pool["features"], b, T, 1e-8, 1e-4, ITERS, sparse=sparse
+            ),
         )
         _PICKS[(key, impl)] = set(support.tolist())
     else:
@@ -131,11 +165,12 @@ def test_sparse_select(benchmark, impl, n, C, d, b):
     seconds = benchmark.stats.stats.min if benchmark.stats else float("nan")
     _TIMES[(key, impl)] = seconds
     benchmark.extra_info.update(n=n, C=C, d=d, b=b, iters=ITERS, seconds=seconds, impl=impl)
-    if impl == "iht" and (key, "torch_dense") in _TIMES:
-        benchmark.extra_info["speedup_vs_torch_dense"] = _TIMES[(key, "torch_dense")] / seconds
-        # the same algorithm in float32 mat-vecs: supports agree up to rounding-level ties
-        shared = _PICKS[(key, impl)] & _PICKS[(key, "torch_dense")]
-        benchmark.extra_info["overlap_with_torch_dense"] = len(shared) / b
+    for peer in ("torch_dense", "torch_dense_sparse"):
+        if impl == "iht" and (key, peer) in _TIMES:
+            benchmark.extra_info[f"speedup_vs_{peer}"] = _TIMES[(key, peer)] / seconds
+            # the same algorithm in float32 mat-vecs: supports agree up to rounding-level ties
+            shared = _PICKS[(key, impl)] & _PICKS[(key, peer)]
+            benchmark.extra_info[f"overlap_with_{peer}"] = len(shared) / b
 
 
 @pytest.mark.parametrize("impl", ["argpartition", "torch_topk", "fastal"])

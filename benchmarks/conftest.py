@@ -3,7 +3,8 @@
 Size presets come from the environment variable ``FASTAL_BENCH``:
 
 ``tiny`` (default)
-    A few thousand rows: what CI runs with ``--benchmark-disable`` so that the benchmark code cannot
+    A few thousand rows: what CI runs (``.ci/run``'s plain ``python -m pytest`` collects
+    ``benchmarks/`` too; ``--benchmark-disable`` works as well) so that the benchmark code cannot
     rot. Seconds in total.
 ``medium``
     n in {10k, 100k}, d in {128, 512}, budget in {100, 1000}: minutes.

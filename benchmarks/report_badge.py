@@ -232,8 +232,8 @@ def badge_tables(data: Data) -> list[str]:
         "",
         "Peak memory (GB) of one selection, measured in a fresh process per case: the process's "
         "peak resident size during the selection (inputs and imported code included), and in "
-        "parentheses the growth over the resident size just before it. Peers' timed picks in "
-        "brackets where fewer than the budget (their memory was measured over those picks).",
+        "parentheses the growth over the resident size just before it. In brackets, where fewer than "
+        "the budget, the picks the memory was measured over.",
         "",
         "| n | C | d | budget | inputs GB | fastal | fastal emb | "
         + " | ".join(name for _, name in BADGE_PEERS)
@@ -249,12 +249,13 @@ def badge_tables(data: Data) -> list[str]:
             if r is None:
                 cells.append("–")
                 continue
+            picks = r.get("memory_steps", r["steps"])  # older runs: the timed picks
             if r.get("peak_rss_bytes") is None:
-                cells.append("n/m" + (f" [{r['steps']}]" if r["steps"] < b else ""))
+                cells.append("n/m" + (f" [{picks}]" if picks < b else ""))
                 continue
             cell = f"{gb(r['peak_rss_bytes'])} ({gb(r.get('peak_extra_bytes'))})"
-            if r["steps"] < b:
-                cell += f" [{r['steps']}]"
+            if picks < b:
+                cell += f" [{picks}]"
             cells.append(cell)
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
@@ -377,7 +378,10 @@ def targets(data: Data) -> list[str]:
             continue
         cfg = f"n={size(n)} d={d} k={k}"
         r = div(s.get("per_iter_s"), f.get("per_iter_s"))
-        if r is None and f.get("per_iter_s") == 0.0:
+        if s.get("per_iter_s") == 0.0:
+            why = "unmeasured: scikit-learn's fit took no longer than its one iteration (noise)"
+            items.append((cfg, why, None))
+        elif r is None and f.get("per_iter_s") == 0.0:
             why = "unmeasured: fastal's fit took no longer than its one iteration (noise)"
             items.append((cfg, why, None))
         elif r is None:
