@@ -106,48 +106,103 @@ struct Plan {
   }
 };
 
+// The scratch of gemm_chunk's bounds, per thread: for each group g and row r of the chunk (at
+// [g * kChunk + r]) the least and second least of v_j = tile + |c_j|^2 over the group's centres,
+// the first centre holding the least, and the stored group bound; per row its x-terms.
+template <typename T>
+struct BoundScratch {
+  std::vector<T> least, second;
+  std::vector<int32_t> holder;
+  std::vector<float> stored;
+  std::vector<double> x2, two_e;  // per row: |x|^2 and twice the GEMM form's error bound
+  std::vector<double> bound;   // per row: the least group bound so far
+  std::vector<int32_t> label, own;  // per row: its centre and that centre's group
+  explicit BoundScratch(int64_t t)
+      : least(static_cast<size_t>(t * kChunk)), second(least.size()), holder(least.size()),
+        stored(least.size()), x2(kChunk), two_e(kChunk), bound(kChunk), label(kChunk),
+        own(kChunk) {}
+};
+
+// lower_of_sq (as a float) without branches, so that the loops over rows vectorise
+inline float lower_of_sq_flat(double d2) {
+  const double s = std::sqrt(std::max(d2, 0.0));
+  const float f = static_cast<float>(s);
+  int32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  bits -= static_cast<double>(f) > s ? 1 : 0;
+  float down;
+  std::memcpy(&down, &bits, sizeof down);
+  return s > 0 ? down : 0.0f;
+}
+// lower_of(v) for v >= 0 or +inf, without branches
+inline float lower_of_flat(double v) {
+  const float f = static_cast<float>(v);
+  int32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  bits -= static_cast<double>(f) > v ? 1 : 0;
+  float down;
+  std::memcpy(&down, &bits, sizeof down);
+  return v > 0 ? down : 0.0f;
+}
+
 // Every row of the chunk through lloyd_step's GEMM path; fresh bounds from the tile. wide: room
-// for the chunk's rows as T when X is stored otherwise.
+// for the chunk's rows as T when X is stored otherwise. The bounds are computed a group at a
+// time over the chunk's rows (contiguous, branch-free: it vectorises), then written per row.
 template <typename S, typename T = Acc<S>>
 void gemm_chunk(const Plan<S>& p, lloyd::Gemm<T> gemm, int64_t r0, int64_t rows, T* tile, T* best,
-                T* second, int32_t* arg, T* dist2, uint8_t* resolved, T* group_min, T* wide,
-                int64_t* labels, float* upper, float* glower, float* lower) {
+                T* second, int32_t* arg, T* dist2, uint8_t* resolved, BoundScratch<T>& b,
+                T* wide, int64_t* labels, float* upper, float* glower, float* lower) {
   const T* xc = lloyd::widened(p.X + r0 * p.d, rows * p.d, wide);
   lloyd::gemm_tile(gemm, xc, rows, p.centres, p.k, p.d, tile);
   lloyd::first_argmin_columns(tile, rows, rows, p.k, p.csq.data(), best, second, arg);
   lloyd::chunk_labels(p.margins, xc, p.xsq + r0, p.centres, p.d, tile, rows, p.k, p.csq.data(),
                       best, second, arg, labels + r0, dist2, resolved);
-  for (int64_t g = 0; g < p.t; ++g) {
-    T* gm = group_min + g * kChunk;
-    std::fill(gm, gm + rows, std::numeric_limits<T>::infinity());
-    for (int64_t m = p.start[g]; m < p.start[g + 1]; ++m) {
-      const int64_t j = p.members[m];
-      const T* col = tile + j * rows;
-      const T c = p.csq[j];
-      for (int64_t r = 0; r < rows; ++r) gm[r] = std::min(gm[r], col[r] + c);
-    }
-  }
+  constexpr T kInfT = std::numeric_limits<T>::infinity();
   const double slack = p.margins.slack;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = r0 + r, a = labels[i];
-    const double x2 = static_cast<double>(p.xsq[i]), e = p.margins.gemm(x2);
+    b.x2[r] = static_cast<double>(p.xsq[i]);
+    b.two_e[r] = 2 * p.margins.gemm(b.x2[r]);
+    b.bound[r] = kInf;
+    b.label[r] = static_cast<int32_t>(a);
+    b.own[r] = p.group[a];
     upper[i] = upper_of_sq(static_cast<double>(dist2[r]) * (1 + 2 * slack));  // direct
-    float* lo = lower + i * p.t;
-    double least = kInf;
-    for (int64_t g = 0; g < p.t; ++g) {
-      double v = static_cast<double>(group_min[g * kChunk + r]);
-      if (p.group[a] == g) {  // the own group: the least of its other centres
-        v = kInf;
-        for (int64_t m = p.start[g]; m < p.start[g + 1]; ++m) {
-          const int64_t j = p.members[m];
-          if (j != a) v = std::min(v, static_cast<double>(tile[j * rows + r] + p.csq[j]));
-        }
+  }
+  for (int64_t g = 0; g < p.t; ++g) {
+    T* m1 = b.least.data() + g * kChunk;
+    T* m2 = b.second.data() + g * kChunk;
+    int32_t* holder = b.holder.data() + g * kChunk;
+    std::fill(m1, m1 + rows, kInfT);
+    std::fill(m2, m2 + rows, kInfT);
+    std::fill(holder, holder + rows, -1);
+    for (int64_t m = p.start[g]; m < p.start[g + 1]; ++m) {
+      const int32_t j = static_cast<int32_t>(p.members[m]);
+      const T* col = tile + static_cast<int64_t>(j) * rows;
+      const T c = p.csq[j];
+      for (int64_t r = 0; r < rows; ++r) {
+        const T v = col[r] + c;
+        const bool lt = v < m1[r];  // ties keep the first holder; the second least takes v
+        m2[r] = lt ? m1[r] : std::min(m2[r], v);
+        holder[r] = lt ? j : holder[r];
+        m1[r] = lt ? v : m1[r];
       }
-      const double bound = std::isinf(v) ? kInf : lower_of_sq(v + x2 - 2 * e);
-      lo[g] = p.stored_bound(bound, g);
-      least = std::min(least, bound);
     }
-    glower[i] = std::isinf(least) ? kInfF : static_cast<float>(least);  // a float already
+    // the group's other centres: for the row's own group, the least without its own centre
+    float* stored = b.stored.data() + g * kChunk;
+    const double off = p.offset[g];
+    for (int64_t r = 0; r < rows; ++r) {
+      const bool mine = b.own[r] == g && holder[r] == b.label[r];
+      const double v = static_cast<double>(mine ? m2[r] : m1[r]);
+      const float lo = lower_of_sq_flat(v + b.x2[r] - b.two_e[r]);  // inf stays inf
+      stored[r] = lower_of_flat(static_cast<double>(lo) + off);
+      b.bound[r] = std::min(b.bound[r], static_cast<double>(lo));
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = r0 + r;
+    float* lo = lower + i * p.t;
+    for (int64_t g = 0; g < p.t; ++g) lo[g] = b.stored[g * kChunk + r];
+    glower[i] = std::isinf(b.bound[r]) ? kInfF : static_cast<float>(b.bound[r]);  // a float
   }
 }
 
@@ -252,7 +307,8 @@ int64_t lloyd_step_bounded(const S* X, int64_t n, int64_t d, const Acc<S>* xsq,
     const int one = 1;
     const int saved = threads_local ? threads_local(&one) : 0;
     std::vector<T> tile(static_cast<size_t>(chunk * k)), best(kChunk), second(kChunk);
-    std::vector<T> dist2(kChunk), group_min(static_cast<size_t>(kChunk * t));
+    std::vector<T> dist2(kChunk);
+    BoundScratch<T> scratch(t);
     std::vector<int32_t> arg(kChunk);
     std::vector<double> own(kChunk), cand(static_cast<size_t>(k));
     std::vector<float> bounds(static_cast<size_t>(kChunk * t));  // the open rows' group bounds
@@ -292,8 +348,8 @@ int64_t lloyd_step_bounded(const S* X, int64_t n, int64_t d, const Acc<S>* xsq,
       }
       if (fresh || needed * kDirectShareDen > rows * k) {
         gemm_chunk(p, gemm, r0, rows, tile.data(), best.data(), second.data(), arg.data(),
-                   dist2.data(), resolved.data(), group_min.data(), wide.data(), labels, upper,
-                   glower, lower);
+                   dist2.data(), resolved.data(), scratch, wide.data(), labels, upper, glower,
+                   lower);
         my_computed += rows * k;
       } else {
         // 2. the open rows: their distances to the centres of the groups left open
