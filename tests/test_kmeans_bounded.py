@@ -173,3 +173,32 @@ def test_kernel_rejects_bad_state():
         call(offset=np.zeros(t + 1))
     with pytest.raises(ValueError, match="gemm_address"):
         call(gemm_address=0)
+
+
+def test_steps_where_the_bounds_settle_nothing_back_off_to_plain_steps(monkeypatch):
+    """On Gaussian noise the first iterations move every row's bounds past use: a bounded step
+    that computes (nearly) every distance is followed by plain steps (1, 2, 4, ...), then the
+    bounds start afresh. The fit is the unpruned one bit for bit either way."""
+    km = importlib.import_module("fastal.kmeans")
+    calls = []
+    step = km._BoundedLloyd.step
+
+    def counted(self, *args):
+        calls.append(self.previous is None)  # fresh?
+        return step(self, *args)
+
+    monkeypatch.setattr(km._BoundedLloyd, "step", counted)
+    X = np.random.default_rng(3).normal(size=(6000, 16)).astype(np.float32)
+    C0 = X[:200].copy()
+    pruned = fastal.kmeans(X, 200, init=C0, max_iter=12, tol=0.0)
+    plain = fastal.kmeans(X, 200, init=C0, max_iter=12, tol=0.0, prune=False)
+    assert_array_equal(pruned.labels, plain.labels)
+    assert_array_equal(pruned.centres, plain.centres)
+    assert pruned.inertia == plain.inertia
+    assert len(calls) < 12  # some steps ran plain
+    assert sum(calls) >= 2  # ... and the bounds started afresh after them
+    monkeypatch.setattr(km, "_BOUNDS_GIVE_UP", 2.0)  # never give up: every step bounded
+    calls.clear()
+    again = fastal.kmeans(X, 200, init=C0, max_iter=12, tol=0.0)
+    assert len(calls) == 12 and sum(calls) == 1
+    assert_array_equal(again.labels, plain.labels)

@@ -207,6 +207,10 @@ def _fused_lloyd(info, k: int) -> Any:
 #: Yinyang groups: about this many centres per group, at most _MAX_GROUPS groups
 _GROUP_SIZE = 10
 _MAX_GROUPS = 64
+#: A bounded step (not the fresh one) that computes more than this share of the distances did
+#: not pay for its bookkeeping: the next steps run plain (1, then 2, 4, ... of them after each
+#: such step), then the bounds start afresh. Early iterations on unclustered data are like that.
+_BOUNDS_GIVE_UP = 0.9
 
 
 class _BoundedLloyd:
@@ -236,6 +240,8 @@ class _BoundedLloyd:
         self.previous = None
         self.computed = 0  # distances computed, over all steps
         self.possible = 0  # rows x k per step, over all steps
+        self.plain_left = 0  # plain steps to run before the bounds start afresh
+        self.backoff = 1
         gemm, threads_local = _gemm_backend(_ACC[info.dtype])
         kernel = getattr(_ext.cpu, f"kmeans_lloyd_bounded_step_{info.dtype}")
         self._call = functools.partial(
@@ -262,8 +268,22 @@ class _BoundedLloyd:
         self.previous = c
         self.computed += computed
         self.possible += x.shape[0] * c.shape[0]
+        if not fresh and computed > _BOUNDS_GIVE_UP * x.shape[0] * c.shape[0]:
+            self.plain_left, self.backoff = self.backoff, 2 * self.backoff
         labels = torch.from_numpy(self.labels.copy())
         return labels, torch.from_numpy(sums), torch.from_numpy(counts)
+
+    def use(self) -> bool:
+        """Whether the next step goes through the bounds (else it is a plain fused step, and the
+        bounds start afresh after the last of those)."""
+        return self.plain_left == 0
+
+    def plain_step(self, n: int, k: int) -> None:
+        """Account for a plain step run in place of a bounded one."""
+        self.plain_left -= 1
+        self.previous = None  # the bounds missed this step's centre shifts: start afresh
+        self.computed += n * k
+        self.possible += n * k
 
 
 def _other_rows(n: int, exclude: np.ndarray) -> np.ndarray:
@@ -642,8 +662,10 @@ def kmeans(
         centres and iterations equal those of ``prune=False`` bit for bit. Applies on the CPU
         (float32, float64, float16, bfloat16) with ``k >= 32`` (the GEMM path) without
         ``minibatch``; the bounds take ``4 (1 + t)`` bytes per row, ``t = min(k // 10, 64)``
-        groups of centres (at most a row's size). ``distance_share`` reports the share of the
-        distances computed.
+        groups of centres (at most a row's size). A step whose bounds settled almost nothing
+        (early iterations on unclustered data) is followed by plain steps, 1, 2, 4, ... of them,
+        then the bounds start afresh. ``distance_share`` reports the share of the distances
+        computed.
     progress : bool
         tqdm progress bar over the iterations.
 
@@ -767,7 +789,10 @@ def _kmeans(
         if minibatch is None:
             prev = None
             for it in range(1, int(max_iter) + 1):
-                labels, dist2, sums, counts = _lloyd_pass(xt, xsq, centres, info, fused, bounded)
+                use = bounded if bounded is not None and bounded.use() else None
+                labels, dist2, sums, counts = _lloyd_pass(xt, xsq, centres, info, fused, use)
+                if bounded is not None and use is None:
+                    bounded.plain_step(xt.shape[0], k)
                 if skip is not None:
                     labels, dist2, sums, counts = skip.drop(labels, dist2, sums, counts, k)
                 if dist2 is None and bool((counts == 0).any()):
