@@ -123,18 +123,7 @@ struct BoundScratch {
         own(kChunk) {}
 };
 
-// lower_of_sq (as a float) without branches, so that the loops over rows vectorise
-inline float lower_of_sq_flat(double d2) {
-  const double s = std::sqrt(std::max(d2, 0.0));
-  const float f = static_cast<float>(s);
-  int32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  bits -= static_cast<double>(f) > s ? 1 : 0;
-  float down;
-  std::memcpy(&down, &bits, sizeof down);
-  return s > 0 ? down : 0.0f;
-}
-// lower_of(v) for v >= 0 or +inf, without branches
+// lower_of(v) for v >= 0 or +inf, without branches, so that the loops over rows vectorise
 inline float lower_of_flat(double v) {
   const float f = static_cast<float>(v);
   int32_t bits;
@@ -144,6 +133,7 @@ inline float lower_of_flat(double v) {
   std::memcpy(&down, &bits, sizeof down);
   return v > 0 ? down : 0.0f;
 }
+inline float lower_of_sq_flat(double d2) { return lower_of_flat(std::sqrt(std::max(d2, 0.0))); }
 
 // Every row of the chunk through lloyd_step's GEMM path; fresh bounds from the tile. wide: room
 // for the chunk's rows as T when X is stored otherwise. The bounds are computed a group at a
