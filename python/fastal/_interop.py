@@ -111,6 +111,11 @@ def _check_plain_tensor(x: Any, name: str) -> None:
         )
 
 
+def native_order(arr: np.ndarray) -> np.ndarray:
+    """``arr`` itself, or a copy in native byte order (torch and the kernels take no other)."""
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+
+
 def host_storage(x: Any, info: ArrayInfo) -> np.ndarray:
     """A C-contiguous numpy view (or deliberate copy) of a CPU array, as the kernels store it."""
     if info.framework == "torch":
@@ -123,10 +128,7 @@ def host_storage(x: Any, info: ArrayInfo) -> np.ndarray:
             return t.view(torch.int16).numpy().view(np.uint16)
         arr = t.numpy()
     else:
-        arr = x
-        if not arr.dtype.isnative:
-            arr = arr.astype(arr.dtype.newbyteorder("="))
-        arr = np.ascontiguousarray(arr)
+        arr = np.ascontiguousarray(native_order(x))
     if info.dtype in ("float16", "bfloat16"):
         return arr.view(np.uint16)
     return arr
@@ -201,7 +203,7 @@ def host_numpy(x: Any, name: str = "the array") -> np.ndarray:
         arr = x.get()
     else:
         arr = np.asarray(x)
-    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+    return native_order(arr)
 
 
 def wrap_host(arr: np.ndarray, like: ArrayInfo) -> Any:

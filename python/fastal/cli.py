@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ops, strategies
+from . import _interop, ops, strategies
 from ._io import check_writable_folder, save_npy_atomic
 
 __all__ = ["build_parser", "main", "save_npy_atomic"]
@@ -52,8 +52,7 @@ def _load_npy(path: str, option: str) -> np.ndarray:
         raise SystemExit(f"fastal: {option} file not found: {path}") from None
     except (ValueError, EOFError, OSError) as err:  # object arrays, truncated files, folders
         raise SystemExit(f"fastal: cannot read {option} from {path}: {err}") from None
-    # a file written on a big-endian machine: torch (bfloat16, CUDA) takes native order only
-    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+    return _interop.native_order(arr)  # a file written on a big-endian machine
 
 
 def _digits_pool(seed: int, n_labeled: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

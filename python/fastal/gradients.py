@@ -51,8 +51,7 @@ def as_torch(x: Any, info: ArrayInfo):
     if info.framework == "torch":
         return x.detach()
     if info.framework == "numpy":
-        arr = x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        return torch.from_numpy(np.ascontiguousarray(_interop.native_order(x)))
     import cupy
 
     with cupy.cuda.Device(info.device_index):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
+from .. import _interop
 from .._torch_state import LOCK, forked_rng
 
 #: What ``pool_outputs`` can compute, per task.
@@ -56,8 +57,6 @@ def needs_of(strategy: Any) -> tuple[str, ...]:
 def pool_size(data: Any) -> int:
     """Number of rows of a pool given as a tensor, an array, a map-style Dataset or a DataLoader."""
     if isinstance(data, (torch.Tensor, np.ndarray)):
-        from .. import _interop
-
         _interop.describe(data, "data")  # masked entries, sparse / nested tensors: named refusals
         if data.ndim == 0:
             raise ValueError("data must have a leading row dimension, got a 0-d array")
@@ -744,9 +743,7 @@ def _batches(
     if isinstance(data, np.ndarray):
         cast = model_dtype if np.issubdtype(data.dtype, np.floating) else None
         for s in range(0, data.shape[0], batch_size):
-            chunk = np.ascontiguousarray(data[s : s + batch_size])
-            if not chunk.dtype.isnative:  # torch takes native byte order only
-                chunk = chunk.astype(chunk.dtype.newbyteorder("="))
+            chunk = _interop.native_order(np.ascontiguousarray(data[s : s + batch_size]))
             t = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy())
             t = t.to(device=device, dtype=cast or t.dtype)
             yield t if batch_fn is None else _to(batch_fn(t), device, model_dtype)
