@@ -208,6 +208,9 @@ def test_lazily_negated_tensor_is_read_as_its_values():
     d, i = fastal.min_distance(X, X[:3])
     assert_array_equal(i_neg, i)
     assert_allclose(d_neg, d)
+    km_neg, km = fastal.kmeans(neg, 4, seed=0), fastal.kmeans(X, 4, seed=0)
+    assert_array_equal(km_neg.labels, km.labels)
+    assert_allclose(km_neg.inertia, km.inertia)
 
 
 def test_ally_does_not_follow_torch_global_defaults():

@@ -861,9 +861,11 @@ def _contiguous_once(X: Any, info) -> Any:
     (in X's framework): the Lloyd steps would otherwise copy a strided or byte-swapped pool at
     every iteration."""
     if info.framework == "torch":
-        return X if X.is_contiguous() else X.detach().contiguous()
-    if info.framework == "numpy" and (not X.flags.c_contiguous or not X.dtype.isnative):
-        return np.ascontiguousarray(X.astype(X.dtype.newbyteorder("="), copy=False))
+        if X.is_contiguous() and not X.is_neg() and not X.is_conj():
+            return X
+        return X.detach().resolve_neg().resolve_conj().contiguous()  # a lazy negation too
+    if info.framework == "numpy":
+        return np.ascontiguousarray(_interop.native_order(X))
     return X
 
 
