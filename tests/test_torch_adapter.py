@@ -685,3 +685,103 @@ def test_wrong_length_duals_are_named_as_given():
     with pytest.raises(ValueError, match=message):
         ft.select("ally", Tiny(), torch.from_numpy(inputs()), 2, labeled=range(5),
                   duals=np.ones(3), progress=False)  # fmt: skip
+
+
+class TransformerClassifier(nn.Module):
+    def __init__(self, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 16)
+        self.encoder = nn.TransformerEncoderLayer(16, 2, 32, dropout=dropout, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+def test_mc_dropout_reaches_a_transformer_layer():
+    """torch's fused encoder path (taken in eval mode without grad) skips the layer's dropout
+    modules: every pass was the same and BALD picked the lowest indices with zero scores."""
+    torch.manual_seed(0)
+    model, x = TransformerClassifier(), torch.randn(16, 5, 4)
+    mc = ft.pool_outputs(model, x, ("mc_probs",), mc_samples=4, seed=0, progress=False)["mc_probs"]
+    assert float((mc - mc[0]).abs().max()) > 1e-3
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+    scores = ft.select("bald", model, x, 3, seed=0, progress=False).diagnostics["scores"]
+    assert float(scores.max()) > 0
+
+
+def test_mc_passes_that_never_differ_are_refused():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.0), nn.Linear(4, 3))
+    with pytest.raises(ValueError, match=r"with p > 0 in the model \(its 1 have p = 0\)"):
+        ft.pool_outputs(model, torch.from_numpy(inputs()), ("mc_probs",), progress=False)
+
+    class FunctionalDropout(Tiny):
+        def __init__(self) -> None:
+            super().__init__(dropout=0.5)
+
+        def forward(self, x):  # the module is never called: F.dropout follows self.training
+            return self.head(nn.functional.dropout(torch.relu(self.body(x)), 0.5, self.training))
+
+    x = torch.from_numpy(inputs())
+    with pytest.raises(ValueError, match="all 3 Monte-Carlo passes gave the same outputs"):
+        ft.select("bald", FunctionalDropout(), x, 2, mc_samples=3, progress=False)
+
+
+def test_a_single_logit_classifier_is_refused():
+    """softmax over one column is 1 everywhere: entropy picked the lowest indices."""
+    with pytest.raises(ValueError, match="at least 2 logits per row, got 1"):
+        ft.select("entropy", Tiny(out=1), torch.from_numpy(inputs()), 2, progress=False)
+
+
+def test_a_feature_layer_that_sees_part_of_the_batch_is_refused():
+    class Chunked(Tiny):
+        def forward(self, x):
+            return torch.cat([self.head(torch.relu(self.body(c))) for c in x.split(4)])
+
+    message = r"saw an input of shape \(4, 4\) for a batch of 10 rows"
+    with pytest.raises(RuntimeError, match=message):
+        ft.select("coreset", Chunked(), torch.from_numpy(inputs()), 2, seed=0, progress=False)
+
+
+def test_loaders_that_may_reorder_or_repeat_rows_are_refused():
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    class Bucketed(BatchSampler):  # batches in another order, over a SequentialSampler
+        def __iter__(self):
+            return reversed(list(super().__iter__()))
+
+    x, ds = inputs(), XOnly(inputs())
+    bucketed = DataLoader(ds, batch_sampler=Bucketed(SequentialSampler(ds), 3, False))
+    with pytest.raises(ValueError, match=r"custom batch_sampler \(Bucketed\)"):
+        ft.pool_outputs(Tiny(), bucketed, ("logits",), progress=False)
+    dropping = DataLoader(ds, batch_sampler=BatchSampler(SequentialSampler(ds), 3, True))
+    with pytest.raises(ValueError, match="drop_last=True"):
+        ft.pool_outputs(Tiny(), dropping, ("logits",), progress=False)
+    with pytest.raises(ValueError, match="batch_size=None"):
+        ft.pool_outputs(Tiny(), DataLoader(ds, batch_size=None), ("logits",), progress=False)
+    streams = ((Stream(x), {"num_workers": 2}), (DataLoader(Stream(x), num_workers=2), {}))
+    for data, kwargs in streams:
+        with pytest.raises(ValueError, match="IterableDataset read with num_workers=2"):
+            ft.pool_outputs(Tiny(), data, ("logits",), progress=False, **kwargs)
+
+
+def test_a_refused_call_leaves_the_model_where_it_was():
+    moves = []
+    model = Tiny()
+    model.to = lambda *args, **kwargs: moves.append(args)
+    with pytest.raises(ValueError, match="data is empty"):
+        ft.pool_outputs(model, XOnly(inputs()[:0]), ("logits",), device="cpu", progress=False)
+    assert moves == []
+    ft.pool_outputs(model, XOnly(inputs()), ("logits",), device="cpu", progress=False)
+    assert len(moves) == 1
+
+
+def test_a_dataset_pass_leaves_torch_generator_alone():
+    """Starting a DataLoader iteration draws its workers' base seed from torch's generator."""
+    model, pool = Tiny(), XOnly(inputs())
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    ft.pool_outputs(model, pool, ("probs",), batch_size=4, progress=False)
+    ft.pool_outputs(model, DataLoader(pool, batch_size=4), ("probs",), progress=False)
+    assert torch.equal(torch.rand(3), expected)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, SequentialSampler
 
 from .. import _interop
 from .._torch_state import LOCK, forked_rng
@@ -99,13 +99,19 @@ def pool_outputs(
     Parameters
     ----------
     model : nn.Module
-        Moved to ``device`` when one is given (``model.to(device)``, in place, as ``nn.Module.to``).
+        Moved to ``device`` when one is given (``model.to(device)``, in place, as ``nn.Module.to``)
+        once the arguments are checked. A classifier returns (B, C) logits with C >= 2 (a
+        single-logit binary model: return ``[0, z]``, whose softmax is the sigmoid's pair).
     data : Tensor, ndarray, list of numbers, Dataset or DataLoader
         The pool, in a fixed order: row ``i`` of every output is row ``i`` of ``data``. Tensors
         and arrays are sliced into batches (a (nested) list of plain numbers is read as an array);
         a Dataset is read through a ``DataLoader`` without shuffling (``num_workers`` workers); a
-        DataLoader must not shuffle or drop rows. A batch that is a tuple or list (``(x, y)``
-        pairs) gives its first element to the model; use ``batch_fn`` for anything else (its
+        DataLoader must not shuffle or drop rows: its batch sampler must be torch's own over a
+        ``SequentialSampler`` (``shuffle=False``) or a list of in-order index lists, and its
+        ``collate_fn`` must keep the rows' order (one sorting a batch by length would scramble
+        the outputs: fastal cannot see that). An ``IterableDataset`` is read with no workers (each
+        would replay the stream). Starting the pass leaves torch's global generator as it was. A
+        batch that is a tuple or list (``(x, y)`` pairs) gives its first element to the model; use ``batch_fn`` for anything else (its
         result is moved to ``device``; a tuple is unpacked into the call, a mapping passed as
         keyword arguments). Floating inputs of every kind (arrays, tensors, and the floating
         tensors of a Dataset's or DataLoader's batches, after ``batch_fn``) are cast to the model's
@@ -113,7 +119,10 @@ def pool_outputs(
     needs : sequence of str
         Classification: ``"features"`` (n, d), ``"logits"`` (n, C), ``"probs"`` (n, C, softmax of
         the logits), ``"mc_probs"`` (T, n, C): ``T = mc_samples`` passes with every dropout module
-        in train mode and everything else in eval (MC dropout, Gal & Ghahramani 2016).
+        in train mode and everything else in eval (MC dropout, Gal & Ghahramani 2016), and torch's
+        fused transformer path (which skips them) off. A model without a dropout module of p > 0,
+        or whose passes all agree (functional ``F.dropout`` follows ``model.training``, which
+        stays False), raises ``ValueError``.
         Regression: ``"features"``, ``"outputs"`` ((n,) or (n, k), as the model returns),
         ``"mc_outputs"`` (T, n, ...).
     task : {"classification", "regression"}
@@ -135,14 +144,15 @@ def pool_outputs(
         ``T`` for ``"mc_probs"`` / ``"mc_outputs"``.
     seed : int, optional
         Seeds the dropout masks of the MC passes (the global RNG state is restored afterwards);
-        a non-negative int below 2**64.
+        a non-negative int below 2**64. Unseeded, they draw from torch's global generator.
     embed_fn : callable, optional
         ``embed_fn(model, x) -> (B, ...)`` features, a tensor with one row per input row (rows are
         flattened to ``(B, d)``); by default a forward pre-hook records the input of
         ``feature_layer``.
     feature_layer : nn.Module or str, optional
         The layer whose input are the features (a module or a name for ``model.get_submodule``).
-        Default: the last ``nn.Linear`` in ``model.modules()`` order. The hook is on during the
+        Default: the last ``nn.Linear`` in ``model.modules()`` order. It must see the whole batch
+        (one row per input row; not a chunked forward or ``nn.DataParallel`` replicas). The hook is on during the
         deterministic (eval) pass only; when that pass needs nothing after the layer (no
         ``"logits"``, ``"probs"`` or ``"outputs"``) it stops there. The Monte-Carlo passes run
         the whole model without the hook, so any combination of ``needs`` works.
@@ -196,14 +206,12 @@ def pool_outputs(
     # The model's train / eval flags, its forward hooks and torch's generator are process-wide:
     # one pass at a time across threads (fastal._torch_state).
     with LOCK:
-        if run is not None:
-            model.to(run)
-        run_device = run if run is not None else _model_device(model)
         dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-        if mc and not dropouts:
+        if mc and not any(m.p > 0 for m in dropouts):
             raise ValueError(
-                "mc_probs / mc_outputs need dropout modules (nn.Dropout, ...) in the model: without one "
-                "every Monte-Carlo pass is the same"
+                "mc_probs / mc_outputs need dropout modules (nn.Dropout, ...) with p > 0 in the "
+                f"model ({f'its {len(dropouts)} have p = 0' if dropouts else 'it has none'}): "
+                "without one every Monte-Carlo pass is the same"
             )
         hook_layer = None
         if "features" in needs and embed_fn is None:
@@ -211,9 +219,12 @@ def pool_outputs(
         head = tuple(k for k in needs if k in ("logits", "probs", "outputs"))
         only_features = "features" in needs and not head
 
-        n = _known_size(data)
+        n = _known_size(data, num_workers)
         if n == 0:
             raise ValueError("data is empty: the pool needs at least one row")
+        if run is not None:  # after the checks: a refused call leaves the model where it was
+            model.to(run)
+        run_device = run if run is not None else _model_device(model)
         batches = _batches(data, batch_size, num_workers, run_device, batch_fn, _model_dtype(model))
         writer = _Writer(n, out_device, dtype)
         amp_ctx = _autocast(amp_dtype, run_device)
@@ -260,6 +271,7 @@ def pool_outputs(
 
         states = [(m, m.training) for m in model.modules()]
         rng = _forked_rng(seed, run_device) if mc else contextlib.nullcontext()
+        varied = False  # whether some Monte-Carlo pass differs from the batch's first
         bar = _progress(n, progress)
         try:
             model.eval()
@@ -280,11 +292,7 @@ def pool_outputs(
                                 except _StopForward:
                                     z = None
                         if hook_layer is not None:
-                            if not captured:
-                                raise RuntimeError(
-                                    f"the feature layer {type(hook_layer).__name__} did not run in the forward pass"
-                                )
-                            result["features"] = captured[0]
+                            result["features"] = _captured_features(captured, hook_layer, rows)
                         if head:
                             z = _check_output(z, task, rows)
                             for key in head:
@@ -296,27 +304,37 @@ def pool_outputs(
                         passes = []
                         for m in dropouts:
                             m.train()
+                        # torch's fused transformer path skips the dropout modules altogether
+                        fastpath = torch.backends.mha.get_fastpath_enabled()
+                        torch.backends.mha.set_fastpath_enabled(False)
                         try:
                             for _ in range(mc_samples):
                                 with amp_ctx():
                                     z = _check_output(_call(model, x), task, rows)
-                                passes.append(
-                                    torch.softmax(z.float(), dim=1)
-                                    if task == "classification"
-                                    else z
-                                )
+                                varied = varied or (bool(passes) and not torch.equal(z, passes[0]))
+                                passes.append(z)
                         finally:
+                            torch.backends.mha.set_fastpath_enabled(fastpath)
                             for m in dropouts:
                                 m.eval()
-                        result["mc_probs" if task == "classification" else "mc_outputs"] = (
-                            torch.stack(passes)
-                        )
+                        stacked = torch.stack(passes)
+                        if task == "classification":
+                            result["mc_probs"] = torch.softmax(stacked.float(), dim=2)
+                        else:
+                            result["mc_outputs"] = stacked
                     writer.write(result, rows)
                     bar.update(rows)
         finally:
             bar.close()
             for m, training in states:
                 m.train(training)
+        if mc and mc_samples > 1 and not varied:
+            raise ValueError(
+                f"mc_probs / mc_outputs: all {mc_samples} Monte-Carlo passes gave the same outputs "
+                "on every row, so their disagreement (BALD's score) is zero everywhere; fastal puts "
+                "the nn.Dropout modules in train mode, which does nothing for functional dropout "
+                "(F.dropout(x, p, self.training)) or dropout on a branch the output ignores"
+            )
         return writer.result(needs)
 
 
@@ -663,28 +681,44 @@ def _feature_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module
     return linears[-1]
 
 
-def _known_size(data: Any) -> int | None:
+def _captured_features(captured: list, layer: nn.Module, rows: int) -> torch.Tensor:
+    """The feature layer's input for the whole batch: a layer that saw part of it (a chunked
+    forward, ``nn.DataParallel`` replicas sharing the hook) would give rows of mixed widths."""
+    if not captured:
+        name = type(layer).__name__
+        raise RuntimeError(f"the feature layer {name} did not run in the forward pass")
+    x = captured[0]
+    if x.ndim == 0 or x.shape[0] != rows:
+        raise RuntimeError(
+            f"the feature layer {type(layer).__name__} saw an input of shape {tuple(x.shape)} for "
+            f"a batch of {rows} rows: it runs on part of the batch (a chunked forward, "
+            "nn.DataParallel replicas) or batch-second; pass embed_fn= (or model.module)"
+        )
+    return x
+
+
+def _known_size(data: Any, num_workers: int = 0) -> int | None:
+    iterable = isinstance(getattr(data, "dataset", data), IterableDataset)
+    workers = data.num_workers if isinstance(data, DataLoader) else num_workers
+    if iterable and workers > 0:
+        raise ValueError(
+            f"data is an IterableDataset read with num_workers={workers}: each worker replays or "
+            "shares the stream and their batches interleave, so row i would not be the stream's "
+            "i-th row; read it with num_workers=0 (or pass a map-style Dataset)"
+        )
     if isinstance(data, DataLoader):
-        if data.drop_last:
+        batches = data.batch_sampler
+        if data.drop_last or getattr(batches, "drop_last", False):
             raise ValueError(
                 "data is a DataLoader with drop_last=True: the last rows would get no outputs"
             )
-        batches = data.batch_sampler
-        sampler = getattr(batches, "sampler", None) if batches is not None else data.sampler
-        if not isinstance(data.dataset, IterableDataset) and not isinstance(
-            sampler, SequentialSampler
-        ):
-            if sampler is None:
-                if not _in_order(batches):
-                    raise ValueError(
-                        "data is a DataLoader whose batch_sampler does not give rows 0, 1, 2, ... "
-                        "in order: rows would come out of order"
-                    )
-            else:
-                raise ValueError(
-                    f"data is a DataLoader with a {type(sampler).__name__}: rows would come out of "
-                    "order; pass a DataLoader with shuffle=False (or the Dataset itself)"
-                )
+        if batches is None and not iterable:
+            raise ValueError(
+                "data is a DataLoader with batch_size=None (no batching): the model would see one "
+                "row at a time without a batch dimension; pass batch_size= (or the Dataset itself)"
+            )
+        if not iterable:
+            _check_in_order(batches)
     try:
         return pool_size(data)
     except TypeError:
@@ -693,6 +727,32 @@ def _known_size(data: Any) -> int | None:
         raise TypeError(
             f"data must be a torch Tensor, a numpy array, a Dataset or a DataLoader, got {type(data).__name__}"
         ) from None
+
+
+def _check_in_order(batches: Any) -> None:
+    """Refuse a batch sampler that may not give rows 0, 1, 2, ... in order. Only torch's own
+    ``BatchSampler`` over a ``SequentialSampler`` is trusted unread: a subclass (length bucketing)
+    may reorder the batches whatever its ``.sampler``."""
+    sampler = getattr(batches, "sampler", None)
+    if type(batches) is BatchSampler:
+        if type(sampler) is SequentialSampler:
+            return
+        raise ValueError(
+            f"data is a DataLoader with a {type(sampler).__name__}: rows would come out of "
+            "order; pass a DataLoader with shuffle=False (or the Dataset itself)"
+        )
+    if isinstance(batches, (list, tuple)):
+        if not _in_order(batches):
+            raise ValueError(
+                "data is a DataLoader whose batch_sampler does not give rows 0, 1, 2, ... "
+                "in order: rows would come out of order"
+            )
+        return
+    raise ValueError(
+        f"data is a DataLoader with a custom batch_sampler ({type(batches).__name__}): fastal "
+        "cannot tell that it gives rows 0, 1, 2, ... in order (bucketing samplers do not); pass "
+        "a DataLoader with batch_size= and shuffle=False, or a list of in-order index lists"
+    )
 
 
 def _in_order(batches: Any) -> bool:
@@ -761,8 +821,11 @@ def _batches(
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
         )
+    # Starting an iteration draws the workers' base seed from torch's generator: not the user's.
+    with torch.random.fork_rng(devices=[]):
+        batches = iter(data)
     fn = batch_fn or _default_input
-    for batch in data:
+    for batch in batches:
         yield _to(fn(batch), device, model_dtype)
 
 
@@ -794,6 +857,13 @@ def _check_output(z: Any, task: str, rows: int) -> torch.Tensor:
     if task == "classification" and z.ndim != 2:
         raise ValueError(
             f"a classifier must return logits of shape (batch, C), got {tuple(z.shape)}"
+        )
+    if task == "classification" and z.shape[1] < 2:
+        # a softmax over one column is 1 everywhere: every uncertainty score would be the same
+        raise ValueError(
+            f"a classifier must return at least 2 logits per row, got {z.shape[1]}: for a "
+            "single-logit binary model (BCEWithLogitsLoss) return torch.cat([torch.zeros_like(z), "
+            "z], 1), whose softmax is [1 - sigmoid(z), sigmoid(z)]"
         )
     return z
 
