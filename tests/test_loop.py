@@ -356,3 +356,133 @@ def test_a_budget_the_strategy_cannot_take_is_refused_before_training():
     with pytest.raises(ValueError, match="multiple of group_size"):
         loop.run(POOL, TEST, model_fn=model_fn, strategy=CRC(group_size=5), initial=5,
                  budget=[5, 5, 7], train_fn=never)  # fmt: skip
+
+
+def unseeded_train(model, dataset, *, task, seed, device):
+    """A user's own training: ignores `seed`, shuffles and drops out from torch's generator."""
+    from torch.utils.data import DataLoader
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    for _ in range(3):
+        for x, y in DataLoader(dataset, batch_size=4, shuffle=True):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model
+
+
+def test_a_train_fn_that_ignores_its_seed_still_repeats(tmp_path):
+    """run did not seed a user's train_fn: reruns and resumed runs chose other labels."""
+    kwargs = dict(model_fn=model_fn, strategy="margin", initial=6, budget=6, rounds=3, seed=2,
+                  train_fn=unseeded_train)  # fmt: skip
+    torch.manual_seed(0)
+    full = loop.run(POOL, TEST, **kwargs)
+    torch.manual_seed(1)  # another global state: the run must not depend on it
+    assert_array_equal(loop.run(POOL, TEST, **kwargs).labeled, full.labeled)
+
+    state, stopped = tmp_path / "run.npz", []
+
+    def stop_after_round_1(line):
+        stopped.append(line)
+        if len(stopped) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(POOL, TEST, checkpoint=state, log=stop_after_round_1, **kwargs)
+    assert_array_equal(loop.run(POOL, TEST, resume=state, **kwargs).labeled, full.labeled)
+
+
+def test_lazy_modules_take_their_weights_from_the_run_seed():
+    """The class-count probe ran round 0's model first, unseeded: a LazyLinear took its weights
+    from the caller's generator state."""
+
+    def lazy_model():
+        return nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, 3))
+
+    kwargs = dict(model_fn=lazy_model, strategy="entropy", initial=6, budget=6, rounds=2, seed=0,
+                  train_fn=train)  # fmt: skip
+    torch.manual_seed(0)
+    a = loop.run(POOL, TEST, **kwargs)
+    torch.manual_seed(123)
+    b = loop.run(POOL, TEST, **kwargs)
+    assert_array_equal(a.labeled, b.labeled)
+    assert a.values.tolist() == b.values.tolist()
+
+
+def test_resume_refuses_another_pool_or_other_settings(tmp_path):
+    kwargs = dict(model_fn=model_fn, strategy=CoreSet(), initial=6, budget=6, rounds=1, seed=0,
+                  train_fn=train)  # fmt: skip
+    state = tmp_path / "run.npz"
+    loop.run(POOL, TEST, checkpoint=state, **kwargs)
+    order = np.random.default_rng(0).permutation(len(POOL[1]))
+    shuffled = (POOL[0][order], POOL[1][order])
+    with pytest.raises(ValueError, match="another pool"):
+        loop.run(shuffled, TEST, resume=state, **kwargs)
+    with pytest.raises(ValueError, match="another test set"):
+        loop.run(POOL, (TEST[0][:50], TEST[1][:50]), resume=state, **kwargs)
+    with pytest.raises(ValueError, match="other strategy settings"):
+        loop.run(POOL, TEST, resume=state, **dict(kwargs, strategy=CoreSet(prune=False)))
+    with pytest.raises(ValueError, match="other select_options"):
+        loop.run(POOL, TEST, resume=state, select_options={"mc_samples": 3}, **kwargs)
+    assert loop.run(POOL, TEST, resume=state, **kwargs).rows  # the same settings resume
+
+
+def test_resume_names_a_damaged_state_file(tmp_path):
+    kwargs = dict(model_fn=model_fn, strategy="entropy", initial=6, budget=6, rounds=1, seed=0,
+                  train_fn=train)  # fmt: skip
+    state = tmp_path / "run.npz"
+    loop.run(POOL, TEST, checkpoint=state, **kwargs)
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"resume: .*truncated.npz is not a saved fastal run"):
+        loop.run(POOL, TEST, resume=truncated, **kwargs)
+    other = tmp_path / "other.npy"
+    np.save(other, np.arange(3))
+    with pytest.raises(ValueError, match="is not a saved fastal run"):
+        loop.run(POOL, TEST, resume=other, **kwargs)
+    with np.load(state) as z:
+        parts = dict(z)
+    parts["labeled"] = np.concatenate([parts["labeled"][:-1], parts["labeled"][:1]])
+    duplicated = tmp_path / "duplicated.npz"
+    np.savez(duplicated, **parts)
+    with pytest.raises(ValueError, match="not a consistent saved run: labeled has duplicate"):
+        loop.run(POOL, TEST, resume=duplicated, **kwargs)
+    parts["labeled"] = parts["labeled"][:-1]
+    np.savez(duplicated, **parts)
+    with pytest.raises(ValueError, match="holds 11 labeled rows"):
+        loop.run(POOL, TEST, resume=duplicated, **kwargs)
+
+
+def test_select_options_may_not_set_what_run_passes():
+    with pytest.raises(ValueError, match="select_options sets batch_size, seed, which run passes"):
+        loop.run(POOL, TEST, model_fn=model_fn, strategy="entropy", initial=6, budget=6,
+                 rounds=1, select_options={"batch_size": 8, "seed": 1})  # fmt: skip
+
+
+def test_a_dataset_test_set_is_labelled_once():
+    reads = []
+
+    class Counting(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(TEST[1])
+
+        def __getitem__(self, i):
+            reads.append(i)
+            return torch.from_numpy(TEST[0][i]), int(TEST[1][i])
+
+    loop.run(POOL, Counting(), model_fn=model_fn, strategy="entropy", initial=6, budget=6,
+             rounds=2, train_fn=train)  # fmt: skip
+    n = len(TEST[1])
+    # the fingerprint's 32 labels, the model pass of each of the 3 evaluations, the labels once
+    assert len(reads) == 32 + 3 * n + n
+
+
+def test_csv_quotes_and_auc_refuses_nan():
+    res = loop.RunResult([{"round": 0, "n_labeled": 5, "accuracy": 0.5, "train_seconds": 1.0,
+                           "select_seconds": 0.0}], "accuracy", np.arange(5), "a,b", 0)  # fmt: skip
+    assert res.to_csv().splitlines()[1].startswith('"a,b",0,0,5,')
+    with pytest.raises(ValueError, match="values contains NaN"):
+        loop.auc([1, 2], [0.5, float("nan")])
+    with pytest.raises(ValueError, match="n_labeled contains NaN"):
+        loop.auc([1, float("nan")], [0.5, 0.6])

@@ -32,12 +32,18 @@ def rng_devices(device: Any) -> list[int]:
 
 @contextlib.contextmanager
 def forked_rng(device: Any, seed: int | None = None) -> Iterator[None]:
-    """``torch.random.fork_rng`` for ``device`` (then ``torch.manual_seed(seed)`` unless None),
-    holding :data:`LOCK`: the caller's generator state comes back afterwards and no other fastal
-    thread draws from it meanwhile."""
+    """``torch.random.fork_rng`` for ``device`` (then its generator and the CPU's seeded with
+    ``seed`` unless None), holding :data:`LOCK`: the caller's generator state comes back
+    afterwards and no other fastal thread draws from it meanwhile."""
     import torch
 
-    with LOCK, torch.random.fork_rng(devices=rng_devices(device)):
+    devices = rng_devices(device)
+    with LOCK, torch.random.fork_rng(devices=devices):
         if seed is not None:
-            torch.manual_seed(int(seed))
+            # the CPU generator and the saved device's only: torch.manual_seed would reseed every
+            # CUDA device, and those not saved would stay changed
+            torch.default_generator.manual_seed(int(seed))
+            for index in devices:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(int(seed))
         yield

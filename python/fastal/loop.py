@@ -14,11 +14,14 @@ and device: torch kernels may differ across them).
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import io
 import json
 import numbers
 import os
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +57,9 @@ def auc(n_labeled: Sequence[float], values: Sequence[float]) -> float:
         raise ValueError(
             f"n_labeled and values must be 1-D of the same non-zero length, got {x.shape} and {y.shape}"
         )
+    for arr, name in ((x, "n_labeled"), (y, "values")):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains NaN or Inf")
     if np.any(np.diff(x) < 0):
         raise ValueError("n_labeled must be non-decreasing")
     if x[-1] == x[0]:  # no range to normalise by: the curve is one point
@@ -76,6 +82,8 @@ class RunResult:
         Every labeled pool index, in labeling order (the initial set first).
     strategy : str
     seed : int
+    added : ndarray
+        For each index of ``labeled``, the round that labeled it (0: the initial set).
     """
 
     rows: list[dict]
@@ -102,10 +110,11 @@ class RunResult:
         """The rows as CSV text (``strategy, seed, round, n_labeled, <metric>, train_seconds,
         select_seconds``); written atomically to ``path`` when given."""
         buf = io.StringIO()
+        out = csv.writer(buf, lineterminator="\n")  # quotes a strategy name with a comma
         cols = ["round", "n_labeled", self.metric, "train_seconds", "select_seconds"]
-        buf.write(",".join(["strategy", "seed", *cols]) + "\n")
+        out.writerow(["strategy", "seed", *cols])
         for r in self.rows:
-            buf.write(",".join([self.strategy, str(self.seed), *(_fmt(r[c]) for c in cols)]) + "\n")
+            out.writerow([self.strategy, str(self.seed), *(_fmt(r[c]) for c in cols)])
         text = buf.getvalue()
         if path is not None:
             write_atomic(path, lambda f: f.write(text.encode()))
@@ -127,6 +136,7 @@ class _Data:
         from torch.utils.data import Dataset
 
         self.task = task
+        self._all_labels = None
         if isinstance(data, (tuple, list)) and len(data) == 2:
             X, y = data
             self.label_name = f"{name}[1]"
@@ -159,6 +169,33 @@ class _Data:
     def inputs(self) -> Any:
         """What the adapter runs the model over."""
         return self.X if self.dataset is None else self.dataset
+
+    def all_labels(self) -> Any:
+        """Every row's label, read once (a Dataset's item by item: images may be decoded)."""
+        if self.dataset is None:
+            return self.y
+        if self._all_labels is None:
+            self._all_labels = self.labels(np.arange(self.n))
+        return self._all_labels
+
+    def fingerprint(self) -> str:
+        """A hash of the rows' identity: every label and a strided sample of the inputs (of a
+        Dataset, the labels of 32 spread rows: its inputs may be augmented at random). A resumed
+        run must see the same rows in the same order, or the saved indices name other rows."""
+        import torch
+
+        h = hashlib.blake2b(digest_size=16)
+        h.update(str(self.n).encode())
+        if self.dataset is None:
+            parts = (self.y, self.X[:: max(1, self.n // 1024)])
+        else:
+            spread = np.linspace(0, self.n - 1, min(self.n, 32)).round().astype(np.int64)
+            parts = (self.labels(spread),)
+        for t in parts:
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     def labels(self, idx: np.ndarray) -> Any:
         """The oracle: labels of the rows ``idx`` (a torch tensor)."""
@@ -262,14 +299,19 @@ def _check_classes(y: Any, n_classes: int, name: str) -> None:
 
 
 def _n_classes(model: Any, data: _Data, idx: np.ndarray) -> int:
-    """The number of logits ``model`` returns, from one pool row (the RNG state is kept)."""
+    """The number of logits ``model`` returns, from one pool row (the RNG state is kept). It runs
+    a copy: a lazy module (``nn.LazyLinear``) would otherwise take its weights here, outside the
+    round's seeded training, and a resumed run would draw them elsewhere."""
+    import copy
+
     import torch
 
     from .torch import pool_outputs
 
     rows = data.X[torch.from_numpy(idx[:1])] if data.dataset is None else data.subset(idx[:1])
     with forked_rng(_param_device(model)):
-        logits = pool_outputs(model, rows, ("logits",), inference_mode=False, progress=False)
+        probe = copy.deepcopy(model)
+        logits = pool_outputs(probe, rows, ("logits",), inference_mode=False, progress=False)
     return int(logits["logits"].shape[1])
 
 
@@ -448,7 +490,7 @@ def evaluate(model: Any, data: _Data, task: str, *, device: Any, batch_size: int
     out = pool_outputs(
         model, data.inputs, (key,), task=task, device=device, batch_size=batch_size, progress=False
     )[key]
-    y = data.labels(np.arange(data.n)) if data.dataset is not None else data.y
+    y = data.all_labels()
     if task == "classification":
         _check_classes(y, out.shape[1], data.label_name)
         return float((out.argmax(1) == y.to(out.device)).to(torch.float64).mean())
@@ -511,7 +553,9 @@ def run(
     train_fn : callable, optional
         ``train_fn(model, dataset, *, task, seed, device) -> model`` with ``dataset`` a Dataset of
         the labeled ``(x, y)``; default the strategy's ``train_fn`` when it has one (ALLY: its
-        primal-dual trainer), else :func:`fit`.
+        primal-dual trainer), else :func:`fit`. It runs with torch's generator seeded from the
+        round's seed (and restored afterwards), so one that ignores ``seed`` repeats too; numpy's
+        and Python's global generators are not seeded.
     task : {"classification", "regression"}
         Metric: test accuracy, or test MSE (mean over rows and outputs).
     seed : int >= 0
@@ -525,11 +569,15 @@ def run(
         atomically (.npz through a temporary file and ``os.replace``) before the first round and
         after every round.
     resume : path, optional
-        Continue the run saved there (it must exist and match ``seed``, ``strategy``, the pool
-        size, ``task``, ``initial`` and the budgets); the state keeps being saved there unless
-        ``checkpoint`` says otherwise. Labels already chosen are neither lost nor chosen again.
+        Continue the run saved there (it must exist and match ``seed``, ``strategy`` and its
+        settings, the pool and the test set (a hash of their labels and sampled inputs: the same
+        rows in the same order), ``task``, ``initial``, the budgets and ``select_options``); the
+        state keeps being saved there unless ``checkpoint`` says otherwise. Labels already chosen
+        are neither lost nor chosen again. A damaged or foreign file raises ``ValueError``.
     select_options : dict, optional
-        More options for :func:`fastal.torch.pool_outputs` (``mc_samples``, ``amp``, ...).
+        More options for :func:`fastal.torch.select` (``mc_samples``, ``amp``, ``progress``,
+        ...); not those run passes itself (``labeled``, ``labels``, ``seed``, ``task``,
+        ``device``, ``batch_size``).
     log : callable, optional
         Called with one line per round.
 
@@ -565,10 +613,19 @@ def run(
     sequence = isinstance(initial, Iterable) and not isinstance(initial, (str, bytes))
     if not (is_count or sequence) or isinstance(initial, bool):
         raise TypeError(f"initial must be an int or a sequence of row indices, got {initial!r}")
+    options = dict(select_options or {})
+    clash = sorted(set(options) & _RUN_OWNS)
+    if clash:
+        raise ValueError(
+            f"select_options sets {', '.join(clash)}, which run passes itself (labeled, labels, "
+            "seed from the run seed; task, device, batch_size from run's own arguments)"
+        )
     meta = {
         "version": _STATE_VERSION, "seed": int(seed), "strategy": strategy_name, "n": data.n,
         "task": task, "budgets": budgets,
         "initial": int(initial) if isinstance(initial, numbers.Integral) else [int(i) for i in initial],
+        "pool": data.fingerprint(), "test": testset.fingerprint(),
+        "strategy_params": _stable_repr(strategy), "select_options": _stable_repr(options),
     }  # fmt: skip
     save_to = checkpoint if checkpoint is not None else resume
 
@@ -606,7 +663,12 @@ def run(
             labels = data.labels(labeled)  # revealed so far (a Dataset's are checked as read)
             _check_classes(labels, n_classes, data.label_name)
         start = time.perf_counter()
-        trained = train_fn(model, data.subset(labeled), task=task, seed=train_seed, device=device)
+        # under the round's seed: a user's train_fn that ignores `seed` (a shuffling DataLoader,
+        # dropout) still repeats exactly, on a rerun and after a resume
+        with forked_rng(device, train_seed):
+            trained = train_fn(
+                model, data.subset(labeled), task=task, seed=train_seed, device=device
+            )
         model = trained if trained is not None else model
         train_seconds = time.perf_counter() - start
         value = evaluate(model, testset, task, device=device, batch_size=batch_size)
@@ -616,7 +678,7 @@ def run(
             start = time.perf_counter()
             sel = torch_select(
                 strategy, model, data.inputs, budgets[r], labeled, seed=select_seed, labels=labels,
-                task=task, device=device, batch_size=batch_size, progress=False, **(select_options or {}),
+                task=task, device=device, batch_size=batch_size, **{"progress": False, **options},
             )  # fmt: skip
             picks = np.asarray(
                 sel.indices.cpu() if hasattr(sel.indices, "cpu") else sel.indices, dtype=np.int64
@@ -632,6 +694,17 @@ def run(
                 f"{strategy_name} seed {seed} round {r}: {row['n_labeled']} labels, {metric} {value:.4f}"
             )
     return RunResult(rows, metric, labeled, strategy_name, int(seed), added)
+
+
+#: The options of fastal.torch.select that run sets itself (select_options may not).
+_RUN_OWNS = frozenset({"labeled", "labels", "seed", "task", "device", "batch_size"})
+
+
+def _stable_repr(value: Any) -> str | None:
+    """``repr(value)`` when it names the settings only (no object address, which would differ in
+    the resumed process), else None (not compared)."""
+    text = repr(sorted(value.items())) if isinstance(value, dict) else repr(value)
+    return None if " at 0x" in text else text
 
 
 def _budgets(budget: Any, rounds: int | None) -> list[int]:
@@ -702,19 +775,67 @@ def _save_state(
 def _load_state(path: Any, meta: dict) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     if not Path(path).exists():
         raise FileNotFoundError(f"resume: no saved run at {path}")
-    with np.load(path, allow_pickle=False) as z:
-        saved = json.loads(str(z["meta"]))
-        for key in ("version", "seed", "strategy", "n", "task", "initial", "budgets"):
-            if saved.get(key) != meta[key]:
-                raise ValueError(
-                    f"resume: the run saved at {path} has {key} = {saved.get(key)!r}, this one {meta[key]!r}"
-                )
-        metric = "accuracy" if meta["task"] == "classification" else "mse"
-        labeled, added = z["labeled"].astype(np.int64), z["added"].astype(np.int64)
-        n_rows = z["row_n_labeled"].size
-        rows = [
-            {"round": i, "n_labeled": int(z["row_n_labeled"][i]), metric: float(z[f"row_{metric}"][i]),
-             "train_seconds": float(z["row_train_seconds"][i]), "select_seconds": float(z["row_select_seconds"][i])}
-            for i in range(n_rows)
-        ]  # fmt: skip
+    metric = "accuracy" if meta["task"] == "classification" else "mse"
+    names = ("n_labeled", metric, "train_seconds", "select_seconds")
+    try:
+        # np.load leaves its file open when the zip is damaged: hold the file here
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+            saved = json.loads(str(z["meta"]))
+            labeled, added = z["labeled"], z["added"]
+            cols = {c: z[f"row_{c}"] for c in names}
+    except _UNREADABLE as err:
+        why = f"{type(err).__name__}: {err}"
+        raise ValueError(f"resume: {path} is not a saved fastal run ({why})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"resume: {path} is not a saved fastal run (its meta is not a mapping)")
+    for key in ("version", "seed", "strategy", "n", "task", "initial", "budgets"):
+        if saved.get(key) != meta[key]:
+            raise ValueError(
+                f"resume: the run saved at {path} has {key} = {saved.get(key)!r}, this one {meta[key]!r}"
+            )
+    # saved by newer runs only; a setting that cannot be told apart (None) is not compared
+    for key, what in _RESUME_CHECKS.items():
+        if saved.get(key) is not None and meta[key] is not None and saved[key] != meta[key]:
+            raise ValueError(f"resume: the run saved at {path} had {what}; start a new checkpoint")
+    n_rows = cols["n_labeled"].size
+    first = meta["initial"] if isinstance(meta["initial"], int) else len(meta["initial"])
+    expected = first + sum(meta["budgets"][:n_rows])  # each round but the last labels its budget
+    labeled = _saved_indices(labeled, meta["n"], path, "labeled")
+    added = _saved_indices(added, len(meta["budgets"]) + 1, path, "added", unique=False)
+    if any(c.shape != (n_rows,) for c in cols.values()) or n_rows > len(meta["budgets"]) + 1:
+        raise ValueError(f"resume: {path} has a table of inconsistent length")
+    if labeled.size != expected or added.size != labeled.size:
+        raise ValueError(
+            f"resume: {path} holds {labeled.size} labeled rows ({added.size} rounds of labeling) "
+            f"after {n_rows} rounds; {expected} expected"
+        )
+    rows = [
+        {"round": i, "n_labeled": int(cols["n_labeled"][i]), metric: float(cols[metric][i]),
+         "train_seconds": float(cols["train_seconds"][i]), "select_seconds": float(cols["select_seconds"][i])}
+        for i in range(n_rows)
+    ]  # fmt: skip
     return labeled, added, rows
+
+
+#: What reading a damaged or foreign state file raises (a .npy: no context manager, TypeError).
+_UNREADABLE = (OSError, ValueError, KeyError, AttributeError, TypeError, EOFError, zipfile.BadZipFile)
+
+#: What a resumed run must share with the saved one beyond its settings, and how to say it.
+_RESUME_CHECKS = {
+    "pool": "another pool (its labels or inputs, or their order, differ: the saved indices would "
+    "name other rows)",
+    "test": "another test set",
+    "strategy_params": "other strategy settings",
+    "select_options": "other select_options",
+}
+
+
+def _saved_indices(
+    values: np.ndarray, n: int, path: Any, name: str, *, unique: bool = True
+) -> np.ndarray:
+    from ._validate import check_indices
+
+    try:
+        return check_indices(values, n, name, unique=unique)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"resume: {path} is not a consistent saved run: {err}") from None
