@@ -785,3 +785,25 @@ def test_a_dataset_pass_leaves_torch_generator_alone():
     ft.pool_outputs(model, pool, ("probs",), batch_size=4, progress=False)
     ft.pool_outputs(model, DataLoader(pool, batch_size=4), ("probs",), progress=False)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_random_on_a_stream_counts_its_rows():
+    """random reads no model output: the size of an IterableDataset was 'unknown'."""
+    picks = ft.select("random", Tiny(), Stream(inputs()), 4, labeled=[0, 1], seed=0, progress=False)
+    assert picks.indices.shape == (4,) and set(picks.indices.tolist()) <= set(range(2, N))
+
+
+def test_outputs_that_are_probabilities_are_flagged():
+    class SoftmaxHead(Tiny):
+        def forward(self, x):
+            return torch.softmax(super().forward(x), dim=1)
+
+    with pytest.warns(UserWarning, match="look like probabilities"):
+        ft.pool_outputs(SoftmaxHead(), torch.from_numpy(inputs()), ("probs",), progress=False)
+
+    class TupleOut(Tiny):
+        def forward(self, x):
+            return super().forward(x), x
+
+    with pytest.raises(TypeError, match=r"got tuple: wrap it in an nn.Module .* model\(x\)\[0\]"):
+        ft.pool_outputs(TupleOut(), torch.from_numpy(inputs()), ("probs",), progress=False)

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import numbers
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -295,6 +296,8 @@ def pool_outputs(
                             result["features"] = _captured_features(captured, hook_layer, rows)
                         if head:
                             z = _check_output(z, task, rows)
+                            if writer.pos == 0 and task == "classification":
+                                _warn_if_probabilities(z)
                             for key in head:
                                 result[key] = (
                                     torch.softmax(z.float(), dim=1) if key == "probs" else z
@@ -433,9 +436,9 @@ def select(
     if model_needs:
         pool: dict[str, Any] = pool_outputs(model, data, model_needs, seed=mc_seed, **options)
     else:
-        pool = {"n": pool_size(data)}
+        pool = {"n": n if n is not None else _count_rows(data, options)}
     if n is None:  # an IterableDataset: its size is known now
-        idx, targets, duals = labeled_rows(_outputs_rows(pool))
+        idx, targets, duals = labeled_rows(pool["n"] if "n" in pool else _outputs_rows(pool))
     if "duals" in needs:
         pool["duals"] = duals
     seconds = time.perf_counter() - start
@@ -569,6 +572,19 @@ def _size_or_none(data: Any) -> int | None:
         return pool_size(data)
     except TypeError:
         return None
+
+
+def _count_rows(data: Any, options: Mapping[str, Any]) -> int:
+    """Rows of a pool of unknown size (an IterableDataset) for a strategy that reads no model
+    output (random): one pass over the data, without the model."""
+    workers = options.get("num_workers", 0)
+    _known_size(data, workers)
+    batches = _batches(data, options.get("batch_size", 256), workers, torch.device("cpu"),
+                       options.get("batch_fn"), torch.float32)  # fmt: skip
+    rows = sum(_rows(x) for x in batches)
+    if rows == 0:
+        raise ValueError("data is empty: the pool needs at least one row")
+    return rows
 
 
 def _outputs_rows(pool: Mapping[str, torch.Tensor]) -> int:
@@ -851,7 +867,10 @@ def _rows(x: Any) -> int:
 
 def _check_output(z: Any, task: str, rows: int) -> torch.Tensor:
     if not isinstance(z, torch.Tensor):
-        raise TypeError(f"the model must return a tensor, got {type(z).__name__}")
+        raise TypeError(
+            f"the model must return a tensor, got {type(z).__name__}: wrap it in an nn.Module whose "
+            "forward returns the logits (e.g. model(x)[0] or model(x).logits)"
+        )
     if z.shape[:1] != (rows,):
         raise ValueError(f"the model returned shape {tuple(z.shape)} for a batch of {rows} rows")
     if task == "classification" and z.ndim != 2:
@@ -866,6 +885,20 @@ def _check_output(z: Any, task: str, rows: int) -> torch.Tensor:
             "z], 1), whose softmax is [1 - sigmoid(z), sigmoid(z)]"
         )
     return z
+
+
+def _warn_if_probabilities(z: torch.Tensor) -> None:
+    """Logits that are already probabilities (a softmax head) would be softmaxed again: flattened
+    towards uniform, every uncertainty score distorted. Checked on the first batch."""
+    z = z.detach().float()
+    if bool(((z >= 0) & (z <= 1)).all()) and bool(((z.sum(1) - 1).abs() < 1e-4).all()):
+        warnings.warn(
+            "the model's outputs look like probabilities (rows in [0, 1] summing to 1): fastal "
+            "treats them as logits and applies a softmax; return the logits (drop the final "
+            "softmax) for probs, entropy, margin, BALD and BADGE to be right",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_amp(amp: Any) -> torch.dtype | None:
