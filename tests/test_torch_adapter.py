@@ -790,7 +790,8 @@ def test_a_dataset_pass_leaves_torch_generator_alone():
 def test_random_on_a_stream_counts_its_rows():
     """random reads no model output: the size of an IterableDataset was 'unknown'."""
     picks = ft.select("random", Tiny(), Stream(inputs()), 4, labeled=[0, 1], seed=0, progress=False)
-    assert picks.indices.shape == (4,) and set(picks.indices.tolist()) <= set(range(2, N))
+    assert picks.indices.shape == (4,)
+    assert set(picks.indices.tolist()) <= set(range(2, N))
 
 
 def test_outputs_that_are_probabilities_are_flagged():
