@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the target's folder, fsync, then ``os.replace``.
+"""Atomic file writes: a temporary file in the target's folder, fsync, ``os.replace``, then an
+fsync of the folder.
 
 A reader (or a run resumed after a crash) sees either the old file or the new one, never a
 half-written file.
@@ -30,6 +31,22 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync the folder, so that the rename itself survives a power loss (POSIX; where a folder
+    cannot be opened, as on Windows, the rename is as durable as the system makes it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder: nothing more to do
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_writable_folder(folder: str | os.PathLike) -> None:
