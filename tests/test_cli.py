@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -180,6 +181,12 @@ def cli_files(tmp_path):
     np.save(tmp_path / "mc.npy", np.full((4, 50, 3), 1 / 3, np.float32))
     np.save(tmp_path / "duals.npy", np.ones(2, np.float32))
     np.save(tmp_path / "dpred.npy", np.ones(50, np.float32))
+    np.save(tmp_path / "struct.npy", np.zeros(50, dtype=[("a", "f4"), ("b", "f4")]))
+    big = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    big[5] = 1e5
+    np.save(tmp_path / "big16.npy", big)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo")
     np.savez(tmp_path / "arch.npz", features=np.zeros((50, 4), np.float32))
     (tmp_path / "text.npy").write_text("0.5, 1.5\n2.5, 3.5\n")
     (tmp_path / "empty.npy").write_bytes(b"")
@@ -226,6 +233,22 @@ REFUSED = [
      ["'entropy' has no pruning to turn off"], ()),
     ("labels-mc", "select --strategy sparse_approx --mc-probs {d}/mc.npy --labeled {d}/lab1d.npy "
      "--labels {d}/lab1d.npy", ["'sparse_approx' with --mc-probs would ignore it"], ()),
+    # a FIFO stands for a device such as /dev/null (which a regression would destroy as root)
+    ("out-fifo", f"{POOL} --out {{d}}/fifo", ["--out", "not a regular file"],
+     pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")),
+    ("structured", "select --embeddings {d}/struct.npy", ["--embeddings", "structured array"], ()),
+    ("dtype-overflow", "select --embeddings {d}/big16.npy --dtype float16",
+     ["--dtype float16 overflows --embeddings", "1e+05"], ()),
+    ("duals-no-labeled", "select --strategy ally --embeddings {d}/pool.npy --duals {d}/duals.npy",
+     ["--duals gives one value per labeled row", "pass --labeled"], ()),
+    ("sparse-no-labels", "select --strategy sparse_approx --embeddings {d}/pool.npy --probs "
+     "{d}/probs.npy", ["sparse_approx needs its label distribution", "--labels"], ()),
+    ("time-limit-coreset", f"{POOL} --time-limit 5", ["'coreset' takes no --time-limit"], ()),
+    ("time-limit-zero", f"{POOL} --strategy robust_coreset --time-limit 0",
+     ["--time-limit must be > 0"], ()),
+    ("demo-no-strategy", f"{DEMO} --strategies ,", ["no strategy named"], ()),
+    ("demo-twice", f"{DEMO} --strategies random,random", ["named twice: random"], ()),
+    ("demo-unknown", f"{DEMO} --strategies nope", ["fastal: unknown strategy"], ()),
     ("n-labeled-big", "select --n-labeled 2000", ["--n-labeled", "1797", "2000"], ()),
     ("n-labeled-neg", "select --n-labeled -1", ["--n-labeled", "-1"], ()),
     ("n-labeled-arrays", f"{POOL} --n-labeled 5", ["--n-labeled", "--labeled"], ()),
@@ -386,3 +409,108 @@ def test_no_prune_reaches_the_k_means_of_kmeans_and_ally(name):
     assert picks[0] == picks[1]
     args = cli.build_parser().parse_args(["select", "--no-prune"])
     assert cli._strategy_kwargs(cls, args)["prune"] is False
+
+
+def test_out_writes_through_a_symlink_and_keeps_the_mode(cli_files):
+    """The rename replaced the link itself (and would replace a device as root)."""
+    target, link = cli_files / "target.npy", cli_files / "link.npy"
+    np.save(target, np.zeros(1))
+    target.chmod(0o600)
+    link.symlink_to(target)
+    argv = ["select", "--embeddings", str(cli_files / "pool.npy"), "--budget", "3"]
+    assert cli.main([*argv, "--out", str(link)]) == 0
+    assert link.is_symlink()
+    assert np.load(target).shape == (3,)
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_pools_are_mapped_not_read(cli_files):
+    pool = cli._load_npy(str(cli_files / "pool.npy"), "--embeddings")
+    assert isinstance(pool, np.memmap)
+    np.testing.assert_array_equal(pool, np.load(cli_files / "pool.npy"))
+
+
+def test_report_runs_in_the_selected_precision(tmp_path, capsys):
+    """--dtype float64 saved a float32 pool that overflows float32; the report still computed
+    its random baseline in float32 and failed after the picks were written."""
+    X = np.zeros((10, 4), np.float32)
+    X[0] = 2e19
+    np.save(tmp_path / "ovf.npy", X)
+    argv = ["select", "--embeddings", str(tmp_path / "ovf.npy"), "--budget", "3", "--dtype",
+            "float64", "--out", str(tmp_path / "p.npy")]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "same budget picked at random: radius " in out
+    assert "not computed" not in out
+    assert "covering radius: none (nothing labeled)" in out
+
+
+def test_summary_names_options_and_real_dtypes(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "f.npy", rng.normal(size=(60, 4)).astype(np.float32))
+    np.save(tmp_path / "z.npy", rng.normal(size=(60, 3)).astype(np.float32))
+    np.save(tmp_path / "lab.npy", np.arange(6))
+    np.save(tmp_path / "y.npy", np.arange(6) % 3)
+    argv = ["select", "--strategy", "bilevel", "--embeddings", str(tmp_path / "f.npy"), "--logits",
+            str(tmp_path / "z.npy"), "--labeled", str(tmp_path / "lab.npy"), "--labels",
+            str(tmp_path / "y.npy"), "--budget", "3", "--dtype", "float16"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "labeled_targets 6 (int64)" in out
+    assert "features 60x4 (float16)" in out
+    assert "labeled_logits" not in out
+    assert "--labels " in out.splitlines()[0]
+
+
+def test_interrupt_is_one_line(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_select", interrupted)
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_select(parser(), interrupted))
+    assert cli.main(["select"]) == 130
+    assert capsys.readouterr().err == "fastal: interrupted\n"
+
+
+def _with_select(parser, func):
+    for action in parser._subparsers._group_actions:
+        action.choices["select"].set_defaults(func=func)
+    return parser
+
+
+def test_demo_piped_into_head_still_writes_its_files(tmp_path):
+    """The first progress line raised BrokenPipeError and the demo stopped, exit 0, no files."""
+    code = ("import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); from fastal import cli; "
+            "sys.exit(cli.main(sys.argv[1:]))")  # fmt: skip
+    argv = ["demo", "--quick", "--strategies", "random", "--rounds", "1", "--out", str(tmp_path)]
+    res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                         check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert (tmp_path / "results.csv").exists()
+
+
+def test_version_and_no_abbreviations(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("fastal ")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["select", "--emb", "x.npy"])
+    assert exit_info.value.code == 2
+
+
+def test_robust_coreset_reports_its_certificate(tmp_path, capsys):
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32))
+    argv = ["select", "--strategy", "robust_coreset", "--embeddings", str(tmp_path / "f.npy"),
+            "--budget", "3", "--time-limit", "60"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "robust radius:" in capsys.readouterr().out
+
+
+def test_probabilities_message_names_the_logits_option(tmp_path):
+    np.save(tmp_path / "p.npy", np.full((20, 3), 2 / 3, np.float32))
+    argv = ["select", "--strategy", "entropy", "--probs", str(tmp_path / "p.npy"), "--budget", "2"]
+    with pytest.raises(SystemExit, match="pass them as --logits"):
+        cli.main(argv)

@@ -7,7 +7,9 @@ half-written file.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +19,20 @@ import numpy as np
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write(f)`` on a temporary binary file beside ``path``, then rename it to ``path``."""
-    path = Path(path)
+    """Call ``write(f)`` on a temporary binary file beside ``path``, then rename it to ``path``.
+
+    A symlink is written through (its target is replaced, the link kept); an existing path that is
+    not a regular file (a device such as /dev/null, a FIFO) is refused with ``OSError``: the
+    rename would remove it. An existing file keeps its permission bits.
+    """
+    path = Path(os.path.realpath(path))
+    mode = check_replaceable(path)
     # like tempfile.mkstemp, but with the permissions an ordinary open() gives (0o666 & ~umask)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
+        if mode is not None:
+            os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -47,6 +57,20 @@ def _sync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_replaceable(path: str | os.PathLike) -> int | None:
+    """The permission bits of the regular file at ``path`` (symlinks followed), None when nothing
+    is there; ``OSError`` for anything else, which an atomic rename would destroy."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (the folder is checked apart)
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device or a pipe)"
+        why = f"it is {what}: writing replaces the file atomically"
+        raise OSError(errno.EINVAL, why, str(path))
+    return stat.S_IMODE(st.st_mode)
 
 
 def check_writable_folder(folder: str | os.PathLike) -> None:

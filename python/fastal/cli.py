@@ -7,6 +7,7 @@ bare ``fastal`` runs) picks points to label from pool arrays in ``.npy`` files.
 from __future__ import annotations
 
 import argparse
+import builtins
 import inspect
 import os
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _interop, ops, strategies
-from ._io import check_writable_folder, save_npy_atomic
+from ._io import check_replaceable, check_writable_folder, save_npy_atomic
 
 __all__ = ["build_parser", "main", "save_npy_atomic"]
 
@@ -47,11 +48,22 @@ def _load_npy(path: str, option: str) -> np.ndarray:
                     f"fastal: {option} {path} is not a .npy file ({what}); write it with np.save"
                 )
             f.seek(0)
-            arr = np.load(f, allow_pickle=False)
+            try:  # mapped, not read: the kernels page a large pool in as they go (copy-on-write:
+                # writable for torch, and the file is never changed)
+                arr = np.load(path, mmap_mode="c", allow_pickle=False)
+            except ValueError:  # what cannot be mapped (empty or object arrays): read, or say why
+                arr = np.load(f, allow_pickle=False)
     except FileNotFoundError:
         raise SystemExit(f"fastal: {option} file not found: {path}") from None
     except (ValueError, EOFError, OSError) as err:  # object arrays, truncated files, folders
         raise SystemExit(f"fastal: cannot read {option} from {path}: {err}") from None
+    except MemoryError:
+        raise SystemExit(f"fastal: {option} {path} does not fit in memory") from None
+    if arr.dtype.names is not None:
+        raise SystemExit(
+            f"fastal: {option} {path} holds a structured array ({arr.dtype}); save a plain "
+            "numeric array"
+        )
     return _interop.native_order(arr)  # a file written on a big-endian machine
 
 
@@ -74,6 +86,13 @@ def _check_out_file(out: str) -> None:
         raise SystemExit(
             f"fastal: --out {out} is a folder; name a file in it, e.g. {path / 'picks.npy'}"
         )
+    try:  # a device (/dev/null) or a pipe would be replaced by the atomic rename
+        check_replaceable(path)
+    except OSError as err:
+        raise SystemExit(
+            f"fastal: --out {out}: {err.strerror}; name a file (leave --out out to only print)"
+        ) from None
+    path = Path(os.path.realpath(path))  # a symlink is written through: its target's folder
     folder = path.parent
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
@@ -152,10 +171,12 @@ def _as_input(X: np.ndarray, dtype: str | None, device: str):
     return t.to(device=device, dtype=getattr(torch, dtype) if dtype else t.dtype)
 
 
-def _report_dtype(X: np.ndarray) -> np.ndarray:
-    """X for the report's distances: float64 kept (float32 could overflow where it did not), the
-    16-bit dtypes widened to float32."""
-    return X if X.dtype == np.float64 else X.astype(np.float32)
+def _report_dtype(X: np.ndarray, selected: str | None) -> np.ndarray:
+    """X for the report's distances, in the precision the selection ran in: float64 when X is
+    float64 or --dtype float64 asked for it (float32 could overflow where the selection did
+    not), else float32 (the 16-bit dtypes widened); no copy when X already is that."""
+    wide = X.dtype == np.float64 or selected == "float64"
+    return X.astype(np.float64 if wide else np.float32, copy=False)
 
 
 def _option_hint(message: str, arrays: dict) -> str:
@@ -167,12 +188,20 @@ def _option_hint(message: str, arrays: dict) -> str:
             "fastal.strategies.RobustKCenter(candidates=..., max_points=...) from Python)"
         )
     first = message.split(" ", 1)[0].strip("'\",:")
+    if first == "labeled":
+        return " (the --labeled array)"
     if first in ("X", "pool", "features") and "features" in arrays:
         return f" ({first} is the --embeddings array)"
     options = {key: option for key, option, _ in _POOL_ARRAYS}
     if first in options and first in arrays and options[first] != f"--{first}":
         return f" ({first} is the {options[first]} array)"
     return ""
+
+
+_OUT_OF_MEMORY = (
+    "fastal: out of memory during the selection: try --dtype float16 (half the pool's bytes), a "
+    "smaller pool, or fastal's Python API on a GPU"
+)
 
 
 def _check_out_not_an_input(out: str, inputs: list[str]) -> None:
@@ -197,6 +226,8 @@ _POOL_ARRAYS = (
     ("dual_predictions", "--dual-predictions", "(n,) predicted dual variables (ALLY)"),
     ("labeled_targets", "--labels", "(m,) classes of the labeled rows, in --labeled order"),
 )
+#: the command-line option of each pool array
+_OPTION_OF = {key: option for key, option, _ in _POOL_ARRAYS}
 #: arrays with one row per labeled point, not per pool point
 _LABELED_ARRAYS = ("duals", "labeled_targets", "labeled_logits")
 #: what can stand in for a required array (strategies accept probs or logits alike)
@@ -247,6 +278,12 @@ def _strategy_kwargs(cls: type, args: argparse.Namespace) -> dict:
         raise SystemExit(f"fastal: strategy {cls.name!r} has no pruning to turn off (--no-prune)")
     if "progress" in params:
         kwargs["progress"] = args.progress
+    if args.time_limit is not None:
+        if "time_limit" not in params:
+            raise SystemExit(f"fastal: strategy {cls.name!r} takes no --time-limit")
+        if not args.time_limit > 0:
+            raise SystemExit(f"fastal: --time-limit must be > 0 seconds, got {args.time_limit}")
+        kwargs["time_limit"] = args.time_limit
     return kwargs
 
 
@@ -290,7 +327,8 @@ def cmd_select(args: argparse.Namespace) -> int:
         arrays["features"] = X
         source = "scikit-learn digits (bundled)"
     else:
-        source = ", ".join(f"{k}={getattr(args, k)}" for k in arrays)
+        options = {key: option for key, option, _ in _POOL_ARRAYS}
+        source = ", ".join(f"{options[k]} {getattr(args, k)}" for k in arrays)
     if args.labeled is not None:  # the digits too: indices into its rows, in place of --n-labeled
         labeled = _load_npy(args.labeled, "--labeled")
         if labeled.ndim != 1:
@@ -330,12 +368,27 @@ def cmd_select(args: argparse.Namespace) -> int:
             f"fastal: strategy {args.strategy!r} would ignore "
             f"{', '.join(options[a] for a in ignored)}: pass only the arrays it reads"
         )
-    if "labeled_targets" in arrays and not len(labeled):
+    for key in ("labeled_targets", "duals"):
+        if key in arrays and not len(labeled):
+            raise SystemExit(
+                f"fastal: {_OPTION_OF[key]} gives one value per labeled row, in --labeled order, "
+                "but no labeled set was given: pass --labeled too"
+            )
+    if args.strategy == "sparse_approx" and "mc_probs" not in arrays and not (
+        "logits" in arrays and "labeled_targets" in arrays
+    ):
         raise SystemExit(
-            "fastal: --labels gives the classes of the labeled rows, in --labeled order, but no "
-            "labeled set was given: pass --labeled too"
+            "fastal: sparse_approx needs its label distribution P (eq. 14): pass --logits with "
+            "--labeled and --labels (the labeled rows' classes) to fit its temperature, or "
+            "--mc-probs for its Bayesian form; without them P equals the predictions and the "
+            "selection is only the top-b sigma"
         )
     budget = args.budget if args.budget is not None else min(100, n - len(labeled))
+    if args.budget is None and args.strategy == "crc":  # a multiple of its group size, 20
+        budget = max(budget - budget % 20, 20)
+    for key, a in arrays.items():
+        if args.dtype and np.issubdtype(a.dtype, np.floating):
+            _check_fits(a, args.dtype, _OPTION_OF.get(key, key))
     if "labeled_targets" in arrays and "logits" in arrays and len(labeled):
         lab = np.asarray(labeled)
         if np.issubdtype(lab.dtype, np.integer) and ((lab >= 0) & (lab < n)).all():
@@ -354,7 +407,14 @@ def cmd_select(args: argparse.Namespace) -> int:
     try:
         sel = strategy.select(pool, budget, labeled if len(labeled) else None, seed=args.seed)
     except (ValueError, TypeError) as err:
-        raise SystemExit(f"fastal: {err}{_option_hint(str(err), arrays)}") from None
+        message = str(err).replace(strategies.base.LOGITS_KEY, "pass them as --logits")
+        raise SystemExit(f"fastal: {message}{_option_hint(message, arrays)}") from None
+    except MemoryError:
+        raise SystemExit(_OUT_OF_MEMORY) from None
+    except RuntimeError as err:  # torch's allocators say it so
+        if "out of memory" in str(err) or "allocate" in str(err):
+            raise SystemExit(f"{_OUT_OF_MEMORY} ({str(err).splitlines()[0]})") from None
+        raise
     seconds = time.perf_counter() - start
     picks = np.asarray(sel.indices.cpu() if hasattr(sel.indices, "cpu") else sel.indices)
     diag = sel.diagnostics
@@ -366,15 +426,17 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     print(f"fastal select: {args.strategy} on {source}")
     shapes = ", ".join(
-        f"{k} {'x'.join(map(str, v.shape))} ({args.dtype or v.dtype.name})"
+        f"{k} {'x'.join(map(str, v.shape))} ({_dtype_name(pool_arrays[k])})"
         for k, v in arrays.items()
+        if k != "labeled_logits"  # derived from --logits, not an input
     )
     print(f"  pool of {n}: {shapes} on {args.device}; {len(labeled)} labeled, budget {budget}")
     if "initial_radius" in diag and not np.isfinite(diag["final_radius"]):
         print("  covering radius: undefined (no labeled points and no picks)")
     elif "initial_radius" in diag:
         X = arrays["features"]
-        print(f"  covering radius: {diag['initial_radius']:.4f} -> {diag['final_radius']:.4f} "
+        before = f"{diag['initial_radius']:.4f}" if len(labeled) else "none (nothing labeled)"
+        print(f"  covering radius: {before} -> {diag['final_radius']:.4f} "
               "(labeled only -> labeled + picks)")  # fmt: skip
         if budget and len(X) > 1:
             rng = np.random.default_rng(args.seed)
@@ -384,12 +446,19 @@ def cmd_select(args: argparse.Namespace) -> int:
             space = (
                 strategies.base.gradient_pool(pool, bias=strategy.bias)
                 if args.strategy == "coreset_gradients"
-                else _report_dtype(X)
+                else _report_dtype(X, args.dtype)
             )
-            radius = _covering_radius(space, np.concatenate([labeled, rand]))
-            print(f"  same budget picked at random: radius {radius:.4f}")
+            try:  # the picks are saved: the report must not fail the command
+                radius = f"{_covering_radius(space, np.concatenate([labeled, rand])):.4f}"
+            except (ValueError, TypeError) as err:
+                radius = f"not computed ({err})"
+            print(f"  same budget picked at random: radius {radius}")
         print(f"  rows read: {100 * diag['rows_read_fraction']:.1f}% of an unpruned run "
               f"(pruning {'on' if diag['pruned'] else 'off'})")  # fmt: skip
+    if "greedy_radius" in diag and budget:  # robust k-center: its certificate
+        proof = "optimal" if diag["optimal"] else "not proven optimal: --time-limit reached"
+        print(f"  robust radius: {diag['radius']:.4f} with {len(diag['outliers'])} outlier(s) "
+              f"left uncovered ({proof}); greedy: {diag['greedy_radius']:.4f}")  # fmt: skip
     if targets is not None and budget:
         covered = len(np.unique(targets[picks]))
         print(f"  classes among the picks: {covered} of {len(np.unique(targets))}")
@@ -401,6 +470,31 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the largest finite value of each --dtype
+_DTYPE_MAX = {
+    "float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38,
+}  # fmt: skip
+
+
+def _check_fits(a: np.ndarray, dtype: str, option: str) -> None:
+    """Refuse a --dtype cast that would turn finite values into Inf (reported later as if the
+    file held Inf)."""
+    limit = _DTYPE_MAX.get(dtype)
+    if limit is None or not a.size or np.finfo(a.dtype).max <= limit:
+        return
+    largest = float(np.nanmax(np.abs(a)))
+    if np.isfinite(largest) and largest > limit:
+        raise SystemExit(
+            f"fastal: --dtype {dtype} overflows {option}: it holds values up to {largest:.4g}, "
+            f"beyond {dtype}'s {limit:.4g}; scale it or pick a wider --dtype"
+        )
+
+
+def _dtype_name(a) -> str:
+    """The storage dtype's name, numpy's or torch's (bfloat16 goes through torch)."""
+    return a.dtype.name if isinstance(a.dtype, np.dtype) else str(a.dtype).removeprefix("torch.")
+
+
 def _rows(arrays: dict[str, np.ndarray]) -> int:
     """The pool size all arrays agree on (mc_probs along axis 1)."""
     sizes = {}
@@ -408,9 +502,10 @@ def _rows(arrays: dict[str, np.ndarray]) -> int:
         if key in _LABELED_ARRAYS:
             continue
         axis = 1 if key == "mc_probs" else 0
+        option = _OPTION_OF[key]
         if a.ndim <= axis:
-            raise SystemExit(f"fastal: {key} has shape {a.shape}: no row axis")
-        sizes[key] = a.shape[axis]
+            raise SystemExit(f"fastal: {option} has shape {a.shape}: no row axis")
+        sizes[option] = a.shape[axis]
     if not sizes:
         given = " and ".join(opt for k, opt, _ in _POOL_ARRAYS if k in arrays)
         raise SystemExit(
@@ -418,12 +513,30 @@ def _rows(arrays: dict[str, np.ndarray]) -> int:
             "(--embeddings, --probs, --logits, ...)"
         )
     if len(set(sizes.values())) > 1:
-        raise SystemExit(f"fastal: the pool arrays disagree on the number of rows: {sizes}")
+        rows = ", ".join(f"{option} {size}" for option, size in sizes.items())
+        raise SystemExit(f"fastal: the pool arrays disagree on the number of rows: {rows}")
     return next(iter(sizes.values()))
 
 
 #: files `fastal demo` writes in its --out folder
 _DEMO_FILES = ("results.csv", "learning_curves.png")
+
+
+class _Stdout:
+    """print, until the reader of stdout leaves (`fastal demo | head`): then the lines are dropped
+    and the run goes on to write its files."""
+
+    def __init__(self) -> None:
+        self.gone = False
+
+    def __call__(self, *values: object) -> None:
+        if self.gone:
+            return
+        try:
+            builtins.print(*values, flush=True)
+        except BrokenPipeError:
+            self.gone = True  # Python would report the pipe again when it flushes at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -450,37 +563,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rounds = args.rounds if args.rounds is not None else rounds
     steps = args.steps if args.steps is not None else steps
     names = (
-        [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
+        [s.strip() for s in args.strategies.split(",") if s.strip()]
+        if args.strategies is not None
+        else None
     )
-    print(f"fastal demo: {args.dataset}, {seeds} seed{'s' * (seeds > 1)}, {args.initial} initial labels + "
+    try:  # before the header: a bad argument is the one line printed
+        demo.plan_demo(args.dataset, names, initial=args.initial, rounds=rounds, budget=args.budget)
+    except (ValueError, ImportError) as err:
+        raise SystemExit(f"fastal: {err}") from None
+    say = _Stdout()  # every line below: a closed pipe must not stop the run before its files
+    say(f"fastal demo: {args.dataset}, {seeds} seed{'s' * (seeds > 1)}, {args.initial} initial labels + "
           f"{rounds} rounds of {args.budget}, MLP trained from scratch each round (<= {steps} Adam steps), "
           f"device {args.device}")  # fmt: skip
     res = demo.run_demo(
         args.dataset, names, seeds=seeds, rounds=rounds, budget=args.budget, initial=args.initial,
-        max_steps=steps, device=args.device, log=print,
+        max_steps=steps, device=args.device, log=say,
     )  # fmt: skip
     for name, note in res.skipped.items():
-        print(f"  note: {name} {note}")
+        say(f"  note: {name} {note}")
     d = res.data
-    print()
+    say()
     what = (
         "accuracy" if d.task == "classification" else "MSE (standardised target; lower is better)"
     )
-    print(f"{d.name}: test {what} vs labels, mean ± std over {seeds} seed{'s' * (seeds > 1)} "
+    say(f"{d.name}: test {what} vs labels, mean ± std over {seeds} seed{'s' * (seeds > 1)} "
           f"(pool {d.pool[0].shape[0]}, test {d.test[0].shape[0]})")  # fmt: skip
-    print(res.table())
+    say(res.table())
     if d.task == "classification":
-        print(f"(chance: {d.chance:.3f}; AUC: trapezoid over the label counts / label range)")
+        say(f"(chance: {d.chance:.3f}; AUC: trapezoid over the label counts / label range)")
     else:
-        print("(AUC: trapezoid over the label counts / label range)")
+        say("(AUC: trapezoid over the label counts / label range)")
     csv, png = (out / name for name in _DEMO_FILES)
     try:
         res.to_csv(csv)
         res.plot(png)
     except OSError as err:  # checked before the run; the disk can still fill up
         raise SystemExit(f"fastal: --out {args.out}: cannot write: {err}") from None
-    print(f"wrote {csv} and {png} ({res.seconds:.1f} s)")
+    say(f"wrote {csv} and {png} ({res.seconds:.1f} s)")
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fastal")
+    except PackageNotFoundError:  # run from a source tree
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -488,13 +617,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="fastal",
+        allow_abbrev=False,  # an abbreviation would change meaning when an option is added
         description="Fast batch active-learning selection. `fastal demo` runs an active-learning "
         "experiment with several strategies; `fastal select` (also what `fastal` with no command "
         "runs) picks points to label from pool arrays, by default on the scikit-learn digits.",
     )
+    parser.add_argument("--version", action="version", version=f"fastal {_version()}")
     sub = parser.add_subparsers(dest="command")
     dem = sub.add_parser(
-        "demo", help="run an active-learning experiment: accuracy vs labels per strategy"
+        "demo",
+        allow_abbrev=False,
+        help="run an active-learning experiment: accuracy vs labels per strategy",
     )
     dem.add_argument("--dataset", default="digits", choices=DATASETS)
     dem.add_argument("--strategies", help="comma-separated names (default: random,entropy,coreset,badge,"
@@ -519,7 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dem.set_defaults(func=cmd_demo)
 
-    sel = sub.add_parser("select", help="pick points to label from pool arrays (.npy)")
+    sel = sub.add_parser(
+        "select", allow_abbrev=False, help="pick points to label from pool arrays (.npy)"
+    )
     sel.add_argument("--strategy", default="coreset", choices=strategies.available())
     sel.add_argument("--embeddings", "--features", dest="features",
                      help="pool embeddings / features, an (n, d) .npy file (default: digits pixels)")  # fmt: skip
@@ -554,7 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=0,
-        help="seed, >= 0 (first centre, digits labeled set; default 0)",
+        help="seed, >= 0, of every random draw (first centre, k-means++, random picks, CRC "
+        "groups, the digits labeled set, the report's random baseline; default 0)",
     )
     sel.add_argument(
         "--n-labeled",
@@ -567,7 +703,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="cpu", help="cpu, cuda or cuda:N (CUDA goes through torch)"
     )
     sel.add_argument("--no-prune", action="store_true", help="disable triangle-inequality pruning")
-    sel.add_argument("--progress", action="store_true", help="show a progress bar")
+    sel.add_argument("--progress", action="store_true",
+                     help="show a progress bar (coreset, coreset_gradients, kmeans, badge, "
+                     "bilevel, sparse_approx; the others are one pass)")  # fmt: skip
+    sel.add_argument("--time-limit", type=float, dest="time_limit", metavar="SECONDS",
+                     help="robust_coreset: stop the exact solver after this long and keep the "
+                     "best solution found (Ctrl-C waits for the solver's step)")  # fmt: skip
     sel.set_defaults(func=cmd_select)
     return parser
 
@@ -580,13 +721,16 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["select", *argv]
     args = parser.parse_args(argv)
     shown, warnings.showwarning = warnings.showwarning, _warning_line
     try:
         return args.func(args)
-    except BrokenPipeError:  # `fastal ... | head`: the reader left; the picks file is written
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (--out is as it was)
+        print("fastal: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `fastal select | head`: the reader left; the picks file is written
         # Python would report the pipe again when it flushes stdout at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -58,9 +58,9 @@ def load(name: str, pool_size: int = 1000) -> DemoData:
         try:
             from mnist1d.data import get_dataset_args, make_dataset
         except ImportError:
-            raise SystemExit(
-                "fastal demo: --dataset mnist1d needs the mnist1d package (it generates the data "
-                "locally): pip install mnist1d"
+            raise ImportError(
+                "--dataset mnist1d needs the mnist1d package (it generates the data locally): "
+                "pip install mnist1d"
             ) from None
         state = np.random.get_state()  # noqa: NPY002  (make_dataset reseeds numpy's global RNG)
         try:
@@ -85,7 +85,7 @@ def load(name: str, pool_size: int = 1000) -> DemoData:
         return DemoData(
             "diabetes", "regression", (X[pool], y[pool]), (X[test], y[test]), 1, math.nan
         )
-    raise SystemExit(f"fastal demo: unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
 
 
 def _classification(name: str, pool: tuple, test: tuple) -> DemoData:
@@ -206,6 +206,45 @@ def _pm(values: Sequence[float]) -> str:
     return f"{v.mean():.3f} ± {v.std():.3f}"
 
 
+def plan_demo(
+    dataset: str, strategies: Sequence[str] | None, *, initial: int, rounds: int, budget: int
+) -> tuple[Any, list[str], dict[str, str]]:
+    """The dataset, the strategies to run and those skipped (with why), or ``ValueError`` for
+    arguments that cannot run: an unknown, repeated or unfitting strategy, too small a pool."""
+    from .strategies import get
+    from .torch import NEEDS, needs_of
+
+    data = load(dataset)
+    if strategies is not None and not list(strategies):
+        raise ValueError("no strategy named: pass comma-separated names, or none for the defaults")
+    names = list(strategies or DEFAULT_STRATEGIES[data.task])
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"strategies named twice: {', '.join(repeated)}")
+    skipped: dict[str, str] = {}
+    for name in names:
+        get(name)  # ValueError naming the registered strategies
+        missing = [k for k in needs_of(name) if k not in (*NEEDS[data.task], "duals")]
+        if missing:
+            raise ValueError(
+                f"{name} needs {', '.join(missing)}, which a {data.task} model does not give "
+                f"(for {data.name} use {', '.join(DEFAULT_STRATEGIES[data.task])})"
+            )
+    if "crc" in names and not crc_available():
+        skipped["crc"] = (
+            "skipped: fastal.gram_min_eig (CRC's eigenvalue kernel) is not importable or not built here"
+        )
+        names.remove("crc")
+    if not names:
+        raise ValueError("no strategy left to run")
+    needed = initial + rounds * budget
+    if needed > data.pool[0].shape[0]:
+        raise ValueError(
+            f"initial + rounds x budget = {needed} is more than the pool ({data.pool[0].shape[0]})"
+        )
+    return data, names, skipped
+
+
 def run_demo(
     dataset: str = "digits",
     strategies: Sequence[str] | None = None,
@@ -218,39 +257,14 @@ def run_demo(
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
-    """Run every strategy for ``seeds`` seeds on ``dataset``; see :func:`fastal.loop.run`."""
+    """Run every strategy for ``seeds`` seeds on ``dataset``; see :func:`fastal.loop.run`.
+    Arguments that cannot run raise ``ValueError`` before any training (:func:`plan_demo`)."""
     import functools
 
     from . import loop
-    from .strategies import get
-    from .torch import NEEDS, needs_of
 
-    data = load(dataset)
-    names = list(strategies or DEFAULT_STRATEGIES[data.task])
-    skipped: dict[str, str] = {}
-    for name in names:
-        try:
-            get(name)
-        except ValueError as err:
-            raise SystemExit(f"fastal demo: {err}") from None
-        missing = [k for k in needs_of(name) if k not in (*NEEDS[data.task], "duals")]
-        if missing:
-            raise SystemExit(
-                f"fastal demo: {name} needs {', '.join(missing)}, which a {data.task} model does not give "
-                f"(for {data.name} use {', '.join(DEFAULT_STRATEGIES[data.task])})"
-            )
-    if "crc" in names and not crc_available():
-        skipped["crc"] = (
-            "skipped: fastal.gram_min_eig (CRC's eigenvalue kernel) is not importable or not built here"
-        )
-        names.remove("crc")
-    if not names:
-        raise SystemExit("fastal demo: no strategy left to run")
-    needed = initial + rounds * budget
-    if needed > data.pool[0].shape[0]:
-        raise SystemExit(
-            f"fastal demo: initial + rounds x budget = {needed} is more than the pool ({data.pool[0].shape[0]})"
-        )
+    data, names, skipped = plan_demo(dataset, strategies, initial=initial, rounds=rounds,
+                                     budget=budget)  # fmt: skip
 
     def model_fn() -> Any:
         return mlp(data.in_dim, data.n_outputs)
