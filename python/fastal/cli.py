@@ -374,8 +374,10 @@ def cmd_select(args: argparse.Namespace) -> int:
                 f"fastal: {_OPTION_OF[key]} gives one value per labeled row, in --labeled order, "
                 "but no labeled set was given: pass --labeled too"
             )
-    if args.strategy == "sparse_approx" and "mc_probs" not in arrays and not (
-        "logits" in arrays and "labeled_targets" in arrays
+    if (
+        args.strategy == "sparse_approx"
+        and "mc_probs" not in arrays
+        and not ("logits" in arrays and "labeled_targets" in arrays)
     ):
         raise SystemExit(
             "fastal: sparse_approx needs its label distribution P (eq. 14): pass --logits with "

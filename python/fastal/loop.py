@@ -818,7 +818,8 @@ def _load_state(path: Any, meta: dict) -> tuple[np.ndarray, np.ndarray, list[dic
 
 
 #: What reading a damaged or foreign state file raises (a .npy: no context manager, TypeError).
-_UNREADABLE = (OSError, ValueError, KeyError, AttributeError, TypeError, EOFError, zipfile.BadZipFile)
+_UNREADABLE = (OSError, ValueError, KeyError, AttributeError, TypeError, EOFError,
+               zipfile.BadZipFile)  # fmt: skip
 
 #: What a resumed run must share with the saved one beyond its settings, and how to say it.
 _RESUME_CHECKS = {
