@@ -185,6 +185,7 @@ def cli_files(tmp_path):
     big = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
     big[5] = 1e5
     np.save(tmp_path / "big16.npy", big)
+    np.save(tmp_path / "empty_probs.npy", np.zeros((0, 3), np.float32))
     if hasattr(os, "mkfifo"):
         os.mkfifo(tmp_path / "fifo")
     np.savez(tmp_path / "arch.npz", features=np.zeros((50, 4), np.float32))
@@ -246,6 +247,7 @@ REFUSED = [
     ("time-limit-coreset", f"{POOL} --time-limit 5", ["'coreset' takes no --time-limit"], ()),
     ("time-limit-zero", f"{POOL} --strategy robust_coreset --time-limit 0",
      ["--time-limit must be > 0"], ()),
+    ("empty-pool", "select --strategy random --probs {d}/empty_probs.npy", ["no rows"], ()),
     ("demo-no-strategy", f"{DEMO} --strategies ,", ["no strategy named"], ()),
     ("demo-twice", f"{DEMO} --strategies random,random", ["named twice: random"], ()),
     ("demo-unknown", f"{DEMO} --strategies nope", ["fastal: unknown strategy"], ()),

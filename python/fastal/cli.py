@@ -354,6 +354,8 @@ def cmd_select(args: argparse.Namespace) -> int:
             "or see `fastal demo`"
         )
     n = _rows(arrays)
+    if n == 0:  # random would otherwise pick nothing from nothing and succeed
+        raise SystemExit("fastal: the pool arrays have no rows")
     readers = ("bilevel", "sparse_approx") if "logits" in arrays else ("bilevel",)
     if "labeled_targets" in arrays and args.strategy not in readers:
         raise SystemExit(
