@@ -164,6 +164,9 @@ def pool_outputs(
     num_workers : int, default 0
         DataLoader workers when ``data`` is a Dataset.
     inference_mode : bool, default True
+        ``torch.inference_mode()`` (else ``torch.no_grad()``). Every tensor the forward creates
+        is then an inference tensor: a model that caches activations on itself during forward
+        and reuses them in training needs ``inference_mode=False``.
     progress : bool, default True
 
     Returns
