@@ -112,11 +112,12 @@ def pool_outputs(
         ``collate_fn`` must keep the rows' order (one sorting a batch by length would scramble
         the outputs: fastal cannot see that). An ``IterableDataset`` is read with no workers (each
         would replay the stream). Starting the pass leaves torch's global generator as it was. A
-        batch that is a tuple or list (``(x, y)`` pairs) gives its first element to the model; use ``batch_fn`` for anything else (its
-        result is moved to ``device``; a tuple is unpacked into the call, a mapping passed as
-        keyword arguments). Floating inputs of every kind (arrays, tensors, and the floating
-        tensors of a Dataset's or DataLoader's batches, after ``batch_fn``) are cast to the model's
-        parameter dtype; other dtypes (e.g. integer token ids) are passed as they are.
+        batch that is a tuple or list (``(x, y)`` pairs) gives its first element to the model;
+        use ``batch_fn`` for anything else (its result is moved to ``device``; a tuple is
+        unpacked into the call, a mapping passed as keyword arguments). Floating inputs of every
+        kind (arrays, tensors, and the floating tensors of a Dataset's or DataLoader's batches,
+        after ``batch_fn``) are cast to the model's parameter dtype; other dtypes (e.g. integer
+        token ids) are passed as they are.
     needs : sequence of str
         Classification: ``"features"`` (n, d), ``"logits"`` (n, C), ``"probs"`` (n, C, softmax of
         the logits), ``"mc_probs"`` (T, n, C): ``T = mc_samples`` passes with every dropout module
@@ -152,11 +153,12 @@ def pool_outputs(
         ``feature_layer``.
     feature_layer : nn.Module or str, optional
         The layer whose input are the features (a module or a name for ``model.get_submodule``).
-        Default: the last ``nn.Linear`` in ``model.modules()`` order. It must see the whole batch
-        (one row per input row; not a chunked forward or ``nn.DataParallel`` replicas). The hook is on during the
-        deterministic (eval) pass only; when that pass needs nothing after the layer (no
-        ``"logits"``, ``"probs"`` or ``"outputs"``) it stops there. The Monte-Carlo passes run
-        the whole model without the hook, so any combination of ``needs`` works.
+        Default: the last ``nn.Linear`` in ``model.modules()`` order. It must see the whole
+        batch (one row per input row; not a chunked forward or ``nn.DataParallel`` replicas).
+        The hook is on during the deterministic (eval) pass only; when that pass needs nothing
+        after the layer (no ``"logits"``, ``"probs"`` or ``"outputs"``) it stops there. The
+        Monte-Carlo passes run the whole model without the hook, so any combination of
+        ``needs`` works.
     batch_fn : callable, optional
         Turns one batch of ``data`` into the model's input: a Dataset's or DataLoader's batch as
         it is collated, a tensor's or array's slice of ``batch_size`` rows as a tensor (already
@@ -336,10 +338,11 @@ def pool_outputs(
                 m.train(training)
         if mc and mc_samples > 1 and not varied:
             raise ValueError(
-                f"mc_probs / mc_outputs: all {mc_samples} Monte-Carlo passes gave the same outputs "
-                "on every row, so their disagreement (BALD's score) is zero everywhere; fastal puts "
-                "the nn.Dropout modules in train mode, which does nothing for functional dropout "
-                "(F.dropout(x, p, self.training)) or dropout on a branch the output ignores"
+                f"mc_probs / mc_outputs: all {mc_samples} Monte-Carlo passes gave the same "
+                "outputs on every row, so their disagreement (BALD's score) is zero everywhere; "
+                "fastal puts the nn.Dropout modules in train mode, which does nothing for "
+                "functional dropout (F.dropout(x, p, self.training)) or dropout on a branch the "
+                "output ignores"
             )
         return writer.result(needs)
 
@@ -871,8 +874,8 @@ def _rows(x: Any) -> int:
 def _check_output(z: Any, task: str, rows: int) -> torch.Tensor:
     if not isinstance(z, torch.Tensor):
         raise TypeError(
-            f"the model must return a tensor, got {type(z).__name__}: wrap it in an nn.Module whose "
-            "forward returns the logits (e.g. model(x)[0] or model(x).logits)"
+            f"the model must return a tensor, got {type(z).__name__}: wrap it in an nn.Module "
+            "whose forward returns the logits (e.g. model(x)[0] or model(x).logits)"
         )
     if z.shape[:1] != (rows,):
         raise ValueError(f"the model returned shape {tuple(z.shape)} for a batch of {rows} rows")
