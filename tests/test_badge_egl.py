@@ -162,6 +162,28 @@ def test_badge_float32_pool(backend):
         assert margins[t] <= 1e-4, f"step {t}: {idx[t]} vs {expected[t]}, margin {margins[t]}"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_badge_never_picks_a_copy_of_a_chosen_row(dtype):
+    """The factored distance |g_i|^2 + |g_c|^2 - 2 (a_i.a_c)(h_i.h_c) left an exact copy of a chosen
+    row at rounding noise (~1e-7 |g|^2 in float32) instead of 0: next to rows of tiny gradient,
+    copies of one uncertain row filled the batch (9 of 10 picks)."""
+    rng = np.random.default_rng(0)
+    C, d, copies, others = 10, 64, 500, 300
+    logits = rng.normal(size=(others, C))
+    logits[:, 0] += 16  # confident rows: gradients of norm ~1e-4
+    probs = np.vstack([np.repeat(rng.dirichlet(np.ones(C))[None], copies, 0),
+                       np.exp(logits) / np.exp(logits).sum(1, keepdims=True)])  # fmt: skip
+    feats = np.vstack([np.repeat(30 * rng.normal(size=(1, d)), copies, 0),
+                       rng.normal(size=(others, d))])  # fmt: skip
+    emb = fastal.gradient_embedding(probs.astype(dtype), feats.astype(dtype))
+    dist, _ = fastal.min_distance(emb, emb.subset([0]))
+    assert not np.asarray(dist)[:copies].any()
+    pool = {"probs": probs.astype(dtype), "features": feats.astype(dtype)}
+    for seed in range(10):
+        picks = to_numpy(BADGE().select(pool, 10, seed=seed).indices)
+        assert (picks < copies).sum() == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # EGL
 

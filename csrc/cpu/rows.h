@@ -6,11 +6,13 @@
 // Factored distance: |g_i - g_c|^2 = sqnorm_i + sqnorm_c - 2 (A_i . A_c)(H_i . H_c), O(C + dh).
 // Its rounding error is absolute, about (C + dh) u (sqnorm_i + sqnorm_c), not relative to the
 // distance, so the exact pruning test (prunable) adds that margin; see common/prune.h for the
-// dense rule.
+// dense rule. Where it cancels to that noise (near copies), a cancellation-free form is used.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "common/prune.h"
 #include "cpu/simd.h"
@@ -103,7 +105,38 @@ struct FactoredRows {
   A dist2(int64_t i, const A* centre) const {
     const A da = dot(Am + i * C, centre, C);
     const A dh_ = dot(H + i * dh, centre + C, dh);
-    const A r = sqnorm[i] + centre[C + dh] - 2 * da * dh_;
+    const A s = sqnorm[i] + centre[C + dh];
+    const A r = s - 2 * da * dh_;
+    // Near a copy of the centre the expansion is rounding noise, ~e s rather than 0: an exact
+    // duplicate of a chosen row kept a D^2 weight that could swamp the rows of small gradient.
+    if (r <= 2 * error_scale() * s) return near_copy(i, centre, r > 0 ? r : A(0), s);
+    return r;
+  }
+  // e of the Pruner: |D - delta| <= e (s_i + s_c) for every distance dist2 returns.
+  A error_scale() const {
+    return static_cast<A>(4.0 * double(C + dh + 8) * (std::numeric_limits<A>::epsilon() / 2));
+  }
+  // |g_i - g_c|^2 without the cancellation: A_i H_i^T - A_c H_c^T = dA H_i^T + A_c dH^T, so it is
+  // |dA|^2 |H_i|^2 + |A_c|^2 |dH|^2 + 2 (dA . A_c)(H_i . dH): 0 for a copy. Its error is within
+  // e (|dA| |H_i| + |A_c| |dH|)^2; it is kept only where that is within e s, the expansion's
+  // bound, so the pruning tests (Pruner) hold for whichever is returned. Rare: not vectorised.
+  A near_copy(int64_t i, const A* centre, A expanded, A s) const {
+    std::vector<A> row(static_cast<size_t>(C + dh));  // the row laid out as the centre is
+    prepare_centre(Am + i * C, row.data(), C);
+    prepare_centre(H + i * dh, row.data() + C, dh);
+    A daa = 0, dac = 0, acc = 0, hii = 0, dhh = 0, hid = 0;
+    for (int64_t k = 0; k < C; ++k) {
+      const A x = row[k], c = centre[k], dl = x - c;
+      daa += dl * dl, dac += dl * c, acc += c * c;
+    }
+    for (int64_t k = C; k < C + dh; ++k) {
+      const A x = row[k], c = centre[k], dl = x - c;
+      hii += x * x, dhh += dl * dl, hid += x * dl;
+    }
+    const A t1 = daa * hii, t2 = acc * dhh;
+    const A bound = std::sqrt(t1) + std::sqrt(t2);
+    if (!(bound * bound <= s)) return expanded;
+    const A r = t1 + t2 + 2 * dac * hid;
     return r > 0 ? r : A(0);
   }
   int64_t row_bytes() const { return (C + dh) * int64_t(sizeof(T)); }
