@@ -188,6 +188,24 @@ def test_badge_never_picks_a_copy_of_a_chosen_row(dtype):
 # EGL
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_egl_expected_length_matches_dense_gradients(bias):
+    """squared=False: Settles et al.'s E_y ||grad||, against the dense gradients in float64."""
+    rng = np.random.default_rng(4)
+    n, C, d = 60, 4, 6
+    probs, feats = rng.dirichlet(np.ones(C) / 2, size=n), rng.normal(size=(n, d))
+    probs[0] = [1 - 3e-9, 1e-9, 1e-9, 1e-9]  # confident: its score must not cancel to 0
+    h = np.hstack([feats, np.ones((n, 1))]) if bias else feats
+    eye = np.eye(C)
+    dense = np.array([sum(probs[i, y] * np.linalg.norm(np.outer(probs[i] - eye[y], h[i]))
+                          for y in range(C)) for i in range(n)])  # fmt: skip
+    sel = strategies.EGL(bias=bias, squared=False).select({"probs": probs, "features": feats}, 5)
+    scores = np.asarray(sel.diagnostics["scores"])
+    assert_allclose(scores[1:], dense[1:], rtol=1e-12)
+    assert_allclose(scores[0], dense[0], rtol=1e-7)  # the reference's 1 - p_top rounds to 1e-8
+    assert_array_equal(to_numpy(sel.indices), np.argsort(-dense, kind="stable")[:5])
+
+
 def test_egl_hand_worked():
     # p = (0.5, 0.5), |h|^2 = 2: sum_y p_y |p - e_y|^2 = 0.5 * 0.5 + 0.5 * 0.5 = 0.5 -> 1.0
     # p = (1, 0), |h|^2 = 9: 0 -> 0.0 (a certain prediction has no expected gradient)

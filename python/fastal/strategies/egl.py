@@ -24,13 +24,18 @@ class EGL(Strategy):
 
     For cross-entropy on a last linear layer the gradient for label ``y`` is ``(p - e_y) ⊗ h``, so
     the expected squared gradient length over the model's own predictive distribution is
-    ``|h|² Σ_y p_y |p - e_y|² = |h|² (1 - |p|²)`` (``|h|² + 1`` with the bias gradient). The
+    ``|h|² Σ_y p_y |p - e_y|² = |h|² (1 - |p|²)`` (``|h|² + 1`` with the bias gradient): EGL as
+    Kong et al. define it for their baseline (CRC paper, §5: ``E_y ||∇_θ H(y, f_θ(x))||²``).
+    ``squared=False`` ranks by the expected length itself, Settles et al.'s original,
+    ``|h| Σ_y p_y |p - e_y|`` (``sqrt(|h|² + 1)`` with the bias); the two rankings can differ. The
     ``budget`` unlabeled points with the largest score are selected, ties to the lowest index.
 
     Parameters
     ----------
     bias : bool, default False
         Include the bias gradient.
+    squared : bool, default True
+        Expected squared gradient length (True) or expected gradient length (False).
 
     The pool is a mapping with ``"probs"`` (or ``"logits"``) and ``"features"``. ``diagnostics``
     holds ``"scores"`` for every row of the pool, float64: ``|h|²`` is summed in float32 (float64
@@ -55,8 +60,9 @@ class EGL(Strategy):
     name = "egl"
     requires = ("probs", "features")
 
-    def __init__(self, *, bias: bool = False) -> None:
+    def __init__(self, *, bias: bool = False, squared: bool = True) -> None:
         self.bias = check_bool(bias, "bias")
+        self.squared = check_bool(squared, "squared")
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         import torch
@@ -109,9 +115,10 @@ class EGL(Strategy):
                     "features has rows whose squared norm overflows float64: scale it down"
                 )
         hsq += 1.0 if self.bias else 0.0
-        scores = hsq
+        scores = hsq if self.squared else hsq.sqrt_()
+        spread = _spread if self.squared else _expected_distance
         for s, e in tiles:
-            scores[s:e] *= _spread(p_in[s:e], is_probs, acc)
+            scores[s:e] *= spread(p_in[s:e], is_probs, acc)
         cand = torch.from_numpy(rest).to(scores.device)
         # stable sort of -score over ascending candidates: ties keep the lowest index first
         order = torch.sort(-scores[cand], stable=True).indices[:budget]
@@ -120,6 +127,27 @@ class EGL(Strategy):
             _interop.to_framework(indices, pinfo),
             {"scores": from_torch(scores, pinfo)},
         )
+
+
+def _expected_distance(p: Any, is_probs: bool, acc: Any) -> Any:
+    """``Σ_y p_y |p - e_y|`` per row (float64 out), each ``|p - e_y|²`` summed from non-negative
+    terms: ``Σ_{k≠y} p_k² + (1 - p_y)²``, with the top class's ``1 - p_y`` read as the others' sum
+    (a confident row keeps its small distance to its own class; see :func:`_spread`)."""
+    import torch
+
+    p = p.to(acc).contiguous()
+    if not is_probs:
+        p = torch.softmax(p, dim=1)
+    top = p.argmax(1, keepdim=True)
+    others = p.scatter(1, top, 0.0)
+    rest = others.sum(1, keepdim=True)  # 1 - p_top
+    p_top = 1 - rest
+    others_sq = (others * others).sum(1, keepdim=True)
+    # y = top: the others' squares and (1 - p_top)²; y ≠ top: all squares but p_y², and (1 - p_y)²
+    to_top = (others_sq + rest * rest).sqrt()
+    to_other = ((others_sq - others * others + p_top * p_top).clamp_min(0) + (1 - others) ** 2).sqrt()
+    total = (others * to_other).sum(1) + (p_top * to_top).squeeze(1)
+    return total.clamp_min(0).to(torch.float64)
 
 
 def _spread(p: Any, is_probs: bool, acc: Any) -> Any:
