@@ -60,6 +60,11 @@ def gradient_pool(pool: Any, *, bias: bool = False) -> Any:
     from ..gradients import GradientEmbedding, _gradient_embedding
 
     if isinstance(pool, GradientEmbedding):
+        if bias:  # the factors are given: a flag here could not change them
+            raise ValueError(
+                "bias=True builds the bias gradient from probs and features; a GradientEmbedding "
+                "pool is used as given: build it with fastal.gradient_embedding(..., bias=True)"
+            )
         return pool
     if not isinstance(pool, Mapping):
         raise TypeError(
