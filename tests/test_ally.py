@@ -143,12 +143,20 @@ def test_a_unit_no_labeled_row_activates_does_not_pin_the_pool_to_zero():
 def test_all_zero_duals_train_no_head_and_still_select():
     X = _pool()
     labeled = np.arange(30)
-    sel = ALLY().select({"features": X, "duals": np.zeros(30)}, 5, labeled, seed=0)
+    with pytest.warns(UserWarning, match="every dual variable is 0"):
+        sel = ALLY().select({"features": X, "duals": np.zeros(30)}, 5, labeled, seed=0)
     assert sel.diagnostics["all_duals_zero"] is True
+    assert sel.diagnostics["random_within_clusters"] is True
     rest = np.arange(30, 300)
     clusters = sel.diagnostics["clusters"]
-    first = [rest[clusters == c].min() for c in range(5)]  # constant scores: the lowest index
-    assert sorted(sel.indices.tolist()) == sorted(first)
+    assert sorted(clusters[np.searchsorted(rest, sel.indices)].tolist()) == list(range(5))
+    # not always each cluster's lowest index (the paper: like random sampling), but seeded
+    firsts = {c: rest[clusters == c].min() for c in range(5)}
+    picks = [ALLY().select({"features": X, "dual_predictions": np.ones(300)}, 5, labeled, seed=s)
+             .indices.tolist() for s in range(4)]  # fmt: skip
+    assert any(sorted(p) != sorted(firsts.values()) for p in picks)
+    again = ALLY().select({"features": X, "dual_predictions": np.ones(300)}, 5, labeled, seed=0)
+    assert again.indices.tolist() == picks[0]
 
 
 def test_duals_given_picks_high_dual_regions():

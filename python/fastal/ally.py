@@ -4,7 +4,7 @@ per-cluster pick, and the generative mode.
 After primal-dual training (:mod:`fastal.pdcl`) every labeled sample has a dual variable λ*_i.
 A *dual regression head* ``f_ω: R^d → R₊`` learns λ* from the frozen embeddings of the labeled
 samples (Alg. 2, line 3: MSE), predicts it on the pool, and ALLY takes the pool points with the
-highest predicted λ from each k-means cluster of the pool's embeddings (§5.1).
+highest predicted λ from each k-means cluster of the unlabeled rows' embeddings (§5.1).
 """
 
 from __future__ import annotations

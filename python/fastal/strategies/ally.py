@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,7 @@ class ALLY(Strategy):
     Alg. 1): one constraint ``ℓ(f(x_i), y_i) <= ε`` per labeled sample, whose dual variable λ*_i
     measures how much the optimal loss would move if that constraint were loosened. A dual
     regression head learns λ* from the labeled samples' embeddings and predicts it on the pool;
-    the pool's embeddings are clustered by k-means (fastal's :func:`~fastal.kmeans`, ``k = budget``
+    the unlabeled rows' embeddings are clustered by k-means (fastal's :func:`~fastal.kmeans`, ``k = budget``
     by default, as in all the paper's experiments) and the points with the highest predicted λ are
     taken from each cluster, an equal number per cluster (:func:`fastal.ally.pick_per_cluster`).
     Works for classification (cross-entropy) and regression (MSE).
@@ -180,6 +181,20 @@ class ALLY(Strategy):
             diagnostics.update(head_train_mse=head.train_loss, all_duals_zero=head.net is None,
                                mean_dual=float(duals.mean()), max_dual=float(duals.max()))  # fmt: skip
 
+        if scores.size and bool(np.all(scores == scores[0])):
+            # no dual information (every λ = 0 when ε is above every labeled loss): the paper's
+            # method then "performs similarly to random sampling" (§5.4), so a seeded random
+            # member of each cluster rather than always its lowest index
+            if diagnostics.get("all_duals_zero"):
+                warnings.warn(
+                    "ALLY: every dual variable is 0 (each labeled loss is below its ε), so they "
+                    "say nothing: the picks are a random member of each cluster; a smaller "
+                    "epsilon makes them informative",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            scores = rng.random(scores.size)
+            diagnostics["random_within_clusters"] = True
         k = budget if self.n_clusters is None else min(self.n_clusters, budget)
         km = _kmeans(
             X, k, seed=km_seed, max_iter=self.kmeans_iter, minibatch=self.kmeans_minibatch,
