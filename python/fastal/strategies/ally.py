@@ -21,8 +21,8 @@ class ALLY(Strategy):
     Alg. 1): one constraint ``ℓ(f(x_i), y_i) <= ε`` per labeled sample, whose dual variable λ*_i
     measures how much the optimal loss would move if that constraint were loosened. A dual
     regression head learns λ* from the labeled samples' embeddings and predicts it on the pool;
-    the unlabeled rows' embeddings are clustered by k-means (fastal's :func:`~fastal.kmeans`, ``k = budget``
-    by default, as in all the paper's experiments) and the points with the highest predicted λ are
+    the unlabeled rows' embeddings are clustered by k-means (fastal's :func:`~fastal.kmeans`,
+    ``k = budget`` by default, as in all the paper's experiments) and the points with the highest predicted λ are
     taken from each cluster, an equal number per cluster (:func:`fastal.ally.pick_per_cluster`).
     Works for classification (cross-entropy) and regression (MSE).
 
