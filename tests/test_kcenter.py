@@ -341,6 +341,18 @@ def test_pruned_matches_unpruned_with_progress_chunks(capsys):
     assert_array_equal(a.radius, b.radius)
 
 
+def test_progress_covers_the_labeled_set(capsys):
+    """The distances to a large labeled set (most of the time at 1M rows with 10k labeled) ran
+    without a bar; in row ranges now, with the same picks."""
+    X = mixture(5000, 8, 20, seed=9)
+    labeled = np.arange(0, 5000, 7)
+    a = fastal.kcenter(X, 30, labeled=labeled, progress=True)
+    assert f"distances to {labeled.size} labeled rows" in capsys.readouterr().err
+    b = fastal.kcenter(X, 30, labeled=labeled)
+    assert_array_equal(a.indices, b.indices)
+    assert_array_equal(a.radius, b.radius)
+
+
 # ---------------------------------------------------------------------------------------------
 # invariants
 

@@ -405,15 +405,24 @@ _INTERRUPT_WORK = 1 << 30
 _INTERRUPT_PAIRS = 1 << 34
 
 
-def min_sqdist_cpu(pool: tuple, ypool: tuple, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+def min_sqdist_cpu(
+    pool: tuple, ypool: tuple, dtype: str, progress: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Squared distance of every row of a CPU pool (cpu_pool's tuple) to its nearest row of
-    ``ypool`` and that row's index, in calls over row ranges of bounded work."""
+    ``ypool`` and that row's index, in calls over row ranges of bounded work; ``progress``: the
+    description of a progress bar over the rows (none when None)."""
     n, m = pool[0].shape[0], ypool[0].shape[0]
     rows = max(1024, _INTERRUPT_PAIRS // max(1, m * (pool_work(pool) // max(n, 1))))
+    if progress is not None:  # about a hundred updates
+        rows = min(rows, max(1024, -(-n // 100)))
     kernel = getattr(_ext.cpu, f"min_sqdist_to_set_{dtype}")
     if rows >= n:
         return kernel(pool, ypool)
-    parts = [kernel(pool_rows(pool, slice(s, s + rows)), ypool) for s in range(0, n, rows)]
+    parts = []
+    with tqdm(total=n, disable=progress is None, desc=progress, unit="row") as bar:
+        for s in range(0, n, rows):
+            parts.append(kernel(pool_rows(pool, slice(s, s + rows)), ypool))
+            bar.update(min(rows, n - s))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -469,7 +478,9 @@ def _kcenter_cpu(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune:
     radius2 = np.empty(budget, dtype=acc)
     if lab.size:  # the labeled rows are the first centres; the farthest other row is picks[0]
         centres[: lab.size] = lab
-        mind[:], near[:] = min_sqdist_cpu(pool, pool_rows(pool, lab), kern)
+        # the labeled set's distances can take most of the time: a bar of their own
+        desc = f"distances to {lab.size} labeled rows" if progress else None
+        mind[:], near[:] = min_sqdist_cpu(pool, pool_rows(pool, lab), kern, progress=desc)
         mind[lab] = -np.inf
         far = int(np.argmax(mind))  # the lowest index on ties
         r0 = float(np.sqrt(max(mind[far], 0)))
