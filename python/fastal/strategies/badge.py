@@ -26,6 +26,7 @@ class BADGE(Strategy):
     ----------
     bias : bool, default False
         Include the bias gradient (``h`` extended by a 1). The paper uses the weights only.
+        It costs a copy of the features with that column (without it they are read in place).
     prune : bool, default True
         Skip the rows a new centre provably cannot bring closer (CPU; the draws do not change).
     progress : bool, default False
