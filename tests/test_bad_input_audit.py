@@ -333,11 +333,10 @@ def test_float64_overflow_advice_does_not_ask_for_float64():
 
 def test_cli_prints_library_warnings_as_one_line(tmp_path):
     np.save(tmp_path / "X.npy", RNG.normal(size=(40, 4)))
-    np.save(tmp_path / "L.npy", RNG.normal(size=(40, 3)))
-    res = _fastal(tmp_path, "select", "--strategy", "sparse_approx", "--logits", "L.npy",
-                  "--embeddings", "X.npy", "--budget", "3")  # fmt: skip
+    np.save(tmp_path / "lab.npy", np.arange(10))
+    np.save(tmp_path / "duals.npy", np.zeros(10))  # every dual 0: ALLY warns
+    res = _fastal(tmp_path, "select", "--strategy", "ally", "--embeddings", "X.npy", "--labeled",
+                  "lab.npy", "--duals", "duals.npy", "--budget", "3")  # fmt: skip
     assert res.returncode == 0, res.stderr
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastal: warning: SparseApprox: the label"), (
-        lines
-    )
+    assert len(lines) == 1 and lines[0].startswith("fastal: warning: ALLY: every dual"), lines

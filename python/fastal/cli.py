@@ -370,11 +370,15 @@ def cmd_select(args: argparse.Namespace) -> int:
             f"fastal: strategy {args.strategy!r} would ignore "
             f"{', '.join(options[a] for a in ignored)}: pass only the arrays it reads"
         )
-    for key in ("labeled_targets", "duals"):
+    gives = {
+        "labeled_targets": "the classes of the labeled rows",
+        "duals": "one value per labeled row",
+    }
+    for key, what in gives.items():
         if key in arrays and not len(labeled):
             raise SystemExit(
-                f"fastal: {_OPTION_OF[key]} gives one value per labeled row, in --labeled order, "
-                "but no labeled set was given: pass --labeled too"
+                f"fastal: {_OPTION_OF[key]} gives {what}, in --labeled order, but no labeled set "
+                "was given: pass --labeled too"
             )
     if (
         args.strategy == "sparse_approx"
