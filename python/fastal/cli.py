@@ -327,8 +327,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         arrays["features"] = X
         source = "scikit-learn digits (bundled)"
     else:
-        options = {key: option for key, option, _ in _POOL_ARRAYS}
-        source = ", ".join(f"{options[k]} {getattr(args, k)}" for k in arrays)
+        source = ", ".join(f"{_OPTION_OF[k]} {getattr(args, k)}" for k in arrays)
     if args.labeled is not None:  # the digits too: indices into its rows, in place of --n-labeled
         labeled = _load_npy(args.labeled, "--labeled")
         if labeled.ndim != 1:
@@ -464,7 +463,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         print(f"  rows read: {100 * diag['rows_read_fraction']:.1f}% of an unpruned run "
               f"(pruning {'on' if diag['pruned'] else 'off'})")  # fmt: skip
     if "greedy_radius" in diag and budget:  # robust k-center: its certificate
-        proof = "optimal" if diag["optimal"] else "not proven optimal: --time-limit reached"
+        proof = "proven optimal" if diag["optimal"] else "not proven optimal"
         print(f"  robust radius: {diag['radius']:.4f} with {len(diag['outliers'])} outlier(s) "
               f"left uncovered ({proof}); greedy: {diag['greedy_radius']:.4f}")  # fmt: skip
     if targets is not None and budget:
