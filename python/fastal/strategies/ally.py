@@ -22,9 +22,12 @@ class ALLY(Strategy):
     measures how much the optimal loss would move if that constraint were loosened. A dual
     regression head learns λ* from the labeled samples' embeddings and predicts it on the pool;
     the unlabeled rows' embeddings are clustered by k-means (fastal's :func:`~fastal.kmeans`,
-    ``k = budget`` by default, as in all the paper's experiments) and the points with the highest predicted λ are
-    taken from each cluster, an equal number per cluster (:func:`fastal.ally.pick_per_cluster`).
-    Works for classification (cross-entropy) and regression (MSE).
+    ``k = budget`` by default, as in all the paper's experiments) and the points with the
+    highest predicted λ are taken from each cluster, an equal number per cluster
+    (:func:`fastal.ally.pick_per_cluster`). When every predicted λ is the same (every dual 0:
+    ε above every labeled loss, which also warns) each cluster gives a seeded random member, the
+    paper's "similar to random sampling" (§5.4). Works for classification (cross-entropy) and
+    regression (MSE).
 
     The pool is a mapping with ``"features"`` (n, d) — the embeddings of every pool row, labeled
     ones included — and one of

@@ -145,7 +145,8 @@ def _expected_distance(p: Any, is_probs: bool, acc: Any) -> Any:
     others_sq = (others * others).sum(1, keepdim=True)
     # y = top: the others' squares and (1 - p_top)²; y ≠ top: all squares but p_y², and (1 - p_y)²
     to_top = (others_sq + rest * rest).sqrt()
-    to_other = ((others_sq - others * others + p_top * p_top).clamp_min(0) + (1 - others) ** 2).sqrt()
+    but_y = (others_sq - others * others + p_top * p_top).clamp_min(0)
+    to_other = (but_y + (1 - others) ** 2).sqrt()
     total = (others * to_other).sum(1) + (p_top * to_top).squeeze(1)
     return total.clamp_min(0).to(torch.float64)
 
