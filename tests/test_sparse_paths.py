@@ -1,10 +1,10 @@
 """The two implementations of the factored Φ products, and Sparse Approximation on a GPU.
 
 ``fastal.sparse.FactoredPhi`` runs its row-wise products (``apply``, ``adjoint``,
-``grad_apply``) in the C++ kernels when its factors are CPU float32/float64 tensors, and in torch
-row tiles otherwise (``_kernel is None``): that is the path of CUDA tensors, which the CPU suite
-never takes by itself. Here the torch path is forced on the CPU (the ``torch_path`` fixture clears
-``_kernel`` after every ``FactoredPhi.__init__``) and compared with the kernel path:
+``grad_apply``) in the C++ kernels when its factors are CPU tensors of the kernels' dtypes, and
+in torch row tiles otherwise (``_kernel is None``): that is the path of CUDA tensors, which the CPU
+suite never takes by itself. Here the torch path is forced on the CPU (the ``torch_path`` fixture sets
+``FactoredPhi._use_kernels`` to False) and compared with the kernel path:
 
 - the products themselves, over more than one row tile, for dense, sparse and zero ``u`` and for
   a subset of rows: within ``1e-12`` (float64) / ``2e-5`` (float32) of the same product taken
@@ -63,9 +63,9 @@ def torch_path(monkeypatch) -> list:
 
     def init(self, *args, **kwargs):
         real(self, *args, **kwargs)
-        self._kernel = None
         made.append(self)
 
+    monkeypatch.setattr(FactoredPhi, "_use_kernels", False)
     monkeypatch.setattr(FactoredPhi, "__init__", init)
     return made
 

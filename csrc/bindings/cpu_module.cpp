@@ -357,18 +357,35 @@ void register_topb(py::module_& m, const std::string& tag) {
         py::arg("exact") = false);
 }
 
-// The factored products of the Sparse Approximation solvers (see kernels.h).
-template <typename T>
+// The factored products of the Sparse Approximation solvers (see kernels.h). A is (n, C) in
+// Acc<S>; H holds the features as stored (S: float32, float64, or float16 / bfloat16 as uint16) and
+// is read through hrows (candidate j -> row hrows[j] of H; None: H has the n rows of A) with an
+// implicit trailing 1 when bias: the products have dh = H's width + bias columns.
+template <typename S>
 void register_factored_products(py::module_& m, const std::string& tag) {
+  using T = Acc<S>;
   struct Factors {
     const T* A;
-    const T* H;
+    HRows<S> H;
     int64_t n, C, dh;
   };
-  auto factors = [](const Buf<T>& A, const Buf<T>& H) {
-    FASTAL_REQUIRE(A.ndim() == 2 && H.ndim() == 2 && A.shape(0) == H.shape(0),
-                   "A (n, C) and H (n, dh) must be 2-D with the same number of rows");
-    return Factors{A.data(), H.data(), A.shape(0), A.shape(1), H.shape(1)};
+  auto factors = [](const Buf<T>& A, const In<S>& H, const std::optional<Buf<int64_t>>& hrows,
+                    bool bias) {
+    FASTAL_REQUIRE(A.ndim() == 2 && H.ndim() == 2, "A (n, C) and H (rows, d) must be 2-D");
+    const int64_t n = A.shape(0), rows_h = H.shape(0);
+    const int64_t* map = nullptr;
+    if (hrows) {
+      FASTAL_REQUIRE(hrows->ndim() == 1 && hrows->shape(0) == n, "hrows must have shape (", n,
+                     ",) like A's rows");
+      map = hrows->data();
+      for (int64_t k = 0; k < n; ++k)
+        FASTAL_REQUIRE(map[k] >= 0 && map[k] < rows_h, "hrows[", k, "] = ", map[k],
+                       " is out of range for H's ", rows_h, " rows");
+    } else {
+      FASTAL_REQUIRE(rows_h == n, "A (n, C) and H (n, d) must have the same number of rows");
+    }
+    const HRows<S> h{reinterpret_cast<const S*>(H.data()), map, H.shape(1), bias};
+    return Factors{A.data(), h, n, A.shape(1), h.dh()};
   };
   auto matrix = [](const Buf<double>& R, const Factors& f, const char* name) {
     FASTAL_REQUIRE(R.ndim() == 2 && R.shape(0) == f.C && R.shape(1) == f.dh, name,
@@ -391,40 +408,44 @@ void register_factored_products(py::module_& m, const std::string& tag) {
   };
 
   m.def(("factored_adjoint_" + tag).c_str(),
-        [=](const Buf<T>& A, const Buf<T>& H, const Buf<double>& R, double scale,
-            std::optional<Buf<int64_t>> rows) {
-          const Factors f = factors(A, H);
+        [=](const Buf<T>& A, const In<S>& H, const Buf<double>& R, double scale,
+            std::optional<Buf<int64_t>> rows, std::optional<Buf<int64_t>> hrows, bool bias) {
+          const Factors f = factors(A, H, hrows, bias);
           const double* r = matrix(R, f, "R");
           const auto [idx, count] = row_subset(rows, f.n);
           Buf<double> out(count);
           double* po = out.mutable_data();
           {
             py::gil_scoped_release nogil;
-            factored_adjoint(f.A, f.H, f.C, f.dh, r, scale, idx, count, po);
+            factored_adjoint(f.A, f.H, f.C, r, scale, idx, count, po);
           }
           return out;
         },
         py::arg("A").noconvert(), py::arg("H").noconvert(), py::arg("R").noconvert(),
-        py::arg("scale"), py::arg("rows") = py::none());
+        py::arg("scale"), py::arg("rows") = py::none(), py::arg("hrows") = py::none(),
+        py::arg("bias") = false);
 
   m.def(("factored_apply_" + tag).c_str(),
-        [=](const Buf<T>& A, const Buf<T>& H, const Buf<double>& u, double scale) {
-          const Factors f = factors(A, H);
+        [=](const Buf<T>& A, const In<S>& H, const Buf<double>& u, double scale,
+            std::optional<Buf<int64_t>> hrows, bool bias) {
+          const Factors f = factors(A, H, hrows, bias);
           const double* pu = vector(u, f.n, "u");
           Buf<double> M({f.C, f.dh});
           double* pm = M.mutable_data();
           {
             py::gil_scoped_release nogil;
-            factored_apply(f.A, f.H, f.n, f.C, f.dh, pu, scale, pm);
+            factored_apply(f.A, f.H, f.n, f.C, pu, scale, pm);
           }
           return M;
         },
-        py::arg("A").noconvert(), py::arg("H").noconvert(), py::arg("u").noconvert(), py::arg("scale"));
+        py::arg("A").noconvert(), py::arg("H").noconvert(), py::arg("u").noconvert(),
+        py::arg("scale"), py::arg("hrows") = py::none(), py::arg("bias") = false);
 
   m.def(("factored_grad_apply_" + tag).c_str(),
-        [=](const Buf<T>& A, const Buf<T>& H, const Buf<double>& R, double scale,
-            const Buf<double>& z, double beta, std::optional<Buf<int64_t>> rows) {
-          const Factors f = factors(A, H);
+        [=](const Buf<T>& A, const In<S>& H, const Buf<double>& R, double scale,
+            const Buf<double>& z, double beta, std::optional<Buf<int64_t>> rows,
+            std::optional<Buf<int64_t>> hrows, bool bias) {
+          const Factors f = factors(A, H, hrows, bias);
           const double* r = matrix(R, f, "R");
           const double* pz = vector(z, f.n, "z");
           const auto [idx, count] = row_subset(rows, f.n);
@@ -434,12 +455,13 @@ void register_factored_products(py::module_& m, const std::string& tag) {
           double* pm = M.mutable_data();
           {
             py::gil_scoped_release nogil;
-            factored_grad_apply(f.A, f.H, f.n, f.C, f.dh, r, scale, pz, beta, idx, count, pg, pm);
+            factored_grad_apply(f.A, f.H, f.n, f.C, r, scale, pz, beta, idx, count, pg, pm);
           }
           return py::make_tuple(g, M);
         },
         py::arg("A").noconvert(), py::arg("H").noconvert(), py::arg("R").noconvert(),
-        py::arg("scale"), py::arg("z").noconvert(), py::arg("beta"), py::arg("rows") = py::none());
+        py::arg("scale"), py::arg("z").noconvert(), py::arg("beta"), py::arg("rows") = py::none(),
+        py::arg("hrows") = py::none(), py::arg("bias") = false);
 }
 
 // One fused Lloyd iteration (X float32 / float64, or float16 / bfloat16 as uint16 with float32
@@ -648,6 +670,8 @@ PYBIND11_MODULE(_cpu, m) {
   register_topb<double>(m, "float64");
   register_factored_products<float>(m, "float32");
   register_factored_products<double>(m, "float64");
+  register_factored_products<Half>(m, "float16");
+  register_factored_products<BFloat16>(m, "bfloat16");
   register_lloyd<float>(m, "float32");
   register_lloyd<double>(m, "float64");
   register_lloyd<Half>(m, "float16");

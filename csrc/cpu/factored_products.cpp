@@ -1,5 +1,5 @@
 // Row-wise products with a factored matrix Φ whose column j is scale * a_j (x) h_j (Sparse
-// Approximation, eq. 14): the adjoint (Φᵀ R)_j = scale * a_jᵀ R h_j and the product
+// Approximation, eq. 14; h_j read through HRows: in place, mapped, widened, with a bias 1): the adjoint (Φᵀ R)_j = scale * a_jᵀ R h_j and the product
 // Φu = scale * Σ_j u_j a_j h_jᵀ, for a C x dh matrix R. One streaming pass over A and H, the C x dh
 // operands in L1; a GEMM library would either materialise n x dh temporaries or run its skinny
 // (N = C) case far below the bandwidth of the pass.
@@ -81,49 +81,64 @@ std::vector<Acc<T>> to_acc(const double* R, int64_t size) {
 }  // namespace
 
 #ifdef FASTAL_AVX2
-void adjoint_float(const float* A, const float* H, int64_t C, int64_t dh, const double* R,
-                   double scale, const int64_t* rows, int64_t m, double* out);
+template <typename S>
+void adjoint_float(const float* A, const HRows<S>& H, int64_t C, const double* R, double scale,
+                   const int64_t* rows, int64_t m, double* out);
 #endif
 
+// One buffer of dh values per thread, for the rows of H that cannot be read in place.
 template <typename T>
-void factored_adjoint(const T* A, const T* H, int64_t C, int64_t dh, const double* R, double scale,
+std::vector<std::vector<T>> row_buffers(int64_t dh) {
+  return std::vector<std::vector<T>>(static_cast<size_t>(omp_get_max_threads()),
+                                     std::vector<T>(static_cast<size_t>(dh)));
+}
+
+template <typename S>
+void factored_adjoint(const Acc<S>* A, const HRows<S>& H, int64_t C, const double* R, double scale,
                       const int64_t* rows, int64_t m, double* out) {
+  using T = Acc<S>;
 #ifdef FASTAL_AVX2
   if constexpr (std::is_same_v<T, float>) {
-    adjoint_float(A, H, C, dh, R, scale, rows, m, out);
+    adjoint_float(A, H, C, R, scale, rows, m, out);
     return;
   }
 #endif
+  const int64_t dh = H.dh();
   const auto Ra = to_acc<T>(R, C * dh);
 #pragma omp parallel if (m * C * dh > (int64_t{1} << 16))
   {
-    std::vector<Acc<T>> t(static_cast<size_t>(C));
+    std::vector<T> t(static_cast<size_t>(C)), buf(static_cast<size_t>(dh));
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < m; ++k) {
       const int64_t j = rows ? rows[k] : k;
-      r_times_h(Ra.data(), C, dh, H + j * dh, t.data());
-      out[k] = scale * static_cast<double>(a_dot(A + j * C, t.data(), C));
+      r_times_h<T>(Ra.data(), C, dh, H.row(j, buf.data()), t.data());
+      out[k] = scale * static_cast<double>(a_dot<T>(A + j * C, t.data(), C));
     }
   }
 }
 
 #ifdef FASTAL_AVX2
-void apply_float(const float* A, const float* H, int64_t n, int64_t C, int64_t dh, const double* u,
+template <typename S>
+void apply_float(const float* A, const HRows<S>& H, int64_t n, int64_t C, const double* u,
                  double scale, double* M);
 #endif
 
-template <typename T>
-void factored_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, const double* u,
+template <typename S>
+void factored_apply(const Acc<S>* A, const HRows<S>& H, int64_t n, int64_t C, const double* u,
                     double scale, double* M) {
+  using T = Acc<S>;
 #ifdef FASTAL_AVX2
   if constexpr (std::is_same_v<T, float>) {
-    apply_float(A, H, n, C, dh, u, scale, M);
+    apply_float(A, H, n, C, u, scale, M);
     return;
   }
 #endif
-  accumulate_rows<T>(n, C, dh, M, [&](int64_t i, Acc<T>* local) {
+  const int64_t dh = H.dh();
+  auto bufs = row_buffers<T>(dh);
+  accumulate_rows<T>(n, C, dh, M, [&](int64_t i, T* local) {
     if (u[i] == 0) return false;
-    rank_one(local, A + i * C, H + i * dh, C, dh, static_cast<Acc<T>>(u[i]));
+    const T* h = H.row(i, bufs[static_cast<size_t>(omp_get_thread_num())].data());
+    rank_one<T>(local, A + i * C, h, C, dh, static_cast<T>(u[i]));
     return true;
   });
   for (int64_t e = 0; e < C * dh; ++e) M[e] *= scale;
@@ -247,38 +262,41 @@ void block_rank_update(float* M, int64_t C, int64_t dh, const float* H, int64_t 
 }
 
 // M_c = scale * Σ_k coef[k][c] h_{j_k} over the m rows j_k = rows_at[k] (j_k = k when rows_at is
-// nullptr), in blocks of kBlockRows; with rows_at, each block is gathered into thread-local copies
-// (in cache) so that the blocked loops see contiguous rows.
+// nullptr), in blocks of kBlockRows; with rows_at, or when H's rows cannot be read in place (mapped,
+// 16-bit or with the bias column), each block is gathered into thread-local copies (in cache) so
+// that the blocked loops see contiguous float rows.
 // fill(k0, rows, Ab, Hb, coef, scratch) writes the block's coefficients coef (rows x C); scratch
 // holds kBlockRows x C floats of its own. Per-thread float32 sums are flushed to float64 every
 // 256 rows.
-template <typename Fill>
-void blocked_rank_updates(const float* A, const float* H, int64_t C, int64_t dh,
-                          const int64_t* rows_at, int64_t m, double scale, double* M, Fill&& fill) {
-  const int64_t size = C * dh;
+template <typename S, typename Fill>
+void blocked_rank_updates(const float* A, const HRows<S>& H, int64_t C, const int64_t* rows_at,
+                          int64_t m, double scale, double* M, Fill&& fill) {
+  const int64_t dh = H.dh(), size = C * dh;
   const int threads = m * size > (int64_t{1} << 16) ? omp_get_max_threads() : 1;
   std::vector<double> totals(static_cast<size_t>(threads * size), 0.0);
 #pragma omp parallel num_threads(threads)
   {
     std::vector<float> local(static_cast<size_t>(size), 0.f), scratch(kBlockRows * C),
         coef(kBlockRows * C);
-    std::vector<float> hb(rows_at ? kBlockRows * dh : 0), ab(rows_at ? kBlockRows * C : 0);
+    std::vector<float> hb(kBlockRows * dh), ab(rows_at ? kBlockRows * C : 0);
     double* total = totals.data() + static_cast<int64_t>(omp_get_thread_num()) * size;
     const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
     int64_t since_flush = 0;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t k0 = b * kBlockRows, rows = std::min(m, k0 + kBlockRows) - k0;
-      const float* Hb = H + k0 * dh;
+      const float* Hb = rows_at ? nullptr : H.template direct<float>(k0);
       const float* Ab = A + k0 * C;
       if (rows_at) {
         for (int64_t q = 0; q < rows; ++q) {
           const int64_t i = rows_at[k0 + q];
-          std::copy(H + i * dh, H + (i + 1) * dh, hb.begin() + q * dh);
           std::copy(A + i * C, A + (i + 1) * C, ab.begin() + q * C);
         }
-        Hb = hb.data();
         Ab = ab.data();
+      }
+      if (!Hb) {
+        for (int64_t q = 0; q < rows; ++q) H.load(rows_at ? rows_at[k0 + q] : k0 + q, hb.data() + q * dh);
+        Hb = hb.data();
       }
       fill(k0, rows, Ab, Hb, coef.data(), scratch.data());
       block_rank_update<BlockLanes>(local.data(), C, dh, Hb, rows, coef.data());
@@ -296,11 +314,13 @@ void blocked_rank_updates(const float* A, const float* H, int64_t C, int64_t dh,
 }
 
 // factored_grad_apply for float32: g on the rows (all, or rows_at), and M from those g.
-void grad_apply_float(const float* A, const float* H, int64_t C, int64_t dh, const double* R,
-                      double scale, const double* z, double beta, const int64_t* rows_at,
-                      int64_t m, double* g, double* M) {
+template <typename S>
+void grad_apply_float(const float* A, const HRows<S>& H, int64_t C, const double* R, double scale,
+                      const double* z, double beta, const int64_t* rows_at, int64_t m, double* g,
+                      double* M) {
+  const int64_t dh = H.dh();
   const std::vector<float> Rf(R, R + C * dh);
-  blocked_rank_updates(A, H, C, dh, rows_at, m, scale, M,
+  blocked_rank_updates(A, H, C, rows_at, m, scale, M,
                        [&](int64_t k0, int64_t rows, const float* Ab, const float* Hb,
                            float* coef, float* t) {
                          block_r_times_h<BlockLanes>(Rf.data(), C, dh, Hb, rows, t);
@@ -318,21 +338,22 @@ void grad_apply_float(const float* A, const float* H, int64_t C, int64_t dh, con
 }
 
 // factored_adjoint for float32: t = R h in register tiles over blocks of rows (gathered into a
-// thread-local copy when rows is given).
-void adjoint_float(const float* A, const float* H, int64_t C, int64_t dh, const double* R,
-                   double scale, const int64_t* rows, int64_t m, double* out) {
+// thread-local copy when rows is given or H's rows cannot be read in place).
+template <typename S>
+void adjoint_float(const float* A, const HRows<S>& H, int64_t C, const double* R, double scale,
+                   const int64_t* rows, int64_t m, double* out) {
+  const int64_t dh = H.dh();
   const std::vector<float> Rf(R, R + C * dh);
   const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
 #pragma omp parallel if (m * C * dh > (int64_t{1} << 16))
   {
-    std::vector<float> t(kBlockRows * C), hb(rows ? kBlockRows * dh : 0);
+    std::vector<float> t(kBlockRows * C), hb(kBlockRows * dh);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t k0 = b * kBlockRows, count = std::min(m, k0 + kBlockRows) - k0;
-      const float* Hb = H + k0 * dh;
-      if (rows) {
-        for (int64_t q = 0; q < count; ++q)
-          std::copy(H + rows[k0 + q] * dh, H + (rows[k0 + q] + 1) * dh, hb.begin() + q * dh);
+      const float* Hb = rows ? nullptr : H.template direct<float>(k0);
+      if (!Hb) {
+        for (int64_t q = 0; q < count; ++q) H.load(rows ? rows[k0 + q] : k0 + q, hb.data() + q * dh);
         Hb = hb.data();
       }
       block_r_times_h<BlockLanes>(Rf.data(), C, dh, Hb, count, t.data());
@@ -347,13 +368,14 @@ void adjoint_float(const float* A, const float* H, int64_t C, int64_t dh, const 
 }
 
 // factored_apply for float32: the rows with u_j != 0, gathered into blocks.
-void apply_float(const float* A, const float* H, int64_t n, int64_t C, int64_t dh, const double* u,
+template <typename S>
+void apply_float(const float* A, const HRows<S>& H, int64_t n, int64_t C, const double* u,
                  double scale, double* M) {
   std::vector<int64_t> nonzero;
   for (int64_t i = 0; i < n; ++i)
     if (u[i] != 0) nonzero.push_back(i);
   const int64_t* at = nonzero.data();
-  blocked_rank_updates(A, H, C, dh, at, static_cast<int64_t>(nonzero.size()), scale, M,
+  blocked_rank_updates(A, H, C, at, static_cast<int64_t>(nonzero.size()), scale, M,
                        [&](int64_t k0, int64_t rows, const float* Ab, const float*, float* coef,
                            float*) {
                          for (int64_t q = 0; q < rows; ++q) {
@@ -364,44 +386,50 @@ void apply_float(const float* A, const float* H, int64_t n, int64_t C, int64_t d
 }
 #endif
 
-template <typename T>
-void factored_grad_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, const double* R,
+template <typename S>
+void factored_grad_apply(const Acc<S>* A, const HRows<S>& H, int64_t n, int64_t C, const double* R,
                          double scale, const double* z, double beta, const int64_t* rows,
                          int64_t m, double* g, double* M) {
+  using T = Acc<S>;
   if (!rows) m = n;
 #ifdef FASTAL_AVX2
   if constexpr (std::is_same_v<T, float>) {
-    grad_apply_float(A, H, C, dh, R, scale, z, beta, rows, m, g, M);
+    grad_apply_float(A, H, C, R, scale, z, beta, rows, m, g, M);
     return;
   }
 #endif
+  const int64_t dh = H.dh();
   const auto Ra = to_acc<T>(R, C * dh);
   const int threads = omp_get_max_threads();
-  std::vector<std::vector<Acc<T>>> scratch(static_cast<size_t>(threads), std::vector<Acc<T>>(C));
-  accumulate_rows<T>(m, C, dh, M, [&](int64_t k, Acc<T>* local) {
-    Acc<T>* t = scratch[static_cast<size_t>(omp_get_thread_num())].data();
+  std::vector<std::vector<T>> scratch(static_cast<size_t>(threads), std::vector<T>(C));
+  auto bufs = row_buffers<T>(dh);
+  accumulate_rows<T>(m, C, dh, M, [&](int64_t k, T* local) {
+    const auto thread = static_cast<size_t>(omp_get_thread_num());
+    T* t = scratch[thread].data();
     const int64_t i = rows ? rows[k] : k;
     const T* a = A + i * C;
-    const T* h = H + i * dh;
-    r_times_h(Ra.data(), C, dh, h, t);
-    const double gi = 2 * scale * static_cast<double>(a_dot(a, t, C)) + 2 * beta * (z[i] - 1);
+    const T* h = H.row(i, bufs[thread].data());
+    r_times_h<T>(Ra.data(), C, dh, h, t);
+    const double gi = 2 * scale * static_cast<double>(a_dot<T>(a, t, C)) + 2 * beta * (z[i] - 1);
     g[k] = gi;
-    rank_one(local, a, h, C, dh, static_cast<Acc<T>>(gi));
+    rank_one<T>(local, a, h, C, dh, static_cast<T>(gi));
     return true;
   });
   for (int64_t e = 0; e < C * dh; ++e) M[e] *= scale;
 }
 
-#define FASTAL_INSTANTIATE(T)                                                                     \
-  template void factored_adjoint<T>(const T*, const T*, int64_t, int64_t, const double*, double,  \
-                                    const int64_t*, int64_t, double*);                            \
-  template void factored_apply<T>(const T*, const T*, int64_t, int64_t, int64_t, const double*,   \
-                                  double, double*);                                              \
-  template void factored_grad_apply<T>(const T*, const T*, int64_t, int64_t, int64_t,             \
-                                       const double*, double, const double*, double,             \
+#define FASTAL_INSTANTIATE(S)                                                                      \
+  template void factored_adjoint<S>(const Acc<S>*, const HRows<S>&, int64_t, const double*,        \
+                                    double, const int64_t*, int64_t, double*);                     \
+  template void factored_apply<S>(const Acc<S>*, const HRows<S>&, int64_t, int64_t, const double*, \
+                                  double, double*);                                               \
+  template void factored_grad_apply<S>(const Acc<S>*, const HRows<S>&, int64_t, int64_t,           \
+                                       const double*, double, const double*, double,              \
                                        const int64_t*, int64_t, double*, double*);
 FASTAL_INSTANTIATE(float)
 FASTAL_INSTANTIATE(double)
+FASTAL_INSTANTIATE(Half)
+FASTAL_INSTANTIATE(BFloat16)
 #undef FASTAL_INSTANTIATE
 
 }  // namespace fastal::cpu

@@ -2,7 +2,9 @@
 // (cpu/rows.h): DenseRows<T> or FactoredRows<T> with T one of float, double, Half, BFloat16;
 // distances are squared and accumulated in Acc<T>.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/rows.h"
@@ -48,22 +50,61 @@ template <typename T>
 void iht_threshold(const T* s, const T* sigma, int64_t n, int64_t b, double alpha, IhtRule rule,
                    int64_t* support, T* w);
 
-// Products with a factored Φ (column j = scale * a_j (x) h_j; A n x C, H n x dh row-major,
-// T = float or double; R, M are C x dh float64):
+// The H factor of a factored Φ as the products read it: candidate j's row is row map[j] of H
+// (map == nullptr: row j), d values stored as S and widened to Acc<S>, then an implicit trailing 1
+// when bias (the bias gradient's column, never stored): dh() = d + bias. So a pool's features serve
+// as H in place, whatever rows are labeled and whatever their 16-bit storage.
+template <typename S>
+struct HRows {
+  const S* H;
+  const int64_t* map;
+  int64_t d;
+  bool bias;
+
+  int64_t dh() const { return d + (bias ? 1 : 0); }
+  // Candidate j's row where it can be read in place as T, else nullptr.
+  template <typename T>
+  const T* direct(int64_t j) const {
+    if constexpr (std::is_same_v<S, T>)
+      return map || bias ? nullptr : H + j * d;
+    else
+      return nullptr;
+  }
+  // Candidate j's dh values written to out as T.
+  template <typename T>
+  void load(int64_t j, T* out) const {
+    const S* h = H + (map ? map[j] : j) * d;
+    if constexpr (std::is_same_v<S, T>)
+      std::copy(h, h + d, out);
+    else
+      widened<T>(h, d, out);
+    if (bias) out[d] = T(1);
+  }
+  // Candidate j's row as T: in place, or loaded into buf (dh values).
+  template <typename T>
+  const T* row(int64_t j, T* buf) const {
+    if (const T* p = direct<T>(j)) return p;
+    load(j, buf);
+    return buf;
+  }
+};
+
+// Products with a factored Φ (column j = scale * a_j (x) h_j; A n x C row-major in Acc<S>, H as
+// above; R, M are C x dh float64):
 //   factored_adjoint:    out[k] = scale * a_jᵀ R h_j for j = rows[k] (rows == nullptr: j = k < m)
 //   factored_apply:      M = scale * Σ_j u_j a_j h_jᵀ (rows with u_j = 0 skipped)
 //   factored_grad_apply: g_j = 2 scale a_jᵀ R h_j + 2 beta (z_j - 1) and M = scale * Σ_j g_j a_j h_jᵀ,
 //                        in one pass (the IHT gradient step and its line search); over every
 //                        row (rows == nullptr, g of length n) or over j = rows[k], k < m (g[k];
 //                        De-bias).
-template <typename T>
-void factored_adjoint(const T* A, const T* H, int64_t C, int64_t dh, const double* R, double scale,
+template <typename S>
+void factored_adjoint(const Acc<S>* A, const HRows<S>& H, int64_t C, const double* R, double scale,
                       const int64_t* rows, int64_t m, double* out);
-template <typename T>
-void factored_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, const double* u,
+template <typename S>
+void factored_apply(const Acc<S>* A, const HRows<S>& H, int64_t n, int64_t C, const double* u,
                     double scale, double* M);
-template <typename T>
-void factored_grad_apply(const T* A, const T* H, int64_t n, int64_t C, int64_t dh, const double* R,
+template <typename S>
+void factored_grad_apply(const Acc<S>* A, const HRows<S>& H, int64_t n, int64_t C, const double* R,
                          double scale, const double* z, double beta, const int64_t* rows,
                          int64_t m, double* g, double* M);
 

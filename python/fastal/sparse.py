@@ -218,30 +218,71 @@ class FactoredPhi:
     when they are few); ``adjoint(R)`` is ``(Φᵀ R)_j = (1/b) a_jᵀ R h_j`` for all j (or the given
     rows), computed in row tiles as ``rowsum(A ⊙ (H Rᵀ))``: no n × C·dh or n × dh intermediate.
     ``grad_apply`` fuses the gradient of ``f1`` with ``Φ`` applied to it in one pass over the tiles.
+
+    ``H`` may be the pool's features as they are: ``h_j`` is row ``hrows[j]`` of ``H`` (row j when
+    ``hrows`` is None), in A's dtype, followed by a 1 when ``bias`` (the bias gradient's column). On
+    the CPU the C++ kernels read those rows in place (float32, float16 or bfloat16 H for a float32
+    A; float64 for float64), so the unlabeled rows are never copied, widened or extended; otherwise
+    they are gathered into one tensor here.
     """
 
     _TILE = 1 << 14
+    _use_kernels = True  # False: the torch tiles everywhere (tests compare the two paths)
+    #: (A's dtype, H's dtype) -> the C++ kernels' tag
+    _KERNEL_TAGS = {
+        ("float32", "float32"): "float32",
+        ("float32", "float16"): "float16",
+        ("float32", "bfloat16"): "bfloat16",
+        ("float64", "float64"): "float64",
+    }
 
-    def __init__(self, A: Any, H: Any, b: int) -> None:
-        self.A, self.H, self.scale = A.contiguous(), H.contiguous(), 1.0 / b
+    def __init__(self, A: Any, H: Any, b: int, *, hrows: Any = None, bias: bool = False) -> None:
+        import torch
+
+        self.A, self.scale = A.contiguous(), 1.0 / b
         self.n = A.shape[0]
+        H = H.detach().resolve_neg()  # the kernels read memory, not a lazy negation
+        rows_h = H.shape[0] if hrows is None else hrows.numel()
+        if rows_h != self.n or A.device != H.device:
+            raise ValueError(
+                f"H must give {self.n} rows on {A.device} like A, got {rows_h} on {H.device}"
+            )
+        dtypes = (str(A.dtype).removeprefix("torch."), str(H.dtype).removeprefix("torch."))
+        tag = self._KERNEL_TAGS.get(dtypes)
         # on the CPU the row-wise products run in the C++ kernels (one pass, no temporaries)
         self._kernel = None
-        if A.device.type == "cpu" and A.dtype == H.dtype and str(A.dtype) in ("torch.float32", "torch.float64"):
-            tag = str(A.dtype).removeprefix("torch.")
-            self._kernel = {op: getattr(_ext.cpu, f"factored_{op}_{tag}") for op in ("adjoint", "apply", "grad_apply")}
-            self._an, self._hn = self.A.numpy(), self.H.numpy()
+        if A.device.type == "cpu" and tag is not None and self._use_kernels:
+            ops = ("adjoint", "apply", "grad_apply")
+            self._kernel = {op: getattr(_ext.cpu, f"factored_{op}_{tag}") for op in ops}
+            self.H = H.contiguous()
+            self._an = self.A.numpy()
+            self._hn = _interop.host_storage(self.H, _interop.describe(self.H, "H"))
+            self._rows = {
+                "hrows": None if hrows is None else hrows.to(torch.int64).contiguous().numpy(),
+                "bias": bool(bias),
+            }
+        else:
+            if hrows is not None:
+                H = H[hrows.to(H.device)]
+            H = H.to(A.dtype)
+            if bias:
+                H = torch.cat([H, torch.ones((H.shape[0], 1), dtype=H.dtype, device=H.device)], 1)
+            self.H = H.contiguous()
+        self.dh = H.shape[1] + (1 if bias and self._kernel is not None else 0)
 
     def apply(self, u: Any) -> Any:
         import torch
 
         if self._kernel is not None:  # skips the zero entries of u itself
-            return torch.from_numpy(self._kernel["apply"](self._an, self._hn, u.contiguous().numpy(), self.scale))
+            M = self._kernel["apply"](
+                self._an, self._hn, u.contiguous().numpy(), self.scale, **self._rows
+            )
+            return torch.from_numpy(M)
         nz = torch.nonzero(u).flatten()
         if nz.numel() * 4 < self.n:  # sparse: only the selected columns
             a, h, uu = self.A[nz], self.H[nz], u[nz]
             return self.scale * ((a.to(torch.float64) * uu[:, None]).T @ h.to(torch.float64))
-        out = torch.zeros((self.A.shape[1], self.H.shape[1]), dtype=torch.float64, device=u.device)
+        out = torch.zeros((self.A.shape[1], self.dh), dtype=torch.float64, device=u.device)
         for s in range(0, self.n, self._TILE):
             a, h = self.A[s : s + self._TILE], self.H[s : s + self._TILE]
             uu = u[s : s + self._TILE].to(h.dtype)
@@ -253,7 +294,10 @@ class FactoredPhi:
 
         if self._kernel is not None:
             rows_np = None if rows is None else rows.to(torch.int64).contiguous().numpy()
-            return torch.from_numpy(self._kernel["adjoint"](self._an, self._hn, R.contiguous().numpy(), self.scale, rows_np))
+            out = self._kernel["adjoint"](
+                self._an, self._hn, R.contiguous().numpy(), self.scale, rows_np, **self._rows
+            )
+            return torch.from_numpy(out)
         Rc = R.to(self.H.dtype)
         if rows is not None:
             a, h = self.A[rows], self.H[rows]
@@ -273,7 +317,7 @@ class FactoredPhi:
             rows_np = None if rows is None else rows.to(torch.int64).contiguous().numpy()
             g, M = self._kernel["grad_apply"](
                 self._an, self._hn, R.contiguous().numpy(), self.scale, z.contiguous().numpy(),
-                beta, rows_np,
+                beta, rows_np, **self._rows,
             )  # fmt: skip
             return torch.from_numpy(g), torch.from_numpy(M)
         if rows is not None:
@@ -284,7 +328,7 @@ class FactoredPhi:
             M = (a.to(torch.float64) * g[:, None]).T @ h.to(torch.float64)
             return g, self.scale * M
         g = torch.empty(self.n, dtype=torch.float64, device=R.device)
-        out = torch.zeros((self.A.shape[1], self.H.shape[1]), dtype=torch.float64, device=R.device)
+        out = torch.zeros((self.A.shape[1], self.dh), dtype=torch.float64, device=R.device)
         Rc = R.to(self.H.dtype)
         for s in range(0, self.n, self._TILE):
             a, h = self.A[s : s + self._TILE], self.H[s : s + self._TILE]

@@ -107,7 +107,10 @@ class SparseApprox(Strategy):
     ``"features"`` for the non-Bayesian form; ``"mc_probs"`` (m, n, C), or ``"losses"`` (m, n, C)
     with ``"probs"`` as ``P``, for the Bayesian form (m >= 2 samples: the losses are centred over
     them). Selected indices are exactly ``budget`` pool
-    indices (see :mod:`fastal.sparse` for how a weight clamped to 0 is handled). The Bayesian
+    indices (see :mod:`fastal.sparse` for how a weight clamped to 0 is handled). On the CPU the
+    non-Bayesian form reads ``"features"`` in place, float32, float16 or bfloat16 alike (widened
+    as read, the bias column implicit): beyond the inputs it holds O(n·C) values, never a copy of
+    the features, labeled rows or not. The Bayesian
     ``Φ`` follows eq. 19 (centred losses without the ``1/√m`` of eq. 13), which sets the balance
     of α and β against the ridge (see :mod:`fastal.sparse`). CUDA pools run the same float64
     solver, except that IHT's top-b step reads ``s`` and ``σ`` rounded to float32 (the CUDA
@@ -278,11 +281,9 @@ class SparseApprox(Strategy):
         z = as_torch(pool[key], zinfo)
         dev = z.device
         idx = idx.to(dev)
-        h = as_torch(pool["features"], finfo)
-        if idx.numel() < zinfo.shape[0]:  # with no labeled rows, H is used in place (never written)
-            h = h[idx]
-        h = h.to(acc)
-        h_norms = torch_row_norms_if_finite(h)
+        h = as_torch(pool["features"], finfo)  # used in place (never written): see FactoredPhi
+        hrows = idx if idx.numel() < zinfo.shape[0] else None
+        h_norms = _row_norms_if_finite(h, hrows, acc)
         n_u, C = idx.numel(), zinfo.shape[1]
         chunks = _row_chunks(n_u, C)
         # z is gathered (in its own dtype) and cast one chunk at a time; the checks are reduced over
@@ -342,10 +343,9 @@ class SparseApprox(Strategy):
                 stacklevel=3,
             )
         if self.bias:
-            h = torch.cat([h, torch.ones((h.shape[0], 1), dtype=h.dtype, device=dev)], 1)
             h_norms = torch.sqrt(h_norms * h_norms + 1)
         sigma = h_norms * dist / n_u
-        phi = FactoredPhi(A, h, b)
+        phi = FactoredPhi(A, h, b, hrows=hrows, bias=self.bias)
         v = phi.apply(torch.ones(n_u, dtype=torch.float64, device=dev)) * (b / n_u)
         return phi, v, sigma, T
 
@@ -400,6 +400,24 @@ def expected_distance(P: Any) -> Any:
 #: Rows per chunk in the problem builders: about this many float64 values (2 MiB) per (m, rows, C)
 #: or (rows, C) block, so that their temporaries stay a few blocks whatever the pool size.
 _CHUNK_VALUES = 1 << 18
+
+
+def _row_norms_if_finite(h: Any, hrows: Any, acc: Any) -> Any:
+    """Float64 norms of the rows ``h[hrows]`` (all rows when None) in ``acc``, or None when one is
+    not finite; gathered and widened about 4M values at a time, so that no copy of the pool's
+    features is made."""
+    import torch
+
+    n = h.shape[0] if hrows is None else hrows.numel()
+    step = max(1, (1 << 22) // max(h.shape[1], 1))
+    out = torch.empty(n, dtype=torch.float64, device=h.device)
+    for s in range(0, n, step):
+        rows = h[s : s + step] if hrows is None else h[hrows[s : s + step]]
+        norms = torch_row_norms_if_finite(rows.to(acc))
+        if norms is None:
+            return None
+        out[s : s + step] = norms
+    return out
 
 
 def _row_chunks(n: int, C: int, m: int = 1) -> list[tuple[int, int]]:
