@@ -25,6 +25,21 @@ def test_default_run_on_bundled_digits(capsys):
     assert "time:" in out  # the issue asks for radius before / after and the time
 
 
+def test_rows_read_line_explains_a_share_above_100_percent(capsys):
+    """On the digits the pruned run reads the centre-to-centre distances too and skips little:
+    more than an unpruned run, which the line must explain; with budget 0 nothing was read."""
+    assert cli.main([]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "rows read" in ln]
+    assert len(lines) == 1
+    share = float(lines[0].split("rows read: ")[1].split("%")[0])
+    assert share > 100
+    assert "centre-to-centre reads outweighed the rows it skipped" in lines[0]
+    assert cli.main(["select", "--no-prune"]) == 0
+    assert "rows read: 100.0% of an unpruned run (pruning off)\n" in capsys.readouterr().out
+    assert cli.main(["select", "--budget", "0"]) == 0
+    assert "rows read" not in capsys.readouterr().out
+
+
 def test_select_writes_the_same_picks_as_the_api(tmp_path, capsys):
     X = np.random.default_rng(0).normal(size=(300, 6)).astype(np.float32)
     labeled = np.array([3, 17, 42], dtype=np.int64)
