@@ -720,6 +720,34 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("groups").noconvert(), py::arg("n"), py::arg("labeled_sorted").noconvert());
   register_gram<float>(m, "float32");
   register_gram<double>(m, "float64");
+  m.def(
+      "indexed_distances_float64",
+      [](const Buf<double>& X, const Buf<int64_t>& rows, const Buf<int64_t>& cols,
+         bool nearest_only) {
+        int64_t n, d;
+        const double* x = rows_of<double>(X, "X", &n, &d);
+        FASTAL_REQUIRE(rows.ndim() == 1 && cols.ndim() == 1, "rows and cols must be 1-D");
+        const int64_t nr = rows.shape(0), nc = cols.shape(0);
+        const int64_t* pr = rows.data();
+        const int64_t* pc = cols.data();
+        for (int64_t k = 0; k < nr; ++k)
+          FASTAL_REQUIRE(pr[k] >= 0 && pr[k] < n, "rows[", k, "] = ", pr[k],
+                         " is out of range for X with ", n, " rows");
+        for (int64_t k = 0; k < nc; ++k)
+          FASTAL_REQUIRE(pc[k] >= 0 && pc[k] < n, "cols[", k, "] = ", pc[k],
+                         " is out of range for X with ", n, " rows");
+        Buf<double> out = nearest_only ? Buf<double>(nr) : Buf<double>({nr, nc});
+        double* po = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          indexed_distances(x, d, pr, nr, pc, nc, nearest_only, po);
+        }
+        return out;
+      },
+      "Euclidean distances (float64) of rows X[rows] to X[cols]: (len(rows), len(cols)), or the "
+      "nearest one per row with nearest_only (inf without cols)",
+      py::arg("X").noconvert(), py::arg("rows").noconvert(), py::arg("cols").noconvert(),
+      py::arg("nearest_only") = false);
   m.def("parallel_sum", [](const Buf<float>& x) {
     const float* p = x.data();
     const int64_t n = x.size();

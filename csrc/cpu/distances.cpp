@@ -1,4 +1,5 @@
-// Min-distance-to-a-set, the finiteness scan and the bandwidth probe (CPU, OpenMP).
+// Min-distance-to-a-set, indexed float64 distances, the finiteness scan and the bandwidth probe
+// (CPU, OpenMP).
 #include <omp.h>
 
 #include <algorithm>
@@ -402,6 +403,36 @@ int64_t count_nonfinite_rows(const T* X, int64_t n, int64_t d, int64_t* first, d
   *first = count ? first_bad : -1;
   *spread = static_cast<double>(widest);
   return count;
+}
+
+void indexed_distances(const double* X, int64_t d, const int64_t* rows, int64_t nr,
+                       const int64_t* cols, int64_t nc, bool nearest_only, double* out) {
+  // Blocks of kRowsPerBlock rows against tiles of columns that fit in L2, each pair by direct
+  // differences (identical rows are exactly 0 apart, as with scipy's cdist).
+  const int64_t tile = std::max<int64_t>(1, kTileBytes / (d * int64_t(sizeof(double))));
+  const int64_t blocks = (nr + kRowsPerBlock - 1) / kRowsPerBlock;
+#pragma omp parallel for schedule(dynamic, 1) if (nr * nc * d > kSerialWork)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t r0 = b * kRowsPerBlock, r1 = std::min(nr, r0 + kRowsPerBlock);
+    if (nearest_only)
+      std::fill(out + r0, out + r1, std::numeric_limits<double>::infinity());
+    for (int64_t c0 = 0; c0 < nc; c0 += tile) {
+      const int64_t c1 = std::min(nc, c0 + tile);
+      for (int64_t r = r0; r < r1; ++r) {
+        const double* x = X + rows[r] * d;
+        if (nearest_only) {
+          double best = out[r];
+          for (int64_t c = c0; c < c1; ++c) best = std::min(best, sqdist(x, X + cols[c] * d, d));
+          out[r] = best;
+        } else {
+          for (int64_t c = c0; c < c1; ++c) out[r * nc + c] = sqdist(x, X + cols[c] * d, d);
+        }
+      }
+    }
+    const int64_t size = nearest_only ? r1 - r0 : (r1 - r0) * nc;
+    double* o = out + (nearest_only ? r0 : r0 * nc);
+    for (int64_t e = 0; e < size; ++e) o[e] = std::sqrt(o[e]);
+  }
 }
 
 double parallel_sum(const float* x, int64_t n) {

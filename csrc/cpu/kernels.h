@@ -108,6 +108,12 @@ void factored_grad_apply(const Acc<S>* A, const HRows<S>& H, int64_t n, int64_t 
                          double scale, const double* z, double beta, const int64_t* rows,
                          int64_t m, double* g, double* M);
 
+// Euclidean distances (float64, direct differences) between rows rows[r] and cols[c] of X (n x d):
+// out[r * nc + c], or with nearest_only out[r] = the smallest over c (+inf when nc = 0). The robust
+// k-center MIP's distance matrix and its distances to the labeled set, with no gathered copy.
+void indexed_distances(const double* X, int64_t d, const int64_t* rows, int64_t nr,
+                       const int64_t* cols, int64_t nc, bool nearest_only, double* out);
+
 // Sum of a float array with all threads: the read-bandwidth probe of the benchmarks.
 double parallel_sum(const float* x, int64_t n);
 

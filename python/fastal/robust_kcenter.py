@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _interop
+from . import _ext, _interop
 from ._validate import _number, check_budget, check_indices, check_matrix
 
 #: Default largest pool (unlabeled points, every one a candidate centre) that
@@ -31,8 +31,8 @@ MAX_POINTS = 2000
 _SLACK = 1e-9
 #: ``_milp``'s status when its deadline had passed before the solve (HiGHS statuses are >= 0)
 _SPENT = -1
-# Rows of the (unlabeled, labeled) distance block computed at once.
-_BLOCK = 1 << 22
+# Squared differences per distance-kernel call (about 0.1 s): Ctrl-C is taken between calls.
+_DISTANCE_WORK = 1 << 27
 
 
 @dataclass
@@ -135,7 +135,8 @@ def robust_kcenter(
     time_limit : float, optional
         Seconds for the MIP phase (reductions and solves) together (default: none). Each solve
         gets the time left when it starts, and none starts after it is spent; with a limit
-        HiGHS runs without its presolve, which does not stop at the limit. A solve that stops at the limit with a feasible point counts as feasible; one without, or
+        HiGHS runs without its presolve, which does not stop at the limit. A solve that stops at
+        the limit with a feasible point counts as feasible; one without, or
         a solver failure, is *undecided*: the bisection continues above that radius as if it
         were infeasible, and the result has ``optimal=False`` with the undecided radii in
         ``diagnostics["undecided"]``. When time runs out the best solution so far is returned.
@@ -336,12 +337,27 @@ def _outlier_count(outliers: Any, n: int, n_unlabeled: int) -> int:
     return int(np.floor(round(frac * n_unlabeled, 9)))
 
 
+def _indexed_distances(
+    Xh: np.ndarray, rows: np.ndarray, cols: np.ndarray, nearest_only: bool = False
+) -> np.ndarray:
+    """Distances of the rows ``Xh[rows]`` to ``Xh[cols]`` (``fastal._cpu.indexed_distances``:
+    float64 direct differences, all threads, no gathered copies), in calls of at most
+    ``_DISTANCE_WORK`` squared differences so that Ctrl-C is taken between them."""
+    kernel = _ext.cpu.indexed_distances_float64
+    rows, cols = (np.ascontiguousarray(a, dtype=np.int64) for a in (rows, cols))
+    per_call = max(1, _DISTANCE_WORK // max(1, cols.size * Xh.shape[1]))
+    if per_call >= rows.size:
+        return kernel(Xh, rows, cols, nearest_only)
+    starts = range(0, rows.size, per_call)
+    return np.concatenate([kernel(Xh, rows[s : s + per_call], cols, nearest_only) for s in starts])
+
+
 def _host_float64(X: Any, info: _interop.ArrayInfo) -> np.ndarray:
     """X as a C-contiguous float64 numpy array on the host (exact: every dtype embeds)."""
     if info.framework == "torch":
         import torch
 
-        return X.detach().to("cpu", torch.float64).numpy()
+        return np.ascontiguousarray(X.detach().to("cpu", torch.float64).numpy())
     return np.ascontiguousarray(_interop.host_numpy(X), dtype=np.float64)
 
 
@@ -361,15 +377,9 @@ class _Problem:
 
     @classmethod
     def build(cls, Xh: np.ndarray, unl: np.ndarray, elig: np.ndarray, lab: np.ndarray) -> _Problem:
-        from scipy.spatial.distance import cdist
-
         t0 = time.perf_counter()
-        XU = Xh[unl]
-        D = cdist(XU, Xh[elig]) if unl.size and elig.size else np.empty((unl.size, elig.size))
-        dlab = np.full(unl.size, np.inf)
-        step = max(1, _BLOCK // max(1, unl.size))
-        for s in range(0, lab.size, step):
-            np.minimum(dlab, cdist(XU, Xh[lab[s : s + step]]).min(axis=1), out=dlab)
+        D = _indexed_distances(Xh, unl, elig)
+        dlab = _indexed_distances(Xh, unl, lab, nearest_only=True)  # inf without labeled rows
         if not (np.isfinite(D).all() and (lab.size == 0 or np.isfinite(dlab).all())):
             raise ValueError("distances between rows of X overflow float64: scale X down")
         return cls(D, dlab, unl, elig, time.perf_counter() - t0)
