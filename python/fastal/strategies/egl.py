@@ -11,7 +11,7 @@ from .. import _interop
 from .._validate import check_bool, check_budget, check_matrix, check_same_place, make_rng
 from ..gradients import _probabilities, as_torch, from_torch
 from .base import LOGITS_KEY, Selection, Strategy, pool_field, register, unlabeled_rows
-from .uncertainty import _row_tiles
+from .uncertainty import _row_tiles, _top_rows
 
 #: feature values per row tile (4 MiB float32): the whole-pool finiteness mask and ``h * h`` were
 #: 1.7x the float32 features
@@ -119,10 +119,9 @@ class EGL(Strategy):
         spread = _spread if self.squared else _expected_distance
         for s, e in tiles:
             scores[s:e] *= spread(p_in[s:e], is_probs, acc)
-        cand = torch.from_numpy(rest).to(scores.device)
-        # stable sort of -score over ascending candidates: ties keep the lowest index first
-        order = torch.sort(-scores[cand], stable=True).indices[:budget]
-        indices = _interop.host_numpy(cand[order]).astype(np.int64)
+        # highest first, ties to the lowest index (a stable sort of -score over the ascending
+        # candidates), without sorting the whole pool
+        indices = _interop.host_numpy(_top_rows(scores, rest, budget)).astype(np.int64)
         return Selection(
             _interop.to_framework(indices, pinfo),
             {"scores": from_torch(scores, pinfo)},
