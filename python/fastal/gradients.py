@@ -17,6 +17,7 @@ temporaries of a million-row pool stay small.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -27,8 +28,10 @@ from . import _interop
 from ._interop import ArrayInfo
 from ._validate import check_matrix, check_same_place, host_values, prob_sum_tol
 
-#: rows per chunk of the elementwise passes (bounds temporaries to ~ chunk * C floats)
-_CHUNK = 1 << 15
+#: values per row chunk of the elementwise passes (8 MiB widened to float64): their temporaries
+#: are a few chunks, whatever the width (32768-row chunks were 1.1 GB of ``isfinite``
+#: temporaries at d = 4096)
+_CHUNK_VALUES = 1 << 20
 
 
 # fastal only reads through its torch views of the caller's numpy arrays, yet torch warns about
@@ -37,6 +40,19 @@ warnings.filterwarnings(
     "ignore", message="The given NumPy array is not writable", category=UserWarning,
     module=r"fastal\b",
 )  # fmt: skip
+
+
+def _row_chunks(n: int, width: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive row chunks covering ``range(n)``, each of about
+    ``_CHUNK_VALUES`` values of rows ``width`` wide and at least one row. A one-row last chunk
+    joins the one before (unless n is 1): torch's CPU sum of a single row of tens of thousands of
+    values splits it between threads, so its bits could differ from the same row's in a larger
+    chunk."""
+    rows = max(1, _CHUNK_VALUES // max(int(width), 1))
+    bounds = [*range(0, n, rows), n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:
+        del bounds[-2]
+    return list(itertools.pairwise(bounds))
 
 
 def _torch():
@@ -134,12 +150,12 @@ class GradientEmbedding:
         sq = at.new_empty(at.shape[0], dtype=acc)
         # the largest |A_i|², |H_i|² and |g_i|² (NaN when one overflowed): see _check_distances_fit
         peaks = torch.zeros(3, dtype=acc, device=at.device)
-        for s in range(0, at.shape[0], _CHUNK):
-            a, h = at[s : s + _CHUNK].to(acc), ht[s : s + _CHUNK].to(acc)
+        for s, e in _row_chunks(at.shape[0], max(at.shape[1], ht.shape[1])):
+            a, h = at[s:e].to(acc), ht[s:e].to(acc)
             asq, hsq = (a * a).sum(1), (h * h).sum(1)
-            sq[s : s + _CHUNK] = asq * hsq
+            sq[s:e] = asq * hsq
             if asq.numel():
-                chunk_peaks = torch.stack([asq.max(), hsq.max(), sq[s : s + _CHUNK].max()])
+                chunk_peaks = torch.stack([asq.max(), hsq.max(), sq[s:e].max()])
                 peaks = torch.maximum(peaks, chunk_peaks)  # propagates NaN
         self._sqnorm = sq
         self._peaks = peaks
@@ -149,9 +165,9 @@ class GradientEmbedding:
         """``max_i |g_i|_∞ = max_i |A_i|_∞ |H_i|_∞`` in float64 (no squares to underflow)."""
         torch = _torch()
         peak = 0.0
-        for s in range(0, self.n, _CHUNK):
-            a = self._a[s : s + _CHUNK].to(torch.float64).abs().amax(1)
-            h = self._h[s : s + _CHUNK].to(torch.float64).abs().amax(1)
+        for s, e in _row_chunks(self.n, max(self._a.shape[1], self._h.shape[1])):
+            a = self._a[s:e].to(torch.float64).abs().amax(1)
+            h = self._h[s:e].to(torch.float64).abs().amax(1)
             peak = max(peak, float((a * h).max()))
         return peak
 
@@ -287,11 +303,11 @@ def torch_row_norms_if_finite(t: Any) -> Any:
 
 
 def torch_isfinite_rows(t: Any) -> Any:
-    """Boolean (n,) tensor: row holds only finite values (chunked)."""
+    """Boolean (n,) tensor: row holds only finite values (in chunks of ``_CHUNK_VALUES``)."""
     torch = _torch()
     out = torch.empty(t.shape[0], dtype=torch.bool, device=t.device)
-    for s in range(0, t.shape[0], _CHUNK):
-        out[s : s + _CHUNK] = torch.isfinite(t[s : s + _CHUNK]).all(1)
+    for s, e in _row_chunks(t.shape[0], t.shape[1]):
+        out[s:e] = torch.isfinite(t[s:e]).all(1)
     return out
 
 
@@ -395,8 +411,8 @@ def _gradient_embedding(
     A = torch.empty((n, C), dtype=store, device=p_in.device)
     # without the bias column H is the features themselves: no copy of the largest array
     H = torch.empty((n, dh), dtype=store, device=p_in.device) if bias else h_in.contiguous()
-    for s in range(0, n, _CHUNK):
-        p = p_in[s : s + _CHUNK].to(acc)
+    for s, e in _row_chunks(n, C):  # p's temporaries are C wide; H's rows are copied as they are
+        p = p_in[s:e].to(acc)
         if not is_probs:
             p = torch.softmax(p, dim=1)
         if target is None:  # hypothetical label: argmax p, first maximum on ties
@@ -406,12 +422,12 @@ def _gradient_embedding(
         elif target.dtype == torch.int64:
             a = p.clone()
             rows = torch.arange(p.shape[0], device=p.device)
-            a[rows, target[s : s + _CHUNK]] -= 1
+            a[rows, target[s:e]] -= 1
         else:
-            a = p - target[s : s + _CHUNK].to(acc)
-        A[s : s + _CHUNK] = a.to(store)
+            a = p - target[s:e].to(acc)
+        A[s:e] = a.to(store)
         if bias:
-            H[s : s + _CHUNK, :-1] = h_in[s : s + _CHUNK]
+            H[s:e, :-1] = h_in[s:e]
     if bias:
         H[:, -1] = 1
     return GradientEmbedding._from_torch(A, H, finfo)
@@ -434,8 +450,8 @@ def _probabilities(
     storage = p.dtype if storage is None else storage
     tol = prob_sum_tol(storage)
     in_range, sums_ok = True, True
-    for s in range(0, p.shape[0], _CHUNK):
-        c = p[s : s + _CHUNK].to(acc)
+    for s, e in _row_chunks(p.shape[0], p.shape[1]):
+        c = p[s:e].to(acc)
         in_range &= bool(((c >= 0) & (c <= 1)).all())
         sums_ok &= bool(((c.sum(1) - 1).abs() <= tol).all())
     if kind == "probs":
