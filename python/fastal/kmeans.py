@@ -631,7 +631,8 @@ def kmeans(
     prune: bool = True,
     progress: bool = False,
 ) -> KMeansResult:
-    """k-means clustering: Lloyd iterations, or Sculley's mini-batch k-means for large pools.
+    """k-means clustering: Lloyd iterations (distance bounds on the CPU), or Sculley's mini-batch
+    k-means.
 
     Parameters
     ----------
@@ -654,6 +655,13 @@ def kmeans(
         the rows in batches; each batch is assigned and moves every centre to the running mean of
         the rows it has seen, ``c <- (v c + sum of its batch rows) / (v + m)``. Stops early like
         scikit-learn's ``MiniBatchKMeans``: 10 batches without a better smoothed batch inertia.
+        Not the faster choice on the CPU, large pools included: an epoch computes every row's
+        distance to every centre, as an unbounded Lloyd iteration does, plus a gather and an
+        update per batch, while the bounded iterations (``prune``) skip most distances (n = 1M,
+        d = 512, k = 1000, 2-core Zen 4, by hand: 2 epochs 114 s, 2 full-batch iterations 59 s;
+        10 bounded iterations 30 s on a quieter run). Nor does it need less memory than full
+        batch with ``prune=False``: both keep a few length-n work vectors beside ``X``. On CUDA,
+        where no bounds apply, an epoch and a Lloyd iteration compute the same distances.
     prune : bool, default True
         Lloyd iterations skip the rows whose nearest centre provably stays the same (Yinyang
         bounds, Ding et al. 2015); a row they cannot settle is measured against the centres of the
@@ -776,7 +784,9 @@ def _kmeans(
 
     converged, it = False, 0
     fused = _fused_lloyd(info, k)  # mini-batches assign through it too
-    xsq = _row_sqnorms(xt, acc) if fused is not None or _gemm_assign(info, k) else None
+    # |x|² of every row: only the fused steps read it (torch's GEMM tiles leave it out of the
+    # arg-min); mini-batches take their batch's, so there it waits for the final pass
+    xsq = _row_sqnorms(xt, acc) if fused is not None and minibatch is None else None
     bounded = (
         _BoundedLloyd(info, centres) if fused is not None and prune and minibatch is None else None
     )
@@ -819,6 +829,8 @@ def _kmeans(
                 fused,
             )  # fmt: skip
         if fused is not None:
+            if xsq is None:
+                xsq = _row_sqnorms(xt, acc)
             labels, dist2, _, _ = fused(xt, xsq, centres)
         else:
             labels, dist2 = _assign(xt, centres, info, xsq)

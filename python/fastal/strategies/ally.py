@@ -53,7 +53,9 @@ class ALLY(Strategy):
     kmeans_iter : int, default 100
         Lloyd iterations.
     kmeans_minibatch : int, optional
-        Mini-batch k-means with this batch size (for million-point pools).
+        Mini-batch k-means with this batch size. On the CPU the default full batch with bounds
+        is faster, million-point pools included (at 1M x 512, k = 1000: 52 s against 31 s for the
+        whole selection; see :func:`fastal.kmeans`'s ``minibatch``).
     prune : bool, default True
         Lloyd with distance bounds (:func:`fastal.kmeans`'s ``prune``; the clusters do not change).
 

@@ -26,7 +26,8 @@ class KMeansSampling(Strategy):
     max_iter : int, default 100
         Lloyd iterations (mini-batch: epochs).
     minibatch : int, optional
-        Batch size for mini-batch k-means on large pools.
+        Batch size of mini-batch k-means. On the CPU the default full batch with bounds is
+        faster, large pools included (see :func:`fastal.kmeans`'s ``minibatch``).
     prune : bool, default True
         Lloyd with distance bounds (:func:`fastal.kmeans`'s ``prune``; the fit does not change).
     progress : bool, default False
