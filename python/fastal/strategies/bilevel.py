@@ -61,7 +61,14 @@ class BilevelCoreset(Strategy):
         The pool key the kernel reads: the penultimate ``"features"``, or e.g. ``"inputs"`` (raw
         inputs, flattened to 2-D) that you add to the pool yourself.
     landmarks : int, default 2000
-        m, the paper's value; capped by the number of rows.
+        m, the paper's value; capped by the number of rows. The features ``Z`` are n × rank
+        float32 (float64 for float64 inputs) with rank ≤ m (≤ d + 1 for ``"ntk_last_layer"``):
+        with ``"relu_ntk"`` and 2000 landmarks, 8 kB per row, four times float32 features of
+        width 512. Before computing them, ``select`` estimates ``Z`` plus the pool pass's
+        ``A`` (n × C) and raises a ``ValueError`` naming ``landmarks`` when that exceeds the
+        memory available on the device (psutil's ``available``, else Linux's ``MemAvailable``;
+        the CUDA driver's free memory plus PyTorch's unused cache), rather than being killed
+        for lack of memory or swapping halfway through.
     reg : float, default 1e-4
         λ of eq. 3 (the paper's value).
     cg_steps : int, default 30
@@ -73,7 +80,12 @@ class BilevelCoreset(Strategy):
         Share of the batch drawn uniformly at random (the paper's practice, §3).
     per_step : int, default 1
         Picks per outer greedy step. ``1`` is the paper's algorithm; larger values (a departure,
-        for large budgets) add the top ``per_step`` scores per step.
+        for large budgets) add the top ``per_step`` scores per step. Each step passes twice over
+        ``Z`` (linear in n) and re-solves the inner problem (Newton: at most 100 iterations of at
+        most 250 CG steps, growing with |labeled| + picks, not with n), and nothing bounds the
+        total time: on a 2-core CPU, a budget of 1000 with ``per_step=1`` at n = 10⁶ took an
+        estimated 20–60 minutes. For pools of 10⁵ rows and more pass about ``budget / 100``
+        (see :func:`fastal.bilevel.bilevel_select`, "Cost, and large pools").
     solver : {"auto", "newton", "adam"}, default "auto"
         Inner solver: full-batch Newton-CG in float64 without augmentation (exact optimum, a few
         warm-started steps per pick), Adam minibatches with it (the paper's; see
@@ -181,7 +193,11 @@ class BilevelCoreset(Strategy):
 
         from ..bilevel import (
             Nystrom,
+            _all_finite,
             _check_probs,
+            _CheckedProbs,
+            _refuse_unless_it_fits,
+            _rows_per_chunk,
             bilevel_select,
             empty_diagnostics,
             make_kernel,
@@ -226,18 +242,23 @@ class BilevelCoreset(Strategy):
         lab, rest = unlabeled_rows(n, labeled, like=pinfo)
         b = check_budget(budget, rest.size)
 
+        # the pseudo-labels: one float64 (n, C) buffer, bilevel_select's targets (_CheckedProbs)
         if key == "probs":  # checked here, so that the message names the pool's key
             soft = _check_probs(as_torch(pool[key], pinfo), key)
-        else:
-            p = as_torch(pool[key], pinfo).to(torch.float64)
-            if not bool(torch.isfinite(p).all()):
-                raise ValueError(f"{key} contains NaN or Inf")
-            soft = torch.softmax(p, dim=1)
+        else:  # softmax in row chunks: no float64 copy of the logits beside the result
+            p = as_torch(pool[key], pinfo)
+            soft = torch.empty(tuple(p.shape), dtype=torch.float64, device=p.device)
+            step = _rows_per_chunk(C)
+            for s in range(0, n, step):
+                c = p[s : s + step].to(torch.float64)
+                if not bool(torch.isfinite(c).all()):
+                    raise ValueError(f"{key} contains NaN or Inf")
+                soft[s : s + step] = torch.softmax(c, dim=1)
         rows = as_torch(pool[self.kernel_input], xinfo)  # augment gets them in their own shape
         X = rows.reshape(n, -1)
         if not X.is_floating_point():
             raise TypeError(f"{self.kernel_input} must be floating point, got {X.dtype}")
-        if not bool(torch.isfinite(X).all()):
+        if not _all_finite(X):
             raise ValueError(f"{self.kernel_input} contains NaN or Inf")
         targets = self._labeled_targets(pool, lab.size, C)
 
@@ -254,13 +275,22 @@ class BilevelCoreset(Strategy):
         U_idx = np.sort(rng.choice(n, size=m, replace=False))
         kernel = make_kernel(self.kernel, depth=self.depth, bias=self.kernel_bias)
         nys = Nystrom(X[torch.from_numpy(U_idx).to(X.device)], kernel, rcond=self.rcond)
+        # Z (n x rank), then A (n x C) of the pool pass, in X's precision class; and O(n) vectors
+        zbytes = 8 if X.dtype == torch.float64 else 4
+        _refuse_unless_it_fits(
+            n * ((nys.rank + C) * zbytes + 48),
+            X.device,
+            f"BilevelCoreset's Nyström features ({n} rows x {nys.rank}) and pool pass",
+            f"pass fewer landmarks (now {m}; Z has one column per kept eigenvalue of their kernel "
+            f"matrix, {nys.rank} here) or select from a random subsample of the pool",
+        )
         Z = nys.transform_torch(X)
         feature_seconds = time.perf_counter() - t0
 
         res = bilevel_select(
             Z,
             targets,
-            soft,
+            _CheckedProbs(soft),  # renormalised and written into in place: not used below
             lab,
             b,
             reg=self.reg,
