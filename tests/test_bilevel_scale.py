@@ -15,6 +15,7 @@ from numpy.testing import assert_array_equal
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+import fastal.gradients
 from fastal import bilevel as bl
 from fastal.strategies.bilevel import BilevelCoreset
 
@@ -74,8 +75,10 @@ def pool_of(n, d, C, key, seed=0, dtype=np.float32):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Row chunks of 2¹⁴ elements, so that pools of a few MB span many of them."""
+    """Row chunks of 2¹⁴ elements, so that pools of a few MB span many of them (bilevel's own
+    chunks, and fastal.gradients' that its finiteness checks use)."""
     monkeypatch.setattr(bl, "_CHUNK_ELEMS", 1 << 14)
+    monkeypatch.setattr(fastal.gradients, "_CHUNK_VALUES", 1 << 14)
 
 
 # ---------------------------------------------------------------------------------------------

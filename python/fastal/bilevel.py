@@ -95,11 +95,12 @@ def _rows_per_chunk(width: int) -> int:
 
 
 def _all_finite(t: Any) -> bool:
-    """Whether the 2-D tensor ``t`` holds no NaN / Inf, checked in row chunks: ``torch.isfinite``
-    of a whole tensor allocates |t| and two masks, 1.75 times a float32 tensor."""
-    torch = _torch()
-    step = _rows_per_chunk(t.shape[1])
-    return all(bool(torch.isfinite(t[s : s + step]).all()) for s in range(0, t.shape[0], step))
+    """Whether the 2-D tensor ``t`` holds no NaN / Inf, checked in row chunks
+    (:func:`fastal.gradients.torch_isfinite_rows`): ``torch.isfinite`` of a whole tensor allocates
+    |t| and two masks, 1.75 times a float32 tensor."""
+    from .gradients import torch_isfinite_rows
+
+    return bool(torch_isfinite_rows(t).all())
 
 
 #: Allocations below this many bytes are not compared with the available memory (so featurizing

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _interop
 from .._validate import _number, check_bool, check_budget, check_matrix
+from ..gradients import _row_chunks as _value_chunks
 from ..gradients import as_torch, torch_row_norms_if_finite
 from ..sparse import (
     DensePhi,
@@ -404,19 +405,17 @@ _CHUNK_VALUES = 1 << 18
 
 def _row_norms_if_finite(h: Any, hrows: Any, acc: Any) -> Any:
     """Float64 norms of the rows ``h[hrows]`` (all rows when None) in ``acc``, or None when one is
-    not finite; gathered and widened about 4M values at a time, so that no copy of the pool's
-    features is made."""
+    not finite; gathered and widened a chunk of rows at a time (``fastal.gradients._row_chunks``),
+    so that no copy of the pool's features is made."""
     import torch
 
     n = h.shape[0] if hrows is None else hrows.numel()
-    step = max(1, (1 << 22) // max(h.shape[1], 1))
     out = torch.empty(n, dtype=torch.float64, device=h.device)
-    for s in range(0, n, step):
-        rows = h[s : s + step] if hrows is None else h[hrows[s : s + step]]
-        norms = torch_row_norms_if_finite(rows.to(acc))
+    for s, e in _value_chunks(n, h.shape[1]):
+        norms = torch_row_norms_if_finite((h[s:e] if hrows is None else h[hrows[s:e]]).to(acc))
         if norms is None:
             return None
-        out[s : s + step] = norms
+        out[s:e] = norms
     return out
 
 
