@@ -22,6 +22,7 @@ import torch
 import fastal
 import fastal.gram as gram
 import fastal.ntk as ntk
+import fastal.strategies.crc as crc_module
 from fastal.strategies import CRC
 
 ONE_BLOCK = 1 << 40
@@ -62,14 +63,16 @@ def _before_host_peak(Zh):
     return peak
 
 
-def _before_scaled_rows(Zh, lab, grp, scale):
-    return Zh * Zh.dtype.type(scale), lab, grp
+def _before_call_rows(src, scale, lab, grp, in_place):
+    Zh = src.whole  # the whole of Z, scaled, read in place with the caller's indices
+    return (Zh if scale == 1.0 else Zh * Zh.dtype.type(scale)), lab, grp
 
 
 def _use_code_before(monkeypatch):
     monkeypatch.setattr(ntk, "ntk_features", _before_ntk_features)
     monkeypatch.setattr(gram, "_host_peak", _before_host_peak)
-    monkeypatch.setattr(gram, "_scaled_rows", _before_scaled_rows)
+    monkeypatch.setattr(gram, "_call_rows", _before_call_rows)
+    monkeypatch.setattr(crc_module, "_NTK_ON_DEMAND", False)  # √C [h, 1] made whole
 
 
 def _outcome(fn, *args, **kwargs):
@@ -246,23 +249,31 @@ def test_gram_a_huge_row_no_group_reads_changes_nothing(value, kw):
     )
 
 
-def test_gram_rescaling_copies_only_the_rows_read(monkeypatch):
+@pytest.mark.parametrize("method", ["tridiagonal", "lowrank"])
+def test_gram_rescaling_copies_only_the_rows_read(monkeypatch, method):
+    """Each call gets a copy of the rows it reads only (labeled first, then its groups' rows),
+    scaled by the peak of the rows read, with its indices renumbered into that copy."""
     Z, lab, groups = _gram_case("float64", ("all", 2.0**250))
     Z[-1] *= 2.0**40  # a larger row that no group reads: the rows read set the scale
-    scaled_rows, seen = gram._scaled_rows, []
+    monkeypatch.setattr(gram, "_GATHER_VALUES", 3 * Z.shape[1] * groups.shape[1])  # 3 per call
+    call_rows, seen = gram._call_rows, []
 
-    def spy(*args):
-        seen.append(scaled_rows(*args))
-        return seen[-1]
+    def spy(src, scale, lab_c, grp_c, in_place):
+        seen.append((lab_c, grp_c, call_rows(src, scale, lab_c, grp_c, in_place)))
+        return seen[-1][2]
 
-    monkeypatch.setattr(gram, "_scaled_rows", spy)
-    fastal.gram_min_eig(Z, lab, groups)
-    ((Zs, lab_s, grp_s),) = seen
-    rows = np.unique(np.concatenate([lab, groups.ravel()]))
-    assert Zs.shape == (rows.size, Z.shape[1])
-    assert np.array_equal(rows[lab_s], lab)
-    assert np.array_equal(rows[grp_s], groups)
-    assert np.array_equal(Zs, Z[rows] * 2.0 ** -np.frexp(np.abs(Z[rows]).max())[1])
+    monkeypatch.setattr(gram, "_call_rows", spy)
+    fastal.gram_min_eig(Z, lab, groups, method=method)
+    scale = 2.0 ** -np.frexp(np.abs(Z[np.unique(np.r_[lab, groups.ravel()])]).max())[1]
+    assert [g.shape[0] for _, g, _ in seen] == [3, 3, 3, 1]
+    assert np.array_equal(np.concatenate([g for _, g, _ in seen]), groups)
+    for lab_c, grp_c, (Zc, lab_r, grp_r) in seen:
+        rows = np.r_[lab_c, grp_c.ravel()]
+        assert lab_c.size == (lab.size if method == "tridiagonal" else 0)
+        assert Zc.shape == (rows.size, Z.shape[1])
+        assert np.array_equal(rows[lab_r], lab_c)
+        assert np.array_equal(rows[grp_r], grp_c)
+        assert np.array_equal(Zc, Z[rows] * scale)
 
 
 @pytest.mark.parametrize("chunk", [*TINY, ONE_BLOCK])

@@ -61,7 +61,8 @@ def gram_min_eig(
     ``size x size`` float64 matrix per thread plus the shared part, ``size = min(|S|, D)``; host
     ``Z`` is read in place (scanned for NaN / Inf and its peak in row blocks; when that needs the
     rescaling, the peak of the rows of ``labeled`` and ``groups``, the only rows read, sets the
-    scale, and only those rows are copied).
+    scale, and each call gets a scaled copy of the rows it reads only, at most about 16M values
+    of group rows).
     CUDA input runs on its device (see Notes): same definition and threshold rule, results equal
     to the CPU ones to rounding.
 
@@ -156,9 +157,64 @@ def gram_min_eig(
     lab = check_indices(labeled, n, "labeled", like=info)
     grp, checked = _check_groups(groups, n, lab, info)
     G = grp.shape[1]
+    rtol, return_all = _check_options(rtol, return_all, method, lab.size + G, D)
+    if method == "auto":
+        method = _cheaper_method(lab.size, G, D, grp.shape[0], return_all)
+        if info.device == "cuda" and (
+            min(lab.size + G, D) < CUDA_LOWRANK_MIN_ORDER or G > CUDA_LOWRANK_MAX_G
+        ):
+            method = "tridiagonal"
+    if info.device == "cuda":  # Z stays on its device (finite check and rescaling there too)
+        from ._gram_cuda import gram_min_eig_cuda
+
+        with _interop.device_scope(info, "Z"):
+            return gram_min_eig_cuda(
+                Z, info, lab, grp, rtol, return_all, checked=checked, method=method
+            )
+
+    mins, spectra = _host_min_eig(StoredRows(_interop.host_storage(Z, info)), lab, grp, rtol,
+                                  return_all, method)  # fmt: skip
+    if return_all:
+        return _interop.wrap_host(mins, info), _interop.wrap_host(spectra, info)
+    return _interop.wrap_host(mins, info)
+
+
+def min_eig_of_rows(rows: Any, labeled: np.ndarray, groups: np.ndarray, *,
+                    rtol: float | None = None) -> np.ndarray:
+    """:func:`gram_min_eig` (λ⁺_min only, ``method="auto"``) on the CPU for a ``Z`` that is
+    never whole in memory: ``rows`` reads it (the protocol of :class:`StoredRows`; CRC's
+    ``√C [h, 1]`` is :class:`fastal.ntk.NtkRows`). ``labeled`` and ``groups`` are valid int64
+    host indices (checked by the caller). Same values, bit for bit, as ``gram_min_eig`` of the
+    whole ``Z``: every kernel call gets the rows it reads, in the same order."""
+    D = rows.shape[1]
+    G = groups.shape[1]
+    rtol, _ = _check_options(rtol, False, "auto", labeled.size + G, D)
+    method = _cheaper_method(labeled.size, G, D, groups.shape[0], False)
+    return _host_min_eig(rows, labeled, groups, rtol, False, method)[0]
+
+
+class StoredRows:
+    """Host ``Z`` (numpy, C-contiguous float32 / float64) as the row reader of
+    :func:`_host_min_eig`: ``shape``, ``dtype``, ``peak()`` (``max |Z|``; NaN / Inf raise),
+    ``take(rows)`` (a new array of those rows) and ``whole`` (``Z`` to read in place, or
+    ``None`` for a reader that only makes rows on demand)."""
+
+    def __init__(self, Zh: np.ndarray) -> None:
+        self.whole = Zh
+        self.shape = Zh.shape
+        self.dtype = Zh.dtype.name
+
+    def peak(self) -> float:
+        return _host_peak(self.whole)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self.whole[rows]
+
+
+def _check_options(rtol: Any, return_all: Any, method: str, size_s: int, D: int) -> tuple:
+    """(rtol, return_all) checked, rtol defaulted; ``method`` checked against ``return_all``."""
     if not isinstance(return_all, (bool, np.bool_)):
         raise TypeError(f"return_all must be a bool, got {type(return_all).__name__}")
-    size_s = lab.size + G
     if rtol is None:
         rtol = max(size_s, D) * EPS
     else:
@@ -167,7 +223,6 @@ def gram_min_eig(
         rtol = float(rtol)
         if not (0.0 <= rtol < 1.0):
             raise ValueError(f"rtol must be in [0, 1), got {rtol}")
-
     if method not in _METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, _METHODS))}, got {method!r}")
     if method == "lowrank" and return_all:
@@ -175,37 +230,34 @@ def gram_min_eig(
             "return_all=True needs method='tridiagonal' (or 'auto'): 'lowrank' "
             "computes λ_max and λ⁺_min only"
         )
-    if method == "auto":
-        method = _cheaper_method(lab.size, G, D, grp.shape[0], bool(return_all))
-        if info.device == "cuda" and (
-            min(size_s, D) < CUDA_LOWRANK_MIN_ORDER or G > CUDA_LOWRANK_MAX_G
-        ):
-            method = "tridiagonal"
-    if info.device == "cuda":  # Z stays on its device (finite check and rescaling there too)
-        from ._gram_cuda import gram_min_eig_cuda
+    return rtol, bool(return_all)
 
-        with _interop.device_scope(info, "Z"):
-            return gram_min_eig_cuda(
-                Z, info, lab, grp, rtol, bool(return_all), checked=checked, method=method
-            )
 
-    Zh = _interop.host_storage(Z, info)
-    peak = _host_peak(Zh)  # NaN / Inf anywhere in Z is refused
+def _host_min_eig(src: Any, lab: np.ndarray, grp: np.ndarray, rtol: float, return_all: bool,
+                  method: str) -> tuple:
+    """(λ⁺_min, spectra or None) as float64 numpy, on the CPU kernels, ``Z`` read by ``src``."""
+    D = src.shape[1]
+    G = grp.shape[1]
+    peak = src.peak()  # NaN / Inf anywhere in Z is refused
     # exact power-of-two rescaling for extreme magnitudes (λ scales by the square)
     scale = 1.0
     if peak > _BIG or 0.0 < peak < _SMALL:
-        peak = _used_rows_peak(Zh, lab, grp)
+        peak = _used_rows_peak(src, lab, grp)
     if peak > _BIG or 0.0 < peak < _SMALL:
         scale = float(2.0 ** -np.frexp(peak)[1])
-        Zh, lab, grp = _scaled_rows(Zh, lab, grp, scale)
+    in_place = src.whole is not None and scale == 1.0
     if method == "lowrank":
-        lam, basis, s_side = _shared_eigenbasis(Zh, lab, G)
-        kernel = getattr(_ext.cpu, f"gram_min_eig_lowrank_{info.dtype}")
-        parts = [kernel(Zh, g, basis, lam, s_side, rtol) for g in _group_chunks(grp, lab, D, True)]
+        lam, basis, s_side = _shared_eigenbasis(_rows_read(src, scale, lab), G)
+        kernel = getattr(_ext.cpu, f"gram_min_eig_lowrank_{src.dtype}")
+        parts = []
+        for g in _group_chunks(grp, lab, D, True, in_place):
+            Zc, _, gc = _call_rows(src, scale, lab[:0], g, in_place)  # V needs no labeled row
+            parts.append(kernel(Zc, gc, basis, lam, s_side, rtol))
     else:
-        kernel = getattr(_ext.cpu, f"gram_min_eig_{info.dtype}")
+        kernel = getattr(_ext.cpu, f"gram_min_eig_{src.dtype}")
         parts = [
-            kernel(Zh, lab, g, rtol, bool(return_all)) for g in _group_chunks(grp, lab, D, False)
+            kernel(*_call_rows(src, scale, lab, g, in_place), rtol, return_all)
+            for g in _group_chunks(grp, lab, D, False, in_place)
         ]
     if return_all:
         mins = np.concatenate([p[0] for p in parts])
@@ -215,9 +267,28 @@ def gram_min_eig(
     if scale != 1.0:
         mins = _unscale(mins, scale, peak)
         spectra = None if spectra is None else _unscale(spectra, scale, peak, spectra=True)
-    if return_all:
-        return _interop.wrap_host(mins, info), _interop.wrap_host(spectra, info)
-    return _interop.wrap_host(mins, info)
+    return mins, spectra
+
+
+def _rows_read(src: Any, scale: float, rows: np.ndarray) -> np.ndarray:
+    """``scale · Z[rows]`` as a new array (the product elementwise: the bits of scaling all Z)."""
+    out = src.take(rows)
+    if scale != 1.0:
+        out *= out.dtype.type(scale)
+    return out
+
+
+def _call_rows(src: Any, scale: float, lab: np.ndarray, grp: np.ndarray, in_place: bool) -> tuple:
+    """(Z, labeled, groups) for one kernel call: ``Z`` itself when it is stored and unscaled,
+    else only the rows the call reads (``lab``, then every group's rows in order), scaled, with
+    the indices renumbered into them. The kernels' arithmetic sees the same values in the same
+    order either way."""
+    if in_place:
+        return src.whole, lab, grp
+    m = lab.size
+    Zc = _rows_read(src, scale, np.concatenate([lab, grp.reshape(-1)]))
+    return (Zc, np.arange(m, dtype=np.int64),
+            np.arange(m, m + grp.size, dtype=np.int64).reshape(grp.shape))  # fmt: skip
 
 
 def _host_peak(Zh: np.ndarray) -> float:
@@ -235,15 +306,15 @@ def _host_peak(Zh: np.ndarray) -> float:
     return peak
 
 
-def _used_rows_peak(Zh: np.ndarray, lab: np.ndarray, grp: np.ndarray) -> float:
+def _used_rows_peak(src: Any, lab: np.ndarray, grp: np.ndarray) -> float:
     """``max |Z|`` over the rows of ``lab`` and ``grp``, the only rows the kernels read: it sets
     the rescaling, so that one huge row no group reads cannot push the rows read into underflow.
     Gathered in blocks of about ``_CHUNK_VALUES`` values."""
     rows = np.unique(np.concatenate([lab, grp.reshape(-1)]))
-    step = max(1, _CHUNK_VALUES // max(Zh.shape[1], 1))
+    step = max(1, _CHUNK_VALUES // max(src.shape[1], 1))
     peak = 0.0
     for s in range(0, rows.size, step):
-        block = Zh[rows[s : s + step]]
+        block = src.take(rows[s : s + step])
         peak = max(peak, abs(float(np.max(block))), abs(float(np.min(block))))
     return peak
 
@@ -257,18 +328,6 @@ def _raise_non_finite(Zh: np.ndarray, step: int) -> None:
             first = s + int(np.argmax(bad))
         count += int(bad.sum())
     raise ValueError(f"Z contains NaN or Inf in {count} row(s), first in row {first}")
-
-
-def _scaled_rows(Zh: np.ndarray, lab: np.ndarray, grp: np.ndarray, scale: float) -> tuple:
-    """``scale · Z`` on the rows that ``lab`` and ``grp`` name only, with the indices renumbered
-    into it (order kept): the kernels read no other row, and the product is elementwise, so the
-    results are those of scaling the whole of Z, at the memory of the rows used."""
-    rows = np.unique(np.concatenate([lab, grp.reshape(-1)]))
-    Zs = Zh[rows]
-    Zs *= Zs.dtype.type(scale)
-    lab = np.searchsorted(rows, lab).astype(np.int64)
-    grp = np.ascontiguousarray(np.searchsorted(rows, grp), dtype=np.int64)
-    return Zs, lab, grp
 
 
 def _unscale(values: Any, scale: float, peak: float, *, spectra: bool = False) -> Any:
@@ -294,10 +353,15 @@ def _unscale(values: Any, scale: float, peak: float, *, spectra: bool = False) -
 # calls of about this many multiply-adds (~0.1-0.5 s on the 2-core development machine), and at
 # least eight times the work a call repeats for the labeled part.
 _INTERRUPT_WORK = 2.0**31
+# A call that gets its rows gathered (Z rescaled, or made on demand) gets at most about this many
+# values of group rows (64 MiB of float32), however cheap its groups: the gathered rows are the
+# memory the call needs beyond the kernel's workspaces.
+_GATHER_VALUES = 1 << 24
 
 
-def _group_chunks(grp: np.ndarray, lab: np.ndarray, D: int, lowrank: bool):
-    """Row blocks of ``grp`` for one CPU call each, by _cheaper_method's work counts."""
+def _group_chunks(grp: np.ndarray, lab: np.ndarray, D: int, lowrank: bool, in_place: bool = True):
+    """Row blocks of ``grp`` for one CPU call each, by _cheaper_method's work counts (and, when
+    the call's rows are gathered, ``_GATHER_VALUES``)."""
     m_lab, (n_groups, G) = lab.size, grp.shape
     s_side = m_lab + G <= D
     size, m = (m_lab + G, m_lab) if s_side else (D, D)
@@ -306,6 +370,8 @@ def _group_chunks(grp: np.ndarray, lab: np.ndarray, D: int, lowrank: bool):
     else:
         per_group, shared = (2 / 3) * size**3, float(m_lab) * m_lab * D if s_side else D * D * m_lab
     step = max(1, int(max(_INTERRUPT_WORK, 8 * shared) // max(per_group, 1.0)))
+    if not in_place:
+        step = min(step, max(1, _GATHER_VALUES // max(G * D, 1)))
     for g0 in range(0, max(n_groups, 1), step):
         yield grp[g0 : g0 + step]
 
@@ -328,7 +394,7 @@ def _cheaper_method(m_lab: int, G: int, D: int, n_groups: int, return_all: bool)
     return "lowrank" if lowrank < tridiagonal else "tridiagonal"
 
 
-def _shared_eigenbasis(Zh: np.ndarray, lab: np.ndarray, G: int) -> tuple:
+def _shared_eigenbasis(ZL: np.ndarray, G: int) -> tuple:
     """Λ (ascending), the basis P (m x D) and the side, for the low-rank kernel.
 
     D side: ``Z_Lᵀ Z_L = Q Λ Qᵀ``, ``P = Qᵀ``; |S| side: ``Z_L Z_Lᵀ = Q Λ Qᵀ``, ``P = Qᵀ Z_L``,
@@ -339,9 +405,8 @@ def _shared_eigenbasis(Zh: np.ndarray, lab: np.ndarray, G: int) -> tuple:
 
     from ._gram_lowrank_torch import shared_eigenbasis
 
-    s_side = lab.size + G <= Zh.shape[1]
-    ZL = torch.from_numpy(np.ascontiguousarray(Zh[lab], dtype=np.float64))
-    lam, basis = shared_eigenbasis(ZL, s_side)
+    s_side = ZL.shape[0] + G <= ZL.shape[1]
+    lam, basis = shared_eigenbasis(torch.from_numpy(ZL.astype(np.float64)), s_side)
     return lam.contiguous().numpy(), basis.contiguous().numpy(), s_side
 
 

@@ -65,12 +65,7 @@ def ntk_features(features: Any, n_classes: int, *, bias: bool = True) -> Any:
     bias = check_bool(bias, "bias")
     h = as_torch(features, info)
     n, d = h.shape
-    try:
-        root_c = math.sqrt(n_classes)
-    except OverflowError:  # an int past float64's range
-        raise ValueError(
-            f"n_classes is too large for a floating-point √C ({len(str(n_classes))} digits)"
-        ) from None
+    root_c = _root_c(n_classes)
     # the output is the only whole-pool allocation: h goes in by row blocks, each scaled in place
     # as the whole [h, 1] once was (the same multiply, so the same bits) and checked while warm
     out = torch.empty((n, d + int(bias)), dtype=h.dtype, device=h.device)
@@ -94,6 +89,93 @@ def ntk_features(features: Any, n_classes: int, *, bias: bool = True) -> Any:
             f"√C = {root_c:.3g}; rescale them, or pass a wider dtype"
         )
     return from_torch(out, info)
+
+
+def _root_c(n_classes: int) -> float:
+    try:
+        return math.sqrt(n_classes)
+    except OverflowError:  # an int past float64's range
+        raise ValueError(
+            f"n_classes is too large for a floating-point √C ({len(str(n_classes))} digits)"
+        ) from None
+
+
+class NtkRows:
+    """Rows of ``ntk_features(h, C, bias=bias)`` made when read, for a host pool whose
+    ``(n, d + 1)`` copy is not wanted (CRC reads them group by group).
+
+    ``take(rows)`` returns the values ``ntk_features`` would hold in those rows, bit for bit (the
+    same widening copy and the same in-place multiply by ``√C``), in ``dtype``; with
+    ``root_c=None`` the rows are only widened (given NTK features). The row-reader protocol of
+    :class:`fastal.gram.StoredRows`: ``shape``, ``dtype`` (a name), ``peak()`` and ``whole``,
+    which is ``None`` (there is no stored ``Z`` to read in place). Build it with
+    :func:`ntk_rows`, which makes ``ntk_features``' checks, or after checking ``h`` is finite.
+    """
+
+    whole = None
+
+    def __init__(self, h: Any, root_c: float | None, bias: bool, dtype: Any) -> None:
+        import torch
+
+        if h.device.type != "cpu":
+            raise ValueError(f"NtkRows reads host features, got a tensor on {h.device}")
+        self.h, self.root_c, self.bias, self._dtype = h, root_c, bias, dtype
+        self.shape = (int(h.shape[0]), int(h.shape[1]) + int(bias))
+        self.dtype = str(dtype).removeprefix("torch.")
+        self._torch = torch
+        self._peak: float | None = None
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """A new C-contiguous ``(len(rows), D)`` numpy array of those rows."""
+        torch = self._torch
+        idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        d = self.h.shape[1]
+        out = torch.empty((idx.numel(), self.shape[1]), dtype=self._dtype)
+        if self.bias:
+            out[:, d] = 1
+        out[:, :d].copy_(self.h[idx])
+        if self.root_c is not None:
+            out.mul_(self.root_c)
+        return out.numpy()
+
+    def peak(self) -> float:
+        """``max |Z|``: rounding is monotone, so it is ``max |h|`` (and 1 for the bias) times
+        ``√C`` rounded once, as in the row that holds it. Row blocks, no whole-pool temporary."""
+        if self._peak is None:
+            torch, h = self._torch, self.h
+            top = torch.zeros((), dtype=self._dtype)
+            for s in range(0, h.shape[0], _chunk_rows(h.shape[1])):
+                block = h[s : s + _chunk_rows(h.shape[1])]
+                if block.numel():
+                    top = torch.maximum(top, block.abs().amax().to(self._dtype))  # NaN propagates
+            if self.bias:
+                top = torch.maximum(top, torch.ones((), dtype=self._dtype))
+            if self.root_c is not None:
+                top = top.reshape(1).mul_(self.root_c)[0]
+            self._peak = float(top)
+        return self._peak
+
+
+def ntk_rows(features: Any, n_classes: int, *, bias: bool = True, dtype: Any = None) -> NtkRows:
+    """An :class:`NtkRows` over host ``features``, after the checks of :func:`ntk_features` and
+    with its messages (NaN / Inf; ``√C h`` overflowing ``dtype``). ``dtype``: a torch float
+    dtype, by default that of ``features``."""
+    info = check_matrix(features, "features")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
+        raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+    bias = check_bool(bias, "bias")
+    h = as_torch(features, info)
+    rows = NtkRows(h, _root_c(n_classes), bias, h.dtype if dtype is None else dtype)
+    raw = NtkRows(h, None, False, rows._dtype).peak()  # max |h|, NaN / Inf kept
+    if not math.isfinite(raw):
+        raise ValueError("features contains NaN or Inf")
+    if not math.isfinite(rows.peak()):
+        peak = max(raw, 1.0) if bias else raw  # the peak of [h, 1], as ntk_features reports it
+        raise ValueError(
+            f"features times √n_classes overflows {rows.dtype}: |features| reaches {peak:.3g} and "
+            f"√C = {rows.root_c:.3g}; rescale them, or pass a wider dtype"
+        )
+    return rows
 
 
 def _chunk_rows(width: int) -> int:

@@ -9,7 +9,12 @@ import numpy as np
 
 from .. import _interop
 from .._validate import check_bool, check_budget, make_rng
+from ..ntk import NtkRows
 from .base import Selection, Strategy, register, unlabeled_rows
+
+# On the CPU, CRC reads √C [h, 1] (and 16-bit NTK features widened) row by row as the Gram
+# needs them, never as an (n, D) copy; False materialises it as CUDA does (tests compare the two).
+_NTK_ON_DEMAND = True
 
 
 @register
@@ -75,6 +80,11 @@ class CRC(Strategy):
     row per pool point, and the probabilities or logits are checked like every such input even
     when only their number of columns, C, is used). float16 / bfloat16 features are widened to float32 on purpose (the eigenvalues are float64 anyway).
 
+    Memory: on the CPU the rows of ``√C [h, 1]`` (and widened 16-bit NTK features) are made as
+    each Gram call reads them (:class:`fastal.ntk.NtkRows`, bit for bit those of
+    :func:`fastal.ntk_features`), at most about 16M values at a time, never as an ``(n, D)`` copy
+    of the pool; CUDA pools are materialised with :func:`fastal.ntk_features`.
+
     Examples
     --------
     >>> import numpy as np
@@ -121,7 +131,7 @@ class CRC(Strategy):
             )
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
-        from ..gram import gram_min_eig
+        from ..gram import gram_min_eig, min_eig_of_rows
 
         Z, info, pseudo, n_classes = _ntk_pool(pool, need_labels=self.balanced, bias=self.bias)
         n = info.shape[0]
@@ -137,10 +147,12 @@ class CRC(Strategy):
             groups = groups[: self.max_groups]  # the order is already random
         if groups.shape[0] < Q // G:
             raise ValueError(_too_few_groups(groups.shape[0], Q, G, rest, self, pseudo, n_classes))
-        # indices travel with Z (gram_min_eig wants them on Z's device)
-        lab_z, groups_z = (_interop.to_framework(a, info) for a in (lab, groups))
         try:
-            scores = gram_min_eig(Z, lab_z, groups_z, rtol=self.rtol)
+            if isinstance(Z, NtkRows):  # host rows made group by group, bit for bit
+                scores = min_eig_of_rows(Z, lab, groups, rtol=self.rtol)
+            else:  # indices travel with Z (gram_min_eig wants them on Z's device)
+                lab_z, groups_z = (_interop.to_framework(a, info) for a in (lab, groups))
+                scores = gram_min_eig(Z, lab_z, groups_z, rtol=self.rtol)
         except ValueError as err:
             if "do not fit float64" not in str(err):
                 raise
@@ -148,7 +160,7 @@ class CRC(Strategy):
         scores = _interop.host_numpy(scores).astype(np.float64)
         degenerate = np.empty(0, np.int64)
         if self.zeros == "duplicates":
-            degenerate = _zero_duplicates(Z, info, lab, groups, scores, Q // G)
+            degenerate = _zero_duplicates(_row_reader(Z, info), lab, groups, scores, Q // G)
         best = np.lexsort((np.arange(scores.size), -scores))[: Q // G]  # highest, ties to the earlier group
         indices = groups[best].reshape(-1)
         return Selection(
@@ -158,22 +170,33 @@ class CRC(Strategy):
         )  # fmt: skip
 
 
-def _zero_duplicates(Z, info, lab: np.ndarray, groups: np.ndarray, scores: np.ndarray,
-                     want: int) -> np.ndarray:
-    """Set to 0 (in place) the score of every group, among the candidates for the ``want`` best
-    places, that holds a duplicate (Proposition 2): a row whose features equal those of a labeled
-    row, of another row of the group or of a row of a group kept before it. Candidates are taken
-    in score order, in batches, until ``want`` of them hold none; returns the indices of the
-    groups set to 0."""
+def _row_reader(Z: Any, info: Any) -> Any:
+    """``take(rows)``: those rows of ``Z`` (an array or an :class:`NtkRows`) as host numpy."""
+    if isinstance(Z, NtkRows):
+        return Z.take
     import torch
 
     from ..gradients import as_torch
 
     z = as_torch(Z, info)
 
-    def host_rows(rows: np.ndarray) -> np.ndarray:  # float64, -0.0 as 0.0: equal values, equal bytes
+    def take(rows: np.ndarray) -> np.ndarray:
         idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(z.device)
-        return z[idx].to(torch.float64).cpu().numpy() + 0.0
+        return z[idx].cpu().numpy()
+
+    return take
+
+
+def _zero_duplicates(take: Any, lab: np.ndarray, groups: np.ndarray, scores: np.ndarray,
+                     want: int) -> np.ndarray:
+    """Set to 0 (in place) the score of every group, among the candidates for the ``want`` best
+    places, that holds a duplicate (Proposition 2): a row whose features equal those of a labeled
+    row, of another row of the group or of a row of a group kept before it. Candidates are taken
+    in score order, in batches, until ``want`` of them hold none; returns the indices of the
+    groups set to 0. ``take(rows)`` reads rows of Z (see :func:`_row_reader`)."""
+
+    def host_rows(rows: np.ndarray) -> np.ndarray:  # float64, -0.0 as 0.0: equal values, equal bytes
+        return take(rows).astype(np.float64) + 0.0
 
     taken = {row.tobytes() for row in host_rows(lab)}  # labeled rows, then the kept groups'
     order = np.lexsort((np.arange(scores.size), -scores))
@@ -226,7 +249,7 @@ def _ntk_pool(pool: Any, need_labels: bool, bias: bool = True) -> tuple[Any, Any
 
     from .._validate import check_matrix, prob_sum_tol
     from ..gradients import as_torch, from_torch, torch_isfinite_rows
-    from ..ntk import ntk_features
+    from ..ntk import ntk_features, ntk_rows
 
     probs, key = None, None
     if isinstance(pool, Mapping):
@@ -250,19 +273,28 @@ def _ntk_pool(pool: Any, need_labels: bool, bias: bool = True) -> tuple[Any, Any
                 f"{key} and {zname} must have one row per pool point each, got {pinfo.shape[0]} "
                 f"rows in {key} and {info.shape[0]} in {zname}"
             )
-    if info.dtype in ("float16", "bfloat16"):
-        Z = from_torch(as_torch(Z, info).float(), info)  # on purpose: the Gram is float64 anyway
-        info = _interop.describe(Z, zname)
-    if zname == "features":
-        Z = ntk_features(Z, pinfo.shape[1], bias=bias)  # checks finiteness, names features
-        info = _interop.describe(Z, zname)
-    else:
+    low = info.dtype in ("float16", "bfloat16")  # read as float32 on purpose: the Gram is float64
+    on_demand = _NTK_ON_DEMAND and info.device == "cpu" and (low or zname == "features")
+    if zname != "features":
         bad = ~torch_isfinite_rows(as_torch(Z, info))
         if bool(bad.any()):
             raise ValueError(
                 f"{zname} contains NaN or Inf in {int(bad.sum())} row(s), "
                 f"first at row {int(bad.nonzero()[0, 0])}"
             )
+    if on_demand:  # no (n, D) copy: the Gram reads the rows of √C [h, 1] it needs as it goes
+        h, wide = as_torch(Z, info), torch.float32 if low else None
+        if zname == "features":  # ntk_features' checks and messages
+            Z = ntk_rows(h, pinfo.shape[1], bias=bias, dtype=wide)
+        else:
+            Z = NtkRows(h, None, False, wide)
+    else:
+        if low:
+            Z = from_torch(as_torch(Z, info).float(), info)
+            info = _interop.describe(Z, zname)
+        if zname == "features":
+            Z = ntk_features(Z, pinfo.shape[1], bias=bias)  # checks finiteness, names features
+            info = _interop.describe(Z, zname)
     pseudo, n_classes = None, 0
     if need_labels and probs is None:
         raise ValueError("balanced=True needs 'probs' or 'logits' in the pool for pseudo-labels")
