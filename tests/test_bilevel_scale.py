@@ -302,3 +302,68 @@ def test_available_bytes_on_the_cpu(monkeypatch):
     without = bl._available_bytes("cpu")
     assert isinstance(without, int)
     assert without > 0
+
+
+def _cgroup_tree(tmp_path, self_lines, files):
+    """A fake /sys/fs/cgroup under tmp_path ({relative path: text}) and /proc/self/cgroup."""
+    for rel, text in files.items():
+        path = tmp_path / "cg" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (tmp_path / "self").write_text("".join(line + "\n" for line in self_lines))
+    return str(tmp_path / "cg"), str(tmp_path / "self")
+
+
+def test_cgroup_v2_limit_counts_the_working_set_and_the_ancestors(tmp_path):
+    root, me = _cgroup_tree(tmp_path, ["0::/app/worker"], {
+        "app/memory.max": "3000\n",  # the parent's limit is the tighter one
+        "app/memory.current": "2500\n",
+        "app/memory.stat": "anon 2000\ninactive_file 400\nactive_file 100\n",
+        "app/worker/memory.max": "10000\n",
+        "app/worker/memory.current": "2000\n",
+        "app/worker/memory.stat": "inactive_file 300\n",
+    })  # fmt: skip
+    # app: 3000 - (2500 - 400) = 900; worker: 10000 - (2000 - 300) = 8300
+    assert bl._cgroup_available_bytes(root, me) == 900
+
+
+def test_cgroup_v2_without_a_limit_and_a_container_view(tmp_path):
+    root, me = _cgroup_tree(tmp_path, ["0::/"], {"memory.max": "max\n", "memory.current": "5\n"})
+    assert bl._cgroup_available_bytes(root, me) is None
+    # a container sees its own cgroup at the mount's top, under a path that is not mounted
+    root, me = _cgroup_tree(tmp_path, ["0::/kubepods/pod1/c1"], {
+        "memory.max": "4096\n", "memory.current": "1024\n", "memory.stat": "inactive_file 24\n",
+    })  # fmt: skip
+    assert bl._cgroup_available_bytes(root, me) == 4096 - 1000
+
+
+def test_cgroup_v1_limit(tmp_path):
+    root, me = _cgroup_tree(tmp_path, ["4:memory:/job", "3:cpuset:/", "0::/"], {
+        "memory/memory.limit_in_bytes": "9223372036854771712\n",  # the v1 root: no limit
+        "memory/job/memory.limit_in_bytes": "8000\n",
+        "memory/job/memory.usage_in_bytes": "7000\n",
+        "memory/job/memory.stat": "inactive_file 9\ntotal_inactive_file 1000\n",
+    })  # fmt: skip
+    assert bl._cgroup_available_bytes(root, me) == 8000 - 6000
+
+
+def test_cgroup_over_its_limit_and_unreadable_files(tmp_path):
+    root, me = _cgroup_tree(tmp_path, ["0::/a"], {
+        "a/memory.max": "100\n", "a/memory.current": "500\n",  # no memory.stat: no cache counted
+    })  # fmt: skip
+    assert bl._cgroup_available_bytes(root, me) == 0
+    root, me = _cgroup_tree(tmp_path, ["0::/b"], {"b/memory.max": "oops\n"})
+    assert bl._cgroup_available_bytes(root, me) is None
+    assert bl._cgroup_available_bytes(root, str(tmp_path / "missing")) is None
+
+
+def test_the_cpu_figure_is_the_smaller_of_the_machine_and_the_cgroup(monkeypatch):
+    monkeypatch.setattr(bl, "_machine_available_bytes", lambda: 10 << 30)
+    monkeypatch.setattr(bl, "_cgroup_available_bytes", lambda: 2 << 30)
+    assert bl._available_bytes("cpu") == 2 << 30
+    monkeypatch.setattr(bl, "_cgroup_available_bytes", lambda: None)
+    assert bl._available_bytes("cpu") == 10 << 30
+    monkeypatch.setattr(bl, "_machine_available_bytes", lambda: None)
+    assert bl._available_bytes("cpu") is None
+    monkeypatch.setattr(bl, "_cgroup_available_bytes", lambda: 5)
+    assert bl._available_bytes("cpu") == 5

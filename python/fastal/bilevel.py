@@ -111,10 +111,12 @@ _MEMORY_CHECK_MIN = 1 << 28
 def _available_bytes(device: Any) -> int | None:
     """Bytes a new allocation on ``device`` can take now without swapping; None when unknown.
 
-    CUDA: the driver's free memory plus what PyTorch's caching allocator holds unused. CPU:
-    ``psutil.virtual_memory().available`` where psutil is installed, else Linux's ``MemAvailable``
-    (free memory plus the page cache the kernel can drop), else the physical memory (a bound that
-    only refuses what can never fit). None of them sees a container's cgroup limit.
+    CUDA: the driver's free memory plus what PyTorch's caching allocator holds unused. CPU: the
+    machine's ``psutil.virtual_memory().available`` where psutil is installed, else Linux's
+    ``MemAvailable`` (free memory plus the page cache the kernel can drop), else the physical
+    memory (a bound that only refuses what can never fit); the smaller of that and what this
+    process's memory cgroup leaves (:func:`_cgroup_available_bytes`: a container's limit, which
+    the machine-wide figures do not see).
     """
     torch = _torch()
     device = torch.device(device)
@@ -124,6 +126,13 @@ def _available_bytes(device: Any) -> int | None:
         return int(free) + int(cached)
     if device.type != "cpu":
         return None
+    machine = _machine_available_bytes()
+    group = _cgroup_available_bytes()
+    known = [b for b in (machine, group) if b is not None]
+    return min(known) if known else None
+
+
+def _machine_available_bytes() -> int | None:
     try:
         import psutil
     except ImportError:
@@ -141,6 +150,69 @@ def _available_bytes(device: Any) -> int | None:
         return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, OSError, ValueError):
         return None
+
+
+#: Memory cgroup limits at or above this are "no limit" (cgroup v1 writes 2^63 rounded to a page).
+_NO_LIMIT = 1 << 60
+
+
+def _cgroup_available_bytes(
+    root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup"
+) -> int | None:
+    """What the memory cgroups of this process leave before their limits, or None (no limit, or
+    no cgroup file to read): the smallest over the process's cgroup and its ancestors of
+    ``limit - (usage - inactive file cache)`` (the cache the kernel reclaims before it refuses, as
+    container runtimes count a working set). cgroup v2 (``memory.max``, ``memory.current``,
+    ``inactive_file``) and v1 (``memory.limit_in_bytes``, ``memory.usage_in_bytes``,
+    ``total_inactive_file``); the cgroup's path comes from ``self_cgroup``, and a path not mounted
+    under ``root`` (a container that sees only its own cgroup) is read at the mount's top."""
+    try:
+        with open(self_cgroup) as f:
+            entries = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
+    except OSError:
+        return None
+    layouts = []  # (mount, path within it, limit file, usage file, inactive key)
+    for _, controllers, path in entries:
+        if controllers == "":
+            layouts.append((root, path, "memory.max", "memory.current", "inactive_file"))
+        elif "memory" in controllers.split(","):
+            layouts.append((os.path.join(root, "memory"), path, "memory.limit_in_bytes",
+                            "memory.usage_in_bytes", "total_inactive_file"))  # fmt: skip
+    best = None
+    for mount, path, limit_file, usage_file, inactive_key in layouts:
+        parts = [p for p in path.split("/") if p]
+        chain = [os.path.join(mount, *parts[:i]) for i in range(len(parts) + 1)]
+        for here in chain if os.path.isdir(chain[-1]) else [mount]:
+            room = _cgroup_room(here, limit_file, usage_file, inactive_key)
+            if room is not None:
+                best = room if best is None else min(best, room)
+    return best
+
+
+def _cgroup_room(directory: str, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    """``limit - (usage - inactive file cache)`` of one cgroup directory, None when unlimited or
+    unreadable."""
+    try:
+        with open(os.path.join(directory, limit_file)) as f:
+            text = f.read().strip()
+        if text == "max" or int(text) >= _NO_LIMIT:
+            return None
+        limit = int(text)
+        with open(os.path.join(directory, usage_file)) as f:
+            usage = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    inactive = 0
+    try:
+        with open(os.path.join(directory, "memory.stat")) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == inactive_key:
+                    inactive = int(value)
+                    break
+    except (OSError, ValueError):
+        pass
+    return max(0, limit - max(0, usage - inactive))
 
 
 def _refuse_unless_it_fits(nbytes: int, device: Any, what: str, hint: str) -> None:

@@ -66,8 +66,9 @@ class BilevelCoreset(Strategy):
         with ``"relu_ntk"`` and 2000 landmarks, 8 kB per row, four times float32 features of
         width 512. Before computing them, ``select`` estimates ``Z`` plus the pool pass's
         ``A`` (n × C) and raises a ``ValueError`` naming ``landmarks`` when that exceeds the
-        memory available on the device (psutil's ``available``, else Linux's ``MemAvailable``;
-        the CUDA driver's free memory plus PyTorch's unused cache), rather than being killed
+        memory available on the device (psutil's ``available``, else Linux's ``MemAvailable``,
+        and no more than the process's memory cgroup leaves before its limit; the CUDA driver's
+        free memory plus PyTorch's unused cache), rather than being killed
         for lack of memory or swapping halfway through.
     reg : float, default 1e-4
         λ of eq. 3 (the paper's value).
