@@ -191,3 +191,34 @@ def test_ntk_rows_refuses_device_tensors_and_checks_like_ntk_features():
         ntk_rows(torch.full((3, 2), 0.5, dtype=torch.float16), 10**11, bias=False)
     with pytest.raises(ValueError, match="reads host features"):
         NtkRows(torch.ones((3, 2), device="meta"), None, False, torch.float32)
+
+
+@pytest.mark.parametrize("method", ["tridiagonal", "lowrank"])
+def test_progress_bar_over_the_groups(monkeypatch, capsys, method):
+    """A bar over the groups, one update per CPU call; the values do not change."""
+    rng = np.random.default_rng(5)
+    Z = rng.normal(size=(300, 12))
+    lab = np.arange(20)
+    groups = np.arange(20, 300).reshape(70, 4)
+    want = fastal.gram_min_eig(Z, lab, groups, method=method)
+    monkeypatch.setattr(gram, "_INTERRUPT_WORK", 1.0)  # one group per call
+    got = fastal.gram_min_eig(Z, lab, groups, method=method, progress=True)
+    err = capsys.readouterr().err
+    assert "λ⁺_min" in err
+    assert "70/70" in err
+    assert np.array_equal(got, want)
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        fastal.gram_min_eig(Z, lab, groups, progress=1)
+
+
+def test_crc_progress(monkeypatch, capsys):
+    pool = _pool("float32")
+    want = _outcome(pool, 8, [0, 30, 99], group_size=4)
+    got = _outcome(pool, 8, [0, 30, 99], group_size=4, progress=True)
+    assert "39/39" in capsys.readouterr().err  # (161 - 3) // 4 groups
+    _assert_same(got, want)
+    got = _materialised(monkeypatch, _pool("float32", key="ntk_features"), 8, [0, 30, 99],
+                        group_size=4, progress=True)  # fmt: skip
+    assert "39/39" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        CRC(progress="yes")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import _ext, _interop
-from ._validate import check_indices, check_matrix, host_values
+from ._validate import check_bool, check_indices, check_matrix, host_values
 
 #: float64 machine epsilon: the eigenvalues are computed in float64 for every storage dtype
 EPS = float(np.finfo(np.float64).eps)
@@ -36,6 +36,7 @@ def gram_min_eig(
     rtol: float | None = None,
     return_all: bool = False,
     method: str = "auto",
+    progress: bool = False,
 ) -> Any:
     """Smallest positive eigenvalue of the Gram matrix of ``labeled + group``, for many groups.
 
@@ -95,6 +96,8 @@ def gram_min_eig(
         ``"auto"`` picks the cheaper by an operation count (``"tridiagonal"`` for
         ``return_all``; on CUDA ``"lowrank"`` only from order 512 on, where the tridiagonal
         kernel's one thread block per matrix is slowest, and for ``G <= 32``).
+    progress : bool, default False
+        A tqdm bar over the groups, updated after each CPU call (CUDA input: none, one call).
 
     Returns
     -------
@@ -158,6 +161,7 @@ def gram_min_eig(
     grp, checked = _check_groups(groups, n, lab, info)
     G = grp.shape[1]
     rtol, return_all = _check_options(rtol, return_all, method, lab.size + G, D)
+    progress = check_bool(progress, "progress")
     if method == "auto":
         method = _cheaper_method(lab.size, G, D, grp.shape[0], return_all)
         if info.device == "cuda" and (
@@ -173,14 +177,14 @@ def gram_min_eig(
             )
 
     mins, spectra = _host_min_eig(StoredRows(_interop.host_storage(Z, info)), lab, grp, rtol,
-                                  return_all, method)  # fmt: skip
+                                  return_all, method, progress)  # fmt: skip
     if return_all:
         return _interop.wrap_host(mins, info), _interop.wrap_host(spectra, info)
     return _interop.wrap_host(mins, info)
 
 
 def min_eig_of_rows(rows: Any, labeled: np.ndarray, groups: np.ndarray, *,
-                    rtol: float | None = None) -> np.ndarray:
+                    rtol: float | None = None, progress: bool = False) -> np.ndarray:
     """:func:`gram_min_eig` (λ⁺_min only, ``method="auto"``) on the CPU for a ``Z`` that is
     never whole in memory: ``rows`` reads it (the protocol of :class:`StoredRows`; CRC's
     ``√C [h, 1]`` is :class:`fastal.ntk.NtkRows`). ``labeled`` and ``groups`` are valid int64
@@ -190,7 +194,7 @@ def min_eig_of_rows(rows: Any, labeled: np.ndarray, groups: np.ndarray, *,
     G = groups.shape[1]
     rtol, _ = _check_options(rtol, False, "auto", labeled.size + G, D)
     method = _cheaper_method(labeled.size, G, D, groups.shape[0], False)
-    return _host_min_eig(rows, labeled, groups, rtol, False, method)[0]
+    return _host_min_eig(rows, labeled, groups, rtol, False, method, progress)[0]
 
 
 class StoredRows:
@@ -234,8 +238,11 @@ def _check_options(rtol: Any, return_all: Any, method: str, size_s: int, D: int)
 
 
 def _host_min_eig(src: Any, lab: np.ndarray, grp: np.ndarray, rtol: float, return_all: bool,
-                  method: str) -> tuple:
-    """(λ⁺_min, spectra or None) as float64 numpy, on the CPU kernels, ``Z`` read by ``src``."""
+                  method: str, progress: bool = False) -> tuple:
+    """(λ⁺_min, spectra or None) as float64 numpy, on the CPU kernels, ``Z`` read by ``src``;
+    ``progress``: a tqdm bar over the groups, one update per call."""
+    from tqdm.auto import tqdm
+
     D = src.shape[1]
     G = grp.shape[1]
     peak = src.peak()  # NaN / Inf anywhere in Z is refused
@@ -246,19 +253,21 @@ def _host_min_eig(src: Any, lab: np.ndarray, grp: np.ndarray, rtol: float, retur
     if peak > _BIG or 0.0 < peak < _SMALL:
         scale = float(2.0 ** -np.frexp(peak)[1])
     in_place = src.whole is not None and scale == 1.0
-    if method == "lowrank":
-        lam, basis, s_side = _shared_eigenbasis(_rows_read(src, scale, lab), G)
-        kernel = getattr(_ext.cpu, f"gram_min_eig_lowrank_{src.dtype}")
-        parts = []
-        for g in _group_chunks(grp, lab, D, True, in_place):
-            Zc, _, gc = _call_rows(src, scale, lab[:0], g, in_place)  # V needs no labeled row
-            parts.append(kernel(Zc, gc, basis, lam, s_side, rtol))
-    else:
-        kernel = getattr(_ext.cpu, f"gram_min_eig_{src.dtype}")
-        parts = [
-            kernel(*_call_rows(src, scale, lab, g, in_place), rtol, return_all)
-            for g in _group_chunks(grp, lab, D, False, in_place)
-        ]
+    parts = []
+    bar = tqdm(total=grp.shape[0], disable=not progress, desc="λ⁺_min", unit="group")
+    with bar:
+        if method == "lowrank":
+            lam, basis, s_side = _shared_eigenbasis(_rows_read(src, scale, lab), G)
+            kernel = getattr(_ext.cpu, f"gram_min_eig_lowrank_{src.dtype}")
+            for g in _group_chunks(grp, lab, D, True, in_place):
+                Zc, _, gc = _call_rows(src, scale, lab[:0], g, in_place)  # V needs no labeled row
+                parts.append(kernel(Zc, gc, basis, lam, s_side, rtol))
+                bar.update(g.shape[0])
+        else:
+            kernel = getattr(_ext.cpu, f"gram_min_eig_{src.dtype}")
+            for g in _group_chunks(grp, lab, D, False, in_place):
+                parts.append(kernel(*_call_rows(src, scale, lab, g, in_place), rtol, return_all))
+                bar.update(g.shape[0])
     if return_all:
         mins = np.concatenate([p[0] for p in parts])
         spectra = np.concatenate([p[1] for p in parts])

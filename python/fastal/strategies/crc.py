@@ -73,6 +73,8 @@ class CRC(Strategy):
         Whether the model's last layer has a bias, for a pool of ``"features"`` with
         ``"probs"``/``"logits"``: the trace-NTK features are ``√C [h, 1]`` with it, ``√C h``
         without (:func:`fastal.ntk_features`).
+    progress : bool, default False
+        A tqdm bar over the groups as they are scored (CPU; a CUDA pool is scored in one call).
 
     The pool is an ``(n, D)`` array of trace-NTK features (see :func:`fastal.ntk_features`), or a
     mapping with ``"ntk_features"``, or with ``"features"`` and ``"probs"``/``"logits"`` (then the
@@ -107,6 +109,7 @@ class CRC(Strategy):
         rtol: float | None = None,
         zeros: str = "duplicates",
         bias: bool = True,
+        progress: bool = False,
     ) -> None:
         for name, v in (("group_size", group_size), ("max_groups", max_groups)):
             if v is None and name == "max_groups":
@@ -121,6 +124,7 @@ class CRC(Strategy):
             raise ValueError(f"zeros must be 'duplicates' or 'skip', got {zeros!r}")
         self.zeros = zeros
         self.bias = check_bool(bias, "bias")
+        self.progress = check_bool(progress, "progress")
 
     def validate_budget(self, budget: int) -> None:
         G = self.group_size
@@ -149,10 +153,10 @@ class CRC(Strategy):
             raise ValueError(_too_few_groups(groups.shape[0], Q, G, rest, self, pseudo, n_classes))
         try:
             if isinstance(Z, NtkRows):  # host rows made group by group, bit for bit
-                scores = min_eig_of_rows(Z, lab, groups, rtol=self.rtol)
+                scores = min_eig_of_rows(Z, lab, groups, rtol=self.rtol, progress=self.progress)
             else:  # indices travel with Z (gram_min_eig wants them on Z's device)
                 lab_z, groups_z = (_interop.to_framework(a, info) for a in (lab, groups))
-                scores = gram_min_eig(Z, lab_z, groups_z, rtol=self.rtol)
+                scores = gram_min_eig(Z, lab_z, groups_z, rtol=self.rtol, progress=self.progress)
         except ValueError as err:
             if "do not fit float64" not in str(err):
                 raise
