@@ -288,6 +288,19 @@ def test_head_and_kmeans_arguments_are_checked_at_construction(kw, match):
         ALLY(**kw)
 
 
+def test_progress_bar_over_the_kmeans_iterations(capsys):
+    X = _pool(n=120)
+    labeled = np.arange(20)
+    duals = np.abs(X[labeled, 0]).astype(np.float64)
+    kw = {"head_steps": 20, "kmeans_iter": 7}
+    want = ALLY(**kw).select({"features": X, "duals": duals}, 6, labeled, seed=0)
+    got = ALLY(progress=True, **kw).select({"features": X, "duals": duals}, 6, labeled, seed=0)
+    assert "k-means" in capsys.readouterr().err
+    assert np.array_equal(got.indices, want.indices)
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        ALLY(progress=1)
+
+
 def test_dual_head_learning_rate_is_checked():
     with pytest.raises(ValueError, match=r"^lr must be > 0"):
         fit_dual_head(np.ones((4, 2)), np.ones(4), lr=-1.0)

@@ -723,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--no-prune", action="store_true", help="disable triangle-inequality pruning")
     sel.add_argument("--progress", action="store_true",
                      help="show a progress bar (coreset, coreset_gradients, kmeans, badge, "
-                     "bilevel, sparse_approx, crc; the others are one pass)")  # fmt: skip
+                     "bilevel, sparse_approx, crc, ally; the others are one pass)")  # fmt: skip
     sel.add_argument("--time-limit", type=float, dest="time_limit", metavar="SECONDS",
                      help="robust_coreset: stop the exact solver after this long and keep the "
                      "best solution found (Ctrl-C waits for the solver's step)")  # fmt: skip

@@ -58,6 +58,8 @@ class ALLY(Strategy):
         whole selection; see :func:`fastal.kmeans`'s ``minibatch``).
     prune : bool, default True
         Lloyd with distance bounds (:func:`fastal.kmeans`'s ``prune``; the clusters do not change).
+    progress : bool, default False
+        A tqdm bar over the k-means iterations (the long part on a large pool).
 
     Diagnostics include ``clusters``: the k-means cluster of every unlabeled row (ascending pool
     index order), ``kmeans_distance_share`` (see :class:`fastal.KMeansResult`), and the predicted
@@ -98,6 +100,7 @@ class ALLY(Strategy):
         kmeans_iter: int = 100,
         kmeans_minibatch: int | None = None,
         prune: bool = True,
+        progress: bool = False,
     ) -> None:
         from ..pdcl import PrimalDualTrainer
 
@@ -111,6 +114,7 @@ class ALLY(Strategy):
         self.head_lr = _number(head_lr, "head_lr", positive=True)
         self.kmeans_iter = check_positive_int(kmeans_iter, "kmeans_iter")
         self.prune = check_bool(prune, "prune")
+        self.progress = check_bool(progress, "progress")
         self.kmeans_minibatch = (
             None
             if kmeans_minibatch is None
@@ -203,7 +207,7 @@ class ALLY(Strategy):
         k = budget if self.n_clusters is None else min(self.n_clusters, budget)
         km = _kmeans(
             X, k, seed=km_seed, max_iter=self.kmeans_iter, minibatch=self.kmeans_minibatch,
-            prune=self.prune, name="features", exclude=lab,
+            prune=self.prune, name="features", exclude=lab, progress=self.progress,
         )  # fmt: skip
         clusters = _interop.host_numpy(km.labels)
         picks = rest[pick_per_cluster(clusters, scores, budget)]
