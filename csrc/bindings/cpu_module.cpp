@@ -56,7 +56,8 @@ Buf<V> exact(const py::tuple& pool, size_t k, const char* name) {
   return py::reinterpret_borrow<Buf<V>>(h);
 }
 
-// A pool crosses as a tuple: (X,) for a dense matrix, (A, H, sqnorm) for a factored embedding.
+// A pool crosses as a tuple: (X,) for a dense matrix, (A, H, sqnorm, bias) for a factored embedding
+// (bias: H has an implicit trailing 1, see FactoredRows).
 // The arrays stay referenced by the tuple for the whole call.
 template <typename T>
 DenseRows<T> dense_rows(const py::tuple& pool) {
@@ -68,23 +69,28 @@ DenseRows<T> dense_rows(const py::tuple& pool) {
 
 template <typename T>
 FactoredRows<T> factored_rows(const py::tuple& pool) {
+  FASTAL_REQUIRE(pool.size() == 4, "a factored pool must be (A, H, sqnorm, bias), got a tuple of ",
+                 pool.size());
   const auto A = exact<typename Wire<T>::type>(pool, 0, "A");
   const auto H = exact<typename Wire<T>::type>(pool, 1, "H");
   auto sq = exact<Acc<T>>(pool, 2, "sqnorm");
+  FASTAL_REQUIRE(py::isinstance<py::bool_>(pool[3]), "bias (pool[3]) must be a bool");
   FactoredRows<T> r{};
   int64_t nh;
   r.Am = rows_of<T>(A, "A", &r.n, &r.C);
-  r.H = rows_of<T>(H, "H", &nh, &r.dh);
+  r.H = rows_of<T>(H, "H", &nh, &r.hs);
   FASTAL_REQUIRE(nh == r.n, "A and H must have the same number of rows, got ", r.n, " and ", nh);
+  r.bias = pool[3].cast<bool>();
+  r.dh = r.hs + (r.bias ? 1 : 0);
   r.sqnorm = vec_of(sq, "sqnorm", r.n);
   return r;
 }
 
-// Calls f with the Rows object of the pool: dense for a 1-tuple, factored for a 3-tuple.
+// Calls f with the Rows object of the pool: dense for a 1-tuple, factored for a 4-tuple.
 template <typename T, typename F>
 auto with_rows(const py::tuple& pool, F&& f) {
-  FASTAL_REQUIRE(pool.size() == 1 || pool.size() == 3,
-                 "pool must be (X,) or (A, H, sqnorm), got a tuple of ", pool.size());
+  FASTAL_REQUIRE(pool.size() == 1 || pool.size() == 4,
+                 "pool must be (X,) or (A, H, sqnorm, bias), got a tuple of ", pool.size());
   if (pool.size() == 1) return f(dense_rows<T>(pool));
   return f(factored_rows<T>(pool));
 }
@@ -125,7 +131,7 @@ void register_dtype(py::module_& m, const std::string& tag) {
               y = dense_rows<T>(set);
               FASTAL_REQUIRE(y.d == rows.d, "Y must have as many columns as X (", rows.d, "), got ", y.d);
             } else {
-              FASTAL_REQUIRE(set.size() == 3, "Y must be factored like X");
+              FASTAL_REQUIRE(set.size() == 4, "Y must be factored like X");
               y = factored_rows<T>(set);
               FASTAL_REQUIRE(y.C == rows.C && y.dh == rows.dh, "Y must have the factor shapes of X");
             }

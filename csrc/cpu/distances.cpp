@@ -147,7 +147,7 @@ void block_row(const FactoredRows<T>& rows, int64_t i, Acc<T>* out) {
   const int64_t ca = padded<Acc<T>>(rows.C), ch = padded<Acc<T>>(rows.dh);
   std::fill(out, out + block_stride(rows), Acc<T>(0));
   prepare_centre(rows.Am + i * rows.C, out, rows.C);
-  prepare_centre(rows.H + i * rows.dh, out + ca, rows.dh);
+  rows.prepare_h(i, out + ca);
   out[ca + ch] = rows.sqnorm[i];
 }
 // A centre (rows.prepare's layout) in the block layout.

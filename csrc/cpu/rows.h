@@ -85,26 +85,34 @@ struct DenseRows {
   A row_weight(int64_t) const { return 0; }
 };
 
+// H_i is the stored row (hs values) followed, when bias, by an implicit 1 (the bias gradient's
+// column, never stored: a pool's features serve as H without a copy); dh = hs + bias.
 template <typename T>
 struct FactoredRows {
   using Storage = T;
   using A = Acc<T>;
   const T* Am;      // n x C
-  const T* H;       // n x dh
+  const T* H;       // n x hs
   const A* sqnorm;  // n
-  int64_t n, C, dh;
+  int64_t n, C, dh, hs;
+  bool bias;
 
+  // H_i's dh values, prepared (the implicit 1 included).
+  void prepare_h(int64_t i, A* out) const {
+    prepare_centre(H + i * hs, out, hs);
+    if (bias) out[hs] = A(1);
+  }
   // centre layout: A_c (C values), H_c (dh values), sqnorm_c
   int64_t centre_size() const { return C + dh + 1; }
   int64_t row_work() const { return C + dh; }
   void prepare(int64_t c, A* out) const {
     prepare_centre(Am + c * C, out, C);
-    prepare_centre(H + c * dh, out + C, dh);
+    prepare_h(c, out + C);
     out[C + dh] = sqnorm[c];
   }
   A dist2(int64_t i, const A* centre) const {
     const A da = dot(Am + i * C, centre, C);
-    const A dh_ = dot(H + i * dh, centre + C, dh);
+    const A dh_ = dot(H + i * hs, centre + C, hs) + (bias ? centre[C + hs] : A(0));
     const A s = sqnorm[i] + centre[C + dh];
     const A r = s - 2 * da * dh_;
     // Near a copy of the centre the expansion is rounding noise, ~e s rather than 0: an exact
@@ -123,7 +131,7 @@ struct FactoredRows {
   A near_copy(int64_t i, const A* centre, A expanded, A s) const {
     std::vector<A> row(static_cast<size_t>(C + dh));  // the row laid out as the centre is
     prepare_centre(Am + i * C, row.data(), C);
-    prepare_centre(H + i * dh, row.data() + C, dh);
+    prepare_h(i, row.data() + C);
     A daa = 0, dac = 0, acc = 0, hii = 0, dhh = 0, hid = 0;
     for (int64_t k = 0; k < C; ++k) {
       const A x = row[k], c = centre[k], dl = x - c;
@@ -139,10 +147,10 @@ struct FactoredRows {
     const A r = t1 + t2 + 2 * dac * hid;
     return r > 0 ? r : A(0);
   }
-  int64_t row_bytes() const { return (C + dh) * int64_t(sizeof(T)); }
+  int64_t row_bytes() const { return (C + hs) * int64_t(sizeof(T)); }
   void prefetch_row(int64_t i) const {
     prefetch_bytes(Am + i * C, C * int64_t(sizeof(T)));
-    prefetch_bytes(H + i * dh, dh * int64_t(sizeof(T)));
+    prefetch_bytes(H + i * hs, hs * int64_t(sizeof(T)));
   }
   A row_weight(int64_t i) const { return sqnorm[i]; }
 

@@ -1,7 +1,8 @@
 """Type stubs for fastal._cpu (C++/OpenMP kernels; see csrc/bindings/cpu_module.cpp).
 
 Generated from the pybind11 signatures; a dense pool is passed as ``(X,)`` and a factored one as
-``(A, H)`` where a parameter is typed ``tuple``."""
+``(A, H, sqnorm, bias)`` (``bias``: H's trailing 1 is implicit) where a parameter is typed
+``tuple``."""
 
 from typing import Any
 

@@ -49,7 +49,7 @@ class _Factored:
     def __init__(self, emb: GradientEmbedding, name: str, cuda) -> None:
         import torch
 
-        self.a, self.h = emb._a.contiguous(), emb._h.contiguous()
+        self.a, self.h = emb._a.contiguous(), emb._h_stored()  # the CUDA kernels read dh columns
         self.sq = emb._sqnorm.contiguous()
         self.n, self.C = (int(s) for s in self.a.shape)
         self.dh = int(self.h.shape[1])

@@ -137,22 +137,27 @@ class GradientEmbedding:
         self._init(at, ht, ainfo)
 
     @classmethod
-    def _from_torch(cls, at: Any, ht: Any, info: ArrayInfo) -> GradientEmbedding:
+    def _from_torch(
+        cls, at: Any, ht: Any, info: ArrayInfo, bias: bool = False
+    ) -> GradientEmbedding:
+        """From torch factors; ``bias``: ``H`` is ``[ht, 1]``, the 1 implicit (``ht`` is the
+        features themselves, not copied)."""
         self = cls.__new__(cls)
-        self._init(at.contiguous(), ht.contiguous(), info)
+        self._init(at.contiguous(), ht.contiguous(), info, bias)
         return self
 
-    def _init(self, at: Any, ht: Any, info: ArrayInfo) -> None:
+    def _init(self, at: Any, ht: Any, info: ArrayInfo, bias: bool = False) -> None:
         torch = _torch()
         self._info = ArrayInfo(info.framework, info.device, info.device_index, info.dtype, tuple(at.shape))
-        self._a, self._h = at, ht
+        # H = [_h, 1] when _bias: the kernels read the trailing 1 without it being stored
+        self._a, self._h, self._bias = at, ht, bool(bias)
         acc = _acc_dtype(info.dtype)
         sq = at.new_empty(at.shape[0], dtype=acc)
         # the largest |A_i|², |H_i|² and |g_i|² (NaN when one overflowed): see _check_distances_fit
         peaks = torch.zeros(3, dtype=acc, device=at.device)
         for s, e in _row_chunks(at.shape[0], max(at.shape[1], ht.shape[1])):
             a, h = at[s:e].to(acc), ht[s:e].to(acc)
-            asq, hsq = (a * a).sum(1), (h * h).sum(1)
+            asq, hsq = (a * a).sum(1), (h * h).sum(1) + int(self._bias)
             sq[s:e] = asq * hsq
             if asq.numel():
                 chunk_peaks = torch.stack([asq.max(), hsq.max(), sq[s:e].max()])
@@ -168,6 +173,8 @@ class GradientEmbedding:
         for s, e in _row_chunks(self.n, max(self._a.shape[1], self._h.shape[1])):
             a = self._a[s:e].to(torch.float64).abs().amax(1)
             h = self._h[s:e].to(torch.float64).abs().amax(1)
+            if self._bias:
+                h = h.clamp(min=1.0)
             peak = max(peak, float((a * h).max()))
         return peak
 
@@ -200,7 +207,15 @@ class GradientEmbedding:
 
     @property
     def H(self) -> Any:
-        return self._export(self._h)
+        """The right factors, ``(n, dh)``; with the bias gradient's column, which the embedding
+        does not store, a new array each time (the features are kept as given)."""
+        return self._export(self._h_stored())
+
+    def _h_stored(self) -> Any:
+        """``H`` as an (n, dh) tensor: ``_h`` itself, or ``[_h, 1]`` made now."""
+        if not self._bias:
+            return self._h
+        return _with_ones(self._h)
 
     @property
     def sqnorm(self) -> Any:
@@ -229,7 +244,7 @@ class GradientEmbedding:
 
     @property
     def dh(self) -> int:
-        return int(self._h.shape[1])
+        return int(self._h.shape[1]) + int(self._bias)
 
     @property
     def dim(self) -> int:
@@ -264,7 +279,7 @@ class GradientEmbedding:
     def subset(self, rows: Any) -> GradientEmbedding:
         """The embedding of ``rows`` (1-D integer indices, in that order)."""
         idx = self._rows(rows)
-        return GradientEmbedding._from_torch(self._a[idx], self._h[idx], self._info)
+        return GradientEmbedding._from_torch(self._a[idx], self._h[idx], self._info, self._bias)
 
     def dense(self, rows: Any = None) -> Any:
         """The materialised ``(n, C·dh)`` gradient matrix (or its ``rows``): an explicit export.
@@ -272,6 +287,7 @@ class GradientEmbedding:
         At n = 1M, C = 1000, d = 512 that is 2 TB in float32; use :meth:`iter_dense` to stream it.
         """
         a, h = (self._a, self._h) if rows is None else (self._a[self._rows(rows)], self._h[self._rows(rows)])
+        h = _with_ones(h) if self._bias else h
         return from_torch((a[:, :, None] * h[:, None, :]).reshape(a.shape[0], -1), self._info)
 
     def iter_dense(self, chunk_rows: int = 4096) -> Iterator[tuple[int, Any]]:
@@ -280,7 +296,17 @@ class GradientEmbedding:
             raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         for s in range(0, self.n, int(chunk_rows)):
             a, h = self._a[s : s + chunk_rows], self._h[s : s + chunk_rows]
+            h = _with_ones(h) if self._bias else h
             yield s, from_torch((a[:, :, None] * h[:, None, :]).reshape(a.shape[0], -1), self._info)
+
+
+def _with_ones(h: Any) -> Any:
+    """``[h, 1]``: a new (n, d + 1) tensor, filled in row chunks."""
+    out = h.new_empty((h.shape[0], h.shape[1] + 1))
+    out[:, -1] = 1
+    for s, e in _row_chunks(h.shape[0], h.shape[1] + 1):
+        out[s:e, :-1] = h[s:e]
+    return out
 
 
 def torch_row_norms_if_finite(t: Any) -> Any:
@@ -346,9 +372,11 @@ def gradient_embedding(
         ``None``: hypothetical labels ``argmax p`` (ties to the lowest class). Integer labels in
         ``[0, C)``. A row-stochastic label distribution.
     bias : bool, default False
-        Include the gradient of the bias (``h`` gets a trailing 1). Without it the embedding's
-        ``H`` is ``features`` itself where that is contiguous (no copy, as with
-        :class:`GradientEmbedding`): do not change ``features`` while the embedding is in use.
+        Include the gradient of the bias (``h`` gets a trailing 1). Either way the embedding
+        stores ``features`` itself where that is contiguous (no copy, as with
+        :class:`GradientEmbedding`; the bias column is implicit: the kernels read a 1, and
+        ``.H`` makes ``[h, 1]`` when asked): do not change ``features`` while the embedding is
+        in use.
     kind : {"auto", "probs", "logits"}
         ``"probs"`` requires values in [0, 1] with rows summing to 1 within a tolerance set by
         the storage dtype (1e-3 for float32 / float64, 2⁻⁹ for float16, 2⁻⁶ for bfloat16; see
@@ -407,10 +435,9 @@ def _gradient_embedding(
     target = _target(labels, n, C, pinfo, acc, name)
 
     store = h_in.dtype
-    dh = finfo.shape[1] + int(bool(bias))
     A = torch.empty((n, C), dtype=store, device=p_in.device)
-    # without the bias column H is the features themselves: no copy of the largest array
-    H = torch.empty((n, dh), dtype=store, device=p_in.device) if bias else h_in.contiguous()
+    # H is the features themselves, the bias column implicit: no copy of the largest array
+    H = h_in.contiguous()
     for s, e in _row_chunks(n, C):  # p's temporaries are C wide; H's rows are copied as they are
         p = p_in[s:e].to(acc)
         if not is_probs:
@@ -426,11 +453,7 @@ def _gradient_embedding(
         else:
             a = p - target[s:e].to(acc)
         A[s:e] = a.to(store)
-        if bias:
-            H[s:e, :-1] = h_in[s:e]
-    if bias:
-        H[:, -1] = 1
-    return GradientEmbedding._from_torch(A, H, finfo)
+    return GradientEmbedding._from_torch(A, H, finfo, bool(bias))
 
 
 def _probabilities(

@@ -97,9 +97,10 @@ def _torch_cpu_info(t: Any) -> ArrayInfo:
 
 
 def cpu_pool(X: Any, info: ArrayInfo, name: str = "X", spreads: list | None = None) -> tuple:
-    """What the CPU kernels take: ``(X,)`` checked finite, or ``(A, H, sqnorm)`` of an embedding;
-    either refused when its rows are too close together (:func:`check_spread`). With ``spreads``
-    the spread is appended to it for the caller to judge instead (X against Y in min_distance)."""
+    """What the CPU kernels take: ``(X,)`` checked finite, or ``(A, H, sqnorm, bias)`` of an
+    embedding (``bias``: H's trailing 1 is implicit, not stored); either refused when its rows are
+    too close together (:func:`check_spread`). With ``spreads`` the spread is appended to it for
+    the caller to judge instead (X against Y in min_distance)."""
     if isinstance(X, GradientEmbedding):
         X._check_distances_fit(name)  # the kernels clamp an overflowed (NaN) distance to 0
         a, h = X._a, X._h  # finite by construction
@@ -107,6 +108,7 @@ def cpu_pool(X: Any, info: ArrayInfo, name: str = "X", spreads: list | None = No
             _interop.host_storage(a, _torch_cpu_info(a)),
             _interop.host_storage(h, _torch_cpu_info(h)),
             X._sqnorm.numpy(),
+            X._bias,
         )
         spread = embedding_spread(X)
     else:
@@ -428,12 +430,12 @@ def min_sqdist_cpu(
 
 def pool_rows(pool: tuple, rows) -> tuple:
     """Rows ``rows`` (an index array or a slice) of a CPU pool (cpu_pool's tuple), as a pool."""
-    return tuple(a[rows] for a in pool)
+    return tuple(a[rows] if isinstance(a, np.ndarray) else a for a in pool)
 
 
 def pool_work(pool: tuple) -> int:
     """Elements of a CPU pool (cpu_pool's tuple) that one step reads."""
-    return sum(int(a.size) for a in pool if a.ndim == 2)
+    return sum(int(a.size) for a in pool if isinstance(a, np.ndarray) and a.ndim == 2)
 
 
 def _chunks(budget: int, progress: bool, desc: str = "k-center", work: int = 0):
@@ -458,7 +460,8 @@ _PRUNE_MIN_ROW_BYTES = 256
 
 def cpu_row_bytes(pool: tuple) -> int:
     """Bytes of one row of a CPU pool (cpu_pool's tuple) that a distance reads."""
-    return sum(a.shape[1] * a.itemsize for a in pool if a.ndim == 2)
+    arrays = (a for a in pool if isinstance(a, np.ndarray) and a.ndim == 2)
+    return sum(a.shape[1] * a.itemsize for a in arrays)
 
 
 def cpu_prunes(pool: tuple, prune: bool) -> bool:
