@@ -110,7 +110,9 @@ class GradientEmbedding:
         ``|A_i|² |H_i|²``, float32 (float64 for float64 factors), computed from the stored factors.
     A, H : arrays
         The stored factors, in the input's framework. For numpy they are read-only views (they
-        may share memory with the arrays passed in, and ``sqnorm`` is computed from them).
+        may share memory with the arrays passed in, and ``sqnorm`` is computed from them). An
+        embedding from ``gradient_embedding(..., bias=True)`` stores the features without the
+        bias column (the kernels read its 1 implicitly); its ``H`` is ``[h, 1]`` made on access.
 
     Examples
     --------
