@@ -759,3 +759,22 @@ def test_binding_out_of_range_indices_give_nan():
         fastal._ext.cuda.gram_min_eig(**args)
         assert np.isnan(to_numpy(lam)).all()
     assert_allclose(to_numpy(gpu(Z, lab, groups, rtol=1e-12)), want, rtol=1e-9)  # still fine
+
+
+@pytest.mark.parametrize("kind", ["bias", "columns"])
+@pytest.mark.parametrize("exponent", [-255, -300, -520, -1000])
+def test_columns_far_below_the_diagonal_cuda(kind, exponent):
+    """The block kernel's reflector is normalised as the CPU's (v[0] = 1): beta² no longer
+    overflows when a column is far below the diagonal (test_gram.py's case)."""
+    from test_gram import wide_range_case
+
+    Z, lab, groups = wide_range_case(kind, exponent)
+    want, _ = gram_min_eig_ref(Z, lab, groups)
+    assert_allclose(to_numpy(gpu(Z, lab, groups, method="tridiagonal")), want, rtol=1e-10)
+
+
+def test_a_subnormal_peak_is_refused_cuda():
+    Z = np.zeros((10, 3))
+    Z[:, 0] = 2.0**-1030
+    with pytest.raises(ValueError, match="do not fit float64"):
+        gpu(Z, [0], [[1, 2], [3, 4]])

@@ -448,3 +448,46 @@ def test_docstring_example():
     )
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# -- columns far below the largest entry ---------------------------------------------------------
+
+
+def wide_range_case(kind: str, exponent: int):
+    """(Z, labeled, groups): CRC's rows √3 [h, 1] with h ~ 2^exponent ("bias"), or one O(1) column
+    beside columns ~ 2^exponent ("columns"). The peak is O(1), so no rescaling applies, and the
+    D-side matrix's first column is far below its diagonal."""
+    rng = np.random.default_rng(1)
+    h = rng.normal(size=(40, 3)) * 2.0**exponent
+    if kind == "bias":
+        Z = np.sqrt(3) * np.c_[h, np.ones(40)]
+    else:
+        Z = np.c_[h, rng.normal(size=40)]
+    return Z, [0, 1], [[2, 3, 4], [5, 6, 7], [8, 9, 10]]
+
+
+@pytest.mark.parametrize("method", ["tridiagonal", "lowrank"])
+@pytest.mark.parametrize("kind", ["bias", "columns"])
+@pytest.mark.parametrize("exponent", [-200, -255, -260, -300, -520, -700, -1000])
+def test_columns_far_below_the_diagonal(kind, exponent, method):
+    """The Householder vector was v[0] = x[0] - alpha with beta = 2 / vᵀv: past 2^-256 of the
+    diagonal beta² overflowed and λ⁺_min came out as noise ~2^exponent, or inf. Normalised as
+    LAPACK's (v[0] = 1, beta in [1, 2]) the tiny directions fall under the zero threshold."""
+    Z, lab, groups = wide_range_case(kind, exponent)
+    want, spectra = gram_min_eig_ref(Z, lab, groups)
+    got = fastal.gram_min_eig(Z, lab, groups, method=method)
+    assert_allclose(got, want, rtol=1e-12)
+    if method == "tridiagonal":
+        lam, spec = fastal.gram_min_eig(Z, lab, groups, return_all=True)
+        assert_allclose(lam, want, rtol=1e-12)
+        assert_allclose(spec[:, -1], spectra[:, -1], rtol=1e-12)  # λ_max was lost too
+
+
+@pytest.mark.parametrize("peak", [2.0**-1030, 5e-324])
+def test_a_subnormal_peak_is_refused(peak):
+    """Its rescaling factor (2^1030) is past float64: it became inf, the rows NaN, and the
+    scores silently 0. The eigenvalues (~peak²) cannot be float64 numbers: refused."""
+    Z = np.zeros((10, 3))
+    Z[:, 0] = peak
+    with pytest.raises(ValueError, match="do not fit float64"):
+        fastal.gram_min_eig(Z, [0], [[1, 2], [3, 4]])

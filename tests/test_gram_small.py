@@ -210,3 +210,16 @@ def test_rejects_orders_above_32():
             small(Z, lab, groups, path=path)
     with pytest.raises(ValueError, match="slots must be >= 1"):
         small(Z, lab, groups[:, :12], slots=0)
+
+
+@pytest.mark.parametrize("kind", ["bias", "columns"])
+@pytest.mark.parametrize("exponent", [-255, -300, -520, -1000])
+def test_columns_far_below_the_diagonal(kind, exponent, path):
+    """The one-thread and warp paths share the normalised reflector (test_gram.py's case)."""
+    from test_gram import wide_range_case
+
+    Z, lab, groups = wide_range_case(kind, exponent)
+    want, want_spectra = gram_min_eig_ref(Z, lab, groups)
+    lam, spectra = small(Z, lab, groups, path=path)
+    assert_allclose(lam, want, rtol=1e-12)
+    assert_allclose(spectra[:, -1], want_spectra[:, -1], rtol=1e-12)

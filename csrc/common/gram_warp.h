@@ -126,15 +126,17 @@ FASTAL_HOST_DEVICE void tridiagonalize_rows(double* A, int ld, int N, double* v,
     if (lane == 0) d[k] = A[k * ld + k];
     const double x0 = W::shfl(x, o);
     const double tail = lane_max<W>(mine && lane > o ? std::fabs(x) : 0.0);
-    if (tail == 0) {  // column k is already reduced (β = 0): A₂₂ is unchanged
+    if (!(tail >= tridiagonal::kPivmin)) {  // reduced (β = 0), or subnormal: tridiagonal.h's rule
       if (lane == 0) e[k] = x0;
       continue;
     }
     const double scale = std::fmax(tail, std::fabs(x0)), inv = 1 / scale;
     const double norm = scale * std::sqrt(lane_sum<W>(mine ? mul_rn(x * inv, x * inv) : 0.0));
     const double alpha = x0 > 0 ? -norm : norm;
-    const double beta = 1 / (alpha * (alpha - x0));  // 2 / vᵀv
-    const double vi = !mine ? 0.0 : (lane == o ? x0 - alpha : x);
+    // normalised as tridiagonal::householder: v[o] = 1, β = 2 / vᵀv in [1, 2] (never overflows)
+    const double v0 = x0 - alpha, inv0 = 1 / v0;
+    const double beta = -v0 / alpha;
+    const double vi = !mine ? 0.0 : (lane == o ? 1.0 : x * inv0);
     if (lane == 0) e[k] = alpha;
     if (row) v[lane] = vi;
     W::sync();

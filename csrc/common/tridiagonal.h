@@ -21,12 +21,16 @@ constexpr double kEps = std::numeric_limits<double>::epsilon();  // 2^-52
 constexpr double kPivmin = std::numeric_limits<double>::min();   // smallest |pivot| of LDLᵀ
 
 // The reflector H = I - beta v vᵀ with H x = alpha e_0 for x of length m >= 1 (v[0, m) written).
-// Returns alpha; beta = 0 (H = I) when x[1, m) is already zero.
+// Returns alpha; beta = 0 (H = I) when x[1, m) is already zero, or subnormal: below kPivmin, where
+// Python's rescaling (a peak of Z in [2^-240, 2^240]) puts it under 2^-500 of the matrix's largest
+// entry, far below the eigenvalues' rounding. Normalised as LAPACK's: v[0] = 1 and beta in [1, 2]
+// (with v[0] = x[0] - alpha, beta = 2 / vᵀv reached 2^512 once the column was below 2^-256 of the
+// diagonal, and beta² overflowed in the rank-2 update: λ⁺_min of such matrices came out as noise).
 template <class X, class V>
 FASTAL_HOST_DEVICE double householder(X x, int64_t m, V v, double* beta) {
   double scale = 0;
   for (int64_t j = 1; j < m; ++j) scale = std::fmax(scale, std::abs(x[j]));
-  if (scale == 0) {
+  if (!(scale >= kPivmin)) {
     for (int64_t j = 0; j < m; ++j) v[j] = 0.0;
     *beta = 0;
     return x[0];
@@ -37,9 +41,11 @@ FASTAL_HOST_DEVICE double householder(X x, int64_t m, V v, double* beta) {
   for (int64_t j = 0; j < m; ++j) ss += (x[j] * inv) * (x[j] * inv);
   const double norm = scale * std::sqrt(ss);
   const double alpha = x[0] > 0 ? -norm : norm;
-  for (int64_t j = 1; j < m; ++j) v[j] = x[j];
-  v[0] = x[0] - alpha;
-  *beta = 1 / (alpha * (alpha - x[0]));  // 2 / vᵀv
+  const double v0 = x[0] - alpha;  // |v0| = |x[0]| + norm >= norm: no cancellation, no underflow
+  const double inv0 = 1 / v0;
+  v[0] = 1.0;
+  for (int64_t j = 1; j < m; ++j) v[j] = x[j] * inv0;
+  *beta = -v0 / alpha;  // 2 / vᵀv of the unnormalised v, times v0²
   return alpha;
 }
 

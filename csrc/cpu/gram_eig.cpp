@@ -223,7 +223,7 @@ void tridiagonalize(Workspace& ws, int64_t n) {
       update_and_symv<false>(B, ld, m, v, w, vn, pn, next);
     // w = beta p - (beta² / 2) (pᵀ vn) vn, so that H B' H = B' - vn wᵀ - w vnᵀ
     const int64_t mn = m - 1;
-    const double half = 0.5 * beta * beta * dot64(pn, vn, mn);
+    const double half = 0.5 * beta * (beta * dot64(pn, vn, mn));
     for (int64_t j = 0; j < mn; ++j) {
       v[j] = vn[j];
       w[j] = beta * pn[j] - half * vn[j];

@@ -303,7 +303,7 @@ __device__ double householder_warp(const double* x, int len, double* u, double* 
   for (int j = 1 + lane; j < len; j += 32) mx = fmax(mx, fabs(x[j]));
   mx = warp_max_d(mx);
   const double x0 = x[0];
-  if (mx == 0) {
+  if (!(mx >= kPivmin)) {  // zero or subnormal: already reduced (common/tridiagonal.h's rule)
     for (int j = lane; j < len; j += 32) u[j] = 0;
     *alpha = x0;
     return 0;
@@ -317,10 +317,13 @@ __device__ double householder_warp(const double* x, int len, double* u, double* 
   ss = warp_sum_d(ss);
   const double norm = scale * sqrt(ss);
   const double a = x0 > 0 ? -norm : norm;
-  for (int j = 1 + lane; j < len; j += 32) u[j] = x[j];
-  if (lane == 0) u[0] = x0 - a;
+  // normalised as LAPACK's (u[0] = 1, beta in [1, 2]): beta = 2 / uᵀu of u[0] = x0 - a overflowed
+  // for columns below 2^-256 of the diagonal
+  const double v0 = x0 - a, inv0 = 1 / v0;
+  for (int j = 1 + lane; j < len; j += 32) u[j] = x[j] * inv0;
+  if (lane == 0) u[0] = 1.0;
   *alpha = a;
-  return 1 / (a * (a - x0));
+  return -v0 / a;
 }
 
 // One fused pass over the trailing block B[1:, 1:] (B = A[k:, k:], m x m, leading dimension ld):
@@ -412,7 +415,7 @@ __device__ void tridiagonalize(double* A, int N, double* part, double* buf0, dou
           part[j] = s;
           dot = fma(s, P[j], dot);
         }
-        const double half = 0.5 * beta * beta * warp_sum_d(dot);
+        const double half = 0.5 * beta * (beta * warp_sum_d(dot));
         for (int j = lane; j < m; j += 32) w[j] = beta * part[j] - half * P[j];
         __syncwarp();
         const double w0 = w[0], p0 = P[0];

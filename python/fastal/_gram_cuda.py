@@ -28,7 +28,15 @@ import numpy as np
 
 from . import _ext, _interop
 from ._interop import ArrayInfo
-from .gram import _BIG, _SMALL, StoredRows, _check_groups_host, _unscale, _used_rows_peak
+from .gram import (
+    _BIG,
+    _SMALL,
+    StoredRows,
+    _check_groups_host,
+    _rescale_factor,
+    _unscale,
+    _used_rows_peak,
+)
 
 # The default of gram_min_eig_cuda's warp_max (benchmarks set it to time the one-warp path through
 # fastal.gram_min_eig): -1 leaves the choice of path to the kernel.
@@ -107,7 +115,7 @@ def gram_min_eig_cuda(
         used = _interop.host_numpy(zkeep[_interop.to_framework(rows, info)])
         peak = _used_rows_peak(StoredRows(used), np.arange(rows.size), np.empty((0, 1), np.int64))
     if peak > _BIG or 0.0 < peak < _SMALL:
-        scale = float(2.0 ** -np.frexp(peak)[1])
+        scale = _rescale_factor(peak)
         # only the rows read, rescaled (exact: float64 only, no float32 has such a peak) into a
         # (rows, D) copy as on the CPU, not all of Z; the indices then point into that copy
         zkeep = zkeep[_interop.to_framework(rows, info)] * scale

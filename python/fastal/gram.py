@@ -251,7 +251,7 @@ def _host_min_eig(src: Any, lab: np.ndarray, grp: np.ndarray, rtol: float, retur
     if peak > _BIG or 0.0 < peak < _SMALL:
         peak = _used_rows_peak(src, lab, grp)
     if peak > _BIG or 0.0 < peak < _SMALL:
-        scale = float(2.0 ** -np.frexp(peak)[1])
+        scale = _rescale_factor(peak)
     in_place = src.whole is not None and scale == 1.0
     parts = []
     bar = tqdm(total=grp.shape[0], disable=not progress, desc="λ⁺_min", unit="group")
@@ -339,6 +339,23 @@ def _raise_non_finite(Zh: np.ndarray, step: int) -> None:
     raise ValueError(f"Z contains NaN or Inf in {count} row(s), first in row {first}")
 
 
+def _rescale_factor(peak: float) -> float:
+    """The power of two that brings ``peak`` into [0.5, 1). A subnormal peak (below 2^-1022)
+    would need a factor past float64's range, and its eigenvalues (the square) underflow: refused
+    with :func:`_unscale`'s message."""
+    exponent = -int(np.frexp(peak)[1])
+    if exponent > 1023:
+        raise _does_not_fit(peak)
+    return float(2.0**exponent)
+
+
+def _does_not_fit(peak: float) -> ValueError:
+    return ValueError(
+        f"the eigenvalues of Z Zᵀ do not fit float64: |Z| reaches {peak:.3g} and they scale "
+        "as its square; rescale Z (λ⁺_min scales by the square of the factor)"
+    )
+
+
 def _unscale(values: Any, scale: float, peak: float, *, spectra: bool = False) -> Any:
     """Eigenvalues of the rescaled ``scale · Z`` back to those of ``Z`` (numpy, torch or cupy).
 
@@ -351,10 +368,7 @@ def _unscale(values: Any, scale: float, peak: float, *, spectra: bool = False) -
     if not spectra:
         lost = lost | ((out == 0) & (values != 0))
     if bool(lost.any()):
-        raise ValueError(
-            f"the eigenvalues of Z Zᵀ do not fit float64: |Z| reaches {peak:.3g} and they scale "
-            "as its square; rescale Z (λ⁺_min scales by the square of the factor)"
-        )
+        raise _does_not_fit(peak)
     return out
 
 
