@@ -367,3 +367,22 @@ def test_the_cpu_figure_is_the_smaller_of_the_machine_and_the_cgroup(monkeypatch
     assert bl._available_bytes("cpu") is None
     monkeypatch.setattr(bl, "_cgroup_available_bytes", lambda: 5)
     assert bl._available_bytes("cpu") == 5
+
+
+def test_cgroup_odd_contents(tmp_path):
+    """v1's -1 means no limit; a path with '..' or ' (deleted)' is read at the mount's top or
+    without the suffix; bytes that are not UTF-8 do not raise."""
+    root, me = _cgroup_tree(tmp_path, ["4:memory:/job"], {
+        "memory/job/memory.limit_in_bytes": "-1\n", "memory/job/memory.usage_in_bytes": "5\n",
+    })  # fmt: skip
+    assert bl._cgroup_available_bytes(root, me) is None
+    root, me = _cgroup_tree(tmp_path, ["0::/gone (deleted)"], {
+        "gone/memory.max": "100\n", "gone/memory.current": "40\n",
+    })  # fmt: skip
+    assert bl._cgroup_available_bytes(root, me) == 60
+    root, me = _cgroup_tree(tmp_path, ["0::/../elsewhere"], {
+        "memory.max": "100\n", "memory.current": "10\n",
+    })  # fmt: skip
+    assert bl._cgroup_available_bytes(root, me) == 90
+    (tmp_path / "self").write_bytes(b"0::/\xff\xfe\n")
+    assert bl._cgroup_available_bytes(root, str(tmp_path / "self")) == 90

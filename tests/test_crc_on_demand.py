@@ -222,3 +222,22 @@ def test_crc_progress(monkeypatch, capsys):
     assert "39/39" in capsys.readouterr().err
     with pytest.raises(TypeError, match="progress must be a bool"):
         CRC(progress="yes")
+
+
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_gathered_calls_cap_the_rows_unless_the_labeled_part_dominates(monkeypatch, lowrank):
+    """Gathered calls get about _GATHER_VALUES values of group rows; but where each call forms
+    a large labeled part again (the tridiagonal kernel), never so few groups that it would cost
+    more than an eighth of the call: then they are the calls of Z read in place."""
+    monkeypatch.setattr(gram, "_GATHER_VALUES", 4 * 20 * 129)  # four groups of 20 at D = 129
+
+    def sizes(m_lab, in_place):
+        grp = np.zeros((500, 20), np.int64)
+        chunks = gram._group_chunks(grp, np.arange(m_lab), 129, lowrank, in_place)
+        return [c.shape[0] for c in chunks]
+
+    assert sizes(2, False) == [4] * 125  # a small labeled part: the cap holds
+    if lowrank:  # the basis is computed once on the host: only the cap
+        assert sizes(20000, False) == [4] * 125
+    else:  # |L| = 20000: 8 |L| D² / ((2/3) D³) = 9922 groups' work, more than all of them
+        assert sizes(20000, False) == sizes(20000, True) == [500]

@@ -1,9 +1,11 @@
 """``gradient_embedding(bias=True)`` keeps the features as they are and the bias gradient's column
 implicit (the CPU kernels read a trailing 1 that is not stored): no copy of the largest array.
-Everything it computes equals what the same embedding with the column stored
-(``GradientEmbedding(A, [h, 1])``) computes: the factors, norms and dense rows, and the k-center,
-k-means++ and min-distance kernels' picks and distances, in every storage dtype and mixed with
-stored-column embeddings; the kernels refuse a malformed pool tuple."""
+What it computes is what the same embedding with the column stored
+(``GradientEmbedding(A, [h, 1])``) computes: the factors and dense rows exactly, the norms and
+distances to rounding (the 1 is added after the dot product rather than inside it, so exact ties
+may break differently), and the k-center, k-means++ and min-distance picks on these data, in every
+storage dtype and mixed with stored-column embeddings; the kernels refuse a malformed pool
+tuple."""
 
 from __future__ import annotations
 

@@ -167,7 +167,7 @@ def _cgroup_available_bytes(
     ``total_inactive_file``); the cgroup's path comes from ``self_cgroup``, and a path not mounted
     under ``root`` (a container that sees only its own cgroup) is read at the mount's top."""
     try:
-        with open(self_cgroup) as f:
+        with open(self_cgroup, encoding="utf-8", errors="replace") as f:
             entries = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
     except OSError:
         return None
@@ -180,7 +180,10 @@ def _cgroup_available_bytes(
                             "memory.usage_in_bytes", "total_inactive_file"))  # fmt: skip
     best = None
     for mount, path, limit_file, usage_file, inactive_key in layouts:
+        path = path.removesuffix(" (deleted)")
         parts = [p for p in path.split("/") if p]
+        if ".." in parts:  # not a path below the mount: read its top only
+            parts = []
         chain = [os.path.join(mount, *parts[:i]) for i in range(len(parts) + 1)]
         for here in chain if os.path.isdir(chain[-1]) else [mount]:
             room = _cgroup_room(here, limit_file, usage_file, inactive_key)
@@ -195,12 +198,12 @@ def _cgroup_room(directory: str, limit_file: str, usage_file: str, inactive_key:
     try:
         with open(os.path.join(directory, limit_file)) as f:
             text = f.read().strip()
-        if text == "max" or int(text) >= _NO_LIMIT:
+        if text == "max" or not 0 <= int(text) < _NO_LIMIT:  # v1 writes -1 for "no limit" too
             return None
         limit = int(text)
         with open(os.path.join(directory, usage_file)) as f:
             usage = int(f.read().strip())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
     inactive = 0
     try:

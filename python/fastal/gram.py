@@ -62,8 +62,9 @@ def gram_min_eig(
     ``size x size`` float64 matrix per thread plus the shared part, ``size = min(|S|, D)``; host
     ``Z`` is read in place (scanned for NaN / Inf and its peak in row blocks; when that needs the
     rescaling, the peak of the rows of ``labeled`` and ``groups``, the only rows read, sets the
-    scale, and each call gets a scaled copy of the rows it reads only, at most about 16M values
-    of group rows).
+    scale, and each call gets a scaled copy of the rows it reads only: the labeled rows and about
+    16M values of group rows, more only where forming the labeled part again in each call would
+    cost more than an eighth of it).
     CUDA input runs on its device (see Notes): same definition and threshold rule, results equal
     to the CPU ones to rounding.
 
@@ -376,15 +377,16 @@ def _unscale(values: Any, scale: float, peak: float, *, spectra: bool = False) -
 # calls of about this many multiply-adds (~0.1-0.5 s on the 2-core development machine), and at
 # least eight times the work a call repeats for the labeled part.
 _INTERRUPT_WORK = 2.0**31
-# A call that gets its rows gathered (Z rescaled, or made on demand) gets at most about this many
-# values of group rows (64 MiB of float32), however cheap its groups: the gathered rows are the
-# memory the call needs beyond the kernel's workspaces.
+# A call that gets its rows gathered (Z rescaled, or made on demand) gets about this many values of
+# group rows (64 MiB of float32), however cheap its groups: the gathered rows are the memory the
+# call needs beyond the kernel's workspaces. Unless the labeled part, which every call forms again,
+# would then cost more than an eighth of the call: the calls are then those of Z read in place.
 _GATHER_VALUES = 1 << 24
 
 
 def _group_chunks(grp: np.ndarray, lab: np.ndarray, D: int, lowrank: bool, in_place: bool = True):
     """Row blocks of ``grp`` for one CPU call each, by _cheaper_method's work counts (and, when
-    the call's rows are gathered, ``_GATHER_VALUES``)."""
+    the call's rows are gathered, ``_GATHER_VALUES``: see there)."""
     m_lab, (n_groups, G) = lab.size, grp.shape
     s_side = m_lab + G <= D
     size, m = (m_lab + G, m_lab) if s_side else (D, D)
@@ -394,7 +396,8 @@ def _group_chunks(grp: np.ndarray, lab: np.ndarray, D: int, lowrank: bool, in_pl
         per_group, shared = (2 / 3) * size**3, float(m_lab) * m_lab * D if s_side else D * D * m_lab
     step = max(1, int(max(_INTERRUPT_WORK, 8 * shared) // max(per_group, 1.0)))
     if not in_place:
-        step = min(step, max(1, _GATHER_VALUES // max(G * D, 1)))
+        labeled_step = int(8 * shared // max(per_group, 1.0))  # the labeled part <= 1/8 of a call
+        step = min(step, max(1, _GATHER_VALUES // max(G * D, 1), labeled_step))
     for g0 in range(0, max(n_groups, 1), step):
         yield grp[g0 : g0 + step]
 

@@ -84,8 +84,10 @@ class CRC(Strategy):
 
     Memory: on the CPU the rows of ``√C [h, 1]`` (and widened 16-bit NTK features) are made as
     each Gram call reads them (:class:`fastal.ntk.NtkRows`, bit for bit those of
-    :func:`fastal.ntk_features`), at most about 16M values at a time, never as an ``(n, D)`` copy
-    of the pool; CUDA pools are materialised with :func:`fastal.ntk_features`.
+    :func:`fastal.ntk_features`): the labeled rows and about 16M values of group rows at a
+    time (more only when forming a large labeled part again in each call would cost more than
+    an eighth of it), never an ``(n, D)`` copy of the pool; CUDA pools are materialised with
+    :func:`fastal.ntk_features`.
 
     Examples
     --------
@@ -243,11 +245,14 @@ def _too_few_groups(k: int, Q: int, G: int, rest, strategy, pseudo, n_classes: i
 
 
 def _ntk_pool(pool: Any, need_labels: bool, bias: bool = True) -> tuple[Any, Any, Any, int]:
-    """(trace-NTK features, their ArrayInfo, pseudo-labels or None, number of classes or 0).
+    """(trace-NTK features Z, an ArrayInfo, pseudo-labels or None, number of classes or 0).
 
-    The features are float32 or float64: float16 / bfloat16 ones (given, or computed from float16
-    / bfloat16 ``"features"``) are cast to float32 on purpose, since the Gram eigenvalues are
-    computed in float64 anyway. Every message names the pool entry the user passed.
+    Z is float32 or float64: float16 / bfloat16 ones (given, or computed from float16 / bfloat16
+    ``"features"``) are read as float32 on purpose, since the Gram eigenvalues are computed in
+    float64 anyway. On the CPU, where Z would be computed or widened, it is an :class:`NtkRows`
+    making its rows on demand, and the ArrayInfo is that of the pool entry as passed (its
+    framework and row count are what the caller reads); else Z is an array and the ArrayInfo its
+    own. Every message names the pool entry the user passed.
     """
     import torch
 
