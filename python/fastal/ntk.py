@@ -142,18 +142,28 @@ class NtkRows:
         """``max |Z|``: rounding is monotone, so it is ``max |h|`` (and 1 for the bias) times
         ``√C`` rounded once, as in the row that holds it. Row blocks, no whole-pool temporary."""
         if self._peak is None:
-            torch, h = self._torch, self.h
-            top = torch.zeros((), dtype=self._dtype)
-            for s in range(0, h.shape[0], _chunk_rows(h.shape[1])):
-                block = h[s : s + _chunk_rows(h.shape[1])]
-                if block.numel():
-                    top = torch.maximum(top, block.abs().amax().to(self._dtype))  # NaN propagates
-            if self.bias:
-                top = torch.maximum(top, torch.ones((), dtype=self._dtype))
-            if self.root_c is not None:
-                top = top.reshape(1).mul_(self.root_c)[0]
-            self._peak = float(top)
+            self._peak = self._scaled(self.abs_max())
         return self._peak
+
+    def abs_max(self) -> float:
+        """``max |h|`` (NaN or Inf where ``h`` holds one), in row blocks."""
+        torch, h = self._torch, self.h
+        top = torch.zeros((), dtype=self._dtype)
+        for s in range(0, h.shape[0], _chunk_rows(h.shape[1])):
+            block = h[s : s + _chunk_rows(h.shape[1])]
+            if block.numel():
+                top = torch.maximum(top, block.abs().amax().to(self._dtype))  # NaN propagates
+        return float(top)
+
+    def _scaled(self, h_max: float) -> float:
+        """``max |Z|`` from ``max |h|`` (exact in ``dtype``): the bias's 1, then √C, rounded once."""
+        torch = self._torch
+        top = torch.tensor(h_max, dtype=self._dtype)
+        if self.bias:
+            top = torch.maximum(top, torch.ones((), dtype=self._dtype))
+        if self.root_c is not None:
+            top = top.reshape(1).mul_(self.root_c)[0]
+        return float(top)
 
 
 def ntk_rows(features: Any, n_classes: int, *, bias: bool = True, dtype: Any = None) -> NtkRows:
@@ -166,10 +176,11 @@ def ntk_rows(features: Any, n_classes: int, *, bias: bool = True, dtype: Any = N
     bias = check_bool(bias, "bias")
     h = as_torch(features, info)
     rows = NtkRows(h, _root_c(n_classes), bias, h.dtype if dtype is None else dtype)
-    raw = NtkRows(h, None, False, rows._dtype).peak()  # max |h|, NaN / Inf kept
+    raw = rows.abs_max()  # NaN / Inf kept
     if not math.isfinite(raw):
         raise ValueError("features contains NaN or Inf")
-    if not math.isfinite(rows.peak()):
+    rows._peak = rows._scaled(raw)  # one pass over h for both
+    if not math.isfinite(rows._peak):
         peak = max(raw, 1.0) if bias else raw  # the peak of [h, 1], as ntk_features reports it
         raise ValueError(
             f"features times √n_classes overflows {rows.dtype}: |features| reaches {peak:.3g} and "
