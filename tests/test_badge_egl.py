@@ -192,6 +192,33 @@ def test_bias_flag_with_a_ready_embedding_is_refused():
         BADGE(bias=True).select(emb, 3, seed=0)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("n_labeled", [7, 8, 12])
+def test_copies_of_many_labeled_rows_are_at_zero(n_labeled, bias):
+    """From 8 centres on the distances run in AVX-512 register blocks, which kept the factored
+    expansion's rounding noise for exact copies (no near-copy recompute): k-center picked 3-6
+    copies of labeled rows in 30 picks, k-means++ drew them, CoreSet(gradients) picked them."""
+    rng = np.random.default_rng(3)
+    C, d, copies = 10, 64, 40
+    probs_l = rng.dirichlet(np.ones(C), size=n_labeled)
+    feats_l = 30 * rng.normal(size=(n_labeled, d))
+    logits = rng.normal(size=(2000, C))
+    logits[:, 0] += 12  # confident rows: small gradients
+    probs = np.vstack([probs_l, np.repeat(probs_l, copies, 0),
+                       np.exp(logits) / np.exp(logits).sum(1, keepdims=True)]).astype(np.float32)
+    feats = np.vstack([feats_l, np.repeat(feats_l, copies, 0),
+                       rng.normal(size=(2000, d))]).astype(np.float32)  # fmt: skip
+    labeled = np.arange(n_labeled)
+    emb = fastal.gradient_embedding(probs, feats, bias=bias)
+    dist, _ = fastal.min_distance(emb, emb.subset(labeled))
+    assert not np.asarray(dist)[: n_labeled * (copies + 1)].any()
+    is_copy = lambda picks: (np.asarray(to_numpy(picks)) < n_labeled * (copies + 1)).sum()  # noqa: E731
+    assert is_copy(fastal.kcenter(emb, 30, labeled=labeled).indices) == 0
+    assert is_copy(fastal.kmeans_pp(emb, 100, labeled=labeled, seed=1)) == 0
+    pool = {"probs": probs, "features": feats}
+    assert is_copy(strategies.CoreSetGradients(bias=bias).select(pool, 30, labeled).indices) == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # EGL
 

@@ -185,6 +185,30 @@ void block_dist2(const FactoredRows<T>& rows, const Acc<T>* const (&x)[kBlockRow
     }
 }
 
+// Near a copy of the centre the factored expansion is rounding noise, ~e s rather than 0: as in
+// FactoredRows::dist2, such distances are recomputed without the cancellation (an exact copy of a
+// labeled row got a small positive distance in blocks, and k-center picked it). Dense: nothing.
+// Block rows i.. (nr of them) against centres j.. (nc of them; prepared layout in `centres`).
+template <typename T>
+void recompute_near_copies(const DenseRows<T>&, const Acc<T>* const (&)[kBlockRows],
+                           const Acc<T>* const (&)[kBlockCentres], const Acc<T>*, int64_t,
+                           int64_t, int64_t, int64_t, Acc<T> (&)[kBlockRows][kBlockCentres]) {}
+template <typename T>
+void recompute_near_copies(const FactoredRows<T>& rows, const Acc<T>* const (&x)[kBlockRows],
+                           const Acc<T>* const (&c)[kBlockCentres], const Acc<T>* centres,
+                           int64_t i, int64_t nr, int64_t j, int64_t nc,
+                           Acc<T> (&out)[kBlockRows][kBlockCentres]) {
+  using A = Acc<T>;
+  const int64_t at = padded<A>(rows.C) + padded<A>(rows.dh), cs = rows.centre_size();
+  const A limit = 2 * rows.error_scale();
+  for (int64_t r = 0; r < nr; ++r)
+    for (int64_t q = 0; q < nc; ++q) {
+      const A s = x[r][at] + c[q][at];  // |g_i|^2 + |g_c|^2, as dist2's s
+      if (out[r][q] <= limit * s)
+        out[r][q] = rows.near_copy(i + r, centres + (j + q) * cs, out[r][q], s);
+    }
+}
+
 // 64-byte aligned scratch of `count` values (vector's own storage is only 16-byte aligned).
 template <typename A>
 struct AlignedBuffer {
@@ -246,6 +270,7 @@ void min_sqdist_blocked(const Rows& rows, const AccOfRows<Rows>* centres, int64_
               c[q] = cents + (j + std::min<int64_t>(q, nc - 1)) * stride;
             A out[kBlockRows][kBlockCentres];
             block_dist2(rows, x, c, out);
+            recompute_near_copies(rows, x, c, centres, i0 + r0, nr, j, nc, out);
             for (int64_t r = 0; r < nr; ++r)
               for (int64_t q = 0; q < nc; ++q) offer(out[r][q], j + q, best[r0 + r], arg[r0 + r]);
           }
