@@ -133,3 +133,26 @@ def test_the_largest_norm_first_past_float32_squares():
 def test_ntk_features_refuses_an_astronomical_class_count():
     with pytest.raises(ValueError, match="n_classes is too large"):
         fastal.ntk_features(np.ones((3, 2), np.float32), 10**400)
+
+
+@pytest.mark.parametrize("case", ["wide", "constant column"])
+@pytest.mark.parametrize("minibatch", [None, 64])
+def test_the_tolerance_does_not_overflow(case, minibatch):
+    """scikit-learn's tolerance (tol · mean column variance) was summed in float32 from X itself:
+    a pool 4e17 wide, or a constant column of 1e30 (whose float32 mean is an ulp off, squared),
+    made it inf, and the fit stopped after one iteration as 'converged'. The variance of X - x0
+    in float64: the iterations of the same pool scaled to O(1)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 4)) * 10
+    unit = centres[rng.integers(4, size=400)] + rng.normal(size=(400, 4))
+    if case == "wide":
+        X, Y = (unit * 4e17).astype(np.float32), unit.astype(np.float32)
+    else:
+        X, Y = np.c_[unit, np.full(400, 1e30)].astype(np.float32), np.c_[unit, np.zeros(400)]
+        Y = Y.astype(np.float32)
+    kw = {"seed": 1, "minibatch": minibatch, "max_iter": 50}
+    tol = kmeans_module._tol_abs(__import__("torch").from_numpy(X), 1e-4)
+    assert np.isfinite(tol)
+    got, want = fastal.kmeans(X, 8, **kw), fastal.kmeans(Y, 8, **kw)
+    assert got.n_iter == want.n_iter
+    np.testing.assert_array_equal(got.labels, want.labels)

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import functools
 import glob
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -588,26 +589,32 @@ def _segment_means(xt: Any, labels: Any, k: int) -> tuple[Any, Any]:
     return sums, counts
 
 
-def _tol_abs(xt: Any, tol: float, keep: Any = None) -> float:
+def _tol_abs(xt: Any, tol: float, keep: Any = None, name: str = "X") -> float:
     """scikit-learn's tolerance: ``tol * mean(var(X, axis=0))`` (over the ``keep`` rows).
 
-    Per-tile column means and centred sums of squares in float32 (float64 for float64 X), merged
-    across tiles in float64 by Chan et al.'s pairwise update: one pass, no float64 copy of X."""
+    The variance of ``X - x0`` (``x0`` the first row read; the variance is shift-invariant), by
+    per-tile column means and centred sums of squares in float64, merged across tiles by Chan et
+    al.'s pairwise update: one pass, no float64 copy of X. The differences are bounded by the
+    spread the distance checks allow; float32 squares and column means of X itself overflowed
+    for pools ~1e17 wide or a constant column ~1e26 (the tolerance became inf and the fit
+    stopped after one iteration, "converged")."""
     import torch
 
     if tol == 0:
         return 0.0
     work = torch.float64 if xt.dtype == torch.float64 else torch.float32
-    count, mean, m2 = 0, None, None
+    count, mean, m2, x0 = 0, None, None, None
     for s in range(0, xt.shape[0], _TILE):
         x = xt[s : s + _TILE] if keep is None else xt[s : s + _TILE][keep[s : s + _TILE]]
         x = x.to(work)
         nb = x.shape[0]
         if nb == 0:
             continue
+        if x0 is None:
+            x0 = x[0].clone()
+        x = (x - x0).to(torch.float64)
         mb = x.mean(0)
-        m2b = ((x - mb) ** 2).sum(0).to(torch.float64)
-        mb = mb.to(torch.float64)
+        m2b = ((x - mb) ** 2).sum(0)
         if mean is None:
             count, mean, m2 = nb, mb, m2b
             continue
@@ -616,7 +623,10 @@ def _tol_abs(xt: Any, tol: float, keep: Any = None) -> float:
         mean = mean + delta * (nb / total)
         m2 = m2 + m2b + delta**2 * (count * nb / total)
         count = total
-    return float(tol * (m2 / count).mean())
+    out = float(tol * (m2 / count).mean())
+    if not math.isfinite(out):  # a column variance past float64: so is some squared distance
+        raise _overflow(name, "float64" if xt.dtype == torch.float64 else "float32")
+    return out
 
 
 def kmeans(
@@ -780,7 +790,7 @@ def _kmeans(
     if info.device != "cpu" or skip is not None:  # cpu_pool above checked the others
         check_spread_torch(xt, info.dtype, name)
     centres = _initial_centres(X, xt, info, k, init, rng, acc, name, exclude=exclude)
-    tol_abs = _tol_abs(xt, float(tol), None if skip is None else skip.keep)
+    tol_abs = _tol_abs(xt, float(tol), None if skip is None else skip.keep, name)
 
     converged, it = False, 0
     fused = _fused_lloyd(info, k)  # mini-batches assign through it too
