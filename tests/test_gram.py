@@ -491,3 +491,36 @@ def test_a_subnormal_peak_is_refused(peak):
     Z[:, 0] = peak
     with pytest.raises(ValueError, match="do not fit float64"):
         fastal.gram_min_eig(Z, [0], [[1, 2], [3, 4]])
+
+
+_SUBNORMAL_GROUPS = r"""
+import numpy as np, fastal
+Z = np.array([[1e-160, 0, 0, 0], [0, 2e-160, 0, 0], [0, 0, 3e-160, 0], [0, 0, 0, 1e-161],
+              [1, .5, 0, 0], [.3, 2, 1, 0], [1, 1, 1, 1], [2, 0, 1, 0], [0, 1, 0, 1], [1, 2, 3, 4.]])
+out = []
+for lab, grp in (([0], [[4, 5, 6], [1, 2, 3], [7, 8, 9]]), ([], [[1]]), ([0], [[1, 2], [4, 5], [7, 8]])):
+    for method in ("tridiagonal", "lowrank"):
+        out.append(fastal.gram_min_eig(Z, lab, grp, method=method).tolist())
+print(repr(out))
+"""
+
+
+def test_a_subnormal_group_scores_zero_without_corrupting_memory():
+    """A group whose whole Gram matrix is subnormal (rows ~1e-160 beside ordinary ones, so no
+    rescaling applies): the low-rank kernel's per-group scale 2^1062 was inf, the NaNs sent a
+    2 x 2 pivot past the last row, and the process aborted ("double free or corruption"). Such a
+    matrix has no eigenvalue with relative precision: 0.0 by both methods. In a subprocess, so
+    that a regression fails here rather than killing the test run."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _SUBNORMAL_GROUPS], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    tri_a, low_a, tri_b, low_b, tri_c, low_c = eval(run.stdout)  # noqa: S307 (our own repr)
+    assert tri_a[1] == low_a[1] == 0.0
+    assert tri_b == low_b == [0.0]
+    assert tri_c[0] == low_c[0] == 0.0
+    assert_allclose(low_a, tri_a, rtol=1e-10)
+    assert_allclose(low_c, tri_c, rtol=1e-10)
+    assert min(tri_a[0], tri_a[2], tri_c[1], tri_c[2]) > 0.1

@@ -176,7 +176,9 @@ FASTAL_HOST_DEVICE double min_positive(V d, V e, V e2, V ql, int64_t n, double r
   double big = 0;
   for (int64_t i = 0; i < n; ++i) big = std::fmax(big, std::abs(d[i]));
   for (int64_t i = 0; i + 1 < n; ++i) big = std::fmax(big, std::abs(e[i]));
-  if (!(big > 0)) {  // the zero matrix: no positive eigenvalue
+  // the zero matrix, or one whose entries are all subnormal (no power of two brings them to O(1),
+  // and eigenvalues there have no relative precision): no positive eigenvalue
+  if (!(big >= kPivmin)) {
     if (spectrum)
       for (int64_t i = 0; i < n; ++i) spectrum[i] = 0.0;
     return 0.0;

@@ -67,7 +67,9 @@ int64_t inertia_solve(double* A, double* R, int64_t G, int nr, int* block) {
         if (std::abs(A[i * G + j]) > mu1) mu1 = std::abs(A[i * G + j]), r = i, s = j;
     }
     const double pivmin = kEps * kEps * std::max(mu0, mu1) + std::numeric_limits<double>::min();
-    if (mu0 >= alpha * mu1) {  // 1 x 1 pivot on the largest diagonal entry
+    // 1 x 1 also for the last row, and where no off-diagonal entry is positive (NaN data must
+    // not send a 2 x 2 pivot past row G - 1)
+    if (mu0 >= alpha * mu1 || k + 1 == G || !(mu1 > 0)) {  // 1 x 1 on the largest diagonal entry
       swap_symmetric(A, R, G, nr, k, p);
       double d = A[k * G + k];
       if (std::abs(d) < pivmin) d = A[k * G + k] = -pivmin;
@@ -261,7 +263,10 @@ double group_min_eig(const T* Z, int64_t D, const int64_t* group, int64_t G, con
     diag = std::max(diag, w.C[a * G + a]);
   }
   double hi = lam_max + std::min(trace, rows);
-  if (!(hi > 0)) return 0.0;  // every row zero
+  // every row zero, or the whole matrix subnormal (below 2^-1022, where no power of two brings it
+  // to O(1) and its eigenvalues have no relative precision): no positive eigenvalue, as the
+  // tridiagonal method says (common/tridiagonal.h)
+  if (!(hi >= std::numeric_limits<double>::min())) return 0.0;
   // scale K by an even power of two (exact) so that its entries are O(1)
   int exponent;
   std::frexp(hi, &exponent);

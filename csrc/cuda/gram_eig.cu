@@ -499,7 +499,7 @@ __device__ void solve_tridiagonal(double* d, double* e, double* e2, double* tmp,
       if (i + 1 < N) big = nan_max(big, fabs(e[i]));
     }
     big = warp_nan_max(big);
-    if (big > 0 && big <= DBL_MAX) {
+    if (big >= kPivmin && big <= DBL_MAX) {
       // a power of two (exact) so that the squares can neither overflow nor underflow
       int exponent;
       frexp(big, &exponent);
@@ -528,7 +528,9 @@ __device__ void solve_tridiagonal(double* d, double* e, double* e2, double* tmp,
         scal[3] = 1;  // solve
       }
     } else if (lane == 0) {
-      scal[3] = big == 0 ? 0 : -1;  // the zero matrix; NaN or inf
+      // the zero matrix, or a subnormal one (no positive eigenvalue, as common/tridiagonal.h);
+      // NaN or inf
+      scal[3] = big >= 0 && big < kPivmin ? 0 : -1;
     }
   }
   __syncthreads();

@@ -66,7 +66,9 @@ class _Chunk:
         # λ_max lies in [max(Λ_max, max_a C_aa), Λ_max + λ_max(C)], and λ_max(C) is at most its
         # trace and its largest absolute row sum (as the CPU kernel)
         hi = lam_max + torch.minimum(diag.sum(1), self.C.abs().sum(2).amax(1))
-        self.live = hi > 0  # else every row of the group is zero: no positive eigenvalue
+        # else every row of the group is zero, or the matrix subnormal: no positive eigenvalue
+        # (the CPU kernel's rule)
+        self.live = hi >= TINY
         pad = 8 * EPS * hi + 8 * TINY * self.n
         self.hi = hi + pad
         self.lmax_lo = torch.maximum(lam_max, diag.amax(1)) * (1 - 16 * EPS) - pad
