@@ -676,3 +676,39 @@ def test_egl_keeps_the_scores_of_confident_float32_rows(key):
     sel = EGL().select(pool, n)
     assert_allclose(upcast(sel.diagnostics["scores"]), truth, rtol=1e-5)
     assert_array_equal(to_numpy(sel.indices), top_scores_ref(truth, n))
+
+
+@pytest.mark.parametrize("squared", [True, False])
+def test_egl_float32_logits_past_the_softmax_underflow(squared):
+    """Gaps of 105..130 between float32 logits: float32's softmax gave the small probabilities as
+    0 (from a gap of ~88 on), every such row scored 0 and the picks fell to the lowest indices.
+    Those rows are computed again in float64: the float64 picks and scores."""
+    import torch
+
+    gaps = torch.tensor([130.0, 120.0, 110.0, 105.0, 100.0, 95.0])
+    z = torch.zeros(6, 3)
+    z[:, 0] = gaps
+    h = torch.ones(6, 4)
+    got = EGL(squared=squared).select({"logits": z, "features": h}, 3)
+    want = EGL(squared=squared).select({"logits": z.double(), "features": h.double()}, 3)
+    assert_array_equal(to_numpy(got.indices), [5, 4, 3])
+    assert_array_equal(to_numpy(got.indices), to_numpy(want.indices))
+    assert_allclose(upcast(got.diagnostics["scores"]), upcast(want.diagnostics["scores"]),
+                    rtol=1e-6)  # fmt: skip
+    assert (upcast(got.diagnostics["scores"]) > 0).all()
+
+
+def test_egl_tiny_float32_features_and_float64_logits_past_float32():
+    """|h|² below float32's normal range (|h| ~ 1e-25) is summed again in float64 rather than
+    scoring 0; finite float64 logits past float32's range are accepted with float32 features."""
+    import torch
+
+    h = torch.tensor([[1e-30], [1e-25], [3e-23], [1e-24]], dtype=torch.float32)
+    p = torch.full((4, 2), 0.5)
+    got = EGL().select({"probs": p, "features": h}, 2)
+    assert_array_equal(to_numpy(got.indices), [2, 3])
+    scores = upcast(got.diagnostics["scores"])
+    assert_allclose(scores, 0.5 * h.double().square().sum(1).numpy(), rtol=1e-6)
+    logits = torch.tensor([[1e39, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    sel = EGL().select({"logits": logits, "features": torch.ones(2, 3)}, 1)
+    assert_array_equal(to_numpy(sel.indices), [1])

@@ -39,13 +39,16 @@ class EGL(Strategy):
 
     The pool is a mapping with ``"probs"`` (or ``"logits"``) and ``"features"``. ``diagnostics``
     holds ``"scores"`` for every row of the pool, float64: ``|h|²`` is summed in float32 (float64
-    for float64 input) and, for rows where that overflows (``|h| ≳ 1.8e19``), again in float64, so
-    large features rank correctly instead of all scoring ``inf``. ``1 - |p|² = Σ_y p_y (1 - p_y)``
-    is summed from non-negative terms, the top class's probability read as 1 minus the sum of the
-    others (stored rows sum to 1 only to their dtype's rounding, which ``p_max`` carries in full while
-    the small probabilities of a confident row keep their relative precision), so confident rows
-    keep their small scores instead of cancelling to 0. Checks and scores run in row
-    tiles: no temporary the size of the features or probabilities.
+    for float64 input) and, for rows where that overflows (``|h| ≳ 1.8e19``) or falls below
+    float32's normal range (``|h| ≲ 1e-19``), again in float64, so large and tiny features rank
+    correctly instead of scoring ``inf`` or 0. ``1 - |p|² = Σ_y p_y (1 - p_y)`` is summed from
+    non-negative terms, the top class's probability read as 1 minus the sum of the others (stored
+    rows sum to 1 only to their dtype's rounding, which ``p_max`` carries in full while the small
+    probabilities of a confident row keep their relative precision), so confident rows keep their
+    small scores instead of cancelling to 0: in float32 (float64 for float64 input), and again in
+    float64 for the rows whose float32 value is below 2^-100 (a float32 softmax of a logit gap
+    past ~88 underflows to 0). Checks and scores run in row tiles: no temporary the size of the
+    features or probabilities.
 
     Examples
     --------
@@ -96,17 +99,19 @@ class EGL(Strategy):
         finite = None  # on the device until all tiles are checked (one synchronisation)
         for s, e in tiles:
             h = h_in[s:e].to(hacc).contiguous()  # one summation order whatever the strides
-            # p in acc: float64 values beyond float32's range count as not finite
-            ok = torch.isfinite(p_in[s:e].to(acc)).all() & torch.isfinite(h).all()
+            ok = torch.isfinite(p_in[s:e]).all() & torch.isfinite(h).all()
             finite = ok if finite is None else finite & ok
-            # |h|² in float32 (float64 features: float64); overflowing rows are redone below
+            # |h|² in float32 (float64 features: float64); out-of-range rows are redone below
             hsq[s:e] = (h * h).sum(1)
         if not bool(finite):
             raise ValueError(f"{probs_key} and features must be finite")
         kind = "probs" if probs_key == "probs" else "logits"
         is_probs = _probabilities(p_in, kind, acc, probs_key, pinfo.dtype, LOGITS_KEY)
-        over = torch.nonzero(~torch.isfinite(hsq)).flatten()
-        if over.numel():  # rows whose |h|² overflows float32: again in float64
+        out_of_range = ~torch.isfinite(hsq)
+        if hacc == torch.float32:  # |h|² below float32's normal range: 0 or a few bits
+            out_of_range |= hsq < float(torch.finfo(torch.float32).tiny)
+        over = torch.nonzero(out_of_range).flatten()
+        if over.numel():  # rows whose |h|² left float32's range: again in float64
             for s, e in _row_tiles(over.numel(), _TILE_VALUES // d):
                 rows = over[s:e]
                 hsq[rows] = h_in[rows].to(torch.float64).square().sum(1)
@@ -118,7 +123,7 @@ class EGL(Strategy):
         scores = hsq if self.squared else hsq.sqrt_()
         spread = _spread if self.squared else _expected_distance
         for s, e in tiles:
-            scores[s:e] *= spread(p_in[s:e], is_probs, acc)
+            scores[s:e] *= _spread_of_confident_rows_in_float64(spread, p_in[s:e], is_probs, acc)
         # highest first, ties to the lowest index (a stable sort of -score over the ascending
         # candidates), without sorting the whole pool
         indices = _interop.host_numpy(_top_rows(scores, rest, budget)).astype(np.int64)
@@ -126,6 +131,28 @@ class EGL(Strategy):
             _interop.to_framework(indices, pinfo),
             {"scores": from_torch(scores, pinfo)},
         )
+
+
+#: A row whose spread computed in float32 is below this is computed again in float64: its small
+#: probabilities (e^-gap of the logits) may have underflowed (the softmax of a logit gap past ~88
+#: is 0 in float32, and every such row scored 0).
+_FLOAT32_SPREAD_FLOOR = 2.0**-100
+
+
+def _spread_of_confident_rows_in_float64(spread: Any, p: Any, is_probs: bool, acc: Any) -> Any:
+    """``spread(p, is_probs, acc)`` (float64 out), with the rows that float32 may have lost
+    (below ``_FLOAT32_SPREAD_FLOOR``, or not finite: float64 logits past float32's range) again
+    in float64. Confident rows are few, so float32 keeps its speed on the rest (C = 1000: a
+    float64 softmax of every row took 2-6x as long)."""
+    import torch
+
+    out = spread(p, is_probs, acc)
+    if acc == torch.float64:
+        return out
+    redo = torch.nonzero(~(out >= _FLOAT32_SPREAD_FLOOR)).flatten()
+    if redo.numel():
+        out[redo] = spread(p[redo], is_probs, torch.float64)
+    return out
 
 
 def _expected_distance(p: Any, is_probs: bool, acc: Any) -> Any:
