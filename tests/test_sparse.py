@@ -1543,3 +1543,19 @@ def test_math_sanity_of_the_factored_reference():
     assert_allclose(v, np.outer(a, H[0]).ravel())
     expected = math.sqrt(5) * sum(P[0, y] * np.linalg.norm(P[0] - np.eye(3)[y]) for y in range(3))
     assert_allclose(sigma, [expected])
+
+
+@pytest.mark.parametrize("solver", ["iht", "greedy"])
+@pytest.mark.parametrize("c", [1e-60, 1e-80, 1e60])
+def test_the_line_search_neither_underflows_nor_overflows(solver, c):
+    """With β = 0 (and α = 0) the objective is homogeneous in the features' scale c, so the picks
+    and weights are those at c = 1. |Φu|² goes like c⁶: below ~1e-51 it underflowed to 0, the
+    line search returned μ = 0, and IHT returned the first b candidates with weights 0."""
+    rng = np.random.default_rng(0)
+    logits, H = rng.normal(size=(60, 4)), rng.normal(size=(60, 5))
+    kw = {"solver": solver, "alpha": 0.0, "beta": 0.0, "temperature": 2.0, "safeguard": False}
+    want = SparseApprox(**kw).select({"logits": logits, "features": H}, 8)
+    got = SparseApprox(**kw).select({"logits": logits, "features": H * c}, 8)
+    assert_array_equal(got.indices, want.indices)
+    assert_allclose(got.diagnostics["selected_weights"], want.diagnostics["selected_weights"],
+                    rtol=1e-6, atol=1e-9)  # fmt: skip

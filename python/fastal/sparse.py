@@ -393,18 +393,23 @@ class SparseProblem:
         r = self.residual(w) if r is None else r
         pu = self.phi.apply(u) if phi_u is None else phi_u
         num, den = self._line_terms(u, w, r, pu)
-        if not (math.isfinite(num) and math.isfinite(den)):
-            # |Φu|² grows like the features' scale to the sixth power (u = ∇f1): past ~1e51 it
-            # overflows and μ = num / inf = 0 would silently skip the step. The minimiser along
-            # u / c is c μ; if even that overflows, NaN reaches the caller's finiteness check.
-            c = float(u.abs().max())
-            if not (0 < c < math.inf):
+        if not (math.isfinite(num) and _SAFE_DEN[0] <= den <= _SAFE_DEN[1]):
+            # |Φu|² goes like the features' scale to the sixth power (u = ∇f1): past ~1e51 it
+            # overflows, below ~1e-51 it underflows, and μ = num / inf or num / 0 -> 0 would
+            # silently skip the step (with β = 0 IHT then returned the first b candidates, weights
+            # 0). The minimiser along k u is μ / k: k, a power of two, brings the larger of Φu and
+            # √β u to O(1); if even that fails, NaN reaches the caller's finiteness check.
+            peak = max(float(pu.abs().max()), math.sqrt(self.beta) * float(u.abs().max()))
+            if peak == 0:
+                return 0.0  # a zero direction (or one Φ maps to 0 with β = 0): no step
+            if not math.isfinite(peak):
                 return math.nan
-            num, den = self._line_terms(u / c, w, r, pu / c)
+            k = math.ldexp(1.0, min(-math.frexp(peak)[1], 1000))  # a subnormal peak: 2^1000
+            num, den = self._line_terms(u * k, w, r, pu * k)
             if not (math.isfinite(num) and math.isfinite(den)):
                 return math.nan
-            return num / den / c if den > 0 else 0.0
-        return num / den if den > 0 else 0.0
+            return num / den * k if den > 0 else 0.0
+        return num / den
 
     def _line_terms(self, u: Any, w: Any, r: Any, pu: Any) -> tuple[float, float]:
         """Alg. 4's numerator and denominator: ``f1(w - μ u)`` is smallest at ``μ = num / den``."""
@@ -422,6 +427,11 @@ class SparseProblem:
         u[S], pu = self.phi.grad_apply(r, w, self.beta, rows=S)
         mu = self.line_search(u, w, r, pu)
         return w - mu * u, r - mu * pu
+
+
+#: Alg. 4's denominator |Φu|² + β|u|² is used as computed inside this range; outside it (or not
+#: finite) the direction is rescaled by a power of two first (see line_search).
+_SAFE_DEN = (2.0**-900, 2.0**900)
 
 
 @dataclass
