@@ -156,3 +156,21 @@ def test_the_tolerance_does_not_overflow(case, minibatch):
     got, want = fastal.kmeans(X, 8, **kw), fastal.kmeans(Y, 8, **kw)
     assert got.n_iter == want.n_iter
     np.testing.assert_array_equal(got.labels, want.labels)
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_a_gemm_product_that_overflows_is_checked_directly(prune):
+    """The fused step's GEMM filter takes |c|² - 2 x·c in float32: with |x|, |c| ~ 1.8e19 the
+    product overflowed to -inf while every squared distance fits, that centre 'led' by inf and
+    took the row unchecked (label 0 at 2.97e38 instead of centre 1 at 7.4e37)."""
+    x = np.array([1.8e19, 0.0])
+    near, far = np.array([9.4e18, 0.0]), np.array([9.5e18, 1.5e19])  # 2 x·far > FLT_MAX
+    fill = [np.array([0.0, -1e18 * (i + 1) / 40]) for i in range(30)]
+    C = np.array([far, near, *fill]).astype(np.float32)  # k = 32: the fused GEMM path
+    X = np.vstack([x[None], C]).astype(np.float32)
+    D = ((X.astype(np.float64)[:, None] - C.astype(np.float64)[None]) ** 2).sum(-1)
+    pairs = ((X[:, None].astype(np.float64) - X[None]) ** 2).sum(-1)
+    assert pairs.max() < np.finfo(np.float32).max  # every squared distance fits float32
+    got = fastal.kmeans(X, 32, init=C, max_iter=1, prune=prune, tol=0)
+    assert got.labels[0] == 1
+    np.testing.assert_array_equal(got.labels, D.argmin(1))

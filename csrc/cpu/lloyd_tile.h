@@ -184,9 +184,13 @@ void chunk_labels(const Margins& mg, const T* xc, const T* xsq, const T* centres
   for (int64_t r = 0; r < rows; ++r) {
     const double b = static_cast<double>(best[r]), x2 = static_cast<double>(xsq[r]);
     const double gap = mg.gemm_gap(b, x2);
-    resolved[r] = !(static_cast<double>(second[r]) - b > gap);
+    // a best of -inf (-2 x.c overflowed the type while every distance fits) proves nothing:
+    // every centre is measured directly
+    const bool finite = std::isfinite(b);
+    resolved[r] = !(static_cast<double>(second[r]) - b > gap) || !finite;
     if (resolved[r]) {
-      labels[r] = resolve(xc + r * d, centres, d, tile + r, rows, k, csq, b + gap, dist2 + r);
+      const double limit = finite ? b + gap : std::numeric_limits<double>::infinity();
+      labels[r] = resolve(xc + r * d, centres, d, tile + r, rows, k, csq, limit, dist2 + r);
     } else {
       labels[r] = arg[r];
       dist2[r] = sqdist(xc + r * d, centres + arg[r] * d, d);
