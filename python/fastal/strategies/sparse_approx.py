@@ -107,7 +107,9 @@ class SparseApprox(Strategy):
     The pool is a mapping: ``"logits"`` (or ``"probs"``, optionally ``"label_probs"``) and
     ``"features"`` for the non-Bayesian form; ``"mc_probs"`` (m, n, C), or ``"losses"`` (m, n, C)
     with ``"probs"`` as ``P``, for the Bayesian form (m >= 2 samples: the losses are centred over
-    them). Selected indices are exactly ``budget`` pool
+    them; from ``"mc_probs"`` the losses are ``-log max(p, 1e-12)``, a floor that exact zeros
+    need, which also caps the loss of any probability below 1e-12 at 27.6: pass ``"losses"`` for
+    exact ones). Selected indices are exactly ``budget`` pool
     indices (see :mod:`fastal.sparse` for how a weight clamped to 0 is handled). On the CPU the
     non-Bayesian form reads ``"features"`` in place, float32, float16 or bfloat16 alike (widened
     as read, the bias column implicit): beyond the inputs it holds O(n·C) values, never a copy of
