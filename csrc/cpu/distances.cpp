@@ -161,28 +161,35 @@ void block_centre(const FactoredRows<T>& rows, const Acc<T>* prepared, Acc<T>* o
 }
 
 // A block's squared distances: x[r] and c[q] in the block layout.
+// Returns whether some distance may be a near copy's rounding noise (factored rows only).
 template <typename T>
-void block_dist2(const DenseRows<T>& rows, const Acc<T>* const (&x)[kBlockRows],
+bool block_dist2(const DenseRows<T>& rows, const Acc<T>* const (&x)[kBlockRows],
                  const Acc<T>* const (&c)[kBlockCentres],
                  Acc<T> (&out)[kBlockRows][kBlockCentres]) {
   reduce_block<true>(x, c, 0, rows.d, out);
+  return false;
 }
 // Factored rows: FactoredRows::dist2's |g_i|^2 + |g_c|^2 - 2 (a_i . a_c)(h_i . h_c), clamped at 0,
 // with the two dot products in blocks (the zero padding adds nothing).
 template <typename T>
-void block_dist2(const FactoredRows<T>& rows, const Acc<T>* const (&x)[kBlockRows],
+bool block_dist2(const FactoredRows<T>& rows, const Acc<T>* const (&x)[kBlockRows],
                  const Acc<T>* const (&c)[kBlockCentres],
                  Acc<T> (&out)[kBlockRows][kBlockCentres]) {
   using A = Acc<T>;
   const int64_t ca = padded<A>(rows.C), ch = padded<A>(rows.dh);
+  const A limit = 2 * rows.error_scale();
   A da[kBlockRows][kBlockCentres], dh[kBlockRows][kBlockCentres];
   reduce_block<false>(x, c, 0, ca, da);
   reduce_block<false>(x, c, ca, ch, dh);
+  bool near = false;
   for (int r = 0; r < kBlockRows; ++r)
     for (int q = 0; q < kBlockCentres; ++q) {
-      const A v = x[r][ca + ch] + c[q][ca + ch] - 2 * da[r][q] * dh[r][q];
+      const A s = x[r][ca + ch] + c[q][ca + ch];
+      const A v = s - 2 * da[r][q] * dh[r][q];
+      near |= v <= limit * s;  // FactoredRows::dist2's near-copy test
       out[r][q] = v > 0 ? v : A(0);
     }
+  return near;
 }
 
 // Near a copy of the centre the factored expansion is rounding noise, ~e s rather than 0: as in
@@ -269,8 +276,8 @@ void min_sqdist_blocked(const Rows& rows, const AccOfRows<Rows>* centres, int64_
             for (int q = 0; q < kBlockCentres; ++q)
               c[q] = cents + (j + std::min<int64_t>(q, nc - 1)) * stride;
             A out[kBlockRows][kBlockCentres];
-            block_dist2(rows, x, c, out);
-            recompute_near_copies(rows, x, c, centres, i0 + r0, nr, j, nc, out);
+            if (block_dist2(rows, x, c, out))  // rare: a near copy somewhere in the block
+              recompute_near_copies(rows, x, c, centres, i0 + r0, nr, j, nc, out);
             for (int64_t r = 0; r < nr; ++r)
               for (int64_t q = 0; q < nc; ++q) offer(out[r][q], j + q, best[r0 + r], arg[r0 + r]);
           }
