@@ -122,8 +122,12 @@ class EGL(Strategy):
         hsq += 1.0 if self.bias else 0.0
         scores = hsq if self.squared else hsq.sqrt_()
         spread = _spread if self.squared else _expected_distance
+        spreads = torch.empty_like(scores)
         for s, e in tiles:
-            scores[s:e] *= _spread_of_confident_rows_in_float64(spread, p_in[s:e], is_probs, acc)
+            spreads[s:e] = spread(p_in[s:e], is_probs, acc)
+        if acc != torch.float64:  # one synchronisation for the rows float32 may have lost
+            _confident_rows_in_float64(spreads, spread, p_in, is_probs)
+        scores *= spreads
         # highest first, ties to the lowest index (a stable sort of -score over the ascending
         # candidates), without sorting the whole pool
         indices = _interop.host_numpy(_top_rows(scores, rest, budget)).astype(np.int64)
@@ -139,20 +143,18 @@ class EGL(Strategy):
 _FLOAT32_SPREAD_FLOOR = 2.0**-100
 
 
-def _spread_of_confident_rows_in_float64(spread: Any, p: Any, is_probs: bool, acc: Any) -> Any:
-    """``spread(p, is_probs, acc)`` (float64 out), with the rows that float32 may have lost
-    (below ``_FLOAT32_SPREAD_FLOOR``, or not finite: float64 logits past float32's range) again
-    in float64. Confident rows are few, so float32 keeps its speed on the rest (C = 1000: a
-    float64 softmax of every row took 2-6x as long)."""
+def _confident_rows_in_float64(spreads: Any, spread: Any, p: Any, is_probs: bool) -> None:
+    """Recompute in float64, in place, the ``spreads`` that float32 may have lost: below
+    ``_FLOAT32_SPREAD_FLOOR``, or not finite (float64 logits past float32's range). Such
+    confident rows are few, so float32 keeps its speed on the rest."""
     import torch
 
-    out = spread(p, is_probs, acc)
-    if acc == torch.float64:
-        return out
-    redo = torch.nonzero(~(out >= _FLOAT32_SPREAD_FLOOR)).flatten()
-    if redo.numel():
-        out[redo] = spread(p[redo], is_probs, torch.float64)
-    return out
+    redo = torch.nonzero(~(spreads >= _FLOAT32_SPREAD_FLOOR)).flatten()
+    if not redo.numel():
+        return
+    for s, e in _row_tiles(redo.numel(), _TILE_VALUES // max(p.shape[1], 1)):
+        rows = redo[s:e]
+        spreads[rows] = spread(p[rows], is_probs, torch.float64)
 
 
 def _expected_distance(p: Any, is_probs: bool, acc: Any) -> Any:
