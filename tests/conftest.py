@@ -18,7 +18,7 @@ import fastal
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
-from reference import kcenter_greedy_ref, min_distance_ref, sqdist_to_row
+from reference import kcenter_greedy_ref, min_distance_ref, softmax_ref, sqdist_to_row
 
 CUDA = fastal.cuda_available()
 
@@ -243,6 +243,21 @@ def mixture(n: int, d: int, k: int, seed: int, spread: float = 0.5) -> np.ndarra
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(k, d)) * 10
     return centres[rng.integers(k, size=n)] + rng.normal(size=(n, d)) * spread
+
+
+def copies_pool(C: int, d: int, distinct: int, copies: int, seed: int):
+    """(probs, features, n_big): ``distinct`` rows of large gradient, each followed by ``copies``
+    exact copies (rows [0, n_big)), then 2000 rows of small gradient (confident predictions),
+    float32. A factored distance computed by its expansion leaves rounding noise of about
+    e |g|^2 for a copy, far above the small rows' true distances: the near-copy tests."""
+    rng = np.random.default_rng(seed)
+    probs_big = rng.dirichlet(np.ones(C), size=distinct)
+    feats_big = 30 * rng.normal(size=(distinct, d))
+    logits = rng.normal(size=(2000, C))
+    logits[:, 0] += 12
+    probs = np.vstack([np.repeat(probs_big, copies + 1, 0), softmax_ref(logits)])
+    feats = np.vstack([np.repeat(feats_big, copies + 1, 0), rng.normal(size=(2000, d))])
+    return probs.astype(np.float32), feats.astype(np.float32), distinct * (copies + 1)
 
 
 def half_pruned_pool(per_cluster: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:

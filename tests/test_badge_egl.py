@@ -15,6 +15,7 @@ from conftest import (
     CPU_BACKENDS,
     assert_indices_like,
     backend_of,
+    copies_pool,
     gaussian,
     indices_to_backend,
     labeled_subset,
@@ -198,25 +199,32 @@ def test_copies_of_many_labeled_rows_are_at_zero(n_labeled, bias):
     """From 8 centres on the distances run in AVX-512 register blocks, which kept the factored
     expansion's rounding noise for exact copies (no near-copy recompute): k-center picked 3-6
     copies of labeled rows in 30 picks, k-means++ drew them, CoreSet(gradients) picked them."""
-    rng = np.random.default_rng(3)
-    C, d, copies = 10, 64, 40
-    probs_l = rng.dirichlet(np.ones(C), size=n_labeled)
-    feats_l = 30 * rng.normal(size=(n_labeled, d))
-    logits = rng.normal(size=(2000, C))
-    logits[:, 0] += 12  # confident rows: small gradients
-    probs = np.vstack([probs_l, np.repeat(probs_l, copies, 0),
-                       np.exp(logits) / np.exp(logits).sum(1, keepdims=True)]).astype(np.float32)
-    feats = np.vstack([feats_l, np.repeat(feats_l, copies, 0),
-                       rng.normal(size=(2000, d))]).astype(np.float32)  # fmt: skip
-    labeled = np.arange(n_labeled)
+    copies = 40
+    probs, feats, n_big = copies_pool(10, 64, n_labeled, copies, seed=3)
+    labeled = np.arange(0, n_big, copies + 1)
     emb = fastal.gradient_embedding(probs, feats, bias=bias)
     dist, _ = fastal.min_distance(emb, emb.subset(labeled))
-    assert not np.asarray(dist)[: n_labeled * (copies + 1)].any()
-    is_copy = lambda picks: (np.asarray(to_numpy(picks)) < n_labeled * (copies + 1)).sum()  # noqa: E731
+    assert not np.asarray(dist)[:n_big].any()
+    is_copy = lambda picks: (np.asarray(to_numpy(picks)) < n_big).sum()  # noqa: E731
     assert is_copy(fastal.kcenter(emb, 30, labeled=labeled).indices) == 0
     assert is_copy(fastal.kmeans_pp(emb, 100, labeled=labeled, seed=1)) == 0
     pool = {"probs": probs, "features": feats}
     assert is_copy(strategies.CoreSetGradients(bias=bias).select(pool, 30, labeled).indices) == 0
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("prune", [True, False])
+def test_copies_of_picked_rows_are_not_picked(prune, bias):
+    """Within one selection too: once a row is a centre its copies are at 0 (the streaming
+    distances of the k-center step and of k-means++), so no two picks are copies."""
+    copies, distinct = 30, 12
+    probs, feats, n_big = copies_pool(10, 64, distinct, copies, seed=4)
+    emb = fastal.gradient_embedding(probs, feats, bias=bias)
+    source = lambda picks: picks[picks < n_big] // (copies + 1)  # noqa: E731
+    picks = np.asarray(to_numpy(fastal.kcenter(emb, 40, seed=0, prune=prune).indices))
+    assert_array_equal(np.sort(source(picks)), np.arange(distinct))
+    drawn = source(np.asarray(to_numpy(fastal.kmeans_pp(emb, 200, seed=2))))
+    assert np.unique(drawn).size == drawn.size, drawn
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from conftest import (
     assert_indices_like,
     assert_pp_same_until_near_tie,
     backend_of,
+    copies_pool,
     dtype_of,
     gaussian,
     indices_to_backend,
@@ -36,6 +37,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from reference import kcenter_greedy_ref, kmeans_pp_ref, min_distance_ref, softmax_ref
 
 import fastal
+from fastal import strategies
 
 pytestmark = pytest.mark.cuda
 
@@ -204,6 +206,47 @@ def test_kcenter_pruning_is_exact_on_gpu(backend, dtype):
     assert_array_equal(to_numpy(pruned.radius), to_numpy(full.radius))
     assert full.rows_read == full.rows_unpruned
     assert pruned.rows_read < full.rows_read
+
+
+@pytest.mark.parametrize("C", [10, 16])
+@pytest.mark.parametrize("n_labeled", [7, 12])
+@pytest.mark.parametrize(("backend", "dtype"), GPU_PARAMS)
+def test_copies_of_labeled_rows_are_at_zero(backend, dtype, n_labeled, C):
+    """Near a copy the factored expansion is rounding noise, not 0: without the recompute of
+    factored.cuh, k-center picked copies of labeled rows and k-means++ drew them (the CPU had the
+    same bug in its register blocks: tests/test_badge_egl.py). C = 16 reads 16-bit centres in
+    their plane layout."""
+    copies = 40
+    probs, feats, n_big = copies_pool(C, 64, n_labeled, copies, seed=3)
+    pool = {"probs": to_backend(probs, backend, "float32"),
+            "features": to_backend(feats, backend, dtype)}  # fmt: skip
+    emb = fastal.gradient_embedding(pool["probs"], pool["features"])
+    lab = indices_to_backend(np.arange(0, n_big, copies + 1), backend)
+    dist, _ = fastal.min_distance(emb, emb.subset(lab))
+    assert not to_numpy(dist)[:n_big].any()
+    for prune in (True, False):
+        picks = to_numpy(fastal.kcenter(emb, 30, labeled=lab, prune=prune).indices)
+        assert (picks >= n_big).all(), picks
+    assert (pp(emb, 100, labeled=lab, seed=1) >= n_big).all()
+    picks = to_numpy(strategies.CoreSetGradients().select(pool, 30, lab).indices)
+    assert (picks >= n_big).all(), picks
+
+
+@pytest.mark.parametrize("C", [10, 16])
+@pytest.mark.parametrize(("backend", "dtype"), GPU_PARAMS)
+def test_copies_of_picked_rows_are_not_picked(backend, dtype, C):
+    """Within one selection too: once a row is a centre its copies are at 0 (the fused pass of
+    k-center, pruned or not, and the k-means++ pass), so no two picks are copies."""
+    copies, distinct = 30, 12
+    probs, feats, n_big = copies_pool(C, 64, distinct, copies, seed=4)
+    emb = fastal.gradient_embedding(to_backend(probs, backend, "float32"),
+                                    to_backend(feats, backend, dtype))  # fmt: skip
+    source = lambda picks: picks[picks < n_big] // (copies + 1)  # noqa: E731
+    for prune in (True, False):
+        picks = to_numpy(fastal.kcenter(emb, 40, seed=0, prune=prune).indices)
+        assert_array_equal(np.sort(source(picks)), np.arange(distinct))
+    drawn = source(pp(emb, 200, seed=2))
+    assert np.unique(drawn).size == drawn.size, drawn
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 // Distances to a set for factored pools (factored.cuh): for every row of X, the smallest squared
-// distance max(0, sx_i + sy_j - 2 (A_i . A'_j)(H_i . H'_j)) over the rows j of Y, and that j (ties
-// to the lowest index). The tiling is that of the dense kernel (distances.cu): a block owns 64 rows
+// distance max(0, sx_i + sy_j - 2 (A_i . A'_j)(H_i . H'_j)) over the rows j of Y (recomputed near
+// copies, factored.cuh), and that j (ties to the lowest index). The tiling is that of the dense kernel (distances.cu): a block owns 64 rows
 // of X and walks tiles of 64 rows of Y; the A columns and then the H columns pass through shared
 // memory in chunks of 32, converted to float32, and each of the 16 x 16 threads keeps 4 x 4 dot
 // products of each factor in registers (fmaf, columns in order). With few rows of X, Y's tiles are
@@ -49,6 +49,7 @@ __global__ void __launch_bounds__(kThreads)
                              bool sqrt_out, float* dist, int64_t* index, unsigned long long* keys) {
   __shared__ __align__(16) float xs[kChunk][kPitch];
   __shared__ __align__(16) float ys[kChunk][kPitch];
+  __shared__ float s_near[kThreads][16];  // expansions of possible near copies, by thread
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;  // outputs: rows ty*4+i, cols tx*4+j
   const int lr = threadIdx.x >> 2;                         // staging: row lr
   const int C = x.C, dh = x.dh;
@@ -85,18 +86,37 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t col = col0 + tx * 4 + j;
       sy[j] = col < m ? __ldg(y.sqnorm + col) : 0.f;
     }
-    // Columns in increasing order with a strict test: ties keep the lowest column.
+    // Columns in increasing order with a strict test: ties keep the lowest column. A possible near
+    // copy (factored.cuh) is set aside, its expansion in shared memory, and recomputed after the
+    // others under the same order on (distance, column), so that the recompute is inlined once.
+    unsigned suspect = 0;
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int64_t col = col0 + tx * 4 + j;
         const float dd = factored_dist2(sx[i], sy[j], __fmul_rn(da[i][j], dh4[i][j]));
-        if (col < m && (dd < best[i] || arg[i] < 0)) {
+        const bool near = factored_near_copy_suspect(x, dd, __fadd_rn(sx[i], sy[j]));
+        if (near) s_near[threadIdx.x][4 * i + j] = dd;
+        suspect |= unsigned{near && col < m && row0 + ty * 4 + i < n} << (4 * i + j);
+        if (!near && col < m && (dd < best[i] || arg[i] < 0)) {
           best[i] = dd;
           arg[i] = col;
         }
       }
+    while (suspect) {
+      const int q = __ffs(suspect) - 1, qi = q / 4;
+      suspect &= suspect - 1u;
+      const int64_t row = row0 + ty * 4 + qi, col = col0 + tx * 4 + q % 4;
+      const float s = __fadd_rn(__ldg(x.sqnorm + row), __ldg(y.sqnorm + col));
+      const float dd = factored_near_copy_rows<T>(x, row, y, col, s_near[threadIdx.x][q], s);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (i == qi && better(dd, col, best[i], arg[i])) {
+          best[i] = dd;
+          arg[i] = col;
+        }
+    }
   }
   // The 16 threads of a row of the block (one half-warp) combine their candidates.
 #pragma unroll

@@ -169,6 +169,94 @@ __device__ __forceinline__ float factored_dist2(float sq_x, float sq_y, float pr
   return r > 0.f ? r : 0.f;  // also maps -0 to +0, so that packed keys of zero distances tie
 }
 
+// ---- near copies -------------------------------------------------------------------------------
+//
+// Near a copy the expansion above is rounding noise, up to about e (s_x + s_y), not 0: an exact
+// duplicate of a chosen row kept a weight that could swamp the rows of small gradient (k-center
+// picked copies of labeled rows, k-means++ drew them). As on the CPU (cpu/rows.h,
+// FactoredRows::near_copy), a result within 2 e (s_x + s_y), e = 4 (L + 8) u, is recomputed as
+//   |g_x - g_y|^2 = |dA|^2 |H_x|^2 + |A_y|^2 |dH|^2 + 2 (dA . A_y)(H_x . dH),   dA = A_x - A_y,
+// which is 0 for a copy. Its error is within e (|dA| |H_x| + |A_y| |dH|)^2; it is kept only where
+// that is within e (s_x + s_y), the expansion's bound, so the pruning rule of kcenter_factored.cu
+// holds for whichever value is returned. Rare, so one thread does it serially, in a fixed order
+// with explicit roundings: the value depends on the two rows only, never on the kernel or lane.
+
+__host__ __device__ __forceinline__ float factored_error_scale(const FactoredView& v) {
+  return 4.f * static_cast<float>(v.C + v.dh + 8) * 5.9604644775390625e-8f;  // u = 2^-24
+}
+
+__device__ __forceinline__ bool factored_near_copy_suspect(const FactoredView& v, float dd,
+                                                           float s) {
+  return dd <= 2.f * factored_error_scale(v) * s;
+}
+
+template <typename T>
+__device__ __forceinline__ float factored_elem(const void* base, int64_t k) {
+  using B = typename Storage<T>::Bits;
+  return bits_to_float<T>(__ldg(static_cast<const B*>(base) + k));
+}
+
+// The recompute of row x (of pool v) against a row y whose values ya(k) (k < C) and yh(k)
+// (k < dh) give; `expanded` is the distance from the expansion, s = s_x + s_y.
+template <typename T, typename YA, typename YH>
+__device__ __forceinline__ float factored_near_copy(const FactoredView& v, int64_t x, YA ya, YH yh,
+                                                    float expanded, float s) {
+  const int64_t xa = x * v.C, xh = x * v.dh;
+  float daa = 0.f, dac = 0.f, acc = 0.f, hii = 0.f, dhh = 0.f, hid = 0.f;
+#pragma unroll 1
+  for (int k = 0; k < v.C; ++k) {
+    const float a = factored_elem<T>(v.A, xa + k), c = ya(k), dl = __fsub_rn(a, c);
+    daa = fmaf(dl, dl, daa);
+    dac = fmaf(dl, c, dac);
+    acc = fmaf(c, c, acc);
+  }
+#pragma unroll 1
+  for (int k = 0; k < v.dh; ++k) {
+    const float h = factored_elem<T>(v.H, xh + k), c = yh(k), dl = __fsub_rn(h, c);
+    hii = fmaf(h, h, hii);
+    dhh = fmaf(dl, dl, dhh);
+    hid = fmaf(h, dl, hid);
+  }
+  const float t1 = __fmul_rn(daa, hii), t2 = __fmul_rn(acc, dhh);
+  const float bound = __fadd_rn(sqrtf(t1), sqrtf(t2));
+  if (!(__fmul_rn(bound, bound) <= s)) return expanded;
+  const float r = __fadd_rn(__fadd_rn(t1, t2), __fmul_rn(2.f, __fmul_rn(dac, hid)));
+  return r > 0.f ? r : 0.f;
+}
+
+// The recompute against the float32 centre `cen` (layout above), and against row y of pool w.
+template <typename T>
+__device__ __forceinline__ float factored_near_copy_centre(const FactoredView& v, int64_t x,
+                                                           const float* cen, float expanded,
+                                                           float s) {
+  const auto ya = [&](int k) { return cen[v.vec_a ? centre_slot<T, true>(k, v.C) : k]; };
+  const auto yh = [&](int k) {
+    return cen[v.coff + (v.vec_h ? centre_slot<T, true>(k, v.dh) : k)];
+  };
+  return factored_near_copy<T>(v, x, ya, yh, expanded, s);
+}
+
+template <typename T>
+__device__ __forceinline__ float factored_near_copy_rows(const FactoredView& v, int64_t x,
+                                                         const FactoredView& w, int64_t y,
+                                                         float expanded, float s) {
+  const int64_t ya0 = y * w.C, yh0 = y * w.dh;
+  const auto ya = [&](int k) { return factored_elem<T>(w.A, ya0 + k); };
+  const auto yh = [&](int k) { return factored_elem<T>(w.H, yh0 + k); };
+  return factored_near_copy<T>(v, x, ya, yh, expanded, s);
+}
+
+// factored_dist2 of row x against the float32 centre `cen`, near copies recomputed.
+template <typename T>
+__device__ __forceinline__ float factored_dist2_to_centre(const FactoredView& v, int64_t x,
+                                                          const float* cen, float sq_x, float sq_c,
+                                                          float product) {
+  const float dd = factored_dist2(sq_x, sq_c, product);
+  const float s = __fadd_rn(sq_x, sq_c);
+  return factored_near_copy_suspect(v, dd, s) ? factored_near_copy_centre<T>(v, x, cen, dd, s)
+                                              : dd;
+}
+
 // Row c of the pool converted to the float32 centre layout, by the whole grid.
 template <typename T>
 __device__ __forceinline__ void stage_factored_centre(const FactoredView& v, int64_t c,

@@ -19,6 +19,8 @@
 // computed D~(x, c) >= D(x, c) - E >= m: the row could not have become strictly closer, so pruned
 // and unpruned runs pick the same rows. The margins of e (about 1.8x) and of prune_factor cover the
 // float32 rounding of the test itself. Beyond L + 8 > 2^18 the bound is not used: no pruning.
+// A near copy's recompute (factored.cuh) is kept only where its error, about (L + 3) u s, is
+// within e' (s_x + s_y): the rule holds for whichever value a distance takes.
 #include <cmath>
 
 #include "common/prune.h"
@@ -69,7 +71,7 @@ __global__ void __launch_bounds__(kThreads)
     if (j < pos && lg == 0) {
       // An out-of-range centre (never for valid input) gets an infinite sqnorm: it prunes nothing.
       const float sq = has ? __ldg(v.sqnorm + row) : INFINITY;
-      out[j] = make_float2(has ? factored_dist2(sq, sq_c, p) : 0.f, sq);
+      out[j] = make_float2(has ? factored_dist2_to_centre<T>(v, row, cen, sq, sq_c, p) : 0.f, sq);
     }
   }
 }
@@ -132,7 +134,7 @@ __global__ void __launch_bounds__(kThreads) pass_factored_kernel(FPassArgs a) {
     }
     __syncwarp();
     if (need) {
-      const float dd = factored_dist2(sq, sq_c, s_prod[warp][lane]);
+      const float dd = factored_dist2_to_centre<T>(a.v, i, cen, sq, sq_c, s_prod[warp][lane]);
       if (dd < m) {
         m = dd;
         a.mind[i] = dd;

@@ -61,7 +61,9 @@ struct DenseRows {
   __device__ __forceinline__ float part(int64_t row, const float* cen, int lg, bool active) const {
     return row_sqdist<T, G, VEC, SMEM, true>(X + (active ? row : 0) * d, cen, d, lg, active);
   }
-  __device__ __forceinline__ float finish(float part, int64_t, float) const { return part; }
+  __device__ __forceinline__ float finish(float part, int64_t, const float*, float) const {
+    return part;
+  }
   __device__ __forceinline__ float centre_sqnorm(int64_t) const { return 0.f; }
   DenseStage<T, VEC> stage() const { return {X, d}; }
 };
@@ -73,8 +75,9 @@ struct FactoredRows {
   __device__ __forceinline__ float part(int64_t row, const float* cen, int lg, bool active) const {
     return factored_product<T, G, SMEM, true>(v, row, cen, lg, active);
   }
-  __device__ __forceinline__ float finish(float part, int64_t i, float sq_c) const {
-    return factored_dist2(__ldg(v.sqnorm + i), sq_c, part);
+  __device__ __forceinline__ float finish(float part, int64_t i, const float* cen,
+                                         float sq_c) const {
+    return factored_dist2_to_centre<T>(v, i, cen, __ldg(v.sqnorm + i), sq_c, part);
   }
   __device__ __forceinline__ float centre_sqnorm(int64_t c) const { return __ldg(v.sqnorm + c); }
   FactoredStage<T> stage() const { return {v}; }
@@ -179,7 +182,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     double w = 0.0;
     if (live) {
-      const float dd = rows.finish(s_part[warp][lane], i, sq_c);
+      const float dd = rows.finish(s_part[warp][lane], i, cen, sq_c);
       if (dd < m) {
         m = dd;
         mind[i] = dd;
