@@ -117,9 +117,12 @@ struct FactoredRows {
     const A r = s - 2 * da * dh_;
     // Near a copy of the centre the expansion is rounding noise, ~e s rather than 0: an exact
     // duplicate of a chosen row kept a D^2 weight that could swamp the rows of small gradient.
-    if (r <= 2 * error_scale() * s) return near_copy(i, centre, r > 0 ? r : A(0), s);
+    if (near_copy_suspect(r, s)) return near_copy(i, centre, r > 0 ? r : A(0), s);
     return r;
   }
+  // Whether the expansion r may be a near copy's rounding noise. Two zero rows (s = 0: one-hot
+  // probabilities, or 16-bit A of confident rows rounded to 0) are at 0 already, not suspects.
+  bool near_copy_suspect(A r, A s) const { return s > 0 && r <= 2 * error_scale() * s; }
   // e of the Pruner: |D - delta| <= e (s_i + s_c) for every distance dist2 returns.
   A error_scale() const {
     return static_cast<A>(4.0 * double(C + dh + 8) * (std::numeric_limits<A>::epsilon() / 2));
@@ -129,7 +132,8 @@ struct FactoredRows {
   // e (|dA| |H_i| + |A_c| |dH|)^2; it is kept only where that is within e s, the expansion's
   // bound, so the pruning tests (Pruner) hold for whichever is returned. Rare: not vectorised.
   A near_copy(int64_t i, const A* centre, A expanded, A s) const {
-    std::vector<A> row(static_cast<size_t>(C + dh));  // the row laid out as the centre is
+    thread_local std::vector<A> row;  // the row laid out as the centre is (no allocation per call)
+    row.resize(static_cast<size_t>(C + dh));
     prepare_centre(Am + i * C, row.data(), C);
     prepare_h(i, row.data() + C);
     A daa = 0, dac = 0, acc = 0, hii = 0, dhh = 0, hid = 0;

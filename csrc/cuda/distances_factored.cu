@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kThreads)
                              bool sqrt_out, float* dist, int64_t* index, unsigned long long* keys) {
   __shared__ __align__(16) float xs[kChunk][kPitch];
   __shared__ __align__(16) float ys[kChunk][kPitch];
-  __shared__ float s_near[kThreads][16];  // expansions of possible near copies, by thread
+  __shared__ float s_near[16][kThreads];  // expansions of possible near copies (thread-minor)
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;  // outputs: rows ty*4+i, cols tx*4+j
   const int lr = threadIdx.x >> 2;                         // staging: row lr
   const int C = x.C, dh = x.dh;
@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t col = col0 + tx * 4 + j;
         const float dd = factored_dist2(sx[i], sy[j], __fmul_rn(da[i][j], dh4[i][j]));
         const bool near = factored_near_copy_suspect(x, dd, __fadd_rn(sx[i], sy[j]));
-        if (near) s_near[threadIdx.x][4 * i + j] = dd;
+        if (near) s_near[4 * i + j][threadIdx.x] = dd;
         suspect |= unsigned{near && col < m && row0 + ty * 4 + i < n} << (4 * i + j);
         if (!near && col < m && (dd < best[i] || arg[i] < 0)) {
           best[i] = dd;
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
       suspect &= suspect - 1u;
       const int64_t row = row0 + ty * 4 + qi, col = col0 + tx * 4 + q % 4;
       const float s = __fadd_rn(__ldg(x.sqnorm + row), __ldg(y.sqnorm + col));
-      const float dd = factored_near_copy_rows<T>(x, row, y, col, s_near[threadIdx.x][q], s);
+      const float dd = factored_near_copy_rows<T>(x, row, y, col, s_near[q][threadIdx.x], s);
 #pragma unroll
       for (int i = 0; i < 4; ++i)
         if (i == qi && better(dd, col, best[i], arg[i])) {

@@ -185,9 +185,11 @@ __host__ __device__ __forceinline__ float factored_error_scale(const FactoredVie
   return 4.f * static_cast<float>(v.C + v.dh + 8) * 5.9604644775390625e-8f;  // u = 2^-24
 }
 
+// Two zero rows (s = 0: one-hot probabilities, or 16-bit A of confident rows rounded to 0) are
+// at 0 already: not suspects, or every pair of them would be recomputed.
 __device__ __forceinline__ bool factored_near_copy_suspect(const FactoredView& v, float dd,
                                                            float s) {
-  return dd <= 2.f * factored_error_scale(v) * s;
+  return s > 0.f && dd <= 2.f * factored_error_scale(v) * s;
 }
 
 template <typename T>

@@ -117,7 +117,7 @@ def kcenter_cuda_factored(
     """
     cuda = _ext.require_cuda("X")
     pool = _Factored(emb, "X", cuda)
-    check_spread(embedding_spread(emb), pool.dtype, "X")
+    check_spread(embedding_spread(emb), pool.dtype, "X", cuda=True)
     n, C, dh, tinfo = pool.n, pool.C, pool.dh, pool.tinfo
     dev, stream = pool.device, pool.stream
     mind = _interop.empty(tinfo, (n,), "float32")

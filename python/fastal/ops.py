@@ -35,12 +35,14 @@ def _check_finite_cpu(arr: np.ndarray, info: ArrayInfo, name: str) -> float:
 _MIN_SPREAD_LOG2 = {"float32": -60, "float64": -500}
 
 
-def check_spread(spread: float, dtype: str, name: str) -> None:
+def check_spread(spread: float, dtype: str, name: str, *, cuda: bool = False) -> None:
     """Refuse rows that differ, but by so little that their squared distances underflow to 0:
-    every distance would be 0 and the picks arbitrary (float32 rows at 1e-25)."""
+    every distance would be 0 and the picks arbitrary (float32 rows at 1e-25). ``cuda``: the
+    pool is on a GPU, where float64 is not taken (the hint says to move it)."""
     acc = _ACC[dtype]
     if 0.0 < spread < 2.0 ** _MIN_SPREAD_LOG2[acc]:
         hint = "" if acc == "float64" else " or pass float64"
+        hint += " on the CPU" if hint and cuda else ""
         raise ValueError(
             f"the rows of {name} differ by at most {spread:.3g}: their squared distances "
             f"underflow {acc}; scale {name} up{hint}"
@@ -72,7 +74,7 @@ def spread_torch(xt: Any, dtype: str) -> float:
 
 def check_spread_torch(xt: Any, dtype: str, name: str) -> None:
     """:func:`check_spread` of a torch tensor's :func:`spread_torch`."""
-    check_spread(spread_torch(xt, dtype), dtype, name)
+    check_spread(spread_torch(xt, dtype), dtype, name, cuda=xt.device.type != "cpu")
 
 
 def _check_finite_cuda(ptr: int, info: ArrayInfo, name: str) -> None:
@@ -131,7 +133,8 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
     Computed in tiles: no ``(n, m)`` matrix is ever held in memory. For dense arrays the
     distances are sums of squared differences, not ``|x|² + |y|² - 2 x·y``, so they carry no
     cancellation error and near-ties go to the lowest index (a
-    :class:`~fastal.GradientEmbedding`'s are ``|g_i|² + |g_j|² - 2 (a_i·a_j)(h_i·h_j)``). On a
+    :class:`~fastal.GradientEmbedding`'s are ``|g_i|² + |g_j|² - 2 (a_i·a_j)(h_i·h_j)``, recomputed
+    without the cancellation where that is within its rounding error, so that a copy is at 0). On a
     CPU with AVX-512, ``m >= 8`` runs in register blocks of 6 rows x 4 centres (a gradient
     embedding's two dot products too).
 
@@ -198,7 +201,7 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
             spread = max(spread_torch(xt, info.dtype), spread_torch(yt, info.dtype), gap)
         else:
             spread = max(embedding_spread(X), embedding_spread(Y))
-        check_spread(spread, info.dtype, "X and Y")
+        check_spread(spread, info.dtype, "X and Y", cuda=True)
         dist, index = _min_distance_cuda(X, info, Y, yinfo, factored)
 
     if not bool(torch.isfinite(as_torch(dist, _interop.describe(dist, "distances"))).all()):
