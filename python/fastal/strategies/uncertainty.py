@@ -325,6 +325,11 @@ class LeastConfidence(_ScoreStrategy):
     """Least confidence: smallest probability of the predicted class, score ``1 - max_c p_c``
     (Lewis & Gale 1994).
 
+    The score is taken from the probabilities as given: float32 probabilities whose top value
+    rounds to 1 (the other classes summing below about 6e-8, a logit gap of about 17) all score 0
+    and tie, ties going to the lowest index. Pass ``"logits"`` instead to rank such confident rows
+    (the softmax is then taken in float64, resolving ``1 - p`` down to about 1e-16).
+
     Examples
     --------
     >>> import numpy as np
