@@ -486,3 +486,18 @@ def test_csv_quotes_and_auc_refuses_nan():
         loop.auc([1, 2], [0.5, float("nan")])
     with pytest.raises(ValueError, match="n_labeled contains NaN"):
         loop.auc([1, float("nan")], [0.5, 0.6])
+
+
+def test_training_that_diverges_is_refused():
+    """A float16 model trained to NaN weights (Adam's eps is 0 in float16) and the run went on to
+    report an accuracy for it (user audit, session 28)."""
+    X, y = POOL
+    dataset = TensorDataset(torch.from_numpy(X[:40]), torch.from_numpy(y[:40]))
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"training diverged: parameter .* \(float16\).*eps"):
+        loop.fit(model_fn().half(), dataset, max_steps=60, lr=1e-2)
+    with pytest.raises(ValueError, match="training diverged"):
+        loop.run(POOL, TEST, model_fn=lambda: model_fn().half(), strategy="random", initial=20,
+                 budget=5, rounds=1, train_fn=functools.partial(loop.fit, max_steps=60, lr=1e-2))
+    trained = loop.fit(model_fn().bfloat16(), dataset, max_steps=20)  # bfloat16 trains
+    assert all(bool(torch.isfinite(p).all()) for p in trained.parameters())

@@ -808,3 +808,69 @@ def test_outputs_that_are_probabilities_are_flagged():
 
     with pytest.raises(TypeError, match=r"got tuple: wrap it in an nn.Module .* model\(x\)\[0\]"):
         ft.pool_outputs(TupleOut(), torch.from_numpy(inputs()), ("probs",), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a user's pipeline meets (user audit, session 28)
+
+
+def test_a_sparse_or_meta_pool_gets_its_own_refusal():
+    """_known_size caught every TypeError: 'data must be a torch Tensor, ..., got Tensor'."""
+    x = torch.from_numpy(inputs())
+    for bad, message in ((x.to_sparse(), "layout torch.sparse_coo"), (x.to("meta"), "device meta")):
+        with pytest.raises(TypeError, match=f"data is a torch tensor .*{message}"):
+            ft.select("coreset", Tiny(), bad, 2, [0], progress=False)
+        with pytest.raises(TypeError, match=f"data is a torch tensor .*{message}"):
+            ft.pool_outputs(Tiny(), bad, progress=False)
+
+
+def test_random_through_select_returns_a_torch_tensor_like_the_rest():
+    """Random counted its rows from {"n": n} and gave numpy, unlike the other strategies."""
+    data = inputs()
+    for name in ("random", "entropy"):
+        sel = ft.select(name, Tiny(), data, 3, torch.tensor([0, 1]), seed=0, progress=False)
+        assert isinstance(sel.indices, torch.Tensor) and sel.indices.dtype == torch.int64
+    expected = strategies.Random().select(N, 3, [0, 1], seed=0).indices
+    got = ft.select("random", Tiny(), data, 3, [0, 1], seed=0, progress=False).indices
+    assert_array_equal(got.numpy(), expected)
+
+
+def test_non_finite_outputs_name_the_row_of_data():
+    x = torch.from_numpy(inputs())
+    x[7, 1] = float("nan")
+    for needs, key in ((("features",), "features"), (("probs",), "probs"), (("logits",), "logits")):
+        with pytest.raises(ValueError, match=f"model's {key} are NaN or Inf for 1 row.*row 7 "):
+            ft.pool_outputs(Tiny(), x, needs, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"probs are NaN or Inf .* row 7"):
+        ft.select("badge", Tiny(), x, 2, [0], progress=False)
+    diverged = Tiny()
+    with torch.no_grad():
+        diverged.head.weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="its parameters hold NaN or Inf: the training diverged"):
+        ft.pool_outputs(diverged, inputs(), ("probs",), progress=False)
+    big = torch.from_numpy(inputs()) * 1e5  # finite float32 features, past float16's range
+    with pytest.raises(ValueError, match="values fit float16"):
+        ft.pool_outputs(Tiny(), big * big, ("features",), dtype=torch.float16, progress=False)
+
+
+def test_progress_must_be_a_bool_everywhere():
+    """CoreSet, KMeansSampling, SparseApprox and pool_outputs took progress="no" (truthy: a bar)."""
+    for make in (strategies.CoreSet, strategies.KMeansSampling, strategies.SparseApprox):
+        with pytest.raises(TypeError, match="progress must be a bool"):
+            make(progress="no")
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        ft.pool_outputs(Tiny(), inputs(), progress="no")
+    with pytest.raises(TypeError, match="inference_mode must be a bool"):
+        ft.pool_outputs(Tiny(), inputs(), inference_mode=1, progress=False)
+
+
+def test_a_model_on_the_meta_device_is_refused():
+    with pytest.raises(ValueError, match="parameters are on the meta device"):
+        ft.pool_outputs(Tiny().to("meta"), inputs(), progress=False)
+
+
+@pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="exception notes: Python 3.11")
+def test_an_error_inside_the_model_says_which_rows_ran():
+    with pytest.raises(RuntimeError, match="mat1 and mat2") as caught:
+        ft.pool_outputs(Tiny(), np.ones((10, D_IN + 1), np.float32), batch_size=4, progress=False)
+    assert caught.value.__notes__ == ["(fastal: in the batch of data starting at row 0)"]

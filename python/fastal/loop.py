@@ -396,7 +396,7 @@ def fit(
 
     Returns
     -------
-    The trained model.
+    The trained model. Training that leaves a parameter NaN or Inf raises ``ValueError``.
     """
     import copy
 
@@ -454,7 +454,27 @@ def fit(
         if best_state is not None:
             model.load_state_dict(best_state)
     model.eval()
+    _check_trained(model, step + 1 if max_steps else 0)
     return model
+
+
+def _check_trained(model: Any, steps: int) -> None:
+    """Refuse a model that training left with NaN / Inf parameters: it would still be evaluated
+    (every argmax the first class) and select from NaN outputs."""
+    import torch
+
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            hint = (
+                ": in float16, Adam's eps of 1e-8 rounds to 0; train in float32 or bfloat16, or "
+                "pass your own train_fn"
+                if p.dtype == torch.float16
+                else ": lower lr, or pass your own train_fn"
+            )
+            raise ValueError(
+                f"training diverged: parameter {name!r} ({str(p.dtype)[6:]}) holds NaN or Inf "
+                f"after {steps} Adam steps{hint}"
+            )
 
 
 def _loss(out: Any, y: Any, task: str) -> Any:

@@ -56,7 +56,7 @@ class CoreSet(Strategy):
         self.embedding = embedding
         self.bias = check_bool(bias, "bias")
         self.prune = check_bool(prune, "prune")
-        self.progress = progress
+        self.progress = check_bool(progress, "progress")
         if embedding == "gradients":
             self.requires = ("probs", "features")
 

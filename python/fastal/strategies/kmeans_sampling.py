@@ -62,7 +62,7 @@ class KMeansSampling(Strategy):
         self.max_iter = max_iter
         self.minibatch = minibatch
         self.prune = check_bool(prune, "prune")
-        self.progress = progress
+        self.progress = check_bool(progress, "progress")
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         import torch

@@ -186,7 +186,7 @@ class SparseApprox(Strategy):
             temperature = _number(temperature, "temperature", positive=True)
         self.temperature = temperature
         self.safeguard = check_bool(safeguard, "safeguard")
-        self.progress = progress
+        self.progress = check_bool(progress, "progress")
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         import torch

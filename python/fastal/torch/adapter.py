@@ -22,6 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset,
 
 from .. import _interop
 from .._torch_state import LOCK, forked_rng
+from .._validate import check_bool
 
 #: What ``pool_outputs`` can compute, per task.
 NEEDS = {
@@ -146,7 +147,8 @@ def pool_outputs(
         ``T`` for ``"mc_probs"`` / ``"mc_outputs"``.
     seed : int, optional
         Seeds the dropout masks of the MC passes (the global RNG state is restored afterwards);
-        a non-negative int below 2**64. Unseeded, they draw from torch's global generator.
+        a non-negative int below 2**64. Unseeded, they draw from torch's global generator. The
+        masks are drawn batch by batch: the same seed with another batch size gives other masks.
     embed_fn : callable, optional
         ``embed_fn(model, x) -> (B, ...)`` features, a tensor with one row per input row (rows are
         flattened to ``(B, d)``); by default a forward pre-hook records the input of
@@ -174,7 +176,10 @@ def pool_outputs(
     Returns
     -------
     dict
-        Exactly the keys of ``needs``, torch tensors on ``output_device``.
+        Exactly the keys of ``needs``, torch tensors on ``output_device``, finite: a NaN or Inf
+        output (a diverged model, a row of ``data`` holding NaN, a value past ``dtype``'s range)
+        raises ``ValueError`` naming the first such row of ``data``. An error raised while the
+        model runs carries a note naming the rows of ``data`` in that batch.
 
     Examples
     --------
@@ -205,6 +210,8 @@ def pool_outputs(
     dtype = _check_dtype(dtype)
     amp_dtype = _check_amp(amp)
     seed = _check_seed(seed, "seed")
+    check_bool(inference_mode, "inference_mode")
+    check_bool(progress, "progress")
     for fn, fn_name in ((embed_fn, "embed_fn"), (batch_fn, "batch_fn")):
         if fn is not None and not callable(fn):
             raise TypeError(f"{fn_name} must be callable, got {type(fn).__name__}")
@@ -231,6 +238,11 @@ def pool_outputs(
         if run is not None:  # after the checks: a refused call leaves the model where it was
             model.to(run)
         run_device = run if run is not None else _model_device(model)
+        if run_device.type == "meta":
+            raise ValueError(
+                "the model's parameters are on the meta device (shapes without values): load its "
+                "weights first (e.g. model.to_empty(device=...) and load_state_dict)"
+            )
         batches = _batches(data, batch_size, num_workers, run_device, batch_fn, _model_dtype(model))
         writer = _Writer(n, out_device, dtype)
         amp_ctx = _autocast(amp_dtype, run_device)
@@ -281,7 +293,7 @@ def pool_outputs(
         bar = _progress(n, progress)
         try:
             model.eval()
-            with rng, grad_ctx():
+            with rng, grad_ctx(), _naming_rows(writer):
                 for x in batches:
                     rows = _rows(x)
                     result: dict[str, torch.Tensor] = {}
@@ -344,7 +356,9 @@ def pool_outputs(
                 "functional dropout (F.dropout(x, p, self.training)) or dropout on a branch the "
                 "output ignores"
             )
-        return writer.result(needs)
+        outputs = writer.result(needs)
+    _check_finite_outputs(outputs, model)
+    return outputs
 
 
 def select(
@@ -391,8 +405,9 @@ def select(
     Returns
     -------
     Selection
-        The strategy's ``(indices, diagnostics)``; diagnostics gain ``"pool_seconds"``, the time
-        spent computing the pool outputs.
+        The strategy's ``(indices, diagnostics)``: indices a torch int64 tensor on
+        ``output_device`` (default the CPU), whatever ``data`` is; diagnostics gain
+        ``"pool_seconds"``, the time spent computing the pool outputs.
 
     Examples
     --------
@@ -461,6 +476,8 @@ def select(
         pool["labeled_logits"] = pool["logits"][torch.as_tensor(idx, device=device)]
         pool["labeled_targets"] = targets.to(device)
     sel = strategy.select(pool, budget, labeled, seed=seed)
+    if isinstance(sel.indices, np.ndarray):  # counted from pool["n"] (random): torch, as the rest
+        sel = sel._replace(indices=torch.as_tensor(sel.indices, device=out_device))
     sel.diagnostics["pool_seconds"] = seconds
     return sel
 
@@ -574,6 +591,8 @@ def _check_embedding(h: Any, rows: int) -> torch.Tensor:
 
 def _size_or_none(data: Any) -> int | None:
     """Rows of the pool, or None when only a pass over it can tell (an IterableDataset)."""
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        return pool_size(data)  # its own refusal (a sparse or meta tensor) names data
     try:
         return pool_size(data)
     except TypeError:
@@ -741,6 +760,8 @@ def _known_size(data: Any, num_workers: int = 0) -> int | None:
             )
         if not iterable:
             _check_in_order(batches)
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        return pool_size(data)  # its own refusal (a sparse or meta tensor) names data
     try:
         return pool_size(data)
     except TypeError:
@@ -940,6 +961,43 @@ def _progress(n: int | None, progress: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=n, unit="rows", desc="fastal pool pass")
+
+
+@contextlib.contextmanager
+def _naming_rows(writer: _Writer) -> Iterator[None]:
+    """Adds to an error raised while a batch runs (the model's own, a shape mismatch) which rows
+    of ``data`` that batch started at: a bare matmul error does not say it came from the pool."""
+    try:
+        yield
+    except Exception as e:
+        if hasattr(e, "add_note"):  # Python 3.11+
+            e.add_note(f"(fastal: in the batch of data starting at row {writer.pos})")
+        raise
+
+
+def _check_finite_outputs(outputs: Mapping[str, torch.Tensor], model: nn.Module) -> None:
+    """Refuse NaN / Inf outputs where the rows of ``data`` can be named: a strategy would only
+    say that its ``probs`` or ``X`` hold some. Row chunks of about 4M values, one synchronisation
+    unless some chunk is not finite."""
+    for key, t in outputs.items():
+        axis = 1 if key.startswith("mc_") else 0
+        n = t.shape[axis]
+        step = max(1, (1 << 22) // max(1, t.numel() // max(1, n)))
+        chunks = [t.narrow(axis, s, min(step, n - s)) for s in range(0, n, step)]
+        ok = torch.stack([torch.isfinite(c).all() for c in chunks]).all() if chunks else True
+        if bool(ok):
+            continue
+        bad = (~torch.isfinite(t)).movedim(axis, 0).reshape(n, -1).any(1)
+        rows = torch.nonzero(bad).flatten()
+        cause = (
+            "its parameters hold NaN or Inf: the training diverged"
+            if any(not bool(torch.isfinite(p).all()) for p in model.parameters())
+            else f"check those rows of data, and that the values fit {str(t.dtype)[6:]}"
+        )
+        raise ValueError(
+            f"the model's {key} are NaN or Inf for {rows.numel()} row(s) of data, first at row "
+            f"{int(rows[0])} ({cause})"
+        )
 
 
 class _Writer:
