@@ -874,3 +874,14 @@ def test_an_error_inside_the_model_says_which_rows_ran():
     with pytest.raises(RuntimeError, match="mat1 and mat2") as caught:
         ft.pool_outputs(Tiny(), np.ones((10, D_IN + 1), np.float32), batch_size=4, progress=False)
     assert caught.value.__notes__ == ["(fastal: in the batch of data starting at row 0)"]
+
+
+def test_warnings_point_at_the_callers_line():
+    """They pointed at fastal/torch/adapter.py (the strategy's caller): a filter on the user's
+    module, or pytest's report, missed the user's call."""
+    with pytest.warns(UserWarning, match="P equals the predictions") as caught:
+        ft.select("sparse_approx", Tiny(), inputs(), 2, [0], progress=False)
+    softmaxed = nn.Sequential(Tiny(), nn.Softmax(dim=1))
+    with pytest.warns(UserWarning, match="look like probabilities") as caught_too:
+        ft.pool_outputs(softmaxed, inputs(), ("probs",), progress=False)
+    assert [w.filename for w in (*caught, *caught_too)] == [__file__, __file__]

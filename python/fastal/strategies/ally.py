@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from .. import _interop
 from .._validate import _number, check_bool, check_budget, check_positive_int, host_values, make_rng
+from .._warnings import warn_user
 from .base import Selection, Strategy, pool_field, register, unlabeled_rows
 
 
@@ -195,12 +195,10 @@ class ALLY(Strategy):
             # method then "performs similarly to random sampling" (§5.4), so a seeded random
             # member of each cluster rather than always its lowest index
             if diagnostics.get("all_duals_zero"):
-                warnings.warn(
+                warn_user(
                     "ALLY: every dual variable is 0 (each labeled loss is below its ε), so they "
                     "say nothing: the picks are a random member of each cluster; a smaller "
                     "epsilon makes them informative",
-                    UserWarning,
-                    stacklevel=2,
                 )
             scores = rng.random(scores.size)
             diagnostics["random_within_clusters"] = True

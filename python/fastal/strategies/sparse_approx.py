@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 
 from .. import _interop
 from .._validate import _number, check_bool, check_budget, check_matrix
+from .._warnings import warn_user
 from ..gradients import _row_chunks as _value_chunks
 from ..gradients import as_torch, torch_row_norms_if_finite
 from ..sparse import (
@@ -337,13 +337,11 @@ class SparseApprox(Strategy):
         if label:
             label_check.raise_if_invalid()
         if not bool(differs):
-            warnings.warn(
+            warn_user(
                 "SparseApprox: the label distribution P equals the predictions p (temperature 1, "
                 "or label_probs equal to probs), so every expected gradient p - P is 0 and the "
                 "selection reduces to the top-b sigma; pass a temperature other than 1, "
                 "labeled_logits and labeled_targets for temperature='auto', or label_probs",
-                UserWarning,
-                stacklevel=3,
             )
         if self.bias:
             h_norms = torch.sqrt(h_norms * h_norms + 1)

@@ -11,7 +11,6 @@ import contextlib
 import copy
 import numbers
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset,
 from .. import _interop
 from .._torch_state import LOCK, forked_rng
 from .._validate import check_bool
+from .._warnings import warn_user
 
 #: What ``pool_outputs`` can compute, per task.
 NEEDS = {
@@ -919,12 +919,10 @@ def _warn_if_probabilities(z: torch.Tensor) -> None:
     towards uniform, every uncertainty score distorted. Checked on the first batch."""
     z = z.detach().float()
     if bool(((z >= 0) & (z <= 1)).all()) and bool(((z.sum(1) - 1).abs() < 1e-4).all()):
-        warnings.warn(
+        warn_user(
             "the model's outputs look like probabilities (rows in [0, 1] summing to 1): fastal "
             "treats them as logits and applies a softmax; return the logits (drop the final "
             "softmax) for probs, entropy, margin, BALD and BADGE to be right",
-            UserWarning,
-            stacklevel=3,
         )
 
 
