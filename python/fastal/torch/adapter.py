@@ -178,8 +178,8 @@ def pool_outputs(
     dict
         Exactly the keys of ``needs``, torch tensors on ``output_device``, finite: a NaN or Inf
         output (a diverged model, a row of ``data`` holding NaN, a value past ``dtype``'s range)
-        raises ``ValueError`` naming the first such row of ``data``. An error raised while the
-        model runs carries a note naming the rows of ``data`` in that batch.
+        raises ``ValueError`` naming the first such row of ``data``. On Python 3.11+ an error
+        raised while a batch runs carries a note saying where in ``data`` that batch starts.
 
     Examples
     --------
