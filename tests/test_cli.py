@@ -201,6 +201,8 @@ def cli_files(tmp_path):
     big[5] = 1e5
     np.save(tmp_path / "big16.npy", big)
     np.save(tmp_path / "empty_probs.npy", np.zeros((0, 3), np.float32))
+    np.save(tmp_path / "pool15.npy", np.random.default_rng(1).normal(size=(15, 4)).astype(np.float32))
+    np.save(tmp_path / "probs15.npy", np.full((15, 3), 1 / 3, np.float32))
     if hasattr(os, "mkfifo"):
         os.mkfifo(tmp_path / "fifo")
     np.savez(tmp_path / "arch.npz", features=np.zeros((50, 4), np.float32))
@@ -263,6 +265,9 @@ REFUSED = [
     ("time-limit-zero", f"{POOL} --strategy robust_coreset --time-limit 0",
      ["--time-limit must be > 0"], ()),
     ("empty-pool", "select --strategy random --probs {d}/empty_probs.npy", ["no rows"], ()),
+    # the default budget, rounded down to CRC's groups of 20, was raised to 20 past the pool
+    ("crc-small-pool", "select --strategy crc --embeddings {d}/pool15.npy --probs {d}/probs15.npy",
+     ["crc takes whole groups of 20 rows", "only 15 unlabeled"], ()),
     ("demo-no-strategy", f"{DEMO} --strategies ,", ["no strategy named"], ()),
     ("demo-twice", f"{DEMO} --strategies random,random", ["named twice: random"], ()),
     ("demo-unknown", f"{DEMO} --strategies nope", ["fastal: unknown strategy"], ()),

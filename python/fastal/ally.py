@@ -131,9 +131,9 @@ def fit_dual_head(
         Frozen embeddings of the labeled samples (the backbone's output), m >= 2 (batch norm).
     duals : tensor or array (m,)
         Their dual variables λ* >= 0.
-    hidden, layers : int
+    hidden, layers : int, default 128 and 5
         Width and number of hidden layers (§5.1: 5 hidden layers; the width is not given there).
-    steps, lr, batch_size, weight_decay
+    steps, lr, batch_size, weight_decay : default 500, 1e-3, 64 and 0
         Adam schedule.
     seed : int
         Seeds the initialisation and the batches (the global torch RNG is restored afterwards).

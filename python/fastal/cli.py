@@ -403,7 +403,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         )
     budget = args.budget if args.budget is not None else min(100, n - len(labeled))
     if args.budget is None and args.strategy == "crc":  # a multiple of its group size, 20
-        budget = max(budget - budget % 20, 20)
+        budget -= budget % 20
+        if budget == 0:
+            raise SystemExit(
+                f"fastal: crc takes whole groups of 20 rows and the pool has only "
+                f"{n - len(labeled)} unlabeled: it needs at least 20"
+            )
     for key, a in arrays.items():
         if args.dtype and np.issubdtype(a.dtype, np.floating):
             _check_fits(a, args.dtype, _OPTION_OF.get(key, key))
@@ -696,7 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--budget",
         type=int,
-        help="points to pick (default: 100, or every unlabeled point if fewer)",
+        help="points to pick (default: 100, or every unlabeled point if fewer; for crc rounded "
+        "down to a multiple of its group size, 20)",
     )
     sel.add_argument(
         "--out",

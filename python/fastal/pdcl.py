@@ -69,7 +69,7 @@ class DualVariables:
     lr_dual : float
         η_d, the dual step size.
     device, dtype
-        Where λ lives (torch); float32 by default.
+        Where λ lives (torch; default the CPU) and its dtype (float32 by default).
 
     Examples
     --------

@@ -48,8 +48,9 @@ class ALLY(Strategy):
     trainer : PrimalDualTrainer, optional
         The primal-dual trainer :func:`fastal.loop.run` uses; default ``PrimalDualTrainer()`` (the
         paper's ε: 0.2 for cross-entropy, 0.1 for MSE).
-    head_hidden, head_layers, head_steps, head_lr
-        The dual regression head (§5.1: 5 hidden layers, ReLU, batch norm; non-negative output).
+    head_hidden, head_layers, head_steps, head_lr : int, int, int, float, default 128, 5, 500, 1e-3
+        The dual regression head (§5.1: 5 hidden layers, ReLU, batch norm; non-negative output):
+        width, hidden layers, Adam steps and learning rate (:func:`fastal.ally.fit_dual_head`).
     kmeans_iter : int, default 100
         Lloyd iterations.
     kmeans_minibatch : int, optional

@@ -26,7 +26,8 @@ class BADGE(Strategy):
     ----------
     bias : bool, default False
         Include the bias gradient (``h`` extended by a 1). The paper uses the weights only.
-        It costs a copy of the features with that column (without it they are read in place).
+        On the CPU the 1 is implicit and the features are read in place either way; on CUDA
+        ``bias=True`` costs a copy of the features with that column.
     prune : bool, default True
         Skip the rows a new centre provably cannot bring closer (CPU; the draws do not change).
     progress : bool, default False

@@ -31,6 +31,7 @@ class KMeansSampling(Strategy):
     prune : bool, default True
         Lloyd with distance bounds (:func:`fastal.kmeans`'s ``prune``; the fit does not change).
     progress : bool, default False
+        tqdm progress bar over the Lloyd iterations.
 
     The pool is an ``(n, d)`` array or a mapping with ``"features"``. The clustering is one run of
     :func:`fastal.kmeans` from one k-means++ seeding drawn with ``seed`` (scikit-learn's ``KMeans``

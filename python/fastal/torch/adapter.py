@@ -386,9 +386,12 @@ def select(
         checked before the pool pass (right after it when the pool's size is unknown, an
         ``IterableDataset``): an index out of range or repeated raises ``ValueError`` naming
         ``labeled``, and a boolean mask ``TypeError`` (pass ``np.flatnonzero(mask)``). ``seed`` is
-        None, a non-negative int or a numpy Generator, for every strategy. An int ``seed`` also
-        seeds the MC dropout masks (pass ``mc_seed=``, None or a non-negative int, to seed them
-        differently).
+        None, a non-negative int or a numpy Generator, for every strategy. It also seeds the MC
+        dropout masks: an int directly, a Generator through a draw from a copy of it (so the
+        strategy still draws from the Generator as given).
+    mc_seed : int, optional (keyword, in ``options``)
+        Seeds the MC dropout masks instead of ``seed``: None (torch's global generator) or a
+        non-negative int.
     labels : array, optional
         The known labels of the ``labeled`` rows, 1-D, one per row of ``labeled`` in the same
         order (checked with ``labeled``): integer class indices in ``[0, C)`` for a classifier of
