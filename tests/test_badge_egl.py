@@ -720,3 +720,21 @@ def test_egl_tiny_float32_features_and_float64_logits_past_float32():
     logits = torch.tensor([[1e39, 0.0], [0.0, 0.0]], dtype=torch.float64)
     sel = EGL().select({"logits": logits, "features": torch.ones(2, 3)}, 1)
     assert_array_equal(to_numpy(sel.indices), [1])
+
+
+def test_rows_whose_sqnorms_underflow_are_not_at_a_negative_distance():
+    """With |g|² rounding to 0 in float32 but the product (a_i·a_c)(h_i·h_c) not, the expansion
+    is negative; zero rows stopped being near-copy suspects (6879b92) and the scalar path returned
+    it unclamped: min_distance gave NaN (session 28 review)."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    A = rng.normal(size=(n, 2)).astype(np.float32)
+    target = 7.006492321624085e-46 * (1 + rng.uniform(-3e-7, 3e-7, size=n))
+    H = np.sqrt(target / (A**2).sum(1))[:, None].astype(np.float32)
+    A[0], H[0] = 1, 1  # one ordinary row, so that the pool is not refused as underflowing
+    emb = fastal.GradientEmbedding(A, H)
+    rows = np.flatnonzero(np.asarray(emb.sqnorm) == 0)[:5]
+    assert rows.size == 5
+    dist, _ = fastal.min_distance(emb, emb.subset(rows))  # 5 centres: the scalar path
+    dist = np.asarray(dist)
+    assert (dist >= 0).all() and not np.isnan(dist).any()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -501,3 +502,23 @@ def test_training_that_diverges_is_refused():
                  budget=5, rounds=1, train_fn=functools.partial(loop.fit, max_steps=60, lr=1e-2))
     trained = loop.fit(model_fn().bfloat16(), dataset, max_steps=20)  # bfloat16 trains
     assert all(bool(torch.isfinite(p).all()) for p in trained.parameters())
+
+
+def test_parameters_training_did_not_make_non_finite_are_not_refused():
+    """A frozen -inf class mask and a lazy module left uninitialised (max_steps=0) are the
+    model's own, not a divergence."""
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = model_fn()
+            self.mask = nn.Parameter(torch.tensor([0.0, 0.0, -math.inf]), requires_grad=False)
+
+        def forward(self, x):
+            return self.body(x) + self.mask
+
+    X, y = POOL
+    keep = y < 2
+    dataset = TensorDataset(torch.from_numpy(X[keep][:40]), torch.from_numpy(y[keep][:40]))
+    loop.fit(Masked(), dataset, max_steps=10)
+    loop.fit(nn.Sequential(nn.LazyLinear(3)), dataset, max_steps=0)

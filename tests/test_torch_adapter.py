@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -839,7 +840,7 @@ def test_non_finite_outputs_name_the_row_of_data():
     x = torch.from_numpy(inputs())
     x[7, 1] = float("nan")
     for needs, key in ((("features",), "features"), (("probs",), "probs"), (("logits",), "logits")):
-        with pytest.raises(ValueError, match=f"model's {key} are NaN or Inf for 1 row.*row 7 "):
+        with pytest.raises(ValueError, match=f"model.s {key} are NaN or .?Inf for 1 row.*row 7 "):
             ft.pool_outputs(Tiny(), x, needs, batch_size=4, progress=False)
     with pytest.raises(ValueError, match=r"probs are NaN or Inf .* row 7"):
         ft.select("badge", Tiny(), x, 2, [0], progress=False)
@@ -865,8 +866,19 @@ def test_progress_must_be_a_bool_everywhere():
 
 
 def test_a_model_on_the_meta_device_is_refused():
-    with pytest.raises(ValueError, match="parameters are on the meta device"):
-        ft.pool_outputs(Tiny().to("meta"), inputs(), progress=False)
+    for device in (None, "cpu"):  # torch's own error when model.to(device) ran first
+        with pytest.raises(ValueError, match="parameters are on the meta device"):
+            ft.pool_outputs(Tiny().to("meta"), inputs(), device=device, progress=False)
+
+
+def test_minus_inf_logits_of_masked_classes_are_kept():
+    """A model masking a class returns -inf logits: probabilities 0, not an error."""
+    masked = nn.Sequential(Tiny(), nn.ConstantPad1d((0, 1), -math.inf))  # a 4th, impossible class
+    out = ft.pool_outputs(masked, inputs(), ("logits", "probs"), progress=False)
+    assert (out["logits"][:, -1] == -math.inf).all() and (out["probs"][:, -1] == 0).all()
+    nan = nn.Sequential(Tiny(), nn.ConstantPad1d((0, 1), math.inf))
+    with pytest.raises(ValueError, match=r"logits are NaN or \+Inf for 10 row"):
+        ft.pool_outputs(nan, inputs(), ("logits",), progress=False)
 
 
 @pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="exception notes: Python 3.11")

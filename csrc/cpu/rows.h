@@ -118,7 +118,7 @@ struct FactoredRows {
     // Near a copy of the centre the expansion is rounding noise, ~e s rather than 0: an exact
     // duplicate of a chosen row kept a D^2 weight that could swamp the rows of small gradient.
     if (near_copy_suspect(r, s)) return near_copy(i, centre, r > 0 ? r : A(0), s);
-    return r;
+    return r > 0 ? r : A(0);  // s = 0 with a product that did not underflow: r < 0, i.e. 0
   }
   // Whether the expansion r may be a near copy's rounding noise. Two zero rows (s = 0: one-hot
   // probabilities, or 16-bit A of confident rows rounded to 0) are at 0 already, not suspects.

@@ -396,7 +396,8 @@ def fit(
 
     Returns
     -------
-    The trained model. Training that leaves a parameter NaN or Inf raises ``ValueError``.
+    The trained model. Training that leaves a trainable parameter NaN or Inf (finite before)
+    raises ``ValueError``.
     """
     import copy
 
@@ -419,6 +420,7 @@ def fit(
     X = as_model_dtype(model, X)
     model.to(device)
     dev = torch.device(device)
+    nonfinite_before = _nonfinite_parameters(model)
     with forked_rng(dev, seed):
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(n, generator=g)
@@ -454,16 +456,34 @@ def fit(
         if best_state is not None:
             model.load_state_dict(best_state)
     model.eval()
-    _check_trained(model, step + 1 if max_steps else 0)
+    _check_trained(model, step + 1 if max_steps else 0, nonfinite_before)
     return model
 
 
-def _check_trained(model: Any, steps: int) -> None:
-    """Refuse a model that training left with NaN / Inf parameters: it would still be evaluated
-    (every argmax the first class) and select from NaN outputs."""
+def _nonfinite_parameters(model: Any) -> set[str]:
+    """Names of the model's initialised parameters holding NaN or Inf before training (a mask of
+    -inf on purpose; a lazy module's parameters are not initialised yet)."""
+    import torch
+
+    return {
+        name
+        for name, p in model.named_parameters()
+        if not isinstance(p, torch.nn.parameter.UninitializedParameter)
+        and not bool(torch.isfinite(p).all())
+    }
+
+
+def _check_trained(model: Any, steps: int, nonfinite_before: set[str]) -> None:
+    """Refuse a model that training left with NaN / Inf in a trainable parameter that was finite
+    (or initialised during training): it would still be evaluated (every argmax the first class)
+    and select from NaN outputs. Frozen parameters and those non-finite before are left alone."""
     import torch
 
     for name, p in model.named_parameters():
+        if isinstance(p, torch.nn.parameter.UninitializedParameter) or not p.requires_grad:
+            continue
+        if name in nonfinite_before:
+            continue
         if not bool(torch.isfinite(p).all()):
             hint = (
                 ": in float16, Adam's eps of 1e-8 rounds to 0; train in float32 or bfloat16, or "

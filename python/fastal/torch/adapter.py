@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -235,14 +236,14 @@ def pool_outputs(
         n = _known_size(data, num_workers)
         if n == 0:
             raise ValueError("data is empty: the pool needs at least one row")
-        if run is not None:  # after the checks: a refused call leaves the model where it was
-            model.to(run)
-        run_device = run if run is not None else _model_device(model)
-        if run_device.type == "meta":
+        if _model_device(model).type == "meta":  # before model.to: torch's error says less
             raise ValueError(
                 "the model's parameters are on the meta device (shapes without values): load its "
                 "weights first (e.g. model.to_empty(device=...) and load_state_dict)"
             )
+        if run is not None:  # after the checks: a refused call leaves the model where it was
+            model.to(run)
+        run_device = run if run is not None else _model_device(model)
         batches = _batches(data, batch_size, num_workers, run_device, batch_fn, _model_dtype(model))
         writer = _Writer(n, out_device, dtype)
         amp_ctx = _autocast(amp_dtype, run_device)
@@ -976,27 +977,33 @@ def _naming_rows(writer: _Writer) -> Iterator[None]:
         raise
 
 
+def _refused(t: torch.Tensor, key: str) -> torch.Tensor:
+    """Where ``pool_outputs`` refuses an output value: NaN or Inf, and for logits NaN or +Inf
+    (a model masking classes gives -inf logits, whose probabilities are 0)."""
+    return t.isnan() | (t == math.inf) if key == "logits" else ~torch.isfinite(t)
+
+
 def _check_finite_outputs(outputs: Mapping[str, torch.Tensor], model: nn.Module) -> None:
-    """Refuse NaN / Inf outputs where the rows of ``data`` can be named: a strategy would only
-    say that its ``probs`` or ``X`` hold some. Row chunks of about 4M values, one synchronisation
-    unless some chunk is not finite."""
+    """Refuse NaN / Inf outputs (:func:`_refused`) where the rows of ``data`` can be named: a
+    strategy would only say that its ``probs`` or ``X`` hold some. Row chunks of about 4M values,
+    one synchronisation unless some chunk is refused."""
     for key, t in outputs.items():
         axis = 1 if key.startswith("mc_") else 0
         n = t.shape[axis]
         step = max(1, (1 << 22) // max(1, t.numel() // max(1, n)))
         chunks = [t.narrow(axis, s, min(step, n - s)) for s in range(0, n, step)]
-        ok = torch.stack([torch.isfinite(c).all() for c in chunks]).all() if chunks else True
-        if bool(ok):
+        if not chunks or not bool(torch.stack([_refused(c, key).any() for c in chunks]).any()):
             continue
-        bad = (~torch.isfinite(t)).movedim(axis, 0).reshape(n, -1).any(1)
-        rows = torch.nonzero(bad).flatten()
+        rows = torch.nonzero(_refused(t, key).movedim(axis, 0).reshape(n, -1).any(1)).flatten()
+        trained = (p for p in model.parameters() if p.requires_grad)
         cause = (
             "its parameters hold NaN or Inf: the training diverged"
-            if any(not bool(torch.isfinite(p).all()) for p in model.parameters())
+            if any(not bool(torch.isfinite(p).all()) for p in trained)
             else f"check those rows of data, and that the values fit {str(t.dtype)[6:]}"
         )
+        what = "NaN or +Inf" if key == "logits" else "NaN or Inf"
         raise ValueError(
-            f"the model's {key} are NaN or Inf for {rows.numel()} row(s) of data, first at row "
+            f"the model's {key} are {what} for {rows.numel()} row(s) of data, first at row "
             f"{int(rows[0])} ({cause})"
         )
 
