@@ -177,9 +177,10 @@ def pool_outputs(
     Returns
     -------
     dict
-        Exactly the keys of ``needs``, torch tensors on ``output_device``, finite: a NaN or Inf
-        output (a diverged model, a row of ``data`` holding NaN, a value past ``dtype``'s range)
-        raises ``ValueError`` naming the first such row of ``data``. On Python 3.11+ an error
+        Exactly the keys of ``needs``, torch tensors on ``output_device``, finite but for -inf
+        logits (a masked class): a NaN or Inf output (a diverged model, a row of ``data`` holding
+        NaN, a value past ``dtype``'s range) raises ``ValueError`` naming the first such row of
+        ``data``. On Python 3.11+ an error
         raised while a batch runs carries a note saying where in ``data`` that batch starts.
 
     Examples
