@@ -198,23 +198,49 @@ __device__ __forceinline__ float factored_elem(const void* base, int64_t k) {
   return bits_to_float<T>(__ldg(static_cast<const B*>(base) + k));
 }
 
-// The recompute of row x (of pool v) against a row y whose values ya(k) (k < C) and yh(k)
-// (k < dh) give; `expanded` is the distance from the expansion, s = s_x + s_y.
-template <typename T, typename YA, typename YH>
-__device__ __forceinline__ float factored_near_copy(const FactoredView& v, int64_t x, YA ya, YH yh,
+// The other row of a recompute, read element by element: the float32 centre (layout above) or a
+// row of a pool. Plain values, no captures by reference: the kernels keep them in registers.
+struct CentreSource {
+  const float* cen;
+  int C, dh, coff;
+  bool vec_a, vec_h;
+  template <typename T>
+  __device__ __forceinline__ float a(int k) const {
+    return cen[vec_a ? centre_slot<T, true>(k, C) : k];
+  }
+  template <typename T>
+  __device__ __forceinline__ float h(int k) const {
+    return cen[coff + (vec_h ? centre_slot<T, true>(k, dh) : k)];
+  }
+};
+
+struct PoolRowSource {
+  const void* A;
+  const void* H;
+  int64_t a0, h0;  // the row's first element in A and in H
+  template <typename T>
+  __device__ __forceinline__ float a(int k) const { return factored_elem<T>(A, a0 + k); }
+  template <typename T>
+  __device__ __forceinline__ float h(int k) const { return factored_elem<T>(H, h0 + k); }
+};
+
+// The recompute of row x (of pool v) against the row `y` gives; `expanded` is the distance from
+// the expansion, s = s_x + s_y.
+template <typename T, typename Y>
+__device__ __forceinline__ float factored_near_copy(const FactoredView& v, int64_t x, Y y,
                                                     float expanded, float s) {
   const int64_t xa = x * v.C, xh = x * v.dh;
   float daa = 0.f, dac = 0.f, acc = 0.f, hii = 0.f, dhh = 0.f, hid = 0.f;
 #pragma unroll 1
   for (int k = 0; k < v.C; ++k) {
-    const float a = factored_elem<T>(v.A, xa + k), c = ya(k), dl = __fsub_rn(a, c);
+    const float a = factored_elem<T>(v.A, xa + k), c = y.template a<T>(k), dl = __fsub_rn(a, c);
     daa = fmaf(dl, dl, daa);
     dac = fmaf(dl, c, dac);
     acc = fmaf(c, c, acc);
   }
 #pragma unroll 1
   for (int k = 0; k < v.dh; ++k) {
-    const float h = factored_elem<T>(v.H, xh + k), c = yh(k), dl = __fsub_rn(h, c);
+    const float h = factored_elem<T>(v.H, xh + k), c = y.template h<T>(k), dl = __fsub_rn(h, c);
     hii = fmaf(h, h, hii);
     dhh = fmaf(dl, dl, dhh);
     hid = fmaf(h, dl, hid);
@@ -226,26 +252,21 @@ __device__ __forceinline__ float factored_near_copy(const FactoredView& v, int64
   return r > 0.f ? r : 0.f;
 }
 
-// The recompute against the float32 centre `cen` (layout above), and against row y of pool w.
+// The recompute against the float32 centre `cen`, and against row y of pool w.
 template <typename T>
 __device__ __forceinline__ float factored_near_copy_centre(const FactoredView& v, int64_t x,
                                                            const float* cen, float expanded,
                                                            float s) {
-  const auto ya = [&](int k) { return cen[v.vec_a ? centre_slot<T, true>(k, v.C) : k]; };
-  const auto yh = [&](int k) {
-    return cen[v.coff + (v.vec_h ? centre_slot<T, true>(k, v.dh) : k)];
-  };
-  return factored_near_copy<T>(v, x, ya, yh, expanded, s);
+  const CentreSource y{cen, v.C, v.dh, v.coff, v.vec_a, v.vec_h};
+  return factored_near_copy<T>(v, x, y, expanded, s);
 }
 
 template <typename T>
 __device__ __forceinline__ float factored_near_copy_rows(const FactoredView& v, int64_t x,
                                                          const FactoredView& w, int64_t y,
                                                          float expanded, float s) {
-  const int64_t ya0 = y * w.C, yh0 = y * w.dh;
-  const auto ya = [&](int k) { return factored_elem<T>(w.A, ya0 + k); };
-  const auto yh = [&](int k) { return factored_elem<T>(w.H, yh0 + k); };
-  return factored_near_copy<T>(v, x, ya, yh, expanded, s);
+  const PoolRowSource row{w.A, w.H, y * w.C, y * w.dh};
+  return factored_near_copy<T>(v, x, row, expanded, s);
 }
 
 // factored_dist2 of row x against the float32 centre `cen`, near copies recomputed.
