@@ -177,6 +177,7 @@ bool block_dist2(const FactoredRows<T>& rows, const Acc<T>* const (&x)[kBlockRow
                  Acc<T> (&out)[kBlockRows][kBlockCentres]) {
   using A = Acc<T>;
   const int64_t ca = padded<A>(rows.C), ch = padded<A>(rows.dh);
+  const A limit = rows.near_copy_limit();
   A da[kBlockRows][kBlockCentres], dh[kBlockRows][kBlockCentres];
   reduce_block<false>(x, c, 0, ca, da);
   reduce_block<false>(x, c, ca, ch, dh);
@@ -185,7 +186,7 @@ bool block_dist2(const FactoredRows<T>& rows, const Acc<T>* const (&x)[kBlockRow
     for (int q = 0; q < kBlockCentres; ++q) {
       const A s = x[r][ca + ch] + c[q][ca + ch];
       const A v = s - 2 * da[r][q] * dh[r][q];
-      near |= rows.near_copy_suspect(v, s);
+      near |= FactoredRows<T>::near_copy_suspect(v, s, limit);
       out[r][q] = v > 0 ? v : A(0);
     }
   return near;
@@ -206,10 +207,11 @@ void recompute_near_copies(const FactoredRows<T>& rows, const Acc<T>* const (&x)
                            Acc<T> (&out)[kBlockRows][kBlockCentres]) {
   using A = Acc<T>;
   const int64_t at = padded<A>(rows.C) + padded<A>(rows.dh), cs = rows.centre_size();
+  const A limit = rows.near_copy_limit();
   for (int64_t r = 0; r < nr; ++r)
     for (int64_t q = 0; q < nc; ++q) {
       const A s = x[r][at] + c[q][at];  // |g_i|^2 + |g_c|^2, as dist2's s
-      if (rows.near_copy_suspect(out[r][q], s))
+      if (FactoredRows<T>::near_copy_suspect(out[r][q], s, limit))
         out[r][q] = rows.near_copy(i + r, centres + (j + q) * cs, out[r][q], s);
     }
 }
