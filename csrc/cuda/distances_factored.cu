@@ -1,10 +1,11 @@
 // Distances to a set for factored pools (factored.cuh): for every row of X, the smallest squared
 // distance max(0, sx_i + sy_j - 2 (A_i . A'_j)(H_i . H'_j)) over the rows j of Y (recomputed near
-// copies, factored.cuh), and that j (ties to the lowest index). The tiling is that of the dense kernel (distances.cu): a block owns 64 rows
-// of X and walks tiles of 64 rows of Y; the A columns and then the H columns pass through shared
-// memory in chunks of 32, converted to float32, and each of the 16 x 16 threads keeps 4 x 4 dot
-// products of each factor in registers (fmaf, columns in order). With few rows of X, Y's tiles are
-// split over blockIdx.y and the partial minima meet in packed keys (min_dist.cuh).
+// copies, factored.cuh), and that j (ties to the lowest index). The tiling is that of the dense
+// kernel (distances.cu): a block owns 64 rows of X and walks tiles of 64 rows of Y; the A columns
+// and then the H columns pass through shared memory in chunks of 32, converted to float32, and
+// each of the 16 x 16 threads keeps 4 x 4 dot products of each factor in registers (fmaf, columns
+// in order). With few rows of X, Y's tiles are split over blockIdx.y and the partial minima meet in
+// packed keys (min_dist.cuh).
 #include "cuda/factored.cuh"
 #include "cuda/min_dist.cuh"
 

@@ -479,12 +479,9 @@ def _check_trained(model: Any, steps: int, nonfinite_before: set[str]) -> None:
     and select from NaN outputs. Frozen parameters and those non-finite before are left alone."""
     import torch
 
+    diverged = _nonfinite_parameters(model) - nonfinite_before
     for name, p in model.named_parameters():
-        if isinstance(p, torch.nn.parameter.UninitializedParameter) or not p.requires_grad:
-            continue
-        if name in nonfinite_before:
-            continue
-        if not bool(torch.isfinite(p).all()):
+        if name in diverged and p.requires_grad:
             hint = (
                 ": in float16, Adam's eps of 1e-8 rounds to 0; train in float32 or bfloat16, or "
                 "pass your own train_fn"
