@@ -624,7 +624,15 @@ def test_through_fastal_torch_select():
     assert len(set(unlabelled.indices.tolist()) - set(range(10))) == 3
 
 
-@pytest.mark.parametrize("name", ["fastal.bilevel", "fastal.strategies.bilevel"])
+MODULES_WITH_EXAMPLES = [
+    "fastal.bilevel.kernels",
+    "fastal.bilevel.inner",
+    "fastal.bilevel.greedy",
+    "fastal.strategies.bilevel",
+]
+
+
+@pytest.mark.parametrize("name", MODULES_WITH_EXAMPLES)
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

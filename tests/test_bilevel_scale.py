@@ -16,7 +16,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import fastal.gradients
+from fastal import _memory
 from fastal import bilevel as bl
+from fastal.bilevel import _common, greedy
 from fastal.strategies.bilevel import BilevelCoreset
 
 
@@ -77,7 +79,7 @@ def pool_of(n, d, C, key, seed=0, dtype=np.float32):
 def small_chunks(monkeypatch):
     """Row chunks of 2¹⁴ elements, so that pools of a few MB span many of them (bilevel's own
     chunks, and fastal.gradients' that its finiteness checks use)."""
-    monkeypatch.setattr(bl, "_CHUNK_ELEMS", 1 << 14)
+    monkeypatch.setattr(_common, "_CHUNK_ELEMS", 1 << 14)
     monkeypatch.setattr(fastal.gradients, "_CHUNK_VALUES", 1 << 14)
 
 
@@ -156,16 +158,16 @@ def test_probabilities_report_nan_before_range_and_sums_across_chunks(small_chun
     p[10, 0] = -0.5  # out of range in the first chunk
     p[3990, 2] = float("nan")  # NaN in the last
     with pytest.raises(ValueError, match=r"^q contains NaN or Inf$"):
-        bl._check_probs(p, "q")
+        _common._check_probs(p, "q")
     p[3990, 2] = 0.25
     p[20, 1] = 0.3  # a bad sum before the range error's row
     with pytest.raises(ValueError, match=r"^q must hold probabilities in \[0, 1\]$"):
-        bl._check_probs(p, "q")
+        _common._check_probs(p, "q")
     p[10, 0] = 0.25
     with pytest.raises(ValueError, match=r"^q rows must sum to 1"):
-        bl._check_probs(p, "q")
+        _common._check_probs(p, "q")
     p[20, 1] = 0.25
-    out = bl._check_probs(p, "q")
+    out = _common._check_probs(p, "q")
     assert out.dtype == torch.float64
     assert out.data_ptr() != p.data_ptr()
 
@@ -173,7 +175,7 @@ def test_probabilities_report_nan_before_range_and_sums_across_chunks(small_chun
 def test_check_probs_returns_a_new_tensor_for_float64_input():
     """bilevel_select writes the labeled rows into the targets: never into the caller's array."""
     p = torch.full((5, 2), 0.5, dtype=torch.float64)
-    out = bl._check_probs(p, "p")
+    out = _common._check_probs(p, "p")
     out[0] = 0
     assert bool((p == 0.5).all())
 
@@ -216,7 +218,7 @@ def test_best_first_is_the_lexsort_order(seed):
         scores += rng.normal(size=n) * (rng.random(n) < 0.5)
     want = np.lexsort((np.arange(n), -scores))
     for k in sorted({1, 2, 3, n // 2 or 1, max(n - 1, 1), n}):
-        got = bl._best_first(scores, k)
+        got = greedy._best_first(scores, k)
         assert got.dtype == np.int64
         assert_array_equal(got, want[:k])
 
@@ -262,8 +264,8 @@ def test_strategy_refuses_features_larger_than_the_available_memory(monkeypatch)
         asked.append(device)
         return 1 << 20
 
-    monkeypatch.setattr(bl, "_available_bytes", available)
-    monkeypatch.setattr(bl, "_MEMORY_CHECK_MIN", 0)
+    monkeypatch.setattr(_memory, "available_bytes", available)
+    monkeypatch.setattr(_memory, "MEMORY_CHECK_MIN", 0)
     transformed: list[int] = []
     real = bl.Nystrom.transform_torch
     monkeypatch.setattr(
@@ -276,30 +278,30 @@ def test_strategy_refuses_features_larger_than_the_available_memory(monkeypatch)
         BilevelCoreset(kernel="relu_ntk", landmarks=200).select(pool, 5, labeled=[0], seed=0)
     assert asked  # refused before the features were computed
     assert not transformed
-    monkeypatch.setattr(bl, "_available_bytes", lambda device: 1 << 40)
+    monkeypatch.setattr(_memory, "available_bytes", lambda device: 1 << 40)
     sel = BilevelCoreset(kernel="relu_ntk", landmarks=200).select(pool, 5, labeled=[0], seed=0)
     assert len(sel.indices) == 5
 
 
 def test_nystrom_transform_refuses_features_larger_than_the_available_memory(monkeypatch):
-    monkeypatch.setattr(bl, "_available_bytes", lambda device: 1000)
-    monkeypatch.setattr(bl, "_MEMORY_CHECK_MIN", 0)
+    monkeypatch.setattr(_memory, "available_bytes", lambda device: 1000)
+    monkeypatch.setattr(_memory, "MEMORY_CHECK_MIN", 0)
     X = np.random.default_rng(0).normal(size=(50, 3))
     with pytest.raises(ValueError, match=r"\(50 rows x 10, float64\).*fewer landmarks"):
         bl.nystrom_features(X, X[:10], "relu_ntk")
-    monkeypatch.setattr(bl, "_available_bytes", lambda device: None)  # unknown: no refusal
+    monkeypatch.setattr(_memory, "available_bytes", lambda device: None)  # unknown: no refusal
     assert bl.nystrom_features(X, X[:10], "relu_ntk").shape == (50, 10)
-    monkeypatch.setattr(bl, "_MEMORY_CHECK_MIN", 1 << 28)  # small: not asked at all
-    monkeypatch.setattr(bl, "_available_bytes", lambda device: pytest.fail("asked"))
+    monkeypatch.setattr(_memory, "MEMORY_CHECK_MIN", 1 << 28)  # small: not asked at all
+    monkeypatch.setattr(_memory, "available_bytes", lambda device: pytest.fail("asked"))
     assert bl.nystrom_features(X, X[:10], "relu_ntk").shape == (50, 10)
 
 
 def test_available_bytes_on_the_cpu(monkeypatch):
-    got = bl._available_bytes(torch.device("cpu"))
+    got = _memory.available_bytes(torch.device("cpu"))
     assert isinstance(got, int)
     assert got > 0
     monkeypatch.setitem(sys.modules, "psutil", None)  # without psutil: /proc/meminfo or sysconf
-    without = bl._available_bytes("cpu")
+    without = _memory.available_bytes("cpu")
     assert isinstance(without, int)
     assert without > 0
 
@@ -324,17 +326,17 @@ def test_cgroup_v2_limit_counts_the_working_set_and_the_ancestors(tmp_path):
         "app/worker/memory.stat": "inactive_file 300\n",
     })  # fmt: skip
     # app: 3000 - (2500 - 400) = 900; worker: 10000 - (2000 - 300) = 8300
-    assert bl._cgroup_available_bytes(root, me) == 900
+    assert _memory.cgroup_available_bytes(root, me) == 900
 
 
 def test_cgroup_v2_without_a_limit_and_a_container_view(tmp_path):
     root, me = _cgroup_tree(tmp_path, ["0::/"], {"memory.max": "max\n", "memory.current": "5\n"})
-    assert bl._cgroup_available_bytes(root, me) is None
+    assert _memory.cgroup_available_bytes(root, me) is None
     # a container sees its own cgroup at the mount's top, under a path that is not mounted
     root, me = _cgroup_tree(tmp_path, ["0::/kubepods/pod1/c1"], {
         "memory.max": "4096\n", "memory.current": "1024\n", "memory.stat": "inactive_file 24\n",
     })  # fmt: skip
-    assert bl._cgroup_available_bytes(root, me) == 4096 - 1000
+    assert _memory.cgroup_available_bytes(root, me) == 4096 - 1000
 
 
 def test_cgroup_v1_limit(tmp_path):
@@ -344,29 +346,29 @@ def test_cgroup_v1_limit(tmp_path):
         "memory/job/memory.usage_in_bytes": "7000\n",
         "memory/job/memory.stat": "inactive_file 9\ntotal_inactive_file 1000\n",
     })  # fmt: skip
-    assert bl._cgroup_available_bytes(root, me) == 8000 - 6000
+    assert _memory.cgroup_available_bytes(root, me) == 8000 - 6000
 
 
 def test_cgroup_over_its_limit_and_unreadable_files(tmp_path):
     root, me = _cgroup_tree(tmp_path, ["0::/a"], {
         "a/memory.max": "100\n", "a/memory.current": "500\n",  # no memory.stat: no cache counted
     })  # fmt: skip
-    assert bl._cgroup_available_bytes(root, me) == 0
+    assert _memory.cgroup_available_bytes(root, me) == 0
     root, me = _cgroup_tree(tmp_path, ["0::/b"], {"b/memory.max": "oops\n"})
-    assert bl._cgroup_available_bytes(root, me) is None
-    assert bl._cgroup_available_bytes(root, str(tmp_path / "missing")) is None
+    assert _memory.cgroup_available_bytes(root, me) is None
+    assert _memory.cgroup_available_bytes(root, str(tmp_path / "missing")) is None
 
 
 def test_the_cpu_figure_is_the_smaller_of_the_machine_and_the_cgroup(monkeypatch):
-    monkeypatch.setattr(bl, "_machine_available_bytes", lambda: 10 << 30)
-    monkeypatch.setattr(bl, "_cgroup_available_bytes", lambda: 2 << 30)
-    assert bl._available_bytes("cpu") == 2 << 30
-    monkeypatch.setattr(bl, "_cgroup_available_bytes", lambda: None)
-    assert bl._available_bytes("cpu") == 10 << 30
-    monkeypatch.setattr(bl, "_machine_available_bytes", lambda: None)
-    assert bl._available_bytes("cpu") is None
-    monkeypatch.setattr(bl, "_cgroup_available_bytes", lambda: 5)
-    assert bl._available_bytes("cpu") == 5
+    monkeypatch.setattr(_memory, "machine_available_bytes", lambda: 10 << 30)
+    monkeypatch.setattr(_memory, "cgroup_available_bytes", lambda: 2 << 30)
+    assert _memory.available_bytes("cpu") == 2 << 30
+    monkeypatch.setattr(_memory, "cgroup_available_bytes", lambda: None)
+    assert _memory.available_bytes("cpu") == 10 << 30
+    monkeypatch.setattr(_memory, "machine_available_bytes", lambda: None)
+    assert _memory.available_bytes("cpu") is None
+    monkeypatch.setattr(_memory, "cgroup_available_bytes", lambda: 5)
+    assert _memory.available_bytes("cpu") == 5
 
 
 def test_cgroup_odd_contents(tmp_path):
@@ -375,14 +377,14 @@ def test_cgroup_odd_contents(tmp_path):
     root, me = _cgroup_tree(tmp_path, ["4:memory:/job"], {
         "memory/job/memory.limit_in_bytes": "-1\n", "memory/job/memory.usage_in_bytes": "5\n",
     })  # fmt: skip
-    assert bl._cgroup_available_bytes(root, me) is None
+    assert _memory.cgroup_available_bytes(root, me) is None
     root, me = _cgroup_tree(tmp_path, ["0::/gone (deleted)"], {
         "gone/memory.max": "100\n", "gone/memory.current": "40\n",
     })  # fmt: skip
-    assert bl._cgroup_available_bytes(root, me) == 60
+    assert _memory.cgroup_available_bytes(root, me) == 60
     root, me = _cgroup_tree(tmp_path, ["0::/../elsewhere"], {
         "memory.max": "100\n", "memory.current": "10\n",
     })  # fmt: skip
-    assert bl._cgroup_available_bytes(root, me) == 90
+    assert _memory.cgroup_available_bytes(root, me) == 90
     (tmp_path / "self").write_bytes(b"0::/\xff\xfe\n")
-    assert bl._cgroup_available_bytes(root, str(tmp_path / "self")) == 90
+    assert _memory.cgroup_available_bytes(root, str(tmp_path / "self")) == 90

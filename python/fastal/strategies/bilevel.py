@@ -192,18 +192,16 @@ class BilevelCoreset(Strategy):
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         import torch
 
+        from .._memory import refuse_unless_it_fits
         from ..bilevel import (
             Nystrom,
-            _all_finite,
-            _check_probs,
-            _CheckedProbs,
-            _refuse_unless_it_fits,
-            _rows_per_chunk,
             bilevel_select,
             empty_diagnostics,
             make_kernel,
             resolve_solver,
         )
+        from ..bilevel._common import _all_finite, _check_probs, _rows_per_chunk
+        from ..bilevel.greedy import _CheckedProbs
 
         if not hasattr(pool, "keys"):
             raise TypeError(
@@ -278,7 +276,7 @@ class BilevelCoreset(Strategy):
         nys = Nystrom(X[torch.from_numpy(U_idx).to(X.device)], kernel, rcond=self.rcond)
         # Z (n x rank), then A (n x C) of the pool pass, in X's precision class; and O(n) vectors
         zbytes = 8 if X.dtype == torch.float64 else 4
-        _refuse_unless_it_fits(
+        refuse_unless_it_fits(
             n * ((nys.rank + C) * zbytes + 48),
             X.device,
             f"BilevelCoreset's Nyström features ({n} rows x {nys.rank}) and pool pass",
@@ -329,7 +327,7 @@ class BilevelCoreset(Strategy):
             return None
         import torch
 
-        from ..bilevel import _check_probs
+        from ..bilevel._common import _check_probs
 
         # host numpy in native byte order; bfloat16 widened (exactly) to float32, which numpy holds
         arr = host_values(pool["labeled_targets"], "labeled_targets", "classes or probabilities")
