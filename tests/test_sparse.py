@@ -780,6 +780,26 @@ def test_probs_temperature_with_zero_probabilities(T):
     assert_allclose(to_numpy(sigma), sigma_ref, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize("key", ["logits", "probs"])
+@pytest.mark.parametrize("T", [1e-6, 1e-300, 1e-320])
+def test_tiny_temperature_gives_the_one_hot_limit(key, T):
+    """A tiny temperature gives P = onehot(argmax) (the T -> 0 limit), not NaN: z / T used to
+    overflow before softmax subtracted the row maximum (inf - inf) at T = 1e-320."""
+    rng = np.random.default_rng(3)
+    n, C = 16, 4
+    z = rng.normal(size=(n, C)) * 3
+    values = z if key == "logits" else softmax_ref(z)
+    H = rng.normal(size=(n, 3))
+    rows = np.arange(n)
+    phi, _, sigma, T_got = SparseApprox(temperature=T)._factored_problem(
+        {key: values, "features": H}, torch.from_numpy(rows), 3
+    )
+    assert T_got == T
+    P = np.eye(C)[z.argmax(1)]
+    assert_allclose(to_numpy(phi.A), softmax_ref(z) - P, rtol=1e-12, atol=1e-15)
+    assert_allclose(to_numpy(sigma), 0, atol=1e-15)  # a one-hot P has no spread
+
+
 @pytest.mark.parametrize("solver", ["greedy", "iht"])
 def test_probs_pool_auto_temperature_fits_on_labeled_logits(solver):
     """temperature="auto" with a probs pool and labeled logits/targets: T fitted on the labeled

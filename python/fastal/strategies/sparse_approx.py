@@ -327,9 +327,9 @@ class SparseApprox(Strategy):
             if label:
                 P = label_check.add(lsrc[lidx[s:e]].to(dev).to(torch.float64))
             elif key == "logits":
-                P = torch.softmax(zc / T, 1)
+                P = _tempered_softmax(zc, T)
             else:  # softmax(log p / T) = softmax(logits / T) for any logits of p; log 0 gives P = 0
-                P = p if T == 1.0 else torch.softmax(torch.log(p) / T, 1)
+                P = p if T == 1.0 else _tempered_softmax(torch.log(p), T)
             differs |= (p != P).any()
             A[s:e] = p - P
             dist[s:e] = expected_distance(P)
@@ -534,3 +534,12 @@ def _bayesian_problem(pool, idx, b):
     phi = DensePhi(E, b)
     v = E.sum(1) / n_u
     return phi, v, sigma
+
+
+def _tempered_softmax(z: Any, T: float) -> Any:
+    """``softmax(z / T)`` by rows, with the row maximum subtracted before the division: a small
+    ``T`` then sends the other entries to ``-inf`` (probability 0) instead of sending every entry
+    past float64 (inf - inf = NaN)."""
+    import torch
+
+    return torch.softmax((z - z.amax(1, keepdim=True)) / T, 1)
