@@ -292,6 +292,10 @@ class Margin(_ScoreStrategy):
     """Smallest margin between the two most probable classes, score ``-(p_(1) - p_(2))``
     (Scheffer, Decomain & Wrobel 2001). Needs at least two classes.
 
+    The score is taken in float64: rows whose second probability is below about 1e-16 of the first
+    (a logit gap past about 37) all score -1 and tie, ties going to the lowest index. Such rows are
+    the most confident of the pool, picked last.
+
     Examples
     --------
     >>> import numpy as np
