@@ -1,4 +1,4 @@
-"""Type stubs for fastal._cpu (C++/OpenMP kernels; see csrc/bindings/cpu_module.cpp).
+"""Type stubs for fastal._cpu (C++/OpenMP kernels; see csrc/bindings/cpu_*.cpp).
 
 Generated from the pybind11 signatures; a dense pool is passed as ``(X,)`` and a factored one as
 ``(A, H, sqnorm, bias)`` (``bias``: H's trailing 1 is implicit) where a parameter is typed
