@@ -9,7 +9,7 @@ pool N(0, I), where it skips none (what pruning costs there); ``n`` float32 rows
 ``pruned``    ``fastal.kmeans_pp(X, k, seed=0)``: rows that the new centre provably cannot bring
               closer are not read (a block the test keeps for the most part is read whole).
 
-Both are timed through ``fastal.kmeans._kmeans_pp``, the function behind ``kmeans_pp`` that also
+Both are timed through ``fastal._seeding._kmeans_pp``, the function behind ``kmeans_pp`` that also
 returns the rows read (``stats``); the public call adds only its argument checks.
 
 The draws are the same (asserted). ``extra_info`` carries the sizes, ``seconds`` (best of the
@@ -21,13 +21,12 @@ k ∈ {100, 1000}), full (medium plus n = 1M at k = 1000).
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import numpy as np
 import pytest
 
-km = importlib.import_module("fastal.kmeans")  # the module (fastal.kmeans is the function)
+import fastal._seeding as seeding
 
 PRESET = os.environ.get("FASTAL_BENCH", "tiny").strip().lower() or "tiny"
 #: (n, d, k)
@@ -66,7 +65,7 @@ def test_kmeanspp_prune(benchmark, impl, kind, n, d, k):
     stats: dict = {}
 
     def run():
-        return np.asarray(km._kmeans_pp(X, k, seed=0, prune=impl == "pruned", stats=stats))
+        return np.asarray(seeding._kmeans_pp(X, k, seed=0, prune=impl == "pruned", stats=stats))
 
     picks = benchmark.pedantic(run, rounds=2 if n * d * k <= 1e11 else 1, iterations=1)
     key = (kind, n, d, k)

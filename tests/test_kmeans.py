@@ -456,7 +456,7 @@ def test_inertia_no_worse_than_sklearn(case, dtype):
     X = make().astype(dtype)
     if case in FUSED_CASES:  # the path under test is the fused step, not the min-distance kernel
         info = fastal._validate.check_matrix(X, "X")
-        assert importlib.import_module("fastal.kmeans")._fused_lloyd(info, k) is not None
+        assert importlib.import_module("fastal._lloyd_fused")._fused_lloyd(info, k) is not None
     for seed in (0, 1):
         init = X[kmeans_pp_ref(X.astype(np.float64), k, seed)]
         ours = km(X, k, init=init)
@@ -724,17 +724,16 @@ def test_large_but_representable_distances_still_work(dtype):
 def test_gemm_assignment_tiles_follow_k(monkeypatch):
     """The GEMM assignment's tile holds about _TILE_ELEMENTS distances whatever k: 64-row tiles
     give the labels and distances of 8192-row ones."""
-    import importlib
-
     import torch
 
-    kmeans_module = importlib.import_module("fastal.kmeans")  # fastal.kmeans is the function
+    from fastal import _lloyd
+
     rng = np.random.default_rng(3)
     X = torch.from_numpy(rng.normal(size=(1000, 8)))
     C = torch.from_numpy(rng.normal(size=(40, 8)))
     info = fastal._interop.describe(X, "X")
-    want = kmeans_module._assign(X, C, info)
-    monkeypatch.setattr(kmeans_module, "_TILE_ELEMENTS", 1)  # 64 rows, the floor
-    got = kmeans_module._assign(X, C, info)
+    want = _lloyd._assign(X, C, info)
+    monkeypatch.setattr(_lloyd, "_TILE_ELEMENTS", 1)  # 64 rows, the floor
+    got = _lloyd._assign(X, C, info)
     assert_array_equal(got[0].numpy(), want[0].numpy())
     assert_array_equal(got[1].numpy(), want[1].numpy())

@@ -8,8 +8,6 @@ centres, mini-batches), 16-bit rows meet the float32 centres themselves, never c
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -18,10 +16,8 @@ from numpy.testing import assert_array_equal
 from test_kmeans_fused import use_blas
 
 import fastal
-from fastal import _ext
+from fastal import _blas, _ext, _lloyd_fused
 from fastal.strategies import KMeansSampling
-
-kmeans_module = importlib.import_module("fastal.kmeans")
 
 STORAGE = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -52,7 +48,7 @@ def test_fit_equals_the_float32_copy(monkeypatch, dtype, prune, init, blas):
 
 
 def test_numpy_float16_and_the_second_sums_pass(monkeypatch):
-    monkeypatch.setattr(kmeans_module, "_PARTIAL_LIMIT", 0)
+    monkeypatch.setattr(_lloyd_fused, "_PARTIAL_LIMIT", 0)
     X = pool16(2500, 33, "float16", seed=2).numpy()
     got = fastal.kmeans(X, 50, seed=0)
     assert_same_fit(got, fastal.kmeans(X.astype(np.float32), 50, seed=0))
@@ -68,9 +64,9 @@ def test_the_step_kernels_equal_the_float32_ones(dtype):
     X32 = X.to(torch.float32).numpy()
     xsq = (X32 * X32).sum(1, dtype=np.float32)
     centres = np.ascontiguousarray(X32[::29][:36])
-    gemm, local = kmeans_module._gemm_backend("float32")
+    gemm, local = _blas._gemm_backend("float32")
     cpu = _ext.cpu
-    with kmeans_module._one_blas_thread():
+    with _blas._one_blas_thread():
         want = cpu.kmeans_lloyd_step_float32(X32, xsq, centres, gemm, local)
         got = getattr(cpu, f"kmeans_lloyd_step_{dtype}")(wire, xsq, centres, gemm, local)
         for a, b in zip(got, want, strict=True):
@@ -100,7 +96,7 @@ def test_kmeans_sampling_on_a_float16_pool_picks_as_on_float32():
 
 def test_the_16bit_kernels_take_only_their_wire_type():
     cpu = _ext.cpu
-    gemm, _ = kmeans_module._gemm_backend("float32")
+    gemm, _ = _blas._gemm_backend("float32")
     X = np.zeros((4, 3), np.float16)  # numpy float16, not its uint16 bits
     with pytest.raises(TypeError):
         cpu.kmeans_lloyd_step_float16(

@@ -17,7 +17,7 @@ from numpy.testing import assert_array_equal
 from test_kmeans_fused import integer_pool, use_blas
 
 import fastal
-from fastal import _ext
+from fastal import _blas, _ext, _lloyd, _lloyd_fused
 from fastal.strategies import KMeansSampling
 
 kmeans_module = importlib.import_module("fastal.kmeans")
@@ -30,16 +30,16 @@ def lloyd_pair(X: np.ndarray, k: int, steps: int, seed: int = 0):
     xt = torch.from_numpy(X)
     rng = np.random.default_rng(seed)
     centres = xt[torch.from_numpy(rng.choice(X.shape[0], k, replace=False))].clone()
-    plain = kmeans_module._fused_lloyd(info, k)
-    bounded = kmeans_module._BoundedLloyd(info, centres)
-    xsq = kmeans_module._row_sqnorms(xt, xt.dtype)
-    with kmeans_module._one_blas_thread():
+    plain = _lloyd_fused._fused_lloyd(info, k)
+    bounded = _lloyd_fused._BoundedLloyd(info, centres)
+    xsq = _lloyd._row_sqnorms(xt, xt.dtype)
+    with _blas._one_blas_thread():
         for _ in range(steps):
             want = tuple(plain(xt, xsq, centres))
             got = bounded.step(xt, xsq, centres)
             yield bounded, want, got, centres
             sums, counts = want[2], want[3]
-            centres = kmeans_module._relocate_empty(sums, counts, xt, want[1], xt.dtype)
+            centres = _lloyd._relocate_empty(sums, counts, xt, want[1], xt.dtype)
 
 
 POOLS = {
@@ -141,7 +141,7 @@ def test_prune_must_be_a_bool():
 
 def test_kernel_rejects_bad_state():
     kernel = _ext.cpu.kmeans_lloyd_bounded_step_float64
-    gemm = kmeans_module._openblas_gemm("float64")
+    gemm = _blas._openblas_gemm("float64")
     n, d, k, t = 10, 4, 6, 2
     X, xsq, c = np.zeros((n, d)), np.zeros(n), np.zeros((k, d))
     group = np.array([0, 0, 0, 1, 1, 1], dtype=np.int32)
@@ -179,15 +179,14 @@ def test_steps_where_the_bounds_settle_nothing_back_off_to_plain_steps(monkeypat
     """On Gaussian noise the first iterations move every row's bounds past use: a bounded step
     that computes (nearly) every distance is followed by plain steps (1, 2, 4, ...), then the
     bounds start afresh. The fit is the unpruned one bit for bit either way."""
-    km = importlib.import_module("fastal.kmeans")
     calls = []
-    step = km._BoundedLloyd.step
+    step = _lloyd_fused._BoundedLloyd.step
 
     def counted(self, *args):
         calls.append(self.previous is None)  # fresh?
         return step(self, *args)
 
-    monkeypatch.setattr(km._BoundedLloyd, "step", counted)
+    monkeypatch.setattr(_lloyd_fused._BoundedLloyd, "step", counted)
     X = np.random.default_rng(3).normal(size=(6000, 16)).astype(np.float32)
     C0 = X[:200].copy()
     pruned = fastal.kmeans(X, 200, init=C0, max_iter=12, tol=0.0)
@@ -197,7 +196,7 @@ def test_steps_where_the_bounds_settle_nothing_back_off_to_plain_steps(monkeypat
     assert pruned.inertia == plain.inertia
     assert len(calls) < 12  # some steps ran plain
     assert sum(calls) >= 2  # ... and the bounds started afresh after them
-    monkeypatch.setattr(km, "_BOUNDS_GIVE_UP", 2.0)  # never give up: every step bounded
+    monkeypatch.setattr(_lloyd_fused, "_BOUNDS_GIVE_UP", 2.0)  # never give up: every step bounded
     calls.clear()
     again = fastal.kmeans(X, 200, init=C0, max_iter=12, tol=0.0)
     assert len(calls) == 12 and sum(calls) == 1

@@ -9,16 +9,13 @@ picks as the seeding of the other rows alone, without gathering them.
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
 import fastal
+from fastal import _seeding
 from fastal.gradients import GradientEmbedding
 from fastal.strategies import BADGE
-
-kmeans = importlib.import_module("fastal.kmeans")  # the module (fastal.kmeans is the function)
 
 
 def _pool(n, d, dtype, seed):
@@ -44,12 +41,12 @@ def test_exclude_equals_the_seeding_of_the_other_rows(dtype, first, seed):
     excl = _excluded(x, n_excl, seed)
     rest = np.delete(np.arange(n), np.sort(excl))
     for k in (1, 25, n - n_excl):
-        got = kmeans._kmeans_pp(x, k, seed=seed, first=first, exclude=excl)
-        want = rest[kmeans._kmeans_pp(x[rest], k, seed=seed, first=first)]
+        got = _seeding._kmeans_pp(x, k, seed=seed, first=first, exclude=excl)
+        want = rest[_seeding._kmeans_pp(x[rest], k, seed=seed, first=first)]
         np.testing.assert_array_equal(got, want)
         assert not np.isin(got, excl).any()
     with pytest.raises(ValueError, match="k"):
-        kmeans._kmeans_pp(x, n - n_excl + 1, seed=seed, first=first, exclude=excl)
+        _seeding._kmeans_pp(x, n - n_excl + 1, seed=seed, first=first, exclude=excl)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -60,8 +57,8 @@ def test_exclude_on_a_gradient_embedding(seed):
     emb = fastal.gradient_embedding(probs, rng.normal(size=(n, d)).astype(np.float32))
     excl = rng.choice(n, 40, replace=False).astype(np.int64)
     rest = np.delete(np.arange(n), np.sort(excl))
-    got = kmeans._kmeans_pp(emb, 30, seed=seed, first="norm", exclude=excl)
-    want = rest[kmeans._kmeans_pp(emb.subset(rest), 30, seed=seed, first="norm")]
+    got = _seeding._kmeans_pp(emb, 30, seed=seed, first="norm", exclude=excl)
+    want = rest[_seeding._kmeans_pp(emb.subset(rest), 30, seed=seed, first="norm")]
     np.testing.assert_array_equal(got, want)
 
 
@@ -73,7 +70,7 @@ def test_badge_on_the_cpu_gathers_no_rows(monkeypatch):
     before = BADGE().select(pool, 40, labeled, seed=3).indices
     emb = fastal.gradient_embedding(pool["probs"], pool["features"])
     rest = np.delete(np.arange(n), np.sort(labeled))
-    on_subset = rest[kmeans._kmeans_pp(emb.subset(rest), 40, seed=3, first="norm")]
+    on_subset = rest[_seeding._kmeans_pp(emb.subset(rest), 40, seed=3, first="norm")]
     np.testing.assert_array_equal(before, on_subset)
 
     def no_gather(self, rows):

@@ -21,6 +21,7 @@ import importlib
 import numpy as np
 import pytest
 
+from fastal import _lloyd, _seeding
 from fastal.strategies import KMeansSampling
 
 km = importlib.import_module("fastal.kmeans")  # the module (fastal.kmeans is the function)
@@ -35,13 +36,13 @@ def _pool(n, d, dtype, seed):
 def _spy(monkeypatch):
     """Count the fits that took the in-place path."""
     used = []
-    init = km._Excluded.__init__
+    init = _lloyd._Excluded.__init__
 
     def counting(self, xt, exclude, **kwargs):
         used.append(exclude.size)
         init(self, xt, exclude, **kwargs)
 
-    monkeypatch.setattr(km._Excluded, "__init__", counting)
+    monkeypatch.setattr(_lloyd._Excluded, "__init__", counting)
     return used
 
 
@@ -93,12 +94,14 @@ def test_minibatch_in_place_equals_the_gathered_rows(monkeypatch, dtype, k, seed
     rest = np.delete(np.arange(n), np.sort(excl))
     used = _spy(monkeypatch)
     gathers = []
-    other_rows = km._other_rows
+    other_rows = _seeding._other_rows
 
     def recording(n_all, exclude):
         gathers.append(n_all)
         return other_rows(n_all, exclude)
 
+    # looked up by k-means++ (fastal._seeding) and by the gathered path of fastal.kmeans._kmeans
+    monkeypatch.setattr(_seeding, "_other_rows", recording)
     monkeypatch.setattr(km, "_other_rows", recording)
     got = km._kmeans(x, k, seed=seed, exclude=excl, minibatch=128, max_iter=15)
     assert used == [300]
@@ -154,7 +157,7 @@ def test_ally_picks_as_on_the_gathered_rows(monkeypatch):
     used = _spy(monkeypatch)
     in_place = ALLY().select(pool, 30, labeled, seed=7)
     assert used == [80]
-    monkeypatch.setattr(km._Excluded, "applies", classmethod(lambda *a: False))
+    monkeypatch.setattr(_lloyd._Excluded, "applies", classmethod(lambda *a: False))
     gathered = ALLY().select(pool, 30, labeled, seed=7)
     assert used == [80]
     np.testing.assert_array_equal(np.asarray(in_place.indices), np.asarray(gathered.indices))

@@ -7,8 +7,6 @@ reference, with either BLAS.
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -17,23 +15,21 @@ from reference import kmeans_pp_ref, lloyd_ref
 from test_kmeans import blobs
 
 import fastal
-from fastal import _ext
-
-kmeans_module = importlib.import_module("fastal.kmeans")
+from fastal import _blas, _ext, _lloyd, _lloyd_fused
 
 
 def use_blas(monkeypatch, blas: str) -> None:
     """Force the MKL (skip if torch has none) or the OpenBLAS backend of the fused step."""
     if blas == "mkl":
-        if not kmeans_module._mkl_gemm("float64")[0]:
+        if not _blas._mkl_gemm("float64")[0]:
             pytest.skip("torch exposes no MKL GEMM on this platform")
-        backend = kmeans_module._mkl_gemm
+        backend = _blas._mkl_gemm
     else:
 
         def backend(dtype):
-            return kmeans_module._openblas_gemm(dtype), 0
+            return _blas._openblas_gemm(dtype), 0
 
-    monkeypatch.setattr(kmeans_module, "_gemm_backend", backend)
+    monkeypatch.setattr(_lloyd_fused, "_gemm_backend", backend)
 
 
 def integer_pool(n: int, d: int, k: int, seed: int) -> np.ndarray:
@@ -77,12 +73,12 @@ def test_fused_step_equals_the_separate_passes():
     info = fastal._validate.check_matrix(X, "X")
     xt = torch.from_numpy(X)
     centres = xt[:64].clone()
-    xsq = kmeans_module._row_sqnorms(xt, torch.float32)
-    step = kmeans_module._fused_lloyd(info, 64)
+    xsq = _lloyd._row_sqnorms(xt, torch.float32)
+    step = _lloyd_fused._fused_lloyd(info, 64)
     assert step is not None
     labels, dist2, sums, counts = step(xt, xsq, centres)
-    want_labels, want_dist2 = kmeans_module._assign(xt, centres, info, xsq)
-    want_sums, want_counts = kmeans_module._segment_means(xt, want_labels, 64)
+    want_labels, want_dist2 = _lloyd._assign(xt, centres, info, xsq)
+    want_sums, want_counts = _lloyd._segment_means(xt, want_labels, 64)
     assert_array_equal(labels.numpy(), want_labels.numpy())
     assert_allclose(dist2.numpy(), want_dist2.numpy(), rtol=1e-6, atol=1e-3)
     assert_array_equal(sums.numpy(), want_sums.numpy())
@@ -93,13 +89,13 @@ def test_fused_step_equals_the_separate_passes():
 def test_when_the_fused_step_runs():
     X = np.zeros((100, 8), dtype=np.float32)
     info = fastal._validate.check_matrix(X, "X")
-    assert kmeans_module._fused_lloyd(info, 32) is not None
-    assert kmeans_module._fused_lloyd(info, 31) is None  # small k: the min-distance kernel
+    assert _lloyd_fused._fused_lloyd(info, 32) is not None
+    assert _lloyd_fused._fused_lloyd(info, 31) is None  # small k: the min-distance kernel
     half = fastal._validate.check_matrix(X.astype(np.float16), "X")
-    assert kmeans_module._fused_lloyd(half, 64) is not None  # widened to float32 in the kernel
+    assert _lloyd_fused._fused_lloyd(half, 64) is not None  # widened to float32 in the kernel
     # however large k x d: past a size the kernel adds the rows in a second pass (test_lloyd_sums)
     wide = fastal._validate.check_matrix(np.zeros((4, 4096), dtype=np.float32), "X")
-    assert kmeans_module._fused_lloyd(wide, 20_000) is not None
+    assert _lloyd_fused._fused_lloyd(wide, 20_000) is not None
 
 
 @pytest.mark.parametrize("blas", ["mkl", "openblas"])
@@ -118,9 +114,9 @@ def test_step_ties_go_to_the_lowest_centre(monkeypatch, blas, dtype, n):
     d2 = ((X[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
     info = fastal._validate.check_matrix(X.astype(dtype), "X")
     xt = torch.from_numpy(X.astype(dtype))
-    step = kmeans_module._fused_lloyd(info, centres.shape[0])
+    step = _lloyd_fused._fused_lloyd(info, centres.shape[0])
     assert step is not None
-    xsq = kmeans_module._row_sqnorms(xt, xt.dtype)
+    xsq = _lloyd._row_sqnorms(xt, xt.dtype)
     labels, dist2, sums, counts = step(xt, xsq, torch.from_numpy(centres.astype(dtype)))
     assert_array_equal(labels.numpy(), d2.argmin(1))  # numpy: the first minimum
     assert np.all(labels.numpy() % 2 == 0)
@@ -137,18 +133,18 @@ def test_labels_are_direct_distance_arg_mins_under_any_blas(monkeypatch, dtype):
     put 192 of these float32 rows on a farther centre), so most labels are settled by direct
     distances: the float64 arg-min wherever the two nearest centres are apart by more than float32
     rounding, the same from either BLAS."""
-    if not kmeans_module._mkl_gemm("float64")[0]:
+    if not _blas._mkl_gemm("float64")[0]:
         pytest.skip("torch exposes no MKL GEMM on this platform")
     X = (blobs(1500, 16, 40, seed=6) + 1e3).astype(dtype)
     centres = torch.from_numpy(X[:64].copy())
     info = fastal._validate.check_matrix(X, "X")
     xt = torch.from_numpy(X)
-    xsq = kmeans_module._row_sqnorms(xt, xt.dtype)
+    xsq = _lloyd._row_sqnorms(xt, xt.dtype)
     labels = {}
     for blas in ("mkl", "openblas"):
         use_blas(monkeypatch, blas)
-        with kmeans_module._one_blas_thread():
-            step = kmeans_module._fused_lloyd(info, 64)
+        with _blas._one_blas_thread():
+            step = _lloyd_fused._fused_lloyd(info, 64)
             labels[blas] = next(iter(step(xt, xsq, centres))).numpy()
     assert_array_equal(labels["mkl"], labels["openblas"])
     d2 = ((X.astype(np.float64)[:, None, :] - centres.numpy().astype(np.float64)[None]) ** 2).sum(
@@ -165,12 +161,12 @@ def test_gemm_backends_compute_products(dtype):
     import ctypes
 
     fn_type = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
-    openblas = kmeans_module._openblas_gemm(dtype)
+    openblas = _blas._openblas_gemm(dtype)
     assert openblas
-    assert kmeans_module._gemm_works(fn_type(openblas), dtype)
-    mkl, local = kmeans_module._mkl_gemm(dtype)
+    assert _blas._gemm_works(fn_type(openblas), dtype)
+    mkl, local = _blas._mkl_gemm(dtype)
     assert (mkl == 0) == (local == 0)
-    assert kmeans_module._gemm_backend(dtype)[0] in (mkl or openblas, openblas)
+    assert _blas._gemm_backend(dtype)[0] in (mkl or openblas, openblas)
 
 
 @pytest.mark.parametrize("amd_avx512", [False, True])
@@ -178,10 +174,10 @@ def test_gemm_backends_compute_products(dtype):
 def test_gemm_backend_rule_and_override(monkeypatch, dtype, amd_avx512):
     """MKL where torch links it, OpenBLAS on AMD CPUs with AVX-512 or without MKL; FASTAL_GEMM
     forces one (MKL only where torch links it); a bad value is named."""
-    choose = kmeans_module._gemm_backend.__wrapped__  # not the per-process cached answer
-    monkeypatch.setattr(kmeans_module, "_amd_with_avx512", lambda: amd_avx512)
-    openblas = (kmeans_module._openblas_gemm(dtype), 0)
-    mkl = kmeans_module._mkl_gemm(dtype)
+    choose = _blas._gemm_backend.__wrapped__  # not the per-process cached answer
+    monkeypatch.setattr(_blas, "_amd_with_avx512", lambda: amd_avx512)
+    openblas = (_blas._openblas_gemm(dtype), 0)
+    mkl = _blas._mkl_gemm(dtype)
     monkeypatch.delenv("FASTAL_GEMM", raising=False)
     assert choose(dtype) == (mkl if mkl[0] and not amd_avx512 else openblas)
     monkeypatch.setenv("FASTAL_GEMM", "openblas")
@@ -214,13 +210,13 @@ def test_amd_with_avx512_reads_the_first_cpu(monkeypatch, cpuinfo, expected):
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", fake_open)
-    assert kmeans_module._amd_with_avx512() is expected
+    assert _blas._amd_with_avx512() is expected
 
 
 def test_kernel_rejects_bad_shapes():
     kernel = _ext.cpu.kmeans_lloyd_step_float64
     X = np.zeros((10, 4))
-    gemm = kmeans_module._openblas_gemm("float64")
+    gemm = _blas._openblas_gemm("float64")
     with pytest.raises(ValueError, match="xsq must have shape"):
         kernel(X, np.zeros(9), np.zeros((3, 4)), gemm, 0)
     with pytest.raises(ValueError, match="centres must have shape"):

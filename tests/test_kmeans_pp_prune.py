@@ -15,8 +15,6 @@ are those of the full pass:
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -25,14 +23,13 @@ from reference import kmeans_pp_ref
 
 import fastal
 import fastal._ext as ext
+import fastal._seeding as seeding
 from fastal.strategies import BADGE
-
-km = importlib.import_module("fastal.kmeans")  # the module (fastal.kmeans is the function)
 
 
 def _seeding(X, k, prune, **kw):
     stats = {}
-    picks = km._kmeans_pp(X, k, prune=prune, stats=stats, **kw)
+    picks = seeding._kmeans_pp(X, k, prune=prune, stats=stats, **kw)
     return to_numpy(picks), stats
 
 

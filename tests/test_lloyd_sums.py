@@ -7,8 +7,6 @@ equal the plain one bit for bit.
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -17,8 +15,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from test_kmeans_bounded import lloyd_pair
 
 import fastal
-
-kmeans_module = importlib.import_module("fastal.kmeans")
+from fastal import _blas, _lloyd, _lloyd_fused
 
 
 def row_order_sums(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -31,9 +28,9 @@ def row_order_sums(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 def plain_step(X: np.ndarray, centres: np.ndarray):
     info = fastal._validate.check_matrix(X, "X")
     xt = torch.from_numpy(X)
-    step = kmeans_module._fused_lloyd(info, centres.shape[0])
-    xsq = kmeans_module._row_sqnorms(xt, xt.dtype)
-    with kmeans_module._one_blas_thread():
+    step = _lloyd_fused._fused_lloyd(info, centres.shape[0])
+    xsq = _lloyd._row_sqnorms(xt, xt.dtype)
+    with _blas._one_blas_thread():
         return [a.numpy() for a in step(xt, xsq, torch.from_numpy(centres))]
 
 
@@ -47,9 +44,9 @@ def test_second_pass_gives_the_row_order_sums(monkeypatch, dtype, n, threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # one libgomp: fastal's team size too
     try:
-        monkeypatch.setattr(kmeans_module, "_PARTIAL_LIMIT", -1)
+        monkeypatch.setattr(_lloyd_fused, "_PARTIAL_LIMIT", -1)
         labels, dist2, private_sums, counts = plain_step(X, centres)
-        monkeypatch.setattr(kmeans_module, "_PARTIAL_LIMIT", 0)
+        monkeypatch.setattr(_lloyd_fused, "_PARTIAL_LIMIT", 0)
         got = plain_step(X, centres)
     finally:
         torch.set_num_threads(before)
@@ -69,7 +66,7 @@ def test_one_crowded_centre_and_empty_ones(monkeypatch):
     centres = np.concatenate(
         [np.zeros((1, 5)), 50 + rng.normal(size=(3, 5)), 1e4 + np.zeros((60, 5))]
     )
-    monkeypatch.setattr(kmeans_module, "_PARTIAL_LIMIT", 0)
+    monkeypatch.setattr(_lloyd_fused, "_PARTIAL_LIMIT", 0)
     labels, _, sums, counts = plain_step(X, np.ascontiguousarray(centres))
     assert counts[0] == 2500
     assert counts[4:].sum() == 0
@@ -78,7 +75,7 @@ def test_one_crowded_centre_and_empty_ones(monkeypatch):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_bounded_steps_still_equal_the_plain_steps(monkeypatch, dtype):
-    monkeypatch.setattr(kmeans_module, "_PARTIAL_LIMIT", 0)
+    monkeypatch.setattr(_lloyd_fused, "_PARTIAL_LIMIT", 0)
     X = mixture(3000, 24, 30, seed=1).astype(dtype)
     for _, want, got, _ in lloyd_pair(X, 64, steps=6):
         assert_array_equal(got[0].numpy(), want[0].numpy())
@@ -90,7 +87,7 @@ def test_bounded_steps_still_equal_the_plain_steps(monkeypatch, dtype):
 def test_kmeans_fit_is_the_same_either_way(monkeypatch):
     X = mixture(4000, 16, 50, seed=3).astype(np.float32)
     want = fastal.kmeans(X, 60, seed=0)
-    monkeypatch.setattr(kmeans_module, "_PARTIAL_LIMIT", 0)
+    monkeypatch.setattr(_lloyd_fused, "_PARTIAL_LIMIT", 0)
     got = fastal.kmeans(X, 60, seed=0)
     assert_array_equal(np.asarray(got.labels), np.asarray(want.labels))
     assert got.n_iter == want.n_iter

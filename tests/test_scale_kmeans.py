@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastal
-from fastal import _interop
+from fastal import _interop, _lloyd, _lloyd_fused
 
 km = sys.modules["fastal.kmeans"]  # fastal.kmeans is also the function
 
@@ -27,7 +27,7 @@ def blobs(n=3000, d=8, seed=0):
 def events(monkeypatch):
     """("norms", rows) per ``_row_sqnorms`` call, "epochs" / "epochs done" around the epochs."""
     log = []
-    norms, minibatch = km._row_sqnorms, km._minibatch
+    norms, minibatch = _lloyd._row_sqnorms, km._minibatch
 
     def rec_norms(xt, dtype):
         log.append(("norms", xt.shape[0]))
@@ -39,7 +39,9 @@ def events(monkeypatch):
         log.append("epochs done")
         return out
 
+    # the pool's norms are taken in fastal.kmeans._kmeans, a batch's in fastal._lloyd._assign
     monkeypatch.setattr(km, "_row_sqnorms", rec_norms)
+    monkeypatch.setattr(_lloyd, "_row_sqnorms", rec_norms)
     monkeypatch.setattr(km, "_minibatch", rec_minibatch)
     return log
 
@@ -48,7 +50,7 @@ def events(monkeypatch):
 def test_minibatch_takes_the_pool_norms_after_the_epochs(events, labeled):
     X = blobs()
     n, k = X.shape[0], 40
-    fused = km._fused_lloyd(_interop.describe(X, "X"), k) is not None
+    fused = _lloyd_fused._fused_lloyd(_interop.describe(X, "X"), k) is not None
     exclude = np.arange(0, n, 10) if labeled else None
     km._kmeans(X, k, seed=0, minibatch=256, max_iter=3, exclude=exclude)
     whole = [i for i, e in enumerate(events) if e == ("norms", n)]

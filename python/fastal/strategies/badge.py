@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _interop
+from .._seeding import _kmeans_pp
 from .._validate import check_bool, check_budget
 from ..gradients import GradientEmbedding
-from ..kmeans import _kmeans_pp
 from .base import Selection, Strategy, gradient_pool, register, unlabeled_rows
 
 

@@ -83,7 +83,7 @@ class KMeansSampling(Strategy):
         if budget == 0:
             return Selection(_interop.to_framework(np.empty(0, np.int64), info), {"inertia": 0.0})
         xt = as_torch(X, info)
-        # k-means of the unlabeled rows; on the CPU without copying them (see kmeans._Excluded)
+        # k-means of the unlabeled rows; on the CPU without copying them (see _lloyd._Excluded)
         res = _kmeans(
             X, budget, seed=seed, max_iter=self.max_iter, minibatch=self.minibatch,
             prune=self.prune, progress=self.progress, name="features", exclude=lab,
