@@ -244,7 +244,7 @@ def backbone(model: Any, feature_layer: Any = None) -> Callable[[Any], Any]:
     """A differentiable ``x ↦ features`` of a torch model: the input of ``feature_layer`` (default:
     the last ``nn.Linear``, as :func:`fastal.torch.pool_outputs`), computed by a forward pass in eval
     mode that stops there (the modules' train/eval flags are restored afterwards)."""
-    from .torch.adapter import _feature_layer
+    from .torch._checks import _feature_layer
 
     layer = _feature_layer(model, feature_layer)
 

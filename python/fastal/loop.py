@@ -627,7 +627,7 @@ def run(
 
     from .strategies import Strategy, get
     from .torch import select as torch_select
-    from .torch.adapter import _check_device
+    from .torch._checks import _check_device
 
     _check_task(task)
     seed = _count(seed, "seed")

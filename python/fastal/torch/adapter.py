@@ -3,27 +3,64 @@
 ``pool_outputs`` makes one pass over the pool (plus ``T`` Monte-Carlo dropout passes per batch when
 ``"mc_probs"`` is asked) in eval mode without autograd, and fills preallocated output tensors batch
 by batch, so a pool of millions of rows never holds more than one batch of activations.
+
+This module holds the public functions; their argument, model and output checks are in
+:mod:`fastal.torch._checks`, the reading of the pool in batches and the writing of the outputs in
+:mod:`fastal.torch._batches`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import numbers
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, SequentialSampler
+from torch.utils.data import DataLoader, IterableDataset
 
 from .. import _interop
-from .._torch_state import LOCK, forked_rng
+from .._torch_state import LOCK
 from .._validate import check_bool
-from .._warnings import warn_user
+from ._batches import (
+    _autocast,
+    _batches,
+    _call,
+    _count_rows,
+    _forked_rng,
+    _known_size,
+    _naming_rows,
+    _outputs_rows,
+    _plain_numbers,
+    _progress,
+    _rows,
+    _size_or_none,
+    _Writer,
+)
+from ._checks import (
+    _captured_features,
+    _check_amp,
+    _check_device,
+    _check_dtype,
+    _check_embedding,
+    _check_finite_outputs,
+    _check_label_range,
+    _check_labeled,
+    _check_labels,
+    _check_needs,
+    _check_output,
+    _check_seed,
+    _classes_of,
+    _feature_layer,
+    _labeled_duals,
+    _model_device,
+    _model_dtype,
+    _warn_if_probabilities,
+)
 
 #: What ``pool_outputs`` can compute, per task.
 NEEDS = {
@@ -485,583 +522,3 @@ def select(
         sel = sel._replace(indices=torch.as_tensor(sel.indices, device=out_device))
     sel.diagnostics["pool_seconds"] = seconds
     return sel
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def _host(x: Any) -> Any:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-
-
-def _check_needs(
-    needs: Sequence[str] | str, task: str, extra: tuple[str, ...] = ()
-) -> tuple[str, ...]:
-    if task not in NEEDS:
-        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
-    if isinstance(needs, str):
-        needs = (needs,)
-    needs = tuple(dict.fromkeys(needs))
-    bad = [k for k in needs if k not in NEEDS[task] + extra]
-    if bad:
-        raise ValueError(
-            f"needs has {', '.join(map(repr, bad))}, which a {task} model cannot give; "
-            f"choose from {', '.join(map(repr, NEEDS[task] + extra))}"
-        )
-    return needs
-
-
-#: Output dtypes of ``pool_outputs`` (the floating dtypes the strategies read).
-_OUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _check_device(value: Any, name: str, *, cpu_or_cuda: bool) -> torch.device:
-    """``value`` as a torch.device that exists here; ``meta`` is refused, and with
-    ``cpu_or_cuda`` every device other than the CPU and CUDA (where fastal reads outputs)."""
-    try:
-        dev = torch.device(value)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(
-            f"{name} must be a torch.device or a device string such as 'cpu' or 'cuda:0', "
-            f"got {value!r}"
-        ) from None
-    if dev.type == "meta" or (cpu_or_cuda and dev.type not in ("cpu", "cuda")):
-        where = "the CPU or a CUDA device" if cpu_or_cuda else "a device that holds data"
-        raise ValueError(f"{name} must be {where}, got {dev}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{name} is {dev} but CUDA is not available to torch here")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"{name} is {dev} but torch sees {torch.cuda.device_count()} CUDA device(s)"
-            )
-    return dev
-
-
-def _check_dtype(dtype: Any) -> torch.dtype:
-    """A floating output dtype, given as a torch.dtype or its name (``"float32"``)."""
-    found = dtype
-    if isinstance(dtype, str):
-        found = getattr(torch, dtype.removeprefix("torch."), None)
-    if isinstance(found, torch.dtype) and found in _OUT_DTYPES:
-        return found
-    raise TypeError(
-        "dtype must be torch.float32, torch.float64, torch.float16 or torch.bfloat16 (or its "
-        f"name, e.g. 'float32'), got {dtype!r}"
-    )
-
-
-def _check_seed(seed: Any, name: str) -> int | None:
-    """None or a non-negative int that ``torch.manual_seed`` takes (below 2**64): the rule of
-    ``make_rng`` for ints, with torch's upper bound."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{name} must be None or a non-negative int, got {seed!r}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"{name} must be None or an int in [0, 2**64), got {seed!r}")
-    return int(seed)
-
-
-def _plain_numbers(data: Any) -> Any:
-    """A (nested) list or tuple of plain numbers as a numpy array (the DataLoader would collate
-    its rows into columns); anything else as it is."""
-    if not isinstance(data, (list, tuple)) or not data:
-        return data
-    first = data[0]
-    while isinstance(first, (list, tuple)) and first:
-        first = first[0]
-    if isinstance(first, (torch.Tensor, np.ndarray)) or not isinstance(first, numbers.Number):
-        return data
-    try:
-        arr = np.asarray(data)
-    except (TypeError, ValueError):
-        return data  # ragged, e.g. (x, y) pairs: read as a Dataset
-    return arr if arr.dtype.kind in "biuf" and arr.ndim >= 1 else data
-
-
-def _check_embedding(h: Any, rows: int) -> torch.Tensor:
-    """What ``embed_fn`` returned: a tensor with one row per input row."""
-    if not isinstance(h, torch.Tensor):
-        raise TypeError(
-            f"embed_fn must return a torch tensor of shape ({rows}, d), got {type(h).__name__}"
-        )
-    if h.ndim < 1 or h.shape[0] != rows:
-        raise ValueError(
-            f"embed_fn must return one row per input row: shape ({rows}, d) for this batch, "
-            f"got {tuple(h.shape)}"
-        )
-    return h
-
-
-def _size_or_none(data: Any) -> int | None:
-    """Rows of the pool, or None when only a pass over it can tell (an IterableDataset)."""
-    if isinstance(data, (torch.Tensor, np.ndarray)):
-        return pool_size(data)  # its own refusal (a sparse or meta tensor) names data
-    try:
-        return pool_size(data)
-    except TypeError:
-        return None
-
-
-def _count_rows(data: Any, options: Mapping[str, Any]) -> int:
-    """Rows of a pool of unknown size (an IterableDataset) for a strategy that reads no model
-    output (random): one pass over the data, without the model."""
-    workers = options.get("num_workers", 0)
-    _known_size(data, workers)
-    batches = _batches(data, options.get("batch_size", 256), workers, torch.device("cpu"),
-                       options.get("batch_fn"), torch.float32)  # fmt: skip
-    rows = sum(_rows(x) for x in batches)
-    if rows == 0:
-        raise ValueError("data is empty: the pool needs at least one row")
-    return rows
-
-
-def _outputs_rows(pool: Mapping[str, torch.Tensor]) -> int:
-    key, t = next(iter(pool.items()))
-    return int(t.shape[1] if key.startswith("mc_") else t.shape[0])
-
-
-def _check_labeled(labeled: Any, n: int) -> np.ndarray:
-    """``labeled`` as in-range, unique int64 row indices (host); a boolean mask is refused."""
-    from .._validate import check_indices
-
-    return check_indices(labeled, n, "labeled")
-
-
-def _check_labels(labels: Any, idx: np.ndarray, task: str) -> torch.Tensor | None:
-    """``labels`` as a 1-D CPU tensor with one entry per labeled row (None when not given):
-    integer class indices for a classifier, real numbers for a regression model."""
-    if labels is None:
-        return None
-    from .._validate import host_values
-
-    classes = task == "classification"
-    what, kinds = ("integer class indices", "iu") if classes else ("real numbers", "iuf")
-    arr = host_values(labels, "labels", what, kinds)
-    if arr.ndim != 1 or arr.shape[0] != idx.size:
-        raise ValueError(
-            f"labels must have one entry per labeled row ({idx.size}), got shape {arr.shape}"
-        )
-    return torch.as_tensor(arr)
-
-
-def _classes_of(pool: dict) -> int | None:
-    """C, from whichever of the model's class outputs the pass produced (None: none of them)."""
-    for key in ("logits", "probs", "mc_probs"):
-        if key in pool:
-            return int(pool[key].shape[-1])
-    return None
-
-
-def _check_label_range(targets: torch.Tensor, n_classes: int) -> None:
-    """Class indices in ``[0, C)`` for a model with ``C`` outputs; the message names labels."""
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
-        raise ValueError(
-            f"labels must be class indices in [0, {n_classes}) for a model of {n_classes} outputs, "
-            f"got values in [{int(targets.min())}, {int(targets.max())}]"
-        )
-
-
-def _labeled_duals(model: nn.Module, duals: Any, m: int) -> Any:
-    """λ of the ``m`` labeled rows: ``duals=`` when given, else what PrimalDualTrainer left on
-    the model."""
-    from ..pdcl import model_duals
-
-    source = "duals"
-    if duals is None:
-        duals, source = model_duals(model), "the model's dual variables"
-    if duals is None:
-        raise ValueError(
-            "this strategy needs the dual variables of the labeled rows: train the model with "
-            "fastal.pdcl.PrimalDualTrainer (e.g. ALLY().train_fn), which leaves them on the model, "
-            "or pass duals="
-        )
-    if len(duals) != m:
-        fix = "pass one per labeled row"
-        if source != "duals":
-            fix = "train on exactly the labeled rows"
-        raise ValueError(
-            f"{source} are for {len(duals)} labeled rows but labeled has {m}: {fix}, in their order"
-        )
-    return duals
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    for t in model.parameters():
-        if t.is_floating_point():
-            return t.dtype
-    return torch.get_default_dtype()
-
-
-def _feature_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
-    if isinstance(layer, str):
-        try:
-            return model.get_submodule(layer)
-        except AttributeError:
-            names = [name for name, _ in model.named_modules() if name]
-            listed = ", ".join(map(repr, names[:20])) + (", ..." if len(names) > 20 else "")
-            raise ValueError(
-                f"feature_layer {layer!r} is not a submodule of the model; "
-                f"its submodules are: {listed or 'none'}"
-            ) from None
-    if isinstance(layer, nn.Module):
-        return layer
-    if layer is not None:
-        raise TypeError(
-            f"feature_layer must be an nn.Module or a submodule name, got {type(layer).__name__}"
-        )
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(
-            "the model has no nn.Linear whose input could be the features: pass feature_layer= or embed_fn="
-        )
-    return linears[-1]
-
-
-def _captured_features(captured: list, layer: nn.Module, rows: int) -> torch.Tensor:
-    """The feature layer's input for the whole batch: a layer that saw part of it (a chunked
-    forward, ``nn.DataParallel`` replicas sharing the hook) would give rows of mixed widths."""
-    if not captured:
-        name = type(layer).__name__
-        raise RuntimeError(f"the feature layer {name} did not run in the forward pass")
-    x = captured[0]
-    if x.ndim == 0 or x.shape[0] != rows:
-        raise RuntimeError(
-            f"the feature layer {type(layer).__name__} saw an input of shape {tuple(x.shape)} for "
-            f"a batch of {rows} rows: it runs on part of the batch (a chunked forward, "
-            "nn.DataParallel replicas) or batch-second; pass embed_fn= (or model.module)"
-        )
-    return x
-
-
-def _known_size(data: Any, num_workers: int = 0) -> int | None:
-    iterable = isinstance(getattr(data, "dataset", data), IterableDataset)
-    workers = data.num_workers if isinstance(data, DataLoader) else num_workers
-    if iterable and workers > 0:
-        raise ValueError(
-            f"data is an IterableDataset read with num_workers={workers}: each worker replays or "
-            "shares the stream and their batches interleave, so row i would not be the stream's "
-            "i-th row; read it with num_workers=0 (or pass a map-style Dataset)"
-        )
-    if isinstance(data, DataLoader):
-        batches = data.batch_sampler
-        if data.drop_last or getattr(batches, "drop_last", False):
-            raise ValueError(
-                "data is a DataLoader with drop_last=True: the last rows would get no outputs"
-            )
-        if batches is None and not iterable:
-            raise ValueError(
-                "data is a DataLoader with batch_size=None (no batching): the model would see one "
-                "row at a time without a batch dimension; pass batch_size= (or the Dataset itself)"
-            )
-        if not iterable:
-            _check_in_order(batches)
-    if isinstance(data, (torch.Tensor, np.ndarray)):
-        return pool_size(data)  # its own refusal (a sparse or meta tensor) names data
-    try:
-        return pool_size(data)
-    except TypeError:
-        if isinstance(data, (Dataset, DataLoader)):
-            return None
-        raise TypeError(
-            f"data must be a torch Tensor, a numpy array, a Dataset or a DataLoader, got {type(data).__name__}"
-        ) from None
-
-
-def _check_in_order(batches: Any) -> None:
-    """Refuse a batch sampler that may not give rows 0, 1, 2, ... in order. Only torch's own
-    ``BatchSampler`` over a ``SequentialSampler`` is trusted unread: a subclass (length bucketing)
-    may reorder the batches whatever its ``.sampler``."""
-    sampler = getattr(batches, "sampler", None)
-    if type(batches) is BatchSampler:
-        if type(sampler) is SequentialSampler:
-            return
-        raise ValueError(
-            f"data is a DataLoader with a {type(sampler).__name__}: rows would come out of "
-            "order; pass a DataLoader with shuffle=False (or the Dataset itself)"
-        )
-    if isinstance(batches, (list, tuple)):
-        if not _in_order(batches):
-            raise ValueError(
-                "data is a DataLoader whose batch_sampler does not give rows 0, 1, 2, ... "
-                "in order: rows would come out of order"
-            )
-        return
-    raise ValueError(
-        f"data is a DataLoader with a custom batch_sampler ({type(batches).__name__}): fastal "
-        "cannot tell that it gives rows 0, 1, 2, ... in order (bucketing samplers do not); pass "
-        "a DataLoader with batch_size= and shuffle=False, or a list of in-order index lists"
-    )
-
-
-def _in_order(batches: Any) -> bool:
-    """Whether a batch sampler without a ``.sampler`` (a list of index lists) yields 0, 1, 2, ...
-    (it is iterated once here; a sampler that draws at random is not in order anyway)."""
-    expected = 0
-    for batch in batches:
-        for i in batch:
-            if int(i) != expected:
-                return False
-            expected += 1
-    return True
-
-
-def _to(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
-    """``x`` (a tensor, or tensors in tuples, lists and mappings) on ``device``; floating tensors
-    also cast to ``dtype`` when one is given (the rule of the numpy path)."""
-    if isinstance(x, torch.Tensor):
-        cast = dtype if dtype is not None and x.is_floating_point() else x.dtype
-        return x.to(device, dtype=cast, non_blocking=True)
-    if isinstance(x, (tuple, list)):
-        moved = [_to(v, device, dtype) for v in x]
-        return type(x)(*moved) if hasattr(x, "_fields") else type(x)(moved)  # NamedTuple
-    if isinstance(x, Mapping):
-        return {k: _to(v, device, dtype) for k, v in x.items()}
-    return x
-
-
-def _default_input(batch: Any) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch:
-        return batch[0]
-    raise TypeError(
-        f"cannot tell the model input in a batch of type {type(batch).__name__}: pass batch_fn= "
-        "(e.g. batch_fn=lambda b: b['pixel_values'])"
-    )
-
-
-def _batches(
-    data: Any,
-    batch_size: int,
-    num_workers: int,
-    device: torch.device,
-    batch_fn: Any,
-    model_dtype: torch.dtype,
-) -> Iterator[Any]:
-    if isinstance(data, np.ndarray):
-        cast = model_dtype if np.issubdtype(data.dtype, np.floating) else None
-        for s in range(0, data.shape[0], batch_size):
-            chunk = _interop.native_order(np.ascontiguousarray(data[s : s + batch_size]))
-            t = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy())
-            t = t.to(device=device, dtype=cast or t.dtype)
-            yield t if batch_fn is None else _to(batch_fn(t), device, model_dtype)
-        return
-    if isinstance(data, torch.Tensor):
-        for s in range(0, data.shape[0], batch_size):
-            t = _to(data[s : s + batch_size], device, model_dtype)
-            yield t if batch_fn is None else _to(batch_fn(t), device, model_dtype)
-        return
-    if not isinstance(data, DataLoader):
-        data = DataLoader(
-            data,
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-        )
-    # Starting an iteration draws the workers' base seed from torch's generator: not the user's.
-    with torch.random.fork_rng(devices=[]):
-        batches = iter(data)
-    fn = batch_fn or _default_input
-    for batch in batches:
-        yield _to(fn(batch), device, model_dtype)
-
-
-def _call(model: nn.Module, x: Any) -> Any:
-    if isinstance(x, tuple):
-        return model(*x)
-    if isinstance(x, Mapping):
-        return model(**x)
-    return model(x)
-
-
-def _rows(x: Any) -> int:
-    if isinstance(x, torch.Tensor):
-        return int(x.shape[0])
-    values: Iterable = (
-        x.values() if isinstance(x, Mapping) else x if isinstance(x, (tuple, list)) else ()
-    )
-    for v in values:
-        if isinstance(v, torch.Tensor):
-            return int(v.shape[0])
-    raise TypeError(f"cannot tell the number of rows of a model input of type {type(x).__name__}")
-
-
-def _check_output(z: Any, task: str, rows: int) -> torch.Tensor:
-    if not isinstance(z, torch.Tensor):
-        raise TypeError(
-            f"the model must return a tensor, got {type(z).__name__}: wrap it in an nn.Module "
-            "whose forward returns the logits (e.g. model(x)[0] or model(x).logits)"
-        )
-    if z.shape[:1] != (rows,):
-        raise ValueError(f"the model returned shape {tuple(z.shape)} for a batch of {rows} rows")
-    if task == "classification" and z.ndim != 2:
-        raise ValueError(
-            f"a classifier must return logits of shape (batch, C), got {tuple(z.shape)}"
-        )
-    if task == "classification" and z.shape[1] < 2:
-        # a softmax over one column is 1 everywhere: every uncertainty score would be the same
-        raise ValueError(
-            f"a classifier must return at least 2 logits per row, got {z.shape[1]}: for a "
-            "single-logit binary model (BCEWithLogitsLoss) return torch.cat([torch.zeros_like(z), "
-            "z], 1), whose softmax is [1 - sigmoid(z), sigmoid(z)]"
-        )
-    return z
-
-
-def _warn_if_probabilities(z: torch.Tensor) -> None:
-    """Logits that are already probabilities (a softmax head) would be softmaxed again: flattened
-    towards uniform, every uncertainty score distorted. Checked on the first batch."""
-    z = z.detach().float()
-    if bool(((z >= 0) & (z <= 1)).all()) and bool(((z.sum(1) - 1).abs() < 1e-4).all()):
-        warn_user(
-            "the model's outputs look like probabilities (rows in [0, 1] summing to 1): fastal "
-            "treats them as logits and applies a softmax; return the logits (drop the final "
-            "softmax) for probs, entropy, margin, BALD and BADGE to be right",
-        )
-
-
-def _check_amp(amp: Any) -> torch.dtype | None:
-    """The autocast dtype ``amp`` asks for (None: off), checked whatever the device."""
-    if isinstance(amp, (bool, np.bool_)):
-        return torch.float16 if amp else None
-    if isinstance(amp, torch.dtype) and amp in (torch.float16, torch.bfloat16):
-        return amp
-    raise ValueError(f"amp must be a bool, torch.float16 or torch.bfloat16, got {amp!r}")
-
-
-def _autocast(dtype: torch.dtype | None, device: torch.device) -> Callable[[], Any]:
-    if dtype is None or device.type != "cuda":
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def _forked_rng(seed: int | None, device: torch.device) -> Any:
-    return contextlib.nullcontext() if seed is None else forked_rng(device, seed)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(n: int | None, progress: bool) -> Any:
-    if not progress:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=n, unit="rows", desc="fastal pool pass")
-
-
-@contextlib.contextmanager
-def _naming_rows(writer: _Writer) -> Iterator[None]:
-    """Adds to an error raised while a batch runs (the model's own, a shape mismatch) which rows
-    of ``data`` that batch started at: a bare matmul error does not say it came from the pool."""
-    try:
-        yield
-    except Exception as e:
-        if hasattr(e, "add_note"):  # Python 3.11+
-            e.add_note(f"(fastal: in the batch of data starting at row {writer.pos})")
-        raise
-
-
-def _refused(t: torch.Tensor, key: str) -> torch.Tensor:
-    """Where ``pool_outputs`` refuses an output value: NaN or Inf, and for logits NaN or +Inf
-    (a model masking classes gives -inf logits, whose probabilities are 0)."""
-    return t.isnan() | (t == math.inf) if key == "logits" else ~torch.isfinite(t)
-
-
-def _check_finite_outputs(outputs: Mapping[str, torch.Tensor], model: nn.Module) -> None:
-    """Refuse NaN / Inf outputs (:func:`_refused`) where the rows of ``data`` can be named: a
-    strategy would only say that its ``probs`` or ``X`` hold some. Row chunks of about 4M values,
-    one synchronisation unless some chunk is refused."""
-    for key, t in outputs.items():
-        axis = 1 if key.startswith("mc_") else 0
-        n = t.shape[axis]
-        step = max(1, (1 << 22) // max(1, t.numel() // max(1, n)))
-        chunks = [t.narrow(axis, s, min(step, n - s)) for s in range(0, n, step)]
-        if not chunks or not bool(torch.stack([_refused(c, key).any() for c in chunks]).any()):
-            continue
-        rows = torch.nonzero(_refused(t, key).movedim(axis, 0).reshape(n, -1).any(1)).flatten()
-        trained = (p for p in model.parameters() if p.requires_grad)
-        cause = (
-            "its parameters hold NaN or Inf: the training diverged"
-            if any(not bool(torch.isfinite(p).all()) for p in trained)
-            else f"check those rows of data, and that the values fit {str(t.dtype)[6:]}"
-        )
-        what = "NaN or +Inf" if key == "logits" else "NaN or Inf"
-        raise ValueError(
-            f"the model's {key} are {what} for {rows.numel()} row(s) of data, first at row "
-            f"{int(rows[0])} ({cause})"
-        )
-
-
-class _Writer:
-    """Copies each batch's outputs into tensors preallocated at the first batch (size known), or
-    collects them when the pool size is unknown."""
-
-    def __init__(self, n: int | None, device: torch.device, dtype: torch.dtype) -> None:
-        self.n, self.device, self.dtype = n, device, dtype
-        self.out: dict[str, torch.Tensor] = {}
-        self.parts: dict[str, list[torch.Tensor]] = {}
-        self.pos = 0
-
-    def write(self, result: dict[str, torch.Tensor], rows: int) -> None:
-        for key, t in result.items():
-            if key == "features":
-                t = t.reshape(rows, -1)
-            axis = 1 if key.startswith("mc_") else 0
-            if t.shape[axis] != rows:
-                raise ValueError(f"{key} has {t.shape[axis]} rows for a batch of {rows}")
-            if self.n is None:
-                with torch.inference_mode(False):  # a copy that is not an inference tensor
-                    part = torch.empty(t.shape, dtype=self.dtype, device=self.device)
-                part.copy_(t)
-                self.parts.setdefault(key, []).append(part)
-                continue
-            if key not in self.out:
-                shape = list(t.shape)
-                shape[axis] = self.n
-                # not inference tensors (the pass runs in inference mode): users may edit the
-                # outputs in place or train on them
-                with torch.inference_mode(False):
-                    self.out[key] = torch.empty(shape, dtype=self.dtype, device=self.device)
-            dst = (
-                self.out[key][:, self.pos : self.pos + rows]
-                if axis
-                else self.out[key][self.pos : self.pos + rows]
-            )
-            if dst.shape != t.shape:
-                raise ValueError(
-                    f"{key} has shape {tuple(t.shape)} in this batch, {tuple(dst.shape)} expected"
-                )
-            dst.copy_(t)
-        self.pos += rows
-        if self.n is not None and self.pos > self.n:
-            raise ValueError(f"data gave more than its {self.n} rows")
-
-    def result(self, needs: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        if self.n is None and self.pos == 0:
-            raise ValueError("data is empty: the pool needs at least one row")
-        if self.n is None:
-            return {
-                k: torch.cat(self.parts[k], dim=1 if k.startswith("mc_") else 0)
-                for k in needs
-                if k in self.parts
-            }
-        if self.pos != self.n:
-            raise ValueError(f"data gave {self.pos} rows but has length {self.n}")
-        return {k: self.out[k] for k in needs if k in self.out}
