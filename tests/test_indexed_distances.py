@@ -15,9 +15,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import fastal
 
-rk = importlib.import_module(
-    "fastal.robust_kcenter"
-)  # the module (fastal.robust_kcenter is the function)
+mip = importlib.import_module("fastal._covering_mip")  # robust k-center's distance matrix
 kernel = fastal._ext.cpu.indexed_distances_float64
 
 
@@ -74,8 +72,8 @@ def test_calls_are_split_for_interrupts_and_give_the_same_result(monkeypatch):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(500, 20))
     rows, cols = np.arange(0, 500, 2), np.arange(1, 500, 3)
-    whole = rk._indexed_distances(X, rows, cols)
-    near = rk._indexed_distances(X, rows, cols, nearest_only=True)
+    whole = mip._indexed_distances(X, rows, cols)
+    near = mip._indexed_distances(X, rows, cols, nearest_only=True)
     calls = []
     real = fastal._ext.cpu.indexed_distances_float64
 
@@ -83,10 +81,10 @@ def test_calls_are_split_for_interrupts_and_give_the_same_result(monkeypatch):
         calls.append(len(args[1]))
         return real(*args)
 
-    monkeypatch.setattr(rk, "_DISTANCE_WORK", 7 * cols.size * 20)
+    monkeypatch.setattr(mip, "_DISTANCE_WORK", 7 * cols.size * 20)
     monkeypatch.setattr(fastal._ext.cpu, "indexed_distances_float64", counting)
-    assert_array_equal(rk._indexed_distances(X, rows, cols), whole)
-    assert_array_equal(rk._indexed_distances(X, rows, cols, nearest_only=True), near)
+    assert_array_equal(mip._indexed_distances(X, rows, cols), whole)
+    assert_array_equal(mip._indexed_distances(X, rows, cols, nearest_only=True), near)
     assert max(calls) == 7
     assert sum(calls) == 2 * rows.size
     assert_allclose(whole, reference(X, rows, cols), rtol=1e-13)

@@ -256,8 +256,8 @@ def test_time_limit_counts_the_reductions_and_starts_no_solve_past_it(monkeypatc
 
     import scipy.optimize
 
-    rk = importlib.import_module("fastal.robust_kcenter")
-    reduce, milp = rk._reduce, scipy.optimize.milp
+    mip = importlib.import_module("fastal._covering_mip")  # where _Problem looks _reduce up
+    reduce, milp = mip._reduce, scipy.optimize.milp
     options = []
 
     def slow_reduce(A, *, outliers):
@@ -280,7 +280,7 @@ def test_time_limit_counts_the_reductions_and_starts_no_solve_past_it(monkeypatc
     assert limited.radius == free.radius
 
     options.clear()
-    monkeypatch.setattr(rk, "_reduce", slow_reduce)
+    monkeypatch.setattr(mip, "_reduce", slow_reduce)
     res = robust_kcenter(X, 8, outliers=0, seed=0, time_limit=0.2)
     assert options == []
     check_certificate(X, res, 8, None, 0)
@@ -429,11 +429,11 @@ def test_docstring_examples(module):
 def test_reductions_are_skipped_when_their_overlaps_are_too_many(monkeypatch, outliers):
     """Row dominance lists the overlapping row pairs (A Aᵀ): 10k points over 4 candidates took
     4.7 GB. Past a limit the reductions are skipped, and the exact answer is the same."""
-    rk = importlib.import_module("fastal.robust_kcenter")
+    reductions = importlib.import_module("fastal._covering_reductions")
     X = np.random.default_rng(3).normal(size=(300, 3))
     kwargs = dict(candidates=np.arange(0, 300, 10), outliers=outliers, seed=0)
     reduced = robust_kcenter(X, 3, **kwargs)
-    monkeypatch.setattr(rk, "_OVERLAP_LIMIT", 0.0)
+    monkeypatch.setattr(reductions, "_OVERLAP_LIMIT", 0.0)
     unreduced = robust_kcenter(X, 3, **kwargs)
     assert reduced.optimal
     assert unreduced.optimal
