@@ -10,30 +10,43 @@ Randomness is derived from the run seed only: the initial labeled set from ``See
 and in round ``r`` the model initialisation, the training and the strategy from
 ``SeedSequence([seed, r])``. Rerunning a round therefore repeats it exactly (on the same machine
 and device: torch kernels may differ across them).
+
+This module holds :func:`run`, :func:`fit`, :func:`auc` and :class:`RunResult`; the parts are
+private modules beside it: :mod:`fastal._loop_data` (the pool and test sets, their labels),
+:mod:`fastal._loop_train` (the loss, the checks of training, the test-set evaluation) and
+:mod:`fastal._loop_state` (run's arguments and its saved state).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import numbers
 import os
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._io import save_npz_atomic, write_atomic
+from ._io import write_atomic
+from ._loop_data import _check_classes, _Data, _n_classes, _tensors, as_model_dtype
+from ._loop_state import (
+    _RUN_OWNS,
+    _STATE_VERSION,
+    _budgets,
+    _check_picks,
+    _check_task,
+    _count,
+    _initial,
+    _load_state,
+    _save_state,
+    _stable_repr,
+)
+from ._loop_train import _check_trained, _loss, _nonfinite_parameters, evaluate
 from ._torch_state import forked_rng
 from ._validate import _number, check_positive_int
-
-_STATE_VERSION = 1
 
 
 def auc(n_labeled: Sequence[float], values: Sequence[float]) -> float:
@@ -123,223 +136,6 @@ class RunResult:
 
 def _fmt(v: Any) -> str:
     return str(int(v)) if isinstance(v, (numbers.Integral, np.integer)) else repr(float(v))
-
-
-# ---------------------------------------------------------------------------------------------
-# data
-
-
-class _Data:
-    """A pool or test set with its labels: ``(X, y)`` arrays/tensors or a Dataset of ``(x, y)``."""
-
-    def __init__(self, data: Any, name: str, task: str) -> None:
-        from torch.utils.data import Dataset
-
-        self.task = task
-        self._all_labels = None
-        if isinstance(data, (tuple, list)) and len(data) == 2:
-            X, y = data
-            self.label_name = f"{name}[1]"
-            self.X = _as_tensor(X, f"{name}[0]", floating=True)
-            self.y = _as_tensor(y, self.label_name, floating=task == "regression")
-            if self.X.shape[0] != self.y.shape[0]:
-                raise ValueError(
-                    f"{name} inputs have {self.X.shape[0]} rows but labels {self.y.shape[0]}"
-                )
-            if task == "classification" and self.y.ndim != 1:
-                raise ValueError(
-                    f"{name} labels must be 1-D class indices, got shape {tuple(self.y.shape)}"
-                )
-            if task == "classification":
-                self.y = _class_labels(self.y, self.label_name)
-            self.dataset = None
-            self.n = int(self.X.shape[0])
-        elif isinstance(data, Dataset) and hasattr(data, "__len__"):
-            self.label_name = f"{name} (a Dataset)"
-            self.dataset, self.X, self.y = data, None, None
-            self.n = len(data)
-        else:
-            raise TypeError(
-                f"{name} must be an (inputs, labels) pair or a map-style Dataset of (x, y), got {type(data).__name__}"
-            )
-        if self.n == 0:
-            raise ValueError(f"{name} is empty")
-
-    @property
-    def inputs(self) -> Any:
-        """What the adapter runs the model over."""
-        return self.X if self.dataset is None else self.dataset
-
-    def all_labels(self) -> Any:
-        """Every row's label, read once (a Dataset's item by item: images may be decoded)."""
-        if self.dataset is None:
-            return self.y
-        if self._all_labels is None:
-            self._all_labels = self.labels(np.arange(self.n))
-        return self._all_labels
-
-    def fingerprint(self) -> str:
-        """A hash of the rows' identity: every label and a strided sample of the inputs (of a
-        Dataset, the labels of 32 spread rows: its inputs may be augmented at random). A resumed
-        run must see the same rows in the same order, or the saved indices name other rows."""
-        import torch
-
-        h = hashlib.blake2b(digest_size=16)
-        h.update(str(self.n).encode())
-        if self.dataset is None:
-            parts = (self.y, self.X[:: max(1, self.n // 1024)])
-        else:
-            spread = np.linspace(0, self.n - 1, min(self.n, 32)).round().astype(np.int64)
-            parts = (self.labels(spread),)
-        for t in parts:
-            t = t.detach().cpu().contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
-
-    def labels(self, idx: np.ndarray) -> Any:
-        """The oracle: labels of the rows ``idx`` (a torch tensor)."""
-        import torch
-
-        if self.dataset is None:
-            return self.y[torch.from_numpy(idx)]
-        ys = [torch.as_tensor(self.dataset[int(i)][1]) for i in idx]
-        if self.task == "classification":
-            ys = [_one_label(y, self.label_name) for y in ys]
-        y = torch.stack(ys) if ys else torch.empty(0, dtype=torch.int64)
-        if self.task == "classification":
-            return _class_labels(y, self.label_name)
-        return y.to(torch.get_default_dtype())
-
-    def subset(self, idx: np.ndarray) -> Any:
-        """The rows ``idx`` with their labels, as a Dataset of ``(x, y)``."""
-        import torch
-        from torch.utils.data import Subset, TensorDataset
-
-        if self.dataset is None:
-            t = torch.from_numpy(idx)
-            return TensorDataset(self.X[t], self.y[t])
-        if self.task == "classification":  # labels as int64 class indices, checked as read
-            return Subset(_ClassLabels(self.dataset, self.label_name), idx.tolist())
-        return Subset(self.dataset, idx.tolist())
-
-
-class _ClassLabels:
-    """A Dataset of ``(x, y)`` whose labels come out as int64 class indices (``_class_labels``)."""
-
-    def __init__(self, dataset: Any, name: str) -> None:
-        self.dataset, self.name = dataset, name
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> tuple[Any, Any]:
-        import torch
-
-        x, y = self.dataset[i]
-        return x, _class_labels(_one_label(torch.as_tensor(y), self.name), self.name)
-
-
-def _as_tensor(a: Any, name: str, *, floating: bool) -> Any:
-    import torch
-
-    if isinstance(a, torch.Tensor):
-        t = a.detach()
-    elif isinstance(a, np.ndarray):
-        arr = np.ascontiguousarray(a)
-        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-    else:
-        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(a).__name__}")
-    numpy_double = t.dtype == torch.float64 and isinstance(a, np.ndarray)
-    if floating and (not t.is_floating_point() or numpy_double):
-        t = t.to(torch.get_default_dtype())
-    if t.ndim == 0:
-        raise ValueError(f"{name} must have a row dimension")
-    return t
-
-
-def _one_label(y: Any, name: str) -> Any:
-    """A Dataset's class label for one row as a 0-d tensor: a scalar, or one value stored with a
-    shape such as (1,) (compared with (n,) predictions, (n, 1) labels would broadcast to n x n)."""
-    if y.numel() != 1:
-        raise ValueError(
-            f"{name} must give one class label per row, got a label of shape {tuple(y.shape)}"
-        )
-    return y.reshape(())
-
-
-def _class_labels(y: Any, name: str) -> Any:
-    """Class labels as int64: integer (or bool) tensors, or floating ones holding whole numbers;
-    anything else, and negative labels, raise an error that names ``name``."""
-    import torch
-
-    if y.is_complex():
-        raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
-    if y.is_floating_point():
-        # whole numbers only (exact in float64 below 2**53): never truncate 0.5 to class 0
-        bad = ~torch.isfinite(y) | (y != torch.round(y)) | (y.abs() >= 2**53)
-        if bad.any():
-            raise ValueError(
-                f"{name} must hold integer class indices, got {y.dtype} labels such as "
-                f"{float(y[bad][0])!r}; pass integer labels (floats only if they are whole numbers)"
-            )
-    y = y.to(torch.int64)
-    if y.numel() and bool((y < 0).any()):
-        raise ValueError(f"{name} has negative class labels: e.g. {int(y[y < 0][0])}")
-    return y
-
-
-def _check_classes(y: Any, n_classes: int, name: str) -> None:
-    """Class labels ``y`` (int64) must lie in [0, n_classes): the model's number of logits."""
-    if y.numel() and int(y.max()) >= n_classes:
-        raise ValueError(
-            f"{name} has class labels outside [0, {n_classes}) (the model returns {n_classes} "
-            f"logits): e.g. {int(y.max())}"
-        )
-
-
-def _n_classes(model: Any, data: _Data, idx: np.ndarray) -> int:
-    """The number of logits ``model`` returns, from one pool row (the RNG state is kept). It runs
-    a copy: a lazy module (``nn.LazyLinear``) would otherwise take its weights here, outside the
-    round's seeded training, and a resumed run would draw them elsewhere."""
-    import copy
-
-    import torch
-
-    from .torch import pool_outputs
-
-    rows = data.X[torch.from_numpy(idx[:1])] if data.dataset is None else data.subset(idx[:1])
-    with forked_rng(_param_device(model)):
-        probe = copy.deepcopy(model)
-        logits = pool_outputs(probe, rows, ("logits",), inference_mode=False, progress=False)
-    return int(logits["logits"].shape[1])
-
-
-def _param_device(model: Any) -> Any:
-    for t in model.parameters():
-        return t.device
-    return "cpu"
-
-
-def as_model_dtype(model: Any, X: Any) -> Any:
-    """Floating inputs in the dtype of the model's (first floating) parameters, as the adapter
-    casts them; other inputs (token ids) as they are."""
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    return X.to(dtype) if dtype is not None and X.is_floating_point() else X
-
-
-def _tensors(dataset: Any) -> tuple[Any, Any]:
-    """A Dataset of (x, y) stacked into two tensors (labeled sets are small)."""
-    import torch
-    from torch.utils.data import DataLoader, TensorDataset
-
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
-        return dataset.tensors
-    xs, ys = [], []
-    for x, y in DataLoader(dataset, batch_size=256, shuffle=False):
-        xs.append(x)
-        ys.append(torch.as_tensor(y))
-    return torch.cat(xs), torch.cat(ys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,81 +254,6 @@ def fit(
     model.eval()
     _check_trained(model, step + 1 if max_steps else 0, nonfinite_before)
     return model
-
-
-def _nonfinite_parameters(model: Any) -> set[str]:
-    """Names of the model's initialised parameters holding NaN or Inf before training (a mask of
-    -inf on purpose; a lazy module's parameters are not initialised yet)."""
-    import torch
-
-    return {
-        name
-        for name, p in model.named_parameters()
-        if not isinstance(p, torch.nn.parameter.UninitializedParameter)
-        and not bool(torch.isfinite(p).all())
-    }
-
-
-def _check_trained(model: Any, steps: int, nonfinite_before: set[str]) -> None:
-    """Refuse a model that training left with NaN / Inf in a trainable parameter that was finite
-    (or initialised during training): it would still be evaluated (every argmax the first class)
-    and select from NaN outputs. Frozen parameters and those non-finite before are left alone."""
-    import torch
-
-    diverged = _nonfinite_parameters(model) - nonfinite_before
-    for name, p in model.named_parameters():
-        if name in diverged and p.requires_grad:
-            hint = (
-                ": in float16, Adam's eps of 1e-8 rounds to 0; train in float32 or bfloat16, or "
-                "pass your own train_fn"
-                if p.dtype == torch.float16
-                else ": lower lr, or pass your own train_fn"
-            )
-            raise ValueError(
-                f"training diverged: parameter {name!r} ({str(p.dtype)[6:]}) holds NaN or Inf "
-                f"after {steps} Adam steps{hint}"
-            )
-
-
-def _loss(out: Any, y: Any, task: str) -> Any:
-    import torch.nn.functional as F
-
-    if task == "classification":
-        return F.cross_entropy(out, y)
-    out, y = _match(out, y, "the labeled rows' targets")
-    return F.mse_loss(out, y.to(out.dtype))
-
-
-def _match(out: Any, y: Any, name: str) -> tuple[Any, Any]:
-    """Regression outputs and targets of one shape: a scalar target may be (B,) or (B, 1) on
-    either side; any other difference is an error (a broadcast would compare B x B pairs)."""
-    if out.ndim == 2 and out.shape[1] == 1 and y.ndim == 1:
-        out = out[:, 0]
-    elif y.ndim == 2 and y.shape[1] == 1 and out.ndim == 1:
-        y = y[:, 0]
-    if out.shape != y.shape:
-        raise ValueError(
-            f"{name} have shape {tuple(y.shape)} but the model's outputs {tuple(out.shape)}"
-        )
-    return out, y
-
-
-def evaluate(model: Any, data: _Data, task: str, *, device: Any, batch_size: int) -> float:
-    """Test accuracy (classification) or mean squared error (regression)."""
-    import torch
-
-    from .torch import pool_outputs
-
-    key = "logits" if task == "classification" else "outputs"
-    out = pool_outputs(
-        model, data.inputs, (key,), task=task, device=device, batch_size=batch_size, progress=False
-    )[key]
-    y = data.all_labels()
-    if task == "classification":
-        _check_classes(y, out.shape[1], data.label_name)
-        return float((out.argmax(1) == y.to(out.device)).to(torch.float64).mean())
-    out, y = _match(out, y, data.label_name)
-    return float(((out.to(torch.float64) - y.to(out.device, torch.float64)) ** 2).mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -731,149 +452,3 @@ def run(
                 f"{strategy_name} seed {seed} round {r}: {row['n_labeled']} labels, {metric} {value:.4f}"
             )
     return RunResult(rows, metric, labeled, strategy_name, int(seed), added)
-
-
-#: The options of fastal.torch.select that run sets itself (select_options may not).
-_RUN_OWNS = frozenset({"labeled", "labels", "seed", "task", "device", "batch_size"})
-
-
-def _stable_repr(value: Any) -> str | None:
-    """``repr(value)`` when it names the settings only (no object address, which would differ in
-    the resumed process), else None (not compared)."""
-    text = repr(sorted(value.items())) if isinstance(value, dict) else repr(value)
-    return None if " at 0x" in text else text
-
-
-def _budgets(budget: Any, rounds: int | None) -> list[int]:
-    if isinstance(budget, numbers.Integral) and not isinstance(budget, bool):
-        if rounds is None:
-            raise ValueError("rounds is needed with a single int budget")
-        budgets = [int(budget)] * _count(rounds, "rounds")
-    elif isinstance(budget, (str, bytes)) or not isinstance(budget, Iterable):
-        raise TypeError(f"budget must be an int or a sequence of ints, got {type(budget).__name__}")
-    else:
-        budgets = [_count(b, "every budget") for b in budget]
-        if rounds is not None and _count(rounds, "rounds") != len(budgets):
-            raise ValueError(f"budget has {len(budgets)} entries but rounds = {rounds}")
-    if any(b < 1 for b in budgets):
-        raise ValueError(f"every budget must be >= 1, got {budgets}")
-    return budgets
-
-
-def _check_task(task: Any) -> None:
-    if task not in ("classification", "regression"):
-        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
-
-
-def _count(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-    return int(v)
-
-
-def _initial(initial: Any, n: int, seed: int) -> np.ndarray:
-    from ._validate import check_indices
-
-    if isinstance(initial, numbers.Integral) and not isinstance(initial, bool):
-        k = int(initial)
-        if not 1 <= k <= n:
-            raise ValueError(f"initial must be between 1 and the pool size {n}, got {k}")
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed)]))
-        return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
-    lab = check_indices(np.asarray(initial), n, "initial")
-    if lab.size == 0:
-        raise ValueError("initial must name at least one row")
-    return lab
-
-
-def _check_picks(picks: np.ndarray, labeled: np.ndarray, budget: int, n: int, name: str) -> None:
-    if picks.shape != (budget,):
-        raise RuntimeError(
-            f"strategy {name} returned {picks.shape} indices for a budget of {budget}"
-        )
-    if picks.size and (picks.min() < 0 or picks.max() >= n):
-        raise RuntimeError(f"strategy {name} returned indices outside the pool [0, {n})")
-    if np.unique(picks).size != picks.size or np.isin(picks, labeled).any():
-        raise RuntimeError(f"strategy {name} returned a duplicate or already labeled index")
-
-
-def _save_state(
-    path: Any, meta: dict, labeled: np.ndarray, added: np.ndarray, rows: list[dict]
-) -> None:
-    metric = "accuracy" if meta["task"] == "classification" else "mse"
-    cols = {c: np.array([r[c] for r in rows], dtype=np.float64) for c in
-            ("n_labeled", metric, "train_seconds", "select_seconds")}  # fmt: skip
-    save_npz_atomic(
-        path, meta=np.array(json.dumps(meta)), labeled=labeled.astype(np.int64), added=added.astype(np.int64),
-        **{f"row_{k}": v for k, v in cols.items()},
-    )  # fmt: skip
-
-
-def _load_state(path: Any, meta: dict) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    if not Path(path).exists():
-        raise FileNotFoundError(f"resume: no saved run at {path}")
-    metric = "accuracy" if meta["task"] == "classification" else "mse"
-    names = ("n_labeled", metric, "train_seconds", "select_seconds")
-    try:
-        # np.load leaves its file open when the zip is damaged: hold the file here
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
-            saved = json.loads(str(z["meta"]))
-            labeled, added = z["labeled"], z["added"]
-            cols = {c: z[f"row_{c}"] for c in names}
-    except _UNREADABLE as err:
-        why = f"{type(err).__name__}: {err}"
-        raise ValueError(f"resume: {path} is not a saved fastal run ({why})") from None
-    if not isinstance(saved, dict):
-        raise ValueError(f"resume: {path} is not a saved fastal run (its meta is not a mapping)")
-    for key in ("version", "seed", "strategy", "n", "task", "initial", "budgets"):
-        if saved.get(key) != meta[key]:
-            raise ValueError(
-                f"resume: the run saved at {path} has {key} = {saved.get(key)!r}, this one {meta[key]!r}"
-            )
-    # saved by newer runs only; a setting that cannot be told apart (None) is not compared
-    for key, what in _RESUME_CHECKS.items():
-        if saved.get(key) is not None and meta[key] is not None and saved[key] != meta[key]:
-            raise ValueError(f"resume: the run saved at {path} had {what}; start a new checkpoint")
-    n_rows = cols["n_labeled"].size
-    first = meta["initial"] if isinstance(meta["initial"], int) else len(meta["initial"])
-    expected = first + sum(meta["budgets"][:n_rows])  # each round but the last labels its budget
-    labeled = _saved_indices(labeled, meta["n"], path, "labeled")
-    added = _saved_indices(added, len(meta["budgets"]) + 1, path, "added", unique=False)
-    if any(c.shape != (n_rows,) for c in cols.values()) or n_rows > len(meta["budgets"]) + 1:
-        raise ValueError(f"resume: {path} has a table of inconsistent length")
-    if labeled.size != expected or added.size != labeled.size:
-        raise ValueError(
-            f"resume: {path} holds {labeled.size} labeled rows ({added.size} rounds of labeling) "
-            f"after {n_rows} rounds; {expected} expected"
-        )
-    rows = [
-        {"round": i, "n_labeled": int(cols["n_labeled"][i]), metric: float(cols[metric][i]),
-         "train_seconds": float(cols["train_seconds"][i]), "select_seconds": float(cols["select_seconds"][i])}
-        for i in range(n_rows)
-    ]  # fmt: skip
-    return labeled, added, rows
-
-
-#: What reading a damaged or foreign state file raises (a .npy: no context manager, TypeError).
-_UNREADABLE = (OSError, ValueError, KeyError, AttributeError, TypeError, EOFError,
-               zipfile.BadZipFile)  # fmt: skip
-
-#: What a resumed run must share with the saved one beyond its settings, and how to say it.
-_RESUME_CHECKS = {
-    "pool": "another pool (its labels or inputs, or their order, differ: the saved indices would "
-    "name other rows)",
-    "test": "another test set",
-    "strategy_params": "other strategy settings",
-    "select_options": "other select_options",
-}
-
-
-def _saved_indices(
-    values: np.ndarray, n: int, path: Any, name: str, *, unique: bool = True
-) -> np.ndarray:
-    from ._validate import check_indices
-
-    try:
-        return check_indices(values, n, name, unique=unique)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"resume: {path} is not a consistent saved run: {err}") from None

@@ -173,7 +173,7 @@ def per_sample_loss(out: Any, y: Any, task: str) -> Any:
     """Cross-entropy (classification) or squared error averaged over outputs (regression), per row."""
     import torch.nn.functional as F
 
-    from .loop import _match
+    from ._loop_train import _match
 
     if task == "classification":
         return F.cross_entropy(out, y, reduction="none")
@@ -299,7 +299,7 @@ class PrimalDualTrainer:
     ) -> Any:
         import torch
 
-        from .loop import _tensors, as_model_dtype
+        from ._loop_data import _tensors, as_model_dtype
 
         if task not in PAPER_EPS:
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")

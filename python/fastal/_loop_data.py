@@ -1,0 +1,236 @@
+"""The pool and test sets of the active-learning loop, and the checks of their labels.
+
+:class:`_Data` holds an ``(X, y)`` pair or a map-style Dataset of ``(x, y)``: the labels as the
+oracle (read for the rows asked), a fingerprint of the rows for a resumed run, and the labeled rows
+as a Dataset to train on. The functions beside it turn labels into int64 class indices (refusing
+fractional and negative ones, and those past the model's logits), count a model's logits, stack a
+labeled Dataset into tensors and cast inputs to the model's dtype. :func:`fastal.loop.run`,
+:func:`fastal.loop.fit` and :func:`fastal._loop_train.evaluate` call them, and
+:mod:`fastal.pdcl`'s trainer stacks and casts its labeled set with :func:`_tensors` and
+:func:`as_model_dtype`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from ._torch_state import forked_rng
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+class _Data:
+    """A pool or test set with its labels: ``(X, y)`` arrays/tensors or a Dataset of ``(x, y)``."""
+
+    def __init__(self, data: Any, name: str, task: str) -> None:
+        from torch.utils.data import Dataset
+
+        self.task = task
+        self._all_labels = None
+        if isinstance(data, (tuple, list)) and len(data) == 2:
+            X, y = data
+            self.label_name = f"{name}[1]"
+            self.X = _as_tensor(X, f"{name}[0]", floating=True)
+            self.y = _as_tensor(y, self.label_name, floating=task == "regression")
+            if self.X.shape[0] != self.y.shape[0]:
+                raise ValueError(
+                    f"{name} inputs have {self.X.shape[0]} rows but labels {self.y.shape[0]}"
+                )
+            if task == "classification" and self.y.ndim != 1:
+                raise ValueError(
+                    f"{name} labels must be 1-D class indices, got shape {tuple(self.y.shape)}"
+                )
+            if task == "classification":
+                self.y = _class_labels(self.y, self.label_name)
+            self.dataset = None
+            self.n = int(self.X.shape[0])
+        elif isinstance(data, Dataset) and hasattr(data, "__len__"):
+            self.label_name = f"{name} (a Dataset)"
+            self.dataset, self.X, self.y = data, None, None
+            self.n = len(data)
+        else:
+            raise TypeError(
+                f"{name} must be an (inputs, labels) pair or a map-style Dataset of (x, y), got {type(data).__name__}"
+            )
+        if self.n == 0:
+            raise ValueError(f"{name} is empty")
+
+    @property
+    def inputs(self) -> Any:
+        """What the adapter runs the model over."""
+        return self.X if self.dataset is None else self.dataset
+
+    def all_labels(self) -> Any:
+        """Every row's label, read once (a Dataset's item by item: images may be decoded)."""
+        if self.dataset is None:
+            return self.y
+        if self._all_labels is None:
+            self._all_labels = self.labels(np.arange(self.n))
+        return self._all_labels
+
+    def fingerprint(self) -> str:
+        """A hash of the rows' identity: every label and a strided sample of the inputs (of a
+        Dataset, the labels of 32 spread rows: its inputs may be augmented at random). A resumed
+        run must see the same rows in the same order, or the saved indices name other rows."""
+        import torch
+
+        h = hashlib.blake2b(digest_size=16)
+        h.update(str(self.n).encode())
+        if self.dataset is None:
+            parts = (self.y, self.X[:: max(1, self.n // 1024)])
+        else:
+            spread = np.linspace(0, self.n - 1, min(self.n, 32)).round().astype(np.int64)
+            parts = (self.labels(spread),)
+        for t in parts:
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def labels(self, idx: np.ndarray) -> Any:
+        """The oracle: labels of the rows ``idx`` (a torch tensor)."""
+        import torch
+
+        if self.dataset is None:
+            return self.y[torch.from_numpy(idx)]
+        ys = [torch.as_tensor(self.dataset[int(i)][1]) for i in idx]
+        if self.task == "classification":
+            ys = [_one_label(y, self.label_name) for y in ys]
+        y = torch.stack(ys) if ys else torch.empty(0, dtype=torch.int64)
+        if self.task == "classification":
+            return _class_labels(y, self.label_name)
+        return y.to(torch.get_default_dtype())
+
+    def subset(self, idx: np.ndarray) -> Any:
+        """The rows ``idx`` with their labels, as a Dataset of ``(x, y)``."""
+        import torch
+        from torch.utils.data import Subset, TensorDataset
+
+        if self.dataset is None:
+            t = torch.from_numpy(idx)
+            return TensorDataset(self.X[t], self.y[t])
+        if self.task == "classification":  # labels as int64 class indices, checked as read
+            return Subset(_ClassLabels(self.dataset, self.label_name), idx.tolist())
+        return Subset(self.dataset, idx.tolist())
+
+
+class _ClassLabels:
+    """A Dataset of ``(x, y)`` whose labels come out as int64 class indices (``_class_labels``)."""
+
+    def __init__(self, dataset: Any, name: str) -> None:
+        self.dataset, self.name = dataset, name
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        import torch
+
+        x, y = self.dataset[i]
+        return x, _class_labels(_one_label(torch.as_tensor(y), self.name), self.name)
+
+
+def _as_tensor(a: Any, name: str, *, floating: bool) -> Any:
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+    elif isinstance(a, np.ndarray):
+        arr = np.ascontiguousarray(a)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    else:
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(a).__name__}")
+    numpy_double = t.dtype == torch.float64 and isinstance(a, np.ndarray)
+    if floating and (not t.is_floating_point() or numpy_double):
+        t = t.to(torch.get_default_dtype())
+    if t.ndim == 0:
+        raise ValueError(f"{name} must have a row dimension")
+    return t
+
+
+def _one_label(y: Any, name: str) -> Any:
+    """A Dataset's class label for one row as a 0-d tensor: a scalar, or one value stored with a
+    shape such as (1,) (compared with (n,) predictions, (n, 1) labels would broadcast to n x n)."""
+    if y.numel() != 1:
+        raise ValueError(
+            f"{name} must give one class label per row, got a label of shape {tuple(y.shape)}"
+        )
+    return y.reshape(())
+
+
+def _class_labels(y: Any, name: str) -> Any:
+    """Class labels as int64: integer (or bool) tensors, or floating ones holding whole numbers;
+    anything else, and negative labels, raise an error that names ``name``."""
+    import torch
+
+    if y.is_complex():
+        raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+    if y.is_floating_point():
+        # whole numbers only (exact in float64 below 2**53): never truncate 0.5 to class 0
+        bad = ~torch.isfinite(y) | (y != torch.round(y)) | (y.abs() >= 2**53)
+        if bad.any():
+            raise ValueError(
+                f"{name} must hold integer class indices, got {y.dtype} labels such as "
+                f"{float(y[bad][0])!r}; pass integer labels (floats only if they are whole numbers)"
+            )
+    y = y.to(torch.int64)
+    if y.numel() and bool((y < 0).any()):
+        raise ValueError(f"{name} has negative class labels: e.g. {int(y[y < 0][0])}")
+    return y
+
+
+def _check_classes(y: Any, n_classes: int, name: str) -> None:
+    """Class labels ``y`` (int64) must lie in [0, n_classes): the model's number of logits."""
+    if y.numel() and int(y.max()) >= n_classes:
+        raise ValueError(
+            f"{name} has class labels outside [0, {n_classes}) (the model returns {n_classes} "
+            f"logits): e.g. {int(y.max())}"
+        )
+
+
+def _n_classes(model: Any, data: _Data, idx: np.ndarray) -> int:
+    """The number of logits ``model`` returns, from one pool row (the RNG state is kept). It runs
+    a copy: a lazy module (``nn.LazyLinear``) would otherwise take its weights here, outside the
+    round's seeded training, and a resumed run would draw them elsewhere."""
+    import copy
+
+    import torch
+
+    from .torch import pool_outputs
+
+    rows = data.X[torch.from_numpy(idx[:1])] if data.dataset is None else data.subset(idx[:1])
+    with forked_rng(_param_device(model)):
+        probe = copy.deepcopy(model)
+        logits = pool_outputs(probe, rows, ("logits",), inference_mode=False, progress=False)
+    return int(logits["logits"].shape[1])
+
+
+def _param_device(model: Any) -> Any:
+    for t in model.parameters():
+        return t.device
+    return "cpu"
+
+
+def as_model_dtype(model: Any, X: Any) -> Any:
+    """Floating inputs in the dtype of the model's (first floating) parameters, as the adapter
+    casts them; other inputs (token ids) as they are."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return X.to(dtype) if dtype is not None and X.is_floating_point() else X
+
+
+def _tensors(dataset: Any) -> tuple[Any, Any]:
+    """A Dataset of (x, y) stacked into two tensors (labeled sets are small)."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        return dataset.tensors
+    xs, ys = [], []
+    for x, y in DataLoader(dataset, batch_size=256, shuffle=False):
+        xs.append(x)
+        ys.append(torch.as_tensor(y))
+    return torch.cat(xs), torch.cat(ys)
