@@ -2,300 +2,59 @@
 
 ``fastal demo`` runs an active-learning experiment (the main job); ``fastal select`` (also what a
 bare ``fastal`` runs) picks points to label from pool arrays in ``.npy`` files.
+
+This module holds the two commands, the parser and :func:`main`; :mod:`fastal._cli_io` reads the
+files and checks the options before any work, :mod:`fastal._cli_select` knows the pool arrays, what
+each strategy reads and the pieces of the report.
 """
 
 from __future__ import annotations
 
 import argparse
-import builtins
-import inspect
 import os
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from . import _interop, ops, strategies
-from ._io import check_replaceable, check_writable_folder, save_npy_atomic
+from . import strategies
+from ._cli_io import (
+    _DEMO_FILES,
+    _DIGITS_N_LABELED,
+    _DIGITS_ROWS,
+    _as_input,
+    _check_device,
+    _check_fits,
+    _check_out_file,
+    _check_out_folder,
+    _check_out_not_an_input,
+    _digits_pool,
+    _load_npy,
+    _Stdout,
+)
+from ._cli_select import (
+    _ALTERNATIVES,
+    _OPTION_OF,
+    _OUT_OF_MEMORY,
+    _POOL_ARRAYS,
+    _TORCH_FREE,
+    _covering_radius,
+    _dtype_name,
+    _ignored,
+    _labels_form,
+    _missing,
+    _option_hint,
+    _report_dtype,
+    _rows,
+    _rows_read_line,
+    _strategy_kwargs,
+)
+from ._io import save_npy_atomic
 
 __all__ = ["build_parser", "main", "save_npy_atomic"]
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
-
-
-_NPY_MAGIC = b"\x93NUMPY"
-#: rows of scikit-learn's bundled digits, the default pool of `fastal select`
-_DIGITS_ROWS = 1797
-#: the labeled set drawn at random from the digits when neither --labeled nor --n-labeled is given
-_DIGITS_N_LABELED = 20
-
-
-def _load_npy(path: str, option: str) -> np.ndarray:
-    """The array in the .npy file ``path`` (no pickles), or a ``fastal:`` exit naming ``option``."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(len(_NPY_MAGIC))
-            if magic != _NPY_MAGIC:
-                if magic.startswith(b"PK"):  # np.savez / np.savez_compressed: a zip of .npy files
-                    raise SystemExit(
-                        f"fastal: {option} {path} is an .npz archive; {option} takes a .npy file "
-                        f"holding one array: np.save('x.npy', np.load('{path}')['<name>'])"
-                    )
-                what = "it is empty" if not magic else "it does not start with the .npy header"
-                raise SystemExit(
-                    f"fastal: {option} {path} is not a .npy file ({what}); write it with np.save"
-                )
-            f.seek(0)
-            try:  # mapped, not read: the kernels page a large pool in as they go (copy-on-write:
-                # writable for torch, and the file is never changed)
-                arr = np.load(path, mmap_mode="c", allow_pickle=False)
-            except ValueError:  # what cannot be mapped (empty or object arrays): read, or say why
-                arr = np.load(f, allow_pickle=False)
-    except FileNotFoundError:
-        raise SystemExit(f"fastal: {option} file not found: {path}") from None
-    except (ValueError, EOFError, OSError) as err:  # object arrays, truncated files, folders
-        raise SystemExit(f"fastal: cannot read {option} from {path}: {err}") from None
-    except MemoryError:
-        raise SystemExit(f"fastal: {option} {path} does not fit in memory") from None
-    if arr.dtype.names is not None:
-        raise SystemExit(
-            f"fastal: {option} {path} holds a structured array ({arr.dtype}); save a plain "
-            "numeric array"
-        )
-    return _interop.native_order(arr)  # a file written on a big-endian machine
-
-
-def _digits_pool(seed: int, n_labeled: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits as a pool: pixel features in [0, 1], labels, labeled set."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    X = (digits.data / 16.0).astype(np.float32)
-    labeled = np.random.default_rng(seed).choice(len(X), size=n_labeled, replace=False)
-    return X, digits.target, np.sort(labeled)
-
-
-def _check_out_file(out: str) -> None:
-    """Refuse an ``--out`` file that cannot be written, before any selection runs."""
-    if not out:
-        raise SystemExit("fastal: --out must name a file, got ''")
-    path = Path(out)
-    if path.is_dir() or out.endswith(("/", os.sep)):
-        raise SystemExit(
-            f"fastal: --out {out} is a folder; name a file in it, e.g. {path / 'picks.npy'}"
-        )
-    try:  # a device (/dev/null) or a pipe would be replaced by the atomic rename
-        check_replaceable(path)
-    except OSError as err:
-        raise SystemExit(
-            f"fastal: --out {out}: {err.strerror}; name a file (leave --out out to only print)"
-        ) from None
-    path = Path(os.path.realpath(path))  # a symlink is written through: its target's folder
-    folder = path.parent
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        raise SystemExit(f"fastal: --out {out}: {folder} {what}")
-    try:
-        check_writable_folder(folder)
-    except OSError as err:
-        raise SystemExit(
-            f"fastal: --out {out}: cannot create a file in {folder}: {err.strerror or err}"
-        ) from None
-
-
-def _check_out_folder(out: str, names: tuple[str, ...]) -> Path:
-    """The ``--out`` folder of ``fastal demo``, created and checked writable before the run."""
-    if not out:
-        raise SystemExit("fastal: --out must name a folder, got ''")
-    folder = Path(out)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise SystemExit(f"fastal: --out {out} is a file, not a folder") from None
-    except OSError as err:
-        raise SystemExit(
-            f"fastal: --out {out}: cannot create the folder: {err.strerror or err}"
-        ) from None
-    try:
-        check_writable_folder(folder)
-    except OSError as err:
-        raise SystemExit(
-            f"fastal: --out {out}: cannot create a file in the folder: {err.strerror or err}"
-        ) from None
-    for name in names:
-        if (folder / name).is_dir():
-            raise SystemExit(f"fastal: --out {out}: {folder / name} is a folder, where a file goes")
-    return folder
-
-
-def _check_device(device: str) -> None:
-    """Refuse a ``--device`` torch cannot parse or with no CUDA behind it, before any work."""
-    if device == "cpu":
-        return
-    import torch
-
-    from . import _ext
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise SystemExit(f"fastal: --device must be cpu, cuda or cuda:N, got {device!r}")
-    if dev.type == "cpu":
-        return
-    if not torch.cuda.is_available():
-        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else " built without CUDA")
-        raise SystemExit(
-            f"fastal: --device {device}: torch sees no CUDA device ({build}); use --device cpu"
-        )
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        raise SystemExit(
-            f"fastal: --device {device}: {count} CUDA device{'s' * (count > 1)} visible "
-            f"(cuda:0 to cuda:{count - 1})"
-        )
-    if _ext.cuda is None:
-        raise SystemExit(f"fastal: --device {device}: {_ext.REBUILD_HINT}")
-
-
-def _as_input(X: np.ndarray, dtype: str | None, device: str):
-    """The pool as the kernels should see it: cast and moved on purpose, as asked."""
-    if device == "cpu" and dtype in (None, "float32", "float64", "float16"):
-        return X.astype(dtype or X.dtype, copy=False)
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(X))
-    return t.to(device=device, dtype=getattr(torch, dtype) if dtype else t.dtype)
-
-
-def _report_dtype(X: np.ndarray, selected: str | None) -> np.ndarray:
-    """X for the report's distances, in the precision the selection ran in: float64 when X is
-    float64 or --dtype float64 asked for it (float32 could overflow where the selection did
-    not), else float32 (the 16-bit dtypes widened); no copy when X already is that."""
-    wide = X.dtype == np.float64 or selected == "float64"
-    return X.astype(np.float64 if wide else np.float32, copy=False)
-
-
-def _option_hint(message: str, arrays: dict) -> str:
-    """`` (X is the --embeddings array)`` when a library message names an array by its API name,
-    or the command-line way out of a limit whose remedies are Python arguments."""
-    if "too large for robust_kcenter" in message:
-        return (
-            " (the command line has no --candidates or --max-points: use --strategy coreset, or "
-            "fastal.strategies.RobustKCenter(candidates=..., max_points=...) from Python)"
-        )
-    first = message.split(" ", 1)[0].strip("'\",:")
-    if first == "labeled":
-        return " (the --labeled array)"
-    if first in ("X", "pool", "features") and "features" in arrays:
-        return f" ({first} is the --embeddings array)"
-    options = {key: option for key, option, _ in _POOL_ARRAYS}
-    if first in options and first in arrays and options[first] != f"--{first}":
-        return f" ({first} is the {options[first]} array)"
-    return ""
-
-
-_OUT_OF_MEMORY = (
-    "fastal: out of memory during the selection: try --dtype float16 (half the pool's bytes), a "
-    "smaller pool, or fastal's Python API on a GPU"
-)
-
-
-def _rows_read_line(diag: dict) -> str:
-    """The share of an unpruned run's row reads that the k-center steps made. A pruned run also
-    reads each new centre's distance to the earlier ones, so on data where the test skips little
-    (small, unclustered pools) the share exceeds 100%: say why rather than print it bare."""
-    fraction = diag["rows_read_fraction"]
-    state = "on" if diag["pruned"] else "off"
-    if diag["pruned"] and fraction > 1:
-        state = "on; its centre-to-centre reads outweighed the rows it skipped"
-    return f"  rows read: {100 * fraction:.1f}% of an unpruned run (pruning {state})"
-
-
-def _check_out_not_an_input(out: str, inputs: list[str]) -> None:
-    """Refuse an ``--out`` that would replace one of the input files."""
-    for path in inputs:
-        if os.path.realpath(out) == os.path.realpath(path):
-            raise SystemExit(f"fastal: --out {out} is also an input file; name another file")
-
-
-def _covering_radius(X, centres: np.ndarray) -> float:
-    dist, _ = ops.min_distance(X, X.subset(centres) if hasattr(X, "subset") else X[centres])
-    return float(np.max(np.asarray(dist, dtype=np.float64)))
-
-
-#: pool arrays `fastal select` reads: (key, option, what the array holds)
-_POOL_ARRAYS = (
-    ("features", "--embeddings", "(n, d) embeddings / penultimate features"),
-    ("probs", "--probs", "(n, C) class probabilities"),
-    ("logits", "--logits", "(n, C) logits"),
-    ("mc_probs", "--mc-probs", "(T, n, C) Monte-Carlo dropout probabilities"),
-    ("duals", "--duals", "(m,) dual variables of the labeled rows, in --labeled order (ALLY)"),
-    ("dual_predictions", "--dual-predictions", "(n,) predicted dual variables (ALLY)"),
-    ("labeled_targets", "--labels", "(m,) classes of the labeled rows, in --labeled order"),
-)
-#: the command-line option of each pool array
-_OPTION_OF = {key: option for key, option, _ in _POOL_ARRAYS}
-#: arrays with one row per labeled point, not per pool point
-_LABELED_ARRAYS = ("duals", "labeled_targets", "labeled_logits")
-#: what can stand in for a required array (strategies accept probs or logits alike)
-_ALTERNATIVES = {"features": ("features",), "probs": ("probs", "logits"), "logits": ("logits", "probs"),
-                 "mc_probs": ("mc_probs",), "duals": ("duals", "dual_predictions")}  # fmt: skip
-
-
-def _missing(name: str, requires: tuple[str, ...], given: set[str]) -> list[str]:
-    """Required arrays not given (Sparse Approximation's Bayesian form needs only mc_probs)."""
-    if name == "sparse_approx" and "mc_probs" in given:
-        return []
-    return [r for r in requires if not any(a in given for a in _ALTERNATIVES.get(r, (r,)))]
-
-
-def _ignored(name: str, requires: tuple[str, ...], given: set[str]) -> list[str]:
-    """Pool arrays given that the strategy would not read (refused like --labels: a user who
-    passes an array expects it to count). random reads none but takes its pool size from any."""
-    if not requires:
-        return []
-    if name == "sparse_approx" and "mc_probs" in given:  # the Bayesian form reads nothing else
-        return [a for a in sorted(given) if a != "mc_probs"]
-    read = {a for r in requires for a in _ALTERNATIVES.get(r, (r,))} | {"labeled_targets"}
-    ignored = [a for a in sorted(given) if a not in read]
-    if "duals" in given and "dual_predictions" in given:  # ALLY takes the predictions as given
-        ignored.append("duals")
-    if "probs" in given and "logits" in given:  # Sparse Approximation reads logits, others probs
-        ignored.append("probs" if name == "sparse_approx" else "logits")
-    return ignored
-
-
-def _labels_form(args: argparse.Namespace, arrays: dict) -> str:
-    """Which form of sparse_approx would ignore --labels: " with --mc-probs" or " with --probs"."""
-    if args.strategy != "sparse_approx":
-        return ""
-    return " with --mc-probs" if "mc_probs" in arrays else " with --probs"
-
-
-#: strategies that select from numpy pools without importing torch (tests/test_cli.py checks it)
-_TORCH_FREE = ("random", "coreset", "robust_coreset")
-
-
-def _strategy_kwargs(cls: type, args: argparse.Namespace) -> dict:
-    params = inspect.signature(cls).parameters
-    kwargs = {}
-    if "prune" in params:
-        kwargs["prune"] = not args.no_prune
-    elif args.no_prune:
-        raise SystemExit(f"fastal: strategy {cls.name!r} has no pruning to turn off (--no-prune)")
-    if "progress" in params:
-        kwargs["progress"] = args.progress
-    if args.time_limit is not None:
-        if "time_limit" not in params:
-            raise SystemExit(f"fastal: strategy {cls.name!r} takes no --time-limit")
-        if not args.time_limit > 0:
-            raise SystemExit(f"fastal: --time-limit must be > 0 seconds, got {args.time_limit}")
-        kwargs["time_limit"] = args.time_limit
-    return kwargs
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -491,75 +250,6 @@ def cmd_select(args: argparse.Namespace) -> int:
     if args.out is not None:
         print(f"  wrote {budget} indices to {args.out}")
     return 0
-
-
-#: the largest finite value of each --dtype
-_DTYPE_MAX = {
-    "float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38,
-}  # fmt: skip
-
-
-def _check_fits(a: np.ndarray, dtype: str, option: str) -> None:
-    """Refuse a --dtype cast that would turn finite values into Inf (reported later as if the
-    file held Inf)."""
-    limit = _DTYPE_MAX.get(dtype)
-    if limit is None or not a.size or np.finfo(a.dtype).max <= limit:
-        return
-    largest = float(np.nanmax(np.abs(a)))
-    if np.isfinite(largest) and largest > limit:
-        raise SystemExit(
-            f"fastal: --dtype {dtype} overflows {option}: it holds values up to {largest:.4g}, "
-            f"beyond {dtype}'s {limit:.4g}; scale it or pick a wider --dtype"
-        )
-
-
-def _dtype_name(a) -> str:
-    """The storage dtype's name, numpy's or torch's (bfloat16 goes through torch)."""
-    return a.dtype.name if isinstance(a.dtype, np.dtype) else str(a.dtype).removeprefix("torch.")
-
-
-def _rows(arrays: dict[str, np.ndarray]) -> int:
-    """The pool size all arrays agree on (mc_probs along axis 1)."""
-    sizes = {}
-    for key, a in arrays.items():
-        if key in _LABELED_ARRAYS:
-            continue
-        axis = 1 if key == "mc_probs" else 0
-        option = _OPTION_OF[key]
-        if a.ndim <= axis:
-            raise SystemExit(f"fastal: {option} has shape {a.shape}: no row axis")
-        sizes[option] = a.shape[axis]
-    if not sizes:
-        given = " and ".join(opt for k, opt, _ in _POOL_ARRAYS if k in arrays)
-        raise SystemExit(
-            f"fastal: {given} give one value per labeled row, not the pool: pass the pool too "
-            "(--embeddings, --probs, --logits, ...)"
-        )
-    if len(set(sizes.values())) > 1:
-        rows = ", ".join(f"{option} {size}" for option, size in sizes.items())
-        raise SystemExit(f"fastal: the pool arrays disagree on the number of rows: {rows}")
-    return next(iter(sizes.values()))
-
-
-#: files `fastal demo` writes in its --out folder
-_DEMO_FILES = ("results.csv", "learning_curves.png")
-
-
-class _Stdout:
-    """print, until the reader of stdout leaves (`fastal demo | head`): then the lines are dropped
-    and the run goes on to write its files."""
-
-    def __init__(self) -> None:
-        self.gone = False
-
-    def __call__(self, *values: object) -> None:
-        if self.gone:
-            return
-        try:
-            builtins.print(*values, flush=True)
-        except BrokenPipeError:
-            self.gone = True  # Python would report the pipe again when it flushes at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
