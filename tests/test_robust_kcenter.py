@@ -438,3 +438,6 @@ def test_reductions_are_skipped_when_their_overlaps_are_too_many(monkeypatch, ou
     assert reduced.optimal
     assert unreduced.optimal
     assert unreduced.radius == reduced.radius
+    # the limit took effect: the MIP kept more rows without the dominance reductions
+    last = "last_mip"
+    assert unreduced.diagnostics[last]["reduced_rows"] > reduced.diagnostics[last]["reduced_rows"]
