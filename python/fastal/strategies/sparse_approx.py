@@ -537,9 +537,12 @@ def _bayesian_problem(pool, idx, b):
 
 
 def _tempered_softmax(z: Any, T: float) -> Any:
-    """``softmax(z / T)`` by rows, with the row maximum subtracted before the division: a small
-    ``T`` then sends the other entries to ``-inf`` (probability 0) instead of sending every entry
-    past float64 (inf - inf = NaN)."""
+    """``softmax(z / T)`` by rows. For ``T < 1`` the row maximum comes off before the division: a
+    tiny ``T`` then sends the other entries to ``-inf`` (probability 0) instead of sending every
+    entry past float64 (inf - inf = NaN). ``T >= 1`` divides first (``z / T`` cannot overflow
+    then, while ``z - max`` can for rows spread past float64)."""
     import torch
 
-    return torch.softmax((z - z.amax(1, keepdim=True)) / T, 1)
+    if T < 1:
+        z = z - z.amax(1, keepdim=True)
+    return torch.softmax(z / T, 1)
