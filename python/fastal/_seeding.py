@@ -71,7 +71,7 @@ def _kmeans_pp(
     prune: bool = True,
     stats: dict | None = None,
 ) -> Any:
-    """:func:`kmeans_pp`, its messages naming ``name``.
+    """:func:`fastal.kmeans_pp`, its messages naming ``name``.
 
     ``exclude`` (unique int64 host indices, CPU only, no ``labeled``): rows that are neither
     picked nor centres, as if the seeding ran on the other rows alone (same draws, the indices of
