@@ -139,8 +139,8 @@ def bilevel_select(
     objective ``G`` = summed cross-entropy over *all* ``n`` rows (labels on labeled rows,
     pseudo-labels elsewhere, eq. 3). Each outer step: solve the inner problem (warm-started),
     compute ``A = softmax(Z Wᵀ) - T`` and ``∇G = Aᵀ Z`` in one pass over the pool, ``V = H⁻¹ ∇G``
-    by ``cg_steps`` CG steps (:func:`~fastal.bilevel.inverse_hvp`), score every remaining candidate by
-    ``a_xᵀ V z_x`` (:func:`~fastal.bilevel.candidate_scores`) and add the best (ties to the lowest index).
+    by ``cg_steps`` CG steps (:func:`.inverse_hvp`), score every remaining candidate by
+    ``a_xᵀ V z_x`` (:func:`.candidate_scores`) and add the best (ties to the lowest index).
 
     Random fill (the paper's practice, §3: "90% by Alg. 1, 10% uniformly at random"):
     ``⌊random_fraction · budget⌋`` points are drawn uniformly (seeded) from the unlabeled pool
@@ -173,7 +173,7 @@ def bilevel_select(
     Parameters
     ----------
     Z : array (n, m)
-        Features of every row (labeled and pool), e.g. :func:`~fastal.bilevel.nystrom_features`. float32 or
+        Features of every row (labeled and pool), e.g. :func:`.nystrom_features`. float32 or
         float64; the pool passes run in this dtype, the inner problem and CG in float64.
     targets_labeled : array (|L|,) int or (|L|, C) float, or None
         Labels of the ``labeled`` rows in the order of ``labeled``; None uses their pseudo-labels.
@@ -186,12 +186,13 @@ def bilevel_select(
         λ of eq. 3.
     cg_steps, cg_tol : CG iterations (paper: 30) and relative-residual early stop.
     precondition : bool, default True
-        Block-Jacobi preconditioned CG (see :func:`~fastal.bilevel.inverse_hvp`); False: plain CG, the paper's.
+        Block-Jacobi preconditioned CG (see :func:`.inverse_hvp`); False: plain CG, the paper's.
     random_fraction : float in [0, 1], default 0.1
     per_step : int >= 1, default 1
         Picks per outer step (see above; 1 is the paper's algorithm).
     solver : {"auto", "newton", "adam"}
-        Inner solver. ``"auto"``: Newton-CG (:func:`~fastal.bilevel.solve_inner`) without ``augment``, Adam with it.
+        Inner solver. ``"auto"``: Newton-CG (:func:`.solve_inner`) without ``augment``, Adam with
+        it.
         ``"adam"`` is the paper's: ``inner_iters`` steps (paper: 10³) of batch ``batch_size``
         (paper: 64) at learning rate ``lr`` (not given in the paper), warm-started; the first
         solve starts from zero weights where Alg. 1 draws them at random (seeded runs then do not

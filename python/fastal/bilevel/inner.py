@@ -337,11 +337,12 @@ def solve_inner(
     """Minimise the inner objective (eq. 3) by full-batch Newton-CG in float64.
 
     ``F(W) = Σ_i w_i CE(softmax(W z_i), t_i) + λ |W|²``, ``W`` (C, m), no bias: the paper's
-    ``h_w(x) = σ(wᵀ z_x)`` has none (with :func:`~fastal.bilevel.linear_ntk` the constant is already in the kernel).
+    ``h_w(x) = σ(wᵀ z_x)`` has none (with :func:`.linear_ntk` the constant is already in the
+    kernel).
     ``F`` is strongly convex (λ > 0); Newton-CG (truncated Newton with Eisenstat–Walker forcing,
     an Armijo line search, exact Hessian-vector products and the class-block preconditioner of
-    :func:`~fastal.bilevel.inverse_hvp`) converges globally and quadratically near the optimum. This is the
-    default of :func:`~fastal.bilevel.bilevel_select` without augmentation: the inner set ``labeled ∪ B`` is small
+    :func:`.inverse_hvp`) converges globally and quadratically near the optimum. This is the
+    default of :func:`.bilevel_select` without augmentation: the inner set ``labeled ∪ B`` is small
     and fixed, so a full-batch second-order method with a warm start needs a handful of Newton
     steps per greedy pick (3–4 on average, 15 for the first solve, on bench_bilevel.py's pools),
     where the paper's 10³ Adam steps of batch 64 only

@@ -101,7 +101,7 @@ def inverse_hvp(
     ``H = Σ_i w_i (diag p_i - p_i p_iᵀ) ⊗ z_i z_iᵀ + 2λ I`` over the inner points ``Z``. The row
     space of ``Z`` is invariant under ``H`` and ``H = 2λ I`` on its orthogonal complement, so the
     component of ``G`` outside ``span(Z)`` is divided by 2λ exactly and ``cg_steps`` CG iterations
-    (Hessian-vector products of the inner objective, :func:`~fastal.bilevel.inner_hvp`) run on the rest, in an
+    (Hessian-vector products of the inner objective, :func:`.inner_hvp`) run on the rest, in an
     orthonormal basis of ``span(Z)`` (C · rank(Z) unknowns).
 
     With ``precondition=True`` (the default; an addition to the paper) CG is preconditioned by the
