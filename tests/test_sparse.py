@@ -800,6 +800,18 @@ def test_tiny_temperature_gives_the_one_hot_limit(key, T):
     assert_allclose(to_numpy(sigma), 0, atol=1e-15)  # a one-hot P has no spread
 
 
+def test_large_temperature_divides_before_it_subtracts():
+    """T >= 1 divides first: a row spread past float64 (z - max = -inf) still gets the tempered
+    probabilities, and T = 1 is softmax(z) bit for bit."""
+    from fastal.strategies.sparse_approx import _tempered_softmax
+
+    z = torch.tensor([[1.5e308, -1.5e308, 0.0]], dtype=torch.float64)
+    expected = softmax_ref(np.array([[1.5, -1.5, 0.0]]))
+    assert_allclose(_tempered_softmax(z, 1e308).numpy(), expected, rtol=1e-12)
+    w = torch.randn(5, 4, dtype=torch.float64)
+    assert torch.equal(_tempered_softmax(w, 1.0), torch.softmax(w, 1))
+
+
 @pytest.mark.parametrize("solver", ["greedy", "iht"])
 def test_probs_pool_auto_temperature_fits_on_labeled_logits(solver):
     """temperature="auto" with a probs pool and labeled logits/targets: T fitted on the labeled
