@@ -228,10 +228,9 @@ void register_dtype(py::module_& m, const std::string& tag) {
 }  // namespace
 
 void bind_distances(py::module_& m) {
-  register_dtype<float>(m, "float32");
-  register_dtype<double>(m, "float64");
-  register_dtype<Half>(m, "float16");
-  register_dtype<BFloat16>(m, "bfloat16");
+  for_each_storage([&](auto storage, const char* tag) {
+    register_dtype<typename decltype(storage)::type>(m, tag);
+  });
   m.def(
       "indexed_distances_float64",
       [](const Buf<double>& X, const Buf<int64_t>& rows, const Buf<int64_t>& cols,

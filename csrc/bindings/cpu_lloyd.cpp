@@ -113,14 +113,11 @@ void register_lloyd_bounded(py::module_& m, const std::string& tag) {
 }  // namespace
 
 void bind_lloyd(py::module_& m) {
-  register_lloyd<float>(m, "float32");
-  register_lloyd<double>(m, "float64");
-  register_lloyd<Half>(m, "float16");
-  register_lloyd<BFloat16>(m, "bfloat16");
-  register_lloyd_bounded<float>(m, "float32");
-  register_lloyd_bounded<double>(m, "float64");
-  register_lloyd_bounded<Half>(m, "float16");
-  register_lloyd_bounded<BFloat16>(m, "bfloat16");
+  for_each_storage([&](auto storage, const char* tag) {
+    using S = typename decltype(storage)::type;
+    register_lloyd<S>(m, tag);
+    register_lloyd_bounded<S>(m, tag);
+  });
 }
 
 }  // namespace fastal::bindings

@@ -142,10 +142,9 @@ void register_factored_products(py::module_& m, const std::string& tag) {
 void bind_sparse(py::module_& m) {
   register_topb<float>(m, "float32");
   register_topb<double>(m, "float64");
-  register_factored_products<float>(m, "float32");
-  register_factored_products<double>(m, "float64");
-  register_factored_products<Half>(m, "float16");
-  register_factored_products<BFloat16>(m, "bfloat16");
+  for_each_storage([&](auto storage, const char* tag) {
+    register_factored_products<typename decltype(storage)::type>(m, tag);
+  });
   m.def(
       "iht_threshold_fused_float32",
       [](const Buf<float>& s, const Buf<float>& sigma, int64_t b, double alpha, bool exact,

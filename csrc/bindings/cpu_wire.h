@@ -122,6 +122,17 @@ KCenterState<Rows> make_state(const Rows& rows, Buf<AccOfRows<Rows>>& mind, Buf<
   return s;
 }
 
+// Calls f(Storage<T>{}, "name") for each storage type of the kernels, float64 included: the
+// per-dtype registrations of the binding files (float16 / bfloat16 cross as uint16, see Wire).
+template <typename T> struct Storage { using type = T; };
+template <typename F>
+void for_each_storage(F&& f) {
+  f(Storage<float>{}, "float32");
+  f(Storage<double>{}, "float64");
+  f(Storage<Half>{}, "float16");
+  f(Storage<BFloat16>{}, "bfloat16");
+}
+
 void bind_distances(py::module_& m);  // cpu_distances.cpp: distances, k-center, k-means++
 void bind_sparse(py::module_& m);     // cpu_sparse.cpp: IHT top-b, factored products
 void bind_lloyd(py::module_& m);      // cpu_lloyd.cpp: Lloyd steps (fused, bounded)
