@@ -598,6 +598,20 @@ def test_bad_inputs():
     assert get("bilevel") is BilevelCoreset
 
 
+@pytest.mark.parametrize("fn", [bl.inner_hvp, bl.inverse_hvp])
+def test_weights_are_checked_by_name(fn):
+    """inner_hvp and inverse_hvp refuse weights of the wrong shape or with NaN, naming W."""
+    Z, V = np.ones((5, 3)), np.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"W must have shape \(C, 3\), got \(2, 4\)"):
+        fn(Z, np.zeros((2, 4)), V)
+    with pytest.raises(ValueError, match=r"W must have shape \(C, 3\), got \(3,\)"):
+        fn(Z, np.zeros(3), V)
+    bad = np.zeros((2, 3))
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="W contains NaN or Inf"):
+        fn(Z, bad, V)
+
+
 # ---------------------------------------------------------------------------------------------
 # (h) through a torch model
 

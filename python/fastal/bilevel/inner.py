@@ -89,6 +89,15 @@ def _matrix64(x: Any, name: str, shape: tuple[int, ...], device: Any) -> Any:
     return t
 
 
+def _weights64(W: Any, zt: Any) -> Any:
+    """The weights ``W`` (C, m) for features ``zt`` (s, m): a finite float64 tensor on their
+    device; errors name ``W``."""
+    Wt = _tensor(W, "W")[0]
+    if Wt.ndim != 2 or Wt.shape[1] != zt.shape[1]:
+        raise ValueError(f"W must have shape (C, {zt.shape[1]}), got {tuple(Wt.shape)}")
+    return _matrix64(Wt, "W", tuple(Wt.shape), zt.device)
+
+
 def inner_objective(
     Z: Any, targets: Any, W: Any, *, reg: float = 1e-4, sample_weight: Any = None
 ) -> float:
@@ -126,10 +135,7 @@ def inner_hvp(Z: Any, W: Any, V: Any, *, reg: float = 1e-4, sample_weight: Any =
     torch = _torch()
     reg = _number(reg, "reg", positive=True)
     zt, _, wt, info = _float64_inputs(Z, None, sample_weight)
-    Wt = _tensor(W, "W")[0]
-    if Wt.ndim != 2 or Wt.shape[1] != zt.shape[1]:
-        raise ValueError(f"W must have shape (C, {zt.shape[1]}), got {tuple(Wt.shape)}")
-    Wt = _matrix64(Wt, "W", tuple(Wt.shape), zt.device)
+    Wt = _weights64(W, zt)
     Vt = _matrix64(V, "V", tuple(Wt.shape), zt.device)
     P = torch.softmax(zt @ Wt.T, dim=1)
     return from_torch(_hvp(P, zt, wt, reg, Vt), info)

@@ -19,7 +19,13 @@ from ._common import (
     _tensor,
     _torch,
 )
-from .inner import _class_block_preconditioner, _float64_inputs, _matrix64, _solve_hessian
+from .inner import (
+    _class_block_preconditioner,
+    _float64_inputs,
+    _matrix64,
+    _solve_hessian,
+    _weights64,
+)
 
 
 class _Span:
@@ -132,10 +138,7 @@ def inverse_hvp(
     tol = _number(tol, "tol", minimum=0.0)
     precondition = check_bool(precondition, "precondition")
     zt, _, wt, info = _float64_inputs(Z, None, sample_weight)
-    Wt = _tensor(W, "W")[0]
-    if Wt.ndim != 2 or Wt.shape[1] != zt.shape[1]:
-        raise ValueError(f"W must have shape (C, {zt.shape[1]}), got {tuple(Wt.shape)}")
-    Wt = _matrix64(Wt, "W", tuple(Wt.shape), zt.device)
+    Wt = _weights64(W, zt)
     Gt = _matrix64(G, "G", tuple(Wt.shape), zt.device)
     span = _Span(zt.shape[1], zt.device)
     span.add(zt)
