@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _ext, _interop
+from . import _ext, _interop, _lloyd
 from ._blas import _gemm_backend
-from ._lloyd import _GEMM_MIN_K
 from .ops import _ACC, _torch_cpu_info
 
 #: bytes of per-thread float64 sums the fused CPU Lloyd steps may keep before they add the rows
@@ -30,7 +29,7 @@ def _fused_lloyd(info, k: int) -> Any:
     """The fused CPU Lloyd step for this input, or None (CUDA, small k, no BLAS). 16-bit rows are
     widened to float32 (``_ACC``) in the kernel: the step is that of the float32 copy, bit for
     bit."""
-    if info.device != "cpu" or info.dtype not in _ACC or k < _GEMM_MIN_K:
+    if info.device != "cpu" or info.dtype not in _ACC or k < _lloyd._GEMM_MIN_K:
         return None
     gemm, threads_local = _gemm_backend(_ACC[info.dtype])
     if not gemm:

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _ext, _interop
-from ._lloyd import _TILE, _overflow
+from . import _ext, _interop, _lloyd
+from ._lloyd import _overflow
 from ._validate import check_budget, check_indices, check_matrix, make_rng
 from .gradients import GradientEmbedding, as_torch
 from .ops import (
@@ -47,9 +47,10 @@ def _first_by_norm(X: Any, info, exclude: Any = None) -> int:
         t = as_torch(X, info)
         # in float64: float32 squares of rows near 2e19 overflow to inf, and the first inf won
         sq = t.new_empty(t.shape[0], dtype=torch.float64)
-        for s in range(0, t.shape[0], _TILE):
-            c = t[s : s + _TILE].to(torch.float64)
-            sq[s : s + _TILE] = (c * c).sum(1)
+        tile = _lloyd._TILE
+        for s in range(0, t.shape[0], tile):
+            c = t[s : s + tile].to(torch.float64)
+            sq[s : s + tile] = (c * c).sum(1)
     if exclude is not None and exclude.size:
         import torch
 

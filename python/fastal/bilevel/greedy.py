@@ -20,9 +20,8 @@ from .._validate import (
     check_positive_int,
     make_rng,
 )
+from . import _common
 from ._common import (
-    _NEWTON_FLOOR,
-    _SMALL_WORK,
     _all_finite,
     _check_probs,
     _tensor,
@@ -376,7 +375,7 @@ def bilevel_select(
             w_S = torch.ones(S.size, dtype=torch.float64, device=dev)
             if use_adam:
                 if S.size:
-                    with one_thread_if_small(dev, batch_size * m * max(C, m), _SMALL_WORK):
+                    with one_thread_if_small(dev, batch_size * m * max(C, m), _common._SMALL_WORK):
                         W_full = _adam(
                             W_full, lambda r, S_t=S_t: inner_batch(r, S_t), S.size, reg,
                             iters=inner_iters, lr=lr, rng=rng,
@@ -388,10 +387,10 @@ def bilevel_select(
                 W = W_full
                 Minv_S = None
             else:
-                with one_thread_if_small(dev, S.size * span.Q.shape[1] * C, _SMALL_WORK):
+                with one_thread_if_small(dev, S.size * span.Q.shape[1] * C, _common._SMALL_WORK):
                     U, info = _newton(
-                        span.X, T_S, w_S, reg, U, tol=_NEWTON_FLOOR, max_iter=100, cg_max=250,
-                        w_rtol=inner_tol,
+                        span.X, T_S, w_S, reg, U, tol=_common._NEWTON_FLOOR, max_iter=100,
+                        cg_max=250, w_rtol=inner_tol,
                     )  # fmt: skip
                 P_S, Minv_S = info["P"], info["precond"]
                 diag["inner_loss"].append(info["loss"])
@@ -400,18 +399,18 @@ def bilevel_select(
                 W = U @ span.Q.T
             t1 = time.perf_counter()
             # upper gradient over labeled ∪ pool, one pass
-            with one_thread_if_small(dev, n * m * C, _SMALL_WORK):
+            with one_thread_if_small(dev, n * m * C, _common._SMALL_WORK):
                 A, G, upper = _upper_pass(zt, W, T)
             diag["upper_loss"].append(upper)
             t2 = time.perf_counter()
-            with one_thread_if_small(dev, S.size * span.Q.shape[1] * C, _SMALL_WORK):
+            with one_thread_if_small(dev, S.size * span.Q.shape[1] * C, _common._SMALL_WORK):
                 V, res, it = _inverse_hvp_reduced(
                     span, P_S, w_S, G, reg, int(cg_steps), cg_tol, precondition, Minv_S
                 )
             diag["cg_residual"].append(res)
             diag["cg_iters"].append(it)
             t3 = time.perf_counter()
-            with one_thread_if_small(dev, n * m * C, _SMALL_WORK):
+            with one_thread_if_small(dev, n * m * C, _common._SMALL_WORK):
                 scores = candidate_scores(zt, A, V)
             scores_np = _interop.host_numpy(scores).astype(np.float64)
             del A, scores  # else they live on while the next step's pass allocates new ones

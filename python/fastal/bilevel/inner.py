@@ -16,9 +16,8 @@ from .._validate import (
     check_positive_int,
 )
 from ..gradients import from_torch
+from . import _common
 from ._common import (
-    _NEWTON_FLOOR,
-    _SMALL_WORK,
     _check_probs,
     _tensor,
     _torch,
@@ -398,9 +397,9 @@ def solve_inner(
     U0 = torch.zeros((C, zt.shape[1]), dtype=torch.float64, device=zt.device)
     if W0 is not None:
         U0 = _matrix64(W0, "W0", (C, zt.shape[1]), zt.device)
-    with one_thread_if_small(zt.device, zt.shape[0] * zt.shape[1] * C, _SMALL_WORK):
+    with one_thread_if_small(zt.device, zt.shape[0] * zt.shape[1] * C, _common._SMALL_WORK):
         U, out = _newton(
-            zt, tt, wt, reg, U0, tol=_NEWTON_FLOOR, max_iter=max_iter,
+            zt, tt, wt, reg, U0, tol=_common._NEWTON_FLOOR, max_iter=max_iter,
             cg_max=max(250, 2 * C * zt.shape[1]), w_rtol=tol,
         )  # fmt: skip
     out.pop("P")

@@ -16,8 +16,8 @@ from .._validate import (
     check_positive_int,
 )
 from ..gradients import from_torch
+from . import _common
 from ._common import (
-    _SMALL_WORK,
     Kernel,
     _float_tensor,
     _rows_per_chunk,
@@ -252,7 +252,7 @@ class Nystrom:
             ua = torch.cat([u64, torch.ones_like(u64[:, :1])], 1)
             if not bool(torch.isfinite(ua).all()):
                 raise ValueError("the kernel returned NaN or Inf on the landmarks")
-            with one_thread_if_small(ut.device, m * ua.shape[1] ** 2, _SMALL_WORK):
+            with one_thread_if_small(ut.device, m * ua.shape[1] ** 2, _common._SMALL_WORK):
                 evecs, sv, wt = torch.linalg.svd(ua, full_matrices=False)
             if not bool(torch.isfinite(sv).all()):
                 raise ValueError("the kernel returned NaN or Inf on the landmarks")
@@ -268,7 +268,7 @@ class Nystrom:
             K = _call_kernel(kernel, u64, u64)
             if not bool(torch.isfinite(K).all()):
                 raise ValueError("the kernel returned NaN or Inf on the landmarks")
-            with one_thread_if_small(ut.device, m**3, _SMALL_WORK):
+            with one_thread_if_small(ut.device, m**3, _common._SMALL_WORK):
                 evals, evecs = torch.linalg.eigh((K + K.T) / 2)
         top = float(evals[-1]) if evals.numel() else 0.0
         if top <= 0:
@@ -315,7 +315,7 @@ class Nystrom:
         linear = None
         if self._linear is not None and X.ndim == 2 and X.shape[1] == U.shape[1]:
             linear = tuple(w.to(X.device, dtype) for w in self._linear)
-        with one_thread_if_small(X.device, min(n, step) * U.shape[0] * width, _SMALL_WORK):
+        with one_thread_if_small(X.device, min(n, step) * U.shape[0] * width, _common._SMALL_WORK):
             for s in range(0, n, step):
                 rows = X[s : s + step].to(dtype)
                 if linear is not None:

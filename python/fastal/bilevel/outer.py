@@ -13,8 +13,8 @@ from .._validate import (
     check_positive_int,
 )
 from ..gradients import from_torch
+from . import _common
 from ._common import (
-    _SMALL_WORK,
     _rows_per_chunk,
     _tensor,
     _torch,
@@ -143,7 +143,8 @@ def inverse_hvp(
     span = _Span(zt.shape[1], zt.device)
     span.add(zt)
     P = torch.softmax(zt @ Wt.T, dim=1)
-    with one_thread_if_small(zt.device, zt.shape[0] * zt.shape[1] * Gt.shape[0], _SMALL_WORK):
+    work = zt.shape[0] * zt.shape[1] * Gt.shape[0]
+    with one_thread_if_small(zt.device, work, _common._SMALL_WORK):
         V, res, it = _inverse_hvp_reduced(span, P, wt, Gt, reg, cg_steps, tol, precondition)
     return from_torch(V, info), {"residual": res, "iters": it}
 
