@@ -1,8 +1,6 @@
-"""Sparse Approximation (Shen et al.): the top-b kernel, temperature scaling and the SparseApprox
-strategy against the float64 references of :mod:`reference`.
+"""Sparse Approximation (Shen et al.): the SparseApprox strategy against the float64 references
+of :mod:`reference`.
 
-- ``fastal.iht_threshold``: exact against :func:`reference.iht_threshold_ref` (ties to the lowest
-  index), for every backend and dtype; errors name the argument.
 - The problem (eq. 15): the factored ``Φ`` (eq. 14) and the Bayesian ``Φ`` (eq. 13) against the
   materialised references, through the internal problem builders and through end results: the
   selection, weights and objective trace of ``SparseApprox`` equal :func:`reference.greedy_ref` /
@@ -11,40 +9,26 @@ strategy against the float64 references of :mod:`reference`.
   De-bias weights replaces a worse solver result, mirrored by :func:`reference.safeguard_ref`.
 - Tiny problems: the gap to :func:`reference.exhaustive_ref` is printed (``pytest -s``); per
   instance and per solver, f is no worse than the top-b sigma set with the same weight rule.
-- The probs form: a temperature applies as softmax(log p / T); P = p warns.
-- ``fastal.fit_temperature`` recovers a planted temperature and agrees with
-  :func:`reference.fit_temperature_ref`.
+
+The top-b kernel is tested in ``test_iht_threshold.py``, the label temperature in
+``test_sparse_temperature.py``, bad and extreme input in ``test_sparse_inputs.py``.
 """
 
 from __future__ import annotations
-
-import itertools
-import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
 from conftest import (
-    CPU_BACKENDS,
-    assert_indices_like,
-    backend_dtype_params,
-    backend_of,
-    dtype_of,
-    to_backend,
     to_numpy,
-    upcast,
 )
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import (
     debias_ref,
     exhaustive_ref,
     f1_ref,
-    fit_temperature_ref,
     greedy_ref,
     iht_ref,
-    iht_score_ref,
-    iht_threshold_ref,
     line_search_ref,
     mc_losses_ref,
     objective_ref,
@@ -54,7 +38,6 @@ from reference import (
     sparse_problem_bayesian_ref,
     sparse_problem_factored_ref,
     support_objective_ref,
-    temperature_nll_ref,
     top_scores_ref,
     top_sigma_candidate_ref,
     unlabeled_rows,
@@ -65,7 +48,6 @@ import fastal.strategies
 
 SparseApprox = fastal.strategies.get("sparse_approx")
 
-THRESHOLD_PARAMS = backend_dtype_params(dtypes=("float64", "float32"))
 
 #: (form, solver) -> (alpha, beta): the spec's defaults (paper Tables 4-5)
 DEFAULTS = {
@@ -75,11 +57,15 @@ DEFAULTS = {
     ("bayesian", "greedy"): (2.0, 0.5),
 }
 
+
 #: the UserWarning of a label distribution P equal to the predictions p (Φ = 0: top-b sigma)
 P_IS_P = "label distribution P equals the predictions p"
 
+
 #: float64 end-to-end comparisons: same algorithm, different summation order
 W_RTOL, W_ATOL = 1e-8, 1e-11
+
+
 F_RTOL = 1e-9
 
 
@@ -198,285 +184,6 @@ def assert_same_solution(sel, rows, expected, Phi, v, sigma, alpha, beta) -> Non
     S_got = np.searchsorted(rows, idx)
     f_last = objective_ref(Phi, v, sigma, alpha, beta, got_w, S_got)
     assert_allclose(got_f[-1], f_last, rtol=F_RTOL, atol=1e-13)
-
-
-# ---------------------------------------------------------------------------------------------
-# iht_threshold: the top-b kernel
-
-
-def threshold(s, sigma, b, alpha, rule="paper"):
-    support, w = fastal.iht_threshold(s, sigma, b, alpha, rule=rule)
-    return support, w
-
-
-def test_iht_threshold_hand_worked():
-    # score = ½[-s]₊² - alpha sigma²; with alpha = 0: (0, ½, 0, 0) -> ties among 0, 2, 3 go to
-    # the lowest index
-    s = np.array([3.0, -1.0, 0.5, 2.0])
-    support, w = threshold(s, np.zeros(4), 2, 0.0)
-    assert_array_equal(support, [0, 2])
-    assert_array_equal(w, [3.0, 0.0, 0.5, 0.0])
-    # alpha = 1, sigma = (0, 2, 1, 0): scores (0, ½ - 4, -1, 0) = (0, -3.5, -1, 0) -> 1, 2, 0
-    support, w = threshold(s, np.array([0.0, 2.0, 1.0, 0.0]), 3, 1.0)
-    assert_array_equal(support, [1, 2, 0])
-    assert_array_equal(w, [3.0, 0.0, 0.5, 0.0])  # the selected negative entry gets [s]₊ = 0
-
-
-def test_iht_threshold_exact_rule_hand_worked():
-    # exact scores -½[s]₊²: (-4.5, 0, -0.125, -2) -> 0, 3; ½|w - s|² = ½ (1 + 0.25) = 0.625, where
-    # the paper's pick {0, 2} leaves ½ (1 + 4) = 2.5
-    s = np.array([3.0, -1.0, 0.5, 2.0])
-    support, w = threshold(s, np.zeros(4), 2, 0.0, "exact")
-    assert_array_equal(support, [0, 3])
-    assert_array_equal(w, [3.0, 0.0, 0.0, 2.0])
-    # sigma counts only where w_j > 0: row 1 (s < 0) scores 0 whatever its sigma
-    support, _ = threshold(s, np.array([0.0, 5.0, 2.0, 0.0]), 2, 1.0, "exact")
-    assert_array_equal(support, [0, 2])  # scores (-4.5, 0, -0.125 - 4, -2)
-
-
-def prox_objective(w, s, sigma, alpha):
-    """½|w - s|² - α Σ_{w_j > 0} σ_j²: what the proximal step minimises."""
-    return 0.5 * float(((w - s) ** 2).sum()) - alpha * float((sigma[w > 0] ** 2).sum())
-
-
-@pytest.mark.parametrize("seed", range(40))
-def test_iht_threshold_exact_rule_is_the_proximal_minimiser(seed):
-    """Against every support of size b with w = [s]₊ on it (the best w for that support): the
-    exact rule reaches the minimum; the paper's rule is never below it."""
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(2, 9))
-    b = int(rng.integers(1, n + 1))
-    s = rng.normal(size=n) * rng.choice([0.1, 1.0, 3.0])
-    sigma = np.abs(rng.normal(size=n))
-    alpha = float(rng.choice([0.0, 0.05, 0.5, 2.0]))
-    best = min(
-        prox_objective(_w_of(list(S), s), s, sigma, alpha)
-        for S in itertools.combinations(range(n), b)
-    )
-    _, w = threshold(s, sigma, b, alpha, "exact")
-    assert prox_objective(w, s, sigma, alpha) == pytest.approx(best, rel=1e-12, abs=1e-12)
-    _, w_paper = threshold(s, sigma, b, alpha, "paper")
-    assert prox_objective(w_paper, s, sigma, alpha) >= best - 1e-12
-
-
-def test_iht_threshold_paper_rule_can_miss_the_minimiser():
-    """Why the exact rule exists: with every s_j > 0 the paper's scores all equal -α σ_j²."""
-    s, sigma = np.array([0.1, 0.2, 5.0]), np.zeros(3)
-    support, w = threshold(s, sigma, 1, 0.0)
-    assert_array_equal(support, [0])
-    _, w_exact = threshold(s, sigma, 1, 0.0, "exact")
-    assert prox_objective(w, s, sigma, 0.0) > prox_objective(w_exact, s, sigma, 0.0)
-
-
-def test_iht_threshold_nan_scores_are_an_error_not_a_crash():
-    """Finite float64 inputs whose paper score is inf - inf: a ValueError, and the kernel called
-    directly (as the solvers do) rejects NaN inputs rather than reading out of bounds."""
-    with pytest.raises(ValueError, match="NaN at index 0"):
-        fastal.iht_threshold(np.full(4, -1e200), np.full(4, 1e200), 2, 1.0)
-    s, sigma = np.linspace(-1, 1, 100_001), np.ones(100_001)
-    s[70_000] = np.nan
-    for exact in (False, True):
-        with pytest.raises(ValueError, match="NaN at index 70000"):
-            fastal._ext.cpu.iht_threshold_float64(s, sigma, 5, 0.5, exact=exact)
-    # the exact rule subtracts both terms: no inf - inf
-    support, _ = fastal.iht_threshold(np.full(4, 1e200), np.full(4, 1e200), 2, 1.0, rule="exact")
-    assert_array_equal(support, [0, 1])
-
-
-@pytest.mark.parametrize("rule", ["paper", "exact"])
-def test_iht_threshold_alpha_zero_ignores_sigma_past_float64_squares(rule):
-    """alpha = 0 drops the sigma term, so a finite sigma whose square overflows float64 changes
-    nothing (0 * inf would be NaN); a NaN sigma passed to the kernel directly is still refused."""
-    s = np.array([-1.0, 2.0, -3.0, 0.5])
-    support, w = fastal.iht_threshold(s, np.array([1e200, 0.0, 1.0, 1e300]), 2, 0.0, rule=rule)
-    ref_support, ref_w = iht_threshold_ref(s, np.array([1e200, 0.0, 1.0, 1e300]), 2, 0.0, rule)
-    assert_array_equal(support, ref_support)
-    assert_array_equal(w, ref_w)
-    sigma = np.zeros(4)
-    sigma[1] = np.nan
-    with pytest.raises(ValueError, match="NaN at index 1"):
-        fastal._ext.cpu.iht_threshold_float64(s, sigma, 2, 0.0, exact=rule == "exact")
-
-
-THRESHOLD_SIZES = [
-    (1, 0),
-    (1, 1),
-    (2, 1),
-    (7, 0),
-    (7, 3),
-    (7, 7),
-    (50, 10),
-    (333, 1),
-    (1000, 999),
-    (4096, 100),
-]
-
-
-@pytest.mark.parametrize("rule", ["paper", "exact"])
-@pytest.mark.parametrize("alpha", [0.0, 0.3, 10.0])
-@pytest.mark.parametrize(("backend", "dtype"), THRESHOLD_PARAMS)
-@pytest.mark.parametrize(
-    ("n", "b"), THRESHOLD_SIZES, ids=[f"n{n}-b{b}" for n, b in THRESHOLD_SIZES]
-)
-def test_iht_threshold_matches_reference(n, b, backend, dtype, alpha, rule):
-    """Random s of both signs: exact in float64; in float32 the reference sees the stored values
-    and the selection may part from it only at a float32 near-tie of the scores."""
-    rng = np.random.default_rng(n * 7 + b)
-    s = to_backend(rng.normal(size=n), backend, dtype)
-    sigma = to_backend(np.abs(rng.normal(size=n)) * 0.5, backend, dtype)
-    support, w = threshold(s, sigma, b, alpha, rule)
-    assert_indices_like(support, s, b)
-    assert backend_of(w) == backend_of(s)
-    assert dtype_of(w) == dtype
-    assert tuple(w.shape) == (n,)
-    s64, g64 = upcast(s), upcast(sigma)
-    ref_support, ref_w = iht_threshold_ref(s64, g64, b, alpha, rule)
-    got = to_numpy(support)
-    if dtype == "float64":
-        assert_array_equal(got, ref_support)
-    else:
-        assert_topb_valid(got, s64, g64, b, alpha, rtol=1e-6, rule=rule)
-    assert_array_equal(upcast(w), _w_of(got, s64))
-    if dtype == "float64":
-        assert_array_equal(upcast(w), ref_w)
-
-
-def _score(s, sigma, alpha, rule="paper"):
-    return iht_score_ref(s, sigma, alpha, rule)
-
-
-def _w_of(support, s64):
-    w = np.zeros_like(s64)
-    w[support] = np.maximum(s64[support], 0.0)
-    return w
-
-
-def assert_topb_valid(support, s64, g64, b, alpha, rtol, rule="paper"):
-    """``support`` is b distinct indices holding the b smallest scores, in ascending score order,
-    up to ``rtol`` of the score scale; where the float64 boundary is clear it is the reference's."""
-    score = _score(s64, g64, alpha, rule)
-    scale = max(1.0, float(np.abs(score).max()))
-    assert np.unique(support).size == b
-    if b == 0:
-        return
-    chosen = score[support]
-    assert (np.diff(chosen) >= -rtol * scale).all(), "support not in ascending score order"
-    rest = np.delete(score, support)
-    if rest.size:
-        assert chosen.max() <= rest.min() + rtol * scale
-    ref, _ = iht_threshold_ref(s64, g64, b, alpha, rule)
-    srt = np.sort(score)
-    if b < srt.size and srt[b] - srt[b - 1] > 2 * rtol * scale:
-        assert set(support.tolist()) == set(ref.tolist())
-
-
-@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 2.0])
-@pytest.mark.parametrize(("backend", "dtype"), THRESHOLD_PARAMS)
-def test_iht_threshold_ties_to_the_lowest_index(backend, dtype, alpha):
-    """Small integers: scores exact in every dtype, with many real ties (repeated s and sigma);
-    the order is (score, index) for every b, in float32 as in float64."""
-    rng = np.random.default_rng(int(alpha * 10))
-    n = 64
-    s = rng.integers(-3, 4, size=n).astype(np.float64)
-    sigma = rng.integers(0, 3, size=n).astype(np.float64)
-    sb, gb = to_backend(s, backend, dtype), to_backend(sigma, backend, dtype)
-    for b in (0, 1, 5, 17, 40, 63, 64):
-        support, w = threshold(sb, gb, b, alpha)
-        ref_support, ref_w = iht_threshold_ref(s, sigma, b, alpha)
-        assert_array_equal(to_numpy(support), ref_support)
-        assert_array_equal(upcast(w), ref_w)
-
-
-def test_iht_threshold_all_equal_scores_take_the_first_b():
-    s = np.full(10, 2.0)  # every score -alpha sigma² = -1
-    support, w = threshold(s, np.ones(10), 4, 1.0)
-    assert_array_equal(support, [0, 1, 2, 3])
-    assert_array_equal(w, [2.0] * 4 + [0.0] * 6)
-
-
-def test_iht_threshold_torch_inputs_give_torch_outputs():
-    rng = np.random.default_rng(3)
-    s, sigma = rng.normal(size=30), rng.random(30)
-    support, w = threshold(torch.from_numpy(s), torch.from_numpy(sigma), 6, 0.2)
-    assert isinstance(support, torch.Tensor)
-    assert isinstance(w, torch.Tensor)
-    assert support.dtype == torch.int64
-    assert w.dtype == torch.float64
-    ref_support, ref_w = iht_threshold_ref(s, sigma, 6, 0.2)
-    assert_array_equal(support.numpy(), ref_support)
-    assert_array_equal(w.numpy(), ref_w)
-    # numpy and torch agree bit for bit
-    np_support, np_w = threshold(s, sigma, 6, 0.2)
-    assert_array_equal(np_support, support.numpy())
-    assert_array_equal(np_w, w.numpy())
-
-
-@pytest.mark.parametrize("rule", ["paper", "exact"])
-def test_torch_fallback_of_the_cuda_step_equals_the_kernel(rule):
-    """``_sparse_cuda._iht_threshold_torch`` (a CUDA build without the kernel) forms the same float64
-    scores with the same roundings: run on CPU tensors, it matches the C++ kernel bit for bit."""
-    from fastal import _interop
-    from fastal._sparse_cuda import _iht_threshold_torch
-
-    s, sigma = tied_or_normal_float32(5000)
-    info = _interop.describe(torch.from_numpy(s), "s")
-    for b in (0, 1, 700, 5000):
-        support, w = _iht_threshold_torch(
-            torch.from_numpy(s), torch.from_numpy(sigma), b, 0.5, info, exact=rule == "exact"
-        )
-        ref_support, ref_w = fastal._ext.cpu.iht_threshold_float32(
-            s, sigma, b, 0.5, exact=rule == "exact"
-        )
-        assert_array_equal(to_numpy(support), ref_support)
-        assert_array_equal(to_numpy(w).view(np.uint32), ref_w.view(np.uint32))
-
-
-def tied_or_normal_float32(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Half the rows from a few values (ties), half Gaussian; float32."""
-    rng = np.random.default_rng(n)
-    s = np.where(rng.random(n) < 0.5, rng.integers(-4, 5, n) * 0.25, rng.normal(size=n))
-    sigma = np.where(rng.random(n) < 0.5, rng.integers(0, 3, n) * 0.5, np.abs(rng.normal(size=n)))
-    return s.astype(np.float32), sigma.astype(np.float32)
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_iht_threshold_rejects_non_finite(backend, bad):
-    s, sigma = np.linspace(-1, 1, 8), np.ones(8)
-    s_bad, sigma_bad = s.copy(), sigma.copy()
-    s_bad[3] = bad
-    sigma_bad[5] = bad
-    with pytest.raises(ValueError, match=r"^s\b"):
-        fastal.iht_threshold(to_backend(s_bad, backend), to_backend(sigma, backend), 2, 0.1)
-    with pytest.raises(ValueError, match=r"^sigma\b"):
-        fastal.iht_threshold(to_backend(s, backend), to_backend(sigma_bad, backend), 2, 0.1)
-
-
-def test_iht_threshold_rejects_bad_arguments():
-    s, sigma = np.linspace(-1, 1, 8), np.ones(8)
-    with pytest.raises(ValueError, match="rule"):
-        fastal.iht_threshold(s, sigma, 2, 0.1, rule="Exact")
-    for b in (-1, 9):
-        with pytest.raises(ValueError, match=r"\bb\b"):
-            fastal.iht_threshold(s, sigma, b, 0.1)
-    for b in (2.5, "3", None, True):
-        with pytest.raises(TypeError, match=r"\bb\b"):
-            fastal.iht_threshold(s, sigma, b, 0.1)
-    for alpha in (-1.0, np.nan, np.inf):
-        with pytest.raises(ValueError, match="alpha"):
-            fastal.iht_threshold(s, sigma, 2, alpha)
-    with pytest.raises(ValueError, match="sigma"):  # shape mismatch
-        fastal.iht_threshold(s, np.ones(7), 2, 0.1)
-    with pytest.raises(ValueError, match=r"\bs\b"):  # not 1-D
-        fastal.iht_threshold(s.reshape(2, 4), sigma.reshape(2, 4), 2, 0.1)
-    with pytest.raises(TypeError, match=r"^s\b"):  # integer dtype
-        fastal.iht_threshold(np.arange(8), sigma, 2, 0.1)
-    with pytest.raises(TypeError, match=r"^s\b"):  # float16 is not a supported dtype here
-        fastal.iht_threshold(s.astype(np.float16), sigma.astype(np.float16), 2, 0.1)
-    with pytest.raises(TypeError, match="sigma"):  # dtypes differ
-        fastal.iht_threshold(s.astype(np.float32), sigma, 2, 0.1)
-    with pytest.raises(ValueError, match="sigma"):  # frameworks differ
-        fastal.iht_threshold(s, torch.from_numpy(sigma), 2, 0.1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -653,6 +360,8 @@ def test_bayesian_problem_matches_reference(source, labeled):
 
 
 AB = [(None, None), (1.0, 1e-3), (1e-2, 1e-1), (0.0, 1e-2)]
+
+
 AB_IDS = ["defaults", "a1-b1e-3", "a1e-2-b1e-1", "a0-b1e-2"]
 
 
@@ -701,211 +410,6 @@ def test_factored_selection_matches_reference_random(solver, seed):
 
 
 @pytest.mark.parametrize("solver", ["greedy", "iht"])
-def test_probs_with_label_probs_equals_logits_with_temperature(solver):
-    n, b, T = 30, 5, 1.7
-    pool = logits_pool(n, 3, 4, seed=8)
-    a = SparseApprox(solver=solver, temperature=T).select(pool, b, [0, 1])
-    probs_pool = {
-        "probs": softmax_ref(pool["logits"]),
-        "label_probs": softmax_ref(pool["logits"] / T),
-        "features": pool["features"],
-    }
-    c = SparseApprox(solver=solver).select(probs_pool, b, [0, 1])
-    assert_array_equal(to_numpy(c.indices), to_numpy(a.indices))
-    assert_allclose(c.diagnostics["weights"], a.diagnostics["weights"], rtol=1e-9, atol=1e-12)
-    assert c.diagnostics["temperature"] is None
-    # label_probs beside logits too (it was ignored there: P came from T = 1)
-    logits_pool_P = {**pool, "label_probs": probs_pool["label_probs"]}
-    d = SparseApprox(solver=solver).select(logits_pool_P, b, [0, 1])
-    assert_array_equal(to_numpy(d.indices), to_numpy(a.indices))
-    assert_allclose(d.diagnostics["weights"], a.diagnostics["weights"], rtol=1e-9, atol=1e-12)
-    assert d.diagnostics["temperature"] is None
-    with pytest.raises(ValueError, match=r"temperature=1\.7 and pool\['label_probs'\]"):
-        SparseApprox(solver=solver, temperature=T).select(logits_pool_P, b, [0, 1])
-
-
-def tempered_ref(p, T: float) -> np.ndarray:
-    """``softmax(log p / T)`` in float64, ``p = 0`` giving 0 (log 0 = -inf)."""
-    with np.errstate(divide="ignore"):
-        return softmax_ref(np.log(np.asarray(p, dtype=np.float64)) / T)
-
-
-@pytest.mark.parametrize("solver", ["greedy", "iht"])
-@pytest.mark.parametrize("T", [0.5, 1.7, 3.0])
-def test_probs_pool_applies_a_float_temperature(solver, T):
-    """A probs pool with a float temperature uses P = softmax(log p / T), the P of the logits pool
-    with the same T (it was once silently P = p): same selection, weights and T."""
-    n, b = 30, 5
-    pool = logits_pool(n, 3, 4, seed=8)
-    probs_pool = {"probs": softmax_ref(pool["logits"]), "features": pool["features"]}
-    a = SparseApprox(solver=solver, temperature=T).select(pool, b, [0, 1])
-    c = SparseApprox(solver=solver, temperature=T).select(probs_pool, b, [0, 1])
-    assert c.diagnostics["temperature"] == T
-    assert_array_equal(to_numpy(c.indices), to_numpy(a.indices))
-    assert_allclose(c.diagnostics["weights"], a.diagnostics["weights"], rtol=1e-9, atol=1e-12)
-    # and the reference problem with P = softmax(log p / T)
-    rows = unlabeled_rows(n, [0, 1])
-    p = probs_pool["probs"][rows]
-    Phi, v, sigma = sparse_problem_factored_ref(p, tempered_ref(p, T), pool["features"][rows], b)
-    a_, be = DEFAULTS[("factored", solver)]
-    expected = solve_ref(Phi, v, sigma, b, solver, a_, be)
-    assert_same_solution(c, rows, expected, Phi, v, sigma, a_, be)
-
-
-@pytest.mark.parametrize("T", [0.05, 0.5, 4.0])
-def test_probs_temperature_with_zero_probabilities(T):
-    """Exact zeros in p stay zeros in P (no NaN from log 0), the rest is softmax(log p / T), and
-    confident rows (p_max = 1 - 1e-15) or tiny subnormal p do not overflow."""
-    rng = np.random.default_rng(1)
-    n, C = 12, 4
-    p = softmax_ref(rng.normal(size=(n, C)) * 2)
-    p[0] = [0.0, 0.25, 0.0, 0.75]
-    p[1] = [1.0, 0.0, 0.0, 0.0]
-    p[2] = [1 - 1e-15, 1e-15, 0.0, 0.0]
-    p[3] = [1.0 - 5e-324, 5e-324, 0.0, 0.0]
-    H = rng.normal(size=(n, 3))
-    rows = np.arange(n)
-    phi, v, sigma, T_got = SparseApprox(temperature=T)._factored_problem(
-        {"probs": p, "features": H}, torch.from_numpy(rows), 3
-    )
-    assert T_got == T
-    P = tempered_ref(p, T)
-    assert (P[p == 0] == 0).all()
-    A = to_numpy(phi.A)
-    assert np.isfinite(A).all()
-    assert (A[p == 0] == 0).all()
-    assert_allclose(A, p - P, rtol=1e-12, atol=1e-15)
-    _, v_ref, sigma_ref = sparse_problem_factored_ref(p, P, H, 3)
-    assert_allclose(to_numpy(v).ravel(), v_ref, rtol=1e-12, atol=1e-15)
-    assert_allclose(to_numpy(sigma), sigma_ref, rtol=1e-9, atol=1e-15)
-
-
-@pytest.mark.parametrize("key", ["logits", "probs"])
-@pytest.mark.parametrize("T", [1e-6, 1e-300, 1e-320])
-def test_tiny_temperature_gives_the_one_hot_limit(key, T):
-    """A tiny temperature gives P = onehot(argmax) (the T -> 0 limit), not NaN: z / T used to
-    overflow before softmax subtracted the row maximum (inf - inf) at T = 1e-320."""
-    rng = np.random.default_rng(3)
-    n, C = 16, 4
-    z = rng.normal(size=(n, C)) * 3
-    values = z if key == "logits" else softmax_ref(z)
-    H = rng.normal(size=(n, 3))
-    rows = np.arange(n)
-    phi, _, sigma, T_got = SparseApprox(temperature=T)._factored_problem(
-        {key: values, "features": H}, torch.from_numpy(rows), 3
-    )
-    assert T_got == T
-    P = np.eye(C)[z.argmax(1)]
-    assert_allclose(to_numpy(phi.A), softmax_ref(z) - P, rtol=1e-12, atol=1e-15)
-    assert_allclose(to_numpy(sigma), 0, atol=1e-15)  # a one-hot P has no spread
-
-
-def test_large_temperature_divides_before_it_subtracts():
-    """T >= 1 divides first: a row spread past float64 (z - max = -inf) still gets the tempered
-    probabilities, and T = 1 is softmax(z) bit for bit."""
-    from fastal.strategies.sparse_approx import _tempered_softmax
-
-    z = torch.tensor([[1.5e308, -1.5e308, 0.0]], dtype=torch.float64)
-    expected = softmax_ref(np.array([[1.5, -1.5, 0.0]]))
-    assert_allclose(_tempered_softmax(z, 1e308).numpy(), expected, rtol=1e-12)
-    w = torch.randn(5, 4, dtype=torch.float64)
-    assert torch.equal(_tempered_softmax(w, 1.0), torch.softmax(w, 1))
-
-
-@pytest.mark.parametrize("solver", ["greedy", "iht"])
-def test_probs_pool_auto_temperature_fits_on_labeled_logits(solver):
-    """temperature="auto" with a probs pool and labeled logits/targets: T fitted on the labeled
-    logits (Guo et al.), applied as softmax(log p / T); the result of the logits pool."""
-    n, C, b = 40, 4, 5
-    pool = logits_pool(n, C, 3, seed=13)
-    rng = np.random.default_rng(14)
-    lz = rng.normal(size=(300, C)) * 3
-    pool["labeled_logits"] = lz
-    pool["labeled_targets"] = (softmax_ref(lz / 2.0).cumsum(1) < rng.random((300, 1))).sum(1)
-    T = fastal.fit_temperature(lz, pool["labeled_targets"])
-    probs_pool = {k: val for k, val in pool.items() if k != "logits"}
-    probs_pool["probs"] = softmax_ref(pool["logits"])
-    a = SparseApprox(solver=solver).select(pool, b)
-    c = SparseApprox(solver=solver).select(probs_pool, b)
-    assert a.diagnostics["temperature"] == c.diagnostics["temperature"] == T
-    assert_array_equal(to_numpy(c.indices), to_numpy(a.indices))
-    assert_allclose(c.diagnostics["weights"], a.diagnostics["weights"], rtol=1e-9, atol=1e-12)
-    p = probs_pool["probs"]
-    Phi, v, sigma = sparse_problem_factored_ref(p, tempered_ref(p, T), pool["features"], b)
-    a_, be = DEFAULTS[("factored", solver)]
-    expected = solve_ref(Phi, v, sigma, b, solver, a_, be)
-    assert_same_solution(c, np.arange(n), expected, Phi, v, sigma, a_, be)
-
-
-def test_probs_pool_float_temperature_and_label_probs_is_an_error():
-    pool = logits_pool(20, 3, 2, seed=8)
-    probs = softmax_ref(pool["logits"])
-    probs_pool = {"probs": probs, "label_probs": probs, "features": pool["features"]}
-    with pytest.raises(ValueError, match=r"temperature=2\.0 and pool\['label_probs'\].*pass one"):
-        SparseApprox(temperature=2.0).select(probs_pool, 3)
-    # "auto" and None leave P to label_probs (here equal to p: the P = p warning)
-    for temperature in ("auto", None):
-        with pytest.warns(UserWarning, match=P_IS_P):
-            sel = SparseApprox(temperature=temperature).select(probs_pool, 3)
-        assert sel.diagnostics["temperature"] is None
-
-
-@pytest.mark.parametrize(
-    ("case", "temperature"),
-    [("logits", 1.0), ("logits", "auto"), ("logits", None), ("probs", "auto"), ("probs", 1.0),
-     ("probs", None)],
-)  # fmt: skip
-def test_label_distribution_equal_to_predictions_warns(case, temperature):
-    """P = p (T = 1, no label_probs): every expected gradient is 0, Φ = 0 and the selection is the
-    top-b sigma; a UserWarning says so. Any other temperature gives no warning."""
-    pool = logits_pool(20, 3, 2, seed=8)
-    if case == "probs":
-        pool = {"probs": softmax_ref(pool["logits"]), "features": pool["features"]}
-    with pytest.warns(UserWarning, match=P_IS_P) as record:
-        SparseApprox(temperature=temperature).select(pool, 3)
-    assert record[0].filename == __file__  # points at the caller of select
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        SparseApprox(temperature=1.5).select(pool, 3)
-
-
-@pytest.mark.parametrize("solver", ["greedy", "iht"])
-def test_temperature_one_is_top_sigma_with_unit_weights(solver):
-    """Hand-worked: with T = 1 (or probs without label_probs) P = p, so a_j = 0, Φ = 0, v = 0 and
-    f1 = β|w - 1|². Greedy: every candidate has τ ∇f1 = -2βτ, the pick is the largest sigma (ties
-    lowest), the line search along e_j lands on w_j = 1 and De-bias has a zero gradient. IHT: the
-    gradient step gives s = 1 everywhere, the threshold keeps the b largest sigma. Both: top-b sigma
-    in descending sigma order, w = 1 on it, f = β (n_u - b) - alpha Σ_S sigma². That is also the
-    safeguard's candidate, at the same f: the solver's result stays (no fallback). Each warns that
-    P = p."""
-    n, b, alpha, beta = 25, 4, 0.7, 0.01
-    pool = logits_pool(n, 3, 2, seed=9)
-    labeled = [3, 11]
-    rows = unlabeled_rows(n, labeled)
-    _, _, sigma = factored_reference(pool, rows, b, 1.0)
-    top = top_scores_ref(sigma, b)
-    expected_f = beta * (rows.size - b) - alpha * float(np.sum(sigma[top] ** 2))
-    probs = softmax_ref(pool["logits"])
-    for strat_pool in (
-        pool,
-        {"probs": probs, "features": pool["features"]},
-        {"probs": probs, "label_probs": probs, "features": pool["features"]},
-    ):
-        # temperature "auto" without labeled logits means T = 1
-        with pytest.warns(UserWarning, match=P_IS_P):
-            sel = SparseApprox(solver=solver, alpha=alpha, beta=beta).select(strat_pool, b, labeled)
-        assert_array_equal(to_numpy(sel.indices), rows[top])
-        w = np.zeros(rows.size)
-        w[top] = 1.0
-        assert_allclose(sel.diagnostics["weights"], w, rtol=1e-12, atol=1e-12)
-        assert_allclose(sel.diagnostics["selected_weights"], np.ones(b), rtol=1e-12)
-        assert_allclose(sel.diagnostics["objective"][-2:], expected_f, rtol=1e-12)
-        assert sel.diagnostics["fallback"] is False
-        T_diag = None if "label_probs" in strat_pool else 1.0
-        assert sel.diagnostics["temperature"] == T_diag
-
-
-@pytest.mark.parametrize("solver", ["greedy", "iht"])
 def test_zero_denominators_keep_zero_weight_indices_selected(solver):
     """T = 1 and β = 0: Φ = 0 and every LineSearch denominator is 0 -> μ = 0, w stays 0. The
     selection is still b indices (top sigma), each at weight 0 (a selected index whose weight is 0
@@ -934,27 +438,6 @@ def test_alpha_zero_ties_go_to_the_lowest_index(solver):
     with pytest.warns(UserWarning, match=P_IS_P):
         sel = strat.select(pool, b, labeled)
     assert_array_equal(to_numpy(sel.indices), unlabeled_rows(n, labeled)[:b])
-
-
-def test_auto_temperature_fits_on_the_labeled_logits():
-    n, C, b = 40, 4, 5
-    pool = logits_pool(n, C, 3, seed=13)
-    rng = np.random.default_rng(14)
-    lz = rng.normal(size=(300, C)) * 3
-    P = softmax_ref(lz / 2.0)
-    pool["labeled_logits"] = lz
-    pool["labeled_targets"] = (P.cumsum(1) < rng.random((300, 1))).sum(1)
-    T = fastal.fit_temperature(lz, pool["labeled_targets"])
-    for solver in ("greedy", "iht"):
-        sel = SparseApprox(solver=solver).select(pool, b)
-        assert sel.diagnostics["temperature"] == T
-        a, be = DEFAULTS[("factored", solver)]
-        rows = np.arange(n)
-        Phi, v, sigma = factored_reference(pool, rows, b, T)
-        expected = solve_ref(Phi, v, sigma, b, solver, a, be)
-        assert_same_solution(sel, rows, expected, Phi, v, sigma, a, be)
-    # a float temperature wins over the labeled logits
-    assert SparseApprox(temperature=3.0).select(pool, b).diagnostics["temperature"] == 3.0
 
 
 @pytest.mark.parametrize("labeled", [None, [1, 7]])
@@ -1333,261 +816,3 @@ def test_top_b_sigma_ties_go_to_the_lowest_index():
         for b in range(sigma.size + 1):
             got = top_b_sigma(torch.from_numpy(sigma), b).numpy()
             assert_array_equal(got, top_scores_ref(sigma, b))
-
-
-# ---------------------------------------------------------------------------------------------
-# temperature scaling
-
-
-def planted(n: int, C: int, T0: float, seed: int):
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(n, C)) * 3
-    P = softmax_ref(z / T0)
-    targets = (P.cumsum(1) < rng.random((n, 1))).sum(1)  # inverse-CDF draw from P
-    return z, np.minimum(targets, C - 1).astype(np.int64)
-
-
-@pytest.mark.parametrize("T0", [0.5, 2.0])
-def test_fit_temperature_recovers_a_planted_temperature(T0):
-    z, t = planted(20000, 5, T0, seed=int(T0 * 10))
-    T = fastal.fit_temperature(z, t)
-    assert isinstance(T, float)
-    assert abs(T - T0) <= 0.05 * T0, (T, T0)
-    T_ref = fit_temperature_ref(z, t)
-    assert_allclose(T, T_ref, rtol=1e-3)
-    # and it is (numerically) the minimiser: no worse than the reference's
-    assert temperature_nll_ref(z, t, T) <= temperature_nll_ref(z, t, T_ref) + 1e-9
-
-
-def test_fit_temperature_backends_agree():
-    z, t = planted(2000, 4, 1.3, seed=3)
-    T = fastal.fit_temperature(z, t)
-    assert fastal.fit_temperature(torch.from_numpy(z), torch.from_numpy(t)) == pytest.approx(
-        T, rel=1e-12
-    )
-    T32 = fastal.fit_temperature(z.astype(np.float32), t.astype(np.int32))
-    assert pytest.approx(fit_temperature_ref(z.astype(np.float32), t), rel=1e-3) == T32
-
-
-def test_fit_temperature_stays_in_its_bounds():
-    """Targets always the arg-max: the NLL falls as T -> 0, so T is the lower bound 1e-2.
-    Targets always the arg-min: it falls as T -> inf, so T is the upper bound 1e2."""
-    z = np.random.default_rng(4).normal(size=(500, 4))
-    T = fastal.fit_temperature(z, z.argmax(1))
-    assert pytest.approx(1e-2, rel=1e-2) == T
-    T = fastal.fit_temperature(z, z.argmin(1))
-    assert pytest.approx(1e2, rel=1e-2) == T
-    assert fit_temperature_ref(z, z.argmin(1)) == pytest.approx(1e2, rel=1e-6)
-    # finite logits so large that z / T overflows float64: the same bounds, not inf <= inf noise
-    # (0.0556 and 0.01 before the NLL was computed divided by the logits' scale)
-    for scale in (1e306, 1e308):
-        big = z / np.abs(z).max() * scale
-        assert pytest.approx(1e-2, rel=1e-2) == fastal.fit_temperature(big, z.argmax(1))
-        assert pytest.approx(1e2, rel=1e-2) == fastal.fit_temperature(big, z.argmin(1))
-
-
-def test_fit_temperature_rejects_bad_input():
-    z, t = planted(50, 3, 1.0, seed=5)
-    with pytest.raises(ValueError, match="targets"):
-        fastal.fit_temperature(z, t[:-1])
-    with pytest.raises(ValueError, match="targets"):
-        fastal.fit_temperature(z, np.full(50, 3))
-    with pytest.raises(ValueError, match="targets"):
-        fastal.fit_temperature(z, np.full(50, -1))
-    with pytest.raises(TypeError, match="targets"):
-        fastal.fit_temperature(z, t.astype(np.float64))
-    with pytest.raises(ValueError, match="logits"):
-        fastal.fit_temperature(z[:, 0], t)
-    bad = z.copy()
-    bad[3, 1] = np.nan
-    with pytest.raises(ValueError, match="logits"):
-        fastal.fit_temperature(bad, t)
-
-
-# ---------------------------------------------------------------------------------------------
-# bad input to the strategy
-
-
-def test_strategy_rejects_bad_parameters():
-    pool = logits_pool(20, 3, 2, seed=0)
-    for kwargs, exc, match in (
-        ({"solver": "lasso"}, ValueError, "solver"),
-        ({"alpha": -1.0}, ValueError, "alpha"),
-        ({"beta": -1e-3}, ValueError, "beta"),
-        ({"alpha": np.nan}, ValueError, "alpha"),
-        ({"iters": 0}, ValueError, "iters"),
-        ({"iters": -3}, ValueError, "iters"),
-        ({"temperature": 0.0}, ValueError, "temperature"),
-        ({"temperature": -2.0}, ValueError, "temperature"),
-        ({"tau": -1.0}, ValueError, "tau"),
-        ({"tau": 0.0}, ValueError, "tau"),
-        ({"prox": "Exact"}, ValueError, "prox"),
-        ({"safeguard": 1}, TypeError, "safeguard"),
-        ({"safeguard": "yes"}, TypeError, "safeguard"),
-    ):
-        with pytest.raises(exc, match=match):
-            SparseApprox(**kwargs).select(pool, 3)
-
-
-_N = 20
-_POOL = logits_pool(_N, 3, 2, seed=0)
-_LZ = {"labeled_targets": np.zeros(10, dtype=np.int64)}
-_P = softmax_ref(_POOL["logits"])
-
-#: (id, pool, budget, labeled, exception, message pattern)
-BAD_POOLS = [
-    ("budget-over-pool", _POOL, _N + 1, None, ValueError, "budget"),
-    ("budget-over-unlabeled", _POOL, _N - 1, [0, 1], ValueError, "budget"),
-    (
-        "features-rows-differ",
-        {"logits": _POOL["logits"], "features": _POOL["features"][:-1]},
-        3,
-        None,
-        ValueError,
-        "features",
-    ),
-    ("features-missing", {"logits": _POOL["logits"]}, 3, None, ValueError, "features"),
-    ("logits-missing", {"features": _POOL["features"]}, 3, None, ValueError, "logits"),
-    (
-        "label-probs-shape",
-        {
-            "probs": softmax_ref(_POOL["logits"]),
-            "features": _POOL["features"],
-            "label_probs": np.ones((_N, 4)) / 4,
-        },
-        3,
-        None,
-        ValueError,
-        "label_probs",
-    ),
-    (
-        "labeled-logits-C-differs",
-        dict(_POOL, labeled_logits=np.zeros((10, 4)), **_LZ),
-        3,
-        None,
-        ValueError,
-        "labeled_logits",
-    ),
-    (
-        "labeled-logits-C-differs-probs",
-        {"probs": _P, "features": _POOL["features"], "labeled_logits": np.zeros((10, 4)), **_LZ},
-        3,
-        None,
-        ValueError,
-        "labeled_logits must have 3 classes like probs",
-    ),
-    ("losses-without-probs", {"losses": np.ones((3, _N, 3))}, 3, None, ValueError, "probs"),
-    (
-        "losses-probs-C-differs",
-        {"losses": np.ones((3, _N, 3)), "probs": np.ones((_N, 4)) / 4},
-        3,
-        None,
-        ValueError,
-        "probs",
-    ),
-    ("mc-probs-not-3d", {"mc_probs": np.ones((_N, 3)) / 3}, 3, None, ValueError, "mc_probs"),
-    ("mc-probs-sum-3", {"mc_probs": np.ones((4, _N, 3))}, 3, None, ValueError, "mc_probs"),
-    ("mc-probs-int", {"mc_probs": np.zeros((4, _N, 3), np.int64)}, 3, None, TypeError, "mc_probs"),
-    ("losses-int", {"losses": np.ones((3, _N, 3), np.int64), "probs": _P}, 3, None, TypeError, "losses"),
-    ("losses-probs-nan", {"losses": np.ones((3, _N, 3)), "probs": _P * np.nan}, 3, None, ValueError, "probs"),
-    ("losses-probs-sum", {"losses": np.ones((3, _N, 3)), "probs": _P * 2}, 3, None, ValueError, "probs"),
-    ("probs-not-probs", {"probs": _POOL["logits"], "features": _POOL["features"]}, 3, None, ValueError, "probs"),
-    (
-        "label-probs-nan",
-        {"probs": _P, "features": _POOL["features"], "label_probs": _P * np.nan},
-        3,
-        None,
-        ValueError,
-        "label_probs",
-    ),
-    (
-        "label-probs-huge",  # finite, and once a segfault in the top-b step
-        {"probs": _P, "features": _POOL["features"], "label_probs": np.full((_N, 3), -1e200)},
-        3,
-        None,
-        ValueError,
-        "label_probs",
-    ),
-    ("labeled-duplicates", _POOL, 3, [1, 1], ValueError, "labeled"),
-    ("bare-array", _POOL["features"], 3, None, TypeError, "pool"),
-]
-
-
-@pytest.mark.parametrize(
-    ("pool", "budget", "labeled", "exc", "match"),
-    [pytest.param(*case[1:], id=case[0]) for case in BAD_POOLS],
-)
-def test_strategy_rejects_bad_pools(pool, budget, labeled, exc, match):
-    with pytest.raises(exc, match=match):
-        SparseApprox().select(pool, budget, labeled)
-
-
-@pytest.mark.parametrize("solver", ["iht", "greedy"])
-def test_16_bit_probabilities_are_accepted(solver):
-    """Softmax outputs stored in bfloat16 / float16 sum to 1 only within their rounding."""
-    pool = logits_pool(60, 5, 4, seed=3)
-    probs = torch.from_numpy(softmax_ref(pool["logits"]))
-    label_probs = torch.from_numpy(softmax_ref(pool["logits"] / 2.0))
-    for dtype in (torch.bfloat16, torch.float16):
-        sel = SparseApprox(solver=solver).select(
-            {"probs": probs.to(dtype), "label_probs": label_probs.to(dtype),
-             "features": torch.from_numpy(pool["features"]).to(dtype)},
-            5,
-        )  # fmt: skip
-        assert np.unique(to_numpy(sel.indices)).size == 5
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("key", ["logits", "features"])
-def test_strategy_rejects_non_finite_inputs(key, dtype, bad):
-    pool = {k: v.astype(dtype) for k, v in logits_pool(20, 3, 2, seed=0).items()}
-    pool[key][4, 1] = bad
-    with pytest.raises(ValueError, match=key):
-        SparseApprox(temperature=2.0).select(pool, 3)
-
-
-@pytest.mark.parametrize("labeled", [None, [1]])
-def test_factored_sigma_of_huge_float32_features(labeled):
-    """Finite float32 features whose row norm overflows float32 (|h| ~ 1e22) are accepted, and their
-    sigma comes from a float64 norm, not from an overflowed float32 one."""
-    pool = logits_pool(6, 3, 2, seed=1)
-    pool["features"] = pool["features"].astype(np.float32)
-    pool["features"][2] = [3e21, -4e21]
-    rows = np.setdiff1d(np.arange(6), labeled or [])
-    _, _, sigma, _ = SparseApprox(temperature=2.0, bias=False)._factored_problem(
-        pool, torch.from_numpy(rows), 2
-    )
-    ref_pool = {k: v.astype(np.float64) for k, v in pool.items()}
-    _, _, sigma_ref = factored_reference(ref_pool, rows, 2, 2.0, bias=False)
-    assert np.isfinite(to_numpy(sigma)).all()
-    assert_allclose(to_numpy(sigma), sigma_ref, rtol=1e-5)
-
-
-def test_math_sanity_of_the_factored_reference():
-    """The reference's Φ column is (1/b) a ⊗ h, v the column mean times b, sigma the formula."""
-    p = np.array([[0.7, 0.2, 0.1]])
-    P = np.array([[0.5, 0.3, 0.2]])
-    H = np.array([[2.0, -1.0]])
-    Phi, v, sigma = sparse_problem_factored_ref(p, P, H, b=2)
-    a = p[0] - P[0]
-    assert_allclose(Phi[:, 0], np.outer(a, H[0]).ravel() / 2)
-    assert_allclose(v, np.outer(a, H[0]).ravel())
-    expected = math.sqrt(5) * sum(P[0, y] * np.linalg.norm(P[0] - np.eye(3)[y]) for y in range(3))
-    assert_allclose(sigma, [expected])
-
-
-@pytest.mark.parametrize("solver", ["iht", "greedy"])
-@pytest.mark.parametrize("c", [1e-60, 1e-80, 1e60])
-def test_the_line_search_neither_underflows_nor_overflows(solver, c):
-    """With β = 0 (and α = 0) the objective is homogeneous in the features' scale c, so the picks
-    and weights are those at c = 1. |Φu|² goes like c⁶: below ~1e-51 it underflowed to 0, the
-    line search returned μ = 0, and IHT returned the first b candidates with weights 0."""
-    rng = np.random.default_rng(0)
-    logits, H = rng.normal(size=(60, 4)), rng.normal(size=(60, 5))
-    kw = {"solver": solver, "alpha": 0.0, "beta": 0.0, "temperature": 2.0, "safeguard": False}
-    want = SparseApprox(**kw).select({"logits": logits, "features": H}, 8)
-    got = SparseApprox(**kw).select({"logits": logits, "features": H * c}, 8)
-    assert_array_equal(got.indices, want.indices)
-    assert_allclose(got.diagnostics["selected_weights"], want.diagnostics["selected_weights"],
-                    rtol=1e-6, atol=1e-9)  # fmt: skip

@@ -6,7 +6,7 @@ sample's ``ceil(frac m)``-th score with ``frac = 1.5 b / n + 4 sqrt(b) / n`` (on
 once n > 65536), and runs ``nth_element`` + sort on the survivors only. When fewer than ``b`` rows
 survive (the sample's scores are better than the rest), it retries with ``frac`` four times larger,
 and the third attempt keeps every row. Those paths only differ from a plain sort when n > 16384, so
-the small sizes of ``test_sparse.py`` cannot reach them.
+the small sizes of ``test_iht_threshold.py`` cannot reach them.
 
 Here n is 16385 (one row outside the sample), 70001 (the parallel pass) and 300001, with
 adversarial orderings:

@@ -1,0 +1,221 @@
+"""Sparse Approximation on bad and extreme input: parameters and pools refused with errors that
+name the argument, non-finite inputs, 16-bit probabilities, and scales where float32 squares or the
+line search would overflow or underflow."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    to_numpy,
+)
+from numpy.testing import assert_allclose, assert_array_equal
+from reference import (
+    softmax_ref,
+    sparse_problem_factored_ref,
+)
+from test_sparse import factored_reference, logits_pool
+
+import fastal
+import fastal.strategies
+
+SparseApprox = fastal.strategies.get("sparse_approx")
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input to the strategy
+
+
+def test_strategy_rejects_bad_parameters():
+    pool = logits_pool(20, 3, 2, seed=0)
+    for kwargs, exc, match in (
+        ({"solver": "lasso"}, ValueError, "solver"),
+        ({"alpha": -1.0}, ValueError, "alpha"),
+        ({"beta": -1e-3}, ValueError, "beta"),
+        ({"alpha": np.nan}, ValueError, "alpha"),
+        ({"iters": 0}, ValueError, "iters"),
+        ({"iters": -3}, ValueError, "iters"),
+        ({"temperature": 0.0}, ValueError, "temperature"),
+        ({"temperature": -2.0}, ValueError, "temperature"),
+        ({"tau": -1.0}, ValueError, "tau"),
+        ({"tau": 0.0}, ValueError, "tau"),
+        ({"prox": "Exact"}, ValueError, "prox"),
+        ({"safeguard": 1}, TypeError, "safeguard"),
+        ({"safeguard": "yes"}, TypeError, "safeguard"),
+    ):
+        with pytest.raises(exc, match=match):
+            SparseApprox(**kwargs).select(pool, 3)
+
+
+_N = 20
+
+
+_POOL = logits_pool(_N, 3, 2, seed=0)
+
+
+_LZ = {"labeled_targets": np.zeros(10, dtype=np.int64)}
+
+
+_P = softmax_ref(_POOL["logits"])
+
+
+#: (id, pool, budget, labeled, exception, message pattern)
+BAD_POOLS = [
+    ("budget-over-pool", _POOL, _N + 1, None, ValueError, "budget"),
+    ("budget-over-unlabeled", _POOL, _N - 1, [0, 1], ValueError, "budget"),
+    (
+        "features-rows-differ",
+        {"logits": _POOL["logits"], "features": _POOL["features"][:-1]},
+        3,
+        None,
+        ValueError,
+        "features",
+    ),
+    ("features-missing", {"logits": _POOL["logits"]}, 3, None, ValueError, "features"),
+    ("logits-missing", {"features": _POOL["features"]}, 3, None, ValueError, "logits"),
+    (
+        "label-probs-shape",
+        {
+            "probs": softmax_ref(_POOL["logits"]),
+            "features": _POOL["features"],
+            "label_probs": np.ones((_N, 4)) / 4,
+        },
+        3,
+        None,
+        ValueError,
+        "label_probs",
+    ),
+    (
+        "labeled-logits-C-differs",
+        dict(_POOL, labeled_logits=np.zeros((10, 4)), **_LZ),
+        3,
+        None,
+        ValueError,
+        "labeled_logits",
+    ),
+    (
+        "labeled-logits-C-differs-probs",
+        {"probs": _P, "features": _POOL["features"], "labeled_logits": np.zeros((10, 4)), **_LZ},
+        3,
+        None,
+        ValueError,
+        "labeled_logits must have 3 classes like probs",
+    ),
+    ("losses-without-probs", {"losses": np.ones((3, _N, 3))}, 3, None, ValueError, "probs"),
+    (
+        "losses-probs-C-differs",
+        {"losses": np.ones((3, _N, 3)), "probs": np.ones((_N, 4)) / 4},
+        3,
+        None,
+        ValueError,
+        "probs",
+    ),
+    ("mc-probs-not-3d", {"mc_probs": np.ones((_N, 3)) / 3}, 3, None, ValueError, "mc_probs"),
+    ("mc-probs-sum-3", {"mc_probs": np.ones((4, _N, 3))}, 3, None, ValueError, "mc_probs"),
+    ("mc-probs-int", {"mc_probs": np.zeros((4, _N, 3), np.int64)}, 3, None, TypeError, "mc_probs"),
+    ("losses-int", {"losses": np.ones((3, _N, 3), np.int64), "probs": _P}, 3, None, TypeError, "losses"),
+    ("losses-probs-nan", {"losses": np.ones((3, _N, 3)), "probs": _P * np.nan}, 3, None, ValueError, "probs"),
+    ("losses-probs-sum", {"losses": np.ones((3, _N, 3)), "probs": _P * 2}, 3, None, ValueError, "probs"),
+    ("probs-not-probs", {"probs": _POOL["logits"], "features": _POOL["features"]}, 3, None, ValueError, "probs"),
+    (
+        "label-probs-nan",
+        {"probs": _P, "features": _POOL["features"], "label_probs": _P * np.nan},
+        3,
+        None,
+        ValueError,
+        "label_probs",
+    ),
+    (
+        "label-probs-huge",  # finite, and once a segfault in the top-b step
+        {"probs": _P, "features": _POOL["features"], "label_probs": np.full((_N, 3), -1e200)},
+        3,
+        None,
+        ValueError,
+        "label_probs",
+    ),
+    ("labeled-duplicates", _POOL, 3, [1, 1], ValueError, "labeled"),
+    ("bare-array", _POOL["features"], 3, None, TypeError, "pool"),
+]
+
+
+@pytest.mark.parametrize(
+    ("pool", "budget", "labeled", "exc", "match"),
+    [pytest.param(*case[1:], id=case[0]) for case in BAD_POOLS],
+)
+def test_strategy_rejects_bad_pools(pool, budget, labeled, exc, match):
+    with pytest.raises(exc, match=match):
+        SparseApprox().select(pool, budget, labeled)
+
+
+@pytest.mark.parametrize("solver", ["iht", "greedy"])
+def test_16_bit_probabilities_are_accepted(solver):
+    """Softmax outputs stored in bfloat16 / float16 sum to 1 only within their rounding."""
+    pool = logits_pool(60, 5, 4, seed=3)
+    probs = torch.from_numpy(softmax_ref(pool["logits"]))
+    label_probs = torch.from_numpy(softmax_ref(pool["logits"] / 2.0))
+    for dtype in (torch.bfloat16, torch.float16):
+        sel = SparseApprox(solver=solver).select(
+            {"probs": probs.to(dtype), "label_probs": label_probs.to(dtype),
+             "features": torch.from_numpy(pool["features"]).to(dtype)},
+            5,
+        )  # fmt: skip
+        assert np.unique(to_numpy(sel.indices)).size == 5
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("key", ["logits", "features"])
+def test_strategy_rejects_non_finite_inputs(key, dtype, bad):
+    pool = {k: v.astype(dtype) for k, v in logits_pool(20, 3, 2, seed=0).items()}
+    pool[key][4, 1] = bad
+    with pytest.raises(ValueError, match=key):
+        SparseApprox(temperature=2.0).select(pool, 3)
+
+
+@pytest.mark.parametrize("labeled", [None, [1]])
+def test_factored_sigma_of_huge_float32_features(labeled):
+    """Finite float32 features whose row norm overflows float32 (|h| ~ 1e22) are accepted, and their
+    sigma comes from a float64 norm, not from an overflowed float32 one."""
+    pool = logits_pool(6, 3, 2, seed=1)
+    pool["features"] = pool["features"].astype(np.float32)
+    pool["features"][2] = [3e21, -4e21]
+    rows = np.setdiff1d(np.arange(6), labeled or [])
+    _, _, sigma, _ = SparseApprox(temperature=2.0, bias=False)._factored_problem(
+        pool, torch.from_numpy(rows), 2
+    )
+    ref_pool = {k: v.astype(np.float64) for k, v in pool.items()}
+    _, _, sigma_ref = factored_reference(ref_pool, rows, 2, 2.0, bias=False)
+    assert np.isfinite(to_numpy(sigma)).all()
+    assert_allclose(to_numpy(sigma), sigma_ref, rtol=1e-5)
+
+
+def test_math_sanity_of_the_factored_reference():
+    """The reference's Φ column is (1/b) a ⊗ h, v the column mean times b, sigma the formula."""
+    p = np.array([[0.7, 0.2, 0.1]])
+    P = np.array([[0.5, 0.3, 0.2]])
+    H = np.array([[2.0, -1.0]])
+    Phi, v, sigma = sparse_problem_factored_ref(p, P, H, b=2)
+    a = p[0] - P[0]
+    assert_allclose(Phi[:, 0], np.outer(a, H[0]).ravel() / 2)
+    assert_allclose(v, np.outer(a, H[0]).ravel())
+    expected = math.sqrt(5) * sum(P[0, y] * np.linalg.norm(P[0] - np.eye(3)[y]) for y in range(3))
+    assert_allclose(sigma, [expected])
+
+
+@pytest.mark.parametrize("solver", ["iht", "greedy"])
+@pytest.mark.parametrize("c", [1e-60, 1e-80, 1e60])
+def test_the_line_search_neither_underflows_nor_overflows(solver, c):
+    """With β = 0 (and α = 0) the objective is homogeneous in the features' scale c, so the picks
+    and weights are those at c = 1. |Φu|² goes like c⁶: below ~1e-51 it underflowed to 0, the
+    line search returned μ = 0, and IHT returned the first b candidates with weights 0."""
+    rng = np.random.default_rng(0)
+    logits, H = rng.normal(size=(60, 4)), rng.normal(size=(60, 5))
+    kw = {"solver": solver, "alpha": 0.0, "beta": 0.0, "temperature": 2.0, "safeguard": False}
+    want = SparseApprox(**kw).select({"logits": logits, "features": H}, 8)
+    got = SparseApprox(**kw).select({"logits": logits, "features": H * c}, 8)
+    assert_array_equal(got.indices, want.indices)
+    assert_allclose(got.diagnostics["selected_weights"], want.diagnostics["selected_weights"],
+                    rtol=1e-6, atol=1e-9)  # fmt: skip
