@@ -332,6 +332,33 @@ def test_kmeans_sampling_matches_reference(backend, form, n_labeled, seed):
     assert_array_equal(idx, kmeans_sampling_ref(X, budget, labeled, seed, max_iter=100))
 
 
+#: one Lloyd iteration from seed 2256 leaves cluster 6 of 8 empty
+EMPTY_CLUSTER_X = np.array([0.26, 4.54, -0.15, -0.71, 0.53, 0.29, -1.45, -0.05, 1.77, 0.23, 1.21])
+EMPTY_CLUSTER_X = EMPTY_CLUSTER_X[:, None]
+
+
+def test_an_empty_cluster_takes_the_farthest_unchosen_row():
+    """k-means with the same seed and max_iter: each non-empty cluster gives its row nearest the
+    centre (ties lowest row); an empty cluster takes the row farthest from its own centre among
+    those not yet chosen (ties lowest row), in cluster order."""
+    k, seed = 8, 2256
+    sel = KMEANS(max_iter=1).select(EMPTY_CLUSTER_X, k, seed=seed)
+    res = fastal.kmeans(EMPTY_CLUSTER_X, k, seed=seed, max_iter=1)
+    labels, centres = np.asarray(res.labels), np.asarray(res.centres, dtype=np.float64)
+    dist2 = ((EMPTY_CLUSTER_X - centres[labels]) ** 2).sum(1)
+    want = np.full(k, -1)
+    for c in range(k):
+        rows = np.flatnonzero(labels == c)
+        if rows.size:
+            want[c] = rows[np.lexsort((rows, dist2[rows]))[0]]
+    empty = np.flatnonzero(want < 0)
+    assert empty.size  # the case this test is about
+    for c in empty:
+        free = np.setdiff1d(np.arange(EMPTY_CLUSTER_X.shape[0]), want[want >= 0])
+        want[c] = free[np.lexsort((free, -dist2[free]))[0]]
+    assert_array_equal(sel.indices, want)
+
+
 def test_kmeans_sampling_picks_a_member_nearest_each_centre():
     n, budget = 500, 8
     X = gaussian(n, 3, seed=9, duplicates=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import AVAILABLE_CUDA_BACKENDS, indices_to_backend, to_backend, to_numpy
-from numpy.testing import assert_array_equal
+from numpy.testing import assert_allclose, assert_array_equal
 
 import fastal
 from fastal.strategies import CRC, get
@@ -154,6 +154,20 @@ def test_duplicates_score_zero_at_full_rank(seed):
     assert skip.diagnostics["degenerate_groups"].size == 0
     np.testing.assert_array_equal(skip.indices, crc_ref(Z, labeled, 4, G, seed, None, zeros="skip")[0])
     assert set(skip.indices.tolist()) & (set(copies.tolist()) | {39, 40})
+
+
+def test_a_row_equal_up_to_the_sign_of_zero_is_a_duplicate():
+    """Row 1 is labeled row 0 with -0.0 for 0.0: their Gram [[1, 1], [1, 1]] has λ⁺_min = 2 once
+    its 0 is skipped, above row 2's (2.25 - √1.0625) / 2; the duplicate rule scores it 0 and
+    row 2 is picked."""
+    Z = np.array([[0.0, 1.0], [-0.0, 1.0], [1.0, 0.5]])
+    sel = CRC(group_size=1).select({"ntk_features": Z}, 1, labeled=[0], seed=0)
+    groups = sel.diagnostics["groups"][:, 0]
+    scores = dict(zip(groups.tolist(), sel.diagnostics["scores"].tolist(), strict=True))
+    assert_array_equal(sel.indices, [2])
+    assert scores[1] == 0.0
+    assert_allclose(scores[2], (2.25 - np.sqrt(1.0625)) / 2, rtol=1e-12)
+    assert_array_equal(groups[sel.diagnostics["degenerate_groups"]], [1])
 
 
 @pytest.mark.parametrize("G,Q", [(1, 4), (2, 20), (5, 15)])

@@ -277,6 +277,19 @@ def test_rtol_sets_the_zero_threshold():
         assert_allclose(got, [want], rtol=1e-12, atol=16 * EPS, err_msg=f"rtol={rtol}")
 
 
+def test_default_rtol_is_max_of_set_size_and_width():
+    """|S| = 4 rows of width D = 100, Gram diag(1, 0.5, 40 eps, 2): 40 eps = 20 eps · λ_max is
+    below the default threshold max(4, 100) · eps · λ_max (it counts as zero, λ⁺_min = 0.5) and
+    above min(4, 100) · eps · λ_max; with rtol = 0 it is the smallest positive eigenvalue."""
+    tiny = 40 * EPS
+    Z = np.zeros((4, 100))
+    Z[0, 0], Z[1, 1], Z[2, 2], Z[3, 3] = 1.0, np.sqrt(0.5), np.sqrt(tiny), np.sqrt(2.0)
+    got = fastal.gram_min_eig(Z, [0, 3], [[1, 2]])
+    assert_allclose(got, [0.5], rtol=1e-12)
+    # absolute accuracy ~ eps · λ_max, as in test_rtol_sets_the_zero_threshold
+    assert_allclose(fastal.gram_min_eig(Z, [0, 3], [[1, 2]], rtol=0.0), [tiny], atol=2 * EPS)
+
+
 # ---------------------------------------------------------------------------------------------
 # shapes, frameworks, invariants
 

@@ -589,6 +589,42 @@ def test_tol_stops_early():
     assert_matches_lloyd(exact, lloyd_ref(X, init, 300, 0.0))
 
 
+def test_tol_zero_stops_at_an_init_that_is_a_fixed_point():
+    """Centres already at their clusters' means: the first iteration shifts them by exactly 0,
+    which is <= tol · mean(var) = 0, so Lloyd stops after one iteration."""
+    X = np.array([[0.0], [1.0], [10.0], [11.0]])
+    res = km(X, 2, init=np.array([[0.5], [10.5]]), tol=0.0)
+    assert (res.n_iter, res.converged) == (1, True)
+    assert_matches_lloyd(res, lloyd_ref(X, np.array([[0.5], [10.5]]), 300, 0.0))
+
+
+def test_default_max_iter_is_300_lloyd_iterations():
+    """1-D evenly spaced rows with all 20 centres started in the first fifth: the boundaries
+    creep right for 201 iterations, past 100 and within the documented default of 300 (the
+    same run as max_iter=300; evenly spaced rows tie, so no float64 reference here)."""
+    X = np.linspace(0, 1, 500)[:, None]
+    init = np.sort(np.random.default_rng(2).uniform(0, 0.2, size=(20, 1)), 0)
+    res = km(X, 20, init=init, tol=0.0)
+    assert res.converged
+    assert 100 < res.n_iter <= 300
+    explicit = km(X, 20, init=init, tol=0.0, max_iter=300)
+    assert (explicit.n_iter, explicit.converged) == (res.n_iter, True)
+    assert_array_equal(to_numpy(res.labels), to_numpy(explicit.labels))
+
+
+def test_tol_is_scaled_by_the_population_variance():
+    """tol · mean(np.var(X, axis=0)) (ddof 0, scikit-learn's rule): X = [0, 1, 2, 10], init
+    [0, 1] shifts the centres by s1 = (13/3 - 1)² in the first iteration; tol puts the
+    threshold at 0.9 s1 (1.2 s1 with the sample variance), so Lloyd goes on to iteration 3."""
+    X = np.array([[0.0], [1.0], [2.0], [10.0]])
+    init = np.array([[0.0], [1.0]])
+    s1 = (13 / 3 - 1) ** 2
+    tol = 0.9 * s1 / float(np.mean(np.var(X, axis=0)))
+    res = km(X, 2, init=init, tol=tol)
+    assert res.n_iter == 3
+    assert_matches_lloyd(res, lloyd_ref(X, init, 300, tol))
+
+
 # ---------------------------------------------------------------------------------------------
 # mini-batch
 

@@ -27,6 +27,7 @@ from reference import (
     debias_ref,
     exhaustive_ref,
     f1_ref,
+    grad_f1_ref,
     greedy_ref,
     iht_ref,
     line_search_ref,
@@ -228,6 +229,30 @@ def test_line_search_is_the_exact_minimiser(seed, beta):
         problem.line_search(torch.zeros(9, dtype=torch.float64), torch.ones(9, dtype=torch.float64))
         == 0.0
     )
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_grad_f1_matches_the_reference_gradient(beta):
+    """SparseProblem.grad_f1 is ∇f1 = 2 Φᵀ(Φw - v) + 2β(w - 1) at a w with non-zero entries
+    (float64 reference, and a central difference of f1)."""
+    from fastal.sparse import DensePhi, SparseProblem
+
+    Phi, v, sigma = _random_problem(3)
+    b = 3
+    problem = SparseProblem(
+        DensePhi(torch.from_numpy(Phi * b), b), torch.from_numpy(v), torch.from_numpy(sigma),
+        b, 0.0, beta,
+    )  # fmt: skip
+    w = np.abs(np.random.default_rng(4).normal(size=9))
+    got = problem.grad_f1(torch.from_numpy(w)).numpy()
+    assert_allclose(got, grad_f1_ref(Phi, v, beta, w), rtol=1e-12, atol=1e-12)
+    h = 1e-6
+
+    def f1(x):
+        return problem.f1(torch.from_numpy(x))
+
+    fd = [(f1(w + h * e) - f1(w - h * e)) / (2 * h) for e in np.eye(9)]
+    assert_allclose(got, fd, rtol=1e-6, atol=1e-6)
 
 
 def test_debias_moves_only_the_selected_set_and_never_increases_f1():

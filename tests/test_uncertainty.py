@@ -131,6 +131,29 @@ def test_bald_agreeing_passes_score_zero():
     assert sel.indices.tolist() == [0, 1, 2]  # all tied: lowest indices
 
 
+def test_bald_scores_are_never_negative_and_near_agreement_ties_agreement():
+    """Two passes one ulp apart: float64 H[mean] - mean H rounds to -1.1e-16; the score is
+    clamped to 0 (BALD's mutual information is >= 0), so row 0 ties the agreeing row 1 and the
+    tie goes to the lowest index."""
+    p = np.array([0.6161932263421596, 0.29339796449326006, 0.09040880916458023])
+    q = p.copy()
+    q[0] = np.nextafter(q[0], 2.0)  # one ulp up: the rows still sum to 1 within 1e-3
+    r = np.array([0.2, 0.3, 0.5])
+    mc = np.stack([np.stack([p, r]), np.stack([q, r])])  # (T=2, n=2, C=3)
+    sel = BALD().select({"mc_probs": mc}, 1)
+    scores = np.asarray(sel.diagnostics["scores"])
+    assert (scores >= 0).all(), scores
+    assert_array_equal(scores, [0.0, 0.0])
+    assert_array_equal(sel.indices, [0])
+
+
+def test_bald_refuses_probabilities_above_one_within_the_sum_tolerance():
+    """1.0005 is past [0, 1] though its row sums to 1 within 1e-3: refused, as for 'probs'."""
+    mc = np.array([[[1.0005, 0.0], [0.5, 0.5]], [[0.5, 0.5], [0.5, 0.5]]])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        BALD().select({"mc_probs": mc}, 1)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_random_is_a_seeded_uniform_choice(backend):
     X = to_backend(np.zeros((50, 2)), backend, "float32")

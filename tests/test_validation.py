@@ -434,6 +434,14 @@ def test_float32_overflow_is_reported_not_returned_as_inf():
     assert fastal.kcenter_greedy(X.astype(np.float64), 1, labeled=[1]).tolist() == [0]
 
 
+def test_float32_overflow_of_the_initial_distances_alone_is_reported():
+    X = np.array([[0.0], [1.0], [2e19], [3e19]], dtype=np.float32)  # 4e38, 9e38 > float32 max
+    with pytest.raises(ValueError, match="overflow float32"):
+        fastal.kcenter_greedy(X, 1, labeled=[0])
+    # float64 holds them: row 3 is the farthest from row 0
+    assert fastal.kcenter_greedy(X.astype(np.float64), 1, labeled=[0]).tolist() == [3]
+
+
 # ---------------------------------------------------------------------------------------------
 # audit §9: sparse tensors and non-bool flags
 
