@@ -112,6 +112,19 @@ def test_fewer_clusters_than_budget_share_the_budget_equally():
     assert sel.diagnostics["n_clusters"] == 4
 
 
+def test_more_clusters_than_budget_are_lowered_to_the_budget():
+    X = _pool()
+    pred = np.random.default_rng(2).random(300)
+    pool = {"features": X, "dual_predictions": pred}
+    sel = ALLY(n_clusters=8).select(pool, 3, None, seed=0)
+    assert sel.diagnostics["n_clusters"] == 3
+    clusters = sel.diagnostics["clusters"]
+    assert clusters.max() == 2
+    assert sorted(clusters[sel.indices].tolist()) == [0, 1, 2]  # one pick per cluster
+    # the same as asking for the budget's k
+    assert_array_equal(sel.indices, ALLY(n_clusters=3).select(pool, 3, None, seed=0).indices)
+
+
 def test_dual_head_learns_the_duals():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 5)).astype(np.float32)

@@ -20,10 +20,7 @@ from conftest import (
     upcast,
 )
 from numpy.testing import assert_array_equal
-from reference import (
-    iht_score_ref,
-    iht_threshold_ref,
-)
+from reference import iht_score_ref, iht_threshold_ref
 
 import fastal
 import fastal.strategies

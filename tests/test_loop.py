@@ -32,9 +32,6 @@ def blobs(n: int, seed: int, C: int = 3, d: int = 4):
     return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
 
 
-POOL, TEST = blobs(120, 0), blobs(60, 1)
-
-
 def model_fn():
     return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
 
@@ -178,6 +175,22 @@ def test_argument_checks():
         loop.run(POOL, TEST, initial=[1, 1], budget=5, rounds=1, **kwargs)
     res = loop.run(POOL, TEST, initial=[3, 1, 2], budget=2, rounds=1, **kwargs)
     assert res.labeled[:3].tolist() == [3, 1, 2]
+
+
+POOL, TEST = blobs(120, 0), blobs(60, 1)
+
+
+def test_one_label_more_than_the_pool_is_refused_before_training():
+    calls = []
+
+    def counting_train(*args, **kwargs):
+        calls.append(1)
+        return train(*args, **kwargs)
+
+    kwargs = dict(model_fn=model_fn, strategy="random", train_fn=counting_train)
+    with pytest.raises(ValueError, match="more than the pool"):
+        loop.run(POOL, TEST, initial=111, budget=5, rounds=2, **kwargs)  # 111 + 10 = 121 > 120
+    assert calls == []  # refused up front, not after the first rounds' training
 
 
 def test_class_labels_are_checked_at_run():

@@ -16,12 +16,12 @@ The top-b kernel is tested in ``test_iht_threshold.py``, the label temperature i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    to_numpy,
-)
+from conftest import to_numpy
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import (
     debias_ref,
@@ -46,6 +46,7 @@ from reference import (
 
 import fastal
 import fastal.strategies
+from fastal.strategies.sparse_approx import expected_distance
 
 SparseApprox = fastal.strategies.get("sparse_approx")
 
@@ -358,6 +359,16 @@ def test_factored_sigma_on_confident_rows():
     _, _, sigma_ref = factored_reference(pool, rows, 2, 1.0)
     scale = np.sqrt(2.0) / n  # |h| / n_u: the size of sigma for an uncertain row
     assert_allclose(to_numpy(sigma), sigma_ref, rtol=1e-6, atol=1e-15 * scale)
+
+
+def test_expected_distance_keeps_confident_rows():
+    """Rows [1, t] and [1, t/2, t/2] (t = 2^-60; the 1 is 1 - t rounded): Σ_y P_y |P - e_y| with
+    1 - P_top read as the others' sum, t. Row 1: 1·√(t² + t²) + t·√(1 + 1) = 2√2 t. Row 2:
+    √(t² + t²/2) + 2 · (t/2) · √(1 + 1 + ...) = (√1.5 + √2) t to float64 rounding."""
+    t = 2.0**-60
+    P = torch.tensor([[1.0, t, 0.0], [1.0, t / 2, t / 2]], dtype=torch.float64)
+    got = expected_distance(P).numpy()
+    assert_allclose(got, [2 * math.sqrt(2) * t, (math.sqrt(1.5) + math.sqrt(2)) * t], rtol=1e-12)
 
 
 @pytest.mark.parametrize("labeled", [None, [0, 3]])

@@ -9,14 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    to_numpy,
-)
+from conftest import to_numpy
 from numpy.testing import assert_allclose, assert_array_equal
-from reference import (
-    softmax_ref,
-    sparse_problem_factored_ref,
-)
+from reference import softmax_ref, sparse_problem_factored_ref
 from test_sparse import factored_reference, logits_pool
 
 import fastal

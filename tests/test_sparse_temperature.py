@@ -10,9 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    to_numpy,
-)
+from conftest import to_numpy
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import (
     fit_temperature_ref,

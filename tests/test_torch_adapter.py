@@ -296,6 +296,26 @@ def test_mc_dropout_passes_differ_and_their_mean_converges():
     assert not torch.equal(other, again)
 
 
+def _model(dropout: float) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(dropout), nn.Linear(8, 5))
+
+
+def test_mc_samples_defaults_to_20_passes():
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    out = ft.pool_outputs(_model(0.5), x, ("mc_probs",), batch_size=4, seed=0, progress=False)
+    assert tuple(out["mc_probs"].shape) == (20, 6, 5)
+
+
+def test_probs_of_a_bfloat16_model_are_the_float32_softmax_of_its_logits():
+    model = _model(0.0).to(torch.bfloat16)
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(2)) * 4
+    out = ft.pool_outputs(model, x, ("logits", "probs"), batch_size=8, progress=False)
+    assert out["logits"].dtype == out["probs"].dtype == torch.float32
+    # the bfloat16 logits widen exactly to float32: the probabilities are their float32 softmax
+    assert_array_equal(out["probs"].numpy(), torch.softmax(out["logits"], dim=1).numpy())
+
+
 def test_regression_outputs():
     x = torch.from_numpy(inputs())
     ref = reference(inputs())
