@@ -504,3 +504,30 @@ def test_property_pruned_equals_unpruned(n, d, k, data_seed, dtype):
     b = fastal.kcenter(X, budget, seed=data_seed, prune=False)
     assert_array_equal(to_numpy(a.indices), to_numpy(b.indices))
     assert_array_equal(to_numpy(a.radius), to_numpy(b.radius))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pruned_factored_kcenter_on_a_line_of_large_gradients(seed, dtype):
+    """Gradients on a line, g_i = (a0 + t_i da) (x) h0, |g|^2 ~ 1: collinear rows make the
+    triangle test tight (a row near the midpoint of its centre and the new one sits at the
+    pruning boundary), and the factored distance's absolute rounding (~(C + dh) u |g|^2) is a few
+    % of these squared distances (1e-4 .. 1e-2). The pruned picks must equal the unpruned ones
+    (rows.h, FactoredRows::Pruner's e5 (s_i + s_a + s_c) margin)."""
+    rng = np.random.default_rng(seed)
+    n, C, dh = 5000, 16, 112  # (C + dh) * 4 bytes >= 256: the CPU prunes
+    a0 = rng.normal(size=C)
+    a0 /= np.linalg.norm(a0)
+    da = rng.normal(size=C)
+    da /= np.linalg.norm(da)
+    h0 = rng.normal(size=dh)
+    h0 /= np.linalg.norm(h0)
+    t = rng.uniform(-0.1, 0.1, n)
+    A = (a0[None] + t[:, None] * da[None]).astype(dtype)
+    H = np.repeat(h0[None], n, 0).astype(dtype)
+    emb = fastal.GradientEmbedding(A, H)
+    a = fastal.kcenter(emb, 12, seed=seed, prune=True)
+    b = fastal.kcenter(emb, 12, seed=seed, prune=False)
+    assert a.diagnostics["pruned"]
+    assert_array_equal(a.indices, b.indices)
+    assert_array_equal(a.radius, b.radius)

@@ -201,3 +201,32 @@ def test_steps_where_the_bounds_settle_nothing_back_off_to_plain_steps(monkeypat
     again = fastal.kmeans(X, 200, init=C0, max_iter=12, tol=0.0)
     assert len(calls) == 12 and sum(calls) == 1
     assert_array_equal(again.labels, plain.labels)
+
+
+def test_open_rows_break_exact_ties_to_the_lowest_centre():
+    """A row the bounds open (kmeans_bounded.cpp, open_row) starts from its old centre a; a
+    centre j < a that moved to exactly the same distance must take it (ties to the lowest index,
+    as the plain step). Integer data: every distance is exact. The pools of
+    test_bounded_steps_equal_the_plain_steps never put a moved centre at an exact tie with an
+    opened row's old centre, so dropping the tie clause passed them."""
+    k = 32
+    base = np.stack([10.0 * np.arange(k), np.zeros(k)], axis=1)
+    special = base[:-1] + [6.0, 0.0]  # 6 from centre i, 4 from centre i + 1: label i + 1
+    X = np.vstack([base - [1.0, 0.0], base, base + [1.0, 0.0], special])
+    moved = base.copy()
+    moved[::2, 0] += 2.0  # even centres step by +2: every special row now ties i with i + 1
+    info = fastal._validate.check_matrix(X, "X")
+    xt = torch.from_numpy(X)
+    xsq = _lloyd._row_sqnorms(xt, xt.dtype)
+    plain = _lloyd_fused._fused_lloyd(info, k)
+    bounded = _lloyd_fused._BoundedLloyd(info, torch.from_numpy(base))
+    with _blas._one_blas_thread():
+        for c in (base, moved):
+            centres = torch.from_numpy(c)
+            want = tuple(plain(xt, xsq, centres))
+            got = bounded.step(xt, xsq, centres)
+            assert_array_equal(got[0].numpy(), want[0].numpy())
+            assert_array_equal(got[1].numpy(), want[2].numpy())
+            assert_array_equal(got[2].numpy(), want[3].numpy())
+    assert_array_equal(got[0].numpy()[3 * k :], np.arange(k - 1))  # 4 = 4 or 6 = 6: centre i
+    assert bounded.computed < bounded.possible  # the second step went through the bounds

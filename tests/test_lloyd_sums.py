@@ -99,3 +99,21 @@ def test_partial_limit_reaches_both_kernels():
     cpu = fastal._ext.cpu
     for name in ("kmeans_lloyd_step_float32", "kmeans_lloyd_bounded_step_float64"):
         assert "partial_limit" in getattr(cpu, name).__doc__
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_segment_sum_adds_every_threads_rows(dtype):
+    """segment_sum (the CPU update step of the torch Lloyd path, _lloyd._segment_means): above
+    2^15 elements each thread sums its rows into a private float64 buffer, then the buffers are
+    added. No test reached that branch (the kmeans pools that use it are small), so a reduction
+    that dropped one thread's buffer passed. Against float64 np.add.at."""
+    rng = np.random.default_rng(7)
+    n, d, k = 5003, 17, 9
+    X = torch.from_numpy(rng.normal(size=(n, d))).to(getattr(torch, dtype))
+    labels = rng.integers(0, k, n).astype(np.int64)
+    x = X.view(torch.int16).numpy().view(np.uint16) if X.element_size() == 2 else X.numpy()
+    sums, counts = getattr(fastal._ext.cpu, f"segment_sum_{dtype}")(x, labels, k)
+    want = np.zeros((k, d))
+    np.add.at(want, labels, X.to(torch.float64).numpy())
+    assert_array_equal(counts, np.bincount(labels, minlength=k))
+    assert_allclose(sums, want, rtol=1e-12, atol=1e-12)

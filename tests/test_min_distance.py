@@ -208,3 +208,30 @@ def test_overflowing_gradient_embedding_raises():
     emb = fastal.GradientEmbedding(A, H)
     with pytest.raises(ValueError, match="overflow float32"):
         fastal.min_distance(emb, emb.subset([0, 1]))
+
+
+@pytest.mark.parametrize("m", [1, 8])  # streaming rows (m < 8) and AVX-512 register blocks
+def test_near_copies_of_tiny_gradients_are_accurate(m):
+    """Near copies of a confident row (|g|^2 = 1e-8): squared distances ~1e-14, i.e. 1e-6 of
+    |g_i|^2 + |g_c|^2, where the expansion's rounding (~(C + dh) u s ~ 1e-13) swamps them. The
+    cancellation-free form (rows.h, FactoredRows::near_copy) must be taken: its error bound
+    e (|dA| |H_i| + |A_c| |dH|)^2 is within e s here. Checked against the materialised float64
+    rows; a test of `bound <= s` instead of `bound * bound <= s` rejected it whenever s < bound <
+    sqrt(s), i.e. for every near copy of a gradient this small."""
+    rng = np.random.default_rng(5)
+    n, C, dh = 200, 10, 24
+    a0 = rng.normal(size=C) * 1e-4 / np.sqrt(C)
+    h0 = rng.normal(size=dh) / np.sqrt(dh)
+    spread = 1 + 1e-3 * rng.normal(size=(n, 1))
+    A = a0[None] * spread + 1e-7 * rng.normal(size=(n, C)) / np.sqrt(C)
+    H = h0[None] + 1e-3 * rng.normal(size=(n, dh)) / np.sqrt(dh)
+    A, H = A.astype(np.float32), H.astype(np.float32)
+    emb = fastal.GradientEmbedding(A, H)
+    centres = np.arange(m) * 7
+    dist, _ = fastal.min_distance(emb, emb.subset(centres))
+    G = np.einsum("ic,ik->ick", A.astype(np.float64), H.astype(np.float64)).reshape(n, -1)
+    d2 = ((G[:, None, :] - G[centres][None]) ** 2).sum(-1)
+    want = np.sqrt(d2.min(1))
+    others = np.setdiff1d(np.arange(n), centres)
+    assert_allclose(np.asarray(dist)[others], want[others], rtol=2e-2)
+    assert not np.asarray(dist)[centres].any()

@@ -96,3 +96,19 @@ def test_rejects_bad_sizes():
         fastal._ext.cpu.iht_threshold_fused_float32(s, s, 11, 0.5)
     with pytest.raises(ValueError, match="grid must be in"):
         fastal._ext.cpu.iht_threshold_fused_float32(s, s, 2, 0.5, False, 0)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("grid", [1, 4])
+def test_b_ends_inside_a_large_bin_of_one_key(exact, grid):
+    """Four keys of ~10,000 rows each, all over kBinCandidates (8192): the digit passes run to the
+    complete key and take the first `quota` rows of the last bin in index order (write_rows).
+    The row just past the quota must be neither in the support nor weighted; with s > 0 in the
+    bin its w shows it. The "tied" pools of test_many_rows_per_block_and_empty_blocks have bins
+    under 8192 rows (the sort ranks them), so taking one row over the quota passed them."""
+    rng = np.random.default_rng(11)
+    n = 40_000
+    s = np.where(rng.random(n) < 0.5, 0.5, -0.25).astype(np.float32)
+    g = np.where(rng.random(n) < 0.5, 0.5, 0.0).astype(np.float32)
+    for b in (5_000, 13_333, 25_000, 39_999):
+        check(s, g, b, 0.5, exact, grid)

@@ -19,7 +19,9 @@ adversarial orderings:
 - ``retry``: the sampled rows hold the best scores, so the first threshold keeps too few rows.
   :func:`kernel_attempts` replays the kernel's threshold arithmetic (a copy of the loop in
   ``select_top_b``) and the test asserts that this case needs a second pass (b = 5000 and
-  ``n // 3`` at n >= 70001) and at n = 300001, b = 5000 the third, threshold-free one.
+  ``n // 3`` at n >= 70001) and at n = 300001, b = 5000 the third, threshold-free one. There a
+  third pass with a threshold would still keep b rows; at n = 2^20 + 1 it would not, so
+  :func:`test_third_pass_keeps_every_row` checks there that the kernel's third pass keeps them all.
 
 The result must equal :func:`reference.iht_threshold_ref` exactly, support order (score, then
 index) included, for both rules, numpy and torch-CPU inputs, float64 and float32. The kernel forms
@@ -158,3 +160,26 @@ def test_iht_threshold_large_n_matches_reference_exactly(n, kind):
                     expected_w = np.zeros(n)
                     expected_w[order[:b]] = np.maximum(stored[order[:b]], 0.0)
                     assert_array_equal(upcast(w), expected_w, err_msg=where)
+
+
+def test_third_pass_keeps_every_row():
+    """The third survivor pass must keep every row. At n = 300001 (SIZES) a third pass with a
+    finite threshold (16x the first rank) still keeps >= b rows of the "retry" pool, so a kernel
+    that thresholded all three passes passed test_iht_threshold_large_n_matches_reference_exactly
+    (RETRY_ATTEMPTS counts the passes of the Python replay, not of the kernel). At n = 2^20 + 1
+    (64 rows per sampled row) a thresholded third pass keeps about 16 * 1.5 b / 64 < b rows."""
+    n, b = (1 << 20) + 1, 5000
+    s64, g64 = data(n, "retry")
+    score = iht_score_ref(s64, g64, ALPHA, "paper")
+    assert kernel_attempts(score, b) == 3
+    rank = int(np.ceil(16 * (1.5 * b / n + 4.0 * np.sqrt(b) / n) * SAMPLE))
+    finite = np.partition(score[sample_rows(n)], rank)[rank]
+    assert (score <= finite).sum() < b  # a thresholded third pass would come up short
+    order = np.lexsort((np.arange(n), score))
+    for dtype in ("float64", "float32"):
+        s, sigma = s64.astype(dtype), g64.astype(dtype)
+        support, w = fastal.iht_threshold(s, sigma, b, ALPHA, rule="paper")
+        assert_array_equal(support, order[:b])
+        expected_w = np.zeros(n)
+        expected_w[order[:b]] = np.maximum(s64[order[:b]], 0.0)
+        assert_array_equal(w.astype(np.float64), expected_w)

@@ -497,3 +497,23 @@ def test_cpu_kernels_reject_zero_columns(call):
             cpu.count_nonfinite_rows_float32(X)
         else:
             cpu.segment_sum_float32(X, np.zeros(4, np.int64), 1)
+
+
+@pytest.mark.parametrize("value", [2.0**127, 3.0e38, -3.3e38])
+def test_bfloat16_values_past_2_127_are_finite(value):
+    """count_nonfinite_rows tests a bfloat16's exponent field against 0x7f80; a mask without the
+    exponent's low bit (0x7f00) also took every finite value of binary exponent 127 (|x| in
+    [2^127, 3.39e38)) for NaN / Inf. Such a pool is refused, but for overflowing its distances,
+    not as containing NaN or Inf; and the spread is the value."""
+    X = torch.zeros((6, 3), dtype=torch.bfloat16)
+    X[4, 1] = value
+    x = X.view(torch.int16).numpy().view(np.uint16)
+    count, first, spread = fastal._ext.cpu.count_nonfinite_rows_bfloat16(x)
+    assert (count, first) == (0, -1)
+    assert spread == abs(float(X[4, 1]))
+    with pytest.raises(ValueError, match="overflow float32"):
+        fastal.kcenter_greedy(X, 2, labeled=[0])
+    X[2, 0] = float("inf")
+    bits = X.view(torch.int16).numpy().view(np.uint16)
+    count, first, _ = fastal._ext.cpu.count_nonfinite_rows_bfloat16(bits)
+    assert (count, first) == (1, 2)
