@@ -227,6 +227,19 @@ def test_copies_of_picked_rows_are_not_picked(prune, bias):
     assert np.unique(drawn).size == drawn.size, drawn
 
 
+@pytest.mark.parametrize("n_labeled", [0, 7])
+def test_badge_unpruned_reads_every_non_centre_row(n_labeled):
+    pool = make_pool("probs", "numpy", n=120, C=4, d=6, seed=1)[0]
+    labeled = np.arange(n_labeled)
+    sel = strategies.BADGE(prune=False).select(pool, 6, labeled=labeled, seed=0)
+    rest = 120 - n_labeled
+    dg = sel.diagnostics
+    assert dg["n_candidates"] == rest
+    assert dg["pruned"] is False
+    assert dg["rows_read"] == sum(rest - t for t in range(1, 7))
+    assert dg["rows_read_fraction"] == 1.0
+
+
 # ---------------------------------------------------------------------------------------------
 # EGL
 

@@ -15,6 +15,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import fastal.torch
 from fastal import bilevel as bl
+from fastal.bilevel.inner import _adam, _class_block_preconditioner
 from fastal.strategies import get
 from fastal.strategies.bilevel import BilevelCoreset
 
@@ -199,6 +200,59 @@ def test_solve_inner_reaches_the_optimum():
     assert again["iters"] == 0
 
 
+def test_solve_inner_sample_weights_repeat_rows():
+    Z, soft, labeled, y = problem(n=10, m=4, C=3, seed=2)
+    T = targets(soft, labeled, y)
+    w = np.array([3, 1, 2, 1, 1, 2, 1, 1, 1, 4], dtype=np.float64)
+    W, _ = bl.solve_inner(Z, T, reg=1e-3, sample_weight=w, tol=1e-12)
+    rep = np.repeat(np.arange(10), w.astype(int))
+    assert_allclose(W, solve_inner_ref(Z[rep], T[rep], 1e-3, 3), rtol=1e-6, atol=1e-8)
+    assert np.abs(grad_ref(Z, T, W, 1e-3, w)).max() < 1e-9
+
+
+def test_adam_matches_torch_adam():
+    Z, soft, _, _ = problem(n=8, m=3, C=2, seed=1)
+    Zt, Tt = torch.from_numpy(Z), torch.from_numpy(soft)
+    wt = torch.linspace(0.5, 2.0, 8, dtype=torch.float64)
+    W0 = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 3)))
+    rows = [torch.tensor([0, 3, 5]), torch.tensor([1, 2, 7]), torch.tensor([4, 6, 0])] * 3
+    reg, lr, s = 1e-2, 0.05, 8
+
+    order = iter(rows)
+
+    def batch(rng):
+        k = next(order)
+        return Zt[k], Tt[k], wt[k]
+
+    got = _adam(W0, batch, s, reg, iters=len(rows), lr=lr, rng=np.random.default_rng(0))
+
+    W = W0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([W], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    for k in rows:
+        logp = torch.log_softmax(Zt[k] @ W.T, dim=1)
+        loss = -(s / k.numel()) * (wt[k] * (Tt[k] * logp).sum(1)).sum() + reg * (W * W).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert_allclose(got.numpy(), W.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_class_block_preconditioner_inverts_the_diagonal_blocks():
+    rng = np.random.default_rng(3)
+    s, r, C, reg = 7, 3, 4, 1e-2
+    X = rng.normal(size=(s, r))
+    w = rng.uniform(0.5, 2.0, size=s)
+    P = softmax_ref(rng.normal(size=(s, C)))
+    R = rng.normal(size=(C, r))
+    Minv = _class_block_preconditioner(
+        torch.from_numpy(P), torch.from_numpy(X), torch.from_numpy(w), reg
+    )
+    got = Minv(torch.from_numpy(R)).numpy()
+    for c in range(C):
+        B = (X * (w * P[:, c] * (1 - P[:, c]))[:, None]).T @ X + 2 * reg * np.eye(r)
+        assert_allclose(got[c], np.linalg.solve(B, R[c]), rtol=1e-10)
+
+
 def test_solve_inner_tolerance_bounds_the_error_of_w():
     """tol bounds |W - W*| / |W*| (F is 2λ-strongly convex) on separable classes, where |∇F(0)|
     is ~10⁵ times the gradient at which W is still 1e-7 off, from zero and from a warm start."""
@@ -373,6 +427,18 @@ def test_greedy_matches_the_dense_reference(n_lab, with_labels):
     assert max(res.diagnostics["cg_residual"]) < 1e-8  # C·r <= 3·8: 30 steps are exact here
 
 
+def test_upper_loss_is_the_cross_entropy_over_the_pool():
+    Z, soft, labeled, y = problem(n=30, m=4, C=3, n_lab=5, seed=4)
+    T = targets(soft, labeled, y)
+    res = bl.bilevel_select(
+        Z, y, soft, labeled, 1, reg=1e-3, random_fraction=0.0, inner_tol=1e-12, seed=0
+    )
+    W = solve_inner_ref(Z[labeled], T[labeled], 1e-3, 3)  # the first inner set: labeled only
+    G = float(-(T * np.log(softmax_ref(Z @ W.T))).sum())
+    assert G > 0
+    assert_allclose(res.diagnostics["upper_loss"][0], G, rtol=1e-8)
+
+
 def test_greedy_default_tolerance_on_near_separable_data():
     """Well-separated classes and λ = 1e-4: |∇F(0)| is ~10⁶ times the gradient at which W is still
     a few percent off. At the default inner_tol the picks must still be Alg. 1's (a stopping test
@@ -461,6 +527,48 @@ def test_budget_zero_and_everything():
     assert sel.indices.shape == (0,)
     sel = BilevelCoreset(landmarks=10, random_fraction=0.0).select(pool, 18, labeled=[1, 2], seed=0)
     assert sorted(sel.indices.tolist()) == [i for i in range(20) if i not in (1, 2)]
+
+
+def test_random_count_is_not_lost_to_rounding():
+    Z, soft, labeled, y = problem(n=110, m=3, C=2, n_lab=4, seed=5)
+    res = bl.bilevel_select(Z, y, soft, labeled, 100, random_fraction=0.29, per_step=100, seed=0)
+    assert len(res.diagnostics["random"]) == 29
+    assert len(res.diagnostics["greedy"]) == 71
+
+
+@pytest.mark.parametrize("random_fraction", [0.3, 0.5, 0.9])
+def test_everything_with_a_random_part_is_a_permutation(random_fraction):
+    Z, soft, labeled, y = problem(n=24, m=4, C=3, n_lab=4, seed=6)
+    res = bl.bilevel_select(
+        Z, y, soft, labeled, 20, random_fraction=random_fraction, per_step=3, seed=1
+    )
+    assert sorted(res.indices.tolist()) == sorted(set(range(24)) - set(labeled.tolist()))
+
+
+def test_random_points_are_in_the_first_inner_problem():
+    Z, soft, labeled, y = problem(n=30, m=4, C=3, n_lab=4, seed=7)
+    T = targets(soft, labeled, y)
+    res = bl.bilevel_select(
+        Z, y, soft, labeled, 4, reg=1e-3, random_fraction=0.5, inner_tol=1e-12, seed=2
+    )
+    S = np.concatenate([labeled, res.diagnostics["random"]])
+    assert S.size == labeled.size + 2
+    W = solve_inner_ref(Z[S], T[S], 1e-3, 3)
+    assert_allclose(res.diagnostics["inner_loss"][0], loss_ref(Z[S], T[S], W, 1e-3), rtol=1e-9)
+
+
+def test_random_fraction_above_one_is_refused():
+    Z, soft, labeled, y = problem(n=20, m=3, C=2, n_lab=2, seed=8)
+    with pytest.raises(ValueError, match="random_fraction must be in"):
+        bl.bilevel_select(Z, y, soft, labeled, 3, random_fraction=1.5, seed=0)
+
+
+def test_probabilities_above_one_are_refused():
+    Z, soft, labeled, y = problem(n=20, m=3, C=2, n_lab=2, seed=8)
+    bad = soft.copy()
+    bad[5] = [1.0005, 0.0]  # sums to 1 within the tolerance, but is not a probability
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+        bl.bilevel_select(Z, y, bad, labeled, 3, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------

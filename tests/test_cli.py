@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from numpy.testing import assert_array_equal
 
 import fastal
 from fastal import cli
@@ -351,6 +352,21 @@ def test_n_labeled_on_the_digits(capsys):
     assert "0 labeled, budget 3" in capsys.readouterr().out
     assert cli.main(["select", "--budget", "3"]) == 0  # the default: 20 random labels
     assert "20 labeled, budget 3" in capsys.readouterr().out
+
+
+def test_the_digits_labeled_set_follows_the_seed(tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    X = (load_digits().data / 16.0).astype(np.float32)
+    for seed in (1, 2):
+        out = tmp_path / f"picks{seed}.npy"
+        assert cli.main(["select", "--seed", str(seed), "--budget", "5", "--out", str(out)]) == 0
+        labeled = np.sort(np.random.default_rng(seed).choice(len(X), size=20, replace=False))
+        want, radius = fastal.kcenter_greedy(X, 5, labeled=labeled, return_radius=True)
+        assert_array_equal(np.load(out), want)
+        # the pixels are scaled to [0, 1]: the printed radius is that of X, not of 0..16 pixels
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if "covering radius" in ln)
+        assert line.split("-> ")[1].split(" ")[0] == f"{float(radius[-1]):.4f}"
 
 
 def test_robust_coreset_size_limit_names_the_command_line_way_out(tmp_path):

@@ -12,6 +12,7 @@ import fastal
 import numpy as np
 import pytest
 import torch
+from fastal import _interop
 from fastal.strategies import ALLY, BALD, CRC, BilevelCoreset, Entropy
 from numpy.testing import assert_allclose, assert_array_equal
 
@@ -211,6 +212,20 @@ def test_lazily_negated_tensor_is_read_as_its_values():
     km_neg, km = fastal.kmeans(neg, 4, seed=0), fastal.kmeans(X, 4, seed=0)
     assert_array_equal(km_neg.labels, km.labels)
     assert_allclose(km_neg.inertia, km.inertia)
+
+
+def test_host_numpy_resolves_a_negative_view():
+    X = torch.arange(6.0).reshape(3, 2)
+    neg = torch._neg_view(-X)
+    assert neg.is_neg()
+    assert_array_equal(_interop.host_numpy(neg), X.numpy())
+
+
+def test_negated_view_labeled_indices():
+    X = np.random.default_rng(0).normal(size=(12, 2))
+    lab = torch._neg_view(-torch.tensor([0, 5]))
+    want = fastal.kcenter_greedy(X, 3, labeled=[0, 5])
+    assert_array_equal(fastal.kcenter_greedy(X, 3, labeled=lab), want)
 
 
 def test_ally_does_not_follow_torch_global_defaults():

@@ -13,7 +13,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fastal import loop
-from fastal.strategies import CoreSet
+from fastal.strategies import CoreSet, Random
+from fastal.strategies.base import Selection
 
 
 @pytest.fixture(autouse=True)
@@ -370,6 +371,53 @@ def test_a_budget_the_strategy_cannot_take_is_refused_before_training():
     with pytest.raises(ValueError, match="multiple of group_size"):
         loop.run(POOL, TEST, model_fn=model_fn, strategy=CRC(group_size=5), initial=5,
                  budget=[5, 5, 7], train_fn=never)  # fmt: skip
+
+
+class SeedRecorder(Random):
+    """Random picks, recording the seed of every call."""
+
+    name = "seed_recorder"
+
+    def __init__(self):
+        self.seeds: list = []
+
+    def select(self, pool, budget, labeled=None, *, seed=None):
+        self.seeds.append(seed)
+        return super().select(pool, budget, labeled, seed=seed)
+
+
+class PicksLabeled(Random):
+    """Returns one already labeled row among its picks."""
+
+    name = "picks_labeled"
+
+    def select(self, pool, budget, labeled=None, *, seed=None):
+        picks = super().select(pool, budget, labeled, seed=seed).indices.copy()
+        picks[0] = np.asarray(labeled)[0]
+        return Selection(picks, {})
+
+
+def test_each_round_selects_with_its_own_seed():
+    rec = SeedRecorder()
+    loop.run(POOL, TEST, model_fn=model_fn, strategy=rec, initial=8, budget=[3, 3, 3],
+             train_fn=train, seed=5)  # fmt: skip
+    want = [int(np.random.SeedSequence([5, r]).generate_state(3)[2]) for r in range(3)]
+    assert [int(s) for s in rec.seeds] == want
+    assert len(set(want)) == 3
+
+
+def test_a_strategy_returning_a_labeled_row_is_refused():
+    with pytest.raises(RuntimeError, match="duplicate or already labeled index"):
+        loop.run(POOL, TEST, model_fn=model_fn, strategy=PicksLabeled(), initial=8, budget=3,
+                 rounds=1, train_fn=train, seed=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("budget", [[3, 0], [0], 0])
+def test_a_zero_budget_is_refused(budget):
+    rounds = 2 if budget == 0 else None
+    with pytest.raises(ValueError, match="every budget must be >= 1"):
+        loop.run(POOL, TEST, model_fn=model_fn, strategy="random", initial=8, budget=budget,
+                 rounds=rounds, train_fn=train, seed=0)  # fmt: skip
 
 
 def unseeded_train(model, dataset, *, task, seed, device):

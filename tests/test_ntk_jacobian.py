@@ -141,6 +141,25 @@ def test_float32_model_and_chunk_invariance():
     torch.testing.assert_close((J.double() @ J.double().T), K, rtol=1e-5, atol=1e-5)
 
 
+def test_float32_inputs_are_cast_to_a_float64_model():
+    model = mlp(True, False)
+    x64 = inputs(6).float().double()  # exactly representable in float32
+    J = fastal.ntk_features_jacobian(model, x64.float(), last_k=2)
+    assert J.dtype == torch.float64
+    same = fastal.ntk_features_jacobian(model, x64, last_k=2)
+    torch.testing.assert_close(J, same, rtol=0, atol=0)
+    K = trace_ntk_ref(model, x64, last_k_names(True, False, 2))
+    torch.testing.assert_close(J @ J.T, K, rtol=1e-12, atol=1e-12)
+
+
+def test_float64_inputs_are_cast_to_a_float32_model():
+    model = mlp(True, False).float()
+    x = inputs(5)
+    J = fastal.ntk_features_jacobian(model, x, last_k=1)
+    assert J.dtype == torch.float32
+    torch.testing.assert_close(J, fastal.ntk_features_jacobian(model, x.float(), last_k=1))
+
+
 def test_frozen_parameters_are_not_layers():
     model = mlp(True, False)
     x = inputs()

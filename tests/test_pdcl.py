@@ -61,6 +61,25 @@ def test_lagrangian_and_dual_step_match_the_formulas():
         assert (duals.value >= 0).all()
 
 
+def test_regression_loss_is_the_mean_over_outputs():
+    out = torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])
+    y = torch.tensor([[0.0, 0.0], [1.0, 3.0], [3.0, 1.0]])
+    assert_allclose(per_sample_loss(out, y, "regression").numpy(), [2.5, 5.0, 2.0])
+    out3 = torch.arange(12.0).reshape(3, 2, 2)
+    assert_allclose(
+        per_sample_loss(out3, torch.zeros(3, 2, 2), "regression").numpy(),
+        (out3**2).reshape(3, -1).mean(1).numpy(),
+    )
+
+
+def test_classification_loss_is_the_cross_entropy_per_row():
+    logits = torch.tensor([[0.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([1, 0])
+    p = torch.softmax(logits, 1)
+    want = [-float(torch.log(p[0, 1])), -float(torch.log(p[1, 0]))]
+    assert_allclose(per_sample_loss(logits, y, "classification").numpy(), want, rtol=1e-12)
+
+
 def test_lagrangian_is_differentiable_in_the_losses():
     duals = DualVariables(3, 0.5, lr_dual=1.0)
     duals.value = torch.tensor([0.0, 1.0, 3.0])

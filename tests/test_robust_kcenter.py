@@ -24,6 +24,7 @@ from conftest import (
 from numpy.testing import assert_array_equal
 
 import fastal
+from fastal._covering_mip import _Problem
 from fastal.robust_kcenter import RobustKCenterResult, robust_kcenter
 from fastal.strategies import base
 from fastal.strategies import robust_kcenter as strategy_module
@@ -208,6 +209,71 @@ def test_candidates_match_brute_force_on_a_tiny_pool():
     assert res.radius == pytest.approx(best, rel=1e-12)
 
 
+def restricted_greedy_radius(X, budget, candidates, first):
+    D = pairwise(np.asarray(X, dtype=np.float64))
+    mind = np.full(X.shape[0], np.inf)
+    taken: list[int] = []
+    for t in range(budget):
+        far = first if t == 0 else int(np.argmax(mind))
+        c = min((j for j in candidates if j not in taken), key=lambda j: (D[far, j], j))
+        taken.append(c)
+        mind = np.minimum(mind, D[:, c])
+    return float(mind.max())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_restricted_greedy_starts_at_the_seeded_first_centre(seed):
+    X = np.array([[0.0], [1.0], [2.0], [4.0], [7.0], [11.0], [16.0], [22.0]])
+    candidates = [1, 3, 5, 6]
+    first = int(np.asarray(fastal.kcenter(X, 1, seed=seed).indices)[0])
+    res = robust_kcenter(X, 1, candidates=candidates, outliers=0, seed=seed)
+    assert res.greedy_radius == restricted_greedy_radius(X, 1, candidates, first)
+
+
+def test_the_seed_moves_the_restricted_greedy():
+    X = np.array([[0.0], [1.0], [2.0], [4.0], [7.0], [11.0], [16.0], [22.0]])
+    radii = {robust_kcenter(X, 1, candidates=[1, 3, 5, 6], outliers=0, seed=s).greedy_radius
+             for s in range(8)}  # fmt: skip
+    assert len(radii) > 1  # the first centre is drawn, not row 0 every time
+
+
+def test_restricted_greedy_never_reuses_a_candidate():
+    """Row 4 (at 12) is the farthest twice and candidate 1 (at 10) its nearest both times: the
+    second centre must be the nearest *other* candidate. The greedy is the answer here (radius 2
+    is optimal), so a reused candidate would come back as a duplicate pick."""
+    X = np.array([[0.0], [10.0], [0.1], [11.0], [12.0]])
+    res = robust_kcenter(X, 2, [0], candidates=[1, 2], outliers=0)
+    assert res.indices.tolist() == [1, 2]
+    assert res.radius == res.greedy_radius == 2.0
+
+
+def brute_force_candidates(X, budget, labeled, candidates, xi):
+    D = pairwise(np.asarray(X, dtype=np.float64))
+    elig = [c for c in candidates if c not in labeled]
+    sets = itertools.combinations(elig, budget)
+    return min(robust_radius_ref(D, [*labeled, *c], xi) for c in sets)
+
+
+def test_a_far_non_candidate_is_the_outlier():
+    # 50 has no candidate near it: with Ξ = 1 it is the outlier and the centre serves 10..12
+    X = np.array([[0.0], [10.0], [11.0], [12.0], [50.0], [0.5]])
+    res = robust_kcenter(X, 1, [0], candidates=[1, 2, 3], outliers=1)
+    assert res.radius == 1.0
+    assert res.indices.tolist() == [2]
+    assert res.outliers.tolist() == [4]
+
+
+@pytest.mark.parametrize("xi", [1, 2])
+@pytest.mark.parametrize("seed", range(6))
+def test_candidates_with_outliers_match_brute_force(seed, xi):
+    X = gaussian(10, 2, seed=40 + seed, duplicates=False)
+    cand = [1, 3, 4, 7, 8]
+    res = robust_kcenter(X, 2, [0], candidates=cand, outliers=xi, seed=seed)
+    assert res.radius == pytest.approx(brute_force_candidates(X, 2, [0], cand, xi), rel=1e-12)
+    assert res.optimal
+    check_certificate(X, res, 2, [0], xi)
+
+
 def test_candidates_let_a_larger_pool_fit_the_limit():
     X = mixture(400, 3, 5, seed=6)
     with pytest.raises(ValueError, match="max_points"):
@@ -237,6 +303,28 @@ def test_duplicate_rows_and_fewer_centres_than_budget():
     res = robust_kcenter(X, 4, labeled=[0])
     check_certificate(X, res, 4, [0], 0)
     assert res.radius == 0.0
+
+
+def problem(X, labeled):
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    lab = np.asarray(labeled, dtype=np.int64)
+    unl = np.setdiff1d(np.arange(X.shape[0]), lab)
+    return _Problem.build(X, unl, unl, lab), unl
+
+
+def test_complete_adds_the_farthest_eligible_points():
+    X = np.array([[0.0], [1.0], [3.0], [9.0], [10.0], [30.0]])
+    p, unl = problem(X, [0])
+    cols = p.complete(np.empty(0, np.int64), 2)
+    assert_array_equal(unl[cols], [4, 5])  # 30 first, then 10 (10 from {0, 30}; 9 is 9)
+    cols = p.complete(p.columns(np.array([5])), 3)
+    assert_array_equal(unl[cols], [2, 4, 5])  # given 30: 10, then 3 (3 from {0, 10, 30})
+
+
+def test_complete_breaks_ties_to_the_lowest_index():
+    X = np.array([[0.0], [-4.0], [4.0], [1.0]])
+    p, unl = problem(X, [0])
+    assert_array_equal(unl[p.complete(np.empty(0, np.int64), 1)], [1])  # -4 and 4 tie: row 1
 
 
 def test_time_limit_returns_a_certified_solution():
@@ -286,6 +374,49 @@ def test_time_limit_counts_the_reductions_and_starts_no_solve_past_it(monkeypatc
     check_certificate(X, res, 8, None, 0)
     assert not res.optimal
     assert res.diagnostics["path"][0]["outcome"] == "undecided: time_limit spent"
+
+
+def test_max_points_is_inclusive():
+    X = np.arange(12, dtype=np.float64)[:, None]
+    res = robust_kcenter(X, 2, labeled=[0, 11], outliers=0, max_points=10)  # 10 x 10 pairs
+    check_certificate(X, res, 2, [0, 11], 0)
+    with pytest.raises(ValueError, match="too large for robust_kcenter"):
+        robust_kcenter(X, 2, labeled=[0], outliers=0, max_points=10)  # 11 x 11 pairs
+    assert rk_module.check_size(10, 10, 10, False) is None
+
+
+def test_a_solution_that_violates_delta_is_undecided(monkeypatch):
+    mip = importlib.import_module("fastal._covering_mip")
+    feasible = mip._Problem.feasible
+    calls = []
+
+    def sloppy(self, delta, budget, xi, deadline):
+        calls.append(delta)
+        if len(calls) == 1:  # the first step "finds" centres that do not cover within δ
+            return "feasible", np.zeros(budget, np.int64)[:1], {"mips": 1}
+        return feasible(self, delta, budget, xi, deadline)
+
+    monkeypatch.setattr(mip._Problem, "feasible", sloppy)
+    X = mixture(60, 2, 4, seed=3)
+    res = robust_kcenter(X, 4, outliers=0, seed=0)
+    first = res.diagnostics["path"][0]
+    assert first["outcome"].startswith("undecided: solution violates δ")
+    assert first["found_radius"] > first["delta"]
+    assert not res.optimal
+    assert res.diagnostics["undecided"][0] == first["delta"]
+    check_certificate(X, res, 4, None, 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bisection_drops_to_the_found_radius(seed):
+    X = mixture(150, 3, 6, seed=seed)
+    res = robust_kcenter(X, 6, outliers=1, seed=0)
+    best = np.inf
+    for step in res.diagnostics["path"]:
+        assert step["delta"] < best  # radii at or above one already reached are not tested
+        if step["found_radius"] is not None and step["outcome"].startswith("feasible"):
+            best = min(best, step["found_radius"])
+    check_certificate(X, res, 6, None, 1)
 
 
 def test_budget_zero_reports_the_greedy_radius_without_outliers():
@@ -381,6 +512,19 @@ def test_strategy_registered_and_equal_to_the_function():
     assert sel.diagnostics["radius"] == res.radius
     assert_array_equal(sel.diagnostics["outliers"], res.outliers)
     assert sel.diagnostics["greedy_radius"] == res.greedy_radius
+
+
+def test_strategy_follows_the_seed_without_labeled_rows():
+    X = mixture(60, 2, 5, seed=11)
+    greedy = set()
+    for seed in range(5):
+        want = robust_kcenter(X, 4, outliers=1, seed=seed)
+        sel = RobustKCenter(outliers=1).select(X, 4, seed=seed)
+        assert_array_equal(sel.indices, want.indices)
+        assert sel.diagnostics["greedy_radius"] == want.greedy_radius
+        assert sel.diagnostics["greedy_robust_radius"] == want.diagnostics["greedy_robust_radius"]
+        greedy.add(want.greedy_radius)
+    assert len(greedy) > 1  # the seed matters here
 
 
 def test_strategy_on_a_gradient_embedding():
