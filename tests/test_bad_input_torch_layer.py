@@ -167,6 +167,32 @@ def test_labels_out_of_range_name_labels(strategy):
     assert len(sel.indices) == 2
 
 
+def test_a_label_equal_to_the_number_of_classes_is_refused():
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\).*\[0, 3\]"):
+        ft.select("sparse_approx", mlp(), x32(), 2, labeled=[0, 1], labels=[0, 3], progress=False)
+
+
+def test_the_largest_seed_is_taken():
+    sel = ft.select("bald", mlp(dropout=0.5), x32(), 2, seed=2**64 - 1, mc_seed=2**63,
+                    mc_samples=3, progress=False)  # fmt: skip
+    assert len(sel.indices) == 2
+
+
+def test_the_model_dtype_is_its_first_floating_parameter():
+    class WithTable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Parameter(torch.arange(3), requires_grad=False)  # int64, listed first
+            self.net = mlp()
+
+        def forward(self, x):
+            return self.net(x)
+
+    x = np.random.default_rng(0).normal(size=(6, D_IN))  # float64: cast to the model's float32
+    out = ft.pool_outputs(WithTable(), x, ("logits",), progress=False)
+    assert out["logits"].dtype == torch.float32
+
+
 # --- BilevelCoreset ------------------------------------------------------------------------------
 
 

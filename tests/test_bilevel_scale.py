@@ -5,6 +5,7 @@ a clear refusal before Nyström features that cannot fit in memory."""
 
 from __future__ import annotations
 
+import os
 import sys
 import weakref
 
@@ -304,6 +305,23 @@ def test_available_bytes_on_the_cpu(monkeypatch):
     without = _memory.available_bytes("cpu")
     assert isinstance(without, int)
     assert without > 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="Linux only")
+def test_meminfo_is_read_in_kib(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    with open("/proc/meminfo") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    got = _memory.machine_available_bytes()
+    assert 0.5 * kib * 1024 < got < 2 * kib * 1024  # it moves between the two reads
+
+
+def test_refusal_gives_gib_and_an_exact_fit_runs(monkeypatch):
+    monkeypatch.setattr(_memory, "available_bytes", lambda device: 1 << 30)
+    _memory.refuse_unless_it_fits(1 << 30, "cpu", "the Gram matrix", "lower it")  # fits exactly
+    with pytest.raises(ValueError, match=r"^the Gram matrix would need 1\.50 GiB but the CPU has "
+                                         r"1\.00 GiB available: lower it$"):  # fmt: skip
+        _memory.refuse_unless_it_fits(3 << 29, "cpu", "the Gram matrix", "lower it")
 
 
 def _cgroup_tree(tmp_path, self_lines, files):

@@ -14,7 +14,7 @@ import torch
 from numpy.testing import assert_array_equal
 
 import fastal
-from fastal import cli
+from fastal import _cli_io, _io, cli
 
 
 def test_default_run_on_bundled_digits(capsys):
@@ -148,6 +148,33 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_array_equal(np.load(target), np.arange(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["picks.npy"]
+
+
+def test_dtype_check_refuses_finite_overflow_only():
+    _cli_io._check_fits(np.array([1.0, np.inf, np.nan]), "float16", "--embeddings")
+    _cli_io._check_fits(np.array([65504.0]), "float16", "--embeddings")  # the largest float16
+    message = r"--dtype float16 overflows --embeddings: .* up to 7e\+04"
+    with pytest.raises(SystemExit, match=message):
+        _cli_io._check_fits(np.array([1.0, -7e4]), "float16", "--embeddings")
+
+
+def test_atomic_save_writes_its_temporary_file_beside_the_target(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    target = tmp_path / "out" / "picks.npy"
+    target.parent.mkdir()
+    seen = []
+
+    def write(f):
+        seen.append(sorted(p.name for p in target.parent.iterdir()))
+        np.save(f, np.arange(4), allow_pickle=False)
+
+    _io.write_atomic(target, write)
+    assert len(seen[0]) == 1 and seen[0][0].startswith(".picks.npy.")  # hidden, beside the target
+    assert sorted(p.name for p in target.parent.iterdir()) == ["picks.npy"]
+    assert list(elsewhere.iterdir()) == []
+    np.testing.assert_array_equal(np.load(target), np.arange(4))
 
 
 def test_console_script_module_entry():

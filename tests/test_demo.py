@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import types
 
 import numpy as np
 import pytest
 import torch
-from numpy.testing import assert_array_equal
+from numpy.testing import assert_allclose, assert_array_equal
 
-from fastal import cli, demo, strategies
+from fastal import cli, demo, loop, strategies
 
 
 @pytest.fixture(autouse=True)
@@ -93,6 +94,49 @@ def test_demo_refusals(tmp_path):
     if importlib.util.find_spec("mnist1d") is None:
         with pytest.raises(SystemExit, match="pip install mnist1d"):
             cli.main(["demo", "--quick", "--dataset", "mnist1d", "--out", str(tmp_path)])
+
+
+def test_each_seed_runs_with_its_own_seed_and_a_fresh_strategy(monkeypatch):
+    calls = []
+
+    def fake_run(pool, test, **kw):
+        calls.append((kw["strategy"], kw["seed"]))
+        return types.SimpleNamespace(auc=0.5)
+
+    monkeypatch.setattr(loop, "run", fake_run)
+    res = demo.run_demo("digits", ["random", "coreset"], seeds=3, rounds=1, budget=10, initial=10)
+    assert [seed for _, seed in calls] == [0, 1, 2, 0, 1, 2]
+    assert len({id(s) for s, _ in calls}) == 6  # no strategy object shared between runs
+    assert {name: len(runs) for name, runs in res.results.items()} == {"random": 3, "coreset": 3}
+
+
+def test_crc_takes_the_largest_group_that_divides_the_budget():
+    assert demo.make_strategy("crc", 20).group_size == 20
+    assert demo.make_strategy("crc", 30).group_size == 15
+    assert demo.make_strategy("crc", 7).group_size == 7
+
+
+def test_chance_is_the_most_frequent_test_class():
+    data = demo._classification("toy", (np.zeros((2, 1)), np.array([0, 1])),
+                                (np.zeros((4, 1)), np.array([0, 0, 0, 1])))  # fmt: skip
+    assert data.n_outputs == 2
+    assert data.chance == 0.75
+
+
+def test_a_plan_that_uses_the_whole_pool_runs():
+    data, names, _ = demo.plan_demo("digits", ["random"], initial=100, rounds=9, budget=100)
+    assert data.pool[0].shape[0] == 1000 and names == ["random"]
+    with pytest.raises(ValueError, match="1001 is more than the pool"):
+        demo.plan_demo("digits", ["random"], initial=101, rounds=9, budget=100)
+
+
+def test_diabetes_is_standardised_on_its_pool():
+    data = demo.load("diabetes")
+    X, y = data.pool
+    assert X.shape == (300, 10)
+    assert_allclose(X.mean(0), 0, atol=1e-5)
+    assert_allclose(X.std(0), 1, atol=1e-5)
+    assert abs(float(y.mean())) < 1e-5 and abs(float(y.std()) - 1) < 1e-5
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fastal import loop
+from fastal._loop_data import _Data
+from fastal._loop_state import _initial
+from fastal._loop_train import evaluate
 from fastal.strategies import CoreSet, Random
 from fastal.strategies.base import Selection
 
@@ -556,7 +559,8 @@ def test_training_that_diverges_is_refused():
     X, y = POOL
     dataset = TensorDataset(torch.from_numpy(X[:40]), torch.from_numpy(y[:40]))
     torch.manual_seed(0)
-    with pytest.raises(ValueError, match=r"training diverged: parameter .* \(float16\).*eps"):
+    hint = r"training diverged: parameter .* \(float16\).*Adam's eps of 1e-8 rounds to 0"
+    with pytest.raises(ValueError, match=hint):
         loop.fit(model_fn().half(), dataset, max_steps=60, lr=1e-2)
     with pytest.raises(ValueError, match="training diverged"):
         loop.run(POOL, TEST, model_fn=lambda: model_fn().half(), strategy="random", initial=20,
@@ -583,3 +587,56 @@ def test_parameters_training_did_not_make_non_finite_are_not_refused():
     dataset = TensorDataset(torch.from_numpy(X[keep][:40]), torch.from_numpy(y[keep][:40]))
     loop.fit(Masked(), dataset, max_steps=10)
     loop.fit(nn.Sequential(nn.LazyLinear(3)), dataset, max_steps=0)
+
+
+def test_a_trainable_parameter_non_finite_before_training_is_not_refused():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = model_fn()
+            self.spare = nn.Parameter(torch.tensor([math.inf]))  # trainable, never in the graph
+
+        def forward(self, x):
+            return self.body(x)
+
+    X, y = POOL
+    dataset = TensorDataset(torch.from_numpy(X[:40]), torch.from_numpy(y[:40]))
+    loop.fit(Unused(), dataset, max_steps=5)
+
+
+def test_evaluate_gives_the_mean_squared_error():
+    X = np.zeros((4, 2), np.float32)
+    y = np.array([1.0, -1.0, 2.0, 0.0], np.float32)
+    zero = nn.Linear(2, 1)
+    nn.init.zeros_(zero.weight)
+    nn.init.zeros_(zero.bias)
+    data = _Data((X, y), "test", "regression")
+    assert evaluate(zero, data, "regression", device="cpu", batch_size=3) == pytest.approx(1.5)
+
+
+def test_fit_passes_integer_inputs_as_they_are():
+    tokens = torch.from_numpy(np.random.default_rng(0).integers(0, 10, size=(30, 5)))
+    labels = torch.from_numpy(np.random.default_rng(1).integers(0, 3, size=30))
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(20, 3))
+    loop.fit(model, TensorDataset(tokens, labels), max_steps=3)
+
+
+class PicksPastTheEnd(Random):
+    name = "picks_past_the_end"
+
+    def select(self, pool, budget, labeled=None, *, seed=None):
+        picks = super().select(pool, budget, labeled, seed=seed).indices.copy()
+        picks[0] = len(POOL[1])
+        return Selection(picks, {})
+
+
+def test_a_strategy_index_one_past_the_pool_is_refused():
+    with pytest.raises(RuntimeError, match=r"outside the pool \[0, 120\)"):
+        loop.run(POOL, TEST, model_fn=model_fn, strategy=PicksPastTheEnd(), initial=8, budget=3,
+                 rounds=1, train_fn=train, seed=0)  # fmt: skip
+
+
+def test_the_initial_draw_is_sorted():
+    first = _initial(10, 120, 3)
+    assert_array_equal(first, np.sort(first))
+    assert np.unique(first).size == 10

@@ -124,6 +124,42 @@ def test_one_thread_blocks_in_worker_threads_leave_the_default_alone():
     assert torch.get_num_threads() == before
 
 
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_main_threads_count_is_restored_after_the_block_and_after_an_error(two_threads):
+    with _threads.one_thread_if_small(torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(KeyError), _threads.one_thread_if_small(torch.device("cpu")):
+        raise KeyError("boom")
+    assert torch.get_num_threads() == 2
+    with _threads.one_thread_if_small(torch.device("cpu"), work=10.0, below=10.0):  # not small
+        assert torch.get_num_threads() == 2
+    with _threads.one_thread_if_small(torch.device("meta")):  # not the CPU
+        assert torch.get_num_threads() == 2
+
+
+def test_worker_threads_run_unchanged_and_leave_the_default(two_threads):
+    assert _thread_count_of_a_new_thread() == 2
+    seen = []
+
+    def work():
+        with _threads.one_thread_if_small(torch.device("cpu")):
+            seen.append(torch.get_num_threads())
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen == [2]  # only the main thread lowers it
+    assert _thread_count_of_a_new_thread() == 2
+
+
 def test_overlapping_kmeans_blas_limits_restore_the_original():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from fastal import _blas

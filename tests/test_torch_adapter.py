@@ -908,6 +908,27 @@ def test_an_error_inside_the_model_says_which_rows_ran():
     assert caught.value.__notes__ == ["(fastal: in the batch of data starting at row 0)"]
 
 
+def test_batch_fn_results_of_an_array_pool_are_cast_to_the_model_dtype():
+    out = ft.pool_outputs(Tiny().float(), inputs(), ("logits",), batch_size=4, progress=False,
+                          batch_fn=lambda t: t.to(torch.float64))  # fmt: skip
+    assert out["logits"].dtype == torch.float32
+    assert_allclose(out["logits"].numpy(), reference(inputs())["logits"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="exception notes: Python 3.11")
+def test_the_note_names_the_failing_batchs_first_row():
+    class FailsLate(Tiny):
+        def forward(self, x):
+            if self.calls["model"] == 2:  # the third batch: rows 8 and 9
+                raise RuntimeError("boom")
+            return super().forward(x)
+
+    x = np.ones((10, D_IN), np.float32)
+    with pytest.raises(RuntimeError, match="boom") as caught:
+        ft.pool_outputs(FailsLate(), x, batch_size=4, progress=False)
+    assert caught.value.__notes__ == ["(fastal: in the batch of data starting at row 8)"]
+
+
 def test_warnings_point_at_the_callers_line():
     """They pointed at fastal/torch/adapter.py (the strategy's caller): a filter on the user's
     module, or pytest's report, missed the user's call."""
