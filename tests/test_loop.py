@@ -493,6 +493,22 @@ def test_resume_refuses_another_pool_or_other_settings(tmp_path):
     assert loop.run(POOL, TEST, resume=state, **kwargs).rows  # the same settings resume
 
 
+def test_resume_ignores_settings_that_print_an_object_address(tmp_path):
+    """A setting whose repr holds an object address (a function here) differs in every process,
+    so it is not compared: the same run resumes with another function object of the same code."""
+    kwargs = dict(model_fn=model_fn, strategy="entropy", initial=6, budget=6, rounds=2, seed=0,
+                  train_fn=train)  # fmt: skip
+    first_fn, second_fn = (lambda b: b), (lambda b: b)  # both alive: two addresses
+    assert repr(first_fn) != repr(second_fn)
+    state = tmp_path / "run.npz"
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(POOL, TEST, checkpoint=state, select_options={"batch_fn": first_fn},
+                 **dict(kwargs, train_fn=Recorder(fail_at=1)))  # fmt: skip
+    full = loop.run(POOL, TEST, select_options={"batch_fn": first_fn}, **kwargs)
+    resumed = loop.run(POOL, TEST, resume=state, select_options={"batch_fn": second_fn}, **kwargs)
+    assert_array_equal(resumed.labeled, full.labeled)
+
+
 def test_resume_names_a_damaged_state_file(tmp_path):
     kwargs = dict(model_fn=model_fn, strategy="entropy", initial=6, budget=6, rounds=1, seed=0,
                   train_fn=train)  # fmt: skip
