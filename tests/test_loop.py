@@ -389,14 +389,17 @@ class SeedRecorder(Random):
         return super().select(pool, budget, labeled, seed=seed)
 
 
-class PicksLabeled(Random):
-    """Returns one already labeled row among its picks."""
+class ReplacesFirstPick(Random):
+    """A misbehaving strategy: Random's picks with the first one replaced by ``first(labeled)``."""
 
-    name = "picks_labeled"
+    name = "replaces_first_pick"
+
+    def __init__(self, first):
+        self.first = first
 
     def select(self, pool, budget, labeled=None, *, seed=None):
         picks = super().select(pool, budget, labeled, seed=seed).indices.copy()
-        picks[0] = np.asarray(labeled)[0]
+        picks[0] = self.first(np.asarray(labeled))
         return Selection(picks, {})
 
 
@@ -410,9 +413,10 @@ def test_each_round_selects_with_its_own_seed():
 
 
 def test_a_strategy_returning_a_labeled_row_is_refused():
+    strategy = ReplacesFirstPick(lambda lab: lab[0])
     with pytest.raises(RuntimeError, match="duplicate or already labeled index"):
-        loop.run(POOL, TEST, model_fn=model_fn, strategy=PicksLabeled(), initial=8, budget=3,
-                 rounds=1, train_fn=train, seed=0)  # fmt: skip
+        loop.run(POOL, TEST, model_fn=model_fn, strategy=strategy, initial=8, budget=3, rounds=1,
+                 train_fn=train, seed=0)  # fmt: skip
 
 
 @pytest.mark.parametrize("budget", [[3, 0], [0], 0])
@@ -637,19 +641,11 @@ def test_fit_passes_integer_inputs_as_they_are():
     loop.fit(model, TensorDataset(tokens, labels), max_steps=3)
 
 
-class PicksPastTheEnd(Random):
-    name = "picks_past_the_end"
-
-    def select(self, pool, budget, labeled=None, *, seed=None):
-        picks = super().select(pool, budget, labeled, seed=seed).indices.copy()
-        picks[0] = len(POOL[1])
-        return Selection(picks, {})
-
-
 def test_a_strategy_index_one_past_the_pool_is_refused():
+    strategy = ReplacesFirstPick(lambda lab: len(POOL[1]))
     with pytest.raises(RuntimeError, match=r"outside the pool \[0, 120\)"):
-        loop.run(POOL, TEST, model_fn=model_fn, strategy=PicksPastTheEnd(), initial=8, budget=3,
-                 rounds=1, train_fn=train, seed=0)  # fmt: skip
+        loop.run(POOL, TEST, model_fn=model_fn, strategy=strategy, initial=8, budget=3, rounds=1,
+                 train_fn=train, seed=0)  # fmt: skip
 
 
 def test_the_initial_draw_is_sorted():
