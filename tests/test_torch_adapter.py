@@ -660,6 +660,28 @@ def test_batch_fn_may_return_a_named_tuple():
     assert_allclose(out["logits"].numpy(), reference(2 * x)["logits"], rtol=1e-5, atol=1e-5)
 
 
+def test_a_named_tuple_inside_a_mapping_keeps_its_fields():
+    """Only a NamedTuple the model reads by field name shows that the device move rebuilt it as
+    a NamedTuple (a plain tuple has no .scale); the top-level one is unpacked with * either way."""
+    from typing import NamedTuple
+
+    class Affine(NamedTuple):
+        scale: torch.Tensor
+        shift: torch.Tensor
+
+    class AffineInput(Tiny):
+        def forward(self, x, affine):
+            return super().forward(x * affine.scale + affine.shift)
+
+    def batch_fn(b):
+        return {"x": b, "affine": Affine(torch.full((len(b), 1), 2.0), torch.ones(1))}
+
+    x = inputs()
+    out = ft.pool_outputs(AffineInput(), XOnly(x), ("logits",), batch_size=4, progress=False,
+                          batch_fn=batch_fn)  # fmt: skip
+    assert_allclose(out["logits"].numpy(), reference(2 * x + 1)["logits"], rtol=1e-5, atol=1e-5)
+
+
 def test_a_list_batch_sampler_is_checked_for_order():
     """A DataLoader built from a list of index lists has no .sampler: AttributeError before."""
     x = inputs()
