@@ -167,12 +167,29 @@ def test_sparse_approx_names_the_labeled_arrays():
         ({1, 2}, r"^labeled must hold integer indices, got set$"),
         ((i for i in range(2)), r"^labeled must hold integer indices, got generator$"),
         ("12", r"^labeled must hold integer indices, got dtype <U2$"),
-        ([None, None], r"^labeled must hold integer indices, got entries of type NoneType$"),
+        ([None, None], r"^labeled must hold integer indices, got an entry of type NoneType \(None\)$"),
+        ([1, None], r"got an entry of type NoneType \(None\)$"),
+        (np.array([0, 1], dtype=object), r"got dtype object \(entries of type int\): cast it"),
+        # numpy reads True as 1 among numbers: [True, 2] would have been rows 1 and 2
+        ([True, 2], r"^labeled must hold integer indices, got a boolean entry \(True\) among"),
+        ((3, np.True_), r"got a boolean entry \(True\) among numbers$"),
     ],
-)
+)  # fmt: skip
 def test_labeled_that_is_not_an_index_array(labeled, match):
     with pytest.raises(TypeError, match=match):
         fastal.kcenter_greedy(RNG.normal(size=(10, 3)), 2, labeled=labeled)
+
+
+@pytest.mark.parametrize(
+    ("groups", "match"),
+    [
+        ([[3, 2**70]], r"^groups must hold integer indices, got an integer beyond 64 bits \(1180591620717411303424\)$"),
+        ([[3, 4], [5, True]], r"^groups must hold integer indices, got a boolean entry \(True\)"),
+    ],
+)  # fmt: skip
+def test_groups_with_entries_numpy_would_misread(groups, match):
+    with pytest.raises(TypeError, match=match):
+        fastal.gram_min_eig(RNG.normal(size=(10, 4)), [0], groups)
 
 
 def test_unsigned_indices_are_not_wrapped():

@@ -278,7 +278,7 @@ def ally_features():
         ("dual_predictions", np.ones(40) * (1 + 1j), "dtype complex128"),
         ("dual_predictions", torch.ones(40, dtype=torch.complex64), "dtype complex64"),
         ("dual_predictions", ["a"] * 40, "dtype <U1"),
-        ("dual_predictions", [None] * 40, "entries of type NoneType"),
+        ("dual_predictions", [None] * 40, "an entry of type NoneType"),
         ("duals", "ab", "dtype <U2"),
         ("duals", [1.0, "x"], "dtype <U"),
         ("duals", [True, False], "dtype bool"),

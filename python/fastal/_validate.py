@@ -80,11 +80,35 @@ def host_values(values: Any, name: str, what: str = "numbers", kinds: str = "biu
         if arr.dtype.kind != "O":
             got = f"dtype {arr.dtype}"
         elif arr.ndim and arr.size:
-            got = f"entries of type {type(arr.flat[0]).__name__}"
+            got = _odd_entry(arr)
         else:
             got = type(values).__name__
         raise TypeError(f"{name} must hold {what}, got {got}")
+    if arr.dtype.kind in "iuf" and isinstance(values, (list, tuple)):
+        _refuse_mixed_bools(values, name, what)
     return arr
+
+
+def _odd_entry(arr: np.ndarray) -> str:
+    """What made numpy build an object array: the first entry that is not a number, or an integer
+    beyond 64 bits."""
+    for v in arr.flat:
+        if not isinstance(v, numbers.Number):
+            return f"an entry of type {type(v).__name__} ({str(v)[:40]})"
+        if isinstance(v, numbers.Integral) and not -(2**63) <= int(v) < 2**64:
+            return f"an integer beyond 64 bits ({v})"
+    return f"dtype object (entries of type {type(arr.flat[0]).__name__}): cast it to a number dtype"
+
+
+def _refuse_mixed_bools(values: list | tuple, name: str, what: str) -> None:
+    """numpy reads True as 1 in a list of numbers: labeled=[True, 2] would pick row 1."""
+    stack = [values]
+    while stack:
+        for v in stack.pop():
+            if isinstance(v, (list, tuple)):
+                stack.append(v)
+            elif isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name} must hold {what}, got a boolean entry ({v}) among numbers")
 
 
 def _refuse_huge_ints(indices: Any, n: int, name: str) -> None:
