@@ -158,6 +158,32 @@ def test_dtype_check_refuses_finite_overflow_only():
         _cli_io._check_fits(np.array([1.0, -7e4]), "float16", "--embeddings")
 
 
+def test_dtype_check_refuses_a_cast_to_zeros_and_subnormals_only():
+    _cli_io._check_fits(np.zeros(3), "float16", "--embeddings")  # nothing lost
+    _cli_io._check_fits(np.array([np.nan, np.nan]), "float16", "--embeddings")  # refused later
+    _cli_io._check_fits(np.array([1e-30, 2.0**-14]), "float16", "--embeddings")  # one normal
+    _cli_io._check_fits(np.array([2.0**-126, -1e-300]), "bfloat16", "--embeddings")
+    for dtype, largest in (("float16", 2.0**-15), ("bfloat16", 2.0**-127), ("float32", 1e-39)):
+        with pytest.raises(SystemExit, match=f"--dtype {dtype} underflows --probs: .*largest"):
+            _cli_io._check_fits(np.array([0.0, -largest, np.nan]), dtype, "--probs")
+
+
+def test_radii_are_reported_to_five_significant_digits(tmp_path, capsys):
+    """'%.4f' printed 0.0000 for a pool of scale 1e-20: the radii are now '%.5g'."""
+    pool = np.random.default_rng(0).normal(size=(30, 4)) * 1e-20
+    np.save(tmp_path / "pool.npy", pool)
+    np.save(tmp_path / "lab.npy", np.arange(3))
+    args = ["select", "--embeddings", str(tmp_path / "pool.npy"), "--labeled",
+            str(tmp_path / "lab.npy"), "--budget", "3"]  # fmt: skip
+    assert cli.main(args) == 0
+    line = capsys.readouterr().out.split("covering radius: ")[1].split("\n")[0]
+    before, after = float(line.split()[0]), float(line.split()[2])
+    _, radius = fastal.kcenter_greedy(pool, 3, labeled=np.arange(3), return_radius=True)
+    dist, _ = fastal.min_distance(pool, pool[:3])
+    assert before == pytest.approx(float(np.max(dist)), rel=1e-5)
+    assert after == pytest.approx(float(radius[-1]), rel=1e-5)
+
+
 def test_atomic_save_writes_its_temporary_file_beside_the_target(tmp_path, monkeypatch):
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
@@ -228,6 +254,7 @@ def cli_files(tmp_path):
     big = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
     big[5] = 1e5
     np.save(tmp_path / "big16.npy", big)
+    np.save(tmp_path / "tiny32.npy", big.astype(np.float64) * 1e-50)
     np.save(tmp_path / "empty_probs.npy", np.zeros((0, 3), np.float32))
     np.save(tmp_path / "pool15.npy", np.random.default_rng(1).normal(size=(15, 4)).astype(np.float32))
     np.save(tmp_path / "probs15.npy", np.full((15, 3), 1 / 3, np.float32))
@@ -285,6 +312,9 @@ REFUSED = [
     ("structured", "select --embeddings {d}/struct.npy", ["--embeddings", "structured array"], ()),
     ("dtype-overflow", "select --embeddings {d}/big16.npy --dtype float16",
      ["--dtype float16 overflows --embeddings", "1e+05"], ()),
+    # every value would become 0 or subnormal: the picks would be arbitrary, with no error
+    ("dtype-underflow", "select --embeddings {d}/tiny32.npy --dtype float32",
+     ["--dtype float32 underflows --embeddings", "1e-45", "1.175e-38"], ()),
     ("duals-no-labeled", "select --strategy ally --embeddings {d}/pool.npy --duals {d}/duals.npy",
      ["--duals gives one value per labeled row", "pass --labeled"], ()),
     ("sparse-no-labels", "select --strategy sparse_approx --embeddings {d}/pool.npy --probs "
@@ -292,6 +322,8 @@ REFUSED = [
     ("time-limit-coreset", f"{POOL} --time-limit 5", ["'coreset' takes no --time-limit"], ()),
     ("time-limit-zero", f"{POOL} --strategy robust_coreset --time-limit 0",
      ["--time-limit must be > 0"], ()),
+    ("time-limit-inf", f"{POOL} --strategy robust_coreset --time-limit inf",
+     ["--time-limit must be > 0 seconds and finite, got inf"], ()),
     ("empty-pool", "select --strategy random --probs {d}/empty_probs.npy", ["no rows"], ()),
     # the default budget, rounded down to CRC's groups of 20, was raised to 20 past the pool
     ("crc-small-pool", "select --strategy crc --embeddings {d}/pool15.npy --probs {d}/probs15.npy",

@@ -173,23 +173,30 @@ def _check_out_not_an_input(out: str, inputs: list[str]) -> None:
             raise SystemExit(f"fastal: --out {out} is also an input file; name another file")
 
 
-#: the largest finite value of each --dtype
+#: the largest finite value and the smallest normal one of each --dtype
 _DTYPE_MAX = {
     "float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38,
 }  # fmt: skip
+_DTYPE_TINY = {"float16": 2.0**-14, "bfloat16": 2.0**-126, "float32": 2.0**-126}
 
 
 def _check_fits(a: np.ndarray, dtype: str, option: str) -> None:
     """Refuse a --dtype cast that would turn finite values into Inf (reported later as if the
-    file held Inf)."""
-    limit = _DTYPE_MAX.get(dtype)
+    file held Inf), or a whole array into zeros and subnormals (the selection would run on
+    nothing, with no error)."""
+    limit, tiny = _DTYPE_MAX.get(dtype), _DTYPE_TINY.get(dtype)
     if limit is None or not a.size or np.finfo(a.dtype).max <= limit:
         return
-    largest = float(np.nanmax(np.abs(a)))
+    largest = float(np.nanmax(np.abs(a))) if not np.isnan(a).all() else 0.0
     if np.isfinite(largest) and largest > limit:
         raise SystemExit(
             f"fastal: --dtype {dtype} overflows {option}: it holds values up to {largest:.4g}, "
             f"beyond {dtype}'s {limit:.4g}; scale it or pick a wider --dtype"
+        )
+    if 0 < largest < tiny:
+        raise SystemExit(
+            f"fastal: --dtype {dtype} underflows {option}: its largest magnitude is {largest:.4g}, "
+            f"below {dtype}'s smallest normal value {tiny:.4g}; scale it or pick a wider --dtype"
         )
 
 

@@ -132,8 +132,10 @@ def _strategy_kwargs(cls: type, args: argparse.Namespace) -> dict:
     if args.time_limit is not None:
         if "time_limit" not in params:
             raise SystemExit(f"fastal: strategy {cls.name!r} takes no --time-limit")
-        if not args.time_limit > 0:
-            raise SystemExit(f"fastal: --time-limit must be > 0 seconds, got {args.time_limit}")
+        if not 0 < args.time_limit < float("inf"):
+            raise SystemExit(
+                f"fastal: --time-limit must be > 0 seconds and finite, got {args.time_limit}"
+            )
         kwargs["time_limit"] = args.time_limit
     return kwargs
 

@@ -217,8 +217,8 @@ def cmd_select(args: argparse.Namespace) -> int:
         print("  covering radius: undefined (no labeled points and no picks)")
     elif "initial_radius" in diag:
         X = arrays["features"]
-        before = f"{diag['initial_radius']:.4f}" if len(labeled) else "none (nothing labeled)"
-        print(f"  covering radius: {before} -> {diag['final_radius']:.4f} "
+        before = f"{diag['initial_radius']:.5g}" if len(labeled) else "none (nothing labeled)"
+        print(f"  covering radius: {before} -> {diag['final_radius']:.5g} "
               "(labeled only -> labeled + picks)")  # fmt: skip
         if budget and len(X) > 1:
             rng = np.random.default_rng(args.seed)
@@ -231,7 +231,7 @@ def cmd_select(args: argparse.Namespace) -> int:
                 else _report_dtype(X, args.dtype)
             )
             try:  # the picks are saved: the report must not fail the command
-                radius = f"{_covering_radius(space, np.concatenate([labeled, rand])):.4f}"
+                radius = f"{_covering_radius(space, np.concatenate([labeled, rand])):.5g}"
             except (ValueError, TypeError) as err:
                 radius = f"not computed ({err})"
             print(f"  same budget picked at random: radius {radius}")
@@ -239,8 +239,8 @@ def cmd_select(args: argparse.Namespace) -> int:
             print(_rows_read_line(diag))
     if "greedy_radius" in diag and budget:  # robust k-center: its certificate
         proof = "proven optimal" if diag["optimal"] else "not proven optimal"
-        print(f"  robust radius: {diag['radius']:.4f} with {len(diag['outliers'])} outlier(s) "
-              f"left uncovered ({proof}); greedy: {diag['greedy_radius']:.4f}")  # fmt: skip
+        print(f"  robust radius: {diag['radius']:.5g} with {len(diag['outliers'])} outlier(s) "
+              f"left uncovered ({proof}); greedy: {diag['greedy_radius']:.5g}")  # fmt: skip
     if targets is not None and budget:
         covered = len(np.unique(targets[picks]))
         print(f"  classes among the picks: {covered} of {len(np.unique(targets))}")
