@@ -727,6 +727,27 @@ def test_kmeans_refuses_overflowing_distances(dtype, kw):
         fastal.kmeans(X, seed=0, **kw)
 
 
+def test_kmeans_pp_names_a_weight_total_past_float64():
+    """Every squared distance is finite (kcenter_greedy takes this pool) but their float64 total
+    is not: the message said the distances overflowed."""
+    X = gaussian(60, 4, seed=0) * 1e153
+    assert len(fastal.kcenter_greedy(X, 4, seed=0)) == 4
+    with pytest.raises(ValueError, match=r"^the k-means\+\+ weights of X \(squared distances to "
+                       r"the nearest centre, up to \d\.\d\de\+307\) sum past float64's range"):
+        fastal.kmeans_pp(X, 4, seed=0)
+
+
+def test_kmeans_tol_must_be_finite_and_a_huge_tol_converges_at_once():
+    """tol = inf was taken and then reported as 'distances between rows of X overflow'; a finite
+    tol whose product with the variance overflows now stops after the first step."""
+    X = gaussian(60, 4, seed=0).astype(np.float32)
+    for tol in (np.inf, np.nan, -1.0):
+        with pytest.raises(ValueError, match=r"^tol must be a finite non-negative number, got"):
+            fastal.kmeans(X, 3, seed=0, tol=tol)
+    res = fastal.kmeans(X * np.float32(1e10), 3, seed=0, tol=1e300)
+    assert res.n_iter == 1
+
+
 def test_kmeans_pp_refuses_overflowing_gradient_embedding():
     """Factored distances s_i + s_j - 2 (A_i.A_j)(H_i.H_j) are clamped at 0: an overflow
     (inf - inf) would read as distance 0, so the factor norms are bounded up front."""

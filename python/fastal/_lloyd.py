@@ -11,6 +11,7 @@ together; the fused and bounded CPU steps are in :mod:`fastal._lloyd_fused`.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -153,10 +154,10 @@ def _tol_abs(xt: Any, tol: float, keep: Any = None, name: str = "X") -> float:
         mean = mean + delta * (nb / total)
         m2 = m2 + m2b + delta**2 * (count * nb / total)
         count = total
-    out = float(tol * (m2 / count).mean())
-    if not math.isfinite(out):  # a column variance past float64: so is some squared distance
+    variance = float((m2 / count).mean())
+    if not math.isfinite(variance):  # a column variance past float64: so is some squared distance
         raise _overflow(name, "float64" if xt.dtype == torch.float64 else "float32")
-    return out
+    return min(tol * variance, sys.float_info.max)  # a huge tol: any finite shift converges
 
 
 def _lloyd_pass(xt, xsq, centres, info, fused, bounded) -> tuple:

@@ -135,7 +135,12 @@ def _kmeans_pp(
         # weights only shrink: if their float64 total is finite once every row has a centre, the
         # draws never see an overflow. O(n / block), on the block sums the sampler keeps anyway.
         if not np.isfinite(blocks.sum()):
-            raise _overflow(name, info.dtype)
+            if np.isposinf(mind).any():
+                raise _overflow(name, info.dtype)
+            raise ValueError(  # finite float64 distances whose total is not
+                f"the k-means++ weights of {name} (squared distances to the nearest centre, up "
+                f"to {float(mind.max()):.3g}) sum past float64's range: scale {name} down"
+            )
 
     if not has_first:
         check_weights()  # the labeled rows are the centres

@@ -280,8 +280,8 @@ def _kmeans(
         max_iter = 300 if minibatch is None else 100
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not tol >= 0:
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not 0 <= tol < np.inf:
+        raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
     if minibatch is not None and (
         isinstance(minibatch, bool) or not isinstance(minibatch, (int, np.integer)) or minibatch < 1
     ):
