@@ -12,7 +12,7 @@ import torch
 from numpy.testing import assert_allclose, assert_array_equal
 
 import fastal
-from fastal import _ext
+from fastal import _ext, strategies
 from fastal.strategies import CRC, Random, SparseApprox
 
 RNG = np.random.default_rng(0)
@@ -167,7 +167,8 @@ def test_sparse_approx_names_the_labeled_arrays():
         ({1, 2}, r"^labeled must hold integer indices, got set$"),
         ((i for i in range(2)), r"^labeled must hold integer indices, got generator$"),
         ("12", r"^labeled must hold integer indices, got dtype <U2$"),
-        ([None, None], r"^labeled must hold integer indices, got an entry of type NoneType \(None\)$"),
+        ([None, None], r"^labeled must hold integer indices, got an entry of type NoneType "
+                       r"\(None\)$"),
         ([1, None], r"got an entry of type NoneType \(None\)$"),
         (np.array([0, 1], dtype=object), r"got dtype object \(entries of type int\): cast it"),
         # numpy reads True as 1 among numbers: [True, 2] would have been rows 1 and 2
@@ -183,7 +184,8 @@ def test_labeled_that_is_not_an_index_array(labeled, match):
 @pytest.mark.parametrize(
     ("groups", "match"),
     [
-        ([[3, 2**70]], r"^groups must hold integer indices, got an integer beyond 64 bits \(1180591620717411303424\)$"),
+        ([[3, 2**70]], r"^groups must hold integer indices, got an integer beyond 64 bits "
+                       r"\(1180591620717411303424\)$"),
         ([[3, 4], [5, True]], r"^groups must hold integer indices, got a boolean entry \(True\)"),
     ],
 )  # fmt: skip
@@ -264,6 +266,65 @@ def test_raw_kcenter_steps_check_the_state_they_index_with():
                                        centres, 0, picks, np.zeros(3, np.float32), False, 2, 3)  # fmt: skip
 
 
+# -- second fuzz audit (session 31): strategy pools, names and flags ----------------------------
+
+
+def test_a_strategy_name_must_be_a_string():
+    with pytest.raises(TypeError, match=r"^a strategy name must be a str, got list$"):
+        strategies.get(["coreset"])  # was: unhashable type: 'list'
+
+
+@pytest.mark.parametrize("strategy", [strategies.BADGE(), strategies.CoreSetGradients(),
+                                      strategies.CoreSet(embedding="gradients")])  # fmt: skip
+def test_gradient_strategies_name_both_probs_and_logits(strategy):
+    with pytest.raises(ValueError, match=r"^pool needs one of 'probs', 'logits'; it has 'feat"):
+        strategy.select({"features": RNG.normal(size=(10, 3))}, 2, seed=0)
+
+
+@pytest.mark.parametrize("strategy", [strategies.CoreSet(), strategies.RobustKCenter()])
+def test_k_center_strategies_name_the_features(strategy):
+    bad = RNG.normal(size=(10, 3))
+    bad[4, 1] = np.nan
+    nan_message = r"^features contains NaN or Inf in 1 row\(s\), first at row 4"
+    with pytest.raises(ValueError, match=nan_message):
+        strategy.select({"features": bad}, 2, seed=0)
+    huge = RNG.normal(size=(10, 3)).astype(np.float32) * np.float32(1e30)
+    if isinstance(strategy, strategies.CoreSet):  # RobustKCenter works in float64
+        with pytest.raises(ValueError, match=r"^distances between rows of features overflow"):
+            strategy.select({"features": huge}, 2, seed=0)
+    with pytest.raises(ValueError, match=r"^features must be 2-D"):
+        strategy.select({"features": np.zeros(10)}, 2, seed=0)
+    # a bare array, and the public functions, still say X
+    with pytest.raises(ValueError, match=r"^X contains NaN or Inf"):
+        fastal.kcenter_greedy(bad, 2, seed=0)
+    with pytest.raises(ValueError, match=r"^X contains NaN or Inf"):
+        fastal.robust_kcenter(bad, 2, seed=0)
+
+
+def test_robust_kcenter_size_refusal_names_the_features():
+    with pytest.raises(ValueError, match=r"^features is too large for robust_kcenter: 30 "):
+        strategies.RobustKCenter(max_points=5).select({"features": RNG.normal(size=(30, 2))}, 2)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda X, progress: fastal.kcenter_greedy(X, 2, seed=0, progress=progress),
+        lambda X, progress: fastal.kcenter(X, 2, seed=0, progress=progress),
+        lambda X, progress: fastal.kmeans_pp(X, 2, seed=0, progress=progress),
+        lambda X, progress: fastal.kmeans(X, 2, seed=0, progress=progress),
+    ],
+)
+def test_progress_must_be_a_bool(call):
+    """A non-bool progress ('no') was read as true and showed a bar."""
+    X = RNG.normal(size=(20, 3))
+    for progress in ("no", 1, None):
+        message = rf"^progress must be a bool \(True or False\), got {progress!r}$"
+        with pytest.raises(TypeError, match=message):
+            call(X, progress)
+    call(X, np.False_)
+
+
 # -- the CLI ------------------------------------------------------------------------------------
 
 
@@ -302,7 +363,7 @@ def test_cli_says_which_option_an_api_name_means(tmp_path):
     np.save(tmp_path / "X3.npy", RNG.normal(size=(40, 4, 2)))
     res = _fastal(tmp_path, "select", "--embeddings", "X3.npy", "--budget", "3")
     assert res.returncode == 1
-    assert res.stderr.strip().endswith("(X is the --embeddings array)"), res.stderr
+    assert res.stderr.strip().endswith("(features is the --embeddings array)"), res.stderr
 
 
 def test_cli_output_into_a_closed_pipe(tmp_path):

@@ -109,15 +109,16 @@ def kcenter_cuda_factored(
     first,
     prune: bool,
     progress: bool,
+    name: str = "X",
 ):
     """k-center greedy on a GradientEmbedding on CUDA; the contract of ``ops._kcenter_cuda``.
 
     Returns ``(picks (budget,) int64, radius (budget,) float32, r0, rows_read)``: device arrays in
     the embedding's framework, the radius of the labeled set (inf without one) and the rows read.
     """
-    cuda = _ext.require_cuda("X")
-    pool = _Factored(emb, "X", cuda)
-    check_spread(embedding_spread(emb), pool.dtype, "X", cuda=True)
+    cuda = _ext.require_cuda(name)
+    pool = _Factored(emb, name, cuda)
+    check_spread(embedding_spread(emb), pool.dtype, name, cuda=True)
     n, C, dh, tinfo = pool.n, pool.C, pool.dh, pool.tinfo
     dev, stream = pool.device, pool.stream
     mind = _interop.empty(tinfo, (n,), "float32")

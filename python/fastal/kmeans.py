@@ -40,7 +40,7 @@ from ._lloyd import (
 )
 from ._lloyd_fused import _BoundedLloyd, _fused_lloyd
 from ._seeding import _initial_centres, _kmeans_pp, _other_rows
-from ._validate import check_budget, check_matrix, make_rng
+from ._validate import check_bool, check_budget, check_matrix, make_rng
 from .gradients import as_torch, from_torch, torch_isfinite_rows
 from .ops import check_spread_torch, cpu_pool
 
@@ -113,6 +113,7 @@ def kmeans_pp(
     """
     if not isinstance(prune, (bool, np.bool_)):
         raise TypeError(f"prune must be a bool, got {type(prune).__name__}")
+    check_bool(progress, "progress")
     return _kmeans_pp(
         X, k, seed=seed, first=first, labeled=labeled, progress=progress, name="X",
         prune=bool(prune),
@@ -280,7 +281,11 @@ def _kmeans(
         max_iter = 300 if minibatch is None else 100
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not 0 <= tol < np.inf:
+    if (
+        isinstance(tol, bool)
+        or not isinstance(tol, (int, float, np.floating))
+        or not 0 <= tol < np.inf
+    ):
         raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
     if minibatch is not None and (
         isinstance(minibatch, bool) or not isinstance(minibatch, (int, np.integer)) or minibatch < 1
@@ -288,6 +293,7 @@ def _kmeans(
         raise ValueError(f"minibatch must be None or a positive integer, got {minibatch!r}")
     if not isinstance(prune, (bool, np.bool_)):
         raise TypeError(f"prune must be a bool, got {type(prune).__name__}")
+    check_bool(progress, "progress")
     rng = make_rng(seed)
     xt = as_torch(X, info)
     if info.device == "cpu":

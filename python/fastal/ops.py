@@ -16,7 +16,14 @@ from tqdm.auto import tqdm
 
 from . import _ext, _interop
 from ._interop import ArrayInfo
-from ._validate import check_budget, check_indices, check_matrix, check_same_place, make_rng
+from ._validate import (
+    check_bool,
+    check_budget,
+    check_indices,
+    check_matrix,
+    check_same_place,
+    make_rng,
+)
 from .gradients import GradientEmbedding, as_torch
 
 _ACC = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
@@ -349,12 +356,27 @@ def kcenter(
     progress: bool = False,
 ) -> KCenterResult:
     """:func:`kcenter_greedy` returning a :class:`KCenterResult` with diagnostics."""
-    info = pool_info(X, "X")
+    return _kcenter(X, budget, labeled=labeled, seed=seed, prune=prune, progress=progress)
+
+
+def _kcenter(
+    X: Any,
+    budget: int,
+    *,
+    labeled: Any = None,
+    seed: int | np.random.Generator | None = None,
+    prune: bool = True,
+    progress: bool = False,
+    name: str = "X",
+) -> KCenterResult:
+    """:func:`kcenter`, its messages naming the pool ``name`` (a strategy's "features")."""
+    info = pool_info(X, name)
     n = info.shape[0]
     lab = check_indices(labeled, n, "labeled", like=info)
     budget = check_budget(budget, n - lab.size)
     if not isinstance(prune, (bool, np.bool_)):
         raise TypeError(f"prune must be a bool, got {type(prune).__name__}")
+    check_bool(progress, "progress")
     rng = make_rng(seed)
     first = int(rng.integers(n)) if lab.size == 0 and budget > 0 else None
     start = time.perf_counter()
@@ -364,9 +386,9 @@ def kcenter(
         from ._factored_cuda import kcenter_cuda_factored as run
     else:
         run = _kcenter_cuda
-    with _interop.device_scope(info, "X"):
+    with _interop.device_scope(info, name):
         indices, radius, r0, rows_read, pruned = run(
-            X, info, lab, budget, first, bool(prune), progress
+            X, info, lab, budget, first, bool(prune), progress, name
         )
         # read back on the pool's device (cupy reduces on the current one)
         largest = float(radius.max()) if budget > 0 else 0.0
@@ -376,7 +398,7 @@ def kcenter(
     overflow = (lab.size > 0 and np.isinf(r0)) or not np.isfinite(largest)
     if overflow:
         raise ValueError(
-            f"distances between rows of X overflow {_ACC[info.dtype]}: scale X down"
+            f"distances between rows of {name} overflow {_ACC[info.dtype]}: scale {name} down"
             + ("" if _ACC[info.dtype] == "float64" else " or pass float64")
         )
     # without pruning, step t reads every row that is not yet a centre
@@ -473,8 +495,10 @@ def cpu_prunes(pool: tuple, prune: bool) -> bool:
     return prune and cpu_row_bytes(pool) >= _PRUNE_MIN_ROW_BYTES
 
 
-def _kcenter_cpu(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune: bool, progress: bool):
-    pool = cpu_pool(X, info)
+def _kcenter_cpu(
+    X, info: ArrayInfo, lab, budget: int, first, prune: bool, progress: bool, name: str
+):
+    pool = cpu_pool(X, info, name)
     prune = cpu_prunes(pool, prune)
     n, acc, kern = info.shape[0], _ACC[info.dtype], info.dtype
     mind = np.empty(n, dtype=acc)
@@ -504,11 +528,13 @@ def _kcenter_cpu(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune:
     return _interop.wrap_host(picks, info), _interop.wrap_host(radius, info), r0, rows_read, prune
 
 
-def _kcenter_cuda(X, info: ArrayInfo, lab: np.ndarray, budget: int, first, prune: bool, progress: bool):
-    cuda = _ext.require_cuda("X")
+def _kcenter_cuda(
+    X, info: ArrayInfo, lab, budget: int, first, prune: bool, progress: bool, name: str
+):
+    cuda = _ext.require_cuda(name)
     keep, xptr = _interop.cuda_pointer(X, info)
-    _check_finite_cuda(xptr, info, "X")
-    check_spread_torch(as_torch(X, info), info.dtype, "X")
+    _check_finite_cuda(xptr, info, name)
+    check_spread_torch(as_torch(X, info), info.dtype, name)
     n, d = info.shape
     dev, stream, acc = info.device_index, _interop.cuda_stream(info), _ACC[info.dtype]
     mind = _interop.empty(info, (n,), acc)

@@ -175,8 +175,27 @@ def robust_kcenter(
     >>> res.indices.tolist(), res.radius, res.outliers.tolist(), res.greedy_radius
     ([3], 1.0, [5], 12.0)
     """
+    return _robust_kcenter(
+        X, budget, labeled, outliers=outliers, candidates=candidates, max_points=max_points,
+        time_limit=time_limit, seed=seed, name="X",
+    )  # fmt: skip
+
+
+def _robust_kcenter(
+    X: Any,
+    budget: int,
+    labeled: Any,
+    *,
+    outliers: float,
+    candidates: Any,
+    max_points: int,
+    time_limit: float | None,
+    seed: int | np.random.Generator | None,
+    name: str,
+) -> RobustKCenterResult:
+    """:func:`robust_kcenter`, its messages naming the pool ``name`` (a strategy's "features")."""
     start = time.perf_counter()
-    info = check_matrix(X, "X")
+    info = check_matrix(X, name)
     n = info.shape[0]
     lab = check_indices(labeled, n, "labeled", like=info)
     is_lab = np.zeros(n, dtype=bool)
@@ -196,13 +215,14 @@ def robust_kcenter(
                 f"budget = {budget} is larger than the candidates outside the labeled set "
                 f"({elig.size} points)"
             )
-    check_size(unl.size, elig.size, max_points, candidates is not None)
+    check_size(unl.size, elig.size, max_points, candidates is not None, name)
 
     Xh = _host_float64(X, info)
     bad = ~np.isfinite(Xh).all(axis=1)
     if bad.any():
         raise ValueError(
-            f"X contains NaN or Inf in {int(bad.sum())} row(s), first at row {int(np.argmax(bad))}"
+            f"{name} contains NaN or Inf in {int(bad.sum())} row(s), first at row "
+            f"{int(np.argmax(bad))}"
         )
 
     diag: dict[str, Any] = {"outlier_budget": xi, "n_unlabeled": int(unl.size),
@@ -220,10 +240,10 @@ def robust_kcenter(
         })  # fmt: skip
 
     # greedy: the incumbent, δ₂OPT, and (after b + Ξ picks) the lower bound of the search
-    from .ops import kcenter
+    from .ops import _kcenter
 
     picks_needed = min(budget + xi + 1, unl.size)
-    greedy = kcenter(Xh, picks_needed, labeled=lab, seed=seed)
+    greedy = _kcenter(Xh, picks_needed, labeled=lab, seed=seed, name=name)
     gpicks = np.asarray(greedy.indices)
     if candidates is None:
         inc = problem.columns(gpicks[:budget])
@@ -283,7 +303,9 @@ def robust_kcenter(
     return _result(info, picks, radius, out, greedy_radius, not undecided, start, diag)
 
 
-def check_size(n_unlabeled: int, n_eligible: int, max_points: int, candidates: bool) -> None:
+def check_size(
+    n_unlabeled: int, n_eligible: int, max_points: int, candidates: bool, name: str = "X"
+) -> None:
     """Raise ``ValueError`` when ``n_unlabeled * n_eligible > max_points ** 2``."""
     if isinstance(max_points, bool) or not isinstance(max_points, numbers.Integral):
         raise TypeError(f"max_points must be a positive integer, got {type(max_points).__name__}")
@@ -297,7 +319,7 @@ def check_size(n_unlabeled: int, n_eligible: int, max_points: int, candidates: b
         else f"{n_unlabeled} unlabeled points"
     )
     raise ValueError(
-        f"X is too large for robust_kcenter: {what}, above max_points = {max_points} "
+        f"{name} is too large for robust_kcenter: {what}, above max_points = {max_points} "
         f"(at most max_points² = {max_points**2} point-candidate pairs). The MIP has O(n²) "
         "variables and constraints; use fastal.kcenter (k-center greedy, any size), pass "
         "candidates= (a subset of rows allowed as new centres), or raise max_points."

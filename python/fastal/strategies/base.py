@@ -73,6 +73,7 @@ def gradient_pool(pool: Any, *, bias: bool = False) -> Any:
         )
     features = pool_field(pool, "features")
     key = "probs" if "probs" in pool else "logits"
+    pool_field(pool, "probs", "logits")  # neither: a message naming both
     return _gradient_embedding(
         pool_field(pool, key), features, bias=bias, kind=key, name=key, logits_hint=LOGITS_KEY
     )
@@ -105,6 +106,8 @@ def register(cls: type[Strategy]) -> type[Strategy]:
 
 def get(name: str) -> type[Strategy]:
     """The strategy class registered as ``name``."""
+    if not isinstance(name, str):
+        raise TypeError(f"a strategy name must be a str, got {type(name).__name__}")
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -66,15 +66,17 @@ class CoreSet(Strategy):
         :class:`~fastal.GradientEmbedding` (k-center over gradients)."""
         from ..gradients import GradientEmbedding
 
+        name = "X"
         if isinstance(pool, GradientEmbedding):
             X = pool
         elif self.embedding == "gradients":
             X = gradient_pool(pool, bias=self.bias)
         else:
-            X = pool_field(pool, "features")
-        res = ops.kcenter(
-            X, budget, labeled=labeled, seed=seed, prune=self.prune, progress=self.progress
-        )
+            X, name = pool_field(pool, "features"), "features"
+        res = ops._kcenter(
+            X, budget, labeled=labeled, seed=seed, prune=self.prune, progress=self.progress,
+            name=name,
+        )  # fmt: skip
         diagnostics = dict(res.diagnostics, radius=res.radius)
         return Selection(res.indices, diagnostics)
 

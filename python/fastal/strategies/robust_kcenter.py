@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._interop import host_numpy
-from ..robust_kcenter import MAX_POINTS, check_size, robust_kcenter
+from ..robust_kcenter import MAX_POINTS, _robust_kcenter, check_size
 from .base import Selection, Strategy, pool_field, register
 
 #: Largest materialised GradientEmbedding (elements) the strategy accepts: 1 GiB as float32.
@@ -78,12 +78,12 @@ class RobustKCenter(Strategy):
         from ..gradients import GradientEmbedding
 
         if isinstance(pool, GradientEmbedding):
-            X = self._dense(pool, labeled)
+            X, name = self._dense(pool, labeled), "X"
         else:
-            X = pool_field(pool, "features")
-        res = robust_kcenter(
+            X, name = pool_field(pool, "features"), "features"
+        res = _robust_kcenter(
             X, budget, labeled, outliers=self.outliers, candidates=self.candidates,
-            max_points=self.max_points, time_limit=self.time_limit, seed=seed,
+            max_points=self.max_points, time_limit=self.time_limit, seed=seed, name=name,
         )  # fmt: skip
         diagnostics = dict(
             res.diagnostics,
