@@ -193,6 +193,65 @@ def test_the_model_dtype_is_its_first_floating_parameter():
     assert out["logits"].dtype == torch.float32
 
 
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ("abcdefghijkl", "got str$"),  # had a length: a pool of 12 characters
+        (b"abcdefghijkl", "got bytes$"),
+        ({"x": torch.zeros(N, D_IN)}, "got dict: a mapping of per-row tensors goes in as a "),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("call", ["select_random", "select_entropy", "pool_outputs", "pool_size"])
+def test_strings_and_mappings_are_not_pools(data, match, call):
+    """A string was read as a pool of characters ('random' picked among them); a dict gave a
+    budget error about a pool of 1 point or the DataLoader's KeyError: 0."""
+    prefix = r"^data must be a torch Tensor, a numpy array, a list of rows, a Dataset or a "
+    prefix += "DataLoader, "
+    calls = {
+        "pool_outputs": lambda: pool_pass(data),
+        "pool_size": lambda: ft.pool_size(data),
+        "select_random": lambda: ft.select("random", mlp(), data, 2, seed=0, progress=False),
+        "select_entropy": lambda: ft.select("entropy", mlp(), data, 2, seed=0, progress=False),
+    }
+    with pytest.raises(TypeError, match=prefix + match):
+        calls[call]()
+
+
+@pytest.mark.parametrize("needs", [None, 3, ["logits", 3], {"logits"}])
+def test_needs_must_be_names(needs):
+    with pytest.raises(TypeError, match=r"^needs must be a name or a list of names, got "):
+        pool_pass(needs=needs)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [
+        ("mc_samples", 0, r"^mc_samples must be a positive integer, got 0$"),
+        ("num_workers", -1, r"^num_workers must be a non-negative integer, got -1$"),
+        ("num_workers", 1.5, r"^num_workers must be a non-negative integer, got 1.5$"),
+        ("batch_size", True, r"^batch_size must be a positive integer, got True$"),
+    ],
+)
+@pytest.mark.parametrize("strategy", ["random", "entropy"])
+def test_pass_options_are_checked_whether_or_not_the_pass_uses_them(option, value, match, strategy):
+    """mc_samples was only checked when needs had MC outputs, num_workers not at all, and a
+    strategy without model outputs (random) skipped every check."""
+    with pytest.raises(ValueError, match=match):
+        ft.select(strategy, mlp(), x32(), 2, seed=0, progress=False, **{option: value})
+    with pytest.raises(ValueError, match=match):
+        pool_pass(needs=("logits",), **{option: value})
+
+
+@pytest.mark.parametrize("strategy", ["random", "entropy"])
+def test_select_refuses_an_unknown_option(strategy):
+    """pool_outputs refused a typo, but 'random' never calls it: batchsize=4 was ignored."""
+    with pytest.raises(TypeError, match=r"^select got unknown option\(s\) 'batchsize', 'devcie'"):
+        ft.select(strategy, mlp(), x32(), 2, progress=False, batchsize=4, devcie="cpu")
+    sel = ft.select(strategy, mlp(), x32(), 2, seed=0, progress=False, batch_size=4, mc_seed=1,
+                    num_workers=0, output_device="cpu", task="classification")  # fmt: skip
+    assert len(sel.indices) == 2
+
+
 # --- BilevelCoreset ------------------------------------------------------------------------------
 
 

@@ -24,9 +24,25 @@ from .. import _interop
 from .._torch_state import forked_rng
 
 
+def _refuse_non_pools(data: Any) -> None:
+    """A string has a length and items, a dict a length and keys: the DataLoader would have read
+    them as a pool of characters or failed on key 0."""
+    if isinstance(data, (str, bytes, bytearray, Mapping)):
+        hint = (
+            ": a mapping of per-row tensors goes in as a Dataset whose rows are mappings"
+            if isinstance(data, Mapping)
+            else ""
+        )
+        raise TypeError(
+            "data must be a torch Tensor, a numpy array, a list of rows, a Dataset or a "
+            f"DataLoader, got {type(data).__name__}{hint}"
+        )
+
+
 def _plain_numbers(data: Any) -> Any:
     """A (nested) list or tuple of plain numbers as a numpy array (the DataLoader would collate
     its rows into columns); anything else as it is."""
+    _refuse_non_pools(data)
     if not isinstance(data, (list, tuple)) or not data:
         return data
     first = data[0]
@@ -45,6 +61,7 @@ def _size_or_none(data: Any) -> int | None:
     """Rows of the pool, or None when only a pass over it can tell (an IterableDataset)."""
     from .adapter import pool_size  # (the adapter imports this module)
 
+    _refuse_non_pools(data)
     if isinstance(data, (torch.Tensor, np.ndarray)):
         return pool_size(data)  # its own refusal (a sparse or meta tensor) names data
     try:

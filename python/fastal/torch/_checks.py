@@ -31,6 +31,8 @@ def _check_needs(
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
     if isinstance(needs, str):
         needs = (needs,)
+    if not isinstance(needs, (list, tuple)) or not all(isinstance(k, str) for k in needs):
+        raise TypeError(f"needs must be a name or a list of names, got {needs!r:.60}")
     needs = tuple(dict.fromkeys(needs))
     bad = [k for k in needs if k not in NEEDS[task] + extra]
     if bad:

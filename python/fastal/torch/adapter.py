@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import numbers
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +38,7 @@ from ._batches import (
     _outputs_rows,
     _plain_numbers,
     _progress,
+    _refuse_non_pools,
     _rows,
     _size_or_none,
     _Writer,
@@ -96,6 +98,7 @@ def needs_of(strategy: Any) -> tuple[str, ...]:
 
 def pool_size(data: Any) -> int:
     """Number of rows of a pool given as a tensor, an array, a map-style Dataset or a DataLoader."""
+    _refuse_non_pools(data)
     if isinstance(data, (torch.Tensor, np.ndarray)):
         _interop.describe(data, "data")  # masked entries, sparse / nested tensors: named refusals
         if data.ndim == 0:
@@ -106,6 +109,15 @@ def pool_size(data: Any) -> int:
     if isinstance(data, IterableDataset) or not hasattr(data, "__len__"):
         raise TypeError(f"the size of {type(data).__name__} is unknown: it has no __len__")
     return len(data)
+
+
+def _check_counts(*, batch_size: Any = 1, mc_samples: Any = 1, num_workers: Any = 0) -> None:
+    """The pass's integer options, checked whether or not this call uses them."""
+    for value, name, least in ((batch_size, "batch_size", 1), (mc_samples, "mc_samples", 1),
+                               (num_workers, "num_workers", 0)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            what = "a positive" if least else "a non-negative"
+            raise ValueError(f"{name} must be {what} integer, got {value!r}")
 
 
 def pool_outputs(
@@ -156,7 +168,8 @@ def pool_outputs(
         unpacked into the call, a mapping passed as keyword arguments). Floating inputs of every
         kind (arrays, tensors, and the floating tensors of a Dataset's or DataLoader's batches,
         after ``batch_fn``) are cast to the model's parameter dtype; other dtypes (e.g. integer
-        token ids) are passed as they are.
+        token ids) are passed as they are. A string, bytes or a mapping is a ``TypeError`` (a
+        mapping of per-row tensors goes in as a Dataset whose rows are mappings).
     needs : sequence of str
         Classification: ``"features"`` (n, d), ``"logits"`` (n, C), ``"probs"`` (n, C, softmax of
         the logits), ``"mc_probs"`` (T, n, C): ``T = mc_samples`` passes with every dropout module
@@ -182,7 +195,7 @@ def pool_outputs(
         Autocast on CUDA (``True`` means float16; pass ``torch.bfloat16`` for bfloat16). Checked on
         every device, ignored on devices other than CUDA.
     mc_samples : int, default 20
-        ``T`` for ``"mc_probs"`` / ``"mc_outputs"``.
+        ``T`` for ``"mc_probs"`` / ``"mc_outputs"`` (a positive integer, checked in every call).
     seed : int, optional
         Seeds the dropout masks of the MC passes (the global RNG state is restored afterwards);
         a non-negative int below 2**64. Unseeded, they draw from torch's global generator. The
@@ -204,7 +217,7 @@ def pool_outputs(
         it is collated, a tensor's or array's slice of ``batch_size`` rows as a tensor (already
         on ``device`` in the model's dtype).
     num_workers : int, default 0
-        DataLoader workers when ``data`` is a Dataset.
+        DataLoader workers when ``data`` is a Dataset (a non-negative integer).
     inference_mode : bool, default True
         ``torch.inference_mode()`` (else ``torch.no_grad()``). Every tensor the forward creates
         is then an inference tensor: a model that caches activations on itself during forward
@@ -229,19 +242,8 @@ def pool_outputs(
     (torch.Size([100, 8]), torch.Size([100, 3]))
     """
     needs = _check_needs(needs, task)
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _check_counts(batch_size=batch_size, mc_samples=mc_samples, num_workers=num_workers)
     mc = "mc_probs" in needs or "mc_outputs" in needs
-    if mc and (
-        isinstance(mc_samples, bool)
-        or not isinstance(mc_samples, numbers.Integral)
-        or mc_samples < 1
-    ):
-        raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     run = _check_device(device, "device", cpu_or_cuda=False) if device is not None else None
@@ -400,6 +402,12 @@ def pool_outputs(
     return outputs
 
 
+#: what ``select`` passes on to ``pool_outputs`` (``needs`` and ``seed`` are its own), or reads
+_SELECT_OPTIONS = frozenset(inspect.signature(pool_outputs).parameters) - {
+    "model", "data", "needs", "seed"
+} | {"duals", "mc_seed"}
+
+
 def select(
     strategy: Any,
     model: nn.Module,
@@ -420,6 +428,8 @@ def select(
         A name or class is instantiated with its defaults.
     model, data
         As in :func:`pool_outputs` (``options`` are passed to it: ``batch_size``, ``device``, ...).
+        Any other option is a ``TypeError``, and ``batch_size``, ``mc_samples`` and
+        ``num_workers`` are checked, also for a strategy that needs no model output (random).
     budget, labeled, seed
         Passed to ``strategy.select``. ``labeled`` holds unique row indices in ``[0, n)``; it is
         checked before the pool pass (right after it when the pool's size is unknown, an
@@ -467,6 +477,14 @@ def select(
         strategy = strategy()
     from .._validate import check_budget, make_rng
 
+    unknown = sorted(set(options) - _SELECT_OPTIONS)
+    if unknown:  # pool_outputs would refuse them, but a strategy without model outputs skips it
+        raise TypeError(
+            f"select got unknown option(s) {', '.join(map(repr, unknown))}: options are "
+            "pool_outputs' keywords (batch_size, device, ...), duals and mc_seed"
+        )
+    counts = ("batch_size", "mc_samples", "num_workers")
+    _check_counts(**{k: options[k] for k in counts if k in options})
     task = options.get("task", "classification")
     needs = needs_of(strategy) if needs is None else _check_needs(needs, task, extra=("duals",))
     duals = options.pop("duals", None)
