@@ -10,6 +10,7 @@ of 16 rows, one pair at a time. The shapes below straddle all of these boundarie
 from __future__ import annotations
 
 import fastal
+from fastal import _ext
 import numpy as np
 import pytest
 from conftest import (
@@ -235,3 +236,25 @@ def test_near_copies_of_tiny_gradients_are_accurate(m):
     others = np.setdiff1d(np.arange(n), centres)
     assert_allclose(np.asarray(dist)[others], want[others], rtol=2e-2)
     assert not np.asarray(dist)[centres].any()
+
+
+@pytest.mark.parametrize("m", [3, 9])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_overflowed_rows_still_get_the_first_centre(dtype, m):
+    """Every row gets an index in [0, m), ties to the lowest, even when all its distances are
+    +inf: min_distance refuses such a row, but k-center and k-means++ copy the index into their
+    pruning state before their own overflow check (an index of -1 there reads out of bounds).
+    m = 3 runs the streaming loop; m = 9 the AVX-512 register blocks where those are built. The
+    portable build's `arg < 0` clause in `offer` (distances.cpp) had no test."""
+    big = 1e30 if dtype == "float32" else 1e300  # (2 big)^2 overflows the accumulation dtype
+    rng = np.random.default_rng(0)
+    C = rng.normal(size=(m, 4)).astype(dtype)
+    X = rng.normal(size=(20, 4)).astype(dtype)
+    far = np.arange(0, 20, 3)
+    X[far] = big  # these rows overflow against every centre; the others do not
+    dist2, index = getattr(_ext.cpu, f"min_sqdist_to_centres_{dtype}")(X, C)
+    assert np.isinf(dist2[far]).all()
+    assert_array_equal(index[far], 0)  # all +inf: a tie, to the lowest index
+    near = np.setdiff1d(np.arange(20), far)
+    d2 = ((X[near, None, :].astype(np.float64) - C[None].astype(np.float64)) ** 2).sum(-1)
+    assert_array_equal(index[near], d2.argmin(1))

@@ -191,3 +191,30 @@ def test_compiled_products_refuse_bad_row_maps(dtype):
         adjoint(An, Hs, R, 1.0, None, np.zeros(n, dtype=np.int64), True)  # bias: dh = d + 1
     with pytest.raises(ValueError, match="H must give 40 rows"):
         FactoredPhi(A, H, 1, hrows=torch.zeros(n + 1, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_products_of_many_rows_keep_float64_totals(dtype, bias):
+    """The float32 products flush their float32 sums to float64 every block of rows (256 on the
+    portable path): 200,000 copies of one row make a running float32 sum drift systematically
+    (~1e-3 relative), which the suite's random rows of n <= 3001 did not show."""
+    n, b = 200_000, 7
+    a_row = np.array([1.0, 0.7, 0.3])
+    h_row = np.array([0.1, 0.37, 1.3, 0.05, 2.2])
+    A = torch.from_numpy(np.tile(a_row, (n, 1))).to(torch.float32)
+    H = torch.from_numpy(np.tile(h_row, (n, 1))).to(getattr(torch, dtype))
+    phi = FactoredPhi(A, H, b, bias=bias)
+    h = H[0].to(torch.float64).numpy()
+    h = np.append(h, 1.0) if bias else h
+    a = A[0].to(torch.float64).numpy()
+    total = np.outer(a, h) * n / b  # float64 reference: n equal rank-one terms
+
+    got = phi.apply(torch.ones(n, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(got, total, rtol=TOL["float32"], atol=0)
+
+    R = torch.zeros((3, len(h)), dtype=torch.float64)
+    z, beta = torch.zeros(n, dtype=torch.float64), 0.5  # g = 2 beta (z - 1) = -1 on every row
+    g, M = phi.grad_apply(R, z, beta)
+    np.testing.assert_array_equal(g.numpy(), -1.0)
+    np.testing.assert_allclose(M.numpy(), -total, rtol=TOL["float32"], atol=0)
