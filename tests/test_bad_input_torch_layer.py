@@ -398,6 +398,12 @@ def test_jacobian_casts_floating_inputs_like_the_pool_pass():
         assert_allclose(got.numpy(), want.numpy(), rtol=tol, atol=tol)
 
 
+def test_jacobian_inputs_of_a_shape_the_model_cannot_take():
+    """torch's 'mat1 and mat2 shapes cannot be multiplied' came through as a RuntimeError."""
+    with pytest.raises(ValueError, match=r"^the model cannot take inputs of shape \(3, 3\): mat1"):
+        fastal.ntk_features_jacobian(mlp(), x32()[:3, :3], last_k=1)
+
+
 def test_jacobian_integer_inputs():
     with pytest.raises(
         TypeError, match=r"inputs has dtype torch\.int64, which the model cannot take"

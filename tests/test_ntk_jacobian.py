@@ -247,7 +247,7 @@ def test_a_module_shared_under_two_names_keeps_its_parameters():
 def test_mode_is_restored_on_error():
     model = mlp(True, True)
     model.train()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="the model cannot take inputs of shape"):
         fastal.ntk_features_jacobian(model, torch.randn(3, D_IN + 1, dtype=torch.float64), last_k=1)
     assert all(m.training for m in model.modules())
 

@@ -327,8 +327,10 @@ def ntk_features_jacobian(
             try:
                 probe = model(inputs[:1])
             except (RuntimeError, TypeError) as err:
-                if inputs.is_floating_point():
-                    raise
+                if inputs.is_floating_point():  # e.g. a feature count the first layer does not take
+                    raise ValueError(
+                        f"the model cannot take inputs of shape {tuple(inputs.shape)}: {err}"
+                    ) from err
                 raise TypeError(
                     f"inputs has dtype {inputs.dtype}, which the model cannot take ({err}); "
                     "floating inputs are cast to the model's dtype, other dtypes passed as they are"
