@@ -356,19 +356,10 @@ def kcenter(
     progress: bool = False,
 ) -> KCenterResult:
     """:func:`kcenter_greedy` returning a :class:`KCenterResult` with diagnostics."""
-    return _kcenter(X, budget, labeled=labeled, seed=seed, prune=prune, progress=progress)
+    return _kcenter(X, budget, labeled, seed, prune, progress, "X")
 
 
-def _kcenter(
-    X: Any,
-    budget: int,
-    *,
-    labeled: Any = None,
-    seed: int | np.random.Generator | None = None,
-    prune: bool = True,
-    progress: bool = False,
-    name: str = "X",
-) -> KCenterResult:
+def _kcenter(X: Any, budget: int, labeled, seed, prune, progress, name: str) -> KCenterResult:
     """:func:`kcenter`, its messages naming the pool ``name`` (a strategy's "features")."""
     info = pool_info(X, name)
     n = info.shape[0]

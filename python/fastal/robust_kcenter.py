@@ -243,7 +243,7 @@ def _robust_kcenter(
     from .ops import _kcenter
 
     picks_needed = min(budget + xi + 1, unl.size)
-    greedy = _kcenter(Xh, picks_needed, labeled=lab, seed=seed, name=name)
+    greedy = _kcenter(Xh, picks_needed, lab, seed, True, False, name)
     gpicks = np.asarray(greedy.indices)
     if candidates is None:
         inc = problem.columns(gpicks[:budget])

@@ -73,10 +73,7 @@ class CoreSet(Strategy):
             X = gradient_pool(pool, bias=self.bias)
         else:
             X, name = pool_field(pool, "features"), "features"
-        res = ops._kcenter(
-            X, budget, labeled=labeled, seed=seed, prune=self.prune, progress=self.progress,
-            name=name,
-        )  # fmt: skip
+        res = ops._kcenter(X, budget, labeled, seed, self.prune, self.progress, name)
         diagnostics = dict(res.diagnostics, radius=res.radius)
         return Selection(res.indices, diagnostics)
 
