@@ -343,6 +343,9 @@ REFUSED = [
     ("demo-rounds", f"{DEMO} --rounds -1", ["--rounds", ">= 0"], ()),
     ("demo-steps", f"{DEMO} --steps 0", ["--steps", ">= 1"], ()),
     ("demo-threads", f"{DEMO} --threads -1", ["--threads", ">= 0"], ()),
+    # torch.set_num_threads(100000) then a matmul: OpenBLAS failed pthread_create and segfaulted
+    ("demo-threads-many", f"{DEMO} --threads 100000", ["--threads must be at most",
+     "cores), got 100000"], ()),  # fmt: skip
     ("demo-device", f"{DEMO} --device bogus", ["--device"], ()),
     ("demo-out-empty", f"{DEMO} --out ''", ["--out", "must name a folder"], ()),
     ("demo-out-file", f"{DEMO} --out {{d}}/afile", ["--out", "is a file"], ()),

@@ -259,6 +259,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < low:
             raise SystemExit(f"fastal: --{name} must be >= {low}, got {value}")
+    cores = os.cpu_count() or 1
+    if args.threads and args.threads > 4 * cores:  # BLAS crashed starting 100,000 threads
+        raise SystemExit(
+            f"fastal: --threads must be at most {4 * cores} (4 x this machine's {cores} cores), "
+            f"got {args.threads}"
+        )
     _check_device(args.device)
     out = _check_out_folder(args.out, _DEMO_FILES)
 
