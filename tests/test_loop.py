@@ -652,3 +652,65 @@ def test_the_initial_draw_is_sorted():
     first = _initial(10, 120, 3)
     assert_array_equal(first, np.sort(first))
     assert np.unique(first).size == 10
+
+
+# -- second fuzz audit (session 31) -----------------------------------------------------------
+
+
+def reg_model():
+    return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+
+
+def regression_data(n: int, seed: int):
+    X = np.random.default_rng(seed).normal(size=(n, 3)).astype(np.float32)
+    return X, X[:, 0].copy()
+
+
+def test_regression_targets_and_inputs_must_be_finite():
+    """A NaN test target made every round's mse NaN; a NaN pool row surfaced, once labeled, as
+    'training diverged'. Both are refused up front, naming the array and the row."""
+    pool, (Xt, yt) = regression_data(60, 0), regression_data(20, 1)
+    yt[3] = np.nan
+    kw = dict(model_fn=reg_model, strategy="random", initial=10, budget=5, rounds=1,
+              task="regression", train_fn=train)  # fmt: skip
+    with pytest.raises(ValueError, match=r"^test\[1\] holds NaN or Inf regression targets in 1 "
+                       r"row\(s\), first at row 3$"):  # fmt: skip
+        loop.run(pool, (Xt, yt), **kw)
+    X = pool[0].copy()
+    X[7, 2] = np.inf
+    with pytest.raises(ValueError, match=r"^pool\[0\] holds NaN or Inf inputs in 1 row\(s\), "
+                       r"first at row 7$"):  # fmt: skip
+        loop.run((X, pool[1]), regression_data(20, 1), **kw)
+    # a Dataset's targets, as the rows are labeled: the pool row is named
+    y = pool[1].copy()
+    y[[5, 9]] = np.nan
+    with pytest.raises(ValueError, match=r"^pool \(a Dataset\) holds a NaN or Inf regression "
+                       r"target at row [59]$"):  # fmt: skip
+        loop.run(RowDataset(pool[0], y), regression_data(20, 1), **{**kw, "initial": range(10)})
+
+
+class FloatPicks(Random):
+    """A strategy whose indices are floats (50.9 was labeled as row 50)."""
+
+    name = "float_picks"
+
+    def select(self, pool, budget, labeled=None, *, seed=None):
+        picks = super().select(pool, budget, labeled, seed=seed).indices
+        return Selection(picks + 0.9, {})
+
+
+def test_a_strategy_returning_float_indices_is_refused():
+    with pytest.raises(RuntimeError, match="float_picks returned indices of dtype float64, not "):
+        loop.run(POOL, TEST, model_fn=model_fn, strategy=FloatPicks(), initial=8, budget=3,
+                 rounds=1, train_fn=train, seed=0)  # fmt: skip
+
+
+def test_fit_keeps_a_training_row_whatever_the_validation_fraction():
+    """val_fraction = 0.995 of 100 rows held out round(99.5) = 100 of them: the model came back
+    untrained, with no error."""
+    X = torch.from_numpy(POOL[0][:100])
+    y = torch.from_numpy(POOL[1][:100])
+    model = model_fn()
+    before = [p.detach().clone() for p in model.parameters()]
+    loop.fit(model, TensorDataset(X, y), val_fraction=0.995, max_steps=5, seed=0)
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))

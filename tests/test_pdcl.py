@@ -261,3 +261,67 @@ def test_the_trainer_casts_inputs_to_the_model_dtype():
     X, y = _regression_problem().tensors
     for model, rows in ((_linear(), X.double()), (_linear().double(), X)):
         _full_batch(0.05, iterations=5)(model, TensorDataset(rows, y), task="regression")
+
+
+# -- second fuzz audit (session 31) -----------------------------------------------------------
+
+
+def _classification(n: int = 12):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, generator=g), torch.arange(n) % 2
+
+
+def test_per_sample_eps_as_a_numpy_array():
+    """'if self.eps == "auto"' compared the array elementwise: a documented per-sample eps array
+    was refused with numpy's 'truth value ... is ambiguous'."""
+    X, y = _classification()
+    eps = np.linspace(0.05, 0.3, 12)
+    got = PrimalDualTrainer(eps=eps, iterations=3)
+    got(_linear_classifier(), TensorDataset(X, y))
+    want = PrimalDualTrainer(eps=eps.tolist(), iterations=3)
+    want(_linear_classifier(), TensorDataset(X, y))
+    assert_allclose(got.eps_.numpy(), eps.astype(np.float32))
+    assert_allclose(got.duals_.numpy(), want.duals_.numpy())
+
+
+def _linear_classifier():
+    torch.manual_seed(0)
+    return torch.nn.Linear(3, 2)
+
+
+@pytest.mark.parametrize(
+    ("labels", "error", "match"),
+    [
+        (torch.tensor([0.5, 1.0] * 6), ValueError, r"^dataset labels must hold integer class "),
+        (torch.tensor([0, 1] * 5 + [3, 0]), ValueError, r"^dataset labels has class labels "
+         r"outside \[0, 2\) \(the model returns 2 logits\): e.g. 3$"),
+        (torch.tensor([0, 1] * 5 + [-1, 0]), ValueError, r"^dataset labels has negative class"),
+    ],
+)  # fmt: skip
+def test_classification_labels_are_checked(labels, error, match):
+    """0.5 was truncated to class 0 and trained on; 3 of 2 logits was torch's IndexError."""
+    X, _ = _classification()
+    with pytest.raises(error, match=match):
+        PrimalDualTrainer(iterations=2)(_linear_classifier(), TensorDataset(X, labels))
+
+
+def test_inputs_and_regression_targets_must_be_finite():
+    X, y = _regression_problem().tensors
+    bad_y = y.clone()
+    bad_y[4] = float("nan")
+    with pytest.raises(ValueError, match=r"^dataset holds NaN or Inf regression targets in 1 "
+                       r"row\(s\), first at row 4$"):  # fmt: skip
+        _full_batch(0.3, iterations=2)(_linear(), TensorDataset(X, bad_y), task="regression")
+    bad_x = X.clone()
+    bad_x[2, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"^dataset holds NaN or Inf inputs in 1 row\(s\), first "
+                       r"at row 2$"):  # fmt: skip
+        _full_batch(0.3, iterations=2)(_linear(), TensorDataset(bad_x, y), task="regression")
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, "float32"])
+def test_dual_variables_need_a_floating_dtype(dtype):
+    """An int64 dtype truncated eps = 0.5 to 0."""
+    with pytest.raises(TypeError, match=r"^dtype must be a floating torch dtype, got"):
+        DualVariables(3, 0.5, 1.0, dtype=dtype)
+    assert DualVariables(3, 0.5, 1.0, dtype=torch.float64).eps.tolist() == [0.5] * 3

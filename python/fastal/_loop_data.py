@@ -46,6 +46,9 @@ class _Data:
                 )
             if task == "classification":
                 self.y = _class_labels(self.y, self.label_name)
+            else:  # a NaN target made every test error NaN, or read as a diverged training
+                _refuse_nonfinite(self.y, self.label_name, "regression targets")
+            _refuse_nonfinite(self.X, f"{name}[0]", "inputs")
             self.dataset = None
             self.n = int(self.X.shape[0])
         elif isinstance(data, Dataset) and hasattr(data, "__len__"):
@@ -103,7 +106,9 @@ class _Data:
         y = torch.stack(ys) if ys else torch.empty(0, dtype=torch.int64)
         if self.task == "classification":
             return _class_labels(y, self.label_name)
-        return y.to(torch.get_default_dtype())
+        y = y.to(torch.get_default_dtype())
+        _refuse_nonfinite(y, self.label_name, "regression targets", rows=idx)
+        return y
 
     def subset(self, idx: np.ndarray) -> Any:
         """The rows ``idx`` with their labels, as a Dataset of ``(x, y)``."""
@@ -113,16 +118,16 @@ class _Data:
         if self.dataset is None:
             t = torch.from_numpy(idx)
             return TensorDataset(self.X[t], self.y[t])
-        if self.task == "classification":  # labels as int64 class indices, checked as read
-            return Subset(_ClassLabels(self.dataset, self.label_name), idx.tolist())
-        return Subset(self.dataset, idx.tolist())
+        # labels checked as read: int64 class indices, or finite regression targets
+        return Subset(_CheckedLabels(self.dataset, self.label_name, self.task), idx.tolist())
 
 
-class _ClassLabels:
-    """A Dataset of ``(x, y)`` whose labels come out as int64 class indices (``_class_labels``)."""
+class _CheckedLabels:
+    """A Dataset of ``(x, y)`` whose labels come out as int64 class indices (``_class_labels``),
+    or as finite regression targets (a NaN read as a diverged training)."""
 
-    def __init__(self, dataset: Any, name: str) -> None:
-        self.dataset, self.name = dataset, name
+    def __init__(self, dataset: Any, name: str, task: str) -> None:
+        self.dataset, self.name, self.task = dataset, name, task
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -131,7 +136,28 @@ class _ClassLabels:
         import torch
 
         x, y = self.dataset[i]
-        return x, _class_labels(_one_label(torch.as_tensor(y), self.name), self.name)
+        y = torch.as_tensor(y)
+        if self.task == "classification":
+            return x, _class_labels(_one_label(y, self.name), self.name)
+        if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+            raise ValueError(f"{self.name} holds a NaN or Inf regression target at row {i}")
+        return x, y
+
+
+def _refuse_nonfinite(t: Any, name: str, what: str, rows: Any = None) -> None:
+    """A ValueError naming ``name`` and the first row of ``t`` with a NaN or Inf (``rows``: the
+    pool rows of ``t``'s rows, when ``t`` holds a selection of them)."""
+    import torch
+
+    if not t.is_floating_point() or t.numel() == 0:
+        return
+    bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad)[0])
+        row = first if rows is None else int(rows[first])
+        raise ValueError(
+            f"{name} holds NaN or Inf {what} in {int(bad.sum())} row(s), first at row {row}"
+        )
 
 
 def _as_tensor(a: Any, name: str, *, floating: bool) -> Any:

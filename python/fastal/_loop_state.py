@@ -78,6 +78,9 @@ def _initial(initial: Any, n: int, seed: int) -> np.ndarray:
 
 
 def _check_picks(picks: np.ndarray, labeled: np.ndarray, budget: int, n: int, name: str) -> None:
+    if picks.dtype.kind not in "iu":  # 50.9 would have labeled row 50
+        raise RuntimeError(f"strategy {name} returned indices of dtype {picks.dtype}, not integers")
+    picks = picks.astype(np.int64)
     if picks.shape != (budget,):
         raise RuntimeError(
             f"strategy {name} returned {picks.shape} indices for a budget of {budget}"

@@ -221,6 +221,7 @@ def fit(
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(n, generator=g)
         n_val = round(val_fraction * n) if val_fraction > 0 and val_fraction * n >= min_val else 0
+        n_val = min(n_val, n - 1)  # 0.995 of 100 rows held out all 100: nothing was trained
         val, train = perm[:n_val], perm[n_val:]
         Xt, yt = X[train].to(dev), y[train].to(dev)
         Xv, yv = X[val].to(dev), y[val].to(dev)
@@ -297,7 +298,9 @@ def run(
         labeled rows before each training, the test set at each evaluation), one per row (a
         scalar, or one value stored with a shape such as ``(1,)``). Regression targets have the
         shape of the model's outputs, a scalar target ``(n,)`` or ``(n, 1)`` on either side.
-        The pool's labels are the oracle: only labeled rows are shown to training.
+        The pool's labels are the oracle: only labeled rows are shown to training. NaN or Inf
+        floating inputs of an (inputs, labels) pair, and NaN or Inf regression targets (a
+        Dataset's as they are read), raise ``ValueError`` naming the array and the row.
     model_fn : callable
         ``model_fn() -> nn.Module``, called at the start of every round under the round's seed.
     strategy : Strategy, class or name
@@ -438,10 +441,9 @@ def run(
                 strategy, model, data.inputs, budgets[r], labeled, seed=select_seed, labels=labels,
                 task=task, device=device, batch_size=batch_size, **{"progress": False, **options},
             )  # fmt: skip
-            picks = np.asarray(
-                sel.indices.cpu() if hasattr(sel.indices, "cpu") else sel.indices, dtype=np.int64
-            )
+            picks = np.asarray(sel.indices.cpu() if hasattr(sel.indices, "cpu") else sel.indices)
             _check_picks(picks, labeled, budgets[r], data.n, strategy_name)
+            picks = picks.astype(np.int64)
             row["select_seconds"] = time.perf_counter() - start
             labeled = np.concatenate([labeled, picks])
             added = np.concatenate([added, np.full(picks.size, r + 1, np.int64)])

@@ -94,6 +94,8 @@ class DualVariables:
         n = check_positive_int(n, "n")
         self.lr_dual = _number(lr_dual, "lr_dual", positive=True)
         dtype = torch.float32 if dtype is None else dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch dtype, got {dtype!r}")  # 0.5 -> 0
         eps_t = torch.as_tensor(eps, dtype=dtype, device=device).detach().clone()
         if eps_t.ndim == 0:
             eps_t = eps_t.expand(int(n)).clone()
@@ -204,7 +206,9 @@ class PrimalDualTrainer:
     on the Lagrangian followed by one dual step over the whole labeled set. Afterwards the model
     carries ``model.fastal_duals`` (λ, one per row of ``dataset``, in its order, float32 on the
     CPU), which :func:`fastal.torch.select` hands to :class:`~fastal.strategies.ALLY`; the trainer
-    keeps ``duals_``, ``eps_`` and ``history_`` of its last call.
+    keeps ``duals_``, ``eps_`` and ``history_`` of its last call. The dataset's inputs must be
+    finite, its labels class indices in ``[0, C)`` for a model of ``C`` logits (whole-number
+    floats taken) or finite regression targets: otherwise ``ValueError`` naming the row.
 
     Parameters
     ----------
@@ -299,7 +303,13 @@ class PrimalDualTrainer:
     ) -> Any:
         import torch
 
-        from ._loop_data import _tensors, as_model_dtype
+        from ._loop_data import (
+            _check_classes,
+            _class_labels,
+            _refuse_nonfinite,
+            _tensors,
+            as_model_dtype,
+        )
 
         if task not in PAPER_EPS:
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -310,10 +320,15 @@ class PrimalDualTrainer:
         dev = torch.device(device)
         model.to(dev)
         X, y = as_model_dtype(model, X).to(dev), y.to(dev)
-        if task == "classification":
-            y = y.to(torch.int64)
+        _refuse_nonfinite(X, "dataset", "inputs")
+        if task == "classification":  # 0.5 was truncated to class 0; 3 of 2 logits an IndexError
+            y = _class_labels(y, "dataset labels")
+            with torch.no_grad(), forked_rng(dev, seed):
+                _check_classes(y, int(copy.deepcopy(model)(X[:1]).shape[-1]), "dataset labels")
+        else:
+            _refuse_nonfinite(y, "dataset", "regression targets")
         with forked_rng(dev, seed):
-            if self.eps == "auto":
+            if isinstance(self.eps, str):  # "auto" (numpy compares an eps array elementwise)
                 shadow = copy.deepcopy(model)
                 self._train(shadow, X, y, task, seed, None)
                 p_u = float(self._secondary(shadow, X, y, task).mean())
