@@ -187,6 +187,34 @@ def test_cg_stops_after_steps_and_reports_the_residual():
     assert not bool(x0.any())
 
 
+def test_cg_refuses_non_finite_right_hand_sides_and_operators():
+    """A NaN in b, or an operator returning NaN, gave a NaN solution and a NaN residual."""
+    eye = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^b contains NaN or Inf"):
+        bl.conjugate_gradient(lambda v: v, torch.tensor([1.0, float("nan"), 0.0]))
+    with pytest.raises(ValueError, match=r"^hvp \(or precond\) returned NaN or Inf"):
+        bl.conjugate_gradient(lambda v: v * float("nan"), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^hvp \(or precond\) returned NaN or Inf"):
+        bl.conjugate_gradient(lambda v: eye @ v, torch.ones(3, dtype=torch.float64),
+                              precond=lambda r: r * float("inf"))  # fmt: skip
+
+
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_nystrom_refuses_an_indefinite_kernel(sign):
+    """-(A Bᵀ) kept 18 eigenvalues of rounding noise (~1e-14 against |λ| ~ 1e2) as features;
+    A Bᵀ - 3 I on the landmarks has eigenvalues of both signs."""
+    U = torch.from_numpy(np.random.default_rng(0).normal(size=(40, 6)))
+
+    def kernel(A, B):
+        K = sign * (A @ B.T)
+        return K - 3 * (torch.cdist(A, B) == 0).to(K.dtype) if sign > 0 else K
+
+    with pytest.raises(ValueError, match=r"^the kernel is not positive semi-definite on the "
+                       r"landmarks: its kernel matrix has eigenvalue -"):  # fmt: skip
+        bl.Nystrom(U, kernel)
+    assert bl.Nystrom(U, lambda A, B: A @ B.T).rank == 6  # the PSD kernel, rank d
+
+
 def test_solve_inner_reaches_the_optimum():
     Z, soft, labeled, y = problem(n=12, m=5, C=3)
     T = targets(soft, labeled, y)

@@ -167,6 +167,8 @@ def conjugate_gradient(
     x = torch.zeros_like(b)
     r = b.clone()
     bnorm = float(r.norm())
+    if not math.isfinite(bnorm):
+        raise ValueError("b contains NaN or Inf (or its norm overflows)")
     if bnorm == 0:
         return x, 0.0, 0
     z = r if precond is None else precond(r)
@@ -177,6 +179,8 @@ def conjugate_gradient(
     for it in range(1, int(steps) + 1):
         Hp = hvp(p)
         curv = float((p * Hp).sum())
+        if not (math.isfinite(curv) and math.isfinite(rz)):  # NaN compares false: x went NaN
+            raise ValueError("hvp (or precond) returned NaN or Inf: H x = b cannot be solved")
         if curv <= 0 or rz <= 0:  # not positive definite along p (only by rounding): stop here
             it -= 1
             break

@@ -25,6 +25,11 @@ from ._common import (
     _torch,
 )
 
+#: a kernel matrix eigenvalue below -_INDEFINITE x the largest one: not rounding (float32 kernels
+#: give ~m · 6e-8), an indefinite kernel
+_INDEFINITE = 1e-4
+
+
 
 def linear_ntk(X: Any, Y: Any = None) -> Any:
     """Empirical last-layer NTK: ``k(h, h') = [h, 1]·[h', 1] = h·h' + 1``.
@@ -271,6 +276,12 @@ class Nystrom:
             with one_thread_if_small(ut.device, m**3, _common._SMALL_WORK):
                 evals, evecs = torch.linalg.eigh((K + K.T) / 2)
         top = float(evals[-1]) if evals.numel() else 0.0
+        low = float(evals[0]) if evals.numel() else 0.0
+        if low < -_INDEFINITE * max(top, 0.0):  # -(A Bᵀ) kept 18 eigenvalues of rounding noise
+            raise ValueError(
+                f"the kernel is not positive semi-definite on the landmarks: its kernel matrix "
+                f"has eigenvalue {low:.3g} against a largest one of {top:.3g}"
+            )
         if top <= 0:
             raise ValueError("the kernel matrix of the landmarks has no positive eigenvalue")
         keep = torch.flip(torch.nonzero(evals > self.rcond * top).flatten(), [0])  # descending
