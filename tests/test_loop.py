@@ -714,3 +714,46 @@ def test_fit_keeps_a_training_row_whatever_the_validation_fraction():
     before = [p.detach().clone() for p in model.parameters()]
     loop.fit(model, TensorDataset(X, y), val_fraction=0.995, max_steps=5, seed=0)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (torch.tensor([0, 1, 2, 6] * 5), r"^dataset labels has class labels outside \[0, 3\) "
+         r"\(the model returns 3 logits\): e.g. 6$"),
+        (torch.tensor([0.5, 1.0] * 10), r"^dataset labels must hold integer class indices"),
+        (torch.zeros(20, 2, dtype=torch.int64), r"^dataset labels must be 1-D class indices, got "
+         r"shape \(20, 2\)$"),
+    ],
+)  # fmt: skip
+def test_fit_checks_class_labels_as_run_does(labels, match):
+    """fit gave torch's IndexError (label 6 of 3 logits) or RuntimeError (2-D labels)."""
+    X = torch.from_numpy(POOL[0][:20])
+    with pytest.raises(ValueError, match=match):
+        loop.fit(model_fn(), TensorDataset(X, labels), max_steps=2)
+    # whole-number float labels are class indices, as in run
+    loop.fit(model_fn(), TensorDataset(X, torch.from_numpy(POOL[1][:20]).double()), max_steps=2)
+    with pytest.raises(TypeError, match=r"^model must be an nn.Module, got function$"):
+        loop.fit(model_fn, TensorDataset(X, torch.from_numpy(POOL[1][:20])), max_steps=2)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (dict(model_fn=model_fn()), TypeError, r"^model_fn must be a callable that returns a "
+         r"fresh nn.Module \(e.g. a lambda or a class\), got Sequential$"),
+        (dict(model_fn=5), TypeError, r"^model_fn must be a callable .* got int$"),
+        (dict(train_fn=5), TypeError, r"^train_fn must be callable, got int$"),
+        (dict(log=5), TypeError, r"^log must be callable, got int$"),  # was: after a round
+        (dict(select_options="x"), TypeError, r"^select_options must be a dict, got str$"),
+        (dict(initial=np.array(5)), ValueError, r"^initial must be 1-D, got shape \(\)$"),
+        (dict(initial=(i for i in range(8))), TypeError,
+         r"^initial must hold integer indices, got generator$"),
+        (dict(initial={1, 5, 9}), TypeError, r"^initial must hold integer indices, got set$"),
+    ],
+)  # fmt: skip
+def test_run_checks_its_callables_and_initial_before_any_work(change, error, match):
+    kw = dict(model_fn=model_fn, strategy="random", initial=8, budget=3, rounds=1,
+              train_fn=train, seed=0)  # fmt: skip
+    with pytest.raises(error, match=match):
+        loop.run(POOL, TEST, **{**kw, **change})

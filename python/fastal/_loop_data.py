@@ -144,6 +144,30 @@ class _CheckedLabels:
         return x, y
 
 
+def checked_training_labels(model: Any, X: Any, y: Any, task: str, seed: int) -> Any:
+    """The labels of a training set (``fit``, the primal-dual trainer), its inputs ``X`` checked
+    finite: class indices in [0, C) for a model of C logits (0.5 was trained as class 0, a label
+    past the logits was torch's IndexError), or finite regression targets."""
+    import copy
+
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _refuse_nonfinite(X, "dataset", "inputs")
+    if task != "classification":
+        _refuse_nonfinite(y, "dataset", "regression targets")
+        return y
+    if y.ndim != 1:
+        raise ValueError(f"dataset labels must be 1-D class indices, got shape {tuple(y.shape)}")
+    y = _class_labels(y, "dataset labels")
+    device = _param_device(model)
+    with torch.no_grad(), forked_rng(device, seed):  # a copy: lazy modules stay unset
+        out = copy.deepcopy(model)(as_model_dtype(model, X[:1]).to(device))
+    _check_classes(y, int(out.shape[-1]), "dataset labels")
+    return y
+
+
 def _refuse_nonfinite(t: Any, name: str, what: str, rows: Any = None) -> None:
     """A ValueError naming ``name`` and the first row of ``t`` with a NaN or Inf (``rows``: the
     pool rows of ``t``'s rows, when ``t`` holds a selection of them)."""

@@ -71,7 +71,7 @@ def _initial(initial: Any, n: int, seed: int) -> np.ndarray:
             raise ValueError(f"initial must be between 1 and the pool size {n}, got {k}")
         rng = np.random.default_rng(np.random.SeedSequence([int(seed)]))
         return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
-    lab = check_indices(np.asarray(initial), n, "initial")
+    lab = check_indices(initial, n, "initial")  # its messages: a set or generator named
     if lab.size == 0:
         raise ValueError("initial must name at least one row")
     return lab

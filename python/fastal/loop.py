@@ -24,14 +24,21 @@ import io
 import numbers
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ._io import write_atomic
-from ._loop_data import _check_classes, _Data, _n_classes, _tensors, as_model_dtype
+from ._loop_data import (
+    _check_classes,
+    _Data,
+    _n_classes,
+    _tensors,
+    as_model_dtype,
+    checked_training_labels,
+)
 from ._loop_state import (
     _RUN_OWNS,
     _STATE_VERSION,
@@ -173,6 +180,8 @@ def fit(
     dataset : Dataset of (x, y)
         The labeled rows (stacked into tensors: active-learning labeled sets are small; floating
         inputs are cast to the model's parameter dtype, as :func:`fastal.torch.pool_outputs` does).
+        Inputs must be finite; labels class indices in ``[0, C)`` for a model of ``C`` logits
+        (whole-number floats taken), or finite regression targets: else ``ValueError``.
     task : {"classification", "regression"}
     seed : int >= 0
         Seeds the split, the batches and dropout (the global torch RNG is restored afterwards).
@@ -213,6 +222,7 @@ def fit(
     n = X.shape[0]
     if n == 0:
         raise ValueError("cannot train on an empty labeled set")
+    y = checked_training_labels(model, X, y, task, seed)
     X = as_model_dtype(model, X)
     model.to(device)
     dev = torch.device(device)
@@ -374,6 +384,18 @@ def run(
     sequence = isinstance(initial, Iterable) and not isinstance(initial, (str, bytes))
     if not (is_count or sequence) or isinstance(initial, bool):
         raise TypeError(f"initial must be an int or a sequence of row indices, got {initial!r}")
+    if not is_count:  # checked (and a generator read) once, before the settings record it
+        initial = _initial(initial, data.n, seed)
+    if isinstance(model_fn, torch.nn.Module) or not callable(model_fn):
+        raise TypeError(
+            "model_fn must be a callable that returns a fresh nn.Module (e.g. a lambda or a "
+            f"class), got {type(model_fn).__name__}"
+        )
+    for fn, fn_name in ((train_fn, "train_fn"), (log, "log")):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{fn_name} must be callable, got {type(fn).__name__}")
+    if select_options is not None and not isinstance(select_options, Mapping):
+        raise TypeError(f"select_options must be a dict, got {type(select_options).__name__}")
     options = dict(select_options or {})
     clash = sorted(set(options) & _RUN_OWNS)
     if clash:

@@ -303,13 +303,7 @@ class PrimalDualTrainer:
     ) -> Any:
         import torch
 
-        from ._loop_data import (
-            _check_classes,
-            _class_labels,
-            _refuse_nonfinite,
-            _tensors,
-            as_model_dtype,
-        )
+        from ._loop_data import _tensors, as_model_dtype, checked_training_labels
 
         if task not in PAPER_EPS:
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -320,13 +314,7 @@ class PrimalDualTrainer:
         dev = torch.device(device)
         model.to(dev)
         X, y = as_model_dtype(model, X).to(dev), y.to(dev)
-        _refuse_nonfinite(X, "dataset", "inputs")
-        if task == "classification":  # 0.5 was truncated to class 0; 3 of 2 logits an IndexError
-            y = _class_labels(y, "dataset labels")
-            with torch.no_grad(), forked_rng(dev, seed):
-                _check_classes(y, int(copy.deepcopy(model)(X[:1]).shape[-1]), "dataset labels")
-        else:
-            _refuse_nonfinite(y, "dataset", "regression targets")
+        y = checked_training_labels(model, X, y, task, seed)
         with forked_rng(dev, seed):
             if isinstance(self.eps, str):  # "auto" (numpy compares an eps array elementwise)
                 shadow = copy.deepcopy(model)
