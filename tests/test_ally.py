@@ -407,3 +407,25 @@ def test_maximize_dual_on_a_zero_head_and_on_no_head():
     assert trace.tolist() == [0.0] * 6
     with pytest.raises(TypeError, match="head must be a DualRegressor"):
         maximize_dual(embed, None, X[:4], steps=5)
+
+
+def test_maximize_dual_checks_lr_and_bounds():
+    """bounds = (1, 0) was accepted (every input clamped to 1, then 0) and lr = -1 reached Adam."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    embed = backbone(model)
+    X = torch.randn(16, 2)
+    with torch.no_grad():
+        head = fit_dual_head(embed(X), X[:, 0].abs(), steps=5)
+    with pytest.raises(ValueError, match=r"^bounds must be \(low, high\) with low <= high, got "
+                       r"\(1, 0\)$"):  # fmt: skip
+        maximize_dual(embed, head, torch.zeros(2, 2), steps=2, bounds=(1, 0))
+    with pytest.raises(ValueError, match=r"^lr must be > 0, got -1.0$"):
+        maximize_dual(embed, head, torch.zeros(2, 2), steps=2, lr=-1.0)
+    x, _ = maximize_dual(embed, head, torch.zeros(2, 2), steps=2, bounds=(-0.5, 0.5))
+    assert float(x.abs().max()) <= 0.5
+
+
+def test_ally_trainer_must_be_callable():
+    with pytest.raises(TypeError, match=r"^trainer must be a PrimalDualTrainer .* got int$"):
+        ALLY(trainer=5)

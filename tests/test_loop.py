@@ -757,3 +757,27 @@ def test_run_checks_its_callables_and_initial_before_any_work(change, error, mat
               train_fn=train, seed=0)  # fmt: skip
     with pytest.raises(error, match=match):
         loop.run(POOL, TEST, **{**kw, **change})
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (dict(lr=-1.0), ValueError, r"^lr must be > 0, got -1.0$"),
+        (dict(lr=float("nan")), ValueError, r"^lr must be finite, got nan$"),
+        (dict(lr="x"), TypeError, r"^lr must be a real number, got str$"),
+        (dict(weight_decay=-0.1), ValueError, r"^weight_decay must be >= 0.0, got -0.1$"),
+    ],
+)
+def test_fit_checks_its_optimizer_settings(change, error, match):
+    data = TensorDataset(torch.from_numpy(POOL[0][:20]), torch.from_numpy(POOL[1][:20]))
+    with pytest.raises(error, match=match):
+        loop.fit(model_fn(), data, max_steps=2, **change)
+
+
+def test_test_rows_of_another_shape_than_the_pool_are_refused_before_training():
+    rec = Recorder()
+    with pytest.raises(ValueError, match=r"^test\[0\] rows have shape \(3,\), pool\[0\] rows "
+                       r"\(4,\): the model takes one of them$"):  # fmt: skip
+        loop.run(POOL, (TEST[0][:, :3], TEST[1]), model_fn=model_fn, strategy="random",
+                 initial=8, budget=3, rounds=1, train_fn=rec, seed=0)  # fmt: skip
+    assert rec.sizes == []

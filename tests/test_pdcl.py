@@ -325,3 +325,8 @@ def test_dual_variables_need_a_floating_dtype(dtype):
     with pytest.raises(TypeError, match=r"^dtype must be a floating torch dtype, got"):
         DualVariables(3, 0.5, 1.0, dtype=dtype)
     assert DualVariables(3, 0.5, 1.0, dtype=torch.float64).eps.tolist() == [0.5] * 3
+
+
+def test_secondary_loss_must_be_callable():
+    with pytest.raises(TypeError, match=r"^secondary_loss must be callable, got int$"):
+        PrimalDualTrainer(secondary_loss=5)

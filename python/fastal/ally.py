@@ -329,6 +329,11 @@ def maximize_dual(
     """
     torch = _torch()
     check_positive_int(steps, "steps")
+    _number(lr, "lr", positive=True)
+    if bounds is not None:
+        low, high = (_number(v, "bounds") for v in bounds)
+        if not low <= high:
+            raise ValueError(f"bounds must be (low, high) with low <= high, got {tuple(bounds)}")
     if not isinstance(head, DualRegressor):
         raise TypeError(
             f"head must be a DualRegressor (ALLY.head_ after a selection from duals, or "

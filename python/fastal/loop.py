@@ -214,6 +214,8 @@ def fit(
     for value, name in ((batch_size, "batch_size"), (eval_every, "eval_every")):
         check_positive_int(value, name)
     check_positive_int(patience, "patience")
+    _number(lr, "lr", positive=True)  # torch's 'Invalid learning rate' otherwise, or NaN weights
+    _number(weight_decay, "weight_decay", minimum=0.0)
     if not 0 <= _number(val_fraction, "val_fraction") < 1:
         raise ValueError(
             f"val_fraction must be in [0, 1): rows must be left to train on, got {val_fraction}"
@@ -373,6 +375,11 @@ def run(
     strategy_name = getattr(strategy, "name", "") or type(strategy).__name__
     data = _Data(pool, "pool", task)
     testset = _Data(test, "test", task)
+    if data.X is not None and testset.X is not None and data.X.shape[1:] != testset.X.shape[1:]:
+        raise ValueError(  # found only by the evaluation after round 0's training otherwise
+            f"test[0] rows have shape {tuple(testset.X.shape[1:])}, pool[0] rows "
+            f"{tuple(data.X.shape[1:])}: the model takes one of them"
+        )
     budgets = _budgets(budget, rounds)
     validate = getattr(strategy, "validate_budget", None)  # e.g. CRC's multiple of G, up front
     for b in budgets if validate is not None else ():

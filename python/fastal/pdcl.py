@@ -286,6 +286,8 @@ class PrimalDualTrainer:
         self.optimizer = optimizer
         self.momentum = _number(momentum, "momentum", minimum=0.0)
         self.weight_decay = _number(weight_decay, "weight_decay", minimum=0.0)
+        if secondary_loss is not None and not callable(secondary_loss):
+            raise TypeError(f"secondary_loss must be callable, got {type(secondary_loss).__name__}")
         self.secondary_loss = secondary_loss
 
     def __repr__(self) -> str:

@@ -108,6 +108,11 @@ class ALLY(Strategy):
         self.n_clusters = (
             None if n_clusters is None else check_positive_int(n_clusters, "n_clusters")
         )
+        if trainer is not None and not callable(trainer):
+            raise TypeError(
+                "trainer must be a PrimalDualTrainer (or a train_fn(model, dataset, *, task, seed, "
+                f"device)), got {type(trainer).__name__}"
+            )
         self.trainer = PrimalDualTrainer() if trainer is None else trainer
         self.head_hidden = check_positive_int(head_hidden, "head_hidden")
         self.head_layers = check_positive_int(head_layers, "head_layers")
