@@ -330,3 +330,27 @@ def test_dual_variables_need_a_floating_dtype(dtype):
 def test_secondary_loss_must_be_callable():
     with pytest.raises(TypeError, match=r"^secondary_loss must be callable, got int$"):
         PrimalDualTrainer(secondary_loss=5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(eps="a"), TypeError, r"^eps must be a number or an array of them, got 'a'$"),
+        (dict(eps=None), TypeError, r"^eps must be a number or an array of them, got None$"),
+        (dict(eps=0.1, device="nope"), ValueError, r"^device must be a torch.device or a device "),
+    ],
+)  # fmt: skip
+def test_dual_variables_name_their_bad_arguments(kwargs, error, match):
+    """torch's 'new(): invalid data type' and its device-string RuntimeError came through."""
+    with pytest.raises(error, match=match):
+        DualVariables(3, lr_dual=1.0, **kwargs)
+
+
+def test_dual_variables_take_numpy_secondary_losses_and_name_non_tensor_losses():
+    duals = DualVariables(3, 0.1, 1.0)
+    duals.step(np.array([0.5, 0.0, 0.2]))  # was: 'numpy.ndarray' object has no attribute 'detach'
+    assert_allclose(duals.value.numpy(), [0.4, 0.0, 0.1], rtol=1e-6)
+    with pytest.raises(TypeError, match=r"^losses must be a torch tensor, got ndarray$"):
+        duals.lagrangian(np.ones(3), [0, 1, 2])
+    with pytest.raises(TypeError, match=r"^secondary must be a torch tensor, got list$"):
+        duals.lagrangian(torch.ones(3), [0, 1, 2], secondary=[1.0, 1.0, 1.0])

@@ -96,6 +96,12 @@ class DualVariables:
         dtype = torch.float32 if dtype is None else dtype
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch dtype, got {dtype!r}")  # 0.5 -> 0
+        if eps is None or isinstance(eps, str):  # the trainer's "auto" / None are resolved there
+            raise TypeError(f"eps must be a number or an array of them, got {eps!r}")
+        _check_eps(eps)
+        from .torch._checks import _check_device
+
+        device = _check_device(device, "device", cpu_or_cuda=True)
         eps_t = torch.as_tensor(eps, dtype=dtype, device=device).detach().clone()
         if eps_t.ndim == 0:
             eps_t = eps_t.expand(int(n)).clone()
@@ -129,6 +135,9 @@ class DualVariables:
         """
         import torch
 
+        for value, name in ((losses, "losses"), (secondary, "secondary")):
+            if value is not None and not isinstance(value, torch.Tensor):  # differentiable ones
+                raise TypeError(f"{name} must be a torch tensor, got {type(value).__name__}")
         secondary = losses if secondary is None else secondary
         if losses.ndim != 1 or secondary.shape != losses.shape:
             raise ValueError(
@@ -156,6 +165,8 @@ class DualVariables:
         """``ℓ'_i - ε_i`` for every labeled sample (positive: the constraint is violated)."""
         import torch
 
+        if not isinstance(secondary, torch.Tensor):
+            secondary = torch.as_tensor(np.asarray(secondary, dtype=np.float64))
         secondary = secondary.detach().to(self.value.device, self.value.dtype)
         if secondary.shape != self.value.shape:
             raise ValueError(
