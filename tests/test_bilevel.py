@@ -967,6 +967,38 @@ def test_linear_landmarks_that_overflow_say_so():
             bl.Nystrom(X, bl.linear_ntk, rcond=rcond)
 
 
+@pytest.mark.parametrize(
+    ("augment", "match"),
+    [
+        (lambda rows, r: rows.numpy(), r"^augment must return a torch tensor of 8 rows \(it was "
+         r"given \(8, 2, 4\)\), got ndarray \(8, 2, 4\)$"),
+        (lambda rows, r: rows[:4], r"^augment must return a torch tensor of 8 rows .* got Tensor "
+         r"\(4, 2, 4\)$"),
+        (lambda rows, r: rows * float("nan"), r"^augment returned NaN or Inf values$"),
+    ],
+)  # fmt: skip
+def test_a_bad_augment_output_names_augment(augment, match):
+    """featurize's messages named X ('X contains NaN or Inf'), or numpy failed on '.to'."""
+    rng = np.random.default_rng(6)
+    pool = {"features": rng.normal(size=(30, 2, 4)).astype(np.float32),
+            "probs": rng.dirichlet(np.ones(3), 30).astype(np.float32),
+            "labeled_targets": np.array([0, 1, 2])}  # fmt: skip
+    strategy = BilevelCoreset(augment=augment, inner_iters=2, landmarks=10, batch_size=8)
+    with pytest.raises(ValueError, match=match):
+        strategy.select(pool, 2, [0, 1, 2], seed=0)
+
+
+def test_scores_past_float32_name_reg_as_well_as_the_features():
+    """A tiny reg (H⁻¹ ∇G ~ 1 / reg) overflowed the scores, and the message blamed the features."""
+    rng = np.random.default_rng(6)
+    pool = {"features": rng.normal(size=(30, 4)).astype(np.float32),
+            "probs": rng.dirichlet(np.ones(3), 30).astype(np.float32),
+            "labeled_targets": np.array([0, 1, 2])}  # fmt: skip
+    with pytest.raises(ValueError, match=r"^the eq.-2 scores of the pool are not finite in "
+                       r"torch.float32: the features are too large or reg = 1e-300 too small"):
+        BilevelCoreset(reg=1e-300, landmarks=10).select(pool, 2, [0, 1, 2], seed=0)
+
+
 def test_augment_sees_rows_in_their_shape_and_budget_0_has_every_key():
     rng = np.random.default_rng(6)
     n = 30

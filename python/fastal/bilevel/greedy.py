@@ -210,7 +210,8 @@ def bilevel_select(
     augment : callable ``augment(raw_rows, rng) -> raw_rows``, optional
         Data augmentation on raw rows (torch tensors, the rows of ``raw``) for the inner minibatches
         (the paper's keyword-spotting augmentations); features are recomputed with ``featurize``
-        for every minibatch. The Hessian of eq. 2 is taken on the un-augmented features.
+        for every minibatch. The Hessian of eq. 2 is taken on the un-augmented features. It must
+        return a finite torch tensor with one row per row given (``ValueError`` naming it).
     raw : array (n, ...), optional
         Raw rows (e.g. the kernel's inputs); required with ``augment``.
     featurize : callable ``featurize(raw_rows) -> (k, m) tensor``, optional
@@ -358,7 +359,17 @@ def bilevel_select(
         if augment is None:
             zb = zt[rows].to(torch.float64)
         else:
-            out = augment(raw_t[rows], r)
+            batch = raw_t[rows]
+            out = augment(batch, r)
+            # featurize's errors would name its input (X) or fail on numpy: name augment here
+            if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != batch.shape[0]:
+                got = tuple(out.shape) if hasattr(out, "shape") else ""
+                raise ValueError(
+                    f"augment must return a torch tensor of {batch.shape[0]} rows (it was given "
+                    f"{tuple(batch.shape)}), got {type(out).__name__} {got}"
+                )
+            if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+                raise ValueError("augment returned NaN or Inf values")
             zb = torch.as_tensor(featurize(out), device=dev).to(torch.float64)
             if tuple(zb.shape) != (rows.shape[0], m):
                 raise ValueError(
@@ -423,9 +434,9 @@ def bilevel_select(
             sc = scores_np[cand]
             if not np.isfinite(sc).all():  # NaN would sort last and inf first: picks by overflow
                 hint = "" if zt.dtype == torch.float64 else ", or pass float64 features"
-                raise ValueError(
+                raise ValueError(  # H⁻¹ ∇G grows as 1 / reg: reg = 1e-300 blamed the features
                     f"the eq.-2 scores of the pool are not finite in {zt.dtype}: the features are "
-                    f"too large (scale Z down{hint})"
+                    f"too large or reg = {reg:.3g} too small (scale Z down or raise reg{hint})"
                 )
             order = _best_first(sc, k)  # highest score, ties to the lowest index (cand ascends)
             picks = cand[order]
