@@ -58,6 +58,12 @@ def test_pick_per_cluster_argument_checks():
         pick_per_cluster([0, 1], [0.5, 0.1], 3)
     with pytest.raises(ValueError, match="NaN"):
         pick_per_cluster([0, 1], [np.nan, 0.1], 1)
+    # cluster labels 0.7 and 1.2 were truncated to clusters 0 and 1
+    with pytest.raises(TypeError, match=r"^clusters must hold integer cluster labels, got dtype "
+                       r"float64$"):  # fmt: skip
+        pick_per_cluster([0.7, 1.2], [0.5, 0.1], 1)
+    with pytest.raises(TypeError, match=r"^scores must hold real numbers, got dtype <U1$"):
+        pick_per_cluster([0, 1], ["a", "b"], 1)
 
 
 def _pool(n=300, d=6, seed=0):

@@ -18,7 +18,7 @@ import numpy as np
 
 from ._threads import one_thread_if_small
 from ._torch_state import forked_rng
-from ._validate import _number, check_positive_int
+from ._validate import _number, check_positive_int, host_values
 
 
 def _torch():
@@ -215,8 +215,9 @@ def pick_per_cluster(clusters: Any, scores: Any, budget: int) -> np.ndarray:
     >>> pick_per_cluster([0, 0, 1, 1, 1], [0.3, 0.9, 0.5, 0.1, 0.8], 3).tolist()
     [1, 4, 2]
     """
-    labels = np.asarray(clusters).astype(np.int64, copy=False)
-    s = np.asarray(scores, dtype=np.float64)
+    labels = host_values(clusters, "clusters", "integer cluster labels", kinds="iu")  # not 0.7
+    labels = labels.astype(np.int64, copy=False)
+    s = host_values(scores, "scores", "real numbers", kinds="biuf").astype(np.float64)
     if labels.ndim != 1 or s.shape != labels.shape:
         raise ValueError(
             f"clusters and scores must be 1-D of one length, got {labels.shape} and {s.shape}"
