@@ -64,6 +64,7 @@ def test_pick_per_cluster_argument_checks():
         pick_per_cluster([0.7, 1.2], [0.5, 0.1], 1)
     with pytest.raises(TypeError, match=r"^scores must hold real numbers, got dtype <U1$"):
         pick_per_cluster([0, 1], ["a", "b"], 1)
+    assert pick_per_cluster([], [], 0).tolist() == []  # numpy makes [] float64: still no clusters
 
 
 def _pool(n=300, d=6, seed=0):

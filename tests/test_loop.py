@@ -781,3 +781,9 @@ def test_test_rows_of_another_shape_than_the_pool_are_refused_before_training():
         loop.run(POOL, (TEST[0][:, :3], TEST[1]), model_fn=model_fn, strategy="random",
                  initial=8, budget=3, rounds=1, train_fn=rec, seed=0)  # fmt: skip
     assert rec.sizes == []
+
+
+def test_fit_names_a_bad_device():
+    data = TensorDataset(torch.from_numpy(POOL[0][:20]), torch.from_numpy(POOL[1][:20]))
+    with pytest.raises(ValueError, match=r"^device must be a torch.device or a device string"):
+        loop.fit(model_fn(), data, max_steps=2, device="nope")

@@ -354,3 +354,11 @@ def test_dual_variables_take_numpy_secondary_losses_and_name_non_tensor_losses()
         duals.lagrangian(np.ones(3), [0, 1, 2])
     with pytest.raises(TypeError, match=r"^secondary must be a torch tensor, got list$"):
         duals.lagrangian(torch.ones(3), [0, 1, 2], secondary=[1.0, 1.0, 1.0])
+
+
+def test_the_trainer_checks_model_and_device_before_moving_the_model():
+    X, y = _classification()
+    with pytest.raises(TypeError, match=r"^model must be an nn.Module, got function$"):
+        PrimalDualTrainer(iterations=1)(_linear_classifier, TensorDataset(X, y))
+    with pytest.raises(ValueError, match=r"^device must be a torch.device or a device string"):
+        PrimalDualTrainer(iterations=1)(_linear_classifier(), TensorDataset(X, y), device="nope")

@@ -215,7 +215,9 @@ def pick_per_cluster(clusters: Any, scores: Any, budget: int) -> np.ndarray:
     >>> pick_per_cluster([0, 0, 1, 1, 1], [0.3, 0.9, 0.5, 0.1, 0.8], 3).tolist()
     [1, 4, 2]
     """
-    labels = host_values(clusters, "clusters", "integer cluster labels", kinds="iu")  # not 0.7
+    labels = host_values(clusters, "clusters", "integer cluster labels", kinds="iuf")
+    if labels.size and labels.dtype.kind == "f":  # 0.7 and 1.2 were clusters 0 and 1; [] is float
+        raise TypeError(f"clusters must hold integer cluster labels, got dtype {labels.dtype}")
     labels = labels.astype(np.int64, copy=False)
     s = host_values(scores, "scores", "real numbers", kinds="biuf").astype(np.float64)
     if labels.ndim != 1 or s.shape != labels.shape:

@@ -226,8 +226,10 @@ def fit(
         raise ValueError("cannot train on an empty labeled set")
     y = checked_training_labels(model, X, y, task, seed)
     X = as_model_dtype(model, X)
-    model.to(device)
-    dev = torch.device(device)
+    from .torch._checks import _check_device
+
+    dev = _check_device(device, "device", cpu_or_cuda=True)
+    model.to(dev)
     nonfinite_before = _nonfinite_parameters(model)
     with forked_rng(dev, seed):
         g = torch.Generator().manual_seed(seed)

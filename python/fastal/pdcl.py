@@ -324,7 +324,11 @@ class PrimalDualTrainer:
         n = int(X.shape[0])
         if n == 0:
             raise ValueError("cannot train on an empty labeled set")
-        dev = torch.device(device)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        from .torch._checks import _check_device
+
+        dev = _check_device(device, "device", cpu_or_cuda=True)
         model.to(dev)
         X, y = as_model_dtype(model, X).to(dev), y.to(dev)
         y = checked_training_labels(model, X, y, task, seed)
