@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DEFAULT_PRUNE_MIN_ROW_BYTES
 from numpy.testing import assert_array_equal
 
 import fastal
@@ -39,6 +40,16 @@ def test_rows_read_line_explains_a_share_above_100_percent(capsys):
     assert "rows read: 100.0% of an unpruned run (pruning off)\n" in capsys.readouterr().out
     assert cli.main(["select", "--budget", "0"]) == 0
     assert "rows read" not in capsys.readouterr().out
+
+
+def test_rows_read_line_says_why_pruning_stepped_aside(tmp_path, capsys, monkeypatch):
+    """Rows of 16 float32 values (64 bytes) are not pruned: the line said 'pruning off' as if
+    --no-prune had been passed."""
+    monkeypatch.setattr(fastal.ops, "_PRUNE_MIN_ROW_BYTES", DEFAULT_PRUNE_MIN_ROW_BYTES)
+    np.save(tmp_path / "pool.npy", np.random.default_rng(0).normal(size=(500, 16)).astype("f4"))
+    assert cli.main(["select", "--embeddings", str(tmp_path / "pool.npy"), "--budget", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "(pruning off: rows under 256 bytes cost less to read than the test)\n" in out
 
 
 def test_select_writes_the_same_picks_as_the_api(tmp_path, capsys):

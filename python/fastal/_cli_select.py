@@ -51,12 +51,15 @@ _OUT_OF_MEMORY = (
 )
 
 
-def _rows_read_line(diag: dict) -> str:
+def _rows_read_line(diag: dict, asked: bool = True) -> str:
     """The share of an unpruned run's row reads that the k-center steps made. A pruned run also
     reads each new centre's distance to the earlier ones, so on data where the test skips little
-    (small, unclustered pools) the share exceeds 100%: say why rather than print it bare."""
+    (small, unclustered pools) the share exceeds 100%: say why rather than print it bare. Pruning
+    ``asked`` for (no --no-prune) steps aside for short rows: say so, not a bare "off"."""
     fraction = diag["rows_read_fraction"]
     state = "on" if diag["pruned"] else "off"
+    if not diag["pruned"] and asked:
+        state = "off: rows under 256 bytes cost less to read than the test"
     if diag["pruned"] and fraction > 1:
         state = "on; its centre-to-centre reads outweighed the rows it skipped"
     return f"  rows read: {100 * fraction:.1f}% of an unpruned run (pruning {state})"

@@ -236,7 +236,7 @@ def cmd_select(args: argparse.Namespace) -> int:
                 radius = f"not computed ({err})"
             print(f"  same budget picked at random: radius {radius}")
         if budget:
-            print(_rows_read_line(diag))
+            print(_rows_read_line(diag, asked=not args.no_prune))
     if "greedy_radius" in diag and budget:  # robust k-center: its certificate
         proof = "proven optimal" if diag["optimal"] else "not proven optimal"
         print(f"  robust radius: {diag['radius']:.5g} with {len(diag['outliers'])} outlier(s) "

@@ -381,9 +381,10 @@ def gradient_embedding(
         in use.
     kind : {"auto", "probs", "logits"}
         ``"probs"`` requires values in [0, 1] with rows summing to 1 within a tolerance set by
-        the storage dtype (1e-3 for float32 / float64, 2⁻⁹ for float16, 2⁻⁶ for bfloat16; see
-        :func:`_probabilities`); ``"logits"`` applies a softmax; ``"auto"`` takes probabilities
-        when they look like them and logits when any value is outside [0, 1].
+        the storage dtype (1e-3 for float32 / float64, 2⁻⁹ for float16, 2⁻⁶ for bfloat16);
+        ``"logits"`` applies a softmax; ``"auto"`` takes logits when any value is outside [0, 1]
+        and probabilities otherwise, so values all in [0, 1] whose rows do not sum to 1 raise
+        ``ValueError``: pass ``kind="logits"`` for logits that happen to lie in [0, 1].
 
     Returns
     -------

@@ -9,7 +9,7 @@ to 0 (Alg. 1 line 7, Alg. 2 line 8), which would leave fewer than ``b`` points. 
 explicitly: a selected index keeps its place even at weight 0, De-bias (Alg. 5) runs over ``S``, and
 the selection is always exactly ``b`` points. The objective trace counts ``f2`` over ``S``.
 
-Addition required by issue 4 (not in the paper): :func:`safeguard_top_sigma` compares a solver's
+fastal's addition (not in the paper): :func:`safeguard_top_sigma` compares a solver's
 result with the top-b σ set (weighted by one De-bias from ``w = 1``, then clamped at 0) and keeps
 whichever has the lower ``f``, so that neither solver returns a selection worse than top-b σ.
 
@@ -470,8 +470,8 @@ def _terms(p: SparseProblem, w: Any, S: Any, r: Any) -> tuple[float, float]:
 
 
 def safeguard_top_sigma(p: SparseProblem, res: SolverResult) -> SolverResult:
-    """Keep ``res`` or the top-b σ set, whichever has the lower ``f`` (an addition required by
-    issue 4, "greedy and IHT must not be worse than selecting the top-b σ"; not in the paper).
+    """Keep ``res`` or the top-b σ set, whichever has the lower ``f`` (fastal's addition, not in
+    the paper: greedy and IHT are never worse than selecting the top-b σ).
 
     The candidate is :func:`top_b_sigma` weighted as the solvers weight a fixed support: De-bias
     (Alg. 5) from ``w = 1`` on it, then clamped at 0. It replaces ``res`` only when its ``f`` is

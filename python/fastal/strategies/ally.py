@@ -15,7 +15,7 @@ from .base import Selection, Strategy, pool_field, register, unlabeled_rows
 
 @register
 class ALLY(Strategy):
-    """Active Learning via Lagrangian dualitY (``ally-lagrangian-duality.txt``, Alg. 2, §4.2, §5.1).
+    """Active Learning via Lagrangian dualitY (Elenter et al., NeurIPS 2022, Alg. 2, §4.2, §5.1).
 
     The model is trained by primal-dual constrained learning (:class:`fastal.pdcl.PrimalDualTrainer`,
     Alg. 1): one constraint ``ℓ(f(x_i), y_i) <= ε`` per labeled sample, whose dual variable λ*_i
@@ -69,7 +69,8 @@ class ALLY(Strategy):
     Attributes
     ----------
     head_ : DualRegressor or None
-        The head of the last selection (for :func:`fastal.ally.maximize_dual`).
+        The head of the last selection (for :func:`fastal.ally.maximize_dual`); set by
+        ``select`` (None when it fitted no head), absent before the first one.
 
     Examples
     --------

@@ -27,6 +27,27 @@ class Strategy:
     requires: ClassVar[tuple[str, ...]] = ()
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
+        """Pick ``budget`` rows of ``pool`` outside ``labeled``.
+
+        Parameters
+        ----------
+        pool : mapping, array or GradientEmbedding
+            What the strategy ``requires`` (a mapping of those keys, e.g. ``"features"`` (n, d)
+            and ``"probs"`` (n, C)); see each strategy's docstring for the forms it takes.
+        budget : int
+            How many rows to pick, in ``[0, n - len(labeled)]``.
+        labeled : 1-D integer indices, optional
+            Rows already labeled: never picked (unique, in ``[0, n)``).
+        seed : None, int >= 0 or numpy Generator
+            For the strategy's random draws (every strategy takes it, drawing or not).
+
+        Returns
+        -------
+        Selection
+            ``(indices, diagnostics)``: ``budget`` unique indices in pick order (or ascending,
+            for strategies that pick a set), int64 in the pool's framework and device (numpy for a
+            pool given as a size, ``{"n": n}``), and a dict of diagnostics.
+        """
         raise NotImplementedError
 
     def validate_budget(self, budget: int) -> None:

@@ -11,7 +11,7 @@ from .base import Selection, Strategy, gradient_pool, pool_field, register
 
 @register
 class CoreSet(Strategy):
-    """k-center greedy over pool embeddings (``coreset-kcenter.txt``, Alg. 1).
+    """k-center greedy over pool embeddings (Sener & Savarese, ICLR 2018, Alg. 1).
 
     Picks ``budget`` points, each the farthest from the labeled points and the earlier picks, which
     greedily minimises the covering radius (a 2-approximation of the k-center problem).

@@ -16,7 +16,7 @@ _MAX_DENSE = 1 << 28
 
 @register
 class RobustKCenter(Strategy):
-    """Robust k-center with outliers (``coreset-kcenter.txt``, §4.3, eq. 6, Alg. 2).
+    """Robust k-center with outliers (Sener & Savarese, ICLR 2018, §4.3, eq. 6, Alg. 2).
 
     Sener & Savarese, "Active Learning for Convolutional Neural Networks: A Core-Set Approach",
     ICLR 2018. Starts from k-center greedy (Alg. 1, the :class:`~fastal.strategies.CoreSet`

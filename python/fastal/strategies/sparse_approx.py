@@ -92,8 +92,8 @@ class SparseApprox(Strategy):
         nearly one-hot and ``σ`` nearly 0 (:func:`fastal.fit_temperature`); logits of held-out
         labeled rows calibrate ``T`` as Guo et al. do.
     safeguard : bool, default True
-        An addition required by issue 4 ("greedy and IHT must not be worse than selecting the
-        top-b σ"), not in the paper: after the solver, the ``b`` largest ``σ`` (ties to the lowest
+        fastal's addition, not in the paper (greedy and IHT are never worse than selecting the
+        top-b σ): after the solver, the ``b`` largest ``σ`` (ties to the lowest
         index), weighted by one De-bias from ``w = 1`` and clamped at 0 as the solvers do, replace
         the solver's result when their ``f`` is lower (by more than ``1e-10`` of the size of the
         terms of ``f``, so that rounding does not decide a tie;

@@ -97,7 +97,9 @@ def needs_of(strategy: Any) -> tuple[str, ...]:
 
 
 def pool_size(data: Any) -> int:
-    """Number of rows of a pool given as a tensor, an array, a map-style Dataset or a DataLoader."""
+    """Number of rows of a pool given as a tensor, an array, a (nested) list of numbers, a
+    map-style Dataset or a DataLoader (any ``data`` :func:`pool_outputs` takes, but an
+    ``IterableDataset``, whose size only a pass can tell)."""
     _refuse_non_pools(data)
     if isinstance(data, (torch.Tensor, np.ndarray)):
         _interop.describe(data, "data")  # masked entries, sparse / nested tensors: named refusals
@@ -427,9 +429,7 @@ def select(
     strategy : Strategy, Strategy class or name
         A name or class is instantiated with its defaults.
     model, data
-        As in :func:`pool_outputs` (``options`` are passed to it: ``batch_size``, ``device``, ...).
-        Any other option is a ``TypeError``, and ``batch_size``, ``mc_samples`` and
-        ``num_workers`` are checked, also for a strategy that needs no model output (random).
+        As in :func:`pool_outputs`.
     budget, labeled, seed
         Passed to ``strategy.select``. ``labeled`` holds unique row indices in ``[0, n)``; it is
         checked before the pool pass (right after it when the pool's size is unknown, an
@@ -438,6 +438,11 @@ def select(
         None, a non-negative int or a numpy Generator, for every strategy. It also seeds the MC
         dropout masks: an int directly, a Generator through a draw from a copy of it (so the
         strategy still draws from the Generator as given).
+    **options
+        :func:`pool_outputs`' keywords (``batch_size``, ``device``, ``task``, ...), passed on to
+        it, and ``mc_seed`` and ``duals`` below. Any other is a ``TypeError``; ``batch_size``,
+        ``mc_samples`` and ``num_workers`` are checked also for a strategy that needs no model
+        output (random).
     mc_seed : int, optional (keyword, in ``options``)
         Seeds the MC dropout masks instead of ``seed``: None (torch's global generator) or a
         non-negative int.
