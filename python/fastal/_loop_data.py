@@ -175,7 +175,10 @@ def _refuse_nonfinite(t: Any, name: str, what: str, rows: Any = None) -> None:
 
     if not t.is_floating_point() or t.numel() == 0:
         return
-    bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+    flat = t.reshape(t.shape[0], -1)
+    step = max(1, (1 << 24) // max(1, flat.shape[1]))  # no pool-sized temporary
+    chunks = (flat[s : s + step] for s in range(0, flat.shape[0], step))
+    bad = torch.cat([~torch.isfinite(c).all(dim=1) for c in chunks])
     if bool(bad.any()):
         first = int(torch.nonzero(bad)[0])
         row = first if rows is None else int(rows[first])
