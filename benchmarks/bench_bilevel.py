@@ -1,4 +1,3 @@
-# ruff: noqa: RUF001, RUF002, RUF003  (math notation in docstrings and messages is deliberate)
 """Bilevel coresets (Borsos et al. 2021, issue 8): fastal against a dense torch port, same run.
 
 Pool: a ``C``-class Gaussian mixture (centres N(0, 9 I), unit noise) of ``n`` float32 rows of
@@ -89,7 +88,7 @@ def _inner_newton(Z_S, T_S, W, reg: float, g_ref: float, tol: float = 1e-10, max
 
     f, g, Hs = loss_grad_hess(W)
     steps = 0
-    for steps in range(max_iter + 1):  # noqa: B007  (the count is returned)
+    for steps in range(max_iter + 1):
         if float(g.norm()) <= tol * g_ref or steps == max_iter:
             break
         step = torch.linalg.solve(Hs, g.reshape(-1)).reshape(C, m)

@@ -1,4 +1,3 @@
-# ruff: noqa: RUF003  (math notation in comments is deliberate)
 """Robust k-center (Sener & Savarese 2018, Alg. 2; issue 8): fastal against the plain MIP, same run.
 
 Pool: a 20-component Gaussian mixture (centres N(0, 100 I), spread 0.5) of ``n`` float32 rows of

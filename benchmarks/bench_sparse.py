@@ -136,7 +136,9 @@ def torch_dense_iht(
 
 
 @pytest.mark.parametrize("impl", ["torch_dense", "torch_dense_sparse", "iht"])
-@pytest.mark.parametrize("n,C,d,b", SELECT, ids=[f"n{n}-C{C}-d{d}-b{b}" for n, C, d, b in SELECT])
+@pytest.mark.parametrize(
+    ("n", "C", "d", "b"), SELECT, ids=[f"n{n}-C{C}-d{d}-b{b}" for n, C, d, b in SELECT]
+)
 def test_sparse_select(benchmark, impl, n, C, d, b):
     benchmark.group = f"sparse/cpu/n={n}/C={C}/d={d}/b={b}"
     pool = _pool(n, C, d)
@@ -174,7 +176,7 @@ def test_sparse_select(benchmark, impl, n, C, d, b):
 
 
 @pytest.mark.parametrize("impl", ["argpartition", "torch_topk", "fastal"])
-@pytest.mark.parametrize("n,b", TOPB, ids=[f"n{n}-b{b}" for n, b in TOPB])
+@pytest.mark.parametrize(("n", "b"), TOPB, ids=[f"n{n}-b{b}" for n, b in TOPB])
 def test_topb_cpu(benchmark, impl, n, b):
     import torch
 
@@ -226,7 +228,7 @@ _TOPB_IMPLS = {"fastal": -1, "fastal_launches": 0, "fastal_fused": 1}
 
 
 @pytest.mark.parametrize("impl", ["torch_topk", *_TOPB_IMPLS])
-@pytest.mark.parametrize("n,b", TOPB, ids=[f"n{n}-b{b}" for n, b in TOPB])
+@pytest.mark.parametrize(("n", "b"), TOPB, ids=[f"n{n}-b{b}" for n, b in TOPB])
 def test_topb_cuda(benchmark, monkeypatch, impl, n, b):
     import torch
 

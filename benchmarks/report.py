@@ -29,7 +29,6 @@ Targets (issue 2, "Benchmarks"), evaluated on the CPU ``gauss`` pool unless stat
 6. (GPU) >= 70% of device copy bandwidth per step; n = 1M, d = 512, float16, budget 10,000 < 5 s.
 """
 
-# ruff: noqa: RUF001  (the markdown it writes uses the multiplication sign on purpose)
 from __future__ import annotations
 
 import argparse

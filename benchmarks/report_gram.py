@@ -10,7 +10,6 @@ Issue 5's targets: >= 3x batched ``torch.linalg.eigvalsh`` on the CPU at orders 
 GPU (``torch_eigvalsh``: float32, the peer the targets name).
 """
 
-# ruff: noqa: RUF001  (the markdown it writes uses the multiplication sign on purpose)
 from __future__ import annotations
 
 import json
@@ -49,7 +48,7 @@ def render(cases: dict) -> str:
     head += [f"{p} s" for p in peers] + [f"vs {p}" for p in peers] + ["one warp vs torch_eigvalsh"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in sorted(cases):
-        device, order, side, n_groups, D = key
+        device, order, side, n_groups, _ = key
         impls = cases[key]
         mine = impls.get("fastal", {}).get("seconds")
         tri = impls.get("fastal_tridiagonal", {}).get("seconds")

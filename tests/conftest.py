@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import importlib.util
 
-import fastal
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import kcenter_greedy_ref, min_distance_ref, softmax_ref, sqdist_to_row
+
+import fastal
 
 CUDA = fastal.cuda_available()
 

@@ -358,7 +358,9 @@ def iht_score_ref(s, sigma, alpha: float, rule: str = "paper") -> np.ndarray:
     return 0.5 * (neg * neg) - bonus
 
 
-def iht_threshold_ref(s, sigma, b: int, alpha: float, rule: str = "paper") -> tuple[np.ndarray, np.ndarray]:
+def iht_threshold_ref(
+    s, sigma, b: int, alpha: float, rule: str = "paper"
+) -> tuple[np.ndarray, np.ndarray]:
     """Appendix E top-b step: the ``b`` indices of smallest score (:func:`iht_score_ref`), ordered
     by (score, index) ascending, and ``w`` with ``w[support] = max(s, 0)``, 0 elsewhere."""
     s = np.asarray(s, dtype=np.float64)

@@ -85,12 +85,16 @@ def test_one_pick_per_cluster_the_argmax_of_the_predictions(backend):
     assert isinstance(sel.indices, np.ndarray if backend == "numpy" else torch.Tensor)
     rest = np.setdiff1d(np.arange(300), labeled)
     clusters = sel.diagnostics["clusters"]
-    assert clusters.shape == rest.shape and np.unique(clusters).size == 12
-    assert picks.size == 12 and np.unique(picks).size == 12 and not np.isin(picks, labeled).any()
+    assert clusters.shape == rest.shape
+    assert np.unique(clusters).size == 12
+    assert picks.size == 12
+    assert np.unique(picks).size == 12
+    assert not np.isin(picks, labeled).any()
     for c in range(12):
         members = rest[clusters == c]
         best = members[np.argmax(pred[members])]  # first maximum: lowest index on ties
-        assert np.isin(best, picks) and np.isin(picks, members).sum() == 1
+        assert np.isin(best, picks)
+        assert np.isin(picks, members).sum() == 1
     # The clusters are the k-means partition: every candidate is nearest its own cluster's mean.
     means = np.stack([X[rest][clusters == c].mean(0) for c in range(12)]).astype(np.float64)
     d2 = ((X[rest][:, None, :].astype(np.float64) - means[None]) ** 2).sum(-1)
@@ -249,8 +253,10 @@ def test_through_the_torch_adapter_with_a_primal_dual_trained_model():
     )
     sel = fastal.torch.select(ally, model, X, 8, labeled, seed=1, progress=False)
     picks = sel.indices.numpy()
-    assert np.unique(picks).size == 8 and not np.isin(picks, labeled).any()
-    assert ally.head_ is not None and "pool_seconds" in sel.diagnostics
+    assert np.unique(picks).size == 8
+    assert not np.isin(picks, labeled).any()
+    assert ally.head_ is not None
+    assert "pool_seconds" in sel.diagnostics
     # explicit duals= override the model's
     sel2 = fastal.torch.select(ally, _mlp(), X, 8, labeled, seed=1, progress=False,
                                duals=model.fastal_duals.numpy())  # fmt: skip
@@ -275,8 +281,10 @@ def test_the_loop_trains_with_the_primal_dual_trainer(task, tmp_path):
         (X[:150], y[:150]), (X[150:], y[150:]), model_fn=lambda: _mlp(out=out), strategy=ally,
         initial=20, budget=10, rounds=2, task=task, seed=0, checkpoint=tmp_path / "state.npz",
     )  # fmt: skip
-    assert res.strategy == "ally" and len(res.rows) == 3
-    assert res.labeled.size == 40 and np.unique(res.labeled).size == 40
+    assert res.strategy == "ally"
+    assert len(res.rows) == 3
+    assert res.labeled.size == 40
+    assert np.unique(res.labeled).size == 40
     assert np.isfinite(res.values).all()
     assert ally.trainer.duals_.shape == (40,)  # the last training saw every label
 
@@ -297,8 +305,10 @@ def test_generative_mode_raises_the_predicted_dual():
     head = fit_dual_head(feats, X[:, 0].abs() + X[:, 1].clamp_min(0), steps=300)
     x0 = torch.zeros(8, 2)
     x, trace = maximize_dual(embed, head, x0, steps=60, lr=0.05, bounds=(-1.5, 1.5))
-    assert trace.shape == (61,) and trace[-1] > trace[0]
-    assert (x.abs() <= 1.5).all() and (x0 == 0).all()
+    assert trace.shape == (61,)
+    assert trace[-1] > trace[0]
+    assert (x.abs() <= 1.5).all()
+    assert (x0 == 0).all()
     assert all(p.grad is None for p in model.parameters())
     assert model.training  # flags restored
 
@@ -386,7 +396,9 @@ def test_select_from_the_shell(tmp_path, capsys):
     out = str(tmp_path / "picks.npy")
     assert cli.main([*args, "--duals", str(tmp_path / "lam.npy"), "--out", out]) == 0
     picks = np.load(out)
-    assert picks.shape == (6,) and np.unique(picks).size == 6 and picks.min() >= 20
+    assert picks.shape == (6,)
+    assert np.unique(picks).size == 6
+    assert picks.min() >= 20
     with pytest.raises(SystemExit, match="--duals or --dual-predictions"):
         cli.main(args)
 

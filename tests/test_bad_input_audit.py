@@ -58,7 +58,7 @@ def test_crc_names_the_features_when_their_gram_overflows():
 
 
 def test_crc_balanced_is_a_real_bool_and_probs_are_checked_without_it():
-    with pytest.raises(TypeError, match="^balanced must be a bool"):
+    with pytest.raises(TypeError, match=r"^balanced must be a bool"):
         CRC(balanced="no")
     X = RNG.normal(size=(40, 4))
     P = np.full((40, 3), 1 / 3)
@@ -143,17 +143,17 @@ def test_sparse_approx_bayesian_needs_two_samples_and_a_class():
 
 def test_sparse_approx_names_the_labeled_arrays():
     pool = _factored_pool(1.0)
-    with pytest.raises(TypeError, match="^bias must be a bool"):
+    with pytest.raises(TypeError, match=r"^bias must be a bool"):
         SparseApprox(bias="no")
     bad_logits = dict(
         pool, labeled_logits=np.full((5, 3), np.nan), labeled_targets=np.zeros(5, int)
     )
-    with pytest.raises(ValueError, match="^labeled_logits contains NaN or Inf"):
+    with pytest.raises(ValueError, match=r"^labeled_logits contains NaN or Inf"):
         SparseApprox().select(bad_logits, 5)
     bad_targets = dict(pool, labeled_logits=pool["logits"][:5], labeled_targets=np.full(5, 7))
     with pytest.raises(ValueError, match=r"^labeled_targets must be classes in \[0, 3\)"):
         SparseApprox().select(bad_targets, 5)
-    with pytest.raises(TypeError, match="^targets must hold integer classes"):
+    with pytest.raises(TypeError, match=r"^targets must hold integer classes"):
         fastal.fit_temperature(pool["logits"], ["a"] * 40)
 
 
@@ -220,7 +220,7 @@ def test_gradient_labels_of_unsigned_and_non_numeric_dtypes():
         fastal.gradient_embedding(P, X, labels=np.full(30, 5, np.uint64))
     for bad in (["a"] * 30, [None] * 30):
         with pytest.raises(
-            TypeError, match="^labels must hold class indices or a label distribution"
+            TypeError, match=r"^labels must hold class indices or a label distribution"
         ):
             fastal.gradient_embedding(P, X, labels=bad)
 
@@ -348,7 +348,8 @@ def test_cli_refuses_out_that_is_an_input_and_labels_without_labeled(tmp_path):
     np.save(tmp_path / "L.npy", RNG.normal(size=(40, 3)))
     np.save(tmp_path / "y.npy", np.array([0, 1, 2]))
     res = _fastal(tmp_path, "select", "--embeddings", "X.npy", "--budget", "3", "--out", "./X.npy")
-    assert res.returncode == 1 and "--out ./X.npy is also an input file" in res.stderr
+    assert res.returncode == 1
+    assert "--out ./X.npy is also an input file" in res.stderr
     assert np.load(tmp_path / "X.npy").shape == (40, 4)
     res = _fastal(tmp_path, "select", "--strategy", "sparse_approx", "--logits", "L.npy",
                   "--embeddings", "X.npy", "--labels", "y.npy", "--budget", "3")  # fmt: skip
@@ -376,7 +377,8 @@ def test_cli_output_into_a_closed_pipe(tmp_path):
     err = proc.stderr.read().decode()
     proc.stderr.close()
     assert proc.wait(timeout=120) == 0, err
-    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert "Traceback" not in err
+    assert "BrokenPipe" not in err
     assert np.load(tmp_path / "p.npy").shape == (30,)
 
 
@@ -417,4 +419,5 @@ def test_cli_prints_library_warnings_as_one_line(tmp_path):
                   "lab.npy", "--duals", "duals.npy", "--budget", "3")  # fmt: skip
     assert res.returncode == 0, res.stderr
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastal: warning: ALLY: every dual"), lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("fastal: warning: ALLY: every dual"), lines

@@ -8,7 +8,6 @@ k-means sampling Lloyd from a k-means++ start (:func:`reference.kmeans_sampling_
 
 from __future__ import annotations
 
-import fastal
 import numpy as np
 import pytest
 from conftest import (
@@ -23,7 +22,6 @@ from conftest import (
     to_numpy,
     upcast,
 )
-from fastal import strategies
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import (
     badge_ref,
@@ -37,6 +35,9 @@ from reference import (
     top_scores_ref,
     unlabeled_rows,
 )
+
+import fastal
+from fastal import strategies
 
 
 def outputs(n: int, C: int, d: int, seed: int):
@@ -777,4 +778,5 @@ def test_rows_whose_sqnorms_underflow_are_not_at_a_negative_distance():
     assert rows.size == 5
     dist, _ = fastal.min_distance(emb, emb.subset(rows))  # 5 centres: the scalar path
     dist = np.asarray(dist)
-    assert (dist >= 0).all() and not np.isnan(dist).any()
+    assert (dist >= 0).all()
+    assert not np.isnan(dist).any()

@@ -1,4 +1,3 @@
-# ruff: noqa: RUF002  (math notation in docstrings is deliberate)
 """Bilevel coreset (Borsos et al. 2021): kernels, Nyström features, the inner solver, CG, the
 greedy scores and the strategy, against float64 numpy references."""
 
@@ -845,7 +844,8 @@ def test_linear_kernel_features_skip_the_kernel_rows(m, d):
     X, U = rng.normal(size=(70, d)), rng.normal(size=(m, d))
     fast = bl.Nystrom(U, bl.linear_ntk)
     slow = bl.Nystrom(U, lambda a, b: bl.linear_ntk(a, b))
-    assert fast._linear is not None and slow._linear is None
+    assert fast._linear is not None
+    assert slow._linear is None
     assert fast.rank == slow.rank == min(m, d + 1)
     np.testing.assert_allclose(fast.eigenvalues, slow.eigenvalues, rtol=1e-9)
     zf, zs = fast.transform(X), slow.transform(X)
@@ -879,7 +879,7 @@ def test_linear_kernel_keeps_the_small_real_directions_of_float32_features():
 @pytest.mark.parametrize("kernel", [bl.relu_ntk, bl.linear_ntk])
 def test_integer_features_are_refused_naming_them(kernel):
     X = np.ones((3, 2), np.int64)
-    with pytest.raises(TypeError, match="X must hold floating-point features.*int64"):
+    with pytest.raises(TypeError, match=r"X must hold floating-point features.*int64"):
         kernel(X)
     with pytest.raises(TypeError, match="Y must hold floating-point features"):
         kernel(X.astype(np.float32), X)
@@ -926,8 +926,11 @@ def test_scores_that_overflow_are_an_error_not_picks():
         (dict(cg_tol="a"), TypeError, "cg_tol must be a real number"),
         (dict(precondition="no"), TypeError, "precondition must be a bool"),
         (dict(progress="yes"), TypeError, "progress must be a bool"),
-        (dict(augment=lambda r, g: r, raw=np.zeros((40, 4)), featurize=3), TypeError,
-         "featurize must be callable"),
+        (
+            dict(augment=lambda r, g: r, raw=np.zeros((40, 4)), featurize=3),
+            TypeError,
+            "featurize must be callable",
+        ),
     ],
 )
 def test_bilevel_select_checks_its_hyperparameters(kwargs, error, message):
@@ -994,8 +997,11 @@ def test_scores_past_float32_name_reg_as_well_as_the_features():
     pool = {"features": rng.normal(size=(30, 4)).astype(np.float32),
             "probs": rng.dirichlet(np.ones(3), 30).astype(np.float32),
             "labeled_targets": np.array([0, 1, 2])}  # fmt: skip
-    with pytest.raises(ValueError, match=r"^the eq.-2 scores of the pool are not finite in "
-                       r"torch.float32: the features are too large or reg = 1e-300 too small"):
+    with pytest.raises(
+        ValueError,
+        match=r"^the eq.-2 scores of the pool are not finite in "
+        r"torch.float32: the features are too large or reg = 1e-300 too small",
+    ):
         BilevelCoreset(reg=1e-300, landmarks=10).select(pool, 2, [0, 1, 2], seed=0)
 
 

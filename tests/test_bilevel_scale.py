@@ -1,4 +1,3 @@
-# ruff: noqa: RUF002, RUF003  (math notation in docstrings and comments is deliberate)
 """Bilevel coreset at scale (review finding 2): no whole-tensor finiteness checks or float64 copies
 of the probabilities beside the targets, an O(n) pick per greedy step with the same tie rule, and
 a clear refusal before Nyström features that cannot fit in memory."""

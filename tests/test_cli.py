@@ -108,7 +108,12 @@ def test_sparse_approx_fits_its_temperature_on_the_labeled_rows(tmp_path, capsys
     y = (p2.cumsum(1) > rng.random((n, 1))).argmax(1)  # labels drawn at T = 2
     feats = rng.normal(size=(n, 8)).astype(np.float32)
     labeled = np.arange(60)
-    for name, arr in [("f", feats), ("z", z.astype(np.float32)), ("lab", labeled), ("y", y[labeled])]:
+    for name, arr in [
+        ("f", feats),
+        ("z", z.astype(np.float32)),
+        ("lab", labeled),
+        ("y", y[labeled]),
+    ]:
         np.save(tmp_path / f"{name}.npy", arr)
     out = tmp_path / "picks.npy"
     argv = ["select", "--strategy", "sparse_approx", "--embeddings", str(tmp_path / "f.npy"),
@@ -208,7 +213,8 @@ def test_atomic_save_writes_its_temporary_file_beside_the_target(tmp_path, monke
         np.save(f, np.arange(4), allow_pickle=False)
 
     _io.write_atomic(target, write)
-    assert len(seen[0]) == 1 and seen[0][0].startswith(".picks.npy.")  # hidden, beside the target
+    assert len(seen[0]) == 1
+    assert seen[0][0].startswith(".picks.npy.")
     assert sorted(p.name for p in target.parent.iterdir()) == ["picks.npy"]
     assert list(elsewhere.iterdir()) == []
     np.testing.assert_array_equal(np.load(target), np.arange(4))
@@ -267,7 +273,9 @@ def cli_files(tmp_path):
     np.save(tmp_path / "big16.npy", big)
     np.save(tmp_path / "tiny32.npy", big.astype(np.float64) * 1e-50)
     np.save(tmp_path / "empty_probs.npy", np.zeros((0, 3), np.float32))
-    np.save(tmp_path / "pool15.npy", np.random.default_rng(1).normal(size=(15, 4)).astype(np.float32))
+    np.save(
+        tmp_path / "pool15.npy", np.random.default_rng(1).normal(size=(15, 4)).astype(np.float32)
+    )
     np.save(tmp_path / "probs15.npy", np.full((15, 3), 1 / 3, np.float32))
     if hasattr(os, "mkfifo"):
         os.mkfifo(tmp_path / "fifo")
@@ -291,8 +299,12 @@ REFUSED = [
     ("out-proc", f"{POOL} --out /proc/o.npy", ["--out", "cannot create a file"], PROC),
     ("device-bogus", f"{POOL} --device bogus", ["--device", "cpu, cuda or cuda:N"], ()),
     ("device-meta", f"{POOL} --device meta", ["--device", "'meta'"], ()),
-    ("device-cuda", f"{POOL} --device cuda", ["--device", "no CUDA device"],
-     pytest.mark.skipif(not NO_CUDA, reason="CUDA is available")),
+    (
+        "device-cuda",
+        f"{POOL} --device cuda",
+        ["--device", "no CUDA device"],
+        pytest.mark.skipif(not NO_CUDA, reason="CUDA is available"),
+    ),
     ("device-index", f"{POOL} --device cuda:64", ["--device cuda:64"], ()),
     ("npz", "select --embeddings {d}/arch.npz", ["--embeddings", ".npz archive"], ()),
     ("text", "select --embeddings {d}/text.npy", ["--embeddings", "not a .npy file"], ()),
@@ -301,52 +313,117 @@ REFUSED = [
     ("lab-0d", f"{POOL} --labeled {{d}}/lab0d.npy", ["--labeled", "1-D", "shape ()"], ()),
     ("lab-0d-digits", "select --labeled {d}/lab0d.npy", ["--labeled", "1-D"], ()),
     ("lab-npz", f"{POOL} --labeled {{d}}/arch.npz", ["--labeled", ".npz archive"], ()),
-    ("labels-alone", "select --strategy random --labels {d}/lab1d.npy",
-     ["--labels", "per labeled row", "pass the pool"], ()),
-    ("duals-alone", "select --strategy random --duals {d}/lab1d.npy", ["--duals", "pass the pool"],
-     ()),
+    (
+        "labels-alone",
+        "select --strategy random --labels {d}/lab1d.npy",
+        ["--labels", "per labeled row", "pass the pool"],
+        (),
+    ),
+    (
+        "duals-alone",
+        "select --strategy random --duals {d}/lab1d.npy",
+        ["--duals", "pass the pool"],
+        (),
+    ),
     ("ignored-probs", f"{POOL} --probs {{d}}/probs.npy", ["'coreset' would ignore --probs"], ()),
-    ("ignored-logits", f"{POOL} --strategy badge --probs {{d}}/probs.npy --logits {{d}}/probs.npy",
-     ["'badge' would ignore --logits"], ()),
-    ("mc-ignores-rest", "select --strategy sparse_approx --mc-probs {d}/mc.npy --embeddings "
-     "{d}/pool.npy", ["'sparse_approx' would ignore --embeddings"], ()),
-    ("duals-and-predictions", "select --strategy ally --embeddings {d}/pool.npy --labeled "
-     "{d}/lab1d.npy --duals {d}/duals.npy --dual-predictions {d}/dpred.npy",
-     ["'ally' would ignore --duals"], ()),
-    ("no-prune-unsupported", f"{POOL} --strategy entropy --probs {{d}}/probs.npy --no-prune",
-     ["'entropy' has no pruning to turn off"], ()),
-    ("labels-mc", "select --strategy sparse_approx --mc-probs {d}/mc.npy --labeled {d}/lab1d.npy "
-     "--labels {d}/lab1d.npy", ["'sparse_approx' with --mc-probs would ignore it"], ()),
+    (
+        "ignored-logits",
+        f"{POOL} --strategy badge --probs {{d}}/probs.npy --logits {{d}}/probs.npy",
+        ["'badge' would ignore --logits"],
+        (),
+    ),
+    (
+        "mc-ignores-rest",
+        "select --strategy sparse_approx --mc-probs {d}/mc.npy --embeddings {d}/pool.npy",
+        ["'sparse_approx' would ignore --embeddings"],
+        (),
+    ),
+    (
+        "duals-and-predictions",
+        "select --strategy ally --embeddings {d}/pool.npy --labeled "
+        "{d}/lab1d.npy --duals {d}/duals.npy --dual-predictions {d}/dpred.npy",
+        ["'ally' would ignore --duals"],
+        (),
+    ),
+    (
+        "no-prune-unsupported",
+        f"{POOL} --strategy entropy --probs {{d}}/probs.npy --no-prune",
+        ["'entropy' has no pruning to turn off"],
+        (),
+    ),
+    (
+        "labels-mc",
+        "select --strategy sparse_approx --mc-probs {d}/mc.npy --labeled {d}/lab1d.npy "
+        "--labels {d}/lab1d.npy",
+        ["'sparse_approx' with --mc-probs would ignore it"],
+        (),
+    ),
     # a FIFO stands for a device such as /dev/null (which a regression would destroy as root)
-    ("out-fifo", f"{POOL} --out {{d}}/fifo", ["--out", "not a regular file"],
-     pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")),
+    (
+        "out-fifo",
+        f"{POOL} --out {{d}}/fifo",
+        ["--out", "not a regular file"],
+        pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs"),
+    ),
     ("structured", "select --embeddings {d}/struct.npy", ["--embeddings", "structured array"], ()),
-    ("dtype-overflow", "select --embeddings {d}/big16.npy --dtype float16",
-     ["--dtype float16 overflows --embeddings", "1e+05"], ()),
+    (
+        "dtype-overflow",
+        "select --embeddings {d}/big16.npy --dtype float16",
+        ["--dtype float16 overflows --embeddings", "1e+05"],
+        (),
+    ),
     # every value would become 0 or subnormal: the picks would be arbitrary, with no error
-    ("dtype-underflow", "select --embeddings {d}/tiny32.npy --dtype float32",
-     ["--dtype float32 underflows --embeddings", "1e-45", "1.175e-38"], ()),
-    ("duals-no-labeled", "select --strategy ally --embeddings {d}/pool.npy --duals {d}/duals.npy",
-     ["--duals gives one value per labeled row", "pass --labeled"], ()),
-    ("sparse-no-labels", "select --strategy sparse_approx --embeddings {d}/pool.npy --probs "
-     "{d}/probs.npy", ["sparse_approx needs its label distribution", "--labels"], ()),
+    (
+        "dtype-underflow",
+        "select --embeddings {d}/tiny32.npy --dtype float32",
+        ["--dtype float32 underflows --embeddings", "1e-45", "1.175e-38"],
+        (),
+    ),
+    (
+        "duals-no-labeled",
+        "select --strategy ally --embeddings {d}/pool.npy --duals {d}/duals.npy",
+        ["--duals gives one value per labeled row", "pass --labeled"],
+        (),
+    ),
+    (
+        "sparse-no-labels",
+        "select --strategy sparse_approx --embeddings {d}/pool.npy --probs {d}/probs.npy",
+        ["sparse_approx needs its label distribution", "--labels"],
+        (),
+    ),
     ("time-limit-coreset", f"{POOL} --time-limit 5", ["'coreset' takes no --time-limit"], ()),
-    ("time-limit-zero", f"{POOL} --strategy robust_coreset --time-limit 0",
-     ["--time-limit must be > 0"], ()),
-    ("time-limit-inf", f"{POOL} --strategy robust_coreset --time-limit inf",
-     ["--time-limit must be > 0 seconds and finite, got inf"], ()),
+    (
+        "time-limit-zero",
+        f"{POOL} --strategy robust_coreset --time-limit 0",
+        ["--time-limit must be > 0"],
+        (),
+    ),
+    (
+        "time-limit-inf",
+        f"{POOL} --strategy robust_coreset --time-limit inf",
+        ["--time-limit must be > 0 seconds and finite, got inf"],
+        (),
+    ),
     ("empty-pool", "select --strategy random --probs {d}/empty_probs.npy", ["no rows"], ()),
     # the default budget, rounded down to CRC's groups of 20, was raised to 20 past the pool
-    ("crc-small-pool", "select --strategy crc --embeddings {d}/pool15.npy --probs {d}/probs15.npy",
-     ["crc takes whole groups of 20 rows", "only 15 unlabeled"], ()),
+    (
+        "crc-small-pool",
+        "select --strategy crc --embeddings {d}/pool15.npy --probs {d}/probs15.npy",
+        ["crc takes whole groups of 20 rows", "only 15 unlabeled"],
+        (),
+    ),
     ("demo-no-strategy", f"{DEMO} --strategies ,", ["no strategy named"], ()),
     ("demo-twice", f"{DEMO} --strategies random,random", ["named twice: random"], ()),
     ("demo-unknown", f"{DEMO} --strategies nope", ["fastal: unknown strategy"], ()),
     ("n-labeled-big", "select --n-labeled 2000", ["--n-labeled", "1797", "2000"], ()),
     ("n-labeled-neg", "select --n-labeled -1", ["--n-labeled", "-1"], ()),
     ("n-labeled-arrays", f"{POOL} --n-labeled 5", ["--n-labeled", "--labeled"], ()),
-    ("both-labeled", "select --labeled {d}/lab0d.npy --n-labeled 5", ["--labeled and --n-labeled"],
-     ()),
+    (
+        "both-labeled",
+        "select --labeled {d}/lab0d.npy --n-labeled 5",
+        ["--labeled and --n-labeled"],
+        (),
+    ),
     ("seed-neg", "select --seed -1", ["--seed", ">= 0", "-1"], ()),
     ("demo-seeds", f"{DEMO} --seeds 0", ["--seeds", ">= 1"], ()),
     ("demo-budget", f"{DEMO} --budget 0", ["--budget", ">= 1"], ()),
@@ -355,15 +432,23 @@ REFUSED = [
     ("demo-steps", f"{DEMO} --steps 0", ["--steps", ">= 1"], ()),
     ("demo-threads", f"{DEMO} --threads -1", ["--threads", ">= 0"], ()),
     # torch.set_num_threads(100000) then a matmul: OpenBLAS failed pthread_create and segfaulted
-    ("demo-threads-many", f"{DEMO} --threads 100000", ["--threads must be at most",
-     "cores), got 100000"], ()),  # fmt: skip
+    (
+        "demo-threads-many",
+        f"{DEMO} --threads 100000",
+        ["--threads must be at most", "cores), got 100000"],
+        (),
+    ),
     ("demo-device", f"{DEMO} --device bogus", ["--device"], ()),
     ("demo-out-empty", f"{DEMO} --out ''", ["--out", "must name a folder"], ()),
     ("demo-out-file", f"{DEMO} --out {{d}}/afile", ["--out", "is a file"], ()),
-    ("demo-out-under-file", f"{DEMO} --out {{d}}/afile/sub", ["--out", "cannot create the folder"],
-     ()),
+    (
+        "demo-out-under-file",
+        f"{DEMO} --out {{d}}/afile/sub",
+        ["--out", "cannot create the folder"],
+        (),
+    ),
     ("demo-out-proc", f"{DEMO} --out /proc/fastal-demo", ["--out", "cannot create"], PROC),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,7 @@ def best_groups_ref(Z, lab, groups, Q, rtol=RTOL, zeros="duplicates"):
     return groups[best].reshape(-1), scores
 
 
-@pytest.mark.parametrize("n,D,n_lab,Q,G,seed", [
+@pytest.mark.parametrize(("n", "D", "n_lab", "Q", "G", "seed"), [
     (40, 6, 3, 4, 2, 0),     # |S| = 5 < D: the |S| x |S| side
     (60, 4, 5, 6, 3, 1),     # |S| = 8 > D: the D x D side
     (80, 10, 0, 5, 5, 2),    # no labeled set
@@ -92,7 +92,9 @@ def test_crc_matches_reference(n, D, n_lab, Q, G, seed):
 def test_crc_max_groups_and_torch_input():
     rng = np.random.default_rng(5)
     Z = rng.normal(size=(70, 5))
-    sel = CRC(group_size=2, max_groups=7, rtol=RTOL).select(torch.from_numpy(Z), 4, labeled=[0, 1], seed=9)
+    sel = CRC(group_size=2, max_groups=7, rtol=RTOL).select(
+        torch.from_numpy(Z), 4, labeled=[0, 1], seed=9
+    )
     want, _ = crc_ref(Z, [0, 1], 4, 2, 9, max_groups=7)
     assert isinstance(sel.indices, torch.Tensor)
     np.testing.assert_array_equal(sel.indices.numpy(), want)
@@ -152,7 +154,9 @@ def test_duplicates_score_zero_at_full_rank(seed):
         assert sel.diagnostics["scores"][g] == 0
     skip = CRC(group_size=G, zeros="skip").select(Z, 4, labeled=labeled, seed=seed)
     assert skip.diagnostics["degenerate_groups"].size == 0
-    np.testing.assert_array_equal(skip.indices, crc_ref(Z, labeled, 4, G, seed, None, zeros="skip")[0])
+    np.testing.assert_array_equal(
+        skip.indices, crc_ref(Z, labeled, 4, G, seed, None, zeros="skip")[0]
+    )
     assert set(skip.indices.tolist()) & (set(copies.tolist()) | {39, 40})
 
 
@@ -170,7 +174,7 @@ def test_a_row_equal_up_to_the_sign_of_zero_is_a_duplicate():
     assert_array_equal(groups[sel.diagnostics["degenerate_groups"]], [1])
 
 
-@pytest.mark.parametrize("G,Q", [(1, 4), (2, 20), (5, 15)])
+@pytest.mark.parametrize(("G", "Q"), [(1, 4), (2, 20), (5, 15)])
 @pytest.mark.parametrize("seed", range(4))
 def test_no_two_chosen_groups_share_a_point(G, Q, seed):
     """Points 0..39 appear twice in the pool: with ``zeros="duplicates"`` a group repeating a row of a
@@ -215,7 +219,8 @@ def test_duplicate_rule_on_relu_like_features_past_the_rank(G):
     np.testing.assert_array_equal(sel.indices, want)
     groups, mine = sel.diagnostics["groups"], sel.diagnostics["scores"]
     for g in sel.diagnostics["degenerate_groups"]:
-        assert set(groups[g]) & set(range(6, 12)) and mine[g] == 0
+        assert set(groups[g]) & set(range(6, 12))
+        assert mine[g] == 0
     clean = [g for g in range(len(groups)) if not set(groups[g]) & set(range(6, 12))]
     assert (scores[clean] > 0).all()  # no group without a copy scores 0
     assert not set(sel.indices.tolist()) & set(range(6, 12))
@@ -245,7 +250,9 @@ def test_crc_from_features_and_probs_uses_last_layer_ntk():
     rng = np.random.default_rng(2)
     h = rng.normal(size=(50, 4))
     p = rng.dirichlet(np.ones(3), 50)
-    sel = CRC(group_size=2, rtol=RTOL).select({"features": h, "probs": p}, 4, labeled=[0, 1], seed=4)
+    sel = CRC(group_size=2, rtol=RTOL).select(
+        {"features": h, "probs": p}, 4, labeled=[0, 1], seed=4
+    )
     want, _ = crc_ref(np.sqrt(3) * np.c_[h, np.ones(50)], [0, 1], 4, 2, 4)
     np.testing.assert_array_equal(sel.indices, want)
 
@@ -316,7 +323,7 @@ def check_balanced(sel, Z, probs, labeled, Q, G, seed, rtol=RTOL, zeros="duplica
     return want, scores
 
 
-@pytest.mark.parametrize("n,d,C,G,Q,n_lab,seed", [
+@pytest.mark.parametrize(("n", "d", "C", "G", "Q", "n_lab", "seed"), [
     (90, 4, 3, 6, 12, 0, 0),     # no labeled set; |S| = 6 > D = 5: the D side, forced zeros
     (90, 4, 3, 6, 12, 7, 1),     # labeled rows leave every class
     (120, 8, 4, 4, 12, 5, 2),    # G / C = 1
@@ -394,7 +401,9 @@ def test_balanced_needs_valid_probabilities_and_says_what_limits_the_groups():
     with pytest.raises(ValueError, match=r"each group takes 1 of every pseudo-class's rows, and "
                                          r"pseudo-class 2 has 2 unlabeled rows"):  # fmt: skip
         CRC(group_size=3, balanced=True).select({"features": h, "probs": q}, 9, seed=0)
-    with pytest.raises(ValueError, match=r"^max_groups = 2 caps the groups below the 3 that budget"):
+    with pytest.raises(
+        ValueError, match=r"^max_groups = 2 caps the groups below the 3 that budget"
+    ):
         CRC(group_size=3, max_groups=2).select({"features": h, "probs": p}, 9, seed=0)
 
 
@@ -470,11 +479,11 @@ def test_bad_input():
         CRC(group_size=0)
     with pytest.raises(ValueError, match="zeros"):
         CRC(zeros="all")
-    with pytest.raises(ValueError, match="^max_groups = 1 caps"):
+    with pytest.raises(ValueError, match=r"^max_groups = 1 caps"):
         CRC(group_size=4, max_groups=1).select(Z, 8)
     bad = Z.copy()
     bad[3, 1] = np.nan
-    with pytest.raises(ValueError, match="Z|NaN"):
+    with pytest.raises(ValueError, match=r"Z|NaN"):
         CRC(group_size=2).select(bad, 2)
     assert get("crc") is CRC
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import functools
 
-import fastal
 import numpy as np
 import pytest
 from conftest import (
-    GPU_PARAMS,
     ATOL,
     AVAILABLE_CUDA_BACKENDS,
     CUDA_BACKENDS,
+    GPU_PARAMS,
     RTOL,
     assert_argmin_valid,
     assert_indices_like,
@@ -36,8 +35,9 @@ from conftest import (
 )
 from numpy.testing import assert_allclose, assert_array_equal
 
-pytestmark = pytest.mark.cuda
+import fastal
 
+pytestmark = pytest.mark.cuda
 
 
 @functools.cache

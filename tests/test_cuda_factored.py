@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import (
-    GPU_PARAMS,
     AVAILABLE_CUDA_BACKENDS,
     CUDA_BACKENDS,
+    GPU_PARAMS,
     assert_indices_like,
     assert_pp_same_until_near_tie,
     backend_of,
@@ -40,7 +40,6 @@ import fastal
 from fastal import strategies
 
 pytestmark = pytest.mark.cuda
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,9 +166,7 @@ def test_wide_factors_equal_cpu_exactly(backend, dtype, C, dh):
         res = fastal.kcenter(emb, budget, labeled=lab, seed=5, prune=prune)
         assert_array_equal(to_numpy(res.indices), to_numpy(cpu.indices))
         assert_allclose(to_numpy(res.radius), to_numpy(cpu.radius), rtol=1e-6)
-    assert_array_equal(
-        pp(emb, 20, seed=6, labeled=lab), pp(cpu_emb, 20, seed=6, labeled=labeled)
-    )
+    assert_array_equal(pp(emb, 20, seed=6, labeled=lab), pp(cpu_emb, 20, seed=6, labeled=labeled))
     rows, rest = np.arange(300), np.arange(300, n)
     dist, index = fastal.min_distance(
         emb.subset(indices_to_backend(rows, backend)), emb.subset(indices_to_backend(rest, backend))
@@ -463,7 +460,7 @@ def test_underflow_is_refused_on_gpu(backend):
         lambda: fastal.min_distance(dense, dense[:2]),
     ]
     for call in calls:
-        with pytest.raises(ValueError, match="underflow float32; .* or pass float64 on the CPU"):
+        with pytest.raises(ValueError, match=r"underflow float32; .* or pass float64 on the CPU"):
             call()
     fastal.kcenter_greedy(embedding(A, H, backend, "float32"), 3, seed=0)
 

@@ -346,7 +346,8 @@ def test_small_path_matches_block_path_and_cpu(dtype, size, side):
         assert_eigs_close(lam, cpu_lam, lmax)
         assert_eigs_close(lam, want, lmax)
         assert_eigs_close(spectra, cpu_spectra, lmax)
-        assert (np.diff(spectra, axis=1) >= 0).all() and (spectra >= 0).all()
+        assert (np.diff(spectra, axis=1) >= 0).all()
+        assert (spectra >= 0).all()
     assert_array_equal(run_path(Zs, lab, groups, -1, return_all=False, small_max=32), small[0])
     default = run_path(Zs, lab, groups, -1, small_max=-1)[0]
     warp = run_path(Zs, lab, groups, -1, small_max=0, warp_max=32)[0]
@@ -581,7 +582,7 @@ def test_scan_checks_groups_like_the_host_build():
     Z[11, 1] = float("nan")
     grpd, labd = torch.from_numpy(groups).cuda(), torch.from_numpy(lab).cuda()
     stream = torch.cuda.current_stream().cuda_stream
-    peak, count, first, bad, first_bad = fastal._ext.cuda.gram_scan(
+    _, count, first, bad, first_bad = fastal._ext.cuda.gram_scan(
         "float64", Z.data_ptr(), n, 3, 0, stream, grpd.data_ptr(), 3000, G, labd.data_ptr(), 40
     )
     assert (count, first, bad, first_bad) == (1, 11, 4, 7)
@@ -603,10 +604,12 @@ def test_device_groups_are_checked_in_place(backend):
     info = fastal._interop.describe(Zd, "Z")
     g = on_device(groups, backend)
     got, checked = fastal.gram._check_groups(g, n, lab, info)
-    assert got is g and not checked  # left for the device scan
+    assert got is g
+    assert not checked
     g32 = on_device(groups.astype(np.int32), backend)
     got, checked = fastal.gram._check_groups(g32, n, lab, info)
-    assert isinstance(got, np.ndarray) and checked
+    assert isinstance(got, np.ndarray)
+    assert checked
     labd = on_device(lab, backend)
     for value, match in [
         (n, r"^groups has indices out of range"),
@@ -640,7 +643,8 @@ def test_lowrank_on_cuda_matches_cpu(backend, dtype, size, side):
     want, want_spectra = reference_of(size, side, 24, dtype, seed=3)
     lmax = want_spectra[:, -1]
     got = gpu(Z, lab, groups, backend, dtype, method="lowrank")
-    assert backend_of(got) == backend and dtype_of(got) == "float64"
+    assert backend_of(got) == backend
+    assert dtype_of(got) == "float64"
     assert_eigs_close(got, want, lmax)
     assert_eigs_close(got, cpu(Z, lab, groups, dtype, method="lowrank"), lmax)
     kernel = gpu(Z, lab, groups, backend, dtype, method="tridiagonal")

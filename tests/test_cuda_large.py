@@ -9,9 +9,10 @@ min_distance must give their exact distances. The CPU kernels were checked at th
 
 from __future__ import annotations
 
-import fastal
 import numpy as np
 import pytest
+
+import fastal
 
 torch = pytest.importorskip("torch")
 
@@ -34,7 +35,9 @@ def pool():
     X.normal_(0.0, 0.01, generator=gen)
     for row, value in PLANTED.items():
         X[row] = value
-    assert N * D > 2**32 and min(PLANTED) * D > 2**31 and max(PLANTED) * D > 2**32
+    assert N * D > 2**32
+    assert min(PLANTED) * D > 2**31
+    assert max(PLANTED) * D > 2**32
     yield X
     del X
     torch.cuda.empty_cache()
@@ -43,7 +46,8 @@ def pool():
 @pytest.mark.parametrize("prune", [True, False])
 def test_kcenter_picks_rows_past_2_to_the_32(pool, prune):
     picks, radius = fastal.kcenter_greedy(pool, 3, labeled=[0], prune=prune, return_radius=True)
-    assert picks.device == pool.device and picks.dtype == torch.int64
+    assert picks.device == pool.device
+    assert picks.dtype == torch.int64
     assert picks.tolist() == list(PLANTED)
     # after the three far rows only the noise is left: about 0.45 from row 0, far below them
     assert float(radius[-1]) < 1.0 < float(radius[-2])
@@ -52,8 +56,10 @@ def test_kcenter_picks_rows_past_2_to_the_32(pool, prune):
 def test_min_distance_to_rows_past_2_to_the_32(pool):
     rows = torch.tensor(list(PLANTED), device=pool.device)
     dist, nearest = fastal.min_distance(pool, pool[rows])
-    assert dist.shape == (N,) and nearest.shape == (N,)
-    assert dist[rows].tolist() == [0.0, 0.0, 0.0] and nearest[rows].tolist() == [0, 1, 2]
+    assert dist.shape == (N,)
+    assert nearest.shape == (N,)
+    assert dist[rows].tolist() == [0.0, 0.0, 0.0]
+    assert nearest[rows].tolist() == [0, 1, 2]
     # a sample of rows, last ones included, against float64 on the same stored values
     sample = torch.cat([torch.arange(0, N, 9973, device=pool.device), rows - 1])
     want = torch.cdist(pool[sample].double(), pool[rows].double()).min(dim=1)

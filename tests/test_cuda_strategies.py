@@ -376,6 +376,6 @@ def test_sparse_approx_refuses_features_on_another_device():
 
     rng = np.random.default_rng(0)
     logits = torch.from_numpy(rng.normal(size=(50, 3)).astype(np.float32)).cuda()
+    features = np.ones((50, 4), np.float32)
     with pytest.raises(ValueError, match=r"^features is on numpy \(cpu\) but logits is on torch"):
-        features = np.ones((50, 4), np.float32)
         strategies.SparseApprox().select({"logits": logits, "features": features}, 3)

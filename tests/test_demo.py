@@ -125,7 +125,8 @@ def test_chance_is_the_most_frequent_test_class():
 
 def test_a_plan_that_uses_the_whole_pool_runs():
     data, names, _ = demo.plan_demo("digits", ["random"], initial=100, rounds=9, budget=100)
-    assert data.pool[0].shape[0] == 1000 and names == ["random"]
+    assert data.pool[0].shape[0] == 1000
+    assert names == ["random"]
     with pytest.raises(ValueError, match="1001 is more than the pool"):
         demo.plan_demo("digits", ["random"], initial=101, rounds=9, budget=100)
 
@@ -136,7 +137,8 @@ def test_diabetes_is_standardised_on_its_pool():
     assert X.shape == (300, 10)
     assert_allclose(X.mean(0), 0, atol=1e-5)
     assert_allclose(X.std(0), 1, atol=1e-5)
-    assert abs(float(y.mean())) < 1e-5 and abs(float(y.std()) - 1) < 1e-5
+    assert abs(float(y.mean())) < 1e-5
+    assert abs(float(y.std()) - 1) < 1e-5
 
 
 # ---------------------------------------------------------------------------------------------

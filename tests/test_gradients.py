@@ -9,7 +9,6 @@ factors in float32 (float64). The references see the stored input values.
 
 from __future__ import annotations
 
-import fastal
 import numpy as np
 import pytest
 import torch
@@ -27,6 +26,8 @@ from conftest import (
 )
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import gradient_embedding_ref, kcenter_greedy_ref, min_distance_ref, softmax_ref
+
+import fastal
 
 ALL_PARAMS = backend_dtype_params()
 CPU_PARAMS = backend_dtype_params(backends=CPU_BACKENDS)

@@ -530,7 +530,7 @@ def test_a_subnormal_group_scores_zero_without_corrupting_memory():
     run = subprocess.run([sys.executable, "-c", _SUBNORMAL_GROUPS], capture_output=True,
                          text=True, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
-    tri_a, low_a, tri_b, low_b, tri_c, low_c = eval(run.stdout)  # noqa: S307 (our own repr)
+    tri_a, low_a, tri_b, low_b, tri_c, low_c = eval(run.stdout)
     assert tri_a[1] == low_a[1] == 0.0
     assert tri_b == low_b == [0.0]
     assert tri_c[0] == low_c[0] == 0.0

@@ -55,7 +55,8 @@ def lowrank(Z, lab, groups, impl="kernel", **kw):
     if rtol is None:
         rtol = max(lab.size + groups.shape[1], Z.shape[1]) * float(np.finfo(np.float64).eps)
     out = gram_min_eig_lowrank_torch(torch.from_numpy(Z), lab, torch.from_numpy(groups), rtol)
-    assert out.dtype == torch.float64 and out.shape == (groups.shape[0],)
+    assert out.dtype == torch.float64
+    assert out.shape == (groups.shape[0],)
     return out.numpy()
 
 

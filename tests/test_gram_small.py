@@ -91,11 +91,13 @@ def test_matches_reference_and_cpu_kernel(n, D, m_lab, G, dtype, path):
     lam, spectra = small(Z, lab, groups, dtype=dtype, path=path)
     want, want_spectra = gram_min_eig_ref(Zs, lab, groups)
     lmax = want_spectra[:, -1]
-    assert lam.dtype == np.float64 and lam.shape == (9,)
+    assert lam.dtype == np.float64
+    assert lam.shape == (9,)
     assert spectra.shape == (9, min(m_lab + G, D))
     assert_eigs_close(lam, want, lmax)
     assert_eigs_close(spectra, np.maximum(want_spectra, 0), lmax, rtol=1e-9)
-    assert (spectra >= 0).all() and (np.diff(spectra, axis=1) >= 0).all()
+    assert (spectra >= 0).all()
+    assert (np.diff(spectra, axis=1) >= 0).all()
     cpu, cpu_spectra = fastal.gram_min_eig(Z.astype(dtype), lab, groups, method="tridiagonal",
                                            return_all=True)  # fmt: skip
     assert_allclose(lam, cpu, rtol=1e-10, atol=ATOL * lmax.max())
@@ -192,7 +194,8 @@ def test_indices_out_of_range_give_nan(path):
     bad = groups.copy()
     bad[1, 2] = 40
     lam, spectra = small(Z, lab, bad, path=path)
-    assert np.isnan(lam[1]) and np.isnan(spectra[1]).all()
+    assert np.isnan(lam[1])
+    assert np.isnan(spectra[1]).all()
     want, _ = gram_min_eig_ref(Z, lab, groups[[0, 2]])
     assert_allclose(lam[[0, 2]], want, rtol=1e-8)
     lam = small(Z, [0, -1], groups, return_all=False, path=path)

@@ -8,13 +8,14 @@ import subprocess
 import sys
 import textwrap
 
-import fastal
 import numpy as np
 import pytest
 import torch
+from numpy.testing import assert_allclose, assert_array_equal
+
+import fastal
 from fastal import _interop
 from fastal.strategies import ALLY, BALD, CRC, BilevelCoreset, Entropy
-from numpy.testing import assert_allclose, assert_array_equal
 
 MASKED = r"is a masked array with masked entries \(1\), which fastal would read"
 
@@ -59,7 +60,8 @@ def test_cupy_array_with_negative_strides_is_copied_before_dlpack():
         """
     )
     r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "ok", (r.stdout, r.stderr[-2000:])
 
 
 @pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")  # this suite's "error"
@@ -81,7 +83,7 @@ def test_gradient_embedding_exports_are_read_only():
 
 
 def test_masked_entries_are_refused_on_side_inputs():
-    H, _, p = _pool()
+    H, _, _ = _pool()
     lab = np.arange(0, 40, 4)
     duals = np.ma.masked_array(np.linspace(0.1, 1.0, lab.size), mask=np.eye(1, lab.size, 3)[0])
     with pytest.raises(ValueError, match=r"^duals " + MASKED):
@@ -203,7 +205,9 @@ def test_lazily_negated_tensor_is_read_as_its_values():
     H, _, _ = _pool()
     X = torch.from_numpy(H)
     neg = torch._neg_view(-X)
-    assert neg.is_neg() and neg.is_contiguous() and torch.equal(neg, X)
+    assert neg.is_neg()
+    assert neg.is_contiguous()
+    assert torch.equal(neg, X)
     assert_array_equal(fastal.kcenter_greedy(neg, 5, seed=0), fastal.kcenter_greedy(X, 5, seed=0))
     d_neg, i_neg = fastal.min_distance(neg, X[:3])
     d, i = fastal.min_distance(X, X[:3])
@@ -250,7 +254,8 @@ def test_ally_does_not_follow_torch_global_defaults():
     finally:
         torch.set_default_device(None)
     assert_array_equal(got, want)
-    assert np.isfinite(T) and T > 0
+    assert np.isfinite(T)
+    assert T > 0
 
 
 @pytest.mark.parametrize("big", [2**63, 2**64, -(2**63) - 1])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 
-import fastal
 import numpy as np
 import pytest
 from conftest import (
@@ -42,6 +41,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import covering_radius_ref, kcenter_greedy_ref
+
+import fastal
 
 CPU_PARAMS = backend_dtype_params(backends=CPU_BACKENDS)
 LOW_PRECISION = ("float16", "bfloat16")
@@ -201,8 +202,16 @@ def test_first_centre_comes_from_the_seed(seed):
     ("n", "d", "n_labeled"),
     # d = 64, 100, 131: every SIMD loop of the row reductions (64-lane AVX-512 and its 16-lane and
     # bfloat16 32-block remainders, 32-lane AVX2) and the scalar tail
-    [(40, 2, 0), (40, 2, 3), (300, 5, 0), (300, 40, 7), (1500, 3, 20), (200, 64, 0),
-     (200, 100, 5), (150, 131, 0)],  # fmt: skip
+    [
+        (40, 2, 0),
+        (40, 2, 3),
+        (300, 5, 0),
+        (300, 40, 7),
+        (1500, 3, 20),
+        (200, 64, 0),
+        (200, 100, 5),
+        (150, 131, 0),
+    ],
 )
 def test_integer_data_exact_in_every_dtype(n, d, n_labeled, backend, dtype, prune):
     """Small-integer coordinates: every dtype computes exactly, so ties are genuine and the

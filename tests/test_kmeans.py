@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import math
 
-import fastal
 import numpy as np
 import pytest
 import torch
@@ -37,6 +36,8 @@ from conftest import (
 )
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import assign_ref, kmeans_pp_ref, lloyd_ref, softmax_ref, sqdist_to_row
+
+import fastal
 
 CPU_PARAMS = backend_dtype_params(backends=CPU_BACKENDS)
 
@@ -732,8 +733,11 @@ def test_kmeans_pp_names_a_weight_total_past_float64():
     is not: the message said the distances overflowed."""
     X = gaussian(60, 4, seed=0) * 1e153
     assert len(fastal.kcenter_greedy(X, 4, seed=0)) == 4
-    with pytest.raises(ValueError, match=r"^the k-means\+\+ weights of X \(squared distances to "
-                       r"the nearest centre, up to \d\.\d\de\+307\) sum past float64's range"):
+    with pytest.raises(
+        ValueError,
+        match=r"^the k-means\+\+ weights of X \(squared distances to "
+        r"the nearest centre, up to \d\.\d\de\+307\) sum past float64's range",
+    ):
         fastal.kmeans_pp(X, 4, seed=0)
 
 

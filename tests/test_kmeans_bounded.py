@@ -199,7 +199,8 @@ def test_steps_where_the_bounds_settle_nothing_back_off_to_plain_steps(monkeypat
     monkeypatch.setattr(_lloyd_fused, "_BOUNDS_GIVE_UP", 2.0)  # never give up: every step bounded
     calls.clear()
     again = fastal.kmeans(X, 200, init=C0, max_iter=12, tol=0.0)
-    assert len(calls) == 12 and sum(calls) == 1
+    assert len(calls) == 12
+    assert sum(calls) == 1
     assert_array_equal(again.labels, plain.labels)
 
 

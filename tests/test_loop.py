@@ -583,8 +583,16 @@ def test_training_that_diverges_is_refused():
     with pytest.raises(ValueError, match=hint):
         loop.fit(model_fn().half(), dataset, max_steps=60, lr=1e-2)
     with pytest.raises(ValueError, match="training diverged"):
-        loop.run(POOL, TEST, model_fn=lambda: model_fn().half(), strategy="random", initial=20,
-                 budget=5, rounds=1, train_fn=functools.partial(loop.fit, max_steps=60, lr=1e-2))
+        loop.run(
+            POOL,
+            TEST,
+            model_fn=lambda: model_fn().half(),
+            strategy="random",
+            initial=20,
+            budget=5,
+            rounds=1,
+            train_fn=functools.partial(loop.fit, max_steps=60, lr=1e-2),
+        )
     trained = loop.fit(model_fn().bfloat16(), dataset, max_steps=20)  # bfloat16 trains
     assert all(bool(torch.isfinite(p).all()) for p in trained.parameters())
 

@@ -9,8 +9,6 @@ of 16 rows, one pair at a time. The shapes below straddle all of these boundarie
 
 from __future__ import annotations
 
-import fastal
-from fastal import _ext
 import numpy as np
 import pytest
 from conftest import (
@@ -30,6 +28,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import min_distance_ref
+
+import fastal
+from fastal import _ext
 
 PARAMS = backend_dtype_params()
 

@@ -105,7 +105,8 @@ def test_constraint_violations_shrink_and_duals_sit_on_active_constraints():
     hist = trainer.history_
     assert hist.max_slack[-1] < 0.01 < hist.max_slack[0]  # (almost) feasible at the end
     assert hist.violated[-1] <= hist.violated[0]
-    assert (lam >= 0).all() and min(hist.mean_dual) >= 0
+    assert (lam >= 0).all()
+    assert min(hist.mean_dual) >= 0
     support = np.flatnonzero(lam > 0)
     assert support.size > 0
     assert set(support) <= set(SHIFTED)  # λ concentrates on the shifted points ...
@@ -139,7 +140,8 @@ def test_paper_defaults_and_classification():
     trainer = PrimalDualTrainer(iterations=15)
     model = trainer(torch.nn.Linear(3, 2), TensorDataset(X, y), task="classification", seed=0)
     assert_allclose(trainer.eps_.numpy(), PAPER_EPS["classification"])
-    assert model.fastal_duals.shape == (60,) and (model.fastal_duals >= 0).all()
+    assert model.fastal_duals.shape == (60,)
+    assert (model.fastal_duals >= 0).all()
     assert not model.training
     # Hard (misclassified) points carry the largest duals.
     with torch.no_grad():

@@ -9,11 +9,12 @@ unspecified).
 
 from __future__ import annotations
 
-import fastal
 import numpy as np
 import pytest
-from fastal import strategies
 from numpy.testing import assert_allclose, assert_array_equal
+
+import fastal
+from fastal import strategies
 
 
 def _probs(n: int, C: int, seed: int) -> np.ndarray:

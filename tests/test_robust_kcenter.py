@@ -359,12 +359,14 @@ def test_time_limit_counts_the_reductions_and_starts_no_solve_past_it(monkeypatc
     monkeypatch.setattr(scipy.optimize, "milp", recording_milp)
     X = np.random.default_rng(0).normal(size=(200, 4))
     free = robust_kcenter(X, 8, outliers=0, seed=0)  # no limit: presolve on
-    assert options and all(o["presolve"] for o in options)
+    assert options
+    assert all(o["presolve"] for o in options)
     assert free.optimal
 
     options.clear()
     limited = robust_kcenter(X, 8, outliers=0, seed=0, time_limit=60.0)
-    assert options and all(not o["presolve"] and 0 < o["time_limit"] <= 60 for o in options)
+    assert options
+    assert all(not o["presolve"] and 0 < o["time_limit"] <= 60 for o in options)
     assert limited.radius == free.radius
 
     options.clear()

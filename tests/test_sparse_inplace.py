@@ -80,7 +80,8 @@ def test_products_on_stored_rows_equal_the_float64_reference(
 
     u = rng.normal(size=n) * (rng.random(n) < 0.6)
     got = phi.apply(torch.from_numpy(u))
-    assert got.shape == (C, dh) and got.dtype == torch.float64
+    assert got.shape == (C, dh)
+    assert got.dtype == torch.float64
     check(
         got,
         scale * (Ar * u[:, None]).T @ Hr,
@@ -158,8 +159,10 @@ def test_selection_reads_the_features_in_place(dtype, monkeypatch):
     assert len(made) == 1
     phi = made[0]
     assert phi._kernel is not None
-    assert phi.H.data_ptr() == stored.data_ptr() and phi.H.shape == stored.shape
-    assert phi.dh == 17 and phi.n == 2000 - len(range(0, 2000, 9))
+    assert phi.H.data_ptr() == stored.data_ptr()
+    assert phi.H.shape == stored.shape
+    assert phi.dh == 17
+    assert phi.n == 2000 - len(range(0, 2000, 9))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import fastal
 import numpy as np
 import pytest
 from conftest import CPU_BACKENDS, assert_indices_like, indices_to_backend, to_backend, to_numpy
+from numpy.testing import assert_allclose, assert_array_equal
+
+import fastal
 from fastal import strategies
 from fastal.strategies import CoreSet, CoreSetGradients, Selection, Strategy
-from numpy.testing import assert_allclose, assert_array_equal
 
 
 def embeddings(n=300, d=8, seed=0):
@@ -75,7 +76,9 @@ def test_registry():
     assert issubclass(CoreSet, Strategy)
     assert CoreSet.name == "coreset"
     assert "features" in CoreSet.requires
-    assert repr(CoreSet()) == "CoreSet(embedding='features', bias=False, prune=True, progress=False)"
+    assert (
+        repr(CoreSet()) == "CoreSet(embedding='features', bias=False, prune=True, progress=False)"
+    )
     assert strategies.get("coreset_gradients") is CoreSetGradients
     assert CoreSetGradients.requires == ("probs", "features")
 
@@ -116,14 +119,20 @@ def test_coreset_over_gradient_embeddings():
     emb = fastal.gradient_embedding(probs, feats)
     want = fastal.kcenter_greedy(emb, 12, labeled=labeled, seed=1)
     pool = {"probs": probs, "features": feats}
-    for strategy in (CoreSet(embedding="gradients"), CoreSetGradients(), strategies.get("coreset_gradients")()):
+    for strategy in (
+        CoreSet(embedding="gradients"),
+        CoreSetGradients(),
+        strategies.get("coreset_gradients")(),
+    ):
         np.testing.assert_array_equal(strategy.select(pool, 12, labeled, seed=1).indices, want)
     with_bias = CoreSetGradients(bias=True).select(pool, 12, labeled, seed=1).indices
-    want_bias = fastal.kcenter_greedy(fastal.gradient_embedding(probs, feats, bias=True), 12, labeled=labeled, seed=1)
+    want_bias = fastal.kcenter_greedy(
+        fastal.gradient_embedding(probs, feats, bias=True), 12, labeled=labeled, seed=1
+    )
     np.testing.assert_array_equal(with_bias, want_bias)
     with pytest.raises(ValueError, match="embedding"):
         CoreSet(embedding="grads")
-    with pytest.raises(ValueError, match="probs|logits"):
+    with pytest.raises(ValueError, match=r"probs|logits"):
         CoreSetGradients().select({"features": feats}, 3)
 
     torch.manual_seed(0)

@@ -872,7 +872,8 @@ def test_random_through_select_returns_a_torch_tensor_like_the_rest():
     data = inputs()
     for name in ("random", "entropy"):
         sel = ft.select(name, Tiny(), data, 3, torch.tensor([0, 1]), seed=0, progress=False)
-        assert isinstance(sel.indices, torch.Tensor) and sel.indices.dtype == torch.int64
+        assert isinstance(sel.indices, torch.Tensor)
+        assert sel.indices.dtype == torch.int64
     expected = strategies.Random().select(N, 3, [0, 1], seed=0).indices
     got = ft.select("random", Tiny(), data, 3, [0, 1], seed=0, progress=False).indices
     assert_array_equal(got.numpy(), expected)
@@ -917,7 +918,8 @@ def test_minus_inf_logits_of_masked_classes_are_kept():
     """A model masking a class returns -inf logits: probabilities 0, not an error."""
     masked = nn.Sequential(Tiny(), nn.ConstantPad1d((0, 1), -math.inf))  # a 4th, impossible class
     out = ft.pool_outputs(masked, inputs(), ("logits", "probs"), progress=False)
-    assert (out["logits"][:, -1] == -math.inf).all() and (out["probs"][:, -1] == 0).all()
+    assert (out["logits"][:, -1] == -math.inf).all()
+    assert (out["probs"][:, -1] == 0).all()
     nan = nn.Sequential(Tiny(), nn.ConstantPad1d((0, 1), math.inf))
     with pytest.raises(ValueError, match=r"logits are NaN or \+Inf for 10 row"):
         ft.pool_outputs(nan, inputs(), ("logits",), progress=False)

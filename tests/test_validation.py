@@ -10,13 +10,14 @@ import re
 import sys
 import types
 
-import fastal
 import numpy as np
 import pytest
 import torch
 from conftest import CPU_BACKENDS, DTYPES, backend_dtype_params, supports, to_backend, to_numpy
-from fastal import _ext
 from numpy.testing import assert_array_equal
+
+import fastal
+from fastal import _ext
 
 CPU_PARAMS = backend_dtype_params(backends=CPU_BACKENDS)
 
@@ -476,27 +477,32 @@ def test_bool_flags_must_be_bools(flag):
 # the compiled module itself: a row of no values is refused (k-center sizes its chunks by d)
 
 
+def _zero_column_calls(X):
+    """One call of each CPU kernel on X, by name."""
+    cpu = _ext.cpu
+    z32, z64 = np.zeros(4, np.float32), np.zeros(4, np.int64)
+    one64, one32 = np.zeros(1, np.int64), np.zeros(1, np.float32)
+    return {
+        "kcenter_init": lambda: cpu.kcenter_init_first_float32(
+            (X,), 0, z32, z64, one64, one64.copy(), one32
+        ),
+        # divided by d before this check (SIGFPE)
+        "kcenter_steps": lambda: cpu.kcenter_steps_float32(
+            (X,), z32, z64, np.zeros(2, np.int64), 1, one64, one32, False, 0, 1
+        ),
+        "min_sqdist": lambda: cpu.min_sqdist_to_set_float32((X,), (X,)),
+        "nonfinite": lambda: cpu.count_nonfinite_rows_float32(X),
+        "segment_sum": lambda: cpu.segment_sum_float32(X, z64, 1),
+    }
+
+
 @pytest.mark.parametrize(
     "call", ["kcenter_init", "kcenter_steps", "min_sqdist", "nonfinite", "segment_sum"]
 )
 def test_cpu_kernels_reject_zero_columns(call):
-    X = np.zeros((4, 0), dtype=np.float32)
-    cpu = _ext.cpu
+    run = _zero_column_calls(np.zeros((4, 0), dtype=np.float32))[call]
     with pytest.raises(ValueError, match=r"X must have at least one column"):
-        if call == "kcenter_init":
-            f32, i64 = np.zeros(4, np.float32), np.zeros(4, np.int64)
-            cpu.kcenter_init_first_float32((X,), 0, f32, i64.copy(), np.zeros(1, np.int64),
-                                           np.zeros(1, np.int64), np.zeros(1, np.float32))
-        elif call == "kcenter_steps":  # divided by d before this check (SIGFPE)
-            cpu.kcenter_steps_float32((X,), np.zeros(4, np.float32), np.zeros(4, np.int64),
-                                      np.zeros(2, np.int64), 1, np.zeros(1, np.int64),
-                                      np.zeros(1, np.float32), False, 0, 1)
-        elif call == "min_sqdist":
-            cpu.min_sqdist_to_set_float32((X,), (X,))
-        elif call == "nonfinite":
-            cpu.count_nonfinite_rows_float32(X)
-        else:
-            cpu.segment_sum_float32(X, np.zeros(4, np.int64), 1)
+        run()
 
 
 @pytest.mark.parametrize("value", [2.0**127, 3.0e38, -3.3e38])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import _cpu as cpu
+from . import _cpu as cpu  # noqa: F401 -- re-exported: the other modules read _ext.cpu
 
 try:
     from . import _cuda as cuda

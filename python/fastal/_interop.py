@@ -77,7 +77,9 @@ def describe(x: Any, name: str) -> ArrayInfo:
             return ArrayInfo("torch", "cpu", None, dtype, tuple(x.shape))
         if x.device.type == "cuda":
             return ArrayInfo("torch", "cuda", x.device.index, dtype, tuple(x.shape))
-        raise TypeError(f"{name} is a torch tensor on device {x.device}; fastal supports cpu and cuda")
+        raise TypeError(
+            f"{name} is a torch tensor on device {x.device}; fastal supports cpu and cuda"
+        )
     if _is_cupy(x):
         return ArrayInfo("cupy", "cuda", x.device.id, x.dtype.name, tuple(x.shape))
     raise TypeError(

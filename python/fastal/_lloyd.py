@@ -230,9 +230,7 @@ def _relocate_empty(sums, counts, xt, dist2, acc):
     return means
 
 
-def _minibatch(
-    xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", rows=None, step=None
-):
+def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", rows=None, step=None):
     """Sculley (2010) mini-batch k-means; returns (centres, epochs run, converged).
 
     Every epoch draws a permutation of the rows and walks it in batches. It stops early when an
@@ -260,7 +258,9 @@ def _minibatch(
             hit = counts > 0
             v = seen[hit]
             c64 = centres[hit].to(torch.float64)
-            centres[hit] = ((v[:, None] * c64 + sums[hit]) / (v + counts[hit])[:, None]).to(centres.dtype)
+            centres[hit] = ((v[:, None] * c64 + sums[hit]) / (v + counts[hit])[:, None]).to(
+                centres.dtype
+            )
             seen += counts
             mean_inertia = float(dist2.to(torch.float64).mean())
             if not np.isfinite(mean_inertia):  # an overflowed distance: the update is garbage

@@ -1,4 +1,3 @@
-# ruff: noqa: RUF002  (math notation in docstrings is deliberate)
 """One torch thread for small CPU work.
 
 Tiny matrix products and small-network training steps gain nothing from a second intra-op thread,

@@ -46,7 +46,9 @@ def check_same_place(info: ArrayInfo, name: str, ref: ArrayInfo, ref_name: str) 
         ref.device,
         ref.device_index,
     ):
-        raise ValueError(f"{name} is a {info.where} array but {ref_name} is {ref.where}; pass both alike")
+        raise ValueError(
+            f"{name} is a {info.where} array but {ref_name} is {ref.where}; pass both alike"
+        )
 
 
 def check_budget(
@@ -75,7 +77,9 @@ def host_values(values: Any, name: str, what: str = "numbers", kinds: str = "biu
     try:
         arr = _interop.host_numpy(values) if not isinstance(values, range) else np.asarray(values)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must hold {what} (an array, tensor, list or range): {err}") from None
+        raise TypeError(
+            f"{name} must hold {what} (an array, tensor, list or range): {err}"
+        ) from None
     if arr.dtype.kind not in kinds:
         if arr.dtype.kind != "O":
             got = f"dtype {arr.dtype}"
@@ -165,7 +169,9 @@ def check_indices(
             )
         uniq, counts = np.unique(arr, return_counts=True)
         if unique and (counts > 1).any():
-            raise ValueError(f"{name} has duplicate indices: e.g. {int(uniq[np.argmax(counts > 1)])}")
+            raise ValueError(
+                f"{name} has duplicate indices: e.g. {int(uniq[np.argmax(counts > 1)])}"
+            )
     return arr
 
 
@@ -218,7 +224,9 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def _number(value: Any, name: str, *, minimum: float | None = None, positive: bool = False) -> float:
+def _number(
+    value: Any, name: str, *, minimum: float | None = None, positive: bool = False
+) -> float:
     """A finite real number (not a bool), optionally >= minimum or > 0, as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")

@@ -127,15 +127,21 @@ class GradientEmbedding:
         hinfo = check_matrix(H, "H")
         check_same_place(hinfo, "H", ainfo, "A")
         if hinfo.dtype != ainfo.dtype:
-            raise TypeError(f"H has dtype {hinfo.dtype} but A has {ainfo.dtype}; cast one on purpose")
+            raise TypeError(
+                f"H has dtype {hinfo.dtype} but A has {ainfo.dtype}; cast one on purpose"
+            )
         if hinfo.shape[0] != ainfo.shape[0]:
-            raise ValueError(f"A and H must have the same number of rows, got {ainfo.shape} and {hinfo.shape}")
+            raise ValueError(
+                f"A and H must have the same number of rows, got {ainfo.shape} and {hinfo.shape}"
+            )
         at, ht = as_torch(A, ainfo).contiguous(), as_torch(H, hinfo).contiguous()
         for t, name in ((at, "A"), (ht, "H")):
             bad = ~torch_isfinite_rows(t)
             if bool(bad.any()):
                 first = int(bad.nonzero()[0, 0])
-                raise ValueError(f"{name} contains NaN or Inf in {int(bad.sum())} row(s), first at row {first}")
+                raise ValueError(
+                    f"{name} contains NaN or Inf in {int(bad.sum())} row(s), first at row {first}"
+                )
         self._init(at, ht, ainfo)
 
     @classmethod
@@ -150,7 +156,9 @@ class GradientEmbedding:
 
     def _init(self, at: Any, ht: Any, info: ArrayInfo, bias: bool = False) -> None:
         torch = _torch()
-        self._info = ArrayInfo(info.framework, info.device, info.device_index, info.dtype, tuple(at.shape))
+        self._info = ArrayInfo(
+            info.framework, info.device, info.device_index, info.dtype, tuple(at.shape)
+        )
         # H = [_h, 1] when _bias: the kernels read the trailing 1 without it being stored
         self._a, self._h, self._bias = at, ht, bool(bias)
         acc = _acc_dtype(info.dtype)
@@ -288,13 +296,21 @@ class GradientEmbedding:
 
         At n = 1M, C = 1000, d = 512 that is 2 TB in float32; use :meth:`iter_dense` to stream it.
         """
-        a, h = (self._a, self._h) if rows is None else (self._a[self._rows(rows)], self._h[self._rows(rows)])
+        a, h = (
+            (self._a, self._h)
+            if rows is None
+            else (self._a[self._rows(rows)], self._h[self._rows(rows)])
+        )
         h = _with_ones(h) if self._bias else h
         return from_torch((a[:, :, None] * h[:, None, :]).reshape(a.shape[0], -1), self._info)
 
     def iter_dense(self, chunk_rows: int = 4096) -> Iterator[tuple[int, Any]]:
         """Yield ``(start, block)`` with ``block`` the dense rows ``start : start + chunk_rows``."""
-        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        if (
+            isinstance(chunk_rows, bool)
+            or not isinstance(chunk_rows, (int, np.integer))
+            or chunk_rows < 1
+        ):
             raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         for s in range(0, self.n, int(chunk_rows)):
             a, h = self._a[s : s + chunk_rows], self._h[s : s + chunk_rows]
@@ -429,7 +445,9 @@ def _gradient_embedding(
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
     p_in = as_torch(probs_or_logits, pinfo)
     h_in = as_torch(features, finfo)
-    acc = _acc_dtype("float64" if pinfo.dtype == "float64" and finfo.dtype == "float64" else "float32")
+    acc = _acc_dtype(
+        "float64" if pinfo.dtype == "float64" and finfo.dtype == "float64" else "float32"
+    )
     if not bool(torch_isfinite_rows(p_in).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     if not bool(torch_isfinite_rows(h_in).all()):
@@ -534,7 +552,9 @@ def _target(
             arr = _wide_unsigned(arr, C)
         lt = torch.as_tensor(arr, device=device)
     if lt.dtype == torch.bool:
-        raise TypeError("labels must be integer classes or a float label distribution, got booleans")
+        raise TypeError(
+            "labels must be integer classes or a float label distribution, got booleans"
+        )
     if lt.ndim == 1:
         if lt.is_floating_point() or lt.is_complex():
             got = str(lt.dtype).removeprefix("torch.")
@@ -545,13 +565,17 @@ def _target(
         if lt.shape[0] != n:
             raise ValueError(f"labels must have {n} entries (one per row), got {lt.shape[0]}")
         if n and (int(lt.min()) < 0 or int(lt.max()) >= C):
-            raise ValueError(f"labels must be classes in [0, {C}), got values in [{int(lt.min())}, {int(lt.max())}]")
+            raise ValueError(
+                f"labels must be classes in [0, {C}), got values in [{int(lt.min())}, {int(lt.max())}]"
+            )
         return lt.to(torch.int64)
     if lt.ndim == 2:
         if not lt.is_floating_point():
             raise TypeError(f"2-D labels must be a float label distribution, got dtype {lt.dtype}")
         if tuple(lt.shape) != (n, C):
-            raise ValueError(f"labels as a distribution must have shape ({n}, {C}), got {tuple(lt.shape)}")
+            raise ValueError(
+                f"labels as a distribution must have shape ({n}, {C}), got {tuple(lt.shape)}"
+            )
         la = lt.to(acc)
         if not bool(torch.isfinite(la).all()) or bool(((la < 0) | (la > 1)).any()):
             raise ValueError("labels as a distribution must hold finite values in [0, 1]")
@@ -562,4 +586,6 @@ def _target(
                 f"{_dtype_name(lt.dtype)})"
             )
         return la
-    raise ValueError(f"labels must be 1-D classes (n,) or a 2-D distribution (n, C), got {lt.ndim}-D")
+    raise ValueError(
+        f"labels must be 1-D classes (n,) or a 2-D distribution (n, C), got {lt.ndim}-D"
+    )

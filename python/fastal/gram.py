@@ -185,8 +185,14 @@ def gram_min_eig(
     return _interop.wrap_host(mins, info)
 
 
-def min_eig_of_rows(rows: Any, labeled: np.ndarray, groups: np.ndarray, *,
-                    rtol: float | None = None, progress: bool = False) -> np.ndarray:
+def min_eig_of_rows(
+    rows: Any,
+    labeled: np.ndarray,
+    groups: np.ndarray,
+    *,
+    rtol: float | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """:func:`gram_min_eig` (λ⁺_min only, ``method="auto"``) on the CPU for a ``Z`` that is
     never whole in memory: ``rows`` reads it (the protocol of :class:`StoredRows`; CRC's
     ``√C [h, 1]`` is :class:`fastal.ntk.NtkRows`). ``labeled`` and ``groups`` are valid int64
@@ -239,8 +245,15 @@ def _check_options(rtol: Any, return_all: Any, method: str, size_s: int, D: int)
     return rtol, bool(return_all)
 
 
-def _host_min_eig(src: Any, lab: np.ndarray, grp: np.ndarray, rtol: float, return_all: bool,
-                  method: str, progress: bool = False) -> tuple:
+def _host_min_eig(
+    src: Any,
+    lab: np.ndarray,
+    grp: np.ndarray,
+    rtol: float,
+    return_all: bool,
+    method: str,
+    progress: bool = False,
+) -> tuple:
     """(λ⁺_min, spectra or None) as float64 numpy, on the CPU kernels, ``Z`` read by ``src``;
     ``progress``: a tqdm bar over the groups, one update per call."""
     from tqdm.auto import tqdm

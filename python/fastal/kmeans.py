@@ -272,7 +272,7 @@ def _kmeans(
                     f"{int(rest[bad[0]])}"
                 ) from None
         skip = _Excluded(as_torch(X, info), exclude, full_batch=minibatch is None)
-    n, d = info.shape
+    n = info.shape[0]
     n_rows = n if skip is None else n - exclude.size
     if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k < 1:
         raise ValueError(f"k must be >= 1, got {k}")  # before check_budget's ">= 0"
@@ -323,7 +323,7 @@ def _kmeans(
             stack.enter_context(_one_blas_thread())
         if minibatch is None:
             prev = None
-            for it in range(1, int(max_iter) + 1):
+            for it in range(1, int(max_iter) + 1):  # noqa: B007 -- it is n_iter after the loop
                 use = bounded if bounded is not None and bounded.use() else None
                 labels, dist2, sums, counts = _lloyd_pass(xt, xsq, centres, info, fused, use)
                 if bounded is not None and use is None:

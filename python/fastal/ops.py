@@ -510,7 +510,9 @@ def _kcenter_cpu(
     else:
         r0 = float("inf")
         if budget:
-            getattr(_ext.cpu, f"kcenter_init_first_{kern}")(pool, first, mind, near, centres, picks, radius2)
+            getattr(_ext.cpu, f"kcenter_init_first_{kern}")(
+                pool, first, mind, near, centres, picks, radius2
+            )
     steps = getattr(_ext.cpu, f"kcenter_steps_{kern}")
     rows_read = 0
     for t0, t1 in _chunks(budget, progress, work=pool_work(pool)):
@@ -542,7 +544,9 @@ def _kcenter_cuda(
             _ptr(mind), _ptr(near), _ptr(keys), dev, stream,
         )  # fmt: skip
     elif budget:
-        cuda.kcenter_init_first(info.dtype, first, n, _ptr(mind), _ptr(near), _ptr(keys), dev, stream)
+        cuda.kcenter_init_first(
+            info.dtype, first, n, _ptr(mind), _ptr(near), _ptr(keys), dev, stream
+        )
     centre_reads = 0  # rows the pruned steps read for the centre-to-centre distances
     for t0, t1 in _chunks(budget, progress):
         centre_reads += cuda.kcenter_steps(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -43,7 +43,9 @@ IHT_RULES = {
 }
 
 
-def iht_threshold(s: Any, sigma: Any, b: int, alpha: float, *, rule: str = "paper") -> tuple[Any, Any]:
+def iht_threshold(
+    s: Any, sigma: Any, b: int, alpha: float, *, rule: str = "paper"
+) -> tuple[Any, Any]:
     """Proximal step of IHT (Shen et al., Alg. 2 line 6, Appendix E), fused and O(n).
 
     Selects the ``b`` indices with the smallest score (computed in float64; ties to the lowest
@@ -95,14 +97,22 @@ def iht_threshold(s: Any, sigma: Any, b: int, alpha: float, *, rule: str = "pape
         raise ValueError(f"s must be 1-D, got shape {sinfo.shape}")
     if ginfo.shape != sinfo.shape:
         raise ValueError(f"sigma must have the shape of s {sinfo.shape}, got {ginfo.shape}")
-    if (ginfo.framework, ginfo.device, ginfo.device_index) != (sinfo.framework, sinfo.device, sinfo.device_index):
+    if (ginfo.framework, ginfo.device, ginfo.device_index) != (
+        sinfo.framework,
+        sinfo.device,
+        sinfo.device_index,
+    ):
         raise ValueError(f"sigma is a {ginfo.where} array but s is {sinfo.where}; pass both alike")
     allowed = ("float32",) if sinfo.device == "cuda" else ("float32", "float64")
     for info, name in ((sinfo, "s"), (ginfo, "sigma")):
         if info.dtype not in allowed:
-            raise TypeError(f"{name} must have dtype {' or '.join(allowed)} on {info.device}, got {info.dtype}")
+            raise TypeError(
+                f"{name} must have dtype {' or '.join(allowed)} on {info.device}, got {info.dtype}"
+            )
     if ginfo.dtype != sinfo.dtype:
-        raise TypeError(f"sigma has dtype {ginfo.dtype} but s has {sinfo.dtype}; cast one on purpose")
+        raise TypeError(
+            f"sigma has dtype {ginfo.dtype} but s has {sinfo.dtype}; cast one on purpose"
+        )
     n = sinfo.shape[0]
     b = check_budget(b, n, "b", "the length of s")
     alpha = _number(alpha, "alpha", minimum=0.0)
@@ -116,7 +126,9 @@ def iht_threshold(s: Any, sigma: Any, b: int, alpha: float, *, rule: str = "pape
     for arr, name in ((sh, "s"), (gh, "sigma")):
         bad = ~np.isfinite(arr)
         if bad.any():
-            raise ValueError(f"{name} contains NaN or Inf at {int(bad.sum())} position(s), first at {int(np.argmax(bad))}")
+            raise ValueError(
+                f"{name} contains NaN or Inf at {int(bad.sum())} position(s), first at {int(np.argmax(bad))}"
+            )
     support, w = getattr(_ext.cpu, f"iht_threshold_{sinfo.dtype}")(
         sh, gh, b, alpha, exact=rule == "exact"
     )
@@ -148,7 +160,9 @@ def fit_temperature(logits: Any, targets: Any) -> float:
     return _fit_temperature(logits, targets)
 
 
-def _fit_temperature(logits: Any, targets: Any, names: tuple[str, str] = ("logits", "targets")) -> float:
+def _fit_temperature(
+    logits: Any, targets: Any, names: tuple[str, str] = ("logits", "targets")
+) -> float:
     """:func:`fit_temperature` with the arguments' names for messages (the caller's names)."""
     import torch
 
@@ -167,7 +181,9 @@ def _fit_temperature(logits: Any, targets: Any, names: tuple[str, str] = ("logit
     if y.dtype.kind not in "iu":
         raise TypeError(f"{tname} must be integer classes, got dtype {y.dtype}")
     if n and (int(y.min()) < 0 or int(y.max()) >= C):
-        raise ValueError(f"{tname} must be classes in [0, {C}), got values in [{int(y.min())}, {int(y.max())}]")
+        raise ValueError(
+            f"{tname} must be classes in [0, {C}), got values in [{int(y.min())}, {int(y.max())}]"
+        )
     y = torch.as_tensor(y.astype(np.int64), device=z.device)
     if not bool(torch.isfinite(z).all()):
         raise ValueError(f"{lname} contains NaN or Inf")
@@ -229,7 +245,7 @@ class FactoredPhi:
     _TILE = 1 << 14
     _use_kernels = True  # False: the torch tiles everywhere (tests compare the two paths)
     #: (A's dtype, H's dtype) -> the C++ kernels' tag
-    _KERNEL_TAGS = {
+    _KERNEL_TAGS: ClassVar[dict[tuple[str, str], str]] = {
         ("float32", "float32"): "float32",
         ("float32", "float16"): "float16",
         ("float32", "bfloat16"): "bfloat16",
@@ -332,7 +348,9 @@ class FactoredPhi:
         Rc = R.to(self.H.dtype)
         for s in range(0, self.n, self._TILE):
             a, h = self.A[s : s + self._TILE], self.H[s : s + self._TILE]
-            gt = 2 * self.scale * (a * (h @ Rc.T)).sum(1).to(torch.float64) + 2 * beta * (z[s : s + self._TILE] - 1)
+            gt = 2 * self.scale * (a * (h @ Rc.T)).sum(1).to(torch.float64) + 2 * beta * (
+                z[s : s + self._TILE] - 1
+            )
             g[s : s + self._TILE] = gt
             out += ((a * gt.to(a.dtype)[:, None]).T @ h).to(torch.float64)
         return g, self.scale * out

@@ -1,4 +1,3 @@
-# ruff: noqa: RUF002  (math notation in docstrings is deliberate)
 """Bilevel coreset selection (Borsos, Tagliasacchi & Krause, ICASSP 2021): the math.
 
 Semi-supervised batch active learning via bilevel optimisation. The batch ``B`` is the set of pool

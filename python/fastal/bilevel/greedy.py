@@ -1,4 +1,3 @@
-# ruff: noqa: RUF002, RUF003  (math notation in docstrings and comments is deliberate)
 """The greedy driver (Alg. 1): checks, the forward selection loop, and its diagnostics."""
 
 from __future__ import annotations

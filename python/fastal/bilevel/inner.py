@@ -1,4 +1,3 @@
-# ruff: noqa: RUF002, RUF003  (math notation in docstrings and comments is deliberate)
 """The inner problem: multinomial logistic regression on the Nyström features with weight
 decay, its Hessian-vector products, conjugate gradients and the Newton / Adam solvers."""
 

@@ -1,4 +1,3 @@
-# ruff: noqa: RUF002  (math notation in docstrings is deliberate)
 """Neural tangent kernels of the proxy model and their Nyström features (Borsos et al., §2)."""
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from ._common import (
 #: a kernel matrix eigenvalue below -_INDEFINITE x the largest one: not rounding (float32 kernels
 #: give ~m · 6e-8), an indefinite kernel
 _INDEFINITE = 1e-4
-
 
 
 def linear_ntk(X: Any, Y: Any = None) -> Any:

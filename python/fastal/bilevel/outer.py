@@ -1,4 +1,3 @@
-# ruff: noqa: RUF002, RUF003  (math notation in docstrings and comments is deliberate)
 """The outer step of the greedy: ∇G, the inverse-Hessian product H⁻¹ ∇G and the candidates'
 scores of eq. 2, kept rank one per sample."""
 

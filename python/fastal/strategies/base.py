@@ -65,7 +65,9 @@ def pool_field(pool: Any, *keys: str) -> Any:
         for key in keys:
             if key in pool:
                 return pool[key]
-        raise ValueError(f"pool needs one of {', '.join(map(repr, keys))}; it has {', '.join(map(repr, pool))}")
+        raise ValueError(
+            f"pool needs one of {', '.join(map(repr, keys))}; it has {', '.join(map(repr, pool))}"
+        )
     if "features" in keys:
         return pool
     raise TypeError(

@@ -1,4 +1,3 @@
-# ruff: noqa: RUF002  (math notation in docstrings is deliberate)
 """Bilevel coreset (Borsos et al., ICASSP 2021): the batch that best summarises the pseudo-labeled
 pool for a Nyström-NTK proxy model, chosen greedily by the implicit-function gradient (eq. 2)."""
 

@@ -146,9 +146,16 @@ class CRC(Strategy):
         G = self.group_size
         self.validate_budget(Q)
         if Q == 0:
-            return Selection(_interop.to_framework(np.empty(0, np.int64), info), {"n_groups": 0, "scores": np.empty(0)})
+            return Selection(
+                _interop.to_framework(np.empty(0, np.int64), info),
+                {"n_groups": 0, "scores": np.empty(0)},
+            )
         rng = make_rng(seed)
-        groups = _balanced_groups(rest, pseudo, n_classes, G, rng) if self.balanced else _random_groups(rest, G, rng)
+        groups = (
+            _balanced_groups(rest, pseudo, n_classes, G, rng)
+            if self.balanced
+            else _random_groups(rest, G, rng)
+        )
         if self.max_groups is not None and groups.shape[0] > self.max_groups:
             groups = groups[: self.max_groups]  # the order is already random
         if groups.shape[0] < Q // G:
@@ -167,7 +174,9 @@ class CRC(Strategy):
         degenerate = np.empty(0, np.int64)
         if self.zeros == "duplicates":
             degenerate = _zero_duplicates(_row_reader(Z, info), lab, groups, scores, Q // G)
-        best = np.lexsort((np.arange(scores.size), -scores))[: Q // G]  # highest, ties to the earlier group
+        best = np.lexsort((np.arange(scores.size), -scores))[
+            : Q // G
+        ]  # highest, ties to the earlier group
         indices = groups[best].reshape(-1)
         return Selection(
             _interop.to_framework(indices, info),
@@ -193,15 +202,18 @@ def _row_reader(Z: Any, info: Any) -> Any:
     return take
 
 
-def _zero_duplicates(take: Any, lab: np.ndarray, groups: np.ndarray, scores: np.ndarray,
-                     want: int) -> np.ndarray:
+def _zero_duplicates(
+    take: Any, lab: np.ndarray, groups: np.ndarray, scores: np.ndarray, want: int
+) -> np.ndarray:
     """Set to 0 (in place) the score of every group, among the candidates for the ``want`` best
     places, that holds a duplicate (Proposition 2): a row whose features equal those of a labeled
     row, of another row of the group or of a row of a group kept before it. Candidates are taken
     in score order, in batches, until ``want`` of them hold none; returns the indices of the
     groups set to 0. ``take(rows)`` reads rows of Z (see :func:`_row_reader`)."""
 
-    def host_rows(rows: np.ndarray) -> np.ndarray:  # float64, -0.0 as 0.0: equal values, equal bytes
+    def host_rows(
+        rows: np.ndarray,
+    ) -> np.ndarray:  # float64, -0.0 as 0.0: equal values, equal bytes
         return take(rows).astype(np.float64) + 0.0
 
     taken = {row.tobytes() for row in host_rows(lab)}  # labeled rows, then the kept groups'
@@ -356,7 +368,9 @@ def _balanced_groups(
 ) -> np.ndarray:
     """Groups with G / C members of every pseudo-class (C = columns of the probabilities)."""
     if G % C:
-        raise ValueError(f"balanced groups need group_size (G = {G}) to be a multiple of the classes ({C})")
+        raise ValueError(
+            f"balanced groups need group_size (G = {G}) to be a multiple of the classes ({C})"
+        )
     per = G // C
     by_class = [rng.permutation(rest[pseudo[rest] == c]) for c in range(C)]
     k = min(c.size // per for c in by_class)

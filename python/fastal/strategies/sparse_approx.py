@@ -192,7 +192,9 @@ class SparseApprox(Strategy):
         import torch
 
         if not hasattr(pool, "keys"):
-            raise TypeError(f"pool must be a mapping (see the SparseApprox docstring), got {type(pool).__name__}")
+            raise TypeError(
+                f"pool must be a mapping (see the SparseApprox docstring), got {type(pool).__name__}"
+            )
         bayesian = "mc_probs" in pool or "losses" in pool
         form = "bayesian" if bayesian else "factored"
         first = pool["mc_probs"] if "mc_probs" in pool else pool["losses"] if bayesian else None
@@ -207,15 +209,19 @@ class SparseApprox(Strategy):
                     f"{info.shape}: with one sample every centred loss is 0"
                 )
             if info.shape[2] < 1:
-                raise ValueError(f"{name} must hold C >= 1 classes (shape (m, n, C)), got shape {info.shape}")
+                raise ValueError(
+                    f"{name} must hold C >= 1 classes (shape (m, n, C)), got shape {info.shape}"
+                )
             n = info.shape[1]
         else:
             key = "logits" if "logits" in pool else "probs"
             if key not in pool or "features" not in pool:
-                raise ValueError("pool needs 'logits' (or 'probs') and 'features' for the non-Bayesian form")
+                raise ValueError(
+                    "pool needs 'logits' (or 'probs') and 'features' for the non-Bayesian form"
+                )
             info = check_matrix(pool[key], key)
             n = info.shape[0]
-        lab, rest = unlabeled_rows(n, labeled, like=info)
+        _, rest = unlabeled_rows(n, labeled, like=info)
         b = check_budget(budget, rest.size)
         row = setting_for(form, self.solver, self.setting)
         alpha = self.alpha if self.alpha is not None else row.alpha
@@ -279,7 +285,9 @@ class SparseApprox(Strategy):
                 f"features is on {finfo.where} but {key} is on {zinfo.where}; pass both alike"
             )
         if finfo.shape[0] != zinfo.shape[0]:
-            raise ValueError(f"features must have {zinfo.shape[0]} rows like {key}, got {finfo.shape}")
+            raise ValueError(
+                f"features must have {zinfo.shape[0]} rows like {key}, got {finfo.shape}"
+            )
         acc = torch.float64 if zinfo.dtype == finfo.dtype == "float64" else torch.float32
         z = as_torch(pool[key], zinfo)
         dev = z.device
@@ -312,7 +320,9 @@ class SparseApprox(Strategy):
         if label:
             linfo = check_matrix(pool["label_probs"], "label_probs")
             if linfo.shape != zinfo.shape:
-                raise ValueError(f"label_probs must have shape {zinfo.shape} like {key}, got {linfo.shape}")
+                raise ValueError(
+                    f"label_probs must have shape {zinfo.shape} like {key}, got {linfo.shape}"
+                )
             lsrc = as_torch(pool["label_probs"], linfo)
             lidx = idx.to(lsrc.device)
             label_check = _Distributions("label_probs", linfo.dtype)
@@ -360,7 +370,9 @@ class SparseApprox(Strategy):
                         f"labeled_logits must have {C} classes like {key}, got shape {linfo.shape}"
                     )
                 return _fit_temperature(
-                    pool["labeled_logits"], pool["labeled_targets"], ("labeled_logits", "labeled_targets")
+                    pool["labeled_logits"],
+                    pool["labeled_targets"],
+                    ("labeled_logits", "labeled_targets"),
                 )
             return 1.0
         return 1.0 if self.temperature is None else float(self.temperature)
@@ -368,9 +380,7 @@ class SparseApprox(Strategy):
 
 def _overflow_message(pool: Any, alpha: float, beta: float) -> str:
     """Why the objective stopped being finite, naming the inputs the user can change."""
-    source = (
-        "mc_probs" if "mc_probs" in pool else "losses" if "losses" in pool else "features"
-    )
+    source = "mc_probs" if "mc_probs" in pool else "losses" if "losses" in pool else "features"
     return (
         f"the Sparse Approximation objective is not finite (NaN or Inf): its terms are squares of "
         f"the scale of {source} (|v - Φw|², α σ²) and of alpha = {alpha:.3g}, beta = {beta:.3g}, "
@@ -495,7 +505,9 @@ def _bayesian_problem(pool, idx, b):
             raise ValueError("pool with 'losses' needs 'probs' (n, C): the label distribution P")
         pinfo = check_matrix(pool["probs"], "probs")
         if tuple(pinfo.shape) != tuple(info.shape[1:]):
-            raise ValueError(f"probs must have shape {tuple(info.shape[1:])} like losses[0], got {tuple(pinfo.shape)}")
+            raise ValueError(
+                f"probs must have shape {tuple(info.shape[1:])} like losses[0], got {tuple(pinfo.shape)}"
+            )
         P_src = as_torch(pool["probs"], pinfo)
         check = _Distributions("probs", pinfo.dtype)
         finite = torch.ones((), dtype=torch.bool, device=src.device)

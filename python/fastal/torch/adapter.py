@@ -309,7 +309,9 @@ def pool_outputs(
                 )
             if not isinstance(x, torch.Tensor):
                 what = type(x).__name__
-                raise RuntimeError(f"the feature layer's input is a {what}, not a tensor: pass embed_fn=")
+                raise RuntimeError(
+                    f"the feature layer's input is a {what}, not a tensor: pass embed_fn="
+                )
             if only_features:
                 captured.append(x)
                 raise _StopForward
@@ -406,7 +408,10 @@ def pool_outputs(
 
 #: what ``select`` passes on to ``pool_outputs`` (``needs`` and ``seed`` are its own), or reads
 _SELECT_OPTIONS = frozenset(inspect.signature(pool_outputs).parameters) - {
-    "model", "data", "needs", "seed"
+    "model",
+    "data",
+    "needs",
+    "seed",
 } | {"duals", "mc_seed"}
 
 
