@@ -1,1 +1,1 @@
-"""pytest-benchmark suites of fastal (a package so that its conftest does not shadow tests/conftest.py)."""
+"""pytest-benchmark suites of fastal (a package: its conftest must not shadow tests/conftest.py)."""

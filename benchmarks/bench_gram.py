@@ -427,11 +427,15 @@ def test_report_gram_renders(tmp_path):
         e = dict(size=1024, side="D", n_groups=200, D=1024, impl=impl, seconds=secs)
         return {"group": group, "extra_info": e}
 
-    doc = {"benchmarks": [
-        entry("gram/cuda/1024-D-200", "fastal", 0.1), entry("gram/cuda/1024-D-200", "torch_eigvalsh", 1.9),
-        entry("gram/cuda/1024-D-200", "fastal_tridiagonal", 1.2), entry("kcenter/x", "fastal", 1.0),
-        entry("gram/cuda/1024-D-200", "fastal_warp", 0.095),
-    ]}  # fmt: skip
+    doc = {
+        "benchmarks": [
+            entry("gram/cuda/1024-D-200", "fastal", 0.1),
+            entry("gram/cuda/1024-D-200", "torch_eigvalsh", 1.9),
+            entry("gram/cuda/1024-D-200", "fastal_tridiagonal", 1.2),
+            entry("kcenter/x", "fastal", 1.0),
+            entry("gram/cuda/1024-D-200", "fastal_warp", 0.095),
+        ]
+    }
     path = tmp_path / "run.json"
     path.write_text(json.dumps(doc))
     lines = report_gram.render(report_gram.load([str(path)])).splitlines()

@@ -1,4 +1,4 @@
-"""Sparse Approximation (issue 4): IHT selection and the top-b kernel against what users would write.
+"""Sparse Approximation (issue 4): IHT selection and the top-b kernel against what users write.
 
 ``iht``         ``SparseApprox(solver="iht")`` end to end from (logits, features): factored Φ, the
                 fused row-wise kernels and ``fastal.iht_threshold``.
@@ -158,7 +158,7 @@ def test_sparse_select(benchmark, impl, n, C, d, b):
         _PICKS[(key, impl)] = set(support.tolist())
     else:
         strategy = SparseApprox(solver="iht", temperature=T, iters=ITERS)
-        # best of 3 where a round is short (a cold first call pays page faults); torch_dense runs once
+        # best of 3 where a round is short (a cold first call pays page faults); torch_dense: once
         sel = _timed(benchmark, lambda: strategy.select(pool, b), rounds=3 if n * C < 10**7 else 1)
         assert len(set(sel.indices.tolist())) == b
         _PICKS[(key, impl)] = set(sel.indices.tolist())

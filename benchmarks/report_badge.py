@@ -232,8 +232,8 @@ def badge_tables(data: Data) -> list[str]:
         "",
         "Peak memory (GB) of one selection, measured in a fresh process per case: the process's "
         "peak resident size during the selection (inputs and imported code included), and in "
-        "parentheses the growth over the resident size just before it. In brackets, where fewer than "
-        "the budget, the picks the memory was measured over.",
+        "parentheses the growth over the resident size just before it. In brackets, where fewer "
+        "than the budget, the picks the memory was measured over.",
         "",
         "| n | C | d | budget | inputs GB | fastal | fastal emb | "
         + " | ".join(name for _, name in BADGE_PEERS)

@@ -262,8 +262,18 @@ def test_raw_kcenter_steps_check_the_state_they_index_with():
     centres = np.array([0, 99, 0], np.int64)
     picks = np.array([0, 1, 2], np.int64)
     with pytest.raises(ValueError, match=r"^centres\[1\] = 99 is out of range for 20 rows"):
-        _ext.cpu.kcenter_steps_float32((X,), np.zeros(20, np.float32), np.full(20, -1, np.int64),
-                                       centres, 0, picks, np.zeros(3, np.float32), False, 2, 3)  # fmt: skip
+        _ext.cpu.kcenter_steps_float32(
+            (X,),
+            np.zeros(20, np.float32),
+            np.full(20, -1, np.int64),
+            centres,
+            0,
+            picks,
+            np.zeros(3, np.float32),
+            False,
+            2,
+            3,
+        )
 
 
 # -- second fuzz audit (session 31): strategy pools, names and flags ----------------------------
@@ -387,8 +397,10 @@ def test_cli_refuses_labels_a_strategy_would_ignore(tmp_path):
     np.save(tmp_path / "P.npy", np.full((40, 3), 1 / 3))
     np.save(tmp_path / "lab.npy", np.array([0, 1, 2]))
     np.save(tmp_path / "y.npy", np.array([0, 1, 2]))
-    for argv in (("--strategy", "coreset", "--embeddings", "X.npy"),
-                 ("--strategy", "sparse_approx", "--embeddings", "X.npy", "--probs", "P.npy")):  # fmt: skip
+    for argv in (
+        ("--strategy", "coreset", "--embeddings", "X.npy"),
+        ("--strategy", "sparse_approx", "--embeddings", "X.npy", "--probs", "P.npy"),
+    ):
         res = _fastal(tmp_path, "select", *argv, "--labeled", "lab.npy", "--labels", "y.npy",
                       "--budget", "3")  # fmt: skip
         assert res.returncode == 1

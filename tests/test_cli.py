@@ -58,8 +58,19 @@ def test_select_writes_the_same_picks_as_the_api(tmp_path, capsys):
     np.save(tmp_path / "pool.npy", X)
     np.save(tmp_path / "labeled.npy", labeled)
     out = tmp_path / "picks.npy"
-    argv = ["select", "--strategy", "coreset", "--embeddings", str(tmp_path / "pool.npy"),
-            "--labeled", str(tmp_path / "labeled.npy"), "--budget", "25", "--out", str(out)]  # fmt: skip
+    argv = [
+        "select",
+        "--strategy",
+        "coreset",
+        "--embeddings",
+        str(tmp_path / "pool.npy"),
+        "--labeled",
+        str(tmp_path / "labeled.npy"),
+        "--budget",
+        "25",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     picks = np.load(out, allow_pickle=False)
     assert picks.dtype == np.int64
@@ -80,8 +91,19 @@ def test_bilevel_takes_the_labeled_rows_classes(tmp_path):
     classes = (np.argmax(logits[labeled], 1) + 1) % 3  # every one disagrees with the model
     for name, arr in [("f", feats), ("z", logits), ("lab", labeled), ("y", classes)]:
         np.save(tmp_path / f"{name}.npy", arr)
-    base = ["select", "--strategy", "bilevel", "--embeddings", str(tmp_path / "f.npy"), "--logits",
-            str(tmp_path / "z.npy"), "--labeled", str(tmp_path / "lab.npy"), "--budget", "10"]  # fmt: skip
+    base = [
+        "select",
+        "--strategy",
+        "bilevel",
+        "--embeddings",
+        str(tmp_path / "f.npy"),
+        "--logits",
+        str(tmp_path / "z.npy"),
+        "--labeled",
+        str(tmp_path / "lab.npy"),
+        "--budget",
+        "10",
+    ]
     picks = {}
     for with_labels in (False, True):
         out = tmp_path / f"picks{with_labels}.npy"
@@ -120,8 +142,12 @@ def test_sparse_approx_fits_its_temperature_on_the_labeled_rows(tmp_path, capsys
             "--logits", str(tmp_path / "z.npy"), "--labeled", str(tmp_path / "lab.npy"),
             "--labels", str(tmp_path / "y.npy"), "--budget", "10", "--out", str(out)]  # fmt: skip
     assert cli.main(argv) == 0
-    pool = {"logits": z.astype(np.float32), "features": feats,
-            "labeled_logits": z[labeled].astype(np.float32), "labeled_targets": y[labeled]}  # fmt: skip
+    pool = {
+        "logits": z.astype(np.float32),
+        "features": feats,
+        "labeled_logits": z[labeled].astype(np.float32),
+        "labeled_targets": y[labeled],
+    }
     api = SparseApprox().select(pool, 10, labeled, seed=0)
     assert api.diagnostics["temperature"] != 1.0
     np.testing.assert_array_equal(np.load(out), api.indices)

@@ -177,9 +177,10 @@ def test_a_row_equal_up_to_the_sign_of_zero_is_a_duplicate():
 @pytest.mark.parametrize(("G", "Q"), [(1, 4), (2, 20), (5, 15)])
 @pytest.mark.parametrize("seed", range(4))
 def test_no_two_chosen_groups_share_a_point(G, Q, seed):
-    """Points 0..39 appear twice in the pool: with ``zeros="duplicates"`` a group repeating a row of a
-    better group already taken scores 0, so no point is picked twice. Groups of the same points score the same up to rounding, so the picks are
-    checked by what defines them rather than against crc_ref."""
+    """Points 0..39 appear twice in the pool: with ``zeros="duplicates"`` a group repeating a row of
+    a better group already taken scores 0, so no point is picked twice. Groups of the same points
+    score the same up to rounding, so the picks are checked by what defines them rather than against
+    crc_ref."""
     rng = np.random.default_rng(seed)
     point = np.concatenate([np.arange(120), np.arange(40)])  # the point each row is
     Z = rng.normal(size=(120, 60))[point]
@@ -272,10 +273,11 @@ def test_balanced_groups_hold_each_pseudo_class():
 
 
 def balanced_groups_ref(probs, labeled, G, seed):
-    """The balanced partition as the CRC docstring states the draw: pseudo-class = the first column of a row's largest
-    probability; one generator from the seed permutes the unlabeled rows (ascending) of class 0,
-    then of class 1, ...; group i is the i-th run of G / C rows of every class, classes in order,
-    while every class still fills a run; the rows left over in any class are left out."""
+    """The balanced partition as the CRC docstring states the draw: pseudo-class = the first column
+    of a row's largest probability; one generator from the seed permutes the unlabeled rows
+    (ascending) of class 0, then of class 1, ...; group i is the i-th run of G / C rows of every
+    class, classes in order, while every class still fills a run; the rows left over in any class
+    are left out."""
     n, C = probs.shape
     pseudo = [int(np.flatnonzero(row == row.max())[0]) for row in probs]
     taken = {int(i) for i in np.asarray(labeled, dtype=np.int64)}

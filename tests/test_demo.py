@@ -172,8 +172,19 @@ OPTION = {
 def test_select_every_strategy_from_npy(tmp_path, name):
     arrays = pool_files(tmp_path)
     cls = strategies.get(name)
-    argv = ["select", "--strategy", name, "--labeled", str(tmp_path / "labeled.npy"), "--budget", "7",
-            "--out", str(tmp_path / "picks.npy"), "--seed", "2"]  # fmt: skip
+    argv = [
+        "select",
+        "--strategy",
+        name,
+        "--labeled",
+        str(tmp_path / "labeled.npy"),
+        "--budget",
+        "7",
+        "--out",
+        str(tmp_path / "picks.npy"),
+        "--seed",
+        "2",
+    ]
     given = list(cls.requires) or ["features"]
     for key in given:
         argv += [OPTION[key], str(tmp_path / f"{key}.npy")]

@@ -509,9 +509,12 @@ def test_a_subnormal_peak_is_refused(peak):
 _SUBNORMAL_GROUPS = r"""
 import numpy as np, fastal
 Z = np.array([[1e-160, 0, 0, 0], [0, 2e-160, 0, 0], [0, 0, 3e-160, 0], [0, 0, 0, 1e-161],
-              [1, .5, 0, 0], [.3, 2, 1, 0], [1, 1, 1, 1], [2, 0, 1, 0], [0, 1, 0, 1], [1, 2, 3, 4.]])
+              [1, .5, 0, 0], [.3, 2, 1, 0], [1, 1, 1, 1], [2, 0, 1, 0], [0, 1, 0, 1],
+              [1, 2, 3, 4.]])
 out = []
-for lab, grp in (([0], [[4, 5, 6], [1, 2, 3], [7, 8, 9]]), ([], [[1]]), ([0], [[1, 2], [4, 5], [7, 8]])):
+cases = (([0], [[4, 5, 6], [1, 2, 3], [7, 8, 9]]), ([], [[1]]),
+         ([0], [[1, 2], [4, 5], [7, 8]]))
+for lab, grp in cases:
     for method in ("tridiagonal", "lowrank"):
         out.append(fastal.gram_min_eig(Z, lab, grp, method=method).tolist())
 print(repr(out))

@@ -152,7 +152,8 @@ def test_rank_deficient(n, D, m_lab, G, rank, path):
 
 
 def test_duplicates_score_past_their_zero(path):
-    """Proposition 2: a group repeating a labeled row has an exact zero eigenvalue; λ⁺_min skips it."""
+    """Proposition 2: a group repeating a labeled row has an exact zero eigenvalue, which λ⁺_min
+    skips."""
     rng = np.random.default_rng(1)
     Z = rng.normal(size=(25, 12))
     lab = np.arange(5)

@@ -241,8 +241,8 @@ def test_iht_threshold_torch_inputs_give_torch_outputs():
 
 @pytest.mark.parametrize("rule", ["paper", "exact"])
 def test_torch_fallback_of_the_cuda_step_equals_the_kernel(rule):
-    """``_sparse_cuda._iht_threshold_torch`` (a CUDA build without the kernel) forms the same float64
-    scores with the same roundings: run on CPU tensors, it matches the C++ kernel bit for bit."""
+    """``_sparse_cuda._iht_threshold_torch`` (a CUDA build without the kernel) forms the same
+    float64 scores with the same roundings: on CPU tensors it matches the C++ kernel bit for bit."""
     from fastal import _interop
     from fastal._sparse_cuda import _iht_threshold_torch
 

@@ -133,10 +133,21 @@ def test_auc_on_a_hand_made_table():
     assert loop.auc([50], [0.9]) == 0.9
     assert loop.auc([50, 50], [0.8, 0.9]) == pytest.approx(0.85)  # one label count: the mean
     res = loop.RunResult(
-        rows=[{"round": i, "n_labeled": n, "accuracy": v, "train_seconds": 0.5, "select_seconds": 0.25}
-              for i, (n, v) in enumerate([(10, 0.5), (20, 0.7), (40, 0.8)])],
-        metric="accuracy", labeled=np.arange(40), strategy="x", seed=2,
-    )  # fmt: skip
+        rows=[
+            {
+                "round": i,
+                "n_labeled": n,
+                "accuracy": v,
+                "train_seconds": 0.5,
+                "select_seconds": 0.25,
+            }
+            for i, (n, v) in enumerate([(10, 0.5), (20, 0.7), (40, 0.8)])
+        ],
+        metric="accuracy",
+        labeled=np.arange(40),
+        strategy="x",
+        seed=2,
+    )
     assert res.auc == pytest.approx(0.7)
     lines = res.to_csv().splitlines()
     assert lines[0] == "strategy,seed,round,n_labeled,accuracy,train_seconds,select_seconds"
@@ -154,8 +165,18 @@ def test_regression_dataset_pool_and_strategy_object(tmp_path):
     def reg_model():
         return nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 1))
 
-    res = loop.run(pool, (X[60:], y[60:]), model_fn=reg_model, strategy=CoreSet(), initial=10, budget=10,
-                   rounds=2, task="regression", train_fn=train, seed=0)  # fmt: skip
+    res = loop.run(
+        pool,
+        (X[60:], y[60:]),
+        model_fn=reg_model,
+        strategy=CoreSet(),
+        initial=10,
+        budget=10,
+        rounds=2,
+        task="regression",
+        train_fn=train,
+        seed=0,
+    )
     assert res.metric == "mse"
     assert res.n_labeled.tolist() == [10, 20, 30]
     assert np.isfinite(res.values).all()
@@ -163,8 +184,17 @@ def test_regression_dataset_pool_and_strategy_object(tmp_path):
     res.to_csv(tmp_path / "r.csv")
     assert (tmp_path / "r.csv").read_text().startswith("strategy,seed,round,n_labeled,mse")
     with pytest.raises(ValueError, match="regression model cannot give"):
-        loop.run(pool, (X[60:], y[60:]), model_fn=reg_model, strategy="entropy", initial=10, budget=10,
-                 rounds=1, task="regression", train_fn=train)  # fmt: skip
+        loop.run(
+            pool,
+            (X[60:], y[60:]),
+            model_fn=reg_model,
+            strategy="entropy",
+            initial=10,
+            budget=10,
+            rounds=1,
+            task="regression",
+            train_fn=train,
+        )
 
 
 def test_argument_checks():

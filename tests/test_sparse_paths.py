@@ -3,8 +3,8 @@
 ``fastal.sparse.FactoredPhi`` runs its row-wise products (``apply``, ``adjoint``,
 ``grad_apply``) in the C++ kernels when its factors are CPU tensors of the kernels' dtypes, and
 in torch row tiles otherwise (``_kernel is None``): that is the path of CUDA tensors, which the CPU
-suite never takes by itself. Here the torch path is forced on the CPU (the ``torch_path`` fixture sets
-``FactoredPhi._use_kernels`` to False) and compared with the kernel path:
+suite never takes by itself. Here the torch path is forced on the CPU (the ``torch_path`` fixture
+sets ``FactoredPhi._use_kernels`` to False) and compared with the kernel path:
 
 - the products themselves, over more than one row tile, for dense, sparse and zero ``u`` and for
   a subset of rows: within ``1e-12`` (float64) / ``2e-5`` (float32) of the same product taken

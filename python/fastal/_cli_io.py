@@ -63,7 +63,7 @@ def _load_npy(path: str, option: str) -> np.ndarray:
 
 
 def _digits_pool(seed: int, n_labeled: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits as a pool: pixel features in [0, 1], labels, labeled set."""
+    """scikit-learn's bundled 8x8 digits as a pool: features in [0, 1], labels, labeled set."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()

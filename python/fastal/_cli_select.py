@@ -85,8 +85,13 @@ _OPTION_OF = {key: option for key, option, _ in _POOL_ARRAYS}
 #: arrays with one row per labeled point, not per pool point
 _LABELED_ARRAYS = ("duals", "labeled_targets", "labeled_logits")
 #: what can stand in for a required array (strategies accept probs or logits alike)
-_ALTERNATIVES = {"features": ("features",), "probs": ("probs", "logits"), "logits": ("logits", "probs"),
-                 "mc_probs": ("mc_probs",), "duals": ("duals", "dual_predictions")}  # fmt: skip
+_ALTERNATIVES = {
+    "features": ("features",),
+    "probs": ("probs", "logits"),
+    "logits": ("logits", "probs"),
+    "mc_probs": ("mc_probs",),
+    "duals": ("duals", "dual_predictions"),
+}
 
 
 def _missing(name: str, requires: tuple[str, ...], given: set[str]) -> list[str]:

@@ -1,7 +1,7 @@
 """numpy / torch / cupy arrays <-> what the compiled kernels take.
 
-CPU arrays cross into ``fastal._cpu`` through the buffer protocol as C-contiguous numpy arrays of the
-exact storage dtype (float16 and bfloat16 as ``uint16`` views, since numpy has no bfloat16).
+CPU arrays cross into ``fastal._cpu`` through the buffer protocol as C-contiguous numpy arrays of
+the exact storage dtype (float16 and bfloat16 as ``uint16`` views, since numpy has no bfloat16).
 CUDA arrays cross into ``fastal._cuda`` as raw device pointers plus the framework's current stream.
 Non-contiguous or non-native-byte-order inputs are copied here, on purpose, never reinterpreted.
 Outputs are created in the input's framework and on its device.

@@ -62,8 +62,9 @@ def _assign(xt: Any, centres: Any, info, xsq: Any = None, step: Any = None) -> t
     The centres keep their accumulation dtype: 16-bit rows are never compared with centres
     rounded to 16 bits. The distances are direct, ``Σ (x - c)²`` to the label.
 
-    ``step``: the fused CPU Lloyd step (:func:`fastal._lloyd_fused._fused_lloyd`), whose labels do not depend on the
-    GEMM's rounding; ``xsq``: the rows' squared norms when already known (for ``step``)."""
+    ``step``: the fused CPU Lloyd step (:func:`fastal._lloyd_fused._fused_lloyd`), whose labels do
+    not depend on the GEMM's rounding; ``xsq``: the rows' squared norms when already known (for
+    ``step``)."""
     import torch
 
     k = centres.shape[0]

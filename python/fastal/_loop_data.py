@@ -57,7 +57,8 @@ class _Data:
             self.n = len(data)
         else:
             raise TypeError(
-                f"{name} must be an (inputs, labels) pair or a map-style Dataset of (x, y), got {type(data).__name__}"
+                f"{name} must be an (inputs, labels) pair or a map-style Dataset of (x, y), got "
+                f"{type(data).__name__}"
             )
         if self.n == 0:
             raise ValueError(f"{name} is empty")

@@ -98,9 +98,12 @@ def _save_state(
     cols = {c: np.array([r[c] for r in rows], dtype=np.float64) for c in
             ("n_labeled", metric, "train_seconds", "select_seconds")}  # fmt: skip
     save_npz_atomic(
-        path, meta=np.array(json.dumps(meta)), labeled=labeled.astype(np.int64), added=added.astype(np.int64),
+        path,
+        meta=np.array(json.dumps(meta)),
+        labeled=labeled.astype(np.int64),
+        added=added.astype(np.int64),
         **{f"row_{k}": v for k, v in cols.items()},
-    )  # fmt: skip
+    )
 
 
 def _load_state(path: Any, meta: dict) -> tuple[np.ndarray, np.ndarray, list[dict]]:
@@ -122,7 +125,8 @@ def _load_state(path: Any, meta: dict) -> tuple[np.ndarray, np.ndarray, list[dic
     for key in ("version", "seed", "strategy", "n", "task", "initial", "budgets"):
         if saved.get(key) != meta[key]:
             raise ValueError(
-                f"resume: the run saved at {path} has {key} = {saved.get(key)!r}, this one {meta[key]!r}"
+                f"resume: the run saved at {path} has {key} = {saved.get(key)!r}, this one "
+                f"{meta[key]!r}"
             )
     # saved by newer runs only; a setting that cannot be told apart (None) is not compared
     for key, what in _RESUME_CHECKS.items():
@@ -141,10 +145,15 @@ def _load_state(path: Any, meta: dict) -> tuple[np.ndarray, np.ndarray, list[dic
             f"after {n_rows} rounds; {expected} expected"
         )
     rows = [
-        {"round": i, "n_labeled": int(cols["n_labeled"][i]), metric: float(cols[metric][i]),
-         "train_seconds": float(cols["train_seconds"][i]), "select_seconds": float(cols["select_seconds"][i])}
+        {
+            "round": i,
+            "n_labeled": int(cols["n_labeled"][i]),
+            metric: float(cols[metric][i]),
+            "train_seconds": float(cols["train_seconds"][i]),
+            "select_seconds": float(cols["select_seconds"][i]),
+        }
         for i in range(n_rows)
-    ]  # fmt: skip
+    ]
     return labeled, added, rows
 
 

@@ -2,11 +2,12 @@
 
 With the CUDA module, ``fastal._cuda.iht_threshold`` (csrc/cuda/topb.cu: a radix select on the
 device that also counts NaN / Inf in its first pass, one synchronisation at the end) runs on the
-framework's current stream and writes outputs allocated in the caller's framework. A build without that kernel falls back to torch on the array's device.
-Either way the scores are formed in float64 exactly as on the CPU (the paper's ``0.5 * (neg * neg)
-- alpha * (sigma * sigma)`` or the exact rule's ``-(0.5 * (pos * pos)) - alpha * (sigma * sigma)``,
-with float32 inputs widened first, no fused multiply-adds) and the support is
-ordered by (score, index), so every backend selects the same indices in the same order.
+framework's current stream and writes outputs allocated in the caller's framework. A build without
+that kernel falls back to torch on the array's device. Either way the scores are formed in float64
+exactly as on the CPU (the paper's ``0.5 * (neg * neg) - alpha * (sigma * sigma)`` or the exact
+rule's ``-(0.5 * (pos * pos)) - alpha * (sigma * sigma)``, with float32 inputs widened first, no
+fused multiply-adds) and the support is ordered by (score, index), so every backend selects the
+same indices in the same order.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ def check_matrix(
         cpu_only = info.dtype == "float64" and info.device == "cuda"
         hint = " (float64 is supported on the CPU only)" if cpu_only else ""
         raise TypeError(
-            f"{name} must have dtype {', '.join(allowed)} on {info.device}{hint}; got {info.dtype}. "
+            f"{name} must have dtype {', '.join(allowed)} on {info.device}{hint}; got "
+            f"{info.dtype}. "
             f"Cast it on purpose, e.g. {name}.astype(np.float32) or {name}.float()"
         )
     return info

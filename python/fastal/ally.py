@@ -144,7 +144,8 @@ def fit_dual_head(
         raise ValueError(f"features must be 2-D (m, d), got shape {tuple(H.shape)}")
     if lam.shape != (H.shape[0],):
         raise ValueError(
-            f"duals must have one value per labeled row ({H.shape[0]}), got shape {tuple(lam.shape)}"
+            f"duals must have one value per labeled row ({H.shape[0]}), got shape "
+            f"{tuple(lam.shape)}"
         )
     if not bool(torch.isfinite(lam).all()) or bool((lam < 0).any()):
         raise ValueError("duals must be finite and non-negative (λ >= 0)")
@@ -245,8 +246,8 @@ def pick_per_cluster(clusters: Any, scores: Any, budget: int) -> np.ndarray:
 
 def backbone(model: Any, feature_layer: Any = None) -> Callable[[Any], Any]:
     """A differentiable ``x ↦ features`` of a torch model: the input of ``feature_layer`` (default:
-    the last ``nn.Linear``, as :func:`fastal.torch.pool_outputs`), computed by a forward pass in eval
-    mode that stops there (the modules' train/eval flags are restored afterwards)."""
+    the last ``nn.Linear``, as :func:`fastal.torch.pool_outputs`), computed by a forward pass in
+    eval mode that stops there (the modules' train/eval flags are restored afterwards)."""
     from .torch._checks import _feature_layer
 
     layer = _feature_layer(model, feature_layer)

@@ -118,8 +118,8 @@ def cmd_select(args: argparse.Namespace) -> int:
         if "duals" in missing:
             rows = "one row per labeled row for --duals, per pool point otherwise"
         raise SystemExit(
-            f"fastal: strategy {args.strategy!r} needs {', '.join(missing)}: pass {options} (.npy files with "
-            f"{rows}); to compute them from a torch model use fastal.torch.select, "
+            f"fastal: strategy {args.strategy!r} needs {', '.join(missing)}: pass {options} (.npy "
+            f"files with {rows}); to compute them from a torch model use fastal.torch.select, "
             "or see `fastal demo`"
         )
     n = _rows(arrays)
@@ -176,8 +176,10 @@ def cmd_select(args: argparse.Namespace) -> int:
         if np.issubdtype(lab.dtype, np.integer) and ((lab >= 0) & (lab < n)).all():
             # Sparse Approximation's temperature="auto" fits T on the labeled rows' logits
             arrays["labeled_logits"] = arrays["logits"][lab]
-    pool_arrays = {k: _as_input(v, args.dtype, args.device) if np.issubdtype(v.dtype, np.floating) else v
-                   for k, v in arrays.items()}  # fmt: skip
+    pool_arrays = {
+        k: _as_input(v, args.dtype, args.device) if np.issubdtype(v.dtype, np.floating) else v
+        for k, v in arrays.items()
+    }
     # features alone go in as a bare array (what every features-only strategy takes)
     pool = pool_arrays["features"] if set(arrays) == {"features"} else dict(pool_arrays)
     if not cls.requires:
@@ -291,9 +293,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except (ValueError, ImportError) as err:
         raise SystemExit(f"fastal: {err}") from None
     say = _Stdout()  # every line below: a closed pipe must not stop the run before its files
-    say(f"fastal demo: {args.dataset}, {seeds} seed{'s' * (seeds > 1)}, {args.initial} initial labels + "
-          f"{rounds} rounds of {args.budget}, MLP trained from scratch each round (<= {steps} Adam steps), "
-          f"device {args.device}")  # fmt: skip
+    say(
+        f"fastal demo: {args.dataset}, {seeds} seed{'s' * (seeds > 1)}, "
+        f"{args.initial} initial labels + {rounds} rounds of {args.budget}, "
+        f"MLP trained from scratch each round (<= {steps} Adam steps), device {args.device}"
+    )
     res = demo.run_demo(
         args.dataset, names, seeds=seeds, rounds=rounds, budget=args.budget, initial=args.initial,
         max_steps=steps, device=args.device, log=say,
@@ -349,8 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an active-learning experiment: accuracy vs labels per strategy",
     )
     dem.add_argument("--dataset", default="digits", choices=DATASETS)
-    dem.add_argument("--strategies", help="comma-separated names (default: random,entropy,coreset,badge,"
-                     "sparse_approx,crc,bilevel; diabetes: random,coreset,ally)")  # fmt: skip
+    dem.add_argument(
+        "--strategies",
+        help="comma-separated names (default: random,entropy,coreset,badge,"
+        "sparse_approx,crc,bilevel; diabetes: random,coreset,ally)",
+    )
     dem.add_argument("--rounds", type=int, help="selection rounds, >= 0 (default 5; --quick 2)")
     dem.add_argument("--seeds", type=int, help="seeds per strategy, >= 1 (default 3; --quick 1)")
     dem.add_argument("--budget", type=int, default=30, help="labels per round, >= 1 (default 30)")
@@ -361,8 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, help="max training steps per round, >= 1 (default 300; --quick 60)"
     )
     dem.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    dem.add_argument("--threads", type=int, default=1,
-                     help="torch CPU threads (default 1: fastest for the tiny model; 0 keeps torch's)")  # fmt: skip
+    dem.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: fastest for the tiny model; 0 keeps torch's)",
+    )
     dem.add_argument("--out", default="fastal-demo",
                      help="folder for results.csv and learning_curves.png (default fastal-demo; "
                      "created, and checked writable, before the run)")  # fmt: skip
@@ -375,16 +386,23 @@ def build_parser() -> argparse.ArgumentParser:
         "select", allow_abbrev=False, help="pick points to label from pool arrays (.npy)"
     )
     sel.add_argument("--strategy", default="coreset", choices=strategies.available())
-    sel.add_argument("--embeddings", "--features", dest="features",
-                     help="pool embeddings / features, an (n, d) .npy file (default: digits pixels)")  # fmt: skip
+    sel.add_argument(
+        "--embeddings",
+        "--features",
+        dest="features",
+        help="pool embeddings / features, an (n, d) .npy file (default: digits pixels)",
+    )
     sel.add_argument("--probs", help="class probabilities, an (n, C) .npy file")
     sel.add_argument("--logits", help="logits, an (n, C) .npy file")
     sel.add_argument(
         "--mc-probs", dest="mc_probs", help="MC-dropout probabilities, a (T, n, C) .npy file"
     )
     sel.add_argument("--duals", help="ALLY: dual variables of the labeled rows, an (m,) .npy file")
-    sel.add_argument("--dual-predictions", dest="dual_predictions",
-                     help="ALLY: predicted dual variables of every pool row, an (n,) .npy file")  # fmt: skip
+    sel.add_argument(
+        "--dual-predictions",
+        dest="dual_predictions",
+        help="ALLY: predicted dual variables of every pool row, an (n,) .npy file",
+    )
     sel.add_argument("--labels", dest="labeled_targets",
                      help="the classes of the labeled rows, an (m,) integer .npy file in --labeled "
                      "order: bilevel's labeled targets (pseudo-labels without it); with --logits, "

@@ -104,7 +104,7 @@ def mlp(in_dim: int, out_dim: int, hidden: int = 128, dropout: float = 0.25) -> 
 
 
 def crc_available() -> bool:
-    """Whether CRC's Gram eigenvalue kernel (``fastal.gram_min_eig``) imports and runs in this build."""
+    """Whether CRC's Gram eigenvalue kernel (``fastal.gram_min_eig``) imports and runs here."""
     try:
         from fastal import gram_min_eig
 
@@ -165,11 +165,22 @@ class DemoResult:
         for s, runs in self.results.items():
             for r in runs:
                 for row in r.rows:
-                    rows.append(",".join([
-                        self.data.name, s, str(r.seed), str(row["round"]), str(row["n_labeled"]), self.metric,
-                        repr(float(row[self.metric])), repr(r.auc), f"{row['train_seconds']:.4f}",
-                        f"{row['select_seconds']:.4f}",
-                    ]))  # fmt: skip
+                    rows.append(
+                        ",".join(
+                            [
+                                self.data.name,
+                                s,
+                                str(r.seed),
+                                str(row["round"]),
+                                str(row["n_labeled"]),
+                                self.metric,
+                                repr(float(row[self.metric])),
+                                repr(r.auc),
+                                f"{row['train_seconds']:.4f}",
+                                f"{row['select_seconds']:.4f}",
+                            ]
+                        )
+                    )
         text = "\n".join(rows) + "\n"
         write_atomic(path, lambda f: f.write(text.encode()))
 
@@ -232,7 +243,8 @@ def plan_demo(
             )
     if "crc" in names and not crc_available():
         skipped["crc"] = (
-            "skipped: fastal.gram_min_eig (CRC's eigenvalue kernel) is not importable or not built here"
+            "skipped: fastal.gram_min_eig (CRC's eigenvalue kernel) "
+            "is not importable or not built here"
         )
         names.remove("crc")
     if not names:
@@ -280,13 +292,23 @@ def run_demo(
             # ALLY trains by primal-dual constrained learning: its own train_fn
             train_fn = getattr(strategy, "train_fn", None) or train
             res = loop.run(
-                data.pool, data.test, model_fn=model_fn, strategy=strategy, initial=initial,
-                budget=budget, rounds=rounds, train_fn=train_fn, task=data.task, seed=seed, device=device,
+                data.pool,
+                data.test,
+                model_fn=model_fn,
+                strategy=strategy,
+                initial=initial,
+                budget=budget,
+                rounds=rounds,
+                train_fn=train_fn,
+                task=data.task,
+                seed=seed,
+                device=device,
                 select_options={"mc_samples": 10},
-            )  # fmt: skip
+            )
             results[name].append(res)
             if log is not None:
                 log(
-                    f"  {name:<16} seed {seed}: AUC {res.auc:.4f}  ({time.perf_counter() - t0:.1f} s)"
+                    f"  {name:<16} seed {seed}: AUC {res.auc:.4f}  "
+                    f"({time.perf_counter() - t0:.1f} s)"
                 )
     return DemoResult(data, results, skipped, time.perf_counter() - start)

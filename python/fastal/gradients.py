@@ -1,15 +1,15 @@
 """Per-sample last-layer gradient embeddings, kept factored (BADGE, EGL, Sparse Approximation, ...).
 
-For softmax cross-entropy with a last linear layer ``z = W h (+ b)``, the gradient of the loss of one
-sample with respect to ``W`` is rank one: ``g = a ⊗ h`` with ``a = p - e_y`` (C values) and ``h`` the
-penultimate features (d values; a bias column extends ``h`` by a 1). So norms, inner products and
-distances cost O(C + d) per pair instead of O(C·d):
+For softmax cross-entropy with a last linear layer ``z = W h (+ b)``, the gradient of the loss of
+one sample with respect to ``W`` is rank one: ``g = a ⊗ h`` with ``a = p - e_y`` (C values) and
+``h`` the penultimate features (d values; a bias column extends ``h`` by a 1). So norms, inner
+products and distances cost O(C + d) per pair instead of O(C·d):
 
     |g_i|² = |a_i|² |h_i|²,   <g_i, g_j> = (a_i·a_j)(h_i·h_j),
     |g_i - g_j|² = |g_i|² + |g_j|² - 2 (a_i·a_j)(h_i·h_j).
 
-:class:`GradientEmbedding` holds the two factors; every distance kernel of fastal accepts it where it
-accepts a dense matrix. ``dense()`` materialises the ``n × C·d`` matrix only when asked.
+:class:`GradientEmbedding` holds the two factors; every distance kernel of fastal accepts it where
+it accepts a dense matrix. ``dense()`` materialises the ``n × C·d`` matrix only when asked.
 
 The arithmetic runs in torch (numpy and cupy inputs cross zero-copy), in row chunks so that the
 temporaries of a million-row pool stay small.
@@ -92,7 +92,7 @@ def _acc_dtype(dtype: str):
 
 
 class GradientEmbedding:
-    """Per-sample gradients ``g_i = A_i ⊗ H_i``, stored as the factors ``A`` (n, C) and ``H`` (n, dh).
+    """Per-sample gradients ``g_i = A_i ⊗ H_i``, stored as factors ``A`` (n, C) and ``H`` (n, dh).
 
     Row ``i`` of the materialised matrix is ``g[i, c * dh + k] = A[i, c] * H[i, k]``.
 
@@ -102,7 +102,7 @@ class GradientEmbedding:
         Left factors (for cross-entropy, ``p - e_y`` or ``p - P`` per row).
     H : array of shape (n, dh)
         Right factors (penultimate features, with a trailing 1 column for the bias gradient).
-        Same framework, device and dtype as ``A``: float32, float16, bfloat16, or float64 on the CPU.
+        Same framework, device and dtype as ``A``: float32, float16, bfloat16 (or float64 on CPU).
 
     Attributes
     ----------
@@ -566,7 +566,8 @@ def _target(
             raise ValueError(f"labels must have {n} entries (one per row), got {lt.shape[0]}")
         if n and (int(lt.min()) < 0 or int(lt.max()) >= C):
             raise ValueError(
-                f"labels must be classes in [0, {C}), got values in [{int(lt.min())}, {int(lt.max())}]"
+                f"labels must be classes in [0, {C}), got values in [{int(lt.min())}, "
+                f"{int(lt.max())}]"
             )
         return lt.to(torch.int64)
     if lt.ndim == 2:

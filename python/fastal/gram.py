@@ -105,9 +105,9 @@ def gram_min_eig(
     lambda_min : (n_groups,) float64, in ``Z``'s framework (numpy, torch or cupy) and on its device
         ``λ⁺_min`` of each group, ``0.0`` when the matrix has no eigenvalue above the threshold
         (e.g. all rows of ``Z_S`` zero, or its entries all subnormal, below 2^-1022, beside
-        ordinary rows elsewhere in ``Z``: no eigenvalue there has relative precision). float64 even for float32 ``Z``: the scores of
-        near-singular sets differ by less than float32 resolution, and rounding them would create
-        ties in CRC's ranking.
+        ordinary rows elsewhere in ``Z``: no eigenvalue there has relative precision). float64 even
+        for float32 ``Z``: the scores of near-singular sets differ by less than float32 resolution,
+        and rounding them would create ties in CRC's ranking.
     spectra : (n_groups, min(|S|, D)) float64, only with ``return_all=True``
         Ascending eigenvalues of each group's matrix (the non-zero spectrum of ``K`` plus zeros);
         rounding-level negative values are clamped to 0. They agree with ``lambda_min`` to

@@ -75,7 +75,8 @@ def auc(n_labeled: Sequence[float], values: Sequence[float]) -> float:
     y = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or x.shape != y.shape or x.size == 0:
         raise ValueError(
-            f"n_labeled and values must be 1-D of the same non-zero length, got {x.shape} and {y.shape}"
+            f"n_labeled and values must be 1-D of the same non-zero length, got {x.shape} and "
+            f"{y.shape}"
         )
     for arr, name in ((x, "n_labeled"), (y, "values")):
         if not np.isfinite(arr).all():
@@ -413,12 +414,20 @@ def run(
             "seed from the run seed; task, device, batch_size from run's own arguments)"
         )
     meta = {
-        "version": _STATE_VERSION, "seed": int(seed), "strategy": strategy_name, "n": data.n,
-        "task": task, "budgets": budgets,
-        "initial": int(initial) if isinstance(initial, numbers.Integral) else [int(i) for i in initial],
-        "pool": data.fingerprint(), "test": testset.fingerprint(),
-        "strategy_params": _stable_repr(strategy), "select_options": _stable_repr(options),
-    }  # fmt: skip
+        "version": _STATE_VERSION,
+        "seed": int(seed),
+        "strategy": strategy_name,
+        "n": data.n,
+        "task": task,
+        "budgets": budgets,
+        "initial": int(initial)
+        if isinstance(initial, numbers.Integral)
+        else [int(i) for i in initial],
+        "pool": data.fingerprint(),
+        "test": testset.fingerprint(),
+        "strategy_params": _stable_repr(strategy),
+        "select_options": _stable_repr(options),
+    }
     save_to = checkpoint if checkpoint is not None else resume
 
     if resume is not None:
@@ -482,6 +491,7 @@ def run(
         save()
         if log is not None:
             log(
-                f"{strategy_name} seed {seed} round {r}: {row['n_labeled']} labels, {metric} {value:.4f}"
+                f"{strategy_name} seed {seed} round {r}: {row['n_labeled']} labels, {metric} "
+                f"{value:.4f}"
             )
     return RunResult(rows, metric, labeled, strategy_name, int(seed), added)

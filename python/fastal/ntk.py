@@ -156,7 +156,7 @@ class NtkRows:
         return float(top)
 
     def _scaled(self, h_max: float) -> float:
-        """``max |Z|`` from ``max |h|`` (exact in ``dtype``): the bias's 1, then √C, rounded once."""
+        """``max |Z|`` from ``max |h|`` (exact in ``dtype``): the bias's 1, then √C, one round."""
         torch = self._torch
         top = torch.tensor(h_max, dtype=self._dtype)
         if self.bias:

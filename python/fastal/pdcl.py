@@ -183,7 +183,7 @@ class DualVariables:
 
 
 def per_sample_loss(out: Any, y: Any, task: str) -> Any:
-    """Cross-entropy (classification) or squared error averaged over outputs (regression), per row."""
+    """Per row: cross-entropy (classification) or mean squared error over outputs (regression)."""
     import torch.nn.functional as F
 
     from ._loop_train import _match
@@ -249,8 +249,8 @@ class PrimalDualTrainer:
         For ``"sgd"``.
     weight_decay : float, default 0.0
     secondary_loss : callable, optional
-        ``ℓ'(outputs, targets) -> (B,)`` per-sample constraint loss; default ℓ' = ℓ (cross-entropy or
-        squared error, as the task).
+        ``ℓ'(outputs, targets) -> (B,)`` per-sample constraint loss; default ℓ' = ℓ (cross-entropy
+        or squared error, as the task).
 
     Examples
     --------

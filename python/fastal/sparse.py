@@ -1,8 +1,8 @@
 """Sparse Approximation for batch active learning (Shen et al.): the top-b kernel, the problem
 (eq. 15) in factored and Bayesian form, and the Greedy (Alg. 1) and proximal IHT (Alg. 2) solvers.
 
-Problem 2 (eq. 15): minimise ``f(w) = |v - Φw|² - α Σ_{j∈S} σ_j² + β |w - 1|²`` over ``w ≥ 0`` with a
-selected set ``S`` of exactly ``b`` indices (``w`` is zero outside ``S``).
+Problem 2 (eq. 15): minimise ``f(w) = |v - Φw|² - α Σ_{j∈S} σ_j² + β |w - 1|²`` over ``w ≥ 0`` with
+a selected set ``S`` of exactly ``b`` indices (``w`` is zero outside ``S``).
 
 Interpretation (documented departure): the paper selects ``{j : w_j > 0}``; a weight can be clamped
 to 0 (Alg. 1 line 7, Alg. 2 line 8), which would leave fewer than ``b`` points. fastal tracks ``S``
@@ -127,7 +127,8 @@ def iht_threshold(
         bad = ~np.isfinite(arr)
         if bad.any():
             raise ValueError(
-                f"{name} contains NaN or Inf at {int(bad.sum())} position(s), first at {int(np.argmax(bad))}"
+                f"{name} contains NaN or Inf at {int(bad.sum())} position(s), first at "
+                f"{int(np.argmax(bad))}"
             )
     support, w = getattr(_ext.cpu, f"iht_threshold_{sinfo.dtype}")(
         sh, gh, b, alpha, exact=rule == "exact"
@@ -520,7 +521,7 @@ def safeguard_top_sigma(p: SparseProblem, res: SolverResult) -> SolverResult:
 
 
 def solve_greedy(p: SparseProblem, tau: float, progress: bool = False) -> SolverResult:
-    """Alg. 1: add ``argmin_{j∉S} τ ∇f1(w)_j - α σ_j²``, line search along ``e_j``, De-bias, clamp."""
+    """Alg. 1: add ``argmin_{j∉S} τ ∇f1(w)_j - α σ_j²``, line search on ``e_j``, De-bias, clamp."""
     import torch
     from tqdm.auto import tqdm
 

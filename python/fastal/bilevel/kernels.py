@@ -76,7 +76,8 @@ def _finite_kernel(K: Any, xt: Any, yt: Any, y_is_x: bool, kernel: str) -> Any:
     dtype = str(K.dtype).removeprefix("torch.")
     raise ValueError(
         f"{kernel}: the kernel values of X{'' if y_is_x else ' and Y'} overflow {dtype} "
-        f"(inner products beyond its range): scale the rows down{'' if dtype == 'float64' else ' or pass float64'}"
+        "(inner products beyond its range): scale the rows "
+        f"down{'' if dtype == 'float64' else ' or pass float64'}"
     )
 
 

@@ -17,13 +17,13 @@ from .base import Selection, Strategy, pool_field, register, unlabeled_rows
 class ALLY(Strategy):
     """Active Learning via Lagrangian dualitY (Elenter et al., NeurIPS 2022, Alg. 2, §4.2, §5.1).
 
-    The model is trained by primal-dual constrained learning (:class:`fastal.pdcl.PrimalDualTrainer`,
-    Alg. 1): one constraint ``ℓ(f(x_i), y_i) <= ε`` per labeled sample, whose dual variable λ*_i
-    measures how much the optimal loss would move if that constraint were loosened. A dual
-    regression head learns λ* from the labeled samples' embeddings and predicts it on the pool;
-    the unlabeled rows' embeddings are clustered by k-means (fastal's :func:`~fastal.kmeans`,
-    ``k = budget`` by default, as in all the paper's experiments) and the points with the
-    highest predicted λ are taken from each cluster, an equal number per cluster
+    The model is trained by primal-dual constrained learning
+    (:class:`fastal.pdcl.PrimalDualTrainer`, Alg. 1): one constraint ``ℓ(f(x_i), y_i) <= ε`` per
+    labeled sample, whose dual variable λ*_i measures how much the optimal loss would move if that
+    constraint were loosened. A dual regression head learns λ* from the labeled samples' embeddings
+    and predicts it on the pool; the unlabeled rows' embeddings are clustered by k-means (fastal's
+    :func:`~fastal.kmeans`, ``k = budget`` by default, as in all the paper's experiments) and the
+    points with the highest predicted λ are taken from each cluster, an equal number per cluster
     (:func:`fastal.ally.pick_per_cluster`). When every predicted λ is the same (every dual 0:
     ε above every labeled loss, which also warns) each cluster gives a seeded random member, the
     paper's "similar to random sampling" (§5.4). Works for classification (cross-entropy) and
@@ -161,7 +161,8 @@ class ALLY(Strategy):
             if not isinstance(pool, Mapping) or "duals" not in pool:
                 raise ValueError(
                     "ALLY needs the labeled rows' dual variables: pool['duals'] (train the model "
-                    "with fastal.pdcl.PrimalDualTrainer, e.g. ALLY().train_fn) or pool['dual_predictions']"
+                    "with fastal.pdcl.PrimalDualTrainer, e.g. ALLY().train_fn) or "
+                    "pool['dual_predictions']"
                 )
             duals = _host_vector(pool["duals"], lab.size, "duals", what="labeled row")
             if lab.size == 0:
@@ -194,8 +195,12 @@ class ALLY(Strategy):
                     "rescale duals"
                 )
             self.head_ = head
-            diagnostics.update(head_train_mse=head.train_loss, all_duals_zero=head.net is None,
-                               mean_dual=float(duals.mean()), max_dual=float(duals.max()))  # fmt: skip
+            diagnostics.update(
+                head_train_mse=head.train_loss,
+                all_duals_zero=head.net is None,
+                mean_dual=float(duals.mean()),
+                max_dual=float(duals.max()),
+            )
 
         if scores.size and bool(np.all(scores == scores[0])):
             # no dual information (every λ = 0 when ε is above every labeled loss): the paper's

@@ -45,9 +45,10 @@ class CRC(Strategy):
     silent on the labeled rows and the group but active elsewhere in the pool adds a zero, so once
     ``|S|`` passed that rank every group scored 0 and CRC took the first random groups.)
 
-    Interpretations, documented: Alg. 1 forms ``⌈|U| / G⌉`` random groups; fastal forms ``⌊|U| / G⌋``
-    full groups (a short last group would be scored on fewer points) and, with ``max_groups``, scores
-    only that many of them. With ``balanced=True`` every group holds ``G / C`` points of each
+    Interpretations, documented: Alg. 1 forms ``⌈|U| / G⌉`` random groups; fastal forms
+    ``⌊|U| / G⌋`` full groups (a short last group would be scored on fewer points) and, with
+    ``max_groups``, scores only that many of them. With ``balanced=True`` every group holds
+    ``G / C`` points of each
     pseudo-class (``argmax`` of the pool's probabilities or logits, a tie to the first column);
     ``G`` must then be a multiple of C and the number of groups is limited by the smallest
     pseudo-class.
@@ -80,7 +81,8 @@ class CRC(Strategy):
     mapping with ``"ntk_features"``, or with ``"features"`` and ``"probs"``/``"logits"`` (then the
     last-layer features ``√C [h, 1]`` are used, ``√C h`` with ``bias=False``; both must have one
     row per pool point, and the probabilities or logits are checked like every such input even
-    when only their number of columns, C, is used). float16 / bfloat16 features are widened to float32 on purpose (the eigenvalues are float64 anyway).
+    when only their number of columns, C, is used). float16 / bfloat16 features are widened to
+    float32 on purpose (the eigenvalues are float64 anyway).
 
     Memory: on the CPU the rows of ``√C [h, 1]`` (and widened 16-bit NTK features) are made as
     each Gram call reads them (:class:`fastal.ntk.NtkRows`, bit for bit those of
@@ -180,9 +182,14 @@ class CRC(Strategy):
         indices = groups[best].reshape(-1)
         return Selection(
             _interop.to_framework(indices, info),
-            {"n_groups": int(groups.shape[0]), "scores": scores, "chosen_groups": best, "groups": groups,
-             "degenerate_groups": degenerate},
-        )  # fmt: skip
+            {
+                "n_groups": int(groups.shape[0]),
+                "scores": scores,
+                "chosen_groups": best,
+                "groups": groups,
+                "degenerate_groups": degenerate,
+            },
+        )
 
 
 def _row_reader(Z: Any, info: Any) -> Any:
@@ -241,7 +248,10 @@ def _zero_duplicates(
 def _too_few_groups(k: int, Q: int, G: int, rest, strategy, pseudo, n_classes: int) -> str:
     """The error for a budget that needs more groups than there are, naming what limits them."""
     if strategy.max_groups is not None and strategy.max_groups < Q // G:
-        return f"max_groups = {strategy.max_groups} caps the groups below the {Q // G} that budget {Q} needs"
+        return (
+            f"max_groups = {strategy.max_groups} caps the groups below the {Q // G} "
+            f"that budget {Q} needs"
+        )
     msg = (
         f"only {k} full groups of {G} can be formed from {rest.size} unlabeled points; "
         f"budget {Q} needs {Q // G}"

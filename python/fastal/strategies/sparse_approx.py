@@ -1,4 +1,4 @@
-"""Sparse Approximation (Shen et al.): batch selection as a sparse approximation of the pool loss."""
+"""Sparse Approximation (Shen et al.): a batch as a sparse approximation of the pool loss."""
 
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ class SparseApprox(Strategy):
     prox : {"paper", "exact"}, default "paper"
         The score of IHT's top-b step (:func:`fastal.iht_threshold`): Appendix E's
         ``½[-s_j]₊² - α σ_j²``, or the exact proximal minimiser's ``-½[s_j]₊² - α σ_j² [s_j > 0]``.
-        Appendix E drops the ``½ s_j²`` of the rows it does not select, so with ``"paper"`` every row
-        with a positive gradient-step value ``s_j`` scores ``-α σ_j²``, however large ``s_j``.
+        Appendix E drops the ``½ s_j²`` of the rows it does not select, so with ``"paper"`` every
+        row with a positive gradient-step value ``s_j`` scores ``-α σ_j²``, however large ``s_j``.
         Neither rule wins everywhere on the tiny problems the tests solve exhaustively: without
         the safeguard, ``"exact"`` is closer to the optimum on average at α = 0 and ``"paper"`` at
         α ≥ 0.01 (where it mostly returns the top-σ set); with it (the default), ``"exact"``
@@ -193,7 +193,8 @@ class SparseApprox(Strategy):
 
         if not hasattr(pool, "keys"):
             raise TypeError(
-                f"pool must be a mapping (see the SparseApprox docstring), got {type(pool).__name__}"
+                "pool must be a mapping (see the SparseApprox docstring), got "
+                f"{type(pool).__name__}"
             )
         bayesian = "mc_probs" in pool or "losses" in pool
         form = "bayesian" if bayesian else "factored"
@@ -506,7 +507,8 @@ def _bayesian_problem(pool, idx, b):
         pinfo = check_matrix(pool["probs"], "probs")
         if tuple(pinfo.shape) != tuple(info.shape[1:]):
             raise ValueError(
-                f"probs must have shape {tuple(info.shape[1:])} like losses[0], got {tuple(pinfo.shape)}"
+                f"probs must have shape {tuple(info.shape[1:])} like losses[0], got "
+                f"{tuple(pinfo.shape)}"
             )
         P_src = as_torch(pool["probs"], pinfo)
         check = _Distributions("probs", pinfo.dtype)

@@ -120,7 +120,8 @@ def _known_size(data: Any, num_workers: int = 0) -> int | None:
         if isinstance(data, (Dataset, DataLoader)):
             return None
         raise TypeError(
-            f"data must be a torch Tensor, a numpy array, a Dataset or a DataLoader, got {type(data).__name__}"
+            "data must be a torch Tensor, a numpy array, a Dataset or a DataLoader, got "
+            f"{type(data).__name__}"
         ) from None
 
 

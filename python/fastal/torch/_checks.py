@@ -209,7 +209,8 @@ def _feature_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(
-            "the model has no nn.Linear whose input could be the features: pass feature_layer= or embed_fn="
+            "the model has no nn.Linear whose input could be the features: "
+            "pass feature_layer= or embed_fn="
         )
     return linears[-1]
 

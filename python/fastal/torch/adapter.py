@@ -91,7 +91,8 @@ def needs_of(strategy: Any) -> tuple[str, ...]:
     requires = getattr(strategy, "requires", None)
     if requires is None:
         raise TypeError(
-            f"strategy must be a Strategy, a Strategy class or a name, got {type(strategy).__name__}"
+            "strategy must be a Strategy, a Strategy class or a name, got "
+            f"{type(strategy).__name__}"
         )
     return tuple(requires)
 
@@ -239,7 +240,8 @@ def pool_outputs(
     --------
     >>> import torch, fastal.torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    >>> out = fastal.torch.pool_outputs(model, torch.randn(100, 4), ("features", "probs"), progress=False)
+    >>> X = torch.randn(100, 4)
+    >>> out = fastal.torch.pool_outputs(model, X, ("features", "probs"), progress=False)
     >>> out["features"].shape, out["probs"].shape
     (torch.Size([100, 8]), torch.Size([100, 3]))
     """
@@ -458,7 +460,7 @@ def select(
         they are added as ``"labeled_logits"`` / ``"labeled_targets"`` (Sparse Approximation fits
         its temperature on them).
     needs : sequence of str, optional
-        Override ``strategy.requires`` (e.g. ``("mc_probs",)`` for the Bayesian Sparse Approximation).
+        Override ``strategy.requires`` (``("mc_probs",)``: the Bayesian Sparse Approximation).
     duals : array, optional (keyword, in ``options``)
         For strategies that require ``"duals"`` (ALLY): λ of the labeled rows in the order of
         ``labeled``; default the ``fastal_duals`` a :class:`fastal.pdcl.PrimalDualTrainer` left on
@@ -475,7 +477,8 @@ def select(
     --------
     >>> import torch, fastal.torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    >>> sel = fastal.torch.select("entropy", model, torch.randn(50, 4), 5, labeled=[0, 1], progress=False)
+    >>> X = torch.randn(50, 4)
+    >>> sel = fastal.torch.select("entropy", model, X, 5, labeled=[0, 1], progress=False)
     >>> len(sel.indices)
     5
     """
