@@ -17,11 +17,13 @@ void register_dtype(py::module_& m, const std::string& tag) {
             R y;
             if constexpr (std::is_same_v<R, DenseRows<T>>) {
               y = dense_rows<T>(set);
-              FASTAL_REQUIRE(y.d == rows.d, "Y must have as many columns as X (", rows.d, "), got ", y.d);
+              FASTAL_REQUIRE(y.d == rows.d, "Y must have as many columns as X (", rows.d, "), got ",
+                             y.d);
             } else {
               FASTAL_REQUIRE(set.size() == 4, "Y must be factored like X");
               y = factored_rows<T>(set);
-              FASTAL_REQUIRE(y.C == rows.C && y.dh == rows.dh, "Y must have the factor shapes of X");
+              FASTAL_REQUIRE(y.C == rows.C && y.dh == rows.dh,
+                             "Y must have the factor shapes of X");
             }
             FASTAL_REQUIRE(y.n >= 1, "Y must have at least one row");
             Buf<A> dist2(rows.n);
@@ -82,11 +84,13 @@ void register_dtype(py::module_& m, const std::string& tag) {
         [](const In<T>& X, const Buf<int64_t>& labels, int64_t k) {
           int64_t n, d;
           const T* x = rows_of<T>(X, "X", &n, &d);
-          FASTAL_REQUIRE(labels.ndim() == 1 && labels.shape(0) == n, "labels must have shape (", n, ",)");
+          FASTAL_REQUIRE(labels.ndim() == 1 && labels.shape(0) == n, "labels must have shape (", n,
+                         ",)");
           FASTAL_REQUIRE(k >= 1, "k must be >= 1, got ", k);
           const int64_t* lab = labels.data();
           for (int64_t i = 0; i < n; ++i)
-            FASTAL_REQUIRE(lab[i] >= 0 && lab[i] < k, "labels[", i, "] = ", lab[i], " is not in [0, ", k, ")");
+            FASTAL_REQUIRE(lab[i] >= 0 && lab[i] < k, "labels[", i, "] = ", lab[i],
+                           " is not in [0, ", k, ")");
           Buf<double> sums({k, d});
           Buf<int64_t> counts(k);
           double* ps = sums.mutable_data();
@@ -104,13 +108,14 @@ void register_dtype(py::module_& m, const std::string& tag) {
            Buf<int64_t>& centres, Buf<int64_t>& picks, Buf<A>& radius2) {
           with_rows<T>(pool, [&](auto rows) {
             auto s = make_state(rows, mind, near, centres, 0, picks, radius2, false);
-            FASTAL_REQUIRE(first >= 0 && first < rows.n, "first must be in [0, ", rows.n, "), got ", first);
+            FASTAL_REQUIRE(first >= 0 && first < rows.n, "first must be in [0, ", rows.n, "), got ",
+                           first);
             py::gil_scoped_release nogil;
             kcenter_init_first(s, first);
           });
         },
-        py::arg("pool"), py::arg("first"), py::arg("mind").noconvert(),
-        py::arg("near").noconvert(), py::arg("centres").noconvert(), py::arg("picks").noconvert(),
+        py::arg("pool"), py::arg("first"), py::arg("mind").noconvert(), py::arg("near").noconvert(),
+        py::arg("centres").noconvert(), py::arg("picks").noconvert(),
         py::arg("radius2").noconvert());
 
   m.def(("kcenter_steps_" + tag).c_str(),
@@ -122,13 +127,13 @@ void register_dtype(py::module_& m, const std::string& tag) {
             FASTAL_REQUIRE(0 <= t_begin && t_begin <= t_end && t_end <= s.budget, "steps [",
                            t_begin, ", ", t_end, ") out of range for budget ", s.budget);
             if (t_begin < t_end)
-              FASTAL_REQUIRE(s.picks[t_begin] >= 0 && s.picks[t_begin] < rows.n, "picks[",
-                             t_begin, "] = ", s.picks[t_begin], " is out of range");
+              FASTAL_REQUIRE(s.picks[t_begin] >= 0 && s.picks[t_begin] < rows.n, "picks[", t_begin,
+                             "] = ", s.picks[t_begin], " is out of range");
             // the state of earlier calls is read back as indices: O(n), against O(n d) a step
             const int64_t placed = n_labeled + t_begin;
             for (int64_t j = n_labeled; j < placed; ++j)
-              FASTAL_REQUIRE(s.centres[j] >= 0 && s.centres[j] < rows.n, "centres[", j, "] = ",
-                             s.centres[j], " is out of range for ", rows.n, " rows");
+              FASTAL_REQUIRE(s.centres[j] >= 0 && s.centres[j] < rows.n, "centres[", j,
+                             "] = ", s.centres[j], " is out of range for ", rows.n, " rows");
             if (prune)
               for (int64_t i = 0; i < rows.n; ++i)
                 FASTAL_REQUIRE(s.near[i] >= -1 && s.near[i] < placed, "near[", i, "] = ", s.near[i],
@@ -156,7 +161,8 @@ void register_dtype(py::module_& m, const std::string& tag) {
             s.mind = vec_of(mind, "mind", rows.n);
             s.k = picks.ndim() == 1 ? picks.shape(0) : 0;
             s.picks = picks.mutable_data();
-            s.block_sums = vec_of(block_sums, "block_sums", (rows.n + kKMeansPPBlock - 1) / kKMeansPPBlock);
+            s.block_sums =
+                vec_of(block_sums, "block_sums", (rows.n + kKMeansPPBlock - 1) / kKMeansPPBlock);
             const int64_t n_labeled = labeled.ndim() == 1 ? labeled.shape(0) : -1;
             FASTAL_REQUIRE(n_labeled >= 0, "labeled must be 1-D");
             const int64_t* lab = labeled.data();
@@ -164,7 +170,8 @@ void register_dtype(py::module_& m, const std::string& tag) {
               FASTAL_REQUIRE(lab[j] >= 0 && lab[j] < rows.n, "labeled[", j, "] = ", lab[j],
                              " is out of range for ", rows.n, " rows");
             if (n_labeled == 0 && s.k > 0)
-              FASTAL_REQUIRE(first >= 0 && first < rows.n, "first must be in [0, ", rows.n, "), got ", first);
+              FASTAL_REQUIRE(first >= 0 && first < rows.n, "first must be in [0, ", rows.n,
+                             "), got ", first);
             py::gil_scoped_release nogil;
             if (n_labeled > 0)
               kmeanspp_init_labeled(s, lab, n_labeled);
@@ -177,52 +184,54 @@ void register_dtype(py::module_& m, const std::string& tag) {
         py::arg("block_sums").noconvert());
 
   // near / centres (optional, together): prune as k-center does; returns the rows read.
-  m.def(("kmeanspp_steps_" + tag).c_str(),
-        [](const py::tuple& pool, Buf<A>& mind, Buf<int64_t>& picks, const Buf<double>& uniform,
-           Buf<double>& block_sums, bool has_first, int64_t t_begin, int64_t t_end,
-           std::optional<Buf<int64_t>> near, std::optional<Buf<int64_t>> centres,
-           int64_t n_labeled) {
-          return with_rows<T>(pool, [&](auto rows) {
-            using R = decltype(rows);
-            KMeansPPState<R> s{};
-            s.rows = rows;
-            s.mind = vec_of(mind, "mind", rows.n);
-            s.k = picks.ndim() == 1 ? picks.shape(0) : -1;
-            FASTAL_REQUIRE(s.k >= 0 && s.k <= rows.n, "picks must be 1-D with at most n entries");
-            s.picks = picks.mutable_data();
-            FASTAL_REQUIRE(uniform.ndim() == 1 && uniform.shape(0) == s.k, "uniform must have shape (", s.k, ",)");
-            s.uniform = uniform.data();
-            s.block_sums = vec_of(block_sums, "block_sums", (rows.n + kKMeansPPBlock - 1) / kKMeansPPBlock);
-            s.has_first = has_first;
-            FASTAL_REQUIRE(0 <= t_begin && t_begin <= t_end && t_end <= s.k, "steps [", t_begin,
-                           ", ", t_end, ") out of range for k ", s.k);
-            if (has_first && t_begin == 0 && t_end > 0)
-              FASTAL_REQUIRE(s.picks[0] >= 0 && s.picks[0] < rows.n, "picks[0] is out of range");
-            FASTAL_REQUIRE(near.has_value() == centres.has_value(),
-                           "near and centres are given together or not at all");
-            if (near) {
-              FASTAL_REQUIRE(n_labeled >= 0, "n_labeled must be >= 0");
-              s.near = vec_of(*near, "near", rows.n);
-              s.centres = vec_of(*centres, "centres", n_labeled + s.k);
-              s.n_labeled = n_labeled;
-              // the state of earlier calls is read back as indices: O(n), against O(n d) a step
-              const int64_t placed = n_labeled + t_begin;
-              for (int64_t j = 0; j < placed; ++j)
-                FASTAL_REQUIRE(s.centres[j] >= 0 && s.centres[j] < rows.n, "centres[", j, "] = ",
-                               s.centres[j], " is out of range for ", rows.n, " rows");
-              for (int64_t i = 0; i < rows.n; ++i)
-                FASTAL_REQUIRE(s.near[i] >= -1 && s.near[i] < placed, "near[", i, "] = ",
-                               s.near[i], " is not -1 or a centre position in [0, ", placed, ")");
-            }
-            py::gil_scoped_release nogil;
-            kmeanspp_steps(s, t_begin, t_end);
-            return s.rows_read;
-          });
-        },
-        py::arg("pool"), py::arg("mind").noconvert(), py::arg("picks").noconvert(),
-        py::arg("uniform").noconvert(), py::arg("block_sums").noconvert(), py::arg("has_first"),
-        py::arg("t_begin"), py::arg("t_end"), py::arg("near").noconvert() = py::none(),
-        py::arg("centres").noconvert() = py::none(), py::arg("n_labeled") = 0);
+  m.def(
+      ("kmeanspp_steps_" + tag).c_str(),
+      [](const py::tuple& pool, Buf<A>& mind, Buf<int64_t>& picks, const Buf<double>& uniform,
+         Buf<double>& block_sums, bool has_first, int64_t t_begin, int64_t t_end,
+         std::optional<Buf<int64_t>> near, std::optional<Buf<int64_t>> centres, int64_t n_labeled) {
+        return with_rows<T>(pool, [&](auto rows) {
+          using R = decltype(rows);
+          KMeansPPState<R> s{};
+          s.rows = rows;
+          s.mind = vec_of(mind, "mind", rows.n);
+          s.k = picks.ndim() == 1 ? picks.shape(0) : -1;
+          FASTAL_REQUIRE(s.k >= 0 && s.k <= rows.n, "picks must be 1-D with at most n entries");
+          s.picks = picks.mutable_data();
+          FASTAL_REQUIRE(uniform.ndim() == 1 && uniform.shape(0) == s.k,
+                         "uniform must have shape (", s.k, ",)");
+          s.uniform = uniform.data();
+          s.block_sums =
+              vec_of(block_sums, "block_sums", (rows.n + kKMeansPPBlock - 1) / kKMeansPPBlock);
+          s.has_first = has_first;
+          FASTAL_REQUIRE(0 <= t_begin && t_begin <= t_end && t_end <= s.k, "steps [", t_begin, ", ",
+                         t_end, ") out of range for k ", s.k);
+          if (has_first && t_begin == 0 && t_end > 0)
+            FASTAL_REQUIRE(s.picks[0] >= 0 && s.picks[0] < rows.n, "picks[0] is out of range");
+          FASTAL_REQUIRE(near.has_value() == centres.has_value(),
+                         "near and centres are given together or not at all");
+          if (near) {
+            FASTAL_REQUIRE(n_labeled >= 0, "n_labeled must be >= 0");
+            s.near = vec_of(*near, "near", rows.n);
+            s.centres = vec_of(*centres, "centres", n_labeled + s.k);
+            s.n_labeled = n_labeled;
+            // the state of earlier calls is read back as indices: O(n), against O(n d) a step
+            const int64_t placed = n_labeled + t_begin;
+            for (int64_t j = 0; j < placed; ++j)
+              FASTAL_REQUIRE(s.centres[j] >= 0 && s.centres[j] < rows.n, "centres[", j,
+                             "] = ", s.centres[j], " is out of range for ", rows.n, " rows");
+            for (int64_t i = 0; i < rows.n; ++i)
+              FASTAL_REQUIRE(s.near[i] >= -1 && s.near[i] < placed, "near[", i, "] = ", s.near[i],
+                             " is not -1 or a centre position in [0, ", placed, ")");
+          }
+          py::gil_scoped_release nogil;
+          kmeanspp_steps(s, t_begin, t_end);
+          return s.rows_read;
+        });
+      },
+      py::arg("pool"), py::arg("mind").noconvert(), py::arg("picks").noconvert(),
+      py::arg("uniform").noconvert(), py::arg("block_sums").noconvert(), py::arg("has_first"),
+      py::arg("t_begin"), py::arg("t_end"), py::arg("near").noconvert() = py::none(),
+      py::arg("centres").noconvert() = py::none(), py::arg("n_labeled") = 0);
 }
 
 }  // namespace

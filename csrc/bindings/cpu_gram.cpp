@@ -53,12 +53,12 @@ void register_gram(py::module_& m, const std::string& tag) {
   m.def(("gram_min_eig_small_" + tag).c_str(),
         [](const Buf<T>& Z, const Buf<int64_t>& labeled, const Buf<int64_t>& groups, double rtol,
            bool return_all, int64_t slots) {
-          return run_gram(Z, labeled, groups, rtol, return_all,
-                          [slots](const T* z, int64_t n, int64_t D, const int64_t* l, int64_t mL,
-                                  const int64_t* g, int64_t ng, int64_t G, double r, double* pm,
-                                  double* ps) {
-                            gram_min_eig_small(z, n, D, l, mL, g, ng, G, r, slots, pm, ps);
-                          });
+          return run_gram(
+              Z, labeled, groups, rtol, return_all,
+              [slots](const T* z, int64_t n, int64_t D, const int64_t* l, int64_t mL,
+                      const int64_t* g, int64_t ng, int64_t G, double r, double* pm, double* ps) {
+                gram_min_eig_small(z, n, D, l, mL, g, ng, G, r, slots, pm, ps);
+              });
         },
         "The CUDA kernel's per-thread path for orders <= 32 built for the host (tests only).",
         py::arg("Z").noconvert(), py::arg("labeled").noconvert(), py::arg("groups").noconvert(),

@@ -97,17 +97,17 @@ void register_lloyd_bounded(py::module_& m, const std::string& tag) {
           {
             py::gil_scoped_release nogil;
             computed = lloyd_step_bounded(px, n, d, pq, pc, k, ps, pg, n_groups, fresh,
-                                          gemm_address, threads_local_address, pl, pu, pgl, plo,
-                                          po, psum, pk, partial_limit);
+                                          gemm_address, threads_local_address, pl, pu, pgl, plo, po,
+                                          psum, pk, partial_limit);
           }
           return py::make_tuple(sums, counts, computed);
         },
         py::arg("X").noconvert(), py::arg("xsq").noconvert(), py::arg("centres").noconvert(),
         py::arg("shift").noconvert(), py::arg("group").noconvert(), py::arg("n_groups"),
         py::arg("fresh"), py::arg("labels").noconvert(), py::arg("upper").noconvert(),
-        py::arg("glower").noconvert(), py::arg("lower").noconvert(),
-        py::arg("offset").noconvert(), py::arg("gemm_address"),
-        py::arg("threads_local_address") = 0, py::arg("partial_limit") = -1);
+        py::arg("glower").noconvert(), py::arg("lower").noconvert(), py::arg("offset").noconvert(),
+        py::arg("gemm_address"), py::arg("threads_local_address") = 0,
+        py::arg("partial_limit") = -1);
 }
 
 }  // namespace

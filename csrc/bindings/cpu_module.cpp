@@ -14,12 +14,15 @@ PYBIND11_MODULE(_cpu, m) {
   bind_sparse(m);
   bind_lloyd(m);
   bind_gram(m);
-  m.def("parallel_sum", [](const Buf<float>& x) {
-    const float* p = x.data();
-    const int64_t n = x.size();
-    py::gil_scoped_release nogil;
-    return parallel_sum(p, n);
-  }, py::arg("x").noconvert());
+  m.def(
+      "parallel_sum",
+      [](const Buf<float>& x) {
+        const float* p = x.data();
+        const int64_t n = x.size();
+        py::gil_scoped_release nogil;
+        return parallel_sum(p, n);
+      },
+      py::arg("x").noconvert());
   m.def("num_threads", [] { return omp_get_max_threads(); });
   m.def("in_forked_child", &in_forked_child,
         "True in a process forked after fastal._cpu was imported: its kernels run on one thread "

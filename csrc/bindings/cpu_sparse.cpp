@@ -12,7 +12,8 @@ void register_topb(py::module_& m, const std::string& tag) {
         [](const Buf<T>& s, const Buf<T>& sigma, int64_t b, double alpha, bool exact) {
           FASTAL_REQUIRE(s.ndim() == 1, "s must be 1-D, got ", s.ndim(), " dimensions");
           const int64_t n = s.shape(0);
-          FASTAL_REQUIRE(sigma.ndim() == 1 && sigma.shape(0) == n, "sigma must have shape (", n, ",)");
+          FASTAL_REQUIRE(sigma.ndim() == 1 && sigma.shape(0) == n, "sigma must have shape (", n,
+                         ",)");
           FASTAL_REQUIRE(b >= 0 && b <= n, "b must be in [0, ", n, "], got ", b);
           Buf<int64_t> support(b);
           Buf<T> w(n);

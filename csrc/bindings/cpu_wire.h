@@ -24,9 +24,18 @@ namespace fastal::bindings {
 
 using namespace fastal::cpu;
 
-template <typename T> struct Wire { using type = T; };  // what numpy holds for storage type T
-template <> struct Wire<Half> { using type = uint16_t; };
-template <> struct Wire<BFloat16> { using type = uint16_t; };
+template <typename T>
+struct Wire {
+  using type = T;
+};  // what numpy holds for storage type T
+template <>
+struct Wire<Half> {
+  using type = uint16_t;
+};
+template <>
+struct Wire<BFloat16> {
+  using type = uint16_t;
+};
 
 template <typename T>
 using In = py::array_t<typename Wire<T>::type, py::array::c_style>;
@@ -38,7 +47,8 @@ const T* rows_of(const In<T>& a, const char* name, int64_t* n, int64_t* d) {
   FASTAL_REQUIRE(a.ndim() == 2, name, " must be 2-D (n, d), got ", a.ndim(), " dimensions");
   *n = a.shape(0);
   *d = a.shape(1);
-  // Kernels size their row chunks by d (k-center divides by it): a row of no values is refused here.
+  // Kernels size their row chunks by d (k-center divides by it): a row of no values is refused
+  // here.
   FASTAL_REQUIRE(*d >= 1, name, " must have at least one column, got shape (", *n, ", 0)");
   return reinterpret_cast<const T*>(a.data());
 }
@@ -54,8 +64,8 @@ V* vec_of(Buf<V>& a, const char* name, int64_t length) {
 template <typename V>
 Buf<V> exact(const py::tuple& pool, size_t k, const char* name) {
   const py::handle h = pool[k];
-  FASTAL_REQUIRE(Buf<V>::check_(h) && py::array(py::reinterpret_borrow<py::object>(h)).flags() &
-                                          py::array::c_style,
+  FASTAL_REQUIRE(Buf<V>::check_(h) &&
+                     py::array(py::reinterpret_borrow<py::object>(h)).flags() & py::array::c_style,
                  name, " must be a C-contiguous array of the kernel's exact dtype");
   return py::reinterpret_borrow<Buf<V>>(h);
 }
@@ -117,14 +127,17 @@ KCenterState<Rows> make_state(const Rows& rows, Buf<AccOfRows<Rows>>& mind, Buf<
   s.n_labeled = n_labeled;
   s.prune = prune;
   for (int64_t j = 0; j < n_labeled; ++j)
-    FASTAL_REQUIRE(s.centres[j] >= 0 && s.centres[j] < rows.n, "centres[", j, "] = ",
-                   s.centres[j], " is out of range for ", rows.n, " rows");
+    FASTAL_REQUIRE(s.centres[j] >= 0 && s.centres[j] < rows.n, "centres[", j, "] = ", s.centres[j],
+                   " is out of range for ", rows.n, " rows");
   return s;
 }
 
 // Calls f(Storage<T>{}, "name") for each storage type of the kernels, float64 included: the
 // per-dtype registrations of the binding files (float16 / bfloat16 cross as uint16, see Wire).
-template <typename T> struct Storage { using type = T; };
+template <typename T>
+struct Storage {
+  using type = T;
+};
 template <typename F>
 void for_each_storage(F&& f) {
   f(Storage<float>{}, "float32");

@@ -1,5 +1,6 @@
 // Argument checks shared by every kernel entry point: a failed check is the caller's mistake and
-// becomes std::invalid_argument (pybind11 turns it into ValueError) with a message naming the argument.
+// becomes std::invalid_argument (pybind11 turns it into ValueError) with a message naming the
+// argument.
 //
 // Messages are built with std::to_string and snprintf, not iostreams: on an H200 machine (Ubuntu
 // 24.04, g++ 13, the torch image's Python) every message of fastal._cuda that streamed a number
@@ -67,13 +68,13 @@ template <typename... Parts>
 
 }  // namespace fastal
 
-#define FASTAL_REQUIRE(cond, ...)                 \
-  do {                                            \
+#define FASTAL_REQUIRE(cond, ...)                      \
+  do {                                                 \
     if (!(cond)) ::fastal::fail_argument(__VA_ARGS__); \
   } while (0)
 
 // A broken invariant of fastal's own (not the caller's input): RuntimeError in Python.
-#define FASTAL_ASSERT(cond, ...)                         \
-  do {                                                   \
+#define FASTAL_ASSERT(cond, ...)                       \
+  do {                                                 \
     if (!(cond)) ::fastal::fail_internal(__VA_ARGS__); \
   } while (0)

@@ -6,8 +6,8 @@
 //                                                         first two derivatives of log|det(K - xI)|
 //   int64_t E::count(double x)                            the count alone
 //   void E::counts(const double* x, double* cnt)          the counts alone, for kShifts shifts
-// and the search below converges Laguerre's iteration to the wanted eigenvalue, every iterate checked
-// by its count, with multisection rounds whenever an iterate misbehaves.
+// and the search below converges Laguerre's iteration to the wanted eigenvalue, every iterate
+// checked by its count, with multisection rounds whenever an iterate misbehaves.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -35,7 +35,7 @@ constexpr double kEps = std::numeric_limits<double>::epsilon();
 // *lo and *hi return the final bracket.
 template <class E>
 FASTAL_HOST_DEVICE void kth_eigenvalue_rounds(E& ev, int64_t k, double* lo, double* hi, int rounds,
-                           double abstol = 0) {
+                                              double abstol = 0) {
   double x[kShifts], cnt[kShifts];
   const double kk = static_cast<double>(k);
   for (int iter = 0; iter < rounds; ++iter) {

@@ -2,8 +2,8 @@
 // orders up to kMaxOrder (cuda/gram_eig.cu), and its host build (cpu/gram_small_host.cpp), which
 // runs this same source with the same workspace layout so that CPU tests check it.
 //
-// The GPU's block-per-matrix path keeps a whole thread block busy with one matrix, and for a 16 x 16
-// matrix most of its time goes to barriers and to warps waiting on one another. Here each thread
+// The GPU's block-per-matrix path keeps a whole thread block busy with one matrix, and for a 16 x
+// 16 matrix most of its time goes to barriers and to warps waiting on one another. Here each thread
 // forms, reduces and solves its own matrix, serially, as one CPU core does (cpu/gram_eig.cpp), and
 // thousands of groups give thousands of threads.
 //
@@ -98,8 +98,8 @@ FASTAL_HOST_DEVICE void form(const Args& p, const int64_t* grp, Strided A) {
 
 // Householder reduction of the N x N matrix (lower triangle packed in A, overwritten) to the
 // tridiagonal (d[0, N), e[0, N - 1)); v and w are N-long scratch.
-FASTAL_HOST_DEVICE inline void tridiagonalize(Strided A, int64_t N, Strided v, Strided w,
-                                              Strided d, Strided e) {
+FASTAL_HOST_DEVICE inline void tridiagonalize(Strided A, int64_t N, Strided v, Strided w, Strided d,
+                                              Strided e) {
   for (int64_t k = 0; k + 2 < N; ++k) {
     const int64_t m = N - k - 1, o = k + 1;  // the trailing block A₂₂ = A[o:, o:] is m x m
     for (int64_t i = 0; i < m; ++i) w[i] = A[tri(o + i, k)];
@@ -163,8 +163,8 @@ FASTAL_HOST_DEVICE void group_eig(const Args& p, int64_t g, int64_t s, bool labe
   form<T>(p, grp, A);
   tridiagonalize(A, N, v, w, d, e);
   // v is free again: QL's scratch
-  p.min_eig[g] = tridiagonal::min_positive<tridiagonal::ScalarCounts>(d, e, e2, v, N, p.rtol,
-                                                                      spectrum);
+  p.min_eig[g] =
+      tridiagonal::min_positive<tridiagonal::ScalarCounts>(d, e, e2, v, N, p.rtol, spectrum);
 }
 
 }  // namespace fastal::gram_small

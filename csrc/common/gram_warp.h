@@ -46,9 +46,9 @@ FASTAL_HD constexpr int slot_doubles(int N) {
   return (N * (N + 1) > kChunk * kLanes ? N * (N + 1) : kChunk * kLanes) + 6 * N;
 }
 
-// Butterfly reductions: lanes a and b combine the same two values, so every lane ends equal. A sum's
-// argument must be a rounded value (mul_rn, not a bare product): the device may otherwise fuse each
-// lane's own product into the first add, and lanes a and b would round differently.
+// Butterfly reductions: lanes a and b combine the same two values, so every lane ends equal. A
+// sum's argument must be a rounded value (mul_rn, not a bare product): the device may otherwise
+// fuse each lane's own product into the first add, and lanes a and b would round differently.
 template <class W>
 FASTAL_HD double lane_sum(double v) {
   for (int off = kLanes / 2; off > 0; off >>= 1) v += W::shfl_xor(v, off);
@@ -77,32 +77,32 @@ FASTAL_HOST_DEVICE void form_rows(const gram_small::Args& p, const int64_t* grp,
   if (s_side && row) zi = Z + (lane < mL ? p.labeled[lane] : grp[lane - mL]) * D;
   double* stage = A;
   double acc[kCols];
-FASTAL_UNROLL
+  FASTAL_UNROLL
   for (int j = 0; j < kCols; ++j) acc[j] = 0.0;
   for (int64_t t0 = 0; t0 < steps; t0 += kChunk) {
     const int chunk = static_cast<int>(steps - t0 < kChunk ? steps - t0 : kChunk);
     double x[kChunk];
-FASTAL_UNROLL
+    FASTAL_UNROLL
     for (int t = 0; t < kChunk; ++t) {
       x[t] = 0.0;
       if (row && t < chunk) x[t] = W::load(s_side ? zi + t0 + t : Z + grp[t0 + t] * D + lane);
     }
     W::sync();  // the previous chunk's reads are done
-FASTAL_UNROLL
+    FASTAL_UNROLL
     for (int t = 0; t < kChunk; ++t) stage[t * kLanes + lane] = x[t];
     W::sync();
-FASTAL_NO_UNROLL  // unrolled, the compiler would hold the whole stage in registers
-    for (int t = 0; t < chunk; ++t) {
+    FASTAL_NO_UNROLL  // unrolled, the compiler would hold the whole stage in registers
+        for (int t = 0; t < chunk; ++t) {
       const double* st = stage + t * kLanes;
       const double xt = st[lane];
-FASTAL_UNROLL
+      FASTAL_UNROLL
       for (int j = 0; j < kCols; ++j) acc[j] = std::fma(xt, st[j], acc[j]);
     }
   }
   W::sync();  // the stage's last reads, before A is written
   if (!row) return;
   double* Ai = A + lane * ld;
-FASTAL_UNROLL
+  FASTAL_UNROLL
   for (int j = 0; j < kCols; ++j) {
     if (j >= N) break;
     const int hi = lane > j ? lane : j, lo = lane > j ? j : lane;  // the shared lower triangle

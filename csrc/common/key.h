@@ -1,6 +1,6 @@
 // A (value, index) pair packed into one 64-bit key so that the largest key holds the largest value
-// and, among equal values, the lowest index. CUDA reduces keys with atomicMax; the CPU uses the same
-// order so both backends break ties identically.
+// and, among equal values, the lowest index. CUDA reduces keys with atomicMax; the CPU uses the
+// same order so both backends break ties identically.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -40,6 +40,8 @@ FASTAL_HD int64_t key_index(uint64_t key) {
   return static_cast<int64_t>(0xffffffffu - static_cast<uint32_t>(key & 0xffffffffu));
 }
 
-FASTAL_HD float key_value(uint64_t key) { return from_ordered_bits(static_cast<uint32_t>(key >> 32)); }
+FASTAL_HD float key_value(uint64_t key) {
+  return from_ordered_bits(static_cast<uint32_t>(key >> 32));
+}
 
 }  // namespace fastal

@@ -25,9 +25,7 @@ FASTAL_HD Acc prune_factor(int64_t d, double unit_roundoff) {
 // those reads under a quarter of what an unpruned step reads (n - pos rows); past it (a large
 // labeled set, or a budget near n) the step reads every row. pos only grows, so once off it stays
 // off; the near[] bookkeeping stays exact either way, and the picks do not change.
-FASTAL_HD bool prune_step(bool prune, int64_t pos, int64_t n) {
-  return prune && 5 * pos <= n;
-}
+FASTAL_HD bool prune_step(bool prune, int64_t pos, int64_t n) { return prune && 5 * pos <= n; }
 
 // The centre-to-centre rows that the pruned steps t_begin <= t < t_end read (reported with the
 // rows of the passes, so that rows_read counts every row read).

@@ -64,8 +64,8 @@ struct Selection {
 struct FusedShared {
   unsigned h[kBins];  // this block's histogram of the current pass
   Selection sel;
-  u64 counts[2];        // this block's keys below the bin, and in it
-  u64 before;           // the counts of the blocks before this one (packed)
+  u64 counts[2];                           // this block's keys below the bin, and in it
+  u64 before;                              // the counts of the blocks before this one (packed)
   u64 round_counts[kItems * kBlockWarps];  // write pass: (less << 32 | in) per (q, warp)
   u64 round_total;
   u64 red[kBlockWarps];  // block reductions
@@ -398,8 +398,8 @@ FASTAL_HD void finish_entry(int64_t j, const float* s, const unsigned* index, co
   const int64_t i = index[j];
   support[j] = i;
   if (!ranked) return;
-  const u64 key = narrow ? smallest + static_cast<const unsigned*>(keys)[j]
-                         : static_cast<const u64*>(keys)[j];
+  const u64 key =
+      narrow ? smallest + static_cast<const unsigned*>(keys)[j] : static_cast<const u64*>(keys)[j];
   if (key >= lo) w[i] = s[i] > 0.f ? s[i] : 0.f;
 }
 

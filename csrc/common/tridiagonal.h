@@ -1,7 +1,7 @@
 // The symmetric-tridiagonal half of gram_min_eig, shared by the CPU kernel (cpu/gram_eig.cpp) and
 // the per-thread path for small matrices (common/gram_small.h, host and device): the Householder
-// reflector, the LDLᵀ pivot recurrence (Sturm count and the derivatives Laguerre needs), implicit QL
-// for whole spectra, and λ⁺_min of a tridiagonal T.
+// reflector, the LDLᵀ pivot recurrence (Sturm count and the derivatives Laguerre needs), implicit
+// QL for whole spectra, and λ⁺_min of a tridiagonal T.
 //
 // Vectors are passed as any type with operator[] (a raw pointer, or common/gram_small.h's strided
 // view of a per-thread slot), so one source serves both memory layouts.
@@ -49,10 +49,11 @@ FASTAL_HOST_DEVICE double householder(X x, int64_t m, V v, double* beta) {
   return alpha;
 }
 
-// One LDLᵀ pass over T - x I (T: diagonal d, squared off-diagonal e2): the number of negative pivots
-// (eigenvalues below x; a pivot smaller than pivmin in magnitude counts as -pivmin) and the first
-// two derivatives of log|det(T - x I)|, G = Σ_j 1 / (x - λ_j) and H = Σ_j 1 / (x - λ_j)², from the
-// recurrences of the pivots q_i and their derivatives (r_i = q_i' / q_i, h_i = q_i'' / q_i).
+// One LDLᵀ pass over T - x I (T: diagonal d, squared off-diagonal e2): the number of negative
+// pivots (eigenvalues below x; a pivot smaller than pivmin in magnitude counts as -pivmin) and the
+// first two derivatives of log|det(T - x I)|, G = Σ_j 1 / (x - λ_j) and H = Σ_j 1 / (x - λ_j)²,
+// from the recurrences of the pivots q_i and their derivatives (r_i = q_i' / q_i, h_i = q_i'' /
+// q_i).
 template <class V>
 FASTAL_HOST_DEVICE Pivots ldl_pass(const V& d, const V& e2, int64_t n, double x, double pivmin) {
   double q = d[0] - x;

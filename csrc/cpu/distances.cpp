@@ -14,8 +14,8 @@
 namespace fastal::cpu {
 
 namespace {
-constexpr int64_t kRowsPerBlock = 16;           // rows of X kept hot while a Y tile streams by
-constexpr int64_t kTileBytes = 256 * 1024;      // a Y tile, in the accumulation type, fits in L2
+constexpr int64_t kRowsPerBlock = 16;              // rows of X kept hot while a Y tile streams by
+constexpr int64_t kTileBytes = 256 * 1024;         // a Y tile, in the accumulation type, fits in L2
 constexpr int64_t kSerialWork = int64_t{1} << 15;  // below this many elements, one thread is faster
 
 // The nearest centre so far of one row: strict < keeps the lowest j on ties (centres are offered
@@ -35,11 +35,13 @@ inline void offer(A dd, int64_t j, A& best, int64_t& arg) {
 // (float32), against ~20 for one row-centre pair at a time, which loads both vectors for each
 // product.
 constexpr int kBlockRows = 6, kBlockCentres = 4;  // Wide::sum4 reduces 4 centres
-constexpr int64_t kTaskRows = 16 * kBlockRows;  // rows per OpenMP task, widened once
+constexpr int64_t kTaskRows = 16 * kBlockRows;    // rows per OpenMP task, widened once
 constexpr int64_t kMinBlockedCentres = 8;
 
-template <typename A> struct Wide;
-template <> struct Wide<float> {
+template <typename A>
+struct Wide;
+template <>
+struct Wide<float> {
   using V = __m512;
   using Mask = __mmask16;
   static constexpr int n = 16;
@@ -65,7 +67,8 @@ template <> struct Wide<float> {
     _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_permutexvar_ps(first, r)));
   }
 };
-template <> struct Wide<double> {
+template <>
+struct Wide<double> {
   using V = __m512d;
   using Mask = __mmask8;
   static constexpr int n = 8;
@@ -133,7 +136,9 @@ constexpr int64_t padded(int64_t len) {
   return (len + Wide<A>::n - 1) / Wide<A>::n * Wide<A>::n;
 }
 template <typename T>
-int64_t block_stride(const DenseRows<T>& rows) { return rows.d; }
+int64_t block_stride(const DenseRows<T>& rows) {
+  return rows.d;
+}
 template <typename T>
 int64_t block_stride(const FactoredRows<T>& rows) {
   using A = Acc<T>;
@@ -141,7 +146,9 @@ int64_t block_stride(const FactoredRows<T>& rows) {
 }
 // Row i in the block layout (out: block_stride values, zeroed beyond the data).
 template <typename T>
-void block_row(const DenseRows<T>& rows, int64_t i, Acc<T>* out) { rows.prepare(i, out); }
+void block_row(const DenseRows<T>& rows, int64_t i, Acc<T>* out) {
+  rows.prepare(i, out);
+}
 template <typename T>
 void block_row(const FactoredRows<T>& rows, int64_t i, Acc<T>* out) {
   const int64_t ca = padded<Acc<T>>(rows.C), ch = padded<Acc<T>>(rows.dh);
@@ -198,8 +205,8 @@ bool block_dist2(const FactoredRows<T>& rows, const Acc<T>* const (&x)[kBlockRow
 // Block rows i.. (nr of them) against centres j.. (nc of them; prepared layout in `centres`).
 template <typename T>
 void recompute_near_copies(const DenseRows<T>&, const Acc<T>* const (&)[kBlockRows],
-                           const Acc<T>* const (&)[kBlockCentres], const Acc<T>*, int64_t,
-                           int64_t, int64_t, int64_t, Acc<T> (&)[kBlockRows][kBlockCentres]) {}
+                           const Acc<T>* const (&)[kBlockCentres], const Acc<T>*, int64_t, int64_t,
+                           int64_t, int64_t, Acc<T> (&)[kBlockRows][kBlockCentres]) {}
 template <typename T>
 void recompute_near_copies(const FactoredRows<T>& rows, const Acc<T>* const (&x)[kBlockRows],
                            const Acc<T>* const (&c)[kBlockCentres], const Acc<T>* centres,
@@ -386,14 +393,28 @@ void segment_sum(const T* X, int64_t n, int64_t d, const int64_t* labels, int64_
 }
 
 // Bits of the exponent field: all set means NaN or an infinity. Integer tests vectorise.
-template <typename T> struct ExpMask;
-template <> struct ExpMask<float> { using U = uint32_t; static constexpr U value = 0x7f800000u; };
-template <> struct ExpMask<double> {
+template <typename T>
+struct ExpMask;
+template <>
+struct ExpMask<float> {
+  using U = uint32_t;
+  static constexpr U value = 0x7f800000u;
+};
+template <>
+struct ExpMask<double> {
   using U = uint64_t;
   static constexpr U value = 0x7ff0000000000000ull;
 };
-template <> struct ExpMask<Half> { using U = uint16_t; static constexpr U value = 0x7c00u; };
-template <> struct ExpMask<BFloat16> { using U = uint16_t; static constexpr U value = 0x7f80u; };
+template <>
+struct ExpMask<Half> {
+  using U = uint16_t;
+  static constexpr U value = 0x7c00u;
+};
+template <>
+struct ExpMask<BFloat16> {
+  using U = uint16_t;
+  static constexpr U value = 0x7f80u;
+};
 
 template <typename T>
 int64_t count_nonfinite_rows(const T* X, int64_t n, int64_t d, int64_t* first, double* spread) {
@@ -446,8 +467,7 @@ void indexed_distances(const double* X, int64_t d, const int64_t* rows, int64_t 
 #pragma omp parallel for schedule(dynamic, 1) if (nr * nc * d > kSerialWork)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t r0 = b * kRowsPerBlock, r1 = std::min(nr, r0 + kRowsPerBlock);
-    if (nearest_only)
-      std::fill(out + r0, out + r1, std::numeric_limits<double>::infinity());
+    if (nearest_only) std::fill(out + r0, out + r1, std::numeric_limits<double>::infinity());
     for (int64_t c0 = 0; c0 < nc; c0 += tile) {
       const int64_t c1 = std::min(nc, c0 + tile);
       for (int64_t r = r0; r < r1; ++r) {
@@ -480,15 +500,16 @@ double parallel_sum(const float* x, int64_t n) {
   return total;
 }
 
-#define FASTAL_INSTANTIATE_ROWS(R)                                                            \
+#define FASTAL_INSTANTIATE_ROWS(R)                                                              \
   template std::vector<AccOfRows<R>> prepare_centres<R>(const R&, const int64_t*, int64_t);     \
   template void min_sqdist_to_centres<R>(const R&, const AccOfRows<R>*, int64_t, AccOfRows<R>*, \
                                          int64_t*);
-#define FASTAL_INSTANTIATE(T)                                                  \
-  FASTAL_INSTANTIATE_ROWS(DenseRows<T>)                                        \
-  FASTAL_INSTANTIATE_ROWS(FactoredRows<T>)                                     \
-  template int64_t count_nonfinite_rows<T>(const T*, int64_t, int64_t, int64_t*, double*); \
-  template void segment_sum<T>(const T*, int64_t, int64_t, const int64_t*, int64_t, double*, int64_t*);
+#define FASTAL_INSTANTIATE(T)                                                                \
+  FASTAL_INSTANTIATE_ROWS(DenseRows<T>)                                                      \
+  FASTAL_INSTANTIATE_ROWS(FactoredRows<T>)                                                   \
+  template int64_t count_nonfinite_rows<T>(const T*, int64_t, int64_t, int64_t*, double*);   \
+  template void segment_sum<T>(const T*, int64_t, int64_t, const int64_t*, int64_t, double*, \
+                               int64_t*);
 FASTAL_INSTANTIATE(float)
 FASTAL_INSTANTIATE(double)
 FASTAL_INSTANTIATE(Half)

@@ -58,7 +58,7 @@ inline void dots_4x2(const double* const x[4], const double* y0, const double* y
 
 // out[i * ldo + j] = X_i . Y_j for i in [0, p), j in [0, q) (rows of length len, strides ldx, ldy).
 inline void cross_products(const double* X, int64_t ldx, int64_t p, const double* Y, int64_t ldy,
-                    int64_t q, int64_t len, double* out, int64_t ldo) {
+                           int64_t q, int64_t len, double* out, int64_t ldo) {
   int64_t i = 0;
   for (; i + 4 <= p; i += 4) {
     const double* x = X + i * ldx;

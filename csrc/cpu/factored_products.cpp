@@ -1,8 +1,9 @@
 // Row-wise products with a factored matrix Φ whose column j is scale * a_j (x) h_j (Sparse
-// Approximation, eq. 14; h_j read through HRows: in place, mapped, widened, with a bias 1): the adjoint (Φᵀ R)_j = scale * a_jᵀ R h_j and the product
-// Φu = scale * Σ_j u_j a_j h_jᵀ, for a C x dh matrix R. One streaming pass over A and H, the C x dh
-// operands in L1; a GEMM library would either materialise n x dh temporaries or run its skinny
-// (N = C) case far below the bandwidth of the pass.
+// Approximation, eq. 14; h_j read through HRows: in place, mapped, widened, with a bias 1): the
+// adjoint (Φᵀ R)_j = scale * a_jᵀ R h_j and the product Φu = scale * Σ_j u_j a_j h_jᵀ, for a C x dh
+// matrix R. One streaming pass over A and H, the C x dh operands in L1; a GEMM library would either
+// materialise n x dh temporaries or run its skinny (N = C) case far below the bandwidth of the
+// pass.
 #include <omp.h>
 
 #include <algorithm>
@@ -15,7 +16,8 @@ namespace fastal::cpu {
 
 namespace {
 
-constexpr int64_t kRowBlock = 256;  // rows accumulated in the storage-precision buffer, then flushed
+constexpr int64_t kRowBlock =
+    256;  // rows accumulated in the storage-precision buffer, then flushed
 
 // t[c] = R_c . h for every class c; R in the accumulation type.
 template <typename T>
@@ -43,8 +45,8 @@ inline void rank_one(Acc<T>* M, const T* a, const T* h, int64_t C, int64_t dh, A
 }
 
 // Runs body(i, local_M) over the rows [0, n) in parallel; body returns whether it added to
-// local_M. local_M accumulates in Acc<T> over at most kRowBlock added rows before it is flushed to a
-// per-thread float64 total (so a sparse u costs a flush per kRowBlock non-zeros, not per block of
+// local_M. local_M accumulates in Acc<T> over at most kRowBlock added rows before it is flushed to
+// a per-thread float64 total (so a sparse u costs a flush per kRowBlock non-zeros, not per block of
 // rows); the totals are summed into M_out.
 template <typename T, typename Body>
 void accumulate_rows(int64_t n, int64_t C, int64_t dh, double* M_out, Body&& body) {
@@ -164,7 +166,7 @@ constexpr int64_t kBlockRows = 32;  // 32 rows of h (64 KiB at dh = 512) stay in
 
 template <typename L>
 struct TileShape {
-  static constexpr int rows = 4;                     // P
+  static constexpr int rows = 4;                      // P
   static constexpr int classes = L::n == 16 ? 5 : 2;  // Q of t = R h
   static constexpr int update_classes = L::n == 16 ? 5 : 4;
   static constexpr int update_width = L::n == 16 ? 4 : 2;  // W
@@ -262,12 +264,11 @@ void block_rank_update(float* M, int64_t C, int64_t dh, const float* H, int64_t 
 }
 
 // M_c = scale * Σ_k coef[k][c] h_{j_k} over the m rows j_k = rows_at[k] (j_k = k when rows_at is
-// nullptr), in blocks of kBlockRows; with rows_at, or when H's rows cannot be read in place (mapped,
-// 16-bit or with the bias column), each block is gathered into thread-local copies (in cache) so
-// that the blocked loops see contiguous float rows.
-// fill(k0, rows, Ab, Hb, coef, scratch) writes the block's coefficients coef (rows x C); scratch
-// holds kBlockRows x C floats of its own. Per-thread float32 sums are flushed to float64 every
-// 256 rows.
+// nullptr), in blocks of kBlockRows; with rows_at, or when H's rows cannot be read in place
+// (mapped, 16-bit or with the bias column), each block is gathered into thread-local copies (in
+// cache) so that the blocked loops see contiguous float rows. fill(k0, rows, Ab, Hb, coef, scratch)
+// writes the block's coefficients coef (rows x C); scratch holds kBlockRows x C floats of its own.
+// Per-thread float32 sums are flushed to float64 every 256 rows.
 template <typename S, typename Fill>
 void blocked_rank_updates(const float* A, const HRows<S>& H, int64_t C, const int64_t* rows_at,
                           int64_t m, double scale, double* M, Fill&& fill) {
@@ -295,7 +296,8 @@ void blocked_rank_updates(const float* A, const HRows<S>& H, int64_t C, const in
         Ab = ab.data();
       }
       if (!Hb) {
-        for (int64_t q = 0; q < rows; ++q) H.load(rows_at ? rows_at[k0 + q] : k0 + q, hb.data() + q * dh);
+        for (int64_t q = 0; q < rows; ++q)
+          H.load(rows_at ? rows_at[k0 + q] : k0 + q, hb.data() + q * dh);
         Hb = hb.data();
       }
       fill(k0, rows, Ab, Hb, coef.data(), scratch.data());
@@ -320,21 +322,20 @@ void grad_apply_float(const float* A, const HRows<S>& H, int64_t C, const double
                       double* M) {
   const int64_t dh = H.dh();
   const std::vector<float> Rf(R, R + C * dh);
-  blocked_rank_updates(A, H, C, rows_at, m, scale, M,
-                       [&](int64_t k0, int64_t rows, const float* Ab, const float* Hb,
-                           float* coef, float* t) {
-                         block_r_times_h<BlockLanes>(Rf.data(), C, dh, Hb, rows, t);
-                         for (int64_t q = 0; q < rows; ++q) {
-                           const float* a = Ab + q * C;
-                           float adj = 0;
-                           for (int64_t c = 0; c < C; ++c) adj += a[c] * t[q * C + c];
-                           const int64_t i = rows_at ? rows_at[k0 + q] : k0 + q;
-                           const double gi = 2 * scale * adj + 2 * beta * (z[i] - 1);
-                           g[k0 + q] = gi;
-                           for (int64_t c = 0; c < C; ++c)
-                             coef[q * C + c] = static_cast<float>(gi) * a[c];
-                         }
-                       });
+  blocked_rank_updates(
+      A, H, C, rows_at, m, scale, M,
+      [&](int64_t k0, int64_t rows, const float* Ab, const float* Hb, float* coef, float* t) {
+        block_r_times_h<BlockLanes>(Rf.data(), C, dh, Hb, rows, t);
+        for (int64_t q = 0; q < rows; ++q) {
+          const float* a = Ab + q * C;
+          float adj = 0;
+          for (int64_t c = 0; c < C; ++c) adj += a[c] * t[q * C + c];
+          const int64_t i = rows_at ? rows_at[k0 + q] : k0 + q;
+          const double gi = 2 * scale * adj + 2 * beta * (z[i] - 1);
+          g[k0 + q] = gi;
+          for (int64_t c = 0; c < C; ++c) coef[q * C + c] = static_cast<float>(gi) * a[c];
+        }
+      });
 }
 
 // factored_adjoint for float32: t = R h in register tiles over blocks of rows (gathered into a
@@ -353,7 +354,8 @@ void adjoint_float(const float* A, const HRows<S>& H, int64_t C, const double* R
       const int64_t k0 = b * kBlockRows, count = std::min(m, k0 + kBlockRows) - k0;
       const float* Hb = rows ? nullptr : H.template direct<float>(k0);
       if (!Hb) {
-        for (int64_t q = 0; q < count; ++q) H.load(rows ? rows[k0 + q] : k0 + q, hb.data() + q * dh);
+        for (int64_t q = 0; q < count; ++q)
+          H.load(rows ? rows[k0 + q] : k0 + q, hb.data() + q * dh);
         Hb = hb.data();
       }
       block_r_times_h<BlockLanes>(Rf.data(), C, dh, Hb, count, t.data());
@@ -375,21 +377,21 @@ void apply_float(const float* A, const HRows<S>& H, int64_t n, int64_t C, const 
   for (int64_t i = 0; i < n; ++i)
     if (u[i] != 0) nonzero.push_back(i);
   const int64_t* at = nonzero.data();
-  blocked_rank_updates(A, H, C, at, static_cast<int64_t>(nonzero.size()), scale, M,
-                       [&](int64_t k0, int64_t rows, const float* Ab, const float*, float* coef,
-                           float*) {
-                         for (int64_t q = 0; q < rows; ++q) {
-                           const float f = static_cast<float>(u[at[k0 + q]]);
-                           for (int64_t c = 0; c < C; ++c) coef[q * C + c] = f * Ab[q * C + c];
-                         }
-                       });
+  blocked_rank_updates(
+      A, H, C, at, static_cast<int64_t>(nonzero.size()), scale, M,
+      [&](int64_t k0, int64_t rows, const float* Ab, const float*, float* coef, float*) {
+        for (int64_t q = 0; q < rows; ++q) {
+          const float f = static_cast<float>(u[at[k0 + q]]);
+          for (int64_t c = 0; c < C; ++c) coef[q * C + c] = f * Ab[q * C + c];
+        }
+      });
 }
 #endif
 
 template <typename S>
 void factored_grad_apply(const Acc<S>* A, const HRows<S>& H, int64_t n, int64_t C, const double* R,
-                         double scale, const double* z, double beta, const int64_t* rows,
-                         int64_t m, double* g, double* M) {
+                         double scale, const double* z, double beta, const int64_t* rows, int64_t m,
+                         double* g, double* M) {
   using T = Acc<S>;
   if (!rows) m = n;
 #ifdef FASTAL_AVX2
@@ -422,9 +424,9 @@ void factored_grad_apply(const Acc<S>* A, const HRows<S>& H, int64_t n, int64_t 
   template void factored_adjoint<S>(const Acc<S>*, const HRows<S>&, int64_t, const double*,        \
                                     double, const int64_t*, int64_t, double*);                     \
   template void factored_apply<S>(const Acc<S>*, const HRows<S>&, int64_t, int64_t, const double*, \
-                                  double, double*);                                               \
+                                  double, double*);                                                \
   template void factored_grad_apply<S>(const Acc<S>*, const HRows<S>&, int64_t, int64_t,           \
-                                       const double*, double, const double*, double,              \
+                                       const double*, double, const double*, double,               \
                                        const int64_t*, int64_t, double*, double*);
 FASTAL_INSTANTIATE(float)
 FASTAL_INSTANTIATE(double)

@@ -144,8 +144,16 @@ struct LowRankWork {
   std::vector<double> M, R;    // G x G and G x 2G for inertia_solve
   std::vector<int> block;
   LowRankWork(int64_t m, int64_t G, int64_t D)
-      : Zg(G * D), Vt(G * m), lam(m), C(G * G), rpow(3 * m), weight(3 * G * m), prod(3 * G * G), M(G * G),
-        R(2 * G * G), block(G) {}
+      : Zg(G * D),
+        Vt(G * m),
+        lam(m),
+        C(G * G),
+        rpow(3 * m),
+        weight(3 * G * m),
+        prod(3 * G * G),
+        M(G * G),
+        R(2 * G * G),
+        block(G) {}
 };
 
 // The eig_search evaluator of one group (see the top of the file).
@@ -214,8 +222,8 @@ struct LowRankCounts {
     else
       std::fill(w.prod.begin(), w.prod.end(), 0.0);
     assemble(x, derivs);
-    const int64_t neg = inertia_solve(w.M.data(), derivs ? w.R.data() : nullptr, G, 2,
-                                      w.block.data());
+    const int64_t neg =
+        inertia_solve(w.M.data(), derivs ? w.R.data() : nullptr, G, 2, w.block.data());
     return s_side ? below + neg : below - neg;
   }
 
@@ -305,12 +313,12 @@ double group_min_eig(const T* Z, int64_t D, const int64_t* group, int64_t G, con
 }  // namespace
 
 template <typename T>
-void gram_min_eig_lowrank(const T* Z, int64_t n, int64_t D, const int64_t* groups,
-                          int64_t n_groups, int64_t G, const double* basis, const double* lam,
-                          int64_t m, bool s_side, double rtol, double* min_eig) {
+void gram_min_eig_lowrank(const T* Z, int64_t n, int64_t D, const int64_t* groups, int64_t n_groups,
+                          int64_t G, const double* basis, const double* lam, int64_t m, bool s_side,
+                          double rtol, double* min_eig) {
   for (int64_t k = 0; k < n_groups * G; ++k)
-    FASTAL_REQUIRE(groups[k] >= 0 && groups[k] < n, "groups[", k / G, ", ", k % G, "] = ",
-                   groups[k], " is out of range for Z with ", n, " rows");
+    FASTAL_REQUIRE(groups[k] >= 0 && groups[k] < n, "groups[", k / G, ", ", k % G,
+                   "] = ", groups[k], " is out of range for Z with ", n, " rows");
   for (int64_t i = 0; i < m; ++i)
     FASTAL_REQUIRE(std::isfinite(lam[i]), "the shared eigenvalues must be finite");
   parallel_over_groups(
@@ -323,8 +331,8 @@ void gram_min_eig_lowrank(const T* Z, int64_t n, int64_t D, const int64_t* group
 template void gram_min_eig_lowrank<float>(const float*, int64_t, int64_t, const int64_t*, int64_t,
                                           int64_t, const double*, const double*, int64_t, bool,
                                           double, double*);
-template void gram_min_eig_lowrank<double>(const double*, int64_t, int64_t, const int64_t*,
-                                           int64_t, int64_t, const double*, const double*, int64_t,
-                                           bool, double, double*);
+template void gram_min_eig_lowrank<double>(const double*, int64_t, int64_t, const int64_t*, int64_t,
+                                           int64_t, const double*, const double*, int64_t, bool,
+                                           double, double*);
 
 }  // namespace fastal::cpu

@@ -1,5 +1,5 @@
-// Host builds of device code of the CUDA Gram kernel, so that the CPU test suite checks the code the
-// GPU runs (fastal's CPU kernel, gram_eig.cpp, uses none of it):
+// Host builds of device code of the CUDA Gram kernel, so that the CPU test suite checks the code
+// the GPU runs (fastal's CPU kernel, gram_eig.cpp, uses none of it):
 // - the per-thread path for small matrices (common/gram_small.h): the same source, the same
 //   interleaved workspace and the same grid-stride assignment of groups to slots, with OpenMP
 //   threads standing in for the GPU's;
@@ -31,7 +31,8 @@ namespace {
 // same; every group then scores NaN).
 template <typename T>
 void row64(const T* Z, int64_t n, int64_t D, int64_t r, double* out) {
-  for (int64_t k = 0; k < D; ++k) out[k] = r >= 0 && r < n ? static_cast<double>(Z[r * D + k]) : 0.0;
+  for (int64_t k = 0; k < D; ++k)
+    out[k] = r >= 0 && r < n ? static_cast<double>(Z[r * D + k]) : 0.0;
 }
 
 // The shared part, both triangles: K_LL (S side, P = mL) or Z_Lᵀ Z_L (D side, P = D).
@@ -95,9 +96,9 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
   const std::vector<double> shared = shared_part(Z, n, D, labeled, mL, s_side);
   std::vector<double> work(static_cast<size_t>(slots * gram_small::slot_doubles(size)),
                            std::numeric_limits<double>::quiet_NaN());  // as the warp slots
-  gram_small::Args args{Z,      n,         D,       labeled, mL,     groups,      n_groups,
-                        G,      shared.data(), size, rtol,   min_eig, spectra, work.data(),
-                        slots};
+  gram_small::Args args{Z,      n,        D,       labeled,       mL,
+                        groups, n_groups, G,       shared.data(), size,
+                        rtol,   min_eig,  spectra, work.data(),   slots};
   // static: each thread takes a run of neighbouring slots, which share cache lines
   bool labeled_ok = true;
   for (int64_t j = 0; j < mL; ++j) labeled_ok &= gram_small::labeled_in_range(args, j);
@@ -116,8 +117,9 @@ void gram_min_eig_warp(const T* Z, int64_t n, int64_t D, const int64_t* labeled,
                  gram_warp::kMaxOrder, ", got ", size);
   if (n_groups == 0) return;
   const std::vector<double> shared = shared_part(Z, n, D, labeled, mL, s_side);
-  const gram_small::Args args{Z,      n,     D,    labeled, mL,      groups,  n_groups, G,
-                              shared.data(), size, rtol, min_eig, spectra, nullptr, 0};
+  const gram_small::Args args{Z,      n,        D,       labeled,       mL,
+                              groups, n_groups, G,       shared.data(), size,
+                              rtol,   min_eig,  spectra, nullptr,       0};
   bool labeled_ok = true;
   for (int64_t j = 0; j < mL; ++j) labeled_ok &= gram_small::labeled_in_range(args, j);
   // the device's instantiations (cuda/gram_warp.cu)
@@ -136,11 +138,11 @@ void gram_groups_valid(const int64_t* groups, int64_t n_groups, int64_t G, int64
 }
 
 template void gram_min_eig_small<float>(const float*, int64_t, int64_t, const int64_t*, int64_t,
-                                        const int64_t*, int64_t, int64_t, double, int64_t,
-                                        double*, double*);
+                                        const int64_t*, int64_t, int64_t, double, int64_t, double*,
+                                        double*);
 template void gram_min_eig_small<double>(const double*, int64_t, int64_t, const int64_t*, int64_t,
-                                         const int64_t*, int64_t, int64_t, double, int64_t,
-                                         double*, double*);
+                                         const int64_t*, int64_t, int64_t, double, int64_t, double*,
+                                         double*);
 template void gram_min_eig_warp<float>(const float*, int64_t, int64_t, const int64_t*, int64_t,
                                        const int64_t*, int64_t, int64_t, double, double*, double*);
 template void gram_min_eig_warp<double>(const double*, int64_t, int64_t, const int64_t*, int64_t,

@@ -32,7 +32,8 @@ constexpr bool kVectorBookkeeping =
     false;
 #endif
 
-// The farthest non-centre point; ties to the lowest index. value = -inf when every point is a centre.
+// The farthest non-centre point; ties to the lowest index. value = -inf when every point is a
+// centre.
 template <typename A>
 struct Farthest {
   A value = -std::numeric_limits<A>::infinity();
@@ -81,7 +82,8 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
   if (s.prune) {
     centre_dist2.resize(static_cast<size_t>(s.n_labeled + s.budget));
     centre_weight.resize(static_cast<size_t>(s.n_labeled + s.budget));
-    for (int64_t j = 0; j < s.n_labeled + t_begin; ++j) centre_weight[j] = rows.row_weight(s.centres[j]);
+    for (int64_t j = 0; j < s.n_labeled + t_begin; ++j)
+      centre_weight[j] = rows.row_weight(s.centres[j]);
   }
 
   for (int64_t t = t_begin; t < t_end; ++t) {
@@ -174,9 +176,8 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
       for (int64_t b = 0; b < n_chunks; ++b) {
         const int64_t i0 = b * chunk, i1 = std::min(n, i0 + chunk);
         if (prune) {
-          const uint64_t kept =
-              rows_to_read(rows, pruner, s.mind, s.near, centre_dist2.data(), centre_weight.data(),
-                           weight_c, i0, i1, words.data());
+          const uint64_t kept = rows_to_read(rows, pruner, s.mind, s.near, centre_dist2.data(),
+                                             centre_weight.data(), weight_c, i0, i1, words.data());
           if (read_whole(kept, i1 - i0)) {
             local_reads += all_distances(i0, i1, dd.data());
           } else {
@@ -202,11 +203,11 @@ void kcenter_steps(KCenterState<Rows>& s, int64_t t_begin, int64_t t_end) {
   }
 }
 
-#define FASTAL_INSTANTIATE_ROWS(R)                                             \
-  template void kcenter_init_first<R>(KCenterState<R>&, int64_t);              \
+#define FASTAL_INSTANTIATE_ROWS(R)                                \
+  template void kcenter_init_first<R>(KCenterState<R>&, int64_t); \
   template void kcenter_steps<R>(KCenterState<R>&, int64_t, int64_t);
-#define FASTAL_INSTANTIATE(T)              \
-  FASTAL_INSTANTIATE_ROWS(DenseRows<T>)    \
+#define FASTAL_INSTANTIATE(T)           \
+  FASTAL_INSTANTIATE_ROWS(DenseRows<T>) \
   FASTAL_INSTANTIATE_ROWS(FactoredRows<T>)
 FASTAL_INSTANTIATE(float)
 FASTAL_INSTANTIATE(double)

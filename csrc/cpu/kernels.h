@@ -93,7 +93,8 @@ struct HRows {
 // above; R, M are C x dh float64):
 //   factored_adjoint:    out[k] = scale * a_jᵀ R h_j for j = rows[k] (rows == nullptr: j = k < m)
 //   factored_apply:      M = scale * Σ_j u_j a_j h_jᵀ (rows with u_j = 0 skipped)
-//   factored_grad_apply: g_j = 2 scale a_jᵀ R h_j + 2 beta (z_j - 1) and M = scale * Σ_j g_j a_j h_jᵀ,
+//   factored_grad_apply: g_j = 2 scale a_jᵀ R h_j + 2 beta (z_j - 1) and M = scale * Σ_j g_j a_j
+//   h_jᵀ,
 //                        in one pass (the IHT gradient step and its line search); over every
 //                        row (rows == nullptr, g of length n) or over j = rows[k], k < m (g[k];
 //                        De-bias).
@@ -105,8 +106,8 @@ void factored_apply(const Acc<S>* A, const HRows<S>& H, int64_t n, int64_t C, co
                     double scale, double* M);
 template <typename S>
 void factored_grad_apply(const Acc<S>* A, const HRows<S>& H, int64_t n, int64_t C, const double* R,
-                         double scale, const double* z, double beta, const int64_t* rows,
-                         int64_t m, double* g, double* M);
+                         double scale, const double* z, double beta, const int64_t* rows, int64_t m,
+                         double* g, double* M);
 
 // Euclidean distances (float64, direct differences) between rows rows[r] and cols[c] of X (n x d):
 // out[r * nc + c], or with nearest_only out[r] = the smallest over c (+inf when nc = 0). The robust
@@ -125,11 +126,11 @@ struct KCenterState {
   Rows rows;
   A* mind;
   int64_t* near;
-  int64_t* centres;    // capacity n_labeled + budget: the labeled points, then the picks
+  int64_t* centres;  // capacity n_labeled + budget: the labeled points, then the picks
   int64_t n_labeled;
   int64_t budget;
-  int64_t* picks;      // budget; picks[0] is set before the first step
-  A* radius2;          // budget; largest mind after each pick (0 once every point is a centre)
+  int64_t* picks;  // budget; picks[0] is set before the first step
+  A* radius2;      // budget; largest mind after each pick (0 once every point is a centre)
   bool prune;
   uint64_t rows_read;  // rows whose distance to a new centre was computed (earlier centres too)
 };
@@ -155,7 +156,7 @@ struct KMeansPPState {
   const double* uniform;  // k draws in [0, 1): pick t uses uniform[t] when it is sampled
   int64_t k;
   bool has_first;
-  double* block_sums;     // ceil(n / kKMeansPPBlock), kept between calls of kmeanspp_steps
+  double* block_sums;  // ceil(n / kKMeansPPBlock), kept between calls of kmeanspp_steps
   // Exact triangle-inequality pruning as in k-center (common/prune.h) when near is given:
   // near[i] is the position in centres of row i's nearest centre (-1: none yet), centres holds the
   // n_labeled labeled rows, then the picks. A pruned row's mind cannot change, so the draws are
@@ -194,9 +195,8 @@ void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end);
 // 16-bit rows widened to float32 (so their step is that of X.astype(float32), bit for bit).
 template <typename S>
 void lloyd_step(const S* X, int64_t n, int64_t d, const Acc<S>* xsq, const Acc<S>* centres,
-                int64_t k, uintptr_t gemm_address, uintptr_t threads_local_address,
-                int64_t* labels, Acc<S>* dist2, double* sums, int64_t* counts,
-                int64_t partial_limit = -1);
+                int64_t k, uintptr_t gemm_address, uintptr_t threads_local_address, int64_t* labels,
+                Acc<S>* dist2, double* sums, int64_t* counts, int64_t partial_limit = -1);
 
 // lloyd_step's labels, sums and counts (bit for bit) without reading the rows whose nearest
 // centre the Yinyang bounds settle (kmeans_bounded.cpp). State carried between the calls of one
@@ -225,8 +225,8 @@ void gram_min_eig(const T* Z, int64_t n, int64_t D, const int64_t* labeled, int6
                   const int64_t* groups, int64_t n_groups, int64_t G, double rtol, double* min_eig,
                   double* spectra);
 
-// The CUDA kernel's path for orders up to 32, one matrix per thread (common/gram_small.h), built for
-// the host so that tests check it (gram_small_host.cpp): the same results as gram_min_eig (to
+// The CUDA kernel's path for orders up to 32, one matrix per thread (common/gram_small.h), built
+// for the host so that tests check it (gram_small_host.cpp): the same results as gram_min_eig (to
 // rounding) over `slots` interleaved workspace slots. Indices are not checked: a group with one
 // out of range (or any labeled index out of range) gets NaN, as on the GPU.
 template <typename T>
@@ -260,9 +260,9 @@ void gram_groups_valid(const int64_t* groups, int64_t n_groups, int64_t G, int64
 // group costs O(m G D + m G²) per evaluation instead of a Householder reduction. Index overlap and
 // duplicates are the caller's to check (gram.py); out-of-range indices throw.
 template <typename T>
-void gram_min_eig_lowrank(const T* Z, int64_t n, int64_t D, const int64_t* groups,
-                          int64_t n_groups, int64_t G, const double* basis, const double* lam,
-                          int64_t m, bool s_side, double rtol, double* min_eig);
+void gram_min_eig_lowrank(const T* Z, int64_t n, int64_t D, const int64_t* groups, int64_t n_groups,
+                          int64_t G, const double* basis, const double* lam, int64_t m, bool s_side,
+                          double rtol, double* min_eig);
 
 // One OpenMP thread in a process forked from this one (cpu/fork_guard.cpp); idempotent.
 void install_fork_guard();

@@ -114,12 +114,18 @@ struct BoundScratch {
   std::vector<T> least, second;
   std::vector<int32_t> holder;
   std::vector<float> stored;
-  std::vector<double> x2, two_e;  // per row: |x|^2 and twice the GEMM form's error bound
-  std::vector<double> bound;   // per row: the least group bound so far
+  std::vector<double> x2, two_e;    // per row: |x|^2 and twice the GEMM form's error bound
+  std::vector<double> bound;        // per row: the least group bound so far
   std::vector<int32_t> label, own;  // per row: its centre and that centre's group
   explicit BoundScratch(int64_t t)
-      : least(static_cast<size_t>(t * kChunk)), second(least.size()), holder(least.size()),
-        stored(least.size()), x2(kChunk), two_e(kChunk), bound(kChunk), label(kChunk),
+      : least(static_cast<size_t>(t * kChunk)),
+        second(least.size()),
+        holder(least.size()),
+        stored(least.size()),
+        x2(kChunk),
+        two_e(kChunk),
+        bound(kChunk),
+        label(kChunk),
         own(kChunk) {}
 };
 
@@ -140,8 +146,8 @@ inline float lower_of_sq_flat(double d2) { return lower_of_flat(std::sqrt(std::m
 // time over the chunk's rows (contiguous, branch-free: it vectorises), then written per row.
 template <typename S, typename T = Acc<S>>
 void gemm_chunk(const Plan<S>& p, lloyd::Gemm<T> gemm, int64_t r0, int64_t rows, T* tile, T* best,
-                T* second, int32_t* arg, T* dist2, uint8_t* resolved, BoundScratch<T>& b,
-                T* wide, int64_t* labels, float* upper, float* glower, float* lower) {
+                T* second, int32_t* arg, T* dist2, uint8_t* resolved, BoundScratch<T>& b, T* wide,
+                int64_t* labels, float* upper, float* glower, float* lower) {
   const T* xc = lloyd::widened(p.X + r0 * p.d, rows * p.d, wide);
   lloyd::gemm_tile(gemm, xc, rows, p.centres, p.k, p.d, tile);
   lloyd::first_argmin_columns(tile, rows, rows, p.k, p.csq.data(), best, second, arg);
@@ -268,8 +274,15 @@ int64_t lloyd_step_bounded(const S* X, int64_t n, int64_t d, const Acc<S>* xsq,
   }
   for (int64_t g = 0; g < t; ++g)
     offset[g] = fresh ? 0.0 : (offset[g] + group_shift[g]) * (1 + 1e-15);
-  Plan<S> p{n,  d,  k,  t,  X, xsq, centres, group, offset, max_shift * (1 + 1e-15),
-            {}, {}, {}, lloyd::Margins(centres, k, d), 0.0, {}, {}};
+  Plan<S> p{n,       d,
+            k,       t,
+            X,       xsq,
+            centres, group,
+            offset,  max_shift * (1 + 1e-15),
+            {},      {},
+            {},      lloyd::Margins(centres, k, d),
+            0.0,     {},
+            {}};
   p.csq.resize(static_cast<size_t>(k));
   lloyd::centre_sqnorms(centres, k, d, p.csq.data());
   p.ratio = std::sqrt((1 + p.margins.slack) / (1 - p.margins.slack)) * (1 + 1e-15);
@@ -360,7 +373,7 @@ int64_t lloyd_step_bounded(const S* X, int64_t n, int64_t d, const Acc<S>* xsq,
   return total;
 }
 
-#define FASTAL_INSTANTIATE(S)                                                                  \
+#define FASTAL_INSTANTIATE(S)                                                                      \
   template int64_t lloyd_step_bounded<S>(const S*, int64_t, int64_t, const Acc<S>*, const Acc<S>*, \
                                          int64_t, const double*, const int32_t*, int64_t, bool,    \
                                          uintptr_t, uintptr_t, int64_t*, float*, float*, float*,   \

@@ -32,9 +32,8 @@ using lloyd::SetThreadsLocal;
 
 template <typename S>
 void lloyd_step(const S* X, int64_t n, int64_t d, const Acc<S>* xsq, const Acc<S>* centres,
-                int64_t k, uintptr_t gemm_address, uintptr_t threads_local_address,
-                int64_t* labels, Acc<S>* dist2, double* sums, int64_t* counts,
-                int64_t partial_limit) {
+                int64_t k, uintptr_t gemm_address, uintptr_t threads_local_address, int64_t* labels,
+                Acc<S>* dist2, double* sums, int64_t* counts, int64_t partial_limit) {
   using T = Acc<S>;
   FASTAL_REQUIRE(d <= std::numeric_limits<int>::max() && k <= std::numeric_limits<int>::max(),
                  "d and k must fit a 32-bit BLAS integer");

@@ -3,9 +3,9 @@
 //
 // Each pick is sampled from the float64 sums of max(mind, 0) over fixed blocks of kKMeansPPBlock
 // rows, kept up to date by the pass that adds the previous centre: the sampler scans the block sums
-// to find the block holding u * total, then that block's rows. Blocks are fixed (not per thread) and
-// summed in row order, so the picks depend only on the data and the uniforms, not on the number of
-// threads. The rule matches the float64 reference: the first row with cumsum(w) > u * total.
+// to find the block holding u * total, then that block's rows. Blocks are fixed (not per thread)
+// and summed in row order, so the picks depend only on the data and the uniforms, not on the number
+// of threads. The rule matches the float64 reference: the first row with cumsum(w) > u * total.
 #include <omp.h>
 
 #include <algorithm>
@@ -118,12 +118,13 @@ void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end) {
   if (can_prune) {
     centre_dist2.resize(static_cast<size_t>(s.n_labeled + s.k));
     centre_weight.resize(static_cast<size_t>(s.n_labeled + s.k));
-    for (int64_t j = 0; j < s.n_labeled + t_begin; ++j) centre_weight[j] = rows.row_weight(s.centres[j]);
+    for (int64_t j = 0; j < s.n_labeled + t_begin; ++j)
+      centre_weight[j] = rows.row_weight(s.centres[j]);
   }
   for (int64_t t = t_begin; t < t_end; ++t) {
     const int64_t c = (t == 0 && s.has_first) ? s.picks[0] : sample(s, s.uniform[t]);
     s.picks[t] = c;
-    if (c < 0) continue;  // cannot happen for k <= n - n_labeled; the caller checks
+    if (c < 0) continue;                  // cannot happen for k <= n - n_labeled; the caller checks
     const int64_t pos = s.n_labeled + t;  // this centre's position in s.centres
     const bool prune = prune_step(can_prune, pos, n);
     rows.prepare(c, centre.data());
@@ -173,9 +174,8 @@ void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end) {
         continue;
       }
       uint64_t words[kKMeansPPBlock / 64];
-      const uint64_t kept =
-          rows_to_read(rows, pruner, s.mind, s.near, centre_dist2.data(), centre_weight.data(),
-                       weight_c, i0, i1, words);
+      const uint64_t kept = rows_to_read(rows, pruner, s.mind, s.near, centre_dist2.data(),
+                                         centre_weight.data(), weight_c, i0, i1, words);
       if (read_whole(kept, i1 - i0)) {
         reads += read_all(b, i0, i1);
         continue;

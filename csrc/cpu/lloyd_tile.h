@@ -111,7 +111,8 @@ void centre_sqnorms(const T* centres, int64_t k, int64_t d, T* csq) {
 // arithmetic here rounds by ~1e-16 relative, far inside these):
 //  - direct: sqdist is within `slack` D_j relative (the (d + 4) u of common/prune.h, with room);
 //  - GEMM: |v_j - (D_j - |x|²)| <= gemm(xsq) and |xsq - |x|²| <= gemm(xsq), from the dot product
-//    bound γ_d |x| |c| and the centre norms' γ_d |c|², with |c| <= max_norm: (d + 2) u (|c| + |x|)².
+//    bound γ_d |x| |c| and the centre norms' γ_d |c|², with |c| <= max_norm: (d + 2) u (|c| +
+//    |x|)².
 struct Margins {
   double unit, slack, max_norm;
   int64_t d;
@@ -119,7 +120,9 @@ struct Margins {
   template <typename T>
   Margins(const T* centres, int64_t k, int64_t d_)
       : unit(std::ldexp(1.0, -std::numeric_limits<T>::digits)),
-        slack(1.5 * static_cast<double>(d_ + 4) * unit), max_norm(0), d(d_) {
+        slack(1.5 * static_cast<double>(d_ + 4) * unit),
+        max_norm(0),
+        d(d_) {
     for (int64_t j = 0; j < k; ++j) {
       double s = 0;
       for (int64_t c = 0; c < d; ++c)

@@ -2,8 +2,8 @@
 //
 // Rows are stored as float32, float64, float16 or bfloat16 and accumulated in float32 (float64 for
 // float64). The summation order of one distance depends only on d, never on where the row sits, so
-// identical rows give identical distances and the pruned and unpruned k-center kernels agree bit for
-// bit. AVX2+FMA(+F16C) paths when the compiler targets them; a portable scalar path otherwise.
+// identical rows give identical distances and the pruned and unpruned k-center kernels agree bit
+// for bit. AVX2+FMA(+F16C) paths when the compiler targets them; a portable scalar path otherwise.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -21,12 +21,23 @@
 
 namespace fastal::cpu {
 
-struct Half { uint16_t bits; };      // IEEE binary16
-struct BFloat16 { uint16_t bits; };  // upper half of a binary32
+struct Half {
+  uint16_t bits;
+};  // IEEE binary16
+struct BFloat16 {
+  uint16_t bits;
+};  // upper half of a binary32
 
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-template <typename T> using Acc = typename AccOf<T>::type;
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <typename T>
+using Acc = typename AccOf<T>::type;
 
 inline float half_to_float(uint16_t h) {
   const uint32_t sign = (h & 0x8000u) << 16;
@@ -39,7 +50,10 @@ inline float half_to_float(uint16_t h) {
     bits = sign;
   } else {  // subnormal: normalise
     exp = 113u;
-    while (!(mant & 0x400u)) { mant <<= 1; --exp; }
+    while (!(mant & 0x400u)) {
+      mant <<= 1;
+      --exp;
+    }
     bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
   }
   float f;
@@ -128,8 +142,10 @@ inline double hsum(__m256d v) {
 
 // One SIMD register of T and the operations the blocked kernels need (k-means arg-min, factored
 // products): Lanes<T> is an AVX2 register, Lanes<float, 512> an AVX-512 one.
-template <typename T, int Bits = 256> struct Lanes;
-template <> struct Lanes<float> {
+template <typename T, int Bits = 256>
+struct Lanes;
+template <>
+struct Lanes<float> {
   using V = __m256;
   static constexpr int n = 8;
   static V load(const float* p) { return _mm256_loadu_ps(p); }
@@ -143,7 +159,8 @@ template <> struct Lanes<float> {
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static float sum(V v) { return hsum(v); }
 };
-template <> struct Lanes<double> {
+template <>
+struct Lanes<double> {
   using V = __m256d;
   static constexpr int n = 4;
   static V load(const double* p) { return _mm256_loadu_pd(p); }
@@ -185,7 +202,8 @@ inline __m256d fma_term(__m256d x, __m256d c, __m256d acc) {
 #endif
 
 #ifdef FASTAL_AVX512
-template <> struct Lanes<float, 512> {
+template <>
+struct Lanes<float, 512> {
   using V = __m512;
   static constexpr int n = 16;
   static V load(const float* p) { return _mm512_loadu_ps(p); }
@@ -225,7 +243,8 @@ inline void bf16_block(const BFloat16* x, const float* c, __m512& even, __m512& 
 // then single vectors; returns the sum and advances k past what it consumed.
 template <bool SQ, typename T>
 inline float reduce_row_16bit_avx512(const T* x, const float* c, int64_t d, int64_t& k) {
-  __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                 _mm512_setzero_ps()};
   if constexpr (std::is_same_v<T, BFloat16>) {
     for (; k + 64 <= d; k += 64) {
       bf16_block<SQ>(x + k, c + k, a[0], a[1]);
@@ -287,13 +306,14 @@ inline Acc<T> reduce_row_simd(const T* x, const Acc<T>* c, int64_t d, int64_t& k
     total = reduce_row_16bit_avx512<SQ>(x, c, d, k);
   } else  // NOLINT(readability-misleading-indentation): the AVX2 chain below continues this one
 #endif
-  if constexpr (std::is_same_v<T, double>) {
+      if constexpr (std::is_same_v<T, double>) {
     __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
                     _mm256_setzero_pd()};
     for (; k + 16 <= d; k += 16)
       for (int u = 0; u < 4; ++u)
         a[u] = fma_term<SQ>(_mm256_loadu_pd(x + k + 4 * u), _mm256_loadu_pd(c + k + 4 * u), a[u]);
-    for (; k + 4 <= d; k += 4) a[0] = fma_term<SQ>(_mm256_loadu_pd(x + k), _mm256_loadu_pd(c + k), a[0]);
+    for (; k + 4 <= d; k += 4)
+      a[0] = fma_term<SQ>(_mm256_loadu_pd(x + k), _mm256_loadu_pd(c + k), a[0]);
     total = hsum(_mm256_add_pd(_mm256_add_pd(a[0], a[1]), _mm256_add_pd(a[2], a[3])));
   } else if constexpr (std::is_same_v<T, BFloat16>) {
     const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
@@ -303,8 +323,10 @@ inline Acc<T> reduce_row_simd(const T* x, const Acc<T>* c, int64_t d, int64_t& k
     // with constant indices: a run-time index would keep a[] in memory.
     const auto block = [&](int64_t o, __m256& even, __m256& odd) {
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + o));
-      even = fma_term<SQ>(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_loadu_ps(c + o), even);
-      odd = fma_term<SQ>(_mm256_castsi256_ps(_mm256_and_si256(v, high)), _mm256_loadu_ps(c + o + 8), odd);
+      even =
+          fma_term<SQ>(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), _mm256_loadu_ps(c + o), even);
+      odd = fma_term<SQ>(_mm256_castsi256_ps(_mm256_and_si256(v, high)), _mm256_loadu_ps(c + o + 8),
+                         odd);
     };
     for (; k + 32 <= d; k += 32) {
       block(k, a[0], a[1]);

@@ -34,7 +34,7 @@ ChunkFarthest<A> merge_lanes(const A (&value)[kLanes], const int32_t (&at)[kLane
 // mind among rows that are not centres (mind = -inf) and its index in the chunk, the lowest on
 // ties; index -1 when every row is a centre.
 inline ChunkFarthest<float> update_chunk(float* mind, int64_t* near, const float* dd, int64_t len,
-                                  int64_t pos) {
+                                         int64_t pos) {
   const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i pos_v = _mm512_set1_epi64(pos);

@@ -2,11 +2,11 @@
 //
 // The b smallest scores (ties to the lowest index) form the support, and w = [s]_+ on it. Scores
 // (kernels.h, IhtRule): the paper's 1/2 [-s_j]_+^2 - alpha sigma_j^2, or the exact proximal one
-// -1/2 [s_j]_+^2 - alpha sigma_j^2 [s_j > 0]. A full nth_element over n = 10^7 pairs costs ~10x one streaming
-// pass, so: estimate a threshold from a strided sample of the scores, keep the rows at or below it
-// in one parallel pass, and finish with nth_element + sort on the few survivors. If the sample
-// underestimated (fewer than b survivors), the pass is repeated with a higher sample rank, and in
-// the end with no threshold at all, so the result is always exact.
+// -1/2 [s_j]_+^2 - alpha sigma_j^2 [s_j > 0]. A full nth_element over n = 10^7 pairs costs ~10x one
+// streaming pass, so: estimate a threshold from a strided sample of the scores, keep the rows at or
+// below it in one parallel pass, and finish with nth_element + sort on the few survivors. If the
+// sample underestimated (fewer than b survivors), the pass is repeated with a higher sample rank,
+// and in the end with no threshold at all, so the result is always exact.
 #include <omp.h>
 
 #include <algorithm>
@@ -49,10 +49,12 @@ struct Keyed {
 };
 
 // All rows with score <= threshold (every row when threshold is +inf), in ascending index order.
-// A NaN input or score (the paper's rule on float64 input: inf - inf when both terms overflow) is an
-// error: the row could be neither ranked nor dropped (the solvers call this without a Python check).
+// A NaN input or score (the paper's rule on float64 input: inf - inf when both terms overflow) is
+// an error: the row could be neither ranked nor dropped (the solvers call this without a Python
+// check).
 template <IhtRule Rule, typename T>
-std::vector<Keyed> survivors(const T* s, const T* sigma, int64_t n, double alpha, double threshold) {
+std::vector<Keyed> survivors(const T* s, const T* sigma, int64_t n, double alpha,
+                             double threshold) {
   const int threads = n > (int64_t{1} << 16) ? omp_get_max_threads() : 1;
   std::vector<std::vector<Keyed>> parts(static_cast<size_t>(threads));
   int64_t first_nan = n;
@@ -69,8 +71,9 @@ std::vector<Keyed> survivors(const T* s, const T* sigma, int64_t n, double alpha
       }
     }
   }
-  FASTAL_REQUIRE(first_nan == n, "the IHT score is NaN at index ", first_nan, " (s = ",
-                 static_cast<double>(s[first_nan]), ", sigma = ", static_cast<double>(sigma[first_nan]),
+  FASTAL_REQUIRE(first_nan == n, "the IHT score is NaN at index ", first_nan,
+                 " (s = ", static_cast<double>(s[first_nan]),
+                 ", sigma = ", static_cast<double>(sigma[first_nan]),
                  "): a NaN input, or both terms of 1/2 [-s]_+^2 - alpha sigma^2 overflow float64");
   std::vector<Keyed> all;
   size_t total = 0;
@@ -91,14 +94,17 @@ void select_top_b(const T* s, const T* sigma, int64_t n, int64_t b, double alpha
   for (int64_t k = 0; k < m; ++k) {
     const int64_t j = static_cast<int64_t>((static_cast<double>(k) + 0.5) * n / m);
     const double sc = iht_score<Rule>(s[j], sigma[j], alpha);
-    sample[k] = sc == sc ? sc : std::numeric_limits<double>::infinity();  // NaN: survivors() rejects it
+    sample[k] =
+        sc == sc ? sc : std::numeric_limits<double>::infinity();  // NaN: survivors() rejects it
   }
   std::vector<Keyed> keep;
   double frac = 1.5 * static_cast<double>(b) / n + 4.0 * std::sqrt(static_cast<double>(b)) / n;
-  for (int attempt = 0; attempt < 3 && static_cast<int64_t>(keep.size()) < b; ++attempt, frac *= 4) {
+  for (int attempt = 0; attempt < 3 && static_cast<int64_t>(keep.size()) < b;
+       ++attempt, frac *= 4) {
     const int64_t rank = static_cast<int64_t>(std::ceil(frac * m));
     double threshold = std::numeric_limits<double>::infinity();
-    if (b < n && rank < m && attempt < 2) {  // the rank-th sample score: O(m), not a sort of the sample
+    if (b < n && rank < m &&
+        attempt < 2) {  // the rank-th sample score: O(m), not a sort of the sample
       std::nth_element(sample.begin(), sample.begin() + rank, sample.end());
       threshold = sample[static_cast<size_t>(rank)];
     }

@@ -83,14 +83,23 @@ void iht_threshold_fused_host(const float* s, const float* sigma, int64_t n, int
   std::vector<u64> block_counts(static_cast<size_t>(grid), kGarbage64);
   std::vector<u64> keys(static_cast<size_t>(cap), kGarbage64);
   std::vector<unsigned> index(static_cast<size_t>(cap), static_cast<unsigned>(kGarbage64));
-  const topb::FusedParams p{s,       sigma, n, b, topb::Rule{alpha, exact}, hist.data(),
-                            block_counts.data(), &res, keys.data(), index.data(), cap, w};
+  const topb::FusedParams p{s,
+                            sigma,
+                            n,
+                            b,
+                            topb::Rule{alpha, exact},
+                            hist.data(),
+                            block_counts.data(),
+                            &res,
+                            keys.data(),
+                            index.data(),
+                            cap,
+                            w};
   std::vector<topb::FusedShared> shared(static_cast<size_t>(grid));
   std::memset(static_cast<void*>(shared.data()), 0xA5, sizeof(topb::FusedShared) * shared.size());
   SimtEmulator emu(grid, topb::kBlockThreads);
-  emu.run([&](int blk, int) {
-    topb::fused_select<HostBlock>(p, shared[static_cast<size_t>(blk)]);
-  });
+  emu.run(
+      [&](int blk, int) { topb::fused_select<HostBlock>(p, shared[static_cast<size_t>(blk)]); });
   nonfinite[0] = static_cast<int64_t>(res.nonfinite[0]);
   nonfinite[1] = nonfinite[0] ? n - static_cast<int64_t>(res.first_from_end[0]) : -1;
   nonfinite[2] = static_cast<int64_t>(res.nonfinite[1]);

@@ -22,19 +22,19 @@ namespace fastal::cuda {
 
 }  // namespace fastal::cuda
 
-#define CUDA_CHECK(expr)                                                              \
-  do {                                                                                \
-    const cudaError_t fastal_err_ = (expr);                                           \
-    if (fastal_err_ != cudaSuccess)                                                   \
-      ::fastal::cuda::throw_cuda_error(fastal_err_, #expr, __FILE__, __LINE__);       \
+#define CUDA_CHECK(expr)                                                        \
+  do {                                                                          \
+    const cudaError_t fastal_err_ = (expr);                                     \
+    if (fastal_err_ != cudaSuccess)                                             \
+      ::fastal::cuda::throw_cuda_error(fastal_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 
 // After every kernel launch (`name` a string literal): configuration errors surface here, not at
 // the next API call.
-#define CUDA_CHECK_LAUNCH(name)                                                       \
-  do {                                                                                \
-    const cudaError_t fastal_err_ = cudaGetLastError();                               \
-    if (fastal_err_ != cudaSuccess)                                                   \
+#define CUDA_CHECK_LAUNCH(name)                                                             \
+  do {                                                                                      \
+    const cudaError_t fastal_err_ = cudaGetLastError();                                     \
+    if (fastal_err_ != cudaSuccess)                                                         \
       ::fastal::cuda::throw_cuda_error(fastal_err_, "launch of " name, __FILE__, __LINE__); \
   } while (0)
 

@@ -31,16 +31,20 @@ constexpr int kWarps = kThreads / 32;
 
 // ---- storage types ---------------------------------------------------------------------------
 
-template <typename T> struct Storage;
-template <> struct Storage<float> {
+template <typename T>
+struct Storage;
+template <>
+struct Storage<float> {
   using Bits = unsigned int;
   static constexpr Bits kExpMask = 0x7f800000u;
 };
-template <> struct Storage<__half> {
+template <>
+struct Storage<__half> {
   using Bits = unsigned short;
   static constexpr Bits kExpMask = 0x7c00u;
 };
-template <> struct Storage<__nv_bfloat16> {
+template <>
+struct Storage<__nv_bfloat16> {
   using Bits = unsigned short;
   static constexpr Bits kExpMask = 0x7f80u;
 };
@@ -69,20 +73,32 @@ __device__ __forceinline__ float2 word_to_float2(unsigned w) {
 // Loads: STREAM marks data read once per pass (evict-first, keeps mind/near resident in L2).
 template <bool STREAM>
 __device__ __forceinline__ uint4 load_unit(const uint4* p) {
-  if constexpr (STREAM) return __ldcs(p); else return __ldg(p);
+  if constexpr (STREAM)
+    return __ldcs(p);
+  else
+    return __ldg(p);
 }
 template <bool STREAM, typename B>
 __device__ __forceinline__ B load_bits(const B* p) {
-  if constexpr (STREAM) return __ldcs(p); else return __ldg(p);
+  if constexpr (STREAM)
+    return __ldcs(p);
+  else
+    return __ldg(p);
 }
 template <bool SMEM>
 __device__ __forceinline__ float4 load_centre4(const float* c, int i) {
   const float4* c4 = reinterpret_cast<const float4*>(c) + i;
-  if constexpr (SMEM) return *c4; else return __ldg(c4);
+  if constexpr (SMEM)
+    return *c4;
+  else
+    return __ldg(c4);
 }
 template <bool SMEM>
 __device__ __forceinline__ float load_centre(const float* c, int k) {
-  if constexpr (SMEM) return c[k]; else return __ldg(c + k);
+  if constexpr (SMEM)
+    return c[k];
+  else
+    return __ldg(c + k);
 }
 
 __device__ __forceinline__ float sq_acc(float x, float c, float acc) {
@@ -152,7 +168,8 @@ __device__ __forceinline__ float row_sqdist(const T* row, const float* cen, int 
       for (int k0 = lg; k0 < d; k0 += G * U) {
         B v[U];
 #pragma unroll
-        for (int q = 0; q < U; ++q) v[q] = (k0 + q * G < d) ? load_bits<STREAM>(rb + k0 + q * G) : B(0);
+        for (int q = 0; q < U; ++q)
+          v[q] = (k0 + q * G < d) ? load_bits<STREAM>(rb + k0 + q * G) : B(0);
 #pragma unroll
         for (int q = 0; q < U; ++q) {
           const int k = k0 + q * G;
@@ -203,7 +220,8 @@ __device__ __forceinline__ const float* stage_centre(const float* centre_row, fl
 // Rows can be read as 16-byte units when the base pointer and the row length are 16-byte aligned.
 template <typename T>
 inline bool rows_vectorizable(const void* X, int64_t d) {
-  return reinterpret_cast<uintptr_t>(X) % 16 == 0 && (d * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+  return reinterpret_cast<uintptr_t>(X) % 16 == 0 &&
+         (d * static_cast<int64_t>(sizeof(T))) % 16 == 0;
 }
 
 // Lanes per row: the largest power of two <= 32 that leaves each lane at least four units, so
@@ -216,13 +234,22 @@ inline int group_size(int64_t units) {
 }
 
 // Calls f(TypeTag<T>{}) with T the storage type of `dtype`.
-template <typename T> struct TypeTag { using type = T; };
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
 template <typename F>
 inline void dispatch_dtype(DType dtype, F&& f) {
   switch (dtype) {
-    case DType::Float32: f(TypeTag<float>{}); return;
-    case DType::Float16: f(TypeTag<__half>{}); return;
-    case DType::BFloat16: f(TypeTag<__nv_bfloat16>{}); return;
+    case DType::Float32:
+      f(TypeTag<float>{});
+      return;
+    case DType::Float16:
+      f(TypeTag<__half>{});
+      return;
+    case DType::BFloat16:
+      f(TypeTag<__nv_bfloat16>{});
+      return;
   }
 }
 
@@ -230,19 +257,34 @@ inline void dispatch_dtype(DType dtype, F&& f) {
 template <typename F>
 inline void dispatch_group(int g, F&& f) {
   switch (g) {
-    case 1: f(std::integral_constant<int, 1>{}); return;
-    case 2: f(std::integral_constant<int, 2>{}); return;
-    case 4: f(std::integral_constant<int, 4>{}); return;
-    case 8: f(std::integral_constant<int, 8>{}); return;
-    case 16: f(std::integral_constant<int, 16>{}); return;
-    default: f(std::integral_constant<int, 32>{}); return;
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      return;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      return;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      return;
+    case 8:
+      f(std::integral_constant<int, 8>{});
+      return;
+    case 16:
+      f(std::integral_constant<int, 16>{});
+      return;
+    default:
+      f(std::integral_constant<int, 32>{});
+      return;
   }
 }
 
 // Calls f(std::bool_constant<b>{}).
 template <typename F>
 inline void dispatch_bool(bool b, F&& f) {
-  if (b) f(std::true_type{}); else f(std::false_type{});
+  if (b)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
 }
 
 // Blocks for a grid-stride kernel: enough for `work_blocks` but no more than fill the device.
@@ -260,8 +302,8 @@ inline unsigned blocks_for(int64_t items, int64_t cap = 4096) {
   return static_cast<unsigned>(b < 1 ? 1 : (b < cap ? b : cap));
 }
 
-// Argument checks of the entry points: `p` must be a non-null, `align`-byte aligned pointer that CUDA
-// knows (device, managed or registered host memory), on `device` when it is device memory.
+// Argument checks of the entry points: `p` must be a non-null, `align`-byte aligned pointer that
+// CUDA knows (device, managed or registered host memory), on `device` when it is device memory.
 inline void require_device_ptr(const void* p, const char* name, int device, size_t align) {
   FASTAL_REQUIRE(p != nullptr, name, " is a null pointer");
   FASTAL_REQUIRE(reinterpret_cast<uintptr_t>(p) % align == 0, name, " must be ", align,

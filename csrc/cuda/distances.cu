@@ -71,7 +71,8 @@ __global__ void __launch_bounds__(kThreads)
         using B = typename Storage<T>::Bits;
         const B* rb = reinterpret_cast<const B*>(X + row * d);
 #pragma unroll 4
-        for (int k = lg; k < d; k += G) bad |= (__ldcs(rb + k) & Storage<T>::kExpMask) == Storage<T>::kExpMask;
+        for (int k = lg; k < d; k += G)
+          bad |= (__ldcs(rb + k) & Storage<T>::kExpMask) == Storage<T>::kExpMask;
       }
     }
     const unsigned ballot = __ballot_sync(kFullMask, bad);
@@ -110,8 +111,8 @@ int64_t count_nonfinite_impl(const T* X, int64_t n, int64_t d, int64_t* first, i
                              cudaStream_t stream) {
   StreamBuffer buf(2 * sizeof(unsigned long long), device, stream);
   auto* out = buf.as<unsigned long long>();
-  CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(unsigned long long), stream));            // count
-  CUDA_CHECK(cudaMemsetAsync(out + 1, 0xff, sizeof(unsigned long long), stream));     // first
+  CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(unsigned long long), stream));         // count
+  CUDA_CHECK(cudaMemsetAsync(out + 1, 0xff, sizeof(unsigned long long), stream));  // first
   const bool vec = rows_vectorizable<T>(X, d);
   dispatch_group(group_size(vec ? d / kVecElems<T> : d), [&](auto g) {
     constexpr int G = decltype(g)::value;
@@ -238,7 +239,7 @@ void min_dist_to_set_launch(DType dtype, const void* X, int64_t n, const void* Y
     const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(split));
     if (split == 1) {
       min_dist_kernel<T><<<grid, kThreads, 0, stream>>>(x, n, y, m, static_cast<int>(d), tiles,
-                                                         sqrt_out, dist, index, nullptr);
+                                                        sqrt_out, dist, index, nullptr);
       CUDA_CHECK_LAUNCH("min_dist_kernel");
       return;
     }
@@ -246,7 +247,7 @@ void min_dist_to_set_launch(DType dtype, const void* X, int64_t n, const void* Y
     auto* k = keys.as<unsigned long long>();
     CUDA_CHECK(cudaMemsetAsync(k, 0, static_cast<size_t>(n) * sizeof(unsigned long long), stream));
     min_dist_kernel<T><<<grid, kThreads, 0, stream>>>(x, n, y, m, static_cast<int>(d), tiles,
-                                                       sqrt_out, dist, index, k);
+                                                      sqrt_out, dist, index, k);
     CUDA_CHECK_LAUNCH("min_dist_kernel");
     min_dist_finish(k, n, sqrt_out, dist, index, stream);
   });

@@ -156,8 +156,8 @@ int64_t factored_centre_floats(int64_t C, int64_t dh) {
 
 namespace detail {
 
-void min_dist_to_set_factored_launch(DType dtype, const Factored& X, const Factored& Y,
-                                     float* dist, int64_t* index, bool sqrt_out, int device,
+void min_dist_to_set_factored_launch(DType dtype, const Factored& X, const Factored& Y, float* dist,
+                                     int64_t* index, bool sqrt_out, int device,
                                      cudaStream_t stream) {
   const int64_t n = X.n, m = Y.n;
   const int64_t row_blocks = (n + kTile - 1) / kTile, tiles = (m + kTile - 1) / kTile;
@@ -167,16 +167,16 @@ void min_dist_to_set_factored_launch(DType dtype, const Factored& X, const Facto
     const FactoredView x = factored_view<T>(X), y = factored_view<T>(Y);
     const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(split));
     if (split == 1) {
-      min_dist_factored_kernel<T><<<grid, kThreads, 0, stream>>>(x, n, y, m, tiles, sqrt_out, dist,
-                                                                 index, nullptr);
+      min_dist_factored_kernel<T>
+          <<<grid, kThreads, 0, stream>>>(x, n, y, m, tiles, sqrt_out, dist, index, nullptr);
       CUDA_CHECK_LAUNCH("min_dist_factored_kernel");
       return;
     }
     StreamBuffer keys(static_cast<size_t>(n) * sizeof(unsigned long long), device, stream);
     auto* k = keys.as<unsigned long long>();
     CUDA_CHECK(cudaMemsetAsync(k, 0, static_cast<size_t>(n) * sizeof(unsigned long long), stream));
-    min_dist_factored_kernel<T><<<grid, kThreads, 0, stream>>>(x, n, y, m, tiles, sqrt_out, dist,
-                                                               index, k);
+    min_dist_factored_kernel<T>
+        <<<grid, kThreads, 0, stream>>>(x, n, y, m, tiles, sqrt_out, dist, index, k);
     CUDA_CHECK_LAUNCH("min_dist_factored_kernel");
     min_dist_finish(k, n, sqrt_out, dist, index, stream);
   });

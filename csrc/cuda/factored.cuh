@@ -219,9 +219,13 @@ struct PoolRowSource {
   const void* H;
   int64_t a0, h0;  // the row's first element in A and in H
   template <typename T>
-  __device__ __forceinline__ float a(int k) const { return factored_elem<T>(A, a0 + k); }
+  __device__ __forceinline__ float a(int k) const {
+    return factored_elem<T>(A, a0 + k);
+  }
   template <typename T>
-  __device__ __forceinline__ float h(int k) const { return factored_elem<T>(H, h0 + k); }
+  __device__ __forceinline__ float h(int k) const {
+    return factored_elem<T>(H, h0 + k);
+  }
 };
 
 // The recompute of row x (of pool v) against the row `y` gives; `expanded` is the distance from
@@ -276,8 +280,7 @@ __device__ __forceinline__ float factored_dist2_to_centre(const FactoredView& v,
                                                           float product) {
   const float dd = factored_dist2(sq_x, sq_c, product);
   const float s = __fadd_rn(sq_x, sq_c);
-  return factored_near_copy_suspect(v, dd, s) ? factored_near_copy_centre<T>(v, x, cen, dd, s)
-                                              : dd;
+  return factored_near_copy_suspect(v, dd, s) ? factored_near_copy_centre<T>(v, x, cen, dd, s) : dd;
 }
 
 // Row c of the pool converted to the float32 centre layout, by the whole grid.

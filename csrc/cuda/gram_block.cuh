@@ -103,8 +103,8 @@ __device__ void form_matrix(const GramArgs& p, const int64_t* grp, double* A, in
       const int64_t i = idx / mL;
       A[i * N + (idx - i * mL)] = __ldg(p.shared + idx);
     }
-    // rows mL + a, columns j <= mL + a (against L, then the group's own triangle): a warp per entry,
-    // written to both triangles
+    // rows mL + a, columns j <= mL + a (against L, then the group's own triangle): a warp per
+    // entry, written to both triangles
     int64_t a = 0, j = warp;
     auto normalize = [&] {
       while (a < G && j > mL + a) {
@@ -122,7 +122,8 @@ __device__ void form_matrix(const GramArgs& p, const int64_t* grp, double* A, in
       }
     }
   } else {
-    // N = D: entry (i, j) = (Z_Lᵀ Z_L)_ij + Σ_a z_a[i] z_a[j]; (j, i) rounds the same products alike
+    // N = D: entry (i, j) = (Z_Lᵀ Z_L)_ij + Σ_a z_a[i] z_a[j]; (j, i) rounds the same products
+    // alike
     const int64_t NN = int64_t{N} * N;
     for (int64_t idx = tid; idx < NN; idx += T_) {
       const int64_t i = idx / N, j = idx - i * N;
@@ -304,8 +305,8 @@ __device__ int sturm_count(const double* d, const double* e2, int N, double x) {
 // The k-th smallest eigenvalue (0-based) given count(lo) <= k < count(hi): each of the blockDim
 // threads counts at one of blockDim equispaced shifts per round; the new bracket is around the
 // first shift whose count exceeds k. Until width <= max(abstol, 2 eps max(|lo|, |hi|)). All threads
-// call it with the same arguments and get the same value. fb: three flags used in rotation (fb[base]
-// holds blockDim on entry and again on exit), so that one barrier per round suffices.
+// call it with the same arguments and get the same value. fb: three flags used in rotation
+// (fb[base] holds blockDim on entry and again on exit), so that one barrier per round suffices.
 __device__ double multisect(const double* d, const double* e2, int N, int k, double lo, double hi,
                             double abstol, int* fb, int& base) {
   const int T_ = blockDim.x, s = threadIdx.x;

@@ -1,5 +1,6 @@
 // Batched Gram eigenvalues (CRC, Kong et al. eq. 9 and Alg. 1) on the GPU: the CUDA port of
-// cpu/gram_eig.cpp, same definition, same threshold rule, float64 arithmetic for every storage type.
+// cpu/gram_eig.cpp, same definition, same threshold rule, float64 arithmetic for every storage
+// type.
 //
 // For every group g the Gram matrix of S = L ∪ g is formed on its smaller side:
 //   |S| <= D: the |S| x |S| matrix [[K_LL, K_Lg], [K_gL, K_gg]], K_LL = Z_L Z_Lᵀ once per call;
@@ -10,23 +11,25 @@
 //
 //   formation  |S| side: K_LL copied, each entry of K_gL and K_gg a warp-wide dot product over D;
 //              D side: each entry of Z_Lᵀ Z_L + Σ_a z_a z_aᵀ by one thread. Every entry is computed
-//              once (or by the same operations in both triangles), so the matrix is exactly symmetric.
+//              once (or by the same operations in both triangles), so the matrix is exactly
+//              symmetric.
 //   Householder the matrix is stored whole (both triangles). Step k's rank-2 update of the trailing
 //              block is left pending and fused with the next symmetric matrix-vector product, as on
-//              the CPU: one pass per step reads and writes each trailing element once. In that pass a
-//              warp owns 32 consecutive columns (coalesced rows) and a slice of the rows; the partial
-//              products of the slices are summed by warp 0, which also forms the reflector (O(size)
-//              per step). Two barriers per step.
+//              the CPU: one pass per step reads and writes each trailing element once. In that pass
+//              a warp owns 32 consecutive columns (coalesced rows) and a slice of the rows; the
+//              partial products of the slices are summed by warp 0, which also forms the reflector
+//              (O(size) per step). Two barriers per step.
 //   eigenvalues on the tridiagonal (d, e), scaled by a power of two so that max |entry| is in
 //              [0.5, 1): Sturm counts (LDLᵀ inertia, O(size) each, pivmin = DBL_MIN as on the CPU).
 //              λ_max and then λ⁺_min (the smallest eigenvalue above rtol · λ_max) by multisection:
 //              each thread of the block evaluates one shift per round, so a round shrinks the
 //              bracket by blockDim + 1 (~8 bits with 256 threads); the bracket invariant
-//              count(lo) <= k < count(hi) is kept with the first shift whose count exceeds k (as the
-//              CPU's kth_eigenvalue). Converged to the CPU's tolerances: width <= 2 eps |λ| for λ_max,
-//              width <= max(eps λ_max / 2, 2 eps |λ|) for λ⁺_min. With return_all, every eigenvalue by
-//              its own bisection (one thread per index), ascending (the brackets of two indices are
-//              either equal or ordered; an insertion sort guards the order regardless).
+//              count(lo) <= k < count(hi) is kept with the first shift whose count exceeds k (as
+//              the CPU's kth_eigenvalue). Converged to the CPU's tolerances: width <= 2 eps |λ| for
+//              λ_max, width <= max(eps λ_max / 2, 2 eps |λ|) for λ⁺_min. With return_all, every
+//              eigenvalue by its own bisection (one thread per index), ascending (the brackets of
+//              two indices are either equal or ordered; an insertion sort guards the order
+//              regardless).
 //
 // Accuracy: Householder reduction is backward stable (the tridiagonal is similar to K + δK with
 // ‖δK‖ = O(size · eps · ‖K‖)), and each Sturm count is exact for a matrix within a few ulps of the
@@ -73,7 +76,7 @@ GramDType parse_gram_dtype(const std::string& name) {
 namespace {
 
 constexpr size_t kMaxWorkspaceBytes = size_t{1} << 30;  // per-block slots of the global path
-constexpr int kTile = 32;     // shared_gram_kernel: 32 x 32 outputs per block, 32 x 8 threads
+constexpr int kTile = 32;  // shared_gram_kernel: 32 x 32 outputs per block, 32 x 8 threads
 constexpr int64_t kMaxSize = int64_t{1} << 20;  // order of the matrices (grid.y of the shared part)
 
 // Threads per matrix: enough for the pass over the trailing block, few enough to keep the
@@ -137,9 +140,9 @@ __global__ void __launch_bounds__(kThreads)
 
 // out (P x P, float64) = F Fᵀ with F(p, k) = Z[lab[p], k] (S side: P = mL, k < D) or
 // F(p, k) = Z[lab[k], p] (D side: P = D, k < mL). 32 x 32 outputs per block, both operand tiles in
-// shared memory (loads coalesced along Z's rows either way), 4 outputs per thread. Both triangles are
-// computed, by the same products in the same order: the result is exactly symmetric. A labeled index
-// out of range reads zeros here (the main kernel reports the whole call as NaN).
+// shared memory (loads coalesced along Z's rows either way), 4 outputs per thread. Both triangles
+// are computed, by the same products in the same order: the result is exactly symmetric. A labeled
+// index out of range reads zeros here (the main kernel reports the whole call as NaN).
 template <typename T, bool kSSide>
 __global__ void __launch_bounds__(kTile * 8)
     shared_gram_kernel(const T* Z, int64_t n, int64_t D, const int64_t* lab, int64_t mL,
@@ -306,8 +309,8 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gram_small_kernel<T>,
                                                              kSmallThreads, 0));
     const int64_t resident = int64_t{sm_count(device)} * (per_sm > 0 ? per_sm : 1);
-    const int64_t fit = static_cast<int64_t>(kMaxWorkspaceBytes / (sizeof(double) * slot)) /
-                        kSmallThreads;
+    const int64_t fit =
+        static_cast<int64_t>(kMaxWorkspaceBytes / (sizeof(double) * slot)) / kSmallThreads;
     blocks = std::max<int64_t>(
         1, std::min({(n_groups + kSmallThreads - 1) / kSmallThreads, resident, fit}));
     slots = blocks * kSmallThreads;
@@ -315,14 +318,18 @@ void gram_min_eig_small(const T* Z, int64_t n, int64_t D, const int64_t* labeled
 
   const size_t shared_bytes = align_up(sizeof(double) * static_cast<size_t>(P * P));
   // never 0 bytes (the one-warp path with no labeled part on the |S| side needs none at all)
-  StreamBuffer buf(std::max<size_t>(256, shared_bytes + sizeof(double) * static_cast<size_t>(
-                                                            slots * slot)),
-                   device, stream);
+  StreamBuffer buf(
+      std::max<size_t>(256, shared_bytes + sizeof(double) * static_cast<size_t>(slots * slot)),
+      device, stream);
   auto* shared = buf.as<double>();
   launch_shared_part(Z, n, D, labeled, mL, s_side, shared, stream);
-  const gram_small::Args args{Z,       n,       D,       labeled, mL,     groups,
-                              n_groups, G,      shared,  size,    rtol,   min_eig,
-                              spectra, reinterpret_cast<double*>(buf.as<char>() + shared_bytes),
+  const gram_small::Args args{Z,        n,
+                              D,        labeled,
+                              mL,       groups,
+                              n_groups, G,
+                              shared,   size,
+                              rtol,     min_eig,
+                              spectra,  reinterpret_cast<double*>(buf.as<char>() + shared_bytes),
                               slots};
   if (one_warp) {
     launch_gram_warp<T>(args, device, stream);

@@ -51,7 +51,7 @@ __global__ void prepare_kernel(const T* X, int64_t n, int d, int64_t t, int64_t 
     centres[pos] = c;
     mind[c] = -INFINITY;  // the fused pass then skips the new centre like any other
     near[c] = pos;
-    keys[t + 1] = 0;      // the pass of this step reduces into it
+    keys[t + 1] = 0;  // the pass of this step reduces into it
   }
   using B = typename Storage<T>::Bits;
   const B* row = reinterpret_cast<const B*>(X + c * d);
@@ -77,7 +77,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t row = j < pos ? centres[j] : -1;
     const bool has = row >= 0 && row < n;
     const float dd = row_sqdist<T, G, VEC, SMEM, false>(X + (has ? row : 0) * d, cen, d, lg, has);
-    // An out-of-range centre (never for valid input) gets 0: it then prunes only rows at distance 0.
+    // An out-of-range centre (never for valid input) gets 0: it then prunes only rows at distance
+    // 0.
     if (j < pos && lg == 0) out[j] = has ? dd : 0.f;
   }
 }
@@ -100,8 +101,8 @@ struct PassArgs {
 template <typename T, int G, bool VEC, bool SMEM>
 __global__ void __launch_bounds__(kThreads) pass_kernel(PassArgs a) {
   extern __shared__ float4 smem_centre[];
-  __shared__ int s_list[kWarps][32];     // lanes (rows) of the current batch that must be read
-  __shared__ float s_dist[kWarps][32];   // their distances, by owner lane
+  __shared__ int s_list[kWarps][32];    // lanes (rows) of the current batch that must be read
+  __shared__ float s_dist[kWarps][32];  // their distances, by owner lane
   __shared__ unsigned long long s_reads[kWarps];
   if (!valid_pick(a.keys[a.t], a.n)) return;  // uniform over the grid
   const float* cen = stage_centre<SMEM>(a.centre_row, reinterpret_cast<float*>(smem_centre), a.d);
@@ -130,7 +131,8 @@ __global__ void __launch_bounds__(kThreads) pass_kernel(PassArgs a) {
     for (int k0 = 0; k0 < count; k0 += R) {
       const bool has = k0 + grp < count;
       const int owner = has ? s_list[warp][k0 + grp] : 0;
-      const float dd = row_sqdist<T, G, VEC, SMEM, true>(X + (b * 32 + owner) * a.d, cen, a.d, lg, has);
+      const float dd =
+          row_sqdist<T, G, VEC, SMEM, true>(X + (b * 32 + owner) * a.d, cen, a.d, lg, has);
       if (has && lg == 0) s_dist[warp][owner] = dd;
     }
     __syncwarp();
@@ -243,7 +245,8 @@ void kcenter_init_labeled(DType dtype, const void* X, int64_t n, int64_t d, cons
   require_device_ptr(mind, "mind_ptr", device, alignof(float));
   require_device_ptr(near, "near_ptr", device, alignof(int64_t));
   require_device_ptr(keys, "keys_ptr", device, alignof(uint64_t));
-  detail::min_dist_to_set_launch(dtype, X, n, rows, n_labeled, d, mind, near, false, device, stream);
+  detail::min_dist_to_set_launch(dtype, X, n, rows, n_labeled, d, mind, near, false, device,
+                                 stream);
   finish_labeled_init(n, n_labeled, centres, mind, keys, device, stream);
 }
 
@@ -264,9 +267,9 @@ void kcenter_init_first(DType dtype, int64_t first, int64_t n, float* mind, int6
 int64_t kcenter_steps(const KCenterSteps& s) {
   require_shape(s.n, s.d, "n", "d");
   require_kcenter_sizes(s.n, s.n_labeled, s.budget);
-  FASTAL_REQUIRE(0 <= s.t_begin && s.t_begin <= s.t_end && s.t_end <= s.budget, "steps [t_begin, t_end) = [",
-                 s.t_begin, ", ", s.t_end, ") must satisfy 0 <= t_begin <= t_end <= budget = ",
-                 s.budget);
+  FASTAL_REQUIRE(0 <= s.t_begin && s.t_begin <= s.t_end && s.t_end <= s.budget,
+                 "steps [t_begin, t_end) = [", s.t_begin, ", ", s.t_end,
+                 ") must satisfy 0 <= t_begin <= t_end <= budget = ", s.budget);
   DeviceGuard guard(s.device);
   require_device_ptr(s.X, "x_ptr", s.device, dtype_size(s.dtype));
   require_device_ptr(s.mind, "mind_ptr", s.device, alignof(float));
@@ -281,8 +284,8 @@ int64_t kcenter_steps(const KCenterSteps& s) {
   return centre_rows_read(s.prune, s.n_labeled, s.t_begin, s.t_end, s.n);
 }
 
-void kcenter_decode(const uint64_t* keys, int64_t budget, int64_t* picks, float* radius,
-                    int device, cudaStream_t stream) {
+void kcenter_decode(const uint64_t* keys, int64_t budget, int64_t* picks, float* radius, int device,
+                    cudaStream_t stream) {
   FASTAL_REQUIRE(budget >= 0, "budget must be >= 0, got ", budget);
   DeviceGuard guard(device);
   require_device_ptr(keys, "keys_ptr", device, alignof(uint64_t));

@@ -42,7 +42,7 @@ __global__ void prepare_factored_kernel(FactoredView v, int64_t n, int64_t t, in
     centres[pos] = c;
     mind[c] = -INFINITY;  // the fused pass then skips the new centre like any other
     near[c] = pos;
-    keys[t + 1] = 0;      // the pass of this step reduces into it
+    keys[t + 1] = 0;  // the pass of this step reduces into it
   }
   stage_factored_centre<T>(v, c, centre_row);
 }
@@ -93,8 +93,8 @@ struct FPassArgs {
 template <typename T, int G, bool SMEM>
 __global__ void __launch_bounds__(kThreads) pass_factored_kernel(FPassArgs a) {
   extern __shared__ float4 smem_centre[];
-  __shared__ int s_list[kWarps][32];     // lanes (rows) of the current batch that must be read
-  __shared__ float s_prod[kWarps][32];   // their (A_i . A_c)(H_i . H_c), by owner lane
+  __shared__ int s_list[kWarps][32];    // lanes (rows) of the current batch that must be read
+  __shared__ float s_prod[kWarps][32];  // their (A_i . A_c)(H_i . H_c), by owner lane
   __shared__ unsigned long long s_reads[kWarps];
   const unsigned long long key = a.keys[a.t];
   if (!valid_pick(key, a.n)) return;  // uniform over the grid
@@ -193,9 +193,8 @@ void run_steps(const KCenterStepsFactored& s, const FactoredView& v, bool prune)
     if (a.prune && pos > 0) {
       const int64_t want = ((pos + R - 1) / R + kWarps - 1) / kWarps;
       const int grid = static_cast<int>(want < cbound_max ? want : cbound_max);
-      cbound<<<grid, kThreads, smem, s.stream>>>(v, n, s.centres, pos, s.centre_row,
-                                                 reinterpret_cast<float2*>(s.centre_bound),
-                                                 a.keys, t);
+      cbound<<<grid, kThreads, smem, s.stream>>>(
+          v, n, s.centres, pos, s.centre_row, reinterpret_cast<float2*>(s.centre_bound), a.keys, t);
       CUDA_CHECK_LAUNCH("centre_bound_kernel");
     }
     a.t = t;
@@ -216,9 +215,8 @@ void steps_for_type(const KCenterStepsFactored& s) {
   const bool smem = factored_centre_size(v) <= kMaxSmemCentre;
   const bool prune = factored_prunes(s);
   dispatch_group(factored_group<T>(v), [&](auto g) {
-    dispatch_bool(smem, [&](auto sm) {
-      run_steps<T, decltype(g)::value, decltype(sm)::value>(s, v, prune);
-    });
+    dispatch_bool(
+        smem, [&](auto sm) { run_steps<T, decltype(g)::value, decltype(sm)::value>(s, v, prune); });
   });
 }
 

@@ -53,12 +53,12 @@ struct KCenterSteps {
   int64_t n, d;
   float* mind;
   int64_t* near;
-  int64_t* centres;      // n_labeled + budget
+  int64_t* centres;  // n_labeled + budget
   int64_t n_labeled, budget;
-  uint64_t* keys;        // budget + 1
-  float* centre_dist2;   // n_labeled + budget (used when prune)
-  float* centre_row;     // d floats: the current centre in float32 (internal layout)
-  uint64_t* counter;     // rows read, accumulated
+  uint64_t* keys;       // budget + 1
+  float* centre_dist2;  // n_labeled + budget (used when prune)
+  float* centre_row;    // d floats: the current centre in float32 (internal layout)
+  uint64_t* counter;    // rows read, accumulated
   bool prune;
   int64_t t_begin, t_end;
   int device;
@@ -72,8 +72,8 @@ int64_t kcenter_steps(const KCenterSteps& s);
 
 // picks[t] = index of keys[t] (-1 for an empty key), radius[t] = sqrt(max(0, value of keys[t+1]))
 // (0 for an empty key), for t < budget.
-void kcenter_decode(const uint64_t* keys, int64_t budget, int64_t* picks, float* radius,
-                    int device, cudaStream_t stream);
+void kcenter_decode(const uint64_t* keys, int64_t budget, int64_t* picks, float* radius, int device,
+                    cudaStream_t stream);
 
 // ---- factored pools (gradient embeddings, see factored.cuh) ------------------------------------
 
@@ -105,12 +105,12 @@ struct KCenterStepsFactored {
   Factored X;
   float* mind;
   int64_t* near;
-  int64_t* centres;      // n_labeled + budget
+  int64_t* centres;  // n_labeled + budget
   int64_t n_labeled, budget;
-  uint64_t* keys;        // budget + 1
-  float* centre_bound;   // 2 (n_labeled + budget): per earlier centre (d^2 to the new one, sqnorm)
-  float* centre_row;     // factored_centre_floats(C, dh), 16-byte aligned
-  uint64_t* counter;     // rows read, accumulated
+  uint64_t* keys;       // budget + 1
+  float* centre_bound;  // 2 (n_labeled + budget): per earlier centre (d^2 to the new one, sqnorm)
+  float* centre_row;    // factored_centre_floats(C, dh), 16-byte aligned
+  uint64_t* counter;    // rows read, accumulated
   bool prune;
   int64_t t_begin, t_end;
   int device;
@@ -137,9 +137,9 @@ struct KMeansPPState {
   const double* uniforms;
   double* tile_sum;
   int32_t* tile_count;
-  double* totals;      // k: the total weight pick t was drawn from (not written for a given first)
-  float* centre_row;   // d (dense) or factored_centre_floats(C, dh) floats, 16-byte aligned
-  bool first_given;    // picks[0] was set by kmeanspp_init_first: step 0 does not sample
+  double* totals;     // k: the total weight pick t was drawn from (not written for a given first)
+  float* centre_row;  // d (dense) or factored_centre_floats(C, dh) floats, 16-byte aligned
+  bool first_given;   // picks[0] was set by kmeanspp_init_first: step 0 does not sample
   int64_t t_begin, t_end;
   int device;
   cudaStream_t stream;
@@ -148,9 +148,8 @@ struct KMeansPPState {
 // mind = squared distance to the nearest labeled row (rows: the labeled rows gathered, in the
 // order of labeled[0, n_labeled)), labeled rows -inf, tile sums. Dense and factored.
 void kmeanspp_init_labeled(DType dtype, const void* X, int64_t n, int64_t d, const void* rows,
-                           int64_t n_labeled, const int64_t* labeled, float* mind,
-                           double* tile_sum, int32_t* tile_count, int device,
-                           cudaStream_t stream);
+                           int64_t n_labeled, const int64_t* labeled, float* mind, double* tile_sum,
+                           int32_t* tile_count, int device, cudaStream_t stream);
 void kmeanspp_init_labeled_factored(DType dtype, const Factored& X, const Factored& rows,
                                     const int64_t* labeled, float* mind, double* tile_sum,
                                     int32_t* tile_count, int device, cudaStream_t stream);
@@ -212,8 +211,8 @@ GramScan gram_scan(GramDType dtype, const void* Z, int64_t n, int64_t D, const G
 
 // For every group g (row g of groups, n_groups x G int64) the Gram matrix of S = labeled ∪ g on its
 // smaller side (|S| <= D: Z_S Z_Sᵀ, else Z_Lᵀ Z_L + Z_gᵀ Z_g, the labeled part once per call), in
-// float64: min_eig[g] = its smallest eigenvalue above rtol · λ_max (0.0 when none) and, when spectra
-// is not null, spectra[g, :] = all its eigenvalues ascending, negatives clamped to 0
+// float64: min_eig[g] = its smallest eigenvalue above rtol · λ_max (0.0 when none) and, when
+// spectra is not null, spectra[g, :] = all its eigenvalues ascending, negatives clamped to 0
 // (n_groups x min(|S|, D)). Z must be finite and the indices valid (gram_scan checks both); an
 // index out of [0, n) makes the results of its group (every
 // group, for labeled) NaN without reading out of bounds. Matrices of order up to 18 run one per
@@ -235,8 +234,8 @@ void min_dist_to_set_launch(DType dtype, const void* X, int64_t n, const void* Y
                             int64_t d, float* dist, int64_t* index, bool sqrt_out, int device,
                             cudaStream_t stream);
 // The same for factored X and Y (C, dh and dtype shared).
-void min_dist_to_set_factored_launch(DType dtype, const Factored& X, const Factored& Y,
-                                     float* dist, int64_t* index, bool sqrt_out, int device,
+void min_dist_to_set_factored_launch(DType dtype, const Factored& X, const Factored& Y, float* dist,
+                                     int64_t* index, bool sqrt_out, int device,
                                      cudaStream_t stream);
 // One k-means++ draw on the device (kmeanspp_sample.cu): picks[t] (-1 if every row is a centre or
 // picks[t - 1] is invalid) and totals[t], from mind, the tile sums and uniforms[t].

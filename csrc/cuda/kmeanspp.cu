@@ -76,7 +76,7 @@ struct FactoredRows {
     return factored_product<T, G, SMEM, true>(v, row, cen, lg, active);
   }
   __device__ __forceinline__ float finish(float part, int64_t i, const float* cen,
-                                         float sq_c) const {
+                                          float sq_c) const {
     return factored_dist2_to_centre<T>(v, i, cen, __ldg(v.sqnorm + i), sq_c, part);
   }
   __device__ __forceinline__ float centre_sqnorm(int64_t c) const { return __ldg(v.sqnorm + c); }
@@ -159,8 +159,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float s_part[kWarps][32];  // each row's part(), by owner lane
   const int64_t c = picks[t];
   if (c < 0 || c >= n) return;  // uniform over the grid
-  const float* cen = stage_centre<SMEM>(centre_row, reinterpret_cast<float*>(smem_centre),
-                                        centre_floats);
+  const float* cen =
+      stage_centre<SMEM>(centre_row, reinterpret_cast<float*>(smem_centre), centre_floats);
   const float sq_c = rows.centre_sqnorm(c);
   constexpr int G = Rows::kG, R = 32 / G;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, grp = lane / G, lg = lane % G;
@@ -260,9 +260,8 @@ int64_t kmeanspp_tiles(int64_t n) {
 }
 
 void kmeanspp_init_labeled(DType dtype, const void* X, int64_t n, int64_t d, const void* rows,
-                           int64_t n_labeled, const int64_t* labeled, float* mind,
-                           double* tile_sum, int32_t* tile_count, int device,
-                           cudaStream_t stream) {
+                           int64_t n_labeled, const int64_t* labeled, float* mind, double* tile_sum,
+                           int32_t* tile_count, int device, cudaStream_t stream) {
   require_shape(n, d, "n", "d");
   FASTAL_REQUIRE(n_labeled >= 1 && n_labeled <= n, "n_labeled must be in [1, n = ", n, "], got ",
                  n_labeled);

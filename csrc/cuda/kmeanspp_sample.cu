@@ -40,7 +40,7 @@ __device__ __forceinline__ V warp_inclusive_scan(V x, int lane) {
 __global__ void __launch_bounds__(kScanThreads)
     sample_kernel(const float* mind, int64_t n, const double* tile_sum, const int32_t* tile_count,
                   const double* uniforms, int64_t t, int64_t* picks, double* totals) {
-  __shared__ double s_end[kScanThreads];     // running end of each segment's weight
+  __shared__ double s_end[kScanThreads];      // running end of each segment's weight
   __shared__ long long s_cend[kScanThreads];  // running end of each segment's count
   __shared__ double s_wtot[kScanWarps];
   __shared__ long long s_ctot[kScanWarps];

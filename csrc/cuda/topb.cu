@@ -3,9 +3,10 @@
 // score_j = 1/2 [-s_j]_+^2 - alpha sigma_j^2 (the paper's rule) or -1/2 [s_j]_+^2 - alpha sigma_j^2
 // [s_j > 0] (the exact proximal step; see cpu/kernels.h) in float64, rounded exactly as the CPU
 // kernel rounds it (cpu/topb.cpp: float32 inputs widened first, no fused multiply-adds: the
-// __dmul_rn / __dsub_rn intrinsics are never contracted). Neither can be NaN for float32 inputs. The support is the b smallest scores ordered by (score, index),
-// ties to the lowest index; w = [s]_+ on it, 0 elsewhere. CUB 3.0 (CUDA 13.0) has no DeviceTopK,
-// so this is a radix select of its own, with one host round trip, at the end:
+// __dmul_rn / __dsub_rn intrinsics are never contracted). Neither can be NaN for float32 inputs.
+// The support is the b smallest scores ordered by (score, index), ties to the lowest index; w =
+// [s]_+ on it, 0 elsewhere. CUB 3.0 (CUDA 13.0) has no DeviceTopK, so this is a radix select of its
+// own, with one host round trip, at the end:
 //   1. each score maps to an order-preserving uint64 key (-0.0 and +0.0 to one key). Up to six
 //      histogram passes over the rows, 11 bits of the key per pass from the top: a pass counts the
 //      digits of the keys that match the prefix found so far (shared-memory histogram,
@@ -54,9 +55,9 @@ namespace {
 
 using namespace topb;  // NOLINT: the shared constants and helpers
 
-constexpr int kUnroll = 4;                                   // rows in flight per thread in a pass
-constexpr int kItems = 16;                                   // rows per thread in count / write
-constexpr int64_t kTile = int64_t{kThreads} * kItems;        // rows per block in count / write
+constexpr int kUnroll = 4;                             // rows in flight per thread in a pass
+constexpr int kItems = 16;                             // rows per thread in count / write
+constexpr int64_t kTile = int64_t{kThreads} * kItems;  // rows per block in count / write
 constexpr unsigned kNoBin = 0xffffffffu;
 constexpr u64 kLessOne = u64{1} << 32;  // packed counts: (key < T) in the high half, (== T) low
 constexpr u64 kLow = 0xffffffffull;
@@ -66,11 +67,11 @@ constexpr bool kFusedByDefault = false;
 
 // Selection state on the device, zeroed before the first pass.
 struct SelectState {
-  u64 prefix;     // the bits of the threshold key found so far ...
-  u64 mask;       // ... and which bits those are
-  u64 below;      // keys below the prefix's bin: all selected
-  u64 lo, hi;     // when done: the candidate key range [lo, hi] (lo == hi: the threshold key T)
-  u64 quota;      // when done: keys in [lo, hi] to take, lowest index first (~0: all)
+  u64 prefix;  // the bits of the threshold key found so far ...
+  u64 mask;    // ... and which bits those are
+  u64 below;   // keys below the prefix's bin: all selected
+  u64 lo, hi;  // when done: the candidate key range [lo, hi] (lo == hi: the threshold key T)
+  u64 quota;   // when done: keys in [lo, hi] to take, lowest index first (~0: all)
   unsigned done;
   unsigned arrive;        // blocks of the current pass that have finished
   unsigned arrive_tiles;  // blocks of the count kernel that have finished
@@ -82,8 +83,7 @@ struct SelectState {
 
 // The last block of a pass: the bin of `hist` that holds the need-th smallest matching key, where
 // need = b - below >= 1. Exactly one thread finds it (the running counts rise through need).
-__device__ void choose_bin(const unsigned* hist, int64_t b, int shift, int width,
-                           SelectState* st) {
+__device__ void choose_bin(const unsigned* hist, int64_t b, int shift, int width, SelectState* st) {
   __shared__ typename cub::BlockScan<u64, kThreads>::TempStorage tmp;
   // The state is read before the scan: its barrier orders every thread's read before the finder's
   // writes below (read after it, a late warp could see the new `below` and "find" a second bin).
@@ -100,7 +100,7 @@ __device__ void choose_bin(const unsigned* hist, int64_t b, int shift, int width
       st->quota = bin.rank == bin.count ? ~u64{0} : bin.rank;
       st->done = 1;
     } else if (bin.count <= kBinCandidates) {  // a small bin: all of it to the sort, which ranks it
-      st->lo = prefix;                          // the bin's keys are prefix | (any lower bits)
+      st->lo = prefix;                         // the bin's keys are prefix | (any lower bits)
       st->hi = prefix | ~mask;
       st->quota = ~u64{0};
       st->done = 1;
@@ -202,9 +202,9 @@ __global__ void __launch_bounds__(kThreads)
 // tile's prefix and a block scan per round of kThreads consecutive rows (index order), then the
 // survivors' keys and indices at less + min(equal, q), and w for every row.
 __global__ void __launch_bounds__(kThreads)
-    write_kernel(const float* s, const float* sigma, int64_t n, Rule rule,
-                 int64_t cap, const SelectState* st, const u64* tile_before, u64* cand_keys,
-                 int64_t* cand_index, float* w) {
+    write_kernel(const float* s, const float* sigma, int64_t n, Rule rule, int64_t cap,
+                 const SelectState* st, const u64* tile_before, u64* cand_keys, int64_t* cand_index,
+                 float* w) {
   using Scan = cub::BlockScan<u64, kThreads>;
   __shared__ typename Scan::TempStorage tmp;
   const u64 lo = st->lo, hi = st->hi, quota = st->quota;
@@ -290,8 +290,10 @@ Scratch plan_scratch(int64_t tiles, int64_t cap, size_t sort_bytes) {
 NonfiniteCounts iht_threshold(const float* s, const float* sigma, int64_t n, int64_t b,
                               double alpha, bool exact, int64_t* support, float* w, int device,
                               cudaStream_t stream, int impl) {
-  FASTAL_REQUIRE(impl >= -1 && impl <= 1, "impl must be -1 (default), 0 (launches) or 1 (fused), "
-                 "got ", impl);
+  FASTAL_REQUIRE(impl >= -1 && impl <= 1,
+                 "impl must be -1 (default), 0 (launches) or 1 (fused), "
+                 "got ",
+                 impl);
   FASTAL_REQUIRE(n >= 0, "n must be >= 0, got ", n);
   FASTAL_REQUIRE(n <= kMaxRows, "n must be < 2^32, got ", n);
   FASTAL_REQUIRE(b >= 0 && b <= n, "b must be in [0, n = ", n, "], got ", b);
@@ -313,12 +315,14 @@ NonfiniteCounts iht_threshold(const float* s, const float* sigma, int64_t n, int
   require_device_ptr(support, "support_ptr", device, alignof(int64_t));
   const bool fused = impl == 1 || (impl < 0 && kFusedByDefault && topb::fused_supported(device));
   if (impl == 1)
-    FASTAL_REQUIRE(topb::fused_supported(device), "impl=1: the fused top-b kernel needs "
+    FASTAL_REQUIRE(topb::fused_supported(device),
+                   "impl=1: the fused top-b kernel needs "
                    "cooperative launches, which this device does not support");
   if (fused) {
     if (topb::iht_threshold_fused(s, sigma, n, b, rule, support, w, device, stream, &bad))
       return bad;
-    FASTAL_REQUIRE(impl != 1, "impl=1: the device refused the fused top-b kernel's cooperative "
+    FASTAL_REQUIRE(impl != 1,
+                   "impl=1: the device refused the fused top-b kernel's cooperative "
                    "launch (fewer multiprocessors available than it reports)");
   }  // else the launch sequence below
 
@@ -326,10 +330,9 @@ NonfiniteCounts iht_threshold(const float* s, const float* sigma, int64_t n, int
   // candidates: b, plus the keys of a ranked bin past its quota (at most kBinCandidates - 1)
   const int64_t cap = std::min<int64_t>(n, b + static_cast<int64_t>(kBinCandidates));
   size_t sort_bytes = 0;
-  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const u64*>(nullptr),
-                                             static_cast<u64*>(nullptr),
-                                             static_cast<const int64_t*>(nullptr),
-                                             static_cast<int64_t*>(nullptr), cap, 0, 64, stream));
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+      nullptr, sort_bytes, static_cast<const u64*>(nullptr), static_cast<u64*>(nullptr),
+      static_cast<const int64_t*>(nullptr), static_cast<int64_t*>(nullptr), cap, 0, 64, stream));
   const Scratch plan = plan_scratch(tiles, cap, sort_bytes);
   StreamBuffer buf(plan.total, device, stream);
   char* base = buf.as<char>();
@@ -343,8 +346,8 @@ NonfiniteCounts iht_threshold(const float* s, const float* sigma, int64_t n, int
   CUDA_CHECK(cudaMemsetAsync(base, 0, plan.tiles, stream));  // state and every pass's histogram
   // unused candidate slots: key ~0 is above every score's key (a finite double's key is at most
   // 0xffef...), so the stable sort leaves them after the real candidates; index -1
-  CUDA_CHECK(cudaMemsetAsync(base + plan.cand_keys, 0xff, plan.sorted_keys - plan.cand_keys,
-                             stream));
+  CUDA_CHECK(
+      cudaMemsetAsync(base + plan.cand_keys, 0xff, plan.sorted_keys - plan.cand_keys, stream));
 
   const int64_t pass_rows = int64_t{kThreads} * kUnroll;
   const int pass_grid = grid_for(digit_pass_kernel, (n + pass_rows - 1) / pass_rows, device);
@@ -354,7 +357,7 @@ NonfiniteCounts iht_threshold(const float* s, const float* sigma, int64_t n, int
     CUDA_CHECK_LAUNCH("digit_pass_kernel");
   }
   count_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(s, sigma, n, rule, st,
-                                                                       tile_counts, tiles);
+                                                                      tile_counts, tiles);
   CUDA_CHECK_LAUNCH("count_kernel");
   write_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(
       s, sigma, n, rule, cap, st, tile_counts, cand_keys, cand_index, w);

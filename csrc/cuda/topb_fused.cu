@@ -142,11 +142,11 @@ bool iht_threshold_fused(const float* s, const float* sigma, int64_t n, int64_t 
 
   FusedParams params{s, sigma, n, b, rule, hist, block_counts, res, keys, index, cap, w};
   void* args[] = {&params};
-  const cudaError_t launched = cudaLaunchCooperativeKernel(
-      reinterpret_cast<const void*>(fused_select_kernel), dim3(grid), dim3(kThreads), args, 0,
-      stream);
+  const cudaError_t launched =
+      cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fused_select_kernel), dim3(grid),
+                                  dim3(kThreads), args, 0, stream);
   if (launched == cudaErrorCooperativeLaunchTooLarge) {  // fewer SMs than the device reports
-    (void)cudaGetLastError();                             // (MPS, a partitioned GPU): refused
+    (void)cudaGetLastError();                            // (MPS, a partitioned GPU): refused
     return false;
   }
   CUDA_CHECK(launched);
@@ -177,16 +177,15 @@ bool iht_threshold_fused(const float* s, const float* sigma, int64_t n, int64_t 
           base + o_tmp, bytes, static_cast<const unsigned*>(keys),
           static_cast<unsigned*>(sorted_keys), index, sorted_index, m, 0, end_bit, stream));
     else
-      CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-          base + o_tmp, bytes, static_cast<const u64*>(keys), static_cast<u64*>(sorted_keys),
-          index, sorted_index, m, 0, end_bit, stream));
+      CUDA_CHECK(cub::DeviceRadixSort::SortPairs(base + o_tmp, bytes, static_cast<const u64*>(keys),
+                                                 static_cast<u64*>(sorted_keys), index,
+                                                 sorted_index, m, 0, end_bit, stream));
     CUDA_CHECK_LAUNCH("cub::DeviceRadixSort::SortPairs");
     final_keys = sorted_keys;
     final_index = sorted_index;
   }
-  finish_kernel<<<blocks_for(b), kThreads, 0, stream>>>(s, final_index, final_keys, narrow,
-                                                        smallest, host.lo, host.ranked != 0, b,
-                                                        support, w);
+  finish_kernel<<<blocks_for(b), kThreads, 0, stream>>>(
+      s, final_index, final_keys, narrow, smallest, host.lo, host.ranked != 0, b, support, w);
   CUDA_CHECK_LAUNCH("finish_kernel");
   return true;
 }
