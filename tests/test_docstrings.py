@@ -8,6 +8,10 @@ import importlib
 import pytest
 
 MODULES = [
+    "fastal._ext",
+    "fastal.strategies.base",
+    "fastal.strategies.sparse_settings",
+    "fastal.bilevel.outer",
     "fastal.ops",
     "fastal.gradients",
     "fastal.kmeans",

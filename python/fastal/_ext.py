@@ -16,7 +16,20 @@ REBUILD_HINT = (
 
 
 def cuda_available() -> bool:
-    """True when the CUDA module was built and at least one CUDA device is visible."""
+    """True when the CUDA module was built and at least one CUDA device is visible.
+
+    Returns
+    -------
+    bool
+        False when fastal was built without CUDA or the CUDA module sees no device; CUDA inputs
+        (torch or cupy arrays on a GPU) then raise ``RuntimeError``, CPU inputs work either way.
+
+    Examples
+    --------
+    >>> import fastal
+    >>> isinstance(fastal.cuda_available(), bool)
+    True
+    """
     return cuda is not None and cuda.device_count() > 0
 
 

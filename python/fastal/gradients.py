@@ -287,7 +287,26 @@ class GradientEmbedding:
         return torch.from_numpy(idx).to(self._a.device)
 
     def subset(self, rows: Any) -> GradientEmbedding:
-        """The embedding of ``rows`` (1-D integer indices, in that order)."""
+        """The embedding of ``rows`` (1-D integer indices, in that order).
+
+        Parameters
+        ----------
+        rows : 1-D integer indices
+            Rows to keep, in ``[0, n)``; repeats are allowed. Any framework.
+
+        Returns
+        -------
+        GradientEmbedding
+            A new embedding of ``len(rows)`` rows with the same framework, device, dtype and bias
+            handling (its factors are copies of the selected rows).
+
+        Examples
+        --------
+        >>> import numpy as np, fastal
+        >>> emb = fastal.GradientEmbedding(np.eye(2), np.array([[1.0], [2.0]]))
+        >>> emb.subset([1, 1]).dense().tolist()
+        [[0.0, 2.0], [0.0, 2.0]]
+        """
         idx = self._rows(rows)
         return GradientEmbedding._from_torch(self._a[idx], self._h[idx], self._info, self._bias)
 
@@ -295,6 +314,17 @@ class GradientEmbedding:
         """The materialised ``(n, C·dh)`` gradient matrix (or its ``rows``): an explicit export.
 
         At n = 1M, C = 1000, d = 512 that is 2 TB in float32; use :meth:`iter_dense` to stream it.
+
+        Parameters
+        ----------
+        rows : 1-D integer indices, optional
+            Rows to export, in that order (repeats allowed); default all ``n``.
+
+        Returns
+        -------
+        array of shape (len(rows), C·dh)
+            ``g[i, c * dh + k] = A[i, c] * H[i, k]`` in the storage dtype, in the framework and on
+            the device of the factors.
         """
         a, h = (
             (self._a, self._h)
@@ -305,7 +335,32 @@ class GradientEmbedding:
         return from_torch((a[:, :, None] * h[:, None, :]).reshape(a.shape[0], -1), self._info)
 
     def iter_dense(self, chunk_rows: int = 4096) -> Iterator[tuple[int, Any]]:
-        """Yield ``(start, block)`` with ``block`` the dense rows ``start : start + chunk_rows``."""
+        """Yield ``(start, block)`` with ``block`` the dense rows ``start : start + chunk_rows``.
+
+        Parameters
+        ----------
+        chunk_rows : int, default 4096
+            Rows per block, ``>= 1`` (the last block may be shorter).
+
+        Yields
+        ------
+        start : int
+            Index of the block's first row.
+        block : array of shape (<= chunk_rows, C·dh)
+            Those rows of :meth:`dense`, same dtype, framework and device.
+
+        Raises
+        ------
+        ValueError
+            If ``chunk_rows`` is not a positive integer (raised on the first ``next``).
+
+        Examples
+        --------
+        >>> import numpy as np, fastal
+        >>> emb = fastal.GradientEmbedding(np.ones((5, 2)), np.ones((5, 3)))
+        >>> [(start, block.shape) for start, block in emb.iter_dense(chunk_rows=2)]
+        [(0, (2, 6)), (2, (2, 6)), (4, (1, 6))]
+        """
         if (
             isinstance(chunk_rows, bool)
             or not isinstance(chunk_rows, (int, np.integer))

@@ -65,6 +65,24 @@ def auc(n_labeled: Sequence[float], values: Sequence[float]) -> float:
     accuracy units (Sparse Approximation, Tables 1–2). A single point gives its value, points that
     all share one label count (repeated runs of one round) their mean.
 
+    Parameters
+    ----------
+    n_labeled : sequence of float, shape (K,)
+        Label counts of the curve's points, non-decreasing (read as float64), finite.
+    values : sequence of float, shape (K,)
+        The metric at each point (e.g. test accuracy), finite.
+
+    Returns
+    -------
+    float
+        The normalised area; ``mean(values)`` when every point has the same label count.
+
+    Raises
+    ------
+    ValueError
+        If the two are not 1-D of the same non-zero length, hold NaN or Inf, or ``n_labeled``
+        decreases.
+
     Examples
     --------
     >>> from fastal.loop import auc
@@ -101,10 +119,32 @@ class RunResult:
         ``"accuracy"`` (classification) or ``"mse"`` (regression), on the test set.
     labeled : ndarray
         Every labeled pool index, in labeling order (the initial set first).
-    strategy : str
-    seed : int
-    added : ndarray
-        For each index of ``labeled``, the round that labeled it (0: the initial set).
+    strategy : str, default ""
+        The strategy's registered ``name`` (its class name when it has none).
+    seed : int, default 0
+        The run seed.
+    added : ndarray, default empty
+        int64, for each index of ``labeled``, the round that labeled it (0: the initial set; the
+        picks of the selection after evaluation ``r``: ``r + 1``).
+
+    Also ``n_labeled`` (int64 array) and ``values`` (float64 array): the columns of ``rows``;
+    ``auc``: :func:`auc` of them; ``to_csv()``: the table as CSV.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.loop import RunResult
+    >>> rows = [{"round": 0, "n_labeled": 10, "accuracy": 0.5, "train_seconds": 1.0,
+    ...          "select_seconds": 0.5},
+    ...         {"round": 1, "n_labeled": 20, "accuracy": 0.7, "train_seconds": 1.0,
+    ...          "select_seconds": 0.0}]
+    >>> res = RunResult(rows, "accuracy", np.arange(20), "random", 0)
+    >>> res.n_labeled.tolist(), res.values.tolist(), round(res.auc, 6)
+    ([10, 20], [0.5, 0.7], 0.6)
+    >>> print(res.to_csv(), end="")
+    strategy,seed,round,n_labeled,accuracy,train_seconds,select_seconds
+    random,0,0,10,0.5,1.0,0.5
+    random,0,1,20,0.7,1.0,0.0
     """
 
     rows: list[dict]
@@ -116,10 +156,12 @@ class RunResult:
 
     @property
     def n_labeled(self) -> np.ndarray:
+        """(len(rows),) int64: the label count of each evaluation."""
         return np.array([r["n_labeled"] for r in self.rows], dtype=np.int64)
 
     @property
     def values(self) -> np.ndarray:
+        """(len(rows),) float64: the metric of each evaluation."""
         return np.array([r[self.metric] for r in self.rows], dtype=np.float64)
 
     @property
@@ -129,7 +171,19 @@ class RunResult:
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
         """The rows as CSV text (``strategy, seed, round, n_labeled, <metric>, train_seconds,
-        select_seconds``); written atomically to ``path`` when given."""
+        select_seconds``); written atomically to ``path`` when given.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            File to write (through a temporary file and ``os.replace``); nothing is written
+            without it.
+
+        Returns
+        -------
+        str
+            The CSV text, a header line then one line per row, ``\\n``-terminated.
+        """
         buf = io.StringIO()
         out = csv.writer(buf, lineterminator="\n")  # quotes a strategy name with a comma
         cols = ["round", "n_labeled", self.metric, "train_seconds", "select_seconds"]
@@ -204,6 +258,17 @@ def fit(
     -------
     The trained model. Training that leaves a trainable parameter NaN or Inf (finite before)
     raises ``ValueError``.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from torch.utils.data import TensorDataset
+    >>> from fastal.loop import fit
+    >>> X = torch.tensor([[-1.0], [-2.0], [1.0], [2.0]])
+    >>> model = fit(torch.nn.Linear(1, 2), TensorDataset(X, torch.tensor([0, 0, 1, 1])),
+    ...             max_steps=200, lr=0.1)
+    >>> model(X).argmax(1).tolist(), model.training
+    ([0, 0, 1, 1], False)
     """
     import copy
 
@@ -361,6 +426,24 @@ def run(
     -------
     RunResult
         ``.rows``, ``.auc``, ``.labeled``, ``.to_csv()``.
+
+    Examples
+    --------
+    Two rounds of random sampling, 4 labels each, with a short training:
+
+    >>> import functools
+    >>> import numpy as np, torch
+    >>> from fastal.loop import fit, run
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(60, 2)).astype(np.float32)
+    >>> y = (X[:, 0] > 0).astype(np.int64)
+    >>> res = run((X[:40], y[:40]), (X[40:], y[40:]), model_fn=lambda: torch.nn.Linear(2, 2),
+    ...           strategy="random", initial=4, budget=4, rounds=2,
+    ...           train_fn=functools.partial(fit, max_steps=20))
+    >>> res.n_labeled.tolist(), res.metric, res.added.tolist()
+    ([4, 8, 12], 'accuracy', [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    >>> 0.0 <= res.auc <= 1.0
+    True
     """
     import torch
 

@@ -277,7 +277,40 @@ def _ptr(a: Any) -> int:
 
 @dataclass
 class KCenterResult:
-    """Everything a k-center run knows; :func:`kcenter_greedy` returns the first fields."""
+    """Everything a k-center run knows; :func:`kcenter_greedy` returns the first fields.
+
+    Returned by :func:`kcenter`. Fields are read with attribute access (a dataclass, not a tuple).
+
+    Attributes
+    ----------
+    indices : (budget,) int64 array
+        The picked rows in pick order, in the framework and on the device of ``X``.
+    radius : (budget,) float array
+        Covering radius ``max_i min_j ||x_i - c_j||`` of the labeled rows plus the picks so far,
+        after each pick; float32 (float64 for float64 ``X``), same framework and device as ``X``.
+    initial_radius : float
+        Covering radius of the labeled set alone; ``inf`` without labeled rows.
+    rows_read : int
+        Rows whose distance to a new centre was computed (earlier centres included).
+    rows_unpruned : int
+        Rows the same run reads without pruning: ``sum_t (n - len(labeled) - t)``, t = 1..budget.
+    seconds : float
+        Wall-clock time of the selection.
+    diagnostics : dict
+        ``initial_radius``, ``final_radius``, ``rows_read``, ``rows_unpruned``,
+        ``rows_read_fraction`` (``rows_read / rows_unpruned``, 0.0 when that is 0), ``pruned``
+        (False where pruning was off or stepped aside for rows shorter than 256 bytes on the CPU)
+        and ``seconds``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastal
+    >>> res = fastal.kcenter(np.array([[0.0], [1.0], [2.0], [10.0]]), 2, labeled=[0])
+    >>> res.indices.tolist(), res.radius.tolist(), res.initial_radius
+    ([3, 2], [2.0, 1.0], 10.0)
+    >>> res.rows_read <= res.rows_unpruned
+    True
+    """
 
     indices: Any  #: (budget,) int64, pick order, input's framework/device
     radius: Any  #: (budget,) covering radius of labeled + picks after each pick
@@ -355,7 +388,46 @@ def kcenter(
     prune: bool = True,
     progress: bool = False,
 ) -> KCenterResult:
-    """:func:`kcenter_greedy` returning a :class:`KCenterResult` with diagnostics."""
+    """:func:`kcenter_greedy` returning a :class:`KCenterResult` with diagnostics.
+
+    The same selection as :func:`kcenter_greedy` (Sener & Savarese 2018, Alg. 1): the picks are
+    identical for the same arguments.
+
+    Parameters
+    ----------
+    X : array of shape (n, d), or GradientEmbedding
+        Pool embeddings: numpy, torch (CPU/CUDA) or cupy; float32, float16, bfloat16, or float64 on
+        the CPU (see :func:`kcenter_greedy`).
+    budget : int
+        Number of new centres, ``0 <= budget <= n - len(labeled)``.
+    labeled : 1-D integer indices, optional
+        Already-labeled rows: the initial centres, never picked.
+    seed : int or numpy.random.Generator, optional
+        Draws the first centre when there is no labeled point (uniform over the pool).
+    prune : bool, default True
+        Exact triangle-inequality pruning (see :func:`kcenter_greedy`); the picks are identical
+        either way, ``rows_read`` tells how many rows were read.
+    progress : bool, default False
+        Show a tqdm progress bar over the picks.
+
+    Returns
+    -------
+    KCenterResult
+        ``indices`` and ``radius`` (as :func:`kcenter_greedy` with ``return_radius=True``) plus
+        the radius of the labeled set, rows read and time.
+
+    Raises
+    ------
+    ValueError
+        If a distance overflows the accumulation dtype (scale ``X`` down or pass float64).
+
+    Examples
+    --------
+    >>> import numpy as np, fastal
+    >>> res = fastal.kcenter(np.array([[0.0], [1.0], [2.0], [10.0]]), 2, labeled=[0])
+    >>> res.indices.tolist(), float(res.diagnostics["final_radius"])
+    ([3, 2], 1.0)
+    """
     return _kcenter(X, budget, labeled, seed, prune, progress, "X")
 
 

@@ -132,6 +132,19 @@ class DualVariables:
             Positions of the minibatch rows in the labeled set.
         secondary : tensor (B,), optional
             Per-sample constraint losses ℓ'_i; default ``losses`` (ℓ' = ℓ).
+
+        Returns
+        -------
+        tensor (0-d)
+            The minibatch Lagrangian in the dtype of ``losses`` (λ and ε cast to it, on its
+            device), with the graph of ``losses`` and ``secondary`` (λ is a constant).
+
+        Raises
+        ------
+        TypeError
+            If ``losses`` or ``secondary`` is not a torch tensor.
+        ValueError
+            On mismatched shapes or positions outside ``[0, n)``.
         """
         import torch
 
@@ -162,7 +175,24 @@ class DualVariables:
         return (losses + lam.to(losses.device) * (secondary - eps.to(losses.device))).mean()
 
     def slacks(self, secondary: Any) -> Any:
-        """``ℓ'_i - ε_i`` for every labeled sample (positive: the constraint is violated)."""
+        """``ℓ'_i - ε_i`` for every labeled sample (positive: the constraint is violated).
+
+        Parameters
+        ----------
+        secondary : tensor or array (n,)
+            Constraint loss ℓ'_i of every labeled sample, finite (detached and cast to λ's device
+            and dtype).
+
+        Returns
+        -------
+        tensor (n,)
+            The slacks, in λ's dtype and on its device.
+
+        Raises
+        ------
+        ValueError
+            If ``secondary`` does not have shape ``(n,)`` or holds NaN or Inf.
+        """
         import torch
 
         if not isinstance(secondary, torch.Tensor):
@@ -178,12 +208,49 @@ class DualVariables:
         return secondary - self.eps
 
     def step(self, secondary: Any) -> None:
-        """The projected dual ascent step ``λ ← [λ + η_d (ℓ' - ε)]₊`` (Alg. 1, lines 5–6)."""
+        """The projected dual ascent step ``λ ← [λ + η_d (ℓ' - ε)]₊`` (Alg. 1, lines 5–6).
+
+        Replaces ``value`` with the new λ (checked as :meth:`slacks` checks).
+
+        Parameters
+        ----------
+        secondary : tensor or array (n,)
+            Constraint loss ℓ'_i of every labeled sample (the whole labeled set, model in eval
+            mode in :class:`PrimalDualTrainer`).
+        """
         self.value = (self.value + self.lr_dual * self.slacks(secondary)).clamp_min_(0)
 
 
 def per_sample_loss(out: Any, y: Any, task: str) -> Any:
-    """Per row: cross-entropy (classification) or mean squared error over outputs (regression)."""
+    """Per row: cross-entropy (classification) or mean squared error over outputs (regression).
+
+    Parameters
+    ----------
+    out : tensor (B, C) or (B, ...)
+        Model outputs: logits for classification, predictions for regression.
+    y : tensor (B,) or (B, ...)
+        Class indices (int64) for classification; regression targets shaped like ``out`` (a
+        ``(B,)`` against ``(B, 1)`` scalar column is matched).
+    task : {"classification", "regression"}
+        Any value other than ``"classification"`` is taken as regression.
+
+    Returns
+    -------
+    tensor (B,)
+        ``cross_entropy(out, y, reduction="none")``, or the squared error averaged over each
+        row's outputs; differentiable.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.pdcl import per_sample_loss
+    >>> out = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    >>> losses = per_sample_loss(out, torch.tensor([0, 0]), "classification")
+    >>> [round(v, 4) for v in losses.tolist()]
+    [0.6931, 0.1269]
+    >>> per_sample_loss(out, torch.ones(2, 2), "regression").tolist()
+    [1.0, 1.0]
+    """
     import torch.nn.functional as F
 
     from ._loop_train import _match
@@ -199,7 +266,34 @@ def per_sample_loss(out: Any, y: Any, task: str) -> Any:
 @dataclass
 class PDCLHistory:
     """Per dual step: mean constraint loss ℓ', mean and max slack ``ℓ' - ε``, share of violated
-    constraints, mean and max λ (all over the labeled set, the model in eval mode)."""
+    constraints, mean and max λ (all over the labeled set, the model in eval mode).
+
+    A :class:`PrimalDualTrainer` keeps the one of its last call as ``history_``; each list has one
+    float per dual step (``iterations`` of them).
+
+    Attributes
+    ----------
+    loss : list of float
+        Mean constraint loss ℓ' over the labeled set, before the dual step.
+    mean_slack : list of float
+        Mean slack ``ℓ'_i - ε_i``.
+    max_slack : list of float
+        Largest slack.
+    violated : list of float
+        Share of the labeled samples with a positive slack, in [0, 1].
+    mean_dual : list of float
+        Mean λ after the dual step.
+    max_dual : list of float
+        Largest λ after the dual step.
+
+    Examples
+    --------
+    >>> from fastal.pdcl import PDCLHistory
+    >>> h = PDCLHistory()
+    >>> h.loss.append(0.4); h.violated.append(0.25)
+    >>> h.loss, h.violated, h.max_dual
+    ([0.4], [0.25], [])
+    """
 
     loss: list[float] = field(default_factory=list)
     mean_slack: list[float] = field(default_factory=list)
@@ -425,5 +519,24 @@ class PrimalDualTrainer:
 
 
 def model_duals(model: Any) -> Any:
-    """The λ a :class:`PrimalDualTrainer` left on ``model``, or None."""
+    """The λ a :class:`PrimalDualTrainer` left on ``model``, or None.
+
+    Parameters
+    ----------
+    model : nn.Module or any object
+        A model trained by a :class:`PrimalDualTrainer` (or anything else).
+
+    Returns
+    -------
+    tensor (n,) or None
+        ``model.fastal_duals``: λ, one per labeled row in the order of the training dataset,
+        float32 on the CPU; None when the model has none.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.pdcl import model_duals
+    >>> model_duals(torch.nn.Linear(2, 2)) is None
+    True
+    """
     return getattr(model, DUALS_ATTR, None)

@@ -38,7 +38,41 @@ _SLACK = 1e-9
 
 @dataclass
 class RobustKCenterResult:
-    """What :func:`robust_kcenter` found, with a certificate and diagnostics."""
+    """What :func:`robust_kcenter` found, with a certificate and diagnostics.
+
+    Attributes
+    ----------
+    indices : (budget,) int64 array
+        The new centres, ascending, in the framework and on the device of ``X``.
+    radius : float
+        δ: every unlabeled point but ``outliers`` is within δ of the labeled points and
+        ``indices`` (float64 distances).
+    outliers : (m,) int64 array, m <= Ξ
+        The unlabeled points farther than δ from every centre, ascending, same framework and
+        device as ``X``.
+    greedy_radius : float
+        δ₂OPT: covering radius (no outliers) of the k-center greedy start (with ``candidates``:
+        of the restricted greedy).
+    optimal : bool
+        True when every bisection step was decided; False when ``time_limit`` stopped the search
+        or a solve was undecided (its radii in ``diagnostics["undecided"]``).
+    seconds : float
+        Wall-clock time of the whole call.
+    diagnostics : dict
+        ``outlier_budget`` (Ξ), ``greedy_robust_radius``, ``lower_bound``, ``candidate_radii``,
+        ``mip_solves``, ``path``, ``last_mip``, ``undecided``, ``distance_seconds``,
+        ``mip_seconds``, ``n_unlabeled``, ``n_eligible`` and ``seconds`` (see
+        :func:`robust_kcenter`, Returns).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.robust_kcenter import robust_kcenter
+    >>> X = np.array([[0.0], [0.5], [10.0], [11.0], [12.0], [50.0]])
+    >>> res = robust_kcenter(X, 1, labeled=[0], outliers=1)
+    >>> res.optimal, res.diagnostics["outlier_budget"], res.radius <= res.greedy_radius
+    (True, 1, True)
+    """
 
     indices: Any  #: (budget,) int64, ascending, input's framework/device: the new centres
     radius: float  #: δ: every point but the outliers is within δ of the labeled points and indices

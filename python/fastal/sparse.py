@@ -148,6 +148,27 @@ def fit_temperature(logits: Any, targets: Any) -> float:
     training set) have their NLL falling all the way to ``T → 0``: the result is then the bound,
     ``0.01``; held-out logits are what Guo et al. calibrate on.
 
+    Parameters
+    ----------
+    logits : array of shape (n, C)
+        Pre-softmax outputs: numpy, torch (CPU/CUDA) or cupy, floating (float16, bfloat16,
+        float32, float64; float64 on the CPU only); finite. The search runs in float64 in torch
+        on the array's device.
+    targets : 1-D integer array of shape (n,)
+        True classes in ``[0, C)``, any framework (read to the host).
+
+    Returns
+    -------
+    float
+        The temperature ``T`` in ``[0.01, 100]`` (the midpoint of the final search interval).
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree, a class is out of range, or ``logits`` has NaN or Inf.
+    TypeError
+        If ``targets`` is not integer.
+
     Examples
     --------
     >>> import numpy as np, fastal
@@ -383,6 +404,21 @@ class SparseProblem:
     """``f(w) = |v - Φw|² - α Σ_{j∈S} σ_j² + β |w - 1|²`` over n candidates, budget b.
 
     Residuals ``r = Φw - v`` are passed around so that no product is computed twice.
+
+    Attributes
+    ----------
+    phi : FactoredPhi or DensePhi
+        Φ, with ``n`` columns (one per candidate).
+    v : torch.Tensor
+        The target ``v``, float64, shaped like the output of ``phi.apply``.
+    sigma : torch.Tensor (n,)
+        σ_j of every candidate, float64 (the ``α Σ σ_j²`` term rewards large ones).
+    b : int
+        The budget: ``|S| = b`` candidates selected.
+    alpha : float
+        α, the weight of the σ term.
+    beta : float
+        β, the weight of the ridge ``|w - 1|²``.
     """
 
     phi: Any  # FactoredPhi | DensePhi
@@ -455,6 +491,32 @@ _SAFE_DEN = (2.0**-900, 2.0**900)
 
 @dataclass
 class SolverResult:
+    """What :func:`solve_greedy`, :func:`solve_iht` and :func:`safeguard_top_sigma` return.
+
+    Attributes
+    ----------
+    selected : (b,) int64 ndarray
+        The selected candidates: in pick order for greedy, the support of the last top-b
+        proximal step for IHT, ``(-σ, index)`` order for the top-b σ fallback.
+    weights : (n,) float64 ndarray
+        The final weights ``w`` over all candidates (>= 0, zero outside ``selected``).
+    objective : list of float, default []
+        ``f(w)`` after every step (greedy: pick; IHT: iteration); :func:`safeguard_top_sigma`
+        appends the ``f`` of what it returns.
+    fallback : bool, default False
+        True when the top-b σ set replaced the solver's result (:func:`safeguard_top_sigma`).
+    top_sigma_objective : float or None, default None
+        ``f`` of the top-b σ candidate, when :func:`safeguard_top_sigma` evaluated it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.sparse import SolverResult
+    >>> res = SolverResult(np.array([2, 0]), np.array([0.5, 0.0, 1.0]), [3.0, 2.5])
+    >>> res.selected.tolist(), res.fallback, res.top_sigma_objective
+    ([2, 0], False, None)
+    """
+
     selected: np.ndarray  # (b,) int64 candidate indices
     weights: np.ndarray  # (n,) float64
     objective: list = field(default_factory=list)
@@ -469,7 +531,27 @@ SAFEGUARD_RTOL = 1e-10
 
 def top_b_sigma(sigma: Any, b: int) -> Any:
     """The ``b`` largest ``sigma`` (torch, finite), ordered by (-σ, index): ties to the lowest
-    index. O(n + b log b): ``topk`` finds the b-th largest value, ties at it go in index order."""
+    index. O(n + b log b): ``topk`` finds the b-th largest value, ties at it go in index order.
+
+    Parameters
+    ----------
+    sigma : torch.Tensor (n,)
+        Finite scores on any device.
+    b : int
+        How many, ``0 <= b <= n``.
+
+    Returns
+    -------
+    torch.Tensor (b,)
+        int64 indices on ``sigma``'s device, largest σ first, ties to the lowest index.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.sparse import top_b_sigma
+    >>> top_b_sigma(torch.tensor([0.5, 2.0, 0.5, 1.0]), 3).tolist()
+    [1, 3, 0]
+    """
     import torch
 
     if b == 0:

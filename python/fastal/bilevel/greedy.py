@@ -31,14 +31,65 @@ from .outer import _inverse_hvp_reduced, _Span, _upper_pass, candidate_scores
 
 
 class BilevelResult(NamedTuple):
-    """Picks in selection order (int64 numpy) and a diagnostics dict."""
+    """Picks in selection order (int64 numpy) and a diagnostics dict.
+
+    Returned by :func:`bilevel_select`; a NamedTuple (``indices, diagnostics = res``).
+
+    Attributes
+    ----------
+    indices : (budget,) int64 ndarray
+        The picks in selection order: the random ones first (``random_fraction``), then the
+        greedy ones. Always numpy, whatever the framework of ``Z``.
+    diagnostics : dict
+        ``solver``, ``rank``, ``random`` and ``greedy`` (the two parts of ``indices``), per outer
+        step ``inner_loss``, ``inner_iters``, ``inner_grad_norm``, ``upper_loss``,
+        ``cg_residual``, ``cg_iters``; ``pick_scores``, ``first_scores``, ``seconds`` (dict of
+        ``inner``, ``pool_pass``, ``cg``, ``scores``, ``total``) and ``n_steps`` (see
+        :func:`empty_diagnostics`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.bilevel import bilevel_select
+    >>> rng = np.random.default_rng(0)
+    >>> Z, soft = rng.normal(size=(50, 4)), rng.dirichlet(np.ones(2), 50)
+    >>> indices, diagnostics = bilevel_select(Z, [0, 1], soft, [0, 1], 4, seed=0)
+    >>> indices.dtype.name, len(indices), len(diagnostics["random"]), diagnostics["n_steps"]
+    ('int64', 4, 0, 4)
+    """
 
     indices: np.ndarray
     diagnostics: dict
 
 
 def one_hot(labels: Any, n_classes: int) -> np.ndarray:
-    """Integer classes (k,) as float64 one-hot rows (k, C)."""
+    """Integer classes (k,) as float64 one-hot rows (k, C).
+
+    Parameters
+    ----------
+    labels : 1-D integer array of shape (k,)
+        Classes in ``[0, n_classes)``, any framework (read to the host).
+    n_classes : int
+        C, the number of columns.
+
+    Returns
+    -------
+    (k, C) float64 ndarray
+        Row ``i`` is 1 at column ``labels[i]`` and 0 elsewhere (numpy, whatever the input).
+
+    Raises
+    ------
+    TypeError
+        If ``labels`` is not 1-D integer.
+    ValueError
+        If a class is outside ``[0, n_classes)``.
+
+    Examples
+    --------
+    >>> from fastal.bilevel import one_hot
+    >>> one_hot([2, 0], 3).tolist()
+    [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    """
     lab = np.asarray(_interop.host_numpy(labels))
     if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer):
         raise TypeError(
@@ -83,12 +134,54 @@ def _random_count(random_fraction: float, budget: int) -> int:
 
 def resolve_solver(solver: str, augment: Any) -> str:
     """The inner solver ``solver`` ("auto", "newton" or "adam") names: "auto" is Adam with
-    augmentation (its batches are augmented), Newton-CG without."""
+    augmentation (its batches are augmented), Newton-CG without.
+
+    Parameters
+    ----------
+    solver : {"auto", "newton", "adam"}
+        The requested inner solver (not validated here: any other value gives ``"newton"``).
+    augment : callable or None
+        The augmentation, if any (only whether it is None matters).
+
+    Returns
+    -------
+    {"newton", "adam"}
+        ``"adam"`` for ``solver="adam"``, or ``"auto"`` with ``augment``; else ``"newton"``.
+
+    Examples
+    --------
+    >>> from fastal.bilevel import resolve_solver
+    >>> resolve_solver("auto", None), resolve_solver("auto", lambda x, rng: x)
+    ('newton', 'adam')
+    """
     return "adam" if solver == "adam" or (solver == "auto" and augment is not None) else "newton"
 
 
 def empty_diagnostics(solver: str, rank: int) -> dict[str, Any]:
-    """:func:`bilevel_select`'s diagnostics before its first step (what a budget of 0 returns)."""
+    """:func:`bilevel_select`'s diagnostics before its first step (what a budget of 0 returns).
+
+    Parameters
+    ----------
+    solver : str
+        The resolved inner solver (:func:`resolve_solver`), stored under ``"solver"``.
+    rank : int
+        m, the number of features, stored under ``"rank"``.
+
+    Returns
+    -------
+    dict
+        ``solver``, ``rank``; empty lists ``inner_loss``, ``inner_iters``, ``inner_grad_norm``,
+        ``upper_loss``, ``cg_residual``, ``cg_iters``, ``pick_scores``; ``first_scores`` None;
+        empty int64 arrays ``random`` and ``greedy``; ``seconds`` (``inner``, ``pool_pass``,
+        ``cg``, ``scores``, ``total``, all 0.0) and ``n_steps`` 0. A new dict on every call.
+
+    Examples
+    --------
+    >>> from fastal.bilevel import empty_diagnostics
+    >>> d = empty_diagnostics("newton", 8)
+    >>> d["solver"], d["rank"], d["n_steps"], d["inner_loss"], d["random"].dtype.name
+    ('newton', 8, 0, [], 'int64')
+    """
     return {
         "solver": solver,
         "rank": rank,

@@ -102,6 +102,32 @@ def inner_objective(
     """``F(W) = Σ_i w_i CE(softmax(W z_i), t_i) + λ |W|²_F`` (eq. 3, inner problem), float64.
 
     ``CE(p, t) = -Σ_c t_c log p_c``; targets are probability rows (one-hot for known labels).
+
+    Parameters
+    ----------
+    Z : array (s, m)
+        Features of the inner problem's points (numpy, torch or cupy; taken in float64), finite.
+    targets : array (s, C)
+        Probability rows (:func:`one_hot` for classes); required.
+    W : array (C, m)
+        The weights at which ``F`` is evaluated, finite.
+    reg : float > 0, default 1e-4
+        λ.
+    sample_weight : array (s,), optional
+        ``w_i``, finite and >= 0 (default all 1).
+
+    Returns
+    -------
+    float
+        ``F(W)``, computed in float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.bilevel import inner_objective, one_hot
+    >>> Z, T = np.eye(2), one_hot([0, 1], 2)
+    >>> round(inner_objective(Z, T, np.zeros((2, 2))), 6)   # 2 log 2: uniform predictions
+    1.386294
     """
     reg = _number(reg, "reg", positive=True)
     zt, tt, wt, _ = _float64_inputs(Z, targets, sample_weight)
@@ -129,6 +155,13 @@ def inner_hvp(Z: Any, W: Any, V: Any, *, reg: float = 1e-4, sample_weight: Any =
     Returns
     -------
     (C, m) float64, in ``Z``'s framework.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.bilevel import inner_hvp
+    >>> inner_hvp(np.eye(2), np.zeros((2, 2)), np.eye(2), reg=0.5).tolist()
+    [[1.25, -0.25], [-0.25, 1.25]]
     """
     torch = _torch()
     reg = _number(reg, "reg", positive=True)
@@ -152,6 +185,20 @@ def conjugate_gradient(
     CG from ``x = 0`` (Hestenes–Stiefel; preconditioned when ``precond(r) ≈ H⁻¹ r`` is given,
     itself symmetric positive definite) on tensors of any shape (the inner product is the sum over
     all entries), at most ``steps`` iterations, stopping early when ``|b - H x| ≤ tol |b|``.
+    It also stops, without the step, when a curvature ``pᵀ H p`` or ``rᵀ z`` is not positive.
+
+    Parameters
+    ----------
+    hvp : callable
+        ``hvp(x) -> H x``, a tensor of ``b``'s shape.
+    b : torch.Tensor
+        The right-hand side, finite (any shape; float64 for accurate solves).
+    steps : int >= 0, default 30
+        Most CG iterations.
+    tol : float, default 1e-10
+        Relative residual at which to stop.
+    precond : callable, optional
+        ``precond(r) ≈ H⁻¹ r``, symmetric positive definite; plain CG without it.
 
     Returns
     -------
@@ -159,6 +206,23 @@ def conjugate_gradient(
     residual : float
         ``|b - H x| / |b|`` (the recursively updated residual; 0 when ``b = 0``).
     iterations : int
+        CG iterations taken (0 when ``b = 0``).
+
+    Raises
+    ------
+    ValueError
+        If ``steps`` is not a non-negative integer, ``b`` has NaN or Inf, or ``hvp`` /
+        ``precond`` return NaN or Inf.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.bilevel import conjugate_gradient
+    >>> H = torch.tensor([[2.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    >>> b = torch.tensor([2.0, 4.0], dtype=torch.float64)
+    >>> x, residual, iterations = conjugate_gradient(lambda v: H @ v, b)
+    >>> x.tolist(), residual < 1e-10, iterations
+    ([1.0, 1.0], True, 2)
     """
     torch = _torch()
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:

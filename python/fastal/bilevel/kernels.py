@@ -162,6 +162,32 @@ def make_kernel(kernel: Any, *, depth: int = 1, bias: float = 0.0) -> Kernel:
     ``"ntk_last_layer"`` (or ``"linear"``): :func:`linear_ntk`; ``"relu_ntk"``: :func:`relu_ntk`
     with ``depth`` and ``bias``; a callable is returned as is (it receives torch tensors of the
     same dtype and device and must return an ``(n_X, n_Y)`` torch tensor or numpy array).
+
+    Parameters
+    ----------
+    kernel : {"ntk_last_layer", "linear", "relu_ntk"} or callable
+        The kernel by name, or a kernel function (returned unchanged).
+    depth : int >= 0, default 1
+        Hidden ReLU layers of ``"relu_ntk"`` (ignored otherwise).
+    bias : float >= 0, default 0.0
+        Bias variance of ``"relu_ntk"`` (ignored otherwise).
+
+    Returns
+    -------
+    callable
+        ``k(X, Y)``: :func:`linear_ntk` itself, a ``functools.partial`` of :func:`relu_ntk`, or
+        ``kernel``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, or a bad ``depth`` / ``bias`` with ``"relu_ntk"``.
+
+    Examples
+    --------
+    >>> from fastal.bilevel import linear_ntk, make_kernel
+    >>> make_kernel("linear") is linear_ntk, make_kernel("relu_ntk", depth=2).keywords
+    (True, {'depth': 2, 'bias': 0.0})
     """
     if callable(kernel):
         return kernel
@@ -222,6 +248,19 @@ class Nystrom:
         m', the number of features.
     eigenvalues : torch.Tensor (m',)
         The kept eigenvalues of ``K_UU``, descending.
+
+    Examples
+    --------
+    Three landmarks in 2-D under the linear kernel ``k(x, y) = xᵀy + 1``: ``Z Zᵀ`` reproduces
+    the kernel of the landmarks.
+
+    >>> import numpy as np
+    >>> from fastal.bilevel import Nystrom, make_kernel
+    >>> U = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> ny = Nystrom(U, make_kernel("linear"))
+    >>> Z = ny.transform(U)
+    >>> ny.rank, Z.shape, (Z @ Z.T).round(6).tolist()
+    (3, (3, 3), [[2.0, 1.0, 2.0], [1.0, 2.0, 2.0], [2.0, 2.0, 3.0]])
     """
 
     def __init__(self, landmarks: Any, kernel: Kernel, *, rcond: float | None = None) -> None:
@@ -306,7 +345,26 @@ class Nystrom:
         return int(self.projection.shape[1])
 
     def transform_torch(self, X: Any, *, chunk: int | None = None) -> Any:
-        """Features of the rows of a torch tensor ``X`` (n, d) as a torch tensor (n, m')."""
+        """Features of the rows of a torch tensor ``X`` (n, d) as a torch tensor (n, m').
+
+        Parameters
+        ----------
+        X : torch.Tensor (n, d)
+            Rows shaped like the landmarks, on any device (the landmarks are moved there).
+        chunk : int >= 1, optional
+            Rows per kernel block (default: a size that bounds the block's memory).
+
+        Returns
+        -------
+        torch.Tensor (n, m')
+            float64 for float64 ``X``, else float32, on ``X``'s device.
+
+        Raises
+        ------
+        ValueError
+            When the (n, m') output would exceed the memory available on the device (the message
+            says what to shrink).
+        """
         torch = _torch()
         n = int(X.shape[0])
         dtype = torch.float64 if X.dtype == torch.float64 else torch.float32  # X's precision class
@@ -342,6 +400,23 @@ class Nystrom:
         Kernel rows are computed in ``X``'s precision class (float64 for float64, float32 for every
         other float dtype), ``chunk`` rows at a time, so neither an ``n × n`` matrix nor the full
         ``n × m`` kernel block ever exists. ``Z`` has that dtype.
+
+        Parameters
+        ----------
+        X : array (n, d)
+            Rows shaped like the landmarks: numpy, torch or cupy.
+        chunk : int >= 1, optional
+            Rows per kernel block (default: a size that bounds the block's memory).
+
+        Returns
+        -------
+        array (n, m')
+            In ``X``'s framework and device; float64 for float64 ``X``, else float32.
+
+        Raises
+        ------
+        ValueError
+            If the rows of ``X`` are not shaped like the landmarks.
         """
         xt, info = _tensor(X, "X")
         if xt.ndim < 2 or (xt.ndim == 2 and xt.shape[1:] != self.landmarks.shape[1:]):

@@ -130,6 +130,14 @@ def inverse_hvp(
     -------
     V : (C, m) float64 in ``Z``'s framework
     info : dict with ``residual`` (relative, in the subspace) and ``iters``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.bilevel import inverse_hvp
+    >>> V, info = inverse_hvp(np.eye(2), np.zeros((2, 2)), np.ones((2, 2)), reg=0.5)
+    >>> V.tolist(), info
+    ([[1.0, 1.0], [1.0, 1.0]], {'residual': 0.0, 'iters': 0})
     """
     torch = _torch()
     reg = _number(reg, "reg", positive=True)
@@ -180,13 +188,23 @@ def candidate_scores(Z: Any, A: Any, V: Any) -> Any:
     ----------
     Z : array (n, m)
     A : array (n, C)
-        Same framework, device and dtype as ``Z`` (cast on purpose).
+        Moved to ``Z``'s device and cast to ``Z``'s dtype.
     V : array (C, m)
         ``H⁻¹ ∇G``.
 
     Returns
     -------
     (n,) float64 in ``Z``'s framework.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.bilevel import candidate_scores
+    >>> Z = np.array([[1.0, 0.0], [0.0, 2.0]])
+    >>> A = np.array([[0.5, -0.5], [-0.25, 0.25]])
+    >>> V = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> candidate_scores(Z, A, V).tolist()   # a_xᵀ V z_x
+    [0.5, 0.5]
     """
     from ..sparse import FactoredPhi
 

@@ -10,7 +10,26 @@ LOGITS_KEY = "pass them under the pool key 'logits'"
 
 
 class Selection(NamedTuple):
-    """What a strategy returns: indices to label (pick order) and a diagnostics dict."""
+    """What a strategy returns: indices to label (pick order) and a diagnostics dict.
+
+    A NamedTuple: ``indices, diagnostics = strategy.select(...)`` unpacks it.
+
+    Attributes
+    ----------
+    indices : (budget,) int64 array
+        Unique rows to label, in pick order (ascending for strategies that pick a set), in the
+        framework and on the device of the pool (numpy for a pool given as a size).
+    diagnostics : dict
+        Strategy-specific values (each strategy's docstring lists them), e.g. ``"scores"`` of
+        every row for the score strategies, ``"n_candidates"`` for :class:`Random`.
+
+    Examples
+    --------
+    >>> from fastal.strategies import Random
+    >>> indices, diagnostics = Random().select(10, 3, labeled=[0, 1], seed=0)
+    >>> indices.tolist(), diagnostics
+    ([6, 9, 7], {'n_candidates': 8})
+    """
 
     indices: Any
     diagnostics: dict
@@ -21,6 +40,30 @@ class Strategy:
 
     ``requires`` names what the strategy reads from a pool (``"features"``, ``"probs"``, ...), so
     a model adapter computes only that.
+
+    Attributes
+    ----------
+    name : str
+        The registry name (:func:`get`); ``""`` on the base class.
+    requires : tuple of str
+        Pool keys the strategy reads, e.g. ``("probs",)``; ``()`` for :class:`Random`.
+
+    Examples
+    --------
+    A strategy needs a ``name``, ``requires`` and ``select``; :func:`register` makes it
+    reachable by name.
+
+    >>> import numpy as np
+    >>> from fastal.strategies import Selection, Strategy
+    >>> class First(Strategy):
+    ...     name = "first"
+    ...     requires = ("features",)
+    ...     def select(self, pool, budget, labeled=None, *, seed=None):
+    ...         taken = [] if labeled is None else labeled
+    ...         rest = np.setdiff1d(np.arange(len(pool["features"])), taken)
+    ...         return Selection(rest[:budget], {})
+    >>> First().select({"features": np.zeros((4, 2))}, 2, labeled=[0]).indices.tolist()
+    [1, 2]
     """
 
     name: ClassVar[str] = ""
@@ -52,7 +95,21 @@ class Strategy:
 
     def validate_budget(self, budget: int) -> None:
         """Refuse a budget this strategy can never take, whatever the pool (called before an
-        expensive pool pass or training); the range against the pool is checked by ``select``."""
+        expensive pool pass or training); the range against the pool is checked by ``select``.
+
+        The base class accepts every budget; strategies with a limit of their own (``CRC``)
+        override it.
+
+        Parameters
+        ----------
+        budget : int
+            The budget a later ``select`` will get.
+
+        Raises
+        ------
+        ValueError
+            In subclasses, for a budget the strategy can never take.
+        """
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -118,7 +175,33 @@ _REGISTRY: dict[str, type[Strategy]] = {}
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make ``cls`` available as ``get(cls.name)``."""
+    """Class decorator: make ``cls`` available as ``get(cls.name)``.
+
+    Parameters
+    ----------
+    cls : type
+        A :class:`Strategy` subclass with a non-empty ``name``.
+
+    Returns
+    -------
+    type
+        ``cls`` itself (so it works as a decorator). Registering the same class twice is a no-op.
+
+    Raises
+    ------
+    ValueError
+        If ``cls.name`` is empty or already registered for another class.
+
+    Examples
+    --------
+    >>> from fastal.strategies import Random, Strategy, get, register
+    >>> register(Random) is Random is get("random")  # already registered: a no-op
+    True
+    >>> register(Strategy)
+    Traceback (most recent call last):
+    ...
+    ValueError: Strategy needs a non-empty `name` to be registered
+    """
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a non-empty `name` to be registered")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
@@ -128,7 +211,31 @@ def register(cls: type[Strategy]) -> type[Strategy]:
 
 
 def get(name: str) -> type[Strategy]:
-    """The strategy class registered as ``name``."""
+    """The strategy class registered as ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A registered name (see :func:`available`), e.g. ``"coreset"``.
+
+    Returns
+    -------
+    type
+        The :class:`Strategy` subclass (not an instance).
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a str.
+    ValueError
+        If no strategy is registered as ``name`` (the message lists the names).
+
+    Examples
+    --------
+    >>> from fastal.strategies import get
+    >>> get("margin").__name__, get("margin").requires
+    ('Margin', ('probs',))
+    """
     if not isinstance(name, str):
         raise TypeError(f"a strategy name must be a str, got {type(name).__name__}")
     try:
@@ -140,5 +247,17 @@ def get(name: str) -> type[Strategy]:
 
 
 def available() -> list[str]:
-    """Names of the registered strategies, sorted."""
+    """Names of the registered strategies, sorted.
+
+    Returns
+    -------
+    list of str
+        The names :func:`get` accepts: the built-in strategies and any registered since.
+
+    Examples
+    --------
+    >>> from fastal.strategies import available
+    >>> "coreset" in available(), "random" in available()
+    (True, True)
+    """
     return sorted(_REGISTRY)

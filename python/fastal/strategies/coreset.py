@@ -63,7 +63,26 @@ class CoreSet(Strategy):
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         """Select from ``pool``: an (n, d) embedding array (numpy, torch or cupy), a mapping with
         ``"features"`` (and ``"probs"`` or ``"logits"`` for ``embedding="gradients"``), or a
-        :class:`~fastal.GradientEmbedding` (k-center over gradients)."""
+        :class:`~fastal.GradientEmbedding` (k-center over gradients).
+
+        Parameters
+        ----------
+        pool : array of shape (n, d), mapping or GradientEmbedding
+            The embeddings (see above); dtypes as :func:`fastal.kcenter_greedy`.
+        budget : int
+            Number of picks, ``0 <= budget <= n - len(labeled)``.
+        labeled : 1-D integer indices, optional
+            Already-labeled rows: the initial centres, never picked.
+        seed : None, int >= 0 or numpy Generator
+            Draws the first centre when there is no labeled row.
+
+        Returns
+        -------
+        Selection
+            ``indices``: (budget,) int64 in pick order, in the pool's framework and device;
+            ``diagnostics``: those of :attr:`fastal.KCenterResult.diagnostics` plus ``radius``, the
+            (budget,) covering radius after each pick.
+        """
         from ..gradients import GradientEmbedding
 
         name = "X"
@@ -81,7 +100,28 @@ class CoreSet(Strategy):
 @register
 class CoreSetGradients(CoreSet):
     """k-center greedy over last-layer gradient embeddings: :class:`CoreSet` with
-    ``embedding="gradients"`` (needs ``"probs"`` or ``"logits"`` and ``"features"``)."""
+    ``embedding="gradients"`` (needs ``"probs"`` or ``"logits"`` and ``"features"``).
+
+    Parameters
+    ----------
+    bias : bool, default False
+        Include the bias gradient (the features with a trailing 1).
+    prune : bool, default True
+        Exact triangle-inequality pruning; picks are identical either way.
+    progress : bool, default False
+        tqdm progress bar over the picks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.strategies import CoreSetGradients
+    >>> rng = np.random.default_rng(0)
+    >>> probs = rng.dirichlet(np.ones(3), size=50)
+    >>> pool = {"probs": probs, "features": rng.normal(size=(50, 4))}
+    >>> sel = CoreSetGradients().select(pool, 4, labeled=[0])
+    >>> len(sel.indices), 0 in sel.indices.tolist()
+    (4, False)
+    """
 
     name = "coreset_gradients"
     requires = ("probs", "features")

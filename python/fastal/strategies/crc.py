@@ -131,6 +131,18 @@ class CRC(Strategy):
         self.progress = check_bool(progress, "progress")
 
     def validate_budget(self, budget: int) -> None:
+        """Refuse a budget that is not a multiple of ``group_size`` (Alg. 1 takes Q/G groups).
+
+        Parameters
+        ----------
+        budget : int
+            Q, the budget a later ``select`` will get; a non-integer is left to ``select``.
+
+        Raises
+        ------
+        ValueError
+            If ``budget % group_size != 0``.
+        """
         G = self.group_size
         if isinstance(budget, (int, np.integer)) and budget % G:
             raise ValueError(

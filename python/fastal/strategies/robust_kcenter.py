@@ -74,6 +74,29 @@ class RobustKCenter(Strategy):
 
         Diagnostics: those of :func:`~fastal.robust_kcenter.robust_kcenter` plus ``radius``,
         ``outliers``, ``greedy_radius`` and ``optimal``.
+
+        Parameters
+        ----------
+        pool : array of shape (n, d), mapping or GradientEmbedding
+            The embeddings (see above), copied to the host as float64.
+        budget : int
+            Number of new centres.
+        labeled : 1-D integer indices, optional
+            Already-labeled rows: always centres, never picked, never outliers.
+        seed : None, int >= 0 or numpy Generator
+            The greedy start's first centre when there is no labeled row.
+
+        Returns
+        -------
+        Selection
+            ``indices``: (budget,) int64, ascending, in the pool's framework and device;
+            ``diagnostics`` as above.
+
+        Raises
+        ------
+        ValueError
+            If the problem is larger than ``max_points`` allows (see
+            :func:`~fastal.robust_kcenter.robust_kcenter`).
         """
         from ..gradients import GradientEmbedding
 

@@ -22,6 +22,49 @@ class PaperSetting:
     trains with data augmentation (random crops and horizontal flips) and a learning-rate
     scheduler; G.2 (Table 5) uses neither. ``form`` is ``"bayesian"`` (eq. 13, Table 4) or
     ``"factored"`` (eq. 14, Table 5).
+
+    Frozen (immutable); :data:`PAPER_SETTINGS` maps ``(form, solver, dataset)`` to every row.
+
+    Attributes
+    ----------
+    form : {"bayesian", "factored"}
+        ``"bayesian"``: eq. 13, Table 4; ``"factored"``: eq. 14, Table 5.
+    solver : {"iht", "greedy"}
+        The solver the row was tuned for.
+    dataset : str
+        ``"fashion_mnist"``, ``"cifar10"`` or ``"cifar100"`` (Table 4); ``"mnist"``, ``"svhn"``
+        or ``"cifar10"`` (Table 5).
+    alpha : float
+        α, the objective's weight that :class:`SparseApprox` uses.
+    beta : float
+        β, the objective's ridge weight that :class:`SparseApprox` uses.
+    epochs : int
+        Training epochs per round.
+    batch_size : int
+        Training batch size.
+    lr : float
+        Learning rate.
+    weight_decay : float
+        Weight decay (5e-4 in every row).
+    optimizer : {"adam", "sgd"}
+        Adam for Table 4, SGD for Table 5.
+    momentum : float or None
+        SGD momentum (0.9, Table 5); ``None`` for Table 4 (Adam).
+    seed_size : int
+        Labeled points to start from.
+    query_size : int
+        Points queried per round (Table 5: equal to ``seed_size``).
+    rounds : int
+        Query rounds.
+    projections : int or None
+        G.1's samples for random projections (Table 4); ``None`` for Table 5.
+
+    Examples
+    --------
+    >>> from fastal.strategies import PAPER_SETTINGS
+    >>> row = PAPER_SETTINGS[("factored", "greedy", "cifar10")]
+    >>> row.alpha, row.beta, row.optimizer, row.query_size == row.seed_size
+    (0.01, 0.1, 'sgd', True)
     """
 
     form: str

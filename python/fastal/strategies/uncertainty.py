@@ -283,6 +283,21 @@ class Entropy(_ScoreStrategy):
     requires = ("probs",)
 
     def scores(self, pool: Any) -> tuple[Any, Any]:
+        """Entropy ``-Σ_c p_c log p_c`` of every row (``0 log 0 = 0``).
+
+        Parameters
+        ----------
+        pool : mapping
+            With ``"probs"`` (n, C) or ``"logits"`` (n, C) (softmax taken in float64).
+
+        Returns
+        -------
+        scores : torch.Tensor of shape (n,)
+            float64 scores, on the device of the pool's array (higher is picked first).
+        info : ArrayInfo
+            Framework, device, dtype and shape of the pool's array (the rows, for ``mc_probs``
+            of shape (T, n, C): shape ``(n, C)``), for returning results in its framework.
+        """
         stored, key, info = _probs(pool)
         return _row_scores(stored, key, _entropy), info
 
@@ -309,6 +324,21 @@ class Margin(_ScoreStrategy):
     requires = ("probs",)
 
     def scores(self, pool: Any) -> tuple[Any, Any]:
+        """Margin score ``-(p_(1) - p_(2))`` of every row (C >= 2, else ``ValueError``).
+
+        Parameters
+        ----------
+        pool : mapping
+            With ``"probs"`` (n, C) or ``"logits"`` (n, C) (softmax taken in float64).
+
+        Returns
+        -------
+        scores : torch.Tensor of shape (n,)
+            float64 scores, on the device of the pool's array (higher is picked first).
+        info : ArrayInfo
+            Framework, device, dtype and shape of the pool's array (the rows, for ``mc_probs``
+            of shape (T, n, C): shape ``(n, C)``), for returning results in its framework.
+        """
         import torch
 
         stored, key, info = _probs(pool)
@@ -347,6 +377,21 @@ class LeastConfidence(_ScoreStrategy):
     requires = ("probs",)
 
     def scores(self, pool: Any) -> tuple[Any, Any]:
+        """Least-confidence score ``1 - max_c p_c`` of every row.
+
+        Parameters
+        ----------
+        pool : mapping
+            With ``"probs"`` (n, C) or ``"logits"`` (n, C) (softmax taken in float64).
+
+        Returns
+        -------
+        scores : torch.Tensor of shape (n,)
+            float64 scores, on the device of the pool's array (higher is picked first).
+        info : ArrayInfo
+            Framework, device, dtype and shape of the pool's array (the rows, for ``mc_probs``
+            of shape (T, n, C): shape ``(n, C)``), for returning results in its framework.
+        """
         stored, key, info = _probs(pool)
         return _row_scores(stored, key, lambda p: 1 - p.max(dim=1).values), info
 
@@ -373,6 +418,21 @@ class BALD(_ScoreStrategy):
     requires = ("mc_probs",)
 
     def scores(self, pool: Any) -> tuple[Any, Any]:
+        """BALD score ``H[mean_t p_t] - mean_t H[p_t]`` of every row: >= 0, 0 where passes agree.
+
+        Parameters
+        ----------
+        pool : mapping
+            With ``"mc_probs"`` of shape (T, n, C): ``T`` Monte-Carlo dropout passes.
+
+        Returns
+        -------
+        scores : torch.Tensor of shape (n,)
+            float64 scores, on the device of the pool's array (higher is picked first).
+        info : ArrayInfo
+            Framework, device, dtype and shape of the pool's array (the rows, for ``mc_probs``
+            of shape (T, n, C): shape ``(n, C)``), for returning results in its framework.
+        """
         import torch
 
         from ..gradients import as_torch

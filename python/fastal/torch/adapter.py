@@ -78,6 +78,25 @@ class _StopForward(Exception):
 def needs_of(strategy: Any) -> tuple[str, ...]:
     """What ``strategy`` reads from a pool: its ``requires`` (an instance, a class or a name).
 
+    Parameters
+    ----------
+    strategy : Strategy, Strategy class or str
+        An instance (whose ``requires`` may depend on its arguments, e.g.
+        ``CoreSet(embedding="gradients")``), a class, or a registered name
+        (:func:`fastal.strategies.get`).
+
+    Returns
+    -------
+    tuple of str
+        The pool keys, e.g. ``("probs", "features")``; ``()`` for ``"random"``.
+
+    Raises
+    ------
+    TypeError
+        If ``strategy`` has no ``requires``.
+    ValueError
+        If a name is not registered.
+
     Examples
     --------
     >>> import fastal.torch
@@ -100,7 +119,37 @@ def needs_of(strategy: Any) -> tuple[str, ...]:
 def pool_size(data: Any) -> int:
     """Number of rows of a pool given as a tensor, an array, a (nested) list of numbers, a
     map-style Dataset or a DataLoader (any ``data`` :func:`pool_outputs` takes, but an
-    ``IterableDataset``, whose size only a pass can tell)."""
+    ``IterableDataset``, whose size only a pass can tell).
+
+    Parameters
+    ----------
+    data : Tensor, ndarray, list, Dataset or DataLoader
+        The pool: a tensor or array of at least one dimension (rows on axis 0), a nested list,
+        a map-style ``Dataset`` with ``__len__``, or a ``DataLoader`` (its dataset's length, not
+        its number of batches).
+
+    Returns
+    -------
+    int
+        The number of rows (samples) of the pool.
+
+    Raises
+    ------
+    TypeError
+        For an ``IterableDataset`` or another object without ``__len__``.
+    ValueError
+        For a 0-d tensor or array.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> import fastal.torch
+    >>> X = torch.zeros(10, 3)
+    >>> loader = DataLoader(TensorDataset(X), batch_size=4)
+    >>> fastal.torch.pool_size(X), fastal.torch.pool_size(loader)
+    (10, 10)
+    """
     _refuse_non_pools(data)
     if isinstance(data, (torch.Tensor, np.ndarray)):
         _interop.describe(data, "data")  # masked entries, sparse / nested tensors: named refusals
