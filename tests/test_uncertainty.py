@@ -176,6 +176,39 @@ def test_random_is_a_seeded_uniform_choice(backend):
     assert len(set(picks)) == 5
 
 
+@pytest.mark.parametrize(
+    ("pool", "stated"),
+    [
+        (
+            {"features": np.zeros((50, 2)), "probs": np.full((40, 3), 1 / 3)},
+            "features 50, probs 40",
+        ),
+        ({"n": 50, "logits": np.zeros((49, 3))}, "n 50, logits 49"),
+        (
+            {"outputs": np.zeros((50, 1)), "mc_probs": np.zeros((4, 51, 3))},
+            "outputs 50, mc_probs 51",
+        ),
+    ],
+)
+def test_random_refuses_a_pool_whose_entries_disagree_on_its_rows(pool, stated):
+    """Random counted the first entry it knew and ignored the rest: picks from 50 rows of a pool
+    whose probabilities had 40 came back without a word."""
+    with pytest.raises(
+        ValueError, match=f"^pool's entries disagree on the number of rows: {stated}$"
+    ):
+        Random().select(pool, 5, seed=0)
+
+
+def test_random_on_a_pool_of_agreeing_entries_counts_them_once():
+    torch = pytest.importorskip("torch")
+    pool = {"n": 30, "features": torch.zeros(30, 2), "mc_probs": np.zeros((2, 30, 3))}
+    sel = Random().select(pool, 4, [0], seed=1)
+    assert isinstance(sel.indices, np.ndarray)  # with "n": numpy, as for an int
+    assert_array_equal(sel.indices, Random().select(30, 4, [0], seed=1).indices)
+    del pool["n"]
+    assert isinstance(Random().select(pool, 4, [0], seed=1).indices, torch.Tensor)  # features'
+
+
 def test_registry_and_requires():
     for name, cls, req in [
         ("random", Random, ()), ("entropy", Entropy, ("probs",)), ("margin", Margin, ("probs",)),

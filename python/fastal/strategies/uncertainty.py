@@ -200,8 +200,9 @@ class Random(Strategy):
     The picks are ``numpy.random.default_rng(seed).choice(unlabeled, budget, replace=False)`` with
     ``unlabeled`` the unlabeled rows in ascending order. The pool is an int (its size), an array
     (rows), or a mapping with ``"n"`` or any of ``"features"``, ``"probs"``, ``"logits"``,
-    ``"outputs"`` (rows) or ``"mc_probs"`` (axis 1). Indices come back in the framework of the
-    array they were counted from (numpy for an int).
+    ``"outputs"`` (rows) or ``"mc_probs"`` (axis 1); the row counts of all those it holds must
+    agree. Indices come back in the framework of the first of those arrays (numpy for an int or
+    with ``"n"``).
 
     Examples
     --------
@@ -224,6 +225,10 @@ class Random(Strategy):
         return Selection(out, {"n_candidates": int(rest.size)})
 
 
+#: the pool entries Random counts rows in, and their row axis
+_ROW_AXES = (("features", 0), ("probs", 0), ("logits", 0), ("outputs", 0), ("mc_probs", 1))
+
+
 def _pool_rows(pool: Any) -> tuple[int, Any]:
     """(number of rows, ArrayInfo of the array they were counted from or None)."""
     if isinstance(pool, bool):
@@ -240,26 +245,30 @@ def _pool_rows(pool: Any) -> tuple[int, Any]:
             )
         return info.shape[0], info
     if isinstance(pool, Mapping):
+        counts: dict[str, int] = {}  # every row count the pool states: they must agree
+        first = None
         if "n" in pool:
             n = pool["n"]
             if isinstance(n, bool) or not isinstance(n, numbers.Integral):
                 raise TypeError(f"pool['n'] must be an integer pool size, got {n!r}")
-            return _pool_rows(int(n))
-        for key, axis in (
-            ("features", 0),
-            ("probs", 0),
-            ("logits", 0),
-            ("outputs", 0),
-            ("mc_probs", 1),
-        ):
+            counts["n"] = _pool_rows(int(n))[0]
+        for key, axis in _ROW_AXES:
             if key in pool:
                 info = _interop.describe(pool[key], key)
                 if len(info.shape) <= axis:
                     raise ValueError(f"{key} has shape {info.shape}: no row axis")
-                return info.shape[axis], info
-        raise ValueError(
-            "pool needs 'n' or an array ('features', 'probs', 'logits', 'outputs', 'mc_probs')"
-        )
+                counts[key] = info.shape[axis]
+                if first is None:
+                    first = info
+        if not counts:
+            raise ValueError(
+                "pool needs 'n' or an array ('features', 'probs', 'logits', 'outputs', 'mc_probs')"
+            )
+        if len(set(counts.values())) > 1:
+            stated = ", ".join(f"{key} {rows}" for key, rows in counts.items())
+            raise ValueError(f"pool's entries disagree on the number of rows: {stated}")
+        n_rows = next(iter(counts.values()))
+        return n_rows, (None if "n" in counts else first)
     raise TypeError(f"pool must be a pool size, an array or a mapping, got {type(pool).__name__}")
 
 
