@@ -193,6 +193,19 @@ def test_ntk_rows_refuses_device_tensors_and_checks_like_ntk_features():
         NtkRows(torch.ones((3, 2), device="meta"), None, False, torch.float32)
 
 
+def test_ntk_rows_in_a_narrower_dtype_says_overflow_not_nan():
+    """A maximum past the narrower dtype was cast to it before the NaN / Inf check (it read as
+    Inf): finite features were refused as containing NaN or Inf."""
+    h = np.array([[1.0, -1e5], [2.0, 3.0]], np.float32)  # 1e5 > float16's 65504
+    with pytest.raises(ValueError, match=r"overflows float16: \|features\| reaches 1e\+05"):
+        ntk_rows(h, 1, dtype=torch.float16)
+    assert ntk_rows(h, 1).peak() == 1e5
+    assert ntk_rows(h[:, :1], 4, dtype=torch.float16).peak() == 4.0  # √4 * max(2, bias 1)
+    h[0, 0] = np.nan
+    with pytest.raises(ValueError, match="features contains NaN or Inf"):
+        ntk_rows(h, 1, dtype=torch.float16)
+
+
 @pytest.mark.parametrize("method", ["tridiagonal", "lowrank"])
 def test_progress_bar_over_the_groups(monkeypatch, capsys, method):
     """A bar over the groups, one update per CPU call; the values do not change."""

@@ -852,3 +852,15 @@ def test_top_b_sigma_ties_go_to_the_lowest_index():
         for b in range(sigma.size + 1):
             got = top_b_sigma(torch.from_numpy(sigma), b).numpy()
             assert_array_equal(got, top_scores_ref(sigma, b))
+
+
+@pytest.mark.parametrize("prox", ["Exact", "prox", ""])
+def test_solve_iht_refuses_an_unknown_prox(prox):
+    """The CPU kernel takes a flag (exact or not): any other word ran the paper's rule unsaid."""
+    from fastal.sparse import DensePhi, SparseProblem, solve_iht
+
+    G = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
+    sigma = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    p = SparseProblem(DensePhi(G, 1), G.sum(1) / 3, sigma, b=1, alpha=1.0, beta=0.0)
+    with pytest.raises(ValueError, match=rf"^prox must be one of 'paper', 'exact', got '{prox}'$"):
+        solve_iht(p, 2, prox=prox)

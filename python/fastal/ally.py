@@ -41,7 +41,37 @@ def dual_head(
     each ``Linear → BatchNorm1d → ReLU``, then ``Linear → Softplus`` (a non-negative output).
 
     ``dtype`` and ``device`` default to float32 on the CPU, not to torch's global defaults: the
-    initial weights are drawn in ``dtype``, so a global default would change the picks."""
+    initial weights are drawn in ``dtype``, so a global default would change the picks.
+
+    Parameters
+    ----------
+    in_dim : int
+        d, the width of the embeddings.
+    hidden : int, default 128
+        Units of every hidden layer (§5.1 does not give the width).
+    layers : int, default 5
+        The number of hidden ``Linear → BatchNorm1d → ReLU`` blocks (§5.1: 5); 0 leaves
+        ``Linear(in_dim, 1) → Softplus``.
+    dtype : torch.dtype, optional
+        Of the parameters; default float32.
+    device : torch.device or str, optional
+        Of the parameters; default ``"cpu"``.
+
+    Returns
+    -------
+    torch.nn.Sequential
+        A freshly initialised head (torch's RNG draws the weights), in training mode, mapping
+        ``(B, in_dim)`` to ``(B, 1)``.
+
+    Examples
+    --------
+    >>> from fastal.ally import dual_head
+    >>> net = dual_head(8, hidden=16, layers=2)
+    >>> [type(m).__name__ for m in net]
+    ['Linear', 'BatchNorm1d', 'ReLU', 'Linear', 'BatchNorm1d', 'ReLU', 'Linear', 'Softplus']
+    >>> net[0].weight.dtype, net[0].weight.device.type
+    (torch.float32, 'cpu')
+    """
     import torch
     from torch import nn
 
@@ -77,6 +107,33 @@ class DualRegressor:
     scale : float
     train_loss : float
         Final MSE on the labeled set, in units of λ².
+
+    Parameters
+    ----------
+    net : nn.Module or None
+        Maps ``(B, d)`` centred, scaled inputs to ``(B, 1)`` outputs ``λ̂ / scale``.
+    mean : tensor (d,)
+        Subtracted from the inputs; its dtype and device are the head's.
+    std : tensor (d,)
+        Divides the centred inputs.
+    scale : float
+        Multiplies the outputs (``max λ`` of the training duals).
+    train_loss : float
+        Kept as it is (:func:`fit_dual_head` passes the final MSE).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from fastal.ally import DualRegressor
+    >>> lin = torch.nn.Linear(2, 1)
+    >>> with torch.no_grad():
+    ...     _ = lin.weight.fill_(0.0), lin.bias.fill_(0.0)
+    >>> net = torch.nn.Sequential(lin, torch.nn.Softplus())  # λ̂ = 2 softplus(0) = 2 log 2
+    >>> head = DualRegressor(net, torch.zeros(2), torch.ones(2), 2.0, 0.0)
+    >>> head.predict(np.ones((3, 2))).round(6).tolist()
+    [1.386294, 1.386294, 1.386294]
+    >>> DualRegressor(None, torch.zeros(2), torch.ones(2), 0.0, 0.0).predict(np.ones((2, 2)))
+    array([0., 0.])
     """
 
     def __init__(self, net: Any, mean: Any, std: Any, scale: float, train_loss: float) -> None:
@@ -84,7 +141,22 @@ class DualRegressor:
         self.scale, self.train_loss = float(scale), float(train_loss)
 
     def forward(self, features: Any) -> Any:
-        """Differentiable λ̂ for a (B, d) torch tensor (the head in eval mode)."""
+        """Differentiable λ̂ for a (B, d) torch tensor (the head in eval mode).
+
+        ``net((features - mean) / std) · scale``; puts ``net`` in eval mode (and leaves it so).
+
+        Parameters
+        ----------
+        features : torch.Tensor (B, d)
+            On the head's device (that of ``mean``); cast to the head's dtype.
+
+        Returns
+        -------
+        torch.Tensor (B,)
+            λ̂ in the head's dtype (>= 0 for a ``net`` ending in Softplus, as :func:`dual_head`),
+            with the graph of ``features`` and of the head's parameters; zeros in ``features``'
+            dtype and device (no graph) when ``net`` is None.
+        """
         torch = _torch()
         if self.net is None:
             return torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
@@ -95,7 +167,21 @@ class DualRegressor:
         return self.net(z)[:, 0] * self.scale
 
     def predict(self, features: Any, batch_size: int = 8192) -> np.ndarray:
-        """λ̂ for every row of ``features`` (a torch tensor or numpy array), float64 numpy."""
+        """λ̂ for every row of ``features`` (a torch tensor or numpy array), float64 numpy.
+
+        Parameters
+        ----------
+        features : tensor or array (n, d)
+            A torch tensor on any device (moved to the head's device batch by batch), or an
+            array-like read as a CPU tensor.
+        batch_size : int, default 8192
+            Rows per :meth:`forward` call (under ``torch.inference_mode``).
+
+        Returns
+        -------
+        ndarray (n,)
+            float64, λ̂ of every row (:meth:`forward`'s values).
+        """
         torch = _torch()
         t = _on_cpu_unless_tensor(features)
         out = np.empty(t.shape[0], dtype=np.float64)
@@ -128,7 +214,8 @@ def fit_dual_head(
     Parameters
     ----------
     features : tensor or array (m, d)
-        Frozen embeddings of the labeled samples (the backbone's output), m >= 2 (batch norm).
+        Frozen embeddings of the labeled samples (the backbone's output); m >= 2 (batch norm)
+        unless every dual is 0 (then no network is trained).
     duals : tensor or array (m,)
         Their dual variables λ* >= 0.
     hidden, layers : int, default 128 and 5
@@ -137,6 +224,26 @@ def fit_dual_head(
         Adam schedule.
     seed : int
         Seeds the initialisation and the batches (the global torch RNG is restored afterwards).
+
+    Returns
+    -------
+    DualRegressor
+        The head, in eval mode, on ``features``' device (CPU for an array), float64 for float64
+        ``features`` and float32 otherwise; ``net`` is None, and every prediction 0, when every
+        dual is 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.ally import fit_dual_head
+    >>> X = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    >>> head = fit_dual_head(X, X[:, 0].abs(), hidden=8, layers=1, steps=20)
+    >>> head.scale == float(X[:, 0].abs().max()), head.predict(X).shape
+    (True, (32,))
+    >>> bool((head.predict(X) >= 0).all())
+    True
+    >>> fit_dual_head(X, torch.zeros(32)).net is None  # all duals 0: no network, λ̂ = 0
+    True
     """
     torch = _torch()
     H, lam = _on_cpu_unless_tensor(features).detach(), _on_cpu_unless_tensor(duals).detach()
@@ -210,6 +317,20 @@ def pick_per_cluster(clusters: Any, scores: Any, budget: int) -> np.ndarray:
     samples per cluster"). With ``k = budget`` clusters that is the argmax of each. Ties go to the
     lowest position, within a cluster and across a round.
 
+    Parameters
+    ----------
+    clusters : 1-D int array-like (n,)
+        The cluster label of every row (any integers; a non-empty float array is refused).
+    scores : 1-D array-like (n,)
+        Real scores (bool, integer or float; ±inf allowed, NaN refused); higher is picked first.
+    budget : int
+        How many rows, ``0 <= budget <= n``.
+
+    Returns
+    -------
+    ndarray (budget,) int64
+        Distinct positions into ``scores``, in pick order (round by round, each round by score).
+
     Examples
     --------
     >>> from fastal.ally import pick_per_cluster
@@ -247,7 +368,36 @@ def pick_per_cluster(clusters: Any, scores: Any, budget: int) -> np.ndarray:
 def backbone(model: Any, feature_layer: Any = None) -> Callable[[Any], Any]:
     """A differentiable ``x ↦ features`` of a torch model: the input of ``feature_layer`` (default:
     the last ``nn.Linear``, as :func:`fastal.torch.pool_outputs`), computed by a forward pass in
-    eval mode that stops there (the modules' train/eval flags are restored afterwards)."""
+    eval mode that stops there (the modules' train/eval flags are restored afterwards).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained network; not copied (the function calls it).
+    feature_layer : nn.Module or str, optional
+        The layer whose first positional input is the embedding, or its name in
+        ``model.named_modules()``; default the last ``nn.Linear`` of ``model.modules()``.
+        Resolved here: an unknown name or a model without ``nn.Linear`` raises ``ValueError``,
+        another type ``TypeError``.
+
+    Returns
+    -------
+    callable
+        ``embed(x)``: the tensor the feature layer receives for ``model(x)``, with its graph
+        (no ``no_grad``). It raises ``RuntimeError`` when the layer does not run in the forward
+        pass.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.ally import backbone
+    >>> nn = torch.nn
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 2))
+    >>> x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    >>> h = backbone(model)(x)  # the input of model[3], dropout off
+    >>> h.shape, torch.equal(h, torch.relu(model[0](x))), model.training
+    (torch.Size([5, 4]), True, True)
+    """
     from .torch._checks import _feature_layer
 
     layer = _feature_layer(model, feature_layer)

@@ -197,7 +197,44 @@ def min_eig_of_rows(
     never whole in memory: ``rows`` reads it (the protocol of :class:`StoredRows`; CRC's
     ``√C [h, 1]`` is :class:`fastal.ntk.NtkRows`). ``labeled`` and ``groups`` are valid int64
     host indices (checked by the caller). Same values, bit for bit, as ``gram_min_eig`` of the
-    whole ``Z``: every kernel call gets the rows it reads, in the same order."""
+    whole ``Z``: every kernel call gets the rows it reads, in the same order.
+
+    Parameters
+    ----------
+    rows : row reader
+        ``Z`` (n, D) through the protocol of :class:`StoredRows`: ``shape``, ``dtype`` (the name
+        ``"float32"`` or ``"float64"``), ``peak()`` (``max |Z|``), ``take(idx)`` (a new,
+        writable array of those rows) and ``whole`` (``Z`` to read in place, or ``None``: each
+        call's rows are then gathered). ``Z`` must be finite, and only ``peak()`` can refuse it
+        (:class:`StoredRows`' raises on NaN / Inf; :func:`fastal.ntk.ntk_rows` checks its
+        reader when it builds it).
+    labeled : ndarray (m,) of int64
+        The shared set ``L`` (may be empty), not checked here.
+    groups : ndarray (n_groups, G) of int64, C-contiguous
+        As in :func:`gram_min_eig`, not checked here.
+    rtol : float in [0, 1), optional
+        As in :func:`gram_min_eig` (checked); default ``max(|S|, D) · eps(float64)``.
+    progress : bool, default False
+        A tqdm bar over the groups, updated after each call.
+
+    Returns
+    -------
+    ndarray (n_groups,) float64
+        ``λ⁺_min`` of each group, a numpy array whatever reads ``Z``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastal
+    >>> from fastal.gram import StoredRows, min_eig_of_rows
+    >>> from fastal.ntk import ntk_rows
+    >>> Z = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [3.0, 0.0]])
+    >>> lab, groups = np.array([0], dtype=np.int64), np.array([[1], [3]], dtype=np.int64)
+    >>> min_eig_of_rows(StoredRows(Z), lab, groups).round(6).tolist()
+    [1.0, 10.0]
+    >>> mins = min_eig_of_rows(ntk_rows(Z, 3), lab, groups)  # √3 [Z, 1], made group by group
+    >>> np.array_equal(mins, fastal.gram_min_eig(fastal.ntk_features(Z, 3), lab, groups))
+    True
+    """
     D = rows.shape[1]
     G = groups.shape[1]
     rtol, _ = _check_options(rtol, False, "auto", labeled.size + G, D)
@@ -209,7 +246,32 @@ class StoredRows:
     """Host ``Z`` (numpy, C-contiguous float32 / float64) as the row reader of
     :func:`_host_min_eig`: ``shape``, ``dtype``, ``peak()`` (``max |Z|``; NaN / Inf raise),
     ``take(rows)`` (a new array of those rows) and ``whole`` (``Z`` to read in place, or
-    ``None`` for a reader that only makes rows on demand)."""
+    ``None`` for a reader that only makes rows on demand).
+
+    Parameters
+    ----------
+    Zh : ndarray (n, D)
+        C-contiguous float32 or float64, kept by reference (not copied, not checked here).
+
+    Attributes
+    ----------
+    whole : ndarray (n, D)
+        ``Zh`` itself.
+    shape : (int, int)
+        ``Zh.shape``.
+    dtype : str
+        ``Zh.dtype.name``, ``"float32"`` or ``"float64"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastal.gram import StoredRows
+    >>> rows = StoredRows(np.array([[1.0, -3.0], [2.0, 0.5]]))
+    >>> rows.shape, rows.dtype, rows.peak()
+    ((2, 2), 'float64', 3.0)
+    >>> rows.take(np.array([1])).tolist()
+    [[2.0, 0.5]]
+    """
 
     def __init__(self, Zh: np.ndarray) -> None:
         self.whole = Zh
@@ -217,9 +279,33 @@ class StoredRows:
         self.dtype = Zh.dtype.name
 
     def peak(self) -> float:
+        """``max |Z|`` over the whole of ``Z``, read in row blocks with no whole-array temporary.
+
+        Returns
+        -------
+        float
+            The largest magnitude (0.0 for an empty ``Z``), computed afresh on every call.
+
+        Raises
+        ------
+        ValueError
+            If ``Z`` holds NaN or Inf (how many rows, and the first).
+        """
         return _host_peak(self.whole)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
+        """Those rows of ``Z``, copied.
+
+        Parameters
+        ----------
+        rows : ndarray (k,) of int
+            Row indices (numpy fancy indexing).
+
+        Returns
+        -------
+        ndarray (k, D)
+            ``Z[rows]``, a new array in ``Z``'s dtype.
+        """
         return self.whole[rows]
 
 

@@ -110,6 +110,40 @@ class NtkRows:
     :class:`fastal.gram.StoredRows`: ``shape``, ``dtype`` (a name), ``peak()`` and ``whole``,
     which is ``None`` (there is no stored ``Z`` to read in place). Build it with
     :func:`ntk_rows`, which makes ``ntk_features``' checks, or after checking ``h`` is finite.
+
+    Parameters
+    ----------
+    h : torch.Tensor (n, d)
+        Penultimate features on the CPU (a CUDA tensor raises ``ValueError``), kept by reference
+        and never written; not checked here.
+    root_c : float or None
+        ``√C``, the factor of every entry; ``None``: no factor (the rows are ``[h, 1]`` or ``h``
+        in ``dtype``).
+    bias : bool
+        Append the constant column (a 1 before the factor): ``D = d + 1``, else ``D = d``.
+    dtype : torch.dtype
+        The floating dtype of the rows made (``h`` is cast to it row by row).
+
+    Attributes
+    ----------
+    shape : (int, int)
+        ``(n, D)``.
+    dtype : str
+        ``dtype``'s name, e.g. ``"float32"``.
+    whole : None
+        No stored ``Z``.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from fastal.ntk import NtkRows
+    >>> rows = NtkRows(torch.tensor([[1.0, 2.0], [3.0, -4.0]]), 2.0, True, torch.float64)
+    >>> rows.shape, rows.dtype, rows.whole
+    ((2, 3), 'float64', None)
+    >>> rows.take(np.array([1, 0])).tolist()  # 2 · [h, 1]
+    [[6.0, -8.0, 2.0], [2.0, 4.0, 2.0]]
+    >>> rows.abs_max(), rows.peak()
+    (4.0, 8.0)
     """
 
     whole = None
@@ -126,7 +160,19 @@ class NtkRows:
         self._peak: float | None = None
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """A new C-contiguous ``(len(rows), D)`` numpy array of those rows."""
+        """A new C-contiguous ``(len(rows), D)`` numpy array of those rows.
+
+        Parameters
+        ----------
+        rows : 1-D int array-like
+            Row indices into ``h`` (read as int64; repeats allowed).
+
+        Returns
+        -------
+        ndarray (len(rows), D)
+            ``root_c · [h[rows], 1]`` (without the 1 when not ``bias``, without the factor when
+            ``root_c`` is None) in ``dtype``, a new array the caller may write.
+        """
         torch = self._torch
         idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
         d = self.h.shape[1]
@@ -140,19 +186,36 @@ class NtkRows:
 
     def peak(self) -> float:
         """``max |Z|``: rounding is monotone, so it is ``max |h|`` (and 1 for the bias) times
-        ``√C`` rounded once, as in the row that holds it. Row blocks, no whole-pool temporary."""
+        ``√C`` rounded once, as in the row that holds it. Row blocks, no whole-pool temporary.
+
+        Returns
+        -------
+        float
+            ``max |Z|`` over every row that :meth:`take` makes, computed on the first call and
+            kept (:func:`ntk_rows` sets it when it builds the reader). NaN / Inf in ``h``, or
+            ``√C h`` past ``dtype``'s range, give a non-finite value; nothing is raised here.
+        """
         if self._peak is None:
             self._peak = self._scaled(self.abs_max())
         return self._peak
 
     def abs_max(self) -> float:
-        """``max |h|`` (NaN or Inf where ``h`` holds one), in row blocks."""
+        """``max |h|`` (NaN or Inf where ``h`` holds one), in row blocks.
+
+        Returns
+        -------
+        float
+            The largest ``|h|`` entry, exactly (0.0 for an empty ``h``); NaN propagates. Kept
+            in float64, which holds every value of the input dtypes: a value past a narrower
+            ``dtype``'s range is found by the overflow check of :meth:`peak` (:func:`ntk_rows`'
+            message), not read as Inf. Computed afresh on every call.
+        """
         torch, h = self._torch, self.h
-        top = torch.zeros((), dtype=self._dtype)
+        top = torch.zeros((), dtype=torch.float64)
         for s in range(0, h.shape[0], _chunk_rows(h.shape[1])):
             block = h[s : s + _chunk_rows(h.shape[1])]
             if block.numel():
-                top = torch.maximum(top, block.abs().amax().to(self._dtype))  # NaN propagates
+                top = torch.maximum(top, block.abs().amax().to(torch.float64))  # NaN propagates
         return float(top)
 
     def _scaled(self, h_max: float) -> float:
@@ -169,7 +232,42 @@ class NtkRows:
 def ntk_rows(features: Any, n_classes: int, *, bias: bool = True, dtype: Any = None) -> NtkRows:
     """An :class:`NtkRows` over host ``features``, after the checks of :func:`ntk_features` and
     with its messages (NaN / Inf; ``√C h`` overflowing ``dtype``). ``dtype``: a torch float
-    dtype, by default that of ``features``."""
+    dtype, by default that of ``features``.
+
+    ``take(rows)`` of the result equals those rows of ``ntk_features(features, n_classes,
+    bias=bias)`` bit for bit (when ``dtype`` is that of ``features``); one pass over ``features``
+    (in row blocks) checks them and sets ``peak()``.
+
+    Parameters
+    ----------
+    features : array (n, d)
+        Penultimate features ``h`` on the host: numpy or CPU torch (used in place; a numpy array
+        that is not C-contiguous is copied once). A CUDA tensor raises ``ValueError``.
+    n_classes : int
+        C, the number of outputs (>= 1): the rows are scaled by ``√C``.
+    bias : bool, default True
+        Append the constant column (``D = d + 1``).
+    dtype : torch.dtype, optional
+        The dtype of the rows made; default ``features``' dtype (CRC passes float32 for float16 /
+        bfloat16 features, to widen them). Values of ``√C h`` past its range are refused with
+        the overflow message.
+
+    Returns
+    -------
+    NtkRows
+        The reader, ``shape == (n, d + bias)``, with ``peak()`` already computed.
+
+    Examples
+    --------
+    >>> import numpy as np, fastal
+    >>> from fastal.ntk import ntk_rows
+    >>> h = np.array([[1.0, 2.0], [0.5, -3.0]])
+    >>> rows = ntk_rows(h, 4)
+    >>> rows.shape, rows.dtype, rows.peak()
+    ((2, 3), 'float64', 6.0)
+    >>> np.array_equal(rows.take(np.arange(2)), fastal.ntk_features(h, 4))
+    True
+    """
     info = check_matrix(features, "features")
     if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
         raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")

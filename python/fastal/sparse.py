@@ -246,7 +246,7 @@ def _fit_temperature(
 
 
 # ---------------------------------------------------------------------------------------------
-# the problem: Φ kept factored (eq. 14) or dense (eq. 13)
+# the problem: Φ kept factored (eq. 14) or dense (eq. 19, the Bayesian form)
 
 
 class FactoredPhi:
@@ -262,6 +262,49 @@ class FactoredPhi:
     the CPU the C++ kernels read those rows in place (float32, float16 or bfloat16 H for a float32
     A; float64 for float64), so the unlabeled rows are never copied, widened or extended; otherwise
     they are gathered into one tensor here.
+
+    Parameters
+    ----------
+    A : torch.Tensor (n, C)
+        The vectors ``a_j``, float32 or float64 (SparseApprox: the expected gradients
+        ``p - P``); kept contiguous (copied if it is not).
+    H : torch.Tensor (n_H, d)
+        The features, on ``A``'s device (else ``ValueError``); detached, never written.
+    b : int
+        The budget: every column carries the factor ``1/b``.
+    hrows : torch.Tensor (n,) of int, optional
+        ``h_j`` is row ``hrows[j]`` of ``H``; None: ``H`` has the ``n`` rows (else
+        ``ValueError``).
+    bias : bool, default False
+        Append a 1 to every ``h_j``: ``dh = d + 1``, else ``dh = d``.
+
+    Attributes
+    ----------
+    n : int
+        The number of columns of Φ (candidates).
+    dh : int
+        The width of ``h_j``; Φu and ``R`` are ``(C, dh)``.
+    scale : float
+        ``1/b``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.sparse import FactoredPhi
+    >>> A = torch.tensor([[1.0, -1.0], [0.5, 0.5], [0.0, 2.0]], dtype=torch.float64)
+    >>> H = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64)
+    >>> phi = FactoredPhi(A, H, 2)
+    >>> Phi = torch.stack([torch.kron(A[j], H[j]) for j in range(3)], 1) / 2  # dense (C·dh, n)
+    >>> u = torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64)
+    >>> phi.apply(u).tolist()  # (C, dh)
+    [[0.5, 1.0], [9.5, 11.0]]
+    >>> torch.equal(phi.apply(u).flatten(), Phi @ u)
+    True
+    >>> R = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    >>> phi.adjoint(R).tolist(), phi.adjoint(R, torch.tensor([2, 0])).tolist()
+    ([-0.5, 1.75, 6.0], [6.0, -0.5])
+    >>> FactoredPhi(A, H, 2, hrows=torch.tensor([2, 0, 1]), bias=True).dh
+    3
     """
 
     _TILE = 1 << 14
@@ -309,6 +352,19 @@ class FactoredPhi:
         self.dh = H.shape[1] + (1 if bias and self._kernel is not None else 0)
 
     def apply(self, u: Any) -> Any:
+        """``Φu = (1/b) Σ_j u_j a_j h_jᵀ``; the CPU kernels skip the rows where ``u_j = 0``, the
+        torch path does when fewer than a quarter of ``u`` is non-zero.
+
+        Parameters
+        ----------
+        u : torch.Tensor (n,)
+            float64 on ``A``'s device (the CPU kernels take nothing else).
+
+        Returns
+        -------
+        torch.Tensor (C, dh)
+            float64, on ``u``'s device.
+        """
         import torch
 
         if self._kernel is not None:  # skips the zero entries of u itself
@@ -328,6 +384,20 @@ class FactoredPhi:
         return self.scale * out
 
     def adjoint(self, R: Any, rows: Any = None) -> Any:
+        """``Φᵀ R``: ``(1/b) a_jᵀ R h_j`` for every candidate ``j``, or for those of ``rows``.
+
+        Parameters
+        ----------
+        R : torch.Tensor (C, dh)
+            float64 (a residual ``Φw - v``), on ``A``'s device.
+        rows : torch.Tensor (k,) of int, optional
+            Candidates to compute, in this order; None: all ``n``.
+
+        Returns
+        -------
+        torch.Tensor (n,) or (k,)
+            float64.
+        """
         import torch
 
         if self._kernel is not None:
@@ -348,7 +418,26 @@ class FactoredPhi:
 
     def grad_apply(self, R: Any, z: Any, beta: float, rows: Any = None) -> tuple[Any, Any]:
         """``g = 2 Φᵀ R + 2β (z - 1)`` and ``Φ g``, reading every tile of A and H once; with
-        ``rows``, ``g`` on those rows only and ``Φ`` of ``g`` scattered there (De-bias's step)."""
+        ``rows``, ``g`` on those rows only and ``Φ`` of ``g`` scattered there (De-bias's step).
+
+        Parameters
+        ----------
+        R : torch.Tensor (C, dh)
+            float64, the residual ``Φz - v``: ``g`` is then ``∇f1(z)``.
+        z : torch.Tensor (n,)
+            float64, the point of the ridge term.
+        beta : float
+            β.
+        rows : torch.Tensor (k,) of int, optional
+            Compute ``g`` on these candidates only; None: all ``n``.
+
+        Returns
+        -------
+        g : torch.Tensor (n,) or (k,)
+            float64.
+        M : torch.Tensor (C, dh)
+            float64, ``Φ g`` (with ``rows``: Φ of the n-vector holding ``g`` there, 0 elsewhere).
+        """
         import torch
 
         if self._kernel is not None:
@@ -379,19 +468,95 @@ class FactoredPhi:
 
 
 class DensePhi:
-    """Φ as an explicit (m, n) matrix (the Bayesian form, eq. 13: m is small)."""
+    """Φ as an explicit (m, n) matrix (the Bayesian form, eq. 19 as the module docstring says).
+
+    ``Φ = G / b``; the same interface as :class:`FactoredPhi`, with vectors of length ``m`` in
+    place of its ``(C, dh)`` matrices. SparseApprox passes ``G = E``, the expected centred losses
+    (module docstring), in float64. Products are plain torch, in ``G``'s dtype and device.
+
+    Parameters
+    ----------
+    G : torch.Tensor (m, n)
+        One column per candidate.
+    b : int
+        The budget: ``Φ = G / b``.
+
+    Attributes
+    ----------
+    G : torch.Tensor (m, n)
+        ``G`` itself (not copied).
+    n : int
+        The number of candidates.
+    scale : float
+        ``1/b``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.sparse import DensePhi
+    >>> G = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]], dtype=torch.float64)
+    >>> phi = DensePhi(G, 2)
+    >>> phi.apply(torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64)).tolist()
+    [2.5, -1.0]
+    >>> phi.adjoint(torch.tensor([1.0, 1.0], dtype=torch.float64)).tolist()
+    [0.5, 0.5, 0.5]
+    """
 
     def __init__(self, G: Any, b: int) -> None:
         self.G, self.scale, self.n = G, 1.0 / b, G.shape[1]
 
     def apply(self, u: Any) -> Any:
+        """``Φu = G u / b``.
+
+        Parameters
+        ----------
+        u : torch.Tensor (n,)
+            Like ``G`` (dtype and device).
+
+        Returns
+        -------
+        torch.Tensor (m,)
+        """
         return self.scale * (self.G @ u)
 
     def adjoint(self, R: Any, rows: Any = None) -> Any:
+        """``Φᵀ R = Gᵀ R / b``, on every candidate or on those of ``rows``.
+
+        Parameters
+        ----------
+        R : torch.Tensor (m,)
+            Like ``G`` (a residual ``Φw - v``).
+        rows : torch.Tensor (k,) of int, optional
+            Candidates to compute, in this order; None: all ``n``.
+
+        Returns
+        -------
+        torch.Tensor (n,) or (k,)
+        """
         G = self.G if rows is None else self.G[:, rows]
         return self.scale * (G.T @ R)
 
     def grad_apply(self, R: Any, z: Any, beta: float, rows: Any = None) -> tuple[Any, Any]:
+        """``g = 2 Φᵀ R + 2β (z - 1)`` and ``Φ g``; with ``rows``, ``g`` on those candidates only
+        and ``Φ`` of ``g`` scattered there (De-bias's step).
+
+        Parameters
+        ----------
+        R : torch.Tensor (m,)
+            The residual ``Φz - v``: ``g`` is then ``∇f1(z)``.
+        z : torch.Tensor (n,)
+            The point of the ridge term.
+        beta : float
+            β.
+        rows : torch.Tensor (k,) of int, optional
+            Compute ``g`` on these candidates only; None: all ``n``.
+
+        Returns
+        -------
+        g : torch.Tensor (n,) or (k,)
+        M : torch.Tensor (m,)
+            ``Φ g`` (with ``rows``: Φ of the n-vector holding ``g`` there, 0 elsewhere).
+        """
         if rows is None:
             g = 2 * self.adjoint(R) + 2 * beta * (z - 1)
             return g, self.apply(g)
@@ -419,6 +584,30 @@ class SparseProblem:
         α, the weight of the σ term.
     beta : float
         β, the weight of the ridge ``|w - 1|²``.
+
+    Notes
+    -----
+    ``f1(w) = |v - Φw|² + β |w - 1|²`` is the smooth part of ``f``; ``w`` vectors are float64
+    torch tensors (n,) on ``sigma``'s device, and ``S`` an int64 tensor of selected candidates.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.sparse import DensePhi, SparseProblem
+    >>> G = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    >>> sigma = torch.tensor([0.1, 0.1, 0.1, 0.3], dtype=torch.float64)
+    >>> p = SparseProblem(DensePhi(G, 1), G.sum(1) / 4, sigma, b=1, alpha=1.0, beta=0.0)
+    >>> w = torch.zeros(4, dtype=torch.float64)
+    >>> p.residual(w).tolist(), p.f1(w), round(p.objective(w, torch.tensor([3])), 6)
+    ([-0.5, -0.5], 0.5, 0.41)
+    >>> p.grad_f1(w).tolist()
+    [-1.0, -1.0, -2.0, 0.0]
+    >>> e = torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    >>> p.line_search(e, w)  # f1(w - μ e) is smallest at μ = -0.5
+    -0.5
+    >>> w_new, r_new = p.debias(0.5 * e, torch.tensor([2]))  # ∇f1 = 0 there: no step
+    >>> w_new.tolist(), r_new.tolist()
+    ([0.0, 0.0, 0.5, 0.0], [0.0, 0.0])
     """
 
     phi: Any  # FactoredPhi | DensePhi
@@ -429,22 +618,98 @@ class SparseProblem:
     beta: float
 
     def residual(self, w: Any) -> Any:
+        """The residual ``r = Φw - v``.
+
+        Parameters
+        ----------
+        w : torch.Tensor (n,)
+            float64 weights.
+
+        Returns
+        -------
+        torch.Tensor
+            Shaped like ``v``.
+        """
         return self.phi.apply(w) - self.v
 
     def grad_f1(self, w: Any, r: Any = None) -> Any:
-        """``∇f1(w)`` (De-bias's gradient on S comes from ``phi.grad_apply(..., rows=S)``)."""
+        """``∇f1(w)`` (De-bias's gradient on S comes from ``phi.grad_apply(..., rows=S)``).
+
+        Parameters
+        ----------
+        w : torch.Tensor (n,)
+            float64 weights.
+        r : torch.Tensor, optional
+            ``w``'s residual ``Φw - v``, when known; computed otherwise.
+
+        Returns
+        -------
+        torch.Tensor (n,)
+            ``2 Φᵀ r + 2β (w - 1)``.
+        """
         r = self.residual(w) if r is None else r
         return 2 * self.phi.adjoint(r) + 2 * self.beta * (w - 1)
 
     def f1(self, w: Any, r: Any = None) -> float:
+        """The smooth part of the objective, ``f1(w) = |Φw - v|² + β |w - 1|²``.
+
+        Parameters
+        ----------
+        w : torch.Tensor (n,)
+            float64 weights.
+        r : torch.Tensor, optional
+            ``w``'s residual ``Φw - v``, when known; computed otherwise.
+
+        Returns
+        -------
+        float
+        """
         r = self.residual(w) if r is None else r
         return float((r * r).sum() + self.beta * ((w - 1) ** 2).sum())
 
     def objective(self, w: Any, S: Any, r: Any = None) -> float:
+        """The objective ``f(w) = f1(w) - α Σ_{j∈S} σ_j²`` (eq. 15), ``f2`` counted over ``S``.
+
+        Parameters
+        ----------
+        w : torch.Tensor (n,)
+            float64 weights.
+        S : torch.Tensor (b,) of int
+            The selected set (its σ counts whatever its weights, zeros included).
+        r : torch.Tensor, optional
+            ``w``'s residual ``Φw - v``, when known; computed otherwise.
+
+        Returns
+        -------
+        float
+        """
         return self.f1(w, r) - self.alpha * float((self.sigma[S] ** 2).sum())
 
     def line_search(self, u: Any, w: Any, r: Any = None, phi_u: Any = None) -> float:
-        """Alg. 4: the exact minimiser of ``f1(w - μ u)`` over μ (0 for a zero direction)."""
+        """Alg. 4: the exact minimiser of ``f1(w - μ u)`` over μ (0 for a zero direction).
+
+        ``μ = (rᵀ Φu + β (w - 1)ᵀ u) / (|Φu|² + β |u|²)``. When the numerator is not finite or
+        the denominator is not within ``[2^-900, 2^900]``, ``u`` is first scaled by a power of two
+        (at most ``2^1000``) that brings the larger of ``max |Φu|`` and ``√β max |u|`` (entrywise)
+        to order 1, and μ is scaled back.
+
+        Parameters
+        ----------
+        u : torch.Tensor (n,)
+            The direction.
+        w : torch.Tensor (n,)
+            The current weights.
+        r : torch.Tensor, optional
+            ``w``'s residual ``Φw - v``, when known; computed otherwise.
+        phi_u : torch.Tensor, optional
+            ``Φu``, when known; computed otherwise.
+
+        Returns
+        -------
+        float
+            μ; 0.0 when ``Φu`` and ``√β u`` are both zero (or the rescaled denominator is not
+            positive), NaN when a term is not finite even after the rescaling.
+        """
         r = self.residual(w) if r is None else r
         pu = self.phi.apply(u) if phi_u is None else phi_u
         num, den = self._line_terms(u, w, r, pu)
@@ -473,7 +738,28 @@ class SparseProblem:
         return num, den
 
     def debias(self, w: Any, S: Any, r: Any = None) -> tuple[Any, Any]:
-        """Alg. 5 over the selected set ``S``; returns the new ``w`` and its residual."""
+        """Alg. 5 over the selected set ``S``; returns the new ``w`` and its residual.
+
+        One gradient step restricted to ``S``: ``u = ∇f1(w)`` on ``S`` and 0 elsewhere,
+        ``w - μ u`` with μ from :meth:`line_search`. Weights are not clamped here (the solvers
+        clamp them at 0 afterwards).
+
+        Parameters
+        ----------
+        w : torch.Tensor (n,)
+            float64 weights.
+        S : torch.Tensor (k,) of int
+            The selected set.
+        r : torch.Tensor, optional
+            ``w``'s residual ``Φw - v``, when known; computed otherwise.
+
+        Returns
+        -------
+        w : torch.Tensor (n,)
+            ``w - μ u``.
+        r : torch.Tensor
+            Its residual, ``r - μ Φu``.
+        """
         import torch
 
         r = self.residual(w) if r is None else r
@@ -580,6 +866,34 @@ def safeguard_top_sigma(p: SparseProblem, res: SolverResult) -> SolverResult:
     value keeps the solver's result). Both values are computed afresh from ``w``. The returned
     trace is ``res.objective`` followed by one entry, the ``f`` of what is returned; ``fallback``
     says which one that is.
+
+    Parameters
+    ----------
+    p : SparseProblem
+        The problem ``res`` was solved on.
+    res : SolverResult
+        The result of :func:`solve_greedy` or :func:`solve_iht` on ``p``.
+
+    Returns
+    -------
+    SolverResult
+        A new result: ``res``'s ``selected`` and ``weights`` (``fallback=False``) or the top-b σ
+        set, in ``(-σ, index)`` order, and its weights (``fallback=True``);
+        ``top_sigma_objective`` is the ``f`` of the top-b σ set in both cases.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.sparse import DensePhi, SparseProblem, safeguard_top_sigma, solve_greedy
+    >>> G = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    >>> sigma = torch.tensor([0.1, 0.1, 0.1, 0.3], dtype=torch.float64)
+    >>> p = SparseProblem(DensePhi(G, 1), G.sum(1) / 4, sigma, b=1, alpha=10.0, beta=0.0)
+    >>> res = solve_greedy(p, 1.0)
+    >>> res.selected.tolist(), round(res.objective[-1], 6)
+    ([2], -0.1)
+    >>> safe = safeguard_top_sigma(p, res)  # the top σ alone has the lower f
+    >>> safe.selected.tolist(), safe.weights.tolist(), safe.fallback, round(safe.objective[-1], 6)
+    ([3], [0.0, 0.0, 0.0, 1.0], True, -0.4)
     """
     import torch
 
@@ -603,7 +917,40 @@ def safeguard_top_sigma(p: SparseProblem, res: SolverResult) -> SolverResult:
 
 
 def solve_greedy(p: SparseProblem, tau: float, progress: bool = False) -> SolverResult:
-    """Alg. 1: add ``argmin_{j∉S} τ ∇f1(w)_j - α σ_j²``, line search on ``e_j``, De-bias, clamp."""
+    """Alg. 1: add ``argmin_{j∉S} τ ∇f1(w)_j - α σ_j²``, line search on ``e_j``, De-bias, clamp.
+
+    From ``w = 0``, ``b`` picks; each takes the candidate not yet in ``S`` with the lowest score
+    (ties to the lowest index), moves ``w_j`` by the exact line search along ``e_j``
+    (:meth:`SparseProblem.line_search`), runs one De-bias over ``S``
+    (:meth:`SparseProblem.debias`) and clamps ``w`` at 0. Computed in float64 on ``p.sigma``'s
+    device.
+
+    Parameters
+    ----------
+    p : SparseProblem
+        The problem, budget ``p.b``.
+    tau : float
+        τ, the weight of the gradient in the pick score.
+    progress : bool, default False
+        A tqdm bar over the picks.
+
+    Returns
+    -------
+    SolverResult
+        ``selected`` (b,) in pick order, ``weights`` (n,) on the host, ``objective`` the ``f``
+        after every pick (``b`` values).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.sparse import DensePhi, SparseProblem, solve_greedy
+    >>> G = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    >>> sigma = torch.tensor([0.1, 0.1, 0.1, 0.3], dtype=torch.float64)
+    >>> p = SparseProblem(DensePhi(G, 1), G.sum(1) / 4, sigma, b=1, alpha=1.0, beta=0.0)
+    >>> res = solve_greedy(p, 1.0)  # scores τ ∇f1(0) - α σ² = [-1.01, -1.01, -2.01, -0.09]
+    >>> res.selected.tolist(), res.weights.tolist(), round(res.objective[-1], 6)
+    ([2], [0.0, 0.0, 0.5, 0.0], -0.01)
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -637,10 +984,49 @@ def solve_iht(
 ) -> SolverResult:
     """Alg. 2: gradient step with exact line search, the top-b proximal step (:func:`iht_threshold`
     with ``rule=prox``), De-bias, clamp, and momentum with a line-searched step. On CUDA the top-b
-    step reads ``s`` and ``σ`` rounded to float32 (its kernel's input); the rest is float64."""
+    step reads ``s`` and ``σ`` rounded to float32 (its kernel's input); the rest is float64.
+
+    From ``w = z = 0``, each iteration: ``s = z - μ ∇f1(z)`` (μ by
+    :meth:`SparseProblem.line_search`); ``(S, w) =`` the top-b step of ``s``; one De-bias over
+    ``S``; ``w`` clamped at 0; then ``z = w - τ d`` for ``d = w - w_prev``, τ line-searched along
+    ``d``.
+
+    Parameters
+    ----------
+    p : SparseProblem
+        The problem, budget ``p.b``.
+    iters : int
+        The number of iterations (0 returns an empty selection and zero weights).
+    progress : bool, default False
+        A tqdm bar over the iterations.
+    prox : {"paper", "exact"}, default "paper"
+        The ``rule`` of :func:`iht_threshold`.
+
+    Returns
+    -------
+    SolverResult
+        ``selected`` the support of the last top-b step (ordered by (score, index)),
+        ``weights`` (n,) on the host, ``objective`` the ``f`` after every iteration (``iters``
+        values).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fastal.sparse import DensePhi, SparseProblem, solve_iht
+    >>> G = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    >>> sigma = torch.tensor([0.1, 0.1, 0.1, 0.3], dtype=torch.float64)
+    >>> p = SparseProblem(DensePhi(G, 1), G.sum(1) / 4, sigma, b=1, alpha=1.0, beta=0.0)
+    >>> res = solve_iht(p, 3, prox="exact")
+    >>> res.selected.tolist(), res.weights.tolist(), [round(f, 6) for f in res.objective]
+    ([2], [0.0, 0.0, 0.5, 0.0], [-0.01, -0.01, -0.01])
+    >>> solve_iht(p, 3).selected.tolist()  # the paper's score: -α σ_j² for every s_j >= 0
+    [3]
+    """
     import torch
     from tqdm.auto import tqdm
 
+    if prox not in IHT_RULES:  # the CPU kernel takes a flag: any other word was "paper"
+        raise ValueError(f"prox must be one of {', '.join(map(repr, IHT_RULES))}, got {prox!r}")
     n = p.phi.n
     w = torch.zeros(n, dtype=torch.float64, device=p.sigma.device)
     z, r_w, r_z = w.clone(), -p.v.clone(), -p.v.clone()
