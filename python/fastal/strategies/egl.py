@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _interop
 from .._validate import check_bool, check_budget, check_matrix, check_same_place, make_rng
-from ..gradients import _probabilities, as_torch, from_torch
+from ..gradients import _probabilities, as_torch, from_torch, torch_isfinite_rows
 from .base import LOGITS_KEY, Selection, Strategy, pool_field, register, unlabeled_rows
 from .uncertainty import _row_tiles, _top_rows
 
@@ -99,7 +99,7 @@ class EGL(Strategy):
         finite = None  # on the device until all tiles are checked (one synchronisation)
         for s, e in tiles:
             h = h_in[s:e].to(hacc).contiguous()  # one summation order whatever the strides
-            ok = torch.isfinite(p_in[s:e]).all() & torch.isfinite(h).all()
+            ok = torch_isfinite_rows(p_in[s:e]).all() & torch_isfinite_rows(h).all()
             finite = ok if finite is None else finite & ok
             # |h|² in float32 (float64 features: float64); out-of-range rows are redone below
             hsq[s:e] = (h * h).sum(1)

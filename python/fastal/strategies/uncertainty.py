@@ -55,7 +55,7 @@ def _probs(pool: Any) -> tuple[Any, str, Any]:
     copy of the pool (the scores are taken in tiles too, :func:`_row_scores`)."""
     import torch
 
-    from ..gradients import _probabilities, as_torch
+    from ..gradients import _probabilities, as_torch, torch_isfinite_rows
 
     if not isinstance(pool, Mapping):
         raise TypeError(
@@ -71,12 +71,7 @@ def _probs(pool: Any) -> tuple[Any, str, Any]:
         )
     info = check_matrix(pool[key], key)
     stored = as_torch(pool[key], info)
-    n, C = info.shape
-    finite = None  # on the device until all tiles are checked (one synchronisation)
-    for s, e in _row_tiles(n, _TILE_VALUES // C):
-        ok = torch.isfinite(stored[s:e]).all()  # widening to float64 keeps finiteness
-        finite = ok if finite is None else finite & ok
-    if not bool(finite):
+    if not bool(torch_isfinite_rows(stored).all()):
         raise ValueError(f"{key} contains NaN or Inf")
     if key == "probs":  # range and row sums, in float64 row chunks
         _probabilities(stored, "probs", torch.float64, "probs", info.dtype, LOGITS_KEY)
@@ -462,7 +457,8 @@ class BALD(_ScoreStrategy):
         step = max(1, _TILE_VALUES // (T * C))  # no (T, n, C) float64 copy
         for s in range(0, n, step):
             mc = stored[:, s : s + step].to(torch.float64).contiguous()  # one summation order
-            if not bool(torch.isfinite(mc).all()) or bool(((mc < 0) | (mc > 1)).any()):
+            lo, hi = torch.aminmax(mc)  # NaN propagates; ±Inf is out of [0, 1]
+            if not (bool(lo >= 0) and bool(hi <= 1)):
                 raise ValueError("mc_probs must hold finite probabilities in [0, 1]")
             if not bool(((mc.sum(-1) - 1).abs() <= tol).all()):
                 raise ValueError(
