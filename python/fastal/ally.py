@@ -355,11 +355,19 @@ def pick_per_cluster(clusters: Any, scores: Any, budget: int) -> np.ndarray:
     ):
         raise ValueError(f"budget must be an integer in [0, {s.size}], got {budget!r}")
     # Rank within each cluster: sort by (cluster, -score, position).
-    order = np.lexsort((np.arange(s.size), -s, labels))
+    order = np.lexsort((-s, labels))  # lexsort is stable: ties keep the position order
     sorted_labels = labels[order]
     starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
     sizes = np.diff(np.r_[starts, s.size])
     rank = np.arange(s.size) - np.repeat(starts, sizes)
+    # Only the rounds 0 .. R-1 that hold the first `budget` picks are ordered (the least R with
+    # sum_c min(size_c, R) >= budget): a sort of ~budget rows, not of the pool.
+    lo, hi = 0, int(sizes.max(initial=0))
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if np.minimum(sizes, mid).sum() < budget else (lo, mid)
+    first = rank < lo
+    order, rank = order[first], rank[first]
     # Pick order: by round (rank), then by score, then by position.
     by_round = order[np.lexsort((order, -s[order], rank))]
     return by_round[:budget].astype(np.int64)
