@@ -523,3 +523,29 @@ def test_bfloat16_values_past_2_127_are_finite(value):
     bits = X.view(torch.int16).numpy().view(np.uint16)
     count, first, _ = fastal._ext.cpu.count_nonfinite_rows_bfloat16(bits)
     assert (count, first) == (1, 2)
+
+
+@pytest.mark.parametrize("case", range(30))
+def test_duplicate_check_agrees_with_unique_on_both_paths(case):
+    """check_indices finds repeats by a sort (few indices of a large pool) or an O(n) mask (many):
+    both must say what np.unique says, with the smallest repeated index in the message."""
+    from fastal._validate import check_indices
+
+    rng = np.random.default_rng(case)
+    n = int(rng.integers(1, 5000))
+    size = int(rng.integers(1, n + 1)) if case % 2 else int(rng.integers(1, max(2, n // 64)))
+    idx = rng.integers(0, n, size)
+    uniq, counts = np.unique(idx, return_counts=True)
+    if (counts > 1).any():
+        smallest = int(uniq[np.argmax(counts > 1)])
+        with pytest.raises(
+            ValueError, match=rf"^labeled has duplicate indices: e\.g\. {smallest}$"
+        ):
+            check_indices(idx, n, "labeled")
+    else:
+        assert_array_equal(check_indices(idx, n, "labeled"), idx)
+    distinct = rng.permutation(n)[:size]
+    assert_array_equal(check_indices(distinct, n, "labeled"), distinct)
+    assert_array_equal(
+        check_indices(np.r_[distinct, distinct], n, "rows", unique=False), np.r_[distinct, distinct]
+    )
