@@ -20,6 +20,8 @@ MODULES = [
     "fastal.strategies.egl",
     "fastal.strategies.kmeans_sampling",
     "fastal.sparse",
+    "fastal._sparse_phi",
+    "fastal._sparse_solve",
     "fastal.gram",
     "fastal.ntk",
     "fastal.strategies.crc",

@@ -42,7 +42,7 @@ from conftest import (
 from numpy.testing import assert_allclose, assert_array_equal
 from reference import softmax_ref
 
-import fastal.sparse as sparse
+import fastal._sparse_solve as sparse_solve
 import fastal.strategies
 from fastal.sparse import FactoredPhi
 
@@ -293,13 +293,13 @@ def test_gpu_pipeline_emulated_on_the_cpu(solver, form, torch_path, monkeypatch)
     pool = gpu_pools()[form]
     strategy = gpu_strategy(solver)
     rounded = []
-    real_step = sparse._iht_torch
+    real_step = sparse_solve._iht_torch
 
     def float32_step(s, sigma, b, alpha, rule):
         rounded.append(s.dtype)
         return real_step(s.to(torch.float32), sigma.to(torch.float32), b, alpha, rule)
 
-    monkeypatch.setattr(sparse, "_iht_torch", float32_step)
+    monkeypatch.setattr(sparse_solve, "_iht_torch", float32_step)
     got = strategy.select(pool, GPU_BUDGET, GPU_LABELED)
     assert bool(rounded) == (solver == "iht")
     assert bool(torch_path) == (form == "factored")
