@@ -27,6 +27,11 @@ def gram_args(**change):
     return args
 
 
+def _exactly(message):
+    """A match pattern for this whole message and nothing else."""
+    return f"^{re.escape(message)}$"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -39,11 +44,6 @@ def gram_args(**change):
         (dict(n=2**33), "n must be < 2^32, got 8589934592"),
     ],
 )
-def _exactly(message):
-    """A match pattern for this whole message and nothing else."""
-    return f"^{re.escape(message)}$"
-
-
 def test_gram_messages_format_numbers(cuda, change, message):
     with pytest.raises(ValueError, match=_exactly(message)):
         cuda.gram_min_eig(**gram_args(**change))

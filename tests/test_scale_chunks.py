@@ -21,19 +21,25 @@ BOUND = getattr(grad, "_CHUNK_VALUES", 1 << 20)  # values per chunk (8 MiB widen
 
 @pytest.fixture
 def chunk_sizes(monkeypatch):
-    """Values per call of ``torch.isfinite`` and ``Tensor.to`` (each chunk's first temporary)."""
+    """Values per call of ``torch.isfinite`` or ``numpy.isfinite`` (the CPU's finiteness pass) and
+    ``Tensor.to`` (each chunk's first temporary)."""
     sizes = {"isfinite": [], "to": []}
-    isfinite, to = torch.isfinite, torch.Tensor.to
+    isfinite, np_isfinite, to = torch.isfinite, np.isfinite, torch.Tensor.to
 
     def rec_isfinite(t, *args, **kwargs):
         sizes["isfinite"].append(t.numel())
         return isfinite(t, *args, **kwargs)
+
+    def rec_np_isfinite(x, *args, **kwargs):
+        sizes["isfinite"].append(np.size(x))
+        return np_isfinite(x, *args, **kwargs)
 
     def rec_to(t, *args, **kwargs):
         sizes["to"].append(t.numel())
         return to(t, *args, **kwargs)
 
     monkeypatch.setattr(torch, "isfinite", rec_isfinite)
+    monkeypatch.setattr(np, "isfinite", rec_np_isfinite)
     monkeypatch.setattr(torch.Tensor, "to", rec_to)
     return sizes
 
