@@ -533,7 +533,7 @@ def test_duplicate_check_agrees_with_unique_on_both_paths(case):
 
     rng = np.random.default_rng(case)
     n = int(rng.integers(1, 5000))
-    size = int(rng.integers(1, n + 1)) if case % 2 else int(rng.integers(1, max(2, n // 64)))
+    size = int(rng.integers(1, n + 1)) if case % 2 else int(rng.integers(1, max(2, n // 8)))
     idx = rng.integers(0, n, size)
     uniq, counts = np.unique(idx, return_counts=True)
     if (counts > 1).any():

@@ -177,9 +177,9 @@ def check_indices(
 
 
 def _has_duplicates(arr: np.ndarray, n: int) -> bool:
-    """Whether the in-range int64 ``arr`` repeats a value: a sort of ``arr`` when it is short,
-    else an O(n) mask of ``n`` bytes (a sort of a million indices took ~0.2 s)."""
-    if arr.size * 64 < n:
+    """Whether the in-range int64 ``arr`` repeats a value: an O(n) mask of ``n`` bytes (a sort of a
+    million indices took ~0.2 s) when that is no larger than ``arr`` itself, else a sort of it."""
+    if arr.size * 8 < n:  # the mask would outgrow the indices (a size-1e9 pool, few labels)
         s = np.sort(arr)
         return bool((s[1:] == s[:-1]).any())
     seen = np.zeros(n, dtype=bool)
