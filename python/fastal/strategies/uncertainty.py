@@ -179,6 +179,22 @@ class _ScoreStrategy(Strategy):
     """Select the highest scores; subclasses define ``scores(pool)``: (float64 (n,), info)."""
 
     def scores(self, pool: Any) -> tuple[Any, Any]:
+        """The score of every row of the pool (higher is picked first).
+
+        Parameters
+        ----------
+        pool : mapping
+            With ``"probs"`` (n, C) or ``"logits"`` (n, C) (softmax taken in float64); BALD:
+            ``"mc_probs"`` (T, n, C).
+
+        Returns
+        -------
+        scores : torch.Tensor of shape (n,)
+            float64 scores, on the device of the pool's array.
+        info : ArrayInfo
+            Framework, device, dtype and shape of the pool's array (``(n, C)`` for ``mc_probs``),
+            for returning results in its framework.
+        """
         raise NotImplementedError
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
@@ -289,18 +305,8 @@ class Entropy(_ScoreStrategy):
     def scores(self, pool: Any) -> tuple[Any, Any]:
         """Entropy ``-Σ_c p_c log p_c`` of every row (``0 log 0 = 0``).
 
-        Parameters
-        ----------
-        pool : mapping
-            With ``"probs"`` (n, C) or ``"logits"`` (n, C) (softmax taken in float64).
 
-        Returns
-        -------
-        scores : torch.Tensor of shape (n,)
-            float64 scores, on the device of the pool's array (higher is picked first).
-        info : ArrayInfo
-            Framework, device, dtype and shape of the pool's array (the rows, for ``mc_probs``
-            of shape (T, n, C): shape ``(n, C)``), for returning results in its framework.
+        ``pool`` and the returned ``(scores, info)`` as in :meth:`_ScoreStrategy.scores`.
         """
         stored, key, info = _probs(pool)
         return _row_scores(stored, key, _entropy), info
@@ -330,18 +336,8 @@ class Margin(_ScoreStrategy):
     def scores(self, pool: Any) -> tuple[Any, Any]:
         """Margin score ``-(p_(1) - p_(2))`` of every row (C >= 2, else ``ValueError``).
 
-        Parameters
-        ----------
-        pool : mapping
-            With ``"probs"`` (n, C) or ``"logits"`` (n, C) (softmax taken in float64).
 
-        Returns
-        -------
-        scores : torch.Tensor of shape (n,)
-            float64 scores, on the device of the pool's array (higher is picked first).
-        info : ArrayInfo
-            Framework, device, dtype and shape of the pool's array (the rows, for ``mc_probs``
-            of shape (T, n, C): shape ``(n, C)``), for returning results in its framework.
+        ``pool`` and the returned ``(scores, info)`` as in :meth:`_ScoreStrategy.scores`.
         """
         import torch
 
@@ -383,18 +379,8 @@ class LeastConfidence(_ScoreStrategy):
     def scores(self, pool: Any) -> tuple[Any, Any]:
         """Least-confidence score ``1 - max_c p_c`` of every row.
 
-        Parameters
-        ----------
-        pool : mapping
-            With ``"probs"`` (n, C) or ``"logits"`` (n, C) (softmax taken in float64).
 
-        Returns
-        -------
-        scores : torch.Tensor of shape (n,)
-            float64 scores, on the device of the pool's array (higher is picked first).
-        info : ArrayInfo
-            Framework, device, dtype and shape of the pool's array (the rows, for ``mc_probs``
-            of shape (T, n, C): shape ``(n, C)``), for returning results in its framework.
+        ``pool`` and the returned ``(scores, info)`` as in :meth:`_ScoreStrategy.scores`.
         """
         stored, key, info = _probs(pool)
         return _row_scores(stored, key, lambda p: 1 - p.max(dim=1).values), info
@@ -424,18 +410,9 @@ class BALD(_ScoreStrategy):
     def scores(self, pool: Any) -> tuple[Any, Any]:
         """BALD score ``H[mean_t p_t] - mean_t H[p_t]`` of every row: >= 0, 0 where passes agree.
 
-        Parameters
-        ----------
-        pool : mapping
-            With ``"mc_probs"`` of shape (T, n, C): ``T`` Monte-Carlo dropout passes.
 
-        Returns
-        -------
-        scores : torch.Tensor of shape (n,)
-            float64 scores, on the device of the pool's array (higher is picked first).
-        info : ArrayInfo
-            Framework, device, dtype and shape of the pool's array (the rows, for ``mc_probs``
-            of shape (T, n, C): shape ``(n, C)``), for returning results in its framework.
+        ``pool`` (``"mc_probs"`` of shape (T, n, C): T Monte-Carlo dropout passes) and the returned
+        ``(scores, info)`` as in :meth:`_ScoreStrategy.scores`.
         """
         import torch
 
