@@ -209,6 +209,21 @@ def test_random_on_a_pool_of_agreeing_entries_counts_them_once():
     assert isinstance(Random().select(pool, 4, [0], seed=1).indices, torch.Tensor)  # features'
 
 
+def test_random_counts_the_rows_of_a_gradient_embedding():
+    """CoreSet and BADGE take a GradientEmbedding as the pool or its 'features': so does Random,
+    which refused it (and, with 'n' beside it, ignored it)."""
+    import fastal
+
+    emb = fastal.gradient_embedding(np.full((30, 3), 1 / 3), np.ones((30, 4)))
+    want = Random().select(30, 4, [0], seed=1).indices
+    assert_array_equal(Random().select(emb, 4, [0], seed=1).indices, want)
+    assert_array_equal(Random().select({"features": emb, "n": 30}, 4, [0], seed=1).indices, want)
+    with pytest.raises(
+        ValueError, match=r"^pool's entries disagree on the number of rows: n 31, features 30$"
+    ):
+        Random().select({"features": emb, "n": 31}, 4, seed=1)
+
+
 def test_registry_and_requires():
     for name, cls, req in [
         ("random", Random, ()), ("entropy", Entropy, ("probs",)), ("margin", Margin, ("probs",)),

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import _interop
 from .._validate import check_budget, check_matrix, make_rng, prob_sum_tol
+from ..gradients import GradientEmbedding
 from .base import LOGITS_KEY, Selection, Strategy, register, unlabeled_rows
 
 #: float64 values per row tile (8 MiB) of the score strategies: whole-pool float64 copies and
@@ -210,10 +211,10 @@ class Random(Strategy):
 
     The picks are ``numpy.random.default_rng(seed).choice(unlabeled, budget, replace=False)`` with
     ``unlabeled`` the unlabeled rows in ascending order. The pool is an int (its size), an array
-    (rows), or a mapping with ``"n"`` or any of ``"features"``, ``"probs"``, ``"logits"``,
-    ``"outputs"`` (rows) or ``"mc_probs"`` (axis 1); the row counts of all those it holds must
-    agree. Indices come back in the framework of the first of those arrays (numpy for an int or
-    with ``"n"``).
+    or a :class:`~fastal.GradientEmbedding` (rows), or a mapping with ``"n"`` or any of
+    ``"features"``, ``"probs"``, ``"logits"``, ``"outputs"`` (rows) or ``"mc_probs"`` (axis 1);
+    the row counts of all those it holds must agree. Indices come back in the framework of the
+    first of those arrays (numpy for an int or with ``"n"``).
 
     Examples
     --------
@@ -248,6 +249,8 @@ def _pool_rows(pool: Any) -> tuple[int, Any]:
         if pool < 0:
             raise ValueError(f"pool size must be >= 0, got {pool}")
         return int(pool), None
+    if isinstance(pool, GradientEmbedding):  # what CoreSet and BADGE take: its rows count
+        return pool.n, pool.info
     if _interop.is_array(pool):
         info = _interop.describe(pool, "pool")
         if not info.shape:
@@ -264,7 +267,10 @@ def _pool_rows(pool: Any) -> tuple[int, Any]:
                 raise TypeError(f"pool['n'] must be an integer pool size, got {n!r}")
             counts["n"] = _pool_rows(int(n))[0]
         for key, axis in _ROW_AXES:
-            if key in pool:
+            if key in pool and isinstance(pool[key], GradientEmbedding):
+                counts[key] = pool[key].n
+                first = pool[key].info if first is None else first
+            elif key in pool:
                 info = _interop.describe(pool[key], key)
                 if len(info.shape) <= axis:
                     raise ValueError(f"{key} has shape {info.shape}: no row axis")
