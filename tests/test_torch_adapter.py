@@ -611,8 +611,9 @@ def test_batch_fn_applies_to_tensor_and_array_pools(kind):
     x = inputs()
     data = {"tensor": torch.from_numpy(x), "ndarray": x, "list": x.tolist()}[kind]
     model = Tiny()
-    out = ft.pool_outputs(model, data, ("logits",), batch_fn=lambda b: b * 2, batch_size=4,
-                          progress=False)  # fmt: skip
+    out = ft.pool_outputs(
+        model, data, ("logits",), batch_fn=lambda b: b * 2, batch_size=4, progress=False
+    )
     assert_allclose(out["logits"].numpy(), reference(2 * x)["logits"], rtol=1e-5, atol=1e-5)
 
 
@@ -923,6 +924,24 @@ def test_minus_inf_logits_of_masked_classes_are_kept():
     nan = nn.Sequential(Tiny(), nn.ConstantPad1d((0, 1), math.inf))
     with pytest.raises(ValueError, match=r"logits are NaN or \+Inf for 10 row"):
         ft.pool_outputs(nan, inputs(), ("logits",), progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_non_finite_outputs_in_every_storage_dtype_and_mc_axis(dtype):
+    """The CPU check reads float16/32/64 outputs through numpy (bfloat16 through torch): the same
+    verdicts, whatever the dtype, on axis 0 and on the mc_ outputs' axis 1."""
+    x = torch.from_numpy(inputs())
+    x[5, 0] = float("inf")
+    for needs, key in ((("features",), "features"), (("mc_probs",), "mc_probs")):
+        with pytest.raises(ValueError, match=f"model.s {key} are NaN or .?Inf for 1 row.*row 5 "):
+            ft.pool_outputs(
+                Tiny(dropout=0.5), x, needs, dtype=dtype, mc_samples=3, batch_size=4, progress=False
+            )
+    out = ft.pool_outputs(
+        Tiny(dropout=0.5), inputs(), ("mc_probs",), dtype=dtype, mc_samples=3, progress=False
+    )
+    assert out["mc_probs"].dtype == dtype
+    assert out["mc_probs"].shape == (3, N, C)
 
 
 @pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="exception notes: Python 3.11")
