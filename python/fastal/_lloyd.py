@@ -136,6 +136,13 @@ def _tol_abs(xt: Any, tol: float, keep: Any = None, name: str = "X") -> float:
         return 0.0
     work = torch.float64 if xt.dtype == torch.float64 else torch.float32
     count, mean, m2, x0 = 0, None, None, None
+    # one tile's difference (in ``work``) and its float64 copy, reused: a fresh pair of
+    # tile-sized temporaries per tile (and ``** 2``'s) cost more than the arithmetic
+    shape = (min(_TILE, xt.shape[0]),) + tuple(xt.shape[1:])
+    diff = torch.empty(shape, dtype=work, device=xt.device)
+    wide = (
+        diff if work == torch.float64 else torch.empty(shape, dtype=torch.float64, device=xt.device)
+    )
     for s in range(0, xt.shape[0], _TILE):
         x = xt[s : s + _TILE] if keep is None else xt[s : s + _TILE][keep[s : s + _TILE]]
         x = x.to(work)
@@ -144,9 +151,12 @@ def _tol_abs(xt: Any, tol: float, keep: Any = None, name: str = "X") -> float:
             continue
         if x0 is None:
             x0 = x[0].clone()
-        x = (x - x0).to(torch.float64)
+        torch.sub(x, x0, out=diff[:nb])
+        x = wide[:nb]
+        if work != torch.float64:
+            x.copy_(diff[:nb])
         mb = x.mean(0)
-        m2b = ((x - mb) ** 2).sum(0)
+        m2b = x.sub_(mb).mul_(x).sum(0)
         if mean is None:
             count, mean, m2 = nb, mb, m2b
             continue
