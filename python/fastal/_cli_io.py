@@ -11,6 +11,7 @@ left. :func:`fastal.cli.cmd_select` and :func:`fastal.cli.cmd_demo` call them.
 from __future__ import annotations
 
 import builtins
+import math
 import os
 import sys
 from pathlib import Path
@@ -187,7 +188,10 @@ def _check_fits(a: np.ndarray, dtype: str, option: str) -> None:
     limit, tiny = _DTYPE_MAX.get(dtype), _DTYPE_TINY.get(dtype)
     if limit is None or not a.size or np.finfo(a.dtype).max <= limit:
         return
-    largest = float(np.nanmax(np.abs(a))) if not np.isnan(a).all() else 0.0
+    # max |a| as max(max a, -min a), NaN skipped (0 when all are NaN): no pool-sized temporary
+    # (np.abs of a float64 pool was as large as the pool, np.isnan a bool copy)
+    hi, lo = float(np.fmax.reduce(a, axis=None)), float(np.fmin.reduce(a, axis=None))
+    largest = 0.0 if math.isnan(hi) else max(hi, -lo)
     if np.isfinite(largest) and largest > limit:
         raise SystemExit(
             f"fastal: --dtype {dtype} overflows {option}: it holds values up to {largest:.4g}, "
