@@ -395,20 +395,8 @@ def kcenter(
 
     Parameters
     ----------
-    X : array of shape (n, d), or GradientEmbedding
-        Pool embeddings: numpy, torch (CPU/CUDA) or cupy; float32, float16, bfloat16, or float64 on
-        the CPU (see :func:`kcenter_greedy`).
-    budget : int
-        Number of new centres, ``0 <= budget <= n - len(labeled)``.
-    labeled : 1-D integer indices, optional
-        Already-labeled rows: the initial centres, never picked.
-    seed : int or numpy.random.Generator, optional
-        Draws the first centre when there is no labeled point (uniform over the pool).
-    prune : bool, default True
-        Exact triangle-inequality pruning (see :func:`kcenter_greedy`); the picks are identical
-        either way, ``rows_read`` tells how many rows were read.
-    progress : bool, default False
-        Show a tqdm progress bar over the picks.
+    X, budget, labeled, seed, prune, progress
+        As in :func:`kcenter_greedy`; ``rows_read`` tells how many rows pruning left to read.
 
     Returns
     -------

@@ -104,12 +104,8 @@ class CoreSetGradients(CoreSet):
 
     Parameters
     ----------
-    bias : bool, default False
-        Include the bias gradient (the features with a trailing 1).
-    prune : bool, default True
-        Exact triangle-inequality pruning; picks are identical either way.
-    progress : bool, default False
-        tqdm progress bar over the picks.
+    bias, prune, progress
+        As in :class:`CoreSet`.
 
     Examples
     --------
