@@ -300,22 +300,8 @@ class DensePhi:
         """``g = 2 Φᵀ R + 2β (z - 1)`` and ``Φ g``; with ``rows``, ``g`` on those candidates only
         and ``Φ`` of ``g`` scattered there (De-bias's step).
 
-        Parameters
-        ----------
-        R : torch.Tensor (m,)
-            The residual ``Φz - v``: ``g`` is then ``∇f1(z)``.
-        z : torch.Tensor (n,)
-            The point of the ridge term.
-        beta : float
-            β.
-        rows : torch.Tensor (k,) of int, optional
-            Compute ``g`` on these candidates only; None: all ``n``.
-
-        Returns
-        -------
-        g : torch.Tensor (n,) or (k,)
-        M : torch.Tensor (m,)
-            ``Φ g`` (with ``rows``: Φ of the n-vector holding ``g`` there, 0 elsewhere).
+        As :meth:`FactoredPhi.grad_apply`, with the residual ``R`` and ``Φ g`` vectors of length
+        ``m`` in place of ``(C, dh)`` matrices.
         """
         if rows is None:
             g = 2 * self.adjoint(R) + 2 * beta * (z - 1)

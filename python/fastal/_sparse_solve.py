@@ -100,18 +100,9 @@ class SparseProblem:
         return 2 * self.phi.adjoint(r) + 2 * self.beta * (w - 1)
 
     def f1(self, w: Any, r: Any = None) -> float:
-        """The smooth part of the objective, ``f1(w) = |Φw - v|² + β |w - 1|²``.
+        """The smooth part of the objective, ``f1(w) = |Φw - v|² + β |w - 1|²``, a float.
 
-        Parameters
-        ----------
-        w : torch.Tensor (n,)
-            float64 weights.
-        r : torch.Tensor, optional
-            ``w``'s residual ``Φw - v``, when known; computed otherwise.
-
-        Returns
-        -------
-        float
+        ``w`` and ``r`` as in :meth:`grad_f1`.
         """
         r = self.residual(w) if r is None else r
         return float((r * r).sum() + self.beta * ((w - 1) ** 2).sum())
