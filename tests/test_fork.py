@@ -1,12 +1,15 @@
 """fastal in a forked child: GNU OpenMP's team threads do not survive fork, so the child's first
 parallel region used to wait for them forever (multiprocessing's "fork" start method, DataLoader
-workers). The child now runs the kernels on one thread, with the same results."""
+workers). The child now runs the kernels on one thread, with the same results, under GNU OpenMP
+and LLVM's libomp (a clang build, whose fork handler must not call the runtime: it hung), and so do
+torch's CPU ops, which fastal's k-means uses."""
 
 import multiprocessing as mp
 import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import fastal
 from fastal import _ext
@@ -47,3 +50,27 @@ def test_kernels_run_in_a_forked_child_after_the_parent_used_its_threads():
     assert threads == 1
     np.testing.assert_array_equal(child_picks, picks)
     np.testing.assert_allclose(child_lloyd, lloyd, rtol=1e-5, atol=1e-6)
+
+
+def _torch_child(out):
+    x = torch.arange(400_000, dtype=torch.float64).reshape(-1, 8)
+    out.put((float(x.sub(x[0]).sum()), torch.get_num_threads()))
+
+
+def test_torch_runs_in_a_forked_child_after_the_parent_used_its_threads():
+    x = torch.arange(400_000, dtype=torch.float64).reshape(-1, 8)
+    expected = float(x.sub(x[0]).sum())  # large enough for torch's OpenMP team
+
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = ctx.Process(target=_torch_child, args=(out,))
+        child.start()
+    try:
+        got = out.get(timeout=60)
+    finally:
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+    assert got == (expected, 1)

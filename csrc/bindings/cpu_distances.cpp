@@ -31,7 +31,7 @@ void register_dtype(py::module_& m, const std::string& tag) {
             A* pd = dist2.mutable_data();
             int64_t* pi = index.mutable_data();
             {
-              py::gil_scoped_release nogil;
+              auto nogil = kernel_scope();
               std::vector<int64_t> all(static_cast<size_t>(y.n));
               for (int64_t j = 0; j < y.n; ++j) all[j] = j;
               const auto centres = prepare_centres(y, all.data(), y.n);
@@ -58,7 +58,7 @@ void register_dtype(py::module_& m, const std::string& tag) {
           A* pd = dist2.mutable_data();
           int64_t* pi = index.mutable_data();
           {
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             std::vector<A> laid(static_cast<size_t>(m * d));
             for (int64_t j = 0; j < m; ++j) lay_out_centre<T>(pc + j * d, laid.data() + j * d, d);
             min_sqdist_to_centres(rows, laid.data(), m, pd, pi);
@@ -73,7 +73,7 @@ void register_dtype(py::module_& m, const std::string& tag) {
           double spread = 0;
           const T* x = rows_of<T>(X, "X", &n, &d);
           {
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             count = count_nonfinite_rows(x, n, d, &first, &spread);
           }
           return py::make_tuple(count, first, spread);
@@ -96,7 +96,7 @@ void register_dtype(py::module_& m, const std::string& tag) {
           double* ps = sums.mutable_data();
           int64_t* pc = counts.mutable_data();
           {
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             segment_sum(x, n, d, lab, k, ps, pc);
           }
           return py::make_tuple(sums, counts);
@@ -110,7 +110,7 @@ void register_dtype(py::module_& m, const std::string& tag) {
             auto s = make_state(rows, mind, near, centres, 0, picks, radius2, false);
             FASTAL_REQUIRE(first >= 0 && first < rows.n, "first must be in [0, ", rows.n, "), got ",
                            first);
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             kcenter_init_first(s, first);
           });
         },
@@ -138,7 +138,7 @@ void register_dtype(py::module_& m, const std::string& tag) {
               for (int64_t i = 0; i < rows.n; ++i)
                 FASTAL_REQUIRE(s.near[i] >= -1 && s.near[i] < placed, "near[", i, "] = ", s.near[i],
                                " is not -1 or a centre position in [0, ", placed, ")");
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             kcenter_steps(s, t_begin, t_end);
             return s.rows_read;
           });
@@ -172,7 +172,7 @@ void register_dtype(py::module_& m, const std::string& tag) {
             if (n_labeled == 0 && s.k > 0)
               FASTAL_REQUIRE(first >= 0 && first < rows.n, "first must be in [0, ", rows.n,
                              "), got ", first);
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             if (n_labeled > 0)
               kmeanspp_init_labeled(s, lab, n_labeled);
             else
@@ -223,7 +223,7 @@ void register_dtype(py::module_& m, const std::string& tag) {
               FASTAL_REQUIRE(s.near[i] >= -1 && s.near[i] < placed, "near[", i, "] = ", s.near[i],
                              " is not -1 or a centre position in [0, ", placed, ")");
           }
-          py::gil_scoped_release nogil;
+          auto nogil = kernel_scope();
           kmeanspp_steps(s, t_begin, t_end);
           return s.rows_read;
         });
@@ -259,7 +259,7 @@ void bind_distances(py::module_& m) {
         Buf<double> out = nearest_only ? Buf<double>(nr) : Buf<double>({nr, nc});
         double* po = out.mutable_data();
         {
-          py::gil_scoped_release nogil;
+          auto nogil = kernel_scope();
           indexed_distances(x, d, pr, nr, pc, nc, nearest_only, po);
         }
         return out;

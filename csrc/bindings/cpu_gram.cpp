@@ -34,7 +34,7 @@ py::object run_gram(const Buf<T>& Z, const Buf<int64_t>& labeled, const Buf<int6
   double* pm = mins.mutable_data();
   double* ps = return_all ? spectra.mutable_data() : nullptr;
   {
-    py::gil_scoped_release nogil;
+    auto nogil = kernel_scope();
     kernel(pz, n, D, pl, mL, pg, n_groups, G, rtol, pm, ps);
   }
   if (return_all) return py::make_tuple(mins, spectra);
@@ -88,7 +88,7 @@ void register_gram(py::module_& m, const std::string& tag) {
           const double *pb = basis.data(), *pl = lam.data();
           double* pm = mins.mutable_data();
           {
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             gram_min_eig_lowrank(pz, n, D, pg, n_groups, G, pb, pl, m, s_side, rtol, pm);
           }
           return mins;

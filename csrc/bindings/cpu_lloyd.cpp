@@ -42,7 +42,7 @@ void register_lloyd(py::module_& m, const std::string& tag) {
           double* ps = sums.mutable_data();
           int64_t* pk = counts.mutable_data();
           {
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             lloyd_step(px, n, d, pq, pc, k, gemm_address, threads_local_address, pl, pd, ps, pk,
                        partial_limit);
           }
@@ -95,7 +95,7 @@ void register_lloyd_bounded(py::module_& m, const std::string& tag) {
           int64_t* pk = counts.mutable_data();
           int64_t computed = 0;
           {
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             computed = lloyd_step_bounded(px, n, d, pq, pc, k, ps, pg, n_groups, fresh,
                                           gemm_address, threads_local_address, pl, pu, pgl, plo, po,
                                           psum, pk, partial_limit);

@@ -19,11 +19,14 @@ PYBIND11_MODULE(_cpu, m) {
       [](const Buf<float>& x) {
         const float* p = x.data();
         const int64_t n = x.size();
-        py::gil_scoped_release nogil;
+        auto nogil = kernel_scope();
         return parallel_sum(p, n);
       },
       py::arg("x").noconvert());
-  m.def("num_threads", [] { return omp_get_max_threads(); });
+  m.def("num_threads", [] {
+    serial_after_fork();  // what the kernels would use now
+    return omp_get_max_threads();
+  });
   m.def("in_forked_child", &in_forked_child,
         "True in a process forked after fastal._cpu was imported: its kernels run on one thread "
         "there (GNU OpenMP's threads do not survive fork)");

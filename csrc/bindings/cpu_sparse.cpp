@@ -22,7 +22,7 @@ void register_topb(py::module_& m, const std::string& tag) {
           int64_t* out = support.mutable_data();
           T* pw = w.mutable_data();
           {
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             iht_threshold(ps, pg, n, b, alpha, exact ? IhtRule::Exact : IhtRule::Paper, out, pw);
           }
           return py::make_tuple(support, w);
@@ -90,7 +90,7 @@ void register_factored_products(py::module_& m, const std::string& tag) {
           Buf<double> out(count);
           double* po = out.mutable_data();
           {
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             factored_adjoint(f.A, f.H, f.C, r, scale, idx, count, po);
           }
           return out;
@@ -107,7 +107,7 @@ void register_factored_products(py::module_& m, const std::string& tag) {
           Buf<double> M({f.C, f.dh});
           double* pm = M.mutable_data();
           {
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             factored_apply(f.A, f.H, f.n, f.C, pu, scale, pm);
           }
           return M;
@@ -128,7 +128,7 @@ void register_factored_products(py::module_& m, const std::string& tag) {
           double* pg = g.mutable_data();
           double* pm = M.mutable_data();
           {
-            py::gil_scoped_release nogil;
+            auto nogil = kernel_scope();
             factored_grad_apply(f.A, f.H, f.n, f.C, r, scale, pz, beta, idx, count, pg, pm);
           }
           return py::make_tuple(g, M);
@@ -162,7 +162,7 @@ void bind_sparse(py::module_& m) {
         int64_t* out = support.mutable_data();
         float* pw = w.mutable_data();
         {
-          py::gil_scoped_release nogil;
+          auto nogil = kernel_scope();
           iht_threshold_fused_host(ps, pg, n, b, alpha, exact, grid, out, pw, bad);
         }
         return py::make_tuple(support, w, py::make_tuple(bad[0], bad[1], bad[2], bad[3]));

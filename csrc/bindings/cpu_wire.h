@@ -42,6 +42,13 @@ using In = py::array_t<typename Wire<T>::type, py::array::c_style>;
 template <typename V>
 using Buf = py::array_t<V, py::array::c_style>;
 
+// Where a binding runs kernels (`auto nogil = kernel_scope();`): the GIL released, and one OpenMP
+// thread if this is the forking thread of a forked child (cpu/fork_guard.cpp).
+[[nodiscard]] inline py::gil_scoped_release kernel_scope() {
+  serial_after_fork();
+  return py::gil_scoped_release();
+}
+
 template <typename T>
 const T* rows_of(const In<T>& a, const char* name, int64_t* n, int64_t* d) {
   FASTAL_REQUIRE(a.ndim() == 2, name, " must be 2-D (n, d), got ", a.ndim(), " dimensions");

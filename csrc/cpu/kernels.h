@@ -264,8 +264,10 @@ void gram_min_eig_lowrank(const T* Z, int64_t n, int64_t D, const int64_t* group
                           int64_t G, const double* basis, const double* lam, int64_t m, bool s_side,
                           double rtol, double* min_eig);
 
-// One OpenMP thread in a process forked from this one (cpu/fork_guard.cpp); idempotent.
+// One OpenMP thread in a process forked from this one (cpu/fork_guard.cpp): install_fork_guard
+// is idempotent; serial_after_fork applies it, and every entry point calls it before its kernels.
 void install_fork_guard();
+void serial_after_fork();
 bool in_forked_child();
 
 }  // namespace fastal::cpu

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from . import _cpu as cpu  # noqa: F401 -- re-exported: the other modules read _ext.cpu
 
 try:
     from . import _cuda as cuda
 except ImportError:  # built without a CUDA compiler, or the CUDA runtime cannot load
     cuda = None
+
+
+def _one_torch_thread_in_forked_child() -> None:
+    # torch's CPU ops in a child forked after torch used its OpenMP threads wait forever for them
+    # (GNU OpenMP; fastal's k-means runs torch ops). Where fastal's kernels share torch's libgomp
+    # its fork handler has set this already (cpu/fork_guard.cpp); a clang build's libomp does not.
+    # torch is not imported here: the CLI's torch-free strategies start without it
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_one_torch_thread_in_forked_child)
 
 REBUILD_HINT = (
     "fastal was built without its CUDA module. Rebuild it where nvcc is on PATH, forcing CUDA: "
