@@ -1,7 +1,7 @@
 // fastal._cpu: the module. The kernel families register themselves (bind_* in the cpu_*.cpp files
 // beside this one, sharing cpu_wire.h); what is left here is small: the fork guard and thread
 // queries.
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include "bindings/cpu_wire.h"
 

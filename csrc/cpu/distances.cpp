@@ -1,6 +1,6 @@
 // Min-distance-to-a-set, indexed float64 distances, the finiteness scan and the bandwidth probe
 // (CPU, OpenMP).
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include <algorithm>
 #include <cmath>

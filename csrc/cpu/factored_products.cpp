@@ -4,7 +4,7 @@
 // matrix R. One streaming pass over A and H, the C x dh operands in L1; a GEMM library would either
 // materialise n x dh temporaries or run its skinny (N = C) case far below the bandwidth of the
 // pass.
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include <algorithm>
 #include <type_traits>

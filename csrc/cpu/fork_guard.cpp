@@ -12,7 +12,7 @@
 // the count (serial_after_fork).
 #include "cpu/kernels.h"
 
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include <atomic>
 

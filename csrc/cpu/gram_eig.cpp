@@ -18,7 +18,7 @@
 // matrix-vector product that step k + 1 needs, so each step streams the trailing triangle once,
 // four rows at a time (the vector operands are loaded once for the four rows). On a 2-core Zen 1
 // this pass runs at the float64 FMA throughput of the core.
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include <algorithm>
 #include <cmath>

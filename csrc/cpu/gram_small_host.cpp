@@ -10,7 +10,7 @@
 // (common/rounding.h) are. Elsewhere nvcc may fuse a multiply and an add (its default), e.g. in the
 // tridiagonal eigenvalue search, so device eigenvalues can differ from these in the last bits; the
 // operations that must round alike on every lane or in both triangles are the explicit ones.
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include <algorithm>
 #include <limits>

@@ -1,7 +1,7 @@
 // k-center greedy on the CPU (Sener & Savarese, Alg. 1): one fused pass per pick updates every
 // point's distance to its nearest centre and finds the farthest point, with optional exact
 // triangle-inequality pruning of rows that the new centre cannot improve.
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include <algorithm>
 #include <cmath>

@@ -15,7 +15,7 @@
 // compute more than 1/kDirectShareDen of its distances goes through lloyd_step's own GEMM path,
 // which also refreshes its bounds. Sums are added row by row in lloyd_step's order over the same
 // chunks and threads.
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include <algorithm>
 #include <cmath>

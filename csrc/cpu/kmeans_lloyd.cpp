@@ -13,7 +13,7 @@
 // Scikit-learn's Lloyd iteration is organised the same way (chunked GEMM + arg-min + sums inside
 // one parallel loop); before this kernel fastal ran the GEMM in torch, the arg-min in torch and
 // the sums in a second pass over X.
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include <algorithm>
 #include <cstdint>

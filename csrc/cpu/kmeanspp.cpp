@@ -6,7 +6,7 @@
 // to find the block holding u * total, then that block's rows. Blocks are fixed (not per thread)
 // and summed in row order, so the picks depend only on the data and the uniforms, not on the number
 // of threads. The rule matches the float64 reference: the first row with cumsum(w) > u * total.
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include <algorithm>
 #include <cmath>

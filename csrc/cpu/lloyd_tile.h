@@ -17,7 +17,7 @@
 #include <type_traits>
 #include <vector>
 
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include "cpu/simd.h"
 

@@ -1,7 +1,7 @@
 // One work item per OpenMP iteration with a per-thread workspace, exceptions carried back: the loop
 // of the Gram kernels (gram_eig.cpp, gram_lowrank.cpp), one matrix per thread.
 #pragma once
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include <atomic>
 #include <cstdint>

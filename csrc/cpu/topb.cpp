@@ -7,7 +7,7 @@
 // below it in one parallel pass, and finish with nth_element + sort on the few survivors. If the
 // sample underestimated (fewer than b survivors), the pass is repeated with a higher sample rank,
 // and in the end with no threshold at all, so the result is always exact.
-#include <omp.h>
+#include "cpu/omp_compat.h"
 
 #include <algorithm>
 #include <cmath>
