@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
-from . import _cpu as cpu  # noqa: F401 -- re-exported: the other modules read _ext.cpu
+from ._isa import check_native_isa
+
+check_native_isa()  # before any of the CPU module's code runs
+
+from . import _cpu as cpu  # noqa: E402, F401 -- re-exported: the other modules read _ext.cpu
 
 try:
     from . import _cuda as cuda
