@@ -24,20 +24,26 @@ namespace {
 
 // In float64 whatever the storage type, without FMA contraction (this file is compiled with
 // -ffp-contract=off), so that a float64 numpy reference computes bit-identical scores. A NaN in s
-// or sigma gives a NaN score (std::max(NaN, 0) is its first argument), which survivors() rejects.
+// or sigma gives a NaN score, which survivors() rejects.
 template <IhtRule Rule, typename T>
 inline double iht_score(T s, T sigma, double alpha) {
   const double sg = static_cast<double>(sigma);
   // alpha = 0 drops the sigma term: 0 * (a sigma^2 past float64) would be NaN. sg - sg keeps a
   // NaN sigma NaN, and is +0.0 like 0 * sg^2 otherwise.
   const double bonus = alpha == 0.0 ? sg - sg : alpha * (sg * sg);
-  if constexpr (Rule == IhtRule::Exact) {
-    if (s <= T(0)) return sg == sg ? 0.0 : sg;
+  if constexpr (Rule == IhtRule::Exact) {  // a select, not a branch: survivors() vectorises it
     const double pos = static_cast<double>(s);
-    return -(0.5 * (pos * pos)) - bonus;
+    const double kept = -(0.5 * (pos * pos)) - bonus;
+    const double dropped = sg == sg ? 0.0 : sg;
+    return s <= T(0) ? dropped : kept;  // a NaN s fails <= and keeps NaN
   }
-  const double neg = std::max(-static_cast<double>(s), 0.0);
-  return 0.5 * (neg * neg) - bonus;
+  // 1/2 max(-s, 0)^2 - bonus, both sides computed and one selected (gcc kept a branch, and no
+  // vectorised loop, for the max): 1/2 (0 * 0) - bonus is 0 - bonus bit for bit, and a NaN s
+  // fails < and stays NaN, as in std::max
+  const double flipped = -static_cast<double>(s);
+  const double kept = 0.5 * (flipped * flipped) - bonus;
+  const double clipped = 0.0 - bonus;
+  return flipped < 0.0 ? clipped : kept;
 }
 
 struct Keyed {
@@ -58,16 +64,33 @@ std::vector<Keyed> survivors(const T* s, const T* sigma, int64_t n, double alpha
   const int threads = n > (int64_t{1} << 16) ? omp_get_max_threads() : 1;
   std::vector<std::vector<Keyed>> parts(static_cast<size_t>(threads));
   int64_t first_nan = n;
+  // Blocks of scores: a branch-free (vectorised) pass computes them and whether any is kept or
+  // NaN, and only such blocks are walked row by row; small blocks, so that with the ~1% of rows
+  // a threshold keeps most blocks have none. Per row, the push_back kept compilers from
+  // vectorising the scores.
+  constexpr int64_t kBlock = 32;
 #pragma omp parallel num_threads(threads) reduction(min : first_nan)
   {
     auto& mine = parts[static_cast<size_t>(omp_get_thread_num())];
-#pragma omp for schedule(static)
-    for (int64_t j = 0; j < n; ++j) {
-      const double sc = iht_score<Rule>(s[j], sigma[j], alpha);
-      if (sc <= threshold) {
-        mine.push_back({sc, j});
-      } else if (sc != sc) {  // NaN fails <= too: off the path of the rows kept
-        first_nan = std::min(first_nan, j);
+    double sc[kBlock];
+#pragma omp for schedule(static)  // contiguous ranges in thread order: index order below
+    for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+      const int64_t len = std::min(kBlock, n - j0);
+      const T* sb = s + j0;
+      const T* gb = sigma + j0;
+      int hits = 0;  // an int, not a bool: gcc vectorises no bool reduction
+      for (int64_t k = 0; k < len; ++k) {
+        const double v = iht_score<Rule>(sb[k], gb[k], alpha);
+        sc[k] = v;
+        hits |= !(v > threshold);  // kept, or NaN
+      }
+      if (hits == 0) continue;
+      for (int64_t k = 0; k < len; ++k) {
+        if (sc[k] <= threshold) {
+          mine.push_back({sc[k], j0 + k});
+        } else if (sc[k] != sc[k]) {  // NaN fails <= too: off the path of the rows kept
+          first_nan = std::min(first_nan, j0 + k);
+        }
       }
     }
   }
