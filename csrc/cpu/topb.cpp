@@ -24,26 +24,21 @@ namespace {
 
 // In float64 whatever the storage type, without FMA contraction (this file is compiled with
 // -ffp-contract=off), so that a float64 numpy reference computes bit-identical scores. A NaN in s
-// or sigma gives a NaN score, which survivors() rejects.
+// or sigma gives a NaN score (std::max(NaN, 0) is its first argument), which survivors() rejects.
+// The file's -fno-trapping-math lets gcc turn the branches into selects and vectorise the scores.
 template <IhtRule Rule, typename T>
 inline double iht_score(T s, T sigma, double alpha) {
   const double sg = static_cast<double>(sigma);
   // alpha = 0 drops the sigma term: 0 * (a sigma^2 past float64) would be NaN. sg - sg keeps a
   // NaN sigma NaN, and is +0.0 like 0 * sg^2 otherwise.
   const double bonus = alpha == 0.0 ? sg - sg : alpha * (sg * sg);
-  if constexpr (Rule == IhtRule::Exact) {  // a select, not a branch: survivors() vectorises it
+  if constexpr (Rule == IhtRule::Exact) {
+    if (s <= T(0)) return sg == sg ? 0.0 : sg;
     const double pos = static_cast<double>(s);
-    const double kept = -(0.5 * (pos * pos)) - bonus;
-    const double dropped = sg == sg ? 0.0 : sg;
-    return s <= T(0) ? dropped : kept;  // a NaN s fails <= and keeps NaN
+    return -(0.5 * (pos * pos)) - bonus;
   }
-  // 1/2 max(-s, 0)^2 - bonus, both sides computed and one selected (gcc kept a branch, and no
-  // vectorised loop, for the max): 1/2 (0 * 0) - bonus is 0 - bonus bit for bit, and a NaN s
-  // fails < and stays NaN, as in std::max
-  const double flipped = -static_cast<double>(s);
-  const double kept = 0.5 * (flipped * flipped) - bonus;
-  const double clipped = 0.0 - bonus;
-  return flipped < 0.0 ? clipped : kept;
+  const double neg = std::max(-static_cast<double>(s), 0.0);
+  return 0.5 * (neg * neg) - bonus;
 }
 
 struct Keyed {
