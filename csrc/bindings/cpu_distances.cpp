@@ -6,6 +6,20 @@ namespace fastal::bindings {
 
 namespace {
 
+// The state of earlier calls of a resumed k-center / k-means++ selection, read back as indices
+// (O(n), against O(n d) a step): centres[first, placed) are rows of the pool, and near (when
+// given) holds -1 or a centre position below placed.
+void require_resumed_state(const int64_t* centres, int64_t first, int64_t placed,
+                           const int64_t* near, int64_t n) {
+  for (int64_t j = first; j < placed; ++j)
+    FASTAL_REQUIRE(centres[j] >= 0 && centres[j] < n, "centres[", j, "] = ", centres[j],
+                   " is out of range for ", n, " rows");
+  if (near == nullptr) return;
+  for (int64_t i = 0; i < n; ++i)
+    FASTAL_REQUIRE(near[i] >= -1 && near[i] < placed, "near[", i, "] = ", near[i],
+                   " is not -1 or a centre position in [0, ", placed, ")");
+}
+
 template <typename T>
 void register_dtype(py::module_& m, const std::string& tag) {
   using A = Acc<T>;
@@ -129,15 +143,8 @@ void register_dtype(py::module_& m, const std::string& tag) {
             if (t_begin < t_end)
               FASTAL_REQUIRE(s.picks[t_begin] >= 0 && s.picks[t_begin] < rows.n, "picks[", t_begin,
                              "] = ", s.picks[t_begin], " is out of range");
-            // the state of earlier calls is read back as indices: O(n), against O(n d) a step
-            const int64_t placed = n_labeled + t_begin;
-            for (int64_t j = n_labeled; j < placed; ++j)
-              FASTAL_REQUIRE(s.centres[j] >= 0 && s.centres[j] < rows.n, "centres[", j,
-                             "] = ", s.centres[j], " is out of range for ", rows.n, " rows");
-            if (prune)
-              for (int64_t i = 0; i < rows.n; ++i)
-                FASTAL_REQUIRE(s.near[i] >= -1 && s.near[i] < placed, "near[", i, "] = ", s.near[i],
-                               " is not -1 or a centre position in [0, ", placed, ")");
+            require_resumed_state(s.centres, n_labeled, n_labeled + t_begin,
+                                  prune ? s.near : nullptr, rows.n);
             auto nogil = kernel_scope();
             kcenter_steps(s, t_begin, t_end);
             return s.rows_read;
@@ -214,14 +221,7 @@ void register_dtype(py::module_& m, const std::string& tag) {
             s.near = vec_of(*near, "near", rows.n);
             s.centres = vec_of(*centres, "centres", n_labeled + s.k);
             s.n_labeled = n_labeled;
-            // the state of earlier calls is read back as indices: O(n), against O(n d) a step
-            const int64_t placed = n_labeled + t_begin;
-            for (int64_t j = 0; j < placed; ++j)
-              FASTAL_REQUIRE(s.centres[j] >= 0 && s.centres[j] < rows.n, "centres[", j,
-                             "] = ", s.centres[j], " is out of range for ", rows.n, " rows");
-            for (int64_t i = 0; i < rows.n; ++i)
-              FASTAL_REQUIRE(s.near[i] >= -1 && s.near[i] < placed, "near[", i, "] = ", s.near[i],
-                             " is not -1 or a centre position in [0, ", placed, ")");
+            require_resumed_state(s.centres, 0, n_labeled + t_begin, s.near, rows.n);
           }
           auto nogil = kernel_scope();
           kmeanspp_steps(s, t_begin, t_end);
