@@ -50,10 +50,11 @@ def crc_ref(Z, labeled, Q, G, seed, rtol=RTOL, max_groups=None, zeros="duplicate
 def best_groups_ref(Z, lab, groups, Q, rtol=RTOL, zeros="duplicates"):
     """Score every group by λ⁺_min(L ∪ group) and take the Q/G best (ties to the earlier one).
     ``zeros="duplicates"``: going down the groups in that order, one holding a duplicate (of a
-    labeled row, of a row of its own or of a row of a group taken before it) scores 0 instead,
-    until Q/G groups are taken."""
+    labeled row, of a row of its own or of a row of a group taken before it) scores 0 instead and
+    ranks after every group that does not, until Q/G groups are taken."""
     G = groups.shape[1]
     scores = np.array([lambda_min_pos_ref(Z, np.concatenate([lab, g]), rtol) for g in groups])
+    degenerate = set()
     if zeros == "duplicates":
         taken = [Z[j] for j in lab]
         kept = 0
@@ -64,10 +65,11 @@ def best_groups_ref(Z, lab, groups, Q, rtol=RTOL, zeros="duplicates"):
                 np.array_equal(Z[j], t) for j in groups[i] for t in taken
             ):
                 scores[i] = 0.0
+                degenerate.add(i)
                 continue
             taken += [Z[j] for j in groups[i]]
             kept += 1
-    best = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[: Q // G]
+    best = sorted(range(len(scores)), key=lambda i: (i in degenerate, -scores[i], i))[: Q // G]
     return groups[best].reshape(-1), scores
 
 
@@ -172,6 +174,16 @@ def test_a_row_equal_up_to_the_sign_of_zero_is_a_duplicate():
     assert scores[1] == 0.0
     assert_allclose(scores[2], (2.25 - np.sqrt(1.0625)) / 2, rtol=1e-12)
     assert_array_equal(groups[sel.diagnostics["degenerate_groups"]], [1])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_degenerate_group_ranks_after_a_group_scoring_zero(seed):
+    """Rows 0 and 1 are equal and row 2 is all zeros (λ⁺_min = 0: no positive eigenvalue). The
+    second copy's group scores 0 like row 2's; it must not win that tie on its index."""
+    Z = np.array([[1.0, 2.0], [1.0, 2.0], [0.0, 0.0]])
+    sel = CRC(group_size=1).select({"ntk_features": Z}, 2, seed=seed)
+    assert sorted(sel.indices.tolist()) in ([0, 2], [1, 2])
+    assert_array_equal(sel.indices, crc_ref(Z, [], 2, 1, seed)[0])
 
 
 @pytest.mark.parametrize(("G", "Q"), [(1, 4), (2, 20), (5, 15)])

@@ -39,8 +39,9 @@ class CRC(Strategy):
     proposition's degenerate multiset), or of a row of a better group already taken: the
     proposition covers one group (G = Q), and Alg. 1 takes the ``Q / G`` best groups each on its
     own, which could query copies of one point in two groups (an addition of fastal's). Only the
-    candidates for the ``Q / G`` best places are checked, in score order. ``zeros="skip"`` is
-    plain ``λ⁺_min``. (An earlier default counted a group's zero
+    candidates for the ``Q / G`` best places are checked, in score order; such a group ranks after
+    every other, those whose ``λ⁺_min`` is 0 (no positive eigenvalue) included, and is taken only
+    when too few others are left. ``zeros="skip"`` is plain ``λ⁺_min``. (An earlier default counted a group's zero
     eigenvalues against the rank of the whole pool's features; on ReLU features a unit that is
     silent on the labeled rows and the group but active elsewhere in the pool adds a zero, so once
     ``|S|`` passed that rank every group scored 0 and CRC took the first random groups.)
@@ -188,9 +189,11 @@ class CRC(Strategy):
         degenerate = np.empty(0, np.int64)
         if self.zeros == "duplicates":
             degenerate = _zero_duplicates(_row_reader(Z, info), lab, groups, scores, Q // G)
-        best = np.lexsort((np.arange(scores.size), -scores))[
-            : Q // G
-        ]  # highest, ties to the earlier group
+        # highest, ties to the earlier group; a degenerate group after every other (its 0 ties
+        # with a group whose λ⁺_min is 0, e.g. of an all-zero row: Proposition 2 never takes it)
+        last = np.zeros(scores.size, dtype=bool)
+        last[degenerate] = True
+        best = np.lexsort((np.arange(scores.size), -scores, last))[: Q // G]
         indices = groups[best].reshape(-1)
         return Selection(
             _interop.to_framework(indices, info),
