@@ -41,10 +41,11 @@ class CRC(Strategy):
     own, which could query copies of one point in two groups (an addition of fastal's). Only the
     candidates for the ``Q / G`` best places are checked, in score order; such a group ranks after
     every other, those whose ``λ⁺_min`` is 0 (no positive eigenvalue) included, and is taken only
-    when too few others are left. ``zeros="skip"`` is plain ``λ⁺_min``. (An earlier default counted a group's zero
-    eigenvalues against the rank of the whole pool's features; on ReLU features a unit that is
-    silent on the labeled rows and the group but active elsewhere in the pool adds a zero, so once
-    ``|S|`` passed that rank every group scored 0 and CRC took the first random groups.)
+    when too few others are left. ``zeros="skip"`` is plain ``λ⁺_min``. (An earlier default
+    counted a group's zero eigenvalues against the rank of the whole pool's features; on ReLU
+    features a unit that is silent on the labeled rows and the group but active elsewhere in the
+    pool adds a zero, so once ``|S|`` passed that rank every group scored 0 and CRC took the first
+    random groups.)
 
     Interpretations, documented: Alg. 1 forms ``⌈|U| / G⌉`` random groups; fastal forms
     ``⌊|U| / G⌋`` full groups (a short last group would be scored on fewer points) and, with
