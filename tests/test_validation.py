@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sys
 import types
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -549,3 +550,24 @@ def test_duplicate_check_agrees_with_unique_on_both_paths(case):
     assert_array_equal(
         check_indices(np.r_[distinct, distinct], n, "rows", unique=False), np.r_[distinct, distinct]
     )
+
+
+HUGE = 10**400  # a Python int float() cannot hold: OverflowError, naming nothing, unless caught
+
+
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        ("alpha", lambda: fastal.iht_threshold(np.ones(2), np.ones(2), 1, HUGE)),
+        ("alpha", lambda: fastal.strategies.SparseApprox(alpha=HUGE)),
+        ("beta", lambda: fastal.strategies.SparseApprox(beta=HUGE)),
+        ("tau", lambda: fastal.strategies.SparseApprox(tau=HUGE)),
+        ("temperature", lambda: fastal.strategies.SparseApprox(temperature=HUGE)),
+        ("rtol", lambda: fastal.gram_min_eig(pool(4, 2), [0], [[1, 2]], rtol=HUGE)),
+        ("rtol", lambda: fastal.strategies.CRC(group_size=1, rtol=HUGE).select(pool(), 2)),
+        ("outliers", lambda: fastal.robust_kcenter(pool(), 2, outliers=Fraction(HUGE, 3))),
+    ],
+)
+def test_a_number_past_the_float_range_is_named(name, call):
+    with pytest.raises(ValueError, match=rf"^{name} must be finite, got a value too large"):
+        call()

@@ -236,13 +236,22 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def real_to_float(value: numbers.Real, name: str) -> float:
+    """``float(value)``; a value past the float range (a Python int of 400 digits, a Fraction)
+    raises a ValueError naming ``name``, not float()'s OverflowError naming nothing."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got a value too large for a float") from None
+
+
 def _number(
     value: Any, name: str, *, minimum: float | None = None, positive: bool = False
 ) -> float:
     """A finite real number (not a bool), optionally >= minimum or > 0, as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
+    v = real_to_float(value, name)
     if not np.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     if minimum is not None and v < minimum:

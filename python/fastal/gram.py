@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import _ext, _interop
-from ._validate import check_bool, check_indices, check_matrix, host_values
+from ._validate import check_bool, check_indices, check_matrix, host_values, real_to_float
 
 #: float64 machine epsilon: the eigenvalues are computed in float64 for every storage dtype
 EPS = float(np.finfo(np.float64).eps)
@@ -318,7 +318,7 @@ def _check_options(rtol: Any, return_all: Any, method: str, size_s: int, D: int)
     else:
         if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):
             raise TypeError(f"rtol must be a real number in [0, 1), got {type(rtol).__name__}")
-        rtol = float(rtol)
+        rtol = real_to_float(rtol, "rtol")
         if not (0.0 <= rtol < 1.0):
             raise ValueError(f"rtol must be in [0, 1), got {rtol}")
     if method not in _METHODS:

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _interop
 from ._covering_mip import _Problem
-from ._validate import _number, check_budget, check_indices, check_matrix
+from ._validate import _number, check_budget, check_indices, check_matrix, real_to_float
 
 #: Default largest pool (unlabeled points, every one a candidate centre) that
 #: :func:`robust_kcenter` accepts; measured on a 2-core AMD EPYC (benchmarks/RESULTS.md).
@@ -384,7 +384,7 @@ def _outlier_count(outliers: Any, n: int, n_unlabeled: int) -> int:
         if not 0 <= outliers < n:
             raise ValueError(f"outliers must be a count in [0, n) = [0, {n}), got {outliers}")
         return int(outliers)
-    frac = float(outliers)
+    frac = real_to_float(outliers, "outliers")
     if not 0.0 <= frac < 1.0:
         raise ValueError(
             f"outliers as a float is a fraction in [0, 1) of the unlabeled points, got {frac}; "
