@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from conftest import CPU_BACKENDS, assert_indices_like, indices_to_backend, to_backend, to_numpy
@@ -143,3 +146,11 @@ def test_coreset_over_gradient_embeddings():
     np.testing.assert_array_equal(
         np.asarray(sel.indices), CoreSetGradients().select(out, 7, [1, 2], seed=3).indices
     )
+
+
+def test_fastal_strategies_loads_on_first_use():
+    """``import fastal`` then ``fastal.strategies.X``, in a fresh interpreter (here the test
+    session has imported it already)."""
+    code = "import fastal; print(fastal.strategies.CoreSet.__name__)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "CoreSet"

@@ -42,8 +42,9 @@ __all__ = [
 def __getattr__(name: str):
     """``fastal.torch`` (model adapter), ``fastal.loop``, ``fastal.demo``, ``fastal.pdcl``,
     ``fastal.ally`` and ``fastal.bilevel`` load on first use: they use torch, which
-    ``import fastal`` does not import."""
-    if name in ("torch", "loop", "demo", "pdcl", "ally", "bilevel"):
+    ``import fastal`` does not import; ``fastal.strategies`` too, as ``import fastal`` does not
+    need it."""
+    if name in ("strategies", "torch", "loop", "demo", "pdcl", "ally", "bilevel"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
