@@ -180,7 +180,7 @@ def test_tiled_checks_raise_what_the_whole_raises(monkeypatch, values):
                 strategy().select(pool, 3)
     with pytest.raises(ValueError, match="probs contains NaN or Inf"):
         Margin().select({"probs": np.full((n, 1), np.nan)}, 3)
-    with pytest.raises(ValueError, match="margin needs at least 2 classes"):
+    with pytest.raises(ValueError, match="probs must have at least 2 classes"):
         Margin().select({"probs": np.ones((n, 1))}, 3)
     for pool, message in [
         ({"probs": bad_sum, "features": H}, sums),

@@ -236,6 +236,17 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def check_classes(C: int, name: str, shape: tuple) -> None:
+    """A classifier's predictions (probabilities, logits, MC probabilities) of ``shape`` have
+    ``C >= 2`` classes: a softmax over one class is 1 on every row, every score and gradient
+    would be the same and the picks would be the first rows, silently."""
+    if C < 2:
+        raise ValueError(
+            f"{name} must have at least 2 classes, got shape {tuple(shape)}: for a single-logit "
+            "binary model pass the logits [0, z] (probabilities [1 - p, p])"
+        )
+
+
 def real_to_float(value: numbers.Real, name: str) -> float:
     """``float(value)``; a value past the float range (a Python int of 400 digits, a Fraction)
     raises a ValueError naming ``name``, not float()'s OverflowError naming nothing."""

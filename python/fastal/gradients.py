@@ -26,7 +26,7 @@ import numpy as np
 
 from . import _interop
 from ._interop import ArrayInfo
-from ._validate import check_matrix, check_same_place, host_values, prob_sum_tol
+from ._validate import check_classes, check_matrix, check_same_place, host_values, prob_sum_tol
 
 #: values per row chunk of the elementwise passes (8 MiB widened to float64): their temporaries
 #: are a few chunks, whatever the width (32768-row chunks were 1.1 GB of ``isfinite``
@@ -495,6 +495,7 @@ def _gradient_embedding(
     finfo = check_matrix(features, "features")
     check_same_place(finfo, "features", pinfo, name)
     n, C = pinfo.shape
+    check_classes(C, name, pinfo.shape)
     if finfo.shape[0] != n:
         raise ValueError(
             f"features must have one row per row of {name} ({n}), got shape {finfo.shape}"

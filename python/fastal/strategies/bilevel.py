@@ -15,6 +15,7 @@ from .._validate import (
     _number,
     check_bool,
     check_budget,
+    check_classes,
     check_matrix,
     check_positive_int,
     host_values,
@@ -217,6 +218,7 @@ class BilevelCoreset(Strategy):
             )
         pinfo = check_matrix(pool[key], key)
         n, C = pinfo.shape
+        check_classes(C, key, pinfo.shape)
         xinfo = _interop.describe(pool[self.kernel_input], self.kernel_input)
         if len(xinfo.shape) < 2 or xinfo.shape[0] != n:
             raise ValueError(

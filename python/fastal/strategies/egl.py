@@ -8,7 +8,14 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import check_bool, check_budget, check_matrix, check_same_place, make_rng
+from .._validate import (
+    check_bool,
+    check_budget,
+    check_classes,
+    check_matrix,
+    check_same_place,
+    make_rng,
+)
 from ..gradients import _probabilities, as_torch, from_torch, torch_isfinite_rows
 from .base import LOGITS_KEY, Selection, Strategy, pool_field, register, unlabeled_rows
 from .uncertainty import _row_tiles, _top_rows
@@ -80,6 +87,7 @@ class EGL(Strategy):
         P = pool_field(pool, "probs", "logits")
         H = pool_field(pool, "features")
         pinfo = check_matrix(P, probs_key)
+        check_classes(pinfo.shape[1], probs_key, pinfo.shape)
         hinfo = check_matrix(H, "features")
         check_same_place(hinfo, "features", pinfo, probs_key)
         if hinfo.shape[0] != pinfo.shape[0]:

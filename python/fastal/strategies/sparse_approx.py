@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import _number, check_bool, check_budget, check_matrix
+from .._validate import _number, check_bool, check_budget, check_classes, check_matrix
 from .._warnings import warn_user
 from ..gradients import _row_chunks as _value_chunks
 from ..gradients import as_torch, torch_row_norms_if_finite
@@ -213,6 +213,8 @@ class SparseApprox(Strategy):
                 raise ValueError(
                     f"{name} must hold C >= 1 classes (shape (m, n, C)), got shape {info.shape}"
                 )
+            if name == "mc_probs":  # losses may be of one output; probabilities of one class are 1
+                check_classes(info.shape[2], name, info.shape)
             n = info.shape[1]
         else:
             key = "logits" if "logits" in pool else "probs"
@@ -221,6 +223,7 @@ class SparseApprox(Strategy):
                     "pool needs 'logits' (or 'probs') and 'features' for the non-Bayesian form"
                 )
             info = check_matrix(pool[key], key)
+            check_classes(info.shape[1], key, info.shape)
             n = info.shape[0]
         _, rest = unlabeled_rows(n, labeled, like=info)
         b = check_budget(budget, rest.size)

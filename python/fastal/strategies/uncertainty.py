@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import check_budget, check_matrix, make_rng, prob_sum_tol
+from .._validate import check_budget, check_classes, check_matrix, make_rng, prob_sum_tol
 from ..gradients import GradientEmbedding
 from .base import LOGITS_KEY, Selection, Strategy, register, unlabeled_rows
 
@@ -74,6 +74,7 @@ def _probs(pool: Any) -> tuple[Any, str, Any]:
     stored = as_torch(pool[key], info)
     if not bool(torch_isfinite_rows(stored).all()):
         raise ValueError(f"{key} contains NaN or Inf")
+    check_classes(info.shape[1], key, info.shape)
     if key == "probs":  # range and row sums, in float64 row chunks
         _probabilities(stored, "probs", torch.float64, "probs", info.dtype, LOGITS_KEY)
     return stored, key, info
@@ -340,7 +341,7 @@ class Margin(_ScoreStrategy):
     requires = ("probs",)
 
     def scores(self, pool: Any) -> tuple[Any, Any]:
-        """Margin score ``-(p_(1) - p_(2))`` of every row (C >= 2, else ``ValueError``).
+        """Margin score ``-(p_(1) - p_(2))`` of every row.
 
 
         ``pool`` and the returned ``(scores, info)`` as in :meth:`_ScoreStrategy.scores`.
@@ -348,10 +349,6 @@ class Margin(_ScoreStrategy):
         import torch
 
         stored, key, info = _probs(pool)
-        if info.shape[1] < 2:
-            raise ValueError(
-                f"margin needs at least 2 classes, got probabilities of shape {tuple(info.shape)}"
-            )
 
         def margin(p: Any) -> Any:
             top2 = torch.topk(p, 2, dim=1).values
@@ -431,6 +428,12 @@ class BALD(_ScoreStrategy):
             raise ValueError(
                 f"mc_probs must be 3-D (T samples, n, C) and non-empty, got shape {info.shape}"
             )
+        if info.shape[0] < 2:
+            raise ValueError(
+                f"mc_probs must hold T >= 2 Monte-Carlo passes (shape (T, n, C)), got shape "
+                f"{info.shape}: with one pass every BALD score is 0"
+            )
+        check_classes(info.shape[2], "mc_probs", info.shape)
         if info.dtype not in _interop.FLOAT_DTYPES:
             raise TypeError(f"mc_probs must have a floating dtype, got {info.dtype}")
         stored = as_torch(pool["mc_probs"], info)
