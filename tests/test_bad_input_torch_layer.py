@@ -413,3 +413,49 @@ def test_jacobian_integer_inputs():
     model = nn.Sequential(nn.Embedding(10, 5), nn.Flatten(), nn.Linear(10, C))
     J = fastal.ntk_features_jacobian(model, torch.randint(0, 10, (4, 2)), last_k=1)
     assert J.shape == (4, C * (C * 10 + C))
+
+
+def test_a_lazy_model_keeps_trainable_weights_after_a_pool_pass():
+    """Under inference_mode a LazyLinear's first forward made its weights inference tensors, and
+    training the model afterwards failed inside torch."""
+    from fastal.loop import fit
+
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, C))
+    pool_pass(model=model, needs=("probs",))
+    assert not model[0].weight.is_inference()
+    y = torch.arange(N) % C
+    fit(model, TensorDataset(x32(), y), max_steps=2)
+
+
+class TupleOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(D_IN, C)
+
+    def forward(self, x):
+        return self.head(x), x
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_fit_refuses_a_model_returning_a_tuple(task):
+    from fastal.loop import fit
+
+    y = torch.arange(N) % C if task == "classification" else torch.zeros(N)
+    with pytest.raises(TypeError, match=r"^the model must return a tensor, got tuple"):
+        fit(TupleOut(), TensorDataset(x32(), y), task=task, max_steps=2)
+
+
+def test_fit_takes_a_model_with_batch_norm_in_train_mode():
+    """The check of the labels against the model's classes runs one row through a copy of the
+    model: in train mode batch norm refused it ("Expected more than 1 value per channel")."""
+    from fastal.loop import fit
+
+    model = nn.Sequential(nn.Linear(D_IN, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, C))
+    fit(model, TensorDataset(x32(), torch.arange(N) % C), max_steps=2)
+    assert int(model[1].num_batches_tracked) == 2  # the two steps, not the probe, trained it
+
+
+@pytest.mark.parametrize("duals", [0.5, torch.tensor(0.5), "ab"])
+def test_duals_must_be_one_dimensional(duals):
+    with pytest.raises(TypeError, match=r"^duals must be a 1-D array"):
+        ft.select(ALLY(), mlp(), x32(), 2, labeled=[0, 1], duals=duals, progress=False)

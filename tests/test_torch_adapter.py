@@ -707,6 +707,18 @@ def test_a_generator_seed_also_seeds_the_mc_passes():
     assert picks[0] == picks[1]
 
 
+@pytest.mark.parametrize("make", [np.random.SeedSequence, np.random.PCG64])
+def test_a_seed_sequence_or_bit_generator_also_seeds_the_mc_passes(make):
+    """Seeds make_rng takes beyond ints and Generators left the masks unseeded too."""
+    x = torch.from_numpy(inputs())
+    picks = [
+        ft.select("bald", Tiny(dropout=0.5), x, 4, seed=make(7), mc_samples=5,
+                  progress=False).indices.tolist()
+        for _ in range(2)
+    ]  # fmt: skip
+    assert picks[0] == picks[1]
+
+
 class Forbidden(Dataset):
     """A pool whose rows must not be read (the checks come before the pass)."""
 

@@ -153,18 +153,23 @@ def checked_training_labels(model: Any, X: Any, y: Any, task: str, seed: int) ->
 
     import torch
 
+    from .torch._checks import _check_output
+
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _refuse_nonfinite(X, "dataset", "inputs")
+    if task == "classification" and y.ndim != 1:
+        raise ValueError(f"dataset labels must be 1-D class indices, got shape {tuple(y.shape)}")
+    # one row through a copy (lazy modules stay unset): a model returning a tuple or a dict is
+    # told so here, not by the loss
+    device = _param_device(model)
+    with torch.no_grad(), forked_rng(device, seed):
+        probe = copy.deepcopy(model).eval()  # eval: batch norm cannot train on one row
+        out = _check_output(probe(as_model_dtype(model, X[:1]).to(device)), task, 1)
     if task != "classification":
         _refuse_nonfinite(y, "dataset", "regression targets")
         return y
-    if y.ndim != 1:
-        raise ValueError(f"dataset labels must be 1-D class indices, got shape {tuple(y.shape)}")
     y = _class_labels(y, "dataset labels")
-    device = _param_device(model)
-    with torch.no_grad(), forked_rng(device, seed):  # a copy: lazy modules stay unset
-        out = copy.deepcopy(model)(as_model_dtype(model, X[:1]).to(device))
     _check_classes(y, int(out.shape[-1]), "dataset labels")
     return y
 

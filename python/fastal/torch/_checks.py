@@ -164,6 +164,9 @@ def _labeled_duals(model: nn.Module, duals: Any, m: int) -> Any:
             "fastal.pdcl.PrimalDualTrainer (e.g. ALLY().train_fn), which leaves them on the model, "
             "or pass duals="
         )
+    if source == "duals" and (isinstance(duals, (str, bytes)) or np.ndim(duals) != 1):
+        got = f"shape {tuple(duals.shape)}" if hasattr(duals, "shape") else type(duals).__name__
+        raise TypeError(f"duals must be a 1-D array of the labeled rows' dual variables, got {got}")
     if len(duals) != m:
         fix = "pass one per labeled row"
         if source != "duals":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import itertools
 import numbers
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -273,7 +274,9 @@ def pool_outputs(
     inference_mode : bool, default True
         ``torch.inference_mode()`` (else ``torch.no_grad()``). Every tensor the forward creates
         is then an inference tensor: a model that caches activations on itself during forward
-        and reuses them in training needs ``inference_mode=False``.
+        and reuses them in training needs ``inference_mode=False``. A model with uninitialised
+        lazy modules (``nn.LazyLinear``, ...) runs under ``torch.no_grad()``: their first
+        forward creates their weights.
     progress : bool, default True
 
     Returns
@@ -340,7 +343,10 @@ def pool_outputs(
         batches = _batches(data, batch_size, num_workers, run_device, batch_fn, _model_dtype(model))
         writer = _Writer(n, out_device, dtype)
         amp_ctx = _autocast(amp_dtype, run_device)
-        grad_ctx = torch.inference_mode if inference_mode else torch.no_grad
+        # a lazy module's first forward creates its weights: inference tensors there, which the
+        # model's training could not use afterwards
+        lazy = any(map(nn.parameter.is_lazy, itertools.chain(model.parameters(), model.buffers())))
+        grad_ctx = torch.inference_mode if inference_mode and not lazy else torch.no_grad
         captured: list[torch.Tensor] = []
 
         def record(_module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -457,6 +463,8 @@ def pool_outputs(
     return outputs
 
 
+_MC_SAMPLES_DEFAULT = inspect.signature(pool_outputs).parameters["mc_samples"].default
+
 #: what ``select`` passes on to ``pool_outputs`` (``needs`` and ``seed`` are its own), or reads
 _SELECT_OPTIONS = frozenset(inspect.signature(pool_outputs).parameters) - {
     "model",
@@ -554,12 +562,18 @@ def select(
     make_rng(seed, "seed")  # the rule of every strategy, whether or not this one draws
     if "mc_seed" in options:
         mc_seed = _check_seed(options.pop("mc_seed"), "mc_seed")
-    elif isinstance(seed, np.random.Generator):
-        # the masks from the Generator too (it was left unseeded: same Generator, other picks);
-        # a copy, so that the strategy draws from the Generator as given
-        mc_seed = int(copy.deepcopy(seed).integers(2**63))
+    elif isinstance(seed, numbers.Integral) or seed is None:
+        mc_seed = None if seed is None else _check_seed(seed, "seed")
     else:
-        mc_seed = _check_seed(seed, "seed") if isinstance(seed, numbers.Integral) else None
+        # a Generator, BitGenerator or SeedSequence: the masks from it too (they were left
+        # unseeded: same seed, other picks); a copy, so that the strategy draws from it as given
+        mc_seed = int(make_rng(copy.deepcopy(seed), "seed").integers(2**63))
+    mc_samples = options.get("mc_samples", _MC_SAMPLES_DEFAULT)
+    if mc_samples < 2 and any(k in model_needs for k in ("mc_probs", "mc_outputs")):
+        raise ValueError(
+            f"mc_samples must be >= 2 for {getattr(strategy, 'name', strategy)!r}: the "
+            "disagreement of one Monte-Carlo pass with itself is 0 on every row"
+        )
 
     def labeled_rows(n: int) -> tuple[np.ndarray, Any, Any]:
         # labeled, labels, duals and the budget are checked against the pool before anything
