@@ -200,10 +200,12 @@ def test_sparse_and_nested_tensors_are_named_everywhere():
         fastal.kcenter_greedy(nested, 1, seed=0)
 
 
-def test_lazily_negated_tensor_is_read_as_its_values():
-    """``torch._neg_view`` (what ``conj().imag`` gives) keeps the un-negated memory and a flag."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lazily_negated_tensor_is_read_as_its_values(dtype):
+    """``torch._neg_view`` (what ``conj().imag`` gives) keeps the un-negated memory and a flag.
+    float64 matters: there ``.to(float64)`` is no copy and the flag reached ``.numpy()``."""
     H, _, _ = _pool()
-    X = torch.from_numpy(H)
+    X = torch.from_numpy(H.astype(dtype))
     neg = torch._neg_view(-X)
     assert neg.is_neg()
     assert neg.is_contiguous()
@@ -216,6 +218,9 @@ def test_lazily_negated_tensor_is_read_as_its_values():
     km_neg, km = fastal.kmeans(neg, 4, seed=0), fastal.kmeans(X, 4, seed=0)
     assert_array_equal(km_neg.labels, km.labels)
     assert_allclose(km_neg.inertia, km.inertia)
+    rk_neg, rk = (fastal.robust_kcenter(t, 3, labeled=[0], outliers=1) for t in (neg, X))
+    assert_array_equal(rk_neg.indices, rk.indices)
+    assert rk_neg.radius == rk.radius
 
 
 def test_host_numpy_resolves_a_negative_view():

@@ -399,5 +399,5 @@ def _host_float64(X: Any, info: _interop.ArrayInfo) -> np.ndarray:
     if info.framework == "torch":
         import torch
 
-        return np.ascontiguousarray(X.detach().to("cpu", torch.float64).numpy())
+        return np.ascontiguousarray(X.detach().resolve_neg().to("cpu", torch.float64).numpy())
     return np.ascontiguousarray(_interop.host_numpy(X), dtype=np.float64)
