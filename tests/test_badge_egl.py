@@ -186,12 +186,14 @@ def test_badge_never_picks_a_copy_of_a_chosen_row(dtype):
         assert (picks < copies).sum() == 1
 
 
-def test_bias_flag_with_a_ready_embedding_is_refused():
-    """BADGE(bias=True) on a GradientEmbedding ignored the flag and reported bias: True."""
+@pytest.mark.parametrize("strategy", [BADGE, strategies.CoreSetGradients])
+def test_bias_flag_with_a_ready_embedding_is_refused(strategy):
+    """BADGE(bias=True) on a GradientEmbedding ignored the flag and reported bias: True; so did
+    CoreSetGradients, silently."""
     _, probs, feats = outputs(20, 3, 4, seed=3)
     emb = fastal.gradient_embedding(probs, feats)
     with pytest.raises(ValueError, match="GradientEmbedding pool is used as given"):
-        BADGE(bias=True).select(emb, 3, seed=0)
+        strategy(bias=True).select(emb, 3, seed=0)
 
 
 @pytest.mark.parametrize("bias", [False, True])

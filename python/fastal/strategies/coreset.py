@@ -86,10 +86,8 @@ class CoreSet(Strategy):
         from ..gradients import GradientEmbedding
 
         name = "X"
-        if isinstance(pool, GradientEmbedding):
-            X = pool
-        elif self.embedding == "gradients":
-            X = gradient_pool(pool, bias=self.bias)
+        if isinstance(pool, GradientEmbedding) or self.embedding == "gradients":
+            X = gradient_pool(pool, bias=self.bias)  # refuses bias=True for a built embedding
         else:
             X, name = pool_field(pool, "features"), "features"
         res = ops._kcenter(X, budget, labeled, seed, self.prune, self.progress, name)
