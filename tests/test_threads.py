@@ -259,3 +259,47 @@ def test_torch_tensor_subclasses_are_torch_inputs():
     np.testing.assert_array_equal(
         picks.numpy(), fastal.kcenter_greedy(X.as_subclass(torch.Tensor), 4, labeled=[0]).numpy()
     )
+
+
+def _blas_threads() -> list[int]:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_kmeans_blas_limit_holds_in_a_worker_thread_after_the_main_thread():
+    """threadpoolctl >= 3.8 ignores every thread's OpenBLAS limit but its first setter's until
+    that thread lets go: after a k-means in the main thread, one in a worker thread ran
+    OpenBLAS's own pool inside fastal's OpenMP threads ("Detect OpenMP Loop" warnings)."""
+    from fastal import _blas
+
+    original = _blas_threads()
+    with _blas._one_blas_thread():
+        pass
+    seen = []
+
+    def work():
+        with _blas._one_blas_thread():
+            seen.append(_blas_threads())
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen and all(n == 1 for n in seen[0])
+    assert _blas_threads() == original
+
+
+def test_kmeans_blas_limit_is_restored_by_a_thread_other_than_its_setter():
+    from fastal import _blas
+
+    original = _blas_threads()
+    first = _blas._one_blas_thread()
+    first.__enter__()  # the main thread sets the limit
+    second = _blas._one_blas_thread()
+    t = threading.Thread(target=second.__enter__)
+    t.start()
+    t.join()
+    first.__exit__(None, None, None)
+    t = threading.Thread(target=lambda: second.__exit__(None, None, None))  # the last one out
+    t.start()
+    t.join()
+    assert _blas_threads() == original

@@ -60,16 +60,34 @@ def _one_blas_thread() -> Iterator[None]:
 
     with _BLAS_LOCK:
         if _blas_users == 0:
+            _release_openblas_control()
             _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+            _release_openblas_control()
         _blas_users += 1
     try:
         yield
     finally:
         with _BLAS_LOCK:
             _blas_users -= 1
-            if _blas_users == 0:
+            if _blas_users == 0:  # perhaps in another thread than the one that set the limit
+                _release_openblas_control()
                 _blas_limiter.restore_original_limits()
+                _release_openblas_control()
                 _blas_limiter = None
+
+
+def _release_openblas_control() -> None:
+    """Let the next thread set OpenBLAS's limit. threadpoolctl >= 3.8 hands a pthreads OpenBLAS
+    to the first thread that sets its limit and silently ignores every other thread's, until that
+    thread clears it (its ``with`` blocks do, ``restore_original_limits`` does not): after one
+    k-means in the main thread, a k-means in a worker thread ran OpenBLAS's own thread pool inside
+    fastal's OpenMP threads, and a restore from another thread left numpy at one thread."""
+    import threadpoolctl
+
+    controller = getattr(threadpoolctl, "OpenBLASController", None)
+    clear = getattr(controller, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
 
 
 def _amd_with_avx512() -> bool:
