@@ -284,7 +284,8 @@ def test_kmeans_blas_limit_holds_in_a_worker_thread_after_the_main_thread():
     t = threading.Thread(target=work)
     t.start()
     t.join()
-    assert seen and all(n == 1 for n in seen[0])
+    assert seen
+    assert all(n == 1 for n in seen[0])
     assert _blas_threads() == original
 
 
