@@ -242,3 +242,24 @@ def test_the_line_search_neither_underflows_nor_overflows(solver, c):
     assert_array_equal(got.indices, want.indices)
     assert_allclose(got.diagnostics["selected_weights"], want.diagnostics["selected_weights"],
                     rtol=1e-6, atol=1e-9)  # fmt: skip
+
+
+@pytest.mark.parametrize("c", [1e-110, 1e-150])
+def test_the_line_search_recomputes_a_phi_u_that_underflowed(c):
+    """Below features of ~1e-103 Φu (∝ c³, u ∝ c²) is exactly 0 in float64 although u is not:
+    the line search skipped the step (μ = 0). The minimiser scales as 1 / c²."""
+    from fastal.sparse import DensePhi, SparseProblem
+
+    E = torch.from_numpy(np.random.default_rng(0).normal(size=(4, 10)))
+
+    def mu(scale):
+        Ec = E * scale
+        zeros = torch.zeros(10, dtype=torch.float64)
+        problem = SparseProblem(DensePhi(Ec, 3), Ec.sum(1) / 10, zeros, 3, 0.0, 0.0)
+        u = problem.grad_f1(zeros)
+        return problem.line_search(u, zeros), float(problem.phi.apply(u).abs().max())
+
+    want, _ = mu(1.0)
+    got, phi_u = mu(c)
+    assert phi_u == 0.0  # the case at hand
+    assert_allclose(got * c * c, want, rtol=1e-12)

@@ -131,7 +131,8 @@ class SparseProblem:
         ``μ = (rᵀ Φu + β (w - 1)ᵀ u) / (|Φu|² + β |u|²)``. When the numerator is not finite or
         the denominator is not within ``[2^-900, 2^900]``, ``u`` is first scaled by a power of two
         (at most ``2^1000``) that brings the larger of ``max |Φu|`` and ``√β max |u|`` (entrywise)
-        to order 1, and μ is scaled back.
+        to order 1, and μ is scaled back; a ``Φu`` of zeros for a non-zero ``u`` (underflow) is
+        computed again from ``u`` brought to order 1.
 
         Parameters
         ----------
@@ -159,16 +160,28 @@ class SparseProblem:
             # silently skip the step (with β = 0 IHT then returned the first b candidates, weights
             # 0). The minimiser along k u is μ / k: k, a power of two, brings the larger of Φu and
             # √β u to O(1); if even that fails, NaN reaches the caller's finiteness check.
+            largest = float(u.abs().max())
+            if largest == 0:
+                return 0.0  # a zero direction: no step
+            if not math.isfinite(largest):
+                return math.nan
+            if float(pu.abs().max()) == 0:
+                # Φu may have underflowed (|u| itself goes like the scale squared: below features
+                # of ~1e-103 it was 0 and the step was skipped): Φ of u brought to O(1) again
+                k0 = _power_of_two_towards_one(largest)
+                u, pu = u * k0, self.phi.apply(u * k0)
+            else:
+                k0 = 1.0
             peak = max(float(pu.abs().max()), math.sqrt(self.beta) * float(u.abs().max()))
             if peak == 0:
-                return 0.0  # a zero direction (or one Φ maps to 0 with β = 0): no step
+                return 0.0  # a direction Φ maps to 0, with β = 0: no step
             if not math.isfinite(peak):
                 return math.nan
-            k = math.ldexp(1.0, min(-math.frexp(peak)[1], 1000))  # a subnormal peak: 2^1000
+            k = _power_of_two_towards_one(peak)
             num, den = self._line_terms(u * k, w, r, pu * k)
             if not (math.isfinite(num) and math.isfinite(den)):
                 return math.nan
-            return num / den * k if den > 0 else 0.0
+            return num / den * k * k0 if den > 0 else 0.0
         return num / den
 
     def _line_terms(self, u: Any, w: Any, r: Any, pu: Any) -> tuple[float, float]:
@@ -508,3 +521,9 @@ def _iht_torch(s: Any, sigma: Any, b: int, alpha: float, rule: str) -> tuple[Any
     from .sparse import iht_threshold
 
     return iht_threshold(s.contiguous(), sigma.contiguous(), b, alpha, rule=rule)
+
+
+def _power_of_two_towards_one(peak: float) -> float:
+    """The power of two (at most 2^1000, for a subnormal ``peak``) that brings ``peak`` to
+    [0.5, 1): exact scaling."""
+    return math.ldexp(1.0, min(-math.frexp(peak)[1], 1000))
