@@ -459,3 +459,15 @@ def test_fit_takes_a_model_with_batch_norm_in_train_mode():
 def test_duals_must_be_one_dimensional(duals):
     with pytest.raises(TypeError, match=r"^duals must be a 1-D array"):
         ft.select(ALLY(), mlp(), x32(), 2, labeled=[0, 1], duals=duals, progress=False)
+
+
+@pytest.mark.parametrize("pair", [tuple, list])
+def test_an_inputs_and_labels_pair_is_not_a_pool_of_two_rows(pair):
+    """``(X, y)``, as loop.run takes a labeled set, was read as a pool of two rows: "budget is
+    larger than the unlabeled pool (2 points)" or torch.stack's error."""
+    x, y = x32(), torch.arange(N) % C
+    with pytest.raises(TypeError, match=r"^data looks like an \(inputs, labels\) pair"):
+        ft.select("entropy", mlp(), pair([x, y]), 1, progress=False)
+    with pytest.raises(TypeError, match=r"^data looks like an \(inputs, labels\) pair"):
+        ft.pool_size(pair([x.numpy(), y.numpy()]))
+    assert ft.pool_size(pair([x[0], x[1]])) == 2  # two rows of one shape are a pool

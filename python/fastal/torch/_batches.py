@@ -37,6 +37,23 @@ def _refuse_non_pools(data: Any) -> None:
             "data must be a torch Tensor, a numpy array, a list of rows, a Dataset or a "
             f"DataLoader, got {type(data).__name__}{hint}"
         )
+    if _inputs_and_labels(data):  # read as a pool of two rows, it failed in torch.stack
+        raise TypeError(
+            f"data looks like an (inputs, labels) pair, shapes {tuple(data[0].shape)} and "
+            f"{tuple(data[1].shape)}: a pool is unlabeled, pass the inputs alone (labels of "
+            "labeled rows go in labels=)"
+        )
+
+
+def _inputs_and_labels(data: Any) -> bool:
+    """A 2-sequence of arrays with as many rows each but rows of other shapes: ``(X, y)``."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        return False
+    x, y = data
+    arrays = (torch.Tensor, np.ndarray)
+    if not (isinstance(x, arrays) and isinstance(y, arrays)) or x.ndim < 2 or y.ndim < 1:
+        return False
+    return x.shape[0] == y.shape[0] and x.shape[1:] != y.shape[1:]
 
 
 def _plain_numbers(data: Any) -> Any:
