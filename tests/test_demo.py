@@ -59,7 +59,9 @@ def test_demo_quick_regression(tmp_path, capsys):
     assert {r["metric"] for r in rows} == {"mse"}
     assert all(np.isfinite(float(r["value"])) for r in rows)
     assert (tmp_path / "learning_curves.png").exists()
-    assert "lower is better" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "lower is better" in printed
+    assert f"ALLY's by primal-dual training ({demo.ALLY_DUAL_STEPS} dual steps)" in printed
 
 
 def test_demo_quick_mnist1d(tmp_path):
@@ -74,6 +76,8 @@ def test_demo_quick_mnist1d(tmp_path):
 
 
 def test_demo_refusals(tmp_path):
+    """Each refused before --out is made: a refused run leaves no empty folder behind."""
+    out = tmp_path / "new"
     with pytest.raises(SystemExit, match="regression model does not give"):
         cli.main(
             [
@@ -84,16 +88,17 @@ def test_demo_refusals(tmp_path):
                 "--strategies",
                 "entropy",
                 "--out",
-                str(tmp_path),
+                str(out),
             ]
         )
     with pytest.raises(SystemExit, match="unknown strategy"):
-        cli.main(["demo", "--quick", "--strategies", "nope", "--out", str(tmp_path)])
+        cli.main(["demo", "--quick", "--strategies", "nope", "--out", str(out)])
     with pytest.raises(SystemExit, match="more than the pool"):
-        cli.main(["demo", "--quick", "--budget", "600", "--out", str(tmp_path)])
+        cli.main(["demo", "--quick", "--budget", "600", "--out", str(out)])
     if importlib.util.find_spec("mnist1d") is None:
         with pytest.raises(SystemExit, match="pip install mnist1d"):
-            cli.main(["demo", "--quick", "--dataset", "mnist1d", "--out", str(tmp_path)])
+            cli.main(["demo", "--quick", "--dataset", "mnist1d", "--out", str(out)])
+    assert not out.exists()
 
 
 def test_each_seed_runs_with_its_own_seed_and_a_fresh_strategy(monkeypatch):

@@ -268,7 +268,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"got {args.threads}"
         )
     _check_device(args.device)
-    out = _check_out_folder(args.out, _DEMO_FILES)
 
     import torch
 
@@ -289,14 +288,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         else None
     )
     try:  # before the header: a bad argument is the one line printed
-        demo.plan_demo(args.dataset, names, initial=args.initial, rounds=rounds, budget=args.budget)
+        _, planned, _ = demo.plan_demo(
+            args.dataset, names, initial=args.initial, rounds=rounds, budget=args.budget
+        )
     except (ValueError, ImportError) as err:
         raise SystemExit(f"fastal: {err}") from None
+    # after the arguments: a refused run leaves no empty folder behind
+    out = _check_out_folder(args.out, _DEMO_FILES)
     say = _Stdout()  # every line below: a closed pipe must not stop the run before its files
+    ally = (
+        f"; ALLY's by primal-dual training ({demo.ALLY_DUAL_STEPS} dual steps)"
+        if "ally" in planned
+        else ""
+    )
     say(
         f"fastal demo: {args.dataset}, {seeds} seed{'s' * (seeds > 1)}, "
         f"{args.initial} initial labels + {rounds} rounds of {args.budget}, "
-        f"MLP trained from scratch each round (<= {steps} Adam steps), device {args.device}"
+        f"MLP trained from scratch each round (<= {steps} Adam steps{ally}), "
+        f"device {args.device}"
     )
     res = demo.run_demo(
         args.dataset, names, seeds=seeds, rounds=rounds, budget=args.budget, initial=args.initial,

@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 
 DATASETS = ("digits", "mnist1d", "diabetes")
+#: Dual steps (one per epoch) of the primal-dual training ALLY's rounds use (make_strategy).
+ALLY_DUAL_STEPS = 40
+
 DEFAULT_STRATEGIES = {
     "classification": ("random", "entropy", "coreset", "badge", "sparse_approx", "crc", "bilevel"),
     "regression": ("random", "coreset", "ally"),
@@ -128,7 +131,7 @@ def make_strategy(name: str, budget: int) -> Any:
 
         # §5.4's ε: a multiple of the unconstrained training loss; 40 dual steps (one per epoch)
         # keep the unregularised primal-dual fit from overfitting the small labeled sets
-        return cls(trainer=PrimalDualTrainer(eps="auto", iterations=40))
+        return cls(trainer=PrimalDualTrainer(eps="auto", iterations=ALLY_DUAL_STEPS))
     return cls()
 
 
