@@ -811,3 +811,13 @@ def test_nearest_per_cluster_matches_the_reference(case):
     dist2 = rng.integers(0, 4, n).astype(np.float64) if case % 2 else rng.random(n)
     got = _nearest_per_cluster(labels, dist2, k)
     assert got.tolist() == _nearest_per_cluster_ref(labels, dist2, k)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("max_iter", 0), ("max_iter", 2.5), ("minibatch", 0), ("minibatch", True)]
+)
+def test_kmeans_sampling_checks_its_options_when_built(option, value):
+    """As CoreSet does: a bad option is refused at construction, not at the first select (and
+    not never, as with budget 0)."""
+    with pytest.raises(ValueError, match=f"^{option} must be"):
+        strategies.KMeansSampling(**{option: value})

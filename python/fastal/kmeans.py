@@ -310,18 +310,14 @@ def _kmeans(
     k = check_budget(k, n_rows, "k", f"the rows of {name}")
     if max_iter is None:
         max_iter = 300 if minibatch is None else 100
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    check_max_iter(max_iter)
     if (
         isinstance(tol, bool)
         or not isinstance(tol, (int, float, np.floating))
         or not 0 <= tol < np.inf
     ):
         raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
-    if minibatch is not None and (
-        isinstance(minibatch, bool) or not isinstance(minibatch, (int, np.integer)) or minibatch < 1
-    ):
-        raise ValueError(f"minibatch must be None or a positive integer, got {minibatch!r}")
+    check_minibatch(minibatch)
     if not isinstance(prune, (bool, np.bool_)):
         raise TypeError(f"prune must be a bool, got {type(prune).__name__}")
     check_bool(progress, "progress")
@@ -423,3 +419,18 @@ def _contiguous_once(X: Any, info) -> Any:
     if info.framework == "numpy":
         return np.ascontiguousarray(_interop.native_order(X))
     return X
+
+
+def check_max_iter(max_iter: Any) -> None:
+    """``max_iter`` of :func:`kmeans` (and of the strategies built on it): a positive int."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+
+
+def check_minibatch(minibatch: Any) -> None:
+    """``minibatch`` of :func:`kmeans` (and of the strategies built on it): None or a positive
+    int."""
+    if minibatch is not None and (
+        isinstance(minibatch, bool) or not isinstance(minibatch, (int, np.integer)) or minibatch < 1
+    ):
+        raise ValueError(f"minibatch must be None or a positive integer, got {minibatch!r}")

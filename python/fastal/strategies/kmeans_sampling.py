@@ -9,7 +9,7 @@ import numpy as np
 from .. import _interop
 from .._validate import check_bool, check_budget, check_matrix
 from ..gradients import as_torch
-from ..kmeans import _kmeans
+from ..kmeans import _kmeans, check_max_iter, check_minibatch
 from .base import Selection, Strategy, pool_field, register, unlabeled_rows
 
 #: float64 values per tile of the rows' distances to their centres (8 MiB)
@@ -60,6 +60,8 @@ class KMeansSampling(Strategy):
         prune: bool = True,
         progress: bool = False,
     ) -> None:
+        check_max_iter(max_iter)  # here, not at the first select (as CoreSet's options)
+        check_minibatch(minibatch)
         self.max_iter = max_iter
         self.minibatch = minibatch
         self.prune = check_bool(prune, "prune")
