@@ -328,3 +328,23 @@ def test_fit_temperature_rejects_bad_input():
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="logits"):
         fastal.fit_temperature(bad, t)
+
+
+@pytest.mark.parametrize("offset", [1e12, 1e15, 1e16])
+def test_a_shared_offset_of_every_logit_does_not_move_the_temperature(offset):
+    """softmax ignores a row's offset; the NLL subtracted z_y / T from logsumexp(z / T) after the
+    division, and logits near 1e15 moved T by 4 % (2.5 % at 1e16). The gaps z - z_y of the
+    offset logits are exact, so T is that of the gaps themselves."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(500, 5)) * 3
+    y = rng.integers(0, 5, 500)
+    z[np.arange(500), y] += 2
+    shifted = z + offset
+    assert fastal.fit_temperature(shifted, y) == fastal.fit_temperature(shifted - offset, y)
+
+
+def test_a_temperature_at_the_bound_is_the_bound_exactly():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(50, 3))
+    y = z.argmax(1)  # every target ranked first: the NLL falls all the way to T -> 0
+    assert fastal.fit_temperature(z, y) == 0.01

@@ -187,7 +187,8 @@ def fit_temperature(logits: Any, targets: Any) -> float:
     Returns
     -------
     float
-        The temperature ``T`` in ``[0.01, 100]`` (the midpoint of the final search interval).
+        The temperature ``T`` in ``[0.01, 100]``: the midpoint of the final search interval, or
+        the bound itself where the search never left it.
 
     Raises
     ------
@@ -239,10 +240,13 @@ def _fit_temperature(
     picked = z.gather(1, y[:, None])[:, 0]
     zmax = float(z.abs().max())
     if zmax <= 2.0**500:
+        # a row's NLL is logsumexp((z - z_y) / T): a shared offset of the row (logits near 1e15)
+        # cancels once here, not after the division (it moved T by 1 % there)
+        gap = z - picked[:, None]
 
         def nll(log_t: float) -> float:
             t = float(np.exp(log_t))
-            return float((torch.logsumexp(z / t, 1) - picked / t).mean())
+            return float(torch.logsumexp(gap / t, 1).mean())
 
     else:
         # Huge logits: z / T past float64 would turn the search's comparisons into inf <= inf.
@@ -256,7 +260,8 @@ def _fit_temperature(
             t = float(np.exp(log_t))
             return float((margin / t + torch.logsumexp(shifted / t, 1) / s).mean())
 
-    lo, hi = np.log(1e-2), np.log(1e2)
+    lo0, hi0 = np.log(1e-2), np.log(1e2)
+    lo, hi = lo0, hi0
     g = (np.sqrt(5) - 1) / 2
     a, bb = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = nll(a), nll(bb)
@@ -269,4 +274,6 @@ def _fit_temperature(
             lo, a, fa = a, bb, fb
             bb = lo + g * (hi - lo)
             fb = nll(bb)
+    if lo == lo0 or hi == hi0:  # the NLL falls towards a bound: that bound, exactly
+        return 1e-2 if lo == lo0 else 1e2
     return float(np.exp((lo + hi) / 2))
