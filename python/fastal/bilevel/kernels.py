@@ -224,7 +224,10 @@ class Nystrom:
     ``z_x = Λ_k^{-1/2} E_kᵀ k(U, x)`` with ``m' = k ≤ m`` columns, so that
     ``Z_U Z_Uᵀ = E_k Λ_k E_kᵀ = K_UU`` on the kept spectrum (and ``Z Zᵀ`` is the Nyström
     approximation ``K_XU K_UU^† K_UX``). A kernel of rank r (e.g. :func:`linear_ntk` on d-dim
-    features: r ≤ d + 1) gives ``m' ≤ r`` whatever ``m``.
+    features: r ≤ d + 1) gives ``m' ≤ r`` whatever ``m``. The paper's ``(K_UU)^{†/2} k(U, x)``
+    is ``E_k`` times these ``m'`` features: the same kernel ``Z Zᵀ`` and, as the proxy's weights
+    rotate with them, the same picks under the default Newton inner solver (Adam's per-coordinate
+    steps are not rotation invariant: with ``solver="adam"`` the basis can change its picks).
 
     Parameters
     ----------
