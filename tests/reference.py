@@ -504,7 +504,9 @@ def iht_ref(Phi, v, sigma, b: int, alpha: float, beta: float, iters: int = 50, r
         w = debias_ref(Phi, v, beta, w, S)
         w = np.maximum(w, 0.0)
         d = w - w_prev
-        z = w - line_search_ref(Phi, v, beta, d, w) * d
+        # a stalled iteration's d is rounding: no momentum (fastal's guard, not the paper's)
+        stalled = np.abs(d).max() <= 2.0**-40 * np.abs(w).max()
+        z = w if stalled else w - line_search_ref(Phi, v, beta, d, w) * d
         trace.append(objective_ref(Phi, v, sigma, alpha, beta, w, S))
     return S, w, np.array(trace)
 

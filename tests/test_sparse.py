@@ -864,3 +864,31 @@ def test_solve_iht_refuses_an_unknown_prox(prox):
     p = SparseProblem(DensePhi(G, 1), G.sum(1) / 3, sigma, b=1, alpha=1.0, beta=0.0)
     with pytest.raises(ValueError, match=rf"^prox must be one of 'paper', 'exact', got '{prox}'$"):
         solve_iht(p, 2, prox=prox)
+
+
+@pytest.mark.parametrize("seed", [16, 18, 291])
+def test_iht_takes_no_momentum_step_along_rounding(seed, monkeypatch):
+    """Once IHT stalls, d = w - w_prev is rounding and Alg. 2's line search along it divides
+    rounding by rounding: τ ~ 1e15, a step |τ d| of order 1. On these problems that moved the
+    final weights by 1e-3 to 1e-2; with the guard the solver equals the reference's (which has
+    it too), and without it, it does not."""
+    from fastal import _sparse_solve
+    from fastal.sparse import DensePhi, SparseProblem, solve_iht
+
+    rng = np.random.default_rng(seed)
+    G = rng.normal(size=(3, 32))
+    sigma, v = rng.random(32), G.sum(1) / 32
+
+    def solve():
+        problem = SparseProblem(
+            DensePhi(torch.from_numpy(G), 2), torch.from_numpy(v), torch.from_numpy(sigma),
+            2, 1e-3, 0.1,
+        )  # fmt: skip
+        return solve_iht(problem, 50)
+
+    S, w, _ = iht_ref(G / 2, v, sigma, 2, 1e-3, 0.1, 50)
+    got = solve()
+    assert_array_equal(got.selected, S)
+    assert_allclose(got.weights, w, rtol=0, atol=1e-12)
+    monkeypatch.setattr(_sparse_solve, "_MOMENTUM_NOISE", -1.0)  # the paper's momentum step
+    assert np.abs(solve().weights - w).max() > 1e-4

@@ -432,6 +432,10 @@ def solve_greedy(p: SparseProblem, tau: float, progress: bool = False) -> Solver
     return SolverResult(np.asarray(order, dtype=np.int64), _interop.host_numpy(w), trace)
 
 
+#: A momentum direction d = w - w_prev with max |d| at most this times max |w| is rounding.
+_MOMENTUM_NOISE = 2.0**-40
+
+
 def solve_iht(
     p: SparseProblem, iters: int, progress: bool = False, prox: str = "paper"
 ) -> SolverResult:
@@ -442,7 +446,8 @@ def solve_iht(
     From ``w = z = 0``, each iteration: ``s = z - μ ∇f1(z)`` (μ by
     :meth:`SparseProblem.line_search`); ``(S, w) =`` the top-b step of ``s``; one De-bias over
     ``S``; ``w`` clamped at 0; then ``z = w - τ d`` for ``d = w - w_prev``, τ line-searched along
-    ``d``.
+    ``d`` (``z = w`` where ``d`` is rounding, ``max |d| <= 2^-40 max |w|``: not in the paper, whose
+    line search then divides rounding by rounding).
 
     Parameters
     ----------
@@ -499,10 +504,15 @@ def solve_iht(
             w = w.clamp_min(0)
             r_w = p.residual(w)
         d = w - w_prev
-        # Φd directly (d lives on the old and new selection only): r_w - r_w' would cancel
-        phi_d = p.phi.apply(d)
-        tau = p.line_search(d, w, r_w, phi_d)
-        z, r_z = w - tau * d, r_w - tau * phi_d
+        if float(d.abs().max()) <= _MOMENTUM_NOISE * float(w.abs().max()):
+            # a stalled iteration: d is rounding, and its line search (a ratio of two rounding
+            # errors) gave τ ~ 1e15 and a step |τ d| of order 1 pointing anywhere
+            z, r_z = w, r_w
+        else:
+            # Φd directly (d lives on the old and new selection only): r_w - r_w' would cancel
+            phi_d = p.phi.apply(d)
+            tau = p.line_search(d, w, r_w, phi_d)
+            z, r_z = w - tau * d, r_w - tau * phi_d
         trace.append(p.objective(w, S, r_w))
     selected = _interop.host_numpy(S) if S is not None else np.empty(0, np.int64)
     return SolverResult(selected.astype(np.int64), _interop.host_numpy(w), trace)
