@@ -825,3 +825,38 @@ def test_fit_names_a_bad_device():
     data = TensorDataset(torch.from_numpy(POOL[0][:20]), torch.from_numpy(POOL[1][:20]))
     with pytest.raises(ValueError, match=r"^device must be a torch.device or a device string"):
         loop.fit(model_fn(), data, max_steps=2, device="nope")
+
+
+def _token_data(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 10, (n, 2))
+    return X, (X[:, 0] > 4).astype(np.int64)
+
+
+def test_integer_inputs_reach_an_embedding_model_as_integers():
+    """run cast an (X, y) pair's integer inputs to float32: an nn.Embedding model failed in
+    round 0, and ids past 2^24 collided; fit and the adapter pass them as they are."""
+
+    def embedding_model():
+        return nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 2))
+
+    res = loop.run(
+        _token_data(30, 0), _token_data(10, 1), model_fn=embedding_model, strategy="random",
+        initial=5, budget=3, rounds=1, train_fn=functools.partial(loop.fit, max_steps=3), seed=0,
+    )  # fmt: skip
+    assert len(res.labeled) == 8
+    ids = _Data((np.array([[2**24 + 1], [2**24]]), np.array([0, 1])), "pool", "classification")
+    assert ids.X.dtype == torch.int64
+    assert ids.X[:, 0].tolist() == [2**24 + 1, 2**24]
+
+
+def test_integer_features_for_a_float_model_are_named():
+    X, y = _token_data(20, 0)
+    mlp = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
+    data = TensorDataset(torch.from_numpy(X), torch.from_numpy(y))
+    with pytest.raises(TypeError, match="cannot take the dataset's integer inputs"):
+        loop.fit(mlp, data, max_steps=2)
+    with pytest.raises(RuntimeError) as err:
+        loop.run((X, y), _token_data(10, 1), model_fn=lambda: mlp, strategy="random",
+                 initial=5, budget=3, rounds=1, seed=0)  # fmt: skip
+    assert any("integer inputs reach the model as they are" in n for n in err.value.__notes__)

@@ -34,7 +34,11 @@ class _Data:
         if isinstance(data, (tuple, list)) and len(data) == 2:
             X, y = data
             self.label_name = f"{name}[1]"
-            self.X = _as_tensor(X, f"{name}[0]", floating=True)
+            # floating inputs in the default dtype; integer ones (token ids) as they are, as
+            # fit and the adapter take them (as floats an nn.Embedding refused them, and ids
+            # past 2^24 collided)
+            X = _as_tensor(X, f"{name}[0]", floating=False)
+            self.X = _as_tensor(X, f"{name}[0]", floating=X.is_floating_point())
             self.y = _as_tensor(y, self.label_name, floating=task == "regression")
             if self.X.shape[0] != self.y.shape[0]:
                 raise ValueError(
@@ -165,7 +169,17 @@ def checked_training_labels(model: Any, X: Any, y: Any, task: str, seed: int) ->
     device = _param_device(model)
     with torch.no_grad(), forked_rng(device, seed):
         probe = copy.deepcopy(model).eval()  # eval: batch norm cannot train on one row
-        out = _check_output(probe(as_model_dtype(model, X[:1]).to(device)), task, 1)
+        try:
+            out = probe(as_model_dtype(model, X[:1]).to(device))
+        except (RuntimeError, TypeError) as err:
+            if X.is_floating_point():
+                raise
+            raise TypeError(
+                f"the model cannot take the dataset's integer inputs ({X.dtype}: {err}); integer "
+                "inputs (token ids for an nn.Embedding) are passed as they are: cast features to "
+                "float"
+            ) from err
+        out = _check_output(out, task, 1)
     if task != "classification":
         _refuse_nonfinite(y, "dataset", "regression targets")
         return y

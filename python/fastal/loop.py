@@ -370,7 +370,8 @@ def run(
     ----------
     pool, test : (inputs, labels) or Dataset
         ``(X, y)`` numpy arrays or torch tensors (floating numpy inputs become the default torch
-        dtype), or a map-style Dataset of ``(x, y)``. Classification labels are class indices in
+        dtype; integer inputs, e.g. token ids, stay integer), or a map-style Dataset of
+        ``(x, y)``. Classification labels are class indices in
         ``[0, C)``, ``C`` the number of logits the model returns: integer (or bool) labels, or
         floating ones only when every value is a whole number (``1.0``, never ``0.5``: those
         raise rather than being truncated). They are checked (``ValueError`` naming ``pool[1]``

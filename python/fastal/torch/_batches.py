@@ -288,15 +288,29 @@ def _progress(n: int | None, progress: bool) -> Any:
     return tqdm(total=n, unit="rows", desc="fastal pool pass")
 
 
+class _CurrentBatch:
+    """The batch :func:`_naming_rows` reports on (set by the pass as it goes)."""
+
+    inputs: Any = None
+
+
 @contextlib.contextmanager
-def _naming_rows(writer: _Writer) -> Iterator[None]:
+def _naming_rows(writer: _Writer) -> Iterator[_CurrentBatch]:
     """Adds to an error raised while a batch runs (the model's own, a shape mismatch) which rows
-    of ``data`` that batch started at: a bare matmul error does not say it came from the pool."""
+    of ``data`` that batch started at: a bare matmul error does not say it came from the pool;
+    and, for integer inputs, that they reach the model as they are (a Linear's dtype error)."""
+    current = _CurrentBatch()
     try:
-        yield
+        yield current
     except Exception as e:
         if hasattr(e, "add_note"):  # Python 3.11+
             e.add_note(f"(fastal: in the batch of data starting at row {writer.pos})")
+            x = current.inputs
+            if isinstance(x, torch.Tensor) and not (x.is_floating_point() or x.is_complex()):
+                e.add_note(
+                    f"(fastal: the inputs are {x.dtype}: integer inputs reach the model as they "
+                    "are, token ids for an nn.Embedding; cast features to float)"
+                )
         raise
 
 

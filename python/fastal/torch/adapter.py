@@ -395,8 +395,9 @@ def pool_outputs(
         bar = _progress(n, progress)
         try:
             model.eval()
-            with rng, grad_ctx(), _naming_rows(writer):
+            with rng, grad_ctx(), _naming_rows(writer) as current:
                 for x in batches:
+                    current.inputs = x
                     rows = _rows(x)
                     result: dict[str, torch.Tensor] = {}
                     if "features" in needs or head:
