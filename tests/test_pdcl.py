@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from fastal.pdcl import DUALS_ATTR, PAPER_EPS, DualVariables, PrimalDualTrainer, per_sample_loss
@@ -364,3 +365,26 @@ def test_the_trainer_checks_model_and_device_before_moving_the_model():
         PrimalDualTrainer(iterations=1)(_linear_classifier, TensorDataset(X, y))
     with pytest.raises(ValueError, match=r"^device must be a torch.device or a device string"):
         PrimalDualTrainer(iterations=1)(_linear_classifier(), TensorDataset(X, y), device="nope")
+
+
+@pytest.mark.parametrize(
+    ("seed", "error"), [(-1, ValueError), (2**64, ValueError), (1.5, TypeError)]
+)
+def test_training_seeds_are_checked_by_name(seed, error):
+    """fit passed 2**64 on to torch ("Overflow when unpacking long long"); the primal-dual trainer
+    checked nothing: -1 was taken and 1.5 truncated to 1."""
+    from fastal.loop import fit
+
+    X = torch.randn(12, 3)
+    data = TensorDataset(X, (X[:, 0] > 0).long())
+    model = nn.Sequential(nn.Linear(3, 2))
+    for train in (fit, PrimalDualTrainer()):
+        with pytest.raises(error, match=r"^seed must be"):
+            train(model, data, seed=seed)
+
+
+def test_the_dual_head_refuses_batches_of_one_row():
+    from fastal.ally import fit_dual_head
+
+    with pytest.raises(ValueError, match=r"^batch_size must be >= 2"):
+        fit_dual_head(torch.randn(10, 4), torch.rand(10), batch_size=1)

@@ -13,6 +13,7 @@ labeled Dataset into tensors and cast inputs to the model's dtype. :func:`fastal
 from __future__ import annotations
 
 import hashlib
+import numbers
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,16 @@ class _CheckedLabels:
         if y.is_floating_point() and not bool(torch.isfinite(y).all()):
             raise ValueError(f"{self.name} holds a NaN or Inf regression target at row {i}")
         return x, y
+
+
+def check_train_seed(seed: Any) -> int:
+    """A training seed: an int that ``torch.Generator.manual_seed`` takes, [0, 2**64) (2**64 was
+    torch's "Overflow when unpacking long long", 1.5 was truncated to 1)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be a non-negative int, got {seed!r}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    return int(seed)
 
 
 def checked_training_labels(model: Any, X: Any, y: Any, task: str, seed: int) -> Any:

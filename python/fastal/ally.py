@@ -221,7 +221,7 @@ def fit_dual_head(
     hidden, layers : int, default 128 and 5
         Width and number of hidden layers (§5.1: 5 hidden layers; the width is not given there).
     steps, lr, batch_size, weight_decay : default 500, 1e-3, 64 and 0
-        Adam schedule.
+        Adam schedule (``batch_size >= 2``: batch norm).
     seed : int
         Seeds the initialisation and the batches (the global torch RNG is restored afterwards).
 
@@ -265,6 +265,8 @@ def fit_dual_head(
         (batch_size, "batch_size"),
     ):
         check_positive_int(v, name)
+    if batch_size < 2:  # before any other work: the head's batch norm trains on >= 2 rows
+        raise ValueError(f"batch_size must be >= 2 (the head's batch norm), got {batch_size}")
     lr = _number(lr, "lr", positive=True)
     weight_decay = _number(weight_decay, "weight_decay", minimum=0.0)
     dtype = torch.float64 if H.dtype == torch.float64 else torch.float32

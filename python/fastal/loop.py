@@ -37,6 +37,7 @@ from ._loop_data import (
     _n_classes,
     _tensors,
     as_model_dtype,
+    check_train_seed,
     checked_training_labels,
 )
 from ._loop_state import (
@@ -275,8 +276,9 @@ def fit(
     import torch
 
     _check_task(task)
-    for value, name in ((max_steps, "max_steps"), (min_val, "min_val"), (seed, "seed")):
+    for value, name in ((max_steps, "max_steps"), (min_val, "min_val")):
         _count(value, name)
+    seed = check_train_seed(seed)
     for value, name in ((batch_size, "batch_size"), (eval_every, "eval_every")):
         check_positive_int(value, name)
     check_positive_int(patience, "patience")

@@ -410,8 +410,9 @@ class PrimalDualTrainer:
     ) -> Any:
         import torch
 
-        from ._loop_data import _tensors, as_model_dtype, checked_training_labels
+        from ._loop_data import _tensors, as_model_dtype, check_train_seed, checked_training_labels
 
+        seed = check_train_seed(seed)
         if task not in PAPER_EPS:
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
         X, y = _tensors(dataset)
