@@ -860,3 +860,14 @@ def test_integer_features_for_a_float_model_are_named():
         loop.run((X, y), _token_data(10, 1), model_fn=lambda: mlp, strategy="random",
                  initial=5, budget=3, rounds=1, seed=0)  # fmt: skip
     assert any("integer inputs reach the model as they are" in n for n in err.value.__notes__)
+
+
+def test_resume_names_another_task(tmp_path):
+    """The other task's run has no column of this one's metric: that read raised a KeyError
+    reported as 'is not a saved fastal run', before the settings were compared."""
+    kwargs = dict(model_fn=model_fn, strategy="random", initial=6, budget=6, rounds=1, seed=0,
+                  train_fn=train)  # fmt: skip
+    state = tmp_path / "run.npz"
+    loop.run(POOL, TEST, checkpoint=state, **kwargs)
+    with pytest.raises(ValueError, match="has task = 'classification', this one 'regression'"):
+        loop.run(POOL, TEST, resume=state, task="regression", **kwargs)

@@ -116,7 +116,9 @@ def _load_state(path: Any, meta: dict) -> tuple[np.ndarray, np.ndarray, list[dic
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             saved = json.loads(str(z["meta"]))
             labeled, added = z["labeled"], z["added"]
-            cols = {c: z[f"row_{c}"] for c in names}
+            # the columns there are: a run of the other task misses this one's metric, which
+            # the comparison of the settings below names (task), not a KeyError
+            cols = {c: z[f"row_{c}"] for c in names if f"row_{c}" in z.files}
     except _UNREADABLE as err:
         why = f"{type(err).__name__}: {err}"
         raise ValueError(f"resume: {path} is not a saved fastal run ({why})") from None
@@ -128,6 +130,9 @@ def _load_state(path: Any, meta: dict) -> tuple[np.ndarray, np.ndarray, list[dic
                 f"resume: the run saved at {path} has {key} = {saved.get(key)!r}, this one "
                 f"{meta[key]!r}"
             )
+    if len(cols) < len(names):
+        missing = ", ".join(f"row_{c}" for c in names if c not in cols)
+        raise ValueError(f"resume: {path} is not a saved fastal run (no {missing})")
     # saved by newer runs only; a setting that cannot be told apart (None) is not compared
     for key, what in _RESUME_CHECKS.items():
         if saved.get(key) is not None and meta[key] is not None and saved[key] != meta[key]:
