@@ -784,6 +784,10 @@ def test_fit_checks_class_labels_as_run_does(labels, match):
         (dict(train_fn=5), TypeError, r"^train_fn must be callable, got int$"),
         (dict(log=5), TypeError, r"^log must be callable, got int$"),  # was: after a round
         (dict(select_options="x"), TypeError, r"^select_options must be a dict, got str$"),
+        (dict(select_options={"mc_sample": 3}), TypeError,  # was: after round 0's training
+         r"^select_options has unknown option\(s\) 'mc_sample'"),
+        (dict(select_options={"mc_samples": 0}), ValueError, r"^mc_samples must be"),
+        (dict(batch_size=0), ValueError, r"^batch_size must be"),
         (dict(initial=np.array(5)), ValueError, r"^initial must be 1-D, got shape \(\)$"),
         (dict(initial=(i for i in range(8))), TypeError,
          r"^initial must hold integer indices, got generator$"),

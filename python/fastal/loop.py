@@ -499,6 +499,17 @@ def run(
             f"select_options sets {', '.join(clash)}, which run passes itself (labeled, labels, "
             "seed from the run seed; task, device, batch_size from run's own arguments)"
         )
+    # before round 0's training, which select would only follow with these errors
+    from .torch.adapter import _SELECT_OPTIONS, _check_counts
+
+    unknown = sorted(set(options) - _SELECT_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"select_options has unknown option(s) {', '.join(map(repr, unknown))}: options are "
+            "fastal.torch.select's keywords (mc_samples, amp, embed_fn, ...)"
+        )
+    check_positive_int(batch_size, "batch_size")
+    _check_counts(**{k: options[k] for k in ("mc_samples", "num_workers") if k in options})
     meta = {
         "version": _STATE_VERSION,
         "seed": int(seed),
