@@ -274,6 +274,26 @@ def test_empty_labeled_file_of_any_dtype_means_no_labels(tmp_path, capsys):
     assert "same budget picked at random" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("dtype", [np.uint64, np.uint32, np.int32])
+@pytest.mark.parametrize("strategy", ["coreset", "coreset_gradients"])
+def test_labeled_indices_of_any_integer_dtype_reach_the_report(tmp_path, capsys, dtype, strategy):
+    """uint64 --labeled concatenated with the int64 random picks gave float64 indices: the
+    covering-radius report raised a traceback after the picks were saved."""
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "pool.npy", rng.normal(size=(40, 3)).astype(np.float32))
+    probs = rng.dirichlet(np.ones(3), size=40).astype(np.float32)
+    np.save(tmp_path / "probs.npy", probs)
+    np.save(tmp_path / "lab.npy", np.array([1, 2, 3], dtype))
+    argv = ["select", "--strategy", strategy, "--embeddings", str(tmp_path / "pool.npy"),
+            "--budget", "4", "--seed", "0", "--labeled", str(tmp_path / "lab.npy")]  # fmt: skip
+    if strategy == "coreset_gradients":
+        argv += ["--probs", str(tmp_path / "probs.npy")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "same budget picked at random: radius" in out
+    assert "not computed" not in out
+
+
 def test_budget_zero_without_labels_reports_no_radius(tmp_path, capsys):
     np.save(tmp_path / "pool.npy", np.ones((10, 2), np.float32))
     argv = ["select", "--embeddings", str(tmp_path / "pool.npy"), "--budget", "0", "--out",

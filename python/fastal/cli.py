@@ -200,6 +200,9 @@ def cmd_select(args: argparse.Namespace) -> int:
             raise SystemExit(f"{_OUT_OF_MEMORY} ({str(err).splitlines()[0]})") from None
         raise
     seconds = time.perf_counter() - start
+    # the selection checked them: int64 for the report's index arithmetic (uint64 with int64
+    # gives float64, which cannot index)
+    labeled = np.asarray(labeled).astype(np.int64)
     picks = np.asarray(sel.indices.cpu() if hasattr(sel.indices, "cpu") else sel.indices)
     diag = sel.diagnostics
     if args.out is not None:  # before the report: nothing in it may cost the picks
