@@ -571,3 +571,15 @@ HUGE = 10**400  # a Python int float() cannot hold: OverflowError, naming nothin
 def test_a_number_past_the_float_range_is_named(name, call):
     with pytest.raises(ValueError, match=rf"^{name} must be finite, got a value too large"):
         call()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: fastal.gradient_embedding(np.ones(3), np.ones((3, 2))), "probs_or_logits"),
+        (lambda: fastal.strategies.Entropy().select({"probs": np.ones(3)}, 1), "probs"),
+    ],
+)
+def test_class_arrays_are_described_as_n_by_c(call, message):
+    with pytest.raises(ValueError, match=rf"^{message} must be 2-D \(n, C\), got shape"):
+        call()

@@ -10,6 +10,11 @@ import numpy as np
 from . import _interop
 from ._interop import ArrayInfo
 
+#: Argument names whose columns are classes: (n, C) in check_matrix's messages, not (n, d).
+_CLASS_COLUMNS = frozenset(
+    ("probs", "logits", "probs_or_logits", "labeled_logits", "label_probs", "targets")
+)
+
 
 def check_matrix(
     X: Any,
@@ -23,12 +28,13 @@ def check_matrix(
     ``dtypes`` are accepted on the CPU, ``cuda_dtypes`` on a CUDA device.
     """
     info = _interop.describe(X, name)  # refuses sparse, nested and masked tensors too
+    cols = "C" if name in _CLASS_COLUMNS else "d"
     if len(info.shape) != 2:
-        raise ValueError(f"{name} must be 2-D (n, d), got shape {info.shape}")
+        raise ValueError(f"{name} must be 2-D (n, {cols}), got shape {info.shape}")
     if info.shape[0] == 0:
         raise ValueError(f"{name} is empty: it has shape {info.shape}, need at least one row")
     if info.shape[1] == 0:
-        raise ValueError(f"{name} has no columns: shape {info.shape}, need d >= 1")
+        raise ValueError(f"{name} has no columns: shape {info.shape}, need {cols} >= 1")
     allowed = cuda_dtypes if info.device == "cuda" else dtypes
     if info.dtype not in allowed:
         cpu_only = info.dtype == "float64" and info.device == "cuda"
