@@ -756,3 +756,22 @@ def test_probabilities_message_names_the_logits_option(tmp_path):
     argv = ["select", "--strategy", "entropy", "--probs", str(tmp_path / "p.npy"), "--budget", "2"]
     with pytest.raises(SystemExit, match="pass them as --logits"):
         cli.main(argv)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_random_baseline_radius_is_taken_on_the_rounded_pool(tmp_path, capsys, dtype):
+    """With --dtype bfloat16 the selection ran on rounded values but the report's random
+    baseline was measured on the float32 file: not the same space (bfloat16 moves ~0.4 %)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(60, 5)).astype(np.float32)
+    np.save(tmp_path / "pool.npy", X)
+    np.save(tmp_path / "lab.npy", np.array([0, 1]))
+    argv = ["select", "--embeddings", str(tmp_path / "pool.npy"), "--dtype", dtype,
+            "--labeled", str(tmp_path / "lab.npy"), "--budget", "5", "--seed", "0"]  # fmt: skip
+    assert cli.main(argv) == 0
+    got = float(capsys.readouterr().out.split("picked at random: radius ")[1].split()[0])
+    rounded = torch.from_numpy(X).to(getattr(torch, dtype)).double().numpy()
+    rand = np.random.default_rng(0).choice(np.arange(2, 60), size=5, replace=False)
+    centres = rounded[np.r_[[0, 1], rand]]
+    d = np.sqrt(((rounded[:, None, :] - centres[None]) ** 2).sum(-1)).min(1)
+    assert got == pytest.approx(float(d.max()), rel=2e-5)

@@ -21,8 +21,14 @@ from . import ops
 def _report_dtype(X: np.ndarray, selected: str | None) -> np.ndarray:
     """X for the report's distances, in the precision the selection ran in: float64 when X is
     float64 or --dtype float64 asked for it (float32 could overflow where the selection did
-    not), else float32 (the 16-bit dtypes widened); no copy when X already is that."""
+    not), else float32 (the values of a 16-bit --dtype rounded to it, then widened); no copy
+    when X already is that."""
     wide = X.dtype == np.float64 or selected == "float64"
+    if selected in ("float16", "bfloat16"):  # the values the selection saw: rounded, then widened
+        import torch
+
+        rounded = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        return rounded.to(getattr(torch, selected)).float().numpy()
     return X.astype(np.float64 if wide else np.float32, copy=False)
 
 
@@ -165,10 +171,11 @@ def _rows(arrays: dict[str, np.ndarray]) -> int:
             raise SystemExit(f"fastal: {option} has shape {a.shape}: no row axis")
         sizes[option] = a.shape[axis]
     if not sizes:
-        given = " and ".join(opt for k, opt, _ in _POOL_ARRAYS if k in arrays)
+        given = [opt for k, opt, _ in _POOL_ARRAYS if k in arrays]
+        verb = "give" if len(given) > 1 else "gives"
         raise SystemExit(
-            f"fastal: {given} give one value per labeled row, not the pool: pass the pool too "
-            "(--embeddings, --probs, --logits, ...)"
+            f"fastal: {' and '.join(given)} {verb} one value per labeled row, not the pool: pass "
+            "the pool too (--embeddings, --probs, --logits, ...)"
         )
     if len(set(sizes.values())) > 1:
         rows = ", ".join(f"{option} {size}" for option, size in sizes.items())

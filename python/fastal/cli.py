@@ -402,25 +402,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--embeddings",
         "--features",
         dest="features",
+        metavar="NPY",
         help="pool embeddings / features, an (n, d) .npy file (default: digits pixels)",
     )
-    sel.add_argument("--probs", help="class probabilities, an (n, C) .npy file")
-    sel.add_argument("--logits", help="logits, an (n, C) .npy file")
+    sel.add_argument("--probs", metavar="NPY", help="class probabilities, an (n, C) .npy file")
+    sel.add_argument("--logits", metavar="NPY", help="logits, an (n, C) .npy file")
     sel.add_argument(
-        "--mc-probs", dest="mc_probs", help="MC-dropout probabilities, a (T, n, C) .npy file"
+        "--mc-probs",
+        dest="mc_probs",
+        metavar="NPY",
+        help="MC-dropout probabilities, a (T, n, C) .npy file",
     )
-    sel.add_argument("--duals", help="ALLY: dual variables of the labeled rows, an (m,) .npy file")
+    sel.add_argument(
+        "--duals", metavar="NPY", help="ALLY: dual variables of the labeled rows, an (m,) .npy file"
+    )
     sel.add_argument(
         "--dual-predictions",
         dest="dual_predictions",
+        metavar="NPY",
         help="ALLY: predicted dual variables of every pool row, an (n,) .npy file",
     )
-    sel.add_argument("--labels", dest="labeled_targets",
+    sel.add_argument("--labels", dest="labeled_targets", metavar="NPY",
                      help="the classes of the labeled rows, an (m,) integer .npy file in --labeled "
                      "order: bilevel's labeled targets (pseudo-labels without it); with --logits, "
                      "sparse_approx fits its temperature on them")  # fmt: skip
     sel.add_argument(
         "--labeled",
+        metavar="NPY",
         help="indices already labeled, a 1-D integer .npy file; with the default digits pool, "
         f"indices into its {_DIGITS_ROWS} rows, used in place of the random --n-labeled set",
     )
