@@ -415,6 +415,20 @@ def torch_isfinite_rows(t: Any) -> Any:
     return out
 
 
+def torch_logit_rows_ok(t: Any) -> Any:
+    """Boolean (n,) tensor: a row of logits a softmax takes: no NaN or +Inf and a finite maximum
+    (-inf is a masked class, probability 0, as :func:`fastal.torch.pool_outputs` passes it)."""
+    torch = _torch()
+    out = torch.empty(t.shape[0], dtype=torch.bool, device=t.device)
+    for s, e in _row_chunks(t.shape[0], t.shape[1]):
+        out[s:e] = torch.isfinite(t[s:e].amax(1))  # amax propagates NaN
+    return out
+
+
+#: What a refusal of logits adds: -inf is taken.
+MASKED_LOGITS = "(-inf, a masked class, is taken where a row keeps a finite logit)"
+
+
 # ---------------------------------------------------------------------------------------------
 # construction from model outputs
 

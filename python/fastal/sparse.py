@@ -179,7 +179,8 @@ def fit_temperature(logits: Any, targets: Any) -> float:
     ----------
     logits : array of shape (n, C)
         Pre-softmax outputs: numpy, torch (CPU/CUDA) or cupy, floating (float16, bfloat16,
-        float32, float64; float64 on the CPU only); finite. The search runs in float64 in torch
+        float32, float64; float64 on the CPU only); finite, or -inf for a masked class (probability
+        0; never a row's target). The search runs in float64 in torch
         on the array's device.
     targets : 1-D integer array of shape (n,)
         True classes in ``[0, C)``, any framework (read to the host).
@@ -193,7 +194,8 @@ def fit_temperature(logits: Any, targets: Any) -> float:
     Raises
     ------
     ValueError
-        If the shapes disagree, a class is out of range, or ``logits`` has NaN or Inf.
+        If the shapes disagree, a class is out of range, or ``logits`` has NaN or +Inf, or -inf at
+        a row's target.
     TypeError
         If ``targets`` is not integer.
 
@@ -235,10 +237,17 @@ def _fit_temperature(
             f"{tname} must be classes in [0, {C}), got values in [{int(y.min())}, {int(y.max())}]"
         )
     y = torch.as_tensor(y.astype(np.int64), device=z.device)
-    if not bool(torch.isfinite(z).all()):
-        raise ValueError(f"{lname} contains NaN or Inf")
+    if bool(torch.isnan(z).any()) or bool((z == math.inf).any()):
+        raise ValueError(f"{lname} contains NaN or Inf (-inf, a masked class, is taken)")
     picked = z.gather(1, y[:, None])[:, 0]
-    zmax = float(z.abs().max())
+    if not bool(torch.isfinite(picked).all()):
+        row = int(torch.nonzero(~torch.isfinite(picked))[0, 0])
+        raise ValueError(
+            f"{lname} is -inf at the target class of row {row}: a masked class cannot be a "
+            f"target ({tname})"
+        )
+    # -inf (a masked class) adds exp(-inf) = 0 to a row's sum: the scale is the finite entries'
+    zmax = float(z.masked_fill(torch.isneginf(z), 0.0).abs().max())
     if zmax <= 2.0**500:
         # a row's NLL is logsumexp((z - z_y) / T): a shared offset of the row (logits near 1e15)
         # cancels once here, not after the division (it moved T by 1 % there)

@@ -21,7 +21,7 @@ from .._validate import (
     host_values,
     make_rng,
 )
-from ..gradients import as_torch
+from ..gradients import MASKED_LOGITS, as_torch
 from .base import Selection, Strategy, register, unlabeled_rows
 
 
@@ -251,8 +251,8 @@ class BilevelCoreset(Strategy):
             step = _rows_per_chunk(C)
             for s in range(0, n, step):
                 c = p[s : s + step].to(torch.float64)
-                if not bool(torch.isfinite(c).all()):
-                    raise ValueError(f"{key} contains NaN or Inf")
+                if not bool(torch.isfinite(c.amax(1)).all()):  # -inf: a masked class
+                    raise ValueError(f"{key} contains NaN or Inf {MASKED_LOGITS}")
                 soft[s : s + step] = torch.softmax(c, dim=1)
         rows = as_torch(pool[self.kernel_input], xinfo)  # augment gets them in their own shape
         X = rows.reshape(n, -1)

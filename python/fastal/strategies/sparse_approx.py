@@ -11,8 +11,8 @@ import numpy as np
 from .. import _interop
 from .._validate import _number, check_bool, check_budget, check_classes, check_matrix
 from .._warnings import warn_user
+from ..gradients import MASKED_LOGITS, as_torch, torch_row_norms_if_finite
 from ..gradients import _row_chunks as _value_chunks
-from ..gradients import as_torch, torch_row_norms_if_finite
 from ..sparse import (
     DensePhi,
     FactoredPhi,
@@ -307,11 +307,13 @@ class SparseApprox(Strategy):
         probs_check = _Distributions("probs", zinfo.dtype) if key == "probs" else None
         for s, e in chunks:
             zc = z[idx[s:e]]
-            finite &= torch.isfinite(zc).all()
+            # logits: -inf is a masked class (probability 0), if a row keeps a finite logit
+            finite &= torch.isfinite(zc.amax(1) if key == "logits" else zc).all()
             if probs_check is not None:
                 probs_check.add(zc.to(torch.float64))
         if h_norms is None or not bool(finite):
-            raise ValueError(f"{key} and features must be finite")
+            masked = f" {MASKED_LOGITS}" if key == "logits" else ""
+            raise ValueError(f"{key} and features must be finite{masked}")
         T = None
         label = "label_probs" in pool  # with logits or probs alike
         if label and isinstance(self.temperature, float):

@@ -56,7 +56,13 @@ def _probs(pool: Any) -> tuple[Any, str, Any]:
     copy of the pool (the scores are taken in tiles too, :func:`_row_scores`)."""
     import torch
 
-    from ..gradients import _probabilities, as_torch, torch_isfinite_rows
+    from ..gradients import (
+        MASKED_LOGITS,
+        _probabilities,
+        as_torch,
+        torch_isfinite_rows,
+        torch_logit_rows_ok,
+    )
 
     if not isinstance(pool, Mapping):
         raise TypeError(
@@ -72,8 +78,10 @@ def _probs(pool: Any) -> tuple[Any, str, Any]:
         )
     info = check_matrix(pool[key], key)
     stored = as_torch(pool[key], info)
-    if not bool(torch_isfinite_rows(stored).all()):
-        raise ValueError(f"{key} contains NaN or Inf")
+    if key == "logits" and not bool(torch_logit_rows_ok(stored).all()):
+        raise ValueError(f"logits contains NaN or Inf {MASKED_LOGITS}")
+    if key == "probs" and not bool(torch_isfinite_rows(stored).all()):
+        raise ValueError("probs contains NaN or Inf")
     check_classes(info.shape[1], key, info.shape)
     if key == "probs":  # range and row sums, in float64 row chunks
         _probabilities(stored, "probs", torch.float64, "probs", info.dtype, LOGITS_KEY)
