@@ -27,6 +27,14 @@ def test_uncertainty_scores_of_masked_logits_are_those_without_the_class(name):
     assert_array_equal(get(name)().select({"logits": MASKED}, 5).indices, want)
 
 
+@pytest.mark.parametrize("name", ["badge", "egl", "coreset_gradients"])
+def test_gradient_strategies_with_a_masked_class_pick_as_without_it(name):
+    """The masked class has p = 0 and is never the hypothetical label: a zero column of A."""
+    want = get(name)().select({"logits": LOGITS, "features": FEATURES}, 5, seed=0).indices
+    got = get(name)().select({"logits": MASKED, "features": FEATURES}, 5, seed=0).indices
+    assert_array_equal(got, want)
+
+
 def test_sparse_approx_with_a_masked_class_is_the_problem_without_it():
     pool = {"logits": LOGITS, "features": FEATURES}
     want = SparseApprox(temperature=2.0).select(pool, 5)
@@ -48,7 +56,7 @@ def test_fit_temperature_ignores_a_masked_class():
             fastal.fit_temperature(z, TARGETS)
 
 
-@pytest.mark.parametrize("name", ["entropy", "sparse_approx", "bilevel"])
+@pytest.mark.parametrize("name", ["entropy", "sparse_approx", "bilevel", "badge", "egl"])
 def test_a_row_of_only_masked_classes_is_refused(name):
     z = MASKED.copy()
     z[7, :2] = -np.inf

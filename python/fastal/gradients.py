@@ -456,7 +456,8 @@ def gradient_embedding(
     Parameters
     ----------
     probs_or_logits : array of shape (n, C)
-        Probabilities or logits (see ``kind``); numpy, torch (CPU/CUDA) or cupy.
+        Probabilities or logits (see ``kind``); numpy, torch (CPU/CUDA) or cupy. Logits may be
+        -inf for a masked class (probability 0) where a row keeps a finite logit.
     features : array of shape (n, d)
         Penultimate features, same framework and device. Its dtype (float32, float16, bfloat16,
         float64 on the CPU) is the storage dtype of both factors.
@@ -523,8 +524,10 @@ def _gradient_embedding(
     acc = _acc_dtype(
         "float64" if pinfo.dtype == "float64" and finfo.dtype == "float64" else "float32"
     )
-    if not bool(torch_isfinite_rows(p_in).all()):
+    if kind == "probs" and not bool(torch_isfinite_rows(p_in).all()):
         raise ValueError(f"{name} contains NaN or Inf")
+    if kind != "probs" and not bool(torch_logit_rows_ok(p_in).all()):  # -inf: logits, masked
+        raise ValueError(f"{name} contains NaN or Inf {MASKED_LOGITS}")
     if not bool(torch_isfinite_rows(h_in).all()):
         raise ValueError("features contains NaN or Inf")
     is_probs = _probabilities(p_in, kind, acc, name, logits_hint=logits_hint)

@@ -16,7 +16,14 @@ from .._validate import (
     check_same_place,
     make_rng,
 )
-from ..gradients import _probabilities, as_torch, from_torch, torch_isfinite_rows
+from ..gradients import (
+    MASKED_LOGITS,
+    _probabilities,
+    as_torch,
+    from_torch,
+    torch_isfinite_rows,
+    torch_logit_rows_ok,
+)
 from .base import LOGITS_KEY, Selection, Strategy, pool_field, register, unlabeled_rows
 from .uncertainty import _row_tiles, _top_rows
 
@@ -107,12 +114,14 @@ class EGL(Strategy):
         finite = None  # on the device until all tiles are checked (one synchronisation)
         for s, e in tiles:
             h = h_in[s:e].to(hacc).contiguous()  # one summation order whatever the strides
-            ok = torch_isfinite_rows(p_in[s:e]).all() & torch_isfinite_rows(h).all()
+            rows_ok = torch_logit_rows_ok if probs_key == "logits" else torch_isfinite_rows
+            ok = rows_ok(p_in[s:e]).all() & torch_isfinite_rows(h).all()
             finite = ok if finite is None else finite & ok
             # |h|² in float32 (float64 features: float64); out-of-range rows are redone below
             hsq[s:e] = (h * h).sum(1)
         if not bool(finite):
-            raise ValueError(f"{probs_key} and features must be finite")
+            masked = f" {MASKED_LOGITS}" if probs_key == "logits" else ""
+            raise ValueError(f"{probs_key} and features must be finite{masked}")
         kind = "probs" if probs_key == "probs" else "logits"
         is_probs = _probabilities(p_in, kind, acc, probs_key, pinfo.dtype, LOGITS_KEY)
         out_of_range = ~torch.isfinite(hsq)
