@@ -281,3 +281,21 @@ def test_entropy_of_masked_probs_without_masked_entries():
     _, _, p = _pool()
     got = Entropy().select({"probs": np.ma.masked_array(p)}, 5).indices
     assert_array_equal(got, Entropy().select({"probs": p}, 5).indices)
+
+
+def test_read_only_arrays_pass_under_warnings_as_errors():
+    """fastal dropped torch's "not writable" warning by a filter added at import, which filters
+    set later (``warnings.simplefilter("error")``, pytest's per-test ones) come before: the first
+    read-only pool raised it. A fresh interpreter: torch warns once per process."""
+    code = (
+        "import warnings, numpy as np, fastal; from fastal.strategies import get; "
+        "warnings.simplefilter('error'); "  # set after fastal's filter, so it comes first
+        "p = np.full((20, 4), 0.25, np.float32); p.setflags(write=False); "
+        "h = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32); "
+        "h.setflags(write=False); "
+        "print(len(get('entropy')().select({'probs': p}, 3).indices), "
+        "len(get('badge')().select({'probs': p, 'features': h}, 3, seed=0).indices))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["3", "3"]

@@ -18,6 +18,7 @@ temporaries of a million-row pool stay small.
 from __future__ import annotations
 
 import itertools
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -40,6 +41,23 @@ warnings.filterwarnings(
     "ignore", message="The given NumPy array is not writable", category=UserWarning,
     module=r"fastal\b",
 )  # fmt: skip
+
+
+_READ_ONLY_LOCK = threading.Lock()
+
+
+def numpy_view(arr: np.ndarray) -> Any:
+    """``torch.from_numpy(arr)``; for a read-only array (a memory-mapped pool, a frozen array),
+    which fastal only reads, without torch's warning: the filter above does not hold where a
+    filter set after it comes first (``warnings.simplefilter("error")`` raised it, once per
+    process)."""
+    torch = _torch()
+    if arr.flags.writeable:
+        return torch.from_numpy(arr)
+    # catch_warnings swaps the process's filters: one such block at a time
+    with _READ_ONLY_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
 
 
 def _row_chunks(n: int, width: int) -> list[tuple[int, int]]:
@@ -67,7 +85,7 @@ def as_torch(x: Any, info: ArrayInfo):
     if info.framework == "torch":
         return x.detach()
     if info.framework == "numpy":
-        return torch.from_numpy(np.ascontiguousarray(_interop.native_order(x)))
+        return numpy_view(np.ascontiguousarray(_interop.native_order(x)))
     import cupy
 
     with cupy.cuda.Device(info.device_index):
