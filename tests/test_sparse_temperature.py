@@ -348,3 +348,27 @@ def test_a_temperature_at_the_bound_is_the_bound_exactly():
     z = rng.normal(size=(50, 3))
     y = z.argmax(1)  # every target ranked first: the NLL falls all the way to T -> 0
     assert fastal.fit_temperature(z, y) == 0.01
+
+
+def test_fit_temperature_reads_the_logits_in_row_chunks(monkeypatch):
+    """No whole float64 copy (two lived through the search: 7x float32 logits at its peak):
+    float64 row chunks; tiny chunks give the same T up to the summation order, and a NaN or a
+    -inf target in a late chunk is still found."""
+    from fastal import gradients
+
+    rng = np.random.default_rng(4)
+    z = (rng.normal(size=(500, 7)) * 3).astype(np.float32)
+    y = rng.integers(0, 7, 500)
+    z[np.arange(500), y] += 2
+    whole = fastal.fit_temperature(z, y)
+    monkeypatch.setattr(gradients, "_CHUNK_VALUES", 64)
+    assert len(gradients._row_chunks(500, 7)) > 50
+    # near its minimum the NLL is flat: a summation order moves T by up to ~sqrt(eps)
+    assert fastal.fit_temperature(z, y) == pytest.approx(whole, rel=1e-6)
+    z[480, 3] = np.nan
+    with pytest.raises(ValueError, match="contains NaN or Inf"):
+        fastal.fit_temperature(z, y)
+    z[480, 3] = 0.0
+    z[490, y[490]] = -np.inf
+    with pytest.raises(ValueError, match="-inf at the target class of row 490"):
+        fastal.fit_temperature(z, y)

@@ -219,11 +219,11 @@ def _fit_temperature(
     import torch
 
     from ._validate import check_matrix, host_values
-    from .gradients import as_torch
+    from .gradients import _row_chunks, as_torch
 
     lname, tname = names
     info = check_matrix(logits, lname)
-    z = as_torch(logits, info).to(torch.float64)
+    z = as_torch(logits, info)  # as stored: float64 row chunks below, never a whole copy
     n, C = info.shape
     if _interop.is_array(targets):
         _interop.describe(targets, tname)  # a tensor on an unsupported device: named TypeError
@@ -237,37 +237,56 @@ def _fit_temperature(
             f"{tname} must be classes in [0, {C}), got values in [{int(y.min())}, {int(y.max())}]"
         )
     y = torch.as_tensor(y.astype(np.int64), device=z.device)
-    if bool(torch.isnan(z).any()) or bool((z == math.inf).any()):
+    chunks = _row_chunks(n, C)
+
+    def rows(s: int, e: int) -> Any:
+        return z[s:e].to(torch.float64)
+
+    picked = torch.empty(n, dtype=torch.float64, device=z.device)
+    top = torch.empty(n, dtype=torch.float64, device=z.device)
+    zmax, refused = 0.0, False
+    for s, e in chunks:
+        c = rows(s, e)
+        refused |= bool(torch.isnan(c).any()) or bool((c == math.inf).any())
+        picked[s:e] = c.gather(1, y[s:e, None])[:, 0]
+        top[s:e] = c.amax(1)
+        # -inf (a masked class) adds exp(-inf) = 0 to a row's sum: the scale is the finite ones'
+        zmax = max(zmax, float(c.masked_fill(torch.isneginf(c), 0.0).abs().max()))
+    if refused:
         raise ValueError(f"{lname} contains NaN or Inf (-inf, a masked class, is taken)")
-    picked = z.gather(1, y[:, None])[:, 0]
     if not bool(torch.isfinite(picked).all()):
         row = int(torch.nonzero(~torch.isfinite(picked))[0, 0])
         raise ValueError(
             f"{lname} is -inf at the target class of row {row}: a masked class cannot be a "
             f"target ({tname})"
         )
-    # -inf (a masked class) adds exp(-inf) = 0 to a row's sum: the scale is the finite entries'
-    zmax = float(z.masked_fill(torch.isneginf(z), 0.0).abs().max())
     if zmax <= 2.0**500:
         # a row's NLL is logsumexp((z - z_y) / T): a shared offset of the row (logits near 1e15)
-        # cancels once here, not after the division (it moved T by 1 % there)
-        gap = z - picked[:, None]
+        # cancels before the division (it moved T by 1 % after it)
+
+        buf = torch.empty((chunks[0][1] - chunks[0][0], C), dtype=torch.float64, device=z.device)
 
         def nll(log_t: float) -> float:
             t = float(np.exp(log_t))
-            return float(torch.logsumexp(gap / t, 1).mean())
+            total = 0.0
+            for s, e in chunks:  # in one float64 buffer: the gaps, then divided by T
+                gap = torch.sub(z[s:e], picked[s:e, None], out=buf[: e - s]).div_(t)
+                total += float(torch.logsumexp(gap, 1).sum())
+            return total / n
 
     else:
         # Huge logits: z / T past float64 would turn the search's comparisons into inf <= inf.
         # The NLL from each row's max, divided by a power of two s > |z| / 2 (the same order).
-        s = math.ldexp(1.0, math.frexp(zmax)[1] - 1)
-        top = z.max(1).values
-        margin = top / s - picked / s  # (max - target) / s, >= 0
-        shifted = z - top[:, None]  # <= 0; -inf past float64 only where exp() gives 0 anyway
+        scale = math.ldexp(1.0, math.frexp(zmax)[1] - 1)
+        margin = top / scale - picked / scale  # (max - target) / s, >= 0
 
         def nll(log_t: float) -> float:
             t = float(np.exp(log_t))
-            return float((margin / t + torch.logsumexp(shifted / t, 1) / s).mean())
+            total = 0.0
+            for s, e in chunks:  # z - max <= 0; -inf past float64 only where exp() gives 0
+                lse = torch.logsumexp((rows(s, e) - top[s:e, None]) / t, 1)
+                total += float((margin[s:e] / t + lse / scale).sum())
+            return total / n
 
     lo0, hi0 = np.log(1e-2), np.log(1e2)
     lo, hi = lo0, hi0
