@@ -342,3 +342,14 @@ def test_crc_last_k_1_picks_as_last_layer_features():
     a = crc.select({"ntk_features": J}, 6, labeled=[0, 1], seed=3)
     b = crc.select({"ntk_features": Z}, 6, labeled=[0, 1], seed=3)
     assert_array_equal(np.asarray(a.indices), np.asarray(b.indices))
+
+
+def test_a_callers_autocast_does_not_reach_the_jacobian():
+    """last_k=2 under a bfloat16 CPU autocast failed in jacrev (BFloat16 against Float)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    X = torch.randn(10, 4)
+    want = fastal.ntk_features_jacobian(model, X, last_k=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fastal.ntk_features_jacobian(model, X, last_k=2)
+    assert torch.equal(got, want)

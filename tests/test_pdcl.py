@@ -388,3 +388,28 @@ def test_the_dual_head_refuses_batches_of_one_row():
 
     with pytest.raises(ValueError, match=r"^batch_size must be >= 2"):
         fit_dual_head(torch.randn(10, 4), torch.rand(10), batch_size=1)
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_training_runs_inside_a_callers_no_grad_or_inference_mode(context):
+    """fit and the primal-dual trainer failed there with torch's "does not require grad"."""
+    from fastal.loop import fit
+
+    X = torch.randn(30, 3)
+    data = TensorDataset(X, (X[:, 0] > 0).long())
+    for train in (fit, PrimalDualTrainer(iterations=2)):
+        model = nn.Sequential(nn.Linear(3, 2))
+        before = model[0].weight.detach().clone()
+        with context():
+            train(model, data, seed=0)
+        assert not torch.equal(model[0].weight, before)
+
+
+def test_a_model_built_in_inference_mode_is_refused_by_name():
+    from fastal.loop import fit
+
+    X = torch.randn(12, 3)
+    with torch.inference_mode():
+        model = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"created under torch\.inference_mode"):
+        fit(model, TensorDataset(X, (X[:, 0] > 0).long()), seed=0)

@@ -172,6 +172,11 @@ def checked_training_labels(model: Any, X: Any, y: Any, task: str, seed: int) ->
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if any(p.is_inference() for p in model.parameters()):  # torch's error came at the first step
+        raise ValueError(
+            "model has parameters created under torch.inference_mode() (inference tensors), which "
+            "no optimizer can update: build the model outside inference mode"
+        )
     _refuse_nonfinite(X, "dataset", "inputs")
     if task == "classification" and y.ndim != 1:
         raise ValueError(f"dataset labels must be 1-D class indices, got shape {tuple(y.shape)}")

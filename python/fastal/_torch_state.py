@@ -47,3 +47,30 @@ def forked_rng(device: Any, seed: int | None = None) -> Iterator[None]:
                 with torch.cuda.device(index):
                     torch.cuda.manual_seed(int(seed))
         yield
+
+
+@contextlib.contextmanager
+def own_numerics(device: Any, *, grad: bool = False) -> Iterator[None]:
+    """fastal's own torch arithmetic on ``device``, whatever the caller's context: autocast off
+    (a caller's ``torch.autocast`` trained ALLY's dual head in bfloat16 and moved its picks), and
+    with ``grad`` gradients on, inference mode lifted (training inside the caller's
+    ``torch.no_grad()`` failed with torch's "does not require grad")."""
+    import torch
+
+    kind = torch.device(device).type
+    with contextlib.ExitStack() as stack:
+        if kind in ("cpu", "cuda"):
+            stack.enter_context(torch.autocast(kind, enabled=False))
+        if grad:
+            stack.enter_context(grad_on())
+        yield
+
+
+@contextlib.contextmanager
+def grad_on() -> Iterator[None]:
+    """Gradients on for training inside a caller's ``torch.no_grad()`` or inference mode (which
+    ``enable_grad`` alone does not lift); the caller's autocast, if any, still applies."""
+    import torch
+
+    with torch.inference_mode(False), torch.enable_grad():
+        yield

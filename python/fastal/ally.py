@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._threads import one_thread_if_small
-from ._torch_state import forked_rng
+from ._torch_state import forked_rng, own_numerics
 from ._validate import _number, check_positive_int, host_values
 
 
@@ -186,7 +186,7 @@ class DualRegressor:
         t = _on_cpu_unless_tensor(features)
         out = np.empty(t.shape[0], dtype=np.float64)
         dev = self.mean.device
-        with torch.inference_mode():
+        with torch.inference_mode(), own_numerics(dev):
             for s in range(0, t.shape[0], batch_size):
                 out[s : s + batch_size] = (
                     self.forward(t[s : s + batch_size].to(dev)).double().cpu().numpy()
@@ -283,8 +283,7 @@ def fit_dual_head(
         raise ValueError("the dual regression head needs at least 2 labeled rows (batch norm)")
     with (
         forked_rng(H.device, seed),
-        torch.inference_mode(False),  # enable_grad alone does not lift an enclosing inference mode
-        torch.enable_grad(),
+        own_numerics(H.device, grad=True),
         one_thread_if_small(H.device),
     ):
         Z, target = (H - mean) / std, lam / scale

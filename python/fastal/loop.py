@@ -53,7 +53,7 @@ from ._loop_state import (
     _stable_repr,
 )
 from ._loop_train import _check_trained, _loss, _nonfinite_parameters, evaluate
-from ._torch_state import forked_rng
+from ._torch_state import forked_rng, grad_on
 from ._validate import _number, check_positive_int
 
 
@@ -299,7 +299,7 @@ def fit(
     dev = _check_device(device, "device", cpu_or_cuda=True)
     model.to(dev)
     nonfinite_before = _nonfinite_parameters(model)
-    with forked_rng(dev, seed):
+    with forked_rng(dev, seed), grad_on():
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(n, generator=g)
         n_val = round(val_fraction * n) if val_fraction > 0 and val_fraction * n >= min_val else 0

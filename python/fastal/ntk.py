@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._interop import describe
+from ._torch_state import own_numerics
 from ._validate import check_bool, check_matrix, check_positive_int
 from .gradients import as_torch, from_torch
 
@@ -367,7 +368,7 @@ def ntk_features_jacobian(
     True
     """
     import torch
-    from torch.func import functional_call, jacrev, vmap
+    from torch.func import functional_call
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -421,27 +422,8 @@ def ntk_features_jacobian(
     held = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
     model.eval()
     try:
-        with torch.no_grad():
-            try:
-                probe = model(inputs[:1])
-            except (RuntimeError, TypeError) as err:
-                if inputs.is_floating_point():  # e.g. a feature count the first layer does not take
-                    raise ValueError(
-                        f"the model cannot take inputs of shape {tuple(inputs.shape)}: {err}"
-                    ) from err
-                raise TypeError(
-                    f"inputs has dtype {inputs.dtype}, which the model cannot take ({err}); "
-                    "floating inputs are cast to the model's dtype, other dtypes passed as they are"
-                ) from err
-        if not isinstance(probe, torch.Tensor) or probe.ndim != 2:
-            shape = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
-            raise ValueError(f"model must return logits of shape (batch, C), got {shape}")
-        rows = []
-        for s in range(0, inputs.shape[0], chunk):
-            # {name: (b, C, *shape)}
-            jac = vmap(jacrev(out), in_dims=(None, 0))(wrt, inputs[s : s + chunk])
-            flat = torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2)
-            rows.append(flat.reshape(flat.shape[0], -1))  # class-major: [∂z_1/∂θ, ..., ∂z_C/∂θ]
+        with own_numerics(inputs.device):  # a caller's autocast mixed bfloat16 into jacrev
+            rows = _jacobian_rows(model, out, wrt, inputs, chunk)
     finally:
         for m, training in modes:
             m.training = training  # per module, not recursive: mixed modes come back as they were
@@ -455,6 +437,36 @@ def ntk_features_jacobian(
             "are not finite at these inputs"
         )
     return J
+
+
+def _jacobian_rows(model: Any, out: Any, wrt: dict, inputs: Any, chunk: int) -> list:
+    """:func:`ntk_features_jacobian`'s rows, ``chunk`` inputs at a time, after one probe of the
+    model's output (the model in eval mode, its tensors swapped by ``out``)."""
+    import torch
+    from torch.func import jacrev, vmap
+
+    with torch.no_grad():
+        try:
+            probe = model(inputs[:1])
+        except (RuntimeError, TypeError) as err:
+            if inputs.is_floating_point():  # e.g. a feature count the first layer does not take
+                raise ValueError(
+                    f"the model cannot take inputs of shape {tuple(inputs.shape)}: {err}"
+                ) from err
+            raise TypeError(
+                f"inputs has dtype {inputs.dtype}, which the model cannot take ({err}); "
+                "floating inputs are cast to the model's dtype, other dtypes passed as they are"
+            ) from err
+    if not isinstance(probe, torch.Tensor) or probe.ndim != 2:
+        shape = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise ValueError(f"model must return logits of shape (batch, C), got {shape}")
+    rows = []
+    for s in range(0, inputs.shape[0], chunk):
+        # {name: (b, C, *shape)}
+        jac = vmap(jacrev(out), in_dims=(None, 0))(wrt, inputs[s : s + chunk])
+        flat = torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2)
+        rows.append(flat.reshape(flat.shape[0], -1))  # class-major: [∂z_1/∂θ, ..., ∂z_C/∂θ]
+    return rows
 
 
 def _jacobian_inputs(model: Any, inputs: Any) -> Any:

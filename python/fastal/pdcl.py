@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._torch_state import forked_rng
+from ._torch_state import forked_rng, grad_on
 from ._validate import _number, check_positive_int
 
 #: The paper's constant constraint levels (§5.2: cross-entropy 0.2; §5.3: MSE 0.1).
@@ -427,7 +427,7 @@ class PrimalDualTrainer:
         model.to(dev)
         X, y = as_model_dtype(model, X).to(dev), y.to(dev)
         y = checked_training_labels(model, X, y, task, seed)
-        with forked_rng(dev, seed):
+        with forked_rng(dev, seed), grad_on():
             if isinstance(self.eps, str):  # "auto" (numpy compares an eps array elementwise)
                 shadow = copy.deepcopy(model)
                 self._train(shadow, X, y, task, seed, None)
