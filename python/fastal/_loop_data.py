@@ -172,7 +172,8 @@ def checked_training_labels(model: Any, X: Any, y: Any, task: str, seed: int) ->
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if any(p.is_inference() for p in model.parameters()):  # torch's error came at the first step
+    lazy = torch.nn.parameter.is_lazy  # an unset lazy parameter cannot be asked anything
+    if any(not lazy(p) and p.is_inference() for p in model.parameters()):  # was: at step 1
         raise ValueError(
             "model has parameters created under torch.inference_mode() (inference tensors), which "
             "no optimizer can update: build the model outside inference mode"
