@@ -461,3 +461,14 @@ def test_a_callers_autocast_does_not_reach_the_dual_head():
         got = strategies.ALLY().select(pool, 10, np.arange(20), seed=0)
     assert_array_equal(got.indices, want.indices)
     assert got.diagnostics["predicted_dual_max"] == want.diagnostics["predicted_dual_max"]
+
+
+def test_predicted_dual_diagnostics_are_the_predictions_not_the_tie_break():
+    """With every λ 0 the picks are random members of the clusters; the diagnostics reported the
+    mean and max of those random draws (0.53, 0.997) as the head's predictions."""
+    X = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
+    with pytest.warns(UserWarning, match="every dual variable is 0"):
+        d = strategies.ALLY().select({"features": X, "duals": np.zeros(10)}, 5, np.arange(10),
+                                     seed=0).diagnostics  # fmt: skip
+    assert d["random_within_clusters"]
+    assert (d["predicted_dual_mean"], d["predicted_dual_max"]) == (0.0, 0.0)

@@ -219,7 +219,9 @@ def fit_dual_head(
     duals : tensor or array (m,)
         Their dual variables λ* >= 0.
     hidden, layers : int, default 128 and 5
-        Width and number of hidden layers (§5.1: 5 hidden layers; the width is not given there).
+        Width and number of hidden layers (§5.1: 5 hidden layers; the width is not given there),
+        both >= 1 (:func:`dual_head` also builds a bare linear head, ``layers=0``, which this
+        training does not take).
     steps, lr, batch_size, weight_decay : default 500, 1e-3, 64 and 0
         Adam schedule (``batch_size >= 2``: batch norm).
     seed : int

@@ -50,7 +50,8 @@ class ALLY(Strategy):
         paper's ε: 0.2 for cross-entropy, 0.1 for MSE).
     head_hidden, head_layers, head_steps, head_lr : int, int, int, float, default 128, 5, 500, 1e-3
         The dual regression head (§5.1: 5 hidden layers, ReLU, batch norm; non-negative output):
-        width, hidden layers, Adam steps and learning rate (:func:`fastal.ally.fit_dual_head`).
+        width, hidden layers, Adam steps and learning rate (:func:`fastal.ally.fit_dual_head`;
+        the integers >= 1).
     kmeans_iter : int, default 100
         Lloyd iterations.
     kmeans_minibatch : int, optional
@@ -202,6 +203,9 @@ class ALLY(Strategy):
                 max_dual=float(duals.max()),
             )
 
+        # the predictions, before a tie among them all is broken at random
+        predicted = {"predicted_dual_mean": float(scores.mean()) if scores.size else 0.0,
+                     "predicted_dual_max": float(scores.max()) if scores.size else 0.0}  # fmt: skip
         if scores.size and bool(np.all(scores == scores[0])):
             # no dual information (every λ = 0 when ε is above every labeled loss): the paper's
             # method then "performs similarly to random sampling" (§5.4), so a seeded random
@@ -223,8 +227,7 @@ class ALLY(Strategy):
         picks = rest[pick_per_cluster(clusters, scores, budget)]
         diagnostics.update(
             n_clusters=k, clusters=clusters, kmeans_inertia=km.inertia, kmeans_iter=km.n_iter,
-            kmeans_distance_share=km.distance_share,
-            predicted_dual_mean=float(scores.mean()), predicted_dual_max=float(scores.max()),
+            kmeans_distance_share=km.distance_share, **predicted,
         )  # fmt: skip
         return Selection(_interop.to_framework(picks, info), diagnostics)
 

@@ -95,7 +95,8 @@ class BilevelCoreset(Strategy):
         Data augmentation of the kernel-input rows (torch tensors of the pool's row shape, e.g.
         ``(B, channels, time)``: the kernel flattens them afterwards) for the inner minibatches;
         their features are recomputed through the Nyström map for every minibatch.
-    inner_iters, batch_size, lr : Adam settings (paper: 1000 steps of batch 64).
+    inner_iters, batch_size, lr : int, int, float, default 1000, 64 and 1e-2
+        Adam settings (paper: 1000 steps of batch 64; its learning rate is not given).
     rcond : float in [0, 1), optional
         Relative eigenvalue cutoff of the Nyström map (:class:`fastal.bilevel.Nystrom`): the
         eigenvalues at or below ``rcond · λ_max`` are dropped, so ``rcond >= 1`` would drop all.

@@ -61,9 +61,9 @@ class CRC(Strategy):
 
     Parameters
     ----------
-    group_size : int
-        G. The paper uses G = Q (Tables 3–4), G = 20 (SVHN) and G = Q / 10 (CIFAR; App. B.1,
-        Tables 2, 5–6); Table 1 varies G from 2 to 100.
+    group_size : int, default 20
+        G (the budget must be a multiple of it). The paper uses G = Q (Tables 3–4), G = 20
+        (SVHN) and G = Q / 10 (CIFAR; App. B.1, Tables 2, 5–6); Table 1 varies G from 2 to 100.
     max_groups : int, optional
         Score at most this many random groups (all full groups by default).
     balanced : bool, default False

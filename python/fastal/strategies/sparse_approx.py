@@ -47,7 +47,7 @@ class SparseApprox(Strategy):
 
     Parameters
     ----------
-    solver : {"iht", "greedy"}
+    solver : {"iht", "greedy"}, default "iht"
     alpha, beta : float, optional
         Override the ``setting``'s values. By default, a row of the paper's tables per form and
         solver: non-Bayesian IHT α = 1e-8, β = 1e-4 (Table 5, MNIST) and greedy α = 1e-2, β = 0.1
@@ -75,7 +75,7 @@ class SparseApprox(Strategy):
         Greedy step size τ (not given in the paper).
     bias : bool, default False
         Include the bias gradient in the non-Bayesian embedding.
-    temperature : "auto", float or None
+    temperature : "auto", float or None, default "auto"
         Non-Bayesian label distribution ``P = softmax(logits / T)``, or ``P = softmax(log p / T)``
         for a ``"probs"`` pool (the same distribution for any logits of ``p``; ``p_jy = 0`` gives
         ``P_jy = 0``). ``"auto"`` fits ``T`` by NLL on ``pool["labeled_logits"]`` and
