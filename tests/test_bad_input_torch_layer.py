@@ -471,3 +471,24 @@ def test_an_inputs_and_labels_pair_is_not_a_pool_of_two_rows(pair):
     with pytest.raises(TypeError, match=r"^data looks like an \(inputs, labels\) pair"):
         ft.pool_size(pair([x.numpy(), y.numpy()]))
     assert ft.pool_size(pair([x[0], x[1]])) == 2  # two rows of one shape are a pool
+
+
+class HeadRegisteredFirst(nn.Module):
+    """The head registered before the body: the last nn.Linear registered is the body's."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls = nn.Linear(8, C)
+        self.body = nn.Sequential(nn.Linear(D_IN, 8), nn.ReLU())
+
+    def forward(self, x):
+        return self.cls(self.body(x))
+
+
+def test_a_default_feature_layer_that_is_not_the_head_is_warned_about():
+    """Its input (here the raw inputs) became the features, silently."""
+    with pytest.warns(UserWarning, match=r"the last nn.Linear registered \('body.0', 8 outputs\)"):
+        out = pool_pass(model=HeadRegisteredFirst())
+    assert out["features"].shape == (N, D_IN)  # what the warning is about
+    out = pool_pass(model=HeadRegisteredFirst(), feature_layer="cls")  # the way out: no warning
+    assert out["features"].shape == (N, 8)

@@ -544,3 +544,14 @@ def test_float_1d_labels_message_names_the_numpy_dtype():
     P = np.full((4, 3), 1 / 3, np.float32)
     with pytest.raises(TypeError, match=r"classes, got dtype float64 \(a label distribution"):
         fastal.gradient_embedding(P, np.ones((4, 2), np.float32), labels=np.zeros(4))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_dense_of_no_rows_is_an_empty_matrix(bias):
+    """reshape(0, -1) cannot infer the width: dense([]) raised torch's RuntimeError."""
+    emb = fastal.GradientEmbedding(np.ones((3, 2)), np.ones((3, 4)))
+    if bias:
+        emb = fastal.gradient_embedding(np.full((3, 2), 0.5), np.ones((3, 4)), bias=True)
+    width = 2 * (5 if bias else 4)
+    assert emb.dense([]).shape == (0, width)
+    assert emb.subset([]).dense().shape == (0, width)

@@ -350,7 +350,8 @@ class GradientEmbedding:
             else (self._a[self._rows(rows)], self._h[self._rows(rows)])
         )
         h = _with_ones(h) if self._bias else h
-        return from_torch((a[:, :, None] * h[:, None, :]).reshape(a.shape[0], -1), self._info)
+        width = a.shape[1] * h.shape[1]  # not -1: no rows (rows=[]) left it undetermined
+        return from_torch((a[:, :, None] * h[:, None, :]).reshape(a.shape[0], width), self._info)
 
     def iter_dense(self, chunk_rows: int = 4096) -> Iterator[tuple[int, Any]]:
         """Yield ``(start, block)`` with ``block`` the dense rows ``start : start + chunk_rows``.

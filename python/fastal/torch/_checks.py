@@ -268,6 +268,21 @@ def _warn_if_probabilities(z: torch.Tensor) -> None:
         )
 
 
+def _warn_if_not_the_head(model: nn.Module, layer: nn.Module, z: torch.Tensor) -> None:
+    """The default feature layer is the last ``nn.Linear`` in registration order, which need not
+    be the head (a head registered before the body, an ``F.linear`` head): its input was then some
+    other activation, silently. Where its width is not the outputs', say so (first batch)."""
+    width = z.shape[1] if z.ndim == 2 else 1
+    if layer.out_features != width:
+        name = next((n for n, m in model.named_modules() if m is layer), type(layer).__name__)
+        warn_user(
+            f"the default feature layer, the last nn.Linear registered ({name!r}, "
+            f"{layer.out_features} outputs), does not give the model's {width} outputs: it may "
+            "not be the head, and the features would be its input; pass feature_layer= (the "
+            "head) or embed_fn=",
+        )
+
+
 def _check_amp(amp: Any) -> torch.dtype | None:
     """The autocast dtype ``amp`` asks for (None: off), checked whatever the device."""
     if isinstance(amp, (bool, np.bool_)):

@@ -62,6 +62,7 @@ from ._checks import (
     _labeled_duals,
     _model_device,
     _model_dtype,
+    _warn_if_not_the_head,
     _warn_if_probabilities,
 )
 
@@ -262,9 +263,12 @@ def pool_outputs(
         Default: the last ``nn.Linear`` in ``model.modules()`` order. It must see the whole
         batch (one row per input row; not a chunked forward or ``nn.DataParallel`` replicas).
         The hook is on during the deterministic (eval) pass only; when that pass needs nothing
-        after the layer (no ``"logits"``, ``"probs"`` or ``"outputs"``) it stops there. The
-        Monte-Carlo passes run the whole model without the hook, so any combination of
-        ``needs`` works.
+        after the layer (no ``"logits"``, ``"probs"`` or ``"outputs"``) it stops there, at the
+        layer's first call; otherwise a layer that runs more than once in one forward
+        (test-time augmentation, a reused layer) is refused. With outputs asked, a default layer
+        whose width is not the outputs' (not the head: registered before the body, an
+        ``F.linear`` head) draws a warning. The Monte-Carlo passes run the whole model without
+        the hook, so any combination of ``needs`` works.
     batch_fn : callable, optional
         Turns one batch of ``data`` into the model's input: a Dataset's or DataLoader's batch as
         it is collated, a tensor's or array's slice of ``batch_size`` rows as a tensor (already
@@ -418,6 +422,8 @@ def pool_outputs(
                             z = _check_output(z, task, rows)
                             if writer.pos == 0 and task == "classification":
                                 _warn_if_probabilities(z)
+                            if writer.pos == 0 and hook_layer is not None and feature_layer is None:
+                                _warn_if_not_the_head(model, hook_layer, z)
                             for key in head:
                                 result[key] = (
                                     torch.softmax(z.float(), dim=1) if key == "probs" else z
