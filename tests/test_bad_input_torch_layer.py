@@ -492,3 +492,26 @@ def test_a_default_feature_layer_that_is_not_the_head_is_warned_about():
     assert out["features"].shape == (N, D_IN)  # what the warning is about
     out = pool_pass(model=HeadRegisteredFirst(), feature_layer="cls")  # the way out: no warning
     assert out["features"].shape == (N, 8)
+
+
+def test_feature_layer_with_embed_fn_or_unused_is_still_checked():
+    """feature_layer was ignored beside embed_fn, and not checked when features were not asked:
+    a typo'd name passed."""
+    with pytest.raises(ValueError, match="pass feature_layer= or embed_fn=, not both"):
+        pool_pass(feature_layer="2", embed_fn=lambda m, x: x)
+    with pytest.raises(ValueError, match="feature_layer 'nope' is not a submodule"):
+        pool_pass(needs=("probs",), feature_layer="nope")
+
+
+def test_a_feature_layer_that_never_runs_is_named():
+    class TrainOnlyProjector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = mlp()
+            self.projector = nn.Linear(C, 4)  # the last Linear registered; used in training only
+
+        def forward(self, x):
+            return self.body(x)
+
+    with pytest.raises(RuntimeError, match=r"Linear 'projector' did not run"):
+        pool_pass(model=TrainOnlyProjector(), needs=("features",))

@@ -306,7 +306,9 @@ def _naming_rows(writer: _Writer) -> Iterator[_CurrentBatch]:
         if hasattr(e, "add_note"):  # Python 3.11+
             e.add_note(f"(fastal: in the batch of data starting at row {writer.pos})")
             x = current.inputs
-            if isinstance(x, torch.Tensor) and not (x.is_floating_point() or x.is_complex()):
+            about_dtypes = "dtype" in str(e) or "scalar type" in str(e)  # not a shape error
+            integer = isinstance(x, torch.Tensor) and not (x.is_floating_point() or x.is_complex())
+            if integer and about_dtypes:
                 e.add_note(
                     f"(fastal: the inputs are {x.dtype}: integer inputs reach the model as they "
                     "are, token ids for an nn.Embedding; cast features to float)"

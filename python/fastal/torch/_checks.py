@@ -218,12 +218,18 @@ def _feature_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module
     return linears[-1]
 
 
-def _captured_features(captured: list, layer: nn.Module, rows: int) -> torch.Tensor:
+def _captured_features(
+    captured: list, layer: nn.Module, rows: int, model: nn.Module
+) -> torch.Tensor:
     """The feature layer's input for the whole batch: a layer that saw part of it (a chunked
     forward, ``nn.DataParallel`` replicas sharing the hook) would give rows of mixed widths."""
     if not captured:
-        name = type(layer).__name__
-        raise RuntimeError(f"the feature layer {name} did not run in the forward pass")
+        name = next((n for n, m in model.named_modules() if m is layer), "")
+        raise RuntimeError(
+            f"the feature layer {type(layer).__name__} {name!r} did not run in the forward pass "
+            "(the default is the last nn.Linear registered: one used only in training, or "
+            "attention's out_proj, never runs as a module); pass feature_layer= or embed_fn="
+        )
     x = captured[0]
     if x.ndim == 0 or x.shape[0] != rows:
         raise RuntimeError(

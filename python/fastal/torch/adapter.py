@@ -327,9 +327,16 @@ def pool_outputs(
                 f"model ({f'its {len(dropouts)} have p = 0' if dropouts else 'it has none'}): "
                 "without one every Monte-Carlo pass is the same"
             )
+        if feature_layer is not None and embed_fn is not None:
+            raise ValueError(
+                "pass feature_layer= or embed_fn=, not both: the features are embed_fn's, and "
+                "feature_layer would be ignored"
+            )
         hook_layer = None
         if "features" in needs and embed_fn is None:
             hook_layer = _feature_layer(model, feature_layer)
+        elif feature_layer is not None:  # checked though unused: a typo'd name passed silently
+            _feature_layer(model, feature_layer)
         head = tuple(k for k in needs if k in ("logits", "probs", "outputs"))
         only_features = "features" in needs and not head
 
@@ -417,7 +424,9 @@ def pool_outputs(
                                 except _StopForward:
                                     z = None
                         if hook_layer is not None:
-                            result["features"] = _captured_features(captured, hook_layer, rows)
+                            result["features"] = _captured_features(
+                                captured, hook_layer, rows, model
+                            )
                         if head:
                             z = _check_output(z, task, rows)
                             if writer.pos == 0 and task == "classification":
