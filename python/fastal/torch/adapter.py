@@ -257,7 +257,7 @@ def pool_outputs(
     embed_fn : callable, optional
         ``embed_fn(model, x) -> (B, ...)`` features, a tensor with one row per input row (rows are
         flattened to ``(B, d)``); by default a forward pre-hook records the input of
-        ``feature_layer``.
+        ``feature_layer``. Not together with ``feature_layer``.
     feature_layer : nn.Module or str, optional
         The layer whose input are the features (a module or a name for ``model.get_submodule``).
         Default: the last ``nn.Linear`` in ``model.modules()`` order. It must see the whole
