@@ -875,3 +875,42 @@ def test_resume_names_another_task(tmp_path):
     loop.run(POOL, TEST, checkpoint=state, **kwargs)
     with pytest.raises(ValueError, match="has task = 'classification', this one 'regression'"):
         loop.run(POOL, TEST, resume=state, task="regression", **kwargs)
+
+
+def test_select_options_may_name_the_needs():
+    """needs is select's own keyword (the README asks for Bayesian SparseApprox with it): the
+    early check of select_options refused it."""
+    res = loop.run(POOL, TEST, model_fn=model_fn, strategy="sparse_approx", initial=10, budget=5,
+                   rounds=1, train_fn=train, seed=0,
+                   select_options={"needs": ("mc_probs",), "mc_samples": 3})  # fmt: skip
+    assert len(res.labeled) == 15
+
+
+@pytest.mark.parametrize(("dtype", "want"), [
+    (np.float64, torch.float32),  # numpy float64: the default dtype, as documented
+    (np.float32, torch.float32),
+    (np.uint8, torch.float32),  # pixels
+    (np.bool_, torch.float32),
+    (np.int16, torch.int16),  # token ids
+    (np.int64, torch.int64),
+])  # fmt: skip
+def test_pool_inputs_keep_token_ids_and_cast_the_rest(dtype, want):
+    X = np.zeros((3, 2), dtype)
+    assert _Data((X, np.array([0, 1, 0])), "pool", "classification").X.dtype == want
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_fit_takes_a_head_that_squeezes_its_output(task):
+    """The one-row probe of 5a1bf6b refused .squeeze() heads (one row squeezed is no row)."""
+
+    class Squeezed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 3 if task == "classification" else 1)
+
+        def forward(self, x):
+            return self.head(x).squeeze()
+
+    X = torch.from_numpy(POOL[0][:20])
+    y = torch.from_numpy(POOL[1][:20]) if task == "classification" else X[:, 0]
+    loop.fit(Squeezed(), TensorDataset(X, y), task=task, max_steps=2)

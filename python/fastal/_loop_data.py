@@ -35,11 +35,10 @@ class _Data:
         if isinstance(data, (tuple, list)) and len(data) == 2:
             X, y = data
             self.label_name = f"{name}[1]"
-            # floating inputs in the default dtype; integer ones (token ids) as they are, as
-            # fit and the adapter take them (as floats an nn.Embedding refused them, and ids
-            # past 2^24 collided)
-            X = _as_tensor(X, f"{name}[0]", floating=False)
-            self.X = _as_tensor(X, f"{name}[0]", floating=X.is_floating_point())
+            # integers of 16 bits or more (token ids) as they are, as fit and the adapter take
+            # them (as floats an nn.Embedding refused them, ids past 2^24 collided); bool and
+            # 8-bit pixels, and numpy float64, in the default float dtype as before
+            self.X = _as_tensor(X, f"{name}[0]", floating=not _token_ids(X))
             self.y = _as_tensor(y, self.label_name, floating=task == "regression")
             if self.X.shape[0] != self.y.shape[0]:
                 raise ValueError(
@@ -181,22 +180,25 @@ def checked_training_labels(model: Any, X: Any, y: Any, task: str, seed: int) ->
     _refuse_nonfinite(X, "dataset", "inputs")
     if task == "classification" and y.ndim != 1:
         raise ValueError(f"dataset labels must be 1-D class indices, got shape {tuple(y.shape)}")
-    # one row through a copy (lazy modules stay unset): a model returning a tuple or a dict is
-    # told so here, not by the loss
+    # two rows through a copy (lazy modules stay unset; two, as a .squeeze() head makes one row
+    # no row): a model returning a tuple or a dict is told so here, not by the loss
     device = _param_device(model)
+    rows = min(2, int(X.shape[0]))
     with torch.no_grad(), forked_rng(device, seed):
         probe = copy.deepcopy(model).eval()  # eval: batch norm cannot train on one row
         try:
-            out = probe(as_model_dtype(model, X[:1]).to(device))
+            out = probe(as_model_dtype(model, X[:rows]).to(device))
         except (RuntimeError, TypeError) as err:
-            if X.is_floating_point():
+            if X.is_floating_point() or not ("dtype" in str(err) or "scalar type" in str(err)):
                 raise
             raise TypeError(
                 f"the model cannot take the dataset's integer inputs ({X.dtype}: {err}); integer "
                 "inputs (token ids for an nn.Embedding) are passed as they are: cast features to "
                 "float"
             ) from err
-        out = _check_output(out, task, 1)
+        # the shape where there are two rows (one row squeezed is no row); else the type alone
+        if rows == 2 or not isinstance(out, torch.Tensor):
+            out = _check_output(out, task, rows)
     if task != "classification":
         _refuse_nonfinite(y, "dataset", "regression targets")
         return y
@@ -222,6 +224,17 @@ def _refuse_nonfinite(t: Any, name: str, what: str, rows: Any = None) -> None:
         raise ValueError(
             f"{name} holds NaN or Inf {what} in {int(bad.sum())} row(s), first at row {row}"
         )
+
+
+def _token_ids(a: Any) -> bool:
+    """Integer inputs of 16 bits or more (token ids: kept integer), not bool or 8-bit pixels."""
+    if isinstance(a, np.ndarray):
+        return a.dtype.kind in "iu" and a.dtype.itemsize >= 2
+    import torch
+
+    if not isinstance(a, torch.Tensor) or a.is_floating_point() or a.is_complex():
+        return False
+    return a.dtype != torch.bool and a.element_size() >= 2
 
 
 def _as_tensor(a: Any, name: str, *, floating: bool) -> Any:

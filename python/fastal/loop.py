@@ -372,9 +372,10 @@ def run(
     ----------
     pool, test : (inputs, labels) or Dataset
         ``(X, y)`` numpy arrays or torch tensors (floating numpy inputs become the default torch
-        dtype; integer inputs, e.g. token ids, stay integer), or a map-style Dataset of
-        ``(x, y)``. Classification labels are class indices in
-        ``[0, C)``, ``C`` the number of logits the model returns: integer (or bool) labels, or
+        dtype, as do bool and 8-bit integers (pixels); integers of 16 bits or more, e.g. token
+        ids, stay integer), or a map-style Dataset of ``(x, y)``. Classification labels are
+        class indices in ``[0, C)``, ``C`` the number of logits the model returns: integer (or
+        bool) labels, or
         floating ones only when every value is a whole number (``1.0``, never ``0.5``: those
         raise rather than being truncated). They are checked (``ValueError`` naming ``pool[1]``
         or ``test[1]``) before the first training; a Dataset's labels as they are read (the
@@ -502,7 +503,7 @@ def run(
     # before round 0's training, which select would only follow with these errors
     from .torch.adapter import _SELECT_OPTIONS, _check_counts
 
-    unknown = sorted(set(options) - _SELECT_OPTIONS)
+    unknown = sorted(set(options) - _SELECT_OPTIONS - {"needs"})  # needs: select's own keyword
     if unknown:
         raise TypeError(
             f"select_options has unknown option(s) {', '.join(map(repr, unknown))}: options are "
