@@ -372,3 +372,17 @@ def test_fit_temperature_reads_the_logits_in_row_chunks(monkeypatch):
     z[490, y[490]] = -np.inf
     with pytest.raises(ValueError, match="-inf at the target class of row 490"):
         fastal.fit_temperature(z, y)
+
+
+def test_fit_temperature_takes_a_last_chunk_one_row_longer(monkeypatch):
+    """_row_chunks joins a one-row tail to the chunk before: the float64 buffer sized to the
+    first chunk was resized by torch.sub(out=...), with a warning (an error under -W error)."""
+    from fastal import gradients
+
+    monkeypatch.setattr(gradients, "_CHUNK_VALUES", 70)  # 10 rows of 7: 31 rows = 3 chunks + 1
+    rng = np.random.default_rng(5)
+    z, y = rng.normal(size=(31, 7)), rng.integers(0, 7, 31)
+    assert max(e - s for s, e in gradients._row_chunks(31, 7)) == 11
+    T = fastal.fit_temperature(z, y)
+    monkeypatch.setattr(gradients, "_CHUNK_VALUES", 1 << 20)
+    assert pytest.approx(fastal.fit_temperature(z, y), rel=1e-6) == T

@@ -264,7 +264,8 @@ def _fit_temperature(
         # a row's NLL is logsumexp((z - z_y) / T): a shared offset of the row (logits near 1e15)
         # cancels before the division (it moved T by 1 % after it)
 
-        buf = torch.empty((chunks[0][1] - chunks[0][0], C), dtype=torch.float64, device=z.device)
+        largest = max(e - s for s, e in chunks)  # the last chunk may hold one row more
+        buf = torch.empty((largest, C), dtype=torch.float64, device=z.device)
 
         def nll(log_t: float) -> float:
             t = float(np.exp(log_t))
