@@ -487,7 +487,8 @@ class HeadRegisteredFirst(nn.Module):
 
 def test_a_default_feature_layer_that_is_not_the_head_is_warned_about():
     """Its input (here the raw inputs) became the features, silently."""
-    with pytest.warns(UserWarning, match=r"the last nn.Linear registered \('body.0', 8 outputs\)"):
+    with pytest.warns(UserWarning, match=r"registered \('body.0'\), is not the last one the "
+                      r"forward pass runs \('cls'\)"):  # fmt: skip
         out = pool_pass(model=HeadRegisteredFirst())
     assert out["features"].shape == (N, D_IN)  # what the warning is about
     out = pool_pass(model=HeadRegisteredFirst(), feature_layer="cls")  # the way out: no warning
@@ -515,3 +516,37 @@ def test_a_feature_layer_that_never_runs_is_named():
 
     with pytest.raises(RuntimeError, match=r"Linear 'projector' did not run"):
         pool_pass(model=TrainOnlyProjector(), needs=("features",))
+
+
+class SingleLogitBinary(nn.Module):
+    """fastal's own advice for a BCE model: [0, z] as logits; the head has 1 output."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(D_IN, 8), nn.ReLU())
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        z = self.head(self.body(x))
+        return torch.cat([torch.zeros_like(z), z], 1)
+
+
+class ReshapedRegression(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(D_IN, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    def forward(self, x):
+        return self.body(x).view(-1, 2, 2)
+
+
+@pytest.mark.parametrize(("model", "needs", "task"), [
+    (SingleLogitBinary, ("features", "probs"), "classification"),
+    (ReshapedRegression, ("features", "outputs"), "regression"),
+])  # fmt: skip
+def test_heads_whose_width_differs_from_the_outputs_draw_no_warning(model, needs, task):
+    """A width test warned about these (1 output against 2; a reshaped multi-output head): the
+    test is now whether another nn.Linear runs after the default layer (pytest errors on any
+    warning)."""
+    out = pool_pass(model=model(), needs=needs, task=task)
+    assert out["features"].shape == (N, 8)

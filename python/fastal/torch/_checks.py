@@ -10,9 +10,10 @@ of :mod:`fastal.torch.adapter` call them (and :mod:`fastal.loop` / :mod:`fastal.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -274,19 +275,32 @@ def _warn_if_probabilities(z: torch.Tensor) -> None:
         )
 
 
-def _warn_if_not_the_head(model: nn.Module, layer: nn.Module, z: torch.Tensor) -> None:
-    """The default feature layer is the last ``nn.Linear`` in registration order, which need not
-    be the head (a head registered before the body, an ``F.linear`` head): its input was then some
-    other activation, silently. Where its width is not the outputs', say so (first batch)."""
-    width = z.shape[1] if z.ndim == 2 else 1
-    if layer.out_features != width:
-        name = next((n for n, m in model.named_modules() if m is layer), type(layer).__name__)
-        warn_user(
-            f"the default feature layer, the last nn.Linear registered ({name!r}, "
-            f"{layer.out_features} outputs), does not give the model's {width} outputs: it may "
-            "not be the head, and the features would be its input; pass feature_layer= (the "
-            "head) or embed_fn=",
-        )
+@contextlib.contextmanager
+def _linear_calls(model: nn.Module, watch: bool) -> Iterator[list]:
+    """The ``nn.Linear`` modules of ``model`` in the order a forward pass calls them (``watch``;
+    else an empty list and no hooks)."""
+    calls: list = []
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)] if watch else []
+    handles = [m.register_forward_hook(lambda mod, *_: calls.append(mod)) for m in linears]
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _warn_if_not_the_head(model: nn.Module, layer: nn.Module, calls: list) -> None:
+    """The default feature layer is the last ``nn.Linear`` registered, which need not be the head
+    (one registered before the body): its input was then some other activation, silently. Where
+    another ``nn.Linear`` runs after it in the forward pass, say so (first batch)."""
+    if not calls or calls[-1] is layer:
+        return
+    names = {m: n for n, m in model.named_modules()}
+    warn_user(
+        f"the default feature layer, the last nn.Linear registered ({names.get(layer)!r}), is not "
+        f"the last one the forward pass runs ({names.get(calls[-1])!r}): it may not be the head, "
+        "and the features would be its input; pass feature_layer= (the head) or embed_fn=",
+    )
 
 
 def _check_amp(amp: Any) -> torch.dtype | None:

@@ -60,6 +60,7 @@ from ._checks import (
     _classes_of,
     _feature_layer,
     _labeled_duals,
+    _linear_calls,
     _model_device,
     _model_dtype,
     _warn_if_not_the_head,
@@ -266,9 +267,9 @@ def pool_outputs(
         after the layer (no ``"logits"``, ``"probs"`` or ``"outputs"``) it stops there, at the
         layer's first call; otherwise a layer that runs more than once in one forward
         (test-time augmentation, a reused layer) is refused. With outputs asked, a default layer
-        whose width is not the outputs' (not the head: registered before the body, an
-        ``F.linear`` head) draws a warning. The Monte-Carlo passes run the whole model without
-        the hook, so any combination of ``needs`` works.
+        that is not the last ``nn.Linear`` the forward pass runs (a head registered before the
+        body) draws a warning. The Monte-Carlo passes run the whole model without the hook, so
+        any combination of ``needs`` works.
     batch_fn : callable, optional
         Turns one batch of ``data`` into the model's input: a Dataset's or DataLoader's batch as
         it is collated, a tensor's or array's slice of ``batch_size`` rows as a tensor (already
@@ -337,6 +338,7 @@ def pool_outputs(
             hook_layer = _feature_layer(model, feature_layer)
         elif feature_layer is not None:  # checked though unused: a typo'd name passed silently
             _feature_layer(model, feature_layer)
+        default_layer = hook_layer is not None and feature_layer is None
         head = tuple(k for k in needs if k in ("logits", "probs", "outputs"))
         only_features = "features" in needs and not head
 
@@ -417,12 +419,16 @@ def pool_outputs(
                             if embed_fn is not None:
                                 result["features"] = _check_embedding(embed_fn(model, x), rows)
                             z = None
+                            # the first full pass watches which nn.Linear runs last (the head)
+                            watch = writer.pos == 0 and bool(head) and default_layer
                             if head or hook_layer is not None:
                                 try:
-                                    with feature_hook():
+                                    with feature_hook(), _linear_calls(model, watch) as calls:
                                         z = _call(model, x)
                                 except _StopForward:
                                     z = None
+                                if watch:
+                                    _warn_if_not_the_head(model, hook_layer, calls)
                         if hook_layer is not None:
                             result["features"] = _captured_features(
                                 captured, hook_layer, rows, model
@@ -431,8 +437,6 @@ def pool_outputs(
                             z = _check_output(z, task, rows)
                             if writer.pos == 0 and task == "classification":
                                 _warn_if_probabilities(z)
-                            if writer.pos == 0 and hook_layer is not None and feature_layer is None:
-                                _warn_if_not_the_head(model, hook_layer, z)
                             for key in head:
                                 result[key] = (
                                     torch.softmax(z.float(), dim=1) if key == "probs" else z
