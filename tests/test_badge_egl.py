@@ -821,3 +821,10 @@ def test_kmeans_sampling_checks_its_options_when_built(option, value):
     not never, as with budget 0)."""
     with pytest.raises(ValueError, match=f"^{option} must be"):
         strategies.KMeansSampling(**{option: value})
+
+
+def test_kmeans_sampling_max_iter_none_is_kmeans_default():
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    want = strategies.KMeansSampling().select(X, 3, seed=0).indices
+    got = strategies.KMeansSampling(max_iter=None).select(X, 3, seed=0).indices
+    assert len(got) == len(want) == 3

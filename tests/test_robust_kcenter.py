@@ -428,7 +428,10 @@ def test_budget_zero_reports_the_greedy_radius_without_outliers():
     assert res.greedy_radius == 10.0  # δ₂OPT: no outliers, as for budget >= 1
 
 
-@pytest.mark.parametrize(("fraction", "count"), [(0.29, 29), (0.57, 57), (0.58, 58), (0.005, 0)])
+@pytest.mark.parametrize(("fraction", "count"), [
+    (0.29, 29), (0.57, 57), (0.58, 58), (0.005, 0),
+    (0.99999999999, 99),  # below 1: a point is left (the rounding above made it 100)
+])  # fmt: skip
 def test_fractional_outliers_are_not_lost_to_rounding(fraction, count):
     X = np.arange(101, dtype=np.float64)[:, None]
     res = robust_kcenter(X, 1, labeled=[0], outliers=fraction)  # 100 unlabeled points

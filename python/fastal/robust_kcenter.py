@@ -390,8 +390,10 @@ def _outlier_count(outliers: Any, n: int, n_unlabeled: int) -> int:
             f"outliers as a float is a fraction in [0, 1) of the unlabeled points, got {frac}; "
             "pass an int for a count"
         )
-    # 0.29 * 100 is 28.999999999999996 in floating point: the user meant 29
-    return int(np.floor(round(frac * n_unlabeled, 9)))
+    # 0.29 * 100 is 28.999999999999996 in floating point: the user meant 29; and a fraction
+    # below 1 leaves a point, however close to 1 it is (0.99999999999 of 10 rounded up to 10)
+    count = int(np.floor(round(frac * n_unlabeled, 9)))
+    return min(count, n_unlabeled - 1) if frac * n_unlabeled < n_unlabeled else count
 
 
 def _host_float64(X: Any, info: _interop.ArrayInfo) -> np.ndarray:

@@ -60,7 +60,8 @@ class KMeansSampling(Strategy):
         prune: bool = True,
         progress: bool = False,
     ) -> None:
-        check_max_iter(max_iter)  # here, not at the first select (as CoreSet's options)
+        if max_iter is not None:  # None: kmeans' own default
+            check_max_iter(max_iter)  # here, not at the first select (as CoreSet's options)
         check_minibatch(minibatch)
         self.max_iter = max_iter
         self.minibatch = minibatch
