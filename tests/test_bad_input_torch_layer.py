@@ -550,3 +550,9 @@ def test_heads_whose_width_differs_from_the_outputs_draw_no_warning(model, needs
     warning)."""
     out = pool_pass(model=model(), needs=needs, task=task)
     assert out["features"].shape == (N, 8)
+
+
+def test_two_ragged_rows_are_a_pool_not_a_pair():
+    """Two clips of shape (1, T_i): the (X, y) check is for a 1-D label vector only."""
+    rows = [torch.zeros(1, 5), torch.zeros(1, 7)]
+    assert ft.pool_size(rows) == 2

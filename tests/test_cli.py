@@ -775,3 +775,19 @@ def test_random_baseline_radius_is_taken_on_the_rounded_pool(tmp_path, capsys, d
     centres = rounded[np.r_[[0, 1], rand]]
     d = np.sqrt(((rounded[:, None, :] - centres[None]) ** 2).sum(-1)).min(1)
     assert got == pytest.approx(float(d.max()), rel=2e-5)
+
+
+def test_dtype_overflow_is_found_beside_masked_classes(tmp_path):
+    """-inf logits (masked classes) made the largest magnitude inf, which skipped the overflow
+    check: -7e4 became a float16 -inf, a masked class, silently."""
+    z = np.random.default_rng(0).normal(size=(30, 3))
+    z[:, 2] = -np.inf
+    z[5, 0] = -7e4
+    np.save(tmp_path / "l.npy", z)
+    argv = ["select", "--strategy", "entropy", "--logits", str(tmp_path / "l.npy"),
+            "--budget", "3", "--dtype", "float16"]  # fmt: skip
+    with pytest.raises(SystemExit, match="--dtype float16 overflows --logits"):
+        cli.main(argv)
+    z[5, 0] = -7.0
+    np.save(tmp_path / "l.npy", z)
+    assert cli.main(argv) == 0

@@ -192,6 +192,10 @@ def _check_fits(a: np.ndarray, dtype: str, option: str) -> None:
     # (np.abs of a float64 pool was as large as the pool, np.isnan a bool copy)
     hi, lo = float(np.fmax.reduce(a, axis=None)), float(np.fmin.reduce(a, axis=None))
     largest = 0.0 if math.isnan(hi) else max(hi, -lo)
+    if math.isinf(largest):  # -inf logits (masked classes) are taken: judge the finite values
+        finite = np.where(np.isfinite(a), a, np.nan)  # a copy, only where a file holds an inf
+        hi, lo = float(np.fmax.reduce(finite, axis=None)), float(np.fmin.reduce(finite, axis=None))
+        largest = 0.0 if math.isnan(hi) else max(hi, -lo)
     if np.isfinite(largest) and largest > limit:
         raise SystemExit(
             f"fastal: --dtype {dtype} overflows {option}: it holds values up to {largest:.4g}, "

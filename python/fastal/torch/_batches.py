@@ -46,12 +46,13 @@ def _refuse_non_pools(data: Any) -> None:
 
 
 def _inputs_and_labels(data: Any) -> bool:
-    """A 2-sequence of arrays with as many rows each but rows of other shapes: ``(X, y)``."""
+    """A 2-sequence of a batch of inputs and a 1-D label vector as long: ``(X, y)`` (two rows of
+    a pool would have one shape; ragged rows, e.g. two (1, T_i) clips, have no 1-D second)."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         return False
     x, y = data
     arrays = (torch.Tensor, np.ndarray)
-    if not (isinstance(x, arrays) and isinstance(y, arrays)) or x.ndim < 2 or y.ndim < 1:
+    if not (isinstance(x, arrays) and isinstance(y, arrays)) or x.ndim < 2 or y.ndim != 1:
         return False
     return x.shape[0] == y.shape[0] and x.shape[1:] != y.shape[1:]
 
