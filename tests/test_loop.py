@@ -914,3 +914,21 @@ def test_fit_takes_a_head_that_squeezes_its_output(task):
     X = torch.from_numpy(POOL[0][:20])
     y = torch.from_numpy(POOL[1][:20]) if task == "classification" else X[:, 0]
     loop.fit(Squeezed(), TensorDataset(X, y), task=task, max_steps=2)
+
+
+def test_fit_trains_a_regression_model_that_cannot_be_copied():
+    """The probe of the model's outputs runs on a copy; for regression, which needs no class
+    count, a model that cannot be copied (it holds a lock) trains without it, as before."""
+    import threading
+
+    class HoldsALock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 1)
+            self.lock = threading.Lock()
+
+        def forward(self, x):
+            return self.head(x)
+
+    X = torch.from_numpy(POOL[0][:20])
+    loop.fit(HoldsALock(), TensorDataset(X, X[:, :1]), task="regression", max_steps=2)

@@ -184,21 +184,29 @@ def checked_training_labels(model: Any, X: Any, y: Any, task: str, seed: int) ->
     # no row): a model returning a tuple or a dict is told so here, not by the loss
     device = _param_device(model)
     rows = min(2, int(X.shape[0]))
-    with torch.no_grad(), forked_rng(device, seed):
-        probe = copy.deepcopy(model).eval()  # eval: batch norm cannot train on one row
-        try:
-            out = probe(as_model_dtype(model, X[:rows]).to(device))
-        except (RuntimeError, TypeError) as err:
-            if X.is_floating_point() or not ("dtype" in str(err) or "scalar type" in str(err)):
-                raise
-            raise TypeError(
-                f"the model cannot take the dataset's integer inputs ({X.dtype}: {err}); integer "
-                "inputs (token ids for an nn.Embedding) are passed as they are: cast features to "
-                "float"
-            ) from err
-        # the shape where there are two rows (one row squeezed is no row); else the type alone
-        if rows == 2 or not isinstance(out, torch.Tensor):
-            out = _check_output(out, task, rows)
+    try:
+        probe = copy.deepcopy(model).eval()  # eval: no batch-norm statistics moved, no dropout
+    except Exception:
+        if task == "classification":  # its labels need the number of classes
+            raise
+        probe = None  # a model that cannot be copied: no probe for regression, as before
+    out = None
+    if probe is not None:
+        with torch.no_grad(), forked_rng(device, seed):
+            try:
+                out = probe(as_model_dtype(model, X[:rows]).to(device))
+            except (RuntimeError, TypeError) as err:
+                about_dtypes = "dtype" in str(err) or "scalar type" in str(err)
+                if X.is_floating_point() or not about_dtypes:
+                    raise
+                raise TypeError(
+                    f"the model cannot take the dataset's integer inputs ({X.dtype}: {err}); "
+                    "integer inputs (token ids for an nn.Embedding) are passed as they are: cast "
+                    "features to float"
+                ) from err
+            # the shape where there are two rows (one row squeezed is no row); else the type alone
+            if rows == 2 or not isinstance(out, torch.Tensor):
+                out = _check_output(out, task, rows)
     if task != "classification":
         _refuse_nonfinite(y, "dataset", "regression targets")
         return y
