@@ -555,3 +555,28 @@ def test_dense_of_no_rows_is_an_empty_matrix(bias):
     width = 2 * (5 if bias else 4)
     assert emb.dense([]).shape == (0, width)
     assert emb.subset([]).dense().shape == (0, width)
+
+
+@pytest.mark.parametrize("call", ["kcenter", "min_distance", "kmeans_pp"])
+def test_factors_whose_squares_underflow_are_refused(call):
+    """A ~ 1e-24 beside features ~ 1e14 in float32: |g| ~ 1e-10 is fine but |A|² underflows to 0,
+    and the factored kernels, which read |A|², |H|² and their dot products, gave every distance
+    0 and the lowest indices as picks, silently. In float64 the picks are the reference's."""
+    rng = np.random.default_rng(0)
+    A = (rng.normal(size=(8, 3)) * 1e-24).astype(np.float32)
+    H = (rng.normal(size=(8, 5)) * 1e14).astype(np.float32)
+    emb = fastal.GradientEmbedding(A, H)
+    run = {
+        "kcenter": lambda e: fastal.kcenter_greedy(e, 4, labeled=[0]),
+        "min_distance": lambda e: fastal.min_distance(e, e.subset([0])),
+        "kmeans_pp": lambda e: fastal.kmeans_pp(e, 4, seed=0),
+    }[call]
+    with pytest.raises(ValueError, match="too unbalanced for float32"):
+        run(emb)
+    wide = fastal.GradientEmbedding(A.astype(np.float64), H.astype(np.float64))
+    if call == "kcenter":
+        dense = wide.dense()
+        want = fastal.kcenter_greedy(dense, 4, labeled=[0])
+        np.testing.assert_array_equal(run(wide), want)
+    else:
+        run(wide)

@@ -118,7 +118,7 @@ def kcenter_cuda_factored(
     """
     cuda = _ext.require_cuda(name)
     pool = _Factored(emb, name, cuda)
-    check_spread(embedding_spread(emb), pool.dtype, name, cuda=True)
+    check_spread(embedding_spread(emb, name), pool.dtype, name, cuda=True)
     n, C, dh, tinfo = pool.n, pool.C, pool.dh, pool.tinfo
     dev, stream = pool.device, pool.stream
     mind = _interop.empty(tinfo, (n,), "float32")

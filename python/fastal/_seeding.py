@@ -106,7 +106,7 @@ def _kmeans_pp(
 
         with _interop.device_scope(info, "X"):
             if isinstance(X, GradientEmbedding):
-                check_spread(embedding_spread(X), info.dtype, name, cuda=True)
+                check_spread(embedding_spread(X, name), info.dtype, name, cuda=True)
             else:
                 check_spread_torch(as_torch(X, info), info.dtype, name)
             return kmeans_pp_cuda(X, k, lab, first_pick, uniform, progress)

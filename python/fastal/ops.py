@@ -56,13 +56,26 @@ def check_spread(spread: float, dtype: str, name: str, *, cuda: bool = False) ->
         )
 
 
-def embedding_spread(emb: GradientEmbedding) -> float:
+def embedding_spread(emb: GradientEmbedding, name: str = "X") -> float:
     """What :func:`check_spread` judges for a GradientEmbedding: a bound ``2 max_i |g_i|_∞`` on
-    how far its rows differ, or inf (no pass) while its largest ``|g_i|²`` is clear of underflow."""
+    how far its rows differ, or inf (no pass) while its largest ``|g_i|²`` is clear of underflow.
+
+    Raises a ValueError naming ``name`` where one factor's squares underflow while the gradients
+    do not (``A ~ 1e-24`` beside features ``~ 1e14`` in float32): the kernels work from
+    ``|A_i|²``, ``|H_i|²`` and their dot products, so every distance read 0, silently."""
     acc = _ACC[emb.dtype]
     if float(emb._peaks[2]) >= 2.0 ** (2 * _MIN_SPREAD_LOG2[acc]):
         return float("inf")
-    return 2.0 * emb._largest_entry()
+    spread = 2.0 * emb._largest_entry()
+    a_max, h_max = (float(v) for v in emb._peaks[:2].cpu())
+    smallest_normal = float(np.finfo(acc).tiny)
+    if spread >= 2.0 ** _MIN_SPREAD_LOG2[acc] and min(a_max, h_max) < smallest_normal:
+        raise ValueError(
+            f"the factors of {name} are too unbalanced for {acc}: the squares of the smaller "
+            "one underflow while the gradients do not; pass float64 probabilities and features"
+            + ("" if acc == "float64" else " (float64 factors)")
+        )
+    return spread
 
 
 def spread_torch(xt: Any, dtype: str) -> float:
@@ -119,7 +132,7 @@ def cpu_pool(X: Any, info: ArrayInfo, name: str = "X", spreads: list | None = No
             X._sqnorm.numpy(),
             X._bias,
         )
-        spread = embedding_spread(X)
+        spread = embedding_spread(X, name)
     else:
         pool = (_interop.host_storage(X, info),)
         spread = _check_finite_cpu(pool[0], info, name)
@@ -207,7 +220,7 @@ def min_distance(X: Any, Y: Any) -> tuple[Any, Any]:
             gap = float((xt[0].to(torch.float64) - yt[0].to(torch.float64)).abs().max())
             spread = max(spread_torch(xt, info.dtype), spread_torch(yt, info.dtype), gap)
         else:
-            spread = max(embedding_spread(X), embedding_spread(Y))
+            spread = max(embedding_spread(X, "X"), embedding_spread(Y, "Y"))
         check_spread(spread, info.dtype, "X and Y", cuda=True)
         dist, index = _min_distance_cuda(X, info, Y, yinfo, factored)
 
