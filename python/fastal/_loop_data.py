@@ -167,7 +167,7 @@ def checked_training_labels(model: Any, X: Any, y: Any, task: str, seed: int) ->
 
     import torch
 
-    from .torch._checks import _check_output
+    from .torch._checks import INTEGER_INPUTS_HINT, _check_output, _integer_dtype_error
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -196,13 +196,11 @@ def checked_training_labels(model: Any, X: Any, y: Any, task: str, seed: int) ->
             try:
                 out = probe(as_model_dtype(model, X[:rows]).to(device))
             except (RuntimeError, TypeError) as err:
-                about_dtypes = "dtype" in str(err) or "scalar type" in str(err)
-                if X.is_floating_point() or not about_dtypes:
+                if not _integer_dtype_error(X, err):
                     raise
                 raise TypeError(
                     f"the model cannot take the dataset's integer inputs ({X.dtype}: {err}); "
-                    "integer inputs (token ids for an nn.Embedding) are passed as they are: cast "
-                    "features to float"
+                    f"{INTEGER_INPUTS_HINT}"
                 ) from err
             # the shape where there are two rows (one row squeezed is no row); else the type alone
             if rows == 2 or not isinstance(out, torch.Tensor):

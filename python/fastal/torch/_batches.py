@@ -22,6 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset,
 
 from .. import _interop
 from .._torch_state import forked_rng
+from ._checks import INTEGER_INPUTS_HINT, _integer_dtype_error
 
 
 def _refuse_non_pools(data: Any) -> None:
@@ -307,13 +308,8 @@ def _naming_rows(writer: _Writer) -> Iterator[_CurrentBatch]:
         if hasattr(e, "add_note"):  # Python 3.11+
             e.add_note(f"(fastal: in the batch of data starting at row {writer.pos})")
             x = current.inputs
-            about_dtypes = "dtype" in str(e) or "scalar type" in str(e)  # not a shape error
-            integer = isinstance(x, torch.Tensor) and not (x.is_floating_point() or x.is_complex())
-            if integer and about_dtypes:
-                e.add_note(
-                    f"(fastal: the inputs are {x.dtype}: integer inputs reach the model as they "
-                    "are, token ids for an nn.Embedding; cast features to float)"
-                )
+            if _integer_dtype_error(x, e):
+                e.add_note(f"(fastal: the inputs are {x.dtype}: {INTEGER_INPUTS_HINT})")
         raise
 
 

@@ -225,7 +225,7 @@ def _captured_features(
     """The feature layer's input for the whole batch: a layer that saw part of it (a chunked
     forward, ``nn.DataParallel`` replicas sharing the hook) would give rows of mixed widths."""
     if not captured:
-        name = next((n for n, m in model.named_modules() if m is layer), "")
+        name = _module_name(model, layer)
         raise RuntimeError(
             f"the feature layer {type(layer).__name__} {name!r} did not run in the forward pass "
             "(the default is the last nn.Linear registered: one used only in training, or "
@@ -275,6 +275,24 @@ def _warn_if_probabilities(z: torch.Tensor) -> None:
         )
 
 
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    """``module``'s name in ``model`` ('' where it is not one of its modules)."""
+    return next((n for n, m in model.named_modules() if m is module), "")
+
+
+#: What an error of the model on integer inputs gets told (they are passed as they are).
+INTEGER_INPUTS_HINT = (
+    "integer inputs reach the model as they are (token ids for an nn.Embedding): cast features "
+    "to float"
+)
+
+
+def _integer_dtype_error(x: Any, err: BaseException) -> bool:
+    """Whether ``err`` is the model's dtype error on integer inputs ``x`` (not a shape error)."""
+    integer = isinstance(x, torch.Tensor) and not (x.is_floating_point() or x.is_complex())
+    return integer and ("dtype" in str(err) or "scalar type" in str(err))
+
+
 @contextlib.contextmanager
 def _linear_calls(model: nn.Module, watch: bool) -> Iterator[list]:
     """The ``nn.Linear`` modules of ``model`` in the order a forward pass calls them (``watch``;
@@ -295,10 +313,10 @@ def _warn_if_not_the_head(model: nn.Module, layer: nn.Module, calls: list) -> No
     another ``nn.Linear`` runs after it in the forward pass, say so (first batch)."""
     if not calls or calls[-1] is layer:
         return
-    names = {m: n for n, m in model.named_modules()}
     warn_user(
-        f"the default feature layer, the last nn.Linear registered ({names.get(layer)!r}), is not "
-        f"the last one the forward pass runs ({names.get(calls[-1])!r}): it may not be the head, "
+        f"the default feature layer, the last nn.Linear registered "
+        f"({_module_name(model, layer)!r}), is not the last one the forward pass runs "
+        f"({_module_name(model, calls[-1])!r}): it may not be the head, "
         "and the features would be its input; pass feature_layer= (the head) or embed_fn=",
     )
 
