@@ -556,3 +556,30 @@ def test_two_ragged_rows_are_a_pool_not_a_pair():
     """Two clips of shape (1, T_i): the (X, y) check is for a 1-D label vector only."""
     rows = [torch.zeros(1, 5), torch.zeros(1, 7)]
     assert ft.pool_size(rows) == 2
+
+
+class TiedHead(nn.Module):
+    """The head is F.linear on the embedding's weight (tied): the last nn.Linear is the body's."""
+
+    def __init__(self, product):
+        super().__init__()
+        self.embed = nn.Parameter(torch.randn(C, 8))
+        self.body = nn.Sequential(nn.Linear(D_IN, 8), nn.ReLU())
+        self.product = product
+
+    def forward(self, x):
+        return self.product(self.body(x), self.embed)
+
+
+@pytest.mark.parametrize(("product", "name"), [
+    (lambda h, w: nn.functional.linear(h, w), "linear"),
+    (lambda h, w: h @ w.T, "matmul"),
+    (lambda h, w: torch.einsum("nd,cd->nc", h, w), "einsum"),
+])  # fmt: skip
+def test_a_default_feature_layer_before_a_functional_head_is_warned_about(product, name):
+    with pytest.warns(UserWarning, match=r"registered \('body.0'\), is followed by a product "
+                      rf"outside an nn.Linear \({name}\)"):  # fmt: skip
+        out = pool_pass(model=TiedHead(product))
+    assert out["features"].shape == (N, D_IN)  # the raw inputs: what the warning is about
+    out = pool_pass(model=TiedHead(product), embed_fn=lambda m, x: m.body(x))  # no warning
+    assert out["features"].shape == (N, 8)

@@ -293,31 +293,71 @@ def _integer_dtype_error(x: Any, err: BaseException) -> bool:
     return integer and ("dtype" in str(err) or "scalar type" in str(err))
 
 
+#: Products that make a head without an ``nn.Linear`` (F.linear on a tied weight, a cosine head).
+_LINEAR_OPS = frozenset(
+    ["linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm", "addmm", "bmm",
+     "baddbmm", "einsum", "tensordot", "mv", "addmv"]
+)  # fmt: skip
+
+
+class _LinearCalls(list):
+    """The ``nn.Linear`` modules in the order a forward pass calls them, and the linear products
+    (``F.linear``, ``@``, ...) that ran outside them after ``layer`` was the last one to run."""
+
+    def __init__(self, layer: nn.Module | None) -> None:
+        super().__init__()
+        self.layer = layer
+        self.products_after: list[str] = []
+
+
+class _ProductsAfter(torch.overrides.TorchFunctionMode):
+    def __init__(self, calls: _LinearCalls) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        calls = self.calls
+        if name in _LINEAR_OPS and calls and calls[-1] is calls.layer:
+            calls.products_after.append(name)
+        return func(*args, **(kwargs or {}))
+
+
 @contextlib.contextmanager
-def _linear_calls(model: nn.Module, watch: bool) -> Iterator[list]:
+def _linear_calls(model: nn.Module, watch: bool, layer: nn.Module | None) -> Iterator[list]:
     """The ``nn.Linear`` modules of ``model`` in the order a forward pass calls them (``watch``;
-    else an empty list and no hooks)."""
-    calls: list = []
+    else an empty list and no hooks), and the linear products after ``layer``'s call."""
+    calls = _LinearCalls(layer)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)] if watch else []
     handles = [m.register_forward_hook(lambda mod, *_: calls.append(mod)) for m in linears]
+    # not under torch.compile: a function mode there would recompile the model for one batch
+    products = watch and not hasattr(model, "_orig_mod")
     try:
-        yield calls
+        with _ProductsAfter(calls) if products else contextlib.nullcontext():
+            yield calls
     finally:
         for h in handles:
             h.remove()
 
 
-def _warn_if_not_the_head(model: nn.Module, layer: nn.Module, calls: list) -> None:
+def _warn_if_not_the_head(model: nn.Module, layer: nn.Module, calls: _LinearCalls) -> None:
     """The default feature layer is the last ``nn.Linear`` registered, which need not be the head
-    (one registered before the body): its input was then some other activation, silently. Where
-    another ``nn.Linear`` runs after it in the forward pass, say so (first batch)."""
-    if not calls or calls[-1] is layer:
+    (one registered before the body, or a head that is a function: ``F.linear`` on a tied weight,
+    a cosine head): its input was then some other activation, silently. Where another
+    ``nn.Linear`` or a linear product runs after it in the forward pass, say so (first batch)."""
+    if not calls:
+        return
+    name = _module_name(model, layer)
+    if calls[-1] is not layer:
+        after = f"is not the last one the forward pass runs ({_module_name(model, calls[-1])!r})"
+    elif calls.products_after:
+        after = f"is followed by a product outside an nn.Linear ({calls.products_after[0]})"
+    else:
         return
     warn_user(
-        f"the default feature layer, the last nn.Linear registered "
-        f"({_module_name(model, layer)!r}), is not the last one the forward pass runs "
-        f"({_module_name(model, calls[-1])!r}): it may not be the head, "
-        "and the features would be its input; pass feature_layer= (the head) or embed_fn=",
+        f"the default feature layer, the last nn.Linear registered ({name!r}), {after}: it may "
+        "not be the head, and the features would be its input; pass feature_layer= (the head) "
+        "or embed_fn=",
     )
 
 

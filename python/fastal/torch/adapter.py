@@ -268,7 +268,8 @@ def pool_outputs(
         layer's first call; otherwise a layer that runs more than once in one forward
         (test-time augmentation, a reused layer) is refused. With outputs asked, a default layer
         that is not the last ``nn.Linear`` the forward pass runs (a head registered before the
-        body) draws a warning. The Monte-Carlo passes run the whole model without the hook, so
+        body), or that is followed by a linear product outside an ``nn.Linear`` (a head that is
+        ``F.linear`` on a tied weight, a cosine head), draws a warning. The Monte-Carlo passes run the whole model without the hook, so
         any combination of ``needs`` works.
     batch_fn : callable, optional
         Turns one batch of ``data`` into the model's input: a Dataset's or DataLoader's batch as
@@ -423,7 +424,10 @@ def pool_outputs(
                             watch = writer.pos == 0 and bool(head) and default_layer
                             if head or hook_layer is not None:
                                 try:
-                                    with feature_hook(), _linear_calls(model, watch) as calls:
+                                    with (
+                                        feature_hook(),
+                                        _linear_calls(model, watch, hook_layer) as calls,
+                                    ):
                                         z = _call(model, x)
                                 except _StopForward:
                                     z = None
