@@ -269,8 +269,8 @@ def pool_outputs(
         (test-time augmentation, a reused layer) is refused. With outputs asked, a default layer
         that is not the last ``nn.Linear`` the forward pass runs (a head registered before the
         body), or that is followed by a linear product outside an ``nn.Linear`` (a head that is
-        ``F.linear`` on a tied weight, a cosine head), draws a warning. The Monte-Carlo passes run the whole model without the hook, so
-        any combination of ``needs`` works.
+        ``F.linear`` on a tied weight, a cosine head), draws a warning. The Monte-Carlo passes
+        run the whole model without the hook, so any combination of ``needs`` works.
     batch_fn : callable, optional
         Turns one batch of ``data`` into the model's input: a Dataset's or DataLoader's batch as
         it is collated, a tensor's or array's slice of ``batch_size`` rows as a tensor (already
