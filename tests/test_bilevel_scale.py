@@ -15,7 +15,7 @@ from numpy.testing import assert_array_equal
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-import fastal.gradients
+import fastal._torch_arrays
 from fastal import _memory
 from fastal import bilevel as bl
 from fastal.bilevel import _common, greedy
@@ -78,9 +78,9 @@ def pool_of(n, d, C, key, seed=0, dtype=np.float32):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Row chunks of 2¹⁴ elements, so that pools of a few MB span many of them (bilevel's own
-    chunks, and fastal.gradients' that its finiteness checks use)."""
+    chunks, and fastal._torch_arrays' that its finiteness checks use)."""
     monkeypatch.setattr(_common, "_CHUNK_ELEMS", 1 << 14)
-    monkeypatch.setattr(fastal.gradients, "_CHUNK_VALUES", 1 << 14)
+    monkeypatch.setattr(fastal._torch_arrays, "_CHUNK_VALUES", 1 << 14)
 
 
 # ---------------------------------------------------------------------------------------------

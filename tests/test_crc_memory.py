@@ -33,8 +33,8 @@ TINY = [1, 20]  # values per block: one row per block, and a few rows
 
 
 def _before_ntk_features(features, n_classes, *, bias=True):
+    from fastal._torch_arrays import as_torch, from_torch
     from fastal._validate import check_matrix
-    from fastal.gradients import as_torch, from_torch
 
     info = check_matrix(features, "features")
     h = as_torch(features, info)

@@ -52,7 +52,7 @@ def test_cupy_array_with_negative_strides_is_copied_before_dlpack():
         cupy.cuda = types.SimpleNamespace(Device=Device)
         sys.modules["cupy"] = cupy
         from fastal import _interop
-        from fastal.gradients import as_torch
+        from fastal._torch_arrays import as_torch
         X = np.arange(12.0, dtype=np.float32).reshape(4, 3)[::-1, ::-1]
         info = _interop.ArrayInfo("cupy", "cuda", 0, "float32", X.shape)
         assert (as_torch(ndarray(X), info).numpy() == X).all()

@@ -1,7 +1,8 @@
-"""The elementwise passes of :mod:`fastal.gradients` run in row chunks sized in values, not rows
-(scale review, finding 8): 32768-row chunks made temporaries proportional to the width (1.1 GB of
-``isfinite`` temporaries at d = 4096). Each chunk now holds about ``_CHUNK_VALUES`` values (at
-least one row), and the chunked results equal those of one block bit for bit.
+"""The elementwise passes of :mod:`fastal.gradients` and :mod:`fastal._torch_arrays` run in row
+chunks sized in values, not rows (scale review, finding 8): 32768-row chunks made temporaries
+proportional to the width (1.1 GB of ``isfinite`` temporaries at d = 4096). Each chunk now holds
+about ``_CHUNK_VALUES`` values (at least one row), and the chunked results equal those of one
+block bit for bit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 import fastal
 
 grad = sys.modules["fastal.gradients"]
-BOUND = getattr(grad, "_CHUNK_VALUES", 1 << 20)  # values per chunk (8 MiB widened to float64)
+arrays = sys.modules["fastal._torch_arrays"]
+BOUND = arrays._CHUNK_VALUES  # values per chunk (8 MiB widened to float64)
 
 
 @pytest.fixture
@@ -70,13 +72,13 @@ def test_chunked_results_equal_one_block(monkeypatch, values):
     logits = rng.normal(size=(n, C)).astype(np.float32) * 3
     feats = rng.normal(size=(n, d)).astype(np.float32)
     feats[5] = np.inf  # found by the chunked finiteness test, whichever chunk holds it
-    monkeypatch.setattr(grad, "_CHUNK_VALUES", 1 << 40)
+    monkeypatch.setattr(arrays, "_CHUNK_VALUES", 1 << 40)
     with pytest.raises(ValueError, match="features contains NaN or Inf"):
         fastal.gradient_embedding(logits, feats, kind="logits")
     feats[5] = 1.0
     one = fastal.gradient_embedding(logits, feats, kind="logits", bias=True)
     ref = (one.A.copy(), one.H.copy(), one.sqnorm.copy(), one._largest_entry())
-    monkeypatch.setattr(grad, "_CHUNK_VALUES", values)
+    monkeypatch.setattr(arrays, "_CHUNK_VALUES", values)
     bad = feats.copy()
     bad[5] = np.inf
     with pytest.raises(ValueError, match="features contains NaN or Inf"):
@@ -93,8 +95,8 @@ def test_chunked_results_equal_one_block(monkeypatch, values):
 
 @pytest.mark.parametrize(("n", "width"), [(1, 10**7), (2, 10**7), (5, 1), (10, 3), (1000, 4096)])
 def test_row_chunks_cover_the_rows_once(monkeypatch, n, width):
-    monkeypatch.setattr(grad, "_CHUNK_VALUES", 1 << 14)
-    chunks = grad._row_chunks(n, width)
+    monkeypatch.setattr(arrays, "_CHUNK_VALUES", 1 << 14)
+    chunks = arrays.row_chunks(n, width)
     assert chunks[0][0] == 0
     assert chunks[-1][1] == n
     assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))

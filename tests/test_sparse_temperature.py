@@ -354,15 +354,15 @@ def test_fit_temperature_reads_the_logits_in_row_chunks(monkeypatch):
     """No whole float64 copy (two lived through the search: 7x float32 logits at its peak):
     float64 row chunks; tiny chunks give the same T up to the summation order, and a NaN or a
     -inf target in a late chunk is still found."""
-    from fastal import gradients
+    from fastal import _torch_arrays
 
     rng = np.random.default_rng(4)
     z = (rng.normal(size=(500, 7)) * 3).astype(np.float32)
     y = rng.integers(0, 7, 500)
     z[np.arange(500), y] += 2
     whole = fastal.fit_temperature(z, y)
-    monkeypatch.setattr(gradients, "_CHUNK_VALUES", 64)
-    assert len(gradients._row_chunks(500, 7)) > 50
+    monkeypatch.setattr(_torch_arrays, "_CHUNK_VALUES", 64)
+    assert len(_torch_arrays.row_chunks(500, 7)) > 50
     # near its minimum the NLL is flat: a summation order moves T by up to ~sqrt(eps)
     assert fastal.fit_temperature(z, y) == pytest.approx(whole, rel=1e-6)
     z[480, 3] = np.nan
@@ -377,12 +377,12 @@ def test_fit_temperature_reads_the_logits_in_row_chunks(monkeypatch):
 def test_fit_temperature_takes_a_last_chunk_one_row_longer(monkeypatch):
     """_row_chunks joins a one-row tail to the chunk before: the float64 buffer sized to the
     first chunk was resized by torch.sub(out=...), with a warning (an error under -W error)."""
-    from fastal import gradients
+    from fastal import _torch_arrays
 
-    monkeypatch.setattr(gradients, "_CHUNK_VALUES", 70)  # 10 rows of 7: 31 rows = 3 chunks + 1
+    monkeypatch.setattr(_torch_arrays, "_CHUNK_VALUES", 70)  # 10 rows of 7: 31 rows = 3 chunks + 1
     rng = np.random.default_rng(5)
     z, y = rng.normal(size=(31, 7)), rng.integers(0, 7, 31)
-    assert max(e - s for s, e in gradients._row_chunks(31, 7)) == 11
+    assert max(e - s for s, e in _torch_arrays.row_chunks(31, 7)) == 11
     T = fastal.fit_temperature(z, y)
-    monkeypatch.setattr(gradients, "_CHUNK_VALUES", 1 << 20)
+    monkeypatch.setattr(_torch_arrays, "_CHUNK_VALUES", 1 << 20)
     assert pytest.approx(fastal.fit_temperature(z, y), rel=1e-6) == T

@@ -5,7 +5,7 @@ their arguments and dispatch CUDA inputs here; these functions allocate the devi
 kernels of ``fastal._cuda`` on the caller's stream and return device arrays in the caller's
 framework. A GradientEmbedding keeps its factors as torch tensors whatever the input framework, so
 its kernels run on torch's current stream and the results are converted back with
-:func:`~fastal.gradients.from_torch` (zero-copy DLPack for cupy).
+:func:`~fastal._torch_arrays.from_torch` (zero-copy DLPack for cupy).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 
 from . import _ext, _interop
 from ._interop import ArrayInfo
-from .gradients import GradientEmbedding, from_torch
+from ._torch_arrays import from_torch
+from .gradients import GradientEmbedding
 from .ops import _chunks, check_spread, embedding_spread
 
 #: rows per chunk of the overflow check (bounds its float32 temporaries)

@@ -129,7 +129,7 @@ def gram_min_eig_cuda(
         import torch
 
         from ._gram_lowrank_torch import gram_min_eig_lowrank_torch
-        from .gradients import as_torch, from_torch
+        from ._torch_arrays import as_torch, from_torch
 
         # torch works on the caller's stream: its current one, or cupy's current one
         on_stream = (

@@ -15,8 +15,9 @@ import numpy as np
 
 from . import _ext, _interop, _lloyd
 from ._lloyd import _overflow
+from ._torch_arrays import as_torch
 from ._validate import check_budget, check_indices, check_matrix, make_rng
-from .gradients import GradientEmbedding, as_torch
+from .gradients import GradientEmbedding
 from .ops import (
     _ACC,
     _chunks,

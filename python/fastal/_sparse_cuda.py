@@ -16,7 +16,7 @@ from typing import Any
 
 from . import _ext, _interop
 from ._interop import ArrayInfo
-from .gradients import as_torch, from_torch
+from ._torch_arrays import as_torch, from_torch
 
 # The kernel's implementation (tests and benchmarks): 0 the launch sequence (csrc/cuda/topb.cu),
 # 1 one cooperative kernel and a sort (topb_fused.cu), -1 the kernel's default.

@@ -17,9 +17,6 @@ temporaries of a million-row pool stay small.
 
 from __future__ import annotations
 
-import itertools
-import threading
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,86 +24,17 @@ import numpy as np
 
 from . import _interop
 from ._interop import ArrayInfo
+from ._torch_arrays import (
+    MASKED_LOGITS,
+    acc_dtype,
+    as_torch,
+    from_torch,
+    import_torch,
+    row_chunks,
+    torch_isfinite_rows,
+    torch_logit_rows_ok,
+)
 from ._validate import check_classes, check_matrix, check_same_place, host_values, prob_sum_tol
-
-#: values per row chunk of the elementwise passes (8 MiB widened to float64): their temporaries
-#: are a few chunks, whatever the width (32768-row chunks were 1.1 GB of ``isfinite``
-#: temporaries at d = 4096)
-_CHUNK_VALUES = 1 << 20
-
-
-# fastal only reads through its torch views of the caller's numpy arrays, yet torch warns about
-# every read-only one (a memory-mapped pool, a frozen array); those warnings are fastal's to drop
-warnings.filterwarnings(
-    "ignore", message="The given NumPy array is not writable", category=UserWarning,
-    module=r"fastal\b",
-)  # fmt: skip
-
-
-_READ_ONLY_LOCK = threading.Lock()
-
-
-def numpy_view(arr: np.ndarray) -> Any:
-    """``torch.from_numpy(arr)``; for a read-only array (a memory-mapped pool, a frozen array),
-    which fastal only reads, without torch's warning: the filter above does not hold where a
-    filter set after it comes first (``warnings.simplefilter("error")`` raised it, once per
-    process)."""
-    torch = _torch()
-    if arr.flags.writeable:
-        return torch.from_numpy(arr)
-    # catch_warnings swaps the process's filters: one such block at a time
-    with _READ_ONLY_LOCK, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(arr)
-
-
-def _row_chunks(n: int, width: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` of consecutive row chunks covering ``range(n)``, each of about
-    ``_CHUNK_VALUES`` values of rows ``width`` wide and at least one row. A one-row last chunk
-    joins the one before (unless n is 1): torch's CPU sum of a single row of tens of thousands of
-    values splits it between threads, so its bits could differ from the same row's in a larger
-    chunk."""
-    rows = max(1, _CHUNK_VALUES // max(int(width), 1))
-    bounds = [*range(0, n, rows), n]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:
-        del bounds[-2]
-    return list(itertools.pairwise(bounds))
-
-
-def _torch():
-    import torch
-
-    return torch
-
-
-def as_torch(x: Any, info: ArrayInfo):
-    """A torch view of a numpy / torch / cupy array (zero-copy where the framework allows)."""
-    torch = _torch()
-    if info.framework == "torch":
-        return x.detach()
-    if info.framework == "numpy":
-        return numpy_view(np.ascontiguousarray(_interop.native_order(x)))
-    import cupy
-
-    with cupy.cuda.Device(info.device_index):
-        # torch aborts the process on negative DLPack strides (cp.flip, X[::-1]): copy first
-        return torch.from_dlpack(cupy.ascontiguousarray(x))
-
-
-def from_torch(t: Any, like: ArrayInfo) -> Any:
-    """A torch result back in the framework of ``like`` (same device)."""
-    if like.framework == "torch":
-        return t
-    if like.framework == "numpy":
-        return t.numpy()
-    import cupy
-
-    return cupy.from_dlpack(t)
-
-
-def _acc_dtype(dtype: str):
-    torch = _torch()
-    return torch.float64 if dtype == "float64" else torch.float32
 
 
 class GradientEmbedding:
@@ -173,17 +101,17 @@ class GradientEmbedding:
         return self
 
     def _init(self, at: Any, ht: Any, info: ArrayInfo, bias: bool = False) -> None:
-        torch = _torch()
+        torch = import_torch()
         self._info = ArrayInfo(
             info.framework, info.device, info.device_index, info.dtype, tuple(at.shape)
         )
         # H = [_h, 1] when _bias: the kernels read the trailing 1 without it being stored
         self._a, self._h, self._bias = at, ht, bool(bias)
-        acc = _acc_dtype(info.dtype)
+        acc = acc_dtype(info.dtype)
         sq = at.new_empty(at.shape[0], dtype=acc)
         # the largest |A_i|², |H_i|² and |g_i|² (NaN when one overflowed): see _check_distances_fit
         peaks = torch.zeros(3, dtype=acc, device=at.device)
-        for s, e in _row_chunks(at.shape[0], max(at.shape[1], ht.shape[1])):
+        for s, e in row_chunks(at.shape[0], max(at.shape[1], ht.shape[1])):
             a, h = at[s:e].to(acc), ht[s:e].to(acc)
             asq, hsq = (a * a).sum(1), (h * h).sum(1) + int(self._bias)
             sq[s:e] = asq * hsq
@@ -196,9 +124,9 @@ class GradientEmbedding:
 
     def _largest_entry(self) -> float:
         """``max_i |g_i|_∞ = max_i |A_i|_∞ |H_i|_∞`` in float64 (no squares to underflow)."""
-        torch = _torch()
+        torch = import_torch()
         peak = 0.0
-        for s, e in _row_chunks(self.n, max(self._a.shape[1], self._h.shape[1])):
+        for s, e in row_chunks(self.n, max(self._a.shape[1], self._h.shape[1])):
             a = self._a[s:e].to(torch.float64).abs().amax(1)
             h = self._h[s:e].to(torch.float64).abs().amax(1)
             if self._bias:
@@ -216,12 +144,12 @@ class GradientEmbedding:
         no term overflows. The peaks come from the pass that computed ``sqnorm``: O(1) here.
         """
         if self._fits is None:
-            top = 1024 if self._sqnorm.dtype == _torch().float64 else 128
+            top = 1024 if self._sqnorm.dtype == import_torch().float64 else 128
             a_max, h_max, s_max = (float(v) for v in self._peaks.cpu())
             factor, total = 2.0 ** (top - 4), 2.0 ** (top - 3)
             self._fits = bool(a_max <= factor and h_max <= factor and s_max <= total)  # NaN: False
         if not self._fits:
-            acc = "float64" if self._sqnorm.dtype == _torch().float64 else "float32"
+            acc = "float64" if self._sqnorm.dtype == import_torch().float64 else "float32"
             hint = "" if acc == "float64" else " or pass them as float64"
             raise ValueError(
                 f"distances between rows of {name} overflow {acc}: scale the features down{hint}"
@@ -300,7 +228,7 @@ class GradientEmbedding:
     def _rows(self, rows: Any) -> Any:
         from ._validate import check_indices
 
-        torch = _torch()
+        torch = import_torch()
         idx = check_indices(rows, self.n, "rows", like=self._info, unique=False)
         return torch.from_numpy(idx).to(self._a.device)
 
@@ -396,56 +324,9 @@ def _with_ones(h: Any) -> Any:
     """``[h, 1]``: a new (n, d + 1) tensor, filled in row chunks."""
     out = h.new_empty((h.shape[0], h.shape[1] + 1))
     out[:, -1] = 1
-    for s, e in _row_chunks(h.shape[0], h.shape[1] + 1):
+    for s, e in row_chunks(h.shape[0], h.shape[1] + 1):
         out[s:e, :-1] = h[s:e]
     return out
-
-
-def torch_row_norms_if_finite(t: Any) -> Any:
-    """Row norms of a floating (n, k) tensor in float64, or None when an entry is NaN or ±Inf.
-
-    One reduction in t's own dtype (a float64 reduction of float32 data is ~20× slower in torch):
-    a NaN or ±Inf makes its row's norm non-finite. Only rows whose norm is not finite are checked
-    element by element, since a float32 norm of finite entries above ~1e19 overflows; those rows'
-    norms are then recomputed in float64.
-    """
-    torch = _torch()
-    norms = torch.linalg.vector_norm(t, dim=1).to(torch.float64)
-    over = ~torch.isfinite(norms)
-    if bool(over.any()):
-        rows = t[over]
-        if not bool(torch_isfinite_rows(rows).all()):
-            return None
-        norms[over] = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64)
-    return norms
-
-
-def torch_isfinite_rows(t: Any) -> Any:
-    """Boolean (n,) tensor: row holds only finite values (in chunks of ``_CHUNK_VALUES``)."""
-    torch = _torch()
-    out = torch.empty(t.shape[0], dtype=torch.bool, device=t.device)
-    # on the CPU numpy's isfinite is one pass; torch's is four (==, abs, !=, &): ~10x slower
-    host = t.device.type == "cpu" and t.dtype in (torch.float16, torch.float32, torch.float64)
-    for s, e in _row_chunks(t.shape[0], t.shape[1]):
-        if host:
-            out[s:e] = torch.from_numpy(np.isfinite(t[s:e].detach().resolve_neg().numpy()).all(1))
-        else:
-            out[s:e] = torch.isfinite(t[s:e]).all(1)
-    return out
-
-
-def torch_logit_rows_ok(t: Any) -> Any:
-    """Boolean (n,) tensor: a row of logits a softmax takes: no NaN or +Inf and a finite maximum
-    (-inf is a masked class, probability 0, as :func:`fastal.torch.pool_outputs` passes it)."""
-    torch = _torch()
-    out = torch.empty(t.shape[0], dtype=torch.bool, device=t.device)
-    for s, e in _row_chunks(t.shape[0], t.shape[1]):
-        out[s:e] = torch.isfinite(t[s:e].amax(1))  # amax propagates NaN
-    return out
-
-
-#: What a refusal of logits adds: -inf is taken.
-MASKED_LOGITS = "(-inf, a masked class, is taken where a row keeps a finite logit)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,7 +405,7 @@ def _gradient_embedding(
 ) -> GradientEmbedding:
     """:func:`gradient_embedding`, with the caller's name for the probabilities and its way to
     take logits in the messages (a strategy's pool key)."""
-    torch = _torch()
+    torch = import_torch()
     pinfo = check_matrix(probs_or_logits, name)
     finfo = check_matrix(features, "features")
     check_same_place(finfo, "features", pinfo, name)
@@ -540,7 +421,7 @@ def _gradient_embedding(
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
     p_in = as_torch(probs_or_logits, pinfo)
     h_in = as_torch(features, finfo)
-    acc = _acc_dtype(
+    acc = acc_dtype(
         "float64" if pinfo.dtype == "float64" and finfo.dtype == "float64" else "float32"
     )
     if kind == "probs" and not bool(torch_isfinite_rows(p_in).all()):
@@ -556,7 +437,7 @@ def _gradient_embedding(
     A = torch.empty((n, C), dtype=store, device=p_in.device)
     # H is the features themselves, the bias column implicit: no copy of the largest array
     H = h_in.contiguous()
-    for s, e in _row_chunks(n, C):  # p's temporaries are C wide; H's rows are copied as they are
+    for s, e in row_chunks(n, C):  # p's temporaries are C wide; H's rows are copied as they are
         p = p_in[s:e].to(acc)
         if not is_probs:
             p = torch.softmax(p, dim=1)
@@ -588,11 +469,11 @@ def _probabilities(
     """
     if kind == "logits":
         return False
-    torch = _torch()
+    torch = import_torch()
     storage = p.dtype if storage is None else storage
     tol = prob_sum_tol(storage)
     in_range, sums_ok = True, True
-    for s, e in _row_chunks(p.shape[0], p.shape[1]):
+    for s, e in row_chunks(p.shape[0], p.shape[1]):
         c = p[s:e].to(acc)
         lo, hi = torch.aminmax(c)  # NaN propagates: out of range, as the comparisons read it
         in_range &= bool(lo >= 0) and bool(hi <= 1)
@@ -629,7 +510,7 @@ def _target(
     labels: Any, n: int, C: int, pinfo: ArrayInfo, acc: Any, name: str = "probs_or_logits"
 ) -> Any:
     """None (hypothetical labels), an int64 tensor (n,) or a float tensor (n, C) on p's device."""
-    torch = _torch()
+    torch = import_torch()
     if labels is None:
         return None
     device = "cpu" if pinfo.device == "cpu" else f"cuda:{pinfo.device_index}"

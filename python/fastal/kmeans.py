@@ -40,8 +40,8 @@ from ._lloyd import (
 )
 from ._lloyd_fused import _BoundedLloyd, _fused_lloyd
 from ._seeding import _initial_centres, _kmeans_pp, _other_rows
+from ._torch_arrays import as_torch, from_torch, torch_isfinite_rows
 from ._validate import check_bool, check_budget, check_matrix, make_rng
-from .gradients import as_torch, from_torch, torch_isfinite_rows
 from .ops import check_spread_torch, cpu_pool
 
 

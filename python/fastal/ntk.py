@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from ._interop import describe
+from ._torch_arrays import as_torch, from_torch
 from ._torch_state import own_numerics
 from ._validate import check_bool, check_matrix, check_positive_int
-from .gradients import as_torch, from_torch
 
 # ntk_features fills its output in row blocks of about this many values, so that its temporaries
 # (a block's finiteness mask) stay small next to the (n, d + 1) output (tests make it tiny)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from . import _ext, _interop
 from ._interop import ArrayInfo
+from ._torch_arrays import as_torch
 from ._validate import (
     check_bool,
     check_budget,
@@ -24,7 +25,7 @@ from ._validate import (
     check_same_place,
     make_rng,
 )
-from .gradients import GradientEmbedding, as_torch
+from .gradients import GradientEmbedding
 
 _ACC = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
 

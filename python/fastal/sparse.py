@@ -218,8 +218,8 @@ def _fit_temperature(
     """:func:`fit_temperature` with the arguments' names for messages (the caller's names)."""
     import torch
 
+    from ._torch_arrays import as_torch, row_chunks
     from ._validate import check_matrix, host_values
-    from .gradients import _row_chunks, as_torch
 
     lname, tname = names
     info = check_matrix(logits, lname)
@@ -237,7 +237,7 @@ def _fit_temperature(
             f"{tname} must be classes in [0, {C}), got values in [{int(y.min())}, {int(y.max())}]"
         )
     y = torch.as_tensor(y.astype(np.int64), device=z.device)
-    chunks = _row_chunks(n, C)
+    chunks = row_chunks(n, C)
 
     def rows(s: int, e: int) -> Any:
         return z[s:e].to(torch.float64)

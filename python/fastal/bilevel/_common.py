@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _interop
+from .._torch_arrays import as_torch
 from .._validate import (
     prob_sum_tol,
 )
-from ..gradients import as_torch
 
 Kernel = Callable[[Any, Any], Any]
 
@@ -49,9 +49,9 @@ def _rows_per_chunk(width: int) -> int:
 
 def _all_finite(t: Any) -> bool:
     """Whether the 2-D tensor ``t`` holds no NaN / Inf, checked in row chunks
-    (:func:`fastal.gradients.torch_isfinite_rows`): ``torch.isfinite`` of a whole tensor allocates
-    |t| and two masks, 1.75 times a float32 tensor."""
-    from ..gradients import torch_isfinite_rows
+    (:func:`fastal._torch_arrays.torch_isfinite_rows`): ``torch.isfinite`` of a whole tensor
+    allocates |t| and two masks, 1.75 times a float32 tensor."""
+    from .._torch_arrays import torch_isfinite_rows
 
     return bool(torch_isfinite_rows(t).all())
 

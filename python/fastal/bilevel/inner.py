@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from .._threads import one_thread_if_small
+from .._torch_arrays import from_torch
 from .._validate import (
     _number,
     check_positive_int,
 )
-from ..gradients import from_torch
 from . import _common
 from ._common import (
     _check_probs,

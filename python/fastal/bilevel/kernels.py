@@ -10,11 +10,11 @@ import numpy as np
 
 from .._memory import refuse_unless_it_fits
 from .._threads import one_thread_if_small
+from .._torch_arrays import from_torch
 from .._validate import (
     _number,
     check_positive_int,
 )
-from ..gradients import from_torch
 from . import _common
 from ._common import (
     Kernel,

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from .._threads import one_thread_if_small
+from .._torch_arrays import from_torch
 from .._validate import (
     _number,
     check_bool,
     check_positive_int,
 )
-from ..gradients import from_torch
 from . import _common
 from ._common import (
     _rows_per_chunk,

@@ -135,9 +135,9 @@ class ALLY(Strategy):
         return self.trainer
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
+        from .._torch_arrays import as_torch
         from .._validate import check_matrix
         from ..ally import fit_dual_head, pick_per_cluster
-        from ..gradients import as_torch
         from ..kmeans import _kmeans
 
         X = pool_field(pool, "features")
@@ -248,7 +248,7 @@ def _check_rows_finite(Xt: Any, rows: np.ndarray) -> None:
     """Refuse NaN / Inf in ``features`` rows ``rows`` (pool indices), naming the first."""
     import torch
 
-    from ..gradients import torch_isfinite_rows
+    from .._torch_arrays import torch_isfinite_rows
 
     ok = torch_isfinite_rows(Xt[torch.from_numpy(rows).to(Xt.device)]).cpu().numpy()
     if not ok.all():

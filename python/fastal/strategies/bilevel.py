@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
+from .._torch_arrays import MASKED_LOGITS, as_torch
 from .._validate import (
     _number,
     check_bool,
@@ -21,7 +22,6 @@ from .._validate import (
     host_values,
     make_rng,
 )
-from ..gradients import MASKED_LOGITS, as_torch
 from .base import Selection, Strategy, register, unlabeled_rows
 
 

@@ -214,7 +214,7 @@ def _row_reader(Z: Any, info: Any) -> Any:
         return Z.take
     import torch
 
-    from ..gradients import as_torch
+    from .._torch_arrays import as_torch
 
     z = as_torch(Z, info)
 
@@ -294,8 +294,8 @@ def _ntk_pool(pool: Any, need_labels: bool, bias: bool = True) -> tuple[Any, Any
     """
     import torch
 
+    from .._torch_arrays import as_torch, from_torch, torch_isfinite_rows
     from .._validate import check_matrix, prob_sum_tol
-    from ..gradients import as_torch, from_torch, torch_isfinite_rows
     from ..ntk import ntk_features, ntk_rows
 
     probs, key = None, None

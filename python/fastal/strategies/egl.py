@@ -8,6 +8,13 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
+from .._torch_arrays import (
+    MASKED_LOGITS,
+    as_torch,
+    from_torch,
+    torch_isfinite_rows,
+    torch_logit_rows_ok,
+)
 from .._validate import (
     check_bool,
     check_budget,
@@ -16,14 +23,7 @@ from .._validate import (
     check_same_place,
     make_rng,
 )
-from ..gradients import (
-    MASKED_LOGITS,
-    _probabilities,
-    as_torch,
-    from_torch,
-    torch_isfinite_rows,
-    torch_logit_rows_ok,
-)
+from ..gradients import _probabilities
 from .base import LOGITS_KEY, Selection, Strategy, pool_field, register, unlabeled_rows
 from .uncertainty import _row_tiles, _top_rows
 

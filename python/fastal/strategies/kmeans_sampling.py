@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
+from .._torch_arrays import as_torch
 from .._validate import check_bool, check_budget, check_matrix
-from ..gradients import as_torch
 from ..kmeans import _kmeans, check_max_iter, check_minibatch
 from .base import Selection, Strategy, pool_field, register, unlabeled_rows
 

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
+from .._torch_arrays import MASKED_LOGITS, as_torch, torch_row_norms_if_finite
+from .._torch_arrays import row_chunks as _value_chunks
 from .._validate import _number, check_bool, check_budget, check_classes, check_matrix
 from .._warnings import warn_user
-from ..gradients import MASKED_LOGITS, as_torch, torch_row_norms_if_finite
-from ..gradients import _row_chunks as _value_chunks
 from ..sparse import (
     DensePhi,
     FactoredPhi,
@@ -421,8 +421,8 @@ _CHUNK_VALUES = 1 << 18
 
 def _row_norms_if_finite(h: Any, hrows: Any, acc: Any) -> Any:
     """Float64 norms of the rows ``h[hrows]`` (all rows when None) in ``acc``, or None when one is
-    not finite; gathered and widened a chunk of rows at a time (``fastal.gradients._row_chunks``),
-    so that no copy of the pool's features is made."""
+    not finite; gathered and widened a chunk of rows at a time
+    (``fastal._torch_arrays.row_chunks``), so that no copy of the pool's features is made."""
     import torch
 
     n = h.shape[0] if hrows is None else hrows.numel()

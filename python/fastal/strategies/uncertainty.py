@@ -56,13 +56,8 @@ def _probs(pool: Any) -> tuple[Any, str, Any]:
     copy of the pool (the scores are taken in tiles too, :func:`_row_scores`)."""
     import torch
 
-    from ..gradients import (
-        MASKED_LOGITS,
-        _probabilities,
-        as_torch,
-        torch_isfinite_rows,
-        torch_logit_rows_ok,
-    )
+    from .._torch_arrays import MASKED_LOGITS, as_torch, torch_isfinite_rows, torch_logit_rows_ok
+    from ..gradients import _probabilities
 
     if not isinstance(pool, Mapping):
         raise TypeError(
@@ -173,7 +168,7 @@ def _top_rows(scores: Any, rest: np.ndarray, budget: int) -> Any:
 
 def _top(scores: Any, labeled: Any, budget: int, info: Any) -> tuple[Any, Any]:
     """The ``budget`` unlabeled rows of highest score, ties to the lowest index; scores back."""
-    from ..gradients import from_torch
+    from .._torch_arrays import from_torch
 
     n = scores.shape[0]
     _, rest = unlabeled_rows(n, labeled, like=info)
@@ -427,7 +422,7 @@ class BALD(_ScoreStrategy):
         """
         import torch
 
-        from ..gradients import as_torch
+        from .._torch_arrays import as_torch
 
         if not isinstance(pool, Mapping) or "mc_probs" not in pool:
             raise ValueError("bald needs a pool mapping with 'mc_probs' of shape (T, n, C)")
