@@ -39,12 +39,19 @@ class Param:
     keyword_only: bool = False
 
 
-def stub_signatures(module: str) -> dict[str, list[Param]]:
+def _stub_functions(module: str) -> list[ast.FunctionDef]:
     tree = ast.parse((PACKAGE / f"_{module}.pyi").read_text())
+    return [fn for fn in tree.body if isinstance(fn, ast.FunctionDef)]
+
+
+def stub_returns(module: str) -> dict[str, str]:
+    """Each stub's return annotation as written (``None``, ``int``, ``tuple[int, int]``, ...)."""
+    return {fn.name: ast.unparse(fn.returns) for fn in _stub_functions(module)}
+
+
+def stub_signatures(module: str) -> dict[str, list[Param]]:
     out = {}
-    for fn in tree.body:
-        if not isinstance(fn, ast.FunctionDef):
-            continue
+    for fn in _stub_functions(module):
         a = fn.args
         positional = a.posonlyargs + a.args
         first_default = len(positional) - len(a.defaults)
@@ -85,6 +92,11 @@ def compiled_signature(fn) -> list[Param]:
     return params
 
 
+def compiled_return(fn) -> str:
+    """The return type of pybind11's first docstring line."""
+    return (fn.__doc__ or "").lstrip().splitlines()[0].rsplit(" -> ", 1)[-1]
+
+
 def _compiled_module(module: str):
     mod = getattr(fastal._ext, module)
     if mod is None:
@@ -103,6 +115,16 @@ def test_stubs_declare_the_compiled_signatures(module):
     }
     assert not mismatched, "compiled vs stub:\n" + "\n".join(
         f"{k}: {[p.name for p in c]} vs {[p.name for p in s]}" for k, (c, s) in mismatched.items()
+    )
+    # a value the callers read (a count, a flag) declared None, or the reverse
+    returns = {name: compiled_return(getattr(mod, name)) for name in stubs}
+    wrong = {
+        name: (returns[name], stub)
+        for name, stub in stub_returns(module).items()
+        if (returns[name] == "None") != (stub == "None")
+    }
+    assert not wrong, "compiled vs stub returns: " + ", ".join(
+        f"{k}: {c} vs {s}" for k, (c, s) in wrong.items()
     )
 
 

@@ -4,8 +4,8 @@ Device arrays cross as raw pointers (``*_ptr``: Python ints from ``tensor.data_p
 ``cupy_array.data.ptr``), streams as raw handles (0: the default stream), storage dtypes as
 ``"float32" | "float16" | "bfloat16"`` (``"float32" | "float64"`` for the Gram kernels). Invalid
 sizes or pointers raise ``ValueError`` naming the argument; CUDA failures raise ``RuntimeError``.
-Everything but ``count_nonfinite_rows``, ``gram_scan`` and ``synchronize`` is asynchronous on
-``stream``.
+Everything but ``count_nonfinite_rows``, ``gram_scan``, ``iht_threshold`` and ``synchronize`` is
+asynchronous on ``stream``.
 """
 
 def device_count() -> int: ...
@@ -72,7 +72,7 @@ def kcenter_steps(
     t_end: int,
     device: int,
     stream: int,
-) -> None: ...
+) -> int: ...  # centre rows read (computed on the host, no sync)
 def kcenter_decode(
     keys_ptr: int, budget: int, picks_ptr: int, radius_ptr: int, device: int, stream: int
 ) -> None: ...
@@ -137,7 +137,7 @@ def kcenter_steps_factored(
     t_end: int,
     device: int,
     stream: int,
-) -> None: ...
+) -> int: ...  # centre rows read (computed on the host, no sync)
 
 # k-means++ seeding (D^2 sampling), dense or factored
 def kmeanspp_tiles(n: int) -> int: ...
