@@ -182,27 +182,28 @@ def min_distance_cuda_factored(
 
 
 def kmeans_pp_cuda(
-    X: Any, k: int, lab: np.ndarray, first, uniforms: np.ndarray, progress: bool
+    X: Any, k: int, lab: np.ndarray, first, uniforms: np.ndarray, progress: bool, name: str = "X"
 ) -> Any:
     """k-means++ picks (k,) int64 on the device, in the framework of ``X``.
 
     ``X`` is a dense torch-CUDA / cupy matrix or a GradientEmbedding on CUDA; ``lab`` the labeled
     rows (host int64), ``first`` the first pick (an int when ``lab`` is empty, else None) and
-    ``uniforms`` the (k,) float64 draws in [0, 1): pick t is drawn with ``uniforms[t]``.
+    ``uniforms`` the (k,) float64 draws in [0, 1): pick t is drawn with ``uniforms[t]``; ``name``
+    the argument errors name.
     """
-    cuda = _ext.require_cuda("X")
+    cuda = _ext.require_cuda(name)
     factored = isinstance(X, GradientEmbedding)
     if factored:
-        pool = _Factored(X, "X", cuda)
+        pool = _Factored(X, name, cuda)
         like, out_info, n = pool.tinfo, X.info, pool.n
         dtype, dev, stream = pool.dtype, pool.device, pool.stream
         centre_floats = cuda.factored_centre_floats(pool.C, pool.dh)
     else:
-        info = _interop.describe(X, "X")
+        info = _interop.describe(X, name)
         keep, xptr = _interop.cuda_pointer(X, info)
         n, d = info.shape
         dtype, dev, stream = info.dtype, info.device_index, _interop.cuda_stream(info)
-        _check_finite(cuda, xptr, dtype, (n, d), dev, stream, "X")
+        _check_finite(cuda, xptr, dtype, (n, d), dev, stream, name)
         like, out_info, centre_floats = info, info, d
     if k == 0:
         picks = _interop.empty(like, (0,), "int64")
@@ -252,7 +253,7 @@ def kmeans_pp_cuda(
     # The draws' totals: non-finite only when a distance overflowed float32.
     sampled = _interop.host_numpy(totals)[1 if first_given else 0 :]
     if not np.isfinite(sampled).all():
-        raise _overflow("X")
+        raise _overflow(name)
     if int(_interop.host_numpy(picks).min()) < 0:  # k <= n - len(lab) is the caller's check
         raise RuntimeError(
             f"k-means++ ran out of rows to pick: k = {k}, n = {n}, labeled = {lab.size}"

@@ -110,7 +110,7 @@ def _kmeans_pp(
                 check_spread(embedding_spread(X, name), info.dtype, name, cuda=True)
             else:
                 check_spread_torch(as_torch(X, info), info.dtype, name)
-            return kmeans_pp_cuda(X, k, lab, first_pick, uniform, progress)
+            return kmeans_pp_cuda(X, k, lab, first_pick, uniform, progress, name)
     pool = cpu_pool(X, info, name)
     mind = np.empty(n, dtype=_ACC[info.dtype])
     picks = np.empty(k, dtype=np.int64)
