@@ -107,6 +107,20 @@ def test_sparse_approx_refuses_an_objective_that_overflows(solver, scale, dtype)
     SparseApprox(solver=solver, temperature=2.0).select(_factored_pool(1.0, dtype), 5)
 
 
+def test_sparse_approx_iht_overflow_is_named_before_the_top_b_step(monkeypatch):
+    """On a GPU the score crosses to the top-b kernel in float32 (what _iht_torch does for a CUDA
+    tensor, emulated here): its refusal named its own argument ``s``, not the overflow."""
+    from fastal import _sparse_solve
+    from fastal.sparse import iht_threshold
+
+    def as_on_a_gpu(s, sigma, b, alpha, rule):
+        return iht_threshold(s.float(), sigma.float(), b, alpha, rule=rule)
+
+    monkeypatch.setattr(_sparse_solve, "_iht_torch", as_on_a_gpu)
+    with pytest.raises(ValueError, match=r"^the Sparse Approximation objective is not finite"):
+        SparseApprox(solver="iht", temperature=2.0).select(_factored_pool(1e30), 5)
+
+
 @pytest.mark.parametrize("solver", ["greedy", "iht"])
 def test_sparse_approx_is_scale_free_where_the_line_search_overflows(solver):
     """Scaling the features by k scales Φ, v and sigma by k. The line search's |Φ∇f1|² grows like k⁶

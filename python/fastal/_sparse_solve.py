@@ -497,6 +497,8 @@ def solve_iht(
         g, phi_g = p.phi.grad_apply(r_z, z, p.beta)
         s = z - p.line_search(g, z, r_z, phi_g) * g
         s_arg = s if s.device.type == "cpu" else s.to(torch.float32)
+        if not bool(torch.isfinite(s_arg).all()):  # the top-b kernels would name their argument
+            raise ValueError("the IHT score is NaN or Inf (an overflow upstream)")
         S, w_new = _iht_torch(s_arg, sigma_arg, p.b, p.alpha, prox)
         w = w_new.to(torch.float64)
         w, r_w = p.debias(w, S)

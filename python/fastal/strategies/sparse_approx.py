@@ -257,8 +257,8 @@ class SparseApprox(Strategy):
                 res = solve_iht(problem, self.iters, self.progress, self.prox)
             if self.safeguard:
                 res = safeguard_top_sigma(problem, res)
-        except ValueError as err:  # the top-b kernel's NaN score: an overflow upstream
-            if "IHT score is NaN" not in str(err):
+        except ValueError as err:  # solve_iht's non-finite score: an overflow upstream
+            if "the IHT score is" not in str(err):
                 raise
             raise ValueError(_overflow_message(pool, alpha, beta)) from None
         if not (np.isfinite(res.objective).all() and np.isfinite(res.weights).all()):
