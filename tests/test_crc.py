@@ -493,6 +493,14 @@ def test_bad_input():
         CRC(group_size=0)
     with pytest.raises(ValueError, match="zeros"):
         CRC(zeros="all")
+    # at construction, not at the first select (loop.run had trained a round by then)
+    with pytest.raises(ValueError, match=r"^rtol must be in \[0, 1\), got 2.0"):
+        CRC(rtol=2.0)
+    with pytest.raises(ValueError, match=r"^rtol must be in \[0, 1\), got nan"):
+        CRC(rtol=float("nan"))
+    with pytest.raises(TypeError, match=r"^rtol must be a real number"):
+        CRC(rtol="1e-6")
+    assert CRC(rtol=np.float32(0.5)).rtol == 0.5
     with pytest.raises(ValueError, match=r"^max_groups = 1 caps"):
         CRC(group_size=4, max_groups=1).select(Z, 8)
     bad = Z.copy()

@@ -309,18 +309,25 @@ class StoredRows:
         return self.whole[rows]
 
 
+def check_rtol(rtol: Any) -> float | None:
+    """``rtol`` as a float in [0, 1) (None stays None: the default depends on the sizes)."""
+    if rtol is None:
+        return None
+    if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):
+        raise TypeError(f"rtol must be a real number in [0, 1), got {type(rtol).__name__}")
+    rtol = real_to_float(rtol, "rtol")
+    if not (0.0 <= rtol < 1.0):
+        raise ValueError(f"rtol must be in [0, 1), got {rtol}")
+    return rtol
+
+
 def _check_options(rtol: Any, return_all: Any, method: str, size_s: int, D: int) -> tuple:
     """(rtol, return_all) checked, rtol defaulted; ``method`` checked against ``return_all``."""
     if not isinstance(return_all, (bool, np.bool_)):
         raise TypeError(f"return_all must be a bool, got {type(return_all).__name__}")
+    rtol = check_rtol(rtol)
     if rtol is None:
         rtol = max(size_s, D) * EPS
-    else:
-        if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):
-            raise TypeError(f"rtol must be a real number in [0, 1), got {type(rtol).__name__}")
-        rtol = real_to_float(rtol, "rtol")
-        if not (0.0 <= rtol < 1.0):
-            raise ValueError(f"rtol must be in [0, 1), got {rtol}")
     if method not in _METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, _METHODS))}, got {method!r}")
     if method == "lowrank" and return_all:

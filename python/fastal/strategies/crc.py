@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import _interop
 from .._validate import check_bool, check_budget, make_rng
+from ..gram import check_rtol
 from ..ntk import NtkRows
 from .base import Selection, Strategy, register, unlabeled_rows
 
@@ -125,7 +126,7 @@ class CRC(Strategy):
         self.group_size = int(group_size)
         self.max_groups = None if max_groups is None else int(max_groups)
         self.balanced = check_bool(balanced, "balanced")
-        self.rtol = rtol
+        self.rtol = check_rtol(rtol)  # here, not at the first select (after a round of training)
         if zeros not in ("duplicates", "skip"):
             raise ValueError(f"zeros must be 'duplicates' or 'skip', got {zeros!r}")
         self.zeros = zeros
