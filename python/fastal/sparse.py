@@ -244,15 +244,18 @@ def _fit_temperature(
 
     picked = torch.empty(n, dtype=torch.float64, device=z.device)
     top = torch.empty(n, dtype=torch.float64, device=z.device)
-    zmax, refused = 0.0, False
+    # reduced on the device, read once: a read per chunk is a synchronisation on a GPU
+    zmax_t = torch.zeros((), dtype=torch.float64, device=z.device)
+    refused_t = torch.zeros((), dtype=torch.bool, device=z.device)
     for s, e in chunks:
         c = rows(s, e)
-        refused |= bool(torch.isnan(c).any()) or bool((c == math.inf).any())
+        refused_t |= torch.isnan(c).any() | (c == math.inf).any()
         picked[s:e] = c.gather(1, y[s:e, None])[:, 0]
         top[s:e] = c.amax(1)
         # -inf (a masked class) adds exp(-inf) = 0 to a row's sum: the scale is the finite ones'
-        zmax = max(zmax, float(c.masked_fill(torch.isneginf(c), 0.0).abs().max()))
-    if refused:
+        zmax_t = torch.maximum(zmax_t, c.masked_fill(torch.isneginf(c), 0.0).abs().max())
+    zmax = float(zmax_t)
+    if bool(refused_t):
         raise ValueError(f"{lname} contains NaN or Inf (-inf, a masked class, is taken)")
     if not bool(torch.isfinite(picked).all()):
         row = int(torch.nonzero(~torch.isfinite(picked))[0, 0])
@@ -269,11 +272,11 @@ def _fit_temperature(
 
         def nll(log_t: float) -> float:
             t = float(np.exp(log_t))
-            total = 0.0
+            total = torch.zeros((), dtype=torch.float64, device=z.device)
             for s, e in chunks:  # in one float64 buffer: the gaps, then divided by T
                 gap = torch.sub(z[s:e], picked[s:e, None], out=buf[: e - s]).div_(t)
-                total += float(torch.logsumexp(gap, 1).sum())
-            return total / n
+                total += torch.logsumexp(gap, 1).sum()
+            return float(total) / n
 
     else:
         # Huge logits: z / T past float64 would turn the search's comparisons into inf <= inf.
@@ -283,11 +286,11 @@ def _fit_temperature(
 
         def nll(log_t: float) -> float:
             t = float(np.exp(log_t))
-            total = 0.0
+            total = torch.zeros((), dtype=torch.float64, device=z.device)
             for s, e in chunks:  # z - max <= 0; -inf past float64 only where exp() gives 0
                 lse = torch.logsumexp((rows(s, e) - top[s:e, None]) / t, 1)
-                total += float((margin[s:e] / t + lse / scale).sum())
-            return total / n
+                total += (margin[s:e] / t + lse / scale).sum()
+            return float(total) / n
 
     lo0, hi0 = np.log(1e-2), np.log(1e2)
     lo, hi = lo0, hi0
