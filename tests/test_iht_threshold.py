@@ -239,26 +239,6 @@ def test_iht_threshold_torch_inputs_give_torch_outputs():
     assert_array_equal(np_w, w.numpy())
 
 
-@pytest.mark.parametrize("rule", ["paper", "exact"])
-def test_torch_fallback_of_the_cuda_step_equals_the_kernel(rule):
-    """``_sparse_cuda._iht_threshold_torch`` (a CUDA build without the kernel) forms the same
-    float64 scores with the same roundings: on CPU tensors it matches the C++ kernel bit for bit."""
-    from fastal import _interop
-    from fastal._sparse_cuda import _iht_threshold_torch
-
-    s, sigma = tied_or_normal_float32(5000)
-    info = _interop.describe(torch.from_numpy(s), "s")
-    for b in (0, 1, 700, 5000):
-        support, w = _iht_threshold_torch(
-            torch.from_numpy(s), torch.from_numpy(sigma), b, 0.5, info, exact=rule == "exact"
-        )
-        ref_support, ref_w = fastal._ext.cpu.iht_threshold_float32(
-            s, sigma, b, 0.5, exact=rule == "exact"
-        )
-        assert_array_equal(to_numpy(support), ref_support)
-        assert_array_equal(to_numpy(w).view(np.uint32), ref_w.view(np.uint32))
-
-
 def tied_or_normal_float32(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Half the rows from a few values (ties), half Gaussian; float32."""
     rng = np.random.default_rng(n)
