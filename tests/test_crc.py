@@ -483,6 +483,14 @@ def test_balanced_one_class_is_the_plain_partition():
         np.testing.assert_allclose(sel.diagnostics["scores"], scores, rtol=1e-7, atol=1e-12)
 
 
+def test_a_zero_budget_returns_the_same_diagnostics_keys_empty():
+    Z = np.random.default_rng(0).normal(size=(20, 3))
+    some, none = (CRC(group_size=2).select(Z, b, labeled=[0], seed=0) for b in (4, 0))
+    assert set(none.diagnostics) == set(some.diagnostics)
+    assert none.indices.shape == (0,) and none.diagnostics["groups"].shape == (0, 2)
+    assert all(v.size == 0 for k, v in none.diagnostics.items() if k != "n_groups")
+
+
 def test_bad_input():
     Z = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(ValueError, match="multiple of group_size"):

@@ -162,10 +162,16 @@ class CRC(Strategy):
         Q = check_budget(budget, rest.size)
         G = self.group_size
         self.validate_budget(Q)
-        if Q == 0:
+        if Q == 0:  # the same keys as any other budget's, empty
             return Selection(
                 _interop.to_framework(np.empty(0, np.int64), info),
-                {"n_groups": 0, "scores": np.empty(0)},
+                {
+                    "n_groups": 0,
+                    "scores": np.empty(0),
+                    "chosen_groups": np.empty(0, np.int64),
+                    "groups": np.empty((0, G), np.int64),
+                    "degenerate_groups": np.empty(0, np.int64),
+                },
             )
         rng = make_rng(seed)
         groups = (
