@@ -487,7 +487,8 @@ def test_a_zero_budget_returns_the_same_diagnostics_keys_empty():
     Z = np.random.default_rng(0).normal(size=(20, 3))
     some, none = (CRC(group_size=2).select(Z, b, labeled=[0], seed=0) for b in (4, 0))
     assert set(none.diagnostics) == set(some.diagnostics)
-    assert none.indices.shape == (0,) and none.diagnostics["groups"].shape == (0, 2)
+    assert none.indices.shape == (0,)
+    assert none.diagnostics["groups"].shape == (0, 2)
     assert all(v.size == 0 for k, v in none.diagnostics.items() if k != "n_groups")
 
 
