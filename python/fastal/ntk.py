@@ -321,7 +321,8 @@ def ntk_features_jacobian(
       execution; for a custom module it is the order of the assignments in ``__init__``, which need
       not be the order of ``forward``). Parameters registered on ``model`` itself count as one
       module, the first. Frozen parameters (``requires_grad=False``) are never selected.
-    - neither: every parameter of the model (``model.named_parameters()``), the full NTK.
+    - neither: every parameter of the model (``model.named_parameters()``), the full NTK,
+      frozen ones (``requires_grad=False``) included: pass ``params`` to leave them out.
 
     Mode: the NTK is taken at the current parameters with the model in **eval mode**
     (``model.eval()``: BatchNorm uses its running statistics, Dropout is off), which is also what
