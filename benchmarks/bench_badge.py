@@ -34,8 +34,9 @@ Peers that materialise are skipped (reason recorded in the JSON) when their esti
 (:func:`estimate_bytes`) exceeds ``FASTAL_BENCH_MEM_GB`` (default 8). Slow peers are timed over
 fewer picks (:meth:`Case.steps`, ``steps`` in ``extra_info``); then a one-pick run gives their
 set-up time and ``budget_s`` extrapolates linearly, ``setup + (budget - 1) * per-pick``
-(``budget_s_estimated`` true): each of their picks is one pass over the same matrix. fastal always
-runs the whole budget.
+(``budget_s_estimated`` true): each of their picks is one pass over the same matrix. Where the
+picks took under half of the timed run, ``budget_s`` is that run, a lower bound (``lower_bound``;
+:mod:`benchmarks._extrapolate`). fastal always runs the whole budget.
 
 Peak memory: each case also runs once in a fresh ``python bench_badge.py --child`` process, which
 generates the data, resets its peak RSS (``/proc/self/clear_refs``), runs the selection and reads
@@ -91,8 +92,10 @@ import numpy as np
 import pytest
 
 try:
+    from ._extrapolate import extrapolate, time_setup
     from ._torch_peers import d2_sampling_torch
 except ImportError:  # run as a script: the peak-memory child (python bench_badge.py --child)
+    from _extrapolate import extrapolate, time_setup
     from _torch_peers import d2_sampling_torch
 
 LOGIT_SCALE = 2.0
@@ -793,7 +796,7 @@ def bench_device(benchmark, case: Case, sizes, results, skip_log) -> None:
         info,
         per_pick_s=seconds / steps,
         budget_s=seconds,
-        extrapolation_suspect=False,
+        lower_bound=False,
         rounds=len(measured),
         seconds_min=seconds,
         seconds_median=statistics.median(measured),
@@ -892,35 +895,6 @@ def memory_mode(sizes) -> str:
 _DATA = DataCache(float(os.environ.get("FASTAL_BENCH_CACHE_GB", "9")) * 1e9)
 #: per (impl, n, C, d, steps): child-process memory
 _MEMORY: dict[tuple, dict] = {}
-
-
-def time_setup(fn) -> float:
-    """Seconds of a one-pick run: the best of two where it is cheap (< 2 s), else one."""
-    t0 = time.perf_counter()
-    fn()
-    best = time.perf_counter() - t0
-    if best < 2.0:
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def extrapolate(seconds: float, setup_s: float | None, steps: int, budget: int) -> dict:
-    """Time for ``budget`` picks from a run over ``steps`` picks and a one-pick run.
-
-    ``setup + (budget - 1) * (seconds - setup) / (steps - 1)``, never below ``seconds`` (more picks
-    never take less time). ``extrapolation_suspect`` marks a run whose picks took under 10% of it
-    beside the set-up: the per-pick time is then within the noise of a shared machine.
-    """
-    if setup_s is None:
-        return {"per_pick_s": seconds / steps, "budget_s": seconds, "extrapolation_suspect": False}
-    per_pick = max(seconds - setup_s, 0.0) / max(steps - 1, 1)
-    return {
-        "per_pick_s": per_pick,
-        "budget_s": max(seconds, setup_s + per_pick * (budget - 1)),
-        "extrapolation_suspect": seconds - setup_s < 0.1 * seconds,
-    }
 
 
 def plan_rounds(estimate_s: float, target_s: float) -> tuple[int, int]:

@@ -62,6 +62,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pytest
 
+from ._extrapolate import extrapolate, time_setup
 from ._torch_peers import d2_sampling_torch
 
 SEED = 0
@@ -318,30 +319,6 @@ def plan_rounds(estimate_s: float, target_s: float) -> tuple[int, int]:
     return int(min(5, max(1, target_s // max(estimate_s, 1e-9)))), 1
 
 
-def time_setup(fn) -> float:
-    """Seconds of a one-seed run: the best of two where it is cheap (< 2 s), else one."""
-    t0 = time.perf_counter()
-    fn()
-    best = time.perf_counter() - t0
-    if best < 2.0:
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def extrapolate(seconds: float, setup_s: float | None, steps: int, k: int) -> dict:
-    """As ``bench_badge.extrapolate``: time for ``k`` seeds from ``steps`` seeds and one."""
-    if setup_s is None:
-        return {"per_pick_s": seconds / steps, "budget_s": seconds, "extrapolation_suspect": False}
-    per_pick = max(seconds - setup_s, 0.0) / max(steps - 1, 1)
-    return {
-        "per_pick_s": per_pick,
-        "budget_s": max(seconds, setup_s + per_pick * (k - 1)),
-        "extrapolation_suspect": seconds - setup_s < 0.1 * seconds,
-    }
-
-
 #: one GPU pool at a time: {"key": (device, n, d), "X": tensor}
 _DEVICE_POOL: dict = {}
 
@@ -488,7 +465,7 @@ def test_kmeans(benchmark, case: Case, sizes, pools, results, skip_log):
             trials=trials,
             per_step_s=seconds / steps,
             per_pick_s=ext["per_pick_s"],
-            extrapolation_suspect=ext["extrapolation_suspect"],
+            lower_bound=ext["lower_bound"],
             setup_s=setup_s,
             total_s=total,
             total_s_estimated=setup_s is not None,

@@ -85,9 +85,8 @@ class Sizes:
     def peer_steps(self, n: int, d: int, budget: int) -> int:
         """Picks a slow peer is timed over: the whole budget where cheap, else at least 20.
 
-        A truncated run's per-step time is its time over the picks it made; it still includes the
-        peer's own set-up (norms, distances to the labeled point), which at 20 picks adds a few per
-        cent to its per-step time (in the peer's disfavour, never in fastal's).
+        A truncated run's budget is extrapolated from it and a one-pick run (the peer's set-up:
+        norms, distances to the labeled point), :mod:`benchmarks._extrapolate`.
         """
         return int(min(budget, max(20, self.peer_elems // (n * d))))
 

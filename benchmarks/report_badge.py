@@ -192,10 +192,14 @@ def _peer_cell(data: Data, cfg: tuple, impl: str, base: float | None) -> str:
         if "memory budget" in s["reason"]:
             return f"skip (est. {s.get('estimate_bytes', 0) / 1e9:.0f} GB)"
         return "skip (not installed)" if "importable" in s["reason"] else "skip"
-    t = r["budget_s"]
-    mark = "~" if r.get("budget_s_estimated") else ""
-    mark += "?" if r.get("extrapolation_suspect") else ""
-    return f"{mark}{secs(t)} ({ratio(div(t, base))})"
+    return _estimated(r["budget_s"], base, r.get("budget_s_estimated"), r.get("lower_bound"))
+
+
+def _estimated(t: float, base: float | None, estimated: bool, lower_bound: bool) -> str:
+    """``t`` and its ratio to ``base``: ``~`` extrapolated, ``≥`` a lower bound (the timed run)."""
+    if lower_bound:
+        return f"≥{secs(t)} (≥{ratio(div(t, base))})"
+    return f"{'~' if estimated else ''}{secs(t)} ({ratio(div(t, base))})"
 
 
 def badge_tables(data: Data) -> list[str]:
@@ -209,8 +213,9 @@ def badge_tables(data: Data) -> list[str]:
         "(building the factored embedding included); *fastal emb* starts from a prebuilt "
         "`GradientEmbedding(A, H)`. Peers: seconds and, in parentheses, how many times longer "
         "than *fastal* they take; `~` marks a time extrapolated from a run over fewer picks "
-        "(set-up + per-pick × budget, see `bench_badge.py`), `~?` one whose picks took under "
-        "10% of the run beside the set-up (its per-pick time is within the noise). "
+        "(set-up + per-pick × budget, see `benchmarks/_extrapolate.py`), `≥` the time of a "
+        "run over fewer picks whose picks took under half of it beside the set-up (a lower "
+        "bound: extrapolating would multiply the noise of a shared machine). "
         "*skip (est. N GB)*: the peer's "
         "estimated peak memory exceeds the run's memory budget.",
         "",
@@ -318,7 +323,8 @@ def kmeans_tables(data: Data) -> list[str]:
             "",
             "Seconds to draw k seeds. scikit-learn's `kmeans_plusplus` with `n_local_trials=1` "
             "(plain D² sampling, like fastal's) and with its default greedy `2 + log k` trials; "
-            "`~`: extrapolated from fewer seeds. *potential*: sum of squared distances to the "
+            "`~`: extrapolated from fewer seeds, `≥`: the time of fewer seeds (a lower bound, as "
+            "above). *potential*: sum of squared distances to the "
             "nearest seed (lower is better; only where all k seeds were drawn), relative to "
             "fastal's.",
             "",
@@ -334,9 +340,9 @@ def kmeans_tables(data: Data) -> list[str]:
             def cell(r, f=f):
                 if r is None:
                     return "–"
-                mark = "~" if r.get("total_s_estimated") else ""
-                mark += "?" if r.get("extrapolation_suspect") else ""
-                return f"{mark}{secs(r['total_s'])} ({ratio(div(r['total_s'], f['total_s']))})"
+                return _estimated(
+                    r["total_s"], f["total_s"], r.get("total_s_estimated"), r.get("lower_bound")
+                )
 
             def pot(r, f=f):
                 if r is None or r.get("potential") is None or not f.get("potential"):
@@ -365,6 +371,8 @@ def targets(data: Data) -> list[str]:
         if f and s:
             r = s["budget_s"] / f["budget_s"]
             est = " (peer extrapolated)" if s.get("budget_s_estimated") else ""
+            if s.get("lower_bound"):
+                est = " (at least: peer's lower bound)"
             items.append((cfg, f"{r:.1f}×{est}", r >= 10))
         elif f:
             sk = data.badge_skip(n, C, d, b, "skactiveml")

@@ -1,0 +1,22 @@
+"""The budget estimate of a truncated peer (:mod:`benchmarks._extrapolate`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ._extrapolate import extrapolate
+
+
+def test_a_run_whose_picks_dominate_is_extrapolated_linearly():
+    est = extrapolate(10.0, 1.0, 10, 100)  # 1 s set-up, 9 picks of 1 s after the first
+    assert est == {"per_pick_s": 1.0, "budget_s": pytest.approx(100.0), "lower_bound": False}
+    assert extrapolate(3.0, None, 30, 30) == {
+        "per_pick_s": 0.1, "budget_s": 3.0, "lower_bound": False
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("setup_s", [9.0, 12.0, 15.0, 17.0, 18.0])
+def test_a_run_whose_picks_are_within_the_noise_is_a_lower_bound(setup_s):
+    """5 of 1000 picks beside a 17.5 s run: set-ups of 12–17 s gave 1386 s down to 142 s."""
+    est = extrapolate(17.5, setup_s, 5, 1000)
+    assert est == {"per_pick_s": None, "budget_s": 17.5, "lower_bound": True}
