@@ -135,6 +135,12 @@ def torch_dense_iht(
     return S
 
 
+def _rounds(n: int, C: int) -> int:
+    """Best of 3 where a round is short (a cold first call pays page faults), for fastal and the
+    torch ports alike; one round for the largest pools."""
+    return 3 if n * C < 10**7 else 1
+
+
 @pytest.mark.parametrize("impl", ["torch_dense", "torch_dense_sparse", "iht"])
 @pytest.mark.parametrize(
     ("n", "C", "d", "b"), SELECT, ids=[f"n{n}-C{C}-d{d}-b{b}" for n, C, d, b in SELECT]
@@ -154,12 +160,12 @@ def test_sparse_select(benchmark, impl, n, C, d, b):
             lambda: torch_dense_iht(
                 pool["logits"], pool["features"], b, T, 1e-8, 1e-4, ITERS, sparse=sparse
             ),
+            rounds=_rounds(n, C),
         )
         _PICKS[(key, impl)] = set(support.tolist())
     else:
         strategy = SparseApprox(solver="iht", temperature=T, iters=ITERS)
-        # best of 3 where a round is short (a cold first call pays page faults); torch_dense: once
-        sel = _timed(benchmark, lambda: strategy.select(pool, b), rounds=3 if n * C < 10**7 else 1)
+        sel = _timed(benchmark, lambda: strategy.select(pool, b), rounds=_rounds(n, C))
         assert len(set(sel.indices.tolist())) == b
         _PICKS[(key, impl)] = set(sel.indices.tolist())
         benchmark.extra_info["fallback"] = bool(sel.diagnostics["fallback"])
