@@ -42,7 +42,9 @@ Peak memory: each case also runs once in a fresh ``python bench_badge.py --child
 generates the data, resets its peak RSS (``/proc/self/clear_refs``), runs the selection and reads
 ``VmHWM``: ``peak_rss_bytes`` is the process's peak during the selection, ``peak_extra_bytes`` that
 minus the resident size before it (inputs and imported code). A peer's memory run makes
-``min(steps, MEMORY_PICKS)`` picks (its peak is the materialised embedding, before any pick).
+``min(steps, MEMORY_PICKS)`` picks: its peak is the materialised embedding, before any pick, but
+for what grows with the picks (scikit-activeml's ``(batch, n)`` float64 utilities, allocated up
+front: 8·budget·n bytes over the whole budget, 0.8 GB at n = 100k, budget 1000, not measured).
 ``FASTAL_BENCH_MEMORY`` is ``all`` (default at medium and full), ``fastal`` (default at tiny: only
 the ``fastal`` case, so that CI runs this path without paying an interpreter start per case) or
 ``none``; timings always come from this process.

@@ -110,6 +110,8 @@ def gram(rows: dict, size: int, side: str, n_groups: int) -> None:
     ))  # fmt: skip
     if size <= 32:  # eigvalsh of 10,000 order-64 matrices takes seconds
         order = min(m_lab + G, D)
+        # random Wishart matrices of the groups' order and count, not the groups' Gram matrices:
+        # eigvalsh's time depends on the order and the batch only
         K = torch.randn(n_groups, order, order, device="cuda")
         K = K @ K.transpose(1, 2)
         rows[f"{key} torch eigvalsh on built K"] = ms(
