@@ -17,7 +17,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 import fastal
 import fastal.strategies
 from fastal import _ext
-from fastal.ops import cpu_pool, pool_info
+from fastal._pool import cpu_pool, pool_info
 
 DTYPES = ["float64", "float32", "float16", "bfloat16"]
 RTOL = {"float64": 1e-12, "float32": 2e-6, "float16": 2e-6, "bfloat16": 2e-6}

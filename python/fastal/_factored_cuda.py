@@ -16,9 +16,10 @@ import numpy as np
 
 from . import _ext, _interop
 from ._interop import ArrayInfo
+from ._pool import check_spread, embedding_spread
 from ._torch_arrays import from_torch
 from .gradients import GradientEmbedding
-from .ops import _chunks, check_spread, embedding_spread
+from .ops import _chunks
 
 #: rows per chunk of the overflow check (bounds its float32 temporaries)
 _CHUNK = 1 << 15

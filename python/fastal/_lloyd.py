@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _ext, _interop
-from .ops import _ACC, _torch_cpu_info
+from ._pool import ACC, torch_cpu_info
 
 #: most rows per GEMM tile of the assignment step
 _TILE = 8192
@@ -32,7 +32,7 @@ _NO_IMPROVEMENT = 10
 
 def _overflow(name: str, dtype: str) -> ValueError:
     """The error for squared distances between finite rows of ``name`` that overflowed."""
-    acc = _ACC[dtype]
+    acc = ACC[dtype]
     hint = "" if acc == "float64" else " or pass float64"
     return ValueError(f"distances between rows of {name} overflow {acc}: scale {name} down{hint}")
 
@@ -92,7 +92,7 @@ def _assign(xt: Any, centres: Any, info, xsq: Any = None, step: Any = None) -> t
             dist2[s : s + rows] = ((x - c0[arg]) ** 2).sum(1)
         return labels, dist2
     if info.device == "cpu":  # the min-distance kernel, the centres in float32 / float64
-        x = _interop.host_storage(xt, _torch_cpu_info(xt))
+        x = _interop.host_storage(xt, torch_cpu_info(xt))
         c = np.ascontiguousarray(centres.detach().numpy())
         dist2, labels = getattr(_ext.cpu, f"min_sqdist_to_centres_{info.dtype}")(x, c)
         return torch.from_numpy(labels), torch.from_numpy(dist2).to(centres.dtype)
@@ -109,8 +109,8 @@ def _segment_means(xt: Any, labels: Any, k: int) -> tuple[Any, Any]:
     import torch
 
     if xt.device.type == "cpu":
-        x = _interop.host_storage(xt, _torch_cpu_info(xt))
-        sums, counts = getattr(_ext.cpu, f"segment_sum_{_torch_cpu_info(xt).dtype}")(
+        x = _interop.host_storage(xt, torch_cpu_info(xt))
+        sums, counts = getattr(_ext.cpu, f"segment_sum_{torch_cpu_info(xt).dtype}")(
             x, labels.contiguous().numpy(), k
         )
         return torch.from_numpy(sums), torch.from_numpy(counts)

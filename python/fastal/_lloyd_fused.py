@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _ext, _interop, _lloyd
 from ._blas import _gemm_backend
-from .ops import _ACC, _torch_cpu_info
+from ._pool import ACC, torch_cpu_info
 
 #: bytes of per-thread float64 sums the fused CPU Lloyd steps may keep before they add the rows
 #: in a second pass instead (-1: the kernel's rule, lloyd::RowSums in csrc/cpu/lloyd_tile.h)
@@ -27,11 +27,11 @@ _PARTIAL_LIMIT = -1
 
 def _fused_lloyd(info, k: int) -> Any:
     """The fused CPU Lloyd step for this input, or None (CUDA, small k, no BLAS). 16-bit rows are
-    widened to float32 (``_ACC``) in the kernel: the step is that of the float32 copy, bit for
+    widened to float32 (``ACC``) in the kernel: the step is that of the float32 copy, bit for
     bit."""
-    if info.device != "cpu" or info.dtype not in _ACC or k < _lloyd._GEMM_MIN_K:
+    if info.device != "cpu" or info.dtype not in ACC or k < _lloyd._GEMM_MIN_K:
         return None
-    gemm, threads_local = _gemm_backend(_ACC[info.dtype])
+    gemm, threads_local = _gemm_backend(ACC[info.dtype])
     if not gemm:
         return None
     kernel = getattr(_ext.cpu, f"kmeans_lloyd_step_{info.dtype}")
@@ -39,7 +39,7 @@ def _fused_lloyd(info, k: int) -> Any:
     def step(xt: Any, xsq: Any, centres: Any) -> tuple:
         import torch
 
-        x = _interop.host_storage(xt, _torch_cpu_info(xt))
+        x = _interop.host_storage(xt, torch_cpu_info(xt))
         c = np.ascontiguousarray(centres.numpy())
         labels, dist2, sums, counts = kernel(
             x, xsq.numpy(), c, gemm, threads_local, partial_limit=_PARTIAL_LIMIT
@@ -90,7 +90,7 @@ class _BoundedLloyd:
         self.possible = 0  # rows x k per step, over all steps
         self.plain_left = 0  # plain steps to run before the bounds start afresh
         self.backoff = 1
-        gemm, threads_local = _gemm_backend(_ACC[info.dtype])
+        gemm, threads_local = _gemm_backend(ACC[info.dtype])
         kernel = getattr(_ext.cpu, f"kmeans_lloyd_bounded_step_{info.dtype}")
         self._call = functools.partial(
             kernel, gemm_address=gemm, threads_local_address=threads_local,
@@ -108,7 +108,7 @@ class _BoundedLloyd:
         else:  # in numpy (one thread, k x d); pushed up past float64 rounding: bounds only loosen
             moved = c.astype(np.float64) - self.previous.astype(np.float64)
             shift = np.sqrt(np.einsum("ij,ij->i", moved, moved)) * (1 + 1e-9)
-        x = _interop.host_storage(xt, _torch_cpu_info(xt))
+        x = _interop.host_storage(xt, torch_cpu_info(xt))
         sums, counts, computed = self._call(
             x, xsq.numpy(), c, shift, self.group, self.t, fresh, self.labels, self.upper,
             self.glower, self.lower, self.offset,

@@ -15,22 +15,11 @@ import numpy as np
 
 from . import _ext, _interop, _lloyd
 from ._lloyd import _overflow
+from ._pool import ACC, check_spread, check_spread_torch, cpu_pool, embedding_spread, pool_info
 from ._torch_arrays import as_torch
 from ._validate import check_budget, check_indices, check_matrix, make_rng
 from .gradients import GradientEmbedding
-from .ops import (
-    _ACC,
-    _chunks,
-    check_spread,
-    check_spread_torch,
-    cpu_pool,
-    cpu_prunes,
-    embedding_spread,
-    min_sqdist_cpu,
-    pool_info,
-    pool_rows,
-    pool_work,
-)
+from .ops import _chunks, cpu_prunes, min_sqdist_cpu, pool_rows, pool_work
 
 
 def _other_rows(n: int, exclude: np.ndarray) -> np.ndarray:
@@ -112,7 +101,7 @@ def _kmeans_pp(
                 check_spread_torch(as_torch(X, info), info.dtype, name)
             return kmeans_pp_cuda(X, k, lab, first_pick, uniform, progress, name)
     pool = cpu_pool(X, info, name)
-    mind = np.empty(n, dtype=_ACC[info.dtype])
+    mind = np.empty(n, dtype=ACC[info.dtype])
     picks = np.empty(k, dtype=np.int64)
     blocks = np.empty(-(-n // _ext.cpu.kmeanspp_block), dtype=np.float64)
     prune = cpu_prunes(pool, prune)

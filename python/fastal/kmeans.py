@@ -39,10 +39,10 @@ from ._lloyd import (
     _tol_abs,
 )
 from ._lloyd_fused import _BoundedLloyd, _fused_lloyd
+from ._pool import check_spread_torch, cpu_pool
 from ._seeding import _initial_centres, _kmeans_pp, _other_rows
 from ._torch_arrays import as_torch, from_torch, torch_isfinite_rows
 from ._validate import check_bool, check_budget, check_matrix, make_rng
-from .ops import check_spread_torch, cpu_pool
 
 
 def _torch_acc(dtype: str):

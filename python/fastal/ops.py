@@ -16,133 +16,25 @@ from tqdm.auto import tqdm
 
 from . import _ext, _interop
 from ._interop import ArrayInfo
+from ._pool import (
+    ACC,
+    check_finite_cuda,
+    check_spread,
+    check_spread_torch,
+    cpu_pool,
+    embedding_spread,
+    pool_info,
+    spread_torch,
+)
 from ._torch_arrays import as_torch
 from ._validate import (
     check_bool,
     check_budget,
     check_indices,
-    check_matrix,
     check_same_place,
     make_rng,
 )
 from .gradients import GradientEmbedding
-
-_ACC = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
-
-
-def _check_finite_cpu(arr: np.ndarray, info: ArrayInfo, name: str) -> float:
-    """Refuse NaN / Inf; returns the rows' spread max |x_ij - x_0j| (the same pass)."""
-    count, first, spread = getattr(_ext.cpu, f"count_nonfinite_rows_{info.dtype}")(arr)
-    if count:
-        raise ValueError(f"{name} contains NaN or Inf in {count} row(s), first at row {first}")
-    return spread
-
-
-#: log2 of the least spread of a pool (largest |x_ij - x_0j|) whose squared distances stay above
-#: the accumulation dtype's smallest normal number (2^-126 float32, 2^-1022 float64), with room
-_MIN_SPREAD_LOG2 = {"float32": -60, "float64": -500}
-
-
-def check_spread(spread: float, dtype: str, name: str, *, cuda: bool = False) -> None:
-    """Refuse rows that differ, but by so little that their squared distances underflow to 0:
-    every distance would be 0 and the picks arbitrary (float32 rows at 1e-25). ``cuda``: the
-    pool is on a GPU, where float64 is not taken (the hint says to move it)."""
-    acc = _ACC[dtype]
-    if 0.0 < spread < 2.0 ** _MIN_SPREAD_LOG2[acc]:
-        hint = "" if acc == "float64" else " or pass float64"
-        hint += " on the CPU" if hint and cuda else ""
-        raise ValueError(
-            f"the rows of {name} differ by at most {spread:.3g}: their squared distances "
-            f"underflow {acc}; scale {name} up{hint}"
-        )
-
-
-def embedding_spread(emb: GradientEmbedding, name: str = "X") -> float:
-    """What :func:`check_spread` judges for a GradientEmbedding: a bound ``2 max_i |g_i|_∞`` on
-    how far its rows differ, or inf (no pass) while its largest ``|g_i|²`` is clear of underflow.
-
-    Raises a ValueError naming ``name`` where one factor's squares underflow while the gradients
-    do not (``A ~ 1e-24`` beside features ``~ 1e14`` in float32): the kernels work from
-    ``|A_i|²``, ``|H_i|²`` and their dot products, so every distance read 0, silently."""
-    acc = _ACC[emb.dtype]
-    if float(emb._peaks[2]) >= 2.0 ** (2 * _MIN_SPREAD_LOG2[acc]):
-        return float("inf")
-    spread = 2.0 * emb._largest_entry()
-    a_max, h_max = (float(v) for v in emb._peaks[:2].cpu())
-    smallest_normal = float(np.finfo(acc).tiny)
-    if spread >= 2.0 ** _MIN_SPREAD_LOG2[acc] and min(a_max, h_max) < smallest_normal:
-        raise ValueError(
-            f"the factors of {name} are too unbalanced for {acc}: the squares of the smaller "
-            "one underflow while the gradients do not; pass float64 probabilities and features"
-            + ("" if acc == "float64" else " (float64 factors)")
-        )
-    return spread
-
-
-def spread_torch(xt: Any, dtype: str) -> float:
-    """The spread max |x_ij - x_0j| of a torch tensor (CUDA pools, which the CPU scan does not
-    see), in row tiles."""
-    import torch
-
-    acc = torch.float64 if _ACC[dtype] == "float64" else torch.float32
-    x0 = xt[0].to(acc)
-    spread = torch.zeros((), dtype=acc, device=xt.device)
-    step = max(1, (1 << 21) // max(1, xt.shape[1]))
-    for s in range(0, xt.shape[0], step):
-        spread = torch.maximum(spread, (xt[s : s + step].to(acc) - x0).abs().amax())
-    return float(spread)
-
-
-def check_spread_torch(xt: Any, dtype: str, name: str) -> None:
-    """:func:`check_spread` of a torch tensor's :func:`spread_torch`."""
-    check_spread(spread_torch(xt, dtype), dtype, name, cuda=xt.device.type != "cpu")
-
-
-def _check_finite_cuda(ptr: int, info: ArrayInfo, name: str) -> None:
-    n, d = info.shape
-    count, first = _ext.cuda.count_nonfinite_rows(
-        info.dtype, ptr, n, d, info.device_index, _interop.cuda_stream(info)
-    )
-    if count:
-        raise ValueError(f"{name} contains NaN or Inf in {count} row(s), first at row {first}")
-
-
-def pool_info(X: Any, name: str = "X") -> ArrayInfo:
-    """ArrayInfo of a dense matrix or of a GradientEmbedding (shape: the materialised one)."""
-    if isinstance(X, GradientEmbedding):
-        i = X.info
-        return ArrayInfo(i.framework, i.device, i.device_index, i.dtype, X.shape)
-    return check_matrix(X, name)
-
-
-def _torch_cpu_info(t: Any) -> ArrayInfo:
-    return ArrayInfo("torch", "cpu", None, str(t.dtype).removeprefix("torch."), tuple(t.shape))
-
-
-def cpu_pool(X: Any, info: ArrayInfo, name: str = "X", spreads: list | None = None) -> tuple:
-    """What the CPU kernels take: ``(X,)`` checked finite, or ``(A, H, sqnorm, bias)`` of an
-    embedding (``bias``: H's trailing 1 is implicit, not stored); either refused when its rows are
-    too close together (:func:`check_spread`). With ``spreads`` the spread is appended to it for
-    the caller to judge instead (X against Y in min_distance)."""
-    if isinstance(X, GradientEmbedding):
-        X._check_distances_fit(name)  # the kernels clamp an overflowed (NaN) distance to 0
-        a, h = X._a, X._h  # finite by construction
-        pool = (
-            _interop.host_storage(a, _torch_cpu_info(a)),
-            _interop.host_storage(h, _torch_cpu_info(h)),
-            X._sqnorm.numpy(),
-            X._bias,
-        )
-        spread = embedding_spread(X, name)
-    else:
-        pool = (_interop.host_storage(X, info),)
-        spread = _check_finite_cpu(pool[0], info, name)
-    if spreads is None:
-        check_spread(spread, info.dtype, name)
-    else:
-        spreads.append(spread)
-    return pool
-
 
 # ---------------------------------------------------------------------------------------------
 # min distance to a set
@@ -241,9 +133,9 @@ def _first_row64(X: Any, info: ArrayInfo) -> np.ndarray:
 
 def _distance_overflow(info: ArrayInfo) -> ValueError:
     """The error of a distance between finite rows of X and Y that overflowed its dtype."""
-    hint = "" if _ACC[info.dtype] == "float64" else " or pass float64"
+    hint = "" if ACC[info.dtype] == "float64" else " or pass float64"
     return ValueError(
-        f"distances between rows of X and Y overflow {_ACC[info.dtype]}: scale them down{hint}"
+        f"distances between rows of X and Y overflow {ACC[info.dtype]}: scale them down{hint}"
     )
 
 
@@ -261,9 +153,9 @@ def _min_distance_cuda(
     xkeep, xptr = _interop.cuda_pointer(X, info)
     ykeep, yptr = _interop.cuda_pointer(Y, yinfo)
     if not squared:
-        _check_finite_cuda(xptr, info, "X")
-        _check_finite_cuda(yptr, yinfo, "Y")
-    dist = _interop.empty(info, (n,), _ACC[info.dtype])
+        check_finite_cuda(xptr, info, "X")
+        check_finite_cuda(yptr, yinfo, "Y")
+    dist = _interop.empty(info, (n,), ACC[info.dtype])
     index = _interop.empty(info, (n,), "int64")
     cuda.min_dist_to_set(
         info.dtype, xptr, n, yptr, yinfo.shape[0], info.shape[1],
@@ -463,8 +355,8 @@ def _kcenter(X: Any, budget: int, labeled, seed, prune, progress, name: str) -> 
     overflow = (lab.size > 0 and np.isinf(r0)) or not np.isfinite(largest)
     if overflow:
         raise ValueError(
-            f"distances between rows of {name} overflow {_ACC[info.dtype]}: scale {name} down"
-            + ("" if _ACC[info.dtype] == "float64" else " or pass float64")
+            f"distances between rows of {name} overflow {ACC[info.dtype]}: scale {name} down"
+            + ("" if ACC[info.dtype] == "float64" else " or pass float64")
         )
     # without pruning, step t reads every row that is not yet a centre
     n_centres = lab.size + np.arange(1, budget + 1)
@@ -565,7 +457,7 @@ def _kcenter_cpu(
 ):
     pool = cpu_pool(X, info, name)
     prune = cpu_prunes(pool, prune)
-    n, acc, kern = info.shape[0], _ACC[info.dtype], info.dtype
+    n, acc, kern = info.shape[0], ACC[info.dtype], info.dtype
     mind = np.empty(n, dtype=acc)
     near = np.empty(n, dtype=np.int64)
     centres = np.empty(lab.size + budget, dtype=np.int64)
@@ -600,10 +492,10 @@ def _kcenter_cuda(
 ):
     cuda = _ext.require_cuda(name)
     keep, xptr = _interop.cuda_pointer(X, info)
-    _check_finite_cuda(xptr, info, name)
+    check_finite_cuda(xptr, info, name)
     check_spread_torch(as_torch(X, info), info.dtype, name)
     n, d = info.shape
-    dev, stream, acc = info.device_index, _interop.cuda_stream(info), _ACC[info.dtype]
+    dev, stream, acc = info.device_index, _interop.cuda_stream(info), ACC[info.dtype]
     mind = _interop.empty(info, (n,), acc)
     near = _interop.empty(info, (n,), "int64")
     centres = _interop.to_framework(np.concatenate([lab, np.zeros(budget, np.int64)]), info)
