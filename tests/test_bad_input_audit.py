@@ -447,3 +447,28 @@ def test_cli_prints_library_warnings_as_one_line(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("fastal: warning: ALLY: every dual"), lines
+
+
+# -- word options given an array or a list -------------------------------------------------------
+
+_X = np.random.default_rng(0).standard_normal((20, 3))
+_P = np.full((20, 3), 1 / 3)
+WORD_OPTIONS = {
+    "rule": lambda v: fastal.iht_threshold(_X[:, 0].copy(), np.abs(_X[:, 1]), 3, 0.5, rule=v),
+    "method": lambda v: fastal.gram_min_eig(_X, [0], [[1]], method=v),
+    "kind": lambda v: fastal.gradient_embedding(_P, _X, kind=v),
+    "first": lambda v: fastal.kmeans_pp(_X, 2, first=v),
+    "zeros": lambda v: CRC(zeros=v),
+    "solver": lambda v: SparseApprox(solver=v),
+    "prox": lambda v: SparseApprox(prox=v),
+    "embedding": lambda v: strategies.CoreSet(embedding=v),
+}
+
+
+@pytest.mark.parametrize("value", [["paper"], np.array(["auto", "x"]), np.zeros(2), 3])
+@pytest.mark.parametrize("name", list(WORD_OPTIONS))
+def test_a_word_option_given_something_else_is_refused_by_name(name, value):
+    """An array raised numpy's "truth value of an array ... is ambiguous", a list (against a
+    dict of rules) "unhashable type": neither named the argument."""
+    with pytest.raises(ValueError, match=rf"^{name} must be '\w+'(, '\w+')* or '\w+', got "):
+        WORD_OPTIONS[name](value)

@@ -862,7 +862,7 @@ def test_solve_iht_refuses_an_unknown_prox(prox):
     G = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
     sigma = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
     p = SparseProblem(DensePhi(G, 1), G.sum(1) / 3, sigma, b=1, alpha=1.0, beta=0.0)
-    with pytest.raises(ValueError, match=rf"^prox must be one of 'paper', 'exact', got '{prox}'$"):
+    with pytest.raises(ValueError, match=rf"^prox must be 'paper' or 'exact', got '{prox}'$"):
         solve_iht(p, 2, prox=prox)
 
 

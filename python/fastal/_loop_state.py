@@ -52,8 +52,9 @@ def _budgets(budget: Any, rounds: int | None) -> list[int]:
 
 
 def _check_task(task: Any) -> None:
-    if task not in ("classification", "regression"):
-        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    from ._validate import check_choice
+
+    check_choice(task, "task", ("classification", "regression"))
 
 
 def _count(v: Any, name: str) -> int:

@@ -17,7 +17,7 @@ from . import _ext, _interop, _lloyd
 from ._lloyd import _overflow
 from ._pool import ACC, check_spread, check_spread_torch, cpu_pool, embedding_spread, pool_info
 from ._torch_arrays import as_torch
-from ._validate import check_budget, check_indices, check_matrix, make_rng
+from ._validate import check_budget, check_choice, check_indices, check_matrix, make_rng
 from .gradients import GradientEmbedding
 from .ops import _chunks, cpu_prunes, min_sqdist_cpu, pool_rows, pool_work
 
@@ -77,8 +77,7 @@ def _kmeans_pp(
     if excl.size and (lab.size or info.device != "cpu"):
         raise AssertionError("exclude: CPU only, without labeled rows")  # a caller's bug
     k = check_budget(k, n - lab.size - excl.size, "k")
-    if first not in ("random", "norm"):
-        raise ValueError(f"first must be 'random' or 'norm', got {first!r}")
+    check_choice(first, "first", ("random", "norm"))
     rng = make_rng(seed)
     first_pick = None
     if lab.size == 0 and k > 0:

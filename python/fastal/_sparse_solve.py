@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import _ext, _interop
+from ._validate import check_choice
 
 
 @dataclass
@@ -485,8 +486,7 @@ def solve_iht(
 
     from .sparse import IHT_RULES  # (sparse imports this module: a late import, no cycle)
 
-    if prox not in IHT_RULES:  # the CPU kernel takes a flag: any other word was "paper"
-        raise ValueError(f"prox must be one of {', '.join(map(repr, IHT_RULES))}, got {prox!r}")
+    check_choice(prox, "prox", IHT_RULES)
     n = p.phi.n
     w = torch.zeros(n, dtype=torch.float64, device=p.sigma.device)
     z, r_w, r_z = w.clone(), -p.v.clone(), -p.v.clone()

@@ -228,6 +228,18 @@ def prob_sum_tol(dtype: Any) -> float:
     return max(PROB_SUM_TOL, 2.0 * _EPS.get(name, 0.0))
 
 
+def check_choice(value: Any, name: str, choices: Any) -> str:
+    """``value`` if it is one of the strings ``choices``, else a ValueError naming ``name`` (a
+    membership test of an array or a list raised numpy's "truth value is ambiguous" or
+    "unhashable type" instead)."""
+    if isinstance(value, str) and value in choices:
+        return value
+    words = [repr(c) for c in choices]
+    listed = f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else words[0]
+    got = repr(value) if isinstance(value, str) else f"{value!r:.60}"
+    raise ValueError(f"{name} must be {listed}, got {got}")
+
+
 def check_bool(value: Any, name: str) -> bool:
     """A real bool (``True``, ``False`` or a numpy bool) as a bool; the message names ``name``."""
     if not isinstance(value, (bool, np.bool_)):

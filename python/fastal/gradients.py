@@ -34,7 +34,14 @@ from ._torch_arrays import (
     torch_isfinite_rows,
     torch_logit_rows_ok,
 )
-from ._validate import check_classes, check_matrix, check_same_place, host_values, prob_sum_tol
+from ._validate import (
+    check_choice,
+    check_classes,
+    check_matrix,
+    check_same_place,
+    host_values,
+    prob_sum_tol,
+)
 
 
 class GradientEmbedding:
@@ -415,8 +422,7 @@ def _gradient_embedding(
         raise ValueError(
             f"features must have one row per row of {name} ({n}), got shape {finfo.shape}"
         )
-    if kind not in ("auto", "probs", "logits"):
-        raise ValueError(f"kind must be 'auto', 'probs' or 'logits', got {kind!r}")
+    check_choice(kind, "kind", ("auto", "probs", "logits"))
     if not isinstance(bias, (bool, np.bool_)):
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
     p_in = as_torch(probs_or_logits, pinfo)

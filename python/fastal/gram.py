@@ -8,7 +8,14 @@ from typing import Any
 import numpy as np
 
 from . import _ext, _interop
-from ._validate import check_bool, check_indices, check_matrix, host_values, real_to_float
+from ._validate import (
+    check_bool,
+    check_choice,
+    check_indices,
+    check_matrix,
+    host_values,
+    real_to_float,
+)
 
 #: float64 machine epsilon: the eigenvalues are computed in float64 for every storage dtype
 EPS = float(np.finfo(np.float64).eps)
@@ -328,8 +335,7 @@ def _check_options(rtol: Any, return_all: Any, method: str, size_s: int, D: int)
     rtol = check_rtol(rtol)
     if rtol is None:
         rtol = max(size_s, D) * EPS
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, _METHODS))}, got {method!r}")
+    check_choice(method, "method", _METHODS)
     if method == "lowrank" and return_all:
         raise ValueError(
             "return_all=True needs method='tridiagonal' (or 'auto'): 'lowrank' "

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._torch_state import forked_rng, grad_on
-from ._validate import _number, check_positive_int
+from ._validate import _number, check_choice, check_positive_int
 
 #: The paper's constant constraint levels (§5.2: cross-entropy 0.2; §5.3: MSE 0.1).
 PAPER_EPS = {"classification": 0.2, "regression": 0.1}
@@ -377,8 +377,7 @@ class PrimalDualTrainer:
             raise ValueError(f"eps must be a number, an array, 'auto' or None, got {eps!r}")
         if eps is not None and not isinstance(eps, str):
             _check_eps(eps)
-        if optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        check_choice(optimizer, "optimizer", ("adam", "sgd"))
         self.eps = eps
         self.eps_factor = _number(eps_factor, "eps_factor", positive=True)
         self.lr_primal = _number(lr_primal, "lr_primal", positive=True)

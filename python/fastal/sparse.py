@@ -39,7 +39,7 @@ from ._sparse_solve import (
     solve_iht,
     top_b_sigma,
 )
-from ._validate import check_budget
+from ._validate import check_budget, check_choice
 
 # The problem and its solvers live in _sparse_phi.py (Φ kept factored, eq. 14, or dense, eq. 19)
 # and _sparse_solve.py (SparseProblem, Alg. 1 and 2, the top-b σ safeguard); this module is
@@ -115,8 +115,7 @@ def iht_threshold(
     """
     from ._validate import _number
 
-    if rule not in IHT_RULES:
-        raise ValueError(f"rule must be one of {', '.join(map(repr, IHT_RULES))}, got {rule!r}")
+    check_choice(rule, "rule", IHT_RULES)
 
     sinfo = _interop.describe(s, "s")
     ginfo = _interop.describe(sigma, "sigma")

@@ -15,6 +15,7 @@ from .._validate import (
     _number,
     check_bool,
     check_budget,
+    check_choice,
     check_indices,
     check_positive_int,
     make_rng,
@@ -399,8 +400,7 @@ def bilevel_select(
         ("batch_size", batch_size),
     ):
         check_positive_int(v, name)
-    if solver not in ("auto", "newton", "adam"):
-        raise ValueError(f"solver must be 'auto', 'newton' or 'adam', got {solver!r}")
+    check_choice(solver, "solver", ("auto", "newton", "adam"))
     lr = _number(lr, "lr", positive=True)
     inner_tol = _number(inner_tol, "inner_tol", minimum=0.0)
     cg_tol = _number(cg_tol, "cg_tol", minimum=0.0)

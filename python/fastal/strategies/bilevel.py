@@ -16,6 +16,7 @@ from .._validate import (
     _number,
     check_bool,
     check_budget,
+    check_choice,
     check_classes,
     check_matrix,
     check_positive_int,
@@ -155,8 +156,7 @@ class BilevelCoreset(Strategy):
             ("batch_size", batch_size),
         ):
             check_positive_int(v, name)
-        if solver not in ("auto", "newton", "adam"):
-            raise ValueError(f"solver must be 'auto', 'newton' or 'adam', got {solver!r}")
+        check_choice(solver, "solver", ("auto", "newton", "adam"))
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be callable, got {type(augment).__name__}")
         if augment is not None and solver == "newton":

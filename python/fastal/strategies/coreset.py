@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import ops
-from .._validate import check_bool
+from .._validate import check_bool, check_choice
 from .base import Selection, Strategy, gradient_pool, pool_field, register
 
 
@@ -51,8 +51,7 @@ class CoreSet(Strategy):
         prune: bool = True,
         progress: bool = False,
     ) -> None:
-        if embedding not in ("features", "gradients"):
-            raise ValueError(f"embedding must be 'features' or 'gradients', got {embedding!r}")
+        check_choice(embedding, "embedding", ("features", "gradients"))
         self.embedding = embedding
         self.bias = check_bool(bias, "bias")
         self.prune = check_bool(prune, "prune")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import _interop
-from .._validate import check_bool, check_budget, make_rng
+from .._validate import check_bool, check_budget, check_choice, make_rng
 from ..gram import check_rtol
 from ..ntk import NtkRows
 from .base import Selection, Strategy, register, unlabeled_rows
@@ -127,8 +127,7 @@ class CRC(Strategy):
         self.max_groups = None if max_groups is None else int(max_groups)
         self.balanced = check_bool(balanced, "balanced")
         self.rtol = check_rtol(rtol)  # here, not at the first select (after a round of training)
-        if zeros not in ("duplicates", "skip"):
-            raise ValueError(f"zeros must be 'duplicates' or 'skip', got {zeros!r}")
+        check_choice(zeros, "zeros", ("duplicates", "skip"))
         self.zeros = zeros
         self.bias = check_bool(bias, "bias")
         self.progress = check_bool(progress, "progress")

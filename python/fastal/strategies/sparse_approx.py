@@ -11,7 +11,7 @@ import numpy as np
 from .. import _interop
 from .._torch_arrays import MASKED_LOGITS, as_torch, torch_row_norms_if_finite
 from .._torch_arrays import row_chunks as _value_chunks
-from .._validate import _number, check_bool, check_budget, check_classes, check_matrix
+from .._validate import _number, check_bool, check_budget, check_choice, check_classes, check_matrix
 from .._warnings import warn_user
 from ..sparse import (
     DensePhi,
@@ -165,8 +165,7 @@ class SparseApprox(Strategy):
         safeguard: bool = True,
         progress: bool = False,
     ) -> None:
-        if solver not in ("iht", "greedy"):
-            raise ValueError(f"solver must be 'iht' or 'greedy', got {solver!r}")
+        check_choice(solver, "solver", ("iht", "greedy"))
         if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 1:
             raise ValueError(f"iters must be a positive integer, got {iters!r}")
         self.solver = solver
@@ -177,8 +176,7 @@ class SparseApprox(Strategy):
             raise ValueError(f"setting must be None or one of {known}, got {setting!r}")
         self.setting = setting
         self.iters = int(iters)
-        if prox not in ("paper", "exact"):
-            raise ValueError(f"prox must be 'paper' or 'exact', got {prox!r}")
+        check_choice(prox, "prox", ("paper", "exact"))
         self.prox = prox
         self.tau = _number(tau, "tau", positive=True)
         self.bias = check_bool(bias, "bias")
