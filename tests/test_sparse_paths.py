@@ -36,6 +36,8 @@ from conftest import (
     AVAILABLE_CUDA_BACKENDS,
     CUDA_BACKENDS,
     assert_indices_like,
+    indices_to_backend,
+    stored,
     to_backend,
     to_numpy,
 )
@@ -351,3 +353,23 @@ def test_factored_kernels_reject_rows_out_of_range(dtype):
             adjoint(A.numpy(), H.numpy(), R, 1.0, rows)
         with pytest.raises(ValueError, match=rf"^rows\[1\] = {bad} is out of range"):
             grad_apply(A.numpy(), H.numpy(), R, 1.0, z, 0.0, rows)
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param(b, marks=pytest.mark.cuda, id=b) for b in CUDA_BACKENDS]
+)
+def test_fit_temperature_on_cuda_logits_equals_the_cpu(backend):
+    """Its chunk sums and flags reduced on the device (27b1804): the same T as the CPU's, up to
+    the rounding of the NLL near its flat minimum; -inf (a masked class) taken there too."""
+    if backend not in AVAILABLE_CUDA_BACKENDS:
+        pytest.skip(f"{backend} is not available here")
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 7, 3000)
+    z = rng.normal(size=(3000, 7))
+    z[np.arange(3000), y] += 1.5
+    masked = rng.random(z.shape) < 0.05
+    masked[np.arange(3000), y] = False  # a target is never masked
+    z[masked] = -np.inf
+    for dtype in ("float32", "float16"):
+        T = fastal.fit_temperature(to_backend(z, backend, dtype), indices_to_backend(y, backend))
+        assert_allclose(T, fastal.fit_temperature(stored(z, dtype), y), rtol=1e-6)
