@@ -575,6 +575,8 @@ class TiedHead(nn.Module):
     (lambda h, w: nn.functional.linear(h, w), "linear"),
     (lambda h, w: h @ w.T, "matmul"),
     (lambda h, w: torch.einsum("nd,cd->nc", h, w), "einsum"),
+    (lambda h, w: -torch.cdist(h, w), "cdist"),
+    (lambda h, w: torch.cosine_similarity(h[:, None], w[None], dim=-1), "cosine_similarity"),
 ])  # fmt: skip
 def test_a_default_feature_layer_before_a_functional_head_is_warned_about(product, name):
     with pytest.warns(UserWarning, match=r"registered \('body.0'\), is followed by a product "
@@ -583,3 +585,33 @@ def test_a_default_feature_layer_before_a_functional_head_is_warned_about(produc
     assert out["features"].shape == (N, D_IN)  # the raw inputs: what the warning is about
     out = pool_pass(model=TiedHead(product), embed_fn=lambda m, x: m.body(x))  # no warning
     assert out["features"].shape == (N, 8)
+
+
+class PaddedEncoder(nn.Module):
+    """A transformer with a padding mask: its fast path (nested tensors) leaves the padded
+    positions at 0, the slow path computes them, and the mean over positions differs by ~0.3."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=True)
+        self.fc = nn.Linear(8, C)
+
+    def forward(self, x):
+        h = self.enc(x, src_key_padding_mask=x.abs().sum(-1) == 0)
+        return self.fc(h.mean(1))
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype")
+def test_the_head_watch_leaves_the_first_batch_as_the_model_computes_it():
+    """A function mode on the whole first forward turned the transformer's fast path off there:
+    batch 0's logits differed from the model's (and from batch 1's way) by up to 0.29."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 6, 8)
+    x[:, 4:] = 0  # the last two positions are padding
+    model = PaddedEncoder().eval()
+    out = ft.pool_outputs(model, x, ("features", "logits"), progress=False, batch_size=4)
+    with torch.inference_mode():
+        expected = model(x)
+    assert torch.equal(out["logits"], expected)
+    assert torch._C._len_torch_function_stack() == 0

@@ -296,8 +296,13 @@ def _integer_dtype_error(x: Any, err: BaseException) -> bool:
 #: Products that make a head without an ``nn.Linear`` (F.linear on a tied weight, a cosine head).
 _LINEAR_OPS = frozenset(
     ["linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm", "addmm", "bmm",
-     "baddbmm", "einsum", "tensordot", "mv", "addmv"]
+     "baddbmm", "einsum", "tensordot", "mv", "addmv", "inner", "dot", "multi_dot",
+     "chain_matmul", "cosine_similarity", "cdist"]
 )  # fmt: skip
+
+#: Modules that leave their fast path while any function mode is on (``has_torch_function``):
+#: the watch is suspended inside them, so that they compute what they compute unwatched.
+_FAST_PATH_MODULES = (nn.MultiheadAttention, nn.TransformerEncoder, nn.TransformerEncoderLayer)
 
 
 class _LinearCalls(list):
@@ -311,9 +316,23 @@ class _LinearCalls(list):
 
 
 class _ProductsAfter(torch.overrides.TorchFunctionMode):
+    """Records the linear products while it is on the mode stack (:func:`_linear_calls` pushes it
+    when the layer has run, not before: the model's body runs unwatched)."""
+
     def __init__(self, calls: _LinearCalls) -> None:
         super().__init__()
         self.calls = calls
+        self.on = False
+
+    def push(self) -> None:
+        if not self.on:
+            self.__enter__()
+            self.on = True
+
+    def pop(self) -> None:
+        if self.on:
+            self.__exit__(None, None, None)
+            self.on = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
@@ -326,16 +345,43 @@ class _ProductsAfter(torch.overrides.TorchFunctionMode):
 @contextlib.contextmanager
 def _linear_calls(model: nn.Module, watch: bool, layer: nn.Module | None) -> Iterator[list]:
     """The ``nn.Linear`` modules of ``model`` in the order a forward pass calls them (``watch``;
-    else an empty list and no hooks), and the linear products after ``layer``'s call."""
+    else an empty list and no hooks), and the linear products after ``layer``'s call.
+
+    The products are watched by a function mode pushed when ``layer`` returns, so that nothing
+    before it runs differently; it is popped inside the modules whose fast path a function mode
+    turns off (attention, transformer layers), and at the end. Not under ``torch.compile``: a
+    mode pushed inside a compiled forward is not something dynamo is known to take."""
     calls = _LinearCalls(layer)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)] if watch else []
-    handles = [m.register_forward_hook(lambda mod, *_: calls.append(mod)) for m in linears]
-    # not under torch.compile: a function mode there would recompile the model for one batch
-    products = watch and not hasattr(model, "_orig_mod")
+    mode = _ProductsAfter(calls) if watch and not hasattr(model, "_orig_mod") else None
+
+    def after_linear(mod: nn.Module, *_: Any) -> None:
+        calls.append(mod)
+        if mod is layer and mode is not None:
+            mode.push()
+
+    resume: list[bool] = []  # per fast-path module entered: whether the mode was on
+
+    def before_fast_path(*_: Any) -> None:
+        resume.append(mode is not None and mode.on)
+        if resume[-1]:
+            mode.pop()
+
+    def after_fast_path(*_: Any) -> None:
+        if resume and resume.pop():
+            mode.push()
+
+    handles = [m.register_forward_hook(after_linear) for m in linears]
+    if mode is not None:
+        for m in model.modules():
+            if isinstance(m, _FAST_PATH_MODULES):
+                handles.append(m.register_forward_pre_hook(before_fast_path))
+                handles.append(m.register_forward_hook(after_fast_path))
     try:
-        with _ProductsAfter(calls) if products else contextlib.nullcontext():
-            yield calls
+        yield calls
     finally:
+        if mode is not None:
+            mode.pop()
         for h in handles:
             h.remove()
 
