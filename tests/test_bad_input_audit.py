@@ -472,3 +472,15 @@ def test_a_word_option_given_something_else_is_refused_by_name(name, value):
     dict of rules) "unhashable type": neither named the argument."""
     with pytest.raises(ValueError, match=rf"^{name} must be '\w+'(, '\w+')* or '\w+', got "):
         WORD_OPTIONS[name](value)
+
+
+def test_a_word_option_is_kept_as_a_plain_str():
+    """A numpy str or a StrEnum member is taken, and stored as the str it stands for."""
+    import enum
+
+    class Prox(enum.StrEnum):
+        EXACT = "exact"
+
+    assert type(SparseApprox(prox=np.str_("exact")).prox) is str
+    assert type(SparseApprox(prox=Prox.EXACT).prox) is str
+    assert repr(CRC(zeros=np.str_("skip")).zeros) == "'skip'"

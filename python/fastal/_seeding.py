@@ -77,7 +77,7 @@ def _kmeans_pp(
     if excl.size and (lab.size or info.device != "cpu"):
         raise AssertionError("exclude: CPU only, without labeled rows")  # a caller's bug
     k = check_budget(k, n - lab.size - excl.size, "k")
-    check_choice(first, "first", ("random", "norm"))
+    first = check_choice(first, "first", ("random", "norm"))
     rng = make_rng(seed)
     first_pick = None
     if lab.size == 0 and k > 0:

@@ -486,7 +486,7 @@ def solve_iht(
 
     from .sparse import IHT_RULES  # (sparse imports this module: a late import, no cycle)
 
-    check_choice(prox, "prox", IHT_RULES)
+    prox = check_choice(prox, "prox", IHT_RULES)
     n = p.phi.n
     w = torch.zeros(n, dtype=torch.float64, device=p.sigma.device)
     z, r_w, r_z = w.clone(), -p.v.clone(), -p.v.clone()

@@ -229,11 +229,11 @@ def prob_sum_tol(dtype: Any) -> float:
 
 
 def check_choice(value: Any, name: str, choices: Any) -> str:
-    """``value`` if it is one of the strings ``choices``, else a ValueError naming ``name`` (a
-    membership test of an array or a list raised numpy's "truth value is ambiguous" or
-    "unhashable type" instead)."""
+    """``value`` as a plain str if it is one of the strings ``choices`` (a numpy str, a StrEnum
+    member), else a ValueError naming ``name`` (a membership test of an array or a list raised
+    numpy's "truth value is ambiguous" or "unhashable type" instead)."""
     if isinstance(value, str) and value in choices:
-        return value
+        return str.__str__(value)
     words = [repr(c) for c in choices]
     listed = f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else words[0]
     got = repr(value) if isinstance(value, str) else f"{value!r:.60}"

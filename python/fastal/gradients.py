@@ -422,7 +422,7 @@ def _gradient_embedding(
         raise ValueError(
             f"features must have one row per row of {name} ({n}), got shape {finfo.shape}"
         )
-    check_choice(kind, "kind", ("auto", "probs", "logits"))
+    kind = check_choice(kind, "kind", ("auto", "probs", "logits"))
     if not isinstance(bias, (bool, np.bool_)):
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
     p_in = as_torch(probs_or_logits, pinfo)

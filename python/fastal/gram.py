@@ -335,7 +335,7 @@ def _check_options(rtol: Any, return_all: Any, method: str, size_s: int, D: int)
     rtol = check_rtol(rtol)
     if rtol is None:
         rtol = max(size_s, D) * EPS
-    check_choice(method, "method", _METHODS)
+    method = check_choice(method, "method", _METHODS)
     if method == "lowrank" and return_all:
         raise ValueError(
             "return_all=True needs method='tridiagonal' (or 'auto'): 'lowrank' "

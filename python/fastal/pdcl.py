@@ -377,7 +377,7 @@ class PrimalDualTrainer:
             raise ValueError(f"eps must be a number, an array, 'auto' or None, got {eps!r}")
         if eps is not None and not isinstance(eps, str):
             _check_eps(eps)
-        check_choice(optimizer, "optimizer", ("adam", "sgd"))
+        optimizer = check_choice(optimizer, "optimizer", ("adam", "sgd"))
         self.eps = eps
         self.eps_factor = _number(eps_factor, "eps_factor", positive=True)
         self.lr_primal = _number(lr_primal, "lr_primal", positive=True)

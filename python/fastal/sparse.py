@@ -115,7 +115,7 @@ def iht_threshold(
     """
     from ._validate import _number
 
-    check_choice(rule, "rule", IHT_RULES)
+    rule = check_choice(rule, "rule", IHT_RULES)
 
     sinfo = _interop.describe(s, "s")
     ginfo = _interop.describe(sigma, "sigma")

@@ -400,7 +400,7 @@ def bilevel_select(
         ("batch_size", batch_size),
     ):
         check_positive_int(v, name)
-    check_choice(solver, "solver", ("auto", "newton", "adam"))
+    solver = check_choice(solver, "solver", ("auto", "newton", "adam"))
     lr = _number(lr, "lr", positive=True)
     inner_tol = _number(inner_tol, "inner_tol", minimum=0.0)
     cg_tol = _number(cg_tol, "cg_tol", minimum=0.0)

@@ -156,7 +156,7 @@ class BilevelCoreset(Strategy):
             ("batch_size", batch_size),
         ):
             check_positive_int(v, name)
-        check_choice(solver, "solver", ("auto", "newton", "adam"))
+        solver = check_choice(solver, "solver", ("auto", "newton", "adam"))
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be callable, got {type(augment).__name__}")
         if augment is not None and solver == "newton":

@@ -51,7 +51,7 @@ class CoreSet(Strategy):
         prune: bool = True,
         progress: bool = False,
     ) -> None:
-        check_choice(embedding, "embedding", ("features", "gradients"))
+        embedding = check_choice(embedding, "embedding", ("features", "gradients"))
         self.embedding = embedding
         self.bias = check_bool(bias, "bias")
         self.prune = check_bool(prune, "prune")

@@ -127,7 +127,7 @@ class CRC(Strategy):
         self.max_groups = None if max_groups is None else int(max_groups)
         self.balanced = check_bool(balanced, "balanced")
         self.rtol = check_rtol(rtol)  # here, not at the first select (after a round of training)
-        check_choice(zeros, "zeros", ("duplicates", "skip"))
+        zeros = check_choice(zeros, "zeros", ("duplicates", "skip"))
         self.zeros = zeros
         self.bias = check_bool(bias, "bias")
         self.progress = check_bool(progress, "progress")

@@ -165,7 +165,7 @@ class SparseApprox(Strategy):
         safeguard: bool = True,
         progress: bool = False,
     ) -> None:
-        check_choice(solver, "solver", ("iht", "greedy"))
+        solver = check_choice(solver, "solver", ("iht", "greedy"))
         if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 1:
             raise ValueError(f"iters must be a positive integer, got {iters!r}")
         self.solver = solver
@@ -176,7 +176,7 @@ class SparseApprox(Strategy):
             raise ValueError(f"setting must be None or one of {known}, got {setting!r}")
         self.setting = setting
         self.iters = int(iters)
-        check_choice(prox, "prox", ("paper", "exact"))
+        prox = check_choice(prox, "prox", ("paper", "exact"))
         self.prox = prox
         self.tau = _number(tau, "tau", positive=True)
         self.bias = check_bool(bias, "bias")
