@@ -371,9 +371,10 @@ def targets(data: Data) -> list[str]:
         if f and s:
             r = s["budget_s"] / f["budget_s"]
             est = " (peer extrapolated)" if s.get("budget_s_estimated") else ""
-            if s.get("lower_bound"):
-                est = " (at least: peer's lower bound)"
-            items.append((cfg, f"{r:.1f}×{est}", r >= 10))
+            met: bool | None = r >= 10
+            if s.get("lower_bound"):  # the peer's time is at least this: below 10×, unknown
+                est, met = " (at least: the peer's time is a lower bound)", r >= 10 or None
+            items.append((cfg, f"{r:.1f}×{est}", met))
         elif f:
             sk = data.badge_skip(n, C, d, b, "skactiveml")
             items.append((cfg, f"unrun: {sk['reason'] if sk else 'no skactiveml entry'}", None))

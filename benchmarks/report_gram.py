@@ -54,10 +54,12 @@ def render(cases: dict) -> str:
         tri = impls.get("fastal_tridiagonal", {}).get("seconds")
         warp = impls.get("fastal_warp", {}).get("seconds")
         row = [device, f"{order}, {side}", f"{n_groups:,}", seconds(mine), seconds(tri)]
-        row += [seconds(warp)] + [seconds(impls.get(p, {}).get("seconds")) for p in peers]
+        bound = {p: "≥" if impls.get(p, {}).get("lower_bound") else "" for p in peers}
+        row += [seconds(warp)]
+        row += [bound[p] + seconds(impls.get(p, {}).get("seconds")) for p in peers]
         for p in peers:
             theirs = impls.get(p, {}).get("seconds")
-            row.append(f"{theirs / mine:.1f}×" if theirs and mine else "–")
+            row.append(f"{bound[p]}{theirs / mine:.1f}×" if theirs and mine else "–")
         eig = impls.get("torch_eigvalsh", {}).get("seconds")
         row.append(f"{eig / warp:.1f}×" if eig and warp else "–")
         out.append("| " + " | ".join(row) + " |")
