@@ -7,8 +7,9 @@ per-pick time is the difference over ``steps - 1`` picks, and the budget's time 
 That difference is multiplied by ``(budget - 1) / (steps - 1)`` (about 250 for 5 of 1000 picks):
 where the picks took under half of the timed run beside the set-up, the noise of either run on a
 shared machine would be most of the estimate (it gave 13 s for 1000 picks beside 31 s for 100).
-There the result is the timed run itself, a lower bound (more picks never take less), flagged
-``lower_bound``; reports print it as "≥".
+:func:`widen` then times more picks; where they still take under half (the budget or the time
+cap reached first), the result is the timed run itself, a lower bound (more picks never take
+less), flagged ``lower_bound``; reports print it as "≥".
 """
 
 from __future__ import annotations
@@ -47,3 +48,33 @@ def extrapolate(seconds: float, setup_s: float | None, steps: int, budget: int) 
         "budget_s": max(seconds, setup_s + per_pick * (budget - 1)),
         "lower_bound": False,
     }
+
+
+def widen(
+    run_steps: Callable[[int], float],
+    seconds: float,
+    setup_s: float | None,
+    steps: int,
+    budget: int,
+    max_seconds: float = 600.0,
+) -> tuple[float, int]:
+    """``(seconds, steps)`` of a run over enough picks for a linear estimate.
+
+    Where a truncated run's picks took under :data:`MIN_PICK_SHARE` of it, ``run_steps(k)`` (the
+    seconds of one run over ``k`` picks) is called again with more picks: about twice the
+    set-up's worth at the per-pick time seen so far (at least four times as many), at most the
+    budget and about ``max_seconds``; up to four times.
+    """
+    for _ in range(4):
+        if setup_s is None or steps >= budget or seconds - setup_s >= MIN_PICK_SHARE * seconds:
+            break
+        per_pick = max(seconds - setup_s, 0.0) / max(steps - 1, 1)
+        want = 4 * steps
+        if per_pick > 0:
+            want = max(want, int(1 + 2 * setup_s / per_pick))
+            want = min(want, int(1 + max(max_seconds - setup_s, 0.0) / per_pick))
+        want = min(budget, want)
+        if want <= steps:
+            break
+        seconds, steps = run_steps(want), want
+    return seconds, steps

@@ -35,8 +35,9 @@ Peers that materialise are skipped (reason recorded in the JSON) when their esti
 fewer picks (:meth:`Case.steps`, ``steps`` in ``extra_info``); then a one-pick run gives their
 set-up time and ``budget_s`` extrapolates linearly, ``setup + (budget - 1) * per-pick``
 (``budget_s_estimated`` true): each of their picks is one pass over the same matrix. Where the
-picks took under half of the timed run, ``budget_s`` is that run, a lower bound (``lower_bound``;
-:mod:`benchmarks._extrapolate`). fastal always runs the whole budget.
+picks took under half of the timed run, more picks are timed (``steps`` grows), and where they
+still do, ``budget_s`` is that run, a lower bound (``lower_bound``; :mod:`benchmarks._extrapolate`).
+fastal always runs the whole budget.
 
 Peak memory: each case also runs once in a fresh ``python bench_badge.py --child`` process, which
 generates the data, resets its peak RSS (``/proc/self/clear_refs``), runs the selection and reads
@@ -94,10 +95,10 @@ import numpy as np
 import pytest
 
 try:
-    from ._extrapolate import extrapolate, time_setup
+    from ._extrapolate import extrapolate, time_setup, widen
     from ._torch_peers import d2_sampling_torch
 except ImportError:  # run as a script: the peak-memory child (python bench_badge.py --child)
-    from _extrapolate import extrapolate, time_setup
+    from _extrapolate import extrapolate, time_setup, widen
     from _torch_peers import d2_sampling_torch
 
 LOGIT_SCALE = 2.0
@@ -983,6 +984,14 @@ def test_badge(benchmark, case: Case, sizes, results, skip_log):
         # one pick cannot cost more than `steps` picks: the set-up run paid something else (first
         # touch of fresh memory, the VM); measure it again, now next to warm allocations
         setup_s = min(setup_s, time_setup(lambda: run(pool, 1, case.budget)))
+
+    def run_steps(k: int) -> float:
+        t0 = time.perf_counter()
+        run(pool, k, case.budget)
+        return time.perf_counter() - t0
+
+    seconds, steps = widen(run_steps, seconds, setup_s, steps, case.budget)
+    info["steps"] = steps
     ext = extrapolate(seconds, setup_s, steps, case.budget)
     budget_s = ext["budget_s"]
     extra = benchmark.extra_info

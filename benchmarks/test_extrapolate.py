@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ._extrapolate import extrapolate
+from ._extrapolate import extrapolate, widen
 
 
 def test_a_run_whose_picks_dominate_is_extrapolated_linearly():
@@ -20,3 +20,18 @@ def test_a_run_whose_picks_are_within_the_noise_is_a_lower_bound(setup_s):
     """5 of 1000 picks beside a 17.5 s run: set-ups of 12–17 s gave 1386 s down to 142 s."""
     est = extrapolate(17.5, setup_s, 5, 1000)
     assert est == {"per_pick_s": None, "budget_s": 17.5, "lower_bound": True}
+
+
+def test_widen_times_more_picks_until_they_dominate():
+    setup, per_pick = 6.0, 0.05  # a set-up of 120 picks' worth
+    calls = []
+
+    def run_steps(k):
+        calls.append(k)
+        return setup + per_pick * (k - 1)
+
+    seconds, steps = widen(run_steps, run_steps(5), setup, 5, 1000)
+    assert calls[-1] == steps > 120
+    assert extrapolate(seconds, setup, steps, 1000)["budget_s"] == pytest.approx(setup + 999 * 0.05)
+    assert widen(run_steps, 20.0, 1.0, 10, 1000) == (20.0, 10)  # already linear: untouched
+    assert widen(run_steps, 7.0, 6.9, 5, 8)[1] == 8  # at most the budget
