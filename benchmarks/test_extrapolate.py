@@ -35,3 +35,34 @@ def test_widen_times_more_picks_until_they_dominate():
     assert extrapolate(seconds, setup, steps, 1000)["budget_s"] == pytest.approx(setup + 999 * 0.05)
     assert widen(run_steps, 20.0, 1.0, 10, 1000) == (20.0, 10)  # already linear: untouched
     assert widen(run_steps, 7.0, 6.9, 5, 8)[1] == 8  # at most the budget
+
+
+def test_the_pick_share_boundary():
+    assert extrapolate(17.5, 8.0, 5, 1000)["lower_bound"] is False  # picks 54 % of the run
+    assert extrapolate(10.0, 5.0, 5, 101) == {
+        "per_pick_s": 1.25,
+        "budget_s": 130.0,
+        "lower_bound": False,
+    }  # exactly half: linear
+    assert extrapolate(5.0, 1.0, 1, 100) == {
+        "per_pick_s": None,
+        "budget_s": 5.0,
+        "lower_bound": True,
+    }  # one pick: no per-pick time
+    assert extrapolate(10.0, 1.0, 10, 5)["budget_s"] == 10.0  # never below the timed run
+
+
+def test_widen_sizes_its_runs():
+    setup, per_pick = 6.0, 0.05
+    calls = []
+
+    def run_steps(k):
+        calls.append(k)
+        return setup + per_pick * (k - 1)
+
+    assert widen(run_steps, run_steps(5), setup, 5, 1000)[1] == 240  # twice the set-up's worth
+    calls.clear()
+    assert widen(run_steps, run_steps(5), setup, 5, 1000, max_seconds=10.0) == (10.0, 81)
+    assert calls == [5, 80, 81]  # capped near max_seconds, and no rerun of the same size
+    # no per-pick time seen (noise): four times as many picks, up to four times
+    assert widen(lambda k: 6.0, 5.0, 6.0, 5, 1000) == (6.0, 1000)  # 20, 80, 320, then the budget

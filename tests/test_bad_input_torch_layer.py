@@ -615,3 +615,136 @@ def test_the_head_watch_leaves_the_first_batch_as_the_model_computes_it():
         expected = model(x)
     assert torch.equal(out["logits"], expected)
     assert torch._C._len_torch_function_stack() == 0
+
+
+# -- the head watch, mutation-tested (products, fast paths, the mode stack) ----------------------
+
+
+@pytest.mark.parametrize(("product", "name"), [
+    (lambda h, w: torch.mm(h, w.T), "mm"),
+    (lambda h, w: torch.addmm(torch.zeros(C), h, w.T), "addmm"),
+    (lambda h, w: torch.bmm(h[None], w.T[None])[0], "bmm"),
+    (lambda h, w: torch.tensordot(h, w, dims=([1], [1])), "tensordot"),
+    (lambda h, w: torch.inner(h, w), "inner"),
+    (lambda h, w: torch.Tensor.__rmatmul__(w.T, h), "__rmatmul__"),
+    (lambda h, w: nn.functional.bilinear(h, h, w[:, None].expand(C, 8, 8).clone()), "bilinear"),
+])  # fmt: skip
+def test_more_functional_heads_are_warned_about(product, name):
+    with pytest.warns(UserWarning, match=rf"followed by a product outside an nn.Linear \({name}\)"):
+        pool_pass(model=TiedHead(product))
+
+
+class ProjectedEncoder(nn.Module):
+    """The input projection is the last nn.Linear registered and runs before a padded
+    transformer (its fast path); the head is F.linear on a tied weight."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=True)
+        self.classes = nn.Parameter(torch.randn(C, 8))
+        self.inp = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.enc(self.inp(x), src_key_padding_mask=x.abs().sum(-1) == 0)
+        return nn.functional.linear(h.mean(1), self.classes)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype")
+def test_the_watch_is_off_inside_a_transformer_after_the_default_layer():
+    torch.manual_seed(0)
+    x = torch.randn(8, 6, 8)
+    x[:, 4:] = 0
+    model = ProjectedEncoder().eval()
+    not_last = r"\('inp'\), is not the last one the forward pass runs \('enc.layers.0.linear2'\)"
+    with pytest.warns(UserWarning, match=not_last):
+        out = ft.pool_outputs(model, x, ("features", "logits"), progress=False, batch_size=4)
+    with torch.inference_mode():
+        expected = model(x)
+    assert torch.equal(out["logits"], expected)
+    assert torch._C._len_torch_function_stack() == 0
+
+
+class ProjectedAttention(nn.Module):
+    """The input projection (the last nn.Linear registered) runs before self-attention with a
+    padding mask (MultiheadAttention's fast path runs no nn.Linear module); the head is F.linear
+    on a tied weight, after the attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.classes = nn.Parameter(torch.randn(C, 8))
+        self.inp = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.inp(x)
+        h, _ = self.att(h, h, h, key_padding_mask=x.abs().sum(-1) == 0, need_weights=False)
+        return nn.functional.linear(h.mean(1), self.classes)
+
+
+def test_the_watch_resumes_after_attention():
+    torch.manual_seed(0)
+    x = torch.randn(8, 6, 8)
+    x[:, 4:] = 0
+    model = ProjectedAttention().eval()
+    followed = r"\('inp'\), is followed by a product outside an nn.Linear \(linear\)"
+    with pytest.warns(UserWarning, match=followed):
+        out = ft.pool_outputs(model, x, ("features", "logits"), progress=False, batch_size=4)
+    with torch.inference_mode():
+        expected = model(x)
+    assert torch.equal(out["logits"], expected)
+    assert torch._C._len_torch_function_stack() == 0
+
+
+class BodyProbe(nn.Module):
+    """Records whether a function mode is on while the body (before the head) runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(D_IN, 8)
+        self.head = nn.Linear(8, C)
+        self.seen = []
+
+    def forward(self, x):
+        h = torch.relu(self.l1(x))
+        self.seen.append(torch._C._len_torch_function_stack())
+        return self.head(h)
+
+
+def test_the_body_runs_unwatched():
+    model = BodyProbe()
+    pool_pass(model=model)
+    assert model.seen
+    assert set(model.seen) == {0}
+
+
+class SharedHead(nn.Module):
+    """The last nn.Linear registered runs twice in a forward (a shared projection)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(D_IN, D_IN)
+
+    def forward(self, x):
+        return self.proj(torch.relu(self.proj(x)))[:, :C]
+
+
+def test_a_layer_run_twice_leaves_no_mode_on_the_stack():
+    with pytest.raises(RuntimeError, match="ran more than once"):
+        pool_pass(model=SharedHead())
+    assert torch._C._len_torch_function_stack() == 0
+
+
+class NoLinearRuns(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(D_IN, C))
+        self.projector = nn.Linear(C, 4)  # training only
+
+    def forward(self, x):
+        return x @ self.w
+
+
+def test_a_default_layer_that_never_runs_is_named_when_a_head_is_watched():
+    with pytest.raises(RuntimeError, match=r"Linear 'projector' did not run"):
+        pool_pass(model=NoLinearRuns(), needs=("features", "probs"))

@@ -583,3 +583,22 @@ def test_bias_false_uses_the_features_without_the_constant_column():
     assert not np.allclose(with_bias.diagnostics["scores"], want.diagnostics["scores"])
     with pytest.raises(TypeError, match="bias must be a bool"):
         CRC(bias="no")
+
+
+@pytest.mark.parametrize("rtol", [1.0, -1e-9, True, False])
+def test_crc_refuses_rtol_out_of_range_or_a_bool(rtol):
+    with pytest.raises((ValueError, TypeError), match=r"^rtol must be"):
+        CRC(rtol=rtol)
+
+
+def test_a_zero_budget_has_the_dtypes_of_any_other():
+    Z = np.random.default_rng(0).normal(size=(20, 3))
+    some, none = (CRC(group_size=2).select(Z, b, labeled=[0], seed=0) for b in (4, 0))
+    assert none.indices.dtype == some.indices.dtype
+    assert none.diagnostics["n_groups"] == 0
+    for k, v in some.diagnostics.items():
+        if k != "n_groups":
+            assert none.diagnostics[k].dtype == v.dtype, k
+    assert type(none.indices) is type(some.indices)
+    torch_none = CRC(group_size=2).select(torch.from_numpy(Z), 0, labeled=[0], seed=0)
+    assert isinstance(torch_none.indices, torch.Tensor)

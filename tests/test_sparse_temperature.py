@@ -386,3 +386,37 @@ def test_fit_temperature_takes_a_last_chunk_one_row_longer(monkeypatch):
     T = fastal.fit_temperature(z, y)
     monkeypatch.setattr(_torch_arrays, "_CHUNK_VALUES", 1 << 20)
     assert pytest.approx(fastal.fit_temperature(z, y), rel=1e-6) == T
+
+
+def test_fit_temperature_finds_huge_logits_in_an_early_chunk(monkeypatch):
+    from fastal import _torch_arrays
+
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(500, 7)) * 3
+    y = rng.integers(0, 7, 500)
+    z[:5] = z[:5] / np.abs(z[:5]).max() * 1e308  # huge rows in the first chunk only
+    y = z.argmin(1)  # the NLL falls towards T = 1e2
+    whole = fastal.fit_temperature(z, y)
+    assert whole == pytest.approx(1e2, rel=1e-2)
+    monkeypatch.setattr(_torch_arrays, "_CHUNK_VALUES", 64)
+    assert fastal.fit_temperature(z, y) == pytest.approx(whole, rel=1e-6)
+
+
+def test_fit_temperature_of_huge_logits_sums_every_chunk(monkeypatch):
+    from fastal import _torch_arrays
+
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(500, 7)) * 3
+    y = rng.integers(0, 7, 500)
+    z[np.arange(500), y] += 2
+    z[:250] = z[:250] * 1e305  # the huge rows pull T one way, the others another
+    whole = fastal.fit_temperature(z, y)
+    monkeypatch.setattr(_torch_arrays, "_CHUNK_VALUES", 64)
+    assert fastal.fit_temperature(z, y) == pytest.approx(whole, rel=1e-6)
+
+
+def test_fit_temperature_of_a_hugely_negative_target():
+    """|z| judges the scale: a target at -1e307 beside logits near 0 made (z - z_y) / T overflow."""
+    z = np.random.default_rng(4).normal(size=(500, 4))
+    big = -np.abs(z) / np.abs(z).max() * 1e307  # every logit <= 0: max(z) is not the scale
+    assert pytest.approx(1e2, rel=1e-2) == fastal.fit_temperature(big, big.argmin(1))
