@@ -484,3 +484,27 @@ def test_a_word_option_is_kept_as_a_plain_str():
     assert type(SparseApprox(prox=np.str_("exact")).prox) is str
     assert type(SparseApprox(prox=Prox.EXACT).prox) is str
     assert repr(CRC(zeros=np.str_("skip")).zeros) == "'skip'"
+
+
+def test_sparse_approx_passes_other_errors_through(monkeypatch):
+    """Only the non-finite IHT score is reworded as an overflow upstream."""
+    from fastal.strategies import sparse_approx
+
+    def fails(*args, **kwargs):
+        raise ValueError("something else")
+
+    monkeypatch.setattr(sparse_approx, "solve_iht", fails)
+    with pytest.raises(ValueError, match=r"^something else$"):
+        SparseApprox(solver="iht", temperature=2.0).select(_factored_pool(1.0), 5)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_row_finiteness_is_per_row_on_every_path(dtype):
+    """bfloat16 takes torch's path (numpy has no bfloat16), the others numpy's."""
+    import torch
+
+    from fastal._torch_arrays import torch_isfinite_rows
+
+    t = torch.ones(4, 3, dtype=getattr(torch, dtype))
+    t[2, 1] = float("nan")
+    assert torch_isfinite_rows(t).tolist() == [True, True, False, True]
