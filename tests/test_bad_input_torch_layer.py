@@ -650,21 +650,6 @@ class ProjectedEncoder(nn.Module):
         return nn.functional.linear(h.mean(1), self.classes)
 
 
-@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype")
-def test_the_watch_is_off_inside_a_transformer_after_the_default_layer():
-    torch.manual_seed(0)
-    x = torch.randn(8, 6, 8)
-    x[:, 4:] = 0
-    model = ProjectedEncoder().eval()
-    not_last = r"\('inp'\), is not the last one the forward pass runs \('enc.layers.0.linear2'\)"
-    with pytest.warns(UserWarning, match=not_last):
-        out = ft.pool_outputs(model, x, ("features", "logits"), progress=False, batch_size=4)
-    with torch.inference_mode():
-        expected = model(x)
-    assert torch.equal(out["logits"], expected)
-    assert torch._C._len_torch_function_stack() == 0
-
-
 class ProjectedAttention(nn.Module):
     """The input projection (the last nn.Linear registered) runs before self-attention with a
     padding mask (MultiheadAttention's fast path runs no nn.Linear module); the head is F.linear
@@ -682,13 +667,19 @@ class ProjectedAttention(nn.Module):
         return nn.functional.linear(h.mean(1), self.classes)
 
 
-def test_the_watch_resumes_after_attention():
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype")
+@pytest.mark.parametrize(("model", "warning"), [
+    (ProjectedEncoder, r"is not the last one the forward pass runs \('enc.layers.0.linear2'\)"),
+    (ProjectedAttention, r"is followed by a product outside an nn.Linear \(linear\)"),
+])  # fmt: skip
+def test_the_watch_is_off_inside_attention_after_the_default_layer(model, warning):
+    """The default layer ('inp') runs before a padded transformer or attention: the watch is
+    suspended there (their fast path stays on: the logits are the model's) and resumes after."""
     torch.manual_seed(0)
     x = torch.randn(8, 6, 8)
     x[:, 4:] = 0
-    model = ProjectedAttention().eval()
-    followed = r"\('inp'\), is followed by a product outside an nn.Linear \(linear\)"
-    with pytest.warns(UserWarning, match=followed):
+    model = model().eval()
+    with pytest.warns(UserWarning, match=r"\('inp'\), " + warning):
         out = ft.pool_outputs(model, x, ("features", "logits"), progress=False, batch_size=4)
     with torch.inference_mode():
         expected = model(x)
