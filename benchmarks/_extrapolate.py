@@ -21,16 +21,27 @@ from collections.abc import Callable
 MIN_PICK_SHARE = 0.5
 
 
-def time_setup(fn: Callable[[], object]) -> float:
-    """Seconds of a one-pick run: the best of two where it is cheap (< 2 s), else one."""
+def seconds_of(fn: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call of ``fn`` (which synchronises a device itself)."""
     t0 = time.perf_counter()
     fn()
-    best = time.perf_counter() - t0
-    if best < 2.0:
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return time.perf_counter() - t0
+
+
+def timed(run: Callable[[int], object]) -> Callable[[int], float]:
+    """``run(k)`` (a run over ``k`` picks) as ``k -> its seconds``, what :func:`widen` calls."""
+    return lambda k: seconds_of(lambda: run(k))
+
+
+def time_setup(fn: Callable[[], object]) -> float:
+    """Seconds of a one-pick run: the best of two where it is cheap (< 2 s), else one."""
+    best = seconds_of(fn)
+    return min(best, seconds_of(fn)) if best < 2.0 else best
+
+
+def _picks_dominate(seconds: float, setup_s: float) -> bool:
+    """Whether a run's picks took at least :data:`MIN_PICK_SHARE` of it beside the set-up."""
+    return seconds - setup_s >= MIN_PICK_SHARE * seconds
 
 
 def extrapolate(seconds: float, setup_s: float | None, steps: int, budget: int) -> dict:
@@ -39,10 +50,9 @@ def extrapolate(seconds: float, setup_s: float | None, steps: int, budget: int) 
     a lower bound) and ``lower_bound`` (see the module docstring)."""
     if setup_s is None:
         return {"per_pick_s": seconds / steps, "budget_s": seconds, "lower_bound": False}
-    picks_s = seconds - setup_s
-    if steps < 2 or picks_s < MIN_PICK_SHARE * seconds:
+    if steps < 2 or not _picks_dominate(seconds, setup_s):
         return {"per_pick_s": None, "budget_s": seconds, "lower_bound": True}
-    per_pick = picks_s / (steps - 1)
+    per_pick = (seconds - setup_s) / (steps - 1)
     return {
         "per_pick_s": per_pick,
         "budget_s": max(seconds, setup_s + per_pick * (budget - 1)),
@@ -66,7 +76,7 @@ def widen(
     budget and about ``max_seconds``; up to four times.
     """
     for _ in range(4):
-        if setup_s is None or steps >= budget or seconds - setup_s >= MIN_PICK_SHARE * seconds:
+        if setup_s is None or steps >= budget or _picks_dominate(seconds, setup_s):
             break
         per_pick = max(seconds - setup_s, 0.0) / max(steps - 1, 1)
         want = 4 * steps

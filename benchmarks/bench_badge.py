@@ -95,10 +95,10 @@ import numpy as np
 import pytest
 
 try:
-    from ._extrapolate import extrapolate, time_setup, widen
+    from ._extrapolate import extrapolate, time_setup, timed, widen
     from ._torch_peers import d2_sampling_torch
 except ImportError:  # run as a script: the peak-memory child (python bench_badge.py --child)
-    from _extrapolate import extrapolate, time_setup, widen
+    from _extrapolate import extrapolate, time_setup, timed, widen
     from _torch_peers import d2_sampling_torch
 
 LOGIT_SCALE = 2.0
@@ -984,13 +984,8 @@ def test_badge(benchmark, case: Case, sizes, results, skip_log):
         # one pick cannot cost more than `steps` picks: the set-up run paid something else (first
         # touch of fresh memory, the VM); measure it again, now next to warm allocations
         setup_s = min(setup_s, time_setup(lambda: run(pool, 1, case.budget)))
-
-    def run_steps(k: int) -> float:
-        t0 = time.perf_counter()
-        run(pool, k, case.budget)
-        return time.perf_counter() - t0
-
-    seconds, steps = widen(run_steps, seconds, setup_s, steps, case.budget)
+    widened = timed(lambda k: run(pool, k, case.budget))
+    seconds, steps = widen(widened, seconds, setup_s, steps, case.budget)
     info["steps"] = steps
     ext = extrapolate(seconds, setup_s, steps, case.budget)
     budget_s = ext["budget_s"]

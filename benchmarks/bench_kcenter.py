@@ -35,7 +35,7 @@ import pytest
 
 import fastal
 
-from ._extrapolate import extrapolate, time_setup, widen
+from ._extrapolate import extrapolate, time_setup, timed, widen
 
 #: The labeled point every implementation starts from.
 L0 = 0
@@ -326,14 +326,8 @@ def test_kcenter(benchmark, case: Case, request, sizes, pools, results, cuda_syn
     seconds = min(measured)
     if steps < case.budget:
         setup_s = time_setup(lambda: (run(X, 1), cuda_sync(X)))
-
-        def run_steps(k: int) -> float:
-            t0 = time.perf_counter()
-            run(X, k)
-            cuda_sync(X)
-            return time.perf_counter() - t0
-
-        seconds, steps = widen(run_steps, seconds, setup_s, steps, case.budget)
+        widened = timed(lambda k: (run(X, k), cuda_sync(X)))
+        seconds, steps = widen(widened, seconds, setup_s, steps, case.budget)
     ext = extrapolate(seconds, setup_s, steps, case.budget)
     per_step = ext["budget_s"] / case.budget if setup_s is not None else min(measured) / steps
     extra = benchmark.extra_info

@@ -62,7 +62,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pytest
 
-from ._extrapolate import extrapolate, time_setup, widen
+from ._extrapolate import extrapolate, time_setup, timed, widen
 from ._torch_peers import d2_sampling_torch
 
 SEED = 0
@@ -458,14 +458,8 @@ def test_kmeans(benchmark, case: Case, sizes, pools, results, skip_log):
         picks = to_numpy(outputs[-1]).astype(np.int64)
         assert picks.shape == (steps,)
         assert len(np.unique(picks)) == steps
-
-        def run_steps(m: int) -> float:
-            t0 = time.perf_counter()
-            run_pp(X, m, k)
-            mem.sync()
-            return time.perf_counter() - t0
-
-        seconds, steps = widen(run_steps, seconds, setup_s, steps, k)
+        widened = timed(lambda m: (run_pp(X, m, k), mem.sync()))
+        seconds, steps = widen(widened, seconds, setup_s, steps, k)
         ext = extrapolate(seconds, setup_s, steps, k)
         total = ext["budget_s"]
         extra.update(
