@@ -2,18 +2,18 @@
 
 Each turns a user's mistake into an error that names the argument and shows what was received,
 before the pool pass where it can (``needs``, devices, dtypes, seeds, ``labeled`` / ``labels`` /
-``duals``), else as the first batch shows it (the model's outputs, the feature layer's input,
-``embed_fn``'s result) or at the end (NaN / Inf outputs, named by row of ``data``). Also the
-model's device, dtype and feature layer, which those checks read. Private: the public functions
-of :mod:`fastal.torch.adapter` call them (and :mod:`fastal.loop` / :mod:`fastal.ally` a few).
+``duals``), else as the first batch shows it (the model's outputs, ``embed_fn``'s result; the
+feature layer's input in :mod:`fastal.torch._forward`) or at the end (NaN / Inf outputs, named
+by row of ``data``). Also the model's device, dtype and feature layer, which those checks read.
+Private: the public functions of :mod:`fastal.torch.adapter` call them (and :mod:`fastal.loop` /
+:mod:`fastal.ally` a few).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -219,28 +219,6 @@ def _feature_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module
     return linears[-1]
 
 
-def _captured_features(
-    captured: list, layer: nn.Module, rows: int, model: nn.Module
-) -> torch.Tensor:
-    """The feature layer's input for the whole batch: a layer that saw part of it (a chunked
-    forward, ``nn.DataParallel`` replicas sharing the hook) would give rows of mixed widths."""
-    if not captured:
-        name = _module_name(model, layer)
-        raise RuntimeError(
-            f"the feature layer {type(layer).__name__} {name!r} did not run in the forward pass "
-            "(the default is the last nn.Linear registered: one used only in training, or "
-            "attention's out_proj, never runs as a module); pass feature_layer= or embed_fn="
-        )
-    x = captured[0]
-    if x.ndim == 0 or x.shape[0] != rows:
-        raise RuntimeError(
-            f"the feature layer {type(layer).__name__} saw an input of shape {tuple(x.shape)} for "
-            f"a batch of {rows} rows: it runs on part of the batch (a chunked forward, "
-            "nn.DataParallel replicas) or batch-second; pass embed_fn= (or model.module)"
-        )
-    return x
-
-
 def _check_output(z: Any, task: str, rows: int) -> torch.Tensor:
     if not isinstance(z, torch.Tensor):
         raise TypeError(
@@ -291,120 +269,6 @@ def _integer_dtype_error(x: Any, err: BaseException) -> bool:
     """Whether ``err`` is the model's dtype error on integer inputs ``x`` (not a shape error)."""
     integer = isinstance(x, torch.Tensor) and not (x.is_floating_point() or x.is_complex())
     return integer and ("dtype" in str(err) or "scalar type" in str(err))
-
-
-#: Products that make a head without an ``nn.Linear`` (F.linear on a tied weight, a cosine head).
-_LINEAR_OPS = frozenset(
-    ["linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm", "addmm", "bmm",
-     "baddbmm", "einsum", "tensordot", "mv", "addmv", "inner", "dot", "multi_dot",
-     "chain_matmul", "cosine_similarity", "cdist"]
-)  # fmt: skip
-
-#: Modules that leave their fast path while any function mode is on (``has_torch_function``):
-#: the watch is suspended inside them, so that they compute what they compute unwatched.
-_FAST_PATH_MODULES = (nn.MultiheadAttention, nn.TransformerEncoder, nn.TransformerEncoderLayer)
-
-
-class _LinearCalls(list):
-    """The ``nn.Linear`` modules in the order a forward pass calls them, and the linear products
-    (``F.linear``, ``@``, ...) that ran outside them after ``layer`` was the last one to run."""
-
-    def __init__(self, layer: nn.Module | None) -> None:
-        super().__init__()
-        self.layer = layer
-        self.products_after: list[str] = []
-
-
-class _ProductsAfter(torch.overrides.TorchFunctionMode):
-    """Records the linear products while it is on the mode stack (:func:`_linear_calls` pushes it
-    when the layer has run, not before: the model's body runs unwatched)."""
-
-    def __init__(self, calls: _LinearCalls) -> None:
-        super().__init__()
-        self.calls = calls
-        self.on = False
-
-    def push(self) -> None:
-        if not self.on:
-            self.__enter__()
-            self.on = True
-
-    def pop(self) -> None:
-        if self.on:
-            self.__exit__(None, None, None)
-            self.on = False
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        calls = self.calls
-        if name in _LINEAR_OPS and calls and calls[-1] is calls.layer:
-            calls.products_after.append(name)
-        return func(*args, **(kwargs or {}))
-
-
-@contextlib.contextmanager
-def _linear_calls(model: nn.Module, watch: bool, layer: nn.Module | None) -> Iterator[list]:
-    """The ``nn.Linear`` modules of ``model`` in the order a forward pass calls them (``watch``;
-    else an empty list and no hooks), and the linear products after ``layer``'s call.
-
-    The products are watched by a function mode pushed when ``layer`` returns, so that nothing
-    before it runs differently; it is popped inside the modules whose fast path a function mode
-    turns off (attention, transformer layers), and at the end. Not under ``torch.compile``: a
-    mode pushed inside a compiled forward is not something dynamo is known to take."""
-    calls = _LinearCalls(layer)
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)] if watch else []
-    mode = _ProductsAfter(calls) if watch and not hasattr(model, "_orig_mod") else None
-
-    def after_linear(mod: nn.Module, *_: Any) -> None:
-        calls.append(mod)
-        if mod is layer and mode is not None:
-            mode.push()
-
-    resume: list[bool] = []  # per fast-path module entered: whether the mode was on
-
-    def before_fast_path(*_: Any) -> None:
-        resume.append(mode is not None and mode.on)
-        if resume[-1]:
-            mode.pop()
-
-    def after_fast_path(*_: Any) -> None:
-        if resume and resume.pop():
-            mode.push()
-
-    handles = [m.register_forward_hook(after_linear) for m in linears]
-    if mode is not None:
-        for m in model.modules():
-            if isinstance(m, _FAST_PATH_MODULES):
-                handles.append(m.register_forward_pre_hook(before_fast_path))
-                handles.append(m.register_forward_hook(after_fast_path))
-    try:
-        yield calls
-    finally:
-        if mode is not None:
-            mode.pop()
-        for h in handles:
-            h.remove()
-
-
-def _warn_if_not_the_head(model: nn.Module, layer: nn.Module, calls: _LinearCalls) -> None:
-    """The default feature layer is the last ``nn.Linear`` registered, which need not be the head
-    (one registered before the body, or a head that is a function: ``F.linear`` on a tied weight,
-    a cosine head): its input was then some other activation, silently. Where another
-    ``nn.Linear`` or a linear product runs after it in the forward pass, say so (first batch)."""
-    if not calls:
-        return
-    name = _module_name(model, layer)
-    if calls[-1] is not layer:
-        after = f"is not the last one the forward pass runs ({_module_name(model, calls[-1])!r})"
-    elif calls.products_after:
-        after = f"is followed by a product outside an nn.Linear ({calls.products_after[0]})"
-    else:
-        return
-    warn_user(
-        f"the default feature layer, the last nn.Linear registered ({name!r}), {after}: it may "
-        "not be the head, and the features would be its input; pass feature_layer= (the head) "
-        "or embed_fn=",
-    )
 
 
 def _check_amp(amp: Any) -> torch.dtype | None:

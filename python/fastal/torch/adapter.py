@@ -6,7 +6,8 @@ by batch, so a pool of millions of rows never holds more than one batch of activ
 
 This module holds the public functions; their argument, model and output checks are in
 :mod:`fastal.torch._checks`, the reading of the pool in batches and the writing of the outputs in
-:mod:`fastal.torch._batches`.
+:mod:`fastal.torch._batches`, the passes of one batch through the model in
+:mod:`fastal.torch._forward`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import inspect
 import itertools
 import numbers
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,6 @@ from .._validate import check_bool
 from ._batches import (
     _autocast,
     _batches,
-    _call,
     _count_rows,
     _forked_rng,
     _known_size,
@@ -45,37 +45,28 @@ from ._batches import (
     _Writer,
 )
 from ._checks import (
-    _captured_features,
     _check_amp,
     _check_device,
     _check_dtype,
-    _check_embedding,
     _check_finite_outputs,
     _check_label_range,
     _check_labeled,
     _check_labels,
     _check_needs,
-    _check_output,
     _check_seed,
     _classes_of,
     _feature_layer,
     _labeled_duals,
-    _linear_calls,
     _model_device,
     _model_dtype,
-    _warn_if_not_the_head,
-    _warn_if_probabilities,
 )
+from ._forward import _eval_pass, _FeatureHook, _mc_passes
 
 #: What ``pool_outputs`` can compute, per task.
 NEEDS = {
     "classification": ("features", "logits", "probs", "mc_probs"),
     "regression": ("features", "outputs", "mc_outputs"),
 }
-
-
-class _StopForward(Exception):
-    """Raised by the feature hook when nothing after the hooked layer is needed."""
 
 
 def needs_of(strategy: Any) -> tuple[str, ...]:
@@ -334,14 +325,12 @@ def pool_outputs(
                 "pass feature_layer= or embed_fn=, not both: the features are embed_fn's, and "
                 "feature_layer would be ignored"
             )
-        hook_layer = None
+        head = tuple(k for k in needs if k in ("logits", "probs", "outputs"))
+        hook = None
         if "features" in needs and embed_fn is None:
-            hook_layer = _feature_layer(model, feature_layer)
+            hook = _FeatureHook(_feature_layer(model, feature_layer), stop=not head)
         elif feature_layer is not None:  # checked though unused: a typo'd name passed silently
             _feature_layer(model, feature_layer)
-        default_layer = hook_layer is not None and feature_layer is None
-        head = tuple(k for k in needs if k in ("logits", "probs", "outputs"))
-        only_features = "features" in needs and not head
 
         n = _known_size(data, num_workers)
         if n == 0:
@@ -361,47 +350,6 @@ def pool_outputs(
         # model's training could not use afterwards
         lazy = any(map(nn.parameter.is_lazy, itertools.chain(model.parameters(), model.buffers())))
         grad_ctx = torch.inference_mode if inference_mode and not lazy else torch.no_grad
-        captured: list[torch.Tensor] = []
-
-        def record(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if captured:
-                raise RuntimeError(
-                    "the feature layer ran more than once in one forward pass; pass feature_layer= "
-                    "or embed_fn= to say which features to use"
-                )
-            if args:
-                x = args[0]
-            elif len(kwargs) == 1:  # called as layer(input=h)
-                x = next(iter(kwargs.values()))
-            else:
-                raise RuntimeError(
-                    f"the feature layer was called with keyword arguments {sorted(kwargs)}: pass "
-                    "embed_fn= (or a feature_layer= called with its input first)"
-                )
-            if not isinstance(x, torch.Tensor):
-                what = type(x).__name__
-                raise RuntimeError(
-                    f"the feature layer's input is a {what}, not a tensor: pass embed_fn="
-                )
-            if only_features:
-                captured.append(x)
-                raise _StopForward
-            # a copy: the rest of the forward pass may change it in place (ReLU(inplace=True))
-            captured.append(x.clone())
-
-        @contextlib.contextmanager
-        def feature_hook() -> Iterator[None]:
-            # On for the deterministic pass only: the Monte-Carlo passes neither need nor trip it.
-            handle = (
-                hook_layer.register_forward_pre_hook(record, with_kwargs=True)
-                if hook_layer is not None
-                else None
-            )
-            try:
-                yield
-            finally:
-                if handle is not None:
-                    handle.remove()
 
         states = [(m, m.training) for m in model.modules()]
         rng = _forked_rng(seed, run_device) if mc else contextlib.nullcontext()
@@ -415,59 +363,17 @@ def pool_outputs(
                     rows = _rows(x)
                     result: dict[str, torch.Tensor] = {}
                     if "features" in needs or head:
-                        captured.clear()
-                        with amp_ctx():
-                            if embed_fn is not None:
-                                result["features"] = _check_embedding(embed_fn(model, x), rows)
-                            z = None
-                            # the first full pass watches which nn.Linear runs last (the head)
-                            watch = writer.pos == 0 and bool(head) and default_layer
-                            if head or hook_layer is not None:
-                                try:
-                                    with (
-                                        feature_hook(),
-                                        _linear_calls(model, watch, hook_layer) as calls,
-                                    ):
-                                        z = _call(model, x)
-                                except _StopForward:
-                                    z = None
-                                if watch:
-                                    _warn_if_not_the_head(model, hook_layer, calls)
-                        if hook_layer is not None:
-                            result["features"] = _captured_features(
-                                captured, hook_layer, rows, model
-                            )
-                        if head:
-                            z = _check_output(z, task, rows)
-                            if writer.pos == 0 and task == "classification":
-                                _warn_if_probabilities(z)
-                            for key in head:
-                                result[key] = (
-                                    torch.softmax(z.float(), dim=1) if key == "probs" else z
-                                )
-                        captured.clear()
+                        result = _eval_pass(
+                            model, x, rows, hook=hook, embed_fn=embed_fn, head=head, task=task,
+                            amp_ctx=amp_ctx, first=writer.pos == 0,
+                            watch_head=hook is not None and feature_layer is None,
+                        )  # fmt: skip
                     if mc:
-                        passes = []
-                        for m in dropouts:
-                            m.train()
-                        # torch's fused transformer path skips the dropout modules altogether
-                        fastpath = torch.backends.mha.get_fastpath_enabled()
-                        torch.backends.mha.set_fastpath_enabled(False)
-                        try:
-                            for _ in range(mc_samples):
-                                with amp_ctx():
-                                    z = _check_output(_call(model, x), task, rows)
-                                varied = varied or (bool(passes) and not torch.equal(z, passes[0]))
-                                passes.append(z)
-                        finally:
-                            torch.backends.mha.set_fastpath_enabled(fastpath)
-                            for m in dropouts:
-                                m.eval()
-                        stacked = torch.stack(passes)
-                        if task == "classification":
-                            result["mc_probs"] = torch.softmax(stacked.float(), dim=2)
-                        else:
-                            result["mc_outputs"] = stacked
+                        key = "mc_probs" if task == "classification" else "mc_outputs"
+                        result[key], varied = _mc_passes(
+                            model, x, rows, dropouts=dropouts, samples=mc_samples, task=task,
+                            amp_ctx=amp_ctx, varied=varied,
+                        )  # fmt: skip
                     writer.write(result, rows)
                     bar.update(rows)
         finally:
