@@ -489,6 +489,36 @@ def test_bad_input(kwargs, error, match):
         robust_kcenter(args.pop("X"), args.pop("budget"), args.pop("labeled"), **args)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"outliers": -3}, ValueError, "outliers must be a count >= 0, got -3"),
+        ({"outliers": 1.5}, ValueError, r"outliers as a float is a fraction in \[0, 1\)"),
+        ({"outliers": "1"}, TypeError, "outliers must be an int count or a float fraction"),
+        ({"max_points": 0}, ValueError, "max_points must be a positive integer"),
+        ({"max_points": 2.0}, TypeError, "max_points must be a positive integer, got float"),
+        ({"time_limit": 0}, ValueError, "time_limit must be > 0"),
+        ({"time_limit": "10"}, TypeError, "time_limit must be a real number"),
+        ({"candidates": "abc"}, TypeError, "candidates must hold integer indices"),
+        ({"candidates": [[1, 2]]}, ValueError, "candidates must be 1-D"),
+        ({"candidates": [-1, 2]}, ValueError, "candidates has negative indices: e.g. -1"),
+        ({"candidates": [0.5]}, TypeError, "candidates must hold integer indices, got dtype float"),
+        ({"candidates": np.array([True, False])}, TypeError, "boolean mask"),
+    ],
+)
+def test_strategy_options_are_checked_at_construction(kwargs, error, match):
+    # before the first select, which a loop reaches only after a round of training
+    with pytest.raises(error, match=match):
+        RobustKCenter(**kwargs)
+
+
+def test_strategy_candidates_bounded_at_select():
+    X = gaussian(10, 2, seed=0)
+    strategy = RobustKCenter(candidates=[2, 3, 11])  # the pool's size is known only at select
+    with pytest.raises(ValueError, match=r"candidates has indices out of range \[0, 10\)"):
+        strategy.select(X, 1, [0])
+
+
 def test_nan_and_inf_are_refused():
     X = gaussian(10, 2, seed=0)
     X[4, 1] = np.nan

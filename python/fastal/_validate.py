@@ -140,6 +140,23 @@ def _refuse_huge_ints(indices: Any, n: int, name: str) -> None:
         raise ValueError(f"{name} has indices out of range [0, {n}): e.g. {bad}")
 
 
+def check_index_values(indices: Any, name: str) -> np.ndarray:
+    """1-D non-negative integer indices as host numpy, checked before the pool's size is known (an
+    option given to a strategy's constructor); :func:`check_indices` bounds them at select."""
+    arr = host_values(indices, name, "integer indices")
+    if arr.dtype == np.bool_:
+        raise TypeError(
+            f"{name} must hold integer indices, got a boolean mask; use np.flatnonzero(mask)"
+        )
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer indices, got dtype {arr.dtype}")
+    if arr.size and arr.dtype.kind == "i" and int(arr.min()) < 0:
+        raise ValueError(f"{name} has negative indices: e.g. {int(arr.min())}")
+    return arr
+
+
 def check_indices(
     indices: Any, n: int, name: str, *, like: ArrayInfo | None = None, unique: bool = True
 ) -> np.ndarray:

@@ -374,15 +374,16 @@ def _result(info, picks, radius, out, greedy_radius, optimal, start, diag) -> Ro
     )
 
 
-def _outlier_count(outliers: Any, n: int, n_unlabeled: int) -> int:
-    """Ξ from an int count or a float fraction of the unlabeled points."""
+def check_outliers(outliers: Any) -> int | float:
+    """``outliers`` as an int count >= 0 or a float fraction in [0, 1), before the pool is known
+    (:func:`_outlier_count` then bounds the count by the pool)."""
     if isinstance(outliers, bool) or not isinstance(outliers, numbers.Real):
         raise TypeError(
             f"outliers must be an int count or a float fraction, got {type(outliers).__name__}"
         )
     if isinstance(outliers, numbers.Integral):
-        if not 0 <= outliers < n:
-            raise ValueError(f"outliers must be a count in [0, n) = [0, {n}), got {outliers}")
+        if outliers < 0:
+            raise ValueError(f"outliers must be a count >= 0, got {outliers}")
         return int(outliers)
     frac = real_to_float(outliers, "outliers")
     if not 0.0 <= frac < 1.0:
@@ -390,6 +391,18 @@ def _outlier_count(outliers: Any, n: int, n_unlabeled: int) -> int:
             f"outliers as a float is a fraction in [0, 1) of the unlabeled points, got {frac}; "
             "pass an int for a count"
         )
+    return frac
+
+
+def _outlier_count(outliers: Any, n: int, n_unlabeled: int) -> int:
+    """Ξ from an int count or a float fraction of the unlabeled points."""
+    integral = isinstance(outliers, numbers.Integral) and not isinstance(outliers, bool)
+    if integral and not 0 <= outliers < n:
+        raise ValueError(f"outliers must be a count in [0, n) = [0, {n}), got {outliers}")
+    checked = check_outliers(outliers)
+    if isinstance(checked, int):
+        return checked
+    frac = checked
     # 0.29 * 100 is 28.999999999999996 in floating point: the user meant 29; and a fraction
     # below 1 leaves a point, however close to 1 it is (0.99999999999 of 10 rounded up to 10)
     count = int(np.floor(round(frac * n_unlabeled, 9)))

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from .._interop import host_numpy
-from ..robust_kcenter import MAX_POINTS, _robust_kcenter, check_size
+from .._validate import _number, check_index_values
+from ..robust_kcenter import MAX_POINTS, _robust_kcenter, check_outliers, check_size
 from .base import Selection, Strategy, pool_field, register
 
 #: Largest materialised GradientEmbedding (elements) the strategy accepts: 1 GiB as float32.
@@ -63,6 +64,13 @@ class RobustKCenter(Strategy):
         max_points: int = MAX_POINTS,
         time_limit: float | None = None,
     ) -> None:
+        # checked here, not at the first select (after a round of training in a loop)
+        check_outliers(outliers)
+        check_size(0, 0, max_points, False)  # max_points: a positive integer
+        if time_limit is not None:
+            _number(time_limit, "time_limit", positive=True)
+        if candidates is not None:
+            check_index_values(candidates, "candidates")
         self.outliers = outliers
         self.candidates = candidates
         self.max_points = max_points
