@@ -587,6 +587,29 @@ def test_a_default_feature_layer_before_a_functional_head_is_warned_about(produc
     assert out["features"].shape == (N, 8)
 
 
+@pytest.mark.parametrize("model", [HeadRegisteredFirst, lambda: TiedHead(lambda h, w: h @ w.T)])
+def test_a_default_layer_that_is_not_the_head_is_warned_about_for_features_alone(model):
+    """Core-Set, k-means and robust k-center ask for the features alone: the pass stopped at the
+    default layer, so nothing watched what ran after it, and k-center ran on the raw inputs."""
+    with pytest.warns(UserWarning, match="it may not be the head"):
+        out = pool_pass(model=model(), needs=("features",), batch_size=4)
+    assert out["features"].shape == (N, D_IN)
+    with pytest.warns(UserWarning, match="it may not be the head"):
+        both = pool_pass(model=model(), needs=("features", "probs"), batch_size=4)
+    assert torch.equal(out["features"], both["features"])
+
+
+def test_features_alone_from_a_layer_run_twice_are_its_first_call_on_every_batch():
+    """The first batch's pass runs through the model (to watch the head), the others stop at the
+    layer: the features are the input of its first call either way, and no 'ran more than once'.
+    The second call is the head, which the features are not the input of: that is warned about."""
+    model = SharedHead()
+    with pytest.warns(UserWarning, match="it may not be the head"):
+        out = pool_pass(model=model, needs=("features",), batch_size=4)
+    assert torch.equal(out["features"], x32())  # proj's first input: the raw rows
+    assert torch._C._len_torch_function_stack() == 0
+
+
 class PaddedEncoder(nn.Module):
     """A transformer with a padding mask: its fast path (nested tensors) leaves the padded
     positions at 0, the slow path computes them, and the mean over positions differs by ~0.3."""

@@ -28,15 +28,20 @@ class _StopForward(Exception):
 class _FeatureHook:
     """The input of ``layer`` in one forward pass, recorded by a forward pre-hook that is on only
     inside :meth:`on` (the deterministic pass: the Monte-Carlo passes neither need nor trip it).
-    With ``stop`` (nothing after the layer is needed) the pass ends at the layer's first call."""
+    With ``stop`` (nothing after the layer is needed) the pass ends at the layer's first call,
+    but for a pass that runs on (:meth:`on`'s ``through``: the first batch's, watching the head),
+    which records that first call only, as a stopped pass would."""
 
     def __init__(self, layer: nn.Module, stop: bool) -> None:
         self.layer = layer
         self.stop = stop
+        self.through = False
         self.captured: list[torch.Tensor] = []
 
     def record(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self.captured:
+            if self.stop:  # running through: a stopped pass would not have seen this call
+                return
             raise RuntimeError(
                 "the feature layer ran more than once in one forward pass; pass feature_layer= "
                 "or embed_fn= to say which features to use"
@@ -54,20 +59,22 @@ class _FeatureHook:
             raise RuntimeError(
                 f"the feature layer's input is a {type(x).__name__}, not a tensor: pass embed_fn="
             )
-        if self.stop:
+        if self.stop and not self.through:
             self.captured.append(x)
             raise _StopForward
         # a copy: the rest of the forward pass may change it in place (ReLU(inplace=True))
         self.captured.append(x.clone())
 
     @contextlib.contextmanager
-    def on(self) -> Iterator[None]:
+    def on(self, through: bool = False) -> Iterator[None]:
         self.captured.clear()
+        self.through = through
         handle = self.layer.register_forward_pre_hook(self.record, with_kwargs=True)
         try:
             yield
         finally:
             handle.remove()
+            self.through = False
 
     def features(self, rows: int, model: nn.Module) -> torch.Tensor:
         """What the pass recorded, checked to be the whole batch; the record is then dropped."""
@@ -229,26 +236,27 @@ def _eval_pass(
     """The batch's features (``embed_fn``'s or ``hook``'s) and its ``head`` outputs (``"logits"``,
     ``"probs"``, ``"outputs"``) from one forward pass in eval mode. On the ``first`` batch, with
     ``watch_head`` (the feature layer is the default one), a warning if that layer does not look
-    like the head, and one if the logits look like probabilities."""
+    like the head (that pass runs the whole model even when only the features are asked), and
+    one if the logits look like probabilities."""
     result: dict[str, torch.Tensor] = {}
     layer = hook.layer if hook is not None else None
     with amp_ctx():
         if embed_fn is not None:
             result["features"] = _check_embedding(embed_fn(model, x), rows)
         z = None
-        # the first full pass watches which nn.Linear runs last (the head)
-        watch = first and bool(head) and watch_head
+        # the first pass watches what runs after the default layer (the head, or not)
+        watch = first and watch_head and hook is not None
         if head or hook is not None:
-            recording = hook.on() if hook is not None else contextlib.nullcontext()
+            recording = hook.on(through=watch) if hook is not None else contextlib.nullcontext()
             try:
                 with recording, _linear_calls(model, watch, layer) as calls:
                     z = _call(model, x)
             except _StopForward:
                 z = None
-            if watch:
-                _warn_if_not_the_head(model, layer, calls)
-    if hook is not None:
+    if hook is not None:  # before the head warning: a layer that never ran is an error
         result["features"] = hook.features(rows, model)
+    if watch:
+        _warn_if_not_the_head(model, layer, calls)
     if head:
         z = _check_output(z, task, rows)
         if first and task == "classification":

@@ -257,10 +257,11 @@ def pool_outputs(
         The hook is on during the deterministic (eval) pass only; when that pass needs nothing
         after the layer (no ``"logits"``, ``"probs"`` or ``"outputs"``) it stops there, at the
         layer's first call; otherwise a layer that runs more than once in one forward
-        (test-time augmentation, a reused layer) is refused. With outputs asked, a default layer
-        that is not the last ``nn.Linear`` the forward pass runs (a head registered before the
-        body), or that is followed by a linear product outside an ``nn.Linear`` (a head that is
-        ``F.linear`` on a tied weight, a cosine head), draws a warning. The Monte-Carlo passes
+        (test-time augmentation, a reused layer) is refused. A default layer that is not the
+        last ``nn.Linear`` the forward pass runs (a head registered before the body), or that is
+        followed by a linear product outside an ``nn.Linear`` (a head that is ``F.linear`` on a
+        tied weight, a cosine head), draws a warning: the first batch's pass runs the whole model
+        to see that, even when only the features are asked. The Monte-Carlo passes
         run the whole model without the hook, so any combination of ``needs`` works.
     batch_fn : callable, optional
         Turns one batch of ``data`` into the model's input: a Dataset's or DataLoader's batch as
