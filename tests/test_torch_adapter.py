@@ -345,6 +345,19 @@ def test_regression_outputs():
         ft.pool_outputs(Tiny(out=1), x, ("probs",), task="regression")
 
 
+def test_select_names_the_strategy_whose_reads_a_regression_model_cannot_give():
+    """It said "needs has 'probs'", naming an argument the caller never passed."""
+    x = torch.from_numpy(inputs())
+    message = (
+        r"strategy 'entropy' reads 'probs', which a regression model cannot give "
+        r"\(task='regression' gives 'features', 'outputs'"
+    )
+    with pytest.raises(ValueError, match=message):
+        ft.select("entropy", Tiny(out=1), x, 2, task="regression", progress=False)
+    with pytest.raises(ValueError, match="needs has 'probs'"):  # needs= given: named as before
+        ft.select("entropy", Tiny(out=1), x, 2, needs=("probs",), task="regression")
+
+
 def test_progress_bar_and_output_options(capsys):
     x = torch.from_numpy(inputs())
     out = ft.pool_outputs(Tiny(), x, ("logits",), dtype=torch.float64, progress=True)

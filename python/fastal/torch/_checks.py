@@ -24,8 +24,10 @@ from .._warnings import warn_user
 
 
 def _check_needs(
-    needs: Sequence[str] | str, task: str, extra: tuple[str, ...] = ()
+    needs: Sequence[str] | str, task: str, extra: tuple[str, ...] = (), strategy: str | None = None
 ) -> tuple[str, ...]:
+    """``needs`` as a tuple of distinct names that a ``task`` model gives (or ``extra``); errors
+    name ``strategy`` where the needs are that strategy's ``requires``, not the caller's."""
     from .adapter import NEEDS  # (the adapter imports this module)
 
     if task not in NEEDS:
@@ -36,6 +38,12 @@ def _check_needs(
         raise TypeError(f"needs must be a name or a list of names, got {needs!r:.60}")
     needs = tuple(dict.fromkeys(needs))
     bad = [k for k in needs if k not in NEEDS[task] + extra]
+    if bad and strategy is not None:
+        raise ValueError(
+            f"strategy {strategy!r} reads {', '.join(map(repr, bad))}, which a {task} model "
+            f"cannot give (task={task!r} gives {', '.join(map(repr, NEEDS[task]))}): pick a "
+            "strategy that reads those"
+        )
     if bad:
         raise ValueError(
             f"needs has {', '.join(map(repr, bad))}, which a {task} model cannot give; "

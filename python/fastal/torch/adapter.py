@@ -487,7 +487,11 @@ def select(
     counts = ("batch_size", "mc_samples", "num_workers")
     _check_counts(**{k: options[k] for k in counts if k in options})
     task = options.get("task", "classification")
-    needs = needs_of(strategy) if needs is None else _check_needs(needs, task, extra=("duals",))
+    if needs is None:  # the strategy's: checked here, so that the error names the strategy
+        name = getattr(strategy, "name", type(strategy).__name__)
+        needs = _check_needs(needs_of(strategy), task, extra=("duals",), strategy=name)
+    else:
+        needs = _check_needs(needs, task, extra=("duals",))
     duals = options.pop("duals", None)
     model_needs = tuple(k for k in needs if k != "duals")
     make_rng(seed, "seed")  # the rule of every strategy, whether or not this one draws
