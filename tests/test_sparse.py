@@ -892,3 +892,17 @@ def test_iht_takes_no_momentum_step_along_rounding(seed, monkeypatch):
     assert_allclose(got.weights, w, rtol=0, atol=1e-12)
     monkeypatch.setattr(_sparse_solve, "_MOMENTUM_NOISE", -1.0)  # the paper's momentum step
     assert np.abs(solve().weights - w).max() > 1e-4
+
+
+def test_the_p_equals_p_warning_says_why():
+    """It said "(temperature 1, or label_probs equal to probs)" whatever the cause, and told a user
+    of one-hot predictions to change a temperature that changes nothing there."""
+    pool = logits_pool(12, 3, 2, seed=3)
+    with pytest.warns(UserWarning, match=r"\(temperature 1\).*labeled_targets.*labels="):
+        SparseApprox(temperature=1.0).select(pool, 2)
+    one_hot = {"probs": np.eye(3)[np.arange(12) % 3], "features": pool["features"]}
+    with pytest.warns(UserWarning, match=r"one-hot predictions, which temperature 2 leaves"):
+        SparseApprox(temperature=2.0).select(one_hot, 2)
+    same = {**one_hot, "label_probs": one_hot["probs"]}
+    with pytest.warns(UserWarning, match=r"\(label_probs equal to the predictions\).*other label"):
+        SparseApprox().select(same, 2)

@@ -351,11 +351,21 @@ class SparseApprox(Strategy):
         if label:
             label_check.raise_if_invalid()
         if not bool(differs):
+            if label:
+                why, fix = "label_probs equal to the predictions", "pass other label_probs"
+            elif T == 1.0:
+                why = "temperature 1"
+                fix = (
+                    "pass a temperature other than 1, labeled_logits and labeled_targets for "
+                    "temperature='auto' (fastal.torch.select: labels=), or label_probs"
+                )
+            else:  # a tempered one-hot row is the same one-hot row
+                why = f"one-hot predictions, which temperature {T:g} leaves as they are"
+                fix = "with one-hot predictions no temperature changes that"
             warn_user(
-                "SparseApprox: the label distribution P equals the predictions p (temperature 1, "
-                "or label_probs equal to probs), so every expected gradient p - P is 0 and the "
-                "selection reduces to the top-b sigma; pass a temperature other than 1, "
-                "labeled_logits and labeled_targets for temperature='auto', or label_probs",
+                f"SparseApprox: the label distribution P equals the predictions p ({why}), so "
+                "every expected gradient p - P is 0 and the selection reduces to the top-b "
+                f"sigma; {fix}",
             )
         if self.bias:
             h_norms = torch.sqrt(h_norms * h_norms + 1)
