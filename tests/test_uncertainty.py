@@ -405,3 +405,15 @@ def test_logits_under_probs_name_the_pool_key(name):
     pool = {"probs": np.array([[2.0, -1.0], [0.5, 0.5]]), "features": np.ones((2, 2))}
     with pytest.raises(ValueError, match="pass them under the pool key 'logits' for logits"):
         strategies.get(name)().select(pool, 1)
+
+
+def test_bald_warns_about_mc_probs_with_the_rows_first():
+    """(n, T, C), what torch.stack(passes, dim=1) gives, was read as n passes over T rows: the
+    indices picked were pass numbers, silently."""
+    rng = np.random.default_rng(0)
+    mc = rng.dirichlet(np.ones(5), size=(8, 500))  # (T, n, C)
+    with pytest.warns(UserWarning, match=r"shape \(500, 8, 5\) is read as T = 500.*transpose"):
+        BALD().select({"mc_probs": mc.transpose(1, 0, 2)}, 5)
+    assert BALD().select({"mc_probs": mc}, 5).indices.shape == (5,)  # no warning (pytest: error)
+    few = rng.dirichlet(np.ones(3), size=(64, 10))  # T = 64 passes over 10 rows: plausible
+    assert BALD().select({"mc_probs": few}, 2).indices.shape == (2,)

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import _interop
 from .._validate import check_budget, check_classes, check_matrix, make_rng, prob_sum_tol
+from .._warnings import warn_user
 from ..gradients import GradientEmbedding
 from .base import LOGITS_KEY, Selection, Strategy, register, unlabeled_rows
 
@@ -392,6 +393,10 @@ class LeastConfidence(_ScoreStrategy):
         return _row_scores(stored, key, lambda p: 1 - p.max(dim=1).values), info
 
 
+#: More Monte-Carlo passes than this, and than pool rows, look like an (n, T, C) array
+_MANY_PASSES = 64
+
+
 @register
 class BALD(_ScoreStrategy):
     """BALD: mutual information between the label and the model parameters (Houlsby et al. 2011),
@@ -437,6 +442,12 @@ class BALD(_ScoreStrategy):
                 f"{info.shape}: with one pass every BALD score is 0"
             )
         check_classes(info.shape[2], "mc_probs", info.shape)
+        if info.shape[0] > max(info.shape[1], _MANY_PASSES):
+            warn_user(
+                f"mc_probs of shape {info.shape} is read as T = {info.shape[0]} Monte-Carlo passes "
+                f"over a pool of n = {info.shape[1]} rows: if the rows come first (torch.stack("
+                "passes, dim=1)), pass mc_probs.transpose(0, 1), or the indices picked are passes"
+            )
         if info.dtype not in _interop.FLOAT_DTYPES:
             raise TypeError(f"mc_probs must have a floating dtype, got {info.dtype}")
         stored = as_torch(pool["mc_probs"], info)
