@@ -301,10 +301,11 @@ def _check_classes(y: Any, n_classes: int, name: str) -> None:
         )
 
 
-def _n_classes(model: Any, data: _Data, idx: np.ndarray) -> int:
-    """The number of logits ``model`` returns, from one pool row (the RNG state is kept). It runs
-    a copy: a lazy module (``nn.LazyLinear``) would otherwise take its weights here, outside the
-    round's seeded training, and a resumed run would draw them elsewhere."""
+def _n_classes(model: Any, data: _Data, idx: np.ndarray, **reading: Any) -> int:
+    """The number of logits ``model`` returns, from one pool row (the RNG state is kept), read
+    as ``reading`` says (``collate_fn``, ``batch_fn``, ...). It runs a copy: a lazy module
+    (``nn.LazyLinear``) would otherwise take its weights here, outside the round's seeded
+    training, and a resumed run would draw them elsewhere."""
     import copy
 
     import torch
@@ -314,7 +315,9 @@ def _n_classes(model: Any, data: _Data, idx: np.ndarray) -> int:
     rows = data.X[torch.from_numpy(idx[:1])] if data.dataset is None else data.subset(idx[:1])
     with forked_rng(_param_device(model)):
         probe = copy.deepcopy(model)
-        logits = pool_outputs(probe, rows, ("logits",), inference_mode=False, progress=False)
+        logits = pool_outputs(
+            probe, rows, ("logits",), inference_mode=False, progress=False, **reading
+        )
     return int(logits["logits"].shape[1])
 
 

@@ -25,7 +25,7 @@ _STATE_VERSION = 1
 
 
 #: The options of fastal.torch.select that run sets itself (select_options may not).
-_RUN_OWNS = frozenset({"labeled", "labels", "seed", "task", "device", "batch_size"})
+_RUN_OWNS = frozenset({"labeled", "labels", "seed", "task", "device", "batch_size", "collate_fn"})
 
 
 def _stable_repr(value: Any) -> str | None:

@@ -72,16 +72,20 @@ def _match(out: Any, y: Any, name: str) -> tuple[Any, Any]:
     return out, y
 
 
-def evaluate(model: Any, data: _Data, task: str, *, device: Any, batch_size: int) -> float:
-    """Test accuracy (classification) or mean squared error (regression)."""
+def evaluate(
+    model: Any, data: _Data, task: str, *, device: Any, batch_size: int, **reading: Any
+) -> float:
+    """Test accuracy (classification) or mean squared error (regression); ``reading``: how
+    :func:`fastal.torch.pool_outputs` reads the set (``collate_fn``, ``batch_fn``, ...)."""
     import torch
 
     from .torch import pool_outputs
 
     key = "logits" if task == "classification" else "outputs"
     out = pool_outputs(
-        model, data.inputs, (key,), task=task, device=device, batch_size=batch_size, progress=False
-    )[key]
+        model, data.inputs, (key,), task=task, device=device, batch_size=batch_size,
+        progress=False, **reading,
+    )[key]  # fmt: skip
     y = data.all_labels()
     if task == "classification":
         _check_classes(y, out.shape[1], data.label_name)

@@ -360,6 +360,7 @@ def run(
     checkpoint: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     select_options: dict | None = None,
+    collate_fn: Callable[[list], Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run an active-learning experiment and return its learning curve.
@@ -422,7 +423,14 @@ def run(
     select_options : dict, optional
         More options for :func:`fastal.torch.select` (``mc_samples``, ``amp``, ``progress``,
         ...); not those run passes itself (``labeled``, ``labels``, ``seed``, ``task``,
-        ``device``, ``batch_size``).
+        ``device``, ``batch_size``, ``collate_fn``). Its ``batch_fn`` and ``num_workers`` also
+        read the test set in the evaluation.
+    collate_fn : callable, optional
+        For Datasets whose rows differ in length (token ids, audio): the ``collate_fn`` of the
+        DataLoaders that read the pool (selection) and the test set (evaluation), given the
+        Dataset's ``(x, y)`` items (see :func:`fastal.torch.pool_outputs`). The default
+        training (:func:`fit`) stacks the labeled rows and cannot take such rows: pass a
+        ``train_fn`` that batches them with the same function.
     log : callable, optional
         Called with one line per round.
 
@@ -488,7 +496,7 @@ def run(
             "model_fn must be a callable that returns a fresh nn.Module (e.g. a lambda or a "
             f"class), got {type(model_fn).__name__}"
         )
-    for fn, fn_name in ((train_fn, "train_fn"), (log, "log")):
+    for fn, fn_name in ((train_fn, "train_fn"), (log, "log"), (collate_fn, "collate_fn")):
         if fn is not None and not callable(fn):
             raise TypeError(f"{fn_name} must be callable, got {type(fn).__name__}")
     if select_options is not None and not isinstance(select_options, Mapping):
@@ -498,9 +506,11 @@ def run(
     if clash:
         raise ValueError(
             f"select_options sets {', '.join(clash)}, which run passes itself (labeled, labels, "
-            "seed from the run seed; task, device, batch_size from run's own arguments)"
+            "seed from the run seed; task, device, batch_size, collate_fn from run's own "
+            "arguments)"
         )
     # before round 0's training, which select would only follow with these errors
+    from .torch._checks import _check_collate
     from .torch.adapter import _SELECT_OPTIONS, _check_counts
 
     unknown = sorted(set(options) - _SELECT_OPTIONS - {"needs"})  # needs: select's own keyword
@@ -511,6 +521,12 @@ def run(
         )
     check_positive_int(batch_size, "batch_size")
     _check_counts(**{k: options[k] for k in ("mc_samples", "num_workers") if k in options})
+    for d in (data, testset):
+        _check_collate(collate_fn, d.inputs)
+    # how the evaluation reads the test set, as the selection reads the pool
+    reading = {"collate_fn": collate_fn} | {
+        k: options[k] for k in ("batch_fn", "num_workers") if k in options
+    }
     meta = {
         "version": _STATE_VERSION,
         "seed": int(seed),
@@ -555,7 +571,7 @@ def run(
         labels = None
         if task == "classification":
             if n_classes is None:  # labels must index the model's logits: check before training
-                n_classes = _n_classes(model, data, labeled)
+                n_classes = _n_classes(model, data, labeled, **reading)
                 for d in (data, testset):
                     if d.dataset is None:
                         _check_classes(d.y, n_classes, d.label_name)
@@ -570,7 +586,7 @@ def run(
             )
         model = trained if trained is not None else model
         train_seconds = time.perf_counter() - start
-        value = evaluate(model, testset, task, device=device, batch_size=batch_size)
+        value = evaluate(model, testset, task, device=device, batch_size=batch_size, **reading)
         row = {"round": r, "n_labeled": int(labeled.size), metric: value,
                "train_seconds": train_seconds, "select_seconds": 0.0}  # fmt: skip
         if r < len(budgets):
@@ -578,6 +594,7 @@ def run(
             sel = torch_select(
                 strategy, model, data.inputs, budgets[r], labeled, seed=select_seed, labels=labels,
                 task=task, device=device, batch_size=batch_size, **{"progress": False, **options},
+                collate_fn=collate_fn,
             )  # fmt: skip
             picks = np.asarray(sel.indices.cpu() if hasattr(sel.indices, "cpu") else sel.indices)
             _check_picks(picks, labeled, budgets[r], data.n, strategy_name)

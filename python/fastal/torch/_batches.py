@@ -94,8 +94,10 @@ def _count_rows(data: Any, options: Mapping[str, Any]) -> int:
     output (random): one pass over the data, without the model."""
     workers = options.get("num_workers", 0)
     _known_size(data, workers)
-    batches = _batches(data, options.get("batch_size", 256), workers, torch.device("cpu"),
-                       options.get("batch_fn"), torch.float32)  # fmt: skip
+    batches = _batches(
+        data, options.get("batch_size", 256), workers, torch.device("cpu"),
+        options.get("batch_fn"), torch.float32, options.get("collate_fn"),
+    )  # fmt: skip
     rows = sum(_rows(x) for x in batches)
     if rows == 0:
         raise ValueError("data is empty: the pool needs at least one row")
@@ -214,6 +216,7 @@ def _batches(
     device: torch.device,
     batch_fn: Any,
     model_dtype: torch.dtype,
+    collate_fn: Any = None,
 ) -> Iterator[Any]:
     if isinstance(data, np.ndarray):
         cast = model_dtype if np.issubdtype(data.dtype, np.floating) else None
@@ -235,6 +238,7 @@ def _batches(
             shuffle=False,
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
+            collate_fn=collate_fn,  # None: torch's default
         )
     # Starting an iteration draws the workers' base seed from torch's generator: not the user's.
     with torch.random.fork_rng(devices=[]):

@@ -52,6 +52,24 @@ def _check_needs(
     return needs
 
 
+def _check_collate(collate_fn: Any, data: Any) -> None:
+    """``collate_fn`` only where fastal builds the DataLoader (a Dataset, a list of rows)."""
+    from torch.utils.data import DataLoader
+
+    if collate_fn is None:
+        return
+    if isinstance(data, DataLoader):
+        raise ValueError(
+            "collate_fn is for a Dataset: data is a DataLoader, which collates with its own "
+            "(pass the Dataset, or build the DataLoader with this collate_fn)"
+        )
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        raise ValueError(
+            f"collate_fn is for a Dataset: data is a {type(data).__name__}, sliced into batches "
+            "rather than collated (use batch_fn to turn a slice into the model's input)"
+        )
+
+
 #: Output dtypes of ``pool_outputs`` (the floating dtypes the strategies read).
 _OUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 

@@ -46,6 +46,7 @@ from ._batches import (
 )
 from ._checks import (
     _check_amp,
+    _check_collate,
     _check_device,
     _check_dtype,
     _check_finite_outputs,
@@ -182,6 +183,7 @@ def pool_outputs(
     embed_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     feature_layer: nn.Module | str | None = None,
     batch_fn: Callable[[Any], Any] | None = None,
+    collate_fn: Callable[[list], Any] | None = None,
     num_workers: int = 0,
     inference_mode: bool = True,
     progress: bool = True,
@@ -267,6 +269,12 @@ def pool_outputs(
         Turns one batch of ``data`` into the model's input: a Dataset's or DataLoader's batch as
         it is collated, a tensor's or array's slice of ``batch_size`` rows as a tensor (already
         on ``device`` in the model's dtype).
+    collate_fn : callable, optional
+        The ``collate_fn`` of the DataLoader that reads ``data`` when it is a Dataset (or a list
+        of rows): rows of different lengths (token ids, audio) padded into one batch. Its result
+        goes to the model as a collated batch does (a tuple's first element, or ``batch_fn``'s
+        result). A DataLoader keeps its own, and tensors and arrays are sliced, not collated:
+        passing one there is an error.
     num_workers : int, default 0
         DataLoader workers when ``data`` is a Dataset (a non-negative integer).
     inference_mode : bool, default True
@@ -307,10 +315,11 @@ def pool_outputs(
     seed = _check_seed(seed, "seed")
     check_bool(inference_mode, "inference_mode")
     check_bool(progress, "progress")
-    for fn, fn_name in ((embed_fn, "embed_fn"), (batch_fn, "batch_fn")):
+    for fn, fn_name in ((embed_fn, "embed_fn"), (batch_fn, "batch_fn"), (collate_fn, "collate_fn")):
         if fn is not None and not callable(fn):
             raise TypeError(f"{fn_name} must be callable, got {type(fn).__name__}")
     data = _plain_numbers(data)
+    _check_collate(collate_fn, data)
     # The model's train / eval flags, its forward hooks and torch's generator are process-wide:
     # one pass at a time across threads (fastal._torch_state).
     with LOCK:
@@ -344,7 +353,9 @@ def pool_outputs(
         if run is not None:  # after the checks: a refused call leaves the model where it was
             model.to(run)
         run_device = run if run is not None else _model_device(model)
-        batches = _batches(data, batch_size, num_workers, run_device, batch_fn, _model_dtype(model))
+        batches = _batches(
+            data, batch_size, num_workers, run_device, batch_fn, _model_dtype(model), collate_fn
+        )
         writer = _Writer(n, out_device, dtype)
         amp_ctx = _autocast(amp_dtype, run_device)
         # a lazy module's first forward creates its weights: inference tensors there, which the
@@ -486,6 +497,7 @@ def select(
         )
     counts = ("batch_size", "mc_samples", "num_workers")
     _check_counts(**{k: options[k] for k in counts if k in options})
+    _check_collate(options.get("collate_fn"), data)  # also where no model output is read
     task = options.get("task", "classification")
     if needs is None:  # the strategy's: checked here, so that the error names the strategy
         name = getattr(strategy, "name", type(strategy).__name__)
