@@ -320,14 +320,32 @@ def test_fit_temperature_rejects_bad_input():
         fastal.fit_temperature(z, np.full(50, 3))
     with pytest.raises(ValueError, match="targets"):
         fastal.fit_temperature(z, np.full(50, -1))
-    with pytest.raises(TypeError, match="targets"):
-        fastal.fit_temperature(z, t.astype(np.float64))
+    half = t.astype(np.float64)
+    half[7] = 0.5
+    with pytest.raises(TypeError, match=r"got float64 values that are not whole numbers: e.g. 0.5"):
+        fastal.fit_temperature(z, half)
+    with pytest.raises(TypeError, match="targets must hold integer classes, got dtype complex128"):
+        fastal.fit_temperature(z, t.astype(np.complex128))  # (host_values' refusal)
     with pytest.raises(ValueError, match="logits"):
         fastal.fit_temperature(z[:, 0], t)
     bad = z.copy()
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="logits"):
         fastal.fit_temperature(bad, t)
+
+
+def test_fit_temperature_takes_whole_number_float_and_bool_targets():
+    """Refused before, while fastal.loop takes such labels; a bfloat16 refusal said float32."""
+    z, t = planted(60, 3, 1.5, seed=6)
+    T = fastal.fit_temperature(z, t)
+    for whole in (t.astype(np.float64), torch.tensor(t, dtype=torch.bfloat16)):
+        assert fastal.fit_temperature(z, whole) == T
+    binary = t % 2 == 1
+    assert fastal.fit_temperature(z[:, :2], binary) == fastal.fit_temperature(z[:, :2], t % 2)
+    half = torch.tensor(t, dtype=torch.bfloat16)
+    half[0] = 0.5
+    with pytest.raises(TypeError, match="got bfloat16 values that are not whole numbers"):
+        fastal.fit_temperature(z, half)
 
 
 @pytest.mark.parametrize("offset", [1e12, 1e15, 1e16])

@@ -182,7 +182,8 @@ def fit_temperature(logits: Any, targets: Any) -> float:
         0; never a row's target). The search runs in float64 in torch
         on the array's device.
     targets : 1-D integer array of shape (n,)
-        True classes in ``[0, C)``, any framework (read to the host).
+        True classes in ``[0, C)``, any framework (read to the host); bool, or floats holding
+        whole numbers (``1.0``, never ``0.5``), are taken as classes too.
 
     Returns
     -------
@@ -226,11 +227,18 @@ def _fit_temperature(
     n, C = info.shape
     if _interop.is_array(targets):
         _interop.describe(targets, tname)  # a tensor on an unsupported device: named TypeError
+    stored = str(getattr(targets, "dtype", "")).removeprefix("torch.")  # bfloat16 reads as f32
     y = host_values(targets, tname, "integer classes")
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(f"{tname} must have shape ({n},), got {y.shape}")
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"{tname} must be integer classes, got dtype {y.dtype}")
+    if y.dtype.kind == "f":  # whole numbers only, as fastal.loop takes labels: never 0.5 -> 0
+        bad = ~(np.isfinite(y) & (y == np.round(y)))
+        if bad.any():
+            raise TypeError(
+                f"{tname} must be integer classes, got {stored or y.dtype} values that are not "
+                f"whole numbers: e.g. {float(y[bad][0])!r}"
+            )
+        y = y.astype(np.int64)  # (host_values refused every kind but bool, int and float)
     if n and (int(y.min()) < 0 or int(y.max()) >= C):
         raise ValueError(
             f"{tname} must be classes in [0, {C}), got values in [{int(y.min())}, {int(y.max())}]"
