@@ -379,3 +379,29 @@ def test_sparse_approx_refuses_features_on_another_device():
     features = np.ones((50, 4), np.float32)
     with pytest.raises(ValueError, match=r"^features is on numpy \(cpu\) but logits is on torch"):
         strategies.SparseApprox().select({"logits": logits, "features": features}, 3)
+
+
+@pytest.mark.parametrize(("backend", "dtype"), GPU_PARAMS)
+@pytest.mark.parametrize("name", ["entropy", "margin", "least_confidence", "bald"])
+def test_uncertainty_scores_on_the_device_equal_the_cpus(name, backend, dtype):
+    """The scores with the probability checks on the scored tiles (session 36): on the device the
+    tiles' check is one flag read once, and BALD's agreement test gathers the near-zero rows."""
+    rng = np.random.default_rng(7)
+    T, n, C = 4, 700, 5
+    mc = rng.dirichlet(np.ones(C), size=(T, n)).astype(np.float32)
+    mc[:, :20] = mc[:1, :20]  # rows whose passes agree: BALD scores them exactly 0
+    pool = {"mc_probs": mc} if name == "bald" else {"probs": mc[0]}
+    cls = strategies.get(name)
+    cpu = cls().select({k: to_backend(v, "torch-cpu", dtype) for k, v in pool.items()}, 9, [3, 5])
+    dev = {k: to_backend(v, backend, dtype) for k, v in pool.items()}
+    sel = cls().select(dev, 9, indices_to_backend([3, 5], backend))
+    assert_indices_like(sel.indices, next(iter(dev.values())), 9)
+    assert_array_equal(to_numpy(sel.indices), to_numpy(cpu.indices))
+    assert_allclose(to_numpy(sel.diagnostics["scores"]), to_numpy(cpu.diagnostics["scores"]),
+                    rtol=1e-12, atol=1e-15)  # fmt: skip
+    if name == "bald":
+        assert (to_numpy(sel.diagnostics["scores"])[:20] == 0).all()
+    bad = {k: v.copy() for k, v in pool.items()}
+    next(iter(bad.values()))[..., 600, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN|finite probabilities"):
+        cls().select({k: to_backend(v, backend, dtype) for k, v in bad.items()}, 9)
