@@ -421,8 +421,10 @@ class LeastConfidence(_ScoreStrategy):
         return _row_scores(stored, key, lambda p: 1 - p.amax(dim=1)), info
 
 
-#: More Monte-Carlo passes than this, and than pool rows, look like an (n, T, C) array
-_MANY_PASSES = 64
+#: More Monte-Carlo passes than this, and 8x the pool rows, look like an (n, T, C) array: a pool
+#: of hundreds of rows read with its tens of passes first. (T, n, C), as fastal.torch stacks them,
+#: with mc_samples = 100 over a pool of 30 rows is left alone.
+_MANY_PASSES = 256
 
 
 @register
@@ -470,7 +472,7 @@ class BALD(_ScoreStrategy):
                 f"{info.shape}: with one pass every BALD score is 0"
             )
         check_classes(info.shape[2], "mc_probs", info.shape)
-        if info.shape[0] > max(info.shape[1], _MANY_PASSES):
+        if info.shape[0] > max(8 * info.shape[1], _MANY_PASSES):
             warn_user(
                 f"mc_probs of shape {info.shape} is read as T = {info.shape[0]} Monte-Carlo passes "
                 f"over a pool of n = {info.shape[1]} rows: if the rows come first (torch.stack("
