@@ -599,6 +599,30 @@ def test_a_default_layer_that_is_not_the_head_is_warned_about_for_features_alone
     assert torch.equal(out["features"], both["features"])
 
 
+class FailingAfterTheFeatures(nn.Module):
+    """Its code after the feature layer fails in eval mode (a head that is training-only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(D_IN, 8)
+
+    def forward(self, x):
+        h = self.fc(x)
+        if not self.training:
+            raise NotImplementedError("the head runs in training only")
+        return h
+
+
+def test_features_alone_do_not_fail_on_what_runs_after_the_layer():
+    """The first batch's pass runs through the model to watch the head: what fails after the
+    features were taken was raised to a caller who asked for the features alone (a review)."""
+    out = pool_pass(model=FailingAfterTheFeatures(), needs=("features",), batch_size=4)
+    assert torch.equal(out["features"], x32())
+    assert torch._C._len_torch_function_stack() == 0
+    with pytest.raises(NotImplementedError, match="training only"):  # logits asked: raised
+        pool_pass(model=FailingAfterTheFeatures(), needs=("features", "logits"))
+
+
 def test_features_alone_from_a_layer_run_twice_are_its_first_call_on_every_batch():
     """The first batch's pass runs through the model (to watch the head), the others stop at the
     layer: the features are the input of its first call either way, and no 'ran more than once'.

@@ -253,6 +253,13 @@ def _eval_pass(
                     z = _call(model, x)
             except _StopForward:
                 z = None
+            except Exception:
+                # running through only to watch the head (features alone asked): what fails
+                # after the features were taken (a head that raises, runs out of memory, ...)
+                # is not the caller's to see, and there is then no head to judge
+                if not (watch and hook.stop and hook.captured):
+                    raise
+                z, watch = None, False
     if hook is not None:  # before the head warning: a layer that never ran is an error
         result["features"] = hook.features(rows, model)
     if watch:
