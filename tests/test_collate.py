@@ -150,16 +150,36 @@ class Tagged(Dataset):
         return {"tokens": x[:2]}, y  # two ids each: the default collate stacks them
 
 
-def test_loop_evaluation_reads_the_test_set_with_the_selections_batch_fn():
-    """select_options' batch_fn reached the selection only: the evaluation gave the model the
-    dict itself."""
+def test_loop_counts_classes_on_a_pool_row_read_with_the_selections_batch_fn():
+    """select_options' batch_fn reached the selection only: the class count, which runs the
+    model on one pool row, gave it the dict itself. The test set (here a tensor pair) is read
+    without it: it may be of another kind than the pool."""
 
     def train_tagged(model, dataset, *, task, seed, device):
         return model
 
+    test = Sentences(12, seed=6)
+    test_ids = torch.stack([x[:2] for x, _ in test])
     res = loop.run(
-        Tagged(40, seed=5), Tagged(12, seed=6), model_fn=MeanOfEmbeddings, strategy="margin",
-        train_fn=train_tagged, initial=5, budget=3, rounds=1,
+        Tagged(40, seed=5), (test_ids, torch.tensor(test.labels)), model_fn=MeanOfEmbeddings,
+        strategy="margin", train_fn=train_tagged, initial=5, budget=3, rounds=1,
         select_options={"batch_fn": lambda batch: batch[0]["tokens"]},
     )  # fmt: skip
     assert res.n_labeled.tolist() == [5, 8]
+
+
+def test_collate_fn_takes_a_plain_list_of_rows():
+    """A list of equal-length number lists became an array before the collate_fn check, which
+    then refused it as an ndarray the caller never passed."""
+    model = MeanOfEmbeddings().eval()
+    rows = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    calls = []
+
+    def stack(items):
+        calls.append(len(items))
+        return torch.tensor(items)
+
+    out = ft.pool_outputs(model, rows, ("logits",), collate_fn=stack, progress=False)
+    with torch.no_grad():
+        assert_allclose(out["logits"].numpy(), model(torch.tensor(rows)).numpy(), rtol=1e-6)
+    assert calls == [3]

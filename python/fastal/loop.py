@@ -423,8 +423,9 @@ def run(
     select_options : dict, optional
         More options for :func:`fastal.torch.select` (``mc_samples``, ``amp``, ``progress``,
         ...); not those run passes itself (``labeled``, ``labels``, ``seed``, ``task``,
-        ``device``, ``batch_size``, ``collate_fn``). Its ``batch_fn`` and ``num_workers`` also
-        read the test set in the evaluation.
+        ``device``, ``batch_size``, ``collate_fn``). Its ``batch_fn`` and ``num_workers`` read
+        the pool (the selection, and the one row that gives the number of classes), not the
+        test set, which may be of another kind.
     collate_fn : callable, optional
         For Datasets whose rows differ in length (token ids, audio): the ``collate_fn`` of the
         DataLoaders that read the pool (selection) and the test set (evaluation), given the
@@ -523,7 +524,7 @@ def run(
     _check_counts(**{k: options[k] for k in ("mc_samples", "num_workers") if k in options})
     for d in (data, testset):
         _check_collate(collate_fn, d.inputs)
-    # how the evaluation reads the test set, as the selection reads the pool
+    # how the pool's rows are read (the class count, as the selection reads them)
     reading = {"collate_fn": collate_fn} | {
         k: options[k] for k in ("batch_fn", "num_workers") if k in options
     }
@@ -586,7 +587,9 @@ def run(
             )
         model = trained if trained is not None else model
         train_seconds = time.perf_counter() - start
-        value = evaluate(model, testset, task, device=device, batch_size=batch_size, **reading)
+        value = evaluate(
+            model, testset, task, device=device, batch_size=batch_size, collate_fn=collate_fn
+        )
         row = {"round": r, "n_labeled": int(labeled.size), metric: value,
                "train_seconds": train_seconds, "select_seconds": 0.0}  # fmt: skip
         if r < len(budgets):

@@ -318,8 +318,9 @@ def pool_outputs(
     for fn, fn_name in ((embed_fn, "embed_fn"), (batch_fn, "batch_fn"), (collate_fn, "collate_fn")):
         if fn is not None and not callable(fn):
             raise TypeError(f"{fn_name} must be callable, got {type(fn).__name__}")
-    data = _plain_numbers(data)
     _check_collate(collate_fn, data)
+    if collate_fn is None:  # with one, a list is a list of rows for it to batch
+        data = _plain_numbers(data)
     # The model's train / eval flags, its forward hooks and torch's generator are process-wide:
     # one pass at a time across threads (fastal._torch_state).
     with LOCK:
