@@ -901,8 +901,11 @@ def test_the_p_equals_p_warning_says_why():
     with pytest.warns(UserWarning, match=r"\(temperature 1\).*labeled_targets.*labels="):
         SparseApprox(temperature=1.0).select(pool, 2)
     one_hot = {"probs": np.eye(3)[np.arange(12) % 3], "features": pool["features"]}
-    with pytest.warns(UserWarning, match=r"one-hot predictions, which temperature 2 leaves"):
+    with pytest.warns(UserWarning, match=r"one-hot or uniform rows, which temperature 2 leaves"):
         SparseApprox(temperature=2.0).select(one_hot, 2)
+    uniform = {"logits": np.zeros((12, 3)), "features": pool["features"]}  # a zeroed head
+    with pytest.warns(UserWarning, match=r"one-hot or uniform rows.*no temperature changes"):
+        SparseApprox(temperature=2.0).select(uniform, 2)
     same = {**one_hot, "label_probs": one_hot["probs"]}
     with pytest.warns(UserWarning, match=r"\(label_probs equal to the predictions\).*other label"):
         SparseApprox().select(same, 2)

@@ -346,6 +346,10 @@ def test_fit_temperature_takes_whole_number_float_and_bool_targets():
     half[0] = 0.5
     with pytest.raises(TypeError, match="got bfloat16 values that are not whole numbers"):
         fastal.fit_temperature(z, half)
+    huge = t.astype(np.float64)
+    huge[0] = 1e20  # past int64: checked before the cast, which would wrap it (and warn)
+    with pytest.raises(ValueError, match=r"must be classes in \[0, 3\), got values in \[0, 1000"):
+        fastal.fit_temperature(z, huge)
 
 
 @pytest.mark.parametrize("offset", [1e12, 1e15, 1e16])

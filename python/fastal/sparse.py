@@ -238,8 +238,7 @@ def _fit_temperature(
                 f"{tname} must be integer classes, got {stored or y.dtype} values that are not "
                 f"whole numbers: e.g. {float(y[bad][0])!r}"
             )
-        y = y.astype(np.int64)  # (host_values refused every kind but bool, int and float)
-    if n and (int(y.min()) < 0 or int(y.max()) >= C):
+    if n and (int(y.min()) < 0 or int(y.max()) >= C):  # before the cast: 1e20 would wrap
         raise ValueError(
             f"{tname} must be classes in [0, {C}), got values in [{int(y.min())}, {int(y.max())}]"
         )

@@ -359,9 +359,9 @@ class SparseApprox(Strategy):
                     "pass a temperature other than 1, labeled_logits and labeled_targets for "
                     "temperature='auto' (fastal.torch.select: labels=), or label_probs"
                 )
-            else:  # a tempered one-hot row is the same one-hot row
-                why = f"one-hot predictions, which temperature {T:g} leaves as they are"
-                fix = "with one-hot predictions no temperature changes that"
+            else:  # a tempered one-hot (or uniform) row is the same row
+                why = f"one-hot or uniform rows, which temperature {T:g} leaves as they are"
+                fix = "no temperature changes such predictions"
             warn_user(
                 f"SparseApprox: the label distribution P equals the predictions p ({why}), so "
                 "every expected gradient p - P is 0 and the selection reduces to the top-b "
