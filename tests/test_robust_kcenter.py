@@ -512,6 +512,24 @@ def test_strategy_options_are_checked_at_construction(kwargs, error, match):
         RobustKCenter(**kwargs)
 
 
+def test_progress_shows_the_bisection(capsys):
+    X = mixture(150, 4, 5, seed=10)
+    quiet = robust_kcenter(X, 5, [0, 3], outliers=2, seed=1)
+    assert "robust k-center" not in capsys.readouterr().err
+    res = robust_kcenter(X, 5, [0, 3], outliers=2, seed=1, progress=True)
+    err = capsys.readouterr().err
+    assert "robust k-center" in err
+    assert f"radius={res.radius:.5g}" in err  # the incumbent, last shown
+    assert_array_equal(res.indices, quiet.indices)
+    sel = RobustKCenter(outliers=2, progress=True).select(X, 5, [0, 3], seed=1)
+    assert_array_equal(sel.indices, quiet.indices)
+    assert "robust k-center" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        RobustKCenter(progress=1)
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        robust_kcenter(X, 5, progress="yes")
+
+
 def test_strategy_candidates_bounded_at_select():
     X = gaussian(10, 2, seed=0)
     strategy = RobustKCenter(candidates=[2, 3, 11])  # the pool's size is known only at select
@@ -538,7 +556,8 @@ def test_strategy_registered_and_equal_to_the_function():
     assert "robust_coreset" in base.available()
     assert RobustKCenter.requires == ("features",)
     assert repr(RobustKCenter(outliers=2)) == (
-        "RobustKCenter(outliers=2, candidates=None, max_points=2000, time_limit=None)"
+        "RobustKCenter(outliers=2, candidates=None, max_points=2000, time_limit=None, "
+        "progress=False)"
     )
     X = mixture(150, 4, 5, seed=10)
     sel = RobustKCenter(outliers=2).select({"features": X}, 5, [0, 3], seed=1)

@@ -25,7 +25,14 @@ import numpy as np
 
 from . import _interop
 from ._covering_mip import _Problem
-from ._validate import _number, check_budget, check_indices, check_matrix, real_to_float
+from ._validate import (
+    _number,
+    check_bool,
+    check_budget,
+    check_indices,
+    check_matrix,
+    real_to_float,
+)
 
 #: Default largest pool (unlabeled points, every one a candidate centre) that
 #: :func:`robust_kcenter` accepts; measured on a 2-core AMD EPYC (benchmarks/RESULTS.md).
@@ -93,6 +100,7 @@ def robust_kcenter(
     max_points: int = MAX_POINTS,
     time_limit: float | None = None,
     seed: int | np.random.Generator | None = None,
+    progress: bool = False,
 ) -> RobustKCenterResult:
     """Robust k-center: ``budget`` new centres minimising the covering radius up to Ξ outliers.
 
@@ -180,6 +188,9 @@ def robust_kcenter(
         The greedy's first centre when there is no labeled point. HiGHS is deterministic, so
         the same input and seed give the same picks, unless ``time_limit`` stops a solve: where
         it stops depends on the machine's speed and load (``optimal`` is then False).
+    progress : bool, default False
+        A tqdm bar over the bisection's radii (each one MIP feasibility problem, the slow part),
+        showing the incumbent radius and the lowest radius still open.
 
     Returns
     -------
@@ -211,7 +222,7 @@ def robust_kcenter(
     """
     return _robust_kcenter(
         X, budget, labeled, outliers=outliers, candidates=candidates, max_points=max_points,
-        time_limit=time_limit, seed=seed, name="X",
+        time_limit=time_limit, seed=seed, progress=progress, name="X",
     )  # fmt: skip
 
 
@@ -226,9 +237,11 @@ def _robust_kcenter(
     time_limit: float | None,
     seed: int | np.random.Generator | None,
     name: str,
+    progress: bool = False,
 ) -> RobustKCenterResult:
     """:func:`robust_kcenter`, its messages naming the pool ``name`` (a strategy's "features")."""
     start = time.perf_counter()
+    check_bool(progress, "progress")
     info = check_matrix(X, name)
     n = info.shape[0]
     lab = check_indices(labeled, n, "labeled", like=info)
@@ -298,6 +311,7 @@ def _robust_kcenter(
     last_mip: dict = {}
     mip_start = time.perf_counter()
     deadline = None if time_limit is None else mip_start + time_limit
+    bar = _bisection_bar(hi - lo, progress)
     while lo < hi:
         if deadline is not None and time.perf_counter() >= deadline:
             undecided.append(float(radii[(lo + hi) // 2]))
@@ -325,6 +339,9 @@ def _robust_kcenter(
             lo = mid + 1
         path.append({"delta": delta, "outcome": outcome, "found_radius": found,
                      "mips": sizes["mips"], "seconds": time.perf_counter() - t0})  # fmt: skip
+        bar.update(1)
+        bar.set_postfix(radius=f"{ub:.5g}", open_from=f"{radii[lo] if lo < hi else ub:.5g}")
+    bar.close()
     diag |= {
         "mip_solves": problem.solves,
         "path": path,
@@ -335,6 +352,15 @@ def _robust_kcenter(
     radius, out = problem.robust_radius(inc, xi)
     picks = np.sort(elig[inc])
     return _result(info, picks, radius, out, greedy_radius, not undecided, start, diag)
+
+
+def _bisection_bar(radii: int, progress: bool) -> Any:
+    """A tqdm bar over the bisection's steps: at most ceil(log2(radii + 1)) (fewer when a
+    solution's radius lands below the middle one)."""
+    from tqdm.auto import tqdm
+
+    steps = int(np.ceil(np.log2(radii + 1))) if radii > 0 else 0
+    return tqdm(total=steps, disable=not progress, desc="robust k-center", unit="radius")
 
 
 def check_size(

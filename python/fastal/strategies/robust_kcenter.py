@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._interop import host_numpy
-from .._validate import _number, check_index_values
+from .._validate import _number, check_bool, check_index_values
 from ..robust_kcenter import MAX_POINTS, _robust_kcenter, check_outliers, check_size
 from .base import Selection, Strategy, pool_field, register
 
@@ -42,6 +42,8 @@ class RobustKCenter(Strategy):
     time_limit : float, optional
         Seconds for all MIP solves; on time-out the best certified solution so far is returned
         and ``diagnostics["optimal"]`` is False.
+    progress : bool, default False
+        A tqdm bar over the bisection's MIP radii.
 
     Examples
     --------
@@ -63,6 +65,7 @@ class RobustKCenter(Strategy):
         candidates: Any = None,
         max_points: int = MAX_POINTS,
         time_limit: float | None = None,
+        progress: bool = False,
     ) -> None:
         # checked here, not at the first select (after a round of training in a loop)
         check_outliers(outliers)
@@ -75,6 +78,7 @@ class RobustKCenter(Strategy):
         self.candidates = candidates
         self.max_points = max_points
         self.time_limit = time_limit
+        self.progress = check_bool(progress, "progress")
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         """Select from ``pool``: an (n, d) embedding array (numpy, torch or cupy), a mapping with
@@ -115,6 +119,7 @@ class RobustKCenter(Strategy):
         res = _robust_kcenter(
             X, budget, labeled, outliers=self.outliers, candidates=self.candidates,
             max_points=self.max_points, time_limit=self.time_limit, seed=seed, name=name,
+            progress=self.progress,
         )  # fmt: skip
         diagnostics = dict(
             res.diagnostics,
