@@ -512,6 +512,20 @@ def test_strategy_options_are_checked_at_construction(kwargs, error, match):
         RobustKCenter(**kwargs)
 
 
+def test_the_size_refusal_says_how_many_candidates_fit():
+    """It advised candidates= also where no candidate set can fit: 300k unlabeled points leave
+    room for 13 candidates at max_points = 2000, fewer than a budget of 100 (a scale trial)."""
+    X = gaussian(40, 2, seed=0)
+    with pytest.raises(ValueError, match=r"pass candidates= \(a subset of at most 3 rows"):
+        robust_kcenter(X, 2, max_points=11)  # 121 // 40 = 3 candidates fit, budget 2
+    message = (
+        r"candidates= cannot help here \(at most 3 candidates fit beside 40 unlabeled points, "
+        r"fewer than the budget of 5\), so raise max_points"
+    )
+    with pytest.raises(ValueError, match=message):
+        robust_kcenter(X, 5, max_points=11)
+
+
 def test_progress_shows_the_bisection(capsys):
     X = mixture(150, 4, 5, seed=10)
     quiet = robust_kcenter(X, 5, [0, 3], outliers=2, seed=1)

@@ -262,7 +262,7 @@ def _robust_kcenter(
                 f"budget = {budget} is larger than the candidates outside the labeled set "
                 f"({elig.size} points)"
             )
-    check_size(unl.size, elig.size, max_points, candidates is not None, name)
+    check_size(unl.size, elig.size, max_points, candidates is not None, name, budget)
 
     Xh = _host_float64(X, info)
     bad = ~np.isfinite(Xh).all(axis=1)
@@ -364,9 +364,15 @@ def _bisection_bar(radii: int, progress: bool) -> Any:
 
 
 def check_size(
-    n_unlabeled: int, n_eligible: int, max_points: int, candidates: bool, name: str = "X"
+    n_unlabeled: int,
+    n_eligible: int,
+    max_points: int,
+    candidates: bool,
+    name: str = "X",
+    budget: int | None = None,
 ) -> None:
-    """Raise ``ValueError`` when ``n_unlabeled * n_eligible > max_points ** 2``."""
+    """Raise ``ValueError`` when ``n_unlabeled * n_eligible > max_points ** 2``, saying how many
+    candidates would fit (and when that is fewer than ``budget``, that candidates cannot help)."""
     if isinstance(max_points, bool) or not isinstance(max_points, numbers.Integral):
         raise TypeError(f"max_points must be a positive integer, got {type(max_points).__name__}")
     if max_points < 1:
@@ -378,11 +384,21 @@ def check_size(
         if candidates
         else f"{n_unlabeled} unlabeled points"
     )
+    fit = max_points**2 // max(n_unlabeled, 1)  # candidates that would fit beside these points
+    if budget is not None and fit < budget:
+        way = (
+            f"candidates= cannot help here (at most {fit} candidates fit beside {n_unlabeled} "
+            f"unlabeled points, fewer than the budget of {budget}), so raise max_points"
+        )
+    else:
+        way = (
+            f"pass candidates= (a subset of at most {fit} rows allowed as new centres), or raise "
+            "max_points"
+        )
     raise ValueError(
         f"{name} is too large for robust_kcenter: {what}, above max_points = {max_points} "
         f"(at most max_points² = {max_points**2} point-candidate pairs). The MIP has O(n²) "
-        "variables and constraints; use fastal.kcenter (k-center greedy, any size), pass "
-        "candidates= (a subset of rows allowed as new centres), or raise max_points."
+        f"variables and constraints; use fastal.kcenter (k-center greedy, any size), {way}."
     )
 
 
