@@ -140,18 +140,25 @@ def _refuse_huge_ints(indices: Any, n: int, name: str) -> None:
         raise ValueError(f"{name} has indices out of range [0, {n}): e.g. {bad}")
 
 
-def check_index_values(indices: Any, name: str) -> np.ndarray:
-    """1-D non-negative integer indices as host numpy, checked before the pool's size is known (an
-    option given to a strategy's constructor); :func:`check_indices` bounds them at select."""
-    arr = host_values(indices, name, "integer indices")
+def _integer_vector(arr: np.ndarray, name: str) -> np.ndarray:
+    """``arr`` (host values of some indices) refused unless a 1-D integer array (empty: int64)."""
     if arr.dtype == np.bool_:
         raise TypeError(
             f"{name} must hold integer indices, got a boolean mask; use np.flatnonzero(mask)"
         )
+    if arr.size == 0:
+        arr = arr.astype(np.int64)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+    if not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must hold integer indices, got dtype {arr.dtype}")
+    return arr
+
+
+def check_index_values(indices: Any, name: str) -> np.ndarray:
+    """1-D non-negative integer indices as host numpy, checked before the pool's size is known (an
+    option given to a strategy's constructor); :func:`check_indices` bounds them at select."""
+    arr = _integer_vector(host_values(indices, name, "integer indices"), name)
     if arr.size and arr.dtype.kind == "i" and int(arr.min()) < 0:
         raise ValueError(f"{name} has negative indices: e.g. {int(arr.min())}")
     return arr
@@ -171,17 +178,7 @@ def check_indices(
         if like is not None and info.device != like.device:
             raise ValueError(f"{name} is on {info.where} but the data is on {like.where}")
     _refuse_huge_ints(indices, n, name)
-    arr = host_values(indices, name, "integer indices")
-    if arr.dtype == np.bool_:
-        raise TypeError(
-            f"{name} must hold integer indices, got a boolean mask; use np.flatnonzero(mask)"
-        )
-    if arr.size == 0:
-        arr = arr.astype(np.int64)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must hold integer indices, got dtype {arr.dtype}")
+    arr = _integer_vector(host_values(indices, name, "integer indices"), name)
     if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= n:  # before int64 could wrap it
         raise ValueError(f"{name} has indices out of range [0, {n}): e.g. {int(arr.max())}")
     arr = np.ascontiguousarray(arr, dtype=np.int64)  # the bindings take contiguous int64 only
