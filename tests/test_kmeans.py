@@ -211,6 +211,16 @@ def test_progress_does_not_change_picks(capsys):
     assert_array_equal(a, pp(X, 100, seed=1, progress=False))
 
 
+def test_progress_covers_the_labeled_set(capsys):
+    """The distances to the labeled rows (most of the time with a large labeled set) had no
+    bar; they have k-center's now, with the same picks."""
+    X = gaussian(3000, 4, seed=5)
+    labeled = np.arange(0, 3000, 7)
+    a = pp(X, 20, seed=1, labeled=labeled, progress=True)
+    assert f"distances to {labeled.size} labeled rows" in capsys.readouterr().err
+    assert_array_equal(a, pp(X, 20, seed=1, labeled=labeled))
+
+
 def _embedding_inputs(n, C, d, seed):
     rng = np.random.default_rng(seed)
     return softmax_ref(rng.normal(size=(n, C)) * 2), rng.normal(size=(n, d))

@@ -109,7 +109,8 @@ def _kmeans_pp(
     near = np.full(n, -1, dtype=np.int64) if prune else None
     centres = np.concatenate([lab, np.empty(k, dtype=np.int64)]) if prune else None
     if lab.size:  # the distances to the labeled rows, in calls of bounded work (Ctrl-C)
-        mind[:], nearest = min_sqdist_cpu(pool, pool_rows(pool, lab), info.dtype)
+        desc = f"distances to {lab.size} labeled rows" if progress else None
+        mind[:], nearest = min_sqdist_cpu(pool, pool_rows(pool, lab), info.dtype, progress=desc)
         if prune:
             near[:] = nearest
     getattr(_ext.cpu, f"kmeanspp_init_{info.dtype}")(
