@@ -217,6 +217,50 @@ def test_factored_sigma_of_huge_float32_features(labeled):
     assert_allclose(to_numpy(sigma), sigma_ref, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "scale"),
+    [("float32", 1e-25), ("float32", 1e-40), ("float64", 1e-140), ("float64", 1e200)],
+)
+def test_factored_sigma_of_tiny_and_huge_features(dtype, scale):
+    """Rows whose squares underflow (float32 near 1e-23 had norm 0: every sigma 0, the top-b sigma
+    ties went to the lowest indices) or overflow float64 get sigma from norms taken after dividing
+    each row by its largest magnitude; an all-zero row keeps sigma 0."""
+    pool = logits_pool(8, 3, 5, seed=2)
+    pool["features"] = (pool["features"] * scale).astype(dtype)
+    pool["features"][3] = 0
+    rows = np.arange(8)
+    _, _, sigma, _ = SparseApprox(temperature=2.0, bias=False)._factored_problem(
+        pool, torch.from_numpy(rows), 2
+    )
+    ref_pool = {k: v.astype(np.float64) for k, v in pool.items()}
+    ref_pool["features"] = ref_pool["features"] / scale  # the reference at scale 1, then scaled
+    _, _, sigma_ref = factored_reference(ref_pool, rows, 2, 2.0, bias=False)
+    assert_allclose(to_numpy(sigma) / scale, sigma_ref, rtol=1e-6)
+    assert to_numpy(sigma)[3] == 0
+
+
+def test_tiny_float32_features_pick_as_their_float64_copy():
+    rng = np.random.default_rng(0)
+    H, p = rng.normal(size=(30, 70)) * 1e-25, rng.dirichlet(np.ones(3), 30)
+    pool = {"logits": np.log(p), "labeled_logits": np.log(p[[0]]), "labeled_targets": [1]}
+    want = SparseApprox().select({**pool, "features": H.astype(np.float32).astype(np.float64)}, 4,
+                                 [0])  # fmt: skip
+    got = SparseApprox().select({**pool, "features": H.astype(np.float32)}, 4, [0])
+    assert_array_equal(got.indices, want.indices)
+    assert not np.array_equal(got.indices, [1, 2, 3, 4])  # the lowest indices: what went wrong
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e-300])
+def test_features_too_small_for_float64_are_refused(scale):
+    """The objective's terms are squares of sigma's scale: they underflowed, and IHT took the
+    lowest indices (with alpha = beta = 0 the refusal said 'overflowed')."""
+    pool = logits_pool(30, 3, 6, seed=3)
+    pool["features"] = pool["features"] * scale
+    for kw in ({}, {"alpha": 0.0, "beta": 0.0}):
+        with pytest.raises(ValueError, match=r"features are too small for float64.*beta by s\*\*2"):
+            SparseApprox(temperature=2.0, **kw).select(pool, 4)
+
+
 def test_math_sanity_of_the_factored_reference():
     """The reference's Φ column is (1/b) a ⊗ h, v the column mean times b, sigma the formula."""
     p = np.array([[0.7, 0.2, 0.1]])

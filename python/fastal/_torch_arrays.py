@@ -9,6 +9,7 @@ values, so their temporaries stay small for a pool of millions of rows, whatever
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import warnings
 from typing import Any
@@ -103,18 +104,31 @@ def torch_row_norms_if_finite(t: Any) -> Any:
 
     One reduction in t's own dtype (a float64 reduction of float32 data is ~20× slower in torch):
     a NaN or ±Inf makes its row's norm non-finite. Only rows whose norm is not finite are checked
-    element by element, since a float32 norm of finite entries above ~1e19 overflows; those rows'
-    norms are then recomputed in float64.
+    element by element, since a float32 norm of finite entries above ~1e19 overflows. Rows whose
+    norm overflowed, or is so small that squares of their entries underflow (below
+    ``sqrt(tiny / eps)`` of t's dtype: a float32 row of entries near 1e-23 had norm 0), are
+    recomputed in float64 divided by the row's largest magnitude, exact to float64's rounding
+    at any scale.
     """
     torch = import_torch()
     norms = torch.linalg.vector_norm(t, dim=1).to(torch.float64)
     over = ~torch.isfinite(norms)
-    if bool(over.any()):
-        rows = t[over]
-        if not bool(torch_isfinite_rows(rows).all()):
-            return None
-        norms[over] = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64)
+    if bool(over.any()) and not bool(torch_isfinite_rows(t[over]).all()):
+        return None
+    info = torch.finfo(t.dtype)
+    redo = over | (norms < math.sqrt(info.tiny / info.eps))
+    if bool(redo.any()):
+        norms[redo] = _scaled_row_norms(t[redo].to(torch.float64))
     return norms
+
+
+def _scaled_row_norms(rows: Any) -> Any:
+    """float64 norms of float64 rows, each divided by its largest magnitude first (an all-zero
+    row: norm 0), so that no square overflows or underflows."""
+    torch = import_torch()
+    big = rows.abs().amax(1, keepdim=True)
+    scale = torch.where(big > 0, big, torch.ones_like(big))
+    return torch.linalg.vector_norm(rows / scale, dim=1) * scale.squeeze(1)
 
 
 def torch_isfinite_rows(t: Any) -> Any:

@@ -370,6 +370,7 @@ class SparseApprox(Strategy):
         if self.bias:
             h_norms = torch.sqrt(h_norms * h_norms + 1)
         sigma = h_norms * dist / n_u
+        _refuse_underflow(sigma)
         phi = FactoredPhi(A, h, b, hrows=hrows, bias=self.bias)
         v = phi.apply(torch.ones(n_u, dtype=torch.float64, device=dev)) * (b / n_u)
         return phi, v, sigma, T
@@ -398,8 +399,25 @@ def _overflow_message(pool: Any, alpha: float, beta: float) -> str:
     return (
         f"the Sparse Approximation objective is not finite (NaN or Inf): its terms are squares of "
         f"the scale of {source} (|v - Φw|², α σ²) and of alpha = {alpha:.3g}, beta = {beta:.3g}, "
-        f"and they overflowed; rescale {source} or lower alpha / beta"
+        f"and they left float64's range (overflowed, or underflowed to 0 / 0); rescale {source} "
+        "or lower alpha / beta"
     )
+
+
+def _refuse_underflow(sigma: Any) -> None:
+    """The objective's data terms are squares of the scale of σ; below ``sqrt(tiny / eps)`` of
+    float64 they lose digits to underflow (features near 1e-160 picked the lowest indices)."""
+    top = float(sigma.max()) if sigma.numel() else 0.0
+    if 0 < top < _SMALLEST_SIGMA:
+        raise ValueError(
+            f"features are too small for float64: the largest sigma is {top:.3g}, and the "
+            "objective's terms (squares of that scale) underflow; scale features up by some s "
+            "and beta by s**2 (the same problem, its objective times s**2)"
+        )
+
+
+#: the smallest largest σ whose square keeps float64's 53 bits above the subnormal range
+_SMALLEST_SIGMA = math.sqrt(np.finfo(np.float64).tiny / np.finfo(np.float64).eps)
 
 
 def expected_distance(P: Any) -> Any:
