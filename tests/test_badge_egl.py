@@ -666,6 +666,23 @@ def test_egl_large_float32_features_rank_as_in_float64():
         EGL().select({"probs": probs, "features": feats * 1e140}, 2)
 
 
+def test_egl_refuses_float64_features_whose_squares_underflow():
+    """float64 rows near 1e-165 have |h|² = 0: every score 0 and the lowest indices taken. Exactly
+    zero rows are fine, and with the bias column the score is 1 · spread whatever h is."""
+    rng = np.random.default_rng(0)
+    probs, feats = rng.dirichlet(np.ones(3), 30), rng.normal(size=(30, 5))
+    want = EGL().select({"probs": probs, "features": feats}, 4).indices
+    assert_array_equal(EGL().select({"probs": probs, "features": feats * 1e-150}, 4).indices, want)
+    with pytest.raises(ValueError, match=r"squared norm underflows float64 \(row 0\)"):
+        EGL().select({"probs": probs, "features": feats * 1e-165}, 4)
+    zero_row = feats.copy()
+    zero_row[7] = 0
+    EGL().select({"probs": probs, "features": zero_row}, 4)
+    tiny = EGL(bias=True).select({"probs": probs, "features": feats * 1e-165}, 4)
+    zero = EGL(bias=True).select({"probs": probs, "features": 0 * feats}, 4)
+    assert_array_equal(tiny.indices, zero.indices)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_badge_and_kmeans_sampling_refuse_overflowing_features(dtype):
     rng = np.random.default_rng(0)

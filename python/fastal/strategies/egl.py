@@ -136,6 +136,8 @@ class EGL(Strategy):
                 raise ValueError(
                     "features has rows whose squared norm overflows float64: scale it down"
                 )
+        if not self.bias:
+            _refuse_underflow(hsq, h_in)
         hsq += 1.0 if self.bias else 0.0
         scores = hsq if self.squared else hsq.sqrt_()
         spread = _spread if self.squared else _expected_distance
@@ -152,6 +154,22 @@ class EGL(Strategy):
             _interop.to_framework(indices, pinfo),
             {"scores": from_torch(scores, pinfo)},
         )
+
+
+def _refuse_underflow(hsq: Any, h_in: Any) -> None:
+    """A non-zero row whose float64 |h|² is below the normal range scores 0 or a few bits (float64
+    features near 1e-165 took the lowest indices): refused, naming the first such row."""
+    import torch
+
+    small = torch.nonzero(hsq < float(torch.finfo(torch.float64).tiny)).flatten()
+    for s, e in _row_tiles(small.numel(), _TILE_VALUES // h_in.shape[1]):  # no gathered copy
+        rows = small[s:e]
+        nonzero = rows[h_in[rows].abs().amax(1) > 0]
+        if nonzero.numel():
+            raise ValueError(
+                f"features has rows whose squared norm underflows float64 (row "
+                f"{int(nonzero[0])}): scale it up (the ranking does not depend on the scale)"
+            )
 
 
 #: A row whose spread computed in float32 is below this is computed again in float64: its small
