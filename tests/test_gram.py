@@ -506,6 +506,17 @@ def test_a_subnormal_peak_is_refused(peak):
         fastal.gram_min_eig(Z, [0], [[1, 2], [3, 4]])
 
 
+def test_subnormal_eigenvalues_are_refused():
+    """Z near 1e-160 has eigenvalues near 1e-320: subnormal, a few bits left (relative errors of
+    6e-3 were returned). Down to where they are normal numbers they are exact to rounding."""
+    Z = np.random.default_rng(0).normal(size=(30, 3))
+    want = fastal.gram_min_eig(Z, [0], [[1, 2], [3, 4]])
+    got = fastal.gram_min_eig(Z * 1e-152, [0], [[1, 2], [3, 4]])
+    assert_allclose(got / 1e-152 / 1e-152, want, rtol=1e-12)
+    with pytest.raises(ValueError, match="do not fit float64"):
+        fastal.gram_min_eig(Z * 1e-160, [0], [[1, 2], [3, 4]])
+
+
 _SUBNORMAL_GROUPS = r"""
 import numpy as np, fastal
 Z = np.array([[1e-160, 0, 0, 0], [0, 2e-160, 0, 0], [0, 0, 3e-160, 0], [0, 0, 0, 1e-161],

@@ -19,6 +19,7 @@ from ._validate import (
 
 #: float64 machine epsilon: the eigenvalues are computed in float64 for every storage dtype
 EPS = float(np.finfo(np.float64).eps)
+_TINY = float(np.finfo(np.float64).tiny)  # the smallest normal float64
 
 # Entries of Z are rescaled by a power of two (exactly) when their magnitude could make the Gram
 # entries or their squares overflow or underflow float64; the eigenvalues are scaled back.
@@ -474,13 +475,14 @@ def _unscale(values: Any, scale: float, peak: float, *, spectra: bool = False) -
     """Eigenvalues of the rescaled ``scale · Z`` back to those of ``Z`` (numpy, torch or cupy).
 
     Dividing by ``scale`` twice keeps ``scale²`` from under- or overflowing on its own; a value that
-    does not fit float64 once unscaled is refused rather than returned as inf or as a false 0 (in
-    spectra only inf: entries below the tolerance may flush to 0, they count as zero anyway)."""
+    does not fit float64 once unscaled is refused rather than returned as inf, as a false 0 or as
+    a subnormal that kept a few bits (Z near 1e-160: errors of 1e-3) (in spectra only inf: entries
+    below the tolerance may flush to 0, they count as zero anyway)."""
     with np.errstate(over="ignore", under="ignore"):  # numpy's warning; the check below raises
         out = values / scale / scale
     lost = abs(out) == float("inf")
     if not spectra:
-        lost = lost | ((out == 0) & (values != 0))
+        lost = lost | ((abs(out) < _TINY) & (values != 0))
     if bool(lost.any()):
         raise _does_not_fit(peak)
     return out
