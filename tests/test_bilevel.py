@@ -1005,6 +1005,19 @@ def test_scores_past_float32_name_reg_as_well_as_the_features():
         BilevelCoreset(reg=1e-300, landmarks=10).select(pool, 2, [0, 1, 2], seed=0)
 
 
+def test_a_cg_breakdown_on_the_inner_hessian_names_the_features_and_reg():
+    """float64 features near 1e16 with reg = 1e-4: CG's iterates grew 100x a step to Inf, and the
+    error named no argument and gave no fix."""
+    rng = np.random.default_rng(0)
+    H, p = rng.normal(size=(30, 70)), rng.dirichlet(np.ones(3), 30)
+    pool = {"features": H * 1e16, "logits": np.log(p), "labeled_targets": [1]}
+    with pytest.raises(ValueError, match=r"^conjugate gradients on the inner problem's Hessian "
+                       r"broke down in torch.float64 \(NaN or Inf\): the features \(up to "
+                       r".*\) are too large or reg = 0.0001 too small"):  # fmt: skip
+        BilevelCoreset(landmarks=8).select(pool, 3, [0], seed=0)
+    assert issubclass(bl.CGBreakdown, ValueError)
+
+
 def test_augment_sees_rows_in_their_shape_and_budget_0_has_every_key():
     rng = np.random.default_rng(6)
     n = 30

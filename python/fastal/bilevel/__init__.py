@@ -35,12 +35,13 @@ problem and its solvers), :mod:`.outer` (``H⁻¹ ∇G`` and the scores of eq. 2
 """
 
 from .greedy import BilevelResult, bilevel_select, empty_diagnostics, one_hot, resolve_solver
-from .inner import conjugate_gradient, inner_hvp, inner_objective, solve_inner
+from .inner import CGBreakdown, conjugate_gradient, inner_hvp, inner_objective, solve_inner
 from .kernels import Nystrom, linear_ntk, make_kernel, nystrom_features, relu_ntk
 from .outer import candidate_scores, inverse_hvp
 
 __all__ = [
     "BilevelResult",
+    "CGBreakdown",
     "Nystrom",
     "bilevel_select",
     "candidate_scores",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,7 +28,7 @@ from ._common import (
     _tensor,
     _torch,
 )
-from .inner import _adam, _loss_grad, _newton
+from .inner import CGBreakdown, _adam, _loss_grad, _newton
 from .outer import _inverse_hvp_reduced, _Span, _upper_pass, candidate_scores
 
 
@@ -199,6 +200,23 @@ def empty_diagnostics(solver: str, rank: int) -> dict[str, Any]:
         "seconds": {"inner": 0.0, "pool_pass": 0.0, "cg": 0.0, "scores": 0.0, "total": 0.0},
         "n_steps": 0,
     }
+
+
+@contextlib.contextmanager
+def _solvable(zt: Any, reg: float) -> Iterator[None]:
+    """Conjugate gradients that broke down on the inner Hessian, as a message naming the scale of
+    the features and reg (float64 features near 1e16 with reg = 1e-4: iterates grew 100x a step
+    to Inf, and the message named no argument)."""
+    try:
+        yield
+    except CGBreakdown:
+        hint = "" if zt.dtype == _torch().float64 else ", or pass float64 features"
+        peak = float(zt.abs().max())
+        raise ValueError(
+            f"conjugate gradients on the inner problem's Hessian broke down in {zt.dtype} (NaN "
+            f"or Inf): the features (up to {peak:.3g} in Z) are too large or reg = {reg:.3g} "
+            f"too small for it (scale Z down or raise reg{hint})"
+        ) from None
 
 
 def bilevel_select(
@@ -490,7 +508,10 @@ def bilevel_select(
                 W = W_full
                 Minv_S = None
             else:
-                with one_thread_if_small(dev, S.size * span.Q.shape[1] * C, _common._SMALL_WORK):
+                with (
+                    one_thread_if_small(dev, S.size * span.Q.shape[1] * C, _common._SMALL_WORK),
+                    _solvable(zt, reg),
+                ):
                     U, info = _newton(
                         span.X, T_S, w_S, reg, U, tol=_common._NEWTON_FLOOR, max_iter=100,
                         cg_max=250, w_rtol=inner_tol,
@@ -506,7 +527,10 @@ def bilevel_select(
                 A, G, upper = _upper_pass(zt, W, T)
             diag["upper_loss"].append(upper)
             t2 = time.perf_counter()
-            with one_thread_if_small(dev, S.size * span.Q.shape[1] * C, _common._SMALL_WORK):
+            with (
+                one_thread_if_small(dev, S.size * span.Q.shape[1] * C, _common._SMALL_WORK),
+                _solvable(zt, reg),
+            ):
                 V, res, it = _inverse_hvp_reduced(
                     span, P_S, w_S, G, reg, int(cg_steps), cg_tol, precondition, Minv_S
                 )

@@ -212,7 +212,7 @@ def conjugate_gradient(
     ------
     ValueError
         If ``steps`` is not a non-negative integer, ``b`` has NaN or Inf, or ``hvp`` /
-        ``precond`` return NaN or Inf.
+        ``precond`` return NaN or Inf (then :class:`CGBreakdown`, a ``ValueError``).
 
     Examples
     --------
@@ -243,7 +243,7 @@ def conjugate_gradient(
         Hp = hvp(p)
         curv = float((p * Hp).sum())
         if not (math.isfinite(curv) and math.isfinite(rz)):  # NaN compares false: x went NaN
-            raise ValueError("hvp (or precond) returned NaN or Inf: H x = b cannot be solved")
+            raise CGBreakdown("hvp (or precond) returned NaN or Inf: H x = b cannot be solved")
         if curv <= 0 or rz <= 0:  # not positive definite along p (only by rounding): stop here
             it -= 1
             break
@@ -258,6 +258,11 @@ def conjugate_gradient(
         p = z + (rz_new / rz) * p
         rz = rz_new
     return x, rnorm / bnorm, it
+
+
+class CGBreakdown(ValueError):
+    """:func:`conjugate_gradient` met NaN or Inf: a bad operator, or iterates that grew past
+    float64 on a system far too ill-conditioned for it."""
 
 
 def _class_block_preconditioner(P: Any, X: Any, w: Any, reg: float) -> Callable[[Any], Any]:
