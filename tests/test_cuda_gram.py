@@ -777,6 +777,20 @@ def test_columns_far_below_the_diagonal_cuda(kind, exponent):
     assert_allclose(to_numpy(gpu(Z, lab, groups, method="tridiagonal")), want, rtol=1e-10)
 
 
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+@pytest.mark.parametrize("return_all", [False, True])
+def test_16_bit_z_is_read_as_its_float32_copy_cuda(backend, return_all):
+    """float16 Z on the device: widened to float32 there, results in the caller's framework."""
+    from test_gram import make_case
+
+    Z, lab, groups = make_case(40, 6, 3, 2, 3, seed=4)
+    got = gpu(Z, lab, groups, backend, "float16", return_all=return_all)
+    want = gpu(Z.astype(np.float16), lab, groups, backend, "float32", return_all=return_all)
+    for g, w in zip(got, want, strict=True) if return_all else [(got, want)]:
+        assert backend_of(g) == backend_of(w)
+        assert_array_equal(to_numpy(g), to_numpy(w))
+
+
 def test_a_subnormal_peak_is_refused_cuda():
     Z = np.zeros((10, 3))
     Z[:, 0] = 2.0**-1030

@@ -20,6 +20,7 @@ from ._validate import (
 #: float64 machine epsilon: the eigenvalues are computed in float64 for every storage dtype
 EPS = float(np.finfo(np.float64).eps)
 _TINY = float(np.finfo(np.float64).tiny)  # the smallest normal float64
+_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 # Entries of Z are rescaled by a power of two (exactly) when their magnitude could make the Gram
 # entries or their squares overflow or underflow float64; the eigenvalues are scaled back.
@@ -79,7 +80,8 @@ def gram_min_eig(
     Parameters
     ----------
     Z : (n, D) array
-        numpy, torch (CPU or CUDA) or cupy, float32 or float64, finite. With CUDA ``Z``,
+        numpy, torch (CPU or CUDA) or cupy, float32 or float64, finite; float16 / bfloat16 rows
+        are widened to float32 as they are read (the Gram is float64). With CUDA ``Z``,
         ``labeled`` and ``groups`` are Python lists or CUDA arrays (numpy arrays are refused).
     labeled : 1-D int array-like or None
         The shared set ``L`` (distinct row indices of ``Z``; may be empty).
@@ -165,7 +167,7 @@ def gram_min_eig(
     >>> lam.round(6).tolist()  # the zero eigenvalue of the rank-deficient set is skipped
     [1.0, 10.0]
     """
-    info = check_matrix(Z, "Z", dtypes=("float32", "float64"), cuda_dtypes=("float32", "float64"))
+    info = check_matrix(Z, "Z", dtypes=_DTYPES, cuda_dtypes=_DTYPES)
     n, D = info.shape
     lab = check_indices(labeled, n, "labeled", like=info)
     grp, checked = _check_groups(groups, n, lab, info)
@@ -178,19 +180,44 @@ def gram_min_eig(
             min(lab.size + G, D) < CUDA_LOWRANK_MIN_ORDER or G > CUDA_LOWRANK_MAX_G
         ):
             method = "tridiagonal"
+    low = info.dtype in ("float16", "bfloat16")  # read as float32: the Gram is float64 anyway
     if info.device == "cuda":  # Z stays on its device (finite check and rescaling there too)
         from ._gram_cuda import gram_min_eig_cuda
+        from ._torch_arrays import as_torch, from_torch
 
         with _interop.device_scope(info, "Z"):
-            return gram_min_eig_cuda(
-                Z, info, lab, grp, rtol, return_all, checked=checked, method=method
-            )
+            if not low:
+                return gram_min_eig_cuda(
+                    Z, info, lab, grp, rtol, return_all, checked=checked, method=method
+                )
+            wide = as_torch(Z, info).float()
+            out = gram_min_eig_cuda(wide, check_matrix(wide, "Z"), lab, grp, rtol, return_all,
+                                    checked=checked, method=method)  # fmt: skip
+            return tuple(from_torch(o, info) for o in out) if return_all else from_torch(out, info)
 
-    mins, spectra = _host_min_eig(StoredRows(_interop.host_storage(Z, info)), lab, grp, rtol,
-                                  return_all, method, progress)  # fmt: skip
+    rows = _widening_rows(Z, info) if low else StoredRows(_interop.host_storage(Z, info))
+    mins, spectra = _host_min_eig(rows, lab, grp, rtol, return_all, method, progress)
     if return_all:
         return _interop.wrap_host(mins, info), _interop.wrap_host(spectra, info)
     return _interop.wrap_host(mins, info)
+
+
+def _widening_rows(Z: Any, info: Any) -> Any:
+    """float16 / bfloat16 host ``Z`` as a row reader that widens the rows each call reads to
+    float32 (:class:`fastal.ntk.NtkRows`, as CRC reads them): no float32 copy of the whole."""
+    import torch
+
+    from ._torch_arrays import as_torch, torch_isfinite_rows
+    from .ntk import NtkRows
+
+    h = as_torch(Z, info)
+    bad = ~torch_isfinite_rows(h)
+    if bool(bad.any()):
+        raise ValueError(
+            f"Z contains NaN or Inf in {int(bad.sum())} row(s), first in row "
+            f"{int(bad.nonzero()[0, 0])}"
+        )
+    return NtkRows(h, None, False, torch.float32)
 
 
 def min_eig_of_rows(
