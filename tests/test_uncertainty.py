@@ -126,9 +126,13 @@ def test_bald_agreeing_passes_score_zero():
     p = np.tile(
         [[0.5, 0.25, 0.25], [0.75, 0.125, 0.125]], (5, 1)
     )  # dyadic: the mean over passes is exact
-    sel = BALD().select({"mc_probs": np.stack([p, p, p, p])}, 3)
+    with pytest.warns(UserWarning, match=r"^every BALD score is 0: the T = 4 passes of mc_probs "
+                      r"agree on every row .*dropout active"):  # fmt: skip
+        sel = BALD().select({"mc_probs": np.stack([p, p, p, p])}, 3)
     assert_allclose(sel.diagnostics["scores"], 0, atol=1e-12)
     assert sel.indices.tolist() == [0, 1, 2]  # all tied: lowest indices
+    p[0] = [0.25, 0.5, 0.25]  # one row whose passes differ: no warning
+    BALD().select({"mc_probs": np.stack([p, p, p, np.tile(p[1], (10, 1))])}, 3)
 
 
 def test_bald_scores_are_never_negative_and_near_agreement_ties_agreement():
@@ -140,7 +144,8 @@ def test_bald_scores_are_never_negative_and_near_agreement_ties_agreement():
     q[0] = np.nextafter(q[0], 2.0)  # one ulp up: the rows still sum to 1 within 1e-3
     r = np.array([0.2, 0.3, 0.5])
     mc = np.stack([np.stack([p, r]), np.stack([q, r])])  # (T=2, n=2, C=3)
-    sel = BALD().select({"mc_probs": mc}, 1)
+    with pytest.warns(UserWarning, match="every BALD score is 0"):
+        sel = BALD().select({"mc_probs": mc}, 1)
     scores = np.asarray(sel.diagnostics["scores"])
     assert (scores >= 0).all(), scores
     assert_array_equal(scores, [0.0, 0.0])
@@ -345,7 +350,9 @@ def test_one_hot_rows_score_plus_zero():
     from fastal.strategies import BALD, Entropy
 
     P = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
-    sels = (Entropy().select({"probs": P}, 2), BALD().select({"mc_probs": np.stack([P, P])}, 2))
+    with pytest.warns(UserWarning, match="every BALD score is 0"):
+        bald = BALD().select({"mc_probs": np.stack([P, P])}, 2)
+    sels = (Entropy().select({"probs": P}, 2), bald)
     for sel in sels:
         scores = np.asarray(sel.diagnostics["scores"])
         assert not np.signbit(scores).any()
@@ -356,7 +363,8 @@ def test_bald_agreeing_passes_of_any_probabilities_tie(T):
     """Equal passes of non-dyadic probabilities: their mean need not round back to them, and the
     scores came out as ±4e-16, so rounding noise chose the picks instead of the lowest index."""
     p = softmax(np.random.default_rng(T).normal(size=(40, 5)))
-    sel = BALD().select({"mc_probs": np.stack([p] * T)}, 5)
+    with pytest.warns(UserWarning, match="every BALD score is 0"):
+        sel = BALD().select({"mc_probs": np.stack([p] * T)}, 5)
     assert (to_numpy(sel.diagnostics["scores"]) == 0).all()
     assert sel.indices.tolist() == [0, 1, 2, 3, 4]
 
@@ -391,7 +399,7 @@ def test_score_strategies_check_their_seed(name):
     """The scores use no seed, but a bad one is refused like every other strategy's."""
     probs = softmax(np.random.default_rng(0).normal(size=(10, 3)))
     pool = {"probs": probs, "features": np.ones((10, 2))}
-    pool["mc_probs"] = np.stack([pool["probs"]] * 2)
+    pool["mc_probs"] = np.stack([pool["probs"], pool["probs"][::-1]])  # passes that differ
     strategy = strategies.get(name)()
     for bad in ("abc", -5, 1.5):
         with pytest.raises((TypeError, ValueError), match="seed must be None, a non-negative int"):

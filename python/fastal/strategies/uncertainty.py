@@ -492,8 +492,9 @@ class BALD(_ScoreStrategy):
                 raise ValueError("mc_probs must hold finite probabilities in [0, 1]")
             if not bool(((mc.sum(-1) - 1).abs() <= tol).all()):
                 raise ValueError(
-                    f"mc_probs rows must sum to 1 over the classes (within {tol:.3g} for "
-                    f"{info.dtype})"
+                    f"mc_probs rows must sum to 1 over the classes, its last axis (within "
+                    f"{tol:.3g} for {info.dtype}): the shape is (T passes, n, C); from baal's "
+                    "(n, C, T) pass mc_probs.transpose(2, 0, 1) (torch: permute)"
                 )
             h_mean = _entropy(mc.mean(0))
             mi = (h_mean - _entropy(mc).mean(0)).clamp_min_(0)
@@ -506,6 +507,12 @@ class BALD(_ScoreStrategy):
                 agree = (mc[:, near] == mc[:1, near]).all(-1).all(0)
                 mi[near[agree]] = 0.0
             scores[s : s + step] = mi
+        if not bool(scores.any()):
+            warn_user(
+                f"every BALD score is 0: the T = {T} passes of mc_probs agree on every row (to "
+                "rounding), so the picks are the lowest indices; were the passes made with "
+                "dropout active (fastal.torch.pool_outputs(..., mc_samples=T) turns it on)?"
+            )
         row_info = _interop.ArrayInfo(
             info.framework, info.device, info.device_index, info.dtype, info.shape[1:]
         )
