@@ -425,3 +425,6 @@ def test_bald_warns_about_mc_probs_with_the_rows_first():
     assert BALD().select({"mc_probs": mc}, 5).indices.shape == (5,)  # no warning (pytest: error)
     few = rng.dirichlet(np.ones(3), size=(100, 30))  # mc_samples = 100 over 30 rows: plausible
     assert BALD().select({"mc_probs": few}, 2).indices.shape == (2,)  # (a review: it warned)
+    with pytest.raises(ValueError, match=r"\(T passes, n, C\); from baal's \(n, C, T\) pass "
+                       r"mc_probs.transpose\(2, 0, 1\)"):  # fmt: skip
+        BALD().select({"mc_probs": mc[:, :30].transpose(1, 2, 0)}, 5)  # baal's layout
