@@ -78,7 +78,9 @@ def kmeans_pp(
     seed : int or numpy.random.Generator, optional
         The random stream: the first pick (``first="random"``) is ``rng.integers(n)``, then
         ``u = rng.random(k)`` and pick ``t`` is the first row whose running sum of weights exceeds
-        ``u[t]`` times their total. The same seed gives the same picks on a given backend.
+        ``u[t]`` times their total. When every remaining row coincides with a centre (all
+        weights 0), pick ``t`` is the ``floor(u[t] r)``-th of the ``r`` rows not yet chosen:
+        uniform among them. The same seed gives the same picks on a given backend.
     first : {"random", "norm"}
         First pick without labeled rows: uniform (k-means++), or the row of largest norm (BADGE,
         Ash et al. 2020).
