@@ -27,6 +27,17 @@ def test_default_run_on_bundled_digits(capsys):
     assert "time:" in out  # the issue asks for radius before / after and the time
 
 
+@pytest.mark.parametrize("option", ["--features", "--embeddings"])
+def test_the_report_and_messages_name_the_option_typed(option, tmp_path, capsys):
+    """--features is an alias of --embeddings; the report said --embeddings for either."""
+    path = tmp_path / "pool.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(20, 3)))
+    assert cli.main(["select", option, str(path), "--budget", "2"]) == 0
+    assert f"fastal select: coreset on {option} {path}\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=f"^fastal: {option} file not found"):
+        cli.main(["select", option, str(tmp_path / "missing.npy")])
+
+
 def test_rows_read_line_explains_a_share_above_100_percent(capsys):
     """On the digits the pruned run reads the centre-to-centre distances too and skips little:
     more than an unpruned run, which the line must explain; with budget 0 nothing was read."""

@@ -91,6 +91,19 @@ def test_unknown_strategy_names_the_choices():
         strategies.get("no-such-thing")
 
 
+def test_names_in_other_spellings_and_class_names():
+    """get("BADGE") and get("Entropy") failed: names are lower case, classes are not."""
+    spellings = {
+        "BADGE": "badge", "Entropy": "entropy", "LeastConfidence": "least_confidence",
+        "least-confidence": "least_confidence", "Robust Coreset": "robust_coreset",
+        "KMeansSampling": "kmeans", "SparseApprox": "sparse_approx", "CRC": "crc",
+    }  # fmt: skip
+    for spelled, name in spellings.items():
+        assert strategies.get(spelled) is strategies.get(name), spelled
+    with pytest.raises(ValueError, match="unknown strategy 'core'"):
+        strategies.get("core")
+
+
 def test_register_rejects_nameless_and_clashing_classes():
     class Nameless(Strategy):
         pass

@@ -57,6 +57,20 @@ __all__ = ["build_parser", "main", "save_npy_atomic"]
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
+class _StoreNamingOption(argparse.Action):
+    """Store the value and the option it came with (``--features`` or its alias
+    ``--embeddings``), so that messages name what the user typed."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_option", option_string)
+
+
+def _typed(args: argparse.Namespace, key: str, default: str) -> str:
+    """The option the user gave ``key`` with, or ``default``."""
+    return getattr(args, f"{key}_option", None) or default
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     cls = strategies.get(args.strategy)
     # the arguments first: a bad --out or --device must not cost a long selection
@@ -90,14 +104,14 @@ def cmd_select(args: argparse.Namespace) -> int:
     for key, option, _ in _POOL_ARRAYS:
         path = getattr(args, key)
         if path is not None:
-            arrays[key] = _load_npy(path, option)
+            arrays[key] = _load_npy(path, _typed(args, key, option))
     if digits:
         n_labeled = _DIGITS_N_LABELED if args.n_labeled is None else args.n_labeled
         X, targets, labeled = _digits_pool(args.seed, n_labeled)
         arrays["features"] = X
         source = "scikit-learn digits (bundled)"
     else:
-        source = ", ".join(f"{_OPTION_OF[k]} {getattr(args, k)}" for k in arrays)
+        source = ", ".join(f"{_typed(args, k, _OPTION_OF[k])} {getattr(args, k)}" for k in arrays)
     if args.labeled is not None:  # the digits too: indices into its rows, in place of --n-labeled
         labeled = _load_npy(args.labeled, "--labeled")
         if labeled.ndim != 1:
@@ -402,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--embeddings",
         "--features",
         dest="features",
+        action=_StoreNamingOption,
         metavar="NPY",
         help="pool embeddings / features, an (n, d) .npy file (default: digits pixels)",
     )

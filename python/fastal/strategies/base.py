@@ -216,7 +216,9 @@ def get(name: str) -> type[Strategy]:
     Parameters
     ----------
     name : str
-        A registered name (see :func:`available`), e.g. ``"coreset"``.
+        A registered name (see :func:`available`), e.g. ``"coreset"``; another spelling of it
+        or of the class's name (case, ``_``, ``-`` and spaces ignored: ``"BADGE"``,
+        ``"LeastConfidence"``) when it names one strategy.
 
     Returns
     -------
@@ -235,15 +237,24 @@ def get(name: str) -> type[Strategy]:
     >>> from fastal.strategies import get
     >>> get("margin").__name__, get("margin").requires
     ('Margin', ('probs',))
+    >>> get("LeastConfidence") is get("least-confidence") is get("least_confidence")
+    True
     """
     if not isinstance(name, str):
         raise TypeError(f"a strategy name must be a str, got {type(name).__name__}")
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown strategy {name!r}; available: {', '.join(available())}"
-        ) from None
+    # "BADGE", "least-confidence", "LeastConfidence": the name or class name in another spelling
+    matches = {cls for cls in _REGISTRY.values()
+               if _spelling(name) in (_spelling(cls.name), _spelling(cls.__name__))}  # fmt: skip
+    if len(matches) == 1:
+        return matches.pop()
+    raise ValueError(f"unknown strategy {name!r}; available: {', '.join(available())}")
+
+
+def _spelling(name: str) -> str:
+    """``name`` with case, ``_``, ``-`` and spaces ignored."""
+    return "".join(c for c in name.lower() if c not in "_- ")
 
 
 def available() -> list[str]:
