@@ -72,8 +72,11 @@ def test_pool_outputs_reads_rows_of_different_lengths_with_collate_fn():
     same = ft.pool_outputs(model, DataLoader(data, batch_size=5, collate_fn=pad), ("logits",),
                            progress=False)  # fmt: skip
     assert torch.equal(same["logits"], out["logits"])  # as the user's own DataLoader reads it
-    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+    with pytest.raises(ValueError, match=r"^the rows differ in size.*pass collate_fn= .*"
+                       r"\(torch: stack expects each tensor to be equal size"):  # fmt: skip
         ft.pool_outputs(model, data, ("logits",), batch_size=5, progress=False)  # no collate_fn
+    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+        ft.pool_outputs(model, DataLoader(data, batch_size=5), ("logits",), progress=False)
 
 
 def test_select_takes_collate_fn():
@@ -128,7 +131,7 @@ def test_loop_runs_on_rows_of_different_lengths():
     assert ((res.values >= 0) & (res.values <= 1)).all()
     again = loop.run(pool, test, strategy="entropy", collate_fn=pad, **kwargs)
     assert again.labeled.tolist() == res.labeled.tolist()  # seeded: the same run
-    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+    with pytest.raises(ValueError, match=r"^the rows differ in size.*pass collate_fn="):
         loop.run(pool, test, strategy="entropy", **kwargs)  # the evaluation could not batch them
     with pytest.raises(ValueError, match=r"select_options sets collate_fn, which run passes"):
         loop.run(pool, test, strategy="entropy", select_options={"collate_fn": pad}, **kwargs)

@@ -231,7 +231,8 @@ def _batches(
             t = _to(data[s : s + batch_size], device, model_dtype)
             yield t if batch_fn is None else _to(batch_fn(t), device, model_dtype)
         return
-    if not isinstance(data, DataLoader):
+    built = not isinstance(data, DataLoader)
+    if built:
         data = DataLoader(
             data,
             batch_size=batch_size,
@@ -244,7 +245,19 @@ def _batches(
     with torch.random.fork_rng(devices=[]):
         batches = iter(data)
     fn = batch_fn or _default_input
-    for batch in batches:
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as err:
+            if built and collate_fn is None and "equal size" in str(err):
+                raise ValueError(
+                    "the rows differ in size, so torch's default collation cannot stack a "
+                    "batch of them (rows of different lengths: text, speech); pass collate_fn= "
+                    f"to pad them into one (torch: {str(err).splitlines()[0]})"
+                ) from err
+            raise
         yield _to(fn(batch), device, model_dtype)
 
 
