@@ -527,6 +527,25 @@ def test_resume_refuses_another_pool_or_other_settings(tmp_path):
     assert loop.run(POOL, TEST, resume=state, **kwargs).rows  # the same settings resume
 
 
+def test_resume_extends_a_run_with_more_rounds(tmp_path):
+    """Resuming a finished run with rounds raised was refused ('budgets = [6, 6], this one
+    [6, 6, 6, 6]'); now it goes on as a run started with the longer budgets."""
+    kwargs = dict(model_fn=model_fn, strategy="entropy", initial=6, seed=3, train_fn=train)
+    want = loop.run(POOL, TEST, budget=6, rounds=4, **kwargs)
+    state = tmp_path / "run.npz"
+    loop.run(POOL, TEST, budget=6, rounds=2, checkpoint=state, **kwargs)
+    three = loop.run(POOL, TEST, budget=[6, 6, 6], resume=state, **kwargs)
+    assert three.n_labeled.tolist() == [6, 12, 18, 24]
+    got = loop.run(POOL, TEST, budget=6, rounds=4, resume=state, **kwargs)
+    assert_array_equal(got.labeled, want.labeled)
+    assert got.values.tolist() == want.values.tolist()
+    assert got.n_labeled.tolist() == [6, 12, 18, 24, 30]
+    with pytest.raises(ValueError, match=r"has budgets = \[6, 6, 6, 6\], this one \[6, 6\]"):
+        loop.run(POOL, TEST, budget=6, rounds=2, resume=state, **kwargs)  # fewer: refused
+    with pytest.raises(ValueError, match=r"this one \[6, 6, 6, 5, 5\]"):
+        loop.run(POOL, TEST, budget=[6, 6, 6, 5, 5], resume=state, **kwargs)  # not an extension
+
+
 def test_resume_ignores_settings_that_print_an_object_address(tmp_path):
     """A setting whose repr holds an object address (a function here) differs in every process,
     so it is not compared: the same run resumes with another function object of the same code."""

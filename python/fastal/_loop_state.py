@@ -126,6 +126,8 @@ def _load_state(path: Any, meta: dict) -> tuple[np.ndarray, np.ndarray, list[dic
     if not isinstance(saved, dict):
         raise ValueError(f"resume: {path} is not a saved fastal run (its meta is not a mapping)")
     for key in ("version", "seed", "strategy", "n", "task", "initial", "budgets"):
+        if key == "budgets" and _extends(saved.get(key), meta[key]):
+            continue
         if saved.get(key) != meta[key]:
             raise ValueError(
                 f"resume: the run saved at {path} has {key} = {saved.get(key)!r}, this one "
@@ -139,11 +141,12 @@ def _load_state(path: Any, meta: dict) -> tuple[np.ndarray, np.ndarray, list[dic
         if saved.get(key) is not None and meta[key] is not None and saved[key] != meta[key]:
             raise ValueError(f"resume: the run saved at {path} had {what}; start a new checkpoint")
     n_rows = cols["n_labeled"].size
+    budgets = saved["budgets"]  # meta's, or the first of them
     first = meta["initial"] if isinstance(meta["initial"], int) else len(meta["initial"])
-    expected = first + sum(meta["budgets"][:n_rows])  # each round but the last labels its budget
+    expected = first + sum(budgets[:n_rows])  # each round but the last labels its budget
     labeled = _saved_indices(labeled, meta["n"], path, "labeled")
-    added = _saved_indices(added, len(meta["budgets"]) + 1, path, "added", unique=False)
-    if any(c.shape != (n_rows,) for c in cols.values()) or n_rows > len(meta["budgets"]) + 1:
+    added = _saved_indices(added, len(budgets) + 1, path, "added", unique=False)
+    if any(c.shape != (n_rows,) for c in cols.values()) or n_rows > len(budgets) + 1:
         raise ValueError(f"resume: {path} has a table of inconsistent length")
     if labeled.size != expected or added.size != labeled.size:
         raise ValueError(
@@ -160,7 +163,16 @@ def _load_state(path: Any, meta: dict) -> tuple[np.ndarray, np.ndarray, list[dic
         }
         for i in range(n_rows)
     ]
+    if len(budgets) < len(meta["budgets"]) and n_rows == len(budgets) + 1:
+        # a finished run given more rounds: its last round only evaluated; it runs again (the
+        # same model under the round's seed) and now selects
+        rows.pop()
     return labeled, added, rows
+
+
+def _extends(saved: Any, budgets: list[int]) -> bool:
+    """``saved`` (a run's budgets) is a proper prefix of ``budgets``: more rounds of the run."""
+    return isinstance(saved, list) and len(saved) < len(budgets) and saved == budgets[: len(saved)]
 
 
 #: What reading a damaged or foreign state file raises (a .npy: no context manager, TypeError).

@@ -419,7 +419,10 @@ def run(
         settings, the pool and the test set (a hash of their labels and sampled inputs: the same
         rows in the same order), ``task``, ``initial``, the budgets and ``select_options``); the
         state keeps being saved there unless ``checkpoint`` says otherwise. Labels already chosen
-        are neither lost nor chosen again. A damaged or foreign file raises ``ValueError``.
+        are neither lost nor chosen again. The budgets may go on past the saved ones (``rounds``
+        raised, or more entries): the run continues as one started with them would have (each
+        round's seeds depend on the run seed and the round only), the saved last round trained
+        again to select. A damaged or foreign file raises ``ValueError``.
     select_options : dict, optional
         More options for :func:`fastal.torch.select` (``mc_samples``, ``amp``, ``progress``,
         ...); not those run passes itself (``labeled``, ``labels``, ``seed``, ``task``,
