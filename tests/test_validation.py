@@ -133,11 +133,24 @@ def test_nonfinite_checked_even_with_budget_zero():
         ("2", TypeError, r"^budget must be an integer, got str"),
         (None, TypeError, r"^budget must be an integer, got NoneType"),
         (11, ValueError, r"^budget = 11 is larger than the unlabeled pool \(10 points\)"),
+        (np.array(2.0), TypeError, r"^budget must be an integer, got ndarray"),
+        (np.array([2]), TypeError, r"^budget must be an integer, got ndarray"),
+        (torch.tensor(2.0), TypeError, r"^budget must be an integer, got Tensor"),
+        (torch.tensor(True), TypeError, r"^budget must be an integer, got Tensor"),
+        (torch.tensor([2]), TypeError, r"^budget must be an integer, got Tensor"),
+        (np.array(11), ValueError, r"^budget = 11 is larger than the unlabeled pool"),
     ],
 )
 def test_bad_budget(budget, exc, pattern):
     with pytest.raises(exc, match=pattern):
         kc(pool(), budget)
+
+
+@pytest.mark.parametrize("budget", [np.array(3), np.array(3, np.uint8), torch.tensor(3),
+                                    torch.tensor(3, dtype=torch.int32)])  # fmt: skip
+def test_zero_dim_integer_budgets(budget):
+    """What budget = (n * 0.1).astype(int) or a tensor's .sum() gives: refused before."""
+    assert_array_equal(kc(pool(), budget, seed=0), kc(pool(), 3, seed=0))
 
 
 def test_budget_larger_than_unlabeled_pool():

@@ -63,13 +63,22 @@ def check_budget(
 ) -> int:
     """An integer in ``[0, available]``; ``pool`` says in messages what ``available`` counts."""
     if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(budget).__name__}")
+        budget = _zero_dim_integer(budget, name)
     budget = int(budget)
     if budget < 0:
         raise ValueError(f"{name} must be >= 0, got {budget}")
     if budget > available:
         raise ValueError(f"{name} = {budget} is larger than {pool} ({available} points)")
     return budget
+
+
+def _zero_dim_integer(value: Any, name: str) -> int:
+    """A 0-d integer numpy array or tensor (``np.array(5)``, ``torch.tensor(5)``: what a budget
+    computed with numpy or torch often is) as an int; anything else is refused."""
+    dtype = str(getattr(value, "dtype", "")).removeprefix("torch.")
+    if getattr(value, "shape", None) == () and dtype.startswith(("int", "uint")):
+        return int(value)
+    raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
 
 
 def host_values(values: Any, name: str, what: str = "numbers", kinds: str = "biuf") -> np.ndarray:
