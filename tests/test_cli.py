@@ -462,6 +462,16 @@ REFUSED = [
         (),
     ),
     ("empty-pool", "select --strategy random --probs {d}/empty_probs.npy", ["no rows"], ()),
+    ("option-no-value", f"{POOL} --option group_size", ["--option takes NAME=VALUE"], ()),
+    (
+        "option-unknown",
+        f"{POOL} --option gruop_size=4",
+        ["'coreset' has no option 'gruop_size'", "its options: embedding, bias"],
+        (),
+    ),
+    ("option-flagged", f"{POOL} --option prune=False", ["prune has its own flag: --no-prune"], ()),
+    ("option-twice", f"{POOL} --option bias=1 --option bias=0", ["bias is given twice"], ()),
+    ("option-bad-value", f"{POOL} --option embedding=pixels", ["coreset: embedding must be"], ()),
     # the default budget, rounded down to CRC's groups of 20, was raised to 20 past the pool
     (
         "crc-small-pool",
@@ -594,8 +604,27 @@ def test_robust_coreset_size_limit_names_the_command_line_way_out(tmp_path):
         cli.main(argv)
     message = str(err.value)
     assert "too large for robust_kcenter" in message
-    assert "--strategy coreset" in message
+    assert "--option max_points=N, or --strategy coreset" in message
     assert "RobustKCenter(candidates=" in message
+
+
+def test_option_sets_the_strategys_constructor_arguments(tmp_path, capsys):
+    """--option NAME=VALUE (a Python literal or a word): the CLI had no way to set CRC's group
+    size (its budget had to be a multiple of 20), BADGE's bias, a solver..."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "f.npy", rng.normal(size=(60, 4)))
+    np.save(tmp_path / "p.npy", rng.dirichlet(np.ones(3), 60))
+    pool = ["select", "--embeddings", str(tmp_path / "f.npy"), "--probs", str(tmp_path / "p.npy")]
+    out = str(tmp_path / "picks.npy")
+    options = ["--option", "group_size=5", "--option", "zeros=skip"]
+    argv = [*pool, "--strategy", "crc", *options, "--budget", "10", "--seed", "2", "--out", out]
+    assert cli.main(argv) == 0
+    want = fastal.strategies.CRC(group_size=5, zeros="skip").select(
+        {"features": np.load(tmp_path / "f.npy"), "probs": np.load(tmp_path / "p.npy")}, 10, seed=2
+    )
+    assert_array_equal(np.load(out), want.indices)
+    assert cli.main([*pool, "--strategy", "crc", "--option", "group_size=7"]) == 0  # 56 of 60
+    assert "budget 56" in capsys.readouterr().out
 
 
 def test_badge_no_prune_reaches_the_seeding(tmp_path, capsys):

@@ -11,6 +11,7 @@ share of rows read. :func:`fastal.cli.cmd_select` calls them (and ``tests/test_c
 from __future__ import annotations
 
 import argparse
+import ast
 import inspect
 
 import numpy as np
@@ -37,8 +38,8 @@ def _option_hint(message: str, arrays: dict) -> str:
     or the command-line way out of a limit whose remedies are Python arguments."""
     if "too large for robust_kcenter" in message:
         return (
-            " (the command line has no --candidates or --max-points: use --strategy coreset, or "
-            "fastal.strategies.RobustKCenter(candidates=..., max_points=...) from Python)"
+            " (on the command line: --option max_points=N, or --strategy coreset; candidates= "
+            "is an array: fastal.strategies.RobustKCenter(candidates=...) from Python)"
         )
     first = message.split(" ", 1)[0].strip("'\",:")
     if first == "labeled":
@@ -151,7 +152,37 @@ def _strategy_kwargs(cls: type, args: argparse.Namespace) -> dict:
                 f"fastal: --time-limit must be > 0 seconds and finite, got {args.time_limit}"
             )
         kwargs["time_limit"] = args.time_limit
+    for item in args.options or ():
+        name, value = _option(item, cls, params)
+        if name in _FLAGGED:
+            raise SystemExit(f"fastal: {name} has its own flag: {_FLAGGED[name]}, not --option")
+        if name in kwargs:
+            raise SystemExit(f"fastal: --option {name} is given twice")
+        kwargs[name] = value
     return kwargs
+
+
+#: constructor settings with a flag of their own
+_FLAGGED = {"prune": "--no-prune", "progress": "--progress", "time_limit": "--time-limit"}
+
+
+def _option(item: str, cls: type, params) -> tuple[str, object]:
+    """``NAME=VALUE`` of ``--option``: a keyword of the strategy's constructor and a Python
+    literal (a number, True / False / None, a quoted string, a list), or else the word itself
+    (``solver=greedy``)."""
+    name, sep, text = item.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not name:
+        raise SystemExit(f"fastal: --option takes NAME=VALUE, got {item!r}")
+    if name not in params or name.startswith("_"):
+        names = ", ".join(p for p in params if p not in _FLAGGED) or "none"
+        raise SystemExit(f"fastal: strategy {cls.name!r} has no option {name!r} (its options: "
+                         f"{names})")  # fmt: skip
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        value = text.strip()
+    return name, value
 
 
 def _dtype_name(a) -> str:

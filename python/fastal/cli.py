@@ -78,6 +78,10 @@ def cmd_select(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise SystemExit(f"fastal: --seed must be >= 0, got {args.seed}")
     strategy_kwargs = _strategy_kwargs(cls, args)
+    try:  # here, not after the arrays are read: a bad --option must cost nothing
+        strategy = cls(**strategy_kwargs)
+    except (ValueError, TypeError) as err:
+        raise SystemExit(f"fastal: {args.strategy}: {err}") from None
     if args.n_labeled is not None:
         if not digits:
             raise SystemExit(
@@ -175,12 +179,13 @@ def cmd_select(args: argparse.Namespace) -> int:
             "selection is only the top-b sigma"
         )
     budget = args.budget if args.budget is not None else min(100, n - len(labeled))
-    if args.budget is None and args.strategy == "crc":  # a multiple of its group size, 20
-        budget -= budget % 20
+    if args.budget is None and args.strategy == "crc":  # a multiple of its group size
+        G = strategy.group_size
+        budget -= budget % G
         if budget == 0:
             raise SystemExit(
-                f"fastal: crc takes whole groups of 20 rows and the pool has only "
-                f"{n - len(labeled)} unlabeled: it needs at least 20"
+                f"fastal: crc takes whole groups of {G} rows and the pool has only "
+                f"{n - len(labeled)} unlabeled: it needs at least {G}"
             )
     for key, a in arrays.items():
         if args.dtype and np.issubdtype(a.dtype, np.floating):
@@ -198,7 +203,6 @@ def cmd_select(args: argparse.Namespace) -> int:
     pool = pool_arrays["features"] if set(arrays) == {"features"} else dict(pool_arrays)
     if not cls.requires:
         pool = {"n": n}
-    strategy = cls(**strategy_kwargs)
     if args.strategy not in _TORCH_FREE:
         import torch  # noqa: F401  (imported on first use otherwise: ~1 s inside the time below)
     start = time.perf_counter()
@@ -451,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         type=int,
         help="points to pick (default: 100, or every unlabeled point if fewer; for crc rounded "
-        "down to a multiple of its group size, 20)",
+        "down to a multiple of its group size, 20 unless --option group_size=...)",
     )
     sel.add_argument(
         "--out",
@@ -482,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--time-limit", type=float, dest="time_limit", metavar="SECONDS",
                      help="robust_coreset: stop the exact solver after this long and keep the "
                      "best solution found (Ctrl-C waits for the solver's step)")  # fmt: skip
+    sel.add_argument("--option", action="append", dest="options", metavar="NAME=VALUE",
+                     help="a setting of the strategy's constructor, e.g. group_size=10 (crc), "
+                     "outliers=5 (robust_coreset), bias=True, solver=greedy (sparse_approx); "
+                     "repeat for more. VALUE is a Python literal or a word")  # fmt: skip
     sel.set_defaults(func=cmd_select)
     return parser
 
