@@ -481,11 +481,42 @@ def test_wrong_n():
 
 
 def test_mixed_frameworks():
+    """torch probabilities from a model beside cached numpy features (or the other way): the
+    embedding is the features' framework's, the same numbers. They were refused."""
     _, probs, feats = _pf()
-    with pytest.raises(ValueError, match="features"):
-        fastal.gradient_embedding(probs, torch.from_numpy(feats))
-    with pytest.raises(ValueError, match="features"):
-        fastal.gradient_embedding(torch.from_numpy(probs), feats)
+    want = fastal.gradient_embedding(probs, feats)
+    a = fastal.gradient_embedding(probs, torch.from_numpy(feats))
+    b = fastal.gradient_embedding(torch.from_numpy(probs), feats)
+    assert isinstance(a.A, torch.Tensor)
+    assert isinstance(b.A, np.ndarray)
+    assert_array_equal(a.A.numpy(), want.A)
+    assert_array_equal(b.A, want.A)
+    with pytest.raises(ValueError, match=r"^H is a torch \(cpu\) array but A is numpy"):
+        fastal.GradientEmbedding(want.A, torch.from_numpy(feats))  # the factors stay alike
+
+
+def test_mixed_framework_pools_pick_as_alike_ones():
+    """BADGE, EGL, coreset_gradients, bilevel refused {"probs": tensor, "features": ndarray}
+    while CRC and SparseApprox took it; every strategy takes it now, indices in the features'
+    framework."""
+    from fastal import strategies
+
+    _, probs, feats = _pf()
+    logits = np.log(probs)
+    cases = [("badge", {}, "probs"), ("egl", {}, "probs"), ("coreset_gradients", {}, "probs"),
+             ("bilevel", {"landmarks": 4}, "logits"),
+             ("sparse_approx", {"temperature": 2.0}, "logits")]  # fmt: skip
+    for name, kw, key in cases:
+        values = logits if key == "logits" else probs
+        want = strategies.get(name)(**kw).select({key: values, "features": feats}, 3, [0], seed=0)
+        mixed = {key: torch.from_numpy(values), "features": feats}
+        got = strategies.get(name)(**kw).select(mixed, 3, [0], seed=0)
+        assert isinstance(got.indices, np.ndarray), name
+        assert_array_equal(got.indices, want.indices)
+        mixed = {key: values, "features": torch.from_numpy(feats)}
+        got = strategies.get(name)(**kw).select(mixed, 3, [0], seed=0)
+        assert isinstance(got.indices, torch.Tensor), name
+        assert_array_equal(got.indices.numpy(), want.indices)
 
 
 @pytest.mark.parametrize("kind", ["prob", "softmax", "", "LOGITS"])

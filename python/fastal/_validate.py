@@ -58,6 +58,15 @@ def check_same_place(info: ArrayInfo, name: str, ref: ArrayInfo, ref_name: str) 
         )
 
 
+def check_same_device(info: ArrayInfo, name: str, ref: ArrayInfo, ref_name: str) -> None:
+    """Two arrays read together on one device; their frameworks may differ (torch probabilities
+    from a model beside cached numpy features), since both are read through torch views."""
+    if (info.device, info.device_index) != (ref.device, ref.device_index):
+        raise ValueError(
+            f"{name} is a {info.where} array but {ref_name} is {ref.where}; pass both on one device"
+        )
+
+
 def check_budget(
     budget: Any, available: int, name: str = "budget", pool: str = "the unlabeled pool"
 ) -> int:

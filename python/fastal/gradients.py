@@ -38,6 +38,7 @@ from ._validate import (
     check_choice,
     check_classes,
     check_matrix,
+    check_same_device,
     check_same_place,
     host_values,
     prob_sum_tol,
@@ -366,8 +367,9 @@ def gradient_embedding(
         Probabilities or logits (see ``kind``); numpy, torch (CPU/CUDA) or cupy. Logits may be
         -inf for a masked class (probability 0) where a row keeps a finite logit.
     features : array of shape (n, d)
-        Penultimate features, same framework and device. Its dtype (float32, float16, bfloat16,
-        float64 on the CPU) is the storage dtype of both factors.
+        Penultimate features on the same device (any framework: the embedding is in this one).
+        Its dtype (float32, float16, bfloat16, float64 on the CPU) is the storage dtype of both
+        factors.
     labels : None, int array (n,), or float array (n, C)
         ``None``: hypothetical labels ``argmax p`` (ties to the lowest class). Integer labels in
         ``[0, C)``. A row-stochastic label distribution.
@@ -415,7 +417,7 @@ def _gradient_embedding(
     torch = import_torch()
     pinfo = check_matrix(probs_or_logits, name)
     finfo = check_matrix(features, "features")
-    check_same_place(finfo, "features", pinfo, name)
+    check_same_device(finfo, "features", pinfo, name)  # the embedding is in features' framework
     n, C = pinfo.shape
     check_classes(C, name, pinfo.shape)
     if finfo.shape[0] != n:

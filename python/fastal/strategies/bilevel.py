@@ -20,6 +20,7 @@ from .._validate import (
     check_classes,
     check_matrix,
     check_positive_int,
+    check_same_device,
     host_values,
     make_rng,
 )
@@ -232,14 +233,7 @@ class BilevelCoreset(Strategy):
             raise ValueError(
                 f"{self.kernel_input} has no columns: shape {xinfo.shape}, need d >= 1"
             )
-        if (xinfo.framework, xinfo.device, xinfo.device_index) != (
-            pinfo.framework,
-            pinfo.device,
-            pinfo.device_index,
-        ):
-            raise ValueError(
-                f"{self.kernel_input} is a {xinfo.where} array but {key} is {pinfo.where}"
-            )
+        check_same_device(xinfo, self.kernel_input, pinfo, key)
         lab, rest = unlabeled_rows(n, labeled, like=pinfo)
         b = check_budget(budget, rest.size)
 
@@ -265,7 +259,7 @@ class BilevelCoreset(Strategy):
 
         diagnostics: dict[str, Any] = {"kernel": self._kernel_name(), "landmarks": None}
         if b == 0:  # the keys of every other budget, empty
-            empty = _interop.to_framework(np.empty(0, np.int64), pinfo)
+            empty = _interop.to_framework(np.empty(0, np.int64), xinfo)
             diagnostics.update(empty_diagnostics(resolve_solver(self.solver, self.augment), 0))
             diagnostics["seconds"]["features"] = 0.0
             return Selection(empty, diagnostics)
@@ -315,7 +309,8 @@ class BilevelCoreset(Strategy):
         diagnostics["landmarks"] = U_idx
         diagnostics["rank"] = nys.rank
         diagnostics["seconds"]["features"] = feature_seconds
-        return Selection(_interop.to_framework(res.indices, pinfo), diagnostics)
+        # a mixed pool (torch logits, numpy features): the kernel input's framework
+        return Selection(_interop.to_framework(res.indices, xinfo), diagnostics)
 
     def _kernel_name(self) -> str:
         if callable(self.kernel):

@@ -20,7 +20,7 @@ from .._validate import (
     check_budget,
     check_classes,
     check_matrix,
-    check_same_place,
+    check_same_device,
     make_rng,
 )
 from ..gradients import _probabilities
@@ -96,7 +96,7 @@ class EGL(Strategy):
         pinfo = check_matrix(P, probs_key)
         check_classes(pinfo.shape[1], probs_key, pinfo.shape)
         hinfo = check_matrix(H, "features")
-        check_same_place(hinfo, "features", pinfo, probs_key)
+        check_same_device(hinfo, "features", pinfo, probs_key)
         if hinfo.shape[0] != pinfo.shape[0]:
             raise ValueError(
                 f"features must have {pinfo.shape[0]} rows like {probs_key}, got {hinfo.shape}"
@@ -151,8 +151,8 @@ class EGL(Strategy):
         # candidates), without sorting the whole pool
         indices = _interop.host_numpy(_top_rows(scores, rest, budget)).astype(np.int64)
         return Selection(
-            _interop.to_framework(indices, pinfo),
-            {"scores": from_torch(scores, pinfo)},
+            _interop.to_framework(indices, hinfo),  # a mixed pool: features' framework
+            {"scores": from_torch(scores, hinfo)},
         )
 
 

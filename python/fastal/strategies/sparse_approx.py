@@ -224,6 +224,8 @@ class SparseApprox(Strategy):
             check_classes(info.shape[1], key, info.shape)
             n = info.shape[0]
         _, rest = unlabeled_rows(n, labeled, like=info)
+        if not bayesian:  # a mixed pool (torch logits, numpy features): features' framework
+            info = check_matrix(pool["features"], "features")
         b = check_budget(budget, rest.size)
         row = setting_for(form, self.solver, self.setting)
         alpha = self.alpha if self.alpha is not None else row.alpha
@@ -284,7 +286,8 @@ class SparseApprox(Strategy):
         finfo = check_matrix(pool["features"], "features")
         if (finfo.device, finfo.device_index) != (zinfo.device, zinfo.device_index):
             raise ValueError(
-                f"features is on {finfo.where} but {key} is on {zinfo.where}; pass both alike"
+                f"features is a {finfo.where} array but {key} is {zinfo.where}; pass both on "
+                "one device"
             )
         if finfo.shape[0] != zinfo.shape[0]:
             raise ValueError(
