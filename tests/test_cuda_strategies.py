@@ -405,3 +405,23 @@ def test_uncertainty_scores_on_the_device_equal_the_cpus(name, backend, dtype):
     next(iter(bad.values()))[..., 600, 1] = np.nan
     with pytest.raises(ValueError, match=r"NaN|finite probabilities"):
         cls().select({k: to_backend(v, backend, dtype) for k, v in bad.items()}, 9)
+
+
+@pytest.mark.parametrize("name", ["badge", "egl", "coreset_gradients", "crc", "sparse_approx"])
+def test_mixed_torch_and_cupy_pools_on_one_device(name):
+    """torch probabilities beside cupy features on one GPU: the picks of an all-torch pool, the
+    indices in the features' framework (CPU: tests/test_gradients.py)."""
+    pytest.importorskip("cupy")
+    rng = np.random.default_rng(3)
+    P = rng.dirichlet(np.ones(4), 80).astype(np.float32)
+    X = rng.normal(size=(80, 6)).astype(np.float32)
+    key = "logits" if name == "sparse_approx" else "probs"
+    values = np.log(P) if key == "logits" else P
+    kw = {"group_size": 2} if name == "crc" else {"temperature": 2.0} if key == "logits" else {}
+    cls = strategies.get(name)
+    scores = to_backend(values, "torch-cuda", "float32")
+    want = cls(**kw).select({key: scores, "features": to_backend(X, "torch-cuda", "float32")}, 4,
+                            seed=0)  # fmt: skip
+    got = cls(**kw).select({key: scores, "features": to_backend(X, "cupy", "float32")}, 4, seed=0)
+    assert backend_of(got.indices) == "cupy"
+    assert_array_equal(to_numpy(got.indices), to_numpy(want.indices))
