@@ -128,6 +128,16 @@ def test_chance_is_the_most_frequent_test_class():
     assert data.chance == 0.75
 
 
+def test_a_plan_reads_other_spellings_as_the_registered_names():
+    """strategies.get takes "CRC"; the plan compared the raw strings (make_strategy's "crc" set
+    its group size for the budget, and "entropy" beside "Entropy" was not a repeat)."""
+    _, names, _ = demo.plan_demo("digits", ["CRC", "Entropy"], initial=20, rounds=1, budget=30)
+    assert names[-1] == "entropy"
+    assert "crc" in names or not demo.crc_available()
+    with pytest.raises(ValueError, match="strategies named twice: entropy"):
+        demo.plan_demo("digits", ["entropy", "Entropy"], initial=20, rounds=1, budget=30)
+
+
 def test_a_plan_that_uses_the_whole_pool_runs():
     data, names, _ = demo.plan_demo("digits", ["random"], initial=100, rounds=9, budget=100)
     assert data.pool[0].shape[0] == 1000

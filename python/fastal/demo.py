@@ -231,13 +231,13 @@ def plan_demo(
     data = load(dataset)
     if strategies is not None and not list(strategies):
         raise ValueError("no strategy named: pass comma-separated names, or none for the defaults")
-    names = list(strategies or DEFAULT_STRATEGIES[data.task])
+    # registered names ("CRC" is "crc"): the checks below and make_strategy compare them
+    names = [get(name).name for name in strategies or DEFAULT_STRATEGIES[data.task]]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"strategies named twice: {', '.join(repeated)}")
     skipped: dict[str, str] = {}
     for name in names:
-        get(name)  # ValueError naming the registered strategies
         missing = [k for k in needs_of(name) if k not in (*NEEDS[data.task], "duals")]
         if missing:
             raise ValueError(
