@@ -673,11 +673,16 @@ def test_egl_refuses_float64_features_whose_squares_underflow():
     probs, feats = rng.dirichlet(np.ones(3), 30), rng.normal(size=(30, 5))
     want = EGL().select({"probs": probs, "features": feats}, 4).indices
     assert_array_equal(EGL().select({"probs": probs, "features": feats * 1e-150}, 4).indices, want)
-    with pytest.raises(ValueError, match=r"squared norm underflows float64 \(row 0\)"):
-        EGL().select({"probs": probs, "features": feats * 1e-165}, 4)
+    with pytest.raises(ValueError, match=r"squared norm underflows float64, and no unlabeled "
+                       r"row's does not \(row 1\)"):  # fmt: skip
+        EGL().select({"probs": probs, "features": feats * 1e-165}, 4, [0])
     zero_row = feats.copy()
     zero_row[7] = 0
     EGL().select({"probs": probs, "features": zero_row}, 4)
+    tiny_rows = feats.copy()
+    tiny_rows[[0, 5]] *= 1e-170  # a labeled and an unlabeled one beside normal rows: they rank last
+    got = EGL().select({"probs": probs, "features": tiny_rows}, 4, [0]).indices
+    assert_array_equal(got, EGL().select({"probs": probs, "features": feats}, 4, [0, 5]).indices)
     tiny = EGL(bias=True).select({"probs": probs, "features": feats * 1e-165}, 4)
     zero = EGL(bias=True).select({"probs": probs, "features": 0 * feats}, 4)
     assert_array_equal(tiny.indices, zero.indices)

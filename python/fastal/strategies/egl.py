@@ -137,7 +137,7 @@ class EGL(Strategy):
                     "features has rows whose squared norm overflows float64: scale it down"
                 )
         if not self.bias:
-            _refuse_underflow(hsq, h_in)
+            _refuse_underflow(hsq, h_in, rest)
         hsq += 1.0 if self.bias else 0.0
         scores = hsq if self.squared else hsq.sqrt_()
         spread = _spread if self.squared else _expected_distance
@@ -156,19 +156,25 @@ class EGL(Strategy):
         )
 
 
-def _refuse_underflow(hsq: Any, h_in: Any) -> None:
-    """A non-zero row whose float64 |h|² is below the normal range scores 0 or a few bits (float64
-    features near 1e-165 took the lowest indices): refused, naming the first such row."""
+def _refuse_underflow(hsq: Any, h_in: Any, rest: np.ndarray) -> None:
+    """Refused when every unlabeled row's float64 |h|² is below the normal range while one is not
+    0: the scores are 0 or a few bits (float64 features near 1e-165 took the lowest indices). A
+    tiny row beside normal ones ranks after them whatever its bits, so it is taken as it is
+    (scaling the pool up would overflow the normal rows)."""
     import torch
 
-    small = torch.nonzero(hsq < float(torch.finfo(torch.float64).tiny)).flatten()
-    for s, e in _row_tiles(small.numel(), _TILE_VALUES // h_in.shape[1]):  # no gathered copy
-        rows = small[s:e]
+    cand = torch.from_numpy(rest).to(hsq.device)
+    tiny = float(torch.finfo(torch.float64).tiny)
+    if not cand.numel() or float(hsq[cand].max()) >= tiny:
+        return
+    for s, e in _row_tiles(cand.numel(), _TILE_VALUES // h_in.shape[1]):  # no gathered copy
+        rows = cand[s:e]
         nonzero = rows[h_in[rows].abs().amax(1) > 0]
         if nonzero.numel():
             raise ValueError(
-                f"features has rows whose squared norm underflows float64 (row "
-                f"{int(nonzero[0])}): scale it up (the ranking does not depend on the scale)"
+                f"features has rows whose squared norm underflows float64, and no unlabeled "
+                f"row's does not (row {int(nonzero[0])}): scale it up (the ranking does not "
+                "depend on the scale)"
             )
 
 
