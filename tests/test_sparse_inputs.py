@@ -261,6 +261,19 @@ def test_features_too_small_for_float64_are_refused(scale):
             SparseApprox(temperature=2.0, **kw).select(pool, 4)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_one_hot_label_distribution_is_named_not_the_features(bias):
+    """Logits of 800 at temperature 2: sigma underflows through P's spread, not |h| (with the bias
+    |h| >= 1); the refusal blamed the features."""
+    rng = np.random.default_rng(0)
+    logits = np.zeros((40, 3))
+    logits[np.arange(40), rng.integers(0, 3, 40)] = 800
+    pool = {"features": rng.normal(size=(40, 5)), "logits": logits}
+    with pytest.raises(ValueError, match=r"^the label distribution P is one-hot to rounding .*"
+                       r"raise the temperature or lower the scale of logits"):  # fmt: skip
+        SparseApprox(temperature=2.0, bias=bias).select(pool, 4)
+
+
 def test_math_sanity_of_the_factored_reference():
     """The reference's Φ column is (1/b) a ⊗ h, v the column mean times b, sigma the formula."""
     p = np.array([[0.7, 0.2, 0.1]])

@@ -373,7 +373,7 @@ class SparseApprox(Strategy):
         if self.bias:
             h_norms = torch.sqrt(h_norms * h_norms + 1)
         sigma = h_norms * dist / n_u
-        _refuse_underflow(sigma)
+        _refuse_underflow(sigma, h_norms, dist, n_u, key)
         phi = FactoredPhi(A, h, b, hrows=hrows, bias=self.bias)
         v = phi.apply(torch.ones(n_u, dtype=torch.float64, device=dev)) * (b / n_u)
         return phi, v, sigma, T
@@ -407,16 +407,26 @@ def _overflow_message(pool: Any, alpha: float, beta: float) -> str:
     )
 
 
-def _refuse_underflow(sigma: Any) -> None:
-    """The objective's data terms are squares of the scale of σ; below ``sqrt(tiny / eps)`` of
-    float64 they lose digits to underflow (features near 1e-160 picked the lowest indices)."""
+def _refuse_underflow(sigma: Any, h_norms: Any, dist: Any, n_u: int, key: str) -> None:
+    """The objective's data terms are squares of the scale of σ = |h| Σ_y P_y |P - e_y| / n_u;
+    below ``sqrt(tiny / eps)`` of float64 they lose digits to underflow (features near 1e-160
+    picked the lowest indices). The message names the smaller factor: the features, or a label
+    distribution P one-hot to rounding (logits near 800 at temperature 2)."""
     top = float(sigma.max()) if sigma.numel() else 0.0
-    if 0 < top < _SMALLEST_SIGMA:
+    if not 0 < top < _SMALLEST_SIGMA:
+        return
+    h_top, d_top = float(h_norms.max()) / n_u, float(dist.max())
+    if d_top < h_top:  # P's spread is the smaller factor
         raise ValueError(
-            f"features are too small for float64: the largest sigma is {top:.3g}, and the "
-            "objective's terms (squares of that scale) underflow; scale features up by some s "
-            "and beta by s**2 (the same problem, its objective times s**2)"
+            f"the label distribution P is one-hot to rounding (its spread Σ P_y |P - e_y| is "
+            f"at most {d_top:.3g}), so the objective's terms underflow float64 (the largest "
+            f"sigma is {top:.3g}); raise the temperature or lower the scale of {key}"
         )
+    raise ValueError(
+        f"features are too small for float64: the largest sigma is {top:.3g}, and the "
+        "objective's terms (squares of that scale) underflow; scale features up by some s "
+        "and beta by s**2 (the same problem, its objective times s**2)"
+    )
 
 
 #: the smallest largest σ whose square keeps float64's 53 bits above the subnormal range
