@@ -627,6 +627,52 @@ def test_option_sets_the_strategys_constructor_arguments(tmp_path, capsys):
     assert "budget 56" in capsys.readouterr().out
 
 
+def test_the_array_checks_read_the_strategy_the_options_make(tmp_path, capsys):
+    """--option temperature=2.0 gives sparse_approx its P (it was refused for want of --labels);
+    --option embedding=gradients makes coreset read --probs (it was 'would ignore --probs')."""
+    rng = np.random.default_rng(1)
+    X, P = rng.normal(size=(60, 4)), rng.dirichlet(np.ones(3), 60)
+    for name, a in (("f", X), ("p", P), ("z", np.log(P))):
+        np.save(tmp_path / f"{name}.npy", a)
+    out = str(tmp_path / "picks.npy")
+    feats = ["--features", str(tmp_path / "f.npy")]
+    argv = ["select", "--strategy", "sparse_approx", *feats, "--logits", str(tmp_path / "z.npy"),
+            "--option", "temperature=2.0", "--budget", "4", "--out", out]  # fmt: skip
+    assert cli.main(argv) == 0
+    want = fastal.strategies.SparseApprox(temperature=2.0).select(
+        {"features": X, "logits": np.log(P)}, 4
+    )
+    assert_array_equal(np.load(out), want.indices)
+    argv = ["select", "--strategy", "coreset", *feats, "--probs", str(tmp_path / "p.npy"),
+            "--option", "embedding=gradients", "--budget", "4", "--out", out]  # fmt: skip
+    assert cli.main(argv) == 0
+    want = fastal.strategies.CoreSet(embedding="gradients").select(
+        {"features": X, "probs": P}, 4, seed=0
+    )
+    assert_array_equal(np.load(out), want.indices)
+    with pytest.raises(SystemExit, match="'coreset' needs probs"):
+        cli.main(["select", "--strategy", "coreset", *feats, "--option", "embedding=gradients"])
+    capsys.readouterr()
+
+
+def test_messages_about_the_features_name_the_option_typed(tmp_path):
+    np.save(tmp_path / "f.npy", np.zeros((50, 3)))
+    np.save(tmp_path / "p.npy", np.full((60, 3), 1 / 3))
+    np.save(tmp_path / "p50.npy", np.full((50, 3), 1 / 3))
+    bad = np.ones((20, 3))
+    bad[3, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    feats, probs = str(tmp_path / "f.npy"), str(tmp_path / "p.npy")
+    with pytest.raises(SystemExit, match="disagree on the number of rows: --features 50, --probs"):
+        cli.main(["select", "--strategy", "badge", "--features", feats, "--probs", probs])
+    with pytest.raises(SystemExit, match=r"would ignore --probs"):
+        cli.main(["select", "--features", feats, "--probs", str(tmp_path / "p50.npy")])
+    with pytest.raises(SystemExit, match=r"first at row 3$"):  # no "(features is the --features"
+        cli.main(["select", "--features", str(tmp_path / "nan.npy"), "--budget", "2"])
+    with pytest.raises(SystemExit, match=r"first at row 3 \(features is the --embeddings array\)"):
+        cli.main(["select", "--embeddings", str(tmp_path / "nan.npy"), "--budget", "2"])
+
+
 def test_badge_no_prune_reaches_the_seeding(tmp_path, capsys):
     rng = np.random.default_rng(1)
     np.save(tmp_path / "f.npy", rng.normal(size=(300, 4)).astype(np.float32))

@@ -33,7 +33,7 @@ def _report_dtype(X: np.ndarray, selected: str | None) -> np.ndarray:
     return X.astype(np.float64 if wide else np.float32, copy=False)
 
 
-def _option_hint(message: str, arrays: dict) -> str:
+def _option_hint(message: str, arrays: dict, typed: dict | None = None) -> str:
     """`` (X is the --embeddings array)`` when a library message names an array by its API name,
     or the command-line way out of a limit whose remedies are Python arguments."""
     if "too large for robust_kcenter" in message:
@@ -44,9 +44,10 @@ def _option_hint(message: str, arrays: dict) -> str:
     first = message.split(" ", 1)[0].strip("'\",:")
     if first == "labeled":
         return " (the --labeled array)"
+    options = {**_OPTION_OF, **(typed or {})}  # the option the user typed (--features)
     if first in ("X", "pool", "features") and "features" in arrays:
-        return f" ({first} is the --embeddings array)"
-    options = {key: option for key, option, _ in _POOL_ARRAYS}
+        said = options["features"]
+        return "" if said == f"--{first}" else f" ({first} is the {said} array)"
     if first in options and first in arrays and options[first] != f"--{first}":
         return f" ({first} is the {options[first]} array)"
     return ""
@@ -190,14 +191,15 @@ def _dtype_name(a) -> str:
     return a.dtype.name if isinstance(a.dtype, np.dtype) else str(a.dtype).removeprefix("torch.")
 
 
-def _rows(arrays: dict[str, np.ndarray]) -> int:
-    """The pool size all arrays agree on (mc_probs along axis 1)."""
+def _rows(arrays: dict[str, np.ndarray], typed: dict | None = None) -> int:
+    """The pool size all arrays agree on (mc_probs along axis 1); ``typed``: the option each
+    array was given with."""
     sizes = {}
     for key, a in arrays.items():
         if key in _LABELED_ARRAYS:
             continue
         axis = 1 if key == "mc_probs" else 0
-        option = _OPTION_OF[key]
+        option = (typed or _OPTION_OF)[key]
         if a.ndim <= axis:
             raise SystemExit(f"fastal: {option} has shape {a.shape}: no row axis")
         sizes[option] = a.shape[axis]

@@ -35,7 +35,6 @@ from ._cli_io import (
 )
 from ._cli_select import (
     _ALTERNATIVES,
-    _OPTION_OF,
     _OUT_OF_MEMORY,
     _POOL_ARRAYS,
     _TORCH_FREE,
@@ -55,6 +54,12 @@ from ._io import save_npy_atomic
 __all__ = ["build_parser", "main", "save_npy_atomic"]
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _temperature_given(temperature) -> bool:
+    """A temperature other than 1 (``--option temperature=T``): P = softmax(z / T) differs from
+    the predictions without a fit."""
+    return temperature not in (None, "auto", 1.0)
 
 
 class _StoreNamingOption(argparse.Action):
@@ -82,6 +87,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         strategy = cls(**strategy_kwargs)
     except (ValueError, TypeError) as err:
         raise SystemExit(f"fastal: {args.strategy}: {err}") from None
+    typed = {key: _typed(args, key, option) for key, option, _ in _POOL_ARRAYS}  # as the user
     if args.n_labeled is not None:
         if not digits:
             raise SystemExit(
@@ -105,17 +111,17 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     targets = None
     arrays: dict[str, np.ndarray] = {}
-    for key, option, _ in _POOL_ARRAYS:
+    for key, _, _ in _POOL_ARRAYS:
         path = getattr(args, key)
         if path is not None:
-            arrays[key] = _load_npy(path, _typed(args, key, option))
+            arrays[key] = _load_npy(path, typed[key])
     if digits:
         n_labeled = _DIGITS_N_LABELED if args.n_labeled is None else args.n_labeled
         X, targets, labeled = _digits_pool(args.seed, n_labeled)
         arrays["features"] = X
         source = "scikit-learn digits (bundled)"
     else:
-        source = ", ".join(f"{_typed(args, k, _OPTION_OF[k])} {getattr(args, k)}" for k in arrays)
+        source = ", ".join(f"{typed[k]} {getattr(args, k)}" for k in arrays)
     if args.labeled is not None:  # the digits too: indices into its rows, in place of --n-labeled
         labeled = _load_npy(args.labeled, "--labeled")
         if labeled.ndim != 1:
@@ -126,7 +132,7 @@ def cmd_select(args: argparse.Namespace) -> int:
             labeled = np.empty(0, np.int64)
     elif not digits:
         labeled = np.empty(0, np.int64)
-    missing = _missing(args.strategy, cls.requires, set(arrays))
+    missing = _missing(args.strategy, strategy.requires, set(arrays))
     if missing:
         options = " / ".join(
             " or ".join(opt for k, opt, _ in _POOL_ARRAYS if k in _ALTERNATIVES.get(m, (m,)))
@@ -140,7 +146,7 @@ def cmd_select(args: argparse.Namespace) -> int:
             f"files with {rows}); to compute them from a torch model use fastal.torch.select, "
             "or see `fastal demo`"
         )
-    n = _rows(arrays)
+    n = _rows(arrays, typed)
     if n == 0:  # random would otherwise pick nothing from nothing and succeed
         raise SystemExit("fastal: the pool arrays have no rows")
     readers = ("bilevel", "sparse_approx") if "logits" in arrays else ("bilevel",)
@@ -150,12 +156,11 @@ def cmd_select(args: argparse.Namespace) -> int:
             f"with --logits (its temperature fit); {args.strategy!r}{_labels_form(args, arrays)} "
             "would ignore it"
         )
-    ignored = _ignored(args.strategy, cls.requires, set(arrays))
+    ignored = _ignored(args.strategy, strategy.requires, set(arrays))
     if ignored:
-        options = dict((key, option) for key, option, _ in _POOL_ARRAYS)
         raise SystemExit(
             f"fastal: strategy {args.strategy!r} would ignore "
-            f"{', '.join(options[a] for a in ignored)}: pass only the arrays it reads"
+            f"{', '.join(typed[a] for a in ignored)}: pass only the arrays it reads"
         )
     gives = {
         "labeled_targets": "the classes of the labeled rows",
@@ -164,19 +169,20 @@ def cmd_select(args: argparse.Namespace) -> int:
     for key, what in gives.items():
         if key in arrays and not len(labeled):
             raise SystemExit(
-                f"fastal: {_OPTION_OF[key]} gives {what}, in --labeled order, but no labeled set "
+                f"fastal: {typed[key]} gives {what}, in --labeled order, but no labeled set "
                 "was given: pass --labeled too"
             )
     if (
         args.strategy == "sparse_approx"
         and "mc_probs" not in arrays
+        and not _temperature_given(strategy.temperature)
         and not ("logits" in arrays and "labeled_targets" in arrays)
     ):
         raise SystemExit(
             "fastal: sparse_approx needs its label distribution P (eq. 14): pass --logits with "
-            "--labeled and --labels (the labeled rows' classes) to fit its temperature, or "
-            "--mc-probs for its Bayesian form; without them P equals the predictions and the "
-            "selection is only the top-b sigma"
+            "--labeled and --labels (the labeled rows' classes) to fit its temperature, "
+            "--option temperature=T, or --mc-probs for its Bayesian form; without them P equals "
+            "the predictions and the selection is only the top-b sigma"
         )
     budget = args.budget if args.budget is not None else min(100, n - len(labeled))
     if args.budget is None and args.strategy == "crc":  # a multiple of its group size
@@ -189,7 +195,7 @@ def cmd_select(args: argparse.Namespace) -> int:
             )
     for key, a in arrays.items():
         if args.dtype and np.issubdtype(a.dtype, np.floating):
-            _check_fits(a, args.dtype, _OPTION_OF.get(key, key))
+            _check_fits(a, args.dtype, typed.get(key, key))
     if "labeled_targets" in arrays and "logits" in arrays and len(labeled):
         lab = np.asarray(labeled)
         if np.issubdtype(lab.dtype, np.integer) and ((lab >= 0) & (lab < n)).all():
@@ -201,7 +207,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     }
     # features alone go in as a bare array (what every features-only strategy takes)
     pool = pool_arrays["features"] if set(arrays) == {"features"} else dict(pool_arrays)
-    if not cls.requires:
+    if not strategy.requires:
         pool = {"n": n}
     if args.strategy not in _TORCH_FREE:
         import torch  # noqa: F401  (imported on first use otherwise: ~1 s inside the time below)
@@ -210,7 +216,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         sel = strategy.select(pool, budget, labeled if len(labeled) else None, seed=args.seed)
     except (ValueError, TypeError) as err:
         message = str(err).replace(strategies.base.LOGITS_KEY, "pass them as --logits")
-        raise SystemExit(f"fastal: {message}{_option_hint(message, arrays)}") from None
+        raise SystemExit(f"fastal: {message}{_option_hint(message, arrays, typed)}") from None
     except MemoryError:
         raise SystemExit(_OUT_OF_MEMORY) from None
     except RuntimeError as err:  # torch's allocators say it so
@@ -250,7 +256,7 @@ def cmd_select(args: argparse.Namespace) -> int:
             # in the space the strategy covered: the gradient embedding for coreset_gradients
             space = (
                 strategies.base.gradient_pool(pool, bias=strategy.bias)
-                if args.strategy == "coreset_gradients"
+                if getattr(strategy, "embedding", "features") == "gradients"
                 else _report_dtype(X, args.dtype)
             )
             try:  # the picks are saved: the report must not fail the command
