@@ -65,6 +65,11 @@ def test_pick_per_cluster_argument_checks():
     with pytest.raises(TypeError, match=r"^scores must hold real numbers, got dtype <U1$"):
         pick_per_cluster([0, 1], ["a", "b"], 1)
     assert pick_per_cluster([], [], 0).tolist() == []  # numpy makes [] float64: still no clusters
+    want = pick_per_cluster([0, 1, 1], [0.5, 0.1, 0.3], 2).tolist()
+    for budget in (np.array(2), torch.tensor(2)):  # 0-d integers, as every budget takes
+        assert pick_per_cluster([0, 1, 1], [0.5, 0.1, 0.3], budget).tolist() == want
+    with pytest.raises(ValueError, match="budget"):
+        pick_per_cluster([0, 1], [0.5, 0.1], np.array(1.0))
 
 
 def _pool(n=300, d=6, seed=0):

@@ -457,6 +457,17 @@ def test_a_zero_budget_is_refused(budget):
                  rounds=rounds, train_fn=train, seed=0)  # fmt: skip
 
 
+def test_budgets_as_0_d_integer_arrays():
+    """budget=np.array(5) failed in numpy ('iteration over a 0-d array'); 0-d floats are refused
+    naming budget."""
+    kwargs = dict(model_fn=model_fn, strategy="random", initial=8, rounds=2, train_fn=train, seed=0)
+    want = loop.run(POOL, TEST, budget=5, **kwargs).labeled
+    for budget in (np.array(5), torch.tensor(5)):
+        assert_array_equal(loop.run(POOL, TEST, budget=budget, **kwargs).labeled, want)
+    with pytest.raises(TypeError, match="budget must be an int or a sequence of ints, got ndarray"):
+        loop.run(POOL, TEST, budget=np.array(5.0), **kwargs)
+
+
 def unseeded_train(model, dataset, *, task, seed, device):
     """A user's own training: ignores `seed`, shuffles and drops out from torch's generator."""
     from torch.utils.data import DataLoader

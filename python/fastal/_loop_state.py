@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._io import save_npz_atomic
+from ._validate import scalar_int
 
 _STATE_VERSION = 1
 
@@ -36,11 +37,16 @@ def _stable_repr(value: Any) -> str | None:
 
 
 def _budgets(budget: Any, rounds: int | None) -> list[int]:
+    budget = scalar_int(budget)  # np.array(30), torch.tensor(30): one budget
     if isinstance(budget, numbers.Integral) and not isinstance(budget, bool):
         if rounds is None:
             raise ValueError("rounds is needed with a single int budget")
         budgets = [int(budget)] * _count(rounds, "rounds")
-    elif isinstance(budget, (str, bytes)) or not isinstance(budget, Iterable):
+    elif (
+        isinstance(budget, (str, bytes))
+        or not isinstance(budget, Iterable)
+        or getattr(budget, "shape", None) == ()  # a 0-d float array: not a sequence either
+    ):
         raise TypeError(f"budget must be an int or a sequence of ints, got {type(budget).__name__}")
     else:
         budgets = [_count(b, "every budget") for b in budget]

@@ -84,10 +84,18 @@ def check_budget(
 def _zero_dim_integer(value: Any, name: str) -> int:
     """A 0-d integer numpy array or tensor (``np.array(5)``, ``torch.tensor(5)``: what a budget
     computed with numpy or torch often is) as an int; anything else is refused."""
+    out = scalar_int(value)
+    if out is value:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    return out
+
+
+def scalar_int(value: Any) -> Any:
+    """``value`` as an int when it is a 0-d integer numpy array or tensor, else ``value``."""
     dtype = str(getattr(value, "dtype", "")).removeprefix("torch.")
     if getattr(value, "shape", None) == () and dtype.startswith(("int", "uint")):
         return int(value)
-    raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    return value
 
 
 def host_values(values: Any, name: str, what: str = "numbers", kinds: str = "biuf") -> np.ndarray:

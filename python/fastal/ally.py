@@ -18,7 +18,7 @@ import numpy as np
 
 from ._threads import one_thread_if_small
 from ._torch_state import forked_rng, own_numerics
-from ._validate import _number, check_positive_int, host_values
+from ._validate import _number, check_positive_int, host_values, scalar_int
 
 
 def _torch():
@@ -351,6 +351,7 @@ def pick_per_cluster(clusters: Any, scores: Any, budget: int) -> np.ndarray:
         )
     if np.isnan(s).any():
         raise ValueError("scores contain NaN")
+    budget = scalar_int(budget)  # a 0-d integer array or tensor, as every budget takes
     if (
         isinstance(budget, bool)
         or not isinstance(budget, numbers.Integral)
