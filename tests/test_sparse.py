@@ -866,32 +866,35 @@ def test_solve_iht_refuses_an_unknown_prox(prox):
         solve_iht(p, 2, prox=prox)
 
 
-@pytest.mark.parametrize("seed", [16, 18, 291])
-def test_iht_takes_no_momentum_step_along_rounding(seed, monkeypatch):
+def test_iht_takes_no_momentum_step_along_rounding(monkeypatch):
     """Once IHT stalls, d = w - w_prev is rounding and Alg. 2's line search along it divides
     rounding by rounding: τ ~ 1e15, a step |τ d| of order 1. On these problems that moved the
     final weights by 1e-3 to 1e-2; with the guard the solver equals the reference's (which has
-    it too), and without it, it does not."""
+    it too), and without it, it does not on some of them (which ones depends on the BLAS's
+    rounding: seed 291 rounds to d = 0 on an Intel Xeon's MKL)."""
     from fastal import _sparse_solve
     from fastal.sparse import DensePhi, SparseProblem, solve_iht
 
-    rng = np.random.default_rng(seed)
-    G = rng.normal(size=(3, 32))
-    sigma, v = rng.random(32), G.sum(1) / 32
-
-    def solve():
+    def solve(G, v, sigma):
         problem = SparseProblem(
             DensePhi(torch.from_numpy(G), 2), torch.from_numpy(v), torch.from_numpy(sigma),
             2, 1e-3, 0.1,
         )  # fmt: skip
         return solve_iht(problem, 50)
 
-    S, w, _ = iht_ref(G / 2, v, sigma, 2, 1e-3, 0.1, 50)
-    got = solve()
-    assert_array_equal(got.selected, S)
-    assert_allclose(got.weights, w, rtol=0, atol=1e-12)
-    monkeypatch.setattr(_sparse_solve, "_MOMENTUM_NOISE", -1.0)  # the paper's momentum step
-    assert np.abs(solve().weights - w).max() > 1e-4
+    moved = []
+    for seed in (16, 18, 291):
+        rng = np.random.default_rng(seed)
+        G = rng.normal(size=(3, 32))
+        sigma, v = rng.random(32), G.sum(1) / 32
+        S, w, _ = iht_ref(G / 2, v, sigma, 2, 1e-3, 0.1, 50)
+        got = solve(G, v, sigma)
+        assert_array_equal(got.selected, S)
+        assert_allclose(got.weights, w, rtol=0, atol=1e-12)
+        with monkeypatch.context() as m:
+            m.setattr(_sparse_solve, "_MOMENTUM_NOISE", -1.0)  # the paper's momentum step
+            moved.append(np.abs(solve(G, v, sigma).weights - w).max())
+    assert max(moved) > 1e-4, moved
 
 
 def test_the_p_equals_p_warning_says_why():
