@@ -10,7 +10,9 @@ namespace {
 // xsq and centres): labels, squared distances, float64 sums and counts per centre; the GEMM is the
 // BLAS function at gemm_address (MKL's or scipy's sgemm / dgemm; sgemm for 16-bit X),
 // single-threaded per call through MKL's mkl_set_num_threads_local_ (when given) or the caller;
-// partial_limit: the bytes of thread-private sums allowed (-1: lloyd::RowSums' default).
+// partial_limit: the bytes of thread-private sums allowed (-1: lloyd::RowSums' default); margin:
+// None, or an (n,) array of the centres' dtype that receives each row's runner-up distance minus
+// its nearest.
 // (n, d, k) of a Lloyd step's inputs, checked: X (n, d), xsq (n,), centres (k >= 1, d), a gemm.
 template <typename S, typename T>
 std::tuple<int64_t, int64_t, int64_t> lloyd_sizes(const In<S>& X, const Buf<T>& xsq,
@@ -29,8 +31,16 @@ void register_lloyd(py::module_& m, const std::string& tag) {
   using T = Acc<S>;
   m.def(("kmeans_lloyd_step_" + tag).c_str(),
         [](const In<S>& X, const Buf<T>& xsq, const Buf<T>& centres, uintptr_t gemm_address,
-           uintptr_t threads_local_address, int64_t partial_limit) {
+           uintptr_t threads_local_address, int64_t partial_limit, const py::object& margin) {
           const auto [n, d, k] = lloyd_sizes<S>(X, xsq, centres, gemm_address);
+          T* pm = nullptr;
+          Buf<T> margin_out;
+          if (!margin.is_none()) {
+            FASTAL_REQUIRE(py::isinstance<Buf<T>>(margin) && margin.cast<py::array>().writeable(),
+                           "margin must be a writable C-contiguous array of the centres' dtype");
+            margin_out = py::reinterpret_borrow<Buf<T>>(margin);
+            pm = vec_of(margin_out, "margin", n);
+          }
           Buf<int64_t> labels(n);
           Buf<T> dist2(n);
           Buf<double> sums({k, d});
@@ -44,13 +54,13 @@ void register_lloyd(py::module_& m, const std::string& tag) {
           {
             auto nogil = kernel_scope();
             lloyd_step(px, n, d, pq, pc, k, gemm_address, threads_local_address, pl, pd, ps, pk,
-                       partial_limit);
+                       partial_limit, pm);
           }
           return py::make_tuple(labels, dist2, sums, counts);
         },
         py::arg("X").noconvert(), py::arg("xsq").noconvert(), py::arg("centres").noconvert(),
         py::arg("gemm_address"), py::arg("threads_local_address") = 0,
-        py::arg("partial_limit") = -1);
+        py::arg("partial_limit") = -1, py::arg("margin") = py::none());
 }
 
 // One bounded Lloyd iteration: labels, upper, glower, lower and offset are the fit's state, updated

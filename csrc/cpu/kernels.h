@@ -190,13 +190,15 @@ void kmeanspp_steps(KMeansPPState<Rows>& s, int64_t t_begin, int64_t t_end);
 // distance), dist2[i] = the direct squared distance Σ (x - c)² to that centre, sums (k x d,
 // float64) and counts of the rows per centre. One pass over X,
 // or two where threads x k x d private float64 sums would be large (lloyd::RowSums; partial_limit
-// >= 0 sets their limit in bytes, -1 the default).
+// >= 0 sets their limit in bytes, -1 the default). margin (when not null): each row's
+// runner-up distance minus its nearest, from the GEMM tile (lloyd::chunk_margins).
 // X stored as S (float32, float64, float16, bfloat16); xsq, centres and dist2 in Acc<S>, the
 // 16-bit rows widened to float32 (so their step is that of X.astype(float32), bit for bit).
 template <typename S>
 void lloyd_step(const S* X, int64_t n, int64_t d, const Acc<S>* xsq, const Acc<S>* centres,
                 int64_t k, uintptr_t gemm_address, uintptr_t threads_local_address, int64_t* labels,
-                Acc<S>* dist2, double* sums, int64_t* counts, int64_t partial_limit = -1);
+                Acc<S>* dist2, double* sums, int64_t* counts, int64_t partial_limit = -1,
+                Acc<S>* margin = nullptr);
 
 // lloyd_step's labels, sums and counts (bit for bit) without reading the rows whose nearest
 // centre the Yinyang bounds settle (kmeans_bounded.cpp). State carried between the calls of one

@@ -33,7 +33,8 @@ using lloyd::SetThreadsLocal;
 template <typename S>
 void lloyd_step(const S* X, int64_t n, int64_t d, const Acc<S>* xsq, const Acc<S>* centres,
                 int64_t k, uintptr_t gemm_address, uintptr_t threads_local_address, int64_t* labels,
-                Acc<S>* dist2, double* sums, int64_t* counts, int64_t partial_limit) {
+                Acc<S>* dist2, double* sums, int64_t* counts, int64_t partial_limit,
+                Acc<S>* margin) {
   using T = Acc<S>;
   FASTAL_REQUIRE(d <= std::numeric_limits<int>::max() && k <= std::numeric_limits<int>::max(),
                  "d and k must fit a 32-bit BLAS integer");
@@ -66,6 +67,7 @@ void lloyd_step(const S* X, int64_t n, int64_t d, const Acc<S>* xsq, const Acc<S
       lloyd::chunk_labels(margins, xc, xsq + r0, centres, d, tile.data(), rows, k, csq.data(),
                           best.data(), second.data(), arg.data(), labels + r0, dist2 + r0,
                           resolved.data());
+      if (margin) lloyd::chunk_margins(xsq + r0, best.data(), second.data(), rows, margin + r0);
       for (int64_t r = 0; r < rows; ++r) row_sums.add(t, labels[r0 + r], xc + r * d);
     }
     if (threads_local) threads_local(&saved);
@@ -73,10 +75,10 @@ void lloyd_step(const S* X, int64_t n, int64_t d, const Acc<S>* xsq, const Acc<S
   }
 }
 
-#define FASTAL_INSTANTIATE(S)                                                                    \
-  template void lloyd_step<S>(const S*, int64_t, int64_t, const Acc<S>*, const Acc<S>*, int64_t, \
-                              uintptr_t, uintptr_t, int64_t*, Acc<S>*, double*, int64_t*,        \
-                              int64_t);
+#define FASTAL_INSTANTIATE(S)                                                                      \
+  template void lloyd_step<S>(const S*, int64_t, int64_t, const Acc<S>*, const Acc<S>*, int64_t,   \
+                              uintptr_t, uintptr_t, int64_t*, Acc<S>*, double*, int64_t*, int64_t, \
+                              Acc<S>*);
 FASTAL_INSTANTIATE(float)
 FASTAL_INSTANTIATE(double)
 FASTAL_INSTANTIATE(Half)

@@ -201,6 +201,17 @@ void chunk_labels(const Margins& mg, const T* xc, const T* xsq, const T* centres
   }
 }
 
+// How much farther each row's runner-up centre is than its nearest, in distance units, from the
+// chunk's GEMM tile (its rounding included; +inf for k = 1): what a Yinyang-bounded step needs to
+// settle the row once the centres move (the caller's guess whether bounds would pay).
+template <typename T>
+void chunk_margins(const T* xsq, const T* best, const T* second, int64_t rows, T* margin) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T near = std::sqrt(std::max(xsq[r] + best[r], T(0)));
+    margin[r] = std::sqrt(std::max(xsq[r] + second[r], T(0))) - near;
+  }
+}
+
 // The float64 sums and counts per label of a Lloyd step's rows (k x d and k), in one of two ways.
 // Fused: each thread adds its rows to private sums while they are in cache, and these are added in
 // thread order at the end (the totals depend on the thread count, never on scheduling). Private

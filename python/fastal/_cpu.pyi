@@ -322,6 +322,7 @@ def kmeans_lloyd_step_bfloat16(
     gemm_address: int,
     threads_local_address: int = 0,
     partial_limit: int = -1,
+    margin: NDArray[np.float32] | None = None,
 ) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64], NDArray[np.int64]]: ...
 def kmeans_lloyd_bounded_step_float16(
     X: NDArray[np.uint16],
@@ -347,6 +348,7 @@ def kmeans_lloyd_step_float16(
     gemm_address: int,
     threads_local_address: int = 0,
     partial_limit: int = -1,
+    margin: NDArray[np.float32] | None = None,
 ) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64], NDArray[np.int64]]: ...
 def kmeans_lloyd_step_float32(
     X: NDArray[np.float32],
@@ -355,6 +357,7 @@ def kmeans_lloyd_step_float32(
     gemm_address: int,
     threads_local_address: int = 0,
     partial_limit: int = -1,
+    margin: NDArray[np.float32] | None = None,
 ) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64], NDArray[np.int64]]: ...
 def kmeans_lloyd_bounded_step_float32(
     X: NDArray[np.float32],
@@ -380,6 +383,7 @@ def kmeans_lloyd_step_float64(
     gemm_address: int,
     threads_local_address: int = 0,
     partial_limit: int = -1,
+    margin: NDArray[np.float64] | None = None,
 ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]: ...
 def kmeans_lloyd_bounded_step_float64(
     X: NDArray[np.float64],

@@ -224,9 +224,10 @@ def kmeans(
         (float32, float64, float16, bfloat16) with ``k >= 32`` (the GEMM path) without
         ``minibatch``; the bounds take ``4 (1 + t)`` bytes per row, ``t = min(k // 10, 64)``
         groups of centres (at most a row's size). A step whose bounds settled almost nothing
-        (early iterations on unclustered data) is followed by plain steps, 1, 2, 4, ... of them,
-        then the bounds start afresh. ``distance_share`` reports the share of the distances
-        computed.
+        (early iterations on unclustered data) is followed by plain steps, at least 1, 2, 4, ...
+        of them, and the bounds start afresh once the last plain step's margins (each row's
+        runner-up distance minus its nearest) exceed the centres' latest moves on a quarter of
+        the rows. ``distance_share`` reports the share of the distances computed.
     progress : bool
         tqdm progress bar over the iterations.
 
@@ -354,10 +355,13 @@ def _kmeans(
         if minibatch is None:
             prev = None
             for it in range(1, int(max_iter) + 1):  # noqa: B007 -- it is n_iter after the loop
-                use = bounded if bounded is not None and bounded.use() else None
-                labels, dist2, sums, counts = _lloyd_pass(xt, xsq, centres, info, fused, use)
-                if bounded is not None and use is None:
-                    bounded.plain_step(xt.shape[0], k)
+                if bounded is not None and not bounded.use(centres):
+                    labels, dist2, sums, counts = fused(xt, xsq, centres, margin=bounded.margin)
+                    bounded.plain_step(centres, labels)
+                else:
+                    labels, dist2, sums, counts = _lloyd_pass(
+                        xt, xsq, centres, info, fused, bounded
+                    )
                 if skip is not None:
                     labels, dist2, sums, counts = skip.drop(labels, dist2, sums, counts, k)
                 if dist2 is None and bool((counts == 0).any()):
