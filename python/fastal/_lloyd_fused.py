@@ -70,9 +70,11 @@ class _BoundedLloyd:
     """Lloyd iterations through the Yinyang-bounded kernel: the fused step's labels, sums and
     counts bit for bit, without reading the rows whose nearest centre the bounds settle.
 
-    The bounds take 4 (1 + t) bytes per row, t groups of about ten centres (at most 64, and at
-    most as many float32 values as a row of X holds, so they never outgrow X). The groups are a
-    5-iteration k-means of the starting centres (Ding et al. 2015), seeded apart from the fit.
+    The state takes 4 (5 + t) bytes per row (4 more with float64 rows): float32 upper and lower
+    bounds for t groups of about ten centres (at most 64, and at most as many float32 values as
+    a row of X holds, so they never outgrow X), int64 labels and the plain steps' margins (and
+    the last one's labels, kept alive). The groups are a 5-iteration k-means of the starting
+    centres (Ding et al. 2015), seeded apart from the fit.
     """
 
     def __init__(self, info, centres: Any) -> None:

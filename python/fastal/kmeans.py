@@ -222,8 +222,8 @@ def kmeans(
         is the centre of least direct squared distance (the GEMM only filters), so labels,
         centres and iterations equal those of ``prune=False`` bit for bit. Applies on the CPU
         (float32, float64, float16, bfloat16) with ``k >= 32`` (the GEMM path) without
-        ``minibatch``; the bounds take ``4 (1 + t)`` bytes per row, ``t = min(k // 10, 64)``
-        groups of centres (at most a row's size). A step whose bounds settled almost nothing
+        ``minibatch``; the bounds take about ``4 (5 + t)`` bytes per row, ``t = min(k // 10,
+        64)`` groups of centres (at most a row's size). A step whose bounds settled almost nothing
         (early iterations on unclustered data) is followed by plain steps, at least 1, 2, 4, ...
         of them, and the bounds start afresh once the last plain step's margins (each row's
         runner-up distance minus its nearest) exceed the centres' latest moves on a quarter of
