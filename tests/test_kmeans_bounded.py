@@ -211,8 +211,8 @@ def test_the_bounds_start_again_where_the_margins_say_they_would_settle_rows(mon
     """A fresh bounded step costs up to ~1.5 plain ones: after a step that gave up, the bounds
     start again only once the last plain step's margins exceed the centres' moves on
     _BOUNDS_START of the rows. Over the first 12 iterations on Gaussian noise (d = 128, k = 100)
-    they do not (retrying on the 1, 2, 4, ... schedule alone made these iterations ~1.5x slower
-    than plain ones, session 38); on a mixture they start again after one plain step and stay."""
+    they do not (retrying on the 1, 2, 4, ... schedule alone made such a fit ~1.4x slower
+    than a plain one, session 38); on a mixture they start again after one plain step and stay."""
     calls = []
     step = _lloyd_fused._BoundedLloyd.step
 
@@ -238,20 +238,21 @@ def test_the_bounds_start_again_where_the_margins_say_they_would_settle_rows(mon
     assert_array_equal(again.labels, noise.labels)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 def test_the_plain_step_measures_each_rows_margin(dtype):
     """margin = the runner-up centre's distance minus the nearest's (from the GEMM tile, so to
-    its rounding), against float64 distances; +inf for one centre."""
-    X = mixture(700, 12, 20, seed=11).astype(dtype)
-    info = fastal._validate.check_matrix(X, "X")
-    xt = torch.from_numpy(X)
+    its rounding), against float64 distances; 0 for equal centres."""
+    X = mixture(700, 12, 20, seed=11).astype(np.float32)
+    xt = torch.from_numpy(X).to(getattr(torch, dtype))
+    info = fastal._validate.check_matrix(xt, "X")
+    X64 = xt.to(torch.float64).numpy()
     acc = torch.float64 if dtype == "float64" else torch.float32
     centres = xt[:40].to(acc) + 0.01
     xsq = _lloyd._row_sqnorms(xt, acc)
     margin = np.full(700, np.nan, dtype=np.float64 if dtype == "float64" else np.float32)
     with _blas._one_blas_thread():
         _lloyd_fused._fused_lloyd(info, 40)(xt, xsq, centres, margin=margin)
-    X64, c64 = X.astype(np.float64), centres.numpy().astype(np.float64)
+    c64 = centres.numpy().astype(np.float64)
     dist = np.sort(np.sqrt(((X64[:, None] - c64[None]) ** 2).sum(-1)), axis=1)
     scale = np.sqrt((X64**2).sum(1)).max() + np.sqrt((c64**2).sum(1)).max()
     atol = 1e-9 * scale if dtype == "float64" else 3e-3 * scale
@@ -262,22 +263,70 @@ def test_the_plain_step_measures_each_rows_margin(dtype):
     assert np.all(one == 0)  # 32 equal centres: the runner-up is as near as the nearest
 
 
-def test_the_margin_buffer_is_checked():
-    X = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+def test_one_centre_has_no_runner_up():
+    X = np.random.default_rng(1).normal(size=(300, 5)).astype(np.float32)
     xsq = (X.astype(np.float64) ** 2).sum(1).astype(np.float32)
     gemm, threads_local = _blas._gemm_backend("float32")
+    margin = np.zeros(300, np.float32)
+    labels, *_ = _ext.cpu.kmeans_lloyd_step_float32(
+        X, xsq, X[:1].copy(), gemm, threads_local, margin=margin
+    )
+    assert np.all(labels == 0)
+    assert np.all(np.isposinf(margin))
+
+
+def test_the_margin_buffer_is_checked():
+    """Each wrong buffer is named with its fault; one that shares memory with an input would be
+    written while other threads read it (xsq has margin's dtype and shape: an easy mistake)."""
+    X = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    xsq = (X.astype(np.float64) ** 2).sum(1).astype(np.float32)
+    centres = X[:3].copy()
+    gemm, threads_local = _blas._gemm_backend("float32")
     step = _ext.cpu.kmeans_lloyd_step_float32
-    for bad, match in (
-        (np.zeros(50), "margin must be a writable C-contiguous array of the centres' dtype"),
-        (np.zeros(49, np.float32), r"margin must have shape \(50,\)"),
-        (np.zeros(100, np.float32)[::2], "margin must be a writable C-contiguous"),
-    ):
-        with pytest.raises(ValueError, match=match):
-            step(X, xsq, X[:3].copy(), gemm, threads_local, margin=bad)
     read_only = np.zeros(50, np.float32)
     read_only.flags.writeable = False
-    with pytest.raises(ValueError, match="margin must be a writable"):
-        step(X, xsq, X[:3].copy(), gemm, threads_local, margin=read_only)
+    for bad, match in (
+        (np.zeros(50), r"^margin must have dtype float32, got float64$"),
+        (np.zeros(50, ">f4"), r"^margin must have dtype float32, got >f4$"),
+        (np.zeros(49, np.float32), r"^margin must have shape \(50,\)"),
+        (np.zeros(100, np.float32)[::2], r"^margin must be C-contiguous$"),
+        (read_only, r"^margin must be writable$"),
+        (torch.zeros(50), r"^margin must be a numpy array or None, got Tensor$"),
+        ([0.0] * 50, r"^margin must be a numpy array or None, got list$"),
+        (xsq, r"^margin must not share memory with X, xsq or centres$"),
+        (X.reshape(-1)[:50], r"^margin must not share memory with X, xsq or centres$"),
+    ):
+        before = xsq.copy(), X.copy()
+        with pytest.raises(ValueError, match=match):
+            step(X, xsq, centres, gemm, threads_local, margin=bad)
+        assert_array_equal(xsq, before[0])
+        assert_array_equal(X, before[1])
+    shared = np.zeros(12 + 50, np.float32)
+    shared[:12] = centres.reshape(-1)
+    with pytest.raises(ValueError, match="must not share memory"):
+        step(X, xsq, shared[:12].reshape(3, 4), gemm, threads_local, margin=shared[2:52])
+
+
+def test_the_restart_test_adds_the_rows_own_centre_shift(monkeypatch):
+    """Yinyang's global test settles a row when its margin exceeds its own centre's shift plus
+    the largest shift: rows of a centre that moved stay open, the others settle."""
+    X = mixture(400, 4, 8, seed=12).astype(np.float32)
+    info = fastal._validate.check_matrix(X, "X")
+    centres = torch.from_numpy(X[:32].copy())
+    bounded = _lloyd_fused._BoundedLloyd(info, centres)
+    assert bounded.use(centres)  # the first step goes through the bounds
+    labels = torch.from_numpy(np.repeat([0, 1], 200))
+    bounded.margin[:] = 1.0
+    bounded.plain_step(centres, labels)
+    moved = centres.clone()
+    moved[0, 0] += 0.6  # rows of centre 0: 1.0 < 0.6 + 0.6, open; rows of centre 1: 1.0 > 0 + 0.6
+    monkeypatch.setattr(_lloyd_fused, "_BOUNDS_START", 0.45)
+    assert bounded.use(moved)  # half the rows settle
+    monkeypatch.setattr(_lloyd_fused, "_BOUNDS_START", 0.55)
+    assert not bounded.use(moved)
+    bounded.plain_left = 1  # after a give-up: plain steps first, whatever the margins say
+    monkeypatch.setattr(_lloyd_fused, "_BOUNDS_START", 0.0)
+    assert not bounded.use(moved)
 
 
 def test_open_rows_break_exact_ties_to_the_lowest_centre():

@@ -26,6 +26,33 @@ std::tuple<int64_t, int64_t, int64_t> lloyd_sizes(const In<S>& X, const Buf<T>& 
   return {n, d, centres.shape(0)};
 }
 
+// Whether the bytes of two C-contiguous arrays overlap.
+inline bool overlaps(const py::array& a, const py::array& b) {
+  const auto* a0 = static_cast<const char*>(a.data());
+  const auto* b0 = static_cast<const char*>(b.data());
+  return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
+// The caller's margin buffer: an (n,) array of T that the kernel may write while it reads X, xsq
+// and centres on other threads.
+template <typename S, typename T>
+T* margin_buffer(const py::object& margin, Buf<T>& out, int64_t n, const In<S>& X,
+                 const Buf<T>& xsq, const Buf<T>& centres) {
+  FASTAL_REQUIRE(py::isinstance<py::array>(margin), "margin must be a numpy array or None, got ",
+                 std::string(py::str(py::type::of(margin).attr("__name__"))));
+  const auto a = margin.cast<py::array>();
+  FASTAL_REQUIRE(a.dtype().is(py::dtype::of<T>()), "margin must have dtype ",
+                 std::string(py::str(py::dtype::of<T>())), ", got ",
+                 std::string(py::str(a.dtype())));
+  FASTAL_REQUIRE(py::isinstance<Buf<T>>(margin), "margin must be C-contiguous");
+  FASTAL_REQUIRE(a.writeable(), "margin must be writable");
+  out = py::reinterpret_borrow<Buf<T>>(margin);
+  T* p = vec_of(out, "margin", n);
+  FASTAL_REQUIRE(!overlaps(a, X) && !overlaps(a, xsq) && !overlaps(a, centres),
+                 "margin must not share memory with X, xsq or centres");
+  return p;
+}
+
 template <typename S>
 void register_lloyd(py::module_& m, const std::string& tag) {
   using T = Acc<S>;
@@ -35,12 +62,7 @@ void register_lloyd(py::module_& m, const std::string& tag) {
           const auto [n, d, k] = lloyd_sizes<S>(X, xsq, centres, gemm_address);
           T* pm = nullptr;
           Buf<T> margin_out;
-          if (!margin.is_none()) {
-            FASTAL_REQUIRE(py::isinstance<Buf<T>>(margin) && margin.cast<py::array>().writeable(),
-                           "margin must be a writable C-contiguous array of the centres' dtype");
-            margin_out = py::reinterpret_borrow<Buf<T>>(margin);
-            pm = vec_of(margin_out, "margin", n);
-          }
+          if (!margin.is_none()) pm = margin_buffer<S>(margin, margin_out, n, X, xsq, centres);
           Buf<int64_t> labels(n);
           Buf<T> dist2(n);
           Buf<double> sums({k, d});
