@@ -288,11 +288,14 @@ def test_math_sanity_of_the_factored_reference():
 
 
 @pytest.mark.parametrize("solver", ["iht", "greedy"])
-@pytest.mark.parametrize("c", [1e-60, 1e-80, 1e60])
+@pytest.mark.parametrize("c", [1e-60, 1e-80, 2.0**-350, 2.0**-380, 1e60])
 def test_the_line_search_neither_underflows_nor_overflows(solver, c):
     """With β = 0 (and α = 0) the objective is homogeneous in the features' scale c, so the picks
-    and weights are those at c = 1. |Φu|² goes like c⁶: below ~1e-51 it underflowed to 0, the
-    line search returned μ = 0, and IHT returned the first b candidates with weights 0."""
+    and weights are those at c = 1 and the objective is c² times theirs. |Φu|² goes like c⁶: below
+    ~1e-51 it underflowed to 0, the line search returned μ = 0, and IHT returned the first b
+    candidates with weights 0. Φu itself goes like c³: at 2^-350 it was subnormal and at 2^-380
+    zero, and De-bias returned a residual r - μ Φu from it (off by 1e-3 and by 172 %), which
+    misled the later picks (greedy's objective 6.5x worse at 2^-380)."""
     rng = np.random.default_rng(0)
     logits, H = rng.normal(size=(60, 4)), rng.normal(size=(60, 5))
     kw = {"solver": solver, "alpha": 0.0, "beta": 0.0, "temperature": 2.0, "safeguard": False}
@@ -301,6 +304,8 @@ def test_the_line_search_neither_underflows_nor_overflows(solver, c):
     assert_array_equal(got.indices, want.indices)
     assert_allclose(got.diagnostics["selected_weights"], want.diagnostics["selected_weights"],
                     rtol=1e-6, atol=1e-9)  # fmt: skip
+    got_f = np.asarray(got.diagnostics["objective"]) / c / c
+    assert_allclose(got_f, want.diagnostics["objective"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("c", [1e-110, 1e-150])

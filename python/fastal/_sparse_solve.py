@@ -132,8 +132,9 @@ class SparseProblem:
         ``μ = (rᵀ Φu + β (w - 1)ᵀ u) / (|Φu|² + β |u|²)``. When the numerator is not finite or
         the denominator is not within ``[2^-900, 2^900]``, ``u`` is first scaled by a power of two
         (at most ``2^1000``) that brings the larger of ``max |Φu|`` and ``√β max |u|`` (entrywise)
-        to order 1, and μ is scaled back; a ``Φu`` of zeros for a non-zero ``u`` (underflow) is
-        computed again from ``u`` brought to order 1.
+        to order 1, and μ is scaled back; there ``Φu`` is computed again from ``u`` brought to
+        order 1 first (``Φu`` goes like the features' scale cubed and may have lost its digits to
+        underflow).
 
         Parameters
         ----------
@@ -152,38 +153,44 @@ class SparseProblem:
             μ; 0.0 when ``Φu`` and ``√β u`` are both zero (or the rescaled denominator is not
             positive), NaN when a term is not finite even after the rescaling.
         """
+        return self._line_step(u, w, r, phi_u)[0]
+
+    def _line_step(self, u: Any, w: Any, r: Any = None, phi_u: Any = None) -> tuple[float, Any]:
+        """:meth:`line_search`'s μ and the residual's change ``μ Φu`` (from the ``Φu`` that gave
+        μ: after an underflow, the recomputed one, not the caller's)."""
         r = self.residual(w) if r is None else r
         pu = self.phi.apply(u) if phi_u is None else phi_u
         num, den = self._line_terms(u, w, r, pu)
-        if not (math.isfinite(num) and _SAFE_DEN[0] <= den <= _SAFE_DEN[1]):
-            # |Φu|² goes like the features' scale to the sixth power (u = ∇f1): past ~1e51 it
-            # overflows, below ~1e-51 it underflows, and μ = num / inf or num / 0 -> 0 would
-            # silently skip the step (with β = 0 IHT then returned the first b candidates, weights
-            # 0). The minimiser along k u is μ / k: k, a power of two, brings the larger of Φu and
-            # √β u to O(1); if even that fails, NaN reaches the caller's finiteness check.
-            largest = float(u.abs().max())
-            if largest == 0:
-                return 0.0  # a zero direction: no step
-            if not math.isfinite(largest):
-                return math.nan
-            if float(pu.abs().max()) == 0:
-                # Φu may have underflowed (|u| itself goes like the scale squared: below features
-                # of ~1e-103 it was 0 and the step was skipped): Φ of u brought to O(1) again
-                k0 = _power_of_two_towards_one(largest)
-                u, pu = u * k0, self.phi.apply(u * k0)
-            else:
-                k0 = 1.0
-            peak = max(float(pu.abs().max()), math.sqrt(self.beta) * float(u.abs().max()))
-            if peak == 0:
-                return 0.0  # a direction Φ maps to 0, with β = 0: no step
-            if not math.isfinite(peak):
-                return math.nan
-            k = _power_of_two_towards_one(peak)
-            num, den = self._line_terms(u * k, w, r, pu * k)
-            if not (math.isfinite(num) and math.isfinite(den)):
-                return math.nan
-            return num / den * k * k0 if den > 0 else 0.0
-        return num / den
+        if math.isfinite(num) and _SAFE_DEN[0] <= den <= _SAFE_DEN[1]:
+            mu = num / den
+            return mu, mu * pu
+        # |Φu|² goes like the features' scale to the sixth power (u = ∇f1): past ~1e51 it
+        # overflows, below ~1e-51 it underflows, and μ = num / inf or num / 0 -> 0 would silently
+        # skip the step (with β = 0 IHT then returned the first b candidates, weights 0). The
+        # minimiser along k u is μ / k: k, a power of two, brings the larger of Φu and √β u to
+        # O(1); if even that fails, NaN reaches the caller's finiteness check.
+        largest = float(u.abs().max())
+        if largest == 0:
+            return 0.0, pu * 0  # a zero direction: no step
+        if not math.isfinite(largest):
+            return math.nan, pu * math.nan
+        # Φ of u brought to O(1) again: Φu (~ the scale cubed) may have underflowed, to
+        # subnormals below features of ~1e-103 (at 4e-106 De-bias returned a residual r - μ Φu
+        # off by 1e-3 relative, which misled every later pick) and wholly below ~1e-108
+        k0 = _power_of_two_towards_one(largest)
+        if k0 != 1.0:
+            u, pu = u * k0, self.phi.apply(u * k0)
+        peak = max(float(pu.abs().max()), math.sqrt(self.beta) * float(u.abs().max()))
+        if peak == 0:
+            return 0.0, pu * 0  # a direction Φ maps to 0, with β = 0: no step
+        if not math.isfinite(peak):
+            return math.nan, pu * math.nan
+        k = _power_of_two_towards_one(peak)
+        num, den = self._line_terms(u * k, w, r, pu * k)
+        if not (math.isfinite(num) and math.isfinite(den)):
+            return math.nan, pu * math.nan
+        along = num / den * k if den > 0 else 0.0  # the minimiser along k0 u
+        return along * k0, along * pu
 
     def _line_terms(self, u: Any, w: Any, r: Any, pu: Any) -> tuple[float, float]:
         """Alg. 4's numerator and denominator: ``f1(w - μ u)`` is smallest at ``μ = num / den``."""
@@ -220,8 +227,8 @@ class SparseProblem:
         u = torch.zeros_like(w)
         # ∇f1 on S and Φ of it in one pass over S's rows (not an adjoint and then an apply)
         u[S], pu = self.phi.grad_apply(r, w, self.beta, rows=S)
-        mu = self.line_search(u, w, r, pu)
-        return w - mu * u, r - mu * pu
+        mu, step = self._line_step(u, w, r, pu)
+        return w - mu * u, r - step
 
 
 #: Alg. 4's denominator |Φu|² + β|u|² is used as computed inside this range; outside it (or not
