@@ -683,33 +683,35 @@ def test_more_functional_heads_are_warned_about(product, name):
 
 class ProjectedEncoder(nn.Module):
     """The input projection is the last nn.Linear registered and runs before a padded
-    transformer (its fast path); the head is F.linear on a tied weight."""
+    transformer (its fast path); the head is F.linear on a tied weight. The projection sees each
+    row whole, (B, T·d): a per-position layer is refused as a feature layer."""
 
     def __init__(self):
         super().__init__()
         layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True)
         self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=True)
         self.classes = nn.Parameter(torch.randn(C, 8))
-        self.inp = nn.Linear(8, 8)
+        self.inp = nn.Linear(48, 48)
 
     def forward(self, x):
-        h = self.enc(self.inp(x), src_key_padding_mask=x.abs().sum(-1) == 0)
+        h = self.inp(x.flatten(1)).view_as(x)
+        h = self.enc(h, src_key_padding_mask=x.abs().sum(-1) == 0)
         return nn.functional.linear(h.mean(1), self.classes)
 
 
 class ProjectedAttention(nn.Module):
     """The input projection (the last nn.Linear registered) runs before self-attention with a
     padding mask (MultiheadAttention's fast path runs no nn.Linear module); the head is F.linear
-    on a tied weight, after the attention."""
+    on a tied weight, after the attention. The projection sees each row whole, (B, T·d)."""
 
     def __init__(self):
         super().__init__()
         self.att = nn.MultiheadAttention(8, 2, batch_first=True)
         self.classes = nn.Parameter(torch.randn(C, 8))
-        self.inp = nn.Linear(8, 8)
+        self.inp = nn.Linear(48, 48)
 
     def forward(self, x):
-        h = self.inp(x)
+        h = self.inp(x.flatten(1)).view_as(x)
         h, _ = self.att(h, h, h, key_padding_mask=x.abs().sum(-1) == 0, need_weights=False)
         return nn.functional.linear(h.mean(1), self.classes)
 
@@ -786,3 +788,34 @@ class NoLinearRuns(nn.Module):
 def test_a_default_layer_that_never_runs_is_named_when_a_head_is_watched():
     with pytest.raises(RuntimeError, match=r"Linear 'projector' did not run"):
         pool_pass(model=NoLinearRuns(), needs=("features", "probs"))
+
+
+class TokenHead(nn.Module):
+    """A head applied per token, pooled after: its input is (B, T, d)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Linear(4, 8)
+        self.head = nn.Linear(8, C)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.emb(x))).mean(1)
+
+
+def test_a_feature_layer_that_runs_per_position_is_refused():
+    """Its input flattened to (B, T·d) is not the last-layer gradient's factor (that is the pooled
+    input): BADGE's embedding had the wrong width and its first pick was not the largest gradient.
+    embed_fn= with the pooled input is the way, and logits alone need no feature layer."""
+    torch.manual_seed(0)
+    model, x = TokenHead().eval(), torch.randn(10, 5, 4)
+    message = (r"^the feature layer Linear 'head' saw an input of shape \(10, 5, 8\): it runs per "
+               r"position, not once per row; pass embed_fn=")  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        ft.pool_outputs(model, x, ("features", "probs"), progress=False)
+    out = ft.pool_outputs(model, x, ("logits",), progress=False)
+    assert out["logits"].shape == (10, C)
+    pooled = ft.pool_outputs(
+        model, x, ("features",), progress=False,
+        embed_fn=lambda m, xb: torch.relu(m.emb(xb)).mean(1),
+    )  # fmt: skip
+    assert pooled["features"].shape == (10, 8)

@@ -103,6 +103,16 @@ def _captured_features(
             f"a batch of {rows} rows: it runs on part of the batch (a chunked forward, "
             "nn.DataParallel replicas) or batch-second; pass embed_fn= (or model.module)"
         )
+    if x.ndim > 2:
+        # a layer applied per position (tokens, pixels) and pooled after: the last-layer gradient
+        # is (p - e_y) ⊗ (the pooled input), not the flattened positions, so BADGE, EGL and
+        # SparseApprox would read a wrong embedding of another width
+        raise ValueError(
+            f"the feature layer {type(layer).__name__} {_module_name(model, layer)!r} saw an input "
+            f"of shape {tuple(x.shape)}: it runs per position, not once per row; pass embed_fn= "
+            "returning the (B, d) features you want (e.g. the input pooled as the model pools its "
+            "outputs), or feature_layer= a layer that sees (B, d)"
+        )
     return x
 
 

@@ -254,18 +254,20 @@ def pool_outputs(
         ``feature_layer``. Not together with ``feature_layer``.
     feature_layer : nn.Module or str, optional
         The layer whose input are the features (a module or a name for ``model.get_submodule``).
-        Default: the last ``nn.Linear`` in ``model.modules()`` order. It must see the whole
-        batch (one row per input row; not a chunked forward or ``nn.DataParallel`` replicas).
-        The hook is on during the deterministic (eval) pass only; when that pass needs nothing
-        after the layer (no ``"logits"``, ``"probs"`` or ``"outputs"``) it stops there, at the
-        layer's first call; otherwise a layer that runs more than once in one forward
-        (test-time augmentation, a reused layer) is refused. A default layer that is not the
-        last ``nn.Linear`` the forward pass runs (a head registered before the body), or that is
-        followed by a linear product outside an ``nn.Linear`` (a head that is ``F.linear`` on a
-        tied weight, a cosine head), draws a warning: the first batch's pass runs the whole model
-        to see that, even when only the features are asked (an error after the layer there is
-        then not raised, and nothing is judged). The Monte-Carlo passes
-        run the whole model without the hook, so any combination of ``needs`` works.
+        Default: the last ``nn.Linear`` in ``model.modules()`` order. It must see the whole batch
+        (one row per input row; not a chunked forward or ``nn.DataParallel`` replicas), with a
+        ``(B, d)`` input: a layer applied per position (``(B, T, d)``, pooled after) is refused, since its
+        flattened input is not the last-layer gradient's factor. The hook is on during the
+        deterministic (eval) pass only; when that pass needs nothing after the layer (no
+        ``"logits"``, ``"probs"`` or ``"outputs"``) it stops there, at the layer's first call;
+        otherwise a layer that runs more than once in one forward (test-time augmentation, a reused
+        layer) is refused. A default layer that is not the last ``nn.Linear`` the forward pass runs
+        (a head registered before the body), or that is followed by a linear product outside an
+        ``nn.Linear`` (a head that is ``F.linear`` on a tied weight, a cosine head), draws a
+        warning: the first batch's pass runs the whole model to see that, even when only the
+        features are asked (an error after the layer there is then not raised, and nothing is
+        judged). The Monte-Carlo passes run the whole model without the hook, so any combination of
+        ``needs`` works.
     batch_fn : callable, optional
         Turns one batch of ``data`` into the model's input: a Dataset's or DataLoader's batch as
         it is collated, a tensor's or array's slice of ``batch_size`` rows as a tensor (already
