@@ -241,10 +241,30 @@ def _relocate_empty(sums, counts, xt, dist2, acc):
     return means
 
 
+def _take_far_rows(centres, which, seen, xb, dist2) -> int:
+    """As Lloyd's empty clusters: the j-th centre of the mask ``which`` takes the batch's j-th
+    farthest row from its own centre (ties to the lowest position) and restarts its count; rows
+    at distance 0 are no better than where the centre is. Returns how many centres moved."""
+    import torch
+
+    dead = torch.nonzero(which).flatten()
+    if not dead.numel():
+        return 0
+    d64 = dist2.to(torch.float64)
+    far = torch.sort(-d64, stable=True).indices[: dead.numel()]
+    far = far[d64[far] > 0]
+    dead = dead[: far.numel()]
+    centres[dead] = xb[far].to(centres.dtype)
+    seen[dead] = 0
+    return int(dead.numel())
+
+
 def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", rows=None, step=None):
     """Sculley (2010) mini-batch k-means; returns (centres, epochs run, converged).
 
-    Every epoch draws a permutation of the rows and walks it in batches. It stops early when an
+    Every epoch draws a permutation of the rows and walks it in batches. A centre that no row has
+    reached yet, or none in a whole epoch, takes one of the batch's farthest rows
+    (:func:`_take_far_rows`, as an empty cluster does in Lloyd's steps). It stops early when an
     epoch moves the centres by at most ``tol_abs`` (squared), or when the exponentially weighted
     batch inertia has not improved for ``_NO_IMPROVEMENT`` batches (scikit-learn's rule).
     ``rows`` (int64 tensor, ascending): the rows to cluster, as on ``xt[rows]`` (default all).
@@ -259,6 +279,7 @@ def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", ro
     ewa, best, stale = None, float("inf"), 0
     for epoch in range(1, epochs + 1):
         start = centres.clone()
+        reached = torch.zeros_like(seen)
         order = torch.from_numpy(rng.permutation(n)).to(xt.device)
         if rows is not None:
             order = rows[order]
@@ -273,6 +294,10 @@ def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", ro
                 centres.dtype
             )
             seen += counts
+            reached += counts
+            # a centre no row has reached yet (a copy of another, or beyond every row) would stay
+            # put for the whole fit
+            _take_far_rows(centres, seen == 0, seen, xb, dist2)
             mean_inertia = float(dist2.to(torch.float64).mean())
             if not np.isfinite(mean_inertia):  # an overflowed distance: the update is garbage
                 raise _overflow(name, info.dtype)
@@ -281,7 +306,12 @@ def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", ro
                 best, stale = ewa, 0
             else:
                 stale += 1
+        # a centre that no row reached in a whole epoch (two centres collapsed onto one spot)
+        # starts afresh: its move keeps the epoch from counting as converged
+        moved = _take_far_rows(centres, reached == 0, seen, xb, dist2)
         bar.update()
-        if float(((centres - start) ** 2).sum()) <= tol_abs or stale >= _NO_IMPROVEMENT:
+        if moved:
+            stale = 0
+        elif float(((centres - start) ** 2).sum()) <= tol_abs or stale >= _NO_IMPROVEMENT:
             return centres, epoch, True
     return centres, epochs, False
