@@ -834,3 +834,29 @@ def test_gemm_assignment_tiles_follow_k(monkeypatch):
     got = _lloyd._assign(X, C, info)
     assert_array_equal(got[0].numpy(), want[0].numpy())
     assert_array_equal(got[1].numpy(), want[1].numpy())
+
+
+def test_kmeans_small_arguments_given_as_arrays_and_numpy_scalars():
+    """k = 0 as a 0-d array or tensor reached the kernel (an error about 'centres'); a numpy
+    integer tol was refused; a finite float64 init past float32's range was called NaN or Inf."""
+    X = gaussian(20, 3, seed=0).astype(np.float32)
+    for k in (np.array(0), torch.tensor(0)):
+        with pytest.raises(ValueError, match=r"^k must be >= 1, got 0$"):
+            fastal.kmeans(X, k)
+    res = fastal.kmeans(X, 2, tol=np.int64(0), seed=0)
+    assert res.converged
+    with pytest.raises(ValueError, match=r"^init overflows float32, the accumulation dtype of a "
+                       r"float32 pool$"):  # fmt: skip
+        fastal.kmeans(X, 2, init=np.full((2, 3), 1e300))
+    with pytest.raises(ValueError, match=r"^init contains NaN or Inf$"):
+        fastal.kmeans(X, 2, init=np.full((2, 3), np.inf))
+
+
+def test_kmeans_sampling_budget_zero_keeps_the_diagnostics_keys():
+    """A loop logging diagnostics["n_iter"] broke at budget 0 only."""
+    X = gaussian(20, 3, seed=0).astype(np.float32)
+    sel = fastal.strategies.KMeansSampling().select(X, 0)
+    assert sel.indices.shape == (0,)
+    assert sel.diagnostics == {"inertia": 0.0, "n_iter": 0, "converged": True,
+                               "distance_share": None}  # fmt: skip
+    assert set(sel.diagnostics) == set(fastal.strategies.KMeansSampling().select(X, 2).diagnostics)

@@ -169,7 +169,13 @@ def _initial_centres(X, xt, info, k, init, rng, acc, name="X", exclude=None):
         raise ValueError(f"init must have shape ({k}, {info.shape[1]}), got {cinfo.shape}")
     if cinfo.device != info.device:
         raise ValueError(f"init is on {cinfo.where} but X is on {info.where}")
-    c = as_torch(init, cinfo).to(device=xt.device, dtype=acc)
-    if not bool(torch.isfinite(c).all()):
+    given = as_torch(init, cinfo)
+    if not bool(torch.isfinite(given).all()):
         raise ValueError("init contains NaN or Inf")
+    c = given.to(device=xt.device, dtype=acc)
+    if not bool(torch.isfinite(c).all()):  # finite float64 centres beyond float32's range
+        raise ValueError(
+            f"init overflows {str(acc).removeprefix('torch.')}, the accumulation dtype of a "
+            f"{info.dtype} pool"
+        )
     return c.clone()

@@ -313,12 +313,14 @@ def _kmeans(
     if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k < 1:
         raise ValueError(f"k must be >= 1, got {k}")  # before check_budget's ">= 0"
     k = check_budget(k, n_rows, "k", f"the rows of {name}")
+    if k < 1:  # a 0-d array or tensor holding 0, which check_budget takes
+        raise ValueError(f"k must be >= 1, got {k}")
     if max_iter is None:
         max_iter = 300 if minibatch is None else 100
     check_max_iter(max_iter)
     if (
         isinstance(tol, bool)
-        or not isinstance(tol, (int, float, np.floating))
+        or not isinstance(tol, (int, float, np.integer, np.floating))
         or not 0 <= tol < np.inf
     ):
         raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")

@@ -84,7 +84,9 @@ class KMeansSampling(Strategy):
         lab, rest = unlabeled_rows(info.shape[0], labeled, like=info)
         budget = check_budget(budget, rest.size)
         if budget == 0:
-            return Selection(_interop.to_framework(np.empty(0, np.int64), info), {"inertia": 0.0})
+            # the keys of every other budget: nothing to fit, so no distances computed
+            empty = {"inertia": 0.0, "n_iter": 0, "converged": True, "distance_share": None}
+            return Selection(_interop.to_framework(np.empty(0, np.int64), info), empty)
         xt = as_torch(X, info)
         # k-means of the unlabeled rows; on the CPU without copying them (see _lloyd._Excluded)
         res = _kmeans(
