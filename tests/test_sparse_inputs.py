@@ -327,3 +327,34 @@ def test_the_line_search_recomputes_a_phi_u_that_underflowed(c):
     got, phi_u = mu(c)
     assert phi_u == 0.0  # the case at hand
     assert_allclose(got * c * c, want, rtol=1e-12)
+
+
+def test_the_public_solvers_check_their_problem():
+    """fastal.sparse's SparseProblem, solve_greedy and top_b_sigma are public: greedy with b > n
+    returned a duplicate index, a NaN σ gave top_b_sigma an empty set, and a float32 DensePhi a
+    torch dtype error naming nothing."""
+    from fastal.sparse import DensePhi, SparseProblem, solve_greedy, top_b_sigma
+
+    G = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 4)))
+    v, sigma = G.sum(1) / 4, torch.ones(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^b must be in \[0, 4\] \(the columns of phi\), got 5$"):
+        solve_greedy(SparseProblem(DensePhi(G, 5), v, sigma, 5, 0.0, 0.0), 1.0)
+    with pytest.raises(TypeError, match=r"^b must be an integer, got float$"):
+        SparseProblem(DensePhi(G, 2), v, sigma, 2.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match=r"^alpha must be finite and >= 0, got -1.0$"):
+        SparseProblem(DensePhi(G, 2), v, sigma, 2, -1.0, 0.0)
+    with pytest.raises(TypeError, match=r"^sigma must be a float64 torch tensor, got torch.float"):
+        SparseProblem(DensePhi(G, 2), v, sigma.float(), 2, 0.0, 0.0)
+    with pytest.raises(ValueError, match=r"^sigma must have shape \(4,\), got \(3,\)$"):
+        SparseProblem(DensePhi(G, 2), v, sigma[:3], 2, 0.0, 0.0)
+    bad = torch.tensor([1.0, math.nan, 1.0, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^sigma contains NaN or Inf$"):
+        SparseProblem(DensePhi(G, 2), v, bad, 2, 0.0, 0.0)
+    with pytest.raises(TypeError, match=r"^a DensePhi's G must be float64 .*got torch.float32$"):
+        SparseProblem(DensePhi(G.float(), 2), v, sigma, 2, 0.0, 0.0)
+    with pytest.raises(ValueError, match=r"^sigma contains NaN or Inf$"):
+        top_b_sigma(torch.tensor([0.5, math.nan, 0.2]), 2)
+    with pytest.raises(ValueError, match=r"^b must be an integer in \[0, 3\], got 4$"):
+        top_b_sigma(torch.tensor([0.5, 0.1, 0.2]), 4)
+    whole = solve_greedy(SparseProblem(DensePhi(G, 4), v, sigma, 4, 0.0, 0.0), 1.0)
+    assert sorted(whole.selected.tolist()) == [0, 1, 2, 3]

@@ -67,6 +67,36 @@ class SparseProblem:
     alpha: float
     beta: float
 
+    def __post_init__(self) -> None:
+        # the public face of the solvers: checked here, where a bad value gave a duplicate pick
+        # (greedy with b > n), a torch dtype error naming nothing, or an empty top-b set (NaN σ)
+        import torch
+
+        n = self.phi.n
+        if isinstance(self.b, bool) or not isinstance(self.b, (int, np.integer)):
+            raise TypeError(f"b must be an integer, got {type(self.b).__name__}")
+        if not 0 <= self.b <= n:
+            raise ValueError(f"b must be in [0, {n}] (the columns of phi), got {self.b}")
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            real = isinstance(value, (int, float, np.integer, np.floating))
+            if isinstance(value, bool) or not real:
+                raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+            if not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        for name in ("v", "sigma"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.float64:
+                got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TypeError(f"{name} must be a float64 torch tensor, got {got}")
+        if tuple(self.sigma.shape) != (n,):
+            raise ValueError(f"sigma must have shape ({n},), got {tuple(self.sigma.shape)}")
+        if not bool(torch.isfinite(self.sigma).all()):
+            raise ValueError("sigma contains NaN or Inf")
+        G = getattr(self.phi, "G", None)
+        if G is not None and G.dtype != torch.float64:  # DensePhi computes in G's dtype
+            raise TypeError(f"a DensePhi's G must be float64 (as the weights are), got {G.dtype}")
+
     def residual(self, w: Any) -> Any:
         """The residual ``r = Φw - v``.
 
@@ -301,6 +331,10 @@ def top_b_sigma(sigma: Any, b: int) -> Any:
     """
     import torch
 
+    if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 0 <= b <= sigma.numel():
+        raise ValueError(f"b must be an integer in [0, {sigma.numel()}], got {b!r}")
+    if not bool(torch.isfinite(sigma).all()):  # a NaN matches neither > nor == the b-th value
+        raise ValueError("sigma contains NaN or Inf")
     if b == 0:
         return torch.empty(0, dtype=torch.int64, device=sigma.device)
     kth = torch.topk(sigma, b, sorted=False).values.min()
