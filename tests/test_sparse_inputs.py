@@ -358,3 +358,24 @@ def test_the_public_solvers_check_their_problem():
         top_b_sigma(torch.tensor([0.5, 0.1, 0.2]), 4)
     whole = solve_greedy(SparseProblem(DensePhi(G, 4), v, sigma, 4, 0.0, 0.0), 1.0)
     assert sorted(whole.selected.tolist()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("source", ["mc_probs", "losses"])
+def test_a_bayesian_pool_refuses_the_factored_settings(source):
+    """bias, a float temperature and label_probs shape the factored Φ only: a Bayesian pool
+    returned the plain selection with them, saying nothing."""
+    rng = np.random.default_rng(0)
+    mc = rng.dirichlet(np.ones(3), size=(4, 25))
+    pool = {"mc_probs": mc} if source == "mc_probs" else {"losses": -np.log(mc), "probs": mc[0]}
+    plain = SparseApprox().select(pool, 5)
+    assert plain.indices.shape == (5,)
+    auto = SparseApprox(temperature="auto").select(pool, 5)
+    assert auto.indices.tolist() == plain.indices.tolist()
+    for kwargs, extra, said in [
+        ({"bias": True}, {}, r"bias=True"),
+        ({"temperature": 5.0}, {}, r"temperature=5\.0"),
+        ({}, {"label_probs": mc.mean(0)}, r"pool\['label_probs'\]"),
+    ]:
+        with pytest.raises(ValueError, match=rf"^{said} apply to the non-Bayesian form .*"
+                           rf"\(pool\['{source}'\]\) has no use for them"):  # fmt: skip
+            SparseApprox(**kwargs).select({**pool, **extra}, 5)

@@ -74,7 +74,9 @@ class SparseApprox(Strategy):
     tau : float > 0, default 1.0
         Greedy step size τ (not given in the paper).
     bias : bool, default False
-        Include the bias gradient in the non-Bayesian embedding.
+        Include the bias gradient in the non-Bayesian embedding. ``bias=True``, a float
+        ``temperature`` and ``pool["label_probs"]`` are refused with a Bayesian pool, which has no
+        use for them.
     temperature : "auto", float or None, default "auto"
         Non-Bayesian label distribution ``P = softmax(logits / T)``, or ``P = softmax(log p / T)``
         for a ``"probs"`` pool (the same distribution for any logits of ``p``; ``p_jy = 0`` gives
@@ -213,6 +215,7 @@ class SparseApprox(Strategy):
                 )
             if name == "mc_probs":  # losses may be of one output; probabilities of one class are 1
                 check_classes(info.shape[2], name, info.shape)
+            self._refuse_factored_settings(name, "label_probs" in pool)
             n = info.shape[1]
         else:
             key = "logits" if "logits" in pool else "probs"
@@ -272,6 +275,23 @@ class SparseApprox(Strategy):
             top_sigma_objective=res.top_sigma_objective,
         )
         return Selection(_interop.to_framework(indices, info), diagnostics)
+
+    def _refuse_factored_settings(self, name: str, label_probs: bool) -> None:
+        """The label distribution P (temperature, ``label_probs``) and the bias gradient shape the
+        factored Φ only: on a Bayesian pool they were silently ignored."""
+        unused = []
+        if self.bias:
+            unused.append("bias=True")
+        if self.temperature not in (None, "auto"):
+            unused.append(f"temperature={self.temperature!r}")
+        if label_probs:
+            unused.append("pool['label_probs']")
+        if unused:
+            raise ValueError(
+                f"{' and '.join(unused)} apply to the non-Bayesian form (logits or probs with "
+                f"features); the Bayesian form (pool['{name}']) has no use for them: drop them, "
+                f"or drop pool['{name}'] for the non-Bayesian form"
+            )
 
     def _factored_problem(self, pool, idx, b):
         """``Φ`` (eq. 14, factored), ``v``, ``σ`` and the ``T`` used, over the rows ``idx``.
