@@ -257,7 +257,8 @@ def test_features_too_small_for_float64_are_refused(scale):
     pool = logits_pool(30, 3, 6, seed=3)
     pool["features"] = pool["features"] * scale
     for kw in ({}, {"alpha": 0.0, "beta": 0.0}):
-        with pytest.raises(ValueError, match=r"features are too small for float64.*beta by s\*\*2"):
+        with pytest.raises(ValueError, match=r"features are too small for float64.*beta by s\*\*2 "
+                           r".*greedy's picks do not change, IHT's may"):  # fmt: skip
             SparseApprox(temperature=2.0, **kw).select(pool, 4)
 
 

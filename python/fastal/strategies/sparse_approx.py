@@ -445,7 +445,9 @@ def _refuse_underflow(sigma: Any, h_norms: Any, dist: Any, n_u: int, key: str) -
     raise ValueError(
         f"features are too small for float64: the largest sigma is {top:.3g}, and the "
         "objective's terms (squares of that scale) underflow; scale features up by some s "
-        "and beta by s**2 (the same problem, its objective times s**2)"
+        "and beta by s**2 (the same problem, its objective times s**2; greedy's picks do not "
+        "change, IHT's may: its top-b step weighs alpha sigma**2 against a squared "
+        "distance between weights, which does not scale)"
     )
 
 
