@@ -855,6 +855,18 @@ def test_test_rows_of_another_shape_than_the_pool_are_refused_before_training():
     assert rec.sizes == []
 
 
+def test_ally_with_one_initial_label_is_refused_before_training():
+    """ALLY's dual head trains with batch norm on the labeled rows: initial=1 failed only after
+    round 0's training, with an error that did not name initial."""
+    rec = Recorder()
+    with pytest.raises(ValueError, match=r"^initial must give at least 2 labeled rows for ally, "
+                       r"got 1$"):  # fmt: skip
+        loop.run(POOL, TEST, model_fn=model_fn, strategy="ally", initial=1, budget=3, rounds=1,
+                 train_fn=rec, seed=0)  # fmt: skip
+    assert rec.sizes == []
+    assert Random.min_labeled == 0
+
+
 def test_fit_names_a_bad_device():
     data = TensorDataset(torch.from_numpy(POOL[0][:20]), torch.from_numpy(POOL[1][:20]))
     with pytest.raises(ValueError, match=r"^device must be a torch.device or a device string"):

@@ -282,7 +282,9 @@ def fit_dual_head(
         return DualRegressor(None, mean, std, 0.0, 0.0)
     m = H.shape[0]
     if m < 2:
-        raise ValueError("the dual regression head needs at least 2 labeled rows (batch norm)")
+        raise ValueError(
+            f"the dual regression head needs at least 2 labeled rows (batch norm), got {m}"
+        )
     with (
         forked_rng(H.device, seed),
         own_numerics(H.device, grad=True),

@@ -553,6 +553,12 @@ def run(
     else:
         labeled = _initial(initial, data.n, seed)
         added, rows = np.zeros(labeled.size, np.int64), []
+        least = getattr(strategy, "min_labeled", 0)
+        if labeled.size < least:  # found only after round 0's training otherwise
+            raise ValueError(
+                f"initial must give at least {least} labeled rows for {strategy_name}, got "
+                f"{labeled.size}"
+            )
     # resumed: labeled already holds the picks of the rounds done
     wanted = labeled.size + sum(budgets[len(rows) :])
     if wanted > data.n:

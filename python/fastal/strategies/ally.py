@@ -90,6 +90,7 @@ class ALLY(Strategy):
 
     name = "ally"
     requires = ("features", "duals")
+    min_labeled = 2  # the dual regression head trains with batch norm
 
     def __init__(
         self,

@@ -47,6 +47,10 @@ class Strategy:
         The registry name (:func:`get`); ``""`` on the base class.
     requires : tuple of str
         Pool keys the strategy reads, e.g. ``("probs",)``; ``()`` for :class:`Random`.
+    min_labeled : int
+        The fewest labeled rows ``select`` works from (0 on the base class; 2 for :class:`ALLY`,
+        whose dual head trains with batch norm); :func:`fastal.loop.run` checks ``initial``
+        against it before any training.
 
     Examples
     --------
@@ -68,6 +72,7 @@ class Strategy:
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
+    min_labeled: ClassVar[int] = 0
 
     def select(self, pool: Any, budget: int, labeled: Any = None, *, seed: Any = None) -> Selection:
         """Pick ``budget`` rows of ``pool`` outside ``labeled``.
