@@ -347,13 +347,13 @@ def kmeans_sampling_ref(X, budget: int, labeled=None, seed=None, max_iter=100, t
 
 def iht_score_ref(s, sigma, alpha: float, rule: str = "paper") -> np.ndarray:
     """The top-b step's score: Appendix E's ``½[-s_j]_+² - alpha sigma_j²`` ("paper"), or the
-    exact proximal one ``-½[s_j]_+² - alpha sigma_j² [s_j > 0]`` ("exact")."""
+    exact proximal one ``-½[s_j]_+² - alpha sigma_j²`` ("exact")."""
     s = np.asarray(s, dtype=np.float64)
     sigma = np.asarray(sigma, dtype=np.float64)
     bonus = alpha * (sigma * sigma) if alpha else np.zeros_like(sigma)  # alpha = 0: no sigma term
     if rule == "exact":
         pos = np.maximum(s, 0.0)
-        return np.where(s > 0, -(0.5 * (pos * pos)) - bonus, 0.0)
+        return -(0.5 * (pos * pos)) - bonus
     neg = np.maximum(-s, 0.0)
     return 0.5 * (neg * neg) - bonus
 

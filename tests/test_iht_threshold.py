@@ -57,14 +57,20 @@ def test_iht_threshold_exact_rule_hand_worked():
     support, w = threshold(s, np.zeros(4), 2, 0.0, "exact")
     assert_array_equal(support, [0, 3])
     assert_array_equal(w, [3.0, 0.0, 0.0, 2.0])
-    # sigma counts only where w_j > 0: row 1 (s < 0) scores 0 whatever its sigma
+    # sigma counts over the selected set, as in fastal's objective: row 1 (s < 0, weight 0)
+    # earns its alpha sigma² too (it scored 0 whatever its sigma, and rows with s <= 0 went by
+    # index)
     support, _ = threshold(s, np.array([0.0, 5.0, 2.0, 0.0]), 2, 1.0, "exact")
-    assert_array_equal(support, [0, 2])  # scores (-4.5, 0, -0.125 - 4, -2)
+    assert_array_equal(support, [1, 0])  # scores (-4.5, -25, -0.125 - 4, -2)
+    # the audit's case: rows with s <= 0 fill the support by sigma, not by index
+    s, sigma = np.array([0.5, -1.0, -1.0]), np.array([0.0, 0.0, 1.0])
+    support, _ = threshold(s, sigma, 2, 0.1, "exact")
+    assert_array_equal(support, [0, 2])  # scores (-0.125, 0, -0.1); were (-0.125, 0, 0): [0, 1]
 
 
-def prox_objective(w, s, sigma, alpha):
-    """½|w - s|² - α Σ_{w_j > 0} σ_j²: what the proximal step minimises."""
-    return 0.5 * float(((w - s) ** 2).sum()) - alpha * float((sigma[w > 0] ** 2).sum())
+def prox_objective(w, S, s, sigma, alpha):
+    """½|w - s|² - α Σ_{j∈S} σ_j²: what the proximal step minimises (w zero outside S)."""
+    return 0.5 * float(((w - s) ** 2).sum()) - alpha * float((sigma[list(S)] ** 2).sum())
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -78,13 +84,13 @@ def test_iht_threshold_exact_rule_is_the_proximal_minimiser(seed):
     sigma = np.abs(rng.normal(size=n))
     alpha = float(rng.choice([0.0, 0.05, 0.5, 2.0]))
     best = min(
-        prox_objective(_w_of(list(S), s), s, sigma, alpha)
+        prox_objective(_w_of(list(S), s), S, s, sigma, alpha)
         for S in itertools.combinations(range(n), b)
     )
-    _, w = threshold(s, sigma, b, alpha, "exact")
-    assert prox_objective(w, s, sigma, alpha) == pytest.approx(best, rel=1e-12, abs=1e-12)
-    _, w_paper = threshold(s, sigma, b, alpha, "paper")
-    assert prox_objective(w_paper, s, sigma, alpha) >= best - 1e-12
+    S, w = threshold(s, sigma, b, alpha, "exact")
+    assert prox_objective(w, S, s, sigma, alpha) == pytest.approx(best, rel=1e-12, abs=1e-12)
+    S_paper, w_paper = threshold(s, sigma, b, alpha, "paper")
+    assert prox_objective(w_paper, S_paper, s, sigma, alpha) >= best - 1e-12
 
 
 def test_iht_threshold_paper_rule_can_miss_the_minimiser():
@@ -92,8 +98,8 @@ def test_iht_threshold_paper_rule_can_miss_the_minimiser():
     s, sigma = np.array([0.1, 0.2, 5.0]), np.zeros(3)
     support, w = threshold(s, sigma, 1, 0.0)
     assert_array_equal(support, [0])
-    _, w_exact = threshold(s, sigma, 1, 0.0, "exact")
-    assert prox_objective(w, s, sigma, 0.0) > prox_objective(w_exact, s, sigma, 0.0)
+    exact, w_exact = threshold(s, sigma, 1, 0.0, "exact")
+    assert prox_objective(w, support, s, sigma, 0.0) > prox_objective(w_exact, exact, s, sigma, 0.0)
 
 
 def test_iht_threshold_nan_scores_are_an_error_not_a_crash():

@@ -752,7 +752,8 @@ def test_tiny_problems_gap_to_exhaustive(form, alpha, beta):
     - the issue's "not worse than selecting the top-b sigma": f(solver) <= f of the top-b sigma set
       with the same weight rule (De-bias from w = 1, clamped at 0), up to the safeguard's 1e-10
       margin. Without the safeguard this fails per instance (measured on these shapes, 10 seeds:
-      greedy up to 15/40, IHT "paper" up to 17/40 at alpha = 0, IHT "exact" up to 27/40).
+      greedy up to 15/40, IHT "paper" up to 17/40 at alpha = 0, IHT "exact" up to 27/40, that
+      last count with its score of before 2026-12-07, which counted σ only where s_j > 0).
 
     Also printed, not asserted: the gap of the top-b sigma set with its *optimal* (NNLS) weights,
     which the solvers do not always reach."""

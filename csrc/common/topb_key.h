@@ -31,7 +31,7 @@ FASTAL_HD u64 score_key(float s, float sigma, Rule rule) {
   double score;
   if (rule.exact) {
     const double pos = s > 0.f ? static_cast<double>(s) : 0.0;
-    score = s > 0.f ? sub_rn(-mul_rn(0.5, mul_rn(pos, pos)), bonus) : 0.0;
+    score = sub_rn(-mul_rn(0.5, mul_rn(pos, pos)), bonus);
   } else {
     const double neg = s < 0.f ? -static_cast<double>(s) : 0.0;
     score = sub_rn(mul_rn(0.5, mul_rn(neg, neg)), bonus);

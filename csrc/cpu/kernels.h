@@ -40,9 +40,9 @@ void segment_sum(const T* X, int64_t n, int64_t d, const int64_t* labels, int64_
 
 // IHT top-b (Shen et al., Appendix E): support[0, b) = the b indices with the smallest score,
 // ordered by (score, index); w = [s]_+ on them, 0 elsewhere. Paper: the score of Appendix E,
-// 1/2 [-s_j]_+^2 - alpha sigma_j^2. Exact: -1/2 [s_j]_+^2 - alpha sigma_j^2 [s_j > 0], whose b
-// smallest give the exact minimiser of 1/2 |w - s|^2 - alpha sum_{w_j > 0} sigma_j^2 over w >= 0
-// with at most b non-zeros (Appendix E leaves out the 1/2 s_j^2 of the rows not selected).
+// 1/2 [-s_j]_+^2 - alpha sigma_j^2. Exact: -1/2 [s_j]_+^2 - alpha sigma_j^2, whose b smallest
+// give the exact minimiser of 1/2 |w - s|^2 - alpha sum_{j in S} sigma_j^2 over sets S of b rows
+// and w >= 0 zero outside S (Appendix E leaves out the 1/2 s_j^2 of the rows not selected).
 // Exact selection; O(n) expected (sampled threshold, one streaming pass, selection on the
 // survivors). Scores are computed in float64 (see topb.cpp).
 enum class IhtRule { Paper, Exact };

@@ -2,7 +2,7 @@
 //
 // The b smallest scores (ties to the lowest index) form the support, and w = [s]_+ on it. Scores
 // (kernels.h, IhtRule): the paper's 1/2 [-s_j]_+^2 - alpha sigma_j^2, or the exact proximal one
-// -1/2 [s_j]_+^2 - alpha sigma_j^2 [s_j > 0]. A full nth_element over n = 10^7 pairs costs ~10x one
+// -1/2 [s_j]_+^2 - alpha sigma_j^2. A full nth_element over n = 10^7 pairs costs ~10x one
 // streaming pass, so: estimate a threshold from a strided sample of the scores, keep the rows at or
 // below it in one parallel pass, and finish with nth_element + sort on the few survivors. If the
 // sample underestimated (fewer than b survivors), the pass is repeated with a higher sample rank,
@@ -33,8 +33,7 @@ inline double iht_score(T s, T sigma, double alpha) {
   // NaN sigma NaN, and is +0.0 like 0 * sg^2 otherwise.
   const double bonus = alpha == 0.0 ? sg - sg : alpha * (sg * sg);
   if constexpr (Rule == IhtRule::Exact) {
-    if (s <= T(0)) return sg == sg ? 0.0 : sg;
-    const double pos = static_cast<double>(s);
+    const double pos = std::max(static_cast<double>(s), 0.0);  // NaN stays NaN (first argument)
     return -(0.5 * (pos * pos)) - bonus;
   }
   const double neg = std::max(-static_cast<double>(s), 0.0);

@@ -166,7 +166,7 @@ void kmeanspp_steps_factored(DType dtype, const Factored& X, const KMeansPPState
 // ---- IHT top-b thresholding (see topb.cu) -------------------------------------------------------
 
 // s, sigma (n, float32): support (b, int64) = the b indices with the smallest
-// score_j = 1/2 [-s_j]_+^2 - alpha sigma_j^2 (exact: -1/2 [s_j]_+^2 - alpha sigma_j^2 [s_j > 0];
+// score_j = 1/2 [-s_j]_+^2 - alpha sigma_j^2 (exact: -1/2 [s_j]_+^2 - alpha sigma_j^2;
 // see cpu/kernels.h), in float64 rounded as cpu/topb.cpp rounds it, ordered by (score, index);
 // w (n, float32) = max(s, 0) on the support, 0 elsewhere. 0 <= b <= n < 2^32, alpha finite >= 0.
 // Returns the NaN / Inf entries of s and sigma (counted on the way; the outputs mean nothing when

@@ -1,7 +1,7 @@
 // IHT top-b thresholding on the GPU (Shen et al., Alg. 2 line 6, Appendix E; DESIGN.md family 5).
 //
 // score_j = 1/2 [-s_j]_+^2 - alpha sigma_j^2 (the paper's rule) or -1/2 [s_j]_+^2 - alpha sigma_j^2
-// [s_j > 0] (the exact proximal step; see cpu/kernels.h) in float64, rounded exactly as the CPU
+// (the exact proximal step; see cpu/kernels.h) in float64, rounded exactly as the CPU
 // kernel rounds it (cpu/topb.cpp: float32 inputs widened first, no fused multiply-adds: the
 // __dmul_rn / __dsub_rn intrinsics are never contracted). Neither can be NaN for float32 inputs.
 // The support is the b smallest scores ordered by (score, index), ties to the lowest index; w =

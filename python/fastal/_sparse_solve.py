@@ -515,10 +515,10 @@ def solve_iht(
     >>> from fastal.sparse import DensePhi, SparseProblem, solve_iht
     >>> G = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
     >>> sigma = torch.tensor([0.1, 0.1, 0.1, 0.3], dtype=torch.float64)
-    >>> p = SparseProblem(DensePhi(G, 1), G.sum(1) / 4, sigma, b=1, alpha=1.0, beta=0.0)
+    >>> p = SparseProblem(DensePhi(G, 1), G.sum(1) / 4, sigma, b=1, alpha=0.1, beta=0.0)
     >>> res = solve_iht(p, 3, prox="exact")
     >>> res.selected.tolist(), res.weights.tolist(), [round(f, 6) for f in res.objective]
-    ([2], [0.0, 0.0, 0.5, 0.0], [-0.01, -0.01, -0.01])
+    ([2], [0.0, 0.0, 0.5, 0.0], [-0.001, -0.001, -0.001])
     >>> solve_iht(p, 3).selected.tolist()  # the paper's score: -α σ_j² for every s_j >= 0
     [3]
     """

@@ -66,7 +66,7 @@ __all__ = [
 #: scores of the top-b step: the b smallest form the support
 IHT_RULES = {
     "paper": "½[-s_j]₊² - α σ_j²  (Shen et al., Appendix E)",
-    "exact": "-½[s_j]₊² - α σ_j² [s_j > 0]  (the exact proximal minimiser)",
+    "exact": "-½[s_j]₊² - α σ_j²  (the exact proximal minimiser)",
 }
 
 
@@ -82,9 +82,12 @@ def iht_threshold(
       sums the proximal objective over the selected rows only and leaves out the ``½ s_j²`` that
       every row *not* selected contributes (its ``w_j = 0``), so it is not the minimiser: all rows
       with ``s_j > 0`` score ``-α σ_j²`` whatever the size of ``s_j``.
-    - ``rule="exact"``: ``-½[s_j]₊² - α σ_j² [s_j > 0]``, whose ``b`` smallest give the exact
-      minimiser of ``½|w - s|² - α Σ_{w_j>0} σ_j²`` over ``w ≥ 0`` with at most ``b`` non-zeros
-      (selecting row j changes that objective by exactly its score).
+    - ``rule="exact"``: ``-½[s_j]₊² - α σ_j²``, whose ``b`` smallest give the exact minimiser of
+      ``½|w - s|² - α Σ_{j∈S} σ_j²`` over sets ``S`` of ``b`` rows and ``w ≥ 0`` zero outside
+      ``S`` (selecting row j changes that objective by exactly its score). As the objective
+      fastal's solvers report, it counts σ over the selected set ``S``, not where ``w_j > 0``:
+      a selected row with ``s_j ≤ 0`` (weight 0) earns its ``α σ_j²`` too, so such rows are
+      ranked by σ, not by index.
 
     Parameters
     ----------

@@ -63,7 +63,7 @@ class SparseApprox(Strategy):
         IHT iterations T (not given in the paper).
     prox : {"paper", "exact"}, default "paper"
         The score of IHT's top-b step (:func:`fastal.iht_threshold`): Appendix E's
-        ``½[-s_j]₊² - α σ_j²``, or the exact proximal minimiser's ``-½[s_j]₊² - α σ_j² [s_j > 0]``.
+        ``½[-s_j]₊² - α σ_j²``, or the exact proximal minimiser's ``-½[s_j]₊² - α σ_j²``.
         Appendix E drops the ``½ s_j²`` of the rows it does not select, so with ``"paper"`` every
         row with a positive gradient-step value ``s_j`` scores ``-α σ_j²``, however large ``s_j``.
         Neither rule wins everywhere on the tiny problems the tests solve exhaustively: without
