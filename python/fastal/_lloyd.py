@@ -262,8 +262,8 @@ def _take_far_rows(centres, which, seen, xb, dist2) -> int:
 def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", rows=None, step=None):
     """Sculley (2010) mini-batch k-means; returns (centres, epochs run, converged).
 
-    Every epoch draws a permutation of the rows and walks it in batches. A centre that no row has
-    reached yet, or none in a whole epoch, takes one of the batch's farthest rows
+    Every epoch draws a permutation of the rows and walks it in batches. A centre that no row
+    reached in a whole epoch then takes one of the last batch's farthest rows
     (:func:`_take_far_rows`, as an empty cluster does in Lloyd's steps). It stops early when an
     epoch moves the centres by at most ``tol_abs`` (squared), or when the exponentially weighted
     batch inertia has not improved for ``_NO_IMPROVEMENT`` batches (scikit-learn's rule).
@@ -295,9 +295,6 @@ def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", ro
             )
             seen += counts
             reached += counts
-            # a centre no row has reached yet (a copy of another, or beyond every row) would stay
-            # put for the whole fit
-            _take_far_rows(centres, seen == 0, seen, xb, dist2)
             mean_inertia = float(dist2.to(torch.float64).mean())
             if not np.isfinite(mean_inertia):  # an overflowed distance: the update is garbage
                 raise _overflow(name, info.dtype)
@@ -306,8 +303,10 @@ def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", ro
                 best, stale = ewa, 0
             else:
                 stale += 1
-        # a centre that no row reached in a whole epoch (two centres collapsed onto one spot)
-        # starts afresh: its move keeps the epoch from counting as converged
+        # a centre that no row reached in a whole epoch (a copy of another, or beyond every row)
+        # would stay put for the whole fit: it starts afresh, and its move keeps the epoch from
+        # counting as converged. Not after each batch: with k near the batch size most centres
+        # get no row from one batch, and would lose their seeding.
         moved = _take_far_rows(centres, reached == 0, seen, xb, dist2)
         bar.update()
         if moved:
