@@ -4,7 +4,7 @@ Every test runs both implementations (``impl``): the launch sequence of topb.cu 
 cooperative kernel of topb_fused.cu, selected through ``fastal._sparse_cuda.TOPB_IMPL``.
 
 Both compute the float64 score (the paper's ``0.5 [-s]_+^2 - alpha sigma^2`` or the exact rule's
-``-0.5 [s]_+^2 - alpha sigma^2 [s > 0]``) from the same float32 values with the same roundings and
+``-0.5 [s]_+^2 - alpha sigma^2``) from the same float32 values with the same roundings and
 order the support by (score, index), so on float32 input the support (order included) and ``w`` must
 be identical, ties and signed zeros included. Every test is marked ``cuda`` and is skipped without a
 GPU or without ``fastal._cuda``.

@@ -380,3 +380,14 @@ def test_a_bayesian_pool_refuses_the_factored_settings(source):
         with pytest.raises(ValueError, match=rf"^{said} apply to the non-Bayesian form .*"
                            rf"\(pool\['{source}'\]\) has no use for them"):  # fmt: skip
             SparseApprox(**kwargs).select({**pool, **extra}, 5)
+
+
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_losses_whose_sigma_overflows_get_the_named_message(solver):
+    """σ of losses ~1e306 is Inf: the problem's own check said 'sigma contains NaN or Inf', which
+    names nothing the user passed; the strategy names losses and what to do."""
+    mc = np.random.default_rng(0).dirichlet(np.ones(3), size=(4, 25))
+    pool = {"losses": -np.log(mc) * 1e306, "probs": mc[0]}
+    with pytest.raises(ValueError, match=r"^the Sparse Approximation objective is not finite .*"
+                       r"rescale losses or lower alpha / beta$"):  # fmt: skip
+        SparseApprox(solver=solver).select(pool, 4)

@@ -252,6 +252,8 @@ class SparseApprox(Strategy):
         else:
             phi, v, sigma, T = self._factored_problem(pool, idx, b)
             diagnostics["temperature"] = T
+        if not bool(torch.isfinite(sigma).all()):  # the losses' or features' scale overflowed
+            raise ValueError(_overflow_message(pool, alpha, beta))
         problem = SparseProblem(phi, v, sigma, b, alpha, beta)
         try:
             if self.solver == "greedy":
