@@ -819,3 +819,31 @@ def test_a_feature_layer_that_runs_per_position_is_refused():
         embed_fn=lambda m, xb: torch.relu(m.emb(xb)).mean(1),
     )  # fmt: skip
     assert pooled["features"].shape == (10, 8)
+
+
+def test_feature_layers_whose_input_is_one_position_per_row_are_flattened():
+    """Only a Linear at several positions is refused: a Flatten's (B, C, 1, 1) input, a head on
+    (B, 1, d), or a pooling block's (B, C, H, W) input flatten per row as before."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4, 4)
+    flatten = nn.Flatten()
+    model = nn.Sequential(
+        nn.Conv2d(3, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), flatten, nn.Linear(5, C)
+    ).eval()
+    head_input = ft.pool_outputs(model, x, ("features",), progress=False)["features"]
+    via_flatten = ft.pool_outputs(model, x, ("features",), progress=False, feature_layer=flatten)
+    assert torch.equal(via_flatten["features"], head_input)
+    assert head_input.shape == (6, 5)
+    pooled = ft.pool_outputs(model, x, ("features",), progress=False, feature_layer=model[2])
+    assert pooled["features"].shape == (6, 5 * 2 * 2)
+
+    class OnePosition(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, C)
+
+        def forward(self, z):
+            return self.head(z.unsqueeze(1)).squeeze(1)
+
+    out = ft.pool_outputs(OnePosition().eval(), torch.randn(6, 4), ("features",), progress=False)
+    assert out["features"].shape == (6, 4)

@@ -103,10 +103,11 @@ def _captured_features(
             f"a batch of {rows} rows: it runs on part of the batch (a chunked forward, "
             "nn.DataParallel replicas) or batch-second; pass embed_fn= (or model.module)"
         )
-    if x.ndim > 2:
-        # a layer applied per position (tokens, pixels) and pooled after: the last-layer gradient
-        # is (p - e_y) ⊗ (the pooled input), not the flattened positions, so BADGE, EGL and
-        # SparseApprox would read a wrong embedding of another width
+    if isinstance(layer, nn.Linear) and x.ndim > 2 and x[0].numel() != x.shape[-1]:
+        # a linear head applied per position (tokens, pixels) and pooled after: the last-layer
+        # gradient is (p - e_y) ⊗ (the pooled input), not the flattened positions, so BADGE, EGL
+        # and SparseApprox would read a wrong embedding of another width. Other layers' inputs
+        # (a Flatten's, a pooling block's) are flattened per row, as before.
         raise ValueError(
             f"the feature layer {type(layer).__name__} {_module_name(model, layer)!r} saw an input "
             f"of shape {tuple(x.shape)}: it runs per position, not once per row; pass embed_fn= "

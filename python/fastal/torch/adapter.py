@@ -255,9 +255,10 @@ def pool_outputs(
     feature_layer : nn.Module or str, optional
         The layer whose input are the features (a module or a name for ``model.get_submodule``).
         Default: the last ``nn.Linear`` in ``model.modules()`` order. It must see the whole batch
-        (one row per input row; not a chunked forward or ``nn.DataParallel`` replicas), with a
-        ``(B, d)`` input: a layer applied per position (``(B, T, d)``, pooled after) is refused,
-        since its flattened input is not the last-layer gradient's factor. The hook is on during the
+        (one row per input row; not a chunked forward or ``nn.DataParallel`` replicas); its
+        input is flattened to ``(B, d)``, but an ``nn.Linear`` applied at several positions
+        (``(B, T, d)``, pooled after) is refused, since its flattened input is not the last-layer
+        gradient's factor. The hook is on during the
         deterministic (eval) pass only; when that pass needs nothing after the layer (no
         ``"logits"``, ``"probs"`` or ``"outputs"``) it stops there, at the layer's first call;
         otherwise a layer that runs more than once in one forward (test-time augmentation, a reused
