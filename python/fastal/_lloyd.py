@@ -242,9 +242,10 @@ def _relocate_empty(sums, counts, xt, dist2, acc):
 
 
 def _take_far_rows(centres, which, seen, xb, dist2) -> int:
-    """As Lloyd's empty clusters: the j-th centre of the mask ``which`` takes the batch's j-th
-    farthest row from its own centre (ties to the lowest position) and restarts its count; rows
-    at distance 0 are no better than where the centre is. Returns how many centres moved."""
+    """As Lloyd's empty clusters: the j-th centre of the mask ``which`` takes the j-th row of
+    ``xb`` farthest from its own centre (``dist2``; ties to the lowest position) and restarts its
+    count; rows at distance 0 (or marked -1) are no better than where the centre is. Returns how
+    many centres moved."""
     import torch
 
     dead = torch.nonzero(which).flatten()
@@ -263,7 +264,7 @@ def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", ro
     """Sculley (2010) mini-batch k-means; returns (centres, epochs run, converged).
 
     Every epoch draws a permutation of the rows and walks it in batches. A centre that no row
-    reached in a whole epoch then takes one of the last batch's farthest rows
+    reached in a whole epoch then takes one of the rows farthest from their centres
     (:func:`_take_far_rows`, as an empty cluster does in Lloyd's steps). It stops early when an
     epoch moves the centres by at most ``tol_abs`` (squared), or when the exponentially weighted
     batch inertia has not improved for ``_NO_IMPROVEMENT`` batches (scikit-learn's rule).
@@ -307,7 +308,12 @@ def _minibatch(xt, centres, info, batch, epochs, tol_abs, rng, bar, name="X", ro
         # would stay put for the whole fit: it starts afresh, and its move keeps the epoch from
         # counting as converged. Not after each batch: with k near the batch size most centres
         # get no row from one batch, and would lose their seeding.
-        moved = _take_far_rows(centres, reached == 0, seen, xb, dist2)
+        moved = 0
+        if bool((reached == 0).any()):  # rare: one more assignment pass over the epoch's rows
+            _, far = _assign(xt, centres, info, step=step)
+            if rows is not None:  # rows left out are never taken
+                far = torch.full_like(far, -1).index_copy_(0, rows, far[rows])
+            moved = _take_far_rows(centres, reached == 0, seen, xt, far)
         bar.update()
         if moved:
             stale = 0

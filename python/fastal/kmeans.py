@@ -207,8 +207,8 @@ def kmeans(
         Batch size of mini-batch k-means (Sculley 2010): each epoch walks a random permutation of
         the rows in batches; each batch is assigned and moves every centre to the running mean of
         the rows it has seen, ``c <- (v c + sum of its batch rows) / (v + m)``; after an epoch
-        in which no row reached a centre, it takes one of the last batch's farthest rows (as
-        Lloyd's empty clusters do) and starts its count afresh (a centre reached in the last
+        in which no row reached a centre, it takes one of the rows farthest from their centres
+        (as Lloyd's empty clusters do) and starts its count afresh (a centre reached in the last
         epoch may still end with no row in the final labels). Stops early like scikit-learn's
         ``MiniBatchKMeans``: 10 batches without a better smoothed batch inertia.
         Not the faster choice on the CPU, large pools included: an epoch computes every row's
