@@ -865,6 +865,10 @@ def test_ally_with_one_initial_label_is_refused_before_training():
                  train_fn=rec, seed=0)  # fmt: skip
     assert rec.sizes == []
     assert Random.min_labeled == 0
+    # no round selects: nothing to refuse (round 0 trains and evaluates only)
+    done = loop.run(POOL, TEST, model_fn=model_fn, strategy="ally", initial=1, budget=3,
+                    rounds=0, train_fn=rec, seed=0)  # fmt: skip
+    assert done.labeled.size == 1
 
 
 def test_fit_names_a_bad_device():

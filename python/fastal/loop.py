@@ -554,7 +554,7 @@ def run(
         labeled = _initial(initial, data.n, seed)
         added, rows = np.zeros(labeled.size, np.int64), []
         least = getattr(strategy, "min_labeled", 0)
-        if labeled.size < least:  # found only after round 0's training otherwise
+        if budgets and labeled.size < least:  # found only after round 0's training otherwise
             raise ValueError(
                 f"initial must give at least {least} labeled rows for {strategy_name}, got "
                 f"{labeled.size}"
