@@ -252,18 +252,16 @@ class SparseApprox(Strategy):
         else:
             phi, v, sigma, T = self._factored_problem(pool, idx, b)
             diagnostics["temperature"] = T
-        if not bool(torch.isfinite(sigma).all()):  # the losses' or features' scale overflowed
-            raise ValueError(_overflow_message(pool, alpha, beta))
-        problem = SparseProblem(phi, v, sigma, b, alpha, beta)
         try:
+            problem = SparseProblem(phi, v, sigma, b, alpha, beta)
             if self.solver == "greedy":
                 res = solve_greedy(problem, self.tau, self.progress)
             else:
                 res = solve_iht(problem, self.iters, self.progress, self.prox)
             if self.safeguard:
                 res = safeguard_top_sigma(problem, res)
-        except ValueError as err:  # solve_iht's non-finite score: an overflow upstream
-            if "the IHT score is" not in str(err):
+        except ValueError as err:  # a non-finite σ or IHT score: an overflow upstream
+            if not str(err).startswith(("the IHT score is", "sigma contains NaN or Inf")):
                 raise
             raise ValueError(_overflow_message(pool, alpha, beta)) from None
         if not (np.isfinite(res.objective).all() and np.isfinite(res.weights).all()):
