@@ -791,6 +791,19 @@ def test_16_bit_z_is_read_as_its_float32_copy_cuda(backend, return_all):
         assert_array_equal(to_numpy(g), to_numpy(w))
 
 
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_16_bit_z_with_device_groups_on_the_lowrank_route_cuda(backend):
+    """float16 Z goes to torch as float32; cupy groups must follow it there (the low-rank route
+    reads them as a torch tensor: a cupy array has no .detach())."""
+    from test_gram import make_case
+
+    Z, lab, groups = make_case(40, 6, 3, 2, 3, seed=4)
+    got = gpu(Z, lab, groups, backend, "float16", method="lowrank")
+    want = gpu(Z.astype(np.float16), lab, groups, backend, "float32", method="lowrank")
+    assert backend_of(got) == backend_of(want)
+    assert_array_equal(to_numpy(got), to_numpy(want))
+
+
 def test_a_subnormal_peak_is_refused_cuda():
     Z = np.zeros((10, 3))
     Z[:, 0] = 2.0**-1030

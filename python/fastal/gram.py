@@ -191,6 +191,8 @@ def gram_min_eig(
                     Z, info, lab, grp, rtol, return_all, checked=checked, method=method
                 )
             wide = as_torch(Z, info).float()
+            # device groups follow Z into torch (cupy's would meet torch's info and stream)
+            grp = grp if isinstance(grp, np.ndarray) else as_torch(grp, info)
             out = gram_min_eig_cuda(wide, check_matrix(wide, "Z"), lab, grp, rtol, return_all,
                                     checked=checked, method=method)  # fmt: skip
             return tuple(from_torch(o, info) for o in out) if return_all else from_torch(out, info)
