@@ -804,6 +804,25 @@ def test_16_bit_z_with_device_groups_on_the_lowrank_route_cuda(backend):
     assert_array_equal(to_numpy(got), to_numpy(want))
 
 
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+@pytest.mark.parametrize("return_all", [False, True])
+def test_tiny_rows_beside_ordinary_ones_get_their_own_scale_cuda(backend, return_all):
+    """Groups of rows near 2^-510 beside ordinary rows: computed again on their own rows,
+    rescaled, as on the CPU (one fits float64, one scores 0)."""
+    Z = np.random.default_rng(0).normal(size=(20, 5))
+    Z[1:8] *= 2.0**-510
+    lab, groups = [7], [[1, 2, 3], [4, 5, 6], [8, 9, 10]]
+    got = gpu(Z, lab, groups, backend, return_all=return_all)
+    want = cpu(Z, lab, groups, return_all=return_all)
+    lmax = cpu(Z, lab, groups, return_all=True)[1][:, -1]
+    for g, w in zip(got, want, strict=True) if return_all else [(got, want)]:
+        assert backend_of(g) == backend
+        assert_eigs_close(g, w, lmax)
+    mins = to_numpy(got[0] if return_all else got)
+    assert mins[0] == 0.0
+    assert mins[1] > 0.0
+
+
 def test_a_subnormal_peak_is_refused_cuda():
     Z = np.zeros((10, 3))
     Z[:, 0] = 2.0**-1030

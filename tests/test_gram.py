@@ -538,6 +538,69 @@ def test_subnormal_eigenvalues_are_refused():
         fastal.gram_min_eig(Z * 1e-160, [0], [[1, 2], [3, 4]])
 
 
+@pytest.mark.parametrize("method", ["tridiagonal", "lowrank"])
+@pytest.mark.parametrize("exponent", [-300, -505, -510])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_tiny_rows_beside_ordinary_ones_get_their_own_scale(method, exponent, backend):
+    """Rows of S near 2^exponent while other rows of Z are ordinary: the peak of all of Z called
+    for no rescaling, so their Gram entries were subnormal and the groups scored 0 or lost
+    precision. They are computed again on their own rows, rescaled: exactly 2^(2 exponent) times
+    the scores of the unscaled rows (a power of two), unless that leaves float64's normal range,
+    where the group scores 0. A group of ordinary rows beside them keeps its score."""
+    Z = np.random.default_rng(0).normal(size=(20, 5))
+    lab, groups = [7], [[1, 2, 3], [4, 5, 6], [8, 9, 10]]
+    tiny = Z.copy()
+    tiny[1:8] *= 2.0**exponent  # the labeled row and the first two groups
+    want = fastal.gram_min_eig(Z, lab, groups, method=method)
+    arg = tiny if backend == "numpy" else torch.from_numpy(tiny)
+    got = to_numpy(fastal.gram_min_eig(arg, lab, groups, method=method))
+    scaled = want[:2] * 2.0 ** (2 * exponent)
+    fits = scaled >= np.finfo(np.float64).tiny
+    assert_allclose(got[:2][fits], scaled[fits], rtol=1e-12)
+    assert_array_equal(got[:2][~fits], 0.0)
+    assert exponent != -510 or fits.tolist() == [False, True]  # both branches are exercised
+    assert got[2] == fastal.gram_min_eig(tiny, lab, groups[2:], method=method)[0]
+
+
+@pytest.mark.parametrize("exponent", [-300, -510])
+def test_row_readers_redo_tiny_groups_as_gram_min_eig_does(exponent):
+    """min_eig_of_rows (CRC's path for a Z made group by group) gives gram_min_eig's values bit
+    for bit, tiny groups included."""
+    from fastal.gram import StoredRows, min_eig_of_rows
+    from fastal.ntk import ntk_rows
+
+    h = np.random.default_rng(2).normal(size=(20, 5))
+    h[1:8] *= 2.0**exponent
+    lab, groups = np.array([7]), np.array([[1, 2, 3], [4, 5, 6], [8, 9, 10]])
+    want = fastal.gram_min_eig(h, lab, groups)
+    assert want[0] > 0.0
+    assert_array_equal(min_eig_of_rows(StoredRows(h), lab, groups), want)
+    want_ntk = fastal.gram_min_eig(fastal.ntk_features(h, 3), lab, groups)
+    assert_array_equal(min_eig_of_rows(ntk_rows(h, 3), lab, groups), want_ntk)
+
+
+def test_tiny_groups_that_do_not_fit_together_are_done_one_by_one():
+    """Two tiny groups: one whose eigenvalues (2^-1018) fit float64 and one whose (~2^-1060) do
+    not. Together they fail, so each is computed on its own scale: the first exactly, the second
+    0 (its spectrum too, with return_all)."""
+    Z = np.random.default_rng(1).normal(size=(12, 4))
+    Z[0:3] = 2.0 * np.eye(3, 4) * 2.0**-510
+    Z[3:6] *= 2.0**-530
+    groups = [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    want, want_spec = fastal.gram_min_eig(Z[6:], [], [[0, 1, 2]], return_all=True)
+    for method in ("tridiagonal", "lowrank"):
+        got = fastal.gram_min_eig(Z, [], groups, method=method)
+        assert_allclose(got[0], 2.0**-1018, rtol=1e-14)
+        assert got[1] == 0.0
+    got, spec = fastal.gram_min_eig(Z, [], groups, return_all=True)
+    assert_allclose(got[0], 2.0**-1018, rtol=1e-14)
+    assert got[1] == 0.0
+    assert got[2] == want[0]
+    assert_allclose(spec[0], [2.0**-1018] * 3, rtol=1e-14)
+    assert_array_equal(spec[1], 0.0)
+    assert_array_equal(spec[2], want_spec[0])
+
+
 _SUBNORMAL_GROUPS = r"""
 import numpy as np, fastal
 Z = np.array([[1e-160, 0, 0, 0], [0, 2e-160, 0, 0], [0, 0, 3e-160, 0], [0, 0, 0, 1e-161],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,9 @@ def gram_min_eig(
     rescaling, the peak of the rows of ``labeled`` and ``groups``, the only rows read, sets the
     scale, and each call gets a scaled copy of the rows it reads only: the labeled rows and about
     16M values of group rows, more only where forming the labeled part again in each call would
-    cost more than an eighth of it).
+    cost more than an eighth of it). float64 rows far smaller than the rest of ``Z`` get their
+    own scale: a group scoring below 2^-400 has the peak of its rows (and the labeled ones)
+    taken, and where that is below 2^-240 it is computed again on those rows, rescaled.
     CUDA input runs on its device (see Notes): same definition and threshold rule, results equal
     to the CPU ones to rounding.
 
@@ -114,14 +117,16 @@ def gram_min_eig(
     -------
     lambda_min : (n_groups,) float64, in ``Z``'s framework (numpy, torch or cupy) and on its device
         ``λ⁺_min`` of each group, ``0.0`` when the matrix has no eigenvalue above the threshold
-        (e.g. all rows of ``Z_S`` zero, or its entries all subnormal, below 2^-1022, beside
-        ordinary rows elsewhere in ``Z``: no eigenvalue there has relative precision). float64 even
+        (e.g. all rows of ``Z_S`` zero), or when its eigenvalues are below float64's normal range
+        (rows of ``S`` below about 2^-511) beside ordinary rows elsewhere in ``Z`` (a ``Z`` of
+        such rows alone raises ``ValueError``: they do not fit float64). float64 even
         for float32 ``Z``: the scores of near-singular sets differ by less than float32 resolution,
         and rounding them would create ties in CRC's ranking.
     spectra : (n_groups, min(|S|, D)) float64, only with ``return_all=True``
         Ascending eigenvalues of each group's matrix (the non-zero spectrum of ``K`` plus zeros);
-        rounding-level negative values are clamped to 0. They agree with ``lambda_min`` to
-        rounding (``~eps · λ_max``), being computed by a different method.
+        rounding-level negative values are clamped to 0 (all 0.0 for a group whose eigenvalues
+        do not fit float64, as above). They agree with ``lambda_min`` to rounding
+        (``~eps · λ_max``), being computed by a different method.
 
     Notes
     -----
@@ -180,6 +185,36 @@ def gram_min_eig(
             min(lab.size + G, D) < CUDA_LOWRANK_MIN_ORDER or G > CUDA_LOWRANK_MAX_G
         ):
             method = "tridiagonal"
+    out = _min_eig_dispatch(Z, info, lab, grp, checked, rtol, return_all, method, progress)
+    if info.dtype == "float64":  # only float64 holds rows small enough to need the rescaling
+
+        def take(rows: np.ndarray) -> Any:
+            return Z[_interop.to_framework(rows, info)]
+
+        def on_rows(rows: np.ndarray, sub_lab: np.ndarray, sub_grp: np.ndarray) -> Any:
+            sub = take(rows)
+            sub_info = check_matrix(sub, "Z", dtypes=_DTYPES, cuda_dtypes=_DTYPES)
+            return _min_eig_dispatch(
+                sub, sub_info, sub_lab, sub_grp, True, rtol, return_all, method, False
+            )
+
+        out = _redo_underflowing_groups(out, return_all, lab, grp, info, take, on_rows)
+    return out
+
+
+def _min_eig_dispatch(
+    Z: Any,
+    info: Any,
+    lab: np.ndarray,
+    grp: Any,
+    checked: bool,
+    rtol: float,
+    return_all: bool,
+    method: str,
+    progress: bool,
+) -> Any:
+    """:func:`gram_min_eig` on checked arguments, ``method`` resolved: the CUDA or the host
+    path."""
     low = info.dtype in ("float16", "bfloat16")  # read as float32: the Gram is float64 anyway
     if info.device == "cuda":  # Z stays on its device (finite check and rescaling there too)
         from ._gram_cuda import gram_min_eig_cuda
@@ -202,6 +237,73 @@ def gram_min_eig(
     if return_all:
         return _interop.wrap_host(mins, info), _interop.wrap_host(spectra, info)
     return _interop.wrap_host(mins, info)
+
+
+# A group whose λ⁺_min is below this may have rows small enough that the rescaling was due (rows
+# below 2^-240 give λ_max below about 2^-400), where the peak of all of Z, ordinary elsewhere,
+# did not call for it
+_SUSPECT_LAMBDA = 2.0**-400
+
+
+def _redo_underflowing_groups(
+    out: Any,
+    return_all: bool,
+    lab: np.ndarray,
+    grp: Any,
+    like: Any,
+    take: Callable[[np.ndarray], Any],
+    on_rows: Callable[[np.ndarray, np.ndarray, np.ndarray], Any],
+) -> Any:
+    """Groups whose rows read (their own and the labeled ones) peak below ``_SMALL``, computed
+    again on those rows alone, whose peak then sets the rescaling.
+
+    The rescaling is decided from the peak of all of ``Z``: rows near 1e-155 beside ordinary rows
+    elsewhere were read unscaled, their Gram entries subnormal, and scored 0 or lost precision
+    silently. Only groups scoring below ``_SUSPECT_LAMBDA`` (usually none) have their rows read
+    again. A group whose eigenvalues do not fit float64 even so scores 0.0 (its spectrum too),
+    as :func:`gram_min_eig` says; a ``Z`` made of such rows alone is refused before this.
+
+    ``out``: the results (``(mins, spectra)`` with ``return_all``) in ``like``'s framework and
+    device, updated in place; ``take(rows)``: those rows of ``Z`` (any framework);
+    ``on_rows(rows, lab, grp)``: the results on ``Z[rows]``, ``lab`` and ``grp`` indexing it.
+    """
+    mins = out[0] if return_all else out
+    suspect = np.flatnonzero(_interop.host_numpy(mins) < _SUSPECT_LAMBDA)
+    if suspect.size == 0:
+        return out
+    grp_host = grp if isinstance(grp, np.ndarray) else _interop.host_numpy(grp)
+    rows = np.unique(np.concatenate([lab, grp_host[suspect].reshape(-1)]))
+    row_peak = np.abs(_interop.host_numpy(take(rows))).max(1, initial=0.0)
+    lab_peak = row_peak[np.searchsorted(rows, lab)].max() if lab.size else 0.0
+    peak = np.maximum(row_peak[np.searchsorted(rows, grp_host[suspect])].max(axis=1), lab_peak)
+    tiny = suspect[(peak > 0.0) & (peak < _SMALL)]
+    if tiny.size == 0:
+        return out
+
+    def redo(groups: np.ndarray) -> Any:
+        sub_rows = np.unique(np.concatenate([lab, groups.reshape(-1)]))
+        return on_rows(sub_rows, np.searchsorted(sub_rows, lab), np.searchsorted(sub_rows, groups))
+
+    try:  # all of them in one call: usually they fit one scale
+        redone = [(tiny, redo(grp_host[tiny]))]
+    except _DoesNotFit:  # one at a time; one that still does not fit scores 0
+        redone = []
+        for g in tiny:
+            try:
+                redone.append((g, redo(grp_host[g : g + 1])))
+            except _DoesNotFit:
+                zeros = tuple(
+                    _interop.to_framework(np.zeros((1, *o.shape[1:])), like)
+                    for o in (out if return_all else (out,))
+                )
+                redone.append((g, zeros if return_all else zeros[0]))
+    for at, res in redone:
+        at = _interop.to_framework(np.atleast_1d(at), like)
+        if return_all:
+            out[0][at], out[1][at] = res[0], res[1]
+        else:
+            out[at] = res
+    return out
 
 
 def _widening_rows(Z: Any, info: Any) -> Any:
@@ -276,7 +378,16 @@ def min_eig_of_rows(
     G = groups.shape[1]
     rtol, _ = _check_options(rtol, False, "auto", labeled.size + G, D)
     method = _cheaper_method(labeled.size, G, D, groups.shape[0], False)
-    return _host_min_eig(rows, labeled, groups, rtol, False, method, progress)[0]
+    mins = _host_min_eig(rows, labeled, groups, rtol, False, method, progress)[0]
+    if rows.dtype == "float64":  # as gram_min_eig does, for the same values
+
+        def on_rows(sub: np.ndarray, sub_lab: np.ndarray, sub_grp: np.ndarray) -> np.ndarray:
+            taken = StoredRows(np.ascontiguousarray(rows.take(sub)))
+            return _host_min_eig(taken, sub_lab, sub_grp, rtol, False, method)[0]
+
+        like = _interop.describe(mins, "lambda_min")
+        mins = _redo_underflowing_groups(mins, False, labeled, groups, like, rows.take, on_rows)
+    return mins
 
 
 class StoredRows:
@@ -493,8 +604,12 @@ def _rescale_factor(peak: float) -> float:
     return float(2.0**exponent)
 
 
+class _DoesNotFit(ValueError):
+    """The eigenvalues of the rows read are past float64's normal range, scaled or not."""
+
+
 def _does_not_fit(peak: float) -> ValueError:
-    return ValueError(
+    return _DoesNotFit(
         f"the eigenvalues of Z Zᵀ do not fit float64: |Z| reaches {peak:.3g} and they scale "
         "as its square; rescale Z (λ⁺_min scales by the square of the factor)"
     )
