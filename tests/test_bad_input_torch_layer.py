@@ -626,11 +626,13 @@ def test_features_alone_do_not_fail_on_what_runs_after_the_layer():
 def test_features_alone_from_a_layer_run_twice_are_its_first_call_on_every_batch():
     """The first batch's pass runs through the model (to watch the head), the others stop at the
     layer: the features are the input of its first call either way, and no 'ran more than once'.
-    The second call is the head, which the features are not the input of: that is warned about."""
+    The second call is the head, which the features are not the input of: the warning says the
+    layer runs more than once (it said 'followed by a product', which read as another head)."""
     model = SharedHead()
-    with pytest.warns(UserWarning, match="it may not be the head"):
+    with pytest.warns(UserWarning, match="runs more than once in a forward pass") as record:
         out = pool_pass(model=model, needs=("features",), batch_size=4)
     assert torch.equal(out["features"], x32())  # proj's first input: the raw rows
+    assert len(record) == 1  # one warning, the first batch's
     assert torch._C._len_torch_function_stack() == 0
 
 

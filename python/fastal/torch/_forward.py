@@ -37,10 +37,12 @@ class _FeatureHook:
         self.stop = stop
         self.through = False
         self.captured: list[torch.Tensor] = []
+        self.repeated = False  # the layer ran again in a pass running through (told by a warning)
 
     def record(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self.captured:
             if self.stop:  # running through: a stopped pass would not have seen this call
+                self.repeated = True
                 return
             raise RuntimeError(
                 "the feature layer ran more than once in one forward pass; pass feature_layer= "
@@ -69,6 +71,7 @@ class _FeatureHook:
     def on(self, through: bool = False) -> Iterator[None]:
         self.captured.clear()
         self.through = through
+        self.repeated = False
         handle = self.layer.register_forward_pre_hook(self.record, with_kwargs=True)
         try:
             yield
@@ -273,7 +276,14 @@ def _eval_pass(
                 z, watch = None, False
     if hook is not None:  # before the head warning: a layer that never ran is an error
         result["features"] = hook.features(rows, model)
-    if watch:
+    if watch and hook.repeated:
+        warn_user(
+            f"the default feature layer, the last nn.Linear registered "
+            f"({_module_name(model, layer)!r}), runs more than once in a forward pass (a shared "
+            "layer, test-time augmentation): the features are the input of its first call; pass "
+            "feature_layer= or embed_fn= to choose them",
+        )
+    elif watch:
         _warn_if_not_the_head(model, layer, calls)
     if head:
         z = _check_output(z, task, rows)

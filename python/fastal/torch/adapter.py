@@ -264,11 +264,11 @@ def pool_outputs(
         otherwise a layer that runs more than once in one forward (test-time augmentation, a reused
         layer) is refused. A default layer that is not the last ``nn.Linear`` the forward pass runs
         (a head registered before the body), or that is followed by a linear product outside an
-        ``nn.Linear`` (a head that is ``F.linear`` on a tied weight, a cosine head), draws a
-        warning: the first batch's pass runs the whole model to see that, even when only the
-        features are asked (an error after the layer there is then not raised, and nothing is
-        judged). The Monte-Carlo passes run the whole model without the hook, so any combination of
-        ``needs`` works.
+        ``nn.Linear`` (a head that is ``F.linear`` on a tied weight, a cosine head), or that
+        runs again after that first call, draws a warning: the first batch's pass runs the
+        whole model to see that, even when only the features are asked (an error after the
+        layer there is then not raised, and nothing is judged). The Monte-Carlo passes run the
+        whole model without the hook, so any combination of ``needs`` works.
     batch_fn : callable, optional
         Turns one batch of ``data`` into the model's input: a Dataset's or DataLoader's batch as
         it is collated, a tensor's or array's slice of ``batch_size`` rows as a tensor (already
