@@ -312,6 +312,71 @@ def test_labels_stored_with_shape_1_are_one_label_per_row():
         loop.run(POOL, RowDataset(TEST[0], np.repeat(TEST[1][:, None], 2, 1), (2,)), **kwargs)
 
 
+class ItemDataset(torch.utils.data.Dataset):
+    """Rows made by ``item(x, y)``: a dict, a triple, a class name as the label, ..."""
+
+    def __init__(self, X, y, item):
+        self.X, self.y, self.item = X, y, item
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.item(torch.as_tensor(self.X[i]), int(self.y[i]))
+
+
+@pytest.mark.parametrize(
+    ("item", "error", "message"),
+    [
+        (lambda x, y: {"x": x, "y": y}, TypeError, r"must give \(x, y\) pairs, row 0 is a dict"),
+        (lambda x, y: (x, y, 0), TypeError, "row 0 is a tuple of 3"),
+        (lambda x, y: (x, "abc"[y]), TypeError, "must give numeric labels, got str"),
+    ],
+)  # fmt: skip
+def test_dataset_rows_that_are_not_x_y_pairs_are_named(item, error, message):
+    """A dict row was a bare 'KeyError: 1', a class name torch's 'can't convert' (a user audit)."""
+    kwargs = dict(model_fn=model_fn, strategy="random", initial=10, budget=10, rounds=1, seed=0,
+                  train_fn=train)  # fmt: skip
+    with pytest.raises(error, match=message):
+        loop.run(ItemDataset(*POOL, item), TEST, **kwargs)
+
+
+def test_class_names_as_labels_are_refused_by_name():
+    kwargs = dict(model_fn=model_fn, strategy="random", initial=10, budget=10, rounds=1, seed=0)
+    names = np.array(["a", "b", "c"])[TEST[1]]
+    with pytest.raises(TypeError, match=r"test\[1\] must hold numbers, got dtype <U1 \(class"):
+        loop.run(POOL, (TEST[0], names), **kwargs)
+
+
+def test_variable_length_rows_with_the_default_training_say_what_to_pass():
+    """The default fit stacks the labeled rows: rows of several lengths were torch's 'stack
+    expects each tensor to be equal size' from inside fit (a user audit)."""
+    rng = np.random.default_rng(0)
+    seqs = [torch.from_numpy(rng.integers(1, 9, size=int(rng.integers(2, 6)))) for _ in range(60)]
+    labels = rng.integers(0, 2, 60)
+
+    class Seqs(torch.utils.data.Dataset):
+        def __init__(self, lo, hi):
+            self.lo, self.hi = lo, hi
+
+        def __len__(self):
+            return self.hi - self.lo
+
+        def __getitem__(self, i):
+            return seqs[self.lo + i], int(labels[self.lo + i])
+
+    def collate(rows):
+        xs, ys = zip(*rows, strict=True)
+        return nn.utils.rnn.pad_sequence(list(xs), batch_first=True), torch.tensor(ys)
+
+    def bag():
+        return nn.Sequential(nn.EmbeddingBag(9, 4), nn.Linear(4, 2))
+
+    with pytest.raises(ValueError, match=r"the labeled rows differ in shape.*pass train_fn="):
+        loop.run(Seqs(0, 40), Seqs(40, 60), model_fn=bag, strategy="random", initial=10,
+                 budget=5, rounds=1, seed=0, collate_fn=collate)  # fmt: skip
+
+
 def test_regression_targets_of_shape_n_1_match_scalar_outputs():
     """y (n, 1) against a model returning (n,): fit trained on an n x n broadcast MSE and the
     test MSE was far too large. Now (n,) and (n, 1) on either side agree; other shapes raise."""

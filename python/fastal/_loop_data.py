@@ -105,7 +105,8 @@ class _Data:
 
         if self.dataset is None:
             return self.y[torch.from_numpy(idx)]
-        ys = [torch.as_tensor(self.dataset[int(i)][1]) for i in idx]
+        ys = [_label_tensor(_row_pair(self.dataset, int(i), self.label_name)[1], self.label_name)
+              for i in idx]  # fmt: skip
         if self.task == "classification":
             ys = [_one_label(y, self.label_name) for y in ys]
         y = torch.stack(ys) if ys else torch.empty(0, dtype=torch.int64)
@@ -140,8 +141,8 @@ class _CheckedLabels:
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         import torch
 
-        x, y = self.dataset[i]
-        y = torch.as_tensor(y)
+        x, y = _row_pair(self.dataset, i, self.name)
+        y = _label_tensor(y, self.name)
         if self.task == "classification":
             return x, _class_labels(_one_label(y, self.name), self.name)
         if y.is_floating_point() and not bool(torch.isfinite(y).all()):
@@ -249,6 +250,11 @@ def _as_tensor(a: Any, name: str, *, floating: bool) -> Any:
     if isinstance(a, torch.Tensor):
         t = a.detach()
     elif isinstance(a, np.ndarray):
+        if a.dtype.kind not in "biuf":  # strings, objects, complex: torch's error named nothing
+            raise TypeError(
+                f"{name} must hold numbers, got dtype {a.dtype}"
+                + (" (class names: map them to indices 0..C-1)" if a.dtype.kind in "USO" else "")
+            )
         arr = np.ascontiguousarray(a)
         t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     else:
@@ -259,6 +265,30 @@ def _as_tensor(a: Any, name: str, *, floating: bool) -> Any:
     if t.ndim == 0:
         raise ValueError(f"{name} must have a row dimension")
     return t
+
+
+def _row_pair(dataset: Any, i: int, name: str) -> tuple[Any, Any]:
+    """Row ``i`` of a Dataset, which must be an ``(x, y)`` pair (a dict row was ``KeyError: 1``)."""
+    item = dataset[i]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        kind = type(item).__name__ + (f" of {len(item)}" if isinstance(item, (tuple, list)) else "")
+        raise TypeError(
+            f"{name} must give (x, y) pairs, row {i} is a {kind}; wrap the Dataset so that it "
+            "returns (input, label)"
+        )
+    return item[0], item[1]
+
+
+def _label_tensor(y: Any, name: str) -> Any:
+    """One row's label as a tensor; a string (a class name) is refused naming ``name``."""
+    import torch
+
+    try:
+        return torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"{name} must give numeric labels, got {type(y).__name__} {str(y)[:40]!r}"
+        ) from None
 
 
 def _one_label(y: Any, name: str) -> Any:
@@ -342,7 +372,16 @@ def _tensors(dataset: Any) -> tuple[Any, Any]:
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         return dataset.tensors
     xs, ys = [], []
-    for x, y in DataLoader(dataset, batch_size=256, shuffle=False):
-        xs.append(x)
-        ys.append(torch.as_tensor(y))
-    return torch.cat(xs), torch.cat(ys)
+    try:
+        for x, y in DataLoader(dataset, batch_size=256, shuffle=False):
+            xs.append(x)
+            ys.append(torch.as_tensor(y))
+        return torch.cat(xs), torch.cat(ys)
+    except RuntimeError as err:
+        if "equal size" not in str(err) and "Sizes of tensors must match" not in str(err):
+            raise
+        raise ValueError(
+            "the labeled rows differ in shape (variable-length inputs?): the default training "
+            "stacks them into one tensor; pass train_fn= that batches them (e.g. with the "
+            f"collate_fn given to loop.run). torch said: {err}"
+        ) from None
