@@ -309,6 +309,33 @@ def test_the_line_search_neither_underflows_nor_overflows(solver, c):
     assert_allclose(got_f, want.diagnostics["objective"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("solver", ["iht", "greedy"])
+@pytest.mark.parametrize("exponent", [-50, -40, 30, 63])
+def test_float32_features_far_from_1_take_float64_products(solver, exponent):
+    """Φ's products run in float32 for float32 features and reach their cube: features near 2^-50
+    gave weights off by 0.8 and objectives off by 1 %, near 2^62 other picks, silently (a scale
+    audit). Outside the safe range the products run in float64: with β scaled by s² (and α = 0
+    for IHT, whose top-b step does not scale otherwise) the picks are those at scale 1 (the
+    float32 run's, which equal the float64 run's here) and the objective s² times theirs."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 4)).astype(np.float32)
+    H = rng.normal(size=(200, 16)).astype(np.float32)
+    s = 2.0**exponent
+    alpha = 1e-2 if solver == "greedy" else 0.0
+    kw = {"solver": solver, "alpha": alpha, "temperature": 2.0, "safeguard": False}
+    want = SparseApprox(beta=0.1, **kw).select({"logits": logits, "features": H}, 8, [0, 1])
+    want64 = SparseApprox(beta=0.1, **kw).select(
+        {"logits": logits.astype(np.float64), "features": H.astype(np.float64)}, 8, [0, 1]
+    )
+    assert_array_equal(want.indices, want64.indices)  # the premise: no near tie between dtypes
+    got = SparseApprox(beta=0.1 * s * s, **kw).select(
+        {"logits": logits, "features": H * np.float32(s)}, 8, [0, 1]
+    )
+    assert_array_equal(got.indices, want.indices)
+    got_f = np.asarray(got.diagnostics["objective"]) / s / s
+    assert_allclose(got_f, want64.diagnostics["objective"], rtol=1e-9)
+
+
 @pytest.mark.parametrize("c", [1e-110, 1e-150])
 def test_the_line_search_recomputes_a_phi_u_that_underflowed(c):
     """Below features of ~1e-103 Φu (∝ c³, u ∝ c²) is exactly 0 in float64 although u is not:

@@ -115,7 +115,9 @@ class SparseApprox(Strategy):
     indices (see :mod:`fastal.sparse` for how a weight clamped to 0 is handled). On the CPU the
     non-Bayesian form reads ``"features"`` in place, float32, float16 or bfloat16 alike (widened
     as read, the bias column implicit): beyond the inputs it holds O(n·C) values, never a copy of
-    the features, labeled rows or not. The Bayesian
+    the features, labeled rows or not; except where the largest feature-row norm is outside
+    [2^-24, 2^24]: ``Φ``'s float32 products (up to the cube of that scale) would leave float32's
+    range, so they run in float64 on a float64 copy of the features. The Bayesian
     ``Φ`` follows eq. 19 (centred losses without the ``1/√m`` of eq. 13), which sets the balance
     of α and β against the ridge (see :mod:`fastal.sparse`). CUDA pools run the same float64
     solver, except that IHT's top-b step reads ``s`` and ``σ`` rounded to float32 (the CUDA
@@ -320,6 +322,14 @@ class SparseApprox(Strategy):
         h = as_torch(pool["features"], finfo)  # used in place (never written): see FactoredPhi
         hrows = idx if idx.numel() < zinfo.shape[0] else None
         h_norms = _row_norms_if_finite(h, hrows, acc)
+        if acc == torch.float32 and h_norms is not None and h_norms.numel():
+            # Φ's products run in A's dtype; with float32 they reach |h|³ (the line search's
+            # Φ Φᵀ r) and left float32's range silently (features near 2^-45 or 2^60): such
+            # pools take float64 products instead, on a float64 copy of the features
+            top = float(h_norms.max())
+            if top > 0.0 and not _F32_SAFE_NORM[0] <= top <= _F32_SAFE_NORM[1]:
+                acc, h = torch.float64, h.to(torch.float64)
+                h_norms = h_norms.to(torch.float64)
         n_u, C = idx.numel(), zinfo.shape[1]
         chunks = _row_chunks(n_u, C)
         # z is gathered (in its own dtype) and cast one chunk at a time; the checks are reduced over
@@ -450,6 +460,10 @@ def _refuse_underflow(sigma: Any, h_norms: Any, dist: Any, n_u: int, key: str) -
         "distance between weights, which does not scale)"
     )
 
+
+#: the range of the largest feature-row norm in which Φ's float32 products (up to its cube, times
+#: sums over rows and classes) keep float32's precision; outside it they run in float64
+_F32_SAFE_NORM = (2.0**-24, 2.0**24)
 
 #: the smallest largest σ whose square keeps float64's 53 bits above the subnormal range
 _SMALLEST_SIGMA = math.sqrt(np.finfo(np.float64).tiny / np.finfo(np.float64).eps)
