@@ -1,8 +1,10 @@
-"""Rows that differ by less than the square root of the smallest normal number (2^-60 in float32,
-2^-500 in float64) have squared distances that round to 0: every distance would be 0 and the
+"""Rows that differ by less than the square root of the smallest normal number (2^-63 in float32,
+2^-511 in float64) have squared distances that round to 0: every distance would be 0 and the
 picks arbitrary (k-center took rows 1, 2 of [0, 1, 2, 10] x 1e-25 where float64 takes 3, 2).
-The pools' finiteness scan measures their spread max |x_ij - x_0j| in the same pass and such pools
-are refused with a ValueError, as overflowing ones are; pools whose distances fit are not.
+The pools' finiteness scan measures their spread S = max |x_ij - x_0j| in the same pass, and a
+pool is refused with a ValueError, as overflowing ones are, when distances at the accumulation
+dtype's resolution of S (S·2^-24 float32, S·2^-53 float64) would have subnormal squares:
+S < 2^-39 in float32, 2^-458 in float64. Pools whose distances fit are not.
 """
 
 from __future__ import annotations
@@ -41,6 +43,39 @@ def test_float64_has_the_range_and_gives_the_reference_picks():
     np.testing.assert_array_equal(index, [0, 0, 0, 1])
     with pytest.raises(ValueError, match=r"underflow float64; scale X up$"):
         fastal.kcenter_greedy(TINY * 1e-160, 2, labeled=[0])
+
+
+def _cluster_and_a_far_row(scale: float, dtype) -> np.ndarray:
+    """Rows 1 and 2 at 2^-21 and 2^-20 from row 0, row 3 at 1: all times ``scale``."""
+    P = np.zeros((4, 8))
+    P[1, 0], P[2, 0], P[3, 0] = 2.0**-21, 2.0**-20, 1.0
+    return (P * scale).astype(dtype)
+
+
+@pytest.mark.parametrize(("dtype", "exponent"), [("float32", -55), ("float64", -495)])
+def test_a_close_cluster_in_a_tiny_pool_is_refused(dtype, exponent):
+    """The spread (the far row) passed the old bound, 2^-60 / 2^-500, while the cluster's squared
+    distances underflowed: k-center read it as one point (picks [0, 1], radius 0, for [0, 2])
+    and min_distance reported 0 between distinct rows (a scale audit)."""
+    P = _cluster_and_a_far_row(2.0**exponent, dtype)
+    with pytest.raises(ValueError, match=r"differ by at most .* underflow"):
+        fastal.kcenter_greedy(P, 2, labeled=[3])
+    with pytest.raises(ValueError, match=r"differ by at most .* underflow"):
+        fastal.min_distance(P[[2]], P[[0, 3]])
+
+
+@pytest.mark.parametrize(("dtype", "exponent"), [("float32", -38), ("float64", -457)])
+def test_pools_just_inside_the_bound_keep_their_picks_and_distances(dtype, exponent):
+    s = 2.0**exponent
+    want, want_r = fastal.kcenter_greedy(_cluster_and_a_far_row(1.0, dtype), 2, labeled=[3],
+                                         return_radius=True)  # fmt: skip
+    got, got_r = fastal.kcenter_greedy(_cluster_and_a_far_row(s, dtype), 2, labeled=[3],
+                                       return_radius=True)  # fmt: skip
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(np.asarray(got_r, np.float64) / s, want_r, rtol=1e-6)
+    dist, _ = fastal.min_distance(_cluster_and_a_far_row(s, dtype)[[2]],
+                                  _cluster_and_a_far_row(s, dtype)[[0, 3]])  # fmt: skip
+    np.testing.assert_allclose(np.asarray(dist, np.float64) / s, [2.0**-20], rtol=1e-6)
 
 
 def test_close_rows_far_from_the_set_are_fine():

@@ -25,22 +25,27 @@ def _check_finite_cpu(arr: np.ndarray, info: ArrayInfo, name: str) -> float:
     return spread
 
 
-#: log2 of the least spread of a pool (largest |x_ij - x_0j|) whose squared distances stay above
-#: the accumulation dtype's smallest normal number (2^-126 float32, 2^-1022 float64), with room
-_MIN_SPREAD_LOG2 = {"float32": -60, "float64": -500}
+#: log2 of the least spread S of a pool (largest |x_ij - x_0j|) whose distances down to the
+#: accumulation dtype's resolution of it (S·2^-24 float32, S·2^-53 float64) have squares above
+#: its smallest normal number (2^-126, 2^-1022): (S·2^-24)² >= 2^-126 for S >= 2^-39. Closer rows
+#: of an accepted pool differ by less than that resolution of its scale and may read 0 apart.
+#: (2^-60 and 2^-500 kept only the largest squares normal: a cluster 2^-20 wide in a pool of
+#: spread 2^-55 read as one point, its radius 0, silently.)
+_MIN_SPREAD_LOG2 = {"float32": -39, "float64": -458}
 
 
 def check_spread(spread: float, dtype: str, name: str, *, cuda: bool = False) -> None:
-    """Refuse rows that differ, but by so little that their squared distances underflow to 0:
-    every distance would be 0 and the picks arbitrary (float32 rows at 1e-25). ``cuda``: the
-    pool is on a GPU, where float64 is not taken (the hint says to move it)."""
+    """Refuse rows that differ, but by so little that their squared distances underflow: every
+    distance 0 and the picks arbitrary (float32 rows at 1e-25), or close rows read as one (a
+    cluster 2^-20 wide in float32 rows at 2^-55). ``cuda``: the pool is on a GPU, where float64
+    is not taken (the hint says to move it)."""
     acc = ACC[dtype]
     if 0.0 < spread < 2.0 ** _MIN_SPREAD_LOG2[acc]:
         hint = "" if acc == "float64" else " or pass float64"
         hint += " on the CPU" if hint and cuda else ""
         raise ValueError(
-            f"the rows of {name} differ by at most {spread:.3g}: their squared distances "
-            f"underflow {acc}; scale {name} up{hint}"
+            f"the rows of {name} differ by at most {spread:.3g}: squared distances at that scale "
+            f"(at {acc}'s resolution of it) underflow {acc}; scale {name} up{hint}"
         )
 
 
