@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import fastal
-from fastal.strategies import BADGE
+from fastal.strategies import BADGE, CoreSetGradients
 
 TINY = np.array([[0.0], [1.0], [2.0], [10.0]]) * 1e-25
 
@@ -142,7 +142,8 @@ def test_an_all_zero_embedding_is_fine():
 def test_badge_names_its_features_when_their_gradients_underflow():
     probs = _RNG.dirichlet(np.ones(3), 30).astype(np.float32)
     features = (_H * 1e-25).astype(np.float32)
-    with pytest.raises(ValueError, match=r"underflow float32"):
-        BADGE().select({"probs": probs, "features": features}, 4, seed=0)
+    for strategy in (BADGE(), CoreSetGradients()):  # CoreSetGradients said "scale X up"
+        with pytest.raises(ValueError, match=r"underflow float32; scale features up"):
+            strategy.select({"probs": probs, "features": features}, 4, seed=0)
     picks = BADGE().select({"probs": probs, "features": _H.astype(np.float32)}, 4, seed=0)
     assert len(set(picks.indices.tolist())) == 4

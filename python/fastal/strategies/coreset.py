@@ -87,6 +87,8 @@ class CoreSet(Strategy):
         name = "X"
         if isinstance(pool, GradientEmbedding) or self.embedding == "gradients":
             X = gradient_pool(pool, bias=self.bias)  # refuses bias=True for a built embedding
+            # as BADGE names them: the features, whose scale the user can change
+            name = "pool" if isinstance(pool, GradientEmbedding) else "features"
         else:
             X, name = pool_field(pool, "features"), "features"
         res = ops._kcenter(X, budget, labeled, seed, self.prune, self.progress, name)
