@@ -92,7 +92,7 @@ def _thread_count_of_a_new_thread() -> int:
     return out[0]
 
 
-def test_one_thread_blocks_in_worker_threads_leave_the_default_alone():
+def test_one_thread_blocks_in_worker_threads_leave_the_default_alone(limit):
     """Overlapping blocks in two threads used to save each other's lowered count and leave torch's
     process-wide default at one thread."""
     default = _thread_count_of_a_new_thread()
@@ -132,7 +132,7 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def test_the_main_threads_count_is_restored_after_the_block_and_after_an_error(two_threads):
+def test_the_main_threads_count_is_restored_after_the_block_and_after_an_error(two_threads, limit):
     with _threads.one_thread_if_small(torch.device("cpu")):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
@@ -145,19 +145,61 @@ def test_the_main_threads_count_is_restored_after_the_block_and_after_an_error(t
         assert torch.get_num_threads() == 2
 
 
-def test_worker_threads_run_unchanged_and_leave_the_default(two_threads):
+@pytest.fixture(params=["thread-local", "global"])
+def limit(request, monkeypatch):
+    """Both ways of lowering the count: the calling thread's own (where torch links GNU OpenMP
+    and MKL), and torch.set_num_threads in the main thread only (elsewhere)."""
+    if request.param == "global":
+        monkeypatch.setattr(_threads, "_thread_local_limits", lambda: None)
+    elif _threads._thread_local_limits() is None:
+        pytest.skip("torch does not link GNU OpenMP and MKL here")
+    return request.param
+
+
+def test_worker_threads_lower_their_own_count_or_none_and_leave_the_default(two_threads, limit):
     assert _thread_count_of_a_new_thread() == 2
     seen = []
 
     def work():
         with _threads.one_thread_if_small(torch.device("cpu")):
             seen.append(torch.get_num_threads())
+        seen.append(torch.get_num_threads())
 
     t = threading.Thread(target=work)
     t.start()
     t.join()
-    assert seen == [2]  # only the main thread lowers it
+    assert seen == ([1, 2] if limit == "thread-local" else [2, 2])  # global: the main thread only
     assert _thread_count_of_a_new_thread() == 2
+
+
+def test_a_thread_that_starts_inside_a_block_takes_the_default(two_threads, limit):
+    """torch.set_num_threads(1) in the main thread also lowers the default a thread takes at its
+    first torch operation: a thread starting inside ALLY's dual-head training kept one torch
+    thread for good (a concurrency audit). The thread-local limit leaves the default alone."""
+    with _threads.one_thread_if_small(torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+        inside = _thread_count_of_a_new_thread()
+    assert inside == (2 if limit == "thread-local" else 1)
+
+
+def test_ally_picks_in_a_worker_thread_are_the_main_threads():
+    """With the thread-local limit the dual head trains on one thread in every thread: the picks
+    and the head's loss are the main thread's bit for bit."""
+    if _threads._thread_local_limits() is None:
+        pytest.skip("torch does not link GNU OpenMP and MKL here")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 32)) * 3
+    X = (centres[rng.integers(8, size=3000)] + rng.normal(size=(3000, 32))).astype(np.float32)
+    lab = np.arange(0, 90, 3)
+    pool = {"features": X, "duals": rng.random(lab.size).astype(np.float32)}
+
+    def run():
+        s = ALLY(head_steps=300).select(pool, 20, lab, seed=0)
+        return s.indices.tolist(), s.diagnostics["head_train_mse"]
+
+    main = run()
+    with ThreadPoolExecutor(1) as ex:
+        assert ex.submit(run).result() == main
 
 
 def test_overlapping_kmeans_blas_limits_restore_the_original():
@@ -304,3 +346,17 @@ def test_kmeans_blas_limit_is_restored_by_a_thread_other_than_its_setter():
     t.start()
     t.join()
     assert _blas_threads() == original
+
+
+def test_the_thread_limit_switch_is_checked(monkeypatch):
+    monkeypatch.setenv("FASTAL_THREAD_LIMIT", "sometimes")
+    _threads._thread_local_limits.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="FASTAL_THREAD_LIMIT must be"):
+            _threads._thread_local_limits()
+        monkeypatch.setenv("FASTAL_THREAD_LIMIT", "global")
+        _threads._thread_local_limits.cache_clear()
+        assert _threads._thread_local_limits() is None
+    finally:
+        monkeypatch.delenv("FASTAL_THREAD_LIMIT")
+        _threads._thread_local_limits.cache_clear()
