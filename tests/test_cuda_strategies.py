@@ -371,6 +371,26 @@ def test_flipped_cupy_pool_is_copied_not_aborted():
     assert_array_equal(to_numpy(got), strategies.Entropy().select({"probs": p[::-1]}, 5).indices)
 
 
+@pytest.mark.parametrize("backend", ["torch-cuda", "cupy"])
+@pytest.mark.parametrize("exponent", [-50, 40])
+def test_sparse_approx_float32_features_far_from_1_equal_the_cpus(backend, exponent):
+    """Outside [2^-24, 2^24] Φ's products run in float64 on a device copy of the features, as on
+    the CPU: greedy's picks equal the CPU's, the objective to float64 rounding."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 4))
+    feats = rng.normal(size=(200, 16)) * 2.0**exponent
+    kw = {"solver": "greedy", "temperature": 2.0, "beta": 0.1 * 4.0**exponent}
+    want = strategies.SparseApprox(**kw).select(
+        {"logits": logits.astype(np.float32), "features": feats.astype(np.float32)}, 8, [0, 1]
+    )
+    pool = {"logits": to_backend(logits, backend, "float32"),
+            "features": to_backend(feats, backend, "float32")}  # fmt: skip
+    got = strategies.SparseApprox(**kw).select(pool, 8, [0, 1])
+    assert backend_of(got.indices) == backend
+    assert_array_equal(to_numpy(got.indices), want.indices)
+    assert_allclose(got.diagnostics["objective"], want.diagnostics["objective"], rtol=1e-9)
+
+
 def test_sparse_approx_refuses_features_on_another_device():
     import torch
 
