@@ -95,16 +95,26 @@ def _factored_pool(scale: float, dtype=np.float32):
 
 
 @pytest.mark.parametrize("solver", ["greedy", "iht"])
-@pytest.mark.parametrize(("scale", "dtype"), [(1e30, np.float32), (1e200, np.float64)])
-def test_sparse_approx_refuses_an_objective_that_overflows(solver, scale, dtype):
+def test_sparse_approx_refuses_an_objective_that_overflows(solver):
     """The greedy solver used to return the first b rows with NaN weights; IHT raised from the
     top-b kernel about its internal score."""
-    pool = _factored_pool(scale, dtype)
+    pool = _factored_pool(1e200, np.float64)
     with pytest.raises(
         ValueError, match=r"^the Sparse Approximation objective is not finite .* features"
     ):
         SparseApprox(solver=solver, temperature=2.0).select(pool, 5)
-    SparseApprox(solver=solver, temperature=2.0).select(_factored_pool(1.0, dtype), 5)
+    SparseApprox(solver=solver, temperature=2.0).select(_factored_pool(1.0, np.float64), 5)
+
+
+@pytest.mark.parametrize("solver", ["greedy", "iht"])
+def test_sparse_approx_float32_features_near_1e30_select_as_their_float64_copy(solver):
+    """They were refused (the float32 products overflowed); their products now run in float64,
+    where the objective (~1e60) fits: the picks are those of the float64 copy."""
+    pool = _factored_pool(1e30)
+    pool64 = {k: v.astype(np.float64) for k, v in pool.items()}
+    got = SparseApprox(solver=solver, temperature=2.0).select(pool, 5)
+    want = SparseApprox(solver=solver, temperature=2.0).select(pool64, 5)
+    np.testing.assert_array_equal(got.indices, want.indices)
 
 
 def test_sparse_approx_iht_overflow_is_named_before_the_top_b_step(monkeypatch):
@@ -118,7 +128,8 @@ def test_sparse_approx_iht_overflow_is_named_before_the_top_b_step(monkeypatch):
 
     monkeypatch.setattr(_sparse_solve, "_iht_torch", as_on_a_gpu)
     with pytest.raises(ValueError, match=r"^the Sparse Approximation objective is not finite"):
-        SparseApprox(solver="iht", temperature=2.0).select(_factored_pool(1e30), 5)
+        # float64 features at 1e40: σ fits float64 (the CPU selects) but not the kernel's float32
+        SparseApprox(solver="iht", temperature=2.0).select(_factored_pool(1e40, np.float64), 5)
 
 
 @pytest.mark.parametrize("solver", ["greedy", "iht"])
