@@ -562,6 +562,19 @@ def test_tiny_rows_beside_ordinary_ones_get_their_own_scale(method, exponent, ba
     assert got[2] == fastal.gram_min_eig(tiny, lab, groups[2:], method=method)[0]
 
 
+@pytest.mark.parametrize("method", ["tridiagonal", "lowrank"])
+def test_small_rows_in_a_call_rescaled_for_huge_ones_get_their_own_scale(method):
+    """Rows near 2^-230 are above the rescaling bound, but a call rescaled for rows near 2^300
+    scales them to 2^-530: the group scored exactly 0 (found by review). Computed again on its
+    own rows it is 2^-460 times the score at scale 1, as is the huge group 2^600 times its."""
+    Z = np.random.default_rng(0).normal(size=(20, 5))
+    want = fastal.gram_min_eig(Z, [], [[1, 2, 3], [4, 5, 6]], method=method)
+    Z[1:4] *= 2.0**300
+    Z[4:7] *= 2.0**-230
+    got = fastal.gram_min_eig(Z, [], [[1, 2, 3], [4, 5, 6]], method=method)
+    assert_allclose(got, want * [2.0**600, 2.0**-460], rtol=1e-12)
+
+
 @pytest.mark.parametrize("exponent", [-300, -510])
 def test_row_readers_redo_tiny_groups_as_gram_min_eig_does(exponent):
     """min_eig_of_rows (CRC's path for a Z made group by group) gives gram_min_eig's values bit

@@ -75,8 +75,8 @@ def gram_min_eig(
     scale, and each call gets a scaled copy of the rows it reads only: the labeled rows and about
     16M values of group rows, more only where forming the labeled part again in each call would
     cost more than an eighth of it). float64 rows far smaller than the rest of ``Z`` get their
-    own scale: a group scoring below 2^-400 has the peak of its rows (and the labeled ones)
-    taken, and where that is below 2^-240 it is computed again on those rows, rescaled.
+    own scale: a group scoring below 2^-400 is computed again on its rows (and the labeled
+    ones) alone, rescaled by their peak.
     CUDA input runs on its device (see Notes): same definition and threshold rule, results equal
     to the CPU ones to rounding.
 
@@ -254,14 +254,15 @@ def _redo_underflowing_groups(
     take: Callable[[np.ndarray], Any],
     on_rows: Callable[[np.ndarray, np.ndarray, np.ndarray], Any],
 ) -> Any:
-    """Groups whose rows read (their own and the labeled ones) peak below ``_SMALL``, computed
-    again on those rows alone, whose peak then sets the rescaling.
+    """Groups scoring below ``_SUSPECT_LAMBDA`` (usually none), computed again on their rows
+    alone (their own and the labeled ones), whose peak then sets the rescaling.
 
-    The rescaling is decided from the peak of all of ``Z``: rows near 1e-155 beside ordinary rows
-    elsewhere were read unscaled, their Gram entries subnormal, and scored 0 or lost precision
-    silently. Only groups scoring below ``_SUSPECT_LAMBDA`` (usually none) have their rows read
-    again. A group whose eigenvalues do not fit float64 even so scores 0.0 (its spectrum too),
-    as :func:`gram_min_eig` says; a ``Z`` made of such rows alone is refused before this.
+    The rescaling is decided from the peak of all of ``Z`` (or of all rows read): rows near
+    1e-155 beside ordinary rows elsewhere were read unscaled, and rows near 2^-230 in a call
+    rescaled for rows near 2^300, scaled into subnormals; their Gram entries subnormal, they
+    scored 0 or lost precision silently. Groups of zero rows only are left as they are. A group
+    whose eigenvalues do not fit float64 even so scores 0.0 (its spectrum too), as
+    :func:`gram_min_eig` says; a ``Z`` made of such rows alone is refused before this.
 
     ``out``: the results (``(mins, spectra)`` with ``return_all``) in ``like``'s framework and
     device, updated in place; ``take(rows)``: those rows of ``Z`` (any framework);
@@ -276,7 +277,9 @@ def _redo_underflowing_groups(
     row_peak = np.abs(_interop.host_numpy(take(rows))).max(1, initial=0.0)
     lab_peak = row_peak[np.searchsorted(rows, lab)].max() if lab.size else 0.0
     peak = np.maximum(row_peak[np.searchsorted(rows, grp_host[suspect])].max(axis=1), lab_peak)
-    tiny = suspect[(peak > 0.0) & (peak < _SMALL)]
+    # every suspect group with a row that is not zero, not only those below _SMALL: a call that
+    # was rescaled for huge rows elsewhere pushed rows near 2^-230 into subnormal Gram entries
+    tiny = suspect[peak > 0.0]
     if tiny.size == 0:
         return out
 
