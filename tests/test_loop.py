@@ -372,9 +372,15 @@ def test_variable_length_rows_with_the_default_training_say_what_to_pass():
     def bag():
         return nn.Sequential(nn.EmbeddingBag(9, 4), nn.Linear(4, 2))
 
-    with pytest.raises(ValueError, match=r"the labeled rows differ in shape.*pass train_fn="):
+    with pytest.raises(ValueError, match=r"differ in shape.*: fastal.loop.fit stacks them"):
         loop.run(Seqs(0, 40), Seqs(40, 60), model_fn=bag, strategy="random", initial=10,
                  budget=5, rounds=1, seed=0, collate_fn=collate)  # fmt: skip
+    from fastal.pdcl import PrimalDualTrainer
+
+    with pytest.raises(ValueError, match=r"differ in shape.*: PrimalDualTrainer stacks them"):
+        loop.run(Seqs(0, 40), Seqs(40, 60), model_fn=bag, strategy="random", initial=10,
+                 budget=5, rounds=1, seed=0, collate_fn=collate,
+                 train_fn=PrimalDualTrainer())  # fmt: skip
 
 
 def test_regression_targets_of_shape_n_1_match_scalar_outputs():

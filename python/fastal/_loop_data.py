@@ -364,8 +364,9 @@ def as_model_dtype(model: Any, X: Any) -> Any:
     return X.to(dtype) if dtype is not None and X.is_floating_point() else X
 
 
-def _tensors(dataset: Any) -> tuple[Any, Any]:
-    """A Dataset of (x, y) stacked into two tensors (labeled sets are small)."""
+def _tensors(dataset: Any, trainer: str = "fastal.loop.fit") -> tuple[Any, Any]:
+    """A Dataset of (x, y) stacked into two tensors (labeled sets are small); ``trainer`` names
+    the caller in the error for rows of several shapes."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -381,7 +382,7 @@ def _tensors(dataset: Any) -> tuple[Any, Any]:
         if "equal size" not in str(err) and "Sizes of tensors must match" not in str(err):
             raise
         raise ValueError(
-            "the labeled rows differ in shape (variable-length inputs?): the default training "
-            "stacks them into one tensor; pass train_fn= that batches them (e.g. with the "
+            f"the labeled rows differ in shape (variable-length inputs?): {trainer} stacks them "
+            "into one tensor; train with a train_fn of your own that batches them (e.g. with the "
             f"collate_fn given to loop.run). torch said: {err}"
         ) from None

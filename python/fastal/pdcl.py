@@ -414,7 +414,7 @@ class PrimalDualTrainer:
         seed = check_train_seed(seed)
         if task not in PAPER_EPS:
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
-        X, y = _tensors(dataset)
+        X, y = _tensors(dataset, "PrimalDualTrainer")
         n = int(X.shape[0])
         if n == 0:
             raise ValueError("cannot train on an empty labeled set")
