@@ -44,8 +44,9 @@ def check_spread(spread: float, dtype: str, name: str, *, cuda: bool = False) ->
         hint = "" if acc == "float64" else " or pass float64"
         hint += " on the CPU" if hint and cuda else ""
         raise ValueError(
-            f"the rows of {name} differ by at most {spread:.3g}: squared distances at that scale "
-            f"(at {acc}'s resolution of it) underflow {acc}; scale {name} up{hint}"
+            f"the rows of {name} differ by at most {spread:.3g}, below 2^{_MIN_SPREAD_LOG2[acc]}: "
+            f"squared distances at that scale (at {acc}'s resolution of it) underflow {acc}; "
+            f"scale {name} up{hint}"
         )
 
 

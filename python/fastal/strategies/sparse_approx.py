@@ -117,7 +117,7 @@ class SparseApprox(Strategy):
     as read, the bias column implicit): beyond the inputs it holds O(n·C) values, never a copy of
     the features, labeled rows or not; except where the largest feature-row norm is outside
     [2^-24, 2^24]: ``Φ``'s float32 products (up to the cube of that scale) would leave float32's
-    range, so they run in float64 on a float64 copy of the features. The Bayesian
+    range, so they run in float64 on a float64 copy of the unlabeled rows' features. The Bayesian
     ``Φ`` follows eq. 19 (centred losses without the ``1/√m`` of eq. 13), which sets the balance
     of α and β against the ridge (see :mod:`fastal.sparse`). CUDA pools run the same float64
     solver, except that IHT's top-b step reads ``s`` and ``σ`` rounded to float32 (the CUDA
@@ -328,8 +328,10 @@ class SparseApprox(Strategy):
             # pools take float64 products instead, on a float64 copy of the features
             top = float(h_norms.max())
             if top > 0.0 and not _F32_SAFE_NORM[0] <= top <= _F32_SAFE_NORM[1]:
-                acc, h = torch.float64, h.to(torch.float64)
-                h_norms = h_norms.to(torch.float64)
+                # the unlabeled rows only, gathered once
+                acc = torch.float64
+                h = (h if hrows is None else h[hrows]).to(torch.float64)
+                hrows = None
         n_u, C = idx.numel(), zinfo.shape[1]
         chunks = _row_chunks(n_u, C)
         # z is gathered (in its own dtype) and cast one chunk at a time; the checks are reduced over
