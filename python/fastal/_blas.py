@@ -109,21 +109,27 @@ def _mkl_gemm(dtype: str) -> tuple[int, int]:
     """The MKL that torch links, when its CPU library exports the Fortran GEMM and
     ``mkl_set_num_threads_local_`` (x86-64 wheels; a small product checks the GEMM): each of
     fastal's threads sets its own MKL thread count to 1 around its calls. (0, 0) otherwise."""
-    import torch
-
     name = "sgemm_" if dtype == "float32" else "dgemm_"
-    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
-    for path in sorted(glob.glob(os.path.join(libdir, "*torch_cpu*"))):
-        try:
-            lib = ctypes.CDLL(path)  # already loaded by torch: the same handle
-        except OSError:  # pragma: no cover
-            continue
+    for lib in torch_cpu_libraries():
         gemm = getattr(lib, name, None)
         local = getattr(lib, "mkl_set_num_threads_local_", None)
         if gemm is not None and local is not None and _gemm_works(gemm, dtype):
             address = ctypes.cast(gemm, ctypes.c_void_p).value
             return int(address), int(ctypes.cast(local, ctypes.c_void_p).value)
     return 0, 0
+
+
+def torch_cpu_libraries() -> Iterator[ctypes.CDLL]:
+    """torch's CPU library (``libtorch_cpu``) as ctypes handles, through which the OpenMP runtime
+    and the MKL it links resolve; none where it cannot be opened."""
+    import torch
+
+    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for path in sorted(glob.glob(os.path.join(libdir, "*torch_cpu*"))):
+        try:
+            yield ctypes.CDLL(path)  # already loaded by torch: the same handle
+        except OSError:  # pragma: no cover
+            continue
 
 
 def _openblas_gemm(dtype: str) -> int:

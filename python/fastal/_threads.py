@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import glob
 import math
 import os
 import threading
@@ -74,14 +73,9 @@ def _thread_local_limits() -> tuple[Any, Any, Any] | None:
         raise ValueError(f"FASTAL_THREAD_LIMIT must be 'local', 'global' or unset, got {forced!r}")
     if forced == "global":
         return None
-    import torch
+    from ._blas import torch_cpu_libraries
 
-    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
-    for path in sorted(glob.glob(os.path.join(libdir, "*torch_cpu*"))):
-        try:
-            lib = ctypes.CDLL(path)  # already loaded by torch: the same handle
-        except OSError:  # pragma: no cover
-            continue
+    for lib in torch_cpu_libraries():
         calls = [getattr(lib, name, None) for name in _LIMIT_CALLS]
         if all(c is not None for c in calls):
             for c in calls:
