@@ -239,9 +239,9 @@ def _min_eig_dispatch(
     return _interop.wrap_host(mins, info)
 
 
-# A group whose λ⁺_min is below this may have rows small enough that the rescaling was due (rows
-# below 2^-240 give λ_max below about 2^-400), where the peak of all of Z, ordinary elsewhere,
-# did not call for it
+# A group whose λ⁺_min is below this may have rows that needed a scale of their own (rows below
+# 2^-240, once scaled, give λ_max below about 2^-400): the call's scale came from the peak of all
+# of Z, ordinary elsewhere, or of all rows read, huge elsewhere
 _SUSPECT_LAMBDA = 2.0**-400
 
 
